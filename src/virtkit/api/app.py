@@ -1,0 +1,306 @@
+"""REST + WebSocket API over the service layer (aiohttp).
+
+Handlers only translate HTTP into service calls and back: they parse the
+request, call one service method, and return its result as JSON.  Every
+:class:`VirtkitError` becomes a JSON error body with the error's HTTP status;
+anything else is a 500 whose message says it is a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from virtkit.api.openapi import openapi_document
+from virtkit.errors import Conflict, InvalidSpec, VirtkitError
+from virtkit.runtime.events import EventBus
+from virtkit.service.domains import DomainService
+from virtkit.service.host import HostService
+from virtkit.unixsock import connect_unix
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Services:
+    """What the API serves: the service objects and the event bus."""
+
+    domains: DomainService
+    host: HostService
+    bus: EventBus
+    consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except VirtkitError as exc:
+        return _json(exc.to_dict(), status=exc.http_status)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        log.exception("internal error in %s %s", request.method, request.path)
+        body = {"error": "internal", "message": f"internal error (a virtkit bug): {exc!r}"}
+        return _json(body, status=500)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except ValueError:
+        raise InvalidSpec("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidSpec("the request body must be a JSON object")
+    return data
+
+
+def _spec_from(body: dict[str, Any]) -> dict[str, Any] | str:
+    if "yaml" in body and isinstance(body["yaml"], str):
+        return str(body["yaml"])
+    spec = body.get("spec")
+    if isinstance(spec, dict):
+        return spec
+    raise InvalidSpec("send the domain as {\"spec\": {...}} or {\"yaml\": \"...\"}")
+
+
+def _number(body: dict[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise InvalidSpec(f"{key} must be a non-negative number of seconds", field=key)
+    return float(value)
+
+
+def _services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/openapi.json")
+async def get_openapi(request: web.Request) -> web.Response:
+    return _json(openapi_document())
+
+
+@routes.get("/v1/host")
+async def get_host(request: web.Request) -> web.Response:
+    return _json(await asyncio.to_thread(_services(request).host.info))
+
+
+@routes.get("/v1/host/check")
+async def get_host_check(request: web.Request) -> web.Response:
+    return _json(await asyncio.to_thread(_services(request).host.check))
+
+
+@routes.get("/v1/domains")
+async def list_domains(request: web.Request) -> web.Response:
+    inactive = request.query.get("all", "1") not in ("0", "false", "no")
+    return _json(_services(request).domains.list_domains(include_inactive=inactive))
+
+
+@routes.post("/v1/domains")
+async def define_domain(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return _json(_services(request).domains.define(_spec_from(body)), status=201)
+
+
+@routes.post("/v1/domains/restore")
+async def restore_domain(request: web.Request) -> web.Response:
+    body = await _body(request)
+    result = await _services(request).domains.restore(str(body.get("path", "")),
+                                                      paused=bool(body.get("paused")))
+    return _json(result)
+
+
+@routes.get("/v1/domains/{ref}")
+async def get_domain(request: web.Request) -> web.Response:
+    return _json(_services(request).domains.info(request.match_info["ref"]))
+
+
+@routes.put("/v1/domains/{ref}")
+async def update_domain(request: web.Request) -> web.Response:
+    body = await _body(request)
+    version = body.get("version")
+    if not isinstance(version, int):
+        raise InvalidSpec("version: send the version you read, to guard against lost updates",
+                          field="version")
+    result = _services(request).domains.update(request.match_info["ref"], _spec_from(body),
+                                               version)
+    return _json(result)
+
+
+@routes.delete("/v1/domains/{ref}")
+async def undefine_domain(request: web.Request) -> web.Response:
+    nvram = request.query.get("nvram") in ("1", "true", "yes")
+    return _json(await _services(request).domains.undefine(request.match_info["ref"],
+                                                           nvram=nvram))
+
+
+@routes.get("/v1/domains/{ref}/spec")
+async def get_spec(request: web.Request) -> web.Response:
+    return _json(_services(request).domains.spec_yaml(request.match_info["ref"]))
+
+
+@routes.put("/v1/domains/{ref}/autostart")
+async def put_autostart(request: web.Request) -> web.Response:
+    body = await _body(request)
+    enabled = body.get("enabled", True)
+    return _json(_services(request).domains.set_autostart(request.match_info["ref"],
+                                                          bool(enabled)))
+
+
+@routes.post("/v1/domains/{ref}/start")
+async def start_domain(request: web.Request) -> web.Response:
+    body = await _body(request)
+    result = await _services(request).domains.start(request.match_info["ref"],
+                                                    paused=bool(body.get("paused")))
+    return _json(result)
+
+
+@routes.post("/v1/domains/{ref}/shutdown")
+async def shutdown_domain(request: web.Request) -> web.Response:
+    return await _shutdown(request, reboot=False)
+
+
+@routes.post("/v1/domains/{ref}/reboot")
+async def reboot_domain(request: web.Request) -> web.Response:
+    return await _shutdown(request, reboot=True)
+
+
+async def _shutdown(request: web.Request, *, reboot: bool) -> web.Response:
+    body = await _body(request)
+    result = await _services(request).domains.shutdown(
+        request.match_info["ref"], timeout=_number(body, "timeout"),
+        wait=bool(body.get("wait")), reboot=reboot)
+    return _json(result)
+
+
+@routes.post("/v1/domains/{ref}/{action:destroy|suspend|resume|reset}")
+async def simple_action(request: web.Request) -> web.Response:
+    result = await _services(request).domains.simple(request.match_info["ref"],
+                                                     request.match_info["action"])
+    return _json(result)
+
+
+@routes.post("/v1/domains/{ref}/save")
+async def save_domain(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return _json(await _services(request).domains.save(request.match_info["ref"],
+                                                       str(body.get("path", ""))))
+
+
+@routes.get("/v1/domains/{ref}/vnc")
+async def get_vnc(request: web.Request) -> web.Response:
+    return _json(_services(request).domains.vncdisplay(request.match_info["ref"]))
+
+
+@routes.get("/v1/domains/{ref}/console/log")
+async def get_console_log(request: web.Request) -> web.StreamResponse:
+    services = _services(request)
+    info = services.domains.info(request.match_info["ref"])
+    port = int(request.query.get("port", "0"))
+    path = services.domains.console_log_path(info["uuid"], port)
+    tail = int(request.query.get("tail", "0"))
+    data = b""
+    if path.exists():
+        with open(path, "rb") as log_file:
+            if tail > 0:
+                log_file.seek(max(0, path.stat().st_size - tail))
+            data = log_file.read()
+    return web.Response(body=data, content_type="application/octet-stream")
+
+
+@routes.get("/v1/domains/{ref}/console")
+async def console(request: web.Request) -> web.StreamResponse:
+    """Proxy a WebSocket to the domain's serial port socket (binary frames both ways)."""
+    services = _services(request)
+    port = int(request.query.get("port", "0"))
+    name, sock_path = services.domains.console_socket(request.match_info["ref"], port)
+    key = (name, port)
+    previous = services.consoles.get(key)
+    if previous is not None and not previous.closed:
+        if request.query.get("force") not in ("1", "true"):
+            raise Conflict(f"the console of '{name}' is in use by another client",
+                           fix="use --force to take it over")
+        await previous.close(message=b"console taken over by another client")
+    sock = connect_unix(sock_path, timeout=5.0)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    ws = web.WebSocketResponse(heartbeat=30)
+    await ws.prepare(request)
+    services.consoles[key] = ws
+
+    async def guest_to_client() -> None:
+        while data := await reader.read(65536):
+            await ws.send_bytes(data)
+        await ws.close(message=b"guest console closed")
+
+    pump = asyncio.create_task(guest_to_client())
+    try:
+        async for message in ws:
+            if message.type == WSMsgType.BINARY:
+                writer.write(message.data)
+            elif message.type == WSMsgType.TEXT:
+                writer.write(message.data.encode())
+            await writer.drain()
+    finally:
+        pump.cancel()
+        with contextlib.suppress(BaseException):
+            await pump
+        writer.close()
+        if services.consoles.get(key) is ws:
+            del services.consoles[key]
+    return ws
+
+
+@routes.get("/v1/events")
+async def events(request: web.Request) -> web.StreamResponse:
+    """Stream events as JSON text frames; ``?since=ID`` replays the journal first."""
+    bus = _services(request).bus
+    ws = web.WebSocketResponse(heartbeat=30)
+    await ws.prepare(request)
+    with bus.subscribe() as queue:
+        since = request.query.get("since")
+        if since is not None and since.isdigit():
+            for event in bus.since(int(since)):
+                await ws.send_json(event)
+        reader = asyncio.create_task(ws.receive())
+        try:
+            while not ws.closed:
+                getter = asyncio.create_task(queue.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if reader in done:
+                    getter.cancel()
+                    break
+                await ws.send_json(getter.result())
+        finally:
+            reader.cancel()
+    return ws
+
+
+def create_app(services: Services) -> web.Application:
+    """The aiohttp application serving the v1 API."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=4 * 1024 * 1024)
+    app[SERVICES] = services
+    app.add_routes(routes)
+    return app

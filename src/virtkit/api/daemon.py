@@ -1,0 +1,153 @@
+"""virtkitd: the daemon that owns the state and the QEMU processes.
+
+Start-up order: take the instance lock (one daemon per state root), open the
+store (migrating it), re-attach to the QEMU processes earlier daemons left
+running, serve the API on the unix socket, then start autostart domains.
+On SIGTERM/SIGINT the daemon detaches and exits; the VMs keep running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import grp
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import IO
+
+from aiohttp import web
+
+from virtkit import __version__
+from virtkit.api.app import Services, create_app
+from virtkit.errors import VirtkitError
+from virtkit.model.load import load_domain
+from virtkit.paths import StatePaths, state_paths
+from virtkit.runtime.events import EventBus
+from virtkit.runtime.hostcaps import HostCapsProvider
+from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.service.domains import DomainService
+from virtkit.service.host import HostService
+from virtkit.store.db import Store
+from virtkit.unixsock import bind_unix
+
+log = logging.getLogger("virtkitd")
+
+SOCKET_GROUP = "virtkit"
+
+
+def take_instance_lock(paths: StatePaths) -> IO[str]:
+    """Hold an exclusive lock on the pidfile for the daemon's life, or exit with a clear error."""
+    handle = open(paths.pidfile, "a+")  # noqa: SIM115 - held open for the process lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip() or "?"
+        raise SystemExit(
+            f"virtkitd: another daemon (pid {pid}) already serves {paths.root}") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def setup_logging(paths: StatePaths, level: str) -> None:
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    handlers: list[logging.Handler] = [logging.FileHandler(paths.daemon_log)]
+    if sys.stderr.isatty():
+        handlers.append(logging.StreamHandler())
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=handlers,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _socket_group() -> int | None:
+    try:
+        return grp.getgrnam(SOCKET_GROUP).gr_gid
+    except KeyError:
+        return None
+
+
+class Daemon:
+    """The assembled daemon: store, runtime, services and the API server."""
+
+    def __init__(self, paths: StatePaths) -> None:
+        self.paths = paths
+        self.store = Store(paths.database)
+        self.bus = EventBus(self.store)
+        self.caps = HostCapsProvider(paths.cache)
+        self.lifecycle = Lifecycle(self.store, self.bus, paths, self.caps,
+                                   lambda uuid: load_domain(self.store.get_domain(uuid).spec))
+        self.domains = DomainService(self.store, self.lifecycle, self.bus)
+        self.host = HostService(paths.cache)
+        self.services = Services(self.domains, self.host, self.bus)
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        names = {row.uuid: row.name for row in self.store.list_domains()}
+        for note in await self.lifecycle.reattach(names):
+            log.info("reconcile: %s", note)
+        with contextlib.suppress(VirtkitError):
+            await asyncio.to_thread(self.caps.accelerator)  # warm the probe cache
+        self._runner = web.AppRunner(create_app(self.services), access_log=None)
+        await self._runner.setup()
+        sock = bind_unix(self.paths.socket, mode=0o660, backlog=128)
+        gid = _socket_group()
+        if gid is not None and os.geteuid() == 0:
+            os.chown(self.paths.socket, 0, gid)
+        await web.SockSite(self._runner, sock).start()
+        log.info("virtkitd %s serving %s", __version__, self.paths.socket)
+        started = await self.domains.autostart_all()
+        if started:
+            log.info("autostarted: %s", ", ".join(started))
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.paths.socket.unlink(missing_ok=True)
+        await self.lifecycle.close()
+        self.store.close()
+
+
+async def serve(paths: StatePaths, ready_fd: int | None = None) -> None:
+    daemon = Daemon(paths)
+    await daemon.start()
+    if ready_fd is not None:
+        os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("stopping; running VMs keep running")
+    await daemon.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="virtkitd", description="the virtkit daemon")
+    parser.add_argument("--root", type=Path, help="state root (default: $VIRTKIT_ROOT, "
+                        "/var/lib/virtkit for root, ~/.local/share/virtkit otherwise)")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"virtkitd {__version__}")
+    args = parser.parse_args(argv)
+    paths = state_paths(args.root.absolute() if args.root else None)
+    paths.make()
+    lock = take_instance_lock(paths)
+    setup_logging(paths, args.log_level)
+    try:
+        asyncio.run(serve(paths, args.ready_fd))
+    except VirtkitError as exc:
+        raise SystemExit(f"virtkitd: {exc}") from None
+    finally:
+        lock.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The published OpenAPI 3.1 document of the v1 API.
+
+Operations are listed once in :data:`OPERATIONS`; the domain schema comes from
+the pydantic model itself, so the document cannot drift from what the daemon
+validates.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from virtkit import __version__
+from virtkit.model.domain import Domain
+
+_REF = {"name": "ref", "in": "path", "required": True, "schema": {"type": "string"},
+        "description": "domain name or UUID"}
+
+#: (method, path, summary, request body schema or None)
+OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
+    ("get", "/v1/openapi.json", "This document", None),
+    ("get", "/v1/host", "Host facts: CPUs, memory, accelerator, QEMU version", None),
+    ("get", "/v1/host/check", "Host check lines (PASS/WARN/FAIL), accelerator verdict last", None),
+    ("get", "/v1/domains", "List domains (?all=0 for active only)", None),
+    ("post", "/v1/domains", "Define a domain (or update the one with that name/uuid)",
+     {"$ref": "#/components/schemas/SpecBody"}),
+    ("post", "/v1/domains/restore", "Restore a domain from a save file",
+     {"type": "object", "properties": {"path": {"type": "string"},
+                                       "paused": {"type": "boolean"}}, "required": ["path"]}),
+    ("get", "/v1/domains/{ref}", "Domain details", None),
+    ("put", "/v1/domains/{ref}", "Replace a domain's spec (needs the version read)",
+     {"allOf": [{"$ref": "#/components/schemas/SpecBody"},
+                {"type": "object", "properties": {"version": {"type": "integer"}},
+                 "required": ["version"]}]}),
+    ("delete", "/v1/domains/{ref}", "Undefine a stopped domain (?nvram=1 removes its NVRAM)",
+     None),
+    ("get", "/v1/domains/{ref}/spec", "The spec as YAML with its version", None),
+    ("put", "/v1/domains/{ref}/autostart", "Enable or disable autostart",
+     {"type": "object", "properties": {"enabled": {"type": "boolean"}}}),
+    ("post", "/v1/domains/{ref}/start", "Start (optionally paused)",
+     {"type": "object", "properties": {"paused": {"type": "boolean"}}}),
+    ("post", "/v1/domains/{ref}/shutdown", "ACPI shutdown; wait=true waits up to timeout",
+     {"$ref": "#/components/schemas/ShutdownBody"}),
+    ("post", "/v1/domains/{ref}/reboot", "ACPI reboot",
+     {"$ref": "#/components/schemas/ShutdownBody"}),
+    ("post", "/v1/domains/{ref}/destroy", "Stop at once", None),
+    ("post", "/v1/domains/{ref}/suspend", "Pause the vCPUs", None),
+    ("post", "/v1/domains/{ref}/resume", "Resume the vCPUs", None),
+    ("post", "/v1/domains/{ref}/reset", "Hard reset (the reset button)", None),
+    ("post", "/v1/domains/{ref}/save", "Save memory and device state to a file and stop",
+     {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+    ("get", "/v1/domains/{ref}/vnc", "The VNC display of a running domain", None),
+    ("get", "/v1/domains/{ref}/console/log", "The serial console log (?port=N&tail=BYTES)", None),
+    ("get", "/v1/domains/{ref}/console", "WebSocket: the serial console (binary frames)", None),
+    ("get", "/v1/events", "WebSocket: the event stream (?since=ID replays the journal)", None),
+]
+
+
+def _operation(method: str, path: str, summary: str, body: dict[str, Any] | None
+               ) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "operationId": method + "_" + "_".join(
+            part.strip("{}") for part in path.strip("/").split("/")).replace(".", "_"),
+        "responses": {
+            "200": {"description": "success", "content": {"application/json": {}}},
+            "default": {"description": "error",
+                        "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/Error"}}}},
+        },
+    }
+    if "{ref}" in path:
+        operation["parameters"] = [_REF]
+    if body is not None:
+        operation["requestBody"] = {"required": True,
+                                    "content": {"application/json": {"schema": body}}}
+    return operation
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, summary, body in OPERATIONS:
+        paths.setdefault(path, {})[method] = _operation(method, path, summary, body)
+    domain_schema = Domain.model_json_schema(ref_template="#/components/schemas/{model}")
+    definitions = domain_schema.pop("$defs", {})
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "virtkit API", "version": __version__,
+                 "description": "The one service API of virtkitd; the CLI and web UI use it."},
+        "paths": paths,
+        "components": {"schemas": {
+            **definitions,
+            "Domain": domain_schema,
+            "SpecBody": {"type": "object", "properties": {
+                "spec": {"$ref": "#/components/schemas/Domain"}, "yaml": {"type": "string"}}},
+            "ShutdownBody": {"type": "object", "properties": {
+                "timeout": {"type": "number", "minimum": 0}, "wait": {"type": "boolean"}}},
+            "Error": {"type": "object", "required": ["error", "message"], "properties": {
+                "error": {"type": "string"}, "message": {"type": "string"},
+                "fix": {"type": "string"}, "details": {"type": "object"}}},
+        }},
+    }

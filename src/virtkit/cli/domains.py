@@ -1,0 +1,246 @@
+"""The virsh-named domain commands: list, define, start, shutdown, dominfo ..."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from virtkit.cli import render
+from virtkit.cli.client import Client
+from virtkit.errors import InvalidSpec
+
+
+def _ref(client: Client, args: argparse.Namespace, suffix: str = "") -> str:
+    return client.domain_path(args.domain, suffix)
+
+
+def cmd_list(client: Client, args: argparse.Namespace) -> int:
+    inactive = args.all or args.inactive
+    rows = client.get("/v1/domains?all=" + ("1" if inactive else "0"))
+    if args.inactive:
+        rows = [row for row in rows if row["state"] in ("shutoff", "crashed")]
+    if args.json:
+        render.as_json(rows)
+    elif args.name:
+        sys.stdout.write("".join(f"{row['name']}\n" for row in rows))
+    elif args.uuid:
+        sys.stdout.write("".join(f"{row['uuid']}\n" for row in rows))
+    else:
+        render.table(["Id", "Name", "State"],
+                     [[row["pid"] or "-", row["name"], row["state"]] for row in rows],
+                     colour_column=2)
+    return 0
+
+
+def _read_spec_file(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise InvalidSpec(f"cannot read {path}: {exc.strerror}",
+                          fix="give the path of a YAML or JSON spec file") from None
+
+
+def cmd_define(client: Client, args: argparse.Namespace) -> int:
+    result = client.post("/v1/domains", {"yaml": _read_spec_file(args.file)})
+    if args.json:
+        render.as_json(result)
+    else:
+        print(f"Domain '{result['name']}' defined from {args.file}")
+    return 0
+
+
+def cmd_undefine(client: Client, args: argparse.Namespace) -> int:
+    suffix = "?nvram=1" if args.nvram else ""
+    result = client.request("DELETE", _ref(client, args) + suffix)
+    print(f"Domain '{result['name']}' has been undefined")
+    return 0
+
+
+def cmd_start(client: Client, args: argparse.Namespace) -> int:
+    result = client.post(_ref(client, args, "/start"), {"paused": args.paused})
+    print(f"Domain '{result['name']}' started" + (" (paused)" if args.paused else ""))
+    if args.console:
+        from virtkit.cli.console import attach
+
+        return attach(client, args.domain, force=args.force)
+    return 0
+
+
+def _shutdown(client: Client, args: argparse.Namespace, verb: str) -> int:
+    body: dict[str, Any] = {"wait": args.wait}
+    if args.timeout is not None:
+        body["timeout"] = args.timeout
+    result = client.post(_ref(client, args, f"/{verb}"), body)
+    if verb == "reboot":
+        print(f"Domain '{result['name']}' is being rebooted")
+    elif args.wait:
+        print(f"Domain '{result['name']}' is shut off")
+    else:
+        print(f"Domain '{result['name']}' is being shutdown")
+    return 0
+
+
+def cmd_shutdown(client: Client, args: argparse.Namespace) -> int:
+    return _shutdown(client, args, "shutdown")
+
+
+def cmd_reboot(client: Client, args: argparse.Namespace) -> int:
+    return _shutdown(client, args, "reboot")
+
+
+_SIMPLE_MESSAGES = {"destroy": "destroyed", "suspend": "suspended", "resume": "resumed",
+                    "reset": "was reset"}
+
+
+def cmd_simple(client: Client, args: argparse.Namespace) -> int:
+    result = client.post(_ref(client, args, f"/{args.command}"))
+    print(f"Domain '{result['name']}' {_SIMPLE_MESSAGES[args.command]}")
+    return 0
+
+
+def cmd_save(client: Client, args: argparse.Namespace) -> int:
+    path = str(Path(args.file).absolute())
+    result = client.post(_ref(client, args, "/save"), {"path": path})
+    print(f"Domain '{result['name']}' saved to {path}")
+    return 0
+
+
+def cmd_restore(client: Client, args: argparse.Namespace) -> int:
+    path = str(Path(args.file).absolute())
+    result = client.post("/v1/domains/restore", {"path": path, "paused": args.paused})
+    print(f"Domain '{result['name']}' restored from {path}")
+    return 0
+
+
+def cmd_dominfo(client: Client, args: argparse.Namespace) -> int:
+    info = client.get(_ref(client, args))
+    if args.json:
+        render.as_json(info)
+        return 0
+    started = info.get("started")
+    render.keyvalues([
+        ("Id", info["pid"] or "-"),
+        ("Name", info["name"]),
+        ("UUID", info["uuid"]),
+        ("Title", info.get("title")),
+        ("State", info["state"] + (f" ({info['reason']})" if info.get("reason") else "")),
+        ("QEMU pid", info["pid"]),
+        ("CPU(s)", info["vcpus"]),
+        ("Max CPU(s)", info["max_vcpus"]),
+        ("Max memory", f"{info['max_memory_mib'] * 1024} KiB"),
+        ("Used memory", f"{info['memory_mib'] * 1024} KiB"),
+        ("Machine", info["machine"]),
+        ("Accelerator", info["accelerator"]),
+        ("Autostart", "enable" if info["autostart"] else "disable"),
+        ("Persistent", "yes"),
+        ("Up since", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
+         if started else None),
+        ("Spec version", info["version"]),
+        ("Console log", info["console_log"]),
+    ])
+    return 0
+
+
+def cmd_domstate(client: Client, args: argparse.Namespace) -> int:
+    info = client.get(_ref(client, args))
+    if args.reason and info.get("reason"):
+        print(f"{info['state']} ({info['reason']})")
+    else:
+        print(info["state"])
+    return 0
+
+
+def cmd_vncdisplay(client: Client, args: argparse.Namespace) -> int:
+    vnc = client.get(_ref(client, args, "/vnc"))
+    print(vnc["display"])
+    return 0
+
+
+def cmd_autostart(client: Client, args: argparse.Namespace) -> int:
+    result = client.request("PUT", _ref(client, args, "/autostart"),
+                            {"enabled": not args.disable})
+    state = "marked as autostarted" if result["autostart"] else "unmarked as autostarted"
+    print(f"Domain '{result['name']}' {state}")
+    return 0
+
+
+def cmd_dumpspec(client: Client, args: argparse.Namespace) -> int:
+    sys.stdout.write(client.get(_ref(client, args, "/spec"))["yaml"])
+    return 0
+
+
+def cmd_console(client: Client, args: argparse.Namespace) -> int:
+    if args.log:
+        data = client.get(_ref(client, args, f"/console/log?port={args.port}"))
+        sys.stdout.buffer.write(data)
+        return 0
+    from virtkit.cli.console import attach
+
+    return attach(client, args.domain, force=args.force, port=args.port)
+
+
+def cmd_edit(client: Client, args: argparse.Namespace) -> int:
+    from virtkit.cli.edit import edit
+
+    return edit(client, args.domain)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the domain commands to the CLI's subparsers."""
+    def add(name: str, func: Any, help_text: str, *, domain: bool = True,
+            json_flag: bool = False) -> argparse.ArgumentParser:
+        parser = sub.add_parser(name, help=help_text, description=help_text)
+        if domain:
+            parser.add_argument("domain", help="domain name or UUID")
+        if json_flag:
+            parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.set_defaults(func=func)
+        return parser
+
+    p = add("list", cmd_list, "list domains (running ones unless --all)", domain=False,
+            json_flag=True)
+    p.add_argument("--all", action="store_true", help="include inactive domains")
+    p.add_argument("--inactive", action="store_true", help="only inactive domains")
+    p.add_argument("--name", action="store_true", help="print names only")
+    p.add_argument("--uuid", action="store_true", help="print UUIDs only")
+    p = add("define", cmd_define, "define a domain from a YAML or JSON spec file ('-' = stdin)",
+            domain=False, json_flag=True)
+    p.add_argument("file")
+    p = add("undefine", cmd_undefine, "remove a stopped domain's definition")
+    p.add_argument("--nvram", action="store_true", help="also remove its UEFI NVRAM file")
+    p = add("start", cmd_start, "start a defined domain")
+    p.add_argument("--console", action="store_true", help="attach to the serial console")
+    p.add_argument("--paused", action="store_true", help="leave the vCPUs paused")
+    p.add_argument("--force", action="store_true", help="take the console over")
+    for name, func, text in (("shutdown", cmd_shutdown, "ask the guest to power off (ACPI)"),
+                             ("reboot", cmd_reboot, "ask the guest to reboot (ACPI)")):
+        p = add(name, func, text)
+        p.add_argument("--wait", action="store_true", help="wait until it is done")
+        p.add_argument("--timeout", type=float, help="seconds the guest gets (default 120)")
+    for name, text in (("destroy", "stop a domain at once (pull the plug)"),
+                       ("suspend", "pause a domain's vCPUs"),
+                       ("resume", "resume a paused domain"),
+                       ("reset", "hard-reset a domain (the reset button)")):
+        add(name, cmd_simple, text)
+    p = add("save", cmd_save, "save a domain's memory and device state to FILE and stop it")
+    p.add_argument("file")
+    p = add("restore", cmd_restore, "restore a domain from a file written by save", domain=False)
+    p.add_argument("file")
+    p.add_argument("--paused", action="store_true", help="leave it paused after restore")
+    add("dominfo", cmd_dominfo, "show a domain's details", json_flag=True)
+    p = add("domstate", cmd_domstate, "show a domain's state")
+    p.add_argument("--reason", action="store_true", help="also show why")
+    add("vncdisplay", cmd_vncdisplay, "show the VNC display of a running domain")
+    p = add("autostart", cmd_autostart, "start a domain when the daemon starts")
+    p.add_argument("--disable", action="store_true", help="stop autostarting it")
+    add("dumpspec", cmd_dumpspec, "print a domain's spec as YAML")
+    p = add("console", cmd_console, "attach to a domain's serial console (Ctrl-] leaves)")
+    p.add_argument("--force", action="store_true", help="take over from another client")
+    p.add_argument("--log", action="store_true", help="print the console log and exit")
+    p.add_argument("--port", type=int, default=0, help="serial port number (default 0)")
+    add("edit", cmd_edit, "edit a domain's spec in $EDITOR")

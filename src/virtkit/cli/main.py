@@ -1,0 +1,154 @@
+"""``virtkit``: the command line, with virsh's command names.
+
+The CLI is thin: it parses arguments, calls the daemon's API, and renders the
+answer.  Errors are one clear line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from virtkit import __version__
+from virtkit.cli import render
+from virtkit.cli.client import Client, connect
+from virtkit.errors import VirtkitError
+
+#: commands that never need the daemon.
+LOCAL_COMMANDS = {"completion"}
+
+
+def cmd_host_check(client: Client | None, args: argparse.Namespace) -> int:
+    """Host check through the daemon; run locally (saying so) when it cannot be reached."""
+    if client is not None:
+        checks = client.get("/v1/host/check")
+    else:
+        from virtkit.host.checks import run_host_checks
+        from virtkit.paths import state_paths
+
+        checks = [check.to_dict() for check in
+                  run_host_checks(daemon_reachable=False, cache_dir=state_paths().cache)]
+    if args.json:
+        render.as_json(checks)
+    else:
+        render.status_lines(checks)
+    return 1 if any(check["status"] == "FAIL" for check in checks) else 0
+
+
+def cmd_nodeinfo(client: Client, args: argparse.Namespace) -> int:
+    info = client.get("/v1/host")
+    if args.json:
+        render.as_json(info)
+        return 0
+    render.keyvalues([
+        ("Host name", info["hostname"]), ("Kernel", info["kernel"]),
+        ("CPU(s)", info["cpus"]), ("Memory size", f"{info['memory_mib'] * 1024} KiB"),
+        ("Accelerator", info["accelerator"]), ("Why", info["accelerator_reason"]),
+        ("QEMU", f"{info['qemu']['version']} ({info['qemu']['path']})"),
+    ])
+    return 0
+
+
+def cmd_event(client: Client, args: argparse.Namespace) -> int:
+    """Print events as they happen (virsh event --loop); --since replays the journal."""
+    from virtkit.cli.wsclient import OP_CLOSE, WebSocket
+
+    path = "/v1/events" + (f"?since={args.since}" if args.since is not None else "")
+    ws = WebSocket.open(client.paths.socket, path)
+    seen = 0
+    try:
+        while True:
+            opcode, payload = ws.receive()
+            if opcode == OP_CLOSE:
+                return 0
+            event = json.loads(payload)
+            if args.domain and event.get("domain") != args.domain:
+                continue
+            if args.json:
+                print(json.dumps(event), flush=True)
+            else:
+                print(f"event '{event['type']}' for domain '{event.get('domain')}': "
+                      f"{event.get('state')}" + (f" ({event['reason']})" if event.get("reason")
+                                                 else ""), flush=True)
+            seen += 1
+            if not args.loop and seen >= (args.count or 1):
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        ws.close()
+
+
+def cmd_completion(_client: Client | None, args: argparse.Namespace) -> int:
+    from virtkit.cli.completion import bash_completion
+
+    sys.stdout.write(bash_completion(build_parser()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from virtkit.cli import domains
+
+    parser = argparse.ArgumentParser(
+        prog="virtkit", description="Manage virtual machines (virsh-compatible commands).")
+    parser.add_argument("--version", action="version", version=f"virtkit {__version__}")
+    parser.add_argument("--root", type=Path, help="state root of the daemon to talk to "
+                        "(default: $VIRTKIT_ROOT or the system/user default)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    domains.register(sub)
+    host = sub.add_parser("host", help="host commands: check")
+    host_sub = host.add_subparsers(dest="host_command", metavar="HOSTCOMMAND")
+    host_sub.required = True
+    check = host_sub.add_parser("check", help="check this host can run VMs (virt-host-validate)")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=cmd_host_check, daemon_optional=True)
+    node = sub.add_parser("nodeinfo", help="show host facts and the accelerator in use")
+    node.add_argument("--json", action="store_true")
+    node.set_defaults(func=cmd_nodeinfo)
+    event = sub.add_parser("event", help="print domain events as they happen")
+    event.add_argument("domain", nargs="?", help="only this domain")
+    event.add_argument("--loop", action="store_true", help="keep printing until interrupted")
+    event.add_argument("--count", type=int, help="stop after this many events")
+    event.add_argument("--since", type=int, help="replay the journal after this event id")
+    event.add_argument("--json", action="store_true")
+    event.set_defaults(func=cmd_event)
+    completion = sub.add_parser("completion", help="print the bash completion script")
+    completion.add_argument("shell", choices=["bash"], nargs="?", default="bash")
+    completion.set_defaults(func=cmd_completion)
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    client: Client | None = None
+    try:
+        if args.command not in LOCAL_COMMANDS:
+            if getattr(args, "daemon_optional", False):
+                try:
+                    client = connect(args.root, autostart=False)
+                except VirtkitError:
+                    client = None
+            else:
+                client = connect(args.root)
+        result: int = args.func(client, args)
+        return result
+    except VirtkitError as exc:
+        details: dict[str, Any] = getattr(exc, "details", {}) or {}
+        render.error(exc.message, exc.fix, details.get("stderr"))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

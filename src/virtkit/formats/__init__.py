@@ -1,0 +1,1 @@
+"""virtkit.formats layer."""

@@ -1,0 +1,1 @@
+"""virtkit.host layer."""

@@ -1,0 +1,472 @@
+"""The domain (virtual machine) spec: what the user wants, validated, with no I/O.
+
+A :class:`Domain` is the desired configuration of one VM, as stored in the
+database and as written in YAML/JSON spec files.  It says nothing about
+whether the VM runs; that is the runtime record's job.  Validation here is
+limited to what can be decided from the spec alone (ranges, consistency,
+names); checks against the host (does the kernel file exist, is there enough
+memory) happen in the service layer.
+
+Sizes accept MiB integers or strings such as ``"512M"``/``"2G"``; devices and
+sub-objects accept short forms (``vcpus: 2``, ``graphics: vnc``) so that a
+minimal spec is a few lines long.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from virtkit.model.units import parse_mib
+
+MAX_VCPUS = 288
+MAX_NAME_LENGTH = 128
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _to_mib(value: Any, info: Any = None) -> Any:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, str):
+        return parse_mib(value, field="size")
+    return value
+
+
+MiB = Annotated[int, BeforeValidator(_to_mib)]
+
+
+class Spec(BaseModel):
+    """Base of every spec object: unknown fields are errors, values are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class Accelerator(StrEnum):
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+class Machine(StrEnum):
+    Q35 = "q35"
+    PC = "pc"
+    MICROVM = "microvm"
+
+
+class Firmware(StrEnum):
+    BIOS = "bios"
+    UEFI = "uefi"
+
+
+class DiskBus(StrEnum):
+    VIRTIO = "virtio"
+    SATA = "sata"
+    SCSI = "scsi"
+    IDE = "ide"
+
+
+class DiskDevice(StrEnum):
+    DISK = "disk"
+    CDROM = "cdrom"
+
+
+class CacheMode(StrEnum):
+    NONE = "none"
+    WRITEBACK = "writeback"
+    WRITETHROUGH = "writethrough"
+    DIRECTSYNC = "directsync"
+    UNSAFE = "unsafe"
+
+
+class AioMode(StrEnum):
+    THREADS = "threads"
+    NATIVE = "native"
+    IO_URING = "io_uring"
+
+
+class LifecycleAction(StrEnum):
+    """What happens when the guest powers off, reboots or crashes (libvirt's on_* elements)."""
+
+    DESTROY = "destroy"
+    RESTART = "restart"
+    PRESERVE = "preserve"
+
+
+class BootDevice(StrEnum):
+    HD = "hd"
+    CDROM = "cdrom"
+    NETWORK = "network"
+
+
+class Memory(Spec):
+    """Guest RAM in MiB: ``current`` at boot, ``max`` the ceiling for hot-add."""
+
+    current: MiB = Field(description="RAM at boot, in MiB")
+    max: MiB | None = Field(default=None, description="maximum RAM for hot-add, in MiB")
+
+    @model_validator(mode="after")
+    def _check(self) -> Memory:
+        if self.current <= 0:
+            raise ValueError("memory must be at least 1 MiB; write e.g. memory: 512")
+        if self.max is not None and self.max < self.current:
+            raise ValueError(
+                f"max memory {self.max} MiB is below current memory {self.current} MiB; "
+                "raise max or lower current"
+            )
+        return self
+
+
+class Vcpus(Spec):
+    """Virtual CPUs: how many at boot, the hot-plug ceiling, and the topology."""
+
+    current: int = 1
+    max: int | None = None
+    sockets: int | None = None
+    cores: int | None = None
+    threads: int | None = None
+
+    @property
+    def maximum(self) -> int:
+        return self.max if self.max is not None else self.current
+
+    @model_validator(mode="after")
+    def _check(self) -> Vcpus:
+        if self.current < 1:
+            raise ValueError("vcpus must be at least 1")
+        if self.maximum > MAX_VCPUS:
+            raise ValueError(f"vcpus {self.maximum} is above the limit of {MAX_VCPUS}")
+        if self.current > self.maximum:
+            raise ValueError(
+                f"vcpus current {self.current} is above max {self.maximum}; "
+                "raise vcpus.max or lower vcpus.current"
+            )
+        topology = (self.sockets, self.cores, self.threads)
+        if any(part is not None for part in topology):
+            if any(part is not None and part < 1 for part in topology):
+                raise ValueError("sockets, cores and threads must each be at least 1")
+            product = (self.sockets or 1) * (self.cores or 1) * (self.threads or 1)
+            if product != self.maximum:
+                raise ValueError(
+                    f"topology sockets*cores*threads = {product} does not match "
+                    f"max vcpus {self.maximum}; make them equal"
+                )
+        return self
+
+
+class Cpu(Spec):
+    """CPU model: ``auto`` picks ``host`` under KVM and ``max`` under TCG."""
+
+    model: str = "auto"
+    features: list[str] = Field(default_factory=list, description="'+feat' or '-feat'")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", value):
+            raise ValueError(f"CPU model {value!r} has characters QEMU does not accept")
+        return value
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, value: list[str]) -> list[str]:
+        for feature in value:
+            if not re.fullmatch(r"[+-][A-Za-z0-9_.\-]+", feature):
+                raise ValueError(f"CPU feature {feature!r} must look like '+avx2' or '-svm'")
+        return value
+
+
+class Boot(Spec):
+    """Boot order, menu, and direct kernel boot (kernel, initrd, cmdline)."""
+
+    order: list[BootDevice] = Field(default_factory=lambda: [BootDevice.HD])
+    menu: bool = False
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Boot:
+        if (self.initrd or self.cmdline) and not self.kernel:
+            raise ValueError("boot.initrd and boot.cmdline need boot.kernel; add a kernel path")
+        if len(set(self.order)) != len(self.order):
+            raise ValueError("boot.order lists a device twice")
+        for name in ("kernel", "initrd"):
+            path = getattr(self, name)
+            if path is not None and not path.startswith("/"):
+                raise ValueError(f"boot.{name} must be an absolute path, got {path!r}")
+        return self
+
+
+class Disk(Spec):
+    """A disk or CD-ROM drive backed by a host file or block device."""
+
+    path: str | None = Field(default=None, description="absolute host path; empty CD-ROM if None")
+    format: Literal["raw", "qcow2", "vmdk", "vdi", "vhdx", "qed"] | None = None
+    device: DiskDevice = DiskDevice.DISK
+    bus: DiskBus | None = None
+    cache: CacheMode = CacheMode.NONE
+    aio: AioMode = AioMode.THREADS
+    readonly: bool = False
+    serial: str | None = None
+    target: str | None = Field(default=None, description="guest name hint: vda, sda, hda ...")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("/"):
+            raise ValueError(f"disk path must be absolute, got {value!r}")
+        if _CONTROL_CHARS.search(value):
+            raise ValueError("disk path contains a control character (newline, tab ...)")
+        return value
+
+    @field_validator("serial")
+    @classmethod
+    def _serial(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.+\-]{1,20}", value):
+            raise ValueError("disk serial must be 1-20 characters of A-Z a-z 0-9 _ . + -")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Disk:
+        if self.device is DiskDevice.DISK and self.path is None:
+            raise ValueError("a disk needs a path (only a cdrom may be empty)")
+        if self.device is DiskDevice.CDROM:
+            self.__dict__["readonly"] = True
+            if self.bus is DiskBus.VIRTIO:
+                raise ValueError("a cdrom cannot sit on the virtio bus; use sata, scsi or ide")
+        if self.aio is AioMode.NATIVE and self.cache not in (CacheMode.NONE, CacheMode.DIRECTSYNC):
+            raise ValueError("aio=native needs cache=none or cache=directsync")
+        return self
+
+    @property
+    def effective_bus(self) -> DiskBus:
+        if self.bus is not None:
+            return self.bus
+        return DiskBus.SATA if self.device is DiskDevice.CDROM else DiskBus.VIRTIO
+
+
+class Graphics(Spec):
+    """The graphical console: VNC (on localhost by default) or none."""
+
+    type: Literal["vnc", "none"] = "vnc"
+    listen: str = "127.0.0.1"
+    port: int | Literal["auto"] = "auto"
+    password: str | None = None
+    keymap: str | None = None
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 5900 <= value <= 65535:
+            raise ValueError(f"VNC port {value} must be 'auto' or between 5900 and 65535")
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9A-Za-z.:\-]+", value):
+            raise ValueError(f"VNC listen address {value!r} is not an IP address or host name")
+        return value
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: str | None) -> str | None:
+        if value is not None and not 1 <= len(value) <= 8:
+            raise ValueError("VNC passwords are 1 to 8 characters (a limit of the VNC protocol)")
+        return value
+
+
+class Serial(Spec):
+    """A serial port: logged to a file and attachable with ``virtkit console``."""
+
+    log: bool = True
+
+
+class Watchdog(Spec):
+    model: Literal["i6300esb", "itco"] = "i6300esb"
+    action: Literal["reset", "shutdown", "poweroff", "pause", "none", "inject-nmi"] = "reset"
+
+
+class Rng(Spec):
+    backend: str = "/dev/urandom"
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        if value not in ("/dev/urandom", "/dev/random", "/dev/hwrng"):
+            raise ValueError("rng backend must be /dev/urandom, /dev/random or /dev/hwrng")
+        return value
+
+
+class Nic(Spec):
+    """A network card.  Until virtual networks exist only restricted user mode is allowed."""
+
+    type: Literal["user"] = "user"
+    restrict: bool = True
+    model: Literal["virtio", "e1000", "rtl8139"] = "virtio"
+    mac: str | None = None
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.fullmatch(r"([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}", value):
+            raise ValueError(f"MAC address {value!r} must look like 52:54:00:12:34:56")
+        if int(value[:2], 16) & 1:
+            raise ValueError(f"MAC address {value!r} is a multicast address; use 52:54:00:...")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _check(self) -> Nic:
+        if not self.restrict:
+            raise ValueError(
+                "an unrestricted user-mode NIC would let the guest reach any network; "
+                "use restrict: true (virtual networks come with the network backends)"
+            )
+        return self
+
+
+def _short_vcpus(value: Any) -> Any:
+    return {"current": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _short_memory(value: Any) -> Any:
+    if isinstance(value, int | str) and not isinstance(value, bool):
+        return {"current": value}
+    return value
+
+
+def _short_graphics(value: Any) -> Any:
+    return {"type": value} if isinstance(value, str) else value
+
+
+def _short_cpu(value: Any) -> Any:
+    return {"model": value} if isinstance(value, str) else value
+
+
+def _short_device(value: Any) -> Any:
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    return value
+
+
+class Domain(Spec):
+    """The full desired configuration of one virtual machine."""
+
+    name: str
+    uuid: str = Field(default_factory=lambda: str(uuidlib.uuid4()))
+    title: str | None = None
+    description: str | None = None
+    memory: Annotated[Memory, BeforeValidator(_short_memory)]
+    vcpus: Annotated[Vcpus, BeforeValidator(_short_vcpus)] = Field(default_factory=Vcpus)
+    cpu: Annotated[Cpu, BeforeValidator(_short_cpu)] = Field(default_factory=Cpu)
+    machine: Machine = Machine.Q35
+    firmware: Firmware = Firmware.BIOS
+    accelerator: Accelerator = Accelerator.AUTO
+    boot: Boot = Field(default_factory=Boot)
+    disks: list[Disk] = Field(default_factory=list)
+    nics: list[Nic] = Field(default_factory=list)
+    graphics: Annotated[Graphics, BeforeValidator(_short_graphics)] = Field(
+        default_factory=lambda: Graphics(type="none")
+    )
+    serials: list[Serial] = Field(default_factory=lambda: [Serial()])
+    guest_agent: bool = True
+    watchdog: Annotated[Watchdog | None, BeforeValidator(_short_device)] = None
+    rng: Annotated[Rng | None, BeforeValidator(_short_device)] = Field(default_factory=Rng)
+    balloon: bool = True
+    on_poweroff: LifecycleAction = LifecycleAction.DESTROY
+    on_reboot: LifecycleAction = LifecycleAction.RESTART
+    on_crash: LifecycleAction = LifecycleAction.DESTROY
+    autostart: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return validate_name(value)
+
+    @field_validator("uuid")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        try:
+            return str(uuidlib.UUID(value))
+        except ValueError:
+            raise ValueError(f"uuid {value!r} is not a UUID (e.g. {uuidlib.uuid4()})") from None
+
+    @field_validator("on_poweroff")
+    @classmethod
+    def _on_poweroff(cls, value: LifecycleAction) -> LifecycleAction:
+        if value is LifecycleAction.PRESERVE:
+            raise ValueError("on_poweroff must be destroy or restart")
+        return value
+
+    @field_validator("on_reboot")
+    @classmethod
+    def _on_reboot(cls, value: LifecycleAction) -> LifecycleAction:
+        if value is LifecycleAction.PRESERVE:
+            raise ValueError("on_reboot must be restart or destroy")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Domain:
+        if self.machine is Machine.MICROVM:
+            self._check_microvm()
+        if self.machine is Machine.Q35:
+            for disk in self.disks:
+                if disk.effective_bus is DiskBus.IDE:
+                    raise ValueError(
+                        f"q35 has no IDE controller ({disk.path or 'cdrom'}); use bus: sata"
+                    )
+        itco = self.watchdog is not None and self.watchdog.model == "itco"
+        if itco and self.machine is not Machine.Q35:
+            raise ValueError("the itco watchdog is built into q35 only; use i6300esb")
+        if sum(1 for d in self.disks if d.effective_bus is DiskBus.IDE) > 4:
+            raise ValueError("the IDE controller takes at most 4 drives; use sata or virtio")
+        if len(self.serials) > 4:
+            raise ValueError("at most 4 serial ports are supported")
+        return self
+
+    def _check_microvm(self) -> None:
+        if self.firmware is Firmware.UEFI:
+            raise ValueError("microvm boots without firmware; use firmware: bios or machine: q35")
+        for disk in self.disks:
+            if disk.effective_bus is not DiskBus.VIRTIO:
+                raise ValueError(f"microvm has only virtio disks; {disk.path} asks for {disk.bus}")
+        if self.graphics.type != "none":
+            raise ValueError("microvm has no display; use graphics: none")
+        if self.watchdog is not None:
+            raise ValueError("microvm has no watchdog device; remove watchdog")
+        if self.memory.max is not None:
+            raise ValueError("memory hot-add (memory.max) is not available on microvm")
+        if self.boot.kernel is None:
+            raise ValueError("microvm has no firmware to boot disks; set boot.kernel")
+
+
+def validate_name(value: str) -> str:
+    """Apply libvirt's domain name rules (plus a length cap) and return the name."""
+    if not value or not value.strip():
+        raise ValueError("name must not be empty")
+    if "/" in value:
+        raise ValueError(f"name {value!r} contains '/', which libvirt and virtkit forbid")
+    if _CONTROL_CHARS.search(value):
+        raise ValueError("name contains a control character (newline, tab ...)")
+    if value != value.strip():
+        raise ValueError(f"name {value!r} has leading or trailing spaces")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"name is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
+    return value

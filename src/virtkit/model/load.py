@@ -1,0 +1,83 @@
+"""Turn user input (YAML/JSON text or dicts) into validated specs.
+
+Pydantic's errors are rewritten into one :class:`InvalidSpec` whose message
+names the field path (``disks[0].bus``) and says what is wrong, so the CLI can
+print a single clear line.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from virtkit.errors import InvalidSpec
+from virtkit.model.domain import Domain
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """Render a pydantic location tuple as ``disks[0].bus``."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part.startswith(("function-", "union[", "json-or-python")):
+            continue
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "spec"
+
+
+def invalid_spec_from(error: ValidationError, *, kind: str = "domain") -> InvalidSpec:
+    """Summarise a pydantic ValidationError as one InvalidSpec naming the first bad field."""
+    problems = []
+    for item in error.errors():
+        path = field_path(tuple(item["loc"]))
+        message = str(item["msg"]).removeprefix("Value error, ")
+        message = message.replace("Input should be", "must be")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field; check its spelling (see docs/spec.md)"
+        elif item["type"] == "missing":
+            message = "is required"
+        problems.append((path, message))
+    path, message = problems[0]
+    text = f"invalid {kind} spec: {path}: {message}"
+    if len(problems) > 1:
+        text += f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
+    return InvalidSpec(text, field=path, problems=[f"{p}: {m}" for p, m in problems])
+
+
+def parse_text(text: str, *, source: str = "spec") -> dict[str, Any]:
+    """Read YAML or JSON (JSON is YAML) into a mapping, with a clear error if it is not one."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InvalidSpec(f"{source}: not valid YAML or JSON{where}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidSpec(f"{source}: expected a mapping of fields (name: ..., memory: ...)")
+    return data
+
+
+def load_domain(data: dict[str, Any] | str) -> Domain:
+    """Validate a domain spec given as a mapping or as YAML/JSON text."""
+    if isinstance(data, str):
+        data = parse_text(data)
+    try:
+        return Domain.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_spec_from(exc) from None
+
+
+def dump_domain(domain: Domain) -> dict[str, Any]:
+    """The canonical JSON-able form of a domain (what the store and the API hold)."""
+    data: dict[str, Any] = json.loads(domain.model_dump_json())
+    return data
+
+
+def domain_to_yaml(domain: Domain) -> str:
+    """A YAML rendering for humans (``virtkit edit``, ``dumpspec``)."""
+    return yaml.safe_dump(dump_domain(domain), sort_keys=False, default_flow_style=False)

@@ -1,0 +1,75 @@
+"""Where one virtkit instance keeps its state, sockets and logs.
+
+The state root is ``$VIRTKIT_ROOT`` when set, ``/var/lib/virtkit`` for root,
+and ``~/.local/share/virtkit`` for other users (libvirt's system and session
+modes).  Everything an instance owns lives below it, so setting
+``VIRTKIT_ROOT`` isolates a whole instance and several can run side by side.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def default_root() -> Path:
+    """The state root for this process, following the rules above."""
+    override = os.environ.get("VIRTKIT_ROOT")
+    if override:
+        return Path(override).absolute()
+    if os.geteuid() == 0:
+        return Path("/var/lib/virtkit")
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "virtkit"
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """The files and folders below one state root."""
+
+    root: Path
+
+    @property
+    def database(self) -> Path:
+        return self.root / "virtkit.db"
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "virtkitd.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "virtkitd.pid"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.root / "log" / "virtkitd.log"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def nvram(self) -> Path:
+        return self.root / "nvram"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "log"
+
+    def run_dir(self, uuid: str) -> Path:
+        return self.run / uuid
+
+    def make(self) -> None:
+        """Create the folders (private to the owner, as they hold sockets and disks' names)."""
+        for folder in (self.root, self.run, self.nvram, self.cache, self.logs):
+            folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+
+
+def state_paths(root: Path | None = None) -> StatePaths:
+    return StatePaths(root or default_root())

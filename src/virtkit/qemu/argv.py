@@ -1,0 +1,387 @@
+"""Build the QEMU command line from a domain spec: a pure function.
+
+``build_argv(domain, caps, files)`` returns the full argv for
+``qemu-system-x86_64``.  It performs no I/O, so golden files under
+``tests/data/argv`` pin its output.  The argv is rebuilt at every start and
+never stored.
+
+Safety: user-supplied paths reach QEMU only inside JSON (``-blockdev`` and
+``-device`` accept JSON objects), where no value can spill into another
+option.  The few ``key=value`` options that carry user text (``-name``) have
+their commas doubled, QEMU's own escape.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from virtkit.model.domain import (
+    BootDevice,
+    CacheMode,
+    Disk,
+    DiskBus,
+    DiskDevice,
+    Domain,
+    Firmware,
+    LifecycleAction,
+    Machine,
+)
+from virtkit.model.host import HostCaps, LaunchFiles
+
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+
+def qemu_escape(value: str) -> str:
+    """Escape a value for QEMU's ``key=value,...`` syntax (commas are doubled)."""
+    return value.replace(",", ",,")
+
+
+def _json(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class DiskSlot:
+    """Where one spec disk lands: QEMU ids and the guest-visible target name."""
+
+    index: int
+    device_id: str
+    node: str
+    target: str
+    bus: DiskBus
+
+
+_TARGET_PREFIX = {DiskBus.VIRTIO: "vd", DiskBus.SATA: "sd", DiskBus.SCSI: "sd", DiskBus.IDE: "hd"}
+
+
+def disk_slots(domain: Domain) -> list[DiskSlot]:
+    """Assign device ids, node names and guest names (vda, sda, hda) to the disks."""
+    counters: dict[str, int] = {}
+    slots = []
+    for index, disk in enumerate(domain.disks):
+        bus = disk.effective_bus
+        prefix = _TARGET_PREFIX[bus]
+        number = counters.get(prefix, 0)
+        counters[prefix] = number + 1
+        target = disk.target or prefix + chr(ord("a") + number)
+        slots.append(DiskSlot(index, f"disk{index}", f"drive-disk{index}", target, bus))
+    return slots
+
+
+def build_argv(domain: Domain, caps: HostCaps, files: LaunchFiles, binary: str) -> list[str]:
+    """The complete QEMU argv that starts ``domain`` paused, ready for QMP set-up."""
+    argv = [binary]
+    argv += _base(domain, caps)
+    argv += _machine(domain, caps, files)
+    argv += _cpu_memory(domain, caps)
+    argv += _monitor(files)
+    argv += _boot(domain)
+    argv += _firmware_blockdevs(domain, caps, files)
+    argv += list(_disks(domain))
+    argv += _nics(domain)
+    argv += _serials(domain, files)
+    argv += _agent(domain, files)
+    argv += _display(domain)
+    argv += _misc_devices(domain)
+    argv += _actions(domain)
+    if caps.sandbox:
+        argv += ["-sandbox", SANDBOX]
+    if files.incoming:
+        argv += ["-incoming", files.incoming]
+    return argv
+
+
+def _base(domain: Domain, caps: HostCaps) -> list[str]:
+    return [
+        "-name", f"guest={qemu_escape(domain.name)},debug-threads=on",
+        "-uuid", domain.uuid,
+        "-S",
+        "-no-user-config",
+        "-nodefaults",
+        "-msg", "timestamp=on",
+        "-accel", "kvm" if caps.accel == "kvm" else "tcg,thread=multi",
+    ]
+
+
+def _machine(domain: Domain, caps: HostCaps, files: LaunchFiles) -> list[str]:
+    if domain.machine is Machine.MICROVM:
+        options = "microvm,acpi=on,pit=off,pic=off,rtc=on,isa-serial=on"
+    else:
+        options = f"{caps.machine_type(domain.machine.value)},usb=off,dump-guest-core=off"
+        if domain.machine is Machine.PC or domain.machine is Machine.Q35:
+            options += ",vmport=off"
+        if domain.firmware is Firmware.UEFI:
+            options += ",pflash0=pflash0,pflash1=pflash1"
+    return ["-machine", options]
+
+
+def _cpu_memory(domain: Domain, caps: HostCaps) -> list[str]:
+    model = domain.cpu.model
+    if model == "auto":
+        model = "host" if caps.accel == "kvm" else "max"
+    cpu = model + "".join(
+        f",{feature[1:]}={'on' if feature[0] == '+' else 'off'}" for feature in domain.cpu.features
+    )
+    vcpus = domain.vcpus
+    maximum = vcpus.maximum
+    sockets = vcpus.sockets or (1 if (vcpus.cores or vcpus.threads) else maximum)
+    cores = vcpus.cores or 1
+    threads = vcpus.threads or 1
+    if vcpus.sockets is None and (vcpus.cores or vcpus.threads):
+        sockets = maximum // (cores * threads)
+    smp = f"{vcpus.current},maxcpus={maximum},sockets={sockets},cores={cores},threads={threads}"
+    memory = f"size={domain.memory.current}M"
+    if domain.memory.max is not None and domain.memory.max > domain.memory.current:
+        memory += f",slots=16,maxmem={domain.memory.max}M"
+    argv = ["-cpu", cpu, "-m", memory, "-smp", smp, "-overcommit", "mem-lock=off"]
+    argv += ["-rtc", "base=utc,driftfix=slew"]
+    if caps.accel == "kvm" and domain.machine is not Machine.MICROVM:
+        argv += ["-global", "kvm-pit.lost_tick_policy=delay"]
+    return argv
+
+
+def _monitor(files: LaunchFiles) -> list[str]:
+    return [
+        "-chardev", f"socket,id=charmonitor,fd={files.fds['qmp']},server=on,wait=off",
+        "-mon", "chardev=charmonitor,id=monitor,mode=control",
+    ]
+
+
+def _boot(domain: Domain) -> list[str]:
+    argv = ["-boot", "strict=on" + (",menu=on" if domain.boot.menu else "")]
+    if domain.boot.kernel:
+        argv += ["-kernel", domain.boot.kernel]
+        if domain.boot.initrd:
+            argv += ["-initrd", domain.boot.initrd]
+        if domain.boot.cmdline:
+            argv += ["-append", domain.boot.cmdline]
+    return argv
+
+
+def _firmware_blockdevs(domain: Domain, caps: HostCaps, files: LaunchFiles) -> list[str]:
+    if domain.firmware is not Firmware.UEFI or domain.machine is Machine.MICROVM:
+        return []
+    code = {"driver": "file", "filename": caps.ovmf_code, "node-name": "pflash0", "read-only": True}
+    nvram = {"driver": "file", "filename": files.nvram, "node-name": "pflash1"}
+    return ["-blockdev", _json(code), "-blockdev", _json(nvram)]
+
+
+def _bootindexes(domain: Domain) -> dict[int, int]:
+    """Map disk index -> bootindex following ``boot.order`` (first disk of each kind)."""
+    if domain.boot.kernel:
+        return {}
+    indexes: dict[int, int] = {}
+    rank = 1
+    for device in domain.boot.order:
+        wanted = DiskDevice.CDROM if device is BootDevice.CDROM else DiskDevice.DISK
+        if device is BootDevice.NETWORK:
+            rank += 1
+            continue
+        for index, disk in enumerate(domain.disks):
+            if disk.device is wanted and index not in indexes:
+                indexes[index] = rank
+                rank += 1
+                break
+    return indexes
+
+
+def nic_bootindex(domain: Domain) -> int | None:
+    """The bootindex of the first NIC when ``network`` is in the boot order."""
+    if domain.boot.kernel or BootDevice.NETWORK not in domain.boot.order:
+        return None
+    rank = 1
+    for device in domain.boot.order:
+        if device is BootDevice.NETWORK:
+            return rank
+        wanted = DiskDevice.CDROM if device is BootDevice.CDROM else DiskDevice.DISK
+        if any(disk.device is wanted for disk in domain.disks):
+            rank += 1
+    return rank
+
+
+_CACHE = {
+    CacheMode.NONE: ({"direct": True, "no-flush": False}, True),
+    CacheMode.WRITEBACK: ({"direct": False, "no-flush": False}, True),
+    CacheMode.WRITETHROUGH: ({"direct": False, "no-flush": False}, False),
+    CacheMode.DIRECTSYNC: ({"direct": True, "no-flush": False}, False),
+    CacheMode.UNSAFE: ({"direct": False, "no-flush": True}, True),
+}
+
+
+def blockdev_nodes(disk: Disk, node: str) -> list[dict[str, Any]]:
+    """The protocol and format blockdev objects for one disk (also used by hotplug)."""
+    assert disk.path is not None
+    cache, _ = _CACHE[disk.cache]
+    if disk.path.startswith("/dev/"):
+        driver = "host_cdrom" if disk.device is DiskDevice.CDROM else "host_device"
+    else:
+        driver = "file"
+    protocol: dict[str, Any] = {
+        "driver": driver,
+        "filename": disk.path,
+        "node-name": f"file-{node}",
+        "cache": cache,
+        "aio": disk.aio.value,
+        "read-only": disk.readonly,
+    }
+    if not disk.readonly:
+        protocol["discard"] = "unmap"
+    fmt: dict[str, Any] = {
+        "node-name": node,
+        "driver": disk.format or "raw",
+        "file": f"file-{node}",
+        "cache": cache,
+        "read-only": disk.readonly,
+    }
+    if not disk.readonly:
+        fmt["discard"] = "unmap"
+    return [protocol, fmt]
+
+
+def _controllers(domain: Domain) -> Iterator[str]:
+    buses = {disk.effective_bus for disk in domain.disks}
+    pci = domain.machine is not Machine.MICROVM
+    if DiskBus.SATA in buses:
+        yield from ("-device", _json({"driver": "ahci", "id": "sata0"}))
+    if DiskBus.SCSI in buses:
+        driver = "virtio-scsi-pci" if pci else "virtio-scsi-device"
+        yield from ("-device", _json({"driver": driver, "id": "scsi0"}))
+
+
+def disk_device(domain: Domain, disk: Disk, slot: DiskSlot,
+                bootindex: int | None) -> dict[str, Any]:
+    """The ``-device``/``device_add`` object that puts one disk on its bus."""
+    cdrom = disk.device is DiskDevice.CDROM
+    device: dict[str, Any] = {"id": slot.device_id}
+    if slot.bus is DiskBus.VIRTIO:
+        pci = domain.machine is not Machine.MICROVM
+        device["driver"] = "virtio-blk-pci" if pci else "virtio-blk-device"
+    elif slot.bus is DiskBus.SATA:
+        port = sum(1 for s in disk_slots(domain)[: slot.index] if s.bus is DiskBus.SATA)
+        device.update(driver="ide-cd" if cdrom else "ide-hd", bus=f"sata0.{port}")
+    elif slot.bus is DiskBus.IDE:
+        unit = sum(1 for s in disk_slots(domain)[: slot.index] if s.bus is DiskBus.IDE)
+        device.update(driver="ide-cd" if cdrom else "ide-hd", bus=f"ide.{unit // 2}", unit=unit % 2)
+    else:
+        lun = sum(1 for s in disk_slots(domain)[: slot.index] if s.bus is DiskBus.SCSI)
+        device.update(driver="scsi-cd" if cdrom else "scsi-hd", bus="scsi0.0",
+                      channel=0, **{"scsi-id": 0}, lun=lun)
+    if disk.path is not None:
+        device["drive"] = slot.node
+    if bootindex is not None:
+        device["bootindex"] = bootindex
+    if disk.serial:
+        device["serial"] = disk.serial
+    if disk.path is not None and not cdrom:
+        device["write-cache"] = "on" if _CACHE[disk.cache][1] else "off"
+    return device
+
+
+def _disks(domain: Domain) -> Iterator[str]:
+    yield from _controllers(domain)
+    bootindexes = _bootindexes(domain)
+    for slot, disk in zip(disk_slots(domain), domain.disks, strict=True):
+        if disk.path is not None:
+            for node in blockdev_nodes(disk, slot.node):
+                yield from ("-blockdev", _json(node))
+        device = disk_device(domain, disk, slot, bootindexes.get(slot.index))
+        yield from ("-device", _json(device))
+
+
+def _nics(domain: Domain) -> list[str]:
+    argv: list[str] = []
+    pci = domain.machine is not Machine.MICROVM
+    first_boot = nic_bootindex(domain)
+    for index, nic in enumerate(domain.nics):
+        argv += ["-netdev", f"user,id=net{index},restrict={'on' if nic.restrict else 'off'}"]
+        driver = {"virtio": "virtio-net-pci" if pci else "virtio-net-device",
+                  "e1000": "e1000", "rtl8139": "rtl8139"}[nic.model]
+        device: dict[str, Any] = {"driver": driver, "netdev": f"net{index}", "id": f"nic{index}"}
+        if nic.mac:
+            device["mac"] = nic.mac
+        if index == 0 and first_boot is not None:
+            device["bootindex"] = first_boot
+        argv += ["-device", _json(device)]
+    return argv
+
+
+def _serials(domain: Domain, files: LaunchFiles) -> list[str]:
+    argv: list[str] = []
+    for index, serial in enumerate(domain.serials):
+        chardev = f"socket,id=charserial{index},fd={files.fds[f'serial{index}']},server=on,wait=off"
+        if serial.log:
+            log = f"{files.log_dir}/serial{index}.log"
+            chardev += f",logfile={qemu_escape(log)},logappend=on"
+        argv += ["-chardev", chardev]
+        argv += ["-device", _json({"driver": "isa-serial", "chardev": f"charserial{index}",
+                                   "id": f"serial{index}"})]
+    return argv
+
+
+def _agent(domain: Domain, files: LaunchFiles) -> list[str]:
+    if not domain.guest_agent:
+        return []
+    pci = domain.machine is not Machine.MICROVM
+    return [
+        "-chardev", f"socket,id=charagent,fd={files.fds['agent']},server=on,wait=off",
+        "-device", _json({"driver": "virtio-serial-pci" if pci else "virtio-serial-device",
+                          "id": "virtio-serial0"}),
+        "-device", _json({"driver": "virtserialport", "bus": "virtio-serial0.0", "nr": 1,
+                          "chardev": "charagent", "id": "channel0",
+                          "name": "org.qemu.guest_agent.0"}),
+    ]
+
+
+def vnc_option(domain: Domain) -> str:
+    """The ``-vnc`` value: a fixed display, or the first free one from 5900 when auto."""
+    graphics = domain.graphics
+    host = f"[{graphics.listen}]" if ":" in graphics.listen else graphics.listen
+    value = f"{host}:0,to=99" if graphics.port == "auto" else f"{host}:{int(graphics.port) - 5900}"
+    if graphics.password:
+        value += ",password=on"
+    return value
+
+
+def _display(domain: Domain) -> list[str]:
+    argv = ["-display", "none"]
+    if domain.graphics.type == "vnc":
+        argv += ["-vnc", vnc_option(domain)]
+        if domain.graphics.keymap:
+            argv += ["-k", domain.graphics.keymap]
+        argv += ["-device", _json({"driver": "VGA", "id": "video0"})]
+        argv += ["-device", _json({"driver": "qemu-xhci", "id": "usb"})]
+        argv += ["-device", _json({"driver": "usb-tablet", "id": "input0", "bus": "usb.0"})]
+    return argv
+
+
+def _misc_devices(domain: Domain) -> list[str]:
+    argv: list[str] = []
+    pci = domain.machine is not Machine.MICROVM
+    if domain.rng is not None:
+        argv += ["-object", _json({"qom-type": "rng-random", "id": "objrng0",
+                                   "filename": domain.rng.backend})]
+        argv += ["-device", _json({"driver": "virtio-rng-pci" if pci else "virtio-rng-device",
+                                   "rng": "objrng0", "id": "rng0"})]
+    if domain.balloon:
+        argv += ["-device", _json({"driver": "virtio-balloon-pci" if pci
+                                   else "virtio-balloon-device", "id": "balloon0"})]
+    if domain.watchdog is not None:
+        if domain.watchdog.model == "i6300esb":
+            argv += ["-device", _json({"driver": "i6300esb", "id": "watchdog0"})]
+        else:
+            argv += ["-global", "ICH9-LPC.noreboot=off"]
+    if pci:
+        argv += ["-device", _json({"driver": "pvpanic", "id": "panic0"})]
+    return argv
+
+
+def _actions(domain: Domain) -> list[str]:
+    actions = ["panic=pause"]
+    if domain.on_reboot is LifecycleAction.DESTROY:
+        actions.append("reboot=shutdown")
+    if domain.watchdog is not None:
+        actions.append(f"watchdog={domain.watchdog.action}")
+    return ["-action", ",".join(actions)]

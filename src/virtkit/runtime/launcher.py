@@ -1,0 +1,170 @@
+"""Start one QEMU process for a domain: sockets, spawn, QMP handshake, set-up.
+
+The sequence follows the "start paused" pattern: QEMU is launched with ``-S``
+so it executes no guest code; the daemon then does over QMP what argv cannot
+express (VNC password, reading back the VNC port), and only the caller's
+``cont`` makes the VM run.  If any step fails the process is killed, its run
+folder removed and QEMU's own stderr returned in the error, so nothing is left
+behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from virtkit.errors import QemuError, VirtkitError
+from virtkit.model.domain import Domain, Firmware
+from virtkit.model.host import HostCaps, LaunchFiles
+from virtkit.paths import StatePaths
+from virtkit.qemu.argv import build_argv
+from virtkit.qemu.monitor import Monitor
+from virtkit.qemu.process import QemuProcess
+from virtkit.unixsock import bind_unix, connect_unix
+
+log = logging.getLogger(__name__)
+
+#: Callable giving the host capabilities and QEMU binary a domain should start with.
+CapsProvider = Callable[[Domain], tuple[HostCaps, str]]
+
+QMP_HANDSHAKE_TIMEOUT = 15.0
+
+
+@dataclass
+class Running:
+    """A live QEMU process of one domain and its monitor."""
+
+    process: QemuProcess
+    monitor: Monitor
+    run_dir: Path
+    accel: str
+    vnc: dict[str, Any] = field(default_factory=dict)
+
+
+def socket_roles(domain: Domain) -> list[str]:
+    """The unix sockets the daemon binds for QEMU: monitor, serial ports, agent."""
+    roles = ["qmp"] + [f"serial{i}" for i in range(len(domain.serials))]
+    if domain.guest_agent:
+        roles.append("agent")
+    return roles
+
+
+def qemu_log_tail(path: Path, limit: int = 2000) -> str:
+    """The last lines QEMU wrote (its error messages), without timestamps noise."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    lines = [line for line in text.splitlines() if line.strip()][-8:]
+    return "\n".join(lines)[-limit:]
+
+
+def prepare_nvram(domain: Domain, caps: HostCaps, paths: StatePaths) -> str | None:
+    """Copy the OVMF variables template once per UEFI domain (its persistent NVRAM)."""
+    if domain.firmware is not Firmware.UEFI:
+        return None
+    if not caps.ovmf_code or not caps.ovmf_vars:
+        raise QemuError("UEFI firmware (OVMF) is not installed",
+                        fix="apt-get install ovmf, or use firmware: bios")
+    nvram = paths.nvram / f"{domain.uuid}_VARS.fd"
+    if not nvram.exists():
+        shutil.copyfile(caps.ovmf_vars, nvram)
+    return str(nvram)
+
+
+async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
+                 incoming_fd: int | None = None,
+                 on_event: Callable[[dict[str, Any]], None] | None = None) -> Running:
+    """Spawn QEMU paused for ``domain`` and return it with a connected monitor."""
+    caps, binary = caps_for(domain)
+    run_dir = paths.run_dir(domain.uuid)
+    log_dir = paths.logs / "domains" / domain.uuid
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True, mode=0o750)
+    log_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    qemu_log = log_dir / "qemu.log"
+    listeners: dict[str, socket.socket] = {}
+    process: QemuProcess | None = None
+    try:
+        for role in socket_roles(domain):
+            listeners[role] = bind_unix(run_dir / f"{role}.sock")
+        nvram = prepare_nvram(domain, caps, paths)
+        fds = {role: sock.fileno() for role, sock in listeners.items()}
+        pass_fds = list(fds.values())
+        incoming = None
+        if incoming_fd is not None:
+            incoming = f"fd:{incoming_fd}"
+            pass_fds.append(incoming_fd)
+        files = LaunchFiles(str(run_dir), str(log_dir), fds, nvram=nvram, incoming=incoming)
+        argv = build_argv(domain, caps, files, binary)
+        log.info("starting %s: %s", domain.name, " ".join(argv))
+        process = QemuProcess.spawn(argv, pass_fds=pass_fds, log_path=qemu_log)
+        monitor = await _handshake(domain, process, run_dir, qemu_log, on_event)
+        running = Running(process, monitor, run_dir, caps.accel)
+        await _setup(domain, running)
+        return running
+    except BaseException as exc:
+        if process is not None:
+            await process.kill(grace=1.0)
+            process.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if isinstance(exc, VirtkitError) and process is not None and "stderr" not in exc.details:
+            exc.details["stderr"] = qemu_log_tail(qemu_log)
+        raise
+    finally:
+        for sock in listeners.values():
+            sock.close()
+
+
+async def _handshake(domain: Domain, process: QemuProcess, run_dir: Path, qemu_log: Path,
+                     on_event: Callable[[dict[str, Any]], None] | None) -> Monitor:
+    """Connect the monitor; if QEMU dies first, raise with its stderr."""
+    monitor = Monitor(domain.name)
+    if on_event is not None:
+        monitor.subscribe(on_event)
+    sock = connect_unix(run_dir / "qmp.sock", timeout=5.0)
+    connect = asyncio.create_task(monitor.connect(sock, timeout=QMP_HANDSHAKE_TIMEOUT))
+    exited = asyncio.create_task(_wait_exit(process))
+    done, _pending = await asyncio.wait({connect, exited}, return_when=asyncio.FIRST_COMPLETED)
+    exited.cancel()
+    if connect in done and connect.exception() is None:
+        return monitor
+    connect.cancel()
+    with contextlib.suppress(BaseException):
+        await connect
+    await monitor.close()
+    with contextlib.suppress(OSError):
+        sock.close()
+    await process.wait(2.0)
+    stderr = qemu_log_tail(qemu_log)
+    status = process.exit_status()
+    raise QemuError(
+        f"QEMU failed to start domain '{domain.name}'"
+        + (f" (exit status {status})" if status is not None else "")
+        + (f": {stderr.splitlines()[-1]}" if stderr else ""),
+        stderr=stderr,
+        fix="read the QEMU message above; the domain was not started and nothing was left running",
+    )
+
+
+async def _wait_exit(process: QemuProcess) -> None:
+    while process.alive():
+        await asyncio.sleep(0.01)
+
+
+async def _setup(domain: Domain, running: Running) -> None:
+    """The QMP set-up between launch and ``cont`` that argv cannot express."""
+    if domain.graphics.type == "vnc":
+        if domain.graphics.password:
+            await running.monitor.execute(
+                "set_password", {"protocol": "vnc", "password": domain.graphics.password}
+            )
+        info = await running.monitor.execute("query-vnc")
+        running.vnc = {"host": info.get("host"), "port": int(info.get("service", 0) or 0)}

@@ -1,0 +1,445 @@
+"""Domain lifecycle: start, stop, pause, save, restore, and watching QEMU exit.
+
+:class:`Lifecycle` owns one :class:`Vm` record per defined domain with its live
+QEMU (if any).  Requests hold the VM's lock and check the transition table
+(:mod:`virtkit.model.state`) before acting.  QEMU's exit is noticed through a
+pidfd the moment it happens; the exit handler works out *why* (guest power-off,
+our destroy, a crash) from the QMP events seen before it, records the new state,
+publishes an event, and applies the domain's ``on_poweroff``/``on_crash``
+policy.  When the daemon starts, :meth:`Lifecycle.reattach` finds the QEMU
+processes earlier daemons left running and adopts them after checking they are
+really ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from virtkit.errors import NotFound, QemuError, TimeoutExpired
+from virtkit.model.domain import Domain, LifecycleAction
+from virtkit.model.load import dump_domain
+from virtkit.model.state import Action, State, check_action, check_transition
+from virtkit.paths import StatePaths
+from virtkit.qemu.monitor import Monitor
+from virtkit.qemu.process import QemuProcess
+from virtkit.runtime import savefile
+from virtkit.runtime.events import EventBus
+from virtkit.runtime.launcher import CapsProvider, Running, launch
+from virtkit.store.db import Store
+from virtkit.unixsock import connect_unix
+
+log = logging.getLogger(__name__)
+
+DESTROY_GRACE = 3.0
+DEFAULT_SHUTDOWN_TIMEOUT = 120.0
+
+
+@dataclass
+class Vm:
+    """What the daemon knows about one domain right now."""
+
+    uuid: str
+    name: str
+    state: State = State.SHUTOFF
+    reason: str = ""
+    running: Running | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    expected_exit: str | None = None
+    guest_shutdown: dict[str, Any] | None = None
+    reboot_pending: bool = False
+    shutdown_timer: asyncio.Task[None] | None = None
+    started: float | None = None
+
+
+class Lifecycle:
+    """Start, stop and supervise the QEMU processes of all domains."""
+
+    def __init__(self, store: Store, bus: EventBus, paths: StatePaths,
+                 caps_for: CapsProvider, spec_for: Callable[[str], Domain]) -> None:
+        self._store = store
+        self._bus = bus
+        self._paths = paths
+        self.paths = paths
+        self._caps_for = caps_for
+        self._spec_for = spec_for
+        self._vms: dict[str, Vm] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- bookkeeping ------------------------------------------------------
+
+    def vm(self, uuid: str, name: str | None = None) -> Vm:
+        """The live record of a domain (created on first use, in its stored state)."""
+        vm = self._vms.get(uuid)
+        if vm is None:
+            if name is None:
+                raise NotFound(f"domain {uuid} not found")
+            record = self._store.get_runtime(uuid)
+            vm = Vm(uuid, name, State(record.state), record.reason)
+            self._vms[uuid] = vm
+        elif name is not None:
+            vm.name = name
+        return vm
+
+    def forget(self, uuid: str) -> None:
+        self._vms.pop(uuid, None)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _set_state(self, vm: Vm, state: State, reason: str = "", *, event: str | None = None,
+                   **detail: Any) -> None:
+        check_transition(vm.state, state, vm.name)
+        vm.state, vm.reason = state, reason
+        running = vm.running
+        extra: dict[str, Any] = {"accel": running.accel, "vnc": running.vnc} if running else {}
+        self._store.set_runtime(
+            vm.uuid, state=state.value, reason=reason,
+            pid=running.process.pid if running else None,
+            pid_start=running.process.start_time if running else None,
+            started=vm.started if running else None, extra=extra,
+        )
+        if event:
+            self._bus.publish(event, vm.uuid, domain=vm.name, uuid=vm.uuid,
+                              state=state.value, reason=reason, **detail)
+
+    # -- start ---------------------------------------------------------------
+
+    async def start(self, uuid: str, name: str, *, paused: bool = False) -> None:
+        vm = self.vm(uuid, name)
+        async with vm.lock:
+            check_action(Action.START, vm.state, vm.name)
+            await self._start_locked(vm, paused=paused)
+
+    async def _start_locked(self, vm: Vm, *, paused: bool, incoming_fd: int | None = None,
+                            event: str = "started") -> None:
+        domain = self._spec_for(vm.uuid)
+        running = await launch(domain, self._paths, self._caps_for, incoming_fd=incoming_fd,
+                               on_event=lambda e: self._on_qmp_event(vm, e))
+        self._adopt(vm, running)
+        self._set_state(vm, State.PAUSED, "starting")
+        try:
+            if incoming_fd is not None:
+                await self._await_incoming(running)
+            if not paused:
+                await running.monitor.execute("cont")
+        except BaseException:
+            await self._kill(vm, "start failed")
+            raise
+        state = State.PAUSED if paused else State.RUNNING
+        self._set_state(vm, state, "user" if paused else "booted", event=event)
+
+    def _adopt(self, vm: Vm, running: Running) -> None:
+        vm.running = running
+        vm.exited.clear()
+        vm.expected_exit = None
+        vm.guest_shutdown = None
+        vm.reboot_pending = False
+        vm.started = time.time()
+        running.process.watch(lambda: self._on_exit(vm, running))
+
+    async def _await_incoming(self, running: Running, timeout: float = 600.0) -> None:
+        """Wait for an incoming migration stream (a restore) to be loaded."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = await running.monitor.execute("query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                return
+            if status == "failed":
+                raise QemuError(f"QEMU could not load the saved state: {info.get('error-desc')}")
+            await asyncio.sleep(0.05)
+        raise TimeoutExpired("restoring the saved state took too long")
+
+    # -- stop ------------------------------------------------------------------
+
+    async def destroy(self, uuid: str, name: str) -> None:
+        """Stop at once: QMP ``quit``, then SIGTERM, then SIGKILL."""
+        vm = self.vm(uuid, name)
+        async with vm.lock:
+            check_action(Action.DESTROY, vm.state, vm.name)
+            await self._kill(vm, "destroyed")
+
+    async def _kill(self, vm: Vm, reason: str) -> None:
+        running = vm.running
+        if running is None:
+            self._set_state(vm, State.SHUTOFF, reason, event="stopped")
+            return
+        vm.expected_exit = reason
+        with contextlib.suppress(Exception):
+            await running.monitor.execute("quit", timeout=DESTROY_GRACE)
+        if not await running.process.wait(DESTROY_GRACE):
+            await running.process.kill()
+        await asyncio.wait_for(vm.exited.wait(), 10.0)
+
+    async def shutdown(self, uuid: str, name: str, *, timeout: float | None = None,
+                       wait: bool = False, reboot: bool = False) -> None:
+        """ACPI power-off (or reboot); the guest gets ``timeout`` seconds to comply."""
+        vm = self.vm(uuid, name)
+        timeout = DEFAULT_SHUTDOWN_TIMEOUT if timeout is None else timeout
+        async with vm.lock:
+            check_action(Action.REBOOT if reboot else Action.SHUTDOWN, vm.state, vm.name)
+            assert vm.running is not None
+            await vm.running.monitor.execute("system_powerdown")
+            vm.reboot_pending = reboot
+            if vm.state is State.RUNNING:
+                self._set_state(vm, State.SHUTTING_DOWN, "reboot" if reboot else "acpi")
+            if vm.shutdown_timer is None:
+                vm.shutdown_timer = asyncio.create_task(self._shutdown_deadline(vm, timeout))
+        if wait and not await self._wait_exited(vm, timeout):
+            raise TimeoutExpired(
+                f"domain '{vm.name}' did not {'reboot' if reboot else 'shut down'} "
+                f"within {timeout:g}s; the guest ignored the ACPI request",
+                fix=f"use 'virtkit destroy {vm.name}' to stop it at once",
+            )
+
+    async def _wait_exited(self, vm: Vm, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(vm.exited.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _shutdown_deadline(self, vm: Vm, timeout: float) -> None:
+        """If the guest ignores ACPI, mark it running again and say so."""
+        try:
+            exited = await self._wait_exited(vm, timeout)
+            if not exited and vm.state is State.SHUTTING_DOWN and vm.running is not None:
+                vm.reboot_pending = False
+                self._set_state(vm, State.RUNNING, "shutdown timed out",
+                                event="shutdown-timeout", timeout=timeout)
+        finally:
+            vm.shutdown_timer = None
+
+    # -- pause, reset, save, restore ------------------------------------------
+
+    async def suspend(self, uuid: str, name: str) -> None:
+        vm = self.vm(uuid, name)
+        async with vm.lock:
+            check_action(Action.SUSPEND, vm.state, vm.name)
+            assert vm.running is not None
+            await vm.running.monitor.execute("stop")
+            self._set_state(vm, State.PAUSED, "user", event="paused")
+
+    async def resume(self, uuid: str, name: str) -> None:
+        vm = self.vm(uuid, name)
+        async with vm.lock:
+            check_action(Action.RESUME, vm.state, vm.name)
+            assert vm.running is not None
+            await vm.running.monitor.execute("cont")
+            self._set_state(vm, State.RUNNING, "user", event="resumed")
+
+    async def reset(self, uuid: str, name: str) -> None:
+        vm = self.vm(uuid, name)
+        async with vm.lock:
+            check_action(Action.RESET, vm.state, vm.name)
+            assert vm.running is not None
+            await vm.running.monitor.execute("system_reset")
+            self._bus.publish("reset", vm.uuid, domain=vm.name, uuid=vm.uuid,
+                              state=vm.state.value, reason="user")
+
+    async def save(self, uuid: str, name: str, path: Path) -> None:
+        """Write the VM's memory and device state to ``path`` and stop it (virsh save)."""
+        vm = self.vm(uuid, name)
+        async with vm.lock:
+            check_action(Action.SAVE, vm.state, vm.name)
+            running = vm.running
+            assert running is not None
+            was_running = vm.state is State.RUNNING
+            partial = path.with_name(f".{path.name}.partial")
+            try:
+                await self._save_to(vm, running, partial, was_running)
+                os.replace(partial, path)
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                if was_running and vm.running is running:
+                    with contextlib.suppress(Exception):
+                        await running.monitor.execute("cont")
+                raise
+            await self._kill(vm, "saved")
+            self._bus.publish("saved", vm.uuid, domain=vm.name, uuid=vm.uuid,
+                              state=vm.state.value, reason="saved", path=str(path))
+
+    async def _save_to(self, vm: Vm, running: Running, partial: Path, was_running: bool) -> None:
+        monitor = running.monitor
+        await monitor.execute("stop")
+        with open(partial, "xb") as stream:
+            savefile.write_header(stream, dump_domain(self._spec_for(vm.uuid)),
+                                  running=was_running)
+            done = monitor.expect("MIGRATION", lambda e: e["data"]["status"] in
+                                  ("completed", "failed", "cancelled"))
+            monitor.send_fd(stream.fileno())
+            await monitor.execute("getfd", {"fdname": "virtkit-save"})
+            await monitor.execute("migrate", {"uri": "fd:virtkit-save"})
+            event = await asyncio.wait_for(done, 3600)
+            if event["data"]["status"] != "completed":
+                info = await monitor.execute("query-migrate")
+                raise QemuError(f"saving failed: {info.get('error-desc', event['data'])}")
+            stream.flush()
+            os.fsync(stream.fileno())
+
+    async def restore(self, uuid: str, name: str, fd: int, *, running: bool) -> None:
+        """Start QEMU from a save file opened at ``fd`` (positioned after the header)."""
+        vm = self.vm(uuid, name)
+        async with vm.lock:
+            check_action(Action.RESTORE, vm.state, vm.name)
+            await self._start_locked(vm, paused=not running, incoming_fd=fd, event="restored")
+
+    # -- QEMU events and exit --------------------------------------------------
+
+    def _on_qmp_event(self, vm: Vm, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        data = event.get("data", {})
+        if kind == "SHUTDOWN":
+            vm.guest_shutdown = data
+        elif kind == "GUEST_PANICKED":
+            self._spawn(self._on_panic(vm, data))
+        elif kind in ("STOP", "RESUME") and not vm.lock.locked() and vm.running is not None:
+            if kind == "STOP" and vm.state is State.RUNNING:
+                self._set_state(vm, State.PAUSED, "paused by QEMU", event="paused")
+            elif kind == "RESUME" and vm.state is State.PAUSED:
+                self._set_state(vm, State.RUNNING, "resumed by QEMU", event="resumed")
+        elif kind == "WATCHDOG":
+            self._bus.publish("watchdog", vm.uuid, domain=vm.name, uuid=vm.uuid,
+                              state=vm.state.value, reason=str(data.get("action")))
+
+    async def _on_panic(self, vm: Vm, data: dict[str, Any]) -> None:
+        policy = self._spec_for(vm.uuid).on_crash
+        async with vm.lock:
+            if vm.running is None:
+                return
+            if policy is LifecycleAction.PRESERVE:
+                self._set_state(vm, State.CRASHED, "guest panicked", event="crashed",
+                                panic=data.get("info"))
+                return
+            vm.expected_exit = "panic"
+            await self._kill(vm, "panic")
+        self._bus.publish("crashed", vm.uuid, domain=vm.name, uuid=vm.uuid,
+                          state=State.CRASHED.value, reason="guest panicked")
+        await self._after_crash(vm, policy)
+
+    def _on_exit(self, vm: Vm, running: Running) -> None:
+        """Called by the pidfd watcher the moment QEMU ends."""
+        if vm.running is not running:
+            return
+        vm.running = None
+        status = running.process.exit_status()
+        running.process.close()
+        self._spawn(running.monitor.close())
+        for role_socket in running.run_dir.glob("*.sock"):
+            role_socket.unlink(missing_ok=True)
+        state, reason, event, follow_up = self._exit_outcome(vm, status)
+        self._set_state(vm, state, reason, event=event, exit_status=status)
+        vm.exited.set()
+        if follow_up is not None:
+            self._spawn(follow_up)
+
+    def _exit_outcome(self, vm: Vm, status: int | None) -> tuple[State, str, str, Any]:
+        """Why QEMU ended, the state that follows, its event, and any restart to run."""
+        domain = self._spec_for(vm.uuid)
+        shutdown = vm.guest_shutdown or {}
+        if vm.expected_exit == "panic":
+            return State.CRASHED, "guest panicked", "stopped", None
+        if vm.expected_exit is not None:
+            return State.SHUTOFF, vm.expected_exit, "stopped", None
+        if shutdown.get("guest"):
+            if vm.reboot_pending:
+                return State.SHUTOFF, "rebooting", "shutdown", self._restart(vm, "rebooted")
+            if shutdown.get("reason") == "guest-reset":
+                return State.SHUTOFF, "guest rebooted (on_reboot=destroy)", "shutdown", None
+            if domain.on_poweroff is LifecycleAction.RESTART:
+                return State.SHUTOFF, "shutdown", "shutdown", self._restart(vm, "restarted")
+            return State.SHUTOFF, "shutdown", "shutdown", None
+        if shutdown:
+            return State.SHUTOFF, f"destroyed ({shutdown.get('reason', 'host')})", "stopped", None
+        why = "QEMU exited unexpectedly"
+        if status is not None and status < 0:
+            why += f" (killed by signal {-status})"
+        elif status is not None:
+            why += f" (exit status {status})"
+        return State.CRASHED, why, "crashed", self._after_crash(vm, domain.on_crash)
+
+    async def _after_crash(self, vm: Vm, policy: LifecycleAction) -> None:
+        if policy is LifecycleAction.RESTART:
+            await self._restart(vm, "restarted")
+
+    async def _restart(self, vm: Vm, event: str) -> None:
+        async with vm.lock:
+            if vm.state not in (State.SHUTOFF, State.CRASHED):
+                return
+            try:
+                await self._start_locked(vm, paused=False, event=event)
+            except Exception as exc:
+                log.error("could not restart %s: %s", vm.name, exc)
+                self._bus.publish("error", vm.uuid, domain=vm.name, uuid=vm.uuid,
+                                  state=vm.state.value, reason=f"restart failed: {exc}")
+
+    # -- daemon start ------------------------------------------------------------
+
+    async def reattach(self, domains: dict[str, str]) -> list[str]:
+        """Adopt the QEMU processes an earlier daemon left; return what was repaired."""
+        notes: list[str] = []
+        for uuid, record in self._store.all_runtime().items():
+            name = domains.get(uuid)
+            if name is None:
+                continue
+            vm = self.vm(uuid, name)
+            if record.pid is None or record.pid_start is None:
+                if vm.state not in (State.SHUTOFF, State.CRASHED):
+                    self._set_state(vm, State.SHUTOFF, "daemon restarted", event="stopped")
+                continue
+            process = QemuProcess.adopt(record.pid, record.pid_start, uuid)
+            if process is None:
+                self._set_state(vm, State.SHUTOFF, "QEMU ended while the daemon was down",
+                                event="stopped")
+                notes.append(f"{name}: QEMU pid {record.pid} had ended; marked shutoff")
+                continue
+            notes.append(await self._reattach_one(vm, process, record.reason, record.extra))
+        return notes
+
+    async def _reattach_one(self, vm: Vm, process: QemuProcess, reason: str,
+                            extra: dict[str, Any]) -> str:
+        run_dir = self._paths.run_dir(vm.uuid)
+        monitor = Monitor(vm.name)
+        monitor.subscribe(lambda e: self._on_qmp_event(vm, e))
+        try:
+            await monitor.connect(connect_unix(run_dir / "qmp.sock", timeout=5.0))
+            status = (await monitor.execute("query-status"))["status"]
+        except Exception as exc:
+            status = "unknown"
+            log.error("cannot reach the monitor of %s: %s", vm.name, exc)
+        running = Running(process, monitor, run_dir, extra.get("accel", "?"), extra.get("vnc", {}))
+        self._adopt(vm, running)
+        if status == "prelaunch" and reason == "starting":
+            await self._kill(vm, "start interrupted by a daemon crash")
+            return f"{vm.name}: half-started QEMU pid {process.pid} removed"
+        if status == "shutdown":
+            await self._kill(vm, "shutdown")
+            return f"{vm.name}: QEMU pid {process.pid} had shut down; cleaned up"
+        if vm.state is not State.CRASHED:
+            paused = status in ("paused", "prelaunch", "suspended")
+            state = State.PAUSED if paused else State.RUNNING
+            vm.state = state  # QEMU's own status is the truth here, whatever was recorded
+            self._set_state(vm, state, "reattached")
+        return f"{vm.name}: reattached to QEMU pid {process.pid} ({status})"
+
+    async def close(self) -> None:
+        """Detach from every QEMU (they keep running) and finish background tasks."""
+        for vm in self._vms.values():
+            if vm.shutdown_timer is not None:
+                vm.shutdown_timer.cancel()
+            if vm.running is not None:
+                vm.running.process.close()
+                await vm.running.monitor.close()
+        for task in list(self._tasks):
+            task.cancel()

@@ -1,0 +1,82 @@
+"""Checks of a domain spec against the host, before it is defined or started.
+
+The model validates what a spec says; these checks validate that the host can
+honour it: the files it names exist and are readable, and the memory it asks
+for fits in the host.  Each failure names the spec field and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from virtkit.errors import InvalidSpec
+from virtkit.model.domain import DiskDevice, Domain
+from virtkit.model.units import format_mib
+
+
+def host_memory_mib(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """Total host RAM in MiB."""
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    raise RuntimeError("MemTotal missing from /proc/meminfo")
+
+
+def _need_file(path: str, field: str, what: str, fix: str) -> None:
+    if not os.path.exists(path):
+        raise InvalidSpec(f"{field}: {what} {path} does not exist", field=field, fix=fix)
+    if os.path.isdir(path):
+        raise InvalidSpec(f"{field}: {path} is a folder, not a {what}", field=field,
+                          fix=f"name the {what} file itself")
+    if not os.access(path, os.R_OK):
+        raise InvalidSpec(f"{field}: {what} {path} is not readable", field=field,
+                          fix="fix its permissions")
+
+
+def check_files(domain: Domain) -> None:
+    """Every kernel, initrd and disk path the spec names must exist and be readable."""
+    boot = domain.boot
+    if boot.kernel:
+        _need_file(boot.kernel, "boot.kernel", "kernel", "fix the path to the kernel image")
+    if boot.initrd:
+        _need_file(boot.initrd, "boot.initrd", "initrd", "fix the path to the initrd image")
+    for index, disk in enumerate(domain.disks):
+        if disk.path is None:
+            continue
+        if disk.device is DiskDevice.CDROM:
+            fix = "fix the path to the ISO image, or leave the cdrom empty"
+        else:
+            fix = f"create it (qemu-img create -f qcow2 {disk.path} 10G) or fix the path"
+        _need_file(disk.path, f"disks[{index}].path", "disk image", fix)
+        if not disk.readonly and not os.access(disk.path, os.W_OK):
+            raise InvalidSpec(f"disks[{index}].path: {disk.path} is not writable",
+                              field=f"disks[{index}].path",
+                              fix="fix its permissions, or set readonly: true")
+
+
+def check_memory(domain: Domain, host_mib: int | None = None) -> None:
+    """The VM's memory (its maximum, if hot-add is allowed) must fit in the host."""
+    total = host_memory_mib() if host_mib is None else host_mib
+    wanted = domain.memory.max or domain.memory.current
+    if wanted > total:
+        field = "memory.max" if domain.memory.max else "memory"
+        raise InvalidSpec(
+            f"{field}: {format_mib(wanted)} is more than the host's {format_mib(total)}",
+            field=field, fix=f"ask for at most {format_mib(total)}",
+        )
+
+
+def duplicate_paths(domain: Domain) -> None:
+    """Two writable disks on one image would corrupt it."""
+    seen: dict[str, int] = {}
+    for index, disk in enumerate(domain.disks):
+        if disk.path is None:
+            continue
+        real = os.path.realpath(disk.path)
+        if real in seen and not disk.readonly:
+            raise InvalidSpec(
+                f"disks[{index}].path: {disk.path} is already disks[{seen[real]}]",
+                field=f"disks[{index}].path", fix="attach each image once",
+            )
+        seen[real] = index

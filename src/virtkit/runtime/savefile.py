@@ -1,0 +1,48 @@
+"""The format of ``virtkit save`` files: a header with the spec, then QEMU's stream.
+
+Layout: the magic line, an 8-byte big-endian header length, the JSON header
+(``{"spec": {...}, "running": bool, "saved": time}``), zero padding to a
+4 KiB boundary, then QEMU's migration stream.  QEMU reads and writes the
+stream through a file descriptor positioned after the header, as libvirt does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from typing import IO, Any
+
+from virtkit.errors import InvalidSpec
+
+MAGIC = b"VIRTKIT-SAVE-1\n"
+ALIGN = 4096
+
+
+def write_header(stream: IO[bytes], spec: dict[str, Any], *, running: bool) -> None:
+    """Write the header and padding; the stream is left where QEMU's data starts."""
+    body = json.dumps({"spec": spec, "running": running, "saved": time.time()}).encode()
+    head = MAGIC + struct.pack(">Q", len(body)) + body
+    padding = (-len(head)) % ALIGN
+    stream.write(head + b"\0" * padding)
+    stream.flush()
+
+
+def read_header(fd: int, path: str) -> dict[str, Any]:
+    """Read the header from ``fd`` and leave its offset at QEMU's data."""
+    magic = os.read(fd, len(MAGIC))
+    if magic != MAGIC:
+        raise InvalidSpec(f"{path} is not a virtkit save file",
+                          fix="pass a file written by 'virtkit save'")
+    (length,) = struct.unpack(">Q", os.read(fd, 8))
+    if length > 16 * 1024 * 1024:
+        raise InvalidSpec(f"{path} has a corrupt header (length {length})")
+    body = os.read(fd, length)
+    consumed = len(MAGIC) + 8 + len(body)
+    os.lseek(fd, consumed + (-consumed) % ALIGN, os.SEEK_SET)
+    try:
+        header: dict[str, Any] = json.loads(body)
+    except ValueError:
+        raise InvalidSpec(f"{path} has a corrupt header") from None
+    return header

@@ -1,0 +1,316 @@
+"""The domain command API: every front end (REST, CLI, web) calls only this.
+
+Each method takes plain values (names, dicts, YAML text), validates them
+through the model and the host checks, drives the runtime, and returns plain
+JSON-able dicts.  Business rules live here and below, never in front ends.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from virtkit.errors import Conflict, InvalidSpec, NotFound
+from virtkit.model.domain import Domain, Nic
+from virtkit.model.load import domain_to_yaml, dump_domain, load_domain, parse_text
+from virtkit.model.state import Action, State, check_action
+from virtkit.qemu.argv import disk_slots
+from virtkit.runtime import preflight, savefile
+from virtkit.runtime.events import EventBus
+from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.storage.qemuimg import detect_format
+from virtkit.store.db import DomainRow, Store
+
+
+class DomainService:
+    """Define, inspect and drive domains."""
+
+    def __init__(self, store: Store, lifecycle: Lifecycle, bus: EventBus,
+                 host_memory_mib: int | None = None) -> None:
+        self._store = store
+        self._life = lifecycle
+        self._bus = bus
+        self._host_memory = host_memory_mib or preflight.host_memory_mib()
+
+    # -- reading ----------------------------------------------------------
+
+    def _row(self, ref: str) -> DomainRow:
+        return self._store.get_domain(ref)
+
+    def spec(self, ref: str) -> Domain:
+        return load_domain(self._row(ref).spec)
+
+    def _summary(self, row: DomainRow) -> dict[str, Any]:
+        vm = self._life.vm(row.uuid, row.name)
+        spec = row.spec
+        running = vm.running
+        return {
+            "name": row.name,
+            "uuid": row.uuid,
+            "state": vm.state.value,
+            "reason": vm.reason,
+            "vcpus": spec["vcpus"]["current"],
+            "memory_mib": spec["memory"]["current"],
+            "autostart": spec.get("autostart", False),
+            "pid": running.process.pid if running else None,
+        }
+
+    def list_domains(self, *, include_inactive: bool = True) -> list[dict[str, Any]]:
+        """All domains (virsh list --all), or only the active ones."""
+        rows = [self._summary(row) for row in self._store.list_domains()]
+        if include_inactive:
+            return rows
+        return [row for row in rows if row["state"] not in (State.SHUTOFF, State.CRASHED)]
+
+    def info(self, ref: str) -> dict[str, Any]:
+        """Everything about one domain: summary, spec, version, runtime facts."""
+        row = self._row(ref)
+        vm = self._life.vm(row.uuid, row.name)
+        info = self._summary(row)
+        domain = load_domain(row.spec)
+        info.update(
+            title=domain.title,
+            description=domain.description,
+            version=row.version,
+            spec=row.spec,
+            max_memory_mib=domain.memory.max or domain.memory.current,
+            max_vcpus=domain.vcpus.maximum,
+            machine=domain.machine.value,
+            accelerator=vm.running.accel if vm.running else domain.accelerator.value,
+            started=vm.started if vm.running else None,
+            vnc=self._vnc(vm.running.vnc if vm.running else None),
+            disks=[{"target": slot.target, "bus": slot.bus.value, "path": disk.path,
+                    "device": disk.device.value, "format": disk.format}
+                   for slot, disk in zip(disk_slots(domain), domain.disks, strict=True)],
+            console_log=str(self.console_log_path(row.uuid)),
+        )
+        return info
+
+    @staticmethod
+    def _vnc(vnc: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not vnc or not vnc.get("port"):
+            return None
+        port = int(vnc["port"])
+        return {**vnc, "display": f"{vnc.get('host')}:{port - 5900}"}
+
+    def spec_yaml(self, ref: str) -> dict[str, Any]:
+        """The spec as YAML text plus its version (for ``virtkit edit``)."""
+        row = self._row(ref)
+        return {"name": row.name, "version": row.version,
+                "yaml": domain_to_yaml(load_domain(row.spec))}
+
+    def vncdisplay(self, ref: str) -> dict[str, Any]:
+        row = self._row(ref)
+        vm = self._life.vm(row.uuid, row.name)
+        vnc = self._vnc(vm.running.vnc if vm.running else None)
+        if vnc is None:
+            if vm.running is None:
+                raise Conflict(f"domain '{row.name}' is not running",
+                               fix=f"start it: virtkit start {row.name}")
+            raise NotFound(f"domain '{row.name}' has no VNC display",
+                           fix="set graphics: vnc in its spec (virtkit edit) and restart it")
+        return vnc
+
+    def console_log_path(self, uuid: str, port: int = 0) -> Path:
+        return self._life.paths.logs / "domains" / uuid / f"serial{port}.log"
+
+    def console_socket(self, ref: str, port: int = 0) -> tuple[str, Path]:
+        """The name and serial socket of a running domain (for the console proxy)."""
+        row = self._row(ref)
+        vm = self._life.vm(row.uuid, row.name)
+        if vm.running is None:
+            raise Conflict(f"domain '{row.name}' is not running",
+                           fix=f"start it: virtkit start {row.name} --console")
+        domain = load_domain(row.spec)
+        if port >= len(domain.serials):
+            raise NotFound(f"domain '{row.name}' has no serial port {port}")
+        return row.name, vm.running.run_dir / f"serial{port}.sock"
+
+    # -- defining ----------------------------------------------------------------
+
+    def _prepare(self, domain: Domain) -> Domain:
+        """Host checks and defaults that need the host: files, memory, formats, MACs."""
+        preflight.check_files(domain)
+        preflight.duplicate_paths(domain)
+        preflight.check_memory(domain, self._host_memory)
+        for disk in domain.disks:
+            if disk.path is not None and disk.format is None:
+                disk.format = detect_format(disk.path)  # type: ignore[assignment]
+        self._assign_macs(domain)
+        return domain
+
+    def _assign_macs(self, domain: Domain) -> None:
+        used = {nic["mac"] for row in self._store.list_domains() if row.uuid != domain.uuid
+                for nic in row.spec.get("nics", []) if nic.get("mac")}
+        for index, nic in enumerate(domain.nics):
+            if nic.mac is None:
+                nic.mac = _new_mac(used)
+            elif nic.mac in used:
+                raise Conflict(f"nics[{index}].mac: {nic.mac} is used by another domain",
+                               fix="leave mac out to get a fresh one")
+            used.add(nic.mac)
+
+    def define(self, data: dict[str, Any] | str, *, version: int | None = None) -> dict[str, Any]:
+        """Create a domain, or replace the spec of the one with the same name or uuid.
+
+        ``version``, when given, must match the stored version (optimistic
+        concurrency: a stale edit is refused, not applied).
+        """
+        raw = parse_text(data) if isinstance(data, str) else dict(data)
+        existing = self._existing_for(raw)
+        if existing is not None and not raw.get("uuid"):
+            raw["uuid"] = existing.uuid
+        domain = self._prepare(load_domain(raw))
+        spec = dump_domain(domain)
+        if existing is None:
+            if version is not None:
+                raise NotFound(f"domain '{domain.name}' no longer exists",
+                               fix="define it anew")
+            row = self._store.insert_domain(domain.uuid, domain.name, spec)
+            self._bus.publish("defined", row.uuid, domain=row.name, uuid=row.uuid,
+                              state=State.SHUTOFF.value, reason="")
+        else:
+            row = self._store.update_domain(existing.uuid, domain.name, spec, version)
+            self._life.vm(row.uuid, row.name)
+            self._bus.publish("updated", row.uuid, domain=row.name, uuid=row.uuid,
+                              state=self._life.vm(row.uuid).state.value, reason="",
+                              version=row.version)
+        return self.info(row.uuid)
+
+    def _existing_for(self, raw: dict[str, Any]) -> DomainRow | None:
+        """The stored domain a define would replace; Conflict if name and uuid disagree."""
+        name, uuid = raw.get("name"), raw.get("uuid")
+        by_name = self._store.find_domain(name) if isinstance(name, str) and name else None
+        by_uuid = self._store.find_domain(str(uuid)) if uuid else None
+        if by_uuid is not None:
+            if by_name is not None and by_name.uuid != by_uuid.uuid:
+                raise Conflict(f"domain '{name}' already exists with uuid {by_name.uuid}",
+                               fix="choose another name")
+            return by_uuid
+        if by_name is not None and uuid:
+            raise Conflict(f"domain '{name}' already exists with uuid {by_name.uuid}",
+                           fix="choose another name, or undefine the existing domain")
+        return by_name
+
+    def update(self, ref: str, data: dict[str, Any] | str, version: int) -> dict[str, Any]:
+        """Replace the spec of ``ref`` if nobody changed it since ``version``."""
+        row = self._row(ref)
+        raw = parse_text(data) if isinstance(data, str) else dict(data)
+        raw.setdefault("uuid", row.uuid)
+        if raw["uuid"] != row.uuid:
+            raise InvalidSpec("uuid: the uuid of a domain cannot be changed", field="uuid")
+        domain = self._prepare(load_domain(raw))
+        updated = self._store.update_domain(row.uuid, domain.name, dump_domain(domain), version)
+        self._bus.publish("updated", row.uuid, domain=updated.name, uuid=row.uuid,
+                          state=self._life.vm(row.uuid, updated.name).state.value, reason="",
+                          version=updated.version)
+        return self.info(row.uuid)
+
+    async def undefine(self, ref: str, *, nvram: bool = False) -> dict[str, Any]:
+        row = self._row(ref)
+        vm = self._life.vm(row.uuid, row.name)
+        async with vm.lock:
+            check_action(Action.UNDEFINE, vm.state, row.name)
+            self._store.delete_domain(row.uuid)
+            self._life.forget(row.uuid)
+        if nvram:
+            (self._life.paths.nvram / f"{row.uuid}_VARS.fd").unlink(missing_ok=True)
+        self._bus.publish("undefined", row.uuid, domain=row.name, uuid=row.uuid,
+                          state=State.SHUTOFF.value, reason="")
+        return {"name": row.name, "uuid": row.uuid}
+
+    def set_autostart(self, ref: str, enabled: bool) -> dict[str, Any]:
+        row = self._row(ref)
+        spec = dict(row.spec, autostart=enabled)
+        self._store.update_domain(row.uuid, row.name, spec, None)
+        return {"name": row.name, "autostart": enabled}
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self, ref: str, *, paused: bool = False) -> dict[str, Any]:
+        row = self._row(ref)
+        domain = load_domain(row.spec)
+        check_action(Action.START, self._life.vm(row.uuid, row.name).state, row.name)
+        preflight.check_files(domain)
+        await self._life.start(row.uuid, row.name, paused=paused)
+        return self.info(row.uuid)
+
+    async def shutdown(self, ref: str, *, timeout: float | None = None, wait: bool = False,
+                       reboot: bool = False) -> dict[str, Any]:
+        row = self._row(ref)
+        await self._life.shutdown(row.uuid, row.name, timeout=timeout, wait=wait, reboot=reboot)
+        return self._summary(row)
+
+    async def simple(self, ref: str, action: str) -> dict[str, Any]:
+        """destroy, suspend, resume, reset: one call, no arguments."""
+        row = self._row(ref)
+        operations = {"destroy": self._life.destroy, "suspend": self._life.suspend,
+                      "resume": self._life.resume, "reset": self._life.reset}
+        if action not in operations:
+            raise NotFound(f"unknown action '{action}'")
+        await operations[action](row.uuid, row.name)
+        return self._summary(row)
+
+    async def save(self, ref: str, path: str) -> dict[str, Any]:
+        row = self._row(ref)
+        target = Path(path)
+        if not target.is_absolute():
+            raise InvalidSpec(f"save file {path} must be an absolute path", field="path")
+        if target.exists():
+            raise Conflict(f"{path} already exists", fix="choose a new file name")
+        if not target.parent.is_dir():
+            raise InvalidSpec(f"folder {target.parent} does not exist", field="path")
+        await self._life.save(row.uuid, row.name, target)
+        return {**self._summary(row), "path": str(target)}
+
+    async def restore(self, path: str, *, paused: bool = False) -> dict[str, Any]:
+        """Restore a saved domain (defining it from the file if it is not defined)."""
+        if not os.path.isfile(path):
+            raise InvalidSpec(f"save file {path} does not exist", field="path")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            header = savefile.read_header(fd, path)
+            domain = load_domain(header["spec"])
+            row = self._store.find_domain(domain.uuid)
+            if row is None:
+                self.define(header["spec"])
+                row = self._row(domain.uuid)
+            elif row.name != domain.name:
+                raise Conflict(f"the saved domain is now named '{row.name}'")
+            preflight.check_files(load_domain(row.spec))
+            await self._life.restore(row.uuid, row.name, fd,
+                                     running=bool(header.get("running")) and not paused)
+        finally:
+            os.close(fd)
+        return self.info(row.uuid)
+
+    async def autostart_all(self) -> list[str]:
+        """Start every autostart domain that is not running (daemon start-up)."""
+        started = []
+        for row in self._store.list_domains():
+            if not row.spec.get("autostart"):
+                continue
+            if self._life.vm(row.uuid, row.name).state not in (State.SHUTOFF, State.CRASHED):
+                continue
+            try:
+                await self.start(row.uuid)
+                started.append(row.name)
+            except Exception as exc:
+                self._bus.publish("error", row.uuid, domain=row.name, uuid=row.uuid,
+                                  state=State.SHUTOFF.value, reason=f"autostart failed: {exc}")
+        return started
+
+
+def _new_mac(used: set[str]) -> str:
+    """A fresh locally administered MAC under QEMU's 52:54:00 prefix."""
+    rng = random.Random(time.time_ns() ^ os.getpid())
+    while True:
+        mac = "52:54:00:" + ":".join(f"{rng.randrange(256):02x}" for _ in range(3))
+        if mac not in used:
+            return mac
+
+
+__all__ = ["DomainService", "Nic"]

@@ -1,0 +1,1 @@
+"""virtkit.store layer."""

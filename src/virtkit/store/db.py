@@ -1,0 +1,249 @@
+"""SQLite state: desired specs and a small runtime record per domain.
+
+The store keeps what the user asked for (the spec, as canonical JSON) and a
+few facts the daemon needs to find a running VM again after a restart (pid,
+process start time, state).  It never stores a QEMU command line: argv is
+rebuilt from the spec at every start.
+
+Every spec row has a ``version`` that grows on each change; an update names
+the version it was based on and is refused with :class:`StaleVersion` when
+someone else changed the row in between (optimistic concurrency).
+
+Schema changes are numbered migrations in :data:`MIGRATIONS`, applied in one
+transaction each and recorded in ``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from virtkit.errors import Conflict, NotFound, StaleVersion
+
+MIGRATIONS: list[str] = [
+    # 1: domains and their runtime records.
+    """
+    CREATE TABLE domains (
+        uuid TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        spec TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1,
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE runtime (
+        uuid TEXT PRIMARY KEY REFERENCES domains(uuid) ON DELETE CASCADE,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        pid INTEGER,
+        pid_start INTEGER,
+        started REAL,
+        extra TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
+    # 2: an event journal, so clients can catch up on what happened while away.
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time REAL NOT NULL,
+        kind TEXT NOT NULL,
+        object TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX events_time ON events(time);
+    """,
+]
+
+EVENT_JOURNAL_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class DomainRow:
+    uuid: str
+    name: str
+    spec: dict[str, Any]
+    version: int
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True)
+class RuntimeRow:
+    uuid: str
+    state: str
+    reason: str
+    pid: int | None
+    pid_start: int | None
+    started: float | None
+    extra: dict[str, Any]
+
+
+class Store:
+    """The daemon's SQLite database (WAL mode; one connection, used from the event loop)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self.migrate()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> None:
+        """Apply the migrations this database has not seen yet, each atomically."""
+        current = self.schema_version
+        if current > len(MIGRATIONS):
+            raise Conflict(
+                f"the state database {self.path} has schema {current}, newer than this "
+                f"virtkit understands ({len(MIGRATIONS)})",
+                fix="upgrade virtkit, or point VIRTKIT_ROOT at another state folder",
+            )
+        for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            with self.transaction() as db:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- domains -----------------------------------------------------------
+
+    @staticmethod
+    def _domain(row: sqlite3.Row) -> DomainRow:
+        return DomainRow(row["uuid"], row["name"], json.loads(row["spec"]), row["version"],
+                         row["created"], row["updated"])
+
+    def list_domains(self) -> list[DomainRow]:
+        rows = self._db.execute("SELECT * FROM domains ORDER BY name").fetchall()
+        return [self._domain(row) for row in rows]
+
+    def find_domain(self, ref: str) -> DomainRow | None:
+        """Look a domain up by name, then by UUID."""
+        row = self._db.execute(
+            "SELECT * FROM domains WHERE name = ? OR uuid = ? ORDER BY name = ? DESC LIMIT 1",
+            (ref, ref.lower(), ref),
+        ).fetchone()
+        return self._domain(row) if row else None
+
+    def get_domain(self, ref: str) -> DomainRow:
+        row = self.find_domain(ref)
+        if row is None:
+            raise NotFound(f"domain '{ref}' not found", fix="see 'virtkit list --all'")
+        return row
+
+    def insert_domain(self, uuid: str, name: str, spec: dict[str, Any]) -> DomainRow:
+        now = time.time()
+        try:
+            with self.transaction() as db:
+                db.execute(
+                    "INSERT INTO domains (uuid, name, spec, version, created, updated) "
+                    "VALUES (?, ?, ?, 1, ?, ?)",
+                    (uuid, name, json.dumps(spec), now, now),
+                )
+                db.execute("INSERT INTO runtime (uuid, state) VALUES (?, 'shutoff')", (uuid,))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"domain '{name}' or uuid {uuid} already exists",
+                           fix="choose another name, or undefine the existing domain") from None
+        return self.get_domain(uuid)
+
+    def update_domain(self, uuid: str, name: str, spec: dict[str, Any],
+                      expected_version: int | None) -> DomainRow:
+        """Replace the spec; refuse when ``expected_version`` is not the stored version."""
+        with self.transaction() as db:
+            row = db.execute("SELECT version, name FROM domains WHERE uuid = ?", (uuid,)).fetchone()
+            if row is None:
+                raise NotFound(f"domain {uuid} not found")
+            if expected_version is not None and row["version"] != expected_version:
+                raise StaleVersion(
+                    f"domain '{row['name']}' changed since you read it (your version "
+                    f"{expected_version}, stored version {row['version']})",
+                    fix="read it again and reapply your change",
+                )
+            try:
+                db.execute(
+                    "UPDATE domains SET name = ?, spec = ?, version = version + 1, updated = ? "
+                    "WHERE uuid = ?",
+                    (name, json.dumps(spec), time.time(), uuid),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"another domain is already named '{name}'",
+                               fix="choose another name") from None
+        return self.get_domain(uuid)
+
+    def delete_domain(self, uuid: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM domains WHERE uuid = ?", (uuid,))
+
+    # -- runtime records ------------------------------------------------------
+
+    def get_runtime(self, uuid: str) -> RuntimeRow:
+        row = self._db.execute("SELECT * FROM runtime WHERE uuid = ?", (uuid,)).fetchone()
+        if row is None:
+            return RuntimeRow(uuid, "shutoff", "", None, None, None, {})
+        return RuntimeRow(row["uuid"], row["state"], row["reason"], row["pid"], row["pid_start"],
+                          row["started"], json.loads(row["extra"]))
+
+    def all_runtime(self) -> dict[str, RuntimeRow]:
+        rows = self._db.execute("SELECT * FROM runtime").fetchall()
+        return {
+            row["uuid"]: RuntimeRow(row["uuid"], row["state"], row["reason"], row["pid"],
+                                    row["pid_start"], row["started"], json.loads(row["extra"]))
+            for row in rows
+        }
+
+    def set_runtime(self, uuid: str, *, state: str, reason: str = "", pid: int | None = None,
+                    pid_start: int | None = None, started: float | None = None,
+                    extra: dict[str, Any] | None = None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO runtime (uuid, state, reason, pid, pid_start, started, extra) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(uuid) DO UPDATE SET "
+                "state = excluded.state, reason = excluded.reason, pid = excluded.pid, "
+                "pid_start = excluded.pid_start, started = excluded.started, "
+                "extra = excluded.extra",
+                (uuid, state, reason, pid, pid_start, started, json.dumps(extra or {})),
+            )
+
+    # -- event journal -------------------------------------------------------
+
+    def append_event(self, kind: str, obj: str, detail: dict[str, Any]) -> int:
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO events (time, kind, object, detail) VALUES (?, ?, ?, ?)",
+                (detail.get("time", time.time()), kind, obj, json.dumps(detail)),
+            )
+            event_id = int(cursor.lastrowid or 0)
+            if event_id % 1000 == 0:
+                db.execute("DELETE FROM events WHERE id <= ?", (event_id - EVENT_JOURNAL_LIMIT,))
+        return event_id
+
+    def events_since(self, event_id: int, limit: int = 1000) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT id, detail FROM events WHERE id > ? ORDER BY id LIMIT ?", (event_id, limit)
+        ).fetchall()
+        return [{"id": row["id"], **json.loads(row["detail"])} for row in rows]
