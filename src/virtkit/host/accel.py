@@ -166,7 +166,7 @@ class ProbeOutcome:
     error: str | None = None
 
 
-ProbeFn = Callable[[], "ProbeOutcome | float | None"]
+ProbeFn = Callable[[], ProbeOutcome | float | None]
 
 
 def _parse_probe_output(stdout: str) -> ProbeOutcome:

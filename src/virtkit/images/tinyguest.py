@@ -23,12 +23,18 @@ Guest behaviour (``/etc/init.d/rcS`` run by busybox init):
    virtio-scsi), then :data:`BOOT_MARKER` on the console;
 4. busybox init then respawns a login shell on ``ttyS0`` (prompt ``/ # ``).
 
+Send ``system_powerdown`` only after the marker: acpid is not listening before it,
+and an earlier button press is lost.  Under TCG ``-M microvm`` (no HPET, no ACPI PM
+timer) append ``tsc_early_khz=<host TSC kHz>``: calibrating the TSC against the PIT
+fails when the host is busy and the kernel then hangs early in boot.
+
 The build lives in ``cache_dir()/tinyguest`` with a ``manifest.json`` that records
 the kernel package and version, busybox version, module list and a hash of the
 guest recipe.  The directory is assembled in a temporary sibling and renamed into
 place, and the manifest is written last, so an interrupted build never looks
-complete.  A different recipe (this file changed) triggers a rebuild; a newer
-kernel in the archive does not (use ``force=True``).
+complete.  A different recipe (guest files, module list, command line or
+``_RECIPE_VERSION``, which must be bumped when the assembly code changes) triggers a
+rebuild; a newer kernel in the archive does not (use ``force=True``).
 """
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ class Disk(Spec):
     format: Literal["raw", "qcow2", "vmdk", "vdi", "vhdx", "qed"] | None = None
     device: DiskDevice = DiskDevice.DISK
     bus: DiskBus | None = None
-    cache: CacheMode = CacheMode.NONE
+    cache: CacheMode = CacheMode.WRITEBACK
     aio: AioMode = AioMode.THREADS
     readonly: bool = False
     serial: str | None = None

@@ -130,7 +130,7 @@ class Lifecycle:
         self._set_state(vm, State.PAUSED, "starting")
         try:
             if incoming_fd is not None:
-                await self._await_incoming(running)
+                await self._await_migration(running, "restoring the saved state")
             if not paused:
                 await running.monitor.execute("cont")
         except BaseException:
@@ -148,18 +148,19 @@ class Lifecycle:
         vm.started = time.time()
         running.process.watch(lambda: self._on_exit(vm, running))
 
-    async def _await_incoming(self, running: Running, timeout: float = 600.0) -> None:
-        """Wait for an incoming migration stream (a restore) to be loaded."""
+    async def _await_migration(self, running: Running, what: str,
+                               timeout: float = 3600.0) -> None:
+        """Poll ``query-migrate`` until the migration stream (save or restore) is done."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = await running.monitor.execute("query-migrate")
             status = info.get("status")
             if status == "completed":
                 return
-            if status == "failed":
-                raise QemuError(f"QEMU could not load the saved state: {info.get('error-desc')}")
-            await asyncio.sleep(0.05)
-        raise TimeoutExpired("restoring the saved state took too long")
+            if status in ("failed", "cancelled"):
+                raise QemuError(f"{what} failed: {info.get('error-desc', status)}")
+            await asyncio.sleep(0.02)
+        raise TimeoutExpired(f"{what} took longer than {timeout:g}s")
 
     # -- stop ------------------------------------------------------------------
 
@@ -276,15 +277,10 @@ class Lifecycle:
         with open(partial, "xb") as stream:
             savefile.write_header(stream, dump_domain(self._spec_for(vm.uuid)),
                                   running=was_running)
-            done = monitor.expect("MIGRATION", lambda e: e["data"]["status"] in
-                                  ("completed", "failed", "cancelled"))
             monitor.send_fd(stream.fileno())
             await monitor.execute("getfd", {"fdname": "virtkit-save"})
             await monitor.execute("migrate", {"uri": "fd:virtkit-save"})
-            event = await asyncio.wait_for(done, 3600)
-            if event["data"]["status"] != "completed":
-                info = await monitor.execute("query-migrate")
-                raise QemuError(f"saving failed: {info.get('error-desc', event['data'])}")
+            await self._await_migration(running, "saving")
             stream.flush()
             os.fsync(stream.fileno())
 

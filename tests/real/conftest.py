@@ -1,0 +1,198 @@
+"""Fixtures for tests against a real virtkitd and real QEMU (TCG).
+
+Each test gets its own daemon with its own short state root under /tmp.  At
+teardown every QEMU that daemon recorded is killed by PID (after checking it is
+ours), the daemon is killed by PID, and the root is removed -- also when the
+test failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from virtkit.cli.client import Client
+from virtkit.cli.wsclient import OP_BINARY, OP_CLOSE, WebSocket
+from virtkit.images.tinyguest import BOOT_MARKER, TinyGuest, build_tiny_guest
+from virtkit.paths import state_paths
+from virtkit.qemu.process import is_our_qemu, proc_start_time
+from virtkit.store.db import Store
+
+BOOT_TIMEOUT = 90.0
+
+
+@pytest.fixture(scope="session")
+def tiny_guest() -> TinyGuest:
+    return build_tiny_guest()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
+              interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class DaemonHandle:
+    """A running virtkitd under test and helpers to drive it."""
+
+    root: Path
+    process: subprocess.Popen[bytes]
+    client: Client
+    guest: TinyGuest
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "VIRTKIT_ROOT": str(self.root), "VIRTKIT_NO_AUTOSTART": "1",
+                "NO_COLOR": "1"}
+
+    def cli(self, *args: str, check: bool = True, input_text: str | None = None,
+            env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run the real ``virtkit`` CLI against this daemon."""
+        result = subprocess.run([sys.executable, "-m", "virtkit.cli.main", *args],
+                                env={**self.env, **(env or {})}, capture_output=True, text=True,
+                                input=input_text, timeout=timeout, check=False)
+        if check and result.returncode != 0:
+            raise AssertionError(f"virtkit {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def spec(self, name: str, **overrides: Any) -> dict[str, Any]:
+        """A spec for the tiny guest (direct kernel boot, serial console, no NIC)."""
+        spec: dict[str, Any] = {
+            "name": name, "memory": 256, "vcpus": 1,
+            "boot": {"kernel": str(self.guest.kernel), "initrd": str(self.guest.initrd),
+                     "cmdline": self.guest.cmdline},
+        }
+        spec.update(overrides)
+        return spec
+
+    def define(self, name: str, **overrides: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.client.post("/v1/domains", {"spec": self.spec(name, **overrides)})
+        return result
+
+    def info(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.client.get(self.client.domain_path(name))
+        return result
+
+    def state(self, name: str) -> str:
+        return str(self.info(name)["state"])
+
+    def console_log(self, name: str) -> str:
+        data = self.client.get(self.client.domain_path(name, "/console/log"))
+        return data.decode(errors="replace") if isinstance(data, bytes) else ""
+
+    def wait_booted(self, name: str, count: int = 1, timeout: float = BOOT_TIMEOUT) -> None:
+        wait_for(lambda: self.console_log(name).count(BOOT_MARKER) >= count, timeout,
+                 f"boot marker #{count} of {name}")
+
+    def wait_state(self, name: str, state: str, timeout: float = 30.0) -> dict[str, Any]:
+        return wait_for(lambda: (i := self.info(name))["state"] == state and i, timeout,
+                        f"{name} to be {state}")
+
+    def console_run(self, name: str, command: str, expect: str, timeout: float = 30.0) -> str:
+        """Type ``command`` on the serial console and return output once ``expect`` shows."""
+        ws = WebSocket.open(self.root / "virtkitd.sock",
+                            self.client.domain_path(name, "/console"))
+        try:
+            ws.send(f"{command}\n".encode())
+            seen = b""
+            deadline = time.monotonic() + timeout
+            ws.sock.settimeout(1.0)
+            while expect.encode() not in seen:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"console of {name} never showed {expect!r}: {seen!r}")
+                try:
+                    opcode, payload = ws.receive()
+                except TimeoutError:
+                    continue
+                if opcode == OP_CLOSE:
+                    raise AssertionError(f"console of {name} closed: {payload!r}")
+                if opcode == OP_BINARY:
+                    seen += payload
+            return seen.decode(errors="replace")
+        finally:
+            ws.close()
+
+    def kill9(self) -> None:
+        """Kill the daemon with SIGKILL (no chance to clean up), as a crash would."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def restart(self) -> None:
+        self.process = start_daemon(self.root)
+
+    def qemu_pids(self) -> list[int]:
+        """PIDs of the QEMU processes this daemon's store knows and that are still ours."""
+        store = Store(state_paths(self.root).database)
+        try:
+            return [r.pid for r in store.all_runtime().values()
+                    if r.pid and r.pid_start and is_our_qemu(r.pid, r.pid_start, r.uuid)]
+        finally:
+            store.close()
+
+
+def start_daemon(root: Path) -> subprocess.Popen[bytes]:
+    """Start virtkitd for ``root`` and wait until it serves."""
+    read_fd, write_fd = os.pipe()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "virtkit.api.daemon", "--root", str(root), "--ready-fd",
+         str(write_fd)], pass_fds=[write_fd], start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=open(root / "daemon.stderr", "ab"),  # noqa: SIM115
+    )
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as ready:
+        line = ready.readline()
+    if line.strip() != b"ready":
+        process.kill()
+        raise AssertionError("virtkitd did not start: "
+                             + (root / "daemon.stderr").read_text(errors="replace"))
+    return process
+
+
+def kill_process(pid: int, start: int | None) -> None:
+    """SIGKILL ``pid`` only if it is still the process that started at ``start``."""
+    if start is not None and proc_start_time(pid) != start:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def daemon(tiny_guest: TinyGuest) -> Iterator[DaemonHandle]:
+    root = Path(tempfile.mkdtemp(prefix="vk-", dir="/tmp"))
+    process = start_daemon(root)
+    handle = DaemonHandle(root, process, Client(state_paths(root), timeout=180), tiny_guest)
+    try:
+        yield handle
+    finally:
+        cleanup(handle)
+
+
+def cleanup(handle: DaemonHandle) -> None:
+    """Kill every QEMU of this daemon (by PID, identity-checked), then the daemon(s)."""
+    for pid in handle.qemu_pids():
+        kill_process(pid, proc_start_time(pid))
+    with contextlib.suppress(ProcessLookupError):
+        handle.process.kill()
+    with contextlib.suppress(Exception):
+        handle.process.wait(10)
+    shutil.rmtree(handle.root, ignore_errors=True)
