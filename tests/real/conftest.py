@@ -66,7 +66,8 @@ class DaemonHandle:
                 "NO_COLOR": "1"}
 
     def cli(self, *args: str, check: bool = True, input_text: str | None = None,
-            env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+            env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run the real ``virtkit`` CLI against this daemon."""
         result = subprocess.run([sys.executable, "-m", "virtkit.cli.main", *args],
                                 env={**self.env, **(env or {})}, capture_output=True, text=True,
@@ -86,7 +87,8 @@ class DaemonHandle:
         return spec
 
     def define(self, name: str, **overrides: Any) -> dict[str, Any]:
-        result: dict[str, Any] = self.client.post("/v1/domains", {"spec": self.spec(name, **overrides)})
+        body = {"spec": self.spec(name, **overrides)}
+        result: dict[str, Any] = self.client.post("/v1/domains", body)
         return result
 
     def info(self, name: str) -> dict[str, Any]:

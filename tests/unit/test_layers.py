@@ -193,11 +193,7 @@ DAEMON_ALLOWED = (*API_ALLOWED, "virtkit.runtime", "virtkit.store")
 API_MODULES = sorted({_module_name(p) for p in (SRC / "api").glob("*.py")})
 
 
-@pytest.mark.parametrize("module", [
-    pytest.param(m, marks=pytest.mark.xfail(
-        strict=True, reason="bug: api/app.py imports virtkit.runtime.events.EventBus (the "
-        "/v1/events stream reads the bus directly instead of through the service)"))
-    if m == "virtkit.api.app" else m for m in API_MODULES])
+@pytest.mark.parametrize("module", API_MODULES)
 def test_api_uses_only_the_service(module: str) -> None:
     allowed = DAEMON_ALLOWED if module == "virtkit.api.daemon" else API_ALLOWED
     assert _violations([i for i in IMPORTS if i.module == module], allowed) == []

@@ -173,14 +173,8 @@ def test_uuid_is_kept_and_default_uuids_differ() -> None:
 
 # -- bad specs ------------------------------------------------------------------------------
 
-SPEC_PATH_BUG = ("bug: Domain-level (cross-field) validators report the path 'spec', not the "
-                 "offending field (model/domain.py Domain._check/_check_microvm + load.py)")
-
-
-def bad(case_id: str, overrides: dict[str, Any], field: str, fragment: str,
-        bug: str | None = None) -> Any:
-    marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
-    return pytest.param(overrides, field, fragment, id=case_id, marks=marks)
+def bad(case_id: str, overrides: dict[str, Any], field: str, fragment: str) -> Any:
+    return pytest.param(overrides, field, fragment, id=case_id)
 
 
 DELETE = object()
@@ -226,16 +220,16 @@ BAD = [
     bad("cdrom-on-virtio", {"disks": [{"device": "cdrom", "bus": "virtio"}]}, "disks[0]",
         "cannot sit on the virtio bus"),
     bad("q35-ide-bus", {"disks": [{"path": "/d.img", "bus": "ide"}]}, "disks[0].bus",
-        "q35 has no IDE controller", bug=SPEC_PATH_BUG),
+        "q35 has no IDE controller"),
     bad("microvm-uefi", {"machine": "microvm", "firmware": "uefi", "boot": {"kernel": "/k"}},
-        "firmware", "microvm boots without firmware", bug=SPEC_PATH_BUG),
+        "firmware", "microvm boots without firmware"),
     bad("microvm-sata-disk", {"machine": "microvm", "boot": {"kernel": "/k"},
                               "disks": [{"path": "/d.img", "bus": "sata"}]},
-        "disks[0].bus", "microvm has only virtio disks", bug=SPEC_PATH_BUG),
+        "disks[0].bus", "microvm has only virtio disks"),
     bad("microvm-vnc", {"machine": "microvm", "boot": {"kernel": "/k"}, "graphics": "vnc"},
-        "graphics", "microvm has no display", bug=SPEC_PATH_BUG),
+        "graphics", "microvm has no display"),
     bad("microvm-no-kernel", {"machine": "microvm"}, "boot.kernel",
-        "microvm has no firmware to boot disks", bug=SPEC_PATH_BUG),
+        "microvm has no firmware to boot disks"),
     bad("initrd-without-kernel", {"boot": {"initrd": "/boot/initrd.img"}}, "boot",
         "need boot.kernel"),
     bad("kernel-relative", {"boot": {"kernel": "vmlinuz"}}, "boot",
@@ -265,8 +259,7 @@ BAD = [
         "must look like '+avx2'"),
     bad("cpu-model-characters", {"cpu": "qemu64,+avx"}, "cpu.model", "characters"),
     bad("rng-backend", {"rng": {"backend": "/dev/zero"}}, "rng.backend", "/dev/urandom"),
-    bad("too-many-serials", {"serials": [{}] * 5}, "serials", "at most 4 serial ports",
-        bug=SPEC_PATH_BUG),
+    bad("too-many-serials", {"serials": [{}] * 5}, "serials", "at most 4 serial ports"),
 ]
 
 
@@ -291,9 +284,6 @@ def test_unrestricted_nic_is_refused_on_assignment_too() -> None:
         domain.nics[0].restrict = False
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a refused assignment keeps the refused value "
-                   "(pydantic #7105: after-model-validators run after the value is set); "
-                   "Spec relies on validate_assignment, so restrict=False sticks")
 def test_refused_assignment_leaves_the_spec_unchanged() -> None:
     domain = load_domain({**BASE, "nics": [{}]})
     with pytest.raises(ValueError):
@@ -301,8 +291,6 @@ def test_refused_assignment_leaves_the_spec_unchanged() -> None:
     assert domain.nics[0].restrict is True
 
 
-@pytest.mark.xfail(strict=True, reason="bug: microvm disk error prints disk.bus/disk.path, "
-                   "which are None for an empty cdrom ('None asks for None')")
 def test_microvm_cdrom_error_names_the_effective_bus() -> None:
     with pytest.raises(InvalidSpec) as info:
         load_domain({**BASE, "machine": "microvm", "boot": {"kernel": "/k"},
@@ -395,8 +383,6 @@ def test_parse_mib_refuses(value: Any) -> None:
         parse_mib(value, field="disks[0].size")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a bare byte suffix ('512B') is read as MiB "
-                   "(model/units.py _SIZE_RE makes the unit optional before 'b')")
 @pytest.mark.parametrize("value", ["512B", "512b", "512iB"])
 def test_parse_mib_byte_suffix_is_not_mib(value: str) -> None:
     with pytest.raises(ValueError):

@@ -314,9 +314,6 @@ async def test_a_failing_subscriber_does_not_stop_the_pump(
     assert "event subscriber failed" in caplog.text
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an expect() predicate that raises kills the "
-                   "event pump (qemu/monitor.py _pump_events calls predicate unguarded), and "
-                   "close() then re-raises the pump's error without disconnecting")
 async def test_a_failing_predicate_does_not_stop_the_pump(qmp: FakeQmp) -> None:
     monitor = Monitor("web")
     await monitor.connect(connect_unix(qmp.path), timeout=5.0)

@@ -20,7 +20,6 @@ from aiohttp import WSMsgType, web
 
 from virtkit.api.openapi import openapi_document
 from virtkit.errors import Conflict, InvalidSpec, VirtkitError
-from virtkit.runtime.events import EventBus
 from virtkit.service.domains import DomainService
 from virtkit.service.host import HostService
 from virtkit.unixsock import connect_unix
@@ -32,11 +31,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @dataclass
 class Services:
-    """What the API serves: the service objects and the event bus."""
+    """What the API serves: the service objects."""
 
     domains: DomainService
     host: HostService
-    bus: EventBus
     consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
 
 
@@ -276,13 +274,13 @@ async def console(request: web.Request) -> web.StreamResponse:
 @routes.get("/v1/events")
 async def events(request: web.Request) -> web.StreamResponse:
     """Stream events as JSON text frames; ``?since=ID`` replays the journal first."""
-    bus = _services(request).bus
+    domains = _services(request).domains
     ws = web.WebSocketResponse(heartbeat=30)
     await ws.prepare(request)
-    with bus.subscribe() as queue:
+    with domains.subscribe_events() as queue:
         since = request.query.get("since")
         if since is not None and since.isdigit():
-            for event in bus.since(int(since)):
+            for event in domains.events_since(int(since)):
                 await ws.send_json(event)
         reader = asyncio.create_task(ws.receive())
         try:

@@ -85,7 +85,7 @@ class Daemon:
                                    lambda uuid: load_domain(self.store.get_domain(uuid).spec))
         self.domains = DomainService(self.store, self.lifecycle, self.bus)
         self.host = HostService(paths.cache)
-        self.services = Services(self.domains, self.host, self.bus)
+        self.services = Services(self.domains, self.host)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:

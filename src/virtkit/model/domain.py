@@ -24,6 +24,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -46,10 +47,29 @@ def _to_mib(value: Any, info: Any = None) -> Any:
 MiB = Annotated[int, BeforeValidator(_to_mib)]
 
 
+class SpecProblem(ValueError):
+    """A validation problem that knows which field (relative to the model) it is about."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class Spec(BaseModel):
     """Base of every spec object: unknown fields are errors, values are re-validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # pydantic keeps a value an after-model-validator refused (pydantic#7105): undo it
+        missing = object()
+        old = self.__dict__.get(name, missing)
+        try:
+            super().__setattr__(name, value)
+        except ValidationError:
+            if old is not missing:
+                self.__dict__[name] = old
+            raise
 
 
 class Accelerator(StrEnum):
@@ -427,34 +447,42 @@ class Domain(Spec):
         if self.machine is Machine.MICROVM:
             self._check_microvm()
         if self.machine is Machine.Q35:
-            for disk in self.disks:
+            for index, disk in enumerate(self.disks):
                 if disk.effective_bus is DiskBus.IDE:
-                    raise ValueError(
-                        f"q35 has no IDE controller ({disk.path or 'cdrom'}); use bus: sata"
+                    raise SpecProblem(
+                        f"q35 has no IDE controller ({disk.path or 'cdrom'}); use bus: sata",
+                        f"disks[{index}].bus",
                     )
         itco = self.watchdog is not None and self.watchdog.model == "itco"
         if itco and self.machine is not Machine.Q35:
-            raise ValueError("the itco watchdog is built into q35 only; use i6300esb")
+            raise SpecProblem("the itco watchdog is built into q35 only; use i6300esb",
+                              "watchdog.model")
         if sum(1 for d in self.disks if d.effective_bus is DiskBus.IDE) > 4:
-            raise ValueError("the IDE controller takes at most 4 drives; use sata or virtio")
+            raise SpecProblem("the IDE controller takes at most 4 drives; use sata or virtio",
+                              "disks")
         if len(self.serials) > 4:
-            raise ValueError("at most 4 serial ports are supported")
+            raise SpecProblem("at most 4 serial ports are supported", "serials")
         return self
 
     def _check_microvm(self) -> None:
         if self.firmware is Firmware.UEFI:
-            raise ValueError("microvm boots without firmware; use firmware: bios or machine: q35")
-        for disk in self.disks:
+            raise SpecProblem("microvm boots without firmware; use firmware: bios or machine: q35",
+                              "firmware")
+        for index, disk in enumerate(self.disks):
             if disk.effective_bus is not DiskBus.VIRTIO:
-                raise ValueError(f"microvm has only virtio disks; {disk.path} asks for {disk.bus}")
+                raise SpecProblem(
+                    f"microvm has only virtio disks; {disk.path or 'an empty cdrom'} asks for "
+                    f"{disk.effective_bus.value}", f"disks[{index}].bus")
         if self.graphics.type != "none":
-            raise ValueError("microvm has no display; use graphics: none")
+            raise SpecProblem("microvm has no display; use graphics: none", "graphics")
         if self.watchdog is not None:
-            raise ValueError("microvm has no watchdog device; remove watchdog")
+            raise SpecProblem("microvm has no watchdog device; remove watchdog", "watchdog")
         if self.memory.max is not None:
-            raise ValueError("memory hot-add (memory.max) is not available on microvm")
+            raise SpecProblem("memory hot-add (memory.max) is not available on microvm",
+                              "memory.max")
         if self.boot.kernel is None:
-            raise ValueError("microvm has no firmware to boot disks; set boot.kernel")
+            raise SpecProblem("microvm has no firmware to boot disks; set boot.kernel",
+                              "boot.kernel")
 
 
 def validate_name(value: str) -> str:

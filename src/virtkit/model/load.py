@@ -35,6 +35,9 @@ def invalid_spec_from(error: ValidationError, *, kind: str = "domain") -> Invali
     problems = []
     for item in error.errors():
         path = field_path(tuple(item["loc"]))
+        sub = getattr(item.get("ctx", {}).get("error"), "field", None)
+        if sub:
+            path = sub if path == "spec" else f"{path}.{sub}"
         message = str(item["msg"]).removeprefix("Value error, ")
         message = message.replace("Input should be", "must be")
         if item["type"] == "extra_forbidden":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 _UNIT_TO_KIB = {"k": 1, "m": 1024, "g": 1024**2, "t": 1024**3}
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt])?(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:i?b)?)?\s*$", re.IGNORECASE)
 
 
 def parse_mib(value: int | str, *, field: str) -> int:

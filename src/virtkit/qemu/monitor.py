@@ -100,9 +100,16 @@ class Monitor:
                 name, predicate, future = waiter
                 if future.done():
                     self._waiters.remove(waiter)
-                elif name == event.get("event") and predicate(event):
-                    future.set_result(event)
-                    self._waiters.remove(waiter)
+                elif name == event.get("event"):
+                    try:
+                        matched = predicate(event)
+                    except Exception as exc:  # a bad predicate fails its waiter only
+                        future.set_exception(exc)
+                        self._waiters.remove(waiter)
+                        continue
+                    if matched:
+                        future.set_result(event)
+                        self._waiters.remove(waiter)
 
     async def close(self) -> None:
         """Disconnect; QEMU keeps running and accepts a new monitor connection later."""

@@ -35,7 +35,10 @@ def read_header(fd: int, path: str) -> dict[str, Any]:
     if magic != MAGIC:
         raise InvalidSpec(f"{path} is not a virtkit save file",
                           fix="pass a file written by 'virtkit save'")
-    (length,) = struct.unpack(">Q", os.read(fd, 8))
+    raw_length = os.read(fd, 8)
+    if len(raw_length) != 8:
+        raise InvalidSpec(f"{path} has a corrupt header (cut short)")
+    (length,) = struct.unpack(">Q", raw_length)
     if length > 16 * 1024 * 1024:
         raise InvalidSpec(f"{path} has a corrupt header (length {length})")
     body = os.read(fd, length)
@@ -45,4 +48,6 @@ def read_header(fd: int, path: str) -> dict[str, Any]:
         header: dict[str, Any] = json.loads(body)
     except ValueError:
         raise InvalidSpec(f"{path} has a corrupt header") from None
+    if not isinstance(header, dict) or not isinstance(header.get("spec"), dict):
+        raise InvalidSpec(f"{path} has a corrupt header (no domain spec)")
     return header

@@ -7,6 +7,8 @@ JSON-able dicts.  Business rules live here and below, never in front ends.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
 import time
@@ -34,6 +36,14 @@ class DomainService:
         self._life = lifecycle
         self._bus = bus
         self._host_memory = host_memory_mib or preflight.host_memory_mib()
+
+    def subscribe_events(self) -> contextlib.AbstractContextManager[asyncio.Queue[dict[str, Any]]]:
+        """A queue of every event published while the context is open (the API's stream)."""
+        return self._bus.subscribe()
+
+    def events_since(self, event_id: int) -> list[dict[str, Any]]:
+        """The journaled events after ``event_id`` (a client catching up)."""
+        return self._bus.since(event_id)
 
     # -- reading ----------------------------------------------------------
 
