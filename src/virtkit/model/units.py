@@ -36,6 +36,6 @@ def format_mib(mib: int) -> str:
     """Render MiB the way people read it: '512 MiB', '2 GiB', '1.5 GiB'."""
     if mib >= 1024 and mib % 1024 == 0:
         return f"{mib // 1024} GiB"
-    if mib >= 1024:
+    if mib >= 1024 and (mib * 10) % 1024 == 0:
         return f"{mib / 1024:.1f} GiB"
     return f"{mib} MiB"

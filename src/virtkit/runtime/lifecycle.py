@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from virtkit.errors import NotFound, QemuError, TimeoutExpired
+from virtkit.errors import NotFound, QemuError, StateError, TimeoutExpired
 from virtkit.model.domain import Domain, LifecycleAction
 from virtkit.model.load import dump_domain
 from virtkit.model.state import Action, State, check_action, check_transition
@@ -119,7 +119,18 @@ class Lifecycle:
         vm = self.vm(uuid, name)
         async with vm.lock:
             check_action(Action.START, vm.state, vm.name)
+            self._refuse_preserved(vm, Action.START)
             await self._start_locked(vm, paused=paused)
+
+    @staticmethod
+    def _refuse_preserved(vm: Vm, action: Action) -> None:
+        """A crashed domain whose QEMU is kept for inspection must be destroyed first."""
+        if vm.running is not None:
+            raise StateError(
+                f"cannot {action.value} domain '{vm.name}': its crashed QEMU (pid "
+                f"{vm.running.process.pid}) is preserved for inspection",
+                current=vm.state.value, requested=action.value,
+                fix=f"inspect it, then 'virtkit destroy {vm.name}'")
 
     async def _start_locked(self, vm: Vm, *, paused: bool, incoming_fd: int | None = None,
                             event: str = "started") -> None:
@@ -289,6 +300,7 @@ class Lifecycle:
         vm = self.vm(uuid, name)
         async with vm.lock:
             check_action(Action.RESTORE, vm.state, vm.name)
+            self._refuse_preserved(vm, Action.RESTORE)
             await self._start_locked(vm, paused=not running, incoming_fd=fd, event="restored")
 
     # -- QEMU events and exit --------------------------------------------------

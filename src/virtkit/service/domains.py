@@ -224,6 +224,9 @@ class DomainService:
         vm = self._life.vm(row.uuid, row.name)
         async with vm.lock:
             check_action(Action.UNDEFINE, vm.state, row.name)
+            if vm.running is not None:
+                raise Conflict(f"domain '{row.name}' still has a preserved QEMU process",
+                               fix=f"destroy it first: virtkit destroy {row.name}")
             self._store.delete_domain(row.uuid)
             self._life.forget(row.uuid)
         if nvram:
