@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# virtkit set-up for a fresh Debian 12 machine (run as root, or with sudo).
+#
+#   scripts/setup.sh demo   install QEMU and virtkit, boot a demo VM, print how to reach it
+#   scripts/setup.sh test   install everything the tests need, then run the whole suite
+#
+# The Python package goes into a virtual environment at .venv (Debian's system
+# Python refuses system-wide pip installs); virtkit and virtkitd are linked into
+# /usr/local/bin.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+VENV="$REPO/.venv"
+PYTHON=${PYTHON:-python3}
+
+RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils ovmf busybox-static cpio kmod python3 python3-venv)
+
+need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup.sh: run as root (sudo $0 $*): it installs Debian packages" >&2
+        exit 1
+    fi
+}
+
+install_packages() {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "$@"
+}
+
+install_python() {
+    local extras=$1
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PYTHON" -m venv "$VENV"
+    fi
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e "$REPO$extras"
+    ln -sf "$VENV/bin/virtkit" /usr/local/bin/virtkit
+    ln -sf "$VENV/bin/virtkitd" /usr/local/bin/virtkitd
+}
+
+demo() {
+    need_root demo
+    install_packages "${RUNTIME_PACKAGES[@]}"
+    install_python ""
+    "$VENV/bin/python" -m virtkit.images.tinyguest >/dev/null
+    exec "$VENV/bin/python" "$REPO/scripts/demo.py"
+}
+
+run_tests() {
+    need_root test
+    install_packages "${RUNTIME_PACKAGES[@]}" bash
+    install_python "[test]"
+    "$VENV/bin/python" -m virtkit.images.tinyguest >/dev/null
+    echo "== ruff"; "$VENV/bin/ruff" check src tests bench scripts
+    echo "== mypy"; "$VENV/bin/mypy"
+    echo "== pytest"
+    "$VENV/bin/python" -m pytest tests -q -p no:cacheprovider --durations=10
+}
+
+case "${1:-}" in
+    demo) demo ;;
+    test) run_tests ;;
+    *) echo "usage: $0 demo|test" >&2; exit 2 ;;
+esac
