@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -149,3 +150,34 @@ def test_autostart_domain_starts_with_the_daemon(daemon: DaemonHandle) -> None:
     daemon.restart()
     assert daemon.wait_state("auto", "running")["pid"]
     assert daemon.state("manual") == "shutoff"
+
+
+def test_event_stream_reports_each_change_in_order(daemon: DaemonHandle) -> None:
+    from virtkit.cli.wsclient import OP_TEXT, WebSocket
+
+    ws = WebSocket.open(daemon.root / "virtkitd.sock", "/v1/events")
+    try:
+        daemon.define("evt")
+        daemon.client.post(daemon.client.domain_path("evt", "/start"))
+        daemon.client.post(daemon.client.domain_path("evt", "/suspend"))
+        daemon.client.post(daemon.client.domain_path("evt", "/resume"))
+        daemon.client.post(daemon.client.domain_path("evt", "/destroy"))
+        daemon.client.request("DELETE", daemon.client.domain_path("evt"))
+        seen = []
+        ws.sock.settimeout(10)
+        while len(seen) < 6:
+            opcode, payload = ws.receive()
+            assert opcode == OP_TEXT
+            event = json.loads(payload)
+            if event.get("domain") == "evt":
+                seen.append((event["type"], event["state"]))
+    finally:
+        ws.close()
+    assert seen == [("defined", "shutoff"), ("started", "running"), ("paused", "paused"),
+                    ("resumed", "running"), ("stopped", "shutoff"), ("undefined", "shutoff")]
+    replayed = WebSocket.open(daemon.root / "virtkitd.sock", "/v1/events?since=0")
+    try:
+        types = [json.loads(replayed.receive()[1])["type"] for _ in range(6)]
+    finally:
+        replayed.close()
+    assert types == [kind for kind, _state in seen]

@@ -81,8 +81,14 @@ def prepare_nvram(domain: Domain, caps: HostCaps, paths: StatePaths) -> str | No
 
 async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
                  incoming_fd: int | None = None,
-                 on_event: Callable[[dict[str, Any]], None] | None = None) -> Running:
-    """Spawn QEMU paused for ``domain`` and return it with a connected monitor."""
+                 on_event: Callable[[dict[str, Any]], None] | None = None,
+                 on_spawn: Callable[[QemuProcess], None] | None = None) -> Running:
+    """Spawn QEMU paused for ``domain`` and return it with a connected monitor.
+
+    ``on_spawn`` is called right after the process exists, before anything can
+    fail, so the caller can record its pid: a daemon killed at any later point
+    finds the half-started QEMU on restart instead of leaving it orphaned.
+    """
     caps, binary = caps_for(domain)
     run_dir = paths.run_dir(domain.uuid)
     log_dir = paths.logs / "domains" / domain.uuid
@@ -106,6 +112,8 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
         argv = build_argv(domain, caps, files, binary)
         log.info("starting %s: %s", domain.name, " ".join(argv))
         process = QemuProcess.spawn(argv, pass_fds=pass_fds, log_path=qemu_log)
+        if on_spawn is not None:
+            on_spawn(process)
         monitor = await _handshake(domain, process, run_dir, qemu_log, on_event)
         running = Running(process, monitor, run_dir, caps.accel)
         await _setup(domain, running)

@@ -135,8 +135,19 @@ class Lifecycle:
     async def _start_locked(self, vm: Vm, *, paused: bool, incoming_fd: int | None = None,
                             event: str = "started") -> None:
         domain = self._spec_for(vm.uuid)
-        running = await launch(domain, self._paths, self._caps_for, incoming_fd=incoming_fd,
-                               on_event=lambda e: self._on_qmp_event(vm, e))
+        before = vm.state
+
+        def record_spawn(process: QemuProcess) -> None:
+            self._store.set_runtime(vm.uuid, state=State.PAUSED.value, reason="starting",
+                                    pid=process.pid, pid_start=process.start_time)
+
+        try:
+            running = await launch(domain, self._paths, self._caps_for,
+                                   incoming_fd=incoming_fd, on_spawn=record_spawn,
+                                   on_event=lambda e: self._on_qmp_event(vm, e))
+        except BaseException:
+            self._store.set_runtime(vm.uuid, state=before.value, reason=vm.reason)
+            raise
         self._adopt(vm, running)
         self._set_state(vm, State.PAUSED, "starting")
         try:
