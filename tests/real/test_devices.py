@@ -1,0 +1,74 @@
+"""Device configurations start in real QEMU and the guest sees what the spec says."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.real.conftest import DaemonHandle
+
+pytestmark = pytest.mark.qemu
+
+
+def _image(path: Path, size: str, fmt: str = "qcow2") -> str:
+    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), size], check=True)
+    return str(path)
+
+
+def test_disks_on_every_bus_and_the_optional_devices(daemon: DaemonHandle, tmp_path: Path) -> None:
+    iso = tmp_path / "empty.iso"
+    iso.write_bytes(b"\0" * 2048 * 16)
+    daemon.define(
+        "devices",
+        vcpus={"current": 2, "max": 4, "sockets": 1, "cores": 2, "threads": 2},
+        memory={"current": 256, "max": 1024},
+        disks=[
+            {"path": _image(tmp_path / "a.qcow2", "64M")},  # format detected at define
+            {"path": _image(tmp_path / "b.raw", "32M", "raw"), "bus": "scsi",
+             "serial": "SCSI-B"},
+            {"path": _image(tmp_path / "c.qcow2", "16M"), "bus": "sata", "cache": "none"},
+            {"path": str(iso), "device": "cdrom"},
+            {"device": "cdrom", "bus": "scsi"},
+        ],
+        nics=[{"model": "virtio"}],
+        graphics={"type": "vnc", "password": "secret"},
+        watchdog={"model": "i6300esb", "action": "reset"},
+        serials=[{"log": True}, {"log": False}],
+    )
+    info = daemon.client.post(daemon.client.domain_path("devices", "/start"))
+    assert [d["format"] for d in info["disks"][:3]] == ["qcow2", "raw", "qcow2"]
+    assert [d["target"] for d in info["disks"]] == ["vda", "sda", "sdb", "sdc", "sdd"]
+    assert info["vnc"]["port"] >= 5900
+    mac = info["spec"]["nics"][0]["mac"]
+    assert mac.startswith("52:54:00:")
+    daemon.wait_booted("devices")
+    log = daemon.console_log("devices")
+    assert "VIRTKIT-DISK vda 67108864" in log
+    assert "VIRTKIT-DISK sda 33554432" in log  # the virtio-scsi disk
+    output = daemon.console_run("devices", "cat /sys/class/net/eth0/address; nproc",
+                                mac)
+    assert mac in output
+    daemon.client.post(daemon.client.domain_path("devices", "/destroy"))
+
+
+def test_uefi_firmware_boots_and_keeps_its_nvram(daemon: DaemonHandle) -> None:
+    info = daemon.define("efi", firmware="uefi")
+    daemon.client.post(daemon.client.domain_path("efi", "/start"))
+    daemon.wait_booted("efi", timeout=150)
+    nvram = daemon.root / "nvram" / f"{info['uuid']}_VARS.fd"
+    assert nvram.stat().st_size > 0
+    daemon.client.post(daemon.client.domain_path("efi", "/destroy"))
+    daemon.client.request("DELETE", daemon.client.domain_path("efi") + "?nvram=1")
+    assert not nvram.exists()
+
+
+def test_pc_machine_with_ide_disk(daemon: DaemonHandle, tmp_path: Path) -> None:
+    daemon.define("legacy", machine="pc",
+                  disks=[{"path": _image(tmp_path / "ide.qcow2", "8M"), "bus": "ide"},
+                         {"path": _image(tmp_path / "v.qcow2", "8M")}])
+    info = daemon.client.post(daemon.client.domain_path("legacy", "/start"))
+    assert [d["target"] for d in info["disks"]] == ["hda", "vda"]
+    daemon.wait_booted("legacy")
+    assert "VIRTKIT-DISK vda 8388608" in daemon.console_log("legacy")
