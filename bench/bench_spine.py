@@ -374,6 +374,38 @@ def bench_cli(args: argparse.Namespace) -> dict[str, Any]:
 # -- 4. daemon RSS with 10 running VMs ------------------------------------------------
 
 
+_IMPORT_STEPS = ["asyncio", "sqlite3", "yaml", "pydantic", "qemu.qmp", "aiohttp", "aiohttp.web",
+                 "virtkit.model.domain", "virtkit.host.accel", "virtkit.runtime.lifecycle",
+                 "virtkit.api.daemon"]
+
+_IMPORT_SCRIPT = """
+import json, sys
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS'):
+            return int(line.split()[1])
+steps = [('interpreter', rss())]
+for module in sys.argv[1:]:
+    __import__(module)
+    steps.append((module, rss()))
+print(json.dumps(steps))
+"""
+
+
+def _import_rss_breakdown() -> list[dict[str, Any]]:
+    """RSS (KiB) of a fresh interpreter after importing the daemon's dependencies in turn."""
+    out = subprocess.run([sys.executable, "-c", _IMPORT_SCRIPT, *_IMPORT_STEPS],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return [{"error": out.stderr.strip()[-500:]}]
+    steps = json.loads(out.stdout)
+    rows, previous = [], 0
+    for module, rss in steps:
+        rows.append({"after": module, "rss_kib": rss, "added_kib": rss - previous})
+        previous = rss
+    return rows
+
+
 def bench_rss(args: argparse.Namespace) -> dict[str, Any]:
     guest = bl.tiny_guest()
     n, memory, settle = args.vms, args.memory, args.settle
@@ -420,6 +452,7 @@ def bench_rss(args: argparse.Namespace) -> dict[str, Any]:
     vk_rss = out["virtkitd"]["running"]["VmRSS"]
     lv_rss = out.get("libvirtd", {}).get("running", {}).get("VmRSS")
     logd_rss = out.get("virtlogd", {}).get("running", {}).get("VmRSS")
+    out["virtkitd_import_breakdown"] = _import_rss_breakdown()
     derived = {"libvirtd_over_virtkitd": bl.ratio(lv_rss, vk_rss),
                "libvirt_stack_kib": (lv_rss or 0) + (logd_rss or 0) if lv_rss else None}
     targets = {"virtkitd_le_libvirtd": None if lv_rss is None else vk_rss <= lv_rss}
@@ -437,6 +470,9 @@ def bench_rss(args: argparse.Namespace) -> dict[str, Any]:
                    ["daemon", "idle", f"{n} defined", f"{n} running", "peak (HWM)", "running"],
                    rows)
     print(f"libvirtd/virtkitd = {bl.fmt_x(derived['libvirtd_over_virtkitd'])}")
+    print("virtkitd RSS by import (KiB added): " + ", ".join(
+        f"{row['after']} +{row['added_kib']}" for row in out["virtkitd_import_breakdown"]
+        if "after" in row))
     print("targets:", json.dumps(targets))
     print("results:", bl.write_results("rss", result))
     return result
@@ -465,7 +501,7 @@ def report(_args: argparse.Namespace) -> None:
                            ("virsh", "(d) `virsh start`")):
             x = s[key]
             if not x["n"]:
-                print(f"| {label} | {NO_LIBVIRT} | | | | |")
+                print(f"| {label} | {start.get('libvirt')} | | | | |")
                 continue
             print(f"| {label} | {x['median']:.3f} | {x['min']:.3f} | {x['max']:.3f} | "
                   f"{bl.fmt_x(bl.ratio(x['median'], raw))} | "
@@ -482,7 +518,7 @@ def report(_args: argparse.Namespace) -> None:
                            ("virtkit_api", "`GET /v1/domains` in-process")):
             x = s[key]
             if not x["n"]:
-                print(f"| {label} | {NO_LIBVIRT} | | | |")
+                print(f"| {label} | {lst.get('libvirt')} | | | |")
                 continue
             print(f"| {label} | {x['median']:.3f} | {x['min']:.3f} | {x['max']:.3f} | "
                   f"{lst['cold_first_call_s'].get(key, 0):.3f} |")
@@ -511,6 +547,9 @@ def report(_args: argparse.Namespace) -> None:
                       f"{d.get('defined', {}).get('VmRSS', '-')} | {d['running']['VmRSS']} | "
                       f"{d['running'].get('VmHWM', '-')} | {d.get('running_vms', '-')} |")
         print(f"\nderived {rss['derived']}; targets {rss['targets']}")
+        steps = rss.get("virtkitd_import_breakdown", [])
+        print("\nvirtkitd RSS by import (KiB added): " + ", ".join(
+            f"{row['after']} +{row['added_kib']}" for row in steps if "after" in row))
 
 
 def main() -> None:

@@ -150,6 +150,9 @@ def _version_of(argv: list[str]) -> str | None:
 
 
 def git_commit() -> str | None:
+    """The commit benchmarked: run_all.sh's snapshot, else the checkout's HEAD (+ dirty)."""
+    if os.environ.get("VIRTKIT_BENCH_COMMIT"):
+        return os.environ["VIRTKIT_BENCH_COMMIT"]
     try:
         out = subprocess.run(["git", "-C", str(BENCH_DIR.parent), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=10)
@@ -173,6 +176,10 @@ def host_context() -> dict[str, Any]:
         "python_executable": sys.executable,
         "virtkit": VIRTKIT_VERSION,
         "virtkit_commit": git_commit(),
+        "virtkit_source": str(Path(sys.modules["virtkit"].__file__ or "?").parent),
+        "virtkit_bytecode_compiled": bool(list(
+            (Path(sys.modules["virtkit"].__file__ or "/").parent / "cli").glob(
+                "__pycache__/*.pyc"))),
         "qemu": _version_of(["qemu-system-x86_64", "--version"]),
         "libvirt": _version_of(["libvirtd", "--version"]) if shutil.which("libvirtd") else None,
         "loadavg": loadavg(),
@@ -278,7 +285,11 @@ class VirtkitDaemon:
         return self
 
     def __enter__(self) -> VirtkitDaemon:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()

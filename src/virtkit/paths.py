@@ -59,6 +59,11 @@ class StatePaths:
         return self.root / "cache"
 
     @property
+    def images(self) -> Path:
+        """The folder of the ``default`` storage pool (libvirt's /var/lib/libvirt/images)."""
+        return self.root / "images"
+
+    @property
     def logs(self) -> Path:
         return self.root / "log"
 

@@ -144,6 +144,9 @@ VALID: list[tuple[str, dict[str, Any] | str, Any]] = [
     ("microvm", {"machine": "microvm", "boot": {"kernel": "/k", "cmdline": "console=ttyS0"},
                  "disks": [{"path": "/d.img"}]},
      lambda d: d.machine is Machine.MICROVM and d.disks[0].effective_bus is DiskBus.VIRTIO),
+    ("disk-by-volume", {"disks": [{"pool": "default", "volume": "vm.qcow2"}]},
+     lambda d: (d.disks[0].pool, d.disks[0].volume, d.disks[0].path)
+     == ("default", "vm.qcow2", None)),
     ("nic-defaults", {"nics": [{}]},
      lambda d: (d.nics[0].type, d.nics[0].restrict, d.nics[0].model) == ("user", True,
                                                                          "virtio")),
@@ -212,6 +215,8 @@ BAD = [
     bad("disk-without-path", {"disks": [{"format": "raw"}]}, "disks[0]", "needs a path"),
     bad("disk-second-bad", {"disks": [{"path": "/a"}, {"path": "/b", "format": "iso"}]},
         "disks[1].format", "'raw'"),
+    bad("disk-pool-without-volume", {"disks": [{"pool": "default"}]}, "disks[0]",
+        "pool and volume go together"),
     bad("disk-serial-bad", {"disks": [{"path": "/a", "serial": "has space"}]},
         "disks[0].serial", "1-20 characters"),
     bad("disk-aio-native-writeback", {"disks": [{"path": "/a", "aio": "native",

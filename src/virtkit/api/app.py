@@ -18,10 +18,12 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from virtkit.api import storage_routes
 from virtkit.api.openapi import openapi_document
 from virtkit.errors import Conflict, InvalidSpec, VirtkitError
 from virtkit.service.domains import DomainService
 from virtkit.service.host import HostService
+from virtkit.service.storage import StorageService
 from virtkit.unixsock import connect_unix
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class Services:
 
     domains: DomainService
     host: HostService
+    storage: StorageService
     consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
 
 
@@ -300,5 +303,7 @@ def create_app(services: Services) -> web.Application:
     """The aiohttp application serving the v1 API."""
     app = web.Application(middlewares=[error_middleware], client_max_size=4 * 1024 * 1024)
     app[SERVICES] = services
+    app[storage_routes.STORAGE] = services.storage
     app.add_routes(routes)
+    app.add_routes(storage_routes.routes)
     return app

@@ -32,6 +32,7 @@ from virtkit.runtime.hostcaps import HostCapsProvider
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.service.domains import DomainService
 from virtkit.service.host import HostService
+from virtkit.service.storage import StorageService
 from virtkit.store.db import Store
 from virtkit.unixsock import bind_unix
 
@@ -83,9 +84,11 @@ class Daemon:
         self.caps = HostCapsProvider(paths.cache)
         self.lifecycle = Lifecycle(self.store, self.bus, paths, self.caps,
                                    lambda uuid: load_domain(self.store.get_domain(uuid).spec))
-        self.domains = DomainService(self.store, self.lifecycle, self.bus)
+        self.storage = StorageService(self.store, self.lifecycle, self.bus, paths.images)
+        self.domains = DomainService(self.store, self.lifecycle, self.bus,
+                                     storage=self.storage)
         self.host = HostService(paths.cache)
-        self.services = Services(self.domains, self.host)
+        self.services = Services(self.domains, self.host, self.storage)
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -102,6 +105,9 @@ class Daemon:
             os.chown(self.paths.socket, 0, gid)
         await web.SockSite(self._runner, sock).start()
         log.info("virtkitd %s serving %s", __version__, self.paths.socket)
+        pools = await asyncio.to_thread(self.storage.autostart_pools)
+        if pools:
+            log.info("pools started: %s", ", ".join(pools))
         started = await self.domains.autostart_all()
         if started:
             log.info("autostarted: %s", ", ".join(started))

@@ -12,6 +12,7 @@ from typing import Any
 
 from virtkit import __version__
 from virtkit.model.domain import Domain
+from virtkit.model.pool import Pool
 
 _REF = {"name": "ref", "in": "path", "required": True, "schema": {"type": "string"},
         "description": "domain name or UUID"}
@@ -53,6 +54,42 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("get", "/v1/domains/{ref}/console/log", "The serial console log (?port=N&tail=BYTES)", None),
     ("get", "/v1/domains/{ref}/console", "WebSocket: the serial console (binary frames)", None),
     ("get", "/v1/events", "WebSocket: the event stream (?since=ID replays the journal)", None),
+    ("get", "/v1/pools", "List storage pools with capacity (?all=0 for active only)", None),
+    ("post", "/v1/pools", "Define a pool", {"$ref": "#/components/schemas/Pool"}),
+    ("get", "/v1/pools/{pool}", "Pool details: state, capacity, allocation, available", None),
+    ("delete", "/v1/pools/{pool}", "Undefine an inactive pool", None),
+    ("post", "/v1/pools/{pool}/build", "Create the pool's storage (mkdir; pvcreate+vgcreate)", None),
+    ("post", "/v1/pools/{pool}/start", "Activate a pool", None),
+    ("post", "/v1/pools/{pool}/destroy", "Deactivate a pool (its storage stays)", None),
+    ("post", "/v1/pools/{pool}/delete", "Remove an empty, inactive pool's storage", None),
+    ("post", "/v1/pools/{pool}/refresh", "Rescan a pool", None),
+    ("put", "/v1/pools/{pool}/autostart", "Enable or disable pool autostart",
+     {"type": "object", "properties": {"enabled": {"type": "boolean"}}}),
+    ("get", "/v1/pools/{pool}/volumes", "List a pool's volumes", None),
+    ("post", "/v1/pools/{pool}/volumes", "Create a volume",
+     {"type": "object", "required": ["name", "capacity"], "properties": {
+         "name": {"type": "string"}, "capacity": {"type": ["string", "integer"]},
+         "format": {"enum": ["qcow2", "raw"]}, "backing": {"type": "string"},
+         "prealloc": {"type": "boolean"}}}),
+    ("get", "/v1/pools/{pool}/volumes/{volume}", "Volume details and the domains using it",
+     None),
+    ("delete", "/v1/pools/{pool}/volumes/{volume}", "Delete a volume (?force=1)", None),
+    ("post", "/v1/pools/{pool}/volumes/{volume}/resize", "Resize a volume",
+     {"type": "object", "required": ["capacity"], "properties": {
+         "capacity": {"type": ["string", "integer"]}, "shrink": {"type": "boolean"}}}),
+    ("post", "/v1/pools/{pool}/volumes/{volume}/wipe", "Overwrite a volume's data", None),
+    ("post", "/v1/pools/{pool}/volumes/{volume}/clone",
+     "Full or linked clone (NDJSON progress with Accept: application/x-ndjson)",
+     {"type": "object", "required": ["name"], "properties": {
+         "name": {"type": "string"}, "linked": {"type": "boolean"},
+         "format": {"enum": ["qcow2", "raw"]}}}),
+    ("post", "/v1/pools/{pool}/import",
+     "Convert a host image (vmdk, vdi, vhdx, qcow2, raw) into a new volume (NDJSON progress)",
+     {"type": "object", "required": ["name", "source"], "properties": {
+         "name": {"type": "string"}, "source": {"type": "string"},
+         "format": {"enum": ["qcow2", "raw"]}}}),
+    ("put", "/v1/pools/{pool}/volumes/{volume}/upload", "Stream bytes into a volume", None),
+    ("get", "/v1/pools/{pool}/volumes/{volume}/download", "Stream a volume's bytes", None),
 ]
 
 
@@ -69,8 +106,13 @@ def _operation(method: str, path: str, summary: str, body: dict[str, Any] | None
                             "schema": {"$ref": "#/components/schemas/Error"}}}},
         },
     }
-    if "{ref}" in path:
-        operation["parameters"] = [_REF]
+    parameters = [_REF] if "{ref}" in path else []
+    for name in ("pool", "volume"):
+        if "{" + name + "}" in path:
+            parameters.append({"name": name, "in": "path", "required": True,
+                               "schema": {"type": "string"}})
+    if parameters:
+        operation["parameters"] = parameters
     if body is not None:
         operation["requestBody"] = {"required": True,
                                     "content": {"application/json": {"schema": body}}}
@@ -92,6 +134,7 @@ def openapi_document() -> dict[str, Any]:
         "components": {"schemas": {
             **definitions,
             "Domain": domain_schema,
+            "Pool": Pool.model_json_schema(),
             "SpecBody": {"type": "object", "properties": {
                 "spec": {"$ref": "#/components/schemas/Domain"}, "yaml": {"type": "string"}}},
             "ShutdownBody": {"type": "object", "properties": {

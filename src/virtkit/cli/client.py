@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -32,6 +34,38 @@ class ApiError(VirtkitError):
                          **body.get("details", {}))
         self.code = str(body.get("error", "error"))
         self.http_status = status
+
+
+def _decode(response: http.client.HTTPResponse, data: bytes) -> Any:
+    """JSON bodies decoded; errors raised as ApiError with the daemon's message."""
+    if response.getheader("Content-Type", "").startswith("application/json"):
+        decoded = json.loads(data) if data else None
+    else:
+        decoded = data
+    if response.status >= 400:
+        raise ApiError(response.status, decoded if isinstance(decoded, dict) else
+                       {"message": f"HTTP {response.status}"})
+    return decoded
+
+
+@contextmanager
+def open_stream(client: Client, method: str, path: str, body: dict[str, Any] | None = None,
+                *, accept: str | None = None) -> Iterator[http.client.HTTPResponse]:
+    """A response to read incrementally (NDJSON lines, downloads); errors raised first."""
+    connection = _UnixConnection(client.paths.socket, client.timeout)
+    try:
+        headers = {"Accept": accept} if accept else {}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        connection.request(method, path, body=payload, headers=headers)
+        response = connection.getresponse()
+        if response.status >= 400:
+            _decode(response, response.read())
+        yield response
+    finally:
+        connection.close()
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -64,14 +98,23 @@ class Client:
                                     fix="start it with 'virtkitd'") from exc
         finally:
             connection.close()
-        if response.getheader("Content-Type", "").startswith("application/json"):
-            decoded = json.loads(data) if data else None
-        else:
-            decoded = data
-        if response.status >= 400:
-            raise ApiError(response.status, decoded if isinstance(decoded, dict) else
-                           {"message": f"HTTP {response.status}"})
-        return decoded
+        return _decode(response, data)
+
+    def request_stream_body(self, method: str, path: str, chunks: Iterator[bytes],
+                            size: int) -> Any:
+        """Send ``chunks`` (``size`` bytes in all) as the body; decode the JSON answer."""
+        connection = _UnixConnection(self.paths.socket, self.timeout)
+        try:
+            connection.putrequest(method, path)
+            connection.putheader("Content-Length", str(size))
+            connection.putheader("Content-Type", "application/octet-stream")
+            connection.endheaders()
+            for chunk in chunks:
+                connection.send(chunk)
+            response = connection.getresponse()
+            return _decode(response, response.read())
+        finally:
+            connection.close()
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)

@@ -232,6 +232,8 @@ class Disk(Spec):
     """A disk or CD-ROM drive backed by a host file or block device."""
 
     path: str | None = Field(default=None, description="absolute host path; empty CD-ROM if None")
+    pool: str | None = Field(default=None, description="storage pool of the volume")
+    volume: str | None = Field(default=None, description="volume name inside pool")
     format: Literal["raw", "qcow2", "vmdk", "vdi", "vhdx", "qed"] | None = None
     device: DiskDevice = DiskDevice.DISK
     bus: DiskBus | None = None
@@ -261,8 +263,11 @@ class Disk(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> Disk:
-        if self.device is DiskDevice.DISK and self.path is None:
-            raise ValueError("a disk needs a path (only a cdrom may be empty)")
+        if (self.pool is None) != (self.volume is None):
+            raise ValueError("pool and volume go together: give both, or a path")
+        if self.device is DiskDevice.DISK and self.path is None and self.volume is None:
+            raise ValueError("a disk needs a path, or a pool and volume (only a cdrom may be "
+                             "empty)")
         if self.device is DiskDevice.CDROM:
             self.__dict__["readonly"] = True
             if self.bus is DiskBus.VIRTIO:

@@ -24,6 +24,7 @@ from virtkit.runtime import preflight, savefile
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.storage.qemuimg import detect_format
+from virtkit.service.storage import StorageService
 from virtkit.store.db import DomainRow, Store
 
 
@@ -31,7 +32,9 @@ class DomainService:
     """Define, inspect and drive domains."""
 
     def __init__(self, store: Store, lifecycle: Lifecycle, bus: EventBus,
-                 host_memory_mib: int | None = None) -> None:
+                 host_memory_mib: int | None = None,
+                 storage: StorageService | None = None) -> None:
+        self._storage = storage
         self._store = store
         self._life = lifecycle
         self._bus = bus
@@ -92,12 +95,18 @@ class DomainService:
             accelerator=vm.running.accel if vm.running else domain.accelerator.value,
             started=vm.started if vm.running else None,
             vnc=self._vnc(vm.running.vnc if vm.running else None),
-            disks=[{"target": slot.target, "bus": slot.bus.value, "path": disk.path,
-                    "device": disk.device.value, "format": disk.format}
+            disks=[self._disk_info(slot.target, slot.bus.value, disk)
                    for slot, disk in zip(disk_slots(domain), domain.disks, strict=True)],
             console_log=str(self.console_log_path(row.uuid)),
         )
         return info
+
+    def _disk_info(self, target: str, bus: str, disk: Any) -> dict[str, Any]:
+        pool, volume = disk.pool, disk.volume
+        if pool is None and disk.path and self._storage is not None:
+            pool, volume = self._storage.locate(disk.path) or (None, None)
+        return {"target": target, "bus": bus, "path": disk.path, "device": disk.device.value,
+                "format": disk.format, "pool": pool, "volume": volume}
 
     @staticmethod
     def _vnc(vnc: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -141,8 +150,20 @@ class DomainService:
 
     # -- defining ----------------------------------------------------------------
 
+    def _resolve_volumes(self, domain: Domain) -> Domain:
+        """Give every ``pool``/``volume`` disk the path of its volume (refreshed each start)."""
+        for index, disk in enumerate(domain.disks):
+            if disk.pool is None or disk.volume is None:
+                continue
+            if self._storage is None:
+                raise InvalidSpec(f"disks[{index}]: storage pools are not available here",
+                                  field=f"disks[{index}].pool")
+            disk.path = self._storage.resolve(disk.pool, disk.volume)
+        return domain
+
     def _prepare(self, domain: Domain) -> Domain:
         """Host checks and defaults that need the host: files, memory, formats, MACs."""
+        self._resolve_volumes(domain)
         preflight.check_files(domain)
         preflight.duplicate_paths(domain)
         preflight.check_memory(domain, self._host_memory)
@@ -247,6 +268,10 @@ class DomainService:
         row = self._row(ref)
         domain = load_domain(row.spec)
         check_action(Action.START, self._life.vm(row.uuid, row.name).state, row.name)
+        before = [disk.path for disk in domain.disks]
+        self._resolve_volumes(domain)
+        if [disk.path for disk in domain.disks] != before:
+            row = self._store.update_domain(row.uuid, row.name, dump_domain(domain), None)
         preflight.check_files(domain)
         await self._life.start(row.uuid, row.name, paused=paused)
         return self.info(row.uuid)

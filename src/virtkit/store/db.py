@@ -58,6 +58,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX events_time ON events(time);
     """,
+    # 3: storage pools (their volumes live in the pools themselves and are listed live).
+    """
+    CREATE TABLE pools (
+        uuid TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        spec TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1,
+        state TEXT NOT NULL DEFAULT 'inactive',
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    );
+    """,
 ]
 
 EVENT_JOURNAL_LIMIT = 10_000
@@ -71,6 +83,15 @@ class DomainRow:
     version: int
     created: float
     updated: float
+
+
+@dataclass(frozen=True)
+class PoolRow:
+    uuid: str
+    name: str
+    spec: dict[str, Any]
+    version: int
+    state: str
 
 
 @dataclass(frozen=True)
@@ -232,6 +253,53 @@ class Store:
                 "extra = excluded.extra",
                 (uuid, state, reason, pid, pid_start, started, json.dumps(extra or {})),
             )
+
+    # -- pools -------------------------------------------------------------------
+
+    @staticmethod
+    def _pool(row: sqlite3.Row) -> PoolRow:
+        return PoolRow(row["uuid"], row["name"], json.loads(row["spec"]), row["version"],
+                       row["state"])
+
+    def list_pools(self) -> list[PoolRow]:
+        return [self._pool(r) for r in self._db.execute("SELECT * FROM pools ORDER BY name")]
+
+    def find_pool(self, ref: str) -> PoolRow | None:
+        row = self._db.execute(
+            "SELECT * FROM pools WHERE name = ? OR uuid = ? ORDER BY name = ? DESC LIMIT 1",
+            (ref, ref.lower(), ref)).fetchone()
+        return self._pool(row) if row else None
+
+    def get_pool(self, ref: str) -> PoolRow:
+        row = self.find_pool(ref)
+        if row is None:
+            raise NotFound(f"pool '{ref}' not found", fix="see 'virtkit pool-list --all'")
+        return row
+
+    def insert_pool(self, uuid: str, name: str, spec: dict[str, Any]) -> PoolRow:
+        now = time.time()
+        try:
+            with self.transaction() as db:
+                db.execute("INSERT INTO pools (uuid, name, spec, created, updated) "
+                           "VALUES (?, ?, ?, ?, ?)", (uuid, name, json.dumps(spec), now, now))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"pool '{name}' already exists",
+                           fix="choose another name, or pool-undefine the existing one") from None
+        return self.get_pool(uuid)
+
+    def update_pool(self, uuid: str, *, spec: dict[str, Any] | None = None,
+                    state: str | None = None) -> PoolRow:
+        with self.transaction() as db:
+            if spec is not None:
+                db.execute("UPDATE pools SET spec = ?, version = version + 1, updated = ? "
+                           "WHERE uuid = ?", (json.dumps(spec), time.time(), uuid))
+            if state is not None:
+                db.execute("UPDATE pools SET state = ? WHERE uuid = ?", (state, uuid))
+        return self.get_pool(uuid)
+
+    def delete_pool(self, uuid: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM pools WHERE uuid = ?", (uuid,))
 
     # -- event journal -------------------------------------------------------
 

@@ -1,0 +1,233 @@
+"""REST routes for pools and volumes.
+
+Long operations (clone, import/convert) answer with newline-delimited JSON when
+the client asks for ``application/x-ndjson``: ``{"progress": 12.5}`` lines as
+the copy goes, then one ``{"result": ...}`` or ``{"error": ...}`` line.  Plain
+JSON clients get the result when the operation ends.  Uploads and downloads
+stream the volume's bytes in the request or response body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from virtkit.errors import InvalidSpec, VirtkitError
+from virtkit.service.storage import StorageService
+
+routes = web.RouteTableDef()
+CHUNK = 1024 * 1024
+
+STORAGE = web.AppKey("storage", StorageService)
+
+
+def _storage(request: web.Request) -> StorageService:
+    return request.app[STORAGE]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except ValueError:
+        raise InvalidSpec("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidSpec("the request body must be a JSON object")
+    return data
+
+
+def _text(body: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = body.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise InvalidSpec(f"{key} is required", field=key)
+    return value
+
+
+@routes.get("/v1/pools")
+async def list_pools(request: web.Request) -> web.Response:
+    inactive = request.query.get("all", "1") not in ("0", "false")
+    return _json(await asyncio.to_thread(_storage(request).list_pools,
+                                         include_inactive=inactive))
+
+
+@routes.post("/v1/pools")
+async def define_pool(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return _json(_storage(request).define_pool(body.get("spec", body)), status=201)
+
+
+@routes.get("/v1/pools/{pool}")
+async def pool_info(request: web.Request) -> web.Response:
+    return _json(await asyncio.to_thread(_storage(request).pool_info,
+                                         request.match_info["pool"]))
+
+
+@routes.delete("/v1/pools/{pool}")
+async def undefine_pool(request: web.Request) -> web.Response:
+    return _json(_storage(request).undefine_pool(request.match_info["pool"]))
+
+
+@routes.post("/v1/pools/{pool}/{action:build|start|destroy|delete|refresh}")
+async def pool_action(request: web.Request) -> web.Response:
+    storage = _storage(request)
+    action = request.match_info["action"]
+    operations: dict[str, Callable[[str], dict[str, Any]]] = {
+        "build": storage.build_pool, "start": storage.start_pool,
+        "destroy": storage.destroy_pool, "delete": storage.delete_pool,
+        "refresh": storage.pool_info,
+    }
+    return _json(await asyncio.to_thread(operations[action], request.match_info["pool"]))
+
+
+@routes.put("/v1/pools/{pool}/autostart")
+async def pool_autostart(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return _json(_storage(request).set_pool_autostart(request.match_info["pool"],
+                                                      bool(body.get("enabled", True))))
+
+
+@routes.get("/v1/pools/{pool}/volumes")
+async def list_volumes(request: web.Request) -> web.Response:
+    return _json(await asyncio.to_thread(_storage(request).list_volumes,
+                                         request.match_info["pool"]))
+
+
+@routes.post("/v1/pools/{pool}/volumes")
+async def create_volume(request: web.Request) -> web.Response:
+    body = await _body(request)
+    result = await asyncio.to_thread(
+        _storage(request).create_volume, request.match_info["pool"], _text(body, "name"),
+        body.get("capacity", ""), str(body.get("format", "qcow2")),
+        backing=body.get("backing"), prealloc=bool(body.get("prealloc")))
+    return _json(result, status=201)
+
+
+@routes.get("/v1/pools/{pool}/volumes/{volume}")
+async def volume_info(request: web.Request) -> web.Response:
+    return _json(await asyncio.to_thread(_storage(request).volume_info,
+                                         request.match_info["pool"],
+                                         request.match_info["volume"]))
+
+
+@routes.delete("/v1/pools/{pool}/volumes/{volume}")
+async def delete_volume(request: web.Request) -> web.Response:
+    force = request.query.get("force") in ("1", "true")
+    return _json(await asyncio.to_thread(_storage(request).delete_volume,
+                                         request.match_info["pool"],
+                                         request.match_info["volume"], force=force))
+
+
+@routes.post("/v1/pools/{pool}/volumes/{volume}/resize")
+async def resize_volume(request: web.Request) -> web.Response:
+    body = await _body(request)
+    return _json(await asyncio.to_thread(
+        _storage(request).resize_volume, request.match_info["pool"],
+        request.match_info["volume"], body.get("capacity", ""),
+        shrink=bool(body.get("shrink"))))
+
+
+@routes.post("/v1/pools/{pool}/volumes/{volume}/wipe")
+async def wipe_volume(request: web.Request) -> web.Response:
+    return _json(await asyncio.to_thread(_storage(request).wipe_volume,
+                                         request.match_info["pool"],
+                                         request.match_info["volume"]))
+
+
+@routes.post("/v1/pools/{pool}/volumes/{volume}/clone")
+async def clone_volume(request: web.Request) -> web.StreamResponse:
+    body = await _body(request)
+    storage = _storage(request)
+    pool, source = request.match_info["pool"], request.match_info["volume"]
+    name, linked, fmt = _text(body, "name"), bool(body.get("linked")), body.get("format")
+    return await _with_progress(request, lambda progress: storage.clone_volume(
+        pool, source, name, linked=linked, fmt=fmt, progress=progress))
+
+
+@routes.post("/v1/pools/{pool}/import")
+async def import_volume(request: web.Request) -> web.StreamResponse:
+    body = await _body(request)
+    storage = _storage(request)
+    pool = request.match_info["pool"]
+    name, source = _text(body, "name"), _text(body, "source")
+    fmt = str(body.get("format", "qcow2"))
+    return await _with_progress(request, lambda progress: storage.import_volume(
+        pool, name, source, fmt, progress=progress))
+
+
+async def _with_progress(request: web.Request,
+                         operation: Callable[[Callable[[float, float], None]], dict[str, Any]]
+                         ) -> web.StreamResponse:
+    """Run a blocking operation in a thread, streaming its progress as NDJSON if asked."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[float] = asyncio.Queue()
+
+    def progress(done: float, total: float) -> None:
+        percent = 100.0 * done / total if total else 0.0
+        loop.call_soon_threadsafe(queue.put_nowait, percent)
+
+    task = asyncio.create_task(asyncio.to_thread(operation, progress))
+    if "application/x-ndjson" not in request.headers.get("Accept", ""):
+        return _json(await task)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    last = -1.0
+    while not task.done():
+        getter = asyncio.ensure_future(queue.get())
+        await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done() and getter.result() - last >= 0.5:
+            last = getter.result()
+            await response.write(json.dumps({"progress": round(last, 1)}).encode() + b"\n")
+        elif not getter.done():
+            getter.cancel()
+    try:
+        line: dict[str, Any] = {"result": task.result()}
+    except VirtkitError as exc:
+        line = {"error": {**exc.to_dict(), "status": exc.http_status}}
+    await response.write(json.dumps(line).encode() + b"\n")
+    await response.write_eof()
+    return response
+
+
+@routes.put("/v1/pools/{pool}/volumes/{volume}/upload")
+async def upload_volume(request: web.Request) -> web.Response:
+    """Stream the request body into the volume (created if new), atomically."""
+    storage = _storage(request)
+    pool, name = request.match_info["pool"], request.match_info["volume"]
+    partial, final = await asyncio.to_thread(storage.upload_target, pool, name)
+    written = 0
+    in_place = partial == final
+    try:
+        with open(partial, "r+b" if in_place else "wb") as out:
+            async for chunk in request.content.iter_chunked(CHUNK):
+                out.write(chunk)
+                written += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if not in_place:
+            os.replace(partial, final)
+    except BaseException:
+        if not in_place:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+        raise
+    return _json({**await asyncio.to_thread(storage.volume_info, pool, name),
+                  "uploaded": written})
+
+
+@routes.get("/v1/pools/{pool}/volumes/{volume}/download")
+async def download_volume(request: web.Request) -> web.StreamResponse:
+    path = await asyncio.to_thread(_storage(request).download_source,
+                                   request.match_info["pool"], request.match_info["volume"])
+    return web.FileResponse(path, chunk_size=CHUNK,
+                            headers={"Content-Type": "application/octet-stream"})

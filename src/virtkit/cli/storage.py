@@ -1,0 +1,359 @@
+"""virsh's pool-* and vol-* commands.
+
+Long operations (clone, import/convert, upload, download) show a progress bar
+on stderr (rich, imported only for them) and print the result when done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from virtkit.cli import render
+from virtkit.cli.client import ApiError, Client, open_stream
+
+CHUNK = 1024 * 1024
+
+
+class _Bar(Protocol):
+    def update(self, completed: float) -> None: ...
+
+
+def _pool_path(pool: str, suffix: str = "") -> str:
+    return f"/v1/pools/{quote(pool, safe='')}{suffix}"
+
+
+def _vol_path(pool: str, volume: str, suffix: str = "") -> str:
+    return _pool_path(pool, f"/volumes/{quote(volume, safe='')}{suffix}")
+
+
+def _human(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.2f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{size} B"
+
+
+@contextmanager
+def progress_bar(label: str, total: float) -> Iterator[_Bar]:
+    """A rich progress bar on stderr (plain lines when stderr is not a terminal)."""
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TaskProgressColumn,
+                               TimeRemainingColumn, TransferSpeedColumn)
+
+    bytes_mode = total > 100
+    columns: list[Any] = [BarColumn(), TaskProgressColumn()]
+    if bytes_mode:
+        columns += [DownloadColumn(binary_units=True), TransferSpeedColumn()]
+    columns.append(TimeRemainingColumn())
+    with Progress(f"[bold]{label}", *columns, transient=False,
+                  console=_stderr_console()) as progress:
+        task = progress.add_task(label, total=total)
+
+        class Bar:
+            def update(self, completed: float) -> None:
+                progress.update(task, completed=completed)
+
+        yield Bar()
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+# -- pools ----------------------------------------------------------------------
+
+
+def cmd_pool_define_as(client: Client, args: argparse.Namespace) -> int:
+    spec: dict[str, Any] = {"name": args.name, "type": args.type, "target": args.target}
+    if args.source_dev:
+        spec["source_devices"] = args.source_dev
+    result = client.post("/v1/pools", {"spec": spec})
+    print(f"Pool {result['name']} defined")
+    return 0
+
+
+def cmd_pool_simple(client: Client, args: argparse.Namespace) -> int:
+    action = args.command.removeprefix("pool-")
+    result = client.post(_pool_path(args.pool, f"/{action}"))
+    words = {"build": "built", "start": "started", "destroy": "destroyed",
+             "delete": "deleted", "refresh": "refreshed"}
+    print(f"Pool {result['name']} {words[action]}")
+    return 0
+
+
+def cmd_pool_undefine(client: Client, args: argparse.Namespace) -> int:
+    result = client.request("DELETE", _pool_path(args.pool))
+    print(f"Pool {result['name']} has been undefined")
+    return 0
+
+
+def cmd_pool_autostart(client: Client, args: argparse.Namespace) -> int:
+    result = client.request("PUT", _pool_path(args.pool, "/autostart"),
+                            {"enabled": not args.disable})
+    state = "marked as autostarted" if result["autostart"] else "unmarked as autostarted"
+    print(f"Pool {result['name']} {state}")
+    return 0
+
+
+def cmd_pool_list(client: Client, args: argparse.Namespace) -> int:
+    pools = client.get("/v1/pools?all=" + ("1" if args.all else "0"))
+    if args.json:
+        render.as_json(pools)
+        return 0
+    headers = ["Name", "State", "Autostart"]
+    rows = [[p["name"], p["state"], "yes" if p["autostart"] else "no"] for p in pools]
+    if args.details:
+        headers += ["Type", "Capacity", "Allocation", "Available"]
+        rows = [row + [p["type"], _human(p["capacity"]), _human(p["allocation"]),
+                       _human(p["available"])] for row, p in zip(rows, pools, strict=True)]
+    render.table(headers, rows)
+    return 0
+
+
+def cmd_pool_info(client: Client, args: argparse.Namespace) -> int:
+    info = client.get(_pool_path(args.pool))
+    if args.json:
+        render.as_json(info)
+        return 0
+    render.keyvalues([
+        ("Name", info["name"]), ("UUID", info["uuid"]), ("Type", info["type"]),
+        ("Target", info["target"]), ("State", "running" if info["state"] == "active"
+                                     else "inactive"),
+        ("Autostart", "yes" if info["autostart"] else "no"),
+        ("Capacity", _human(info["capacity"])), ("Allocation", _human(info["allocation"])),
+        ("Available", _human(info["available"])),
+    ])
+    return 0
+
+
+# -- volumes ----------------------------------------------------------------------
+
+
+def _pool_of(args: argparse.Namespace) -> str:
+    if args.pool:
+        return str(args.pool)
+    raise ApiError(400, {"message": "which pool? pass --pool NAME",
+                         "fix": "see 'virtkit pool-list'"})
+
+
+def cmd_vol_create_as(client: Client, args: argparse.Namespace) -> int:
+    body = {"name": args.name, "capacity": args.capacity, "format": args.format,
+            "prealloc": args.prealloc_metadata or args.prealloc}
+    if args.backing_vol:
+        body["backing"] = args.backing_vol
+    result = client.post(_pool_path(args.pool, "/volumes"), body)
+    print(f"Vol {result['name']} created")
+    return 0
+
+
+def cmd_vol_list(client: Client, args: argparse.Namespace) -> int:
+    volumes = client.get(_pool_path(args.pool, "/volumes"))
+    if args.json:
+        render.as_json(volumes)
+        return 0
+    headers = ["Name", "Path"]
+    rows = [[v["name"], v["path"]] for v in volumes]
+    if args.details:
+        headers += ["Format", "Capacity", "Allocation", "Used by"]
+        rows = [row + [v["format"], _human(v["capacity"]), _human(v["allocation"]),
+                       ", ".join(v["used_by"]) or "-"]
+                for row, v in zip(rows, volumes, strict=True)]
+    render.table(headers, rows)
+    return 0
+
+
+def cmd_vol_info(client: Client, args: argparse.Namespace) -> int:
+    info = client.get(_vol_path(_pool_of(args), args.vol))
+    if args.json:
+        render.as_json(info)
+        return 0
+    render.keyvalues([
+        ("Name", info["name"]), ("Pool", info["pool"]), ("Path", info["path"]),
+        ("Format", info["format"]), ("Capacity", _human(info["capacity"])),
+        ("Allocation", _human(info["allocation"])), ("Backing", info.get("backing")),
+        ("Label", info.get("label")), ("Used by", ", ".join(info["used_by"]) or None),
+    ])
+    return 0
+
+
+def cmd_vol_path(client: Client, args: argparse.Namespace) -> int:
+    print(client.get(_vol_path(_pool_of(args), args.vol))["path"])
+    return 0
+
+
+def cmd_vol_delete(client: Client, args: argparse.Namespace) -> int:
+    suffix = "?force=1" if args.force else ""
+    client.request("DELETE", _vol_path(_pool_of(args), args.vol) + suffix)
+    print(f"Vol {args.vol} deleted")
+    return 0
+
+
+def cmd_vol_resize(client: Client, args: argparse.Namespace) -> int:
+    client.post(_vol_path(_pool_of(args), args.vol, "/resize"),
+                {"capacity": args.capacity, "shrink": args.shrink})
+    print(f"Size of volume '{args.vol}' successfully changed to {args.capacity}")
+    return 0
+
+
+def cmd_vol_wipe(client: Client, args: argparse.Namespace) -> int:
+    client.post(_vol_path(_pool_of(args), args.vol, "/wipe"))
+    print(f"Vol {args.vol} wiped")
+    return 0
+
+
+def _ndjson(client: Client, path: str, body: dict[str, Any], label: str) -> dict[str, Any]:
+    """POST with NDJSON progress, drawing a bar; return the result or raise its error."""
+    result: dict[str, Any] | None = None
+    with open_stream(client, "POST", path, body, accept="application/x-ndjson") as response, \
+            progress_bar(label, 100) as bar:
+        for raw in response:
+            line = json.loads(raw)
+            if "progress" in line:
+                bar.update(line["progress"])
+            elif "error" in line:
+                raise ApiError(int(line["error"].get("status", 500)), line["error"])
+            else:
+                bar.update(100)
+                result = line["result"]
+    if result is None:
+        raise ApiError(500, {"message": "the daemon ended the operation without a result"})
+    return result
+
+
+def cmd_vol_clone(client: Client, args: argparse.Namespace) -> int:
+    body = {"name": args.newname, "linked": args.linked}
+    result = _ndjson(client, _vol_path(_pool_of(args), args.vol, "/clone"), body,
+                     f"cloning {args.vol}")
+    kind = "linked clone" if args.linked else "clone"
+    print(f"Vol {result['name']} cloned from {args.vol} ({kind})")
+    return 0
+
+
+def cmd_vol_import(client: Client, args: argparse.Namespace) -> int:
+    source = str(Path(args.source).absolute())
+    body = {"name": args.name, "source": source, "format": args.format}
+    result = _ndjson(client, _pool_path(args.pool, "/import"), body,
+                     f"converting {os.path.basename(source)}")
+    print(f"Vol {result['name']} created in pool {args.pool} "
+          f"({result['format']}, {_human(result['capacity'])})")
+    return 0
+
+
+def _file_chunks(path: Path, bar: _Bar) -> Iterator[bytes]:
+    done = 0
+    with open(path, "rb") as source:
+        while chunk := source.read(CHUNK):
+            done += len(chunk)
+            bar.update(done)
+            yield chunk
+
+
+def cmd_vol_upload(client: Client, args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    size = path.stat().st_size
+    with progress_bar(f"uploading {path.name}", max(size, 1)) as bar:
+        result = client.request_stream_body(
+            "PUT", _vol_path(_pool_of(args), args.vol, "/upload"), _file_chunks(path, bar), size)
+    print(f"Uploaded {_human(result['uploaded'])} to {result['pool']}/{result['name']}")
+    return 0
+
+
+def cmd_vol_download(client: Client, args: argparse.Namespace) -> int:
+    target = Path(args.file)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        with open_stream(client, "GET", _vol_path(_pool_of(args), args.vol, "/download")) \
+                as response, open(partial, "wb") as out:
+            total = int(response.getheader("Content-Length") or 0)
+            with progress_bar(f"downloading {args.vol}", max(total, 1)) as bar:
+                done = 0
+                while chunk := response.read(CHUNK):
+                    out.write(chunk)
+                    done += len(chunk)
+                    bar.update(done)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    print(f"Downloaded {args.vol} to {target}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the pool-* and vol-* commands."""
+    def add(name: str, func: Any, help_text: str, *positional: str,
+            json_flag: bool = False) -> argparse.ArgumentParser:
+        parser = sub.add_parser(name, help=help_text, description=help_text)
+        for argument in positional:
+            parser.add_argument(argument)
+        if json_flag:
+            parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.set_defaults(func=func)
+        return parser
+
+    p = add("pool-define-as", cmd_pool_define_as, "define a pool: dir, logical (LVM) or iso",
+            "name", "type")
+    p.add_argument("--target", required=True,
+                   help="dir/iso: the folder; logical: the volume group name")
+    p.add_argument("--source-dev", action="append", help="logical: a block device (repeat)")
+    for name, text in (("pool-build", "create a pool's storage (mkdir; pvcreate+vgcreate)"),
+                       ("pool-start", "activate a pool"),
+                       ("pool-destroy", "deactivate a pool (its data stays)"),
+                       ("pool-delete", "remove an inactive, empty pool's storage"),
+                       ("pool-refresh", "rescan a pool")):
+        add(name, cmd_pool_simple, text, "pool")
+    add("pool-undefine", cmd_pool_undefine, "remove an inactive pool's definition", "pool")
+    p = add("pool-autostart", cmd_pool_autostart, "activate a pool when the daemon starts",
+            "pool")
+    p.add_argument("--disable", action="store_true")
+    p = add("pool-list", cmd_pool_list, "list pools", json_flag=True)
+    p.add_argument("--all", action="store_true", help="include inactive pools")
+    p.add_argument("--details", action="store_true", help="type and capacity columns")
+    add("pool-info", cmd_pool_info, "show a pool's capacity and state", "pool", json_flag=True)
+
+    p = add("vol-create-as", cmd_vol_create_as, "create a volume", "pool", "name", "capacity")
+    p.add_argument("--format", default="qcow2", choices=["qcow2", "raw"])
+    p.add_argument("--backing-vol", help="a qcow2 overlay on this volume of the pool")
+    p.add_argument("--prealloc-metadata", action="store_true", help="preallocate")
+    p.add_argument("--prealloc", action="store_true", help=argparse.SUPPRESS)
+    p = add("vol-list", cmd_vol_list, "list a pool's volumes", "pool", json_flag=True)
+    p.add_argument("--details", action="store_true")
+    for name, func, text in (("vol-info", cmd_vol_info, "show a volume"),
+                             ("vol-path", cmd_vol_path, "print a volume's path"),
+                             ("vol-delete", cmd_vol_delete, "delete a volume"),
+                             ("vol-wipe", cmd_vol_wipe, "overwrite a volume's data")):
+        p = add(name, func, text, "vol", json_flag=name == "vol-info")
+        p.add_argument("--pool", help="the pool holding the volume")
+        if name == "vol-delete":
+            p.add_argument("--force", action="store_true",
+                           help="delete even if domains use it or volumes are backed by it")
+    p = add("vol-resize", cmd_vol_resize, "resize a volume", "vol", "capacity")
+    p.add_argument("--pool")
+    p.add_argument("--shrink", action="store_true", help="allow making it smaller")
+    p = add("vol-clone", cmd_vol_clone, "copy a volume (full, or linked on qcow2 backing)",
+            "vol", "newname")
+    p.add_argument("--pool")
+    p.add_argument("--linked", action="store_true", help="a qcow2 overlay instead of a copy")
+    for name in ("vol-import", "vol-convert"):
+        p = add(name, cmd_vol_import, "convert a host image (vmdk, vdi, vhdx, qcow2, raw) "
+                "into a new volume", "pool", "name", "source")
+        p.add_argument("--format", default="qcow2", choices=["qcow2", "raw"])
+    for name, func, text in (("vol-upload", cmd_vol_upload, "upload a file into a volume"),
+                             ("vol-download", cmd_vol_download, "download a volume to a file")):
+        p = add(name, func, text, "vol", "file")
+        p.add_argument("--pool")
+
+
+__all__ = ["register"]

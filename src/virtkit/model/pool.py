@@ -1,0 +1,76 @@
+"""Storage pool and volume specs: what the user asks for, validated, no I/O.
+
+A pool is a place volumes live: a directory (``dir``), an LVM volume group
+(``logical``), or a directory of install media (``iso``).  Volume names are
+confined to their pool: no '/', no '..', no leading '.', no control characters.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from virtkit.model.domain import Spec, validate_name
+
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+\-]{0,200}")
+_VG_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+\-]{0,126}")
+
+
+class PoolType(StrEnum):
+    DIR = "dir"
+    LOGICAL = "logical"
+    ISO = "iso"
+
+
+class PoolState(StrEnum):
+    INACTIVE = "inactive"
+    ACTIVE = "active"
+
+
+class Pool(Spec):
+    """A storage pool definition."""
+
+    name: str
+    uuid: str = Field(default_factory=lambda: str(uuidlib.uuid4()))
+    type: PoolType = PoolType.DIR
+    target: str = Field(description="dir/iso: the folder; logical: the volume group name")
+    source_devices: list[str] = Field(default_factory=list,
+                                      description="logical: block devices for pvcreate")
+    autostart: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return validate_name(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> Pool:
+        if self.type is PoolType.LOGICAL:
+            if not _VG_NAME.fullmatch(self.target):
+                raise ValueError(f"volume group name {self.target!r} is not valid for LVM")
+            for device in self.source_devices:
+                if not device.startswith("/dev/"):
+                    raise ValueError(f"source device {device!r} must be a /dev path")
+        else:
+            if not self.target.startswith("/"):
+                raise ValueError(f"pool target {self.target!r} must be an absolute folder path")
+            if self.source_devices:
+                raise ValueError("source devices belong to logical pools only")
+        return self
+
+
+VolumeFormat = Literal["raw", "qcow2"]
+
+
+def validate_volume_name(name: str) -> str:
+    """Volume names stay inside their pool: no '/', no '..', no hidden or odd names."""
+    if not _VOLUME_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"volume name {name!r} is not allowed: use letters, digits, '.', '_', '+', '-' "
+            "(no '/', no '..', not starting with '.' or '-')"
+        )
+    return name

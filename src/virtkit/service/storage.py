@@ -1,0 +1,357 @@
+"""The storage command API: pools and volumes (virsh's pool-* and vol-*).
+
+Pool definitions live in the store; what is inside a pool is asked of its
+backend each time (as libvirt's pool-refresh would find it), so volumes made
+or removed outside virtkit are never out of date.  Rules that need knowledge of
+domains live here: a volume used by a defined domain, or that other volumes
+are backed by, is not deleted unless forced, and the error names the users; a
+volume a running domain holds is never opened for writing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from virtkit.errors import Conflict, InvalidSpec, NotFound
+from virtkit.model.load import invalid_spec_from
+from virtkit.model.pool import Pool, PoolState, PoolType, validate_volume_name
+from virtkit.model.state import ACTIVE_STATES, State
+from virtkit.model.units import parse_mib
+from virtkit.runtime.events import EventBus
+from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.storage.base import PoolBackend, Progress, VolumeInfo
+from virtkit.storage.lvm import lvm_config_from_env
+from virtkit.storage.pools import backend_for
+from virtkit.storage.qemuimg import detect_format
+from virtkit.store.db import PoolRow, Store
+
+DEFAULT_POOL = "default"
+
+
+def parse_bytes(value: int | str, *, field: str) -> int:
+    """Sizes for volumes: bytes as an int, or '10G', '512M' (virsh's suffixes)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise InvalidSpec(f"{field}: size must be above 0", field=field)
+        return value
+    text = str(value).strip()
+    if text.isdigit():
+        return parse_bytes(int(text), field=field)
+    try:
+        mib = parse_mib(text, field=field)
+    except ValueError as exc:
+        raise InvalidSpec(str(exc), field=field, fix="write e.g. 10G or 512M") from None
+    if mib <= 0:
+        raise InvalidSpec(f"{field}: size must be above 0", field=field)
+    return mib * 1024 * 1024
+
+
+def load_pool(data: dict[str, Any]) -> Pool:
+    try:
+        return Pool.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_spec_from(exc, kind="pool") from None
+
+
+class StorageService:
+    """Define, build and inspect pools; create, copy and remove volumes."""
+
+    def __init__(self, store: Store, lifecycle: Lifecycle, bus: EventBus,
+                 default_pool_dir: Path) -> None:
+        self._store = store
+        self._life = lifecycle
+        self._bus = bus
+        self._default_dir = default_pool_dir
+
+    # -- pools ---------------------------------------------------------------
+
+    def _backend(self, row: PoolRow) -> PoolBackend:
+        return backend_for(Pool.model_validate(row.spec), lvm_config=lvm_config_from_env())
+
+    def _active(self, ref: str) -> tuple[PoolRow, PoolBackend]:
+        row = self._store.get_pool(ref)
+        if row.state != PoolState.ACTIVE:
+            raise Conflict(f"pool '{row.name}' is not active",
+                           fix=f"start it: virtkit pool-start {row.name}")
+        return row, self._backend(row)
+
+    def pool_info(self, ref: str) -> dict[str, Any]:
+        row = self._store.get_pool(ref)
+        info: dict[str, Any] = {"name": row.name, "uuid": row.uuid, "state": row.state,
+                                "type": row.spec["type"], "target": row.spec["target"],
+                                "autostart": row.spec.get("autostart", False),
+                                "source_devices": row.spec.get("source_devices", []),
+                                "capacity": None, "allocation": None, "available": None}
+        if row.state == PoolState.ACTIVE:
+            backend = self._backend(row)
+            capacity = backend.capacity()
+            info.update(capacity=capacity.capacity, allocation=capacity.allocation,
+                        available=capacity.available, volumes=len(backend.list_volumes()))
+        return info
+
+    def list_pools(self, *, include_inactive: bool = True) -> list[dict[str, Any]]:
+        pools = [self.pool_info(row.uuid) for row in self._store.list_pools()]
+        return [p for p in pools if include_inactive or p["state"] == PoolState.ACTIVE]
+
+    def define_pool(self, data: dict[str, Any]) -> dict[str, Any]:
+        pool = load_pool(data)
+        if pool.type is not PoolType.LOGICAL:
+            for other in self._store.list_pools():
+                if other.spec["type"] != PoolType.LOGICAL and \
+                        os.path.realpath(other.spec["target"]) == os.path.realpath(pool.target):
+                    raise Conflict(f"pool '{other.name}' already uses {pool.target}",
+                                   fix="use that pool, or another folder")
+        row = self._store.insert_pool(pool.uuid, pool.name, pool.model_dump(mode="json"))
+        self._publish("pool-defined", row)
+        return self.pool_info(row.uuid)
+
+    def build_pool(self, ref: str) -> dict[str, Any]:
+        row = self._store.get_pool(ref)
+        self._backend(row).build()
+        return self.pool_info(row.uuid)
+
+    def start_pool(self, ref: str) -> dict[str, Any]:
+        row = self._store.get_pool(ref)
+        backend = self._backend(row)
+        if not backend.exists():
+            raise NotFound(f"the storage of pool '{row.name}' ({row.spec['target']}) is missing",
+                           fix=f"create it: virtkit pool-build {row.name}")
+        self._store.update_pool(row.uuid, state=PoolState.ACTIVE)
+        self._publish("pool-started", row)
+        return self.pool_info(row.uuid)
+
+    def destroy_pool(self, ref: str) -> dict[str, Any]:
+        row = self._store.get_pool(ref)
+        self._store.update_pool(row.uuid, state=PoolState.INACTIVE)
+        self._publish("pool-stopped", row)
+        return self.pool_info(row.uuid)
+
+    def delete_pool(self, ref: str) -> dict[str, Any]:
+        """Remove the pool's storage (pool-delete); refused for a non-empty pool."""
+        row = self._store.get_pool(ref)
+        if row.state == PoolState.ACTIVE:
+            raise Conflict(f"pool '{row.name}' is active",
+                           fix=f"stop it first: virtkit pool-destroy {row.name}")
+        self._backend(row).delete()
+        return self.pool_info(row.uuid)
+
+    def undefine_pool(self, ref: str) -> dict[str, Any]:
+        row = self._store.get_pool(ref)
+        if row.state == PoolState.ACTIVE:
+            raise Conflict(f"pool '{row.name}' is active",
+                           fix=f"stop it first: virtkit pool-destroy {row.name}")
+        self._store.delete_pool(row.uuid)
+        self._publish("pool-undefined", row)
+        return {"name": row.name, "uuid": row.uuid}
+
+    def set_pool_autostart(self, ref: str, enabled: bool) -> dict[str, Any]:
+        row = self._store.get_pool(ref)
+        self._store.update_pool(row.uuid, spec=dict(row.spec, autostart=enabled))
+        return self.pool_info(row.uuid)
+
+    def autostart_pools(self) -> list[str]:
+        """Bring up autostart pools (daemon start-up); create the default pool once."""
+        if self._store.find_pool(DEFAULT_POOL) is None:
+            self._default_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+            self.define_pool({"name": DEFAULT_POOL, "type": "dir",
+                              "target": str(self._default_dir), "autostart": True})
+        started = []
+        for row in self._store.list_pools():
+            if row.spec.get("autostart") and row.state != PoolState.ACTIVE:
+                try:
+                    self.start_pool(row.uuid)
+                    started.append(row.name)
+                except Exception as exc:
+                    self._bus.publish("error", row.uuid, pool=row.name,
+                                      reason=f"pool autostart failed: {exc}")
+        return started
+
+    def _publish(self, kind: str, row: PoolRow) -> None:
+        self._bus.publish(kind, row.uuid, pool=row.name, uuid=row.uuid)
+
+    # -- volumes ---------------------------------------------------------------
+
+    def list_volumes(self, pool: str) -> list[dict[str, Any]]:
+        row, backend = self._active(pool)
+        return [self._volume_dict(row, v) for v in backend.list_volumes()]
+
+    def volume_info(self, pool: str, name: str) -> dict[str, Any]:
+        row, backend = self._active(pool)
+        return self._volume_dict(row, backend.volume(name))
+
+    def _volume_dict(self, row: PoolRow, volume: VolumeInfo) -> dict[str, Any]:
+        return {**volume.to_dict(), "pool": row.name,
+                "used_by": [name for name, _state in self._users(volume.path)]}
+
+    def create_volume(self, pool: str, name: str, capacity: int | str, fmt: str = "qcow2", *,
+                      backing: str | None = None, prealloc: bool = False) -> dict[str, Any]:
+        row, backend = self._active(pool)
+        _check_name(name)
+        if fmt not in ("qcow2", "raw"):
+            raise InvalidSpec(f"format {fmt!r} is not one of qcow2, raw", field="format")
+        base = backend.volume(backing) if backing else None
+        volume = backend.create_volume(name, parse_bytes(capacity, field="capacity"), fmt,
+                                       backing=base, prealloc=prealloc)
+        self._bus.publish("volume-created", row.uuid, pool=row.name, volume=name)
+        return self._volume_dict(row, volume)
+
+    def delete_volume(self, pool: str, name: str, *, force: bool = False) -> dict[str, Any]:
+        row, backend = self._active(pool)
+        volume = backend.volume(name)
+        self._refuse_running(volume)
+        if not force:
+            users = [n for n, _ in self._users(volume.path)]
+            if users:
+                raise Conflict(f"volume '{name}' is used by domain(s) {', '.join(users)}",
+                               fix="detach it from them, or pass --force")
+            dependents = self._dependents(volume)
+            if dependents:
+                raise Conflict(f"volume '{name}' is the backing file of {', '.join(dependents)}",
+                               fix="delete or flatten those first, or pass --force")
+        backend.delete_volume(name)
+        self._bus.publish("volume-deleted", row.uuid, pool=row.name, volume=name)
+        return {"pool": row.name, "name": name}
+
+    def resize_volume(self, pool: str, name: str, capacity: int | str, *,
+                      shrink: bool = False) -> dict[str, Any]:
+        row, backend = self._active(pool)
+        volume = backend.volume(name)
+        self._refuse_running(volume)
+        size = parse_bytes(capacity, field="capacity")
+        if size < volume.capacity and not shrink:
+            raise InvalidSpec(f"{size} bytes is smaller than volume '{name}' ({volume.capacity})",
+                              field="capacity", fix="pass --shrink if you mean it: data is lost")
+        return self._volume_dict(row, backend.resize_volume(name, size, shrink=shrink))
+
+    def wipe_volume(self, pool: str, name: str) -> dict[str, Any]:
+        row, backend = self._active(pool)
+        self._refuse_running(backend.volume(name))
+        backend.wipe_volume(name)
+        return self._volume_dict(row, backend.volume(name))
+
+    def clone_volume(self, pool: str, source: str, name: str, *, linked: bool = False,
+                     fmt: str | None = None, progress: Progress | None = None
+                     ) -> dict[str, Any]:
+        row, backend = self._active(pool)
+        _check_name(name)
+        original = backend.volume(source)
+        if not linked:
+            self._refuse_running(original)
+        volume = backend.clone_volume(source, name, linked=linked, fmt=fmt, progress=progress)
+        self._bus.publish("volume-created", row.uuid, pool=row.name, volume=name)
+        return self._volume_dict(row, volume)
+
+    def import_volume(self, pool: str, name: str, source: str, fmt: str, *,
+                      progress: Progress | None = None) -> dict[str, Any]:
+        """Convert a host image (vmdk, vdi, vhdx, qcow2, raw) into a new volume."""
+        row, backend = self._active(pool)
+        _check_name(name)
+        if not os.path.isabs(source) or not os.path.isfile(source):
+            raise InvalidSpec(f"source {source} is not an existing file (absolute path)",
+                              field="source")
+        _check_source_format(source)
+        volume = backend.import_volume(name, source, fmt, progress=progress)
+        self._bus.publish("volume-created", row.uuid, pool=row.name, volume=name)
+        return self._volume_dict(row, volume)
+
+    def upload_target(self, pool: str, name: str) -> tuple[Path, Path]:
+        """(path to write, final path) for an upload; refuses a volume in running use.
+
+        Files are written to a hidden temporary name and renamed at the end, so a
+        broken upload leaves the old volume (or none); a logical volume is a block
+        device and is written in place.
+        """
+        row, backend = self._active(pool)
+        _check_name(name)
+        try:
+            self._refuse_running(backend.volume(name))
+        except NotFound:
+            if row.spec["type"] == PoolType.LOGICAL:
+                raise
+        final = Path(backend.volume_path(name))
+        if row.spec["type"] == PoolType.LOGICAL:
+            return final, final
+        return final.with_name(f".{final.name}.partial"), final
+
+    def download_source(self, pool: str, name: str) -> Path:
+        _row, backend = self._active(pool)
+        return Path(backend.volume(name).path)
+
+    # -- domains' disks ------------------------------------------------------------
+
+    def resolve(self, pool: str, volume: str) -> str:
+        """The path of ``pool/volume`` for a domain disk (both must exist and be active)."""
+        _row, backend = self._active(pool)
+        return backend.volume(volume).path
+
+    def locate(self, path: str) -> tuple[str, str] | None:
+        """The (pool, volume) holding ``path``, if it lies in an active pool."""
+        real = os.path.realpath(path)
+        for row in self._store.list_pools():
+            target = row.spec["target"]
+            if row.spec["type"] == PoolType.LOGICAL:
+                prefix = f"/dev/{target}/"
+                if path.startswith(prefix):
+                    return row.name, path[len(prefix):]
+            elif os.path.dirname(real) == os.path.realpath(target):
+                return row.name, os.path.basename(real)
+        return None
+
+    def _users(self, path: str) -> Iterator[tuple[str, State]]:
+        real = os.path.realpath(path)
+        for row in self._store.list_domains():
+            for disk in row.spec.get("disks", []):
+                if disk.get("path") and os.path.realpath(disk["path"]) == real:
+                    yield row.name, self._life.vm(row.uuid, row.name).state
+                    break
+
+    def _refuse_running(self, volume: VolumeInfo) -> None:
+        running = [name for name, state in self._users(volume.path) if state in ACTIVE_STATES]
+        if running:
+            raise Conflict(f"volume '{volume.name}' is in use by running domain(s) "
+                           f"{', '.join(running)}", fix="shut them down first")
+
+    def _dependents(self, volume: VolumeInfo) -> list[str]:
+        found = []
+        for row in self._store.list_pools():
+            if row.state != PoolState.ACTIVE:
+                continue
+            for other in self._backend(row).list_volumes():
+                if other.backing and os.path.realpath(
+                        os.path.join(os.path.dirname(other.path), other.backing)
+                ) == os.path.realpath(volume.path):
+                    found.append(f"{row.name}/{other.name}")
+        return found
+
+
+#: file extensions that promise an image format, and the format qemu-img must see.
+_EXTENSION_FORMATS = {".vmdk": "vmdk", ".vdi": "vdi", ".vhdx": "vhdx", ".vhd": "vpc",
+                      ".qcow2": "qcow2", ".qcow": "qcow", ".qed": "qed"}
+
+
+def _check_source_format(source: str) -> None:
+    """A file named like an image format must be one: a broken VDI is not imported as raw."""
+    expected = _EXTENSION_FORMATS.get(os.path.splitext(source)[1].lower())
+    if expected is None:
+        return
+    seen = detect_format(source)
+    if seen != expected:
+        raise InvalidSpec(f"{source} is named like a {expected} image but qemu-img reads it as "
+                          f"{seen}", field="source",
+                          fix="check the file (is it complete?), or rename it if it really is "
+                          f"{seen}")
+
+
+def _check_name(name: str) -> None:
+    try:
+        validate_volume_name(name)
+    except ValueError as exc:
+        raise InvalidSpec(str(exc), field="name") from None
+
+
+__all__ = ["DEFAULT_POOL", "StorageService", "parse_bytes"]

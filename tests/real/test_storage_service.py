@@ -1,0 +1,125 @@
+"""Pools and volumes through the daemon: virsh's pool-*/vol-* flows end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.real.conftest import DaemonHandle
+from virtkit.cli.client import ApiError
+
+pytestmark = pytest.mark.qemu
+
+
+def _pool(daemon: DaemonHandle, name: str, target: Path, kind: str = "dir") -> None:
+    daemon.cli("pool-define-as", name, kind, "--target", str(target))
+    daemon.cli("pool-build", name)
+    daemon.cli("pool-start", name)
+
+
+def test_default_pool_exists_and_is_active(daemon: DaemonHandle) -> None:
+    pools = json.loads(daemon.cli("pool-list", "--json").stdout)
+    default = next(p for p in pools if p["name"] == "default")
+    assert default["state"] == "active" and default["autostart"] is True
+    assert default["target"] == str(daemon.root / "images")
+    assert default["capacity"] > default["available"] > 0
+
+
+def test_classic_kvm_vm_and_iso_pools(daemon: DaemonHandle, tmp_path: Path) -> None:
+    _pool(daemon, "kvm-vm", tmp_path / "kvm-vm")
+    _pool(daemon, "iso", tmp_path / "iso", "iso")
+    out = daemon.cli("vol-create-as", "kvm-vm", "test01.qcow2", "10G", "--format",
+                     "qcow2").stdout
+    assert "Vol test01.qcow2 created" in out
+    info = json.loads(daemon.cli("vol-info", "test01.qcow2", "--pool", "kvm-vm",
+                                 "--json").stdout)
+    assert (info["format"], info["capacity"]) == ("qcow2", 10 * 1024**3)
+    assert info["path"] == str(tmp_path / "kvm-vm" / "test01.qcow2")
+    table = daemon.cli("pool-list", "--all", "--details").stdout
+    assert "kvm-vm" in table and "iso" in table
+    listing = daemon.cli("vol-list", "kvm-vm", "--details").stdout
+    assert "test01.qcow2" in listing and "qcow2" in listing
+
+
+def test_disk_by_volume_boots_and_protects_the_volume(daemon: DaemonHandle,
+                                                      tmp_path: Path) -> None:
+    daemon.cli("vol-create-as", "default", "vm.qcow2", "64M")
+    info = daemon.define("voluser", disks=[{"pool": "default", "volume": "vm.qcow2"}])
+    disk = info["disks"][0]
+    assert (disk["pool"], disk["volume"], disk["format"]) == ("default", "vm.qcow2", "qcow2")
+    assert disk["path"] == str(daemon.root / "images" / "vm.qcow2")
+    daemon.client.post(daemon.client.domain_path("voluser", "/start"))
+    daemon.wait_booted("voluser")
+    assert "VIRTKIT-DISK vda 67108864" in daemon.console_log("voluser")
+    for command in (("vol-resize", "vm.qcow2", "128M"), ("vol-wipe", "vm.qcow2"),
+                    ("vol-delete", "vm.qcow2", "--force")):
+        result = daemon.cli(*command, "--pool", "default", check=False)
+        assert result.returncode == 1
+        assert "in use by running domain(s) voluser" in result.stderr
+    daemon.client.post(daemon.client.domain_path("voluser", "/destroy"))
+    result = daemon.cli("vol-delete", "vm.qcow2", "--pool", "default", check=False)
+    assert result.returncode == 1 and "used by domain(s) voluser" in result.stderr
+    assert (daemon.root / "images" / "vm.qcow2").exists()
+    volumes = json.loads(daemon.cli("vol-list", "default", "--json").stdout)
+    assert volumes[0]["used_by"] == ["voluser"]
+
+
+def test_backing_file_is_protected_and_linked_clone(daemon: DaemonHandle) -> None:
+    daemon.cli("vol-create-as", "default", "base.qcow2", "1G")
+    daemon.cli("vol-clone", "base.qcow2", "child.qcow2", "--pool", "default", "--linked")
+    child = json.loads(daemon.cli("vol-info", "child.qcow2", "--pool", "default",
+                                  "--json").stdout)
+    assert child["backing"] and child["backing"].endswith("base.qcow2")
+    result = daemon.cli("vol-delete", "base.qcow2", "--pool", "default", check=False)
+    assert result.returncode == 1 and "backing file of default/child.qcow2" in result.stderr
+    daemon.cli("vol-delete", "child.qcow2", "--pool", "default")
+    daemon.cli("vol-delete", "base.qcow2", "--pool", "default")
+
+
+def test_upload_download_and_import_with_progress(daemon: DaemonHandle,
+                                                  tmp_path: Path) -> None:
+    payload = tmp_path / "payload.raw"
+    payload.write_bytes(bytes(range(256)) * 4096 * 8)  # 8 MiB
+    daemon.cli("vol-upload", "up.raw", str(payload), "--pool", "default")
+    stored = daemon.root / "images" / "up.raw"
+    assert stored.read_bytes() == payload.read_bytes()
+    assert not list((daemon.root / "images").glob(".*partial"))
+    back = tmp_path / "back.raw"
+    daemon.cli("vol-download", "up.raw", str(back), "--pool", "default")
+    assert back.read_bytes() == payload.read_bytes()
+    vmdk = tmp_path / "disk.vmdk"
+    subprocess.run(["qemu-img", "convert", "-O", "vmdk", str(payload), str(vmdk)], check=True)
+    result = daemon.cli("vol-import", "default", "fromvmdk.qcow2", str(vmdk))
+    assert "fromvmdk.qcow2 created" in result.stdout
+    info = json.loads(daemon.cli("vol-info", "fromvmdk.qcow2", "--pool", "default",
+                                 "--json").stdout)
+    assert info["format"] == "qcow2" and info["capacity"] == 8 * 1024 * 1024
+    compare = subprocess.run(["qemu-img", "compare", "-q", str(payload), info["path"]])
+    assert compare.returncode == 0
+
+
+def test_bad_storage_requests(daemon: DaemonHandle, tmp_path: Path) -> None:
+    for name in ("../escape.qcow2", "a/b", ".hidden"):
+        with pytest.raises(ApiError) as excinfo:
+            daemon.client.post("/v1/pools/default/volumes", {"name": name, "capacity": "1M"})
+        assert excinfo.value.http_status == 400 and "not allowed" in excinfo.value.message
+    daemon.cli("vol-create-as", "default", "dup.qcow2", "1M")
+    result = daemon.cli("vol-create-as", "default", "dup.qcow2", "1M", check=False)
+    assert result.returncode == 1 and "exists" in result.stderr
+    garbage = tmp_path / "garbage.vdi"
+    garbage.write_bytes(b"not a vdi at all" * 100)
+    result = daemon.cli("vol-import", "default", "bad.qcow2", str(garbage), check=False)
+    assert result.returncode == 1
+    assert not (daemon.root / "images" / "bad.qcow2").exists()
+    assert not list((daemon.root / "images").glob(".*"))
+    _pool(daemon, "full", tmp_path / "full")
+    daemon.cli("vol-create-as", "full", "x.raw", "1M", "--format", "raw")
+    daemon.cli("pool-destroy", "full")
+    result = daemon.cli("pool-delete", "full", check=False)
+    assert result.returncode == 1 and "volume" in result.stderr
+    assert (tmp_path / "full" / "x.raw").exists()
+    result = daemon.cli("vol-list", "full", check=False)
+    assert result.returncode == 1 and "not active" in result.stderr
