@@ -6,11 +6,12 @@ from typing import Any
 
 from virtkit.api.app import routes
 from virtkit.api.openapi import OPERATIONS, openapi_document
+from virtkit.api.storage_routes import routes as storage_routes
 
 
 def _served() -> set[tuple[str, str]]:
     served = set()
-    for route in routes:
+    for route in [*routes, *storage_routes]:
         path = getattr(route, "path", "")
         method = getattr(route, "method", "").lower()
         if "{action:" in path:

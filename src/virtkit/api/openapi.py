@@ -58,7 +58,7 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("post", "/v1/pools", "Define a pool", {"$ref": "#/components/schemas/Pool"}),
     ("get", "/v1/pools/{pool}", "Pool details: state, capacity, allocation, available", None),
     ("delete", "/v1/pools/{pool}", "Undefine an inactive pool", None),
-    ("post", "/v1/pools/{pool}/build", "Create the pool's storage (mkdir; pvcreate+vgcreate)", None),
+    ("post", "/v1/pools/{pool}/build", "Create the storage (mkdir; pvcreate+vgcreate)", None),
     ("post", "/v1/pools/{pool}/start", "Activate a pool", None),
     ("post", "/v1/pools/{pool}/destroy", "Deactivate a pool (its storage stays)", None),
     ("post", "/v1/pools/{pool}/delete", "Remove an empty, inactive pool's storage", None),

@@ -47,8 +47,14 @@ def _human(size: int | None) -> str:
 @contextmanager
 def progress_bar(label: str, total: float) -> Iterator[_Bar]:
     """A rich progress bar on stderr (plain lines when stderr is not a terminal)."""
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TaskProgressColumn,
-                               TimeRemainingColumn, TransferSpeedColumn)
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     bytes_mode = total > 100
     columns: list[Any] = [BarColumn(), TaskProgressColumn()]
@@ -116,8 +122,8 @@ def cmd_pool_list(client: Client, args: argparse.Namespace) -> int:
     rows = [[p["name"], p["state"], "yes" if p["autostart"] else "no"] for p in pools]
     if args.details:
         headers += ["Type", "Capacity", "Allocation", "Available"]
-        rows = [row + [p["type"], _human(p["capacity"]), _human(p["allocation"]),
-                       _human(p["available"])] for row, p in zip(rows, pools, strict=True)]
+        rows = [[*row, p["type"], _human(p["capacity"]), _human(p["allocation"]),
+                 _human(p["available"])] for row, p in zip(rows, pools, strict=True)]
     render.table(headers, rows)
     return 0
 
@@ -167,8 +173,8 @@ def cmd_vol_list(client: Client, args: argparse.Namespace) -> int:
     rows = [[v["name"], v["path"]] for v in volumes]
     if args.details:
         headers += ["Format", "Capacity", "Allocation", "Used by"]
-        rows = [row + [v["format"], _human(v["capacity"]), _human(v["allocation"]),
-                       ", ".join(v["used_by"]) or "-"]
+        rows = [[*row, v["format"], _human(v["capacity"]), _human(v["allocation"]),
+                 ", ".join(v["used_by"]) or "-"]
                 for row, v in zip(rows, volumes, strict=True)]
     render.table(headers, rows)
     return 0

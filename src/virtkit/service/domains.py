@@ -23,8 +23,8 @@ from virtkit.qemu.argv import disk_slots
 from virtkit.runtime import preflight, savefile
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.lifecycle import Lifecycle
-from virtkit.storage.qemuimg import detect_format
 from virtkit.service.storage import StorageService
+from virtkit.storage.qemuimg import detect_format
 from virtkit.store.db import DomainRow, Store
 
 
