@@ -123,3 +123,28 @@ def test_bad_storage_requests(daemon: DaemonHandle, tmp_path: Path) -> None:
     assert (tmp_path / "full" / "x.raw").exists()
     result = daemon.cli("vol-list", "full", check=False)
     assert result.returncode == 1 and "not active" in result.stderr
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    """A 4 MiB tmpfs, so a pool can fill up."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_leaves_no_partial_volume(daemon: DaemonHandle, tmp_path: Path,
+                                            small_fs: Path) -> None:
+    _pool(daemon, "tiny", small_fs / "pool")
+    big = tmp_path / "big.raw"
+    big.write_bytes(b"\x5a" * 8 * 1024 * 1024)
+    result = daemon.cli("vol-upload", "big.raw", str(big), "--pool", "tiny", check=False)
+    assert result.returncode == 1
+    assert "No space left" in result.stderr and "nothing was changed" in result.stderr
+    result = daemon.cli("vol-import", "tiny", "big.qcow2", str(big), check=False)
+    assert result.returncode == 1
+    assert list((small_fs / "pool").iterdir()) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from virtkit.errors import InvalidSpec, VirtkitError
+from virtkit.errors import HostError, InvalidSpec, VirtkitError
 from virtkit.service.storage import StorageService
 
 routes = web.RouteTableDef()
@@ -216,10 +217,15 @@ async def upload_volume(request: web.Request) -> web.Response:
             os.fsync(out.fileno())
         if not in_place:
             os.replace(partial, final)
-    except BaseException:
+    except BaseException as exc:
         if not in_place:
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
+        if isinstance(exc, OSError):
+            fix = ("free space in the pool, or upload to another pool"
+                   if exc.errno == errno.ENOSPC else None)
+            raise HostError(f"upload to {pool}/{name} failed after {written} bytes: "
+                            f"{exc.strerror}; nothing was changed", fix=fix) from None
         raise
     return _json({**await asyncio.to_thread(storage.volume_info, pool, name),
                   "uploaded": written})

@@ -109,8 +109,11 @@ class Client:
             connection.putheader("Content-Length", str(size))
             connection.putheader("Content-Type", "application/octet-stream")
             connection.endheaders()
-            for chunk in chunks:
-                connection.send(chunk)
+            try:
+                for chunk in chunks:
+                    connection.send(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the daemon refused the upload early: its answer says why
             response = connection.getresponse()
             return _decode(response, response.read())
         finally:
