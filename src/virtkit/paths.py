@@ -9,7 +9,6 @@ modes).  Everything an instance owns lives below it, so setting
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -24,11 +23,26 @@ def default_root() -> Path:
     return Path(data_home) / "virtkit"
 
 
-@dataclass(frozen=True)
 class StatePaths:
-    """The files and folders below one state root."""
+    """The files and folders below one state root.
 
-    root: Path
+    A plain class, not a dataclass: the CLI imports this module at start-up and
+    ``dataclasses`` (with ``inspect``) costs several milliseconds there.
+    """
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __repr__(self) -> str:
+        return f"StatePaths({self.root!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StatePaths) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
 
     @property
     def database(self) -> Path:

@@ -7,14 +7,10 @@ says so on stderr.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -36,46 +32,67 @@ class ApiError(VirtkitError):
         self.http_status = status
 
 
-def _decode(response: http.client.HTTPResponse, data: bytes) -> Any:
+def decode(status: int, content_type: str, data: bytes) -> Any:
     """JSON bodies decoded; errors raised as ApiError with the daemon's message."""
-    if response.getheader("Content-Type", "").startswith("application/json"):
-        decoded = json.loads(data) if data else None
-    else:
-        decoded = data
-    if response.status >= 400:
-        raise ApiError(response.status, decoded if isinstance(decoded, dict) else
-                       {"message": f"HTTP {response.status}"})
+    decoded: Any = json.loads(data) if data and content_type.startswith("application/json") \
+        else data
+    if status >= 400:
+        raise ApiError(status, decoded if isinstance(decoded, dict) else
+                       {"message": f"HTTP {status}"})
     return decoded
 
 
-@contextmanager
-def open_stream(client: Client, method: str, path: str, body: dict[str, Any] | None = None,
-                *, accept: str | None = None) -> Iterator[http.client.HTTPResponse]:
-    """A response to read incrementally (NDJSON lines, downloads); errors raised first."""
-    connection = _UnixConnection(client.paths.socket, client.timeout)
+def _exchange(socket_path: Path, request: bytes, timeout: float) -> tuple[int, str, bytes]:
+    """One HTTP/1.1 request over a fresh connection: (status, content type, body).
+
+    A dozen lines instead of http.client, whose imports (email, ssl) would cost
+    more than the rest of the CLI's start-up together.  The daemon answers JSON
+    with a Content-Length, or chunked; both are read here.
+    """
+    sock = connect_unix(socket_path, timeout=timeout)
     try:
-        headers = {"Accept": accept} if accept else {}
-        payload = None
-        if body is not None:
-            payload = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        connection.request(method, path, body=payload, headers=headers)
-        response = connection.getresponse()
-        if response.status >= 400:
-            _decode(response, response.read())
-        yield response
+        sock.sendall(request)
+        buffer = b""
+        while b"\r\n\r\n" not in buffer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise DaemonUnreachable("virtkitd closed the connection without answering")
+            buffer += chunk
+        head, _, body = buffer.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {k.strip().lower(): v.strip()
+                   for k, _, v in (line.partition(":") for line in lines[1:])}
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            body = _read_chunked(sock, body)
+        else:
+            length = int(headers.get("content-length", "0"))
+            while len(body) < length:
+                chunk = sock.recv(max(65536, length - len(body)))
+                if not chunk:
+                    break
+                body += chunk
+        return status, headers.get("content-type", ""), body
     finally:
-        connection.close()
+        sock.close()
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = connect_unix(self._path, timeout=self.timeout)
-        self.sock.settimeout(self.timeout)
+def _read_chunked(sock: Any, buffer: bytes) -> bytes:
+    body = b""
+    while True:
+        while b"\r\n" not in buffer:
+            buffer += sock.recv(65536)
+        size_line, _, buffer = buffer.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        while len(buffer) < size + 2:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return body + buffer[:size]
+            buffer += chunk
+        if size == 0:
+            return body
+        body += buffer[:size]
+        buffer = buffer[size + 2:]
 
 
 class Client:
@@ -86,38 +103,18 @@ class Client:
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        connection = _UnixConnection(self.paths.socket, self.timeout)
+        payload = json.dumps(body).encode() if body is not None else b""
+        head = (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                f"Content-Length: {len(payload)}\r\n")
+        if body is not None:
+            head += "Content-Type: application/json\r\n"
         try:
-            payload = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if payload is not None else {}
-            connection.request(method, path, body=payload, headers=headers)
-            response = connection.getresponse()
-            data = response.read()
+            status, content_type, data = _exchange(
+                self.paths.socket, head.encode() + b"\r\n" + payload, self.timeout)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonUnreachable(f"virtkitd is not running at {self.paths.socket}",
                                     fix="start it with 'virtkitd'") from exc
-        finally:
-            connection.close()
-        return _decode(response, data)
-
-    def request_stream_body(self, method: str, path: str, chunks: Iterator[bytes],
-                            size: int) -> Any:
-        """Send ``chunks`` (``size`` bytes in all) as the body; decode the JSON answer."""
-        connection = _UnixConnection(self.paths.socket, self.timeout)
-        try:
-            connection.putrequest(method, path)
-            connection.putheader("Content-Length", str(size))
-            connection.putheader("Content-Type", "application/octet-stream")
-            connection.endheaders()
-            try:
-                for chunk in chunks:
-                    connection.send(chunk)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the daemon refused the upload early: its answer says why
-            response = connection.getresponse()
-            return _decode(response, response.read())
-        finally:
-            connection.close()
+        return decode(status, content_type, data)
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
@@ -138,6 +135,8 @@ class Client:
 
 def start_daemon(paths: StatePaths) -> int:
     """Start a per-user virtkitd for ``paths.root`` and wait until it serves."""
+    import subprocess
+
     paths.make()
     read_fd, write_fd = os.pipe()
     log = open(paths.logs / "virtkitd.stderr", "ab")  # noqa: SIM115 - handed to the child

@@ -16,7 +16,8 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from virtkit.cli import render
-from virtkit.cli.client import ApiError, Client, open_stream
+from virtkit.cli.client import ApiError, Client
+from virtkit.cli.streaming import open_stream, send_stream
 
 CHUNK = 1024 * 1024
 
@@ -270,8 +271,8 @@ def cmd_vol_upload(client: Client, args: argparse.Namespace) -> int:
     path = Path(args.file)
     size = path.stat().st_size
     with progress_bar(f"uploading {path.name}", max(size, 1)) as bar:
-        result = client.request_stream_body(
-            "PUT", _vol_path(_pool_of(args), args.vol, "/upload"), _file_chunks(path, bar), size)
+        result = send_stream(client, "PUT", _vol_path(_pool_of(args), args.vol, "/upload"),
+                             _file_chunks(path, bar), size)
     print(f"Uploaded {_human(result['uploaded'])} to {result['pool']}/{result['name']}")
     return 0
 
