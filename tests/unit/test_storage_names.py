@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from virtkit.errors import InvalidSpec, NotFound
-from virtkit.model.pool import Pool, validate_volume_name
+from virtkit.model.pool import Pool, PoolType, validate_volume_name
 from virtkit.storage.dirpool import DirPool
 from virtkit.storage.isopool import read_iso_label
 from virtkit.storage.lvm import ACTIVATION_OFF, METADATA_ONLY_ENV, lvm_config_from_env
@@ -53,7 +53,7 @@ def test_bad_names(name: str, why: str) -> None:
 def pool(tmp_path: Path) -> DirPool:
     folder = tmp_path / "pool"
     folder.mkdir()
-    return DirPool(Pool(name="p", type="dir", target=str(folder)))
+    return DirPool(Pool(name="p", type=PoolType.DIR, target=str(folder)))
 
 
 @pytest.mark.parametrize(("name", "why"), BAD, ids=[repr(n) for n, _ in BAD])
@@ -93,12 +93,12 @@ def test_a_pool_folder_behind_a_symlink_is_fine(tmp_path: Path) -> None:
     real = tmp_path / "real"
     real.mkdir()
     (tmp_path / "link").symlink_to(real)
-    pool = DirPool(Pool(name="p", type="dir", target=str(tmp_path / "link")))
+    pool = DirPool(Pool(name="p", type=PoolType.DIR, target=str(tmp_path / "link")))
     assert pool.volume_path("a.raw") == str(tmp_path / "link" / "a.raw")
 
 
 def test_missing_volume_names_the_pool(pool: DirPool) -> None:
-    with pytest.raises(NotFound, match="'nope.qcow2' not found in pool 'p'") as caught:
+    with pytest.raises(NotFound, match=r"'nope\.qcow2' not found in pool 'p'") as caught:
         pool.volume("nope.qcow2")
     assert caught.value.fix
 

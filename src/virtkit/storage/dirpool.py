@@ -26,6 +26,29 @@ from virtkit.storage import qemuimg
 from virtkit.storage.base import PoolCapacity, Progress, VolumeInfo, checked_volume_name
 
 PARTIAL_SUFFIX = ".partial"
+#: the format a volume was created in, kept with the file (see declared_format).
+FORMAT_XATTR = "user.virtkit.format"
+
+
+def declared_format(path: str) -> str | None:
+    """The format virtkit created ``path`` in, from its ``user.virtkit.format`` xattr.
+
+    Probing a raw disk is unsafe: a guest can write a qcow2 header into it, naming
+    any host file as backing, and a probe would then call the volume qcow2 (and a
+    linked clone of it would read that file).  So files made here carry their
+    format; files made elsewhere, or on file systems without user xattrs, are probed
+    as libvirt's dir pool does.
+    """
+    try:
+        value = os.getxattr(path, FORMAT_XATTR, follow_symlinks=False).decode()
+    except OSError:
+        return None
+    return value if value in qemuimg.CREATE_FORMATS else None
+
+
+def _record_format(path: str, fmt: str) -> None:
+    with contextlib.suppress(OSError):  # no user xattrs here: the format will be probed
+        os.setxattr(path, FORMAT_XATTR, fmt.encode(), follow_symlinks=False)
 
 
 def _in_use(name: str, pool: str) -> Conflict:
@@ -131,7 +154,7 @@ class DirPool:
         """A VolumeInfo from qemu-img info (-U: reading a running VM's disk is fine)."""
         st = os.lstat(path)
         try:
-            info = qemuimg.image_info(path)
+            info = qemuimg.image_info(path, fmt=declared_format(path))
         except VirtkitError:
             return VolumeInfo(name=name, path=path, format="unknown", capacity=st.st_size,
                               allocation=st.st_blocks * 512)
@@ -162,7 +185,7 @@ class DirPool:
                                   field="capacity", fix="omit the capacity or make it larger")
         elif capacity <= 0:
             raise InvalidSpec(f"capacity must be positive, not {capacity}", field="capacity")
-        with self._staging(name) as temp:
+        with self._staging(name, fmt) as temp:
             qemuimg.create(temp, fmt, capacity, prealloc=prealloc,
                            backing=base.path if base else None,
                            backing_fmt=base.format if base else None)
@@ -242,7 +265,7 @@ class DirPool:
             return self.create_volume(name, 0, "qcow2", backing=src)
         target_fmt = fmt or src.format
         qemuimg.check_format(target_fmt)
-        with self._staging(name) as temp:
+        with self._staging(name, target_fmt) as temp:
             qemuimg.convert(src.path, src.format, temp, target_fmt, progress=progress)
         return self.volume(name)
 
@@ -255,15 +278,16 @@ class DirPool:
         qemuimg.check_format(fmt)
         source = qemuimg.local_source(source_path)
         src_fmt = source_fmt or qemuimg.detect_format(source)
-        with self._staging(name) as temp:
+        with self._staging(name, fmt) as temp:
             qemuimg.convert(source, src_fmt, temp, fmt, progress=progress)
         return self.volume(name)
 
     # --- staging ----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _staging(self, name: str) -> Iterator[str]:
-        """Yield the hidden temp path for new volume ``name``; publish it on success.
+    def _staging(self, name: str, fmt: str) -> Iterator[str]:
+        """Yield the hidden temp path for new volume ``name``; publish it on success
+        (with its format recorded, see :func:`declared_format`).
 
         The temp is flock()ed for the whole operation: a second writer of the same
         name gets a Conflict, and a temp left by a killed process (no lock held) is
@@ -286,6 +310,7 @@ class DirPool:
             os.ftruncate(fd, 0)
             try:
                 yield temp
+                _record_format(temp, fmt)
                 self._publish(name, temp, final)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
@@ -318,6 +343,8 @@ class DirPool:
             if not (entry.startswith(".") and entry.endswith(PARTIAL_SUFFIX)):
                 continue
             path = os.path.join(self.root, entry)
+            if not os.path.isfile(path) or os.path.islink(path):
+                continue
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

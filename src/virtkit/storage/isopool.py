@@ -88,7 +88,7 @@ class IsoPool(DirPool):
                               field="format", fix="use format iso")
         source = qemuimg.local_source(source_path)
         self._require()
-        with self._staging(name) as temp:
+        with self._staging(name, "iso") as temp:
             _copy(source, temp, progress)
             os.chmod(temp, 0o644)
         return self.volume(name)

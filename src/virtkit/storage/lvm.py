@@ -191,16 +191,21 @@ class LogicalPool:
         try:
             rows = self._lvm(["vgs", "-o", fields, self.vg], report="vg")
         except NotFound:
-            raise NotFound(f"volume group {self.vg!r} of pool {self.pool.name!r} does not "
-                           "exist", fix=f"virtkit pool-build {self.pool.name}") from None
+            raise self._missing() from None
         return rows[0]
+
+    def _missing(self) -> NotFound:
+        return NotFound(f"volume group {self.vg!r} of pool {self.pool.name!r} does not exist",
+                        fix=f"virtkit pool-build {self.pool.name}")
 
     # --- looking at volumes -----------------------------------------------------------
 
     def list_volumes(self) -> list[VolumeInfo]:
         """The LVs of the group (raw, fully allocated); ``.NAME.partial`` temps hidden."""
-        self._vg_row("vg_name")
-        rows = self._lvm(["lvs", "-o", "lv_name,lv_size,lv_path", self.vg], report="lv")
+        try:
+            rows = self._lvm(["lvs", "-o", "lv_name,lv_size,lv_path", self.vg], report="lv")
+        except NotFound:
+            raise self._missing() from None
         volumes = [VolumeInfo(name=row["lv_name"],
                               path=row.get("lv_path") or self._device(row["lv_name"]),
                               format="raw", capacity=int(row["lv_size"]),

@@ -305,12 +305,14 @@ def write_zeros(path: str, size: int, *, progress: Progress | None = None) -> No
             sparse=False, src_image_opts=True)
 
 
-def check(path: str, fmt: str) -> dict[str, Any]:
+def check(path: str, fmt: str | None = None) -> dict[str, Any]:
     """``qemu-img check --output=json``: consistency of a qcow2 (leaks, corruptions).
 
     The result carries ``check-errors``, ``corruptions``, ``leaks`` as qemu-img
     reports them; formats without checks (raw) give ``{"supported": False}``.
+    ``fmt`` None detects it (only for images a guest could not have written).
     """
+    fmt = fmt or detect_format(path)
     result = _run(["check", "--output=json", "-f", fmt, os.path.abspath(path)],
                   "check", path, ok=(0, 2, 3, 63), timeout=3600)
     if result.returncode == 63:
