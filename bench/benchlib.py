@@ -699,6 +699,8 @@ class Libvirt:
                     pid = self.qemu_pid(name)
                     if pid is not None:
                         _stop_pid(pid, timeout=3)
+                    # libvirt keeps a per-domain QEMU log after undefine; these are ours.
+                    Path(f"/var/log/libvirt/qemu/{name}.log").unlink(missing_ok=True)
                 self.defined.clear()
         finally:
             for what in ("libvirtd", "virtlogd"):

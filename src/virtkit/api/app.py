@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,9 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from virtkit import __version__
 from virtkit.api import storage_routes
+from virtkit.api.common import json_body, json_response
 from virtkit.api.openapi import openapi_document
 from virtkit.errors import Conflict, InvalidSpec, VirtkitError
 from virtkit.service.domains import DomainService
@@ -44,34 +45,18 @@ class Services:
 SERVICES = web.AppKey("services", Services)
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
-
-
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except VirtkitError as exc:
-        return _json(exc.to_dict(), status=exc.http_status)
+        return json_response(exc.to_dict(), status=exc.http_status)
     except web.HTTPException:
         raise
     except Exception as exc:
         log.exception("internal error in %s %s", request.method, request.path)
         body = {"error": "internal", "message": f"internal error (a virtkit bug): {exc!r}"}
-        return _json(body, status=500)
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        data = await request.json()
-    except ValueError:
-        raise InvalidSpec("the request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise InvalidSpec("the request body must be a JSON object")
-    return data
+        return json_response(body, status=500)
 
 
 def _spec_from(body: dict[str, Any]) -> dict[str, Any] | str:
@@ -101,82 +86,87 @@ routes = web.RouteTableDef()
 
 @routes.get("/v1/openapi.json")
 async def get_openapi(request: web.Request) -> web.Response:
-    return _json(openapi_document())
+    return json_response(openapi_document())
+
+
+@routes.get("/v1/version")
+async def get_version(request: web.Request) -> web.Response:
+    return json_response({"version": __version__})
 
 
 @routes.get("/v1/host")
 async def get_host(request: web.Request) -> web.Response:
-    return _json(await asyncio.to_thread(_services(request).host.info))
+    return json_response(await asyncio.to_thread(_services(request).host.info))
 
 
 @routes.get("/v1/host/check")
 async def get_host_check(request: web.Request) -> web.Response:
-    return _json(await asyncio.to_thread(_services(request).host.check))
+    return json_response(await asyncio.to_thread(_services(request).host.check))
 
 
 @routes.get("/v1/domains")
 async def list_domains(request: web.Request) -> web.Response:
     inactive = request.query.get("all", "1") not in ("0", "false", "no")
-    return _json(_services(request).domains.list_domains(include_inactive=inactive))
+    return json_response(_services(request).domains.list_domains(include_inactive=inactive))
 
 
 @routes.post("/v1/domains")
 async def define_domain(request: web.Request) -> web.Response:
-    body = await _body(request)
-    return _json(_services(request).domains.define(_spec_from(body)), status=201)
+    body = await json_body(request)
+    return json_response(_services(request).domains.define(_spec_from(body)), status=201)
 
 
 @routes.post("/v1/domains/restore")
 async def restore_domain(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_body(request)
     result = await _services(request).domains.restore(str(body.get("path", "")),
                                                       paused=bool(body.get("paused")))
-    return _json(result)
+    return json_response(result)
 
 
 @routes.get("/v1/domains/{ref}")
 async def get_domain(request: web.Request) -> web.Response:
-    return _json(_services(request).domains.info(request.match_info["ref"]))
+    return json_response(_services(request).domains.info(request.match_info["ref"]))
 
 
 @routes.put("/v1/domains/{ref}")
 async def update_domain(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_body(request)
     version = body.get("version")
     if not isinstance(version, int):
         raise InvalidSpec("version: send the version you read, to guard against lost updates",
                           field="version")
     result = _services(request).domains.update(request.match_info["ref"], _spec_from(body),
                                                version)
-    return _json(result)
+    return json_response(result)
 
 
 @routes.delete("/v1/domains/{ref}")
 async def undefine_domain(request: web.Request) -> web.Response:
     nvram = request.query.get("nvram") in ("1", "true", "yes")
-    return _json(await _services(request).domains.undefine(request.match_info["ref"],
+    return json_response(await _services(request).domains.undefine(request.match_info["ref"],
                                                            nvram=nvram))
 
 
 @routes.get("/v1/domains/{ref}/spec")
 async def get_spec(request: web.Request) -> web.Response:
-    return _json(_services(request).domains.spec_yaml(request.match_info["ref"]))
+    return json_response(_services(request).domains.spec_yaml(request.match_info["ref"]))
 
 
 @routes.put("/v1/domains/{ref}/autostart")
 async def put_autostart(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_body(request)
     enabled = body.get("enabled", True)
-    return _json(_services(request).domains.set_autostart(request.match_info["ref"],
+    return json_response(_services(request).domains.set_autostart(request.match_info["ref"],
                                                           bool(enabled)))
 
 
 @routes.post("/v1/domains/{ref}/start")
 async def start_domain(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_body(request)
     result = await _services(request).domains.start(request.match_info["ref"],
                                                     paused=bool(body.get("paused")))
-    return _json(result)
+    return json_response(result)
 
 
 @routes.post("/v1/domains/{ref}/shutdown")
@@ -190,30 +180,30 @@ async def reboot_domain(request: web.Request) -> web.Response:
 
 
 async def _shutdown(request: web.Request, *, reboot: bool) -> web.Response:
-    body = await _body(request)
+    body = await json_body(request)
     result = await _services(request).domains.shutdown(
         request.match_info["ref"], timeout=_number(body, "timeout"),
         wait=bool(body.get("wait")), reboot=reboot)
-    return _json(result)
+    return json_response(result)
 
 
 @routes.post("/v1/domains/{ref}/{action:destroy|suspend|resume|reset}")
 async def simple_action(request: web.Request) -> web.Response:
     result = await _services(request).domains.simple(request.match_info["ref"],
                                                      request.match_info["action"])
-    return _json(result)
+    return json_response(result)
 
 
 @routes.post("/v1/domains/{ref}/save")
 async def save_domain(request: web.Request) -> web.Response:
-    body = await _body(request)
-    return _json(await _services(request).domains.save(request.match_info["ref"],
+    body = await json_body(request)
+    return json_response(await _services(request).domains.save(request.match_info["ref"],
                                                        str(body.get("path", ""))))
 
 
 @routes.get("/v1/domains/{ref}/vnc")
 async def get_vnc(request: web.Request) -> web.Response:
-    return _json(_services(request).domains.vncdisplay(request.match_info["ref"]))
+    return json_response(_services(request).domains.vncdisplay(request.match_info["ref"]))
 
 
 @routes.get("/v1/domains/{ref}/console/log")

@@ -20,6 +20,7 @@ _REF = {"name": "ref", "in": "path", "required": True, "schema": {"type": "strin
 #: (method, path, summary, request body schema or None)
 OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("get", "/v1/openapi.json", "This document", None),
+    ("get", "/v1/version", "The daemon's version (a cheap liveness check)", None),
     ("get", "/v1/host", "Host facts: CPUs, memory, accelerator, QEMU version", None),
     ("get", "/v1/host/check", "Host check lines (PASS/WARN/FAIL), accelerator verdict last", None),
     ("get", "/v1/domains", "List domains (?all=0 for active only)", None),

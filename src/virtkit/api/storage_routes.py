@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from virtkit.api.common import json_body, json_response
 from virtkit.errors import HostError, InvalidSpec, VirtkitError
 from virtkit.service.storage import StorageService
 
@@ -32,22 +33,6 @@ def _storage(request: web.Request) -> StorageService:
     return request.app[STORAGE]
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status)
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        data = await request.json()
-    except ValueError:
-        raise InvalidSpec("the request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise InvalidSpec("the request body must be a JSON object")
-    return data
-
-
 def _text(body: dict[str, Any], key: str, default: str | None = None) -> str:
     value = body.get(key, default)
     if not isinstance(value, str) or not value:
@@ -58,25 +43,25 @@ def _text(body: dict[str, Any], key: str, default: str | None = None) -> str:
 @routes.get("/v1/pools")
 async def list_pools(request: web.Request) -> web.Response:
     inactive = request.query.get("all", "1") not in ("0", "false")
-    return _json(await asyncio.to_thread(_storage(request).list_pools,
+    return json_response(await asyncio.to_thread(_storage(request).list_pools,
                                          include_inactive=inactive))
 
 
 @routes.post("/v1/pools")
 async def define_pool(request: web.Request) -> web.Response:
-    body = await _body(request)
-    return _json(_storage(request).define_pool(body.get("spec", body)), status=201)
+    body = await json_body(request)
+    return json_response(_storage(request).define_pool(body.get("spec", body)), status=201)
 
 
 @routes.get("/v1/pools/{pool}")
 async def pool_info(request: web.Request) -> web.Response:
-    return _json(await asyncio.to_thread(_storage(request).pool_info,
+    return json_response(await asyncio.to_thread(_storage(request).pool_info,
                                          request.match_info["pool"]))
 
 
 @routes.delete("/v1/pools/{pool}")
 async def undefine_pool(request: web.Request) -> web.Response:
-    return _json(_storage(request).undefine_pool(request.match_info["pool"]))
+    return json_response(_storage(request).undefine_pool(request.match_info["pool"]))
 
 
 @routes.post("/v1/pools/{pool}/{action:build|start|destroy|delete|refresh}")
@@ -88,35 +73,35 @@ async def pool_action(request: web.Request) -> web.Response:
         "destroy": storage.destroy_pool, "delete": storage.delete_pool,
         "refresh": storage.pool_info,
     }
-    return _json(await asyncio.to_thread(operations[action], request.match_info["pool"]))
+    return json_response(await asyncio.to_thread(operations[action], request.match_info["pool"]))
 
 
 @routes.put("/v1/pools/{pool}/autostart")
 async def pool_autostart(request: web.Request) -> web.Response:
-    body = await _body(request)
-    return _json(_storage(request).set_pool_autostart(request.match_info["pool"],
+    body = await json_body(request)
+    return json_response(_storage(request).set_pool_autostart(request.match_info["pool"],
                                                       bool(body.get("enabled", True))))
 
 
 @routes.get("/v1/pools/{pool}/volumes")
 async def list_volumes(request: web.Request) -> web.Response:
-    return _json(await asyncio.to_thread(_storage(request).list_volumes,
+    return json_response(await asyncio.to_thread(_storage(request).list_volumes,
                                          request.match_info["pool"]))
 
 
 @routes.post("/v1/pools/{pool}/volumes")
 async def create_volume(request: web.Request) -> web.Response:
-    body = await _body(request)
+    body = await json_body(request)
     result = await asyncio.to_thread(
         _storage(request).create_volume, request.match_info["pool"], _text(body, "name"),
         body.get("capacity", ""), str(body.get("format", "qcow2")),
         backing=body.get("backing"), prealloc=bool(body.get("prealloc")))
-    return _json(result, status=201)
+    return json_response(result, status=201)
 
 
 @routes.get("/v1/pools/{pool}/volumes/{volume}")
 async def volume_info(request: web.Request) -> web.Response:
-    return _json(await asyncio.to_thread(_storage(request).volume_info,
+    return json_response(await asyncio.to_thread(_storage(request).volume_info,
                                          request.match_info["pool"],
                                          request.match_info["volume"]))
 
@@ -124,15 +109,15 @@ async def volume_info(request: web.Request) -> web.Response:
 @routes.delete("/v1/pools/{pool}/volumes/{volume}")
 async def delete_volume(request: web.Request) -> web.Response:
     force = request.query.get("force") in ("1", "true")
-    return _json(await asyncio.to_thread(_storage(request).delete_volume,
+    return json_response(await asyncio.to_thread(_storage(request).delete_volume,
                                          request.match_info["pool"],
                                          request.match_info["volume"], force=force))
 
 
 @routes.post("/v1/pools/{pool}/volumes/{volume}/resize")
 async def resize_volume(request: web.Request) -> web.Response:
-    body = await _body(request)
-    return _json(await asyncio.to_thread(
+    body = await json_body(request)
+    return json_response(await asyncio.to_thread(
         _storage(request).resize_volume, request.match_info["pool"],
         request.match_info["volume"], body.get("capacity", ""),
         shrink=bool(body.get("shrink"))))
@@ -140,14 +125,14 @@ async def resize_volume(request: web.Request) -> web.Response:
 
 @routes.post("/v1/pools/{pool}/volumes/{volume}/wipe")
 async def wipe_volume(request: web.Request) -> web.Response:
-    return _json(await asyncio.to_thread(_storage(request).wipe_volume,
+    return json_response(await asyncio.to_thread(_storage(request).wipe_volume,
                                          request.match_info["pool"],
                                          request.match_info["volume"]))
 
 
 @routes.post("/v1/pools/{pool}/volumes/{volume}/clone")
 async def clone_volume(request: web.Request) -> web.StreamResponse:
-    body = await _body(request)
+    body = await json_body(request)
     storage = _storage(request)
     pool, source = request.match_info["pool"], request.match_info["volume"]
     name, linked, fmt = _text(body, "name"), bool(body.get("linked")), body.get("format")
@@ -157,7 +142,7 @@ async def clone_volume(request: web.Request) -> web.StreamResponse:
 
 @routes.post("/v1/pools/{pool}/import")
 async def import_volume(request: web.Request) -> web.StreamResponse:
-    body = await _body(request)
+    body = await json_body(request)
     storage = _storage(request)
     pool = request.match_info["pool"]
     name, source = _text(body, "name"), _text(body, "source")
@@ -179,7 +164,7 @@ async def _with_progress(request: web.Request,
 
     task = asyncio.create_task(asyncio.to_thread(operation, progress))
     if "application/x-ndjson" not in request.headers.get("Accept", ""):
-        return _json(await task)
+        return json_response(await task)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     last = -1.0
@@ -227,7 +212,7 @@ async def upload_volume(request: web.Request) -> web.Response:
             raise HostError(f"upload to {pool}/{name} failed after {written} bytes: "
                             f"{exc.strerror}; nothing was changed", fix=fix) from None
         raise
-    return _json({**await asyncio.to_thread(storage.volume_info, pool, name),
+    return json_response({**await asyncio.to_thread(storage.volume_info, pool, name),
                   "uploaded": written})
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -54,10 +53,7 @@ def _exchange(socket_path: Path, request: bytes, timeout: float) -> tuple[int, s
         sock.sendall(request)
         buffer = b""
         while b"\r\n\r\n" not in buffer:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise DaemonUnreachable("virtkitd closed the connection without answering")
-            buffer += chunk
+            buffer += _recv(sock)
         head, _, body = buffer.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
@@ -68,27 +64,29 @@ def _exchange(socket_path: Path, request: bytes, timeout: float) -> tuple[int, s
         else:
             length = int(headers.get("content-length", "0"))
             while len(body) < length:
-                chunk = sock.recv(max(65536, length - len(body)))
-                if not chunk:
-                    break
-                body += chunk
+                body += _recv(sock)
         return status, headers.get("content-type", ""), body
     finally:
         sock.close()
+
+
+def _recv(sock: Any) -> bytes:
+    chunk: bytes = sock.recv(65536)
+    if not chunk:
+        raise DaemonUnreachable("virtkitd closed the connection in the middle of its answer",
+                                fix="see the daemon's log; try again")
+    return chunk
 
 
 def _read_chunked(sock: Any, buffer: bytes) -> bytes:
     body = b""
     while True:
         while b"\r\n" not in buffer:
-            buffer += sock.recv(65536)
+            buffer += _recv(sock)
         size_line, _, buffer = buffer.partition(b"\r\n")
         size = int(size_line.split(b";")[0], 16)
         while len(buffer) < size + 2:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return body + buffer[:size]
-            buffer += chunk
+            buffer += _recv(sock)
         if size == 0:
             return body
         body += buffer[:size]
@@ -114,6 +112,14 @@ class Client:
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonUnreachable(f"virtkitd is not running at {self.paths.socket}",
                                     fix="start it with 'virtkitd'") from exc
+        except PermissionError as exc:
+            raise DaemonUnreachable(
+                f"no permission to use {self.paths.socket}",
+                fix="join the 'virtkit' group (usermod -aG virtkit $USER), or run as root") \
+                from exc
+        except (TimeoutError, ConnectionResetError) as exc:
+            raise DaemonUnreachable(f"virtkitd did not answer {method} {path}: {exc}",
+                                    fix="see the daemon's log") from exc
         return decode(status, content_type, data)
 
     def get(self, path: str) -> Any:
@@ -127,7 +133,7 @@ class Client:
 
     def ping(self) -> bool:
         try:
-            self.get("/v1/openapi.json")
+            self.get("/v1/version")
         except DaemonUnreachable:
             return False
         return True
@@ -148,10 +154,12 @@ def start_daemon(paths: StatePaths) -> int:
     )
     os.close(write_fd)
     log.close()
-    deadline = time.monotonic() + DAEMON_START_TIMEOUT
+    import select
+
     with os.fdopen(read_fd, "rb") as ready:
-        line = ready.readline()
-    if line.strip() != b"ready" or time.monotonic() > deadline:
+        answered = select.select([ready], [], [], DAEMON_START_TIMEOUT)[0]
+        line = ready.readline() if answered else b""
+    if line.strip() != b"ready":
         code = process.poll()
         raise DaemonUnreachable(
             f"could not start virtkitd (exit status {code}); see {paths.logs}/virtkitd.stderr",

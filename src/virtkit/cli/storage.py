@@ -17,7 +17,6 @@ from urllib.parse import quote
 
 from virtkit.cli import render
 from virtkit.cli.client import ApiError, Client
-from virtkit.cli.streaming import open_stream, send_stream
 
 CHUNK = 1024 * 1024
 
@@ -222,6 +221,8 @@ def cmd_vol_wipe(client: Client, args: argparse.Namespace) -> int:
 
 def _ndjson(client: Client, path: str, body: dict[str, Any], label: str) -> dict[str, Any]:
     """POST with NDJSON progress, drawing a bar; return the result or raise its error."""
+    from virtkit.cli.streaming import open_stream
+
     result: dict[str, Any] | None = None
     with open_stream(client, "POST", path, body, accept="application/x-ndjson") as response, \
             progress_bar(label, 100) as bar:
@@ -268,6 +269,8 @@ def _file_chunks(path: Path, bar: _Bar) -> Iterator[bytes]:
 
 
 def cmd_vol_upload(client: Client, args: argparse.Namespace) -> int:
+    from virtkit.cli.streaming import send_stream
+
     path = Path(args.file)
     size = path.stat().st_size
     with progress_bar(f"uploading {path.name}", max(size, 1)) as bar:
@@ -278,6 +281,8 @@ def cmd_vol_upload(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_vol_download(client: Client, args: argparse.Namespace) -> int:
+    from virtkit.cli.streaming import open_stream
+
     target = Path(args.file)
     partial = target.with_name(f".{target.name}.partial")
     try:

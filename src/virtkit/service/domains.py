@@ -174,6 +174,8 @@ class DomainService:
         return domain
 
     def _assign_macs(self, domain: Domain) -> None:
+        if not domain.nics:
+            return  # no need to read every other domain's spec
         used = {nic["mac"] for row in self._store.list_domains() if row.uuid != domain.uuid
                 for nic in row.spec.get("nics", []) if nic.get("mac")}
         for index, nic in enumerate(domain.nics):

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from virtkit.errors import Conflict, NotFound, StaleVersion
 
@@ -167,12 +167,17 @@ class Store:
         rows = self._db.execute("SELECT * FROM domains ORDER BY name").fetchall()
         return [self._domain(row) for row in rows]
 
+    def _lookup(self, table: str, ref: str) -> sqlite3.Row | None:
+        """A row of ``table`` (domains, pools) by name, else by UUID."""
+        cursor = self._db.execute(
+            f"SELECT * FROM {table} WHERE name = ? OR uuid = ? ORDER BY name = ? DESC LIMIT 1",
+            (ref, ref.lower(), ref),
+        )
+        return cast("sqlite3.Row | None", cursor.fetchone())
+
     def find_domain(self, ref: str) -> DomainRow | None:
         """Look a domain up by name, then by UUID."""
-        row = self._db.execute(
-            "SELECT * FROM domains WHERE name = ? OR uuid = ? ORDER BY name = ? DESC LIMIT 1",
-            (ref, ref.lower(), ref),
-        ).fetchone()
+        row = self._lookup("domains", ref)
         return self._domain(row) if row else None
 
     def get_domain(self, ref: str) -> DomainRow:
@@ -265,9 +270,7 @@ class Store:
         return [self._pool(r) for r in self._db.execute("SELECT * FROM pools ORDER BY name")]
 
     def find_pool(self, ref: str) -> PoolRow | None:
-        row = self._db.execute(
-            "SELECT * FROM pools WHERE name = ? OR uuid = ? ORDER BY name = ? DESC LIMIT 1",
-            (ref, ref.lower(), ref)).fetchone()
+        row = self._lookup("pools", ref)
         return self._pool(row) if row else None
 
     def get_pool(self, ref: str) -> PoolRow:
