@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run every spine benchmark (start, list, cli, rss), then print the markdown tables.
+# Run every spine benchmark (start, list, cli, rss) and every storage benchmark
+# (clone, transfer, import), then print the markdown tables.
 #
 # By default it benchmarks a snapshot of a commit (BENCH_REF, default HEAD) exported
 # to a temporary folder and byte-compiled, as an installed package would be; this
@@ -9,10 +10,13 @@
 #   BENCH_REF=worktree   benchmark the checkout as it is instead
 #   BENCH_COMPILE=0      do not byte-compile the snapshot
 #   BENCH_WHAT="start --runs 5"   run one benchmark (start, list, cli or rss, with
-#                        its options) instead of all
+#                        its options) instead of all; "clone", "transfer" or "import"
+#                        (with options) runs one storage benchmark
+#   BENCH_SUITE=spine|storage     run only that suite's benchmarks (default: both)
 # Needs root for libvirt's qemu:///system; without libvirt installed the virtkit
-# and raw QEMU columns still run.  Arguments go to bench_spine.py before the
-# subcommand, e.g.:  bench/run_all.sh --no-libvirt   or   bench/run_all.sh --wait-quiet 300
+# and raw QEMU columns still run (storage: everything but virt-clone).  Arguments go
+# to bench_spine.py and bench_storage.py before the subcommand, e.g.:
+#   bench/run_all.sh --no-libvirt   or   bench/run_all.sh --wait-quiet 300
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ref="${BENCH_REF:-HEAD}"
@@ -28,6 +32,25 @@ if [[ "$ref" != "worktree" ]]; then
     export VIRTKIT_BENCH_COMMIT
     echo "benchmarking virtkit $VIRTKIT_BENCH_COMMIT from $snap/src"
 fi
+suite="${BENCH_SUITE:-all}"
+what="${BENCH_WHAT:-}"
+if [[ -n "$what" ]]; then
+    case "${what%% *}" in
+        clone|transfer|import) suite=storage ;;
+        *) suite=spine ;;
+    esac
+fi
 # shellcheck disable=SC2086 # BENCH_WHAT is a subcommand and its options
-python bench/bench_spine.py "$@" ${BENCH_WHAT:-all}
-python bench/bench_spine.py report
+if [[ "$suite" != "storage" ]]; then
+    python bench/bench_spine.py "$@" ${what:-all}
+fi
+# shellcheck disable=SC2086
+if [[ "$suite" != "spine" ]]; then
+    python bench/bench_storage.py "$@" ${what:-all}
+fi
+if [[ "$suite" != "storage" ]]; then
+    python bench/bench_spine.py report
+fi
+if [[ "$suite" != "spine" ]]; then
+    python bench/bench_storage.py report
+fi

@@ -78,6 +78,11 @@ class StatePaths:
         return self.root / "images"
 
     @property
+    def networks(self) -> Path:
+        """Per-network state: dnsmasq config, leases, hosts files."""
+        return self.root / "networks"
+
+    @property
     def logs(self) -> Path:
         return self.root / "log"
 
@@ -88,6 +93,9 @@ class StatePaths:
         """Create the folders (private to the owner, as they hold sockets and disks' names)."""
         for folder in (self.root, self.run, self.nvram, self.cache, self.logs):
             folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+        # dnsmasq drops to 'nobody' before it reads its hosts files: let it through.
+        self.root.chmod(0o711)
+        self.networks.mkdir(exist_ok=True, mode=0o711)
 
 
 def state_paths(root: Path | None = None) -> StatePaths:

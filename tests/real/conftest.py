@@ -59,6 +59,7 @@ class DaemonHandle:
     process: subprocess.Popen[bytes]
     client: Client
     guest: TinyGuest
+    netns: str | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -140,7 +141,7 @@ class DaemonHandle:
         self.process.wait(10)
 
     def restart(self) -> None:
-        self.process = start_daemon(self.root)
+        self.process = start_daemon(self.root, self.netns)
 
     def qemu_pids(self) -> list[int]:
         """PIDs of the QEMU processes this daemon's store knows and that are still ours."""
@@ -152,12 +153,13 @@ class DaemonHandle:
             store.close()
 
 
-def start_daemon(root: Path) -> subprocess.Popen[bytes]:
-    """Start virtkitd for ``root`` and wait until it serves."""
+def start_daemon(root: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
+    """Start virtkitd for ``root`` (inside network namespace ``netns``) and wait for it."""
     read_fd, write_fd = os.pipe()
+    prefix = ["ip", "netns", "exec", netns] if netns else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "virtkit.api.daemon", "--root", str(root), "--ready-fd",
-         str(write_fd)], pass_fds=[write_fd], start_new_session=True,
+        [*prefix, sys.executable, "-m", "virtkit.api.daemon", "--root", str(root),
+         "--ready-fd", str(write_fd)], pass_fds=[write_fd], start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=open(root / "daemon.stderr", "ab"),  # noqa: SIM115
     )
     os.close(write_fd)

@@ -35,10 +35,10 @@ from typing import Any
 import pytest
 
 from virtkit.errors import Conflict, HostError, InvalidSpec, NotFound, StateError
+from virtkit.model.network import Network
 from virtkit.network import dnsmasq, nftables
 from virtkit.network.backend import NetworkBackend
 from virtkit.network.links import Links
-from virtkit.network.model import Network
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),

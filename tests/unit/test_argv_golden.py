@@ -26,7 +26,8 @@ def _argv(case: str) -> list[str]:
     caps_data = {"accel": "tcg", "machine_aliases": ALIASES,
                  "ovmf_code": "/usr/share/OVMF/OVMF_CODE_4M.fd",
                  "ovmf_vars": "/usr/share/OVMF/OVMF_VARS_4M.fd", **data.get("caps", {})}
-    fds = {"qmp": 3, "agent": 4, **{f"serial{i}": 5 + i for i in range(len(domain.serials))}}
+    fds = {"qmp": 3, "agent": 4, **{f"serial{i}": 5 + i for i in range(len(domain.serials))},
+           **data.get("fds", {})}
     files = LaunchFiles("/run/virtkit/" + domain.uuid, "/var/log/virtkit/" + domain.uuid, fds,
                         nvram="/var/lib/virtkit/nvram/" + domain.uuid + "_VARS.fd",
                         incoming=data.get("incoming"))

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from virtkit.errors import InvalidSpec, VirtkitError
+from virtkit.model.network import dump_network, load_network, pick_bridge_name
 from virtkit.network import dnsmasq, nftables
 from virtkit.network.links import Links, stable_mac
-from virtkit.network.model import dump_network, load_network, pick_bridge_name
 
 BASE: dict[str, Any] = {"name": "default", "subnet": "192.168.122.0/24"}
 

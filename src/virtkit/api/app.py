@@ -18,12 +18,13 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from virtkit import __version__
-from virtkit.api import storage_routes
+from virtkit.api import network_routes, storage_routes
 from virtkit.api.common import json_body, json_response
 from virtkit.api.openapi import openapi_document
 from virtkit.errors import Conflict, InvalidSpec, VirtkitError
 from virtkit.service.domains import DomainService
 from virtkit.service.host import HostService
+from virtkit.service.networks import NetworkService
 from virtkit.service.storage import StorageService
 from virtkit.unixsock import connect_unix
 
@@ -39,6 +40,7 @@ class Services:
     domains: DomainService
     host: HostService
     storage: StorageService
+    networks: NetworkService
     consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
 
 
@@ -201,6 +203,22 @@ async def save_domain(request: web.Request) -> web.Response:
                                                        str(body.get("path", ""))))
 
 
+@routes.get("/v1/domains/{ref}/interfaces")
+async def domain_interfaces(request: web.Request) -> web.Response:
+    """domiflist and domifaddr: NICs with their tap, MAC and leased addresses."""
+    return json_response(await asyncio.to_thread(_services(request).domains.interfaces,
+                                                 request.match_info["ref"]))
+
+
+@routes.post("/v1/domains/{ref}/interfaces/{nic}/link")
+async def domain_set_link(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    state = str(body.get("state", ""))
+    result = await _services(request).domains.set_link(request.match_info["ref"],
+                                                       request.match_info["nic"], state)
+    return json_response(result)
+
+
 @routes.get("/v1/domains/{ref}/vnc")
 async def get_vnc(request: web.Request) -> web.Response:
     return json_response(_services(request).domains.vncdisplay(request.match_info["ref"]))
@@ -294,6 +312,8 @@ def create_app(services: Services) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=4 * 1024 * 1024)
     app[SERVICES] = services
     app[storage_routes.STORAGE] = services.storage
+    app[network_routes.NETWORKS] = services.networks
     app.add_routes(routes)
     app.add_routes(storage_routes.routes)
+    app.add_routes(network_routes.routes)
     return app

@@ -26,12 +26,15 @@ from virtkit import __version__
 from virtkit.api.app import Services, create_app
 from virtkit.errors import VirtkitError
 from virtkit.model.load import load_domain
+from virtkit.model.network import Network
 from virtkit.paths import StatePaths, state_paths
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.hostcaps import HostCapsProvider
 from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.runtime.nics import TapMaker
 from virtkit.service.domains import DomainService
 from virtkit.service.host import HostService
+from virtkit.service.networks import NetworkService
 from virtkit.service.storage import StorageService
 from virtkit.store.db import Store
 from virtkit.unixsock import bind_unix
@@ -39,6 +42,7 @@ from virtkit.unixsock import bind_unix
 log = logging.getLogger("virtkitd")
 
 SOCKET_GROUP = "virtkit"
+NETWORK_CHECK_INTERVAL = 3.0
 
 
 def take_instance_lock(paths: StatePaths) -> IO[str]:
@@ -77,7 +81,7 @@ def _socket_group() -> int | None:
 class Daemon:
     """The assembled daemon: store, runtime, services and the API server."""
 
-    def __init__(self, paths: StatePaths) -> None:
+    def __init__(self, paths: StatePaths, *, default_network: bool = False) -> None:
         self.paths = paths
         self.store = Store(paths.database)
         self.bus = EventBus(self.store)
@@ -88,8 +92,16 @@ class Daemon:
         self.domains = DomainService(self.store, self.lifecycle, self.bus,
                                      storage=self.storage)
         self.host = HostService(paths.cache)
-        self.services = Services(self.domains, self.host, self.storage)
+        self.networks = NetworkService(self.store, self.bus, paths.networks)
+        self.lifecycle.set_tap_provider(TapMaker(self._network_lookup))
+        self.domains.networks = self.networks
+        self.services = Services(self.domains, self.host, self.storage, self.networks)
+        self.default_network = default_network
+
+    def _network_lookup(self, name: str) -> tuple[Network, bool]:
+        return self.networks.spec_of(name), self.networks.is_active(name)
         self._runner: web.AppRunner | None = None
+        self._supervisor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         names = {row.uuid: row.name for row in self.store.list_domains()}
@@ -105,14 +117,31 @@ class Daemon:
             os.chown(self.paths.socket, 0, gid)
         await web.SockSite(self._runner, sock).start()
         log.info("virtkitd %s serving %s", __version__, self.paths.socket)
+        if self.default_network:
+            await asyncio.to_thread(self.networks.ensure_default)
+        for note in await asyncio.to_thread(self.networks.reconcile):
+            log.info("networks: %s", note)
         pools = await asyncio.to_thread(self.storage.autostart_pools)
         if pools:
             log.info("pools started: %s", ", ".join(pools))
         started = await self.domains.autostart_all()
         if started:
             log.info("autostarted: %s", ", ".join(started))
+        self._supervisor = asyncio.create_task(self._supervise_networks())
+
+    async def _supervise_networks(self) -> None:
+        """Every few seconds: repair active networks (a dead dnsmasq, lost rules)."""
+        while True:
+            await asyncio.sleep(NETWORK_CHECK_INTERVAL)
+            try:
+                for note in await asyncio.to_thread(self.networks.repair_active):
+                    log.warning("networks: %s", note)
+            except Exception:
+                log.exception("network supervision failed")
 
     async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
         self.paths.socket.unlink(missing_ok=True)
@@ -120,8 +149,9 @@ class Daemon:
         self.store.close()
 
 
-async def serve(paths: StatePaths, ready_fd: int | None = None) -> None:
-    daemon = Daemon(paths)
+async def serve(paths: StatePaths, ready_fd: int | None = None, *,
+                default_network: bool = False) -> None:
+    daemon = Daemon(paths, default_network=default_network)
     await daemon.start()
     if ready_fd is not None:
         os.write(ready_fd, b"ready\n")
@@ -141,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
                         "/var/lib/virtkit for root, ~/.local/share/virtkit otherwise)")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--default-network", action="store_true",
+                        help="define (and autostart) the 'default' NAT network if it is "
+                        "missing, as libvirt's packages do at install time")
     parser.add_argument("--version", action="version", version=f"virtkitd {__version__}")
     args = parser.parse_args(argv)
     paths = state_paths(args.root.absolute() if args.root else None)
@@ -148,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     lock = take_instance_lock(paths)
     setup_logging(paths, args.log_level)
     try:
-        asyncio.run(serve(paths, args.ready_fd))
+        asyncio.run(serve(paths, args.ready_fd, default_network=args.default_network))
     except VirtkitError as exc:
         raise SystemExit(f"virtkitd: {exc}") from None
     finally:

@@ -12,6 +12,7 @@ from typing import Any
 
 from virtkit import __version__
 from virtkit.model.domain import Domain
+from virtkit.model.network import Network
 from virtkit.model.pool import Pool
 
 _REF = {"name": "ref", "in": "path", "required": True, "schema": {"type": "string"},
@@ -55,6 +56,26 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("get", "/v1/domains/{ref}/console/log", "The serial console log (?port=N&tail=BYTES)", None),
     ("get", "/v1/domains/{ref}/console", "WebSocket: the serial console (binary frames)", None),
     ("get", "/v1/events", "WebSocket: the event stream (?since=ID replays the journal)", None),
+    ("get", "/v1/domains/{ref}/interfaces",
+     "NICs: type, source, model, MAC, tap, link and DHCP-leased addresses", None),
+    ("post", "/v1/domains/{ref}/interfaces/{nic}/link", "Set a NIC's link up or down (by "
+     "MAC or tap name)", {"type": "object", "properties": {"state": {"enum": ["up", "down"]}}}),
+    ("get", "/v1/networks", "List virtual networks (?all=0 for active only)", None),
+    ("post", "/v1/networks", "Define a network", {"$ref": "#/components/schemas/Network"}),
+    ("get", "/v1/networks/{net}", "Network details and health (bridge, dnsmasq, rules)", None),
+    ("delete", "/v1/networks/{net}", "Undefine an inactive network", None),
+    ("post", "/v1/networks/{net}/start", "Start: bridge, dnsmasq, nftables rules", None),
+    ("post", "/v1/networks/{net}/destroy", "Stop a network", None),
+    ("put", "/v1/networks/{net}/autostart", "Enable or disable autostart",
+     {"type": "object", "properties": {"enabled": {"type": "boolean"}}}),
+    ("get", "/v1/networks/{net}/leases", "DHCP leases", None),
+    ("post", "/v1/networks/{net}/update", "Add or delete a DHCP reservation or DNS host, live",
+     {"type": "object", "required": ["action", "section", "entry"], "properties": {
+         "action": {"enum": ["add", "delete"]}, "section": {"enum": ["dhcp-host", "dns-host"]},
+         "entry": {"type": "object"}}}),
+    ("post", "/v1/networks/{net}/forwards", "Add or remove a port forward, live",
+     {"type": "object", "required": ["action", "forward"], "properties": {
+         "action": {"enum": ["add", "remove"]}, "forward": {"type": "object"}}}),
     ("get", "/v1/pools", "List storage pools with capacity (?all=0 for active only)", None),
     ("post", "/v1/pools", "Define a pool", {"$ref": "#/components/schemas/Pool"}),
     ("get", "/v1/pools/{pool}", "Pool details: state, capacity, allocation, available", None),
@@ -108,7 +129,7 @@ def _operation(method: str, path: str, summary: str, body: dict[str, Any] | None
         },
     }
     parameters = [_REF] if "{ref}" in path else []
-    for name in ("pool", "volume"):
+    for name in ("pool", "volume", "net", "nic"):
         if "{" + name + "}" in path:
             parameters.append({"name": name, "in": "path", "required": True,
                                "schema": {"type": "string"}})
@@ -136,6 +157,7 @@ def openapi_document() -> dict[str, Any]:
             **definitions,
             "Domain": domain_schema,
             "Pool": Pool.model_json_schema(),
+            "Network": Network.model_json_schema(),
             "SpecBody": {"type": "object", "properties": {
                 "spec": {"$ref": "#/components/schemas/Domain"}, "yaml": {"type": "string"}}},
             "ShutdownBody": {"type": "object", "properties": {

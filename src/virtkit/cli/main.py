@@ -90,7 +90,7 @@ def cmd_completion(_client: Client | None, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from virtkit.cli import domains, storage
+    from virtkit.cli import domains, networks, storage
 
     parser = argparse.ArgumentParser(
         prog="virtkit", description="Manage virtual machines (virsh-compatible commands).")
@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     domains.register(sub)
     storage.register(sub)
+    networks.register(sub)
     host = sub.add_parser("host", help="host commands: check")
     host_sub = host.add_subparsers(dest="host_command", metavar="HOSTCOMMAND")
     host_sub.required = True

@@ -337,12 +337,38 @@ class Rng(Spec):
 
 
 class Nic(Spec):
-    """A network card.  Until virtual networks exist only restricted user mode is allowed."""
+    """A network card on a virtual network, a host bridge, or restricted user mode.
 
-    type: Literal["user"] = "user"
+    ``type`` follows from the other fields when left out: ``network: default``
+    means a NIC on that virtual network, ``bridge: br0`` one on a host bridge,
+    neither a restricted user-mode NIC (which reaches no network at all).
+    """
+
+    type: Literal["user", "network", "bridge"] = "user"
+    network: str | None = None
+    bridge: str | None = None
     restrict: bool = True
     model: Literal["virtio", "e1000", "rtl8139"] = "virtio"
     mac: str | None = None
+    link: Literal["up", "down"] = "up"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_type(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "type" not in data:
+            if data.get("network"):
+                return {**data, "type": "network"}
+            if data.get("bridge"):
+                return {**data, "type": "bridge"}
+        return data
+
+    @field_validator("bridge")
+    @classmethod
+    def _bridge(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]{1,15}", value):
+            raise ValueError(f"bridge name {value!r} is not a Linux interface name "
+                             "(1-15 characters of letters, digits, '_', '.', '-')")
+        return value
 
     @field_validator("mac")
     @classmethod
@@ -357,11 +383,18 @@ class Nic(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> Nic:
-        if not self.restrict:
-            raise ValueError(
-                "an unrestricted user-mode NIC would let the guest reach any network; "
-                "use restrict: true (virtual networks come with the network backends)"
-            )
+        if self.type == "network" and not self.network:
+            raise ValueError("a network NIC needs network: NAME (see 'virtkit net-list')")
+        if self.type == "bridge" and not self.bridge:
+            raise ValueError("a bridge NIC needs bridge: NAME (a host bridge such as br0)")
+        if self.type == "user":
+            if self.network or self.bridge:
+                raise ValueError("a user-mode NIC takes no network or bridge")
+            if not self.restrict:
+                raise ValueError(
+                    "an unrestricted user-mode NIC would let the guest reach any network; "
+                    "use restrict: true, or put the NIC on a virtual network (network: default)"
+                )
         return self
 
 

@@ -22,6 +22,7 @@ class HostCaps:
     ovmf_code: str | None = None
     ovmf_vars: str | None = None
     sandbox: bool = True
+    vhost_net: bool = False
 
     def machine_type(self, alias: str) -> str:
         """The concrete, versioned machine type for ``q35``/``pc`` (stable across upgrades)."""
@@ -35,6 +36,8 @@ class LaunchFiles:
     ``fds`` maps a role (``qmp``, ``serial0``, ``agent``) to a listening socket
     descriptor that the daemon bound before spawning QEMU; passing descriptors
     removes the start-up race on socket paths and the 108-byte path limit.
+    ``tapN`` is the tap device the daemon opened for NIC N (network and bridge
+    NICs): QEMU gets the open device, never the right to create one.
     """
 
     run_dir: str

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from virtkit.errors import Conflict, InvalidSpec, NotFound, StateError
+from virtkit.model.network import Network, NetworkMode, pick_bridge_name
 from virtkit.network import dnsmasq, nftables
 from virtkit.network.links import DEFAULT_SUBNET, Links, Tap, owner_tag
-from virtkit.network.model import Network, NetworkMode, pick_bridge_name
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from virtkit.errors import HostError, InvalidSpec, StateError, TimeoutExpired
+from virtkit.model.network import Network, NetworkMode
 from virtkit.network import netns as ns
-from virtkit.network.model import Network, NetworkMode
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0

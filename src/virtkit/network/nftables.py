@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from virtkit.errors import HostError, InvalidSpec
+from virtkit.model.network import Network, NetworkMode, PortForward
 from virtkit.network import netns as ns
-from virtkit.network.model import Network, NetworkMode, PortForward
 
 FAMILY = "inet"
 TABLE = "virtkit"

@@ -28,6 +28,7 @@ from virtkit.model.domain import (
     Firmware,
     LifecycleAction,
     Machine,
+    Nic,
 )
 from virtkit.model.host import HostCaps, LaunchFiles
 
@@ -81,7 +82,7 @@ def build_argv(domain: Domain, caps: HostCaps, files: LaunchFiles, binary: str) 
     argv += _boot(domain)
     argv += _firmware_blockdevs(domain, caps, files)
     argv += list(_disks(domain))
-    argv += _nics(domain)
+    argv += _nics(domain, caps, files)
     argv += _serials(domain, files)
     argv += _agent(domain, files)
     argv += _display(domain)
@@ -291,12 +292,20 @@ def _disks(domain: Domain) -> Iterator[str]:
         yield from ("-device", _json(device))
 
 
-def _nics(domain: Domain) -> list[str]:
+def netdev_option(index: int, nic: Nic, caps: HostCaps, files: LaunchFiles) -> str:
+    """The ``-netdev`` value: a tap the daemon opened (by fd), or restricted user mode."""
+    if nic.type == "user":
+        return f"user,id=net{index},restrict={'on' if nic.restrict else 'off'}"
+    vhost = "on" if caps.vhost_net else "off"
+    return f"tap,id=net{index},fd={files.fds[f'tap{index}']},vhost={vhost}"
+
+
+def _nics(domain: Domain, caps: HostCaps, files: LaunchFiles) -> list[str]:
     argv: list[str] = []
     pci = domain.machine is not Machine.MICROVM
     first_boot = nic_bootindex(domain)
     for index, nic in enumerate(domain.nics):
-        argv += ["-netdev", f"user,id=net{index},restrict={'on' if nic.restrict else 'off'}"]
+        argv += ["-netdev", netdev_option(index, nic, caps, files)]
         driver = {"virtio": "virtio-net-pci" if pci else "virtio-net-device",
                   "e1000": "e1000", "rtl8139": "rtl8139"}[nic.model]
         device: dict[str, Any] = {"driver": driver, "netdev": f"net{index}", "id": f"nic{index}"}

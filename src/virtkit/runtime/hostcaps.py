@@ -7,6 +7,7 @@ so that the launcher needs one call and the argv builder stays pure.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from virtkit.host.accel import decide_accelerator
@@ -37,5 +38,6 @@ class HostCapsProvider:
             ovmf_vars=str(firmware.vars_template) if firmware and firmware.vars_template
             else None,
             sandbox=info.sandbox,
+            vhost_net=os.path.exists("/dev/vhost-net"),
         )
         return caps, str(info.path)

@@ -15,10 +15,10 @@ import contextlib
 import logging
 import shutil
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from virtkit.errors import QemuError, VirtkitError
 from virtkit.model.domain import Domain, Firmware
@@ -34,6 +34,19 @@ log = logging.getLogger(__name__)
 #: Callable giving the host capabilities and QEMU binary a domain should start with.
 CapsProvider = Callable[[Domain], tuple[HostCaps, str]]
 
+
+class OpenTap(Protocol):
+    """A tap device the daemon opened for a NIC (see runtime/nics.py)."""
+
+    name: str
+    fd: int
+
+    def close(self) -> None: ...
+
+
+#: Callable opening the taps of a domain's network/bridge NICs: {nic index: tap}.
+TapProvider = Callable[[Domain], Mapping[int, OpenTap]]
+
 QMP_HANDSHAKE_TIMEOUT = 15.0
 
 
@@ -46,6 +59,7 @@ class Running:
     run_dir: Path
     accel: str
     vnc: dict[str, Any] = field(default_factory=dict)
+    taps: dict[int, str] = field(default_factory=dict)
 
 
 def socket_roles(domain: Domain) -> list[str]:
@@ -82,7 +96,8 @@ def prepare_nvram(domain: Domain, caps: HostCaps, paths: StatePaths) -> str | No
 async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
                  incoming_fd: int | None = None,
                  on_event: Callable[[dict[str, Any]], None] | None = None,
-                 on_spawn: Callable[[QemuProcess], None] | None = None) -> Running:
+                 on_spawn: Callable[[QemuProcess], None] | None = None,
+                 taps_for: TapProvider | None = None) -> Running:
     """Spawn QEMU paused for ``domain`` and return it with a connected monitor.
 
     ``on_spawn`` is called right after the process exists, before anything can
@@ -97,12 +112,16 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
     log_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
     qemu_log = log_dir / "qemu.log"
     listeners: dict[str, socket.socket] = {}
+    taps: Mapping[int, OpenTap] = {}
     process: QemuProcess | None = None
     try:
         for role in socket_roles(domain):
             listeners[role] = bind_unix(run_dir / f"{role}.sock")
         nvram = prepare_nvram(domain, caps, paths)
         fds = {role: sock.fileno() for role, sock in listeners.items()}
+        if taps_for is not None and any(nic.type != "user" for nic in domain.nics):
+            taps = await asyncio.to_thread(taps_for, domain)
+            fds.update({f"tap{index}": tap.fd for index, tap in taps.items()})
         pass_fds = list(fds.values())
         incoming = None
         if incoming_fd is not None:
@@ -115,7 +134,8 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
         if on_spawn is not None:
             on_spawn(process)
         monitor = await _handshake(domain, process, run_dir, qemu_log, on_event)
-        running = Running(process, monitor, run_dir, caps.accel)
+        running = Running(process, monitor, run_dir, caps.accel,
+                          taps={index: tap.name for index, tap in taps.items()})
         await _setup(domain, running)
         return running
     except BaseException as exc:
@@ -129,6 +149,8 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
     finally:
         for sock in listeners.values():
             sock.close()
+        for tap in taps.values():
+            tap.close()  # QEMU holds its own copy; on failure this removes the tap
 
 
 async def _handshake(domain: Domain, process: QemuProcess, run_dir: Path, qemu_log: Path,
@@ -176,3 +198,6 @@ async def _setup(domain: Domain, running: Running) -> None:
             )
         info = await running.monitor.execute("query-vnc")
         running.vnc = {"host": info.get("host"), "port": int(info.get("service", 0) or 0)}
+    for index, nic in enumerate(domain.nics):
+        if nic.link == "down":
+            await running.monitor.execute("set_link", {"name": f"nic{index}", "up": False})

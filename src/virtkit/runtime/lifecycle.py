@@ -32,7 +32,7 @@ from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
 from virtkit.runtime import savefile
 from virtkit.runtime.events import EventBus
-from virtkit.runtime.launcher import CapsProvider, Running, launch
+from virtkit.runtime.launcher import CapsProvider, Running, TapProvider, launch
 from virtkit.store.db import Store
 from virtkit.unixsock import connect_unix
 
@@ -58,13 +58,16 @@ class Vm:
     reboot_pending: bool = False
     shutdown_timer: asyncio.Task[None] | None = None
     started: float | None = None
+    links: dict[int, str] = field(default_factory=dict)
 
 
 class Lifecycle:
     """Start, stop and supervise the QEMU processes of all domains."""
 
     def __init__(self, store: Store, bus: EventBus, paths: StatePaths,
-                 caps_for: CapsProvider, spec_for: Callable[[str], Domain]) -> None:
+                 caps_for: CapsProvider, spec_for: Callable[[str], Domain],
+                 taps_for: TapProvider | None = None) -> None:
+        self._taps_for = taps_for
         self._store = store
         self._bus = bus
         self._paths = paths
@@ -73,6 +76,10 @@ class Lifecycle:
         self._spec_for = spec_for
         self._vms: dict[str, Vm] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    def set_tap_provider(self, taps_for: TapProvider) -> None:
+        """Open NIC taps with ``taps_for`` at every start (set once the networks exist)."""
+        self._taps_for = taps_for
 
     # -- bookkeeping ------------------------------------------------------
 
@@ -102,7 +109,8 @@ class Lifecycle:
         check_transition(vm.state, state, vm.name)
         vm.state, vm.reason = state, reason
         running = vm.running
-        extra: dict[str, Any] = {"accel": running.accel, "vnc": running.vnc} if running else {}
+        extra: dict[str, Any] = ({"accel": running.accel, "vnc": running.vnc,
+                                  "taps": running.taps} if running else {})
         self._store.set_runtime(
             vm.uuid, state=state.value, reason=reason,
             pid=running.process.pid if running else None,
@@ -144,6 +152,7 @@ class Lifecycle:
         try:
             running = await launch(domain, self._paths, self._caps_for,
                                    incoming_fd=incoming_fd, on_spawn=record_spawn,
+                                   taps_for=self._taps_for,
                                    on_event=lambda e: self._on_qmp_event(vm, e))
         except BaseException:
             self._store.set_runtime(vm.uuid, state=before.value, reason=vm.reason)
@@ -168,6 +177,7 @@ class Lifecycle:
         vm.guest_shutdown = None
         vm.reboot_pending = False
         vm.started = time.time()
+        vm.links = {}
         running.process.watch(lambda: self._on_exit(vm, running))
 
     async def _await_migration(self, running: Running, what: str,
@@ -437,7 +447,8 @@ class Lifecycle:
         except Exception as exc:
             status = "unknown"
             log.error("cannot reach the monitor of %s: %s", vm.name, exc)
-        running = Running(process, monitor, run_dir, extra.get("accel", "?"), extra.get("vnc", {}))
+        running = Running(process, monitor, run_dir, extra.get("accel", "?"), extra.get("vnc", {}),
+                          {int(k): v for k, v in extra.get("taps", {}).items()})
         self._adopt(vm, running)
         if status == "prelaunch" and reason == "starting":
             await self._kill(vm, "start interrupted by a daemon crash")

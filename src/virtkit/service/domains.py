@@ -23,6 +23,7 @@ from virtkit.qemu.argv import disk_slots
 from virtkit.runtime import preflight, savefile
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.service.networks import NetworkService
 from virtkit.service.storage import StorageService
 from virtkit.storage.qemuimg import detect_format
 from virtkit.store.db import DomainRow, Store
@@ -35,6 +36,7 @@ class DomainService:
                  host_memory_mib: int | None = None,
                  storage: StorageService | None = None) -> None:
         self._storage = storage
+        self.networks: NetworkService | None = None  # set by the daemon
         self._store = store
         self._life = lifecycle
         self._bus = bus
@@ -164,6 +166,7 @@ class DomainService:
     def _prepare(self, domain: Domain) -> Domain:
         """Host checks and defaults that need the host: files, memory, formats, MACs."""
         self._resolve_volumes(domain)
+        self._check_networks(domain)
         preflight.check_files(domain)
         preflight.duplicate_paths(domain)
         preflight.check_memory(domain, self._host_memory)
@@ -172,6 +175,61 @@ class DomainService:
                 disk.format = detect_format(disk.path)  # type: ignore[assignment]
         self._assign_macs(domain)
         return domain
+
+    def _check_networks(self, domain: Domain) -> None:
+        """Every ``network:`` a NIC names must be defined (it may be started later)."""
+        for index, nic in enumerate(domain.nics):
+            if nic.type != "network" or nic.network is None:
+                continue
+            if self.networks is None:
+                raise InvalidSpec(f"nics[{index}]: virtual networks are not available here",
+                                  field=f"nics[{index}].network")
+            try:
+                self.networks.spec_of(nic.network)
+            except NotFound:
+                raise InvalidSpec(f"nics[{index}].network: network '{nic.network}' is not "
+                                  "defined", field=f"nics[{index}].network",
+                                  fix="see 'virtkit net-list --all'") from None
+
+    def interfaces(self, ref: str) -> list[dict[str, Any]]:
+        """domiflist/domifaddr: each NIC with its source, tap, link and leased addresses."""
+        row = self._row(ref)
+        domain = load_domain(row.spec)
+        vm = self._life.vm(row.uuid, row.name)
+        taps = vm.running.taps if vm.running else {}
+        links = vm.links if vm.running else {}
+        result = []
+        for index, nic in enumerate(domain.nics):
+            addresses = []
+            if nic.type == "network" and nic.network and self.networks is not None:
+                addresses = [lease["ip"] for lease in self.networks.leases(nic.network)
+                             if lease["mac"].lower() == (nic.mac or "").lower()]
+            result.append({
+                "index": index, "type": nic.type, "model": nic.model, "mac": nic.mac,
+                "source": nic.network or nic.bridge or "user",
+                "tap": taps.get(index), "link": links.get(index, nic.link),
+                "addresses": addresses,
+            })
+        return result
+
+    async def set_link(self, ref: str, nic_ref: str, state: str) -> dict[str, Any]:
+        """domif-setlink: the NIC named by MAC, tap name or index goes up or down, live."""
+        if state not in ("up", "down"):
+            raise InvalidSpec("link state must be up or down", field="state")
+        row = self._row(ref)
+        vm = self._life.vm(row.uuid, row.name)
+        if vm.running is None:
+            raise Conflict(f"domain '{row.name}' is not running",
+                           fix="links of a stopped domain are set in its spec (nics[].link)")
+        domain = load_domain(row.spec)
+        for index, nic in enumerate(domain.nics):
+            if nic_ref in (nic.mac, vm.running.taps.get(index), str(index)):
+                await vm.running.monitor.execute("set_link", {"name": f"nic{index}",
+                                                              "up": state == "up"})
+                vm.links[index] = state
+                return {"name": row.name, "index": index, "mac": nic.mac, "link": state}
+        raise NotFound(f"domain '{row.name}' has no interface {nic_ref}",
+                       fix=f"see 'virtkit domiflist {row.name}'")
 
     def _assign_macs(self, domain: Domain) -> None:
         if not domain.nics:

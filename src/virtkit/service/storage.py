@@ -157,7 +157,7 @@ class StorageService:
     def autostart_pools(self) -> list[str]:
         """Bring up autostart pools (daemon start-up); create the default pool once."""
         if self._store.find_pool(DEFAULT_POOL) is None:
-            self._default_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+            self._default_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.define_pool({"name": DEFAULT_POOL, "type": "dir",
                               "target": str(self._default_dir), "autostart": True})
         started = []

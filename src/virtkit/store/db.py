@@ -70,6 +70,20 @@ MIGRATIONS: list[str] = [
         updated REAL NOT NULL
     );
     """,
+    # 4: virtual networks; pools get the same runtime column.
+    """
+    CREATE TABLE networks (
+        uuid TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        spec TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1,
+        state TEXT NOT NULL DEFAULT 'inactive',
+        runtime TEXT NOT NULL DEFAULT '{}',
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    );
+    ALTER TABLE pools ADD COLUMN runtime TEXT NOT NULL DEFAULT '{}';
+    """,
 ]
 
 EVENT_JOURNAL_LIMIT = 10_000
@@ -86,12 +100,18 @@ class DomainRow:
 
 
 @dataclass(frozen=True)
-class PoolRow:
+class ObjectRow:
+    """A pool or a network: its spec, version, state and small runtime facts."""
+
     uuid: str
     name: str
     spec: dict[str, Any]
     version: int
     state: str
+    runtime: dict[str, Any]
+
+
+PoolRow = ObjectRow
 
 
 @dataclass(frozen=True)
@@ -111,6 +131,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        path.chmod(0o600)  # specs name disks and may carry VNC passwords
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -259,50 +280,82 @@ class Store:
                 (uuid, state, reason, pid, pid_start, started, json.dumps(extra or {})),
             )
 
-    # -- pools -------------------------------------------------------------------
+    # -- pools and networks ------------------------------------------------------
+    #
+    # Both are named objects with a spec, a version and a state; ``kind`` picks
+    # the table ("pool" -> pools, "network" -> networks) and the words of errors.
+
+    _TABLES = {"pool": ("pools", "pool-list --all"), "network": ("networks", "net-list --all")}
 
     @staticmethod
-    def _pool(row: sqlite3.Row) -> PoolRow:
-        return PoolRow(row["uuid"], row["name"], json.loads(row["spec"]), row["version"],
-                       row["state"])
+    def _object(row: sqlite3.Row) -> ObjectRow:
+        return ObjectRow(row["uuid"], row["name"], json.loads(row["spec"]), row["version"],
+                         row["state"], json.loads(row["runtime"]))
 
-    def list_pools(self) -> list[PoolRow]:
-        return [self._pool(r) for r in self._db.execute("SELECT * FROM pools ORDER BY name")]
+    def list_objects(self, kind: str) -> list[ObjectRow]:
+        table = self._TABLES[kind][0]
+        return [self._object(r) for r in self._db.execute(f"SELECT * FROM {table} ORDER BY name")]
 
-    def find_pool(self, ref: str) -> PoolRow | None:
-        row = self._lookup("pools", ref)
-        return self._pool(row) if row else None
+    def find_object(self, kind: str, ref: str) -> ObjectRow | None:
+        row = self._lookup(self._TABLES[kind][0], ref)
+        return self._object(row) if row else None
 
-    def get_pool(self, ref: str) -> PoolRow:
-        row = self.find_pool(ref)
+    def get_object(self, kind: str, ref: str) -> ObjectRow:
+        row = self.find_object(kind, ref)
         if row is None:
-            raise NotFound(f"pool '{ref}' not found", fix="see 'virtkit pool-list --all'")
+            raise NotFound(f"{kind} '{ref}' not found",
+                           fix=f"see 'virtkit {self._TABLES[kind][1]}'")
         return row
 
-    def insert_pool(self, uuid: str, name: str, spec: dict[str, Any]) -> PoolRow:
+    def insert_object(self, kind: str, uuid: str, name: str, spec: dict[str, Any]) -> ObjectRow:
+        table = self._TABLES[kind][0]
         now = time.time()
         try:
             with self.transaction() as db:
-                db.execute("INSERT INTO pools (uuid, name, spec, created, updated) "
+                db.execute(f"INSERT INTO {table} (uuid, name, spec, created, updated) "
                            "VALUES (?, ?, ?, ?, ?)", (uuid, name, json.dumps(spec), now, now))
         except sqlite3.IntegrityError:
-            raise Conflict(f"pool '{name}' already exists",
-                           fix="choose another name, or pool-undefine the existing one") from None
-        return self.get_pool(uuid)
+            raise Conflict(f"{kind} '{name}' already exists",
+                           fix="choose another name, or undefine the existing one") from None
+        return self.get_object(kind, uuid)
 
-    def update_pool(self, uuid: str, *, spec: dict[str, Any] | None = None,
-                    state: str | None = None) -> PoolRow:
+    def update_object(self, kind: str, uuid: str, *, spec: dict[str, Any] | None = None,
+                      state: str | None = None, runtime: dict[str, Any] | None = None
+                      ) -> ObjectRow:
+        table = self._TABLES[kind][0]
         with self.transaction() as db:
             if spec is not None:
-                db.execute("UPDATE pools SET spec = ?, version = version + 1, updated = ? "
+                db.execute(f"UPDATE {table} SET spec = ?, version = version + 1, updated = ? "
                            "WHERE uuid = ?", (json.dumps(spec), time.time(), uuid))
             if state is not None:
-                db.execute("UPDATE pools SET state = ? WHERE uuid = ?", (state, uuid))
-        return self.get_pool(uuid)
+                db.execute(f"UPDATE {table} SET state = ? WHERE uuid = ?", (state, uuid))
+            if runtime is not None:
+                db.execute(f"UPDATE {table} SET runtime = ? WHERE uuid = ?",
+                           (json.dumps(runtime), uuid))
+        return self.get_object(kind, uuid)
+
+    def delete_object(self, kind: str, uuid: str) -> None:
+        with self.transaction() as db:
+            db.execute(f"DELETE FROM {self._TABLES[kind][0]} WHERE uuid = ?", (uuid,))
+
+    def list_pools(self) -> list[ObjectRow]:
+        return self.list_objects("pool")
+
+    def find_pool(self, ref: str) -> ObjectRow | None:
+        return self.find_object("pool", ref)
+
+    def get_pool(self, ref: str) -> ObjectRow:
+        return self.get_object("pool", ref)
+
+    def insert_pool(self, uuid: str, name: str, spec: dict[str, Any]) -> ObjectRow:
+        return self.insert_object("pool", uuid, name, spec)
+
+    def update_pool(self, uuid: str, *, spec: dict[str, Any] | None = None,
+                    state: str | None = None) -> ObjectRow:
+        return self.update_object("pool", uuid, spec=spec, state=state)
 
     def delete_pool(self, uuid: str) -> None:
-        with self.transaction() as db:
-            db.execute("DELETE FROM pools WHERE uuid = ?", (uuid,))
+        self.delete_object("pool", uuid)
 
     # -- event journal -------------------------------------------------------
 

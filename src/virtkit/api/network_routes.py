@@ -1,0 +1,92 @@
+"""REST routes for virtual networks (virsh's net-*).
+
+Network operations do blocking netlink and process work, so every handler runs
+its service call in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from virtkit.api.common import json_body, json_response
+from virtkit.errors import InvalidSpec
+from virtkit.service.networks import NetworkService
+
+routes = web.RouteTableDef()
+NETWORKS = web.AppKey("networks", NetworkService)
+
+
+def _service(request: web.Request) -> NetworkService:
+    return request.app[NETWORKS]
+
+
+async def _call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> web.Response:
+    return json_response(await asyncio.to_thread(function, *args, **kwargs))
+
+
+@routes.get("/v1/networks")
+async def list_networks(request: web.Request) -> web.Response:
+    inactive = request.query.get("all", "1") not in ("0", "false")
+    return await _call(_service(request).list_networks, include_inactive=inactive)
+
+
+@routes.post("/v1/networks")
+async def define_network(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    spec = body.get("yaml") if isinstance(body.get("yaml"), str) else body.get("spec", body)
+    return await _call(_service(request).define, spec)
+
+
+@routes.get("/v1/networks/{net}")
+async def network_info(request: web.Request) -> web.Response:
+    return await _call(_service(request).info, request.match_info["net"])
+
+
+@routes.delete("/v1/networks/{net}")
+async def undefine_network(request: web.Request) -> web.Response:
+    return await _call(_service(request).undefine, request.match_info["net"])
+
+
+@routes.post("/v1/networks/{net}/{action:start|destroy}")
+async def network_action(request: web.Request) -> web.Response:
+    service = _service(request)
+    operation = service.start if request.match_info["action"] == "start" else service.destroy
+    return await _call(operation, request.match_info["net"])
+
+
+@routes.put("/v1/networks/{net}/autostart")
+async def network_autostart(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    return await _call(_service(request).set_autostart, request.match_info["net"],
+                       bool(body.get("enabled", True)))
+
+
+@routes.get("/v1/networks/{net}/leases")
+async def network_leases(request: web.Request) -> web.Response:
+    return await _call(_service(request).leases, request.match_info["net"])
+
+
+@routes.post("/v1/networks/{net}/update")
+async def network_update(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    entry = body.get("entry")
+    if not isinstance(entry, dict):
+        raise InvalidSpec("entry must be an object (e.g. {\"mac\": ..., \"ip\": ...})",
+                          field="entry")
+    return await _call(_service(request).update, request.match_info["net"],
+                       str(body.get("action", "")), str(body.get("section", "")), entry)
+
+
+@routes.post("/v1/networks/{net}/forwards")
+async def network_forwards(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    entry = body.get("forward")
+    if not isinstance(entry, dict):
+        raise InvalidSpec("forward must be an object (host_port, guest_ip, guest_port ...)",
+                          field="forward")
+    return await _call(_service(request).port_forward, request.match_info["net"],
+                       str(body.get("action", "")), entry)

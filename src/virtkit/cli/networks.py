@@ -1,0 +1,217 @@
+"""virsh's net-* commands, plus domiflist, domifaddr and domif-setlink."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+from urllib.parse import quote
+
+from virtkit.cli import render
+from virtkit.cli.client import Client
+from virtkit.cli.domains import _read_spec_file
+
+
+def _net(name: str, suffix: str = "") -> str:
+    return f"/v1/networks/{quote(name, safe='')}{suffix}"
+
+
+def cmd_net_define(client: Client, args: argparse.Namespace) -> int:
+    result = client.post("/v1/networks", {"yaml": _read_spec_file(args.file)})
+    print(f"Network {result['name']} defined from {args.file}")
+    return 0
+
+
+def cmd_net_define_as(client: Client, args: argparse.Namespace) -> int:
+    spec: dict[str, Any] = {"name": args.name, "mode": args.mode}
+    for key in ("subnet", "bridge", "gateway", "domain"):
+        if getattr(args, key):
+            spec[key] = getattr(args, key)
+    if args.no_dhcp:
+        spec["dhcp"] = None
+    elif args.dhcp_start or args.dhcp_end:
+        spec["dhcp"] = {"start": args.dhcp_start, "end": args.dhcp_end}
+    spec["autostart"] = args.autostart
+    result = client.post("/v1/networks", {"spec": spec})
+    print(f"Network {result['name']} defined ({result['mode']}, bridge {result['bridge']}, "
+          f"subnet {result['subnet'] or '-'})")
+    return 0
+
+
+def cmd_net_simple(client: Client, args: argparse.Namespace) -> int:
+    action = args.command.removeprefix("net-")
+    result = client.post(_net(args.network, f"/{action}"))
+    print(f"Network {result['name']} {'started' if action == 'start' else 'destroyed'}")
+    return 0
+
+
+def cmd_net_undefine(client: Client, args: argparse.Namespace) -> int:
+    result = client.request("DELETE", _net(args.network))
+    print(f"Network {result['name']} has been undefined")
+    return 0
+
+
+def cmd_net_autostart(client: Client, args: argparse.Namespace) -> int:
+    result = client.request("PUT", _net(args.network, "/autostart"),
+                            {"enabled": not args.disable})
+    state = "marked as autostarted" if result["autostart"] else "unmarked as autostarted"
+    print(f"Network {result['name']} {state}")
+    return 0
+
+
+def cmd_net_list(client: Client, args: argparse.Namespace) -> int:
+    nets = client.get("/v1/networks?all=" + ("1" if args.all else "0"))
+    if args.json:
+        render.as_json(nets)
+        return 0
+    render.table(["Name", "State", "Autostart", "Mode", "Bridge", "Subnet"],
+                 [[n["name"], n["state"], "yes" if n["autostart"] else "no", n["mode"],
+                   n["bridge"], n["subnet"]] for n in nets])
+    return 0
+
+
+def cmd_net_info(client: Client, args: argparse.Namespace) -> int:
+    info = client.get(_net(args.network))
+    if args.json:
+        render.as_json(info)
+        return 0
+    status = info.get("status") or {}
+    problems = status.get("problems") or []
+    render.keyvalues([
+        ("Name", info["name"]), ("UUID", info["uuid"]), ("Active", info["state"] == "active"),
+        ("Autostart", "yes" if info["autostart"] else "no"), ("Mode", info["mode"]),
+        ("Bridge", info["bridge"]), ("Subnet", info["subnet"]), ("Gateway", info["gateway"]),
+        ("DHCP range", " - ".join(info["dhcp_range"]) if info.get("dhcp_range") else None),
+        ("Health", ("ok" if not problems else "; ".join(problems)) if status else None),
+    ])
+    return 0
+
+
+def cmd_net_dhcp_leases(client: Client, args: argparse.Namespace) -> int:
+    leases = client.get(_net(args.network, "/leases"))
+    if args.json:
+        render.as_json(leases)
+        return 0
+    import time
+
+    render.table(["Expiry Time", "MAC address", "IP address", "Hostname"],
+                 [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(lease["expiry"]))),
+                   lease["mac"], lease["ip"], lease["hostname"] or "-"] for lease in leases])
+    return 0
+
+
+def cmd_net_update(client: Client, args: argparse.Namespace) -> int:
+    entry: dict[str, Any]
+    if args.section == "dhcp-host":
+        entry = {"mac": args.mac, "ip": args.ip}
+        if args.hostname:
+            entry["name"] = args.hostname
+    else:
+        entry = {"ip": args.ip, "hostnames": args.hostname.split(",") if args.hostname else []}
+    client.post(_net(args.network, "/update"),
+                {"action": args.action, "section": args.section, "entry": entry})
+    print(f"Updated network {args.network} live and in its definition")
+    return 0
+
+
+def cmd_net_port_forward(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        forwards = client.get(_net(args.network))["spec"].get("forwards", [])
+        render.table(["Proto", "Host address", "Host port", "Guest IP", "Guest port"],
+                     [[f["proto"], f["host_address"], f["host_port"], f["guest_ip"],
+                       f.get("guest_port") or f["host_port"]] for f in forwards])
+        return 0
+    forward: dict[str, Any] = {"proto": args.proto, "host_address": args.host_address,
+                               "host_port": args.host_port}
+    if args.action == "add":
+        forward.update(guest_ip=args.guest_ip, guest_port=args.guest_port or args.host_port)
+    client.post(_net(args.network, "/forwards"), {"action": args.action, "forward": forward})
+    word = "added" if args.action == "add" else "removed"
+    print(f"Port forward {args.proto} {args.host_address}:{args.host_port} {word}")
+    return 0
+
+
+def cmd_domiflist(client: Client, args: argparse.Namespace) -> int:
+    nics = client.get(client.domain_path(args.domain, "/interfaces"))
+    if args.json:
+        render.as_json(nics)
+        return 0
+    render.table(["Interface", "Type", "Source", "Model", "MAC", "Link"],
+                 [[n["tap"] or "-", n["type"], n["source"], n["model"], n["mac"], n["link"]]
+                  for n in nics])
+    return 0
+
+
+def cmd_domifaddr(client: Client, args: argparse.Namespace) -> int:
+    nics = client.get(client.domain_path(args.domain, "/interfaces"))
+    if args.json:
+        render.as_json(nics)
+        return 0
+    render.table(["Name", "MAC address", "Protocol", "Address"],
+                 [[n["tap"] or "-", n["mac"], "ipv4", address]
+                  for n in nics for address in n["addresses"]])
+    return 0
+
+
+def cmd_domif_setlink(client: Client, args: argparse.Namespace) -> int:
+    client.post(client.domain_path(args.domain, f"/interfaces/{quote(args.interface)}/link"),
+                {"state": args.state})
+    print(f"Device updated successfully: link {args.state}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def add(name: str, func: Any, text: str, *positional: str,
+            json_flag: bool = False) -> argparse.ArgumentParser:
+        parser = sub.add_parser(name, help=text, description=text)
+        for argument in positional:
+            parser.add_argument(argument)
+        if json_flag:
+            parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.set_defaults(func=func)
+        return parser
+
+    add("net-define", cmd_net_define, "define a network from a YAML or JSON file", "file")
+    p = add("net-define-as", cmd_net_define_as, "define a network from options", "name")
+    p.add_argument("--mode", default="nat", choices=["nat", "isolated", "bridge"])
+    p.add_argument("--subnet", help="IPv4 CIDR; a free one from 192.168.122.0/24 on if left out")
+    p.add_argument("--bridge", help="our bridge name (vkbrN if left out), or the host bridge")
+    p.add_argument("--gateway", help="the host's address in the subnet (default: first)")
+    p.add_argument("--dhcp-start")
+    p.add_argument("--dhcp-end")
+    p.add_argument("--no-dhcp", action="store_true", help="no DHCP server")
+    p.add_argument("--domain", help="DNS domain answered locally for the guests")
+    p.add_argument("--autostart", action="store_true")
+    for name, text in (("net-start", "start a network (bridge, dnsmasq, firewall rules)"),
+                       ("net-destroy", "stop a network")):
+        add(name, cmd_net_simple, text, "network")
+    add("net-undefine", cmd_net_undefine, "remove an inactive network", "network")
+    p = add("net-autostart", cmd_net_autostart, "start a network with the daemon", "network")
+    p.add_argument("--disable", action="store_true")
+    p = add("net-list", cmd_net_list, "list networks", json_flag=True)
+    p.add_argument("--all", action="store_true", help="include inactive networks")
+    add("net-info", cmd_net_info, "show a network and its health", "network", json_flag=True)
+    add("net-dhcp-leases", cmd_net_dhcp_leases, "show DHCP leases", "network", json_flag=True)
+    p = add("net-update", cmd_net_update, "add or delete a DHCP reservation or DNS host, live",
+            "network")
+    p.add_argument("action", choices=["add", "delete"])
+    p.add_argument("section", choices=["dhcp-host", "dns-host"])
+    p.add_argument("--mac")
+    p.add_argument("--ip", required=True)
+    p.add_argument("--hostname", help="name (dhcp-host) or comma-separated names (dns-host)")
+    p = add("net-port-forward", cmd_net_port_forward,
+            "add, remove or list port forwards (host port -> guest ip:port)", "network")
+    p.add_argument("action", choices=["add", "remove", "list"])
+    p.add_argument("--proto", default="tcp", choices=["tcp", "udp"])
+    p.add_argument("--host-address", default="0.0.0.0")
+    p.add_argument("--host-port", type=int)
+    p.add_argument("--guest-ip")
+    p.add_argument("--guest-port", type=int)
+    p = add("domiflist", cmd_domiflist, "list a domain's network interfaces", json_flag=True)
+    p.add_argument("domain")
+    p = add("domifaddr", cmd_domifaddr, "show a domain's addresses (from DHCP leases)",
+            json_flag=True)
+    p.add_argument("domain")
+    p = add("domif-setlink", cmd_domif_setlink, "set a NIC's link up or down (by MAC or tap)")
+    p.add_argument("domain")
+    p.add_argument("interface")
+    p.add_argument("state", choices=["up", "down"])
