@@ -29,6 +29,15 @@ def virtkit(*args: str, check: bool = True, quiet: bool = False
     return result
 
 
+def ensure_default_network() -> None:
+    """The 'default' NAT network, as libvirt's packages set it up at install time."""
+    if virtkit("net-info", "default", check=False, quiet=True).returncode != 0:
+        virtkit("net-define-as", "default", "--mode", "nat", "--autostart")
+    info = json.loads(virtkit("net-info", "default", "--json").stdout)
+    if info["state"] != "active":
+        virtkit("net-start", "default")
+
+
 def main() -> int:
     guest = build_tiny_guest()
     spec = {
@@ -40,6 +49,7 @@ def main() -> int:
                  "cmdline": guest.cmdline},
         "graphics": {"type": "vnc", "listen": "127.0.0.1"},
     }
+    ensure_default_network()
     state = virtkit("domstate", NAME, check=False, quiet=True)
     if state.returncode != 0:
         subprocess.run(["virtkit", "define", "-"], input=yaml.safe_dump(spec), text=True,
@@ -64,6 +74,7 @@ Its guest printed {BOOT_MARKER} on the serial console.
   details:          virtkit dominfo {NAME}
   stop it:          virtkit shutdown {NAME}       (or: virtkit destroy {NAME})
   host check:       virtkit host check
+  networks:         virtkit net-list --all   (the 'default' NAT network is ready for NICs)
 """)
     return 0
 
