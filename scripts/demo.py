@@ -22,8 +22,9 @@ NAME = "demo"
 def virtkit(*args: str, check: bool = True, quiet: bool = False
             ) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(["virtkit", *args], capture_output=True, text=True, check=False)
-    if result.stderr and not quiet:
-        sys.stderr.write(result.stderr)
+    for line in result.stderr.splitlines(keepends=True):
+        if not quiet or "started virtkitd" in line:
+            sys.stderr.write(line)
     if check and result.returncode != 0:
         raise SystemExit(result.returncode)
     return result
