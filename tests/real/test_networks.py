@@ -179,3 +179,20 @@ def test_bad_network_requests(netns_daemon: DaemonHandle) -> None:
         d.client.post(d.client.domain_path("early", "/start"))
     assert "network 'two' is not active" in excinfo.value.message
     assert d.qemu_pids() == []
+
+
+def test_daemon_restart_keeps_networks_and_guest_connectivity(netns_daemon: DaemonHandle) -> None:
+    d = netns_daemon
+    d.cli("net-define-as", "keep", "--mode", "nat", "--subnet", "10.72.0.0/24")
+    d.cli("net-start", "keep")
+    ip = _boot_with_dhcp(d, "steady", "keep")
+    ping = ["ip", "netns", "exec", d.netns or "", "busybox", "ping", "-c", "1", "-W", "3", ip]
+    assert subprocess.run(ping, capture_output=True).returncode == 0
+    qemu_pid = d.info("steady")["pid"]
+    d.kill9()
+    d.restart()
+    info = json.loads(d.cli("net-info", "keep", "--json").stdout)
+    assert info["state"] == "active" and info["status"]["healthy"] is True
+    assert d.info("steady")["pid"] == qemu_pid
+    assert subprocess.run(ping, capture_output=True).returncode == 0
+    assert _ping(d, "steady", OUTSIDE_HOST) == 0
