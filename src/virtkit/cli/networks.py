@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 from urllib.parse import quote
 
-from virtkit.cli import render
+from virtkit.cli import objects, render
 from virtkit.cli.client import Client
 from virtkit.cli.domains import _read_spec_file
 
@@ -45,17 +45,11 @@ def cmd_net_simple(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_net_undefine(client: Client, args: argparse.Namespace) -> int:
-    result = client.request("DELETE", _net(args.network))
-    print(f"Network {result['name']} has been undefined")
-    return 0
+    return objects.undefine(client, _net(args.network), "Network")
 
 
 def cmd_net_autostart(client: Client, args: argparse.Namespace) -> int:
-    result = client.request("PUT", _net(args.network, "/autostart"),
-                            {"enabled": not args.disable})
-    state = "marked as autostarted" if result["autostart"] else "unmarked as autostarted"
-    print(f"Network {result['name']} {state}")
-    return 0
+    return objects.set_autostart(client, _net(args.network), "Network", disable=args.disable)
 
 
 def cmd_net_list(client: Client, args: argparse.Namespace) -> int:

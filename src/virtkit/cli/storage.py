@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from virtkit.cli import render
+from virtkit.cli import objects, render
 from virtkit.cli.client import ApiError, Client
 
 CHUNK = 1024 * 1024
@@ -100,17 +100,11 @@ def cmd_pool_simple(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_pool_undefine(client: Client, args: argparse.Namespace) -> int:
-    result = client.request("DELETE", _pool_path(args.pool))
-    print(f"Pool {result['name']} has been undefined")
-    return 0
+    return objects.undefine(client, _pool_path(args.pool), "Pool")
 
 
 def cmd_pool_autostart(client: Client, args: argparse.Namespace) -> int:
-    result = client.request("PUT", _pool_path(args.pool, "/autostart"),
-                            {"enabled": not args.disable})
-    state = "marked as autostarted" if result["autostart"] else "unmarked as autostarted"
-    print(f"Pool {result['name']} {state}")
-    return 0
+    return objects.set_autostart(client, _pool_path(args.pool), "Pool", disable=args.disable)
 
 
 def cmd_pool_list(client: Client, args: argparse.Namespace) -> int:

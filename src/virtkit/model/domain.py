@@ -424,11 +424,29 @@ def _short_device(value: Any) -> Any:
     return value
 
 
-class Domain(Spec):
-    """The full desired configuration of one virtual machine."""
+class NamedSpec(Spec):
+    """A top-level object: a name (libvirt's rules) and a UUID (generated if left out)."""
 
     name: str
     uuid: str = Field(default_factory=lambda: str(uuidlib.uuid4()))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return validate_name(value)
+
+    @field_validator("uuid")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        try:
+            return str(uuidlib.UUID(value))
+        except ValueError:
+            raise ValueError(f"uuid {value!r} is not a UUID (e.g. {uuidlib.uuid4()})") from None
+
+
+class Domain(NamedSpec):
+    """The full desired configuration of one virtual machine."""
+
     title: str | None = None
     description: str | None = None
     memory: Annotated[Memory, BeforeValidator(_short_memory)]
@@ -452,19 +470,6 @@ class Domain(Spec):
     on_reboot: LifecycleAction = LifecycleAction.RESTART
     on_crash: LifecycleAction = LifecycleAction.DESTROY
     autostart: bool = False
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return validate_name(value)
-
-    @field_validator("uuid")
-    @classmethod
-    def _uuid(cls, value: str) -> str:
-        try:
-            return str(uuidlib.UUID(value))
-        except ValueError:
-            raise ValueError(f"uuid {value!r} is not a UUID (e.g. {uuidlib.uuid4()})") from None
 
     @field_validator("on_poweroff")
     @classmethod

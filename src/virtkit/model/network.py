@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import uuid as uuidlib
 from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
-from virtkit.model.domain import Spec, SpecProblem, validate_name
+from virtkit.model.domain import NamedSpec, Spec, SpecProblem
 from virtkit.model.load import invalid_spec_from, parse_text
 
 IPv4Address = ipaddress.IPv4Address
@@ -239,11 +238,9 @@ def _host_range(subnet: IPv4Network) -> tuple[IPv4Address, IPv4Address]:
     return subnet.network_address + 1, subnet.broadcast_address - 1
 
 
-class Network(Spec):
+class Network(NamedSpec):
     """A virtual network definition (see the module docstring for the three modes)."""
 
-    name: str
-    uuid: str = Field(default_factory=lambda: str(uuidlib.uuid4()))
     mode: NetworkMode = NetworkMode.NAT
     bridge: str | None = Field(default=None, description="nat/isolated: our bridge (vkbrN "
                                "when omitted); bridge: the existing host bridge")
@@ -257,19 +254,6 @@ class Network(Spec):
     dns_hosts: list[DnsHost] = Field(default_factory=list)
     forwards: list[PortForward] = Field(default_factory=list)
     autostart: bool = False
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return validate_name(value)
-
-    @field_validator("uuid")
-    @classmethod
-    def _uuid(cls, value: str) -> str:
-        try:
-            return str(uuidlib.UUID(value))
-        except ValueError:
-            raise ValueError(f"uuid {value!r} is not a UUID (e.g. {uuidlib.uuid4()})") from None
 
     @field_validator("bridge")
     @classmethod

@@ -8,13 +8,12 @@ confined to their pool: no '/', no '..', no leading '.', no control characters.
 from __future__ import annotations
 
 import re
-import uuid as uuidlib
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from virtkit.model.domain import Spec, validate_name
+from virtkit.model.domain import NamedSpec
 
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+\-]{0,200}")
 _VG_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+\-]{0,126}")
@@ -31,21 +30,14 @@ class PoolState(StrEnum):
     ACTIVE = "active"
 
 
-class Pool(Spec):
+class Pool(NamedSpec):
     """A storage pool definition."""
 
-    name: str
-    uuid: str = Field(default_factory=lambda: str(uuidlib.uuid4()))
     type: PoolType = PoolType.DIR
     target: str = Field(description="dir/iso: the folder; logical: the volume group name")
     source_devices: list[str] = Field(default_factory=list,
                                       description="logical: block devices for pvcreate")
     autostart: bool = False
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        return validate_name(value)
 
     @model_validator(mode="after")
     def _check(self) -> Pool:
