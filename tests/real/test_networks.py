@@ -196,3 +196,21 @@ def test_daemon_restart_keeps_networks_and_guest_connectivity(netns_daemon: Daem
     assert d.info("steady")["pid"] == qemu_pid
     assert subprocess.run(ping, capture_output=True).returncode == 0
     assert _ping(d, "steady", OUTSIDE_HOST) == 0
+
+
+def test_domif_setlink_cuts_and_restores_the_link(netns_daemon: DaemonHandle) -> None:
+    d = netns_daemon
+    d.cli("net-define-as", "wire", "--mode", "isolated", "--subnet", "10.73.0.0/24")
+    d.cli("net-start", "wire")
+    ip = _boot_with_dhcp(d, "plug", "wire")
+    mac = d.info("plug")["spec"]["nics"][0]["mac"]
+    ping = ["ip", "netns", "exec", d.netns or "", "busybox", "ping", "-c", "1", "-W", "2", ip]
+    assert subprocess.run(ping, capture_output=True).returncode == 0
+    assert "link down" in d.cli("domif-setlink", "plug", mac, "down").stdout
+    assert json.loads(d.cli("domiflist", "plug", "--json").stdout)[0]["link"] == "down"
+    assert subprocess.run(ping, capture_output=True).returncode != 0
+    d.cli("domif-setlink", "plug", mac, "up")
+    wait_for(lambda: subprocess.run(ping, capture_output=True).returncode == 0, 15,
+             "the guest to answer again")
+    result = d.cli("domif-setlink", "plug", "52:54:00:00:00:99", "down", check=False)
+    assert result.returncode == 1 and "no interface" in result.stderr
