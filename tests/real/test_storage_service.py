@@ -38,6 +38,13 @@ def test_classic_kvm_vm_and_iso_pools(daemon: DaemonHandle, tmp_path: Path) -> N
                                  "--json").stdout)
     assert (info["format"], info["capacity"]) == ("qcow2", 10 * 1024**3)
     assert info["path"] == str(tmp_path / "kvm-vm" / "test01.qcow2")
+    iso = tmp_path / "debian.iso"
+    with open(iso, "wb") as out:  # 16 empty sectors, then a primary volume descriptor
+        out.write(b"\0" * 32768 + b"\x01CD001\x01\x00" + b" " * 32
+                  + b"DEBIAN 12 NETINST".ljust(32) + b"\0" * (2048 - 72) + b"\0" * 4096)
+    daemon.cli("vol-upload", "debian.iso", str(iso), "--pool", "iso")
+    media = daemon.cli("vol-list", "iso", "--details").stdout
+    assert "Label" in media and "DEBIAN 12 NETINST" in media
     table = daemon.cli("pool-list", "--all", "--details").stdout
     assert "kvm-vm" in table and "iso" in table
     listing = daemon.cli("vol-list", "kvm-vm", "--details").stdout

@@ -170,6 +170,9 @@ def cmd_vol_list(client: Client, args: argparse.Namespace) -> int:
         rows = [[*row, v["format"], _human(v["capacity"]), _human(v["allocation"]),
                  ", ".join(v["used_by"]) or "-"]
                 for row, v in zip(rows, volumes, strict=True)]
+        if any(v.get("label") for v in volumes):  # install media: show the ISO labels
+            headers.append("Label")
+            rows = [[*row, v.get("label") or "-"] for row, v in zip(rows, volumes, strict=True)]
     render.table(headers, rows)
     return 0
 
