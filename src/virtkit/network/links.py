@@ -28,13 +28,26 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING, Any
 
 from virtkit.errors import Conflict, HostError, NotFound, VirtkitError
 from virtkit.network import netns as ns
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+else:  # imported on first use: pyroute2 costs the daemon ~10 MiB of memory
+    IPRoute = NetlinkError = None
+
+
+def _load_pyroute2() -> None:
+    global IPRoute, NetlinkError
+    if IPRoute is None:
+        from pyroute2 import IPRoute as iproute
+        from pyroute2.netlink.exceptions import NetlinkError as netlink_error
+
+        IPRoute, NetlinkError = iproute, netlink_error
+
 
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
@@ -96,6 +109,7 @@ def _netlink_error(action: str, exc: NetlinkError) -> HostError:
 
 
 def _open_iproute(netns: str | None) -> IPRoute:
+    _load_pyroute2()
     try:
         asyncio.get_running_loop()
     except RuntimeError:
