@@ -256,23 +256,15 @@ def cmd_vol_import(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _file_chunks(path: Path, bar: _Bar) -> Iterator[bytes]:
-    done = 0
-    with open(path, "rb") as source:
-        while chunk := source.read(CHUNK):
-            done += len(chunk)
-            bar.update(done)
-            yield chunk
-
-
 def cmd_vol_upload(client: Client, args: argparse.Namespace) -> int:
-    from virtkit.cli.streaming import send_stream
+    from virtkit.cli.streaming import send_file
 
     path = Path(args.file)
     size = path.stat().st_size
-    with progress_bar(f"uploading {path.name}", max(size, 1)) as bar:
-        result = send_stream(client, "PUT", _vol_path(_pool_of(args), args.vol, "/upload"),
-                             _file_chunks(path, bar), size)
+    with progress_bar(f"uploading {path.name}", max(size, 1)) as bar, \
+            open(path, "rb") as source:
+        result = send_file(client, "PUT", _vol_path(_pool_of(args), args.vol, "/upload"),
+                           source, size, bar.update)
     print(f"Uploaded {_human(result['uploaded'])} to {result['pool']}/{result['name']}")
     return 0
 

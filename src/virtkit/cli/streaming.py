@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from virtkit.cli.client import Client, decode
 from virtkit.unixsock import connect_unix
+
+SLICE = 8 * 1024 * 1024
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -51,18 +53,25 @@ def open_stream(client: Client, method: str, path: str, body: dict[str, Any] | N
         connection.close()
 
 
-def send_stream(client: Client, method: str, path: str, chunks: Iterator[bytes],
-                size: int) -> Any:
-    """Send ``chunks`` (``size`` bytes in all) as the body; decode the JSON answer."""
+def send_file(client: Client, method: str, path: str, source: BinaryIO, size: int,
+              progress: Callable[[int], None]) -> Any:
+    """Send ``size`` bytes of ``source`` as the body (sendfile: no copy through Python).
+
+    ``progress(bytes sent)`` is called after every slice; the daemon's JSON answer is
+    decoded (an early refusal included: its answer says why).
+    """
     connection = _UnixConnection(client.paths.socket, client.timeout)
     try:
         connection.putrequest(method, path)
         connection.putheader("Content-Length", str(size))
         connection.putheader("Content-Type", "application/octet-stream")
         connection.endheaders()
+        assert connection.sock is not None
+        sent = 0
         try:
-            for chunk in chunks:
-                connection.send(chunk)
+            while sent < size:
+                sent += connection.sock.sendfile(source, sent, min(SLICE, size - sent))
+                progress(sent)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the daemon refused the upload early: its answer says why
         return _finish(connection.getresponse())
