@@ -14,7 +14,7 @@ REPO=$(pwd)
 VENV="$REPO/.venv"
 PYTHON=${PYTHON:-python3}
 
-RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils ovmf lvm2 dnsmasq-base nftables iproute2 busybox-static cpio kmod python3 python3-venv)
+RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils ovmf lvm2 dnsmasq-base nftables iproute2 busybox-static cpio kmod osinfo-db python3 python3-venv)
 
 need_root() {
     if [ "$(id -u)" -ne 0 ]; then

@@ -18,12 +18,13 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from virtkit import __version__
-from virtkit.api import network_routes, storage_routes
+from virtkit.api import install_routes, network_routes, storage_routes
 from virtkit.api.common import json_body, json_response
 from virtkit.api.openapi import openapi_document
 from virtkit.errors import Conflict, InvalidSpec, VirtkitError
 from virtkit.service.domains import DomainService
 from virtkit.service.host import HostService
+from virtkit.service.install import InstallService
 from virtkit.service.networks import NetworkService
 from virtkit.service.storage import StorageService
 from virtkit.unixsock import connect_unix
@@ -41,6 +42,7 @@ class Services:
     host: HostService
     storage: StorageService
     networks: NetworkService
+    install: InstallService | None = None
     consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
 
 
@@ -319,4 +321,7 @@ def create_app(services: Services) -> web.Application:
     app.add_routes(routes)
     app.add_routes(storage_routes.routes)
     app.add_routes(network_routes.routes)
+    if services.install is not None:
+        app[install_routes.INSTALL] = services.install
+        app.add_routes(install_routes.routes)
     return app

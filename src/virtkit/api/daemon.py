@@ -34,6 +34,7 @@ from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.runtime.nics import TapMaker
 from virtkit.service.domains import DomainService
 from virtkit.service.host import HostService
+from virtkit.service.install import InstallService
 from virtkit.service.networks import NetworkService
 from virtkit.service.storage import StorageService
 from virtkit.store.db import Store
@@ -95,7 +96,9 @@ class Daemon:
         self.networks = NetworkService(self.store, self.bus, paths.networks)
         self.lifecycle.set_tap_provider(TapMaker(self._network_lookup))
         self.domains.networks = self.networks
-        self.services = Services(self.domains, self.host, self.storage, self.networks)
+        self.install = InstallService(self.domains, self.storage, paths.cache / "install")
+        self.services = Services(self.domains, self.host, self.storage, self.networks,
+                                 self.install)
         self.default_network = default_network
 
     def _network_lookup(self, name: str) -> tuple[Network, bool]:

@@ -82,6 +82,71 @@ def cmd_event(client: Client, args: argparse.Namespace) -> int:
         ws.close()
 
 
+def cmd_osinfo(client: Client, args: argparse.Namespace) -> int:
+    """``osinfo-query os``: the OS variants --os-variant accepts."""
+    from urllib.parse import quote
+
+    rows = client.get("/v1/osinfo?filter=" + quote(args.filter or ""))
+    if args.json:
+        render.as_json(rows)
+    else:
+        render.table(["Short ID", "Name", "Version", "ID"],
+                     [[row["short_id"], row["name"], row["version"], row["id"]]
+                      for row in rows])
+    return 0
+
+
+def _register_install(sub: Any) -> None:
+    """``install`` is run before argparse (virt-install's syntax); this entry gives it
+    its place in --help and its options to bash completion."""
+    from virtkit.cli.install import completion_words
+
+    install = sub.add_parser("install", help="create a VM and install its OS "
+                             "(virt-install's options)", add_help=False)
+    for word in completion_words():
+        install.add_argument(word, nargs="?", help=argparse.SUPPRESS)
+    osinfo = sub.add_parser("osinfo", help="OS variants for --os-variant (osinfo-query os)")
+    osinfo_sub = osinfo.add_subparsers(dest="osinfo_command", metavar="OSINFOCOMMAND")
+    osinfo_sub.required = True
+    listing = osinfo_sub.add_parser("list", help="list the OS variants")
+    listing.add_argument("--filter", help="only names containing this text")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_osinfo)
+
+
+def _split_install(argv: list[str]) -> tuple[Path | None, list[str]] | None:
+    """``[--root DIR] install WORDS...`` -> (root, words); None for other commands."""
+    root: Path | None = None
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word == "--root" and index + 1 < len(argv):
+            root, index = Path(argv[index + 1]), index + 2
+        elif word.startswith("--root="):
+            root, index = Path(word.split("=", 1)[1]), index + 1
+        else:
+            break
+    if index < len(argv) and argv[index] == "install":
+        return root, argv[index + 1:]
+    return None
+
+
+def run_install_command(root: Path | None, words: list[str]) -> int:
+    from virtkit.cli.install import USAGE, run_install
+
+    if not words or words[0] in ("-h", "--help") or "--help" in words:
+        sys.stdout.write(USAGE)
+        return 0
+    try:
+        return run_install(connect(root), words)
+    except VirtkitError as exc:
+        details: dict[str, Any] = getattr(exc, "details", {}) or {}
+        render.error(exc.message, exc.fix, details.get("stderr"))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
 def cmd_completion(_client: Client | None, args: argparse.Namespace) -> int:
     from virtkit.cli.completion import bash_completion
 
@@ -102,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     domains.register(sub)
     storage.register(sub)
     networks.register(sub)
+    _register_install(sub)
     host = sub.add_parser("host", help="host commands: check")
     host_sub = host.add_subparsers(dest="host_command", metavar="HOSTCOMMAND")
     host_sub.required = True
@@ -125,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str] | None = None) -> int:
+    install = _split_install(sys.argv[1:] if argv is None else argv)
+    if install is not None:
+        return run_install_command(*install)
     args = build_parser().parse_args(argv)
     client: Client | None = None
     try:

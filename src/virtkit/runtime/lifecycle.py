@@ -59,6 +59,10 @@ class Vm:
     shutdown_timer: asyncio.Task[None] | None = None
     started: float | None = None
     links: dict[int, str] = field(default_factory=dict)
+    #: the one-run configuration QEMU runs now (an install phase), None for the spec
+    boot_spec: Domain | None = None
+    #: after an install phase ends by the guest's power-off or reboot: boot the spec
+    boot_after_install: bool = True
 
 
 class Lifecycle:
@@ -123,12 +127,17 @@ class Lifecycle:
 
     # -- start ---------------------------------------------------------------
 
-    async def start(self, uuid: str, name: str, *, paused: bool = False) -> None:
+    async def start(self, uuid: str, name: str, *, paused: bool = False,
+                    boot_spec: Domain | None = None, boot_after_install: bool = True) -> None:
+        """Start the domain from its spec, or once from ``boot_spec`` (an install phase:
+        when the guest powers off or reboots, the spec boots, unless
+        ``boot_after_install`` is False)."""
         vm = self.vm(uuid, name)
         async with vm.lock:
             check_action(Action.START, vm.state, vm.name)
             self._refuse_preserved(vm, Action.START)
-            await self._start_locked(vm, paused=paused)
+            await self._start_locked(vm, paused=paused, boot_spec=boot_spec)
+            vm.boot_after_install = boot_after_install
 
     @staticmethod
     def _refuse_preserved(vm: Vm, action: Action) -> None:
@@ -141,8 +150,8 @@ class Lifecycle:
                 fix=f"inspect it, then 'virtkit destroy {vm.name}'")
 
     async def _start_locked(self, vm: Vm, *, paused: bool, incoming_fd: int | None = None,
-                            event: str = "started") -> None:
-        domain = self._spec_for(vm.uuid)
+                            event: str = "started", boot_spec: Domain | None = None) -> None:
+        domain = boot_spec if boot_spec is not None else self._spec_for(vm.uuid)
         before = vm.state
 
         def record_spawn(process: QemuProcess) -> None:
@@ -158,6 +167,7 @@ class Lifecycle:
             self._store.set_runtime(vm.uuid, state=before.value, reason=vm.reason)
             raise
         self._adopt(vm, running)
+        vm.boot_spec = boot_spec
         self._set_state(vm, State.PAUSED, "starting")
         try:
             if incoming_fd is not None:
@@ -168,7 +178,8 @@ class Lifecycle:
             await self._kill(vm, "start failed")
             raise
         state = State.PAUSED if paused else State.RUNNING
-        self._set_state(vm, state, "user" if paused else "booted", event=event)
+        reason = "installing" if boot_spec is not None else "booted"
+        self._set_state(vm, state, "user" if paused else reason, event=event)
 
     def _adopt(self, vm: Vm, running: Running) -> None:
         vm.running = running
@@ -375,8 +386,13 @@ class Lifecycle:
 
     def _exit_outcome(self, vm: Vm, status: int | None) -> tuple[State, str, str, Any]:
         """Why QEMU ended, the state that follows, its event, and any restart to run."""
-        domain = self._spec_for(vm.uuid)
+        phase, vm.boot_spec = vm.boot_spec, None
+        domain = phase if phase is not None else self._spec_for(vm.uuid)
         shutdown = vm.guest_shutdown or {}
+        if phase is not None and vm.expected_exit is None and shutdown.get("guest"):
+            # The installer powered off or rebooted: the install phase is over.
+            follow = self._restart(vm, "installed") if vm.boot_after_install else None
+            return State.SHUTOFF, "install finished", "installed", follow
         if vm.expected_exit == "panic":
             return State.CRASHED, "guest panicked", "stopped", None
         if vm.expected_exit is not None:

@@ -96,6 +96,7 @@ class DomainService:
             machine=domain.machine.value,
             accelerator=vm.running.accel if vm.running else domain.accelerator.value,
             started=vm.started if vm.running else None,
+            installing=vm.running is not None and vm.boot_spec is not None,
             vnc=self._vnc(vm.running.vnc if vm.running else None),
             disks=[self._disk_info(slot.target, slot.bus.value, disk)
                    for slot, disk in zip(disk_slots(domain), domain.disks, strict=True)],
@@ -316,6 +317,13 @@ class DomainService:
                           state=State.SHUTOFF.value, reason="")
         return {"name": row.name, "uuid": row.uuid}
 
+    async def destroy_and_undefine(self, ref: str) -> None:
+        """Stop ``ref`` if it runs and remove it: the undo of a failed install."""
+        row = self._row(ref)
+        if self._life.vm(row.uuid, row.name).state not in (State.SHUTOFF, State.CRASHED):
+            await self._life.destroy(row.uuid, row.name)
+        await self.undefine(row.uuid)
+
     def set_autostart(self, ref: str, enabled: bool) -> dict[str, Any]:
         row = self._row(ref)
         spec = dict(row.spec, autostart=enabled)
@@ -324,7 +332,11 @@ class DomainService:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def start(self, ref: str, *, paused: bool = False) -> dict[str, Any]:
+    async def start(self, ref: str, *, paused: bool = False, boot_spec: Domain | None = None,
+                    boot_after_install: bool = True) -> dict[str, Any]:
+        """Start ``ref``; with ``boot_spec``, run that configuration once (an install
+        phase), after which the domain's own spec boots unless ``boot_after_install``
+        is False."""
         row = self._row(ref)
         domain = load_domain(row.spec)
         check_action(Action.START, self._life.vm(row.uuid, row.name).state, row.name)
@@ -333,7 +345,11 @@ class DomainService:
         if [disk.path for disk in domain.disks] != before:
             row = self._store.update_domain(row.uuid, row.name, dump_domain(domain), None)
         preflight.check_files(domain)
-        await self._life.start(row.uuid, row.name, paused=paused)
+        if boot_spec is not None:
+            self._resolve_volumes(boot_spec)
+            preflight.check_files(boot_spec)
+        await self._life.start(row.uuid, row.name, paused=paused, boot_spec=boot_spec,
+                               boot_after_install=boot_after_install)
         return self.info(row.uuid)
 
     async def shutdown(self, ref: str, *, timeout: float | None = None, wait: bool = False,

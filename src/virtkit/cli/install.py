@@ -1,0 +1,121 @@
+"""``virtkit install``: virt-install's command line, run by the daemon.
+
+The words are parsed here (``formats.virtinstall``: pure, so a typo is reported
+before the daemon is asked anything) into an install request that the daemon
+runs.  Then, as virt-install does: attach the serial console (with ``--graphics
+none`` on a terminal), or wait for the install phase to end (``--wait``), or
+return at once (``--noautoconsole``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from virtkit.cli import render
+from virtkit.cli.client import Client
+from virtkit.errors import TimeoutExpired
+from virtkit.formats.virtinstall import InstallRequest, all_option_names, parse_command_line
+
+USAGE = """\
+usage: virtkit install --name NAME --memory MiB [--vcpus N] INSTALL-METHOD [OPTIONS]
+
+Create a VM and install its OS, with virt-install's options (--opt value or
+--opt=value, comma-separated sub-options, the old aliases such as --ram).
+
+install methods (one):
+  --cdrom ISO             boot the installer from a CD image
+  --location ISO|DIR|URL  boot the installer's kernel+initrd (with --extra-args,
+                          --initrd-inject)
+  --pxe                   boot from the network first
+  --import                boot an existing disk image (no install phase)
+  --livecd --cdrom ISO    run a live CD (the CD stays the boot device)
+  --boot kernel=,initrd=,cmdline=   direct kernel boot, kept in the VM
+examples:
+  virtkit install --name web1 --memory 2048 --vcpus 2 --disk size=20 \\
+      --cdrom /srv/iso/debian-12.iso --os-variant debian11 --network network=default
+  virtkit install --name db1 --ram 1024 --import --disk /srv/images/db1.qcow2 \\
+      --graphics none --noautoconsole
+Every option: see docs/cli.md ('virtkit install'); --print-xml and --dry-run check a
+command line without creating anything.
+"""
+
+
+def run_install(client: Client, argv: list[str]) -> int:
+    request = parse_command_line(argv)
+    result = client.post("/v1/install", request.to_dict())
+    if request.dry_run or request.print_xml:
+        return _preview(request, result)
+    say = (lambda text: None) if request.quiet else print
+    for note in result.get("notes", []):
+        say(f"Note: {note}")
+    name = result["name"]
+    say(f"Domain '{name}' started ({_method_text(request)})")
+    if result.get("vnc"):
+        vnc = result["vnc"]
+        say(f"Graphical console: VNC at {vnc.get('host', '')}:{vnc.get('port', '')} "
+            f"(or 'virtkit vncdisplay {name}')")
+    graphics_none = request.domain.get("graphics", {}).get("type") == "none"
+    attach = request.autoconsole and graphics_none and sys.stdin.isatty() \
+        and request.wait_minutes is None
+    if attach:
+        from virtkit.cli.console import attach as attach_console
+
+        attach_console(client, name, force=False)
+    if result.get("install_phase"):
+        if request.wait_minutes is None and not attach and not request.autoconsole:
+            say("Domain installation still in progress. The installed system boots when "
+                "the installer powers off" + (" (--noreboot: it stays off)."
+                                              if request.noreboot else "."))
+            say(f"Follow it with 'virtkit console {name}' or 'virtkit event {name} --loop'.")
+            return 0
+        say("Waiting for the installation to complete.")
+        _wait_install(client, name, request.wait_minutes)
+        say(f"Domain '{name}' installed" + ("; it stays off (--noreboot)." if request.noreboot
+                                            else "; the installed system is booting."))
+    say("Domain creation completed.")
+    return 0
+
+
+def _method_text(request: InstallRequest) -> str:
+    return {"cdrom": "installing from CD", "location": "installer kernel from --location",
+            "pxe": "installing from the network", "import": "imported disk",
+            "livecd": "live CD", "kernel": "direct kernel boot",
+            "none": "booting"}.get(request.method, request.method) + \
+        (", cloud-init seed attached" if request.cloud_init is not None else "")
+
+
+def _wait_install(client: Client, name: str, minutes: float | None) -> None:
+    """Poll until the install phase ends; --wait N gives up after N minutes (N<0: never)."""
+    deadline = None if minutes is None or minutes < 0 else time.monotonic() + minutes * 60
+    while True:
+        info = client.get(client.domain_path(name))
+        if not info.get("installing"):
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutExpired(
+                f"installation of '{name}' has exceeded the --wait time limit "
+                f"({minutes:g} min); the VM keeps running",
+                fix=f"follow it with 'virtkit console {name}', or stop it: "
+                    f"virtkit destroy {name}")
+        time.sleep(1.0)
+
+
+def _preview(request: InstallRequest, result: dict[str, Any]) -> int:
+    if request.print_xml:
+        xml = result.get("xml")
+        if xml is None:
+            render.as_json(result.get("spec", {}))
+        else:
+            sys.stdout.write(xml if xml.endswith("\n") else xml + "\n")
+        return 0
+    for note in result.get("notes", []):
+        print(f"Note: {note}")
+    print("Dry run completed successfully")
+    return 0
+
+
+def completion_words() -> list[str]:
+    """Every option of ``virtkit install``, for the bash completion script."""
+    return all_option_names()

@@ -1,0 +1,215 @@
+"""virt-install's command line -> install requests (formats.virtinstall), and osinfo."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from virtkit.errors import InvalidSpec
+from virtkit.formats.osinfo import OsinfoDb
+from virtkit.formats.suboptions import split_commas
+from virtkit.formats.virtinstall import InstallRequest, parse_command_line
+from virtkit.model.load import load_domain
+
+ISSUE_LINE = (
+    "--os-type=linux --os-variant centos7.0 --name test01 --ram 1024 --vcpus 1 "
+    "--disk=/kvm-vm/test01.raw,format=raw,size=10 --location /iso/CentOS-7-x86_64-DVD-1611.iso "
+    "--network network=default --graphics vnc,listen=0.0.0.0 --noautoconsole")
+
+
+def parse(line: str) -> InstallRequest:
+    return parse_command_line(shlex.split(line))
+
+
+def error_of(line: str) -> InvalidSpec:
+    with pytest.raises(InvalidSpec) as caught:
+        parse(line)
+    return caught.value
+
+
+def test_the_classic_line_means_what_it_says() -> None:
+    req = parse(ISSUE_LINE)
+    assert req.method == "location"
+    assert req.location == "/iso/CentOS-7-x86_64-DVD-1611.iso"
+    assert req.os_variant == "centos7.0"
+    assert req.autoconsole is False
+    dom = req.domain
+    assert dom["name"] == "test01"
+    assert dom["memory"] == {"current": 1024}
+    assert dom["vcpus"] == {"current": 1}
+    assert dom["disks"] == [{"device": "disk", "format": "raw", "path": "/kvm-vm/test01.raw"}]
+    assert [(d.path, d.size_bytes, d.format) for d in req.new_disks] == [
+        ("/kvm-vm/test01.raw", 10 * 2**30, "raw")]
+    assert dom["nics"] == [{"network": "default"}]
+    assert dom["graphics"] == {"type": "vnc", "listen": "0.0.0.0"}
+    load_domain(dom)  # the final spec is a valid domain
+
+
+def test_equals_and_space_forms_are_the_same() -> None:
+    spaced = parse("--name a --memory 512 --import --disk /x.qcow2")
+    joined = parse("--name=a --memory=512 --import --disk=/x.qcow2")
+    assert spaced.to_dict() == joined.to_dict()
+
+
+def test_round_trip_through_json() -> None:
+    req = parse(ISSUE_LINE)
+    assert InstallRequest.from_dict(req.to_dict()) == req
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("--nmae x --import --disk /a", "unknown option '--nmae' (did you mean '--name'?)"),
+    ("--name x --import --disk /a,sise=3", "unknown sub-option 'sise' (did you mean 'size'?)"),
+    ("--name x --cdrom /a.iso --location /b.iso", "cannot be used together"),
+    ("--name x --import --pxe --disk /a", "cannot be used together"),
+    ("--name x --disk size=3", "an install method must be specified"),
+    ("--import --disk /a", "--name is required"),
+    ("--name x --import --disk images/a.qcow2", "the path must be absolute"),
+    ("--name x --import --disk bus=virtio", "a new disk needs size="),
+    ("--name x --cdrom /a.iso --extra-args ks=x", "--extra-args only works with --location"),
+    ("--name x --paravirt --import --disk /a", "full (hardware-assisted or emulated)"),
+    ("--name x --container", "not containers"),
+    ("--name x --import --disk /a --graphics spice", "VNC"),
+    ("--name x --import --disk /a --network model=ne2k_pci",
+     "virtio, e1000 and rtl8139"),
+    ("--name x --import --disk /a --arch aarch64", "x86 guests only"),
+    ("--name x --import --disk /a --virt-type xen", "kvm and qemu"),
+    ("--name x --import --disk /a --host-device 01:00.0", "PCI/USB passthrough"),
+    ("--name x --import --disk vol=nopool", "vol=POOL/VOLUME"),
+    ("--name x --import --nodisks --disk /a", "contradict"),
+    ("--name x --import --disk /a --boot floppy", "no floppy"),
+    ("--name x --import --disk /a,size=abc", "not a number"),
+])
+def test_bad_input_names_the_problem(line: str, expected: str) -> None:
+    error = error_of(line)
+    assert expected in error.message, error.message
+
+
+def test_an_unbalanced_quote_is_refused() -> None:
+    with pytest.raises(InvalidSpec, match="unbalanced"):
+        parse_command_line(["--name", "x", "--import", "--disk", '"/a,size=1'])
+
+
+def test_a_missing_method_says_which_methods_exist() -> None:
+    error = error_of("--name x --memory 512")
+    assert error.fix is not None and "--cdrom" in error.fix and "--import" in error.fix
+
+
+def test_vcpus_forms() -> None:
+    assert parse("--name a --import --disk /a --vcpus 5").domain["vcpus"] == {"current": 5}
+    assert parse("--name a --import --disk /a --vcpus 5,maxvcpus=10").domain["vcpus"] == {
+        "current": 5, "max": 10}
+    topo = parse("--name a --memory 512 --import --disk /a --vcpus sockets=2,cores=4,threads=2")
+    assert topo.domain["vcpus"] == {"sockets": 2, "cores": 4, "threads": 2, "current": 16}
+    load_domain(topo.domain)
+
+
+def test_cpu_model_and_features() -> None:
+    req = parse("--name a --import --disk /a --cpu Haswell,+vmx,-svm,disable=pcid")
+    assert req.domain["cpu"] == {"model": "Haswell", "features": ["+vmx", "-svm", "-pcid"]}
+    assert parse("--name a --import --disk /a --cpu host-passthrough").domain["cpu"] == {
+        "model": "host"}
+
+
+def test_new_volume_in_a_pool_and_existing_volumes() -> None:
+    req = parse("--name a --cdrom /i.iso --disk size=8 --disk pool=fast,size=2,format=raw "
+                "--disk vol=default/data.qcow2")
+    assert req.method == "cdrom"
+    assert [(d.pool, d.size_bytes, d.format, d.index) for d in req.new_disks] == [
+        ("default", 8 * 2**30, "qcow2", 0), ("fast", 2 * 2**30, "raw", 1)]
+    assert req.domain["disks"][2] == {"device": "disk", "pool": "default",
+                                      "volume": "data.qcow2"}
+
+
+def test_disk_sub_options() -> None:
+    req = parse("--name a --import --disk path=/a.img,bus=sata,cache=none,readonly=on,"
+                "serial=abc --disk /b.iso,device=cdrom")
+    first, second = req.domain["disks"]
+    assert first == {"path": "/a.img", "device": "disk", "bus": "sata", "cache": "none",
+                     "readonly": True, "serial": "abc"}
+    assert second == {"path": "/b.iso", "device": "cdrom"}
+
+
+def test_network_forms() -> None:
+    req = parse("--name a --import --disk /a --network bridge=br0,model=e1000,"
+                "mac=52:54:00:aa:bb:cc --network bridge:br1 --network network:lab "
+                "--network default")
+    assert req.domain["nics"] == [
+        {"bridge": "br0", "model": "e1000", "mac": "52:54:00:aa:bb:cc"}, {"bridge": "br1"},
+        {"network": "lab"}, {"network": "default"}]
+    assert parse("--name a --import --disk /a").domain["nics"] == [{"network": "default"}]
+    assert "nics" not in parse("--name a --import --disk /a --nonetworks").domain
+
+
+def test_boot_options() -> None:
+    req = parse("--name a --import --disk /a --boot cdrom,hd,menu=on")
+    assert req.domain["boot"] == {"order": ["cdrom", "hd"], "menu": True}
+    assert parse("--name a --import --disk /a --boot uefi").domain["firmware"] == "uefi"
+    kernel = parse("--name a --disk /a --boot kernel=/k,initrd=/i,cmdline='console=ttyS0 x=1'")
+    assert kernel.method == "kernel"
+    assert kernel.domain["boot"] == {"kernel": "/k", "initrd": "/i",
+                                     "cmdline": "console=ttyS0 x=1"}
+
+
+def test_flags_and_print_xml_step() -> None:
+    req = parse("--name a --import --disk /a --print-xml 1 --noreboot --autostart --wait 5 "
+                "--graphics none --quiet --hvm --virt-type kvm --machine pc-q35-7.2")
+    assert req.print_xml and req.noreboot and req.quiet
+    assert req.wait_minutes == 5.0
+    assert req.domain["autostart"] is True
+    assert req.domain["graphics"] == {"type": "none"}
+    assert req.domain["accelerator"] == "kvm"
+    assert req.domain["machine"] == "q35"
+
+
+def test_cloud_init_defaults_to_a_generated_root_password() -> None:
+    req = parse("--name a --import --disk /a --cloud-init")
+    assert req.cloud_init == {"root-password-generate": "on"}
+    keyed = parse("--name a --import --disk /a --cloud-init ssh-key=/root/.ssh/id.pub")
+    assert keyed.cloud_init == {"ssh-key": "/root/.ssh/id.pub"}
+
+
+def test_split_commas_respects_quotes() -> None:
+    assert split_commas('path="/a,b.img",size=3') == ["path=/a,b.img", "size=3"]
+    assert split_commas("a,,b") == ["a", "b"]
+
+
+OSINFO_PARENT = """<libosinfo version="0.0.1"><os id="http://example.org/os/1">
+<short-id>exos1</short-id><name>Example OS 1</name><version>1</version>
+<family>linux</family><vendor>Example</vendor>
+<devices><device id="http://pcisig.com/pci/1af4/1001"/></devices>
+<resources arch="all"><minimum><ram>536870912</ram></minimum>
+<recommended><ram>2147483648</ram><storage>21474836480</storage><n-cpus>2</n-cpus>
+</recommended></resources></os></libosinfo>"""
+OSINFO_CHILD = """<libosinfo version="0.0.1"><os id="http://example.org/os/2">
+<short-id>exos2</short-id><short-id>exos-two</short-id><name>Example OS 2</name>
+<version>2</version><derives-from id="http://example.org/os/1"/></os></libosinfo>"""
+OSINFO_OLD = """<libosinfo version="0.0.1"><os id="http://example.org/old/9">
+<short-id>oldos9</short-id><name>Old OS 9</name><version>9</version>
+<resources arch="x86_64"><minimum><ram>268435456</ram></minimum></resources>
+</os></libosinfo>"""
+
+
+@pytest.fixture
+def osinfo_db(tmp_path: Path) -> OsinfoDb:
+    folder = tmp_path / "os" / "example.org"
+    folder.mkdir(parents=True)
+    for name, text in (("one", OSINFO_PARENT), ("two", OSINFO_CHILD), ("old", OSINFO_OLD)):
+        (folder / f"{name}.xml").write_text(text)
+    return OsinfoDb(tmp_path)
+
+
+def test_osinfo_defaults_inherit_from_the_parent(osinfo_db: OsinfoDb) -> None:
+    child = osinfo_db.defaults("exos-two")
+    assert (child.memory_mib, child.vcpus, child.storage_bytes, child.virtio) == (
+        2048, 2, 20 * 2**30, True)
+    old = osinfo_db.defaults("oldos9")
+    assert (old.memory_mib, old.virtio) == (256, False)
+
+
+def test_osinfo_unknown_variant_lists_the_closest(osinfo_db: OsinfoDb) -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        osinfo_db.defaults("exos3")
+    assert "exos1" in caught.value.message or "exos2" in caught.value.message
+    assert [e.short_ids[0] for e in osinfo_db.search("example")] == ["exos1", "exos2"]
