@@ -1,0 +1,647 @@
+"""Reading libvirt domain XML into a virtkit spec dict (see :mod:`.libvirt_xml` for the rules).
+
+One method per part of the document; each either maps what it understands
+into the spec, accepts it silently, or refuses it through :class:`XmlReader`.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from virtkit.formats.libvirt_common import (
+    TARGET_PREFIX,
+    VIRTKIT_NS,
+    XmlReader,
+    disk_name,
+    size_mib,
+)
+from virtkit.model.domain import AioMode, CacheMode, DiskBus
+
+REASONS = {
+    # top level
+    "memoryBacking": "hugepages and memory backing options are not supported",
+    "memtune": "memory tuning with cgroup limits is not supported",
+    "blkiotune": "block I/O tuning is not supported",
+    "cputune": "vCPU pinning and scheduler tuning are not supported",
+    "numatune": "NUMA memory placement is not supported",
+    "vcpus": "per-vCPU hotplug settings are not supported",
+    "sysinfo": "custom SMBIOS data is not supported",
+    "launchSecurity": "confidential guests such as AMD SEV are not supported",
+    "qemu:commandline": "raw QEMU arguments are not supported",
+    "genid": "the VM generation ID device is not supported",
+    # features
+    "hyperv": "Hyper-V enlightenments for Windows guests are not supported",
+    "kvm": "KVM feature tweaks such as a hidden KVM signature are not supported",
+    "pvspinlock": "paravirtual spinlock settings are not supported",
+    "pmu": "PMU settings are not supported",
+    # devices
+    "hostdev": "PCI and USB host device passthrough is not supported",
+    "filesystem": "shared folders such as virtiofs and 9p are not supported",
+    "sound": "virtkit emulates no sound card",
+    "tpm": "TPM devices are not supported",
+    "smartcard": "smartcard devices are not supported",
+    "redirdev": "USB redirection is not supported",
+    "hub": "USB hubs are not supported",
+    "shmem": "shared memory devices are not supported",
+    "memory": "memory modules such as DIMMs and virtio-mem are not supported",
+    "iommu": "a virtual IOMMU is not supported",
+    "vsock": "vsock devices are not supported",
+    "parallel": "parallel ports are not supported",
+    "crypto": "crypto devices are not supported",
+    "boot": "virtkit boots the first disk, cdrom or NIC of each kind; move this device first",
+    "shareable": "shared disks are not supported: a writable image is attached once",
+    "iotune": "disk I/O throttling is not supported",
+    "encryption": "encrypted images are not supported",
+    "filterref": "network filters are not supported",
+    "bandwidth": "NIC bandwidth limits are not supported",
+}
+
+TOP = ("name", "uuid", "title", "description", "metadata", "memory", "currentMemory",
+       "maxMemory", "vcpu", "os", "cpu", "features", "clock", "on_poweroff", "on_reboot",
+       "on_crash", "devices")
+TOP_SILENT = ("pm", "seclabel", "resource", "iothreads")
+FEATURES_SILENT = ("acpi", "apic", "pae", "hap", "vmcoreinfo", "ioapic")
+TIMERS = ("rtc", "pit", "hpet", "kvmclock", "tsc")
+FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhdx", "qed")
+LIFECYCLE = {"on_poweroff": ("destroy", "restart"), "on_reboot": ("restart", "destroy"),
+             "on_crash": ("destroy", "restart", "preserve")}
+AGENT = "org.qemu.guest_agent.0"
+KEY_ORDER = ("name", "uuid", "title", "description", "memory", "vcpus", "cpu", "machine",
+             "firmware", "accelerator", "boot", "disks", "nics", "graphics", "serials",
+             "guest_agent", "watchdog", "rng", "balloon", "on_poweroff", "on_reboot", "on_crash",
+             "autostart")
+WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "inject-nmi")
+RNG_SOURCES = ("/dev/urandom", "/dev/random", "/dev/hwrng")
+SILENT_CONTROLLERS = ("pci", "usb", "sata", "ide", "virtio-serial")
+
+
+def _machine(name: str) -> str | None:
+    if name == "q35" or name.startswith("pc-q35-"):
+        return "q35"
+    if name == "pc" or name.startswith("pc-i440fx-") or name.startswith("pc-0.") \
+            or name.startswith("pc-1."):
+        return "pc"
+    return "microvm" if name == "microvm" else None
+
+
+class DomainReader(XmlReader):
+    """Reads one ``<domain>`` document: ``DomainReader(root, force=...).read()``."""
+
+    def __init__(self, root: ET.Element, *, force: bool) -> None:
+        super().__init__(root, force=force, reasons=REASONS)
+        self.spec: dict[str, Any] = {}
+        self.meta: dict[str, Any] = {}
+        self.boot_orders: list[tuple[int, str, ET.Element, bool]] = []
+
+    def read(self) -> tuple[dict[str, Any], list[str]]:
+        root, spec = self.root, self.spec
+        self.check(root, attrs=("type", "id"), children=TOP, silent=TOP_SILENT)
+        for tag in ("name", "uuid", "title", "description"):
+            element = root.find(tag)
+            if element is not None:
+                spec[tag] = element.text or ""
+        self._metadata(root.find(f"metadata/{{{VIRTKIT_NS}}}domain"))
+        self._accelerator(root)
+        self._memory(root)
+        self._vcpus(root.find("vcpu"))
+        self._cpu(root.find("cpu"))
+        self._os(root.find("os"))
+        self._features(root.find("features"))
+        self._clock(root.find("clock"))
+        self._devices(root.find("devices"))
+        for tag, allowed in LIFECYCLE.items():
+            element = root.find(tag)
+            if element is None:
+                continue
+            value = (element.text or "").strip()
+            if value in allowed:
+                spec[tag] = value
+            else:
+                self.refuse(self.where(element), f"'{value}' is not supported; use "
+                            + ", ".join(allowed[:-1]) + " or " + allowed[-1])
+        if self.meta.get("autostart"):
+            spec["autostart"] = True
+        warnings = self.finish("domain")
+        return {key: spec[key] for key in KEY_ORDER if key in spec}, warnings
+
+    # -- top level ----------------------------------------------------------------------
+
+    def _metadata(self, ours: ET.Element | None) -> None:
+        if ours is None:
+            return
+        for element in ours:
+            tag = element.tag.rpartition("}")[2]
+            if tag == "accelerator":
+                self.meta["accelerator"] = (element.text or "").strip()
+            elif tag == "autostart":
+                self.meta["autostart"] = (element.text or "").strip() == "yes"
+            elif tag == "serial" and element.get("log") == "no":
+                self.meta.setdefault("nolog", set()).add(element.get("port", ""))
+
+    def _accelerator(self, root: ET.Element) -> None:
+        kind = root.get("type", "kvm")
+        if kind == "qemu":
+            self.spec["accelerator"] = "tcg"
+        elif kind == "kvm":
+            strict = self.meta.get("accelerator") == "kvm"
+            self.spec["accelerator"] = "kvm" if strict else "auto"
+        else:
+            self.refuse(self.where(root, "type"), "virtkit runs QEMU guests: type kvm or qemu")
+
+    def _memory(self, root: ET.Element) -> None:
+        memory = root.find("memory")
+        if memory is None:
+            return
+        self.check(memory, attrs=("unit",))
+        current = size_mib(memory.text, memory.get("unit"), where="memory")
+        spec: dict[str, Any] = {"current": current}
+        balloon = root.find("currentMemory")
+        if balloon is not None:
+            self.check(balloon, attrs=("unit",))
+            target = size_mib(balloon.text, balloon.get("unit"), where="currentMemory")
+            if target < current:
+                self.refuse(self.where(balloon), "a balloon target below <memory> is not "
+                            "supported; the guest boots with all of <memory>")
+        maximum = root.find("maxMemory")
+        if maximum is not None:
+            self.check(maximum, attrs=("unit", "slots"))
+            spec["max"] = size_mib(maximum.text, maximum.get("unit"), where="maxMemory")
+        self.spec["memory"] = spec
+
+    def _vcpus(self, vcpu: ET.Element | None) -> None:
+        if vcpu is None:
+            self.spec["vcpus"] = {"current": 1}
+            return
+        self.check(vcpu, attrs=("placement", "current", "cpuset"))
+        if vcpu.get("cpuset"):
+            self.refuse(self.where(vcpu, "cpuset"), "vCPU pinning is not supported")
+        if vcpu.get("placement", "static") != "static":
+            self.refuse(self.where(vcpu, "placement"), "automatic (numad) placement is not "
+                        "supported")
+        maximum = int((vcpu.text or "1").strip() or 1)
+        current = vcpu.get("current")
+        vcpus: dict[str, Any] = {"current": maximum}
+        if current is not None and int(current) != maximum:
+            vcpus = {"current": int(current), "max": maximum}
+        self.spec["vcpus"] = vcpus
+
+    def _cpu(self, cpu: ET.Element | None) -> None:
+        if cpu is None:
+            return
+        self.check(cpu, attrs=("mode", "match", "check", "migratable"),
+                   children=("model", "feature", "topology", "numa"), silent=("vendor",))
+        model_el = cpu.find("model")
+        mode = cpu.get("mode", "custom")
+        modes = {"host-passthrough": "host", "maximum": "max", "host-model": "auto"}
+        if mode in modes:
+            model = modes[mode]
+        elif mode == "custom":
+            model = (model_el.text or "").strip() if model_el is not None else ""
+            model = model or "auto"
+        else:
+            self.refuse(self.where(cpu, "mode"))
+            model = "auto"
+        if model_el is not None:
+            self.check(model_el, attrs=("fallback",))
+        features = []
+        for feature in cpu.findall("feature"):
+            self.check(feature, attrs=("policy", "name"))
+            policy = feature.get("policy", "require")
+            sign = {"require": "+", "force": "+", "disable": "-"}.get(policy)
+            if sign is None:
+                self.refuse(self.where(feature, "policy"), "use require or disable")
+            else:
+                features.append(sign + feature.get("name", ""))
+        result: dict[str, Any] = {"model": model}
+        if features:
+            result["features"] = features
+        self.spec["cpu"] = result
+        self._topology(cpu.find("topology"))
+        numa = cpu.find("numa")
+        if numa is not None and len(numa.findall("cell")) > 1:
+            self.refuse(self.where(numa), "more than one NUMA node is not supported")
+
+    def _topology(self, topology: ET.Element | None) -> None:
+        if topology is None:
+            return
+        self.check(topology, attrs=("sockets", "dies", "clusters", "cores", "threads"))
+        for attr in ("dies", "clusters"):
+            if topology.get(attr, "1") != "1":
+                self.refuse(self.where(topology, attr), "only one die/cluster per socket")
+        vcpus = self.spec.setdefault("vcpus", {"current": 1})
+        for attr in ("sockets", "cores", "threads"):
+            if topology.get(attr, "").isdigit():
+                vcpus[attr] = int(topology.get(attr, "1"))
+
+    def _os(self, os_el: ET.Element | None) -> None:
+        if os_el is None:
+            return
+        self.check(os_el, attrs=("firmware",), silent=("nvram",), children=(
+            "type", "loader", "boot", "bootmenu", "kernel", "initrd", "cmdline", "firmware"))
+        spec = self.spec
+        os_type = os_el.find("type")
+        if os_type is not None:
+            self._os_type(os_type)
+        firmware = os_el.get("firmware")
+        if firmware == "efi":
+            spec["firmware"] = "uefi"
+        elif firmware not in (None, "bios"):
+            self.refuse(self.where(os_el, "firmware"))
+        self._loader(os_el.find("loader"))
+        for feature in os_el.findall("firmware/feature"):
+            if feature.get("name") == "secure-boot" and feature.get("enabled") == "yes":
+                self.refuse(self.where(feature), "secure boot is not supported")
+        self._os_boot(os_el)
+
+    def _os_boot(self, os_el: ET.Element) -> None:
+        boot: dict[str, Any] = {}
+        order = []
+        for element in os_el.findall("boot"):
+            self.check(element, attrs=("dev",))
+            dev = element.get("dev", "")
+            if dev in ("hd", "cdrom", "network"):
+                order.append(dev)
+            else:
+                self.refuse(self.where(element, "dev"), "boot from hd, cdrom or network")
+        if order:
+            boot["order"] = order
+        menu = os_el.find("bootmenu")
+        if menu is not None:
+            self.check(menu, attrs=("enable", "timeout"))
+            if menu.get("enable") == "yes":
+                boot["menu"] = True
+        for tag in ("kernel", "initrd", "cmdline"):
+            part = os_el.find(tag)
+            if part is not None and (part.text or tag == "cmdline"):
+                boot[tag] = part.text or ""
+        if boot:
+            self.spec["boot"] = boot
+
+    def _os_type(self, os_type: ET.Element) -> None:
+        self.check(os_type, attrs=("arch", "machine"))
+        if (os_type.text or "hvm").strip() != "hvm":
+            self.refuse(self.where(os_type), "virtkit runs full (hvm) guests only")
+        if os_type.get("arch", "x86_64") != "x86_64":
+            self.refuse(self.where(os_type, "arch"), "virtkit runs x86_64 guests")
+        name = os_type.get("machine")
+        if name is not None:
+            machine = _machine(name)
+            if machine is None:
+                self.refuse(self.where(os_type, "machine"), "use q35, pc or microvm")
+            else:
+                self.spec["machine"] = machine
+
+    def _loader(self, loader: ET.Element | None) -> None:
+        if loader is None:
+            return
+        self.check(loader, attrs=("readonly", "type", "secure", "format", "stateless"))
+        if loader.get("secure") == "yes":
+            self.refuse(self.where(loader, "secure"), "secure boot is not supported")
+        path = (loader.text or "").lower()
+        if loader.get("type") == "pflash" or "ovmf" in path or "edk2" in path:
+            self.spec["firmware"] = "uefi"
+        elif path:
+            self.refuse(self.where(loader), "custom firmware ROMs are not supported")
+
+    def _features(self, features: ET.Element | None) -> None:
+        if features is None:
+            return
+        for feature in features:
+            tag = feature.tag
+            if tag in FEATURES_SILENT:
+                continue
+            if tag == "vmport" and feature.get("state") == "off":
+                continue
+            if tag == "smm" and feature.get("state", "on") == "on" and len(feature) == 0:
+                continue
+            self.refuse_element(feature)
+
+    def _clock(self, clock: ET.Element | None) -> None:
+        if clock is None:
+            return
+        self.check(clock, attrs=("offset",), children=("timer",))
+        if clock.get("offset", "utc") != "utc":
+            self.refuse(self.where(clock, "offset"), "the guest clock runs in UTC only")
+        for timer in clock.findall("timer"):
+            if timer.get("name") not in TIMERS:
+                self.refuse(self.where(timer, "name"), f"the {timer.get('name')} timer is not "
+                            "supported")
+
+    # -- devices ------------------------------------------------------------------------
+
+    def _devices(self, devices: ET.Element | None) -> None:
+        spec = self.spec
+        spec.update(disks=[], nics=[], guest_agent=False, rng=None, balloon=True)
+        serials = consoles = 0
+        if devices is not None:
+            handlers = {"disk": self._disk, "interface": self._interface,
+                        "channel": self._channel, "graphics": self._graphics,
+                        "watchdog": self._watchdog, "rng": self._rng,
+                        "memballoon": self._memballoon, "controller": self._controller,
+                        "input": self._input, "redirdev": self._redirdev,
+                        "video": self._video, "panic": self._panic}
+            for device in devices:
+                tag = device.tag
+                if tag in handlers:
+                    handlers[tag](device)
+                elif tag == "serial":
+                    serials += self._serial(device)
+                elif tag == "console":
+                    consoles += self._console(device)
+                elif tag not in ("emulator", "audio"):
+                    self.refuse_element(device)
+        count = serials or min(consoles, 1)
+        nolog = self.meta.get("nolog", set())
+        spec["serials"] = [{"log": False} if str(i) in nolog else {} for i in range(count)]
+        self._disk_defaults()
+        self._boot_order()
+
+    def _disk(self, disk: ET.Element) -> None:
+        self.check(disk, attrs=("type", "device", "snapshot"),
+                   children=("driver", "source", "target", "readonly", "serial", "boot"),
+                   silent=("backingStore",))
+        kind, device = disk.get("type", "file"), disk.get("device", "disk")
+        source = disk.find("source")
+        if kind not in ("file", "block", "volume"):
+            if kind == "network" and source is not None and source.get("protocol"):
+                self.refuse(self.where(source, "protocol"), "network disks are not supported")
+            else:
+                self.refuse(self.where(disk, "type"), "disks are files, block devices or "
+                            "pool volumes")
+            return
+        if device not in ("disk", "cdrom"):
+            self.refuse(self.where(disk, "device"), "floppies and LUN passthrough are not "
+                        "supported")
+            return
+        spec: dict[str, Any] = {"device": device} if device == "cdrom" else {}
+        if not self._disk_driver(disk.find("driver"), spec):
+            return
+        if source is not None:
+            self._disk_source(source, kind, spec)
+        target = disk.find("target")
+        if target is not None:
+            self._disk_target(target, spec)
+        if disk.find("readonly") is not None and device == "disk":
+            spec["readonly"] = True
+        serial = disk.find("serial")
+        if serial is not None and serial.text:
+            spec["serial"] = serial.text.strip()
+        self._boot(disk, "cdrom" if device == "cdrom" else "hd", spec)
+        self.spec["disks"].append(spec)
+
+    def _disk_driver(self, driver: ET.Element | None, spec: dict[str, Any]) -> bool:
+        if driver is None:
+            return True
+        self.check(driver, attrs=("name", "type", "cache", "io", "discard", "detect_zeroes",
+                                  "iothread", "queues", "queue_size", "ioeventfd",
+                                  "event_idx"))
+        if driver.get("name", "qemu") != "qemu":
+            self.refuse(self.where(driver, "name"), "virtkit drives QEMU")
+        fmt = driver.get("type")
+        if fmt is not None:
+            if fmt not in FORMATS:
+                self.refuse(self.where(driver, "type"), "use " + ", ".join(FORMATS))
+                return False
+            spec["format"] = fmt
+        cache = driver.get("cache", "default")
+        if cache in {mode.value for mode in CacheMode}:
+            spec["cache"] = cache
+        elif cache != "default":
+            self.refuse(self.where(driver, "cache"))
+        io = driver.get("io", "default")
+        if io in {mode.value for mode in AioMode}:
+            spec["aio"] = io
+        elif io != "default":
+            self.refuse(self.where(driver, "io"))
+        return True
+
+    def _disk_source(self, source: ET.Element, kind: str, spec: dict[str, Any]) -> None:
+        attrs = {"file": ("file",), "block": ("dev",), "volume": ("pool", "volume")}[kind]
+        self.check(source, attrs=(*attrs, "index"), silent=("seclabel",))
+        if kind == "volume":
+            spec["pool"], spec["volume"] = source.get("pool"), source.get("volume")
+        elif source.get(attrs[0]):
+            spec["path"] = source.get(attrs[0])
+
+    def _disk_target(self, target: ET.Element, spec: dict[str, Any]) -> None:
+        self.check(target, attrs=("dev", "bus", "tray", "removable", "rotation_rate"))
+        dev = target.get("dev", "")
+        bus = target.get("bus")
+        if bus is None:
+            bus = {"vd": "virtio", "sd": "scsi", "hd": "ide"}.get(dev[:2])
+        if bus in {kind.value for kind in DiskBus}:
+            spec["bus"] = bus
+        elif bus is not None:
+            self.refuse(self.where(target, "bus"), "use virtio, sata, scsi or ide")
+            return  # the disk goes on virtkit's default bus, under the name virtkit gives
+        if dev:
+            spec["target"] = dev
+
+    def _disk_defaults(self) -> None:
+        """Forget bus and target names that equal what virtkit picks anyway."""
+        counters: dict[str, int] = {}
+        for disk in self.spec["disks"]:
+            cdrom = disk.get("device") == "cdrom"
+            default = "sata" if cdrom else "virtio"
+            if disk.get("bus") == default:
+                del disk["bus"]
+            prefix = TARGET_PREFIX[DiskBus(disk.get("bus") or default)]
+            number = counters.get(prefix, 0)
+            counters[prefix] = number + 1
+            if disk.get("target") == disk_name(prefix, number):
+                del disk["target"]
+
+    def _boot(self, device: ET.Element, kind: str, spec: dict[str, Any]) -> None:
+        boot = device.find("boot")
+        if boot is None:
+            return
+        self.check(boot, attrs=("order",))
+        order = boot.get("order", "")
+        if order.isdigit():
+            first = {"hd": not any(d.get("device") != "cdrom" for d in self.spec["disks"]),
+                     "cdrom": not any(d.get("device") == "cdrom" for d in self.spec["disks"]),
+                     "network": not self.spec["nics"]}[kind]
+            self.boot_orders.append((int(order), kind, boot, first))
+
+    def _boot_order(self) -> None:
+        """Per-device ``<boot order=N/>`` becomes boot.order (unless <os> gave one)."""
+        if not self.boot_orders or "order" in self.spec.get("boot", {}):
+            return
+        order = []
+        for _rank, kind, element, first in sorted(self.boot_orders, key=lambda b: b[0]):
+            if not first:
+                self.refuse_element(element)
+            elif kind not in order:
+                order.append(kind)
+        if order:
+            self.spec.setdefault("boot", {})["order"] = order
+
+    def _interface(self, iface: ET.Element) -> None:
+        self.check(iface, attrs=("type",), children=("mac", "source", "model", "link", "boot"),
+                   silent=("target", "driver", "guest"))
+        kind = iface.get("type", "")
+        if kind not in ("network", "bridge", "user"):
+            self.refuse(self.where(iface, "type"), "NICs join a network, a bridge, or are "
+                        "user-mode")
+            return
+        spec: dict[str, Any] = {"type": kind}
+        source = iface.find("source")
+        if source is not None:
+            self.check(source, attrs=("network", "bridge", "portid"))
+            if kind in ("network", "bridge") and source.get(kind):
+                spec[kind] = source.get(kind)
+        mac = iface.find("mac")
+        if mac is not None:
+            self.check(mac, attrs=("address",))
+            spec["mac"] = mac.get("address")
+        model = iface.find("model")
+        if model is not None:
+            self.check(model, attrs=("type",))
+            if model.get("type") in ("virtio", "e1000", "rtl8139"):
+                spec["model"] = model.get("type")
+            else:
+                self.refuse(self.where(model, "type"), "NIC models are virtio, e1000 and "
+                            "rtl8139")
+        link = iface.find("link")
+        if link is not None:
+            self.check(link, attrs=("state",))
+            if link.get("state") == "down":
+                spec["link"] = "down"
+        if kind == "user":
+            self.note(f"{self.where(iface)}: a user-mode NIC in virtkit is restricted and "
+                      "reaches no network at all; use <interface type='network'> for NAT")
+        self._boot(iface, "network", spec)
+        self.spec["nics"].append(spec)
+
+    def _serial(self, serial: ET.Element) -> int:
+        self.check(serial, attrs=("type",), children=("target",), silent=("source", "log"))
+        if serial.get("type", "pty") not in ("pty", "unix"):
+            self.refuse(self.where(serial, "type"), "serial ports go to virtkit's console "
+                        "socket and log")
+        target = serial.find("target")
+        if target is not None:
+            self.check(target, attrs=("type", "port"), silent=("model",))
+            if target.get("type", "isa-serial") != "isa-serial":
+                self.refuse(self.where(target, "type"), "serial ports are isa-serial")
+        return 1
+
+    def _console(self, console: ET.Element) -> int:
+        self.check(console, attrs=("type", "tty"), children=("target",),
+                   silent=("source", "log"))
+        target = console.find("target")
+        if target is not None:
+            self.check(target, attrs=("type", "port"))
+            if target.get("type", "serial") != "serial":
+                self.refuse(self.where(target, "type"), "use a serial console")
+                return 0
+        return 1
+
+    def _channel(self, channel: ET.Element) -> None:
+        self.check(channel, attrs=("type",), children=("target",), silent=("source",))
+        if channel.get("type") == "spicevmc":
+            return  # spice plumbing: meaningless without spice graphics
+        target = channel.find("target")
+        name = target.get("name") if target is not None else None
+        if channel.get("type") in ("unix", "pty") and name == AGENT:
+            self.spec["guest_agent"] = True
+        else:
+            self.refuse(self.where(channel), f"the only channel is the guest agent ({AGENT})")
+
+    def _graphics(self, graphics: ET.Element) -> None:
+        kind = graphics.get("type")
+        if kind == "none":
+            return
+        if kind != "vnc":
+            self.refuse(self.where(graphics, "type"), "the only display is VNC: use "
+                        "<graphics type='vnc'/>")
+            return
+        if "graphics" in self.spec:
+            self.refuse(self.where(graphics), "virtkit gives a domain one display")
+            return
+        self.check(graphics, attrs=("type", "port", "autoport", "listen", "passwd", "keymap"),
+                   children=("listen",))
+        spec: dict[str, Any] = {"type": "vnc"}
+        listen = graphics.get("listen")
+        for element in graphics.findall("listen"):
+            self.check(element, attrs=("type", "address"))
+            if element.get("type", "address") != "address":
+                self.refuse(self.where(element, "type"), "VNC listens on an address")
+            listen = element.get("address") or listen
+        if listen:
+            spec["listen"] = listen
+        port = graphics.get("port", "-1")
+        if graphics.get("autoport") != "yes" and port.isdigit():
+            spec["port"] = int(port)
+        for attr, key in (("passwd", "password"), ("keymap", "keymap")):
+            if graphics.get(attr):
+                spec[key] = graphics.get(attr)
+        self.spec["graphics"] = spec
+
+    def _watchdog(self, watchdog: ET.Element) -> None:
+        self.check(watchdog, attrs=("model", "action"))
+        model = watchdog.get("model", "i6300esb")
+        if model not in ("i6300esb", "itco"):
+            self.refuse(self.where(watchdog, "model"), "watchdogs are i6300esb or itco")
+            return
+        spec = {"model": model}
+        action = watchdog.get("action", "reset")
+        if action in WATCHDOG_ACTIONS:
+            spec["action"] = action
+        else:
+            self.refuse(self.where(watchdog, "action"), "use " + ", ".join(WATCHDOG_ACTIONS))
+        self.spec["watchdog"] = spec
+
+    def _rng(self, rng: ET.Element) -> None:
+        self.check(rng, attrs=("model",), children=("backend",), silent=("driver",))
+        backend = rng.find("backend")
+        if rng.get("model", "virtio") != "virtio":
+            self.refuse(self.where(rng, "model"), "the random number generator is virtio-rng")
+            return
+        source = "/dev/urandom"  # also for QEMU's builtin backend, which reads getrandom()
+        if backend is not None:
+            model = backend.get("model", "random")
+            if model not in ("random", "builtin"):
+                self.refuse(self.where(backend, "model"), "the backend is a host random device")
+                return
+            self.check(backend, attrs=("model",))
+            if model == "random":
+                source = (backend.text or "").strip() or source
+            if source not in RNG_SOURCES:
+                self.refuse(self.where(backend), "the backend is one of "
+                            + ", ".join(RNG_SOURCES))
+                return
+        self.spec["rng"] = {"backend": source}
+
+    def _memballoon(self, balloon: ET.Element) -> None:
+        self.check(balloon, attrs=("model", "autodeflate", "freePageReporting"),
+                   silent=("stats", "driver"))
+        self.spec["balloon"] = balloon.get("model", "virtio") != "none"
+
+    def _controller(self, controller: ET.Element) -> None:
+        kind = controller.get("type", "")
+        model = controller.get("model", "virtio-scsi")
+        if kind in SILENT_CONTROLLERS or (kind == "scsi" and model == "virtio-scsi"):
+            return
+        location = self.where(controller, "model" if kind == "scsi" else "type")
+        self.refuse(location, "virtkit adds its own pci, usb, sata, ide, virtio-serial and "
+                    "virtio-scsi controllers")
+
+    def _input(self, device: ET.Element) -> None:
+        if device.get("type") not in ("tablet", "mouse", "keyboard"):
+            self.refuse(self.where(device, "type"), "input devices are tablet, mouse and "
+                        "keyboard")
+
+    def _redirdev(self, device: ET.Element) -> None:
+        if device.get("type") != "spicevmc":  # spice plumbing is dropped silently
+            self.refuse_element(device)
+
+    def _video(self, video: ET.Element) -> None:
+        for acceleration in video.findall("model/acceleration"):
+            if acceleration.get("accel3d") == "yes":
+                self.refuse(self.where(acceleration, "accel3d"), "3D acceleration is not "
+                            "supported")
+
+    def _panic(self, panic: ET.Element) -> None:
+        if panic.get("model", "isa") not in ("isa", "pvpanic"):
+            self.refuse(self.where(panic, "model"), "virtkit gives every guest a pvpanic device")
