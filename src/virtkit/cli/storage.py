@@ -278,11 +278,12 @@ def cmd_vol_download(client: Client, args: argparse.Namespace) -> int:
         with open_stream(client, "GET", _vol_path(_pool_of(args), args.vol, "/download")) \
                 as response, open(partial, "wb") as out:
             total = int(response.getheader("Content-Length") or 0)
+            buffer = memoryview(bytearray(4 * CHUNK))  # one buffer, no bytes per read
             with progress_bar(f"downloading {args.vol}", max(total, 1)) as bar:
                 done = 0
-                while chunk := response.read(CHUNK):
-                    out.write(chunk)
-                    done += len(chunk)
+                while count := response.readinto(buffer):
+                    out.write(buffer[:count])
+                    done += count
                     bar.update(done)
         os.replace(partial, target)
     except BaseException:

@@ -95,7 +95,7 @@ FLAG_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 DEFAULT_MEMORY_MIB = 1024
-INSTALL_METHODS = ("--cdrom", "--location", "--pxe", "--import", "--boot kernel=...")
+INSTALL_METHODS = ("--cdrom", "--location", "--pxe", "--import")
 
 
 @dataclass
@@ -130,6 +130,7 @@ class InstallRequest:
     dry_run: bool = False
     print_xml: bool = False
     quiet: bool = False
+    default_nic: bool = False  # no --network given: the NIC is on 'default' if it exists
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -264,7 +265,8 @@ class _Translator:
             cloud_init=self._cloud_init(),
             autoconsole=not a.noautoconsole and a.autoconsole not in ("none",),
             wait_minutes=wait, noreboot=a.noreboot, dry_run=a.dry_run,
-            print_xml=a.print_xml, quiet=a.quiet)
+            print_xml=a.print_xml, quiet=a.quiet,
+            default_nic=not a.network and not a.nonetworks)
 
     # -- general ------------------------------------------------------------------
 
@@ -383,7 +385,6 @@ class _Translator:
         chosen = [name for name, given in (
             ("--import", a.import_), ("--cdrom", a.cdrom and not a.livecd),
             ("--location", a.location), ("--pxe", a.pxe),
-            ("--boot kernel=", boot is not None and boot.has("kernel")),
             ("--livecd", a.livecd)) if given]
         if len(chosen) > 1:
             raise InvalidSpec(f"install: {chosen[0]} and {chosen[1]} cannot be used together: "
@@ -401,6 +402,8 @@ class _Translator:
         if a.location and a.location.startswith("nfs:"):
             raise InvalidSpec(f"--location {a.location}: virtkit cannot read NFS trees itself",
                               fix="mount the export on the host and give the directory")
+        if not chosen and boot is not None and boot.has("kernel"):
+            return "kernel"  # a kernel booted directly, kept in the VM
         if not chosen:
             order = boot.words if boot is not None else []
             if self.args.cloud_init is not None and (a.disk or []):
@@ -412,7 +415,7 @@ class _Translator:
                         "or --boot hd|cdrom|network")
             return "none"
         return {"--import": "import", "--cdrom": "cdrom", "--location": "location",
-                "--pxe": "pxe", "--boot kernel=": "kernel", "--livecd": "livecd"}[chosen[0]]
+                "--pxe": "pxe", "--livecd": "livecd"}[chosen[0]]
 
     def _boot_options(self) -> SubOptions | None:
         if self.args.boot is None:

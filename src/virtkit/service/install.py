@@ -49,6 +49,7 @@ class InstallService:
         request = InstallRequest.from_dict(data)
         raw = dict(request.domain)
         notes = await asyncio.to_thread(self._apply_os_variant, request, raw)
+        notes += self._default_network(request, raw)
         self._refuse_existing(raw["name"])
         self._name_new_volumes(request, raw)
         self._check_new_files(request)
@@ -101,6 +102,21 @@ class InstallService:
             if new.size_bytes <= 0 and defaults.storage_bytes:
                 new.size_bytes = defaults.storage_bytes
         return notes
+
+    def _default_network(self, request: InstallRequest, raw: dict[str, Any]) -> list[str]:
+        """Without --network the NIC goes on 'default', as virt-install's does; if that
+        network does not exist the VM gets no NIC (virt-install would fall back to an
+        unrestricted user-mode NIC, which virtkit never gives a guest)."""
+        networks = self._domains.networks
+        if not request.default_nic or networks is None:
+            return []
+        try:
+            networks.spec_of("default")
+        except NotFound:
+            raw["nics"] = []
+            return ["there is no network 'default', so the VM has no NIC; create one "
+                    "(virtkit net-define-as default ...) or pass --network"]
+        return []
 
     def _refuse_existing(self, name: str) -> None:
         with contextlib.suppress(NotFound):

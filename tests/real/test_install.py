@@ -1,0 +1,143 @@
+"""``virtkit install`` against a real daemon and real QEMU.
+
+The install media are made here from the tiny guest: an ISO laid out like Debian's
+(``install.amd/vmlinuz`` + ``initrd.gz``) whose "installer" is the tiny guest itself.
+The test plays the installer on its serial console (checks the ``--extra-args`` and
+the ``--initrd-inject`` file, then powers off) and sees the daemon boot the
+installed configuration, without the installer kernel and CD.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import pycdlib
+import pytest
+
+from tests.real.conftest import DaemonHandle, wait_for
+
+pytestmark = pytest.mark.qemu
+
+
+def make_iso(path: Path, files: dict[str, bytes]) -> Path:
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, rock_ridge="1.09", vol_ident="TINYINST")
+    made: set[str] = set()
+    for index, (name, data) in enumerate(sorted(files.items())):
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder not in made:
+                iso.add_directory(f"/D{len(made)}", rr_name=parts[depth - 1])
+                made.add(folder)
+        parent = "" if len(parts) == 1 else f"/D{sorted(made).index('/'.join(parts[:-1]))}"
+        iso.add_fp(io.BytesIO(data), len(data), f"{parent}/F{index}.;1", rr_name=parts[-1])
+    iso.write(str(path))
+    iso.close()
+    return path
+
+
+@pytest.fixture
+def installer_iso(daemon: DaemonHandle, tmp_path: Path) -> Path:
+    guest = daemon.guest
+    return make_iso(tmp_path / "installer.iso", {
+        "install.amd/vmlinuz": guest.kernel.read_bytes(),
+        "install.amd/initrd.gz": guest.initrd.read_bytes()})
+
+
+def volumes(daemon: DaemonHandle) -> list[str]:
+    return sorted(v["name"] for v in daemon.client.get("/v1/pools/default/volumes"))
+
+
+def domains(daemon: DaemonHandle) -> list[str]:
+    return [row["name"] for row in daemon.client.get("/v1/domains")]
+
+
+def test_location_install_then_the_installed_system_boots(daemon: DaemonHandle,
+                                                         installer_iso: Path,
+                                                         tmp_path: Path) -> None:
+    answers = tmp_path / "answers.cfg"
+    answers.write_text("VK-ANSWER-FILE\n")
+    result = daemon.cli(
+        "install", "--name", "inst1", "--ram", "256", "--vcpus=1", "--os-variant", "generic",
+        f"--location={installer_iso}", "--extra-args", f"{daemon.guest.cmdline} vk_install=1",
+        "--initrd-inject", str(answers), "--disk", "size=1", "--graphics", "none",
+        "--nonetworks", "--noautoconsole")
+    assert "Domain 'inst1' started" in result.stdout
+    assert "installation still in progress" in result.stdout
+    info = daemon.info("inst1")
+    assert info["installing"] is True and info["state"] == "running"
+    # The defined (final) configuration has neither the installer kernel nor the CD.
+    assert info["spec"]["boot"]["kernel"] is None
+    assert [d.get("device", "disk") for d in info["spec"]["disks"]] == ["disk"]
+    assert volumes(daemon) == ["inst1.qcow2"]
+    daemon.wait_booted("inst1")
+    out = daemon.console_run("inst1", "cat /proc/cmdline; cat /answers.cfg; echo done-$((6*7))",
+                             "done-42")
+    assert "vk_install=1" in out and "VK-ANSWER-FILE" in out
+    daemon.console_run("inst1", "echo bye-$((6*7)); poweroff -f", "bye-42")
+    # The daemon boots the installed configuration on its own.
+    wait_for(lambda: (i := daemon.info("inst1"))["state"] == "running" and not i["installing"]
+             and i["pid"] != info["pid"], 60, "the installed system to boot")
+    events = daemon.cli("event", "inst1", "--since", "0", "--count", "3", "--json",
+                        timeout=10).stdout
+    assert [json.loads(line)["type"] for line in events.splitlines()] == [
+        "defined", "started", "installed"]
+    argv = Path(f"/proc/{daemon.info('inst1')['pid']}/cmdline").read_bytes().split(b"\0")
+    assert b"-kernel" not in argv and not any(b"installer.iso" in a for a in argv)
+
+
+def test_import_boots_the_given_disk_and_kernel(daemon: DaemonHandle, tmp_path: Path) -> None:
+    disk = tmp_path / "imp.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    guest = daemon.guest
+    result = daemon.cli(
+        "install", "--name", "imp1", "--memory=256", "--import", "--disk", f"{disk},bus=sata",
+        "--boot", f"kernel={guest.kernel},initrd={guest.initrd},cmdline='{guest.cmdline}'",
+        "--graphics=none", "--nonetworks", "--noautoconsole")
+    assert "Domain creation completed." in result.stdout
+    info = daemon.info("imp1")
+    assert info["state"] == "running" and info["installing"] is False
+    assert info["spec"]["boot"]["kernel"] == str(guest.kernel)
+    assert info["spec"]["disks"][0]["bus"] == "sata"
+    daemon.wait_booted("imp1")
+
+
+def test_dry_run_and_bad_input_leave_nothing_behind(daemon: DaemonHandle, tmp_path: Path,
+                                                    installer_iso: Path) -> None:
+    base = ["install", "--name", "bad1", "--memory", "256", "--noautoconsole",
+            "--graphics", "none"]
+    dry = daemon.cli(*base, "--location", str(installer_iso), "--disk", "size=1", "--dry-run")
+    assert "Dry run completed successfully" in dry.stdout
+    assert "there is no network 'default'" in dry.stdout  # no --network, no 'default'
+    assert domains(daemon) == [] and volumes(daemon) == []
+    empty_iso = make_iso(tmp_path / "empty.iso", {"README": b"nothing to boot\n"})
+    cases = [
+        (["--location", str(empty_iso), "--disk", "size=1"], "found no installer kernel"),
+        (["--cdrom", str(tmp_path / "missing.iso"), "--disk", "size=1"], "does not exist"),
+        (["--location", str(installer_iso), "--disk", "size=1", "--disk",
+          "vol=default/nosuch.qcow2"], "nosuch.qcow2"),
+        (["--import", "--disk", "size=1", "--cdrom", str(installer_iso)], "together"),
+        (["--import", "--disk", "/nonexistent/dir/x.qcow2,size=1"], "does not exist"),
+        (["--location", str(installer_iso), "--disk", "size=1", "--network", "network=nosuch"],
+         "nosuch"),
+    ]
+    for extra, expected in cases:
+        result = daemon.cli(*base, *extra, check=False)
+        assert result.returncode == 1, (extra, result.stdout)
+        assert expected in result.stderr, (extra, result.stderr)
+        assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+        assert domains(daemon) == [] and volumes(daemon) == [], extra
+    existing = tmp_path / "exists.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(existing), "1G"], check=True)
+    result = daemon.cli(*base, "--import", "--disk", f"{existing},size=2", check=False)
+    assert "exists with size 1 GiB, not the 2 GiB" in result.stderr
+    daemon.define("taken")
+    result = daemon.cli("install", "--name", "taken", "--memory", "256", "--import",
+                        "--disk", str(existing), "--nonetworks", check=False)
+    assert "domain 'taken' already exists" in result.stderr
+    assert json.loads(daemon.cli("list", "--all", "--json").stdout)[0]["name"] == "taken"
+    assert existing.exists()
