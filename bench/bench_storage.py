@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import os
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -88,6 +90,34 @@ def can_drop_caches() -> bool:
     return os.geteuid() == 0 and os.access("/proc/sys/vm/drop_caches", os.W_OK)
 
 
+PRIME: dict[str, Any] = {"enabled": True}
+
+
+def prime_memory(size: int, directory: Path) -> None:
+    """Write ``size`` bytes to a scratch file in ``directory`` and delete it, so that the
+    page cache the next timed run fills reuses page-cache pages the guest has just used.
+
+    This VM's virtio balloon reports free memory to the host (free page reporting,
+    2 MiB blocks, about 2 s after they are freed).  A write whose page cache lands on
+    reported memory pays for faulting it back in: up to about 1.5 s of system time
+    per GiB, all in the kernel's copy into page-cache folios (perf:
+    ``copy_folio_from_iter_atomic``).  Without this the figures depend on how long
+    ago the previous run freed its output, and on luck.  Touching anonymous memory
+    instead did not help (it is freed as single pages, not as the large folios the
+    page cache of ext4 allocates).  ``--no-prime`` switches it off.  Never timed.
+    """
+    if not PRIME["enabled"] or size <= 0:
+        return
+    block = b"\x01" * (8 * MiB)
+    scratch = directory / ".vkbench-prime"
+    try:
+        with open(scratch, "wb") as out:
+            for _ in range(-(-size // len(block))):
+                out.write(block)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
 def write_random(path: Path, size: int, *, offset: int = 0, chunk: int = 16 * MiB) -> None:
     """Write ``size`` bytes of os.urandom at ``offset`` of ``path`` (created if missing)."""
     with open(path, "r+b" if path.exists() else "wb") as out:
@@ -117,14 +147,17 @@ def _libvirt(args: argparse.Namespace, guest: bl.TinyGuest) -> bl.Libvirt | None
 
 def interleaved(runners: dict[str, Callable[[], float]], runs: int, vk: bl.VirtkitDaemon,
                 label: str = "") -> tuple[dict[str, list[float]], list[dict[str, Any]]]:
-    """One untimed warm-up of every runner, then ``runs`` rounds, columns interleaved."""
+    """One untimed warm-up of every runner, then ``runs`` rounds, columns interleaved and
+    their order rotated by one each round (no column always follows the same one)."""
     for runner in runners.values():
         runner()
     samples: dict[str, list[float]] = {name: [] for name in runners}
+    names = list(runners)
     hosts = []
     for round_no in range(runs):
-        for name, runner in runners.items():
-            samples[name].append(runner())
+        shift = round_no % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(runners[name]())
         hosts.append(host_round_info(vk))
         print(f"  {label}round {round_no + 1}/{runs}: " + "  ".join(
             f"{n}={samples[n][-1]:.3f}s" for n in runners), flush=True)
@@ -166,15 +199,22 @@ def traced_daemon(workdir: Path) -> Iterator[tuple[bl.VirtkitDaemon, Path]]:
         vk.close()
 
 
-def trace_calls(log: Path, operation: Callable[[], Any]) -> dict[str, Any]:
-    """Run ``operation`` (an in-process API call) and list the qemu-img calls it made."""
-    log.write_text("")
-    elapsed, _ = bl.timed(operation)
+def read_calls(log: Path) -> list[dict[str, Any]]:
+    """The qemu-img calls the trace wrapper logged (and empty the log)."""
     calls: list[dict[str, Any]] = []
     for line in log.read_text().splitlines():
         start, end, rc, *argv = line.split()
         calls.append({"subcommand": argv[0] if argv else "?", "ms": (float(end) - float(start))
                       * 1e3, "rc": int(rc), "argv": " ".join(argv)})
+    log.write_text("")
+    return calls
+
+
+def trace_calls(log: Path, operation: Callable[[], Any]) -> dict[str, Any]:
+    """Run ``operation`` (an in-process API call) and list the qemu-img calls it made."""
+    log.write_text("")
+    elapsed, _ = bl.timed(operation)
+    calls = read_calls(log)
     in_qemu_img = sum(c["ms"] for c in calls)
     return {"wall_ms": elapsed * 1e3, "qemu_img_calls": len(calls),
             "qemu_img_ms": in_qemu_img, "other_ms": elapsed * 1e3 - in_qemu_img,
@@ -242,8 +282,12 @@ def bench_clone(args: argparse.Namespace) -> dict[str, Any]:
                 vk.client.request("DELETE", vol_path(name))
                 sync_all()
 
+            def ready() -> None:
+                prime_memory(512 * MiB, workdir)
+
             def linked_cli() -> float:
                 name = f"lc{next(counter)}.qcow2"
+                ready()
                 elapsed, _ = run_timed([*cli, "vol-clone", "base.qcow2", name, "--pool", POOL,
                                         "--linked"], env=vk.env)
                 info = vk.client.get(vol_path(name))
@@ -253,6 +297,7 @@ def bench_clone(args: argparse.Namespace) -> dict[str, Any]:
 
             def linked_api() -> float:
                 name = f"la{next(counter)}.qcow2"
+                ready()
                 elapsed, info = bl.timed(lambda: vk.client.post(
                     vol_path("base.qcow2", "/clone"), {"name": name, "linked": True}))
                 assert info["backing"] == base_path, info
@@ -261,6 +306,7 @@ def bench_clone(args: argparse.Namespace) -> dict[str, Any]:
 
             def overlay_floor() -> float:
                 target = pool_dir / f".floor{next(counter)}.qcow2"
+                ready()
                 elapsed, _ = run_timed(["qemu-img", "create", "-q", "-f", "qcow2", "-b",
                                         base_path, "-F", "qcow2", str(target), str(size)])
                 target.unlink()
@@ -269,6 +315,7 @@ def bench_clone(args: argparse.Namespace) -> dict[str, Any]:
 
             def full_cli() -> float:
                 name = f"fc{next(counter)}.qcow2"
+                ready()
                 elapsed, _ = run_timed([*cli, "vol-clone", "base.qcow2", name, "--pool", POOL],
                                        env=vk.env)
                 info = vk.client.get(vol_path(name))
@@ -278,6 +325,7 @@ def bench_clone(args: argparse.Namespace) -> dict[str, Any]:
 
             def convert() -> float:
                 target = pool_dir / f".conv{next(counter)}.qcow2"
+                ready()
                 elapsed, _ = run_timed(["qemu-img", "convert", "-O", "qcow2", "-f", "qcow2",
                                         base_path, str(target)])
                 target.unlink()
@@ -286,6 +334,7 @@ def bench_clone(args: argparse.Namespace) -> dict[str, Any]:
 
             def cp_sparse() -> float:
                 target = pool_dir / f".cp{next(counter)}.qcow2"
+                ready()
                 elapsed, _ = run_timed(["cp", "--sparse=always", base_path, str(target)])
                 target.unlink()
                 sync_all()
@@ -309,6 +358,7 @@ def bench_clone(args: argparse.Namespace) -> dict[str, Any]:
                     n = next(counter)
                     name, target = f"vkbench-clone{n}", pool_dir / f"vc{n}.qcow2"
                     lv.defined.append(name)
+                    ready()
                     elapsed, _ = run_timed(["virt-clone", "--connect", bl.LIBVIRT_URI,
                                             "--original", "vkbench-clonesrc", "--name", name,
                                             "--file", str(target)])
@@ -375,7 +425,8 @@ def bench_clone(args: argparse.Namespace) -> dict[str, Any]:
     targets = {"linked_cli_lt_0.2s": med["linked_cli"] < 0.2,
                "linked_api_lt_0.2s": med["linked_api"] < 0.2}
     result = {"benchmark": "storage-clone", "runs": runs, "size": size, "data": data,
-              "context": context, **meta, "command": " ".join([sys.executable, *sys.argv]),
+              "context": context, "memory_priming": PRIME["enabled"], "prime_mib": 512,
+              **meta, "command": " ".join([sys.executable, *sys.argv]),
               "virtkit_cli": cli, "stats": stats, "derived": derived, "targets": targets,
               "host_per_round": hosts, "virtkitd_rss_kib": daemon_rss,
               "diagnostics": diagnostics,
@@ -412,6 +463,61 @@ CLONE_LABELS = {
 # -- 2. upload / download -----------------------------------------------------------------
 
 
+class _UnixHTTP(http.client.HTTPConnection):
+    """http.client over the daemon's unix socket: the benchmark's own API client, so the
+    "API in-process" columns do not depend on the CLI's streaming helpers."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=600)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self._path))
+        self.sock = sock
+
+
+def api_upload(vk: bl.VirtkitDaemon, volume: str, path: Path, size: int) -> dict[str, Any]:
+    """PUT .../upload with ``path`` as the raw body, sent with sendfile (no copy through
+    Python, so the figure is the daemon's); returns the daemon's JSON answer."""
+    connection = _UnixHTTP(vk.paths.socket)
+    try:
+        connection.putrequest("PUT", vol_path(volume, "/upload"))
+        connection.putheader("Content-Length", str(size))
+        connection.putheader("Content-Type", "application/octet-stream")
+        connection.endheaders()
+        assert connection.sock is not None
+        with open(path, "rb") as source:
+            connection.sock.sendfile(source, 0, size)
+        response = connection.getresponse()
+        body = response.read()
+        if response.status >= 300:
+            raise RuntimeError(f"upload: HTTP {response.status}: {body[:500]!r}")
+        return dict(json.loads(body))
+    finally:
+        connection.close()
+
+
+def api_download(vk: bl.VirtkitDaemon, volume: str, target: Path) -> int:
+    """GET .../download into ``target`` (readinto one 1 MiB buffer, write); bytes written."""
+    connection = _UnixHTTP(vk.paths.socket)
+    try:
+        connection.request("GET", vol_path(volume, "/download"))
+        response = connection.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"download: HTTP {response.status}: {response.read()[:500]!r}")
+        view = memoryview(bytearray(MiB))
+        done = 0
+        with open(target, "wb") as out:
+            while n := response.readinto(view):
+                out.write(view[:n])
+                done += n
+        return done
+    finally:
+        connection.close()
+
+
 def _ping_latencies(vk: bl.VirtkitDaemon, stop: threading.Event,
                     into: list[float]) -> None:
     while not stop.is_set():
@@ -438,8 +544,6 @@ def _loop_stall(vk: bl.VirtkitDaemon, operation: Callable[[], Any]) -> dict[str,
 
 
 def bench_transfer(args: argparse.Namespace) -> dict[str, Any]:
-    from virtkit.cli.streaming import open_stream, send_stream
-
     cli = bl.virtkit_cli()
     runs, size = args.runs, args.size_mib * MiB
     context = bl.host_context()
@@ -456,9 +560,7 @@ def bench_transfer(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.perf_counter()
             write_random(src, size)
             setup = {"random_file_s": time.perf_counter() - t0}
-            with open(src, "rb") as f:
-                seed = send_stream(vk.client, "PUT", vol_path("dl.bin", "/upload"),
-                                   iter(lambda: f.read(MiB), b""), size)
+            seed = api_upload(vk, "dl.bin", src, size)
             pool_dir = Path(seed["path"]).parent
             dl_volume = pool_dir / "dl.bin"
             cmp = subprocess.run(["cmp", str(src), str(dl_volume)], capture_output=True)
@@ -466,10 +568,12 @@ def bench_transfer(args: argparse.Namespace) -> dict[str, Any]:
             mode = "warm"
 
             def settle() -> None:
-                if mode == "cold":
+                if mode == "cold":  # the run reads its source into new page cache too
                     drop_caches()
+                    prime_memory(size * 5 // 2, workdir)
                 else:
                     sync_all()
+                    prime_memory(size + size // 2, workdir)
 
             def cleanup(*paths: Path, volume: str | None = None) -> None:
                 for path in paths:
@@ -520,11 +624,7 @@ def bench_transfer(args: argparse.Namespace) -> dict[str, Any]:
             def upload_api() -> float:
                 settle()
 
-                def send() -> Any:
-                    with open(src, "rb") as f:
-                        return send_stream(vk.client, "PUT", vol_path("up.bin", "/upload"),
-                                           iter(lambda: f.read(MiB), b""), size)
-                elapsed, answer, daemon = cpu_daemon(send)
+                elapsed, answer, daemon = cpu_daemon(lambda: api_upload(vk, "up.bin", src, size))
                 note_cpu("upload_api", daemon=daemon)
                 assert answer["uploaded"] == size, answer
                 cleanup(volume="up.bin")
@@ -545,16 +645,7 @@ def bench_transfer(args: argparse.Namespace) -> dict[str, Any]:
                 target = workdir / "dl-api.bin"
                 settle()
 
-                def fetch() -> int:
-                    done = 0
-                    with open_stream(vk.client, "GET", vol_path("dl.bin", "/download")) \
-                            as response, open(target, "wb") as out:
-                        while chunk := response.read(MiB):
-                            out.write(chunk)
-                            done += len(chunk)
-                    return done
-
-                elapsed, done, daemon = cpu_daemon(fetch)
+                elapsed, done, daemon = cpu_daemon(lambda: api_download(vk, "dl.bin", target))
                 note_cpu("download_api", daemon=daemon)
                 assert done == size
                 cleanup(target)
@@ -588,17 +679,13 @@ def bench_transfer(args: argparse.Namespace) -> dict[str, Any]:
                                       for field in rows[0]} for k, rows in cpu.items()}}
             # Does a transfer stall the daemon's event loop?  (warm, not timed above)
             mode = "warm"
-            sync_all()
+            settle()
             diagnostics["loop_idle"] = _loop_stall(vk, lambda: time.sleep(1.0))
 
-            def api_upload() -> None:
-                with open(src, "rb") as f:
-                    send_stream(vk.client, "PUT", vol_path("up.bin", "/upload"),
-                                iter(lambda: f.read(MiB), b""), size)
-
-            diagnostics["loop_during_upload"] = _loop_stall(vk, api_upload)
+            diagnostics["loop_during_upload"] = _loop_stall(
+                vk, lambda: api_upload(vk, "up.bin", src, size))
             cleanup(volume="up.bin")
-            sync_all()
+            settle()
             diagnostics["loop_during_download"] = _loop_stall(
                 vk, lambda: run_timed([*cli, "vol-download", "dl.bin",
                                        str(workdir / "dl-x.bin"), "--pool", POOL], env=vk.env))
@@ -625,9 +712,11 @@ def bench_transfer(args: argparse.Namespace) -> dict[str, Any]:
                            "targets": targets, "cpu_median_s": data["cpu"],
                            "host_per_round": data["host_per_round"]}
     result = {"benchmark": "storage-transfer", "runs": runs, "size": size, "context": context,
+              "memory_priming": PRIME["enabled"],
               "setup": setup, "cache_modes": {
                   "warm": "sync before each run; the source file stays in the page cache",
                   "cold": "sync + echo 3 > /proc/sys/vm/drop_caches before each run"},
+              "prime_mib": {"warm": size * 3 // 2 // MiB, "cold": size * 5 // 2 // MiB},
               "command": " ".join([sys.executable, *sys.argv]), "virtkit_cli": cli,
               "modes": out_modes, "diagnostics": diagnostics, "virtkitd_rss_kib": daemon_rss,
               "context_after": {"loadavg": bl.loadavg(),
@@ -672,8 +761,11 @@ def bench_import(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="vkbench-st-"))
     diagnostics: dict[str, Any] = {}
     setup: dict[str, float] = {}
+    paired: dict[str, list[dict[str, float]]] = {}
     try:
-        with bl.VirtkitDaemon() as vk:
+        # The daemon's qemu-img is the trace wrapper, so every import run also tells how
+        # long its own qemu-img convert took: virtkit's overhead measured within the run.
+        with traced_daemon(workdir) as (vk, log):
             raw = workdir / "src.raw"
             vmdk = workdir / "src.vmdk"
             setup["random_raw_s"] = bl.timed(lambda: write_random(raw, size))[0]
@@ -684,11 +776,26 @@ def bench_import(args: argparse.Namespace) -> dict[str, Any]:
             sources = {"raw": raw, "vmdk": vmdk}
             sizes = {k: v.stat().st_blocks * 512 for k, v in sources.items()}
 
+            def ready() -> None:
+                sync_all()
+                prime_memory(size + 256 * MiB, workdir)
+                log.write_text("")
+
+            def pair(key: str, elapsed: float) -> None:
+                calls = read_calls(log)
+                convert = sum(c["ms"] for c in calls if c["subcommand"] == "convert") / 1e3
+                others = sum(c["ms"] for c in calls if c["subcommand"] != "convert") / 1e3
+                paired.setdefault(key, []).append({
+                    "wall_s": elapsed, "convert_s": convert, "other_qemu_img_s": others,
+                    "qemu_img_calls": len(calls), "overhead_s": elapsed - convert,
+                    "overhead": (elapsed - convert) / convert})
+
             def vk_cli(fmt: str) -> Callable[[], float]:
                 def run() -> float:
-                    sync_all()
+                    ready()
                     elapsed, _ = run_timed([*cli, "vol-import", POOL, f"imp-{fmt}.qcow2",
                                             str(sources[fmt]), "--format", "qcow2"], env=vk.env)
+                    pair(f"vk_{fmt}_cli", elapsed)
                     info = vk.client.get(vol_path(f"imp-{fmt}.qcow2"))
                     assert info["format"] == "qcow2" and info["capacity"] == size, info
                     vk.client.request("DELETE", vol_path(f"imp-{fmt}.qcow2"))
@@ -697,11 +804,12 @@ def bench_import(args: argparse.Namespace) -> dict[str, Any]:
 
             def vk_api(fmt: str) -> Callable[[], float]:
                 def run() -> float:
-                    sync_all()
+                    ready()
                     elapsed, info = bl.timed(lambda: vk.client.post(
                         f"/v1/pools/{POOL}/import", {"name": f"api-{fmt}.qcow2",
                                                      "source": str(sources[fmt]),
                                                      "format": "qcow2"}))
+                    pair(f"vk_{fmt}_api", elapsed)
                     assert info["format"] == "qcow2" and info["capacity"] == size, info
                     vk.client.request("DELETE", vol_path(f"api-{fmt}.qcow2"))
                     return elapsed
@@ -710,7 +818,7 @@ def bench_import(args: argparse.Namespace) -> dict[str, Any]:
             def direct(fmt: str) -> Callable[[], float]:
                 def run() -> float:
                     target = pool_dir / f".direct-{fmt}.qcow2"
-                    sync_all()
+                    ready()
                     # exactly what qemuimg.convert runs for an import
                     elapsed, _ = run_timed(["qemu-img", "convert", "-p", "-O", "qcow2", "-f",
                                             fmt, str(sources[fmt]), str(target)])
@@ -720,19 +828,20 @@ def bench_import(args: argparse.Namespace) -> dict[str, Any]:
 
             runners = {"vk_raw_cli": vk_cli("raw"), "vk_raw_api": vk_api("raw"),
                        "qemu_img_raw": direct("raw"), "vk_vmdk_cli": vk_cli("vmdk"),
-                       "qemu_img_vmdk": direct("vmdk")}
+                       "vk_vmdk_api": vk_api("vmdk"), "qemu_img_vmdk": direct("vmdk")}
             samples, hosts = interleaved(runners, runs, vk)
+            for values in paired.values():
+                del values[0]  # the warm-up round
             daemon_rss = bl.proc_rss_kib(vk.pid)
 
-        # Which qemu-img calls an import makes besides the convert (small sources).
-        small_raw, small_vmdk = workdir / "small.raw", workdir / "small.vmdk"
-        write_random(small_raw, 64 * MiB)
-        run_timed(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", str(small_raw),
-                   str(small_vmdk)])
-        with traced_daemon(workdir) as (tvk, log):
+            # Which qemu-img calls an import makes besides the convert (small sources).
+            small_raw, small_vmdk = workdir / "small.raw", workdir / "small.vmdk"
+            write_random(small_raw, 64 * MiB)
+            run_timed(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", str(small_raw),
+                       str(small_vmdk)])
             for fmt, path in (("raw", small_raw), ("vmdk", small_vmdk)):
                 diagnostics[f"import_{fmt}_64mib_traced"] = trace_calls(
-                    log, lambda fmt=fmt, path=path: tvk.client.post(
+                    log, lambda fmt=fmt, path=path: vk.client.post(
                         f"/v1/pools/{POOL}/import",
                         {"name": f"t-{fmt}.qcow2", "source": str(path), "format": "qcow2"}))
     finally:
@@ -747,17 +856,28 @@ def bench_import(args: argparse.Namespace) -> dict[str, Any]:
         "raw_cli_overhead_s": med["vk_raw_cli"] - med["qemu_img_raw"],
         "raw_api_overhead_s": med["vk_raw_api"] - med["qemu_img_raw"],
         "vmdk_cli_overhead_s": med["vk_vmdk_cli"] - med["qemu_img_vmdk"],
+        "vmdk_api_overhead": med["vk_vmdk_api"] / med["qemu_img_vmdk"] - 1,
     }
-    targets = {"raw_cli_overhead_le_5pct": derived["raw_cli_overhead"] <= 0.05,
-               "vmdk_cli_overhead_le_5pct": derived["vmdk_cli_overhead"] <= 0.05}
+    paired_stats = {key: {field: bl.summary([row[field] for row in rows])
+                          for field in ("wall_s", "convert_s", "overhead_s", "overhead")}
+                    for key, rows in paired.items()}
+    targets = {"raw_cli_overhead_le_5pct_paired":
+               paired_stats["vk_raw_cli"]["overhead"]["median"] <= 0.05,
+               "vmdk_cli_overhead_le_5pct_paired":
+               paired_stats["vk_vmdk_cli"]["overhead"]["median"] <= 0.05,
+               "raw_cli_overhead_le_5pct_unpaired": derived["raw_cli_overhead"] <= 0.05,
+               "vmdk_cli_overhead_le_5pct_unpaired": derived["vmdk_cli_overhead"] <= 0.05}
     result = {"benchmark": "storage-import", "runs": runs, "size": size,
-              "source_allocated_bytes": sizes, "context": context, "setup": setup,
+              "source_allocated_bytes": sizes, "context": context,
+              "memory_priming": PRIME["enabled"], "setup": setup,
               "cache": "warm: sources stay in the page cache; sync before each run",
+              "prime_mib": (size + 256 * MiB) // MiB,
               "command": " ".join([sys.executable, *sys.argv]), "virtkit_cli": cli,
               "direct_argv": "qemu-img convert -p -O qcow2 -f FMT SRC DST",
-              "stats": stats, "derived": derived, "targets": targets,
+              "stats": stats, "derived": derived, "paired": paired_stats,
+              "paired_samples": paired, "targets": targets,
               "host_per_round": hosts, "virtkitd_rss_kib": daemon_rss,
-              "diagnostics": diagnostics,
+              "diagnostics": diagnostics, "daemon_qemu_img": "trace wrapper (sh + 2 date)",
               "context_after": {"loadavg": bl.loadavg(),
                                 "foreign_qemu_processes": bl.foreign_qemu_count()}}
     rows = []
@@ -767,6 +887,14 @@ def bench_import(args: argparse.Namespace) -> dict[str, Any]:
                      f"{(s['median'] / med[ref] - 1) * 100:+.1f}%"])
     bl.print_table(f"import of a {size // MiB} MiB image to qcow2, median of {runs} (seconds)",
                    ["path", "median", "min", "max", "vs qemu-img"], rows)
+    rows = [[PAIRED_LABELS[key], bl.fmt_s(p["wall_s"]["median"]),
+             bl.fmt_s(p["convert_s"]["median"]), bl.fmt_ms(p["overhead_s"]["median"]),
+             f"{p['overhead']['median'] * 100:+.1f}%",
+             f"{p['overhead']['min'] * 100:+.1f}%..{p['overhead']['max'] * 100:+.1f}%"]
+            for key, p in paired_stats.items()]
+    bl.print_table("paired: virtkit's wall time vs its own qemu-img convert, same run",
+                   ["path", "wall s", "convert s", "overhead ms", "overhead", "min..max"],
+                   rows)
     for key, trace in diagnostics.items():
         print_trace(key, trace)
     print("targets:", json.dumps(targets))
@@ -774,11 +902,17 @@ def bench_import(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+PAIRED_LABELS = {
+    "vk_raw_cli": "`virtkit vol-import` raw (CLI)", "vk_raw_api": "import raw, API",
+    "vk_vmdk_cli": "`virtkit vol-import` vmdk (CLI)", "vk_vmdk_api": "import vmdk, API",
+}
+
 IMPORT_ROWS = [
     ("vk_raw_cli", "`virtkit vol-import` raw -> qcow2 (CLI)", "qemu_img_raw"),
     ("vk_raw_api", "import raw -> qcow2, API in-process", "qemu_img_raw"),
     ("qemu_img_raw", "(ref) `qemu-img convert -f raw -O qcow2`", "qemu_img_raw"),
     ("vk_vmdk_cli", "`virtkit vol-import` vmdk -> qcow2 (CLI)", "qemu_img_vmdk"),
+    ("vk_vmdk_api", "import vmdk -> qcow2, API in-process", "qemu_img_vmdk"),
     ("qemu_img_vmdk", "(ref) `qemu-img convert -f vmdk -O qcow2`", "qemu_img_vmdk"),
 ]
 
@@ -840,6 +974,14 @@ def report(_args: argparse.Namespace) -> None:
         for key, label, ref in IMPORT_ROWS:
             print(_row(label, s[key],
                        f"{(s[key]['median'] / s[ref]['median'] - 1) * 100:+.1f}%"))
+        print("\npaired (virtkit's wall time vs its own qemu-img convert, same run):\n")
+        print("| path | wall (s) | its convert (s) | overhead (ms) | overhead | min..max |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for key, x in imp["paired"].items():
+            print(f"| {PAIRED_LABELS[key]} | {x['wall_s']['median']:.3f} | "
+                  f"{x['convert_s']['median']:.3f} | {x['overhead_s']['median'] * 1e3:.1f} | "
+                  f"{x['overhead']['median'] * 100:+.1f}% | {x['overhead']['min'] * 100:+.1f}%"
+                  f"..{x['overhead']['max'] * 100:+.1f}% |")
         print(f"\nderived {imp['derived']}; targets {imp['targets']}")
         for key, trace in imp["diagnostics"].items():
             print(f"\n{key}: {trace['wall_ms']:.1f} ms, {trace['qemu_img_calls']} qemu-img calls "
@@ -855,11 +997,13 @@ def main() -> None:
                         "(no other QEMU running, 1-min load < 1.5)")
     parser.add_argument("--libvirt-as-installed", action="store_true",
                         help="leave /dev/kvm permissions alone (see benchlib.KvmPermissions)")
+    parser.add_argument("--no-prime", action="store_true",
+                        help="do not touch and free memory before each run (see prime_memory)")
     sub = parser.add_subparsers(dest="bench", required=True)
     p = sub.add_parser("clone", help="linked and full clone vs virt-clone, qemu-img, cp")
     p.add_argument("--runs", type=int, default=11)
     p = sub.add_parser("transfer", help="vol-upload / vol-download vs cp")
-    p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--runs", type=int, default=5)
     p.add_argument("--size-mib", type=int, default=1024)
     p.add_argument("--cache", choices=["warm", "cold", "both"], default="both")
     p = sub.add_parser("import", help="vol-import (raw, vmdk -> qcow2) vs qemu-img convert")
@@ -871,12 +1015,13 @@ def main() -> None:
     if args.bench == "report":
         report(args)
         return
+    PRIME["enabled"] = not args.no_prime
     if os.geteuid() != 0:
         print("not root: no cold-cache runs and no virt-clone", file=sys.stderr)
     funcs = {"clone": bench_clone, "transfer": bench_transfer, "import": bench_import}
     if args.bench == "all":
         for name, extra in (("clone", {"runs": 11}),
-                            ("transfer", {"runs": 7, "size_mib": 1024, "cache": "both"}),
+                            ("transfer", {"runs": 5, "size_mib": 1024, "cache": "both"}),
                             ("import", {"runs": 7, "size_mib": 2048})):
             print(f"\n##### storage {name}", flush=True)
             _run(funcs[name], argparse.Namespace(**vars(args), **extra))

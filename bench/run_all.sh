@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run every spine benchmark (start, list, cli, rss) and every storage benchmark
-# (clone, transfer, import), then print the markdown tables.
+# Run every spine benchmark (start, list, cli, rss), every storage benchmark
+# (clone, transfer, import) and every network benchmark (throughput, dhcp), then
+# print the markdown tables.
 #
 # By default it benchmarks a snapshot of a commit (BENCH_REF, default HEAD) exported
 # to a temporary folder and byte-compiled, as an installed package would be; this
@@ -11,11 +12,14 @@
 #   BENCH_COMPILE=0      do not byte-compile the snapshot
 #   BENCH_WHAT="start --runs 5"   run one benchmark (start, list, cli or rss, with
 #                        its options) instead of all; "clone", "transfer" or "import"
-#                        (with options) runs one storage benchmark
-#   BENCH_SUITE=spine|storage     run only that suite's benchmarks (default: both)
+#                        (with options) runs one storage benchmark, "throughput" or
+#                        "dhcp" one network benchmark
+#   BENCH_SUITE=spine|storage|network   run only that suite's benchmarks (default: all)
 # Needs root for libvirt's qemu:///system; without libvirt installed the virtkit
-# and raw QEMU columns still run (storage: everything but virt-clone).  Arguments go
-# to bench_spine.py and bench_storage.py before the subcommand, e.g.:
+# and raw QEMU columns still run (storage: everything but virt-clone; network:
+# virtkit's side only).  The network benchmarks run inside network namespaces of
+# their own (libvirtd too), so nothing reaches the host's network.  Arguments go
+# to bench_spine.py, bench_storage.py and bench_network.py before the subcommand:
 #   bench/run_all.sh --no-libvirt   or   bench/run_all.sh --wait-quiet 300
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,20 +41,29 @@ what="${BENCH_WHAT:-}"
 if [[ -n "$what" ]]; then
     case "${what%% *}" in
         clone|transfer|import) suite=storage ;;
+        throughput|dhcp) suite=network ;;
         *) suite=spine ;;
     esac
 fi
+runs() { [[ "$suite" == "all" || "$suite" == "$1" ]]; }
 # shellcheck disable=SC2086 # BENCH_WHAT is a subcommand and its options
-if [[ "$suite" != "storage" ]]; then
+if runs spine; then
     python bench/bench_spine.py "$@" ${what:-all}
 fi
 # shellcheck disable=SC2086
-if [[ "$suite" != "spine" ]]; then
+if runs storage; then
     python bench/bench_storage.py "$@" ${what:-all}
 fi
-if [[ "$suite" != "storage" ]]; then
+# shellcheck disable=SC2086
+if runs network; then
+    python bench/bench_network.py "$@" ${what:-all}
+fi
+if runs spine; then
     python bench/bench_spine.py report
 fi
-if [[ "$suite" != "spine" ]]; then
+if runs storage; then
     python bench/bench_storage.py report
+fi
+if runs network; then
+    python bench/bench_network.py report
 fi
