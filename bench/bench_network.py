@@ -757,17 +757,23 @@ def report(_args: argparse.Namespace) -> None:
     """Markdown tables of the latest results (for docs/benchmarks.md)."""
     tp = _load("network-throughput")
     if tp:
-        print(f"### guest-to-guest TCP throughput (median of {tp['runs']}, MiB/s)\n")
-        print("| NIC model | guest driver | median | min | max | s per run | MiB per run | "
-              "x virtio |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|")
-        for m, s in tp["stats"].items():
-            driver = tp["vms"].get(f"{m}-tx", {}).get("guest_driver", "?")
-            x = s["mib_s"]
-            print(f"| {m} | {driver} | {x['median']:.1f} | {x['min']:.1f} | {x['max']:.1f} | "
-                  f"{s['guest_s']['median']:.2f} | {s['bytes_per_run'] * BLOCK / 2**20:.0f} | "
-                  f"{bl.fmt_x(tp['derived'][m]['throughput_vs_virtio'])} |")
-        print(f"\nsetup {tp['setup']}\n")
+        for method, per_model in tp["stats"].items():
+            print(f"### guest-to-guest TCP, {tp['methods'][method]} "
+                  f"(median of {tp['runs']}, MiB/s)\n")
+            print("| NIC model | guest driver | median | min | max | s per run | MiB per run | "
+                  "x virtio |")
+            print("|---|---|---:|---:|---:|---:|---:|---:|")
+            for m, s in per_model.items():
+                driver = tp["vms"].get(f"{m}-tx", {}).get("guest_driver", "?")
+                x = s["mib_s"]
+                print(f"| {m} | {driver} | {x['median']:.1f} | {x['min']:.1f} | "
+                      f"{x['max']:.1f} | {s['guest_s']['median']:.2f} | "
+                      f"{s['bytes_per_run'] / 2**20:.0f} | "
+                      f"{bl.fmt_x(tp['derived'][method][m]['throughput_vs_virtio'])} |")
+            lo = tp["loopback_virtio_guest"][method]["mib_s"]
+            print(f"| (lo inside one guest) | - | {lo['median']:.1f} | {lo['min']:.1f} | "
+                  f"{lo['max']:.1f} | | | - |\n")
+        print(f"setup {tp['setup']}\n")
     dh = _load("network-dhcp")
     if dh:
         print(f"### net-start -> DHCP lease (median of {dh['runs']}, seconds)\n")
