@@ -117,7 +117,12 @@ async def list_domains(request: web.Request) -> web.Response:
 @routes.post("/v1/domains")
 async def define_domain(request: web.Request) -> web.Response:
     body = await json_body(request)
-    return json_response(_services(request).domains.define(_spec_from(body)), status=201)
+    domains = _services(request).domains
+    if isinstance(body.get("xml"), str):  # libvirt domain XML; the answer has "warnings"
+        result = domains.define_xml(body["xml"], force=bool(body.get("force")))
+    else:
+        result = domains.define(_spec_from(body))
+    return json_response(result, status=201)
 
 
 @routes.post("/v1/domains/restore")
@@ -155,6 +160,13 @@ async def undefine_domain(request: web.Request) -> web.Response:
 @routes.get("/v1/domains/{ref}/spec")
 async def get_spec(request: web.Request) -> web.Response:
     return json_response(_services(request).domains.spec_yaml(request.match_info["ref"]))
+
+
+@routes.get("/v1/domains/{ref}/xml")
+async def get_xml(request: web.Request) -> web.Response:
+    """virsh dumpxml: the domain as libvirt domain XML."""
+    text = _services(request).domains.dumpxml(request.match_info["ref"])
+    return web.Response(text=text, content_type="application/xml")
 
 
 @routes.put("/v1/domains/{ref}/autostart")

@@ -25,8 +25,9 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("get", "/v1/host", "Host facts: CPUs, memory, accelerator, QEMU version", None),
     ("get", "/v1/host/check", "Host check lines (PASS/WARN/FAIL), accelerator verdict last", None),
     ("get", "/v1/domains", "List domains (?all=0 for active only)", None),
-    ("post", "/v1/domains", "Define a domain (or update the one with that name/uuid)",
-     {"$ref": "#/components/schemas/SpecBody"}),
+    ("post", "/v1/domains", "Define a domain (or update the one with that name/uuid); from "
+     "libvirt XML the answer lists in 'warnings' what force dropped",
+     {"$ref": "#/components/schemas/DefineBody"}),
     ("post", "/v1/domains/restore", "Restore a domain from a save file",
      {"type": "object", "properties": {"path": {"type": "string"},
                                        "paused": {"type": "boolean"}}, "required": ["path"]}),
@@ -38,6 +39,7 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("delete", "/v1/domains/{ref}", "Undefine a stopped domain (?nvram=1 removes its NVRAM)",
      None),
     ("get", "/v1/domains/{ref}/spec", "The spec as YAML with its version", None),
+    ("get", "/v1/domains/{ref}/xml", "The domain as libvirt domain XML (application/xml)", None),
     ("put", "/v1/domains/{ref}/autostart", "Enable or disable autostart",
      {"type": "object", "properties": {"enabled": {"type": "boolean"}}}),
     ("post", "/v1/domains/{ref}/start", "Start (optionally paused)",
@@ -117,12 +119,13 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
 
 def _operation(method: str, path: str, summary: str, body: dict[str, Any] | None
                ) -> dict[str, Any]:
+    media = "application/xml" if path.endswith("/xml") else "application/json"
     operation: dict[str, Any] = {
         "summary": summary,
         "operationId": method + "_" + "_".join(
             part.strip("{}") for part in path.strip("/").split("/")).replace(".", "_"),
         "responses": {
-            "200": {"description": "success", "content": {"application/json": {}}},
+            "200": {"description": "success", "content": {media: {}}},
             "default": {"description": "error",
                         "content": {"application/json": {
                             "schema": {"$ref": "#/components/schemas/Error"}}}},
@@ -160,6 +163,11 @@ def openapi_document() -> dict[str, Any]:
             "Network": Network.model_json_schema(),
             "SpecBody": {"type": "object", "properties": {
                 "spec": {"$ref": "#/components/schemas/Domain"}, "yaml": {"type": "string"}}},
+            "DefineBody": {"type": "object", "properties": {
+                "spec": {"$ref": "#/components/schemas/Domain"}, "yaml": {"type": "string"},
+                "xml": {"type": "string", "description": "libvirt domain XML"},
+                "force": {"type": "boolean",
+                          "description": "drop what virtkit cannot honour, with warnings"}}},
             "ShutdownBody": {"type": "object", "properties": {
                 "timeout": {"type": "number", "minimum": 0}, "wait": {"type": "boolean"}}},
             "Error": {"type": "object", "required": ["error", "message"], "properties": {

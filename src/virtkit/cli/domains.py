@@ -46,7 +46,13 @@ def _read_spec_file(path: str) -> str:
 
 
 def cmd_define(client: Client, args: argparse.Namespace) -> int:
-    result = client.post("/v1/domains", {"yaml": _read_spec_file(args.file)})
+    text = _read_spec_file(args.file)
+    if text.lstrip().startswith("<"):  # libvirt domain XML
+        result = client.post("/v1/domains", {"xml": text, "force": args.force})
+        for warning in result.get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
+    else:
+        result = client.post("/v1/domains", {"yaml": text})
     if args.json:
         render.as_json(result)
     else:
@@ -174,6 +180,12 @@ def cmd_dumpspec(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dumpxml(client: Client, args: argparse.Namespace) -> int:
+    data = client.get(_ref(client, args, "/xml"))
+    sys.stdout.write(data.decode() if isinstance(data, bytes) else str(data))
+    return 0
+
+
 def cmd_console(client: Client, args: argparse.Namespace) -> int:
     if args.log:
         data = client.get(_ref(client, args, f"/console/log?port={args.port}"))
@@ -208,9 +220,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--inactive", action="store_true", help="only inactive domains")
     p.add_argument("--name", action="store_true", help="print names only")
     p.add_argument("--uuid", action="store_true", help="print UUIDs only")
-    p = add("define", cmd_define, "define a domain from a YAML or JSON spec file ('-' = stdin)",
-            domain=False, json_flag=True)
+    p = add("define", cmd_define, "define a domain from a YAML or JSON spec file, or from "
+            "libvirt domain XML ('-' = stdin)", domain=False, json_flag=True)
     p.add_argument("file")
+    p.add_argument("--force", action="store_true",
+                   help="libvirt XML: drop what virtkit cannot honour, with a warning each")
     p = add("undefine", cmd_undefine, "remove a stopped domain's definition")
     p.add_argument("--nvram", action="store_true", help="also remove its UEFI NVRAM file")
     p = add("start", cmd_start, "start a defined domain")
@@ -239,6 +253,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add("autostart", cmd_autostart, "start a domain when the daemon starts")
     p.add_argument("--disable", action="store_true", help="stop autostarting it")
     add("dumpspec", cmd_dumpspec, "print a domain's spec as YAML")
+    add("dumpxml", cmd_dumpxml, "print a domain as libvirt domain XML")
     p = add("console", cmd_console, "attach to a domain's serial console (Ctrl-] leaves)")
     p.add_argument("--force", action="store_true", help="take over from another client")
     p.add_argument("--log", action="store_true", help="print the console log and exit")

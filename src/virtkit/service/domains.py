@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from virtkit.errors import Conflict, InvalidSpec, NotFound
+from virtkit.formats.libvirt_xml import domain_from_xml, domain_to_xml
 from virtkit.model.domain import Domain, Nic
 from virtkit.model.load import domain_to_yaml, dump_domain, load_domain, parse_text
 from virtkit.model.state import Action, State, check_action
@@ -123,6 +124,10 @@ class DomainService:
         row = self._row(ref)
         return {"name": row.name, "version": row.version,
                 "yaml": domain_to_yaml(load_domain(row.spec))}
+
+    def dumpxml(self, ref: str) -> str:
+        """The domain as libvirt domain XML (``virsh dumpxml``)."""
+        return domain_to_xml(load_domain(self._row(ref).spec))
 
     def vncdisplay(self, ref: str) -> dict[str, Any]:
         row = self._row(ref)
@@ -271,6 +276,11 @@ class DomainService:
                               state=self._life.vm(row.uuid).state.value, reason="",
                               version=row.version)
         return self.info(row.uuid)
+
+    def define_xml(self, text: str, *, force: bool = False) -> dict[str, Any]:
+        """Define from libvirt domain XML; ``warnings``: what force dropped, and notes."""
+        spec, warnings = domain_from_xml(text, force=force)
+        return {**self.define(spec), "warnings": warnings}
 
     def _existing_for(self, raw: dict[str, Any]) -> DomainRow | None:
         """The stored domain a define would replace; Conflict if name and uuid disagree."""
