@@ -116,3 +116,10 @@ class DaemonUnreachable(VirtkitError):
 
     code = "unreachable"
     http_status = 503
+
+
+class Unsupported(VirtkitError):
+    """This host or connection cannot do what was asked; the caller may fall back."""
+
+    code = "unsupported"
+    http_status = 501

@@ -10,6 +10,7 @@ import pytest
 
 from tests.real.conftest import DaemonHandle
 from virtkit.cli.client import ApiError
+from virtkit.cli.streaming import open_stream, send_file
 
 pytestmark = pytest.mark.qemu
 
@@ -97,6 +98,7 @@ def test_upload_download_and_import_with_progress(daemon: DaemonHandle,
     back = tmp_path / "back.raw"
     daemon.cli("vol-download", "up.raw", str(back), "--pool", "default")
     assert back.read_bytes() == payload.read_bytes()
+    _streamed_and_by_descriptor(daemon, payload, tmp_path)
     vmdk = tmp_path / "disk.vmdk"
     subprocess.run(["qemu-img", "convert", "-O", "vmdk", str(payload), str(vmdk)], check=True)
     result = daemon.cli("vol-import", "default", "fromvmdk.qcow2", str(vmdk))
@@ -106,6 +108,41 @@ def test_upload_download_and_import_with_progress(daemon: DaemonHandle,
     assert info["format"] == "qcow2" and info["capacity"] == 8 * 1024 * 1024
     compare = subprocess.run(["qemu-img", "compare", "-q", str(payload), info["path"]])
     assert compare.returncode == 0
+
+
+def _streamed_and_by_descriptor(daemon: DaemonHandle, payload: Path, tmp_path: Path) -> None:
+    """Both transfer paths: bytes streamed over the socket (remote clients, daemons that
+    cannot take a descriptor), and the local one where the daemon copies from our fd."""
+    data = payload.read_bytes()
+    volumes = "/v1/pools/default/volumes"
+    with open(payload, "rb") as source:
+        result = send_file(daemon.client, "PUT", f"{volumes}/streamed.raw/upload", source,
+                           len(data), lambda _sent: None)
+    assert result["uploaded"] == len(data)
+    assert (daemon.root / "images" / "streamed.raw").read_bytes() == data
+    with open_stream(daemon.client, "GET", f"{volumes}/streamed.raw/download") as response:
+        assert response.read() == data
+    with open(payload, "rb") as source:
+        result = daemon.client.post(f"{volumes}/byfd.raw/upload-fd", {"fd": source.fileno()})
+    assert result["uploaded"] == len(data)
+    assert (daemon.root / "images" / "byfd.raw").read_bytes() == data
+    target = tmp_path / "byfd.out"
+    with open(target, "wb") as out:
+        daemon.client.post(f"{volumes}/byfd.raw/download-fd", {"fd": out.fileno()})
+    assert target.read_bytes() == data
+    # The duplicate keeps our open mode: a write-only file cannot be an upload source,
+    # a read-only one cannot receive a download, and a closed number is refused.
+    with open(tmp_path / "wo", "wb") as write_only, pytest.raises(ApiError) as refused:
+        daemon.client.post(f"{volumes}/nope.raw/upload-fd", {"fd": write_only.fileno()})
+    assert "not opened for reading" in refused.value.message
+    with open(payload, "rb") as read_only, pytest.raises(ApiError) as refused:
+        daemon.client.post(f"{volumes}/byfd.raw/download-fd", {"fd": read_only.fileno()})
+    assert "not opened for writing" in refused.value.message
+    with pytest.raises(ApiError) as refused:
+        daemon.client.post(f"{volumes}/nope.raw/upload-fd", {"fd": 987654})
+    assert "no open file descriptor 987654" in refused.value.message
+    assert not (daemon.root / "images" / "nope.raw").exists()
+    assert target.read_bytes() == data
 
 
 def test_bad_storage_requests(daemon: DaemonHandle, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from virtkit.api import peerfd
 from virtkit.api.common import json_body, json_response
 from virtkit.errors import HostError, InvalidSpec, VirtkitError
 from virtkit.service.storage import StorageService
@@ -199,7 +200,7 @@ async def upload_volume(request: web.Request) -> web.Response:
                 out.write(chunk)
                 written += len(chunk)
             out.flush()
-            os.fsync(out.fileno())
+            await asyncio.to_thread(os.fsync, out.fileno())  # not in the event loop
         if not in_place:
             os.replace(partial, final)
     except BaseException as exc:
@@ -214,6 +215,27 @@ async def upload_volume(request: web.Request) -> web.Response:
         raise
     return json_response({**await asyncio.to_thread(storage.volume_info, pool, name),
                   "uploaded": written})
+
+
+@routes.post("/v1/pools/{pool}/volumes/{volume}/{direction:upload-fd|download-fd}")
+async def copy_with_client_fd(request: web.Request) -> web.StreamResponse:
+    """vol-upload/vol-download for a local client: it names one of its open file
+    descriptors (``{"fd": N}``), the daemon takes a duplicate and copies inside the
+    kernel.  501 (code ``unsupported``) tells the client to stream instead."""
+    body = await json_body(request)
+    fd = peerfd.take_fd(request, body.get("fd"))
+    storage = _storage(request)
+    pool, name = request.match_info["pool"], request.match_info["volume"]
+    copy = storage.upload_from_fd if request.match_info["direction"] == "upload-fd" \
+        else storage.download_to_fd
+
+    def operation(progress: Callable[[float, float], None]) -> dict[str, Any]:
+        try:
+            return copy(pool, name, fd, progress)
+        finally:
+            os.close(fd)
+
+    return await _with_progress(request, operation)
 
 
 @routes.get("/v1/pools/{pool}/volumes/{volume}/download")

@@ -261,12 +261,27 @@ def cmd_vol_upload(client: Client, args: argparse.Namespace) -> int:
 
     path = Path(args.file)
     size = path.stat().st_size
-    with progress_bar(f"uploading {path.name}", max(size, 1)) as bar, \
-            open(path, "rb") as source:
-        result = send_file(client, "PUT", _vol_path(_pool_of(args), args.vol, "/upload"),
-                           source, size, bar.update)
+    with open(path, "rb") as source:
+        result = _by_descriptor(client, _vol_path(_pool_of(args), args.vol, "/upload-fd"),
+                                source.fileno(), f"uploading {path.name}")
+        if result is None:  # the daemon cannot take our descriptor: stream the bytes
+            with progress_bar(f"uploading {path.name}", max(size, 1)) as bar:
+                result = send_file(client, "PUT",
+                                   _vol_path(_pool_of(args), args.vol, "/upload"),
+                                   source, size, bar.update)
     print(f"Uploaded {_human(result['uploaded'])} to {result['pool']}/{result['name']}")
     return 0
+
+
+def _by_descriptor(client: Client, path: str, fd: int, label: str) -> dict[str, Any] | None:
+    """Let a local daemon copy to or from our open file ``fd`` inside the kernel; None
+    when it cannot take the descriptor (then the caller streams)."""
+    try:
+        return _ndjson(client, path, {"fd": fd}, label)
+    except ApiError as exc:
+        if exc.code == "unsupported":
+            return None
+        raise
 
 
 def cmd_vol_download(client: Client, args: argparse.Namespace) -> int:
@@ -275,6 +290,13 @@ def cmd_vol_download(client: Client, args: argparse.Namespace) -> int:
     target = Path(args.file)
     partial = target.with_name(f".{target.name}.partial")
     try:
+        with open(partial, "wb") as out:
+            fast = _by_descriptor(client, _vol_path(_pool_of(args), args.vol, "/download-fd"),
+                                  out.fileno(), f"downloading {args.vol}")
+        if fast is not None:
+            os.replace(partial, target)
+            print(f"Downloaded {args.vol} to {target}")
+            return 0
         with open_stream(client, "GET", _vol_path(_pool_of(args), args.vol, "/download")) \
                 as response, open(partial, "wb") as out:
             total = int(response.getheader("Content-Length") or 0)

@@ -10,6 +10,7 @@ volume a running domain holds is never opened for writing.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +18,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from virtkit.errors import Conflict, InvalidSpec, NotFound
+from virtkit.errors import Conflict, HostError, InvalidSpec, NotFound
 from virtkit.model.load import invalid_spec_from
 from virtkit.model.pool import Pool, PoolState, PoolType, validate_volume_name
 from virtkit.model.state import ACTIVE_STATES, State
 from virtkit.model.units import parse_mib
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.storage import fastcopy
 from virtkit.storage.base import PoolBackend, Progress, VolumeInfo
 from virtkit.storage.lvm import lvm_config_from_env
 from virtkit.storage.pools import backend_for
@@ -277,6 +279,49 @@ class StorageService:
         if row.spec["type"] == PoolType.LOGICAL:
             return final, final
         return final.with_name(f".{final.name}.partial"), final
+
+    def upload_from_fd(self, pool: str, name: str, fd: int,
+                       progress: Progress | None = None) -> dict[str, Any]:
+        """vol-upload from a local client's open file: an in-kernel copy into the volume,
+        written under a temporary name, made durable, then renamed (atomic)."""
+        size = fastcopy.check_mode(fd, write=False, what="the upload source")
+        partial, final = self.upload_target(pool, name)
+        in_place = partial == final
+        flags = os.O_WRONLY | (0 if in_place else os.O_CREAT | os.O_TRUNC)
+        try:
+            out = os.open(partial, flags, 0o600)
+            try:
+                fastcopy.copy_fd(fd, out, size, progress, write_behind=True)
+                os.fsync(out)
+            finally:
+                os.close(out)
+            if not in_place:
+                os.replace(partial, final)
+        except BaseException as exc:
+            if not in_place:
+                partial.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                fix = ("free space in the pool, or upload to another pool"
+                       if exc.errno == errno.ENOSPC else None)
+                raise HostError(f"upload to {pool}/{name} failed: {exc.strerror}; nothing "
+                                "was changed", fix=fix) from None
+            raise
+        return {**self.volume_info(pool, name), "uploaded": size}
+
+    def download_to_fd(self, pool: str, name: str, fd: int,
+                       progress: Progress | None = None) -> dict[str, Any]:
+        """vol-download into a local client's open file: an in-kernel copy."""
+        fastcopy.check_mode(fd, write=True, what="the download target")
+        source = os.open(self.download_source(pool, name), os.O_RDONLY)
+        try:
+            size = os.lseek(source, 0, os.SEEK_END)
+            os.ftruncate(fd, 0)
+            fastcopy.copy_fd(source, fd, size, progress)
+        except OSError as exc:
+            raise HostError(f"download of {pool}/{name} failed: {exc.strerror}") from None
+        finally:
+            os.close(source)
+        return {"pool": pool, "name": name, "downloaded": size}
 
     def download_source(self, pool: str, name: str) -> Path:
         _row, backend = self._active(pool)
