@@ -32,7 +32,7 @@ from virtkit.qemu.argv import build_argv
 
 DATA = Path(__file__).parent.parent / "data" / "xml"
 ARGV = Path(__file__).parent.parent / "data" / "argv"
-IMPORT_CASES = sorted(p.stem for p in DATA.glob("*.xml") if not p.stem.startswith("export-"))
+IMPORT_CASES = sorted(p.stem for pattern in ("vi-*.xml", "vm-*.xml") for p in DATA.glob(pattern))
 ARGV_CASES = sorted(p.stem for p in ARGV.glob("*.json"))
 UUID = "11111111-2222-3333-4444-000000000001"
 

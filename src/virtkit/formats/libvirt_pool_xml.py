@@ -1,0 +1,120 @@
+"""libvirt storage pool XML in and out: ``virsh pool-dumpxml`` / ``virsh pool-define``.
+
+Pure, like :mod:`.libvirt_xml` (same refusal rule).
+
+Mapping
+-------
+- ``<pool type='dir'>`` with ``<target><path>`` <-> ``type: dir``, ``target``.
+- ``<pool type='logical'>``: ``<source><name>`` (the volume group; the pool's name
+  when absent, as libvirt does) <-> ``target``, ``<source><device path=>`` <->
+  ``source_devices``; ``<target><path>/dev/VG`` and ``<format type='lvm2'>`` are
+  accepted silently.
+- virtkit's ``iso`` pools (install media) are written as ``type='dir'`` with
+  ``<metadata><virtkit:pool type='iso'/>``; autostart goes there too.
+- Accepted silently: ``capacity``, ``allocation``, ``available`` (facts, not
+  settings) and ``target/permissions`` (virtkit makes its folders itself).
+- Other pool types (fs, netfs, disk, iscsi, rbd, zfs ...) cannot be imported, even
+  with force; other source elements (host, dir, adapter, auth) are refused.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from virtkit.errors import InvalidSpec
+from virtkit.formats.libvirt_common import VIRTKIT_NS, XmlReader, parse_document
+from virtkit.model.pool import Pool, PoolType
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    element = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        element.text = text
+    return element
+
+
+def pool_to_xml(pool: Pool) -> str:
+    """The libvirt pool XML of ``pool``, pretty-printed like ``virsh pool-dumpxml``."""
+    logical = pool.type is PoolType.LOGICAL
+    root = ET.Element("pool", type="logical" if logical else "dir")
+    _sub(root, "name", pool.name)
+    _sub(root, "uuid", pool.uuid)
+    if pool.type is PoolType.ISO or pool.autostart:
+        ours = _sub(_sub(root, "metadata"), "virtkit:pool", **{"xmlns:virtkit": VIRTKIT_NS})
+        if pool.type is PoolType.ISO:
+            ours.set("type", "iso")
+        if pool.autostart:
+            _sub(ours, "virtkit:autostart", "yes")
+    source = _sub(root, "source")
+    if logical:
+        for device in pool.source_devices:
+            _sub(source, "device", path=device)
+        _sub(source, "name", pool.target)
+        _sub(source, "format", type="lvm2")
+    target = _sub(root, "target")
+    _sub(target, "path", f"/dev/{pool.target}" if logical else pool.target)
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="unicode").replace(" />", "/>") + "\n"
+
+
+def pool_from_xml(text: str, *, force: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """Read libvirt pool XML into a pool spec dict and warnings (see the module docstring)."""
+    root = parse_document(text, "pool", command="virtkit pool-define")
+    return _PoolReader(root, force=force).read()
+
+
+class _PoolReader(XmlReader):
+    def __init__(self, root: ET.Element, *, force: bool) -> None:
+        super().__init__(root, force=force, reasons={})
+
+    def read(self) -> tuple[dict[str, Any], list[str]]:
+        root = self.root
+        ours = root.find(f"metadata/{{{VIRTKIT_NS}}}pool")
+        kind = root.get("type", "")
+        if kind not in ("dir", "logical"):
+            raise InvalidSpec(f"libvirt {kind or 'untyped'} pools cannot be imported: virtkit "
+                              "has dir, logical (LVM) and iso pools", field="xml",
+                              fix="define a dir or logical pool (virtkit pool-define-as)")
+        self.check(root, attrs=("type",), children=("name", "uuid", "source", "target"),
+                   silent=("metadata", "capacity", "allocation", "available"))
+        spec: dict[str, Any] = {}
+        for tag in ("name", "uuid"):
+            element = root.find(tag)
+            if element is not None:
+                spec[tag] = (element.text or "").strip()
+        if kind == "dir":
+            spec["type"] = "iso" if ours is not None and ours.get("type") == "iso" else "dir"
+        else:
+            spec["type"] = "logical"
+        source = root.find("source")
+        if source is not None:
+            self._source(source, spec)
+        target = root.find("target")
+        if target is not None:
+            self.check(target, children=("path",), silent=("permissions",))
+            path = (target.findtext("path") or "").strip()
+            if kind == "dir" and path:
+                spec["target"] = path
+        if kind == "logical" and "target" not in spec and "name" in spec:
+            spec["target"] = spec["name"]  # libvirt's default volume group name
+        if ours is not None and (ours.findtext(f"{{{VIRTKIT_NS}}}autostart") or "") == "yes":
+            spec["autostart"] = True
+        order = ("name", "uuid", "type", "target", "source_devices", "autostart")
+        return {key: spec[key] for key in order if key in spec}, self.finish("pool")
+
+    def _source(self, source: ET.Element, spec: dict[str, Any]) -> None:
+        logical = spec["type"] == "logical"
+        self.check(source, children=("device", "name", "format") if logical else ())
+        devices = []
+        for device in source.findall("device"):
+            self.check(device, attrs=("path",))
+            devices.append(device.get("path", ""))
+        if devices and logical:
+            spec["source_devices"] = devices
+        name = source.findtext("name")
+        if name and logical:
+            spec["target"] = name.strip()
+        fmt = source.find("format")
+        if fmt is not None and logical and fmt.get("type", "lvm2") != "lvm2":
+            self.refuse(self.where(fmt, "type"), "volume groups are lvm2")
