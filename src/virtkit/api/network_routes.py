@@ -37,6 +37,9 @@ async def list_networks(request: web.Request) -> web.Response:
 @routes.post("/v1/networks")
 async def define_network(request: web.Request) -> web.Response:
     body = await json_body(request)
+    if isinstance(body.get("xml"), str):  # libvirt network XML; the answer has "warnings"
+        return await _call(_service(request).define_xml, body["xml"],
+                           force=bool(body.get("force")))
     spec = body.get("yaml") if isinstance(body.get("yaml"), str) else body.get("spec", body)
     return await _call(_service(request).define, spec)
 
@@ -44,6 +47,13 @@ async def define_network(request: web.Request) -> web.Response:
 @routes.get("/v1/networks/{net}")
 async def network_info(request: web.Request) -> web.Response:
     return await _call(_service(request).info, request.match_info["net"])
+
+
+@routes.get("/v1/networks/{net}/xml")
+async def network_xml(request: web.Request) -> web.Response:
+    """virsh net-dumpxml: the network as libvirt network XML."""
+    text = await asyncio.to_thread(_service(request).dumpxml, request.match_info["net"])
+    return web.Response(text=text, content_type="application/xml")
 
 
 @routes.delete("/v1/networks/{net}")

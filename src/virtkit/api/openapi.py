@@ -63,8 +63,12 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("post", "/v1/domains/{ref}/interfaces/{nic}/link", "Set a NIC's link up or down (by "
      "MAC or tap name)", {"type": "object", "properties": {"state": {"enum": ["up", "down"]}}}),
     ("get", "/v1/networks", "List virtual networks (?all=0 for active only)", None),
-    ("post", "/v1/networks", "Define a network", {"$ref": "#/components/schemas/Network"}),
+    ("post", "/v1/networks", "Define a network: {\"spec\"}, {\"yaml\"}, or libvirt XML "
+     "{\"xml\", \"force\"} (the answer lists in 'warnings' what force dropped)",
+     {"$ref": "#/components/schemas/Network"}),
     ("get", "/v1/networks/{net}", "Network details and health (bridge, dnsmasq, rules)", None),
+    ("get", "/v1/networks/{net}/xml", "The network as libvirt network XML (application/xml)",
+     None),
     ("delete", "/v1/networks/{net}", "Undefine an inactive network", None),
     ("post", "/v1/networks/{net}/start", "Start: bridge, dnsmasq, nftables rules", None),
     ("post", "/v1/networks/{net}/destroy", "Stop a network", None),
@@ -79,8 +83,11 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      {"type": "object", "required": ["action", "forward"], "properties": {
          "action": {"enum": ["add", "remove"]}, "forward": {"type": "object"}}}),
     ("get", "/v1/pools", "List storage pools with capacity (?all=0 for active only)", None),
-    ("post", "/v1/pools", "Define a pool", {"$ref": "#/components/schemas/Pool"}),
+    ("post", "/v1/pools", "Define a pool: {\"spec\"}, {\"yaml\"}, or libvirt XML "
+     "{\"xml\", \"force\"}", {"$ref": "#/components/schemas/Pool"}),
     ("get", "/v1/pools/{pool}", "Pool details: state, capacity, allocation, available", None),
+    ("get", "/v1/pools/{pool}/xml", "The pool as libvirt storage pool XML (application/xml)",
+     None),
     ("delete", "/v1/pools/{pool}", "Undefine an inactive pool", None),
     ("post", "/v1/pools/{pool}/build", "Create the storage (mkdir; pvcreate+vgcreate)", None),
     ("post", "/v1/pools/{pool}/start", "Activate a pool", None),

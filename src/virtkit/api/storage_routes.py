@@ -51,7 +51,21 @@ async def list_pools(request: web.Request) -> web.Response:
 @routes.post("/v1/pools")
 async def define_pool(request: web.Request) -> web.Response:
     body = await json_body(request)
-    return json_response(_storage(request).define_pool(body.get("spec", body)), status=201)
+    storage = _storage(request)
+    if isinstance(body.get("xml"), str):  # libvirt pool XML; the answer has "warnings"
+        result = storage.define_pool_xml(body["xml"], force=bool(body.get("force")))
+    elif isinstance(body.get("yaml"), str):
+        result = storage.define_pool(body["yaml"])
+    else:
+        result = storage.define_pool(body.get("spec", body))
+    return json_response(result, status=201)
+
+
+@routes.get("/v1/pools/{pool}/xml")
+async def pool_xml(request: web.Request) -> web.Response:
+    """virsh pool-dumpxml: the pool as libvirt storage pool XML."""
+    text = _storage(request).pool_dumpxml(request.match_info["pool"])
+    return web.Response(text=text, content_type="application/xml")
 
 
 @routes.get("/v1/pools/{pool}")

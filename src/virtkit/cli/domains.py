@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from virtkit.cli import render
+from virtkit.cli import objects, render
 from virtkit.cli.client import Client
 from virtkit.errors import InvalidSpec
 
@@ -46,13 +46,8 @@ def _read_spec_file(path: str) -> str:
 
 
 def cmd_define(client: Client, args: argparse.Namespace) -> int:
-    text = _read_spec_file(args.file)
-    if text.lstrip().startswith("<"):  # libvirt domain XML
-        result = client.post("/v1/domains", {"xml": text, "force": args.force})
-        for warning in result.get("warnings", []):
-            print(f"warning: {warning}", file=sys.stderr)
-    else:
-        result = client.post("/v1/domains", {"yaml": text})
+    result = objects.define(client, "/v1/domains", _read_spec_file(args.file),
+                            force=args.force)
     if args.json:
         render.as_json(result)
     else:
@@ -181,9 +176,7 @@ def cmd_dumpspec(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_dumpxml(client: Client, args: argparse.Namespace) -> int:
-    data = client.get(_ref(client, args, "/xml"))
-    sys.stdout.write(data.decode() if isinstance(data, bytes) else str(data))
-    return 0
+    return objects.dumpxml(client, _ref(client, args, "/xml"))
 
 
 def cmd_console(client: Client, args: argparse.Namespace) -> int:

@@ -16,9 +16,14 @@ def _net(name: str, suffix: str = "") -> str:
 
 
 def cmd_net_define(client: Client, args: argparse.Namespace) -> int:
-    result = client.post("/v1/networks", {"yaml": _read_spec_file(args.file)})
+    result = objects.define(client, "/v1/networks", _read_spec_file(args.file),
+                            force=args.force)
     print(f"Network {result['name']} defined from {args.file}")
     return 0
+
+
+def cmd_net_dumpxml(client: Client, args: argparse.Namespace) -> int:
+    return objects.dumpxml(client, _net(args.network, "/xml"))
 
 
 def cmd_net_define_as(client: Client, args: argparse.Namespace) -> int:
@@ -164,7 +169,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         parser.set_defaults(func=func)
         return parser
 
-    add("net-define", cmd_net_define, "define a network from a YAML or JSON file", "file")
+    p = add("net-define", cmd_net_define, "define a network from a YAML or JSON file, or from "
+            "libvirt network XML", "file")
+    p.add_argument("--force", action="store_true",
+                   help="libvirt XML: drop what virtkit cannot honour, with a warning each")
+    add("net-dumpxml", cmd_net_dumpxml, "print a network as libvirt network XML", "network")
     p = add("net-define-as", cmd_net_define_as, "define a network from options", "name")
     p.add_argument("--mode", default="nat", choices=["nat", "isolated", "bridge"])
     p.add_argument("--subnet", help="IPv4 CIDR; a free one from 192.168.122.0/24 on if left out")

@@ -1,6 +1,9 @@
-"""Commands every named object (pool, network) shares: undefine and autostart."""
+"""Commands every named object shares: undefine, autostart, define from a file, dumpxml."""
 
 from __future__ import annotations
+
+import sys
+from typing import Any
 
 from virtkit.cli.client import Client
 
@@ -17,4 +20,22 @@ def set_autostart(client: Client, path: str, label: str, *, disable: bool) -> in
     result = client.request("PUT", f"{path}/autostart", {"enabled": not disable})
     state = "marked as autostarted" if result["autostart"] else "unmarked as autostarted"
     print(f"{label} {result['name']} {state}")
+    return 0
+
+
+def define(client: Client, path: str, text: str, *, force: bool = False) -> Any:
+    """POST a YAML/JSON spec, or libvirt XML (text starting with '<'); each warning of
+    an XML import goes to stderr."""
+    if not text.lstrip().startswith("<"):
+        return client.post(path, {"yaml": text})
+    result = client.post(path, {"xml": text, "force": force})
+    for warning in result.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    return result
+
+
+def dumpxml(client: Client, path: str) -> int:
+    """Print the libvirt XML the daemon answers at ``path`` (virsh's *dumpxml)."""
+    data = client.get(path)
+    sys.stdout.write(data.decode() if isinstance(data, bytes) else str(data))
     return 0

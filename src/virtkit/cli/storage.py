@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from virtkit.cli import objects, render
 from virtkit.cli.client import ApiError, Client
+from virtkit.cli.domains import _read_spec_file
 
 CHUNK = 1024 * 1024
 
@@ -88,6 +89,16 @@ def cmd_pool_define_as(client: Client, args: argparse.Namespace) -> int:
     result = client.post("/v1/pools", {"spec": spec})
     print(f"Pool {result['name']} defined")
     return 0
+
+
+def cmd_pool_define(client: Client, args: argparse.Namespace) -> int:
+    result = objects.define(client, "/v1/pools", _read_spec_file(args.file), force=args.force)
+    print(f"Pool {result['name']} defined from {args.file}")
+    return 0
+
+
+def cmd_pool_dumpxml(client: Client, args: argparse.Namespace) -> int:
+    return objects.dumpxml(client, _pool_path(args.pool, "/xml"))
 
 
 def cmd_pool_simple(client: Client, args: argparse.Namespace) -> int:
@@ -327,6 +338,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         parser.set_defaults(func=func)
         return parser
 
+    p = add("pool-define", cmd_pool_define, "define a pool from a YAML or JSON file, or from "
+            "libvirt pool XML ('-' = stdin)", "file")
+    p.add_argument("--force", action="store_true",
+                   help="libvirt XML: drop what virtkit cannot honour, with a warning each")
+    add("pool-dumpxml", cmd_pool_dumpxml, "print a pool as libvirt storage pool XML", "pool")
     p = add("pool-define-as", cmd_pool_define_as, "define a pool: dir, logical (LVM) or iso",
             "name", "type")
     p.add_argument("--target", required=True,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from virtkit.errors import Conflict, InvalidSpec
+from virtkit.formats.libvirt_network_xml import network_from_xml, network_to_xml
 from virtkit.model.network import Network, NetworkMode, dump_network, load_network
 from virtkit.network import dnsmasq, nftables
 from virtkit.network.backend import NetworkBackend
@@ -87,6 +88,15 @@ class NetworkService:
         row = self._store.insert_object("network", net.uuid, net.name, dump_network(net))
         self._publish("net-defined", row)
         return self.info(row.uuid)
+
+    def define_xml(self, text: str, *, force: bool = False) -> dict[str, Any]:
+        """Define from libvirt network XML; ``warnings``: what force dropped, and notes."""
+        spec, warnings = network_from_xml(text, force=force)
+        return {**self.define(spec), "warnings": warnings}
+
+    def dumpxml(self, ref: str) -> str:
+        """The network as libvirt network XML (``virsh net-dumpxml``)."""
+        return network_to_xml(self.spec_of(ref))
 
     def start(self, ref: str) -> dict[str, Any]:
         row = self._store.get_object("network", ref)

@@ -19,7 +19,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from virtkit.errors import Conflict, HostError, InvalidSpec, NotFound
-from virtkit.model.load import invalid_spec_from
+from virtkit.formats.libvirt_pool_xml import pool_from_xml, pool_to_xml
+from virtkit.model.load import invalid_spec_from, parse_text
 from virtkit.model.pool import Pool, PoolState, PoolType, validate_volume_name
 from virtkit.model.state import ACTIVE_STATES, State
 from virtkit.model.units import parse_mib
@@ -100,8 +101,9 @@ class StorageService:
         pools = [self.pool_info(row.uuid) for row in self._store.list_pools()]
         return [p for p in pools if include_inactive or p["state"] == PoolState.ACTIVE]
 
-    def define_pool(self, data: dict[str, Any]) -> dict[str, Any]:
-        pool = load_pool(data)
+    def define_pool(self, data: dict[str, Any] | str) -> dict[str, Any]:
+        pool = load_pool(parse_text(data, source="pool spec") if isinstance(data, str)
+                         else data)
         if pool.type is not PoolType.LOGICAL:
             for other in self._store.list_pools():
                 if other.spec["type"] != PoolType.LOGICAL and \
@@ -111,6 +113,15 @@ class StorageService:
         row = self._store.insert_pool(pool.uuid, pool.name, pool.model_dump(mode="json"))
         self._publish("pool-defined", row)
         return self.pool_info(row.uuid)
+
+    def define_pool_xml(self, text: str, *, force: bool = False) -> dict[str, Any]:
+        """Define from libvirt pool XML; ``warnings``: what force dropped."""
+        spec, warnings = pool_from_xml(text, force=force)
+        return {**self.define_pool(spec), "warnings": warnings}
+
+    def pool_dumpxml(self, ref: str) -> str:
+        """The pool as libvirt pool XML (``virsh pool-dumpxml``)."""
+        return pool_to_xml(load_pool(self._store.get_pool(ref).spec))
 
     def build_pool(self, ref: str) -> dict[str, Any]:
         row = self._store.get_pool(ref)
