@@ -12,6 +12,7 @@ Golden files under tests/data/xml:
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -400,3 +401,24 @@ def test_accelerator_and_cpu_modes_out() -> None:
                                                          '<cpu mode="maximum"/>')
     assert root_and_cpu(accelerator="kvm", cpu="host")[1] == '<cpu mode="host-passthrough"/>'
     assert root_and_cpu(cpu="qemu64")[1] == '<cpu mode="custom" match="exact" check="none">'
+
+
+def test_the_xml_modules_are_pure() -> None:
+    """formats/libvirt_*.py import only the model, errors, each other and the stdlib."""
+    import sys
+
+    import virtkit.formats
+
+    folder = Path(virtkit.formats.__file__).parent
+    modules = sorted(folder.glob("libvirt_*.py"))
+    assert len(modules) >= 4
+    for path in modules:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                top = name.split(".")[0]
+                allowed = name.startswith(("virtkit.model", "virtkit.errors",
+                                           "virtkit.formats.libvirt_"))
+                assert allowed or top in sys.stdlib_module_names or top == "__future__", \
+                    f"{path.name} imports {name}"

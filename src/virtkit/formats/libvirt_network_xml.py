@@ -33,10 +33,9 @@ import ipaddress
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from pydantic import ValidationError
-
+from virtkit.errors import InvalidSpec
 from virtkit.formats.libvirt_common import VIRTKIT_NS, XmlReader, parse_document
-from virtkit.model.network import Network, NetworkMode
+from virtkit.model.network import Network, NetworkMode, load_network
 
 REASONS = {
     "portgroup": "port groups are not supported",
@@ -303,8 +302,8 @@ class _NetworkReader(XmlReader):
         bare = {**self.spec, "dhcp": {k: v for k, v in dhcp.items() if k not in ("start",
                                                                                   "end")}}
         try:
-            derived = Network.model_validate(bare).dhcp_range
-        except ValidationError:
+            derived = load_network(bare).dhcp_range
+        except InvalidSpec:
             return
         if derived is not None and (str(derived[0]), str(derived[1])) == (dhcp["start"],
                                                                            dhcp["end"]):
