@@ -121,6 +121,25 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
          "format": {"enum": ["qcow2", "raw"]}}}),
     ("put", "/v1/pools/{pool}/volumes/{volume}/upload", "Stream bytes into a volume", None),
     ("get", "/v1/pools/{pool}/volumes/{volume}/download", "Stream a volume's bytes", None),
+    ("post", "/v1/pools/{pool}/volumes/{volume}/upload-fd",
+     "Local clients: the daemon copies from the caller's open descriptor fd (in-kernel; "
+     "NDJSON progress; 501 'unsupported' means stream instead)",
+     {"type": "object", "required": ["fd"], "properties": {"fd": {"type": "integer"}}}),
+    ("post", "/v1/pools/{pool}/volumes/{volume}/download-fd",
+     "Local clients: the daemon copies the volume into the caller's open descriptor fd",
+     {"type": "object", "required": ["fd"], "properties": {"fd": {"type": "integer"}}}),
+    ("post", "/v1/install",
+     "Create a VM and run its install (virtkit install's request; see docs/install.md)",
+     {"type": "object", "required": ["domain", "method"], "properties": {
+         "domain": {"$ref": "#/components/schemas/Domain"}, "method": {"enum": [
+             "import", "cdrom", "location", "pxe", "kernel", "livecd", "none"]},
+         "new_disks": {"type": "array"}, "install_media": {"type": ["string", "null"]},
+         "location": {"type": ["string", "null"]}, "extra_args": {"type": ["string", "null"]},
+         "initrd_inject": {"type": "array", "items": {"type": "string"}},
+         "os_variant": {"type": ["string", "null"]}, "cloud_init": {"type": ["object", "null"]},
+         "noreboot": {"type": "boolean"}, "dry_run": {"type": "boolean"},
+         "print_xml": {"type": "boolean"}}}),
+    ("get", "/v1/osinfo", "OS variants of the osinfo database (?filter=TEXT)", None),
 ]
 
 

@@ -231,7 +231,7 @@ async def upload_volume(request: web.Request) -> web.Response:
                   "uploaded": written})
 
 
-@routes.post("/v1/pools/{pool}/volumes/{volume}/{direction:upload-fd|download-fd}")
+@routes.post("/v1/pools/{pool}/volumes/{volume}/{action:upload-fd|download-fd}")
 async def copy_with_client_fd(request: web.Request) -> web.StreamResponse:
     """vol-upload/vol-download for a local client: it names one of its open file
     descriptors (``{"fd": N}``), the daemon takes a duplicate and copies inside the
@@ -240,7 +240,7 @@ async def copy_with_client_fd(request: web.Request) -> web.StreamResponse:
     fd = peerfd.take_fd(request, body.get("fd"))
     storage = _storage(request)
     pool, name = request.match_info["pool"], request.match_info["volume"]
-    copy = storage.upload_from_fd if request.match_info["direction"] == "upload-fd" \
+    copy = storage.upload_from_fd if request.match_info["action"] == "upload-fd" \
         else storage.download_to_fd
 
     def operation(progress: Callable[[float, float], None]) -> dict[str, Any]:

@@ -326,8 +326,10 @@ class StorageService:
         source = os.open(self.download_source(pool, name), os.O_RDONLY)
         try:
             size = os.lseek(source, 0, os.SEEK_END)
-            os.ftruncate(fd, 0)
             fastcopy.copy_fd(source, fd, size, progress)
+            # Cut what was beyond the end. Never truncate to 0 first: ext4 then flushes
+            # the whole file when it is closed (its "replace via truncate" heuristic).
+            os.ftruncate(fd, size)
         except OSError as exc:
             raise HostError(f"download of {pool}/{name} failed: {exc.strerror}") from None
         finally:
