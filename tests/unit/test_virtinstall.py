@@ -204,8 +204,35 @@ def test_osinfo_defaults_inherit_from_the_parent(osinfo_db: OsinfoDb) -> None:
     child = osinfo_db.defaults("exos-two")
     assert (child.memory_mib, child.vcpus, child.storage_bytes, child.virtio) == (
         2048, 2, 20 * 2**30, True)
-    old = osinfo_db.defaults("oldos9")
-    assert (old.memory_mib, old.virtio) == (256, False)
+    old = osinfo_db.defaults("oldos9")  # a minimum only: twice it, as virt-install takes
+    assert (old.memory_mib, old.virtio) == (512, False)
+
+
+OSINFO_WIN = """<libosinfo version="0.0.1"><os id="http://example.org/win/3">
+<short-id>exwin3</short-id><name>Example Windows 3</name><version>3</version>
+<derives-from id="http://example.org/os/1"/>
+<devices><device id="http://pcisig.com/pci/1af4/1001" supported="false"/></devices>
+<resources arch="i686"><minimum><ram>1073741824</ram></minimum></resources>
+<resources arch="x86_64"><minimum><n-cpus>1</n-cpus><ram>2147483648</ram></minimum>
+<maximum><ram>6597069766656</ram></maximum></resources>
+<resources arch="all"><recommended><storage>42949672960</storage></recommended></resources>
+</os></libosinfo>"""
+#: what an OS's .d folder holds: drivers for the installer, under the same OS id
+OSINFO_WIN_DRIVERS = """<libosinfo version="0.0.1"><os id="http://example.org/win/3">
+<short-id>exwin3</short-id><driver arch="x86_64" location="https://example.org/d">
+<device id="http://pcisig.com/pci/1af4/1001"/></driver></os></libosinfo>"""
+
+
+def test_osinfo_defaults_are_the_ones_virt_install_picks(osinfo_db: OsinfoDb) -> None:
+    folder = osinfo_db.root / "os" / "example.org"
+    (folder / "win-3.xml").write_text(OSINFO_WIN)
+    (folder / "win-3.d").mkdir()
+    (folder / "win-3.d" / "drivers.xml").write_text(OSINFO_WIN_DRIVERS)
+    win = OsinfoDb(osinfo_db.root).defaults("exwin3")
+    # its own x86_64 resources (not the parent's recommended 2 GiB, 2 CPUs), a minimum
+    # doubled, the 'all' storage; no virtio disks despite the parent and the drivers
+    assert (win.memory_mib, win.vcpus, win.storage_bytes, win.virtio) == (
+        4096, 2, 40 * 2**30, False)
 
 
 def test_osinfo_unknown_variant_lists_the_closest(osinfo_db: OsinfoDb) -> None:

@@ -7,6 +7,15 @@ and NICs are e1000).  The database is a tree of XML files, one per OS, each with
 ``resources`` (minimum, recommended) per architecture; this module reads it
 directly, so no libosinfo is needed.  ``$OSINFO_SYSTEM_DIR`` overrides the
 location, as it does for libosinfo.
+
+The values are the ones virt-install picks from the same database: a key's
+recommended value, else twice its minimum (virtinst's approximation); the
+``x86_64`` resources before ``all``; those of the OS itself, and only when it has
+none, its parent's (virt-install would then ask for ``--memory``).  virtio means
+the OS drives virtio-block disks (virtinst's ``supports_virtiodisk``): the nearest
+entry that lists such a device decides, ``supported="false"`` saying no.  The files
+in an OS's ``.d`` folder (drivers to inject into Windows installs) are not read:
+they name the same OS, and the drivers they list are not in the installed OS.
 """
 
 from __future__ import annotations
@@ -21,7 +30,9 @@ from pathlib import Path
 from virtkit.errors import HostError, InvalidSpec
 
 DEFAULT_ROOTS = (Path("/usr/share/osinfo"), Path("/usr/share/libosinfo/db"))
-_VIRTIO_VENDOR = "http://pcisig.com/pci/1af4/"  # Red Hat's PCI vendor id: virtio devices
+#: virtio-block (legacy and 1.0) PCI ids: the OS boots from virtio disks.
+_VIRTIO_BLOCK = ("http://pcisig.com/pci/1af4/1001", "http://pcisig.com/pci/1af4/1042")
+_ARCHES = ("x86_64", "all")
 
 
 @dataclass(frozen=True)
@@ -45,7 +56,7 @@ class OsEntry:
     release_date: str
     eol_date: str
     parents: list[str]
-    resources: dict[str, int]  # ram, storage, n-cpus (recommended, else minimum)
+    resources: dict[str, int]  # ram, storage, n-cpus (recommended, else 2 x minimum)
     virtio: bool | None  # None: the file says nothing, ask the parent
 
     def to_dict(self) -> dict[str, object]:
@@ -61,19 +72,38 @@ def _text(node: ET.Element, tag: str) -> str:
 
 
 def _resources(node: ET.Element) -> dict[str, int]:
-    out: dict[str, int] = {}
+    """ram, storage and n-cpus as virt-install picks them from one ``<os>``."""
+    levels: dict[tuple[str, str], dict[str, int]] = {}
     for res in node.findall("resources"):
-        if res.get("arch") not in ("all", "x86_64", None):
+        arch = res.get("arch", "all")
+        if arch not in _ARCHES:
             continue
-        for level in ("minimum", "recommended"):  # recommended overrides minimum
+        for level in ("minimum", "recommended"):
             block = res.find(level)
             if block is None:
                 continue
             for key in ("ram", "storage", "n-cpus"):
                 value = _text(block, key)
-                if value.isdigit():
-                    out[key] = int(value)
+                if value.isdigit() and int(value) > 0:
+                    levels.setdefault((level, arch), {})[key] = int(value)
+    out: dict[str, int] = {}
+    for key in ("ram", "storage", "n-cpus"):
+        recommended = next((levels[("recommended", a)][key] for a in _ARCHES
+                            if key in levels.get(("recommended", a), {})), None)
+        minimum = next((levels[("minimum", a)][key] for a in _ARCHES
+                        if key in levels.get(("minimum", a), {})), None)
+        if recommended is not None:
+            out[key] = recommended
+        elif minimum is not None:
+            out[key] = minimum * 2
     return out
+
+
+def _virtio(node: ET.Element) -> bool | None:
+    """Whether this ``<os>`` says it drives virtio-block disks; None if it says nothing."""
+    said = [device.get("supported", "true") != "false"
+            for device in node.findall("devices/device") if device.get("id") in _VIRTIO_BLOCK]
+    return any(said) if said else None
 
 
 def parse_os(text: str) -> OsEntry | None:
@@ -84,15 +114,13 @@ def parse_os(text: str) -> OsEntry | None:
         return None
     parents = [link.get("id", "") for link in node.findall("derives-from")]
     parents += [link.get("id", "") for link in node.findall("clones")]
-    devices = [d.get("id", "") for d in node.iter("device")]
-    virtio = True if any(d.startswith(_VIRTIO_VENDOR) for d in devices) else None
     return OsEntry(id=node.get("id", ""),
                    short_ids=[(s.text or "").strip() for s in node.findall("short-id")],
                    name=_text(node, "name"), family=_text(node, "family"),
                    vendor=_text(node, "vendor"), version=_text(node, "version"),
                    release_date=_text(node, "release-date"), eol_date=_text(node, "eol-date"),
                    parents=[p for p in parents if p], resources=_resources(node),
-                   virtio=virtio)
+                   virtio=_virtio(node))
 
 
 class OsinfoDb:
@@ -103,6 +131,8 @@ class OsinfoDb:
         self.by_id: dict[str, OsEntry] = {}
         self.by_short: dict[str, OsEntry] = {}
         for path in sorted((root / "os").rglob("*.xml")):
+            if any(part.endswith(".d") for part in path.relative_to(root).parts[:-1]):
+                continue  # drivers for the installer, under the same OS id
             try:
                 entry = parse_os(path.read_text())
             except (ET.ParseError, OSError):
@@ -136,9 +166,7 @@ class OsinfoDb:
 
     def defaults(self, name: str) -> OsDefaults:
         chain = self._inherited(self.lookup(name))
-        resources: dict[str, int] = {}
-        for entry in reversed(chain):
-            resources.update(entry.resources)
+        resources = next((e.resources for e in chain if e.resources), {})
         virtio = next((e.virtio for e in chain if e.virtio is not None), False)
         ram = resources.get("ram")
         return OsDefaults(memory_mib=ram // 2**20 if ram else 1024,
