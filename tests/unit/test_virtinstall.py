@@ -112,6 +112,40 @@ def test_cpu_model_and_features() -> None:
         "model": "host"}
 
 
+@pytest.mark.parametrize("mode", ["host", "host-model", "host-copy"])
+def test_cpu_host_model_is_the_default_as_in_virt_install(mode: str) -> None:
+    """virt-install writes <cpu mode='host-model'> for these (and without --cpu); virtkit's
+    'auto' is what the XML reader makes of that: the host CPU under KVM, max under TCG."""
+    line = f"--name a --import --disk /a --cpu {mode}"
+    assert parse(line).domain["cpu"] == {"model": "auto"}
+
+
+@pytest.mark.parametrize(("option", "expected"), [
+    ("1024", {"current": 1024}),
+    ("memory=1024", {"current": 1024}),
+    # virt-install: <memory> 2048 (the ceiling), <currentMemory> 1024 (at boot)
+    ("1024,maxmemory=2048", {"current": 1024, "max": 2048}),
+    ("memory=2048,currentMemory=1024", {"current": 1024, "max": 2048}),
+    ("2048,currentMemory=1024", {"current": 1024, "max": 2048}),
+    ("maxmemory=2048", {"current": 2048}),
+    ("currentMemory=512", {"current": 512}),
+    ("1024,hotplugmemorymax=4096,hotplugmemoryslots=4", {"current": 1024, "max": 4096}),
+])
+def test_memory_forms_mean_what_virt_install_makes_of_them(
+        option: str, expected: dict[str, int]) -> None:
+    assert parse(f"--name a --import --disk /a --memory {option}").domain["memory"] == expected
+
+
+def test_memory_ceiling_below_the_boot_amount_is_refused() -> None:
+    assert "below" in error_of("--name a --import --disk /a --memory 2048,maxmemory=1024").message
+
+
+def test_watchdog_default_is_virt_installs_i6300esb() -> None:
+    dom = parse("--name a --memory 512 --import --disk /a --watchdog default").domain
+    assert dom["watchdog"] == {"model": "i6300esb"}
+    load_domain(dom)
+
+
 def test_new_volume_in_a_pool_and_existing_volumes() -> None:
     req = parse("--name a --cdrom /i.iso --disk size=8 --disk pool=fast,size=2,format=raw "
                 "--disk vol=default/data.qcow2")

@@ -21,78 +21,18 @@ from typing import Any
 
 from virtkit.errors import InvalidSpec
 from virtkit.formats.suboptions import SubOptions, closest, to_int
+from virtkit.formats.virtinstall_options import (
+    FLAG_OPTIONS,
+    OPTIONAL_VALUE,
+    REFUSED,
+    SUBOPTIONS,
+    VALUE_OPTIONS,
+    keys_of,
+)
 
-#: Options virtkit recognises but refuses, with the reason.
-REFUSED: dict[str, str] = {
-    "--paravirt": "virtkit manages full (hardware-assisted or emulated) virtual machines "
-                  "only, not Xen paravirtual guests; drop --paravirt",
-    "--container": "virtkit manages full (hardware-assisted or emulated) virtual machines "
-                   "only, not containers; drop --container",
-}
-
-#: virt-install options with a value, each with its aliases; ``True`` = may repeat.
-VALUE_OPTIONS: dict[str, tuple[tuple[str, ...], bool]] = {
-    "--name": (("-n",), False),
-    "--memory": (("--ram", "-r"), False),
-    "--vcpus": ((), False),
-    "--cpuset": ((), False),
-    "--cpu": ((), False),
-    "--description": ((), False),
-    "--metadata": ((), False),
-    "--numatune": ((), False),
-    "--security": ((), False),
-    "--uuid": (("-u",), False),
-    "--cdrom": (("-c",), False),
-    "--location": (("-l",), False),
-    "--extra-args": (("-x",), False),
-    "--initrd-inject": ((), True),
-    "--os-type": ((), False),
-    "--os-variant": (("--osinfo",), False),
-    "--boot": ((), False),
-    "--cloud-init": ((), False),
-    "--disk": ((), True),
-    "--filesystem": ((), True),
-    "--network": (("-w",), True),
-    "--graphics": ((), False),
-    "--serial": ((), True),
-    "--parallel": ((), True),
-    "--channel": ((), True),
-    "--console": ((), True),
-    "--host-device": (("--hostdev",), True),
-    "--sound": (("--soundhw",), True),
-    "--watchdog": ((), False),
-    "--video": ((), False),
-    "--smartcard": ((), True),
-    "--redirdev": ((), True),
-    "--panic": ((), False),
-    "--rng": ((), False),
-    "--memballoon": ((), False),
-    "--input": ((), True),
-    "--controller": ((), True),
-    "--virt-type": ((), False),
-    "--arch": ((), False),
-    "--machine": ((), False),
-    "--wait": ((), False),
-    "--check": ((), False),
-    "--events": ((), False),
-    "--features": ((), False),
-    "--clock": ((), False),
-    "--connect": ((), False),
-    "--unattended": ((), False),
-    "--install": ((), False),
-    "--reinstall": ((), False),
-    "--autoconsole": ((), False),
-}
-#: options whose value may be left out (``--cloud-init`` alone takes the defaults).
-OPTIONAL_VALUE = {"--cloud-init", "--unattended", "--install", "--reinstall", "--autoconsole"}
-#: flags (no value).
-FLAG_OPTIONS: dict[str, tuple[str, ...]] = {
-    "--import": (), "--pxe": (), "--livecd": (), "--nodisks": (), "--nonetworks": (),
-    "--noautoconsole": (), "--hvm": ("-v",), "--paravirt": ("-p",),
-    "--container": (), "--noapic": (), "--noacpi": (), "--autostart": (),
-    "--print-xml": (), "--dry-run": (), "--noreboot": (), "--transient": (),
-    "--force": ("-f",), "--quiet": ("-q",), "--debug": ("-d",),
-}
+__all__ = ["FLAG_OPTIONS", "OPTIONAL_VALUE", "REFUSED", "SUBOPTIONS", "VALUE_OPTIONS",
+           "InstallRequest", "NewDisk", "all_option_names", "build_argparser",
+           "parse_command_line"]
 
 DEFAULT_MEMORY_MIB = 1024
 INSTALL_METHODS = ("--cdrom", "--location", "--pxe", "--import")
@@ -271,29 +211,43 @@ class _Translator:
     # -- general ------------------------------------------------------------------
 
     def _memory(self) -> None:
+        """As virt-install reads it (virtinst's _convert_old_memory_options): with
+        currentMemory=, memory= (or maxmemory=) is libvirt's <memory>, the ceiling;
+        without it, memory= (or the first word) is the RAM at boot and maxmemory= the
+        ceiling.  virtkit has no balloon target: the guest boots with the RAM at boot,
+        and a ceiling above it is the hot-add ceiling, as hotplugmemorymax= is."""
         text = self.args.memory
         if text is None:
             return  # the service fills osinfo's recommendation, or 1024 MiB
-        opts = SubOptions.parse("--memory", text,
-                                {"memory", "maxmemory", "currentMemory", "hotplugmemorymax",
-                                 "hotplugmemoryslots"})
-        current = opts.get("currentMemory") or opts.get("memory") or \
-            (opts.words.pop(0) if opts.words else None)
+        opts = SubOptions.parse("--memory", text, keys_of("--memory"))
+        if opts.words:
+            opts.values.setdefault("memory", opts.words.pop(0))
         opts.refuse_words()
-        if current is None:
+        if opts.has("currentMemory"):
+            boot, ceiling = opts.get("currentMemory"), opts.get("maxmemory") or opts.get("memory")
+        else:
+            boot, ceiling = opts.get("memory"), opts.get("maxmemory")
+        boot = boot or ceiling
+        if boot is None:
             raise InvalidSpec("--memory: give the RAM in MiB, e.g. --memory 1024")
-        memory: dict[str, Any] = {"current": to_int("--memory", "memory", current, minimum=1)}
-        ceiling = opts.get("hotplugmemorymax") or opts.get("maxmemory")
-        if ceiling is not None:
-            memory["max"] = to_int("--memory", "maxmemory", ceiling, minimum=1)
+        current = to_int("--memory", "memory", boot, minimum=1)
+        memory: dict[str, Any] = {"current": current}
+        top = opts.get("hotplugmemorymax") or ceiling
+        if top is not None:
+            maximum = to_int("--memory", "maxmemory", top, minimum=1)
+            if maximum < current:
+                raise InvalidSpec(f"--memory {text}: the ceiling {maximum} MiB is below the "
+                                  f"{current} MiB at boot", fix="raise maxmemory=, or lower "
+                                  "the memory")
+            if maximum > current:
+                memory["max"] = maximum
         self.domain["memory"] = memory
 
     def _vcpus(self) -> None:
         text = self.args.vcpus
         if text is None:
             return
-        opts = SubOptions.parse("--vcpus", text, {"vcpus", "maxvcpus", "sockets", "cores",
-                                                  "threads", "dies", "cpuset", "placement"})
+        opts = SubOptions.parse("--vcpus", text, keys_of("--vcpus"))
         if opts.words:
             opts.values.setdefault("vcpus", opts.words.pop(0))
         opts.refuse_words()
@@ -324,9 +278,7 @@ class _Translator:
             raise _unsupported("--cpuset", "vCPU pinning")
         if text is None:
             return
-        opts = SubOptions.parse("--cpu", text, {"model", "mode", "match", "vendor", "require",
-                                                "disable", "force", "forbid", "optional",
-                                                "check", "migratable"})
+        opts = SubOptions.parse("--cpu", text, keys_of("--cpu"))
         features = [w for w in opts.words if w[:1] in "+-"]
         words = [w for w in opts.words if w[:1] not in "+-"]
         for key, sign in (("require", "+"), ("force", "+"), ("disable", "-"),
@@ -367,8 +319,7 @@ class _Translator:
             if getattr(a, flag):
                 raise _unsupported(what, "switching off ACPI/APIC")
         if a.security:
-            opts = SubOptions.parse("--security", a.security,
-                                    {"type", "model", "label", "relabel", "baselabel"})
+            opts = SubOptions.parse("--security", a.security, keys_of("--security"))
             kind = opts.get("type") or (opts.words[0] if opts.words else "none")
             if kind != "none":
                 raise InvalidSpec(f"--security {a.security}: virtkit does not use SELinux or "
@@ -420,10 +371,7 @@ class _Translator:
     def _boot_options(self) -> SubOptions | None:
         if self.args.boot is None:
             return None
-        return SubOptions.parse("--boot", self.args.boot, {
-            "kernel", "initrd", "cmdline", "kernel_args", "menu", "bootmenu.enable",
-            "loader", "firmware", "uefi", "useserial", "bios.useserial", "kernel.args",
-            "init", "dtb", "nvram", "smbios_mode", "rebootTimeout"})
+        return SubOptions.parse("--boot", self.args.boot, keys_of("--boot"))
 
     def _boot(self, method: str) -> None:
         opts = self._boot_options()
@@ -465,11 +413,6 @@ class _Translator:
 
     # -- storage --------------------------------------------------------------------
 
-    DISK_KEYS = {"path", "size", "format", "bus", "pool", "vol", "device", "cache", "readonly",
-                 "sparse", "serial", "target", "target.dev", "target.bus", "io", "driver.io",
-                 "driver.cache", "driver.type", "boot_order", "boot.order", "perms",
-                 "shareable", "discard", "driver.discard", "backing_store", "source.file"}
-
     def _disks(self, method: str) -> None:
         a = self.args
         if a.nodisks and a.disk:
@@ -489,7 +432,7 @@ class _Translator:
     def _disk(self, text: str, index: int) -> dict[str, Any] | None:
         if text == "none":
             return None
-        opts = SubOptions.parse("--disk", text, self.DISK_KEYS)
+        opts = SubOptions.parse("--disk", text, keys_of("--disk"))
         path = opts.get("path") or opts.get("source.file")
         if opts.words and opts.words[0] not in ("readonly", "shareable"):
             if path is not None:
@@ -572,9 +515,6 @@ class _Translator:
 
     # -- network, graphics, devices ---------------------------------------------------
 
-    NIC_KEYS = {"network", "bridge", "model", "mac", "type", "source", "model.type",
-                "mac.address", "link.state", "link_state", "target", "target.dev"}
-
     def _networks(self) -> None:
         a = self.args
         if a.nonetworks and a.network:
@@ -596,7 +536,7 @@ class _Translator:
         old = re.fullmatch(r"(network|bridge):([^,]+)(,.*)?", text)
         if old:
             text = f"{old.group(1)}={old.group(2)}{old.group(3) or ''}"
-        opts = SubOptions.parse("--network", text, self.NIC_KEYS)
+        opts = SubOptions.parse("--network", text, keys_of("--network"))
         nic: dict[str, Any] = {}
         kind = opts.get("type") or (opts.words.pop(0) if opts.words else None)
         source = opts.get("source")
@@ -641,10 +581,7 @@ class _Translator:
         if text is None:
             self.domain["graphics"] = {"type": "vnc"}
             return
-        opts = SubOptions.parse("--graphics", text, {"type", "listen", "port", "password",
-                                                     "passwd", "keymap", "autoport",
-                                                     "listen.type", "listen.address",
-                                                     "tlsport", "gl.enable", "websocket"})
+        opts = SubOptions.parse("--graphics", text, keys_of("--graphics"))
         kind = opts.get("type") or (opts.words.pop(0) if opts.words else "vnc")
         opts.refuse_words()
         if kind == "none":
@@ -671,8 +608,7 @@ class _Translator:
     def _devices(self) -> None:
         a = self.args
         for text in (a.serial or []) + (a.console or []):
-            opts = SubOptions.parse("--serial", text, {"type", "target_type", "target.type",
-                                                       "path", "source.path", "log.file"})
+            opts = SubOptions.parse("--serial", text, keys_of("--serial"))
             kind = opts.get("type") or (opts.words[0] if opts.words else "pty")
             if kind != "pty":
                 raise InvalidSpec(f"--serial {text}: virtkit serial ports are logged consoles "
@@ -686,8 +622,9 @@ class _Translator:
                                   "(org.qemu.guest_agent.0) only",
                                   fix="drop --channel; the agent channel is always there")
         if a.watchdog:
-            opts = SubOptions.parse("--watchdog", a.watchdog, {"model", "action"})
-            model = opts.get("model") or (opts.words.pop(0) if opts.words else "i6300esb")
+            opts = SubOptions.parse("--watchdog", a.watchdog, keys_of("--watchdog"))
+            model = opts.get("model") or (opts.words.pop(0) if opts.words else "default")
+            model = "i6300esb" if model == "default" else model  # virt-install's default
             if model == "none":
                 self.domain["watchdog"] = None
             else:
@@ -750,8 +687,7 @@ class _Translator:
         text = self.args.os_variant
         if text is None:
             return None
-        opts = SubOptions.parse("--os-variant", text, {"name", "short-id", "id", "detect",
-                                                       "require"})
+        opts = SubOptions.parse("--os-variant", text, keys_of("--os-variant"))
         if opts.get("detect") == "on" and not opts.words and not opts.has("name"):
             return "detect"
         name = opts.get("name") or opts.get("short-id") or opts.get("id") or \
@@ -762,9 +698,7 @@ class _Translator:
         text = self.args.cloud_init
         if text is None:
             return None
-        opts = SubOptions.parse("--cloud-init", text, {
-            "root-password-generate", "root-password-file", "disable", "ssh-key",
-            "user-data", "meta-data", "network-config", "clouduser-ssh-key"})
+        opts = SubOptions.parse("--cloud-init", text, keys_of("--cloud-init"))
         config: dict[str, str] = {}
         for key in ("root-password-file", "ssh-key", "user-data", "meta-data",
                     "network-config", "clouduser-ssh-key"):
@@ -786,9 +720,13 @@ def _unsupported(option: str, what: str) -> InvalidSpec:
 
 
 def _cpu_model(model: str) -> str:
-    """virt-install's CPU modes -> virtkit's models (host, max, auto, or a named model)."""
-    return {"host": "host", "host-passthrough": "host", "host-model": "host",
-            "host-copy": "host", "maximum": "max", "max": "max",
+    """virt-install's CPU modes -> virtkit's models (host, max, auto, or a named model).
+
+    virt-install's ``host`` is host-model, its default; ``host-model`` maps to virtkit's
+    ``auto`` (the host CPU under KVM, ``max`` under TCG), as the libvirt XML reader maps
+    ``<cpu mode='host-model'>``.  Only host-passthrough insists on the host CPU."""
+    return {"host": "auto", "host-passthrough": "host", "host-model": "auto",
+            "host-model-only": "auto", "host-copy": "auto", "maximum": "max", "max": "max",
             "default": "auto", "auto": "auto", "hypervisor-default": "auto"}.get(model, model)
 
 
