@@ -105,6 +105,22 @@ def test_vcpus_forms() -> None:
     load_domain(topo.domain)
 
 
+@pytest.mark.parametrize(("option", "expected"), [
+    ("4,sockets=2", {"sockets": 2, "cores": 2, "threads": 1, "current": 4}),
+    ("8,cores=4", {"sockets": 2, "cores": 4, "threads": 1, "current": 8}),
+    ("8,threads=2", {"sockets": 1, "cores": 4, "threads": 2, "current": 8}),
+    ("2,maxvcpus=8,cores=4", {"sockets": 2, "cores": 4, "threads": 1, "current": 2, "max": 8}),
+    ("cores=4", {"sockets": 1, "cores": 4, "threads": 1, "current": 4}),
+])
+def test_vcpus_topology_left_out_parts_are_filled_as_virt_install_does(
+        option: str, expected: dict[str, int]) -> None:
+    """virtinst's set_defaults_from_vcpus: cores, then sockets, then threads take what
+    the vCPU count leaves; before, '--vcpus 4,sockets=2' was refused as a mismatch."""
+    request = parse(f"--name a --memory 512 --import --disk /a --vcpus {option}")
+    assert request.domain["vcpus"] == expected
+    load_domain(request.domain)
+
+
 def test_cpu_model_and_features() -> None:
     req = parse("--name a --import --disk /a --cpu Haswell,+vmx,-svm,disable=pcid")
     assert req.domain["cpu"] == {"model": "Haswell", "features": ["+vmx", "-svm", "-pcid"]}

@@ -267,6 +267,11 @@ class _Translator:
             current = maximum if maximum is not None else topology
         if maximum is None and topology > current:
             maximum = topology
+        total = maximum if maximum is not None else current
+        for part in ("cores", "sockets", "threads") if vcpus else ():
+            if part not in vcpus:  # filled from the count, cores first, as virt-install does
+                vcpus[part] = max(total // (vcpus.get("sockets", 1) * vcpus.get("cores", 1)
+                                            * vcpus.get("threads", 1)), 1)
         vcpus["current"] = current
         if maximum is not None and maximum != current:
             vcpus["max"] = maximum
