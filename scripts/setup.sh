@@ -50,7 +50,10 @@ demo() {
 
 run_tests() {
     need_root test
-    install_packages "${RUNTIME_PACKAGES[@]}" bash
+    # virtinst: the real virt-install, which tests/unit/test_install_vs_virtinstall.py
+    # compares 'virtkit install --print-xml' with (libvirt's test driver: it installs
+    # only libvirt's client library, no libvirtd, and creates nothing)
+    install_packages "${RUNTIME_PACKAGES[@]}" bash virtinst
     install_python "[test]"
     "$VENV/bin/python" -m virtkit.images.tinyguest >/dev/null
     echo "== ruff"; "$VENV/bin/ruff" check src tests scripts $([ -d bench ] && echo bench)
