@@ -16,7 +16,13 @@ from typing import Any
 from virtkit.cli import render
 from virtkit.cli.client import Client
 from virtkit.errors import TimeoutExpired
-from virtkit.formats.virtinstall import InstallRequest, all_option_names, parse_command_line
+from virtkit.formats.virtinstall import (
+    SUBOPTIONS,
+    VALUE_OPTIONS,
+    InstallRequest,
+    all_option_names,
+    parse_command_line,
+)
 
 USAGE = """\
 usage: virtkit install --name NAME --memory MiB [--vcpus N] INSTALL-METHOD [OPTIONS]
@@ -119,3 +125,14 @@ def _preview(request: InstallRequest, result: dict[str, Any]) -> int:
 def completion_words() -> list[str]:
     """Every option of ``virtkit install``, for the bash completion script."""
     return all_option_names()
+
+
+def completion_suboptions() -> dict[str, list[str]]:
+    """The ``key=`` sub-options of each option (and its aliases), for bash completion:
+    the parser's own table, so what completes is what parses."""
+    table: dict[str, list[str]] = {}
+    for option, keys in SUBOPTIONS.items():
+        aliases = VALUE_OPTIONS.get(option, ((), False))[0]
+        for name in (option, *aliases):
+            table[name] = sorted(keys)
+    return table
