@@ -53,9 +53,13 @@ run_tests() {
     # virtinst: the real virt-install, which tests/unit/test_install_vs_virtinstall.py
     # compares 'virtkit install --print-xml' with (libvirt's test driver: it installs
     # only libvirt's client library, no libvirtd, and creates nothing)
-    install_packages "${RUNTIME_PACKAGES[@]}" bash virtinst
+    # grub-pc-bin, grub-common, xorriso, mtools, extlinux, syslinux-common: the test
+    # installer ISO (virtkit.images.installer) that the unattended-install tests use
+    install_packages "${RUNTIME_PACKAGES[@]}" bash virtinst grub-pc-bin grub-common xorriso mtools \
+        extlinux syslinux-common
     install_python "[test]"
     "$VENV/bin/python" -m virtkit.images.tinyguest >/dev/null
+    "$VENV/bin/python" -m virtkit.images.installer >/dev/null
     echo "== ruff"; "$VENV/bin/ruff" check src tests scripts $([ -d bench ] && echo bench)
     echo "== mypy"; "$VENV/bin/mypy"
     echo "== pytest"

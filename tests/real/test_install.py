@@ -18,6 +18,14 @@ import pycdlib
 import pytest
 
 from tests.real.conftest import DaemonHandle, wait_for
+from virtkit.images.installer import (
+    DEFAULT_HOSTNAME,
+    DONE_MARKER,
+    INSTALLED_ARG,
+    Installer,
+    answer_file,
+    build_installer,
+)
 
 pytestmark = pytest.mark.qemu
 
@@ -141,3 +149,60 @@ def test_dry_run_and_bad_input_leave_nothing_behind(daemon: DaemonHandle, tmp_pa
     assert "domain 'taken' already exists" in result.stderr
     assert json.loads(daemon.cli("list", "--all", "--json").stdout)[0]["name"] == "taken"
     assert existing.exists()
+
+
+# -- an unattended install end to end, with the test installer ------------------------------
+
+
+@pytest.fixture(scope="module")
+def installer() -> Installer:
+    return build_installer()
+
+
+def installed_cmdline(daemon: DaemonHandle, name: str, first_pid: int) -> str:
+    """Wait for the installed system (a new QEMU) to boot; its kernel command line."""
+    wait_for(lambda: (i := daemon.info(name))["state"] == "running" and not i["installing"]
+             and i["pid"] != first_pid, 240, f"{name}'s installed system to start")
+    daemon.wait_booted(name, count=2)  # the console log holds the installer's boot too
+    return daemon.console_run(name, "echo CMD=$(cat /proc/cmdline)=; echo ok-$((6*7))", "ok-42")
+
+
+def test_unattended_install_from_cdrom_boots_from_its_own_disk(
+        daemon: DaemonHandle, installer: Installer) -> None:
+    result = daemon.cli("install", "--name", "cd1", "--memory", "256", "--cdrom",
+                        str(installer.iso), "--disk", "size=1", "--graphics", "none",
+                        "--nonetworks", "--os-variant", "generic", "--noautoconsole")
+    assert "installation still in progress" in result.stdout
+    first = daemon.info("cd1")
+    assert first["installing"]
+    argv = Path(f"/proc/{first['pid']}/cmdline").read_bytes().split(b"\0")
+    assert any(str(installer.iso).encode() in a for a in argv) and b"-kernel" not in argv
+    wait_for(lambda: DONE_MARKER in daemon.console_log("cd1"), 240, "the installer to finish")
+    out = installed_cmdline(daemon, "cd1", first["pid"])
+    assert f"{INSTALLED_ARG}={DEFAULT_HOSTNAME}" in out  # booted by extlinux from the disk
+    spec = daemon.info("cd1")["spec"]
+    assert [(d["device"], d["path"]) for d in spec["disks"]][1] == ("cdrom", None)
+    argv = Path(f"/proc/{daemon.info('cd1')['pid']}/cmdline").read_bytes().split(b"\0")
+    assert not any(str(installer.iso).encode() in a for a in argv)
+
+
+def test_unattended_install_by_location_with_an_injected_answer_file_then_import(
+        daemon: DaemonHandle, installer: Installer, tmp_path: Path) -> None:
+    answers = tmp_path / "vm.ks"
+    answers.write_text(answer_file("fromlocation", append="vk.extra=yes"))
+    daemon.cli("install", "--name", "loc1", "--memory", "256", "--location", str(installer.iso),
+               "--extra-args", f"{installer.cmdline.split(' vk.ks=')[0]} vk.ks=/vm.ks",
+               "--initrd-inject", str(answers), "--disk", "size=1", "--graphics", "none",
+               "--nonetworks", "--noautoconsole", "--noreboot")
+    wait_for(lambda: DONE_MARKER in daemon.console_log("loc1"), 240, "the installer to finish")
+    info = daemon.wait_state("loc1", "shutoff", timeout=60)  # --noreboot: it stays off
+    assert info["installing"] is False
+    # --import of the installed disk (a copy) boots as the installed system.
+    disk = info["spec"]["disks"][0]
+    daemon.cli("vol-clone", disk["volume"], "copy.qcow2", "--pool", disk["pool"])
+    daemon.cli("install", "--name", "imp2", "--memory", "256", "--import", "--disk",
+               "vol=default/copy.qcow2", "--graphics", "none", "--nonetworks",
+               "--noautoconsole")
+    daemon.wait_booted("imp2")
+    out = daemon.console_run("imp2", "echo CMD=$(cat /proc/cmdline)=; echo ok-$((6*7))", "ok-42")
+    assert f"{INSTALLED_ARG}=fromlocation" in out and "vk.extra=yes" in out

@@ -59,6 +59,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from virtkit.cpio import CpioWriter
 from virtkit.errors import HostError
 
 __all__ = [
@@ -107,14 +108,19 @@ GUEST_MODULES: tuple[str, ...] = (
     "i6300esb",
     "e1000",
     "8139cp",
+    "crc32c_generic",
+    "ext4",
 )
 """Modules the guest loads, in this order, each after its dependencies.
 
 ``sd_mod`` comes after ``virtio_scsi`` so that SCSI disks exist before the disk lines
 are printed; ``button`` + ``evdev`` give busybox acpid the power-button input device;
-``e1000`` and ``8139cp`` drive the emulated NICs (models ``e1000`` and ``rtl8139``;
-QEMU's rtl8139 is a revision 0x20 RTL-8139C+, which ``8139too`` declines in favour of
-``8139cp``: ``8139too`` only serves older chips).
+``ext4`` (which also mounts ext2) lets tests and the test installer use file systems
+on disks (it asks the crypto API for crc32c at mount time, a dependency modules.dep
+does not list, hence ``crc32c_generic`` before it); ``e1000`` and ``8139cp`` drive
+the emulated NICs (models ``e1000`` and ``rtl8139``; QEMU's rtl8139 is a revision
+0x20 RTL-8139C+, which ``8139too`` declines in favour of ``8139cp``: ``8139too`` only
+serves older chips).
 """
 
 _MODULE_PARAMS: dict[str, str] = {
@@ -122,7 +128,7 @@ _MODULE_PARAMS: dict[str, str] = {
     "scsi_mod": "scan=sync",
 }
 
-_RECIPE_VERSION = 3
+_RECIPE_VERSION = 5
 _GUEST_DIR = "tinyguest"
 _MANIFEST = "manifest.json"
 _KERNEL_META_PACKAGE = "linux-image-amd64"
@@ -597,52 +603,11 @@ def _resolve_modules(
 # --------------------------------------------------------------------------- initramfs
 
 
-class _Cpio:
-    """A minimal writer for the newc (SVR4, no CRC) cpio format the kernel unpacks."""
-
-    def __init__(self) -> None:
-        self._chunks: list[bytes] = []
-        self._inode = 1
-
-    def _entry(
-        self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)
-    ) -> None:
-        """Append one header + name + data, each padded to 4 bytes as newc requires."""
-        encoded = name.encode() + b"\0"
-        fields = (self._inode, mode, 0, 0, 1, 0, len(data), 0, 0, *rdev, len(encoded), 0)
-        header = b"070701" + b"".join(b"%08X" % value for value in fields)
-        self._inode += 1
-        self._chunks += [header, encoded, b"\0" * (-(len(header) + len(encoded)) % 4)]
-        self._chunks += [data, b"\0" * (-len(data) % 4)]
-
-    def directory(self, name: str) -> None:
-        """Add a directory (mode 0755)."""
-        self._entry(name, 0o040755)
-
-    def file(self, name: str, data: bytes, perm: int = 0o644) -> None:
-        """Add a regular file."""
-        self._entry(name, 0o100000 | perm, data)
-
-    def symlink(self, name: str, target: str) -> None:
-        """Add a symbolic link pointing at ``target``."""
-        self._entry(name, 0o120777, target.encode())
-
-    def chardev(self, name: str, major: int, minor: int) -> None:
-        """Add a character device node (mode 0600)."""
-        self._entry(name, 0o020600, rdev=(major, minor))
-
-    def finish(self) -> bytes:
-        """The archive, with its trailer, padded to 512 bytes."""
-        self._entry("TRAILER!!!", 0)
-        blob = b"".join(self._chunks)
-        return blob + b"\0" * (-len(blob) % 512)
-
-
 def _assemble_initramfs(
     busybox: Path, kernel_version: str, modules: Sequence[tuple[str, bytes]]
 ) -> bytes:
     """Build the gzip'd newc initramfs: busybox, applet links, guest files, modules."""
-    archive = _Cpio()
+    archive = CpioWriter()
     moddir = f"lib/modules/{kernel_version}"
     dirs = ["bin", "dev", "etc", "etc/init.d", "etc/acpi", "etc/acpi/PWRF", "etc/virtkit",
             "lib", "lib/modules", moddir, "proc", "root", "run", "sys", "tmp", "usr", "var"]

@@ -19,6 +19,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+from virtkit.cpio import CpioWriter
 from virtkit.errors import InvalidSpec
 
 #: (kernel, initrd) pairs at the known places of x86_64 install trees.
@@ -218,17 +219,6 @@ def extract_boot_files(location: str, dest: Path) -> tuple[Path, Path]:
 # -- initrd injection -----------------------------------------------------------------
 
 
-def _cpio_entry(name: str, data: bytes, mode: int, ino: int) -> bytes:
-    """One entry of a cpio archive in the "newc" format the kernel unpacks."""
-    encoded = name.encode() + b"\0"
-    header = "070701" + "".join(f"{value:08x}" for value in (
-        ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0))
-    entry = header.encode() + encoded
-    entry += b"\0" * (-len(entry) % 4)
-    entry += data + b"\0" * (-len(data) % 4)
-    return entry
-
-
 def inject_into_initrd(initrd: Path, files: list[str]) -> None:
     """Append ``files`` (by their base names, at the root) to ``initrd`` as a cpio archive.
 
@@ -236,17 +226,16 @@ def inject_into_initrd(initrd: Path, files: list[str]) -> None:
     added this way sits at ``/name`` in the installer's root file system, where
     ``inst.ks=file:/name`` and ``preseed/file=/name`` find it.
     """
-    archive = b""
-    for ino, name in enumerate(files, start=1):
+    archive = CpioWriter()
+    for name in files:
         source = Path(name)
         if not source.is_absolute() or not source.is_file():
             raise InvalidSpec(f"--initrd-inject {name}: not an existing file (absolute path)",
                               fix="give the full path of the file to add to the initrd")
-        archive += _cpio_entry(source.name, source.read_bytes(), 0o100644, ino)
-    archive += _cpio_entry("TRAILER!!!", b"", 0, 0)
+        archive.file(source.name, source.read_bytes())
     with open(initrd, "ab") as out:
         out.write(b"\0" * (-out.tell() % 4))
-        out.write(archive)
+        out.write(archive.finish())
 
 
 # -- cloud-init --------------------------------------------------------------------------
