@@ -290,3 +290,11 @@ def test_osinfo_unknown_variant_lists_the_closest(osinfo_db: OsinfoDb) -> None:
         osinfo_db.defaults("exos3")
     assert "exos1" in caught.value.message or "exos2" in caught.value.message
     assert [e.short_ids[0] for e in osinfo_db.search("example")] == ["exos1", "exos2"]
+
+
+def test_a_default_disk_only_where_virt_install_adds_one() -> None:
+    assert parse("--name a --cdrom /i.iso").default_disk is True
+    assert parse("--name a --pxe").default_disk is True
+    assert parse("--name a --cdrom /i.iso --nodisks").default_disk is False
+    assert parse("--name a --cdrom /i.iso --disk size=3").default_disk is False
+    assert parse("--name a --livecd --cdrom /i.iso").default_disk is False

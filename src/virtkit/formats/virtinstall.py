@@ -71,6 +71,7 @@ class InstallRequest:
     print_xml: bool = False
     quiet: bool = False
     default_nic: bool = False  # no --network given: the NIC is on 'default' if it exists
+    default_disk: bool = False  # no --disk/--nodisks: a disk of the OS's recommended size
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -206,7 +207,8 @@ class _Translator:
             autoconsole=not a.noautoconsole and a.autoconsole not in ("none",),
             wait_minutes=wait, noreboot=a.noreboot, dry_run=a.dry_run,
             print_xml=a.print_xml, quiet=a.quiet,
-            default_nic=not a.network and not a.nonetworks)
+            default_nic=not a.network and not a.nonetworks,
+            default_disk=not a.disk and not a.nodisks and method not in ("import", "livecd"))
 
     # -- general ------------------------------------------------------------------
 

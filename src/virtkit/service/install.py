@@ -89,6 +89,15 @@ class InstallService:
         elif variant == "detect":
             notes.append("--os-variant detect: no OS recognised from the media; "
                          "using generic defaults")
+        if request.default_disk and defaults.storage_bytes:
+            # virt-install adds a disk of the recommended size when none is given
+            raw["disks"] = [*raw.get("disks", []), {"device": "disk", "format": "qcow2",
+                                                    "pool": "default", "volume": ""}]
+            request.new_disks.append(NewDisk(index=len(raw["disks"]) - 1, format="qcow2",
+                                             size_bytes=defaults.storage_bytes,
+                                             pool="default"))
+            notes.append(f"no --disk: a {defaults.storage_bytes / 2**30:g} GiB disk in pool "
+                         f"'default', as --os-variant {variant} recommends")
         raw.setdefault("memory", {"current": defaults.memory_mib})
         if defaults.vcpus and "vcpus" not in raw:
             raw["vcpus"] = {"current": defaults.vcpus}
