@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pycdlib
@@ -206,3 +208,33 @@ def test_unattended_install_by_location_with_an_injected_answer_file_then_import
     daemon.wait_booted("imp2")
     out = daemon.console_run("imp2", "echo CMD=$(cat /proc/cmdline)=; echo ok-$((6*7))", "ok-42")
     assert f"{INSTALLED_ARG}=fromlocation" in out and "vk.extra=yes" in out
+
+
+def test_unattended_install_over_pxe_from_the_network_tftp_server(
+        netns_daemon: DaemonHandle, installer: Installer) -> None:
+    """--pxe: the NIC's iPXE gets a lease and boot.ipxe from the network's dnsmasq (TFTP),
+    boots the installer from it, and the installed system then boots from the disk."""
+    d = netns_daemon
+    tftp = Path(tempfile.mkdtemp(prefix="vk-tftp-", dir="/tmp"))
+    try:
+        tftp.chmod(0o755)  # dnsmasq serves TFTP as an unprivileged user
+        shutil.copyfile(installer.kernel, tftp / "vmlinuz")
+        shutil.copyfile(installer.initrd, tftp / "initrd.gz")
+        (tftp / "boot.ipxe").write_text(f"#!ipxe\nkernel vmlinuz {installer.cmdline}\n"
+                                        "initrd initrd.gz\nboot\n")
+        for item in tftp.iterdir():
+            item.chmod(0o644)
+        d.cli("net-define-as", "pxe", "--mode", "isolated", "--subnet", "10.67.0.0/24",
+              "--tftp-root", str(tftp), "--boot-file", "boot.ipxe")
+        d.cli("net-start", "pxe")
+        d.cli("install", "--name", "pxe1", "--memory", "256", "--pxe", "--network",
+              "network=pxe", "--disk", "size=1", "--graphics", "none", "--noautoconsole")
+        first = d.info("pxe1")
+        assert first["installing"]
+        wait_for(lambda: DONE_MARKER in d.console_log("pxe1"), 300, "the PXE install")
+        out = installed_cmdline(d, "pxe1", first["pid"])
+        assert f"{INSTALLED_ARG}={DEFAULT_HOSTNAME}" in out
+        leases = json.loads(d.cli("net-dhcp-leases", "pxe", "--json").stdout)
+        assert leases and leases[0]["ip"].startswith("10.67.0.")
+    finally:
+        shutil.rmtree(tftp, ignore_errors=True)

@@ -8,79 +8,32 @@ on the real host changes and no packet leaves the machine.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.real.conftest import DaemonHandle, cleanup, start_daemon, wait_for
-from virtkit.cli.client import ApiError, Client
-from virtkit.images.tinyguest import TinyGuest
-from virtkit.paths import state_paths
+from tests.real.conftest import (
+    OUTSIDE_HOST,
+    OUTSIDE_PEER,
+    DaemonHandle,
+    wait_for,
+)
+from virtkit.cli.client import ApiError
 
 pytestmark = pytest.mark.qemu
 
-OUTSIDE_HOST, OUTSIDE_PEER = "198.51.100.1", "198.51.100.2"
 DHCP_SCRIPT = ("printf '#!/bin/sh\\n[ \"$1\" = bound ] && ifconfig $interface $ip netmask "
                "$subnet && route add default gw $router\\nexit 0\\n' > /tmp/dhcp.sh; "
                "chmod +x /tmp/dhcp.sh; ifconfig eth0 up; "
                "udhcpc -i eth0 -n -q -t 10 -s /tmp/dhcp.sh >/dev/null 2>&1; "
                "echo GOT=$(ifconfig eth0 | sed -n 's/.*inet addr:\\([0-9.]*\\).*/\\1/p')=; "
                "echo dhcp-$((40+2))-done")
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
-@pytest.fixture
-def netns_daemon(tiny_guest: TinyGuest) -> Iterator[DaemonHandle]:
-    tag = secrets.token_hex(3)
-    host, outside = f"vkt-{tag}-h", f"vkt-{tag}-o"
-    root = Path(tempfile.mkdtemp(prefix="vk-", dir="/tmp"))
-    handle: DaemonHandle | None = None
-    try:
-        for ns in (host, outside):
-            _ip("netns", "add", ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("link", "add", f"vk{tag}a", "netns", host, "type", "veth", "peer", "name",
-            f"vk{tag}b", "netns", outside)
-        _ip("-n", host, "addr", "add", f"{OUTSIDE_PEER}/24", "dev", f"vk{tag}a")
-        _ip("-n", outside, "addr", "add", f"{OUTSIDE_HOST}/24", "dev", f"vk{tag}b")
-        _ip("-n", host, "link", "set", f"vk{tag}a", "up")
-        _ip("-n", outside, "link", "set", f"vk{tag}b", "up")
-        process = start_daemon(root, host)
-        handle = DaemonHandle(root, process, Client(state_paths(root), timeout=180), tiny_guest,
-                              netns=host)
-        handle.outside = outside  # type: ignore[attr-defined]
-        yield handle
-    finally:
-        if handle is not None:
-            cleanup_networks(handle)
-            cleanup(handle)
-        for ns in (host, outside):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def cleanup_networks(handle: DaemonHandle) -> None:
-    """Kill the dnsmasq processes of this daemon by the PIDs in their pid files."""
-    for pidfile in (handle.root / "networks").glob("*/dnsmasq.pid"):
-        with contextlib.suppress(ValueError, ProcessLookupError, OSError):
-            pid = int(pidfile.read_text().strip())
-            if str(handle.root) in Path(f"/proc/{pid}/cmdline").read_text():
-                os.kill(pid, signal.SIGKILL)
 
 
 def _boot_with_dhcp(daemon: DaemonHandle, name: str, network: str, **extra: object) -> str:

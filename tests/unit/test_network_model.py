@@ -217,6 +217,30 @@ def test_dnsmasq_config_of_an_isolated_network() -> None:
     assert "no-ping" not in conf
 
 
+def test_dnsmasq_serves_tftp_and_names_the_boot_file() -> None:
+    net = load_network(spec(bridge="vkbr2", dhcp={"tftp_root": "/srv/tftp",
+                                                  "boot_file": "boot.ipxe"}))
+    conf = dnsmasq.render_config(net, dnsmasq.files_in("/s")).splitlines()
+    boot_lines = [line for line in conf if "tftp" in line or "dhcp-boot" in line]
+    assert boot_lines == ["enable-tftp", "tftp-root=/srv/tftp", "dhcp-boot=boot.ipxe"]
+    other = load_network(spec(bridge="vkbr2", dhcp={"boot_file": "pxelinux.0",
+                                                    "boot_server": "10.0.0.5"}))
+    conf = dnsmasq.render_config(other, dnsmasq.files_in("/s")).splitlines()
+    assert "dhcp-boot=pxelinux.0,,10.0.0.5" in conf and "enable-tftp" not in conf
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("tftp_root", "srv/tftp", "absolute folder"),
+    ("tftp_root", "/srv/a,b", "without commas"),
+    ("boot_file", "boot.ipxe\nconf-file=/etc/shadow", "without commas, spaces or control"),
+    ("boot_server", "not-an-ip", "boot server address"),
+])
+def test_network_boot_values_cannot_inject_dnsmasq_options(field: str, value: str,
+                                                           message: str) -> None:
+    with pytest.raises(InvalidSpec, match=message):
+        load_network(spec(dhcp={field: value}))
+
+
 def test_dnsmasq_refuses_relative_or_odd_state_folders() -> None:
     for bad in ("relative/dir", "/tmp/a\nb"):
         with pytest.raises(InvalidSpec):

@@ -9,6 +9,7 @@ from urllib.parse import quote
 from virtkit.cli import objects, render
 from virtkit.cli.client import Client
 from virtkit.cli.domains import _read_spec_file
+from virtkit.errors import InvalidSpec
 
 
 def _net(name: str, suffix: str = "") -> str:
@@ -31,10 +32,15 @@ def cmd_net_define_as(client: Client, args: argparse.Namespace) -> int:
     for key in ("subnet", "bridge", "gateway", "domain"):
         if getattr(args, key):
             spec[key] = getattr(args, key)
+    boot = {key: getattr(args, key) for key in ("tftp_root", "boot_file", "boot_server")
+            if getattr(args, key)}
     if args.no_dhcp:
+        if boot:
+            raise InvalidSpec("--tftp-root, --boot-file and --boot-server need DHCP",
+                              fix="drop --no-dhcp")
         spec["dhcp"] = None
-    elif args.dhcp_start or args.dhcp_end:
-        spec["dhcp"] = {"start": args.dhcp_start, "end": args.dhcp_end}
+    elif args.dhcp_start or args.dhcp_end or boot:
+        spec["dhcp"] = {"start": args.dhcp_start, "end": args.dhcp_end, **boot}
     spec["autostart"] = args.autostart
     result = client.post("/v1/networks", {"spec": spec})
     print(f"Network {result['name']} defined ({result['mode']}, bridge {result['bridge']}, "
@@ -183,6 +189,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dhcp-end")
     p.add_argument("--no-dhcp", action="store_true", help="no DHCP server")
     p.add_argument("--domain", help="DNS domain answered locally for the guests")
+    p.add_argument("--tftp-root", help="serve this folder over TFTP (network boot)")
+    p.add_argument("--boot-file", help="the file DHCP tells PXE clients to boot "
+                   "(pxelinux.0, or an iPXE script)")
+    p.add_argument("--boot-server", help="TFTP server of --boot-file (default: this network)")
     p.add_argument("--autostart", action="store_true")
     for name, text in (("net-start", "start a network (bridge, dnsmasq, firewall rules)"),
                        ("net-destroy", "stop a network")):

@@ -43,8 +43,6 @@ REASONS = {
     "bandwidth": "bandwidth limits are not supported",
     "route": "static routes are not supported",
     "vlan": "VLAN tags are not supported",
-    "tftp": "TFTP boot service is not supported",
-    "bootp": "PXE boot options are not supported",
     "forwarder": "DNS forwarders are not supported: dnsmasq uses the host's resolvers",
     "txt": "DNS TXT records are not supported",
     "srv": "DNS SRV records are not supported",
@@ -92,6 +90,8 @@ def network_to_xml(network: Network) -> str:
     subnet, gateway = network.ipv4, network.gateway_ip
     if subnet is not None and gateway is not None:
         ip = _sub(root, "ip", address=str(gateway), netmask=str(subnet.netmask))
+        if network.dhcp is not None and network.dhcp.tftp_root:
+            _sub(ip, "tftp", root=network.dhcp.tftp_root)
         dhcp_range = network.dhcp_range
         if network.dhcp is not None and dhcp_range is not None:
             dhcp = _sub(ip, "dhcp")
@@ -101,6 +101,10 @@ def network_to_xml(network: Network) -> str:
             for reservation in network.dhcp.hosts:
                 name = {"name": reservation.name} if reservation.name else {}
                 _sub(dhcp, "host", mac=reservation.mac, **name, ip=reservation.ip)
+            if network.dhcp.boot_file:
+                server = {"server": network.dhcp.boot_server} if network.dhcp.boot_server \
+                    else {}
+                _sub(dhcp, "bootp", file=network.dhcp.boot_file, **server)
     ET.indent(root, space="  ")
     return ET.tostring(root, encoding="unicode").replace(" />", "/>") + "\n"
 
@@ -225,7 +229,7 @@ class _NetworkReader(XmlReader):
 
     def _ip(self, ip: ET.Element, index: int) -> None:
         self.check(ip, attrs=("address", "netmask", "prefix", "family", "localPtr"),
-                   children=("dhcp",))
+                   children=("dhcp", "tftp"))
         address = ip.get("address", "")
         mask = ip.get("prefix") or ip.get("netmask") or "24"
         try:
@@ -239,9 +243,16 @@ class _NetworkReader(XmlReader):
         dhcp = ip.find("dhcp")
         if dhcp is not None:
             self._dhcp(dhcp)
+        tftp = ip.find("tftp")
+        if tftp is not None:
+            self.check(tftp, attrs=("root",))
+            if dhcp is None:
+                self.refuse(self.where(tftp), "virtkit serves TFTP with its DHCP service")
+            else:
+                self.spec["dhcp"]["tftp_root"] = tftp.get("root")
 
     def _dhcp(self, dhcp: ET.Element) -> None:
-        self.check(dhcp, children=("range", "host"))
+        self.check(dhcp, children=("range", "host", "bootp"))
         spec: dict[str, Any] = {}
         ranges = dhcp.findall("range")
         for span in ranges[1:]:
@@ -263,6 +274,12 @@ class _NetworkReader(XmlReader):
                 hosts.append(entry)
         if hosts:
             spec["hosts"] = hosts
+        bootp = dhcp.find("bootp")
+        if bootp is not None:
+            self.check(bootp, attrs=("file", "server"))
+            spec["boot_file"] = bootp.get("file")
+            if bootp.get("server"):
+                spec["boot_server"] = bootp.get("server")
         self.spec["dhcp"] = spec
 
     def _lease(self, lease: ET.Element, spec: dict[str, Any]) -> None:

@@ -76,6 +76,10 @@ def _ipv4(value: Any, what: str) -> str:
                          "(e.g. 192.168.122.10)") from None
 
 
+#: what may not appear in a value written into dnsmasq's configuration
+_UNSAFE_VALUE = re.compile(r"[\s,#\x00-\x1f\x7f]")
+
+
 class DhcpHost(Spec):
     """A DHCP reservation: the guest with this MAC always gets this address (and name)."""
 
@@ -112,6 +116,12 @@ class Dhcp(Spec):
     the gateway).  ``ping_check`` makes dnsmasq ping each address before
     offering it, which delays every new client by ~3 s; it is off because
     virtkit owns the range and keeps the lease file across restarts.
+
+    Network boot (libvirt's ``<tftp root>`` and ``<bootp file server>``):
+    ``tftp_root`` makes dnsmasq serve that folder over TFTP on the bridge, and
+    ``boot_file`` is the file DHCP names to PXE clients (``pxelinux.0``, or an iPXE
+    script: QEMU's NICs boot with iPXE), from ``boot_server`` if given, else from
+    this network's own TFTP server.
     """
 
     start: str | None = None
@@ -119,6 +129,30 @@ class Dhcp(Spec):
     hosts: list[DhcpHost] = Field(default_factory=list)
     lease_time: int = Field(default=3600, description="seconds")
     ping_check: bool = False
+    tftp_root: str | None = Field(default=None, description="folder served over TFTP")
+    boot_file: str | None = Field(default=None, description="file PXE clients boot")
+    boot_server: str | None = Field(default=None, description="TFTP server of boot_file")
+
+    @field_validator("tftp_root")
+    @classmethod
+    def _tftp_root(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or _UNSAFE_VALUE.search(value)):
+            raise ValueError(f"tftp_root {value!r} must be an absolute folder path without "
+                             "commas, spaces or control characters")
+        return value
+
+    @field_validator("boot_file")
+    @classmethod
+    def _boot_file(cls, value: str | None) -> str | None:
+        if value is not None and (not value or _UNSAFE_VALUE.search(value)):
+            raise ValueError(f"boot_file {value!r} must be a file name without commas, "
+                             "spaces or control characters")
+        return value
+
+    @field_validator("boot_server")
+    @classmethod
+    def _boot_server(cls, value: str | None) -> str | None:
+        return None if value is None else _ipv4(value, "boot server address")
 
     @field_validator("start", "end")
     @classmethod

@@ -134,7 +134,20 @@ def render_config(net: Network, files: DnsmasqFiles) -> str:
             lines.append("dhcp-option=option:router")  # empty: no default route
         if net.mtu is not None:
             lines.append(f"dhcp-option=option:mtu,{net.mtu}")
+        lines += _network_boot_lines(net)
     return "\n".join(lines) + "\n"
+
+
+def _network_boot_lines(net: Network) -> list[str]:
+    """TFTP service and the PXE boot file (libvirt's <tftp root> and <bootp>)."""
+    assert net.dhcp is not None
+    lines = []
+    if net.dhcp.tftp_root:
+        lines += ["enable-tftp", f"tftp-root={net.dhcp.tftp_root}"]
+    if net.dhcp.boot_file:
+        server = f",,{net.dhcp.boot_server}" if net.dhcp.boot_server else ""
+        lines.append(f"dhcp-boot={net.dhcp.boot_file}{server}")
+    return lines
 
 
 def render_hostsfile(net: Network) -> str:
@@ -299,6 +312,10 @@ def start(net: Network, files: DnsmasqFiles, *, netns: str | None = None,
     lines (e.g. "failed to create listening socket ... Address already in use").
     """
     program = find_binary(binary)
+    tftp_root = net.dhcp.tftp_root if net.dhcp is not None else None
+    if tftp_root and not os.path.isdir(tftp_root):
+        raise InvalidSpec(f"network {net.name!r}: TFTP folder {tftp_root} does not exist",
+                          field="dhcp.tftp_root", fix="create it, or change dhcp.tftp_root")
     existing = read_pid(files)
     if existing is not None:
         raise StateError(f"dnsmasq of network {net.name!r} already runs (pid {existing})",
