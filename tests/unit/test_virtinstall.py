@@ -298,3 +298,24 @@ def test_a_default_disk_only_where_virt_install_adds_one() -> None:
     assert parse("--name a --cdrom /i.iso --nodisks").default_disk is False
     assert parse("--name a --cdrom /i.iso --disk size=3").default_disk is False
     assert parse("--name a --livecd --cdrom /i.iso").default_disk is False
+
+
+def test_install_media_are_recognised_by_volume_id(tmp_path: Path) -> None:
+    """--os-variant detect=on: libosinfo's media match, against the real database when
+    present (Debian's osinfo-db is installed by the test set-up) and an ISO made here."""
+    import pycdlib
+
+    from virtkit.formats.osinfo import iso_volume_id, system_db
+
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, vol_ident="Debian 11.5.0 amd64 n")
+    iso.write(str(tmp_path / "debian.iso"))
+    iso.close()
+    volume_id = iso_volume_id(str(tmp_path / "debian.iso"))
+    assert volume_id == "Debian 11.5.0 amd64 n"
+    entry = system_db().detect(volume_id)
+    assert entry is not None and "debian11" in entry.short_ids
+    assert system_db().detect("SOMETHING ELSE 1.0") is None
+    (tmp_path / "not.iso").write_bytes(b"\0" * 40000)
+    assert iso_volume_id(str(tmp_path / "not.iso")) is None
+    assert iso_volume_id(str(tmp_path / "missing.iso")) is None

@@ -23,8 +23,9 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import re
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from virtkit.errors import HostError, InvalidSpec
@@ -58,6 +59,7 @@ class OsEntry:
     parents: list[str]
     resources: dict[str, int]  # ram, storage, n-cpus (recommended, else 2 x minimum)
     virtio: bool | None  # None: the file says nothing, ask the parent
+    media_ids: list[str] = field(default_factory=list)  # x86 ISO volume-id patterns
 
     def to_dict(self) -> dict[str, object]:
         return {"short_id": self.short_ids[0] if self.short_ids else self.id,
@@ -120,7 +122,28 @@ def parse_os(text: str) -> OsEntry | None:
                    vendor=_text(node, "vendor"), version=_text(node, "version"),
                    release_date=_text(node, "release-date"), eol_date=_text(node, "eol-date"),
                    parents=[p for p in parents if p], resources=_resources(node),
-                   virtio=_virtio(node))
+                   virtio=_virtio(node), media_ids=_media_ids(node))
+
+
+def _media_ids(node: ET.Element) -> list[str]:
+    """The volume-id patterns of this OS's x86 install media."""
+    return [(volume.text or "").strip() for media in node.findall("media")
+            if media.get("arch", "x86_64") in ("x86_64", "i686", "all")
+            for volume in media.findall("iso/volume-id") if (volume.text or "").strip()]
+
+
+def iso_volume_id(path: str) -> str | None:
+    """The volume identifier of an ISO 9660 image (the primary volume descriptor's), or
+    None if ``path`` is not one.  Read directly: 32 bytes at offset 32808."""
+    try:
+        with open(path, "rb") as image:
+            image.seek(16 * 2048)
+            descriptor = image.read(2048)
+    except OSError:
+        return None
+    if len(descriptor) < 72 or descriptor[0] != 1 or descriptor[1:6] != b"CD001":
+        return None
+    return descriptor[40:72].decode("ascii", errors="replace").strip() or None
 
 
 class OsinfoDb:
@@ -172,6 +195,21 @@ class OsinfoDb:
         return OsDefaults(memory_mib=ram // 2**20 if ram else 1024,
                           vcpus=resources.get("n-cpus"),
                           storage_bytes=resources.get("storage"), virtio=virtio)
+
+    def detect(self, volume_id: str) -> OsEntry | None:
+        """The OS whose install media have this volume id (libosinfo's media match),
+        the newest release first when several match."""
+        found = []
+        for entry in self.by_id.values():
+            for pattern in entry.media_ids:
+                try:
+                    if re.match(pattern, volume_id):
+                        found.append(entry)
+                        break
+                except re.error:
+                    continue
+        found.sort(key=lambda e: e.release_date, reverse=True)
+        return found[0] if found else None
 
     def search(self, text: str = "") -> list[OsEntry]:
         needle = text.lower()

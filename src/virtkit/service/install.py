@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from virtkit.errors import Conflict, InvalidSpec, NotFound
+from virtkit.errors import Conflict, HostError, InvalidSpec, NotFound
 from virtkit.formats import osinfo
 from virtkit.formats.virtinstall import InstallRequest, NewDisk
 from virtkit.model.domain import BootDevice, Disk, Domain, LifecycleAction
@@ -83,12 +83,12 @@ class InstallService:
         """Fill what --os-variant recommends where the command line left it out."""
         notes: list[str] = []
         variant = request.os_variant
+        if variant in (None, "detect"):
+            variant, note = self._detect_variant(request, explicit=variant == "detect")
+            notes += note
         defaults = osinfo.OsDefaults(memory_mib=DEFAULT_MEMORY_MIB)
-        if variant and variant not in ("generic", "none", "detect"):
+        if variant and variant not in ("generic", "none"):
             defaults = self._osinfo_db().defaults(variant)
-        elif variant == "detect":
-            notes.append("--os-variant detect: no OS recognised from the media; "
-                         "using generic defaults")
         if request.default_disk and defaults.storage_bytes:
             # virt-install adds a disk of the recommended size when none is given
             raw["disks"] = [*raw.get("disks", []), {"device": "disk", "format": "qcow2",
@@ -111,6 +111,27 @@ class InstallService:
             if new.size_bytes <= 0 and defaults.storage_bytes:
                 new.size_bytes = defaults.storage_bytes
         return notes
+
+    def _detect_variant(self, request: InstallRequest, *, explicit: bool
+                        ) -> tuple[str | None, list[str]]:
+        """The OS variant whose install media the ISO is, by its volume id (as
+        virt-install's detect=on); None with a note when nothing matches."""
+        media = request.install_media or request.location
+        volume_id = osinfo.iso_volume_id(media) if media and os.path.isfile(media) else None
+        entry = None
+        if volume_id is not None:
+            try:
+                entry = self._osinfo_db().detect(volume_id)
+            except HostError:
+                if explicit:
+                    raise
+        if entry is not None and entry.short_ids:
+            return entry.short_ids[0], [f"--os-variant: detected {entry.name} "
+                                        f"({entry.short_ids[0]}) from the media"]
+        if not explicit:
+            return None, []
+        what = f"volume id {volume_id!r}" if volume_id else "no ISO install media"
+        return None, [f"--os-variant detect: no OS recognised ({what}); generic defaults"]
 
     def _default_network(self, request: InstallRequest, raw: dict[str, Any]) -> list[str]:
         """Without --network the NIC goes on 'default', as virt-install's does; if that
