@@ -238,3 +238,34 @@ def test_unattended_install_over_pxe_from_the_network_tftp_server(
         assert leases and leases[0]["ip"].startswith("10.67.0.")
     finally:
         shutil.rmtree(tftp, ignore_errors=True)
+
+
+def test_cloud_init_seed_is_on_the_first_boot_only(daemon: DaemonHandle, tmp_path: Path) -> None:
+    """--cloud-init: the first boot sees a NoCloud seed CD (label cidata) with the root
+    password and SSH key in user-data; the installed configuration has no seed."""
+    disk = tmp_path / "ci.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    password, key = tmp_path / "pw", tmp_path / "id.pub"
+    password.write_text("s3cret-Pass\n")
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTest test@host\n")
+    guest = daemon.guest
+    daemon.cli("install", "--name", "ci1", "--memory", "256", "--import", "--disk", str(disk),
+               "--boot", f"kernel={guest.kernel},initrd={guest.initrd},cmdline='{guest.cmdline}'",
+               "--cloud-init", f"root-password-file={password},ssh-key={key}",
+               "--graphics", "none", "--nonetworks", "--noautoconsole")
+    first = daemon.info("ci1")
+    assert first["installing"] is True
+    daemon.wait_booted("ci1")
+    out = daemon.console_run("ci1", "mkdir -p /seed; mount -t iso9660 -o ro /dev/sr0 /seed && "
+                                    "cat /seed/user-data /seed/meta-data; "
+                                    "echo LABEL=$(dd if=/dev/sr0 bs=1 skip=32808 count=6 "
+                                    "2>/dev/null)=; echo seed-$((6*7))", "seed-42")
+    assert "#cloud-config" in out and "root:s3cret-Pass" in out
+    assert "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheTest" in out
+    assert "local-hostname: ci1" in out and "LABEL=cidata=" in out
+    daemon.console_run("ci1", "umount /seed; echo bye-$((6*7)); poweroff -f", "bye-42")
+    wait_for(lambda: (i := daemon.info("ci1"))["state"] == "running" and not i["installing"]
+             and i["pid"] != first["pid"], 60, "the installed configuration to boot")
+    daemon.wait_booted("ci1", count=2)
+    out = daemon.console_run("ci1", "ls /dev/sr0 2>&1; echo done-$((6*7))", "done-42")
+    assert "No such file" in out

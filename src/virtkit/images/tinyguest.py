@@ -110,6 +110,9 @@ GUEST_MODULES: tuple[str, ...] = (
     "8139cp",
     "crc32c_generic",
     "ext4",
+    "ahci",
+    "sr_mod",
+    "isofs",
 )
 """Modules the guest loads, in this order, each after its dependencies.
 
@@ -117,7 +120,8 @@ GUEST_MODULES: tuple[str, ...] = (
 are printed; ``button`` + ``evdev`` give busybox acpid the power-button input device;
 ``ext4`` (which also mounts ext2) lets tests and the test installer use file systems
 on disks (it asks the crypto API for crc32c at mount time, a dependency modules.dep
-does not list, hence ``crc32c_generic`` before it); ``e1000`` and ``8139cp`` drive
+does not list, hence ``crc32c_generic`` before it); ``ahci``, ``sr_mod`` and ``isofs``
+read CD-ROMs on q35's SATA (install media, cloud-init seeds); ``e1000`` and ``8139cp`` drive
 the emulated NICs (models ``e1000`` and ``rtl8139``; QEMU's rtl8139 is a revision
 0x20 RTL-8139C+, which ``8139too`` declines in favour of ``8139cp``: ``8139too`` only
 serves older chips).
@@ -128,7 +132,7 @@ _MODULE_PARAMS: dict[str, str] = {
     "scsi_mod": "scan=sync",
 }
 
-_RECIPE_VERSION = 5
+_RECIPE_VERSION = 6
 _GUEST_DIR = "tinyguest"
 _MANIFEST = "manifest.json"
 _KERNEL_META_PACKAGE = "linux-image-amd64"
