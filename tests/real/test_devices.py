@@ -72,3 +72,26 @@ def test_pc_machine_with_ide_disk(daemon: DaemonHandle, tmp_path: Path) -> None:
     assert [d["target"] for d in info["disks"]] == ["hda", "vda"]
     daemon.wait_booted("legacy")
     assert "VIRTKIT-DISK vda 8388608" in daemon.console_log("legacy")
+
+
+def test_sound_cards_and_every_video_model(daemon: DaemonHandle) -> None:
+    """Every sound card model appears on the guest's PCI bus (on the silent audio back
+    end), and QEMU starts with each display adapter."""
+    cards = [{"model": "ich9"}, {"model": "hda"}, {"model": "ac97"}, {"model": "es1370"}]
+    daemon.define("sound", graphics="vnc", video="virtio", sound=cards)
+    info = daemon.client.post(daemon.client.domain_path("sound", "/start"))
+    argv = Path(f"/proc/{info['pid']}/cmdline").read_bytes().decode().split("\0")
+    assert "none,id=audio0" in argv
+    daemon.wait_booted("sound")
+    out = daemon.console_run("sound", "cat /sys/bus/pci/devices/*/device | sort | tr '\\n' ' ';"
+                                      " echo pci-$((6*7))", "pci-42")
+    # ich9-intel-hda 0x293e, intel-hda 0x2668, AC97 0x2415, ES1370 0x5000, virtio-vga 0x1050
+    for device in ("0x293e", "0x2668", "0x2415", "0x5000", "0x1050"):
+        assert device in out, device
+    daemon.client.post(daemon.client.domain_path("sound", "/destroy"))
+    for model in ("vga", "bochs", "qxl", "cirrus"):
+        daemon.define(f"video-{model}", graphics="vnc", video=model)
+        daemon.client.post(daemon.client.domain_path(f"video-{model}", "/start"),
+                           {"paused": True})
+        assert daemon.state(f"video-{model}") == "paused"
+        daemon.client.post(daemon.client.domain_path(f"video-{model}", "/destroy"))

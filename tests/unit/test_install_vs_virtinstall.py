@@ -35,7 +35,9 @@ these known, intended differences, normalised away:
 2. The display without ``--graphics``: virt-install adds spice, a sound card and
    spice USB redirection; virtkit gives VNC and no sound (the only drops allowed
    from virt-install's XML, with the Windows ones of 7).  With ``--graphics`` the
-   displays are compared.
+   displays are compared.  Likewise the video model and the sound cards are compared
+   when ``--video`` / ``--sound`` are given: by default virt-install picks virtio video
+   and an ich9 card from osinfo, virtkit a standard VGA and no card.
 3. Where a new volume lives: virt-install's default pool is the folder
    /var/lib/libvirt/images, virtkit's is its pool ``default``; NAME.qcow2 in the
    one is the volume NAME.qcow2 of the other.
@@ -209,6 +211,9 @@ CASES: dict[str, Case] = {
     "livecd": Case(
         "--name t24 --memory 1024 --livecd --cdrom {media}/install.iso --nodisks "
         "--os-variant debian11"),
+    "sound-and-video": Case(
+        "--name t26 --memory 1024 --import --disk {media}/disk.qcow2 --os-variant debian11 "
+        "--graphics vnc --video virtio --sound ich9 --sound ac97"),
     "cdrom-without-disk": Case(
         "--name t25 --memory 1024 --cdrom {media}/install.iso --os-variant debian11"),
 }
@@ -317,6 +322,10 @@ def normalise(line: str, request: InstallRequest, virtinst: dict[str, Any],
             side.pop("uuid")  # 1
         if "--graphics" not in line:
             side.pop("graphics")  # 2
+        if "--video" not in line:
+            side.pop("video")  # 2
+        if "--sound" not in line:
+            side.pop("sound")  # 2
     given_macs = set(re.findall(r"mac(?:\.address)?=([0-9a-fA-F:]{17})", line))
     for nic in virtinst["nics"]:
         if nic["mac"] not in given_macs:

@@ -107,7 +107,9 @@ ROUND_TRIP_SPECS: list[dict[str, Any]] = [
      "vcpus": {"current": 3, "max": 6, "sockets": 3, "threads": 2}, "cpu": {"model": "max"},
      "accelerator": "kvm", "autostart": True, "serials": [{}, {"log": False}, {}],
      "on_poweroff": "restart", "on_crash": "preserve", "guest_agent": False, "rng": None,
-     "balloon": False, "graphics": {"type": "vnc", "port": "auto", "listen": "::"}},
+     "balloon": False, "graphics": {"type": "vnc", "port": "auto", "listen": "::"},
+     "video": "virtio", "sound": [{"model": "ich9"}, {"model": "hda"}, {"model": "ac97"},
+                                  {"model": "es1370"}]},
     {"name": "tcg-volumes", "uuid": UUID, "memory": 128, "accelerator": "tcg", "cpu": "host",
      "machine": "pc", "serials": [],
      "disks": [{"pool": "default", "volume": "root.qcow2", "format": "qcow2"},
@@ -310,7 +312,7 @@ UNSUPPORTED = """
   <disk type='file'><source file='/a.img'/></disk>
   <disk type='network' device='disk'><source protocol='rbd' name='p/i'/></disk>
   <hostdev mode='subsystem' type='pci'/>
-  <sound model='ich9'/>"""
+  <sound model='sb16'/>"""
 
 
 def test_unsupported_elements_are_listed_by_location() -> None:
@@ -322,7 +324,8 @@ def test_unsupported_elements_are_listed_by_location() -> None:
     assert "devices/disk[2]/source@protocol='rbd' (network disks are not supported)" \
         in error.message
     assert "devices/hostdev (PCI and USB host device passthrough" in error.message
-    assert "devices/sound (virtkit emulates no sound card)" in error.message
+    assert ("devices/sound@model='sb16' (virtkit's sound cards are ich9, ich6, ac97 and "
+            "es1370)") in error.message
     assert error.fix == "remove them, or pass --force to drop them with a warning"
     assert error.details["field"] == "xml"
     assert len(error.details["problems"]) == 3
@@ -334,7 +337,8 @@ def test_force_drops_them_with_warnings() -> None:
     assert warnings == [
         "dropped devices/disk[2]/source@protocol='rbd': network disks are not supported",
         "dropped devices/hostdev: PCI and USB host device passthrough is not supported",
-        "dropped devices/sound: virtkit emulates no sound card",
+        "dropped devices/sound@model='sb16': virtkit's sound cards are ich9, ich6, ac97 and "
+        "es1370",
     ]
     load_domain(spec)
 

@@ -114,6 +114,8 @@ def _check_full(d: Domain) -> None:
 
 VALID: list[tuple[str, dict[str, Any] | str, Any]] = [
     ("minimal", {}, _check_minimal),
+    ("sound-and-video", {"graphics": "vnc", "video": "qxl", "sound": [{"model": "ac97"}, {}]},
+     lambda d: d.video == "qxl" and [c.model for c in d.sound] == ["ac97", "ich9"]),
     ("memory-int-mib", {"memory": 512}, lambda d: d.memory.current == 512),
     ("memory-1G", {"memory": "1G"}, lambda d: d.memory.current == 1024),
     ("memory-512M", {"memory": "512M"}, lambda d: d.memory.current == 512),

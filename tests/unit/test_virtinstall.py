@@ -319,3 +319,47 @@ def test_install_media_are_recognised_by_volume_id(tmp_path: Path) -> None:
     (tmp_path / "not.iso").write_bytes(b"\0" * 40000)
     assert iso_volume_id(str(tmp_path / "not.iso")) is None
     assert iso_volume_id(str(tmp_path / "missing.iso")) is None
+
+
+def test_install_media_must_match_every_identifier_the_database_gives(tmp_path: Path) -> None:
+    """A volume id alone is not enough where osinfo-db also names the publisher, system or
+    application id (or the size): grub-mkrescue's default volume id ``ISOIMAGE`` is also
+    ALT Linux 8.2 server's, whose entry also names its publisher and size."""
+    import pycdlib
+
+    from virtkit.formats.osinfo import MediaIds, iso_ids, system_db
+
+    def make(name: str, **idents: str) -> Path:
+        iso = pycdlib.PyCdlib()
+        iso.new(interchange_level=3, **idents)
+        iso.write(str(tmp_path / name))
+        iso.close()
+        return tmp_path / name
+
+    grub = iso_ids(str(make("grub.iso", vol_ident="ISOIMAGE")))
+    assert grub is not None and grub.volume == "ISOIMAGE" and grub.publisher is None
+    assert grub.size is not None and grub.size % 2048 == 0
+    assert system_db().detect(grub) is None
+    alt = dict(sys_ident="LINUX", vol_ident="ALT Workstation", pub_ident_str="BASEALT LTD",
+               app_ident_str="8.2/X86_64")
+    entry = system_db().detect(iso_ids(str(make("alt.iso", **alt))) or MediaIds(""))
+    assert entry is not None and "alt8.2" in entry.short_ids
+    alt["pub_ident_str"] = "SOMEONE ELSE"
+    assert system_db().detect(iso_ids(str(make("other.iso", **alt))) or MediaIds("")) is None
+    server = MediaIds(volume="ISOIMAGE", publisher="ALT LINUX TEAM", size=2771419136)
+    assert server.matches(MediaIds("ISOIMAGE", publisher="ALT LINUX TEAM", size=2771419136))
+    assert not server.matches(MediaIds("ISOIMAGE", publisher="ALT LINUX TEAM", size=32100352))
+
+
+def test_sound_and_video() -> None:
+    req = parse("--name a --import --disk /a --sound ich9 --sound model=ac97 --soundhw default "
+                "--video virtio --graphics vnc")
+    assert req.domain["sound"] == [{"model": "ich9"}, {"model": "ac97"}, {"model": "ich9"}]
+    assert req.domain["video"] == "virtio"
+    assert "sound" not in parse("--name a --import --disk /a --sound none").domain
+    assert parse("--name a --import --disk /a --video model.type=qxl").domain["video"] == "qxl"
+    with pytest.raises(InvalidSpec, match="sound cards are ich9"):
+        parse("--name a --import --disk /a --sound sb16")
+    with pytest.raises(InvalidSpec, match="leaves VNC nothing to show"):
+        parse("--name a --import --disk /a --video none")
+    parse("--name a --import --disk /a --video none --graphics none")

@@ -38,7 +38,6 @@ REASONS = {
     # devices
     "hostdev": "PCI and USB host device passthrough is not supported",
     "filesystem": "shared folders such as virtiofs and 9p are not supported",
-    "sound": "virtkit emulates no sound card",
     "tpm": "TPM devices are not supported",
     "smartcard": "smartcard devices are not supported",
     "redirdev": "USB redirection is not supported",
@@ -69,7 +68,8 @@ LIFECYCLE = {"on_poweroff": ("destroy", "restart"), "on_reboot": ("restart", "de
 AGENT = "org.qemu.guest_agent.0"
 KEY_ORDER = ("name", "uuid", "title", "description", "memory", "vcpus", "cpu", "machine",
              "firmware", "accelerator", "boot", "disks", "nics", "graphics", "serials",
-             "guest_agent", "watchdog", "rng", "balloon", "on_poweroff", "on_reboot", "on_crash",
+             "guest_agent", "watchdog", "video", "sound", "rng", "balloon", "on_poweroff",
+             "on_reboot", "on_crash",
              "autostart")
 WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "inject-nmi")
 RNG_SOURCES = ("/dev/urandom", "/dev/random", "/dev/hwrng")
@@ -340,7 +340,8 @@ class DomainReader(XmlReader):
                         "watchdog": self._watchdog, "rng": self._rng,
                         "memballoon": self._memballoon, "controller": self._controller,
                         "input": self._input, "redirdev": self._redirdev,
-                        "video": self._video, "panic": self._panic}
+                        "video": self._video, "panic": self._panic,
+                        "sound": self._sound}
             for device in devices:
                 tag = device.tag
                 if tag in handlers:
@@ -641,6 +642,23 @@ class DomainReader(XmlReader):
             if acceleration.get("accel3d") == "yes":
                 self.refuse(self.where(acceleration, "accel3d"), "3D acceleration is not "
                             "supported")
+        model = video.find("model")
+        kind = model.get("type", "vga") if model is not None else "vga"
+        if model is not None and model.get("primary", "yes") == "no":
+            return  # a secondary head: virtkit shows one display
+        if kind in ("vga", "virtio", "bochs", "qxl", "cirrus"):
+            self.spec["video"] = kind
+        elif kind != "none":  # vmvga, ramfb ...: the standard VGA shows the same console
+            self.warnings.append(f"video model {kind!r} became vga")
+
+    def _sound(self, sound: ET.Element) -> None:
+        models = {"ich9": "ich9", "ich6": "hda", "ac97": "ac97", "es1370": "es1370"}
+        model = sound.get("model", "")
+        if model not in models:
+            self.refuse(self.where(sound, "model"), "virtkit's sound cards are ich9, ich6, "
+                        "ac97 and es1370")
+            return
+        self.spec.setdefault("sound", []).append({"model": models[model]})
 
     def _panic(self, panic: ET.Element) -> None:
         if panic.get("model", "isa") not in ("isa", "pvpanic"):

@@ -43,7 +43,8 @@ only describes the host side: ``emulator``, ``metadata`` of other programs,
 ``hap`` ``vmcoreinfo`` ``vmport state='off'`` ``smm state='on'``, clock
 ``offset='utc'`` with ``rtc``/``pit``/``hpet``/``kvmclock``/``tsc`` timers,
 controllers of type pci, usb, sata, ide, virtio-serial and virtio-scsi, input
-tablet/mouse/keyboard, every video model (virtkit gives a VGA with VNC),
+tablet/mouse/keyboard, video models other than vga, virtio, qxl, bochs and cirrus
+(which are kept; the others become vga, with a warning),
 ``panic``, ``audio`` backends, ``memballoon`` models and stats, ``address``,
 ``alias`` and live-state details (``target dev`` of a NIC, ``source path`` of a
 pty, ``backingStore``), disk tuning that changes nothing the guest sees
@@ -51,7 +52,9 @@ pty, ``backingStore``), disk tuning that changes nothing the guest sees
 (``spicevmc`` channels and USB redirections) which only works with spice
 graphics -- spice graphics itself is refused.
 
-Refused: anything else, e.g. host devices, shared folders, sound cards, TPM,
+Sound cards ich9, ich6, ac97 and es1370 are kept (other models are refused).
+
+Refused: anything else, e.g. host devices, shared folders, TPM,
 spice or more than one display, Hyper-V enlightenments, ``clock
 offset='localtime'``, CPU pinning and NUMA tuning, hugepages, network disks,
 macvtap NICs, NIC models other than virtio/e1000/rtl8139, secure boot, a
@@ -233,7 +236,10 @@ def _devices_out(devices: ET.Element, domain: Domain) -> None:
         _sub(devices, "input", type="tablet", bus="usb")
         _graphics_out(devices, domain)
         video = _sub(devices, "video")
-        _sub(video, "model", type="vga", vram="16384", heads="1", primary="yes")
+        vram = {"vram": "16384"} if domain.video in ("vga", "cirrus", "qxl") else {}
+        _sub(video, "model", type=domain.video, **vram, heads="1", primary="yes")
+    for card in domain.sound:
+        _sub(devices, "sound", model="ich6" if card.model == "hda" else card.model)
     if domain.watchdog is not None:
         _sub(devices, "watchdog", model=domain.watchdog.model, action=domain.watchdog.action)
     _sub(devices, "memballoon", model="virtio" if domain.balloon else "none")

@@ -46,6 +46,33 @@ class OsDefaults:
     virtio: bool = True
 
 
+@dataclass(frozen=True)
+class MediaIds:
+    """The identifiers of an ISO 9660 primary volume descriptor: read from an image, or
+    as an OS's ``<media><iso>`` gives them (regular expressions; None: any value)."""
+
+    volume: str
+    system: str | None = None
+    publisher: str | None = None
+    application: str | None = None
+    size: int | None = None  # bytes: an exact size, as some media entries give
+
+    def matches(self, iso: MediaIds) -> bool:
+        """libosinfo's media match: every identifier this entry gives matches the ISO's
+        (an ISO without that identifier does not match), and the size if both have one."""
+        for pattern, value in ((self.volume, iso.volume), (self.system, iso.system),
+                               (self.publisher, iso.publisher),
+                               (self.application, iso.application)):
+            if pattern is None:
+                continue
+            try:
+                if value is None or not re.match(pattern, value):
+                    return False
+            except re.error:
+                return False
+        return self.size is None or iso.size is None or self.size == iso.size
+
+
 @dataclass
 class OsEntry:
     id: str
@@ -59,7 +86,7 @@ class OsEntry:
     parents: list[str]
     resources: dict[str, int]  # ram, storage, n-cpus (recommended, else 2 x minimum)
     virtio: bool | None  # None: the file says nothing, ask the parent
-    media_ids: list[str] = field(default_factory=list)  # x86 ISO volume-id patterns
+    media_ids: list[MediaIds] = field(default_factory=list)  # x86 install ISOs
 
     def to_dict(self) -> dict[str, object]:
         return {"short_id": self.short_ids[0] if self.short_ids else self.id,
@@ -125,25 +152,53 @@ def parse_os(text: str) -> OsEntry | None:
                    virtio=_virtio(node), media_ids=_media_ids(node))
 
 
-def _media_ids(node: ET.Element) -> list[str]:
-    """The volume-id patterns of this OS's x86 install media."""
-    return [(volume.text or "").strip() for media in node.findall("media")
-            if media.get("arch", "x86_64") in ("x86_64", "i686", "all")
-            for volume in media.findall("iso/volume-id") if (volume.text or "").strip()]
+def _media_ids(node: ET.Element) -> list[MediaIds]:
+    """The identifiers of this OS's x86 install ISOs (those that give a volume id)."""
+    out = []
+    for media in node.findall("media"):
+        iso = media.find("iso")
+        if media.get("arch", "x86_64") not in ("x86_64", "i686", "all") or iso is None:
+            continue
+        volume = _text(iso, "volume-id")
+        if not volume:
+            continue
+        size = _text(iso, "volume-size")
+        out.append(MediaIds(volume=volume, system=_text(iso, "system-id") or None,
+                            publisher=_text(iso, "publisher-id") or None,
+                            application=_text(iso, "application-id") or None,
+                            size=int(size) if size.isdigit() and int(size) > 0 else None))
+    return out
 
 
-def iso_volume_id(path: str) -> str | None:
-    """The volume identifier of an ISO 9660 image (the primary volume descriptor's), or
-    None if ``path`` is not one.  Read directly: 32 bytes at offset 32808."""
+def iso_ids(path: str) -> MediaIds | None:
+    """The identifiers of an ISO 9660 image (its primary volume descriptor: system id at
+    byte 8, volume id at 40, volume space size at 80, block size at 128, publisher id at
+    318, application id at 574), or None if ``path`` is not one or has no volume id."""
     try:
         with open(path, "rb") as image:
             image.seek(16 * 2048)
             descriptor = image.read(2048)
     except OSError:
         return None
-    if len(descriptor) < 72 or descriptor[0] != 1 or descriptor[1:6] != b"CD001":
+    if len(descriptor) < 702 or descriptor[0] != 1 or descriptor[1:6] != b"CD001":
         return None
-    return descriptor[40:72].decode("ascii", errors="replace").strip() or None
+
+    def field_at(start: int, end: int) -> str | None:
+        return descriptor[start:end].decode("ascii", errors="replace").strip(" \0") or None
+
+    volume = field_at(40, 72)
+    if volume is None:
+        return None
+    blocks = int.from_bytes(descriptor[80:84], "little")
+    block_size = int.from_bytes(descriptor[128:130], "little")
+    return MediaIds(volume=volume, system=field_at(8, 40), publisher=field_at(318, 446),
+                    application=field_at(574, 702), size=blocks * block_size or None)
+
+
+def iso_volume_id(path: str) -> str | None:
+    """The volume identifier of an ISO 9660 image, or None if ``path`` is not one."""
+    ids = iso_ids(path)
+    return ids.volume if ids is not None else None
 
 
 class OsinfoDb:
@@ -196,18 +251,13 @@ class OsinfoDb:
                           vcpus=resources.get("n-cpus"),
                           storage_bytes=resources.get("storage"), virtio=virtio)
 
-    def detect(self, volume_id: str) -> OsEntry | None:
-        """The OS whose install media have this volume id (libosinfo's media match),
+    def detect(self, iso: MediaIds | str) -> OsEntry | None:
+        """The OS whose install media match these ISO identifiers (a volume id alone
+        matches only media entries that give nothing else), as libosinfo's media match;
         the newest release first when several match."""
-        found = []
-        for entry in self.by_id.values():
-            for pattern in entry.media_ids:
-                try:
-                    if re.match(pattern, volume_id):
-                        found.append(entry)
-                        break
-                except re.error:
-                    continue
+        ids = MediaIds(volume=iso) if isinstance(iso, str) else iso
+        found = [entry for entry in self.by_id.values()
+                 if any(media.matches(ids) for media in entry.media_ids)]
         found.sort(key=lambda e: e.release_date, reverse=True)
         return found[0] if found else None
 

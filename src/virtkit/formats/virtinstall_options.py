@@ -106,6 +106,8 @@ SUBOPTIONS: dict[str, list[str]] = {
     "--serial": _SERIAL,
     "--console": _SERIAL,
     "--watchdog": ["model", "action"],
+    "--sound": ["model"],
+    "--video": ["model", "model.type", "model.heads", "model.vram"],
     "--security": ["type", "model", "label", "relabel", "baselabel"],
     "--os-variant": ["name", "short-id", "id", "detect", "require"],
     "--cloud-init": ["root-password-generate", "root-password-file", "disable", "ssh-key",

@@ -320,6 +320,18 @@ class Serial(Spec):
     log: bool = True
 
 
+class Sound(Spec):
+    """A sound card.  A server has no speakers: its output goes to QEMU's ``none`` audio
+    back end, but the guest sees and drives the card (installers and desktops expect one).
+    ``ich9`` and ``hda`` are Intel HD Audio controllers with a duplex codec."""
+
+    model: Literal["ich9", "hda", "ac97", "es1370"] = "ich9"
+
+
+#: the display adapter shown over VNC
+VideoModel = Literal["vga", "virtio", "bochs", "qxl", "cirrus"]
+
+
 class Watchdog(Spec):
     model: Literal["i6300esb", "itco"] = "i6300esb"
     action: Literal["reset", "shutdown", "poweroff", "pause", "none", "inject-nmi"] = "reset"
@@ -464,6 +476,8 @@ class Domain(NamedSpec):
     serials: list[Serial] = Field(default_factory=lambda: [Serial()])
     guest_agent: bool = True
     watchdog: Annotated[Watchdog | None, BeforeValidator(_short_device)] = None
+    video: VideoModel = Field(default="vga", description="display adapter (with VNC only)")
+    sound: list[Sound] = Field(default_factory=list)
     rng: Annotated[Rng | None, BeforeValidator(_short_device)] = Field(default_factory=Rng)
     balloon: bool = True
     on_poweroff: LifecycleAction = LifecycleAction.DESTROY
@@ -520,6 +534,8 @@ class Domain(NamedSpec):
             raise SpecProblem("microvm has no display; use graphics: none", "graphics")
         if self.watchdog is not None:
             raise SpecProblem("microvm has no watchdog device; remove watchdog", "watchdog")
+        if self.sound:
+            raise SpecProblem("microvm has no PCI bus for a sound card; remove sound", "sound")
         if self.memory.max is not None:
             raise SpecProblem("memory hot-add (memory.max) is not available on microvm",
                               "memory.max")

@@ -87,6 +87,7 @@ def build_argv(domain: Domain, caps: HostCaps, files: LaunchFiles, binary: str) 
     argv += _agent(domain, files)
     argv += _display(domain)
     argv += _misc_devices(domain)
+    argv += _sound(domain)
     argv += _actions(domain)
     if caps.sandbox:
         argv += ["-sandbox", SANDBOX]
@@ -354,13 +355,36 @@ def vnc_option(domain: Domain) -> str:
     return value
 
 
+#: spec video model -> QEMU device (the primary, VGA-compatible variant of each)
+VIDEO_DRIVERS = {"vga": "VGA", "virtio": "virtio-vga", "bochs": "bochs-display",
+                 "qxl": "qxl-vga", "cirrus": "cirrus-vga"}
+
+
+def _sound(domain: Domain) -> list[str]:
+    """Sound cards on QEMU's ``none`` audio back end (a server plays nothing)."""
+    if not domain.sound:
+        return []
+    argv = ["-audiodev", "none,id=audio0"]
+    for index, card in enumerate(domain.sound):
+        card_id = f"sound{index}"
+        if card.model in ("ich9", "hda"):
+            controller = "ich9-intel-hda" if card.model == "ich9" else "intel-hda"
+            argv += ["-device", _json({"driver": controller, "id": card_id}),
+                     "-device", _json({"driver": "hda-duplex", "id": f"{card_id}-codec0",
+                                       "bus": f"{card_id}.0", "audiodev": "audio0"})]
+        else:
+            argv += ["-device", _json({"driver": card.model.upper(), "id": card_id,
+                                       "audiodev": "audio0"})]
+    return argv
+
+
 def _display(domain: Domain) -> list[str]:
     argv = ["-display", "none"]
     if domain.graphics.type == "vnc":
         argv += ["-vnc", vnc_option(domain)]
         if domain.graphics.keymap:
             argv += ["-k", domain.graphics.keymap]
-        argv += ["-device", _json({"driver": "VGA", "id": "video0"})]
+        argv += ["-device", _json({"driver": VIDEO_DRIVERS[domain.video], "id": "video0"})]
         argv += ["-device", _json({"driver": "qemu-xhci", "id": "usb"})]
         argv += ["-device", _json({"driver": "usb-tablet", "id": "input0", "bus": "usb.0"})]
     return argv

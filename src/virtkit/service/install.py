@@ -114,14 +114,14 @@ class InstallService:
 
     def _detect_variant(self, request: InstallRequest, *, explicit: bool
                         ) -> tuple[str | None, list[str]]:
-        """The OS variant whose install media the ISO is, by its volume id (as
+        """The OS variant whose install media the ISO is, by its identifiers (as
         virt-install's detect=on); None with a note when nothing matches."""
         media = request.install_media or request.location
-        volume_id = osinfo.iso_volume_id(media) if media and os.path.isfile(media) else None
+        ids = osinfo.iso_ids(media) if media and os.path.isfile(media) else None
         entry = None
-        if volume_id is not None:
+        if ids is not None:
             try:
-                entry = self._osinfo_db().detect(volume_id)
+                entry = self._osinfo_db().detect(ids)
             except HostError:
                 if explicit:
                     raise
@@ -130,7 +130,7 @@ class InstallService:
                                         f"({entry.short_ids[0]}) from the media"]
         if not explicit:
             return None, []
-        what = f"volume id {volume_id!r}" if volume_id else "no ISO install media"
+        what = f"volume id {ids.volume!r}" if ids else "no ISO install media"
         return None, [f"--os-variant detect: no OS recognised ({what}); generic defaults"]
 
     def _default_network(self, request: InstallRequest, raw: dict[str, Any]) -> list[str]:
