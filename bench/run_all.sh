@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run every spine benchmark (start, list, cli, rss), every storage benchmark
-# (clone, transfer, import) and every network benchmark (throughput, dhcp), then
-# print the markdown tables.
+# (clone, transfer, import), every network benchmark (throughput, dhcp) and every
+# install benchmark (import, unattended), then print the markdown tables.
 #
 # By default it benchmarks a snapshot of a commit (BENCH_REF, default HEAD) exported
 # to a temporary folder and byte-compiled, as an installed package would be; this
@@ -13,13 +13,18 @@
 #   BENCH_WHAT="start --runs 5"   run one benchmark (start, list, cli or rss, with
 #                        its options) instead of all; "clone", "transfer" or "import"
 #                        (with options) runs one storage benchmark, "throughput" or
-#                        "dhcp" one network benchmark
-#   BENCH_SUITE=spine|storage|network   run only that suite's benchmarks (default: all)
+#                        "dhcp" one network benchmark, "unattended" one install
+#                        benchmark; with BENCH_SUITE set, BENCH_WHAT names a benchmark
+#                        of that suite (BENCH_SUITE=install BENCH_WHAT=import is
+#                        virtkit install --import vs virt-install, not vol-import)
+#   BENCH_SUITE=spine|storage|network|install   run only that suite's benchmarks
+#                        (default: all)
 # Needs root for libvirt's qemu:///system; without libvirt installed the virtkit
 # and raw QEMU columns still run (storage: everything but virt-clone; network:
-# virtkit's side only).  The network benchmarks run inside network namespaces of
-# their own (libvirtd too), so nothing reaches the host's network.  Arguments go
-# to bench_spine.py, bench_storage.py and bench_network.py before the subcommand:
+# virtkit's side only; install: virtkit's side only).  The network benchmarks run
+# inside network namespaces of their own (libvirtd too), so nothing reaches the
+# host's network.  Arguments go to bench_spine.py, bench_storage.py,
+# bench_network.py and bench_install.py before the subcommand:
 #   bench/run_all.sh --no-libvirt   or   bench/run_all.sh --wait-quiet 300
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,10 +43,11 @@ if [[ "$ref" != "worktree" ]]; then
 fi
 suite="${BENCH_SUITE:-all}"
 what="${BENCH_WHAT:-}"
-if [[ -n "$what" ]]; then
+if [[ -n "$what" && "$suite" == "all" ]]; then
     case "${what%% *}" in
         clone|transfer|import) suite=storage ;;
         throughput|dhcp) suite=network ;;
+        unattended) suite=install ;;
         *) suite=spine ;;
     esac
 fi
@@ -58,6 +64,10 @@ fi
 if runs network; then
     python bench/bench_network.py "$@" ${what:-all}
 fi
+# shellcheck disable=SC2086
+if runs install; then
+    python bench/bench_install.py "$@" ${what:-all}
+fi
 if runs spine; then
     python bench/bench_spine.py report
 fi
@@ -66,4 +76,7 @@ if runs storage; then
 fi
 if runs network; then
     python bench/bench_network.py report
+fi
+if runs install; then
+    python bench/bench_install.py report
 fi
