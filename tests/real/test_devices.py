@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.real.conftest import DaemonHandle
+from virtkit.cli.client import ApiError
 
 pytestmark = pytest.mark.qemu
 
@@ -95,3 +96,28 @@ def test_sound_cards_and_every_video_model(daemon: DaemonHandle) -> None:
                            {"paused": True})
         assert daemon.state(f"video-{model}") == "paused"
         daemon.client.post(daemon.client.domain_path(f"video-{model}", "/destroy"))
+
+
+def test_shared_folders_over_9p(daemon: DaemonHandle, tmp_path: Path) -> None:
+    """A host folder is read and written by the guest; a read-only one refuses writes."""
+    share, ro = tmp_path / "share, with comma", tmp_path / "ro"
+    share.mkdir()
+    ro.mkdir()
+    (share / "from-host.txt").write_text("hello from the host\n")
+    (ro / "keep.txt").write_text("read only\n")
+    daemon.define("fs", filesystems=[{"source": str(share), "target": "share"},
+                                     {"source": str(ro), "target": "ro", "readonly": True}])
+    daemon.client.post(daemon.client.domain_path("fs", "/start"))
+    daemon.wait_booted("fs")
+    out = daemon.console_run(
+        "fs", "mkdir -p /a /b; mount -t 9p -o trans=virtio share /a && mount -t 9p -o "
+              "trans=virtio ro /b && cat /a/from-host.txt /b/keep.txt; echo guest > "
+              "/a/from-guest.txt; echo nope > /b/x.txt; echo rc=$?; sync; echo fs-$((6*7))",
+        "fs-42")
+    assert "hello from the host" in out and "read only" in out
+    assert "rc=0" not in out  # the read-only share refused the write
+    assert (share / "from-guest.txt").read_text() == "guest\n"
+    assert not (ro / "x.txt").exists()
+    with pytest.raises(ApiError, match="is not a folder"):
+        daemon.client.post("/v1/domains", {"spec": daemon.spec(
+            "fs2", filesystems=[{"source": str(tmp_path / "nope"), "target": "x"}])})

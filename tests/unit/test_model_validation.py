@@ -114,6 +114,9 @@ def _check_full(d: Domain) -> None:
 
 VALID: list[tuple[str, dict[str, Any] | str, Any]] = [
     ("minimal", {}, _check_minimal),
+    ("shared-folder", {"filesystems": [{"source": "/srv/share", "target": "share",
+                                        "accessmode": "mapped", "readonly": True}]},
+     lambda d: d.filesystems[0].target == "share" and d.filesystems[0].readonly),
     ("sound-and-video", {"graphics": "vnc", "video": "qxl", "sound": [{"model": "ac97"}, {}]},
      lambda d: d.video == "qxl" and [c.model for c in d.sound] == ["ac97", "ich9"]),
     ("memory-int-mib", {"memory": 512}, lambda d: d.memory.current == 512),

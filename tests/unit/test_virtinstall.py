@@ -363,3 +363,15 @@ def test_sound_and_video() -> None:
     with pytest.raises(InvalidSpec, match="leaves VNC nothing to show"):
         parse("--name a --import --disk /a --video none")
     parse("--name a --import --disk /a --video none --graphics none")
+
+
+def test_filesystem_forms() -> None:
+    req = parse("--name a --import --disk /a --filesystem /srv/share,share "
+                "--filesystem source=/srv/ro,target=ro,accessmode=mapped,readonly=on")
+    assert req.domain["filesystems"] == [
+        {"source": "/srv/share", "target": "share"},
+        {"source": "/srv/ro", "target": "ro", "accessmode": "mapped", "readonly": True}]
+    with pytest.raises(InvalidSpec, match="virtiofs is not supported yet"):
+        parse("--name a --import --disk /a --filesystem /srv,tag,driver.type=virtiofs")
+    with pytest.raises(InvalidSpec, match="give the host folder and the guest's mount tag"):
+        parse("--name a --import --disk /a --filesystem /srv")

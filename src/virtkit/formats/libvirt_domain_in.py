@@ -37,7 +37,6 @@ REASONS = {
     "pmu": "PMU settings are not supported",
     # devices
     "hostdev": "PCI and USB host device passthrough is not supported",
-    "filesystem": "shared folders such as virtiofs and 9p are not supported",
     "tpm": "TPM devices are not supported",
     "smartcard": "smartcard devices are not supported",
     "redirdev": "USB redirection is not supported",
@@ -68,7 +67,8 @@ LIFECYCLE = {"on_poweroff": ("destroy", "restart"), "on_reboot": ("restart", "de
 AGENT = "org.qemu.guest_agent.0"
 KEY_ORDER = ("name", "uuid", "title", "description", "memory", "vcpus", "cpu", "machine",
              "firmware", "accelerator", "boot", "disks", "nics", "graphics", "serials",
-             "guest_agent", "watchdog", "video", "sound", "rng", "balloon", "on_poweroff",
+             "guest_agent", "watchdog", "video", "sound", "filesystems", "rng", "balloon",
+             "on_poweroff",
              "on_reboot", "on_crash",
              "autostart")
 WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "inject-nmi")
@@ -341,7 +341,7 @@ class DomainReader(XmlReader):
                         "memballoon": self._memballoon, "controller": self._controller,
                         "input": self._input, "redirdev": self._redirdev,
                         "video": self._video, "panic": self._panic,
-                        "sound": self._sound}
+                        "sound": self._sound, "filesystem": self._filesystem}
             for device in devices:
                 tag = device.tag
                 if tag in handlers:
@@ -659,6 +659,35 @@ class DomainReader(XmlReader):
                         "ac97 and es1370")
             return
         self.spec.setdefault("sound", []).append({"model": models[model]})
+
+    def _filesystem(self, fs: ET.Element) -> None:
+        """A shared folder: type='mount' over 9p (driver path, or no driver)."""
+        self.check(fs, attrs=("type", "accessmode"), children=("driver", "source", "target",
+                                                               "readonly"),
+                   silent=("alias",))
+        if fs.get("type", "mount") != "mount":
+            self.refuse(self.where(fs, "type"), "shared folders are host folders "
+                        "(type='mount')")
+            return
+        driver = fs.find("driver")
+        if driver is not None and driver.get("type", "path") != "path":
+            self.refuse(self.where(driver, "type"), "virtkit shares folders over 9p "
+                        "(driver type='path'); virtiofs is not supported yet")
+            return
+        source, target = fs.find("source"), fs.find("target")
+        if source is None or target is None or not source.get("dir") or not target.get("dir"):
+            self.refuse(self.where(fs), "a shared folder needs <source dir=> and <target dir=>")
+            return
+        accessmode = fs.get("accessmode", "passthrough")
+        if accessmode not in ("passthrough", "mapped", "squash"):
+            self.refuse(self.where(fs, "accessmode"), "accessmode is passthrough, mapped or "
+                        "squash")
+            return
+        entry: dict[str, Any] = {"source": source.get("dir"), "target": target.get("dir"),
+                                 "accessmode": accessmode}
+        if fs.find("readonly") is not None:
+            entry["readonly"] = True
+        self.spec.setdefault("filesystems", []).append(entry)
 
     def _panic(self, panic: ET.Element) -> None:
         if panic.get("model", "isa") not in ("isa", "pvpanic"):

@@ -240,6 +240,13 @@ def _devices_out(devices: ET.Element, domain: Domain) -> None:
         _sub(video, "model", type=domain.video, **vram, heads="1", primary="yes")
     for card in domain.sound:
         _sub(devices, "sound", model="ich6" if card.model == "hda" else card.model)
+    for fs in domain.filesystems:
+        element = _sub(devices, "filesystem", type="mount", accessmode=fs.accessmode)
+        _sub(element, "driver", type="path")
+        _sub(element, "source", dir=fs.source)
+        _sub(element, "target", dir=fs.target)
+        if fs.readonly:
+            _sub(element, "readonly")
     if domain.watchdog is not None:
         _sub(devices, "watchdog", model=domain.watchdog.model, action=domain.watchdog.action)
     _sub(devices, "memballoon", model="virtio" if domain.balloon else "none")

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from virtkit.errors import InvalidSpec
+from virtkit.formats import virtinstall_devices as devices
 from virtkit.formats.suboptions import SubOptions, closest, to_int
 from virtkit.formats.virtinstall_options import (
     FLAG_OPTIONS,
@@ -189,7 +190,8 @@ class _Translator:
         self._networks()
         self._graphics()
         self._devices()
-        self._sound_and_video()
+        self.domain.update(devices.sound_and_video(self.args, self.domain.get("graphics")))
+        self.domain.update(devices.filesystems(self.args.filesystem or []))
         self._refuse_unsupported()
         if a.autostart:
             self.domain["autostart"] = True
@@ -655,48 +657,9 @@ class _Translator:
             raise InvalidSpec(f"--panic {a.panic}: virtkit's panic device is the ISA pvpanic",
                               fix="write --panic default, or drop it")
 
-    SOUND_MODELS = {"default": "ich9", "ich9": "ich9", "ich6": "hda", "hda": "hda",
-                    "ac97": "ac97", "es1370": "es1370"}
-    VIDEO_MODELS = {"default": "vga", "vga": "vga", "std": "vga", "virtio": "virtio",
-                    "qxl": "qxl", "bochs": "bochs", "cirrus": "cirrus"}
-
-    def _sound_and_video(self) -> None:
-        """--sound MODEL (cards on a silent audio back end) and --video MODEL."""
-        cards = []
-        for text in self.args.sound or []:
-            opts = SubOptions.parse("--sound", text, keys_of("--sound"))
-            model = opts.get("model") or (opts.words.pop(0) if opts.words else "default")
-            opts.refuse_words()
-            if model == "none":
-                continue
-            if model not in self.SOUND_MODELS:
-                raise InvalidSpec(f"--sound {text}: virtkit's sound cards are ich9, ich6 (hda), "
-                                  f"ac97 and es1370{closest(model, set(self.SOUND_MODELS))}",
-                                  fix="write e.g. --sound ich9, or --sound none")
-            cards.append({"model": self.SOUND_MODELS[model]})
-        if cards:
-            self.domain["sound"] = cards
-        if self.args.video:
-            opts = SubOptions.parse("--video", self.args.video, keys_of("--video"))
-            model = opts.get("model") or opts.get("model.type") or \
-                (opts.words.pop(0) if opts.words else "default")
-            opts.refuse_words()
-            if model == "none":
-                if self.domain.get("graphics", {}).get("type") == "vnc":
-                    raise InvalidSpec("--video none leaves VNC nothing to show",
-                                      fix="drop --video none, or add --graphics none")
-                return
-            if model not in self.VIDEO_MODELS:
-                raise InvalidSpec(f"--video {self.args.video}: virtkit's display adapters are "
-                                  "vga, virtio, qxl, bochs and cirrus"
-                                  f"{closest(model, set(self.VIDEO_MODELS))}",
-                                  fix="write e.g. --video virtio")
-            self.domain["video"] = self.VIDEO_MODELS[model]
-
     def _refuse_unsupported(self) -> None:
         a = self.args
         checks = (
-            ("--filesystem", a.filesystem, "sharing host directories (virtiofs/9p)"),
             ("--host-device", a.host_device, "PCI/USB passthrough"),
             ("--parallel", a.parallel, "parallel ports"),
         )

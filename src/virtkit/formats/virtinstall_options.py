@@ -107,6 +107,8 @@ SUBOPTIONS: dict[str, list[str]] = {
     "--console": _SERIAL,
     "--watchdog": ["model", "action"],
     "--sound": ["model"],
+    "--filesystem": ["source", "target", "source.dir", "target.dir", "type", "accessmode",
+                     "mode", "driver.type", "readonly"],
     "--video": ["model", "model.type", "model.heads", "model.vram"],
     "--security": ["type", "model", "label", "relabel", "baselabel"],
     "--os-variant": ["name", "short-id", "id", "detect", "require"],

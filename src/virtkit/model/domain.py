@@ -320,6 +320,37 @@ class Serial(Spec):
     log: bool = True
 
 
+class Filesystem(Spec):
+    """A host folder shared with the guest over virtio-9p (``mount -t 9p -o trans=virtio
+    TAG /mnt`` in the guest; libvirt's ``<filesystem type='mount'>``).
+
+    ``accessmode`` as libvirt names it: ``passthrough`` (files carry the guest's owners
+    and modes on the host), ``mapped`` (owners and modes kept in extended attributes, the
+    host files stay the daemon's) or ``squash`` (passthrough, ownership errors ignored).
+    """
+
+    source: str = Field(description="absolute host folder")
+    target: str = Field(description="mount tag the guest mounts")
+    accessmode: Literal["passthrough", "mapped", "squash"] = "passthrough"
+    readonly: bool = False
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, value: str) -> str:
+        if not value.startswith("/") or _CONTROL_CHARS.search(value):
+            raise ValueError(f"filesystem source {value!r} must be an absolute folder path "
+                             "without control characters")
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,31}", value):
+            raise ValueError(f"filesystem target {value!r} must be a mount tag of 1-31 "
+                             "letters, digits, '_', '.' or '-'")
+        return value
+
+
 class Sound(Spec):
     """A sound card.  A server has no speakers: its output goes to QEMU's ``none`` audio
     back end, but the guest sees and drives the card (installers and desktops expect one).
@@ -478,6 +509,7 @@ class Domain(NamedSpec):
     watchdog: Annotated[Watchdog | None, BeforeValidator(_short_device)] = None
     video: VideoModel = Field(default="vga", description="display adapter (with VNC only)")
     sound: list[Sound] = Field(default_factory=list)
+    filesystems: list[Filesystem] = Field(default_factory=list)
     rng: Annotated[Rng | None, BeforeValidator(_short_device)] = Field(default_factory=Rng)
     balloon: bool = True
     on_poweroff: LifecycleAction = LifecycleAction.DESTROY
@@ -517,6 +549,10 @@ class Domain(NamedSpec):
         if sum(1 for d in self.disks if d.effective_bus is DiskBus.IDE) > 4:
             raise SpecProblem("the IDE controller takes at most 4 drives; use sata or virtio",
                               "disks")
+        tags = [fs.target for fs in self.filesystems]
+        if len(tags) != len(set(tags)):
+            raise SpecProblem("two filesystems share one mount tag; give each its own target",
+                              "filesystems")
         if len(self.serials) > 4:
             raise SpecProblem("at most 4 serial ports are supported", "serials")
         return self
@@ -536,6 +572,8 @@ class Domain(NamedSpec):
             raise SpecProblem("microvm has no watchdog device; remove watchdog", "watchdog")
         if self.sound:
             raise SpecProblem("microvm has no PCI bus for a sound card; remove sound", "sound")
+        if self.filesystems:
+            raise SpecProblem("shared folders need PCI; use machine: q35", "filesystems")
         if self.memory.max is not None:
             raise SpecProblem("memory hot-add (memory.max) is not available on microvm",
                               "memory.max")

@@ -88,6 +88,7 @@ def build_argv(domain: Domain, caps: HostCaps, files: LaunchFiles, binary: str) 
     argv += _display(domain)
     argv += _misc_devices(domain)
     argv += _sound(domain)
+    argv += _filesystems(domain)
     argv += _actions(domain)
     if caps.sandbox:
         argv += ["-sandbox", SANDBOX]
@@ -375,6 +376,24 @@ def _sound(domain: Domain) -> list[str]:
         else:
             argv += ["-device", _json({"driver": card.model.upper(), "id": card_id,
                                        "audiodev": "audio0"})]
+    return argv
+
+
+#: libvirt's accessmode -> QEMU's 9p security_model
+_SECURITY_MODELS = {"passthrough": "passthrough", "mapped": "mapped-xattr", "squash": "none"}
+
+
+def _filesystems(domain: Domain) -> list[str]:
+    """Shared folders: a 9p file system device per folder (virtio-9p-pci)."""
+    argv: list[str] = []
+    for index, fs in enumerate(domain.filesystems):
+        fsdev = (f"local,id=fsdev{index},path={qemu_escape(fs.source)},"
+                 f"security_model={_SECURITY_MODELS[fs.accessmode]}")
+        if fs.readonly:
+            fsdev += ",readonly=on"
+        argv += ["-fsdev", fsdev,
+                 "-device", _json({"driver": "virtio-9p-pci", "id": f"fs{index}",
+                                   "fsdev": f"fsdev{index}", "mount_tag": fs.target})]
     return argv
 
 

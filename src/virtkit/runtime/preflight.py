@@ -53,6 +53,11 @@ def check_files(domain: Domain) -> None:
             raise InvalidSpec(f"disks[{index}].path: {disk.path} is not writable",
                               field=f"disks[{index}].path",
                               fix="fix its permissions, or set readonly: true")
+    for index, fs in enumerate(domain.filesystems):
+        if not os.path.isdir(fs.source):
+            raise InvalidSpec(f"filesystems[{index}].source: {fs.source} is not a folder",
+                              field=f"filesystems[{index}].source",
+                              fix="create it, or share an existing folder")
 
 
 def check_memory(domain: Domain, host_mib: int | None = None) -> None:

@@ -1,0 +1,84 @@
+"""virt-install's device options that map onto whole spec fields: --sound, --video and
+--filesystem (split from virtinstall.py, which keeps the translator)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from virtkit.errors import InvalidSpec
+from virtkit.formats.suboptions import SubOptions, closest
+from virtkit.formats.virtinstall_options import keys_of
+
+SOUND_MODELS = {"default": "ich9", "ich9": "ich9", "ich6": "hda", "hda": "hda",
+                "ac97": "ac97", "es1370": "es1370"}
+VIDEO_MODELS = {"default": "vga", "vga": "vga", "std": "vga", "virtio": "virtio",
+                "qxl": "qxl", "bochs": "bochs", "cirrus": "cirrus"}
+
+
+def sound_and_video(args: argparse.Namespace, graphics: dict[str, Any] | None
+                    ) -> dict[str, Any]:
+    """--sound MODEL (cards on a silent audio back end) and --video MODEL: spec fields."""
+    out: dict[str, Any] = {}
+    cards = []
+    for text in args.sound or []:
+        opts = SubOptions.parse("--sound", text, keys_of("--sound"))
+        model = opts.get("model") or (opts.words.pop(0) if opts.words else "default")
+        opts.refuse_words()
+        if model == "none":
+            continue
+        if model not in SOUND_MODELS:
+            raise InvalidSpec(f"--sound {text}: virtkit's sound cards are ich9, ich6 (hda), "
+                              f"ac97 and es1370{closest(model, set(SOUND_MODELS))}",
+                              fix="write e.g. --sound ich9, or --sound none")
+        cards.append({"model": SOUND_MODELS[model]})
+    if cards:
+        out["sound"] = cards
+    if args.video:
+        opts = SubOptions.parse("--video", args.video, keys_of("--video"))
+        model = opts.get("model") or opts.get("model.type") or \
+            (opts.words.pop(0) if opts.words else "default")
+        opts.refuse_words()
+        if model == "none":
+            if (graphics or {}).get("type") == "vnc":
+                raise InvalidSpec("--video none leaves VNC nothing to show",
+                                  fix="drop --video none, or add --graphics none")
+            return out
+        if model not in VIDEO_MODELS:
+            raise InvalidSpec(f"--video {args.video}: virtkit's display adapters are vga, "
+                              f"virtio, qxl, bochs and cirrus{closest(model, set(VIDEO_MODELS))}",
+                              fix="write e.g. --video virtio")
+        out["video"] = VIDEO_MODELS[model]
+    return out
+
+
+def filesystems(texts: list[str]) -> dict[str, Any]:
+    """--filesystem SOURCE,TARGET (or source=, target=, accessmode=, readonly=on): host
+    folders shared over virtio-9p."""
+    shared = []
+    for text in texts:
+        opts = SubOptions.parse("--filesystem", text, keys_of("--filesystem"))
+        readonly = opts.flag("readonly")
+        source = opts.get("source") or opts.get("source.dir") or \
+            (opts.words.pop(0) if opts.words else None)
+        target = opts.get("target") or opts.get("target.dir") or \
+            (opts.words.pop(0) if opts.words else None)
+        opts.refuse_words()
+        if opts.get("type", "mount") != "mount":
+            raise InvalidSpec(f"--filesystem {text}: virtkit shares host folders (type=mount)",
+                              fix="drop type=")
+        if opts.get("driver.type", "path") != "path":
+            raise InvalidSpec(f"--filesystem {text}: virtkit shares folders over 9p; "
+                              "virtiofs is not supported yet",
+                              fix="drop driver.type= (the guest mounts -t 9p)")
+        if not source or not target:
+            raise InvalidSpec(f"--filesystem {text}: give the host folder and the guest's "
+                              "mount tag", fix="write --filesystem /srv/share,share")
+        entry: dict[str, Any] = {"source": source, "target": target}
+        mode = opts.get("accessmode") or opts.get("mode")
+        if mode is not None:
+            entry["accessmode"] = mode
+        if readonly:
+            entry["readonly"] = True
+        shared.append(entry)
+    return {"filesystems": shared} if shared else {}
