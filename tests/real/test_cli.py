@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.real.conftest import DaemonHandle
+from tests.real.conftest import DaemonHandle, wait_for
 
 pytestmark = pytest.mark.qemu
 
@@ -165,3 +165,23 @@ def test_cli_starts_a_per_user_daemon_when_none_runs() -> None:
             os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
             time.sleep(0.5)
         subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def test_create_runs_a_transient_domain_that_is_gone_when_it_stops(daemon: DaemonHandle,
+                                                                   tmp_path: Path) -> None:
+    spec = _write_spec(daemon, tmp_path, "temp1")
+    assert "Domain 'temp1' created" in daemon.cli("create", str(spec)).stdout
+    assert daemon.state("temp1") == "running"
+    daemon.wait_booted("temp1")
+    daemon.cli("destroy", "temp1")
+    wait_for(lambda: "temp1" not in daemon.cli("list", "--all", "--name").stdout, 10,
+             "the transient domain to be undefined")
+    # A defined domain of that name is not replaced by create, and is left as it was.
+    daemon.define("kept")
+    result = daemon.cli("create", str(_write_spec(daemon, tmp_path, "kept")), check=False)
+    assert result.returncode == 1 and "domain 'kept' already exists" in result.stderr
+    assert daemon.state("kept") == "shutoff"
+    # A transient domain that cannot start is not left defined.
+    bad = _write_spec(daemon, tmp_path, "temp2", disks=[{"path": "/nonexistent.qcow2"}])
+    assert daemon.cli("create", str(bad), check=False).returncode == 1
+    assert "temp2" not in daemon.cli("list", "--all", "--name").stdout

@@ -114,6 +114,7 @@ def _check_full(d: Domain) -> None:
 
 VALID: list[tuple[str, dict[str, Any] | str, Any]] = [
     ("minimal", {}, _check_minimal),
+    ("transient", {"transient": True}, lambda d: d.transient and not d.autostart),
     ("shared-folder", {"filesystems": [{"source": "/srv/share", "target": "share",
                                         "accessmode": "mapped", "readonly": True}]},
      lambda d: d.filesystems[0].target == "share" and d.filesystems[0].readonly),

@@ -125,6 +125,18 @@ async def define_domain(request: web.Request) -> web.Response:
     return json_response(result, status=201)
 
 
+@routes.post("/v1/domains/create")
+async def create_domain(request: web.Request) -> web.Response:
+    """virsh create: a transient domain, defined and started; gone when it stops."""
+    body = await json_body(request)
+    domains = _services(request).domains
+    if isinstance(body.get("xml"), str):
+        result = await domains.create(xml=body["xml"], force=bool(body.get("force")))
+    else:
+        result = await domains.create(_spec_from(body))
+    return json_response(result, status=201)
+
+
 @routes.post("/v1/domains/restore")
 async def restore_domain(request: web.Request) -> web.Response:
     body = await json_body(request)

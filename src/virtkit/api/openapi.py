@@ -128,6 +128,9 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("post", "/v1/pools/{pool}/volumes/{volume}/download-fd",
      "Local clients: the daemon copies the volume into the caller's open descriptor fd",
      {"type": "object", "required": ["fd"], "properties": {"fd": {"type": "integer"}}}),
+    ("post", "/v1/domains/create",
+     "virsh create: define a transient domain and start it ({spec} / {yaml} / {xml, force})",
+     None),
     ("post", "/v1/install",
      "Create a VM and run its install (virtkit install's request; see docs/install.md)",
      {"type": "object", "required": ["domain", "method"], "properties": {

@@ -55,6 +55,21 @@ def cmd_define(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_create(client: Client, args: argparse.Namespace) -> int:
+    """virsh create: a transient domain from a file, started at once, gone when it stops."""
+    result = objects.define(client, "/v1/domains/create", _read_spec_file(args.file),
+                            force=args.force)
+    if args.json:
+        render.as_json(result)
+    else:
+        print(f"Domain '{result['name']}' created from {args.file}")
+    if args.console:
+        from virtkit.cli.console import attach
+
+        return attach(client, result["name"])
+    return 0
+
+
 def cmd_undefine(client: Client, args: argparse.Namespace) -> int:
     suffix = "?nvram=1" if args.nvram else ""
     result = client.request("DELETE", _ref(client, args) + suffix)
@@ -218,6 +233,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("file")
     p.add_argument("--force", action="store_true",
                    help="libvirt XML: drop what virtkit cannot honour, with a warning each")
+    p = add("create", cmd_create, "start a transient domain from a spec or libvirt XML file: "
+            "it is undefined when it stops", domain=False, json_flag=True)
+    p.add_argument("file")
+    p.add_argument("--force", action="store_true",
+                   help="libvirt XML: drop what virtkit cannot honour, with a warning each")
+    p.add_argument("--console", action="store_true", help="attach to the serial console")
     p = add("undefine", cmd_undefine, "remove a stopped domain's definition")
     p.add_argument("--nvram", action="store_true", help="also remove its UEFI NVRAM file")
     p = add("start", cmd_start, "start a defined domain")

@@ -70,7 +70,7 @@ KEY_ORDER = ("name", "uuid", "title", "description", "memory", "vcpus", "cpu", "
              "guest_agent", "watchdog", "video", "sound", "filesystems", "rng", "balloon",
              "on_poweroff",
              "on_reboot", "on_crash",
-             "autostart")
+             "autostart", "transient")
 WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "inject-nmi")
 RNG_SOURCES = ("/dev/urandom", "/dev/random", "/dev/hwrng")
 SILENT_CONTROLLERS = ("pci", "usb", "sata", "ide", "virtio-serial")
@@ -122,6 +122,8 @@ class DomainReader(XmlReader):
                             + ", ".join(allowed[:-1]) + " or " + allowed[-1])
         if self.meta.get("autostart"):
             spec["autostart"] = True
+        if self.meta.get("transient"):
+            spec["transient"] = True
         warnings = self.finish("domain")
         return {key: spec[key] for key in KEY_ORDER if key in spec}, warnings
 
@@ -134,8 +136,8 @@ class DomainReader(XmlReader):
             tag = element.tag.rpartition("}")[2]
             if tag == "accelerator":
                 self.meta["accelerator"] = (element.text or "").strip()
-            elif tag == "autostart":
-                self.meta["autostart"] = (element.text or "").strip() == "yes"
+            elif tag in ("autostart", "transient"):
+                self.meta[tag] = (element.text or "").strip() == "yes"
             elif tag == "serial" and element.get("log") == "no":
                 self.meta.setdefault("nolog", set()).add(element.get("port", ""))
 

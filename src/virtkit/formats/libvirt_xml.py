@@ -149,6 +149,8 @@ def _metadata_out(root: ET.Element, domain: Domain) -> None:
         extra.append(("accelerator", {}, "kvm"))
     if domain.autostart:
         extra.append(("autostart", {}, "yes"))
+    if domain.transient:
+        extra.append(("transient", {}, "yes"))
     for port, serial in enumerate(domain.serials):
         if not serial.log:
             extra.append(("serial", {"port": str(port), "log": "no"}, None))

@@ -195,6 +195,11 @@ class _Translator:
         self._refuse_unsupported()
         if a.autostart:
             self.domain["autostart"] = True
+        if a.transient:
+            if a.autostart:
+                raise InvalidSpec("install: --transient and --autostart contradict each other",
+                                  fix="drop one of them")
+            self.domain["transient"] = True
         wait = None
         if a.wait is not None:
             try:
@@ -673,7 +678,6 @@ class _Translator:
                                       "type=mouse", "type=keyboard"}),
                 ("--controller", a.controller, {"usb", "type=usb", "virtio-scsi",
                                                 "scsi,model=virtio-scsi"}),
-                ("--transient", ["yes"] if a.transient else [], set()),
                 ("--features", [a.features] if a.features else [], set()),
                 ("--clock", [a.clock] if a.clock else [], {"offset=utc", "utc"}),
                 ("--events", [a.events] if a.events else [], set()),

@@ -516,6 +516,8 @@ class Domain(NamedSpec):
     on_reboot: LifecycleAction = LifecycleAction.RESTART
     on_crash: LifecycleAction = LifecycleAction.DESTROY
     autostart: bool = False
+    transient: bool = Field(default=False, description="undefined when it stops (virsh "
+                            "create, virt-install --transient)")
 
     @field_validator("on_poweroff")
     @classmethod

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from virtkit.errors import NotFound, QemuError, StateError, TimeoutExpired
+from virtkit.errors import NotFound, QemuError, StateError, TimeoutExpired, VirtkitError
 from virtkit.model.domain import Domain, LifecycleAction
 from virtkit.model.load import dump_domain
 from virtkit.model.state import Action, State, check_action, check_transition
@@ -383,6 +383,21 @@ class Lifecycle:
         vm.exited.set()
         if follow_up is not None:
             self._spawn(follow_up)
+        elif vm.running is None:
+            self._forget_if_transient(vm)
+
+    def _forget_if_transient(self, vm: Vm) -> None:
+        """A transient domain (virsh create) is undefined when it stops for good."""
+        try:
+            transient = self._spec_for(vm.uuid).transient
+        except VirtkitError:
+            return
+        if not transient:
+            return
+        self._store.delete_domain(vm.uuid)
+        self.forget(vm.uuid)
+        self._bus.publish("undefined", vm.uuid, domain=vm.name, uuid=vm.uuid,
+                          state=vm.state.value, reason="transient domain stopped")
 
     def _exit_outcome(self, vm: Vm, status: int | None) -> tuple[State, str, str, Any]:
         """Why QEMU ended, the state that follows, its event, and any restart to run."""

@@ -282,6 +282,29 @@ class DomainService:
         spec, warnings = domain_from_xml(text, force=force)
         return {**self.define(spec), "warnings": warnings}
 
+    async def create(self, data: dict[str, Any] | str | None = None, *, xml: str | None = None,
+                     force: bool = False) -> dict[str, Any]:
+        """virsh create: define a transient domain and start it; it is undefined when it
+        stops.  If it does not start, it is not left defined."""
+        warnings: list[str] = []
+        if xml is not None:
+            raw, warnings = domain_from_xml(xml, force=force)
+        else:
+            raw = parse_text(data) if isinstance(data, str) else dict(data or {})
+        existing = self._existing_for(raw)
+        if existing is not None:
+            raise Conflict(f"domain '{existing.name}' already exists",
+                           fix=f"start it (virtkit start {existing.name}), or choose "
+                               "another name")
+        info = self.define({**raw, "transient": True})
+        try:
+            info = await self.start(info["uuid"])
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.undefine(info["uuid"])
+            raise
+        return {**info, "warnings": warnings}
+
     def _existing_for(self, raw: dict[str, Any]) -> DomainRow | None:
         """The stored domain a define would replace; Conflict if name and uuid disagree."""
         name, uuid = raw.get("name"), raw.get("uuid")
