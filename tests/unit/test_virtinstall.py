@@ -375,3 +375,9 @@ def test_filesystem_forms() -> None:
         parse("--name a --import --disk /a --filesystem /srv,tag,driver.type=virtiofs")
     with pytest.raises(InvalidSpec, match="give the host folder and the guest's mount tag"):
         parse("--name a --import --disk /a --filesystem /srv")
+
+
+def test_transient() -> None:
+    assert parse("--name a --import --disk /a --transient").domain["transient"] is True
+    with pytest.raises(InvalidSpec, match="--transient and --autostart contradict"):
+        parse("--name a --import --disk /a --transient --autostart")
