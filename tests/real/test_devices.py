@@ -121,3 +121,21 @@ def test_shared_folders_over_9p(daemon: DaemonHandle, tmp_path: Path) -> None:
     with pytest.raises(ApiError, match="is not a folder"):
         daemon.client.post("/v1/domains", {"spec": daemon.spec(
             "fs2", filesystems=[{"source": str(tmp_path / "nope"), "target": "x"}])})
+
+
+def test_cpuset_pins_every_qemu_thread(daemon: DaemonHandle) -> None:
+    """vcpus.cpuset (libvirt's <vcpu cpuset=>, virt-install --cpuset): every thread of the
+    QEMU process may run only on those host CPUs; a CPU the host lacks is refused."""
+    daemon.define("pinned", vcpus={"current": 2, "cpuset": "1"})
+    info = daemon.client.post(daemon.client.domain_path("pinned", "/start"))
+    daemon.wait_booted("pinned")
+    tasks = list(Path(f"/proc/{info['pid']}/task").iterdir())
+    assert len(tasks) >= 3  # main loop + 2 vCPUs at least
+    for task in tasks:
+        status = (task / "status").read_text()
+        allowed = [line.split()[1] for line in status.splitlines()
+                   if line.startswith("Cpus_allowed_list:")]
+        assert allowed == ["1"], (task.name, allowed)
+    daemon.client.post(daemon.client.domain_path("pinned", "/destroy"))
+    with pytest.raises(ApiError, match="this host has no CPU"):
+        daemon.define("too-far", vcpus={"current": 1, "cpuset": "0,4096"})

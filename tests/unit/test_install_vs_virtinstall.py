@@ -211,6 +211,9 @@ CASES: dict[str, Case] = {
     "livecd": Case(
         "--name t24 --memory 1024 --livecd --cdrom {media}/install.iso --nodisks "
         "--os-variant debian11"),
+    "cpuset": Case(
+        "--name t27 --memory 1024 --vcpus 2,cpuset=0-1 --import --disk {media}/disk.qcow2 "
+        "--os-variant debian11"),
     "sound-and-video": Case(
         "--name t26 --memory 1024 --import --disk {media}/disk.qcow2 --os-variant debian11 "
         "--graphics vnc --video virtio --sound ich9 --sound ac97"),

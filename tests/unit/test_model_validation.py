@@ -115,6 +115,8 @@ def _check_full(d: Domain) -> None:
 VALID: list[tuple[str, dict[str, Any] | str, Any]] = [
     ("minimal", {}, _check_minimal),
     ("transient", {"transient": True}, lambda d: d.transient and not d.autostart),
+    ("cpuset", {"vcpus": {"current": 2, "cpuset": "0-3,^2"}},
+     lambda d: d.vcpus.cpuset == "0-3,^2"),
     ("shared-folder", {"filesystems": [{"source": "/srv/share", "target": "share",
                                         "accessmode": "mapped", "readonly": True}]},
      lambda d: d.filesystems[0].target == "share" and d.filesystems[0].readonly),
@@ -283,6 +285,15 @@ BAD = [
     bad("cpu-model-characters", {"cpu": "qemu64,+avx"}, "cpu.model", "characters"),
     bad("rng-backend", {"rng": {"backend": "/dev/zero"}}, "rng.backend", "/dev/urandom"),
     bad("too-many-serials", {"serials": [{}] * 5}, "serials", "at most 4 serial ports"),
+    bad("cpuset-syntax", {"vcpus": {"cpuset": "0-a"}}, "vcpus.cpuset", "cannot read '0-a'"),
+    bad("cpuset-empty", {"vcpus": {"cpuset": "1,^1"}}, "vcpus.cpuset", "names no CPU"),
+    bad("filesystem-tag", {"filesystems": [{"source": "/srv", "target": "a b"}]},
+        "filesystems[0].target", "mount tag"),
+    bad("filesystem-same-tag", {"filesystems": [{"source": "/a", "target": "t"},
+                                                {"source": "/b", "target": "t"}]},
+        "filesystems", "share one mount tag"),
+    bad("sound-model", {"sound": [{"model": "sb16"}]}, "sound[0].model", "'ich9'"),
+    bad("video-model", {"video": "vmvga"}, "video", "'vga'"),
 ]
 
 

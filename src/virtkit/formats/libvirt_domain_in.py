@@ -176,8 +176,6 @@ class DomainReader(XmlReader):
             self.spec["vcpus"] = {"current": 1}
             return
         self.check(vcpu, attrs=("placement", "current", "cpuset"))
-        if vcpu.get("cpuset"):
-            self.refuse(self.where(vcpu, "cpuset"), "vCPU pinning is not supported")
         if vcpu.get("placement", "static") != "static":
             self.refuse(self.where(vcpu, "placement"), "automatic (numad) placement is not "
                         "supported")
@@ -186,6 +184,8 @@ class DomainReader(XmlReader):
         vcpus: dict[str, Any] = {"current": maximum}
         if current is not None and int(current) != maximum:
             vcpus = {"current": int(current), "max": maximum}
+        if vcpu.get("cpuset"):
+            vcpus["cpuset"] = vcpu.get("cpuset")
         self.spec["vcpus"] = vcpus
 
     def _cpu(self, cpu: ET.Element | None) -> None:

@@ -121,6 +121,8 @@ def domain_to_xml(domain: Domain) -> str:
     _sub(root, "currentMemory", str(kib), unit="KiB")
     vcpus = domain.vcpus
     vcpu = _sub(root, "vcpu", str(vcpus.maximum), placement="static")
+    if vcpus.cpuset is not None:
+        vcpu.set("cpuset", vcpus.cpuset)
     if vcpus.current != vcpus.maximum:
         vcpu.set("current", str(vcpus.current))
     _os_out(root, domain)

@@ -255,15 +255,19 @@ class _Translator:
 
     def _vcpus(self) -> None:
         text = self.args.vcpus
+        cpuset = self._cpuset(self.args.cpuset, "--cpuset")
         if text is None:
+            if cpuset is not None:
+                self.domain["vcpus"] = {"current": 1, "cpuset": cpuset}
             return
         opts = SubOptions.parse("--vcpus", text, keys_of("--vcpus"))
         if opts.words:
             opts.values.setdefault("vcpus", opts.words.pop(0))
         opts.refuse_words()
-        if opts.has("cpuset"):
-            raise _unsupported("--vcpus cpuset=", "vCPU pinning")
+        cpuset = self._cpuset(opts.get("cpuset"), "--vcpus cpuset=") or cpuset
         vcpus: dict[str, Any] = {}
+        if cpuset is not None:
+            vcpus["cpuset"] = cpuset
         for key, target in (("sockets", "sockets"), ("cores", "cores"), ("threads", "threads")):
             value = opts.integer(key, minimum=1)
             if value is not None:
@@ -278,7 +282,8 @@ class _Translator:
         if maximum is None and topology > current:
             maximum = topology
         total = maximum if maximum is not None else current
-        for part in ("cores", "sockets", "threads") if vcpus else ():
+        given = any(part in vcpus for part in ("sockets", "cores", "threads"))
+        for part in ("cores", "sockets", "threads") if given else ():
             if part not in vcpus:  # filled from the count, cores first, as virt-install does
                 vcpus[part] = max(total // (vcpus.get("sockets", 1) * vcpus.get("cores", 1)
                                             * vcpus.get("threads", 1)), 1)
@@ -287,10 +292,18 @@ class _Translator:
             vcpus["max"] = maximum
         self.domain["vcpus"] = vcpus
 
+    @staticmethod
+    def _cpuset(value: str | None, option: str) -> str | None:
+        """A vCPU pinning set (libvirt's syntax, '0-3,^2'); 'auto' needs numad."""
+        if value is None:
+            return None
+        if value == "auto":
+            raise InvalidSpec(f"{option}auto: placement by numad is not supported",
+                              fix="name the host CPUs, e.g. --cpuset 0-3")
+        return value
+
     def _cpu(self) -> None:
         text = self.args.cpu
-        if self.args.cpuset:
-            raise _unsupported("--cpuset", "vCPU pinning")
         if text is None:
             return
         opts = SubOptions.parse("--cpu", text, keys_of("--cpu"))

@@ -155,6 +155,15 @@ class Vcpus(Spec):
     sockets: int | None = None
     cores: int | None = None
     threads: int | None = None
+    cpuset: str | None = Field(default=None, description="host CPUs QEMU's threads may run "
+                               "on, e.g. '0-3,6' (libvirt's <vcpu cpuset=>)")
+
+    @field_validator("cpuset")
+    @classmethod
+    def _cpuset(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_cpuset(value)
+        return value
 
     @property
     def maximum(self) -> int:
@@ -582,6 +591,21 @@ class Domain(NamedSpec):
         if self.boot.kernel is None:
             raise SpecProblem("microvm has no firmware to boot disks; set boot.kernel",
                               "boot.kernel")
+
+
+def parse_cpuset(text: str) -> set[int]:
+    """'0-3,6,^2' -> {0, 1, 3, 6}: libvirt's cpuset syntax (ranges, and ^N to exclude)."""
+    chosen: set[int] = set()
+    excluded: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        match = re.fullmatch(r"(\^?)(\d+)(?:-(\d+))?", part)
+        if not match or (match.group(3) and int(match.group(3)) < int(match.group(2))):
+            raise ValueError(f"cpuset {text!r}: cannot read {part!r}; write e.g. '0-3,6'")
+        first, last = int(match.group(2)), int(match.group(3) or match.group(2))
+        (excluded if match.group(1) else chosen).update(range(first, last + 1))
+    if not chosen - excluded:
+        raise ValueError(f"cpuset {text!r} names no CPU")
+    return chosen - excluded
 
 
 def validate_name(value: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import socket
 from collections.abc import Callable, Mapping
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from virtkit.errors import QemuError, VirtkitError
-from virtkit.model.domain import Domain, Firmware
+from virtkit.model.domain import Domain, Firmware, parse_cpuset
 from virtkit.model.host import HostCaps, LaunchFiles
 from virtkit.paths import StatePaths
 from virtkit.qemu.argv import build_argv
@@ -133,6 +134,8 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
         process = QemuProcess.spawn(argv, pass_fds=pass_fds, log_path=qemu_log)
         if on_spawn is not None:
             on_spawn(process)
+        if domain.vcpus.cpuset is not None:
+            pin_threads(process.pid, parse_cpuset(domain.vcpus.cpuset))
         monitor = await _handshake(domain, process, run_dir, qemu_log, on_event)
         running = Running(process, monitor, run_dir, caps.accel,
                           taps={index: tap.name for index, tap in taps.items()})
@@ -201,3 +204,11 @@ async def _setup(domain: Domain, running: Running) -> None:
     for index, nic in enumerate(domain.nics):
         if nic.link == "down":
             await running.monitor.execute("set_link", {"name": f"nic{index}", "up": False})
+
+
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of QEMU ``pid`` (vCPUs, I/O, main loop) to ``cpus``; threads
+    started later inherit it.  libvirt's ``<vcpu cpuset=>`` does the same."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from virtkit.errors import InvalidSpec
-from virtkit.model.domain import DiskDevice, Domain
+from virtkit.model.domain import DiskDevice, Domain, parse_cpuset
 from virtkit.model.units import format_mib
 
 
@@ -58,6 +58,32 @@ def check_files(domain: Domain) -> None:
             raise InvalidSpec(f"filesystems[{index}].source: {fs.source} is not a folder",
                               field=f"filesystems[{index}].source",
                               fix="create it, or share an existing folder")
+
+
+def check_cpuset(domain: Domain, host_cpus: set[int] | None = None) -> None:
+    """A vCPU pinning set must name CPUs this host has (and may use)."""
+    if domain.vcpus.cpuset is None:
+        return
+    usable = os.sched_getaffinity(0) if host_cpus is None else host_cpus
+    missing = parse_cpuset(domain.vcpus.cpuset) - usable
+    if missing:
+        raise InvalidSpec(f"vcpus.cpuset: this host has no CPU {sorted(missing)} (usable: "
+                          f"{format_cpus(usable)})", field="vcpus.cpuset",
+                          fix=f"pick CPUs from {format_cpus(usable)}")
+
+
+def format_cpus(cpus: set[int]) -> str:
+    """{0, 1, 2, 5} -> '0-2,5'."""
+    ordered, ranges = sorted(cpus), []
+    start = previous = ordered[0]
+    for cpu in [*ordered[1:], None]:
+        if cpu is not None and cpu == previous + 1:
+            previous = cpu
+            continue
+        ranges.append(str(start) if start == previous else f"{start}-{previous}")
+        if cpu is not None:
+            start = previous = cpu
+    return ",".join(ranges)
 
 
 def check_memory(domain: Domain, host_mib: int | None = None) -> None:

@@ -176,6 +176,7 @@ class DomainService:
         preflight.check_files(domain)
         preflight.duplicate_paths(domain)
         preflight.check_memory(domain, self._host_memory)
+        preflight.check_cpuset(domain)
         for disk in domain.disks:
             if disk.path is not None and disk.format is None:
                 disk.format = detect_format(disk.path)  # type: ignore[assignment]
