@@ -204,10 +204,7 @@ CASES: dict[str, Case] = {
         "--name win1 --memory 4096 --vcpus 2 --import --disk {media}/disk.qcow2 "
         "--network network=default --os-variant win10"),
     "windows-cdrom": Case(
-        "--name win2 --cdrom {media}/install.iso --disk size=40 --os-variant win10",
-        known="virt-install keeps a Windows ISO in the final domain's CD-ROM drive "
-              "(installer.py: 'Keep media attached for windows which has a multi stage "
-              "install'); virtkit's final domain has the drive empty"),
+        "--name win2 --cdrom {media}/install.iso --disk size=40 --os-variant win10"),
     "livecd": Case(
         "--name t24 --memory 1024 --livecd --cdrom {media}/install.iso --nodisks "
         "--os-variant debian11"),

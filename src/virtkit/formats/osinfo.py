@@ -44,6 +44,8 @@ class OsDefaults:
     vcpus: int | None = None
     storage_bytes: int | None = None
     virtio: bool = True
+    #: Windows installs in several stages that each read the CD: keep it after the first
+    keep_install_media: bool = False
 
 
 @dataclass(frozen=True)
@@ -247,9 +249,11 @@ class OsinfoDb:
         resources = next((e.resources for e in chain if e.resources), {})
         virtio = next((e.virtio for e in chain if e.virtio is not None), False)
         ram = resources.get("ram")
+        family = next((e.family for e in chain if e.family), "")
         return OsDefaults(memory_mib=ram // 2**20 if ram else 1024,
                           vcpus=resources.get("n-cpus"),
-                          storage_bytes=resources.get("storage"), virtio=virtio)
+                          storage_bytes=resources.get("storage"), virtio=virtio,
+                          keep_install_media=family == "winnt")
 
     def detect(self, iso: MediaIds | str) -> OsEntry | None:
         """The OS whose install media match these ISO identifiers (a volume id alone

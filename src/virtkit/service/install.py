@@ -48,13 +48,15 @@ class InstallService:
     async def install(self, data: dict[str, Any]) -> dict[str, Any]:
         request = InstallRequest.from_dict(data)
         raw = dict(request.domain)
-        notes = await asyncio.to_thread(self._apply_os_variant, request, raw)
+        notes, defaults = await asyncio.to_thread(self._apply_os_variant, request, raw)
         notes += self._default_network(request, raw)
         self._refuse_existing(raw["name"])
         self._name_new_volumes(request, raw)
         self._check_new_files(request)
-        if request.method == "cdrom":  # the drive stays, empty, after the install
-            raw["disks"] = [*raw.get("disks", []), {"device": "cdrom"}]
+        if request.method == "cdrom":  # the drive stays after the install, empty ...
+            kept = _cdrom(request.install_media) if defaults.keep_install_media \
+                else {"device": "cdrom"}  # ... but Windows installs read it in every stage
+            raw["disks"] = [*raw.get("disks", []), kept]
         elif request.method == "livecd":
             raw["disks"] = [*raw.get("disks", []), _cdrom(request.install_media)]
             raw["boot"] = {**raw.get("boot", {}), "order": ["cdrom", "hd"]}
@@ -79,7 +81,8 @@ class InstallService:
 
     # -- checks before anything is created ----------------------------------------------
 
-    def _apply_os_variant(self, request: InstallRequest, raw: dict[str, Any]) -> list[str]:
+    def _apply_os_variant(self, request: InstallRequest, raw: dict[str, Any]
+                          ) -> tuple[list[str], osinfo.OsDefaults]:
         """Fill what --os-variant recommends where the command line left it out."""
         notes: list[str] = []
         variant = request.os_variant
@@ -110,7 +113,7 @@ class InstallService:
         for new in request.new_disks:
             if new.size_bytes <= 0 and defaults.storage_bytes:
                 new.size_bytes = defaults.storage_bytes
-        return notes
+        return notes, defaults
 
     def _detect_variant(self, request: InstallRequest, *, explicit: bool
                         ) -> tuple[str | None, list[str]]:
