@@ -28,6 +28,7 @@ import json
 import mmap
 import os
 import re
+import shlex
 import shutil
 import struct
 import subprocess
@@ -461,7 +462,7 @@ def bench_unattended(args: argparse.Namespace) -> dict[str, Any]:
                     "--memory", MEMORY_MIB, "--cdrom", str(iso), "--disk", "size=1,bus=virtio",
                     "--graphics", "none", "--network", "none", "--noautoconsole",
                     "--wait", "-1", "--osinfo", "generic", "--virt-type", "qemu",
-                    "--serial", f"file,path={serial}"]
+                    "--serial", f"file,path={serial}", *shlex.split(args.virt_install_extra)]
 
         with bl.VirtkitDaemon() as vk:
 
@@ -591,6 +592,7 @@ def bench_unattended(args: argparse.Namespace) -> dict[str, Any]:
               "command": " ".join([sys.executable, *sys.argv]), "virtkit_cli": cli,
               "virtkit_command": [*cli, "install", *vk_words("NAME")],
               "virt_install_command": lv_argv("NAME", Path("SERIAL.log")),
+              "virt_install_extra": args.virt_install_extra,
               "installer_iso": str(installer.iso), "stats": stats, "phases": phase_stats,
               "derived": derived, "checks": checks, "host_per_round": hosts,
               "virtkitd_rss_kib": daemon_rss,
@@ -609,7 +611,9 @@ def bench_unattended(args: argparse.Namespace) -> dict[str, Any]:
                     "installed booted", "returned min-max"], rows)
     print(f"virt-install/virtkit: returned {bl.fmt_x(derived['virt_install_over_cli'])}, "
           f"installed system booted {bl.fmt_x(derived['booted_virt_install_over_cli'])}")
-    print("results:", bl.write_results("install-unattended", result))
+    # Runs with extra virt-install options are explorations: kept apart from -latest.
+    name = "install-unattended" + ("-explore" if args.virt_install_extra else "")
+    print("results:", bl.write_results(name, result))
     return result
 
 
@@ -686,6 +690,9 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--timeout", type=float, default=600, help="seconds for one install")
     p.add_argument("--no-warmup", action="store_true", help="no untimed first install")
+    p.add_argument("--virt-install-extra", default="", metavar="ARGS",
+                   help="more virt-install options, e.g. '--machine q35 --cpu maximum' "
+                   "(exploration: the default compares each tool's own defaults)")
     sub.add_parser("all", help="import and unattended with their defaults")
     sub.add_parser("report", help="markdown tables from results/install-*-latest.json")
     args = parser.parse_args()
@@ -698,7 +705,7 @@ def main() -> None:
     if args.bench == "all":
         for name, extra in (("import", {"runs": 7}),
                             ("unattended", {"runs": 3, "timeout": 600.0,
-                                            "no_warmup": False})):
+                                            "no_warmup": False, "virt_install_extra": ""})):
             print(f"\n##### install {name}", flush=True)
             _run(funcs[name], argparse.Namespace(**vars(args), **extra))
         return
