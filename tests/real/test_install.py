@@ -269,3 +269,15 @@ def test_cloud_init_seed_is_on_the_first_boot_only(daemon: DaemonHandle, tmp_pat
     daemon.wait_booted("ci1", count=2)
     out = daemon.console_run("ci1", "ls /dev/sr0 2>&1; echo done-$((6*7))", "done-42")
     assert "No such file" in out
+
+
+def test_wait_returns_once_the_installed_system_runs(daemon: DaemonHandle,
+                                                     installer: Installer) -> None:
+    result = daemon.cli("install", "--name", "w1", "--memory", "256", "--cdrom",
+                        str(installer.iso), "--disk", "size=1", "--graphics", "none",
+                        "--nonetworks", "--wait", "5", timeout=400)
+    assert "Waiting for the installation to complete." in result.stdout
+    assert "Domain 'w1' installed; the installed system is booting." in result.stdout
+    info = daemon.info("w1")
+    assert info["state"] == "running" and info["installing"] is False
+    assert DONE_MARKER in daemon.console_log("w1")

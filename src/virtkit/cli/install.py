@@ -77,7 +77,8 @@ def run_install(client: Client, argv: list[str]) -> int:
             say(f"Follow it with 'virtkit console {name}' or 'virtkit event {name} --loop'.")
             return 0
         say("Waiting for the installation to complete.")
-        _wait_install(client, name, request.wait_minutes)
+        _wait_install(client, name, request.wait_minutes, installer_pid=result.get("pid"),
+                      reboot=not request.noreboot)
         say(f"Domain '{name}' installed" + ("; it stays off (--noreboot)." if request.noreboot
                                             else "; the installed system is booting."))
     say("Domain creation completed.")
@@ -92,20 +93,31 @@ def _method_text(request: InstallRequest) -> str:
         (", cloud-init seed attached" if request.cloud_init is not None else "")
 
 
-def _wait_install(client: Client, name: str, minutes: float | None) -> None:
-    """Poll until the install phase ends; --wait N gives up after N minutes (N<0: never)."""
+def _wait_install(client: Client, name: str, minutes: float | None, *,
+                  installer_pid: int | None, reboot: bool) -> None:
+    """Poll until the install phase is over -- and, unless --noreboot, the installed
+    system runs (between the installer's exit and that start the domain is briefly off);
+    --wait N gives up after N minutes (N<0: never)."""
     deadline = None if minutes is None or minutes < 0 else time.monotonic() + minutes * 60
+    finished: float | None = None  # when the installer was first seen gone
     while True:
         info = client.get(client.domain_path(name))
         if not info.get("installing"):
-            return
+            state = info.get("state")
+            finished = finished or time.monotonic()
+            if not reboot or (state == "running" and info.get("pid") != installer_pid):
+                return
+            if state in ("shutoff", "crashed") and (
+                    info.get("reason") != "install finished" or
+                    time.monotonic() - finished > 30):
+                return  # stopped for another reason, or the daemon could not start it
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutExpired(
                 f"installation of '{name}' has exceeded the --wait time limit "
                 f"({minutes:g} min); the VM keeps running",
                 fix=f"follow it with 'virtkit console {name}', or stop it: "
                     f"virtkit destroy {name}")
-        time.sleep(1.0)
+        time.sleep(0.25 if not info.get("installing") else 1.0)
 
 
 def _preview(request: InstallRequest, result: dict[str, Any]) -> int:
