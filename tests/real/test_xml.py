@@ -14,7 +14,7 @@ pytestmark = pytest.mark.qemu
 
 
 def _libvirt_xml(daemon: DaemonHandle, name: str) -> str:
-    """The tiny guest as a virt-manager user would write it, sound card included."""
+    """The tiny guest as a virt-manager user would write it, sound card and TPM included."""
     guest = daemon.guest
     return f"""<domain type='qemu'>
   <name>{name}</name>
@@ -40,6 +40,7 @@ def _libvirt_xml(daemon: DaemonHandle, name: str) -> str:
     <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
     <input type='mouse' bus='ps2'/>
     <sound model='ich9'/>
+    <tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>
     <memballoon model='virtio'/>
   </devices>
 </domain>
@@ -53,21 +54,22 @@ def test_define_from_xml_boot_and_define_the_dumpxml_again(daemon: DaemonHandle,
 
     refused = daemon.cli("define", str(path), check=False)
     assert refused.returncode == 1
-    assert "devices/sound (virtkit emulates no sound card)" in refused.stderr
+    assert "devices/tpm (TPM devices are not supported)" in refused.stderr
     assert "pass --force to drop them with a warning" in refused.stderr
     assert daemon.cli("list", "--all", "--name").stdout == ""
 
     forced = daemon.cli("define", str(path), "--force")
     assert "Domain 'fromxml' defined" in forced.stdout
-    assert forced.stderr.strip() == "warning: dropped devices/sound: virtkit emulates no " \
-                                    "sound card"
+    assert forced.stderr.strip() == "warning: dropped devices/tpm: TPM devices are not " \
+                                    "supported"
     daemon.cli("start", "fromxml")
     daemon.wait_booted("fromxml")
 
     dumped = daemon.cli("dumpxml", "fromxml").stdout
     assert dumped.startswith('<domain type="qemu">\n  <name>fromxml</name>\n')
     assert f"<kernel>{escape(str(daemon.guest.kernel))}</kernel>" in dumped
-    assert '<channel type="unix">' in dumped and "sound" not in dumped
+    assert '<channel type="unix">' in dumped and '<sound model="ich9"/>' in dumped
+    assert "tpm" not in dumped
 
     # a copy under another name, as libvirt users make one: new name, no uuid
     copy = re.sub(r"\s*<uuid>.*</uuid>", "", dumped).replace("<name>fromxml</name>",
