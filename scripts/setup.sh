@@ -54,12 +54,14 @@ run_tests() {
     # compares 'virtkit install --print-xml' with (libvirt's test driver: it installs
     # only libvirt's client library, no libvirtd, and creates nothing)
     # grub-pc-bin, grub-common, xorriso, mtools, extlinux, syslinux-common: the test
-    # installer ISO (virtkit.images.installer) that the unattended-install tests use
+    # installer ISO (virtkit.images.installer) that the unattended-install tests use;
+    # debootstrap: the Debian cloud image of the --cloud-init test (virtkit.images.debiancloud)
     install_packages "${RUNTIME_PACKAGES[@]}" bash virtinst grub-pc-bin grub-common xorriso mtools \
-        extlinux syslinux-common
+        extlinux syslinux-common debootstrap
     install_python "[test]"
     "$VENV/bin/python" -m virtkit.images.tinyguest >/dev/null
     "$VENV/bin/python" -m virtkit.images.installer >/dev/null
+    "$VENV/bin/python" -m virtkit.images.debiancloud >/dev/null
     echo "== ruff"; "$VENV/bin/ruff" check src tests scripts $([ -d bench ] && echo bench)
     echo "== mypy"; "$VENV/bin/mypy"
     echo "== pytest"

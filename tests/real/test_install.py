@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -20,6 +21,7 @@ import pycdlib
 import pytest
 
 from tests.real.conftest import DaemonHandle, wait_for
+from virtkit.images.debiancloud import DebianCloud, build_debian_cloud
 from virtkit.images.installer import (
     DEFAULT_HOSTNAME,
     DONE_MARKER,
@@ -281,3 +283,31 @@ def test_wait_returns_once_the_installed_system_runs(daemon: DaemonHandle,
     info = daemon.info("w1")
     assert info["state"] == "running" and info["installing"] is False
     assert DONE_MARKER in daemon.console_log("w1")
+
+
+@pytest.fixture(scope="module")
+def debian_cloud() -> DebianCloud:
+    return build_debian_cloud()
+
+
+def test_cloud_init_sets_the_root_password_of_a_debian_image(
+        daemon: DaemonHandle, debian_cloud: DebianCloud, tmp_path: Path) -> None:
+    """The issue's end-to-end case: a Debian image (debootstrap + cloud-init) gets its
+    root password from --cloud-init, and logging in on the serial console with it works."""
+    disk = tmp_path / "debian.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(debian_cloud.image),
+                    "-F", "qcow2", str(disk)], check=True)
+    password = tmp_path / "root.pw"
+    password.write_text("Vk-cloud-7t!\n")
+    daemon.cli("install", "--name", "deb1", "--memory", "512", "--import", "--disk",
+               str(disk), "--boot", f"kernel={debian_cloud.kernel},initrd={debian_cloud.initrd},"
+               f"cmdline='{debian_cloud.cmdline}'", "--cloud-init",
+               f"root-password-file={password}", "--graphics", "none", "--nonetworks",
+               "--noautoconsole")
+    wait_for(lambda: re.search(r"deb1 login:", daemon.console_log("deb1")), 900,
+             "the Debian login prompt with the hostname cloud-init set")
+    daemon.console_run("deb1", "root", "Password:", timeout=60)
+    daemon.console_run("deb1", "Vk-cloud-7t!", "root@deb1", timeout=120)
+    out = daemon.console_run("deb1", "cloud-init status --wait; echo in-$((6*7))", "in-42",
+                             timeout=120)
+    assert "status: done" in out, out  # every module ran without error
