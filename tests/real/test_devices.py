@@ -139,3 +139,20 @@ def test_cpuset_pins_every_qemu_thread(daemon: DaemonHandle) -> None:
     daemon.client.post(daemon.client.domain_path("pinned", "/destroy"))
     with pytest.raises(ApiError, match="this host has no CPU"):
         daemon.define("too-far", vcpus={"current": 1, "cpuset": "0,4096"})
+
+
+def test_a_guest_without_acpi_boots_and_is_destroyed_not_shut_down(
+        daemon: DaemonHandle) -> None:
+    """acpi: false (virt-install --noacpi, libvirt XML without <acpi/>): QEMU gets
+    acpi=off and the guest boots without QEMU's ACPI tables (no DSDT, so no power
+    button; SeaBIOS still builds a minimal MADT of its own, as under libvirt)."""
+    daemon.define("noacpi", acpi=False, machine="pc")
+    info = daemon.client.post(daemon.client.domain_path("noacpi", "/start"))
+    argv = Path(f"/proc/{info['pid']}/cmdline").read_bytes().decode()
+    assert ",acpi=off" in argv
+    daemon.wait_booted("noacpi")
+    out = daemon.console_run("noacpi", "echo T=$(ls /sys/firmware/acpi/tables)=; "
+                                       "echo acpi-$((6*7))", "acpi-42")
+    tables = out.split("T=")[-1].split("=")[0].split()
+    assert "DSDT" not in tables and "FACP" not in tables, tables
+    daemon.client.post(daemon.client.domain_path("noacpi", "/destroy"))

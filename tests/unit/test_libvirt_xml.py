@@ -115,7 +115,7 @@ ROUND_TRIP_SPECS: list[dict[str, Any]] = [
                      {"source": "/srv/ro", "target": "ro", "accessmode": "mapped",
                       "readonly": True}]},
     {"name": "tcg-volumes", "uuid": UUID, "memory": 128, "accelerator": "tcg", "cpu": "host",
-     "machine": "pc", "serials": [],
+     "machine": "pc", "serials": [], "acpi": False,
      "disks": [{"pool": "default", "volume": "root.qcow2", "format": "qcow2"},
                {"pool": "isos", "volume": "debian.iso", "device": "cdrom", "bus": "ide"},
                {"path": "/dev/sdz", "format": "raw", "aio": "io_uring", "readonly": True,

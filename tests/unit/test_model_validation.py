@@ -115,6 +115,7 @@ def _check_full(d: Domain) -> None:
 VALID: list[tuple[str, dict[str, Any] | str, Any]] = [
     ("minimal", {}, _check_minimal),
     ("transient", {"transient": True}, lambda d: d.transient and not d.autostart),
+    ("no-acpi", {"acpi": False, "machine": "pc"}, lambda d: d.acpi is False),
     ("cpuset", {"vcpus": {"current": 2, "cpuset": "0-3,^2"}},
      lambda d: d.vcpus.cpuset == "0-3,^2"),
     ("shared-folder", {"filesystems": [{"source": "/srv/share", "target": "share",
@@ -294,6 +295,7 @@ BAD = [
         "filesystems", "share one mount tag"),
     bad("sound-model", {"sound": [{"model": "sb16"}]}, "sound[0].model", "'ich9'"),
     bad("video-model", {"video": "vmvga"}, "video", "'vga'"),
+    bad("no-acpi-on-q35", {"acpi": False}, "acpi", "always has ACPI"),
 ]
 
 

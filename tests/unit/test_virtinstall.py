@@ -75,7 +75,6 @@ def test_round_trip_through_json() -> None:
      "virtio, e1000 and rtl8139"),
     ("--name x --import --disk /a --arch aarch64", "x86 guests only"),
     ("--name x --import --disk /a --virt-type xen", "kvm and qemu"),
-    ("--name x --import --disk /a --host-device 01:00.0", "PCI/USB passthrough"),
     ("--name x --import --disk vol=nopool", "vol=POOL/VOLUME"),
     ("--name x --import --nodisks --disk /a", "contradict"),
     ("--name x --import --disk /a --boot floppy", "no floppy"),
@@ -381,3 +380,48 @@ def test_transient() -> None:
     assert parse("--name a --import --disk /a --transient").domain["transient"] is True
     with pytest.raises(InvalidSpec, match="--transient and --autostart contradict"):
         parse("--name a --import --disk /a --transient --autostart")
+
+
+def test_host_dependent_options_go_to_the_daemon() -> None:
+    req = parse("--name a --import --disk /a --host-device 01:00.0 --security type=selinux "
+                "--numatune 0")
+    assert req.host_checks == {"security": "selinux", "numatune": "0",
+                               "host_devices": ["01:00.0"]}
+    assert parse("--name a --import --disk /a --security type=none").host_checks == {}
+    with pytest.raises(InvalidSpec, match="unknown security model"):
+        parse("--name a --import --disk /a --security type=smack")
+    with pytest.raises(InvalidSpec, match="--noapic"):
+        parse("--name a --import --disk /a --noapic")
+    assert parse("--name a --import --disk /a --noacpi").domain["acpi"] is False
+
+
+def _sys(tmp_path: Path, *, iommu: bool = False, lsm: str = "", nodes: int = 1) -> Path:
+    (tmp_path / "kernel" / "iommu_groups").mkdir(parents=True)
+    if iommu:
+        (tmp_path / "kernel" / "iommu_groups" / "0").mkdir()
+    (tmp_path / "kernel" / "security").mkdir()
+    (tmp_path / "kernel" / "security" / "lsm").write_text(lsm)
+    for node in range(nodes):
+        (tmp_path / "devices" / "system" / "node" / f"node{node}").mkdir(parents=True)
+    return tmp_path
+
+
+def test_the_host_says_what_it_cannot_do(tmp_path: Path) -> None:
+    from virtkit.service import hostsupport
+
+    bare = _sys(tmp_path / "bare")
+    with pytest.raises(InvalidSpec, match="this host has no IOMMU"):
+        hostsupport.check({"host_devices": ["01:00.0"]}, bare)
+    with pytest.raises(InvalidSpec, match="this host does not run apparmor"):
+        hostsupport.check({"security": "apparmor"}, bare)
+    assert "one NUMA node" in hostsupport.check({"numatune": "0"}, bare)[0]
+    with pytest.raises(InvalidSpec, match=r"no NUMA node \[1\] \(it has \[0\]\)"):
+        hostsupport.check({"numatune": "0-1"}, bare)
+    able = _sys(tmp_path / "able", iommu=True, lsm="capability,apparmor", nodes=2)
+    with pytest.raises(InvalidSpec, match="does not pass host devices through yet"):
+        hostsupport.check({"host_devices": ["01:00.0"]}, able)
+    with pytest.raises(InvalidSpec, match="does not apply apparmor labels to QEMU yet"):
+        hostsupport.check({"security": "apparmor"}, able)
+    with pytest.raises(InvalidSpec, match="does not bind guest memory"):
+        hostsupport.check({"numatune": "1"}, able)
+    assert hostsupport.check({}, bare) == []

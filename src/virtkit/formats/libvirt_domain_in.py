@@ -70,7 +70,7 @@ KEY_ORDER = ("name", "uuid", "title", "description", "memory", "vcpus", "cpu", "
              "guest_agent", "watchdog", "video", "sound", "filesystems", "rng", "balloon",
              "on_poweroff",
              "on_reboot", "on_crash",
-             "autostart", "transient")
+             "autostart", "transient", "acpi")
 WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "inject-nmi")
 RNG_SOURCES = ("/dev/urandom", "/dev/random", "/dev/hwrng")
 SILENT_CONTROLLERS = ("pci", "usb", "sata", "ide", "virtio-serial")
@@ -124,6 +124,8 @@ class DomainReader(XmlReader):
             spec["autostart"] = True
         if self.meta.get("transient"):
             spec["transient"] = True
+        if spec.get("acpi") is False and spec.get("machine", "q35") != "pc":
+            del spec["acpi"]  # QEMU's q35 keeps its ACPI tables even with acpi=off
         warnings = self.finish("domain")
         return {key: spec[key] for key in KEY_ORDER if key in spec}, warnings
 
@@ -307,6 +309,9 @@ class DomainReader(XmlReader):
             self.refuse(self.where(loader), "custom firmware ROMs are not supported")
 
     def _features(self, features: ET.Element | None) -> None:
+        """As libvirt: without ``<acpi/>`` the guest has no ACPI."""
+        if features is None or features.find("acpi") is None:
+            self.spec["acpi"] = False
         if features is None:
             return
         for feature in features:

@@ -52,7 +52,9 @@ pty, ``backingStore``), disk tuning that changes nothing the guest sees
 (``spicevmc`` channels and USB redirections) which only works with spice
 graphics -- spice graphics itself is refused.
 
-Sound cards ich9, ich6, ac97 and es1370 are kept (other models are refused).
+Sound cards ich9, ich6, ac97 and es1370 are kept (other models are refused). As in
+libvirt, a domain without ``<features><acpi/>`` has no ACPI -- on machine ``pc``; a q35
+machine keeps ACPI (QEMU builds its tables even with ``acpi=off``).
 
 Refused: anything else, e.g. host devices, shared folders, TPM,
 spice or more than one display, Hyper-V enlightenments, ``clock
@@ -127,7 +129,8 @@ def domain_to_xml(domain: Domain) -> str:
         vcpu.set("current", str(vcpus.current))
     _os_out(root, domain)
     features = _sub(root, "features")
-    _sub(features, "acpi")
+    if domain.acpi:
+        _sub(features, "acpi")
     if domain.machine is not Machine.MICROVM:
         _sub(features, "apic")
         _sub(features, "vmport", state="off")

@@ -73,6 +73,8 @@ class InstallRequest:
     quiet: bool = False
     default_nic: bool = False  # no --network given: the NIC is on 'default' if it exists
     default_disk: bool = False  # no --disk/--nodisks: a disk of the OS's recommended size
+    #: asked for what only the host can say it has: host_devices, security, numatune
+    host_checks: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,6 +170,8 @@ class _Translator:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        #: what only the host can answer (IOMMU, LSM, NUMA nodes): the daemon checks them
+        self.host_checks: dict[str, Any] = {}
         self.domain: dict[str, Any] = {}
         self.new_disks: list[NewDisk] = []
 
@@ -216,7 +220,9 @@ class _Translator:
             wait_minutes=wait, noreboot=a.noreboot, dry_run=a.dry_run,
             print_xml=a.print_xml, quiet=a.quiet,
             default_nic=not a.network and not a.nonetworks,
-            default_disk=not a.disk and not a.nodisks and method not in ("import", "livecd"))
+            default_disk=not a.disk and not a.nodisks and method not in ("import", "livecd"),
+            host_checks={**self.host_checks,
+                         **({"host_devices": a.host_device} if a.host_device else {})})
 
     # -- general ------------------------------------------------------------------
 
@@ -343,18 +349,32 @@ class _Translator:
                 raise InvalidSpec(f"--machine {a.machine}: virtkit runs q35, pc and microvm "
                                   "machines", fix="use --machine q35 (the default) or pc")
             self.domain["machine"] = aliases[base]
-        for flag, what in (("noapic", "--noapic"), ("noacpi", "--noacpi")):
-            if getattr(a, flag):
-                raise _unsupported(what, "switching off ACPI/APIC")
+        if a.noacpi:
+            self.domain["acpi"] = False  # the model refuses it on q35, saying why
+        if a.noapic:
+            raise InvalidSpec("install: --noapic: QEMU's x86 machines (q35, pc) always have "
+                              "an APIC; virtkit cannot take it away",
+                              fix="drop --noapic (a guest that must not use it: boot it "
+                                  "with the kernel argument noapic)")
         if a.security:
             opts = SubOptions.parse("--security", a.security, keys_of("--security"))
-            kind = opts.get("type") or (opts.words[0] if opts.words else "none")
-            if kind != "none":
-                raise InvalidSpec(f"--security {a.security}: virtkit does not use SELinux or "
-                                  "AppArmor labels", fix="drop --security, or write "
-                                  "--security type=none")
+            kind = opts.get("model") or opts.get("type") or \
+                (opts.words[0] if opts.words else "none")
+            if kind not in ("none", "dynamic", "static", "selinux", "apparmor", "dac"):
+                raise InvalidSpec(f"--security {a.security}: unknown security model {kind!r}",
+                                  fix="write --security type=none")
+            if kind not in ("none", "dac"):  # the daemon says whether this host has it
+                self.host_checks["security"] = "selinux" if kind in ("dynamic", "static") \
+                    else kind
         if a.numatune:
-            raise _unsupported("--numatune", "NUMA memory placement")
+            opts = SubOptions.parse("--numatune", a.numatune, keys_of("--numatune"))
+            nodeset = opts.get("nodeset") or opts.get("memory.nodeset") or \
+                (opts.words.pop(0) if opts.words else None)
+            opts.refuse_words()
+            if not nodeset:
+                raise InvalidSpec("--numatune: name the host NUMA nodes, e.g. --numatune 0",
+                                  fix="write --numatune 0 or --numatune nodeset=0-1")
+            self.host_checks["numatune"] = nodeset
 
     # -- install method and boot -----------------------------------------------------
 
@@ -678,7 +698,6 @@ class _Translator:
     def _refuse_unsupported(self) -> None:
         a = self.args
         checks = (
-            ("--host-device", a.host_device, "PCI/USB passthrough"),
             ("--parallel", a.parallel, "parallel ports"),
         )
         for option, value, what in checks:

@@ -111,6 +111,7 @@ SUBOPTIONS: dict[str, list[str]] = {
                      "mode", "driver.type", "readonly"],
     "--video": ["model", "model.type", "model.heads", "model.vram"],
     "--security": ["type", "model", "label", "relabel", "baselabel"],
+    "--numatune": ["nodeset", "mode", "memory.nodeset", "memory.mode", "memory.placement"],
     "--os-variant": ["name", "short-id", "id", "detect", "require"],
     "--cloud-init": ["root-password-generate", "root-password-file", "disable", "ssh-key",
                      "user-data", "meta-data", "network-config", "clouduser-ssh-key"],

@@ -527,6 +527,8 @@ class Domain(NamedSpec):
     autostart: bool = False
     transient: bool = Field(default=False, description="undefined when it stops (virsh "
                             "create, virt-install --transient)")
+    acpi: bool = Field(default=True, description="ACPI tables; without them the guest cannot "
+                       "be shut down with the power button, only destroyed")
 
     @field_validator("on_poweroff")
     @classmethod
@@ -546,6 +548,9 @@ class Domain(NamedSpec):
     def _check(self) -> Domain:
         if self.machine is Machine.MICROVM:
             self._check_microvm()
+        if not self.acpi and self.machine is not Machine.PC:
+            raise SpecProblem(f"a {self.machine.value} machine always has ACPI in QEMU; "
+                              "use machine: pc for a guest without ACPI", "acpi")
         if self.machine is Machine.Q35:
             for index, disk in enumerate(self.disks):
                 if disk.effective_bus is DiskBus.IDE:

@@ -118,6 +118,8 @@ def _machine(domain: Domain, caps: HostCaps, files: LaunchFiles) -> list[str]:
             options += ",vmport=off"
         if domain.firmware is Firmware.UEFI:
             options += ",pflash0=pflash0,pflash1=pflash1"
+        if not domain.acpi:
+            options += ",acpi=off"
     return ["-machine", options]
 
 

@@ -28,6 +28,7 @@ from virtkit.formats import osinfo
 from virtkit.formats.virtinstall import InstallRequest, NewDisk
 from virtkit.model.domain import BootDevice, Disk, Domain, LifecycleAction
 from virtkit.model.load import dump_domain, load_domain
+from virtkit.service import hostsupport
 from virtkit.service.domains import DomainService
 from virtkit.service.storage import StorageService
 from virtkit.storage import installmedia, qemuimg
@@ -48,7 +49,9 @@ class InstallService:
     async def install(self, data: dict[str, Any]) -> dict[str, Any]:
         request = InstallRequest.from_dict(data)
         raw = dict(request.domain)
-        notes, defaults = await asyncio.to_thread(self._apply_os_variant, request, raw)
+        notes = hostsupport.check(request.host_checks)
+        more, defaults = await asyncio.to_thread(self._apply_os_variant, request, raw)
+        notes += more
         notes += self._default_network(request, raw)
         self._refuse_existing(raw["name"])
         self._name_new_volumes(request, raw)
