@@ -703,9 +703,14 @@ class _Translator:
         for option, value, what in checks:
             if value:
                 raise _unsupported(option, what)
+        for option, values in (("--smartcard", a.smartcard), ("--redirdev", a.redirdev)):
+            for value in values or []:
+                if value != "none":
+                    raise InvalidSpec(f"install: {option} {value}: smartcard passthrough and "
+                                      "USB redirection travel over a SPICE client connection; "
+                                      "virtkit's consoles are VNC and serial",
+                                      fix=f"drop {option}")
         for option, values, allowed in (
-                ("--smartcard", a.smartcard, {"none"}),
-                ("--redirdev", a.redirdev, {"none"}),
                 ("--input", a.input, {"tablet", "mouse", "keyboard", "type=tablet",
                                       "type=mouse", "type=keyboard"}),
                 ("--controller", a.controller, {"usb", "type=usb", "virtio-scsi",
