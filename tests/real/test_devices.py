@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.real.conftest import DaemonHandle
+from tests.real.conftest import DaemonHandle, wait_for
 from virtkit.cli.client import ApiError
 
 pytestmark = pytest.mark.qemu
@@ -98,26 +98,41 @@ def test_sound_cards_and_every_video_model(daemon: DaemonHandle) -> None:
         daemon.client.post(daemon.client.domain_path(f"video-{model}", "/destroy"))
 
 
-def test_shared_folders_over_9p(daemon: DaemonHandle, tmp_path: Path) -> None:
-    """A host folder is read and written by the guest; a read-only one refuses writes."""
-    share, ro = tmp_path / "share, with comma", tmp_path / "ro"
-    share.mkdir()
-    ro.mkdir()
-    (share / "from-host.txt").write_text("hello from the host\n")
+def test_shared_folders_over_virtiofs_and_9p(daemon: DaemonHandle, tmp_path: Path) -> None:
+    """A writable share becomes virtiofs (virtiofsd is installed), one asked for 9p stays
+    9p; the guest reads and writes both, and a read-only (9p) share refuses writes."""
+    fast, slow, ro = tmp_path / "fast, with comma", tmp_path / "slow", tmp_path / "ro"
+    for folder in (fast, slow, ro):
+        folder.mkdir()
+    (fast / "from-host.txt").write_text("hello over virtiofs\n")
+    (slow / "from-host.txt").write_text("hello over 9p\n")
     (ro / "keep.txt").write_text("read only\n")
-    daemon.define("fs", filesystems=[{"source": str(share), "target": "share"},
-                                     {"source": str(ro), "target": "ro", "readonly": True}])
-    daemon.client.post(daemon.client.domain_path("fs", "/start"))
+    defined = daemon.define("fs", filesystems=[
+        {"source": str(fast), "target": "fast"},
+        {"source": str(slow), "target": "slow", "driver": "9p"},
+        {"source": str(ro), "target": "ro", "readonly": True}])
+    assert [fs["driver"] for fs in defined["spec"]["filesystems"]] == ["virtiofs", "9p", "9p"]
+    info = daemon.client.post(daemon.client.domain_path("fs", "/start"))
+    helpers = [p for p in Path("/proc").iterdir() if p.name.isdigit()
+               and b"virtiofsd" in (p / "cmdline").read_bytes().split(b"\0")[0]
+               and str(daemon.root).encode() in (p / "cmdline").read_bytes()]
+    assert helpers  # virtiofsd (which forks into its own namespaces: one or two processes)
     daemon.wait_booted("fs")
     out = daemon.console_run(
-        "fs", "mkdir -p /a /b; mount -t 9p -o trans=virtio share /a && mount -t 9p -o "
-              "trans=virtio ro /b && cat /a/from-host.txt /b/keep.txt; echo guest > "
-              "/a/from-guest.txt; echo nope > /b/x.txt; echo rc=$?; sync; echo fs-$((6*7))",
-        "fs-42")
-    assert "hello from the host" in out and "read only" in out
+        "fs", "mkdir -p /a /b /c; mount -t virtiofs fast /a && mount -t 9p -o trans=virtio "
+              "slow /b && mount -t 9p -o trans=virtio ro /c && cat /a/from-host.txt "
+              "/b/from-host.txt /c/keep.txt; echo guest > /a/from-guest.txt; "
+              "echo guest > /b/from-guest.txt; echo nope > /c/x.txt; echo rc=$?; sync; "
+              "echo fs-$((6*7))", "fs-42")
+    assert "hello over virtiofs" in out and "hello over 9p" in out and "read only" in out
     assert "rc=0" not in out  # the read-only share refused the write
-    assert (share / "from-guest.txt").read_text() == "guest\n"
+    assert (fast / "from-guest.txt").read_text() == "guest\n"
+    assert (slow / "from-guest.txt").read_text() == "guest\n"
     assert not (ro / "x.txt").exists()
+    daemon.client.post(daemon.client.domain_path("fs", "/destroy"))
+    wait_for(lambda: not any(helper.exists() for helper in helpers), 10,
+             "virtiofsd to end with its QEMU")
+    assert info["pid"] not in [int(helper.name) for helper in helpers]
     with pytest.raises(ApiError, match="is not a folder"):
         daemon.client.post("/v1/domains", {"spec": daemon.spec(
             "fs2", filesystems=[{"source": str(tmp_path / "nope"), "target": "x"}])})

@@ -119,7 +119,8 @@ VALID: list[tuple[str, dict[str, Any] | str, Any]] = [
     ("cpuset", {"vcpus": {"current": 2, "cpuset": "0-3,^2"}},
      lambda d: d.vcpus.cpuset == "0-3,^2"),
     ("shared-folder", {"filesystems": [{"source": "/srv/share", "target": "share",
-                                        "accessmode": "mapped", "readonly": True}]},
+                                        "accessmode": "mapped", "readonly": True,
+                                        "driver": "9p"}]},
      lambda d: d.filesystems[0].target == "share" and d.filesystems[0].readonly),
     ("sound-and-video", {"graphics": "vnc", "video": "qxl", "sound": [{"model": "ac97"}, {}]},
      lambda d: d.video == "qxl" and [c.model for c in d.sound] == ["ac97", "ich9"]),
@@ -296,6 +297,9 @@ BAD = [
     bad("sound-model", {"sound": [{"model": "sb16"}]}, "sound[0].model", "'ich9'"),
     bad("video-model", {"video": "vmvga"}, "video", "'vga'"),
     bad("no-acpi-on-q35", {"acpi": False}, "acpi", "always has ACPI"),
+    bad("virtiofs-read-only", {"filesystems": [{"source": "/a", "target": "t",
+                                                "driver": "virtiofs", "readonly": True}]},
+        "filesystems[0]", "use driver: 9p"),
 ]
 
 

@@ -370,8 +370,11 @@ def test_filesystem_forms() -> None:
     assert req.domain["filesystems"] == [
         {"source": "/srv/share", "target": "share"},
         {"source": "/srv/ro", "target": "ro", "accessmode": "mapped", "readonly": True}]
-    with pytest.raises(InvalidSpec, match="virtiofs is not supported yet"):
-        parse("--name a --import --disk /a --filesystem /srv,tag,driver.type=virtiofs")
+    assert parse("--name a --import --disk /a --filesystem /srv,tag,driver.type=virtiofs"
+                 ).domain["filesystems"] == [{"source": "/srv", "target": "tag",
+                                              "driver": "virtiofs"}]
+    with pytest.raises(InvalidSpec, match=r"driver\.type is virtiofs or path"):
+        parse("--name a --import --disk /a --filesystem /srv,tag,driver.type=nfs")
     with pytest.raises(InvalidSpec, match="give the host folder and the guest's mount tag"):
         parse("--name a --import --disk /a --filesystem /srv")
 

@@ -20,7 +20,6 @@ from virtkit.model.domain import AioMode, CacheMode, DiskBus
 
 REASONS = {
     # top level
-    "memoryBacking": "hugepages and memory backing options are not supported",
     "memtune": "memory tuning with cgroup limits is not supported",
     "blkiotune": "block I/O tuning is not supported",
     "cputune": "vCPU pinning and scheduler tuning are not supported",
@@ -57,7 +56,7 @@ REASONS = {
 
 TOP = ("name", "uuid", "title", "description", "metadata", "memory", "currentMemory",
        "maxMemory", "vcpu", "os", "cpu", "features", "clock", "on_poweroff", "on_reboot",
-       "on_crash", "devices")
+       "on_crash", "devices", "memoryBacking")
 TOP_SILENT = ("pm", "seclabel", "resource", "iothreads")
 FEATURES_SILENT = ("acpi", "apic", "pae", "hap", "vmcoreinfo", "ioapic")
 TIMERS = ("rtc", "pit", "hpet", "kvmclock", "tsc")
@@ -110,6 +109,7 @@ class DomainReader(XmlReader):
         self._features(root.find("features"))
         self._clock(root.find("clock"))
         self._devices(root.find("devices"))
+        self._memory_backing(root.find("memoryBacking"))
         for tag, allowed in LIFECYCLE.items():
             element = root.find(tag)
             if element is None:
@@ -667,8 +667,20 @@ class DomainReader(XmlReader):
             return
         self.spec.setdefault("sound", []).append({"model": models[model]})
 
+    def _memory_backing(self, backing: ET.Element | None) -> None:
+        """Shared memfd memory is what virtiofs needs, and virtkit sets it up itself;
+        anything else (hugepages, locking ...) is refused."""
+        if backing is None:
+            return
+        for child in backing:
+            if (child.tag, child.get("type"), child.get("mode")) in (
+                    ("source", "memfd", None), ("access", None, "shared")):
+                continue
+            self.refuse(self.where(child), "hugepages and memory backing options are not "
+                        "supported")
+
     def _filesystem(self, fs: ET.Element) -> None:
-        """A shared folder: type='mount' over 9p (driver path, or no driver)."""
+        """A shared folder: type='mount' over virtiofs, or 9p (driver path, or none)."""
         self.check(fs, attrs=("type", "accessmode"), children=("driver", "source", "target",
                                                                "readonly"),
                    silent=("alias",))
@@ -677,9 +689,10 @@ class DomainReader(XmlReader):
                         "(type='mount')")
             return
         driver = fs.find("driver")
-        if driver is not None and driver.get("type", "path") != "path":
-            self.refuse(self.where(driver, "type"), "virtkit shares folders over 9p "
-                        "(driver type='path'); virtiofs is not supported yet")
+        kind = driver.get("type", "path") if driver is not None else "path"
+        if kind not in ("path", "virtiofs"):
+            self.refuse(self.where(driver, "type"), "shared folders use virtiofs or 9p "
+                        "(driver type='path')")
             return
         source, target = fs.find("source"), fs.find("target")
         if source is None or target is None or not source.get("dir") or not target.get("dir"):
@@ -691,7 +704,8 @@ class DomainReader(XmlReader):
                         "squash")
             return
         entry: dict[str, Any] = {"source": source.get("dir"), "target": target.get("dir"),
-                                 "accessmode": accessmode}
+                                 "accessmode": accessmode,
+                                 "driver": "virtiofs" if kind == "virtiofs" else "9p"}
         if fs.find("readonly") is not None:
             entry["readonly"] = True
         self.spec.setdefault("filesystems", []).append(entry)

@@ -121,6 +121,10 @@ def domain_to_xml(domain: Domain) -> str:
         _sub(root, "maxMemory", str(domain.memory.max * 1024), slots="16", unit="KiB")
     _sub(root, "memory", str(kib), unit="KiB")
     _sub(root, "currentMemory", str(kib), unit="KiB")
+    if any(fs.driver == "virtiofs" for fs in domain.filesystems):
+        backing = _sub(root, "memoryBacking")  # what libvirt requires for virtiofs
+        _sub(backing, "source", type="memfd")
+        _sub(backing, "access", mode="shared")
     vcpus = domain.vcpus
     vcpu = _sub(root, "vcpu", str(vcpus.maximum), placement="static")
     if vcpus.cpuset is not None:
@@ -249,7 +253,8 @@ def _devices_out(devices: ET.Element, domain: Domain) -> None:
         _sub(devices, "sound", model="ich6" if card.model == "hda" else card.model)
     for fs in domain.filesystems:
         element = _sub(devices, "filesystem", type="mount", accessmode=fs.accessmode)
-        _sub(element, "driver", type="path")
+        if fs.driver != "auto":  # auto is resolved when the domain is defined
+            _sub(element, "driver", type="path" if fs.driver == "9p" else "virtiofs")
         _sub(element, "source", dir=fs.source)
         _sub(element, "target", dir=fs.target)
         if fs.readonly:

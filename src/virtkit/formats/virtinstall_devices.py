@@ -1,5 +1,7 @@
 """virt-install's device options that map onto whole spec fields: --sound, --video and
---filesystem (split from virtinstall.py, which keeps the translator)."""
+--filesystem (split from virtinstall.py, which keeps the translator).  A share without
+``driver.type`` is virtiofs where the host has virtiofsd, else 9p (decided by the
+daemon when it defines the VM)."""
 
 from __future__ import annotations
 
@@ -67,14 +69,17 @@ def filesystems(texts: list[str]) -> dict[str, Any]:
         if opts.get("type", "mount") != "mount":
             raise InvalidSpec(f"--filesystem {text}: virtkit shares host folders (type=mount)",
                               fix="drop type=")
-        if opts.get("driver.type", "path") != "path":
-            raise InvalidSpec(f"--filesystem {text}: virtkit shares folders over 9p; "
-                              "virtiofs is not supported yet",
-                              fix="drop driver.type= (the guest mounts -t 9p)")
+        driver = {"path": "9p", "virtiofs": "virtiofs", None: "auto"}.get(
+            opts.get("driver.type"))
+        if driver is None:
+            raise InvalidSpec(f"--filesystem {text}: driver.type is virtiofs or path (9p)",
+                              fix="write driver.type=virtiofs, or leave it out")
         if not source or not target:
             raise InvalidSpec(f"--filesystem {text}: give the host folder and the guest's "
                               "mount tag", fix="write --filesystem /srv/share,share")
         entry: dict[str, Any] = {"source": source, "target": target}
+        if driver != "auto":
+            entry["driver"] = driver
         mode = opts.get("accessmode") or opts.get("mode")
         if mode is not None:
             entry["accessmode"] = mode

@@ -115,6 +115,7 @@ GUEST_MODULES: tuple[str, ...] = (
     "isofs",
     "9pnet_virtio",
     "9p",
+    "virtiofs",
 )
 """Modules the guest loads, in this order, each after its dependencies.
 
@@ -123,8 +124,8 @@ are printed; ``button`` + ``evdev`` give busybox acpid the power-button input de
 ``ext4`` (which also mounts ext2) lets tests and the test installer use file systems
 on disks (it asks the crypto API for crc32c at mount time, a dependency modules.dep
 does not list, hence ``crc32c_generic`` before it); ``ahci``, ``sr_mod`` and ``isofs``
-read CD-ROMs on q35's SATA (install media, cloud-init seeds); ``9pnet_virtio`` and
-``9p`` mount shared folders; ``e1000`` and ``8139cp`` drive
+read CD-ROMs on q35's SATA (install media, cloud-init seeds); ``9pnet_virtio``, ``9p``
+and ``virtiofs`` mount shared folders; ``e1000`` and ``8139cp`` drive
 the emulated NICs (models ``e1000`` and ``rtl8139``; QEMU's rtl8139 is a revision
 0x20 RTL-8139C+, which ``8139too`` declines in favour of ``8139cp``: ``8139too`` only
 serves older chips).
@@ -135,7 +136,7 @@ _MODULE_PARAMS: dict[str, str] = {
     "scsi_mod": "scan=sync",
 }
 
-_RECIPE_VERSION = 7
+_RECIPE_VERSION = 8
 _GUEST_DIR = "tinyguest"
 _MANIFEST = "manifest.json"
 _KERNEL_META_PACKAGE = "linux-image-amd64"

@@ -88,7 +88,7 @@ def build_argv(domain: Domain, caps: HostCaps, files: LaunchFiles, binary: str) 
     argv += _display(domain)
     argv += _misc_devices(domain)
     argv += _sound(domain)
-    argv += _filesystems(domain)
+    argv += _filesystems(domain, files)
     argv += _actions(domain)
     if caps.sandbox:
         argv += ["-sandbox", SANDBOX]
@@ -120,6 +120,8 @@ def _machine(domain: Domain, caps: HostCaps, files: LaunchFiles) -> list[str]:
             options += ",pflash0=pflash0,pflash1=pflash1"
         if not domain.acpi:
             options += ",acpi=off"
+        if any(fs.driver == "virtiofs" for fs in domain.filesystems):
+            options += ",memory-backend=ram0"
     return ["-machine", options]
 
 
@@ -139,9 +141,15 @@ def _cpu_memory(domain: Domain, caps: HostCaps) -> list[str]:
         sockets = maximum // (cores * threads)
     smp = f"{vcpus.current},maxcpus={maximum},sockets={sockets},cores={cores},threads={threads}"
     memory = f"size={domain.memory.current}M"
+    if any(fs.driver == "virtiofs" for fs in domain.filesystems):
+        # vhost-user-fs needs guest RAM that virtiofsd can map: a shared memfd backend
+        argv_mem = ["-object", _json({"qom-type": "memory-backend-memfd", "id": "ram0",
+                                      "size": domain.memory.current * 2**20, "share": True})]
+    else:
+        argv_mem = []
     if domain.memory.max is not None and domain.memory.max > domain.memory.current:
         memory += f",slots=16,maxmem={domain.memory.max}M"
-    argv = ["-cpu", cpu, "-m", memory, "-smp", smp, "-overcommit", "mem-lock=off"]
+    argv = [*argv_mem, "-cpu", cpu, "-m", memory, "-smp", smp, "-overcommit", "mem-lock=off"]
     argv += ["-rtc", "base=utc,driftfix=slew"]
     if caps.accel == "kvm" and domain.machine is not Machine.MICROVM:
         argv += ["-global", "kvm-pit.lost_tick_policy=delay"]
@@ -385,10 +393,16 @@ def _sound(domain: Domain) -> list[str]:
 _SECURITY_MODELS = {"passthrough": "passthrough", "mapped": "mapped-xattr", "squash": "none"}
 
 
-def _filesystems(domain: Domain) -> list[str]:
-    """Shared folders: a 9p file system device per folder (virtio-9p-pci)."""
+def _filesystems(domain: Domain, files: LaunchFiles) -> list[str]:
+    """Shared folders: vhost-user-fs (virtiofs) or a 9p device per folder."""
     argv: list[str] = []
     for index, fs in enumerate(domain.filesystems):
+        if fs.driver == "virtiofs":  # the daemon starts virtiofsd on this socket
+            socket_path = qemu_escape(f"{files.run_dir}/fs{index}.sock")
+            argv += ["-chardev", f"socket,id=charfs{index},path={socket_path}",
+                     "-device", _json({"driver": "vhost-user-fs-pci", "id": f"fs{index}",
+                                       "chardev": f"charfs{index}", "tag": fs.target})]
+            continue
         fsdev = (f"local,id=fsdev{index},path={qemu_escape(fs.source)},"
                  f"security_model={_SECURITY_MODELS[fs.accessmode]}")
         if fs.readonly:

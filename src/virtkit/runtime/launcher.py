@@ -16,6 +16,8 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,7 @@ from virtkit.paths import StatePaths
 from virtkit.qemu.argv import build_argv
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
+from virtkit.runtime.preflight import virtiofsd_binary
 from virtkit.unixsock import bind_unix, connect_unix
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,17 @@ class Running:
     accel: str
     vnc: dict[str, Any] = field(default_factory=dict)
     taps: dict[int, str] = field(default_factory=dict)
+    #: virtiofsd processes serving the domain's virtiofs shares (they end with QEMU)
+    helpers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def stop_helpers(self, grace: float = 2.0) -> None:
+        """Reap the helpers (each ends when QEMU closes its socket); kill what lingers."""
+        for helper in self.helpers:
+            try:
+                helper.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                helper.kill()
+                helper.wait(timeout=5)
 
 
 def socket_roles(domain: Domain) -> list[str]:
@@ -115,6 +129,7 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
     listeners: dict[str, socket.socket] = {}
     taps: Mapping[int, OpenTap] = {}
     process: QemuProcess | None = None
+    helpers: list[subprocess.Popen[bytes]] = []
     try:
         for role in socket_roles(domain):
             listeners[role] = bind_unix(run_dir / f"{role}.sock")
@@ -129,6 +144,7 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
             incoming = f"fd:{incoming_fd}"
             pass_fds.append(incoming_fd)
         files = LaunchFiles(str(run_dir), str(log_dir), fds, nvram=nvram, incoming=incoming)
+        helpers += await start_virtiofsd(domain, run_dir, log_dir)
         argv = build_argv(domain, caps, files, binary)
         log.info("starting %s: %s", domain.name, " ".join(argv))
         process = QemuProcess.spawn(argv, pass_fds=pass_fds, log_path=qemu_log)
@@ -138,13 +154,17 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
             pin_threads(process.pid, parse_cpuset(domain.vcpus.cpuset))
         monitor = await _handshake(domain, process, run_dir, qemu_log, on_event)
         running = Running(process, monitor, run_dir, caps.accel,
-                          taps={index: tap.name for index, tap in taps.items()})
+                          taps={index: tap.name for index, tap in taps.items()},
+                          helpers=helpers)
         await _setup(domain, running)
         return running
     except BaseException as exc:
         if process is not None:
             await process.kill(grace=1.0)
             process.close()
+        for helper in helpers:
+            helper.kill()
+            helper.wait(timeout=5)
         shutil.rmtree(run_dir, ignore_errors=True)
         if isinstance(exc, VirtkitError) and process is not None and "stderr" not in exc.details:
             exc.details["stderr"] = qemu_log_tail(qemu_log)
@@ -212,3 +232,47 @@ def pin_threads(pid: int, cpus: set[int]) -> None:
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(ProcessLookupError):
             os.sched_setaffinity(int(task.name), cpus)
+
+
+VIRTIOFSD_READY_TIMEOUT = 10.0
+
+
+async def start_virtiofsd(domain: Domain, run_dir: Path, log_dir: Path
+                          ) -> list[subprocess.Popen[bytes]]:
+    """One virtiofsd per virtiofs share, listening on ``run_dir/fsN.sock`` (the socket
+    QEMU's vhost-user-fs device connects to); returned once every socket exists."""
+    shares = [(index, fs) for index, fs in enumerate(domain.filesystems)
+              if fs.driver == "virtiofs"]
+    if not shares:
+        return []
+    binary = virtiofsd_binary()
+    if binary is None:
+        raise QemuError("virtiofsd is not installed", fix="apt-get install virtiofsd, or use "
+                        "driver: 9p for the shared folders")
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        for index, fs in shares:
+            with open(log_dir / f"virtiofsd{index}.log", "ab") as out:
+                started.append(subprocess.Popen(
+                    [binary, f"--socket-path={run_dir / f'fs{index}.sock'}",
+                     "-o", f"source={_fuse_escape(fs.source)}", "-o", "cache=auto"],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                    start_new_session=True))
+        deadline = time.monotonic() + VIRTIOFSD_READY_TIMEOUT
+        for (index, fs), helper in zip(shares, started, strict=True):
+            while not (run_dir / f"fs{index}.sock").exists():
+                if helper.poll() is not None or time.monotonic() > deadline:
+                    raise QemuError(f"virtiofsd for {fs.source} did not start (see "
+                                    f"{log_dir / f'virtiofsd{index}.log'})")
+                await asyncio.sleep(0.02)
+    except BaseException:
+        for helper in started:
+            helper.kill()
+            helper.wait(timeout=5)
+        raise
+    return started
+
+
+def _fuse_escape(value: str) -> str:
+    """Escape a value for virtiofsd's ``-o`` list (libfuse: backslash before ``,``)."""
+    return value.replace("\\", "\\\\").replace(",", "\\,")

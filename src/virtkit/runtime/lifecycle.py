@@ -378,6 +378,8 @@ class Lifecycle:
         self._spawn(running.monitor.close())
         for role_socket in running.run_dir.glob("*.sock"):
             role_socket.unlink(missing_ok=True)
+        if running.helpers:
+            self._spawn(asyncio.to_thread(running.stop_helpers))
         state, reason, event, follow_up = self._exit_outcome(vm, status)
         self._set_state(vm, state, reason, event=event, exit_status=status)
         vm.exited.set()

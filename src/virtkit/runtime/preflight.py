@@ -60,6 +60,30 @@ def check_files(domain: Domain) -> None:
                               fix="create it, or share an existing folder")
 
 
+#: where Debian and Fedora install virtiofsd (the Rust one, then QEMU's C one)
+VIRTIOFSD_PATHS = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
+
+
+def virtiofsd_binary() -> str | None:
+    """The host's virtiofsd, if installed."""
+    return next((path for path in VIRTIOFSD_PATHS if os.access(path, os.X_OK)), None)
+
+
+def resolve_filesystems(domain: Domain) -> None:
+    """Give every ``driver: auto`` share its driver on this host (virtiofs where virtiofsd
+    is installed and the share allows it, else 9p); refuse virtiofs without virtiofsd."""
+    binary = virtiofsd_binary()
+    for index, fs in enumerate(domain.filesystems):
+        if fs.driver == "auto":
+            able = binary is not None and not fs.readonly and fs.accessmode == "passthrough"
+            fs.driver = "virtiofs" if able else "9p"
+        elif fs.driver == "virtiofs" and binary is None:
+            raise InvalidSpec(f"filesystems[{index}]: virtiofsd is not installed",
+                              field=f"filesystems[{index}].driver",
+                              fix="apt-get install virtiofsd (or qemu-system-common), or "
+                                  "use driver: 9p")
+
+
 def check_cpuset(domain: Domain, host_cpus: set[int] | None = None) -> None:
     """A vCPU pinning set must name CPUs this host has (and may use)."""
     if domain.vcpus.cpuset is None:

@@ -177,6 +177,7 @@ class DomainService:
         preflight.duplicate_paths(domain)
         preflight.check_memory(domain, self._host_memory)
         preflight.check_cpuset(domain)
+        preflight.resolve_filesystems(domain)
         for disk in domain.disks:
             if disk.path is not None and disk.format is None:
                 disk.format = detect_format(disk.path)  # type: ignore[assignment]
