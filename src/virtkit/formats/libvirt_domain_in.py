@@ -690,7 +690,7 @@ class DomainReader(XmlReader):
             return
         driver = fs.find("driver")
         kind = driver.get("type", "path") if driver is not None else "path"
-        if kind not in ("path", "virtiofs"):
+        if driver is not None and kind not in ("path", "virtiofs"):
             self.refuse(self.where(driver, "type"), "shared folders use virtiofs or 9p "
                         "(driver type='path')")
             return
