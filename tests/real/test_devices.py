@@ -171,3 +171,15 @@ def test_a_guest_without_acpi_boots_and_is_destroyed_not_shut_down(
     tables = out.split("T=")[-1].split("=")[0].split()
     assert "DSDT" not in tables and "FACP" not in tables, tables
     daemon.client.post(daemon.client.domain_path("noacpi", "/destroy"))
+
+
+def test_serial_port_logs_to_a_file_of_its_own(daemon: DaemonHandle, tmp_path: Path) -> None:
+    """serials[].log_path (libvirt <log file=>, virt-install --serial file,path=): the
+    console output goes to that file, and 'virtkit console --log' reads it from there."""
+    log = tmp_path / "console, port 0.log"
+    daemon.define("logged", serials=[{"log_path": str(log)}])
+    daemon.client.post(daemon.client.domain_path("logged", "/start"))
+    daemon.wait_booted("logged")  # reads the console log through the API
+    assert "VIRTKIT-GUEST-READY" in log.read_text(errors="replace")
+    assert "VIRTKIT-GUEST-READY" in daemon.cli("console", "logged", "--log").stdout
+    daemon.client.post(daemon.client.domain_path("logged", "/destroy"))

@@ -115,6 +115,8 @@ def _check_full(d: Domain) -> None:
 VALID: list[tuple[str, dict[str, Any] | str, Any]] = [
     ("minimal", {}, _check_minimal),
     ("transient", {"transient": True}, lambda d: d.transient and not d.autostart),
+    ("serial-log-file", {"serials": [{"log_path": "/var/log/vm.log"}]},
+     lambda d: d.serials[0].log_path == "/var/log/vm.log"),
     ("no-acpi", {"acpi": False, "machine": "pc"}, lambda d: d.acpi is False),
     ("cpuset", {"vcpus": {"current": 2, "cpuset": "0-3,^2"}},
      lambda d: d.vcpus.cpuset == "0-3,^2"),
@@ -297,6 +299,8 @@ BAD = [
     bad("sound-model", {"sound": [{"model": "sb16"}]}, "sound[0].model", "'ich9'"),
     bad("video-model", {"video": "vmvga"}, "video", "'vga'"),
     bad("no-acpi-on-q35", {"acpi": False}, "acpi", "always has ACPI"),
+    bad("serial-log-path-relative", {"serials": [{"log_path": "vm.log"}]},
+        "serials[0].log_path", "absolute file path"),
     bad("virtiofs-read-only", {"filesystems": [{"source": "/a", "target": "t",
                                                 "driver": "virtiofs", "readonly": True}]},
         "filesystems[0]", "use driver: 9p"),

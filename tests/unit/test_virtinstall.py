@@ -428,3 +428,17 @@ def test_the_host_says_what_it_cannot_do(tmp_path: Path) -> None:
     with pytest.raises(InvalidSpec, match="does not bind guest memory"):
         hostsupport.check({"numatune": "1"}, able)
     assert hostsupport.check({}, bare) == []
+
+
+def test_serial_ports_that_log_to_a_file() -> None:
+    req = parse("--name a --import --disk /a --serial file,path=/var/log/a.log --serial pty")
+    assert req.domain["serials"] == [{"log_path": "/var/log/a.log"}, {}]
+    req = parse("--name a --import --disk /a --console pty,log.file=/var/log/c.log")
+    assert req.domain["serials"] == [{"log_path": "/var/log/c.log"}]
+    assert "serials" not in parse("--name a --import --disk /a --serial pty").domain
+    with pytest.raises(InvalidSpec, match="consoles that can also log"):
+        parse("--name a --import --disk /a --serial tcp")
+    with pytest.raises(InvalidSpec, match="consoles that can also log"):
+        parse("--name a --import --disk /a --console pty,target_type=virtio")
+    with pytest.raises(InvalidSpec, match="needs path="):
+        parse("--name a --import --disk /a --serial file")

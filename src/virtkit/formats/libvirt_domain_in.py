@@ -340,7 +340,8 @@ class DomainReader(XmlReader):
     def _devices(self, devices: ET.Element | None) -> None:
         spec = self.spec
         spec.update(disks=[], nics=[], guest_agent=False, rng=None, balloon=True)
-        serials = consoles = 0
+        serials: list[str | None] = []  # each serial port's log file, if it names one
+        consoles = 0
         if devices is not None:
             handlers = {"disk": self._disk, "interface": self._interface,
                         "channel": self._channel, "graphics": self._graphics,
@@ -359,9 +360,10 @@ class DomainReader(XmlReader):
                     consoles += self._console(device)
                 elif tag not in ("emulator", "audio"):
                     self.refuse_element(device)
-        count = serials or min(consoles, 1)
+        ports = serials or [None] * min(consoles, 1)
         nolog = self.meta.get("nolog", set())
-        spec["serials"] = [{"log": False} if str(i) in nolog else {} for i in range(count)]
+        spec["serials"] = [{"log": False} if str(i) in nolog else
+                           ({"log_path": path} if path else {}) for i, path in enumerate(ports)]
         self._disk_defaults()
         self._boot_order()
 
@@ -522,17 +524,25 @@ class DomainReader(XmlReader):
         self._boot(iface, "network", spec)
         self.spec["nics"].append(spec)
 
-    def _serial(self, serial: ET.Element) -> int:
-        self.check(serial, attrs=("type",), children=("target",), silent=("source", "log"))
-        if serial.get("type", "pty") not in ("pty", "unix"):
+    def _serial(self, serial: ET.Element) -> list[str | None]:
+        """One serial port; its log file: ``<log file=>``, or a ``type='file'`` source
+        (virtkit's ports are consoles that also log, so a file port keeps its console)."""
+        self.check(serial, attrs=("type",), children=("target", "log", "source"))
+        kind = serial.get("type", "pty")
+        log = serial.find("log")
+        path = log.get("file") if log is not None else None
+        if kind == "file":
+            source = serial.find("source")
+            path = source.get("path") if source is not None else path
+        elif kind not in ("pty", "unix"):
             self.refuse(self.where(serial, "type"), "serial ports go to virtkit's console "
-                        "socket and log")
+                        "socket and log (types pty, unix and file)")
         target = serial.find("target")
         if target is not None:
             self.check(target, attrs=("type", "port"), silent=("model",))
             if target.get("type", "isa-serial") != "isa-serial":
                 self.refuse(self.where(target, "type"), "serial ports are isa-serial")
-        return 1
+        return [path]
 
     def _console(self, console: ET.Element) -> int:
         self.check(console, attrs=("type", "tty"), children=("target",),

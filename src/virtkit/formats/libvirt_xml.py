@@ -232,8 +232,10 @@ def _devices_out(devices: ET.Element, domain: Domain) -> None:
         _sub(iface, "model", type=nic.model)
         if nic.link == "down":
             _sub(iface, "link", state="down")
-    for port in range(len(domain.serials)):
+    for port, port_spec in enumerate(domain.serials):
         serial = _sub(devices, "serial", type="pty")
+        if port_spec.log_path:
+            _sub(serial, "log", file=port_spec.log_path, append="on")
         serial_target = _sub(serial, "target", type="isa-serial", port=str(port))
         _sub(serial_target, "model", name="isa-serial")
     if domain.serials:

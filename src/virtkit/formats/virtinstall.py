@@ -655,15 +655,27 @@ class _Translator:
 
     def _devices(self) -> None:
         a = self.args
-        for text in (a.serial or []) + (a.console or []):
-            opts = SubOptions.parse("--serial", text, keys_of("--serial"))
-            kind = opts.get("type") or (opts.words[0] if opts.words else "pty")
-            if kind != "pty":
-                raise InvalidSpec(f"--serial {text}: virtkit serial ports are logged consoles "
-                                  "(pty)", fix="use --serial pty (the default), or drop it")
-        serial_count = max(len(a.serial or []), 1)
-        if serial_count > 1:
-            self.domain["serials"] = [{} for _ in range(serial_count)]
+        ports: list[dict[str, Any]] = []
+        for option, texts in (("--serial", a.serial or []), ("--console", a.console or [])):
+            for text in texts:
+                opts = SubOptions.parse(option, text, keys_of("--serial"))
+                kind = opts.get("type") or (opts.words[0] if opts.words else "pty")
+                target = opts.get("target_type") or opts.get("target.type") or "serial"
+                if kind not in ("pty", "file") or target not in ("serial", "isa-serial"):
+                    raise InvalidSpec(f"{option} {text}: virtkit's serial ports are consoles "
+                                      "that can also log to a file (pty, file,path=...)",
+                                      fix=f"use {option} pty or {option} file,path=/var/log/"
+                                          "vm.log")
+                path = opts.get("log.file") or opts.get("path") or opts.get("source.path")
+                if kind == "file" and not path:
+                    raise InvalidSpec(f"{option} {text}: a file port needs path=",
+                                      fix=f"write {option} file,path=/var/log/vm.log")
+                if option == "--serial":
+                    ports.append({"log_path": path} if path else {})
+                elif path and not ports:  # a console alone is the first serial port
+                    ports.append({"log_path": path})
+        if len(ports) > 1 or any(ports):
+            self.domain["serials"] = ports
         for text in a.channel or []:
             if "org.qemu.guest_agent.0" not in text and text not in ("none",):
                 raise InvalidSpec(f"--channel {text}: virtkit provides the guest agent channel "

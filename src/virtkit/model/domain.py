@@ -324,9 +324,26 @@ class Graphics(Spec):
 
 
 class Serial(Spec):
-    """A serial port: logged to a file and attachable with ``virtkit console``."""
+    """A serial port: logged to a file and attachable with ``virtkit console``.
+
+    ``log_path`` writes the log to a file of your choice instead of the domain's log
+    folder (libvirt's ``<log file=>``, virt-install's ``--serial file,path=``)."""
 
     log: bool = True
+    log_path: str | None = None
+
+    @field_validator("log_path")
+    @classmethod
+    def _log_path(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or _CONTROL_CHARS.search(value)):
+            raise ValueError(f"serial log_path {value!r} must be an absolute file path")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Serial:
+        if self.log_path is not None and not self.log:
+            raise ValueError("log_path needs log: true")
+        return self
 
 
 class Filesystem(Spec):

@@ -334,7 +334,7 @@ def _serials(domain: Domain, files: LaunchFiles) -> list[str]:
     for index, serial in enumerate(domain.serials):
         chardev = f"socket,id=charserial{index},fd={files.fds[f'serial{index}']},server=on,wait=off"
         if serial.log:
-            log = f"{files.log_dir}/serial{index}.log"
+            log = serial.log_path or f"{files.log_dir}/serial{index}.log"
             chardev += f",logfile={qemu_escape(log)},logappend=on"
         argv += ["-chardev", chardev]
         argv += ["-device", _json({"driver": "isa-serial", "chardev": f"charserial{index}",

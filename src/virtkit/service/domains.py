@@ -142,6 +142,10 @@ class DomainService:
         return vnc
 
     def console_log_path(self, uuid: str, port: int = 0) -> Path:
+        """Where serial port ``port`` is logged: its log_path, or the domain's log folder."""
+        serials = self.spec(uuid).serials
+        if port < len(serials) and serials[port].log_path:
+            return Path(str(serials[port].log_path))
         return self._life.paths.logs / "domains" / uuid / f"serial{port}.log"
 
     def console_socket(self, ref: str, port: int = 0) -> tuple[str, Path]:
