@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -183,3 +184,27 @@ def test_serial_port_logs_to_a_file_of_its_own(daemon: DaemonHandle, tmp_path: P
     assert "VIRTKIT-GUEST-READY" in log.read_text(errors="replace")
     assert "VIRTKIT-GUEST-READY" in daemon.cli("console", "logged", "--log").stdout
     daemon.client.post(daemon.client.domain_path("logged", "/destroy"))
+
+
+def test_a_named_channel_carries_bytes_between_guest_and_host(daemon: DaemonHandle,
+                                                              tmp_path: Path) -> None:
+    """channels[] (libvirt <channel type='unix'>, virt-install --channel): the guest writes
+    /dev/vport*p2 (named com.example.test), a host process reads the unix socket."""
+    sock = tmp_path / "test channel.sock"
+    daemon.define("chan", channels=[{"name": "com.example.test", "path": str(sock)}])
+    daemon.client.post(daemon.client.domain_path("chan", "/start"))
+    daemon.wait_booted("chan")
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(30)
+    try:
+        client.connect(str(sock))
+        out = daemon.console_run("chan", "ls /dev/virtio-ports/; echo from-the-guest > "
+                                         "/dev/virtio-ports/com.example.test; echo ch-$((6*7))",
+                                 "ch-42")
+        assert "com.example.test" in out
+        received = b""
+        while b"from-the-guest" not in received:
+            received += client.recv(100)
+    finally:
+        client.close()
+    daemon.client.post(daemon.client.domain_path("chan", "/destroy"))

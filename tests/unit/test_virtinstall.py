@@ -442,3 +442,14 @@ def test_serial_ports_that_log_to_a_file() -> None:
         parse("--name a --import --disk /a --console pty,target_type=virtio")
     with pytest.raises(InvalidSpec, match="needs path="):
         parse("--name a --import --disk /a --serial file")
+
+
+def test_named_channels() -> None:
+    req = parse("--name a --import --disk /a --channel unix,target.type=virtio,"
+                "name=org.libguestfs.channel.0 --channel unix,path=/run/x.sock,"
+                "target_type=virtio,name=x --channel unix,target_type=virtio,"
+                "name=org.qemu.guest_agent.0")
+    assert req.domain["channels"] == [{"name": "org.libguestfs.channel.0"},
+                                      {"name": "x", "path": "/run/x.sock"}]
+    with pytest.raises(InvalidSpec, match="spicevmc needs SPICE"):
+        parse("--name a --import --disk /a --channel spicevmc")

@@ -66,7 +66,8 @@ LIFECYCLE = {"on_poweroff": ("destroy", "restart"), "on_reboot": ("restart", "de
 AGENT = "org.qemu.guest_agent.0"
 KEY_ORDER = ("name", "uuid", "title", "description", "memory", "vcpus", "cpu", "machine",
              "firmware", "accelerator", "boot", "disks", "nics", "graphics", "serials",
-             "guest_agent", "watchdog", "video", "sound", "filesystems", "rng", "balloon",
+             "guest_agent", "channels", "watchdog", "video", "sound", "filesystems", "rng",
+             "balloon",
              "on_poweroff",
              "on_reboot", "on_crash",
              "autostart", "transient", "acpi")
@@ -563,8 +564,15 @@ class DomainReader(XmlReader):
         name = target.get("name") if target is not None else None
         if channel.get("type") in ("unix", "pty") and name == AGENT:
             self.spec["guest_agent"] = True
+        elif channel.get("type") == "unix" and name and (
+                target is None or target.get("type", "virtio") == "virtio"):
+            source = channel.find("source")
+            path = source.get("path") if source is not None else None
+            entry = {"name": name, **({"path": path} if path else {})}
+            self.spec.setdefault("channels", []).append(entry)
         else:
-            self.refuse(self.where(channel), f"the only channel is the guest agent ({AGENT})")
+            self.refuse(self.where(channel), f"channels are the guest agent ({AGENT}) and "
+                        "named virtio ports on unix sockets")
 
     def _graphics(self, graphics: ET.Element) -> None:
         kind = graphics.get("type")

@@ -245,6 +245,10 @@ def _devices_out(devices: ET.Element, domain: Domain) -> None:
         channel = _sub(devices, "channel", type="unix")
         _sub(channel, "source", mode="bind")
         _sub(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
+    for named in domain.channels:
+        channel = _sub(devices, "channel", type="unix")
+        _sub(channel, "source", mode="bind", **({"path": named.path} if named.path else {}))
+        _sub(channel, "target", type="virtio", name=named.name)
     if graphics:
         _sub(devices, "input", type="tablet", bus="usb")
         _graphics_out(devices, domain)

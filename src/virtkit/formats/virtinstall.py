@@ -676,11 +676,9 @@ class _Translator:
                     ports.append({"log_path": path})
         if len(ports) > 1 or any(ports):
             self.domain["serials"] = ports
-        for text in a.channel or []:
-            if "org.qemu.guest_agent.0" not in text and text not in ("none",):
-                raise InvalidSpec(f"--channel {text}: virtkit provides the guest agent channel "
-                                  "(org.qemu.guest_agent.0) only",
-                                  fix="drop --channel; the agent channel is always there")
+        channels = [c for c in map(devices.channel, a.channel or []) if c is not None]
+        if channels:
+            self.domain["channels"] = channels
         if a.watchdog:
             opts = SubOptions.parse("--watchdog", a.watchdog, keys_of("--watchdog"))
             model = opts.get("model") or (opts.words.pop(0) if opts.words else "default")

@@ -1,5 +1,5 @@
-"""virt-install's device options that map onto whole spec fields: --sound, --video and
---filesystem (split from virtinstall.py, which keeps the translator).  A share without
+"""virt-install's device options that map onto whole spec fields: --sound, --video,
+--channel and --filesystem (split from virtinstall.py, which keeps the translator).  A share without
 ``driver.type`` is virtiofs where the host has virtiofsd, else 9p (decided by the
 daemon when it defines the VM)."""
 
@@ -87,3 +87,23 @@ def filesystems(texts: list[str]) -> dict[str, Any]:
             entry["readonly"] = True
         shared.append(entry)
     return {"filesystems": shared} if shared else {}
+
+
+def channel(text: str) -> dict[str, Any] | None:
+    """--channel unix,target.type=virtio,name=NAME[,path=SOCKET]: a named virtio port
+    (the guest agent's is always there; spicevmc needs SPICE)."""
+    if text == "none":
+        return None
+    opts = SubOptions.parse("--channel", text, keys_of("--channel"))
+    kind = opts.get("type") or (opts.words.pop(0) if opts.words else "unix")
+    name = opts.get("name") or opts.get("target.name")
+    target = opts.get("target_type") or opts.get("target.type") or "virtio"
+    if name == "org.qemu.guest_agent.0":
+        return None  # virtkit always gives the guest agent its channel
+    if kind != "unix" or target != "virtio" or not name:
+        raise InvalidSpec(f"--channel {text}: virtkit's channels are named virtio ports on "
+                          "unix sockets" + (" (spicevmc needs SPICE)" if kind == "spicevmc"
+                                            else ""),
+                          fix="write --channel unix,target.type=virtio,name=NAME")
+    path = opts.get("path") or opts.get("source.path")
+    return {"name": name, **({"path": path} if path else {})}

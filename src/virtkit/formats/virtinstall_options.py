@@ -107,6 +107,8 @@ SUBOPTIONS: dict[str, list[str]] = {
     "--console": _SERIAL,
     "--watchdog": ["model", "action"],
     "--sound": ["model"],
+    "--channel": ["type", "path", "mode", "name", "target_type", "target.type", "target.name",
+                  "source.path", "source.mode"],
     "--filesystem": ["source", "target", "source.dir", "target.dir", "type", "accessmode",
                      "mode", "driver.type", "readonly"],
     "--video": ["model", "model.type", "model.heads", "model.vram"],

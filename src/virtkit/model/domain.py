@@ -346,6 +346,32 @@ class Serial(Spec):
         return self
 
 
+class Channel(Spec):
+    """A named virtio-serial port (libvirt's ``<channel type='unix'>``): the guest sees
+    ``/dev/virtio-ports/NAME``, the host a unix socket at ``path`` (QEMU listens there;
+    default: ``channel-NAME.sock`` in the domain's run folder)."""
+
+    name: str = Field(description="port name, e.g. org.libguestfs.channel.0")
+    path: str | None = Field(default=None, description="host socket path")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", value):
+            raise ValueError(f"channel name {value!r} must be 1-64 letters, digits, '_', '.' "
+                             "or '-'")
+        if value == "org.qemu.guest_agent.0":
+            raise ValueError("the guest agent channel is guest_agent: true")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or _CONTROL_CHARS.search(value)):
+            raise ValueError(f"channel path {value!r} must be an absolute socket path")
+        return value
+
+
 class Filesystem(Spec):
     """A host folder shared with the guest over virtio-9p (``mount -t 9p -o trans=virtio
     TAG /mnt`` in the guest; libvirt's ``<filesystem type='mount'>``).
@@ -549,6 +575,7 @@ class Domain(NamedSpec):
     video: VideoModel = Field(default="vga", description="display adapter (with VNC only)")
     sound: list[Sound] = Field(default_factory=list)
     filesystems: list[Filesystem] = Field(default_factory=list)
+    channels: list[Channel] = Field(default_factory=list)
     rng: Annotated[Rng | None, BeforeValidator(_short_device)] = Field(default_factory=Rng)
     balloon: bool = True
     on_poweroff: LifecycleAction = LifecycleAction.DESTROY
@@ -595,6 +622,9 @@ class Domain(NamedSpec):
         if sum(1 for d in self.disks if d.effective_bus is DiskBus.IDE) > 4:
             raise SpecProblem("the IDE controller takes at most 4 drives; use sata or virtio",
                               "disks")
+        names = [channel.name for channel in self.channels]
+        if len(names) != len(set(names)):
+            raise SpecProblem("two channels share one name; give each its own", "channels")
         tags = [fs.target for fs in self.filesystems]
         if len(tags) != len(set(tags)):
             raise SpecProblem("two filesystems share one mount tag; give each its own target",

@@ -343,17 +343,29 @@ def _serials(domain: Domain, files: LaunchFiles) -> list[str]:
 
 
 def _agent(domain: Domain, files: LaunchFiles) -> list[str]:
-    if not domain.guest_agent:
+    """The virtio-serial controller with the guest agent's port and the named channels."""
+    if not domain.guest_agent and not domain.channels:
         return []
     pci = domain.machine is not Machine.MICROVM
-    return [
-        "-chardev", f"socket,id=charagent,fd={files.fds['agent']},server=on,wait=off",
-        "-device", _json({"driver": "virtio-serial-pci" if pci else "virtio-serial-device",
-                          "id": "virtio-serial0"}),
-        "-device", _json({"driver": "virtserialport", "bus": "virtio-serial0.0", "nr": 1,
-                          "chardev": "charagent", "id": "channel0",
-                          "name": "org.qemu.guest_agent.0"}),
-    ]
+    argv: list[str] = []
+    if domain.guest_agent:
+        argv += ["-chardev", f"socket,id=charagent,fd={files.fds['agent']},server=on,wait=off"]
+    argv += ["-device", _json({"driver": "virtio-serial-pci" if pci else "virtio-serial-device",
+                               "id": "virtio-serial0"})]
+    if domain.guest_agent:
+        argv += ["-device", _json({"driver": "virtserialport", "bus": "virtio-serial0.0",
+                                   "nr": 1, "chardev": "charagent", "id": "channel0",
+                                   "name": "org.qemu.guest_agent.0"})]
+    for index, channel in enumerate(domain.channels):
+        path = channel.path or f"{files.run_dir}/channel-{channel.name}.sock"
+        argv += [
+            "-chardev", f"socket,id=charchannel{index + 1},path={qemu_escape(path)},"
+                        "server=on,wait=off",
+            "-device", _json({"driver": "virtserialport", "bus": "virtio-serial0.0",
+                              "nr": index + 2, "chardev": f"charchannel{index + 1}",
+                              "id": f"channel{index + 1}", "name": channel.name}),
+        ]
+    return argv
 
 
 def vnc_option(domain: Domain) -> str:
