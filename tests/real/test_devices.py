@@ -208,3 +208,21 @@ def test_a_named_channel_carries_bytes_between_guest_and_host(daemon: DaemonHand
     finally:
         client.close()
     daemon.client.post(daemon.client.domain_path("chan", "/destroy"))
+
+
+def test_a_parallel_port_writes_to_its_file(daemon: DaemonHandle, tmp_path: Path) -> None:
+    """parallels[] (libvirt <parallel type='file'>, virt-install --parallel file,path=):
+    what the guest writes to /dev/port's LPT data register lands in the host file."""
+    printed = tmp_path / "lpt0, printed.txt"
+    daemon.define("lpt", parallels=[{"path": str(printed)}])
+    info = daemon.client.post(daemon.client.domain_path("lpt", "/start"))
+    assert "isa-parallel" in Path(f"/proc/{info['pid']}/cmdline").read_bytes().decode()
+    daemon.wait_booted("lpt")
+    # write 'V' (0x56) to the data port 0x378 and pulse the strobe line, as a driver does
+    daemon.console_run("lpt", "printf 'V' | dd of=/dev/port bs=1 seek=888 2>/dev/null; "
+                              "printf '\\015' | dd of=/dev/port bs=1 seek=890 2>/dev/null; "
+                              "printf '\\014' | dd of=/dev/port bs=1 seek=890 2>/dev/null; "
+                              "echo lp-$((6*7))", "lp-42")
+    wait_for(lambda: printed.exists() and b"V" in printed.read_bytes(), 10,
+             "the byte to reach the host file")
+    daemon.client.post(daemon.client.domain_path("lpt", "/destroy"))

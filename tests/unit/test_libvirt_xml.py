@@ -118,6 +118,7 @@ ROUND_TRIP_SPECS: list[dict[str, Any]] = [
                      {"source": "/srv/fast", "target": "fast", "driver": "virtiofs"}]},
     {"name": "tcg-volumes", "uuid": UUID, "memory": 128, "accelerator": "tcg", "cpu": "host",
      "machine": "pc", "serials": [], "acpi": False,
+     "parallels": [{"path": "/var/log/lpt0.log"}, {"path": "/var/log/lpt, 1.log"}],
      "disks": [{"pool": "default", "volume": "root.qcow2", "format": "qcow2"},
                {"pool": "isos", "volume": "debian.iso", "device": "cdrom", "bus": "ide"},
                {"path": "/dev/sdz", "format": "raw", "aio": "io_uring", "readonly": True,

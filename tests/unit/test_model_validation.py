@@ -115,6 +115,8 @@ def _check_full(d: Domain) -> None:
 VALID: list[tuple[str, dict[str, Any] | str, Any]] = [
     ("minimal", {}, _check_minimal),
     ("transient", {"transient": True}, lambda d: d.transient and not d.autostart),
+    ("parallel", {"parallels": [{"path": "/var/log/lpt.log"}]},
+     lambda d: d.parallels[0].path == "/var/log/lpt.log"),
     ("channels", {"channels": [{"name": "org.libguestfs.channel.0"},
                                {"name": "x", "path": "/run/x.sock"}]},
      lambda d: [c.name for c in d.channels] == ["org.libguestfs.channel.0", "x"]),
@@ -302,6 +304,7 @@ BAD = [
     bad("sound-model", {"sound": [{"model": "sb16"}]}, "sound[0].model", "'ich9'"),
     bad("video-model", {"video": "vmvga"}, "video", "'vga'"),
     bad("no-acpi-on-q35", {"acpi": False}, "acpi", "always has ACPI"),
+    bad("too-many-parallels", {"parallels": [{"path": "/a"}] * 4}, "parallels", "at most 3"),
     bad("channel-agent-name", {"channels": [{"name": "org.qemu.guest_agent.0"}]},
         "channels[0].name", "guest_agent: true"),
     bad("channel-twice", {"channels": [{"name": "a"}, {"name": "a"}]}, "channels",

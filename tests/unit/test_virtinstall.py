@@ -453,3 +453,10 @@ def test_named_channels() -> None:
                                       {"name": "x", "path": "/run/x.sock"}]
     with pytest.raises(InvalidSpec, match="spicevmc needs SPICE"):
         parse("--name a --import --disk /a --channel spicevmc")
+
+
+def test_parallel_ports_write_to_files() -> None:
+    req = parse("--name a --import --disk /a --parallel file,path=/var/log/lpt.log")
+    assert req.domain["parallels"] == [{"path": "/var/log/lpt.log"}]
+    with pytest.raises(InvalidSpec, match="parallel ports write to a host file"):
+        parse("--name a --import --disk /a --parallel pty")

@@ -44,7 +44,6 @@ REASONS = {
     "memory": "memory modules such as DIMMs and virtio-mem are not supported",
     "iommu": "a virtual IOMMU is not supported",
     "vsock": "vsock devices are not supported",
-    "parallel": "parallel ports are not supported",
     "crypto": "crypto devices are not supported",
     "boot": "virtkit boots the first disk, cdrom or NIC of each kind; move this device first",
     "shareable": "shared disks are not supported: a writable image is attached once",
@@ -66,9 +65,8 @@ LIFECYCLE = {"on_poweroff": ("destroy", "restart"), "on_reboot": ("restart", "de
 AGENT = "org.qemu.guest_agent.0"
 KEY_ORDER = ("name", "uuid", "title", "description", "memory", "vcpus", "cpu", "machine",
              "firmware", "accelerator", "boot", "disks", "nics", "graphics", "serials",
-             "guest_agent", "channels", "watchdog", "video", "sound", "filesystems", "rng",
-             "balloon",
-             "on_poweroff",
+             "guest_agent", "channels", "parallels", "watchdog", "video", "sound",
+             "filesystems", "rng", "balloon", "on_poweroff",
              "on_reboot", "on_crash",
              "autostart", "transient", "acpi")
 WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "inject-nmi")
@@ -350,7 +348,8 @@ class DomainReader(XmlReader):
                         "memballoon": self._memballoon, "controller": self._controller,
                         "input": self._input, "redirdev": self._redirdev,
                         "video": self._video, "panic": self._panic,
-                        "sound": self._sound, "filesystem": self._filesystem}
+                        "sound": self._sound, "filesystem": self._filesystem,
+                        "parallel": self._parallel}
             for device in devices:
                 tag = device.tag
                 if tag in handlers:
@@ -684,6 +683,17 @@ class DomainReader(XmlReader):
                         "ac97 and es1370")
             return
         self.spec.setdefault("sound", []).append({"model": models[model]})
+
+    def _parallel(self, parallel: ET.Element) -> None:
+        """A parallel port writing to a file (the one kind virtkit gives)."""
+        self.check(parallel, attrs=("type",), children=("source", "target"))
+        source = parallel.find("source")
+        path = source.get("path") if source is not None else None
+        if parallel.get("type") != "file" or not path:
+            self.refuse(self.where(parallel, "type"), "parallel ports write to a file "
+                        "(type='file' with <source path=>)")
+            return
+        self.spec.setdefault("parallels", []).append({"path": path})
 
     def _memory_backing(self, backing: ET.Element | None) -> None:
         """Shared memfd memory is what virtiofs needs, and virtkit sets it up itself;

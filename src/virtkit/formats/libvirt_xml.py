@@ -238,6 +238,10 @@ def _devices_out(devices: ET.Element, domain: Domain) -> None:
             _sub(serial, "log", file=port_spec.log_path, append="on")
         serial_target = _sub(serial, "target", type="isa-serial", port=str(port))
         _sub(serial_target, "model", name="isa-serial")
+    for port, parallel in enumerate(domain.parallels):
+        element = _sub(devices, "parallel", type="file")
+        _sub(element, "source", path=parallel.path)
+        _sub(element, "target", port=str(port))
     if domain.serials:
         console = _sub(devices, "console", type="pty")
         _sub(console, "target", type="serial", port="0")

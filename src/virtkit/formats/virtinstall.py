@@ -676,6 +676,9 @@ class _Translator:
                     ports.append({"log_path": path})
         if len(ports) > 1 or any(ports):
             self.domain["serials"] = ports
+        parallels = [devices.parallel(text) for text in a.parallel or [] if text != "none"]
+        if parallels:
+            self.domain["parallels"] = parallels
         channels = [c for c in map(devices.channel, a.channel or []) if c is not None]
         if channels:
             self.domain["channels"] = channels
@@ -707,12 +710,6 @@ class _Translator:
 
     def _refuse_unsupported(self) -> None:
         a = self.args
-        checks = (
-            ("--parallel", a.parallel, "parallel ports"),
-        )
-        for option, value, what in checks:
-            if value:
-                raise _unsupported(option, what)
         for option, values in (("--smartcard", a.smartcard), ("--redirdev", a.redirdev)):
             for value in values or []:
                 if value != "none":

@@ -107,3 +107,15 @@ def channel(text: str) -> dict[str, Any] | None:
                           fix="write --channel unix,target.type=virtio,name=NAME")
     path = opts.get("path") or opts.get("source.path")
     return {"name": name, **({"path": path} if path else {})}
+
+
+def parallel(text: str) -> dict[str, Any]:
+    """--parallel file,path=FILE: a parallel port writing to a host file."""
+    opts = SubOptions.parse("--parallel", text, keys_of("--parallel"))
+    kind = opts.get("type") or (opts.words.pop(0) if opts.words else "file")
+    path = opts.get("path") or opts.get("source.path")
+    opts.refuse_words()
+    if kind != "file" or not path:
+        raise InvalidSpec(f"--parallel {text}: virtkit's parallel ports write to a host file",
+                          fix="write --parallel file,path=/var/log/vm-lpt.log")
+    return {"path": path}

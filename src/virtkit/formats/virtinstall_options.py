@@ -107,6 +107,7 @@ SUBOPTIONS: dict[str, list[str]] = {
     "--console": _SERIAL,
     "--watchdog": ["model", "action"],
     "--sound": ["model"],
+    "--parallel": ["type", "path", "source.path"],
     "--channel": ["type", "path", "mode", "name", "target_type", "target.type", "target.name",
                   "source.path", "source.mode"],
     "--filesystem": ["source", "target", "source.dir", "target.dir", "type", "accessmode",

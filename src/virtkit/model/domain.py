@@ -346,6 +346,19 @@ class Serial(Spec):
         return self
 
 
+class Parallel(Spec):
+    """A parallel port (LPT) whose output goes to a host file: what a guest prints."""
+
+    path: str = Field(description="host file the port writes to")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/") or _CONTROL_CHARS.search(value):
+            raise ValueError(f"parallel port path {value!r} must be an absolute file path")
+        return value
+
+
 class Channel(Spec):
     """A named virtio-serial port (libvirt's ``<channel type='unix'>``): the guest sees
     ``/dev/virtio-ports/NAME``, the host a unix socket at ``path`` (QEMU listens there;
@@ -576,6 +589,7 @@ class Domain(NamedSpec):
     sound: list[Sound] = Field(default_factory=list)
     filesystems: list[Filesystem] = Field(default_factory=list)
     channels: list[Channel] = Field(default_factory=list)
+    parallels: list[Parallel] = Field(default_factory=list)
     rng: Annotated[Rng | None, BeforeValidator(_short_device)] = Field(default_factory=Rng)
     balloon: bool = True
     on_poweroff: LifecycleAction = LifecycleAction.DESTROY
@@ -629,6 +643,10 @@ class Domain(NamedSpec):
         if len(tags) != len(set(tags)):
             raise SpecProblem("two filesystems share one mount tag; give each its own target",
                               "filesystems")
+        if len(self.parallels) > 3:
+            raise SpecProblem("at most 3 parallel ports are supported", "parallels")
+        if self.parallels and self.machine is Machine.MICROVM:
+            raise SpecProblem("microvm has no parallel port", "parallels")
         if len(self.serials) > 4:
             raise SpecProblem("at most 4 serial ports are supported", "serials")
         return self

@@ -89,6 +89,7 @@ def build_argv(domain: Domain, caps: HostCaps, files: LaunchFiles, binary: str) 
     argv += _misc_devices(domain)
     argv += _sound(domain)
     argv += _filesystems(domain, files)
+    argv += _parallels(domain)
     argv += _actions(domain)
     if caps.sandbox:
         argv += ["-sandbox", SANDBOX]
@@ -422,6 +423,16 @@ def _filesystems(domain: Domain, files: LaunchFiles) -> list[str]:
         argv += ["-fsdev", fsdev,
                  "-device", _json({"driver": "virtio-9p-pci", "id": f"fs{index}",
                                    "fsdev": f"fsdev{index}", "mount_tag": fs.target})]
+    return argv
+
+
+def _parallels(domain: Domain) -> list[str]:
+    """Parallel ports writing to host files."""
+    argv: list[str] = []
+    for index, port in enumerate(domain.parallels):
+        argv += ["-chardev", f"file,id=charparallel{index},path={qemu_escape(port.path)}",
+                 "-device", _json({"driver": "isa-parallel", "chardev": f"charparallel{index}",
+                                   "id": f"parallel{index}"})]
     return argv
 
 
