@@ -311,3 +311,42 @@ def test_cloud_init_sets_the_root_password_of_a_debian_image(
     out = daemon.console_run("deb1", "cloud-init status --wait; echo in-$((6*7))", "in-42",
                              timeout=120)
     assert "status: done" in out, out  # every module ran without error
+
+
+def test_location_from_a_directory_tree_and_an_http_url(daemon: DaemonHandle,
+                                                        installer: Installer,
+                                                        tmp_path: Path) -> None:
+    """--location reads the installer's kernel and initrd from a directory tree and from
+    an http URL (served here on 127.0.0.1), as from an ISO."""
+    import functools
+    import http.server
+    import threading
+
+    tree = tmp_path / "tree"
+    (tree / "install.amd").mkdir(parents=True)
+    shutil.copyfile(installer.kernel, tree / "install.amd" / "vmlinuz")
+    shutil.copyfile(installer.initrd, tree / "install.amd" / "initrd.gz")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tree))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        for name, location in (("dir1", str(tree)), ("url1", url)):
+            daemon.cli("install", "--name", name, "--memory", "256", "--location", location,
+                       "--extra-args", installer.cmdline, "--disk", "size=1", "--graphics",
+                       "none", "--nonetworks", "--noautoconsole", "--noreboot")
+            wait_for(lambda name=name: DONE_MARKER in daemon.console_log(name), 240,  # type: ignore[misc]
+                     f"the installer of {name} to finish")
+            daemon.wait_state(name, "shutoff", timeout=60)
+        missing = daemon.cli("install", "--name", "url2", "--memory", "256", "--location",
+                             url + "nothing/", "--disk", "size=1", "--nonetworks", check=False)
+        assert "found no installer kernel and initrd" in missing.stderr
+        unreachable = daemon.cli("install", "--name", "url3", "--memory", "256", "--location",
+                                 "http://127.0.0.1:9/", "--disk", "size=1", "--nonetworks",
+                                 check=False)
+        assert "cannot reach it" in unreachable.stderr
+        assert "url2" not in daemon.cli("list", "--all", "--name").stdout
+    finally:
+        server.shutdown()
+        server.server_close()
