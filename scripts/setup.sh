@@ -52,11 +52,12 @@ run_tests() {
     need_root test
     # virtinst: the real virt-install, which tests/unit/test_install_vs_virtinstall.py
     # compares 'virtkit install --print-xml' with (libvirt's test driver: it installs
-    # only libvirt's client library, no libvirtd, and creates nothing)
+    # only libvirt's client library, no libvirtd, and creates nothing); libvirt-clients:
+    # virt-xml-validate, which checks the XML virtkit writes against libvirt's schemas
     # grub-pc-bin, grub-common, xorriso, mtools, extlinux, syslinux-common: the test
     # installer ISO (virtkit.images.installer) that the unattended-install tests use;
     # debootstrap: the Debian cloud image of the --cloud-init test (virtkit.images.debiancloud)
-    install_packages "${RUNTIME_PACKAGES[@]}" bash virtinst grub-pc-bin grub-common xorriso mtools \
+    install_packages "${RUNTIME_PACKAGES[@]}" bash virtinst libvirt-clients grub-pc-bin grub-common xorriso mtools \
         extlinux syslinux-common debootstrap
     install_python "[test]"
     "$VENV/bin/python" -m virtkit.images.tinyguest >/dev/null
