@@ -460,3 +460,17 @@ def test_parallel_ports_write_to_files() -> None:
     assert req.domain["parallels"] == [{"path": "/var/log/lpt.log"}]
     with pytest.raises(InvalidSpec, match="parallel ports write to a host file"):
         parse("--name a --import --disk /a --parallel pty")
+
+
+def test_the_cli_reports_a_typo_without_a_daemon(tmp_path: Path) -> None:
+    """No daemon runs for this root and none may be started: the error is the typo's."""
+    import subprocess
+    import sys
+
+    env = {"VIRTKIT_ROOT": str(tmp_path), "VIRTKIT_NO_AUTOSTART": "1", "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "virtkit.cli.main", "install", "--nmae",
+                             "vm", "--cdrom", "/x.iso"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: install: unknown option '--nmae' (did you mean "
+                                    "'--name'?)"), result.stderr

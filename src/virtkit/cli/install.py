@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from virtkit.cli import render
@@ -48,8 +49,10 @@ command line without creating anything.
 """
 
 
-def run_install(client: Client, argv: list[str]) -> int:
+def run_install(connect: Callable[[], Client], argv: list[str]) -> int:
+    """Parse first (a typo is reported without asking, or starting, a daemon), then run."""
     request = parse_command_line(argv)
+    client = connect()
     result = client.post("/v1/install", request.to_dict())
     if request.dry_run or request.print_xml:
         return _preview(request, result)

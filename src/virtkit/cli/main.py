@@ -138,7 +138,7 @@ def run_install_command(root: Path | None, words: list[str]) -> int:
         sys.stdout.write(USAGE)
         return 0
     try:
-        return run_install(connect(root), words)
+        return run_install(lambda: connect(root), words)
     except VirtkitError as exc:
         details: dict[str, Any] = getattr(exc, "details", {}) or {}
         render.error(exc.message, exc.fix, details.get("stderr"))
