@@ -12,14 +12,13 @@ Needs debootstrap, e2fsprogs and qemu-img on the host, and root.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from virtkit.images.buildcache import build_once
 from virtkit.images.tinyguest import TinyGuestBuildError, cache_dir
 
 SUITE = "bookworm"
@@ -76,40 +75,26 @@ def _run(argv: list[str], timeout: float = 1800, env: dict[str, str] | None = No
 def build_debian_cloud(cache: Path | None = None) -> DebianCloud:
     """The cached image, built first if missing or from an older recipe."""
     root = (cache or cache_dir()) / "debian-cloud"
-    found = DebianCloud(root / "debian.qcow2", root / "vmlinuz", root / "initrd.img", CMDLINE)
-    try:
-        if json.loads((root / "manifest.json").read_text()).get("version") == _VERSION \
-                and found.image.is_file():
-            return found
-    except (OSError, ValueError):
-        pass
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".debian-cloud-build-", dir=root.parent))
-    try:
-        rootfs = staging / "rootfs"
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-              SUITE, str(rootfs), _mirror()])
-        _install_in(rootfs, PACKAGES)
-        _configure(rootfs)
-        boot = rootfs / "boot"
-        shutil.copyfile(sorted(boot.glob("vmlinuz-*"))[-1], staging / "vmlinuz")
-        shutil.copyfile(sorted(boot.glob("initrd.img-*"))[-1], staging / "initrd.img")
-        raw = staging / "debian.raw"
-        _run(["mke2fs", "-q", "-t", "ext4", "-L", "root", "-d", str(rootfs), str(raw),
-              IMAGE_SIZE])
-        _run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw),
-              str(staging / "debian.qcow2")])
-        raw.unlink()
-        shutil.rmtree(rootfs)
-        (staging / "manifest.json").write_text(json.dumps({"version": _VERSION,
-                                                           "suite": SUITE}) + "\n")
-        staging.chmod(0o755)
-        if root.exists():
-            shutil.rmtree(root)
-        staging.rename(root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return found
+    build_once(root, f"{_VERSION}-{SUITE}", "debian.qcow2", _build)
+    return DebianCloud(root / "debian.qcow2", root / "vmlinuz", root / "initrd.img", CMDLINE)
+
+
+def _build(staging: Path) -> None:
+    """debootstrap, install, configure, then an ext4 image of it and its kernel."""
+    rootfs = staging / "rootfs"
+    _run(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+          SUITE, str(rootfs), _mirror()])
+    _install_in(rootfs, PACKAGES)
+    _configure(rootfs)
+    boot = rootfs / "boot"
+    shutil.copyfile(sorted(boot.glob("vmlinuz-*"))[-1], staging / "vmlinuz")
+    shutil.copyfile(sorted(boot.glob("initrd.img-*"))[-1], staging / "initrd.img")
+    raw = staging / "debian.raw"
+    _run(["mke2fs", "-q", "-t", "ext4", "-L", "root", "-d", str(rootfs), str(raw), IMAGE_SIZE])
+    _run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw),
+          str(staging / "debian.qcow2")])
+    raw.unlink()
+    shutil.rmtree(rootfs)
 
 
 def _install_in(rootfs: Path, packages: tuple[str, ...]) -> None:

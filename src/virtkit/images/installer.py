@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from virtkit.cpio import CpioWriter
+from virtkit.images.buildcache import build_once
 from virtkit.images.tinyguest import (
     RECOMMENDED_CMDLINE,
     TinyGuest,
@@ -173,42 +172,28 @@ def build_installer(cache: Path | None = None) -> Installer:
     """The installer ISO, built (once per machine and recipe) from the tiny guest."""
     guest = build_tiny_guest()
     root = (cache or cache_dir()) / "installer"
-    recipe = _recipe(guest)
     cmdline = f"{RECOMMENDED_CMDLINE} vk.ks=/answers.cfg"
-    manifest = root / "manifest.json"
-    found = Installer(root / "installer.iso", root / "vmlinuz", root / "initrd.gz", cmdline)
-    try:
-        if json.loads(manifest.read_text()).get("recipe") == recipe and found.iso.is_file():
-            return found
-    except (OSError, ValueError):
-        pass
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".installer-build-", dir=root.parent))
-    try:
-        tree = staging / "tree"
-        (tree / "install.amd").mkdir(parents=True)
-        (tree / "boot" / "grub").mkdir(parents=True)
-        shutil.copyfile(guest.kernel, tree / "install.amd" / "vmlinuz")
-        (tree / "install.amd" / "initrd.gz").write_bytes(_installer_initrd(guest))
-        (tree / "boot" / "grub" / "grub.cfg").write_text(_grub_cfg(cmdline))
-        done = subprocess.run(["grub-mkrescue", "-o", str(staging / "installer.iso"),
-                               str(tree)], capture_output=True, text=True, timeout=300,
-                              check=False)
-        if done.returncode != 0:
-            raise TinyGuestBuildError(f"grub-mkrescue failed: {done.stderr.strip()[-400:]}",
-                                      fix="apt-get install grub-pc-bin grub-common xorriso "
-                                          "mtools")
-        shutil.copyfile(tree / "install.amd" / "vmlinuz", staging / "vmlinuz")
-        shutil.copyfile(tree / "install.amd" / "initrd.gz", staging / "initrd.gz")
-        shutil.rmtree(tree)
-        (staging / "manifest.json").write_text(json.dumps({"recipe": recipe}) + "\n")
-        staging.chmod(0o755)
-        if root.exists():
-            shutil.rmtree(root)
-        staging.rename(root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return found
+    build_once(root, _recipe(guest), "installer.iso",
+               lambda staging: _build(staging, guest, cmdline))
+    return Installer(root / "installer.iso", root / "vmlinuz", root / "initrd.gz", cmdline)
+
+
+def _build(staging: Path, guest: TinyGuest, cmdline: str) -> None:
+    """The ISO (grub-mkrescue over a Debian-like tree) and its kernel and initrd."""
+    tree = staging / "tree"
+    (tree / "install.amd").mkdir(parents=True)
+    (tree / "boot" / "grub").mkdir(parents=True)
+    shutil.copyfile(guest.kernel, tree / "install.amd" / "vmlinuz")
+    (tree / "install.amd" / "initrd.gz").write_bytes(_installer_initrd(guest))
+    (tree / "boot" / "grub" / "grub.cfg").write_text(_grub_cfg(cmdline))
+    done = subprocess.run(["grub-mkrescue", "-o", str(staging / "installer.iso"), str(tree)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    if done.returncode != 0:
+        raise TinyGuestBuildError(f"grub-mkrescue failed: {done.stderr.strip()[-400:]}",
+                                  fix="apt-get install grub-pc-bin grub-common xorriso mtools")
+    shutil.copyfile(tree / "install.amd" / "vmlinuz", staging / "vmlinuz")
+    shutil.copyfile(tree / "install.amd" / "initrd.gz", staging / "initrd.gz")
+    shutil.rmtree(tree)
 
 
 if __name__ == "__main__":
