@@ -45,24 +45,24 @@ def _read_spec_file(path: str) -> str:
                           fix="give the path of a YAML or JSON spec file") from None
 
 
-def cmd_define(client: Client, args: argparse.Namespace) -> int:
-    result = objects.define(client, "/v1/domains", _read_spec_file(args.file),
-                            force=args.force)
+def _from_file(client: Client, args: argparse.Namespace, path: str, done: str) -> Any:
+    """POST the spec or XML file of ``args.file`` to ``path``; report it as ``done``."""
+    result = objects.define(client, path, _read_spec_file(args.file), force=args.force)
     if args.json:
         render.as_json(result)
     else:
-        print(f"Domain '{result['name']}' defined from {args.file}")
+        print(f"Domain '{result['name']}' {done} from {args.file}")
+    return result
+
+
+def cmd_define(client: Client, args: argparse.Namespace) -> int:
+    _from_file(client, args, "/v1/domains", "defined")
     return 0
 
 
 def cmd_create(client: Client, args: argparse.Namespace) -> int:
     """virsh create: a transient domain from a file, started at once, gone when it stops."""
-    result = objects.define(client, "/v1/domains/create", _read_spec_file(args.file),
-                            force=args.force)
-    if args.json:
-        render.as_json(result)
-    else:
-        print(f"Domain '{result['name']}' created from {args.file}")
+    result = _from_file(client, args, "/v1/domains/create", "created")
     if args.console:
         from virtkit.cli.console import attach
 

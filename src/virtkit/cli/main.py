@@ -137,14 +137,7 @@ def run_install_command(root: Path | None, words: list[str]) -> int:
     if not words or words[0] in ("-h", "--help") or "--help" in words:
         sys.stdout.write(USAGE)
         return 0
-    try:
-        return run_install(lambda: connect(root), words)
-    except VirtkitError as exc:
-        details: dict[str, Any] = getattr(exc, "details", {}) or {}
-        render.error(exc.message, exc.fix, details.get("stderr"))
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_install(lambda: connect(root), words)
 
 
 def cmd_completion(_client: Client | None, args: argparse.Namespace) -> int:
@@ -192,11 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> int:
     install = _split_install(sys.argv[1:] if argv is None else argv)
-    if install is not None:
-        return run_install_command(*install)
-    args = build_parser().parse_args(argv)
-    client: Client | None = None
     try:
+        if install is not None:
+            return run_install_command(*install)
+        args = build_parser().parse_args(argv)
+        client: Client | None = None
         if args.command not in LOCAL_COMMANDS:
             if getattr(args, "daemon_optional", False):
                 try:
