@@ -492,18 +492,13 @@ class _Translator:
             raise InvalidSpec(f"--disk device={device}: virtkit has disk and cdrom devices",
                               fix="use device=disk or device=cdrom")
         disk["device"] = device
-        fmt = opts.get("format") or opts.get("driver.type")
-        if fmt is not None:
-            disk["format"] = fmt
-        bus = opts.get("bus") or opts.get("target.bus")
-        if bus is not None:
-            disk["bus"] = bus
-        cache = opts.get("cache") or opts.get("driver.cache")
-        if cache is not None:
-            disk["cache"] = cache
-        io = opts.get("io") or opts.get("driver.io")
-        if io is not None:
-            disk["aio"] = io
+        for field_name, keys in (("format", ("format", "driver.type")),
+                                 ("bus", ("bus", "target.bus")),
+                                 ("cache", ("cache", "driver.cache")),
+                                 ("aio", ("io", "driver.io"))):
+            value = next((found for key in keys if (found := opts.get(key))), None)
+            if value is not None:
+                disk[field_name] = value
         if opts.flag("readonly") or opts.get("perms") == "ro":
             disk["readonly"] = True
         for key in ("serial",):

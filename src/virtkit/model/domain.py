@@ -323,6 +323,13 @@ class Graphics(Spec):
         return value
 
 
+def _check_host_path(value: str | None, what: str, kind: str) -> None:
+    """A host path a device names must be absolute, without control characters."""
+    if value is not None and (not value.startswith("/") or _CONTROL_CHARS.search(value)):
+        raise ValueError(f"{what} {value!r} must be an absolute {kind} path without control "
+                         "characters")
+
+
 class Serial(Spec):
     """A serial port: logged to a file and attachable with ``virtkit console``.
 
@@ -335,8 +342,7 @@ class Serial(Spec):
     @field_validator("log_path")
     @classmethod
     def _log_path(cls, value: str | None) -> str | None:
-        if value is not None and (not value.startswith("/") or _CONTROL_CHARS.search(value)):
-            raise ValueError(f"serial log_path {value!r} must be an absolute file path")
+        _check_host_path(value, "serial log_path", "file")
         return value
 
     @model_validator(mode="after")
@@ -354,8 +360,7 @@ class Parallel(Spec):
     @field_validator("path")
     @classmethod
     def _path(cls, value: str) -> str:
-        if not value.startswith("/") or _CONTROL_CHARS.search(value):
-            raise ValueError(f"parallel port path {value!r} must be an absolute file path")
+        _check_host_path(value, "parallel port path", "file")
         return value
 
 
@@ -380,8 +385,7 @@ class Channel(Spec):
     @field_validator("path")
     @classmethod
     def _path(cls, value: str | None) -> str | None:
-        if value is not None and (not value.startswith("/") or _CONTROL_CHARS.search(value)):
-            raise ValueError(f"channel path {value!r} must be an absolute socket path")
+        _check_host_path(value, "channel path", "socket")
         return value
 
 
@@ -415,9 +419,7 @@ class Filesystem(Spec):
     @field_validator("source")
     @classmethod
     def _source(cls, value: str) -> str:
-        if not value.startswith("/") or _CONTROL_CHARS.search(value):
-            raise ValueError(f"filesystem source {value!r} must be an absolute folder path "
-                             "without control characters")
+        _check_host_path(value, "filesystem source", "folder")
         return value
 
     @field_validator("target")
