@@ -701,23 +701,11 @@ def main() -> None:
         return
     if os.geteuid() != 0 and not args.no_libvirt:
         print("not root: virt-install needs qemu:///system; use --no-libvirt", file=sys.stderr)
-    funcs = {"import": bench_import, "unattended": bench_unattended}
-    if args.bench == "all":
-        for name, extra in (("import", {"runs": 7}),
-                            ("unattended", {"runs": 3, "timeout": 600.0,
-                                            "no_warmup": False, "virt_install_extra": ""})):
-            print(f"\n##### install {name}", flush=True)
-            _run(funcs[name], argparse.Namespace(**vars(args), **extra))
-        return
-    _run(funcs[args.bench], args)
+    bl.run_benchmarks("install", {"import": bench_import, "unattended": bench_unattended}, args,
+                      {"import": {"runs": 7},
+                       "unattended": {"runs": 3, "timeout": 600.0, "no_warmup": False,
+                                      "virt_install_extra": ""}})
 
-
-def _run(func: Any, args: argparse.Namespace) -> None:
-    if args.wait_quiet:
-        print(f"(host before run: {bl.wait_quiet(args.wait_quiet)})", flush=True)
-    start = time.perf_counter()
-    func(args)
-    print(f"({func.__name__} took {time.perf_counter() - start:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -815,13 +815,8 @@ def main() -> None:
         return
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmarks create network namespaces")
-    if args.bench == "all":
-        for name, func, extra in (("throughput", bench_throughput, {}),
-                                  ("dhcp", bench_dhcp, {"subnet": "10.78.0.0/24"})):
-            print(f"\n##### network {name}", flush=True)
-            _run(func, argparse.Namespace(**{**vars(args), **extra}))
-        return
-    _run({"throughput": bench_throughput, "dhcp": bench_dhcp}[args.bench], args)
+    bl.run_benchmarks("network", {"throughput": bench_throughput, "dhcp": bench_dhcp}, args,
+                      {"throughput": {}, "dhcp": {"subnet": "10.78.0.0/24"}})
 
 
 def _throughput_options(p: argparse.ArgumentParser) -> None:
@@ -846,11 +841,6 @@ def _dhcp_options(p: argparse.ArgumentParser, subnet: bool = True) -> None:
                    default="libvirt_default,libvirt_stp_off,libvirt_like_virtkit",
                    help="which libvirt networks to time (comma-separated)")
 
-
-def _run(func: Any, args: argparse.Namespace) -> None:
-    if args.wait_quiet:
-        print(f"(host before run: {bl.wait_quiet(args.wait_quiet)})", flush=True)
-    func(args)
 
 
 if __name__ == "__main__":

@@ -581,23 +581,11 @@ def main() -> None:
         return
     if os.geteuid() != 0 and not args.no_libvirt:
         print("not root: libvirt columns need qemu:///system; use --no-libvirt", file=sys.stderr)
-    if args.bench == "all":
-        for name, func, extra in (("start", bench_start, {"runs": 11}),
-                                  ("list", bench_list, {"runs": 5, "domains": 1000}),
-                                  ("cli", bench_cli, {"runs": 20}),
-                                  ("rss", bench_rss, {"vms": 10, "memory": 256,
-                                                      "settle": 5.0})):
-            print(f"\n##### {name}", flush=True)
-            _run(func, argparse.Namespace(**vars(args), **extra))
-        return
-    funcs = {"start": bench_start, "list": bench_list, "cli": bench_cli, "rss": bench_rss}
-    _run(funcs[args.bench], args)
+    bl.run_benchmarks("spine", {"start": bench_start, "list": bench_list, "cli": bench_cli,
+                                "rss": bench_rss}, args,
+                      {"start": {"runs": 11}, "list": {"runs": 5, "domains": 1000},
+                       "cli": {"runs": 20}, "rss": {"vms": 10, "memory": 256, "settle": 5.0}})
 
-
-def _run(func: Any, args: argparse.Namespace) -> None:
-    if args.wait_quiet:
-        print(f"(host before run: {bl.wait_quiet(args.wait_quiet)})", flush=True)
-    func(args)
 
 
 if __name__ == "__main__":

@@ -1018,23 +1018,12 @@ def main() -> None:
     PRIME["enabled"] = not args.no_prime
     if os.geteuid() != 0:
         print("not root: no cold-cache runs and no virt-clone", file=sys.stderr)
-    funcs = {"clone": bench_clone, "transfer": bench_transfer, "import": bench_import}
-    if args.bench == "all":
-        for name, extra in (("clone", {"runs": 11}),
-                            ("transfer", {"runs": 5, "size_mib": 1024, "cache": "both"}),
-                            ("import", {"runs": 7, "size_mib": 2048})):
-            print(f"\n##### storage {name}", flush=True)
-            _run(funcs[name], argparse.Namespace(**vars(args), **extra))
-        return
-    _run(funcs[args.bench], args)
+    bl.run_benchmarks("storage", {"clone": bench_clone, "transfer": bench_transfer,
+                                  "import": bench_import}, args,
+                      {"clone": {"runs": 11},
+                       "transfer": {"runs": 5, "size_mib": 1024, "cache": "both"},
+                       "import": {"runs": 7, "size_mib": 2048}})
 
-
-def _run(func: Any, args: argparse.Namespace) -> None:
-    if args.wait_quiet:
-        print(f"(host before run: {bl.wait_quiet(args.wait_quiet)})", flush=True)
-    start = time.perf_counter()
-    func(args)
-    print(f"({func.__name__} took {time.perf_counter() - start:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ ever stopped by the PID we recorded when we started them.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import grp
 import json
@@ -711,3 +712,27 @@ class Libvirt:
             if self.files is not None:
                 shutil.rmtree(self.files, ignore_errors=True)
                 self.files = None
+
+
+# -- running benchmarks ---------------------------------------------------------------------
+
+
+def run_benchmarks(suite: str, funcs: dict[str, Callable[[argparse.Namespace], Any]],
+                   args: argparse.Namespace, plan: dict[str, dict[str, Any]]) -> None:
+    """Run the benchmark ``args.bench`` of ``suite``, or with ``all`` every one in
+    ``plan`` in order, each with its own options on top of the command line's."""
+    if args.bench == "all":
+        for name, extra in plan.items():
+            print(f"\n##### {suite} {name}", flush=True)
+            run_one(funcs[name], argparse.Namespace(**{**vars(args), **extra}))
+        return
+    run_one(funcs[args.bench], args)
+
+
+def run_one(func: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> None:
+    """One benchmark, after waiting for a quiet host if ``--wait-quiet`` asks for it."""
+    if args.wait_quiet:
+        print(f"(host before run: {wait_quiet(args.wait_quiet)})", flush=True)
+    start = time.perf_counter()
+    func(args)
+    print(f"({func.__name__} took {time.perf_counter() - start:.0f} s)", flush=True)
