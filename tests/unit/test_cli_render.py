@@ -146,7 +146,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 @pytest.fixture(scope="module")
 def script() -> str:
-    return bash_completion(build_parser())
+    return bash_completion(build_parser(install_options=True))
 
 
 def test_completion_names_every_subcommand(script: str) -> None:

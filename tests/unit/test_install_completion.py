@@ -51,7 +51,7 @@ def test_aliases_complete_like_their_option() -> None:
 
 @pytest.fixture(scope="module")
 def script() -> str:
-    return bash_completion(build_parser())
+    return bash_completion(build_parser(install_options=True))
 
 
 def _split(line: str) -> list[str]:

@@ -96,15 +96,17 @@ def cmd_osinfo(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _register_install(sub: Any) -> None:
+def _register_install(sub: Any, *, options: bool) -> None:
     """``install`` is run before argparse (virt-install's syntax); this entry gives it
-    its place in --help and its options to bash completion."""
-    from virtkit.cli.install import completion_words
-
+    its place in --help, and with ``options`` (only the completion script needs them:
+    importing the option tables costs every other command ~9 ms) its options."""
     install = sub.add_parser("install", help="create a VM and install its OS "
                              "(virt-install's options)", add_help=False)
-    for word in completion_words():
-        install.add_argument(word, nargs="?", help=argparse.SUPPRESS)
+    if options:
+        from virtkit.cli.install import completion_words
+
+        for word in completion_words():
+            install.add_argument(word, nargs="?", help=argparse.SUPPRESS)
     osinfo = sub.add_parser("osinfo", help="OS variants for --os-variant (osinfo-query os)")
     osinfo_sub = osinfo.add_subparsers(dest="osinfo_command", metavar="OSINFOCOMMAND")
     osinfo_sub.required = True
@@ -143,11 +145,11 @@ def run_install_command(root: Path | None, words: list[str]) -> int:
 def cmd_completion(_client: Client | None, args: argparse.Namespace) -> int:
     from virtkit.cli.completion import bash_completion
 
-    sys.stdout.write(bash_completion(build_parser()))
+    sys.stdout.write(bash_completion(build_parser(install_options=True)))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     from virtkit.cli import domains, networks, storage
 
     parser = argparse.ArgumentParser(
@@ -160,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     domains.register(sub)
     storage.register(sub)
     networks.register(sub)
-    _register_install(sub)
+    _register_install(sub, options=install_options)
     host = sub.add_parser("host", help="host commands: check")
     host_sub = host.add_subparsers(dest="host_command", metavar="HOSTCOMMAND")
     host_sub.required = True
