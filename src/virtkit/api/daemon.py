@@ -33,6 +33,7 @@ from virtkit.runtime.hostcaps import HostCapsProvider
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.runtime.nics import TapMaker
 from virtkit.service.domains import DomainService
+from virtkit.service.guest import GuestService
 from virtkit.service.host import HostService
 from virtkit.service.install import InstallService
 from virtkit.service.networks import NetworkService
@@ -98,7 +99,7 @@ class Daemon:
         self.domains.networks = self.networks
         self.install = InstallService(self.domains, self.storage, paths.cache / "install")
         self.services = Services(self.domains, self.host, self.storage, self.networks,
-                                 self.install)
+                                 self.install, guest=GuestService(self.store, self.lifecycle))
         self.default_network = default_network
 
     def _network_lookup(self, name: str) -> tuple[Network, bool]:

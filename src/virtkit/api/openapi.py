@@ -143,6 +143,40 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
          "noreboot": {"type": "boolean"}, "dry_run": {"type": "boolean"},
          "print_xml": {"type": "boolean"}}}),
     ("get", "/v1/osinfo", "OS variants of the osinfo database (?filter=TEXT)", None),
+    *[("get", "/v1/domains/{ref}/guest/" + path, summary, None) for path, summary in (
+        ("ping", "Guest agent: ping (with the round trip in ms)"),
+        ("info", "Guest agent: agent version, OS, host name, users, time zone, file systems"),
+        ("interfaces", "Guest agent: the guest's interfaces and addresses"),
+        ("fsfreeze", "Guest agent: file system freeze status (thawed/frozen)"),
+        ("file", "Guest agent: a guest file's bytes (?path=/abs/path)"),
+        ("vcpus", "Guest agent: the guest's logical CPUs and which are online"),
+        ("time", "Guest agent: the guest clock and its offset from the host's"))],
+    ("post", "/v1/domains/{ref}/guest/command", "Guest agent: one raw command "
+     "(virsh qemu-agent-command)", {"type": "object", "required": ["execute"], "properties": {
+         "execute": {"type": "string"}, "arguments": {"type": "object"},
+         "timeout": {"type": "number"}}}),
+    ("post", "/v1/domains/{ref}/guest/fsfreeze", "Guest agent: freeze file systems",
+     {"type": "object", "properties": {"mountpoints": {"type": "array",
+                                                       "items": {"type": "string"}}}}),
+    ("post", "/v1/domains/{ref}/guest/fsthaw", "Guest agent: thaw file systems", None),
+    ("post", "/v1/domains/{ref}/guest/fstrim", "Guest agent: discard unused blocks",
+     {"type": "object", "properties": {"minimum": {"type": "integer"}}}),
+    ("post", "/v1/domains/{ref}/guest/exec", "Guest agent: run a program, return exit code "
+     "and output", {"type": "object", "required": ["path"], "properties": {
+         "path": {"type": "string"}, "args": {"type": "array", "items": {"type": "string"}},
+         "env": {"type": "array", "items": {"type": "string"}}, "input": {"type": "string"},
+         "timeout": {"type": "number"}}}),
+    ("put", "/v1/domains/{ref}/guest/file", "Guest agent: write a guest file "
+     "(?path=...&append=1; body: the bytes)", None),
+    ("post", "/v1/domains/{ref}/guest/user-password", "Guest agent: set a user's password",
+     {"type": "object", "required": ["user", "password"], "properties": {
+         "user": {"type": "string"}, "password": {"type": "string"},
+         "crypted": {"type": "boolean"}}}),
+    ("put", "/v1/domains/{ref}/guest/vcpus", "Guest agent: online COUNT vCPUs in the guest",
+     {"type": "object", "required": ["count"], "properties": {"count": {"type": "integer"}}}),
+    ("put", "/v1/domains/{ref}/guest/time", "Guest agent: set the guest clock (now=true: "
+     "the host's; time=SECONDS; neither: from its RTC)",
+     {"type": "object", "properties": {"now": {"type": "boolean"}, "time": {"type": "number"}}}),
 ]
 
 
@@ -198,7 +232,8 @@ def openapi_document() -> dict[str, Any]:
                 "force": {"type": "boolean",
                           "description": "drop what virtkit cannot honour, with warnings"}}},
             "ShutdownBody": {"type": "object", "properties": {
-                "timeout": {"type": "number", "minimum": 0}, "wait": {"type": "boolean"}}},
+                "timeout": {"type": "number", "minimum": 0}, "wait": {"type": "boolean"},
+                "mode": {"type": "string", "description": "acpi, agent, or agent,acpi"}}},
             "Error": {"type": "object", "required": ["error", "message"], "properties": {
                 "error": {"type": "string"}, "message": {"type": "string"},
                 "fix": {"type": "string"}, "details": {"type": "object"}}},
