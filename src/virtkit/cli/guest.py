@@ -59,7 +59,7 @@ def cmd_guestinfo(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_exec(client: Client, args: argparse.Namespace) -> int:
     """Run a program in the guest; its output is ours, its exit code is ours."""
-    argv = args.argv[1:] if args.argv and args.argv[0] == "--" else args.argv
+    argv = args.argv
     if not argv:
         raise InvalidSpec("name the program to run in the guest",
                           fix=f"virtkit guest exec {args.domain} -- /bin/uname -a")
@@ -200,7 +200,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         json_flag=True, parent=verbs)
     p = add("exec", cmd_exec, "run a program in the guest: its output and exit code are "
             "the command's", json_flag=True, parent=verbs)
-    p.add_argument("argv", nargs=argparse.REMAINDER, help="-- PROGRAM [ARGS...]")
+    p.add_argument("argv", nargs="*", metavar="-- PROGRAM [ARGS]",
+                   help="the program and its arguments, after '--'")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (60)")
     p.add_argument("--env", action="append", help="NAME=VALUE for the program (repeatable)")
     p.add_argument("--stdin", action="store_true", help="pass our standard input to it")

@@ -15,7 +15,7 @@ from typing import Any
 from virtkit import __version__
 from virtkit.cli import render
 from virtkit.cli.client import Client, connect
-from virtkit.errors import VirtkitError
+from virtkit.errors import InvalidSpec, VirtkitError
 
 #: commands that never need the daemon.
 LOCAL_COMMANDS = {"completion"}
@@ -191,7 +191,15 @@ def run(argv: list[str] | None = None) -> int:
     try:
         if install is not None:
             return run_install_command(*install)
-        args = build_parser().parse_args(argv)
+        words = sys.argv[1:] if argv is None else argv
+        # `guest exec DOMAIN [OPTIONS] -- PROGRAM ARGS`: what follows '--' is the guest's
+        program = words[words.index("--") + 1:] if "--" in words else None
+        args = build_parser().parse_args(words[:words.index("--")] if program is not None
+                                         else words)
+        if program is not None:
+            if not hasattr(args, "argv"):
+                raise InvalidSpec(f"'{args.command}' takes no arguments after '--'")
+            args.argv = [*args.argv, *program]
         client: Client | None = None
         if args.command not in LOCAL_COMMANDS:
             if getattr(args, "daemon_optional", False):

@@ -28,10 +28,10 @@ SUITE = "bookworm"
 BASE_PACKAGES = ("systemd-sysv", "udev", "kmod", "login", "passwd", "e2fsprogs")
 #: ... and what apt installs in the new system afterwards (debootstrap's own resolver
 #: cannot configure cloud-init's Python dependencies in one pass)
-PACKAGES = ("linux-image-amd64", "cloud-init", "openssh-server", "qemu-guest-agent")
+PACKAGES = ("linux-image-amd64", "cloud-init", "openssh-server", "qemu-guest-agent", "dbus")
 IMAGE_SIZE = "2G"
 CMDLINE = "root=/dev/vda rw console=ttyS0 quiet systemd.show_status=0 net.ifnames=0"
-_VERSION = 3
+_VERSION = 4
 #: online hot-added vCPUs and memory at once, as cloud images do (the kernel leaves
 #: them offline; without this a hotplug is visible only after a manual echo 1)
 _HOTADD_RULES = """\

@@ -26,9 +26,11 @@ from virtkit.unixsock import connect_unix
 #: seconds the agent gets to answer the sync handshake (it answers in milliseconds)
 SYNC_TIMEOUT = 3.0
 DEFAULT_TIMEOUT = 10.0
-#: commands the agent never answers when they succeed (the guest goes away)
+#: commands the agent never answers when they succeed (the guest goes away); it
+#: does answer their failure, so we listen NO_REPLY_GRACE seconds for an error
 NO_REPLY = {"guest-shutdown", "guest-suspend-disk", "guest-suspend-ram",
             "guest-suspend-hybrid"}
+NO_REPLY_GRACE = 3.0
 _MAX_LINE = 64 * 2**20
 
 
@@ -117,8 +119,11 @@ class GuestAgent:
                 writer.write(json.dumps(request).encode() + b"\n")
                 await writer.drain()
                 if command in NO_REPLY:
-                    return None
-                reply = await asyncio.wait_for(self._read_message(reader), timeout)
+                    reply = await self._failure_of(reader)
+                    if reply is None:
+                        return None
+                else:
+                    reply = await asyncio.wait_for(self._read_message(reader), timeout)
             except TimeoutError:
                 await self.close()
                 raise self._unavailable(f"did not answer {command} within {timeout:g}s"
@@ -134,6 +139,15 @@ class GuestAgent:
                 f"{error.get('desc', reply['error'])}",
                 command=command, error_class=error.get("class"))
         return reply.get("return")
+
+    async def _failure_of(self, reader: asyncio.StreamReader) -> dict[str, Any] | None:
+        """The error reply of a NO_REPLY command, or None: silence (or the channel
+        closing as the guest goes down) means it is being carried out."""
+        try:
+            return await asyncio.wait_for(self._read_message(reader), NO_REPLY_GRACE)
+        except (TimeoutError, AgentUnavailable):
+            await self.close()
+            return None
 
     async def close(self) -> None:
         """Drop the connection (the next command reconnects)."""
