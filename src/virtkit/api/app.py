@@ -18,10 +18,17 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from virtkit import __version__
-from virtkit.api import guest_routes, install_routes, network_routes, storage_routes
+from virtkit.api import (
+    device_routes,
+    guest_routes,
+    install_routes,
+    network_routes,
+    storage_routes,
+)
 from virtkit.api.common import json_body, json_response
 from virtkit.api.openapi import openapi_document
 from virtkit.errors import Conflict, InvalidSpec, VirtkitError
+from virtkit.service.devices import DeviceService
 from virtkit.service.domains import DomainService
 from virtkit.service.guest import GuestService
 from virtkit.service.host import HostService
@@ -45,6 +52,7 @@ class Services:
     networks: NetworkService
     install: InstallService | None = None
     guest: GuestService | None = None
+    devices: DeviceService | None = None
     consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
 
 
@@ -353,4 +361,8 @@ def create_app(services: Services) -> web.Application:
     if services.guest is not None:
         app[guest_routes.GUEST] = services.guest
         app.add_routes(guest_routes.routes)
+    if services.devices is not None:
+        app[device_routes.DEVICES] = services.devices
+        app[device_routes.DOMAINS] = services.domains
+        app.add_routes(device_routes.routes)
     return app

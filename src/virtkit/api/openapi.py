@@ -174,6 +174,35 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
          "crypted": {"type": "boolean"}}}),
     ("put", "/v1/domains/{ref}/guest/vcpus", "Guest agent: online COUNT vCPUs in the guest",
      {"type": "object", "required": ["count"], "properties": {"count": {"type": "integer"}}}),
+    ("get", "/v1/domains/{ref}/disks", "domblklist: the running disks, or the "
+     "definition's (?inactive=1)", None),
+    ("post", "/v1/domains/{ref}/disks", "attach-disk ({disk, live, config})",
+     {"type": "object", "required": ["disk"], "properties": {
+         "disk": {"$ref": "#/components/schemas/Disk"}, "live": {"type": "boolean"},
+         "config": {"type": "boolean"}}}),
+    ("post", "/v1/domains/{ref}/disks/detach", "detach-disk by target or source path",
+     {"$ref": "#/components/schemas/DetachBody"}),
+    ("post", "/v1/domains/{ref}/media", "change-media: insert (path) or eject (path null)",
+     {"type": "object", "required": ["target"], "properties": {
+         "target": {"type": "string"}, "path": {"type": ["string", "null"]},
+         "force": {"type": "boolean"}, "live": {"type": "boolean"},
+         "config": {"type": "boolean"}}}),
+    ("post", "/v1/domains/{ref}/interfaces", "attach-interface ({interface, live, config})",
+     {"type": "object", "required": ["interface"], "properties": {
+         "interface": {"$ref": "#/components/schemas/Nic"}, "live": {"type": "boolean"},
+         "config": {"type": "boolean"}}}),
+    ("post", "/v1/domains/{ref}/interfaces/detach", "detach-interface by MAC",
+     {"type": "object", "required": ["mac"], "properties": {
+         "mac": {"type": "string"}, "live": {"type": "boolean"},
+         "config": {"type": "boolean"}}}),
+    ("put", "/v1/domains/{ref}/vcpus", "setvcpus (maximum=true: the ceiling, config only)",
+     {"type": "object", "required": ["count"], "properties": {
+         "count": {"type": "integer"}, "maximum": {"type": "boolean"},
+         "live": {"type": "boolean"}, "config": {"type": "boolean"}}}),
+    ("put", "/v1/domains/{ref}/memory", "setmem (balloon live) / setmaxmem (maximum=true)",
+     {"$ref": "#/components/schemas/MemoryBody"}),
+    ("post", "/v1/domains/{ref}/memory", "Memory hot-add: a DIMM of size_mib",
+     {"$ref": "#/components/schemas/MemoryBody"}),
     ("put", "/v1/domains/{ref}/guest/time", "Guest agent: set the guest clock (now=true: "
      "the host's; time=SECONDS; neither: from its RTC)",
      {"type": "object", "properties": {"now": {"type": "boolean"}, "time": {"type": "number"}}}),
@@ -234,6 +263,12 @@ def openapi_document() -> dict[str, Any]:
             "ShutdownBody": {"type": "object", "properties": {
                 "timeout": {"type": "number", "minimum": 0}, "wait": {"type": "boolean"},
                 "mode": {"type": "string", "description": "acpi, agent, or agent,acpi"}}},
+            "DetachBody": {"type": "object", "required": ["target"], "properties": {
+                "target": {"type": "string"}, "live": {"type": "boolean"},
+                "config": {"type": "boolean"}}},
+            "MemoryBody": {"type": "object", "required": ["size_mib"], "properties": {
+                "size_mib": {"type": "integer"}, "maximum": {"type": "boolean"},
+                "live": {"type": "boolean"}, "config": {"type": "boolean"}}},
             "Error": {"type": "object", "required": ["error", "message"], "properties": {
                 "error": {"type": "string"}, "message": {"type": "string"},
                 "fix": {"type": "string"}, "details": {"type": "object"}}},

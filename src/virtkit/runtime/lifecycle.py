@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from virtkit.errors import (
     TimeoutExpired,
     VirtkitError,
 )
-from virtkit.model.domain import Domain, LifecycleAction
+from virtkit.model.domain import Domain, LifecycleAction, Nic
 from virtkit.model.load import dump_domain
 from virtkit.model.state import Action, State, check_action, check_transition
 from virtkit.paths import StatePaths
@@ -39,7 +39,7 @@ from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
 from virtkit.runtime import savefile
 from virtkit.runtime.events import EventBus
-from virtkit.runtime.launcher import CapsProvider, Running, TapProvider, launch
+from virtkit.runtime.launcher import CapsProvider, OpenTap, Running, TapProvider, launch
 from virtkit.store.db import Store
 from virtkit.unixsock import connect_unix
 
@@ -115,21 +115,71 @@ class Lifecycle:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @contextlib.asynccontextmanager
+    async def live_change(self, uuid: str, name: str) -> AsyncIterator[Running]:
+        """Hold the VM's lock over a change of its running devices (hotplug), then
+        record the running configuration, so a daemon restart finds it."""
+        vm = self.vm(uuid, name)
+        async with vm.lock:
+            running = vm.running
+            if running is None or vm.state not in (State.RUNNING, State.PAUSED,
+                                                    State.SHUTTING_DOWN):
+                raise StateError(f"domain '{vm.name}' is not running (it is {vm.state.value})",
+                                 current=vm.state.value, requested="live change",
+                                 fix="change its definition with --config instead")
+            try:
+                yield running
+            finally:
+                if vm.running is running:
+                    self._record(vm)
+
+    async def open_tap(self, domain: Domain, nic: Nic) -> tuple[OpenTap | None, bool]:
+        """A tap for hot-adding ``nic`` to ``domain`` (None for user mode), and whether
+        the domain's NICs use vhost-net."""
+        caps, _binary = self._caps_for(domain)
+        if nic.type == "user" or self._taps_for is None:
+            return None, caps.vhost_net
+        single = domain.model_copy(update={"nics": [nic]})
+        taps = await asyncio.to_thread(self._taps_for, single)
+        return taps.get(0), caps.vhost_net
+
+    def finisher(self, uuid: str, name: str) -> Callable[[Callable[[], Awaitable[None]]], None]:
+        """Run the end of a device removal the guest acknowledges late, then record it."""
+        vm = self.vm(uuid, name)
+
+        def schedule(work: Callable[[], Awaitable[None]]) -> None:
+            async def run() -> None:
+                try:
+                    await asyncio.wait_for(work(), 3600)
+                except (asyncio.CancelledError, TimeoutError, VirtkitError):
+                    return  # QEMU ended, or the guest never let go
+                async with vm.lock:
+                    if vm.running is not None:
+                        self._record(vm)
+                self._bus.publish("device-removed", vm.uuid, domain=vm.name, uuid=vm.uuid,
+                                  state=vm.state.value, reason="the guest released it")
+            self._spawn(run())
+        return schedule
+
     def _set_state(self, vm: Vm, state: State, reason: str = "", *, event: str | None = None,
                    **detail: Any) -> None:
         check_transition(vm.state, state, vm.name)
         vm.state, vm.reason = state, reason
+        self._record(vm)
+        if event:
+            self._bus.publish(event, vm.uuid, domain=vm.name, uuid=vm.uuid,
+                              state=state.value, reason=reason, **detail)
+
+    def _record(self, vm: Vm) -> None:
+        """Write the runtime record: state, pid, and the running configuration."""
         running = vm.running
         extra: dict[str, Any] = running.record() if running else {}
         self._store.set_runtime(
-            vm.uuid, state=state.value, reason=reason,
+            vm.uuid, state=vm.state.value, reason=vm.reason,
             pid=running.process.pid if running else None,
             pid_start=running.process.start_time if running else None,
             started=vm.started if running else None, extra=extra,
         )
-        if event:
-            self._bus.publish(event, vm.uuid, domain=vm.name, uuid=vm.uuid,
-                              state=state.value, reason=reason, **detail)
 
     # -- start ---------------------------------------------------------------
 

@@ -63,13 +63,14 @@ class DomainService:
         vm = self._life.vm(row.uuid, row.name)
         spec = row.spec
         running = vm.running
+        live = running.live if running is not None else None  # hotplug changes these
         return {
             "name": row.name,
             "uuid": row.uuid,
             "state": vm.state.value,
             "reason": vm.reason,
-            "vcpus": spec["vcpus"]["current"],
-            "memory_mib": spec["memory"]["current"],
+            "vcpus": live.vcpus.current if live else spec["vcpus"]["current"],
+            "memory_mib": live.memory.current if live else spec["memory"]["current"],
             "autostart": spec.get("autostart", False),
             "pid": running.process.pid if running else None,
         }
@@ -99,11 +100,20 @@ class DomainService:
             started=vm.started if vm.running else None,
             installing=vm.running is not None and vm.boot_spec is not None,
             vnc=self._vnc(vm.running.vnc if vm.running else None),
-            disks=[self._disk_info(slot.target, slot.bus.value, disk)
-                   for slot, disk in zip(disk_slots(domain), domain.disks, strict=True)],
+            disks=self.disks(row.uuid),
             console_log=str(self.console_log_path(row.uuid)),
         )
         return info
+
+    def disks(self, ref: str, *, inactive: bool = False) -> list[dict[str, Any]]:
+        """domblklist: the disks QEMU has now (hot-plugged ones included) when the
+        domain runs, else (or with ``inactive``) the spec's."""
+        row = self._row(ref)
+        running = self._life.vm(row.uuid, row.name).running
+        domain = running.live if running is not None and running.live is not None \
+            and not inactive else load_domain(row.spec)
+        return [self._disk_info(slot.target, slot.bus.value, disk)
+                for slot, disk in zip(disk_slots(domain), domain.disks, strict=True)]
 
     def _disk_info(self, target: str, bus: str, disk: Any) -> dict[str, Any]:
         pool, volume = disk.pool, disk.volume
@@ -172,6 +182,18 @@ class DomainService:
                                   field=f"disks[{index}].pool")
             disk.path = self._storage.resolve(disk.pool, disk.volume)
         return domain
+
+    def prepare(self, domain: Domain) -> Domain:
+        """Validate ``domain`` against the host and fill in host-given defaults."""
+        return self._prepare(domain)
+
+    def replace_spec(self, row: DomainRow, domain: Domain) -> None:
+        """Store a prepared spec as the next version of ``row`` (device changes)."""
+        updated = self._store.update_domain(row.uuid, domain.name, dump_domain(domain),
+                                            row.version)
+        self._bus.publish("updated", row.uuid, domain=updated.name, uuid=row.uuid,
+                          state=self._life.vm(row.uuid, updated.name).state.value,
+                          reason="devices changed", version=updated.version)
 
     def _prepare(self, domain: Domain) -> Domain:
         """Host checks and defaults that need the host: files, memory, formats, MACs."""
