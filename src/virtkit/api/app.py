@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from virtkit import __version__
-from virtkit.api import install_routes, network_routes, storage_routes
+from virtkit.api import install_routes, network_routes, snapshot_routes, storage_routes
 from virtkit.api.common import json_body, json_response
 from virtkit.api.openapi import openapi_document
 from virtkit.errors import Conflict, InvalidSpec, VirtkitError
@@ -26,6 +26,7 @@ from virtkit.service.domains import DomainService
 from virtkit.service.host import HostService
 from virtkit.service.install import InstallService
 from virtkit.service.networks import NetworkService
+from virtkit.service.snapshots import SnapshotService
 from virtkit.service.storage import StorageService
 from virtkit.unixsock import connect_unix
 
@@ -43,6 +44,7 @@ class Services:
     storage: StorageService
     networks: NetworkService
     install: InstallService | None = None
+    snapshots: SnapshotService | None = None
     consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
 
 
@@ -165,8 +167,9 @@ async def update_domain(request: web.Request) -> web.Response:
 @routes.delete("/v1/domains/{ref}")
 async def undefine_domain(request: web.Request) -> web.Response:
     nvram = request.query.get("nvram") in ("1", "true", "yes")
-    return json_response(await _services(request).domains.undefine(request.match_info["ref"],
-                                                           nvram=nvram))
+    metadata = request.query.get("snapshots_metadata") in ("1", "true", "yes")
+    return json_response(await _services(request).domains.undefine(
+        request.match_info["ref"], nvram=nvram, snapshots_metadata=metadata))
 
 
 @routes.get("/v1/domains/{ref}/spec")
@@ -345,6 +348,9 @@ def create_app(services: Services) -> web.Application:
     app.add_routes(routes)
     app.add_routes(storage_routes.routes)
     app.add_routes(network_routes.routes)
+    if services.snapshots is not None:
+        app[snapshot_routes.SNAPSHOTS] = services.snapshots
+        app.add_routes(snapshot_routes.routes)
     if services.install is not None:
         app[install_routes.INSTALL] = services.install
         app.add_routes(install_routes.routes)

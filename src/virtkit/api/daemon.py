@@ -36,6 +36,7 @@ from virtkit.service.domains import DomainService
 from virtkit.service.host import HostService
 from virtkit.service.install import InstallService
 from virtkit.service.networks import NetworkService
+from virtkit.service.snapshots import SnapshotService
 from virtkit.service.storage import StorageService
 from virtkit.store.db import Store
 from virtkit.unixsock import bind_unix
@@ -97,8 +98,10 @@ class Daemon:
         self.lifecycle.set_tap_provider(TapMaker(self._network_lookup))
         self.domains.networks = self.networks
         self.install = InstallService(self.domains, self.storage, paths.cache / "install")
+        self.snapshots = SnapshotService(self.store, self.lifecycle, self.bus,
+                                         paths.root / "snapshots")
         self.services = Services(self.domains, self.host, self.storage, self.networks,
-                                 self.install)
+                                 self.install, snapshots=self.snapshots)
         self.default_network = default_network
 
     def _network_lookup(self, name: str) -> tuple[Network, bool]:

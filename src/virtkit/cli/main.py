@@ -150,7 +150,7 @@ def cmd_completion(_client: Client | None, args: argparse.Namespace) -> int:
 
 
 def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
-    from virtkit.cli import domains, networks, storage
+    from virtkit.cli import domains, networks, snapshots, storage
 
     parser = argparse.ArgumentParser(
         prog="virtkit", description="Manage virtual machines (virsh-compatible commands).")
@@ -162,6 +162,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     domains.register(sub)
     storage.register(sub)
     networks.register(sub)
+    snapshots.register(sub)
     _register_install(sub, options=install_options)
     host = sub.add_parser("host", help="host commands: check")
     host_sub = host.add_subparsers(dest="host_command", metavar="HOSTCOMMAND")

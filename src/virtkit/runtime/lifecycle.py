@@ -335,6 +335,27 @@ class Lifecycle:
             self._refuse_preserved(vm, Action.RESTORE)
             await self._start_locked(vm, paused=not running, incoming_fd=fd, event="restored")
 
+    # -- for operations that hold ``vm.lock`` themselves (snapshots) ------------
+
+    async def kill_locked(self, vm: Vm, reason: str) -> None:
+        """Stop QEMU at once (the caller holds ``vm.lock``)."""
+        await self._kill(vm, reason)
+
+    async def start_locked(self, vm: Vm, *, paused: bool, incoming_fd: int | None = None,
+                           event: str = "started") -> None:
+        """Start QEMU from the stored spec (the caller holds ``vm.lock``)."""
+        self._refuse_preserved(vm, Action.START)
+        await self._start_locked(vm, paused=paused, incoming_fd=incoming_fd, event=event)
+
+    async def await_migration(self, running: Running, what: str) -> None:
+        """Wait for a migration stream (memory to a file) to finish."""
+        await self._await_migration(running, what)
+
+    def set_state(self, vm: Vm, state: State, reason: str, event: str | None = None) -> None:
+        """Record a state change the caller made through QMP (it holds ``vm.lock``)."""
+        if state is not vm.state:
+            self._set_state(vm, state, reason, event=event)
+
     # -- QEMU events and exit --------------------------------------------------
 
     def _on_qmp_event(self, vm: Vm, event: dict[str, Any]) -> None:

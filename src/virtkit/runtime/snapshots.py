@@ -1,0 +1,461 @@
+"""Taking and reverting snapshots of a domain, running or not (QMP and qemu-img).
+
+Kinds (decided by :func:`virtkit.model.snapshot.plan_create`):
+
+* **internal**: each qcow2 keeps the snapshot inside itself.  Running: QMP
+  ``snapshot-save`` (a job; with the RAM in the first disk) or, disk-only,
+  ``blockdev-snapshot-internal-sync`` in one ``transaction``.  Offline:
+  ``qemu-img snapshot -c``.
+* **external**: each disk's current image is frozen and a new qcow2 overlay on
+  top takes the writes; the domain's spec then names the overlays (as libvirt
+  does).  Running: overlay files made with ``qemu-img create -u``, opened with
+  ``blockdev-add`` and put on top in one ``transaction`` of ``blockdev-snapshot``
+  (atomic over all disks); with memory, the VM stays paused from before the
+  overlays until its RAM is written to a file (a migration stream, as ``save``
+  does), so disks and memory are of the same instant.
+
+Every multi-step operation registers an undo after each step
+(:class:`contextlib.AsyncExitStack`, ``pop_all`` on success): a failure half way
+removes the overlays it made and leaves a running VM on its original chain.
+
+Reverting an external snapshot (which libvirt cannot do) starts a fresh overlay
+on the snapshot's frozen image, points the spec at it, and only then discards
+the overlay that was current (unless another snapshot froze it).  Deleting is in
+:mod:`virtkit.runtime.snapshot_delete`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from virtkit.errors import Conflict, InvalidSpec, StateError
+from virtkit.model.domain import Domain
+from virtkit.model.load import dump_domain, load_domain
+from virtkit.model.snapshot import CreatePlan, Kind, SnapDisk, overlay_name, plan_create
+from virtkit.model.state import State
+from virtkit.qemu.argv import blockdev_nodes, disk_slots
+from virtkit.qemu.monitor import Monitor
+from virtkit.runtime import savefile
+from virtkit.runtime.blockjobs import Progress, TopNode, commit, run_job, top_nodes
+from virtkit.runtime.launcher import Running
+from virtkit.runtime.lifecycle import Lifecycle, Vm
+from virtkit.storage import qemuimg
+from virtkit.store.db import SnapshotRow, Store
+
+#: node names of overlays we add start with this (so we know which nodes to blockdev-del).
+NODE_PREFIX = "snap-"
+StartAs = Literal["running", "paused"] | None
+
+
+class Quiescer(Protocol):
+    """Freezes and thaws the guest's file systems (the guest agent's fsfreeze)."""
+
+    async def freeze(self) -> int:
+        """Freeze every file system; return how many were frozen."""
+        ...
+
+    async def thaw(self) -> int:
+        """Thaw them again; return how many were thawed."""
+        ...
+
+
+@dataclass
+class CreateRequest:
+    """What the user asked for (see ``virtkit snapshot-create-as``)."""
+
+    name: str
+    description: str = ""
+    kind: Kind | None = None
+    disk_only: bool = False
+    memspec: str | None = None
+    quiescer: Quiescer | None = None
+
+
+def _memory_state(vm: Vm) -> Running | None:
+    """The live QEMU if the VM runs or is paused; StateError in states with no snapshot."""
+    if vm.state in (State.RUNNING, State.PAUSED):
+        return vm.running
+    if vm.state is State.SHUTOFF:
+        return None
+    raise StateError(f"cannot snapshot domain '{vm.name}': it is {vm.state.value}",
+                     current=vm.state.value, requested="snapshot",
+                     fix=f"wait until it runs or is shut off, or 'virtkit destroy {vm.name}'")
+
+
+class SnapshotRuntime:
+    """Snapshot operations on one daemon's domains; each holds the VM's lock."""
+
+    def __init__(self, lifecycle: Lifecycle, store: Store, memory_dir: Path) -> None:
+        self._life = lifecycle
+        self._store = store
+        self._memory_dir = memory_dir
+
+    # -- create ------------------------------------------------------------------
+
+    async def create(self, uuid: str, name: str, request: CreateRequest,
+                     progress: Progress | None = None) -> SnapshotRow:
+        """Take snapshot ``request.name`` of domain ``uuid``; return its stored row."""
+        vm = self._life.vm(uuid, name)
+        async with vm.lock:
+            running = _memory_state(vm)
+            if request.quiescer is not None and running is None:
+                raise InvalidSpec("--quiesce needs a running domain (there is no file "
+                                  "system to freeze)", field="quiesce", fix="drop --quiesce")
+            row = self._store.get_domain(uuid)
+            domain = load_domain(row.spec)
+            existing = self._store.list_snapshots(uuid)
+            plan = plan_create(domain.disks, [s.target for s in disk_slots(domain)],
+                               running=running is not None, kind=request.kind,
+                               disk_only=request.disk_only, memspec=request.memspec,
+                               existing_kinds={s.kind for s in existing})
+            self._fill_external(plan, request.name, existing)
+            memfile = self._memory_file(uuid, request) if plan.memory else None
+            state = vm.state.value
+            async with contextlib.AsyncExitStack() as undo:
+                if running is not None:
+                    await self._create_live(vm, running, domain, plan, request, memfile,
+                                            undo, progress)
+                else:
+                    self._create_offline(plan, request.name, undo)
+                snap = self._record(uuid, request, plan, domain, state, memfile, existing)
+                if plan.kind == "external":
+                    self._point_spec_at(uuid, domain, plan, undo)
+                self._store.insert_snapshot(snap)
+                undo.pop_all()
+            return snap
+
+    def _fill_external(self, plan: CreatePlan, snap: str, existing: list[SnapshotRow]) -> None:
+        """Name each external disk's overlay after the disk's original image."""
+        if plan.kind != "external":
+            return
+        origins = {d["target"]: d.get("origin") for s in existing
+                   for d in s.record.get("disks", []) if d.get("origin")}
+        for disk in plan.taking_part:
+            assert disk.file is not None
+            disk.origin = origins.get(disk.target) or disk.file
+            folder = os.path.dirname(disk.origin)
+            taken = {os.path.join(folder, n) for n in os.listdir(folder)}
+            disk.overlay = overlay_name(disk.origin, snap, taken)
+
+    def _memory_file(self, uuid: str, request: CreateRequest) -> Path:
+        if request.memspec:
+            path = Path(request.memspec)
+            if not path.is_absolute() or not path.parent.is_dir():
+                raise InvalidSpec(f"--memspec file {request.memspec} must be an absolute path "
+                                  "in an existing folder", field="memspec")
+        else:
+            folder = self._memory_dir / uuid
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{request.name}.mem"
+        if path.exists():
+            raise Conflict(f"memory file {path} already exists", field="memspec",
+                           fix="choose another --memspec file, or remove it")
+        return path
+
+    def _record(self, uuid: str, request: CreateRequest, plan: CreatePlan, domain: Domain,
+                state: str, memfile: Path | None, existing: list[SnapshotRow]) -> SnapshotRow:
+        parent = next((s.name for s in existing if s.current), None)
+        record: dict[str, Any] = {
+            "description": request.description, "spec": dump_domain(domain),
+            "memory_file": str(memfile) if memfile else None,
+            "disks": [d.to_dict() for d in plan.disks]}
+        return SnapshotRow(uuid, request.name, parent, time.time(), plan.kind, plan.memory,
+                           state, True, record)
+
+    def _point_spec_at(self, uuid: str, domain: Domain, plan: CreatePlan,
+                       undo: contextlib.AsyncExitStack) -> None:
+        """The domain's persistent spec names the new overlays (undone on failure)."""
+        row = self._store.get_domain(uuid)
+        changed = domain.model_copy(deep=True)
+        for disk in plan.taking_part:
+            changed.disks[disk.index].path = disk.overlay
+            changed.disks[disk.index].format = "qcow2"
+        self._store.update_domain(uuid, row.name, dump_domain(changed), None)
+        undo.callback(self._store.update_domain, uuid, row.name, row.spec, None)
+
+    def _create_offline(self, plan: CreatePlan, snap: str,
+                        undo: contextlib.AsyncExitStack) -> None:
+        for disk in plan.taking_part:
+            assert disk.file is not None and disk.format is not None
+            if plan.kind == "internal":
+                _refuse_duplicate_tag(disk.file, snap)
+                qemuimg.internal_snapshot("create", disk.file, snap)
+                undo.callback(qemuimg.internal_snapshot, "delete", disk.file, snap)
+            else:
+                assert disk.overlay is not None
+                size = int(qemuimg.image_info(disk.file, fmt=disk.format)["virtual-size"])
+                qemuimg.create_overlay(disk.overlay, disk.file, disk.format, size)
+                undo.callback(_unlink, disk.overlay)
+
+    async def _create_live(self, vm: Vm, running: Running, domain: Domain, plan: CreatePlan,
+                           request: CreateRequest, memfile: Path | None,
+                           undo: contextlib.AsyncExitStack, progress: Progress | None) -> None:
+        monitor = running.monitor
+        slots = disk_slots(domain)
+        ids = [slots[d.index].device_id for d in plan.taking_part]
+        nodes = await top_nodes(monitor, ids)
+        for disk, device_id in zip(plan.taking_part, ids, strict=True):
+            disk.file, disk.format = nodes[device_id].file, nodes[device_id].driver
+        quiescer = request.quiescer
+        if quiescer is not None:
+            await quiescer.freeze()
+        try:
+            if plan.kind == "internal":
+                await self._internal_live(monitor, plan, request.name, nodes, ids, undo,
+                                          progress)
+            else:
+                await self._external_live(vm, running, domain, plan, nodes, ids, memfile,
+                                          undo)
+        finally:
+            if quiescer is not None:
+                await quiescer.thaw()
+
+    async def _internal_live(self, monitor: Monitor, plan: CreatePlan, snap: str,
+                             nodes: dict[str, TopNode], ids: list[str],
+                             undo: contextlib.AsyncExitStack, progress: Progress | None) -> None:
+        for node in nodes.values():
+            _refuse_duplicate_tag(node.file, snap)
+        names = [nodes[i].node for i in ids]
+        if plan.memory:
+            job = f"snapsave-{secrets.token_hex(4)}"
+            await monitor.execute("snapshot-save", {"job-id": job, "tag": snap,
+                                                    "vmstate": names[0], "devices": names})
+            await run_job(monitor, job, progress=progress)
+        else:
+            await monitor.execute("transaction", {"actions": [
+                {"type": "blockdev-snapshot-internal-sync", "data": {"device": n, "name": snap}}
+                for n in names]})
+        undo.push_async_callback(delete_internal_live, monitor, snap, names)
+
+    async def _external_live(self, vm: Vm, running: Running, domain: Domain, plan: CreatePlan,
+                             nodes: dict[str, TopNode], ids: list[str], memfile: Path | None,
+                             undo: contextlib.AsyncExitStack) -> None:
+        monitor = running.monitor
+        was_running = vm.state is State.RUNNING
+        if was_running:
+            await monitor.execute("stop")
+        migrated = False
+        try:
+            pairs = await self._add_overlays(monitor, domain, plan, nodes, ids, undo)
+            await monitor.execute("transaction", {"actions": [
+                {"type": "blockdev-snapshot", "data": {"node": top, "overlay": overlay}}
+                for top, overlay in pairs]})
+            undo.push_async_callback(_unsnap, monitor, pairs)
+            if memfile is not None:
+                migrated = True
+                await self._save_memory(running, memfile, domain, was_running)
+                undo.callback(_unlink, str(memfile))
+        finally:
+            if was_running or migrated:
+                # cont also re-activates the images a finished migration left inactive
+                await monitor.execute("cont")
+            if migrated and not was_running:
+                await monitor.execute("stop")
+
+    async def _add_overlays(self, monitor: Monitor, domain: Domain, plan: CreatePlan,
+                            nodes: dict[str, TopNode], ids: list[str],
+                            undo: contextlib.AsyncExitStack) -> list[tuple[str, str]]:
+        """Create and open each overlay (not yet in the chain): [(top node, overlay node)]."""
+        pairs = []
+        token = secrets.token_hex(3)
+        for disk, device_id in zip(plan.taking_part, ids, strict=True):
+            assert disk.overlay is not None and disk.file is not None
+            top = nodes[device_id]
+            size = int(qemuimg.image_info(top.file, fmt=top.driver)["virtual-size"])
+            qemuimg.create_overlay(disk.overlay, top.file, top.driver, size)
+            undo.callback(_unlink, disk.overlay)
+            node = f"{NODE_PREFIX}{token}-{disk.index}"
+            spec_disk = domain.disks[disk.index].model_copy(
+                update={"path": disk.overlay, "format": "qcow2"})
+            protocol, fmt = blockdev_nodes(spec_disk, node)
+            await monitor.execute("blockdev-add", protocol)
+            undo.push_async_callback(_blockdev_del, monitor, protocol["node-name"])
+            await monitor.execute("blockdev-add", {**fmt, "backing": None})
+            undo.push_async_callback(_blockdev_del, monitor, node)
+            pairs.append((top.node, node))
+        return pairs
+
+    async def _save_memory(self, running: Running, memfile: Path, domain: Domain,
+                           was_running: bool) -> None:
+        """Write the paused VM's RAM and device state to ``memfile`` (a save file)."""
+        partial = memfile.with_name(f".{memfile.name}.partial")
+        try:
+            with open(partial, "xb") as stream:
+                savefile.write_header(stream, dump_domain(domain), running=was_running)
+                running.monitor.send_fd(stream.fileno())
+                await running.monitor.execute("getfd", {"fdname": "virtkit-snapshot"})
+                await running.monitor.execute("migrate", {"uri": "fd:virtkit-snapshot"})
+                await self._life.await_migration(running, "saving the snapshot's memory")
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(partial, memfile)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
+    # -- revert ------------------------------------------------------------------
+
+    async def revert(self, uuid: str, name: str, snap: SnapshotRow, start: StartAs,
+                     progress: Progress | None = None) -> None:
+        """Bring domain ``uuid`` back to ``snap``: disks, spec and (if saved) memory.
+
+        ``start`` None: the state the snapshot was taken in if it has memory, else
+        shut off; "running"/"paused" override it (a disk-only snapshot then boots).
+        """
+        vm = self._life.vm(uuid, name)
+        async with vm.lock:
+            if vm.state not in (State.RUNNING, State.PAUSED, State.SHUTOFF, State.CRASHED):
+                raise StateError(f"cannot revert domain '{name}': it is {vm.state.value}",
+                                 current=vm.state.value, requested="revert",
+                                 fix=f"wait, or 'virtkit destroy {name}' first")
+            target: StartAs = start
+            if target is None and snap.memory and snap.state in ("running", "paused"):
+                target = "running" if snap.state == "running" else "paused"
+            if snap.kind == "internal":
+                await self._revert_internal(vm, snap, target, progress)
+            else:
+                await self._revert_external(vm, snap, target)
+            self._store.set_current_snapshot(uuid, snap.name)
+
+    def _restore_spec(self, vm: Vm, snap: SnapshotRow, paths: dict[int, str]) -> Domain:
+        """The domain's spec becomes the snapshot's, with disk ``index`` at ``paths``."""
+        domain = load_domain(snap.record["spec"])
+        for index, path in paths.items():
+            domain.disks[index].path = path
+            domain.disks[index].format = "qcow2"
+        row = self._store.get_domain(vm.uuid)
+        domain.name = row.name
+        self._store.update_domain(vm.uuid, row.name, dump_domain(domain), None)
+        return domain
+
+    async def _revert_internal(self, vm: Vm, snap: SnapshotRow, target: StartAs,
+                               progress: Progress | None) -> None:
+        disks = [SnapDisk.from_dict(d) for d in snap.record["disks"]]
+        part = [d for d in disks if d.mode == "internal"]
+        if not snap.memory and vm.running is not None:
+            await self._life.kill_locked(vm, "reverting to a snapshot")
+        if vm.running is not None and vm.state not in (State.RUNNING, State.PAUSED):
+            await self._life.kill_locked(vm, "reverting to a snapshot")
+        domain = self._restore_spec(vm, snap, {})
+        if not snap.memory:
+            for disk in part:
+                assert disk.file is not None
+                qemuimg.internal_snapshot("apply", disk.file, snap.name)
+            if target is not None:
+                await self._life.start_locked(vm, paused=target == "paused", event="reverted")
+            return
+        if vm.running is None:
+            await self._life.start_locked(vm, paused=True, event="reverted")
+        running = vm.running
+        assert running is not None
+        await running.monitor.execute("stop")
+        slots = disk_slots(domain)
+        nodes = await top_nodes(running.monitor, [slots[d.index].device_id for d in part])
+        names = [nodes[slots[d.index].device_id].node for d in part]
+        job = f"snapload-{secrets.token_hex(4)}"
+        await running.monitor.execute("snapshot-load", {"job-id": job, "tag": snap.name,
+                                                        "vmstate": names[0], "devices": names})
+        await run_job(running.monitor, job, progress=progress)
+        if target == "paused":
+            self._life.set_state(vm, State.PAUSED, "reverted to a snapshot", event="paused")
+        else:
+            await running.monitor.execute("cont")
+            self._life.set_state(vm, State.RUNNING, "reverted to a snapshot", event="resumed")
+
+    async def _revert_external(self, vm: Vm, snap: SnapshotRow, target: StartAs) -> None:
+        disks = [SnapDisk.from_dict(d) for d in snap.record["disks"]]
+        part = [d for d in disks if d.mode == "external"]
+        old_tops = [d.path for d in load_domain(self._store.get_domain(vm.uuid).spec).disks
+                    if d.path]
+        fresh: dict[int, str] = {}
+        with contextlib.ExitStack() as undo:
+            for disk in part:
+                assert disk.file and disk.format and disk.origin
+                folder = os.path.dirname(disk.origin)
+                taken = {os.path.join(folder, n) for n in os.listdir(folder)}
+                path = overlay_name(disk.origin, snap.name, taken)
+                size = int(qemuimg.image_info(disk.file, fmt=disk.format)["virtual-size"])
+                qemuimg.create_overlay(path, disk.file, disk.format, size)
+                undo.callback(_unlink, path)
+                fresh[disk.index] = path
+            memory = self._open_memory(snap) if snap.memory else None
+            undo.pop_all()
+        if vm.running is not None:
+            await self._life.kill_locked(vm, "reverting to a snapshot")
+        self._restore_spec(vm, snap, fresh)
+        self._discard_tops(vm.uuid, old_tops, set(fresh.values()))
+        if memory is not None:
+            try:
+                await self._life.start_locked(vm, paused=target == "paused",
+                                              incoming_fd=memory, event="reverted")
+            finally:
+                os.close(memory)
+        elif target is not None:
+            await self._life.start_locked(vm, paused=target == "paused", event="reverted")
+
+    def _open_memory(self, snap: SnapshotRow) -> int:
+        path = str(snap.record.get("memory_file"))
+        if not os.path.isfile(path):
+            raise Conflict(f"the memory file {path} of snapshot '{snap.name}' is gone",
+                           fix="revert with --running to boot from its disks, after "
+                               "snapshot-delete --metadata and a disk-only snapshot")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            savefile.read_header(fd, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _discard_tops(self, uuid: str, old: list[str], keep: set[str]) -> None:
+        """Remove the overlays that were current before a revert, unless a snapshot froze
+        them (or they are a disk's original image, which we never delete)."""
+        frozen = set()
+        origins = set()
+        for snap in self._store.list_snapshots(uuid):
+            for disk in snap.record.get("disks", []):
+                frozen.add(disk.get("file"))
+                origins.add(disk.get("origin"))
+        for path in old:
+            if path in frozen or path in origins or path in keep:
+                continue
+            if os.path.isfile(path) and qemuimg.image_info(path).get("backing-filename"):
+                _unlink(path)
+
+
+def _refuse_duplicate_tag(path: str, snap: str) -> None:
+    if snap in qemuimg.internal_snapshots(path):
+        raise Conflict(f"image {path} already holds an internal snapshot named '{snap}'",
+                       fix="choose another name (qemu-img snapshot -l lists them)")
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+async def _blockdev_del(monitor: Monitor, node: str) -> None:
+    with contextlib.suppress(Exception):
+        await monitor.execute("blockdev-del", {"node-name": node})
+
+
+async def _unsnap(monitor: Monitor, pairs: list[tuple[str, str]]) -> None:
+    """Undo of blockdev-snapshot: merge each new overlay back into the node it covered
+    (an active commit; the device is then back on its original top)."""
+    for top, overlay in pairs:
+        await commit(monitor, f"undo-{secrets.token_hex(3)}", overlay, top=None, base=top)
+
+
+async def delete_internal_live(monitor: Monitor, snap: str, nodes: list[str],
+                               progress: Callable[[float, float], None] | None = None) -> None:
+    """Delete internal snapshot ``snap`` from the images a running QEMU holds."""
+    job = f"snapdel-{secrets.token_hex(4)}"
+    await monitor.execute("snapshot-delete", {"job-id": job, "tag": snap, "devices": nodes})
+    await run_job(monitor, job, progress=progress)
