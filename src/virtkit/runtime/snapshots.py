@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from virtkit.errors import Conflict, InvalidSpec, StateError
+from virtkit.errors import Conflict, HostError, InvalidSpec, StateError
 from virtkit.model.domain import Domain
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.snapshot import CreatePlan, Kind, SnapDisk, overlay_name, plan_create
@@ -296,6 +296,10 @@ class SnapshotRuntime:
                 stream.flush()
                 os.fsync(stream.fileno())
             os.replace(partial, memfile)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise HostError(f"cannot write the memory file {memfile}: {exc.strerror}",
+                            fix="choose a --memspec file in a writable folder") from None
         except BaseException:
             partial.unlink(missing_ok=True)
             raise

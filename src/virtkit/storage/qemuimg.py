@@ -419,8 +419,11 @@ def create_overlay(path: str, backing: str, backing_fmt: str, size: int) -> None
 def internal_snapshot(action: str, path: str, name: str) -> None:
     """``qemu-img snapshot`` on a qcow2 no QEMU holds (create, apply or delete)."""
     flags = {"create": "-c", "apply": "-a", "delete": "-d"}
-    _run(["snapshot", "-f", "qcow2", flags[action], name, os.path.abspath(path)],
-         f"snapshot {action}", path)
+    # qemu-img snapshot has no -f: the format is given through --image-opts instead of
+    # being probed (commas in the path are doubled, as option strings want)
+    image = "driver=qcow2,file.driver=file,file.filename=" + os.path.abspath(path).replace(
+        ",", ",,")
+    _run(["snapshot", "--image-opts", flags[action], name, image], f"snapshot {action}", path)
 
 
 def internal_snapshots(path: str) -> list[str]:

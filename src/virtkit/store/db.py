@@ -434,7 +434,7 @@ class Store:
     def set_current_snapshot(self, domain: str, name: str | None) -> None:
         """Mark ``name`` as the domain's current snapshot (None: no current one)."""
         with self.transaction() as db:
-            db.execute("UPDATE snapshots SET current = (name = ?) WHERE domain = ?",
+            db.execute("UPDATE snapshots SET current = coalesce(name = ?, 0) WHERE domain = ?",
                        (name, domain))
 
     def delete_snapshot(self, domain: str, name: str) -> None:
