@@ -245,5 +245,17 @@ def test_offline_external_and_bad_inputs(daemon: DaemonHandle, tmp_path: Path) -
     refused = daemon.cli("undefine", "off", check=False)
     assert refused.returncode == 1 and "--snapshots-metadata" in refused.stderr
     daemon.cli("undefine", "off", "--snapshots-metadata")
-    # a raw disk by default gets an external disk-only snapshot
-    assert _snap(daemon, "rawvm", "r2")["kind"] == "external"
+    # a raw disk by default gets an external disk-only snapshot (here through the CLI);
+    # deleting it commits the overlay into the raw image and the spec names that again
+    made = daemon.cli("snapshot-create-as", "rawvm", "r2", "--description", "via the CLI")
+    assert "Domain snapshot r2 created (external disk-only)" in made.stdout
+    assert _disk_path(daemon, "rawvm") == str(tmp_path / "raw.r2.qcow2")
+    _qemu_io(_disk_path(daemon, "rawvm"), "write -P 0x55 0 64k")
+    shown = daemon.cli("snapshot-info", "rawvm", "--current").stdout
+    assert "via the CLI" in shown and "external" in shown
+    daemon.cli("snapshot-delete", "rawvm", "r2")
+    disk = daemon.info("rawvm")["disks"][0]
+    assert (disk["path"], disk["format"]) == (raw, "raw")
+    assert not (tmp_path / "raw.r2.qcow2").exists()
+    assert _has_pattern(raw, 0x55, "raw")
+    assert daemon.cli("snapshot-list", "rawvm", "--name").stdout == ""

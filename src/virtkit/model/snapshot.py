@@ -37,6 +37,15 @@ def takes_part(disk: Disk) -> bool:
     return disk.path is not None and not disk.readonly and disk.device is DiskDevice.DISK
 
 
+def on_image(disk: Disk, path: str, fmt: str | None) -> Disk:
+    """``disk`` moved onto another image (an overlay, or a merged-into frozen image).
+
+    A disk that named a pool volume loses the pool/volume reference: it would be
+    resolved back to the volume at the next start, under the overlay's data.
+    """
+    return disk.model_copy(update={"path": path, "format": fmt, "pool": None, "volume": None})
+
+
 @dataclass
 class SnapDisk:
     """What one disk did in a snapshot.

@@ -25,7 +25,7 @@ from typing import Any
 
 from virtkit.errors import QemuError
 from virtkit.model.load import dump_domain, load_domain
-from virtkit.model.snapshot import DeleteStep, SnapDisk, plan_delete
+from virtkit.model.snapshot import DeleteStep, SnapDisk, on_image, plan_delete
 from virtkit.qemu.argv import disk_slots
 from virtkit.runtime.blockjobs import Progress, active_chain, commit, node_by_file, top_nodes
 from virtkit.runtime.launcher import Running
@@ -159,10 +159,9 @@ class SnapshotDeleter:
         if step.child == top:
             row = self._store.get_domain(uuid)
             spec = load_domain(row.spec)
-            for slot, spec_disk in zip(disk_slots(spec), spec.disks, strict=True):
+            for slot, spec_disk in zip(disk_slots(spec), list(spec.disks), strict=True):
                 if slot.target == disk.target:
-                    spec_disk.path = step.frozen
-                    spec_disk.format = disk.format  # type: ignore[assignment]
+                    spec.disks[slot.index] = on_image(spec_disk, step.frozen, disk.format)
             self._store.update_domain(uuid, row.name, dump_domain(spec), None)
         for other in self._store.list_snapshots(uuid):
             if other.name == snap.name:

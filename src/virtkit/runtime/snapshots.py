@@ -38,7 +38,14 @@ from typing import Any, Literal, Protocol
 from virtkit.errors import Conflict, HostError, InvalidSpec, StateError
 from virtkit.model.domain import Domain
 from virtkit.model.load import dump_domain, load_domain
-from virtkit.model.snapshot import CreatePlan, Kind, SnapDisk, overlay_name, plan_create
+from virtkit.model.snapshot import (
+    CreatePlan,
+    Kind,
+    SnapDisk,
+    on_image,
+    overlay_name,
+    plan_create,
+)
 from virtkit.model.state import State
 from virtkit.qemu.argv import blockdev_nodes, disk_slots
 from virtkit.qemu.monitor import Monitor
@@ -175,8 +182,8 @@ class SnapshotRuntime:
         row = self._store.get_domain(uuid)
         changed = domain.model_copy(deep=True)
         for disk in plan.taking_part:
-            changed.disks[disk.index].path = disk.overlay
-            changed.disks[disk.index].format = "qcow2"
+            assert disk.overlay is not None
+            changed.disks[disk.index] = on_image(changed.disks[disk.index], disk.overlay, "qcow2")
         self._store.update_domain(uuid, row.name, dump_domain(changed), None)
         undo.callback(self._store.update_domain, uuid, row.name, row.spec, None)
 
@@ -332,8 +339,7 @@ class SnapshotRuntime:
         """The domain's spec becomes the snapshot's, with disk ``index`` at ``paths``."""
         domain = load_domain(snap.record["spec"])
         for index, path in paths.items():
-            domain.disks[index].path = path
-            domain.disks[index].format = "qcow2"
+            domain.disks[index] = on_image(domain.disks[index], path, "qcow2")
         row = self._store.get_domain(vm.uuid)
         domain.name = row.name
         self._store.update_domain(vm.uuid, row.name, dump_domain(domain), None)
