@@ -191,6 +191,21 @@ def test_external_chain_running_delete_middle_and_memory(daemon: DaemonHandle,
     info = daemon.cli("snapshot-current", "ext", "--name").stdout
     assert info.strip() == "e4"
 
+    # merges while running, then new snapshots on the merged chains (QEMU's graph must
+    # not keep the merged nodes): e1 merges its reader down into the original image
+    # (an intermediate commit), e4 its reader, the active top (an active commit + pivot)
+    _delete(daemon, "ext", "e1")
+    _snap(daemon, "ext", "e5", kind="external", disk_only=True)
+    _delete(daemon, "ext", "e4")
+    _delete(daemon, "ext", "e5")
+    _snap(daemon, "ext", "e6", kind="external", disk_only=True)
+    assert _read(daemon, "ext", "e3") == sum_e
+    _delete(daemon, "ext", "e6")
+    _delete(daemon, "ext", "e3")
+    assert _disk_path(daemon, "ext") == data  # everything merged back into the original
+    assert _files(tmp_path) == {"data.qcow2"}
+    assert _read(daemon, "ext", "e4") == sum_e
+
 
 def test_offline_external_and_bad_inputs(daemon: DaemonHandle, tmp_path: Path) -> None:
     data = _image(tmp_path / "data.qcow2")

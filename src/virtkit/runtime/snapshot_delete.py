@@ -30,7 +30,7 @@ from virtkit.qemu.argv import disk_slots
 from virtkit.runtime.blockjobs import Progress, active_chain, commit, node_by_file, top_nodes
 from virtkit.runtime.launcher import Running
 from virtkit.runtime.lifecycle import Lifecycle
-from virtkit.runtime.snapshots import NODE_PREFIX, delete_internal_live
+from virtkit.runtime.snapshots import delete_internal_live
 from virtkit.storage import qemuimg
 from virtkit.store.db import SnapshotRow, Store
 
@@ -139,7 +139,9 @@ class SnapshotDeleter:
         job = f"snapmerge-{secrets.token_hex(3)}"
         await commit(monitor, job, top.node, top=None if step.child == top.file else child_node,
                      base=nodes[step.frozen], progress=progress)
-        if child_node.startswith(NODE_PREFIX):
+        if not child_node.startswith("#"):
+            # a node opened by -blockdev or blockdev-add (drive-diskN, snap-...) is held by
+            # the monitor and outlives the commit, still claiming its backing: free it
             for node in (child_node, f"file-{child_node}"):
                 with contextlib.suppress(Exception):
                     await monitor.execute("blockdev-del", {"node-name": node})

@@ -298,6 +298,9 @@ class SnapshotRuntime:
                 savefile.write_header(stream, dump_domain(domain), running=was_running)
                 running.monitor.send_fd(stream.fileno())
                 await running.monitor.execute("getfd", {"fdname": "virtkit-snapshot"})
+                # QEMU throttles migration to 128 MiB/s by default; a file is no network
+                await running.monitor.execute("migrate-set-parameters",
+                                              {"max-bandwidth": 1 << 42})
                 await running.monitor.execute("migrate", {"uri": "fd:virtkit-snapshot"})
                 await self._life.await_migration(running, "saving the snapshot's memory")
                 stream.flush()
