@@ -8,6 +8,7 @@ memory).  Offline changes are made and read with qemu-io on the host.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from tests.real.conftest import DaemonHandle
 from virtkit.cli.client import ApiError
+from virtkit.cli.streaming import open_stream
 
 BLOCKS = 4  # 64 KiB blocks of the data area written and checksummed
 
@@ -191,9 +193,14 @@ def test_external_chain_running_delete_middle_and_memory(daemon: DaemonHandle,
     info = daemon.cli("snapshot-current", "ext", "--name").stdout
     assert info.strip() == "e4"
 
-    # merges while running, then new snapshots on the merged chains (QEMU's graph must
-    # not keep the merged nodes): e1 merges its reader down into the original image
-    # (an intermediate commit), e4 its reader, the active top (an active commit + pivot)
+    _merge_everything_back(daemon, tmp_path, data, sum_e)
+
+
+def _merge_everything_back(daemon: DaemonHandle, tmp_path: Path, data: str,
+                           sum_e: str) -> None:
+    """Merges while running, then new snapshots on the merged chains (QEMU's graph must
+    not keep the merged nodes): e1 merges its reader down into the original image (an
+    intermediate commit), e4 its reader, the active top (an active commit + pivot)."""
     _delete(daemon, "ext", "e1")
     _snap(daemon, "ext", "e5", kind="external", disk_only=True)
     _delete(daemon, "ext", "e4")
@@ -223,14 +230,41 @@ def test_offline_external_and_bad_inputs(daemon: DaemonHandle, tmp_path: Path) -
     assert _has_pattern(_disk_path(daemon, "off"), 0x11)
     _revert(daemon, "off", "o2")
     assert _has_pattern(_disk_path(daemon, "off"), 0x22)
-    _delete(daemon, "off", "o1")  # its frozen image is the original: o2's data merges down
+    # its frozen image is the original: o2's data merges down (NDJSON progress stream)
+    with open_stream(daemon.client, "DELETE", daemon.client.domain_path("off", "/snapshots/o1"),
+                     None, accept="application/x-ndjson") as response:
+        lines = [json.loads(line) for line in response]
+    assert lines[-1]["result"]["deleted"] == ["o1"]
+    assert all("progress" in line for line in lines[:-1])
     assert not (tmp_path / "data.o1.qcow2").exists()
     assert _has_pattern(_disk_path(daemon, "off"), 0x22)
     _qemu_io(_disk_path(daemon, "off"), "write -P 0x44 0 64k")
     _revert(daemon, "off", "o2")
     assert _has_pattern(_disk_path(daemon, "off"), 0x22)
 
-    # bad inputs: a clear error each, and nothing changed
+    raw = _bad_inputs(daemon, tmp_path)
+    refused = daemon.cli("undefine", "off", check=False)
+    assert refused.returncode == 1 and "--snapshots-metadata" in refused.stderr
+    daemon.cli("undefine", "off", "--snapshots-metadata")
+    # a raw disk by default gets an external disk-only snapshot (here through the CLI);
+    # deleting it commits the overlay into the raw image and the spec names that again
+    made = daemon.cli("snapshot-create-as", "rawvm", "r2", "--description", "via the CLI")
+    assert "Domain snapshot r2 created (external disk-only)" in made.stdout
+    assert _disk_path(daemon, "rawvm") == str(tmp_path / "raw.r2.qcow2")
+    _qemu_io(_disk_path(daemon, "rawvm"), "write -P 0x55 0 64k")
+    shown = daemon.cli("snapshot-info", "rawvm", "--current").stdout
+    assert "via the CLI" in shown and "external" in shown
+    daemon.cli("snapshot-delete", "rawvm", "r2")
+    disk = daemon.info("rawvm")["disks"][0]
+    assert (disk["path"], disk["format"]) == (raw, "raw")
+    assert not (tmp_path / "raw.r2.qcow2").exists()
+    assert _has_pattern(raw, 0x55, "raw")
+    assert daemon.cli("snapshot-list", "rawvm", "--name").stdout == ""
+
+
+def _bad_inputs(daemon: DaemonHandle, tmp_path: Path) -> str:
+    """A clear error each, with the right status, and nothing changed; returns the raw
+    image of the domain 'rawvm' it defines."""
     daemon.define("other", disks=[{"path": _image(tmp_path / "other.qcow2")}])
     raw = _image(tmp_path / "raw.img", "8M", "raw")
     daemon.define("rawvm", disks=[{"path": raw}])
@@ -257,20 +291,4 @@ def test_offline_external_and_bad_inputs(daemon: DaemonHandle, tmp_path: Path) -
         assert text in str(error.value), (what, str(error.value))
     assert _files(tmp_path) == files
     assert daemon.info("off")["spec"] == spec
-    refused = daemon.cli("undefine", "off", check=False)
-    assert refused.returncode == 1 and "--snapshots-metadata" in refused.stderr
-    daemon.cli("undefine", "off", "--snapshots-metadata")
-    # a raw disk by default gets an external disk-only snapshot (here through the CLI);
-    # deleting it commits the overlay into the raw image and the spec names that again
-    made = daemon.cli("snapshot-create-as", "rawvm", "r2", "--description", "via the CLI")
-    assert "Domain snapshot r2 created (external disk-only)" in made.stdout
-    assert _disk_path(daemon, "rawvm") == str(tmp_path / "raw.r2.qcow2")
-    _qemu_io(_disk_path(daemon, "rawvm"), "write -P 0x55 0 64k")
-    shown = daemon.cli("snapshot-info", "rawvm", "--current").stdout
-    assert "via the CLI" in shown and "external" in shown
-    daemon.cli("snapshot-delete", "rawvm", "r2")
-    disk = daemon.info("rawvm")["disks"][0]
-    assert (disk["path"], disk["format"]) == (raw, "raw")
-    assert not (tmp_path / "raw.r2.qcow2").exists()
-    assert _has_pattern(raw, 0x55, "raw")
-    assert daemon.cli("snapshot-list", "rawvm", "--name").stdout == ""
+    return raw

@@ -20,8 +20,8 @@ removes the overlays it made and leaves a running VM on its original chain.
 
 Reverting an external snapshot (which libvirt cannot do) starts a fresh overlay
 on the snapshot's frozen image, points the spec at it, and only then discards
-the overlay that was current (unless another snapshot froze it).  Deleting is in
-:mod:`virtkit.runtime.snapshot_delete`.
+the overlay that was current (unless another snapshot froze it); that is in
+:mod:`virtkit.runtime.snapshot_revert`, deleting in :mod:`virtkit.runtime.snapshot_delete`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.snapshot import (
     CreatePlan,
     Kind,
-    SnapDisk,
     on_image,
     overlay_name,
     plan_create,
@@ -199,7 +198,7 @@ class SnapshotRuntime:
                 assert disk.overlay is not None
                 size = int(qemuimg.image_info(disk.file, fmt=disk.format)["virtual-size"])
                 qemuimg.create_overlay(disk.overlay, disk.file, disk.format, size)
-                undo.callback(_unlink, disk.overlay)
+                undo.callback(unlink_quietly, disk.overlay)
 
     async def _create_live(self, vm: Vm, running: Running, domain: Domain, plan: CreatePlan,
                            request: CreateRequest, memfile: Path | None,
@@ -258,7 +257,7 @@ class SnapshotRuntime:
             if memfile is not None:
                 migrated = True
                 await self._save_memory(running, memfile, domain, was_running)
-                undo.callback(_unlink, str(memfile))
+                undo.callback(unlink_quietly, str(memfile))
         finally:
             if was_running or migrated:
                 # cont also re-activates the images a finished migration left inactive
@@ -277,7 +276,7 @@ class SnapshotRuntime:
             top = nodes[device_id]
             size = int(qemuimg.image_info(top.file, fmt=top.driver)["virtual-size"])
             qemuimg.create_overlay(disk.overlay, top.file, top.driver, size)
-            undo.callback(_unlink, disk.overlay)
+            undo.callback(unlink_quietly, disk.overlay)
             node = f"{NODE_PREFIX}{token}-{disk.index}"
             spec_disk = domain.disks[disk.index].model_copy(
                 update={"path": disk.overlay, "format": "qcow2"})
@@ -314,134 +313,6 @@ class SnapshotRuntime:
             partial.unlink(missing_ok=True)
             raise
 
-    # -- revert ------------------------------------------------------------------
-
-    async def revert(self, uuid: str, name: str, snap: SnapshotRow, start: StartAs,
-                     progress: Progress | None = None) -> None:
-        """Bring domain ``uuid`` back to ``snap``: disks, spec and (if saved) memory.
-
-        ``start`` None: the state the snapshot was taken in if it has memory, else
-        shut off; "running"/"paused" override it (a disk-only snapshot then boots).
-        """
-        vm = self._life.vm(uuid, name)
-        async with vm.lock:
-            if vm.state not in (State.RUNNING, State.PAUSED, State.SHUTOFF, State.CRASHED):
-                raise StateError(f"cannot revert domain '{name}': it is {vm.state.value}",
-                                 current=vm.state.value, requested="revert",
-                                 fix=f"wait, or 'virtkit destroy {name}' first")
-            target: StartAs = start
-            if target is None and snap.memory and snap.state in ("running", "paused"):
-                target = "running" if snap.state == "running" else "paused"
-            if snap.kind == "internal":
-                await self._revert_internal(vm, snap, target, progress)
-            else:
-                await self._revert_external(vm, snap, target)
-            self._store.set_current_snapshot(uuid, snap.name)
-
-    def _restore_spec(self, vm: Vm, snap: SnapshotRow, paths: dict[int, str]) -> Domain:
-        """The domain's spec becomes the snapshot's, with disk ``index`` at ``paths``."""
-        domain = load_domain(snap.record["spec"])
-        for index, path in paths.items():
-            domain.disks[index] = on_image(domain.disks[index], path, "qcow2")
-        row = self._store.get_domain(vm.uuid)
-        domain.name = row.name
-        self._store.update_domain(vm.uuid, row.name, dump_domain(domain), None)
-        return domain
-
-    async def _revert_internal(self, vm: Vm, snap: SnapshotRow, target: StartAs,
-                               progress: Progress | None) -> None:
-        disks = [SnapDisk.from_dict(d) for d in snap.record["disks"]]
-        part = [d for d in disks if d.mode == "internal"]
-        if not snap.memory and vm.running is not None:
-            await self._life.kill_locked(vm, "reverting to a snapshot")
-        if vm.running is not None and vm.state not in (State.RUNNING, State.PAUSED):
-            await self._life.kill_locked(vm, "reverting to a snapshot")
-        domain = self._restore_spec(vm, snap, {})
-        if not snap.memory:
-            for disk in part:
-                assert disk.file is not None
-                qemuimg.internal_snapshot("apply", disk.file, snap.name)
-            if target is not None:
-                await self._life.start_locked(vm, paused=target == "paused", event="reverted")
-            return
-        if vm.running is None:
-            await self._life.start_locked(vm, paused=True, event="reverted")
-        running = vm.running
-        assert running is not None
-        await running.monitor.execute("stop")
-        slots = disk_slots(domain)
-        nodes = await top_nodes(running.monitor, [slots[d.index].device_id for d in part])
-        names = [nodes[slots[d.index].device_id].node for d in part]
-        job = f"snapload-{secrets.token_hex(4)}"
-        await running.monitor.execute("snapshot-load", {"job-id": job, "tag": snap.name,
-                                                        "vmstate": names[0], "devices": names})
-        await run_job(running.monitor, job, progress=progress)
-        if target == "paused":
-            self._life.set_state(vm, State.PAUSED, "reverted to a snapshot", event="paused")
-        else:
-            await running.monitor.execute("cont")
-            self._life.set_state(vm, State.RUNNING, "reverted to a snapshot", event="resumed")
-
-    async def _revert_external(self, vm: Vm, snap: SnapshotRow, target: StartAs) -> None:
-        disks = [SnapDisk.from_dict(d) for d in snap.record["disks"]]
-        part = [d for d in disks if d.mode == "external"]
-        old_tops = [d.path for d in load_domain(self._store.get_domain(vm.uuid).spec).disks
-                    if d.path]
-        fresh: dict[int, str] = {}
-        with contextlib.ExitStack() as undo:
-            for disk in part:
-                assert disk.file and disk.format and disk.origin
-                folder = os.path.dirname(disk.origin)
-                taken = {os.path.join(folder, n) for n in os.listdir(folder)}
-                path = overlay_name(disk.origin, snap.name, taken)
-                size = int(qemuimg.image_info(disk.file, fmt=disk.format)["virtual-size"])
-                qemuimg.create_overlay(path, disk.file, disk.format, size)
-                undo.callback(_unlink, path)
-                fresh[disk.index] = path
-            memory = self._open_memory(snap) if snap.memory else None
-            undo.pop_all()
-        if vm.running is not None:
-            await self._life.kill_locked(vm, "reverting to a snapshot")
-        self._restore_spec(vm, snap, fresh)
-        self._discard_tops(vm.uuid, old_tops, set(fresh.values()))
-        if memory is not None:
-            try:
-                await self._life.start_locked(vm, paused=target == "paused",
-                                              incoming_fd=memory, event="reverted")
-            finally:
-                os.close(memory)
-        elif target is not None:
-            await self._life.start_locked(vm, paused=target == "paused", event="reverted")
-
-    def _open_memory(self, snap: SnapshotRow) -> int:
-        path = str(snap.record.get("memory_file"))
-        if not os.path.isfile(path):
-            raise Conflict(f"the memory file {path} of snapshot '{snap.name}' is gone",
-                           fix="revert with --running to boot from its disks, after "
-                               "snapshot-delete --metadata and a disk-only snapshot")
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            savefile.read_header(fd, path)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
-    def _discard_tops(self, uuid: str, old: list[str], keep: set[str]) -> None:
-        """Remove the overlays that were current before a revert, unless a snapshot froze
-        them (or they are a disk's original image, which we never delete)."""
-        frozen = set()
-        origins = set()
-        for snap in self._store.list_snapshots(uuid):
-            for disk in snap.record.get("disks", []):
-                frozen.add(disk.get("file"))
-                origins.add(disk.get("origin"))
-        for path in old:
-            if path in frozen or path in origins or path in keep:
-                continue
-            if os.path.isfile(path) and qemuimg.image_info(path).get("backing-filename"):
-                _unlink(path)
-
 
 def _refuse_duplicate_tag(path: str, snap: str) -> None:
     if snap in qemuimg.internal_snapshots(path):
@@ -449,7 +320,7 @@ def _refuse_duplicate_tag(path: str, snap: str) -> None:
                        fix="choose another name (qemu-img snapshot -l lists them)")
 
 
-def _unlink(path: str) -> None:
+def unlink_quietly(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 

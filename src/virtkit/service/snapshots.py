@@ -19,6 +19,7 @@ from virtkit.runtime.blockjobs import Progress
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.runtime.snapshot_delete import SnapshotDeleter
+from virtkit.runtime.snapshot_revert import SnapshotReverter
 from virtkit.runtime.snapshots import CreateRequest, Quiescer, SnapshotRuntime, StartAs
 from virtkit.store.db import DomainRow, SnapshotRow, Store
 
@@ -46,6 +47,7 @@ class SnapshotService:
         self._bus = bus
         self._runtime = SnapshotRuntime(lifecycle, store, memory_dir)
         self._deleter = SnapshotDeleter(lifecycle, store)
+        self._reverter = SnapshotReverter(lifecycle, store)
         #: domain uuid -> its guest agent's Quiescer (None: no agent); set by the daemon
         self.quiescer_for: Callable[[str], Quiescer | None] | None = None
 
@@ -138,7 +140,7 @@ class SnapshotService:
         if start not in (None, "running", "paused"):
             raise InvalidSpec(f"start must be running or paused, not {start!r}", field="start")
         target: StartAs = "running" if start == "running" else "paused" if start else None
-        await self._runtime.revert(row.uuid, row.name, snap, target, progress)
+        await self._reverter.revert(row.uuid, row.name, snap, target, progress)
         self._publish("snapshot-reverted", row, name)
         return {**self.info(row.uuid, name),
                 "domain_state": self._life.vm(row.uuid, row.name).state.value}
