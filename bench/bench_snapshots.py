@@ -105,12 +105,16 @@ class LibvirtSide:
         lv.virsh("define", str(path))
         lv.virsh("start", self.name)
         self.counter = 0
+        #: per revert: did libvirt start a new QEMU (rather than load into the running one)?
+        self.qemu_restarted: list[bool] = []
 
     def round(self) -> tuple[float, float]:
         self.counter += 1
         snap = f"l{self.counter}"
         create, _ = bl.timed(lambda: self.lv.virsh("snapshot-create-as", self.name, snap))
+        before = self.lv.qemu_pid(self.name)
         revert, _ = bl.timed(lambda: self.lv.virsh("snapshot-revert", self.name, snap))
+        self.qemu_restarted.append(self.lv.qemu_pid(self.name) != before)
         self.lv.virsh("snapshot-delete", self.name, snap)
         return create, revert
 
@@ -169,7 +173,9 @@ def bench_internal(args: argparse.Namespace) -> dict[str, Any]:
                     lv_side.close()
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=False)
-    return _finish("internal", samples, args, libvirt="used" if use_libvirt else NO_LIBVIRT)
+    restarted = lv_side.qemu_restarted if lv_side is not None else []
+    return _finish("internal", samples, args, libvirt="used" if use_libvirt else NO_LIBVIRT,
+                   libvirt_revert_restarted_qemu=restarted)
 
 
 def bench_external(args: argparse.Namespace) -> dict[str, Any]:
