@@ -15,17 +15,18 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from pathlib import Path
 
 from virtkit.errors import Conflict, StateError
 from virtkit.model.domain import Domain
 from virtkit.model.load import dump_domain, load_domain
-from virtkit.model.snapshot import SnapDisk, on_image, overlay_name
+from virtkit.model.snapshot import SnapDisk, on_image
 from virtkit.model.state import State
 from virtkit.qemu.argv import disk_slots
 from virtkit.runtime import savefile
 from virtkit.runtime.blockjobs import Progress, run_job, top_nodes
 from virtkit.runtime.lifecycle import Lifecycle, Vm
-from virtkit.runtime.snapshots import StartAs, unlink_quietly
+from virtkit.runtime.snapshots import StartAs, free_overlay, unlink_quietly
 from virtkit.storage import qemuimg
 from virtkit.store.db import SnapshotRow, Store
 
@@ -33,9 +34,11 @@ from virtkit.store.db import SnapshotRow, Store
 class SnapshotReverter:
     """Brings domains back to their snapshots; each revert holds the VM's lock."""
 
-    def __init__(self, lifecycle: Lifecycle, store: Store) -> None:
+    def __init__(self, lifecycle: Lifecycle, store: Store, overlay_dir: Path) -> None:
         self._life = lifecycle
         self._store = store
+        #: overlays of block-device disks go to <overlay_dir>/<uuid>/
+        self._overlay_dir = overlay_dir
 
     async def revert(self, uuid: str, name: str, snap: SnapshotRow, start: StartAs,
                      progress: Progress | None = None) -> None:
@@ -107,14 +110,12 @@ class SnapshotReverter:
         disks = [SnapDisk.from_dict(d) for d in snap.record["disks"]]
         part = [d for d in disks if d.mode == "external"]
         old_tops = [d.path for d in load_domain(self._store.get_domain(vm.uuid).spec).disks
-                    if d.path]
+                    if d.path and d.format == "qcow2"]
         fresh: dict[int, str] = {}
         with contextlib.ExitStack() as undo:
             for disk in part:
                 assert disk.file and disk.format and disk.origin
-                folder = os.path.dirname(disk.origin)
-                taken = {os.path.join(folder, n) for n in os.listdir(folder)}
-                path = overlay_name(disk.origin, snap.name, taken)
+                path = free_overlay(disk.origin, snap.name, self._overlay_dir / vm.uuid)
                 size = int(qemuimg.image_info(disk.file, fmt=disk.format)["virtual-size"])
                 qemuimg.create_overlay(path, disk.file, disk.format, size)
                 undo.callback(unlink_quietly, path)
@@ -160,5 +161,6 @@ class SnapshotReverter:
         for path in old:
             if path in frozen or path in origins or path in keep:
                 continue
-            if os.path.isfile(path) and qemuimg.image_info(path).get("backing-filename"):
+            if os.path.isfile(path) and qemuimg.image_info(path, fmt="qcow2").get(
+                    "backing-filename"):
                 unlink_quietly(path)

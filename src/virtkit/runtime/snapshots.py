@@ -121,7 +121,7 @@ class SnapshotRuntime:
                                running=running is not None, kind=request.kind,
                                disk_only=request.disk_only, memspec=request.memspec,
                                existing_kinds={s.kind for s in existing})
-            self._fill_external(plan, request.name, existing)
+            self._fill_external(uuid, plan, request.name, existing)
             memfile = self._memory_file(uuid, request) if plan.memory else None
             state = vm.state.value
             async with contextlib.AsyncExitStack() as undo:
@@ -137,7 +137,8 @@ class SnapshotRuntime:
                 undo.pop_all()
             return snap
 
-    def _fill_external(self, plan: CreatePlan, snap: str, existing: list[SnapshotRow]) -> None:
+    def _fill_external(self, uuid: str, plan: CreatePlan, snap: str,
+                       existing: list[SnapshotRow]) -> None:
         """Name each external disk's overlay after the disk's original image."""
         if plan.kind != "external":
             return
@@ -146,9 +147,7 @@ class SnapshotRuntime:
         for disk in plan.taking_part:
             assert disk.file is not None
             disk.origin = origins.get(disk.target) or disk.file
-            folder = os.path.dirname(disk.origin)
-            taken = {os.path.join(folder, n) for n in os.listdir(folder)}
-            disk.overlay = overlay_name(disk.origin, snap, taken)
+            disk.overlay = free_overlay(disk.origin, snap, self._memory_dir / uuid)
 
     def _memory_file(self, uuid: str, request: CreateRequest) -> Path:
         if request.memspec:
@@ -312,6 +311,17 @@ class SnapshotRuntime:
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
+
+
+def free_overlay(origin: str, snap: str, elsewhere: Path) -> str:
+    """A free path for a new overlay: next to the disk's original image, or in
+    ``elsewhere`` when that is a block device (no files can be made in /dev)."""
+    if origin.startswith("/dev/"):
+        elsewhere.mkdir(parents=True, exist_ok=True)
+        origin = str(elsewhere / os.path.basename(origin))
+    folder = os.path.dirname(origin)
+    taken = {os.path.join(folder, n) for n in os.listdir(folder)}
+    return overlay_name(origin, snap, taken)
 
 
 def _refuse_duplicate_tag(path: str, snap: str) -> None:

@@ -47,7 +47,7 @@ class SnapshotService:
         self._bus = bus
         self._runtime = SnapshotRuntime(lifecycle, store, memory_dir)
         self._deleter = SnapshotDeleter(lifecycle, store)
-        self._reverter = SnapshotReverter(lifecycle, store)
+        self._reverter = SnapshotReverter(lifecycle, store, memory_dir)
         #: domain uuid -> its guest agent's Quiescer (None: no agent); set by the daemon
         self.quiescer_for: Callable[[str], Quiescer | None] | None = None
 
