@@ -239,8 +239,14 @@ def test_offline_external_and_bad_inputs(daemon: DaemonHandle, tmp_path: Path) -
     assert not (tmp_path / "data.o1.qcow2").exists()
     assert _has_pattern(_disk_path(daemon, "off"), 0x22)
     _qemu_io(_disk_path(daemon, "off"), "write -P 0x44 0 64k")
-    _revert(daemon, "off", "o2")
+    reverted = daemon.cli("snapshot-revert", "off", "o2").stdout
+    assert "reverted to snapshot o2 (now shutoff)" in reverted
     assert _has_pattern(_disk_path(daemon, "off"), 0x22)
+    table = daemon.cli("snapshot-list", "off", "--parent").stdout.splitlines()
+    assert table[0].split() == ["Name", "Creation", "Time", "State", "Kind", "Memory",
+                                "Parent"]
+    assert table[2].split()[:2] == ["o2", "*"] and table[2].split()[-3:] == [
+        "shutoff", "external", "no"]
 
     raw = _bad_inputs(daemon, tmp_path)
     refused = daemon.cli("undefine", "off", check=False)
