@@ -126,3 +126,23 @@ async def commit(monitor: Monitor, job_id: str, top_device: str, *, top: str | N
         arguments["top-node"] = top
     await monitor.execute("block-commit", arguments)
     await run_job(monitor, job_id, progress=progress, complete_when_ready=top is None)
+
+
+async def await_migration(monitor: Monitor, what: str, progress: Progress | None = None,
+                          timeout: float = 3600.0) -> None:
+    """Poll ``query-migrate`` until the stream (RAM to a file) completes, reporting the
+    RAM transferred against the total (the total grows while the guest dirties pages)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = await monitor.execute("query-migrate")
+        status = info.get("status")
+        ram = info.get("ram") or {}
+        if progress is not None and ram.get("total"):
+            progress(min(float(ram.get("transferred", 0)), float(ram["total"])),
+                     float(ram["total"]))
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise QemuError(f"{what} failed: {info.get('error-desc', status)}")
+        await asyncio.sleep(0.02)
+    raise TimeoutExpired(f"{what} took longer than {timeout:g}s")

@@ -347,10 +347,6 @@ class Lifecycle:
         self._refuse_preserved(vm, Action.START)
         await self._start_locked(vm, paused=paused, incoming_fd=incoming_fd, event=event)
 
-    async def await_migration(self, running: Running, what: str) -> None:
-        """Wait for a migration stream (memory to a file) to finish."""
-        await self._await_migration(running, what)
-
     def set_state(self, vm: Vm, state: State, reason: str, event: str | None = None) -> None:
         """Record a state change the caller made through QMP (it holds ``vm.lock``)."""
         if state is not vm.state:

@@ -49,7 +49,14 @@ from virtkit.model.state import State
 from virtkit.qemu.argv import blockdev_nodes, disk_slots
 from virtkit.qemu.monitor import Monitor
 from virtkit.runtime import savefile
-from virtkit.runtime.blockjobs import Progress, TopNode, commit, run_job, top_nodes
+from virtkit.runtime.blockjobs import (
+    Progress,
+    TopNode,
+    await_migration,
+    commit,
+    run_job,
+    top_nodes,
+)
 from virtkit.runtime.launcher import Running
 from virtkit.runtime.lifecycle import Lifecycle, Vm
 from virtkit.storage import qemuimg
@@ -217,7 +224,7 @@ class SnapshotRuntime:
                                           progress)
             else:
                 await self._external_live(vm, running, domain, plan, nodes, ids, memfile,
-                                          undo)
+                                          undo, progress)
         finally:
             if quiescer is not None:
                 await quiescer.thaw()
@@ -241,7 +248,8 @@ class SnapshotRuntime:
 
     async def _external_live(self, vm: Vm, running: Running, domain: Domain, plan: CreatePlan,
                              nodes: dict[str, TopNode], ids: list[str], memfile: Path | None,
-                             undo: contextlib.AsyncExitStack) -> None:
+                             undo: contextlib.AsyncExitStack, progress: Progress | None
+                             ) -> None:
         monitor = running.monitor
         was_running = vm.state is State.RUNNING
         if was_running:
@@ -255,7 +263,7 @@ class SnapshotRuntime:
             undo.push_async_callback(_unsnap, monitor, pairs)
             if memfile is not None:
                 migrated = True
-                await self._save_memory(running, memfile, domain, was_running)
+                await self._save_memory(running, memfile, domain, was_running, progress)
                 undo.callback(unlink_quietly, str(memfile))
         finally:
             if was_running or migrated:
@@ -287,8 +295,9 @@ class SnapshotRuntime:
             pairs.append((top.node, node))
         return pairs
 
-    async def _save_memory(self, running: Running, memfile: Path, domain: Domain,
-                           was_running: bool) -> None:
+    @staticmethod
+    async def _save_memory(running: Running, memfile: Path, domain: Domain,
+                           was_running: bool, progress: Progress | None) -> None:
         """Write the paused VM's RAM and device state to ``memfile`` (a save file)."""
         partial = memfile.with_name(f".{memfile.name}.partial")
         try:
@@ -300,7 +309,8 @@ class SnapshotRuntime:
                 await running.monitor.execute("migrate-set-parameters",
                                               {"max-bandwidth": 1 << 42})
                 await running.monitor.execute("migrate", {"uri": "fd:virtkit-snapshot"})
-                await self._life.await_migration(running, "saving the snapshot's memory")
+                await await_migration(running.monitor, "saving the snapshot's memory",
+                                      progress)
                 stream.flush()
                 os.fsync(stream.fileno())
             os.replace(partial, memfile)
