@@ -32,7 +32,9 @@ from virtkit.runtime.events import EventBus
 from virtkit.runtime.hostcaps import HostCapsProvider
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.runtime.nics import TapMaker
+from virtkit.service.devices import DeviceService
 from virtkit.service.domains import DomainService
+from virtkit.service.guest import GuestService
 from virtkit.service.host import HostService
 from virtkit.service.install import InstallService
 from virtkit.service.networks import NetworkService
@@ -101,7 +103,9 @@ class Daemon:
         self.snapshots = SnapshotService(self.store, self.lifecycle, self.bus,
                                          paths.root / "snapshots")
         self.services = Services(self.domains, self.host, self.storage, self.networks,
-                                 self.install, snapshots=self.snapshots)
+                                 self.install, guest=GuestService(self.store, self.lifecycle),
+                                 devices=DeviceService(self.store, self.lifecycle, self.domains),
+                                 snapshots=self.snapshots)
         self.default_network = default_network
 
     def _network_lookup(self, name: str) -> tuple[Network, bool]:
