@@ -99,6 +99,10 @@ def test_internal_snapshots_with_memory_and_offline(daemon: DaemonHandle,
     daemon.define("int", disks=[{"path": data}])
     daemon.client.post(daemon.client.domain_path("int", "/start"))
     daemon.wait_booted("int")
+    with pytest.raises(ApiError) as no_agent:  # a channel, but no agent in the tiny guest
+        _snap(daemon, "int", "q", quiesce=True)
+    assert no_agent.value.http_status == 503 and "guest agent" in no_agent.value.message
+    assert daemon.client.get(daemon.client.domain_path("int", "/snapshots")) == []
     sum_a = _write(daemon, "int", "aaaa")
     snap = _snap(daemon, "int", "s1", description="before b")
     assert (snap["kind"], snap["memory"], snap["state"]) == ("internal", True, "running")
@@ -213,6 +217,19 @@ def _merge_everything_back(daemon: DaemonHandle, tmp_path: Path, data: str,
     assert _files(tmp_path) == {"data.qcow2"}
     assert _read(daemon, "ext", "e4") == sum_e
 
+    # a disk hot-added to the running VM only (not to its spec) is snapshotted too: the
+    # snapshot follows the running configuration and QEMU's device ids
+    hot = _image(tmp_path / "hot.qcow2")
+    daemon.client.post(daemon.client.domain_path("ext", "/disks"),
+                       {"disk": {"path": hot}, "live": True})
+    e7 = _snap(daemon, "ext", "e7", kind="external", disk_only=True)
+    assert [d["mode"] for d in e7["disks"]] == ["external", "external"]
+    assert _files(tmp_path) == {"data.qcow2", "hot.qcow2", "data.e7.qcow2", "hot.e7.qcow2"}
+    assert _disk_path(daemon, "ext") == str(tmp_path / "data.e7.qcow2")  # the stored spec
+    _delete(daemon, "ext", "e7")
+    assert _files(tmp_path) == {"data.qcow2", "hot.qcow2"}
+    assert _read(daemon, "ext", "e5") == sum_e
+
 
 def test_offline_external_and_bad_inputs(daemon: DaemonHandle, tmp_path: Path) -> None:
     data = _image(tmp_path / "data.qcow2")
@@ -284,8 +301,8 @@ def _bad_inputs(daemon: DaemonHandle, tmp_path: Path) -> str:
          "already has a snapshot 'o2'"),
         ("raw internal", lambda: _snap(daemon, "rawvm", "r1", kind="internal"), 400,
          "--disk-only"),
-        ("quiesce", lambda: _snap(daemon, "off", "q1", kind="external", quiesce=True), 400,
-         "no guest agent"),
+        ("quiesce offline", lambda: _snap(daemon, "off", "q1", kind="external", quiesce=True),
+         400, "--quiesce needs a running domain"),
         ("mixing kinds", lambda: _snap(daemon, "off", "i1", kind="internal"), 409,
          "all be of one kind"),
         ("bad name", lambda: _snap(daemon, "off", "../x"), 400, "invalid snapshot name"),

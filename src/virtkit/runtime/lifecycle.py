@@ -170,6 +170,11 @@ class Lifecycle:
             self._bus.publish(event, vm.uuid, domain=vm.name, uuid=vm.uuid,
                               state=state.value, reason=reason, **detail)
 
+    def record(self, vm: Vm) -> None:
+        """Write the runtime record after the caller (holding ``vm.lock``) changed the
+        running configuration (a snapshot moved a disk onto an overlay)."""
+        self._record(vm)
+
     def _record(self, vm: Vm) -> None:
         """Write the runtime record: state, pid, and the running configuration."""
         running = vm.running

@@ -24,12 +24,12 @@ import secrets
 from typing import Any
 
 from virtkit.errors import QemuError
-from virtkit.model.load import dump_domain, load_domain
-from virtkit.model.snapshot import DeleteStep, SnapDisk, on_image, plan_delete
-from virtkit.qemu.argv import disk_slots
+from virtkit.model.load import load_domain
+from virtkit.model.snapshot import DeleteStep, SnapDisk, plan_delete
 from virtkit.runtime.blockjobs import Progress, active_chain, commit, node_by_file, top_nodes
 from virtkit.runtime.launcher import Running
-from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.runtime.lifecycle import Lifecycle, Vm
+from virtkit.runtime.snapdisks import device_ids, disk_on_target, move_disks, running_config
 from virtkit.runtime.snapshots import delete_internal_live
 from virtkit.storage import qemuimg
 from virtkit.store.db import SnapshotRow, Store
@@ -52,12 +52,12 @@ class SnapshotDeleter:
             if not metadata_only:
                 disks = [SnapDisk.from_dict(d) for d in snap.record.get("disks", [])]
                 if snap.kind == "internal":
-                    await self._delete_internal(running, uuid, snap, disks, progress)
+                    await self._delete_internal(running, vm, snap, disks, progress)
                 else:
                     for disk in disks:
                         if disk.mode == "external":
                             notes.append(await self._delete_external(
-                                running, uuid, snap, disk, progress))
+                                running, vm, snap, disk, progress))
                 memfile = snap.record.get("memory_file")
                 if memfile:
                     with contextlib.suppress(FileNotFoundError):
@@ -67,16 +67,16 @@ class SnapshotDeleter:
                 self._store.set_current_snapshot(uuid, snap.parent)
         return [n for n in notes if n]
 
-    async def _delete_internal(self, running: Running | None, uuid: str, snap: SnapshotRow,
+    async def _delete_internal(self, running: Running | None, vm: Vm, snap: SnapshotRow,
                                disks: list[SnapDisk], progress: Progress | None) -> None:
         part = [d for d in disks if d.mode == "internal" and d.file]
         held = [d for d in part if d.file and snap.name in qemuimg.internal_snapshots(d.file)]
         if not held:
             return
         if running is not None:
-            domain = load_domain(self._store.get_domain(uuid).spec)
-            slots = disk_slots(domain)
-            nodes = await top_nodes(running.monitor, [slots[d.index].device_id for d in held])
+            config = running_config(running, load_domain(self._store.get_domain(vm.uuid).spec))
+            by_target = device_ids(running, config)
+            nodes = await top_nodes(running.monitor, [by_target[d.target] for d in held])
             await delete_internal_live(running.monitor, snap.name,
                                        [n.node for n in nodes.values()], progress)
             return
@@ -84,14 +84,15 @@ class SnapshotDeleter:
             assert disk.file is not None
             qemuimg.internal_snapshot("delete", disk.file, snap.name)
 
-    def _readers(self, uuid: str, snap: SnapshotRow, target: str) -> tuple[dict[str, str | None],
-                                                                          str | None]:
-        """Every image still in use on disk ``target`` -> its backing file, and the top."""
-        spec = load_domain(self._store.get_domain(uuid).spec)
-        top = next(((d.path, d.format) for s, d in zip(disk_slots(spec), spec.disks, strict=True)
-                    if s.target == target), (None, None))
+    def _readers(self, vm: Vm, snap: SnapshotRow, target: str) -> tuple[dict[str, str | None],
+                                                                        str | None]:
+        """Every image still in use on disk ``target`` -> its backing file, and the top
+        (of the running configuration when it runs)."""
+        config = running_config(vm.running, load_domain(self._store.get_domain(vm.uuid).spec))
+        found = disk_on_target(config, target)
+        top = (found[1], found[2]) if found is not None else (None, None)
         images: dict[str, str | None] = {top[0]: top[1]} if top[0] else {}
-        for other in self._store.list_snapshots(uuid):
+        for other in self._store.list_snapshots(vm.uuid):
             if other.name == snap.name:
                 continue
             images.update({d["file"]: d.get("format") for d in other.record.get("disks", [])
@@ -99,10 +100,10 @@ class SnapshotDeleter:
                            and d.get("file")})
         return {image: _backing(image, fmt) for image, fmt in images.items()}, top[0]
 
-    async def _delete_external(self, running: Running | None, uuid: str, snap: SnapshotRow,
+    async def _delete_external(self, running: Running | None, vm: Vm, snap: SnapshotRow,
                                disk: SnapDisk, progress: Progress | None) -> str:
         assert disk.file is not None and disk.format is not None
-        readers, top = self._readers(uuid, snap, disk.target)
+        readers, top = self._readers(vm, snap, disk.target)
         step = plan_delete(disk.file, readers, ours=disk.file != disk.origin)
         if step.action == "keep":
             return f"{disk.target}: kept {disk.file}: {step.why}"
@@ -114,15 +115,14 @@ class SnapshotDeleter:
         chain: list[str] = []
         device_id = ""
         if running is not None:
-            spec = load_domain(self._store.get_domain(uuid).spec)
-            slot = next(s for s in disk_slots(spec) if s.target == disk.target)
-            device_id = slot.device_id
+            config = running_config(running, load_domain(self._store.get_domain(vm.uuid).spec))
+            device_id = device_ids(running, config)[disk.target]
             chain = await active_chain(running.monitor, device_id)
         if running is not None and step.child in chain:
             await self._merge_live(running, device_id, step, progress)
         else:
             self._merge_offline(step, disk.format, readers, progress)
-        self._after_merge(uuid, snap, disk, step, top)
+        self._after_merge(vm, snap, disk, step, top)
         os.unlink(step.child)
         return ""
 
@@ -155,16 +155,12 @@ class SnapshotDeleter:
             if backing == step.child:
                 qemuimg.set_backing(image, step.frozen, fmt)
 
-    def _after_merge(self, uuid: str, snap: SnapshotRow, disk: SnapDisk, step: DeleteStep,
+    def _after_merge(self, vm: Vm, snap: SnapshotRow, disk: SnapDisk, step: DeleteStep,
                      top: str | None) -> None:
         """Whatever named the merged child now names the frozen image it went into."""
+        uuid = vm.uuid
         if step.child == top:
-            row = self._store.get_domain(uuid)
-            spec = load_domain(row.spec)
-            for slot, spec_disk in zip(disk_slots(spec), list(spec.disks), strict=True):
-                if slot.target == disk.target:
-                    spec.disks[slot.index] = on_image(spec_disk, step.frozen, disk.format)
-            self._store.update_domain(uuid, row.name, dump_domain(spec), None)
+            move_disks(self._store, self._life, vm, {disk.target: (step.frozen, disk.format)})
         for other in self._store.list_snapshots(uuid):
             if other.name == snap.name:
                 continue

@@ -22,10 +22,10 @@ from virtkit.model.domain import Domain
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.snapshot import SnapDisk, on_image
 from virtkit.model.state import State
-from virtkit.qemu.argv import disk_slots
 from virtkit.runtime import savefile
 from virtkit.runtime.blockjobs import Progress, run_job, top_nodes
 from virtkit.runtime.lifecycle import Lifecycle, Vm
+from virtkit.runtime.snapdisks import device_ids, running_config
 from virtkit.runtime.snapshots import StartAs, free_overlay, unlink_quietly
 from virtkit.storage import qemuimg
 from virtkit.store.db import SnapshotRow, Store
@@ -93,9 +93,10 @@ class SnapshotReverter:
         running = vm.running
         assert running is not None
         await running.monitor.execute("stop")
-        slots = disk_slots(domain)
-        nodes = await top_nodes(running.monitor, [slots[d.index].device_id for d in part])
-        names = [nodes[slots[d.index].device_id].node for d in part]
+        by_target = device_ids(running, running_config(running, domain))
+        ids = [by_target[d.target] for d in part]
+        nodes = await top_nodes(running.monitor, ids)
+        names = [nodes[i].node for i in ids]
         job = f"snapload-{secrets.token_hex(4)}"
         await running.monitor.execute("snapshot-load", {"job-id": job, "tag": snap.name,
                                                         "vmstate": names[0], "devices": names})

@@ -41,12 +41,11 @@ from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.snapshot import (
     CreatePlan,
     Kind,
-    on_image,
     overlay_name,
     plan_create,
 )
 from virtkit.model.state import State
-from virtkit.qemu.argv import blockdev_nodes, disk_slots
+from virtkit.qemu.argv import blockdev_nodes
 from virtkit.qemu.monitor import Monitor
 from virtkit.runtime import savefile
 from virtkit.runtime.blockjobs import (
@@ -59,6 +58,7 @@ from virtkit.runtime.blockjobs import (
 )
 from virtkit.runtime.launcher import Running
 from virtkit.runtime.lifecycle import Lifecycle, Vm
+from virtkit.runtime.snapdisks import device_ids, move_disks, running_config, targets
 from virtkit.storage import qemuimg
 from virtkit.store.db import SnapshotRow, Store
 
@@ -122,9 +122,9 @@ class SnapshotRuntime:
                 raise InvalidSpec("--quiesce needs a running domain (there is no file "
                                   "system to freeze)", field="quiesce", fix="drop --quiesce")
             row = self._store.get_domain(uuid)
-            domain = load_domain(row.spec)
+            domain = running_config(running, load_domain(row.spec))
             existing = self._store.list_snapshots(uuid)
-            plan = plan_create(domain.disks, [s.target for s in disk_slots(domain)],
+            plan = plan_create(domain.disks, targets(domain),
                                running=running is not None, kind=request.kind,
                                disk_only=request.disk_only, memspec=request.memspec,
                                existing_kinds={s.kind for s in existing})
@@ -139,7 +139,7 @@ class SnapshotRuntime:
                     self._create_offline(plan, request.name, undo)
                 snap = self._record(uuid, request, plan, domain, state, memfile, existing)
                 if plan.kind == "external":
-                    self._point_spec_at(uuid, domain, plan, undo)
+                    self._point_spec_at(vm, plan, undo)
                 self._store.insert_snapshot(snap)
                 undo.pop_all()
             return snap
@@ -181,16 +181,22 @@ class SnapshotRuntime:
         return SnapshotRow(uuid, request.name, parent, time.time(), plan.kind, plan.memory,
                            state, True, record)
 
-    def _point_spec_at(self, uuid: str, domain: Domain, plan: CreatePlan,
+    def _point_spec_at(self, vm: Vm, plan: CreatePlan,
                        undo: contextlib.AsyncExitStack) -> None:
-        """The domain's persistent spec names the new overlays (undone on failure)."""
-        row = self._store.get_domain(uuid)
-        changed = domain.model_copy(deep=True)
-        for disk in plan.taking_part:
-            assert disk.overlay is not None
-            changed.disks[disk.index] = on_image(changed.disks[disk.index], disk.overlay, "qcow2")
-        self._store.update_domain(uuid, row.name, dump_domain(changed), None)
-        undo.callback(self._store.update_domain, uuid, row.name, row.spec, None)
+        """The stored spec and the live configuration name the new overlays (both
+        undone on failure)."""
+        row = self._store.get_domain(vm.uuid)
+        live = running_config(vm.running, load_domain(row.spec))
+        saved_live = live.model_copy(deep=True)
+        move_disks(self._store, self._life, vm,
+                   {d.target: (str(d.overlay), "qcow2") for d in plan.taking_part})
+
+        def restore() -> None:
+            self._store.update_domain(vm.uuid, row.name, row.spec, None)
+            if vm.running is not None and getattr(vm.running, "live", None) is not None:
+                vm.running.live = saved_live
+                self._life.record(vm)
+        undo.callback(restore)
 
     def _create_offline(self, plan: CreatePlan, snap: str,
                         undo: contextlib.AsyncExitStack) -> None:
@@ -210,8 +216,8 @@ class SnapshotRuntime:
                            request: CreateRequest, memfile: Path | None,
                            undo: contextlib.AsyncExitStack, progress: Progress | None) -> None:
         monitor = running.monitor
-        slots = disk_slots(domain)
-        ids = [slots[d.index].device_id for d in plan.taking_part]
+        by_target = device_ids(running, domain)
+        ids = [by_target[d.target] for d in plan.taking_part]
         nodes = await top_nodes(monitor, ids)
         for disk, device_id in zip(plan.taking_part, ids, strict=True):
             disk.file, disk.format = nodes[device_id].file, nodes[device_id].driver

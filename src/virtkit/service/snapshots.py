@@ -2,8 +2,8 @@
 
 A snapshot belongs to one domain: every lookup is by (domain, name), so a
 name of another domain's snapshot is NotFound naming the domain asked about.
-Quiescing needs a guest agent; ``quiescer_for`` (set by whoever assembles the
-daemon once the agent exists) returns the domain's :class:`Quiescer` or None.
+Quiescing freezes the guest's file systems through the domain's guest agent
+(``guest-fsfreeze-freeze``/``-thaw``); ``quiescer_for`` can replace that source.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from virtkit.model.snapshot import Kind, check_name, descendants
 from virtkit.runtime.blockjobs import Progress
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.runtime.snapdisks import AgentQuiescer, agent_of
 from virtkit.runtime.snapshot_delete import SnapshotDeleter
 from virtkit.runtime.snapshot_revert import SnapshotReverter
 from virtkit.runtime.snapshots import CreateRequest, Quiescer, SnapshotRuntime, StartAs
@@ -48,7 +49,7 @@ class SnapshotService:
         self._runtime = SnapshotRuntime(lifecycle, store, memory_dir)
         self._deleter = SnapshotDeleter(lifecycle, store)
         self._reverter = SnapshotReverter(lifecycle, store, memory_dir)
-        #: domain uuid -> its guest agent's Quiescer (None: no agent); set by the daemon
+        #: domain uuid -> a Quiescer (None: none); unset, the domain's guest agent is used
         self.quiescer_for: Callable[[str], Quiescer | None] | None = None
 
     def _domain(self, ref: str) -> DomainRow:
@@ -123,7 +124,18 @@ class SnapshotService:
         return {**summary(snap), "domain": row.name}
 
     def _quiescer(self, row: DomainRow) -> Quiescer:
-        quiescer = self.quiescer_for(row.uuid) if self.quiescer_for is not None else None
+        """The domain's guest agent as a freezer (or what ``quiescer_for`` gives)."""
+        vm = self._life.vm(row.uuid, row.name)
+        if vm.running is None:
+            raise InvalidSpec(f"--quiesce needs a running domain; '{row.name}' is "
+                              f"{vm.state.value} (there is no file system to freeze)",
+                              field="quiesce", fix="drop --quiesce")
+        quiescer: Quiescer | None
+        if self.quiescer_for is not None:
+            quiescer = self.quiescer_for(row.uuid)
+        else:
+            agent = agent_of(vm)
+            quiescer = AgentQuiescer(agent) if agent is not None else None
         if quiescer is None:
             raise InvalidSpec(
                 f"cannot quiesce domain '{row.name}': it has no guest agent to freeze its "
