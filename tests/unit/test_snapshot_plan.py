@@ -69,7 +69,7 @@ def test_good_names(name: str) -> None:
     assert check_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "../x", "-x", "a b", "a/b", "x" * 65, "é"])
+@pytest.mark.parametrize("name", ["", "../x", "-x", "a b", "a/b", "x" * 65, "é", "current"])
 def test_bad_names(name: str) -> None:
     with pytest.raises(InvalidSpec):
         check_name(name)

@@ -25,6 +25,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]{0,63}")
 def check_name(name: str) -> str:
     """A snapshot name: 1-64 letters, digits, ``_ . + -``, not starting with a symbol
     (it becomes part of overlay file names and a QEMU tag)."""
+    if name == "current":
+        raise InvalidSpec("the snapshot name 'current' is reserved (it stands for the current "
+                          "snapshot in the API)", field="name", fix="choose another name")
     if not _NAME.fullmatch(name):
         raise InvalidSpec(f"invalid snapshot name {name!r}", field="name",
                           fix="use 1-64 characters of A-Z a-z 0-9 _ . + - "
