@@ -51,12 +51,12 @@ def _read(daemon: DaemonHandle, name: str, tag: str) -> str:
 def _marker(daemon: DaemonHandle, name: str, tag: str) -> str:
     out = daemon.console_run(name, f"cat /tmp/marker 2>/dev/null || echo MARK-none; "
                              f"echo M-''{tag}", f"M-{tag}\r")
-    found = re.findall(r"^MARK-(\w+)", out, re.M)
+    found: list[str] = re.findall(r"^MARK-(\w+)", out, re.M)
     return found[-1] if found else ""
 
 
 def _sum(out: str) -> str:
-    found = re.findall(r"SUM=([0-9a-f]{32})", out)
+    found: list[str] = re.findall(r"SUM=([0-9a-f]{32})", out)
     assert found, out
     return found[-1]
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from virtkit.cli.snapshots import _memspec, _tree
 from virtkit.errors import Conflict, InvalidSpec
-from virtkit.model.domain import Disk
+from virtkit.model.domain import Disk, DiskDevice
 from virtkit.model.snapshot import (
     check_name,
     descendants,
@@ -21,7 +22,7 @@ from virtkit.store.db import SnapshotRow, Store
 
 QCOW = Disk(path="/img/a.qcow2", format="qcow2")
 RAW = Disk(path="/img/b.img", format="raw")
-CDROM = Disk(path="/iso/x.iso", device="cdrom", format="raw")
+CDROM = Disk(path="/iso/x.iso", device=DiskDevice.CDROM, format="raw")
 RO = Disk(path="/img/ro.qcow2", format="qcow2", readonly=True)
 
 
@@ -83,13 +84,13 @@ def test_overlay_names_are_free_and_follow_the_original_image() -> None:
 
 def test_delete_in_the_middle_merges_the_single_reader_down() -> None:
     # base <- o1 (frozen by the deleted one) <- o2 (frozen by s3) <- o3 (active)
-    readers = {"/o3": "/o2", "/o2": "/o1", "/base": None}
+    readers: dict[str, str | None] = {"/o3": "/o2", "/o2": "/o1", "/base": None}
     step = plan_delete("/o1", readers, ours=True)
     assert (step.action, step.child) == ("merge", "/o2")
 
 
 def test_delete_keeps_a_branch_point_and_drops_what_nothing_reads() -> None:
-    readers = {"/top": "/o1", "/o2": "/o1"}  # a revert branched the chain at o1
+    readers: dict[str, str | None] = {"/top": "/o1", "/o2": "/o1"}  # a branch at o1
     assert plan_delete("/o1", readers, ours=True).action == "keep"
     assert plan_delete("/o1", {"/top": "/base"}, ours=True).action == "drop"
     assert plan_delete("/base", {"/top": "/o9"}, ours=False).action == "keep"
@@ -109,7 +110,7 @@ def test_on_image_drops_the_pool_volume_reference() -> None:
 
 
 def test_cli_tree_and_memspec() -> None:
-    snaps = [{"name": "a", "parent": None}, {"name": "b", "parent": "a"},
+    snaps: list[dict[str, Any]] = [{"name": "a", "parent": None}, {"name": "b", "parent": "a"},
              {"name": "c", "parent": "a"}, {"name": "d", "parent": "b"}]
     assert _tree(snaps) == ["a", "|", "+- b", "|  |", "|  +- d", "+- c"]
     assert _memspec("file=/x/m,snapshot=external") == "/x/m"
