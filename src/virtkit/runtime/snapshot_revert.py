@@ -110,8 +110,9 @@ class SnapshotReverter:
     async def _revert_external(self, vm: Vm, snap: SnapshotRow, target: StartAs) -> None:
         disks = [SnapDisk.from_dict(d) for d in snap.record["disks"]]
         part = [d for d in disks if d.mode == "external"]
-        old_tops = [d.path for d in load_domain(self._store.get_domain(vm.uuid).spec).disks
-                    if d.path and d.format == "qcow2"]
+        stored = load_domain(self._store.get_domain(vm.uuid).spec)
+        old_tops = [d.path for config in (stored, running_config(vm.running, stored))
+                    for d in config.disks if d.path and d.format == "qcow2"]
         fresh: dict[int, str] = {}
         with contextlib.ExitStack() as undo:
             for disk in part:
@@ -139,9 +140,9 @@ class SnapshotReverter:
     def _open_memory(self, snap: SnapshotRow) -> int:
         path = str(snap.record.get("memory_file"))
         if not os.path.isfile(path):
-            raise Conflict(f"the memory file {path} of snapshot '{snap.name}' is gone",
-                           fix="revert with --running to boot from its disks, after "
-                               "snapshot-delete --metadata and a disk-only snapshot")
+            raise Conflict(f"the memory file {path} of snapshot '{snap.name}' is gone, so "
+                           "the snapshot cannot be reverted", fix=f"put the file back, or "
+                           f"delete the snapshot: virtkit snapshot-delete DOMAIN {snap.name}")
         fd = os.open(path, os.O_RDONLY)
         try:
             savefile.read_header(fd, path)
