@@ -24,6 +24,7 @@ from virtkit.api import (
     guest_routes,
     install_routes,
     network_routes,
+    snapshot_routes,
     storage_routes,
 )
 from virtkit.api.common import json_body, json_response
@@ -36,6 +37,7 @@ from virtkit.service.guest import GuestService
 from virtkit.service.host import HostService
 from virtkit.service.install import InstallService
 from virtkit.service.networks import NetworkService
+from virtkit.service.snapshots import SnapshotService
 from virtkit.service.storage import StorageService
 from virtkit.unixsock import connect_unix
 
@@ -56,6 +58,7 @@ class Services:
     guest: GuestService | None = None
     devices: DeviceService | None = None
     clones: CloneService | None = None
+    snapshots: SnapshotService | None = None
     consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
 
 
@@ -178,8 +181,9 @@ async def update_domain(request: web.Request) -> web.Response:
 @routes.delete("/v1/domains/{ref}")
 async def undefine_domain(request: web.Request) -> web.Response:
     nvram = request.query.get("nvram") in ("1", "true", "yes")
-    return json_response(await _services(request).domains.undefine(request.match_info["ref"],
-                                                           nvram=nvram))
+    metadata = request.query.get("snapshots_metadata") in ("1", "true", "yes")
+    return json_response(await _services(request).domains.undefine(
+        request.match_info["ref"], nvram=nvram, snapshots_metadata=metadata))
 
 
 @routes.get("/v1/domains/{ref}/spec")
@@ -358,6 +362,9 @@ def create_app(services: Services) -> web.Application:
     app.add_routes(routes)
     app.add_routes(storage_routes.routes)
     app.add_routes(network_routes.routes)
+    if services.snapshots is not None:
+        app[snapshot_routes.SNAPSHOTS] = services.snapshots
+        app.add_routes(snapshot_routes.routes)
     if services.install is not None:
         app[install_routes.INSTALL] = services.install
         app.add_routes(install_routes.routes)

@@ -39,6 +39,7 @@ from virtkit.service.guest import GuestService
 from virtkit.service.host import HostService
 from virtkit.service.install import InstallService
 from virtkit.service.networks import NetworkService
+from virtkit.service.snapshots import SnapshotService
 from virtkit.service.storage import StorageService
 from virtkit.store.db import Store
 from virtkit.unixsock import bind_unix
@@ -101,10 +102,13 @@ class Daemon:
         self.domains.networks = self.networks
         self.install = InstallService(self.domains, self.storage, paths.cache / "install")
         guest = GuestService(self.store, self.lifecycle)
+        self.snapshots = SnapshotService(self.store, self.lifecycle, self.bus,
+                                         paths.root / "snapshots")
         self.services = Services(
             self.domains, self.host, self.storage, self.networks, self.install, guest=guest,
             devices=DeviceService(self.store, self.lifecycle, self.domains),
-            clones=CloneService(self.store, self.lifecycle, self.domains, guest))
+            clones=CloneService(self.store, self.lifecycle, self.domains, guest),
+            snapshots=self.snapshots)
         self.default_network = default_network
 
     def _network_lookup(self, name: str) -> tuple[Network, bool]:

@@ -36,7 +36,8 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      {"allOf": [{"$ref": "#/components/schemas/SpecBody"},
                 {"type": "object", "properties": {"version": {"type": "integer"}},
                  "required": ["version"]}]}),
-    ("delete", "/v1/domains/{ref}", "Undefine a stopped domain (?nvram=1 removes its NVRAM)",
+    ("delete", "/v1/domains/{ref}", "Undefine a stopped domain (?nvram=1 removes its NVRAM; "
+     "?snapshots_metadata=1 forgets its snapshots, else a domain with snapshots is refused)",
      None),
     ("get", "/v1/domains/{ref}/spec", "The spec as YAML with its version", None),
     ("get", "/v1/domains/{ref}/xml", "The domain as libvirt domain XML (application/xml)", None),
@@ -62,6 +63,22 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      "NICs: type, source, model, MAC, tap, link and DHCP-leased addresses", None),
     ("post", "/v1/domains/{ref}/interfaces/{nic}/link", "Set a NIC's link up or down (by "
      "MAC or tap name)", {"type": "object", "properties": {"state": {"enum": ["up", "down"]}}}),
+    ("get", "/v1/domains/{ref}/snapshots", "List a domain's snapshots, oldest first", None),
+    ("post", "/v1/domains/{ref}/snapshots", "Take a snapshot (snapshot-create-as; NDJSON "
+     "progress with Accept: application/x-ndjson)",
+     {"type": "object", "properties": {
+         "name": {"type": "string"}, "description": {"type": "string"},
+         "kind": {"enum": ["internal", "external"]}, "disk_only": {"type": "boolean"},
+         "memspec": {"type": "string", "description": "external: the memory file"},
+         "quiesce": {"type": "boolean"}}}),
+    ("get", "/v1/domains/{ref}/snapshots/current", "The current snapshot", None),
+    ("get", "/v1/domains/{ref}/snapshots/{name}", "One snapshot: kind, state, disks, parent",
+     None),
+    ("delete", "/v1/domains/{ref}/snapshots/{name}", "Delete a snapshot, merging its images "
+     "(?children=1 also its descendants, ?metadata=1 only the record; NDJSON progress)", None),
+    ("post", "/v1/domains/{ref}/snapshots/{name}/revert", "Revert to a snapshot, internal or "
+     "external (start: running/paused overrides its state; NDJSON progress)",
+     {"type": "object", "properties": {"start": {"enum": ["running", "paused"]}}}),
     ("get", "/v1/networks", "List virtual networks (?all=0 for active only)", None),
     ("post", "/v1/networks", "Define a network: {\"spec\"}, {\"yaml\"}, or libvirt XML "
      "{\"xml\", \"force\"} (the answer lists in 'warnings' what force dropped)",
@@ -231,7 +248,7 @@ def _operation(method: str, path: str, summary: str, body: dict[str, Any] | None
         },
     }
     parameters = [_REF] if "{ref}" in path else []
-    for name in ("pool", "volume", "net", "nic"):
+    for name in ("pool", "volume", "net", "nic", "name"):
         if "{" + name + "}" in path:
             parameters.append({"name": name, "in": "path", "required": True,
                                "schema": {"type": "string"}})

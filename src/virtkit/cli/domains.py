@@ -71,7 +71,8 @@ def cmd_create(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_undefine(client: Client, args: argparse.Namespace) -> int:
-    suffix = "?nvram=1" if args.nvram else ""
+    flags = [k + "=1" for k in ("nvram", "snapshots_metadata") if getattr(args, k)]
+    suffix = "?" + "&".join(flags) if flags else ""
     result = client.request("DELETE", _ref(client, args) + suffix)
     print(f"Domain '{result['name']}' has been undefined")
     return 0
@@ -241,6 +242,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--console", action="store_true", help="attach to the serial console")
     p = add("undefine", cmd_undefine, "remove a stopped domain's definition")
     p.add_argument("--nvram", action="store_true", help="also remove its UEFI NVRAM file")
+    p.add_argument("--snapshots-metadata", action="store_true",
+                   help="forget its snapshots (their image files stay)")
     p = add("start", cmd_start, "start a defined domain")
     p.add_argument("--console", action="store_true", help="attach to the serial console")
     p.add_argument("--paused", action="store_true", help="leave the vCPUs paused")

@@ -150,7 +150,7 @@ def cmd_completion(_client: Client | None, args: argparse.Namespace) -> int:
 
 
 def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
-    from virtkit.cli import clone, devices, domains, guest, networks, storage
+    from virtkit.cli import clone, devices, domains, guest, networks, snapshots, storage
 
     parser = argparse.ArgumentParser(
         prog="virtkit", description="Manage virtual machines (virsh-compatible commands).")
@@ -165,6 +165,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     guest.register(sub)
     devices.register(sub)
     clone.register(sub)
+    snapshots.register(sub)
     _register_install(sub, options=install_options)
     host = sub.add_parser("host", help="host commands: check")
     host_sub = host.add_subparsers(dest="host_command", metavar="HOSTCOMMAND")

@@ -170,6 +170,11 @@ class Lifecycle:
             self._bus.publish(event, vm.uuid, domain=vm.name, uuid=vm.uuid,
                               state=state.value, reason=reason, **detail)
 
+    def record(self, vm: Vm) -> None:
+        """Write the runtime record after the caller (holding ``vm.lock``) changed the
+        running configuration (a snapshot moved a disk onto an overlay)."""
+        self._record(vm)
+
     def _record(self, vm: Vm) -> None:
         """Write the runtime record: state, pid, and the running configuration."""
         running = vm.running
@@ -414,6 +419,23 @@ class Lifecycle:
             check_action(Action.RESTORE, vm.state, vm.name)
             self._refuse_preserved(vm, Action.RESTORE)
             await self._start_locked(vm, paused=not running, incoming_fd=fd, event="restored")
+
+    # -- for operations that hold ``vm.lock`` themselves (snapshots) ------------
+
+    async def kill_locked(self, vm: Vm, reason: str) -> None:
+        """Stop QEMU at once (the caller holds ``vm.lock``)."""
+        await self._kill(vm, reason)
+
+    async def start_locked(self, vm: Vm, *, paused: bool, incoming_fd: int | None = None,
+                           event: str = "started") -> None:
+        """Start QEMU from the stored spec (the caller holds ``vm.lock``)."""
+        self._refuse_preserved(vm, Action.START)
+        await self._start_locked(vm, paused=paused, incoming_fd=incoming_fd, event=event)
+
+    def set_state(self, vm: Vm, state: State, reason: str, event: str | None = None) -> None:
+        """Record a state change the caller made through QMP (it holds ``vm.lock``)."""
+        if state is not vm.state:
+            self._set_state(vm, state, reason, event=event)
 
     # -- QEMU events and exit --------------------------------------------------
 

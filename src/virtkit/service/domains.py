@@ -369,11 +369,21 @@ class DomainService:
                           version=updated.version)
         return self.info(row.uuid)
 
-    async def undefine(self, ref: str, *, nvram: bool = False) -> dict[str, Any]:
+    async def undefine(self, ref: str, *, nvram: bool = False,
+                       snapshots_metadata: bool = False) -> dict[str, Any]:
+        """Remove a stopped domain; one with snapshots only with ``snapshots_metadata``
+        (their rows go, their images and memory files stay)."""
         row = self._row(ref)
         vm = self._life.vm(row.uuid, row.name)
         async with vm.lock:
             check_action(Action.UNDEFINE, vm.state, row.name)
+            snapshots = len(self._store.list_snapshots(row.uuid))
+            if snapshots and not snapshots_metadata:
+                raise Conflict(
+                    f"domain '{row.name}' has {snapshots} snapshot(s)",
+                    fix=f"delete them (virtkit snapshot-delete {row.name} NAME), or "
+                        f"'virtkit undefine {row.name} --snapshots-metadata' to forget them "
+                        "and keep their files")
             if vm.running is not None:
                 raise Conflict(f"domain '{row.name}' still has a preserved QEMU process",
                                fix=f"destroy it first: virtkit destroy {row.name}")

@@ -404,3 +404,50 @@ def _locked(fd: int, offset: int) -> bool:
         answer = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, query)
         return bool(struct.unpack(_FLOCK, answer[:struct.calcsize(_FLOCK)])[0] != fcntl.F_UNLCK)
     return False
+
+
+# -- snapshots -------------------------------------------------------------------------
+
+
+def create_overlay(path: str, backing: str, backing_fmt: str, size: int) -> None:
+    """A new qcow2 at ``path`` over ``backing`` without opening the backing (``-u``).
+
+    The backing may be the top image a running QEMU holds for writing, which qemu-img
+    could not open; the size is given instead of read from it.  ``path`` must not exist.
+    """
+    if os.path.lexists(path):
+        raise Conflict(f"{path} already exists", fix="remove it or choose another name")
+    _run(["create", "-q", "-f", "qcow2", "-u", "-b", os.path.abspath(backing),
+          "-F", backing_fmt, os.path.abspath(path), str(int(size))], "create", path)
+
+
+def internal_snapshot(action: str, path: str, name: str) -> None:
+    """``qemu-img snapshot`` on a qcow2 no QEMU holds (create, apply or delete)."""
+    flags = {"create": "-c", "apply": "-a", "delete": "-d"}
+    # qemu-img snapshot has no -f: the format is given through --image-opts instead of
+    # being probed (commas in the path are doubled, as option strings want)
+    image = "driver=qcow2,file.driver=file,file.filename=" + os.path.abspath(path).replace(
+        ",", ",,")
+    _run(["snapshot", "--image-opts", flags[action], name, image], f"snapshot {action}", path)
+
+
+def internal_snapshots(path: str) -> list[str]:
+    """The names of the internal snapshots in a qcow2 (``info`` reads them, ``-U``)."""
+    info = image_info(path, fmt="qcow2")
+    return [str(snap["name"]) for snap in info.get("snapshots", [])]
+
+
+def commit(path: str, fmt: str, *, progress: Progress | None = None) -> None:
+    """Merge ``path`` into its backing image (``qemu-img commit -d``; ``path`` is kept as it
+    was, the caller deletes it once nothing points at it)."""
+    returncode, stderr = _run_with_progress(
+        ["commit", "-p", "-d", "-f", fmt, os.path.abspath(path)], progress)
+    if returncode != 0:
+        raise error_from_stderr("commit", path, stderr)
+
+
+def set_backing(path: str, backing: str, backing_fmt: str) -> None:
+    """Point ``path``'s header at ``backing`` whose content is already the same
+    (``rebase -u``: no data is copied; used after a commit merged the old backing down)."""
+    _run(["rebase", "-u", "-f", "qcow2", "-b", os.path.abspath(backing), "-F", backing_fmt,
+          os.path.abspath(path)], "rebase", path)

@@ -84,6 +84,21 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE pools ADD COLUMN runtime TEXT NOT NULL DEFAULT '{}';
     """,
+    # 5: snapshots, one row each; gone with their domain (undefine --snapshots-metadata).
+    """
+    CREATE TABLE snapshots (
+        domain TEXT NOT NULL REFERENCES domains(uuid) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        parent TEXT,
+        created REAL NOT NULL,
+        kind TEXT NOT NULL,
+        memory INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        current INTEGER NOT NULL DEFAULT 0,
+        record TEXT NOT NULL,
+        PRIMARY KEY (domain, name)
+    );
+    """,
 ]
 
 EVENT_JOURNAL_LIMIT = 10_000
@@ -112,6 +127,21 @@ class ObjectRow:
 
 
 PoolRow = ObjectRow
+
+
+@dataclass(frozen=True)
+class SnapshotRow:
+    """One snapshot of a domain; ``record`` holds the spec at the time and its disks."""
+
+    domain: str
+    name: str
+    parent: str | None
+    created: float
+    kind: str
+    memory: bool
+    state: str
+    current: bool
+    record: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -356,6 +386,67 @@ class Store:
 
     def delete_pool(self, uuid: str) -> None:
         self.delete_object("pool", uuid)
+
+    # -- snapshots ---------------------------------------------------------------
+
+    @staticmethod
+    def _snapshot(row: sqlite3.Row) -> SnapshotRow:
+        return SnapshotRow(row["domain"], row["name"], row["parent"], row["created"],
+                           row["kind"], bool(row["memory"]), row["state"], bool(row["current"]),
+                           json.loads(row["record"]))
+
+    def list_snapshots(self, domain: str) -> list[SnapshotRow]:
+        """The snapshots of one domain (by uuid), oldest first."""
+        rows = self._db.execute("SELECT * FROM snapshots WHERE domain = ? ORDER BY created, name",
+                                (domain,))
+        return [self._snapshot(row) for row in rows]
+
+    def find_snapshot(self, domain: str, name: str) -> SnapshotRow | None:
+        row = self._db.execute("SELECT * FROM snapshots WHERE domain = ? AND name = ?",
+                               (domain, name)).fetchone()
+        return self._snapshot(row) if row else None
+
+    def insert_snapshot(self, snap: SnapshotRow) -> None:
+        """Store a new snapshot; it becomes the domain's current one when ``snap.current``."""
+        try:
+            with self.transaction() as db:
+                if snap.current:
+                    db.execute("UPDATE snapshots SET current = 0 WHERE domain = ?", (snap.domain,))
+                db.execute(
+                    "INSERT INTO snapshots (domain, name, parent, created, kind, memory, state, "
+                    "current, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (snap.domain, snap.name, snap.parent, snap.created, snap.kind,
+                     int(snap.memory), snap.state, int(snap.current), json.dumps(snap.record)))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"a snapshot named '{snap.name}' already exists",
+                           fix="choose another name, or delete the existing snapshot") from None
+
+    def update_snapshot(self, domain: str, name: str, *, parent: str | None = None,
+                        set_parent: bool = False, record: dict[str, Any] | None = None) -> None:
+        with self.transaction() as db:
+            if set_parent:
+                db.execute("UPDATE snapshots SET parent = ? WHERE domain = ? AND name = ?",
+                           (parent, domain, name))
+            if record is not None:
+                db.execute("UPDATE snapshots SET record = ? WHERE domain = ? AND name = ?",
+                           (json.dumps(record), domain, name))
+
+    def set_current_snapshot(self, domain: str, name: str | None) -> None:
+        """Mark ``name`` as the domain's current snapshot (None: no current one)."""
+        with self.transaction() as db:
+            db.execute("UPDATE snapshots SET current = coalesce(name = ?, 0) WHERE domain = ?",
+                       (name, domain))
+
+    def delete_snapshot(self, domain: str, name: str) -> None:
+        """Remove one snapshot row; its children are re-parented to its parent."""
+        with self.transaction() as db:
+            row = db.execute("SELECT parent FROM snapshots WHERE domain = ? AND name = ?",
+                             (domain, name)).fetchone()
+            if row is None:
+                return
+            db.execute("UPDATE snapshots SET parent = ? WHERE domain = ? AND parent = ?",
+                       (row["parent"], domain, name))
+            db.execute("DELETE FROM snapshots WHERE domain = ? AND name = ?", (domain, name))
 
     # -- event journal -------------------------------------------------------
 
