@@ -25,6 +25,7 @@ from typing import Any
 
 from virtkit.errors import (
     AgentUnavailable,
+    Conflict,
     NotFound,
     QemuError,
     StateError,
@@ -211,8 +212,9 @@ class Lifecycle:
                 fix=f"inspect it, then 'virtkit destroy {vm.name}'")
 
     async def _start_locked(self, vm: Vm, *, paused: bool, incoming_fd: int | None = None,
-                            event: str = "started", boot_spec: Domain | None = None) -> None:
-        domain = boot_spec if boot_spec is not None else self._spec_for(vm.uuid)
+                            event: str = "started", boot_spec: Domain | None = None,
+                            run_spec: Domain | None = None) -> None:
+        domain = boot_spec or run_spec or self._spec_for(vm.uuid)
         before = vm.state
 
         def record_spawn(process: QemuProcess) -> None:
@@ -401,24 +403,49 @@ class Lifecycle:
 
     async def _save_to(self, vm: Vm, running: Running, partial: Path, was_running: bool) -> None:
         monitor = running.monitor
+        await self._check_restorable(vm, running)
         await monitor.execute("stop")
         with open(partial, "xb") as stream:
-            savefile.write_header(stream, dump_domain(self._spec_for(vm.uuid)),
-                                  running=was_running)
+            # the running configuration (hot-plugged devices included): restore must
+            # build QEMU with exactly the devices whose state the stream carries
+            live = running.live if running.live is not None else self._spec_for(vm.uuid)
+            savefile.write_header(stream, dump_domain(live), running=was_running)
             monitor.send_fd(stream.fileno())
             await monitor.execute("getfd", {"fdname": "virtkit-save"})
+            # QEMU's default migration limit (128 MiB/s) makes no sense for a local file
+            await monitor.execute("migrate-set-parameters", {"max-bandwidth": 2**40})
             await monitor.execute("migrate", {"uri": "fd:virtkit-save"})
             await self._await_migration(running, "saving")
             stream.flush()
             os.fsync(stream.fileno())
 
-    async def restore(self, uuid: str, name: str, fd: int, *, running: bool) -> None:
-        """Start QEMU from a save file opened at ``fd`` (positioned after the header)."""
+    @staticmethod
+    async def _check_restorable(vm: Vm, running: Running) -> None:
+        """A save file can only be restored into the same device set with the same QEMU
+        ids; after some hotplug changes a fresh QEMU cannot rebuild them: refuse then."""
+        fix = f"restart the domain (virtkit shutdown {vm.name}; virtkit start {vm.name}) first"
+        if running.disk_ids != list(range(len(running.disk_ids))) or \
+                running.nic_ids != list(range(len(running.nic_ids))):
+            raise Conflict(f"domain '{vm.name}' had a device unplugged while running; its "
+                           "saved state could not be restored", fix=fix)
+        if await running.monitor.execute("query-memory-devices"):
+            raise Conflict(f"domain '{vm.name}' has hot-added memory; its saved state could "
+                           "not be restored", fix=fix)
+        cpus = await running.monitor.execute("query-hotpluggable-cpus")
+        if any(str(c.get("qom-path", "")).startswith("/machine/peripheral/") for c in cpus):
+            raise Conflict(f"domain '{vm.name}' has hot-added vCPUs; its saved state could "
+                           "not be restored", fix=fix)
+
+    async def restore(self, uuid: str, name: str, fd: int, *, running: bool,
+                      saved: Domain | None = None) -> None:
+        """Start QEMU from a save file opened at ``fd`` (positioned after the header),
+        with the device set ``saved`` the file was written from."""
         vm = self.vm(uuid, name)
         async with vm.lock:
             check_action(Action.RESTORE, vm.state, vm.name)
             self._refuse_preserved(vm, Action.RESTORE)
-            await self._start_locked(vm, paused=not running, incoming_fd=fd, event="restored")
+            await self._start_locked(vm, paused=not running, incoming_fd=fd, event="restored",
+                                     run_spec=saved)
 
     # -- for operations that hold ``vm.lock`` themselves (snapshots) ------------
 

@@ -481,7 +481,8 @@ class DomainService:
                 raise Conflict(f"the saved domain is now named '{row.name}'")
             preflight.check_files(load_domain(row.spec))
             await self._life.restore(row.uuid, row.name, fd,
-                                     running=bool(header.get("running")) and not paused)
+                                     running=bool(header.get("running")) and not paused,
+                                     saved=domain.model_copy(update={"name": row.name}))
         finally:
             os.close(fd)
         return self.info(row.uuid)
