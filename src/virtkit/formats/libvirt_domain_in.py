@@ -357,7 +357,7 @@ class DomainReader(XmlReader):
                         "video": self._video, "panic": self._panic,
                         "sound": self._sound, "filesystem": self._filesystem,
                         "parallel": self._parallel,
-                        "hostdev": lambda dev: hostdev_in(self, dev, spec)}
+                        "hostdev": self._hostdev}
             for device in devices:
                 tag = device.tag
                 if tag in handlers:
@@ -374,6 +374,9 @@ class DomainReader(XmlReader):
                            ({"log_path": path} if path else {}) for i, path in enumerate(ports)]
         self._disk_defaults()
         self._boot_order()
+
+    def _hostdev(self, hostdev: ET.Element) -> None:
+        hostdev_in(self, hostdev, self.spec)
 
     def _disk(self, disk: ET.Element) -> None:
         self.check(disk, attrs=("type", "device", "snapshot"),
