@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from virtkit import __version__
-from virtkit.api import install_routes, network_routes, storage_routes
+from virtkit.api import install_routes, network_routes, stats_routes, storage_routes
 from virtkit.api.common import json_body, json_response
 from virtkit.api.openapi import openapi_document
 from virtkit.errors import Conflict, InvalidSpec, VirtkitError
@@ -26,7 +26,9 @@ from virtkit.service.domains import DomainService
 from virtkit.service.host import HostService
 from virtkit.service.install import InstallService
 from virtkit.service.networks import NetworkService
+from virtkit.service.stats import StatsService
 from virtkit.service.storage import StorageService
+from virtkit.service.tuning import TuningService
 from virtkit.unixsock import connect_unix
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class Services:
     storage: StorageService
     networks: NetworkService
     install: InstallService | None = None
+    stats: StatsService | None = None
+    tuning: TuningService | None = None
     consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
 
 
@@ -348,4 +352,8 @@ def create_app(services: Services) -> web.Application:
     if services.install is not None:
         app[install_routes.INSTALL] = services.install
         app.add_routes(install_routes.routes)
+    if services.stats is not None and services.tuning is not None:
+        app[stats_routes.STATS] = services.stats
+        app[stats_routes.TUNING] = services.tuning
+        app.add_routes(stats_routes.routes)
     return app

@@ -36,7 +36,9 @@ from virtkit.service.domains import DomainService
 from virtkit.service.host import HostService
 from virtkit.service.install import InstallService
 from virtkit.service.networks import NetworkService
+from virtkit.service.stats import StatsService
 from virtkit.service.storage import StorageService
+from virtkit.service.tuning import TuningService
 from virtkit.store.db import Store
 from virtkit.unixsock import bind_unix
 
@@ -98,7 +100,8 @@ class Daemon:
         self.domains.networks = self.networks
         self.install = InstallService(self.domains, self.storage, paths.cache / "install")
         self.services = Services(self.domains, self.host, self.storage, self.networks,
-                                 self.install)
+                                 self.install, stats=StatsService(self.store, self.lifecycle),
+                                 tuning=TuningService(self.store, self.lifecycle))
         self.default_network = default_network
 
     def _network_lookup(self, name: str) -> tuple[Network, bool]:
