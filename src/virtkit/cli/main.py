@@ -150,7 +150,7 @@ def cmd_completion(_client: Client | None, args: argparse.Namespace) -> int:
 
 
 def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
-    from virtkit.cli import domains, networks, storage
+    from virtkit.cli import domains, networks, stats, storage
 
     parser = argparse.ArgumentParser(
         prog="virtkit", description="Manage virtual machines (virsh-compatible commands).")
@@ -162,13 +162,15 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     domains.register(sub)
     storage.register(sub)
     networks.register(sub)
+    stats.register(sub)
     _register_install(sub, options=install_options)
-    host = sub.add_parser("host", help="host commands: check")
+    host = sub.add_parser("host", help="host commands: check, ksm, capacity, numa")
     host_sub = host.add_subparsers(dest="host_command", metavar="HOSTCOMMAND")
     host_sub.required = True
     check = host_sub.add_parser("check", help="check this host can run VMs (virt-host-validate)")
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=cmd_host_check, daemon_optional=True)
+    stats.register_host(host_sub)
     node = sub.add_parser("nodeinfo", help="show host facts and the accelerator in use")
     node.add_argument("--json", action="store_true")
     node.set_defaults(func=cmd_nodeinfo)
