@@ -10,6 +10,7 @@ import pytest
 
 from virtkit.errors import Conflict, HostError, InvalidSpec
 from virtkit.host import ksm, numa, pci
+from virtkit.model.domain import Domain
 from virtkit.model.load import load_domain
 from virtkit.runtime import tuning
 from virtkit.service import capacity
@@ -181,7 +182,7 @@ def test_bind_and_restore_use_driver_override(tmp_path: Path) -> None:
 
 # -- overcommit ------------------------------------------------------------------------------
 
-def _domains(*sizes: tuple[int, int]) -> list[object]:
+def _domains(*sizes: tuple[int, int]) -> list[Domain]:
     return [load_domain({"name": f"d{i}", "memory": mib, "vcpus": vcpus})
             for i, (vcpus, mib) in enumerate(sizes)]
 
@@ -190,15 +191,15 @@ def test_overcommit_rule() -> None:
     running = _domains((4, 1024), (4, 1024))
     env = {"VIRTKIT_CPU_RATIO": "4", "VIRTKIT_MEMORY_RATIO": "1.5"}
     new = load_domain({"name": "new", "memory": 1024, "vcpus": 1})
-    capacity.check_start(new, running, env, host_cpus=4, host_mib=2048)  # type: ignore[arg-type]
+    capacity.check_start(new, running, env, host_cpus=4, host_mib=2048)
     with pytest.raises(Conflict, match=r"17 vCPUs, above the limit of 16 \(4 host CPUs x CPU "
                                        r"ratio 4\)"):
         capacity.check_start(load_domain({"name": "n", "memory": 1, "vcpus": 9}), running,
-                             env, host_cpus=4, host_mib=2048)  # type: ignore[arg-type]
+                             env, host_cpus=4, host_mib=2048)
     with pytest.raises(Conflict, match=r"3073 MiB of memory, above the limit of 3072 MiB"):
         capacity.check_start(load_domain({"name": "n", "memory": 1025}), running, env,
-                             host_cpus=4, host_mib=2048)  # type: ignore[arg-type]
-    report = capacity.report(running, running, {}, 2, 1000)  # type: ignore[arg-type]
+                             host_cpus=4, host_mib=2048)
+    report = capacity.report(running, running, {}, 2, 1000)
     assert report["limits"] == {"vcpus": 32, "memory_mib": 1500}
     assert report["running"] == {"domains": 2, "vcpus": 8, "memory_mib": 2048}
     with pytest.raises(InvalidSpec, match="VIRTKIT_MEMORY_RATIO='-1' is not a positive"):
