@@ -31,9 +31,9 @@ import benchlib as bl
 NO_LIBVIRT = "libvirt not installed"
 
 
-def _wait_running(state: Any, names: list[str], timeout: float = 120) -> None:
+def _wait_state(state: Any, names: list[str], wanted: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    while any(state(name) != "running" for name in names):
+    while any(state(name) != wanted for name in names):
         if time.monotonic() > deadline:
             raise RuntimeError("domains did not reach running")
         time.sleep(0.2)
@@ -47,8 +47,8 @@ def _virtkit_side(args: argparse.Namespace, guest: bl.TinyGuest) -> dict[str, An
         for name in names:
             vk.define(name, guest, args.memory)
         for name in names:
-            vk.client.post(f"/v1/domains/{name}/start")
-        _wait_running(vk.state, names)
+            vk.client.post(f"/v1/domains/{name}/start", {"paused": args.paused})
+        _wait_state(vk.state, names, "paused" if args.paused else "running")
         time.sleep(args.settle)
         first, stats = bl.timed(lambda: vk.client.get("/v1/domstats?active=1"))
         assert len(stats) == args.vms and all("cpu" in item for item in stats)
@@ -73,8 +73,8 @@ def _libvirt_side(args: argparse.Namespace, guest: bl.TinyGuest) -> dict[str, An
     with bl.Libvirt(guest, fix_kvm_permissions=not args.libvirt_as_installed) as lv:
         lv.define_many(names, args.memory)
         for name in names:
-            lv.virsh("start", name)
-        _wait_running(lv.state, names)
+            lv.virsh("start", name, *(["--paused"] if args.paused else []))
+        _wait_state(lv.state, names, "paused" if args.paused else "running")
         time.sleep(args.settle)
         for _ in range(args.runs):
             elapsed, out = bl.timed(lambda: lv.virsh("domstats", "--list-active"))
@@ -96,6 +96,7 @@ def bench_domstats(args: argparse.Namespace) -> dict[str, Any]:
     derived = {f"virsh_over_{key}": bl.ratio(virsh, stats[key]["median"])
                for key in ("api", "cli")}
     result = {"benchmark": "domstats", "vms": args.vms, "memory_mib": args.memory,
+              "paused": args.paused, "loadavg_after": bl.loadavg(),
               "runs": args.runs, "settle_s": args.settle, "context": context,
               "command": " ".join([sys.executable, *sys.argv]), "stats": stats,
               "derived": derived, **{k: v for k, v in vk.items() if k != "samples"},
@@ -106,11 +107,13 @@ def bench_domstats(args: argparse.Namespace) -> dict[str, Any]:
                        ("cli", f"virtkit domstats (CLI), {args.vms} domains"),
                        ("virsh", f"virsh domstats, {args.vms} domains")):
         s = stats[key]
+        comparable = virsh and key != "api_one"  # virsh's column is for all the domains
         rows.append([label, bl.fmt_ms(s["median"]), bl.fmt_ms(s["min"]), bl.fmt_ms(s["max"]),
-                     bl.fmt_x(bl.ratio(virsh, s["median"])) if virsh else "-"])
-    bl.print_table(f"domstats of {args.vms} running {args.memory} MiB VMs (ms, median of "
+                     bl.fmt_x(bl.ratio(virsh, s["median"])) if comparable else "-"])
+    what = "paused" if args.paused else "running, idle"
+    bl.print_table(f"domstats of {args.vms} {what} {args.memory} MiB VMs (ms, median of "
                    f"{args.runs})", ["path", "median", "min", "max", "virsh / this"], rows)
-    path = bl.write_results("domstats", result)
+    path = bl.write_results("domstats-paused" if args.paused else "domstats", result)
     print(f"results: {path}")
     return result
 
@@ -214,11 +217,17 @@ def _load(name: str) -> dict[str, Any] | None:
 
 
 def report(_args: argparse.Namespace) -> None:
-    data = _load("domstats")
+    for name in ("domstats", "domstats-paused"):
+        _report_domstats(_load(name))
+    _report_disk(_load("disk"))
+
+
+def _report_domstats(data: dict[str, Any] | None) -> None:
     if data:
         s = data["stats"]
         virsh = s["virsh"]["median"]
-        print(f"### domstats, {data['vms']} running {data['memory_mib']} MiB VMs "
+        what = "paused" if data.get("paused") else "running, idle"
+        print(f"### domstats, {data['vms']} {what} {data['memory_mib']} MiB VMs "
               f"(median of {data['runs']}, ms)\n")
         print("| path | median | min | max | virsh / this |")
         print("|---|---:|---:|---:|---:|")
@@ -230,10 +239,13 @@ def report(_args: argparse.Namespace) -> None:
             if not x["n"]:
                 print(f"| {label} | {data.get('libvirt')} | | | |")
                 continue
+            ratio = bl.fmt_x(bl.ratio(virsh, x["median"])) if key != "api_one" else "-"
             print(f"| {label} | {x['median'] * 1e3:.1f} | {x['min'] * 1e3:.1f} | "
-                  f"{x['max'] * 1e3:.1f} | {bl.fmt_x(bl.ratio(virsh, x['median']))} |")
+                  f"{x['max'] * 1e3:.1f} | {ratio} |")
         print()
-    disk = _load("disk")
+
+
+def _report_disk(disk: dict[str, Any] | None) -> None:
     if disk:
         base = disk["mib_per_s"]["virtio"]
         print(f"### dd {disk['mib']} MiB O_DIRECT in the tiny guest (MiB/s, median of "
@@ -260,6 +272,8 @@ def main() -> None:
     p.add_argument("--memory", type=int, default=96, help="MiB per VM")
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--settle", type=float, default=15.0, help="seconds after the starts")
+    p.add_argument("--paused", action="store_true", help="start the VMs paused (no guest "
+                   "CPU load: the stats machinery alone)")
     p = sub.add_parser("disk", help="guest disk throughput per bus")
     p.add_argument("--runs", type=int, default=3)
     sub.add_parser("all", help="domstats and disk with their defaults")

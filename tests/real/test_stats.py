@@ -154,3 +154,21 @@ def _raw_get(daemon: DaemonHandle, path: str) -> tuple[int, str, bytes]:
 
     request = f"GET {path} HTTP/1.1\r\nHost: virtkitd\r\nConnection: close\r\n\r\n".encode()
     return _exchange(daemon.root / "virtkitd.sock", request, 30.0)
+
+
+def test_nic_counters_come_from_the_tap(netns_daemon: DaemonHandle) -> None:
+    from tests.real.test_networks import _boot_with_dhcp, _ping
+
+    d = netns_daemon
+    d.cli("net-define-as", "statnet", "--mode", "isolated", "--subnet", "10.79.0.0/24")
+    d.cli("net-start", "statnet")
+    assert _boot_with_dhcp(d, "netstat", "statnet").startswith("10.79.0.")
+    before = _stats(d, "netstat")["net"][0]
+    assert before["name"].startswith("vktap") and before["type"] == "network"
+    assert before["tx_packets"] > 0 and before["rx_packets"] > 0  # the DHCP exchange
+    assert _ping(d, "netstat", "10.79.0.1") == 0
+    after = _stats(d, "netstat")["net"][0]
+    assert after["tx_packets"] >= before["tx_packets"] + 2  # the guest's echo requests
+    assert after["rx_bytes"] > before["rx_bytes"]  # and the replies it received
+    text = d.cli("domstats", "netstat", "--interface").stdout
+    assert "  net.count=1\n" in text and f"  net.0.name={after['name']}\n" in text
