@@ -149,8 +149,9 @@ def cmd_top(client: Client, args: argparse.Namespace) -> int:
             now = time.time()
             text = render_frame(frames.rows(stats, time.monotonic()), column, capacity, now)
             if interactive:
-                sys.stdout.write("\x1b[H\x1b[2J" + text.replace("\n", "\r\n")
-                                 + "\r\nkeys: c cpu, m mem, n name, b block, i net, q quit")
+                # cbreak mode keeps output processing: "\n" still starts a new line
+                sys.stdout.write("\x1b[H\x1b[2J" + text
+                                 + "\nkeys: c cpu, m mem, n name, b block, i net, q quit")
             else:
                 sys.stdout.write(text + "\n")
             sys.stdout.flush()
