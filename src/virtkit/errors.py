@@ -104,6 +104,20 @@ class QemuError(VirtkitError):
     http_status = 500
 
 
+class GuestAgentError(VirtkitError):
+    """The QEMU guest agent inside a VM answered a command with an error."""
+
+    code = "guest-agent"
+    http_status = 502
+
+
+class AgentUnavailable(GuestAgentError):
+    """No guest agent is listening in the VM, or it did not answer in time."""
+
+    code = "guest-agent-unavailable"
+    http_status = 503
+
+
 class TimeoutExpired(VirtkitError):
     """An operation did not finish within its time limit."""
 

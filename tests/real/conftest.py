@@ -67,6 +67,10 @@ class DaemonHandle:
         return {**os.environ, "VIRTKIT_ROOT": str(self.root), "VIRTKIT_NO_AUTOSTART": "1",
                 "NO_COLOR": "1"}
 
+    def cli_argv(self, *args: str) -> list[str]:
+        """The argv that runs the real ``virtkit`` CLI (run it with ``env=self.env``)."""
+        return [sys.executable, "-m", "virtkit.cli.main", *args]
+
     def cli(self, *args: str, check: bool = True, input_text: str | None = None,
             env: dict[str, str] | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -181,15 +185,29 @@ def kill_process(pid: int, start: int | None) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def daemon(tiny_guest: TinyGuest) -> Iterator[DaemonHandle]:
+@contextlib.contextmanager
+def running_daemon(guest: TinyGuest) -> Iterator[DaemonHandle]:
+    """A daemon with a fresh state root, cleaned up (QEMUs, daemon, root) on exit."""
     root = Path(tempfile.mkdtemp(prefix="vk-", dir="/tmp"))
     process = start_daemon(root)
-    handle = DaemonHandle(root, process, Client(state_paths(root), timeout=180), tiny_guest)
+    handle = DaemonHandle(root, process, Client(state_paths(root), timeout=180), guest)
     try:
         yield handle
     finally:
         cleanup(handle)
+
+
+@pytest.fixture
+def daemon(tiny_guest: TinyGuest) -> Iterator[DaemonHandle]:
+    with running_daemon(tiny_guest) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def module_daemon(tiny_guest: TinyGuest) -> Iterator[DaemonHandle]:
+    """One daemon shared by a module's tests (for a guest that is slow to boot)."""
+    with running_daemon(tiny_guest) as handle:
+        yield handle
 
 
 def cleanup(handle: DaemonHandle) -> None:

@@ -172,3 +172,21 @@ def test_nic_counters_come_from_the_tap(netns_daemon: DaemonHandle) -> None:
     assert after["rx_bytes"] > before["rx_bytes"]  # and the replies it received
     text = d.cli("domstats", "netstat", "--interface").stdout
     assert "  net.count=1\n" in text and f"  net.0.name={after['name']}\n" in text
+
+
+def test_a_hot_plugged_disk_has_stats_under_its_own_name(daemon: DaemonHandle,
+                                                         tmp_path: Path) -> None:
+    _start_with_disk(daemon, tmp_path, "hotst")
+    extra = tmp_path / "extra.raw"
+    with open(extra, "wb") as image:
+        image.truncate(16 * MIB)
+    daemon.cli("attach-disk", "hotst", str(extra), "vdb", "--live")
+    disks = wait_for(lambda: len(b := _stats(daemon, "hotst")["block"]) == 2 and b, 30,
+                     "the hot-plugged disk in domstats")
+    assert [(d["name"], d["path"]) for d in disks] == [("vda", str(tmp_path / "hotst.raw")),
+                                                       ("vdb", str(extra))]
+    daemon.console_run("hotst", "dd if=/dev/zero of=/dev/vdb bs=1M count=2 oflag=direct "
+                       "2>/dev/null; echo HOT$((40+4))", "HOT44", timeout=60)
+    after = {d["name"]: d for d in _stats(daemon, "hotst")["block"]}
+    assert after["vdb"]["wr_bytes"] >= 2 * MIB
+    assert after["vda"]["wr_bytes"] < 2 * MIB

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from virtkit.api.app import routes
+from virtkit.api.device_routes import routes as device_routes
+from virtkit.api.guest_routes import routes as guest_routes
 from virtkit.api.install_routes import routes as install_routes
 from virtkit.api.network_routes import routes as network_routes
 from virtkit.api.openapi import OPERATIONS, openapi_document
@@ -14,8 +16,8 @@ from virtkit.api.storage_routes import routes as storage_routes
 
 def _served() -> set[tuple[str, str]]:
     served = set()
-    for route in [*routes, *storage_routes, *network_routes, *install_routes,
-                  *stats_routes]:
+    for route in [*routes, *storage_routes, *network_routes, *install_routes, *guest_routes,
+                  *device_routes, *stats_routes]:
         path = getattr(route, "path", "")
         method = getattr(route, "method", "").lower()
         if "{action:" in path:

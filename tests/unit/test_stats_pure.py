@@ -113,6 +113,15 @@ def test_blockstats_map_to_the_spec_disks_with_latency() -> None:
     assert disks[0]["wr_bytes"] == 1024 and disks[0]["wr_latency_us"] == 3.0
     assert disks[0]["fl_reqs"] == 1 and disks[0]["fl_latency_us"] == 0.5
     assert disks[1]["rd_latency_us"] == 2.0 and disks[1]["wr_latency_us"] is None
+    # after hotplug the QEMU numbers are not the positions: disk 0 unplugged, disk 1 kept,
+    # a new one is drive-disk2
+    hot = load_domain({"name": "b", "memory": 64, "disks": [
+        {"path": "/b.raw", "format": "raw", "bus": "sata", "target": "sda"},
+        {"path": "/c.raw", "format": "raw", "target": "vdb"}]})
+    replies.append({"node-name": "drive-disk2", "stats": {"wr_operations": 1, "wr_bytes": 7}})
+    disks = block_stats(hot, replies, [1, 2])
+    assert [(d["name"], d["rd_bytes"], d["wr_bytes"]) for d in disks] == [
+        ("sda", 4096, 0), ("vdb", 0, 7)]
 
 
 # -- exposition ------------------------------------------------------------------------------

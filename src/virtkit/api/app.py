@@ -18,11 +18,20 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from virtkit import __version__
-from virtkit.api import install_routes, network_routes, stats_routes, storage_routes
+from virtkit.api import (
+    device_routes,
+    guest_routes,
+    install_routes,
+    network_routes,
+    stats_routes,
+    storage_routes,
+)
 from virtkit.api.common import json_body, json_response
 from virtkit.api.openapi import openapi_document
 from virtkit.errors import Conflict, InvalidSpec, VirtkitError
+from virtkit.service.devices import DeviceService
 from virtkit.service.domains import DomainService
+from virtkit.service.guest import GuestService
 from virtkit.service.host import HostService
 from virtkit.service.install import InstallService
 from virtkit.service.networks import NetworkService
@@ -47,6 +56,8 @@ class Services:
     install: InstallService | None = None
     stats: StatsService | None = None
     tuning: TuningService | None = None
+    guest: GuestService | None = None
+    devices: DeviceService | None = None
     consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
 
 
@@ -215,7 +226,7 @@ async def _shutdown(request: web.Request, *, reboot: bool) -> web.Response:
     body = await json_body(request)
     result = await _services(request).domains.shutdown(
         request.match_info["ref"], timeout=_number(body, "timeout"),
-        wait=bool(body.get("wait")), reboot=reboot)
+        wait=bool(body.get("wait")), reboot=reboot, mode=str(body.get("mode") or "acpi"))
     return json_response(result)
 
 
@@ -352,6 +363,13 @@ def create_app(services: Services) -> web.Application:
     if services.install is not None:
         app[install_routes.INSTALL] = services.install
         app.add_routes(install_routes.routes)
+    if services.guest is not None:
+        app[guest_routes.GUEST] = services.guest
+        app.add_routes(guest_routes.routes)
+    if services.devices is not None:
+        app[device_routes.DEVICES] = services.devices
+        app[device_routes.DOMAINS] = services.domains
+        app.add_routes(device_routes.routes)
     if services.stats is not None and services.tuning is not None:
         app[stats_routes.STATS] = services.stats
         app[stats_routes.TUNING] = services.tuning

@@ -32,7 +32,9 @@ from virtkit.runtime.events import EventBus
 from virtkit.runtime.hostcaps import HostCapsProvider
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.runtime.nics import TapMaker
+from virtkit.service.devices import DeviceService
 from virtkit.service.domains import DomainService
+from virtkit.service.guest import GuestService
 from virtkit.service.host import HostService
 from virtkit.service.install import InstallService
 from virtkit.service.networks import NetworkService
@@ -100,7 +102,9 @@ class Daemon:
         self.domains.networks = self.networks
         self.install = InstallService(self.domains, self.storage, paths.cache / "install")
         self.services = Services(self.domains, self.host, self.storage, self.networks,
-                                 self.install, stats=StatsService(self.store, self.lifecycle),
+                                 self.install, guest=GuestService(self.store, self.lifecycle),
+                                 devices=DeviceService(self.store, self.lifecycle, self.domains),
+                                 stats=StatsService(self.store, self.lifecycle),
                                  tuning=TuningService(self.store, self.lifecycle))
         self.default_network = default_network
 

@@ -177,6 +177,69 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
          "noreboot": {"type": "boolean"}, "dry_run": {"type": "boolean"},
          "print_xml": {"type": "boolean"}}}),
     ("get", "/v1/osinfo", "OS variants of the osinfo database (?filter=TEXT)", None),
+    *[("get", "/v1/domains/{ref}/guest/" + path, summary, None) for path, summary in (
+        ("ping", "Guest agent: ping (with the round trip in ms)"),
+        ("info", "Guest agent: agent version, OS, host name, users, time zone, file systems"),
+        ("interfaces", "Guest agent: the guest's interfaces and addresses"),
+        ("fsfreeze", "Guest agent: file system freeze status (thawed/frozen)"),
+        ("file", "Guest agent: a guest file's bytes (?path=/abs/path)"),
+        ("vcpus", "Guest agent: the guest's logical CPUs and which are online"),
+        ("time", "Guest agent: the guest clock and its offset from the host's"))],
+    ("post", "/v1/domains/{ref}/guest/command", "Guest agent: one raw command "
+     "(virsh qemu-agent-command)", {"type": "object", "required": ["execute"], "properties": {
+         "execute": {"type": "string"}, "arguments": {"type": "object"},
+         "timeout": {"type": "number"}}}),
+    ("post", "/v1/domains/{ref}/guest/fsfreeze", "Guest agent: freeze file systems",
+     {"type": "object", "properties": {"mountpoints": {"type": "array",
+                                                       "items": {"type": "string"}}}}),
+    ("post", "/v1/domains/{ref}/guest/fsthaw", "Guest agent: thaw file systems", None),
+    ("post", "/v1/domains/{ref}/guest/fstrim", "Guest agent: discard unused blocks",
+     {"type": "object", "properties": {"minimum": {"type": "integer"}}}),
+    ("post", "/v1/domains/{ref}/guest/exec", "Guest agent: run a program, return exit code "
+     "and output", {"type": "object", "required": ["path"], "properties": {
+         "path": {"type": "string"}, "args": {"type": "array", "items": {"type": "string"}},
+         "env": {"type": "array", "items": {"type": "string"}}, "input": {"type": "string"},
+         "timeout": {"type": "number"}}}),
+    ("put", "/v1/domains/{ref}/guest/file", "Guest agent: write a guest file "
+     "(?path=...&append=1; body: the bytes)", None),
+    ("post", "/v1/domains/{ref}/guest/user-password", "Guest agent: set a user's password",
+     {"type": "object", "required": ["user", "password"], "properties": {
+         "user": {"type": "string"}, "password": {"type": "string"},
+         "crypted": {"type": "boolean"}}}),
+    ("put", "/v1/domains/{ref}/guest/vcpus", "Guest agent: online COUNT vCPUs in the guest",
+     {"type": "object", "required": ["count"], "properties": {"count": {"type": "integer"}}}),
+    ("get", "/v1/domains/{ref}/disks", "domblklist: the running disks, or the "
+     "definition's (?inactive=1)", None),
+    ("post", "/v1/domains/{ref}/disks", "attach-disk ({disk, live, config})",
+     {"type": "object", "required": ["disk"], "properties": {
+         "disk": {"$ref": "#/components/schemas/Disk"}, "live": {"type": "boolean"},
+         "config": {"type": "boolean"}}}),
+    ("post", "/v1/domains/{ref}/disks/detach", "detach-disk by target or source path",
+     {"$ref": "#/components/schemas/DetachBody"}),
+    ("post", "/v1/domains/{ref}/media", "change-media: insert (path) or eject (path null)",
+     {"type": "object", "required": ["target"], "properties": {
+         "target": {"type": "string"}, "path": {"type": ["string", "null"]},
+         "force": {"type": "boolean"}, "live": {"type": "boolean"},
+         "config": {"type": "boolean"}}}),
+    ("post", "/v1/domains/{ref}/interfaces", "attach-interface ({interface, live, config})",
+     {"type": "object", "required": ["interface"], "properties": {
+         "interface": {"$ref": "#/components/schemas/Nic"}, "live": {"type": "boolean"},
+         "config": {"type": "boolean"}}}),
+    ("post", "/v1/domains/{ref}/interfaces/detach", "detach-interface by MAC",
+     {"type": "object", "required": ["mac"], "properties": {
+         "mac": {"type": "string"}, "live": {"type": "boolean"},
+         "config": {"type": "boolean"}}}),
+    ("put", "/v1/domains/{ref}/vcpus", "setvcpus (maximum=true: the ceiling, config only)",
+     {"type": "object", "required": ["count"], "properties": {
+         "count": {"type": "integer"}, "maximum": {"type": "boolean"},
+         "live": {"type": "boolean"}, "config": {"type": "boolean"}}}),
+    ("put", "/v1/domains/{ref}/memory", "setmem (balloon live) / setmaxmem (maximum=true)",
+     {"$ref": "#/components/schemas/MemoryBody"}),
+    ("post", "/v1/domains/{ref}/memory", "Memory hot-add: a DIMM of size_mib",
+     {"$ref": "#/components/schemas/MemoryBody"}),
+    ("put", "/v1/domains/{ref}/guest/time", "Guest agent: set the guest clock (now=true: "
+     "the host's; time=SECONDS; neither: from its RTC)",
+     {"type": "object", "properties": {"now": {"type": "boolean"}, "time": {"type": "number"}}}),
     *_STATS_OPERATIONS,
 ]
 
@@ -233,7 +296,14 @@ def openapi_document() -> dict[str, Any]:
                 "force": {"type": "boolean",
                           "description": "drop what virtkit cannot honour, with warnings"}}},
             "ShutdownBody": {"type": "object", "properties": {
-                "timeout": {"type": "number", "minimum": 0}, "wait": {"type": "boolean"}}},
+                "timeout": {"type": "number", "minimum": 0}, "wait": {"type": "boolean"},
+                "mode": {"type": "string", "description": "acpi, agent, or agent,acpi"}}},
+            "DetachBody": {"type": "object", "required": ["target"], "properties": {
+                "target": {"type": "string"}, "live": {"type": "boolean"},
+                "config": {"type": "boolean"}}},
+            "MemoryBody": {"type": "object", "required": ["size_mib"], "properties": {
+                "size_mib": {"type": "integer"}, "maximum": {"type": "boolean"},
+                "live": {"type": "boolean"}, "config": {"type": "boolean"}}},
             "Error": {"type": "object", "required": ["error", "message"], "properties": {
                 "error": {"type": "string"}, "message": {"type": "string"},
                 "fix": {"type": "string"}, "details": {"type": "object"}}},

@@ -100,12 +100,16 @@ class Client:
         self.paths = paths
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        payload = json.dumps(body).encode() if body is not None else b""
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+                data: bytes | None = None) -> Any:
+        """One call: a JSON ``body``, or raw bytes ``data`` (octet-stream)."""
+        payload = json.dumps(body).encode() if body is not None else (data or b"")
         head = (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
                 f"Content-Length: {len(payload)}\r\n")
         if body is not None:
             head += "Content-Type: application/json\r\n"
+        elif data is not None:
+            head += "Content-Type: application/octet-stream\r\n"
         try:
             status, content_type, data = _exchange(
                 self.paths.socket, head.encode() + b"\r\n" + payload, self.timeout)

@@ -88,7 +88,7 @@ def cmd_start(client: Client, args: argparse.Namespace) -> int:
 
 
 def _shutdown(client: Client, args: argparse.Namespace, verb: str) -> int:
-    body: dict[str, Any] = {"wait": args.wait}
+    body: dict[str, Any] = {"wait": args.wait, "mode": args.mode}
     if args.timeout is not None:
         body["timeout"] = args.timeout
     result = client.post(_ref(client, args, f"/{verb}"), body)
@@ -251,6 +251,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = add(name, func, text)
         p.add_argument("--wait", action="store_true", help="wait until it is done")
         p.add_argument("--timeout", type=float, help="seconds the guest gets (default 120)")
+        p.add_argument("--mode", default="acpi",
+                       help="acpi (default), agent (the guest agent), or both in order: "
+                            "agent,acpi")
     for name, text in (("destroy", "stop a domain at once (pull the plug)"),
                        ("suspend", "pause a domain's vCPUs"),
                        ("resume", "resume a paused domain"),

@@ -15,7 +15,7 @@ from typing import Any
 from virtkit import __version__
 from virtkit.cli import render
 from virtkit.cli.client import Client, connect
-from virtkit.errors import VirtkitError
+from virtkit.errors import InvalidSpec, VirtkitError
 
 #: commands that never need the daemon.
 LOCAL_COMMANDS = {"completion"}
@@ -150,7 +150,7 @@ def cmd_completion(_client: Client | None, args: argparse.Namespace) -> int:
 
 
 def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
-    from virtkit.cli import domains, networks, stats, storage
+    from virtkit.cli import devices, domains, guest, networks, stats, storage
 
     parser = argparse.ArgumentParser(
         prog="virtkit", description="Manage virtual machines (virsh-compatible commands).")
@@ -162,6 +162,8 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     domains.register(sub)
     storage.register(sub)
     networks.register(sub)
+    guest.register(sub)
+    devices.register(sub)
     stats.register(sub)
     _register_install(sub, options=install_options)
     host = sub.add_parser("host", help="host commands: check, ksm, capacity, numa")
@@ -192,7 +194,15 @@ def run(argv: list[str] | None = None) -> int:
     try:
         if install is not None:
             return run_install_command(*install)
-        args = build_parser().parse_args(argv)
+        words = sys.argv[1:] if argv is None else argv
+        # `guest exec DOMAIN [OPTIONS] -- PROGRAM ARGS`: what follows '--' is the guest's
+        program = words[words.index("--") + 1:] if "--" in words else None
+        args = build_parser().parse_args(words[:words.index("--")] if program is not None
+                                         else words)
+        if program is not None:
+            if not hasattr(args, "argv"):
+                raise InvalidSpec(f"'{args.command}' takes no arguments after '--'")
+            args.argv = [*args.argv, *program]
         client: Client | None = None
         if args.command not in LOCAL_COMMANDS:
             if getattr(args, "daemon_optional", False):

@@ -147,6 +147,16 @@ def cmd_domiflist(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_domifaddr(client: Client, args: argparse.Namespace) -> int:
+    if args.source == "agent":  # the guest's own view, loopback included, IPv6 too
+        rows = client.get(client.domain_path(args.domain, "/guest/interfaces"))
+        if args.json:
+            render.as_json(rows)
+            return 0
+        render.table(["Name", "MAC address", "Protocol", "Address"],
+                     [[row["name"], row["mac"] or "-", address["type"],
+                       f"{address['ip']}/{address['prefix']}"]
+                      for row in rows for address in row["addresses"]])
+        return 0
     nics = client.get(client.domain_path(args.domain, "/interfaces"))
     if args.json:
         render.as_json(nics)
@@ -221,9 +231,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--guest-port", type=int)
     p = add("domiflist", cmd_domiflist, "list a domain's network interfaces", json_flag=True)
     p.add_argument("domain")
-    p = add("domifaddr", cmd_domifaddr, "show a domain's addresses (from DHCP leases)",
-            json_flag=True)
+    p = add("domifaddr", cmd_domifaddr, "show a domain's addresses (DHCP leases, or the "
+            "guest agent's view with --source agent)", json_flag=True)
     p.add_argument("domain")
+    p.add_argument("--source", choices=("lease", "agent"), default="lease",
+                   help="lease: the network's DHCP leases (default); agent: ask the guest")
     p = add("domif-setlink", cmd_domif_setlink, "set a NIC's link up or down (by MAC or tap)")
     p.add_argument("domain")
     p.add_argument("interface")

@@ -1,4 +1,6 @@
-"""A small Debian cloud image (debootstrap + cloud-init), for the ``--cloud-init`` test.
+"""A small Debian cloud image (debootstrap + cloud-init + the QEMU guest agent).
+
+Used by the ``--cloud-init`` test and by the guest-agent and hotplug tests.
 
 Built once per machine from Debian's packages and cached beside the tiny guest: a
 minimal bookworm with systemd, the Debian kernel and cloud-init (NoCloud data source
@@ -26,10 +28,16 @@ SUITE = "bookworm"
 BASE_PACKAGES = ("systemd-sysv", "udev", "kmod", "login", "passwd", "e2fsprogs")
 #: ... and what apt installs in the new system afterwards (debootstrap's own resolver
 #: cannot configure cloud-init's Python dependencies in one pass)
-PACKAGES = ("linux-image-amd64", "cloud-init", "openssh-server")
+PACKAGES = ("linux-image-amd64", "cloud-init", "openssh-server", "qemu-guest-agent", "dbus")
 IMAGE_SIZE = "2G"
 CMDLINE = "root=/dev/vda rw console=ttyS0 quiet systemd.show_status=0 net.ifnames=0"
-_VERSION = 2
+_VERSION = 4
+#: online hot-added vCPUs and memory at once, as cloud images do (the kernel leaves
+#: them offline; without this a hotplug is visible only after a manual echo 1)
+_HOTADD_RULES = """\
+SUBSYSTEM=="cpu", ACTION=="add", TEST=="online", ATTR{online}=="0", ATTR{online}="1"
+SUBSYSTEM=="memory", ACTION=="add", TEST=="state", ATTR{state}=="offline", ATTR{state}="online"
+"""
 _CLOUD_CFG = """\
 # virtkit test image: only the NoCloud seed (a CD labelled cidata), never a network source
 datasource_list: [NoCloud, None]
@@ -120,6 +128,7 @@ def _configure(rootfs: Path) -> None:
     (rootfs / "etc" / "fstab").write_text("/dev/vda / ext4 defaults 0 1\n")
     (rootfs / "etc" / "hostname").write_text("debian-cloud\n")
     (rootfs / "etc" / "cloud" / "cloud.cfg.d" / "90-virtkit.cfg").write_text(_CLOUD_CFG)
+    (rootfs / "etc" / "udev" / "rules.d" / "80-hotadd.rules").write_text(_HOTADD_RULES)
     wants = rootfs / "etc" / "systemd" / "system" / "getty.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
     link = wants / "serial-getty@ttyS0.service"

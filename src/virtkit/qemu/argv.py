@@ -73,6 +73,31 @@ def disk_slots(domain: Domain) -> list[DiskSlot]:
     return slots
 
 
+#: free PCIe root ports a q35 domain gets for hot-added disks and NICs
+HOTPLUG_PORTS = 4
+
+
+def pcie_ports(domain: Domain) -> dict[str, str]:
+    """On q35, each virtio disk and each NIC sits on a PCIe root port of its own, as
+    libvirt does, so it can be unplugged (devices on the root bus cannot be); plus
+    :data:`HOTPLUG_PORTS` free ports for hot-added devices.  Maps the device id
+    (``disk0``, ``nic1``, ``free1`` ...) to its port id (``pci.N``)."""
+    if domain.machine is not Machine.Q35:
+        return {}
+    owners = [f"disk{slot.index}" for slot in disk_slots(domain) if slot.bus is DiskBus.VIRTIO]
+    owners += [f"nic{index}" for index in range(len(domain.nics))]
+    owners += [f"hostdev{index}" for index in range(len(domain.hostdevs))]
+    owners += [f"free{number}" for number in range(HOTPLUG_PORTS)]
+    return {owner: f"pci.{number}" for number, owner in enumerate(owners, start=1)}
+
+
+def root_port(port: str) -> dict[str, Any]:
+    """The ``pcie-root-port`` device object for port ``pci.N``."""
+    number = int(port.split(".")[1])
+    return {"driver": "pcie-root-port", "id": port, "bus": "pcie.0", "chassis": number,
+            "port": number}
+
+
 def build_argv(domain: Domain, caps: HostCaps, files: LaunchFiles, binary: str) -> list[str]:
     """The complete QEMU argv that starts ``domain`` paused, ready for QMP set-up."""
     argv = [binary]
@@ -82,6 +107,8 @@ def build_argv(domain: Domain, caps: HostCaps, files: LaunchFiles, binary: str) 
     argv += _monitor(files)
     argv += _boot(domain)
     argv += _firmware_blockdevs(domain, caps, files)
+    for port in pcie_ports(domain).values():
+        argv += ["-device", _json(root_port(port))]
     argv += list(_disks(domain))
     argv += _nics(domain, caps, files)
     argv += _serials(domain, files)
@@ -202,11 +229,15 @@ def memory_backends(domain: Domain) -> list[str]:
 
 
 def hostdev_devices(domain: Domain) -> list[str]:
-    """``-device vfio-pci`` for each passed-through host PCI device."""
+    """``-device vfio-pci`` for each passed-through host PCI device (on q35 on a root
+    port of its own, so it can be unplugged)."""
     argv: list[str] = []
+    ports = pcie_ports(domain)
     for index, dev in enumerate(domain.hostdevs):
-        argv += ["-device", _json({"driver": "vfio-pci", "host": dev.address,
-                                   "id": f"hostdev{index}"})]
+        device = {"driver": "vfio-pci", "host": dev.address, "id": f"hostdev{index}"}
+        if f"hostdev{index}" in ports:
+            device["bus"] = ports[f"hostdev{index}"]
+        argv += ["-device", _json(device)]
     return argv
 
 
@@ -326,6 +357,9 @@ def disk_device(domain: Domain, disk: Disk, slot: DiskSlot,
     if slot.bus is DiskBus.VIRTIO:
         pci = domain.machine is not Machine.MICROVM
         device["driver"] = "virtio-blk-pci" if pci else "virtio-blk-device"
+        root_port_id = pcie_ports(domain).get(slot.device_id)
+        if root_port_id is not None:
+            device["bus"] = root_port_id
     elif slot.bus is DiskBus.SATA:
         port = sum(1 for s in disk_slots(domain)[: slot.index] if s.bus is DiskBus.SATA)
         device.update(driver="ide-cd" if cdrom else "ide-hd", bus=f"sata0.{port}")
@@ -370,17 +404,26 @@ def _nics(domain: Domain, caps: HostCaps, files: LaunchFiles) -> list[str]:
     argv: list[str] = []
     pci = domain.machine is not Machine.MICROVM
     first_boot = nic_bootindex(domain)
+    ports = pcie_ports(domain)
     for index, nic in enumerate(domain.nics):
         argv += ["-netdev", netdev_option(index, nic, caps, files)]
-        driver = {"virtio": "virtio-net-pci" if pci else "virtio-net-device",
-                  "e1000": "e1000", "rtl8139": "rtl8139"}[nic.model]
-        device: dict[str, Any] = {"driver": driver, "netdev": f"net{index}", "id": f"nic{index}"}
-        if nic.mac:
-            device["mac"] = nic.mac
+        device = nic_device(nic, index, pci=pci, port=ports.get(f"nic{index}"))
         if index == 0 and first_boot is not None:
             device["bootindex"] = first_boot
         argv += ["-device", _json(device)]
     return argv
+
+
+def nic_device(nic: Nic, number: int, *, pci: bool, port: str | None) -> dict[str, Any]:
+    """The ``-device``/``device_add`` object of NIC ``nic{number}`` (also for hotplug)."""
+    driver = {"virtio": "virtio-net-pci" if pci else "virtio-net-device",
+              "e1000": "e1000", "rtl8139": "rtl8139"}[nic.model]
+    device: dict[str, Any] = {"driver": driver, "netdev": f"net{number}", "id": f"nic{number}"}
+    if nic.mac:
+        device["mac"] = nic.mac
+    if port is not None:
+        device["bus"] = port
+    return device
 
 
 def _serials(domain: Domain, files: LaunchFiles) -> list[str]:

@@ -26,8 +26,10 @@ from typing import Any, Protocol
 from virtkit.errors import QemuError, VirtkitError
 from virtkit.model.domain import Domain, Firmware, parse_cpuset
 from virtkit.model.host import HostCaps, LaunchFiles
+from virtkit.model.load import dump_domain, load_domain
 from virtkit.paths import StatePaths
-from virtkit.qemu.argv import build_argv
+from virtkit.qemu.agent import GuestAgent
+from virtkit.qemu.argv import build_argv, disk_slots
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
 from virtkit.runtime.preflight import virtiofsd_binary
@@ -69,6 +71,44 @@ class Running:
     helpers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     #: managed PCI devices bound to vfio-pci for this run: {address: original driver}
     hostdev_drivers: dict[str, str | None] = field(default_factory=dict)
+    #: the configuration QEMU runs now, every disk with its target (libvirt's live
+    #: XML): hotplug changes it, the stored spec changes only with --config
+    live: Domain | None = None
+    #: QEMU id numbers of ``live.disks`` and ``live.nics`` (``disk{n}``/``drive-disk{n}``,
+    #: ``nic{n}``/``net{n}``, ``taps[n]``); a hot-added device takes a fresh number
+    disk_ids: list[int] = field(default_factory=list)
+    nic_ids: list[int] = field(default_factory=list)
+    #: the guest agent client (None without ``guest_agent``)
+    agent: GuestAgent | None = None
+    #: whether the guest has its agent port open (QEMU's VSERPORT_CHANGE); None: unknown
+    agent_open: bool | None = None
+
+    def attach_live(self, domain: Domain, extra: Mapping[str, Any] | None = None) -> None:
+        """Record the running configuration: from a runtime record's ``extra`` after a
+        daemon restart, else ``domain`` as started (device numbers = list positions)."""
+        if extra and extra.get("live"):
+            self.live = load_domain(extra["live"])
+            self.disk_ids = [int(n) for n in extra.get("disk_ids", [])]
+            self.nic_ids = [int(n) for n in extra.get("nic_ids", [])]
+        else:
+            targets = [slot.target for slot in disk_slots(domain)]
+            disks = [disk.model_copy(update={"target": target})
+                     for disk, target in zip(domain.disks, targets, strict=True)]
+            self.live = domain.model_copy(update={"disks": disks})
+            self.disk_ids = list(range(len(domain.disks)))
+            self.nic_ids = list(range(len(domain.nics)))
+        if len(self.disk_ids) != len(self.live.disks) or \
+                len(self.nic_ids) != len(self.live.nics):
+            self.disk_ids = list(range(len(self.live.disks)))
+            self.nic_ids = list(range(len(self.live.nics)))
+        if self.live.guest_agent:
+            self.agent = GuestAgent(self.run_dir / "agent.sock", self.live.name)
+
+    def record(self) -> dict[str, Any]:
+        """What the runtime record keeps of this process (never its argv)."""
+        return {"accel": self.accel, "vnc": self.vnc, "taps": self.taps,
+                "live": dump_domain(self.live) if self.live is not None else None,
+                "disk_ids": self.disk_ids, "nic_ids": self.nic_ids}
 
     def release_hostdevs(self) -> None:
         """Give managed PCI devices back to their drivers (after QEMU ended)."""
@@ -166,6 +206,7 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
         running = Running(process, monitor, run_dir, caps.accel,
                           taps={index: tap.name for index, tap in taps.items()},
                           helpers=helpers, hostdev_drivers=hostdevs)
+        running.attach_live(domain)
         await _setup(domain, running)
         return running
     except BaseException as exc:

@@ -18,13 +18,20 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from virtkit.errors import NotFound, QemuError, StateError, TimeoutExpired, VirtkitError
-from virtkit.model.domain import Domain, LifecycleAction
+from virtkit.errors import (
+    AgentUnavailable,
+    NotFound,
+    QemuError,
+    StateError,
+    TimeoutExpired,
+    VirtkitError,
+)
+from virtkit.model.domain import Domain, LifecycleAction, Nic
 from virtkit.model.load import dump_domain
 from virtkit.model.state import Action, State, check_action, check_transition
 from virtkit.paths import StatePaths
@@ -32,7 +39,7 @@ from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
 from virtkit.runtime import savefile
 from virtkit.runtime.events import EventBus
-from virtkit.runtime.launcher import CapsProvider, Running, TapProvider, launch
+from virtkit.runtime.launcher import CapsProvider, OpenTap, Running, TapProvider, launch
 from virtkit.store.db import Store
 from virtkit.unixsock import connect_unix
 
@@ -108,22 +115,71 @@ class Lifecycle:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @contextlib.asynccontextmanager
+    async def live_change(self, uuid: str, name: str) -> AsyncIterator[Running]:
+        """Hold the VM's lock over a change of its running devices (hotplug), then
+        record the running configuration, so a daemon restart finds it."""
+        vm = self.vm(uuid, name)
+        async with vm.lock:
+            running = vm.running
+            if running is None or vm.state not in (State.RUNNING, State.PAUSED,
+                                                    State.SHUTTING_DOWN):
+                raise StateError(f"domain '{vm.name}' is not running (it is {vm.state.value})",
+                                 current=vm.state.value, requested="live change",
+                                 fix="change its definition with --config instead")
+            try:
+                yield running
+            finally:
+                if vm.running is running:
+                    self._record(vm)
+
+    async def open_tap(self, domain: Domain, nic: Nic) -> tuple[OpenTap | None, bool]:
+        """A tap for hot-adding ``nic`` to ``domain`` (None for user mode), and whether
+        the domain's NICs use vhost-net."""
+        caps, _binary = self._caps_for(domain)
+        if nic.type == "user" or self._taps_for is None:
+            return None, caps.vhost_net
+        single = domain.model_copy(update={"nics": [nic]})
+        taps = await asyncio.to_thread(self._taps_for, single)
+        return taps.get(0), caps.vhost_net
+
+    def finisher(self, uuid: str, name: str) -> Callable[[Callable[[], Awaitable[None]]], None]:
+        """Run the end of a device removal the guest acknowledges late, then record it."""
+        vm = self.vm(uuid, name)
+
+        def schedule(work: Callable[[], Awaitable[None]]) -> None:
+            async def run() -> None:
+                try:
+                    await asyncio.wait_for(work(), 3600)
+                except (asyncio.CancelledError, TimeoutError, VirtkitError):
+                    return  # QEMU ended, or the guest never let go
+                async with vm.lock:
+                    if vm.running is not None:
+                        self._record(vm)
+                self._bus.publish("device-removed", vm.uuid, domain=vm.name, uuid=vm.uuid,
+                                  state=vm.state.value, reason="the guest released it")
+            self._spawn(run())
+        return schedule
+
     def _set_state(self, vm: Vm, state: State, reason: str = "", *, event: str | None = None,
                    **detail: Any) -> None:
         check_transition(vm.state, state, vm.name)
         vm.state, vm.reason = state, reason
+        self._record(vm)
+        if event:
+            self._bus.publish(event, vm.uuid, domain=vm.name, uuid=vm.uuid,
+                              state=state.value, reason=reason, **detail)
+
+    def _record(self, vm: Vm) -> None:
+        """Write the runtime record: state, pid, and the running configuration."""
         running = vm.running
-        extra: dict[str, Any] = ({"accel": running.accel, "vnc": running.vnc,
-                                  "taps": running.taps} if running else {})
+        extra: dict[str, Any] = running.record() if running else {}
         self._store.set_runtime(
-            vm.uuid, state=state.value, reason=reason,
+            vm.uuid, state=vm.state.value, reason=vm.reason,
             pid=running.process.pid if running else None,
             pid_start=running.process.start_time if running else None,
             started=vm.started if running else None, extra=extra,
         )
-        if event:
-            self._bus.publish(event, vm.uuid, domain=vm.name, uuid=vm.uuid,
-                              state=state.value, reason=reason, **detail)
 
     # -- start ---------------------------------------------------------------
 
@@ -227,17 +283,19 @@ class Lifecycle:
         await asyncio.wait_for(vm.exited.wait(), 10.0)
 
     async def shutdown(self, uuid: str, name: str, *, timeout: float | None = None,
-                       wait: bool = False, reboot: bool = False) -> None:
-        """ACPI power-off (or reboot); the guest gets ``timeout`` seconds to comply."""
+                       wait: bool = False, reboot: bool = False,
+                       modes: tuple[str, ...] = ("acpi",)) -> None:
+        """Power-off (or reboot) by ACPI or through the guest agent, tried in the order of
+        ``modes`` (virsh's ``--mode agent,acpi``); the guest gets ``timeout`` seconds."""
         vm = self.vm(uuid, name)
         timeout = DEFAULT_SHUTDOWN_TIMEOUT if timeout is None else timeout
         async with vm.lock:
             check_action(Action.REBOOT if reboot else Action.SHUTDOWN, vm.state, vm.name)
             assert vm.running is not None
-            await vm.running.monitor.execute("system_powerdown")
+            used = await self._request_shutdown(vm, vm.running, modes, reboot)
             vm.reboot_pending = reboot
             if vm.state is State.RUNNING:
-                self._set_state(vm, State.SHUTTING_DOWN, "reboot" if reboot else "acpi")
+                self._set_state(vm, State.SHUTTING_DOWN, "reboot" if reboot else used)
             if vm.shutdown_timer is None:
                 vm.shutdown_timer = asyncio.create_task(self._shutdown_deadline(vm, timeout))
         if wait and not await self._wait_exited(vm, timeout):
@@ -246,6 +304,28 @@ class Lifecycle:
                 f"within {timeout:g}s; the guest ignored the ACPI request",
                 fix=f"use 'virtkit destroy {vm.name}' to stop it at once",
             )
+
+    @staticmethod
+    async def _request_shutdown(vm: Vm, running: Running, modes: tuple[str, ...],
+                                reboot: bool) -> str:
+        """Ask the guest to go down by the first of ``modes`` that works; its name."""
+        failure: VirtkitError | None = None
+        for mode in modes:
+            try:
+                if mode == "acpi":
+                    await running.monitor.execute("system_powerdown")
+                elif running.agent is None or running.agent_open is False:
+                    raise AgentUnavailable(
+                        f"domain '{vm.name}' has no connected guest agent to shut it down",
+                        fix="use --mode acpi, or start qemu-guest-agent in the guest")
+                else:  # the guest agent: the guest's own clean shutdown, no ACPI needed
+                    await running.agent.execute(
+                        "guest-shutdown", {"mode": "reboot" if reboot else "powerdown"})
+                return mode
+            except VirtkitError as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
 
     async def _wait_exited(self, vm: Vm, timeout: float) -> bool:
         try:
@@ -349,6 +429,12 @@ class Lifecycle:
                 self._set_state(vm, State.PAUSED, "paused by QEMU", event="paused")
             elif kind == "RESUME" and vm.state is State.PAUSED:
                 self._set_state(vm, State.RUNNING, "resumed by QEMU", event="resumed")
+        elif kind == "VSERPORT_CHANGE" and vm.running is not None \
+                and data.get("id") == "channel0":
+            vm.running.agent_open = bool(data.get("open"))
+            self._bus.publish("agent", vm.uuid, domain=vm.name, uuid=vm.uuid,
+                              state=vm.state.value,
+                              reason="connected" if vm.running.agent_open else "disconnected")
         elif kind == "WATCHDOG":
             self._bus.publish("watchdog", vm.uuid, domain=vm.name, uuid=vm.uuid,
                               state=vm.state.value, reason=str(data.get("action")))
@@ -376,6 +462,8 @@ class Lifecycle:
         status = running.process.exit_status()
         running.process.close()
         self._spawn(running.monitor.close())
+        if running.agent is not None:
+            self._spawn(running.agent.close())
         for role_socket in running.run_dir.glob("*.sock"):
             role_socket.unlink(missing_ok=True)
         if running.helpers:
@@ -484,6 +572,10 @@ class Lifecycle:
             log.error("cannot reach the monitor of %s: %s", vm.name, exc)
         running = Running(process, monitor, run_dir, extra.get("accel", "?"), extra.get("vnc", {}),
                           {int(k): v for k, v in extra.get("taps", {}).items()})
+        try:
+            running.attach_live(self._spec_for(vm.uuid), extra)
+        except VirtkitError as exc:  # a record from an older daemon, or a damaged one
+            log.error("cannot read the live configuration of %s: %s", vm.name, exc)
         self._adopt(vm, running)
         if status == "prelaunch" and reason == "starting":
             await self._kill(vm, "start interrupted by a daemon crash")

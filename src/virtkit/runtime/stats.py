@@ -56,7 +56,10 @@ class StatsCollector:
         self._balloon_polling &= live
 
     async def collect(self, domain: Domain, running: Running) -> dict[str, Any]:
-        """Everything domstats reports about one running domain."""
+        """Everything domstats reports about one running domain (its running
+        configuration, hot-plugged devices included, when the runtime knows it)."""
+        if running.live is not None:
+            domain = running.live
         pid = running.process.pid
         key = (domain.uuid, pid)
         replies = await self._qmp_round(domain, running, key)
@@ -78,7 +81,8 @@ class StatsCollector:
                     "threads": process.threads if process else None},
             "balloon": self._balloon(domain, replies, process),
             "vcpu": self._vcpus(domain, vcpu_threads, threads, previous, sample),
-            "block": block_stats(domain, replies.get("query-blockstats") or []),
+            "block": block_stats(domain, replies.get("query-blockstats") or [],
+                                 running.disk_ids),
             "net": net_stats(domain, running),
         }
 
@@ -161,15 +165,23 @@ class StatsCollector:
                 "maximum": domain.vcpus.maximum, "vcpus": items}
 
 
-def block_stats(domain: Domain, blockstats: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """query-blockstats per disk of the spec, with average latencies in microseconds."""
+def block_stats(domain: Domain, blockstats: list[dict[str, Any]],
+                ids: list[int] | None = None) -> list[dict[str, Any]]:
+    """query-blockstats per disk, with average latencies in microseconds.  ``ids`` are
+    the QEMU numbers of the disks (``disk{n}``/``drive-disk{n}``; hot-added disks take
+    fresh ones); by default their positions."""
     by_node = {entry.get("node-name"): entry for entry in blockstats}
     by_qdev = {str(entry.get("qdev", "")): entry for entry in blockstats}
     disks = []
-    for slot, disk in zip(disk_slots(domain), domain.disks, strict=True):
-        entry = by_node.get(slot.node) or next(
+    slots = disk_slots(domain)
+    numbers = ids if ids is not None and len(ids) == len(slots) else \
+        [slot.index for slot in slots]
+    for slot, disk, number in zip(slots, domain.disks, numbers, strict=True):
+        device_id = f"disk{number}"
+        entry = by_node.get(f"drive-disk{number}") or next(
             (value for qdev, value in by_qdev.items()
-             if qdev.split("/")[-2:-1] == [slot.device_id] or qdev == slot.device_id), None)
+             if qdev.split("/")[-2:-1] == [device_id] or qdev.endswith("/" + device_id)),
+            None)
         if entry is None:
             continue
         stats = entry.get("stats", {})
@@ -190,9 +202,12 @@ def block_stats(domain: Domain, blockstats: list[dict[str, Any]]) -> list[dict[s
 def net_stats(domain: Domain, running: Running) -> list[dict[str, Any]]:
     """Counters of each NIC's tap (guest's view); user-mode NICs have no tap to read."""
     nics = []
-    for index, nic in enumerate(domain.nics):
-        tap = running.taps.get(index)
-        item: dict[str, Any] = {"name": tap or f"nic{index}", "mac": nic.mac, "type": nic.type}
+    numbers = running.nic_ids if len(running.nic_ids) == len(domain.nics) else \
+        list(range(len(domain.nics)))
+    for number, nic in zip(numbers, domain.nics, strict=True):
+        tap = running.taps.get(number)
+        item: dict[str, Any] = {"name": tap or f"nic{number}", "mac": nic.mac,
+                                "type": nic.type}
         counters = procstat.tap_counters(tap) if tap else None
         if counters is not None:
             item.update(counters)

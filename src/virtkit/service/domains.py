@@ -65,13 +65,14 @@ class DomainService:
         vm = self._life.vm(row.uuid, row.name)
         spec = row.spec
         running = vm.running
+        live = running.live if running is not None else None  # hotplug changes these
         return {
             "name": row.name,
             "uuid": row.uuid,
             "state": vm.state.value,
             "reason": vm.reason,
-            "vcpus": spec["vcpus"]["current"],
-            "memory_mib": spec["memory"]["current"],
+            "vcpus": live.vcpus.current if live else spec["vcpus"]["current"],
+            "memory_mib": live.memory.current if live else spec["memory"]["current"],
             "autostart": spec.get("autostart", False),
             "pid": running.process.pid if running else None,
         }
@@ -101,13 +102,22 @@ class DomainService:
             started=vm.started if vm.running else None,
             installing=vm.running is not None and vm.boot_spec is not None,
             vnc=self._vnc(vm.running.vnc if vm.running else None),
-            disks=[self._disk_info(slot.target, slot.bus.value, disk)
-                   for slot, disk in zip(disk_slots(domain), domain.disks, strict=True)],
+            disks=self.disks(row.uuid),
             console_log=str(self.console_log_path(row.uuid)),
         )
         stat = procstat.process_stat(vm.running.process.pid) if vm.running else None
         info["cpu_time"] = round(stat.cpu_s, 3) if stat else None
         return info
+
+    def disks(self, ref: str, *, inactive: bool = False) -> list[dict[str, Any]]:
+        """domblklist: the disks QEMU has now (hot-plugged ones included) when the
+        domain runs, else (or with ``inactive``) the spec's."""
+        row = self._row(ref)
+        running = self._life.vm(row.uuid, row.name).running
+        domain = running.live if running is not None and running.live is not None \
+            and not inactive else load_domain(row.spec)
+        return [self._disk_info(slot.target, slot.bus.value, disk)
+                for slot, disk in zip(disk_slots(domain), domain.disks, strict=True)]
 
     def _disk_info(self, target: str, bus: str, disk: Any) -> dict[str, Any]:
         pool, volume = disk.pool, disk.volume
@@ -177,6 +187,18 @@ class DomainService:
             disk.path = self._storage.resolve(disk.pool, disk.volume)
         return domain
 
+    def prepare(self, domain: Domain) -> Domain:
+        """Validate ``domain`` against the host and fill in host-given defaults."""
+        return self._prepare(domain)
+
+    def replace_spec(self, row: DomainRow, domain: Domain) -> None:
+        """Store a prepared spec as the next version of ``row`` (device changes)."""
+        updated = self._store.update_domain(row.uuid, domain.name, dump_domain(domain),
+                                            row.version)
+        self._bus.publish("updated", row.uuid, domain=updated.name, uuid=row.uuid,
+                          state=self._life.vm(row.uuid, updated.name).state.value,
+                          reason="devices changed", version=updated.version)
+
     def _prepare(self, domain: Domain) -> Domain:
         """Host checks and defaults that need the host: files, memory, formats, MACs."""
         self._resolve_volumes(domain)
@@ -208,15 +230,23 @@ class DomainService:
                                   "defined", field=f"nics[{index}].network",
                                   fix="see 'virtkit net-list --all'") from None
 
+    def _live_nics(self, row: DomainRow) -> tuple[Any, list[tuple[int, Any]]]:
+        """The VM record and its NICs with their QEMU numbers: the running configuration
+        when QEMU runs (hot-added NICs included), else the spec's."""
+        vm = self._life.vm(row.uuid, row.name)
+        running = vm.running
+        if running is not None and running.live is not None:
+            return vm, list(zip(running.nic_ids, running.live.nics, strict=True))
+        return vm, list(enumerate(load_domain(row.spec).nics))
+
     def interfaces(self, ref: str) -> list[dict[str, Any]]:
         """domiflist/domifaddr: each NIC with its source, tap, link and leased addresses."""
         row = self._row(ref)
-        domain = load_domain(row.spec)
-        vm = self._life.vm(row.uuid, row.name)
+        vm, nics = self._live_nics(row)
         taps = vm.running.taps if vm.running else {}
         links = vm.links if vm.running else {}
         result = []
-        for index, nic in enumerate(domain.nics):
+        for index, (number, nic) in enumerate(nics):
             addresses = []
             if nic.type == "network" and nic.network and self.networks is not None:
                 addresses = [lease["ip"] for lease in self.networks.leases(nic.network)
@@ -224,7 +254,7 @@ class DomainService:
             result.append({
                 "index": index, "type": nic.type, "model": nic.model, "mac": nic.mac,
                 "source": nic.network or nic.bridge or "user",
-                "tap": taps.get(index), "link": links.get(index, nic.link),
+                "tap": taps.get(number), "link": links.get(number, nic.link),
                 "addresses": addresses,
             })
         return result
@@ -234,16 +264,15 @@ class DomainService:
         if state not in ("up", "down"):
             raise InvalidSpec("link state must be up or down", field="state")
         row = self._row(ref)
-        vm = self._life.vm(row.uuid, row.name)
+        vm, nics = self._live_nics(row)
         if vm.running is None:
             raise Conflict(f"domain '{row.name}' is not running",
                            fix="links of a stopped domain are set in its spec (nics[].link)")
-        domain = load_domain(row.spec)
-        for index, nic in enumerate(domain.nics):
-            if nic_ref in (nic.mac, vm.running.taps.get(index), str(index)):
-                await vm.running.monitor.execute("set_link", {"name": f"nic{index}",
+        for index, (number, nic) in enumerate(nics):
+            if nic_ref in (nic.mac, vm.running.taps.get(number), str(index)):
+                await vm.running.monitor.execute("set_link", {"name": f"nic{number}",
                                                               "up": state == "up"})
-                vm.links[index] = state
+                vm.links[number] = state
                 return {"name": row.name, "index": index, "mac": nic.mac, "link": state}
         raise NotFound(f"domain '{row.name}' has no interface {nic_ref}",
                        fix=f"see 'virtkit domiflist {row.name}'")
@@ -404,9 +433,16 @@ class DomainService:
                 if self._life.vm(row.uuid, row.name).running is not None]
 
     async def shutdown(self, ref: str, *, timeout: float | None = None, wait: bool = False,
-                       reboot: bool = False) -> dict[str, Any]:
+                       reboot: bool = False, mode: str = "acpi") -> dict[str, Any]:
+        """shutdown/reboot; ``mode`` is virsh's ``--mode``: acpi, agent, or both in order."""
+        modes = tuple(part.strip() for part in (mode or "acpi").split(",") if part.strip())
+        unknown = [part for part in modes if part not in ("acpi", "agent")]
+        if unknown or not modes:
+            raise InvalidSpec(f"unknown shutdown mode {','.join(unknown) or mode!r}",
+                              field="mode", fix="use acpi, agent, or agent,acpi")
         row = self._row(ref)
-        await self._life.shutdown(row.uuid, row.name, timeout=timeout, wait=wait, reboot=reboot)
+        await self._life.shutdown(row.uuid, row.name, timeout=timeout, wait=wait, reboot=reboot,
+                                  modes=modes)
         return self._summary(row)
 
     async def simple(self, ref: str, action: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from virtkit.errors import InvalidSpec, StateError
+from virtkit.errors import Conflict, InvalidSpec, StateError
 from virtkit.formats.libvirt_common import XmlReader
 from virtkit.formats.libvirt_tuning import hostdev_in
 from virtkit.host import ksm, numa, pci, procstat
@@ -21,6 +21,7 @@ from virtkit.model.cpulist import format_cpulist
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.tuning import HostDev
 from virtkit.runtime import tuning
+from virtkit.runtime.hotplug import free_pcie_port
 from virtkit.runtime.launcher import Running
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.runtime.stats import vcpu_threads
@@ -192,9 +193,15 @@ class TuningService:
         bound = await asyncio.to_thread(tuning.bind_hostdevs, load_domain(
             {"name": "hotplug", "memory": 1, "hostdevs": [dev.model_dump()]}), self._sys)
         running.hostdev_drivers.update(bound)
-        await running.monitor.execute("device_add", {"driver": "vfio-pci",
-                                                     "host": dev.address,
-                                                     "id": f"hostdev{index}"})
+        device: dict[str, Any] = {"driver": "vfio-pci", "host": dev.address,
+                                  "id": f"hostdev{index}"}
+        if running.live is not None and running.live.machine.value == "q35":
+            port = await free_pcie_port(running.monitor)
+            if port is None:
+                raise Conflict("no free PCIe slot for the host device: every hotplug port "
+                               "is in use", fix="attach it with --config and restart")
+            device["bus"] = port
+        await running.monitor.execute("device_add", device)
 
 
 def _parse_hostdev(xml: str) -> HostDev:

@@ -1,0 +1,430 @@
+"""Hotplug: change the devices of a running QEMU, step by step, with undo.
+
+Each operation is a short sequence of QMP commands (a disk is ``blockdev-add``
+twice, then ``device_add``).  Every step that succeeds registers its undo on an
+``AsyncExitStack``; if a later step fails the stack unwinds, so a half-done
+hotplug never stays behind, and the stack is dropped (``pop_all``) only once all
+steps succeeded.  Removals ask the guest to let go (``device_del``) and wait for
+QEMU's ``DEVICE_DELETED`` before freeing the back end; a guest that does not
+answer gets a clear timeout, and the removal finishes whenever it does answer.
+
+The functions change ``running.live`` (the running configuration) only after
+QEMU did; the caller persists it.  Device names follow the argv builder:
+``disk{n}``/``drive-disk{n}``, ``nic{n}``/``net{n}``, with ``n`` a fresh number
+for every hot-added device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from virtkit.errors import Conflict, InvalidSpec, NotFound, QemuError, TimeoutExpired
+from virtkit.model.domain import Disk, DiskBus, DiskDevice, Domain, Machine, Nic
+from virtkit.qemu.argv import blockdev_nodes, disk_slots, nic_device
+from virtkit.qemu.monitor import Monitor
+from virtkit.runtime.launcher import OpenTap, Running
+
+#: seconds the guest gets to release a device before the removal is reported pending
+UNPLUG_TIMEOUT = 20.0
+#: the granularity Linux onlines hot-added memory in (a memory block)
+MEMORY_BLOCK_MIB = 128
+
+#: schedules the end of a removal the guest has not yet acknowledged (the lifecycle runs
+#: it in the background and records the running configuration afterwards)
+Finisher = Callable[[Callable[[], Awaitable[None]]], None]
+
+
+def _live(running: Running) -> Domain:
+    assert running.live is not None
+    return running.live
+
+
+def _next_number(numbers: list[int]) -> int:
+    return max(numbers, default=-1) + 1
+
+
+async def free_pcie_port(monitor: Monitor) -> str | None:
+    """A PCIe root port with nothing plugged into it (q35), from ``query-pci``."""
+    for bus in await monitor.execute("query-pci"):
+        for device in bus.get("devices", []):
+            bridge = device.get("pci_bridge")
+            if bridge is not None and device.get("qdev_id", "").startswith("pci.") \
+                    and not bridge.get("devices"):
+                return str(device["qdev_id"])
+    return None
+
+
+async def _placement(running: Running, what: str) -> dict[str, Any]:
+    """Where a hot-added PCI device goes: a free root port on q35, the root bus on pc."""
+    machine = _live(running).machine
+    if machine is Machine.MICROVM:
+        raise Conflict(f"a microvm domain has no PCI bus to hot-add a {what} to",
+                       fix="add it with --config and restart the domain")
+    if machine is not Machine.Q35:
+        return {}
+    port = await free_pcie_port(running.monitor)
+    if port is None:
+        raise Conflict(f"no free PCIe slot for another {what}: every hotplug port is in use",
+                       fix="add it with --config and restart (the domain then gets new ports)")
+    return {"bus": port}
+
+
+async def _unplug(running: Running, device_id: str, what: str, timeout: float,
+                  finish: Callable[[], Awaitable[None]], background: Finisher) -> None:
+    """device_del, wait for DEVICE_DELETED, then ``finish`` (free the back end)."""
+    deleted = running.monitor.expect(
+        "DEVICE_DELETED", lambda event: event.get("data", {}).get("device") == device_id)
+    try:
+        await running.monitor.execute("device_del", {"id": device_id})
+    except BaseException:
+        deleted.cancel()
+        raise
+    try:
+        await asyncio.wait_for(asyncio.shield(deleted), timeout)
+    except TimeoutError:
+        async def later() -> None:
+            await deleted
+            await finish()
+        background(later)
+        raise TimeoutExpired(
+            f"the guest did not release {what} within {timeout:g}s; the removal stays "
+            "requested and completes when the guest lets go",
+            fix="check that the guest is booted and supports hotplug (ACPI/PCIe hotplug); "
+                "or remove it with --config and restart") from None
+    await finish()
+
+
+# -- disks ---------------------------------------------------------------------------------
+
+def _target_for(running: Running, disk: Disk) -> str:
+    """The disk's guest name: its own, or the next free one on its bus (vdb, sdc ...)."""
+    live = _live(running)
+    taken = {d.target for d in live.disks}
+    if disk.target:
+        if disk.target in taken:
+            raise Conflict(f"target {disk.target} is already used by a disk of '{live.name}'",
+                           fix="pick another target, or detach that disk first")
+        return disk.target
+    probe = live.model_copy(update={"disks": [*live.disks, disk]})
+    slot = disk_slots(probe)[-1]
+    prefix = slot.target[:2]
+    for letter in "abcdefghijklmnopqrstuvwxyz":
+        if prefix + letter not in taken:
+            return prefix + letter
+    raise Conflict(f"no free {prefix}* target left")
+
+
+async def attach_disk(running: Running, disk: Disk) -> Disk:
+    """Hot-add ``disk`` (virtio or SCSI); returns it with its target set."""
+    bus = disk.effective_bus
+    if bus in (DiskBus.SATA, DiskBus.IDE):
+        raise InvalidSpec(f"{bus.value} disks cannot be hot-plugged (QEMU's AHCI and IDE "
+                          "have no hotplug)", field="bus",
+                          fix="use --targetbus virtio (or scsi), or --config and a restart")
+    if disk.device is DiskDevice.CDROM and bus is not DiskBus.SCSI:
+        raise InvalidSpec("only a SCSI CD-ROM can be hot-plugged", field="device",
+                          fix="use --targetbus scsi, or change-media on an existing CD-ROM")
+    if disk.path is None:
+        raise InvalidSpec("a hot-plugged disk needs a source path", field="path")
+    target = _target_for(running, disk)
+    disk = disk.model_copy(update={"target": target})
+    number = _next_number(running.disk_ids)
+    device_id, node = f"disk{number}", f"drive-disk{number}"
+    monitor = running.monitor
+    async with contextlib.AsyncExitStack() as undo:
+        for blockdev in blockdev_nodes(disk, node):
+            await monitor.execute("blockdev-add", blockdev)
+            undo.push_async_callback(_quietly, monitor, "blockdev-del",
+                                     {"node-name": blockdev["node-name"]})
+        device: dict[str, Any] = {"id": device_id, "drive": node}
+        if bus is DiskBus.VIRTIO:
+            device["driver"] = "virtio-blk-pci"
+            device.update(await _placement(running, "disk"))
+        else:
+            await _ensure_scsi_controller(running, undo)
+            device.update(driver="scsi-cd" if disk.device is DiskDevice.CDROM else "scsi-hd",
+                          bus="scsi0.0")
+        if disk.serial:
+            device["serial"] = disk.serial
+        await monitor.execute("device_add", device)
+        undo.pop_all()
+    live = _live(running)
+    running.live = live.model_copy(update={"disks": [*live.disks, disk]})
+    running.disk_ids.append(number)
+    return disk
+
+
+async def _ensure_scsi_controller(running: Running, undo: contextlib.AsyncExitStack) -> None:
+    """A virtio-scsi controller ``scsi0``, hot-added first when the domain has none."""
+    if any(d.effective_bus is DiskBus.SCSI for d in _live(running).disks):
+        return
+    controller = {"driver": "virtio-scsi-pci", "id": "scsi0",
+                  **(await _placement(running, "SCSI controller"))}
+    try:
+        await running.monitor.execute("device_add", controller)
+    except QemuError as exc:
+        if "Duplicate" not in exc.message:  # one left from an earlier SCSI disk
+            raise
+        return
+    undo.push_async_callback(_quietly, running.monitor, "device_del", {"id": "scsi0"})
+
+
+def _find_disk(running: Running, target: str) -> int:
+    for position, disk in enumerate(_live(running).disks):
+        if disk.target == target or disk.path == target:
+            return position
+    raise NotFound(f"domain '{_live(running).name}' has no disk {target}",
+                   fix=f"see 'virtkit domblklist {_live(running).name}'")
+
+
+async def detach_disk(running: Running, target: str, background: Finisher, *,
+                      timeout: float = UNPLUG_TIMEOUT) -> Disk:
+    """Hot-remove the disk named by target (vdb) or source path."""
+    position = _find_disk(running, target)
+    disk = _live(running).disks[position]
+    if disk.effective_bus in (DiskBus.SATA, DiskBus.IDE):
+        raise InvalidSpec(f"{disk.effective_bus.value} disks cannot be hot-unplugged",
+                          fix="remove it with --config and restart the domain")
+    number = running.disk_ids[position]
+    node = f"drive-disk{number}"
+
+    async def finish() -> None:
+        await _delete_medium_nodes(running.monitor, node)
+        _forget_disk(running, number)
+
+    await _unplug(running, f"disk{number}", f"disk {disk.target}", timeout, finish, background)
+    return disk
+
+
+def _forget_disk(running: Running, number: int) -> None:
+    if number not in running.disk_ids:
+        return
+    position = running.disk_ids.index(number)
+    live = _live(running)
+    running.live = live.model_copy(update={
+        "disks": [d for i, d in enumerate(live.disks) if i != position]})
+    del running.disk_ids[position]
+
+
+async def _delete_medium_nodes(monitor: Monitor, node: str) -> None:
+    """Free a disk's format node and the protocol node below it."""
+    await _quietly(monitor, "blockdev-del", {"node-name": node})
+    await _quietly(monitor, "blockdev-del", {"node-name": f"file-{node}"})
+
+
+async def _quietly(monitor: Monitor, command: str, arguments: dict[str, Any]) -> None:
+    """An undo step: its failure (the thing is already gone) must not hide the real error."""
+    with contextlib.suppress(QemuError, TimeoutExpired):
+        await monitor.execute(command, arguments)
+
+
+async def change_media(running: Running, target: str, path: str | None, *,
+                       force: bool = False) -> Disk:
+    """Eject the CD-ROM ``target`` (path None) or put ``path`` in it."""
+    position = _find_disk(running, target)
+    disk = _live(running).disks[position]
+    if disk.device is not DiskDevice.CDROM:
+        raise InvalidSpec(f"{disk.target} is not a CD-ROM; media can only be changed in one",
+                          fix="use attach-disk/detach-disk for disks")
+    device_id = f"disk{running.disk_ids[position]}"
+    monitor = running.monitor
+    current = await _medium_node(monitor, device_id)
+    new_node = f"drive-{device_id}-{secrets.token_hex(3)}"
+    async with contextlib.AsyncExitStack() as undo:
+        if path is not None:
+            medium = disk.model_copy(update={"path": path, "format": disk.format or "raw"})
+            for blockdev in blockdev_nodes(medium, new_node):
+                await monitor.execute("blockdev-add", blockdev)
+                undo.push_async_callback(_quietly, monitor, "blockdev-del",
+                                         {"node-name": blockdev["node-name"]})
+        try:
+            await monitor.execute("blockdev-open-tray", {"id": device_id, "force": force})
+        except QemuError as exc:
+            raise Conflict(f"the guest has locked the tray of {disk.target}: {exc.message}",
+                           fix="unmount the CD in the guest, or use --force") from None
+        await monitor.execute("blockdev-remove-medium", {"id": device_id})
+        if path is not None:
+            await monitor.execute("blockdev-insert-medium", {"id": device_id,
+                                                             "node-name": new_node})
+        await monitor.execute("blockdev-close-tray", {"id": device_id})
+        undo.pop_all()
+    if current is not None:
+        await _delete_medium_nodes(monitor, current)
+    changed = disk.model_copy(update={"path": path})
+    disks = list(_live(running).disks)
+    disks[position] = changed
+    running.live = _live(running).model_copy(update={"disks": disks})
+    return changed
+
+
+async def _medium_node(monitor: Monitor, device_id: str) -> str | None:
+    """The format node of the medium in drive ``device_id``, None when empty."""
+    for block in await monitor.execute("query-block"):
+        if block.get("qdev") in (device_id, f"/machine/peripheral/{device_id}/virtio-backend"):
+            inserted = block.get("inserted")
+            return str(inserted["node-name"]) if inserted else None
+    return None
+
+
+# -- NICs ----------------------------------------------------------------------------------
+
+async def attach_nic(running: Running, nic: Nic, tap: OpenTap | None, *,
+                     vhost: bool) -> Nic:
+    """Hot-add ``nic`` on ``tap`` (opened by the caller; None for user mode)."""
+    live = _live(running)
+    if nic.mac and any(other.mac == nic.mac for other in live.nics):
+        raise Conflict(f"MAC {nic.mac} is already used by a NIC of '{live.name}'",
+                       fix="give another --mac, or leave it out for a fresh one")
+    number = _next_number(running.nic_ids)
+    monitor = running.monitor
+    async with contextlib.AsyncExitStack() as undo:
+        if tap is not None:
+            monitor.send_fd(tap.fd)
+            await monitor.execute("getfd", {"fdname": f"tap{number}"})
+            undo.push_async_callback(_quietly, monitor, "closefd", {"fdname": f"tap{number}"})
+            netdev: dict[str, Any] = {"type": "tap", "id": f"net{number}",
+                                      "fd": f"tap{number}", "vhost": vhost}
+        else:
+            netdev = {"type": "user", "id": f"net{number}", "restrict": nic.restrict}
+        await monitor.execute("netdev_add", netdev)
+        undo.pop_all()  # the fd now belongs to the netdev
+        undo.push_async_callback(_quietly, monitor, "netdev_del", {"id": f"net{number}"})
+        device = nic_device(nic, number, pci=True, port=None)
+        device.update(await _placement(running, "NIC"))
+        await monitor.execute("device_add", device)
+        undo.pop_all()
+    running.live = live.model_copy(update={"nics": [*live.nics, nic]})
+    running.nic_ids.append(number)
+    if tap is not None:
+        running.taps[number] = tap.name
+    return nic
+
+
+async def detach_nic(running: Running, mac: str, background: Finisher, *,
+                     timeout: float = UNPLUG_TIMEOUT) -> Nic:
+    """Hot-remove the NIC with MAC ``mac``."""
+    live = _live(running)
+    matches = [i for i, nic in enumerate(live.nics) if (nic.mac or "").lower() == mac.lower()]
+    if not matches:
+        raise NotFound(f"domain '{live.name}' has no interface with MAC {mac}",
+                       fix=f"see 'virtkit domiflist {live.name}'")
+    position = matches[0]
+    number = running.nic_ids[position]
+    nic = live.nics[position]
+
+    async def finish() -> None:
+        await _quietly(running.monitor, "netdev_del", {"id": f"net{number}"})
+        if number in running.nic_ids:
+            index = running.nic_ids.index(number)
+            current = _live(running)
+            running.live = current.model_copy(update={
+                "nics": [n for i, n in enumerate(current.nics) if i != index]})
+            del running.nic_ids[index]
+        running.taps.pop(number, None)
+
+    await _unplug(running, f"nic{number}", f"interface {mac}", timeout, finish, background)
+    return nic
+
+
+# -- vCPUs and memory ----------------------------------------------------------------------
+
+async def set_vcpus(running: Running, count: int, background: Finisher, *,
+                    timeout: float = UNPLUG_TIMEOUT) -> int:
+    """Plug or unplug vCPUs until ``count`` are present (QMP CPU device objects)."""
+    live = _live(running)
+    if not 1 <= count <= live.vcpus.maximum:
+        raise InvalidSpec(f"vCPU count {count} is outside 1..{live.vcpus.maximum} (the "
+                          f"maximum '{live.name}' was started with)", field="count",
+                          fix="raise the maximum with 'setvcpus --maximum --config' and restart")
+    slots = await running.monitor.execute("query-hotpluggable-cpus")
+    present = [slot for slot in slots if slot.get("qom-path")]
+    absent = sorted((slot for slot in slots if not slot.get("qom-path")),
+                    key=lambda slot: _cpu_key(slot["props"]))
+    if count > len(present):
+        async with contextlib.AsyncExitStack() as undo:
+            for slot in absent[:count - len(present)]:
+                device_id = "vcpu-" + "-".join(str(v) for v in _cpu_key(slot["props"]))
+                await running.monitor.execute("device_add", {"driver": slot["type"],
+                                                             "id": device_id, **slot["props"]})
+                undo.push_async_callback(_quietly, running.monitor, "device_del",
+                                         {"id": device_id})
+            undo.pop_all()
+    elif count < len(present):
+        removable = sorted((slot for slot in present
+                            if slot["qom-path"].startswith("/machine/peripheral/")),
+                           key=lambda slot: _cpu_key(slot["props"]), reverse=True)
+        wanted = len(present) - count
+        if len(removable) < wanted:
+            raise Conflict(f"'{live.name}' started with {len(present) - len(removable)} vCPUs; "
+                           "only hot-added vCPUs can be unplugged",
+                           fix="use 'setvcpus --guest' to take vCPUs offline in the guest, or "
+                               "--config and a restart")
+        for slot in removable[:wanted]:
+            device_id = slot["qom-path"].rsplit("/", 1)[1]
+
+            async def nothing() -> None:
+                return None
+
+            await _unplug(running, device_id, f"vCPU {device_id}", timeout, nothing,
+                          background)
+    vcpus = live.vcpus.model_copy(update={"current": count})
+    running.live = live.model_copy(update={"vcpus": vcpus})
+    return count
+
+
+def _cpu_key(props: dict[str, Any]) -> tuple[int, ...]:
+    return tuple(int(props.get(key, 0)) for key in ("socket-id", "die-id", "core-id",
+                                                     "thread-id"))
+
+
+async def add_memory(running: Running, mib: int) -> int:
+    """Hot-add a DIMM of ``mib`` MiB; returns the new total."""
+    live = _live(running)
+    if mib <= 0 or mib % MEMORY_BLOCK_MIB:
+        raise InvalidSpec(f"hot-added memory must be a multiple of {MEMORY_BLOCK_MIB} MiB "
+                          f"(Linux onlines it in blocks of that size); got {mib} MiB",
+                          field="size")
+    ceiling = live.memory.max or live.memory.current
+    if live.memory.current + mib > ceiling:
+        raise InvalidSpec(f"'{live.name}' would have {live.memory.current + mib} MiB, above its "
+                          f"maximum of {ceiling} MiB", field="size",
+                          fix="set memory.max (setmaxmem --config) and restart to allow more")
+    dimms = await running.monitor.execute("query-memory-devices")
+    number = len(dimms)
+    while True:  # a free id: an earlier failed attempt may have left a number taken
+        backend = f"memdimm{number}"
+        try:
+            await running.monitor.execute("object-add", {
+                "qom-type": "memory-backend-ram", "id": backend, "size": mib * 2**20})
+            break
+        except QemuError as exc:
+            if "attempt to add duplicate" not in exc.message and "Duplicate" not in exc.message:
+                raise
+            number += 1
+    try:
+        await running.monitor.execute("device_add", {"driver": "pc-dimm", "id": f"dimm{number}",
+                                                     "memdev": backend})
+    except BaseException:
+        await _quietly(running.monitor, "object-del", {"id": backend})
+        raise
+    memory = live.memory.model_copy(update={"current": live.memory.current + mib})
+    running.live = live.model_copy(update={"memory": memory})
+    return memory.current
+
+
+async def set_balloon(running: Running, mib: int) -> int:
+    """setmem --live: ask the balloon driver to leave the guest ``mib`` MiB."""
+    live = _live(running)
+    if not live.balloon:
+        raise Conflict(f"'{live.name}' has no memory balloon device",
+                       fix="set balloon: true in its spec and restart, or use --config")
+    if not 64 <= mib <= live.memory.current:
+        raise InvalidSpec(f"memory {mib} MiB is outside 64..{live.memory.current} MiB (the "
+                          "memory the guest has)", field="size",
+                          fix="to give more than it has, hot-add memory (attach-memory)")
+    await running.monitor.execute("balloon", {"value": mib * 2**20})
+    return mib
