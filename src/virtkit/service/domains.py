@@ -428,9 +428,15 @@ class DomainService:
         return self.info(row.uuid)
 
     def _running_specs(self) -> list[Domain]:
-        """Specs of the domains with a QEMU now (for overcommit accounting)."""
-        return [load_domain(row.spec) for row in self._store.list_domains()
-                if self._life.vm(row.uuid, row.name).running is not None]
+        """What the domains with a QEMU run now, hot-plugged vCPUs and memory included
+        (for overcommit accounting)."""
+        specs = []
+        for row in self._store.list_domains():
+            running = self._life.vm(row.uuid, row.name).running
+            if running is not None:
+                specs.append(running.live if running.live is not None
+                             else load_domain(row.spec))
+        return specs
 
     async def shutdown(self, ref: str, *, timeout: float | None = None, wait: bool = False,
                        reboot: bool = False, mode: str = "acpi") -> dict[str, Any]:

@@ -115,8 +115,9 @@ class StatsService:
         for row in rows:
             spec = load_domain(row.spec)
             defined.append(spec)
-            if self._life.vm(row.uuid, row.name).running is not None:
-                running.append(spec)
+            live = self._life.vm(row.uuid, row.name).running
+            if live is not None:
+                running.append(live.live if live.live is not None else spec)
         return capacity.report(running, defined, os.environ)
 
 
