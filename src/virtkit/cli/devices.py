@@ -34,6 +34,11 @@ def _where(result: dict[str, Any]) -> str:
     return " and ".join(places)
 
 
+def _pending(result: dict[str, Any]) -> str:
+    return ("; the guest has not released it yet: it goes when the guest lets go"
+            if result.get("pending") else "")
+
+
 def _virsh_size(text: str) -> str:
     """A size as virsh reads it: a bare number is KiB; 512M, 2G ... as written (the
     daemon parses it)."""
@@ -73,7 +78,7 @@ def cmd_attach_disk(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_detach_disk(client: Client, args: argparse.Namespace) -> int:
     result = _post(client, args, "/disks/detach", {"target": args.target})
-    print(f"Disk {args.target} detached successfully ({_where(result)})")
+    print(f"Disk {args.target} detached successfully ({_where(result)}){_pending(result)}")
     return 0
 
 
@@ -106,7 +111,7 @@ def cmd_detach_interface(client: Client, args: argparse.Namespace) -> int:
     if not args.mac:
         raise InvalidSpec("name the interface with --mac", fix="see 'virtkit domiflist'")
     result = _post(client, args, "/interfaces/detach", {"mac": args.mac})
-    print(f"Interface {args.mac} detached successfully ({_where(result)})")
+    print(f"Interface {args.mac} detached successfully ({_where(result)}){_pending(result)}")
     return 0
 
 
@@ -119,7 +124,8 @@ def cmd_setvcpus(client: Client, args: argparse.Namespace) -> int:
     result = _post(client, args, "/vcpus", {"count": args.count, "maximum": args.maximum},
                    method="PUT")
     what = "maximum vCPUs" if args.maximum else "vCPUs"
-    print(f"{what} of '{result['name']}' set to {args.count} ({_where(result)})")
+    print(f"{what} of '{result['name']}' set to {args.count} ({_where(result)})"
+          f"{_pending(result)}")
     return 0
 
 

@@ -73,9 +73,13 @@ async def _placement(running: Running, what: str) -> dict[str, Any]:
     return {"bus": port}
 
 
-async def _unplug(running: Running, device_id: str, what: str, timeout: float,
-                  finish: Callable[[], Awaitable[None]], background: Finisher) -> None:
-    """device_del, wait for DEVICE_DELETED, then ``finish`` (free the back end)."""
+async def _unplug(running: Running, device_id: str, timeout: float,
+                  finish: Callable[[], Awaitable[None]], background: Finisher) -> bool:
+    """device_del, wait for DEVICE_DELETED, then ``finish`` (free the back end).
+
+    Returns False when the guest has not released the device within ``timeout``
+    (as libvirt, the request then stays pending: ``finish`` runs in the background
+    when the guest lets go, and the running configuration is recorded then)."""
     deleted = running.monitor.expect(
         "DEVICE_DELETED", lambda event: event.get("data", {}).get("device") == device_id)
     try:
@@ -90,12 +94,9 @@ async def _unplug(running: Running, device_id: str, what: str, timeout: float,
             await deleted
             await finish()
         background(later)
-        raise TimeoutExpired(
-            f"the guest did not release {what} within {timeout:g}s; the removal stays "
-            "requested and completes when the guest lets go",
-            fix="check that the guest is booted and supports hotplug (ACPI/PCIe hotplug); "
-                "or remove it with --config and restart") from None
+        return False
     await finish()
+    return True
 
 
 # -- disks ---------------------------------------------------------------------------------
@@ -182,8 +183,8 @@ def _find_disk(running: Running, target: str) -> int:
 
 
 async def detach_disk(running: Running, target: str, background: Finisher, *,
-                      timeout: float = UNPLUG_TIMEOUT) -> Disk:
-    """Hot-remove the disk named by target (vdb) or source path."""
+                      timeout: float = UNPLUG_TIMEOUT) -> bool:
+    """Hot-remove the disk named by target (vdb) or source path; False: still pending."""
     position = _find_disk(running, target)
     disk = _live(running).disks[position]
     if disk.effective_bus in (DiskBus.SATA, DiskBus.IDE):
@@ -196,8 +197,7 @@ async def detach_disk(running: Running, target: str, background: Finisher, *,
         await _delete_medium_nodes(running.monitor, node)
         _forget_disk(running, number)
 
-    await _unplug(running, f"disk{number}", f"disk {disk.target}", timeout, finish, background)
-    return disk
+    return await _unplug(running, f"disk{number}", timeout, finish, background)
 
 
 def _forget_disk(running: Running, number: int) -> None:
@@ -305,16 +305,14 @@ async def attach_nic(running: Running, nic: Nic, tap: OpenTap | None, *,
 
 
 async def detach_nic(running: Running, mac: str, background: Finisher, *,
-                     timeout: float = UNPLUG_TIMEOUT) -> Nic:
-    """Hot-remove the NIC with MAC ``mac``."""
+                     timeout: float = UNPLUG_TIMEOUT) -> bool:
+    """Hot-remove the NIC with MAC ``mac``; False: the guest has not let go yet."""
     live = _live(running)
     matches = [i for i, nic in enumerate(live.nics) if (nic.mac or "").lower() == mac.lower()]
     if not matches:
         raise NotFound(f"domain '{live.name}' has no interface with MAC {mac}",
                        fix=f"see 'virtkit domiflist {live.name}'")
-    position = matches[0]
-    number = running.nic_ids[position]
-    nic = live.nics[position]
+    number = running.nic_ids[matches[0]]
 
     async def finish() -> None:
         await _quietly(running.monitor, "netdev_del", {"id": f"net{number}"})
@@ -326,15 +324,15 @@ async def detach_nic(running: Running, mac: str, background: Finisher, *,
             del running.nic_ids[index]
         running.taps.pop(number, None)
 
-    await _unplug(running, f"nic{number}", f"interface {mac}", timeout, finish, background)
-    return nic
+    return await _unplug(running, f"nic{number}", timeout, finish, background)
 
 
 # -- vCPUs and memory ----------------------------------------------------------------------
 
 async def set_vcpus(running: Running, count: int, background: Finisher, *,
-                    timeout: float = UNPLUG_TIMEOUT) -> int:
-    """Plug or unplug vCPUs until ``count`` are present (QMP CPU device objects)."""
+                    timeout: float = UNPLUG_TIMEOUT) -> bool:
+    """Plug or unplug vCPUs until ``count`` are present (QMP CPU device objects).
+    False: an unplug the guest has not acknowledged yet (it completes later)."""
     live = _live(running)
     if not 1 <= count <= live.vcpus.maximum:
         raise InvalidSpec(f"vCPU count {count} is outside 1..{live.vcpus.maximum} (the "
@@ -342,18 +340,17 @@ async def set_vcpus(running: Running, count: int, background: Finisher, *,
                           fix="raise the maximum with 'setvcpus --maximum --config' and restart")
     slots = await running.monitor.execute("query-hotpluggable-cpus")
     present = [slot for slot in slots if slot.get("qom-path")]
-    absent = sorted((slot for slot in slots if not slot.get("qom-path")),
-                    key=lambda slot: _cpu_key(slot["props"]))
     if count > len(present):
-        async with contextlib.AsyncExitStack() as undo:
-            for slot in absent[:count - len(present)]:
-                device_id = "vcpu-" + "-".join(str(v) for v in _cpu_key(slot["props"]))
-                await running.monitor.execute("device_add", {"driver": slot["type"],
-                                                             "id": device_id, **slot["props"]})
-                undo.push_async_callback(_quietly, running.monitor, "device_del",
-                                         {"id": device_id})
-            undo.pop_all()
-    elif count < len(present):
+        await _plug_vcpus(running, slots, count - len(present))
+    done = True
+    if count < len(present) and running.accel != "kvm":
+        raise Conflict(
+            f"vCPU hot-unplug is refused for '{live.name}' under TCG: QEMU's TCG keeps a "
+            "dangling reference to an unplugged vCPU and crashes at the next device or "
+            "memory hotplug (seen with QEMU 7.2)",
+            fix="take vCPUs offline in the guest (setvcpus --guest), or lower the count with "
+                "--config and restart; with KVM the unplug works")
+    if count < len(present):
         removable = sorted((slot for slot in present
                             if slot["qom-path"].startswith("/machine/peripheral/")),
                            key=lambda slot: _cpu_key(slot["props"]), reverse=True)
@@ -365,15 +362,34 @@ async def set_vcpus(running: Running, count: int, background: Finisher, *,
                                "--config and a restart")
         for slot in removable[:wanted]:
             device_id = slot["qom-path"].rsplit("/", 1)[1]
+            done = await _unplug(running, device_id, timeout, _count_vcpus(running),
+                                 background) and done
+    await _count_vcpus(running)()
+    return done
 
-            async def nothing() -> None:
-                return None
 
-            await _unplug(running, device_id, f"vCPU {device_id}", timeout, nothing,
-                          background)
-    vcpus = live.vcpus.model_copy(update={"current": count})
-    running.live = live.model_copy(update={"vcpus": vcpus})
+def _count_vcpus(running: Running) -> Callable[[], Awaitable[None]]:
+    """A step that sets the live vCPU count from what QEMU has."""
+    async def count() -> None:
+        slots = await running.monitor.execute("query-hotpluggable-cpus")
+        live = _live(running)
+        present = sum(1 for slot in slots if slot.get("qom-path"))
+        running.live = live.model_copy(update={
+            "vcpus": live.vcpus.model_copy(update={"current": present})})
     return count
+
+
+async def _plug_vcpus(running: Running, slots: list[dict[str, Any]], how_many: int) -> None:
+    absent = sorted((slot for slot in slots if not slot.get("qom-path")),
+                    key=lambda slot: _cpu_key(slot["props"]))
+    async with contextlib.AsyncExitStack() as undo:
+        for slot in absent[:how_many]:
+            device_id = "vcpu-" + "-".join(str(v) for v in _cpu_key(slot["props"]))
+            await running.monitor.execute("device_add", {"driver": slot["type"],
+                                                         "id": device_id, **slot["props"]})
+            undo.push_async_callback(_quietly, running.monitor, "device_del",
+                                     {"id": device_id})
+        undo.pop_all()
 
 
 def _cpu_key(props: dict[str, Any]) -> tuple[int, ...]:

@@ -106,14 +106,16 @@ class DeviceService:
             if len(keep) == len(spec.disks):
                 raise NotFound(f"the definition of '{row.name}' has no disk {target}",
                                fix=f"see 'virtkit domblklist {row.name} --inactive'")
+        done = True
         if live:
             async with self._life.live_change(row.uuid, row.name) as running:
-                await hotplug.detach_disk(running, target,
-                                          self._life.finisher(row.uuid, row.name))
+                done = await hotplug.detach_disk(running, target,
+                                                 self._life.finisher(row.uuid, row.name))
         if keep is not None:
             self._store_config(row, self._prepared(row, {"disks": [
                 d.model_dump(mode="json", exclude_none=True) for d in keep]}))
-        return {"name": row.name, "target": target, "live": live, "config": config}
+        return {"name": row.name, "target": target, "live": live, "config": config,
+                "pending": not done}
 
     @staticmethod
     def _targets(domain: Domain) -> list[str]:
@@ -186,12 +188,15 @@ class DeviceService:
             if len(keep) == len(nics):
                 raise NotFound(f"the definition of '{row.name}' has no interface {mac}",
                                fix=f"see 'virtkit domiflist {row.name}'")
+        done = True
         if live:
             async with self._life.live_change(row.uuid, row.name) as running:
-                await hotplug.detach_nic(running, mac, self._life.finisher(row.uuid, row.name))
+                done = await hotplug.detach_nic(running, mac,
+                                                self._life.finisher(row.uuid, row.name))
         if keep is not None:
             self._store_config(row, self._prepared(row, {"nics": keep}))
-        return {"name": row.name, "mac": mac, "live": live, "config": config}
+        return {"name": row.name, "mac": mac, "live": live, "config": config,
+                "pending": not done}
 
     # -- vCPUs and memory ------------------------------------------------------------
 
@@ -210,13 +215,15 @@ class DeviceService:
         else:
             vcpus["current"] = count
         new = self._prepared(row, {"vcpus": vcpus}) if config else None
+        done = True
         if live:
             async with self._life.live_change(row.uuid, row.name) as running:
-                await hotplug.set_vcpus(running, count, self._life.finisher(row.uuid, row.name))
+                done = await hotplug.set_vcpus(running, count,
+                                               self._life.finisher(row.uuid, row.name))
         if new is not None:
             self._store_config(row, new)
         return {"name": row.name, "vcpus": count, "maximum": maximum, "live": live,
-                "config": config}
+                "config": config, "pending": not done}
 
     async def set_memory(self, ref: str, size: int | str, *, live: bool = False,
                          config: bool = False, maximum: bool = False) -> dict[str, Any]:
