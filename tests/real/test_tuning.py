@@ -250,3 +250,20 @@ def test_overcommit_limit_refuses_start(tight_daemon: DaemonHandle) -> None:
     daemon.client.post(daemon.client.domain_path("oc1", "/destroy"))
     _start(daemon, "oc2")
     assert daemon.state("oc2") == "running"
+
+
+def test_a_hot_plugged_vcpu_is_pinned_as_at_start_not_like_the_emulator(
+        daemon: DaemonHandle) -> None:
+    """QEMU's main thread creates a hot-plugged vCPU's thread, so it would inherit
+    emulatorpin; virtkit pins it like a vCPU present at start (vcpupin, else all CPUs)."""
+    daemon.define("hotpin", memory=128, vcpus={"current": 1, "max": 3},
+                  cputune={"emulatorpin": "0", "vcpupin": {2: "1"}})
+    _start(daemon, "hotpin")
+    daemon.wait_booted("hotpin")
+    pid, vcpus, others = _threads(daemon, "hotpin")
+    assert all(_allowed(pid, tid) == "0" for tid in others)
+    daemon.cli("setvcpus", "hotpin", "3", "--live")
+    pid, vcpus, others = _threads(daemon, "hotpin")
+    assert sorted(vcpus) == [0, 1, 2]
+    assert [_allowed(pid, vcpus[index]) for index in (0, 1, 2)] == ["0-1", "0-1", "1"]
+    assert all(_allowed(pid, tid) == "0" for tid in others)

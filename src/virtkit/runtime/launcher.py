@@ -33,7 +33,12 @@ from virtkit.qemu.argv import build_argv, disk_slots
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
 from virtkit.runtime.preflight import virtiofsd_binary
-from virtkit.runtime.tuning import apply_cputune, bind_hostdevs, release_hostdevs
+from virtkit.runtime.tuning import (
+    apply_cputune,
+    bind_hostdevs,
+    release_hostdevs,
+    vcpu_thread_ids,
+)
 from virtkit.unixsock import bind_unix, connect_unix
 
 log = logging.getLogger(__name__)
@@ -277,9 +282,7 @@ async def _setup(domain: Domain, running: Running) -> None:
         if nic.link == "down":
             await running.monitor.execute("set_link", {"name": f"nic{index}", "up": False})
     if domain.cputune.vcpupin or domain.cputune.emulatorpin:
-        reply = await running.monitor.execute("query-cpus-fast")
-        apply_cputune(domain, running.process.pid,
-                      {int(cpu["cpu-index"]): int(cpu["thread-id"]) for cpu in reply})
+        apply_cputune(domain, running.process.pid, await vcpu_thread_ids(running.monitor))
 
 
 def pin_threads(pid: int, cpus: set[int]) -> None:

@@ -22,6 +22,7 @@ from virtkit.errors import HostError, InvalidSpec
 from virtkit.host import numa, pci
 from virtkit.model.cpulist import format_cpulist, parse_cpulist
 from virtkit.model.domain import Domain
+from virtkit.qemu.monitor import Monitor
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,23 @@ def apply_cputune(domain: Domain, pid: int, vcpu_threads: dict[int, int]) -> Non
     for vcpu, text in tune.vcpupin.items():
         if vcpu in vcpu_threads:
             pin(vcpu_threads[vcpu], parse_cpulist(text))
+
+
+async def vcpu_thread_ids(monitor: Monitor) -> dict[int, int]:
+    """vCPU index -> host thread id (QMP query-cpus-fast)."""
+    reply = await monitor.execute("query-cpus-fast")
+    return {int(cpu["cpu-index"]): int(cpu["thread-id"]) for cpu in reply}
+
+
+async def pin_new_vcpus(monitor: Monitor, domain: Domain, known: set[int]) -> None:
+    """Pin the vCPU threads a hotplug just created (not in ``known``) as a start would:
+    ``cputune.vcpupin``, else ``vcpus.cpuset``, else every host CPU.  QEMU's main thread
+    creates them, so without this they would inherit the emulator's pinning."""
+    for index, tid in (await vcpu_thread_ids(monitor)).items():
+        if tid in known:
+            continue
+        text = domain.cputune.vcpupin.get(index) or domain.vcpus.cpuset
+        pin(tid, parse_cpulist(text) if text else host_cpus())
 
 
 def bind_hostdevs(domain: Domain, sys_root: Path = numa.SYS) -> dict[str, str | None]:
