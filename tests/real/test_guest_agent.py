@@ -150,6 +150,21 @@ def test_domtime_and_agent_interfaces(module_daemon: DaemonHandle, agent_vm: str
     assert refused.returncode != 0 and "not a guest agent command" in refused.stderr
 
 
+def test_clone_of_a_running_guest_freezes_it_for_the_copy(
+        module_daemon: DaemonHandle, agent_vm: str, tmp_path: Path) -> None:
+    copy = tmp_path / "deb-copy.qcow2"
+    module_daemon.cli("clone", "-o", agent_vm, "-n", "deb-copy", "-f", str(copy), "--force",
+                      timeout=300)
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(copy)],
+                                     capture_output=True, check=True).stdout)
+    assert "backing-filename" not in info  # a full, standalone copy
+    assert module_daemon.cli("domfsfreeze-status", agent_vm).stdout.strip() == "thawed"
+    assert module_daemon.state(agent_vm) == "running"
+    events = module_daemon.client.get("/v1/domains/deb-copy")
+    assert events["disks"][0]["path"] == str(copy)
+    module_daemon.cli("undefine", "deb-copy")
+
+
 def test_agent_shutdown_powers_the_guest_off(module_daemon: DaemonHandle, agent_vm: str) -> None:
     """Last in the module: the agent's shutdown ends the shared VM."""
     module_daemon.cli("shutdown", agent_vm, "--mode", "agent", "--wait", "--timeout", "120")

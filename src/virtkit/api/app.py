@@ -19,6 +19,7 @@ from aiohttp import WSMsgType, web
 
 from virtkit import __version__
 from virtkit.api import (
+    clone_routes,
     device_routes,
     guest_routes,
     install_routes,
@@ -29,6 +30,7 @@ from virtkit.api import (
 from virtkit.api.common import json_body, json_response
 from virtkit.api.openapi import openapi_document
 from virtkit.errors import Conflict, InvalidSpec, VirtkitError
+from virtkit.service.clones import CloneService
 from virtkit.service.devices import DeviceService
 from virtkit.service.domains import DomainService
 from virtkit.service.guest import GuestService
@@ -58,6 +60,7 @@ class Services:
     tuning: TuningService | None = None
     guest: GuestService | None = None
     devices: DeviceService | None = None
+    clones: CloneService | None = None
     consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
 
 
@@ -370,6 +373,9 @@ def create_app(services: Services) -> web.Application:
         app[device_routes.DEVICES] = services.devices
         app[device_routes.DOMAINS] = services.domains
         app.add_routes(device_routes.routes)
+    if services.clones is not None:
+        app[clone_routes.CLONES] = services.clones
+        app.add_routes(clone_routes.routes)
     if services.stats is not None and services.tuning is not None:
         app[stats_routes.STATS] = services.stats
         app[stats_routes.TUNING] = services.tuning

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from virtkit.errors import InvalidSpec
+from virtkit.errors import InvalidSpec, VirtkitError
+
+#: called with (done, total) as a long operation advances
+Progress = Callable[[float, float], None]
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -26,3 +31,40 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidSpec("the request body must be a JSON object")
     return data
+
+
+async def progress_response(request: web.Request,
+                            operation: Callable[[Progress], Awaitable[dict[str, Any]]]
+                            ) -> web.StreamResponse:
+    """Run a long operation; when the client accepts ``application/x-ndjson``, stream
+    ``{"progress": percent}`` lines while it runs, then ``{"result": ...}`` or
+    ``{"error": ...}``; otherwise answer its result as plain JSON.  ``progress`` may be
+    called from any thread."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[float] = asyncio.Queue()
+
+    def progress(done: float, total: float) -> None:
+        percent = 100.0 * done / total if total else 0.0
+        loop.call_soon_threadsafe(queue.put_nowait, percent)
+
+    task = asyncio.ensure_future(operation(progress))
+    if "application/x-ndjson" not in request.headers.get("Accept", ""):
+        return json_response(await task)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    last = -1.0
+    while not task.done():
+        getter = asyncio.ensure_future(queue.get())
+        await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done() and getter.result() - last >= 0.5:
+            last = getter.result()
+            await response.write(json.dumps({"progress": round(last, 1)}).encode() + b"\n")
+        elif not getter.done():
+            getter.cancel()
+    try:
+        line: dict[str, Any] = {"result": task.result()}
+    except VirtkitError as exc:
+        line = {"error": {**exc.to_dict(), "status": exc.http_status}}
+    await response.write(json.dumps(line, default=str).encode() + b"\n")
+    await response.write_eof()
+    return response

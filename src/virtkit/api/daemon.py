@@ -32,6 +32,7 @@ from virtkit.runtime.events import EventBus
 from virtkit.runtime.hostcaps import HostCapsProvider
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.runtime.nics import TapMaker
+from virtkit.service.clones import CloneService
 from virtkit.service.devices import DeviceService
 from virtkit.service.domains import DomainService
 from virtkit.service.guest import GuestService
@@ -101,11 +102,13 @@ class Daemon:
         self.lifecycle.set_tap_provider(TapMaker(self._network_lookup))
         self.domains.networks = self.networks
         self.install = InstallService(self.domains, self.storage, paths.cache / "install")
-        self.services = Services(self.domains, self.host, self.storage, self.networks,
-                                 self.install, guest=GuestService(self.store, self.lifecycle),
-                                 devices=DeviceService(self.store, self.lifecycle, self.domains),
-                                 stats=StatsService(self.store, self.lifecycle),
-                                 tuning=TuningService(self.store, self.lifecycle))
+        guest = GuestService(self.store, self.lifecycle)
+        self.services = Services(
+            self.domains, self.host, self.storage, self.networks, self.install, guest=guest,
+            devices=DeviceService(self.store, self.lifecycle, self.domains),
+            clones=CloneService(self.store, self.lifecycle, self.domains, guest),
+            stats=StatsService(self.store, self.lifecycle),
+            tuning=TuningService(self.store, self.lifecycle))
         self.default_network = default_network
 
     def _network_lookup(self, name: str) -> tuple[Network, bool]:

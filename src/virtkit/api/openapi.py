@@ -237,6 +237,13 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      {"$ref": "#/components/schemas/MemoryBody"}),
     ("post", "/v1/domains/{ref}/memory", "Memory hot-add: a DIMM of size_mib",
      {"$ref": "#/components/schemas/MemoryBody"}),
+    ("post", "/v1/domains/{ref}/clone", "virt-clone: a new domain with copied (or linked) "
+     "disks, new UUID and MACs (NDJSON progress with Accept: application/x-ndjson)",
+     {"type": "object", "required": ["name"], "properties": {
+         "name": {"type": "string"}, "files": {"type": "array", "items": {"type": "string"}},
+         "auto": {"type": "boolean"}, "linked": {"type": "boolean"},
+         "force": {"type": "boolean"},
+         "macs": {"type": "array", "items": {"type": "string"}}}}),
     ("put", "/v1/domains/{ref}/guest/time", "Guest agent: set the guest clock (now=true: "
      "the host's; time=SECONDS; neither: from its RTC)",
      {"type": "object", "properties": {"now": {"type": "boolean"}, "time": {"type": "number"}}}),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -20,8 +19,8 @@ from typing import Any
 from aiohttp import web
 
 from virtkit.api import peerfd
-from virtkit.api.common import json_body, json_response
-from virtkit.errors import HostError, InvalidSpec, VirtkitError
+from virtkit.api.common import json_body, json_response, progress_response
+from virtkit.errors import HostError, InvalidSpec
 from virtkit.service.storage import StorageService
 
 routes = web.RouteTableDef()
@@ -170,34 +169,8 @@ async def _with_progress(request: web.Request,
                          operation: Callable[[Callable[[float, float], None]], dict[str, Any]]
                          ) -> web.StreamResponse:
     """Run a blocking operation in a thread, streaming its progress as NDJSON if asked."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[float] = asyncio.Queue()
-
-    def progress(done: float, total: float) -> None:
-        percent = 100.0 * done / total if total else 0.0
-        loop.call_soon_threadsafe(queue.put_nowait, percent)
-
-    task = asyncio.create_task(asyncio.to_thread(operation, progress))
-    if "application/x-ndjson" not in request.headers.get("Accept", ""):
-        return json_response(await task)
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await response.prepare(request)
-    last = -1.0
-    while not task.done():
-        getter = asyncio.ensure_future(queue.get())
-        await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-        if getter.done() and getter.result() - last >= 0.5:
-            last = getter.result()
-            await response.write(json.dumps({"progress": round(last, 1)}).encode() + b"\n")
-        elif not getter.done():
-            getter.cancel()
-    try:
-        line: dict[str, Any] = {"result": task.result()}
-    except VirtkitError as exc:
-        line = {"error": {**exc.to_dict(), "status": exc.http_status}}
-    await response.write(json.dumps(line).encode() + b"\n")
-    await response.write_eof()
-    return response
+    return await progress_response(
+        request, lambda progress: asyncio.to_thread(operation, progress))
 
 
 @routes.put("/v1/pools/{pool}/volumes/{volume}/upload")

@@ -150,7 +150,7 @@ def cmd_completion(_client: Client | None, args: argparse.Namespace) -> int:
 
 
 def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
-    from virtkit.cli import devices, domains, guest, networks, stats, storage
+    from virtkit.cli import clone, devices, domains, guest, networks, stats, storage
 
     parser = argparse.ArgumentParser(
         prog="virtkit", description="Manage virtual machines (virsh-compatible commands).")
@@ -164,6 +164,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     networks.register(sub)
     guest.register(sub)
     devices.register(sub)
+    clone.register(sub)
     stats.register(sub)
     _register_install(sub, options=install_options)
     host = sub.add_parser("host", help="host commands: check, ksm, capacity, numa")

@@ -227,7 +227,8 @@ def cmd_vol_wipe(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _ndjson(client: Client, path: str, body: dict[str, Any], label: str) -> dict[str, Any]:
+def post_with_progress(client: Client, path: str, body: dict[str, Any],
+                       label: str) -> dict[str, Any]:
     """POST with NDJSON progress, drawing a bar; return the result or raise its error."""
     from virtkit.cli.streaming import open_stream
 
@@ -250,7 +251,7 @@ def _ndjson(client: Client, path: str, body: dict[str, Any], label: str) -> dict
 
 def cmd_vol_clone(client: Client, args: argparse.Namespace) -> int:
     body = {"name": args.newname, "linked": args.linked}
-    result = _ndjson(client, _vol_path(_pool_of(args), args.vol, "/clone"), body,
+    result = post_with_progress(client, _vol_path(_pool_of(args), args.vol, "/clone"), body,
                      f"cloning {args.vol}")
     kind = "linked clone" if args.linked else "clone"
     print(f"Vol {result['name']} cloned from {args.vol} ({kind})")
@@ -260,7 +261,7 @@ def cmd_vol_clone(client: Client, args: argparse.Namespace) -> int:
 def cmd_vol_import(client: Client, args: argparse.Namespace) -> int:
     source = str(Path(args.source).absolute())
     body = {"name": args.name, "source": source, "format": args.format}
-    result = _ndjson(client, _pool_path(args.pool, "/import"), body,
+    result = post_with_progress(client, _pool_path(args.pool, "/import"), body,
                      f"converting {os.path.basename(source)}")
     print(f"Vol {result['name']} created in pool {args.pool} "
           f"({result['format']}, {_human(result['capacity'])})")
@@ -288,7 +289,7 @@ def _by_descriptor(client: Client, path: str, fd: int, label: str) -> dict[str, 
     """Let a local daemon copy to or from our open file ``fd`` inside the kernel; None
     when it cannot take the descriptor (then the caller streams)."""
     try:
-        return _ndjson(client, path, {"fd": fd}, label)
+        return post_with_progress(client, path, {"fd": fd}, label)
     except ApiError as exc:
         if exc.code == "unsupported":
             return None

@@ -217,7 +217,8 @@ def resize(path: str, fmt: str, capacity: int, shrink: bool = False) -> None:
 
 def convert(src: str, src_fmt: str | None, dst: str, dst_fmt: str, *,
             progress: Progress | None = None, create_target: bool = True,
-            sparse: bool = True, src_image_opts: bool = False) -> None:
+            sparse: bool = True, src_image_opts: bool = False,
+            force_share: bool = False) -> None:
     """Copy ``src`` into ``dst`` in ``dst_fmt`` with ``qemu-img convert -p``.
 
     ``progress(percent, 100)`` is called as qemu-img reports it (it may raise to
@@ -226,9 +227,13 @@ def convert(src: str, src_fmt: str | None, dst: str, dst_fmt: str, *,
     ``sparse=False`` writes every byte (``-S 0``), which is how zeros get written.
     ``src_image_opts`` says ``src`` is an option string (``--image-opts``).
     The source is opened without ``-U``: converting an image a running VM writes
-    would copy a torn image, so qemu-img's lock refusal is a Conflict.
+    would copy a torn image, so qemu-img's lock refusal is a Conflict.  Callers that
+    made the image consistent themselves (a paused VM, frozen file systems) pass
+    ``force_share``.
     """
     argv = ["convert", "-p", "-O", dst_fmt]
+    if force_share:
+        argv.append("-U")
     if src_image_opts:
         argv += ["--image-opts", src]
     else:
