@@ -17,7 +17,7 @@
 #                        benchmark; with BENCH_SUITE set, BENCH_WHAT names a benchmark
 #                        of that suite (BENCH_SUITE=install BENCH_WHAT=import is
 #                        virtkit install --import vs virt-install, not vol-import)
-#   BENCH_SUITE=spine|storage|network|install   run only that suite's benchmarks
+#   BENCH_SUITE=spine|storage|network|install|stats   run only that suite's benchmarks
 #                        (default: all)
 # Needs root for libvirt's qemu:///system; without libvirt installed the virtkit
 # and raw QEMU columns still run (storage: everything but virt-clone; network:
@@ -48,6 +48,7 @@ if [[ -n "$what" && "$suite" == "all" ]]; then
         clone|transfer|import) suite=storage ;;
         throughput|dhcp) suite=network ;;
         unattended) suite=install ;;
+        domstats|disk) suite=stats ;;
         *) suite=spine ;;
     esac
 fi
@@ -68,6 +69,10 @@ fi
 if runs install; then
     python bench/bench_install.py "$@" ${what:-all}
 fi
+# shellcheck disable=SC2086
+if runs stats; then
+    python bench/bench_stats.py "$@" ${what:-all}
+fi
 if runs spine; then
     python bench/bench_spine.py report
 fi
@@ -79,4 +84,7 @@ if runs network; then
 fi
 if runs install; then
     python bench/bench_install.py report
+fi
+if runs stats; then
+    python bench/bench_stats.py report
 fi

@@ -320,7 +320,7 @@ def test_uefi_from_loader_or_firmware_attribute() -> None:
 UNSUPPORTED = """
   <disk type='file'><source file='/a.img'/></disk>
   <disk type='network' device='disk'><source protocol='rbd' name='p/i'/></disk>
-  <hostdev mode='subsystem' type='pci'/>
+  <hostdev mode='subsystem' type='usb'/>
   <sound model='sb16'/>"""
 
 
@@ -332,7 +332,7 @@ def test_unsupported_elements_are_listed_by_location() -> None:
                                     "honour: ")
     assert "devices/disk[2]/source@protocol='rbd' (network disks are not supported)" \
         in error.message
-    assert "devices/hostdev (PCI and USB host device passthrough" in error.message
+    assert "devices/hostdev (only PCI host devices (VFIO) are supported)" in error.message
     assert ("devices/sound@model='sb16' (virtkit's sound cards are ich9, ich6, ac97 and "
             "es1370)") in error.message
     assert error.fix == "remove them, or pass --force to drop them with a warning"
@@ -345,7 +345,7 @@ def test_force_drops_them_with_warnings() -> None:
     assert spec["disks"] == [{"path": "/a.img"}]
     assert warnings == [
         "dropped devices/disk[2]/source@protocol='rbd': network disks are not supported",
-        "dropped devices/hostdev: PCI and USB host device passthrough is not supported",
+        "dropped devices/hostdev: only PCI host devices (VFIO) are supported",
         "dropped devices/sound@model='sb16': virtkit's sound cards are ich9, ich6, ac97 and "
         "es1370",
     ]

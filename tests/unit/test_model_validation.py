@@ -113,6 +113,13 @@ def _check_full(d: Domain) -> None:
 
 
 VALID: list[tuple[str, dict[str, Any] | str, Any]] = [
+    ("tuning", {"memory": 1024, "vcpus": 2,
+                "cputune": {"vcpupin": {1: "0-1"}, "emulatorpin": "0"},
+                "numa": [{"cpus": "0", "memory": "512M"}, {"cpus": "1", "memory": 512}],
+                "numatune": {"nodeset": "0", "mode": "interleave"},
+                "memory_backing": {"hugepages": True, "page_size_kib": 2048},
+                "hostdevs": [{"address": "03:00.0", "managed": False}]},
+     lambda d: d.hostdevs[0].address == "0000:03:00.0" and d.numa[0].memory == 512),
     ("minimal", {}, _check_minimal),
     ("transient", {"transient": True}, lambda d: d.transient and not d.autostart),
     ("parallel", {"parallels": [{"path": "/var/log/lpt.log"}]},
@@ -205,6 +212,26 @@ def bad(case_id: str, overrides: dict[str, Any], field: str, fragment: str) -> A
 DELETE = object()
 
 BAD = [
+    bad("vcpupin-beyond-max", {"vcpus": 2, "cputune": {"vcpupin": {2: "0"}}},
+        "cputune.vcpupin", "vCPU 2 does not exist"),
+    bad("vcpupin-bad-list", {"cputune": {"vcpupin": {0: "0-"}}}, "cputune.vcpupin",
+        "cannot read"),
+    bad("numa-cells-miss-a-vcpu", {"vcpus": 2, "numa": [{"cpus": "0", "memory": 512}]},
+        "numa", "every vCPU must be in exactly one cell"),
+    bad("numa-cells-overlap", {"vcpus": 2, "numa": [{"cpus": "0-1", "memory": 256},
+                                                    {"cpus": "1", "memory": 256}]},
+        "numa[1].cpus", "are in two cells"),
+    bad("numa-memory-sum", {"numa": [{"cpus": "0", "memory": 256}]}, "numa",
+        "make them add up"),
+    bad("hugepage-size-odd", {"memory_backing": {"hugepages": True, "page_size_kib": 4}},
+        "memory_backing.page_size_kib", "2048"),
+    bad("hugepage-multiple", {"memory": 1000, "memory_backing": {"hugepages": True,
+                                                                 "page_size_kib": 1048576}},
+        "memory_backing.page_size_kib", "multiple of the 1024 MiB"),
+    bad("hostdev-address", {"hostdevs": [{"address": "pci_0000_01"}]}, "hostdevs[0].address",
+        "must look like 0000:01:00.0"),
+    bad("numatune-nodeset", {"numatune": {"nodeset": "x"}}, "numatune.nodeset",
+        "cannot read"),
     bad("name-slash", {"name": "a/b"}, "name", "contains '/'"),
     bad("name-empty", {"name": ""}, "name", "must not be empty"),
     bad("name-blank", {"name": "   "}, "name", "must not be empty"),

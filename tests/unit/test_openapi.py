@@ -12,13 +12,14 @@ from virtkit.api.install_routes import routes as install_routes
 from virtkit.api.network_routes import routes as network_routes
 from virtkit.api.openapi import OPERATIONS, openapi_document
 from virtkit.api.snapshot_routes import routes as snapshot_routes
+from virtkit.api.stats_routes import routes as stats_routes
 from virtkit.api.storage_routes import routes as storage_routes
 
 
 def _served() -> set[tuple[str, str]]:
     served = set()
     for route in [*routes, *storage_routes, *network_routes, *install_routes, *guest_routes,
-                  *device_routes, *clone_routes, *snapshot_routes]:
+                  *device_routes, *clone_routes, *snapshot_routes, *stats_routes]:
         path = getattr(route, "path", "")
         method = getattr(route, "method", "").lower()
         if "{action:" in path:

@@ -25,6 +25,7 @@ from virtkit.api import (
     install_routes,
     network_routes,
     snapshot_routes,
+    stats_routes,
     storage_routes,
 )
 from virtkit.api.common import json_body, json_response
@@ -38,7 +39,9 @@ from virtkit.service.host import HostService
 from virtkit.service.install import InstallService
 from virtkit.service.networks import NetworkService
 from virtkit.service.snapshots import SnapshotService
+from virtkit.service.stats import StatsService
 from virtkit.service.storage import StorageService
+from virtkit.service.tuning import TuningService
 from virtkit.unixsock import connect_unix
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,8 @@ class Services:
     storage: StorageService
     networks: NetworkService
     install: InstallService | None = None
+    stats: StatsService | None = None
+    tuning: TuningService | None = None
     guest: GuestService | None = None
     devices: DeviceService | None = None
     clones: CloneService | None = None
@@ -378,4 +383,8 @@ def create_app(services: Services) -> web.Application:
     if services.clones is not None:
         app[clone_routes.CLONES] = services.clones
         app.add_routes(clone_routes.routes)
+    if services.stats is not None and services.tuning is not None:
+        app[stats_routes.STATS] = services.stats
+        app[stats_routes.TUNING] = services.tuning
+        app.add_routes(stats_routes.routes)
     return app

@@ -40,7 +40,9 @@ from virtkit.service.host import HostService
 from virtkit.service.install import InstallService
 from virtkit.service.networks import NetworkService
 from virtkit.service.snapshots import SnapshotService
+from virtkit.service.stats import StatsService
 from virtkit.service.storage import StorageService
+from virtkit.service.tuning import TuningService
 from virtkit.store.db import Store
 from virtkit.unixsock import bind_unix
 
@@ -108,13 +110,15 @@ class Daemon:
             self.domains, self.host, self.storage, self.networks, self.install, guest=guest,
             devices=DeviceService(self.store, self.lifecycle, self.domains),
             clones=CloneService(self.store, self.lifecycle, self.domains, guest),
-            snapshots=self.snapshots)
+            snapshots=self.snapshots,
+            stats=StatsService(self.store, self.lifecycle),
+            tuning=TuningService(self.store, self.lifecycle))
         self.default_network = default_network
+        self._runner: web.AppRunner | None = None
+        self._supervisor: asyncio.Task[None] | None = None
 
     def _network_lookup(self, name: str) -> tuple[Network, bool]:
         return self.networks.spec_of(name), self.networks.is_active(name)
-        self._runner: web.AppRunner | None = None
-        self._supervisor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         names = {row.uuid: row.name for row in self.store.list_domains()}

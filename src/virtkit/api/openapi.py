@@ -18,6 +18,40 @@ from virtkit.model.pool import Pool
 _REF = {"name": "ref", "in": "path", "required": True, "schema": {"type": "string"},
         "description": "domain name or UUID"}
 
+_PIN_BODY = {"type": "object", "properties": {
+    "cpulist": {"type": ["string", "null"], "description": "host CPUs, e.g. '0-1'"},
+    "live": {"type": "boolean"}, "config": {"type": "boolean"}}}
+
+#: statistics and host tuning (api/stats_routes.py; see docs/stats.md)
+_STATS_OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
+    ("get", "/v1/domstats", "virsh domstats: live stats of domains (?domain=NAME repeatable, "
+     "?groups=state,cpu-total,balloon,vcpu,interface,block, ?active=1)", None),
+    ("get", "/metrics", "Prometheus text exposition 0.0.4 of domain stats and host capacity",
+     None),
+    ("get", "/v1/host/capacity", "Allocated vCPUs/memory of running and defined domains vs "
+     "host capacity and the overcommit limits", None),
+    ("get", "/v1/host/ksm", "KSM state and counters (pages shared, saved MiB)", None),
+    ("put", "/v1/host/ksm", "Switch KSM on or off (needs a root daemon)",
+     {"type": "object", "required": ["action"], "properties": {"action": {"enum": ["on",
+                                                                                  "off"]}}}),
+    ("get", "/v1/host/numa", "Host NUMA nodes and huge pages", None),
+    ("get", "/v1/nodedevs", "Host PCI devices with driver, IOMMU group, SR-IOV (?cap=pci)",
+     None),
+    ("get", "/v1/domains/{ref}/vcpus", "vcpuinfo: vCPU threads, host CPU, time, affinity",
+     None),
+    ("get", "/v1/domains/{ref}/vcpupin", "The vCPU affinity table", None),
+    ("put", "/v1/domains/{ref}/vcpupin", "Pin a vCPU (vcpu + cpulist; live and/or config)",
+     {"allOf": [_PIN_BODY, {"type": "object", "properties": {"vcpu": {"type": "integer"}}}]}),
+    ("get", "/v1/domains/{ref}/emulatorpin", "The emulator threads' affinity", None),
+    ("put", "/v1/domains/{ref}/emulatorpin", "Pin QEMU's non-vCPU threads", _PIN_BODY),
+    ("post", "/v1/domains/{ref}/hostdevs/attach", "attach-device of a <hostdev type='pci'>",
+     {"type": "object", "required": ["xml"], "properties": {
+         "xml": {"type": "string"}, "live": {"type": "boolean"}, "config": {"type": "boolean"}}}),
+    ("post", "/v1/domains/{ref}/hostdevs/detach", "detach-device of a <hostdev type='pci'>",
+     {"type": "object", "required": ["xml"], "properties": {
+         "xml": {"type": "string"}, "live": {"type": "boolean"}, "config": {"type": "boolean"}}}),
+]
+
 #: (method, path, summary, request body schema or None)
 OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("get", "/v1/openapi.json", "This document", None),
@@ -230,6 +264,7 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("put", "/v1/domains/{ref}/guest/time", "Guest agent: set the guest clock (now=true: "
      "the host's; time=SECONDS; neither: from its RTC)",
      {"type": "object", "properties": {"now": {"type": "boolean"}, "time": {"type": "number"}}}),
+    *_STATS_OPERATIONS,
 ]
 
 

@@ -147,6 +147,7 @@ def cmd_dominfo(client: Client, args: argparse.Namespace) -> int:
         ("Title", info.get("title")),
         ("State", info["state"] + (f" ({info['reason']})" if info.get("reason") else "")),
         ("QEMU pid", info["pid"]),
+        ("CPU time", f"{info['cpu_time']:.1f}s" if info.get("cpu_time") is not None else None),
         ("CPU(s)", info["vcpus"]),
         ("Max CPU(s)", info["max_vcpus"]),
         ("Max memory", f"{info['max_memory_mib'] * 1024} KiB"),

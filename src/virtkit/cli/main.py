@@ -150,7 +150,16 @@ def cmd_completion(_client: Client | None, args: argparse.Namespace) -> int:
 
 
 def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
-    from virtkit.cli import clone, devices, domains, guest, networks, snapshots, storage
+    from virtkit.cli import (
+        clone,
+        devices,
+        domains,
+        guest,
+        networks,
+        snapshots,
+        stats,
+        storage,
+    )
 
     parser = argparse.ArgumentParser(
         prog="virtkit", description="Manage virtual machines (virsh-compatible commands).")
@@ -166,13 +175,15 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     devices.register(sub)
     clone.register(sub)
     snapshots.register(sub)
+    stats.register(sub)
     _register_install(sub, options=install_options)
-    host = sub.add_parser("host", help="host commands: check")
+    host = sub.add_parser("host", help="host commands: check, ksm, capacity, numa")
     host_sub = host.add_subparsers(dest="host_command", metavar="HOSTCOMMAND")
     host_sub.required = True
     check = host_sub.add_parser("check", help="check this host can run VMs (virt-host-validate)")
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=cmd_host_check, daemon_optional=True)
+    stats.register_host(host_sub)
     node = sub.add_parser("nodeinfo", help="show host facts and the accelerator in use")
     node.add_argument("--json", action="store_true")
     node.set_defaults(func=cmd_nodeinfo)

@@ -16,14 +16,19 @@ from virtkit.formats.libvirt_common import (
     disk_name,
     size_mib,
 )
+from virtkit.formats.libvirt_tuning import (
+    cputune_in,
+    hostdev_in,
+    memory_backing_in,
+    numa_cells_in,
+    numatune_in,
+)
 from virtkit.model.domain import AioMode, CacheMode, DiskBus
 
 REASONS = {
     # top level
     "memtune": "memory tuning with cgroup limits is not supported",
     "blkiotune": "block I/O tuning is not supported",
-    "cputune": "vCPU pinning and scheduler tuning are not supported",
-    "numatune": "NUMA memory placement is not supported",
     "vcpus": "per-vCPU hotplug settings are not supported",
     "sysinfo": "custom SMBIOS data is not supported",
     "launchSecurity": "confidential guests such as AMD SEV are not supported",
@@ -35,7 +40,6 @@ REASONS = {
     "pvspinlock": "paravirtual spinlock settings are not supported",
     "pmu": "PMU settings are not supported",
     # devices
-    "hostdev": "PCI and USB host device passthrough is not supported",
     "tpm": "TPM devices are not supported",
     "smartcard": "smartcard devices are not supported",
     "redirdev": "USB redirection is not supported",
@@ -55,7 +59,7 @@ REASONS = {
 
 TOP = ("name", "uuid", "title", "description", "metadata", "memory", "currentMemory",
        "maxMemory", "vcpu", "os", "cpu", "features", "clock", "on_poweroff", "on_reboot",
-       "on_crash", "devices", "memoryBacking")
+       "on_crash", "devices", "memoryBacking", "cputune", "numatune")
 TOP_SILENT = ("pm", "seclabel", "resource", "iothreads")
 FEATURES_SILENT = ("acpi", "apic", "pae", "hap", "vmcoreinfo", "ioapic")
 TIMERS = ("rtc", "pit", "hpet", "kvmclock", "tsc")
@@ -68,7 +72,8 @@ KEY_ORDER = ("name", "uuid", "title", "description", "memory", "vcpus", "cpu", "
              "guest_agent", "channels", "parallels", "watchdog", "video", "sound",
              "filesystems", "rng", "balloon", "on_poweroff",
              "on_reboot", "on_crash",
-             "autostart", "transient", "acpi")
+             "autostart", "transient", "acpi", "cputune", "numa", "numatune",
+             "memory_backing", "hostdevs")
 WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "inject-nmi")
 RNG_SOURCES = ("/dev/urandom", "/dev/random", "/dev/hwrng")
 SILENT_CONTROLLERS = ("pci", "usb", "sata", "ide", "virtio-serial")
@@ -108,7 +113,9 @@ class DomainReader(XmlReader):
         self._features(root.find("features"))
         self._clock(root.find("clock"))
         self._devices(root.find("devices"))
-        self._memory_backing(root.find("memoryBacking"))
+        memory_backing_in(self, root.find("memoryBacking"), spec)
+        cputune_in(self, root.find("cputune"), spec)
+        numatune_in(self, root.find("numatune"), spec)
         for tag, allowed in LIFECYCLE.items():
             element = root.find(tag)
             if element is None:
@@ -222,8 +229,8 @@ class DomainReader(XmlReader):
         self.spec["cpu"] = result
         self._topology(cpu.find("topology"))
         numa = cpu.find("numa")
-        if numa is not None and len(numa.findall("cell")) > 1:
-            self.refuse(self.where(numa), "more than one NUMA node is not supported")
+        if numa is not None:
+            numa_cells_in(self, numa, self.spec)
 
     def _topology(self, topology: ET.Element | None) -> None:
         if topology is None:
@@ -349,7 +356,8 @@ class DomainReader(XmlReader):
                         "input": self._input, "redirdev": self._redirdev,
                         "video": self._video, "panic": self._panic,
                         "sound": self._sound, "filesystem": self._filesystem,
-                        "parallel": self._parallel}
+                        "parallel": self._parallel,
+                        "hostdev": self._hostdev}
             for device in devices:
                 tag = device.tag
                 if tag in handlers:
@@ -366,6 +374,9 @@ class DomainReader(XmlReader):
                            ({"log_path": path} if path else {}) for i, path in enumerate(ports)]
         self._disk_defaults()
         self._boot_order()
+
+    def _hostdev(self, hostdev: ET.Element) -> None:
+        hostdev_in(self, hostdev, self.spec)
 
     def _disk(self, disk: ET.Element) -> None:
         self.check(disk, attrs=("type", "device", "snapshot"),
@@ -694,18 +705,6 @@ class DomainReader(XmlReader):
                         "(type='file' with <source path=>)")
             return
         self.spec.setdefault("parallels", []).append({"path": path})
-
-    def _memory_backing(self, backing: ET.Element | None) -> None:
-        """Shared memfd memory is what virtiofs needs, and virtkit sets it up itself;
-        anything else (hugepages, locking ...) is refused."""
-        if backing is None:
-            return
-        for child in backing:
-            if (child.tag, child.get("type"), child.get("mode")) in (
-                    ("source", "memfd", None), ("access", None, "shared")):
-                continue
-            self.refuse(self.where(child), "hugepages and memory backing options are not "
-                        "supported")
 
     def _filesystem(self, fs: ET.Element) -> None:
         """A shared folder: type='mount' over virtiofs, or 9p (driver path, or none)."""

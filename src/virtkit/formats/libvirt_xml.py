@@ -74,6 +74,12 @@ from typing import Any
 
 from virtkit.formats.libvirt_common import TARGET_PREFIX, VIRTKIT_NS, disk_name, parse_document
 from virtkit.formats.libvirt_domain_in import DomainReader
+from virtkit.formats.libvirt_tuning import (
+    cputune_out,
+    hostdevs_out,
+    memory_backing_out,
+    numa_cells_out,
+)
 from virtkit.model.domain import (
     Accelerator,
     Disk,
@@ -121,16 +127,14 @@ def domain_to_xml(domain: Domain) -> str:
         _sub(root, "maxMemory", str(domain.memory.max * 1024), slots="16", unit="KiB")
     _sub(root, "memory", str(kib), unit="KiB")
     _sub(root, "currentMemory", str(kib), unit="KiB")
-    if any(fs.driver == "virtiofs" for fs in domain.filesystems):
-        backing = _sub(root, "memoryBacking")  # what libvirt requires for virtiofs
-        _sub(backing, "source", type="memfd")
-        _sub(backing, "access", mode="shared")
+    memory_backing_out(root, domain)
     vcpus = domain.vcpus
     vcpu = _sub(root, "vcpu", str(vcpus.maximum), placement="static")
     if vcpus.cpuset is not None:
         vcpu.set("cpuset", vcpus.cpuset)
     if vcpus.current != vcpus.maximum:
         vcpu.set("current", str(vcpus.current))
+    cputune_out(root, domain)
     _os_out(root, domain)
     features = _sub(root, "features")
     if domain.acpi:
@@ -209,7 +213,7 @@ def _cpu_out(root: ET.Element, domain: Domain) -> None:
     for feature in domain.cpu.features:
         _sub(cpu, "feature", policy="require" if feature[0] == "+" else "disable",
              name=feature[1:])
-    if domain.memory.max is not None:
+    if not numa_cells_out(cpu, domain) and domain.memory.max is not None:
         numa = _sub(cpu, "numa")
         last = vcpus.maximum - 1
         _sub(numa, "cell", id="0", cpus=f"0-{last}" if last else "0",
@@ -271,6 +275,7 @@ def _devices_out(devices: ET.Element, domain: Domain) -> None:
             _sub(element, "readonly")
     if domain.watchdog is not None:
         _sub(devices, "watchdog", model=domain.watchdog.model, action=domain.watchdog.action)
+    hostdevs_out(devices, domain)
     _sub(devices, "memballoon", model="virtio" if domain.balloon else "none")
     if domain.rng is not None:
         rng = _sub(devices, "rng", model="virtio")

@@ -375,6 +375,14 @@ class _Translator:
                 raise InvalidSpec("--numatune: name the host NUMA nodes, e.g. --numatune 0",
                                   fix="write --numatune 0 or --numatune nodeset=0-1")
             self.host_checks["numatune"] = nodeset
+            mode = opts.get("mode") or opts.get("memory.mode") or "strict"
+            if mode not in ("strict", "preferred", "interleave"):
+                raise InvalidSpec(f"--numatune mode={mode}: use strict, preferred or "
+                                  "interleave", fix="write --numatune 0,mode=strict")
+            self.domain["numatune"] = {"nodeset": nodeset, "mode": mode}
+        if a.host_device:
+            self.domain["hostdevs"] = [{"address": devices.pci_address(text)}
+                                       for text in a.host_device]
 
     # -- install method and boot -----------------------------------------------------
 
@@ -784,3 +792,4 @@ def _format_of(path: str) -> str:
     """The format virt-install picks for a new file: from its extension, else qcow2."""
     suffix = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
     return {"raw": "raw", "img": "raw", "iso": "raw", "qcow2": "qcow2"}.get(suffix, "qcow2")
+

@@ -11,6 +11,7 @@ from typing import Any
 from virtkit.errors import InvalidSpec
 from virtkit.formats.suboptions import SubOptions, closest
 from virtkit.formats.virtinstall_options import keys_of
+from virtkit.model.tuning import normalize_pci
 
 SOUND_MODELS = {"default": "ich9", "ich9": "ich9", "ich6": "hda", "hda": "hda",
                 "ac97": "ac97", "es1370": "es1370"}
@@ -119,3 +120,18 @@ def parallel(text: str) -> dict[str, Any]:
         raise InvalidSpec(f"--parallel {text}: virtkit's parallel ports write to a host file",
                           fix="write --parallel file,path=/var/log/vm-lpt.log")
     return {"path": path}
+
+
+def pci_address(text: str) -> str:
+    """--host-device as virt-install takes a PCI device: 01:00.0, 0000:01:00.0 or the
+    node device name pci_0000_01_00_0 (USB ids and vendor:product are refused)."""
+    value = text.split(",")[0].strip()
+    if value.startswith("pci_") and value.count("_") == 4:
+        _, domain, bus, slot, function = value.split("_")
+        value = f"{domain}:{bus}:{slot}.{function}"
+    try:
+        return normalize_pci(value)
+    except ValueError:
+        raise InvalidSpec(f"--host-device {text}: virtkit passes PCI devices through, named "
+                          "by address", fix="write --host-device 0000:01:00.0 (see "
+                          "'virtkit nodedev-list --cap pci')") from None

@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from virtkit.model.cpulist import parse_cpulist
+from virtkit.model.tuning import CpuTune, HostDev, MemoryBacking, NumaCell, NumaTune, check_tuning
 from virtkit.model.units import parse_mib
 
 MAX_VCPUS = 288
@@ -602,6 +604,11 @@ class Domain(NamedSpec):
                             "create, virt-install --transient)")
     acpi: bool = Field(default=True, description="ACPI tables; without them the guest cannot "
                        "be shut down with the power button, only destroyed")
+    cputune: CpuTune = Field(default_factory=CpuTune)
+    numa: list[NumaCell] = Field(default_factory=list, description="guest NUMA cells")
+    numatune: NumaTune | None = None
+    memory_backing: MemoryBacking = Field(default_factory=MemoryBacking)
+    hostdevs: list[HostDev] = Field(default_factory=list, description="PCI passthrough (VFIO)")
 
     @field_validator("on_poweroff")
     @classmethod
@@ -651,6 +658,11 @@ class Domain(NamedSpec):
             raise SpecProblem("microvm has no parallel port", "parallels")
         if len(self.serials) > 4:
             raise SpecProblem("at most 4 serial ports are supported", "serials")
+        for field, message in check_tuning(
+                vcpus_max=self.vcpus.maximum, memory_mib=self.memory.current,
+                machine=self.machine.value, cputune=self.cputune, numa=self.numa,
+                hostdevs=self.hostdevs, backing=self.memory_backing):
+            raise SpecProblem(message, field)
         return self
 
     def _check_microvm(self) -> None:
@@ -679,18 +691,8 @@ class Domain(NamedSpec):
 
 
 def parse_cpuset(text: str) -> set[int]:
-    """'0-3,6,^2' -> {0, 1, 3, 6}: libvirt's cpuset syntax (ranges, and ^N to exclude)."""
-    chosen: set[int] = set()
-    excluded: set[int] = set()
-    for part in text.replace(" ", "").split(","):
-        match = re.fullmatch(r"(\^?)(\d+)(?:-(\d+))?", part)
-        if not match or (match.group(3) and int(match.group(3)) < int(match.group(2))):
-            raise ValueError(f"cpuset {text!r}: cannot read {part!r}; write e.g. '0-3,6'")
-        first, last = int(match.group(2)), int(match.group(3) or match.group(2))
-        (excluded if match.group(1) else chosen).update(range(first, last + 1))
-    if not chosen - excluded:
-        raise ValueError(f"cpuset {text!r} names no CPU")
-    return chosen - excluded
+    """'0-3,6,^2' -> {0, 1, 3, 6}: libvirt's cpuset syntax (see model/cpulist.py)."""
+    return parse_cpulist(text)
 
 
 def validate_name(value: str) -> str:

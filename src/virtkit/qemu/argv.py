@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from virtkit.model.cpulist import cpulist_ranges, parse_cpulist
 from virtkit.model.domain import (
     BootDevice,
     CacheMode,
@@ -85,6 +86,7 @@ def pcie_ports(domain: Domain) -> dict[str, str]:
         return {}
     owners = [f"disk{slot.index}" for slot in disk_slots(domain) if slot.bus is DiskBus.VIRTIO]
     owners += [f"nic{index}" for index in range(len(domain.nics))]
+    owners += [f"hostdev{index}" for index in range(len(domain.hostdevs))]
     owners += [f"free{number}" for number in range(HOTPLUG_PORTS)]
     return {owner: f"pci.{number}" for number, owner in enumerate(owners, start=1)}
 
@@ -113,6 +115,7 @@ def build_argv(domain: Domain, caps: HostCaps, files: LaunchFiles, binary: str) 
     argv += _agent(domain, files)
     argv += _display(domain)
     argv += _misc_devices(domain)
+    argv += hostdev_devices(domain)
     argv += _sound(domain)
     argv += _filesystems(domain, files)
     argv += _parallels(domain)
@@ -147,7 +150,7 @@ def _machine(domain: Domain, caps: HostCaps, files: LaunchFiles) -> list[str]:
             options += ",pflash0=pflash0,pflash1=pflash1"
         if not domain.acpi:
             options += ",acpi=off"
-        if any(fs.driver == "virtiofs" for fs in domain.filesystems):
+        if needs_memory_backend(domain) and not domain.numa:
             options += ",memory-backend=ram0"
     return ["-machine", options]
 
@@ -168,18 +171,73 @@ def _cpu_memory(domain: Domain, caps: HostCaps) -> list[str]:
         sockets = maximum // (cores * threads)
     smp = f"{vcpus.current},maxcpus={maximum},sockets={sockets},cores={cores},threads={threads}"
     memory = f"size={domain.memory.current}M"
-    if any(fs.driver == "virtiofs" for fs in domain.filesystems):
-        # vhost-user-fs needs guest RAM that virtiofsd can map: a shared memfd backend
-        argv_mem = ["-object", _json({"qom-type": "memory-backend-memfd", "id": "ram0",
-                                      "size": domain.memory.current * 2**20, "share": True})]
-    else:
-        argv_mem = []
+    argv_mem = memory_backends(domain)
     if domain.memory.max is not None and domain.memory.max > domain.memory.current:
         memory += f",slots=16,maxmem={domain.memory.max}M"
     argv = [*argv_mem, "-cpu", cpu, "-m", memory, "-smp", smp, "-overcommit", "mem-lock=off"]
     argv += ["-rtc", "base=utc,driftfix=slew"]
     if caps.accel == "kvm" and domain.machine is not Machine.MICROVM:
         argv += ["-global", "kvm-pit.lost_tick_policy=delay"]
+    return argv
+
+
+def needs_memory_backend(domain: Domain) -> bool:
+    """Guest RAM needs an explicit backend object: virtiofs (shared), hugepages, a host
+    NUMA binding, or guest NUMA cells (one backend per cell)."""
+    return (any(fs.driver == "virtiofs" for fs in domain.filesystems)
+            or domain.memory_backing.hugepages or domain.numatune is not None
+            or bool(domain.numa))
+
+
+_NUMA_POLICY = {"strict": "bind", "preferred": "preferred", "interleave": "interleave"}
+
+
+def _backend(domain: Domain, backend_id: str, mib: int) -> dict[str, Any]:
+    """One memory backend: memfd (shared for virtiofs, hugetlb for hugepages), bound to
+    host NUMA nodes when the spec has numatune."""
+    backend: dict[str, Any] = {"qom-type": "memory-backend-ram", "id": backend_id,
+                               "size": mib * 2**20}
+    shared = any(fs.driver == "virtiofs" for fs in domain.filesystems)
+    if shared or domain.memory_backing.hugepages:
+        backend["qom-type"] = "memory-backend-memfd"
+    if shared:
+        # vhost-user-fs needs guest RAM that virtiofsd can map: a shared memfd backend
+        backend["share"] = True
+    if domain.memory_backing.hugepages:
+        backend["hugetlb"] = True
+        backend["hugetlbsize"] = domain.memory_backing.page_size_kib * 1024
+    if domain.numatune is not None:
+        backend["host-nodes"] = sorted(parse_cpulist(domain.numatune.nodeset))
+        backend["policy"] = _NUMA_POLICY[domain.numatune.mode]
+    return backend
+
+
+def memory_backends(domain: Domain) -> list[str]:
+    """``-object`` memory backends, and ``-numa node`` options for guest NUMA cells."""
+    if not needs_memory_backend(domain):
+        return []
+    if not domain.numa:
+        return ["-object", _json(_backend(domain, "ram0", domain.memory.current))]
+    argv: list[str] = []
+    for index, cell in enumerate(domain.numa):
+        argv += ["-object", _json(_backend(domain, f"ram-node{index}", cell.memory))]
+    for index, cell in enumerate(domain.numa):
+        cpus = "".join(f",cpus={first}" + (f"-{last}" if last != first else "")
+                       for first, last in cpulist_ranges(parse_cpulist(cell.cpus)))
+        argv += ["-numa", f"node,nodeid={index}{cpus},memdev=ram-node{index}"]
+    return argv
+
+
+def hostdev_devices(domain: Domain) -> list[str]:
+    """``-device vfio-pci`` for each passed-through host PCI device (on q35 on a root
+    port of its own, so it can be unplugged)."""
+    argv: list[str] = []
+    ports = pcie_ports(domain)
+    for index, dev in enumerate(domain.hostdevs):
+        device = {"driver": "vfio-pci", "host": dev.address, "id": f"hostdev{index}"}
+        if f"hostdev{index}" in ports:
+            device["bus"] = ports[f"hostdev{index}"]
+        argv += ["-device", _json(device)]
     return argv
 
 

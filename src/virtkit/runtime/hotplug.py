@@ -27,6 +27,7 @@ from virtkit.model.domain import Disk, DiskBus, DiskDevice, Domain, Machine, Nic
 from virtkit.qemu.argv import blockdev_nodes, disk_slots, nic_device
 from virtkit.qemu.monitor import Monitor
 from virtkit.runtime.launcher import OpenTap, Running
+from virtkit.runtime.tuning import pin_new_vcpus, vcpu_thread_ids
 
 #: seconds the guest gets to release a device before the removal is reported pending
 UNPLUG_TIMEOUT = 20.0
@@ -341,7 +342,9 @@ async def set_vcpus(running: Running, count: int, background: Finisher, *,
     slots = await running.monitor.execute("query-hotpluggable-cpus")
     present = [slot for slot in slots if slot.get("qom-path")]
     if count > len(present):
+        known = set((await vcpu_thread_ids(running.monitor)).values())
         await _plug_vcpus(running, slots, count - len(present))
+        await pin_new_vcpus(running.monitor, live, known)
     done = True
     if count < len(present) and running.accel != "kvm":
         raise Conflict(

@@ -33,6 +33,12 @@ from virtkit.qemu.argv import build_argv, disk_slots
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
 from virtkit.runtime.preflight import virtiofsd_binary
+from virtkit.runtime.tuning import (
+    apply_cputune,
+    bind_hostdevs,
+    release_hostdevs,
+    vcpu_thread_ids,
+)
 from virtkit.unixsock import bind_unix, connect_unix
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,8 @@ class Running:
     taps: dict[int, str] = field(default_factory=dict)
     #: virtiofsd processes serving the domain's virtiofs shares (they end with QEMU)
     helpers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: managed PCI devices bound to vfio-pci for this run: {address: original driver}
+    hostdev_drivers: dict[str, str | None] = field(default_factory=dict)
     #: the configuration QEMU runs now, every disk with its target (libvirt's live
     #: XML): hotplug changes it, the stored spec changes only with --config
     live: Domain | None = None
@@ -106,6 +114,11 @@ class Running:
         return {"accel": self.accel, "vnc": self.vnc, "taps": self.taps,
                 "live": dump_domain(self.live) if self.live is not None else None,
                 "disk_ids": self.disk_ids, "nic_ids": self.nic_ids}
+
+    def release_hostdevs(self) -> None:
+        """Give managed PCI devices back to their drivers (after QEMU ended)."""
+        release_hostdevs(self.hostdev_drivers)
+        self.hostdev_drivers = {}
 
     def stop_helpers(self, grace: float = 2.0) -> None:
         """Reap the helpers (each ends when QEMU closes its socket); kill what lingers."""
@@ -170,6 +183,7 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
     taps: Mapping[int, OpenTap] = {}
     process: QemuProcess | None = None
     helpers: list[subprocess.Popen[bytes]] = []
+    hostdevs: dict[str, str | None] = {}
     try:
         for role in socket_roles(domain):
             listeners[role] = bind_unix(run_dir / f"{role}.sock")
@@ -185,6 +199,7 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
             pass_fds.append(incoming_fd)
         files = LaunchFiles(str(run_dir), str(log_dir), fds, nvram=nvram, incoming=incoming)
         helpers += await start_virtiofsd(domain, run_dir, log_dir)
+        hostdevs = await asyncio.to_thread(bind_hostdevs, domain) if domain.hostdevs else {}
         argv = build_argv(domain, caps, files, binary)
         log.info("starting %s: %s", domain.name, " ".join(argv))
         process = QemuProcess.spawn(argv, pass_fds=pass_fds, log_path=qemu_log)
@@ -195,7 +210,7 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
         monitor = await _handshake(domain, process, run_dir, qemu_log, on_event)
         running = Running(process, monitor, run_dir, caps.accel,
                           taps={index: tap.name for index, tap in taps.items()},
-                          helpers=helpers)
+                          helpers=helpers, hostdev_drivers=hostdevs)
         running.attach_live(domain)
         await _setup(domain, running)
         return running
@@ -206,6 +221,7 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
         for helper in helpers:
             helper.kill()
             helper.wait(timeout=5)
+        release_hostdevs(hostdevs)
         shutil.rmtree(run_dir, ignore_errors=True)
         if isinstance(exc, VirtkitError) and process is not None and "stderr" not in exc.details:
             exc.details["stderr"] = qemu_log_tail(qemu_log)
@@ -265,6 +281,8 @@ async def _setup(domain: Domain, running: Running) -> None:
     for index, nic in enumerate(domain.nics):
         if nic.link == "down":
             await running.monitor.execute("set_link", {"name": f"nic{index}", "up": False})
+    if domain.cputune.vcpupin or domain.cputune.emulatorpin:
+        apply_cputune(domain, running.process.pid, await vcpu_thread_ids(running.monitor))
 
 
 def pin_threads(pid: int, cpus: set[int]) -> None:

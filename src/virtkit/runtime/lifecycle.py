@@ -517,6 +517,8 @@ class Lifecycle:
             role_socket.unlink(missing_ok=True)
         if running.helpers:
             self._spawn(asyncio.to_thread(running.stop_helpers))
+        if running.hostdev_drivers:
+            self._spawn(asyncio.to_thread(running.release_hostdevs))
         state, reason, event, follow_up = self._exit_outcome(vm, status)
         self._set_state(vm, state, reason, event=event, exit_status=status)
         vm.exited.set()

@@ -17,13 +17,15 @@ from typing import Any
 
 from virtkit.errors import Conflict, InvalidSpec, NotFound
 from virtkit.formats.libvirt_xml import domain_from_xml, domain_to_xml
+from virtkit.host import procstat
 from virtkit.model.domain import Domain, Nic
 from virtkit.model.load import domain_to_yaml, dump_domain, load_domain, parse_text
 from virtkit.model.state import Action, State, check_action
 from virtkit.qemu.argv import disk_slots
-from virtkit.runtime import preflight, savefile
+from virtkit.runtime import preflight, savefile, tuning
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.service import capacity
 from virtkit.service.networks import NetworkService
 from virtkit.service.storage import StorageService
 from virtkit.storage.qemuimg import detect_format
@@ -103,6 +105,8 @@ class DomainService:
             disks=self.disks(row.uuid),
             console_log=str(self.console_log_path(row.uuid)),
         )
+        stat = procstat.process_stat(vm.running.process.pid) if vm.running else None
+        info["cpu_time"] = round(stat.cpu_s, 3) if stat else None
         return info
 
     def disks(self, ref: str, *, inactive: bool = False) -> list[dict[str, Any]]:
@@ -203,6 +207,7 @@ class DomainService:
         preflight.duplicate_paths(domain)
         preflight.check_memory(domain, self._host_memory)
         preflight.check_cpuset(domain)
+        tuning.check_host(domain, at_start=False)
         preflight.resolve_filesystems(domain)
         for disk in domain.disks:
             if disk.path is not None and disk.format is None:
@@ -423,12 +428,25 @@ class DomainService:
         if [disk.path for disk in domain.disks] != before:
             row = self._store.update_domain(row.uuid, row.name, dump_domain(domain), None)
         preflight.check_files(domain)
+        tuning.check_host(boot_spec or domain, at_start=True)
+        capacity.check_start(boot_spec or domain, self._running_specs(), os.environ)
         if boot_spec is not None:
             self._resolve_volumes(boot_spec)
             preflight.check_files(boot_spec)
         await self._life.start(row.uuid, row.name, paused=paused, boot_spec=boot_spec,
                                boot_after_install=boot_after_install)
         return self.info(row.uuid)
+
+    def _running_specs(self) -> list[Domain]:
+        """What the domains with a QEMU run now, hot-plugged vCPUs and memory included
+        (for overcommit accounting)."""
+        specs = []
+        for row in self._store.list_domains():
+            running = self._life.vm(row.uuid, row.name).running
+            if running is not None:
+                specs.append(running.live if running.live is not None
+                             else load_domain(row.spec))
+        return specs
 
     async def shutdown(self, ref: str, *, timeout: float | None = None, wait: bool = False,
                        reboot: bool = False, mode: str = "acpi") -> dict[str, Any]:

@@ -1,0 +1,278 @@
+"""Statistics and tuning commands: domstats, vcpuinfo, vcpupin, emulatorpin, nodedev-list,
+attach-device/detach-device (PCI host devices), host ksm, host capacity, host numa."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from virtkit.cli import render
+from virtkit.cli.client import Client
+from virtkit.errors import InvalidSpec
+
+#: virsh's numbers for state.state (virDomainState)
+STATE_NUMBERS = {"running": 1, "paused": 3, "in shutdown": 4, "shutoff": 5, "crashed": 6}
+GROUP_FLAGS = ("state", "cpu-total", "balloon", "vcpu", "interface", "block")
+
+
+def _ns(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1e9)
+
+
+def flatten(stats: dict[str, Any]) -> list[tuple[str, Any]]:
+    """One domain's stats as virsh domstats' ``key=value`` pairs (times in ns, sizes KiB)."""
+    pairs: list[tuple[str, Any]] = []
+    state = stats.get("state")
+    if state:
+        pairs += [("state.state", STATE_NUMBERS.get(state["state"], 0)),
+                  ("state.reason", state["reason"])]
+    cpu = stats.get("cpu")
+    if cpu:
+        pairs += [("cpu.time", _ns(cpu["time"])), ("cpu.user", _ns(cpu["user"])),
+                  ("cpu.system", _ns(cpu["system"])), ("cpu.percent", cpu["percent"])]
+    for key, value in (stats.get("balloon") or {}).items():
+        pairs.append((f"balloon.{key}", value))
+    vcpu = stats.get("vcpu")
+    if vcpu:
+        pairs += [("vcpu.current", vcpu["current"]), ("vcpu.maximum", vcpu["maximum"])]
+        for item in vcpu["vcpus"]:
+            pairs += [(f"vcpu.{item['id']}.state", 1 if item["state"] else 0),
+                      (f"vcpu.{item['id']}.time", _ns(item["time"]))]
+    if "net" in stats:
+        pairs.append(("net.count", len(stats["net"])))
+        for index, nic in enumerate(stats["net"]):
+            for key, value in nic.items():
+                name = key.replace("_packets", ".pkts").replace("_bytes", ".bytes") \
+                    .replace("_errors", ".errs").replace("_dropped", ".drop")
+                pairs.append((f"net.{index}.{name}", value))
+    if "block" in stats:
+        pairs.append(("block.count", len(stats["block"])))
+        for index, disk in enumerate(stats["block"]):
+            for key, value in disk.items():
+                pairs.append((f"block.{index}.{key.replace('_', '.', 1)}", value))
+    return pairs
+
+
+def cmd_domstats(client: Client, args: argparse.Namespace) -> int:
+    groups = [group for group in GROUP_FLAGS if getattr(args, group.replace("-", "_"))]
+    query = [f"domain={quote(name, safe='')}" for name in args.domains]
+    if groups:
+        query.append("groups=" + ",".join(groups))
+    if args.active:
+        query.append("active=1")
+    stats = client.get("/v1/domstats" + ("?" + "&".join(query) if query else ""))
+    if args.json:
+        render.as_json(stats)
+        return 0
+    out = []
+    for item in stats:
+        out.append(f"Domain: '{item['name']}'")
+        out += [f"  {key}={'' if value is None else value}" for key, value in flatten(item)]
+        out.append("")
+    sys.stdout.write("\n".join(out) + ("\n" if out else ""))
+    return 0
+
+
+def cmd_vcpuinfo(client: Client, args: argparse.Namespace) -> int:
+    info = client.get(client.domain_path(args.domain, "/vcpus"))
+    if args.json:
+        render.as_json(info)
+        return 0
+    blocks = []
+    for item in info["vcpus"]:
+        blocks.append("\n".join([
+            f"{'VCPU:':<16}{item['id']}", f"{'Thread:':<16}{item['thread_id']}",
+            f"{'CPU:':<16}{item['host_cpu']}",
+            f"{'State:':<16}{'running' if item['state'] in ('R', 'S', 'D') else item['state']}",
+            f"{'CPU time:':<16}{item['time']:.1f}s",
+            f"{'CPU Affinity:':<16}{item['affinity']}"]))
+    sys.stdout.write("\n\n".join(blocks) + "\n")
+    return 0
+
+
+def _pin_body(args: argparse.Namespace) -> dict[str, Any]:
+    return {"cpulist": args.cpulist, "live": args.live, "config": args.config}
+
+
+def cmd_vcpupin(client: Client, args: argparse.Namespace) -> int:
+    if args.cpulist is None and not args.live and not args.config:
+        table = client.get(client.domain_path(args.domain, "/vcpupin"))
+        if args.vcpu is not None:
+            table["vcpus"] = [row for row in table["vcpus"] if row["vcpu"] == args.vcpu]
+    else:
+        body = {**_pin_body(args), "vcpu": args.vcpu}
+        table = client.request("PUT", client.domain_path(args.domain, "/vcpupin"), body)
+    if args.json:
+        render.as_json(table)
+    else:
+        render.table(["VCPU", "CPU Affinity"],
+                     [[row["vcpu"], row["affinity"]] for row in table["vcpus"]])
+    return 0
+
+
+def cmd_emulatorpin(client: Client, args: argparse.Namespace) -> int:
+    path = client.domain_path(args.domain, "/emulatorpin")
+    if args.cpulist is None:
+        result = client.get(path)
+    else:
+        result = client.request("PUT", path, _pin_body(args))
+    if args.json:
+        render.as_json(result)
+    else:
+        render.table(["emulator", "CPU Affinity"], [["*", result["emulator"]]])
+    return 0
+
+
+def cmd_nodedev_list(client: Client, args: argparse.Namespace) -> int:
+    devices = client.get("/v1/nodedevs" + (f"?cap={quote(args.cap)}" if args.cap else ""))
+    if args.json:
+        render.as_json(devices)
+        return 0
+    rows = []
+    for dev in devices:
+        name = " ".join(part for part in (dev["vendor"], dev["product"]) if part) or \
+            f"{dev['vendor_id']}:{dev['device_id']}"
+        sriov = ""
+        if dev["sriov_totalvfs"]:
+            sriov = f"{dev['sriov_numvfs']}/{dev['sriov_totalvfs']} VFs"
+        elif dev["physfn"]:
+            sriov = f"VF of {dev['physfn']}"
+        rows.append([dev["address"], f"{dev['vendor_id']}:{dev['device_id']}", dev["driver"],
+                     dev["iommu_group"], sriov or None, name])
+    render.table(["Address", "ID", "Driver", "IOMMU group", "SR-IOV", "Name"], rows)
+    return 0
+
+
+def cmd_hostdev(client: Client, args: argparse.Namespace) -> int:
+    try:
+        xml = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    except OSError as exc:
+        raise InvalidSpec(f"cannot read {args.file}: {exc.strerror}",
+                          fix="give the path of a <hostdev> XML file") from None
+    action = "attach" if args.command == "attach-device" else "detach"
+    result = client.post(client.domain_path(args.domain, f"/hostdevs/{action}"),
+                         {"xml": xml, "live": args.live, "config": args.config})
+    print(f"Device {result['address']} {action}ed "
+          + ("successfully" if result["live"] else "(applies at the next start)"))
+    return 0
+
+
+def cmd_ksm(client: Client, args: argparse.Namespace) -> int:
+    if args.action == "status":
+        status = client.get("/v1/host/ksm")
+    else:
+        status = client.request("PUT", "/v1/host/ksm", {"action": args.action})
+    if args.json:
+        render.as_json(status)
+        return 0
+    render.keyvalues([("KSM", "on" if status["run"] == 1 else "off"),
+                      ("Pages shared", status["pages_shared"]),
+                      ("Pages sharing", status["pages_sharing"]),
+                      ("Pages unshared", status["pages_unshared"]),
+                      ("Full scans", status["full_scans"]),
+                      ("Saved", f"{status['saved_mib']} MiB")])
+    return 0
+
+
+def cmd_capacity(client: Client, args: argparse.Namespace) -> int:
+    info = client.get("/v1/host/capacity")
+    if args.json:
+        render.as_json(info)
+        return 0
+    host, limits, ratios = info["host"], info["limits"], info["ratios"]
+    rows = [["vCPUs", host["cpus"], f"{ratios['cpu']:g}", limits["vcpus"],
+             info["running"]["vcpus"], info["defined"]["vcpus"]],
+            ["Memory (MiB)", host["memory_mib"], f"{ratios['memory']:g}", limits["memory_mib"],
+             info["running"]["memory_mib"], info["defined"]["memory_mib"]]]
+    render.table(["Resource", "Host", "Ratio", "Limit", "Running", "Defined"], rows)
+    print(f"\n{info['running']['domains']} running of {info['defined']['domains']} defined "
+          "domains")
+    return 0
+
+
+def cmd_numa(client: Client, args: argparse.Namespace) -> int:
+    info = client.get("/v1/host/numa")
+    if args.json:
+        render.as_json(info)
+        return 0
+    render.table(["Node", "CPUs", "Memory (MiB)", "Free (MiB)"],
+                 [[n["id"], n["cpus"], n["memory_mib"], n["free_mib"]] for n in info["nodes"]])
+    render.table(["Huge page", "Total", "Free"],
+                 [[f"{h['size_kib']} KiB", h["total"], h["free"]] for h in info["hugepages"]])
+    return 0
+
+
+def _cmd_top(client: Client, args: argparse.Namespace) -> int:
+    from virtkit.cli.top import cmd_top
+
+    return cmd_top(client, args)
+
+
+def _sort_column(value: str) -> str:
+    if value not in ("cpu", "mem", "name", "block", "net"):
+        raise argparse.ArgumentTypeError("sort by cpu, mem, name, block or net")
+    return value
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the statistics and tuning commands to the CLI's subparsers."""
+    p = sub.add_parser("domstats", help="live statistics of domains (virsh domstats)")
+    p.add_argument("domains", nargs="*", metavar="DOMAIN", help="domains (default: all)")
+    for group in GROUP_FLAGS:
+        p.add_argument(f"--{group}", action="store_true", help=f"the {group} group")
+    p.add_argument("--active", action="store_true", help="only running domains")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_domstats)
+    p = sub.add_parser("vcpuinfo", help="vCPU threads, host CPUs, CPU time and affinity")
+    p.add_argument("domain")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_vcpuinfo)
+    for name, func, text in (("vcpupin", cmd_vcpupin, "show or set the host CPUs of a vCPU"),
+                             ("emulatorpin", cmd_emulatorpin,
+                              "show or set the host CPUs of QEMU's non-vCPU threads")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("domain")
+        if name == "vcpupin":
+            p.add_argument("vcpu", nargs="?", type=int, help="vCPU number")
+        p.add_argument("cpulist", nargs="?", help="host CPUs, e.g. 0-1 or 0,2")
+        p.add_argument("--live", action="store_true", help="change the running domain")
+        p.add_argument("--config", action="store_true", help="change the stored spec")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+    p = sub.add_parser("nodedev-list", help="host devices (PCI, with IOMMU groups and SR-IOV)")
+    p.add_argument("--cap", help="capability: pci")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_nodedev_list)
+    for name in ("attach-device", "detach-device"):
+        p = sub.add_parser(name, help=f"{name.split('-')[0]} a PCI host device from a "
+                           "<hostdev type='pci'> XML file")
+        p.add_argument("domain")
+        p.add_argument("file", help="XML file ('-' = stdin)")
+        p.add_argument("--live", action="store_true")
+        p.add_argument("--config", action="store_true")
+        p.set_defaults(func=cmd_hostdev)
+    p = sub.add_parser("top", help="live table of running domains (virt-top)")
+    p.add_argument("-d", "--delay", type=float, default=3.0, help="seconds between frames")
+    p.add_argument("-n", "--iterations", type=int, help="stop after this many frames")
+    p.add_argument("-b", "--batch", action="store_true", help="plain tables, no redraw")
+    p.add_argument("--sort", type=_sort_column, default="cpu",
+                   help="first sort column: cpu, mem, name, block, net")
+    p.set_defaults(func=_cmd_top)
+
+
+def register_host(host_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``host ksm``, ``host capacity``, ``host numa``."""
+    p = host_sub.add_parser("ksm", help="kernel samepage merging: on, off or status")
+    p.add_argument("action", choices=["on", "off", "status"], nargs="?", default="status")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ksm)
+    p = host_sub.add_parser("capacity", help="allocated vCPUs and memory vs the overcommit "
+                            "limits")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_capacity)
+    p = host_sub.add_parser("numa", help="host NUMA nodes and huge pages")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_numa)

@@ -1,0 +1,165 @@
+"""Host tuning parts of a domain spec: CPU pinning, guest NUMA, hugepages, PCI passthrough.
+
+These are libvirt's ``<cputune>``, ``<cpu><numa>``, ``<numatune>``,
+``<memoryBacking><hugepages/>`` and ``<hostdev type='pci'>``.  Validation here is
+what the spec alone decides (syntax, vCPU numbers in range, cells covering every
+vCPU and all memory); whether the host has the CPUs, nodes, hugepages or IOMMU
+is checked at define and start by ``runtime/preflight.py`` and ``host/``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from virtkit.model.cpulist import parse_cpulist
+from virtkit.model.units import parse_mib
+
+PCI_ADDRESS = re.compile(r"^(?:([0-9a-f]{4}):)?([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
+
+
+def _mib(value: Any) -> Any:
+    return parse_mib(value, field="memory") if isinstance(value, str) else value
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _cpulist(value: str) -> str:
+    parse_cpulist(value)
+    return value
+
+
+def normalize_pci(address: str) -> str:
+    """'01:00.0' or '0000:01:00.0' -> '0000:01:00.0'; ValueError for anything else."""
+    match = PCI_ADDRESS.match(address.strip().lower())
+    if not match:
+        raise ValueError(f"PCI address {address!r} must look like 0000:01:00.0 or 01:00.0")
+    domain, bus, slot, function = match.groups()
+    return f"{domain or '0000'}:{bus}:{slot}.{function}"
+
+
+class CpuTune(_Spec):
+    """Where vCPU threads and QEMU's other threads may run (virsh vcpupin/emulatorpin)."""
+
+    vcpupin: dict[int, str] = Field(default_factory=dict,
+                                    description="vCPU number -> host CPU list, e.g. {0: '1'}")
+    emulatorpin: str | None = Field(default=None, description="host CPUs for QEMU's "
+                                    "non-vCPU threads (main loop, I/O)")
+
+    @field_validator("vcpupin")
+    @classmethod
+    def _vcpupin(cls, value: dict[int, str]) -> dict[int, str]:
+        for vcpu, cpus in value.items():
+            if vcpu < 0:
+                raise ValueError(f"vcpupin: vCPU {vcpu} is negative")
+            _cpulist(cpus)
+        return dict(sorted(value.items()))
+
+    @field_validator("emulatorpin")
+    @classmethod
+    def _emulatorpin(cls, value: str | None) -> str | None:
+        return None if value is None else _cpulist(value)
+
+
+class NumaCell(_Spec):
+    """One guest NUMA node: its vCPUs and its share of the memory."""
+
+    cpus: str = Field(description="guest vCPU numbers of this node, e.g. '0-1'")
+    memory: Annotated[int, BeforeValidator(_mib)] = Field(description="MiB on this node")
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, value: str) -> str:
+        return _cpulist(value)
+
+
+class NumaTune(_Spec):
+    """Which host NUMA nodes hold the guest's memory (libvirt's <numatune><memory>)."""
+
+    nodeset: str = Field(description="host NUMA nodes, e.g. '0' or '0-1'")
+    mode: Literal["strict", "preferred", "interleave"] = "strict"
+
+    @field_validator("nodeset")
+    @classmethod
+    def _nodeset(cls, value: str) -> str:
+        return _cpulist(value)
+
+
+class MemoryBacking(_Spec):
+    """Guest RAM backing: ``hugepages`` puts it on huge pages (memfd with hugetlb)."""
+
+    hugepages: bool = False
+    page_size_kib: int = Field(default=2048, description="huge page size in KiB "
+                               "(2048 or 1048576 on x86)")
+
+    @field_validator("page_size_kib")
+    @classmethod
+    def _page_size(cls, value: int) -> int:
+        if value not in (2048, 1048576):
+            raise ValueError("page_size_kib must be 2048 (2 MiB) or 1048576 (1 GiB)")
+        return value
+
+
+class HostDev(_Spec):
+    """A host PCI device passed through to the guest with VFIO."""
+
+    address: str = Field(description="PCI address, e.g. 0000:01:00.0")
+    managed: bool = Field(default=True, description="bind it to vfio-pci at start and give "
+                          "it back to its driver at stop")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return normalize_pci(value)
+
+
+def check_tuning(*, vcpus_max: int, memory_mib: int, machine: str, cputune: CpuTune,
+                 numa: list[NumaCell], hostdevs: list[HostDev],
+                 backing: MemoryBacking | None = None) -> list[tuple[str, str]]:
+    """Problems as (field, message) pairs; empty when the tuning parts agree with the spec."""
+    problems: list[tuple[str, str]] = []
+    for vcpu in cputune.vcpupin:
+        if vcpu >= vcpus_max:
+            problems.append(("cputune.vcpupin", f"vCPU {vcpu} does not exist: the domain "
+                             f"has vCPUs 0-{vcpus_max - 1}"))
+    if numa:
+        problems += _check_cells(numa, vcpus_max, memory_mib)
+    if machine == "microvm" and (numa or hostdevs):
+        problems.append(("numa" if numa else "hostdevs",
+                         "microvm has no NUMA tables or PCI bus; use machine: q35"))
+    if backing is not None and backing.hugepages:
+        page_mib = max(backing.page_size_kib // 1024, 1)
+        sizes = [cell.memory for cell in numa] or [memory_mib]
+        if any(size % page_mib for size in sizes):
+            problems.append(("memory_backing.page_size_kib", f"guest memory (per NUMA cell) "
+                             f"must be a multiple of the {page_mib} MiB huge page size"))
+    addresses = [dev.address for dev in hostdevs]
+    if len(addresses) != len(set(addresses)):
+        problems.append(("hostdevs", "one PCI device is listed twice"))
+    return problems
+
+
+def _check_cells(numa: list[NumaCell], vcpus_max: int, memory_mib: int
+                 ) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    seen: set[int] = set()
+    for index, cell in enumerate(numa):
+        cpus = parse_cpulist(cell.cpus)
+        if cpus & seen:
+            problems.append((f"numa[{index}].cpus", f"vCPUs {sorted(cpus & seen)} are in "
+                             "two cells; give each vCPU one cell"))
+        seen |= cpus
+        if cell.memory <= 0:
+            problems.append((f"numa[{index}].memory", "each cell needs some memory"))
+    if seen != set(range(vcpus_max)):
+        problems.append(("numa", f"the cells name vCPUs {sorted(seen)}, but the domain has "
+                         f"vCPUs 0-{vcpus_max - 1}; every vCPU must be in exactly one cell"))
+    total = sum(cell.memory for cell in numa)
+    if total != memory_mib:
+        problems.append(("numa", f"the cells hold {total} MiB but memory is {memory_mib} "
+                         "MiB; make them add up"))
+    return problems
