@@ -73,6 +73,14 @@ fi
 if runs stats; then
     python bench/bench_stats.py "$@" ${what:-all}
 fi
+# shellcheck disable=SC2086
+if runs snapshots; then
+    python bench/bench_snapshots.py "$@" ${what:-all}
+fi
+# shellcheck disable=SC2086
+if runs diskbus; then
+    python bench/bench_diskbus.py "$@" ${what:-all}
+fi
 if runs spine; then
     python bench/bench_spine.py report
 fi
@@ -87,4 +95,10 @@ if runs install; then
 fi
 if runs stats; then
     python bench/bench_stats.py report
+fi
+if runs snapshots; then
+    python bench/bench_snapshots.py report
+fi
+if runs diskbus; then
+    python bench/bench_diskbus.py report
 fi
