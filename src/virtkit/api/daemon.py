@@ -106,13 +106,14 @@ class Daemon:
         guest = GuestService(self.store, self.lifecycle)
         self.snapshots = SnapshotService(self.store, self.lifecycle, self.bus,
                                          paths.root / "snapshots")
+        tuning = TuningService(self.store, self.lifecycle)
         self.services = Services(
             self.domains, self.host, self.storage, self.networks, self.install, guest=guest,
-            devices=DeviceService(self.store, self.lifecycle, self.domains),
+            devices=DeviceService(self.store, self.lifecycle, self.domains, tuning),
             clones=CloneService(self.store, self.lifecycle, self.domains, guest),
             snapshots=self.snapshots,
             stats=StatsService(self.store, self.lifecycle),
-            tuning=TuningService(self.store, self.lifecycle))
+            tuning=tuning)
         self.default_network = default_network
         self._runner: web.AppRunner | None = None
         self._supervisor: asyncio.Task[None] | None = None

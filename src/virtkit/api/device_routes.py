@@ -125,3 +125,12 @@ async def attach_memory(request: web.Request) -> web.Response:
     body = await json_body(request)
     return json_response(await _devices(request).attach_memory(
         request.match_info["ref"], _size(body), **_scope(body)))
+
+
+@routes.post(PREFIX + "/devices/{action:attach|detach}")
+async def device_xml(request: web.Request) -> web.Response:
+    """virsh attach-device / detach-device: {"xml": "<disk ...>", "live", "config"}."""
+    body = await json_body(request)
+    return json_response(await _devices(request).device_xml(
+        request.match_info["ref"], _text(body, "xml"),
+        detach=request.match_info["action"] == "detach", **_scope(body)))

@@ -44,12 +44,11 @@ _STATS_OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      {"allOf": [_PIN_BODY, {"type": "object", "properties": {"vcpu": {"type": "integer"}}}]}),
     ("get", "/v1/domains/{ref}/emulatorpin", "The emulator threads' affinity", None),
     ("put", "/v1/domains/{ref}/emulatorpin", "Pin QEMU's non-vCPU threads", _PIN_BODY),
-    ("post", "/v1/domains/{ref}/hostdevs/attach", "attach-device of a <hostdev type='pci'>",
-     {"type": "object", "required": ["xml"], "properties": {
-         "xml": {"type": "string"}, "live": {"type": "boolean"}, "config": {"type": "boolean"}}}),
-    ("post", "/v1/domains/{ref}/hostdevs/detach", "detach-device of a <hostdev type='pci'>",
-     {"type": "object", "required": ["xml"], "properties": {
-         "xml": {"type": "string"}, "live": {"type": "boolean"}, "config": {"type": "boolean"}}}),
+    *[("post", f"/v1/domains/{{ref}}/devices/{action}", f"virsh {action}-device: one libvirt "
+       "device element (<disk>, <interface>, <memory model='dimm'>, <hostdev type='pci'>)",
+       {"type": "object", "required": ["xml"], "properties": {
+           "xml": {"type": "string"}, "live": {"type": "boolean"},
+           "config": {"type": "boolean"}}}) for action in ("attach", "detach")],
 ]
 
 #: (method, path, summary, request body schema or None)

@@ -93,19 +93,6 @@ async def put_emulatorpin(request: web.Request) -> web.Response:
     return json_response(result)
 
 
-@routes.post("/v1/domains/{ref}/hostdevs/{action:attach|detach}")
-async def hostdev(request: web.Request) -> web.Response:
-    """attach-device / detach-device of a ``<hostdev type='pci'>`` XML snippet."""
-    body = await json_body(request)
-    xml = body.get("xml")
-    if not isinstance(xml, str):
-        raise InvalidSpec("send the device as {\"xml\": \"<hostdev ...>\"}", field="xml")
-    result = await request.app[TUNING].attach_hostdev(
-        _ref(request), xml, live=_flag(body.get("live")), config=_flag(body.get("config")),
-        detach=request.match_info["action"] == "detach")
-    return json_response(result)
-
-
 @routes.get("/v1/host/ksm")
 async def get_ksm(request: web.Request) -> web.Response:
     return json_response(await asyncio.to_thread(request.app[TUNING].ksm))

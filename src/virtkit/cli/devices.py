@@ -4,6 +4,8 @@ detach-interface, setvcpus, setmem, setmaxmem, domblklist, plus attach-memory.""
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 from virtkit.cli import render
@@ -43,6 +45,19 @@ def _virsh_size(text: str) -> str:
     """A size as virsh reads it: a bare number is KiB; 512M, 2G ... as written (the
     daemon parses it)."""
     return text.strip() + "K" if text.strip().isdigit() else text.strip()
+
+
+def cmd_attach_device(client: Client, args: argparse.Namespace) -> int:
+    """attach-device / detach-device FILE: one libvirt device element."""
+    try:
+        xml = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    except OSError as exc:
+        raise InvalidSpec(f"cannot read {args.file}: {exc.strerror}",
+                          fix="give the path of a device XML file ('-' reads stdin)") from None
+    action = "attach" if args.command == "attach-device" else "detach"
+    result = _post(client, args, f"/devices/{action}", {"xml": xml})
+    print(f"Device {action}ed successfully ({_where(result)}){_pending(result)}")
+    return 0
 
 
 def cmd_domblklist(client: Client, args: argparse.Namespace) -> int:
@@ -169,6 +184,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         parser.set_defaults(func=func)
         return parser
 
+    for name in ("attach-device", "detach-device"):
+        p = add(name, cmd_attach_device, f"{name.split('-')[0]} a device from a libvirt XML "
+                "file: <disk>, <interface>, <memory model='dimm'>, <hostdev type='pci'>",
+                persistent=True)
+        p.add_argument("file", help="XML file ('-' = stdin)")
     p = add("domblklist", cmd_domblklist, "list a domain's disks (the running ones when it "
             "runs)", scope=False)
     p.add_argument("--inactive", action="store_true", help="the definition's disks")

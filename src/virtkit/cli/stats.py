@@ -1,17 +1,15 @@
 """Statistics and tuning commands: domstats, vcpuinfo, vcpupin, emulatorpin, nodedev-list,
-attach-device/detach-device (PCI host devices), host ksm, host capacity, host numa."""
+host ksm, host capacity, host numa."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from virtkit.cli import render
 from virtkit.cli.client import Client
-from virtkit.errors import InvalidSpec
 
 #: virsh's numbers for state.state (virDomainState)
 STATE_NUMBERS = {"running": 1, "paused": 3, "in shutdown": 4, "shutoff": 5, "crashed": 6}
@@ -146,20 +144,6 @@ def cmd_nodedev_list(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_hostdev(client: Client, args: argparse.Namespace) -> int:
-    try:
-        xml = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-    except OSError as exc:
-        raise InvalidSpec(f"cannot read {args.file}: {exc.strerror}",
-                          fix="give the path of a <hostdev> XML file") from None
-    action = "attach" if args.command == "attach-device" else "detach"
-    result = client.post(client.domain_path(args.domain, f"/hostdevs/{action}"),
-                         {"xml": xml, "live": args.live, "config": args.config})
-    print(f"Device {result['address']} {action}ed "
-          + ("successfully" if result["live"] else "(applies at the next start)"))
-    return 0
-
-
 def cmd_ksm(client: Client, args: argparse.Namespace) -> int:
     if args.action == "status":
         status = client.get("/v1/host/ksm")
@@ -246,14 +230,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--cap", help="capability: pci")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_nodedev_list)
-    for name in ("attach-device", "detach-device"):
-        p = sub.add_parser(name, help=f"{name.split('-')[0]} a PCI host device from a "
-                           "<hostdev type='pci'> XML file")
-        p.add_argument("domain")
-        p.add_argument("file", help="XML file ('-' = stdin)")
-        p.add_argument("--live", action="store_true")
-        p.add_argument("--config", action="store_true")
-        p.set_defaults(func=cmd_hostdev)
     p = sub.add_parser("top", help="live table of running domains (virt-top)")
     p.add_argument("-d", "--delay", type=float, default=3.0, help="seconds between frames")
     p.add_argument("-n", "--iterations", type=int, help="stop after this many frames")

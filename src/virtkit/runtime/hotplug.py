@@ -85,6 +85,7 @@ async def _unplug(running: Running, device_id: str, timeout: float,
         "DEVICE_DELETED", lambda event: event.get("data", {}).get("device") == device_id)
     try:
         await running.monitor.execute("device_del", {"id": device_id})
+        running.layout_changed = True
     except BaseException:
         deleted.cancel()
         raise
@@ -157,6 +158,7 @@ async def attach_disk(running: Running, disk: Disk) -> Disk:
     live = _live(running)
     running.live = live.model_copy(update={"disks": [*live.disks, disk]})
     running.disk_ids.append(number)
+    running.layout_changed = True
     return disk
 
 
@@ -300,6 +302,7 @@ async def attach_nic(running: Running, nic: Nic, tap: OpenTap | None, *,
         undo.pop_all()
     running.live = live.model_copy(update={"nics": [*live.nics, nic]})
     running.nic_ids.append(number)
+    running.layout_changed = True
     if tap is not None:
         running.taps[number] = tap.name
     return nic

@@ -87,12 +87,16 @@ class Running:
     agent: GuestAgent | None = None
     #: whether the guest has its agent port open (QEMU's VSERPORT_CHANGE); None: unknown
     agent_open: bool | None = None
+    #: a disk or NIC was hot-added or removed: a fresh QEMU would lay the devices out
+    #: differently (PCIe ports, ids), so no save file of this run could be restored
+    layout_changed: bool = False
 
     def attach_live(self, domain: Domain, extra: Mapping[str, Any] | None = None) -> None:
         """Record the running configuration: from a runtime record's ``extra`` after a
         daemon restart, else ``domain`` as started (device numbers = list positions)."""
         if extra and extra.get("live"):
             self.live = load_domain(extra["live"])
+            self.layout_changed = bool(extra.get("layout_changed"))
             self.disk_ids = [int(n) for n in extra.get("disk_ids", [])]
             self.nic_ids = [int(n) for n in extra.get("nic_ids", [])]
         else:
@@ -113,7 +117,8 @@ class Running:
         """What the runtime record keeps of this process (never its argv)."""
         return {"accel": self.accel, "vnc": self.vnc, "taps": self.taps,
                 "live": dump_domain(self.live) if self.live is not None else None,
-                "disk_ids": self.disk_ids, "nic_ids": self.nic_ids}
+                "disk_ids": self.disk_ids, "nic_ids": self.nic_ids,
+                "layout_changed": self.layout_changed}
 
     def release_hostdevs(self) -> None:
         """Give managed PCI devices back to their drivers (after QEMU ended)."""

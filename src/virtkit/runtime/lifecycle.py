@@ -424,10 +424,10 @@ class Lifecycle:
         """A save file can only be restored into the same device set with the same QEMU
         ids; after some hotplug changes a fresh QEMU cannot rebuild them: refuse then."""
         fix = f"restart the domain (virtkit shutdown {vm.name}; virtkit start {vm.name}) first"
-        if running.disk_ids != list(range(len(running.disk_ids))) or \
-                running.nic_ids != list(range(len(running.nic_ids))):
-            raise Conflict(f"domain '{vm.name}' had a device unplugged while running; its "
-                           "saved state could not be restored", fix=fix)
+        if running.layout_changed:
+            raise Conflict(f"domain '{vm.name}' had a disk or NIC hot-plugged or unplugged "
+                           "while running; a fresh QEMU could not take its saved state",
+                           fix=fix)
         if await running.monitor.execute("query-memory-devices"):
             raise Conflict(f"domain '{vm.name}' has hot-added memory; its saved state could "
                            "not be restored", fix=fix)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from virtkit.errors import Conflict, InvalidSpec, NotFound, StateError
+from virtkit.formats.libvirt_device import device_from_xml
 from virtkit.model.domain import Disk, DiskDevice, Domain, Nic
 from virtkit.model.load import load_domain
 from virtkit.model.state import State
@@ -21,16 +22,50 @@ from virtkit.model.units import parse_mib
 from virtkit.runtime import hotplug
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.service.domains import DomainService
+from virtkit.service.tuning import TuningService
 from virtkit.store.db import DomainRow, Store
 
 
 class DeviceService:
     """Change a domain's devices, live and/or in its definition."""
 
-    def __init__(self, store: Store, lifecycle: Lifecycle, domains: DomainService) -> None:
+    def __init__(self, store: Store, lifecycle: Lifecycle, domains: DomainService,
+                 tuning: TuningService | None = None) -> None:
         self._store = store
         self._life = lifecycle
         self._domains = domains
+        self._tuning = tuning
+
+    async def device_xml(self, ref: str, xml: str, *, live: bool = False,
+                         config: bool = False, detach: bool = False) -> dict[str, Any]:
+        """virsh attach-device / detach-device: one libvirt device element."""
+        device = device_from_xml(xml)
+        if device.kind == "hostdev":
+            if self._tuning is None:
+                raise InvalidSpec("PCI host devices are not available here")
+            return await self._tuning.attach_hostdev(ref, xml, live=live, config=config,
+                                                     detach=detach)
+        if device.kind == "memory":
+            if detach:
+                raise InvalidSpec("memory cannot be unplugged here",
+                                  fix="lower it with setmem (balloon) or --config and restart")
+            return await self.attach_memory(ref, device.spec["size_mib"], live=live,
+                                            config=config)
+        if device.kind == "disk":
+            if detach:
+                target = device.spec.get("target") or device.spec.get("path")
+                if not target:
+                    raise InvalidSpec("name the disk to detach with <target dev='...'/> or "
+                                      "its <source>", field="xml")
+                return await self.detach_disk(ref, str(target), live=live, config=config)
+            return await self.attach_disk(ref, device.spec, live=live, config=config)
+        if detach:
+            if not device.spec.get("mac"):
+                raise InvalidSpec("name the interface to detach with <mac address='...'/>",
+                                  field="xml")
+            return await self.detach_interface(ref, device.spec["mac"], live=live,
+                                               config=config)
+        return await self.attach_interface(ref, device.spec, live=live, config=config)
 
     # -- where a change applies ------------------------------------------------------
 
