@@ -34,12 +34,12 @@ async def json_body(request: web.Request) -> dict[str, Any]:
 
 
 async def progress_response(request: web.Request,
-                            operation: Callable[[Progress], Awaitable[dict[str, Any]]]
-                            ) -> web.StreamResponse:
+                            operation: Callable[[Progress], Awaitable[Any]],
+                            status: int = 200) -> web.StreamResponse:
     """Run a long operation; when the client accepts ``application/x-ndjson``, stream
     ``{"progress": percent}`` lines while it runs, then ``{"result": ...}`` or
     ``{"error": ...}``; otherwise answer its result as plain JSON.  ``progress`` may be
-    called from any thread."""
+    called from any thread.  ``status`` is the plain answer's HTTP status."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[float] = asyncio.Queue()
 
@@ -49,7 +49,7 @@ async def progress_response(request: web.Request,
 
     task = asyncio.ensure_future(operation(progress))
     if "application/x-ndjson" not in request.headers.get("Accept", ""):
-        return json_response(await task)
+        return json_response(await task, status=status)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     last = -1.0

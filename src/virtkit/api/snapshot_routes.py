@@ -8,15 +8,12 @@ or ``{"error": {...}}``, as the storage routes do.
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from virtkit.api.common import json_body, json_response
-from virtkit.errors import VirtkitError
+from virtkit.api.common import json_body, json_response, progress_response
 from virtkit.service.snapshots import SnapshotService
 
 SNAPSHOTS = web.AppKey("snapshots", SnapshotService)
@@ -35,32 +32,7 @@ def _flag(request: web.Request, name: str) -> bool:
 async def _with_progress(request: web.Request, operation: Operation,
                          status: int = 200) -> web.StreamResponse:
     """Run ``operation(progress)``; stream NDJSON progress lines if the client asks."""
-    queue: asyncio.Queue[float] = asyncio.Queue()
-
-    def progress(done: float, total: float) -> None:
-        queue.put_nowait(100.0 * done / total if total else 0.0)
-
-    if "application/x-ndjson" not in request.headers.get("Accept", ""):
-        return json_response(await operation(progress), status=status)
-    task = asyncio.ensure_future(operation(progress))
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await response.prepare(request)
-    last = -1.0
-    while not task.done():
-        getter = asyncio.ensure_future(queue.get())
-        await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-        if getter.done() and getter.result() - last >= 0.5:
-            last = getter.result()
-            await response.write(json.dumps({"progress": round(last, 1)}).encode() + b"\n")
-        elif not getter.done():
-            getter.cancel()
-    try:
-        line: dict[str, Any] = {"result": task.result()}
-    except VirtkitError as exc:
-        line = {"error": {**exc.to_dict(), "status": exc.http_status}}
-    await response.write(json.dumps(line, default=str).encode() + b"\n")
-    await response.write_eof()
-    return response
+    return await progress_response(request, operation, status)
 
 
 @routes.get("/v1/domains/{ref}/snapshots")

@@ -7,14 +7,13 @@ on a terminal from the daemon's NDJSON progress lines.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
 from urllib.parse import quote
 
 from virtkit.cli import render
-from virtkit.cli.client import ApiError, Client
+from virtkit.cli.client import Client
 from virtkit.errors import InvalidSpec
 
 
@@ -28,22 +27,9 @@ def _call(client: Client, method: str, path: str, body: dict[str, Any] | None,
     """One request; on a terminal, with a progress bar fed by NDJSON progress lines."""
     if not sys.stderr.isatty():
         return client.request(method, path, body)
-    from virtkit.cli.storage import progress_bar
-    from virtkit.cli.streaming import open_stream
+    from virtkit.cli.storage import post_with_progress
 
-    result: Any = None
-    with open_stream(client, method, path, body, accept="application/x-ndjson") as response, \
-            progress_bar(label, 100) as bar:
-        for raw in response:
-            line = json.loads(raw)
-            if "progress" in line:
-                bar.update(line["progress"])
-            elif "error" in line:
-                raise ApiError(int(line["error"].get("status", 500)), line["error"])
-            else:
-                bar.update(100)
-                result = line["result"]
-    return result
+    return post_with_progress(client, path, body, label, method=method)
 
 
 def _name_or_current(client: Client, args: argparse.Namespace) -> str:

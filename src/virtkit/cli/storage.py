@@ -227,13 +227,14 @@ def cmd_vol_wipe(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def post_with_progress(client: Client, path: str, body: dict[str, Any],
-                       label: str) -> dict[str, Any]:
-    """POST with NDJSON progress, drawing a bar; return the result or raise its error."""
+def post_with_progress(client: Client, path: str, body: dict[str, Any] | None,
+                       label: str, method: str = "POST") -> Any:
+    """A request with NDJSON progress, drawing a bar; return the result or raise its error."""
     from virtkit.cli.streaming import open_stream
 
-    result: dict[str, Any] | None = None
-    with open_stream(client, "POST", path, body, accept="application/x-ndjson") as response, \
+    result: Any = None
+    done = False
+    with open_stream(client, method, path, body, accept="application/x-ndjson") as response, \
             progress_bar(label, 100) as bar:
         for raw in response:
             line = json.loads(raw)
@@ -243,8 +244,8 @@ def post_with_progress(client: Client, path: str, body: dict[str, Any],
                 raise ApiError(int(line["error"].get("status", 500)), line["error"])
             else:
                 bar.update(100)
-                result = line["result"]
-    if result is None:
+                result, done = line["result"], True
+    if not done:
         raise ApiError(500, {"message": "the daemon ended the operation without a result"})
     return result
 
@@ -289,7 +290,8 @@ def _by_descriptor(client: Client, path: str, fd: int, label: str) -> dict[str, 
     """Let a local daemon copy to or from our open file ``fd`` inside the kernel; None
     when it cannot take the descriptor (then the caller streams)."""
     try:
-        return post_with_progress(client, path, {"fd": fd}, label)
+        result: dict[str, Any] = post_with_progress(client, path, {"fd": fd}, label)
+        return result
     except ApiError as exc:
         if exc.code == "unsupported":
             return None
