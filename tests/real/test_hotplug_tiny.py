@@ -77,7 +77,7 @@ def test_attach_device_takes_libvirt_disk_xml(daemon: DaemonHandle, tmp_path: Pa
     assert [d["path"] for d in inactive] == [extra]
     daemon.cli("detach-device", "ax", "-", "--persistent", input_text=xml)
     assert _paths(daemon, "ax") == []
-    for bad, message in (("<video><model type='vga'/></video>", "attach-device takes"),
+    for bad, message in (("<video><model type='vga'/></video>", "takes <disk>"),
                          ("<disk type='file'><source file='/x'", "not well-formed"),
                          ("<memory model='nvdimm'/>", "not supported")):
         result = daemon.cli("attach-device", "ax", "-", input_text=bad, check=False)

@@ -36,8 +36,10 @@ def disk_name(prefix: str, index: int) -> str:
     return prefix + letters
 
 
-def parse_document(text: str, root_tag: str, *, command: str) -> ET.Element:
-    """Parse ``text`` into its root element, refusing DTDs, bad XML and other roots."""
+def parse_document(text: str, root_tag: str | tuple[str, ...], *,
+                   command: str) -> ET.Element:
+    """Parse ``text`` into its root element, refusing DTDs, bad XML and other roots
+    (``root_tag``: the one expected, or a tuple of those accepted)."""
     if not text.strip():
         raise InvalidSpec("the XML document is empty", field="xml")
     if re.search(r"<!(DOCTYPE|ENTITY)", text, re.IGNORECASE):
@@ -51,9 +53,11 @@ def parse_document(text: str, root_tag: str, *, command: str) -> ET.Element:
         raise InvalidSpec(f"not well-formed XML at line {line}, column {column + 1}: {reason}",
                           field="xml",
                           fix="check the file; it must be one XML document") from None
-    if root.tag != root_tag:
-        raise InvalidSpec(f"expected a libvirt <{root_tag}> document, got <{local(root.tag)}>",
-                          field="xml", fix=f"'{command}' takes <{root_tag}> XML")
+    accepted = (root_tag,) if isinstance(root_tag, str) else root_tag
+    if root.tag not in accepted:
+        names = ">, <".join(accepted)
+        raise InvalidSpec(f"expected a libvirt <{names}> document, got <{local(root.tag)}>",
+                          field="xml", fix=f"'{command}' takes <{names}> XML")
     return root
 
 

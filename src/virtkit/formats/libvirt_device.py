@@ -9,13 +9,12 @@ XML to the PCI passthrough code.  Pure: no I/O.
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
 
 from virtkit.errors import InvalidSpec
-from virtkit.formats.libvirt_common import size_mib
+from virtkit.formats.libvirt_common import parse_document, size_mib
 from virtkit.formats.libvirt_xml import domain_from_xml
 
 KINDS = ("disk", "interface", "memory", "hostdev")
@@ -31,18 +30,7 @@ class DeviceXml:
 
 def device_from_xml(text: str) -> DeviceXml:
     """Read one device element; refuse other elements with the list of those we take."""
-    if re.search(r"<!(DOCTYPE|ENTITY)", text, re.IGNORECASE):
-        raise InvalidSpec("device XML has no DOCTYPE or entity declarations; remove them",
-                          field="xml")
-    try:
-        element = ET.fromstring(text)
-    except ET.ParseError as exc:
-        raise InvalidSpec(f"the device XML is not well-formed: {exc}", field="xml",
-                          fix="give one device element such as <disk> or <interface>"
-                          ) from None
-    if element.tag not in KINDS:
-        raise InvalidSpec(f"attach-device takes <{'>, <'.join(KINDS)}>, not <{element.tag}>",
-                          field="xml")
+    element = parse_document(text, KINDS, command="virtkit attach-device")
     if element.tag == "hostdev":
         return DeviceXml("hostdev", {"xml": text})
     if element.tag == "memory":

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from virtkit.errors import InvalidSpec
+from virtkit.model.cpulist import format_cpulist
 from virtkit.model.domain import DiskDevice, Domain, parse_cpuset
 from virtkit.model.units import format_mib
 
@@ -92,22 +93,8 @@ def check_cpuset(domain: Domain, host_cpus: set[int] | None = None) -> None:
     missing = parse_cpuset(domain.vcpus.cpuset) - usable
     if missing:
         raise InvalidSpec(f"vcpus.cpuset: this host has no CPU {sorted(missing)} (usable: "
-                          f"{format_cpus(usable)})", field="vcpus.cpuset",
-                          fix=f"pick CPUs from {format_cpus(usable)}")
-
-
-def format_cpus(cpus: set[int]) -> str:
-    """{0, 1, 2, 5} -> '0-2,5'."""
-    ordered, ranges = sorted(cpus), []
-    start = previous = ordered[0]
-    for cpu in [*ordered[1:], None]:
-        if cpu is not None and cpu == previous + 1:
-            previous = cpu
-            continue
-        ranges.append(str(start) if start == previous else f"{start}-{previous}")
-        if cpu is not None:
-            start = previous = cpu
-    return ",".join(ranges)
+                          f"{format_cpulist(usable)})", field="vcpus.cpuset",
+                          fix=f"pick CPUs from {format_cpulist(usable)}")
 
 
 def check_memory(domain: Domain, host_mib: int | None = None) -> None:
