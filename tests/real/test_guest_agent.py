@@ -150,6 +150,16 @@ def test_domtime_and_agent_interfaces(module_daemon: DaemonHandle, agent_vm: str
     assert refused.returncode != 0 and "not a guest agent command" in refused.stderr
 
 
+def test_disk_only_snapshot_freezes_the_guest_unasked(module_daemon: DaemonHandle,
+                                                       agent_vm: str) -> None:
+    """With a connected agent a disk-only snapshot is file-system consistent by itself."""
+    made = module_daemon.client.post(module_daemon.client.domain_path(agent_vm, "/snapshots"),
+                                     {"name": "auto", "disk_only": True})
+    assert made["quiesced"] is True and made["memory"] is False
+    assert module_daemon.cli("domfsfreeze-status", agent_vm).stdout.strip() == "thawed"
+    module_daemon.cli("snapshot-delete", agent_vm, "auto")
+
+
 def test_clone_of_a_running_guest_freezes_it_for_the_copy(
         module_daemon: DaemonHandle, agent_vm: str, tmp_path: Path) -> None:
     copy = tmp_path / "deb-copy.qcow2"

@@ -10,6 +10,9 @@ image) changes the stored spec and the live configuration alike.
 
 from __future__ import annotations
 
+import logging
+
+from virtkit.errors import VirtkitError
 from virtkit.model.domain import Domain
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.snapshot import on_image
@@ -18,6 +21,8 @@ from virtkit.qemu.argv import disk_slots
 from virtkit.runtime.launcher import Running
 from virtkit.runtime.lifecycle import Lifecycle, Vm
 from virtkit.store.db import Store
+
+log = logging.getLogger(__name__)
 
 
 def running_config(running: Running | None, stored: Domain) -> Domain:
@@ -81,6 +86,33 @@ class AgentQuiescer:
 
     async def thaw(self) -> int:
         return int(await self._agent.execute("guest-fsfreeze-thaw", timeout=60) or 0)
+
+
+class BestEffortQuiescer:
+    """Freeze through the agent if it can; if it cannot, the snapshot goes ahead
+    crash-consistent (as without an agent) instead of failing.  Used when the user did
+    not ask for --quiesce but the guest has a connected agent."""
+
+    def __init__(self, agent: GuestAgent) -> None:
+        self._inner = AgentQuiescer(agent)
+        self._frozen = False
+        #: whether the file systems were frozen for the snapshot
+        self.froze = False
+
+    async def freeze(self) -> int:
+        try:
+            count = await self._inner.freeze()
+        except VirtkitError as exc:
+            log.warning("snapshot without file system freeze: %s", exc)
+            return 0
+        self._frozen = self.froze = True
+        return count
+
+    async def thaw(self) -> int:
+        if not self._frozen:
+            return 0
+        self._frozen = False
+        return await self._inner.thaw()
 
 
 def agent_of(vm: Vm) -> GuestAgent | None:

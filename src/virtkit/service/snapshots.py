@@ -18,7 +18,7 @@ from virtkit.model.snapshot import Kind, check_name, descendants
 from virtkit.runtime.blockjobs import Progress
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.lifecycle import Lifecycle
-from virtkit.runtime.snapdisks import AgentQuiescer, agent_of
+from virtkit.runtime.snapdisks import AgentQuiescer, BestEffortQuiescer, agent_of
 from virtkit.runtime.snapshot_delete import SnapshotDeleter
 from virtkit.runtime.snapshot_revert import SnapshotReverter
 from virtkit.runtime.snapshots import CreateRequest, Quiescer, SnapshotRuntime, StartAs
@@ -114,14 +114,28 @@ class SnapshotService:
         if kind not in (None, "internal", "external"):
             raise InvalidSpec(f"snapshot kind must be internal or external, not {kind!r}",
                               field="kind")
-        quiescer = self._quiescer(row) if body.get("quiesce") else None
+        quiescer = self._quiescer(row) if body.get("quiesce") else \
+            self._automatic_quiescer(row, disk_only=bool(body.get("disk_only")))
         memspec = body.get("memspec")
         request = CreateRequest(name, str(body.get("description") or ""),
                                 _kind(kind), bool(body.get("disk_only")),
                                 str(memspec) if memspec else None, quiescer)
         snap = await self._runtime.create(row.uuid, row.name, request, progress)
         self._publish("snapshot-created", row, name, snapshot_kind=snap.kind)
-        return {**summary(snap), "domain": row.name}
+        quiesced = quiescer is not None and getattr(quiescer, "froze", True)
+        return {**summary(snap), "domain": row.name, "quiesced": quiesced}
+
+    def _automatic_quiescer(self, row: DomainRow, *, disk_only: bool) -> Quiescer | None:
+        """A disk-only snapshot of a running guest whose agent is connected freezes its
+        file systems unasked (best effort): the images are then consistent, not merely
+        crash-consistent.  Snapshots with memory need no freeze."""
+        vm = self._life.vm(row.uuid, row.name)
+        running = vm.running
+        agent = agent_of(vm)
+        if not disk_only or running is None or agent is None or \
+                getattr(running, "agent_open", None) is not True:
+            return None
+        return BestEffortQuiescer(agent)
 
     def _quiescer(self, row: DomainRow) -> Quiescer:
         """The domain's guest agent as a freezer (or what ``quiescer_for`` gives)."""
