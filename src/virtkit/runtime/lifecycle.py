@@ -47,6 +47,8 @@ from virtkit.unixsock import connect_unix
 log = logging.getLogger(__name__)
 
 DESTROY_GRACE = 3.0
+#: seconds a cleanly exited QEMU's last QMP events get to be read (see _on_exit)
+EVENT_DRAIN_DELAY = 0.3
 DEFAULT_SHUTDOWN_TIMEOUT = 120.0
 
 
@@ -504,7 +506,22 @@ class Lifecycle:
         await self._after_crash(vm, policy)
 
     def _on_exit(self, vm: Vm, running: Running) -> None:
-        """Called by the pidfd watcher the moment QEMU ends."""
+        """Called by the pidfd watcher the moment QEMU ends.
+
+        A clean exit (status 0) with no SHUTDOWN event seen yet is concluded a moment
+        later: the pidfd can wake the loop before the QMP socket's last bytes (that very
+        event) are read, and a guest power-off must not be taken for a crash."""
+        if vm.running is not running:
+            return
+        if running.process.exit_status() == 0 and vm.guest_shutdown is None \
+                and vm.expected_exit is None:
+            asyncio.get_running_loop().call_later(EVENT_DRAIN_DELAY, self._conclude_exit,
+                                                  vm, running)
+            return
+        self._conclude_exit(vm, running)
+
+    def _conclude_exit(self, vm: Vm, running: Running) -> None:
+        """Record why QEMU ended, clean up after it, and apply the exit policy."""
         if vm.running is not running:
             return
         vm.running = None
