@@ -59,7 +59,8 @@ def cmd_token_list(client: Client, args: argparse.Namespace) -> int:
         render.as_json(rows)
         return 0
     render.table(["Name", "Created", "Expires", "Last used", "Status"],
-                 [[row["name"], _when(row["created"]), _expiry(row["expires"]), _when(row["last_used"]), row["status"]]
+                 [[row["name"], _when(row["created"]), _expiry(row["expires"]),
+                   _when(row["last_used"]), row["status"]]
                   for row in rows])
     return 0
 
