@@ -409,14 +409,13 @@ class SshTransport(Transport):
         if "open failed" not in text:
             return None
         where, sock = self.uri.host, self.uri.socket
-        if "permission denied" in text:
-            return DaemonUnreachable(
-                f"no permission to use {sock} on {where}",
-                fix="connect as root, or join the 'virtkit' group on that host")
+        # sshd does not say why (no socket, no daemon, no permission, forwarding off)
         return DaemonUnreachable(
-            f"virtkitd is not running on {where} (nothing answers at {sock})",
-            fix=f"start virtkitd on {where}, or name its socket: "
-                f"virtkit+ssh://{where}/path/to/virtkitd.sock")
+            f"sshd on {where} could not connect to {sock} (is virtkitd running there?)",
+            fix=f"start virtkitd on {where}; name its socket if it is elsewhere "
+                f"(virtkit+ssh://{where}/path/to/virtkitd.sock); the ssh user needs access "
+                "to it (root or the 'virtkit' group) and sshd must allow forwarding "
+                "(AllowStreamLocalForwarding, AllowTcpForwarding)")
 
     def close(self) -> None:
         import shutil
