@@ -16,7 +16,7 @@ from typing import Any
 from virtkit import __version__
 from virtkit.cli import render
 from virtkit.cli.client import Client, connect
-from virtkit.cli.transport import URI_ENV
+from virtkit.cli.transport import URI_ENV, parse_uri
 from virtkit.errors import InvalidSpec, VirtkitError
 
 #: commands that never need the daemon.
@@ -262,7 +262,8 @@ def run(argv: list[str] | None = None) -> int:
             args.argv = [*args.argv, *program]
         client: Client | None = None
         options = {key: getattr(args, key) for key in set(GLOBAL_OPTIONS.values())}
-        remote = bool(args.connect or os.environ.get(URI_ENV, "").startswith("virtkit+"))
+        uri: str = args.connect or os.environ.get(URI_ENV) or ""
+        remote = bool(uri) and parse_uri(uri).remote  # never check this host for another
         if args.command not in LOCAL_COMMANDS:
             if getattr(args, "daemon_optional", False) and not remote:
                 try:
