@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -26,7 +27,6 @@ import pytest
 
 from virtkit.cli.client import ApiError, Client
 from virtkit.cli.transport import parse_uri, tls_transport
-from virtkit.cli.wsclient import OP_BINARY, OP_CLOSE
 from virtkit.images.tinyguest import BOOT_MARKER, TinyGuest
 from virtkit.service.tls import TlsService
 from virtkit.store.db import Store
@@ -126,23 +126,32 @@ def test_domain_lifecycle_over_tls(remote: Remote, tmp_path: Path) -> None:
     remote.daemon.wait_booted("rvm")
     assert "running" in remote.cli("dominfo", "rvm").stdout
     assert BOOT_MARKER in remote.cli("console", "rvm", "--log").stdout
-    # the interactive console: a WebSocket over TLS, typed into and read back
-    client = remote.client()
-    ws = client.websocket(client.domain_path("rvm", "/console"))
+    # the interactive console: the real CLI over a TLS WebSocket, typed into, read back,
+    # left with Ctrl-]
+    console = subprocess.Popen(
+        [sys.executable, "-m", "virtkit.cli.main", "-c", remote.uri, "--ca", str(remote.ca),
+         "--token-file", str(remote.token_file), "console", "rvm"],
+        env=remote.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
     try:
-        ws.send(b"echo over-$((40+2))-tls\n")
+        assert console.stdin is not None and console.stdout is not None
+        console.stdin.write(b"echo over-$((40+2))-tls\n")
+        console.stdin.flush()
         seen = b""
-        ws.sock.settimeout(1.0)
         deadline = time.monotonic() + 30
         while b"over-42-tls" not in seen:
             assert time.monotonic() < deadline, seen
-            with contextlib.suppress(TimeoutError):
-                opcode, payload = ws.receive()
-                assert opcode != OP_CLOSE
-                if opcode == OP_BINARY:
-                    seen += payload
+            if select.select([console.stdout], [], [], 1.0)[0]:
+                chunk = os.read(console.stdout.fileno(), 65536)
+                assert chunk, console.stderr.read() if console.stderr else b""
+                seen += chunk
+        console.stdin.write(b"\x1d")
+        console.stdin.flush()
+        assert console.wait(10) == 0
     finally:
-        ws.close()
+        if console.poll() is None:
+            console.kill()
+            console.wait()
     remote.cli("destroy", "rvm")
     assert remote.daemon.state("rvm") == "shutoff"
     remote.cli("undefine", "rvm")
