@@ -168,7 +168,6 @@ class TlsTransport(Transport):
         self.uri, self.token, self.ca = uri, token, ca
         self.fingerprint = normalize_fingerprint(fingerprint) if fingerprint else None
         self.host_header = f"{uri.host}:{uri.port}"
-        self.socket_path = Path("/nonexistent")
 
     @property
     def label(self) -> str:
@@ -311,7 +310,7 @@ class SshTransport(Transport):
         self.host_header = "localhost"
         self._folder: Path | None = None
         self._process: Any = None
-        self.socket_path = Path("/nonexistent")
+        self.socket_path = Path("/nonexistent")  # the forward's local end, once started
 
     @property
     def where(self) -> str:
