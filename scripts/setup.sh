@@ -14,7 +14,9 @@ REPO=$(pwd)
 VENV="$REPO/.venv"
 PYTHON=${PYTHON:-python3}
 
-RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils ovmf lvm2 dnsmasq-base nftables iproute2 busybox-static cpio kmod osinfo-db python3 python3-venv)
+# openssl: 'virtkit tls setup' makes the TLS listener's CA and certificate with it;
+# openssh-client: virtkit+ssh:// connections
+RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils ovmf lvm2 dnsmasq-base nftables iproute2 busybox-static cpio kmod osinfo-db python3 python3-venv openssl openssh-client)
 
 need_root() {
     if [ "$(id -u)" -ne 0 ]; then
@@ -57,8 +59,11 @@ run_tests() {
     # grub-pc-bin, grub-common, xorriso, mtools, extlinux, syslinux-common: the test
     # installer ISO (virtkit.images.installer) that the unattended-install tests use;
     # debootstrap: the Debian cloud image of the --cloud-init test (virtkit.images.debiancloud)
+    # openssh-server: tests/real/test_remote.py runs a private sshd on 127.0.0.1 (its own
+    # config, key-only, stopped by PID) for virtkit+ssh:// (the package's own service is
+    # not needed)
     install_packages "${RUNTIME_PACKAGES[@]}" bash virtinst libvirt-clients grub-pc-bin grub-common xorriso mtools \
-        extlinux syslinux-common debootstrap
+        extlinux syslinux-common debootstrap openssh-server
     install_python "[test]"
     "$VENV/bin/python" -m virtkit.images.tinyguest >/dev/null
     "$VENV/bin/python" -m virtkit.images.installer >/dev/null

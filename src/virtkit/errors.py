@@ -137,3 +137,17 @@ class Unsupported(VirtkitError):
 
     code = "unsupported"
     http_status = 501
+
+
+class Unauthorized(VirtkitError):
+    """A request over the network carried no valid API token."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(VirtkitError):
+    """The request is understood but not allowed over this connection."""
+
+    code = "forbidden"
+    http_status = 403

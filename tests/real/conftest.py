@@ -158,13 +158,15 @@ class DaemonHandle:
             store.close()
 
 
-def start_daemon(root: Path, netns: str | None = None) -> subprocess.Popen[bytes]:
-    """Start virtkitd for ``root`` (inside network namespace ``netns``) and wait for it."""
+def start_daemon(root: Path, netns: str | None = None,
+                 extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    """Start virtkitd for ``root`` (inside network namespace ``netns``, with ``extra``
+    arguments) and wait for it."""
     read_fd, write_fd = os.pipe()
     prefix = ["ip", "netns", "exec", netns] if netns else []
     process = subprocess.Popen(
         [*prefix, sys.executable, "-m", "virtkit.api.daemon", "--root", str(root),
-         "--ready-fd", str(write_fd)], pass_fds=[write_fd], start_new_session=True,
+         "--ready-fd", str(write_fd), *extra], pass_fds=[write_fd], start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=open(root / "daemon.stderr", "ab"),  # noqa: SIM115
     )
     os.close(write_fd)

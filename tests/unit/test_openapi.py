@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from virtkit.api.app import routes
+from virtkit.api.auth import routes as auth_routes
 from virtkit.api.clone_routes import routes as clone_routes
 from virtkit.api.device_routes import routes as device_routes
 from virtkit.api.guest_routes import routes as guest_routes
@@ -19,7 +20,8 @@ from virtkit.api.storage_routes import routes as storage_routes
 def _served() -> set[tuple[str, str]]:
     served = set()
     for route in [*routes, *storage_routes, *network_routes, *install_routes, *guest_routes,
-                  *device_routes, *clone_routes, *snapshot_routes, *stats_routes]:
+                  *device_routes, *clone_routes, *snapshot_routes, *stats_routes,
+                  *auth_routes]:
         path = getattr(route, "path", "")
         method = getattr(route, "method", "").lower()
         if "{action:" in path:

@@ -19,6 +19,7 @@ from aiohttp import WSMsgType, web
 
 from virtkit import __version__
 from virtkit.api import (
+    auth,
     clone_routes,
     device_routes,
     guest_routes,
@@ -41,6 +42,8 @@ from virtkit.service.networks import NetworkService
 from virtkit.service.snapshots import SnapshotService
 from virtkit.service.stats import StatsService
 from virtkit.service.storage import StorageService
+from virtkit.service.tls import TlsService
+from virtkit.service.tokens import TokenService
 from virtkit.service.tuning import TuningService
 from virtkit.unixsock import connect_unix
 
@@ -64,6 +67,8 @@ class Services:
     devices: DeviceService | None = None
     clones: CloneService | None = None
     snapshots: SnapshotService | None = None
+    tokens: TokenService | None = None
+    tls: TlsService | None = None
     consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
 
 
@@ -359,7 +364,9 @@ def create_app(services: Services) -> web.Application:
     """The aiohttp application serving the v1 API."""
     # A 1 MiB read buffer: uploads stream whole volumes; aiohttp's 64 KiB default
     # pauses the socket every 128 KiB.
-    app = web.Application(middlewares=[error_middleware], client_max_size=4 * 1024 * 1024,
+    # auth first: a network request without a valid token reaches nothing else.
+    app = web.Application(middlewares=[auth.auth_middleware, error_middleware],
+                          client_max_size=4 * 1024 * 1024,
                           handler_args={"read_bufsize": 1024 * 1024})
     app[SERVICES] = services
     app[storage_routes.STORAGE] = services.storage
@@ -367,6 +374,8 @@ def create_app(services: Services) -> web.Application:
     app.add_routes(routes)
     app.add_routes(storage_routes.routes)
     app.add_routes(network_routes.routes)
+    if services.tokens is not None and services.tls is not None:
+        auth.install(app, services.tokens, services.tls)
     if services.snapshots is not None:
         app[snapshot_routes.SNAPSHOTS] = services.snapshots
         app.add_routes(snapshot_routes.routes)

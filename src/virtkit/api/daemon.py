@@ -23,6 +23,7 @@ from typing import IO
 from aiohttp import web
 
 from virtkit import __version__
+from virtkit.api import tlslisten
 from virtkit.api.app import Services, create_app
 from virtkit.errors import VirtkitError
 from virtkit.model.load import load_domain
@@ -42,6 +43,8 @@ from virtkit.service.networks import NetworkService
 from virtkit.service.snapshots import SnapshotService
 from virtkit.service.stats import StatsService
 from virtkit.service.storage import StorageService
+from virtkit.service.tls import TlsService
+from virtkit.service.tokens import TokenService
 from virtkit.service.tuning import TuningService
 from virtkit.store.db import Store
 from virtkit.unixsock import bind_unix
@@ -88,7 +91,8 @@ def _socket_group() -> int | None:
 class Daemon:
     """The assembled daemon: store, runtime, services and the API server."""
 
-    def __init__(self, paths: StatePaths, *, default_network: bool = False) -> None:
+    def __init__(self, paths: StatePaths, *, default_network: bool = False,
+                 listen_tls: tlslisten.TlsListen | None = None) -> None:
         self.paths = paths
         self.store = Store(paths.database)
         self.bus = EventBus(self.store)
@@ -113,8 +117,9 @@ class Daemon:
             clones=CloneService(self.store, self.lifecycle, self.domains, guest),
             snapshots=self.snapshots,
             stats=StatsService(self.store, self.lifecycle),
-            tuning=tuning)
+            tuning=tuning, tokens=TokenService(self.store), tls=TlsService(paths.root / "tls"))
         self.default_network = default_network
+        self.listen_tls = listen_tls
         self._runner: web.AppRunner | None = None
         self._supervisor: asyncio.Task[None] | None = None
 
@@ -135,6 +140,10 @@ class Daemon:
             os.chown(self.paths.socket, 0, gid)
         await web.SockSite(self._runner, sock).start()
         log.info("virtkitd %s serving %s", __version__, self.paths.socket)
+        if self.listen_tls is not None:
+            await tlslisten.start(self._runner, self.listen_tls)
+            log.info("serving TLS on %s:%s (API token required)", self.listen_tls.host,
+                     self.listen_tls.port)
         if self.default_network:
             await asyncio.to_thread(self.networks.ensure_default)
         for note in await asyncio.to_thread(self.networks.reconcile):
@@ -168,8 +177,9 @@ class Daemon:
 
 
 async def serve(paths: StatePaths, ready_fd: int | None = None, *,
-                default_network: bool = False) -> None:
-    daemon = Daemon(paths, default_network=default_network)
+                default_network: bool = False,
+                listen_tls: tlslisten.TlsListen | None = None) -> None:
+    daemon = Daemon(paths, default_network=default_network, listen_tls=listen_tls)
     await daemon.start()
     if ready_fd is not None:
         os.write(ready_fd, b"ready\n")
@@ -192,14 +202,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--default-network", action="store_true",
                         help="define (and autostart) the 'default' NAT network if it is "
                         "missing, as libvirt's packages do at install time")
+    parser.add_argument("--listen-tls", metavar="HOST:PORT",
+                        default=os.environ.get("VIRTKITD_LISTEN_TLS") or None,
+                        help="also serve the API over TCP with TLS; every request there needs "
+                        "an API token (default: $VIRTKITD_LISTEN_TLS; off)")
+    parser.add_argument("--tls-cert", type=Path, default=os.environ.get("VIRTKITD_TLS_CERT"),
+                        help="server certificate (PEM; default <root>/tls/server.pem)")
+    parser.add_argument("--tls-key", type=Path, default=os.environ.get("VIRTKITD_TLS_KEY"),
+                        help="its private key (PEM; default <root>/tls/server-key.pem)")
     parser.add_argument("--version", action="version", version=f"virtkitd {__version__}")
     args = parser.parse_args(argv)
     paths = state_paths(args.root.absolute() if args.root else None)
+    listen_tls = None
+    if args.listen_tls:
+        try:
+            host, port = tlslisten.parse_address(args.listen_tls)
+            listen_tls = tlslisten.TlsListen(
+                host, port, args.tls_cert or paths.root / "tls" / "server.pem",
+                args.tls_key or paths.root / "tls" / "server-key.pem")
+            tlslisten.check(listen_tls)
+        except VirtkitError as exc:
+            raise SystemExit(f"virtkitd: {exc}") from None
     paths.make()
     lock = take_instance_lock(paths)
     setup_logging(paths, args.log_level)
     try:
-        asyncio.run(serve(paths, args.ready_fd, default_network=args.default_network))
+        asyncio.run(serve(paths, args.ready_fd, default_network=args.default_network,
+                          listen_tls=listen_tls))
     except VirtkitError as exc:
         raise SystemExit(f"virtkitd: {exc}") from None
     finally:

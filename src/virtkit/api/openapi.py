@@ -264,6 +264,17 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      "the host's; time=SECONDS; neither: from its RTC)",
      {"type": "object", "properties": {"now": {"type": "boolean"}, "time": {"type": "number"}}}),
     *_STATS_OPERATIONS,
+    ("get", "/v1/tokens", "API tokens (never their secrets); unix socket only", None),
+    ("post", "/v1/tokens", "Create an API token; the answer holds the secret, shown once; "
+     "unix socket only", {"type": "object", "properties": {
+         "name": {"type": "string"}, "expires_days": {"type": "number", "minimum": 0}}}),
+    ("delete", "/v1/tokens/{name}", "Revoke an API token; unix socket only", None),
+    ("get", "/v1/tls", "The TLS listener's certificate: paths and fingerprint; unix socket only",
+     None),
+    ("post", "/v1/tls/setup", "Make a CA and a server certificate; unix socket only",
+     {"type": "object", "properties": {"hostnames": {"type": "array",
+                                                     "items": {"type": "string"}},
+                                       "force": {"type": "boolean"}}}),
 ]
 
 
@@ -304,9 +315,15 @@ def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "virtkit API", "version": __version__,
-                 "description": "The one service API of virtkitd; the CLI and web UI use it."},
+                 "description": "The one service API of virtkitd; the CLI and web UI use it. "
+                 "On the unix socket no credentials are needed; on the TLS listener every "
+                 "request needs 'Authorization: Bearer <API token>'."},
         "paths": paths,
-        "components": {"schemas": {
+        "security": [{}, {"token": []}],
+        "components": {"securitySchemes": {"token": {
+            "type": "http", "scheme": "bearer",
+            "description": "an API token from 'virtkit token create' (TLS listener only)"}},
+            "schemas": {
             **definitions,
             "Domain": domain_schema,
             "Pool": Pool.model_json_schema(),

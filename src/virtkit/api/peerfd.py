@@ -37,11 +37,29 @@ def peer_pid(request: web.Request) -> int:
     return int(pid)
 
 
-def take_fd(request: web.Request, number: object) -> int:
-    """A duplicate of the client's descriptor ``number`` (the caller closes it)."""
+def boot_id() -> str:
+    """This kernel's boot id: two processes with the same one run on the same host."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def take_fd(request: web.Request, number: object, client: dict[str, object] | None = None
+            ) -> int:
+    """A duplicate of the client's descriptor ``number`` (the caller closes it).
+
+    ``client`` is what the client says of itself (``pid``, ``boot_id``); when given it
+    must be the socket's peer on this host.  Over a forwarded socket (virtkit+ssh) the
+    peer is sshd, not the client: its descriptors are never taken.
+    """
     if not isinstance(number, int) or isinstance(number, bool) or number < 0:
         raise InvalidSpec(f"fd must be a descriptor number, not {number!r}", field="fd")
     pid = peer_pid(request)
+    if client and (client.get("pid") != pid or client.get("boot_id") != boot_id()):
+        raise Unsupported("the client is not the local process at the other end of the "
+                          "socket (a forwarded connection)", fix="stream the data instead")
     try:
         pidfd = os.pidfd_open(pid)
     except OSError as exc:

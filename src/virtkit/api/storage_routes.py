@@ -210,7 +210,8 @@ async def copy_with_client_fd(request: web.Request) -> web.StreamResponse:
     descriptors (``{"fd": N}``), the daemon takes a duplicate and copies inside the
     kernel.  501 (code ``unsupported``) tells the client to stream instead."""
     body = await json_body(request)
-    fd = peerfd.take_fd(request, body.get("fd"))
+    client = body.get("client")
+    fd = peerfd.take_fd(request, body.get("fd"), client if isinstance(client, dict) else None)
     storage = _storage(request)
     pool, name = request.match_info["pool"], request.match_info["volume"]
     copy = storage.upload_from_fd if request.match_info["action"] == "upload-fd" \

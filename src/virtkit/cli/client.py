@@ -1,8 +1,9 @@
-"""The CLI's API client: HTTP/1.1 over the daemon's unix socket, stdlib only.
+"""The CLI's API client: HTTP/1.1 over a transport (the local unix socket, an ssh
+forward of a remote one, or TLS), stdlib only.
 
-Kept to the standard library so ``virtkit list`` starts fast.  When no daemon
-answers, :func:`connect` starts a per-user one (libvirt's session mode) and
-says so on stderr.
+Kept to the standard library so ``virtkit list`` starts fast.  When no local daemon
+answers, :func:`connect` starts a per-user one (libvirt's session mode) and says so
+on stderr; a remote daemon is never started.
 """
 
 from __future__ import annotations
@@ -14,9 +15,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from virtkit.errors import DaemonUnreachable, VirtkitError
+from virtkit.cli.transport import (
+    URI_ENV,
+    Transport,
+    local_root,
+    parse_uri,
+    remote_transport,
+)
+from virtkit.errors import DaemonUnreachable, InvalidSpec, VirtkitError
 from virtkit.paths import StatePaths, state_paths
-from virtkit.unixsock import connect_unix
 
 DAEMON_START_TIMEOUT = 30.0
 
@@ -41,14 +48,14 @@ def decode(status: int, content_type: str, data: bytes) -> Any:
     return decoded
 
 
-def _exchange(socket_path: Path, request: bytes, timeout: float) -> tuple[int, str, bytes]:
+def _exchange(transport: Transport, request: bytes, timeout: float) -> tuple[int, str, bytes]:
     """One HTTP/1.1 request over a fresh connection: (status, content type, body).
 
     A dozen lines instead of http.client, whose imports (email, ssl) would cost
     more than the rest of the CLI's start-up together.  The daemon answers JSON
     with a Content-Length, or chunked; both are read here.
     """
-    sock = connect_unix(socket_path, timeout=timeout)
+    sock = transport.open(timeout)
     try:
         sock.sendall(request)
         buffer = b""
@@ -94,36 +101,49 @@ def _read_chunked(sock: Any, buffer: bytes) -> bytes:
 
 
 class Client:
-    """Synchronous calls to one daemon."""
+    """Synchronous calls to one daemon: the local one of ``paths``, or ``transport``'s."""
 
-    def __init__(self, paths: StatePaths, timeout: float = 600.0) -> None:
-        self.paths = paths
+    def __init__(self, paths: StatePaths | None = None, timeout: float = 600.0, *,
+                 transport: Transport | None = None) -> None:
+        self.paths = paths or state_paths()
+        self.transport = transport or Transport(self.paths.socket)
         self.timeout = timeout
+
+    @property
+    def remote(self) -> bool:
+        """True when the daemon is on another host (no descriptor hand-over, no autostart)."""
+        return not self.transport.local
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def websocket(self, path: str) -> Any:
+        """A WebSocket to ``path`` over this client's transport."""
+        from virtkit.cli.wsclient import WebSocket
+
+        return WebSocket.open(self.transport, path)
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
                 data: bytes | None = None) -> Any:
         """One call: a JSON ``body``, or raw bytes ``data`` (octet-stream)."""
         payload = json.dumps(body).encode() if body is not None else (data or b"")
-        head = (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
-                f"Content-Length: {len(payload)}\r\n")
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.transport.host_header}\r\n"
+                f"Connection: close\r\nContent-Length: {len(payload)}\r\n")
+        for key, value in self.transport.headers().items():
+            head += f"{key}: {value}\r\n"
         if body is not None:
             head += "Content-Type: application/json\r\n"
         elif data is not None:
             head += "Content-Type: application/octet-stream\r\n"
         try:
             status, content_type, data = _exchange(
-                self.paths.socket, head.encode() + b"\r\n" + payload, self.timeout)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise DaemonUnreachable(f"virtkitd is not running at {self.paths.socket}",
-                                    fix="start it with 'virtkitd'") from exc
-        except PermissionError as exc:
-            raise DaemonUnreachable(
-                f"no permission to use {self.paths.socket}",
-                fix="join the 'virtkit' group (usermod -aG virtkit $USER), or run as root") \
-                from exc
-        except (TimeoutError, ConnectionResetError) as exc:
-            raise DaemonUnreachable(f"virtkitd did not answer {method} {path}: {exc}",
-                                    fix="see the daemon's log") from exc
+                self.transport, head.encode() + b"\r\n" + payload, self.timeout)
+        except DaemonUnreachable as exc:
+            raise self.transport.diagnose() or exc from None
+        except (TimeoutError, ConnectionResetError, BrokenPipeError) as exc:
+            raise self.transport.diagnose() or DaemonUnreachable(
+                f"{self.transport.label} did not answer {method} {path}: {exc}",
+                fix="see the daemon's log") from exc
         return decode(status, content_type, data)
 
     def get(self, path: str) -> Any:
@@ -172,8 +192,28 @@ def start_daemon(paths: StatePaths) -> int:
     return process.pid
 
 
-def connect(root: Path | None = None, *, autostart: bool = True) -> Client:
-    """A client for the daemon of ``root``, starting one if none answers."""
+def connect(root: Path | None = None, *, autostart: bool = True, uri: str | None = None,
+            **tls: Any) -> Client:
+    """A client for the daemon ``uri`` (--connect; else $VIRTKIT_DEFAULT_URI) names, or the
+    local one of ``root``, starting a local one if none answers.
+
+    ``tls`` are the TLS options (token, token_file, ca, fingerprint).
+    """
+    text = uri or os.environ.get(URI_ENV) or ""
+    if text:
+        parsed = parse_uri(text)
+        if parsed.remote:
+            if root is not None:
+                raise InvalidSpec("--root names a local daemon: it cannot go with a remote "
+                                  "--connect", fix="drop --root, or the remote URI")
+            client = Client(state_paths(), transport=remote_transport(parsed, **tls))
+            try:
+                client.get("/v1/version")
+            except BaseException:
+                client.close()
+                raise
+            return client
+        root = root or local_root(parsed)
     paths = state_paths(root)
     client = Client(paths)
     if client.ping():

@@ -36,7 +36,7 @@ def attach(client: Client, domain: str, *, force: bool = False, port: int = 0) -
     path = f"/v1/domains/{quote(domain, safe='')}/console?port={port}"
     if force:
         path += "&force=1"
-    ws = WebSocket.open(client.paths.socket, path)
+    ws: WebSocket = client.websocket(path)
     print(f"Connected to domain '{domain}'\nEscape character is ^] (Ctrl + ])",
           file=sys.stderr, flush=True)
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()

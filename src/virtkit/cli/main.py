@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from virtkit import __version__
 from virtkit.cli import render
 from virtkit.cli.client import Client, connect
+from virtkit.cli.transport import URI_ENV, parse_uri
 from virtkit.errors import InvalidSpec, VirtkitError
 
 #: commands that never need the daemon.
@@ -57,7 +59,7 @@ def cmd_event(client: Client, args: argparse.Namespace) -> int:
     from virtkit.cli.wsclient import OP_CLOSE, WebSocket
 
     path = "/v1/events" + (f"?since={args.since}" if args.since is not None else "")
-    ws = WebSocket.open(client.paths.socket, path)
+    ws: WebSocket = client.websocket(path)
     seen = 0
     try:
         while True:
@@ -116,30 +118,58 @@ def _register_install(sub: Any, *, options: bool) -> None:
     listing.set_defaults(func=cmd_osinfo)
 
 
-def _split_install(argv: list[str]) -> tuple[Path | None, list[str]] | None:
-    """``[--root DIR] install WORDS...`` -> (root, words); None for other commands."""
-    root: Path | None = None
+#: the global options that take a value: (spellings, argparse dest).
+GLOBAL_OPTIONS = {"--root": "root", "-c": "connect", "--connect": "connect",
+                  "--token": "token", "--token-file": "token_file", "--ca": "ca",
+                  "--tls-fingerprint": "tls_fingerprint"}
+
+
+def _split_install(argv: list[str]) -> tuple[dict[str, str], list[str]] | None:
+    """``[GLOBAL OPTIONS] install WORDS...`` -> (global options, words); None otherwise."""
+    options: dict[str, str] = {}
     index = 0
     while index < len(argv):
         word = argv[index]
-        if word == "--root" and index + 1 < len(argv):
-            root, index = Path(argv[index + 1]), index + 2
-        elif word.startswith("--root="):
-            root, index = Path(word.split("=", 1)[1]), index + 1
+        name, eq, value = word.partition("=")
+        if word in GLOBAL_OPTIONS and index + 1 < len(argv):
+            options[GLOBAL_OPTIONS[word]], index = argv[index + 1], index + 2
+        elif eq and name in GLOBAL_OPTIONS and name.startswith("--"):
+            options[GLOBAL_OPTIONS[name]], index = value, index + 1
         else:
             break
     if index < len(argv) and argv[index] == "install":
-        return root, argv[index + 1:]
+        return options, argv[index + 1:]
     return None
 
 
-def run_install_command(root: Path | None, words: list[str]) -> int:
+def connect_with(options: dict[str, Any], *, autostart: bool = True) -> Client:
+    """connect() with the global options (--root, --connect and the TLS ones)."""
+    def path(key: str) -> Path | None:
+        value = options.get(key)
+        return Path(value) if value else None
+
+    return connect(path("root"), autostart=autostart, uri=options.get("connect"),
+                   token=options.get("token"), token_file=path("token_file"),
+                   ca=path("ca"), fingerprint=options.get("tls_fingerprint"))
+
+
+def run_install_command(options: dict[str, str], words: list[str]) -> int:
     from virtkit.cli.install import USAGE, run_install
 
     if not words or words[0] in ("-h", "--help") or "--help" in words:
         sys.stdout.write(USAGE)
         return 0
-    return run_install(lambda: connect(root), words)
+    clients: list[Client] = []
+
+    def opened() -> Client:
+        clients.append(connect_with(options))
+        return clients[-1]
+
+    try:
+        return run_install(opened, words)
+    finally:
+        for client in clients:
+            client.close()
 
 
 def cmd_completion(_client: Client | None, args: argparse.Namespace) -> int:
@@ -151,6 +181,7 @@ def cmd_completion(_client: Client | None, args: argparse.Namespace) -> int:
 
 def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     from virtkit.cli import (
+        admin,
         clone,
         devices,
         domains,
@@ -166,9 +197,24 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"virtkit {__version__}")
     parser.add_argument("--root", type=Path, help="state root of the daemon to talk to "
                         "(default: $VIRTKIT_ROOT or the system/user default)")
+    remote = parser.add_argument_group("remote connections (see docs/remote.md)")
+    remote.add_argument("-c", "--connect", metavar="URI",
+                        help="the daemon to use: virtkit:///system, "
+                        "virtkit+ssh://[user@]host[:port][/socket], virtkit+tls://host[:port] "
+                        "(default: $VIRTKIT_DEFAULT_URI, else the local daemon)")
+    remote.add_argument("--token", help="API token for virtkit+tls:// (better: "
+                        "$VIRTKIT_TOKEN or --token-file, which ps does not show)")
+    remote.add_argument("--token-file", help="file holding the API token "
+                        "(default: $VIRTKIT_TOKEN_FILE, ~/.config/virtkit/tokens/HOST)")
+    remote.add_argument("--ca", help="CA certificate to trust for virtkit+tls:// (default: "
+                        "$VIRTKIT_TLS_CA, ~/.config/virtkit/tls/HOST/ca.pem)")
+    remote.add_argument("--tls-fingerprint", metavar="SHA256",
+                        help="trust exactly the server certificate with this fingerprint "
+                        "(printed by 'virtkit tls setup'; default: $VIRTKIT_TLS_FINGERPRINT)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     domains.register(sub)
+    admin.register(sub)
     storage.register(sub)
     networks.register(sub)
     guest.register(sub)
@@ -215,15 +261,22 @@ def run(argv: list[str] | None = None) -> int:
                 raise InvalidSpec(f"'{args.command}' takes no arguments after '--'")
             args.argv = [*args.argv, *program]
         client: Client | None = None
+        options = {key: getattr(args, key) for key in set(GLOBAL_OPTIONS.values())}
+        uri: str = args.connect or os.environ.get(URI_ENV) or ""
+        remote = bool(uri) and parse_uri(uri).remote  # never check this host for another
         if args.command not in LOCAL_COMMANDS:
-            if getattr(args, "daemon_optional", False):
+            if getattr(args, "daemon_optional", False) and not remote:
                 try:
-                    client = connect(args.root, autostart=False)
+                    client = connect_with(options, autostart=False)
                 except VirtkitError:
                     client = None
             else:
-                client = connect(args.root)
-        result: int = args.func(client, args)
+                client = connect_with(options)
+        try:
+            result: int = args.func(client, args)
+        finally:
+            if client is not None:
+                client.close()
         return result
     except VirtkitError as exc:
         details: dict[str, Any] = getattr(exc, "details", {}) or {}

@@ -288,9 +288,21 @@ def cmd_vol_upload(client: Client, args: argparse.Namespace) -> int:
 
 def _by_descriptor(client: Client, path: str, fd: int, label: str) -> dict[str, Any] | None:
     """Let a local daemon copy to or from our open file ``fd`` inside the kernel; None
-    when it cannot take the descriptor (then the caller streams)."""
+    when it cannot take the descriptor or is remote (then the caller streams).
+
+    The request says who we are (pid, boot id), so a daemon reached through a forwarded
+    socket, whose peer is sshd and not us, refuses instead of taking sshd's descriptor.
+    """
+    if client.remote:
+        return None
     try:
-        result: dict[str, Any] = post_with_progress(client, path, {"fd": fd}, label)
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            boot_id = handle.read().strip()
+    except OSError:
+        boot_id = ""
+    body = {"fd": fd, "client": {"pid": os.getpid(), "boot_id": boot_id}}
+    try:
+        result: dict[str, Any] = post_with_progress(client, path, body, label)
         return result
     except ApiError as exc:
         if exc.code == "unsupported":

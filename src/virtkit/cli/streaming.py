@@ -10,23 +10,32 @@ import http.client
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from virtkit.cli.client import Client, decode
-from virtkit.unixsock import connect_unix
+from virtkit.cli.transport import Transport
 
 SLICE = 8 * 1024 * 1024
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+class _Connection(http.client.HTTPConnection):
+    """http.client over a transport (unix socket, ssh forward or TLS); every request
+    carries the transport's headers (the API token)."""
+
+    def __init__(self, transport: Transport, timeout: float) -> None:
+        super().__init__(transport.host_header, timeout=timeout)
+        self._transport = transport
 
     def connect(self) -> None:
-        self.sock = connect_unix(self._path, timeout=self.timeout)
+        self.sock = self._transport.open(self.timeout or 600.0)
         self.sock.settimeout(self.timeout)
+
+    def putrequest(self, method: str, url: str, skip_host: bool = False,
+                   skip_accept_encoding: bool = False) -> None:
+        super().putrequest(method, url, skip_host=skip_host,
+                           skip_accept_encoding=skip_accept_encoding)
+        for key, value in self._transport.headers().items():
+            self.putheader(key, value)
 
 
 def _finish(response: http.client.HTTPResponse) -> Any:
@@ -37,7 +46,7 @@ def _finish(response: http.client.HTTPResponse) -> Any:
 def open_stream(client: Client, method: str, path: str, body: dict[str, Any] | None = None,
                 *, accept: str | None = None) -> Iterator[http.client.HTTPResponse]:
     """A response to read incrementally (NDJSON lines, downloads); errors raised first."""
-    connection = _UnixConnection(client.paths.socket, client.timeout)
+    connection = _Connection(client.transport, client.timeout)
     try:
         headers = {"Accept": accept} if accept else {}
         payload = None
@@ -60,7 +69,7 @@ def send_file(client: Client, method: str, path: str, source: BinaryIO, size: in
     ``progress(bytes sent)`` is called after every slice; the daemon's JSON answer is
     decoded (an early refusal included: its answer says why).
     """
-    connection = _UnixConnection(client.paths.socket, client.timeout)
+    connection = _Connection(client.transport, client.timeout)
     try:
         connection.putrequest(method, path)
         connection.putheader("Content-Length", str(size))

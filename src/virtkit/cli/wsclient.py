@@ -1,4 +1,5 @@
-"""A small blocking WebSocket client (RFC 6455) over the daemon's unix socket.
+"""A small blocking WebSocket client (RFC 6455) over any transport (unix socket, ssh
+forward, TLS).
 
 The console and the event stream need a WebSocket; this client does only what
 they use (one connection, binary and text frames, ping/pong, close) with the
@@ -16,8 +17,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from virtkit.errors import DaemonUnreachable
-from virtkit.unixsock import connect_unix
+from virtkit.cli.transport import Transport
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -31,16 +31,16 @@ class WebSocket:
         self.closed = False
 
     @classmethod
-    def open(cls, socket_path: Path, path: str) -> WebSocket:
-        """Connect and upgrade; an HTTP error answer is raised with the daemon's message."""
-        try:
-            sock = connect_unix(socket_path, timeout=10.0)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise DaemonUnreachable(f"virtkitd is not running at {socket_path}") from exc
+    def open(cls, where: Path | Transport, path: str) -> WebSocket:
+        """Connect (to a local socket path, or over a transport) and upgrade; an HTTP
+        error answer is raised with the daemon's message."""
+        transport = where if isinstance(where, Transport) else Transport(where)
+        sock = transport.open(10.0)
         key = base64.b64encode(os.urandom(16)).decode()
-        request = (f"GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                   "Sec-WebSocket-Version: 13\r\n\r\n")
+        extra = "".join(f"{k}: {v}\r\n" for k, v in transport.headers().items())
+        request = (f"GET {path} HTTP/1.1\r\nHost: {transport.host_header}\r\n"
+                   f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n")
         sock.sendall(request.encode())
         head = b""
         while b"\r\n\r\n" not in head:
@@ -67,7 +67,8 @@ class WebSocket:
 
     def pending(self) -> bool:
         """True if a frame is already buffered (select() on the socket would miss it)."""
-        return bool(self._buffer)
+        pending = getattr(self.sock, "pending", None)  # bytes TLS decrypted but not read
+        return bool(self._buffer) or bool(pending is not None and pending() > 0)
 
     def receive(self) -> tuple[int, bytes]:
         """The next data frame as (opcode, payload); answers pings; OP_CLOSE at the end."""

@@ -99,6 +99,21 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (domain, name)
     );
     """,
+    # 6: API tokens for the TLS listener: only a hash of each secret is kept.  A revoked
+    # token keeps its row (so a client is told it was revoked); names are unique among
+    # the tokens not revoked.
+    """
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        created REAL NOT NULL,
+        expires REAL,
+        last_used REAL,
+        revoked REAL
+    );
+    CREATE UNIQUE INDEX tokens_active_name ON tokens(name) WHERE revoked IS NULL;
+    """,
 ]
 
 EVENT_JOURNAL_LIMIT = 10_000
@@ -142,6 +157,19 @@ class SnapshotRow:
     state: str
     current: bool
     record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    """An API token: ``hash`` is the SHA-256 of its secret, never the secret itself."""
+
+    id: str
+    name: str
+    hash: str
+    created: float
+    expires: float | None
+    last_used: float | None
+    revoked: float | None
 
 
 @dataclass(frozen=True)
@@ -447,6 +475,47 @@ class Store:
             db.execute("UPDATE snapshots SET parent = ? WHERE domain = ? AND parent = ?",
                        (row["parent"], domain, name))
             db.execute("DELETE FROM snapshots WHERE domain = ? AND name = ?", (domain, name))
+
+    # -- API tokens --------------------------------------------------------------
+
+    @staticmethod
+    def _token(row: sqlite3.Row) -> TokenRow:
+        return TokenRow(row["id"], row["name"], row["hash"], row["created"], row["expires"],
+                        row["last_used"], row["revoked"])
+
+    def insert_token(self, token: TokenRow) -> None:
+        try:
+            with self.transaction() as db:
+                db.execute("INSERT INTO tokens (id, name, hash, created, expires) "
+                           "VALUES (?, ?, ?, ?, ?)",
+                           (token.id, token.name, token.hash, token.created, token.expires))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"a token named '{token.name}' already exists",
+                           fix="choose another --name, or revoke the existing token") from None
+
+    def list_tokens(self) -> list[TokenRow]:
+        rows = self._db.execute("SELECT * FROM tokens ORDER BY created, name")
+        return [self._token(row) for row in rows]
+
+    def find_token(self, token_id: str) -> TokenRow | None:
+        row = self._db.execute("SELECT * FROM tokens WHERE id = ?", (token_id,)).fetchone()
+        return self._token(row) if row else None
+
+    def revoke_token(self, name: str) -> TokenRow:
+        """Mark the active token ``name`` revoked (its row stays, to say so to its user)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT * FROM tokens WHERE name = ? AND revoked IS NULL",
+                             (name,)).fetchone()
+            if row is None:
+                raise NotFound(f"no active token named '{name}'", fix="see 'virtkit token list'")
+            db.execute("UPDATE tokens SET revoked = ? WHERE id = ?", (time.time(), row["id"]))
+        found = self.find_token(row["id"])
+        assert found is not None
+        return found
+
+    def touch_token(self, token_id: str, when: float) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE tokens SET last_used = ? WHERE id = ?", (when, token_id))
 
     # -- event journal -------------------------------------------------------
 

@@ -1,0 +1,103 @@
+"""Who may use the API: local clients freely, network clients with an API token.
+
+A request that arrived on the unix socket is local: the socket's file mode (root
+and the ``virtkit`` group) is its access control, as for libvirt's socket.  Every
+other request (the TLS listener; there is no plain TCP listener) must carry
+``Authorization: Bearer <token>``, checked before any handler runs.  The decision
+is made from the connection's socket family, not from which listener accepted it,
+so a listener added later cannot forget it.
+
+Token and TLS administration (``/v1/tokens``, ``/v1/tls``) is local only: a stolen
+token cannot mint itself a successor or replace the certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from virtkit.api.common import json_body, json_response
+from virtkit.errors import Forbidden, InvalidSpec, Unauthorized, VirtkitError
+from virtkit.service.tls import TlsService
+from virtkit.service.tokens import TokenService
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+TOKENS = web.AppKey("tokens", TokenService)
+TLS = web.AppKey("tls", TlsService)
+LOCAL_ONLY = ("/v1/tokens", "/v1/tls")
+
+
+def is_local(request: web.Request) -> bool:
+    """True when the request came over the unix socket."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    return sock is not None and sock.family == socket.AF_UNIX
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if is_local(request):
+        return await handler(request)
+    try:
+        tokens = request.app.get(TOKENS)
+        if tokens is None:
+            raise Unauthorized("this daemon accepts no network clients")
+        tokens.authenticate(request.headers.get("Authorization"))
+        if any(request.path == p or request.path.startswith(p + "/") for p in LOCAL_ONLY):
+            raise Forbidden("tokens and TLS certificates are managed only on the daemon's "
+                            "host", fix="run this command there (or over virtkit+ssh://)")
+    except VirtkitError as exc:
+        response = json_response(exc.to_dict(), status=exc.http_status)
+        if exc.http_status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="virtkit"'
+        return response
+    return await handler(request)
+
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/tokens")
+async def list_tokens(request: web.Request) -> web.Response:
+    return json_response(request.app[TOKENS].list())
+
+
+@routes.post("/v1/tokens")
+async def create_token(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    name = body.get("name")
+    if name is not None and not isinstance(name, str):
+        raise InvalidSpec("name must be a string", field="name")
+    return json_response(request.app[TOKENS].create(name, body.get("expires_days")),
+                         status=201)
+
+
+@routes.delete("/v1/tokens/{name}")
+async def revoke_token(request: web.Request) -> web.Response:
+    return json_response(request.app[TOKENS].revoke(request.match_info["name"]))
+
+
+@routes.get("/v1/tls")
+async def tls_info(request: web.Request) -> web.Response:
+    return json_response(await asyncio.to_thread(request.app[TLS].info))
+
+
+@routes.post("/v1/tls/setup")
+async def tls_setup(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    names = body.get("hostnames") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise InvalidSpec("hostnames must be a list of names", field="hostnames")
+    result = await asyncio.to_thread(request.app[TLS].setup, names,
+                                     force=bool(body.get("force")))
+    return json_response(result, status=201)
+
+
+def install(app: web.Application, tokens: TokenService, tls: TlsService) -> None:
+    """Serve the token and TLS routes (the middleware is in the app's list already)."""
+    app[TOKENS] = tokens
+    app[TLS] = tls
+    app.add_routes(routes)
