@@ -190,3 +190,14 @@ def test_completion_completes(script: str, words: list[str], expected: set[str],
     offered = set(result.stdout.split())
     assert expected <= offered, offered
     assert not unexpected & offered, offered
+
+
+def test_virsh_named_domain_argument_becomes_the_positional() -> None:
+    from virtkit.cli.main import _domain_option_to_positional as convert
+
+    assert convert(["snapshot-list", "--domain", "vm", "--tree"]) == \
+        ["snapshot-list", "vm", "--tree"]
+    assert convert(["dominfo", "--domain=vm"]) == ["dominfo", "vm"]
+    assert convert(["guest", "exec", "--domain", "vm", "--", "/bin/x", "--domain", "y"]) == \
+        ["guest", "exec", "vm", "--", "/bin/x", "--domain", "y"]
+    assert convert(["list", "--all"]) == ["list", "--all"]

@@ -246,12 +246,27 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
+def _domain_option_to_positional(words: list[str]) -> list[str]:
+    """virsh lets every argument be named: ``snapshot-list --domain vm`` is
+    ``snapshot-list vm``.  ``--domain X`` (or ``--domain=X``) becomes the positional
+    right after the command word (after the verb for ``guest``)."""
+    for index, word in enumerate(words):
+        if word == "--":
+            break
+        if (word == "--domain" and index + 1 < len(words)) or word.startswith("--domain="):
+            value = words[index + 1] if word == "--domain" else word.split("=", 1)[1]
+            rest = words[:index] + words[index + (2 if word == "--domain" else 1):]
+            at = 2 if rest[:1] == ["guest"] else 1
+            return [*rest[:at], value, *rest[at:]]
+    return words
+
+
 def run(argv: list[str] | None = None) -> int:
     install = _split_install(sys.argv[1:] if argv is None else argv)
     try:
         if install is not None:
             return run_install_command(*install)
-        words = sys.argv[1:] if argv is None else argv
+        words = _domain_option_to_positional(sys.argv[1:] if argv is None else argv)
         # `guest exec DOMAIN [OPTIONS] -- PROGRAM ARGS`: what follows '--' is the guest's
         program = words[words.index("--") + 1:] if "--" in words else None
         args = build_parser().parse_args(words[:words.index("--")] if program is not None

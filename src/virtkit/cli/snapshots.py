@@ -56,7 +56,8 @@ def _memspec(value: str | None) -> str | None:
 
 
 def cmd_create_as(client: Client, args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"name": args.name, "description": args.description or "",
+    body: dict[str, Any] = {"name": args.name_option or args.name,
+                            "description": args.description or args.description_text or "",
                             "disk_only": args.disk_only or args.no_memory,
                             "quiesce": args.quiesce}
     if args.external or args.internal:
@@ -188,6 +189,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add("snapshot-create-as", cmd_create_as, "take a snapshot (internal when every disk "
             "is qcow2, else external disk-only)")
     p.add_argument("name", nargs="?", help="snapshot name (default: the current time)")
+    p.add_argument("description_text", nargs="?", metavar="description",
+                   help="free text kept with the snapshot (as virsh's second positional)")
+    p.add_argument("--name", dest="name_option", metavar="NAME", help="the same as NAME")
     p.add_argument("--description", help="free text kept with the snapshot")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--external", action="store_true",
