@@ -81,7 +81,7 @@ def cmd_attach_disk(client: Client, args: argparse.Namespace) -> int:
         disk["path"] = args.source
     for key, value in (("target", args.target), ("bus", args.targetbus),
                        ("format", args.subdriver), ("cache", args.cache),
-                       ("serial", args.serial)):
+                       ("serial", args.serial), ("aio", args.io)):
         if value:
             disk[key] = value
     if args.mode == "readonly" or args.type == "cdrom":
@@ -207,6 +207,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--cache", choices=("none", "writeback", "writethrough", "directsync",
                                        "unsafe"))
     p.add_argument("--serial", help="the disk's serial number")
+    p.add_argument("--io", choices=("threads", "native", "io_uring"), help="QEMU's aio mode")
+    p.add_argument("--sourcetype", choices=("file", "block"),
+                   help="accepted for virsh compatibility (virtkit sees it from the path)")
     p = add("detach-disk", cmd_detach_disk, "detach a disk (by target or source path)",
             persistent=True)
     p.add_argument("target", help="vdb, or the source path")
