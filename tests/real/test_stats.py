@@ -151,9 +151,10 @@ def test_metrics_endpoint_parses_and_has_the_domain(daemon: DaemonHandle) -> Non
 
 def _raw_get(daemon: DaemonHandle, path: str) -> tuple[int, str, bytes]:
     from virtkit.cli.client import _exchange
+    from virtkit.cli.transport import Transport
 
     request = f"GET {path} HTTP/1.1\r\nHost: virtkitd\r\nConnection: close\r\n\r\n".encode()
-    return _exchange(daemon.root / "virtkitd.sock", request, 30.0)
+    return _exchange(Transport(daemon.root / "virtkitd.sock"), request, 30.0)
 
 
 def test_nic_counters_come_from_the_tap(netns_daemon: DaemonHandle) -> None:
