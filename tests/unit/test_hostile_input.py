@@ -44,7 +44,8 @@ HOSTILE: list[tuple[str, str, bool, bool]] = [
     ("unicode", "ünïcødé-名前-🙂", False, False),
     ("shell", "$(reboot);`id`|rm -rf / &", True, False),  # '/' is refused in names
     ("dash", "-readconfig", False, False),
-    ("json-protocol", 'json:{"driver":"ssh","host":"evil"}', False, False),
+    # braces: refused in names (no API route matches them), literal in paths
+    ("json-protocol", 'json:{"driver":"ssh","host":"evil"}', True, False),
     ("space", "a b", False, False),
     ("percent-hash", "a%2F?#b", False, False),
 ]

@@ -28,6 +28,7 @@ from virtkit.api import (
     stats_routes,
     storage_routes,
 )
+from virtkit.api.audit import AuditLog, audit_middleware, read_records
 from virtkit.api.common import json_body, json_response
 from virtkit.api.openapi import openapi_document
 from virtkit.errors import Conflict, InvalidSpec, VirtkitError
@@ -68,6 +69,7 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+AUDIT = web.AppKey("audit", AuditLog)
 
 
 @web.middleware
@@ -117,6 +119,24 @@ async def get_openapi(request: web.Request) -> web.Response:
 @routes.get("/v1/version")
 async def get_version(request: web.Request) -> web.Response:
     return json_response({"version": __version__})
+
+
+@routes.get("/v1/audit")
+async def get_audit(request: web.Request) -> web.Response:
+    """The audit log's records, oldest first (?since=EPOCH-SECONDS, ?limit=N: the last N)."""
+    audit = request.app.get(AUDIT)
+    if audit is None:
+        return json_response([])
+    try:
+        since = float(request.query["since"]) if "since" in request.query else None
+        limit = int(request.query.get("limit", "1000"))
+    except ValueError:
+        raise InvalidSpec("since must be a number of seconds since 1970 and limit an integer",
+                          field="since") from None
+    if limit < 1:
+        raise InvalidSpec("limit must be at least 1", field="limit")
+    records = await asyncio.to_thread(lambda: list(read_records(audit.path, since=since)))
+    return json_response(records[-limit:])
 
 
 @routes.get("/v1/host")
@@ -355,13 +375,22 @@ async def events(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-def create_app(services: Services) -> web.Application:
-    """The aiohttp application serving the v1 API."""
+#: the largest request body read whole (JSON); volume uploads stream past it
+MAX_BODY = 4 * 1024 * 1024
+
+
+def create_app(services: Services, audit: AuditLog | None = None) -> web.Application:
+    """The aiohttp application serving the v1 API; ``audit`` logs every mutating call."""
+    middlewares: list[Any] = [error_middleware]
+    if audit is not None:  # outermost: it sees the status error_middleware answered
+        middlewares.insert(0, audit_middleware(audit))
     # A 1 MiB read buffer: uploads stream whole volumes; aiohttp's 64 KiB default
     # pauses the socket every 128 KiB.
-    app = web.Application(middlewares=[error_middleware], client_max_size=4 * 1024 * 1024,
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY,
                           handler_args={"read_bufsize": 1024 * 1024})
     app[SERVICES] = services
+    if audit is not None:
+        app[AUDIT] = audit
     app[storage_routes.STORAGE] = services.storage
     app[network_routes.NETWORKS] = services.networks
     app.add_routes(routes)

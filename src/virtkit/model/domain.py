@@ -727,6 +727,9 @@ def validate_name(value: str) -> str:
         raise ValueError(f"name {value!r} is not allowed: '.' and '..' are path tricks")
     if "/" in value:
         raise ValueError(f"name {value!r} contains '/', which libvirt and virtkit forbid")
+    if "{" in value or "}" in value:
+        # the API's URL routes ({ref} in aiohttp) match no segment with braces in it
+        raise ValueError(f"name {value!r} contains '{{' or '}}', which the API cannot address")
     if _CONTROL_CHARS.search(value):
         raise ValueError("name contains a control character (newline, tab ...)")
     if value != value.strip():
