@@ -358,7 +358,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     with domains.subscribe_events() as queue:
         since = request.query.get("since")
-        if since is not None and since.isdigit():
+        if since is not None and since.isdecimal():
             for event in domains.events_since(int(since)):
                 await ws.send_json(event)
         reader = asyncio.create_task(ws.receive())

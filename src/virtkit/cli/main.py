@@ -87,7 +87,7 @@ def parse_since(text: str, now: float) -> float:
     from datetime import datetime
 
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdecimal():
         return now - float(text[:-1]) * units[text[-1]]
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
