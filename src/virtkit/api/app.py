@@ -104,6 +104,16 @@ def _number(body: dict[str, Any], key: str) -> float | None:
     return float(value)
 
 
+def _query_int(request: web.Request, key: str, default: int) -> int:
+    """A non-negative integer query parameter (``?port=1``), or InvalidSpec naming it."""
+    text = request.query.get(key)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdecimal()) or len(text) > 18:
+        raise InvalidSpec(f"?{key}= must be a whole number, got {text[:40]!r}", field=key)
+    return int(text)
+
+
 def _services(request: web.Request) -> Services:
     return request.app[SERVICES]
 
@@ -129,10 +139,10 @@ async def get_audit(request: web.Request) -> web.Response:
         return json_response([])
     try:
         since = float(request.query["since"]) if "since" in request.query else None
-        limit = int(request.query.get("limit", "1000"))
     except ValueError:
-        raise InvalidSpec("since must be a number of seconds since 1970 and limit an integer",
+        raise InvalidSpec("?since= must be a number of seconds since 1970",
                           field="since") from None
+    limit = _query_int(request, "limit", 1000)
     if limit < 1:
         raise InvalidSpec("limit must be at least 1", field="limit")
     records = await asyncio.to_thread(lambda: list(read_records(audit.path, since=since)))
@@ -296,9 +306,9 @@ async def get_vnc(request: web.Request) -> web.Response:
 async def get_console_log(request: web.Request) -> web.StreamResponse:
     services = _services(request)
     info = services.domains.info(request.match_info["ref"])
-    port = int(request.query.get("port", "0"))
+    port = _query_int(request, "port", 0)
     path = services.domains.console_log_path(info["uuid"], port)
-    tail = int(request.query.get("tail", "0"))
+    tail = _query_int(request, "tail", 0)
     data = b""
     if path.exists():
         with open(path, "rb") as log_file:
@@ -312,7 +322,7 @@ async def get_console_log(request: web.Request) -> web.StreamResponse:
 async def console(request: web.Request) -> web.StreamResponse:
     """Proxy a WebSocket to the domain's serial port socket (binary frames both ways)."""
     services = _services(request)
-    port = int(request.query.get("port", "0"))
+    port = _query_int(request, "port", 0)
     name, sock_path = services.domains.console_socket(request.match_info["ref"], port)
     key = (name, port)
     previous = services.consoles.get(key)
