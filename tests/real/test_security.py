@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -61,6 +62,37 @@ def test_hostile_names_and_paths_round_trip_through_the_api(daemon: DaemonHandle
         by_list = {d["name"] for d in daemon.client.get("/v1/domains")}
         assert value in by_list, case
         daemon.client.request("DELETE", daemon.client.domain_path(value))
+
+
+def test_hostile_volume_and_pool_names_through_the_api(daemon: DaemonHandle,
+                                                      tmp_path: Path) -> None:
+    images = daemon.root / "images"
+    before = set(daemon.root.rglob("*"))
+    for (case, value, _name_refused, path_refused) in HOSTILE:
+        # volume names become file names in the pool: only a strict pattern passes
+        try:
+            daemon.client.post("/v1/pools/default/volumes",
+                               {"name": value, "capacity": "1M", "format": "raw"})
+        except ApiError as exc:
+            assert exc.http_status == 400, f"{case}: {exc}"
+        else:
+            assert (images / value).is_file(), case
+            assert (images / value).parent == images, case
+        # pool names and targets: a literal, or refused naming the field
+        target = tmp_path / f"pool-{len(case)}-{case}"
+        try:
+            daemon.client.post("/v1/pools", {"spec": {"name": value, "type": "dir",
+                                                       "target": f"{target}/{value}"}})
+        except ApiError as exc:
+            assert exc.http_status == 400 and exc.details.get("field") in (
+                "name", "target", "spec"), f"{case}: {exc} {exc.details}"
+            continue
+        assert not path_refused, f"{case}: a pool target with {value!r} was accepted"
+        pool = daemon.client.get(f"/v1/pools/{quote(value, safe='')}")
+        assert pool["name"] == value, case
+        daemon.client.request("DELETE", f"/v1/pools/{quote(value, safe='')}")
+    made = set(daemon.root.rglob("*")) - before - {daemon.root / "log" / "audit.log"}
+    assert all(p.parent == images for p in made), made  # nothing outside the pool
 
 
 def test_mutating_calls_are_audited_with_the_peer_credentials(daemon: DaemonHandle) -> None:
