@@ -91,6 +91,11 @@ def test_hostile_volume_and_pool_names_through_the_api(daemon: DaemonHandle,
         pool = daemon.client.get(f"/v1/pools/{quote(value, safe='')}")
         assert pool["name"] == value, case
         daemon.client.request("DELETE", f"/v1/pools/{quote(value, safe='')}")
+        # network names go into dnsmasq's config only as a repr() comment; defined only
+        net = daemon.client.post("/v1/networks", {"spec": {"name": value, "mode": "isolated"}})
+        assert net["name"] == value, case
+        assert daemon.client.get(f"/v1/networks/{quote(value, safe='')}")["name"] == value
+        daemon.client.request("DELETE", f"/v1/networks/{quote(value, safe='')}")
     made = set(daemon.root.rglob("*")) - before - {daemon.root / "log" / "audit.log"}
     assert all(p.parent == images for p in made), made  # nothing outside the pool
 
