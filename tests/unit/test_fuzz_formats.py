@@ -191,3 +191,33 @@ def test_random_virt_install_lines(on_a_valid_line: bool, argv: list[str]) -> No
        _suboptions())
 def test_one_option_with_random_suboptions(option: str, value: str) -> None:
     _check_install([*BASE_LINE, option, value])  # valid but for the option under test
+
+
+NET_POOL_SAMPLES = [path.read_text() for path in sorted(DATA.glob("*.xml"))
+                    if path.name.startswith(("net-", "pool-", "export-net", "export-pool"))]
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_network_and_pool_xml(data: st.DataObject) -> None:
+    from virtkit.formats.libvirt_network_xml import network_from_xml
+    from virtkit.formats.libvirt_pool_xml import pool_from_xml
+    from virtkit.model.network import load_network
+    from virtkit.service.storage import load_pool
+
+    root = ET.fromstring(data.draw(st.sampled_from(NET_POOL_SAMPLES)))
+    for _ in range(data.draw(st.integers(1, 6))):
+        element = data.draw(st.sampled_from(_elements(root)))
+        if element.attrib and data.draw(st.booleans()):
+            element.set(data.draw(st.sampled_from(sorted(element.attrib))), data.draw(XML_TEXT))
+        else:
+            element.text = data.draw(XML_TEXT)
+    text = ET.tostring(root, encoding="unicode")
+    force = data.draw(st.booleans())
+    try:
+        if root.tag == "network":
+            load_network(network_from_xml(text, force=force)[0])
+        else:
+            load_pool(pool_from_xml(text, force=force)[0])
+    except VirtkitError:
+        pass
