@@ -29,6 +29,7 @@ from virtkit.api import (
     stats_routes,
     storage_routes,
 )
+from virtkit.api.audit import AuditLog, audit_middleware, read_records
 from virtkit.api.common import json_body, json_response
 from virtkit.api.openapi import openapi_document
 from virtkit.errors import Conflict, InvalidSpec, VirtkitError
@@ -73,6 +74,7 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
+AUDIT = web.AppKey("audit", AuditLog)
 
 
 @web.middleware
@@ -107,6 +109,16 @@ def _number(body: dict[str, Any], key: str) -> float | None:
     return float(value)
 
 
+def _query_int(request: web.Request, key: str, default: int) -> int:
+    """A non-negative integer query parameter (``?port=1``), or InvalidSpec naming it."""
+    text = request.query.get(key)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdecimal()) or len(text) > 18:
+        raise InvalidSpec(f"?{key}= must be a whole number, got {text[:40]!r}", field=key)
+    return int(text)
+
+
 def _services(request: web.Request) -> Services:
     return request.app[SERVICES]
 
@@ -122,6 +134,24 @@ async def get_openapi(request: web.Request) -> web.Response:
 @routes.get("/v1/version")
 async def get_version(request: web.Request) -> web.Response:
     return json_response({"version": __version__})
+
+
+@routes.get("/v1/audit")
+async def get_audit(request: web.Request) -> web.Response:
+    """The audit log's records, oldest first (?since=EPOCH-SECONDS, ?limit=N: the last N)."""
+    audit = request.app.get(AUDIT)
+    if audit is None:
+        return json_response([])
+    try:
+        since = float(request.query["since"]) if "since" in request.query else None
+    except ValueError:
+        raise InvalidSpec("?since= must be a number of seconds since 1970",
+                          field="since") from None
+    limit = _query_int(request, "limit", 1000)
+    if limit < 1:
+        raise InvalidSpec("limit must be at least 1", field="limit")
+    records = await asyncio.to_thread(lambda: list(read_records(audit.path, since=since)))
+    return json_response(records[-limit:])
 
 
 @routes.get("/v1/host")
@@ -281,9 +311,9 @@ async def get_vnc(request: web.Request) -> web.Response:
 async def get_console_log(request: web.Request) -> web.StreamResponse:
     services = _services(request)
     info = services.domains.info(request.match_info["ref"])
-    port = int(request.query.get("port", "0"))
+    port = _query_int(request, "port", 0)
     path = services.domains.console_log_path(info["uuid"], port)
-    tail = int(request.query.get("tail", "0"))
+    tail = _query_int(request, "tail", 0)
     data = b""
     if path.exists():
         with open(path, "rb") as log_file:
@@ -297,7 +327,7 @@ async def get_console_log(request: web.Request) -> web.StreamResponse:
 async def console(request: web.Request) -> web.StreamResponse:
     """Proxy a WebSocket to the domain's serial port socket (binary frames both ways)."""
     services = _services(request)
-    port = int(request.query.get("port", "0"))
+    port = _query_int(request, "port", 0)
     name, sock_path = services.domains.console_socket(request.match_info["ref"], port)
     key = (name, port)
     previous = services.consoles.get(key)
@@ -343,7 +373,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     with domains.subscribe_events() as queue:
         since = request.query.get("since")
-        if since is not None and since.isdigit():
+        if since is not None and since.isdecimal():
             for event in domains.events_since(int(since)):
                 await ws.send_json(event)
         reader = asyncio.create_task(ws.receive())
@@ -360,15 +390,24 @@ async def events(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-def create_app(services: Services) -> web.Application:
-    """The aiohttp application serving the v1 API."""
+#: the largest request body read whole (JSON); volume uploads stream past it
+MAX_BODY = 4 * 1024 * 1024
+
+
+def create_app(services: Services, audit: AuditLog | None = None) -> web.Application:
+    """The aiohttp application serving the v1 API; ``audit`` logs every mutating call."""
+    # auth before everything but the audit: a network request without a valid token
+    # reaches nothing else (and the audit log records the refusal)
+    middlewares: list[Any] = [auth.auth_middleware, error_middleware]
+    if audit is not None:  # outermost: it sees the status error_middleware answered
+        middlewares.insert(0, audit_middleware(audit))
     # A 1 MiB read buffer: uploads stream whole volumes; aiohttp's 64 KiB default
     # pauses the socket every 128 KiB.
-    # auth first: a network request without a valid token reaches nothing else.
-    app = web.Application(middlewares=[auth.auth_middleware, error_middleware],
-                          client_max_size=4 * 1024 * 1024,
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY,
                           handler_args={"read_bufsize": 1024 * 1024})
     app[SERVICES] = services
+    if audit is not None:
+        app[AUDIT] = audit
     app[storage_routes.STORAGE] = services.storage
     app[network_routes.NETWORKS] = services.networks
     app.add_routes(routes)

@@ -28,6 +28,8 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         data = await request.json()
     except ValueError:
         raise InvalidSpec("the request body is not valid JSON") from None
+    except RecursionError:  # json.loads recurses per nesting level: '[' * 10000
+        raise InvalidSpec("the request body nests too deeply to be read") from None
     if not isinstance(data, dict):
         raise InvalidSpec("the request body must be a JSON object")
     return data

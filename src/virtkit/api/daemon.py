@@ -25,6 +25,7 @@ from aiohttp import web
 from virtkit import __version__
 from virtkit.api import tlslisten
 from virtkit.api.app import Services, create_app
+from virtkit.api.audit import AuditLog
 from virtkit.errors import VirtkitError
 from virtkit.model.load import load_domain
 from virtkit.model.network import Network
@@ -53,6 +54,12 @@ log = logging.getLogger("virtkitd")
 
 SOCKET_GROUP = "virtkit"
 NETWORK_CHECK_INTERVAL = 3.0
+#: seconds a connection may stay without a complete request (its headers) before it is
+#: closed: the bound on slow ("slow-loris") and idle clients
+IDLE_TIMEOUT = 15.0
+#: request line, header line and header count limits (aiohttp answers 400 beyond them)
+MAX_LINE = 8190
+MAX_HEADERS = 64
 
 
 def take_instance_lock(paths: StatePaths) -> IO[str]:
@@ -92,8 +99,11 @@ class Daemon:
     """The assembled daemon: store, runtime, services and the API server."""
 
     def __init__(self, paths: StatePaths, *, default_network: bool = False,
-                 listen_tls: tlslisten.TlsListen | None = None) -> None:
+                 listen_tls: tlslisten.TlsListen | None = None,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.paths = paths
+        self.idle_timeout = idle_timeout
+        self.audit = AuditLog(paths.logs / "audit.log")
         self.store = Store(paths.database)
         self.bus = EventBus(self.store)
         self.caps = HostCapsProvider(paths.cache)
@@ -132,7 +142,10 @@ class Daemon:
             log.info("reconcile: %s", note)
         with contextlib.suppress(VirtkitError):
             await asyncio.to_thread(self.caps.accelerator)  # warm the probe cache
-        self._runner = web.AppRunner(create_app(self.services), access_log=None)
+        self._runner = web.AppRunner(create_app(self.services, self.audit), access_log=None,
+                                     keepalive_timeout=self.idle_timeout,
+                                     max_line_size=MAX_LINE, max_field_size=MAX_LINE,
+                                     max_headers=MAX_HEADERS)
         await self._runner.setup()
         sock = bind_unix(self.paths.socket, mode=0o660, backlog=128)
         gid = _socket_group()
@@ -174,12 +187,15 @@ class Daemon:
         self.paths.socket.unlink(missing_ok=True)
         await self.lifecycle.close()
         self.store.close()
+        self.audit.close()
 
 
 async def serve(paths: StatePaths, ready_fd: int | None = None, *,
                 default_network: bool = False,
-                listen_tls: tlslisten.TlsListen | None = None) -> None:
-    daemon = Daemon(paths, default_network=default_network, listen_tls=listen_tls)
+                listen_tls: tlslisten.TlsListen | None = None,
+                idle_timeout: float = IDLE_TIMEOUT) -> None:
+    daemon = Daemon(paths, default_network=default_network, listen_tls=listen_tls,
+                    idle_timeout=idle_timeout)
     await daemon.start()
     if ready_fd is not None:
         os.write(ready_fd, b"ready\n")
@@ -210,6 +226,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="server certificate (PEM; default <root>/tls/server.pem)")
     parser.add_argument("--tls-key", type=Path, default=os.environ.get("VIRTKITD_TLS_KEY"),
                         help="its private key (PEM; default <root>/tls/server-key.pem)")
+    parser.add_argument("--idle-timeout", type=float,
+                        default=float(os.environ.get("VIRTKIT_IDLE_TIMEOUT", IDLE_TIMEOUT)),
+                        help="close a connection that has not sent a complete request "
+                        f"within this many seconds (default {IDLE_TIMEOUT:g})")
     parser.add_argument("--version", action="version", version=f"virtkitd {__version__}")
     args = parser.parse_args(argv)
     paths = state_paths(args.root.absolute() if args.root else None)
@@ -228,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(paths, args.log_level)
     try:
         asyncio.run(serve(paths, args.ready_fd, default_network=args.default_network,
-                          listen_tls=listen_tls))
+                          listen_tls=listen_tls, idle_timeout=args.idle_timeout))
     except VirtkitError as exc:
         raise SystemExit(f"virtkitd: {exc}") from None
     finally:

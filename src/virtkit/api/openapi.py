@@ -55,6 +55,8 @@ _STATS_OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
 OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("get", "/v1/openapi.json", "This document", None),
     ("get", "/v1/version", "The daemon's version (a cheap liveness check)", None),
+    ("get", "/v1/audit", "The audit log of mutating calls, oldest first (?since=EPOCH "
+     "seconds, ?limit=N last records; see docs/security.md)", None),
     ("get", "/v1/host", "Host facts: CPUs, memory, accelerator, QEMU version", None),
     ("get", "/v1/host/check", "Host check lines (PASS/WARN/FAIL), accelerator verdict last", None),
     ("get", "/v1/domains", "List domains (?all=0 for active only)", None),

@@ -44,7 +44,7 @@ def _pending(result: dict[str, Any]) -> str:
 def _virsh_size(text: str) -> str:
     """A size as virsh reads it: a bare number is KiB; 512M, 2G ... as written (the
     daemon parses it)."""
-    return text.strip() + "K" if text.strip().isdigit() else text.strip()
+    return text.strip() + "K" if text.strip().isdecimal() else text.strip()
 
 
 def cmd_attach_device(client: Client, args: argparse.Namespace) -> int:

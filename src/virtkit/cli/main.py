@@ -84,6 +84,40 @@ def cmd_event(client: Client, args: argparse.Namespace) -> int:
         ws.close()
 
 
+def parse_since(text: str, now: float) -> float:
+    """``30m``, ``2h``, ``1d``, ``45s`` ago, or an ISO 8601 time -> seconds since 1970."""
+    from datetime import datetime
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdecimal():
+        return now - float(text[:-1]) * units[text[-1]]
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidSpec(f"--since {text!r}: give a duration (30m, 2h, 1d) or an ISO time "
+                          "(2026-11-30T09:00:00Z)", field="since") from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # a time without a zone is local time
+    return moment.timestamp()
+
+
+def cmd_audit(client: Client, args: argparse.Namespace) -> int:
+    """The daemon's audit log of mutating calls (who, what, status)."""
+    import time
+
+    query = f"?limit={args.limit}"
+    if args.since:
+        query += f"&since={parse_since(args.since, time.time())}"
+    records = client.get("/v1/audit" + query)
+    if args.json:
+        render.as_json(records)
+        return 0
+    render.table(["Time", "UID", "PID", "Method", "Path", "Status", "ms"],
+                 [[r.get("time"), r.get("uid"), r.get("pid"), r.get("method"), r.get("path"),
+                   r.get("status"), r.get("ms")] for r in records])
+    return 0
+
+
 def cmd_osinfo(client: Client, args: argparse.Namespace) -> int:
     """``osinfo-query os``: the OS variants --os-variant accepts."""
     from urllib.parse import quote
@@ -240,6 +274,12 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     event.add_argument("--since", type=int, help="replay the journal after this event id")
     event.add_argument("--json", action="store_true")
     event.set_defaults(func=cmd_event)
+    audit = sub.add_parser("audit", help="show the audit log of changes made through the API")
+    audit.add_argument("--since", help="only records newer than this: 30m, 2h, 1d or an ISO "
+                       "time")
+    audit.add_argument("--limit", type=int, default=1000, help="at most the last N records")
+    audit.add_argument("--json", action="store_true")
+    audit.set_defaults(func=cmd_audit)
     completion = sub.add_parser("completion", help="print the bash completion script")
     completion.add_argument("shell", choices=["bash"], nargs="?", default="bash")
     completion.set_defaults(func=cmd_completion)

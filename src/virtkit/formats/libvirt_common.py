@@ -83,9 +83,17 @@ def size_bytes(value: str | None, unit: str | None, *, where: str, default: str 
         raise InvalidSpec(f"{where}: unknown unit {unit!r}; use KiB, MiB, GiB, bytes ...",
                           field="xml")
     text = (value or "").strip()
-    if not text.isdigit():
-        raise InvalidSpec(f"{where}: {text!r} is not a whole number", field="xml")
+    if not (text.isascii() and text.isdecimal()) or len(text) > 30:
+        raise InvalidSpec(f"{where}: {text[:40]!r} is not a whole number", field="xml")
     return int(text) * factor
+
+
+def whole_number(value: str | None, *, where: str) -> int:
+    """A count such as ``<vcpu current='2'>4</vcpu>``: ASCII digits only, or InvalidSpec."""
+    text = (value or "").strip()
+    if not (text.isascii() and text.isdecimal()) or len(text) > 9:
+        raise InvalidSpec(f"{where}: {text!r} is not a whole number", field="xml")
+    return int(text)
 
 
 def size_mib(value: str | None, unit: str | None, *, where: str, default: str = "KiB") -> int:

@@ -15,6 +15,7 @@ from virtkit.formats.libvirt_common import (
     XmlReader,
     disk_name,
     size_mib,
+    whole_number,
 )
 from virtkit.formats.libvirt_tuning import (
     cputune_in,
@@ -187,11 +188,12 @@ class DomainReader(XmlReader):
         if vcpu.get("placement", "static") != "static":
             self.refuse(self.where(vcpu, "placement"), "automatic (numad) placement is not "
                         "supported")
-        maximum = int((vcpu.text or "1").strip() or 1)
+        maximum = whole_number((vcpu.text or "").strip() or "1", where=self.where(vcpu))
         current = vcpu.get("current")
         vcpus: dict[str, Any] = {"current": maximum}
-        if current is not None and int(current) != maximum:
-            vcpus = {"current": int(current), "max": maximum}
+        if current is not None and (count := whole_number(
+                current, where=self.where(vcpu, "current"))) != maximum:
+            vcpus = {"current": count, "max": maximum}
         if vcpu.get("cpuset"):
             vcpus["cpuset"] = vcpu.get("cpuset")
         self.spec["vcpus"] = vcpus
@@ -241,7 +243,7 @@ class DomainReader(XmlReader):
                 self.refuse(self.where(topology, attr), "only one die/cluster per socket")
         vcpus = self.spec.setdefault("vcpus", {"current": 1})
         for attr in ("sockets", "cores", "threads"):
-            if topology.get(attr, "").isdigit():
+            if topology.get(attr, "").isdecimal():
                 vcpus[attr] = int(topology.get(attr, "1"))
 
     def _os(self, os_el: ET.Element | None) -> None:
@@ -479,7 +481,7 @@ class DomainReader(XmlReader):
             return
         self.check(boot, attrs=("order",))
         order = boot.get("order", "")
-        if order.isdigit():
+        if order.isdecimal():
             first = {"hd": not any(d.get("device") != "cdrom" for d in self.spec["disks"]),
                      "cdrom": not any(d.get("device") == "cdrom" for d in self.spec["disks"]),
                      "network": not self.spec["nics"]}[kind]
@@ -607,7 +609,7 @@ class DomainReader(XmlReader):
         if listen:
             spec["listen"] = listen
         port = graphics.get("port", "-1")
-        if graphics.get("autoport") != "yes" and port.isdigit():
+        if graphics.get("autoport") != "yes" and port.isdecimal():
             spec["port"] = int(port)
         for attr, key in (("passwd", "password"), ("keymap", "keymap")):
             if graphics.get(attr):

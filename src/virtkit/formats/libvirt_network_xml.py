@@ -155,7 +155,7 @@ class _NetworkReader(XmlReader):
         self._forward(root.find("forward"))
         self._bridge(root.find("bridge"))
         mtu = root.find("mtu")
-        if mtu is not None and mtu.get("size", "").isdigit():
+        if mtu is not None and mtu.get("size", "").isdecimal():
             spec["mtu"] = int(mtu.get("size", "0"))
         self._domain(root.find("domain"))
         self._dns(root.find("dns"))
@@ -285,7 +285,7 @@ class _NetworkReader(XmlReader):
     def _lease(self, lease: ET.Element, spec: dict[str, Any]) -> None:
         self.check(lease, attrs=("expiry", "unit"))
         expiry, unit = lease.get("expiry", ""), lease.get("unit", "minutes")
-        if not expiry.isdigit() or unit not in _LEASE_UNITS or expiry == "0":
+        if not expiry.isdecimal() or unit not in _LEASE_UNITS or expiry == "0":
             self.refuse(self.where(lease), "leases expire after a number of seconds, "
                         "minutes or hours")
             return
@@ -305,7 +305,7 @@ class _NetworkReader(XmlReader):
                 forward: dict[str, Any] = {
                     key.replace("-", "_"): value for key, value in element.attrib.items()}
                 for key in ("host_port", "guest_port"):
-                    if str(forward.get(key, "")).isdigit():
+                    if str(forward.get(key, "")).isdecimal():
                         forward[key] = int(forward[key])
                 forwards.append(forward)
         if forwards:

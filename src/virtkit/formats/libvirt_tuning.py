@@ -80,7 +80,7 @@ def cputune_in(reader: XmlReader, cputune: ET.Element | None, spec: dict[str, An
         return
     result: dict[str, Any] = {}
     for child in cputune:
-        if child.tag == "vcpupin" and child.get("vcpu", "").isdigit() and child.get("cpuset"):
+        if child.tag == "vcpupin" and child.get("vcpu", "").isdecimal() and child.get("cpuset"):
             result.setdefault("vcpupin", {})[int(child.get("vcpu", "0"))] = child.get("cpuset")
         elif child.tag == "emulatorpin" and child.get("cpuset"):
             result["emulatorpin"] = child.get("cpuset")

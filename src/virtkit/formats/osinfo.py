@@ -115,7 +115,7 @@ def _resources(node: ET.Element) -> dict[str, int]:
                 continue
             for key in ("ram", "storage", "n-cpus"):
                 value = _text(block, key)
-                if value.isdigit() and int(value) > 0:
+                if value.isdecimal() and int(value) > 0:
                     levels.setdefault((level, arch), {})[key] = int(value)
     out: dict[str, int] = {}
     for key in ("ram", "storage", "n-cpus"):
@@ -168,7 +168,7 @@ def _media_ids(node: ET.Element) -> list[MediaIds]:
         out.append(MediaIds(volume=volume, system=_text(iso, "system-id") or None,
                             publisher=_text(iso, "publisher-id") or None,
                             application=_text(iso, "application-id") or None,
-                            size=int(size) if size.isdigit() and int(size) > 0 else None))
+                            size=int(size) if size.isdecimal() and int(size) > 0 else None))
     return out
 
 

@@ -157,7 +157,7 @@ def _normalise_print_xml(argv: list[str]) -> list[str]:
         word = argv[index]
         if word.startswith("--print-xml="):
             out += ["--print-xml", "--print-xml-step", word.split("=", 1)[1]]
-        elif word == "--print-xml" and index + 1 < len(argv) and argv[index + 1].isdigit():
+        elif word == "--print-xml" and index + 1 < len(argv) and argv[index + 1].isdecimal():
             out += ["--print-xml", "--print-xml-step", argv[index + 1]]
             next(words, None)
         else:

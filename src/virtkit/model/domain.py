@@ -236,6 +236,12 @@ class Boot(Spec):
             path = getattr(self, name)
             if path is not None and not path.startswith("/"):
                 raise ValueError(f"boot.{name} must be an absolute path, got {path!r}")
+            if path is not None and _CONTROL_CHARS.search(path):
+                raise SpecProblem(f"boot.{name} contains a control character (newline, tab "
+                                  "...)", name)
+        if self.cmdline is not None and _CONTROL_CHARS.search(self.cmdline):
+            raise SpecProblem("boot.cmdline contains a control character (newline, tab ...); "
+                              "the kernel command line is one line", "cmdline")
         return self
 
 
@@ -263,6 +269,14 @@ class Disk(Spec):
             raise ValueError(f"disk path must be absolute, got {value!r}")
         if _CONTROL_CHARS.search(value):
             raise ValueError("disk path contains a control character (newline, tab ...)")
+        return value
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z][a-z0-9]{1,15}", value):
+            raise ValueError(f"disk target {value!r} must be a device name such as vda, sdb "
+                             "or hdc (lower-case letters and digits)")
         return value
 
     @field_validator("serial")
@@ -315,6 +329,14 @@ class Graphics(Spec):
     def _listen(cls, value: str) -> str:
         if not re.fullmatch(r"[0-9A-Za-z.:\-]+", value):
             raise ValueError(f"VNC listen address {value!r} is not an IP address or host name")
+        return value
+
+    @field_validator("keymap")
+    @classmethod
+    def _keymap(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_\-]{1,32}", value):
+            raise ValueError(f"VNC keymap {value!r} must be a keymap name such as en-us or "
+                             "de-ch")
         return value
 
     @field_validator("password")
@@ -699,8 +721,15 @@ def validate_name(value: str) -> str:
     """Apply libvirt's domain name rules (plus a length cap) and return the name."""
     if not value or not value.strip():
         raise ValueError("name must not be empty")
+    if value in (".", ".."):
+        # a URL path segment of "." or ".." is removed by clients before it is sent:
+        # such a domain could never be addressed as /v1/domains/{name}
+        raise ValueError(f"name {value!r} is not allowed: '.' and '..' are path tricks")
     if "/" in value:
         raise ValueError(f"name {value!r} contains '/', which libvirt and virtkit forbid")
+    if "{" in value or "}" in value:
+        # the API's URL routes ({ref} in aiohttp) match no segment with braces in it
+        raise ValueError(f"name {value!r} contains '{{' or '}}', which the API cannot address")
     if _CONTROL_CHARS.search(value):
         raise ValueError("name contains a control character (newline, tab ...)")
     if value != value.strip():

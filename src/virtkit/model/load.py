@@ -60,6 +60,8 @@ def parse_text(text: str, *, source: str = "spec") -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise InvalidSpec(f"{source}: not valid YAML or JSON{where}: {exc}") from None
+    except RecursionError:
+        raise InvalidSpec(f"{source}: nests too deeply to be read") from None
     if not isinstance(data, dict):
         raise InvalidSpec(f"{source}: expected a mapping of fields (name: ..., memory: ...)")
     return data

@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from virtkit.model.domain import NamedSpec
 
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+\-]{0,200}")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _VG_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9_.+\-]{0,126}")
 
 
@@ -41,6 +42,9 @@ class Pool(NamedSpec):
 
     @model_validator(mode="after")
     def _check(self) -> Pool:
+        for value in (self.target, *self.source_devices):
+            if _CONTROL_CHARS.search(value):
+                raise ValueError(f"{value!r} contains a control character (newline, tab ...)")
         if self.type is PoolType.LOGICAL:
             if not _VG_NAME.fullmatch(self.target):
                 raise ValueError(f"volume group name {self.target!r} is not valid for LVM")

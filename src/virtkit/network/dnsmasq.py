@@ -399,7 +399,7 @@ def parse_leases(path: Path | str) -> list[Lease]:
     leases = []
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) < 4 or parts[0] == "duid" or not parts[0].isdigit():
+        if len(parts) < 4 or parts[0] == "duid" or not parts[0].isdecimal():
             continue
         hostname = None if parts[3] == "*" else parts[3]
         client_id = parts[4] if len(parts) > 4 and parts[4] != "*" else None

@@ -43,7 +43,7 @@ def parse_bytes(value: int | str, *, field: str) -> int:
             raise InvalidSpec(f"{field}: size must be above 0", field=field)
         return value
     text = str(value).strip()
-    if text.isdigit():
+    if text.isdecimal():
         return parse_bytes(int(text), field=field)
     try:
         mib = parse_mib(text, field=field)
