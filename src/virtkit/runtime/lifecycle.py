@@ -405,7 +405,7 @@ class Lifecycle:
 
     async def _save_to(self, vm: Vm, running: Running, partial: Path, was_running: bool) -> None:
         monitor = running.monitor
-        await self._check_restorable(vm, running)
+        await self.check_restorable(vm, running)
         await monitor.execute("stop")
         with open(partial, "xb") as stream:
             # the running configuration (hot-plugged devices included): restore must
@@ -422,21 +422,26 @@ class Lifecycle:
             os.fsync(stream.fileno())
 
     @staticmethod
-    async def _check_restorable(vm: Vm, running: Running) -> None:
-        """A save file can only be restored into the same device set with the same QEMU
-        ids; after some hotplug changes a fresh QEMU cannot rebuild them: refuse then."""
-        fix = f"restart the domain (virtkit shutdown {vm.name}; virtkit start {vm.name}) first"
+    async def check_restorable(vm: Vm, running: Running, what: str = "save",
+                               alternative: str = "") -> None:
+        """A memory image (save file, memory snapshot) can only be loaded into the same
+        device set with the same QEMU ids; after some hotplug changes a fresh QEMU would
+        lay them out differently: refuse then, before anything is written or stopped."""
+        fix = (f"restart the domain (virtkit shutdown {vm.name}; virtkit start {vm.name}) "
+               f"first{alternative}")
+        why = None
         if running.layout_changed:
-            raise Conflict(f"domain '{vm.name}' had a disk or NIC hot-plugged or unplugged "
-                           "while running; a fresh QEMU could not take its saved state",
-                           fix=fix)
-        if await running.monitor.execute("query-memory-devices"):
-            raise Conflict(f"domain '{vm.name}' has hot-added memory; its saved state could "
-                           "not be restored", fix=fix)
-        cpus = await running.monitor.execute("query-hotpluggable-cpus")
-        if any(str(c.get("qom-path", "")).startswith("/machine/peripheral/") for c in cpus):
-            raise Conflict(f"domain '{vm.name}' has hot-added vCPUs; its saved state could "
-                           "not be restored", fix=fix)
+            why = "had a disk or NIC hot-plugged or unplugged while running"
+        elif await running.monitor.execute("query-memory-devices"):
+            why = "has hot-added memory"
+        else:
+            cpus = await running.monitor.execute("query-hotpluggable-cpus")
+            if any(str(c.get("qom-path", "")).startswith("/machine/peripheral/")
+                   for c in cpus):
+                why = "has hot-added vCPUs"
+        if why is not None:
+            raise Conflict(f"cannot {what} domain '{vm.name}' with its memory: it {why}, and "
+                           "a freshly started QEMU could not take that state", fix=fix)
 
     async def restore(self, uuid: str, name: str, fd: int, *, running: bool,
                       saved: Domain | None = None) -> None:

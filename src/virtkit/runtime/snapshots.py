@@ -129,6 +129,10 @@ class SnapshotRuntime:
                                disk_only=request.disk_only, memspec=request.memspec,
                                existing_kinds={s.kind for s in existing})
             self._fill_external(uuid, plan, request.name, existing)
+            if plan.memory and running is not None:
+                await self._life.check_restorable(
+                    vm, running, "snapshot",
+                    alternative=", or take a disk-only snapshot (--disk-only)")
             memfile = self._memory_file(uuid, request) if plan.memory else None
             state = vm.state.value
             async with contextlib.AsyncExitStack() as undo:
