@@ -215,7 +215,8 @@ class Lifecycle:
 
     async def _start_locked(self, vm: Vm, *, paused: bool, incoming_fd: int | None = None,
                             event: str = "started", boot_spec: Domain | None = None,
-                            run_spec: Domain | None = None) -> None:
+                            run_spec: Domain | None = None, incoming: str | None = None,
+                            reason: str | None = None) -> None:
         domain = boot_spec or run_spec or self._spec_for(vm.uuid)
         before = vm.state
 
@@ -225,7 +226,8 @@ class Lifecycle:
 
         try:
             running = await launch(domain, self._paths, self._caps_for,
-                                   incoming_fd=incoming_fd, on_spawn=record_spawn,
+                                   incoming_fd=incoming_fd, incoming=incoming,
+                                   on_spawn=record_spawn,
                                    taps_for=self._taps_for,
                                    on_event=lambda e: self._on_qmp_event(vm, e))
         except BaseException:
@@ -243,8 +245,9 @@ class Lifecycle:
             await self._kill(vm, "start failed")
             raise
         state = State.PAUSED if paused else State.RUNNING
-        reason = "installing" if boot_spec is not None else "booted"
-        self._set_state(vm, state, "user" if paused else reason, event=event)
+        if reason is None:
+            reason = "user" if paused else "installing" if boot_spec is not None else "booted"
+        self._set_state(vm, state, reason, event=event)
 
     def _adopt(self, vm: Vm, running: Running) -> None:
         vm.running = running
@@ -421,6 +424,10 @@ class Lifecycle:
             stream.flush()
             os.fsync(stream.fileno())
 
+    async def check_restorable(self, vm: Vm, running: Running) -> None:
+        """Refuse what a fresh QEMU could not take the state of (live migration too)."""
+        await self._check_restorable(vm, running)
+
     @staticmethod
     async def _check_restorable(vm: Vm, running: Running) -> None:
         """A save file can only be restored into the same device set with the same QEMU
@@ -460,6 +467,16 @@ class Lifecycle:
         """Start QEMU from the stored spec (the caller holds ``vm.lock``)."""
         self._refuse_preserved(vm, Action.START)
         await self._start_locked(vm, paused=paused, incoming_fd=incoming_fd, event=event)
+
+    async def start_incoming(self, vm: Vm, spec: Domain) -> Running:
+        """Start QEMU paused with ``-incoming defer`` from ``spec`` (the running
+        configuration a migration source sent); the caller holds ``vm.lock`` and
+        then sends ``migrate-incoming`` (runtime/migration.py)."""
+        self._refuse_preserved(vm, Action.START)
+        await self._start_locked(vm, paused=True, run_spec=spec, incoming="defer",
+                                 event="migrating-in", reason="migrating in")
+        assert vm.running is not None
+        return vm.running
 
     def set_state(self, vm: Vm, state: State, reason: str, event: str | None = None) -> None:
         """Record a state change the caller made through QMP (it holds ``vm.lock``)."""
