@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,8 +41,8 @@ def _migrate(source: DaemonHandle, destination: DaemonHandle, name: str,
     return result
 
 
-def _booted(handle: DaemonHandle, name: str) -> None:
-    handle.define(name)
+def _booted(handle: DaemonHandle, name: str, **overrides: Any) -> None:
+    handle.define(name, **overrides)
     handle.client.post(handle.client.domain_path(name, "/start"))
     handle.wait_booted(name)
     assert "m-41" in handle.console_run(name, "echo m-$((40+1))", "m-41")
@@ -51,10 +52,15 @@ def _names(handle: DaemonHandle) -> list[str]:
     return [d["name"] for d in handle.client.get("/v1/domains")]
 
 
-def test_idle_guest_moves_and_keeps_running(pair: tuple[DaemonHandle, DaemonHandle]) -> None:
+def test_idle_guest_moves_and_keeps_running(pair: tuple[DaemonHandle, DaemonHandle],
+                                            tmp_path: Path) -> None:
     source, destination = pair
-    _booted(source, "mig1")
-    source.console_run("mig1", "echo before > /tmp/mark; echo ok-$((1+1))", "ok-2")
+    disk = tmp_path / "shared.raw"  # on a path both daemons see: shared storage
+    disk.write_bytes(b"VKDATA-1234")
+    os.truncate(disk, 8 * 2**20)
+    _booted(source, "mig1", disks=[{"path": str(disk), "format": "raw"}])
+    source.console_run("mig1", "echo before > /tmp/mark; head -c 11 /dev/vda; echo",
+                       "VKDATA-1234")
     result = _migrate(source, destination, "mig1", persistent=True, undefine_source=True)
     assert result["destination"]["state"] == "running"
     assert result["source"] == "undefined"
@@ -65,16 +71,22 @@ def test_idle_guest_moves_and_keeps_running(pair: tuple[DaemonHandle, DaemonHand
     assert "before" in destination.console_run("mig1", "cat /tmp/mark", "before")
     assert source.qemu_pids() == []
     assert "mig1" not in _names(source)
+    # the destination QEMU drives the disk now: a write from the guest lands in the file
+    destination.console_run("mig1", "echo VKDEST | dd of=/dev/vda bs=512 seek=8 "
+                            "conv=fsync oflag=direct 2>/dev/null; echo wr''ote", "wrote")
     # --persistent: the definition stays when the VM stops there
     destination.client.post(destination.client.domain_path("mig1", "/destroy"))
     assert destination.state("mig1") == "shutoff"
+    data = disk.read_bytes()
+    assert data.startswith(b"VKDATA-1234") and data[4096:4103] == b"VKDEST\n"
 
 
 def test_without_persistent_the_destination_copy_is_transient(
         pair: tuple[DaemonHandle, DaemonHandle]) -> None:
     source, destination = pair
     _booted(source, "mig2")
-    _migrate(source, destination, "mig2")
+    done = source.cli("migrate", "--live", "mig2", str(destination.root / "virtkitd.sock"))
+    assert "mig2 runs on the destination" in done.stdout
     assert source.qemu_pids() == []
     assert source.info("mig2")["state"] == "shutoff"
     assert source.info("mig2")["reason"] == "migrated"
