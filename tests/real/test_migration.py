@@ -9,8 +9,13 @@ trusted for guests that write memory during a migration, see docs/migration.md).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import shutil
 import signal
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -19,9 +24,16 @@ from typing import Any
 
 import pytest
 
-from tests.real.conftest import DaemonHandle, running_daemon, wait_for
-from virtkit.cli.client import ApiError
+from tests.real.conftest import (
+    DaemonHandle,
+    cleanup,
+    running_daemon,
+    start_daemon,
+    wait_for,
+)
+from virtkit.cli.client import ApiError, Client
 from virtkit.images.tinyguest import TinyGuest
+from virtkit.paths import state_paths
 
 pytestmark = pytest.mark.qemu
 
@@ -32,10 +44,53 @@ def pair(tiny_guest: TinyGuest) -> Iterator[tuple[DaemonHandle, DaemonHandle]]:
         yield source, destination
 
 
+SOURCE_IP, DESTINATION_IP = "198.51.100.1", "198.51.100.2"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def netns_pair(tiny_guest: TinyGuest) -> Iterator[tuple[DaemonHandle, DaemonHandle]]:
+    """Two "hosts": a daemon in each of two network namespaces joined by a veth pair.
+    The daemons reach each other over unix sockets (not namespaced); QEMU's stream
+    crosses the veth pair."""
+    tag = secrets.token_hex(3)
+    spaces = (f"vkm-{tag}-a", f"vkm-{tag}-b")
+    handles: list[DaemonHandle] = []
+    try:
+        for ns in spaces:
+            _ip("netns", "add", ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("link", "add", f"vkm{tag}a", "netns", spaces[0], "type", "veth", "peer", "name",
+            f"vkm{tag}b", "netns", spaces[1])
+        for ns, dev, ip in ((spaces[0], f"vkm{tag}a", SOURCE_IP),
+                            (spaces[1], f"vkm{tag}b", DESTINATION_IP)):
+            _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+        for ns in spaces:
+            root = Path(tempfile.mkdtemp(prefix="vk-", dir="/tmp"))
+            try:
+                process = start_daemon(root, ns)
+            except BaseException:
+                shutil.rmtree(root, ignore_errors=True)
+                raise
+            handles.append(DaemonHandle(root, process, Client(state_paths(root), timeout=180),
+                                        tiny_guest, netns=ns))
+        yield handles[0], handles[1]
+    finally:
+        for handle in handles:
+            cleanup(handle)
+        for ns in spaces:
+            with contextlib.suppress(Exception):
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
 def _migrate(source: DaemonHandle, destination: DaemonHandle, name: str,
-             **options: Any) -> dict[str, Any]:
+             address: str = "127.0.0.1", **options: Any) -> dict[str, Any]:
     body = {"destination": {"socket": str(destination.root / "virtkitd.sock")},
-            "address": "127.0.0.1", **options}
+            "address": address, **options}
     result: dict[str, Any] = source.client.post(source.client.domain_path(name, "/migrate"),
                                                 body)
     return result
@@ -137,3 +192,23 @@ def test_killing_the_destination_qemu_mid_way_keeps_the_vm_here(
     wait_for(lambda: "mig4" not in _names(destination), 10, "the destination to clean up")
     assert destination.qemu_pids() == []
 
+
+
+def test_between_two_network_namespaces(netns_pair: tuple[DaemonHandle, DaemonHandle]
+                                        ) -> None:
+    """The issue's two hosts on one machine: the stream crosses a veth pair."""
+    source, destination = netns_pair
+    _booted(source, "mig5")
+    source.console_run("mig5", "echo far > /tmp/mark; echo ok-$((3+3))", "ok-6")
+    result = _migrate(source, destination, "mig5", address=DESTINATION_IP,
+                      undefine_source=True, persistent=True)
+    assert result["uri"].startswith(f"tcp:{DESTINATION_IP}:")
+    assert "far" in destination.console_run("mig5", "cat /tmp/mark", "far")
+    assert source.qemu_pids() == [] and "mig5" not in _names(source)
+    # a listening address that is not the destination's: QEMU cannot bind, nothing stays
+    _booted(source, "mig6")
+    with pytest.raises(ApiError):
+        _migrate(source, destination, "mig6", address=SOURCE_IP)
+    assert source.info("mig6")["state"] == "running"
+    assert "mig6" not in _names(destination)
+    assert len(destination.qemu_pids()) == 1  # mig5's
