@@ -17,7 +17,6 @@ import signal
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,18 +170,11 @@ def test_killing_the_destination_qemu_mid_way_keeps_the_vm_here(
     source, destination = pair
     _booted(source, "mig4")
     outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:  # 1 MiB/s: long enough to kill the destination before switch-over
-            outcome["result"] = _migrate(source, destination, "mig4", bandwidth=1)
-        except ApiError as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    thread = _in_background(source, destination, "mig4", outcome)
     try:
         pids = wait_for(destination.qemu_pids, 60, "the incoming QEMU")
-        time.sleep(1.5)  # the stream has started (no domjobinfo yet to ask)
+        wait_for(lambda: _job(source, "mig4").get("status") == "active", 30,
+                 "the stream to start")
         os.kill(pids[0], signal.SIGKILL)
     finally:
         thread.join(120)
@@ -192,6 +184,44 @@ def test_killing_the_destination_qemu_mid_way_keeps_the_vm_here(
     wait_for(lambda: "mig4" not in _names(destination), 10, "the destination to clean up")
     assert destination.qemu_pids() == []
 
+
+
+def _job(handle: DaemonHandle, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = handle.client.get(handle.client.domain_path(name, "/job"))
+    return result
+
+
+def _in_background(source: DaemonHandle, destination: DaemonHandle, name: str,
+                   outcome: dict[str, Any]) -> threading.Thread:
+    def run() -> None:
+        try:  # 1 MiB/s: slow enough to act before switch-over
+            outcome["result"] = _migrate(source, destination, name, bandwidth=1)
+        except ApiError as exc:
+            outcome["error"] = exc
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_domjobinfo_and_domjobabort(pair: tuple[DaemonHandle, DaemonHandle]) -> None:
+    source, destination = pair
+    _booted(source, "mig7")
+    assert "Job type:               None" in source.cli("domjobinfo", "mig7").stdout
+    outcome: dict[str, Any] = {}
+    thread = _in_background(source, destination, "mig7", outcome)
+    try:
+        wait_for(lambda: _job(source, "mig7").get("status") == "active", 60, "the job")
+        shown = source.cli("domjobinfo", "mig7").stdout
+        assert "Job type:               Unbounded" in shown and "Data processed:" in shown
+        source.cli("domjobabort", "mig7")
+    finally:
+        thread.join(120)
+    assert "error" in outcome and "cancelled" in outcome["error"].message, outcome
+    assert source.info("mig7")["state"] == "running"
+    assert "ok-8" in source.console_run("mig7", "echo ok-$((4+4))", "ok-8")
+    wait_for(lambda: "mig7" not in _names(destination), 10, "the destination to clean up")
+    assert destination.qemu_pids() == []
+    assert source.cli("domjobabort", "mig7", check=False).returncode != 0
 
 
 def test_between_two_network_namespaces(netns_pair: tuple[DaemonHandle, DaemonHandle]

@@ -35,3 +35,13 @@ async def finish(request: web.Request) -> web.Response:
 @routes.delete("/v1/migrations/{id}")
 async def abort(request: web.Request) -> web.Response:
     return json_response(await request.app[MIGRATIONS].abort(request.match_info["id"]))
+
+
+@routes.get("/v1/domains/{ref}/job")
+async def job_info(request: web.Request) -> web.Response:
+    return json_response(await request.app[MIGRATIONS].job_info(request.match_info["ref"]))
+
+
+@routes.delete("/v1/domains/{ref}/job")
+async def job_abort(request: web.Request) -> web.Response:
+    return json_response(await request.app[MIGRATIONS].job_abort(request.match_info["ref"]))

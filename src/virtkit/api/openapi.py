@@ -266,6 +266,10 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
          "auto_converge": {"type": "boolean"}, "copy_storage_all": {"type": "boolean"},
          "bandwidth": {"type": "integer"}, "downtime_limit": {"type": "integer"},
          "timeout": {"type": "integer"}}}),
+    ("get", "/v1/domains/{ref}/job", "domjobinfo: the outgoing migration now running "
+     "(type none when there is none)", None),
+    ("delete", "/v1/domains/{ref}/job", "domjobabort: cancel the outgoing migration (the "
+     "domain keeps running here)", None),
     ("post", "/v1/migrations/incoming", "Destination: validate a migrating domain, start "
      "its QEMU waiting for the stream; answers {id, uri}",
      {"type": "object", "required": ["spec", "address"], "properties": {

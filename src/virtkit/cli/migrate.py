@@ -84,6 +84,29 @@ def cmd_migrate(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_domjobinfo(client: Client, args: argparse.Namespace) -> int:
+    info = client.get(client.domain_path(args.domain, "/job"))
+    if args.json:
+        render.as_json(info)
+        return 0
+    labels = (("type", "Job type"), ("operation", "Operation"), ("status", "Status"),
+              ("elapsed_ms", "Time elapsed (ms)"), ("data_processed", "Data processed"),
+              ("data_remaining", "Data remaining"), ("data_total", "Data total"),
+              ("dirty_rate", "Dirty rate (pages/s)"),
+              ("expected_downtime_ms", "Expected downtime (ms)"))
+    for key, label in labels:
+        if info.get(key) is not None:
+            value = info[key]
+            print(f"{label + ':':<24}{value.capitalize() if key == 'type' else value}")
+    return 0
+
+
+def cmd_domjobabort(client: Client, args: argparse.Namespace) -> int:
+    client.request("DELETE", client.domain_path(args.domain, "/job"))
+    print(f"Job of domain '{args.domain}' aborted")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     text = "live-migrate a running domain to another virtkitd (virsh migrate)"
     p = sub.add_parser("migrate", help=text, description=text)
@@ -114,3 +137,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dest-ca", help="the destination's CA certificate")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_migrate)
+    info = sub.add_parser("domjobinfo", help="show the migration job of a domain")
+    info.add_argument("domain")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_domjobinfo)
+    abort = sub.add_parser("domjobabort", help="cancel the migration job of a domain "
+                           "(it keeps running here)")
+    abort.add_argument("domain")
+    abort.set_defaults(func=cmd_domjobabort)

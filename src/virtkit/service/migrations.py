@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import time
 from typing import Any
 
 from virtkit.errors import Conflict, InvalidSpec, NotFound, StateError, VirtkitError
@@ -64,6 +65,8 @@ class MigrationService:
         self._life = lifecycle
         self._domains = domains
         self._caps_for = caps_for
+        #: outgoing migrations now running: {uuid: monotonic start time}
+        self._jobs: dict[str, float] = {}
 
     # -- the destination end -------------------------------------------------------
 
@@ -185,7 +188,11 @@ class MigrationService:
         peer = Peer(destination)
         try:
             async with vm.lock:
-                result = await self._migrate_locked(vm, row.spec, peer, address, options)
+                self._jobs[vm.uuid] = time.monotonic()
+                try:
+                    result = await self._migrate_locked(vm, row.spec, peer, address, options)
+                finally:
+                    self._jobs.pop(vm.uuid, None)
         finally:
             await peer.close()
         if options.undefine_source and self._store.find_domain(row.uuid) is not None:
@@ -213,6 +220,37 @@ class MigrationService:
             raise
         await self._life.kill_locked(vm, "migrated")
         return result
+
+    # -- domjobinfo / domjobabort ---------------------------------------------------------
+
+    async def job_info(self, ref: str) -> dict[str, Any]:
+        """The outgoing migration of ``ref`` now running (virsh domjobinfo), read from
+        QEMU's ``query-migrate`` without waiting for the VM's lock (the job holds it)."""
+        row = self._store.get_domain(ref)
+        started = self._jobs.get(row.uuid)
+        running = self._life.vm(row.uuid, row.name).running
+        if started is None or running is None:
+            return {"domain": row.name, "type": "none"}
+        info = await running.monitor.execute("query-migrate")
+        ram = info.get("ram", {})
+        return {"domain": row.name, "type": "unbounded", "operation": "outgoing migration",
+                "status": info.get("status"),
+                "elapsed_ms": round((time.monotonic() - started) * 1000),
+                "data_total": ram.get("total"), "data_processed": ram.get("transferred"),
+                "data_remaining": ram.get("remaining"), "dirty_rate": ram.get("dirty-pages-rate"),
+                "expected_downtime_ms": info.get("expected-downtime"),
+                "downtime_ms": info.get("downtime")}
+
+    async def job_abort(self, ref: str) -> dict[str, Any]:
+        """Cancel the outgoing migration of ``ref`` (virsh domjobabort): the migration's
+        own failure path then removes the destination's QEMU; the VM stays here."""
+        row = self._store.get_domain(ref)
+        running = self._life.vm(row.uuid, row.name).running
+        if row.uuid not in self._jobs or running is None:
+            raise Conflict(f"domain '{row.name}' has no job running",
+                           fix="see 'virtkit domjobinfo'")
+        await running.monitor.execute("migrate_cancel")
+        return {"domain": row.name, "aborted": True}
 
     def _source_state(self, uuid: str) -> str:
         try:
