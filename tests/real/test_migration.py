@@ -242,3 +242,38 @@ def test_between_two_network_namespaces(netns_pair: tuple[DaemonHandle, DaemonHa
     assert source.info("mig6")["state"] == "running"
     assert "mig6" not in _names(destination)
     assert len(destination.qemu_pids()) == 1  # mig5's
+
+
+def _incoming(handle: DaemonHandle, spec: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    result: dict[str, Any] = handle.client.post("/v1/migrations/incoming", {
+        "spec": spec, "address": "127.0.0.1", **extra})
+    return result
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"machine_type": "pc-q35-1.0"}, "machine type pc-q35-1.0 is not available"),
+    ({"accelerator": "kvm"}, "the source runs the VM with kvm"),
+    ({"spec_nics": [{"type": "network", "network": "nonet"}]}, "'nonet' is not defined"),
+    ({"address": "203.0.113.9"}, "Cannot assign requested address"),
+])
+def test_the_destination_refuses_and_keeps_nothing(daemon: DaemonHandle, change: dict[str, Any],
+                                                   message: str) -> None:
+    spec = {**daemon.spec("inc"), "uuid": "6a1f0c3e-0000-4000-8000-00000000aa01"}
+    if "spec_nics" in change:
+        spec["nics"] = change.pop("spec_nics")
+    with pytest.raises(ApiError) as excinfo:
+        _incoming(daemon, spec, **change)
+    error = excinfo.value
+    assert message in f"{error} {error.details}", f"{error} {error.details}"
+    assert "inc" not in _names(daemon)
+    assert daemon.qemu_pids() == []
+
+
+def test_an_incoming_migration_nobody_finishes_expires(daemon: DaemonHandle) -> None:
+    answer = _incoming(daemon, daemon.spec("orphan"), deadline=2)
+    assert daemon.info("orphan")["reason"] == "migrating in"
+    assert len(daemon.qemu_pids()) == 1
+    wait_for(lambda: "orphan" not in _names(daemon), 15, "the orphan to expire")
+    assert daemon.qemu_pids() == []
+    # the source asking again afterwards is fine
+    assert daemon.client.request("DELETE", f"/v1/migrations/{answer['id']}")["removed"] is False

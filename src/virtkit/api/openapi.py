@@ -275,7 +275,7 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      {"type": "object", "required": ["spec", "address"], "properties": {
          "spec": {"type": "object"}, "persistent_spec": {"type": "object"},
          "machine_type": {"type": "string"}, "accelerator": {"type": "string"},
-         "address": {"type": "string"}}}),
+         "address": {"type": "string"}, "deadline": {"type": "number"}}}),
     ("post", "/v1/migrations/{id}/finish", "Destination: run the fully received domain",
      {"type": "object", "properties": {"persistent": {"type": "boolean"}}}),
     ("delete", "/v1/migrations/{id}", "Destination: remove an unfinished incoming "

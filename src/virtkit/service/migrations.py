@@ -10,6 +10,7 @@ transient-domain handling, so a failed migration leaves nothing behind here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import time
@@ -27,6 +28,9 @@ from virtkit.service.peer import Peer
 from virtkit.store.db import Store
 
 MIGRATING_IN = "migrating in"
+#: seconds past the source's own timeout an unfinished incoming migration is kept: a
+#: source daemon that died mid-way must not leave a paused QEMU here for ever
+DEADLINE_MARGIN = 60.0
 
 
 def _address(value: Any, field: str = "address") -> str:
@@ -67,6 +71,7 @@ class MigrationService:
         self._caps_for = caps_for
         #: outgoing migrations now running: {uuid: monotonic start time}
         self._jobs: dict[str, float] = {}
+        self._watchdogs: set[asyncio.Task[None]] = set()
 
     # -- the destination end -------------------------------------------------------
 
@@ -98,7 +103,12 @@ class MigrationService:
             raise InvalidSpec(f"the source runs the VM with {accel}, the destination would "
                               f"use {caps.accel}", field="accelerator",
                               fix="migrate between hosts with the same accelerator")
-        return live, self._domains.prepare(load_domain({**definition, "transient": True}))
+        for key, value in (("uuid", str(live.uuid)), ("name", live.name)):
+            if definition.get(key, value) != value:
+                raise InvalidSpec(f"persistent_spec.{key} is not the running domain's",
+                                  field=f"persistent_spec.{key}")
+        return live, self._domains.prepare(load_domain({
+            **definition, "uuid": str(live.uuid), "name": live.name, "transient": True}))
 
     async def incoming(self, body: dict[str, Any]) -> dict[str, Any]:
         """Validate, start QEMU paused waiting for the stream, listen on ``address``."""
@@ -114,7 +124,19 @@ class MigrationService:
         except BaseException:
             await self._remove_incoming(vm, "incoming migration failed")
             raise
+        deadline = body.get("deadline", migration.DEFAULT_TIMEOUT + DEADLINE_MARGIN)
+        if not isinstance(deadline, (int, float)) or isinstance(deadline, bool) or deadline <= 0:
+            deadline = migration.DEFAULT_TIMEOUT + DEADLINE_MARGIN
+        task = asyncio.create_task(self._expire(vm, running, float(deadline)))
+        self._watchdogs.add(task)
+        task.add_done_callback(self._watchdogs.discard)
         return {"id": row.uuid, "uri": uri, "domain": row.name}
+
+    async def _expire(self, vm: Vm, running: Any, deadline: float) -> None:
+        """Remove the incoming QEMU if nobody finished or deleted it in time."""
+        await asyncio.sleep(deadline)
+        if vm.running is running and vm.reason == MIGRATING_IN:
+            await self._remove_incoming(vm, "incoming migration expired")
 
     async def _remove_incoming(self, vm: Vm, reason: str) -> None:
         """Kill the incoming QEMU and remove the transient definition (idempotent)."""
@@ -210,6 +232,7 @@ class MigrationService:
         live = running.live if running.live is not None else load_domain(definition)
         caps, _binary = self._caps_for(live)
         incoming = {"spec": dump_domain(live), "persistent_spec": definition,
+                    "deadline": options.timeout + DEADLINE_MARGIN,
                     "machine_type": caps.machine_type(live.machine.value),
                     "accelerator": running.accel, "address": address}
         try:
