@@ -36,6 +36,9 @@ class FakeMonitor:
             self.statuses = ["cancelled"]
         return {}
 
+    def expect(self, event: str) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()  # never comes: polling decides
+
     def commands(self) -> list[str]:
         return [name for name, _ in self.sent if not name.startswith("query-")]
 

@@ -108,20 +108,29 @@ async def finish_incoming(monitor: Monitor) -> None:
 
 async def wait_status(monitor: Monitor, wanted: set[str], deadline: float,
                       what: str) -> dict[str, Any]:
-    """Poll ``query-migrate`` until its status is one of ``wanted``; failed/cancelled
-    raise QemuError with QEMU's reason."""
-    while True:
-        info: dict[str, Any] = await monitor.execute("query-migrate")
-        status = info.get("status")
-        if status in wanted:
-            return info
-        if status in ("failed", "cancelled"):
-            raise QemuError(f"{what}: the migration {status}"
-                            + (f": {info['error-desc']}" if info.get("error-desc") else ""))
-        if time.monotonic() > deadline:
-            raise TimeoutExpired(f"{what}: not done in time (status {status})",
-                                 fix="raise --timeout, or --bandwidth")
-        await asyncio.sleep(POLL)
+    """Wait until ``query-migrate``'s status is one of ``wanted``; failed/cancelled
+    raise QemuError with QEMU's reason.  Woken by QEMU's MIGRATION events (the
+    ``events`` capability), with polling as the fallback: at ``pre-switchover`` the
+    guest is stopped, so every millisecond of waiting here is downtime."""
+    event = monitor.expect("MIGRATION")
+    try:
+        while True:
+            if event.done():  # registered again before asking, so no change is missed
+                event = monitor.expect("MIGRATION")
+            info: dict[str, Any] = await monitor.execute("query-migrate")
+            status = info.get("status")
+            if status in wanted:
+                return info
+            if status in ("failed", "cancelled"):
+                raise QemuError(f"{what}: the migration {status}"
+                                + (f": {info['error-desc']}" if info.get("error-desc")
+                                   else ""))
+            if time.monotonic() > deadline:
+                raise TimeoutExpired(f"{what}: not done in time (status {status})",
+                                     fix="raise --timeout, or --bandwidth")
+            await asyncio.wait({event}, timeout=POLL)
+    finally:
+        event.cancel()
 
 
 async def configure_source(monitor: Monitor, options: Options) -> None:
