@@ -31,6 +31,7 @@ from tests.real.conftest import (
     wait_for,
 )
 from virtkit.cli.client import ApiError, Client
+from virtkit.errors import VirtkitError
 from virtkit.images.tinyguest import TinyGuest
 from virtkit.paths import state_paths
 
@@ -196,7 +197,7 @@ def _in_background(source: DaemonHandle, destination: DaemonHandle, name: str,
     def run() -> None:
         try:  # 1 MiB/s: slow enough to act before switch-over
             outcome["result"] = _migrate(source, destination, name, bandwidth=1)
-        except ApiError as exc:
+        except VirtkitError as exc:  # ApiError, or the connection broke
             outcome["error"] = exc
     thread = threading.Thread(target=run)
     thread.start()
@@ -277,3 +278,26 @@ def test_an_incoming_migration_nobody_finishes_expires(daemon: DaemonHandle) -> 
     assert daemon.qemu_pids() == []
     # the source asking again afterwards is fine
     assert daemon.client.request("DELETE", f"/v1/migrations/{answer['id']}")["removed"] is False
+
+
+def test_a_source_daemon_crash_mid_way_cancels_on_restart(
+        pair: tuple[DaemonHandle, DaemonHandle]) -> None:
+    """QEMU migrates on without its daemon; the restarted daemon cancels what nobody
+    drives any more, the guest runs on here, the destination's QEMU ends with the
+    broken stream and its definition goes."""
+    source, destination = pair
+    _booted(source, "mig8")
+    outcome: dict[str, Any] = {}
+    thread = _in_background(source, destination, "mig8", outcome)
+    try:
+        wait_for(lambda: _job(source, "mig8").get("status") == "active", 60, "the job")
+        source.kill9()
+    finally:
+        thread.join(120)
+    assert "error" in outcome, outcome
+    source.restart()
+    info = source.info("mig8")
+    assert (info["state"], info["reason"]) == ("running", "reattached"), info
+    assert "ok-7" in source.console_run("mig8", "echo ok-$((3+4))", "ok-7")
+    wait_for(lambda: "mig8" not in _names(destination), 30, "the destination to clean up")
+    assert destination.qemu_pids() == []

@@ -38,7 +38,7 @@ from virtkit.model.state import Action, State, check_action, check_transition
 from virtkit.paths import StatePaths
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
-from virtkit.runtime import savefile
+from virtkit.runtime import migration, savefile
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.launcher import CapsProvider, OpenTap, Running, TapProvider, launch
 from virtkit.store.db import Store
@@ -585,6 +585,10 @@ class Lifecycle:
             return State.SHUTOFF, "install finished", "installed", follow
         if vm.expected_exit == "panic":
             return State.CRASHED, "guest panicked", "stopped", None
+        if vm.expected_exit is None and vm.reason == "migrating in":
+            # the stream broke or the source cancelled: QEMU exits by design, no crash
+            # policy applies, and a transient incoming definition goes with it
+            return State.SHUTOFF, "incoming migration failed", "stopped", None
         if vm.expected_exit is not None:
             return State.SHUTOFF, vm.expected_exit, "stopped", None
         if shutdown.get("guest"):
@@ -666,11 +670,15 @@ class Lifecycle:
         if status == "shutdown":
             await self._kill(vm, "shutdown")
             return f"{vm.name}: QEMU pid {process.pid} had shut down; cleaned up"
+        if status != "unknown" and reason != "migrating in":
+            status = await migration.abandon_outgoing(monitor, status)
         if vm.state is not State.CRASHED:
-            paused = status in ("paused", "prelaunch", "suspended")
+            paused = status in ("paused", "prelaunch", "suspended", *migration.STOPPED_BY)
             state = State.PAUSED if paused else State.RUNNING
             vm.state = state  # QEMU's own status is the truth here, whatever was recorded
-            self._set_state(vm, state, "reattached")
+            # an incoming migration keeps its marker: the source may still finish or delete it
+            incoming = reason == "migrating in" and status == "inmigrate"
+            self._set_state(vm, state, "migrating in" if incoming else "reattached")
         return f"{vm.name}: reattached to QEMU pid {process.pid} ({status})"
 
     async def close(self) -> None:

@@ -30,6 +30,10 @@ BOTH_ENDS = ("events", "return-path")
 #: the source also stops before handing over, so a dead destination fails the migration
 SOURCE_ONLY = ("pause-before-switchover",)
 POLL = 0.05
+#: QEMU run states a migration leaves the guest stopped in (not "paused" by anyone)
+STOPPED_BY = ("inmigrate", "postmigrate", "finish-migrate")
+#: query-migrate states of an outgoing migration still under way
+UNDER_WAY = ("setup", "active", "pre-switchover", "device", "wait-unplug")
 DEFAULT_TIMEOUT = 3600.0
 
 
@@ -154,6 +158,23 @@ async def cancel(monitor: Monitor) -> None:
     with contextlib.suppress(VirtkitError):
         if (await monitor.execute("query-status"))["status"] != "running":
             await monitor.execute("cont")
+
+
+async def abandon_outgoing(monitor: Monitor, status: str) -> str:
+    """After a daemon restart: an outgoing migration nobody drives any more is
+    cancelled and the guest runs on here (with pause-before-switchover QEMU would
+    otherwise wait at pre-switchover for ever).  A *completed* one is left stopped:
+    the destination may run the VM.  Returns QEMU's run status afterwards."""
+    try:
+        state = (await monitor.execute("query-migrate")).get("status")
+        if state not in UNDER_WAY:
+            return status
+        log.warning("cancelling an outgoing migration left by an earlier daemon")
+        await cancel(monitor)
+        return str((await monitor.execute("query-status"))["status"])
+    except VirtkitError as exc:
+        log.error("cannot check for an abandoned migration: %s", exc)
+        return status
 
 
 async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict[str, Any],
