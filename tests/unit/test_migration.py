@@ -13,7 +13,7 @@ import pytest
 from virtkit.cli.migrate import destination
 from virtkit.errors import InvalidSpec, QemuError, Unsupported, VirtkitError
 from virtkit.runtime import migration
-from virtkit.service.migrations import _address, _options
+from virtkit.service.migrations import MAX_DEADLINE, _address, _deadline, _options
 
 
 class FakeMonitor:
@@ -150,6 +150,10 @@ def test_request_checks() -> None:
         _options({"bandwidth": -1})
     with pytest.raises(InvalidSpec):
         _options({"downtime_limit": True})
+    default = migration.DEFAULT_TIMEOUT + 60
+    for odd in (None, True, -1, 0, float("nan"), float("inf"), "5"):
+        assert _deadline(odd) == default
+    assert (_deadline(2), _deadline(10**12)) == (2.0, MAX_DEADLINE)
 
 
 def _cli_args(**values: Any) -> argparse.Namespace:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import math
 import time
 from typing import Any
 
@@ -31,6 +32,7 @@ MIGRATING_IN = "migrating in"
 #: seconds past the source's own timeout an unfinished incoming migration is kept: a
 #: source daemon that died mid-way must not leave a paused QEMU here for ever
 DEADLINE_MARGIN = 60.0
+MAX_DEADLINE = 7 * 86400.0
 
 
 def _address(value: Any, field: str = "address") -> str:
@@ -41,6 +43,14 @@ def _address(value: Any, field: str = "address") -> str:
         raise InvalidSpec(f"{field}: {value!r} is not an IP address", field=field,
                           fix="give the address the destination QEMU listens on, "
                               "e.g. 192.0.2.10") from None
+
+
+def _deadline(value: Any) -> float:
+    """Seconds an incoming migration may stay unfinished (JSON allows Infinity/NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        return migration.DEFAULT_TIMEOUT + DEADLINE_MARGIN
+    return min(float(value), MAX_DEADLINE)
 
 
 def _options(body: dict[str, Any]) -> migration.Options:
@@ -124,10 +134,7 @@ class MigrationService:
         except BaseException:
             await self._remove_incoming(vm, "incoming migration failed")
             raise
-        deadline = body.get("deadline", migration.DEFAULT_TIMEOUT + DEADLINE_MARGIN)
-        if not isinstance(deadline, (int, float)) or isinstance(deadline, bool) or deadline <= 0:
-            deadline = migration.DEFAULT_TIMEOUT + DEADLINE_MARGIN
-        task = asyncio.create_task(self._expire(vm, running, float(deadline)))
+        task = asyncio.create_task(self._expire(vm, running, _deadline(body.get("deadline"))))
         self._watchdogs.add(task)
         task.add_done_callback(self._watchdogs.discard)
         return {"id": row.uuid, "uri": uri, "domain": row.name}
