@@ -10,6 +10,7 @@ trusted for guests that write memory during a migration, see docs/migration.md).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -30,6 +31,7 @@ from tests.real.conftest import (
     start_daemon,
     wait_for,
 )
+from tests.real.test_remote import free_port
 from virtkit.cli.client import ApiError, Client
 from virtkit.errors import VirtkitError
 from virtkit.images.tinyguest import TinyGuest
@@ -301,3 +303,29 @@ def test_a_source_daemon_crash_mid_way_cancels_on_restart(
     assert "ok-7" in source.console_run("mig8", "echo ok-$((3+4))", "ok-7")
     wait_for(lambda: "mig8" not in _names(destination), 30, "the destination to clean up")
     assert destination.qemu_pids() == []
+
+
+def test_to_a_tls_destination_by_the_cli(pair: tuple[DaemonHandle, DaemonHandle]) -> None:
+    """The source daemon reaches the destination's TLS listener with the API token and
+    CA the CLI read (--dest-token-file, --dest-ca)."""
+    source, destination = pair
+    destination.cli("tls", "setup", "--hostname", "127.0.0.1")
+    token_file = destination.root / "migration-token"
+    destination.cli("token", "create", "--name", "migration", "--output", str(token_file))
+    destination.process.send_signal(signal.SIGTERM)
+    destination.process.wait(10)
+    port = free_port()
+    destination.process = start_daemon(destination.root,
+                                       extra=("--listen-tls", f"127.0.0.1:{port}"))
+    _booted(source, "mig9")
+    uri = f"virtkit+tls://127.0.0.1:{port}"
+    ca = str(destination.root / "tls" / "ca.pem")
+    refused = source.cli("migrate", "--live", "mig9", uri, "--dest-ca", ca,
+                         "--dest-token", "not-a-token", check=False)
+    assert refused.returncode != 0 and "destination" in refused.stderr
+    assert source.state("mig9") == "running" and "mig9" not in _names(destination)
+    done = source.cli("migrate", "--live", "--persistent", "--undefinesource", "mig9", uri,
+                      "--dest-ca", ca, "--dest-token-file", str(token_file), "--json")
+    assert json.loads(done.stdout)["uri"].startswith("tcp:127.0.0.1:")
+    assert "ok-4" in destination.console_run("mig9", "echo ok-$((2+2))", "ok-4")
+    assert source.qemu_pids() == [] and "mig9" not in _names(source)
