@@ -142,8 +142,10 @@ def test_without_persistent_the_destination_copy_is_transient(
         pair: tuple[DaemonHandle, DaemonHandle]) -> None:
     source, destination = pair
     _booted(source, "mig2")
-    done = source.cli("migrate", "--live", "mig2", str(destination.root / "virtkitd.sock"))
+    done = source.cli("migrate", "--live", "--verbose", "--bandwidth", "16", "mig2",
+                      str(destination.root / "virtkitd.sock"))
     assert "mig2 runs on the destination" in done.stdout
+    assert "Migration: [100 %]" in done.stderr and "TCG" in done.stderr
     assert source.qemu_pids() == []
     assert source.info("mig2")["state"] == "shutoff"
     assert source.info("mig2")["reason"] == "migrated"

@@ -10,16 +10,21 @@ the HTTPS address of a TLS listener with the token and CA read here the way
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
+import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from virtkit.cli import render
 from virtkit.cli.client import Client
 from virtkit.cli.transport import local_root, parse_uri
-from virtkit.errors import InvalidSpec, Unsupported
+from virtkit.errors import InvalidSpec, Unsupported, VirtkitError
 
 LOCAL_ADDRESS = "127.0.0.1"
+PROGRESS_INTERVAL = 0.5
 
 
 def destination(text: str, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
@@ -59,6 +64,34 @@ def destination(text: str, args: argparse.Namespace) -> tuple[dict[str, Any], st
     return where, str(address)
 
 
+def _with_progress(client: Client, domain: str, call: Callable[[], Any]) -> Any:
+    """Run ``call`` (the migrate request) in a thread while domjobinfo is polled and a
+    progress line is drawn on stderr (virsh migrate --verbose)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(PROGRESS_INTERVAL)
+        with contextlib.suppress(VirtkitError):
+            job = client.get(client.domain_path(domain, "/job"))
+            total, remaining = job.get("data_total"), job.get("data_remaining")
+            if total and remaining is not None:
+                percent = int(100 * (total - remaining) / total)
+                sys.stderr.write(f"\rMigration: [{percent:3d} %]")
+                sys.stderr.flush()
+    sys.stderr.write("\rMigration: [100 %]\n" if "result" in outcome else "\n")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def cmd_migrate(client: Client, args: argparse.Namespace) -> int:
     if args.offline:
         raise Unsupported("--offline migration is not implemented yet")
@@ -73,12 +106,16 @@ def cmd_migrate(client: Client, args: argparse.Namespace) -> int:
                        ("timeout", args.timeout)):
         if value is not None:
             body[key] = value
-    result = client.post(client.domain_path(args.domain, "/migrate"), body)
+    path = client.domain_path(args.domain, "/migrate")
+    result = _with_progress(client, args.domain, lambda: client.post(path, body)) \
+        if args.verbose else client.post(path, body)
+    for warning in result.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         render.as_json(result)
         return 0
     downtime = result.get("downtime_ms")
-    print(f"Migration: [100 %] {result['domain']} runs on the destination "
+    print(f"{result['domain']} runs on the destination "
           f"({result['total_ms'] / 1000:.1f} s"
           + (f", downtime {downtime} ms" if downtime is not None else "") + ")")
     return 0
@@ -135,6 +172,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--dest-token", help="API token of the destination's TLS listener")
     p.add_argument("--dest-token-file", help="file holding that token")
     p.add_argument("--dest-ca", help="the destination's CA certificate")
+    p.add_argument("--verbose", action="store_true",
+                   help="draw the migration's progress on stderr")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_migrate)
     info = sub.add_parser("domjobinfo", help="show the migration job of a domain")

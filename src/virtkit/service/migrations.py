@@ -33,6 +33,8 @@ MIGRATING_IN = "migrating in"
 #: source daemon that died mid-way must not leave a paused QEMU here for ever
 DEADLINE_MARGIN = 60.0
 MAX_DEADLINE = 7 * 86400.0
+TCG_WARNING = ("the domain ran under TCG: QEMU 7.2's TCG can corrupt the memory of a guest "
+               "that writes it during a live migration; migrate busy guests with KVM")
 
 
 def _address(value: Any, field: str = "address") -> str:
@@ -249,6 +251,8 @@ class MigrationService:
                                  event="paused")
             raise
         await self._life.kill_locked(vm, "migrated")
+        if running.accel == "tcg":
+            result["warnings"] = [TCG_WARNING]
         return result
 
     # -- domjobinfo / domjobabort ---------------------------------------------------------
