@@ -27,6 +27,7 @@ import pytest
 from tests.real.conftest import (
     DaemonHandle,
     cleanup,
+    cleanup_networks,
     running_daemon,
     start_daemon,
     wait_for,
@@ -83,6 +84,7 @@ def netns_pair(tiny_guest: TinyGuest) -> Iterator[tuple[DaemonHandle, DaemonHand
         yield handles[0], handles[1]
     finally:
         for handle in handles:
+            cleanup_networks(handle)
             cleanup(handle)
         for ns in spaces:
             with contextlib.suppress(Exception):
@@ -331,3 +333,19 @@ def test_to_a_tls_destination_by_the_cli(pair: tuple[DaemonHandle, DaemonHandle]
     assert json.loads(done.stdout)["uri"].startswith("tcp:127.0.0.1:")
     assert "ok-4" in destination.console_run("mig9", "echo ok-$((2+2))", "ok-4")
     assert source.qemu_pids() == [] and "mig9" not in _names(source)
+
+
+def test_a_network_the_destination_lacks(netns_pair: tuple[DaemonHandle, DaemonHandle]
+                                         ) -> None:
+    """The VM's NIC is on a network only the source defines: the destination refuses
+    before starting anything and the VM stays, its network link untouched."""
+    source, destination = netns_pair
+    source.cli("net-define-as", "lab", "--mode", "isolated", "--subnet", "10.66.0.0/24")
+    source.cli("net-start", "lab")
+    _booted(source, "mig10", nics=[{"type": "network", "network": "lab"}])
+    with pytest.raises(ApiError) as excinfo:
+        _migrate(source, destination, "mig10", address=DESTINATION_IP)
+    assert "network 'lab' is not defined" in excinfo.value.message
+    assert source.info("mig10")["state"] == "running"
+    assert "ok-10" in source.console_run("mig10", "echo ok-$((5+5))", "ok-10")
+    assert "mig10" not in _names(destination) and destination.qemu_pids() == []
