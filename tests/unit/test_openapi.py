@@ -10,6 +10,7 @@ from virtkit.api.clone_routes import routes as clone_routes
 from virtkit.api.device_routes import routes as device_routes
 from virtkit.api.guest_routes import routes as guest_routes
 from virtkit.api.install_routes import routes as install_routes
+from virtkit.api.migration_routes import routes as migration_routes
 from virtkit.api.network_routes import routes as network_routes
 from virtkit.api.openapi import OPERATIONS, openapi_document
 from virtkit.api.snapshot_routes import routes as snapshot_routes
@@ -20,7 +21,7 @@ from virtkit.api.storage_routes import routes as storage_routes
 def _served() -> set[tuple[str, str]]:
     served = set()
     for route in [*routes, *storage_routes, *network_routes, *install_routes, *guest_routes,
-                  *device_routes, *clone_routes, *snapshot_routes, *stats_routes,
+                  *device_routes, *clone_routes, *migration_routes, *snapshot_routes, *stats_routes,
                   *auth_routes]:
         path = getattr(route, "path", "")
         method = getattr(route, "method", "").lower()

@@ -24,6 +24,7 @@ from virtkit.api import (
     device_routes,
     guest_routes,
     install_routes,
+    migration_routes,
     network_routes,
     snapshot_routes,
     stats_routes,
@@ -39,6 +40,7 @@ from virtkit.service.domains import DomainService
 from virtkit.service.guest import GuestService
 from virtkit.service.host import HostService
 from virtkit.service.install import InstallService
+from virtkit.service.migrations import MigrationService
 from virtkit.service.networks import NetworkService
 from virtkit.service.snapshots import SnapshotService
 from virtkit.service.stats import StatsService
@@ -67,6 +69,7 @@ class Services:
     guest: GuestService | None = None
     devices: DeviceService | None = None
     clones: CloneService | None = None
+    migrations: MigrationService | None = None
     snapshots: SnapshotService | None = None
     tokens: TokenService | None = None
     tls: TlsService | None = None
@@ -431,6 +434,9 @@ def create_app(services: Services, audit: AuditLog | None = None) -> web.Applica
     if services.clones is not None:
         app[clone_routes.CLONES] = services.clones
         app.add_routes(clone_routes.routes)
+    if services.migrations is not None:
+        app[migration_routes.MIGRATIONS] = services.migrations
+        app.add_routes(migration_routes.routes)
     if services.stats is not None and services.tuning is not None:
         app[stats_routes.STATS] = services.stats
         app[stats_routes.TUNING] = services.tuning

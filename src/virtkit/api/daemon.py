@@ -40,6 +40,7 @@ from virtkit.service.domains import DomainService
 from virtkit.service.guest import GuestService
 from virtkit.service.host import HostService
 from virtkit.service.install import InstallService
+from virtkit.service.migrations import MigrationService
 from virtkit.service.networks import NetworkService
 from virtkit.service.snapshots import SnapshotService
 from virtkit.service.stats import StatsService
@@ -125,6 +126,7 @@ class Daemon:
             self.domains, self.host, self.storage, self.networks, self.install, guest=guest,
             devices=DeviceService(self.store, self.lifecycle, self.domains, tuning),
             clones=CloneService(self.store, self.lifecycle, self.domains, guest),
+            migrations=MigrationService(self.store, self.lifecycle, self.domains, self.caps),
             snapshots=self.snapshots,
             stats=StatsService(self.store, self.lifecycle),
             tuning=tuning, tokens=TokenService(self.store), tls=TlsService(paths.root / "tls"))

@@ -255,6 +255,31 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      {"$ref": "#/components/schemas/MemoryBody"}),
     ("post", "/v1/domains/{ref}/memory", "Memory hot-add: a DIMM of size_mib",
      {"$ref": "#/components/schemas/MemoryBody"}),
+    ("post", "/v1/domains/{ref}/migrate", "Live-migrate to another daemon (this daemon "
+     "drives it; see docs/migration.md)",
+     {"type": "object", "required": ["destination"], "properties": {
+         "destination": {"type": "object", "properties": {
+             "socket": {"type": "string"}, "url": {"type": "string"},
+             "token": {"type": "string"}, "ca": {"type": "string"}}},
+         "address": {"type": "string"}, "live": {"type": "boolean"},
+         "persistent": {"type": "boolean"}, "undefine_source": {"type": "boolean"},
+         "auto_converge": {"type": "boolean"}, "copy_storage_all": {"type": "boolean"},
+         "bandwidth": {"type": "integer"}, "downtime_limit": {"type": "integer"},
+         "timeout": {"type": "integer"}}}),
+    ("get", "/v1/domains/{ref}/job", "domjobinfo: the outgoing migration now running "
+     "(type none when there is none)", None),
+    ("delete", "/v1/domains/{ref}/job", "domjobabort: cancel the outgoing migration (the "
+     "domain keeps running here)", None),
+    ("post", "/v1/migrations/incoming", "Destination: validate a migrating domain, start "
+     "its QEMU waiting for the stream; answers {id, uri}",
+     {"type": "object", "required": ["spec", "address"], "properties": {
+         "spec": {"type": "object"}, "persistent_spec": {"type": "object"},
+         "machine_type": {"type": "string"}, "accelerator": {"type": "string"},
+         "address": {"type": "string"}, "deadline": {"type": "number"}}}),
+    ("post", "/v1/migrations/{id}/finish", "Destination: run the fully received domain",
+     {"type": "object", "properties": {"persistent": {"type": "boolean"}}}),
+    ("delete", "/v1/migrations/{id}", "Destination: remove an unfinished incoming "
+     "migration (idempotent)", None),
     ("post", "/v1/domains/{ref}/clone", "virt-clone: a new domain with copied (or linked) "
      "disks, new UUID and MACs (NDJSON progress with Accept: application/x-ndjson)",
      {"type": "object", "required": ["name"], "properties": {

@@ -220,6 +220,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
         devices,
         domains,
         guest,
+        migrate,
         networks,
         snapshots,
         stats,
@@ -254,6 +255,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     guest.register(sub)
     devices.register(sub)
     clone.register(sub)
+    migrate.register(sub)
     snapshots.register(sub)
     stats.register(sub)
     _register_install(sub, options=install_options)

@@ -167,7 +167,7 @@ def prepare_nvram(domain: Domain, caps: HostCaps, paths: StatePaths) -> str | No
 
 
 async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
-                 incoming_fd: int | None = None,
+                 incoming_fd: int | None = None, incoming: str | None = None,
                  on_event: Callable[[dict[str, Any]], None] | None = None,
                  on_spawn: Callable[[QemuProcess], None] | None = None,
                  taps_for: TapProvider | None = None) -> Running:
@@ -176,6 +176,8 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
     ``on_spawn`` is called right after the process exists, before anything can
     fail, so the caller can record its pid: a daemon killed at any later point
     finds the half-started QEMU on restart instead of leaving it orphaned.
+    ``incoming_fd`` (a save file) or ``incoming`` (``defer``: an incoming live
+    migration, started later with ``migrate-incoming``) makes QEMU wait for state.
     """
     caps, binary = caps_for(domain)
     run_dir = paths.run_dir(domain.uuid)
@@ -198,7 +200,6 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
             taps = await asyncio.to_thread(taps_for, domain)
             fds.update({f"tap{index}": tap.fd for index, tap in taps.items()})
         pass_fds = list(fds.values())
-        incoming = None
         if incoming_fd is not None:
             incoming = f"fd:{incoming_fd}"
             pass_fds.append(incoming_fd)

@@ -38,7 +38,7 @@ from virtkit.model.state import Action, State, check_action, check_transition
 from virtkit.paths import StatePaths
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
-from virtkit.runtime import savefile
+from virtkit.runtime import migration, savefile
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.launcher import CapsProvider, OpenTap, Running, TapProvider, launch
 from virtkit.store.db import Store
@@ -215,7 +215,8 @@ class Lifecycle:
 
     async def _start_locked(self, vm: Vm, *, paused: bool, incoming_fd: int | None = None,
                             event: str = "started", boot_spec: Domain | None = None,
-                            run_spec: Domain | None = None) -> None:
+                            run_spec: Domain | None = None, incoming: str | None = None,
+                            reason: str | None = None) -> None:
         domain = boot_spec or run_spec or self._spec_for(vm.uuid)
         before = vm.state
 
@@ -225,7 +226,8 @@ class Lifecycle:
 
         try:
             running = await launch(domain, self._paths, self._caps_for,
-                                   incoming_fd=incoming_fd, on_spawn=record_spawn,
+                                   incoming_fd=incoming_fd, incoming=incoming,
+                                   on_spawn=record_spawn,
                                    taps_for=self._taps_for,
                                    on_event=lambda e: self._on_qmp_event(vm, e))
         except BaseException:
@@ -243,8 +245,9 @@ class Lifecycle:
             await self._kill(vm, "start failed")
             raise
         state = State.PAUSED if paused else State.RUNNING
-        reason = "installing" if boot_spec is not None else "booted"
-        self._set_state(vm, state, "user" if paused else reason, event=event)
+        if reason is None:
+            reason = "user" if paused else "installing" if boot_spec is not None else "booted"
+        self._set_state(vm, state, reason, event=event)
 
     def _adopt(self, vm: Vm, running: Running) -> None:
         vm.running = running
@@ -421,6 +424,10 @@ class Lifecycle:
             stream.flush()
             os.fsync(stream.fileno())
 
+    async def check_restorable(self, vm: Vm, running: Running) -> None:
+        """Refuse what a fresh QEMU could not take the state of (live migration too)."""
+        await self._check_restorable(vm, running)
+
     @staticmethod
     async def check_restorable(vm: Vm, running: Running, what: str = "save",
                                alternative: str = "") -> None:
@@ -465,6 +472,16 @@ class Lifecycle:
         """Start QEMU from the stored spec (the caller holds ``vm.lock``)."""
         self._refuse_preserved(vm, Action.START)
         await self._start_locked(vm, paused=paused, incoming_fd=incoming_fd, event=event)
+
+    async def start_incoming(self, vm: Vm, spec: Domain) -> Running:
+        """Start QEMU paused with ``-incoming defer`` from ``spec`` (the running
+        configuration a migration source sent); the caller holds ``vm.lock`` and
+        then sends ``migrate-incoming`` (runtime/migration.py)."""
+        self._refuse_preserved(vm, Action.START)
+        await self._start_locked(vm, paused=True, run_spec=spec, incoming="defer",
+                                 event="migrating-in", reason="migrating in")
+        assert vm.running is not None
+        return vm.running
 
     def set_state(self, vm: Vm, state: State, reason: str, event: str | None = None) -> None:
         """Record a state change the caller made through QMP (it holds ``vm.lock``)."""
@@ -573,6 +590,10 @@ class Lifecycle:
             return State.SHUTOFF, "install finished", "installed", follow
         if vm.expected_exit == "panic":
             return State.CRASHED, "guest panicked", "stopped", None
+        if vm.expected_exit is None and vm.reason == "migrating in":
+            # the stream broke or the source cancelled: QEMU exits by design, no crash
+            # policy applies, and a transient incoming definition goes with it
+            return State.SHUTOFF, "incoming migration failed", "stopped", None
         if vm.expected_exit is not None:
             return State.SHUTOFF, vm.expected_exit, "stopped", None
         if shutdown.get("guest"):
@@ -654,11 +675,15 @@ class Lifecycle:
         if status == "shutdown":
             await self._kill(vm, "shutdown")
             return f"{vm.name}: QEMU pid {process.pid} had shut down; cleaned up"
+        if status != "unknown" and reason != "migrating in":
+            status = await migration.abandon_outgoing(monitor, status)
         if vm.state is not State.CRASHED:
-            paused = status in ("paused", "prelaunch", "suspended")
+            paused = status in ("paused", "prelaunch", "suspended", *migration.STOPPED_BY)
             state = State.PAUSED if paused else State.RUNNING
             vm.state = state  # QEMU's own status is the truth here, whatever was recorded
-            self._set_state(vm, state, "reattached")
+            # an incoming migration keeps its marker: the source may still finish or delete it
+            incoming = reason == "migrating in" and status == "inmigrate"
+            self._set_state(vm, state, "migrating in" if incoming else "reattached")
         return f"{vm.name}: reattached to QEMU pid {process.pid} ({status})"
 
     async def close(self) -> None:

@@ -1,0 +1,47 @@
+"""REST routes of live migration (docs/migration.md): the source's ``migrate`` and the
+destination's incoming/finish/abort, which the source daemon calls."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from virtkit.api.common import json_body, json_response
+from virtkit.service.migrations import MigrationService
+
+routes = web.RouteTableDef()
+MIGRATIONS = web.AppKey("migrations", MigrationService)
+
+
+@routes.post("/v1/domains/{ref}/migrate")
+async def migrate(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    return json_response(await request.app[MIGRATIONS].migrate(request.match_info["ref"],
+                                                               body))
+
+
+@routes.post("/v1/migrations/incoming")
+async def incoming(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    return json_response(await request.app[MIGRATIONS].incoming(body), status=201)
+
+
+@routes.post("/v1/migrations/{id}/finish")
+async def finish(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    return json_response(await request.app[MIGRATIONS].finish(
+        request.match_info["id"], persistent=bool(body.get("persistent"))))
+
+
+@routes.delete("/v1/migrations/{id}")
+async def abort(request: web.Request) -> web.Response:
+    return json_response(await request.app[MIGRATIONS].abort(request.match_info["id"]))
+
+
+@routes.get("/v1/domains/{ref}/job")
+async def job_info(request: web.Request) -> web.Response:
+    return json_response(await request.app[MIGRATIONS].job_info(request.match_info["ref"]))
+
+
+@routes.delete("/v1/domains/{ref}/job")
+async def job_abort(request: web.Request) -> web.Response:
+    return json_response(await request.app[MIGRATIONS].job_abort(request.match_info["ref"]))

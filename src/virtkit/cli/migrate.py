@@ -1,0 +1,186 @@
+"""``virtkit migrate``: virsh's live migration command (docs/migration.md).
+
+The CLI makes one request to the *source* daemon (the one ``-c`` names); that
+daemon drives the migration and talks to the destination daemon itself.  The CLI's
+part is naming the destination in a form a daemon can use: a unix socket path, or
+the HTTPS address of a TLS listener with the token and CA read here the way
+``-c virtkit+tls://`` reads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import socket
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from virtkit.cli import render
+from virtkit.cli.client import Client
+from virtkit.cli.transport import local_root, parse_uri
+from virtkit.errors import InvalidSpec, Unsupported, VirtkitError
+
+LOCAL_ADDRESS = "127.0.0.1"
+PROGRESS_INTERVAL = 0.5
+
+
+def destination(text: str, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """The destination daemon as the source daemon reaches it, and the IP address the
+    destination QEMU should listen on by default."""
+    if text.startswith("/"):  # a daemon on this host, by its socket
+        return {"socket": text}, LOCAL_ADDRESS
+    uri = parse_uri(text)
+    if uri.scheme == "virtkit":
+        root = local_root(uri)
+        if root is None:
+            raise InvalidSpec(f"'{text}' is the local default daemon, the source itself",
+                              fix="name another daemon: virtkit:///system, a socket path, "
+                                  "or virtkit+tls://host")
+        return {"socket": str(root / "virtkitd.sock")}, LOCAL_ADDRESS
+    if uri.scheme == "virtkit+ssh":
+        raise Unsupported("migrating to a virtkit+ssh:// destination is not implemented yet",
+                          fix="use the destination's TLS listener: virtkit+tls://host")
+    token = args.dest_token
+    token_file = Path(args.dest_token_file) if args.dest_token_file else \
+        Path.home() / ".config" / "virtkit" / "tokens" / uri.host
+    if not token and token_file.is_file():
+        token = token_file.read_text().strip()
+    if not token:  # never the source's own $VIRTKIT_TOKEN: it is another daemon's secret
+        raise InvalidSpec(f"no API token for the destination {uri.host}",
+                          fix="give --dest-token-file FILE ('virtkit token create' there)")
+    if not args.dest_ca or not Path(args.dest_ca).is_file():
+        raise InvalidSpec("the source daemon needs the destination's CA certificate",
+                          fix="give --dest-ca FILE (the destination's <root>/tls/ca.pem)")
+    where = {"url": f"https://{uri.host}:{uri.port}", "token": token,
+             "ca": Path(args.dest_ca).read_text()}
+    try:
+        address = socket.getaddrinfo(uri.host, None, type=socket.SOCK_STREAM)[0][4][0]
+    except OSError as exc:
+        raise InvalidSpec(f"cannot resolve {uri.host}: {exc}",
+                          fix="give --listen-address") from None
+    return where, str(address)
+
+
+def _with_progress(client: Client, domain: str, call: Callable[[], Any]) -> Any:
+    """Run ``call`` (the migrate request) in a thread while domjobinfo is polled and a
+    progress line is drawn on stderr (virsh migrate --verbose)."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(PROGRESS_INTERVAL)
+        with contextlib.suppress(VirtkitError):
+            job = client.get(client.domain_path(domain, "/job"))
+            total, remaining = job.get("data_total"), job.get("data_remaining")
+            if total and remaining is not None:
+                percent = int(100 * (total - remaining) / total)
+                sys.stderr.write(f"\rMigration: [{percent:3d} %]")
+                sys.stderr.flush()
+    sys.stderr.write("\rMigration: [100 %]\n" if "result" in outcome else "\n")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def cmd_migrate(client: Client, args: argparse.Namespace) -> int:
+    if args.offline:
+        raise Unsupported("--offline migration is not implemented yet")
+    if args.postcopy:
+        raise Unsupported("--postcopy is not implemented yet")
+    where, address = destination(args.desturi, args)
+    body: dict[str, Any] = {
+        "destination": where, "address": args.listen_address or address, "live": True,
+        "persistent": args.persistent, "undefine_source": args.undefinesource,
+        "auto_converge": args.auto_converge, "copy_storage_all": args.copy_storage_all}
+    for key, value in (("bandwidth", args.bandwidth), ("downtime_limit", args.downtime_limit),
+                       ("timeout", args.timeout)):
+        if value is not None:
+            body[key] = value
+    path = client.domain_path(args.domain, "/migrate")
+    result = _with_progress(client, args.domain, lambda: client.post(path, body)) \
+        if args.verbose else client.post(path, body)
+    for warning in result.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        render.as_json(result)
+        return 0
+    downtime = result.get("downtime_ms")
+    print(f"{result['domain']} runs on the destination "
+          f"({result['total_ms'] / 1000:.1f} s"
+          + (f", downtime {downtime} ms" if downtime is not None else "") + ")")
+    return 0
+
+
+def cmd_domjobinfo(client: Client, args: argparse.Namespace) -> int:
+    info = client.get(client.domain_path(args.domain, "/job"))
+    if args.json:
+        render.as_json(info)
+        return 0
+    labels = (("type", "Job type"), ("operation", "Operation"), ("status", "Status"),
+              ("elapsed_ms", "Time elapsed (ms)"), ("data_processed", "Data processed"),
+              ("data_remaining", "Data remaining"), ("data_total", "Data total"),
+              ("dirty_rate", "Dirty rate (pages/s)"),
+              ("expected_downtime_ms", "Expected downtime (ms)"))
+    for key, label in labels:
+        if info.get(key) is not None:
+            value = info[key]
+            print(f"{label + ':':<24}{value.capitalize() if key == 'type' else value}")
+    return 0
+
+
+def cmd_domjobabort(client: Client, args: argparse.Namespace) -> int:
+    client.request("DELETE", client.domain_path(args.domain, "/job"))
+    print(f"Job of domain '{args.domain}' aborted")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = "live-migrate a running domain to another virtkitd (virsh migrate)"
+    p = sub.add_parser("migrate", help=text, description=text)
+    p.add_argument("domain")
+    p.add_argument("desturi", help="the destination daemon: virtkit+tls://host[:port], "
+                   "virtkit:///system, or the path of a local daemon's socket")
+    p.add_argument("--live", action="store_true", help="migrate while it runs (the default "
+                   "and, so far, the only mode)")
+    p.add_argument("--offline", action="store_true", help="(not implemented yet)")
+    p.add_argument("--persistent", action="store_true",
+                   help="keep the definition on the destination (else it is transient there)")
+    p.add_argument("--undefinesource", action="store_true",
+                   help="remove the definition here once the domain runs there")
+    p.add_argument("--copy-storage-all", action="store_true", help="(not implemented yet)")
+    p.add_argument("--auto-converge", action="store_true",
+                   help="throttle the guest's vCPUs if its memory changes faster than sent")
+    p.add_argument("--postcopy", action="store_true", help="(not implemented yet)")
+    p.add_argument("--bandwidth", type=int, metavar="MiB/s", help="limit the stream")
+    p.add_argument("--downtime-limit", type=int, metavar="MS",
+                   help="the longest pause the switch-over may cause")
+    p.add_argument("--timeout", type=int, metavar="SECONDS",
+                   help="give up (the domain keeps running here) after this long")
+    p.add_argument("--listen-address", metavar="IP",
+                   help="the address the destination QEMU listens on (default: the "
+                        "destination host's)")
+    p.add_argument("--dest-token", help="API token of the destination's TLS listener")
+    p.add_argument("--dest-token-file", help="file holding that token")
+    p.add_argument("--dest-ca", help="the destination's CA certificate")
+    p.add_argument("--verbose", action="store_true",
+                   help="draw the migration's progress on stderr")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_migrate)
+    info = sub.add_parser("domjobinfo", help="show the migration job of a domain")
+    info.add_argument("domain")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_domjobinfo)
+    abort = sub.add_parser("domjobabort", help="cancel the migration job of a domain "
+                           "(it keeps running here)")
+    abort.add_argument("domain")
+    abort.set_defaults(func=cmd_domjobabort)

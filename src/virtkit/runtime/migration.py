@@ -1,0 +1,216 @@
+"""Live migration: the QEMU (QMP) steps of both ends; the protocol is docs/migration.md.
+
+The destination end: :func:`listen_incoming` (after ``Lifecycle.start_incoming``
+started QEMU with ``-incoming defer``) and :func:`finish_incoming`.  The source
+end: :func:`migrate_out` drives one outgoing migration to the point where the
+destination runs the VM, talking to the destination daemon through a
+:class:`Destination` (implemented by the service layer's peer client: the runtime
+knows nothing of HTTP).  Every failure before the destination runs the VM cancels
+the migration, asks the destination to remove its QEMU, and leaves the VM running
+here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from virtkit.errors import Conflict, QemuError, TimeoutExpired, VirtkitError
+from virtkit.qemu.monitor import Monitor
+
+log = logging.getLogger(__name__)
+
+#: capabilities both ends must agree on (QEMU refuses a return path only one side has)
+BOTH_ENDS = ("events", "return-path")
+#: the source also stops before handing over, so a dead destination fails the migration
+SOURCE_ONLY = ("pause-before-switchover",)
+POLL = 0.05
+#: QEMU run states a migration leaves the guest stopped in (not "paused" by anyone)
+STOPPED_BY = ("inmigrate", "postmigrate", "finish-migrate")
+#: query-migrate states of an outgoing migration still under way
+UNDER_WAY = ("setup", "active", "pre-switchover", "device", "wait-unplug")
+DEFAULT_TIMEOUT = 3600.0
+
+
+class MigrationOutcomeUnknown(VirtkitError):
+    """The destination was asked to run the VM and no answer came: it may be running
+    there, so the source must neither continue nor kill its copy."""
+
+    http_status = 504
+
+
+class Destination(Protocol):
+    """The destination daemon, as the source daemon sees it (service/peer.py)."""
+
+    async def incoming(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def finish(self, migration: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Run the VM there; MigrationOutcomeUnknown when no answer came."""
+        ...
+
+    async def abort(self, migration: str) -> None: ...
+
+
+@dataclass
+class Options:
+    """What ``virtkit migrate`` asked for (virsh's flag names)."""
+
+    persistent: bool = False
+    undefine_source: bool = False
+    auto_converge: bool = False
+    bandwidth_mib: int | None = None
+    downtime_ms: int | None = None
+    timeout: float = DEFAULT_TIMEOUT
+
+
+def tcp_uri(host: str, port: int) -> str:
+    """QEMU's ``tcp:HOST:PORT``, with an IPv6 address in brackets."""
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    return f"tcp:{host}:{port}"
+
+
+async def set_capabilities(monitor: Monitor, names: tuple[str, ...]) -> None:
+    await monitor.execute("migrate-set-capabilities", {"capabilities": [
+        {"capability": name, "state": True} for name in names]})
+
+
+# -- the destination end ---------------------------------------------------------
+
+async def listen_incoming(monitor: Monitor, address: str) -> str:
+    """Make the paused ``-incoming defer`` QEMU listen on ``address`` (a port QEMU
+    picks); the ``tcp:`` URI the source must send to."""
+    await set_capabilities(monitor, BOTH_ENDS)
+    await monitor.execute("migrate-incoming", {"uri": tcp_uri(address, 0)})
+    info = await monitor.execute("query-migrate")
+    for where in info.get("socket-address", []):
+        if where.get("type") == "inet" and where.get("port"):
+            return tcp_uri(address, int(where["port"]))
+    raise QemuError("the incoming QEMU did not say which port it listens on",
+                    reply=info)
+
+
+async def finish_incoming(monitor: Monitor) -> None:
+    """Check the whole state arrived, then let the guest run."""
+    info = await monitor.execute("query-migrate")
+    if info.get("status") != "completed":
+        raise Conflict(f"the incoming migration is not complete here "
+                       f"(status {info.get('status', 'unknown')})")
+    status = (await monitor.execute("query-status"))["status"]
+    if status != "paused":
+        raise Conflict(f"the incoming QEMU is '{status}', not paused with the full state")
+    await monitor.execute("cont")
+
+
+# -- the source end --------------------------------------------------------------
+
+async def wait_status(monitor: Monitor, wanted: set[str], deadline: float,
+                      what: str) -> dict[str, Any]:
+    """Wait until ``query-migrate``'s status is one of ``wanted``; failed/cancelled
+    raise QemuError with QEMU's reason.  Woken by QEMU's MIGRATION events (the
+    ``events`` capability), with polling as the fallback: at ``pre-switchover`` the
+    guest is stopped, so every millisecond of waiting here is downtime."""
+    event = monitor.expect("MIGRATION")
+    try:
+        while True:
+            if event.done():  # registered again before asking, so no change is missed
+                event = monitor.expect("MIGRATION")
+            info: dict[str, Any] = await monitor.execute("query-migrate")
+            status = info.get("status")
+            if status in wanted:
+                return info
+            if status in ("failed", "cancelled"):
+                raise QemuError(f"{what}: the migration {status}"
+                                + (f": {info['error-desc']}" if info.get("error-desc")
+                                   else ""))
+            if time.monotonic() > deadline:
+                raise TimeoutExpired(f"{what}: not done in time (status {status})",
+                                     fix="raise --timeout, or --bandwidth")
+            await asyncio.wait({event}, timeout=POLL)
+    finally:
+        event.cancel()
+
+
+async def configure_source(monitor: Monitor, options: Options) -> None:
+    caps = BOTH_ENDS + SOURCE_ONLY + (("auto-converge",) if options.auto_converge else ())
+    await set_capabilities(monitor, caps)
+    params: dict[str, Any] = {
+        # QEMU's default 128 MiB/s cap is for WANs; no cap unless asked
+        "max-bandwidth": (options.bandwidth_mib or 0) * 2**20 or 2**40}
+    if options.downtime_ms is not None:
+        params["downtime-limit"] = options.downtime_ms
+    await monitor.execute("migrate-set-parameters", params)
+
+
+async def cancel(monitor: Monitor) -> None:
+    """Cancel an outgoing migration and make sure the guest runs here again."""
+    with contextlib.suppress(VirtkitError):
+        await monitor.execute("migrate_cancel")
+    with contextlib.suppress(VirtkitError):
+        await wait_status(monitor, {"cancelled", "failed", "completed", "none"},
+                          time.monotonic() + 30, "cancelling")
+    with contextlib.suppress(VirtkitError):
+        if (await monitor.execute("query-status"))["status"] != "running":
+            await monitor.execute("cont")
+
+
+async def abandon_outgoing(monitor: Monitor, status: str) -> str:
+    """After a daemon restart: an outgoing migration nobody drives any more is
+    cancelled and the guest runs on here (with pause-before-switchover QEMU would
+    otherwise wait at pre-switchover for ever).  A *completed* one is left stopped:
+    the destination may run the VM.  Returns QEMU's run status afterwards."""
+    try:
+        state = (await monitor.execute("query-migrate")).get("status")
+        if state not in UNDER_WAY:
+            return status
+        log.warning("cancelling an outgoing migration left by an earlier daemon")
+        await cancel(monitor)
+        return str((await monitor.execute("query-status"))["status"])
+    except VirtkitError as exc:
+        log.error("cannot check for an abandoned migration: %s", exc)
+        return status
+
+
+async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict[str, Any],
+                      options: Options) -> dict[str, Any]:
+    """Migrate the running VM behind ``monitor`` to ``destination``; when this returns,
+    the VM runs there and the caller stops the QEMU here.  ``incoming`` is the body of
+    the destination's incoming call.  Any failure before that raises with the VM
+    running here and nothing left on the destination (except MigrationOutcomeUnknown:
+    then the VM is paused here and may run there)."""
+    started = time.monotonic()
+    deadline = started + options.timeout
+    answer = await destination.incoming(incoming)
+    migration, uri = str(answer["id"]), str(answer["uri"])
+    try:
+        await configure_source(monitor, options)
+        await monitor.execute("migrate", {"uri": uri})
+        await wait_status(monitor, {"pre-switchover"}, deadline, "sending the memory")
+        await monitor.execute("migrate-continue", {"state": "pre-switchover"})
+        info = await wait_status(monitor, {"completed"}, deadline, "switching over")
+    except BaseException:
+        await cancel(monitor)
+        with contextlib.suppress(VirtkitError):
+            await destination.abort(migration)
+        raise
+    try:
+        finished = await destination.finish(migration, {"persistent": options.persistent})
+    except MigrationOutcomeUnknown:
+        raise
+    except BaseException:
+        # the destination says it does not run the VM: it goes on here
+        with contextlib.suppress(VirtkitError):
+            await destination.abort(migration)
+        with contextlib.suppress(VirtkitError):
+            await monitor.execute("cont")
+        raise
+    ram = info.get("ram", {})
+    return {"destination": finished, "total_ms": round((time.monotonic() - started) * 1000),
+            "downtime_ms": info.get("downtime"), "transferred": ram.get("transferred"),
+            "uri": uri}
