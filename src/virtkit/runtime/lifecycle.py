@@ -424,10 +424,6 @@ class Lifecycle:
             stream.flush()
             os.fsync(stream.fileno())
 
-    async def check_restorable(self, vm: Vm, running: Running) -> None:
-        """Refuse what a fresh QEMU could not take the state of (live migration too)."""
-        await self._check_restorable(vm, running)
-
     @staticmethod
     async def check_restorable(vm: Vm, running: Running, what: str = "save",
                                alternative: str = "") -> None:

@@ -237,7 +237,7 @@ class MigrationService:
             raise StateError(f"cannot migrate domain '{vm.name}': it is {vm.state.value}",
                              current=vm.state.value, requested="migrate",
                              fix="only a running domain is live-migrated")
-        await self._life.check_restorable(vm, running)
+        await self._life.check_restorable(vm, running, "migrate")
         live = running.live if running.live is not None else load_domain(definition)
         caps, _binary = self._caps_for(live)
         incoming = {"spec": dump_domain(live), "persistent_spec": definition,
