@@ -263,7 +263,14 @@ def netns_daemon(tiny_guest: TinyGuest) -> Iterator[DaemonHandle]:
 
 
 def cleanup_networks(handle: DaemonHandle) -> None:
-    """Kill the dnsmasq processes of this daemon by the PIDs in their pid files."""
+    """Kill the dnsmasq processes of this daemon by the PIDs in their pid files.
+
+    The daemon goes first: its network supervisor restarts a dnsmasq that dies, and a
+    dnsmasq started after this sweep would outlive the test."""
+    with contextlib.suppress(ProcessLookupError):
+        handle.process.kill()
+    with contextlib.suppress(Exception):
+        handle.process.wait(10)
     for pidfile in (handle.root / "networks").glob("*/dnsmasq.pid"):
         with contextlib.suppress(ValueError, ProcessLookupError, OSError):
             pid = int(pidfile.read_text().strip())
