@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
-from virtkit.api.common import json_body, progress_response
+from virtkit.api.common import json_body, progress_response, string_list
 from virtkit.errors import InvalidSpec
 from virtkit.service.clones import CloneService
 
 routes = web.RouteTableDef()
 CLONES = web.AppKey("clones", CloneService)
 
-
-def _strings(body: dict[str, Any], key: str) -> list[str]:
-    value = body.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise InvalidSpec(f"{key} must be a list of strings", field=key)
-    return value
 
 
 @routes.post("/v1/domains/{ref}/clone")
@@ -29,6 +21,6 @@ async def clone_domain(request: web.Request) -> web.StreamResponse:
         raise InvalidSpec("name the clone", field="name", fix="e.g. {\"name\": \"web2\"}")
     clones = request.app[CLONES]
     return await progress_response(request, lambda progress: clones.clone(
-        request.match_info["ref"], name, files=_strings(body, "files"),
+        request.match_info["ref"], name, files=string_list(body, "files"),
         auto=bool(body.get("auto")), linked=bool(body.get("linked")),
-        force=bool(body.get("force")), macs=_strings(body, "macs"), progress=progress))
+        force=bool(body.get("force")), macs=string_list(body, "macs"), progress=progress))

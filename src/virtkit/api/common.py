@@ -35,6 +35,22 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return data
 
 
+def required_text(body: dict[str, Any], key: str, default: str | None = None) -> str:
+    """``body[key]`` as a non-empty string, or InvalidSpec naming the field."""
+    value = body.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise InvalidSpec(f"{key} is required", field=key)
+    return value
+
+
+def string_list(body: dict[str, Any], key: str) -> list[str]:
+    """``body[key]`` as a list of strings ([] when absent), or InvalidSpec."""
+    value = body.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidSpec(f"{key} must be a list of strings", field=key)
+    return value
+
+
 async def progress_response(request: web.Request,
                             operation: Callable[[Progress], Awaitable[Any]],
                             status: int = 200) -> web.StreamResponse:

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from virtkit.api.common import json_body, json_response
+from virtkit.api.common import json_body, json_response, required_text
 from virtkit.errors import InvalidSpec
 from virtkit.service.devices import DeviceService
 from virtkit.service.domains import DomainService
@@ -51,12 +51,6 @@ def _size(body: dict[str, Any]) -> int | str:
     return _count(body, "size_mib")
 
 
-def _text(body: dict[str, Any], key: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value:
-        raise InvalidSpec(f"{key} is required", field=key)
-    return value
-
 
 @routes.get(PREFIX + "/disks")
 async def list_disks(request: web.Request) -> web.Response:
@@ -76,7 +70,7 @@ async def attach_disk(request: web.Request) -> web.Response:
 async def detach_disk(request: web.Request) -> web.Response:
     body = await json_body(request)
     return json_response(await _devices(request).detach_disk(
-        request.match_info["ref"], _text(body, "target"), **_scope(body)))
+        request.match_info["ref"], required_text(body, "target"), **_scope(body)))
 
 
 @routes.post(PREFIX + "/media")
@@ -86,7 +80,7 @@ async def change_media(request: web.Request) -> web.Response:
     if path is not None and not isinstance(path, str):
         raise InvalidSpec("path must be the medium's path, or null to eject", field="path")
     return json_response(await _devices(request).change_media(
-        request.match_info["ref"], _text(body, "target"), path or None,
+        request.match_info["ref"], required_text(body, "target"), path or None,
         force=bool(body.get("force")), **_scope(body)))
 
 
@@ -101,7 +95,7 @@ async def attach_interface(request: web.Request) -> web.Response:
 async def detach_interface(request: web.Request) -> web.Response:
     body = await json_body(request)
     return json_response(await _devices(request).detach_interface(
-        request.match_info["ref"], _text(body, "mac"), **_scope(body)))
+        request.match_info["ref"], required_text(body, "mac"), **_scope(body)))
 
 
 @routes.put(PREFIX + "/vcpus")
@@ -132,5 +126,5 @@ async def device_xml(request: web.Request) -> web.Response:
     """virsh attach-device / detach-device: {"xml": "<disk ...>", "live", "config"}."""
     body = await json_body(request)
     return json_response(await _devices(request).device_xml(
-        request.match_info["ref"], _text(body, "xml"),
+        request.match_info["ref"], required_text(body, "xml"),
         detach=request.match_info["action"] == "detach", **_scope(body)))

@@ -7,11 +7,9 @@ CLI can pipe them without base64.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
-from virtkit.api.common import json_body, json_response
+from virtkit.api.common import json_body, json_response, string_list
 from virtkit.errors import InvalidSpec
 from virtkit.service.guest import FILE_READ_LIMIT, GuestService
 
@@ -27,12 +25,6 @@ def _guest(request: web.Request) -> GuestService:
 def _ref(request: web.Request) -> str:
     return request.match_info["ref"]
 
-
-def _strings(body: dict[str, Any], key: str) -> list[str]:
-    value = body.get(key) or []
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise InvalidSpec(f"{key} must be a list of strings", field=key)
-    return value
 
 
 def _path(request: web.Request) -> str:
@@ -81,7 +73,7 @@ async def fsfreeze_status(request: web.Request) -> web.Response:
 async def fsfreeze(request: web.Request) -> web.Response:
     body = await json_body(request)
     return json_response(await _guest(request).fsfreeze(_ref(request),
-                                                        _strings(body, "mountpoints")))
+                                                        string_list(body, "mountpoints")))
 
 
 @routes.post(PREFIX + "/fsthaw")
@@ -108,8 +100,8 @@ async def exec_program(request: web.Request) -> web.Response:
     if not isinstance(timeout, int | float) or timeout <= 0:
         raise InvalidSpec("timeout must be a positive number of seconds", field="timeout")
     result = await _guest(request).exec(
-        _ref(request), str(body.get("path", "")), _strings(body, "args"),
-        env=_strings(body, "env"), stdin=stdin.encode() if stdin else None,
+        _ref(request), str(body.get("path", "")), string_list(body, "args"),
+        env=string_list(body, "env"), stdin=stdin.encode() if stdin else None,
         timeout=float(timeout))
     return json_response(result)
 

@@ -19,8 +19,8 @@ from typing import Any
 from aiohttp import web
 
 from virtkit.api import peerfd
-from virtkit.api.common import json_body, json_response, progress_response
-from virtkit.errors import HostError, InvalidSpec
+from virtkit.api.common import json_body, json_response, progress_response, required_text
+from virtkit.errors import HostError
 from virtkit.service.storage import StorageService
 
 routes = web.RouteTableDef()
@@ -32,12 +32,6 @@ STORAGE = web.AppKey("storage", StorageService)
 def _storage(request: web.Request) -> StorageService:
     return request.app[STORAGE]
 
-
-def _text(body: dict[str, Any], key: str, default: str | None = None) -> str:
-    value = body.get(key, default)
-    if not isinstance(value, str) or not value:
-        raise InvalidSpec(f"{key} is required", field=key)
-    return value
 
 
 @routes.get("/v1/pools")
@@ -107,7 +101,7 @@ async def list_volumes(request: web.Request) -> web.Response:
 async def create_volume(request: web.Request) -> web.Response:
     body = await json_body(request)
     result = await asyncio.to_thread(
-        _storage(request).create_volume, request.match_info["pool"], _text(body, "name"),
+        _storage(request).create_volume, request.match_info["pool"], required_text(body, "name"),
         body.get("capacity", ""), str(body.get("format", "qcow2")),
         backing=body.get("backing"), prealloc=bool(body.get("prealloc")))
     return json_response(result, status=201)
@@ -149,7 +143,7 @@ async def clone_volume(request: web.Request) -> web.StreamResponse:
     body = await json_body(request)
     storage = _storage(request)
     pool, source = request.match_info["pool"], request.match_info["volume"]
-    name, linked, fmt = _text(body, "name"), bool(body.get("linked")), body.get("format")
+    name, linked, fmt = required_text(body, "name"), bool(body.get("linked")), body.get("format")
     return await _with_progress(request, lambda progress: storage.clone_volume(
         pool, source, name, linked=linked, fmt=fmt, progress=progress))
 
@@ -159,7 +153,7 @@ async def import_volume(request: web.Request) -> web.StreamResponse:
     body = await json_body(request)
     storage = _storage(request)
     pool = request.match_info["pool"]
-    name, source = _text(body, "name"), _text(body, "source")
+    name, source = required_text(body, "name"), required_text(body, "source")
     fmt = str(body.get("format", "qcow2"))
     return await _with_progress(request, lambda progress: storage.import_volume(
         pool, name, source, fmt, progress=progress))

@@ -19,6 +19,7 @@ from virtkit.model.domain import Disk, DiskDevice, Domain, Nic
 from virtkit.model.load import load_domain
 from virtkit.model.state import State
 from virtkit.model.units import parse_mib
+from virtkit.qemu.argv import disk_slots
 from virtkit.runtime import hotplug
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.service.domains import DomainService
@@ -154,8 +155,6 @@ class DeviceService:
 
     @staticmethod
     def _targets(domain: Domain) -> list[str]:
-        from virtkit.qemu.argv import disk_slots
-
         return [slot.target for slot in disk_slots(domain)]
 
     async def change_media(self, ref: str, target: str, path: str | None, *,
