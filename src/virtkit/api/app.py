@@ -29,10 +29,12 @@ from virtkit.api import (
     snapshot_routes,
     stats_routes,
     storage_routes,
+    webui,
 )
 from virtkit.api.audit import AuditLog, audit_middleware, read_records
 from virtkit.api.common import json_body, json_response
 from virtkit.api.openapi import openapi_document
+from virtkit.api.websession import SessionStore
 from virtkit.errors import Conflict, InvalidSpec, VirtkitError
 from virtkit.service.clones import CloneService
 from virtkit.service.devices import DeviceService
@@ -310,6 +312,56 @@ async def get_vnc(request: web.Request) -> web.Response:
     return json_response(_services(request).domains.vncdisplay(request.match_info["ref"]))
 
 
+#: what QEMU's VNC server is reached at when it listens on every address
+_WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+@routes.get("/v1/domains/{ref}/vnc/websocket")
+async def vnc_websocket(request: web.Request) -> web.StreamResponse:
+    """Proxy a WebSocket (noVNC's ``binary`` protocol) to the domain's VNC server.
+
+    The browser never reaches QEMU's VNC port itself: it stays on localhost (or
+    wherever the spec put it) and this proxy carries the RFB bytes both ways.
+    """
+    vnc = _services(request).domains.vncdisplay(request.match_info["ref"])
+    host = str(vnc.get("host") or "")
+    host = _WILDCARD_TO_LOOPBACK.get(host, host)
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, int(vnc["port"])), timeout=5.0)
+    except (OSError, TimeoutError) as exc:
+        raise Conflict(f"cannot reach the VNC display at {host}:{vnc['port']}: {exc}",
+                       fix="check that the domain is still running") from None
+    ws = web.WebSocketResponse(heartbeat=30, protocols=("binary",))
+    await ws.prepare(request)
+    await _pump(ws, reader, writer, b"VNC display closed")
+    return ws
+
+
+async def _pump(ws: web.WebSocketResponse, reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter, closing: bytes) -> None:
+    """Carry bytes between a WebSocket and a stream until either side closes."""
+
+    async def stream_to_client() -> None:
+        while data := await reader.read(65536):
+            await ws.send_bytes(data)
+        await ws.close(message=closing)
+
+    pump = asyncio.create_task(stream_to_client())
+    try:
+        async for message in ws:
+            if message.type == WSMsgType.BINARY:
+                writer.write(message.data)
+            elif message.type == WSMsgType.TEXT:
+                writer.write(message.data.encode())
+            await writer.drain()
+    finally:
+        pump.cancel()
+        with contextlib.suppress(BaseException):
+            await pump
+        writer.close()
+
+
 @routes.get("/v1/domains/{ref}/console/log")
 async def get_console_log(request: web.Request) -> web.StreamResponse:
     services = _services(request)
@@ -344,25 +396,9 @@ async def console(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=30)
     await ws.prepare(request)
     services.consoles[key] = ws
-
-    async def guest_to_client() -> None:
-        while data := await reader.read(65536):
-            await ws.send_bytes(data)
-        await ws.close(message=b"guest console closed")
-
-    pump = asyncio.create_task(guest_to_client())
     try:
-        async for message in ws:
-            if message.type == WSMsgType.BINARY:
-                writer.write(message.data)
-            elif message.type == WSMsgType.TEXT:
-                writer.write(message.data.encode())
-            await writer.drain()
+        await _pump(ws, reader, writer, b"guest console closed")
     finally:
-        pump.cancel()
-        with contextlib.suppress(BaseException):
-            await pump
-        writer.close()
         if services.consoles.get(key) is ws:
             del services.consoles[key]
     return ws
@@ -397,8 +433,11 @@ async def events(request: web.Request) -> web.StreamResponse:
 MAX_BODY = 4 * 1024 * 1024
 
 
-def create_app(services: Services, audit: AuditLog | None = None) -> web.Application:
-    """The aiohttp application serving the v1 API; ``audit`` logs every mutating call."""
+def create_app(services: Services, audit: AuditLog | None = None,
+               web_sessions: SessionStore | None = None) -> web.Application:
+    """The aiohttp application serving the v1 API; ``audit`` logs every mutating call;
+    ``web_sessions`` (when the daemon serves the web console) adds the console's page
+    and login, and lets its browser sessions use the API."""
     # auth before everything but the audit: a network request without a valid token
     # reaches nothing else (and the audit log records the refusal)
     middlewares: list[Any] = [auth.auth_middleware, error_middleware]
@@ -418,6 +457,8 @@ def create_app(services: Services, audit: AuditLog | None = None) -> web.Applica
     app.add_routes(network_routes.routes)
     if services.tokens is not None and services.tls is not None:
         auth.install(app, services.tokens, services.tls)
+        if web_sessions is not None:
+            webui.install(app, web_sessions, services.tokens)
     if services.snapshots is not None:
         app[snapshot_routes.SNAPSHOTS] = services.snapshots
         app.add_routes(snapshot_routes.routes)

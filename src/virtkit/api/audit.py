@@ -1,7 +1,8 @@
 """The audit log: one JSON line per mutating API call (POST, PUT, PATCH, DELETE).
 
 Each line says who asked (the peer's uid, gid and pid, read with ``SO_PEERCRED``
-from the unix socket: the kernel's word, not the client's), what (method, path,
+from the unix socket: the kernel's word, not the client's; for a network client the
+name of its API token or the web console's logged-in user), what (method, path,
 the object named in the path or answered by a define), and how it ended (HTTP
 status, duration in milliseconds)::
 
@@ -170,6 +171,7 @@ def audit_middleware(audit: AuditLog) -> Callable[[web.Request, Handler],
                 "uid": creds[1] if creds else None,
                 "gid": creds[2] if creds else None,
                 "pid": creds[0] if creds else None,
+                "user": request.get("principal"),
                 "method": request.method,
                 "path": request.path,
                 "object": _object_name(request, response),

@@ -7,6 +7,13 @@ other request (the TLS listener; there is no plain TCP listener) must carry
 is made from the connection's socket family, not from which listener accepted it,
 so a listener added later cannot forget it.
 
+A browser of the web console (:mod:`virtkit.api.webui`) has no token to send: it
+logs in once and then carries a session cookie.  A request with that cookie is
+accepted when the session is alive and, if it changes anything, carries the
+session's CSRF token; a WebSocket handshake with it must come from the console's
+own origin (browsers send ``Origin`` and scripts cannot forge it).  The console's
+static page and its login are the only paths open without either.
+
 Token and TLS administration (``/v1/tokens``, ``/v1/tls``) is local only: a stolen
 token cannot mint itself a successor or replace the certificate.
 """
@@ -19,7 +26,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from virtkit.api import webui
 from virtkit.api.common import json_body, json_response
+from virtkit.api.websession import COOKIE, CSRF_HEADER
 from virtkit.errors import Forbidden, InvalidSpec, Unauthorized, VirtkitError
 from virtkit.service.tls import TlsService
 from virtkit.service.tokens import TokenService
@@ -29,6 +38,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TOKENS = web.AppKey("tokens", TokenService)
 TLS = web.AppKey("tls", TlsService)
 LOCAL_ONLY = ("/v1/tokens", "/v1/tls")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def is_local(request: web.Request) -> bool:
@@ -42,10 +52,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if is_local(request):
         return await handler(request)
     try:
-        tokens = request.app.get(TOKENS)
-        if tokens is None:
-            raise Unauthorized("this daemon accepts no network clients")
-        tokens.authenticate(request.headers.get("Authorization"))
+        if request.app.get(webui.SESSIONS) is not None and webui.is_public(request.path):
+            return await handler(request)
+        request["principal"] = _network_principal(request)
         if any(request.path == p or request.path.startswith(p + "/") for p in LOCAL_ONLY):
             raise Forbidden("tokens and TLS certificates are managed only on the daemon's "
                             "host", fix="run this command there (or over virtkit+ssh://)")
@@ -55,6 +64,39 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             response.headers["WWW-Authenticate"] = 'Bearer realm="virtkit"'
         return response
     return await handler(request)
+
+
+def _network_principal(request: web.Request) -> str:
+    """Who sent a network request: its API token's name or its session's user."""
+    header = request.headers.get("Authorization")
+    sessions = request.app.get(webui.SESSIONS)
+    if header is None and sessions is not None and COOKIE in request.cookies:
+        session = sessions.check(request.cookies.get(COOKIE))
+        if request.method not in SAFE_METHODS:
+            sessions.check_csrf(session, request.headers.get(CSRF_HEADER))
+        _check_origin(request)
+        return session.user
+    tokens = request.app.get(TOKENS)
+    if tokens is None:
+        raise Unauthorized("this daemon accepts no network clients")
+    return f"token:{tokens.authenticate(header).name}"
+
+
+def _check_origin(request: web.Request) -> None:
+    """Forbidden when a browser says the request comes from another site's page.
+
+    Browsers send ``Origin`` on WebSocket handshakes and on cross-origin (and most
+    same-origin) requests; it must name this very host and port.
+    """
+    origin = request.headers.get("Origin")
+    if origin is None:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            raise Forbidden("a WebSocket from a browser must say where it comes from",
+                            fix="open the web console's own page")
+        return
+    if origin != f"https://{request.host}":
+        raise Forbidden(f"a request from another site ({origin}) was refused",
+                        fix="use the web console's own page")
 
 
 routes = web.RouteTableDef()

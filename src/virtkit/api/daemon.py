@@ -26,6 +26,7 @@ from virtkit import __version__
 from virtkit.api import tlslisten
 from virtkit.api.app import Services, create_app
 from virtkit.api.audit import AuditLog
+from virtkit.api.websession import IDLE_SECONDS, SessionStore
 from virtkit.errors import VirtkitError
 from virtkit.model.load import load_domain
 from virtkit.model.network import Network
@@ -96,11 +97,17 @@ def _socket_group() -> int | None:
         return None
 
 
+#: the web console's default port (Proxmox's, which administrators know)
+WEB_PORT = 8006
+
+
 class Daemon:
     """The assembled daemon: store, runtime, services and the API server."""
 
     def __init__(self, paths: StatePaths, *, default_network: bool = False,
                  listen_tls: tlslisten.TlsListen | None = None,
+                 web_listen: tlslisten.TlsListen | None = None,
+                 web_session_idle: float = IDLE_SECONDS,
                  idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.paths = paths
         self.idle_timeout = idle_timeout
@@ -132,6 +139,8 @@ class Daemon:
             tuning=tuning, tokens=TokenService(self.store), tls=TlsService(paths.root / "tls"))
         self.default_network = default_network
         self.listen_tls = listen_tls
+        self.web_listen = web_listen
+        self.web_sessions = SessionStore(idle_seconds=web_session_idle) if web_listen else None
         self._runner: web.AppRunner | None = None
         self._supervisor: asyncio.Task[None] | None = None
 
@@ -144,7 +153,8 @@ class Daemon:
             log.info("reconcile: %s", note)
         with contextlib.suppress(VirtkitError):
             await asyncio.to_thread(self.caps.accelerator)  # warm the probe cache
-        self._runner = web.AppRunner(create_app(self.services, self.audit), access_log=None,
+        self._runner = web.AppRunner(create_app(self.services, self.audit, self.web_sessions),
+                                     access_log=None,
                                      keepalive_timeout=self.idle_timeout,
                                      max_line_size=MAX_LINE, max_field_size=MAX_LINE,
                                      max_headers=MAX_HEADERS)
@@ -159,6 +169,10 @@ class Daemon:
             await tlslisten.start(self._runner, self.listen_tls)
             log.info("serving TLS on %s:%s (API token required)", self.listen_tls.host,
                      self.listen_tls.port)
+        if self.web_listen is not None:
+            await tlslisten.start(self._runner, self.web_listen, "--web")
+            log.info("web console on https://%s:%s/ (login required)", self.web_listen.host,
+                     self.web_listen.port)
         if self.default_network:
             await asyncio.to_thread(self.networks.ensure_default)
         for note in await asyncio.to_thread(self.networks.reconcile):
@@ -195,8 +209,11 @@ class Daemon:
 async def serve(paths: StatePaths, ready_fd: int | None = None, *,
                 default_network: bool = False,
                 listen_tls: tlslisten.TlsListen | None = None,
+                web_listen: tlslisten.TlsListen | None = None,
+                web_session_idle: float = IDLE_SECONDS,
                 idle_timeout: float = IDLE_TIMEOUT) -> None:
     daemon = Daemon(paths, default_network=default_network, listen_tls=listen_tls,
+                    web_listen=web_listen, web_session_idle=web_session_idle,
                     idle_timeout=idle_timeout)
     await daemon.start()
     if ready_fd is not None:
@@ -209,6 +226,20 @@ async def serve(paths: StatePaths, ready_fd: int | None = None, *,
     await stop.wait()
     log.info("stopping; running VMs keep running")
     await daemon.stop()
+
+
+def _web_listen(paths: StatePaths, address: str, cert: Path | None,
+                key: Path | None) -> tlslisten.TlsListen:
+    """Where and with which certificate to serve the web console (one is made if none)."""
+    host, port = tlslisten.parse_address(address, WEB_PORT, "--web")
+    if (cert is None) != (key is None):
+        raise VirtkitError("give both --web-cert and --web-key, or neither")
+    if cert is None or key is None:
+        names = [host] if host not in ("0.0.0.0", "::", "") else []
+        cert, key = TlsService(paths.root / "tls").web_certificate(names)
+    listen = tlslisten.TlsListen(host, port, cert, key)
+    tlslisten.check(listen)
+    return listen
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -228,6 +259,21 @@ def main(argv: list[str] | None = None) -> None:
                         help="server certificate (PEM; default <root>/tls/server.pem)")
     parser.add_argument("--tls-key", type=Path, default=os.environ.get("VIRTKITD_TLS_KEY"),
                         help="its private key (PEM; default <root>/tls/server-key.pem)")
+    parser.add_argument("--web", metavar="HOST:PORT",
+                        default=os.environ.get("VIRTKITD_WEB") or None,
+                        help="serve the web console over HTTPS here, e.g. 127.0.0.1:8006 "
+                        "(default: $VIRTKITD_WEB; off); login with a local account in the "
+                        "virtkit group, or an API token")
+    parser.add_argument("--web-cert", type=Path, default=os.environ.get("VIRTKITD_WEB_CERT"),
+                        help="the web console's certificate (PEM; default: the one of 'virtkit "
+                        "tls setup', else a self-signed one made in <root>/tls/web.pem)")
+    parser.add_argument("--web-key", type=Path, default=os.environ.get("VIRTKITD_WEB_KEY"),
+                        help="its private key (PEM)")
+    parser.add_argument("--web-session-idle", type=float, metavar="SECONDS",
+                        default=float(os.environ.get("VIRTKITD_WEB_SESSION_IDLE",
+                                                     IDLE_SECONDS)),
+                        help="log a browser out after this many idle seconds "
+                        f"(default {IDLE_SECONDS})")
     parser.add_argument("--idle-timeout", type=float,
                         default=float(os.environ.get("VIRTKIT_IDLE_TIMEOUT", IDLE_TIMEOUT)),
                         help="close a connection that has not sent a complete request "
@@ -246,11 +292,19 @@ def main(argv: list[str] | None = None) -> None:
         except VirtkitError as exc:
             raise SystemExit(f"virtkitd: {exc}") from None
     paths.make()
+    web = None
+    if args.web:
+        try:
+            web = _web_listen(paths, args.web, args.web_cert, args.web_key)
+        except VirtkitError as exc:
+            raise SystemExit(f"virtkitd: {exc}") from None
     lock = take_instance_lock(paths)
     setup_logging(paths, args.log_level)
     try:
         asyncio.run(serve(paths, args.ready_fd, default_network=args.default_network,
-                          listen_tls=listen_tls, idle_timeout=args.idle_timeout))
+                          listen_tls=listen_tls, web_listen=web,
+                          web_session_idle=args.web_session_idle,
+                          idle_timeout=args.idle_timeout))
     except VirtkitError as exc:
         raise SystemExit(f"virtkitd: {exc}") from None
     finally:

@@ -6,7 +6,8 @@ import asyncio
 
 from aiohttp import web
 
-from virtkit.api.common import json_body, json_response
+from virtkit.api.common import json_body, json_response, string_list
+from virtkit.formats.virtinstall import parse_command_line
 from virtkit.service.install import InstallService
 
 routes = web.RouteTableDef()
@@ -15,8 +16,15 @@ INSTALL = web.AppKey("install", InstallService)
 
 @routes.post("/v1/install")
 async def install(request: web.Request) -> web.Response:
-    """Run an install request (see formats.virtinstall.InstallRequest); 201 with the VM."""
+    """Run an install request (see formats.virtinstall.InstallRequest); 201 with the VM.
+
+    ``{"argv": [...]}`` sends virt-install's own options instead (what the web
+    console's wizard does, so it can show the equivalent command line); they are
+    parsed here exactly as ``virtkit install`` parses them.
+    """
     body = await json_body(request)
+    if "argv" in body:
+        body = parse_command_line(string_list(body, "argv")).to_dict()
     result = await request.app[INSTALL].install(body)
     return json_response(result, status=200 if result.get("dry_run") else 201)
 

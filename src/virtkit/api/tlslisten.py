@@ -29,7 +29,8 @@ class TlsListen:
     key: Path
 
 
-def parse_address(text: str) -> tuple[str, int]:
+def parse_address(text: str, default_port: int = DEFAULT_PORT,
+                  option: str = "--listen-tls") -> tuple[str, int]:
     """``HOST:PORT``, ``[v6]:PORT`` or ``HOST`` (the default port) -> (host, port)."""
     text = text.strip()
     if text.startswith("["):
@@ -40,12 +41,12 @@ def parse_address(text: str) -> tuple[str, int]:
     else:
         host, port_text = text, ""
     try:
-        port = int(port_text) if port_text else DEFAULT_PORT
+        port = int(port_text) if port_text else default_port
     except ValueError:
         port = -1
     if not host or not 0 < port < 65536:
-        raise InvalidSpec(f"--listen-tls {text!r}: give HOST:PORT, e.g. 0.0.0.0:{DEFAULT_PORT}",
-                          field="listen-tls")
+        raise InvalidSpec(f"{option} {text!r}: give HOST:PORT, e.g. 0.0.0.0:{default_port}",
+                          field=option.lstrip("-"))
     return host, port
 
 
@@ -65,7 +66,8 @@ def check(listen: TlsListen) -> ssl.SSLContext:
                                "'virtkit tls setup --force'") from None
 
 
-async def start(runner: web.AppRunner, listen: TlsListen) -> web.TCPSite:
+async def start(runner: web.AppRunner, listen: TlsListen,
+                option: str = "--listen-tls") -> web.TCPSite:
     context = check(listen)
     site = web.TCPSite(runner, listen.host, listen.port, ssl_context=context,
                        reuse_address=True)
@@ -73,5 +75,5 @@ async def start(runner: web.AppRunner, listen: TlsListen) -> web.TCPSite:
         await site.start()
     except OSError as exc:
         raise VirtkitError(f"cannot listen on {listen.host}:{listen.port}: {exc.strerror}",
-                           fix="choose another --listen-tls address or port") from None
+                           fix=f"choose another {option} address or port") from None
     return site

@@ -123,6 +123,33 @@ class TlsService:
             shutil.rmtree(work, ignore_errors=True)
         return {**self.info(), "hostnames": names, "new_ca": new_ca}
 
+    def web_certificate(self, hostnames: list[str] | None = None) -> tuple[Path, Path]:
+        """The web console's certificate and key: the server certificate of ``tls setup``
+        when there is one, else a self-signed one made once (``web.pem``, ``web-key.pem``).
+        """
+        if self.cert.exists() and self.key.exists():
+            return self.cert, self.key
+        cert, key = self.folder / "web.pem", self.folder / "web-key.pem"
+        if cert.exists() and key.exists():
+            return cert, key
+        names = list(dict.fromkeys([*(hostnames or []), *default_hostnames()]))
+        entries = san_entries(names)
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o755)
+        work = Path(tempfile.mkdtemp(prefix=".web-", dir=self.folder))
+        try:
+            _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                     "-nodes", "-keyout", str(work / "web-key.pem"), "-sha256",
+                     "-days", str(SERVER_DAYS), "-subj", f"/O=virtkit/CN={names[0]}",
+                     "-addext", f"subjectAltName={','.join(entries)}",
+                     "-addext", "extendedKeyUsage=serverAuth",
+                     "-out", str(work / "web.pem"))
+            (work / "web-key.pem").chmod(0o600)
+            os.replace(work / "web-key.pem", key)
+            os.replace(work / "web.pem", cert)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return cert, key
+
     @staticmethod
     def _make_ca(ca: Path, ca_key: Path, host: str) -> None:
         _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
