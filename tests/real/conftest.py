@@ -188,10 +188,11 @@ def kill_process(pid: int, start: int | None) -> None:
 
 
 @contextlib.contextmanager
-def running_daemon(guest: TinyGuest) -> Iterator[DaemonHandle]:
-    """A daemon with a fresh state root, cleaned up (QEMUs, daemon, root) on exit."""
+def running_daemon(guest: TinyGuest, extra: tuple[str, ...] = ()) -> Iterator[DaemonHandle]:
+    """A daemon with a fresh state root (``extra``: more virtkitd arguments), cleaned up
+    (QEMUs, daemon, root) on exit."""
     root = Path(tempfile.mkdtemp(prefix="vk-", dir="/tmp"))
-    process = start_daemon(root)
+    process = start_daemon(root, extra=extra)
     handle = DaemonHandle(root, process, Client(state_paths(root), timeout=180), guest)
     try:
         yield handle

@@ -77,3 +77,6 @@ export function wsUrl(path) {
 
 export const enc = encodeURIComponent;
 export const domainPath = (name, suffix = "") => `/v1/domains/${enc(name)}${suffix}`;
+/** What the console's Delete removes with the definition (virt-manager's delete also
+ *  drops snapshot metadata and NVRAM; disk images stay). */
+export const DELETE_QUERY = "?snapshots_metadata=1&nvram=1";

@@ -1,7 +1,7 @@
 // One VM: overview with live graphs, the graphical console (noVNC), the serial
 // console (xterm.js), hardware (disks, NICs, CD media), snapshots and clone.
 
-import { del, domainPath, enc, get, post, wsUrl } from "../api.js";
+import { DELETE_QUERY, del, domainPath, enc, get, post, wsUrl } from "../api.js";
 import { act, bytes, clear, confirmDialog, every, flash, formData, h, mib, showError, stateBadge, table, time } from "../ui.js";
 import { onEvent } from "../feed.js";
 
@@ -34,12 +34,12 @@ function actions(name, info) {
   const paused = info.state === "paused";
   const go = (label, path, ok, opts = {}) => h("button", { class: opts.danger ? "danger" : null, onclick: async (e) => {
     if (opts.confirm && !await confirmDialog(opts.confirm, { confirm: label, danger: true })) return;
-    await act(e.target, () => (opts.method === "DELETE" ? del(domainPath(name)) : post(domainPath(name, path), {})), ok);
+    await act(e.target, () => (opts.method === "DELETE" ? del(domainPath(name, DELETE_QUERY)) : post(domainPath(name, path), {})), ok);
     if (opts.method === "DELETE") location.hash = "#/vms";
   } }, label);
   if (info.state === "shutoff" || info.state === "crashed") {
     return [go("Start", "/start", `${name} started`),
-      go("Delete", "", `${name} deleted`, { danger: true, method: "DELETE", confirm: `Delete the VM ${name}? Its disks are kept.` })];
+      go("Delete", "", `${name} deleted`, { danger: true, method: "DELETE", confirm: `Delete the VM ${name}? Its disks are kept; its snapshot list and firmware variables go.` })];
   }
   return [running ? go("Pause", "/suspend", `${name} paused`) : null,
     paused ? go("Resume", "/resume", `${name} resumed`) : null,

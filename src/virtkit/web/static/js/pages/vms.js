@@ -2,7 +2,7 @@
 // selected VMs (start, shut down, force off, delete).  Rows are rebuilt from one
 // HTML string per refresh so a list of hundreds of VMs renders in one layout.
 
-import { del, domainPath, get, post } from "../api.js";
+import { DELETE_QUERY, del, domainPath, get, post } from "../api.js";
 import { clear, confirmDialog, every, flash, h, showError } from "../ui.js";
 import { onEvent } from "../feed.js";
 
@@ -12,7 +12,7 @@ const BULK = [
   { label: "Start", action: (n) => post(domainPath(n, "/start"), {}), when: (d) => d.state === "shutoff" || d.state === "crashed" },
   { label: "Shut down", action: (n) => post(domainPath(n, "/shutdown"), {}), when: (d) => d.state === "running" },
   { label: "Force off", action: (n) => post(domainPath(n, "/destroy"), {}), when: (d) => d.state !== "shutoff", danger: true },
-  { label: "Delete", action: (n) => del(domainPath(n)), when: (d) => d.state === "shutoff", danger: true },
+  { label: "Delete", action: (n) => del(domainPath(n, DELETE_QUERY)), when: (d) => d.state === "shutoff", danger: true },
 ];
 
 export async function render(root) {

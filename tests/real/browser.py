@@ -1,0 +1,80 @@
+"""A real browser for the web console tests: Debian's Chromium driven by Playwright,
+and a local account that may log in (a user in the ``virtkit`` group, removed after)."""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+#: Chromium as root, headless, and quiet on this machine's closed network
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+@dataclass
+class Account:
+    user: str
+    password: str
+
+
+@contextlib.contextmanager
+def web_account() -> Iterator[Account]:
+    """A new local user with a random password in the ``virtkit`` group (made if
+    missing); both are removed afterwards."""
+    made_group = False
+    try:
+        grp.getgrnam("virtkit")
+    except KeyError:
+        subprocess.run(["groupadd", "--system", "virtkit"], check=True)
+        made_group = True
+    user = f"vkweb{secrets.token_hex(3)}"
+    password = secrets.token_urlsafe(12)
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    "--groups", "virtkit", user], check=True)
+    try:
+        subprocess.run(["chpasswd"], input=f"{user}:{password}\n", text=True, check=True)
+        yield Account(user, password)
+    finally:
+        subprocess.run(["userdel", user], check=False)
+        if made_group:
+            subprocess.run(["groupdel", "virtkit"], check=False)
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    """A headless Chromium (Playwright's Browser); missing Chromium fails the test."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail("Chromium is missing: apt-get install chromium (scripts/setup.sh test does)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def new_page(browser: Any) -> Any:
+    context = browser.new_context(ignore_https_errors=True,
+                                  viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    return page
+
+
+def log_in(page: Any, base: str, account: Account) -> None:
+    page.goto(base + "/")
+    page.fill("input[name=username]", account.user)
+    page.fill("input[name=password]", account.password)
+    page.click("#login-form button[type=submit]")
+    page.wait_for_selector("#app:not([hidden])")
