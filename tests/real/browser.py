@@ -29,9 +29,9 @@ class Account:
 
 
 @contextlib.contextmanager
-def web_account() -> Iterator[Account]:
-    """A new local user with a random password in the ``virtkit`` group (made if
-    missing); both are removed afterwards."""
+def web_account(in_group: bool = True) -> Iterator[Account]:
+    """A new local user with a random password, in the ``virtkit`` group (made if
+    missing) unless ``in_group`` is false; both are removed afterwards."""
     made_group = False
     try:
         grp.getgrnam("virtkit")
@@ -40,8 +40,9 @@ def web_account() -> Iterator[Account]:
         made_group = True
     user = f"vkweb{secrets.token_hex(3)}"
     password = secrets.token_urlsafe(12)
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                    "--groups", "virtkit", user], check=True)
+    groups = ["--groups", "virtkit"] if in_group else []
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", *groups,
+                    user], check=True)
     try:
         subprocess.run(["chpasswd"], input=f"{user}:{password}\n", text=True, check=True)
         yield Account(user, password)
