@@ -62,8 +62,10 @@ run_tests() {
     # openssh-server: tests/real/test_remote.py runs a private sshd on 127.0.0.1 (its own
     # config, key-only, stopped by PID) for virtkit+ssh:// (the package's own service is
     # not needed)
+    # chromium: the web console's end-to-end tests drive Debian's Chromium through
+    # Playwright (the Python package from PyPI; it downloads no browser of its own)
     install_packages "${RUNTIME_PACKAGES[@]}" bash virtinst libvirt-clients grub-pc-bin grub-common xorriso mtools \
-        extlinux syslinux-common debootstrap openssh-server
+        extlinux syslinux-common debootstrap openssh-server chromium
     install_python "[test]"
     "$VENV/bin/python" -m virtkit.images.tinyguest >/dev/null
     "$VENV/bin/python" -m virtkit.images.installer >/dev/null

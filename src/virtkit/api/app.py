@@ -50,6 +50,7 @@ from virtkit.service.storage import StorageService
 from virtkit.service.tls import TlsService
 from virtkit.service.tokens import TokenService
 from virtkit.service.tuning import TuningService
+from virtkit.service.weblogin import WebLogin
 from virtkit.unixsock import connect_unix
 
 log = logging.getLogger(__name__)
@@ -458,7 +459,7 @@ def create_app(services: Services, audit: AuditLog | None = None,
     if services.tokens is not None and services.tls is not None:
         auth.install(app, services.tokens, services.tls)
         if web_sessions is not None:
-            webui.install(app, web_sessions, services.tokens)
+            webui.install(app, web_sessions, WebLogin(services.tokens))
     if services.snapshots is not None:
         app[snapshot_routes.SNAPSHOTS] = services.snapshots
         app.add_routes(snapshot_routes.routes)

@@ -6,8 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from virtkit.api.common import json_body, json_response, string_list
-from virtkit.formats.virtinstall import parse_command_line
+from virtkit.api.common import json_body, json_response
 from virtkit.service.install import InstallService
 
 routes = web.RouteTableDef()
@@ -23,8 +22,6 @@ async def install(request: web.Request) -> web.Response:
     parsed here exactly as ``virtkit install`` parses them.
     """
     body = await json_body(request)
-    if "argv" in body:
-        body = parse_command_line(string_list(body, "argv")).to_dict()
     result = await request.app[INSTALL].install(body)
     return json_response(result, status=200 if result.get("dry_run") else 201)
 

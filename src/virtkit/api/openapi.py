@@ -93,6 +93,14 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("get", "/v1/domains/{ref}/vnc", "The VNC display of a running domain", None),
     ("get", "/v1/domains/{ref}/console/log", "The serial console log (?port=N&tail=BYTES)", None),
     ("get", "/v1/domains/{ref}/console", "WebSocket: the serial console (binary frames)", None),
+    ("get", "/v1/domains/{ref}/vnc/websocket",
+     "WebSocket (protocol 'binary'): the VNC display, proxied (what noVNC connects to)", None),
+    ("post", "/web/login", "Web console: log in with a local account or an API token; sets "
+     "the session cookie, answers the CSRF token", {"type": "object", "properties": {
+         "username": {"type": "string"}, "password": {"type": "string"},
+         "token": {"type": "string"}}}),
+    ("post", "/web/logout", "Web console: end this browser's session", None),
+    ("get", "/web/session", "Web console: this browser's user and CSRF token", None),
     ("get", "/v1/events", "WebSocket: the event stream (?since=ID replays the journal)", None),
     ("get", "/v1/domains/{ref}/interfaces",
      "NICs: type, source, model, MAC, tap, link and DHCP-leased addresses", None),
@@ -184,7 +192,8 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      "virsh create: define a transient domain and start it ({spec} / {yaml} / {xml, force})",
      None),
     ("post", "/v1/install",
-     "Create a VM and run its install (virtkit install's request; see docs/install.md)",
+     "Create a VM and run its install (virtkit install's request; see docs/install.md); "
+     "or {\"argv\": [...]}: virt-install's options, parsed by the daemon",
      {"type": "object", "required": ["domain", "method"], "properties": {
          "domain": {"$ref": "#/components/schemas/Domain"}, "method": {"enum": [
              "import", "cdrom", "location", "pxe", "kernel", "livecd", "none"]},

@@ -11,7 +11,6 @@ of the ``virtkit`` group may log in) or an API token (``virtkit token create``).
 
 from __future__ import annotations
 
-import asyncio
 import mimetypes
 from importlib import resources
 from pathlib import Path
@@ -20,12 +19,11 @@ from aiohttp import web
 
 from virtkit.api.common import json_body, json_response
 from virtkit.api.websession import COOKIE, SessionStore
-from virtkit.errors import Forbidden, InvalidSpec, NotFound, Unauthorized, VirtkitError
-from virtkit.host import pam
-from virtkit.service.tokens import TokenService
+from virtkit.errors import InvalidSpec, NotFound, Unauthorized
+from virtkit.service.weblogin import WebLogin
 
 SESSIONS = web.AppKey("web_sessions", SessionStore)
-WEB_TOKENS = web.AppKey("web_tokens", TokenService)
+LOGIN = web.AppKey("web_login", WebLogin)
 #: paths a browser may fetch before logging in
 PUBLIC_PREFIXES = ("/ui/",)
 PUBLIC_PATHS = frozenset({"/", "/web/login", "/favicon.ico"})
@@ -91,30 +89,20 @@ async def login(request: web.Request) -> web.Response:
     sessions.check_throttle(address)
     body = await json_body(request)
     token, user, password = body.get("token"), body.get("username"), body.get("password")
-    if token is not None:
-        if not isinstance(token, str):
-            raise InvalidSpec("token must be a string", field="token")
-        try:
-            name = request.app[WEB_TOKENS].authenticate(f"Bearer {token}").name
-        except VirtkitError:
-            sessions.record_failure(address)
-            raise Unauthorized("that API token is not valid (unknown, revoked or expired)",
-                               fix="create one with 'virtkit token create' on the host") \
-                from None
-        principal, method = f"token:{name}", "token"
-    else:
-        if not isinstance(user, str) or not isinstance(password, str) or not user:
-            raise InvalidSpec("give a user name and password, or an API token",
-                              field="username")
-        accepted = await asyncio.to_thread(pam.authenticate, user, password)
-        if not accepted:
-            sessions.record_failure(address)
-            raise Unauthorized("wrong user name or password", fix="check both and try again")
-        if not pam.may_manage(user):
-            raise Forbidden(f"the account '{user}' may not manage virtual machines",
-                            fix=f"add it to the '{pam.GROUP}' group (usermod -aG "
-                                f"{pam.GROUP} {user}), or log in as root")
-        principal, method = user, "password"
+    login = request.app[LOGIN]
+    try:
+        if token is not None:
+            if not isinstance(token, str):
+                raise InvalidSpec("token must be a string", field="token")
+            principal, method = login.with_token(token), "token"
+        else:
+            if not isinstance(user, str) or not isinstance(password, str) or not user:
+                raise InvalidSpec("give a user name and password, or an API token",
+                                  field="username")
+            principal, method = await login.with_password(user, password), "password"
+    except Unauthorized:
+        sessions.record_failure(address)
+        raise
     sessions.record_success(address)
     session_id, session = sessions.create(principal, method)
     response = json_response(session.public())
@@ -137,8 +125,8 @@ async def session_info(request: web.Request) -> web.Response:
     return json_response(request.app[SESSIONS].check(request.cookies.get(COOKIE)).public())
 
 
-def install(app: web.Application, sessions: SessionStore, tokens: TokenService) -> None:
+def install(app: web.Application, sessions: SessionStore, login: WebLogin) -> None:
     """Serve the web console on this app (its listener is started by the daemon)."""
     app[SESSIONS] = sessions
-    app[WEB_TOKENS] = tokens
+    app[LOGIN] = login
     app.add_routes(routes)

@@ -25,7 +25,7 @@ from typing import Any
 
 from virtkit.errors import Conflict, HostError, InvalidSpec, NotFound
 from virtkit.formats import osinfo
-from virtkit.formats.virtinstall import InstallRequest, NewDisk
+from virtkit.formats.virtinstall import InstallRequest, NewDisk, parse_command_line
 from virtkit.model.domain import BootDevice, Disk, Domain, LifecycleAction
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.service import hostsupport
@@ -47,6 +47,15 @@ class InstallService:
         self._osinfo_db = osinfo_db
 
     async def install(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Run an install request, or ``{"argv": [...]}``: virt-install's own options,
+        parsed exactly as ``virtkit install`` parses them (the web wizard sends these)."""
+        if "argv" in data:
+            argv = data["argv"]
+            if set(data) != {"argv"} or not isinstance(argv, list) \
+                    or not all(isinstance(word, str) for word in argv):
+                raise InvalidSpec("argv must be a list of strings, alone in the request",
+                                  field="argv")
+            data = parse_command_line(argv).to_dict()
         request = InstallRequest.from_dict(data)
         raw = dict(request.domain)
         notes = hostsupport.check(request.host_checks)
