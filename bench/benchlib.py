@@ -248,8 +248,9 @@ def _stop_pid(pid: int, timeout: float = 10.0) -> None:
 class VirtkitDaemon:
     """A private virtkitd on a fresh state root; closes by destroying its VMs and stopping it."""
 
-    def __init__(self, log_level: str = "info") -> None:
+    def __init__(self, log_level: str = "info", extra: tuple[str, ...] = ()) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="vkbench-vk-"))
+        self.extra = extra
         self.paths = state_paths(self.root)
         self.client = Client(self.paths)
         self.process: subprocess.Popen[bytes] | None = None
@@ -272,7 +273,7 @@ class VirtkitDaemon:
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "virtkit.api.daemon", "--root", str(self.root),
-                 "--ready-fd", str(write_fd), "--log-level", self._log_level],
+                 "--ready-fd", str(write_fd), "--log-level", self._log_level, *self.extra],
                 stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, pass_fds=[write_fd],
                 start_new_session=True,
             )

@@ -17,7 +17,7 @@
 #                        benchmark; with BENCH_SUITE set, BENCH_WHAT names a benchmark
 #                        of that suite (BENCH_SUITE=install BENCH_WHAT=import is
 #                        virtkit install --import vs virt-install, not vol-import)
-#   BENCH_SUITE=spine|storage|network|install|stats   run only that suite's benchmarks
+#   BENCH_SUITE=spine|storage|network|install|stats|snapshots|diskbus|web   run only that suite's benchmarks
 #                        (default: all)
 # Needs root for libvirt's qemu:///system; without libvirt installed the virtkit
 # and raw QEMU columns still run (storage: everything but virt-clone; network:
@@ -77,6 +77,10 @@ fi
 if runs snapshots; then
     python bench/bench_snapshots.py "$@" ${what:-all}
 fi
+# shellcheck disable=SC2086 # the web console in headless Chromium (needs chromium)
+if runs web; then
+    python bench/bench_web.py all
+fi
 # shellcheck disable=SC2086
 if runs diskbus; then
     python bench/bench_diskbus.py "$@" ${what:-all}
@@ -101,4 +105,7 @@ if runs snapshots; then
 fi
 if runs diskbus; then
     python bench/bench_diskbus.py report
+fi
+if runs web; then
+    python bench/bench_web.py report
 fi
