@@ -8,15 +8,22 @@ runs), and uses the tiny guest built from Debian packages.
 from __future__ import annotations
 
 import json
+import os
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
+from pathlib import Path
 
 import yaml
 
 from virtkit.images.tinyguest import BOOT_MARKER, build_tiny_guest
 
 NAME = "demo"
+#: the web console of the daemon the demo starts (docs/web.md); set VIRTKITD_WEB to move it
+WEB = os.environ.setdefault("VIRTKITD_WEB", "127.0.0.1:8006")
+WEB_TOKEN = Path(os.environ.get("VIRTKIT_ROOT") or "/var/lib/virtkit") / "web-demo.token"
 
 
 def virtkit(*args: str, check: bool = True, quiet: bool = False
@@ -64,6 +71,7 @@ def main() -> int:
             return 1
         time.sleep(0.5)
     info = json.loads(virtkit("dominfo", NAME, "--json").stdout)
+    web = web_console_line()
     vnc = virtkit("vncdisplay", NAME, check=False, quiet=True).stdout.strip()
     print(f"""
 The demo VM '{NAME}' is running (QEMU pid {info['pid']}, accelerator {info['accelerator']}).
@@ -76,8 +84,27 @@ Its guest printed {BOOT_MARKER} on the serial console.
   stop it:          virtkit shutdown {NAME}       (or: virtkit destroy {NAME})
   host check:       virtkit host check
   networks:         virtkit net-list --all   (the 'default' NAT network is ready for NICs)
+  web console:      {web}
 """)
     return 0
+
+
+def web_console_line() -> str:
+    """Where the web console answers and how to log in (an API token made for it)."""
+    url = f"https://{WEB}/"
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the daemon's self-signed certificate
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=5) as page:
+            page.read(64)
+    except OSError:
+        return ("not served by the running daemon (restart it with "
+                f"'virtkitd --web {WEB}', see docs/web.md)")
+    if not WEB_TOKEN.exists():
+        virtkit("token", "create", "--name", "web-demo", "--output", str(WEB_TOKEN), quiet=True)
+    return (f"{url}  (self-signed certificate; log in as root or a member of the "
+            f"'virtkit' group, or with the API token in {WEB_TOKEN})")
 
 
 if __name__ == "__main__":
