@@ -163,6 +163,37 @@ def test_new_vm_wizard_to_delete_in_the_browser(
         snapshots = daemon.client.get(daemon.client.domain_path("webvm", "/snapshots"))
         assert [s["name"] for s in snapshots] == ["before-shutdown"]
 
+        # -- hardware: a new volume attached live, the CD changed, the disk removed --------
+        page.goto(base + "/#/storage/kvm-vm")
+        form = page.locator("form[aria-label='New volume']")
+        form.locator("input[name=name]").fill("extra.qcow2")
+        form.locator("input[name=capacity]").fill("64M")
+        form.locator("button[type=submit]").click()
+        page.wait_for_selector("table[aria-label='Volumes in kvm-vm'] >> text=extra.qcow2")
+        page.goto(base + "/#/vm/webvm/hardware")
+        form = page.locator("form[aria-label='Add a disk']")
+        form.locator("select[name=pool]").select_option("kvm-vm")
+        page.wait_for_selector("select[name=volume] option[value='extra.qcow2']",
+                               state="attached")
+        form.locator("select[name=volume]").select_option("extra.qcow2")
+        form.locator("button[type=submit]").click()
+        page.wait_for_selector("table[aria-label=Disks] >> text=extra.qcow2")
+        live = daemon.client.get(daemon.client.domain_path("webvm", "/disks"))
+        added = next(d for d in live if (d.get("path") or "").endswith("extra.qcow2"))
+        cdrom = next(d for d in live if d["device"] == "cdrom")
+        page.locator("table[aria-label=Disks] tr", has_text=cdrom["target"]).locator(
+            "button:has-text('Change media')").click()
+        page.fill("dialog input[aria-label='ISO path']", uploaded["path"])
+        page.click("dialog button[value=yes]")
+        page.locator("table[aria-label=Disks] td", has_text=uploaded["path"]).wait_for()
+        page.locator("table[aria-label=Disks] tr", has_text=added["target"]).locator(
+            "button:has-text('Remove')").click()
+        page.click("dialog button[value=yes]")
+        wait_for(lambda: all(d["target"] != added["target"] for d in daemon.client.get(
+            daemon.client.domain_path("webvm", "/disks?inactive=1"))), 30,
+            "the disk to leave the definition")
+        shot(page, "hardware")
+
         # -- the list, live; then bulk shut down and bulk delete ----------------------------
         page.goto(base + "/#/vms")
         row = page.locator("#vm-rows tr[data-name=webvm]")
@@ -172,10 +203,21 @@ def test_new_vm_wizard_to_delete_in_the_browser(
         page.click("button:has-text('Shut down')")
         wait_for(lambda: daemon.state("webvm") == "shutoff", 120, "the guest to power off")
         row.locator("text=shutoff").wait_for()  # the list follows the event feed
+        # -- a clone of the shut-off VM, then both deleted at once -----------------------
+        page.goto(base + "/#/vm/webvm/clone")
+        page.fill("form[aria-label=Clone] input[name=name]", "webvm-copy")
+        page.click("form[aria-label=Clone] button[type=submit]")
+        page.wait_for_url("**/#/vm/webvm-copy", timeout=120_000)
+        assert daemon.info("webvm-copy")["spec"]["disks"][0]["path"] != \
+            daemon.info("webvm")["spec"]["disks"][0]["path"]
+        page.goto(base + "/#/events")
+        page.wait_for_selector("ul.events >> text=webvm-copy")
+        page.goto(base + "/#/vms")
+        page.fill("input[type=search]", "webvm")
+        page.check("thead input[type=checkbox]")  # select all shown
         page.click("button:has-text('Delete')")
         page.click("dialog button[value=yes]")
-        page.wait_for_selector("#vm-rows tr[data-name=webvm]", state="detached",
-                               timeout=15_000)
+        page.wait_for_selector("#vm-rows tr[data-name]", state="detached", timeout=15_000)
         assert [d["name"] for d in daemon.client.get("/v1/domains?all=1")] == []
         assert errors == []
         assert page.locator(".toast.error").all_inner_texts() == []
