@@ -53,6 +53,11 @@ class StatePaths:
         return self.root / "virtkitd.sock"
 
     @property
+    def socket_ro(self) -> Path:
+        """The read-only socket (libvirt's libvirt-sock-ro): reads only, see api/auth.py."""
+        return self.root / "virtkitd-ro.sock"
+
+    @property
     def pidfile(self) -> Path:
         return self.root / "virtkitd.pid"
 

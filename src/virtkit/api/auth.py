@@ -14,6 +14,10 @@ session's CSRF token; a WebSocket handshake with it must come from the console's
 own origin (browsers send ``Origin`` and scripts cannot forge it).  The console's
 static page and its login are the only paths open without either.
 
+The read-only socket ``virtkitd-ro.sock`` (mode 0660, group ``virtkit-ro``; libvirt's
+``libvirt-sock-ro``) serves reads only: GET and HEAD, and not the routes that show
+guest data (consoles, guest-agent files, volume downloads) or administer the daemon.
+
 Token and TLS administration (``/v1/tokens``, ``/v1/tls``) is local only: a stolen
 token cannot mint itself a successor or replace the certificate.
 """
@@ -47,9 +51,46 @@ def is_local(request: web.Request) -> bool:
     return sock is not None and sock.family == socket.AF_UNIX
 
 
+READ_ONLY_SOCKET = "virtkitd-ro.sock"
+#: what the read-only socket never serves, even to GET: guest output and input, disk
+#: contents, guest files, and the administration of tokens, TLS and the audit log
+READ_ONLY_DENIED = ("/console", "/vnc/websocket", "/guest/", "/download", "/v1/tokens",
+                    "/v1/tls", "/v1/audit")
+
+
+def is_read_only(request: web.Request) -> bool:
+    """True when the request came over the read-only unix socket (``virtkitd-ro.sock``)."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return False
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return False
+    if isinstance(name, bytes):
+        name = name.decode(errors="replace")
+    return isinstance(name, str) and name.endswith(READ_ONLY_SOCKET)
+
+
+def _check_read_only(request: web.Request) -> None:
+    if request.method not in SAFE_METHODS:
+        raise Forbidden(f"{request.method} {request.path} changes something: the read-only "
+                        "socket only reads", fix="use the read-write socket (members of the "
+                        "'virtkit' group), e.g. without --readonly")
+    if any(part in request.path for part in READ_ONLY_DENIED):
+        raise Forbidden(f"{request.path} is not served on the read-only socket (it reveals "
+                        "guest data or administers the daemon)",
+                        fix="use the read-write socket (members of the 'virtkit' group)")
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if is_local(request):
+        if is_read_only(request):
+            try:
+                _check_read_only(request)
+            except VirtkitError as exc:
+                return json_response(exc.to_dict(), status=exc.http_status)
         return await handler(request)
     try:
         if request.app.get(webui.SESSIONS) is not None and webui.is_public(request.path):

@@ -90,9 +90,13 @@ def setup_logging(paths: StatePaths, level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _socket_group() -> int | None:
+#: members may use the read-only socket (libvirt's read-only socket, for monitoring)
+READ_ONLY_GROUP = "virtkit-ro"
+
+
+def _socket_group(name: str = SOCKET_GROUP) -> int | None:
     try:
-        return grp.getgrnam(SOCKET_GROUP).gr_gid
+        return grp.getgrnam(name).gr_gid
     except KeyError:
         return None
 
@@ -164,6 +168,11 @@ class Daemon:
         if gid is not None and os.geteuid() == 0:
             os.chown(self.paths.socket, 0, gid)
         await web.SockSite(self._runner, sock).start()
+        read_only = bind_unix(self.paths.socket_ro, mode=0o660, backlog=128)
+        ro_gid = _socket_group(READ_ONLY_GROUP)
+        if ro_gid is not None and os.geteuid() == 0:
+            os.chown(self.paths.socket_ro, 0, ro_gid)
+        await web.SockSite(self._runner, read_only).start()
         log.info("virtkitd %s serving %s", __version__, self.paths.socket)
         if self.listen_tls is not None:
             await tlslisten.start(self._runner, self.listen_tls)
@@ -201,6 +210,7 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
         self.paths.socket.unlink(missing_ok=True)
+        self.paths.socket_ro.unlink(missing_ok=True)
         await self.lifecycle.close()
         self.store.close()
         self.audit.close()

@@ -193,7 +193,7 @@ def start_daemon(paths: StatePaths) -> int:
 
 
 def connect(root: Path | None = None, *, autostart: bool = True, uri: str | None = None,
-            **tls: Any) -> Client:
+            readonly: bool = False, **tls: Any) -> Client:
     """A client for the daemon ``uri`` (--connect; else $VIRTKIT_DEFAULT_URI) names, or the
     local one of ``root``, starting a local one if none answers.
 
@@ -215,6 +215,13 @@ def connect(root: Path | None = None, *, autostart: bool = True, uri: str | None
             return client
         root = root or local_root(parsed)
     paths = state_paths(root)
+    if readonly or os.environ.get("VIRTKIT_READONLY") == "1":
+        client = Client(paths, transport=Transport(paths.socket_ro))
+        if not client.ping():
+            raise DaemonUnreachable(f"virtkitd's read-only socket {paths.socket_ro} does not "
+                                    "answer", fix="start virtkitd (--readonly never starts "
+                                    "one), or check that you are in the 'virtkit-ro' group")
+        return client
     client = Client(paths)
     if client.ping():
         return client

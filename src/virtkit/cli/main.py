@@ -183,6 +183,7 @@ def connect_with(options: dict[str, Any], *, autostart: bool = True) -> Client:
         return Path(value) if value else None
 
     return connect(path("root"), autostart=autostart, uri=options.get("connect"),
+                   readonly=bool(options.get("readonly")),
                    token=options.get("token"), token_file=path("token_file"),
                    ca=path("ca"), fingerprint=options.get("tls_fingerprint"))
 
@@ -232,6 +233,9 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"virtkit {__version__}")
     parser.add_argument("--root", type=Path, help="state root of the daemon to talk to "
                         "(default: $VIRTKIT_ROOT or the system/user default)")
+    parser.add_argument("-r", "--readonly", action="store_true",
+                        help="connect to the daemon's read-only socket (virsh -r): lists and "
+                        "information only ($VIRTKIT_READONLY=1)")
     remote = parser.add_argument_group("remote connections (see docs/remote.md)")
     remote.add_argument("-c", "--connect", metavar="URI",
                         help="the daemon to use: virtkit:///system, "
@@ -319,6 +323,7 @@ def run(argv: list[str] | None = None) -> int:
             args.argv = [*args.argv, *program]
         client: Client | None = None
         options = {key: getattr(args, key) for key in set(GLOBAL_OPTIONS.values())}
+        options["readonly"] = args.readonly
         uri: str = args.connect or os.environ.get(URI_ENV) or ""
         remote = bool(uri) and parse_uri(uri).remote  # never check this host for another
         if args.command not in LOCAL_COMMANDS:
