@@ -8,8 +8,10 @@ import grp
 import secrets
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,12 +55,26 @@ def web_account(in_group: bool = True) -> Iterator[Account]:
 
 
 @contextlib.contextmanager
-def chromium() -> Iterator[Any]:
-    """A headless Chromium (Playwright's Browser); missing Chromium fails the test."""
+def chromium(netns: str | None = None) -> Iterator[Any]:
+    """A headless Chromium (Playwright's Browser), inside network namespace ``netns`` when
+    given (to reach a daemon that lives there); missing Chromium fails the test."""
     if shutil.which(CHROMIUM) is None:
         pytest.fail("Chromium is missing: apt-get install chromium (scripts/setup.sh test does)")
+    executable = CHROMIUM
+    with contextlib.ExitStack() as stack:
+        if netns is not None:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vkbrowser-")))
+            wrapper = folder / "chromium-in-netns"
+            wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {netns} {CHROMIUM} "$@"\n')
+            wrapper.chmod(0o755)
+            executable = str(wrapper)
+        yield stack.enter_context(_launched(executable))
+
+
+@contextlib.contextmanager
+def _launched(executable: str) -> Iterator[Any]:
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         try:
             yield browser
         finally:

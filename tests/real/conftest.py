@@ -235,6 +235,15 @@ def _ip(*args: str) -> None:
 
 @pytest.fixture
 def netns_daemon(tiny_guest: TinyGuest) -> Iterator[DaemonHandle]:
+    with daemon_in_netns(tiny_guest) as handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def daemon_in_netns(tiny_guest: TinyGuest, extra: tuple[str, ...] = ()) -> Iterator[DaemonHandle]:
+    """A daemon (with ``extra`` arguments) inside a "host" network namespace joined by a
+    veth pair to an "outside" one; both namespaces, the daemon, its QEMUs and dnsmasqs
+    are removed afterwards."""
     tag = secrets.token_hex(3)
     host, outside = f"vkt-{tag}-h", f"vkt-{tag}-o"
     root = Path(tempfile.mkdtemp(prefix="vk-", dir="/tmp"))
@@ -249,7 +258,7 @@ def netns_daemon(tiny_guest: TinyGuest) -> Iterator[DaemonHandle]:
         _ip("-n", outside, "addr", "add", f"{OUTSIDE_HOST}/24", "dev", f"vk{tag}b")
         _ip("-n", host, "link", "set", f"vk{tag}a", "up")
         _ip("-n", outside, "link", "set", f"vk{tag}b", "up")
-        process = start_daemon(root, host)
+        process = start_daemon(root, host, extra)
         handle = DaemonHandle(root, process, Client(state_paths(root), timeout=180), tiny_guest,
                               netns=host)
         handle.outside = outside  # type: ignore[attr-defined]

@@ -78,7 +78,7 @@ async function networkDetail(box, name, reload) {
   });
   clear(box, h("h2", {}, `${name}: DHCP leases`),
     table([{ title: "MAC" }, { title: "IP address" }, { title: "Host name" }, { title: "Expires" }],
-      leases.map((l) => [l.mac, l.ip || l.address || "-", l.hostname || "-", l.expires ? time(l.expires) : "-"]),
+      leases.map((l) => [l.mac, l.ip || l.address || "-", l.hostname || "-", l.expiry ? new Date(l.expiry * 1000).toLocaleString() : "-"]),
       { label: "DHCP leases", empty: info.state === "active" ? "No leases." : "The network is not active." }),
     h("h2", {}, "Reservations"),
     table([{ title: "MAC" }, { title: "IP address" }, { title: "Name" }, { title: "" }], reservations.map((r) => [r.mac, r.ip, r.name || "-",
