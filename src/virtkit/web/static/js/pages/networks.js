@@ -2,7 +2,7 @@
 // leases, reservations and port forwards.
 
 import { del, enc, get, post } from "../api.js";
-import { act, clear, confirmDialog, formData, h, showError, table, time } from "../ui.js";
+import { act, clear, confirmDialog, formData, h, showError, table } from "../ui.js";
 
 export async function render(root, [selected]) {
   const networks = await get("/v1/networks");

@@ -32,6 +32,13 @@ export async function render(root) {
   const poolOptions = (selected) => active.map((p) => h("option", { value: p.name, selected: p.name === selected }, p.name));
   const volumeOptions = (pool, filter, selected, byPath = false) => (volumes[pool] || []).filter(filter)
     .map((v) => h("option", { value: byPath ? v.path : v.name, selected: (byPath ? v.path : v.name) === selected }, `${v.name} (${bytes(v.capacity)})`));
+  /** A pool select and the disk-image volumes of the chosen pool (refilled on change). */
+  const poolAndVolume = (poolName, volumeName, pool, volume) => {
+    const volumes = h("select", { name: volumeName, "aria-label": "Volume" }, volumeOptions(pool, (v) => !isIso(v), volume));
+    const pools = h("select", { name: poolName, "aria-label": "Pool",
+      onchange: () => clear(volumes, volumeOptions(pools.value, (v) => !isIso(v), "")) }, poolOptions(pool));
+    return h("div", { class: "row" }, h("label", {}, "Pool", pools), h("label", {}, "Volume", volumes));
+  };
   const radio = (name, value, label, checked) => h("label", { class: "inline" },
     h("input", { type: "radio", name, value, checked: checked === value }), label);
 
@@ -46,8 +53,7 @@ export async function render(root) {
         radio("method", "location", "Network install (a URL or tree of an installer)", state.method),
         h("label", {}, "Location", h("input", { name: "location", value: state.location, placeholder: "https://deb.debian.org/debian/dists/stable/main/installer-amd64/" })),
         radio("method", "import", "Import an existing disk image", state.method),
-        h("div", { class: "row" }, h("label", {}, "Pool", h("select", { name: "importPool" }, poolOptions(state.importPool))),
-          h("label", {}, "Volume", h("select", { name: "importVolume" }, volumeOptions(state.importPool, (v) => !isIso(v), state.importVolume)))),
+        poolAndVolume("importPool", "importVolume", state.importPool, state.importVolume),
         radio("method", "pxe", "Network boot (PXE)", state.method));
     },
     () => {
@@ -72,8 +78,7 @@ export async function render(root) {
       h("div", { class: "row" }, h("label", {}, "Pool", h("select", { name: "diskPool" }, poolOptions(state.diskPool))),
         h("label", {}, "Size (GiB)", h("input", { name: "size", type: "number", min: 1, step: 1, value: state.size }))),
       radio("storage", "existing", "Use an existing volume", state.storage),
-      h("div", { class: "row" }, h("label", {}, "Pool", h("select", { name: "existingPool" }, poolOptions(state.existingPool))),
-        h("label", {}, "Volume", h("select", { name: "existingVolume" }, volumeOptions(state.existingPool, (v) => !isIso(v), state.existingVolume)))),
+      poolAndVolume("existingPool", "existingVolume", state.existingPool, state.existingVolume),
       radio("storage", "none", "No disk", state.storage)),
     () => h("fieldset", {}, h("legend", {}, "Network"),
       h("label", {}, "Network", h("select", { name: "network" },
