@@ -2,11 +2,16 @@
 // what is allocated, KSM.
 
 import { get, put } from "../api.js";
-import { act, clear, every, h, mib, usageBar } from "../ui.js";
+import { act, clear, every, h, mib, table, usageBar } from "../ui.js";
 
 export async function render(root) {
   const body = h("div", { class: "grid" });
-  clear(root, h("h1", {}, "Host"), body);
+  const checks = h("section", { "aria-labelledby": "checks-h" });
+  clear(root, h("h1", {}, "Host"), body, checks);
+  get("/v1/host/check").then((results) => clear(checks, h("h2", { id: "checks-h" }, "Host check"),
+    table([{ title: "Check" }, { title: "Result" }, { title: "Detail" }, { title: "What to do" }],
+      results.map((c) => [c.name, h("span", { class: `check ${c.status.toLowerCase()}` }, c.status), c.detail, c.fix || ""]),
+      { label: "Host check" }))).catch(() => {});
   const refresh = async () => {
     const [host, capacity, ksm] = await Promise.all([get("/v1/host"), get("/v1/host/capacity"),
       get("/v1/host/ksm").catch(() => null)]);
