@@ -84,7 +84,7 @@ def test_new_vm_wizard_to_delete_in_the_browser(
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         log_in(page, base, account)
         assert page.inner_text("#who") == account.user
-        page.locator("table[aria-label='Host check'] td", has_text="qemu-img").wait_for()
+        page.locator("table[aria-label='Host check'] td", has_text="qemu-img").first.wait_for()
         shot(page, "host")
         assert page.inner_text("#accelerator") in ("tcg", "kvm")
 
