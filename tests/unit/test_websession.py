@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from virtkit.api import auth, webui
+from virtkit.api.common import PRINCIPAL
 from virtkit.api.websession import COOKIE, FAILURES_BEFORE_LOCKOUT, SessionStore
 from virtkit.errors import Forbidden, Unauthorized
 
@@ -98,7 +99,7 @@ async def client() -> AsyncIterator[TestClient[Any, Any]]:
     app = web.Application(middlewares=[auth.auth_middleware])
 
     async def thing(request: web.Request) -> web.Response:
-        return web.json_response({"who": request["principal"]})
+        return web.json_response({"who": request[PRINCIPAL]})
 
     app.router.add_get("/v1/thing", thing)
     app.router.add_post("/v1/thing", thing)

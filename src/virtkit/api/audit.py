@@ -33,6 +33,8 @@ from typing import IO, Any
 
 from aiohttp import web
 
+from virtkit.api.common import PRINCIPAL
+
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 10 * 1024 * 1024
@@ -171,7 +173,7 @@ def audit_middleware(audit: AuditLog) -> Callable[[web.Request, Handler],
                 "uid": creds[1] if creds else None,
                 "gid": creds[2] if creds else None,
                 "pid": creds[0] if creds else None,
-                "user": request.get("principal"),
+                "user": request.get(PRINCIPAL),
                 "method": request.method,
                 "path": request.path,
                 "object": _object_name(request, response),

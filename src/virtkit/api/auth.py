@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from virtkit.api import webui
-from virtkit.api.common import json_body, json_response
+from virtkit.api.common import PRINCIPAL, json_body, json_response
 from virtkit.api.websession import COOKIE, CSRF_HEADER
 from virtkit.errors import Forbidden, InvalidSpec, Unauthorized, VirtkitError
 from virtkit.service.tls import TlsService
@@ -95,7 +95,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     try:
         if request.app.get(webui.SESSIONS) is not None and webui.is_public(request.path):
             return await handler(request)
-        request["principal"] = _network_principal(request)
+        request[PRINCIPAL] = _network_principal(request)
         if any(request.path == p or request.path.startswith(p + "/") for p in LOCAL_ONLY):
             raise Forbidden("tokens and TLS certificates are managed only on the daemon's "
                             "host", fix="run this command there (or over virtkit+ssh://)")

@@ -14,6 +14,11 @@ from virtkit.errors import InvalidSpec, VirtkitError
 #: called with (done, total) as a long operation advances
 Progress = Callable[[float, float], None]
 
+#: who a network request is from ("alice", "token:laptop"), set by the auth middleware
+#: and written by the audit log (aiohttp 3.13+ has typed request keys; older: a string)
+PRINCIPAL: Any = web.RequestKey("principal", str) if hasattr(web, "RequestKey") \
+    else "principal"
+
 
 def json_response(data: Any, status: int = 200) -> web.Response:
     """A JSON answer; values JSON cannot encode (paths, times) become strings."""
