@@ -349,3 +349,96 @@ def test_a_network_the_destination_lacks(netns_pair: tuple[DaemonHandle, DaemonH
     assert source.info("mig10")["state"] == "running"
     assert "ok-10" in source.console_run("mig10", "echo ok-$((5+5))", "ok-10")
     assert "mig10" not in _names(destination) and destination.qemu_pids() == []
+
+
+# -- --copy-storage-all ---------------------------------------------------------------
+
+def _local_disk(folder: Path) -> Path:
+    """A 64 MiB qcow2 image whose first 8 MiB hold random data (a known checksum)."""
+    folder.mkdir()
+    raw = folder / "seed.raw"
+    with raw.open("wb") as out:
+        out.write(os.urandom(8 * 2**20))
+    os.truncate(raw, 64 * 2**20)
+    disk = folder / "disk.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)],
+                   check=True, capture_output=True)
+    raw.unlink()
+    return disk
+
+
+def _guest_md5(handle: DaemonHandle, name: str) -> str:
+    out = handle.console_run(name, "head -c 16777216 /dev/vda | md5sum; echo su''m-done",
+                             "sum-done")
+    return next(word for line in out.splitlines() for word in line.split()
+                if len(word) == 32 and all(c in "0123456789abcdef" for c in word))
+
+
+def test_copy_storage_all_between_two_hosts(netns_pair: tuple[DaemonHandle, DaemonHandle],
+                                            tmp_path: Path) -> None:
+    """A local qcow2 disk is mirrored to an image the destination creates at another
+    path (--disk-path), then the RAM follows; the data is identical on both sides."""
+    source, destination = netns_pair
+    disk = _local_disk(tmp_path / "source-host")
+    (tmp_path / "destination-host").mkdir()
+    copy = tmp_path / "destination-host" / "disk.qcow2"
+    _booted(source, "mig11", disks=[{"path": str(disk), "format": "qcow2"}])
+    # the guest writes too, so the copy holds what it wrote while running here
+    source.console_run("mig11", "echo VKGUEST | dd of=/dev/vda bs=512 seek=20480 "
+                       "conv=fsync oflag=direct 2>/dev/null; echo wr''ote", "wrote")
+    before = _guest_md5(source, "mig11")
+    result = _migrate(source, destination, "mig11", address=DESTINATION_IP,
+                      copy_storage_all=True, persistent=True, undefine_source=True,
+                      disk_paths={str(disk): str(copy)})
+    assert result["copied_disks"] and result["source"] == "undefined"
+    assert source.qemu_pids() == [] and "mig11" not in _names(source)
+    assert disk.is_file()  # virsh leaves the source's disk in place
+    assert _guest_md5(destination, "mig11") == before
+    assert destination.client.get(destination.client.domain_path("mig11"))["spec"][
+        "disks"][0]["path"] == str(copy)
+    destination.client.post(destination.client.domain_path("mig11", "/destroy"))
+    compared = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2",
+                               str(disk), str(copy)], capture_output=True, text=True)
+    assert compared.returncode == 0, compared.stdout + compared.stderr
+
+
+def test_copy_storage_refusals_leave_everything_in_place(
+        pair: tuple[DaemonHandle, DaemonHandle], tmp_path: Path) -> None:
+    """Same path on one host (the file exists there) is refused without touching it;
+    an abort during the disk copy leaves the VM here and removes the new image."""
+    source, destination = pair
+    disk = _local_disk(tmp_path / "src")
+    _booted(source, "mig12", disks=[{"path": str(disk), "format": "qcow2"}])
+    stamp = disk.stat()
+    with pytest.raises(ApiError) as excinfo:
+        _migrate(source, destination, "mig12", copy_storage_all=True)
+    assert "already exists on the destination" in excinfo.value.message
+    assert disk.stat().st_ino == stamp.st_ino
+    assert source.info("mig12")["state"] == "running"
+    # domjobabort while the disk is being mirrored (1 MiB/s keeps it in that phase)
+    (tmp_path / "dst").mkdir()
+    copy = tmp_path / "dst" / "disk.qcow2"
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = _migrate(source, destination, "mig12", copy_storage_all=True,
+                                         disk_paths={str(disk): str(copy)}, bandwidth=1)
+        except VirtkitError as exc:
+            outcome["error"] = exc
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        wait_for(lambda: _job(source, "mig12").get("phase") == "copying disks", 60,
+                 "the disk copy")
+        assert copy.exists() and len(destination.qemu_pids()) == 1
+        assert _job(source, "mig12")["disk_total"] > 0
+        source.cli("domjobabort", "mig12")
+    finally:
+        thread.join(120)
+    assert "error" in outcome and "cancelled" in outcome["error"].message, outcome
+    assert source.info("mig12")["state"] == "running"
+    assert "ok-12" in source.console_run("mig12", "echo ok-$((6+6))", "ok-12")
+    wait_for(lambda: "mig12" not in _names(destination), 10, "the destination to clean up")
+    assert destination.qemu_pids() == [] and not copy.exists()
+    assert disk.is_file()

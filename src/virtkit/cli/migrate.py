@@ -64,6 +64,22 @@ def destination(text: str, args: argparse.Namespace) -> tuple[dict[str, Any], st
     return where, str(address)
 
 
+def disk_paths(items: list[str]) -> dict[str, str]:
+    """``--disk-path SRC=DST`` (repeated): where a copied disk goes on the destination."""
+    mapping: dict[str, str] = {}
+    for item in items:
+        source, sep, target = item.partition("=")
+        if not sep or not source.startswith("/") or not target.startswith("/"):
+            raise InvalidSpec(f"--disk-path {item!r}: give SOURCE=DESTINATION, both "
+                              "absolute paths", fix="e.g. --disk-path "
+                              "/var/lib/virtkit/a.qcow2=/srv/vm/a.qcow2")
+        if source in mapping:
+            raise InvalidSpec(f"--disk-path names {source} twice",
+                              fix="give each disk once")
+        mapping[source] = target
+    return mapping
+
+
 def _with_progress(client: Client, domain: str, call: Callable[[], Any]) -> Any:
     """Run ``call`` (the migrate request) in a thread while domjobinfo is polled and a
     progress line is drawn on stderr (virsh migrate --verbose)."""
@@ -97,11 +113,16 @@ def cmd_migrate(client: Client, args: argparse.Namespace) -> int:
         raise Unsupported("--offline migration is not implemented yet")
     if args.postcopy:
         raise Unsupported("--postcopy is not implemented yet")
+    if args.disk_path and not args.copy_storage_all:
+        raise InvalidSpec("--disk-path only applies to disks copied by --copy-storage-all",
+                          fix="add --copy-storage-all")
     where, address = destination(args.desturi, args)
     body: dict[str, Any] = {
         "destination": where, "address": args.listen_address or address, "live": True,
         "persistent": args.persistent, "undefine_source": args.undefinesource,
         "auto_converge": args.auto_converge, "copy_storage_all": args.copy_storage_all}
+    if args.disk_path:
+        body["disk_paths"] = disk_paths(args.disk_path)
     for key, value in (("bandwidth", args.bandwidth), ("downtime_limit", args.downtime_limit),
                        ("timeout", args.timeout)):
         if value is not None:
@@ -157,7 +178,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="keep the definition on the destination (else it is transient there)")
     p.add_argument("--undefinesource", action="store_true",
                    help="remove the definition here once the domain runs there")
-    p.add_argument("--copy-storage-all", action="store_true", help="(not implemented yet)")
+    p.add_argument("--copy-storage-all", action="store_true",
+                   help="copy the domain's local writable disks while it runs (NBD + "
+                        "block mirror); the destination creates them, at the same path "
+                        "unless --disk-path maps them")
+    p.add_argument("--disk-path", action="append", metavar="SRC=DST",
+                   help="with --copy-storage-all: put the copy of disk SRC at DST on the "
+                        "destination (repeatable)")
     p.add_argument("--auto-converge", action="store_true",
                    help="throttle the guest's vCPUs if its memory changes faster than sent")
     p.add_argument("--postcopy", action="store_true", help="(not implemented yet)")

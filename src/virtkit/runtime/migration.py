@@ -17,11 +17,12 @@ import contextlib
 import ipaddress
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from virtkit.errors import Conflict, QemuError, TimeoutExpired, VirtkitError
 from virtkit.qemu.monitor import Monitor
+from virtkit.runtime import storagecopy
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,18 @@ class Options:
     bandwidth_mib: int | None = None
     downtime_ms: int | None = None
     timeout: float = DEFAULT_TIMEOUT
+    #: --copy-storage-all: (device id, path on the destination) of each disk to copy
+    copy_disks: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Job:
+    """One outgoing migration as domjobinfo/domjobabort see it."""
+
+    started: float = field(default_factory=time.monotonic)
+    phase: str = "starting"
+    aborted: asyncio.Event = field(default_factory=asyncio.Event)
+    mirrors: storagecopy.Mirrors | None = None
 
 
 def tcp_uri(host: str, port: int) -> str:
@@ -166,6 +179,8 @@ async def abandon_outgoing(monitor: Monitor, status: str) -> str:
     otherwise wait at pre-switchover for ever).  A *completed* one is left stopped:
     the destination may run the VM.  Returns QEMU's run status afterwards."""
     try:
+        # disk mirrors of a migration still copying storage (no stream yet)
+        await storagecopy.cancel_leftovers(monitor)
         state = (await monitor.execute("query-migrate")).get("status")
         if state not in UNDER_WAY:
             return status
@@ -178,23 +193,42 @@ async def abandon_outgoing(monitor: Monitor, status: str) -> str:
 
 
 async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict[str, Any],
-                      options: Options) -> dict[str, Any]:
+                      options: Options, job: Job | None = None) -> dict[str, Any]:
     """Migrate the running VM behind ``monitor`` to ``destination``; when this returns,
     the VM runs there and the caller stops the QEMU here.  ``incoming`` is the body of
     the destination's incoming call.  Any failure before that raises with the VM
     running here and nothing left on the destination (except MigrationOutcomeUnknown:
     then the VM is paused here and may run there)."""
+    job = job or Job()
     started = time.monotonic()
     deadline = started + options.timeout
+    devices = [device for device, _path in options.copy_disks]
+    if devices:
+        disks = await storagecopy.plan(monitor, devices,
+                                       [path for _device, path in options.copy_disks])
+        incoming = {**incoming, "copy_storage": {"disks": disks}}
     answer = await destination.incoming(incoming)
     migration, uri = str(answer["id"]), str(answer["uri"])
+    # --bandwidth caps the disk copy as well as the memory stream (as virsh's does)
+    mirrors = storagecopy.Mirrors(monitor, devices, (options.bandwidth_mib or 0) * 2**20)
     try:
+        if devices:
+            job.phase, job.mirrors = "copying disks", mirrors
+            await mirrors.start(answer["nbd"])
+            await mirrors.wait_ready(deadline, job.aborted)
+        if job.aborted.is_set():
+            raise Conflict("the migration was cancelled (domjobabort)")
+        job.phase = "sending memory"
         await configure_source(monitor, options)
         await monitor.execute("migrate", {"uri": uri})
         await wait_status(monitor, {"pre-switchover"}, deadline, "sending the memory")
+        job.phase = "switching over"
+        if devices:
+            await mirrors.complete()
         await monitor.execute("migrate-continue", {"state": "pre-switchover"})
         info = await wait_status(monitor, {"completed"}, deadline, "switching over")
     except BaseException:
+        await mirrors.cancel()
         await cancel(monitor)
         with contextlib.suppress(VirtkitError):
             await destination.abort(migration)
@@ -213,4 +247,4 @@ async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict
     ram = info.get("ram", {})
     return {"destination": finished, "total_ms": round((time.monotonic() - started) * 1000),
             "downtime_ms": info.get("downtime"), "transferred": ram.get("transferred"),
-            "uri": uri}
+            "uri": uri, "copied_disks": devices}

@@ -18,10 +18,11 @@ import time
 from typing import Any
 
 from virtkit.errors import Conflict, InvalidSpec, NotFound, StateError, VirtkitError
-from virtkit.model.domain import Domain
+from virtkit.model.domain import DiskDevice, Domain
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.state import State
-from virtkit.runtime import migration
+from virtkit.qemu.argv import disk_slots
+from virtkit.runtime import migration, storagecopy
 from virtkit.runtime.launcher import CapsProvider
 from virtkit.runtime.lifecycle import Lifecycle, Vm
 from virtkit.service.domains import DomainService
@@ -64,12 +65,67 @@ def _options(body: dict[str, Any]) -> migration.Options:
             raise InvalidSpec(f"{key} must be a whole number >= 0", field=key)
         return value
     timeout = number("timeout")
+    if body.get("disk_paths") and not body.get("copy_storage_all"):
+        raise InvalidSpec("disk_paths only applies to disks copied by --copy-storage-all",
+                          field="disk_paths", fix="add --copy-storage-all, or drop "
+                                                  "--disk-path")
     return migration.Options(
         persistent=bool(body.get("persistent")),
         undefine_source=bool(body.get("undefine_source")),
         auto_converge=bool(body.get("auto_converge")),
         bandwidth_mib=number("bandwidth"), downtime_ms=number("downtime_limit"),
         timeout=float(timeout) if timeout else migration.DEFAULT_TIMEOUT)
+
+
+def _disk_paths(value: Any) -> dict[str, str]:
+    """``{source path: destination path}`` of copied disks (--disk-path SRC=DST)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and k.startswith("/")
+            and v.startswith("/") for k, v in value.items()):
+        raise InvalidSpec("disk_paths must map absolute source paths to absolute "
+                          "destination paths", field="disk_paths",
+                          fix="e.g. --disk-path /var/lib/a.qcow2=/srv/a.qcow2")
+    return dict(value)
+
+
+def _copied(disk: Any) -> bool:
+    """Disks --copy-storage-all copies: writable images (not CD-ROMs, read-only media)."""
+    return bool(disk.path) and not disk.readonly and disk.device is DiskDevice.DISK
+
+
+def copy_plan(live: Domain, definition: dict[str, Any], mapping: dict[str, str]
+              ) -> tuple[list[tuple[str, str]], Domain, dict[str, Any]]:
+    """The (device id, destination path) of every copied disk, and both specs as the
+    destination must see them: copied disks at their destination path, as plain path
+    disks (a pool volume reference could name a different file there)."""
+    unknown = set(mapping) - {d.path for d in live.disks if _copied(d)}
+    if unknown:
+        raise InvalidSpec(f"--disk-path names {', '.join(sorted(unknown))}, which is not a "
+                          "copied disk of the running domain", field="disk_paths",
+                          fix="see 'virtkit domblklist'")
+    copies: list[tuple[str, str]] = []
+    by_path: dict[str, str] = {}
+    by_volume: dict[tuple[str, str], str] = {}
+    live = live.model_copy(deep=True)
+    for slot, disk in zip(disk_slots(live), live.disks, strict=True):
+        if _copied(disk):
+            assert disk.path is not None
+            target = mapping.get(disk.path, disk.path)
+            copies.append((slot.device_id, target))
+            by_path[disk.path] = target
+            if disk.pool and disk.volume:
+                by_volume[(disk.pool, disk.volume)] = target
+            live.disks[slot.index] = disk.model_copy(
+                update={"path": target, "pool": None, "volume": None})
+    disks = []
+    for disk in definition.get("disks", []):
+        moved = by_path.get(str(disk.get("path"))) or by_volume.get(
+            (str(disk.get("pool")), str(disk.get("volume"))))
+        disks.append({**disk, "path": moved, "pool": None, "volume": None} if moved
+                     else disk)
+    return copies, live, {**definition, "disks": disks}
 
 
 class MigrationService:
@@ -81,8 +137,12 @@ class MigrationService:
         self._life = lifecycle
         self._domains = domains
         self._caps_for = caps_for
-        #: outgoing migrations now running: {uuid: monotonic start time}
-        self._jobs: dict[str, float] = {}
+        #: outgoing migrations now running
+        self._jobs: dict[str, migration.Job] = {}
+        #: incoming migrations copying storage: the images this daemon created for them
+        #: (removed when the migration fails) and the NBD exports to stop at finish
+        self._created: dict[str, list[storagecopy.CreatedImage]] = {}
+        self._exports: dict[str, list[str]] = {}
         self._watchdogs: set[asyncio.Task[None]] = set()
 
     # -- the destination end -------------------------------------------------------
@@ -125,27 +185,78 @@ class MigrationService:
     async def incoming(self, body: dict[str, Any]) -> dict[str, Any]:
         """Validate, start QEMU paused waiting for the stream, listen on ``address``."""
         address = _address(body.get("address"))
-        live, definition = self._validate_incoming(body)
+        copies = self._copy_request(body)
+        # the images first: the same checks as define then find them in place
+        created = storagecopy.create_images(copies)
+        try:
+            live, definition = self._validate_incoming(body)
+        except BaseException:
+            storagecopy.remove_images(created)
+            raise
         row = self._store.insert_domain(definition.uuid, definition.name,
                                         dump_domain(definition))
         vm = self._life.vm(row.uuid, row.name)
+        self._created[row.uuid] = created
+        answer: dict[str, Any] = {"id": row.uuid, "domain": row.name}
         try:
             async with vm.lock:
                 running = await self._life.start_incoming(vm, live)
-                uri = await migration.listen_incoming(running.monitor, address)
+                answer["uri"] = await migration.listen_incoming(running.monitor, address)
+                if copies:
+                    devices = [str(disk["device"]) for disk in copies]
+                    self._exports[row.uuid] = devices
+                    answer["nbd"] = await storagecopy.export_disks(running.monitor, address,
+                                                                   devices)
         except BaseException:
             await self._remove_incoming(vm, "incoming migration failed")
+            self._drop_images(row.uuid, created)
             raise
-        task = asyncio.create_task(self._expire(vm, running, _deadline(body.get("deadline"))))
+        task = asyncio.create_task(self._expire(vm, running, _deadline(body.get("deadline")),
+                                                created))
         self._watchdogs.add(task)
         task.add_done_callback(self._watchdogs.discard)
-        return {"id": row.uuid, "uri": uri, "domain": row.name}
+        return answer
 
-    async def _expire(self, vm: Vm, running: Any, deadline: float) -> None:
-        """Remove the incoming QEMU if nobody finished or deleted it in time."""
+    @staticmethod
+    def _copy_request(body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The disks to create for ``copy_storage``, each a writable disk of the spec
+        at that path and device id (so no other file can be asked for)."""
+        copy = body.get("copy_storage")
+        if copy is None:
+            return []
+        disks = copy.get("disks") if isinstance(copy, dict) else None
+        spec = body.get("spec")
+        if not isinstance(disks, list) or not disks or not isinstance(spec, dict):
+            raise InvalidSpec("copy_storage.disks: a list of disks to create",
+                              field="copy_storage")
+        live = load_domain(spec)
+        slots = {slot.device_id: disk for slot, disk in
+                 zip(disk_slots(live), live.disks, strict=True) if _copied(disk)}
+        for index, disk in enumerate(disks):
+            wanted = slots.get(str(disk.get("device"))) if isinstance(disk, dict) else None
+            if wanted is None or wanted.path != disk.get("path") \
+                    or wanted.format not in (None, disk.get("format")):
+                raise InvalidSpec(f"copy_storage.disks[{index}] is not a writable disk of "
+                                  "the spec (device, path and format must match)",
+                                  field=f"copy_storage.disks[{index}]")
+        return disks
+
+    def _drop_images(self, uuid: str, created: list[storagecopy.CreatedImage]) -> None:
+        """Remove the images made for a failed incoming migration (only that one's)."""
+        if self._created.get(uuid) is created:
+            del self._created[uuid]
+            self._exports.pop(uuid, None)
+        storagecopy.remove_images(created)
+
+    async def _expire(self, vm: Vm, running: Any, deadline: float,
+                      created: list[storagecopy.CreatedImage]) -> None:
+        """Remove the incoming QEMU (and its copied images) if nobody finished or
+        deleted it in time."""
         await asyncio.sleep(deadline)
         if vm.running is running and vm.reason == MIGRATING_IN:
             await self._remove_incoming(vm, "incoming migration expired")
+        if self._created.get(vm.uuid) is created and vm.running is not running:
+            self._drop_images(vm.uuid, created)
 
     async def _remove_incoming(self, vm: Vm, reason: str) -> None:
         """Kill the incoming QEMU and remove the transient definition (idempotent)."""
@@ -173,12 +284,17 @@ class MigrationService:
                 raise Conflict(f"domain '{vm.name}' is not an incoming migration here "
                                f"(it is {vm.state.value}, {vm.reason or 'no reason'})")
             try:
+                exports = self._exports.get(vm.uuid)
+                if exports:  # the source completed its mirrors before switch-over
+                    await storagecopy.stop_exports(running.monitor, exports)
                 await migration.finish_incoming(running.monitor)
             except BaseException:
                 with contextlib.suppress(VirtkitError, TimeoutError):
                     await self._life.kill_locked(vm, "incoming migration failed")
                 raise
             self._life.set_state(vm, State.RUNNING, "migrated", event="migrated")
+            self._created.pop(vm.uuid, None)  # the copies are the VM's disks now
+            self._exports.pop(vm.uuid, None)
             row = self._store.get_domain(vm.uuid)
             if persistent:
                 self._store.update_domain(row.uuid, row.name,
@@ -189,7 +305,10 @@ class MigrationService:
         """Remove an incoming migration that was not finished; an unknown one is fine
         (the source may ask twice, or after the QEMU ended by itself)."""
         row = self._store.find_domain(migration_id)
+        created = self._created.get(migration_id)
         if row is None:
+            if created is not None:  # its QEMU ended by itself; the images go now
+                self._drop_images(migration_id, created)
             return {"id": migration_id, "removed": False}
         vm = self._life.vm(row.uuid, row.name)
         if vm.running is not None and vm.reason != MIGRATING_IN:
@@ -198,6 +317,8 @@ class MigrationService:
         if vm.running is None and not row.spec.get("transient"):
             raise Conflict(f"domain '{vm.name}' is defined here and not an incoming migration")
         await self._remove_incoming(vm, "incoming migration cancelled")
+        if created is not None:
+            self._drop_images(migration_id, created)
         return {"id": migration_id, "removed": True}
 
     # -- the source end ----------------------------------------------------------------
@@ -206,10 +327,8 @@ class MigrationService:
         """Live-migrate running domain ``ref`` to the daemon ``body["destination"]``."""
         if not body.get("live", True):
             raise InvalidSpec("only live migration is implemented so far", field="live")
-        if body.get("copy_storage_all"):
-            raise InvalidSpec("--copy-storage-all is not implemented yet: the disks must "
-                              "be on storage both hosts share", field="copy_storage_all")
         options = _options(body)
+        mapping = _disk_paths(body.get("disk_paths"))
         destination = body.get("destination")
         if not isinstance(destination, dict):
             raise InvalidSpec("destination: name the destination daemon", field="destination")
@@ -219,9 +338,11 @@ class MigrationService:
         peer = Peer(destination)
         try:
             async with vm.lock:
-                self._jobs[vm.uuid] = time.monotonic()
+                self._jobs[vm.uuid] = job = migration.Job()
                 try:
-                    result = await self._migrate_locked(vm, row.spec, peer, address, options)
+                    result = await self._migrate_locked(
+                        vm, row.spec, peer, address, options, job,
+                        mapping if body.get("copy_storage_all") else None)
                 finally:
                     self._jobs.pop(vm.uuid, None)
         finally:
@@ -231,7 +352,8 @@ class MigrationService:
         return {**result, "domain": row.name, "source": self._source_state(row.uuid)}
 
     async def _migrate_locked(self, vm: Vm, definition: dict[str, Any], peer: Peer,
-                              address: str, options: migration.Options) -> dict[str, Any]:
+                              address: str, options: migration.Options, job: migration.Job,
+                              copy: dict[str, str] | None) -> dict[str, Any]:
         running = vm.running
         if vm.state is not State.RUNNING or running is None:
             raise StateError(f"cannot migrate domain '{vm.name}': it is {vm.state.value}",
@@ -240,12 +362,19 @@ class MigrationService:
         await self._life.check_restorable(vm, running, "migrate")
         live = running.live if running.live is not None else load_domain(definition)
         caps, _binary = self._caps_for(live)
+        if copy is not None:
+            options.copy_disks, live, definition = copy_plan(live, definition, copy)
+            if not options.copy_disks:
+                raise InvalidSpec(f"domain '{vm.name}' has no writable disk to copy",
+                                  field="copy_storage_all",
+                                  fix="migrate without --copy-storage-all")
         incoming = {"spec": dump_domain(live), "persistent_spec": definition,
                     "deadline": options.timeout + DEADLINE_MARGIN,
                     "machine_type": caps.machine_type(live.machine.value),
                     "accelerator": running.accel, "address": address}
         try:
-            result = await migration.migrate_out(running.monitor, peer, incoming, options)
+            result = await migration.migrate_out(running.monitor, peer, incoming, options,
+                                                 job)
         except migration.MigrationOutcomeUnknown:
             self._life.set_state(vm, State.PAUSED, "migration outcome unknown",
                                  event="paused")
@@ -261,28 +390,47 @@ class MigrationService:
         """The outgoing migration of ``ref`` now running (virsh domjobinfo), read from
         QEMU's ``query-migrate`` without waiting for the VM's lock (the job holds it)."""
         row = self._store.get_domain(ref)
-        started = self._jobs.get(row.uuid)
+        job = self._jobs.get(row.uuid)
         running = self._life.vm(row.uuid, row.name).running
-        if started is None or running is None:
+        if job is None or running is None:
             return {"domain": row.name, "type": "none"}
         info = await running.monitor.execute("query-migrate")
         ram = info.get("ram", {})
-        return {"domain": row.name, "type": "unbounded", "operation": "outgoing migration",
-                "status": info.get("status"),
-                "elapsed_ms": round((time.monotonic() - started) * 1000),
-                "data_total": ram.get("total"), "data_processed": ram.get("transferred"),
-                "data_remaining": ram.get("remaining"), "dirty_rate": ram.get("dirty-pages-rate"),
-                "expected_downtime_ms": info.get("expected-downtime"),
-                "downtime_ms": info.get("downtime")}
+        ram_total = ram.get("total")
+        if ram_total is None and running.live is not None:  # before the stream starts
+            ram_total = running.live.memory.current * 2**20
+        disk_done = disk_total = 0
+        if job.mirrors is not None:
+            with contextlib.suppress(VirtkitError):
+                disk_done, disk_total = await job.mirrors.progress()
+        total = (ram_total or 0) + disk_total
+        processed = (ram.get("transferred") or 0) + disk_done
+        remaining = ram.get("remaining", ram_total or 0) + max(disk_total - disk_done, 0)
+        result = {"domain": row.name, "type": "unbounded", "operation": "outgoing migration",
+                  "status": info.get("status") or job.phase, "phase": job.phase,
+                  "elapsed_ms": round((time.monotonic() - job.started) * 1000),
+                  "data_total": total or None, "data_processed": processed,
+                  "data_remaining": remaining, "memory_total": ram_total,
+                  "memory_processed": ram.get("transferred"),
+                  "memory_remaining": ram.get("remaining"),
+                  "dirty_rate": ram.get("dirty-pages-rate"),
+                  "expected_downtime_ms": info.get("expected-downtime"),
+                  "downtime_ms": info.get("downtime")}
+        if job.mirrors is not None:
+            result.update(disk_total=disk_total, disk_processed=disk_done,
+                          disk_remaining=max(disk_total - disk_done, 0))
+        return result
 
     async def job_abort(self, ref: str) -> dict[str, Any]:
         """Cancel the outgoing migration of ``ref`` (virsh domjobabort): the migration's
         own failure path then removes the destination's QEMU; the VM stays here."""
         row = self._store.get_domain(ref)
         running = self._life.vm(row.uuid, row.name).running
-        if row.uuid not in self._jobs or running is None:
+        job = self._jobs.get(row.uuid)
+        if job is None or running is None:
             raise Conflict(f"domain '{row.name}' has no job running",
                            fix="see 'virtkit domjobinfo'")
+        job.aborted.set()  # stops the disk copy phase; migrate_cancel the stream
         await running.monitor.execute("migrate_cancel")
         return {"domain": row.name, "aborted": True}
 
