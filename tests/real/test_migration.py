@@ -442,3 +442,33 @@ def test_copy_storage_refusals_leave_everything_in_place(
     wait_for(lambda: "mig12" not in _names(destination), 10, "the destination to clean up")
     assert destination.qemu_pids() == [] and not copy.exists()
     assert disk.is_file()
+
+
+def test_copy_storage_inc_copies_only_the_top_image(pair: tuple[DaemonHandle, DaemonHandle],
+                                                    tmp_path: Path) -> None:
+    """The backing image is on both hosts (here: the same file); only the overlay's
+    data crosses, into an overlay the destination makes on that backing image."""
+    source, destination = pair
+    base = _local_disk(tmp_path / "base")
+    top = tmp_path / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2",
+                    str(top)], check=True)
+    copy = tmp_path / "copy" / "top.qcow2"
+    copy.parent.mkdir()
+    _booted(source, "mig13", disks=[{"path": str(top), "format": "qcow2"}])
+    source.console_run("mig13", "echo VKTOP | dd of=/dev/vda bs=512 seek=30000 "
+                       "conv=fsync oflag=direct 2>/dev/null; echo wr''ote", "wrote")
+    before = _guest_md5(source, "mig13")
+    done = source.cli("migrate", "--live", "--copy-storage-inc", "--verbose", "mig13",
+                      str(destination.root / "virtkitd.sock"), "--disk-path",
+                      f"{top}={copy}")
+    assert "mig13 runs on the destination" in done.stdout, done.stderr
+    assert _guest_md5(destination, "mig13") == before
+    destination.client.post(destination.client.domain_path("mig13", "/destroy"))
+    info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(copy)],
+                                     check=True, capture_output=True, text=True).stdout)
+    assert info["backing-filename"] == str(base)
+    assert info["actual-size"] < 4 * 2**20  # the overlay's writes, not the base's 8 MiB
+    compared = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2",
+                               str(top), str(copy)], capture_output=True, text=True)
+    assert compared.returncode == 0, compared.stdout + compared.stderr

@@ -191,3 +191,30 @@ def test_the_destination_never_overwrites_and_removes_only_its_own(tmp_path: Pat
     other.replace(new)  # replaced meanwhile: not ours any more
     image.remove()
     assert new.read_bytes() == b"someone else's"
+
+
+def test_copy_storage_inc_mirrors_only_the_top_of_a_chain() -> None:
+    class Chain(CopyMonitor):
+        async def execute(self, command: str, arguments: Any = None, **kw: Any) -> Any:
+            reply = await super().execute(command, arguments, **kw)
+            if command == "query-block":
+                reply[0]["inserted"]["image"]["backing-image"] = {
+                    "filename": "/b/base.qcow2", "format": "qcow2"}
+            return reply
+    monitor = Chain(["pre-switchover", "completed"])
+    dest = CopyDestination()
+    options = migration.Options(copy_disks=[("disk0", "/e/a.qcow2")], copy_incremental=True)
+    asyncio.run(migration.migrate_out(monitor, dest, {}, options))  # type: ignore[arg-type]
+    assert dest.bodies[0]["copy_storage"]["disks"][0]["backing"] == {
+        "path": "/b/base.qcow2", "format": "qcow2"}
+    assert dict(monitor.sent)["blockdev-mirror"]["sync"] == "top"
+    with pytest.raises(InvalidSpec, match="exclude each other"):
+        _options({"copy_storage_all": True, "copy_storage_inc": True})
+
+
+def test_an_incremental_copy_needs_the_backing_image_there(tmp_path: Path) -> None:
+    with pytest.raises(InvalidSpec, match=r"backing image .* does not exist"):
+        storagecopy.create_images([{"path": str(tmp_path / "t.qcow2"), "format": "qcow2",
+                                    "size": 2**20,
+                                    "backing": {"path": str(tmp_path / "nobase")}}])
+    assert not (tmp_path / "t.qcow2").exists()

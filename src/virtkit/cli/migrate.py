@@ -113,14 +113,15 @@ def cmd_migrate(client: Client, args: argparse.Namespace) -> int:
         raise Unsupported("--offline migration is not implemented yet")
     if args.postcopy:
         raise Unsupported("--postcopy is not implemented yet")
-    if args.disk_path and not args.copy_storage_all:
+    if args.disk_path and not (args.copy_storage_all or args.copy_storage_inc):
         raise InvalidSpec("--disk-path only applies to disks copied by --copy-storage-all",
                           fix="add --copy-storage-all")
     where, address = destination(args.desturi, args)
     body: dict[str, Any] = {
         "destination": where, "address": args.listen_address or address, "live": True,
         "persistent": args.persistent, "undefine_source": args.undefinesource,
-        "auto_converge": args.auto_converge, "copy_storage_all": args.copy_storage_all}
+        "auto_converge": args.auto_converge, "copy_storage_all": args.copy_storage_all,
+        "copy_storage_inc": args.copy_storage_inc}
     if args.disk_path:
         body["disk_paths"] = disk_paths(args.disk_path)
     for key, value in (("bandwidth", args.bandwidth), ("downtime_limit", args.downtime_limit),
@@ -182,6 +183,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="copy the domain's local writable disks while it runs (NBD + "
                         "block mirror); the destination creates them, at the same path "
                         "unless --disk-path maps them")
+    p.add_argument("--copy-storage-inc", action="store_true",
+                   help="like --copy-storage-all, but copy only each disk's top image: its "
+                        "backing chain must already be on the destination, same path")
     p.add_argument("--disk-path", action="append", metavar="SRC=DST",
                    help="with --copy-storage-all: put the copy of disk SRC at DST on the "
                         "destination (repeatable)")

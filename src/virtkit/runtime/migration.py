@@ -69,6 +69,8 @@ class Options:
     timeout: float = DEFAULT_TIMEOUT
     #: --copy-storage-all: (device id, path on the destination) of each disk to copy
     copy_disks: list[tuple[str, str]] = field(default_factory=list)
+    #: --copy-storage-inc: copy only top images; the destination has the backing chains
+    copy_incremental: bool = False
 
 
 @dataclass
@@ -203,14 +205,18 @@ async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict
     started = time.monotonic()
     deadline = started + options.timeout
     devices = [device for device, _path in options.copy_disks]
+    top_only: frozenset[str] = frozenset()
     if devices:
         disks = await storagecopy.plan(monitor, devices,
-                                       [path for _device, path in options.copy_disks])
+                                       [path for _device, path in options.copy_disks],
+                                       incremental=options.copy_incremental)
+        top_only = frozenset(d["device"] for d in disks if "backing" in d)
         incoming = {**incoming, "copy_storage": {"disks": disks}}
     answer = await destination.incoming(incoming)
     migration, uri = str(answer["id"]), str(answer["uri"])
     # --bandwidth caps the disk copy as well as the memory stream (as virsh's does)
-    mirrors = storagecopy.Mirrors(monitor, devices, (options.bandwidth_mib or 0) * 2**20)
+    mirrors = storagecopy.Mirrors(monitor, devices, (options.bandwidth_mib or 0) * 2**20,
+                                  top_only)
     try:
         if devices:
             job.phase, job.mirrors = "copying disks", mirrors

@@ -77,7 +77,23 @@ def create_images(disks: list[dict[str, Any]]) -> list[CreatedImage]:
                 raise InvalidSpec(f"the folder of {path} does not exist on the destination",
                                   field=field, fix="create it there, or map the disk to "
                                                    "another path (--disk-path SRC=DST)")
-            qemuimg.create(path, fmt, size)
+            backing = disk.get("backing")
+            if backing is not None:  # --copy-storage-inc: only the top image is copied
+                if fmt != "qcow2" or not isinstance(backing, dict) \
+                        or not isinstance(backing.get("path"), str):
+                    raise InvalidSpec(f"{field}.backing: only a qcow2 top image with a "
+                                      "backing path can be copied incrementally",
+                                      field=field)
+                if not os.path.isfile(backing["path"]):
+                    raise InvalidSpec(
+                        f"{path}: its backing image {backing['path']} does not exist on "
+                        "the destination", field=field,
+                        fix="copy the backing chain there first, or use "
+                            "--copy-storage-all (copies the whole disk)")
+                qemuimg.create(path, fmt, size, backing=backing["path"],
+                               backing_fmt=str(backing.get("format") or "qcow2"))
+            else:
+                qemuimg.create(path, fmt, size)
             stat = os.stat(path)
             created.append(CreatedImage(path, stat.st_dev, stat.st_ino))
     except BaseException:
@@ -130,33 +146,42 @@ async def stop_exports(monitor: Monitor, device_ids: list[str]) -> None:
 
 # -- the source end --------------------------------------------------------------
 
-async def plan(monitor: Monitor, device_ids: list[str], paths: list[str]
-               ) -> list[dict[str, Any]]:
+async def plan(monitor: Monitor, device_ids: list[str], paths: list[str], *,
+               incremental: bool = False) -> list[dict[str, Any]]:
     """What the destination must create for each copied disk: its path there, the
-    format and virtual size of the disk's top image here."""
+    format and virtual size of the disk's top image here, and with ``incremental``
+    (--copy-storage-inc) the backing image the copy of the top image goes on."""
     nodes = await top_nodes(monitor, device_ids)
-    sizes: dict[str, int] = {}
+    images: dict[str, dict[str, Any]] = {}
     for block in await monitor.execute("query-block"):
         inserted = block.get("inserted") or {}
         image = inserted.get("image") or {}
         if inserted.get("node-name") and image.get("virtual-size"):
-            sizes[inserted["node-name"]] = int(image["virtual-size"])
+            images[inserted["node-name"]] = image
     disks = []
     for device_id, path in zip(device_ids, paths, strict=True):
         node = nodes[device_id]
-        if node.node not in sizes:
+        if node.node not in images:
             raise QemuError(f"QEMU did not report the size of disk {device_id}")
-        disks.append({"device": device_id, "path": path, "format": node.driver,
-                      "size": sizes[node.node]})
+        image = images[node.node]
+        disk: dict[str, Any] = {"device": device_id, "path": path, "format": node.driver,
+                                "size": int(image["virtual-size"])}
+        base = image.get("backing-image")
+        if incremental and base:
+            disk["backing"] = {"path": os.path.abspath(base["filename"]),
+                               "format": base.get("format")}
+        disks.append(disk)
     return disks
 
 
 class Mirrors:
     """The source's mirror jobs into the destination's NBD exports."""
 
-    def __init__(self, monitor: Monitor, device_ids: list[str], speed: int = 0) -> None:
+    def __init__(self, monitor: Monitor, device_ids: list[str], speed: int = 0,
+                 top_only: frozenset[str] = frozenset()) -> None:
         self._monitor = monitor
         self._devices = device_ids
+        self._top_only = top_only  # devices whose backing chain the destination has
         self._speed = speed  # bytes/s of each mirror; 0: as fast as possible
         self._nodes: list[str] = []
         self._jobs: list[str] = []
@@ -173,7 +198,8 @@ class Mirrors:
             job = f"{JOB_PREFIX}{device_id}"
             await self._monitor.execute("blockdev-mirror", {
                 "job-id": job, "device": tops[device_id].node, "target": node,
-                "sync": "full", "auto-dismiss": False, "speed": self._speed})
+                "sync": "top" if device_id in self._top_only else "full",
+                "auto-dismiss": False, "speed": self._speed})
             self._jobs.append(job)
 
     async def _ours(self) -> dict[str, dict[str, Any]]:

@@ -65,16 +65,21 @@ def _options(body: dict[str, Any]) -> migration.Options:
             raise InvalidSpec(f"{key} must be a whole number >= 0", field=key)
         return value
     timeout = number("timeout")
-    if body.get("disk_paths") and not body.get("copy_storage_all"):
+    copying = bool(body.get("copy_storage_all")) or bool(body.get("copy_storage_inc"))
+    if body.get("disk_paths") and not copying:
         raise InvalidSpec("disk_paths only applies to disks copied by --copy-storage-all",
                           field="disk_paths", fix="add --copy-storage-all, or drop "
                                                   "--disk-path")
+    if body.get("copy_storage_all") and body.get("copy_storage_inc"):
+        raise InvalidSpec("--copy-storage-all and --copy-storage-inc exclude each other",
+                          field="copy_storage_inc", fix="give one of them")
     return migration.Options(
         persistent=bool(body.get("persistent")),
         undefine_source=bool(body.get("undefine_source")),
         auto_converge=bool(body.get("auto_converge")),
         bandwidth_mib=number("bandwidth"), downtime_ms=number("downtime_limit"),
-        timeout=float(timeout) if timeout else migration.DEFAULT_TIMEOUT)
+        timeout=float(timeout) if timeout else migration.DEFAULT_TIMEOUT,
+        copy_incremental=bool(body.get("copy_storage_inc")))
 
 
 def _disk_paths(value: Any) -> dict[str, str]:
@@ -342,7 +347,8 @@ class MigrationService:
                 try:
                     result = await self._migrate_locked(
                         vm, row.spec, peer, address, options, job,
-                        mapping if body.get("copy_storage_all") else None)
+                        mapping if body.get("copy_storage_all") or body.get("copy_storage_inc")
+                        else None)
                 finally:
                     self._jobs.pop(vm.uuid, None)
         finally:
