@@ -472,3 +472,43 @@ def test_copy_storage_inc_copies_only_the_top_image(pair: tuple[DaemonHandle, Da
     compared = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2",
                                str(top), str(copy)], capture_output=True, text=True)
     assert compared.returncode == 0, compared.stdout + compared.stderr
+
+
+# -- --offline ------------------------------------------------------------------------
+
+def test_offline_moves_the_definition_and_the_disks(
+        netns_pair: tuple[DaemonHandle, DaemonHandle], tmp_path: Path) -> None:
+    """A shut-off domain: its definition (made persistent there) and, with
+    --copy-storage-all, its disk (served by qemu-nbd there) cross; nothing runs."""
+    source, destination = netns_pair
+    disk = _local_disk(tmp_path / "source-host")
+    (tmp_path / "destination-host").mkdir()
+    copy = tmp_path / "destination-host" / "disk.qcow2"
+    source.define("mig14", disks=[{"path": str(disk), "format": "qcow2"}])
+    done = source.cli("migrate", "--offline", "--copy-storage-all", "--undefinesource",
+                      "--verbose", "mig14", str(destination.root / "virtkitd.sock"),
+                      "--listen-address", DESTINATION_IP, "--disk-path", f"{disk}={copy}")
+    assert "mig14 is defined on the destination (1 disk(s) copied)" in done.stdout, done
+    assert "mig14" not in _names(source) and disk.is_file()
+    info = destination.info("mig14")
+    assert info["state"] == "shutoff" and destination.qemu_pids() == []
+    assert destination.client.get(destination.client.domain_path("mig14"))["spec"][
+        "disks"][0]["path"] == str(copy)
+    compared = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2",
+                               str(disk), str(copy)], capture_output=True, text=True)
+    assert compared.returncode == 0, compared.stdout + compared.stderr
+    # it starts there from the copy; a running domain offline: only its definition
+    destination.client.post(destination.client.domain_path("mig14", "/start"))
+    destination.wait_booted("mig14")
+    back = destination.cli("migrate", "--offline", "--copy-storage-all", "mig14",
+                           str(source.root / "virtkitd.sock"), check=False)
+    assert back.returncode != 0 and "shut it down first" in back.stderr
+    assert "mig14" not in _names(source)
+    moved = destination.cli("migrate", "--offline", "mig14", str(source.root / "virtkitd.sock"))
+    assert "mig14 is defined on the destination" in moved.stdout
+    assert source.info("mig14")["state"] == "shutoff"
+    assert not source.client.get(source.client.domain_path("mig14"))["spec"].get("transient")
+    assert destination.state("mig14") == "running"  # not stopped by an offline migration
+    refused = source.cli("migrate", "--offline", "--live", "mig14",
+                         str(destination.root / "virtkitd.sock"), check=False)
+    assert refused.returncode != 0 and "exclude each other" in refused.stderr

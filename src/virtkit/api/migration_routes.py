@@ -25,6 +25,12 @@ async def incoming(request: web.Request) -> web.Response:
     return json_response(await request.app[MIGRATIONS].incoming(body), status=201)
 
 
+@routes.post("/v1/migrations/offline")
+async def incoming_offline(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    return json_response(await request.app[MIGRATIONS].incoming_offline(body), status=201)
+
+
 @routes.post("/v1/migrations/{id}/finish")
 async def finish(request: web.Request) -> web.Response:
     body = await json_body(request)

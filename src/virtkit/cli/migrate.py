@@ -109,8 +109,8 @@ def _with_progress(client: Client, domain: str, call: Callable[[], Any]) -> Any:
 
 
 def cmd_migrate(client: Client, args: argparse.Namespace) -> int:
-    if args.offline:
-        raise Unsupported("--offline migration is not implemented yet")
+    if args.offline and args.live:
+        raise InvalidSpec("--offline and --live exclude each other", fix="give one of them")
     if args.postcopy:
         raise Unsupported("--postcopy is not implemented yet")
     if args.disk_path and not (args.copy_storage_all or args.copy_storage_inc):
@@ -118,7 +118,8 @@ def cmd_migrate(client: Client, args: argparse.Namespace) -> int:
                           fix="add --copy-storage-all")
     where, address = destination(args.desturi, args)
     body: dict[str, Any] = {
-        "destination": where, "address": args.listen_address or address, "live": True,
+        "destination": where, "address": args.listen_address or address,
+        "live": not args.offline, "offline": args.offline,
         "persistent": args.persistent, "undefine_source": args.undefinesource,
         "auto_converge": args.auto_converge, "copy_storage_all": args.copy_storage_all,
         "copy_storage_inc": args.copy_storage_inc}
@@ -135,6 +136,11 @@ def cmd_migrate(client: Client, args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         render.as_json(result)
+        return 0
+    if result.get("offline"):
+        print(f"{result['domain']} is defined on the destination"
+              + (f" ({len(result['copied_disks'])} disk(s) copied)"
+                 if result.get("copied_disks") else ""))
         return 0
     downtime = result.get("downtime_ms")
     print(f"{result['domain']} runs on the destination "
@@ -167,14 +173,17 @@ def cmd_domjobabort(client: Client, args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    text = "live-migrate a running domain to another virtkitd (virsh migrate)"
+    text = "migrate a domain to another virtkitd (virsh migrate)"
     p = sub.add_parser("migrate", help=text, description=text)
     p.add_argument("domain")
     p.add_argument("desturi", help="the destination daemon: virtkit+tls://host[:port], "
                    "virtkit:///system, or the path of a local daemon's socket")
     p.add_argument("--live", action="store_true", help="migrate while it runs (the default "
-                   "and, so far, the only mode)")
-    p.add_argument("--offline", action="store_true", help="(not implemented yet)")
+                   "unless --offline)")
+    p.add_argument("--offline", action="store_true",
+                   help="move only the definition (with --copy-storage-all also the disks "
+                        "of a shut-off domain); implies --persistent; nothing is started "
+                        "there or stopped here")
     p.add_argument("--persistent", action="store_true",
                    help="keep the definition on the destination (else it is transient there)")
     p.add_argument("--undefinesource", action="store_true",

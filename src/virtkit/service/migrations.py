@@ -18,14 +18,16 @@ import time
 from typing import Any
 
 from virtkit.errors import Conflict, InvalidSpec, NotFound, StateError, VirtkitError
-from virtkit.model.domain import DiskDevice, Domain
+from virtkit.model.domain import Domain
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.state import State
 from virtkit.qemu.argv import disk_slots
 from virtkit.runtime import migration, storagecopy
 from virtkit.runtime.launcher import CapsProvider
 from virtkit.runtime.lifecycle import Lifecycle, Vm
+from virtkit.service.copyplan import copied, copy_plan, disk_paths
 from virtkit.service.domains import DomainService
+from virtkit.service.offline_migration import OfflineMigrations
 from virtkit.service.peer import Peer
 from virtkit.store.db import Store
 
@@ -82,57 +84,6 @@ def _options(body: dict[str, Any]) -> migration.Options:
         copy_incremental=bool(body.get("copy_storage_inc")))
 
 
-def _disk_paths(value: Any) -> dict[str, str]:
-    """``{source path: destination path}`` of copied disks (--disk-path SRC=DST)."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and k.startswith("/")
-            and v.startswith("/") for k, v in value.items()):
-        raise InvalidSpec("disk_paths must map absolute source paths to absolute "
-                          "destination paths", field="disk_paths",
-                          fix="e.g. --disk-path /var/lib/a.qcow2=/srv/a.qcow2")
-    return dict(value)
-
-
-def _copied(disk: Any) -> bool:
-    """Disks --copy-storage-all copies: writable images (not CD-ROMs, read-only media)."""
-    return bool(disk.path) and not disk.readonly and disk.device is DiskDevice.DISK
-
-
-def copy_plan(live: Domain, definition: dict[str, Any], mapping: dict[str, str]
-              ) -> tuple[list[tuple[str, str]], Domain, dict[str, Any]]:
-    """The (device id, destination path) of every copied disk, and both specs as the
-    destination must see them: copied disks at their destination path, as plain path
-    disks (a pool volume reference could name a different file there)."""
-    unknown = set(mapping) - {d.path for d in live.disks if _copied(d)}
-    if unknown:
-        raise InvalidSpec(f"--disk-path names {', '.join(sorted(unknown))}, which is not a "
-                          "copied disk of the running domain", field="disk_paths",
-                          fix="see 'virtkit domblklist'")
-    copies: list[tuple[str, str]] = []
-    by_path: dict[str, str] = {}
-    by_volume: dict[tuple[str, str], str] = {}
-    live = live.model_copy(deep=True)
-    for slot, disk in zip(disk_slots(live), live.disks, strict=True):
-        if _copied(disk):
-            assert disk.path is not None
-            target = mapping.get(disk.path, disk.path)
-            copies.append((slot.device_id, target))
-            by_path[disk.path] = target
-            if disk.pool and disk.volume:
-                by_volume[(disk.pool, disk.volume)] = target
-            live.disks[slot.index] = disk.model_copy(
-                update={"path": target, "pool": None, "volume": None})
-    disks = []
-    for disk in definition.get("disks", []):
-        moved = by_path.get(str(disk.get("path"))) or by_volume.get(
-            (str(disk.get("pool")), str(disk.get("volume"))))
-        disks.append({**disk, "path": moved, "pool": None, "volume": None} if moved
-                     else disk)
-    return copies, live, {**definition, "disks": disks}
-
-
 class MigrationService:
     """Outgoing and incoming live migrations of this daemon."""
 
@@ -148,6 +99,7 @@ class MigrationService:
         #: (removed when the migration fails) and the NBD exports to stop at finish
         self._created: dict[str, list[storagecopy.CreatedImage]] = {}
         self._exports: dict[str, list[str]] = {}
+        self.offline = OfflineMigrations(store, lifecycle, domains)
         self._watchdogs: set[asyncio.Task[None]] = set()
 
     # -- the destination end -------------------------------------------------------
@@ -222,6 +174,12 @@ class MigrationService:
         task.add_done_callback(self._watchdogs.discard)
         return answer
 
+    async def incoming_offline(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Check a definition sent by ``migrate --offline``; create and serve the images
+        of the disks it copies.  Defined here only by :meth:`finish`."""
+        address = _address(body.get("address"))
+        return await self.offline.incoming(body, self._copy_request(body), address)
+
     @staticmethod
     def _copy_request(body: dict[str, Any]) -> list[dict[str, Any]]:
         """The disks to create for ``copy_storage``, each a writable disk of the spec
@@ -236,7 +194,7 @@ class MigrationService:
                               field="copy_storage")
         live = load_domain(spec)
         slots = {slot.device_id: disk for slot, disk in
-                 zip(disk_slots(live), live.disks, strict=True) if _copied(disk)}
+                 zip(disk_slots(live), live.disks, strict=True) if copied(disk)}
         for index, disk in enumerate(disks):
             wanted = slots.get(str(disk.get("device"))) if isinstance(disk, dict) else None
             if wanted is None or wanted.path != disk.get("path") \
@@ -281,7 +239,10 @@ class MigrationService:
         return self._life.vm(row.uuid, row.name)
 
     async def finish(self, migration_id: str, *, persistent: bool = False) -> dict[str, Any]:
-        """Run the fully received VM here (the source stopped its copy)."""
+        """Run the fully received VM here (the source stopped its copy); for an offline
+        migration, define it."""
+        if self.offline.has(migration_id):
+            return await self.offline.finish(migration_id)
         vm = self._incoming_vm(migration_id)
         async with vm.lock:
             running = vm.running
@@ -309,6 +270,8 @@ class MigrationService:
     async def abort(self, migration_id: str) -> dict[str, Any]:
         """Remove an incoming migration that was not finished; an unknown one is fine
         (the source may ask twice, or after the QEMU ended by itself)."""
+        if await self.offline.abort(migration_id):
+            return {"id": migration_id, "removed": True}
         row = self._store.find_domain(migration_id)
         created = self._created.get(migration_id)
         if row is None:
@@ -329,11 +292,17 @@ class MigrationService:
     # -- the source end ----------------------------------------------------------------
 
     async def migrate(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Live-migrate running domain ``ref`` to the daemon ``body["destination"]``."""
-        if not body.get("live", True):
-            raise InvalidSpec("only live migration is implemented so far", field="live")
+        """Live-migrate running domain ``ref`` to the daemon ``body["destination"]``
+        (with ``offline``: send its definition, service/offline_migration.py)."""
+        offline = bool(body.get("offline"))
+        if not offline and not body.get("live", True):
+            raise InvalidSpec("a migration is live or offline", field="live",
+                              fix="give --live (the domain runs on) or --offline "
+                                  "(only its definition and disks move)")
         options = _options(body)
-        mapping = _disk_paths(body.get("disk_paths"))
+        mapping = disk_paths(body.get("disk_paths"))
+        copy = mapping if body.get("copy_storage_all") or body.get("copy_storage_inc") \
+            else None
         destination = body.get("destination")
         if not isinstance(destination, dict):
             raise InvalidSpec("destination: name the destination daemon", field="destination")
@@ -341,14 +310,20 @@ class MigrationService:
         row = self._store.get_domain(ref)
         vm = self._life.vm(row.uuid, row.name)
         peer = Peer(destination)
+        if offline:
+            try:
+                result = await self.offline.migrate(row, peer, address, body, copy)
+            finally:
+                await peer.close()
+            if options.undefine_source and self._store.find_domain(row.uuid) is not None:
+                await self._domains.undefine(row.uuid)
+            return {**result, "domain": row.name, "source": self._source_state(row.uuid)}
         try:
             async with vm.lock:
                 self._jobs[vm.uuid] = job = migration.Job()
                 try:
-                    result = await self._migrate_locked(
-                        vm, row.spec, peer, address, options, job,
-                        mapping if body.get("copy_storage_all") or body.get("copy_storage_inc")
-                        else None)
+                    result = await self._migrate_locked(vm, row.spec, peer, address,
+                                                        options, job, copy)
                 finally:
                     self._jobs.pop(vm.uuid, None)
         finally:
@@ -396,6 +371,15 @@ class MigrationService:
         """The outgoing migration of ``ref`` now running (virsh domjobinfo), read from
         QEMU's ``query-migrate`` without waiting for the VM's lock (the job holds it)."""
         row = self._store.get_domain(ref)
+        offline = self.offline.jobs.get(row.uuid)
+        if offline is not None:
+            done = sum(offline.done.values())
+            return {"domain": row.name, "type": "unbounded",
+                    "operation": "offline migration", "status": "copying disks",
+                    "phase": "copying disks", "data_total": offline.total or None,
+                    "data_processed": done, "data_remaining": offline.total - done,
+                    "disk_total": offline.total, "disk_processed": done,
+                    "disk_remaining": offline.total - done}
         job = self._jobs.get(row.uuid)
         running = self._life.vm(row.uuid, row.name).running
         if job is None or running is None:
@@ -431,6 +415,10 @@ class MigrationService:
         """Cancel the outgoing migration of ``ref`` (virsh domjobabort): the migration's
         own failure path then removes the destination's QEMU; the VM stays here."""
         row = self._store.get_domain(ref)
+        offline = self.offline.jobs.get(row.uuid)
+        if offline is not None:
+            offline.aborted = True  # the copy's progress callback stops qemu-img
+            return {"domain": row.name, "aborted": True}
         running = self._life.vm(row.uuid, row.name).running
         job = self._jobs.get(row.uuid)
         if job is None or running is None:
