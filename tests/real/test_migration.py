@@ -512,3 +512,50 @@ def test_offline_moves_the_definition_and_the_disks(
     refused = source.cli("migrate", "--offline", "--live", "mig14",
                          str(destination.root / "virtkitd.sock"), check=False)
     assert refused.returncode != 0 and "exclude each other" in refused.stderr
+
+
+# -- --postcopy -----------------------------------------------------------------------
+
+def test_postcopy_after_precopy(pair: tuple[DaemonHandle, DaemonHandle]) -> None:
+    """The switch to post-copy after the first pass: the guest runs there (its RAM
+    state intact), the source has no QEMU."""
+    source, destination = pair
+    _booted(source, "mig15")
+    source.console_run("mig15", "echo post > /tmp/mark; echo ok-$((7+8))", "ok-15")
+    # slow, and a downtime limit no pass can meet: precopy alone would never end
+    done = source.cli("migrate", "--live", "--postcopy", "--postcopy-after-precopy", "--json",
+                      "--bandwidth", "16", "--downtime-limit", "1",
+                      "mig15", str(destination.root / "virtkitd.sock"))
+    assert json.loads(done.stdout).get("postcopy") is True, done.stdout
+    assert "post" in destination.console_run("mig15", "cat /tmp/mark", "post")
+    assert source.qemu_pids() == []
+
+
+def test_migrate_postcopy_switches_a_slow_migration(
+        pair: tuple[DaemonHandle, DaemonHandle]) -> None:
+    source, destination = pair
+    _booted(source, "mig16")
+    refused = source.cli("migrate-postcopy", "mig16", check=False)
+    assert refused.returncode != 0 and "no migration running" in refused.stderr
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:  # 2 MiB/s: the precopy of 256 MiB would take minutes
+            outcome["result"] = _migrate(source, destination, "mig16", bandwidth=2,
+                                         postcopy=True)
+        except VirtkitError as exc:
+            outcome["error"] = exc
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        wait_for(lambda: _job(source, "mig16").get("status") == "active", 60, "the job")
+        source.cli("migrate-postcopy", "mig16")
+        wait_for(lambda: "post" in str(_job(source, "mig16").get("phase")), 30,
+                 "the switch to post-copy")
+        refused = source.cli("domjobabort", "mig16", check=False)
+        assert refused.returncode != 0 and "post-copy" in refused.stderr
+    finally:
+        thread.join(300)
+    assert outcome.get("result", {}).get("postcopy") is True, outcome
+    assert "ok-16" in destination.console_run("mig16", "echo ok-$((8+8))", "ok-16")
+    assert source.qemu_pids() == []

@@ -51,3 +51,9 @@ async def job_info(request: web.Request) -> web.Response:
 @routes.delete("/v1/domains/{ref}/job")
 async def job_abort(request: web.Request) -> web.Response:
     return json_response(await request.app[MIGRATIONS].job_abort(request.match_info["ref"]))
+
+
+@routes.post("/v1/domains/{ref}/job/postcopy")
+async def job_postcopy(request: web.Request) -> web.Response:
+    return json_response(await request.app[MIGRATIONS].job_postcopy(
+        request.match_info["ref"]))

@@ -111,8 +111,8 @@ def _with_progress(client: Client, domain: str, call: Callable[[], Any]) -> Any:
 def cmd_migrate(client: Client, args: argparse.Namespace) -> int:
     if args.offline and args.live:
         raise InvalidSpec("--offline and --live exclude each other", fix="give one of them")
-    if args.postcopy:
-        raise Unsupported("--postcopy is not implemented yet")
+    if (args.postcopy or args.postcopy_after_precopy) and args.offline:
+        raise InvalidSpec("--postcopy is for live migration", fix="leave out --offline")
     if args.disk_path and not (args.copy_storage_all or args.copy_storage_inc):
         raise InvalidSpec("--disk-path only applies to disks copied by --copy-storage-all",
                           fix="add --copy-storage-all")
@@ -122,7 +122,8 @@ def cmd_migrate(client: Client, args: argparse.Namespace) -> int:
         "live": not args.offline, "offline": args.offline,
         "persistent": args.persistent, "undefine_source": args.undefinesource,
         "auto_converge": args.auto_converge, "copy_storage_all": args.copy_storage_all,
-        "copy_storage_inc": args.copy_storage_inc}
+        "copy_storage_inc": args.copy_storage_inc, "postcopy": args.postcopy,
+        "postcopy_after_precopy": args.postcopy_after_precopy}
     if args.disk_path:
         body["disk_paths"] = disk_paths(args.disk_path)
     for key, value in (("bandwidth", args.bandwidth), ("downtime_limit", args.downtime_limit),
@@ -166,6 +167,12 @@ def cmd_domjobinfo(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate_postcopy(client: Client, args: argparse.Namespace) -> int:
+    client.post(client.domain_path(args.domain, "/job/postcopy"))
+    print(f"Switching the migration of domain '{args.domain}' to post-copy")
+    return 0
+
+
 def cmd_domjobabort(client: Client, args: argparse.Namespace) -> int:
     client.request("DELETE", client.domain_path(args.domain, "/job"))
     print(f"Job of domain '{args.domain}' aborted")
@@ -200,7 +207,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "destination (repeatable)")
     p.add_argument("--auto-converge", action="store_true",
                    help="throttle the guest's vCPUs if its memory changes faster than sent")
-    p.add_argument("--postcopy", action="store_true", help="(not implemented yet)")
+    p.add_argument("--postcopy", action="store_true",
+                   help="allow switching to post-copy ('virtkit migrate-postcopy' during the "
+                        "migration): the guest then runs there before all its memory "
+                        "arrived; a failure after that LOSES the guest")
+    p.add_argument("--postcopy-after-precopy", action="store_true",
+                   help="with --postcopy: switch after the first pass over the memory")
     p.add_argument("--bandwidth", type=int, metavar="MiB/s", help="limit the stream")
     p.add_argument("--downtime-limit", type=int, metavar="MS",
                    help="the longest pause the switch-over may cause")
@@ -220,6 +232,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     info.add_argument("domain")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_domjobinfo)
+    postcopy = sub.add_parser("migrate-postcopy", help="switch a running migration "
+                              "(started with --postcopy) to post-copy")
+    postcopy.add_argument("domain")
+    postcopy.set_defaults(func=cmd_migrate_postcopy)
     abort = sub.add_parser("domjobabort", help="cancel the migration job of a domain "
                            "(it keeps running here)")
     abort.add_argument("domain")

@@ -81,6 +81,8 @@ def _options(body: dict[str, Any]) -> migration.Options:
         auto_converge=bool(body.get("auto_converge")),
         bandwidth_mib=number("bandwidth"), downtime_ms=number("downtime_limit"),
         timeout=float(timeout) if timeout else migration.DEFAULT_TIMEOUT,
+        postcopy=bool(body.get("postcopy")) or bool(body.get("postcopy_after_precopy")),
+        postcopy_after_precopy=bool(body.get("postcopy_after_precopy")),
         copy_incremental=bool(body.get("copy_storage_inc")))
 
 
@@ -158,7 +160,8 @@ class MigrationService:
         try:
             async with vm.lock:
                 running = await self._life.start_incoming(vm, live)
-                answer["uri"] = await migration.listen_incoming(running.monitor, address)
+                answer["uri"] = await migration.listen_incoming(
+                    running.monitor, address, postcopy=bool(body.get("postcopy")))
                 if copies:
                     devices = [str(disk["device"]) for disk in copies]
                     self._exports[row.uuid] = devices
@@ -350,12 +353,16 @@ class MigrationService:
                                   field="copy_storage_all",
                                   fix="migrate without --copy-storage-all")
         incoming = {"spec": dump_domain(live), "persistent_spec": definition,
+                    "postcopy": options.postcopy,
                     "deadline": options.timeout + DEADLINE_MARGIN,
                     "machine_type": caps.machine_type(live.machine.value),
                     "accelerator": running.accel, "address": address}
         try:
             result = await migration.migrate_out(running.monitor, peer, incoming, options,
                                                  job)
+        except migration.PostcopyFailed:
+            self._life.set_state(vm, State.PAUSED, "postcopy failed", event="paused")
+            raise
         except migration.MigrationOutcomeUnknown:
             self._life.set_state(vm, State.PAUSED, "migration outcome unknown",
                                  event="paused")
@@ -424,9 +431,26 @@ class MigrationService:
         if job is None or running is None:
             raise Conflict(f"domain '{row.name}' has no job running",
                            fix="see 'virtkit domjobinfo'")
+        if job.phase in ("starting post-copy", "post-copy"):
+            raise Conflict(f"the migration of '{row.name}' is in post-copy: the guest runs "
+                           "on the destination and cannot come back",
+                           fix="wait for it to complete")
         job.aborted.set()  # stops the disk copy phase; migrate_cancel the stream
         await running.monitor.execute("migrate_cancel")
         return {"domain": row.name, "aborted": True}
+
+    async def job_postcopy(self, ref: str) -> dict[str, Any]:
+        """virsh migrate-postcopy: switch the outgoing migration of ``ref`` to post-copy."""
+        row = self._store.get_domain(ref)
+        job = self._jobs.get(row.uuid)
+        if job is None:
+            raise Conflict(f"domain '{row.name}' has no migration running",
+                           fix="see 'virtkit domjobinfo'")
+        if not job.postcopy:
+            raise Conflict(f"the migration of '{row.name}' was not started with --postcopy",
+                           fix="start it with 'virtkit migrate --postcopy'")
+        job.start_postcopy.set()
+        return {"domain": row.name, "postcopy": "requested"}
 
     def _source_state(self, uuid: str) -> str:
         try:
