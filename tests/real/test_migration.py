@@ -559,3 +559,41 @@ def test_migrate_postcopy_switches_a_slow_migration(
     assert outcome.get("result", {}).get("postcopy") is True, outcome
     assert "ok-16" in destination.console_run("mig16", "echo ok-$((8+8))", "ok-16")
     assert source.qemu_pids() == []
+
+
+def test_killing_the_destination_qemu_during_the_disk_copy(
+        netns_pair: tuple[DaemonHandle, DaemonHandle], tmp_path: Path) -> None:
+    """SIGKILL of the destination QEMU while the disk is mirrored into its NBD export:
+    the mirror fails, the VM keeps running here, the destination removes the image it
+    created and keeps nothing."""
+    source, destination = netns_pair
+    disk = _local_disk(tmp_path / "source-host")
+    (tmp_path / "destination-host").mkdir()
+    copy = tmp_path / "destination-host" / "disk.qcow2"
+    _booted(source, "mig17", disks=[{"path": str(disk), "format": "qcow2"}])
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = _migrate(source, destination, "mig17", address=DESTINATION_IP,
+                                         copy_storage_all=True, bandwidth=4,
+                                         disk_paths={str(disk): str(copy)})
+        except VirtkitError as exc:
+            outcome["error"] = exc
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        wait_for(lambda: _job(source, "mig17").get("disk_processed", 0) > 0, 60,
+                 "the disk copy to progress")
+        os.kill(destination.qemu_pids()[0], signal.SIGKILL)
+    finally:
+        thread.join(120)
+    assert "error" in outcome, outcome
+    assert source.info("mig17")["state"] == "running"
+    assert "ok-17" in source.console_run("mig17", "echo ok-$((8+9))", "ok-17")
+    wait_for(lambda: not copy.exists(), 10, "the destination to remove its image")
+    assert "mig17" not in _names(destination) and destination.qemu_pids() == []
+    # the source holds no leftover mirror or NBD client: a second try succeeds
+    result = _migrate(source, destination, "mig17", address=DESTINATION_IP,
+                      copy_storage_all=True, disk_paths={str(disk): str(copy)})
+    assert result["destination"]["state"] == "running" and copy.is_file()

@@ -182,11 +182,16 @@ async def configure_source(monitor: Monitor, options: Options) -> None:
 
 async def cancel(monitor: Monitor) -> None:
     """Cancel an outgoing migration and make sure the guest runs here again."""
-    with contextlib.suppress(VirtkitError):
-        await monitor.execute("migrate_cancel")
-    with contextlib.suppress(VirtkitError):
-        await wait_status(monitor, {"cancelled", "failed", "completed", "none"},
-                          time.monotonic() + 30, "cancelling")
+    try:  # no status: the stream never started (a failed disk copy), nothing to cancel
+        started = (await monitor.execute("query-migrate")).get("status") is not None
+    except VirtkitError:
+        started = True
+    if started:
+        with contextlib.suppress(VirtkitError):
+            await monitor.execute("migrate_cancel")
+        with contextlib.suppress(VirtkitError):
+            await wait_status(monitor, {"cancelled", "failed", "completed", "none"},
+                              time.monotonic() + 30, "cancelling")
     with contextlib.suppress(VirtkitError):
         if (await monitor.execute("query-status"))["status"] != "running":
             await monitor.execute("cont")
