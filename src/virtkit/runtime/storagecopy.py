@@ -32,6 +32,7 @@ JOB_PREFIX = "vkmig-"
 NBD_PREFIX = "vkmig-nbd-"
 COPY_FORMATS = ("qcow2", "raw")
 POLL = 0.05
+CONCLUDE_POLL = 0.005
 
 
 @dataclass(frozen=True)
@@ -258,8 +259,8 @@ class Mirrors:
                     self._jobs.remove(job_id)
             if self._jobs and time.monotonic() > deadline:
                 raise TimeoutExpired(f"the disk mirrors {', '.join(self._jobs)} did not end")
-            if self._jobs:
-                await asyncio.sleep(POLL)
+            if self._jobs:  # at switch-over the guest is stopped: every wait is downtime
+                await asyncio.sleep(CONCLUDE_POLL)
         await self._remove_nodes()
         if failed and strict:
             raise QemuError("completing the disk copies failed: " + "; ".join(failed))
