@@ -597,3 +597,28 @@ def test_killing_the_destination_qemu_during_the_disk_copy(
     result = _migrate(source, destination, "mig17", address=DESTINATION_IP,
                       copy_storage_all=True, disk_paths={str(disk): str(copy)})
     assert result["destination"]["state"] == "running" and copy.is_file()
+
+
+def test_offline_refusals_leave_nothing_on_the_destination(
+        pair: tuple[DaemonHandle, DaemonHandle], tmp_path: Path) -> None:
+    source, destination = pair
+    disk = _local_disk(tmp_path / "src")
+    (tmp_path / "dst").mkdir()
+    copy = tmp_path / "dst" / "disk.qcow2"
+    source.define("mig18", disks=[{"path": str(disk), "format": "qcow2"}])
+    destination.define("mig18")  # another domain of that name
+    with pytest.raises(ApiError) as excinfo:
+        _migrate(source, destination, "mig18", offline=True, live=False,
+                 copy_storage_all=True, disk_paths={str(disk): str(copy)})
+    assert excinfo.value.http_status == 409
+    assert not copy.exists() and source.state("mig18") == "shutoff"
+    # a network only the source has: refused after the image was made; it goes again
+    source.cli("net-define-as", "lab2", "--mode", "isolated", "--subnet", "10.67.0.0/24")
+    source.define("mig19", disks=[{"path": str(disk), "format": "qcow2"}],
+                  nics=[{"type": "network", "network": "lab2"}])
+    with pytest.raises(ApiError) as excinfo:
+        _migrate(source, destination, "mig19", offline=True, live=False,
+                 copy_storage_all=True, disk_paths={str(disk): str(copy)})
+    assert "network 'lab2' is not defined" in excinfo.value.message
+    assert not copy.exists() and "mig19" not in _names(destination)
+    assert destination.qemu_pids() == []

@@ -218,3 +218,50 @@ def test_an_incremental_copy_needs_the_backing_image_there(tmp_path: Path) -> No
                                     "size": 2**20,
                                     "backing": {"path": str(tmp_path / "nobase")}}])
     assert not (tmp_path / "t.qcow2").exists()
+
+
+def _parse(*argv: str) -> Any:
+    import argparse
+
+    from virtkit.cli import migrate
+
+    parser = argparse.ArgumentParser()
+    migrate.register(parser.add_subparsers())
+    return parser.parse_args(["migrate", *argv])
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (("--offline", "--live"), "exclude each other"),
+    (("--disk-path", "/a=/b"), "--copy-storage-all"),
+    (("--offline", "--postcopy"), "live migration"),
+    (("--copy-storage-all", "--disk-path", "a=/b"), "absolute paths"),
+])
+def test_cli_refuses_contradictory_flags_before_asking_anyone(argv: tuple[str, ...],
+                                                              message: str) -> None:
+    from virtkit.cli.migrate import cmd_migrate
+
+    args = _parse("vm", "/run/other/virtkitd.sock", *argv)
+    with pytest.raises(InvalidSpec, match=message):
+        cmd_migrate(None, args)  # type: ignore[arg-type]  # no daemon is reached
+
+
+def test_cli_sends_the_new_flags() -> None:
+    from virtkit.cli.migrate import cmd_migrate
+
+    class Recorder:
+        body: dict[str, Any] = {}
+
+        def domain_path(self, name: str, suffix: str) -> str:
+            return f"/v1/domains/{name}{suffix}"
+
+        def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+            Recorder.body = body
+            return {"domain": "vm", "offline": True, "copied_disks": ["disk0"]}
+
+    args = _parse("vm", "/run/other/virtkitd.sock", "--offline", "--copy-storage-all",
+                  "--disk-path", "/a=/b")
+    args.json = False
+    assert cmd_migrate(Recorder(), args) == 0  # type: ignore[arg-type]
+    body = Recorder.body
+    assert (body["offline"], body["live"], body["copy_storage_all"]) == (True, False, True)
+    assert body["disk_paths"] == {"/a": "/b"} and body["postcopy"] is False
