@@ -68,7 +68,7 @@ class Servers:
             for disk in disks:
                 port = _free_port(address)
                 process = await asyncio.create_subprocess_exec(
-                    _qemu_nbd(), "--persistent", "--shared=1", "--cache=none",
+                    _qemu_nbd(), "--persistent", "--shared=1", "--cache=writeback",
                     "-f", str(disk["format"]), "-b", address, "-p", str(port),
                     "-x", str(disk["device"]), str(disk["path"]),
                     stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
@@ -82,7 +82,7 @@ class Servers:
         return {"host": address, "ports": exports}
 
     async def stop(self) -> None:
-        """Kill the servers (they flush each write: --cache=none) and reap them."""
+        """Stop the servers (SIGTERM: qemu-nbd closes its image cleanly) and reap them."""
         for process in self._processes:
             if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -119,3 +119,13 @@ def send(disk: dict[str, Any], host: str, port: int,
     returncode, stderr = qemuimg.run_with_progress(argv, progress)
     if returncode != 0:
         raise qemuimg.error_from_stderr("copy to the destination", source, stderr)
+
+
+def sync(paths: list[str]) -> None:
+    """fsync the received images: the copy is durable before the domain is defined."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

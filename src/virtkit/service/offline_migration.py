@@ -110,6 +110,7 @@ class OfflineMigrations:
             pending.expiry.cancel()
         await pending.servers.stop()
         try:
+            await asyncio.to_thread(offlinecopy.sync, [i.path for i in pending.created])
             return self._domains.define(pending.spec)
         except BaseException:
             storagecopy.remove_images(pending.created)
