@@ -372,7 +372,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("run")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--memory", type=int, nargs="+", default=[256, 1024])
+    p.add_argument("--memory", type=int, nargs="*", default=[256, 1024],
+                   help="guest sizes of the shared-storage case (none: skip it)")
     p.add_argument("--no-storage", dest="storage", action="store_false",
                    help="skip the --copy-storage-all case")
     p.set_defaults(func=run)
