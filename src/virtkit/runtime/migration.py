@@ -94,6 +94,7 @@ class Job:
     aborted: asyncio.Event = field(default_factory=asyncio.Event)
     mirrors: storagecopy.Mirrors | None = None
     postcopy: bool = False  # the migration may switch to post-copy
+    postcopy_started: bool = False  # migrate-start-postcopy was sent: no way back
     #: set by virtkit migrate-postcopy: switch to post-copy now
     start_postcopy: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -303,7 +304,7 @@ async def _postcopy_trigger(monitor: Monitor, job: Job, options: Options) -> Non
                 break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(job.start_postcopy.wait(), POLL * 2)
-    job.phase = "starting post-copy"
+    job.phase, job.postcopy_started = "starting post-copy", True
     await monitor.execute("migrate-start-postcopy")
 
 

@@ -431,7 +431,7 @@ class MigrationService:
         if job is None or running is None:
             raise Conflict(f"domain '{row.name}' has no job running",
                            fix="see 'virtkit domjobinfo'")
-        if job.phase in ("starting post-copy", "post-copy"):
+        if job.postcopy_started or job.phase == "post-copy":
             raise Conflict(f"the migration of '{row.name}' is in post-copy: the guest runs "
                            "on the destination and cannot come back",
                            fix="wait for it to complete")

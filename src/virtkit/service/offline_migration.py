@@ -135,6 +135,9 @@ class OfflineMigrations:
         if body.get("live"):
             raise InvalidSpec("--offline and --live exclude each other", field="live",
                               fix="give one of them")
+        if body.get("postcopy") or body.get("postcopy_after_precopy"):
+            raise InvalidSpec("--postcopy is for live migration", field="postcopy",
+                              fix="leave out --offline")
         if body.get("copy_storage_inc"):
             raise InvalidSpec("--copy-storage-inc is not available offline",
                               field="copy_storage_inc", fix="use --copy-storage-all")
