@@ -265,3 +265,19 @@ def test_cli_sends_the_new_flags() -> None:
     body = Recorder.body
     assert (body["offline"], body["live"], body["copy_storage_all"]) == (True, False, True)
     assert body["disk_paths"] == {"/a": "/b"} and body["postcopy"] is False
+
+
+def test_the_destination_creates_only_files_the_spec_names() -> None:
+    from virtkit.service.migrations import MigrationService
+
+    spec = dump_domain(_spec())
+    good = {"device": "disk0", "path": "/d/a.qcow2", "format": "qcow2", "size": 2**20}
+    body = {"spec": spec, "copy_storage": {"disks": [good]}}
+    assert MigrationService._copy_request(body) == [good]
+    assert MigrationService._copy_request({"spec": spec}) == []
+    for bad in ({**good, "path": "/etc/passwd"}, {**good, "device": "disk1"},
+                {**good, "format": "raw"}):
+        with pytest.raises(InvalidSpec, match="not a writable disk of the spec"):
+            MigrationService._copy_request({"spec": spec, "copy_storage": {"disks": [bad]}})
+    with pytest.raises(InvalidSpec):
+        MigrationService._copy_request({"spec": spec, "copy_storage": {"disks": []}})
