@@ -433,6 +433,8 @@ def test_copy_storage_refusals_leave_everything_in_place(
                  "the disk copy")
         assert copy.exists() and len(destination.qemu_pids()) == 1
         assert _job(source, "mig12")["disk_total"] > 0
+        shown = source.cli("domjobinfo", "mig12").stdout
+        assert "Phase:                  copying disks" in shown and "File total:" in shown
         source.cli("domjobabort", "mig12")
     finally:
         thread.join(120)

@@ -156,8 +156,13 @@ def cmd_domjobinfo(client: Client, args: argparse.Namespace) -> int:
         render.as_json(info)
         return 0
     labels = (("type", "Job type"), ("operation", "Operation"), ("status", "Status"),
+              ("phase", "Phase"),
               ("elapsed_ms", "Time elapsed (ms)"), ("data_processed", "Data processed"),
               ("data_remaining", "Data remaining"), ("data_total", "Data total"),
+              ("memory_processed", "Memory processed"),
+              ("memory_remaining", "Memory remaining"), ("memory_total", "Memory total"),
+              ("disk_processed", "File processed"), ("disk_remaining", "File remaining"),
+              ("disk_total", "File total"),
               ("dirty_rate", "Dirty rate (pages/s)"),
               ("expected_downtime_ms", "Expected downtime (ms)"))
     for key, label in labels:
