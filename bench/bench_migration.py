@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Live migration: virtkit (two daemons) against raw QEMU with the same parameters.
 
-    python bench/bench_migration.py run [--runs 3] [--memory 256 1024]
+    python bench/bench_migration.py run [--runs 3] [--memory 256 1024] [--no-storage]
 
 An idle tiny guest (the given memory, 1 vCPU, TCG) booted on one side is migrated to
 the other over tcp:127.0.0.1 on this host.  virtkit: two private daemons, the time is
@@ -12,6 +12,16 @@ the same capabilities (events, return-path, pause-before-switchover) and no band
 cap, from spawning the destination QEMU to ``cont`` there.  Downtime is QEMU's own
 ``downtime`` figure of the completed migration on both sides.  Every process is
 stopped by the PID recorded when it was started.
+
+The copy-storage case (``--copy-storage-all``): the 256 MiB guest with a 256 MiB
+qcow2 disk holding 64 MiB of random data.  virtkit: ``migrate`` with
+``copy_storage_all`` and the copy mapped to another path (the destination creates
+the image).  Raw QEMU, the same steps by hand: ``qemu-img create`` of the target,
+the destination QEMU with the target image and ``-incoming defer``,
+``nbd-server-start`` + ``block-export-add``; on the source ``blockdev-add`` of an NBD
+client, ``blockdev-mirror sync=full`` to READY, the RAM migration to
+``pre-switchover``, ``block-job-cancel``, ``blockdev-del``, ``migrate-continue``;
+``nbd-server-stop`` and ``cont`` on the destination.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -169,6 +180,157 @@ def raw_once(argv: list[str]) -> tuple[float, float | None]:
                 bl.raw_qemu_stop(process, None)
 
 
+DISK_SIZE = 256 * 2**20
+DISK_DATA = 64 * 2**20
+
+
+def _data_disk(folder: Path) -> Path:
+    """A 256 MiB qcow2 image whose first 64 MiB are random data."""
+    raw = folder / "seed.raw"
+    with raw.open("wb") as out:
+        for _ in range(DISK_DATA // 2**20):
+            out.write(os.urandom(2**20))
+    os.truncate(raw, DISK_SIZE)
+    disk = folder / "disk.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)],
+                   check=True)
+    raw.unlink()
+    return disk
+
+
+def virtkit_storage_once(guest: TinyGuest, disk: Path, target: Path, name: str
+                         ) -> tuple[float, float | None, list[str]]:
+    """One virtkit --copy-storage-all migration; seconds, downtime (s), source argv."""
+    with bl.VirtkitDaemon() as source, bl.VirtkitDaemon() as destination:
+        spec = {**bl.tiny_spec(name, guest, 256),
+                "disks": [{"path": str(disk), "format": "qcow2"}]}
+        source.client.post("/v1/domains", {"spec": spec})
+        pid = source.client.post(f"/v1/domains/{name}/start")["pid"]
+        argv = bl.proc_argv(pid)
+        _wait_log(source.root / "log" / "domains" / source.client.get(
+            f"/v1/domains/{name}")["uuid"] / "serial0.log")
+        body = {"destination": {"socket": str(destination.paths.socket)},
+                "address": "127.0.0.1", "copy_storage_all": True,
+                "disk_paths": {str(disk): str(target)}}
+        seconds, result = bl.timed(lambda: source.client.post(
+            f"/v1/domains/{name}/migrate", body))
+        assert destination.state(name) == "running"
+        downtime = result.get("downtime_ms")
+        return seconds, downtime / 1000 if downtime is not None else None, argv
+
+
+def _disk_node(qmp: Qmp) -> str:
+    for block in qmp.execute("query-block"):
+        if block.get("inserted") and "disk0" in str(block.get("qdev", "")):
+            return str(block["inserted"]["node-name"])
+    raise RuntimeError("no disk0 in query-block")
+
+
+def _wait_mirror(qmp: Qmp, job: str, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = {j["device"]: j for j in qmp.execute("query-block-jobs")}
+        if jobs.get(job, {}).get("ready"):
+            return
+        if job not in jobs or time.monotonic() > deadline:
+            raise RuntimeError(f"raw mirror: {jobs}")
+        time.sleep(0.005)
+
+
+def raw_storage_once(argv: list[str], disk: Path) -> tuple[float, float | None]:
+    """The same copy-storage migration by hand on raw QEMU processes."""
+    with tempfile.TemporaryDirectory(prefix="vkbench-migs-") as tmp:
+        src_dir, dst_dir = Path(tmp, "src"), Path(tmp, "dst")
+        src_dir.mkdir()
+        dst_dir.mkdir()
+        target = dst_dir / "disk.qcow2"
+        src_argv, src_qmp_path = bl.raw_argv(argv, src_dir)
+        dst_argv, dst_qmp_path = bl.raw_argv(argv, dst_dir)
+        dst_argv = [a.replace(str(disk), str(target)) for a in dst_argv]
+        processes: list[subprocess.Popen[bytes]] = []
+        monitors: list[Qmp] = []
+        try:
+            with open(src_dir / "qemu.log", "ab") as log:
+                processes.append(subprocess.Popen(src_argv, stdout=log, stderr=log,
+                                                  start_new_session=True))
+            src = Qmp(src_qmp_path)
+            monitors.append(src)
+            src.execute("cont")
+            _wait_log(src_dir / "charserial0.log")
+            start = time.perf_counter()
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target),
+                            str(DISK_SIZE)], check=True)
+            with open(dst_dir / "qemu.log", "ab") as log:
+                processes.append(subprocess.Popen([*dst_argv, "-incoming", "defer"],
+                                                  stdout=log, stderr=log,
+                                                  start_new_session=True))
+            dst = Qmp(dst_qmp_path)
+            monitors.append(dst)
+            _caps(dst, ("events", "return-path"))
+            port, nbd_port = _free_port(), _free_port()
+            dst.execute("migrate-incoming", {"uri": f"tcp:127.0.0.1:{port}"})
+            dst.execute("nbd-server-start", {"addr": {"type": "inet", "data": {
+                "host": "127.0.0.1", "port": str(nbd_port)}}})
+            dst.execute("block-export-add", {"type": "nbd", "id": "e0", "name": "disk0",
+                                             "node-name": _disk_node(dst), "writable": True})
+            src.execute("blockdev-add", {"driver": "nbd", "node-name": "nbd0",
+                                         "export": "disk0", "server": {
+                                             "type": "inet", "host": "127.0.0.1",
+                                             "port": str(nbd_port)}})
+            src.execute("blockdev-mirror", {"job-id": "m0", "device": _disk_node(src),
+                                            "target": "nbd0", "sync": "full"})
+            _wait_mirror(src, "m0")
+            _caps(src, ("events", "return-path", "pause-before-switchover"))
+            src.execute("migrate-set-parameters", {"max-bandwidth": 2**40})
+            src.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+            _wait_status(src, "pre-switchover")
+            src.execute("block-job-cancel", {"device": "m0"})
+            while src.execute("query-block-jobs"):
+                time.sleep(0.002)
+            src.execute("blockdev-del", {"node-name": "nbd0"})
+            src.execute("migrate-continue", {"state": "pre-switchover"})
+            info = _wait_status(src, "completed")
+            _wait_status(dst, "completed")
+            dst.execute("block-export-del", {"id": "e0", "mode": "hard"})
+            dst.execute("nbd-server-stop")
+            dst.execute("cont")
+            seconds = time.perf_counter() - start
+            downtime = info.get("downtime")
+            return seconds, downtime / 1000 if downtime is not None else None
+        finally:
+            for qmp in monitors:
+                with contextlib.suppress(RuntimeError, OSError, ValueError):
+                    qmp.execute("quit")
+                qmp.close()
+            for process in processes:
+                bl.raw_qemu_stop(process, None)
+
+
+def run_storage(guest: TinyGuest, runs: int) -> tuple[dict[str, Any], list[str]]:
+    samples: dict[str, list[float]] = {"virtkit": [], "raw": [], "virtkit_down": [],
+                                       "raw_down": []}
+    with tempfile.TemporaryDirectory(prefix="vkbench-migdisk-") as tmp:
+        disk = _data_disk(Path(tmp))
+        for index in range(runs):
+            target = Path(tmp) / f"copy{index}.qcow2"
+            seconds, down, argv = virtkit_storage_once(guest, disk, target, f"bms{index}")
+            target.unlink()
+            samples["virtkit"].append(seconds)
+            if down is not None:
+                samples["virtkit_down"].append(down)
+            seconds, down = raw_storage_once(argv, disk)
+            samples["raw"].append(seconds)
+            if down is not None:
+                samples["raw_down"].append(down)
+    summary = {key: bl.summary(values) for key, values in samples.items()}
+    row = ["256 MiB + 256 MiB disk (64 MiB data), --copy-storage-all",
+           bl.fmt_s(summary["virtkit"]["median"]), bl.fmt_s(summary["raw"]["median"]),
+           bl.fmt_x(bl.ratio(summary["virtkit"]["median"], summary["raw"]["median"])),
+           bl.fmt_ms(summary["virtkit_down"]["median"]),
+           bl.fmt_ms(summary["raw_down"]["median"])]
+    return summary, row
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     guest = bl.tiny_guest()
     results: dict[str, Any] = {"host": bl.host_context(), "memory": {}}
@@ -193,6 +355,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                        summary["raw"]["median"])),
                      bl.fmt_ms(summary["virtkit_down"]["median"]),
                      bl.fmt_ms(summary["raw_down"]["median"])])
+    if args.storage:
+        results["copy_storage_all"], row = run_storage(guest, args.runs)
+        rows.append(row)
     bl.print_table(f"live migration of an idle tiny guest, median of {args.runs}",
                    ["memory", "virtkit s", "raw QEMU s", "ratio", "virtkit downtime ms",
                     "raw downtime ms"], rows)
@@ -207,7 +372,10 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("run")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--memory", type=int, nargs="+", default=[256, 1024])
+    p.add_argument("--memory", type=int, nargs="*", default=[256, 1024],
+                   help="guest sizes of the shared-storage case (none: skip it)")
+    p.add_argument("--no-storage", dest="storage", action="store_false",
+                   help="skip the --copy-storage-all case")
     p.set_defaults(func=run)
     args = parser.parse_args()
     args.func(args)

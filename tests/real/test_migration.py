@@ -349,3 +349,278 @@ def test_a_network_the_destination_lacks(netns_pair: tuple[DaemonHandle, DaemonH
     assert source.info("mig10")["state"] == "running"
     assert "ok-10" in source.console_run("mig10", "echo ok-$((5+5))", "ok-10")
     assert "mig10" not in _names(destination) and destination.qemu_pids() == []
+
+
+# -- --copy-storage-all ---------------------------------------------------------------
+
+def _local_disk(folder: Path) -> Path:
+    """A 64 MiB qcow2 image whose first 8 MiB hold random data (a known checksum)."""
+    folder.mkdir()
+    raw = folder / "seed.raw"
+    with raw.open("wb") as out:
+        out.write(os.urandom(8 * 2**20))
+    os.truncate(raw, 64 * 2**20)
+    disk = folder / "disk.qcow2"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)],
+                   check=True, capture_output=True)
+    raw.unlink()
+    return disk
+
+
+def _guest_md5(handle: DaemonHandle, name: str) -> str:
+    out = handle.console_run(name, "head -c 16777216 /dev/vda | md5sum; echo su''m-done",
+                             "sum-done")
+    return next(word for line in out.splitlines() for word in line.split()
+                if len(word) == 32 and all(c in "0123456789abcdef" for c in word))
+
+
+def test_copy_storage_all_between_two_hosts(netns_pair: tuple[DaemonHandle, DaemonHandle],
+                                            tmp_path: Path) -> None:
+    """A local qcow2 disk is mirrored to an image the destination creates at another
+    path (--disk-path), then the RAM follows; the data is identical on both sides."""
+    source, destination = netns_pair
+    disk = _local_disk(tmp_path / "source-host")
+    (tmp_path / "destination-host").mkdir()
+    copy = tmp_path / "destination-host" / "disk.qcow2"
+    _booted(source, "mig11", disks=[{"path": str(disk), "format": "qcow2"}])
+    # the guest writes too, so the copy holds what it wrote while running here
+    source.console_run("mig11", "echo VKGUEST | dd of=/dev/vda bs=512 seek=20480 "
+                       "conv=fsync oflag=direct 2>/dev/null; echo wr''ote", "wrote")
+    before = _guest_md5(source, "mig11")
+    result = _migrate(source, destination, "mig11", address=DESTINATION_IP,
+                      copy_storage_all=True, persistent=True, undefine_source=True,
+                      disk_paths={str(disk): str(copy)})
+    assert result["copied_disks"] and result["source"] == "undefined"
+    assert source.qemu_pids() == [] and "mig11" not in _names(source)
+    assert disk.is_file()  # virsh leaves the source's disk in place
+    assert _guest_md5(destination, "mig11") == before
+    assert destination.client.get(destination.client.domain_path("mig11"))["spec"][
+        "disks"][0]["path"] == str(copy)
+    destination.client.post(destination.client.domain_path("mig11", "/destroy"))
+    compared = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2",
+                               str(disk), str(copy)], capture_output=True, text=True)
+    assert compared.returncode == 0, compared.stdout + compared.stderr
+
+
+def test_copy_storage_refusals_leave_everything_in_place(
+        pair: tuple[DaemonHandle, DaemonHandle], tmp_path: Path) -> None:
+    """Same path on one host (the file exists there) is refused without touching it;
+    an abort during the disk copy leaves the VM here and removes the new image."""
+    source, destination = pair
+    disk = _local_disk(tmp_path / "src")
+    _booted(source, "mig12", disks=[{"path": str(disk), "format": "qcow2"}])
+    stamp = disk.stat()
+    with pytest.raises(ApiError) as excinfo:
+        _migrate(source, destination, "mig12", copy_storage_all=True)
+    assert "already exists on the destination" in excinfo.value.message
+    assert disk.stat().st_ino == stamp.st_ino
+    assert source.info("mig12")["state"] == "running"
+    # domjobabort while the disk is being mirrored (1 MiB/s keeps it in that phase)
+    (tmp_path / "dst").mkdir()
+    copy = tmp_path / "dst" / "disk.qcow2"
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = _migrate(source, destination, "mig12", copy_storage_all=True,
+                                         disk_paths={str(disk): str(copy)}, bandwidth=1)
+        except VirtkitError as exc:
+            outcome["error"] = exc
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        wait_for(lambda: _job(source, "mig12").get("phase") == "copying disks", 60,
+                 "the disk copy")
+        assert copy.exists() and len(destination.qemu_pids()) == 1
+        assert _job(source, "mig12")["disk_total"] > 0
+        shown = source.cli("domjobinfo", "mig12").stdout
+        assert "Phase:                  copying disks" in shown and "File total:" in shown
+        source.cli("domjobabort", "mig12")
+    finally:
+        thread.join(120)
+    assert "error" in outcome and "cancelled" in outcome["error"].message, outcome
+    assert source.info("mig12")["state"] == "running"
+    assert "ok-12" in source.console_run("mig12", "echo ok-$((6+6))", "ok-12")
+    wait_for(lambda: "mig12" not in _names(destination), 10, "the destination to clean up")
+    assert destination.qemu_pids() == [] and not copy.exists()
+    assert disk.is_file()
+
+
+def test_copy_storage_inc_copies_only_the_top_image(pair: tuple[DaemonHandle, DaemonHandle],
+                                                    tmp_path: Path) -> None:
+    """The backing image is on both hosts (here: the same file); only the overlay's
+    data crosses, into an overlay the destination makes on that backing image."""
+    source, destination = pair
+    base = _local_disk(tmp_path / "base")
+    top = tmp_path / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2",
+                    str(top)], check=True)
+    copy = tmp_path / "copy" / "top.qcow2"
+    copy.parent.mkdir()
+    _booted(source, "mig13", disks=[{"path": str(top), "format": "qcow2"}])
+    source.console_run("mig13", "echo VKTOP | dd of=/dev/vda bs=512 seek=30000 "
+                       "conv=fsync oflag=direct 2>/dev/null; echo wr''ote", "wrote")
+    before = _guest_md5(source, "mig13")
+    done = source.cli("migrate", "--live", "--copy-storage-inc", "--verbose", "mig13",
+                      str(destination.root / "virtkitd.sock"), "--disk-path",
+                      f"{top}={copy}")
+    assert "mig13 runs on the destination" in done.stdout, done.stderr
+    assert _guest_md5(destination, "mig13") == before
+    destination.client.post(destination.client.domain_path("mig13", "/destroy"))
+    info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(copy)],
+                                     check=True, capture_output=True, text=True).stdout)
+    assert info["backing-filename"] == str(base)
+    assert info["actual-size"] < 4 * 2**20  # the overlay's writes, not the base's 8 MiB
+    compared = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2",
+                               str(top), str(copy)], capture_output=True, text=True)
+    assert compared.returncode == 0, compared.stdout + compared.stderr
+
+
+# -- --offline ------------------------------------------------------------------------
+
+def test_offline_moves_the_definition_and_the_disks(
+        netns_pair: tuple[DaemonHandle, DaemonHandle], tmp_path: Path) -> None:
+    """A shut-off domain: its definition (made persistent there) and, with
+    --copy-storage-all, its disk (served by qemu-nbd there) cross; nothing runs."""
+    source, destination = netns_pair
+    disk = _local_disk(tmp_path / "source-host")
+    (tmp_path / "destination-host").mkdir()
+    copy = tmp_path / "destination-host" / "disk.qcow2"
+    source.define("mig14", disks=[{"path": str(disk), "format": "qcow2"}])
+    done = source.cli("migrate", "--offline", "--copy-storage-all", "--undefinesource",
+                      "--verbose", "mig14", str(destination.root / "virtkitd.sock"),
+                      "--listen-address", DESTINATION_IP, "--disk-path", f"{disk}={copy}")
+    assert "mig14 is defined on the destination (1 disk(s) copied)" in done.stdout, done
+    assert "mig14" not in _names(source) and disk.is_file()
+    info = destination.info("mig14")
+    assert info["state"] == "shutoff" and destination.qemu_pids() == []
+    assert destination.client.get(destination.client.domain_path("mig14"))["spec"][
+        "disks"][0]["path"] == str(copy)
+    compared = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2",
+                               str(disk), str(copy)], capture_output=True, text=True)
+    assert compared.returncode == 0, compared.stdout + compared.stderr
+    # it starts there from the copy; a running domain offline: only its definition
+    destination.client.post(destination.client.domain_path("mig14", "/start"))
+    destination.wait_booted("mig14")
+    back = destination.cli("migrate", "--offline", "--copy-storage-all", "mig14",
+                           str(source.root / "virtkitd.sock"), check=False)
+    assert back.returncode != 0 and "shut it down first" in back.stderr
+    assert "mig14" not in _names(source)
+    moved = destination.cli("migrate", "--offline", "mig14", str(source.root / "virtkitd.sock"))
+    assert "mig14 is defined on the destination" in moved.stdout
+    assert source.info("mig14")["state"] == "shutoff"
+    assert not source.client.get(source.client.domain_path("mig14"))["spec"].get("transient")
+    assert destination.state("mig14") == "running"  # not stopped by an offline migration
+    refused = source.cli("migrate", "--offline", "--live", "mig14",
+                         str(destination.root / "virtkitd.sock"), check=False)
+    assert refused.returncode != 0 and "exclude each other" in refused.stderr
+
+
+# -- --postcopy -----------------------------------------------------------------------
+
+def test_postcopy_after_precopy(pair: tuple[DaemonHandle, DaemonHandle]) -> None:
+    """The switch to post-copy after the first pass: the guest runs there (its RAM
+    state intact), the source has no QEMU."""
+    source, destination = pair
+    _booted(source, "mig15")
+    source.console_run("mig15", "echo post > /tmp/mark; echo ok-$((7+8))", "ok-15")
+    # slow, and a downtime limit no pass can meet: precopy alone would never end
+    done = source.cli("migrate", "--live", "--postcopy", "--postcopy-after-precopy", "--json",
+                      "--bandwidth", "16", "--downtime-limit", "1",
+                      "mig15", str(destination.root / "virtkitd.sock"))
+    assert json.loads(done.stdout).get("postcopy") is True, done.stdout
+    assert "post" in destination.console_run("mig15", "cat /tmp/mark", "post")
+    assert source.qemu_pids() == []
+
+
+def test_migrate_postcopy_switches_a_slow_migration(
+        pair: tuple[DaemonHandle, DaemonHandle]) -> None:
+    source, destination = pair
+    _booted(source, "mig16")
+    refused = source.cli("migrate-postcopy", "mig16", check=False)
+    assert refused.returncode != 0 and "no migration running" in refused.stderr
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:  # 2 MiB/s: the precopy of 256 MiB would take minutes
+            outcome["result"] = _migrate(source, destination, "mig16", bandwidth=2,
+                                         postcopy=True)
+        except VirtkitError as exc:
+            outcome["error"] = exc
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        wait_for(lambda: _job(source, "mig16").get("status") == "active", 60, "the job")
+        source.cli("migrate-postcopy", "mig16")
+        wait_for(lambda: "post" in str(_job(source, "mig16").get("phase")), 30,
+                 "the switch to post-copy")
+        refused = source.cli("domjobabort", "mig16", check=False)
+        assert refused.returncode != 0 and "post-copy" in refused.stderr
+    finally:
+        thread.join(300)
+    assert outcome.get("result", {}).get("postcopy") is True, outcome
+    assert "ok-16" in destination.console_run("mig16", "echo ok-$((8+8))", "ok-16")
+    assert source.qemu_pids() == []
+
+
+def test_killing_the_destination_qemu_during_the_disk_copy(
+        netns_pair: tuple[DaemonHandle, DaemonHandle], tmp_path: Path) -> None:
+    """SIGKILL of the destination QEMU while the disk is mirrored into its NBD export:
+    the mirror fails, the VM keeps running here, the destination removes the image it
+    created and keeps nothing."""
+    source, destination = netns_pair
+    disk = _local_disk(tmp_path / "source-host")
+    (tmp_path / "destination-host").mkdir()
+    copy = tmp_path / "destination-host" / "disk.qcow2"
+    _booted(source, "mig17", disks=[{"path": str(disk), "format": "qcow2"}])
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = _migrate(source, destination, "mig17", address=DESTINATION_IP,
+                                         copy_storage_all=True, bandwidth=4,
+                                         disk_paths={str(disk): str(copy)})
+        except VirtkitError as exc:
+            outcome["error"] = exc
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        wait_for(lambda: _job(source, "mig17").get("disk_processed", 0) > 0, 60,
+                 "the disk copy to progress")
+        os.kill(destination.qemu_pids()[0], signal.SIGKILL)
+    finally:
+        thread.join(120)
+    assert "error" in outcome, outcome
+    assert source.info("mig17")["state"] == "running"
+    assert "ok-17" in source.console_run("mig17", "echo ok-$((8+9))", "ok-17")
+    wait_for(lambda: not copy.exists(), 10, "the destination to remove its image")
+    assert "mig17" not in _names(destination) and destination.qemu_pids() == []
+    # the source holds no leftover mirror or NBD client: a second try succeeds
+    result = _migrate(source, destination, "mig17", address=DESTINATION_IP,
+                      copy_storage_all=True, disk_paths={str(disk): str(copy)})
+    assert result["destination"]["state"] == "running" and copy.is_file()
+
+
+def test_offline_refusals_leave_nothing_on_the_destination(
+        pair: tuple[DaemonHandle, DaemonHandle], tmp_path: Path) -> None:
+    source, destination = pair
+    disk = _local_disk(tmp_path / "src")
+    (tmp_path / "dst").mkdir()
+    copy = tmp_path / "dst" / "disk.qcow2"
+    source.define("mig18", disks=[{"path": str(disk), "format": "qcow2"}])
+    destination.define("mig18")  # another domain of that name
+    with pytest.raises(ApiError) as excinfo:
+        _migrate(source, destination, "mig18", offline=True, live=False,
+                 copy_storage_all=True, disk_paths={str(disk): str(copy)})
+    assert excinfo.value.http_status == 409
+    assert not copy.exists() and source.state("mig18") == "shutoff"
+    # a network only the source has: refused after the image was made; it goes again
+    source.cli("net-define-as", "lab2", "--mode", "isolated", "--subnet", "10.67.0.0/24")
+    source.define("mig19", disks=[{"path": str(disk), "format": "qcow2"}],
+                  nics=[{"type": "network", "network": "lab2"}])
+    with pytest.raises(ApiError) as excinfo:
+        _migrate(source, destination, "mig19", offline=True, live=False,
+                 copy_storage_all=True, disk_paths={str(disk): str(copy)})
+    assert "network 'lab2' is not defined" in excinfo.value.message
+    assert not copy.exists() and "mig19" not in _names(destination)
+    assert destination.qemu_pids() == []

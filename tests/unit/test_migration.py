@@ -178,3 +178,39 @@ def test_cli_destination_forms(tmp_path: Any) -> None:
                                  _cli_args(dest_token="t", dest_ca=str(ca)))
     assert where == {"url": "https://127.0.0.1:7000", "token": "t", "ca": "PEM"}
     assert address == "127.0.0.1"
+
+
+def test_postcopy_runs_the_destination_while_memory_still_arrives() -> None:
+    monitor = FakeMonitor(["active", "pre-switchover", "postcopy-active", "completed"])
+    dest = FakeDestination()
+    result = _run(monitor, dest, migration.Options(postcopy=True))
+    assert result["postcopy"] is True and dest.calls == ["incoming", "finish"]
+    caps = dict(monitor.sent)["migrate-set-capabilities"]["capabilities"]
+    assert {"capability": "postcopy-ram", "state": True} in caps
+    assert "migrate_cancel" not in monitor.commands()
+
+
+def test_a_postcopy_failure_after_the_switch_is_reported_and_touches_nothing() -> None:
+    monitor = FakeMonitor(["pre-switchover", "postcopy-active", "failed"], run_status="paused")
+    dest = FakeDestination()
+    with pytest.raises(migration.PostcopyFailed, match="after the switch-over"):
+        _run(monitor, dest, migration.Options(postcopy=True))
+    # neither side may run the guest on: no cont here, no abort there
+    assert "cont" not in monitor.commands() and dest.calls == ["incoming", "finish"]
+
+
+def test_postcopy_after_precopy_switches_after_the_first_pass() -> None:
+    class Passes(FakeMonitor):
+        async def execute(self, command: str, arguments: Any = None, **kw: Any) -> Any:
+            reply = await super().execute(command, arguments, **kw)
+            if command == "query-migrate":
+                reply["ram"]["dirty-sync-count"] = 2
+            if command == "migrate-start-postcopy":
+                self.statuses = ["pre-switchover", "postcopy-active", "completed"]
+            return reply
+    monitor = Passes(["active"])
+    result = _run(monitor, FakeDestination(),
+                  migration.Options(postcopy=True, postcopy_after_precopy=True))
+    assert result["postcopy"] is True
+    commands = monitor.commands()
+    assert commands.index("migrate-start-postcopy") < commands.index("migrate-continue")

@@ -25,6 +25,12 @@ async def incoming(request: web.Request) -> web.Response:
     return json_response(await request.app[MIGRATIONS].incoming(body), status=201)
 
 
+@routes.post("/v1/migrations/offline")
+async def incoming_offline(request: web.Request) -> web.Response:
+    body = await json_body(request)
+    return json_response(await request.app[MIGRATIONS].incoming_offline(body), status=201)
+
+
 @routes.post("/v1/migrations/{id}/finish")
 async def finish(request: web.Request) -> web.Response:
     body = await json_body(request)
@@ -45,3 +51,9 @@ async def job_info(request: web.Request) -> web.Response:
 @routes.delete("/v1/domains/{ref}/job")
 async def job_abort(request: web.Request) -> web.Response:
     return json_response(await request.app[MIGRATIONS].job_abort(request.match_info["ref"]))
+
+
+@routes.post("/v1/domains/{ref}/job/postcopy")
+async def job_postcopy(request: web.Request) -> web.Response:
+    return json_response(await request.app[MIGRATIONS].job_postcopy(
+        request.match_info["ref"]))

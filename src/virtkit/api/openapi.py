@@ -273,19 +273,32 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
          "address": {"type": "string"}, "live": {"type": "boolean"},
          "persistent": {"type": "boolean"}, "undefine_source": {"type": "boolean"},
          "auto_converge": {"type": "boolean"}, "copy_storage_all": {"type": "boolean"},
+         "copy_storage_inc": {"type": "boolean"}, "offline": {"type": "boolean"},
+         "postcopy": {"type": "boolean"}, "postcopy_after_precopy": {"type": "boolean"},
+         "disk_paths": {"type": "object", "additionalProperties": {"type": "string"}},
          "bandwidth": {"type": "integer"}, "downtime_limit": {"type": "integer"},
          "timeout": {"type": "integer"}}}),
     ("get", "/v1/domains/{ref}/job", "domjobinfo: the outgoing migration now running "
      "(type none when there is none)", None),
     ("delete", "/v1/domains/{ref}/job", "domjobabort: cancel the outgoing migration (the "
      "domain keeps running here)", None),
+    ("post", "/v1/domains/{ref}/job/postcopy", "migrate-postcopy: switch the outgoing "
+     "migration (started with postcopy) to post-copy", None),
     ("post", "/v1/migrations/incoming", "Destination: validate a migrating domain, start "
      "its QEMU waiting for the stream; answers {id, uri}",
      {"type": "object", "required": ["spec", "address"], "properties": {
          "spec": {"type": "object"}, "persistent_spec": {"type": "object"},
          "machine_type": {"type": "string"}, "accelerator": {"type": "string"},
-         "address": {"type": "string"}, "deadline": {"type": "number"}}}),
-    ("post", "/v1/migrations/{id}/finish", "Destination: run the fully received domain",
+         "address": {"type": "string"}, "deadline": {"type": "number"},
+         "copy_storage": {"type": "object"}, "postcopy": {"type": "boolean"}}}),
+    ("post", "/v1/migrations/offline", "Destination: check a definition sent by migrate "
+     "--offline; with copy_storage create its disks' images and serve them by NBD "
+     "(answers {id, nbd}); defined by finish",
+     {"type": "object", "required": ["spec", "address"], "properties": {
+         "spec": {"type": "object"}, "address": {"type": "string"},
+         "copy_storage": {"type": "object"}}}),
+    ("post", "/v1/migrations/{id}/finish", "Destination: run the fully received domain "
+     "(offline: define it)",
      {"type": "object", "properties": {"persistent": {"type": "boolean"}}}),
     ("delete", "/v1/migrations/{id}", "Destination: remove an unfinished incoming "
      "migration (idempotent)", None),

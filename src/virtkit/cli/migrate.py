@@ -64,6 +64,22 @@ def destination(text: str, args: argparse.Namespace) -> tuple[dict[str, Any], st
     return where, str(address)
 
 
+def disk_paths(items: list[str]) -> dict[str, str]:
+    """``--disk-path SRC=DST`` (repeated): where a copied disk goes on the destination."""
+    mapping: dict[str, str] = {}
+    for item in items:
+        source, sep, target = item.partition("=")
+        if not sep or not source.startswith("/") or not target.startswith("/"):
+            raise InvalidSpec(f"--disk-path {item!r}: give SOURCE=DESTINATION, both "
+                              "absolute paths", fix="e.g. --disk-path "
+                              "/var/lib/virtkit/a.qcow2=/srv/vm/a.qcow2")
+        if source in mapping:
+            raise InvalidSpec(f"--disk-path names {source} twice",
+                              fix="give each disk once")
+        mapping[source] = target
+    return mapping
+
+
 def _with_progress(client: Client, domain: str, call: Callable[[], Any]) -> Any:
     """Run ``call`` (the migrate request) in a thread while domjobinfo is polled and a
     progress line is drawn on stderr (virsh migrate --verbose)."""
@@ -93,15 +109,23 @@ def _with_progress(client: Client, domain: str, call: Callable[[], Any]) -> Any:
 
 
 def cmd_migrate(client: Client, args: argparse.Namespace) -> int:
-    if args.offline:
-        raise Unsupported("--offline migration is not implemented yet")
-    if args.postcopy:
-        raise Unsupported("--postcopy is not implemented yet")
+    if args.offline and args.live:
+        raise InvalidSpec("--offline and --live exclude each other", fix="give one of them")
+    if (args.postcopy or args.postcopy_after_precopy) and args.offline:
+        raise InvalidSpec("--postcopy is for live migration", fix="leave out --offline")
+    if args.disk_path and not (args.copy_storage_all or args.copy_storage_inc):
+        raise InvalidSpec("--disk-path only applies to disks copied by --copy-storage-all",
+                          fix="add --copy-storage-all")
     where, address = destination(args.desturi, args)
     body: dict[str, Any] = {
-        "destination": where, "address": args.listen_address or address, "live": True,
+        "destination": where, "address": args.listen_address or address,
+        "live": not args.offline, "offline": args.offline,
         "persistent": args.persistent, "undefine_source": args.undefinesource,
-        "auto_converge": args.auto_converge, "copy_storage_all": args.copy_storage_all}
+        "auto_converge": args.auto_converge, "copy_storage_all": args.copy_storage_all,
+        "copy_storage_inc": args.copy_storage_inc, "postcopy": args.postcopy,
+        "postcopy_after_precopy": args.postcopy_after_precopy}
+    if args.disk_path:
+        body["disk_paths"] = disk_paths(args.disk_path)
     for key, value in (("bandwidth", args.bandwidth), ("downtime_limit", args.downtime_limit),
                        ("timeout", args.timeout)):
         if value is not None:
@@ -113,6 +137,11 @@ def cmd_migrate(client: Client, args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         render.as_json(result)
+        return 0
+    if result.get("offline"):
+        print(f"{result['domain']} is defined on the destination"
+              + (f" ({len(result['copied_disks'])} disk(s) copied)"
+                 if result.get("copied_disks") else ""))
         return 0
     downtime = result.get("downtime_ms")
     print(f"{result['domain']} runs on the destination "
@@ -127,14 +156,25 @@ def cmd_domjobinfo(client: Client, args: argparse.Namespace) -> int:
         render.as_json(info)
         return 0
     labels = (("type", "Job type"), ("operation", "Operation"), ("status", "Status"),
+              ("phase", "Phase"),
               ("elapsed_ms", "Time elapsed (ms)"), ("data_processed", "Data processed"),
               ("data_remaining", "Data remaining"), ("data_total", "Data total"),
+              ("memory_processed", "Memory processed"),
+              ("memory_remaining", "Memory remaining"), ("memory_total", "Memory total"),
+              ("disk_processed", "File processed"), ("disk_remaining", "File remaining"),
+              ("disk_total", "File total"),
               ("dirty_rate", "Dirty rate (pages/s)"),
               ("expected_downtime_ms", "Expected downtime (ms)"))
     for key, label in labels:
         if info.get(key) is not None:
             value = info[key]
             print(f"{label + ':':<24}{value.capitalize() if key == 'type' else value}")
+    return 0
+
+
+def cmd_migrate_postcopy(client: Client, args: argparse.Namespace) -> int:
+    client.post(client.domain_path(args.domain, "/job/postcopy"))
+    print(f"Switching the migration of domain '{args.domain}' to post-copy")
     return 0
 
 
@@ -145,22 +185,39 @@ def cmd_domjobabort(client: Client, args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    text = "live-migrate a running domain to another virtkitd (virsh migrate)"
+    text = "migrate a domain to another virtkitd (virsh migrate)"
     p = sub.add_parser("migrate", help=text, description=text)
     p.add_argument("domain")
     p.add_argument("desturi", help="the destination daemon: virtkit+tls://host[:port], "
                    "virtkit:///system, or the path of a local daemon's socket")
     p.add_argument("--live", action="store_true", help="migrate while it runs (the default "
-                   "and, so far, the only mode)")
-    p.add_argument("--offline", action="store_true", help="(not implemented yet)")
+                   "unless --offline)")
+    p.add_argument("--offline", action="store_true",
+                   help="move only the definition (with --copy-storage-all also the disks "
+                        "of a shut-off domain); implies --persistent; nothing is started "
+                        "there or stopped here")
     p.add_argument("--persistent", action="store_true",
                    help="keep the definition on the destination (else it is transient there)")
     p.add_argument("--undefinesource", action="store_true",
                    help="remove the definition here once the domain runs there")
-    p.add_argument("--copy-storage-all", action="store_true", help="(not implemented yet)")
+    p.add_argument("--copy-storage-all", action="store_true",
+                   help="copy the domain's local writable disks while it runs (NBD + "
+                        "block mirror); the destination creates them, at the same path "
+                        "unless --disk-path maps them")
+    p.add_argument("--copy-storage-inc", action="store_true",
+                   help="like --copy-storage-all, but copy only each disk's top image: its "
+                        "backing chain must already be on the destination, same path")
+    p.add_argument("--disk-path", action="append", metavar="SRC=DST",
+                   help="with --copy-storage-all: put the copy of disk SRC at DST on the "
+                        "destination (repeatable)")
     p.add_argument("--auto-converge", action="store_true",
                    help="throttle the guest's vCPUs if its memory changes faster than sent")
-    p.add_argument("--postcopy", action="store_true", help="(not implemented yet)")
+    p.add_argument("--postcopy", action="store_true",
+                   help="allow switching to post-copy ('virtkit migrate-postcopy' during the "
+                        "migration): the guest then runs there before all its memory "
+                        "arrived; a failure after that LOSES the guest")
+    p.add_argument("--postcopy-after-precopy", action="store_true",
+                   help="with --postcopy: switch after the first pass over the memory")
     p.add_argument("--bandwidth", type=int, metavar="MiB/s", help="limit the stream")
     p.add_argument("--downtime-limit", type=int, metavar="MS",
                    help="the longest pause the switch-over may cause")
@@ -180,6 +237,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     info.add_argument("domain")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_domjobinfo)
+    postcopy = sub.add_parser("migrate-postcopy", help="switch a running migration "
+                              "(started with --postcopy) to post-copy")
+    postcopy.add_argument("domain")
+    postcopy.set_defaults(func=cmd_migrate_postcopy)
     abort = sub.add_parser("domjobabort", help="cancel the migration job of a domain "
                            "(it keeps running here)")
     abort.add_argument("domain")

@@ -17,11 +17,12 @@ import contextlib
 import ipaddress
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from virtkit.errors import Conflict, QemuError, TimeoutExpired, VirtkitError
 from virtkit.qemu.monitor import Monitor
+from virtkit.runtime import storagecopy
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,14 @@ class Destination(Protocol):
     async def abort(self, migration: str) -> None: ...
 
 
+class PostcopyFailed(VirtkitError):
+    """A post-copy migration failed after the switch-over: the destination ran the
+    guest without all its memory and the source no longer runs it (the guest is
+    lost; libvirt documents the same for post-copy)."""
+
+    http_status = 500
+
+
 @dataclass
 class Options:
     """What ``virtkit migrate`` asked for (virsh's flag names)."""
@@ -66,6 +75,28 @@ class Options:
     bandwidth_mib: int | None = None
     downtime_ms: int | None = None
     timeout: float = DEFAULT_TIMEOUT
+    #: --copy-storage-all: (device id, path on the destination) of each disk to copy
+    copy_disks: list[tuple[str, str]] = field(default_factory=list)
+    #: --copy-storage-inc: copy only top images; the destination has the backing chains
+    copy_incremental: bool = False
+    #: --postcopy: allow the switch to post-copy (migrate-postcopy, or
+    #: --postcopy-after-precopy: after the first full pass over the memory)
+    postcopy: bool = False
+    postcopy_after_precopy: bool = False
+
+
+@dataclass
+class Job:
+    """One outgoing migration as domjobinfo/domjobabort see it."""
+
+    started: float = field(default_factory=time.monotonic)
+    phase: str = "starting"
+    aborted: asyncio.Event = field(default_factory=asyncio.Event)
+    mirrors: storagecopy.Mirrors | None = None
+    postcopy: bool = False  # the migration may switch to post-copy
+    postcopy_started: bool = False  # migrate-start-postcopy was sent: no way back
+    #: set by virtkit migrate-postcopy: switch to post-copy now
+    start_postcopy: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def tcp_uri(host: str, port: int) -> str:
@@ -83,10 +114,10 @@ async def set_capabilities(monitor: Monitor, names: tuple[str, ...]) -> None:
 
 # -- the destination end ---------------------------------------------------------
 
-async def listen_incoming(monitor: Monitor, address: str) -> str:
+async def listen_incoming(monitor: Monitor, address: str, *, postcopy: bool = False) -> str:
     """Make the paused ``-incoming defer`` QEMU listen on ``address`` (a port QEMU
     picks); the ``tcp:`` URI the source must send to."""
-    await set_capabilities(monitor, BOTH_ENDS)
+    await set_capabilities(monitor, BOTH_ENDS + (("postcopy-ram",) if postcopy else ()))
     await monitor.execute("migrate-incoming", {"uri": tcp_uri(address, 0)})
     info = await monitor.execute("query-migrate")
     for where in info.get("socket-address", []):
@@ -99,7 +130,8 @@ async def listen_incoming(monitor: Monitor, address: str) -> str:
 async def finish_incoming(monitor: Monitor) -> None:
     """Check the whole state arrived, then let the guest run."""
     info = await monitor.execute("query-migrate")
-    if info.get("status") != "completed":
+    # post-copy: the guest runs here while the rest of its memory arrives
+    if info.get("status") not in ("completed", "postcopy-active"):
         raise Conflict(f"the incoming migration is not complete here "
                        f"(status {info.get('status', 'unknown')})")
     status = (await monitor.execute("query-status"))["status"]
@@ -138,7 +170,8 @@ async def wait_status(monitor: Monitor, wanted: set[str], deadline: float,
 
 
 async def configure_source(monitor: Monitor, options: Options) -> None:
-    caps = BOTH_ENDS + SOURCE_ONLY + (("auto-converge",) if options.auto_converge else ())
+    caps = BOTH_ENDS + SOURCE_ONLY + (("auto-converge",) if options.auto_converge else ()) \
+        + (("postcopy-ram",) if options.postcopy else ())
     await set_capabilities(monitor, caps)
     params: dict[str, Any] = {
         # QEMU's default 128 MiB/s cap is for WANs; no cap unless asked
@@ -150,11 +183,16 @@ async def configure_source(monitor: Monitor, options: Options) -> None:
 
 async def cancel(monitor: Monitor) -> None:
     """Cancel an outgoing migration and make sure the guest runs here again."""
-    with contextlib.suppress(VirtkitError):
-        await monitor.execute("migrate_cancel")
-    with contextlib.suppress(VirtkitError):
-        await wait_status(monitor, {"cancelled", "failed", "completed", "none"},
-                          time.monotonic() + 30, "cancelling")
+    try:  # no status: the stream never started (a failed disk copy), nothing to cancel
+        started = (await monitor.execute("query-migrate")).get("status") is not None
+    except VirtkitError:
+        started = True
+    if started:
+        with contextlib.suppress(VirtkitError):
+            await monitor.execute("migrate_cancel")
+        with contextlib.suppress(VirtkitError):
+            await wait_status(monitor, {"cancelled", "failed", "completed", "none"},
+                              time.monotonic() + 30, "cancelling")
     with contextlib.suppress(VirtkitError):
         if (await monitor.execute("query-status"))["status"] != "running":
             await monitor.execute("cont")
@@ -166,6 +204,8 @@ async def abandon_outgoing(monitor: Monitor, status: str) -> str:
     otherwise wait at pre-switchover for ever).  A *completed* one is left stopped:
     the destination may run the VM.  Returns QEMU's run status afterwards."""
     try:
+        # disk mirrors of a migration still copying storage (no stream yet)
+        await storagecopy.cancel_leftovers(monitor)
         state = (await monitor.execute("query-migrate")).get("status")
         if state not in UNDER_WAY:
             return status
@@ -178,27 +218,63 @@ async def abandon_outgoing(monitor: Monitor, status: str) -> str:
 
 
 async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict[str, Any],
-                      options: Options) -> dict[str, Any]:
+                      options: Options, job: Job | None = None) -> dict[str, Any]:
     """Migrate the running VM behind ``monitor`` to ``destination``; when this returns,
     the VM runs there and the caller stops the QEMU here.  ``incoming`` is the body of
     the destination's incoming call.  Any failure before that raises with the VM
     running here and nothing left on the destination (except MigrationOutcomeUnknown:
     then the VM is paused here and may run there)."""
+    job = job or Job()
     started = time.monotonic()
     deadline = started + options.timeout
+    devices = [device for device, _path in options.copy_disks]
+    top_only: frozenset[str] = frozenset()
+    if devices:
+        disks = await storagecopy.plan(monitor, devices,
+                                       [path for _device, path in options.copy_disks],
+                                       incremental=options.copy_incremental)
+        top_only = frozenset(d["device"] for d in disks if "backing" in d)
+        incoming = {**incoming, "copy_storage": {"disks": disks}}
     answer = await destination.incoming(incoming)
     migration, uri = str(answer["id"]), str(answer["uri"])
+    # --bandwidth caps the disk copy as well as the memory stream (as virsh's does)
+    mirrors = storagecopy.Mirrors(monitor, devices, (options.bandwidth_mib or 0) * 2**20,
+                                  top_only)
     try:
+        if devices:
+            job.phase, job.mirrors = "copying disks", mirrors
+            await mirrors.start(answer["nbd"])
+            await mirrors.wait_ready(deadline, job.aborted)
+        if job.aborted.is_set():
+            raise Conflict("the migration was cancelled (domjobabort)")
+        job.phase, job.postcopy = "sending memory", options.postcopy
         await configure_source(monitor, options)
         await monitor.execute("migrate", {"uri": uri})
-        await wait_status(monitor, {"pre-switchover"}, deadline, "sending the memory")
+        trigger = asyncio.create_task(_postcopy_trigger(monitor, job, options)) \
+            if options.postcopy else None
+        try:
+            await wait_status(monitor, {"pre-switchover"}, deadline, "sending the memory")
+        finally:
+            if trigger is not None:
+                trigger.cancel()
+                with contextlib.suppress(BaseException):
+                    await trigger
+        job.phase = "switching over"
+        if devices:
+            await mirrors.complete()
         await monitor.execute("migrate-continue", {"state": "pre-switchover"})
-        info = await wait_status(monitor, {"completed"}, deadline, "switching over")
+        info = await wait_status(monitor, {"completed", "postcopy-active"}, deadline,
+                                 "switching over")
     except BaseException:
+        await mirrors.cancel()
         await cancel(monitor)
         with contextlib.suppress(VirtkitError):
             await destination.abort(migration)
         raise
+    if info.get("status") == "postcopy-active":
+        return await _finish_postcopy(monitor, destination, migration, options, job,
+                                      started, deadline) | {"uri": uri,
+                                                            "copied_disks": devices}
     try:
         finished = await destination.finish(migration, {"persistent": options.persistent})
     except MigrationOutcomeUnknown:
@@ -213,4 +289,42 @@ async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict
     ram = info.get("ram", {})
     return {"destination": finished, "total_ms": round((time.monotonic() - started) * 1000),
             "downtime_ms": info.get("downtime"), "transferred": ram.get("transferred"),
-            "uri": uri}
+            "uri": uri, "copied_disks": devices, "postcopy": False}
+
+
+async def _postcopy_trigger(monitor: Monitor, job: Job, options: Options) -> None:
+    """Switch to post-copy when asked (migrate-postcopy) or, with
+    --postcopy-after-precopy, once the first pass over the memory is done."""
+    while True:
+        if job.start_postcopy.is_set():
+            break
+        if options.postcopy_after_precopy:
+            ram = (await monitor.execute("query-migrate")).get("ram") or {}
+            if int(ram.get("dirty-sync-count") or 0) >= 2:
+                break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(job.start_postcopy.wait(), POLL * 2)
+    job.phase, job.postcopy_started = "starting post-copy", True
+    await monitor.execute("migrate-start-postcopy")
+
+
+async def _finish_postcopy(monitor: Monitor, destination: Destination, migration: str,
+                           options: Options, job: Job, started: float,
+                           deadline: float) -> dict[str, Any]:
+    """Post-copy: the destination has the devices' state and must run the guest now,
+    while the rest of the memory follows.  From here no failure can bring the guest
+    back here: it stays paused here (reason ``postcopy failed``) and the error says so."""
+    job.phase = "post-copy"
+    try:
+        finished = await destination.finish(migration, {"persistent": options.persistent})
+        info = await wait_status(monitor, {"completed"}, deadline, "post-copy")
+    except BaseException as exc:
+        raise PostcopyFailed(
+            f"post-copy migration failed after the switch-over: {exc}",
+            fix="the guest's memory is split between both hosts and it cannot run on; "
+                "destroy both copies and start the domain again (post-copy trades this "
+                "risk for a bounded migration time)") from exc
+    ram = info.get("ram", {})
+    return {"destination": finished, "total_ms": round((time.monotonic() - started) * 1000),
+            "downtime_ms": info.get("downtime"), "transferred": ram.get("transferred"),
+            "postcopy": True}

@@ -21,10 +21,13 @@ from virtkit.errors import Conflict, InvalidSpec, NotFound, StateError, VirtkitE
 from virtkit.model.domain import Domain
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.state import State
-from virtkit.runtime import migration
+from virtkit.qemu.argv import disk_slots
+from virtkit.runtime import migration, storagecopy
 from virtkit.runtime.launcher import CapsProvider
 from virtkit.runtime.lifecycle import Lifecycle, Vm
+from virtkit.service.copyplan import copied, copy_plan, disk_paths
 from virtkit.service.domains import DomainService
+from virtkit.service.offline_migration import OfflineMigrations
 from virtkit.service.peer import Peer
 from virtkit.store.db import Store
 
@@ -64,12 +67,23 @@ def _options(body: dict[str, Any]) -> migration.Options:
             raise InvalidSpec(f"{key} must be a whole number >= 0", field=key)
         return value
     timeout = number("timeout")
+    copying = bool(body.get("copy_storage_all")) or bool(body.get("copy_storage_inc"))
+    if body.get("disk_paths") and not copying:
+        raise InvalidSpec("disk_paths only applies to disks copied by --copy-storage-all",
+                          field="disk_paths", fix="add --copy-storage-all, or drop "
+                                                  "--disk-path")
+    if body.get("copy_storage_all") and body.get("copy_storage_inc"):
+        raise InvalidSpec("--copy-storage-all and --copy-storage-inc exclude each other",
+                          field="copy_storage_inc", fix="give one of them")
     return migration.Options(
         persistent=bool(body.get("persistent")),
         undefine_source=bool(body.get("undefine_source")),
         auto_converge=bool(body.get("auto_converge")),
         bandwidth_mib=number("bandwidth"), downtime_ms=number("downtime_limit"),
-        timeout=float(timeout) if timeout else migration.DEFAULT_TIMEOUT)
+        timeout=float(timeout) if timeout else migration.DEFAULT_TIMEOUT,
+        postcopy=bool(body.get("postcopy")) or bool(body.get("postcopy_after_precopy")),
+        postcopy_after_precopy=bool(body.get("postcopy_after_precopy")),
+        copy_incremental=bool(body.get("copy_storage_inc")))
 
 
 class MigrationService:
@@ -81,8 +95,13 @@ class MigrationService:
         self._life = lifecycle
         self._domains = domains
         self._caps_for = caps_for
-        #: outgoing migrations now running: {uuid: monotonic start time}
-        self._jobs: dict[str, float] = {}
+        #: outgoing migrations now running
+        self._jobs: dict[str, migration.Job] = {}
+        #: incoming migrations copying storage: the images this daemon created for them
+        #: (removed when the migration fails) and the NBD exports to stop at finish
+        self._created: dict[str, list[storagecopy.CreatedImage]] = {}
+        self._exports: dict[str, list[str]] = {}
+        self.offline = OfflineMigrations(store, lifecycle, domains)
         self._watchdogs: set[asyncio.Task[None]] = set()
 
     # -- the destination end -------------------------------------------------------
@@ -125,27 +144,85 @@ class MigrationService:
     async def incoming(self, body: dict[str, Any]) -> dict[str, Any]:
         """Validate, start QEMU paused waiting for the stream, listen on ``address``."""
         address = _address(body.get("address"))
-        live, definition = self._validate_incoming(body)
+        copies = self._copy_request(body)
+        # the images first: the same checks as define then find them in place
+        created = storagecopy.create_images(copies)
+        try:
+            live, definition = self._validate_incoming(body)
+        except BaseException:
+            storagecopy.remove_images(created)
+            raise
         row = self._store.insert_domain(definition.uuid, definition.name,
                                         dump_domain(definition))
         vm = self._life.vm(row.uuid, row.name)
+        self._created[row.uuid] = created
+        answer: dict[str, Any] = {"id": row.uuid, "domain": row.name}
         try:
             async with vm.lock:
                 running = await self._life.start_incoming(vm, live)
-                uri = await migration.listen_incoming(running.monitor, address)
+                answer["uri"] = await migration.listen_incoming(
+                    running.monitor, address, postcopy=bool(body.get("postcopy")))
+                if copies:
+                    devices = [str(disk["device"]) for disk in copies]
+                    self._exports[row.uuid] = devices
+                    answer["nbd"] = await storagecopy.export_disks(running.monitor, address,
+                                                                   devices)
         except BaseException:
             await self._remove_incoming(vm, "incoming migration failed")
+            self._drop_images(row.uuid, created)
             raise
-        task = asyncio.create_task(self._expire(vm, running, _deadline(body.get("deadline"))))
+        task = asyncio.create_task(self._expire(vm, running, _deadline(body.get("deadline")),
+                                                created))
         self._watchdogs.add(task)
         task.add_done_callback(self._watchdogs.discard)
-        return {"id": row.uuid, "uri": uri, "domain": row.name}
+        return answer
 
-    async def _expire(self, vm: Vm, running: Any, deadline: float) -> None:
-        """Remove the incoming QEMU if nobody finished or deleted it in time."""
+    async def incoming_offline(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Check a definition sent by ``migrate --offline``; create and serve the images
+        of the disks it copies.  Defined here only by :meth:`finish`."""
+        address = _address(body.get("address"))
+        return await self.offline.incoming(body, self._copy_request(body), address)
+
+    @staticmethod
+    def _copy_request(body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The disks to create for ``copy_storage``, each a writable disk of the spec
+        at that path and device id (so no other file can be asked for)."""
+        copy = body.get("copy_storage")
+        if copy is None:
+            return []
+        disks = copy.get("disks") if isinstance(copy, dict) else None
+        spec = body.get("spec")
+        if not isinstance(disks, list) or not disks or not isinstance(spec, dict):
+            raise InvalidSpec("copy_storage.disks: a list of disks to create",
+                              field="copy_storage")
+        live = load_domain(spec)
+        slots = {slot.device_id: disk for slot, disk in
+                 zip(disk_slots(live), live.disks, strict=True) if copied(disk)}
+        for index, disk in enumerate(disks):
+            wanted = slots.get(str(disk.get("device"))) if isinstance(disk, dict) else None
+            if wanted is None or wanted.path != disk.get("path") \
+                    or wanted.format not in (None, disk.get("format")):
+                raise InvalidSpec(f"copy_storage.disks[{index}] is not a writable disk of "
+                                  "the spec (device, path and format must match)",
+                                  field=f"copy_storage.disks[{index}]")
+        return disks
+
+    def _drop_images(self, uuid: str, created: list[storagecopy.CreatedImage]) -> None:
+        """Remove the images made for a failed incoming migration (only that one's)."""
+        if self._created.get(uuid) is created:
+            del self._created[uuid]
+            self._exports.pop(uuid, None)
+        storagecopy.remove_images(created)
+
+    async def _expire(self, vm: Vm, running: Any, deadline: float,
+                      created: list[storagecopy.CreatedImage]) -> None:
+        """Remove the incoming QEMU (and its copied images) if nobody finished or
+        deleted it in time."""
         await asyncio.sleep(deadline)
         if vm.running is running and vm.reason == MIGRATING_IN:
             await self._remove_incoming(vm, "incoming migration expired")
+        if self._created.get(vm.uuid) is created and vm.running is not running:
+            self._drop_images(vm.uuid, created)
 
     async def _remove_incoming(self, vm: Vm, reason: str) -> None:
         """Kill the incoming QEMU and remove the transient definition (idempotent)."""
@@ -165,7 +242,10 @@ class MigrationService:
         return self._life.vm(row.uuid, row.name)
 
     async def finish(self, migration_id: str, *, persistent: bool = False) -> dict[str, Any]:
-        """Run the fully received VM here (the source stopped its copy)."""
+        """Run the fully received VM here (the source stopped its copy); for an offline
+        migration, define it."""
+        if self.offline.has(migration_id):
+            return await self.offline.finish(migration_id)
         vm = self._incoming_vm(migration_id)
         async with vm.lock:
             running = vm.running
@@ -173,12 +253,17 @@ class MigrationService:
                 raise Conflict(f"domain '{vm.name}' is not an incoming migration here "
                                f"(it is {vm.state.value}, {vm.reason or 'no reason'})")
             try:
+                exports = self._exports.get(vm.uuid)
+                if exports:  # the source completed its mirrors before switch-over
+                    await storagecopy.stop_exports(running.monitor, exports)
                 await migration.finish_incoming(running.monitor)
             except BaseException:
                 with contextlib.suppress(VirtkitError, TimeoutError):
                     await self._life.kill_locked(vm, "incoming migration failed")
                 raise
             self._life.set_state(vm, State.RUNNING, "migrated", event="migrated")
+            self._created.pop(vm.uuid, None)  # the copies are the VM's disks now
+            self._exports.pop(vm.uuid, None)
             row = self._store.get_domain(vm.uuid)
             if persistent:
                 self._store.update_domain(row.uuid, row.name,
@@ -188,8 +273,13 @@ class MigrationService:
     async def abort(self, migration_id: str) -> dict[str, Any]:
         """Remove an incoming migration that was not finished; an unknown one is fine
         (the source may ask twice, or after the QEMU ended by itself)."""
+        if await self.offline.abort(migration_id):
+            return {"id": migration_id, "removed": True}
         row = self._store.find_domain(migration_id)
+        created = self._created.get(migration_id)
         if row is None:
+            if created is not None:  # its QEMU ended by itself; the images go now
+                self._drop_images(migration_id, created)
             return {"id": migration_id, "removed": False}
         vm = self._life.vm(row.uuid, row.name)
         if vm.running is not None and vm.reason != MIGRATING_IN:
@@ -198,18 +288,24 @@ class MigrationService:
         if vm.running is None and not row.spec.get("transient"):
             raise Conflict(f"domain '{vm.name}' is defined here and not an incoming migration")
         await self._remove_incoming(vm, "incoming migration cancelled")
+        if created is not None:
+            self._drop_images(migration_id, created)
         return {"id": migration_id, "removed": True}
 
     # -- the source end ----------------------------------------------------------------
 
     async def migrate(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Live-migrate running domain ``ref`` to the daemon ``body["destination"]``."""
-        if not body.get("live", True):
-            raise InvalidSpec("only live migration is implemented so far", field="live")
-        if body.get("copy_storage_all"):
-            raise InvalidSpec("--copy-storage-all is not implemented yet: the disks must "
-                              "be on storage both hosts share", field="copy_storage_all")
+        """Live-migrate running domain ``ref`` to the daemon ``body["destination"]``
+        (with ``offline``: send its definition, service/offline_migration.py)."""
+        offline = bool(body.get("offline"))
+        if not offline and not body.get("live", True):
+            raise InvalidSpec("a migration is live or offline", field="live",
+                              fix="give --live (the domain runs on) or --offline "
+                                  "(only its definition and disks move)")
         options = _options(body)
+        mapping = disk_paths(body.get("disk_paths"))
+        copy = mapping if body.get("copy_storage_all") or body.get("copy_storage_inc") \
+            else None
         destination = body.get("destination")
         if not isinstance(destination, dict):
             raise InvalidSpec("destination: name the destination daemon", field="destination")
@@ -217,11 +313,20 @@ class MigrationService:
         row = self._store.get_domain(ref)
         vm = self._life.vm(row.uuid, row.name)
         peer = Peer(destination)
+        if offline:
+            try:
+                result = await self.offline.migrate(row, peer, address, body, copy)
+            finally:
+                await peer.close()
+            if options.undefine_source and self._store.find_domain(row.uuid) is not None:
+                await self._domains.undefine(row.uuid)
+            return {**result, "domain": row.name, "source": self._source_state(row.uuid)}
         try:
             async with vm.lock:
-                self._jobs[vm.uuid] = time.monotonic()
+                self._jobs[vm.uuid] = job = migration.Job()
                 try:
-                    result = await self._migrate_locked(vm, row.spec, peer, address, options)
+                    result = await self._migrate_locked(vm, row.spec, peer, address,
+                                                        options, job, copy)
                 finally:
                     self._jobs.pop(vm.uuid, None)
         finally:
@@ -231,7 +336,8 @@ class MigrationService:
         return {**result, "domain": row.name, "source": self._source_state(row.uuid)}
 
     async def _migrate_locked(self, vm: Vm, definition: dict[str, Any], peer: Peer,
-                              address: str, options: migration.Options) -> dict[str, Any]:
+                              address: str, options: migration.Options, job: migration.Job,
+                              copy: dict[str, str] | None) -> dict[str, Any]:
         running = vm.running
         if vm.state is not State.RUNNING or running is None:
             raise StateError(f"cannot migrate domain '{vm.name}': it is {vm.state.value}",
@@ -240,12 +346,23 @@ class MigrationService:
         await self._life.check_restorable(vm, running, "migrate")
         live = running.live if running.live is not None else load_domain(definition)
         caps, _binary = self._caps_for(live)
+        if copy is not None:
+            options.copy_disks, live, definition = copy_plan(live, definition, copy)
+            if not options.copy_disks:
+                raise InvalidSpec(f"domain '{vm.name}' has no writable disk to copy",
+                                  field="copy_storage_all",
+                                  fix="migrate without --copy-storage-all")
         incoming = {"spec": dump_domain(live), "persistent_spec": definition,
+                    "postcopy": options.postcopy,
                     "deadline": options.timeout + DEADLINE_MARGIN,
                     "machine_type": caps.machine_type(live.machine.value),
                     "accelerator": running.accel, "address": address}
         try:
-            result = await migration.migrate_out(running.monitor, peer, incoming, options)
+            result = await migration.migrate_out(running.monitor, peer, incoming, options,
+                                                 job)
+        except migration.PostcopyFailed:
+            self._life.set_state(vm, State.PAUSED, "postcopy failed", event="paused")
+            raise
         except migration.MigrationOutcomeUnknown:
             self._life.set_state(vm, State.PAUSED, "migration outcome unknown",
                                  event="paused")
@@ -261,30 +378,79 @@ class MigrationService:
         """The outgoing migration of ``ref`` now running (virsh domjobinfo), read from
         QEMU's ``query-migrate`` without waiting for the VM's lock (the job holds it)."""
         row = self._store.get_domain(ref)
-        started = self._jobs.get(row.uuid)
+        offline = self.offline.jobs.get(row.uuid)
+        if offline is not None:
+            done = sum(offline.done.values())
+            return {"domain": row.name, "type": "unbounded",
+                    "operation": "offline migration", "status": "copying disks",
+                    "phase": "copying disks", "data_total": offline.total or None,
+                    "data_processed": done, "data_remaining": offline.total - done,
+                    "disk_total": offline.total, "disk_processed": done,
+                    "disk_remaining": offline.total - done}
+        job = self._jobs.get(row.uuid)
         running = self._life.vm(row.uuid, row.name).running
-        if started is None or running is None:
+        if job is None or running is None:
             return {"domain": row.name, "type": "none"}
         info = await running.monitor.execute("query-migrate")
         ram = info.get("ram", {})
-        return {"domain": row.name, "type": "unbounded", "operation": "outgoing migration",
-                "status": info.get("status"),
-                "elapsed_ms": round((time.monotonic() - started) * 1000),
-                "data_total": ram.get("total"), "data_processed": ram.get("transferred"),
-                "data_remaining": ram.get("remaining"), "dirty_rate": ram.get("dirty-pages-rate"),
-                "expected_downtime_ms": info.get("expected-downtime"),
-                "downtime_ms": info.get("downtime")}
+        ram_total = ram.get("total")
+        if ram_total is None and running.live is not None:  # before the stream starts
+            ram_total = running.live.memory.current * 2**20
+        disk_done = disk_total = 0
+        if job.mirrors is not None:
+            with contextlib.suppress(VirtkitError):
+                disk_done, disk_total = await job.mirrors.progress()
+        total = (ram_total or 0) + disk_total
+        processed = (ram.get("transferred") or 0) + disk_done
+        remaining = ram.get("remaining", ram_total or 0) + max(disk_total - disk_done, 0)
+        result = {"domain": row.name, "type": "unbounded", "operation": "outgoing migration",
+                  "status": info.get("status") or job.phase, "phase": job.phase,
+                  "elapsed_ms": round((time.monotonic() - job.started) * 1000),
+                  "data_total": total or None, "data_processed": processed,
+                  "data_remaining": remaining, "memory_total": ram_total,
+                  "memory_processed": ram.get("transferred"),
+                  "memory_remaining": ram.get("remaining"),
+                  "dirty_rate": ram.get("dirty-pages-rate"),
+                  "expected_downtime_ms": info.get("expected-downtime"),
+                  "downtime_ms": info.get("downtime")}
+        if job.mirrors is not None:
+            result.update(disk_total=disk_total, disk_processed=disk_done,
+                          disk_remaining=max(disk_total - disk_done, 0))
+        return result
 
     async def job_abort(self, ref: str) -> dict[str, Any]:
         """Cancel the outgoing migration of ``ref`` (virsh domjobabort): the migration's
         own failure path then removes the destination's QEMU; the VM stays here."""
         row = self._store.get_domain(ref)
+        offline = self.offline.jobs.get(row.uuid)
+        if offline is not None:
+            offline.aborted = True  # the copy's progress callback stops qemu-img
+            return {"domain": row.name, "aborted": True}
         running = self._life.vm(row.uuid, row.name).running
-        if row.uuid not in self._jobs or running is None:
+        job = self._jobs.get(row.uuid)
+        if job is None or running is None:
             raise Conflict(f"domain '{row.name}' has no job running",
                            fix="see 'virtkit domjobinfo'")
+        if job.postcopy_started or job.phase == "post-copy":
+            raise Conflict(f"the migration of '{row.name}' is in post-copy: the guest runs "
+                           "on the destination and cannot come back",
+                           fix="wait for it to complete")
+        job.aborted.set()  # stops the disk copy phase; migrate_cancel the stream
         await running.monitor.execute("migrate_cancel")
         return {"domain": row.name, "aborted": True}
+
+    async def job_postcopy(self, ref: str) -> dict[str, Any]:
+        """virsh migrate-postcopy: switch the outgoing migration of ``ref`` to post-copy."""
+        row = self._store.get_domain(ref)
+        job = self._jobs.get(row.uuid)
+        if job is None:
+            raise Conflict(f"domain '{row.name}' has no migration running",
+                           fix="see 'virtkit domjobinfo'")
+        if not job.postcopy:
+            raise Conflict(f"the migration of '{row.name}' was not started with --postcopy",
+                           fix="start it with 'virtkit migrate --postcopy'")
+        job.start_postcopy.set()
+        return {"domain": row.name, "postcopy": "requested"}
 
     def _source_state(self, uuid: str) -> str:
         try:

@@ -97,6 +97,9 @@ class Peer:
     async def incoming(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._call("POST", "/v1/migrations/incoming", body)
 
+    async def offline(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", "/v1/migrations/offline", body)
+
     async def finish(self, migration: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             return await self._call("POST", f"/v1/migrations/{migration}/finish", body)

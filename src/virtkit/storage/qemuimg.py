@@ -245,12 +245,12 @@ def convert(src: str, src_fmt: str | None, dst: str, dst_fmt: str, *,
     if not sparse:
         argv += ["-S", "0"]
     argv.append(os.path.abspath(dst))
-    returncode, stderr = _run_with_progress(argv, progress)
+    returncode, stderr = run_with_progress(argv, progress)
     if returncode != 0:
         raise error_from_stderr(f"convert to {dst_fmt}", dst if src_image_opts else src, stderr)
 
 
-def _run_with_progress(argv: list[str], progress: Progress | None) -> tuple[int, str]:
+def run_with_progress(argv: list[str], progress: Progress | None) -> tuple[int, str]:
     """Run qemu-img, feeding its "(x/100%)" stdout to ``progress``; return (rc, stderr).
 
     stdout is read as it arrives (qemu-img ends each update with \\r, not \\n);
@@ -440,7 +440,7 @@ def internal_snapshots(path: str) -> list[str]:
 def commit(path: str, fmt: str, *, progress: Progress | None = None) -> None:
     """Merge ``path`` into its backing image (``qemu-img commit -d``; ``path`` is kept as it
     was, the caller deletes it once nothing points at it)."""
-    returncode, stderr = _run_with_progress(
+    returncode, stderr = run_with_progress(
         ["commit", "-p", "-d", "-f", fmt, os.path.abspath(path)], progress)
     if returncode != 0:
         raise error_from_stderr("commit", path, stderr)

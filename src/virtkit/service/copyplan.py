@@ -1,0 +1,61 @@
+"""Which disks a migration copies and where they go (--copy-storage-all, --disk-path):
+one plan for live and offline migrations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from virtkit.errors import InvalidSpec
+from virtkit.model.domain import DiskDevice, Domain
+from virtkit.qemu.argv import disk_slots
+
+
+def disk_paths(value: Any) -> dict[str, str]:
+    """``{source path: destination path}`` of copied disks (--disk-path SRC=DST)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and k.startswith("/")
+            and v.startswith("/") for k, v in value.items()):
+        raise InvalidSpec("disk_paths must map absolute source paths to absolute "
+                          "destination paths", field="disk_paths",
+                          fix="e.g. --disk-path /var/lib/a.qcow2=/srv/a.qcow2")
+    return dict(value)
+
+
+def copied(disk: Any) -> bool:
+    """Disks --copy-storage-all copies: writable images (not CD-ROMs, read-only media)."""
+    return bool(disk.path) and not disk.readonly and disk.device is DiskDevice.DISK
+
+
+def copy_plan(live: Domain, definition: dict[str, Any], mapping: dict[str, str]
+              ) -> tuple[list[tuple[str, str]], Domain, dict[str, Any]]:
+    """The (device id, destination path) of every copied disk, and both specs as the
+    destination must see them: copied disks at their destination path, as plain path
+    disks (a pool volume reference could name a different file there)."""
+    unknown = set(mapping) - {d.path for d in live.disks if copied(d)}
+    if unknown:
+        raise InvalidSpec(f"--disk-path names {', '.join(sorted(unknown))}, which is not a "
+                          "copied disk of the running domain", field="disk_paths",
+                          fix="see 'virtkit domblklist'")
+    copies: list[tuple[str, str]] = []
+    by_path: dict[str, str] = {}
+    by_volume: dict[tuple[str, str], str] = {}
+    live = live.model_copy(deep=True)
+    for slot, disk in zip(disk_slots(live), live.disks, strict=True):
+        if copied(disk):
+            assert disk.path is not None
+            target = mapping.get(disk.path, disk.path)
+            copies.append((slot.device_id, target))
+            by_path[disk.path] = target
+            if disk.pool and disk.volume:
+                by_volume[(disk.pool, disk.volume)] = target
+            live.disks[slot.index] = disk.model_copy(
+                update={"path": target, "pool": None, "volume": None})
+    disks = []
+    for disk in definition.get("disks", []):
+        moved = by_path.get(str(disk.get("path"))) or by_volume.get(
+            (str(disk.get("pool")), str(disk.get("volume"))))
+        disks.append({**disk, "path": moved, "pool": None, "volume": None} if moved
+                     else disk)
+    return copies, live, {**definition, "disks": disks}
