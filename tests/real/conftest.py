@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -286,3 +287,53 @@ def cleanup_networks(handle: DaemonHandle) -> None:
             pid = int(pidfile.read_text().strip())
             if str(handle.root) in Path(f"/proc/{pid}/cmdline").read_text():
                 os.kill(pid, signal.SIGKILL)
+
+
+SSHD = "/usr/sbin/sshd"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def sshd() -> Iterator[tuple[int, Path]]:
+    """A private sshd on 127.0.0.1 (key-only; root allowed) -> (port, folder with the
+    client's key and known_hosts)."""
+    if not Path(SSHD).exists():
+        pytest.skip("openssh-server is not installed (scripts/setup.sh test installs it)")
+    folder = Path(tempfile.mkdtemp(prefix="vk-sshd-"))
+    folder.chmod(0o700)
+    process = None
+    try:
+        for name in ("host_key", "client_key"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                            str(folder / name)], check=True)
+        shutil.copy(folder / "client_key.pub", folder / "authorized_keys")
+        port = _free_port()
+        (folder / "known_hosts").write_text(
+            f"[127.0.0.1]:{port} {(folder / 'host_key.pub').read_text()}")
+        (folder / "sshd_config").write_text(
+            f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {folder}/host_key\n"
+            f"AuthorizedKeysFile {folder}/authorized_keys\nPermitRootLogin prohibit-password\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+            "StrictModes no\nPidFile none\nAllowStreamLocalForwarding yes\n"
+            "AllowTcpForwarding local\nX11Forwarding no\nPermitTTY no\n")
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
+        process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(folder / "sshd_config")],
+                                   stdout=subprocess.DEVNULL,
+                                   stderr=open(folder / "sshd.log", "wb"))  # noqa: SIM115
+        wait_for(lambda: _listening(port), 10, "sshd to listen")
+        yield port, folder
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0

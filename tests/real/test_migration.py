@@ -335,6 +335,30 @@ def test_to_a_tls_destination_by_the_cli(pair: tuple[DaemonHandle, DaemonHandle]
     assert source.qemu_pids() == [] and "mig9" not in _names(source)
 
 
+def test_to_an_ssh_destination_by_the_cli(pair: tuple[DaemonHandle, DaemonHandle],
+                                          sshd: tuple[int, Path]) -> None:
+    """virsh's ``migrate --live vm qemu+ssh://host2/system``: the CLI forwards the
+    destination daemon's socket over ssh (a private sshd, key login) for the source
+    daemon, and ends the forward when done."""
+    source, destination = pair
+    port, keys = sshd
+    query = f"?keyfile={keys}/client_key&known_hosts={keys}/known_hosts"
+    uri = f"virtkit+ssh://root@127.0.0.1:{port}{destination.root}/virtkitd.sock{query}"
+    _booted(source, "mig14")
+    refused = source.cli("migrate", "--live", "mig14",
+                         f"virtkit+ssh://root@127.0.0.1:{port}/nonexistent.sock{query}",
+                         check=False)
+    assert refused.returncode != 0 and "virtkitd" in refused.stderr, refused.stderr
+    assert source.state("mig14") == "running"
+    source.cli("migrate", "--live", "--persistent", "--undefinesource", "mig14", uri)
+    assert "ok-6" in destination.console_run("mig14", "echo ok-$((3+3))", "ok-6")
+    assert source.qemu_pids() == [] and "mig14" not in _names(source)
+    assert destination.info("mig14")["spec"]["transient"] is False
+    forwards = subprocess.run(["pgrep", "-f", f"{keys}/client_key"], capture_output=True,
+                              text=True).stdout.split()
+    assert forwards == []  # the CLI's ssh forward ended with the command
+
+
 def test_a_network_the_destination_lacks(netns_pair: tuple[DaemonHandle, DaemonHandle]
                                          ) -> None:
     """The VM's NIC is on a network only the source defines: the destination refuses

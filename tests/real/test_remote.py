@@ -31,9 +31,7 @@ from virtkit.images.tinyguest import BOOT_MARKER, TinyGuest
 from virtkit.service.tls import TlsService
 from virtkit.store.db import Store
 
-from .conftest import DaemonHandle, running_daemon, start_daemon, wait_for
-
-SSHD = "/usr/sbin/sshd"
+from .conftest import DaemonHandle, running_daemon, start_daemon
 
 
 def free_port() -> int:
@@ -280,47 +278,6 @@ def test_store_keeps_only_hashes(remote: Remote) -> None:
 
 
 # -- ssh ------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def sshd() -> Iterator[tuple[int, Path]]:
-    """A private sshd on 127.0.0.1 (key-only; root allowed) -> (port, folder with the
-    client's key and known_hosts)."""
-    if not Path(SSHD).exists():
-        pytest.skip("openssh-server is not installed (scripts/setup.sh test installs it)")
-    folder = Path(tempfile.mkdtemp(prefix="vk-sshd-"))
-    folder.chmod(0o700)
-    process = None
-    try:
-        for name in ("host_key", "client_key"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                            str(folder / name)], check=True)
-        shutil.copy(folder / "client_key.pub", folder / "authorized_keys")
-        port = free_port()
-        (folder / "known_hosts").write_text(
-            f"[127.0.0.1]:{port} {(folder / 'host_key.pub').read_text()}")
-        (folder / "sshd_config").write_text(
-            f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {folder}/host_key\n"
-            f"AuthorizedKeysFile {folder}/authorized_keys\nPermitRootLogin prohibit-password\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-            "StrictModes no\nPidFile none\nAllowStreamLocalForwarding yes\n"
-            "AllowTcpForwarding local\nX11Forwarding no\nPermitTTY no\n")
-        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
-        process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(folder / "sshd_config")],
-                                   stdout=subprocess.DEVNULL,
-                                   stderr=open(folder / "sshd.log", "wb"))  # noqa: SIM115
-        wait_for(lambda: _listening(port), 10, "sshd to listen")
-        yield port, folder
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
 
 def test_ssh(remote: Remote, sshd: tuple[int, Path], tmp_path: Path) -> None:
     port, keys = sshd

@@ -163,19 +163,19 @@ def _cli_args(**values: Any) -> argparse.Namespace:
 
 def test_cli_destination_forms(tmp_path: Any) -> None:
     assert destination("/run/d/virtkitd.sock", _cli_args()) == (
-        {"socket": "/run/d/virtkitd.sock"}, "127.0.0.1")
+        {"socket": "/run/d/virtkitd.sock"}, "127.0.0.1", None)
     assert destination("virtkit:///system", _cli_args())[0] == {
         "socket": "/var/lib/virtkit/virtkitd.sock"}
     with pytest.raises(InvalidSpec, match="source itself"):
         destination("virtkit:///", _cli_args())
-    with pytest.raises(Unsupported):
-        destination("virtkit+ssh://h", _cli_args())
+    with pytest.raises(Unsupported, match="ssh forward"):  # a source daemon elsewhere
+        destination("virtkit+ssh://h", _cli_args(), argparse.Namespace(remote=True))
     with pytest.raises(InvalidSpec, match="token"):
         destination("virtkit+tls://127.0.0.1", _cli_args(dest_token_file=str(tmp_path / "no")))
     ca = tmp_path / "ca.pem"
     ca.write_text("PEM")
-    where, address = destination("virtkit+tls://127.0.0.1:7000",
-                                 _cli_args(dest_token="t", dest_ca=str(ca)))
+    where, address, _ = destination("virtkit+tls://127.0.0.1:7000",
+                                    _cli_args(dest_token="t", dest_ca=str(ca)))
     assert where == {"url": "https://127.0.0.1:7000", "token": "t", "ca": "PEM"}
     assert address == "127.0.0.1"
 

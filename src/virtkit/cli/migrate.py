@@ -20,18 +20,20 @@ from typing import Any
 
 from virtkit.cli import render
 from virtkit.cli.client import Client
-from virtkit.cli.transport import local_root, parse_uri
+from virtkit.cli.transport import SshTransport, Uri, local_root, parse_uri
 from virtkit.errors import InvalidSpec, Unsupported, VirtkitError
 
 LOCAL_ADDRESS = "127.0.0.1"
 PROGRESS_INTERVAL = 0.5
 
 
-def destination(text: str, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    """The destination daemon as the source daemon reaches it, and the IP address the
-    destination QEMU should listen on by default."""
+def destination(text: str, args: argparse.Namespace, client: Client | None = None
+                ) -> tuple[dict[str, Any], str, SshTransport | None]:
+    """The destination daemon as the source daemon reaches it, the IP address the
+    destination QEMU should listen on by default, and the ssh forward to close when the
+    command ends (virtkit+ssh:// destinations)."""
     if text.startswith("/"):  # a daemon on this host, by its socket
-        return {"socket": text}, LOCAL_ADDRESS
+        return {"socket": text}, LOCAL_ADDRESS, None
     uri = parse_uri(text)
     if uri.scheme == "virtkit":
         root = local_root(uri)
@@ -39,10 +41,9 @@ def destination(text: str, args: argparse.Namespace) -> tuple[dict[str, Any], st
             raise InvalidSpec(f"'{text}' is the local default daemon, the source itself",
                               fix="name another daemon: virtkit:///system, a socket path, "
                                   "or virtkit+tls://host")
-        return {"socket": str(root / "virtkitd.sock")}, LOCAL_ADDRESS
+        return {"socket": str(root / "virtkitd.sock")}, LOCAL_ADDRESS, None
     if uri.scheme == "virtkit+ssh":
-        raise Unsupported("migrating to a virtkit+ssh:// destination is not implemented yet",
-                          fix="use the destination's TLS listener: virtkit+tls://host")
+        return _through_ssh(uri, client)
     token = args.dest_token
     token_file = Path(args.dest_token_file) if args.dest_token_file else \
         Path.home() / ".config" / "virtkit" / "tokens" / uri.host
@@ -56,12 +57,37 @@ def destination(text: str, args: argparse.Namespace) -> tuple[dict[str, Any], st
                           fix="give --dest-ca FILE (the destination's <root>/tls/ca.pem)")
     where = {"url": f"https://{uri.host}:{uri.port}", "token": token,
              "ca": Path(args.dest_ca).read_text()}
+    return where, _resolve(uri.host), None
+
+
+def _resolve(host: str) -> str:
+    """The IP address the destination QEMU listens on by default: the host's."""
     try:
-        address = socket.getaddrinfo(uri.host, None, type=socket.SOCK_STREAM)[0][4][0]
+        return str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0])
     except OSError as exc:
-        raise InvalidSpec(f"cannot resolve {uri.host}: {exc}",
+        raise InvalidSpec(f"cannot resolve {host}: {exc}",
                           fix="give --listen-address") from None
-    return where, str(address)
+
+
+def _through_ssh(uri: Uri, client: Client | None) -> tuple[dict[str, Any], str,
+                                                             SshTransport]:
+    """virsh's ``qemu+ssh://host2/system``: this command forwards the destination daemon's
+    socket over ssh (``ssh -N -L``, the user's keys) to a private local socket that the
+    source daemon on this host connects to; the forward ends with the command.  The
+    migration stream itself goes straight between the two QEMUs, as libvirt's does."""
+    if client is not None and client.remote:
+        raise Unsupported("a virtkit+ssh:// destination is reached through this command's "
+                          "ssh forward, which a source daemon on another host cannot use",
+                          fix="run the command on the source host, or use the "
+                              "destination's TLS listener (virtkit+tls://)")
+    address = _resolve(uri.host)
+    tunnel = SshTransport(uri)
+    try:
+        tunnel.open(timeout=10).close()  # starts ssh; fails here with ssh's own reason
+    except BaseException:
+        tunnel.close()
+        raise
+    return {"socket": str(tunnel.socket_path)}, address, tunnel
 
 
 def disk_paths(items: list[str]) -> dict[str, str]:
@@ -116,7 +142,15 @@ def cmd_migrate(client: Client, args: argparse.Namespace) -> int:
     if args.disk_path and not (args.copy_storage_all or args.copy_storage_inc):
         raise InvalidSpec("--disk-path only applies to disks copied by --copy-storage-all",
                           fix="add --copy-storage-all")
-    where, address = destination(args.desturi, args)
+    where, address, tunnel = destination(args.desturi, args, client)
+    with contextlib.ExitStack() as stack:
+        if tunnel is not None:
+            stack.callback(tunnel.close)
+        return _migrate(client, args, where, address)
+
+
+def _migrate(client: Client, args: argparse.Namespace, where: dict[str, Any],
+             address: str) -> int:
     body: dict[str, Any] = {
         "destination": where, "address": args.listen_address or address,
         "live": not args.offline, "offline": args.offline,
