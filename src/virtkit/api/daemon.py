@@ -30,6 +30,7 @@ from virtkit.errors import VirtkitError
 from virtkit.model.load import load_domain
 from virtkit.model.network import Network
 from virtkit.paths import StatePaths, state_paths
+from virtkit.runtime.confine import Confiner
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.hostcaps import HostCapsProvider
 from virtkit.runtime.lifecycle import Lifecycle
@@ -101,15 +102,17 @@ class Daemon:
 
     def __init__(self, paths: StatePaths, *, default_network: bool = False,
                  listen_tls: tlslisten.TlsListen | None = None,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, confine: bool | None = None) -> None:
         self.paths = paths
         self.idle_timeout = idle_timeout
         self.audit = AuditLog(paths.logs / "audit.log")
         self.store = Store(paths.database)
         self.bus = EventBus(self.store)
         self.caps = HostCapsProvider(paths.cache)
+        self.confiner = Confiner(paths, enabled=confine)
         self.lifecycle = Lifecycle(self.store, self.bus, paths, self.caps,
-                                   lambda uuid: load_domain(self.store.get_domain(uuid).spec))
+                                   lambda uuid: load_domain(self.store.get_domain(uuid).spec),
+                                   confiner=self.confiner if self.confiner.enabled else None)
         self.storage = StorageService(self.store, self.lifecycle, self.bus, paths.images)
         self.domains = DomainService(self.store, self.lifecycle, self.bus,
                                      storage=self.storage)
@@ -195,9 +198,9 @@ class Daemon:
 async def serve(paths: StatePaths, ready_fd: int | None = None, *,
                 default_network: bool = False,
                 listen_tls: tlslisten.TlsListen | None = None,
-                idle_timeout: float = IDLE_TIMEOUT) -> None:
+                idle_timeout: float = IDLE_TIMEOUT, confine: bool | None = None) -> None:
     daemon = Daemon(paths, default_network=default_network, listen_tls=listen_tls,
-                    idle_timeout=idle_timeout)
+                    idle_timeout=idle_timeout, confine=confine)
     await daemon.start()
     if ready_fd is not None:
         os.write(ready_fd, b"ready\n")
@@ -232,6 +235,11 @@ def main(argv: list[str] | None = None) -> None:
                         default=float(os.environ.get("VIRTKIT_IDLE_TIMEOUT", IDLE_TIMEOUT)),
                         help="close a connection that has not sent a complete request "
                         f"within this many seconds (default {IDLE_TIMEOUT:g})")
+    parser.add_argument("--no-confine", action="store_true",
+                        default=os.environ.get("VIRTKITD_NO_CONFINE", "") not in ("", "0"),
+                        help="run QEMU as the daemon's own user, without a per-VM uid, "
+                        "capability drop or cgroup (default: confined when run as root; "
+                        "$VIRTKITD_NO_CONFINE=1)")
     parser.add_argument("--version", action="version", version=f"virtkitd {__version__}")
     args = parser.parse_args(argv)
     paths = state_paths(args.root.absolute() if args.root else None)
@@ -250,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(paths, args.log_level)
     try:
         asyncio.run(serve(paths, args.ready_fd, default_network=args.default_network,
-                          listen_tls=listen_tls, idle_timeout=args.idle_timeout))
+                          listen_tls=listen_tls, idle_timeout=args.idle_timeout,
+                          confine=False if args.no_confine else None))
     except VirtkitError as exc:
         raise SystemExit(f"virtkitd: {exc}") from None
     finally:
