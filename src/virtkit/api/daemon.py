@@ -84,6 +84,8 @@ def take_instance_lock(paths: StatePaths) -> IO[str]:
 def setup_logging(paths: StatePaths, level: str) -> None:
     paths.logs.mkdir(parents=True, exist_ok=True)
     handlers: list[logging.Handler] = [logging.FileHandler(paths.daemon_log)]
+    # private: it names every domain, path and argv, and confined QEMUs may traverse log/
+    os.chmod(paths.daemon_log, 0o600)
     if sys.stderr.isatty():
         handlers.append(logging.StreamHandler())
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=handlers,

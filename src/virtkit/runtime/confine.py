@@ -151,27 +151,32 @@ class Confinement:
 
     def grant(self, paths: Iterable[tuple[str, str]]) -> None:
         """Grant each (path, kind), and traversal of the folders above it; the journal
-        is written before anything changes on disk."""
+        is written before anything changes on disk.
+
+        Folder grants held already are applied again (idempotent): a ``chmod`` of a
+        folder since (pytest does it to its base folder) resets the ACL mask and with
+        it the VM's traversal right."""
         planned: list[Grant] = []
+        again: list[Grant] = []
         have = {(g.path, g.kind) for g in self.grants}
         for path, kind in paths:
             path = os.path.abspath(path)
             if not os.path.exists(path):
                 continue  # QEMU reports a missing file in its own words
-            if kind == "read" and not ownership.needs_read_grant(path, self.uid):
-                wanted = ownership.traverse_grants(path, self.uid, self.gid)
-            else:
-                wanted = [*ownership.traverse_grants(path, self.uid, self.gid),
-                          ownership.plan(path, self.uid, self.gid, kind)]
+            wanted = ownership.traverse_grants(path, self.uid, self.gid)
+            if kind != "read" or ownership.needs_read_grant(path, self.uid):
+                wanted.append(ownership.plan(path, self.uid, self.gid, kind))
             for grant in wanted:
                 if (grant.path, grant.kind) not in have:
                     have.add((grant.path, grant.kind))
                     planned.append(grant)
-        if not planned:
-            return
-        self.grants += planned
-        self.save()
-        for grant in planned:
+                elif grant.kind == "exec":
+                    again.append(grant)
+        if planned:
+            self.grants += planned
+            self.save()
+        for grant in [*again, *planned]:
+            log.debug("granting %s (%s) to uid %d", grant.path, grant.kind, self.uid)
             ownership.apply(grant)
 
     def grant_image(self, path: str, *, readonly: bool, fmt: str | None) -> None:
