@@ -147,6 +147,13 @@ def socket_roles(domain: Domain) -> list[str]:
     return roles
 
 
+def channel_sockets(domain: Domain, run_dir: Path) -> dict[int, Path]:
+    """The unix socket of each named channel, bound by the daemon like the monitor's:
+    the user's path, or ``channel-NAME.sock`` in the run folder."""
+    return {index: Path(channel.path or run_dir / f"channel-{channel.name}.sock")
+            for index, channel in enumerate(domain.channels)}
+
+
 def qemu_log_tail(path: Path, limit: int = 2000) -> str:
     """The last lines QEMU wrote (its error messages), without timestamps noise."""
     try:
@@ -202,6 +209,8 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
     try:
         for role in socket_roles(domain):
             listeners[role] = bind_unix(run_dir / f"{role}.sock")
+        for index, path in channel_sockets(domain, run_dir).items():
+            listeners[f"channel{index}"] = bind_unix(path)
         nvram = prepare_nvram(domain, caps, paths)
         fds = {role: sock.fileno() for role, sock in listeners.items()}
         if taps_for is not None and any(nic.type != "user" for nic in domain.nics):

@@ -554,6 +554,10 @@ class Lifecycle:
             self._spawn(running.agent.close())
         for role_socket in running.run_dir.glob("*.sock"):
             role_socket.unlink(missing_ok=True)
+        for channel in running.live.channels if running.live is not None else []:
+            if channel.path:  # bound by the daemon at start: gone with its QEMU
+                with contextlib.suppress(OSError):
+                    os.unlink(channel.path)
         if running.helpers:
             self._spawn(asyncio.to_thread(running.stop_helpers))
         if running.hostdev_drivers:
