@@ -331,3 +331,19 @@ def test_a_folder_chmod_since_the_start_is_repaired_by_the_next_grant(tmp_path: 
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
     with pytest.raises(OSError):
         os.getxattr(folder, ownership.ACL_XATTR)
+
+
+def test_reconcile_removes_a_group_the_journal_never_named(tmp_path: Path) -> None:
+    """A crash between making the cgroup and journalling it: the name is computed."""
+    cgroup_root = tmp_path / "cg"
+    (cgroup_root / "memory").mkdir(parents=True)
+    paths = StatePaths(tmp_path / "state")
+    paths.make()
+    confiner = confine.Confiner(paths, enabled=False, cgroup_root=cgroup_root)
+    confiner.journals.mkdir()
+    confine.Confinement("u1", UID, UID, [], confiner.journal("u1")).save()
+    name = confine.cgroup_name(str(paths.root), "u1")
+    group = cgroup_root / "memory" / "virtkit" / name
+    group.mkdir(parents=True)
+    assert len(confiner.reconcile(set())) == 1
+    assert not group.exists() and not confiner.journal("u1").exists()

@@ -22,6 +22,7 @@ import logging
 import os
 import pwd
 import stat
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,6 +291,7 @@ class Confiner:
         self.cgroup_root = cgroup_root
         self.journals = paths.root / "confine"
         self._active: dict[str, int] = {}
+        self._choosing = threading.Lock()  # starts run in worker threads
         self.warnings: list[str] = []
         if self.enabled:
             self._harden()
@@ -319,10 +321,13 @@ class Confiner:
             log.warning("%s runs unconfined: %s", domain.name, reason)
             return None
         root = str(self.paths.root)
-        busy = uids_in_use() | set(self._active.values())
-        uid = pick_uid(root, domain.uuid, lambda u: u in busy or _known_user(u))
+        with self._choosing:
+            busy = uids_in_use() | set(self._active.values())
+            uid = pick_uid(root, domain.uuid, lambda u: u in busy or _known_user(u))
+            self._active[domain.uuid] = uid
         conf = Confinement(domain.uuid, uid, uid, _groups(caps), self.journal(domain.uuid),
                            sandbox=caps.sandbox)
+        conf.save()  # before the cgroup exists: a crash right after still finds it
         try:
             conf.cgroup = self._make_cgroup(domain, caps, root)
         except VirtkitError as exc:
@@ -330,10 +335,8 @@ class Confiner:
             log.warning("%s starts without a cgroup: %s", domain.name, exc)
         if conf.cgroup is not None:
             conf.notes += conf.cgroup.notes
-        self._active[domain.uuid] = uid
         try:
-            conf.save()
-            conf.grant([(str(run_dir), "own")])
+            conf.grant([(str(run_dir), "own")])  # journals the cgroup too
             for disk in domain.disks:
                 if disk.path is not None:
                     conf.grant_image(disk.path, readonly=disk.readonly, fmt=disk.format)
@@ -391,9 +394,21 @@ class Confiner:
                 journal.unlink(missing_ok=True)
                 continue
             conf.release_all()
+            self._remove_group(uuid)
             notes.append(f"{uuid}: restored {len(conf.grants) or 'the'} files of uid "
                          f"{conf.uid}")
         return notes
+
+
+    def _remove_group(self, uuid: str) -> None:
+        """The group's folders by their computed name (a crash may have come between
+        making the group and journalling it)."""
+        version = cgroups.cgroup_version(self.cgroup_root)
+        if version is None:
+            return
+        name = cgroup_name(str(self.paths.root), uuid)
+        cgroups.remove_paths(str(p) for p in
+                             cgroups.group_dirs(self.cgroup_root, version, name).values())
 
 
 def _groups(caps: HostCaps) -> list[int]:
