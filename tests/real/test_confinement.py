@@ -227,3 +227,33 @@ def test_no_confine_runs_qemu_as_the_daemon_user(tiny_guest: TinyGuest, tmp_path
         assert os.stat(disk).st_uid == 0
     finally:
         cleanup(handle)
+
+
+def test_hot_plugged_disk_and_cd_are_handed_over_and_back(daemon: DaemonHandle,
+                                                          tmp_path: Path) -> None:
+    """attach-disk / change-media grant the new image to the running VM's uid before
+    QEMU opens it, and detach / eject give it back."""
+    boot, extra = _disk(tmp_path, "boot.img"), _disk(tmp_path, "extra.img")
+    iso = tmp_path / "m.iso"
+    iso.write_bytes(b"\0" * 65536)
+    iso.chmod(0o600)  # others may not read it: needs an ACL entry, not a chown
+    before = {**_tree(extra), **_tree(iso)}
+    daemon.define("hp", disks=[{"path": str(boot), "format": "raw"},
+                               {"device": "cdrom", "bus": "scsi"}])
+    daemon.cli("start", "hp")
+    daemon.wait_booted("hp")
+    uid = daemon.info("hp")["security"]["uid"]
+    daemon.cli("attach-disk", "hp", str(extra), "vdb", "--live")
+    assert (os.stat(extra).st_uid, stat.S_IMODE(os.stat(extra).st_mode)) == (uid, 0o600)
+    daemon.cli("change-media", "hp", "sda", str(iso), "--insert")
+    assert os.stat(iso).st_uid == 0  # shared read-only media are never chowned
+    assert uid in {e.id for e in ownership.read_acl(str(iso)) if e.tag == ownership.USER}
+    assert "vdb" in daemon.console_run("hp", "ls /sys/block; echo lis''ted", "listed")
+    daemon.cli("detach-disk", "hp", "vdb", "--live")
+    daemon.cli("change-media", "hp", "sda", "--eject")
+    # the files at once; the folders above stay traversable until the VM ends
+    wait_for(lambda: _snapshot(extra) == before[str(extra)], 30, "the unplugged disk back")
+    assert _snapshot(iso) == before[str(iso)]
+    daemon.cli("destroy", "hp")
+    daemon.wait_state("hp", "shutoff")
+    assert _restored(extra, before, {uid}) and _restored(iso, before, {uid})
