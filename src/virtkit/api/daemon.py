@@ -114,7 +114,7 @@ class Daemon:
         self.confiner = Confiner(paths, enabled=confine)
         self.lifecycle = Lifecycle(self.store, self.bus, paths, self.caps,
                                    lambda uuid: load_domain(self.store.get_domain(uuid).spec),
-                                   confiner=self.confiner if self.confiner.enabled else None)
+                                   confiner=self.confiner)  # off: still reconciles
         self.storage = StorageService(self.store, self.lifecycle, self.bus, paths.images)
         self.domains = DomainService(self.store, self.lifecycle, self.bus,
                                      storage=self.storage)

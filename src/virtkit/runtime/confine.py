@@ -292,7 +292,6 @@ class Confiner:
         self.journals = paths.root / "confine"
         self._active: dict[str, int] = {}
         self._choosing = threading.Lock()  # starts run in worker threads
-        self.warnings: list[str] = []
         if self.enabled:
             self._harden()
 
