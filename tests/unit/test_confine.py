@@ -209,6 +209,8 @@ def test_unconfined_reason_names_a_9p_passthrough_share() -> None:
     mapped = load_domain({"name": "v", "memory": 64, "filesystems": [
         {"source": "/srv", "target": "srv", "driver": "9p", "accessmode": "mapped"}]})
     assert confine.unconfined_reason(mapped) is None
+    vfio = load_domain({"name": "v", "memory": 64, "hostdevs": [{"address": "01:00.0"}]})
+    assert "vfio" in (confine.unconfined_reason(vfio) or "")
 
 
 # -- uids ---------------------------------------------------------------------------------

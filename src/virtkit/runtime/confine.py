@@ -274,6 +274,9 @@ class Confinement:
 
 def unconfined_reason(domain: Domain) -> str | None:
     """Why a domain cannot run confined (None: it can)."""
+    if domain.hostdevs:
+        return ("PCI passthrough: handing /dev/vfio/<group> to a per-VM uid is not done "
+                "yet (docs/security.md)")
     for fs in domain.filesystems:
         if fs.driver == "9p" and fs.accessmode == "passthrough":
             return (f"the 9p share {fs.target!r} uses accessmode passthrough, which needs "
