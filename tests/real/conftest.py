@@ -30,6 +30,7 @@ from virtkit.cli.wsclient import OP_BINARY, OP_CLOSE, WebSocket
 from virtkit.images.tinyguest import BOOT_MARKER, TinyGuest, build_tiny_guest
 from virtkit.paths import state_paths
 from virtkit.qemu.process import is_our_qemu, proc_start_time
+from virtkit.runtime.confine import Confiner
 from virtkit.store.db import Store
 
 BOOT_TIMEOUT = 90.0
@@ -215,14 +216,29 @@ def module_daemon(tiny_guest: TinyGuest) -> Iterator[DaemonHandle]:
 
 
 def cleanup(handle: DaemonHandle) -> None:
-    """Kill every QEMU of this daemon (by PID, identity-checked), then the daemon(s)."""
-    for pid in handle.qemu_pids():
-        kill_process(pid, proc_start_time(pid))
+    """Kill every QEMU of this daemon (by PID, identity-checked), then the daemon(s), then
+    give back what its confined QEMUs were granted (owners, ACL entries, cgroups)."""
+    killed = [(pid, proc_start_time(pid)) for pid in handle.qemu_pids()]
+    for pid, start in killed:
+        kill_process(pid, start)
     with contextlib.suppress(ProcessLookupError):
         handle.process.kill()
     with contextlib.suppress(Exception):
         handle.process.wait(10)
+    release_confinement(handle.root, killed)
     shutil.rmtree(handle.root, ignore_errors=True)
+
+
+def release_confinement(root: Path, killed: list[tuple[int, int | None]]) -> None:
+    """What the daemon's reconcile would do at its next start: the daemon was killed,
+    so ACL entries on shared folders (/root, pytest's base folder) would pile up."""
+    deadline = time.monotonic() + 10
+    while any(start is not None and proc_start_time(pid) == start for pid, start in killed):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    with contextlib.suppress(Exception):
+        Confiner(state_paths(root), enabled=True).reconcile(set())
 
 
 # -- a daemon inside network namespaces (networks, PXE) ------------------------------------

@@ -22,8 +22,8 @@ from virtkit.host.accel import HostPaths
 from virtkit.host.checks import Check, run_host_checks
 
 ORDER = ["hardware virtualization", "kvm modules", "/dev/kvm", "qemu-system-x86_64",
-         "qemu-img", "/dev/net/tun", "/dev/vhost-net", "cgroup v2", "KSM", "IOMMU",
-         "UEFI firmware", "accelerator"]
+         "qemu-img", "/dev/net/tun", "/dev/vhost-net", "cgroup v2", "QEMU confinement", "KSM",
+         "IOMMU", "UEFI firmware", "accelerator"]
 
 MACHINE_HELP = """\
 Supported machines are:
@@ -422,3 +422,15 @@ def test_unexecutable_qemu_is_a_host_error(tmp_path: Path) -> None:
         qemubin.qemu_info({"PATH": str(bin_dir)}, sysroot=tmp_path)
     assert caught.value.message.startswith(f"cannot run {junk}")
     assert caught.value.fix is not None and "qemu-system-x86" in caught.value.fix
+
+
+def test_confinement_check_needs_root_and_a_writable_cgroup_tree(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checks.os, "geteuid", lambda: 1000)
+    assert checks.check_confinement(HostPaths(tmp_path)).status == "WARN"
+    monkeypatch.setattr(checks.os, "geteuid", lambda: 0)
+    check = checks.check_confinement(HostPaths(tmp_path))
+    assert check.status == "WARN" and "no cgroup file system" in check.detail
+    (tmp_path / "sys/fs/cgroup/memory").mkdir(parents=True)
+    check = checks.check_confinement(HostPaths(tmp_path))
+    assert check.status == "PASS" and "cgroup v1" in check.detail

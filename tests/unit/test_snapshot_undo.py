@@ -73,7 +73,7 @@ def test_refused_snapshot_thaws_and_undoes_everything(tmp_path: Path, fail_on: s
                                     "disks": [{"path": str(disk), "format": "qcow2"}]}))
     store.insert_domain(UUID, "vm", spec)
     monitor = ScriptedMonitor(str(disk), fail_on)
-    running: Any = SimpleNamespace(monitor=monitor)
+    running: Any = SimpleNamespace(monitor=monitor, confinement=None)
     lifecycle: Any = FakeLifecycle(Vm(UUID, "vm", State.RUNNING, running=running))
     runtime = SnapshotRuntime(lifecycle, store, tmp_path / "mem")
     quiesce = Quiesce()

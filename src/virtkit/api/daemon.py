@@ -31,6 +31,7 @@ from virtkit.errors import VirtkitError
 from virtkit.model.load import load_domain
 from virtkit.model.network import Network
 from virtkit.paths import StatePaths, state_paths
+from virtkit.runtime.confine import Confiner
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.hostcaps import HostCapsProvider
 from virtkit.runtime.lifecycle import Lifecycle
@@ -84,6 +85,8 @@ def take_instance_lock(paths: StatePaths) -> IO[str]:
 def setup_logging(paths: StatePaths, level: str) -> None:
     paths.logs.mkdir(parents=True, exist_ok=True)
     handlers: list[logging.Handler] = [logging.FileHandler(paths.daemon_log)]
+    # private: it names every domain, path and argv, and confined QEMUs may traverse log/
+    os.chmod(paths.daemon_log, 0o600)
     if sys.stderr.isatty():
         handlers.append(logging.StreamHandler())
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=handlers,
@@ -112,15 +115,17 @@ class Daemon:
                  listen_tls: tlslisten.TlsListen | None = None,
                  web_listen: tlslisten.TlsListen | None = None,
                  web_session_idle: float = IDLE_SECONDS,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, confine: bool | None = None) -> None:
         self.paths = paths
         self.idle_timeout = idle_timeout
         self.audit = AuditLog(paths.logs / "audit.log")
         self.store = Store(paths.database)
         self.bus = EventBus(self.store)
         self.caps = HostCapsProvider(paths.cache)
+        self.confiner = Confiner(paths, enabled=confine)
         self.lifecycle = Lifecycle(self.store, self.bus, paths, self.caps,
-                                   lambda uuid: load_domain(self.store.get_domain(uuid).spec))
+                                   lambda uuid: load_domain(self.store.get_domain(uuid).spec),
+                                   confiner=self.confiner)  # off: still reconciles
         self.storage = StorageService(self.store, self.lifecycle, self.bus, paths.images)
         self.domains = DomainService(self.store, self.lifecycle, self.bus,
                                      storage=self.storage)
@@ -221,10 +226,10 @@ async def serve(paths: StatePaths, ready_fd: int | None = None, *,
                 listen_tls: tlslisten.TlsListen | None = None,
                 web_listen: tlslisten.TlsListen | None = None,
                 web_session_idle: float = IDLE_SECONDS,
-                idle_timeout: float = IDLE_TIMEOUT) -> None:
+                idle_timeout: float = IDLE_TIMEOUT, confine: bool | None = None) -> None:
     daemon = Daemon(paths, default_network=default_network, listen_tls=listen_tls,
                     web_listen=web_listen, web_session_idle=web_session_idle,
-                    idle_timeout=idle_timeout)
+                    idle_timeout=idle_timeout, confine=confine)
     await daemon.start()
     if ready_fd is not None:
         os.write(ready_fd, b"ready\n")
@@ -288,6 +293,11 @@ def main(argv: list[str] | None = None) -> None:
                         default=float(os.environ.get("VIRTKIT_IDLE_TIMEOUT", IDLE_TIMEOUT)),
                         help="close a connection that has not sent a complete request "
                         f"within this many seconds (default {IDLE_TIMEOUT:g})")
+    parser.add_argument("--no-confine", action="store_true",
+                        default=os.environ.get("VIRTKITD_NO_CONFINE", "") not in ("", "0"),
+                        help="run QEMU as the daemon's own user, without a per-VM uid, "
+                        "capability drop or cgroup (default: confined when run as root; "
+                        "$VIRTKITD_NO_CONFINE=1)")
     parser.add_argument("--version", action="version", version=f"virtkitd {__version__}")
     args = parser.parse_args(argv)
     paths = state_paths(args.root.absolute() if args.root else None)
@@ -314,7 +324,8 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(serve(paths, args.ready_fd, default_network=args.default_network,
                           listen_tls=listen_tls, web_listen=web,
                           web_session_idle=args.web_session_idle,
-                          idle_timeout=args.idle_timeout))
+                          idle_timeout=args.idle_timeout,
+                          confine=False if args.no_confine else None))
     except VirtkitError as exc:
         raise SystemExit(f"virtkitd: {exc}") from None
     finally:

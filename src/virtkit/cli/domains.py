@@ -160,8 +160,25 @@ def cmd_dominfo(client: Client, args: argparse.Namespace) -> int:
          if started else None),
         ("Spec version", info["version"]),
         ("Console log", info["console_log"]),
+        *_security_lines(info.get("security")),
     ])
     return 0
+
+
+def _security_lines(security: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """virsh's Security model / DOI / label lines, for a running domain only."""
+    if not security:
+        return []
+    lines: list[tuple[str, Any]] = [("Security model", security["model"]),
+                                    ("Security DOI", security["doi"])]
+    if security.get("label"):
+        lines.append(("Security label", security["label"]))
+    if security.get("cgroup"):
+        lines.append(("Cgroup", security["cgroup"][0].rsplit("/", 2)[-2] + "/"
+                      + security["cgroup"][0].rsplit("/", 1)[-1]))
+    if "sandbox" in security:
+        lines.append(("Seccomp sandbox", "on" if security["sandbox"] else "off"))
+    return lines
 
 
 def cmd_domstate(client: Client, args: argparse.Namespace) -> int:

@@ -16,13 +16,14 @@ tests run the whole list against a fake ``/proc``/``/sys``/``/dev`` tree.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from virtkit.errors import HostError
-from virtkit.host import qemubin
+from virtkit.host import cgroups, qemubin
 from virtkit.host.accel import HW_MODULE_FOR_FLAG, HostPaths, ProbeFn, decide_accelerator
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,20 @@ def check_cgroups(paths: HostPaths) -> Check:
     return Check(name, "PASS", f"controllers: {', '.join(CGROUP_CONTROLLERS)}")
 
 
+def check_confinement(paths: HostPaths) -> Check:
+    """Whether a root daemon can put each QEMU in its own cgroup (docs/security.md):
+    without, QEMU still runs as its own uid with no capabilities, but unlimited."""
+    name = "QEMU confinement"
+    if os.geteuid() != 0:
+        return Check(name, "WARN", "not root: QEMU runs as this user, without a per-VM uid "
+                     "or cgroup", "run the system daemon (virtkitd as root)")
+    ok, detail = cgroups.writable(paths.path("/sys/fs/cgroup"))
+    if not ok:
+        return Check(name, "WARN", f"per-VM uid and seccomp, but no per-VM cgroup: {detail}",
+                     "run virtkitd where /sys/fs/cgroup is writable (not in a container)")
+    return Check(name, "PASS", f"per-VM uid/gid, no capabilities, seccomp, {detail}")
+
+
 def check_ksm(paths: HostPaths) -> Check:
     """Kernel samepage merging: shares identical guest pages to save host memory."""
     state = paths.read_line("/sys/kernel/mm/ksm/run")
@@ -247,6 +262,7 @@ def run_host_checks(*, daemon_reachable: bool | None = None, cache_dir: Path | N
         ("/dev/net/tun", lambda: check_tun(paths)),
         ("/dev/vhost-net", lambda: check_vhost_net(paths)),
         ("cgroup v2", lambda: check_cgroups(paths)),
+        ("QEMU confinement", lambda: check_confinement(paths)),
         ("KSM", lambda: check_ksm(paths)),
         ("IOMMU", lambda: check_iommu(paths)),
         ("UEFI firmware", lambda: check_ovmf(paths)),

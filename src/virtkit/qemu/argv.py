@@ -454,10 +454,13 @@ def _agent(domain: Domain, files: LaunchFiles) -> list[str]:
                                    "nr": 1, "chardev": "charagent", "id": "channel0",
                                    "name": "org.qemu.guest_agent.0"})]
     for index, channel in enumerate(domain.channels):
+        fd = files.fds.get(f"channel{index}")
         path = channel.path or f"{files.run_dir}/channel-{channel.name}.sock"
+        # a socket the daemon bound (a confined QEMU may not create files in a user's
+        # folder) is inherited; else QEMU makes it at the path
+        where = f"fd={fd}" if fd is not None else f"path={qemu_escape(path)}"
         argv += [
-            "-chardev", f"socket,id=charchannel{index + 1},path={qemu_escape(path)},"
-                        "server=on,wait=off",
+            "-chardev", f"socket,id=charchannel{index + 1},{where},server=on,wait=off",
             "-device", _json({"driver": "virtserialport", "bus": "virtio-serial0.0",
                               "nr": index + 2, "chardev": f"charchannel{index + 1}",
                               "id": f"channel{index + 1}", "name": channel.name}),

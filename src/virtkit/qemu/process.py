@@ -62,14 +62,21 @@ class QemuProcess:
     _watching: bool = field(default=False, repr=False)
 
     @classmethod
-    def spawn(cls, argv: list[str], *, pass_fds: list[int], log_path: Path) -> QemuProcess:
-        """Start QEMU in its own session with stdout/stderr appended to ``log_path``."""
+    def spawn(cls, argv: list[str], *, pass_fds: list[int], log_path: Path,
+              preexec: Callable[[], None] | None = None) -> QemuProcess:
+        """Start QEMU in its own session with stdout/stderr appended to ``log_path``;
+        ``preexec`` runs in the child before exec (confinement: runtime/confine.py)."""
         with open(log_path, "ab") as log_file:
             try:
                 popen = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                     pass_fds=pass_fds, start_new_session=True, close_fds=True,
+                    preexec_fn=preexec,
                 )
+            except subprocess.SubprocessError as exc:
+                raise QemuError(f"cannot confine {argv[0]}: {exc}",
+                                fix="run virtkitd with --no-confine to start QEMU unconfined"
+                                ) from exc
             except OSError as exc:
                 raise QemuError(f"cannot run {argv[0]}: {exc.strerror}",
                                 fix="install QEMU: apt-get install qemu-system-x86") from exc

@@ -139,6 +139,7 @@ async def attach_disk(running: Running, disk: Disk) -> Disk:
     device_id, node = f"disk{number}", f"drive-disk{number}"
     monitor = running.monitor
     async with contextlib.AsyncExitStack() as undo:
+        await _grant_medium(running, disk, undo)
         for blockdev in blockdev_nodes(disk, node):
             await monitor.execute("blockdev-add", blockdev)
             undo.push_async_callback(_quietly, monitor, "blockdev-del",
@@ -208,9 +209,31 @@ def _forget_disk(running: Running, number: int) -> None:
         return
     position = running.disk_ids.index(number)
     live = _live(running)
+    gone = live.disks[position].path
     running.live = live.model_copy(update={
         "disks": [d for i, d in enumerate(live.disks) if i != position]})
     del running.disk_ids[position]
+    _release_medium(running, gone)
+
+
+async def _grant_medium(running: Running, disk: Disk, undo: contextlib.AsyncExitStack) -> None:
+    """Let a confined QEMU open ``disk``'s image (and its backing chain) before
+    ``blockdev-add``; the undo takes it back."""
+    conf = running.confinement
+    if conf is None or disk.path is None or \
+            any(d.path == disk.path for d in _live(running).disks):
+        return
+    await asyncio.to_thread(conf.grant_image, disk.path, readonly=disk.readonly,
+                            fmt=disk.format)
+    undo.callback(conf.release_path, disk.path)
+
+
+def _release_medium(running: Running, path: str | None) -> None:
+    """Take back an image QEMU no longer has (unless another live disk uses it)."""
+    conf = running.confinement
+    if conf is None or path is None or any(d.path == path for d in _live(running).disks):
+        return
+    conf.release_path(path)
 
 
 async def _delete_medium_nodes(monitor: Monitor, node: str) -> None:
@@ -240,6 +263,7 @@ async def change_media(running: Running, target: str, path: str | None, *,
     async with contextlib.AsyncExitStack() as undo:
         if path is not None:
             medium = disk.model_copy(update={"path": path, "format": disk.format or "raw"})
+            await _grant_medium(running, medium, undo)
             for blockdev in blockdev_nodes(medium, new_node):
                 await monitor.execute("blockdev-add", blockdev)
                 undo.push_async_callback(_quietly, monitor, "blockdev-del",
@@ -261,6 +285,8 @@ async def change_media(running: Running, target: str, path: str | None, *,
     disks = list(_live(running).disks)
     disks[position] = changed
     running.live = _live(running).model_copy(update={"disks": disks})
+    if disk.path != path:
+        _release_medium(running, disk.path)
     return changed
 
 

@@ -32,6 +32,7 @@ from virtkit.qemu.agent import GuestAgent
 from virtkit.qemu.argv import build_argv, disk_slots
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
+from virtkit.runtime.confine import Confinement, Confiner
 from virtkit.runtime.preflight import virtiofsd_binary
 from virtkit.runtime.tuning import (
     apply_cputune,
@@ -90,6 +91,8 @@ class Running:
     #: a disk or NIC was hot-added or removed: a fresh QEMU would lay the devices out
     #: differently (PCIe ports, ids), so no save file of this run could be restored
     layout_changed: bool = False
+    #: the uid/gid, cgroup and files granted to this QEMU (None: not confined)
+    confinement: Confinement | None = None
 
     def attach_live(self, domain: Domain, extra: Mapping[str, Any] | None = None) -> None:
         """Record the running configuration: from a runtime record's ``extra`` after a
@@ -118,7 +121,8 @@ class Running:
         return {"accel": self.accel, "vnc": self.vnc, "taps": self.taps,
                 "live": dump_domain(self.live) if self.live is not None else None,
                 "disk_ids": self.disk_ids, "nic_ids": self.nic_ids,
-                "layout_changed": self.layout_changed}
+                "layout_changed": self.layout_changed,
+                "security": self.confinement.describe() if self.confinement else None}
 
     def release_hostdevs(self) -> None:
         """Give managed PCI devices back to their drivers (after QEMU ended)."""
@@ -141,6 +145,13 @@ def socket_roles(domain: Domain) -> list[str]:
     if domain.guest_agent:
         roles.append("agent")
     return roles
+
+
+def channel_sockets(domain: Domain, run_dir: Path) -> dict[int, Path]:
+    """The unix socket of each named channel, bound by the daemon like the monitor's:
+    the user's path, or ``channel-NAME.sock`` in the run folder."""
+    return {index: Path(channel.path or run_dir / f"channel-{channel.name}.sock")
+            for index, channel in enumerate(domain.channels)}
 
 
 def qemu_log_tail(path: Path, limit: int = 2000) -> str:
@@ -170,7 +181,8 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
                  incoming_fd: int | None = None, incoming: str | None = None,
                  on_event: Callable[[dict[str, Any]], None] | None = None,
                  on_spawn: Callable[[QemuProcess], None] | None = None,
-                 taps_for: TapProvider | None = None) -> Running:
+                 taps_for: TapProvider | None = None,
+                 confiner: Confiner | None = None) -> Running:
     """Spawn QEMU paused for ``domain`` and return it with a connected monitor.
 
     ``on_spawn`` is called right after the process exists, before anything can
@@ -178,6 +190,8 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
     finds the half-started QEMU on restart instead of leaving it orphaned.
     ``incoming_fd`` (a save file) or ``incoming`` (``defer``: an incoming live
     migration, started later with ``migrate-incoming``) makes QEMU wait for state.
+    ``confiner`` runs QEMU as the domain's own uid, in its cgroup, with its files
+    granted (runtime/confine.py); everything is taken back if the start fails.
     """
     caps, binary = caps_for(domain)
     run_dir = paths.run_dir(domain.uuid)
@@ -191,9 +205,12 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
     process: QemuProcess | None = None
     helpers: list[subprocess.Popen[bytes]] = []
     hostdevs: dict[str, str | None] = {}
+    conf: Confinement | None = None
     try:
         for role in socket_roles(domain):
             listeners[role] = bind_unix(run_dir / f"{role}.sock")
+        for index, path in channel_sockets(domain, run_dir).items():
+            listeners[f"channel{index}"] = bind_unix(path)
         nvram = prepare_nvram(domain, caps, paths)
         fds = {role: sock.fileno() for role, sock in listeners.items()}
         if taps_for is not None and any(nic.type != "user" for nic in domain.nics):
@@ -204,19 +221,26 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
             incoming = f"fd:{incoming_fd}"
             pass_fds.append(incoming_fd)
         files = LaunchFiles(str(run_dir), str(log_dir), fds, nvram=nvram, incoming=incoming)
-        helpers += await start_virtiofsd(domain, run_dir, log_dir)
+        if confiner is not None:
+            conf = await asyncio.to_thread(confiner.prepare, domain, caps, run_dir=run_dir,
+                                           log_dir=log_dir, nvram=nvram)
+        helpers += await start_virtiofsd(domain, run_dir, log_dir,
+                                         owner=(conf.uid, conf.gid) if conf else None)
         hostdevs = await asyncio.to_thread(bind_hostdevs, domain) if domain.hostdevs else {}
         argv = build_argv(domain, caps, files, binary)
         log.info("starting %s: %s", domain.name, " ".join(argv))
-        process = QemuProcess.spawn(argv, pass_fds=pass_fds, log_path=qemu_log)
+        process = QemuProcess.spawn(argv, pass_fds=pass_fds, log_path=qemu_log,
+                                    preexec=conf.preexec() if conf else None)
         if on_spawn is not None:
             on_spawn(process)
+        if conf is not None:
+            conf.joined(process.pid)
         if domain.vcpus.cpuset is not None:
             pin_threads(process.pid, parse_cpuset(domain.vcpus.cpuset))
         monitor = await _handshake(domain, process, run_dir, qemu_log, on_event)
         running = Running(process, monitor, run_dir, caps.accel,
                           taps={index: tap.name for index, tap in taps.items()},
-                          helpers=helpers, hostdev_drivers=hostdevs)
+                          helpers=helpers, hostdev_drivers=hostdevs, confinement=conf)
         running.attach_live(domain)
         await _setup(domain, running)
         return running
@@ -228,6 +252,8 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
             helper.kill()
             helper.wait(timeout=5)
         release_hostdevs(hostdevs)
+        if confiner is not None:
+            confiner.release(conf)
         shutil.rmtree(run_dir, ignore_errors=True)
         if isinstance(exc, VirtkitError) and process is not None and "stderr" not in exc.details:
             exc.details["stderr"] = qemu_log_tail(qemu_log)
@@ -302,10 +328,12 @@ def pin_threads(pid: int, cpus: set[int]) -> None:
 VIRTIOFSD_READY_TIMEOUT = 10.0
 
 
-async def start_virtiofsd(domain: Domain, run_dir: Path, log_dir: Path
+async def start_virtiofsd(domain: Domain, run_dir: Path, log_dir: Path, *,
+                          owner: tuple[int, int] | None = None
                           ) -> list[subprocess.Popen[bytes]]:
     """One virtiofsd per virtiofs share, listening on ``run_dir/fsN.sock`` (the socket
-    QEMU's vhost-user-fs device connects to); returned once every socket exists."""
+    QEMU's vhost-user-fs device connects to); returned once every socket exists, each
+    handed to ``owner`` (a confined QEMU's uid/gid) so QEMU may connect to it."""
     shares = [(index, fs) for index, fs in enumerate(domain.filesystems)
               if fs.driver == "virtiofs"]
     if not shares:
@@ -330,6 +358,8 @@ async def start_virtiofsd(domain: Domain, run_dir: Path, log_dir: Path
                     raise QemuError(f"virtiofsd for {fs.source} did not start (see "
                                     f"{log_dir / f'virtiofsd{index}.log'})")
                 await asyncio.sleep(0.02)
+            if owner is not None:
+                os.chown(run_dir / f"fs{index}.sock", *owner)
     except BaseException:
         for helper in started:
             helper.kill()

@@ -39,6 +39,7 @@ from virtkit.paths import StatePaths
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
 from virtkit.runtime import migration, savefile
+from virtkit.runtime.confine import Confiner
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.launcher import CapsProvider, OpenTap, Running, TapProvider, launch
 from virtkit.store.db import Store
@@ -80,8 +81,11 @@ class Lifecycle:
 
     def __init__(self, store: Store, bus: EventBus, paths: StatePaths,
                  caps_for: CapsProvider, spec_for: Callable[[str], Domain],
-                 taps_for: TapProvider | None = None) -> None:
+                 taps_for: TapProvider | None = None,
+                 confiner: Confiner | None = None) -> None:
         self._taps_for = taps_for
+        #: confines every QEMU (runtime/confine.py); None: QEMU runs as the daemon
+        self.confiner = confiner
         self._store = store
         self._bus = bus
         self._paths = paths
@@ -228,7 +232,7 @@ class Lifecycle:
             running = await launch(domain, self._paths, self._caps_for,
                                    incoming_fd=incoming_fd, incoming=incoming,
                                    on_spawn=record_spawn,
-                                   taps_for=self._taps_for,
+                                   taps_for=self._taps_for, confiner=self.confiner,
                                    on_event=lambda e: self._on_qmp_event(vm, e))
         except BaseException:
             self._store.set_runtime(vm.uuid, state=before.value, reason=vm.reason)
@@ -550,10 +554,18 @@ class Lifecycle:
             self._spawn(running.agent.close())
         for role_socket in running.run_dir.glob("*.sock"):
             role_socket.unlink(missing_ok=True)
+        for channel in running.live.channels if running.live is not None else []:
+            if channel.path:  # bound by the daemon at start: gone with its QEMU
+                with contextlib.suppress(OSError):
+                    os.unlink(channel.path)
         if running.helpers:
             self._spawn(asyncio.to_thread(running.stop_helpers))
         if running.hostdev_drivers:
             self._spawn(asyncio.to_thread(running.release_hostdevs))
+        if self.confiner is not None and running.confinement is not None:
+            # at once, not in a thread: a restart that follows grants the same files anew
+            self.confiner.release(running.confinement)
+            running.confinement = None
         state, reason, event, follow_up = self._exit_outcome(vm, status)
         self._set_state(vm, state, reason, event=event, exit_status=status)
         vm.exited.set()
@@ -645,6 +657,9 @@ class Lifecycle:
                 notes.append(f"{name}: QEMU pid {record.pid} had ended; marked shutoff")
                 continue
             notes.append(await self._reattach_one(vm, process, record.reason, record.extra))
+        if self.confiner is not None:
+            alive = {uuid for uuid, vm in self._vms.items() if vm.running is not None}
+            notes += await asyncio.to_thread(self.confiner.reconcile, alive)
         return notes
 
     async def _reattach_one(self, vm: Vm, process: QemuProcess, reason: str,
@@ -660,6 +675,8 @@ class Lifecycle:
             log.error("cannot reach the monitor of %s: %s", vm.name, exc)
         running = Running(process, monitor, run_dir, extra.get("accel", "?"), extra.get("vnc", {}),
                           {int(k): v for k, v in extra.get("taps", {}).items()})
+        if self.confiner is not None:
+            running.confinement = self.confiner.adopt(vm.uuid)
         try:
             running.attach_live(self._spec_for(vm.uuid), extra)
         except VirtkitError as exc:  # a record from an older daemon, or a damaged one

@@ -119,6 +119,11 @@ class SnapshotDeleter:
             device_id = device_ids(running, config)[disk.target]
             chain = await active_chain(running.monitor, device_id)
         if running is not None and step.child in chain:
+            if running.confinement is not None and step.frozen in chain:
+                # block-commit reopens the frozen image (and rewrites the layers above
+                # it) read-write: a confined QEMU must own them for that
+                for image in chain[:chain.index(step.frozen) + 1]:
+                    running.confinement.grant_writable(image)
             await self._merge_live(running, device_id, step, progress)
         else:
             self._merge_offline(step, disk.format, readers, progress)

@@ -266,7 +266,7 @@ class SnapshotRuntime:
             await monitor.execute("stop")
         migrated = False
         try:
-            pairs = await self._add_overlays(monitor, domain, plan, nodes, ids, undo)
+            pairs = await self._add_overlays(running, domain, plan, nodes, ids, undo)
             await monitor.execute("transaction", {"actions": [
                 {"type": "blockdev-snapshot", "data": {"node": top, "overlay": overlay}}
                 for top, overlay in pairs]})
@@ -282,10 +282,12 @@ class SnapshotRuntime:
             if migrated and not was_running:
                 await monitor.execute("stop")
 
-    async def _add_overlays(self, monitor: Monitor, domain: Domain, plan: CreatePlan,
+    async def _add_overlays(self, running: Running, domain: Domain, plan: CreatePlan,
                             nodes: dict[str, TopNode], ids: list[str],
                             undo: contextlib.AsyncExitStack) -> list[tuple[str, str]]:
-        """Create and open each overlay (not yet in the chain): [(top node, overlay node)]."""
+        """Create and open each overlay (not yet in the chain): [(top node, overlay node)].
+        A confined QEMU is handed each new overlay (made here as root) before opening it."""
+        monitor = running.monitor
         pairs = []
         token = secrets.token_hex(3)
         for disk, device_id in zip(plan.taking_part, ids, strict=True):
@@ -294,6 +296,9 @@ class SnapshotRuntime:
             size = int(qemuimg.image_info(top.file, fmt=top.driver)["virtual-size"])
             qemuimg.create_overlay(disk.overlay, top.file, top.driver, size)
             undo.callback(unlink_quietly, disk.overlay)
+            if running.confinement is not None:
+                running.confinement.grant_writable(disk.overlay)
+                undo.callback(running.confinement.release_path, disk.overlay)
             node = f"{NODE_PREFIX}{token}-{disk.index}"
             spec_disk = domain.disks[disk.index].model_copy(
                 update={"path": disk.overlay, "format": "qcow2"})

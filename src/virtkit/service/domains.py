@@ -104,10 +104,22 @@ class DomainService:
             vnc=self._vnc(vm.running.vnc if vm.running else None),
             disks=self.disks(row.uuid),
             console_log=str(self.console_log_path(row.uuid)),
+            security=self._security(vm.running),
         )
         stat = procstat.process_stat(vm.running.process.pid) if vm.running else None
         info["cpu_time"] = round(stat.cpu_s, 3) if stat else None
         return info
+
+    @staticmethod
+    def _security(running: Any) -> dict[str, Any] | None:
+        """The running QEMU's security context (virsh dominfo's Security lines): its
+        uid/gid label, cgroup and sandbox when confined, model ``none`` when not."""
+        if running is None:
+            return None
+        if running.confinement is None:
+            return {"model": "none", "doi": "0", "label": None}
+        security: dict[str, Any] = running.confinement.describe()
+        return security
 
     def disks(self, ref: str, *, inactive: bool = False) -> list[dict[str, Any]]:
         """domblklist: the disks QEMU has now (hot-plugged ones included) when the

@@ -1,0 +1,286 @@
+"""Dynamic ownership: hand a confined QEMU the files it opens itself, and take them back.
+
+A confined QEMU runs as a per-VM uid/gid (runtime/confine.py), so every file it opens by
+path must be reachable by that uid for the VM's life, and no longer:
+
+- ``own``: a file QEMU writes (a writable disk image, the NVRAM variables, a serial log)
+  is chowned to the VM's uid:gid with mode 0600, so no other VM's uid can read it.  The
+  original owner and mode are remembered twice: in the grant record (the per-VM journal,
+  so a daemon killed with ``-9`` restores them on reconcile) and in the file's own
+  ``trusted.virtkit.dac`` xattr, written only by the *first* grant.  Release restores
+  them only while the file is still owned by this VM's uid: when a migration's
+  destination (another VM uid) took the file over, the source leaves it alone and the
+  destination's release restores the true original from the xattr (libvirt's
+  "remember owner" xattrs do the same).
+- ``read``: a file QEMU only reads and that may be shared (ISOs, backing files of linked
+  clones, kernels): a POSIX ACL entry ``user:<uid>:r--`` is added, never a chown, so
+  several VMs can read it at once and each release removes only its own entry.
+- ``exec``: every folder on the way to a granted file that "others" cannot traverse gets
+  ``user:<uid>:--x``.
+- ``rwx``: a folder QEMU creates files in (a 9p share).
+
+ACLs are written as the kernel's ``system.posix_acl_access`` xattr directly (the format
+is a small fixed binary layout), so no ``setfacl`` is needed.  When the last named entry
+goes, the xattr is removed and the mode's group bits are set back from the ACL's group
+entry, so the file ends exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import stat
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from virtkit.errors import HostError
+
+log = logging.getLogger(__name__)
+
+ACL_XATTR = "system.posix_acl_access"
+OWNER_XATTR = "trusted.virtkit.dac"
+ACL_VERSION = 2
+USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+UNDEFINED_ID = 0xFFFFFFFF
+R, W, X = 4, 2, 1
+
+KINDS = ("own", "read", "exec", "rx", "rwx")
+#: host-wide lock so two daemons never interleave a read-modify-write of one ACL
+LOCK_FILE = "/run/virtkit-ownership.lock"
+_thread_lock = threading.Lock()
+
+
+@dataclass(frozen=True, order=True)
+class AclEntry:
+    """One entry of a POSIX access ACL: tag, id (only for USER/GROUP), permission bits."""
+
+    tag: int
+    id: int
+    perm: int
+
+
+def decode_acl(raw: bytes) -> list[AclEntry]:
+    """Parse the ``system.posix_acl_access`` xattr value."""
+    if len(raw) < 4 or (len(raw) - 4) % 8:
+        raise ValueError(f"malformed POSIX ACL ({len(raw)} bytes)")
+    (version,) = struct.unpack_from("<I", raw)
+    if version != ACL_VERSION:
+        raise ValueError(f"unknown POSIX ACL version {version}")
+    entries = []
+    for offset in range(4, len(raw), 8):
+        tag, perm, ident = struct.unpack_from("<HHI", raw, offset)
+        entries.append(AclEntry(tag, ident, perm))
+    return entries
+
+
+def encode_acl(entries: Iterable[AclEntry]) -> bytes:
+    """The xattr value for ``entries`` (the kernel wants them sorted by tag, then id)."""
+    ordered = sorted(entries, key=lambda e: (e.tag, e.id))
+    return struct.pack("<I", ACL_VERSION) + b"".join(
+        struct.pack("<HHI", e.tag, e.perm, e.id) for e in ordered)
+
+
+def acl_from_mode(mode: int) -> list[AclEntry]:
+    """The minimal ACL a file without an ACL xattr has: owner, group, other."""
+    return [AclEntry(USER_OBJ, UNDEFINED_ID, (mode >> 6) & 7),
+            AclEntry(GROUP_OBJ, UNDEFINED_ID, (mode >> 3) & 7),
+            AclEntry(OTHER, UNDEFINED_ID, mode & 7)]
+
+
+def _named(entries: Iterable[AclEntry]) -> list[AclEntry]:
+    return [e for e in entries if e.tag in (USER, GROUP)]
+
+
+def with_user(entries: list[AclEntry], uid: int, perm: int) -> list[AclEntry]:
+    """``entries`` with ``user:<uid>`` holding at least ``perm``; the mask is recomputed
+    as the union of the group class (as ``setfacl`` does)."""
+    current = next((e.perm for e in entries if e.tag == USER and e.id == uid), 0)
+    kept = [e for e in entries if e.tag != MASK and not (e.tag == USER and e.id == uid)]
+    kept.append(AclEntry(USER, uid, current | perm))
+    return _with_mask(kept)
+
+
+def without_user(entries: list[AclEntry], uid: int) -> list[AclEntry]:
+    """``entries`` without ``user:<uid>``; the mask goes when no named entry is left."""
+    kept = [e for e in entries if e.tag != MASK and not (e.tag == USER and e.id == uid)]
+    return _with_mask(kept) if _named(kept) else kept
+
+
+def _with_mask(entries: list[AclEntry]) -> list[AclEntry]:
+    group_class = [e.perm for e in entries if e.tag in (USER, GROUP, GROUP_OBJ)]
+    mask = 0
+    for perm in group_class:
+        mask |= perm
+    return [*entries, AclEntry(MASK, UNDEFINED_ID, mask)]
+
+
+def mode_after_acl_removal(mode: int, entries: list[AclEntry]) -> int:
+    """The permission bits a file should have once its (minimal) ACL xattr is dropped:
+    the group bits come from the group entry again, not from the mask."""
+    group = next(e.perm for e in entries if e.tag == GROUP_OBJ)
+    return (mode & 0o7707) | (group << 3)
+
+
+@contextlib.contextmanager
+def _acl_lock() -> Iterator[None]:
+    """Serialise ACL edits in this process and against other virtkit daemons."""
+    with _thread_lock:
+        try:
+            handle = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            yield
+            return
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(handle)
+
+
+def read_acl(path: str) -> list[AclEntry]:
+    try:
+        return decode_acl(os.getxattr(path, ACL_XATTR, follow_symlinks=True))
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
+            raise
+        return acl_from_mode(os.stat(path).st_mode)
+
+
+def write_acl(path: str, entries: list[AclEntry]) -> None:
+    """Store ``entries``; a minimal ACL removes the xattr and restores the group bits."""
+    if _named(entries):
+        os.setxattr(path, ACL_XATTR, encode_acl(entries))
+        return
+    with contextlib.suppress(OSError):
+        os.removexattr(path, ACL_XATTR)
+    mode = os.stat(path).st_mode
+    wanted = mode_after_acl_removal(stat.S_IMODE(mode), entries)
+    if wanted != stat.S_IMODE(mode):
+        os.chmod(path, wanted)
+
+
+@dataclass
+class Grant:
+    """One file or folder handed to a VM uid: what was done and what to restore."""
+
+    path: str
+    kind: str
+    uid: int
+    gid: int
+    #: ``own`` only: the owner uid, gid and mode before the grant
+    original: tuple[int, int, int] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "kind": self.kind, "uid": self.uid, "gid": self.gid,
+                "original": list(self.original) if self.original else None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Grant:
+        original = data.get("original")
+        return cls(str(data["path"]), str(data["kind"]), int(data["uid"]), int(data["gid"]),
+                   (int(original[0]), int(original[1]), int(original[2]))
+                   if original else None)
+
+
+PERMS = {"read": R, "exec": X, "rx": R | X, "rwx": R | W | X}
+
+
+def plan(path: str, uid: int, gid: int, kind: str) -> Grant:
+    """The grant for ``path``; an ``own`` grant remembers the owner it finds now."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown grant kind {kind!r}")
+    original = None
+    if kind == "own":
+        st = os.stat(path)
+        original = _remembered(path) or (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+    return Grant(path, kind, uid, gid, original)
+
+
+def apply(grant: Grant) -> None:
+    """Do what ``grant`` says (idempotent)."""
+    try:
+        if grant.kind == "own":
+            _apply_own(grant)
+        else:
+            with _acl_lock():
+                entries = read_acl(grant.path)
+                write_acl(grant.path, with_user(entries, grant.uid, PERMS[grant.kind]))
+    except OSError as exc:
+        raise HostError(f"cannot grant the VM's uid {grant.uid} access to {grant.path}: "
+                        f"{exc.strerror}", path=grant.path,
+                        fix="the file system must support chown and POSIX ACLs "
+                        "(ext4, xfs, tmpfs), or run virtkitd with --no-confine") from exc
+
+
+def _apply_own(grant: Grant) -> None:
+    assert grant.original is not None
+    if _remembered(grant.path) is None:
+        with contextlib.suppress(OSError):  # a file system without trusted xattrs
+            os.setxattr(grant.path, OWNER_XATTR, json.dumps(list(grant.original)).encode())
+    os.chown(grant.path, grant.uid, grant.gid)
+    os.chmod(grant.path, 0o700 if os.path.isdir(grant.path) else 0o600)
+
+
+def _remembered(path: str) -> tuple[int, int, int] | None:
+    try:
+        uid, gid, mode = json.loads(os.getxattr(path, OWNER_XATTR))
+        return int(uid), int(gid), int(mode)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def release(grant: Grant) -> None:
+    """Undo ``grant``; a file gone or taken over by another VM is left as it is."""
+    try:
+        if grant.kind == "own":
+            _release_own(grant)
+        else:
+            with _acl_lock():
+                entries = read_acl(grant.path)
+                if any(e.tag == USER and e.id == grant.uid for e in entries):
+                    write_acl(grant.path, without_user(entries, grant.uid))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("cannot restore %s after uid %d: %s", grant.path, grant.uid, exc)
+
+
+def _release_own(grant: Grant) -> None:
+    st = os.stat(grant.path)
+    if st.st_uid != grant.uid:
+        return  # restored already, or another VM (a migration's destination) holds it
+    original = _remembered(grant.path) or grant.original
+    assert original is not None
+    os.chown(grant.path, original[0], original[1])
+    os.chmod(grant.path, original[2])
+    with contextlib.suppress(OSError):
+        os.removexattr(grant.path, OWNER_XATTR)
+
+
+def traverse_grants(path: str, uid: int, gid: int) -> list[Grant]:
+    """``exec`` grants for the folders above ``path`` that ``uid`` could not traverse."""
+    grants = []
+    parent = Path(os.path.abspath(path)).parent
+    for folder in [*reversed(parent.parents), parent]:
+        try:
+            st = os.stat(folder)
+        except OSError:
+            break
+        if st.st_mode & stat.S_IXOTH or st.st_uid == uid:
+            continue
+        grants.append(Grant(str(folder), "exec", uid, gid))
+    return grants
+
+
+def needs_read_grant(path: str, uid: int) -> bool:
+    """False when "others" may already read ``path`` (a system file: leave it alone)."""
+    st = os.stat(path)
+    return not (st.st_mode & stat.S_IROTH) and st.st_uid != uid
