@@ -47,6 +47,15 @@ def pair(tiny_guest: TinyGuest) -> Iterator[tuple[DaemonHandle, DaemonHandle]]:
         yield source, destination
 
 
+@pytest.fixture
+def postcopy_pair(tiny_guest: TinyGuest) -> Iterator[tuple[DaemonHandle, DaemonHandle]]:
+    """A destination whose QEMU may use userfaultfd: post-copy needs it, and a confined
+    QEMU may not while vm.unprivileged_userfaultfd=0 (this machine's default)."""
+    with running_daemon(tiny_guest) as source, \
+            running_daemon(tiny_guest, ("--no-confine",)) as destination:
+        yield source, destination
+
+
 SOURCE_IP, DESTINATION_IP = "198.51.100.1", "198.51.100.2"
 
 
@@ -542,10 +551,23 @@ def test_offline_moves_the_definition_and_the_disks(
 
 # -- --postcopy -----------------------------------------------------------------------
 
-def test_postcopy_after_precopy(pair: tuple[DaemonHandle, DaemonHandle]) -> None:
+def test_a_confined_destination_refuses_postcopy_when_userfaultfd_is_privileged(
+        pair: tuple[DaemonHandle, DaemonHandle]) -> None:
+    source, destination = pair
+    if Path("/proc/sys/vm/unprivileged_userfaultfd").read_text().strip() != "0":
+        pytest.skip("this host lets unprivileged processes use userfaultfd")
+    _booted(source, "mig17")
+    refused = source.cli("migrate", "--live", "--postcopy", "mig17",
+                         str(destination.root / "virtkitd.sock"), check=False)
+    assert refused.returncode != 0 and "unprivileged_userfaultfd" in refused.stderr
+    assert source.state("mig17") == "running" and "mig17" not in _names(destination)
+    assert destination.qemu_pids() == []
+
+
+def test_postcopy_after_precopy(postcopy_pair: tuple[DaemonHandle, DaemonHandle]) -> None:
     """The switch to post-copy after the first pass: the guest runs there (its RAM
     state intact), the source has no QEMU."""
-    source, destination = pair
+    source, destination = postcopy_pair
     _booted(source, "mig15")
     source.console_run("mig15", "echo post > /tmp/mark; echo ok-$((7+8))", "ok-15")
     # slow, and a downtime limit no pass can meet: precopy alone would never end
@@ -558,8 +580,8 @@ def test_postcopy_after_precopy(pair: tuple[DaemonHandle, DaemonHandle]) -> None
 
 
 def test_migrate_postcopy_switches_a_slow_migration(
-        pair: tuple[DaemonHandle, DaemonHandle]) -> None:
-    source, destination = pair
+        postcopy_pair: tuple[DaemonHandle, DaemonHandle]) -> None:
+    source, destination = postcopy_pair
     _booted(source, "mig16")
     refused = source.cli("migrate-postcopy", "mig16", check=False)
     assert refused.returncode != 0 and "no migration running" in refused.stderr

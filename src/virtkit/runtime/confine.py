@@ -284,6 +284,9 @@ def unconfined_reason(domain: Domain) -> str | None:
     return None
 
 
+UNPRIVILEGED_USERFAULTFD = "/proc/sys/vm/unprivileged_userfaultfd"
+
+
 class Confiner:
     """Decides whether and how each QEMU is confined, and reconciles after a crash."""
 
@@ -297,6 +300,17 @@ class Confiner:
         self._choosing = threading.Lock()  # starts run in worker threads
         if self.enabled:
             self._harden()
+
+    def userfaultfd_refused(self) -> bool:
+        """True when a confined QEMU cannot use userfaultfd, which post-copy migration
+        needs on the destination: QEMU 7.2 calls userfaultfd(2), which the kernel allows
+        an unprivileged process only with ``vm.unprivileged_userfaultfd=1``."""
+        if not self.enabled:
+            return False
+        try:
+            return Path(UNPRIVILEGED_USERFAULTFD).read_text().strip() == "0"
+        except OSError:
+            return False
 
     def _harden(self) -> None:
         """The state a confined QEMU must not read: the database private to root, the

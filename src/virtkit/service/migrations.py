@@ -17,7 +17,14 @@ import math
 import time
 from typing import Any
 
-from virtkit.errors import Conflict, InvalidSpec, NotFound, StateError, VirtkitError
+from virtkit.errors import (
+    Conflict,
+    InvalidSpec,
+    NotFound,
+    StateError,
+    Unsupported,
+    VirtkitError,
+)
 from virtkit.model.domain import Domain
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.state import State
@@ -121,6 +128,13 @@ class MigrationService:
                 raise Conflict(f"a domain '{ref}' is already defined on the destination",
                                fix="undefine it there first")
         live = self._domains.prepare(live)
+        confiner = self._life.confiner
+        if body.get("postcopy") and confiner is not None and confiner.userfaultfd_refused():
+            raise Unsupported(
+                "post-copy needs userfaultfd on the destination, which a confined QEMU (its "
+                "own uid, no capabilities) may not use while vm.unprivileged_userfaultfd=0",
+                fix="on the destination: sysctl vm.unprivileged_userfaultfd=1, or run its "
+                    "daemon with --no-confine; or migrate without --postcopy")
         caps, _binary = self._caps_for(live)
         here = caps.machine_type(live.machine.value)
         there = body.get("machine_type")
