@@ -42,6 +42,8 @@ from virtkit.service.host import HostService
 from virtkit.service.install import InstallService
 from virtkit.service.migrations import MigrationService
 from virtkit.service.networks import NetworkService
+from virtkit.service.provision import ProvisionService
+from virtkit.service.recovery import RecoveryService
 from virtkit.service.snapshots import SnapshotService
 from virtkit.service.stats import StatsService
 from virtkit.service.storage import StorageService
@@ -113,6 +115,7 @@ class Daemon:
         self.storage = StorageService(self.store, self.lifecycle, self.bus, paths.images)
         self.domains = DomainService(self.store, self.lifecycle, self.bus,
                                      storage=self.storage)
+        self.recovery = RecoveryService(self.store, self.storage)
         self.host = HostService(paths.cache)
         self.networks = NetworkService(self.store, self.bus, paths.networks)
         self.lifecycle.set_tap_provider(TapMaker(self._network_lookup))
@@ -129,7 +132,9 @@ class Daemon:
             migrations=MigrationService(self.store, self.lifecycle, self.domains, self.caps),
             snapshots=self.snapshots,
             stats=StatsService(self.store, self.lifecycle),
-            tuning=tuning, tokens=TokenService(self.store), tls=TlsService(paths.root / "tls"))
+            tuning=tuning, tokens=TokenService(self.store), tls=TlsService(paths.root / "tls"),
+            provision=ProvisionService(self.store, self.domains, self.storage),
+            recovery=self.recovery)
         self.default_network = default_network
         self.listen_tls = listen_tls
         self._runner: web.AppRunner | None = None
@@ -139,9 +144,12 @@ class Daemon:
         return self.networks.spec_of(name), self.networks.is_active(name)
 
     async def start(self) -> None:
+        pending = self.recovery.pending()  # before any request can add its own
         names = {row.uuid: row.name for row in self.store.list_domains()}
         for note in await self.lifecycle.reattach(names):
             log.info("reconcile: %s", note)
+            if not note.split(": ", 1)[-1].startswith("reattached"):
+                self.recovery.note("domains", note)
         with contextlib.suppress(VirtkitError):
             await asyncio.to_thread(self.caps.accelerator)  # warm the probe cache
         self._runner = web.AppRunner(create_app(self.services, self.audit), access_log=None,
@@ -163,9 +171,11 @@ class Daemon:
             await asyncio.to_thread(self.networks.ensure_default)
         for note in await asyncio.to_thread(self.networks.reconcile):
             log.info("networks: %s", note)
+            self.recovery.note("networks", note)
         pools = await asyncio.to_thread(self.storage.autostart_pools)
         if pools:
             log.info("pools started: %s", ", ".join(pools))
+        await asyncio.to_thread(self.recovery.recover, pending)
         started = await self.domains.autostart_all()
         if started:
             log.info("autostarted: %s", ", ".join(started))
