@@ -23,7 +23,7 @@ from typing import IO
 from aiohttp import web
 
 from virtkit import __version__
-from virtkit.api import tlslisten
+from virtkit.api import limits, tlslisten
 from virtkit.api.app import Services, create_app
 from virtkit.api.audit import AuditLog
 from virtkit.errors import VirtkitError
@@ -103,9 +103,13 @@ class Daemon:
 
     def __init__(self, paths: StatePaths, *, default_network: bool = False,
                  listen_tls: tlslisten.TlsListen | None = None,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT,
+                 max_connections: int = limits.MAX_CONNECTIONS,
+                 max_websockets: int = limits.MAX_WEBSOCKETS) -> None:
         self.paths = paths
         self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.max_websockets = max_websockets
         self.audit = AuditLog(paths.logs / "audit.log")
         self.store = Store(paths.database)
         self.bus = EventBus(self.store)
@@ -152,7 +156,9 @@ class Daemon:
                 self.recovery.note("domains", note)
         with contextlib.suppress(VirtkitError):
             await asyncio.to_thread(self.caps.accelerator)  # warm the probe cache
-        self._runner = web.AppRunner(create_app(self.services, self.audit), access_log=None,
+        app = create_app(self.services, self.audit)
+        app.middlewares.append(limits.websocket_limit(self.max_websockets))
+        self._runner = web.AppRunner(app, access_log=None,
                                      keepalive_timeout=self.idle_timeout,
                                      max_line_size=MAX_LINE, max_field_size=MAX_LINE,
                                      max_headers=MAX_HEADERS)
@@ -161,7 +167,8 @@ class Daemon:
         gid = _socket_group()
         if gid is not None and os.geteuid() == 0:
             os.chown(self.paths.socket, 0, gid)
-        await web.SockSite(self._runner, sock).start()
+        await limits.BoundedSockSite(self._runner, sock,
+                                     max_connections=self.max_connections).start()
         log.info("virtkitd %s serving %s", __version__, self.paths.socket)
         if self.listen_tls is not None:
             await tlslisten.start(self._runner, self.listen_tls)
@@ -205,9 +212,12 @@ class Daemon:
 async def serve(paths: StatePaths, ready_fd: int | None = None, *,
                 default_network: bool = False,
                 listen_tls: tlslisten.TlsListen | None = None,
-                idle_timeout: float = IDLE_TIMEOUT) -> None:
+                idle_timeout: float = IDLE_TIMEOUT,
+                max_connections: int = limits.MAX_CONNECTIONS,
+                max_websockets: int = limits.MAX_WEBSOCKETS) -> None:
     daemon = Daemon(paths, default_network=default_network, listen_tls=listen_tls,
-                    idle_timeout=idle_timeout)
+                    idle_timeout=idle_timeout, max_connections=max_connections,
+                    max_websockets=max_websockets)
     await daemon.start()
     if ready_fd is not None:
         os.write(ready_fd, b"ready\n")
@@ -242,6 +252,12 @@ def main(argv: list[str] | None = None) -> None:
                         default=float(os.environ.get("VIRTKIT_IDLE_TIMEOUT", IDLE_TIMEOUT)),
                         help="close a connection that has not sent a complete request "
                         f"within this many seconds (default {IDLE_TIMEOUT:g})")
+    parser.add_argument("--max-connections", type=int, default=limits.MAX_CONNECTIONS,
+                        help="open connections on the unix socket at once; one more is "
+                        f"answered 503 (default {limits.MAX_CONNECTIONS})")
+    parser.add_argument("--max-websockets", type=int, default=limits.MAX_WEBSOCKETS,
+                        help="open WebSockets (event streams, consoles) at once; one more "
+                        f"is answered 503 (default {limits.MAX_WEBSOCKETS})")
     parser.add_argument("--version", action="version", version=f"virtkitd {__version__}")
     args = parser.parse_args(argv)
     paths = state_paths(args.root.absolute() if args.root else None)
@@ -258,9 +274,12 @@ def main(argv: list[str] | None = None) -> None:
     paths.make()
     lock = take_instance_lock(paths)
     setup_logging(paths, args.log_level)
+    limits.raise_nofile_limit()
     try:
         asyncio.run(serve(paths, args.ready_fd, default_network=args.default_network,
-                          listen_tls=listen_tls, idle_timeout=args.idle_timeout))
+                          listen_tls=listen_tls, idle_timeout=args.idle_timeout,
+                          max_connections=args.max_connections,
+                          max_websockets=args.max_websockets))
     except VirtkitError as exc:
         raise SystemExit(f"virtkitd: {exc}") from None
     finally:
