@@ -222,3 +222,54 @@ def test_define_with_new_disks_is_all_or_nothing(daemon: DaemonHandle) -> None:
                                        "new_disks": [{"volume": "yes.qcow2",
                                                       "capacity": DISK}]})
     assert [(d["pool"], d["volume"]) for d in info["disks"]] == [(POOL, "yes.qcow2")]
+
+
+NET_LOOPS = 12
+
+
+def _dnsmasq_of(root: Path) -> list[str]:
+    return [p for p in _processes_naming(str(root), exclude=-1) if "dnsmasq" in p]
+
+
+def test_kill9_during_net_start_leaves_no_orphan_bridge_or_dnsmasq(
+        netns_daemon: DaemonHandle) -> None:
+    """net-start killed at random points: after the restart the network is either
+    active and healthy, or inactive with no bridge, no dnsmasq and no nft chains."""
+    d = netns_daemon
+    rng = random.Random(int(os.environ.get("VIRTKIT_CRASH_SEED", time.time_ns() % 100_000)))
+    info = d.client.post("/v1/networks", {"name": "crashnet", "mode": "isolated",
+                                          "subnet": "10.73.0.0/24"})
+    bridge = info["bridge"]
+    began = time.monotonic()
+    d.client.post("/v1/networks/crashnet/start")
+    duration = time.monotonic() - began
+    d.client.post("/v1/networks/crashnet/destroy")
+    outcomes: Counter[str] = Counter()
+    for _ in range(NET_LOOPS):
+        timer = threading.Timer(rng.uniform(0, 1.3 * duration), os.kill,
+                                (d.process.pid, signal.SIGKILL))
+        timer.start()
+        try:
+            d.client.post("/v1/networks/crashnet/start")
+        except Exception:
+            outcomes["start cut"] += 1
+        timer.join()
+        d.process.wait(10)
+        d.process = start_daemon(d.root, d.netns)
+        net = d.client.get("/v1/networks/crashnet")
+        outcomes[net["state"]] += 1
+        link = subprocess.run(["ip", "-n", str(d.netns), "link", "show", bridge],
+                              capture_output=True, check=False)
+        if net["state"] == "active":
+            assert net["status"]["healthy"], net["status"]
+            assert len(_dnsmasq_of(d.root)) == 1
+            d.client.post("/v1/networks/crashnet/destroy")
+        else:
+            assert link.returncode != 0, f"orphan bridge {bridge} of an inactive network"
+            assert _dnsmasq_of(d.root) == [], "orphan dnsmasq of an inactive network"
+            rules = subprocess.run(["ip", "netns", "exec", str(d.netns), "nft", "list",
+                                    "ruleset"], capture_output=True, text=True, check=False)
+            assert bridge not in rules.stdout, "nft rules of an inactive network"
+    repairs = [r["repair"] for r in d.client.get("/v1/host/repairs")["repairs"]]
+    print(f"net-start duration {duration:.3f} s; after {NET_LOOPS} kills:", dict(outcomes),
+          "last repairs:", repairs)
