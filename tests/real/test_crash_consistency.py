@@ -273,3 +273,53 @@ def test_kill9_during_net_start_leaves_no_orphan_bridge_or_dnsmasq(
     repairs = [r["repair"] for r in d.client.get("/v1/host/repairs")["repairs"]]
     print(f"net-start duration {duration:.3f} s; after {NET_LOOPS} kills:", dict(outcomes),
           "last repairs:", repairs)
+
+
+START_LOOPS = 10
+
+
+def _qemu_pids_of(uuid: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"qemu-system" in os.path.basename(argv[0]) and uuid.encode() in argv:
+            pids.append(int(entry))
+    return pids
+
+
+def test_kill9_during_start_leaves_no_orphan_qemu(daemon: DaemonHandle) -> None:
+    """start killed at random points: after the restart the domain is running with the
+    one QEMU the API reports, or shut off with no QEMU at all."""
+    rng = random.Random(int(os.environ.get("VIRTKIT_CRASH_SEED", time.time_ns() % 100_000)))
+    uuid = daemon.define("starter", memory=128)["uuid"]
+    began = time.monotonic()
+    daemon.client.post("/v1/domains/starter/start")
+    duration = time.monotonic() - began
+    daemon.client.post("/v1/domains/starter/destroy")
+    outcomes: Counter[str] = Counter()
+    for _ in range(START_LOOPS):
+        timer = threading.Timer(rng.uniform(0, 1.3 * duration), os.kill,
+                                (daemon.process.pid, signal.SIGKILL))
+        timer.start()
+        try:
+            daemon.client.post("/v1/domains/starter/start")
+        except Exception:
+            outcomes["start cut"] += 1
+        timer.join()
+        daemon.process.wait(10)
+        daemon.process = start_daemon(daemon.root)
+        info = daemon.info("starter")
+        outcomes[info["state"]] += 1
+        pids = _qemu_pids_of(uuid)
+        if info["state"] in ("running", "paused"):
+            assert pids == [info["pid"]], f"API pid {info['pid']}, QEMUs {pids}"
+            daemon.client.post("/v1/domains/starter/destroy")
+        else:
+            assert info["state"] == "shutoff", info
+            wait_for(lambda: not _qemu_pids_of(uuid), 10, "no QEMU of a shut-off domain")
+    print(f"start duration {duration:.3f} s; after {START_LOOPS} kills:", dict(outcomes))
