@@ -176,7 +176,7 @@ async def get_repairs(request: web.Request) -> web.Response:
     """What this daemon repaired at start-up (after a crash of the one before)."""
     recovery = _services(request).recovery
     if recovery is None:
-        return json_response({"daemon_started": None, "repairs": [], "pending_intents": []})
+        return json_response({"daemon_started": None, "repairs": [], "unsettled": []})
     return json_response(await asyncio.to_thread(recovery.report))
 
 

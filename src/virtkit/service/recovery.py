@@ -31,6 +31,7 @@ class RecoveryService:
         self._store = store
         self._storage = storage
         self._repairs: list[dict[str, Any]] = []
+        self._unsettled: list[str] = []
         self._started = time.time()
 
     def note(self, area: str, text: str) -> None:
@@ -41,7 +42,7 @@ class RecoveryService:
     def report(self) -> dict[str, Any]:
         """The repairs of this daemon's start-up (empty after a clean stop)."""
         return {"daemon_started": self._started, "repairs": list(self._repairs),
-                "pending_intents": [i.kind for i in self._store.list_intents()]}
+                "unsettled": list(self._unsettled)}
 
     def pending(self) -> list[IntentRow]:
         """The intents a previous daemon left (read before this one serves requests,
@@ -58,6 +59,7 @@ class RecoveryService:
                 self._settle(intent)
             except VirtkitError as exc:  # e.g. its pool is inactive now: try next start
                 self.note("intents", f"{intent.kind} of {intent.object} left pending: {exc}")
+                self._unsettled.append(f"{intent.kind} of {intent.object}")
                 continue
             self._store.finish_intent(intent.id)
         for pool, names in self._storage.remove_stale_partials().items():
