@@ -2,7 +2,9 @@
 
 Start-up order: take the instance lock (one daemon per state root), open the
 store (migrating it), re-attach to the QEMU processes earlier daemons left
-running, serve the API on the unix socket, then start autostart domains.
+running (killing unrecorded ones of ours), repair networks, start pools, settle
+what a killed daemon left half done (service/recovery.py; ``GET /v1/host/repairs``),
+serve the API on the unix socket, then start autostart domains.
 On SIGTERM/SIGINT the daemon detaches and exits; the VMs keep running.
 """
 
@@ -50,7 +52,7 @@ from virtkit.service.storage import StorageService
 from virtkit.service.tls import TlsService
 from virtkit.service.tokens import TokenService
 from virtkit.service.tuning import TuningService
-from virtkit.store.db import Store
+from virtkit.store.db import IntentRow, Store
 from virtkit.unixsock import bind_unix
 
 log = logging.getLogger("virtkitd")
@@ -148,7 +150,7 @@ class Daemon:
         return self.networks.spec_of(name), self.networks.is_active(name)
 
     async def start(self) -> None:
-        pending = self.recovery.pending()  # before any request can add its own
+        pending = self.recovery.pending()  # left by the daemon before this one
         names = {row.uuid: row.name for row in self.store.list_domains()}
         for note in await self.lifecycle.reattach(names):
             log.info("reconcile: %s", note)
@@ -156,6 +158,7 @@ class Daemon:
                 self.recovery.note("domains", note)
         with contextlib.suppress(VirtkitError):
             await asyncio.to_thread(self.caps.accelerator)  # warm the probe cache
+        await self._reconcile(pending)
         app = create_app(self.services, self.audit)
         app.middlewares.append(limits.websocket_limit(self.max_websockets))
         self._runner = web.AppRunner(app, access_log=None,
@@ -174,19 +177,25 @@ class Daemon:
             await tlslisten.start(self._runner, self.listen_tls)
             log.info("serving TLS on %s:%s (API token required)", self.listen_tls.host,
                      self.listen_tls.port)
-        if self.default_network:
-            await asyncio.to_thread(self.networks.ensure_default)
-        for note in await asyncio.to_thread(self.networks.reconcile):
-            log.info("networks: %s", note)
-            self.recovery.note("networks", note)
-        pools = await asyncio.to_thread(self.storage.autostart_pools)
-        if pools:
-            log.info("pools started: %s", ", ".join(pools))
-        await asyncio.to_thread(self.recovery.recover, pending)
         started = await self.domains.autostart_all()
         if started:
             log.info("autostarted: %s", ", ".join(started))
         self._supervisor = asyncio.create_task(self._supervise_networks())
+
+    async def _reconcile(self, pending: list[IntentRow]) -> None:
+        """Before serving: networks repaired (or an interrupted start's leftovers taken
+        down), pools started, then half-done operations settled and stale volume temps
+        removed -- so no request of this daemon races its own clean-up."""
+        if self.default_network:
+            await asyncio.to_thread(self.networks.ensure_default)
+        for note in await asyncio.to_thread(self.networks.reconcile):
+            log.info("networks: %s", note)
+            if not note.endswith(": autostarted"):
+                self.recovery.note("networks", note)
+        pools = await asyncio.to_thread(self.storage.autostart_pools)
+        if pools:
+            log.info("pools started: %s", ", ".join(pools))
+        await asyncio.to_thread(self.recovery.recover, pending)
 
     async def _supervise_networks(self) -> None:
         """Every few seconds: repair active networks (a dead dnsmasq, lost rules)."""

@@ -220,7 +220,9 @@ class NetworkService:
         in, before it recorded the network active): '' when nothing."""
         if net.mode is NetworkMode.BRIDGE or net.bridge is None:
             return ""
-        return _describe_leftovers(self._backend.status(net, self._dir(row)))
+        claimed = self._backend.claim_unmarked_bridge(net)
+        found = _describe_leftovers(self._backend.status(net, self._dir(row)))
+        return f"{found}, unmarked" if claimed else found
 
     def reconcile(self) -> list[str]:
         """Repair active networks (bridge, dnsmasq, rules); take down what an
