@@ -17,7 +17,10 @@
 #                        benchmark; with BENCH_SUITE set, BENCH_WHAT names a benchmark
 #                        of that suite (BENCH_SUITE=install BENCH_WHAT=import is
 #                        virtkit install --import vs virt-install, not vol-import)
-#   BENCH_SUITE=spine|storage|network|install|stats|snapshots|diskbus|web   run only that suite's benchmarks
+#   BENCH_SUITE=spine|storage|network|install|stats|snapshots|diskbus|web|api   run only
+#                        that suite's benchmarks (api: list/dominfo under 20 clients,
+#                        virtkitd vs libvirtd through libvirt-python; web: the web
+#                        console in headless Chromium)
 #                        (default: all)
 # Needs root for libvirt's qemu:///system; without libvirt installed the virtkit
 # and raw QEMU columns still run (storage: everything but virt-clone; network:
@@ -49,6 +52,7 @@ if [[ -n "$what" && "$suite" == "all" ]]; then
         throughput|dhcp) suite=network ;;
         unattended) suite=install ;;
         domstats|disk) suite=stats ;;
+        run) suite=api ;;
         *) suite=spine ;;
     esac
 fi
@@ -85,6 +89,10 @@ fi
 if runs diskbus; then
     python bench/bench_diskbus.py "$@" ${what:-all}
 fi
+# shellcheck disable=SC2086
+if runs api; then
+    python bench/bench_api.py "$@" ${what:-run}
+fi
 if runs spine; then
     python bench/bench_spine.py report
 fi
@@ -108,4 +116,7 @@ if runs diskbus; then
 fi
 if runs web; then
     python bench/bench_web.py report
+fi
+if runs api; then
+    python bench/bench_api.py report
 fi

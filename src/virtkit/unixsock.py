@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,14 +47,27 @@ def bind_unix(path: Path, *, mode: int = 0o600, backlog: int = 16) -> socket.soc
 
 
 def connect_unix(path: Path, *, timeout: float | None = None) -> socket.socket:
-    """A connected stream socket to the unix socket at ``path``."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        with _short_path(path) as short:
-            sock.connect(short)
-    except BaseException:
-        sock.close()
-        raise
-    sock.settimeout(None)
-    return sock
+    """A connected stream socket to the unix socket at ``path``.
+
+    With a timeout the socket is non-blocking inside, and a unix socket whose listen
+    backlog is full answers ``EAGAIN`` at once instead of waiting (a daemon under a
+    connection flood): that is retried until the timeout, like a blocking connect."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            with _short_path(path) as short:
+                sock.connect(short)
+        except BlockingIOError:
+            sock.close()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"{path}: the listen queue stayed full for {timeout} s"
+                                   ) from None
+            time.sleep(0.01)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        return sock

@@ -44,6 +44,8 @@ from virtkit.service.host import HostService
 from virtkit.service.install import InstallService
 from virtkit.service.migrations import MigrationService
 from virtkit.service.networks import NetworkService
+from virtkit.service.provision import ProvisionService
+from virtkit.service.recovery import RecoveryService
 from virtkit.service.snapshots import SnapshotService
 from virtkit.service.stats import StatsService
 from virtkit.service.storage import StorageService
@@ -76,6 +78,8 @@ class Services:
     snapshots: SnapshotService | None = None
     tokens: TokenService | None = None
     tls: TlsService | None = None
+    provision: ProvisionService | None = None
+    recovery: RecoveryService | None = None
     consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
 
 
@@ -170,6 +174,15 @@ async def get_host_check(request: web.Request) -> web.Response:
     return json_response(await asyncio.to_thread(_services(request).host.check))
 
 
+@routes.get("/v1/host/repairs")
+async def get_repairs(request: web.Request) -> web.Response:
+    """What this daemon repaired at start-up (after a crash of the one before)."""
+    recovery = _services(request).recovery
+    if recovery is None:
+        return json_response({"daemon_started": None, "repairs": [], "unsettled": []})
+    return json_response(await asyncio.to_thread(recovery.report))
+
+
 @routes.get("/v1/domains")
 async def list_domains(request: web.Request) -> web.Response:
     inactive = request.query.get("all", "1") not in ("0", "false", "no")
@@ -180,8 +193,15 @@ async def list_domains(request: web.Request) -> web.Response:
 async def define_domain(request: web.Request) -> web.Response:
     body = await json_body(request)
     domains = _services(request).domains
+    provision = _services(request).provision
     if isinstance(body.get("xml"), str):  # libvirt domain XML; the answer has "warnings"
         result = domains.define_xml(body["xml"], force=bool(body.get("force")))
+    elif body.get("new_disks") is not None and provision is not None:
+        new_disks = body["new_disks"]
+        if not isinstance(new_disks, list):
+            raise InvalidSpec("new_disks must be a list of {pool, volume, capacity, format}",
+                              field="new_disks")
+        result = await provision.define_with_new_disks(_spec_from(body), new_disks)
     else:
         result = domains.define(_spec_from(body))
     return json_response(result, status=201)
@@ -228,6 +248,11 @@ async def update_domain(request: web.Request) -> web.Response:
 async def undefine_domain(request: web.Request) -> web.Response:
     nvram = request.query.get("nvram") in ("1", "true", "yes")
     metadata = request.query.get("snapshots_metadata") in ("1", "true", "yes")
+    provision = _services(request).provision
+    if request.query.get("remove_all_storage") in ("1", "true", "yes") \
+            and provision is not None:
+        return json_response(await provision.undefine_with_storage(
+            request.match_info["ref"], nvram=nvram, snapshots_metadata=metadata))
     return json_response(await _services(request).domains.undefine(
         request.match_info["ref"], nvram=nvram, snapshots_metadata=metadata))
 

@@ -2,7 +2,9 @@
 
 Start-up order: take the instance lock (one daemon per state root), open the
 store (migrating it), re-attach to the QEMU processes earlier daemons left
-running, serve the API on the unix socket, then start autostart domains.
+running (killing unrecorded ones of ours), repair networks, start pools, settle
+what a killed daemon left half done (service/recovery.py; ``GET /v1/host/repairs``),
+serve the API on the unix socket, then start autostart domains.
 On SIGTERM/SIGINT the daemon detaches and exits; the VMs keep running.
 """
 
@@ -23,7 +25,7 @@ from typing import IO
 from aiohttp import web
 
 from virtkit import __version__
-from virtkit.api import tlslisten
+from virtkit.api import limits, tlslisten
 from virtkit.api.app import Services, create_app
 from virtkit.api.audit import AuditLog
 from virtkit.api.websession import IDLE_SECONDS, SessionStore
@@ -44,13 +46,15 @@ from virtkit.service.host import HostService
 from virtkit.service.install import InstallService
 from virtkit.service.migrations import MigrationService
 from virtkit.service.networks import NetworkService
+from virtkit.service.provision import ProvisionService
+from virtkit.service.recovery import RecoveryService
 from virtkit.service.snapshots import SnapshotService
 from virtkit.service.stats import StatsService
 from virtkit.service.storage import StorageService
 from virtkit.service.tls import TlsService
 from virtkit.service.tokens import TokenService
 from virtkit.service.tuning import TuningService
-from virtkit.store.db import Store
+from virtkit.store.db import IntentRow, Store
 from virtkit.unixsock import bind_unix
 
 log = logging.getLogger("virtkitd")
@@ -115,9 +119,13 @@ class Daemon:
                  listen_tls: tlslisten.TlsListen | None = None,
                  web_listen: tlslisten.TlsListen | None = None,
                  web_session_idle: float = IDLE_SECONDS,
-                 idle_timeout: float = IDLE_TIMEOUT, confine: bool | None = None) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, confine: bool | None = None,
+                 max_connections: int = limits.MAX_CONNECTIONS,
+                 max_websockets: int = limits.MAX_WEBSOCKETS) -> None:
         self.paths = paths
         self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.max_websockets = max_websockets
         self.audit = AuditLog(paths.logs / "audit.log")
         self.store = Store(paths.database)
         self.bus = EventBus(self.store)
@@ -129,6 +137,7 @@ class Daemon:
         self.storage = StorageService(self.store, self.lifecycle, self.bus, paths.images)
         self.domains = DomainService(self.store, self.lifecycle, self.bus,
                                      storage=self.storage)
+        self.recovery = RecoveryService(self.store, self.storage)
         self.host = HostService(paths.cache)
         self.networks = NetworkService(self.store, self.bus, paths.networks)
         self.lifecycle.set_tap_provider(TapMaker(self._network_lookup))
@@ -145,7 +154,9 @@ class Daemon:
             migrations=MigrationService(self.store, self.lifecycle, self.domains, self.caps),
             snapshots=self.snapshots,
             stats=StatsService(self.store, self.lifecycle),
-            tuning=tuning, tokens=TokenService(self.store), tls=TlsService(paths.root / "tls"))
+            tuning=tuning, tokens=TokenService(self.store), tls=TlsService(paths.root / "tls"),
+            provision=ProvisionService(self.store, self.domains, self.storage),
+            recovery=self.recovery)
         self.default_network = default_network
         self.listen_tls = listen_tls
         self.web_listen = web_listen
@@ -157,13 +168,18 @@ class Daemon:
         return self.networks.spec_of(name), self.networks.is_active(name)
 
     async def start(self) -> None:
+        pending = self.recovery.pending()  # left by the daemon before this one
         names = {row.uuid: row.name for row in self.store.list_domains()}
         for note in await self.lifecycle.reattach(names):
             log.info("reconcile: %s", note)
+            if not note.split(": ", 1)[-1].startswith("reattached"):
+                self.recovery.note("domains", note)
         with contextlib.suppress(VirtkitError):
             await asyncio.to_thread(self.caps.accelerator)  # warm the probe cache
-        self._runner = web.AppRunner(create_app(self.services, self.audit, self.web_sessions),
-                                     access_log=None,
+        await self._reconcile(pending)
+        app = create_app(self.services, self.audit, self.web_sessions)
+        app.middlewares.append(limits.websocket_limit(self.max_websockets))
+        self._runner = web.AppRunner(app, access_log=None,
                                      keepalive_timeout=self.idle_timeout,
                                      max_line_size=MAX_LINE, max_field_size=MAX_LINE,
                                      max_headers=MAX_HEADERS)
@@ -172,12 +188,14 @@ class Daemon:
         gid = _socket_group()
         if gid is not None and os.geteuid() == 0:
             os.chown(self.paths.socket, 0, gid)
-        await web.SockSite(self._runner, sock).start()
-        read_only = bind_unix(self.paths.socket_ro, mode=0o660, backlog=128)
+        await limits.BoundedSockSite(self._runner, sock,
+                                     max_connections=self.max_connections).start()
+        read_only = bind_unix(self.paths.socket_ro, mode=0o660, backlog=1024)
         ro_gid = _socket_group(READ_ONLY_GROUP)
         if ro_gid is not None and os.geteuid() == 0:
             os.chown(self.paths.socket_ro, 0, ro_gid)
-        await web.SockSite(self._runner, read_only).start()
+        await limits.BoundedSockSite(self._runner, read_only,
+                                     max_connections=self.max_connections).start()
         log.info("virtkitd %s serving %s", __version__, self.paths.socket)
         if self.listen_tls is not None:
             await tlslisten.start(self._runner, self.listen_tls)
@@ -187,17 +205,25 @@ class Daemon:
             await tlslisten.start(self._runner, self.web_listen, "--web")
             log.info("web console on https://%s:%s/ (login required)", self.web_listen.host,
                      self.web_listen.port)
-        if self.default_network:
-            await asyncio.to_thread(self.networks.ensure_default)
-        for note in await asyncio.to_thread(self.networks.reconcile):
-            log.info("networks: %s", note)
-        pools = await asyncio.to_thread(self.storage.autostart_pools)
-        if pools:
-            log.info("pools started: %s", ", ".join(pools))
         started = await self.domains.autostart_all()
         if started:
             log.info("autostarted: %s", ", ".join(started))
         self._supervisor = asyncio.create_task(self._supervise_networks())
+
+    async def _reconcile(self, pending: list[IntentRow]) -> None:
+        """Before serving: networks repaired (or an interrupted start's leftovers taken
+        down), pools started, then half-done operations settled and stale volume temps
+        removed -- so no request of this daemon races its own clean-up."""
+        if self.default_network:
+            await asyncio.to_thread(self.networks.ensure_default)
+        for note in await asyncio.to_thread(self.networks.reconcile):
+            log.info("networks: %s", note)
+            if not note.endswith(": autostarted"):
+                self.recovery.note("networks", note)
+        pools = await asyncio.to_thread(self.storage.autostart_pools)
+        if pools:
+            log.info("pools started: %s", ", ".join(pools))
+        await asyncio.to_thread(self.recovery.recover, pending)
 
     async def _supervise_networks(self) -> None:
         """Every few seconds: repair active networks (a dead dnsmasq, lost rules)."""
@@ -226,10 +252,13 @@ async def serve(paths: StatePaths, ready_fd: int | None = None, *,
                 listen_tls: tlslisten.TlsListen | None = None,
                 web_listen: tlslisten.TlsListen | None = None,
                 web_session_idle: float = IDLE_SECONDS,
-                idle_timeout: float = IDLE_TIMEOUT, confine: bool | None = None) -> None:
+                idle_timeout: float = IDLE_TIMEOUT, confine: bool | None = None,
+                max_connections: int = limits.MAX_CONNECTIONS,
+                max_websockets: int = limits.MAX_WEBSOCKETS) -> None:
     daemon = Daemon(paths, default_network=default_network, listen_tls=listen_tls,
                     web_listen=web_listen, web_session_idle=web_session_idle,
-                    idle_timeout=idle_timeout, confine=confine)
+                    idle_timeout=idle_timeout, confine=confine,
+                    max_connections=max_connections, max_websockets=max_websockets)
     await daemon.start()
     if ready_fd is not None:
         os.write(ready_fd, b"ready\n")
@@ -298,6 +327,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="run QEMU as the daemon's own user, without a per-VM uid, "
                         "capability drop or cgroup (default: confined when run as root; "
                         "$VIRTKITD_NO_CONFINE=1)")
+    parser.add_argument("--max-connections", type=int, default=limits.MAX_CONNECTIONS,
+                        help="open connections on the unix socket at once; one more is "
+                        f"answered 503 (default {limits.MAX_CONNECTIONS})")
+    parser.add_argument("--max-websockets", type=int, default=limits.MAX_WEBSOCKETS,
+                        help="open WebSockets (event streams, consoles) at once; one more "
+                        f"is answered 503 (default {limits.MAX_WEBSOCKETS})")
     parser.add_argument("--version", action="version", version=f"virtkitd {__version__}")
     args = parser.parse_args(argv)
     paths = state_paths(args.root.absolute() if args.root else None)
@@ -320,12 +355,15 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"virtkitd: {exc}") from None
     lock = take_instance_lock(paths)
     setup_logging(paths, args.log_level)
+    limits.raise_nofile_limit()
     try:
         asyncio.run(serve(paths, args.ready_fd, default_network=args.default_network,
                           listen_tls=listen_tls, web_listen=web,
                           web_session_idle=args.web_session_idle,
                           idle_timeout=args.idle_timeout,
-                          confine=False if args.no_confine else None))
+                          confine=False if args.no_confine else None,
+                          max_connections=args.max_connections,
+                          max_websockets=args.max_websockets))
     except VirtkitError as exc:
         raise SystemExit(f"virtkitd: {exc}") from None
     finally:

@@ -59,6 +59,9 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      "seconds, ?limit=N last records; see docs/security.md)", None),
     ("get", "/v1/host", "Host facts: CPUs, memory, accelerator, QEMU version", None),
     ("get", "/v1/host/check", "Host check lines (PASS/WARN/FAIL), accelerator verdict last", None),
+    ("get", "/v1/host/repairs", "What this daemon repaired at start-up after a crash "
+     "(half-done operations rolled back or forward, stale temps, ended QEMUs, networks)",
+     None),
     ("get", "/v1/domains", "List domains (?all=0 for active only)", None),
     ("post", "/v1/domains", "Define a domain (or update the one with that name/uuid); from "
      "libvirt XML the answer lists in 'warnings' what force dropped",
@@ -72,7 +75,9 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
                 {"type": "object", "properties": {"version": {"type": "integer"}},
                  "required": ["version"]}]}),
     ("delete", "/v1/domains/{ref}", "Undefine a stopped domain (?nvram=1 removes its NVRAM; "
-     "?snapshots_metadata=1 forgets its snapshots, else a domain with snapshots is refused)",
+     "?snapshots_metadata=1 forgets its snapshots, else a domain with snapshots is refused; "
+     "?remove_all_storage=1 also deletes its writable disks that are pool volumes no other "
+     "domain uses)",
      None),
     ("get", "/v1/domains/{ref}/spec", "The spec as YAML with its version", None),
     ("get", "/v1/domains/{ref}/xml", "The domain as libvirt domain XML (application/xml)", None),
@@ -383,7 +388,16 @@ def openapi_document() -> dict[str, Any]:
                 "spec": {"$ref": "#/components/schemas/Domain"}, "yaml": {"type": "string"},
                 "xml": {"type": "string", "description": "libvirt domain XML"},
                 "force": {"type": "boolean",
-                          "description": "drop what virtkit cannot honour, with warnings"}}},
+                          "description": "drop what virtkit cannot honour, with warnings"},
+                "new_disks": {"type": "array", "description": "volumes to create before "
+                              "the (new) domain is defined, each attached as a disk; all or "
+                              "nothing, also across a daemon crash",
+                              "items": {"type": "object", "required": ["volume", "capacity"],
+                                        "properties": {
+                                            "pool": {"type": "string"},
+                                            "volume": {"type": "string"},
+                                            "capacity": {"type": ["integer", "string"]},
+                                            "format": {"enum": ["qcow2", "raw"]}}}}}},
             "ShutdownBody": {"type": "object", "properties": {
                 "timeout": {"type": "number", "minimum": 0}, "wait": {"type": "boolean"},
                 "mode": {"type": "string", "description": "acpi, agent, or agent,acpi"}}},

@@ -71,10 +71,15 @@ def cmd_create(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_undefine(client: Client, args: argparse.Namespace) -> int:
-    flags = [k + "=1" for k in ("nvram", "snapshots_metadata") if getattr(args, k)]
+    flags = [k + "=1" for k in ("nvram", "snapshots_metadata", "remove_all_storage")
+             if getattr(args, k)]
     suffix = "?" + "&".join(flags) if flags else ""
     result = client.request("DELETE", _ref(client, args) + suffix)
     print(f"Domain '{result['name']}' has been undefined")
+    for volume in result.get("removed_volumes", []):
+        print(f"Volume '{volume}' removed.")
+    for volume in result.get("kept_volumes", []):
+        print(f"Volume '{volume}' kept: it could not be removed (in use or pool inactive)")
     return 0
 
 
@@ -262,6 +267,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--nvram", action="store_true", help="also remove its UEFI NVRAM file")
     p.add_argument("--snapshots-metadata", action="store_true",
                    help="forget its snapshots (their image files stay)")
+    p.add_argument("--remove-all-storage", action="store_true",
+                   help="also delete its writable disks that are pool volumes no other "
+                   "domain uses")
     p = add("start", cmd_start, "start a defined domain")
     p.add_argument("--console", action="store_true", help="attach to the serial console")
     p.add_argument("--paused", action="store_true", help="leave the vCPUs paused")

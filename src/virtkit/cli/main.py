@@ -118,6 +118,26 @@ def cmd_audit(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repairs(client: Client, args: argparse.Namespace) -> int:
+    """What the daemon repaired when it started (after a crash of the one before)."""
+    import time
+
+    report = client.get("/v1/host/repairs")
+    if args.json:
+        render.as_json(report)
+        return 0
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(report["daemon_started"])) \
+        if report.get("daemon_started") else "?"
+    if not report["repairs"]:
+        print(f"Nothing was repaired when the daemon started ({started}).")
+    else:
+        render.table(["Area", "Repair"], [[r["area"], r["repair"]] for r in report["repairs"]])
+    for what in report.get("unsettled", []):
+        print(f"unsettled: an interrupted {what} could not be finished or undone yet; the "
+              "next start tries again (see the daemon log)")
+    return 0
+
+
 def cmd_osinfo(client: Client, args: argparse.Namespace) -> int:
     """``osinfo-query os``: the OS variants --os-variant accepts."""
     from urllib.parse import quote
@@ -286,6 +306,10 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     audit.add_argument("--limit", type=int, default=1000, help="at most the last N records")
     audit.add_argument("--json", action="store_true")
     audit.set_defaults(func=cmd_audit)
+    repairs = sub.add_parser("repairs", help="what the daemon repaired at start-up after a "
+                             "crash (interrupted operations, stale temps, ended QEMUs)")
+    repairs.add_argument("--json", action="store_true")
+    repairs.set_defaults(func=cmd_repairs)
     completion = sub.add_parser("completion", help="print the bash completion script")
     completion.add_argument("shell", choices=["bash"], nargs="?", default="bash")
     completion.set_defaults(func=cmd_completion)

@@ -234,6 +234,15 @@ class NetworkBackend:
                 return
             links.delete(str(net.bridge), net.owner_tag)
 
+    @staticmethod
+    def claim_unmarked_bridge(net: Network, *, netns: str | None = None) -> bool:
+        """A bridge ``start`` created but a crash kept from marking (see
+        :meth:`Links.claim_unmarked_bridge`) is marked, so status and stop see it."""
+        if net.mode is NetworkMode.BRIDGE or net.bridge is None:
+            return False
+        with Links(netns) as links:
+            return links.claim_unmarked_bridge(str(net.bridge), net.owner_tag)
+
     # -- status and repair --------------------------------------------------------------
 
     def status(self, net: Network, state_dir: Path | str, *,

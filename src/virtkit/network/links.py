@@ -214,6 +214,17 @@ class Links:
         raise Conflict(f"interface {info.name!r} already exists and is {whose}",
                        fix="choose another name (or delete that interface if it is a leftover)")
 
+    def claim_unmarked_bridge(self, name: str, owner: str) -> bool:
+        """Mark bridge ``name`` as ``owner``'s if it is the one :meth:`create_bridge`
+        made before a crash could set its mark: a bridge, no alias, and the MAC derived
+        from ``owner``.  True if it was claimed (it can then be deleted as ours)."""
+        info = self.get(name)
+        if info is None or info.alias or info.kind != "bridge" \
+                or (info.mac or "").lower() != stable_mac(owner):
+            return False
+        self._call(f"mark bridge {name}", "link", "set", index=info.index, ifalias=owner)
+        return True
+
     def create_bridge(self, name: str, owner: str, *, mtu: int | None = None) -> LinkInfo:
         """Create bridge ``name`` marked ``owner`` (STP off, no forward delay, fixed MAC).
 

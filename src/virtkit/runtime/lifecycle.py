@@ -38,7 +38,7 @@ from virtkit.model.state import Action, State, check_action, check_transition
 from virtkit.paths import StatePaths
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
-from virtkit.runtime import migration, savefile
+from virtkit.runtime import migration, orphans, savefile
 from virtkit.runtime.confine import Confiner
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.launcher import CapsProvider, OpenTap, Running, TapProvider, launch
@@ -657,9 +657,20 @@ class Lifecycle:
                 notes.append(f"{name}: QEMU pid {record.pid} had ended; marked shutoff")
                 continue
             notes.append(await self._reattach_one(vm, process, record.reason, record.extra))
+        notes += self._kill_orphans(domains)
         if self.confiner is not None:
             alive = {uuid for uuid, vm in self._vms.items() if vm.running is not None}
             notes += await asyncio.to_thread(self.confiner.reconcile, alive)
+        return notes
+
+    def _kill_orphans(self, domains: dict[str, str]) -> list[str]:
+        """Kill QEMUs of our domains that no record names (see runtime/orphans.py)."""
+        known = {vm.running.process.pid for vm in self._vms.values() if vm.running}
+        notes = []
+        for orphan in orphans.find_orphans(self._paths.logs, set(domains), known):
+            if orphans.kill_orphan(orphan):
+                notes.append(f"{domains[orphan.uuid]}: unrecorded QEMU pid {orphan.pid} (a "
+                             "start interrupted by a daemon crash) killed")
         return notes
 
     async def _reattach_one(self, vm: Vm, process: QemuProcess, reason: str,

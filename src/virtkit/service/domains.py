@@ -12,6 +12,7 @@ import contextlib
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ from virtkit.service.networks import NetworkService
 from virtkit.service.storage import StorageService
 from virtkit.storage.qemuimg import detect_format
 from virtkit.store.db import DomainRow, Store
+
+#: the intent kind of ``undefine --remove-all-storage`` (see service/provision.py)
+UNDEFINE_STORAGE = "undefine-storage"
 
 
 class DomainService:
@@ -302,11 +306,13 @@ class DomainService:
                                fix="leave mac out to get a fresh one")
             used.add(nic.mac)
 
-    def define(self, data: dict[str, Any] | str, *, version: int | None = None) -> dict[str, Any]:
+    def define(self, data: dict[str, Any] | str, *, version: int | None = None,
+               finish_intent: int | None = None) -> dict[str, Any]:
         """Create a domain, or replace the spec of the one with the same name or uuid.
 
         ``version``, when given, must match the stored version (optimistic
-        concurrency: a stale edit is refused, not applied).
+        concurrency: a stale edit is refused, not applied).  ``finish_intent`` (a new
+        domain only) is removed in the transaction that inserts it.
         """
         raw = parse_text(data) if isinstance(data, str) else dict(data)
         existing = self._existing_for(raw)
@@ -318,10 +324,14 @@ class DomainService:
             if version is not None:
                 raise NotFound(f"domain '{domain.name}' no longer exists",
                                fix="define it anew")
-            row = self._store.insert_domain(domain.uuid, domain.name, spec)
+            row = self._store.insert_domain(domain.uuid, domain.name, spec,
+                                            finish_intent=finish_intent)
             self._bus.publish("defined", row.uuid, domain=row.name, uuid=row.uuid,
                               state=State.SHUTOFF.value, reason="")
         else:
+            if finish_intent is not None:
+                raise Conflict(f"domain '{domain.name}' already exists",
+                               fix="new disks are only made for a new domain")
             row = self._store.update_domain(existing.uuid, domain.name, spec, version)
             self._life.vm(row.uuid, row.name)
             self._bus.publish("updated", row.uuid, domain=row.name, uuid=row.uuid,
@@ -387,9 +397,16 @@ class DomainService:
         return self.info(row.uuid)
 
     async def undefine(self, ref: str, *, nvram: bool = False,
-                       snapshots_metadata: bool = False) -> dict[str, Any]:
+                       snapshots_metadata: bool = False,
+                       storage_of: Callable[[str], list[list[str]]] | None = None
+                       ) -> dict[str, Any]:
         """Remove a stopped domain; one with snapshots only with ``snapshots_metadata``
-        (their rows go, their images and memory files stay)."""
+        (their rows go, their images and memory files stay).
+
+        With ``storage_of`` (``--remove-all-storage``), the volumes it names for the
+        domain are recorded as an ``undefine-storage`` intent in the transaction that
+        deletes the row; the answer carries ``volumes`` and ``intent`` for the caller,
+        which removes them (service/provision.py)."""
         row = self._row(ref)
         vm = self._life.vm(row.uuid, row.name)
         async with vm.lock:
@@ -404,12 +421,17 @@ class DomainService:
             if vm.running is not None:
                 raise Conflict(f"domain '{row.name}' still has a preserved QEMU process",
                                fix=f"destroy it first: virtkit destroy {row.name}")
-            self._store.delete_domain(row.uuid)
+            volumes = storage_of(row.uuid) if storage_of is not None else []
+            intent = self._store.delete_domain(
+                row.uuid, intent=(UNDEFINE_STORAGE, {"name": row.name, "volumes": volumes})
+                if storage_of is not None else None)
             self._life.forget(row.uuid)
         if nvram:
             (self._life.paths.nvram / f"{row.uuid}_VARS.fd").unlink(missing_ok=True)
         self._bus.publish("undefined", row.uuid, domain=row.name, uuid=row.uuid,
                           state=State.SHUTOFF.value, reason="")
+        if intent is not None:
+            return {"name": row.name, "uuid": row.uuid, "intent": intent, "volumes": volumes}
         return {"name": row.name, "uuid": row.uuid}
 
     async def destroy_and_undefine(self, ref: str) -> None:

@@ -16,7 +16,7 @@ from virtkit.errors import Conflict, InvalidSpec
 from virtkit.formats.libvirt_network_xml import network_from_xml, network_to_xml
 from virtkit.model.network import Network, NetworkMode, dump_network, load_network
 from virtkit.network import dnsmasq, nftables
-from virtkit.network.backend import NetworkBackend
+from virtkit.network.backend import NetworkBackend, NetworkStatus
 from virtkit.runtime.events import EventBus
 from virtkit.store.db import ObjectRow, Store
 
@@ -215,8 +215,19 @@ class NetworkService:
                     self._bus.publish("net-repaired", row.uuid, network=row.name, reason=note)
         return notes
 
+    def _leftovers(self, net: Network, row: ObjectRow) -> str:
+        """What of an *inactive* network exists anyway (a start the daemon was killed
+        in, before it recorded the network active): '' when nothing."""
+        if net.mode is NetworkMode.BRIDGE or net.bridge is None:
+            return ""
+        claimed = self._backend.claim_unmarked_bridge(net)
+        found = _describe_leftovers(self._backend.status(net, self._dir(row)))
+        return f"{found}, unmarked" if claimed else found
+
     def reconcile(self) -> list[str]:
-        """Repair active networks (bridge, dnsmasq, rules) and start autostart ones."""
+        """Repair active networks (bridge, dnsmasq, rules); take down what an
+        interrupted start left of inactive ones (the start is rolled back); start
+        autostart ones."""
         notes: list[str] = []
         for row in self._store.list_objects("network"):
             net = self._net(row)
@@ -224,13 +235,30 @@ class NetworkService:
                 if row.state == ACTIVE:
                     notes += [f"{row.name}: {n}" for n in
                               self._backend.repair(net, self._dir(row))]
-                elif net.autostart:
+                    continue
+                leftover = self._leftovers(net, row)
+                if leftover:
+                    self._backend.stop(net, self._dir(row))
+                    notes.append(f"{row.name}: removed what an interrupted start left "
+                                 f"({leftover})")
+                if net.autostart:
                     self.start(row.uuid)
                     notes.append(f"{row.name}: autostarted")
             except Exception as exc:
                 notes.append(f"{row.name}: {exc}")
                 self._bus.publish("error", row.uuid, network=row.name, reason=str(exc))
         return notes
+
+
+def _describe_leftovers(status: NetworkStatus) -> str:
+    parts = []
+    if status.bridge_present:
+        parts.append(f"bridge {status.bridge}")
+    if status.dnsmasq_alive:
+        parts.append(f"dnsmasq pid {status.dnsmasq_pid}")
+    if status.rules_present:
+        parts.append("nft chains")
+    return ", ".join(parts)
 
 
 def _add_or_remove(items: list[dict[str, Any]], entry: dict[str, Any], action: str,

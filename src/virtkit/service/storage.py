@@ -28,6 +28,7 @@ from virtkit.runtime.events import EventBus
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.storage import fastcopy
 from virtkit.storage.base import PoolBackend, Progress, VolumeInfo
+from virtkit.storage.dirpool import DirPool
 from virtkit.storage.lvm import lvm_config_from_env
 from virtkit.storage.pools import backend_for
 from virtkit.storage.qemuimg import detect_format
@@ -183,6 +184,18 @@ class StorageService:
                     self._bus.publish("error", row.uuid, pool=row.name,
                                       reason=f"pool autostart failed: {exc}")
         return started
+
+    def remove_stale_partials(self) -> dict[str, list[str]]:
+        """Hidden temps of unfinished volumes (a killed daemon's) removed from every
+        active directory pool, by pool name (daemon start-up)."""
+        removed: dict[str, list[str]] = {}
+        for row in self._store.list_pools():
+            backend = self._backend(row) if row.state == PoolState.ACTIVE else None
+            if isinstance(backend, DirPool) and backend.exists():
+                names = backend.remove_stale_partials()
+                if names:
+                    removed[row.name] = names
+        return removed
 
     def _publish(self, kind: str, row: PoolRow) -> None:
         self._bus.publish(kind, row.uuid, pool=row.name, uuid=row.uuid)

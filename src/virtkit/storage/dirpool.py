@@ -338,8 +338,14 @@ class DirPool:
         _fsync_dir(self.root)
 
     def _remove_stale_partials(self) -> None:
-        """Remove ``.NAME.partial`` temps no operation holds (left by a killed process)."""
-        for entry in os.listdir(self.root):
+        self.remove_stale_partials(skip_busy=False)
+
+    def remove_stale_partials(self, *, skip_busy: bool = True) -> list[str]:
+        """Remove ``.NAME.partial`` temps no operation holds (left by a killed process);
+        return their names.  A temp being written (its flock held) is skipped, or with
+        ``skip_busy=False`` a Conflict."""
+        removed: list[str] = []
+        for entry in sorted(os.listdir(self.root)):
             if not (entry.startswith(".") and entry.endswith(PARTIAL_SUFFIX)):
                 continue
             path = os.path.join(self.root, entry)
@@ -349,11 +355,15 @@ class DirPool:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 os.unlink(path)
+                removed.append(entry)
             except BlockingIOError:
-                raise Conflict(f"pool {self.pool.name!r} has a volume being written ({entry})",
-                               fix="wait for the operation to finish") from None
+                if not skip_busy:
+                    raise Conflict(f"pool {self.pool.name!r} has a volume being written "
+                                   f"({entry})", fix="wait for the operation to finish"
+                                   ) from None
             finally:
                 os.close(fd)
+        return removed
 
 
 def _fsync_dir(path: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -114,9 +115,32 @@ MIGRATIONS: list[str] = [
     );
     CREATE UNIQUE INDEX tokens_active_name ON tokens(name) WHERE revoked IS NULL;
     """,
+    # 7: intents of multi-step operations (define with new disks, undefine with storage):
+    # written before the first step, removed after the last; a row found at start-up is
+    # an operation a killed daemon left half done, rolled back or forward (service/recovery)
+    """
+    CREATE TABLE intents (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        object TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    """,
 ]
 
 EVENT_JOURNAL_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class IntentRow:
+    """A multi-step operation in progress (or left half done by a killed daemon)."""
+
+    id: int
+    kind: str
+    object: str
+    detail: dict[str, Any]
+    created: float
 
 
 @dataclass(frozen=True)
@@ -191,6 +215,9 @@ class Store:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         path.chmod(0o600)  # specs name disks and may carry VNC passwords
         self._db.row_factory = sqlite3.Row
+        # one connection serves the event loop and the worker threads of storage calls:
+        # a transaction must not interleave with another thread's BEGIN ... COMMIT
+        self._lock = threading.RLock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -226,14 +253,24 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception.
+
+        Held under a lock: the connection is shared with worker threads, and a second
+        BEGIN on it while a transaction is open fails ("cannot start a transaction
+        within a transaction")."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's own consistency check: ``["ok"]`` for a sound database."""
+        with self._lock:
+            return [str(row[0]) for row in self._db.execute("PRAGMA integrity_check")]
 
     # -- domains -----------------------------------------------------------
 
@@ -265,10 +302,15 @@ class Store:
             raise NotFound(f"domain '{ref}' not found", fix="see 'virtkit list --all'")
         return row
 
-    def insert_domain(self, uuid: str, name: str, spec: dict[str, Any]) -> DomainRow:
+    def insert_domain(self, uuid: str, name: str, spec: dict[str, Any], *,
+                      finish_intent: int | None = None) -> DomainRow:
+        """Add a domain; ``finish_intent`` is removed in the same transaction (the last
+        step of a define that created disks first)."""
         now = time.time()
         try:
             with self.transaction() as db:
+                if finish_intent is not None:
+                    db.execute("DELETE FROM intents WHERE id = ?", (finish_intent,))
                 db.execute(
                     "INSERT INTO domains (uuid, name, spec, version, created, updated) "
                     "VALUES (?, ?, ?, 1, ?, ?)",
@@ -304,9 +346,41 @@ class Store:
                                fix="choose another name") from None
         return self.get_domain(uuid)
 
-    def delete_domain(self, uuid: str) -> None:
+    def delete_domain(self, uuid: str, *, intent: tuple[str, dict[str, Any]] | None = None
+                      ) -> int | None:
+        """Remove a domain; with ``intent`` (kind, detail), record in the same transaction
+        what is still to be done after it (see :meth:`add_intent`) and return its id."""
         with self.transaction() as db:
             db.execute("DELETE FROM domains WHERE uuid = ?", (uuid,))
+            if intent is None:
+                return None
+            return self._insert_intent(db, intent[0], uuid, intent[1])
+
+    # -- intents of multi-step operations -------------------------------------
+
+    @staticmethod
+    def _insert_intent(db: sqlite3.Connection, kind: str, obj: str,
+                       detail: dict[str, Any]) -> int:
+        cursor = db.execute(
+            "INSERT INTO intents (kind, object, detail, created) VALUES (?, ?, ?, ?)",
+            (kind, obj, json.dumps(detail), time.time()))
+        return int(cursor.lastrowid or 0)
+
+    def add_intent(self, kind: str, obj: str, detail: dict[str, Any]) -> int:
+        """Record, before its first step, what a multi-step operation is about to do."""
+        with self.transaction() as db:
+            return self._insert_intent(db, kind, obj, detail)
+
+    def finish_intent(self, intent_id: int) -> None:
+        """The operation completed (or was undone): forget its intent."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM intents WHERE id = ?", (intent_id,))
+
+    def list_intents(self) -> list[IntentRow]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM intents ORDER BY id").fetchall()
+        return [IntentRow(row["id"], row["kind"], row["object"], json.loads(row["detail"]),
+                          row["created"]) for row in rows]
 
     # -- runtime records ------------------------------------------------------
 
