@@ -114,6 +114,19 @@ def _wait_log(path: Path, timeout: float = BOOT_TIMEOUT) -> None:
         time.sleep(0.1)
 
 
+def _boot_raw_source(argv: list[str], folder: Path, qmp_path: Path,
+                     processes: list[subprocess.Popen[bytes]], monitors: list[Qmp]) -> Qmp:
+    """Start the raw source QEMU, let it run and wait for its guest to boot."""
+    with open(folder / "qemu.log", "ab") as log:
+        processes.append(subprocess.Popen(argv, stdout=log, stderr=log,
+                                          start_new_session=True))
+    src = Qmp(qmp_path)
+    monitors.append(src)
+    src.execute("cont")
+    _wait_log(folder / "charserial0.log")
+    return src
+
+
 def virtkit_once(guest: TinyGuest, memory: int, name: str) -> tuple[float, float | None,
                                                                       list[str]]:
     """One virtkit migration; its seconds, QEMU's downtime (s) and the source argv."""
@@ -143,13 +156,7 @@ def raw_once(argv: list[str]) -> tuple[float, float | None]:
         processes: list[subprocess.Popen[bytes]] = []
         monitors: list[Qmp] = []
         try:
-            with open(src_dir / "qemu.log", "ab") as log:
-                processes.append(subprocess.Popen(src_argv, stdout=log, stderr=log,
-                                                  start_new_session=True))
-            src = Qmp(src_qmp_path)
-            monitors.append(src)
-            src.execute("cont")
-            _wait_log(src_dir / "charserial0.log")
+            src = _boot_raw_source(src_argv, src_dir, src_qmp_path, processes, monitors)
             start = time.perf_counter()
             with open(dst_dir / "qemu.log", "ab") as log:
                 processes.append(subprocess.Popen([*dst_argv, "-incoming", "defer"],
@@ -250,13 +257,7 @@ def raw_storage_once(argv: list[str], disk: Path) -> tuple[float, float | None]:
         processes: list[subprocess.Popen[bytes]] = []
         monitors: list[Qmp] = []
         try:
-            with open(src_dir / "qemu.log", "ab") as log:
-                processes.append(subprocess.Popen(src_argv, stdout=log, stderr=log,
-                                                  start_new_session=True))
-            src = Qmp(src_qmp_path)
-            monitors.append(src)
-            src.execute("cont")
-            _wait_log(src_dir / "charserial0.log")
+            src = _boot_raw_source(src_argv, src_dir, src_qmp_path, processes, monitors)
             start = time.perf_counter()
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target),
                             str(DISK_SIZE)], check=True)

@@ -4,7 +4,6 @@ and a local account that may log in (a user in the ``virtkit`` group, removed af
 from __future__ import annotations
 
 import contextlib
-import grp
 import secrets
 import shutil
 import subprocess
@@ -16,6 +15,8 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import sync_playwright
+
+from tests.real.conftest import temporary_account
 
 CHROMIUM = "/usr/bin/chromium"
 #: Chromium as root, headless, and quiet on this machine's closed network
@@ -32,26 +33,12 @@ class Account:
 
 @contextlib.contextmanager
 def web_account(in_group: bool = True) -> Iterator[Account]:
-    """A new local user with a random password, in the ``virtkit`` group (made if
-    missing) unless ``in_group`` is false; both are removed afterwards."""
-    made_group = False
-    try:
-        grp.getgrnam("virtkit")
-    except KeyError:
-        subprocess.run(["groupadd", "--system", "virtkit"], check=True)
-        made_group = True
-    user = f"vkweb{secrets.token_hex(3)}"
-    password = secrets.token_urlsafe(12)
-    groups = ["--groups", "virtkit"] if in_group else []
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", *groups,
-                    user], check=True)
-    try:
+    """A new local account with a random password, in the ``virtkit`` group unless
+    ``in_group`` is false; removed afterwards."""
+    with temporary_account("virtkit" if in_group else None) as (user, _uid, _gid):
+        password = secrets.token_urlsafe(12)
         subprocess.run(["chpasswd"], input=f"{user}:{password}\n", text=True, check=True)
         yield Account(user, password)
-    finally:
-        subprocess.run(["userdel", user], check=False)
-        if made_group:
-            subprocess.run(["groupdel", "virtkit"], check=False)
 
 
 @contextlib.contextmanager

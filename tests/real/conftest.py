@@ -9,7 +9,9 @@ test failed.
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -353,3 +355,41 @@ def sshd() -> Iterator[tuple[int, Path]]:
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def qemu_processes() -> list[tuple[int, list[bytes]]]:
+    """(pid, argv) of every live qemu-system process on the host."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"qemu-system" in os.path.basename(argv[0]):
+            found.append((int(entry), argv))
+    return found
+
+
+@contextlib.contextmanager
+def temporary_account(group: str | None) -> Iterator[tuple[str, int, int | None]]:
+    """A new local account (no home, no shell), in ``group`` when given (the group is
+    made if missing): (user, uid, the group's gid). Both are removed afterwards."""
+    made = False
+    if group is not None:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            subprocess.run(["groupadd", "--system", group], check=True)
+            made = True
+    user = f"vkt{secrets.token_hex(3)}"
+    groups = ["--groups", group] if group else []
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", *groups,
+                    user], check=True)
+    try:
+        yield user, pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid if group else None
+    finally:
+        subprocess.run(["userdel", user], check=False)
+        if made:
+            subprocess.run(["groupdel", str(group)], check=False)

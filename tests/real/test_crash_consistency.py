@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from tests.real.conftest import DaemonHandle, start_daemon, wait_for
+from tests.real.conftest import DaemonHandle, qemu_processes, start_daemon, wait_for
 from virtkit.network.links import stable_mac
 
 pytestmark = pytest.mark.qemu
@@ -293,17 +293,7 @@ START_LOOPS = 16
 
 
 def _qemu_pids_of(uuid: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and b"qemu-system" in os.path.basename(argv[0]) and uuid.encode() in argv:
-            pids.append(int(entry))
-    return pids
+    return [pid for pid, argv in qemu_processes() if uuid.encode() in argv]
 
 
 def test_kill9_during_start_leaves_no_orphan_qemu(daemon: DaemonHandle) -> None:

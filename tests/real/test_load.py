@@ -23,12 +23,11 @@ import time
 import uuid as uuidlib
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.real.conftest import DaemonHandle
+from tests.real.conftest import DaemonHandle, qemu_processes
 from virtkit.cli.client import ApiError, Client
 from virtkit.paths import state_paths
 
@@ -131,18 +130,10 @@ class LoadClient:
 def _qemu_uuids() -> dict[str, int]:
     """uuid -> pid of every live qemu-system process on the host."""
     found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if not argv or b"qemu-system" not in os.path.basename(argv[0]):
-            continue
+    for pid, argv in qemu_processes():
         for key, value in itertools.pairwise(argv):
             if key == b"-uuid":
-                found[value.decode()] = int(entry)
+                found[value.decode()] = pid
     return found
 
 

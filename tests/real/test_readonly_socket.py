@@ -12,16 +12,13 @@ import contextlib
 import grp
 import json
 import os
-import pwd
-import secrets
 import socket
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.real.conftest import DaemonHandle, running_daemon
+from tests.real.conftest import DaemonHandle, running_daemon, temporary_account
 from virtkit.images.tinyguest import TinyGuest
 
 pytestmark = pytest.mark.qemu
@@ -30,21 +27,9 @@ pytestmark = pytest.mark.qemu
 @contextlib.contextmanager
 def read_only_account() -> Iterator[tuple[int, int]]:
     """(uid, gid of virtkit-ro) of a new account in the virtkit-ro group; removed after."""
-    made = False
-    try:
-        grp.getgrnam("virtkit-ro")
-    except KeyError:
-        subprocess.run(["groupadd", "--system", "virtkit-ro"], check=True)
-        made = True
-    user = f"vkro{secrets.token_hex(3)}"
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                    "--groups", "virtkit-ro", user], check=True)
-    try:
-        yield pwd.getpwnam(user).pw_uid, grp.getgrnam("virtkit-ro").gr_gid
-    finally:
-        subprocess.run(["userdel", user], check=False)
-        if made:
-            subprocess.run(["groupdel", "virtkit-ro"], check=False)
+    with temporary_account("virtkit-ro") as (_user, uid, gid):
+        assert gid is not None
+        yield uid, gid
 
 
 def _http(path: str, method: str, target: str) -> int | str:
