@@ -176,7 +176,10 @@ async def upload_volume(request: web.Request) -> web.Response:
     written = 0
     in_place = partial == final
     try:
-        with open(partial, "r+b" if in_place else "wb") as out:
+        # 0600 like every volume the daemon makes: a confined QEMU of another VM must
+        # not read it (the VM that uses it is granted access while it runs)
+        with open(partial, "r+b" if in_place else "wb",
+                  opener=lambda path, flags: os.open(path, flags, 0o600)) as out:
             async for chunk in request.content.iter_chunked(CHUNK):
                 out.write(chunk)
                 written += len(chunk)
