@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,17 +115,63 @@ def _wait_log(path: Path, timeout: float = BOOT_TIMEOUT) -> None:
         time.sleep(0.1)
 
 
-def _boot_raw_source(argv: list[str], folder: Path, qmp_path: Path,
-                     processes: list[subprocess.Popen[bytes]], monitors: list[Qmp]) -> Qmp:
-    """Start the raw source QEMU, let it run and wait for its guest to boot."""
-    with open(folder / "qemu.log", "ab") as log:
-        processes.append(subprocess.Popen(argv, stdout=log, stderr=log,
-                                          start_new_session=True))
-    src = Qmp(qmp_path)
-    monitors.append(src)
-    src.execute("cont")
-    _wait_log(folder / "charserial0.log")
-    return src
+class RawPair:
+    """A raw source and destination QEMU of ``argv`` in a private folder each; every
+    monitor is told to quit and every process is stopped on exit.  ``rewrite`` maps
+    the destination's argv (a copied disk's new path)."""
+
+    def __init__(self, argv: list[str], folder: Path,
+                 rewrite: dict[str, str] | None = None) -> None:
+        self.src_dir, self.dst_dir = folder / "src", folder / "dst"
+        self.src_dir.mkdir()
+        self.dst_dir.mkdir()
+        self.src_argv, self.src_qmp_path = bl.raw_argv(argv, self.src_dir)
+        dst_argv, self.dst_qmp_path = bl.raw_argv(argv, self.dst_dir)
+        for old, new in (rewrite or {}).items():
+            dst_argv = [a.replace(old, new) for a in dst_argv]
+        self.dst_argv = dst_argv
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.monitors: list[Qmp] = []
+
+    def __enter__(self) -> RawPair:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for qmp in self.monitors:
+            with contextlib.suppress(RuntimeError, OSError, ValueError):
+                qmp.execute("quit")
+            qmp.close()
+        for process in self.processes:
+            bl.raw_qemu_stop(process, None)
+
+    def _spawn(self, argv: list[str], folder: Path, qmp_path: Path) -> Qmp:
+        with open(folder / "qemu.log", "ab") as log:
+            self.processes.append(subprocess.Popen(argv, stdout=log, stderr=log,
+                                                   start_new_session=True))
+        qmp = Qmp(qmp_path)
+        self.monitors.append(qmp)
+        return qmp
+
+    def boot_source(self) -> Qmp:
+        """Start the source QEMU, let it run and wait for its guest to boot."""
+        src = self._spawn(self.src_argv, self.src_dir, self.src_qmp_path)
+        src.execute("cont")
+        _wait_log(self.src_dir / "charserial0.log")
+        return src
+
+    def start_destination(self) -> Qmp:
+        """The destination QEMU waiting for a stream (``-incoming defer``)."""
+        dst = self._spawn([*self.dst_argv, "-incoming", "defer"], self.dst_dir,
+                          self.dst_qmp_path)
+        _caps(dst, ("events", "return-path"))
+        return dst
+
+
+def _seconds_and_downtime(start: float, info: dict[str, Any]) -> tuple[float, float | None]:
+    """Elapsed seconds since ``start`` and QEMU's reported downtime in seconds."""
+    seconds = time.perf_counter() - start
+    downtime = info.get("downtime")
+    return seconds, downtime / 1000 if downtime is not None else None
 
 
 def virtkit_once(guest: TinyGuest, memory: int, name: str) -> tuple[float, float | None,
@@ -145,46 +192,34 @@ def virtkit_once(guest: TinyGuest, memory: int, name: str) -> tuple[float, float
         return seconds, downtime / 1000 if downtime is not None else None, argv
 
 
+def _migrate(src: Qmp, dst: Qmp, port: int,
+             at_switchover: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Migrate src to dst (already listening on ``port``) as virtkit does: return-path,
+    pause-before-switchover (``at_switchover`` runs there), no bandwidth cap; the
+    destination runs afterwards.  Returns the source's final query-migrate."""
+    _caps(src, ("events", "return-path", "pause-before-switchover"))
+    src.execute("migrate-set-parameters", {"max-bandwidth": 2**40})
+    src.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+    _wait_status(src, "pre-switchover")
+    at_switchover()
+    src.execute("migrate-continue", {"state": "pre-switchover"})
+    info = _wait_status(src, "completed")
+    _wait_status(dst, "completed")
+    return info
+
+
 def raw_once(argv: list[str]) -> tuple[float, float | None]:
     """The same migration done by hand on raw QEMU processes."""
-    with tempfile.TemporaryDirectory(prefix="vkbench-mig-") as tmp:
-        src_dir, dst_dir = Path(tmp, "src"), Path(tmp, "dst")
-        src_dir.mkdir()
-        dst_dir.mkdir()
-        src_argv, src_qmp_path = bl.raw_argv(argv, src_dir)
-        dst_argv, dst_qmp_path = bl.raw_argv(argv, dst_dir)
-        processes: list[subprocess.Popen[bytes]] = []
-        monitors: list[Qmp] = []
-        try:
-            src = _boot_raw_source(src_argv, src_dir, src_qmp_path, processes, monitors)
-            start = time.perf_counter()
-            with open(dst_dir / "qemu.log", "ab") as log:
-                processes.append(subprocess.Popen([*dst_argv, "-incoming", "defer"],
-                                                  stdout=log, stderr=log,
-                                                  start_new_session=True))
-            dst = Qmp(dst_qmp_path)
-            monitors.append(dst)
-            _caps(dst, ("events", "return-path"))
-            port = _free_port()
-            dst.execute("migrate-incoming", {"uri": f"tcp:127.0.0.1:{port}"})
-            _caps(src, ("events", "return-path", "pause-before-switchover"))
-            src.execute("migrate-set-parameters", {"max-bandwidth": 2**40})
-            src.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
-            _wait_status(src, "pre-switchover")
-            src.execute("migrate-continue", {"state": "pre-switchover"})
-            info = _wait_status(src, "completed")
-            _wait_status(dst, "completed")
-            dst.execute("cont")
-            seconds = time.perf_counter() - start
-            downtime = info.get("downtime")
-            return seconds, downtime / 1000 if downtime is not None else None
-        finally:
-            for qmp in monitors:
-                with contextlib.suppress(RuntimeError, OSError, ValueError):
-                    qmp.execute("quit")
-                qmp.close()
-            for process in processes:
-                bl.raw_qemu_stop(process, None)
+    with tempfile.TemporaryDirectory(prefix="vkbench-mig-") as tmp, \
+            RawPair(argv, Path(tmp)) as pair:
+        src = pair.boot_source()
+        start = time.perf_counter()
+        dst = pair.start_destination()
+        port = _free_port()
+        dst.execute("migrate-incoming", {"uri": f"tcp:127.0.0.1:{port}"})
+        info = _migrate(src, dst, port)
+        dst.execute("cont")
+        return _seconds_and_downtime(start, info)
 
 
 DISK_SIZE = 256 * 2**20
@@ -247,27 +282,13 @@ def _wait_mirror(qmp: Qmp, job: str, timeout: float = 300.0) -> None:
 def raw_storage_once(argv: list[str], disk: Path) -> tuple[float, float | None]:
     """The same copy-storage migration by hand on raw QEMU processes."""
     with tempfile.TemporaryDirectory(prefix="vkbench-migs-") as tmp:
-        src_dir, dst_dir = Path(tmp, "src"), Path(tmp, "dst")
-        src_dir.mkdir()
-        dst_dir.mkdir()
-        target = dst_dir / "disk.qcow2"
-        src_argv, src_qmp_path = bl.raw_argv(argv, src_dir)
-        dst_argv, dst_qmp_path = bl.raw_argv(argv, dst_dir)
-        dst_argv = [a.replace(str(disk), str(target)) for a in dst_argv]
-        processes: list[subprocess.Popen[bytes]] = []
-        monitors: list[Qmp] = []
-        try:
-            src = _boot_raw_source(src_argv, src_dir, src_qmp_path, processes, monitors)
+        target = Path(tmp) / "dst" / "disk.qcow2"
+        with RawPair(argv, Path(tmp), rewrite={str(disk): str(target)}) as pair:
+            src = pair.boot_source()
             start = time.perf_counter()
             subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(target),
                             str(DISK_SIZE)], check=True)
-            with open(dst_dir / "qemu.log", "ab") as log:
-                processes.append(subprocess.Popen([*dst_argv, "-incoming", "defer"],
-                                                  stdout=log, stderr=log,
-                                                  start_new_session=True))
-            dst = Qmp(dst_qmp_path)
-            monitors.append(dst)
-            _caps(dst, ("events", "return-path"))
+            dst = pair.start_destination()
             port, nbd_port = _free_port(), _free_port()
             dst.execute("migrate-incoming", {"uri": f"tcp:127.0.0.1:{port}"})
             dst.execute("nbd-server-start", {"addr": {"type": "inet", "data": {
@@ -281,30 +302,18 @@ def raw_storage_once(argv: list[str], disk: Path) -> tuple[float, float | None]:
             src.execute("blockdev-mirror", {"job-id": "m0", "device": _disk_node(src),
                                             "target": "nbd0", "sync": "full"})
             _wait_mirror(src, "m0")
-            _caps(src, ("events", "return-path", "pause-before-switchover"))
-            src.execute("migrate-set-parameters", {"max-bandwidth": 2**40})
-            src.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
-            _wait_status(src, "pre-switchover")
-            src.execute("block-job-cancel", {"device": "m0"})
-            while src.execute("query-block-jobs"):
-                time.sleep(0.002)
-            src.execute("blockdev-del", {"node-name": "nbd0"})
-            src.execute("migrate-continue", {"state": "pre-switchover"})
-            info = _wait_status(src, "completed")
-            _wait_status(dst, "completed")
+
+            def complete_mirror() -> None:
+                src.execute("block-job-cancel", {"device": "m0"})
+                while src.execute("query-block-jobs"):
+                    time.sleep(0.002)
+                src.execute("blockdev-del", {"node-name": "nbd0"})
+
+            info = _migrate(src, dst, port, complete_mirror)
             dst.execute("block-export-del", {"id": "e0", "mode": "hard"})
             dst.execute("nbd-server-stop")
             dst.execute("cont")
-            seconds = time.perf_counter() - start
-            downtime = info.get("downtime")
-            return seconds, downtime / 1000 if downtime is not None else None
-        finally:
-            for qmp in monitors:
-                with contextlib.suppress(RuntimeError, OSError, ValueError):
-                    qmp.execute("quit")
-                qmp.close()
-            for process in processes:
-                bl.raw_qemu_stop(process, None)
+            return _seconds_and_downtime(start, info)
 
 
 def run_storage(guest: TinyGuest, runs: int) -> tuple[dict[str, Any], list[str]]:
