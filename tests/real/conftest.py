@@ -34,6 +34,7 @@ from virtkit.paths import state_paths
 from virtkit.qemu.process import is_our_qemu, proc_start_time
 from virtkit.runtime.confine import Confiner
 from virtkit.store.db import Store
+from virtkit.unixsock import connect_unix
 
 BOOT_TIMEOUT = 90.0
 
@@ -393,3 +394,20 @@ def temporary_account(group: str | None) -> Iterator[tuple[str, int, int | None]
         subprocess.run(["userdel", user], check=False)
         if made:
             subprocess.run(["groupdel", str(group)], check=False)
+
+
+def raw_request(sock_path: Path, data: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
+    """Send raw bytes as one request on a new connection (the request should say
+    ``Connection: close``); (status, body) of the answer.  ``timeout`` bounds the
+    connect and every read."""
+    sock = connect_unix(sock_path, timeout=timeout)
+    sock.settimeout(timeout)
+    try:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    finally:
+        sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body

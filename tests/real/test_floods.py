@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.real.conftest import DaemonHandle, start_daemon, wait_for
+from tests.real.conftest import DaemonHandle, raw_request, start_daemon, wait_for
 from virtkit.cli.client import Client
 from virtkit.cli.wsclient import WebSocket
 from virtkit.paths import state_paths
@@ -61,19 +61,11 @@ def websockets(root: Path, count: int) -> Iterator[list[WebSocket]]:
 def _raw_get(root: Path, path: str) -> tuple[int, Any]:
     """One GET on a new connection: (status, JSON body); for refusals the client
     classes would raise."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(LIST_TIMEOUT)
-    sock.connect(str(root / "virtkitd.sock"))
-    try:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: virtkit\r\nConnection: close\r\n\r\n"
-                     .encode())
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    finally:
-        sock.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), json.loads(body or b"{}")
+    status, body = raw_request(
+        root / "virtkitd.sock",
+        f"GET {path} HTTP/1.1\r\nHost: virtkit\r\nConnection: close\r\n\r\n".encode(),
+        timeout=LIST_TIMEOUT)
+    return status, json.loads(body or b"{}")
 
 
 def test_500_idle_connections_do_not_stop_list(daemon: DaemonHandle) -> None:

@@ -12,13 +12,18 @@ import contextlib
 import grp
 import json
 import os
-import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.real.conftest import DaemonHandle, running_daemon, temporary_account
+from tests.real.conftest import (
+    DaemonHandle,
+    raw_request,
+    running_daemon,
+    temporary_account,
+)
 from virtkit.images.tinyguest import TinyGuest
 
 pytestmark = pytest.mark.qemu
@@ -35,12 +40,8 @@ def read_only_account() -> Iterator[tuple[int, int]]:
 def _http(path: str, method: str, target: str) -> int | str:
     """The HTTP status of one request over the unix socket at ``path``, or the error."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(10)
-            sock.connect(path)
-            sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
-                         "Connection: close\r\n\r\n".encode())
-            return int(sock.recv(64).split(b" ")[1])
+        return raw_request(Path(path), f"{method} {target} HTTP/1.1\r\nHost: x\r\n"
+                           "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())[0]
     except OSError as exc:
         return type(exc).__name__
 

@@ -18,26 +18,12 @@ from urllib.parse import quote
 import pytest
 import yaml
 
-from tests.real.conftest import DaemonHandle, running_daemon, wait_for
+from tests.real.conftest import DaemonHandle, raw_request, running_daemon, wait_for
 from tests.unit.test_hostile_input import HOSTILE
 from virtkit.cli.client import ApiError
 from virtkit.cli.streaming import send_file
 from virtkit.images.tinyguest import TinyGuest
 from virtkit.unixsock import connect_unix
-
-
-def raw_request(sock_path: Path, data: bytes, timeout: float = 10.0) -> tuple[int, bytes]:
-    """Send raw bytes as one request; (status, body) of the answer."""
-    sock = connect_unix(sock_path, timeout=timeout)
-    try:
-        sock.sendall(data)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    finally:
-        sock.close()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
 
 
 def test_hostile_names_and_paths_round_trip_through_the_api(daemon: DaemonHandle,

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from virtkit.api import webui
-from virtkit.api.common import PRINCIPAL, json_body, json_response
+from virtkit.api.common import PRINCIPAL, json_body, json_response, string_list
 from virtkit.api.websession import COOKIE, CSRF_HEADER
 from virtkit.errors import Forbidden, InvalidSpec, Unauthorized, VirtkitError
 from virtkit.service.tls import TlsService
@@ -171,9 +171,7 @@ async def tls_info(request: web.Request) -> web.Response:
 @routes.post("/v1/tls/setup")
 async def tls_setup(request: web.Request) -> web.Response:
     body = await json_body(request)
-    names = body.get("hostnames") or []
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise InvalidSpec("hostnames must be a list of names", field="hostnames")
+    names = string_list(body, "hostnames")
     result = await asyncio.to_thread(request.app[TLS].setup, names,
                                      force=bool(body.get("force")))
     return json_response(result, status=201)

@@ -100,11 +100,6 @@ class SessionStore:
         with self._lock:
             self._sessions.pop(session_id or "", None)
 
-    def count(self) -> int:
-        with self._lock:
-            self._expire(time.monotonic())
-            return len(self._sessions)
-
     # -- login throttling -------------------------------------------------------------
 
     def check_throttle(self, address: str) -> None:

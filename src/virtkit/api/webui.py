@@ -11,6 +11,7 @@ of the ``virtkit`` group may log in) or an API token (``virtkit token create``).
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 from importlib import resources
 from pathlib import Path
@@ -40,9 +41,11 @@ SECURITY_HEADERS = {
 routes = web.RouteTableDef()
 
 
+@functools.cache
 def static_root() -> Path:
-    """The folder of the built web assets inside the installed package."""
-    return Path(str(resources.files("virtkit") / "web" / "static"))
+    """The folder of the built web assets inside the installed package (resolved once:
+    every asset request checks that its path stays inside it)."""
+    return Path(str(resources.files("virtkit") / "web" / "static")).resolve()
 
 
 def is_public(path: str) -> bool:
@@ -70,7 +73,7 @@ async def favicon(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/ui/{path:.+}")
 async def asset(request: web.Request) -> web.StreamResponse:
-    root = static_root().resolve()
+    root = static_root()
     path = (root / request.match_info["path"]).resolve()
     if not path.is_relative_to(root) or not path.is_file():
         raise NotFound(f"no such file in the web console: {request.match_info['path']}")

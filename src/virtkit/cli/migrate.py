@@ -2,9 +2,10 @@
 
 The CLI makes one request to the *source* daemon (the one ``-c`` names); that
 daemon drives the migration and talks to the destination daemon itself.  The CLI's
-part is naming the destination in a form a daemon can use: a unix socket path, or
-the HTTPS address of a TLS listener with the token and CA read here the way
-``-c virtkit+tls://`` reads them.
+part is naming the destination in a form a daemon can use: a unix socket path (for a
+``virtkit+ssh://`` destination, the local end of an ssh forward this command holds
+open until the migration ends), or the HTTPS address of a TLS listener with the
+token and CA read here the way ``-c virtkit+tls://`` reads them.
 """
 
 from __future__ import annotations
@@ -222,8 +223,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     text = "migrate a domain to another virtkitd (virsh migrate)"
     p = sub.add_parser("migrate", help=text, description=text)
     p.add_argument("domain")
-    p.add_argument("desturi", help="the destination daemon: virtkit+tls://host[:port], "
-                   "virtkit:///system, or the path of a local daemon's socket")
+    p.add_argument("desturi", help="the destination daemon: virtkit+ssh://[user@]host"
+                   "[:port][/socket] (forwarded over ssh by this command), "
+                   "virtkit+tls://host[:port], virtkit:///system, or the path of a local "
+                   "daemon's socket")
     p.add_argument("--live", action="store_true", help="migrate while it runs (the default "
                    "unless --offline)")
     p.add_argument("--offline", action="store_true",

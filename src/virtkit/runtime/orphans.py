@@ -18,7 +18,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from virtkit.qemu.process import proc_start_time
+from virtkit.qemu.process import proc_cmdline, proc_start_time
 
 
 @dataclass(frozen=True)
@@ -28,21 +28,13 @@ class Orphan:
     uuid: str
 
 
-def _argv(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
 def find_orphans(logs: Path, uuids: set[str], known: set[int]) -> list[Orphan]:
     """QEMUs of our domains (``uuids``) whose stdout is our log, not in ``known``."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) in known:
             continue
-        argv = _argv(int(entry))
+        argv = proc_cmdline(int(entry))
         if not argv or "qemu-system" not in os.path.basename(argv[0]):
             continue
         uuid = next((b for a, b in itertools.pairwise(argv) if a == "-uuid"), None)
