@@ -78,6 +78,7 @@ def test_read_only_group_reads_through_its_socket_and_nothing_more(
         ro_daemon: tuple[DaemonHandle, int, int]) -> None:
     daemon, uid, gid = ro_daemon
     daemon.define("ro1")
+    daemon.define("console")  # a name, not the console route
     rw, ro = str(daemon.root / "virtkitd.sock"), str(daemon.root / "virtkitd-ro.sock")
     assert grp.getgrgid(os.stat(ro).st_gid).gr_name == "virtkit-ro"
     answers = _as_user(uid, gid, [
@@ -89,7 +90,9 @@ def test_read_only_group_reads_through_its_socket_and_nothing_more(
         (ro, "GET", "/v1/domains/ro1/console/log"),    # guest output
         (ro, "GET", "/v1/tokens"),
         (ro, "GET", "/v1/audit"),
+        (ro, "GET", "/v1/domains/console"),
+        (ro, "GET", "/v1/domains/console/console/log"),
     ])
-    assert answers == ["PermissionError", 200, 200, 403, 403, 403, 403, 403]
+    assert answers == ["PermissionError", 200, 200, 403, 403, 403, 403, 403, 200, 403]
     assert daemon.state("ro1") == "shutoff"  # nothing changed
-    assert [d["name"] for d in daemon.client.get("/v1/domains")] == ["ro1"]
+    assert sorted(d["name"] for d in daemon.client.get("/v1/domains")) == ["console", "ro1"]

@@ -45,10 +45,15 @@ LOCAL_ONLY = ("/v1/tokens", "/v1/tls")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+def _unix_socket(request: web.Request) -> socket.socket | None:
+    """The connection's socket when it came over a unix socket of the daemon."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    return sock if sock is not None and sock.family == socket.AF_UNIX else None
+
+
 def is_local(request: web.Request) -> bool:
     """True when the request came over the unix socket."""
-    sock = request.transport.get_extra_info("socket") if request.transport else None
-    return sock is not None and sock.family == socket.AF_UNIX
+    return _unix_socket(request) is not None
 
 
 READ_ONLY_SOCKET = "virtkitd-ro.sock"
@@ -60,11 +65,9 @@ READ_ONLY_DENIED = ("/console", "/vnc/websocket", "/guest/", "/download", "/v1/t
 
 def is_read_only(request: web.Request) -> bool:
     """True when the request came over the read-only unix socket (``virtkitd-ro.sock``)."""
-    sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is None or sock.family != socket.AF_UNIX:
-        return False
+    sock = _unix_socket(request)
     try:
-        name = sock.getsockname()
+        name = sock.getsockname() if sock is not None else None
     except OSError:
         return False
     if isinstance(name, bytes):
@@ -77,7 +80,10 @@ def _check_read_only(request: web.Request) -> None:
         raise Forbidden(f"{request.method} {request.path} changes something: the read-only "
                         "socket only reads", fix="use the read-write socket (members of the "
                         "'virtkit' group), e.g. without --readonly")
-    if any(part in request.path for part in READ_ONLY_DENIED):
+    # the route's pattern, not the path: a domain named "console" is not its console
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else request.path
+    if any(part in route for part in READ_ONLY_DENIED):
         raise Forbidden(f"{request.path} is not served on the read-only socket (it reveals "
                         "guest data or administers the daemon)",
                         fix="use the read-write socket (members of the 'virtkit' group)")
