@@ -311,7 +311,8 @@ def cleanup_networks(handle: DaemonHandle) -> None:
 SSHD = "/usr/sbin/sshd"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -331,7 +332,7 @@ def sshd() -> Iterator[tuple[int, Path]]:
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
                             str(folder / name)], check=True)
         shutil.copy(folder / "client_key.pub", folder / "authorized_keys")
-        port = _free_port()
+        port = free_port()
         (folder / "known_hosts").write_text(
             f"[127.0.0.1]:{port} {(folder / 'host_key.pub').read_text()}")
         (folder / "sshd_config").write_text(

@@ -28,11 +28,11 @@ from tests.real.conftest import (
     DaemonHandle,
     cleanup,
     cleanup_networks,
+    free_port,
     running_daemon,
     start_daemon,
     wait_for,
 )
-from tests.real.test_remote import free_port
 from virtkit.cli.client import ApiError, Client
 from virtkit.errors import VirtkitError
 from virtkit.images.tinyguest import TinyGuest

@@ -31,13 +31,7 @@ from virtkit.images.tinyguest import BOOT_MARKER, TinyGuest
 from virtkit.service.tls import TlsService
 from virtkit.store.db import Store
 
-from .conftest import DaemonHandle, running_daemon, start_daemon
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from .conftest import DaemonHandle, free_port, running_daemon, start_daemon
 
 
 class Remote:

@@ -20,8 +20,7 @@ import aiohttp
 import pytest
 
 from tests.real.browser import Account, chromium, log_in, new_page, web_account
-from tests.real.conftest import DaemonHandle, running_daemon
-from tests.real.test_web_console import free_port
+from tests.real.conftest import DaemonHandle, free_port, running_daemon
 from virtkit.images.tinyguest import TinyGuest
 
 IDLE = 4.0  # the daemon's session idle limit in these tests, seconds

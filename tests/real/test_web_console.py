@@ -14,7 +14,6 @@ ones in docs/screenshots/ were made so).
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,17 +22,11 @@ from typing import Any
 import pytest
 
 from tests.real.browser import Account, chromium, log_in, new_page, web_account
-from tests.real.conftest import DaemonHandle, running_daemon, wait_for
+from tests.real.conftest import DaemonHandle, free_port, running_daemon, wait_for
 from virtkit.images.installer import DONE_MARKER, Installer, build_installer
 from virtkit.images.tinyguest import BOOT_MARKER, TinyGuest
 
 pytestmark = pytest.mark.qemu
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

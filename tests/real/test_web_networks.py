@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.real.browser import Account, chromium, log_in, new_page, web_account
-from tests.real.conftest import DaemonHandle, daemon_in_netns
+from tests.real.conftest import DaemonHandle, daemon_in_netns, free_port
 from tests.real.test_networks import _boot_with_dhcp
-from tests.real.test_web_console import free_port, shot
+from tests.real.test_web_console import shot
 from virtkit.images.tinyguest import TinyGuest
 
 pytestmark = pytest.mark.qemu
