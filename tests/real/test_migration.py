@@ -588,9 +588,10 @@ def test_migrate_postcopy_switches_a_slow_migration(
     outcome: dict[str, Any] = {}
 
     def run() -> None:
-        try:  # 2 MiB/s: the precopy of 256 MiB would take minutes
+        try:  # 2 MiB/s: the precopy of 256 MiB would take minutes; 4 MiB/s after the
+            # switch keeps post-copy running long enough for domjobabort to meet it
             outcome["result"] = _migrate(source, destination, "mig16", bandwidth=2,
-                                         postcopy=True)
+                                         postcopy=True, postcopy_bandwidth=4)
         except VirtkitError as exc:
             outcome["error"] = exc
     thread = threading.Thread(target=run)

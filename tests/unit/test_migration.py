@@ -188,6 +188,19 @@ def test_postcopy_runs_the_destination_while_memory_still_arrives() -> None:
     caps = dict(monitor.sent)["migrate-set-capabilities"]["capabilities"]
     assert {"capability": "postcopy-ram", "state": True} in caps
     assert "migrate_cancel" not in monitor.commands()
+    # QEMU's max-postcopy-bandwidth (0: none) is only sent when asked for
+    assert "max-postcopy-bandwidth" not in dict(monitor.sent)["migrate-set-parameters"]
+
+
+def test_postcopy_bandwidth_caps_the_stream_after_the_switch() -> None:
+    monitor = FakeMonitor(["active", "pre-switchover", "postcopy-active", "completed"])
+    _run(monitor, FakeDestination(), _options({"postcopy": True, "postcopy_bandwidth": 4}))
+    params = dict(monitor.sent)["migrate-set-parameters"]
+    assert params["max-postcopy-bandwidth"] == 4 * 2**20
+    with pytest.raises(InvalidSpec, match="--postcopy-bandwidth only applies"):
+        _options({"postcopy_bandwidth": 4})
+    with pytest.raises(InvalidSpec):
+        _options({"postcopy": True, "postcopy_bandwidth": -4})
 
 
 def test_a_postcopy_failure_after_the_switch_is_reported_and_touches_nothing() -> None:

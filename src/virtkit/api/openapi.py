@@ -282,7 +282,7 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
          "postcopy": {"type": "boolean"}, "postcopy_after_precopy": {"type": "boolean"},
          "disk_paths": {"type": "object", "additionalProperties": {"type": "string"}},
          "bandwidth": {"type": "integer"}, "downtime_limit": {"type": "integer"},
-         "timeout": {"type": "integer"}}}),
+         "postcopy_bandwidth": {"type": "integer"}, "timeout": {"type": "integer"}}}),
     ("get", "/v1/domains/{ref}/job", "domjobinfo: the outgoing migration now running "
      "(type none when there is none)", None),
     ("delete", "/v1/domains/{ref}/job", "domjobabort: cancel the outgoing migration (the "

@@ -162,6 +162,7 @@ def _migrate(client: Client, args: argparse.Namespace, where: dict[str, Any],
     if args.disk_path:
         body["disk_paths"] = disk_paths(args.disk_path)
     for key, value in (("bandwidth", args.bandwidth), ("downtime_limit", args.downtime_limit),
+                       ("postcopy_bandwidth", args.postcopy_bandwidth),
                        ("timeout", args.timeout)):
         if value is not None:
             body[key] = value
@@ -256,6 +257,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--postcopy-after-precopy", action="store_true",
                    help="with --postcopy: switch after the first pass over the memory")
     p.add_argument("--bandwidth", type=int, metavar="MiB/s", help="limit the stream")
+    p.add_argument("--postcopy-bandwidth", type=int, metavar="MiB/s",
+                   help="with --postcopy: limit the stream after the switch (default: none)")
     p.add_argument("--downtime-limit", type=int, metavar="MS",
                    help="the longest pause the switch-over may cause")
     p.add_argument("--timeout", type=int, metavar="SECONDS",

@@ -83,6 +83,8 @@ class Options:
     #: --postcopy-after-precopy: after the first full pass over the memory)
     postcopy: bool = False
     postcopy_after_precopy: bool = False
+    #: --postcopy-bandwidth: cap of the stream after the switch (QEMU's default: none)
+    postcopy_bandwidth_mib: int | None = None
 
 
 @dataclass
@@ -178,6 +180,8 @@ async def configure_source(monitor: Monitor, options: Options) -> None:
         "max-bandwidth": (options.bandwidth_mib or 0) * 2**20 or 2**40}
     if options.downtime_ms is not None:
         params["downtime-limit"] = options.downtime_ms
+    if options.postcopy and options.postcopy_bandwidth_mib:
+        params["max-postcopy-bandwidth"] = options.postcopy_bandwidth_mib * 2**20
     await monitor.execute("migrate-set-parameters", params)
 
 

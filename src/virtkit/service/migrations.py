@@ -82,14 +82,20 @@ def _options(body: dict[str, Any]) -> migration.Options:
     if body.get("copy_storage_all") and body.get("copy_storage_inc"):
         raise InvalidSpec("--copy-storage-all and --copy-storage-inc exclude each other",
                           field="copy_storage_inc", fix="give one of them")
+    postcopy = bool(body.get("postcopy")) or bool(body.get("postcopy_after_precopy"))
+    postcopy_bandwidth = number("postcopy_bandwidth")
+    if postcopy_bandwidth is not None and not postcopy:
+        raise InvalidSpec("--postcopy-bandwidth only applies to a post-copy migration",
+                          field="postcopy_bandwidth", fix="add --postcopy, or drop "
+                                                          "--postcopy-bandwidth")
     return migration.Options(
         persistent=bool(body.get("persistent")),
         undefine_source=bool(body.get("undefine_source")),
         auto_converge=bool(body.get("auto_converge")),
         bandwidth_mib=number("bandwidth"), downtime_ms=number("downtime_limit"),
         timeout=float(timeout) if timeout else migration.DEFAULT_TIMEOUT,
-        postcopy=bool(body.get("postcopy")) or bool(body.get("postcopy_after_precopy")),
-        postcopy_after_precopy=bool(body.get("postcopy_after_precopy")),
+        postcopy=postcopy, postcopy_after_precopy=bool(body.get("postcopy_after_precopy")),
+        postcopy_bandwidth_mib=postcopy_bandwidth,
         copy_incremental=bool(body.get("copy_storage_inc")))
 
 
