@@ -76,8 +76,20 @@ def new_page(browser: Any) -> Any:
     return page
 
 
+def load(page: Any, url: str) -> None:
+    """Load ``url``, once more if Chromium dropped it with ERR_NETWORK_CHANGED: it
+    aborts loads when the addresses of its network namespace change, which they do
+    while a test's daemon sets up bridges and links there."""
+    try:
+        page.goto(url)
+    except Exception as exc:  # playwright's Error; its text names Chromium's reason
+        if "ERR_NETWORK_CHANGED" not in str(exc):
+            raise
+        page.goto(url)
+
+
 def log_in(page: Any, base: str, account: Account) -> None:
-    page.goto(base + "/")
+    load(page, base + "/")
     page.fill("input[name=username]", account.user)
     page.fill("input[name=password]", account.password)
     page.click("#login-form button[type=submit]")

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.real.browser import Account, chromium, log_in, new_page, web_account
+from tests.real.browser import Account, chromium, load, log_in, new_page, web_account
 from tests.real.conftest import DaemonHandle, free_port, running_daemon
 from virtkit.images.tinyguest import TinyGuest
 
@@ -62,7 +62,7 @@ def test_wrong_password_and_outsider_are_refused_in_the_page(
     _, base = web
     with chromium() as browser, web_account(in_group=False) as outsider:
         page = new_page(browser)
-        page.goto(base + "/")
+        load(page, base + "/")
         page.fill("input[name=username]", account.user)
         page.fill("input[name=password]", account.password + "x")
         page.click("#login-form button[type=submit]")

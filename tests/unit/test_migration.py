@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from virtkit.cli.migrate import destination
-from virtkit.errors import InvalidSpec, QemuError, Unsupported, VirtkitError
+from virtkit.errors import Conflict, InvalidSpec, QemuError, Unsupported, VirtkitError
 from virtkit.runtime import migration
 from virtkit.service.migrations import MAX_DEADLINE, _address, _deadline, _options
 
@@ -36,7 +36,7 @@ class FakeMonitor:
             self.statuses = ["cancelled"]
         return {}
 
-    def expect(self, event: str) -> asyncio.Future[Any]:
+    def expect(self, event: str, predicate: Any = None) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().create_future()  # never comes: polling decides
 
     def commands(self) -> list[str]:
@@ -227,3 +227,64 @@ def test_postcopy_after_precopy_switches_after_the_first_pass() -> None:
     assert result["postcopy"] is True
     commands = monitor.commands()
     assert commands.index("migrate-start-postcopy") < commands.index("migrate-continue")
+
+
+def test_postcopy_after_precopy_switches_on_qemus_second_pass_event() -> None:
+    """QEMU's MIGRATION_PASS event decides even when no poll sees dirty-sync-count 2
+    (an idle guest's second pass is over within milliseconds)."""
+    class PassEvent(FakeMonitor):
+        def expect(self, event: str, predicate: Any = None) -> asyncio.Future[Any]:
+            future = super().expect(event, predicate)
+            message = {"event": event, "data": {"pass": 2}}
+            if event == "MIGRATION_PASS" and predicate(message):
+                future.set_result(message)
+            return future
+
+        async def execute(self, command: str, arguments: Any = None, **kw: Any) -> Any:
+            reply = await super().execute(command, arguments, **kw)
+            if command == "migrate-start-postcopy":
+                self.statuses = ["pre-switchover", "postcopy-active", "completed"]
+            return reply
+    monitor = PassEvent(["active"])
+    result = _run(monitor, FakeDestination(),
+                  migration.Options(postcopy=True, postcopy_after_precopy=True))
+    assert result["postcopy"] is True and "migrate-start-postcopy" in monitor.commands()
+
+
+class IncomingMonitor:
+    """The destination QEMU as finish_incoming sees it: (migration status, run state)
+    pairs in turn, the last one repeated."""
+
+    def __init__(self, states: list[tuple[str, str]]) -> None:
+        self.states, self.sent = states, []  # type: ignore[var-annotated]
+
+    async def execute(self, command: str, arguments: Any = None, **_: Any) -> Any:
+        self.sent.append(command)
+        if command == "query-migrate":
+            if len(self.states) > 1 and self.sent.count("query-migrate") > 1:
+                self.states.pop(0)
+            return {"status": self.states[0][0]}
+        if command == "query-status":
+            return {"status": self.states[0][1]}
+        return {}
+
+
+def test_finish_incoming_waits_for_this_end_to_load_the_postcopy_switch() -> None:
+    """The source sees postcopy-active once it has sent the devices' state; this end
+    may still be loading it: wait, then run (refusing would lose the guest)."""
+    monitor = IncomingMonitor([("active", "inmigrate"), ("postcopy-active", "inmigrate"),
+                               ("postcopy-active", "paused")])
+    asyncio.run(migration.finish_incoming(monitor))  # type: ignore[arg-type]
+    assert monitor.sent[-1] == "cont" and monitor.sent.count("query-migrate") == 3
+
+
+def test_finish_incoming_refuses_what_is_not_coming() -> None:
+    for states in ([("none", "inmigrate")], [("failed", "inmigrate")],
+                   [("completed", "running")]):
+        monitor = IncomingMonitor(list(states))
+        with pytest.raises(Conflict, match="not complete here"):
+            asyncio.run(migration.finish_incoming(monitor))  # type: ignore[arg-type]
+        assert "cont" not in monitor.sent
+    stuck = IncomingMonitor([("active", "inmigrate")])
+    with pytest.raises(Conflict, match="status active"):
+        asyncio.run(migration.finish_incoming(stuck, settle=0.2))  # type: ignore[arg-type]

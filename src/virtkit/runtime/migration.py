@@ -129,16 +129,28 @@ async def listen_incoming(monitor: Monitor, address: str, *, postcopy: bool = Fa
                     reply=info)
 
 
-async def finish_incoming(monitor: Monitor) -> None:
-    """Check the whole state arrived, then let the guest run."""
-    info = await monitor.execute("query-migrate")
-    # post-copy: the guest runs here while the rest of its memory arrives
-    if info.get("status") not in ("completed", "postcopy-active"):
-        raise Conflict(f"the incoming migration is not complete here "
-                       f"(status {info.get('status', 'unknown')})")
-    status = (await monitor.execute("query-status"))["status"]
-    if status != "paused":
-        raise Conflict(f"the incoming QEMU is '{status}', not paused with the full state")
+async def finish_incoming(monitor: Monitor, *, settle: float = 30.0) -> None:
+    """Check the whole state arrived (post-copy: the devices' state, the memory
+    follows), then let the guest run.
+
+    The source sees ``postcopy-active`` as soon as it has *sent* the devices' state;
+    this end may still be loading it for a moment (status ``active``, run state
+    ``inmigrate``), so that is waited for up to ``settle`` seconds, as libvirt's
+    destination waits for its own MIGRATION event.  Refusing there would lose the
+    guest: after the switch the source cannot run it any more."""
+    deadline = time.monotonic() + settle
+    while True:
+        info = await monitor.execute("query-migrate")
+        migrated = info.get("status")
+        status = (await monitor.execute("query-status"))["status"]
+        if migrated in ("completed", "postcopy-active") and status == "paused":
+            break
+        still_loading = migrated == "active" or (
+            migrated in ("completed", "postcopy-active") and status == "inmigrate")
+        if not still_loading or time.monotonic() > deadline:
+            raise Conflict(f"the incoming migration is not complete here "
+                           f"(status {migrated or 'unknown'}, the QEMU is '{status}')")
+        await asyncio.sleep(POLL)
     await monitor.execute("cont")
 
 
@@ -298,16 +310,30 @@ async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict
 
 async def _postcopy_trigger(monitor: Monitor, job: Job, options: Options) -> None:
     """Switch to post-copy when asked (migrate-postcopy) or, with
-    --postcopy-after-precopy, once the first pass over the memory is done."""
-    while True:
-        if job.start_postcopy.is_set():
-            break
-        if options.postcopy_after_precopy:
-            ram = (await monitor.execute("query-migrate")).get("ram") or {}
-            if int(ram.get("dirty-sync-count") or 0) >= 2:
-                break
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(job.start_postcopy.wait(), POLL * 2)
+    --postcopy-after-precopy, as soon as QEMU begins the second pass over the memory.
+
+    The second pass is seen through QEMU's ``MIGRATION_PASS`` event (the ``events``
+    capability), as libvirt does, with ``dirty-sync-count`` polled as the fallback: an
+    idle guest's second pass lasts a few milliseconds before precopy converges, so a
+    poll alone often misses the moment and the migration just ends in precopy."""
+    second_pass = monitor.expect("MIGRATION_PASS",
+                                 lambda event: int(event.get("data", {}).get("pass", 0)) >= 2)
+    asked = asyncio.ensure_future(job.start_postcopy.wait())
+    try:
+        while not asked.done():
+            if options.postcopy_after_precopy:
+                if second_pass.done():
+                    break
+                ram = (await monitor.execute("query-migrate")).get("ram") or {}
+                if int(ram.get("dirty-sync-count") or 0) >= 2:
+                    break
+            waited: set[asyncio.Future[Any]] = {asked}
+            if options.postcopy_after_precopy:
+                waited.add(second_pass)
+            await asyncio.wait(waited, timeout=POLL * 2)
+    finally:
+        second_pass.cancel()
+        asked.cancel()
     job.phase, job.postcopy_started = "starting post-copy", True
     await monitor.execute("migrate-start-postcopy")
 

@@ -32,8 +32,13 @@ export async function api(method, path, body) {
   try {
     response = await fetch(path, init);
   } catch (err) {
-    throw new ApiError(0, { message: "the daemon cannot be reached (network error)",
-                            fix: "check that virtkitd is running, then reload the page" });
+    // Chromium aborts requests in flight when the host's addresses change
+    // (ERR_NETWORK_CHANGED), as they do when this console creates a network on the
+    // host the browser runs on: a read is asked once more; a change is not, since
+    // it may have reached the daemon.
+    if (method !== "GET" && method !== "HEAD") throw unreachable();
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    try { response = await fetch(path, init); } catch { throw unreachable(); }
   }
   const text = await response.text();
   let data = null;
@@ -45,6 +50,11 @@ export async function api(method, path, body) {
     throw new ApiError(response.status, typeof data === "object" ? data : { message: text });
   }
   return data;
+}
+
+function unreachable() {
+  return new ApiError(0, { message: "the daemon cannot be reached (network error)",
+                           fix: "check that virtkitd is running, then reload the page" });
 }
 
 export const get = (path) => api("GET", path);
