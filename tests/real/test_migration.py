@@ -165,6 +165,37 @@ def test_without_persistent_the_destination_copy_is_transient(
     wait_for(lambda: "mig2" not in _names(destination), 10, "the transient copy to go")
 
 
+def test_a_paused_guest_moves_paused_and_suspend_leaves_a_running_one_paused(
+        pair: tuple[DaemonHandle, DaemonHandle]) -> None:
+    """virsh's behaviour: a paused domain is migrated paused (never resumed by the
+    migration on either side), and --suspend leaves a running one paused there."""
+    source, destination = pair
+    _booted(source, "mig18")
+    source.console_run("mig18", "echo held > /tmp/mark; echo ok-$((9+9))", "ok-18")
+    source.cli("suspend", "mig18")
+    refused = source.cli("migrate", "--live", "--postcopy", "mig18",
+                         str(destination.root / "virtkitd.sock"), check=False)
+    assert refused.returncode != 0 and "paused" in refused.stderr, refused.stderr
+    assert "mig18" not in _names(destination) and source.state("mig18") == "paused"
+    done = source.cli("migrate", "--live", "mig18", str(destination.root / "virtkitd.sock"))
+    assert "mig18 is paused on the destination" in done.stdout
+    info = destination.info("mig18")
+    assert (info["state"], info["reason"]) == ("paused", "migrated")
+    assert source.qemu_pids() == []
+    destination.cli("resume", "mig18")
+    assert "held" in destination.console_run("mig18", "cat /tmp/mark", "held")
+    # back again, running, with --suspend: it arrives paused
+    done = destination.cli("migrate", "--live", "--suspend", "--json", "mig18",
+                           str(source.root / "virtkitd.sock"))
+    assert json.loads(done.stdout)["destination"]["state"] == "paused"
+    assert source.state("mig18") == "paused" and destination.qemu_pids() == []
+    source.cli("resume", "mig18")
+    assert "held" in source.console_run("mig18", "cat /tmp/mark", "held")
+    # it came back into its own shut-off definition here, which stays defined
+    source.client.post(source.client.domain_path("mig18", "/destroy"))
+    assert source.state("mig18") == "shutoff"
+
+
 def test_a_refusing_destination_leaves_the_vm_running_here(
         pair: tuple[DaemonHandle, DaemonHandle]) -> None:
     source, destination = pair
@@ -293,6 +324,31 @@ def test_an_incoming_migration_nobody_finishes_expires(daemon: DaemonHandle) -> 
     assert daemon.qemu_pids() == []
     # the source asking again afterwards is fine
     assert daemon.client.request("DELETE", f"/v1/migrations/{answer['id']}")["removed"] is False
+
+
+def test_an_incoming_migration_into_a_shut_off_definition_keeps_it(
+        daemon: DaemonHandle) -> None:
+    """libvirt's ping-pong case: the destination already defines the domain (same
+    UUID and name, shut off); the incoming migration uses that slot, and a cancelled
+    or expired one leaves the definition as it was."""
+    daemon.define("pingpong")
+    before = daemon.info("pingpong")
+    spec = {**daemon.spec("pingpong"), "uuid": before["uuid"]}
+    answer = _incoming(daemon, spec)
+    assert answer["id"] == before["uuid"]
+    assert daemon.info("pingpong")["reason"] == "migrating in"
+    assert daemon.client.request("DELETE", f"/v1/migrations/{answer['id']}")["removed"]
+    after = daemon.info("pingpong")
+    assert (after["state"], after["version"]) == ("shutoff", before["version"])
+    assert daemon.qemu_pids() == []
+    _incoming(daemon, spec, deadline=2)
+    wait_for(daemon.qemu_pids, 15, "the incoming QEMU")
+    wait_for(lambda: daemon.info("pingpong")["state"] == "shutoff", 15,
+             "the incoming migration to expire")
+    assert daemon.qemu_pids() == [] and "pingpong" in _names(daemon)
+    # a different domain of that name (another UUID) is still refused
+    with pytest.raises(ApiError, match="already defined on the destination"):
+        _incoming(daemon, {**spec, "uuid": "6a1f0c3e-0000-4000-8000-00000000aa02"})
 
 
 def test_a_source_daemon_crash_mid_way_cancels_on_restart(

@@ -56,6 +56,7 @@ class FakeDestination:
 
     async def finish(self, migration_id: str, body: dict[str, Any]) -> dict[str, Any]:
         self.calls.append("finish")
+        self.finish_body = body
         if self.finish_error is not None:
             raise self.finish_error
         return {"state": "running"}
@@ -107,6 +108,27 @@ def test_a_refused_finish_runs_the_vm_here_again() -> None:
         _run(monitor, dest)
     assert dest.calls == ["incoming", "finish", "abort"]
     assert monitor.commands()[-1] == "cont"
+
+
+def test_a_paused_guest_arrives_paused_and_is_never_resumed_here() -> None:
+    paused = migration.Options(source_paused=True)
+    dest = FakeDestination()
+    _run(FakeMonitor(["pre-switchover", "completed"], run_status="paused"), dest, paused)
+    assert dest.finish_body == {"persistent": False, "paused": True}
+    # a failure while sending, and a refused finish: it stays paused here
+    failed = FakeMonitor(["active", "failed"], run_status="paused")
+    with pytest.raises(QemuError):
+        _run(failed, FakeDestination(), migration.Options(source_paused=True))
+    refused = FakeMonitor(["pre-switchover", "completed"], run_status="paused")
+    with pytest.raises(VirtkitError, match="died"):
+        _run(refused, FakeDestination(finish_error=VirtkitError("its QEMU died")),
+             migration.Options(source_paused=True))
+    assert "cont" not in failed.commands() + refused.commands()
+    # --suspend: a running guest arrives paused
+    dest = FakeDestination()
+    _run(FakeMonitor(["pre-switchover", "completed"]), dest,
+         migration.Options(suspend=True, persistent=True))
+    assert dest.finish_body == {"persistent": True, "paused": True}
 
 
 def test_an_unanswered_finish_touches_nothing() -> None:
@@ -270,6 +292,9 @@ def test_finish_incoming_waits_for_this_end_to_load_the_postcopy_switch() -> Non
                                ("postcopy-active", "paused")])
     asyncio.run(migration.finish_incoming(monitor))  # type: ignore[arg-type]
     assert monitor.sent[-1] == "cont" and monitor.sent.count("query-migrate") == 3
+    kept_paused = IncomingMonitor([("completed", "paused")])
+    asyncio.run(migration.finish_incoming(kept_paused, run=False))  # type: ignore[arg-type]
+    assert "cont" not in kept_paused.sent
 
 
 def test_finish_incoming_refuses_what_is_not_coming() -> None:

@@ -35,7 +35,8 @@ async def incoming_offline(request: web.Request) -> web.Response:
 async def finish(request: web.Request) -> web.Response:
     body = await json_body(request)
     return json_response(await request.app[MIGRATIONS].finish(
-        request.match_info["id"], persistent=bool(body.get("persistent"))))
+        request.match_info["id"], persistent=bool(body.get("persistent")),
+        paused=bool(body.get("paused"))))
 
 
 @routes.delete("/v1/migrations/{id}")

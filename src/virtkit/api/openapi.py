@@ -280,6 +280,7 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
          "auto_converge": {"type": "boolean"}, "copy_storage_all": {"type": "boolean"},
          "copy_storage_inc": {"type": "boolean"}, "offline": {"type": "boolean"},
          "postcopy": {"type": "boolean"}, "postcopy_after_precopy": {"type": "boolean"},
+         "suspend": {"type": "boolean"},
          "disk_paths": {"type": "object", "additionalProperties": {"type": "string"}},
          "bandwidth": {"type": "integer"}, "downtime_limit": {"type": "integer"},
          "postcopy_bandwidth": {"type": "integer"}, "timeout": {"type": "integer"}}}),
@@ -302,9 +303,10 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      {"type": "object", "required": ["spec", "address"], "properties": {
          "spec": {"type": "object"}, "address": {"type": "string"},
          "copy_storage": {"type": "object"}}}),
-    ("post", "/v1/migrations/{id}/finish", "Destination: run the fully received domain "
-     "(offline: define it)",
-     {"type": "object", "properties": {"persistent": {"type": "boolean"}}}),
+    ("post", "/v1/migrations/{id}/finish", "Destination: run the fully received domain, "
+     "or keep it paused (offline: define it)",
+     {"type": "object", "properties": {"persistent": {"type": "boolean"},
+                                       "paused": {"type": "boolean"}}}),
     ("delete", "/v1/migrations/{id}", "Destination: remove an unfinished incoming "
      "migration (idempotent)", None),
     ("post", "/v1/domains/{ref}/clone", "virt-clone: a new domain with copied (or linked) "

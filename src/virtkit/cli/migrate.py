@@ -158,7 +158,7 @@ def _migrate(client: Client, args: argparse.Namespace, where: dict[str, Any],
         "persistent": args.persistent, "undefine_source": args.undefinesource,
         "auto_converge": args.auto_converge, "copy_storage_all": args.copy_storage_all,
         "copy_storage_inc": args.copy_storage_inc, "postcopy": args.postcopy,
-        "postcopy_after_precopy": args.postcopy_after_precopy}
+        "postcopy_after_precopy": args.postcopy_after_precopy, "suspend": args.suspend}
     if args.disk_path:
         body["disk_paths"] = disk_paths(args.disk_path)
     for key, value in (("bandwidth", args.bandwidth), ("downtime_limit", args.downtime_limit),
@@ -180,7 +180,9 @@ def _migrate(client: Client, args: argparse.Namespace, where: dict[str, Any],
                  if result.get("copied_disks") else ""))
         return 0
     downtime = result.get("downtime_ms")
-    print(f"{result['domain']} runs on the destination "
+    where = result.get("destination") or {}
+    verb = "is paused" if where.get("state") == "paused" else "runs"
+    print(f"{result['domain']} {verb} on the destination "
           f"({result['total_ms'] / 1000:.1f} s"
           + (f", downtime {downtime} ms" if downtime is not None else "") + ")")
     return 0
@@ -254,6 +256,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="allow switching to post-copy ('virtkit migrate-postcopy' during the "
                         "migration): the guest then runs there before all its memory "
                         "arrived; a failure after that LOSES the guest")
+    p.add_argument("--suspend", action="store_true",
+                   help="leave the domain paused on the destination (a paused domain "
+                        "always arrives paused)")
     p.add_argument("--postcopy-after-precopy", action="store_true",
                    help="with --postcopy: switch after the first pass over the memory")
     p.add_argument("--bandwidth", type=int, metavar="MiB/s", help="limit the stream")

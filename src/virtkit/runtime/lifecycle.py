@@ -484,8 +484,10 @@ class Lifecycle:
         return vm.running
 
     def set_state(self, vm: Vm, state: State, reason: str, event: str | None = None) -> None:
-        """Record a state change the caller made through QMP (it holds ``vm.lock``)."""
-        if state is not vm.state:
+        """Record a state change the caller made through QMP (it holds ``vm.lock``): a
+        new state, or the same one for a new reason (an incoming migration kept paused
+        goes from 'migrating in' to 'migrated')."""
+        if state is not vm.state or reason != vm.reason:
             self._set_state(vm, state, reason, event=event)
 
     # -- QEMU events and exit --------------------------------------------------

@@ -85,6 +85,11 @@ class Options:
     postcopy_after_precopy: bool = False
     #: --postcopy-bandwidth: cap of the stream after the switch (QEMU's default: none)
     postcopy_bandwidth_mib: int | None = None
+    #: the guest is paused here: it stays paused after a failure (never resumed by
+    #: the migration's own clean-up) and arrives paused
+    source_paused: bool = False
+    #: --suspend: leave the guest paused on the destination
+    suspend: bool = False
 
 
 @dataclass
@@ -129,9 +134,11 @@ async def listen_incoming(monitor: Monitor, address: str, *, postcopy: bool = Fa
                     reply=info)
 
 
-async def finish_incoming(monitor: Monitor, *, settle: float = 30.0) -> None:
+async def finish_incoming(monitor: Monitor, *, run: bool = True,
+                          settle: float = 30.0) -> None:
     """Check the whole state arrived (post-copy: the devices' state, the memory
-    follows), then let the guest run.
+    follows), then let the guest run (unless ``run`` is false: a paused guest, or
+    --suspend, stays paused).
 
     The source sees ``postcopy-active`` as soon as it has *sent* the devices' state;
     this end may still be loading it for a moment (status ``active``, run state
@@ -151,7 +158,8 @@ async def finish_incoming(monitor: Monitor, *, settle: float = 30.0) -> None:
             raise Conflict(f"the incoming migration is not complete here "
                            f"(status {migrated or 'unknown'}, the QEMU is '{status}')")
         await asyncio.sleep(POLL)
-    await monitor.execute("cont")
+    if run:
+        await monitor.execute("cont")
 
 
 # -- the source end --------------------------------------------------------------
@@ -197,8 +205,9 @@ async def configure_source(monitor: Monitor, options: Options) -> None:
     await monitor.execute("migrate-set-parameters", params)
 
 
-async def cancel(monitor: Monitor) -> None:
-    """Cancel an outgoing migration and make sure the guest runs here again."""
+async def cancel(monitor: Monitor, *, resume: bool = True) -> None:
+    """Cancel an outgoing migration and make sure the guest runs here again (stays
+    paused, when ``resume`` is false: it was paused before the migration)."""
     try:  # no status: the stream never started (a failed disk copy), nothing to cancel
         started = (await monitor.execute("query-migrate")).get("status") is not None
     except VirtkitError:
@@ -209,6 +218,8 @@ async def cancel(monitor: Monitor) -> None:
         with contextlib.suppress(VirtkitError):
             await wait_status(monitor, {"cancelled", "failed", "completed", "none"},
                               time.monotonic() + 30, "cancelling")
+    if not resume:
+        return
     with contextlib.suppress(VirtkitError):
         if (await monitor.execute("query-status"))["status"] != "running":
             await monitor.execute("cont")
@@ -231,6 +242,13 @@ async def abandon_outgoing(monitor: Monitor, status: str) -> str:
     except VirtkitError as exc:
         log.error("cannot check for an abandoned migration: %s", exc)
         return status
+
+
+def finish_body(options: Options) -> dict[str, Any]:
+    """What the destination's finish call is told: keep the definition, and whether
+    the guest stays paused there (it was paused here, or --suspend)."""
+    return {"persistent": options.persistent,
+            "paused": options.source_paused or options.suspend}
 
 
 async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict[str, Any],
@@ -283,7 +301,7 @@ async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict
                                  "switching over")
     except BaseException:
         await mirrors.cancel()
-        await cancel(monitor)
+        await cancel(monitor, resume=not options.source_paused)
         with contextlib.suppress(VirtkitError):
             await destination.abort(migration)
         raise
@@ -292,15 +310,16 @@ async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict
                                       started, deadline) | {"uri": uri,
                                                             "copied_disks": devices}
     try:
-        finished = await destination.finish(migration, {"persistent": options.persistent})
+        finished = await destination.finish(migration, finish_body(options))
     except MigrationOutcomeUnknown:
         raise
     except BaseException:
         # the destination says it does not run the VM: it goes on here
         with contextlib.suppress(VirtkitError):
             await destination.abort(migration)
-        with contextlib.suppress(VirtkitError):
-            await monitor.execute("cont")
+        if not options.source_paused:
+            with contextlib.suppress(VirtkitError):
+                await monitor.execute("cont")
         raise
     ram = info.get("ram", {})
     return {"destination": finished, "total_ms": round((time.monotonic() - started) * 1000),
@@ -346,7 +365,7 @@ async def _finish_postcopy(monitor: Monitor, destination: Destination, migration
     back here: it stays paused here (reason ``postcopy failed``) and the error says so."""
     job.phase = "post-copy"
     try:
-        finished = await destination.finish(migration, {"persistent": options.persistent})
+        finished = await destination.finish(migration, finish_body(options))
         info = await wait_status(monitor, {"completed"}, deadline, "post-copy")
     except BaseException as exc:
         raise PostcopyFailed(

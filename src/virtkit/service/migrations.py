@@ -95,7 +95,7 @@ def _options(body: dict[str, Any]) -> migration.Options:
         bandwidth_mib=number("bandwidth"), downtime_ms=number("downtime_limit"),
         timeout=float(timeout) if timeout else migration.DEFAULT_TIMEOUT,
         postcopy=postcopy, postcopy_after_precopy=bool(body.get("postcopy_after_precopy")),
-        postcopy_bandwidth_mib=postcopy_bandwidth,
+        postcopy_bandwidth_mib=postcopy_bandwidth, suspend=bool(body.get("suspend")),
         copy_incremental=bool(body.get("copy_storage_inc")))
 
 
@@ -114,14 +114,20 @@ class MigrationService:
         #: (removed when the migration fails) and the NBD exports to stop at finish
         self._created: dict[str, list[storagecopy.CreatedImage]] = {}
         self._exports: dict[str, list[str]] = {}
+        #: incoming migrations into a shut-off definition this daemon already had (the
+        #: ping-pong case): the source's definition, kept here for finish --persistent
+        self._adopted: dict[str, dict[str, Any]] = {}
         self.offline = OfflineMigrations(store, lifecycle, domains)
         self._watchdogs: set[asyncio.Task[None]] = set()
 
     # -- the destination end -------------------------------------------------------
 
-    def _validate_incoming(self, body: dict[str, Any]) -> tuple[Domain, Domain]:
+    def _validate_incoming(self, body: dict[str, Any]) -> tuple[Domain, Domain, bool]:
         """The running configuration and the definition of an incoming domain, checked
-        against this host; nothing is started or stored yet."""
+        against this host, and whether it comes into a shut-off definition of the same
+        UUID and name that is already here (libvirt allows that: a domain migrated back
+        and forth between hosts that both keep it defined); nothing is started or
+        stored yet."""
         spec = body.get("spec")
         if not isinstance(spec, dict):
             raise InvalidSpec("spec: the running configuration is missing", field="spec")
@@ -129,10 +135,19 @@ class MigrationService:
         if not isinstance(definition, dict):
             raise InvalidSpec("persistent_spec must be a spec object", field="persistent_spec")
         live = load_domain(spec)
-        for ref in (live.uuid, live.name):
-            if self._store.find_domain(ref) is not None:
-                raise Conflict(f"a domain '{ref}' is already defined on the destination",
-                               fix="undefine it there first")
+        found = [self._store.find_domain(ref) for ref in (live.uuid, live.name)]
+        by_uuid, by_name = found
+        adopted = by_uuid is not None and by_name is not None \
+            and by_uuid.uuid == by_name.uuid == live.uuid and by_uuid.name == live.name \
+            and not by_uuid.spec.get("transient") \
+            and self._life.vm(live.uuid, live.name).running is None
+        for ref, row in zip((live.uuid, live.name), found, strict=True):
+            if row is not None and not adopted:
+                runs = self._life.vm(row.uuid, row.name).running is not None
+                raise Conflict(f"a domain '{ref}' is already "
+                               f"{'running' if runs else 'defined'} on the destination",
+                               fix="undefine it there first (a shut-off definition with "
+                                   "the same name and UUID is fine)")
         live = self._domains.prepare(live)
         confiner = self._life.confiner
         if body.get("postcopy") and confiner is not None and confiner.userfaultfd_refused():
@@ -159,7 +174,8 @@ class MigrationService:
                 raise InvalidSpec(f"persistent_spec.{key} is not the running domain's",
                                   field=f"persistent_spec.{key}")
         return live, self._domains.prepare(load_domain({
-            **definition, "uuid": str(live.uuid), "name": live.name, "transient": True}))
+            **definition, "uuid": str(live.uuid), "name": live.name, "transient": True})), \
+            adopted
 
     async def incoming(self, body: dict[str, Any]) -> dict[str, Any]:
         """Validate, start QEMU paused waiting for the stream, listen on ``address``."""
@@ -168,12 +184,16 @@ class MigrationService:
         # the images first: the same checks as define then find them in place
         created = storagecopy.create_images(copies)
         try:
-            live, definition = self._validate_incoming(body)
+            live, definition, adopted = self._validate_incoming(body)
         except BaseException:
             storagecopy.remove_images(created)
             raise
-        row = self._store.insert_domain(definition.uuid, definition.name,
-                                        dump_domain(definition))
+        if adopted:  # the definition here stays as it is unless finish says persistent
+            row = self._store.get_domain(definition.uuid)
+            self._adopted[row.uuid] = dump_domain(definition)
+        else:
+            row = self._store.insert_domain(definition.uuid, definition.name,
+                                            dump_domain(definition))
         vm = self._life.vm(row.uuid, row.name)
         self._created[row.uuid] = created
         answer: dict[str, Any] = {"id": row.uuid, "domain": row.name}
@@ -190,6 +210,7 @@ class MigrationService:
         except BaseException:
             await self._remove_incoming(vm, "incoming migration failed")
             self._drop_images(row.uuid, created)
+            self._adopted.pop(row.uuid, None)
             raise
         task = asyncio.create_task(self._expire(vm, running, _deadline(body.get("deadline")),
                                                 created))
@@ -241,11 +262,13 @@ class MigrationService:
         await asyncio.sleep(deadline)
         if vm.running is running and vm.reason == MIGRATING_IN:
             await self._remove_incoming(vm, "incoming migration expired")
+            self._adopted.pop(vm.uuid, None)
         if self._created.get(vm.uuid) is created and vm.running is not running:
             self._drop_images(vm.uuid, created)
 
     async def _remove_incoming(self, vm: Vm, reason: str) -> None:
-        """Kill the incoming QEMU and remove the transient definition (idempotent)."""
+        """Kill the incoming QEMU and remove the transient definition (idempotent); a
+        definition that was here before the migration stays."""
         async with vm.lock:
             if vm.running is not None:
                 with contextlib.suppress(VirtkitError, TimeoutError):
@@ -261,8 +284,10 @@ class MigrationService:
             raise NotFound(f"no incoming migration {migration_id}")
         return self._life.vm(row.uuid, row.name)
 
-    async def finish(self, migration_id: str, *, persistent: bool = False) -> dict[str, Any]:
-        """Run the fully received VM here (the source stopped its copy); for an offline
+    async def finish(self, migration_id: str, *, persistent: bool = False,
+                     paused: bool = False) -> dict[str, Any]:
+        """Run the fully received VM here (the source stopped its copy), or keep it
+        paused (``paused``: it was paused there, or --suspend); for an offline
         migration, define it."""
         if self.offline.has(migration_id):
             return await self.offline.finish(migration_id)
@@ -276,18 +301,21 @@ class MigrationService:
                 exports = self._exports.get(vm.uuid)
                 if exports:  # the source completed its mirrors before switch-over
                     await storagecopy.stop_exports(running.monitor, exports)
-                await migration.finish_incoming(running.monitor)
+                await migration.finish_incoming(running.monitor, run=not paused)
             except BaseException:
                 with contextlib.suppress(VirtkitError, TimeoutError):
                     await self._life.kill_locked(vm, "incoming migration failed")
                 raise
-            self._life.set_state(vm, State.RUNNING, "migrated", event="migrated")
+            self._life.set_state(vm, State.PAUSED if paused else State.RUNNING, "migrated",
+                                 event="migrated")
             self._created.pop(vm.uuid, None)  # the copies are the VM's disks now
             self._exports.pop(vm.uuid, None)
             row = self._store.get_domain(vm.uuid)
+            # --persistent: the source's definition (it replaces one that was here)
+            brought = self._adopted.pop(vm.uuid, None) or row.spec
             if persistent:
                 self._store.update_domain(row.uuid, row.name,
-                                          {**row.spec, "transient": False}, None)
+                                          {**brought, "transient": False}, None)
         return self._domains.info(vm.uuid)
 
     async def abort(self, migration_id: str) -> dict[str, Any]:
@@ -305,7 +333,8 @@ class MigrationService:
         if vm.running is not None and vm.reason != MIGRATING_IN:
             raise Conflict(f"domain '{vm.name}' already runs here; it is no longer an "
                            "incoming migration")
-        if vm.running is None and not row.spec.get("transient"):
+        adopted = self._adopted.pop(row.uuid, None) is not None
+        if vm.running is None and not row.spec.get("transient") and not adopted:
             raise Conflict(f"domain '{vm.name}' is defined here and not an incoming migration")
         await self._remove_incoming(vm, "incoming migration cancelled")
         if created is not None:
@@ -359,10 +388,20 @@ class MigrationService:
                               address: str, options: migration.Options, job: migration.Job,
                               copy: dict[str, str] | None) -> dict[str, Any]:
         running = vm.running
-        if vm.state is not State.RUNNING or running is None:
+        if vm.state not in (State.RUNNING, State.PAUSED) or running is None:
             raise StateError(f"cannot migrate domain '{vm.name}': it is {vm.state.value}",
                              current=vm.state.value, requested="migrate",
-                             fix="only a running domain is live-migrated")
+                             fix="only a running or paused domain is live-migrated; "
+                                 "move a shut-off one with --offline")
+        # a paused guest moves paused and stays paused whatever happens (virsh's too)
+        options.source_paused = vm.state is State.PAUSED
+        if options.source_paused and options.postcopy:
+            raise StateError(f"domain '{vm.name}' is paused: post-copy needs a guest that "
+                             f"runs on the destination while its memory arrives",
+                             current=vm.state.value, requested="migrate --postcopy",
+                             fix="migrate without --postcopy (a paused guest's memory "
+                                 "does not change, so precopy always converges), or "
+                                 "resume it first")
         await self._life.check_restorable(vm, running, "migrate")
         live = running.live if running.live is not None else load_domain(definition)
         caps, _binary = self._caps_for(live)
