@@ -351,6 +351,27 @@ def test_an_incoming_migration_into_a_shut_off_definition_keeps_it(
         _incoming(daemon, {**spec, "uuid": "6a1f0c3e-0000-4000-8000-00000000aa02"})
 
 
+def test_an_offline_migration_updates_the_definition_already_here(
+        daemon: DaemonHandle) -> None:
+    """--offline onto a host that defines the same domain (UUID and name) replaces
+    that definition, as libvirt's does; a different domain of the name is refused."""
+    daemon.define("offpp")
+    before = daemon.info("offpp")
+    spec = {**daemon.spec("offpp"), "uuid": before["uuid"], "memory": 320}
+    with pytest.raises(ApiError, match="already defined on the destination"):
+        daemon.client.post("/v1/migrations/offline", {
+            "spec": {**spec, "uuid": "6a1f0c3e-0000-4000-8000-00000000aa03"},
+            "address": "127.0.0.1"})
+    answer = daemon.client.post("/v1/migrations/offline", {"spec": spec,
+                                                           "address": "127.0.0.1"})
+    assert daemon.info("offpp")["memory_mib"] == 256  # nothing changes before finish
+    daemon.client.post(f"/v1/migrations/{answer['id']}/finish", {"persistent": True})
+    after = daemon.info("offpp")
+    assert (after["uuid"], after["memory_mib"], after["state"]) == (before["uuid"], 320,
+                                                                     "shutoff")
+    assert after["version"] > before["version"]
+
+
 def test_a_source_daemon_crash_mid_way_cancels_on_restart(
         pair: tuple[DaemonHandle, DaemonHandle]) -> None:
     """QEMU migrates on without its daemon; the restarted daemon cancels what nobody

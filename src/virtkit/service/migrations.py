@@ -34,7 +34,7 @@ from virtkit.runtime.launcher import CapsProvider
 from virtkit.runtime.lifecycle import Lifecycle, Vm
 from virtkit.service.copyplan import copied, copy_plan, disk_paths
 from virtkit.service.domains import DomainService
-from virtkit.service.offline_migration import OfflineMigrations
+from virtkit.service.offline_migration import OfflineMigrations, defined_here
 from virtkit.service.peer import Peer
 from virtkit.store.db import Store
 
@@ -135,19 +135,11 @@ class MigrationService:
         if not isinstance(definition, dict):
             raise InvalidSpec("persistent_spec must be a spec object", field="persistent_spec")
         live = load_domain(spec)
-        found = [self._store.find_domain(ref) for ref in (live.uuid, live.name)]
-        by_uuid, by_name = found
-        adopted = by_uuid is not None and by_name is not None \
-            and by_uuid.uuid == by_name.uuid == live.uuid and by_uuid.name == live.name \
-            and not by_uuid.spec.get("transient") \
-            and self._life.vm(live.uuid, live.name).running is None
-        for ref, row in zip((live.uuid, live.name), found, strict=True):
-            if row is not None and not adopted:
-                runs = self._life.vm(row.uuid, row.name).running is not None
-                raise Conflict(f"a domain '{ref}' is already "
-                               f"{'running' if runs else 'defined'} on the destination",
-                               fix="undefine it there first (a shut-off definition with "
-                                   "the same name and UUID is fine)")
+        slot = defined_here(self._store, live.uuid, live.name)
+        if slot is not None and self._life.vm(slot.uuid, slot.name).running is not None:
+            raise Conflict(f"domain '{live.name}' is already running on the destination",
+                           fix="stop it there first")
+        adopted = slot is not None
         live = self._domains.prepare(live)
         confiner = self._life.confiner
         if body.get("postcopy") and confiner is not None and confiner.userfaultfd_refused():

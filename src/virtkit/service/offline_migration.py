@@ -31,10 +31,26 @@ from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.service.copyplan import copy_plan
 from virtkit.service.domains import DomainService
 from virtkit.service.peer import Peer
-from virtkit.store.db import Store
+from virtkit.store.db import DomainRow, Store
 
 #: an offline migration nobody finishes is removed after this long
 DEADLINE = 3600.0
+
+
+def defined_here(store: Store, uuid: str, name: str) -> DomainRow | None:
+    """The definition of this very domain (same UUID *and* name) that the destination
+    already has, which a migration may use (libvirt's ping-pong: a domain kept defined
+    on both hosts); a different domain holding the name or the UUID is refused."""
+    by_uuid, by_name = store.find_domain(uuid), store.find_domain(name)
+    if by_uuid is not None and by_name is not None and by_uuid.uuid == by_name.uuid \
+            and by_uuid.name == name and not by_uuid.spec.get("transient"):
+        return by_uuid
+    for ref, row in ((uuid, by_uuid), (name, by_name)):
+        if row is not None:
+            raise Conflict(f"a domain '{ref}' is already defined on the destination",
+                           fix="undefine it there first (a definition of the same name "
+                               "and UUID is fine)")
+    return None
 
 
 @dataclass
@@ -74,10 +90,8 @@ class OfflineMigrations:
         if not isinstance(spec, dict):
             raise InvalidSpec("spec: the definition is missing", field="spec")
         domain = load_domain({**spec, "transient": False})
-        for ref in (domain.uuid, domain.name):
-            if self._store.find_domain(ref) is not None:
-                raise Conflict(f"a domain '{ref}' is already defined on the destination",
-                               fix="undefine it there first")
+        # finish's define() replaces a definition of this domain here (virsh define's)
+        defined_here(self._store, domain.uuid, domain.name)
         if domain.uuid in self._pending or domain.name in {
                 p.spec.get("name") for p in self._pending.values()}:
             raise Conflict(f"an offline migration of {domain.name} is already under way "
