@@ -338,6 +338,9 @@ def test_an_incoming_migration_into_a_shut_off_definition_keeps_it(
     assert answer["id"] == before["uuid"]
     assert daemon.info("pingpong")["reason"] == "migrating in"
     assert daemon.client.request("DELETE", f"/v1/migrations/{answer['id']}")["removed"]
+    # asked again (the source may): nothing more to remove, the definition stays
+    again = daemon.client.request("DELETE", f"/v1/migrations/{answer['id']}")
+    assert again["removed"] is False
     after = daemon.info("pingpong")
     assert (after["state"], after["version"]) == ("shutoff", before["version"])
     assert daemon.qemu_pids() == []

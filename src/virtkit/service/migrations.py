@@ -327,7 +327,8 @@ class MigrationService:
                            "incoming migration")
         adopted = self._adopted.pop(row.uuid, None) is not None
         if vm.running is None and not row.spec.get("transient") and not adopted:
-            raise Conflict(f"domain '{vm.name}' is defined here and not an incoming migration")
+            # a definition that is no incoming migration (any more): nothing to remove
+            return {"id": migration_id, "removed": False}
         await self._remove_incoming(vm, "incoming migration cancelled")
         if created is not None:
             self._drop_images(migration_id, created)
