@@ -29,6 +29,7 @@ from virtkit.cli.client import ApiError, Client
 from virtkit.cli.transport import parse_uri, tls_transport
 from virtkit.images.tinyguest import BOOT_MARKER, TinyGuest
 from virtkit.service.tls import TlsService
+from virtkit.service.tokens import split_token
 from virtkit.store.db import Store
 
 from .conftest import DaemonHandle, free_port, running_daemon, start_daemon
@@ -268,7 +269,9 @@ def test_store_keeps_only_hashes(remote: Remote) -> None:
         rows = store.list_tokens()
     finally:
         store.close()
-    assert rows and all(token.split("_")[2] not in (r.hash + r.id + r.name) for r in rows)
+    parts = split_token(token)  # the secret may itself hold '_' (urlsafe base64)
+    assert parts is not None and len(parts[1]) >= 40
+    assert rows and all(parts[1] not in (r.hash + r.id + r.name) for r in rows)
 
 
 # -- ssh ------------------------------------------------------------------------------------
