@@ -24,9 +24,11 @@ Guest behaviour (``/etc/init.d/rcS`` run by busybox init):
 4. busybox init then respawns a login shell on ``ttyS0`` (prompt ``/ # ``).
 
 Send ``system_powerdown`` only after the marker: acpid is not listening before it,
-and an earlier button press is lost.  Under TCG ``-M microvm`` (no HPET, no ACPI PM
-timer) append ``tsc_early_khz=<host TSC kHz>``: calibrating the TSC against the PIT
-fails when the host is busy and the kernel then hangs early in boot.
+and an earlier button press is lost (the marker waits until acpid holds the power
+button's event device: it opens it only after going to the background).  Under
+TCG ``-M microvm`` (no HPET, no ACPI PM timer) append ``tsc_early_khz=<host TSC
+kHz>``: calibrating the TSC against the PIT fails when the host is busy and the
+kernel then hangs early in boot.
 
 The build lives in ``cache_dir()/tinyguest`` with a ``manifest.json`` that records
 the kernel package and version, busybox version, module list and a hash of the
@@ -201,6 +203,15 @@ for port in /sys/class/virtio-ports/*; do  # what udev would do: name the virtio
 done
 ip link set lo up 2>/dev/null
 acpid -l /run/acpid.log
+# acpid opens the power button's event device only after it went to the background:
+# wait until it holds it (at most 5 s), or a press right after the marker is lost
+tries=0
+while [ "$tries" -lt 250 ]; do
+    pid=$(pidof acpid)
+    [ -n "$pid" ] && ls -l "/proc/$pid/fd" 2>/dev/null | grep -q /dev/input/event && break
+    usleep 20000
+    tries=$((tries + 1))
+done
 echo  # the line before may hold terminal-reset escapes: give the marker lines their own
 for dev in /sys/block/vd* /sys/block/sd*; do
     [ -r "$dev/size" ] || continue
