@@ -150,10 +150,10 @@ async def finish_incoming(monitor: Monitor, *, run: bool = True,
         info = await monitor.execute("query-migrate")
         migrated = info.get("status")
         status = (await monitor.execute("query-status"))["status"]
-        if migrated in ("completed", "postcopy-active") and status == "paused":
+        arrived = migrated in ("completed", "postcopy-active")
+        if arrived and status == "paused":
             break
-        still_loading = migrated == "active" or (
-            migrated in ("completed", "postcopy-active") and status == "inmigrate")
+        still_loading = migrated == "active" or (arrived and status == "inmigrate")
         if not still_loading or time.monotonic() > deadline:
             raise Conflict(f"the incoming migration is not complete here "
                            f"(status {migrated or 'unknown'}, the QEMU is '{status}')")
@@ -338,6 +338,8 @@ async def _postcopy_trigger(monitor: Monitor, job: Job, options: Options) -> Non
     second_pass = monitor.expect("MIGRATION_PASS",
                                  lambda event: int(event.get("data", {}).get("pass", 0)) >= 2)
     asked = asyncio.ensure_future(job.start_postcopy.wait())
+    waited: set[asyncio.Future[Any]] = {asked, second_pass} \
+        if options.postcopy_after_precopy else {asked}
     try:
         while not asked.done():
             if options.postcopy_after_precopy:
@@ -346,9 +348,6 @@ async def _postcopy_trigger(monitor: Monitor, job: Job, options: Options) -> Non
                 ram = (await monitor.execute("query-migrate")).get("ram") or {}
                 if int(ram.get("dirty-sync-count") or 0) >= 2:
                     break
-            waited: set[asyncio.Future[Any]] = {asked}
-            if options.postcopy_after_precopy:
-                waited.add(second_pass)
             await asyncio.wait(waited, timeout=POLL * 2)
     finally:
         second_pass.cancel()
