@@ -3,6 +3,7 @@
 #
 #   scripts/setup.sh demo   install QEMU and virtkit, boot a demo VM, print how to reach it
 #   scripts/setup.sh test   install everything the tests need, then run the whole suite
+#   scripts/setup.sh packages   list the Debian packages 'test' installs
 #
 # The Python package goes into a virtual environment at .venv (Debian's system
 # Python refuses system-wide pip installs); virtkit and virtkitd are linked into
@@ -15,8 +16,28 @@ VENV="$REPO/.venv"
 PYTHON=${PYTHON:-python3}
 
 # openssl: 'virtkit tls setup' makes the TLS listener's CA and certificate with it;
-# openssh-client: virtkit+ssh:// connections
-RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils ovmf lvm2 dnsmasq-base nftables iproute2 busybox-static cpio kmod osinfo-db python3 python3-venv openssl openssh-client)
+# openssh-client: virtkit+ssh:// connections; zstd: the test guest's builder decompresses
+# .ko.zst kernel modules with it
+RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils ovmf lvm2 dnsmasq-base nftables iproute2 busybox-static
+    cpio kmod osinfo-db python3 python3-venv openssl openssh-client zstd)
+
+# What the tests need besides the runtime packages:
+# virtinst: the real virt-install, which tests/unit/test_install_vs_virtinstall.py
+# compares 'virtkit install --print-xml' with (libvirt's test driver: it installs
+# only libvirt's client library, no libvirtd, and creates nothing); libvirt-clients:
+# virt-xml-validate, which checks the XML virtkit writes against libvirt's schemas,
+# and libxml2-utils: its xmllint, which virt-xml-validate runs (only a Recommends of
+# libvirt-clients, so --no-install-recommends leaves it out)
+# grub-pc-bin, grub-common, xorriso, mtools, extlinux, syslinux-common: the test
+# installer ISO (virtkit.images.installer) that the unattended-install tests use;
+# debootstrap: the Debian cloud image of the --cloud-init test (virtkit.images.debiancloud)
+# openssh-server: tests/real/test_remote.py runs a private sshd on 127.0.0.1 (its own
+# config, key-only, stopped by PID) for virtkit+ssh:// (the package's own service is
+# not needed)
+# chromium: the web console's end-to-end tests drive Debian's Chromium through
+# Playwright (the Python package from PyPI; it downloads no browser of its own)
+TEST_PACKAGES=("${RUNTIME_PACKAGES[@]}" bash virtinst libvirt-clients libxml2-utils grub-pc-bin
+    grub-common xorriso mtools extlinux syslinux-common debootstrap openssh-server chromium)
 
 need_root() {
     if [ "$(id -u)" -ne 0 ]; then
@@ -52,20 +73,7 @@ demo() {
 
 run_tests() {
     need_root test
-    # virtinst: the real virt-install, which tests/unit/test_install_vs_virtinstall.py
-    # compares 'virtkit install --print-xml' with (libvirt's test driver: it installs
-    # only libvirt's client library, no libvirtd, and creates nothing); libvirt-clients:
-    # virt-xml-validate, which checks the XML virtkit writes against libvirt's schemas
-    # grub-pc-bin, grub-common, xorriso, mtools, extlinux, syslinux-common: the test
-    # installer ISO (virtkit.images.installer) that the unattended-install tests use;
-    # debootstrap: the Debian cloud image of the --cloud-init test (virtkit.images.debiancloud)
-    # openssh-server: tests/real/test_remote.py runs a private sshd on 127.0.0.1 (its own
-    # config, key-only, stopped by PID) for virtkit+ssh:// (the package's own service is
-    # not needed)
-    # chromium: the web console's end-to-end tests drive Debian's Chromium through
-    # Playwright (the Python package from PyPI; it downloads no browser of its own)
-    install_packages "${RUNTIME_PACKAGES[@]}" bash virtinst libvirt-clients grub-pc-bin grub-common xorriso mtools \
-        extlinux syslinux-common debootstrap openssh-server chromium
+    install_packages "${TEST_PACKAGES[@]}"
     install_python "[test]"
     "$VENV/bin/python" -m virtkit.images.tinyguest >/dev/null
     "$VENV/bin/python" -m virtkit.images.installer >/dev/null
@@ -79,5 +87,8 @@ run_tests() {
 case "${1:-}" in
     demo) demo ;;
     test) run_tests ;;
-    *) echo "usage: $0 demo|test" >&2; exit 2 ;;
+    # the packages 'test' installs, one a line (tests/unit/test_programs_installed.py
+    # checks that every program the code and tests run comes from one of them)
+    packages) printf '%s\n' "${TEST_PACKAGES[@]}" ;;
+    *) echo "usage: $0 demo|test|packages" >&2; exit 2 ;;
 esac
