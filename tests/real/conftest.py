@@ -12,6 +12,7 @@ import contextlib
 import grp
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -142,6 +143,51 @@ class DaemonHandle:
                 if opcode == OP_BINARY:
                     seen += payload
             return seen.decode(errors="replace")
+        finally:
+            ws.close()
+
+    def console_login(self, name: str, user: str, password: str, shell_prompt: str,
+                      timeout: float = 600.0) -> str:
+        """Log in on a getty's serial console, answering what the guest shows.
+
+        Each prompt is answered when it appears (``login:`` with the user, ``Password:``
+        with the password) and again whenever it reappears: on a loaded machine login(1)
+        may give up after its own 60 s ("Login timed out") before a slow guest has checked
+        the password, and getty then asks again.  A console that stays silent is nudged
+        with an empty line, which makes getty print its prompt once more.  Returns the
+        console output once ``shell_prompt`` shows."""
+        ws = WebSocket.open(self.root / "virtkitd.sock",
+                            self.client.domain_path(name, "/console"))
+        try:
+            ws.sock.settimeout(1.0)
+            ws.send(b"\n")
+            seen = ""
+            answered = 0  # output up to here has been answered
+            deadline = time.monotonic() + timeout
+            quiet_since = time.monotonic()
+            while True:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"could not log in on {name}'s console: {seen[-2000:]!r}")
+                try:
+                    opcode, payload = ws.receive()
+                except TimeoutError:
+                    if time.monotonic() - quiet_since > 30:
+                        ws.send(b"\n")
+                        quiet_since = time.monotonic()
+                    continue
+                if opcode == OP_CLOSE:
+                    raise AssertionError(f"console of {name} closed: {payload!r}")
+                if opcode != OP_BINARY:
+                    continue
+                seen += payload.decode(errors="replace")
+                quiet_since = time.monotonic()
+                fresh = seen[answered:]
+                if shell_prompt in fresh:
+                    return seen
+                prompt = re.search(r"(login:|Password:)\s*$", fresh)
+                if prompt:
+                    ws.send(f"{user if prompt.group(1) == 'login:' else password}\n".encode())
+                    answered = len(seen)
         finally:
             ws.close()
 
