@@ -43,7 +43,9 @@ HOSTILE: list[tuple[str, str, bool, bool]] = [
     ("very-long", "x" * 300, True, False),
     ("unicode", "ünïcødé-名前-🙂", False, False),
     ("shell", "$(reboot);`id`|rm -rf / &", True, False),  # '/' is refused in names
-    ("dash", "-readconfig", False, False),
+    ("dash", "-readconfig", True, False),  # the naming rule: never starts with "-"
+    ("uuid-shaped", "65707b9d-22e8-4cf0-92df-46a47793fcd8", True, False),
+    ("lone-surrogate", "a\udc80b", True, True),
     # braces: refused in names (no API route matches them), literal in paths
     ("json-protocol", 'json:{"driver":"ssh","host":"evil"}', True, False),
     ("space", "a b", False, False),

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from virtkit.model.cpulist import parse_cpulist
+from virtkit.model.naming import find_bad_text, naming_problem
 from virtkit.model.tuning import CpuTune, HostDev, MemoryBacking, NumaCell, NumaTune, check_tuning
 from virtkit.model.units import parse_mib
 
@@ -577,6 +578,15 @@ class NamedSpec(Spec):
     name: str
     uuid: str = Field(default_factory=lambda: str(uuidlib.uuid4()))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        # the text rule (model/naming.py) for every string of the spec, at any depth
+        bad = find_bad_text(data) if isinstance(data, dict) else None
+        if bad is not None:
+            raise SpecProblem(f"{bad[0]} {bad[1]}", bad[0])
+        return data
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
@@ -736,4 +746,7 @@ def validate_name(value: str) -> str:
         raise ValueError(f"name {value!r} has leading or trailing spaces")
     if len(value) > MAX_NAME_LENGTH:
         raise ValueError(f"name is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
+    problem = naming_problem(value)
+    if problem:
+        raise ValueError(f"{problem}; choose another name")
     return value
