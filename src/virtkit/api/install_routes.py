@@ -7,6 +7,7 @@ import asyncio
 from aiohttp import web
 
 from virtkit.api.common import json_body, json_response
+from virtkit.api.requests import Query, query_of
 from virtkit.service.install import InstallService
 
 routes = web.RouteTableDef()
@@ -26,8 +27,12 @@ async def install(request: web.Request) -> web.Response:
     return json_response(result, status=200 if result.get("dry_run") else 201)
 
 
+class OsinfoQuery(Query):
+    filter: str = ""
+
+
 @routes.get("/v1/osinfo")
 async def list_os_variants(request: web.Request) -> web.Response:
     """The OS variants of the osinfo database, optionally filtered (osinfo-query os)."""
-    text = request.query.get("filter", "")
+    text = query_of(request, OsinfoQuery).filter
     return json_response(await asyncio.to_thread(request.app[INSTALL].os_variants, text))

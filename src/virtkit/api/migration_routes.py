@@ -6,10 +6,16 @@ from __future__ import annotations
 from aiohttp import web
 
 from virtkit.api.common import json_body, json_response
+from virtkit.api.requests import Body, body_of
 from virtkit.service.migrations import MigrationService
 
 routes = web.RouteTableDef()
 MIGRATIONS = web.AppKey("migrations", MigrationService)
+
+
+class FinishBody(Body):
+    persistent: bool = False
+    paused: bool = False
 
 
 @routes.post("/v1/domains/{ref}/migrate")
@@ -33,10 +39,9 @@ async def incoming_offline(request: web.Request) -> web.Response:
 
 @routes.post("/v1/migrations/{id}/finish")
 async def finish(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await body_of(request, FinishBody)
     return json_response(await request.app[MIGRATIONS].finish(
-        request.match_info["id"], persistent=bool(body.get("persistent")),
-        paused=bool(body.get("paused"))))
+        request.match_info["id"], persistent=body.persistent, paused=body.paused))
 
 
 @routes.delete("/v1/migrations/{id}")

@@ -132,6 +132,9 @@ def cmd_repairs(client: Client, args: argparse.Namespace) -> int:
         print(f"Nothing was repaired when the daemon started ({started}).")
     else:
         render.table(["Area", "Repair"], [[r["area"], r["repair"]] for r in report["repairs"]])
+    for bad in report.get("naming", []):
+        print(f"naming: {bad['kind']} '{render.safe(bad['name'])}' (uuid {bad['uuid']}) "
+              f"{render.safe(bad['problem'])}; reach it by its uuid; {bad['fix']}")
     for what in report.get("unsettled", []):
         print(f"unsettled: an interrupted {what} could not be finished or undone yet; the "
               "next start tries again (see the daemon log)")
@@ -332,6 +335,7 @@ def _domain_option_to_positional(words: list[str]) -> list[str]:
 
 
 def run(argv: list[str] | None = None) -> int:
+    render.protect_terminals()  # no daemon text reaches a terminal with controls in it
     install = _split_install(sys.argv[1:] if argv is None else argv)
     try:
         if install is not None:
@@ -341,9 +345,10 @@ def run(argv: list[str] | None = None) -> int:
         program = words[words.index("--") + 1:] if "--" in words else None
         args = build_parser().parse_args(words[:words.index("--")] if program is not None
                                          else words)
-        if program is not None:
-            if not hasattr(args, "argv"):
-                raise InvalidSpec(f"'{args.command}' takes no arguments after '--'")
+        if program is not None and not hasattr(args, "argv"):
+            # `dominfo -- NAME`: after '--' every word is an argument, never an option
+            args = build_parser().parse_args(words)
+        elif program is not None:
             args.argv = [*args.argv, *program]
         client: Client | None = None
         options = {key: getattr(args, key) for key in set(GLOBAL_OPTIONS.values())}

@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from virtkit.model.cpulist import parse_cpulist
-from virtkit.model.naming import find_bad_text, naming_problem
+from virtkit.model.naming import find_bad_text, is_grandfathered, naming_problem
 from virtkit.model.tuning import CpuTune, HostDev, MemoryBacking, NumaCell, NumaTune, check_tuning
 from virtkit.model.units import parse_mib
 
@@ -600,6 +600,15 @@ class NamedSpec(Spec):
         except ValueError:
             raise ValueError(f"uuid {value!r} is not a UUID (e.g. {uuidlib.uuid4()})") from None
 
+    @model_validator(mode="after")
+    def _naming_rule(self) -> NamedSpec:
+        # the naming rule (model/naming.py); an object a store from before the rule
+        # holds keeps its name (only that object: the same name and uuid)
+        problem = naming_problem(self.name)
+        if problem and not is_grandfathered(self.name, self.uuid):
+            raise SpecProblem(f"{problem}; choose another name", "name")
+        return self
+
 
 class Domain(NamedSpec):
     """The full desired configuration of one virtual machine."""
@@ -746,7 +755,4 @@ def validate_name(value: str) -> str:
         raise ValueError(f"name {value!r} has leading or trailing spaces")
     if len(value) > MAX_NAME_LENGTH:
         raise ValueError(f"name is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
-    problem = naming_problem(value)
-    if problem:
-        raise ValueError(f"{problem}; choose another name")
     return value

@@ -45,6 +45,21 @@ def naming_problem(value: str) -> str | None:
     return None
 
 
+#: (name, uuid) of objects a store from before the rule holds under a name the rule
+#: refuses; registered at daemon start-up (service/recovery.py check_names), so that
+#: those objects -- and only they -- still load, and can be renamed
+_GRANDFATHERED: set[tuple[str, str]] = set()
+
+
+def grandfather(name: str, uuid: str) -> None:
+    """Let the stored object ``uuid`` keep the rule-breaking ``name`` it already has."""
+    _GRANDFATHERED.add((name, uuid.lower()))
+
+
+def is_grandfathered(name: str, uuid: str) -> bool:
+    return (name, uuid.lower()) in _GRANDFATHERED
+
+
 def text_problem(value: str) -> str | None:
     """What the text rule refuses in ``value`` (a lone surrogate, NUL), or None."""
     match = _SURROGATE_OR_NUL.search(value)
