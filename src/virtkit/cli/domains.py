@@ -25,7 +25,7 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         render.as_json(rows)
     elif args.name:
-        sys.stdout.write("".join(f"{row['name']}\n" for row in rows))
+        sys.stdout.write("".join(f"{render.safe(row['name'])}\n" for row in rows))
     elif args.uuid:
         sys.stdout.write("".join(f"{row['uuid']}\n" for row in rows))
     else:

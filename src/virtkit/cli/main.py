@@ -341,14 +341,14 @@ def run(argv: list[str] | None = None) -> int:
         if install is not None:
             return run_install_command(*install)
         words = _domain_option_to_positional(sys.argv[1:] if argv is None else argv)
-        # `guest exec DOMAIN [OPTIONS] -- PROGRAM ARGS`: what follows '--' is the guest's
-        program = words[words.index("--") + 1:] if "--" in words else None
-        args = build_parser().parse_args(words[:words.index("--")] if program is not None
-                                         else words)
-        if program is not None and not hasattr(args, "argv"):
-            # `dominfo -- NAME`: after '--' every word is an argument, never an option
-            args = build_parser().parse_args(words)
-        elif program is not None:
+        # `guest exec DOMAIN [OPTIONS] -- PROGRAM ARGS`: what follows '--' is the guest's;
+        # for every other command (`dominfo -- NAME`) argparse reads '--' as usual: the
+        # words after it are arguments, never options
+        head = words[:words.index("--")] if "--" in words else words
+        guest_exec = any(head[i:i + 2] == ["guest", "exec"] for i in range(len(head)))
+        program = words[len(head) + 1:] if guest_exec and head != words else None
+        args = build_parser().parse_args(head if program is not None else words)
+        if program is not None:
             args.argv = [*args.argv, *program]
         client: Client | None = None
         options = {key: getattr(args, key) for key in set(GLOBAL_OPTIONS.values())}
