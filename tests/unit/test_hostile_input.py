@@ -446,7 +446,8 @@ def test_request_bodies_are_strict(body: dict[str, Any], field: str) -> None:
 
 
 def test_every_route_module_parses_bodies_with_typed_models() -> None:
-    from virtkit.api import app, device_routes, snapshot_routes, storage_routes
+    from virtkit.api import device_routes, snapshot_routes, storage_routes
+    from virtkit.api import domain_requests as app
     from virtkit.api.requests import validate_body
 
     cases = [(app.StartBody, {"paused": "false"}, "paused"),

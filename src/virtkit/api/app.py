@@ -13,10 +13,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from aiohttp import WSMsgType, web
-from pydantic import BeforeValidator, Field
 
 from virtkit import __version__
 from virtkit.api import (
@@ -35,15 +34,26 @@ from virtkit.api import (
 from virtkit.api.audit import AuditLog, audit_middleware, read_records
 from virtkit.api.auth import is_read_only
 from virtkit.api.common import json_response
+from virtkit.api.domain_requests import (
+    AuditQuery,
+    ConsoleLogQuery,
+    ConsoleQuery,
+    DomainDefineBody,
+    EmptyBody,
+    EventsQuery,
+    LinkBody,
+    PathBody,
+    RestoreBody,
+    ShutdownBody,
+    StartBody,
+    UndefineQuery,
+    UpdateBody,
+)
 from virtkit.api.openapi import openapi_document
 from virtkit.api.requests import (
     AutostartBody,
-    Body,
-    Count,
     DefineBody,
-    Flag,
     ListQuery,
-    Query,
     XmlQuery,
     body_of,
     query_of,
@@ -122,79 +132,6 @@ def _spec_from(body: DefineBody | UpdateBody) -> dict[str, Any] | str:
         return body.spec
     raise InvalidSpec("send the domain as {\"spec\": {...}} or {\"yaml\": \"...\"}",
                       field="spec")
-
-
-def _seconds(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError("must be a number of seconds since 1970") from None
-    return value
-
-
-# -- request models of the routes below (api/requests.py has the rules) -----------------
-
-class DomainDefineBody(DefineBody):
-    new_disks: list[dict[str, Any]] | None = None
-
-
-class UpdateBody(Body):
-    spec: dict[str, Any] | None = None
-    yaml: str | None = None
-    version: int
-
-
-class RestoreBody(Body):
-    path: str
-    paused: bool = False
-
-
-class StartBody(Body):
-    paused: bool = False
-
-
-class ShutdownBody(Body):
-    timeout: Annotated[float, Field(ge=0)] | None = None
-    wait: bool = False
-    mode: str = "acpi"
-
-
-class PathBody(Body):
-    path: str
-
-
-class LinkBody(Body):
-    state: Literal["up", "down"]
-
-
-class EmptyBody(Body):
-    """A route that takes no body (an empty object, or none)."""
-
-
-class AuditQuery(Query):
-    since: Annotated[float, BeforeValidator(_seconds)] | None = None
-    limit: Annotated[Count, Field(ge=1)] = 1000
-
-
-class UndefineQuery(Query):
-    nvram: Flag = False
-    snapshots_metadata: Flag = False
-    remove_all_storage: Flag = False
-
-
-class ConsoleLogQuery(Query):
-    port: Count = 0
-    tail: Count = 0
-
-
-class ConsoleQuery(Query):
-    port: Count = 0
-    force: Flag = False
-
-
-class EventsQuery(Query):
-    since: Count | None = None
 
 
 def security_info(request: web.Request) -> bool:
