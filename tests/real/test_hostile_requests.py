@@ -206,6 +206,14 @@ def test_strings_are_never_booleans_and_unknown_fields_are_refused(hd: DaemonHan
     refused(hd, "POST", "/v1/domains/strict/clone", {"name": "c", "auto": "true"},
             field="auto")
     refused(hd, "PUT", "/v1/host/ksm", {"action": "maybe"}, field="action")
+    # an install with "method": 5 used to boot the VM; bad new_disks were a 500
+    install = {"domain": hd.spec("inst"), "method": "import"}
+    refused(hd, "POST", "/v1/install", {**install, "method": 5}, field="method")
+    refused(hd, "POST", "/v1/install", {**install, "dry_run": "false"}, field="dry_run")
+    refused(hd, "POST", "/v1/install", {**install, "new_disks": [{"bogus": 1}]},
+            field="new_disks[0]")
+    refused(hd, "POST", "/v1/install", {**install, "new_disks": "x"}, field="new_disks")
+    assert "inst" not in {d["name"] for d in hd.client.get("/v1/domains")}
     names = {d["name"] for d in hd.client.get("/v1/domains")}
     assert "strict2" not in names and "c" not in names
     assert "typo" not in {v["name"] for v in hd.client.get("/v1/pools/default/volumes")}

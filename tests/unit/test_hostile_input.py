@@ -446,7 +446,7 @@ def test_request_bodies_are_strict(body: dict[str, Any], field: str) -> None:
 
 
 def test_every_route_module_parses_bodies_with_typed_models() -> None:
-    from virtkit.api import device_routes, snapshot_routes, storage_routes
+    from virtkit.api import device_routes, install_routes, snapshot_routes, storage_routes
     from virtkit.api import domain_requests as app
     from virtkit.api.requests import validate_body
 
@@ -460,7 +460,13 @@ def test_every_route_module_parses_bodies_with_typed_models() -> None:
              (storage_routes.ResizeBody, {"capacity": True}, "capacity"),
              (device_routes.VcpusBody, {"count": "2"}, "count"),
              (device_routes.VcpusBody, {"count": 2, "live": "yes"}, "live"),
-             (snapshot_routes.CreateBody, {"kind": "weird"}, "kind")]
+             (snapshot_routes.CreateBody, {"kind": "weird"}, "kind"),
+             (device_routes.AttachInterfaceBody, {"interface": 5}, "interface"),
+             (install_routes.InstallBody, {"domain": {}, "method": 5}, "method"),
+             (install_routes.InstallBody, {"domain": {}, "method": "import",
+                                           "new_disks": [{"bogus": 1}]}, "new_disks[0]"),
+             (install_routes.InstallBody, {"domain": {}, "method": "import",
+                                           "dry_run": "false"}, "dry_run")]
     for model, body, field in cases:
         with pytest.raises(InvalidSpec) as caught:
             validate_body(body, model)

@@ -75,13 +75,26 @@ class NoQuery(Query):
 B = TypeVar("B", bound=BaseModel)
 
 
+#: what pydantic puts in an error's location besides field names (union members ...)
+_TYPE_TAGS = frozenset({"str", "int", "bool", "float", "bytes", "none"})
+_TAG_PREFIXES = ("function-", "constrained-", "union[", "tagged-union[", "list[", "dict[",
+                 "literal[", "nullable[", "json-or-python[")
+
+
 def _problem(item: Any, *, query: bool, model: type[BaseModel]) -> tuple[str, str]:
-    parts = [str(part) for part in item["loc"] if not str(part).startswith("function-")]
-    path = ".".join(parts) or "body"
+    path = ""
+    for part in item["loc"]:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif str(part) not in _TYPE_TAGS and not str(part).startswith(_TAG_PREFIXES):
+            path += f".{part}" if path else str(part)
+    path = path or "body"
     kind = item["type"]
     if kind == "extra_forbidden":
-        known = ", ".join(model.model_fields) or "none"
         what = "query parameter" if query else "field"
+        if len(item["loc"]) > 1:
+            return path, f"unknown {what}"
+        known = ", ".join(model.model_fields) or "none"
         return path, f"unknown {what}; the {what}s of this request are: {known}"
     if kind == "missing":
         return path, "is required"
