@@ -39,7 +39,6 @@ from virtkit.api.domain_requests import (
     ConsoleLogQuery,
     ConsoleQuery,
     DomainDefineBody,
-    EmptyBody,
     EventsQuery,
     LinkBody,
     PathBody,
@@ -53,6 +52,7 @@ from virtkit.api.openapi import openapi_document
 from virtkit.api.requests import (
     AutostartBody,
     DefineBody,
+    EmptyBody,
     ListQuery,
     XmlQuery,
     body_of,

@@ -53,9 +53,6 @@ class LinkBody(Body):
     state: Literal["up", "down"]
 
 
-class EmptyBody(Body):
-    """A route that takes no body (an empty object, or none)."""
-
 
 class AuditQuery(Query):
     since: Annotated[float, BeforeValidator(_seconds)] | None = None

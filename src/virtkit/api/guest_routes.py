@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import Field
 
 from virtkit.api.common import json_response
-from virtkit.api.requests import Body, Flag, Query, body_of, query_of
+from virtkit.api.requests import Body, EmptyBody, Flag, Query, body_of, query_of
 from virtkit.errors import InvalidSpec
 from virtkit.service.guest import FILE_READ_LIMIT, GuestService
 
@@ -70,9 +70,6 @@ class TimeBody(Body):
     time: Annotated[float, Field(ge=0)] | None = None
     now: bool = False
 
-
-class EmptyBody(Body):
-    """A route that takes no body."""
 
 
 class FileQuery(Query):

@@ -13,8 +13,15 @@ from typing import Any
 from aiohttp import web
 
 from virtkit.api.common import json_response
-from virtkit.api.requests import AutostartBody, Body, ListQuery, body_of, query_of
-from virtkit.api.storage_routes import EmptyBody, define_body
+from virtkit.api.requests import (
+    AutostartBody,
+    Body,
+    EmptyBody,
+    ListQuery,
+    body_of,
+    define_body,
+    query_of,
+)
 from virtkit.service.networks import NetworkService
 
 routes = web.RouteTableDef()

@@ -390,7 +390,7 @@ def _request_models() -> tuple[dict[tuple[str, str], Any], dict[tuple[str, str],
         ("put", dom): d.UpdateBody, ("put", dom + "/autostart"): r.AutostartBody,
         ("post", dom + "/start"): d.StartBody, ("post", dom + "/shutdown"): d.ShutdownBody,
         ("post", dom + "/reboot"): d.ShutdownBody, ("post", dom + "/save"): d.PathBody,
-        **{("post", f"{dom}/{action}"): d.EmptyBody
+        **{("post", f"{dom}/{action}"): r.EmptyBody
            for action in ("destroy", "suspend", "resume", "reset")},
         ("post", dom + "/interfaces/{nic}/link"): d.LinkBody,
         ("post", dom + "/snapshots"): snap.CreateBody,

@@ -182,6 +182,10 @@ class XmlQuery(Query):
     security_info: Flag = False
 
 
+class EmptyBody(Body):
+    """A route that takes no body (an empty object, or none)."""
+
+
 class DefineBody(Body):
     """A define: a spec object, its YAML text, or libvirt XML (``force``: drop what
     virtkit cannot honour, with warnings)."""
@@ -192,3 +196,13 @@ class DefineBody(Body):
     force: bool = False
 
 
+
+
+async def define_body(request: web.Request) -> tuple[DefineBody, dict[str, Any] | str | None]:
+    """A pool or network define: ``{"spec"|"yaml"|"xml": ...}``; a body with none of
+    them is the spec itself (the older form), checked by the spec's own model."""
+    data = await json_body(request)
+    if not {"spec", "yaml", "xml"} & set(data):
+        return DefineBody(), data
+    body = validate_body(data, DefineBody)
+    return body, body.yaml if body.yaml is not None else body.spec

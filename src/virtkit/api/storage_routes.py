@@ -19,16 +19,16 @@ from typing import Any
 from aiohttp import web
 
 from virtkit.api import peerfd
-from virtkit.api.common import json_body, json_response, progress_response
+from virtkit.api.common import json_response, progress_response
 from virtkit.api.requests import (
     AutostartBody,
     Body,
-    DefineBody,
+    EmptyBody,
     ForceQuery,
     ListQuery,
     body_of,
+    define_body,
     query_of,
-    validate_body,
 )
 from virtkit.errors import HostError
 from virtkit.service.storage import StorageService
@@ -78,18 +78,6 @@ class FdBody(Body):
     client: dict[str, Any] | None = None
 
 
-class EmptyBody(Body):
-    """A route that takes no body."""
-
-
-async def define_body(request: web.Request) -> tuple[DefineBody, dict[str, Any] | str | None]:
-    """A pool or network define: ``{"spec"|"yaml"|"xml": ...}``; a body with none of
-    them is the spec itself (the older form), checked by the spec's own model."""
-    data = await json_body(request)
-    if not {"spec", "yaml", "xml"} & set(data):
-        return DefineBody(), data
-    body = validate_body(data, DefineBody)
-    return body, body.yaml if body.yaml is not None else body.spec
 
 
 
