@@ -43,7 +43,9 @@ HOSTILE: list[tuple[str, str, bool, bool]] = [
     ("very-long", "x" * 300, True, False),
     ("unicode", "ünïcødé-名前-🙂", False, False),
     ("shell", "$(reboot);`id`|rm -rf / &", True, False),  # '/' is refused in names
-    ("dash", "-readconfig", False, False),
+    ("dash", "-readconfig", True, False),  # the naming rule: never starts with "-"
+    ("uuid-shaped", "65707b9d-22e8-4cf0-92df-46a47793fcd8", True, False),
+    ("lone-surrogate", "a\udc80b", True, True),
     # braces: refused in names (no API route matches them), literal in paths
     ("json-protocol", 'json:{"driver":"ssh","host":"evil"}', True, False),
     ("space", "a b", False, False),
@@ -267,3 +269,276 @@ def test_unquoted_injection_in_virt_install_is_refused(disk: str) -> None:
     with pytest.raises(VirtkitError):
         parse_command_line(["--name", "x", "--memory", "128", "--import", "--disk", disk,
                             "--osinfo", "detect=on,require=off"])
+
+
+# -- (d) round 2: the naming rule, the text rule, bounded XML and cpusets, secrets, -------
+# --     strict requests, terminal escaping (docs/security.md "Hostile input") -------------
+
+UUID_NAMES = ["65707b9d-22e8-4cf0-92df-46a47793fcd8", "65707B9D-22E8-4CF0-92DF-46A47793FCD8",
+              "65707b9d22e84cf092df46a47793fcd8", "{65707b9d-22e8-4cf0-92df-46a47793fcd8}",
+              "urn:uuid:65707b9d-22e8-4cf0-92df-46a47793fcd8"]
+BAD_NAMES = [*UUID_NAMES, "-x", "--help", "-"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_the_naming_rule_holds_for_every_object_kind(name: str) -> None:
+    from virtkit.model.network import load_network
+    from virtkit.model.pool import Pool
+    from virtkit.model.snapshot import check_name
+
+    for load in (lambda: load_domain({"name": name, "memory": 128}),
+                 lambda: load_network({"name": name, "mode": "isolated"})):
+        with pytest.raises(InvalidSpec) as caught:
+            load()
+        assert caught.value.field == "name"
+        assert name in caught.value.message
+    with pytest.raises(ValueError):
+        Pool(name=name, target="/srv/pool")
+    if not name.startswith(("-", "{", "urn")):  # those break the snapshot pattern anyway
+        with pytest.raises(InvalidSpec, match="UUID"):
+            check_name(name)
+
+
+@pytest.mark.parametrize("name", ["vm-65707b9d", "65707b9d-22e8", "a-b", "x-", "uuid",
+                                  "65707b9d-22e8-4cf0-92df-46a47793fcd8x"])
+def test_names_near_the_rule_stay_allowed(name: str) -> None:
+    assert load_domain({"name": name, "memory": 128}).name == name
+
+
+def test_a_stored_object_from_before_the_rule_keeps_loading_and_only_it() -> None:
+    from virtkit.model import naming
+
+    legacy, uuid = "-legacy", "0b6c3a4e-8d2f-4a57-9f1e-3c2d1b0a9e8f"
+    naming.grandfather(legacy, uuid)
+    try:
+        assert load_domain({"name": legacy, "uuid": uuid, "memory": 128}).name == legacy
+        with pytest.raises(InvalidSpec):  # another object may not take that name
+            load_domain({"name": legacy, "memory": 128})
+    finally:
+        naming._GRANDFATHERED.discard((legacy, uuid))
+
+
+@pytest.mark.parametrize("where", [("name",), ("title",), ("description",),
+                                   ("disks", 0, "path"), ("boot", "cmdline"),
+                                   ("graphics", "password")])
+@pytest.mark.parametrize("bad", ["a\udc80b", "\ud800", "a\x00b"])
+def test_the_text_rule_refuses_surrogates_and_nul_by_field(where: tuple[Any, ...],
+                                                           bad: str) -> None:
+    spec: dict[str, Any] = {"name": "x", "memory": 128, "disks": [{"path": "/srv/x.img"}],
+                            "boot": {"cmdline": "console=ttyS0"}, "graphics": {"type": "vnc"}}
+    node: Any = spec
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = bad
+    with pytest.raises(InvalidSpec) as caught:
+        load_domain(spec)
+    expected = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in where).lstrip(".")
+    assert caught.value.field == expected
+    json.dumps(caught.value.to_dict()).encode()  # the answer itself is encodable
+
+
+def test_find_bad_text_walks_keys_and_any_depth_without_recursion() -> None:
+    from virtkit.model.naming import find_bad_text
+
+    deep: Any = "ok"
+    for _ in range(20000):
+        deep = [deep]
+    assert find_bad_text({"a": deep}) is None
+    assert find_bad_text({"a": [{"b\udc80": 1}]}) == ("a[0].b\udc80",
+                                                       "field name is not valid Unicode: a lone "
+                                                       "surrogate \\udc80 at character 1")
+    assert find_bad_text({"a": {"b": "x\x00"}}) == ("a.b", "contains a NUL character")
+
+
+def _nested(tag: str, depth: int) -> str:
+    return f"<{tag}>" * depth + f"</{tag}>" * depth
+
+
+@pytest.mark.parametrize("kind", ["domain", "network", "pool", "device", "hostdev"])
+@pytest.mark.parametrize("depth", [100, 3000, 100000])
+def test_deeply_nested_xml_is_refused_before_any_recursion(kind: str, depth: int) -> None:
+    from virtkit.formats.libvirt_common import parse_document
+    from virtkit.formats.libvirt_device import device_from_xml
+    from virtkit.formats.libvirt_network_xml import network_from_xml
+    from virtkit.formats.libvirt_pool_xml import pool_from_xml
+
+    deep = _nested("x", depth)
+    documents = {
+        "domain": (domain_from_xml, f"<domain type='kvm'><name>d</name><memory>1</memory>"
+                                    f"<devices>{deep}</devices></domain>"),
+        "network": (network_from_xml, f"<network><name>n</name>{deep}</network>"),
+        "pool": (pool_from_xml, f"<pool type='dir'><name>p</name>{deep}</pool>"),
+        "device": (device_from_xml, f"<disk type='file'>{deep}</disk>"),
+        "hostdev": (lambda text: parse_document(text, "hostdev", command="attach-device"),
+                    f"<hostdev>{deep}</hostdev>"),
+    }
+    reader, text = documents[kind]
+    with pytest.raises(InvalidSpec, match="nests elements more than 64 deep") as caught:
+        reader(text)  # type: ignore[operator]
+    assert caught.value.field == "xml"
+
+
+def test_xml_with_too_many_elements_or_a_surrogate_is_refused() -> None:
+    with pytest.raises(InvalidSpec, match="more than 50000 elements"):
+        domain_from_xml("<domain>" + "<x/>" * 50001 + "</domain>")
+    with pytest.raises(InvalidSpec, match="lone surrogate"):
+        domain_from_xml("<domain><name>a\udc80</name></domain>")
+
+
+@pytest.mark.parametrize("cpuset", [",".join(["0-65535"] * 2000), "0-8192", "99999",
+                                    "0-" + "9" * 5000, ",".join(["1"] * 3000)])
+def test_big_cpusets_are_refused_quickly_with_a_short_message(cpuset: str) -> None:
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(InvalidSpec) as caught:
+        load_domain({"name": "x", "memory": 128, "vcpus": {"current": 1, "cpuset": cpuset}})
+    assert time.monotonic() - start < 2.0  # was 13 s (and a 447 KB answer)
+    assert caught.value.field == "vcpus.cpuset"
+    assert len(json.dumps(caught.value.to_dict())) < 600
+
+
+def test_cpusets_within_the_bounds_still_work() -> None:
+    domain = load_domain({"name": "x", "memory": 128,
+                          "vcpus": {"current": 1, "cpuset": "0-8191,^5"}})
+    assert domain.vcpus.cpuset == "0-8191,^5"
+
+
+def test_secrets_are_left_out_unless_asked_for() -> None:
+    from virtkit.formats.libvirt_xml import domain_to_xml
+    from virtkit.model.load import (
+        domain_to_yaml,
+        domain_without_secrets,
+        dump_domain,
+        without_secrets,
+    )
+
+    domain = load_domain({"name": "x", "memory": 128,
+                          "graphics": {"type": "vnc", "password": "s3cret"}})
+    assert "s3cret" in domain_to_xml(domain)
+    assert "passwd" not in domain_to_xml(domain_without_secrets(domain))
+    assert domain.graphics.password == "s3cret"  # the copy, not the original, lost it
+    assert "s3cret" not in json.dumps(without_secrets(dump_domain(domain)))
+    assert "s3cret" not in domain_to_yaml(domain, secrets=False)
+    assert "s3cret" in domain_to_yaml(domain)
+
+
+# -- strict requests (api/requests.py) -----------------------------------------------------
+
+def _mocked(path: str) -> Any:
+    from aiohttp.test_utils import make_mocked_request
+
+    return make_mocked_request("GET", path)
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"enabled": "false"}, "enabled"), ({"enabled": 0}, "enabled"),
+    ({"enabled": None}, "enabled"), ({"bogus": 1}, "bogus"),
+])
+def test_request_bodies_are_strict(body: dict[str, Any], field: str) -> None:
+    from virtkit.api.requests import AutostartBody, validate_body
+
+    with pytest.raises(InvalidSpec) as caught:
+        validate_body(body, AutostartBody)
+    assert caught.value.field == field
+    assert field in caught.value.message
+    assert validate_body({"enabled": False}, AutostartBody).enabled is False
+
+
+def test_every_route_module_parses_bodies_with_typed_models() -> None:
+    from virtkit.api import device_routes, install_routes, snapshot_routes, storage_routes
+    from virtkit.api import domain_requests as app
+    from virtkit.api.requests import validate_body
+
+    cases = [(app.StartBody, {"paused": "false"}, "paused"),
+             (app.ShutdownBody, {"timeout": "5"}, "timeout"),
+             (app.ShutdownBody, {"timeout": -1}, "timeout"),
+             (app.DomainDefineBody, {"spec": {}, "bogus": 1}, "bogus"),
+             (app.UpdateBody, {"spec": {}}, "version"),
+             (storage_routes.CreateVolumeBody, {"name": "v", "prealloc_typo": True},
+              "prealloc_typo"),
+             (storage_routes.ResizeBody, {"capacity": True}, "capacity"),
+             (device_routes.VcpusBody, {"count": "2"}, "count"),
+             (device_routes.VcpusBody, {"count": 2, "live": "yes"}, "live"),
+             (snapshot_routes.CreateBody, {"kind": "weird"}, "kind"),
+             (device_routes.AttachInterfaceBody, {"interface": 5}, "interface"),
+             (install_routes.InstallBody, {"domain": {}, "method": 5}, "method"),
+             (install_routes.InstallBody, {"domain": {}, "method": "import",
+                                           "new_disks": [{"bogus": 1}]}, "new_disks[0]"),
+             (install_routes.InstallBody, {"domain": {}, "method": "import",
+                                           "dry_run": "false"}, "dry_run")]
+    for model, body, field in cases:
+        with pytest.raises(InvalidSpec) as caught:
+            validate_body(body, model)
+        assert caught.value.field is not None and field in caught.value.field, (model, body)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", True), ("?all=1", True), ("?all=true", True), ("?all=YES", True),
+    ("?all=0", False), ("?all=false", False), ("?all=no", False), ("?all=No", False),
+])
+def test_one_query_flag_parser(text: str, expected: bool) -> None:
+    from virtkit.api.requests import ListQuery, query_of
+
+    assert query_of(_mocked("/v1/networks" + text), ListQuery).all is expected
+
+
+@pytest.mark.parametrize("text", ["?all=maybe", "?all=", "?all=2", "?al=1", "?all=1&all=0"])
+def test_query_strings_are_strict(text: str) -> None:
+    from virtkit.api.requests import ListQuery, query_of
+
+    with pytest.raises(InvalidSpec) as caught:
+        query_of(_mocked("/v1/pools" + text), ListQuery)
+    assert caught.value.field in ("all", "al")
+
+
+# -- the CLI never prints control or bidi characters raw -------------------------------------
+
+HOSTILE_TEXT = ["evil\u202etxt.exe", "a\x1b[2Jb", "c\x9bd", "e\u2066f\u2069", "g\x07h",
+                "i\u200fj", "k\nl", "m\ufeffn"]
+
+
+@pytest.mark.parametrize("text", HOSTILE_TEXT)
+def test_render_escapes_control_and_bidi_characters_everywhere(
+        text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+    import re
+
+    from virtkit.cli import render
+
+    unsafe = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                        "\u202a-\u202e\u2066-\u2069\ufeff]")
+    out = io.StringIO()
+    render.table(["Name", "State"], [[text, "running"]], stream=out)
+    render.keyvalues([("Name", text), ("Title", text)], stream=out)
+    render.status_lines([{"name": text, "status": "FAIL", "detail": text, "fix": text}],
+                        stream=out)
+    render.error(text, fix=text, detail=text)
+    printed = out.getvalue() + capsys.readouterr().err
+    assert not unsafe.search(printed.replace("\n", "")), repr(printed)
+    assert render.safe(text) in printed
+    render.as_json({"name": text})  # JSON stays JSON
+    assert json.loads(capsys.readouterr().out) == {"name": text}
+
+
+def test_the_terminal_backstop_escapes_what_plain_prints_carry() -> None:
+    import io
+
+    from virtkit.cli.render import _SafeTerminal
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    raw = Tty()
+    terminal = _SafeTerminal(raw)  # type: ignore[arg-type]
+    print("Domain 'evil\u202etxt\x9b' started\n\x1b[1mbold\x1b[0m", file=terminal)
+    assert raw.getvalue() == "Domain 'evil\\u202etxt\\x9b' started\n\x1b[1mbold\x1b[0m\n"
+
+
+def test_double_dash_ends_the_options() -> None:
+    from virtkit.cli.main import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["dumpxml", "--security-info", "--", "--name"])
+    assert (args.domain, args.security_info) == ("--name", True)

@@ -109,10 +109,17 @@ def test_insert_and_find(store: Store) -> None:
     assert store.get_runtime(UUID_A).state == "shutoff"
 
 
-def test_name_wins_over_uuid(store: Store) -> None:
+def test_a_uuid_shaped_ref_is_a_uuid_and_a_name_never_is(store: Store) -> None:
+    """The naming rule (model/naming.py): a UUID-shaped ref means the object with that
+    UUID, even when a store from before the rule holds a domain named like it; that one
+    stays reachable by its own UUID.  A ref that is not UUID-shaped is only a name."""
     store.insert_domain(UUID_A, "alpha", SPEC_A)
-    store.insert_domain(UUID_B, UUID_A, SPEC_B)  # a domain named like another's uuid
-    assert store.get_domain(UUID_A).uuid == UUID_B
+    store.insert_domain(UUID_B, UUID_A, SPEC_B)  # a legacy domain named like another's uuid
+    assert store.get_domain(UUID_A).uuid == UUID_A
+    assert store.get_domain(UUID_B).name == UUID_A
+    assert store.find_domain(UUID_A.replace("-", "")).uuid == UUID_A
+    store.insert_domain("1" * 8 + UUID_A[8:], "beta", SPEC_B)
+    assert store.find_domain(UUID_A[:8]) is None  # a piece of a uuid is no reference
 
 
 def test_list_is_sorted_by_name(store: Store) -> None:
@@ -127,7 +134,8 @@ def test_duplicate_name_or_uuid_is_a_conflict(store: Store, uuid: str, name: str
     with pytest.raises(Conflict) as info:
         store.insert_domain(uuid, name, SPEC_B)
     assert not isinstance(info.value, StaleVersion)
-    assert name in info.value.message
+    # the refusal names the domain that holds the name or uuid, with its uuid
+    assert f"domain 'alpha' already exists with uuid {UUID_A}" in info.value.message
     assert len(store.list_domains()) == 1
     assert store.get_domain(UUID_A).spec == SPEC_A
 

@@ -32,10 +32,34 @@ from virtkit.api import (
     webui,
 )
 from virtkit.api.audit import AuditLog, audit_middleware, read_records
-from virtkit.api.common import json_body, json_response
+from virtkit.api.auth import is_read_only
+from virtkit.api.common import json_response
+from virtkit.api.domain_requests import (
+    AuditQuery,
+    ConsoleLogQuery,
+    ConsoleQuery,
+    DomainDefineBody,
+    EventsQuery,
+    LinkBody,
+    PathBody,
+    RestoreBody,
+    ShutdownBody,
+    StartBody,
+    UndefineQuery,
+    UpdateBody,
+)
 from virtkit.api.openapi import openapi_document
+from virtkit.api.requests import (
+    AutostartBody,
+    DefineBody,
+    EmptyBody,
+    ListQuery,
+    XmlQuery,
+    body_of,
+    query_of,
+)
 from virtkit.api.websession import SessionStore
-from virtkit.errors import Conflict, InvalidSpec, VirtkitError
+from virtkit.errors import Conflict, Forbidden, InvalidSpec, VirtkitError
 from virtkit.service.clones import CloneService
 from virtkit.service.devices import DeviceService
 from virtkit.service.domains import DomainService
@@ -101,32 +125,23 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return json_response(body, status=500)
 
 
-def _spec_from(body: dict[str, Any]) -> dict[str, Any] | str:
-    if "yaml" in body and isinstance(body["yaml"], str):
-        return str(body["yaml"])
-    spec = body.get("spec")
-    if isinstance(spec, dict):
-        return spec
-    raise InvalidSpec("send the domain as {\"spec\": {...}} or {\"yaml\": \"...\"}")
+def _spec_from(body: DefineBody | UpdateBody) -> dict[str, Any] | str:
+    if body.yaml is not None:
+        return body.yaml
+    if body.spec is not None:
+        return body.spec
+    raise InvalidSpec("send the domain as {\"spec\": {...}} or {\"yaml\": \"...\"}",
+                      field="spec")
 
 
-def _number(body: dict[str, Any], key: str) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise InvalidSpec(f"{key} must be a non-negative number of seconds", field=key)
-    return float(value)
-
-
-def _query_int(request: web.Request, key: str, default: int) -> int:
-    """A non-negative integer query parameter (``?port=1``), or InvalidSpec naming it."""
-    text = request.query.get(key)
-    if text is None:
-        return default
-    if not (text.isascii() and text.isdecimal()) or len(text) > 18:
-        raise InvalidSpec(f"?{key}= must be a whole number, got {text[:40]!r}", field=key)
-    return int(text)
+def security_info(request: web.Request) -> bool:
+    """``?security_info=true``: answer secrets (VNC passwords); refused on the read-only
+    socket, which never serves them (libvirt refuses VIR_DOMAIN_XML_SECURE there)."""
+    wanted = query_of(request, XmlQuery).security_info
+    if wanted and is_read_only(request):
+        raise Forbidden("the read-only socket never serves secrets (security_info)",
+                        fix="ask on the read-write socket (without --readonly)")
+    return wanted
 
 
 def _services(request: web.Request) -> Services:
@@ -149,17 +164,11 @@ async def get_version(request: web.Request) -> web.Response:
 @routes.get("/v1/audit")
 async def get_audit(request: web.Request) -> web.Response:
     """The audit log's records, oldest first (?since=EPOCH-SECONDS, ?limit=N: the last N)."""
+    query = query_of(request, AuditQuery)
     audit = request.app.get(AUDIT)
     if audit is None:
         return json_response([])
-    try:
-        since = float(request.query["since"]) if "since" in request.query else None
-    except ValueError:
-        raise InvalidSpec("?since= must be a number of seconds since 1970",
-                          field="since") from None
-    limit = _query_int(request, "limit", 1000)
-    if limit < 1:
-        raise InvalidSpec("limit must be at least 1", field="limit")
+    since, limit = query.since, query.limit
     records = await asyncio.to_thread(lambda: list(read_records(audit.path, since=since)))
     return json_response(records[-limit:])
 
@@ -185,23 +194,19 @@ async def get_repairs(request: web.Request) -> web.Response:
 
 @routes.get("/v1/domains")
 async def list_domains(request: web.Request) -> web.Response:
-    inactive = request.query.get("all", "1") not in ("0", "false", "no")
+    inactive = query_of(request, ListQuery).all
     return json_response(_services(request).domains.list_domains(include_inactive=inactive))
 
 
 @routes.post("/v1/domains")
 async def define_domain(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await body_of(request, DomainDefineBody)
     domains = _services(request).domains
     provision = _services(request).provision
-    if isinstance(body.get("xml"), str):  # libvirt domain XML; the answer has "warnings"
-        result = domains.define_xml(body["xml"], force=bool(body.get("force")))
-    elif body.get("new_disks") is not None and provision is not None:
-        new_disks = body["new_disks"]
-        if not isinstance(new_disks, list):
-            raise InvalidSpec("new_disks must be a list of {pool, volume, capacity, format}",
-                              field="new_disks")
-        result = await provision.define_with_new_disks(_spec_from(body), new_disks)
+    if body.xml is not None:  # libvirt domain XML; the answer has "warnings"
+        result = domains.define_xml(body.xml, force=body.force)
+    elif body.new_disks is not None and provision is not None:
+        result = await provision.define_with_new_disks(_spec_from(body), body.new_disks)
     else:
         result = domains.define(_spec_from(body))
     return json_response(result, status=201)
@@ -210,10 +215,10 @@ async def define_domain(request: web.Request) -> web.Response:
 @routes.post("/v1/domains/create")
 async def create_domain(request: web.Request) -> web.Response:
     """virsh create: a transient domain, defined and started; gone when it stops."""
-    body = await json_body(request)
+    body = await body_of(request, DefineBody)
     domains = _services(request).domains
-    if isinstance(body.get("xml"), str):
-        result = await domains.create(xml=body["xml"], force=bool(body.get("force")))
+    if body.xml is not None:
+        result = await domains.create(xml=body.xml, force=body.force)
     else:
         result = await domains.create(_spec_from(body))
     return json_response(result, status=201)
@@ -221,36 +226,32 @@ async def create_domain(request: web.Request) -> web.Response:
 
 @routes.post("/v1/domains/restore")
 async def restore_domain(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    result = await _services(request).domains.restore(str(body.get("path", "")),
-                                                      paused=bool(body.get("paused")))
+    body = await body_of(request, RestoreBody)
+    result = await _services(request).domains.restore(body.path, paused=body.paused)
     return json_response(result)
 
 
 @routes.get("/v1/domains/{ref}")
 async def get_domain(request: web.Request) -> web.Response:
-    return json_response(_services(request).domains.info(request.match_info["ref"]))
+    secrets = security_info(request)
+    return json_response(_services(request).domains.info(request.match_info["ref"],
+                                                         secrets=secrets))
 
 
 @routes.put("/v1/domains/{ref}")
 async def update_domain(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    version = body.get("version")
-    if not isinstance(version, int):
-        raise InvalidSpec("version: send the version you read, to guard against lost updates",
-                          field="version")
+    body = await body_of(request, UpdateBody)
     result = _services(request).domains.update(request.match_info["ref"], _spec_from(body),
-                                               version)
+                                               body.version)
     return json_response(result)
 
 
 @routes.delete("/v1/domains/{ref}")
 async def undefine_domain(request: web.Request) -> web.Response:
-    nvram = request.query.get("nvram") in ("1", "true", "yes")
-    metadata = request.query.get("snapshots_metadata") in ("1", "true", "yes")
+    query = query_of(request, UndefineQuery)
+    nvram, metadata = query.nvram, query.snapshots_metadata
     provision = _services(request).provision
-    if request.query.get("remove_all_storage") in ("1", "true", "yes") \
-            and provision is not None:
+    if query.remove_all_storage and provision is not None:
         return json_response(await provision.undefine_with_storage(
             request.match_info["ref"], nvram=nvram, snapshots_metadata=metadata))
     return json_response(await _services(request).domains.undefine(
@@ -259,29 +260,31 @@ async def undefine_domain(request: web.Request) -> web.Response:
 
 @routes.get("/v1/domains/{ref}/spec")
 async def get_spec(request: web.Request) -> web.Response:
-    return json_response(_services(request).domains.spec_yaml(request.match_info["ref"]))
+    secrets = security_info(request)
+    return json_response(_services(request).domains.spec_yaml(request.match_info["ref"],
+                                                              secrets=secrets))
 
 
 @routes.get("/v1/domains/{ref}/xml")
 async def get_xml(request: web.Request) -> web.Response:
     """virsh dumpxml: the domain as libvirt domain XML."""
-    text = _services(request).domains.dumpxml(request.match_info["ref"])
+    secrets = security_info(request)
+    text = _services(request).domains.dumpxml(request.match_info["ref"], secrets=secrets)
     return web.Response(text=text, content_type="application/xml")
 
 
 @routes.put("/v1/domains/{ref}/autostart")
 async def put_autostart(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    enabled = body.get("enabled", True)
+    body = await body_of(request, AutostartBody)
     return json_response(_services(request).domains.set_autostart(request.match_info["ref"],
-                                                          bool(enabled)))
+                                                                  body.enabled))
 
 
 @routes.post("/v1/domains/{ref}/start")
 async def start_domain(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await body_of(request, StartBody)
     result = await _services(request).domains.start(request.match_info["ref"],
-                                                    paused=bool(body.get("paused")))
+                                                    paused=body.paused)
     return json_response(result)
 
 
@@ -296,15 +299,16 @@ async def reboot_domain(request: web.Request) -> web.Response:
 
 
 async def _shutdown(request: web.Request, *, reboot: bool) -> web.Response:
-    body = await json_body(request)
+    body = await body_of(request, ShutdownBody)
     result = await _services(request).domains.shutdown(
-        request.match_info["ref"], timeout=_number(body, "timeout"),
-        wait=bool(body.get("wait")), reboot=reboot, mode=str(body.get("mode") or "acpi"))
+        request.match_info["ref"], timeout=body.timeout, wait=body.wait, reboot=reboot,
+        mode=body.mode or "acpi")
     return json_response(result)
 
 
 @routes.post("/v1/domains/{ref}/{action:destroy|suspend|resume|reset}")
 async def simple_action(request: web.Request) -> web.Response:
+    await body_of(request, EmptyBody)
     result = await _services(request).domains.simple(request.match_info["ref"],
                                                      request.match_info["action"])
     return json_response(result)
@@ -312,9 +316,9 @@ async def simple_action(request: web.Request) -> web.Response:
 
 @routes.post("/v1/domains/{ref}/save")
 async def save_domain(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await body_of(request, PathBody)
     return json_response(await _services(request).domains.save(request.match_info["ref"],
-                                                       str(body.get("path", ""))))
+                                                               body.path))
 
 
 @routes.get("/v1/domains/{ref}/interfaces")
@@ -326,10 +330,9 @@ async def domain_interfaces(request: web.Request) -> web.Response:
 
 @routes.post("/v1/domains/{ref}/interfaces/{nic}/link")
 async def domain_set_link(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    state = str(body.get("state", ""))
+    body = await body_of(request, LinkBody)
     result = await _services(request).domains.set_link(request.match_info["ref"],
-                                                       request.match_info["nic"], state)
+                                                       request.match_info["nic"], body.state)
     return json_response(result)
 
 
@@ -390,11 +393,11 @@ async def _pump(ws: web.WebSocketResponse, reader: asyncio.StreamReader,
 
 @routes.get("/v1/domains/{ref}/console/log")
 async def get_console_log(request: web.Request) -> web.StreamResponse:
+    query = query_of(request, ConsoleLogQuery)
     services = _services(request)
     info = services.domains.info(request.match_info["ref"])
-    port = _query_int(request, "port", 0)
+    port, tail = query.port, query.tail
     path = services.domains.console_log_path(info["uuid"], port)
-    tail = _query_int(request, "tail", 0)
     data = b""
     if path.exists():
         with open(path, "rb") as log_file:
@@ -407,13 +410,14 @@ async def get_console_log(request: web.Request) -> web.StreamResponse:
 @routes.get("/v1/domains/{ref}/console")
 async def console(request: web.Request) -> web.StreamResponse:
     """Proxy a WebSocket to the domain's serial port socket (binary frames both ways)."""
+    query = query_of(request, ConsoleQuery)
     services = _services(request)
-    port = _query_int(request, "port", 0)
+    port = query.port
     name, sock_path = services.domains.console_socket(request.match_info["ref"], port)
     key = (name, port)
     previous = services.consoles.get(key)
     if previous is not None and not previous.closed:
-        if request.query.get("force") not in ("1", "true"):
+        if not query.force:
             raise Conflict(f"the console of '{name}' is in use by another client",
                            fix="use --force to take it over")
         await previous.close(message=b"console taken over by another client")
@@ -433,12 +437,12 @@ async def console(request: web.Request) -> web.StreamResponse:
 @routes.get("/v1/events")
 async def events(request: web.Request) -> web.StreamResponse:
     """Stream events as JSON text frames; ``?since=ID`` replays the journal first."""
+    since = query_of(request, EventsQuery).since
     domains = _services(request).domains
     ws = web.WebSocketResponse(heartbeat=30)
     await ws.prepare(request)
     with domains.subscribe_events() as queue:
-        since = request.query.get("since")
-        if since is not None and since.isdecimal():
+        if since is not None:
             for event in domains.events_since(int(since)):
                 await ws.send_json(event)
         reader = asyncio.create_task(ws.receive())

@@ -31,9 +31,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from virtkit.api import webui
-from virtkit.api.common import PRINCIPAL, json_body, json_response, string_list
+from virtkit.api.common import PRINCIPAL, json_response
+from virtkit.api.requests import Body, body_of
 from virtkit.api.websession import COOKIE, CSRF_HEADER
-from virtkit.errors import Forbidden, InvalidSpec, Unauthorized, VirtkitError
+from virtkit.errors import Forbidden, Unauthorized, VirtkitError
 from virtkit.service.tls import TlsService
 from virtkit.service.tokens import TokenService
 
@@ -154,13 +155,20 @@ async def list_tokens(request: web.Request) -> web.Response:
     return json_response(request.app[TOKENS].list())
 
 
+class TokenBody(Body):
+    name: str | None = None
+    expires_days: float | None = None
+
+
+class TlsSetupBody(Body):
+    hostnames: list[str] = []
+    force: bool = False
+
+
 @routes.post("/v1/tokens")
 async def create_token(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    name = body.get("name")
-    if name is not None and not isinstance(name, str):
-        raise InvalidSpec("name must be a string", field="name")
-    return json_response(request.app[TOKENS].create(name, body.get("expires_days")),
+    body = await body_of(request, TokenBody)
+    return json_response(request.app[TOKENS].create(body.name, body.expires_days),
                          status=201)
 
 
@@ -176,10 +184,9 @@ async def tls_info(request: web.Request) -> web.Response:
 
 @routes.post("/v1/tls/setup")
 async def tls_setup(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    names = string_list(body, "hostnames")
-    result = await asyncio.to_thread(request.app[TLS].setup, names,
-                                     force=bool(body.get("force")))
+    body = await body_of(request, TlsSetupBody)
+    result = await asyncio.to_thread(request.app[TLS].setup, body.hostnames,
+                                     force=body.force)
     return json_response(result, status=201)
 
 

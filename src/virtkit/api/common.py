@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from virtkit.errors import InvalidSpec, VirtkitError
+from virtkit.model.naming import find_bad_text
 
 #: called with (done, total) as a long operation advances
 Progress = Callable[[float, float], None]
@@ -37,6 +38,10 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raise InvalidSpec("the request body nests too deeply to be read") from None
     if not isinstance(data, dict):
         raise InvalidSpec("the request body must be a JSON object")
+    bad = find_bad_text(data)  # the text rule, for every string of every request
+    if bad is not None:
+        raise InvalidSpec(f"invalid request: {bad[0]} {bad[1]}", field=bad[0],
+                          fix="send UTF-8 text without NUL characters")
     return data
 
 

@@ -169,6 +169,7 @@ class Daemon:
 
     async def start(self) -> None:
         pending = self.recovery.pending()  # left by the daemon before this one
+        self.recovery.check_names()  # names from before the naming rule: logged, reported
         names = {row.uuid: row.name for row in self.store.list_domains()}
         for note in await self.lifecycle.reattach(names):
             log.info("reconcile: %s", note)

@@ -7,9 +7,13 @@ CLI can pipe them without base64.
 
 from __future__ import annotations
 
-from aiohttp import web
+from typing import Annotated, Any
 
-from virtkit.api.common import json_body, json_response, string_list
+from aiohttp import web
+from pydantic import Field
+
+from virtkit.api.common import json_response
+from virtkit.api.requests import Body, EmptyBody, Flag, Query, body_of, query_of
 from virtkit.errors import InvalidSpec
 from virtkit.service.guest import FILE_READ_LIMIT, GuestService
 
@@ -27,8 +31,54 @@ def _ref(request: web.Request) -> str:
 
 
 
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class CommandBody(Body):
+    execute: str = Field(min_length=1)
+    arguments: dict[str, Any] | None = None
+    timeout: Seconds = 10
+
+
+class MountpointsBody(Body):
+    mountpoints: list[str] = Field(default_factory=list)
+
+
+class FstrimBody(Body):
+    minimum: Annotated[int, Field(ge=0)] | None = None
+
+
+class ExecBody(Body):
+    path: str
+    args: list[str] = Field(default_factory=list)
+    env: list[str] = Field(default_factory=list)
+    input: str | None = None
+    timeout: Seconds = 60
+
+
+class PasswordBody(Body):
+    user: str = Field(min_length=1)
+    password: str
+    crypted: bool = False
+
+
+class CountBody(Body):
+    count: int
+
+
+class TimeBody(Body):
+    time: Annotated[float, Field(ge=0)] | None = None
+    now: bool = False
+
+
+
+class FileQuery(Query):
+    path: str = ""
+    append: Flag = False
+
+
 def _path(request: web.Request) -> str:
-    path = request.query.get("path", "")
+    path = query_of(request, FileQuery).path
     if not path.startswith("/"):
         raise InvalidSpec("give the guest file as an absolute path (?path=/etc/hostname)",
                           field="path")
@@ -52,15 +102,9 @@ async def interfaces(request: web.Request) -> web.Response:
 
 @routes.post(PREFIX + "/command")
 async def command(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    arguments = body.get("arguments")
-    if arguments is not None and not isinstance(arguments, dict):
-        raise InvalidSpec("arguments must be a JSON object", field="arguments")
-    timeout = body.get("timeout", 10)
-    if not isinstance(timeout, int | float) or timeout <= 0:
-        raise InvalidSpec("timeout must be a positive number of seconds", field="timeout")
-    result = await _guest(request).command(_ref(request), str(body.get("execute", "")),
-                                           arguments, timeout=float(timeout))
+    body = await body_of(request, CommandBody)
+    result = await _guest(request).command(_ref(request), body.execute, body.arguments,
+                                           timeout=float(body.timeout))
     return json_response({"return": result})
 
 
@@ -71,38 +115,28 @@ async def fsfreeze_status(request: web.Request) -> web.Response:
 
 @routes.post(PREFIX + "/fsfreeze")
 async def fsfreeze(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    return json_response(await _guest(request).fsfreeze(_ref(request),
-                                                        string_list(body, "mountpoints")))
+    body = await body_of(request, MountpointsBody)
+    return json_response(await _guest(request).fsfreeze(_ref(request), body.mountpoints))
 
 
 @routes.post(PREFIX + "/fsthaw")
 async def fsthaw(request: web.Request) -> web.Response:
+    await body_of(request, EmptyBody)
     return json_response(await _guest(request).fsthaw(_ref(request)))
 
 
 @routes.post(PREFIX + "/fstrim")
 async def fstrim(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    minimum = body.get("minimum")
-    if minimum is not None and (not isinstance(minimum, int) or minimum < 0):
-        raise InvalidSpec("minimum must be a byte count", field="minimum")
-    return json_response(await _guest(request).fstrim(_ref(request), minimum))
+    body = await body_of(request, FstrimBody)
+    return json_response(await _guest(request).fstrim(_ref(request), body.minimum))
 
 
 @routes.post(PREFIX + "/exec")
 async def exec_program(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    stdin = body.get("input")
-    if stdin is not None and not isinstance(stdin, str):
-        raise InvalidSpec("input must be text", field="input")
-    timeout = body.get("timeout", 60)
-    if not isinstance(timeout, int | float) or timeout <= 0:
-        raise InvalidSpec("timeout must be a positive number of seconds", field="timeout")
+    body = await body_of(request, ExecBody)
     result = await _guest(request).exec(
-        _ref(request), str(body.get("path", "")), string_list(body, "args"),
-        env=string_list(body, "env"), stdin=stdin.encode() if stdin else None,
-        timeout=float(timeout))
+        _ref(request), body.path, body.args, env=body.env,
+        stdin=body.input.encode() if body.input else None, timeout=float(body.timeout))
     return json_response(result)
 
 
@@ -118,17 +152,16 @@ async def file_write(request: web.Request) -> web.Response:
         raise InvalidSpec(f"guest files are written up to {FILE_READ_LIMIT // 2**20} MiB",
                           fix="copy large files through a shared folder or a disk")
     data = await request.read()
-    append = request.query.get("append", "0") not in ("0", "false")
+    append = query_of(request, FileQuery).append
     return json_response(await _guest(request).file_write(_ref(request), _path(request), data,
                                                           append=append))
 
 
 @routes.post(PREFIX + "/user-password")
 async def set_user_password(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await body_of(request, PasswordBody)
     return json_response(await _guest(request).set_user_password(
-        _ref(request), str(body.get("user", "")), str(body.get("password", "")),
-        crypted=bool(body.get("crypted"))))
+        _ref(request), body.user, body.password, crypted=body.crypted))
 
 
 @routes.get(PREFIX + "/vcpus")
@@ -138,11 +171,8 @@ async def vcpus(request: web.Request) -> web.Response:
 
 @routes.put(PREFIX + "/vcpus")
 async def set_vcpus(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    count = body.get("count")
-    if not isinstance(count, int) or isinstance(count, bool):
-        raise InvalidSpec("count must be the number of vCPUs to have online", field="count")
-    return json_response(await _guest(request).set_vcpus(_ref(request), count))
+    body = await body_of(request, CountBody)
+    return json_response(await _guest(request).set_vcpus(_ref(request), body.count))
 
 
 @routes.get(PREFIX + "/time")
@@ -152,9 +182,6 @@ async def get_time(request: web.Request) -> web.Response:
 
 @routes.put(PREFIX + "/time")
 async def set_time(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    seconds = body.get("time")
-    if seconds is not None and (not isinstance(seconds, int | float) or seconds < 0):
-        raise InvalidSpec("time must be seconds since the epoch", field="time")
+    body = await body_of(request, TimeBody)
     return json_response(await _guest(request).set_time(
-        _ref(request), now=bool(body.get("now")), seconds=seconds))
+        _ref(request), now=body.now, seconds=body.time))

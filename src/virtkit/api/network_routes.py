@@ -12,8 +12,16 @@ from typing import Any
 
 from aiohttp import web
 
-from virtkit.api.common import json_body, json_response
-from virtkit.errors import InvalidSpec
+from virtkit.api.common import json_response
+from virtkit.api.requests import (
+    AutostartBody,
+    Body,
+    EmptyBody,
+    ListQuery,
+    body_of,
+    define_body,
+    query_of,
+)
 from virtkit.service.networks import NetworkService
 
 routes = web.RouteTableDef()
@@ -24,24 +32,35 @@ def _service(request: web.Request) -> NetworkService:
     return request.app[NETWORKS]
 
 
+class UpdateBody(Body):
+    """net-update: add/delete/modify one entry of a section (ip-dhcp-host ...)."""
+
+    action: str
+    section: str
+    entry: dict[str, Any]
+
+
+class ForwardBody(Body):
+    action: str
+    forward: dict[str, Any]
+
+
 async def _call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> web.Response:
     return json_response(await asyncio.to_thread(function, *args, **kwargs))
 
 
 @routes.get("/v1/networks")
 async def list_networks(request: web.Request) -> web.Response:
-    inactive = request.query.get("all", "1") not in ("0", "false")
+    inactive = query_of(request, ListQuery).all
     return await _call(_service(request).list_networks, include_inactive=inactive)
 
 
 @routes.post("/v1/networks")
 async def define_network(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    if isinstance(body.get("xml"), str):  # libvirt network XML; the answer has "warnings"
-        return await _call(_service(request).define_xml, body["xml"],
-                           force=bool(body.get("force")))
-    spec = body.get("yaml") if isinstance(body.get("yaml"), str) else body.get("spec", body)
-    return await _call(_service(request).define, spec)
+    body, spec = await define_body(request)
+    if body.xml is not None:  # libvirt network XML; the answer has "warnings"
+        return await _call(_service(request).define_xml, body.xml, force=body.force)
+    return await _call(_service(request).define, spec if spec is not None else {})
 
 
 @routes.get("/v1/networks/{net}")
@@ -63,6 +82,7 @@ async def undefine_network(request: web.Request) -> web.Response:
 
 @routes.post("/v1/networks/{net}/{action:start|destroy}")
 async def network_action(request: web.Request) -> web.Response:
+    await body_of(request, EmptyBody)
     service = _service(request)
     operation = service.start if request.match_info["action"] == "start" else service.destroy
     return await _call(operation, request.match_info["net"])
@@ -70,9 +90,9 @@ async def network_action(request: web.Request) -> web.Response:
 
 @routes.put("/v1/networks/{net}/autostart")
 async def network_autostart(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await body_of(request, AutostartBody)
     return await _call(_service(request).set_autostart, request.match_info["net"],
-                       bool(body.get("enabled", True)))
+                       body.enabled)
 
 
 @routes.get("/v1/networks/{net}/leases")
@@ -82,21 +102,13 @@ async def network_leases(request: web.Request) -> web.Response:
 
 @routes.post("/v1/networks/{net}/update")
 async def network_update(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    entry = body.get("entry")
-    if not isinstance(entry, dict):
-        raise InvalidSpec("entry must be an object (e.g. {\"mac\": ..., \"ip\": ...})",
-                          field="entry")
+    body = await body_of(request, UpdateBody)
     return await _call(_service(request).update, request.match_info["net"],
-                       str(body.get("action", "")), str(body.get("section", "")), entry)
+                       body.action, body.section, body.entry)
 
 
 @routes.post("/v1/networks/{net}/forwards")
 async def network_forwards(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    entry = body.get("forward")
-    if not isinstance(entry, dict):
-        raise InvalidSpec("forward must be an object (host_port, guest_ip, guest_port ...)",
-                          field="forward")
+    body = await body_of(request, ForwardBody)
     return await _call(_service(request).port_forward, request.match_info["net"],
-                       str(body.get("action", "")), entry)
+                       body.action, body.forward)

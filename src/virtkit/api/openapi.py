@@ -361,11 +361,130 @@ def _operation(method: str, path: str, summary: str, body: dict[str, Any] | None
     return operation
 
 
+def _request_models() -> tuple[dict[tuple[str, str], Any], dict[tuple[str, str], Any]]:
+    """(method, path) -> the body model and the query model the route parses with:
+    the document's request schemas come from the models the daemon validates with."""
+    from virtkit.api import (
+        auth,
+        clone_routes,
+        device_routes,
+        guest_routes,
+        install_routes,
+        migration_routes,
+        network_routes,
+        snapshot_routes,
+        stats_routes,
+        storage_routes,
+        webui,
+    )
+    from virtkit.api import domain_requests as d
+    from virtkit.api import requests as r
+
+    dom, pool, vol, net, guest = ("/v1/domains/{ref}", "/v1/pools/{pool}",
+                                  "/v1/pools/{pool}/volumes/{volume}", "/v1/networks/{net}",
+                                  "/v1/domains/{ref}/guest")
+    dev, snap = device_routes, snapshot_routes
+    bodies: dict[tuple[str, str], Any] = {
+        ("post", "/v1/domains"): d.DomainDefineBody, ("post", "/v1/domains/create"):
+        r.DefineBody, ("post", "/v1/domains/restore"): d.RestoreBody,
+        ("put", dom): d.UpdateBody, ("put", dom + "/autostart"): r.AutostartBody,
+        ("post", dom + "/start"): d.StartBody, ("post", dom + "/shutdown"): d.ShutdownBody,
+        ("post", dom + "/reboot"): d.ShutdownBody, ("post", dom + "/save"): d.PathBody,
+        **{("post", f"{dom}/{action}"): r.EmptyBody
+           for action in ("destroy", "suspend", "resume", "reset")},
+        ("post", dom + "/interfaces/{nic}/link"): d.LinkBody,
+        ("post", dom + "/snapshots"): snap.CreateBody,
+        ("post", dom + "/snapshots/{name}/revert"): snap.RevertBody,
+        ("post", dom + "/clone"): clone_routes.CloneBody,
+        ("post", "/v1/migrations/{id}/finish"): migration_routes.FinishBody,
+        ("post", dom + "/disks"): dev.AttachDiskBody,
+        ("post", dom + "/disks/detach"): dev.DetachDiskBody,
+        ("post", dom + "/media"): dev.MediaBody,
+        ("post", dom + "/interfaces"): dev.AttachInterfaceBody,
+        ("post", dom + "/interfaces/detach"): dev.DetachInterfaceBody,
+        ("put", dom + "/vcpus"): dev.VcpusBody, ("put", dom + "/memory"): dev.MemoryBody,
+        ("post", dom + "/memory"): dev.AttachMemoryBody,
+        ("post", dom + "/devices/attach"): dev.DeviceXmlBody,
+        ("post", dom + "/devices/detach"): dev.DeviceXmlBody,
+        ("put", pool + "/autostart"): r.AutostartBody,
+        ("post", pool + "/volumes"): storage_routes.CreateVolumeBody,
+        ("post", vol + "/resize"): storage_routes.ResizeBody,
+        ("post", vol + "/clone"): storage_routes.CloneVolumeBody,
+        ("post", pool + "/import"): storage_routes.ImportBody,
+        ("post", vol + "/upload-fd"): storage_routes.FdBody,
+        ("post", vol + "/download-fd"): storage_routes.FdBody,
+        ("put", net + "/autostart"): r.AutostartBody,
+        ("post", net + "/update"): network_routes.UpdateBody,
+        ("post", net + "/forwards"): network_routes.ForwardBody,
+        ("post", guest + "/command"): guest_routes.CommandBody,
+        ("post", guest + "/fsfreeze"): guest_routes.MountpointsBody,
+        ("post", guest + "/fstrim"): guest_routes.FstrimBody,
+        ("post", guest + "/exec"): guest_routes.ExecBody,
+        ("post", guest + "/user-password"): guest_routes.PasswordBody,
+        ("put", guest + "/vcpus"): guest_routes.CountBody,
+        ("put", guest + "/time"): guest_routes.TimeBody,
+        ("put", dom + "/vcpupin"): stats_routes.VcpupinBody,
+        ("put", dom + "/emulatorpin"): stats_routes.PinBody,
+        ("put", "/v1/host/ksm"): stats_routes.KsmBody,
+        ("post", "/v1/tokens"): auth.TokenBody, ("post", "/v1/tls/setup"): auth.TlsSetupBody,
+        ("post", "/web/login"): webui.LoginBody,
+    }
+    queries: dict[tuple[str, str], Any] = {
+        ("get", "/v1/audit"): d.AuditQuery, ("get", "/v1/domains"): r.ListQuery,
+        ("get", "/v1/pools"): r.ListQuery, ("get", "/v1/networks"): r.ListQuery,
+        ("get", dom): r.XmlQuery, ("get", dom + "/spec"): r.XmlQuery,
+        ("get", dom + "/xml"): r.XmlQuery, ("delete", dom): d.UndefineQuery,
+        ("get", dom + "/console/log"): d.ConsoleLogQuery,
+        ("get", dom + "/console"): d.ConsoleQuery, ("get", "/v1/events"): d.EventsQuery,
+        ("delete", vol): r.ForceQuery, ("delete", dom + "/snapshots/{name}"): snap.DeleteQuery,
+        ("get", dom + "/disks"): dev.DisksQuery, ("get", "/v1/domstats"):
+        stats_routes.DomstatsQuery, ("get", "/v1/nodedevs"): stats_routes.NodedevQuery,
+        ("get", "/v1/osinfo"): install_routes.OsinfoQuery,
+        ("get", guest + "/file"): guest_routes.FileQuery,
+        ("put", guest + "/file"): guest_routes.FileQuery,
+    }
+    return bodies, queries
+
+
+#: the spec objects the define routes carry, by path
+_SPEC_SCHEMAS = {"/v1/domains": "Domain", "/v1/domains/create": "Domain",
+                 "/v1/domains/{ref}": "Domain", "/v1/pools": "Pool", "/v1/networks": "Network"}
+
+
+def _model_body(method: str, path: str, model: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    schema: dict[str, Any] = model.model_json_schema(
+        ref_template="#/components/schemas/{model}")
+    defs.update(schema.pop("$defs", {}))
+    schema.pop("title", None)
+    spec = _SPEC_SCHEMAS.get(path)
+    if spec is not None and "spec" in schema.get("properties", {}):
+        schema["properties"]["spec"] = {"$ref": f"#/components/schemas/{spec}"}
+    return schema
+
+
+def _query_parameters(model: Any) -> list[dict[str, Any]]:
+    schema = model.model_json_schema()
+    required = set(schema.get("required", []))
+    return [{"name": name, "in": "query", "required": name in required,
+             "schema": {key: value for key, value in field.items() if key != "title"}}
+            for name, field in schema.get("properties", {}).items()]
+
+
 @functools.cache
 def openapi_document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
+    bodies, queries = _request_models()
+    defs: dict[str, Any] = {}
     for method, path, summary, body in OPERATIONS:
-        paths.setdefault(path, {})[method] = _operation(method, path, summary, body)
+        model = bodies.get((method, path))
+        if model is not None:
+            body = _model_body(method, path, model, defs)
+        operation = _operation(method, path, summary, body)
+        query = queries.get((method, path))
+        if query is not None:
+            operation["parameters"] = [*operation.get("parameters", []),
+                                       *_query_parameters(query)]
+        paths.setdefault(path, {})[method] = operation
     domain_schema = Domain.model_json_schema(ref_template="#/components/schemas/{model}")
     definitions = domain_schema.pop("$defs", {})
     return {
@@ -380,6 +499,7 @@ def openapi_document() -> dict[str, Any]:
             "type": "http", "scheme": "bearer",
             "description": "an API token from 'virtkit token create' (TLS listener only)"}},
             "schemas": {
+            **defs,
             **definitions,
             "Domain": domain_schema,
             "Pool": Pool.model_json_schema(),

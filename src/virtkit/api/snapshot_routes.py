@@ -9,11 +9,12 @@ or ``{"error": {...}}``, as the storage routes do.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
-from virtkit.api.common import json_body, json_response, progress_response
+from virtkit.api.common import json_response, progress_response
+from virtkit.api.requests import Body, Flag, Query, body_of, query_of
 from virtkit.service.snapshots import SnapshotService
 
 SNAPSHOTS = web.AppKey("snapshots", SnapshotService)
@@ -25,8 +26,24 @@ def _service(request: web.Request) -> SnapshotService:
     return request.app[SNAPSHOTS]
 
 
-def _flag(request: web.Request, name: str) -> bool:
-    return request.query.get(name) in ("1", "true", "yes")
+class CreateBody(Body):
+    """snapshot-create-as (see SnapshotService.create)."""
+
+    name: str | None = None
+    description: str | None = None
+    kind: Literal["internal", "external"] | None = None
+    disk_only: bool = False
+    memspec: str | None = None
+    quiesce: bool = False
+
+
+class RevertBody(Body):
+    start: Literal["running", "paused"] | None = None
+
+
+class DeleteQuery(Query):
+    children: Flag = False
+    metadata: Flag = False
 
 
 async def _with_progress(request: web.Request, operation: Operation,
@@ -42,7 +59,7 @@ async def list_snapshots(request: web.Request) -> web.Response:
 
 @routes.post("/v1/domains/{ref}/snapshots")
 async def create_snapshot(request: web.Request) -> web.StreamResponse:
-    body = await json_body(request)
+    body = (await body_of(request, CreateBody)).model_dump(exclude_none=True)
     ref = request.match_info["ref"]
     return await _with_progress(
         request, lambda progress: _service(request).create(ref, body, progress), status=201)
@@ -62,15 +79,15 @@ async def snapshot_info(request: web.Request) -> web.Response:
 @routes.delete("/v1/domains/{ref}/snapshots/{name}")
 async def delete_snapshot(request: web.Request) -> web.StreamResponse:
     ref, name = request.match_info["ref"], request.match_info["name"]
-    children, metadata = _flag(request, "children"), _flag(request, "metadata")
+    query = query_of(request, DeleteQuery)
+    children, metadata = query.children, query.metadata
     return await _with_progress(request, lambda progress: _service(request).delete(
         ref, name, children=children, metadata=metadata, progress=progress))
 
 
 @routes.post("/v1/domains/{ref}/snapshots/{name}/revert")
 async def revert_snapshot(request: web.Request) -> web.StreamResponse:
-    body = await json_body(request)
+    start = (await body_of(request, RevertBody)).start
     ref, name = request.match_info["ref"], request.match_info["name"]
-    start = body.get("start")
     return await _with_progress(request, lambda progress: _service(request).revert(
         ref, name, str(start) if start else None, progress))

@@ -4,12 +4,13 @@ host devices, KSM, capacity) and the Prometheus ``/metrics`` page."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Literal
 
 from aiohttp import web
+from pydantic import Field
 
-from virtkit.api.common import json_body, json_response
-from virtkit.errors import InvalidSpec
+from virtkit.api.common import json_response
+from virtkit.api.requests import Body, Flag, Query, body_of, query_of
 from virtkit.service.stats import StatsService, parse_groups
 from virtkit.service.tuning import TuningService
 
@@ -21,8 +22,28 @@ TUNING = web.AppKey("tuning", TuningService)
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _flag(value: Any) -> bool:
-    return value in (True, 1, "1", "true", "yes")
+class DomstatsQuery(Query):
+    domain: list[str] = Field(default_factory=list)
+    groups: str | None = None
+    active: Flag = False
+
+
+class PinBody(Body):
+    cpulist: str | None = None
+    live: bool = False
+    config: bool = False
+
+
+class VcpupinBody(PinBody):
+    vcpu: Annotated[int, Field(ge=0)] | None = None
+
+
+class KsmBody(Body):
+    action: Literal["on", "off"]
+
+
+class NodedevQuery(Query):
+    cap: str | None = None
 
 
 def _ref(request: web.Request) -> str:
@@ -32,10 +53,10 @@ def _ref(request: web.Request) -> str:
 @routes.get("/v1/domstats")
 async def domstats(request: web.Request) -> web.Response:
     """?domain=NAME (repeatable), ?groups=state,cpu-total,..., ?active=1."""
-    refs = request.query.getall("domain", [])
-    groups = parse_groups(request.query.get("groups"))
-    result = await request.app[STATS].domstats(refs or None, groups,
-                                               active_only=_flag(request.query.get("active")))
+    query = query_of(request, DomstatsQuery)
+    groups = parse_groups(query.groups)
+    result = await request.app[STATS].domstats(query.domain or None, groups,
+                                               active_only=query.active)
     return json_response(result)
 
 
@@ -55,13 +76,6 @@ async def vcpuinfo(request: web.Request) -> web.Response:
     return json_response(await request.app[STATS].vcpuinfo(_ref(request)))
 
 
-def _cpulist(body: dict[str, Any]) -> str | None:
-    value = body.get("cpulist")
-    if value is not None and not isinstance(value, str):
-        raise InvalidSpec("cpulist must be a string such as '0-1'", field="cpulist")
-    return value
-
-
 @routes.get("/v1/domains/{ref}/vcpupin")
 async def get_vcpupin(request: web.Request) -> web.Response:
     return json_response(await request.app[TUNING].pin_table(_ref(request)))
@@ -69,13 +83,9 @@ async def get_vcpupin(request: web.Request) -> web.Response:
 
 @routes.put("/v1/domains/{ref}/vcpupin")
 async def put_vcpupin(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    vcpu = body.get("vcpu")
-    if vcpu is not None and (isinstance(vcpu, bool) or not isinstance(vcpu, int)):
-        raise InvalidSpec("vcpu must be a vCPU number", field="vcpu")
+    body = await body_of(request, VcpupinBody)
     result = await request.app[TUNING].vcpupin(
-        _ref(request), vcpu, _cpulist(body), live=_flag(body.get("live")),
-        config=_flag(body.get("config")))
+        _ref(request), body.vcpu, body.cpulist, live=body.live, config=body.config)
     return json_response(result)
 
 
@@ -86,10 +96,9 @@ async def get_emulatorpin(request: web.Request) -> web.Response:
 
 @routes.put("/v1/domains/{ref}/emulatorpin")
 async def put_emulatorpin(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await body_of(request, PinBody)
     result = await request.app[TUNING].emulatorpin(
-        _ref(request), _cpulist(body), live=_flag(body.get("live")),
-        config=_flag(body.get("config")))
+        _ref(request), body.cpulist, live=body.live, config=body.config)
     return json_response(result)
 
 
@@ -100,11 +109,8 @@ async def get_ksm(request: web.Request) -> web.Response:
 
 @routes.put("/v1/host/ksm")
 async def put_ksm(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    action = body.get("action")
-    if action not in ("on", "off"):
-        raise InvalidSpec("send {\"action\": \"on\"} or {\"action\": \"off\"}", field="action")
-    return json_response(await asyncio.to_thread(request.app[TUNING].ksm, str(action)))
+    body = await body_of(request, KsmBody)
+    return json_response(await asyncio.to_thread(request.app[TUNING].ksm, body.action))
 
 
 @routes.get("/v1/host/numa")
@@ -115,4 +121,4 @@ async def host_numa(request: web.Request) -> web.Response:
 @routes.get("/v1/nodedevs")
 async def nodedevs(request: web.Request) -> web.Response:
     return json_response(await asyncio.to_thread(request.app[TUNING].nodedev_list,
-                                                 request.query.get("cap")))
+                                                 query_of(request, NodedevQuery).cap))

@@ -19,7 +19,17 @@ from typing import Any
 from aiohttp import web
 
 from virtkit.api import peerfd
-from virtkit.api.common import json_body, json_response, progress_response, required_text
+from virtkit.api.common import json_response, progress_response
+from virtkit.api.requests import (
+    AutostartBody,
+    Body,
+    EmptyBody,
+    ForceQuery,
+    ListQuery,
+    body_of,
+    define_body,
+    query_of,
+)
 from virtkit.errors import HostError
 from virtkit.service.storage import StorageService
 
@@ -33,24 +43,59 @@ def _storage(request: web.Request) -> StorageService:
     return request.app[STORAGE]
 
 
+# -- request models (api/requests.py has the rules) --------------------------------------
+
+Capacity = int | str
+
+
+class CreateVolumeBody(Body):
+    name: str
+    capacity: Capacity = ""
+    format: str = "qcow2"
+    backing: str | None = None
+    prealloc: bool = False
+
+
+class ResizeBody(Body):
+    capacity: Capacity
+    shrink: bool = False
+
+
+class CloneVolumeBody(Body):
+    name: str
+    linked: bool = False
+    format: str | None = None
+
+
+class ImportBody(Body):
+    name: str
+    source: str
+    format: str = "qcow2"
+
+
+class FdBody(Body):
+    fd: int
+    client: dict[str, Any] | None = None
+
+
+
+
 
 @routes.get("/v1/pools")
 async def list_pools(request: web.Request) -> web.Response:
-    inactive = request.query.get("all", "1") not in ("0", "false")
+    inactive = query_of(request, ListQuery).all
     return json_response(await asyncio.to_thread(_storage(request).list_pools,
                                          include_inactive=inactive))
 
 
 @routes.post("/v1/pools")
 async def define_pool(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body, spec = await define_body(request)
     storage = _storage(request)
-    if isinstance(body.get("xml"), str):  # libvirt pool XML; the answer has "warnings"
-        result = storage.define_pool_xml(body["xml"], force=bool(body.get("force")))
-    elif isinstance(body.get("yaml"), str):
-        result = storage.define_pool(body["yaml"])
+    if body.xml is not None:  # libvirt pool XML; the answer has "warnings"
+        result = storage.define_pool_xml(body.xml, force=body.force)
     else:
-        result = storage.define_pool(body.get("spec", body))
+        result = storage.define_pool(spec if spec is not None else {})
     return json_response(result, status=201)
 
 
@@ -74,6 +119,7 @@ async def undefine_pool(request: web.Request) -> web.Response:
 
 @routes.post("/v1/pools/{pool}/{action:build|start|destroy|delete|refresh}")
 async def pool_action(request: web.Request) -> web.Response:
+    await body_of(request, EmptyBody)
     storage = _storage(request)
     action = request.match_info["action"]
     operations: dict[str, Callable[[str], dict[str, Any]]] = {
@@ -86,9 +132,9 @@ async def pool_action(request: web.Request) -> web.Response:
 
 @routes.put("/v1/pools/{pool}/autostart")
 async def pool_autostart(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await body_of(request, AutostartBody)
     return json_response(_storage(request).set_pool_autostart(request.match_info["pool"],
-                                                      bool(body.get("enabled", True))))
+                                                              body.enabled))
 
 
 @routes.get("/v1/pools/{pool}/volumes")
@@ -99,11 +145,10 @@ async def list_volumes(request: web.Request) -> web.Response:
 
 @routes.post("/v1/pools/{pool}/volumes")
 async def create_volume(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await body_of(request, CreateVolumeBody)
     result = await asyncio.to_thread(
-        _storage(request).create_volume, request.match_info["pool"], required_text(body, "name"),
-        body.get("capacity", ""), str(body.get("format", "qcow2")),
-        backing=body.get("backing"), prealloc=bool(body.get("prealloc")))
+        _storage(request).create_volume, request.match_info["pool"], body.name,
+        body.capacity, body.format, backing=body.backing, prealloc=body.prealloc)
     return json_response(result, status=201)
 
 
@@ -116,7 +161,7 @@ async def volume_info(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/pools/{pool}/volumes/{volume}")
 async def delete_volume(request: web.Request) -> web.Response:
-    force = request.query.get("force") in ("1", "true")
+    force = query_of(request, ForceQuery).force
     return json_response(await asyncio.to_thread(_storage(request).delete_volume,
                                          request.match_info["pool"],
                                          request.match_info["volume"], force=force))
@@ -124,15 +169,15 @@ async def delete_volume(request: web.Request) -> web.Response:
 
 @routes.post("/v1/pools/{pool}/volumes/{volume}/resize")
 async def resize_volume(request: web.Request) -> web.Response:
-    body = await json_body(request)
+    body = await body_of(request, ResizeBody)
     return json_response(await asyncio.to_thread(
         _storage(request).resize_volume, request.match_info["pool"],
-        request.match_info["volume"], body.get("capacity", ""),
-        shrink=bool(body.get("shrink"))))
+        request.match_info["volume"], body.capacity, shrink=body.shrink))
 
 
 @routes.post("/v1/pools/{pool}/volumes/{volume}/wipe")
 async def wipe_volume(request: web.Request) -> web.Response:
+    await body_of(request, EmptyBody)
     return json_response(await asyncio.to_thread(_storage(request).wipe_volume,
                                          request.match_info["pool"],
                                          request.match_info["volume"]))
@@ -140,21 +185,20 @@ async def wipe_volume(request: web.Request) -> web.Response:
 
 @routes.post("/v1/pools/{pool}/volumes/{volume}/clone")
 async def clone_volume(request: web.Request) -> web.StreamResponse:
-    body = await json_body(request)
+    body = await body_of(request, CloneVolumeBody)
     storage = _storage(request)
     pool, source = request.match_info["pool"], request.match_info["volume"]
-    name, linked, fmt = required_text(body, "name"), bool(body.get("linked")), body.get("format")
+    name, linked, fmt = body.name, body.linked, body.format
     return await _with_progress(request, lambda progress: storage.clone_volume(
         pool, source, name, linked=linked, fmt=fmt, progress=progress))
 
 
 @routes.post("/v1/pools/{pool}/import")
 async def import_volume(request: web.Request) -> web.StreamResponse:
-    body = await json_body(request)
+    body = await body_of(request, ImportBody)
     storage = _storage(request)
     pool = request.match_info["pool"]
-    name, source = required_text(body, "name"), required_text(body, "source")
-    fmt = str(body.get("format", "qcow2"))
+    name, source, fmt = body.name, body.source, body.format
     return await _with_progress(request, lambda progress: storage.import_volume(
         pool, name, source, fmt, progress=progress))
 
@@ -206,9 +250,8 @@ async def copy_with_client_fd(request: web.Request) -> web.StreamResponse:
     """vol-upload/vol-download for a local client: it names one of its open file
     descriptors (``{"fd": N}``), the daemon takes a duplicate and copies inside the
     kernel.  501 (code ``unsupported``) tells the client to stream instead."""
-    body = await json_body(request)
-    client = body.get("client")
-    fd = peerfd.take_fd(request, body.get("fd"), client if isinstance(client, dict) else None)
+    body = await body_of(request, FdBody)
+    fd = peerfd.take_fd(request, body.fd, body.client)
     storage = _storage(request)
     pool, name = request.match_info["pool"], request.match_info["volume"]
     copy = storage.upload_from_fd if request.match_info["action"] == "upload-fd" \

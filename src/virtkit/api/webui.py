@@ -18,7 +18,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from virtkit.api.common import json_body, json_response
+from virtkit.api.common import json_response
+from virtkit.api.requests import Body, body_of
 from virtkit.api.websession import COOKIE, SessionStore
 from virtkit.errors import InvalidSpec, NotFound, Unauthorized
 from virtkit.service.weblogin import WebLogin
@@ -84,14 +85,20 @@ def _client_address(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
+class LoginBody(Body):
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+
 @routes.post("/web/login")
 async def login(request: web.Request) -> web.Response:
     """``{"username", "password"}`` or ``{"token"}`` -> a session cookie and its CSRF token."""
     sessions = request.app[SESSIONS]
     address = _client_address(request)
     sessions.check_throttle(address)
-    body = await json_body(request)
-    token, user, password = body.get("token"), body.get("username"), body.get("password")
+    body = await body_of(request, LoginBody)
+    token, user, password = body.token, body.username, body.password
     login = request.app[LOGIN]
     try:
         if token is not None:

@@ -25,7 +25,7 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         render.as_json(rows)
     elif args.name:
-        sys.stdout.write("".join(f"{row['name']}\n" for row in rows))
+        sys.stdout.write("".join(f"{render.safe(row['name'])}\n" for row in rows))
     elif args.uuid:
         sys.stdout.write("".join(f"{row['uuid']}\n" for row in rows))
     else:
@@ -139,8 +139,13 @@ def cmd_restore(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _secure(args: argparse.Namespace) -> str:
+    """``?security_info=1`` when the user asked for secrets (virsh's --security-info)."""
+    return "?security_info=1" if getattr(args, "security_info", False) else ""
+
+
 def cmd_dominfo(client: Client, args: argparse.Namespace) -> int:
-    info = client.get(_ref(client, args))
+    info = client.get(_ref(client, args, _secure(args)))
     if args.json:
         render.as_json(info)
         return 0
@@ -210,12 +215,12 @@ def cmd_autostart(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_dumpspec(client: Client, args: argparse.Namespace) -> int:
-    sys.stdout.write(client.get(_ref(client, args, "/spec"))["yaml"])
+    sys.stdout.write(client.get(_ref(client, args, "/spec" + _secure(args)))["yaml"])
     return 0
 
 
 def cmd_dumpxml(client: Client, args: argparse.Namespace) -> int:
-    return objects.dumpxml(client, _ref(client, args, "/xml"))
+    return objects.dumpxml(client, _ref(client, args, "/xml" + _secure(args)))
 
 
 def cmd_console(client: Client, args: argparse.Namespace) -> int:
@@ -292,14 +297,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add("restore", cmd_restore, "restore a domain from a file written by save", domain=False)
     p.add_argument("file")
     p.add_argument("--paused", action="store_true", help="leave it paused after restore")
-    add("dominfo", cmd_dominfo, "show a domain's details", json_flag=True)
+    secrets_help = "include secrets (the VNC password) in the answer; never over --readonly"
+    p = add("dominfo", cmd_dominfo, "show a domain's details", json_flag=True)
+    p.add_argument("--security-info", action="store_true", help=secrets_help)
     p = add("domstate", cmd_domstate, "show a domain's state")
     p.add_argument("--reason", action="store_true", help="also show why")
     add("vncdisplay", cmd_vncdisplay, "show the VNC display of a running domain")
     p = add("autostart", cmd_autostart, "start a domain when the daemon starts")
     p.add_argument("--disable", action="store_true", help="stop autostarting it")
-    add("dumpspec", cmd_dumpspec, "print a domain's spec as YAML")
-    add("dumpxml", cmd_dumpxml, "print a domain as libvirt domain XML")
+    p = add("dumpspec", cmd_dumpspec, "print a domain's spec as YAML")
+    p.add_argument("--security-info", action="store_true", help=secrets_help)
+    p = add("dumpxml", cmd_dumpxml, "print a domain as libvirt domain XML")
+    p.add_argument("--security-info", action="store_true", help=secrets_help)
     p = add("console", cmd_console, "attach to a domain's serial console (Ctrl-] leaves)")
     p.add_argument("--force", action="store_true", help="take over from another client")
     p.add_argument("--log", action="store_true", help="print the console log and exit")

@@ -29,7 +29,8 @@ def _prepend_error(text: str, message: str) -> str:
 
 def edit(client: Client, domain: str) -> int:
     """Edit until the daemon accepts the spec, or the user saves it unchanged (abort)."""
-    current = client.get(client.domain_path(domain, "/spec"))
+    # with its secrets: saving the edit must not drop the VNC password (virsh edit too)
+    current = client.get(client.domain_path(domain, "/spec?security_info=1"))
     name = current["name"]
     text = current["yaml"]
     first_round = True

@@ -132,6 +132,9 @@ def cmd_repairs(client: Client, args: argparse.Namespace) -> int:
         print(f"Nothing was repaired when the daemon started ({started}).")
     else:
         render.table(["Area", "Repair"], [[r["area"], r["repair"]] for r in report["repairs"]])
+    for bad in report.get("naming", []):
+        print(f"naming: {bad['kind']} '{render.safe(bad['name'])}' (uuid {bad['uuid']}) "
+              f"{render.safe(bad['problem'])}; reach it by its uuid; {bad['fix']}")
     for what in report.get("unsettled", []):
         print(f"unsettled: an interrupted {what} could not be finished or undone yet; the "
               "next start tries again (see the daemon log)")
@@ -332,18 +335,20 @@ def _domain_option_to_positional(words: list[str]) -> list[str]:
 
 
 def run(argv: list[str] | None = None) -> int:
+    render.protect_terminals()  # no daemon text reaches a terminal with controls in it
     install = _split_install(sys.argv[1:] if argv is None else argv)
     try:
         if install is not None:
             return run_install_command(*install)
         words = _domain_option_to_positional(sys.argv[1:] if argv is None else argv)
-        # `guest exec DOMAIN [OPTIONS] -- PROGRAM ARGS`: what follows '--' is the guest's
-        program = words[words.index("--") + 1:] if "--" in words else None
-        args = build_parser().parse_args(words[:words.index("--")] if program is not None
-                                         else words)
+        # `guest exec DOMAIN [OPTIONS] -- PROGRAM ARGS`: what follows '--' is the guest's;
+        # for every other command (`dominfo -- NAME`) argparse reads '--' as usual: the
+        # words after it are arguments, never options
+        head = words[:words.index("--")] if "--" in words else words
+        guest_exec = any(head[i:i + 2] == ["guest", "exec"] for i in range(len(head)))
+        program = words[len(head) + 1:] if guest_exec and head != words else None
+        args = build_parser().parse_args(head if program is not None else words)
         if program is not None:
-            if not hasattr(args, "argv"):
-                raise InvalidSpec(f"'{args.command}' takes no arguments after '--'")
             args.argv = [*args.argv, *program]
         client: Client | None = None
         options = {key: getattr(args, key) for key in set(GLOBAL_OPTIONS.values())}

@@ -7,11 +7,76 @@ headers are bold and states coloured; in a pipe, output is plain text.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
+
+#: what never reaches a terminal raw from the daemon: C0 controls (ESC starts terminal
+#: commands), DEL, C1 controls (0x9b is a one-byte CSI), and the Unicode bidi and line
+#: controls that reorder or break what is shown (U+202E turns 'gpj.exe' into 'exe.jpg')
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                     "\u202a-\u202e\u2066-\u2069\ufeff]")
+#: the same, but letting through the newlines, tabs and carriage returns of our own
+#: multi-line output and ESC of our own colours (for the terminal stream backstop)
+_UNSAFE_IN_STREAM = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f-\x9f"
+                               "\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+                               "\u2066-\u2069\ufeff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def safe(value: Any) -> str:
+    """``value`` as text fit for a terminal: every control and bidi character shown as
+    an escape (``\\x1b``, ``\\u202e``).  The one function the CLI prints daemon data
+    through (tables, key/value blocks, check lines, errors); JSON output stays JSON."""
+    return _UNSAFE.sub(_escape, str(value))
+
+
+class _SafeTerminal(io.TextIOBase):
+    """A terminal stream that escapes control and bidi characters (except newline, tab,
+    carriage return and ESC, which the CLI's own output uses) in everything written:
+    the backstop for messages that name daemon objects outside :func:`safe`."""
+
+    def __init__(self, raw: TextIO) -> None:
+        super().__init__()
+        self.raw = raw
+
+    def write(self, text: str) -> int:
+        self.raw.write(_UNSAFE_IN_STREAM.sub(_escape, text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def isatty(self) -> bool:
+        return self.raw.isatty()
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    @property
+    def buffer(self) -> Any:  # binary output (console logs, guest files) is not text
+        return self.raw.buffer
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self.raw.encoding
+
+
+def protect_terminals() -> None:
+    """Route sys.stdout/sys.stderr through :class:`_SafeTerminal` when they are
+    terminals (a pipe or file gets the bytes as they are: dumpxml > file stays exact)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _SafeTerminal) and stream.isatty():
+            setattr(sys, name, _SafeTerminal(stream))
 
 _STATE_COLOURS = {"running": "32", "paused": "33", "in shutdown": "33", "crashed": "31",
                   "shutoff": "2", "PASS": "32", "WARN": "33", "FAIL": "31"}
@@ -30,7 +95,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
     """Print an aligned table with a header rule, virsh style."""
     out = stream or sys.stdout
     colour = _colour_enabled(out)
-    cells = [[("-" if cell is None else str(cell)) for cell in row] for row in rows]
+    cells = [[("-" if cell is None else safe(cell)) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -52,7 +117,7 @@ def keyvalues(pairs: Sequence[tuple[str, Any]], *, stream: TextIO | None = None)
     out = stream or sys.stdout
     width = max((len(key) for key, _ in pairs), default=0) + 2
     for key, value in pairs:
-        out.write(f"{(key + ':').ljust(width)} {'-' if value is None else value}\n")
+        out.write(f"{(key + ':').ljust(width)} {'-' if value is None else safe(value)}\n")
 
 
 def status_lines(checks: Sequence[dict[str, Any]], *, stream: TextIO | None = None) -> None:
@@ -63,9 +128,9 @@ def status_lines(checks: Sequence[dict[str, Any]], *, stream: TextIO | None = No
     for check in checks:
         status = check["status"]
         painted = _paint(status.ljust(4), _STATE_COLOURS.get(status, ""), colour)
-        out.write(f"{check['name'].ljust(width)}  {painted}  {check['detail']}\n")
+        out.write(f"{safe(check['name']).ljust(width)}  {painted}  {safe(check['detail'])}\n")
         if status != "PASS" and check.get("fix"):
-            out.write(f"{'':{width}}        fix: {check['fix']}\n")
+            out.write(f"{'':{width}}        fix: {safe(check['fix'])}\n")
 
 
 def as_json(data: Any, *, stream: TextIO | None = None) -> None:
@@ -74,9 +139,9 @@ def as_json(data: Any, *, stream: TextIO | None = None) -> None:
 
 def error(message: str, fix: str | None = None, detail: str | None = None) -> None:
     colour = _colour_enabled(sys.stderr)
-    line = _paint("error:", "31;1", colour) + f" {message}"
+    line = _paint("error:", "31;1", colour) + f" {safe(message)}"
     if fix:
-        line += f" (fix: {fix})"
+        line += f" (fix: {safe(fix)})"
     sys.stderr.write(line + "\n")
     if detail:
-        sys.stderr.write("".join(f"  {row}\n" for row in detail.splitlines()))
+        sys.stderr.write("".join(f"  {safe(row)}\n" for row in detail.splitlines()))

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 from virtkit.errors import InvalidSpec
 from virtkit.model.domain import DiskBus
+from virtkit.model.naming import text_problem
 
 VIRTKIT_NS = "urn:virtkit:domain:1"
 _PREFIXES = {VIRTKIT_NS: "virtkit", "http://libvirt.org/schemas/domain/qemu/1.0": "qemu"}
@@ -36,6 +37,49 @@ def disk_name(prefix: str, index: int) -> str:
     return prefix + letters
 
 
+#: how deep elements may nest in XML we read (libvirt's own documents stay under 10)
+MAX_XML_DEPTH = 64
+#: how many elements one XML document may hold (a domain with 256 disks and NICs
+#: has a few thousand)
+MAX_XML_ELEMENTS = 50_000
+
+
+class _BoundedBuilder(ET.TreeBuilder):
+    """A tree builder that stops the parse as soon as the document nests deeper than
+    :data:`MAX_XML_DEPTH` or holds more than :data:`MAX_XML_ELEMENTS` elements: bounds
+    checked while reading, before any recursive walk of the tree could overflow the
+    stack (3,000 nested elements raised RecursionError) or a huge tree filled memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0
+        self.count = 0
+
+    def start(self, tag: str, attrs: dict[str, str]) -> ET.Element:
+        self.depth += 1
+        self.count += 1
+        if self.depth > MAX_XML_DEPTH:
+            raise InvalidSpec(f"the XML document nests elements more than {MAX_XML_DEPTH} "
+                              "deep; libvirt XML never does", field="xml")
+        if self.count > MAX_XML_ELEMENTS:
+            raise InvalidSpec(f"the XML document has more than {MAX_XML_ELEMENTS} elements",
+                              field="xml")
+        return super().start(tag, attrs)
+
+    def end(self, tag: str) -> ET.Element:
+        self.depth -= 1
+        return super().end(tag)
+
+
+def parse_bounded(text: str) -> ET.Element:
+    """``ET.fromstring`` with the depth and element-count bounds: the one way virtkit
+    parses XML it is given (raises ET.ParseError for bad XML, InvalidSpec past a bound)."""
+    parser = ET.XMLParser(target=_BoundedBuilder())
+    parser.feed(text)
+    root: ET.Element = parser.close()
+    return root
+
+
 def parse_document(text: str, root_tag: str | tuple[str, ...], *,
                    command: str) -> ET.Element:
     """Parse ``text`` into its root element, refusing DTDs, bad XML and other roots
@@ -45,8 +89,11 @@ def parse_document(text: str, root_tag: str | tuple[str, ...], *,
     if re.search(r"<!(DOCTYPE|ENTITY)", text, re.IGNORECASE):
         raise InvalidSpec("libvirt XML has no DOCTYPE or entity declarations; remove them",
                           field="xml")
+    problem = text_problem(text)
+    if problem:
+        raise InvalidSpec(f"the XML document {problem}", field="xml")
     try:
-        root = ET.fromstring(text)
+        root = parse_bounded(text)
     except ET.ParseError as exc:
         line, column = exc.position
         reason = str(exc).split(":")[0]

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from virtkit.model.cpulist import parse_cpulist
+from virtkit.model.naming import find_bad_text, is_grandfathered, naming_problem
 from virtkit.model.tuning import CpuTune, HostDev, MemoryBacking, NumaCell, NumaTune, check_tuning
 from virtkit.model.units import parse_mib
 
@@ -577,6 +578,15 @@ class NamedSpec(Spec):
     name: str
     uuid: str = Field(default_factory=lambda: str(uuidlib.uuid4()))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        # the text rule (model/naming.py) for every string of the spec, at any depth
+        bad = find_bad_text(data) if isinstance(data, dict) else None
+        if bad is not None:
+            raise SpecProblem(f"{bad[0]} {bad[1]}", bad[0])
+        return data
+
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
@@ -589,6 +599,15 @@ class NamedSpec(Spec):
             return str(uuidlib.UUID(value))
         except ValueError:
             raise ValueError(f"uuid {value!r} is not a UUID (e.g. {uuidlib.uuid4()})") from None
+
+    @model_validator(mode="after")
+    def _naming_rule(self) -> NamedSpec:
+        # the naming rule (model/naming.py); an object a store from before the rule
+        # holds keeps its name (only that object: the same name and uuid)
+        problem = naming_problem(self.name)
+        if problem and not is_grandfathered(self.name, self.uuid):
+            raise SpecProblem(f"{problem}; choose another name", "name")
+        return self
 
 
 class Domain(NamedSpec):

@@ -83,6 +83,36 @@ def dump_domain(domain: Domain) -> dict[str, Any]:
     return data
 
 
-def domain_to_yaml(domain: Domain) -> str:
-    """A YAML rendering for humans (``virtkit edit``, ``dumpspec``)."""
-    return yaml.safe_dump(dump_domain(domain), sort_keys=False, default_flow_style=False)
+def domain_to_yaml(domain: Domain, *, secrets: bool = True) -> str:
+    """A YAML rendering for humans (``virtkit edit``, ``dumpspec``); without
+    ``secrets``, passwords are left out (:func:`without_secrets`)."""
+    data = dump_domain(domain)
+    return yaml.safe_dump(data if secrets else without_secrets(data), sort_keys=False,
+                          default_flow_style=False)
+
+
+#: the fields of a spec that hold secrets (the VNC/SPICE password): never answered on
+#: the read-only socket, elsewhere only when asked for (virsh dumpxml --security-info)
+SECRET_FIELDS = frozenset({"password", "passwd"})
+
+
+def without_secrets(spec: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a spec (any depth) without its secret fields; libvirt likewise leaves
+    the ``passwd`` attribute out of XML that is not asked for with secrets."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: strip(item) for key, item in value.items()
+                    if key not in SECRET_FIELDS}
+        if isinstance(value, list):
+            return [strip(item) for item in value]
+        return value
+    result: dict[str, Any] = strip(spec)
+    return result
+
+
+def domain_without_secrets(domain: Domain) -> Domain:
+    """``domain`` with its secrets (the graphics password) removed."""
+    if domain.graphics.password is None:
+        return domain
+    return domain.model_copy(update={
+        "graphics": domain.graphics.model_copy(update={"password": None})})

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from virtkit.errors import Conflict, InvalidSpec
 from virtkit.model.domain import Disk, DiskDevice
+from virtkit.model.naming import naming_problem
 
 Kind = Literal["internal", "external"]
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+\-]{0,63}")
@@ -28,6 +29,9 @@ def check_name(name: str) -> str:
     if name == "current":
         raise InvalidSpec("the snapshot name 'current' is reserved (it stands for the current "
                           "snapshot in the API)", field="name", fix="choose another name")
+    problem = naming_problem(name)  # the naming rule of every object (model/naming.py)
+    if problem:
+        raise InvalidSpec(problem, field="name", fix="choose another name")
     if not _NAME.fullmatch(name):
         raise InvalidSpec(f"invalid snapshot name {name!r}", field="name",
                           fix="use 1-64 characters of A-Z a-z 0-9 _ . + - "

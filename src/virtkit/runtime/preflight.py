@@ -92,8 +92,8 @@ def check_cpuset(domain: Domain, host_cpus: set[int] | None = None) -> None:
     usable = os.sched_getaffinity(0) if host_cpus is None else host_cpus
     missing = parse_cpuset(domain.vcpus.cpuset) - usable
     if missing:
-        raise InvalidSpec(f"vcpus.cpuset: this host has no CPU {sorted(missing)} (usable: "
-                          f"{format_cpulist(usable)})", field="vcpus.cpuset",
+        raise InvalidSpec(f"vcpus.cpuset: this host has no CPU {format_cpulist(missing)[:60]} "
+                          f"(usable: {format_cpulist(usable)})", field="vcpus.cpuset",
                           fix=f"pick CPUs from {format_cpulist(usable)}")
 
 

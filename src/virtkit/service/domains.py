@@ -20,7 +20,14 @@ from virtkit.errors import Conflict, InvalidSpec, NotFound
 from virtkit.formats.libvirt_xml import domain_from_xml, domain_to_xml
 from virtkit.host import procstat
 from virtkit.model.domain import Domain, Nic
-from virtkit.model.load import domain_to_yaml, dump_domain, load_domain, parse_text
+from virtkit.model.load import (
+    domain_to_yaml,
+    domain_without_secrets,
+    dump_domain,
+    load_domain,
+    parse_text,
+    without_secrets,
+)
 from virtkit.model.state import Action, State, check_action
 from virtkit.qemu.argv import disk_slots
 from virtkit.runtime import preflight, savefile, tuning
@@ -88,8 +95,9 @@ class DomainService:
             return rows
         return [row for row in rows if row["state"] not in (State.SHUTOFF, State.CRASHED)]
 
-    def info(self, ref: str) -> dict[str, Any]:
-        """Everything about one domain: summary, spec, version, runtime facts."""
+    def info(self, ref: str, *, secrets: bool = False) -> dict[str, Any]:
+        """Everything about one domain: summary, spec, version, runtime facts; the
+        spec's secrets (VNC password) only with ``secrets``."""
         row = self._row(ref)
         vm = self._life.vm(row.uuid, row.name)
         info = self._summary(row)
@@ -98,7 +106,7 @@ class DomainService:
             title=domain.title,
             description=domain.description,
             version=row.version,
-            spec=row.spec,
+            spec=row.spec if secrets else without_secrets(row.spec),
             max_memory_mib=domain.memory.max or domain.memory.current,
             max_vcpus=domain.vcpus.maximum,
             machine=domain.machine.value,
@@ -149,15 +157,18 @@ class DomainService:
         port = int(vnc["port"])
         return {**vnc, "display": f"{vnc.get('host')}:{port - 5900}"}
 
-    def spec_yaml(self, ref: str) -> dict[str, Any]:
-        """The spec as YAML text plus its version (for ``virtkit edit``)."""
+    def spec_yaml(self, ref: str, *, secrets: bool = False) -> dict[str, Any]:
+        """The spec as YAML text plus its version (for ``virtkit edit``, which asks
+        for ``secrets`` so that saving the edit keeps the password)."""
         row = self._row(ref)
         return {"name": row.name, "version": row.version,
-                "yaml": domain_to_yaml(load_domain(row.spec))}
+                "yaml": domain_to_yaml(load_domain(row.spec), secrets=secrets)}
 
-    def dumpxml(self, ref: str) -> str:
-        """The domain as libvirt domain XML (``virsh dumpxml``)."""
-        return domain_to_xml(load_domain(self._row(ref).spec))
+    def dumpxml(self, ref: str, *, secrets: bool = False) -> str:
+        """The domain as libvirt domain XML (``virsh dumpxml``; ``secrets``: with
+        ``--security-info``, the graphics ``passwd``)."""
+        domain = load_domain(self._row(ref).spec)
+        return domain_to_xml(domain if secrets else domain_without_secrets(domain))
 
     def vncdisplay(self, ref: str) -> dict[str, Any]:
         row = self._row(ref)
@@ -369,13 +380,22 @@ class DomainService:
 
     def _existing_for(self, raw: dict[str, Any]) -> DomainRow | None:
         """The stored domain a define would replace; Conflict if name and uuid disagree."""
+        # by exact name and by exact uuid only: a name is never taken for a uuid (nor
+        # the reverse), so a define can only ever replace the object it names
         name, uuid = raw.get("name"), raw.get("uuid")
-        by_name = self._store.find_domain(name) if isinstance(name, str) and name else None
-        by_uuid = self._store.find_domain(str(uuid)) if uuid else None
+        by_name = self._store.find_domain_named(name) if isinstance(name, str) and name \
+            else None
+        by_uuid = self._store.find_domain_uuid(uuid) if isinstance(uuid, str) and uuid \
+            else None
         if by_uuid is not None:
             if by_name is not None and by_name.uuid != by_uuid.uuid:
                 raise Conflict(f"domain '{name}' already exists with uuid {by_name.uuid}",
                                fix="choose another name")
+            if isinstance(name, str) and by_uuid.name != name:
+                # libvirt's rule: a define never renames (virsh domrename does)
+                raise Conflict(f"domain '{by_uuid.name}' already exists with uuid "
+                               f"{by_uuid.uuid}", fix="leave uuid out to define a new "
+                               "domain; to rename, edit the domain (virtkit edit)")
             return by_uuid
         if by_name is not None and uuid:
             raise Conflict(f"domain '{name}' already exists with uuid {by_name.uuid}",

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from virtkit.errors import VirtkitError
+from virtkit.model.naming import grandfather, naming_problem
 from virtkit.service.domains import UNDEFINE_STORAGE
 from virtkit.service.provision import DEFINE_NEW_DISKS, remove_volumes
 from virtkit.service.storage import StorageService
@@ -32,6 +33,7 @@ class RecoveryService:
         self._storage = storage
         self._repairs: list[dict[str, Any]] = []
         self._unsettled: list[str] = []
+        self._naming: list[dict[str, str]] = []
         self._started = time.time()
 
     def note(self, area: str, text: str) -> None:
@@ -42,7 +44,28 @@ class RecoveryService:
     def report(self) -> dict[str, Any]:
         """The repairs of this daemon's start-up (empty after a clean stop)."""
         return {"daemon_started": self._started, "repairs": list(self._repairs),
-                "unsettled": list(self._unsettled)}
+                "unsettled": list(self._unsettled), "naming": list(self._naming)}
+
+    def check_names(self) -> list[dict[str, str]]:
+        """Objects a store from before the naming rule (model/naming.py) holds under a
+        name the rule refuses (UUID-shaped, starting with '-'): logged, and reported by
+        ``virtkit repairs``.  Nothing is renamed behind the owner's back; each stays
+        reachable by its UUID (a UUID-shaped ref is always resolved as a UUID)."""
+        rows: list[tuple[str, str, str, str]] = [
+            ("domain", row.name, row.uuid, f"virtkit edit {row.uuid}")
+            for row in self._store.list_domains()]
+        rows += [(kind, row.name, row.uuid, "undefine it by UUID and define it anew")
+                 for kind in ("pool", "network") for row in self._store.list_objects(kind)]
+        self._naming = []
+        for kind, name, uuid, fix in rows:
+            problem = naming_problem(name)
+            if problem:
+                grandfather(name, uuid)
+                log.warning("naming: %s %s (uuid %s) breaks the naming rule: %s; it stays "
+                            "reachable by its uuid (fix: %s)", kind, name, uuid, problem, fix)
+                self._naming.append({"kind": kind, "name": name, "uuid": uuid,
+                                     "problem": problem, "fix": f"rename it: {fix}"})
+        return list(self._naming)
 
     def pending(self) -> list[IntentRow]:
         """The intents a previous daemon left (read before this one serves requests,

@@ -248,7 +248,9 @@ class StorageService:
         row, backend = self._active(pool)
         volume = backend.volume(name)
         self._refuse_running(volume)
-        size = parse_bytes(capacity, field="capacity")
+        # whole 512-byte sectors, rounded up: what qemu-img create (vol-create) and a
+        # qcow2 resize do themselves; a raw resize would refuse the size (a 500 before)
+        size = -(-parse_bytes(capacity, field="capacity") // 512) * 512
         if size < volume.capacity and not shrink:
             raise InvalidSpec(f"{size} bytes is smaller than volume '{name}' ({volume.capacity})",
                               field="capacity", fix="pass --shrink if you mean it: data is lost")

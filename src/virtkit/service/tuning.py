@@ -9,12 +9,11 @@ does.  Host checks come first, so a bad request changes nothing.
 from __future__ import annotations
 
 import asyncio
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 from virtkit.errors import Conflict, InvalidSpec, StateError
-from virtkit.formats.libvirt_common import XmlReader
+from virtkit.formats.libvirt_common import XmlReader, parse_document
 from virtkit.formats.libvirt_tuning import hostdev_in
 from virtkit.host import ksm, numa, pci, procstat
 from virtkit.model.cpulist import format_cpulist
@@ -205,14 +204,7 @@ class TuningService:
 
 
 def _parse_hostdev(xml: str) -> HostDev:
-    try:
-        element = ET.fromstring(xml)
-    except ET.ParseError as exc:
-        raise InvalidSpec(f"the device XML is not well-formed: {exc}",
-                          fix="give one <hostdev mode='subsystem' type='pci'> element") from None
-    if element.tag != "hostdev":
-        raise InvalidSpec(f"attach-device takes a <hostdev> here, not <{element.tag}>",
-                          fix="disks and NICs are attached with attach-disk/attach-interface")
+    element = parse_document(xml, "hostdev", command="attach-device (a <hostdev>)")
     reader = XmlReader(element, force=False, reasons={})
     spec: dict[str, Any] = {}
     hostdev_in(reader, element, spec)

@@ -19,6 +19,7 @@ import json
 import sqlite3
 import threading
 import time
+import uuid as uuidlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from virtkit.errors import Conflict, NotFound, StaleVersion
+from virtkit.model.naming import is_uuid_shaped
 
 MIGRATIONS: list[str] = [
     # 1: domains and their runtime records.
@@ -284,12 +286,62 @@ class Store:
         return [self._domain(row) for row in rows]
 
     def _lookup(self, table: str, ref: str) -> sqlite3.Row | None:
-        """A row of ``table`` (domains, pools) by name, else by UUID."""
-        cursor = self._db.execute(
-            f"SELECT * FROM {table} WHERE name = ? OR uuid = ? ORDER BY name = ? DESC LIMIT 1",
-            (ref, ref.lower(), ref),
-        )
+        """A row of ``table`` (domains, pools, networks): a UUID-shaped ``ref`` is a
+        UUID (model/naming.py: names never are UUID-shaped), any other ref a name.
+
+        A name never matches another object's UUID, so no name can shadow or take over
+        the object with that UUID.  A store from before the naming rule may hold a
+        UUID-shaped name: it is still found by that name when no object has it as its
+        UUID (and always by its own UUID)."""
+        if is_uuid_shaped(ref):
+            row = self._by_uuid(table, ref)
+            if row is not None:
+                return row
+        return self.lookup_name(table, ref)
+
+    def _by_uuid(self, table: str, ref: str) -> sqlite3.Row | None:
+        try:
+            canonical = str(uuidlib.UUID(ref.strip()))
+        except ValueError:
+            canonical = ref  # a row's own uuid column, as written (tests use 'u1')
+        cursor = self._db.execute(f"SELECT * FROM {table} WHERE uuid = ?", (canonical,))
         return cast("sqlite3.Row | None", cursor.fetchone())
+
+    def lookup_name(self, table: str, name: str) -> sqlite3.Row | None:
+        """A row of ``table`` by its exact name only (never by UUID)."""
+        cursor = self._db.execute(f"SELECT * FROM {table} WHERE name = ?", (name,))
+        return cast("sqlite3.Row | None", cursor.fetchone())
+
+    def _domain_row(self, uuid: str) -> DomainRow:
+        row = self._by_uuid("domains", uuid)
+        if row is None:
+            raise NotFound(f"domain {uuid} not found", fix="see 'virtkit list --all'")
+        return self._domain(row)
+
+    def _object_row(self, kind: str, uuid: str) -> ObjectRow:
+        row = self._by_uuid(self._TABLES[kind][0], uuid)
+        if row is None:
+            raise NotFound(f"{kind} {uuid} not found",
+                           fix=f"see 'virtkit {self._TABLES[kind][1]}'")
+        return self._object(row)
+
+    def find_domain_named(self, name: str) -> DomainRow | None:
+        """The domain named exactly ``name`` (what a define with that name would replace)."""
+        row = self.lookup_name("domains", name)
+        return self._domain(row) if row else None
+
+    def find_domain_uuid(self, uuid: str) -> DomainRow | None:
+        """The domain with exactly this UUID (None when ``uuid`` is not a UUID)."""
+        row = self._by_uuid("domains", uuid)
+        return self._domain(row) if row else None
+
+    def find_object_named(self, kind: str, name: str) -> ObjectRow | None:
+        row = self.lookup_name(self._TABLES[kind][0], name)
+        return self._object(row) if row else None
+
+    def find_object_uuid(self, kind: str, uuid: str) -> ObjectRow | None:
+        row = self._by_uuid(self._TABLES[kind][0], uuid)
+        return self._object(row) if row else None
 
     def find_domain(self, ref: str) -> DomainRow | None:
         """Look a domain up by name, then by UUID."""
@@ -318,9 +370,15 @@ class Store:
                 )
                 db.execute("INSERT INTO runtime (uuid, state) VALUES (?, 'shutoff')", (uuid,))
         except sqlite3.IntegrityError:
-            raise Conflict(f"domain '{name}' or uuid {uuid} already exists",
+            other = self.find_domain_uuid(uuid)
+            if other is not None and other.name != name:
+                raise Conflict(f"domain '{other.name}' already exists with uuid {uuid}",
+                               fix="leave uuid out to get a new one") from None
+            other = self.find_domain_named(name)
+            raise Conflict(f"domain '{name}' already exists"
+                           + (f" with uuid {other.uuid}" if other else ""),
                            fix="choose another name, or undefine the existing domain") from None
-        return self.get_domain(uuid)
+        return self._domain_row(uuid)
 
     def update_domain(self, uuid: str, name: str, spec: dict[str, Any],
                       expected_version: int | None) -> DomainRow:
@@ -344,7 +402,7 @@ class Store:
             except sqlite3.IntegrityError:
                 raise Conflict(f"another domain is already named '{name}'",
                                fix="choose another name") from None
-        return self.get_domain(uuid)
+        return self._domain_row(uuid)
 
     def delete_domain(self, uuid: str, *, intent: tuple[str, dict[str, Any]] | None = None
                       ) -> int | None:
@@ -447,9 +505,15 @@ class Store:
                 db.execute(f"INSERT INTO {table} (uuid, name, spec, created, updated) "
                            "VALUES (?, ?, ?, ?, ?)", (uuid, name, json.dumps(spec), now, now))
         except sqlite3.IntegrityError:
-            raise Conflict(f"{kind} '{name}' already exists",
+            other = self.find_object_uuid(kind, uuid)
+            if other is not None and other.name != name:
+                raise Conflict(f"{kind} '{other.name}' already exists with uuid {uuid}",
+                               fix="leave uuid out to get a new one") from None
+            other = self.find_object_named(kind, name)
+            raise Conflict(f"{kind} '{name}' already exists"
+                           + (f" with uuid {other.uuid}" if other else ""),
                            fix="choose another name, or undefine the existing one") from None
-        return self.get_object(kind, uuid)
+        return self._object_row(kind, uuid)
 
     def update_object(self, kind: str, uuid: str, *, spec: dict[str, Any] | None = None,
                       state: str | None = None, runtime: dict[str, Any] | None = None
@@ -464,7 +528,7 @@ class Store:
             if runtime is not None:
                 db.execute(f"UPDATE {table} SET runtime = ? WHERE uuid = ?",
                            (json.dumps(runtime), uuid))
-        return self.get_object(kind, uuid)
+        return self._object_row(kind, uuid)
 
     def delete_object(self, kind: str, uuid: str) -> None:
         with self.transaction() as db:
