@@ -195,7 +195,8 @@ async def define_domain(request: web.Request) -> web.Response:
     domains = _services(request).domains
     provision = _services(request).provision
     if isinstance(body.get("xml"), str):  # libvirt domain XML; the answer has "warnings"
-        result = domains.define_xml(body["xml"], force=bool(body.get("force")))
+        result = await asyncio.to_thread(domains.define_xml, body["xml"],
+                                         force=bool(body.get("force")))
     elif body.get("new_disks") is not None and provision is not None:
         new_disks = body["new_disks"]
         if not isinstance(new_disks, list):
@@ -203,7 +204,7 @@ async def define_domain(request: web.Request) -> web.Response:
                               field="new_disks")
         result = await provision.define_with_new_disks(_spec_from(body), new_disks)
     else:
-        result = domains.define(_spec_from(body))
+        result = await asyncio.to_thread(domains.define, _spec_from(body))
     return json_response(result, status=201)
 
 
@@ -239,8 +240,9 @@ async def update_domain(request: web.Request) -> web.Response:
     if not isinstance(version, int):
         raise InvalidSpec("version: send the version you read, to guard against lost updates",
                           field="version")
-    result = _services(request).domains.update(request.match_info["ref"], _spec_from(body),
-                                               version)
+    # a worker thread: the host checks stat user paths and run qemu-img (never the loop)
+    result = await asyncio.to_thread(_services(request).domains.update,
+                                     request.match_info["ref"], _spec_from(body), version)
     return json_response(result)
 
 

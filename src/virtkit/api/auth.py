@@ -34,6 +34,7 @@ from virtkit.api import webui
 from virtkit.api.common import PRINCIPAL, json_body, json_response, string_list
 from virtkit.api.websession import COOKIE, CSRF_HEADER
 from virtkit.errors import Forbidden, InvalidSpec, Unauthorized, VirtkitError
+from virtkit.service.callers import as_remote_caller
 from virtkit.service.tls import TlsService
 from virtkit.service.tokens import TokenService
 
@@ -110,7 +111,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if exc.http_status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="virtkit"'
         return response
-    return await handler(request)
+    with as_remote_caller():  # the path policy: pool volumes only (docs/remote.md)
+        return await handler(request)
 
 
 def _network_principal(request: web.Request) -> str:
