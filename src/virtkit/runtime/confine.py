@@ -193,12 +193,16 @@ class Confinement:
         every backing file pass the path policy, and none may be held by another VM in a
         way that conflicts, before anything is granted."""
         real = os.path.realpath(path)
+        check = None
         if self.policy is not None:
-            real = self.policy.check(path, field=field_name, kind="file", remote=False)
-        chain = preflight.backing_files(real, fmt) if os.path.isfile(real) else []
-        if self.policy is not None:
-            chain = [self.policy.check(layer, field=f"{field_name} (backing file)",
-                                       kind="file", remote=False) for layer in chain]
+            policy = self.policy
+            real = policy.check(path, field=field_name, kind="file", remote=False)
+
+            def check(name: str) -> str:
+                return policy.check(name, field=f"{field_name} (backing file)", kind="file",
+                                    remote=False)
+
+        chain = preflight.backing_files(real, fmt, check) if os.path.isfile(real) else []
         wanted = [(real, "read" if readonly else "own"), *((layer, "read") for layer in chain)]
         self.refuse_shared(wanted)
         self.grant(wanted)

@@ -8,7 +8,7 @@ for fits in the host.  Each failure names the spec field and the fix.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,16 +83,40 @@ def guest_paths(domain: Domain) -> list[GuestPath]:
     return found
 
 
-def backing_files(path: str, fmt: str | None) -> list[str]:
-    """The backing chain below image ``path`` (absolute paths; empty for raw)."""
-    if fmt == "raw":
-        return []
-    try:
-        chain = qemuimg.backing_chain(path)
-    except VirtkitError:
-        return []  # not an image qemu-img reads: QEMU reports it in its own words
-    names = [str(layer.get("filename", "")) for layer in chain[1:]]
-    return [os.path.abspath(name) for name in names if name.startswith("/")]
+#: deeper chains than this are refused (snapshot chains stay far below)
+MAX_CHAIN = 256
+
+
+def backing_files(path: str, fmt: str | None,
+                  check: Callable[[str], str] | None = None) -> list[str]:
+    """The backing chain below image ``path`` (real paths, top first; empty for raw),
+    read one layer at a time (``qemu-img info`` opens no backing file): ``check`` sees
+    each backing file *before* qemu-img opens it, so a FIFO or a forbidden file in a
+    chain is refused by name and never opened."""
+    chain: list[str] = []
+    current = path
+    while fmt != "raw" and len(chain) < MAX_CHAIN:
+        try:
+            info = qemuimg.image_info(current, fmt=fmt)
+        except VirtkitError:
+            break  # not an image qemu-img reads: QEMU reports it in its own words
+        name = info.get("full-backing-filename") or info.get("backing-filename")
+        if not name:
+            break
+        name = str(name)
+        if not name.startswith("/"):
+            if ":" in name.split("/", 1)[0] and check is not None:
+                raise InvalidSpec(f"{path}: backing file {name!r} is not a local file",
+                                  field="path", fix="rebase the image onto a local file")
+            name = os.path.join(os.path.dirname(current), name)
+        layer = check(name) if check is not None else os.path.realpath(name)
+        if layer in chain or layer == os.path.realpath(path):
+            raise InvalidSpec(f"{path}: its backing chain loops through {layer}",
+                              field="path", fix="rebase the image")
+        chain.append(layer)
+        fmt = info.get("backing-filename-format")
+        current = layer
+    return chain
 
 
 def check_paths(domain: Domain, policy: PathPolicy | None, *, remote: bool | None = None,
@@ -112,10 +136,13 @@ def check_paths(domain: Domain, policy: PathPolicy | None, *, remote: bool | Non
         if item.image_format is None or not os.path.isfile(real):
             continue
         fmt = None if item.image_format == "probe" else item.image_format
-        for layer in backing_files(real, fmt):
-            field = f"{item.field} (backing file)"
-            checked.append((GuestPath(layer, field, "file", "read"),
-                            policy.check(layer, field=field, kind="file", remote=who)))
+        field = f"{item.field} (backing file)"
+
+        def layer_ok(name: str, field: str = field, who: bool | None = who) -> str:
+            return policy.check(name, field=field, kind="file", remote=who)
+
+        for layer in backing_files(real, fmt, layer_ok):
+            checked.append((GuestPath(layer, field, "file", "read"), layer))
     return checked
 
 
