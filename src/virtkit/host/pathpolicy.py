@@ -237,13 +237,17 @@ class PathPolicy:
             fix="upload the file as a volume (virtkit vol-upload) and name the pool and "
                 "volume, or define this on the daemon's host")
 
-    def check_pool_target(self, target: str, *, remote: bool | None = None) -> str:
-        """A dir/iso pool's folder: its files become volumes any caller may name, so it
-        follows the rules of a shared folder; remote callers do not define pools."""
+    def check_pool_target(self, target: str, *, remote: bool | None = None,
+                          folder: bool = True) -> str:
+        """A dir/iso pool's folder (``folder``; a logical pool's is a volume group): its
+        files become volumes any caller may name, so it follows the rules of a shared
+        folder; remote callers do not define pools."""
         if remote_caller() if remote is None else remote:
             raise Forbidden("storage pools are defined only on the daemon's host (their "
                             "folders decide what remote callers may name)", field="target",
                             fix="define the pool there, or over virtkit+ssh://")
+        if not folder:
+            return target
         real = os.path.realpath(target)
         if any(_inside(real, d) for d in (*self.pools(), *self.allowed)):
             return real

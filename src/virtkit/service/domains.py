@@ -19,6 +19,7 @@ from typing import Any
 from virtkit.errors import Conflict, InvalidSpec, NotFound
 from virtkit.formats.libvirt_xml import domain_from_xml, domain_to_xml
 from virtkit.host import procstat
+from virtkit.host.pathpolicy import PathPolicy
 from virtkit.model.domain import Domain, Nic
 from virtkit.model.load import domain_to_yaml, dump_domain, load_domain, parse_text
 from virtkit.model.state import Action, State, check_action
@@ -48,6 +49,11 @@ class DomainService:
         self._life = lifecycle
         self._bus = bus
         self._host_memory = host_memory_mib or preflight.host_memory_mib()
+
+    @property
+    def policy(self) -> PathPolicy:
+        """The path policy of every host file a guest is given (host/pathpolicy.py)."""
+        return self._life.policy
 
     def subscribe_events(self) -> contextlib.AbstractContextManager[asyncio.Queue[dict[str, Any]]]:
         """A queue of every event published while the context is open (the API's stream)."""
