@@ -227,3 +227,16 @@ def test_the_loop_lag_watchdog_is_quiet_when_nothing_blocks(tmp_path: Path) -> N
 
     asyncio.run(main())
     assert not log.exists()
+
+
+def test_dominfo_shows_a_missing_cgroup_loudly() -> None:
+    from virtkit.cli.domains import _security_lines
+
+    lines = dict(_security_lines({"model": "virtkit-dac", "doi": "0", "label": "+1:+1",
+                                  "cgroup": [], "sandbox": True,
+                                  "notes": ["NO CGROUP (--no-cgroup): no cgroup file "
+                                            "system at /sys/fs/cgroup"]}))
+    assert lines["Cgroup"].startswith("NONE")
+    assert lines["Security note"].startswith("NO CGROUP (--no-cgroup)")
+    plain = dict(_security_lines({"model": "none", "doi": "0", "label": None}))
+    assert "Cgroup" not in plain

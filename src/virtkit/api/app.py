@@ -230,7 +230,9 @@ async def restore_domain(request: web.Request) -> web.Response:
 
 @routes.get("/v1/domains/{ref}")
 async def get_domain(request: web.Request) -> web.Response:
-    return json_response(_services(request).domains.info(request.match_info["ref"]))
+    # a worker thread: the disks' pools are found by resolving their paths (a hung mount)
+    return json_response(await asyncio.to_thread(_services(request).domains.info,
+                                                 request.match_info["ref"]))
 
 
 @routes.put("/v1/domains/{ref}")

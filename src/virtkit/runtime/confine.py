@@ -153,6 +153,9 @@ class Confinement:
     #: grants other VMs of this daemon hold now: {real path: [(vm, kind)]}
     others: Callable[[], dict[str, list[tuple[str, str]]]] | None = field(
         default=None, repr=False, compare=False)
+    #: held from the check against the other VMs' grants to the journalled grant, so two
+    #: starts (worker threads) on one file cannot both pass the check
+    lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
 
     # -- grants ------------------------------------------------------------------
 
@@ -204,8 +207,9 @@ class Confinement:
 
         chain = preflight.backing_files(real, fmt, check) if os.path.isfile(real) else []
         wanted = [(real, "read" if readonly else "own"), *((layer, "read") for layer in chain)]
-        self.refuse_shared(wanted)
-        self.grant(wanted)
+        with self.lock:
+            self.refuse_shared(wanted)
+            self.grant(wanted)
 
     def refuse_shared(self, wanted: Iterable[tuple[str, str]]) -> None:
         """Conflict when another VM of this daemon holds a grant on a file this one wants
@@ -339,6 +343,7 @@ class Confiner:
         self.journals = paths.root / "confine"
         self._active: dict[str, int] = {}
         self._choosing = threading.Lock()  # starts run in worker threads
+        self._granting = threading.RLock()
         if self.enabled:
             self._harden()
 
@@ -404,34 +409,36 @@ class Confiner:
         conf = Confinement(domain.uuid, uid, uid, _groups(caps), self.journal(domain.uuid),
                            sandbox=caps.sandbox, name=domain.name)
         self._attach(conf)
-        try:
-            conf.refuse_shared((path, access) for path, access in wanted
-                               if access in ("own", "read"))
-        except BaseException:
-            self._forget(conf)
-            raise
-        conf.save()  # before the cgroup exists: a crash right after still finds it
-        try:
-            conf.cgroup = self._make_cgroup(domain, caps, root)
-        except VirtkitError as exc:
-            if self.cgroup_required:
+        with self._granting:  # the check and the journalled grants, one start at a time
+            try:
+                conf.refuse_shared((path, access) for path, access in wanted
+                                   if access in ("own", "read"))
+            except BaseException:
+                self._forget(conf)
+                raise
+            conf.save()  # before the cgroup exists: a crash right after still finds it
+            try:
+                conf.cgroup = self._make_cgroup(domain, caps, root)
+            except VirtkitError as exc:
+                if self.cgroup_required:
+                    self.release(conf)
+                    raise HostError(f"cannot confine {domain.name}: no cgroup for its QEMU "
+                                    f"({exc})", fix="run virtkitd where the cgroup file "
+                                    "systems are mounted and writable, or start it with "
+                                    "--no-cgroup to run QEMUs without one") from exc
+                conf.notes.append(f"NO CGROUP (--no-cgroup): {exc}")
+                log.warning("%s starts WITHOUT a cgroup (--no-cgroup): %s", domain.name, exc)
+            if conf.cgroup is not None:
+                conf.notes += conf.cgroup.notes
+            try:
+                conf.grant([(str(run_dir), "own")])  # journals the cgroup too
+                conf.grant([(_touch(path) if access == "new" else path,
+                             "own" if access == "new" else access)
+                            for path, access in wanted])
+                conf.grant(_launch_files(domain, caps, log_dir, nvram))
+            except BaseException:
                 self.release(conf)
-                raise HostError(f"cannot confine {domain.name}: no cgroup for its QEMU "
-                                f"({exc})", fix="run virtkitd where the cgroup file "
-                                "systems are mounted and writable, or start it with "
-                                "--no-cgroup to run QEMUs without one") from exc
-            conf.notes.append(f"NO CGROUP (--no-cgroup): {exc}")
-            log.warning("%s starts WITHOUT a cgroup (--no-cgroup): %s", domain.name, exc)
-        if conf.cgroup is not None:
-            conf.notes += conf.cgroup.notes
-        try:
-            conf.grant([(str(run_dir), "own")])  # journals the cgroup too
-            conf.grant([(_touch(path) if access == "new" else path,
-                         "own" if access == "new" else access) for path, access in wanted])
-            conf.grant(_launch_files(domain, caps, log_dir, nvram))
-        except BaseException:
-            self.release(conf)
-            raise
+                raise
         return conf
 
     def _wanted(self, domain: Domain) -> list[tuple[str, str]]:
@@ -451,6 +458,7 @@ class Confiner:
 
     def _attach(self, conf: Confinement) -> None:
         conf.policy = self.policy
+        conf.lock = self._granting
         conf.others = lambda: self.held_by_others(conf.uuid)
 
     def _forget(self, conf: Confinement) -> None:

@@ -111,8 +111,9 @@ class Lifecycle:
             if name is None:
                 raise NotFound(f"domain {uuid} not found")
             record = self._store.get_runtime(uuid)
-            vm = Vm(uuid, name, State(record.state), record.reason)
-            self._vms[uuid] = vm
+            # setdefault: a worker thread (a request's info) may race the loop here
+            vm = self._vms.setdefault(uuid, Vm(uuid, name, State(record.state),
+                                               record.reason))
         elif name is not None:
             vm.name = name
         return vm

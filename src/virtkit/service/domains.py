@@ -473,7 +473,7 @@ class DomainService:
         row = await asyncio.to_thread(self._check_start, row, boot_spec)
         await self._life.start(row.uuid, row.name, paused=paused, boot_spec=boot_spec,
                                boot_after_install=boot_after_install)
-        return self.info(row.uuid)
+        return await asyncio.to_thread(self.info, row.uuid)
 
     def _check_start(self, row: DomainRow, boot_spec: Domain | None) -> DomainRow:
         """The checks before a start, in a worker thread (they stat user paths and run
