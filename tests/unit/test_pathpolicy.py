@@ -178,7 +178,7 @@ def test_the_administrators_file(tmp_path: Path) -> None:
     assert policy.check("/var/lib/vendor/vms/a.qcow2", field="f") == \
         "/var/lib/vendor/vms/a.qcow2"
     (tmp_path / pathpolicy.ALLOWED_FILE).write_text("relative/dir\n")
-    with pytest.raises(ValueError, match="not an absolute path"):
+    with pytest.raises(InvalidSpec, match="not an absolute path"):
         PathPolicy.for_root(tmp_path)
 
 

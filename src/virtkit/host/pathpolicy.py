@@ -107,7 +107,8 @@ def read_allowed_file(path: Path) -> list[str]:
         line = line.split("#", 1)[0].strip()
         if line:
             if not line.startswith("/"):
-                raise ValueError(f"{path}: {line!r} is not an absolute path")
+                raise InvalidSpec(f"{path}: {line!r} is not an absolute path",
+                                  fix="list one absolute folder per line")
             found.append(line)
     return found
 
