@@ -349,9 +349,10 @@ class Confiner:
 
     @property
     def cgroup_root(self) -> Path:
-        if self._cgroup_root is None:
-            self._cgroup_root = cgroups.find_root(self.paths.run / "cgroup")
-        return self._cgroup_root
+        with self._granting:  # two starts in worker threads must not mount twice
+            if self._cgroup_root is None:
+                self._cgroup_root = cgroups.find_root(self.paths.run / "cgroup")
+            return self._cgroup_root
 
     def cgroup_status(self) -> tuple[bool, str]:
         """(usable, what) of the cgroups QEMUs are put in (``host check``)."""
