@@ -240,3 +240,23 @@ def test_dominfo_shows_a_missing_cgroup_loudly() -> None:
     assert lines["Security note"].startswith("NO CGROUP (--no-cgroup)")
     plain = dict(_security_lines({"model": "none", "doi": "0", "label": None}))
     assert "Cgroup" not in plain
+
+
+@root_only
+def test_a_hot_plugged_link_is_given_back_at_unplug(
+        setting: tuple[confine.Confiner, StatePaths, Path]) -> None:
+    confiner, paths, images = setting
+    boot = images / "boot.raw"
+    boot.write_bytes(b"x")
+    real = images / "extra.raw"
+    real.write_bytes(b"x")
+    real.chmod(0o644)
+    link = images / "extra-link.raw"
+    link.symlink_to(real)
+    conf = _prepare(confiner, paths, _spec("vm", str(boot)))
+    assert conf is not None
+    conf.grant_image(str(link), readonly=False, fmt="raw")
+    assert _snapshot(real)[0] == conf.uid
+    conf.release_path(str(link))  # the spec names the link; the grant is on the file
+    assert _snapshot(real)[:3] == (0, 0, 0o644)
+    confiner.release(conf)

@@ -236,11 +236,11 @@ class Confinement:
     def release_path(self, path: str) -> None:
         """Take back what was granted on ``path`` (an unplugged disk); folders stay
         traversable until the VM ends."""
-        path = os.path.abspath(path)
-        mine = [g for g in self.grants if g.path == path]
+        names = {os.path.abspath(path), os.path.realpath(path)}  # grants hold real paths
+        mine = [g for g in self.grants if g.path in names]
         for grant in mine:
             ownership.release(grant)
-        self.grants = [g for g in self.grants if g.path != path]
+        self.grants = [g for g in self.grants if g.path not in names]
         self.save()
 
     def release_all(self) -> None:
