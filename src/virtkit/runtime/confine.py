@@ -170,10 +170,14 @@ class Confinement:
         again: list[Grant] = []
         have = {(g.path, g.kind) for g in self.grants}
         for path, kind in paths:
-            path = os.path.realpath(path)  # a link swapped later cannot redirect release
+            given = os.path.abspath(path)  # QEMU opens this name ...
+            path = os.path.realpath(path)  # ... the grant is on the file (and released there)
             if not os.path.exists(path):
                 continue  # QEMU reports a missing file in its own words
             wanted = ownership.traverse_grants(path, self.uid, self.gid)
+            if given != path:  # a link: QEMU must reach it too
+                wanted += [g for g in ownership.traverse_grants(given, self.uid, self.gid)
+                           if g not in wanted]
             if kind != "read" or ownership.needs_read_grant(path, self.uid):
                 wanted.append(ownership.plan(path, self.uid, self.gid, kind))
             for grant in wanted:
@@ -209,7 +213,7 @@ class Confinement:
         wanted = [(real, "read" if readonly else "own"), *((layer, "read") for layer in chain)]
         with self.lock:
             self.refuse_shared(wanted)
-            self.grant(wanted)
+            self.grant([(path, wanted[0][1]), *wanted[1:]])  # QEMU opens ``path``
 
     def refuse_shared(self, wanted: Iterable[tuple[str, str]]) -> None:
         """Conflict when another VM of this daemon holds a grant on a file this one wants
@@ -412,7 +416,7 @@ class Confiner:
         self._attach(conf)
         with self._granting:  # the check and the journalled grants, one start at a time
             try:
-                conf.refuse_shared((path, access) for path, access in wanted
+                conf.refuse_shared((real, access) for _given, real, access in wanted
                                    if access in ("own", "read"))
             except BaseException:
                 self._forget(conf)
@@ -433,28 +437,31 @@ class Confiner:
                 conf.notes += conf.cgroup.notes
             try:
                 conf.grant([(str(run_dir), "own")])  # journals the cgroup too
-                conf.grant([(_touch(path) if access == "new" else path,
-                             "own" if access == "new" else access)
-                            for path, access in wanted])
+                for _given, real, access in wanted:
+                    if access == "new":
+                        _touch(real)  # a log file QEMU appends to, made by root first
+                conf.grant([(given, "own" if access == "new" else access)
+                            for given, _real, access in wanted])
                 conf.grant(_launch_files(domain, caps, log_dir, nvram))
             except BaseException:
                 self.release(conf)
                 raise
         return conf
 
-    def _wanted(self, domain: Domain) -> list[tuple[str, str]]:
-        """(real path, access) of every user path QEMU opens, after the path policy and
-        in the order granted; ``new``: a file to create first.  Raises on a refusal."""
-        wanted: list[tuple[str, str]] = []
+    def _wanted(self, domain: Domain) -> list[tuple[str, str, str]]:
+        """(path as named, real path, access) of every user path QEMU opens, after the
+        path policy, in the order granted; ``new``: a file to create first.  Raises on
+        a refusal."""
+        wanted: list[tuple[str, str, str]] = []
         shares = {f"filesystems[{i}].source": fs for i, fs in enumerate(domain.filesystems)}
         for item, real in preflight.check_paths(domain, self.policy, remote=False):
             if item.kind == "socket":
                 continue  # bound by the daemon, handed over as a descriptor
             if item.kind == "dir":
                 if shares[item.field].driver == "9p":
-                    wanted.append((real, item.access))
+                    wanted.append((item.path, real, item.access))
                 continue
-            wanted.append((real, "new" if item.kind == "new" else item.access))
+            wanted.append((item.path, real, "new" if item.kind == "new" else item.access))
         return wanted
 
     def _attach(self, conf: Confinement) -> None:
