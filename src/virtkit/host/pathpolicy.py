@@ -18,8 +18,8 @@ is applied.  The rules, each with its reason (docs/security.md §7):
    installer cache it makes itself.  A shared folder may not contain the state root.
 4. **Never system trees**: ``/etc``, ``/boot``, ``/proc``, ``/sys``, ``/run``, ``/dev``
    (block devices excepted), ``/usr``, ``/bin``, ``/sbin``, ``/lib*``, ``/var/lib``
-   (other services' state; ``/var/lib/libvirt/images`` is allowed, for people coming
-   from libvirt), ``/var/log``, ``/var/spool``, ``/var/cache``, ``/var/mail``,
+   (other services' state; ``/var/lib/libvirt/images`` and ``/var/lib/libvirt/boot``
+   are allowed, for people coming from libvirt), ``/var/log``, ``/var/spool``, ``/var/cache``, ``/var/mail``,
    ``/var/backups``, and any ``.ssh`` or ``.gnupg`` folder.  A shared folder may not
    contain one (sharing ``/`` or ``/var`` is refused).
 5. **Remote callers** (a token over TLS, a web console session) may name pool volumes
@@ -51,7 +51,7 @@ SYSTEM_TREES = (
     "/var/cache", "/var/mail", "/var/backups", "/root/.ssh",
 )
 #: folders inside SYSTEM_TREES that are allowed by default
-DEFAULT_ALLOWED = ("/var/lib/libvirt/images",)
+DEFAULT_ALLOWED = ("/var/lib/libvirt/images", "/var/lib/libvirt/boot")
 #: a path with one of these components is refused anywhere (keys, credentials)
 SECRET_COMPONENTS = (".ssh", ".gnupg")
 #: the file in the state root where an administrator lists allowed directories
