@@ -19,9 +19,9 @@ is applied.  The rules, each with its reason (docs/security.md §7):
 4. **Never system trees**: ``/etc``, ``/boot``, ``/proc``, ``/sys``, ``/run``, ``/dev``
    (block devices excepted), ``/usr``, ``/bin``, ``/sbin``, ``/lib*``, ``/var/lib``
    (other services' state; ``/var/lib/libvirt/images`` and ``/var/lib/libvirt/boot``
-   are allowed, for people coming from libvirt), ``/var/log``, ``/var/spool``, ``/var/cache``, ``/var/mail``,
-   ``/var/backups``, and any ``.ssh`` or ``.gnupg`` folder.  A shared folder may not
-   contain one (sharing ``/`` or ``/var`` is refused).
+   are allowed, for people coming from libvirt), ``/var/log``, ``/var/spool``,
+   ``/var/cache``, ``/var/mail``, ``/var/backups``, and any ``.ssh`` or ``.gnupg``
+   folder.  A shared folder may not contain one (sharing ``/`` or ``/var`` is refused).
 5. **Remote callers** (a token over TLS, a web console session) may name pool volumes
    only -- files inside a pool's folder, or ``pool``/``volume`` disks (Proxmox's API
    does the same) -- and files in the administrator's allowed folders; local callers
