@@ -138,6 +138,14 @@ def test_a_block_device_is_given_unless_it_is_mounted(world: dict[str, Path],
         policy.check(device, field="f", remote=True)
 
 
+def test_an_allowed_folder_holding_the_state_root_is_not_shared(tmp_path: Path) -> None:
+    root = tmp_path / "srv" / "virtkit"
+    (root / "images").mkdir(parents=True)
+    policy = PathPolicy(str(root), (str(tmp_path / "srv"),))
+    with pytest.raises(InvalidSpec, match="would give the guest"):
+        policy.check(str(tmp_path / "srv"), field="f", kind="dir")
+
+
 def test_relative_paths_are_refused(world: dict[str, Path]) -> None:
     with pytest.raises(InvalidSpec, match="not an absolute path"):
         policy_for(world).check("disk.qcow2", field="f")

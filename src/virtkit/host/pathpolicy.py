@@ -221,9 +221,10 @@ class PathPolicy:
                 "system files", field=field,
                 fix="copy the file into a storage pool, or have the administrator allow "
                     "the folder (virtkitd --allow-path DIR; docs/security.md)")
-        if kind == "dir":
-            inner = [t for t in (self.state_root, *SYSTEM_TREES) if _inside(t, real)]
-            if inner and not allowed:
+        if kind == "dir":  # the state root always counts; system trees unless allowed
+            inner = [t for t in (self.state_root, *([] if allowed else SYSTEM_TREES))
+                     if _inside(t, real)]
+            if inner:
                 raise InvalidSpec(
                     f"{field}: sharing {shown} would give the guest {inner[0]}", field=field,
                     fix="share a folder that holds only what the guest should see")
