@@ -215,9 +215,11 @@ def start_daemon(root: Path, netns: str | None = None,
     arguments) and wait for it."""
     read_fd, write_fd = os.pipe()
     prefix = ["ip", "netns", "exec", netns] if netns else []
+    env = {**os.environ, LAG_LOG_ENV: str(root / LAG_LOG)}  # the loop-lag watchdog
     process = subprocess.Popen(
         [*prefix, sys.executable, "-m", "virtkit.api.daemon", "--root", str(root),
          "--ready-fd", str(write_fd), *extra], pass_fds=[write_fd], start_new_session=True,
+        env=env,
         stdout=subprocess.DEVNULL, stderr=open(root / "daemon.stderr", "ab"),  # noqa: SIM115
     )
     os.close(write_fd)
@@ -228,6 +230,20 @@ def start_daemon(root: Path, netns: str | None = None,
         raise AssertionError("virtkitd did not start: "
                              + (root / "daemon.stderr").read_text(errors="replace"))
     return process
+
+
+#: where each test daemon's loop-lag watchdog writes stalls (api/looplag.py)
+LAG_LOG = "loop-lag.log"
+LAG_LOG_ENV = "VIRTKITD_LOOP_LAG_LOG"
+
+
+def loop_stalls(root: Path) -> str:
+    """What the daemon's loop-lag watchdog saw: every stall of its event loop > 0.5 s,
+    with the stack that blocked it ("" when none)."""
+    try:
+        return (root / LAG_LOG).read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def kill_process(pid: int, start: int | None) -> None:
@@ -275,7 +291,10 @@ def cleanup(handle: DaemonHandle) -> None:
     with contextlib.suppress(Exception):
         handle.process.wait(10)
     release_confinement(handle.root, killed)
+    stalls = loop_stalls(handle.root)
     shutil.rmtree(handle.root, ignore_errors=True)
+    if "STALL:" in stalls:
+        pytest.fail(f"the daemon's event loop stalled (> 0.5 s):\n{stalls}", pytrace=False)
 
 
 def release_confinement(root: Path, killed: list[tuple[int, int | None]]) -> None:

@@ -257,3 +257,25 @@ def test_hot_plugged_disk_and_cd_are_handed_over_and_back(daemon: DaemonHandle,
     daemon.cli("destroy", "hp")
     daemon.wait_state("hp", "shutoff")
     assert _restored(extra, before, {uid}) and _restored(iso, before, {uid})
+
+
+def test_a_daemon_under_ip_netns_exec_still_puts_qemu_in_its_cgroup(
+        netns_daemon: DaemonHandle, tmp_path: Path) -> None:
+    """``ip netns exec`` remounts /sys, and the cgroup mounts under /sys/fs/cgroup are
+    gone in its mount namespace: the daemon mounts its hierarchies itself instead of
+    starting QEMU without a cgroup (a silent downgrade)."""
+    disk = _disk(tmp_path, "ns.img")
+    info = _start(netns_daemon, "ns-conf", disk)
+    folders = info["security"]["cgroup"]
+    assert folders, info["security"]
+    assert not any("NO CGROUP" in note for note in info["security"]["notes"])
+    cgroup_lines = Path(f"/proc/{info['pid']}/cgroup").read_text()
+    name = Path(folders[0]).name
+    memory = [line for line in cgroup_lines.splitlines() if ":memory:" in line]
+    assert memory and memory[0].endswith(f"/virtkit/{name}"), cgroup_lines
+    checks = {c["name"]: c for c in netns_daemon.client.get("/v1/host/check")}
+    assert checks["daemon's QEMU cgroups"]["status"] == "PASS", checks
+    netns_daemon.cli("destroy", "ns-conf")
+    netns_daemon.wait_state("ns-conf", "shutoff")
+    wait_for(lambda: not Path(f"/sys/fs/cgroup/memory/virtkit/{name}").exists(), 30,
+             "the VM's cgroup to be removed")

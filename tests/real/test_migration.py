@@ -408,8 +408,11 @@ def test_to_a_tls_destination_by_the_cli(pair: tuple[DaemonHandle, DaemonHandle]
     destination.process.send_signal(signal.SIGTERM)
     destination.process.wait(10)
     port = free_port()
-    destination.process = start_daemon(destination.root,
-                                       extra=("--listen-tls", f"127.0.0.1:{port}"))
+    # over TLS the source is a remote caller: it may name pool volumes, and the files
+    # of folders the destination's administrator allowed (the guest's kernel here)
+    destination.process = start_daemon(destination.root, extra=(
+        "--listen-tls", f"127.0.0.1:{port}",
+        "--allow-path", str(destination.guest.kernel.parent)))
     _booted(source, "mig9")
     uri = f"virtkit+tls://127.0.0.1:{port}"
     ca = str(destination.root / "tls" / "ca.pem")

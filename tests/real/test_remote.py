@@ -98,7 +98,20 @@ def test_tls_setup_files(remote: Remote) -> None:
 
 def test_domain_lifecycle_over_tls(remote: Remote, tmp_path: Path) -> None:
     spec = tmp_path / "rvm.json"
-    spec.write_text(json.dumps(remote.daemon.spec("rvm")))
+    data = remote.daemon.spec("rvm")
+    spec.write_text(json.dumps(data))
+    # a remote caller may name pool volumes only (docs/remote.md): not the host's files
+    refused = remote.cli("define", str(spec), check=False)
+    assert refused.returncode != 0 and "pool volumes only" in refused.stderr, refused.stderr
+    # so the kernel and initrd go up as volumes of the default pool, over TLS
+    for key in ("kernel", "initrd"):
+        source = Path(data["boot"][key])
+        name = f"rvm-{key}"
+        size = f"{(source.stat().st_size >> 20) + 1}M"
+        remote.cli("vol-create-as", "default", name, size, "--format", "raw")
+        remote.cli("vol-upload", name, str(source), "--pool", "default")
+        data["boot"][key] = str(remote.daemon.root / "images" / name)
+    spec.write_text(json.dumps(data))
     remote.cli("define", str(spec))
     assert "rvm" in remote.cli("list", "--all").stdout
     assert "shutoff" in remote.cli("dominfo", "rvm").stdout
@@ -148,6 +161,42 @@ def test_domain_lifecycle_over_tls(remote: Remote, tmp_path: Path) -> None:
     remote.cli("destroy", "rvm")
     assert remote.daemon.state("rvm") == "shutoff"
     remote.cli("undefine", "rvm")
+    for key in ("kernel", "initrd"):
+        remote.cli("vol-delete", f"rvm-{key}", "--pool", "default")
+
+
+def test_remote_callers_name_pool_volumes_only(remote: Remote, tmp_path: Path) -> None:
+    """Over TLS a token holder may name volumes of storage pools, keep the paths a local
+    user already named, and nothing else of the host; pools are defined locally only."""
+    image = tmp_path / "host.raw"
+    image.write_bytes(b"\0" * 65536)
+    remote.daemon.define("kept")  # local: the kernel and initrd are host files
+    client = remote.client()
+    row = client.get(client.domain_path("kept"))
+    spec = {**row["spec"], "memory": {"current": 192}}
+    client.request("PUT", client.domain_path("kept"), {"spec": spec,
+                                                      "version": row["version"]})
+    row = client.get(client.domain_path("kept"))
+    for change, field in (({"disks": [{"path": str(image), "format": "raw"}]},
+                           "disks[0].path"),
+                          ({"boot": {**spec["boot"], "initrd": str(image)}}, "boot.initrd")):
+        with pytest.raises(ApiError) as caught:
+            client.request("PUT", client.domain_path("kept"),
+                           {"spec": {**row["spec"], **change}, "version": row["version"]})
+        assert caught.value.http_status == 403, caught.value
+        assert "pool volumes only" in str(caught.value) and field in str(caught.value)
+    remote.daemon.client.post("/v1/pools/default/volumes", {"name": "kept.raw",
+                                                            "capacity": 1 << 20,
+                                                            "format": "raw"})
+    client.request("PUT", client.domain_path("kept"), {"spec": {
+        **row["spec"], "disks": [{"pool": "default", "volume": "kept.raw"}]},
+        "version": row["version"]})
+    with pytest.raises(ApiError) as caught:
+        client.post("/v1/pools", {"spec": {"name": "mine", "type": "dir",
+                                           "target": str(tmp_path)}})
+    assert caught.value.http_status == 403, caught.value
+    remote.daemon.cli("undefine", "kept")
+    remote.daemon.cli("vol-delete", "kept.raw", "--pool", "default")
 
 
 def test_vol_upload_and_download_stream_over_tls(remote: Remote, tmp_path: Path) -> None:

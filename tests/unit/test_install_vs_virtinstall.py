@@ -87,6 +87,7 @@ from virtkit.errors import NotFound
 from virtkit.formats import osinfo
 from virtkit.formats.libvirt_xml import domain_from_xml
 from virtkit.formats.virtinstall import InstallRequest, parse_command_line
+from virtkit.host.pathpolicy import PathPolicy
 from virtkit.model.load import load_domain
 from virtkit.service.install import InstallService
 
@@ -276,6 +277,7 @@ class _NoDomains:
     """DomainService stand-in: no domain exists, no network service."""
 
     networks = None
+    policy = PathPolicy("/nonexistent/virtkit-state")  # the daemon's path policy
 
     def spec(self, ref: str) -> Any:
         raise NotFound(f"domain '{ref}' not found")

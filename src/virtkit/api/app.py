@@ -204,11 +204,11 @@ async def define_domain(request: web.Request) -> web.Response:
     domains = _services(request).domains
     provision = _services(request).provision
     if body.xml is not None:  # libvirt domain XML; the answer has "warnings"
-        result = domains.define_xml(body.xml, force=body.force)
+        result = await asyncio.to_thread(domains.define_xml, body.xml, force=body.force)
     elif body.new_disks is not None and provision is not None:
         result = await provision.define_with_new_disks(_spec_from(body), body.new_disks)
     else:
-        result = domains.define(_spec_from(body))
+        result = await asyncio.to_thread(domains.define, _spec_from(body))
     return json_response(result, status=201)
 
 
@@ -234,15 +234,17 @@ async def restore_domain(request: web.Request) -> web.Response:
 @routes.get("/v1/domains/{ref}")
 async def get_domain(request: web.Request) -> web.Response:
     secrets = security_info(request)
-    return json_response(_services(request).domains.info(request.match_info["ref"],
-                                                         secrets=secrets))
+    # a worker thread: the disks' pools are found by resolving their paths (a hung mount)
+    return json_response(await asyncio.to_thread(_services(request).domains.info,
+                                                 request.match_info["ref"], secrets=secrets))
 
 
 @routes.put("/v1/domains/{ref}")
 async def update_domain(request: web.Request) -> web.Response:
     body = await body_of(request, UpdateBody)
-    result = _services(request).domains.update(request.match_info["ref"], _spec_from(body),
-                                               body.version)
+    # a worker thread: the host checks stat user paths and run qemu-img (never the loop)
+    result = await asyncio.to_thread(_services(request).domains.update,
+                                     request.match_info["ref"], _spec_from(body), body.version)
     return json_response(result)
 
 

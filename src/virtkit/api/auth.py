@@ -35,6 +35,7 @@ from virtkit.api.common import PRINCIPAL, json_response
 from virtkit.api.requests import Body, body_of
 from virtkit.api.websession import COOKIE, CSRF_HEADER
 from virtkit.errors import Forbidden, Unauthorized, VirtkitError
+from virtkit.service.callers import as_remote_caller
 from virtkit.service.tls import TlsService
 from virtkit.service.tokens import TokenService
 
@@ -111,7 +112,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if exc.http_status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="virtkit"'
         return response
-    return await handler(request)
+    with as_remote_caller():  # the path policy: pool volumes only (docs/remote.md)
+        return await handler(request)
 
 
 def _network_principal(request: web.Request) -> str:

@@ -28,6 +28,7 @@ from virtkit import __version__
 from virtkit.api import limits, tlslisten
 from virtkit.api.app import Services, create_app
 from virtkit.api.audit import AuditLog
+from virtkit.api.looplag import LoopLagWatch
 from virtkit.api.websession import IDLE_SECONDS, SessionStore
 from virtkit.errors import VirtkitError
 from virtkit.model.load import load_domain
@@ -121,7 +122,8 @@ class Daemon:
                  web_session_idle: float = IDLE_SECONDS,
                  idle_timeout: float = IDLE_TIMEOUT, confine: bool | None = None,
                  max_connections: int = limits.MAX_CONNECTIONS,
-                 max_websockets: int = limits.MAX_WEBSOCKETS) -> None:
+                 max_websockets: int = limits.MAX_WEBSOCKETS,
+                 allowed_paths: tuple[str, ...] = (), cgroup_required: bool = True) -> None:
         self.paths = paths
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
@@ -130,7 +132,9 @@ class Daemon:
         self.store = Store(paths.database)
         self.bus = EventBus(self.store)
         self.caps = HostCapsProvider(paths.cache)
-        self.confiner = Confiner(paths, enabled=confine)
+        self.confiner = Confiner(paths, enabled=confine, allowed_paths=allowed_paths,
+                                 cgroup_required=cgroup_required,
+                                 pool_dirs=self._pool_dirs)
         self.lifecycle = Lifecycle(self.store, self.bus, paths, self.caps,
                                    lambda uuid: load_domain(self.store.get_domain(uuid).spec),
                                    confiner=self.confiner)  # off: still reconciles
@@ -138,7 +142,7 @@ class Daemon:
         self.domains = DomainService(self.store, self.lifecycle, self.bus,
                                      storage=self.storage)
         self.recovery = RecoveryService(self.store, self.storage)
-        self.host = HostService(paths.cache)
+        self.host = HostService(paths.cache, self.confiner.cgroup_status, cgroup_required)
         self.networks = NetworkService(self.store, self.bus, paths.networks)
         self.lifecycle.set_tap_provider(TapMaker(self._network_lookup))
         self.domains.networks = self.networks
@@ -163,6 +167,12 @@ class Daemon:
         self.web_sessions = SessionStore(idle_seconds=web_session_idle) if web_listen else None
         self._runner: web.AppRunner | None = None
         self._supervisor: asyncio.Task[None] | None = None
+
+    def _pool_dirs(self) -> list[str]:
+        """The folders of the dir and iso pools (the path policy's pool volumes)."""
+        return [str(self.paths.images)] + [
+            str(row.spec["target"]) for row in self.store.list_pools()
+            if row.spec.get("type") != "logical" and row.spec.get("target")]
 
     def _network_lookup(self, name: str) -> tuple[Network, bool]:
         return self.networks.spec_of(name), self.networks.is_active(name)
@@ -255,11 +265,17 @@ async def serve(paths: StatePaths, ready_fd: int | None = None, *,
                 web_session_idle: float = IDLE_SECONDS,
                 idle_timeout: float = IDLE_TIMEOUT, confine: bool | None = None,
                 max_connections: int = limits.MAX_CONNECTIONS,
-                max_websockets: int = limits.MAX_WEBSOCKETS) -> None:
+                max_websockets: int = limits.MAX_WEBSOCKETS,
+                allowed_paths: tuple[str, ...] = (), cgroup_required: bool = True,
+                lag_log: Path | None = None, lag_limit: float = 0.5) -> None:
+    watch = LoopLagWatch(lag_log, lag_limit) if lag_log is not None else None
+    if watch is not None:
+        watch.start()
     daemon = Daemon(paths, default_network=default_network, listen_tls=listen_tls,
                     web_listen=web_listen, web_session_idle=web_session_idle,
                     idle_timeout=idle_timeout, confine=confine,
-                    max_connections=max_connections, max_websockets=max_websockets)
+                    max_connections=max_connections, max_websockets=max_websockets,
+                    allowed_paths=allowed_paths, cgroup_required=cgroup_required)
     await daemon.start()
     if ready_fd is not None:
         os.write(ready_fd, b"ready\n")
@@ -271,6 +287,21 @@ async def serve(paths: StatePaths, ready_fd: int | None = None, *,
     await stop.wait()
     log.info("stopping; running VMs keep running")
     await daemon.stop()
+    if watch is not None:
+        watch.stop()
+
+
+#: a file the loop-lag watchdog writes stalls to (api/looplag.py; the real tests set it)
+LAG_LOG_ENV = "VIRTKITD_LOOP_LAG_LOG"
+
+
+def _allowed(folders: list[str]) -> list[str]:
+    """--allow-path folders: absolute, existing."""
+    for folder in folders:
+        if not os.path.isabs(folder) or not os.path.isdir(folder):
+            raise SystemExit(f"virtkitd: --allow-path {folder}: not an absolute path of an "
+                             "existing folder")
+    return folders
 
 
 def _web_listen(paths: StatePaths, address: str, cert: Path | None,
@@ -328,6 +359,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="run QEMU as the daemon's own user, without a per-VM uid, "
                         "capability drop or cgroup (default: confined when run as root; "
                         "$VIRTKITD_NO_CONFINE=1)")
+    parser.add_argument("--no-cgroup", action="store_true",
+                        default=os.environ.get("VIRTKITD_NO_CGROUP", "") not in ("", "0"),
+                        help="start confined QEMUs even where no cgroup can be made for them "
+                        "(no memory, pids or device limits; dominfo and host check say so); "
+                        "without it such a start fails ($VIRTKITD_NO_CGROUP=1)")
+    parser.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                        help="a folder whose files guests may be given although the path "
+                        "policy would refuse it (a system tree), and that remote callers may "
+                        "name; repeatable; also one per line in <root>/allowed-paths "
+                        "(docs/security.md)")
     parser.add_argument("--max-connections", type=int, default=limits.MAX_CONNECTIONS,
                         help="open connections on the unix socket at once; one more is "
                         f"answered 503 (default {limits.MAX_CONNECTIONS})")
@@ -364,7 +405,11 @@ def main(argv: list[str] | None = None) -> None:
                           idle_timeout=args.idle_timeout,
                           confine=False if args.no_confine else None,
                           max_connections=args.max_connections,
-                          max_websockets=args.max_websockets))
+                          max_websockets=args.max_websockets,
+                          allowed_paths=tuple(_allowed(args.allow_path)),
+                          cgroup_required=not args.no_cgroup,
+                          lag_log=Path(lag) if (lag := os.environ.get(LAG_LOG_ENV)) else None,
+                          lag_limit=float(os.environ.get("VIRTKITD_LOOP_LAG_MAX", "0.5"))))
     except VirtkitError as exc:
         raise SystemExit(f"virtkitd: {exc}") from None
     finally:

@@ -186,8 +186,11 @@ def _security_lines(security: dict[str, Any] | None) -> list[tuple[str, Any]]:
     if security.get("cgroup"):
         lines.append(("Cgroup", security["cgroup"][0].rsplit("/", 2)[-2] + "/"
                       + security["cgroup"][0].rsplit("/", 1)[-1]))
+    elif security.get("model") not in (None, "none"):
+        lines.append(("Cgroup", "NONE (no memory, pids or device limits)"))
     if "sandbox" in security:
         lines.append(("Seccomp sandbox", "on" if security["sandbox"] else "off"))
+    lines += [("Security note", note) for note in security.get("notes") or []]
     return lines
 
 

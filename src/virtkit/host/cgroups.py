@@ -10,15 +10,21 @@ Both layouts are handled:
   for ``memory`` (``memory.limit_in_bytes``), ``pids``, ``cpu`` (``cpu.shares``) and
   ``devices`` (``devices.deny a`` then one ``devices.allow`` line per device).
 
-Where nothing is writable (a container, a read-only ``/sys``) the caller gets a
-``HostError`` and runs QEMU without a group: confinement by uid and seccomp still holds.
+Where ``/sys/fs/cgroup`` has no cgroup file system -- ``ip netns exec`` remounts
+``/sys`` for the network namespace and the cgroup mounts under it are gone -- the daemon
+mounts the hierarchies its process belongs to (``/proc/self/cgroup``) itself, in a folder
+of its state root (``find_root``; only its mount namespace sees them).  Where nothing is
+writable (a container, a read-only ``/sys``) the caller gets a ``HostError`` and the start
+is refused, unless the daemon runs with ``--no-cgroup`` (runtime/confine.py).
 Path computation is pure (``group_dirs``), so it is unit-tested on fake trees.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import logging
 import os
 import stat
 import time
@@ -27,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from virtkit.errors import HostError
+
+log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 V1_CONTROLLERS = ("memory", "pids", "cpu", "devices")
@@ -50,6 +58,68 @@ def cgroup_version(root: Path = CGROUP_ROOT) -> str | None:
     if (root / "memory").is_dir() or (root / "pids").is_dir():
         return "v1"
     return None
+
+
+def hierarchies(proc_cgroup: str = "/proc/self/cgroup") -> list[tuple[str, ...]]:
+    """The cgroup hierarchies this process is in: the controller set of each v1 one
+    (``("cpu", "cpuacct")``), ``()`` for the v2 unified one."""
+    found: list[tuple[str, ...]] = []
+    with contextlib.suppress(OSError), open(proc_cgroup) as handle:
+        for line in handle:
+            parts = line.rstrip("\n").split(":", 2)
+            if len(parts) == 3 and not parts[1].startswith("name="):
+                found.append(tuple(c for c in parts[1].split(",") if c))
+    return found
+
+
+def mount_plan(found: list[tuple[str, ...]]) -> list[tuple[str, str, str]]:
+    """(folder, fstype, options) to mount for ``hierarchies()``: every v1 hierarchy with a
+    controller virtkit uses (named after that controller), else the v2 one at ``.``."""
+    plan: list[tuple[str, str, str]] = []
+    for controllers in found:
+        wanted = [c for c in V1_CONTROLLERS if c in controllers]
+        if wanted:
+            plan.append((wanted[0], "cgroup", ",".join(controllers)))
+    if not plan and () in found:
+        plan.append((".", "cgroup2", ""))
+    return plan
+
+
+def _mount(source: str, target: Path, fstype: str, options: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(source.encode(), str(target).encode(), fstype.encode(), 0,
+                  options.encode() or None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(target))
+
+
+def find_root(fallback: Path, root: Path = CGROUP_ROOT) -> Path:
+    """Where the cgroup file systems are: ``root`` when it has them, else ``fallback``
+    with the daemon's own hierarchies mounted there (after ``ip netns exec``, whose
+    fresh ``/sys`` has no cgroup mounts).  ``root`` when neither works (the start then
+    fails, naming it)."""
+    if cgroup_version(root) is not None or os.geteuid() != 0:
+        return root
+    if cgroup_version(fallback) is not None:
+        return fallback
+    plan = mount_plan(hierarchies())
+    try:
+        for folder, fstype, options in plan:
+            target = fallback / folder
+            target.mkdir(parents=True, exist_ok=True, mode=0o755)
+            _mount(fstype, target, fstype, options)
+            if fstype == "cgroup":  # the other names of a combined hierarchy (cpuacct)
+                for other in options.split(","):
+                    link = fallback / other
+                    if other != folder and other in V1_CONTROLLERS and not link.exists():
+                        link.symlink_to(folder)
+    except OSError as exc:
+        log.error("no cgroup file system at %s, and mounting one at %s failed: %s",
+                  root, fallback, exc)
+        return root
+    log.info("cgroup file systems were not mounted at %s; mounted them at %s", root,
+             fallback)
+    return fallback if cgroup_version(fallback) is not None else root
 
 
 def group_dirs(root: Path, version: str, name: str) -> dict[str, Path]:

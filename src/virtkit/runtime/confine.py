@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from virtkit.errors import VirtkitError
+from virtkit.errors import Conflict, HostError, VirtkitError
 from virtkit.host import cgroups
+from virtkit.host.pathpolicy import PathPolicy
 from virtkit.model.domain import Domain
 from virtkit.model.host import HostCaps
 from virtkit.paths import StatePaths
-from virtkit.runtime import ownership
+from virtkit.runtime import ownership, preflight
 from virtkit.runtime.ownership import Grant
-from virtkit.storage import qemuimg
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,15 @@ class Confinement:
     sandbox: bool = True
     grants: list[Grant] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    name: str = ""
+    #: the path policy every later grant passes (hotplug); None: not checked
+    policy: PathPolicy | None = field(default=None, repr=False, compare=False)
+    #: grants other VMs of this daemon hold now: {real path: [(vm, kind)]}
+    others: Callable[[], dict[str, list[tuple[str, str]]]] | None = field(
+        default=None, repr=False, compare=False)
+    #: held from the check against the other VMs' grants to the journalled grant, so two
+    #: starts (worker threads) on one file cannot both pass the check
+    lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
 
     # -- grants ------------------------------------------------------------------
 
@@ -161,10 +170,14 @@ class Confinement:
         again: list[Grant] = []
         have = {(g.path, g.kind) for g in self.grants}
         for path, kind in paths:
-            path = os.path.abspath(path)
+            given = os.path.abspath(path)  # QEMU opens this name ...
+            path = os.path.realpath(path)  # ... the grant is on the file (and released there)
             if not os.path.exists(path):
                 continue  # QEMU reports a missing file in its own words
             wanted = ownership.traverse_grants(path, self.uid, self.gid)
+            if given != path:  # a link: QEMU must reach it too
+                wanted += [g for g in ownership.traverse_grants(given, self.uid, self.gid)
+                           if g not in wanted]
             if kind != "read" or ownership.needs_read_grant(path, self.uid):
                 wanted.append(ownership.plan(path, self.uid, self.gid, kind))
             for grant in wanted:
@@ -180,19 +193,45 @@ class Confinement:
             log.debug("granting %s (%s) to uid %d", grant.path, grant.kind, self.uid)
             ownership.apply(grant)
 
-    def grant_image(self, path: str, *, readonly: bool, fmt: str | None) -> None:
+    def grant_image(self, path: str, *, readonly: bool, fmt: str | None,
+                    field_name: str = "disk") -> None:
         """A disk image and its backing chain: the top owned (or read when read-only),
-        every backing file read (shared by linked clones: never chowned)."""
-        chain = [path]
-        if fmt not in (None, "raw"):
-            try:
-                chain += [os.path.abspath(layer["filename"])
-                          for layer in qemuimg.backing_chain(path)[1:]
-                          if str(layer.get("filename", "")).startswith("/")]
-            except VirtkitError as exc:
-                log.warning("cannot read the backing chain of %s: %s", path, exc)
-        self.grant([(path, "read" if readonly else "own"),
-                    *((layer, "read") for layer in chain[1:])])
+        every backing file read (shared by linked clones: never chowned).  The image and
+        every backing file pass the path policy, and none may be held by another VM in a
+        way that conflicts, before anything is granted."""
+        real = os.path.realpath(path)
+        check = None
+        if self.policy is not None:
+            policy = self.policy
+            real = policy.check(path, field=field_name, kind="file", remote=False)
+
+            def check(name: str) -> str:
+                return policy.check(name, field=f"{field_name} (backing file)", kind="file",
+                                    remote=False)
+
+        chain = preflight.backing_files(real, fmt, check) if os.path.isfile(real) else []
+        wanted = [(real, "read" if readonly else "own"), *((layer, "read") for layer in chain)]
+        with self.lock:
+            self.refuse_shared(wanted)
+            self.grant([(path, wanted[0][1]), *wanted[1:]])  # QEMU opens ``path``
+
+    def refuse_shared(self, wanted: Iterable[tuple[str, str]]) -> None:
+        """Conflict when another VM of this daemon holds a grant on a file this one wants
+        in a way that cannot be shared: a file written (``own``) by one VM is neither
+        written nor read by another.  Nothing is changed, so the other VM's file keeps
+        its owner (release restores only what a grant changed)."""
+        if self.others is None:
+            return
+        held = self.others()
+        for path, kind in wanted:
+            for other, other_kind in held.get(os.path.realpath(path), []):
+                if "own" in (kind, other_kind):
+                    raise Conflict(
+                        f"{path} is in use by VM {other} (it "
+                        f"{'writes' if other_kind == 'own' else 'reads'} it)",
+                        path=path, vm=other,
+                        fix=f"stop {other} first, or give this VM its own copy "
+                            "(virtkit vol-clone)")
 
     def grant_writable(self, path: str) -> None:
         """A file QEMU must now write (a block-commit target, a new overlay)."""
@@ -201,11 +240,11 @@ class Confinement:
     def release_path(self, path: str) -> None:
         """Take back what was granted on ``path`` (an unplugged disk); folders stay
         traversable until the VM ends."""
-        path = os.path.abspath(path)
-        mine = [g for g in self.grants if g.path == path]
+        names = {os.path.abspath(path), os.path.realpath(path)}  # grants hold real paths
+        mine = [g for g in self.grants if g.path in names]
         for grant in mine:
             ownership.release(grant)
-        self.grants = [g for g in self.grants if g.path != path]
+        self.grants = [g for g in self.grants if g.path not in names]
         self.save()
 
     def release_all(self) -> None:
@@ -236,7 +275,8 @@ class Confinement:
     # -- records -------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        return {"uuid": self.uuid, "uid": self.uid, "gid": self.gid, "groups": self.groups,
+        return {"uuid": self.uuid, "name": self.name, "uid": self.uid, "gid": self.gid,
+                "groups": self.groups,
                 "cgroup": self.cgroup.paths() if self.cgroup else [],
                 "cgroup_version": self.cgroup.version if self.cgroup else None,
                 "sandbox": self.sandbox, "notes": self.notes,
@@ -262,7 +302,7 @@ class Confinement:
                    [int(g) for g in data.get("groups", [])], journal, group,
                    bool(data.get("sandbox", True)),
                    [Grant.from_json(g) for g in data.get("grants", [])],
-                   list(data.get("notes", [])))
+                   list(data.get("notes", [])), str(data.get("name") or ""))
 
     def describe(self) -> dict[str, Any]:
         """What ``dominfo`` shows (virsh's Security model / DOI / label lines)."""
@@ -291,15 +331,42 @@ class Confiner:
     """Decides whether and how each QEMU is confined, and reconciles after a crash."""
 
     def __init__(self, paths: StatePaths, *, enabled: bool | None = None,
-                 cgroup_root: Path = cgroups.CGROUP_ROOT) -> None:
+                 cgroup_root: Path | None = None, policy: PathPolicy | None = None,
+                 cgroup_required: bool = True, allowed_paths: Iterable[str] = (),
+                 pool_dirs: Callable[[], Iterable[str]] | None = None) -> None:
         self.paths = paths
         self.enabled = (os.geteuid() == 0) if enabled is None else enabled
-        self.cgroup_root = cgroup_root
+        #: where the cgroup file systems are; None: found (or mounted) when first needed
+        self._cgroup_root = cgroup_root
+        #: False only with ``virtkitd --no-cgroup``: a QEMU may then start without a
+        #: cgroup (loudly: dominfo and host check say so); otherwise that start fails
+        self.cgroup_required = cgroup_required
+        #: the one path policy (host/pathpolicy.py): every path a guest is given passes it
+        self.policy = policy or PathPolicy.for_root(paths.root, allowed=allowed_paths,
+                                                    pool_dirs=pool_dirs)
         self.journals = paths.root / "confine"
         self._active: dict[str, int] = {}
         self._choosing = threading.Lock()  # starts run in worker threads
+        self._granting = threading.RLock()
         if self.enabled:
             self._harden()
+
+    @property
+    def cgroup_root(self) -> Path:
+        with self._granting:  # two starts in worker threads must not mount twice
+            if self._cgroup_root is None:
+                self._cgroup_root = cgroups.find_root(self.paths.run / "cgroup")
+            return self._cgroup_root
+
+    def cgroup_status(self) -> tuple[bool, str]:
+        """(usable, what) of the cgroups QEMUs are put in (``host check``)."""
+        if not self.enabled:
+            return True, "confinement off (--no-confine): QEMU runs as the daemon's user"
+        ok, what = cgroups.writable(self.cgroup_root)
+        if not ok and not self.cgroup_required:
+            return False, f"{what}; --no-cgroup: QEMUs start WITHOUT a cgroup (no memory, " \
+                          "pids or device limits)"
+        return ok, what
 
     def userfaultfd_refused(self) -> bool:
         """True when a confined QEMU cannot use userfaultfd, which post-copy migration
@@ -328,39 +395,101 @@ class Confiner:
 
     def prepare(self, domain: Domain, caps: HostCaps, *, run_dir: Path, log_dir: Path,
                 nvram: str | None) -> Confinement | None:
-        """Choose the uid, make the cgroup, grant every file QEMU opens by path.
-        None when confinement is off (or impossible for this domain: logged)."""
+        """Check every path against the path policy and the other VMs' grants, then
+        choose the uid, make the cgroup and grant every file QEMU opens by path.  None
+        when confinement is off (or impossible for this domain: logged).  Nothing is
+        chowned or given an ACL before every check passed."""
         if not self.enabled:
             return None
         reason = unconfined_reason(domain)
         if reason is not None:
             log.warning("%s runs unconfined: %s", domain.name, reason)
             return None
+        wanted = self._wanted(domain)
         root = str(self.paths.root)
         with self._choosing:
             busy = uids_in_use() | set(self._active.values())
             uid = pick_uid(root, domain.uuid, lambda u: u in busy or _known_user(u))
             self._active[domain.uuid] = uid
         conf = Confinement(domain.uuid, uid, uid, _groups(caps), self.journal(domain.uuid),
-                           sandbox=caps.sandbox)
-        conf.save()  # before the cgroup exists: a crash right after still finds it
-        try:
-            conf.cgroup = self._make_cgroup(domain, caps, root)
-        except VirtkitError as exc:
-            conf.notes.append(f"no cgroup: {exc}")
-            log.warning("%s starts without a cgroup: %s", domain.name, exc)
-        if conf.cgroup is not None:
-            conf.notes += conf.cgroup.notes
-        try:
-            conf.grant([(str(run_dir), "own")])  # journals the cgroup too
-            for disk in domain.disks:
-                if disk.path is not None:
-                    conf.grant_image(disk.path, readonly=disk.readonly, fmt=disk.format)
-            conf.grant(_launch_files(domain, caps, log_dir, nvram))
-        except BaseException:
-            self.release(conf)
-            raise
+                           sandbox=caps.sandbox, name=domain.name)
+        self._attach(conf)
+        with self._granting:  # the check and the journalled grants, one start at a time
+            try:
+                conf.refuse_shared((real, access) for _given, real, access in wanted
+                                   if access in ("own", "read"))
+            except BaseException:
+                self._forget(conf)
+                raise
+            conf.save()  # before the cgroup exists: a crash right after still finds it
+            try:
+                conf.cgroup = self._make_cgroup(domain, caps, root)
+            except VirtkitError as exc:
+                if self.cgroup_required:
+                    self.release(conf)
+                    raise HostError(f"cannot confine {domain.name}: no cgroup for its QEMU "
+                                    f"({exc})", fix="run virtkitd where the cgroup file "
+                                    "systems are mounted and writable, or start it with "
+                                    "--no-cgroup to run QEMUs without one") from exc
+                conf.notes.append(f"NO CGROUP (--no-cgroup): {exc}")
+                log.warning("%s starts WITHOUT a cgroup (--no-cgroup): %s", domain.name, exc)
+            if conf.cgroup is not None:
+                conf.notes += conf.cgroup.notes
+            try:
+                conf.grant([(str(run_dir), "own")])  # journals the cgroup too
+                for _given, real, access in wanted:
+                    if access == "new":
+                        _touch(real)  # a log file QEMU appends to, made by root first
+                conf.grant([(given, "own" if access == "new" else access)
+                            for given, _real, access in wanted])
+                conf.grant(_launch_files(domain, caps, log_dir, nvram))
+            except BaseException:
+                self.release(conf)
+                raise
         return conf
+
+    def _wanted(self, domain: Domain) -> list[tuple[str, str, str]]:
+        """(path as named, real path, access) of every user path QEMU opens, after the
+        path policy, in the order granted; ``new``: a file to create first.  Raises on
+        a refusal."""
+        wanted: list[tuple[str, str, str]] = []
+        shares = {f"filesystems[{i}].source": fs for i, fs in enumerate(domain.filesystems)}
+        for item, real in preflight.check_paths(domain, self.policy, remote=False):
+            if item.kind == "socket":
+                continue  # bound by the daemon, handed over as a descriptor
+            if item.kind == "dir":
+                if shares[item.field].driver == "9p":
+                    wanted.append((item.path, real, item.access))
+                continue
+            wanted.append((item.path, real, "new" if item.kind == "new" else item.access))
+        return wanted
+
+    def _attach(self, conf: Confinement) -> None:
+        conf.policy = self.policy
+        conf.lock = self._granting
+        conf.others = lambda: self.held_by_others(conf.uuid)
+
+    def _forget(self, conf: Confinement) -> None:
+        if self._active.get(conf.uuid) == conf.uid:
+            del self._active[conf.uuid]
+
+    def held_by_others(self, uuid: str) -> dict[str, list[tuple[str, str]]]:
+        """What the other VMs' journals hold: {path: [(vm, kind)]} (files only)."""
+        held: dict[str, list[tuple[str, str]]] = {}
+        if not self.journals.is_dir():
+            return held
+        for journal in self.journals.glob("*.json"):
+            if journal.stem == uuid:
+                continue
+            try:
+                other = Confinement.load(journal)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            for grant in other.grants:
+                if grant.kind in ("own", "read"):
+                    held.setdefault(grant.path, []).append((other.name or other.uuid,
+                                                            grant.kind))
+        return held
 
     def _make_cgroup(self, domain: Domain, caps: HostCaps, root: str) -> cgroups.Cgroup:
         devices = list(cgroups.BASE_DEVICES)
@@ -378,8 +507,7 @@ class Confiner:
         if conf is None:
             return
         conf.release_all()
-        if self._active.get(conf.uuid) == conf.uid:
-            del self._active[conf.uuid]
+        self._forget(conf)
 
     def adopt(self, uuid: str) -> Confinement | None:
         """The confinement of a QEMU an earlier daemon started (from its journal)."""
@@ -392,6 +520,7 @@ class Confiner:
             log.error("cannot read %s: %s", journal, exc)
             return None
         self._active[uuid] = conf.uid
+        self._attach(conf)
         return conf
 
     def reconcile(self, alive: set[str]) -> list[str]:
@@ -451,19 +580,14 @@ def _launch_files(domain: Domain, caps: HostCaps, log_dir: Path,
         if caps.ovmf_code:
             files.append((caps.ovmf_code, "read"))
     for index, serial in enumerate(domain.serials):
-        if serial.log:
-            files.append((_touch(serial.log_path or str(log_dir / f"serial{index}.log")),
-                          "own"))
-    for port in domain.parallels:
-        files.append((_touch(port.path), "own"))
-    for fs in domain.filesystems:
-        if fs.driver == "9p":
-            files.append((fs.source, "rx" if fs.readonly else "rwx"))
+        if serial.log and not serial.log_path:  # user-named logs are in Confiner._wanted
+            files.append((_touch(str(log_dir / f"serial{index}.log")), "own"))
     return files
 
 
 def _touch(path: str) -> str:
     """Create a file QEMU appends to (as root, so it can then be handed over)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK,
+                 0o600)
     os.close(fd)
     return path

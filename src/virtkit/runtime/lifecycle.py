@@ -32,6 +32,7 @@ from virtkit.errors import (
     TimeoutExpired,
     VirtkitError,
 )
+from virtkit.host.pathpolicy import PathPolicy
 from virtkit.model.domain import Domain, LifecycleAction, Nic
 from virtkit.model.load import dump_domain
 from virtkit.model.state import Action, State, check_action, check_transition
@@ -86,6 +87,8 @@ class Lifecycle:
         self._taps_for = taps_for
         #: confines every QEMU (runtime/confine.py); None: QEMU runs as the daemon
         self.confiner = confiner
+        #: the path policy of every file a guest is given (host/pathpolicy.py)
+        self.policy = confiner.policy if confiner is not None else PathPolicy.for_root(paths.root)
         self._store = store
         self._bus = bus
         self._paths = paths
@@ -108,8 +111,9 @@ class Lifecycle:
             if name is None:
                 raise NotFound(f"domain {uuid} not found")
             record = self._store.get_runtime(uuid)
-            vm = Vm(uuid, name, State(record.state), record.reason)
-            self._vms[uuid] = vm
+            # setdefault: a worker thread (a request's info) may race the loop here
+            vm = self._vms.setdefault(uuid, Vm(uuid, name, State(record.state),
+                                               record.reason))
         elif name is not None:
             vm.name = name
         return vm

@@ -8,12 +8,16 @@ for fits in the host.  Each failure names the spec field and the fix.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 
-from virtkit.errors import InvalidSpec
+from virtkit.errors import InvalidSpec, VirtkitError
+from virtkit.host.pathpolicy import PathPolicy
 from virtkit.model.cpulist import format_cpulist
 from virtkit.model.domain import DiskDevice, Domain, parse_cpuset
 from virtkit.model.units import format_mib
+from virtkit.storage import qemuimg
 
 
 def host_memory_mib(meminfo: Path = Path("/proc/meminfo")) -> int:
@@ -35,8 +39,118 @@ def _need_file(path: str, field: str, what: str, fix: str) -> None:
                           fix="fix its permissions")
 
 
-def check_files(domain: Domain) -> None:
-    """Every kernel, initrd and disk path the spec names must exist and be readable."""
+@dataclass(frozen=True)
+class GuestPath:
+    """One host path a spec gives its guest (see host/pathpolicy.py)."""
+
+    path: str
+    field: str
+    #: pathpolicy kind: file, dir, new (created if missing), socket (bound by the daemon)
+    kind: str
+    #: what QEMU does with it: own (writes), read, rx/rwx (a shared folder)
+    access: str
+    #: named as pool + volume: the service resolved it (a remote caller may name it)
+    volume: bool = False
+    #: a disk image whose backing chain QEMU opens too
+    image_format: str | None = None
+
+
+def guest_paths(domain: Domain) -> list[GuestPath]:
+    """Every host path the spec names for its guest: disks and CD media, kernel, initrd,
+    serial log files, parallel port files, channel sockets, shared folders."""
+    found: list[GuestPath] = []
+    if domain.boot.kernel:
+        found.append(GuestPath(domain.boot.kernel, "boot.kernel", "file", "read"))
+    if domain.boot.initrd:
+        found.append(GuestPath(domain.boot.initrd, "boot.initrd", "file", "read"))
+    for index, disk in enumerate(domain.disks):
+        if disk.path is not None:
+            found.append(GuestPath(disk.path, f"disks[{index}].path", "file",
+                                   "read" if disk.readonly else "own",
+                                   volume=disk.pool is not None and disk.volume is not None,
+                                   image_format=disk.format or "probe"))
+    for index, serial in enumerate(domain.serials):
+        if serial.log and serial.log_path:
+            found.append(GuestPath(serial.log_path, f"serials[{index}].log_path", "new", "own"))
+    for index, port in enumerate(domain.parallels):
+        found.append(GuestPath(port.path, f"parallels[{index}].path", "new", "own"))
+    for index, channel in enumerate(domain.channels):
+        if channel.path:
+            found.append(GuestPath(channel.path, f"channels[{index}].path", "socket", "own"))
+    for index, fs in enumerate(domain.filesystems):
+        found.append(GuestPath(fs.source, f"filesystems[{index}].source", "dir",
+                               "rx" if fs.readonly else "rwx"))
+    return found
+
+
+#: deeper chains than this are refused (snapshot chains stay far below)
+MAX_CHAIN = 256
+
+
+def backing_files(path: str, fmt: str | None,
+                  check: Callable[[str], str] | None = None) -> list[str]:
+    """The backing chain below image ``path`` (real paths, top first; empty for raw),
+    read one layer at a time (``qemu-img info`` opens no backing file): ``check`` sees
+    each backing file *before* qemu-img opens it, so a FIFO or a forbidden file in a
+    chain is refused by name and never opened."""
+    chain: list[str] = []
+    current = path
+    while fmt != "raw" and len(chain) < MAX_CHAIN:
+        try:
+            info = qemuimg.image_info(current, fmt=fmt)
+        except VirtkitError:
+            break  # not an image qemu-img reads: QEMU reports it in its own words
+        name = info.get("full-backing-filename") or info.get("backing-filename")
+        if not name:
+            break
+        name = str(name)
+        if not name.startswith("/"):
+            if ":" in name.split("/", 1)[0] and check is not None:
+                raise InvalidSpec(f"{path}: backing file {name!r} is not a local file",
+                                  field="path", fix="rebase the image onto a local file")
+            name = os.path.join(os.path.dirname(current), name)
+        layer = check(name) if check is not None else os.path.realpath(name)
+        if layer in chain or layer == os.path.realpath(path):
+            raise InvalidSpec(f"{path}: its backing chain loops through {layer}",
+                              field="path", fix="rebase the image")
+        chain.append(layer)
+        fmt = info.get("backing-filename-format")
+        current = layer
+    return chain
+
+
+def check_paths(domain: Domain, policy: PathPolicy | None, *, remote: bool | None = None,
+                trusted: Collection[str] = ()) -> list[tuple[GuestPath, str]]:
+    """Every guest path (backing files included) through the path policy: the list of
+    (path, real path) when all pass, else the first refusal (InvalidSpec/Forbidden).
+    ``remote`` None: as the request's caller is; paths in ``trusted`` (the stored
+    definition's) and pool/volume disks are not held to the remote rule.
+    Nothing is changed on disk."""
+    checked: list[tuple[GuestPath, str]] = []
+    if policy is None:
+        return checked
+    for item in guest_paths(domain):
+        who = False if item.volume or item.path in trusted else remote
+        real = policy.check(item.path, field=item.field, kind=item.kind, remote=who)
+        checked.append((item, real))
+        if item.image_format is None or not os.path.isfile(real):
+            continue
+        fmt = None if item.image_format == "probe" else item.image_format
+        field = f"{item.field} (backing file)"
+
+        def layer_ok(name: str, field: str = field, who: bool | None = who) -> str:
+            return policy.check(name, field=field, kind="file", remote=who)
+
+        for layer in backing_files(real, fmt, layer_ok):
+            checked.append((GuestPath(layer, field, "file", "read"), layer))
+    return checked
+
+
+def check_files(domain: Domain, policy: PathPolicy | None = None, *,
+                remote: bool | None = None, trusted: Collection[str] = ()) -> None:
+    """Every path the spec names passes the path policy (host/pathpolicy.py); every
+    kernel, initrd and disk exists and is readable (writable unless read-only)."""
+    check_paths(domain, policy, remote=remote, trusted=trusted)
     boot = domain.boot
     if boot.kernel:
         _need_file(boot.kernel, "boot.kernel", "kernel", "fix the path to the kernel image")

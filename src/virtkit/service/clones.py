@@ -71,7 +71,7 @@ class CloneService:
                 await asyncio.to_thread(self._copy_disks, source, writable, targets, linked,
                                         live, progress, undo)
             clone = self._clone_spec(source, name, writable, targets, macs or [])
-            result = self._domains.define(dump_domain(clone))
+            result = await asyncio.to_thread(self._domains.define, dump_domain(clone))
             undo.callback(self._store.delete_domain, result["uuid"])
             self._copy_nvram(row.uuid, result["uuid"], undo)
             if linked:  # last: on failure the original's spec is unchanged

@@ -10,6 +10,7 @@ changed, then the definition is stored, so a refused request changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +91,11 @@ class DeviceService:
     def _store_config(self, row: DomainRow, domain: Domain) -> None:
         self._domains.replace_spec(row, domain)
 
-    def _prepared(self, row: DomainRow, change: dict[str, Any]) -> Domain:
-        """The stored definition with ``change`` applied, validated against the host."""
+    async def _prepared(self, row: DomainRow, change: dict[str, Any]) -> Domain:
+        """The stored definition with ``change`` applied, validated against the host (in a
+        worker thread: it stats paths and runs qemu-img; new paths pass the path policy)."""
         raw = {**row.spec, **change}
-        return self._domains.prepare(load_domain(raw))
+        return await self._domains.prepare_async(load_domain(raw), stored=row.spec)
 
     # -- disks -----------------------------------------------------------------------
 
@@ -105,11 +107,11 @@ class DeviceService:
             disk = Disk.model_validate(disk_spec)
         except ValueError as exc:
             raise InvalidSpec(f"disk: {_first_error(exc)}", field="disk") from None
-        probe = self._prepared(row, {"disks": [*row.spec.get("disks", []),
+        probe = await self._prepared(row, {"disks": [*row.spec.get("disks", []),
                                                disk.model_dump(mode="json",
                                                                exclude_none=True)]})
         disk = probe.disks[-1]  # path resolved from pool/volume, format detected
-        if disk.path and not Path(disk.path).exists():
+        if disk.path and not await asyncio.to_thread(Path(disk.path).exists):
             raise InvalidSpec(f"disk source {disk.path} does not exist", field="path",
                               fix="create it first (virtkit vol-create-as, or qemu-img create)")
         attached = disk
@@ -118,7 +120,7 @@ class DeviceService:
         if config:
             target_disk = disk.model_copy(update={"target": attached.target})
             spec_disks = [*load_domain(row.spec).disks, target_disk]
-            self._store_config(row, self._prepared(row, {"disks": [
+            self._store_config(row, await self._prepared(row, {"disks": [
                 d.model_dump(mode="json", exclude_none=True) for d in spec_disks]}))
         return {"name": row.name, "target": attached.target, "path": disk.path,
                 "live": live, "config": config}
@@ -148,7 +150,7 @@ class DeviceService:
                 done = await hotplug.detach_disk(running, target,
                                                  self._life.finisher(row.uuid, row.name))
         if keep is not None:
-            self._store_config(row, self._prepared(row, {"disks": [
+            self._store_config(row, await self._prepared(row, {"disks": [
                 d.model_dump(mode="json", exclude_none=True) for d in keep]}))
         return {"name": row.name, "target": target, "live": live, "config": config,
                 "pending": not done}
@@ -162,7 +164,9 @@ class DeviceService:
                            force: bool = False) -> dict[str, Any]:
         """change-media: eject (path None) or insert/update a CD-ROM's medium."""
         row, live, config = self._scope(ref, live, config)
-        if path is not None and not Path(path).is_file():
+        if path is not None:
+            await asyncio.to_thread(self._life.policy.check, path, field="path", kind="file")
+        if path is not None and not await asyncio.to_thread(Path(path).is_file):
             raise InvalidSpec(f"medium {path} does not exist", field="path",
                               fix="give the path of an ISO image")
         spec = load_domain(row.spec)
@@ -179,7 +183,7 @@ class DeviceService:
             async with self._life.live_change(row.uuid, row.name) as running:
                 await hotplug.change_media(running, target, path, force=force)
         if config:
-            self._store_config(row, self._prepared(row, {"disks": [
+            self._store_config(row, await self._prepared(row, {"disks": [
                 d.model_dump(mode="json", exclude_none=True) for d in disks]}))
         return {"name": row.name, "target": target, "path": path, "live": live,
                 "config": config}
@@ -194,7 +198,7 @@ class DeviceService:
             nic = Nic.model_validate(nic_spec)
         except ValueError as exc:
             raise InvalidSpec(f"interface: {_first_error(exc)}", field="interface") from None
-        probe = self._prepared(row, {"nics": [*row.spec.get("nics", []),
+        probe = await self._prepared(row, {"nics": [*row.spec.get("nics", []),
                                               nic.model_dump(mode="json", exclude_none=True)]})
         nic = probe.nics[-1]  # with a fresh MAC when none was given; network checked
         if live:
@@ -207,7 +211,7 @@ class DeviceService:
                     if tap is not None:
                         tap.close()  # QEMU holds its own copy; on failure the tap goes
         if config:
-            self._store_config(row, self._prepared(row, {"nics": [
+            self._store_config(row, await self._prepared(row, {"nics": [
                 *row.spec.get("nics", []), nic.model_dump(mode="json", exclude_none=True)]}))
         return {"name": row.name, "mac": nic.mac, "live": live, "config": config}
 
@@ -228,7 +232,7 @@ class DeviceService:
                 done = await hotplug.detach_nic(running, mac,
                                                 self._life.finisher(row.uuid, row.name))
         if keep is not None:
-            self._store_config(row, self._prepared(row, {"nics": keep}))
+            self._store_config(row, await self._prepared(row, {"nics": keep}))
         return {"name": row.name, "mac": mac, "live": live, "config": config,
                 "pending": not done}
 
@@ -248,7 +252,7 @@ class DeviceService:
             vcpus["current"] = min(vcpus.get("current", 1), count)
         else:
             vcpus["current"] = count
-        new = self._prepared(row, {"vcpus": vcpus}) if config else None
+        new = await self._prepared(row, {"vcpus": vcpus}) if config else None
         done = True
         if live:
             async with self._life.live_change(row.uuid, row.name) as running:
@@ -277,7 +281,7 @@ class DeviceService:
             if memory.get("max") is not None and memory["max"] < mib:
                 raise InvalidSpec(f"memory {mib} MiB is above the maximum of {memory['max']} MiB",
                                   field="size", fix="raise it first with setmaxmem --config")
-        new = self._prepared(row, {"memory": memory}) if config else None
+        new = await self._prepared(row, {"memory": memory}) if config else None
         if live:
             async with self._life.live_change(row.uuid, row.name) as running:
                 await hotplug.set_balloon(running, mib)
@@ -297,7 +301,7 @@ class DeviceService:
             raise InvalidSpec(f"'{row.name}' would have {memory['current']} MiB, above its "
                               f"maximum of {memory['max']} MiB", field="size",
                               fix="raise it first with setmaxmem --config")
-        new = self._prepared(row, {"memory": memory}) if config else None
+        new = await self._prepared(row, {"memory": memory}) if config else None
         total = memory["current"]
         if live:
             async with self._life.live_change(row.uuid, row.name) as running:

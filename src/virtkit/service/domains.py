@@ -19,6 +19,7 @@ from typing import Any
 from virtkit.errors import Conflict, InvalidSpec, NotFound
 from virtkit.formats.libvirt_xml import domain_from_xml, domain_to_xml
 from virtkit.host import procstat
+from virtkit.host.pathpolicy import PathPolicy
 from virtkit.model.domain import Domain, Nic
 from virtkit.model.load import (
     domain_to_yaml,
@@ -55,6 +56,11 @@ class DomainService:
         self._life = lifecycle
         self._bus = bus
         self._host_memory = host_memory_mib or preflight.host_memory_mib()
+
+    @property
+    def policy(self) -> PathPolicy:
+        """The path policy of every host file a guest is given (host/pathpolicy.py)."""
+        return self._life.policy
 
     def subscribe_events(self) -> contextlib.AbstractContextManager[asyncio.Queue[dict[str, Any]]]:
         """A queue of every event published while the context is open (the API's stream)."""
@@ -214,9 +220,15 @@ class DomainService:
             disk.path = self._storage.resolve(disk.pool, disk.volume)
         return domain
 
-    def prepare(self, domain: Domain) -> Domain:
-        """Validate ``domain`` against the host and fill in host-given defaults."""
-        return self._prepare(domain)
+    def prepare(self, domain: Domain, *, stored: dict[str, Any] | None = None) -> Domain:
+        """Validate ``domain`` against the host and fill in host-given defaults;
+        ``stored``: the definition it replaces (its paths were checked when named)."""
+        return self._prepare(domain, stored)
+
+    async def prepare_async(self, domain: Domain, *,
+                            stored: dict[str, Any] | None = None) -> Domain:
+        """:meth:`prepare` in a worker thread: it stats user paths and runs qemu-img."""
+        return await asyncio.to_thread(self._prepare, domain, stored)
 
     def replace_spec(self, row: DomainRow, domain: Domain) -> None:
         """Store a prepared spec as the next version of ``row`` (device changes)."""
@@ -226,11 +238,13 @@ class DomainService:
                           state=self._life.vm(row.uuid, updated.name).state.value,
                           reason="devices changed", version=updated.version)
 
-    def _prepare(self, domain: Domain) -> Domain:
-        """Host checks and defaults that need the host: files, memory, formats, MACs."""
+    def _prepare(self, domain: Domain, stored: dict[str, Any] | None = None) -> Domain:
+        """Host checks and defaults that need the host: files, memory, formats, MACs.
+        Every path passes the path policy (host/pathpolicy.py); a remote caller may name
+        only pool volumes, but may keep the paths ``stored`` already names."""
         self._resolve_volumes(domain)
         self._check_networks(domain)
-        preflight.check_files(domain)
+        preflight.check_files(domain, self._life.policy, trusted=_paths_of(stored))
         preflight.duplicate_paths(domain)
         preflight.check_memory(domain, self._host_memory)
         preflight.check_cpuset(domain)
@@ -329,7 +343,7 @@ class DomainService:
         existing = self._existing_for(raw)
         if existing is not None and not raw.get("uuid"):
             raw["uuid"] = existing.uuid
-        domain = self._prepare(load_domain(raw))
+        domain = self._prepare(load_domain(raw), existing.spec if existing else None)
         spec = dump_domain(domain)
         if existing is None:
             if version is not None:
@@ -369,7 +383,7 @@ class DomainService:
             raise Conflict(f"domain '{existing.name}' already exists",
                            fix=f"start it (virtkit start {existing.name}), or choose "
                                "another name")
-        info = self.define({**raw, "transient": True})
+        info = await asyncio.to_thread(self.define, {**raw, "transient": True})
         try:
             info = await self.start(info["uuid"])
         except BaseException:
@@ -409,7 +423,7 @@ class DomainService:
         raw.setdefault("uuid", row.uuid)
         if raw["uuid"] != row.uuid:
             raise InvalidSpec("uuid: the uuid of a domain cannot be changed", field="uuid")
-        domain = self._prepare(load_domain(raw))
+        domain = self._prepare(load_domain(raw), row.spec)
         updated = self._store.update_domain(row.uuid, domain.name, dump_domain(domain), version)
         self._bus.publish("updated", row.uuid, domain=updated.name, uuid=row.uuid,
                           state=self._life.vm(row.uuid, updated.name).state.value, reason="",
@@ -475,21 +489,28 @@ class DomainService:
         phase), after which the domain's own spec boots unless ``boot_after_install``
         is False."""
         row = self._row(ref)
-        domain = load_domain(row.spec)
         check_action(Action.START, self._life.vm(row.uuid, row.name).state, row.name)
+        row = await asyncio.to_thread(self._check_start, row, boot_spec)
+        await self._life.start(row.uuid, row.name, paused=paused, boot_spec=boot_spec,
+                               boot_after_install=boot_after_install)
+        return await asyncio.to_thread(self.info, row.uuid)
+
+    def _check_start(self, row: DomainRow, boot_spec: Domain | None) -> DomainRow:
+        """The checks before a start, in a worker thread (they stat user paths and run
+        qemu-img): volumes resolved again, every path through the path policy (files
+        change after define), host tuning, capacity."""
+        domain = load_domain(row.spec)
         before = [disk.path for disk in domain.disks]
         self._resolve_volumes(domain)
         if [disk.path for disk in domain.disks] != before:
             row = self._store.update_domain(row.uuid, row.name, dump_domain(domain), None)
-        preflight.check_files(domain)
+        preflight.check_files(domain, self._life.policy, remote=False)
         tuning.check_host(boot_spec or domain, at_start=True)
         capacity.check_start(boot_spec or domain, self._running_specs(), os.environ)
         if boot_spec is not None:
             self._resolve_volumes(boot_spec)
-            preflight.check_files(boot_spec)
-        await self._life.start(row.uuid, row.name, paused=paused, boot_spec=boot_spec,
-                               boot_after_install=boot_after_install)
-        return self.info(row.uuid)
+            preflight.check_files(boot_spec, self._life.policy, remote=False)
+        return row
 
     def _running_specs(self) -> list[Domain]:
         """What the domains with a QEMU run now, hot-plugged vCPUs and memory included
@@ -530,6 +551,7 @@ class DomainService:
         target = Path(path)
         if not target.is_absolute():
             raise InvalidSpec(f"save file {path} must be an absolute path", field="path")
+        await asyncio.to_thread(self._life.policy.check, path, field="path", kind="new")
         if target.exists():
             raise Conflict(f"{path} already exists", fix="choose a new file name")
         if not target.parent.is_dir():
@@ -539,25 +561,36 @@ class DomainService:
 
     async def restore(self, path: str, *, paused: bool = False) -> dict[str, Any]:
         """Restore a saved domain (defining it from the file if it is not defined)."""
-        if not os.path.isfile(path):
-            raise InvalidSpec(f"save file {path} does not exist", field="path")
-        fd = os.open(path, os.O_RDONLY)
+        fd = await asyncio.to_thread(self._open_save_file, path)
         try:
-            header = savefile.read_header(fd, path)
+            header, row = await asyncio.to_thread(self._restore_checks, fd, path)
             domain = load_domain(header["spec"])
-            row = self._store.find_domain(domain.uuid)
-            if row is None:
-                self.define(header["spec"])
-                row = self._row(domain.uuid)
-            elif row.name != domain.name:
-                raise Conflict(f"the saved domain is now named '{row.name}'")
-            preflight.check_files(load_domain(row.spec))
             await self._life.restore(row.uuid, row.name, fd,
                                      running=bool(header.get("running")) and not paused,
                                      saved=domain.model_copy(update={"name": row.name}))
         finally:
             os.close(fd)
         return self.info(row.uuid)
+
+    def _open_save_file(self, path: str) -> int:
+        self._life.policy.check(path, field="path", kind="file")
+        if not os.path.isfile(path):
+            raise InvalidSpec(f"save file {path} does not exist", field="path")
+        return os.open(path, os.O_RDONLY)
+
+    def _restore_checks(self, fd: int, path: str) -> tuple[dict[str, Any], DomainRow]:
+        """Read the save file's header, define its domain if it is not defined, check its
+        paths (a worker thread: it reads the file and stats user paths)."""
+        header = savefile.read_header(fd, path)
+        domain = load_domain(header["spec"])
+        row = self._store.find_domain(domain.uuid)
+        if row is None:
+            self.define(header["spec"])
+            row = self._row(domain.uuid)
+        elif row.name != domain.name:
+            raise Conflict(f"the saved domain is now named '{row.name}'")
+        preflight.check_files(load_domain(row.spec), self._life.policy, remote=False)
+        return header, row
 
     async def autostart_all(self) -> list[str]:
         """Start every autostart domain that is not running (daemon start-up)."""
@@ -574,6 +607,13 @@ class DomainService:
                 self._bus.publish("error", row.uuid, domain=row.name, uuid=row.uuid,
                                   state=State.SHUTOFF.value, reason=f"autostart failed: {exc}")
         return started
+
+
+def _paths_of(spec: dict[str, Any] | None) -> set[str]:
+    """The host paths a stored definition names (a remote caller may keep them)."""
+    if not spec:
+        return set()
+    return {item.path for item in preflight.guest_paths(load_domain(spec))}
 
 
 def _new_mac(used: set[str]) -> str:

@@ -3,23 +3,43 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from virtkit.host.accel import decide_accelerator
-from virtkit.host.checks import run_host_checks
+from virtkit.host.checks import Check, run_host_checks
 from virtkit.host.qemubin import qemu_info
 from virtkit.runtime.preflight import host_memory_mib
 
 
 class HostService:
-    def __init__(self, cache_dir: Path) -> None:
+    def __init__(self, cache_dir: Path,
+                 cgroups: Callable[[], tuple[bool, str]] | None = None,
+                 cgroup_required: bool = True) -> None:
         self._cache_dir = cache_dir
+        #: the daemon's own view of the cgroups it puts QEMUs in (runtime/confine.py)
+        self._cgroups = cgroups
+        self._cgroup_required = cgroup_required
 
     def check(self, *, daemon_reachable: bool | None = True) -> list[dict[str, Any]]:
         """The host check lines (PASS/WARN/FAIL with a fix), accelerator verdict last."""
         checks = run_host_checks(daemon_reachable=daemon_reachable, cache_dir=self._cache_dir)
+        if self._cgroups is not None:
+            ok, detail = self._cgroups()
+            if ok:
+                line = Check("daemon's QEMU cgroups", "PASS", detail)
+            elif self._cgroup_required:
+                line = Check("daemon's QEMU cgroups", "FAIL",
+                             f"confined starts will fail: {detail}",
+                             "mount the cgroup file systems, or start virtkitd with "
+                             "--no-cgroup")
+            else:
+                line = Check("daemon's QEMU cgroups", "WARN", detail,
+                             "mount the cgroup file systems and restart virtkitd without "
+                             "--no-cgroup")
+            checks.insert(len(checks) - 1, line)
         return [asdict(check) for check in checks]
 
     def info(self) -> dict[str, Any]:

@@ -64,7 +64,7 @@ class InstallService:
         notes += self._default_network(request, raw)
         self._refuse_existing(raw["name"])
         self._name_new_volumes(request, raw)
-        self._check_new_files(request)
+        await asyncio.to_thread(self._check_paths, request)
         if request.method == "cdrom":  # the drive stays after the install, empty ...
             kept = _cdrom(request.install_media) if defaults.keep_install_media \
                 else {"device": "cdrom"}  # ... but Windows installs read it in every stage
@@ -77,7 +77,7 @@ class InstallService:
             return self._preview(request, final, notes)
         async with contextlib.AsyncExitStack() as undo:
             await asyncio.to_thread(self._create_disks, request, undo)
-            defined = self._domains.define(raw)
+            defined = await asyncio.to_thread(self._domains.define, raw)
             undo.push_async_callback(self._undefine_quietly, defined["uuid"])
             boot_spec, extra = await asyncio.to_thread(
                 self._install_phase, request, load_domain(defined["spec"]), defined["uuid"], undo)
@@ -186,6 +186,20 @@ class InstallService:
             taken[new.pool].add(candidate)
             new.volume = candidate
             raw["disks"][new.index]["volume"] = candidate
+
+    def _check_paths(self, request: InstallRequest) -> None:
+        """The path policy (host/pathpolicy.py) for the new disks' files and the install
+        media, before anything is created or read; then the new files' folders."""
+        policy = self._domains.policy
+        for new in request.new_disks:
+            if new.path is not None:
+                policy.check(new.path, field=f"--disk {new.path}", kind="new")
+        for option, media in (("--cdrom", request.install_media),
+                              ("--location", request.location)):
+            if media and media.startswith("/"):
+                policy.check(media, field=option,
+                             kind="dir" if os.path.isdir(media) else "file")
+        self._check_new_files(request)
 
     @staticmethod
     def _check_new_files(request: InstallRequest) -> None:

@@ -176,7 +176,7 @@ class MigrationService:
         # the images first: the same checks as define then find them in place
         created = storagecopy.create_images(copies)
         try:
-            live, definition, adopted = self._validate_incoming(body)
+            live, definition, adopted = await asyncio.to_thread(self._validate_incoming, body)
         except BaseException:
             storagecopy.remove_images(created)
             raise

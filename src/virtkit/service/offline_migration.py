@@ -99,7 +99,7 @@ class OfflineMigrations:
         created = storagecopy.create_images(copies)
         servers = offlinecopy.Servers()
         try:
-            prepared = self._domains.prepare(domain)  # the images exist by now
+            prepared = await self._domains.prepare_async(domain)  # the images exist now
             nbd = await servers.serve(address, copies) if copies else None
         except BaseException:
             await servers.stop()
@@ -125,7 +125,7 @@ class OfflineMigrations:
         await pending.servers.stop()
         try:
             await asyncio.to_thread(offlinecopy.sync, [i.path for i in pending.created])
-            return self._domains.define(pending.spec)
+            return await asyncio.to_thread(self._domains.define, pending.spec)
         except BaseException:
             storagecopy.remove_images(pending.created)
             raise
@@ -170,7 +170,7 @@ class OfflineMigrations:
             definition = row.spec
             planned: list[dict[str, Any]] = []
             if copy is not None:
-                domain = self._domains.prepare(load_domain(definition))
+                domain = await self._domains.prepare_async(load_domain(definition))
                 copies, _moved, definition = copy_plan(domain, definition, copy)
                 sources = {slot: disk.path for slot, disk in _by_device(domain).items()}
                 planned = await asyncio.to_thread(offlinecopy.plan, [

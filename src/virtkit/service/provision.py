@@ -102,7 +102,7 @@ class ProvisionService:
                 await asyncio.to_thread(self._storage.create_volume, vol.pool, vol.volume,
                                         vol.capacity, vol.format)
                 created.append(vol)
-            return self._domains.define(raw, finish_intent=intent)
+            return await asyncio.to_thread(self._domains.define, raw, finish_intent=intent)
         except BaseException:
             for vol in reversed(created):
                 await asyncio.to_thread(self._delete_quietly, vol.pool, vol.volume)

@@ -105,6 +105,9 @@ class StorageService:
     def define_pool(self, data: dict[str, Any] | str) -> dict[str, Any]:
         pool = load_pool(parse_text(data, source="pool spec") if isinstance(data, str)
                          else data)
+        # the path policy (host/pathpolicy.py): a pool's files are what callers may name
+        self._life.policy.check_pool_target(pool.target,
+                                            folder=pool.type is not PoolType.LOGICAL)
         if pool.type is not PoolType.LOGICAL:
             for other in self._store.list_pools():
                 if other.spec["type"] != PoolType.LOGICAL and \

@@ -133,6 +133,21 @@ def local_source(path: str) -> str:
     return source
 
 
+def image_file(path: str) -> str:
+    """The absolute path of an image qemu-img may open: a regular file or a block device
+    (missing is left to qemu-img).  A FIFO would block qemu-img until the timeout, a
+    character device or socket is no image: InvalidSpec before anything runs."""
+    source = os.path.abspath(path)
+    try:
+        mode = os.stat(source).st_mode
+    except OSError:
+        return source
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        raise InvalidSpec(f"{path} is not a disk image (not a regular file or block device)",
+                          field="path", fix="name an image file or a block device")
+    return source
+
+
 def image_info(path: str, *, force_share: bool = True,
                fmt: str | None = None) -> dict[str, Any]:
     """``qemu-img info --output=json`` of ``path`` (``-U`` so a running VM's image can be read).
@@ -144,7 +159,7 @@ def image_info(path: str, *, force_share: bool = True,
         argv.append("-U")
     if fmt:
         argv += ["-f", fmt]
-    argv.append(os.path.abspath(path))
+    argv.append(image_file(path))
     result = subprocess.run([qemu_img(), *argv], capture_output=True, text=True, timeout=30,
                             check=False, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
@@ -329,7 +344,7 @@ def check(path: str, fmt: str | None = None) -> dict[str, Any]:
 
 def backing_chain(path: str) -> list[dict[str, Any]]:
     """The image and each backing file under it, top first (``info --backing-chain``)."""
-    result = _run(["info", "--backing-chain", "--output=json", "-U", os.path.abspath(path)],
+    result = _run(["info", "--backing-chain", "--output=json", "-U", image_file(path)],
                   "info", path, timeout=30)
     chain = _json(result, "info --backing-chain", path)
     if isinstance(chain, dict):  # a chain of one is printed as a bare object
