@@ -18,9 +18,11 @@ asks :class:`ImageUse` first.  It looks at:
 The rules (a refusal is a :class:`~virtkit.errors.Conflict` naming the other user
 and the fix):
 
-1. a writable disk's image is used by no other domain (two read-only users are
-   fine) -- against running domains at start/attach, against definitions too at
-   define/attach --config;
+1. a writable disk's image is used by no other running domain, and a read-only
+   one by no running writer (two read-only users are fine) -- at start, restore and
+   attach --live; at define and attach --config no two definitions may name one
+   image writable (a read-only user next to a writer is only refused when both
+   would run);
 2. an image that backs another image (any domain's, any pool volume's) is never
    a writable disk;
 3. an image whose backing chain holds a file another domain writes is refused.
@@ -249,7 +251,9 @@ class ImageUse:
                         "a base image stays read-only: attach it with readonly, give the "
                         "domain an overlay of it ('virtkit clone --linked' moves a domain onto "
                         "one), or remove/flatten the images on top of it first", use.domain)
-            if use.via is None and (use.running or defined) and (want.writable or use.writable):
+            clash = (use.running and (want.writable or use.writable)) or \
+                (defined and want.writable and use.writable)
+            if use.via is None and clash:
                 how = "writable" if use.writable else "read-only"
                 return (f"{want.path} is in use by {use.who()} ({how}); two domains writing "
                         "one image corrupt it",
