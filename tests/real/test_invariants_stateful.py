@@ -12,8 +12,8 @@ vol-clone/vol-delete and undefine with storage.  After every step, from the outs
    device change) has open for writing exactly the writable disks its definition names;
 5. conflicts are conflicts: every refused request is a 4xx, never a 5xx.
 
-Budget: ``VIRTKIT_STATEFUL_EXAMPLES`` (default 2) sequences of
-``VIRTKIT_STATEFUL_STEPS`` (default 12) steps; ``VIRTKIT_STATEFUL_SEED`` fixes the
+Budget: ``VIRTKIT_STATEFUL_EXAMPLES`` (default 6) sequences of
+``VIRTKIT_STATEFUL_STEPS`` (default 10) steps; ``VIRTKIT_STATEFUL_SEED`` fixes the
 seed (else derandomized: the same sequences each run).  scripts/stateful-soak.sh runs
 it longer.
 """
@@ -21,6 +21,7 @@ it longer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Verbosity, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -44,9 +45,12 @@ from tests.real.conftest import DaemonHandle, running_daemon
 from virtkit.cli.client import ApiError
 from virtkit.images.tinyguest import TinyGuest
 
-EXAMPLES = int(os.environ.get("VIRTKIT_STATEFUL_EXAMPLES", "2"))
-STEPS = int(os.environ.get("VIRTKIT_STATEFUL_STEPS", "12"))
+EXAMPLES = int(os.environ.get("VIRTKIT_STATEFUL_EXAMPLES", "6"))
+STEPS = int(os.environ.get("VIRTKIT_STATEFUL_STEPS", "10"))
 SEED = os.environ.get("VIRTKIT_STATEFUL_SEED")
+#: a soak's time budget: after it every step is a no-op, so the run ends cleanly
+MINUTES = float(os.environ.get("VIRTKIT_STATEFUL_MINUTES", "0"))
+DEADLINE = [float("inf")]
 NAMES = ("d0", "d1", "d2", "d3")
 O_ACCMODE = 0o3
 #: totals over the whole run (printed at the end; the soak script shows them)
@@ -55,6 +59,17 @@ STATS: dict[str, int] = {}
 
 def _count(key: str) -> None:
     STATS[key] = STATS.get(key, 0) + 1
+
+
+def counted(function: Any) -> Any:
+    """Count each run of a rule (``step NAME``), whatever it then does."""
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if time.monotonic() > DEADLINE[0]:
+            return None
+        _count(f"step {function.__name__}")
+        return function(*args, **kwargs)
+    return wrapper
 
 
 def _qcow2(path: Path, backing: str | None = None) -> str:
@@ -143,10 +158,13 @@ class Invariants(RuleBasedStateMachine):
 
     @initialize()
     def first(self) -> None:
+        if time.monotonic() > DEADLINE[0]:
+            return
         self.call("define", "POST", "/v1/domains",
                   {"spec": self.daemon.spec("d0", disks=[{"path": self.new_file()}])})
 
     @rule(name=st.sampled_from(NAMES), pool=st.booleans())
+    @counted
     def define(self, name: str, pool: bool) -> None:
         if pool:
             self.files += 1
@@ -160,6 +178,7 @@ class Invariants(RuleBasedStateMachine):
                                                                              disks=[disk])})
 
     @rule(data=st.data(), readonly=st.booleans())
+    @counted
     def define_sharing(self, data: st.DataObject, readonly: bool) -> None:
         """A new domain on an image another one uses (a conflict unless read-only)."""
         images = [d["path"] for n in self.names() for d in self.disk_list(n) if d["path"]]
@@ -181,6 +200,7 @@ class Invariants(RuleBasedStateMachine):
         return data.draw(st.sampled_from(names)) if names else None
 
     @rule(data=st.data(), paused=st.booleans())
+    @counted
     def start(self, data: st.DataObject, paused: bool) -> None:
         name = self._pick(data, "shutoff", "crashed")
         if name and self.call("start", "POST", self.dpath(name, "/start"),
@@ -188,6 +208,7 @@ class Invariants(RuleBasedStateMachine):
             self.diverged.discard(name)
 
     @rule(data=st.data())
+    @counted
     def destroy(self, data: st.DataObject) -> None:
         name = self._pick(data, "running", "paused")
         if name:
@@ -195,6 +216,7 @@ class Invariants(RuleBasedStateMachine):
             self.diverged.discard(name)
 
     @rule(data=st.data())
+    @counted
     def save(self, data: st.DataObject) -> None:
         name = self._pick(data, "running", "paused")
         if name:
@@ -206,6 +228,7 @@ class Invariants(RuleBasedStateMachine):
 
     @precondition(lambda self: bool(self.saves))
     @rule(data=st.data())
+    @counted
     def restore(self, data: st.DataObject) -> None:
         path = data.draw(st.sampled_from(self.saves))
         result = self.call("restore", "POST", "/v1/domains/restore", {"path": path})
@@ -213,6 +236,7 @@ class Invariants(RuleBasedStateMachine):
             self.diverged.add(result["name"])  # runs the saved device set
 
     @rule(data=st.data(), linked=st.booleans())
+    @counted
     def clone(self, data: st.DataObject, linked: bool) -> None:
         name = self._pick(data, "shutoff", "paused")
         free = [n for n in NAMES if n not in self.names()]
@@ -222,6 +246,7 @@ class Invariants(RuleBasedStateMachine):
 
     @rule(data=st.data(), kind=st.sampled_from(["internal", "external", None]),
           disk_only=st.booleans())
+    @counted
     def snapshot(self, data: st.DataObject, kind: str | None, disk_only: bool) -> None:
         name = self._pick(data)
         if name:
@@ -237,6 +262,7 @@ class Invariants(RuleBasedStateMachine):
         return data.draw(st.sampled_from(pairs)) if pairs else None
 
     @rule(data=st.data())
+    @counted
     def revert(self, data: st.DataObject) -> None:
         pick = self._snap(data)
         if pick:
@@ -245,6 +271,7 @@ class Invariants(RuleBasedStateMachine):
             self.diverged.discard(pick[0])
 
     @rule(data=st.data())
+    @counted
     def delete_snapshot(self, data: st.DataObject) -> None:
         pick = self._snap(data)
         if pick:
@@ -252,6 +279,7 @@ class Invariants(RuleBasedStateMachine):
                       self.dpath(pick[0], f"/snapshots/{pick[1]}"))
 
     @rule(data=st.data(), live=st.booleans(), config=st.booleans(), other=st.booleans())
+    @counted
     def attach(self, data: st.DataObject, live: bool, config: bool, other: bool) -> None:
         name = self._pick(data)
         if not name:
@@ -265,6 +293,7 @@ class Invariants(RuleBasedStateMachine):
             self.diverged.add(name)
 
     @rule(data=st.data(), live=st.booleans(), config=st.booleans())
+    @counted
     def detach(self, data: st.DataObject, live: bool, config: bool) -> None:
         name = self._pick(data)
         if not name:
@@ -281,6 +310,7 @@ class Invariants(RuleBasedStateMachine):
         return sorted(v["name"] for v in self.daemon.client.get("/v1/pools/default/volumes"))
 
     @rule(data=st.data(), linked=st.booleans())
+    @counted
     def vol_clone(self, data: st.DataObject, linked: bool) -> None:
         volumes = self._volumes()
         if volumes:
@@ -290,6 +320,7 @@ class Invariants(RuleBasedStateMachine):
                       {"name": f"c{self.files}.qcow2", "linked": linked})
 
     @rule(data=st.data(), force=st.booleans())
+    @counted
     def vol_delete(self, data: st.DataObject, force: bool) -> None:
         volumes = self._volumes()
         if volumes:
@@ -298,6 +329,7 @@ class Invariants(RuleBasedStateMachine):
                                               + ("?force=1" if force else ""))
 
     @rule(data=st.data(), storage=st.booleans())
+    @counted
     def undefine(self, data: st.DataObject, storage: bool) -> None:
         name = self._pick(data, "shutoff", "crashed")
         if name:
@@ -308,6 +340,8 @@ class Invariants(RuleBasedStateMachine):
 
     @invariant()
     def one_writer_and_definitions_follow_reality(self) -> None:
+        if time.monotonic() > DEADLINE[0]:
+            return
         _count("checks")
         writers: dict[str, str] = {}
         bases: dict[str, str] = {}
@@ -347,10 +381,14 @@ def test_invariants_stateful(tiny_guest: TinyGuest) -> None:
     if SEED is not None:
         machine = hypothesis_seed(int(SEED))(Invariants)
     started = time.monotonic()
+    if MINUTES:
+        DEADLINE[0] = started + MINUTES * 60
     try:
         run_state_machine_as_test(machine, settings=settings(
             max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None,
             derandomize=SEED is None, database=None, print_blob=True,
+            verbosity=Verbosity.verbose if os.environ.get("VIRTKIT_STATEFUL_VERBOSE")
+            else Verbosity.normal,
             suppress_health_check=list(HealthCheck)))
     finally:
         print(f"\nstateful run: {time.monotonic() - started:.0f} s, "
