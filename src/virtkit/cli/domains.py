@@ -78,8 +78,10 @@ def cmd_undefine(client: Client, args: argparse.Namespace) -> int:
     print(f"Domain '{result['name']}' has been undefined")
     for volume in result.get("removed_volumes", []):
         print(f"Volume '{volume}' removed.")
+    reasons = result.get("kept_reasons") or {}
     for volume in result.get("kept_volumes", []):
-        print(f"Volume '{volume}' kept: it could not be removed (in use or pool inactive)")
+        why = reasons.get(volume) or "it could not be removed (in use or pool inactive)"
+        print(f"Volume '{volume}' kept: {why}")
     return 0
 
 

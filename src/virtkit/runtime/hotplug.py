@@ -30,7 +30,9 @@ from virtkit.runtime.launcher import OpenTap, Running
 from virtkit.runtime.tuning import pin_new_vcpus, vcpu_thread_ids
 
 #: seconds the guest gets to release a device before the removal is reported pending
-UNPLUG_TIMEOUT = 20.0
+#: (virsh waits 5 s too, then says "detach request sent"); the request does not block
+#: longer: the removal finishes in the background whenever the guest lets go
+UNPLUG_TIMEOUT = 5.0
 #: the granularity Linux onlines hot-added memory in (a memory block)
 MEMORY_BLOCK_MIB = 128
 
@@ -81,6 +83,11 @@ async def _unplug(running: Running, device_id: str, timeout: float,
     Returns False when the guest has not released the device within ``timeout``
     (as libvirt, the request then stays pending: ``finish`` runs in the background
     when the guest lets go, and the running configuration is recorded then)."""
+    if device_id in running.unplugging:
+        raise Conflict(f"the removal of {device_id} from '{_live(running).name}' is already "
+                       "pending: the guest has not released the device yet",
+                       fix="wait for the guest to let go, or restart the domain "
+                           "(destroy, then start) to drop it at once")
     deleted = running.monitor.expect(
         "DEVICE_DELETED", lambda event: event.get("data", {}).get("device") == device_id)
     try:
@@ -89,16 +96,31 @@ async def _unplug(running: Running, device_id: str, timeout: float,
     except BaseException:
         deleted.cancel()
         raise
+    running.unplugging.add(device_id)
     try:
         await asyncio.wait_for(asyncio.shield(deleted), timeout)
     except TimeoutError:
         async def later() -> None:
-            await deleted
-            await finish()
+            try:
+                await deleted
+                await finish()
+            finally:
+                running.unplugging.discard(device_id)
         background(later)
         return False
-    await finish()
+    except BaseException:
+        running.unplugging.discard(device_id)
+        raise
+    try:
+        await finish()
+    finally:
+        running.unplugging.discard(device_id)
     return True
+
+
+def unplugging(running: Running) -> set[str]:
+    """QEMU ids (disk3, nic1) of devices whose removal the guest has not acknowledged."""
+    return running.unplugging
 
 
 # -- disks ---------------------------------------------------------------------------------

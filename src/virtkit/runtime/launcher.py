@@ -91,6 +91,8 @@ class Running:
     #: a disk or NIC was hot-added or removed: a fresh QEMU would lay the devices out
     #: differently (PCIe ports, ids), so no save file of this run could be restored
     layout_changed: bool = False
+    #: QEMU ids of devices asked to go (device_del) that the guest has not released yet
+    unplugging: set[str] = field(default_factory=set)
     #: the uid/gid, cgroup and files granted to this QEMU (None: not confined)
     confinement: Confinement | None = None
 

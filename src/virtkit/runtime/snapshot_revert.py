@@ -8,6 +8,14 @@ current is discarded (unless a snapshot froze it, or it is a disk's original
 image); with memory QEMU starts with ``-incoming`` from the memory file.  Frozen
 images are never written, so every other snapshot stays valid.  The domain's
 spec becomes the snapshot's, as libvirt does.
+
+An internal snapshot lives inside its image, so reverting to it rewrites that
+image.  When the image has since become the backing file of another image (the
+base of a linked clone: ``virtkit clone --linked`` moved the domain onto an
+overlay) the revert is refused: rewriting the base would change the clone's
+data, and an internal snapshot's state cannot be put under a fresh overlay
+without a full copy.  The overlay the domain ran on is discarded by a revert
+that may go ahead (as the external revert discards its old top).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from virtkit.model.snapshot import SnapDisk, on_image
 from virtkit.model.state import State
 from virtkit.runtime import savefile
 from virtkit.runtime.blockjobs import Progress, run_job, top_nodes
+from virtkit.runtime.imageuse import ImageUse
 from virtkit.runtime.lifecycle import Lifecycle, Vm
 from virtkit.runtime.snapdisks import device_ids, running_config
 from virtkit.runtime.snapshots import StartAs, free_overlay, unlink_quietly
@@ -39,6 +48,7 @@ class SnapshotReverter:
         self._store = store
         #: overlays of block-device disks go to <overlay_dir>/<uuid>/
         self._overlay_dir = overlay_dir
+        self._images = ImageUse(store, lifecycle)
 
     async def revert(self, uuid: str, name: str, snap: SnapshotRow, start: StartAs,
                      progress: Progress | None = None) -> None:
@@ -76,11 +86,20 @@ class SnapshotReverter:
                                progress: Progress | None) -> None:
         disks = [SnapDisk.from_dict(d) for d in snap.record["disks"]]
         part = [d for d in disks if d.mode == "internal"]
-        if not snap.memory and vm.running is not None:
-            await self._life.kill_locked(vm, "reverting to a snapshot")
-        if vm.running is not None and vm.state not in (State.RUNNING, State.PAUSED):
+        self._refuse_shared_bases(vm, snap, part)
+        stored = load_domain(self._store.get_domain(vm.uuid).spec)
+        current = running_config(vm.running, stored)
+        old_tops = [d.path for config in (stored, current) for d in config.disks
+                    if d.path and d.format == "qcow2"]
+        wanted = {d.path for d in load_domain(snap.record["spec"]).disks if d.path}
+        moved = any(d.path and d.device.value == "disk" and d.path not in wanted
+                    for d in current.disks)
+        if vm.running is not None and (not snap.memory or moved
+                                       or vm.state not in (State.RUNNING, State.PAUSED)):
+            # a QEMU on other images (an overlay made since) cannot load the snapshot
             await self._life.kill_locked(vm, "reverting to a snapshot")
         domain = self._restore_spec(vm, snap, {})
+        self._discard_tops(vm.uuid, old_tops, wanted)
         if not snap.memory:
             for disk in part:
                 assert disk.file is not None
@@ -106,6 +125,25 @@ class SnapshotReverter:
         else:
             await running.monitor.execute("cont")
             self._life.set_state(vm, State.RUNNING, "reverted to a snapshot", event="resumed")
+
+    def _refuse_shared_bases(self, vm: Vm, snap: SnapshotRow, part: list[SnapDisk]) -> None:
+        """An internal snapshot is applied inside its image: refuse when that image now
+        backs an image of another domain or volume (a linked clone's base)."""
+        for disk in part:
+            if disk.file is None:
+                continue
+            others = self._images.dependents(disk.file, exclude=vm.uuid)
+            if others:
+                who = ", ".join(sorted({u.via or "" for u in others}))
+                domains = sorted({u.domain for u in others if u.domain})
+                raise Conflict(
+                    f"cannot revert '{vm.name}' to internal snapshot '{snap.name}': it lives "
+                    f"inside {disk.file}, which is now the read-only base of {who}"
+                    + (f" (domain {', '.join(domains)})" if domains else "")
+                    + "; reverting would rewrite that base under them",
+                    fix="delete or fully copy the images on top of it first (e.g. "
+                        "'virtkit undefine CLONE --remove-all-storage', or qemu-img convert "
+                        "them to stand-alone images), then revert", used_by=domains)
 
     async def _revert_external(self, vm: Vm, snap: SnapshotRow, target: StartAs) -> None:
         disks = [SnapDisk.from_dict(d) for d in snap.record["disks"]]
@@ -160,9 +198,11 @@ class SnapshotReverter:
             for disk in snap.record.get("disks", []):
                 frozen.add(disk.get("file"))
                 origins.add(disk.get("origin"))
-        for path in old:
+        for path in dict.fromkeys(old):
             if path in frozen or path in origins or path in keep:
                 continue
+            if self._images.dependents(path) or self._images.users(path, exclude=uuid):
+                continue  # another image is backed by it, or another domain uses it
             if os.path.isfile(path) and qemuimg.image_info(path, fmt="qcow2").get(
                     "backing-filename"):
                 unlink_quietly(path)

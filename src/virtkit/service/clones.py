@@ -15,7 +15,11 @@ Safety rules:
   image again (the classic linked-clone corruption: the base changing under the
   clone);
 - every file created is removed again if a later step fails, and the clone is
-  defined only after all copies succeeded: no half clone is left.
+  defined only after all copies succeeded (and, linked, after the original moved
+  onto its overlay, so no definition ever writes the base): no half clone is left;
+- the shared base stays read-only for ever: starting, attaching or reverting
+  anything that would write it is refused (runtime/imageuse.py,
+  runtime/snapshot_revert.py).
 """
 
 from __future__ import annotations
@@ -70,13 +74,15 @@ class CloneService:
             async with self._quiesced(row.name, state, force):
                 await asyncio.to_thread(self._copy_disks, source, writable, targets, linked,
                                         live, progress, undo)
+            if linked:
+                # first: the clone's define checks that no domain writes its base, and
+                # from here on neither does the original (undone on failure)
+                await asyncio.to_thread(self._move_original_to_overlay, row, source,
+                                        writable, undo)
             clone = self._clone_spec(source, name, writable, targets, macs or [])
             result = await asyncio.to_thread(self._domains.define, dump_domain(clone))
             undo.callback(self._store.delete_domain, result["uuid"])
             self._copy_nvram(row.uuid, result["uuid"], undo)
-            if linked:  # last: on failure the original's spec is unchanged
-                await asyncio.to_thread(self._move_original_to_overlay, row, source,
-                                        writable, undo)
             undo.pop_all()
         return self._domains.info(result["uuid"])
 
@@ -178,6 +184,11 @@ class CloneService:
                                                    "pool": None, "volume": None})
         updated = source.model_copy(update={"disks": disks})
         self._domains.replace_spec(row, updated)
+        undo.callback(self._restore_spec, row)
+
+    def _restore_spec(self, row: DomainRow) -> None:
+        """Undo of the move onto an overlay: the original's definition as it was."""
+        self._store.update_domain(row.uuid, row.name, row.spec, None)
 
     @staticmethod
     def _clone_spec(source: Domain, name: str, writable: list[int], targets: list[str],

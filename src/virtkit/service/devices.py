@@ -14,7 +14,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from virtkit.errors import Conflict, InvalidSpec, NotFound, StateError
+from virtkit.errors import Conflict, InvalidSpec, NotFound, QemuError, StateError
 from virtkit.formats.libvirt_device import device_from_xml
 from virtkit.model.domain import Disk, DiskDevice, Domain, Nic
 from virtkit.model.load import load_domain
@@ -22,6 +22,7 @@ from virtkit.model.state import State
 from virtkit.model.units import parse_mib
 from virtkit.qemu.argv import disk_slots
 from virtkit.runtime import hotplug
+from virtkit.runtime.imageuse import wanted_images
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.service.domains import DomainService
 from virtkit.service.tuning import TuningService
@@ -120,17 +121,45 @@ class DeviceService:
         if config:
             target_disk = disk.model_copy(update={"target": attached.target})
             spec_disks = [*load_domain(row.spec).disks, target_disk]
-            self._store_config(row, await self._prepared(row, {"disks": [
-                d.model_dump(mode="json", exclude_none=True) for d in spec_disks]}))
+            stored = await self._prepared(row, {"disks": [
+                d.model_dump(mode="json", exclude_none=True) for d in spec_disks]})
+            self._store_config(row, stored)
+            if attached.target is None:  # the name the next start gives it
+                attached = attached.model_copy(update={"target": self._targets(stored)[-1]})
         return {"name": row.name, "target": attached.target, "path": disk.path,
                 "live": live, "config": config}
 
     async def _attach_live(self, row: DomainRow, disk: Disk) -> Disk:
         async with self._life.live_change(row.uuid, row.name) as running:
             assert running.live is not None
-            if disk.path and any(d.path == disk.path for d in running.live.disks):
-                raise Conflict(f"{disk.path} is already attached to '{row.name}'")
-            return await hotplug.attach_disk(running, disk)
+            if disk.path:
+                self._refuse_present(row, running, disk.path)
+                self._domains.check_images_running(
+                    row.name, row.uuid, wanted_images([disk], prefix="disk"))
+            try:
+                return await hotplug.attach_disk(running, disk)
+            except QemuError as exc:
+                raise self._domains.lock_error(exc) or exc from None
+
+    @staticmethod
+    def _refuse_present(row: DomainRow, running: Any, path: str) -> None:
+        """The image is a disk of this domain already (or still: an unplug the guest
+        has not acknowledged yet keeps it attached)."""
+        live = running.live
+        for position, present in enumerate(live.disks):
+            if present.path != path:
+                continue
+            number = running.disk_ids[position] if position < len(running.disk_ids) else -1
+            if f"disk{number}" in hotplug.unplugging(running):
+                raise Conflict(
+                    f"{path} is still attached to '{row.name}' as {present.target}: its "
+                    "detach is pending, the guest has not released the device yet",
+                    fix=f"wait for the guest to let go (virtkit domblklist {row.name} shows "
+                        f"when it is gone), or restart the domain (virtkit destroy "
+                        f"{row.name}; virtkit start {row.name})")
+            raise Conflict(f"{path} is already attached to '{row.name}' as {present.target}",
+                           fix=f"detach it first (virtkit detach-disk {row.name} "
+                               f"{present.target}), or attach another image")
 
     async def detach_disk(self, ref: str, target: str, *, live: bool = False,
                           config: bool = False) -> dict[str, Any]:

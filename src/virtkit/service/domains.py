@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from virtkit.errors import Conflict, InvalidSpec, NotFound
+from virtkit.errors import Conflict, InvalidSpec, NotFound, QemuError
 from virtkit.formats.libvirt_xml import domain_from_xml, domain_to_xml
 from virtkit.host import procstat
 from virtkit.host.pathpolicy import PathPolicy
@@ -33,6 +33,7 @@ from virtkit.model.state import Action, State, check_action
 from virtkit.qemu.argv import disk_slots
 from virtkit.runtime import preflight, savefile, tuning
 from virtkit.runtime.events import EventBus
+from virtkit.runtime.imageuse import ImageUse, Wanted, lock_conflict, wanted_disks
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.service import capacity
 from virtkit.service.networks import NetworkService
@@ -56,6 +57,9 @@ class DomainService:
         self._life = lifecycle
         self._bus = bus
         self._host_memory = host_memory_mib or preflight.host_memory_mib()
+        #: who else uses an image (one writer per image, bases stay read-only)
+        self.images = ImageUse(store, lifecycle,
+                               storage.pool_files if storage is not None else None)
 
     @property
     def policy(self) -> PathPolicy:
@@ -246,6 +250,7 @@ class DomainService:
         self._check_networks(domain)
         preflight.check_files(domain, self._life.policy, trusted=_paths_of(stored))
         preflight.duplicate_paths(domain)
+        self._check_images_defined(domain)
         preflight.check_memory(domain, self._host_memory)
         preflight.check_cpuset(domain)
         tuning.check_host(domain, at_start=False)
@@ -255,6 +260,29 @@ class DomainService:
                 disk.format = detect_format(disk.path)  # type: ignore[assignment]
         self._assign_macs(domain)
         return domain
+
+    def _check_images_defined(self, domain: Domain) -> None:
+        """A disk this definition adds (or makes writable) must not clash with another
+        domain's definition or running QEMU, nor write a file that backs another image.
+        Disks the stored definition already has are not checked again here (start
+        checks them), so a definition that clashes can still be edited to fix it."""
+        stored = self._store.find_domain(domain.uuid) if domain.uuid else None
+        before = set() if stored is None else {
+            (os.path.realpath(w.path), w.writable)
+            for w in wanted_disks(load_domain(stored.spec))}
+        new = [w for w in wanted_disks(domain)
+               if (os.path.realpath(w.path), w.writable) not in before]
+        self.images.check(domain.name, domain.uuid, new, defined=True)
+
+    def check_images_running(self, name: str, uuid: str | None,
+                             wanted: list[Wanted]) -> None:
+        """Before a QEMU opens ``wanted``: no running domain may use them against the
+        rules, and no writable one may back another image."""
+        self.images.check(name, uuid, wanted, defined=False)
+
+    def lock_error(self, exc: QemuError) -> Conflict | None:
+        """QEMU's image lock error as a Conflict naming the image and its holder."""
+        return lock_conflict(exc, lambda path: self.images.users(path))
 
     def _check_networks(self, domain: Domain) -> None:
         """Every ``network:`` a NIC names must be defined (it may be started later)."""
@@ -491,8 +519,11 @@ class DomainService:
         row = self._row(ref)
         check_action(Action.START, self._life.vm(row.uuid, row.name).state, row.name)
         row = await asyncio.to_thread(self._check_start, row, boot_spec)
-        await self._life.start(row.uuid, row.name, paused=paused, boot_spec=boot_spec,
-                               boot_after_install=boot_after_install)
+        try:
+            await self._life.start(row.uuid, row.name, paused=paused, boot_spec=boot_spec,
+                                   boot_after_install=boot_after_install)
+        except QemuError as exc:
+            raise self.lock_error(exc) or exc from None
         return await asyncio.to_thread(self.info, row.uuid)
 
     def _check_start(self, row: DomainRow, boot_spec: Domain | None) -> DomainRow:
@@ -510,6 +541,8 @@ class DomainService:
         if boot_spec is not None:
             self._resolve_volumes(boot_spec)
             preflight.check_files(boot_spec, self._life.policy, remote=False)
+        # one writer per image: before the first grant of an image to a confined QEMU
+        self.check_images_running(row.name, row.uuid, wanted_disks(boot_spec or domain))
         return row
 
     def _running_specs(self) -> list[Domain]:
@@ -565,9 +598,12 @@ class DomainService:
         try:
             header, row = await asyncio.to_thread(self._restore_checks, fd, path)
             domain = load_domain(header["spec"])
-            await self._life.restore(row.uuid, row.name, fd,
-                                     running=bool(header.get("running")) and not paused,
-                                     saved=domain.model_copy(update={"name": row.name}))
+            try:
+                await self._life.restore(row.uuid, row.name, fd,
+                                         running=bool(header.get("running")) and not paused,
+                                         saved=domain.model_copy(update={"name": row.name}))
+            except QemuError as exc:
+                raise self.lock_error(exc) or exc from None
         finally:
             os.close(fd)
         return self.info(row.uuid)
@@ -590,6 +626,7 @@ class DomainService:
         elif row.name != domain.name:
             raise Conflict(f"the saved domain is now named '{row.name}'")
         preflight.check_files(load_domain(row.spec), self._life.policy, remote=False)
+        self.check_images_running(row.name, row.uuid, wanted_disks(domain))
         return header, row
 
     async def autostart_all(self) -> list[str]:

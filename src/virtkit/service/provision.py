@@ -146,25 +146,33 @@ class ProvisionService:
                                               snapshots_metadata=snapshots_metadata,
                                               storage_of=self.storage_of)
         intent, volumes = result.pop("intent"), result.pop("volumes")
-        removed, kept = await asyncio.to_thread(remove_volumes, self._storage, volumes)
+        reasons: dict[str, str] = {}
+        removed, kept = await asyncio.to_thread(remove_volumes, self._storage, volumes,
+                                                reasons)
         self._store.finish_intent(intent)
-        return {**result, "removed_volumes": removed, "kept_volumes": kept}
+        return {**result, "removed_volumes": removed, "kept_volumes": kept,
+                "kept_reasons": reasons}
 
 
-def remove_volumes(storage: StorageService, volumes: list[list[str]]
-                   ) -> tuple[list[str], list[str]]:
+def remove_volumes(storage: StorageService, volumes: list[list[str]],
+                   reasons: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
     """Delete ``[pool, volume, path]`` entries that still exist; (removed, kept) as
     ``pool/volume`` names.  A volume that is gone already counts as removed (a
-    repeated roll-forward); one that cannot be removed is kept and named."""
+    repeated roll-forward); one that cannot be removed -- above all one that backs
+    another image (a linked clone's base: ``delete_volume`` refuses it even with
+    force) -- is kept and named, with the reason in ``reasons``."""
     removed, kept = [], []
     for pool, volume, _path in volumes:
+        name = f"{pool}/{volume}"
         try:
             storage.delete_volume(pool, volume, force=True)
-            removed.append(f"{pool}/{volume}")
+            removed.append(name)
         except NotFound:
-            removed.append(f"{pool}/{volume}")
-        except Conflict:
-            kept.append(f"{pool}/{volume}")
+            removed.append(name)
+        except Conflict as exc:
+            kept.append(name)
+            if reasons is not None:
+                reasons[name] = exc.message
     return removed, kept
 
 

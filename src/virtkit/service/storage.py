@@ -10,6 +10,7 @@ volume a running domain holds is never opened for writing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from virtkit.model.pool import Pool, PoolState, PoolType, validate_volume_name
 from virtkit.model.state import ACTIVE_STATES, State
 from virtkit.model.units import parse_mib
 from virtkit.runtime.events import EventBus
+from virtkit.runtime.imageuse import ImageUse
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.storage import fastcopy
 from virtkit.storage.base import PoolBackend, Progress, VolumeInfo
@@ -71,6 +73,8 @@ class StorageService:
         self._life = lifecycle
         self._bus = bus
         self._default_dir = default_pool_dir
+        #: who else uses an image (domains' disks, backing chains, pool volumes)
+        self.images = ImageUse(store, lifecycle, self.pool_files)
 
     # -- pools ---------------------------------------------------------------
 
@@ -230,18 +234,24 @@ class StorageService:
         return self._volume_dict(row, volume)
 
     def delete_volume(self, pool: str, name: str, *, force: bool = False) -> dict[str, Any]:
+        """vol-delete.  A volume another image is backed by is never removed, --force
+        or not (the images on top of it would lose their data); --force only skips
+        the check for shut-off domains that name the volume as a disk."""
         row, backend = self._active(pool)
         volume = backend.volume(name)
         self._refuse_running(volume)
+        dependents = self.backed_by(volume.path)
+        if dependents:
+            raise Conflict(f"volume '{name}' is the backing file of {', '.join(dependents)}; "
+                           "removing it would destroy their data",
+                           fix="delete or flatten those first (virtkit vol-delete, or "
+                               "qemu-img rebase/convert to make them stand alone)",
+                           dependents=dependents)
         if not force:
             users = [n for n, _ in self._users(volume.path)]
             if users:
                 raise Conflict(f"volume '{name}' is used by domain(s) {', '.join(users)}",
                                fix="detach it from them, or pass --force")
-            dependents = self._dependents(volume)
-            if dependents:
-                raise Conflict(f"volume '{name}' is the backing file of {', '.join(dependents)}",
-                               fix="delete or flatten those first, or pass --force")
         backend.delete_volume(name)
         self._bus.publish("volume-deleted", row.uuid, pool=row.name, volume=name)
         return {"pool": row.name, "name": name}
@@ -273,6 +283,17 @@ class StorageService:
         original = backend.volume(source)
         if not linked:
             self._refuse_running(original)
+        else:
+            writers = sorted({use.domain for use in self.images.users(original.path)
+                              if use.writable and use.domain})
+            if writers:
+                raise Conflict(
+                    f"volume '{source}' is a writable disk of domain(s) "
+                    f"{', '.join(writers)}: a linked clone would be corrupted by their next "
+                    "start (a base must stay read-only)",
+                    fix=f"clone the domain instead (virtkit clone --original {writers[0]} "
+                        "--linked ... moves it onto an overlay), or make a full copy "
+                        "(vol-clone without --linked)", used_by=writers)
         volume = backend.clone_volume(source, name, linked=linked, fmt=fmt, progress=progress)
         self._bus.publish("volume-created", row.uuid, pool=row.name, volume=name)
         return self._volume_dict(row, volume)
@@ -392,17 +413,27 @@ class StorageService:
             raise Conflict(f"volume '{volume.name}' is in use by running domain(s) "
                            f"{', '.join(running)}", fix="shut them down first")
 
-    def _dependents(self, volume: VolumeInfo) -> list[str]:
-        found = []
+    def pool_files(self) -> list[str]:
+        """The files of every active directory pool (for backing-file lookups)."""
+        files: list[str] = []
         for row in self._store.list_pools():
-            if row.state != PoolState.ACTIVE:
+            if row.state != PoolState.ACTIVE or row.spec.get("type") == PoolType.LOGICAL:
                 continue
-            for other in self._backend(row).list_volumes():
-                if other.backing and os.path.realpath(
-                        os.path.join(os.path.dirname(other.path), other.backing)
-                ) == os.path.realpath(volume.path):
-                    found.append(f"{row.name}/{other.name}")
-        return found
+            folder = row.spec["target"]
+            with contextlib.suppress(OSError), os.scandir(folder) as entries:
+                files += [e.path for e in entries
+                          if not e.name.startswith(".") and e.is_file(follow_symlinks=False)]
+        return files
+
+    def backed_by(self, path: str) -> list[str]:
+        """What ``path`` is a backing file of: pool volumes (pool/volume) and domains'
+        disks (domain 'x': path), read from the images' headers."""
+        names = []
+        for use in self.images.dependents(path):
+            located = self.locate(use.via) if use.via else None
+            where = f"{located[0]}/{located[1]}" if located else str(use.via)
+            names.append(where if use.domain is None else f"{where} (domain '{use.domain}')")
+        return sorted(set(names))
 
 
 #: file extensions that promise an image format, and the format qemu-img must see.
