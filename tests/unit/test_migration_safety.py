@@ -151,3 +151,38 @@ def test_the_journal_keeps_records_across_instances(tmp_path: Path) -> None:
     assert again.entries("in") == {"u1": {"created": [["/a", 1, 2]]}}
     again.remove("in", "u1")
     assert again.entries("in") == {} and again.entries("out") == {}
+
+
+class ScriptedPeer:
+    """status answers (or errors) in turn; abort answers removed."""
+
+    def __init__(self, answers: list[Any], removed: bool = True) -> None:
+        self.answers, self.removed, self.aborted = answers, removed, 0
+
+    async def status(self, uuid: str) -> dict[str, Any]:
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return dict(answer)
+
+    async def abort(self, uuid: str) -> dict[str, Any]:
+        self.aborted += 1
+        return {"removed": self.removed}
+
+
+def test_an_unanswered_finish_is_resolved_only_by_a_certain_answer() -> None:
+    from virtkit.service.migrations import _resolve
+
+    def resolve(peer: ScriptedPeer, window: float = 5.0) -> Any:
+        return asyncio.run(_resolve(peer, "u1", window))  # type: ignore[arg-type]
+    # its daemon restarting, then: it runs the VM (finish went through)
+    runs = ScriptedPeer([migration.RequestNotDelivered("refused"),
+                         {"incoming": False, "state": "running", "reason": "migrated"}])
+    assert resolve(runs)["state"] == "running"
+    # it still held the unfinished incoming migration: removed there, the VM stays here
+    held = ScriptedPeer([{"incoming": True}])
+    assert resolve(held) == "here" and held.aborted == 1
+    # gone, or shut off: it may have run and stopped since; only the admin can tell
+    assert resolve(ScriptedPeer([NotFound("no incoming migration")])) is None
+    assert resolve(ScriptedPeer([{"incoming": False, "state": "shutoff"}])) is None
+    assert resolve(ScriptedPeer([migration.RequestNotDelivered("refused")]), 0.5) is None

@@ -87,7 +87,7 @@ class Destination(Protocol):
         """Run the VM there; MigrationOutcomeUnknown when no answer came."""
         ...
 
-    async def abort(self, migration: str) -> None: ...
+    async def abort(self, migration: str) -> Any: ...
 
 
 class PostcopyFailed(VirtkitError):
@@ -317,12 +317,13 @@ class Hooks:
 
 
 async def keepalive(destination: Destination, migration: str, job: Job,
-                    interval: float = KEEPALIVE_INTERVAL,
-                    misses: int = KEEPALIVE_MISSES) -> None:
+                    interval: float | None = None, misses: int | None = None) -> None:
     """Ask the destination about the incoming migration every ``interval`` seconds
     until cancelled; stop the job when it is gone: its daemon refuses connections (it
     died: a restarted one removes unfinished incoming migrations), it no longer has
     the migration, or ``misses`` asks in a row got no answer."""
+    interval = interval or KEEPALIVE_INTERVAL
+    misses = misses or KEEPALIVE_MISSES
     failures = 0
     while True:
         await asyncio.sleep(interval)

@@ -148,10 +148,11 @@ class IncomingMigrations:
         uuid = str(load_domain(body["spec"]).uuid) if isinstance(body.get("spec"), dict) \
             else None
         pending = Incoming(silence=_silence(body.get("keepalive")))
-        if uuid is not None and copies:
+        if uuid is not None:
             if uuid in self._pending:
                 raise Conflict(f"an incoming migration of {uuid} is already under way here")
-            self._journal_write(uuid, pending)  # before the first image exists
+            # before the first image or definition exists: a restart removes them
+            self._journal_write(uuid, pending)
 
         def made(image: storagecopy.CreatedImage) -> None:
             pending.created.append(image)

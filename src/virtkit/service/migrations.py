@@ -10,6 +10,7 @@ transient-domain handling, so a failed migration leaves nothing behind here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import time
@@ -46,6 +47,8 @@ TCG_WARNING = ("the domain ran under TCG: QEMU 7.2's TCG can corrupt the memory 
 #: the source's state from its vCPUs' stop for the switch-over until it hands over
 #: or resumes (libvirt's paused/migration): never 'running' while the destination may be
 MIGRATING = "migrating"
+#: seconds the source keeps asking a destination that did not answer finish
+RESOLVE_WINDOW = 60.0
 _deadline = deadline_of
 
 
@@ -91,6 +94,33 @@ def _options(body: dict[str, Any]) -> migration.Options:
         postcopy=postcopy, postcopy_after_precopy=bool(body.get("postcopy_after_precopy")),
         postcopy_bandwidth_mib=postcopy_bandwidth, suspend=bool(body.get("suspend")),
         copy_incremental=bool(body.get("copy_storage_inc")))
+
+
+async def _resolve(peer: Peer, uuid: str, window: float) -> dict[str, Any] | str | None:
+    """After a finish that got no answer: ask the destination (for up to ``window``
+    seconds, while its daemon may be restarting) whether it runs the VM.  Its domain
+    info when it does (the finish went through: this end's copy must go); ``"here"``
+    when it still held the unfinished incoming migration and removed it now at our
+    request (it cannot run the VM any more); None when nothing certain was learnt —
+    a destination without that migration may have run the VM and stopped it since,
+    so only the admin can tell."""
+    end = time.monotonic() + window
+    while True:
+        try:
+            answer = await peer.status(uuid)
+            if not answer.get("incoming"):
+                if answer.get("state") in (State.RUNNING.value, State.PAUSED.value):
+                    return answer
+                return None
+            if (await peer.abort(uuid)).get("removed"):
+                return "here"
+        except NotFound:
+            return None
+        except VirtkitError:
+            pass  # unreachable (restarting?), or it began running: ask again
+        if time.monotonic() > end:
+            return None
+        await asyncio.sleep(1.0)
 
 
 class MigrationService:
@@ -246,10 +276,22 @@ class MigrationService:
         except migration.PostcopyFailed:
             self._life.set_state(vm, State.PAUSED, "postcopy failed", event="paused")
             raise
-        except migration.MigrationOutcomeUnknown:
+        except migration.MigrationOutcomeUnknown as exc:
             self._life.set_state(vm, State.PAUSED, "migration outcome unknown",
                                  event="paused")
-            raise
+            outcome = await _resolve(peer, vm.uuid, RESOLVE_WINDOW)
+            if outcome is None:
+                raise
+            if outcome == "here":
+                await self._resume_here(vm, running, options.source_paused)
+                raise migration.DestinationLost(
+                    f"{exc}; the destination then confirmed it does not run the VM (its "
+                    "incoming migration was removed): the VM runs on here") from exc
+            result = {"destination": outcome, "downtime_ms": None, "postcopy": False,
+                      "total_ms": round((time.monotonic() - job.started) * 1000),
+                      "copied_disks": [d for d, _p in options.copy_disks],
+                      "resolved": "finish got no answer; the destination then said it "
+                                  "runs the VM"}
         except BaseException:
             await self._after_failure(vm, running, before)
             raise
@@ -294,6 +336,25 @@ class MigrationService:
             if status not in migration.STOPPED_BY:
                 continue  # cancelled by the reattach, or never stopped
             if record.get("phase") == "finishing":
+                outcome = None
+                if isinstance(record.get("destination"), dict):
+                    peer = Peer(record["destination"], timeout=5.0)
+                    try:
+                        outcome = await _resolve(peer, uuid, 5.0)
+                    finally:
+                        await peer.close()
+                if isinstance(outcome, dict):  # it runs there: the copy here goes
+                    async with vm.lock:
+                        await self._life.kill_locked(vm, "migrated")
+                    notes.append(f"{vm.name}: its migration had finished (the destination "
+                                 "runs it); the stopped copy here was removed")
+                    continue
+                if outcome == "here":
+                    async with vm.lock:
+                        await self._resume_here(vm, running, bool(record.get("paused")))
+                    notes.append(f"{vm.name}: the destination does not run it; the VM "
+                                 "runs on here")
+                    continue
                 async with vm.lock:
                     self._life.set_state(vm, State.PAUSED, "migration outcome unknown")
                 notes.append(f"{vm.name}: the daemon died while the destination was asked "
@@ -302,15 +363,20 @@ class MigrationService:
                 continue
             await self._withdraw(record.get("destination"), uuid)
             async with vm.lock:
-                if record.get("paused"):
-                    self._life.set_state(vm, State.PAUSED, "migration failed")
-                else:
-                    with contextlib.suppress(VirtkitError):
-                        await running.monitor.execute("cont")
-                        self._life.set_state(vm, State.RUNNING, "migration failed")
+                await self._resume_here(vm, running, bool(record.get("paused")))
             notes.append(f"{vm.name}: its migration had not been finished by the daemon "
                          "that died; the VM runs on here")
         return notes
+
+    async def _resume_here(self, vm: Vm, running: Running, paused: bool) -> None:
+        """The destination does not run the VM: it goes on here (paused, if it was
+        paused before the migration); the caller holds the VM's lock."""
+        if paused:
+            self._life.set_state(vm, State.PAUSED, "migration failed")
+            return
+        with contextlib.suppress(VirtkitError):
+            await running.monitor.execute("cont")
+            self._life.set_state(vm, State.RUNNING, "migration failed", event="resumed")
 
     @staticmethod
     async def _withdraw(destination: Any, uuid: str) -> None:

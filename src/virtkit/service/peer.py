@@ -139,5 +139,5 @@ class Peer:
         finally:
             await session.close()
 
-    async def abort(self, migration: str) -> None:
-        await self._call("DELETE", f"/v1/migrations/{migration}")
+    async def abort(self, migration: str) -> dict[str, Any]:
+        return await self._call("DELETE", f"/v1/migrations/{migration}")
