@@ -131,9 +131,10 @@ def _round(hosts: list[DaemonHandle], owner: int, name: str, rng: random.Random,
                          f"holders={holders}")
     if "qemu" not in action:
         assert len(holders) == 1, report.rounds[-1]
-    if not holders:  # its QEMU was killed: the guest died; start it where it is defined
-        owner = next(i for i, h in enumerate(hosts)
-                     if (s := _spec(h, name)) is not None and not s.get("transient"))
+    if not holders:  # its QEMU was killed: the guest died; start it where it was
+        last = [1 - owner, owner] if "result" in outcome else [owner, 1 - owner]
+        owner = next(i for i in last
+                     if (s := _spec(hosts[i], name)) is not None and not s.get("transient"))
         boots = hosts[owner].console_log(name).count(BOOT_MARKER)  # the log accumulates
         hosts[owner].client.post(hosts[owner].client.domain_path(name, "/start"))
         hosts[owner].wait_booted(name, count=boots + 1)

@@ -164,6 +164,13 @@ def test_the_destination_daemon_killed_while_memory_is_sent(
     wait_for(lambda: destination.qemu_pids() == [], 15, "no QEMU on the destination")
 
 
+def _answers(handle: DaemonHandle, name: str) -> bool:
+    try:
+        return "ok-77" in handle.console_run(name, "echo ok-$((70+7))", "ok-77", timeout=5)
+    except AssertionError:
+        return False
+
+
 def test_ping_pong_with_disk_path_keeps_the_definition_on_the_real_files(
         pair: tuple[DaemonHandle, DaemonHandle], tmp_path: Path) -> None:
     """A->B on shared storage, then B->A copying the disk to a new path (the refusal
@@ -205,7 +212,9 @@ def test_ping_pong_with_disk_path_keeps_the_definition_on_the_real_files(
                   "conv=fsync oflag=direct 2>/dev/null; echo wr''ote", "wrote")
     a.client.post(a.client.domain_path("safe4", "/destroy"))
     a.client.post(a.client.domain_path("safe4", "/start"))
-    a.wait_booted("safe4")
+    a.wait_booted("safe4", count=2)
+    # the shell may drop what is typed the moment it starts: wait until it echoes
+    wait_for(lambda: _answers(a, "safe4"), 60, "the shell after the new boot", interval=0.5)
     out = a.console_run("safe4", "dd if=/dev/vda bs=512 skip=40000 count=1 2>/dev/null "
                         "| head -c 9; echo; echo rd''one", "rdone")
     assert "VKNEWDATA" in out, out

@@ -328,13 +328,19 @@ class MigrationService:
             row = self._store.find_domain(uuid)
             vm = self._life.vm(row.uuid, row.name) if row is not None else None
             if vm is None or vm.running is None:
+                if record.get("phase") != "finishing":
+                    await self._withdraw(record.get("destination"), uuid)
                 continue
             running = vm.running
             status = "unknown"
             with contextlib.suppress(VirtkitError):
                 status = (await running.monitor.execute("query-status"))["status"]
             if status not in migration.STOPPED_BY:
-                continue  # cancelled by the reattach, or never stopped
+                # cancelled by the reattach (the guest runs on): the incoming one there
+                # goes too (else its keepalive silence removes it)
+                if record.get("phase") != "finishing":
+                    await self._withdraw(record.get("destination"), uuid)
+                continue
             if record.get("phase") == "finishing":
                 outcome = None
                 if isinstance(record.get("destination"), dict):
