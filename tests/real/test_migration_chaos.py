@@ -95,8 +95,10 @@ def _round(hosts: list[DaemonHandle], owner: int, name: str, rng: random.Random,
     delay = rng.uniform(0.0, 4.0)
     copy = rng.random() < 0.35
     target = disk.parent / f"r{number}.qcow2"
-    options: dict[str, Any] = {"bandwidth": 8, "persistent": True,
-                               "undefine_source": rng.random() < 0.5}
+    # a capped stream lasts seconds (kills land in the copy or the stream), an
+    # uncapped one about one (kills land in the switch-over, finish, or after)
+    options: dict[str, Any] = {"persistent": True, "undefine_source": rng.random() < 0.5,
+                               **({"bandwidth": 8} if rng.random() < 0.6 else {})}
     if copy:
         options.update(copy_storage_all=True, disk_paths={str(disk): str(target)})
     outcome: dict[str, Any] = {}
