@@ -188,7 +188,9 @@ def virtkit_once(guest: TinyGuest, memory: int, name: str) -> tuple[float, float
         seconds, result = bl.timed(lambda: source.client.post(
             f"/v1/domains/{name}/migrate", body))
         assert destination.state(name) == "running"
-        downtime = result.get("downtime_ms")
+        # QEMU's own figure, comparable with raw QEMU's (downtime_ms is the guest-visible
+        # pause, finish round trip included)
+        downtime = result.get("qemu_downtime_ms", result.get("downtime_ms"))
         return seconds, downtime / 1000 if downtime is not None else None, argv
 
 
@@ -257,7 +259,9 @@ def virtkit_storage_once(guest: TinyGuest, disk: Path, target: Path, name: str
         seconds, result = bl.timed(lambda: source.client.post(
             f"/v1/domains/{name}/migrate", body))
         assert destination.state(name) == "running"
-        downtime = result.get("downtime_ms")
+        # QEMU's own figure, comparable with raw QEMU's (downtime_ms is the guest-visible
+        # pause, finish round trip included)
+        downtime = result.get("qemu_downtime_ms", result.get("downtime_ms"))
         return seconds, downtime / 1000 if downtime is not None else None, argv
 
 

@@ -84,6 +84,9 @@ class CopyDestination:
     async def abort(self, migration_id: str) -> None:
         self.calls.append("abort")
 
+    async def status(self, migration_id: str) -> dict[str, Any]:
+        return {"incoming": True}
+
 
 def _migrate(monitor: CopyMonitor, dest: CopyDestination,
              job: migration.Job | None = None) -> dict[str, Any]:
@@ -268,16 +271,16 @@ def test_cli_sends_the_new_flags() -> None:
 
 
 def test_the_destination_creates_only_files_the_spec_names() -> None:
-    from virtkit.service.migrations import MigrationService
+    from virtkit.service.incoming import copy_request
 
     spec = dump_domain(_spec())
     good = {"device": "disk0", "path": "/d/a.qcow2", "format": "qcow2", "size": 2**20}
     body = {"spec": spec, "copy_storage": {"disks": [good]}}
-    assert MigrationService._copy_request(body) == [good]
-    assert MigrationService._copy_request({"spec": spec}) == []
+    assert copy_request(body) == [good]
+    assert copy_request({"spec": spec}) == []
     for bad in ({**good, "path": "/etc/passwd"}, {**good, "device": "disk1"},
                 {**good, "format": "raw"}):
         with pytest.raises(InvalidSpec, match="not a writable disk of the spec"):
-            MigrationService._copy_request({"spec": spec, "copy_storage": {"disks": [bad]}})
+            copy_request({"spec": spec, "copy_storage": {"disks": [bad]}})
     with pytest.raises(InvalidSpec):
-        MigrationService._copy_request({"spec": spec, "copy_storage": {"disks": []}})
+        copy_request({"spec": spec, "copy_storage": {"disks": []}})

@@ -185,6 +185,11 @@ class Daemon:
             log.info("reconcile: %s", note)
             if not note.split(": ", 1)[-1].startswith("reattached"):
                 self.recovery.note("domains", note)
+        # unfinished migrations of the daemon before: before anything is served, so a
+        # source's late finish finds nothing (docs/migration.md, resolution rule)
+        if self.services.migrations is not None:
+            for note in await self.services.migrations.recover():
+                self.recovery.note("migrations", note)
         with contextlib.suppress(VirtkitError):
             await asyncio.to_thread(self.caps.accelerator)  # warm the probe cache
         await self._reconcile(pending)

@@ -64,6 +64,12 @@ async def incoming_offline(request: web.Request) -> web.Response:
     return json_response(await request.app[MIGRATIONS].incoming_offline(body), status=201)
 
 
+@routes.get("/v1/migrations/{id}")
+async def status(request: web.Request) -> web.Response:
+    """The source's keepalive: is the incoming migration still here and waiting?"""
+    return json_response(request.app[MIGRATIONS].status(request.match_info["id"]))
+
+
 @routes.post("/v1/migrations/{id}/finish")
 async def finish(request: web.Request) -> web.Response:
     body = await body_of(request, FinishBody)

@@ -296,7 +296,8 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
          "spec": {"type": "object"}, "persistent_spec": {"type": "object"},
          "machine_type": {"type": "string"}, "accelerator": {"type": "string"},
          "address": {"type": "string"}, "deadline": {"type": "number"},
-         "copy_storage": {"type": "object"}, "postcopy": {"type": "boolean"}}}),
+         "copy_storage": {"type": "object"}, "postcopy": {"type": "boolean"},
+         "keepalive": {"type": "number"}}}),
     ("post", "/v1/migrations/offline", "Destination: check a definition sent by migrate "
      "--offline; with copy_storage create its disks' images and serve them by NBD "
      "(answers {id, nbd}); defined by finish",
@@ -307,6 +308,8 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      "or keep it paused (offline: define it)",
      {"type": "object", "properties": {"persistent": {"type": "boolean"},
                                        "paused": {"type": "boolean"}}}),
+    ("get", "/v1/migrations/{id}", "Destination: the incoming migration (the source's "
+     "keepalive: {id, domain, incoming, state, reason}; 404 when it is gone)", None),
     ("delete", "/v1/migrations/{id}", "Destination: remove an unfinished incoming "
      "migration (idempotent)", None),
     ("post", "/v1/domains/{ref}/clone", "virt-clone: a new domain with copied (or linked) "

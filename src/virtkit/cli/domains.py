@@ -167,7 +167,7 @@ def cmd_dominfo(client: Client, args: argparse.Namespace) -> int:
         ("Machine", info["machine"]),
         ("Accelerator", info["accelerator"]),
         ("Autostart", "enable" if info["autostart"] else "disable"),
-        ("Persistent", "yes"),
+        ("Persistent", "yes" if info.get("persistent", True) else "no"),
         ("Up since", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
          if started else None),
         ("Spec version", info["version"]),

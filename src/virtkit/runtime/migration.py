@@ -17,10 +17,18 @@ import contextlib
 import ipaddress
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from virtkit.errors import Conflict, QemuError, TimeoutExpired, VirtkitError
+from virtkit.errors import (
+    Conflict,
+    DaemonUnreachable,
+    NotFound,
+    QemuError,
+    TimeoutExpired,
+    VirtkitError,
+)
 from virtkit.qemu.monitor import Monitor
 from virtkit.runtime import storagecopy
 
@@ -36,6 +44,14 @@ STOPPED_BY = ("inmigrate", "postmigrate", "finish-migrate")
 #: query-migrate states of an outgoing migration still under way
 UNDER_WAY = ("setup", "active", "pre-switchover", "device", "wait-unplug")
 DEFAULT_TIMEOUT = 3600.0
+#: the source asks the destination about the incoming migration this often between
+#: ``incoming`` and ``finish`` (libvirt's keepalive); a refused connection or an
+#: answer that it is gone stops the migration at once, this many unanswered asks too
+KEEPALIVE_INTERVAL = 1.0
+KEEPALIVE_MISSES = 3
+#: the destination removes an unfinished incoming migration whose source has not
+#: asked about it for this long (sent in the incoming call)
+KEEPALIVE_SILENCE = 30.0
 
 
 class MigrationOutcomeUnknown(VirtkitError):
@@ -45,16 +61,33 @@ class MigrationOutcomeUnknown(VirtkitError):
     http_status = 504
 
 
+class RequestNotDelivered(DaemonUnreachable):
+    """The request never reached the destination daemon (its connection was refused,
+    or could not be made): it cannot have acted on it."""
+
+
+class DestinationLost(VirtkitError):
+    """The destination no longer holds the incoming migration (its daemon is down or
+    restarted, or it removed it): the migration is stopped and the VM runs on here."""
+
+    http_status = 502
+
+
 class Destination(Protocol):
     """The destination daemon, as the source daemon sees it (service/peer.py)."""
 
     async def incoming(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
+    async def status(self, migration: str) -> dict[str, Any]:
+        """The incoming migration there (the keepalive); RequestNotDelivered when its
+        daemon does not take connections, NotFound when it has no such migration."""
+        ...
+
     async def finish(self, migration: str, body: dict[str, Any]) -> dict[str, Any]:
         """Run the VM there; MigrationOutcomeUnknown when no answer came."""
         ...
 
-    async def abort(self, migration: str) -> None: ...
+    async def abort(self, migration: str) -> Any: ...
 
 
 class PostcopyFailed(VirtkitError):
@@ -104,6 +137,24 @@ class Job:
     postcopy_started: bool = False  # migrate-start-postcopy was sent: no way back
     #: set by virtkit migrate-postcopy: switch to post-copy now
     start_postcopy: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the outgoing stream was started (before that, query-migrate reports whatever
+    #: migration this QEMU saw last: for a VM that arrived by migration, 'completed')
+    streaming: bool = False
+    #: time.monotonic() when the vCPUs were seen stopped for the switch-over
+    stopped: float = 0.0
+    #: why ``aborted`` was set: domjobabort, or the keepalive lost the destination
+    why: str = "the migration was cancelled (domjobabort)"
+    lost: bool = False
+
+    def stop(self, why: str, *, lost: bool = False) -> None:
+        """Stop the migration at its next check (the caller cancels the stream)."""
+        if not self.aborted.is_set():
+            self.why, self.lost = why, lost
+            self.aborted.set()
+
+    def check(self) -> None:
+        if self.aborted.is_set():
+            raise (DestinationLost if self.lost else Conflict)(self.why)
 
 
 def tcp_uri(host: str, port: int) -> str:
@@ -165,14 +216,17 @@ async def finish_incoming(monitor: Monitor, *, run: bool = True,
 # -- the source end --------------------------------------------------------------
 
 async def wait_status(monitor: Monitor, wanted: set[str], deadline: float,
-                      what: str) -> dict[str, Any]:
+                      what: str, job: Job | None = None) -> dict[str, Any]:
     """Wait until ``query-migrate``'s status is one of ``wanted``; failed/cancelled
-    raise QemuError with QEMU's reason.  Woken by QEMU's MIGRATION events (the
+    raise QemuError with QEMU's reason, and so does ``job`` being stopped
+    (domjobabort, the destination lost).  Woken by QEMU's MIGRATION events (the
     ``events`` capability), with polling as the fallback: at ``pre-switchover`` the
     guest is stopped, so every millisecond of waiting here is downtime."""
     event = monitor.expect("MIGRATION")
     try:
         while True:
+            if job is not None:
+                job.check()
             if event.done():  # registered again before asking, so no change is missed
                 event = monitor.expect("MIGRATION")
             info: dict[str, Any] = await monitor.execute("query-migrate")
@@ -251,14 +305,78 @@ def finish_body(options: Options) -> dict[str, Any]:
             "paused": options.source_paused or options.suspend}
 
 
+@dataclass
+class Hooks:
+    """What the service layer is told during an outgoing migration."""
+
+    #: the source's vCPUs stopped for the switch-over (record paused/'migrating'
+    #: before the destination can run the VM: one runner per VM, reported states too)
+    stopped: Callable[[], None] = lambda: None
+    #: finish is about to be sent (from here a lost answer leaves the outcome unknown)
+    finishing: Callable[[], None] = lambda: None
+
+
+async def keepalive(destination: Destination, migration: str, job: Job,
+                    interval: float | None = None, misses: int | None = None) -> None:
+    """Ask the destination about the incoming migration every ``interval`` seconds
+    until cancelled; stop the job when it is gone: its daemon refuses connections (it
+    died: a restarted one removes unfinished incoming migrations), it no longer has
+    the migration, or ``misses`` asks in a row got no answer."""
+    interval = interval or KEEPALIVE_INTERVAL
+    misses = misses or KEEPALIVE_MISSES
+    failures = 0
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            answer = await destination.status(migration)
+        except RequestNotDelivered as exc:
+            job.stop(f"the destination daemon is gone ({exc}); the migration was "
+                     "stopped and the VM runs on here", lost=True)
+            return
+        except NotFound:
+            job.stop("the destination no longer holds the incoming migration; it was "
+                     "stopped and the VM runs on here", lost=True)
+            return
+        except VirtkitError as exc:
+            failures += 1
+            if failures >= misses:
+                job.stop(f"the destination did not answer {misses} keepalives ({exc}); "
+                         "the migration was stopped and the VM runs on here", lost=True)
+                return
+            continue
+        failures = 0
+        if not answer.get("incoming"):
+            job.stop(f"the destination no longer holds the incoming migration (the domain "
+                     f"is {answer.get('state')}: {answer.get('reason')}); the migration was "
+                     "stopped and the VM runs on here", lost=True)
+            return
+
+
+def _stop_time(event: asyncio.Future[Any]) -> float | None:
+    """The wall-clock time of QEMU's STOP event (QMP stamps every event), if seen."""
+    if not event.done() or event.cancelled() or event.exception() is not None:
+        return None
+    stamp = event.result().get("timestamp") or {}
+    if "seconds" not in stamp:
+        return None
+    return float(stamp["seconds"]) + float(stamp.get("microseconds", 0)) / 1e6
+
+
 async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict[str, Any],
-                      options: Options, job: Job | None = None) -> dict[str, Any]:
+                      options: Options, job: Job | None = None,
+                      hooks: Hooks | None = None) -> dict[str, Any]:
     """Migrate the running VM behind ``monitor`` to ``destination``; when this returns,
     the VM runs there and the caller stops the QEMU here.  ``incoming`` is the body of
     the destination's incoming call.  Any failure before that raises with the VM
     running here and nothing left on the destination (except MigrationOutcomeUnknown:
-    then the VM is paused here and may run there)."""
+    then the VM is paused here and may run there).
+
+    The resolution rule (docs/migration.md): the destination runs the VM only after
+    ``finish``; this end stops its QEMU only after a confirmed ``finish``.  A finish
+    that never reached the destination (connection refused) or that it refused means
+    it does not run the VM: the guest goes on here."""
     job = job or Job()
+    hooks = hooks or Hooks()
     started = time.monotonic()
     deadline = started + options.timeout
     devices = [device for device, _path in options.copy_disks]
@@ -269,52 +387,42 @@ async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict
                                        incremental=options.copy_incremental)
         top_only = frozenset(d["device"] for d in disks if "backing" in d)
         incoming = {**incoming, "copy_storage": {"disks": disks}}
-    answer = await destination.incoming(incoming)
+    answer = await destination.incoming({"keepalive": KEEPALIVE_SILENCE, **incoming})
     migration, uri = str(answer["id"]), str(answer["uri"])
     # --bandwidth caps the disk copy as well as the memory stream (as virsh's does)
     mirrors = storagecopy.Mirrors(monitor, devices, (options.bandwidth_mib or 0) * 2**20,
                                   top_only)
+    watch = asyncio.create_task(keepalive(destination, migration, job))
+    stop_event = monitor.expect("STOP")
     try:
-        if devices:
-            job.phase, job.mirrors = "copying disks", mirrors
-            await mirrors.start(answer["nbd"])
-            await mirrors.wait_ready(deadline, job.aborted)
-        if job.aborted.is_set():
-            raise Conflict("the migration was cancelled (domjobabort)")
-        job.phase, job.postcopy = "sending memory", options.postcopy
-        await configure_source(monitor, options)
-        await monitor.execute("migrate", {"uri": uri})
-        trigger = asyncio.create_task(_postcopy_trigger(monitor, job, options)) \
-            if options.postcopy else None
         try:
-            await wait_status(monitor, {"pre-switchover"}, deadline, "sending the memory")
+            info = await _send(monitor, mirrors, devices, answer, uri, options, job,
+                               deadline, hooks)
+        except BaseException:
+            await mirrors.cancel()
+            await cancel(monitor, resume=not options.source_paused)
+            with contextlib.suppress(VirtkitError):
+                await destination.abort(migration)
+            raise
         finally:
-            if trigger is not None:
-                trigger.cancel()
-                with contextlib.suppress(BaseException):
-                    await trigger
-        job.phase = "switching over"
-        if devices:
-            await mirrors.complete()
-        await monitor.execute("migrate-continue", {"state": "pre-switchover"})
-        info = await wait_status(monitor, {"completed", "postcopy-active"}, deadline,
-                                 "switching over")
-    except BaseException:
-        await mirrors.cancel()
-        await cancel(monitor, resume=not options.source_paused)
-        with contextlib.suppress(VirtkitError):
-            await destination.abort(migration)
-        raise
+            watch.cancel()
+            with contextlib.suppress(BaseException):
+                await watch
+        stopped_at = _stop_time(stop_event) or time.time() - (time.monotonic() - job.stopped)
+    finally:
+        stop_event.cancel()
     if info.get("status") == "postcopy-active":
         return await _finish_postcopy(monitor, destination, migration, options, job,
-                                      started, deadline) | {"uri": uri,
-                                                            "copied_disks": devices}
+                                      started, deadline, hooks, stopped_at) | {
+                                          "uri": uri, "copied_disks": devices}
+    hooks.finishing()
     try:
         finished = await destination.finish(migration, finish_body(options))
     except MigrationOutcomeUnknown:
         raise
     except BaseException:
-        # the destination says it does not run the VM: it goes on here
+        # never delivered, or the destination says it does not run the VM: it goes
+        # on here (the destination removes what it holds, now or when it restarts)
         with contextlib.suppress(VirtkitError):
             await destination.abort(migration)
         if not options.source_paused:
@@ -323,8 +431,52 @@ async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict
         raise
     ram = info.get("ram", {})
     return {"destination": finished, "total_ms": round((time.monotonic() - started) * 1000),
-            "downtime_ms": info.get("downtime"), "transferred": ram.get("transferred"),
+            "downtime_ms": _downtime(stopped_at, info), "qemu_downtime_ms": info.get("downtime"),
+            "transferred": ram.get("transferred"),
             "uri": uri, "copied_disks": devices, "postcopy": False}
+
+
+def _downtime(stopped_at: float, info: dict[str, Any]) -> int:
+    """The guest-visible pause: from this QEMU's vCPU stop to the destination's answer
+    to finish (its ``cont`` came before that answer), never less than QEMU's own
+    figure (which ends when this end has sent the last state)."""
+    return max(round((time.time() - stopped_at) * 1000), int(info.get("downtime") or 0))
+
+
+async def _send(monitor: Monitor, mirrors: storagecopy.Mirrors, devices: list[str],
+                answer: dict[str, Any], uri: str, options: Options, job: Job,
+                deadline: float, hooks: Hooks) -> dict[str, Any]:
+    """Copy the disks, send the memory, switch over: until the source's status is
+    ``completed`` (or ``postcopy-active``)."""
+    if devices:
+        job.phase, job.mirrors = "copying disks", mirrors
+        await mirrors.start(answer["nbd"])
+        await mirrors.wait_ready(deadline, job.check)
+    job.check()
+    job.phase, job.postcopy = "sending memory", options.postcopy
+    await configure_source(monitor, options)
+    await monitor.execute("migrate", {"uri": uri})
+    job.streaming = True
+    trigger = asyncio.create_task(_postcopy_trigger(monitor, job, options)) \
+        if options.postcopy else None
+    try:
+        await wait_status(monitor, {"pre-switchover"}, deadline, "sending the memory", job)
+    finally:
+        if trigger is not None:
+            trigger.cancel()
+            with contextlib.suppress(BaseException):
+                await trigger
+    # the vCPUs are stopped now (pause-before-switchover): say so before the
+    # destination can possibly run the VM
+    job.stopped = time.monotonic()
+    job.phase = "switching over"
+    hooks.stopped()
+    job.check()  # the last point where a lost destination is simply cancelled
+    if devices:
+        await mirrors.complete()
+    await monitor.execute("migrate-continue", {"state": "pre-switchover"})
+    return await wait_status(monitor, {"completed", "postcopy-active"}, deadline,
+                             "switching over")
 
 
 async def _postcopy_trigger(monitor: Monitor, job: Job, options: Options) -> None:
@@ -358,13 +510,16 @@ async def _postcopy_trigger(monitor: Monitor, job: Job, options: Options) -> Non
 
 async def _finish_postcopy(monitor: Monitor, destination: Destination, migration: str,
                            options: Options, job: Job, started: float,
-                           deadline: float) -> dict[str, Any]:
+                           deadline: float, hooks: Hooks, stopped_at: float
+                           ) -> dict[str, Any]:
     """Post-copy: the destination has the devices' state and must run the guest now,
     while the rest of the memory follows.  From here no failure can bring the guest
     back here: it stays paused here (reason ``postcopy failed``) and the error says so."""
     job.phase = "post-copy"
+    hooks.finishing()
     try:
         finished = await destination.finish(migration, finish_body(options))
+        downtime = _downtime(stopped_at, {})
         info = await wait_status(monitor, {"completed"}, deadline, "post-copy")
     except BaseException as exc:
         raise PostcopyFailed(
@@ -374,5 +529,6 @@ async def _finish_postcopy(monitor: Monitor, destination: Destination, migration
                 "risk for a bounded migration time)") from exc
     ram = info.get("ram", {})
     return {"destination": finished, "total_ms": round((time.monotonic() - started) * 1000),
-            "downtime_ms": info.get("downtime"), "transferred": ram.get("transferred"),
+            "downtime_ms": max(downtime, int(info.get("downtime") or 0)),
+            "qemu_downtime_ms": info.get("downtime"), "transferred": ram.get("transferred"),
             "postcopy": True}

@@ -19,6 +19,7 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,10 +53,13 @@ class CreatedImage:
 
 # -- the destination end ---------------------------------------------------------
 
-def create_images(disks: list[dict[str, Any]]) -> list[CreatedImage]:
+def create_images(disks: list[dict[str, Any]],
+                  on_created: Callable[[CreatedImage], None] | None = None
+                  ) -> list[CreatedImage]:
     """Create one empty image per copied disk (``{"path", "format", "size"}``); refuse a
     path that exists (it is never overwritten) or whose folder is missing.  On error
-    the images made so far are removed again."""
+    the images made so far are removed again.  ``on_created`` hears of each image as
+    soon as it exists (the destination journals it for a restart)."""
     created: list[CreatedImage] = []
     try:
         for index, disk in enumerate(disks):
@@ -97,6 +101,8 @@ def create_images(disks: list[dict[str, Any]]) -> list[CreatedImage]:
                 qemuimg.create(path, fmt, size)
             stat = os.stat(path)
             created.append(CreatedImage(path, stat.st_dev, stat.st_ino))
+            if on_created is not None:
+                on_created(created[-1])
     except BaseException:
         remove_images(created)
         raise
@@ -207,8 +213,9 @@ class Mirrors:
         return {str(j["id"]): j for j in await self._monitor.execute("query-jobs")
                 if j.get("id") in self._jobs}
 
-    async def wait_ready(self, deadline: float, aborted: asyncio.Event | None) -> None:
-        """Until every mirror is READY (in sync, following the guest's writes)."""
+    async def wait_ready(self, deadline: float, check: Callable[[], None] | None) -> None:
+        """Until every mirror is READY (in sync, following the guest's writes);
+        ``check`` raises when the migration must stop (domjobabort, destination lost)."""
         while True:
             jobs = await self._ours()
             for job_id in self._jobs:
@@ -219,9 +226,8 @@ class Mirrors:
                                     f"failed: {error}")
             if all(jobs[j].get("status") == "ready" for j in self._jobs):
                 return
-            if aborted is not None and aborted.is_set():
-                raise Conflict("the migration was cancelled (domjobabort) while copying "
-                               "the disks")
+            if check is not None:
+                check()
             if time.monotonic() > deadline:
                 raise TimeoutExpired("copying the disks: not done in time",
                                      fix="raise --timeout, or --bandwidth")

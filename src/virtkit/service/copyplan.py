@@ -7,6 +7,7 @@ from typing import Any
 
 from virtkit.errors import InvalidSpec
 from virtkit.model.domain import DiskDevice, Domain
+from virtkit.model.load import load_domain
 from virtkit.qemu.argv import disk_slots
 
 
@@ -59,3 +60,30 @@ def copy_plan(live: Domain, definition: dict[str, Any], mapping: dict[str, str]
         disks.append({**disk, "path": moved, "pool": None, "volume": None} if moved
                      else disk)
     return copies, live, {**definition, "disks": disks}
+
+
+def align_disks(definition: dict[str, Any], live: Domain,
+                devices: set[str] | None = None) -> dict[str, Any]:
+    """``definition`` with its writable disks naming the files the running VM uses for
+    the same guest disk (matched by target: vda, sda ...): only those of ``devices``
+    (device ids of the live VM, e.g. the copied disks), or every writable disk when
+    ``devices`` is None.  A definition that names another file for a disk the VM
+    now runs from would boot stale data at its next start (docs/migration.md)."""
+    running = {slot.target: disk for slot, disk in zip(disk_slots(live), live.disks,
+                                                        strict=True)
+               if copied(disk) and (devices is None or slot.device_id in devices)}
+    if not running:
+        return definition
+    defined = load_domain(definition)
+    disks = [dict(d) for d in definition.get("disks", [])]
+    changed = False
+    for slot, disk in zip(disk_slots(defined), defined.disks, strict=True):
+        now = running.get(slot.target)
+        if now is None or not copied(disk) or (disk.path, disk.pool, disk.volume) == (
+                now.path, now.pool, now.volume):
+            continue
+        disks[slot.index].update(path=now.path, pool=now.pool, volume=now.volume)
+        if now.format is not None:
+            disks[slot.index]["format"] = now.format
+        changed = True
+    return {**definition, "disks": disks} if changed else definition

@@ -127,6 +127,9 @@ class DomainService:
             disks=self.disks(row.uuid),
             console_log=str(self.console_log_path(row.uuid)),
             security=self._security(vm.running),
+            # virsh dominfo's Persistent: a transient domain (virsh create, or one that
+            # arrived by migration without --persistent) goes when it stops
+            persistent=not row.spec.get("transient", False),
         )
         stat = procstat.process_stat(vm.running.process.pid) if vm.running else None
         info["cpu_time"] = round(stat.cpu_s, 3) if stat else None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import math
 import time
 from typing import Any
 
@@ -22,29 +21,35 @@ from virtkit.errors import (
     InvalidSpec,
     NotFound,
     StateError,
-    Unsupported,
     VirtkitError,
 )
-from virtkit.model.domain import Domain
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.state import State
-from virtkit.qemu.argv import disk_slots
-from virtkit.runtime import migration, storagecopy
-from virtkit.runtime.launcher import CapsProvider
+from virtkit.runtime import migration
+from virtkit.runtime.launcher import CapsProvider, Running
 from virtkit.runtime.lifecycle import Lifecycle, Vm
-from virtkit.service.copyplan import copied, copy_plan, disk_paths
+from virtkit.service.copyplan import copy_plan, disk_paths
 from virtkit.service.domains import DomainService
-from virtkit.service.offline_migration import OfflineMigrations, defined_here
+from virtkit.service.incoming import (
+    DEADLINE_MARGIN,
+    MAX_DEADLINE,  # noqa: F401 (tests import it from here)
+    IncomingMigrations,
+    copy_request,
+    deadline_of,
+)
+from virtkit.service.migration_journal import Journal
+from virtkit.service.offline_migration import OfflineMigrations
 from virtkit.service.peer import Peer
 from virtkit.store.db import Store
 
-MIGRATING_IN = "migrating in"
-#: seconds past the source's own timeout an unfinished incoming migration is kept: a
-#: source daemon that died mid-way must not leave a paused QEMU here for ever
-DEADLINE_MARGIN = 60.0
-MAX_DEADLINE = 7 * 86400.0
 TCG_WARNING = ("the domain ran under TCG: QEMU 7.2's TCG can corrupt the memory of a guest "
                "that writes it during a live migration; migrate busy guests with KVM")
+#: the source's state from its vCPUs' stop for the switch-over until it hands over
+#: or resumes (libvirt's paused/migration): never 'running' while the destination may be
+MIGRATING = "migrating"
+#: seconds the source keeps asking a destination that did not answer finish
+RESOLVE_WINDOW = 60.0
+_deadline = deadline_of
 
 
 def _address(value: Any, field: str = "address") -> str:
@@ -55,14 +60,6 @@ def _address(value: Any, field: str = "address") -> str:
         raise InvalidSpec(f"{field}: {value!r} is not an IP address", field=field,
                           fix="give the address the destination QEMU listens on, "
                               "e.g. 192.0.2.10") from None
-
-
-def _deadline(value: Any) -> float:
-    """Seconds an incoming migration may stay unfinished (JSON allows Infinity/NaN)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or value <= 0:
-        return migration.DEFAULT_TIMEOUT + DEADLINE_MARGIN
-    return min(float(value), MAX_DEADLINE)
 
 
 def _options(body: dict[str, Any]) -> migration.Options:
@@ -99,6 +96,33 @@ def _options(body: dict[str, Any]) -> migration.Options:
         copy_incremental=bool(body.get("copy_storage_inc")))
 
 
+async def _resolve(peer: Peer, uuid: str, window: float) -> dict[str, Any] | str | None:
+    """After a finish that got no answer: ask the destination (for up to ``window``
+    seconds, while its daemon may be restarting) whether it runs the VM.  Its domain
+    info when it does (the finish went through: this end's copy must go); ``"here"``
+    when it still held the unfinished incoming migration and removed it now at our
+    request (it cannot run the VM any more); None when nothing certain was learnt —
+    a destination without that migration may have run the VM and stopped it since,
+    so only the admin can tell."""
+    end = time.monotonic() + window
+    while True:
+        try:
+            answer = await peer.status(uuid)
+            if not answer.get("incoming"):
+                if answer.get("state") in (State.RUNNING.value, State.PAUSED.value):
+                    return answer
+                return None
+            if (await peer.abort(uuid)).get("removed"):
+                return "here"
+        except NotFound:
+            return None
+        except VirtkitError:
+            pass  # unreachable (restarting?), or it began running: ask again
+        if time.monotonic() > end:
+            return None
+        await asyncio.sleep(1.0)
+
+
 class MigrationService:
     """Outgoing and incoming live migrations of this daemon."""
 
@@ -110,171 +134,29 @@ class MigrationService:
         self._caps_for = caps_for
         #: outgoing migrations now running
         self._jobs: dict[str, migration.Job] = {}
-        #: incoming migrations copying storage: the images this daemon created for them
-        #: (removed when the migration fails) and the NBD exports to stop at finish
-        self._created: dict[str, list[storagecopy.CreatedImage]] = {}
-        self._exports: dict[str, list[str]] = {}
-        #: incoming migrations into a shut-off definition this daemon already had (the
-        #: ping-pong case): the source's definition, kept here for finish --persistent
-        self._adopted: dict[str, dict[str, Any]] = {}
+        self._journal = Journal(lifecycle.paths.root / "migrations")
+        self.incoming_end = IncomingMigrations(store, lifecycle, domains, caps_for,
+                                               self._journal)
         self.offline = OfflineMigrations(store, lifecycle, domains)
-        self._watchdogs: set[asyncio.Task[None]] = set()
 
-    # -- the destination end -------------------------------------------------------
-
-    def _validate_incoming(self, body: dict[str, Any]) -> tuple[Domain, Domain, bool]:
-        """The running configuration and the definition of an incoming domain, checked
-        against this host, and whether it comes into a shut-off definition of the same
-        UUID and name that is already here (libvirt allows that: a domain migrated back
-        and forth between hosts that both keep it defined); nothing is started or
-        stored yet."""
-        spec = body.get("spec")
-        if not isinstance(spec, dict):
-            raise InvalidSpec("spec: the running configuration is missing", field="spec")
-        definition = body.get("persistent_spec") or spec
-        if not isinstance(definition, dict):
-            raise InvalidSpec("persistent_spec must be a spec object", field="persistent_spec")
-        live = load_domain(spec)
-        slot = defined_here(self._store, live.uuid, live.name)
-        if slot is not None and self._life.vm(slot.uuid, slot.name).running is not None:
-            raise Conflict(f"domain '{live.name}' is already running on the destination",
-                           fix="stop it there first")
-        adopted = slot is not None
-        live = self._domains.prepare(live)
-        confiner = self._life.confiner
-        if body.get("postcopy") and confiner is not None and confiner.userfaultfd_refused():
-            raise Unsupported(
-                "post-copy needs userfaultfd on the destination, which a confined QEMU (its "
-                "own uid, no capabilities) may not use while vm.unprivileged_userfaultfd=0",
-                fix="on the destination: sysctl vm.unprivileged_userfaultfd=1, or run its "
-                    "daemon with --no-confine; or migrate without --postcopy")
-        caps, _binary = self._caps_for(live)
-        here = caps.machine_type(live.machine.value)
-        there = body.get("machine_type")
-        if there is not None and there != here:
-            raise InvalidSpec(f"machine type {there} is not available on the destination "
-                              f"(its QEMU makes {live.machine.value} {here})",
-                              field="machine_type",
-                              fix="migrate between hosts with the same QEMU machine version")
-        accel = body.get("accelerator")
-        if accel is not None and accel != caps.accel:
-            raise InvalidSpec(f"the source runs the VM with {accel}, the destination would "
-                              f"use {caps.accel}", field="accelerator",
-                              fix="migrate between hosts with the same accelerator")
-        for key, value in (("uuid", str(live.uuid)), ("name", live.name)):
-            if definition.get(key, value) != value:
-                raise InvalidSpec(f"persistent_spec.{key} is not the running domain's",
-                                  field=f"persistent_spec.{key}")
-        return live, self._domains.prepare(load_domain({
-            **definition, "uuid": str(live.uuid), "name": live.name, "transient": True})), \
-            adopted
+    # -- the destination end (service/incoming.py) ---------------------------------
 
     async def incoming(self, body: dict[str, Any]) -> dict[str, Any]:
         """Validate, start QEMU paused waiting for the stream, listen on ``address``."""
         address = _address(body.get("address"))
-        copies = self._copy_request(body)
-        # the images first: the same checks as define then find them in place
-        created = storagecopy.create_images(copies)
-        try:
-            live, definition, adopted = await asyncio.to_thread(self._validate_incoming, body)
-        except BaseException:
-            storagecopy.remove_images(created)
-            raise
-        if adopted:  # the definition here stays as it is unless finish says persistent
-            row = self._store.get_domain(definition.uuid)
-            self._adopted[row.uuid] = dump_domain(definition)
-        else:
-            row = self._store.insert_domain(definition.uuid, definition.name,
-                                            dump_domain(definition))
-        vm = self._life.vm(row.uuid, row.name)
-        self._created[row.uuid] = created
-        answer: dict[str, Any] = {"id": row.uuid, "domain": row.name}
-        try:
-            async with vm.lock:
-                running = await self._life.start_incoming(vm, live)
-                answer["uri"] = await migration.listen_incoming(
-                    running.monitor, address, postcopy=bool(body.get("postcopy")))
-                if copies:
-                    devices = [str(disk["device"]) for disk in copies]
-                    self._exports[row.uuid] = devices
-                    answer["nbd"] = await storagecopy.export_disks(running.monitor, address,
-                                                                   devices)
-        except BaseException:
-            await self._remove_incoming(vm, "incoming migration failed")
-            self._drop_images(row.uuid, created)
-            self._adopted.pop(row.uuid, None)
-            raise
-        task = asyncio.create_task(self._expire(vm, running, _deadline(body.get("deadline")),
-                                                created))
-        self._watchdogs.add(task)
-        task.add_done_callback(self._watchdogs.discard)
-        return answer
+        return await self.incoming_end.incoming(body, address, copy_request(body))
 
     async def incoming_offline(self, body: dict[str, Any]) -> dict[str, Any]:
         """Check a definition sent by ``migrate --offline``; create and serve the images
         of the disks it copies.  Defined here only by :meth:`finish`."""
         address = _address(body.get("address"))
-        return await self.offline.incoming(body, self._copy_request(body), address)
+        return await self.offline.incoming(body, copy_request(body), address)
 
-    @staticmethod
-    def _copy_request(body: dict[str, Any]) -> list[dict[str, Any]]:
-        """The disks to create for ``copy_storage``, each a writable disk of the spec
-        at that path and device id (so no other file can be asked for)."""
-        copy = body.get("copy_storage")
-        if copy is None:
-            return []
-        disks = copy.get("disks") if isinstance(copy, dict) else None
-        spec = body.get("spec")
-        if not isinstance(disks, list) or not disks or not isinstance(spec, dict):
-            raise InvalidSpec("copy_storage.disks: a list of disks to create",
-                              field="copy_storage")
-        live = load_domain(spec)
-        slots = {slot.device_id: disk for slot, disk in
-                 zip(disk_slots(live), live.disks, strict=True) if copied(disk)}
-        for index, disk in enumerate(disks):
-            wanted = slots.get(str(disk.get("device"))) if isinstance(disk, dict) else None
-            if wanted is None or wanted.path != disk.get("path") \
-                    or wanted.format not in (None, disk.get("format")):
-                raise InvalidSpec(f"copy_storage.disks[{index}] is not a writable disk of "
-                                  "the spec (device, path and format must match)",
-                                  field=f"copy_storage.disks[{index}]")
-        return disks
-
-    def _drop_images(self, uuid: str, created: list[storagecopy.CreatedImage]) -> None:
-        """Remove the images made for a failed incoming migration (only that one's)."""
-        if self._created.get(uuid) is created:
-            del self._created[uuid]
-            self._exports.pop(uuid, None)
-        storagecopy.remove_images(created)
-
-    async def _expire(self, vm: Vm, running: Any, deadline: float,
-                      created: list[storagecopy.CreatedImage]) -> None:
-        """Remove the incoming QEMU (and its copied images) if nobody finished or
-        deleted it in time."""
-        await asyncio.sleep(deadline)
-        if vm.running is running and vm.reason == MIGRATING_IN:
-            await self._remove_incoming(vm, "incoming migration expired")
-            self._adopted.pop(vm.uuid, None)
-        if self._created.get(vm.uuid) is created and vm.running is not running:
-            self._drop_images(vm.uuid, created)
-
-    async def _remove_incoming(self, vm: Vm, reason: str) -> None:
-        """Kill the incoming QEMU and remove the transient definition (idempotent); a
-        definition that was here before the migration stays."""
-        async with vm.lock:
-            if vm.running is not None:
-                with contextlib.suppress(VirtkitError, TimeoutError):
-                    await self._life.kill_locked(vm, reason)
-            row = self._store.find_domain(vm.uuid)
-            if row is not None and row.spec.get("transient"):
-                self._store.delete_domain(vm.uuid)
-                self._life.forget(vm.uuid)
-
-    def _incoming_vm(self, migration_id: str) -> Vm:
-        row = self._store.find_domain(migration_id)
-        if row is None:
-            raise NotFound(f"no incoming migration {migration_id}")
-        return self._life.vm(row.uuid, row.name)
+    def status(self, migration_id: str) -> dict[str, Any]:
+        """An incoming migration here (the source's keepalive)."""
+        if self.offline.has(migration_id):
+            return {"id": migration_id, "incoming": True, "offline": True}
+        return self.incoming_end.status(migration_id)
 
     async def finish(self, migration_id: str, *, persistent: bool = False,
                      paused: bool = False) -> dict[str, Any]:
@@ -283,56 +165,20 @@ class MigrationService:
         migration, define it."""
         if self.offline.has(migration_id):
             return await self.offline.finish(migration_id)
-        vm = self._incoming_vm(migration_id)
-        async with vm.lock:
-            running = vm.running
-            if running is None or vm.reason != MIGRATING_IN:
-                raise Conflict(f"domain '{vm.name}' is not an incoming migration here "
-                               f"(it is {vm.state.value}, {vm.reason or 'no reason'})")
-            try:
-                exports = self._exports.get(vm.uuid)
-                if exports:  # the source completed its mirrors before switch-over
-                    await storagecopy.stop_exports(running.monitor, exports)
-                await migration.finish_incoming(running.monitor, run=not paused)
-            except BaseException:
-                with contextlib.suppress(VirtkitError, TimeoutError):
-                    await self._life.kill_locked(vm, "incoming migration failed")
-                raise
-            self._life.set_state(vm, State.PAUSED if paused else State.RUNNING, "migrated",
-                                 event="migrated")
-            self._created.pop(vm.uuid, None)  # the copies are the VM's disks now
-            self._exports.pop(vm.uuid, None)
-            row = self._store.get_domain(vm.uuid)
-            # --persistent: the source's definition (it replaces one that was here)
-            brought = self._adopted.pop(vm.uuid, None) or row.spec
-            if persistent:
-                self._store.update_domain(row.uuid, row.name,
-                                          {**brought, "transient": False}, None)
-        return self._domains.info(vm.uuid)
+        return await self.incoming_end.finish(migration_id, persistent=persistent,
+                                              paused=paused)
 
     async def abort(self, migration_id: str) -> dict[str, Any]:
         """Remove an incoming migration that was not finished; an unknown one is fine
         (the source may ask twice, or after the QEMU ended by itself)."""
         if await self.offline.abort(migration_id):
             return {"id": migration_id, "removed": True}
-        row = self._store.find_domain(migration_id)
-        created = self._created.get(migration_id)
-        if row is None:
-            if created is not None:  # its QEMU ended by itself; the images go now
-                self._drop_images(migration_id, created)
-            return {"id": migration_id, "removed": False}
-        vm = self._life.vm(row.uuid, row.name)
-        if vm.running is not None and vm.reason != MIGRATING_IN:
-            raise Conflict(f"domain '{vm.name}' already runs here; it is no longer an "
-                           "incoming migration")
-        adopted = self._adopted.pop(row.uuid, None) is not None
-        if vm.running is None and not row.spec.get("transient") and not adopted:
-            # a definition that is no incoming migration (any more): nothing to remove
-            return {"id": migration_id, "removed": False}
-        await self._remove_incoming(vm, "incoming migration cancelled")
-        if created is not None:
-            self._drop_images(migration_id, created)
-        return {"id": migration_id, "removed": True}
+        return {"id": migration_id, "removed": await self.incoming_end.abort(migration_id)}
+
+    async def recover(self) -> list[str]:
+        """At daemon start, after QEMU reattach and before serving: settle the
+        migrations an earlier daemon of this host left unfinished (both ends)."""
+        return await self.incoming_end.recover() + await self._recover_outgoing()
 
     # -- the source end ----------------------------------------------------------------
 
@@ -368,9 +214,10 @@ class MigrationService:
                 self._jobs[vm.uuid] = job = migration.Job()
                 try:
                     result = await self._migrate_locked(vm, row.spec, peer, address,
-                                                        options, job, copy)
+                                                        options, job, copy, destination)
                 finally:
                     self._jobs.pop(vm.uuid, None)
+                    self._journal.remove("out", vm.uuid)
         finally:
             await peer.close()
         if options.undefine_source and self._store.find_domain(row.uuid) is not None:
@@ -379,7 +226,8 @@ class MigrationService:
 
     async def _migrate_locked(self, vm: Vm, definition: dict[str, Any], peer: Peer,
                               address: str, options: migration.Options, job: migration.Job,
-                              copy: dict[str, str] | None) -> dict[str, Any]:
+                              copy: dict[str, str] | None,
+                              destination: dict[str, Any]) -> dict[str, Any]:
         running = vm.running
         if vm.state not in (State.RUNNING, State.PAUSED) or running is None:
             raise StateError(f"cannot migrate domain '{vm.name}': it is {vm.state.value}",
@@ -409,20 +257,144 @@ class MigrationService:
                     "deadline": options.timeout + DEADLINE_MARGIN,
                     "machine_type": caps.machine_type(live.machine.value),
                     "accelerator": running.accel, "address": address}
+        before = (vm.state, vm.reason)
+        # for a restart of this daemon mid-way: whether finish may have been sent, and
+        # (a local socket only: no secrets on disk) where to withdraw the incoming one
+        record = {"phase": "sending", "paused": options.source_paused,
+                  "destination": {"socket": destination["socket"]}
+                  if isinstance(destination.get("socket"), str) else None}
+        self._journal.write("out", vm.uuid, record)
+
+        def stopped() -> None:  # invariant 2: paused before the destination may run it
+            self._life.set_state(vm, State.PAUSED, MIGRATING, event="paused")
+
+        def finishing() -> None:
+            self._journal.write("out", vm.uuid, {**record, "phase": "finishing"})
         try:
             result = await migration.migrate_out(running.monitor, peer, incoming, options,
-                                                 job)
+                                                 job, migration.Hooks(stopped, finishing))
         except migration.PostcopyFailed:
             self._life.set_state(vm, State.PAUSED, "postcopy failed", event="paused")
             raise
-        except migration.MigrationOutcomeUnknown:
+        except migration.MigrationOutcomeUnknown as exc:
             self._life.set_state(vm, State.PAUSED, "migration outcome unknown",
                                  event="paused")
+            outcome = await _resolve(peer, vm.uuid, RESOLVE_WINDOW)
+            if outcome is None:
+                raise
+            if outcome == "here":
+                await self._resume_here(vm, running, options.source_paused)
+                raise migration.DestinationLost(
+                    f"{exc}; the destination then confirmed it does not run the VM (its "
+                    "incoming migration was removed): the VM runs on here") from exc
+            result = {"destination": outcome, "downtime_ms": None, "postcopy": False,
+                      "total_ms": round((time.monotonic() - job.started) * 1000),
+                      "copied_disks": [d for d, _p in options.copy_disks],
+                      "resolved": "finish got no answer; the destination then said it "
+                                  "runs the VM"}
+        except BaseException:
+            await self._after_failure(vm, running, before)
             raise
         await self._life.kill_locked(vm, "migrated")
         if running.accel == "tcg":
             result["warnings"] = [TCG_WARNING]
         return result
+
+    async def _after_failure(self, vm: Vm, running: Running,
+                             before: tuple[State, str]) -> None:
+        """The migration failed and the guest goes on here: record what QEMU says
+        (running again, or paused as it was before the migration)."""
+        if vm.running is None or vm.running is not running or vm.reason != MIGRATING:
+            return
+        status = "unknown"
+        with contextlib.suppress(VirtkitError):
+            status = (await running.monitor.execute("query-status"))["status"]
+        if status == "running":
+            self._life.set_state(vm, State.RUNNING, "migration failed", event="resumed")
+        else:
+            self._life.set_state(vm, State.PAUSED, before[1] if before[0] is State.PAUSED
+                                 else "migration failed")
+
+    async def _recover_outgoing(self) -> list[str]:
+        """At daemon start: an outgoing migration an earlier daemon left.  The reattach
+        already cancelled one still under way (the guest runs on here).  One whose
+        stream had completed: if finish was never sent, the destination cannot run the
+        VM (it only does in finish), so the guest goes on here and the incoming one
+        there is withdrawn (or removed there when its keepalive silence ends); if
+        finish may have been sent, the outcome is unknown and the VM stays paused."""
+        notes = []
+        for uuid, record in self._journal.entries("out").items():
+            self._journal.remove("out", uuid)
+            row = self._store.find_domain(uuid)
+            vm = self._life.vm(row.uuid, row.name) if row is not None else None
+            if vm is None or vm.running is None:
+                if record.get("phase") != "finishing":
+                    await self._withdraw(record.get("destination"), uuid)
+                continue
+            running = vm.running
+            status = "unknown"
+            with contextlib.suppress(VirtkitError):
+                status = (await running.monitor.execute("query-status"))["status"]
+            if status not in migration.STOPPED_BY:
+                # cancelled by the reattach (the guest runs on): the incoming one there
+                # goes too (else its keepalive silence removes it)
+                if record.get("phase") != "finishing":
+                    await self._withdraw(record.get("destination"), uuid)
+                continue
+            if record.get("phase") == "finishing":
+                outcome = None
+                if isinstance(record.get("destination"), dict):
+                    peer = Peer(record["destination"], timeout=5.0)
+                    try:
+                        outcome = await _resolve(peer, uuid, 5.0)
+                    finally:
+                        await peer.close()
+                if isinstance(outcome, dict):  # it runs there: the copy here goes
+                    async with vm.lock:
+                        await self._life.kill_locked(vm, "migrated")
+                    notes.append(f"{vm.name}: its migration had finished (the destination "
+                                 "runs it); the stopped copy here was removed")
+                    continue
+                if outcome == "here":
+                    async with vm.lock:
+                        await self._resume_here(vm, running, bool(record.get("paused")))
+                    notes.append(f"{vm.name}: the destination does not run it; the VM "
+                                 "runs on here")
+                    continue
+                async with vm.lock:
+                    self._life.set_state(vm, State.PAUSED, "migration outcome unknown")
+                notes.append(f"{vm.name}: the daemon died while the destination was asked "
+                             "to run the VM; it stays paused here (check the destination, "
+                             "then destroy or resume it here)")
+                continue
+            await self._withdraw(record.get("destination"), uuid)
+            async with vm.lock:
+                await self._resume_here(vm, running, bool(record.get("paused")))
+            notes.append(f"{vm.name}: its migration had not been finished by the daemon "
+                         "that died; the VM runs on here")
+        return notes
+
+    async def _resume_here(self, vm: Vm, running: Running, paused: bool) -> None:
+        """The destination does not run the VM: it goes on here (paused, if it was
+        paused before the migration); the caller holds the VM's lock."""
+        if paused:
+            self._life.set_state(vm, State.PAUSED, "migration failed")
+            return
+        with contextlib.suppress(VirtkitError):
+            await running.monitor.execute("cont")
+            self._life.set_state(vm, State.RUNNING, "migration failed", event="resumed")
+
+    @staticmethod
+    async def _withdraw(destination: Any, uuid: str) -> None:
+        """Best effort: remove the incoming migration on a destination on this host."""
+        if not isinstance(destination, dict):
+            return
+        peer = Peer(destination, timeout=5.0)
+        try:
+            with contextlib.suppress(VirtkitError):
+                await peer.abort(uuid)
+        finally:
+            await peer.close()
 
     # -- domjobinfo / domjobabort ---------------------------------------------------------
 
@@ -443,7 +415,9 @@ class MigrationService:
         running = self._life.vm(row.uuid, row.name).running
         if job is None or running is None:
             return {"domain": row.name, "type": "none"}
-        info = await running.monitor.execute("query-migrate")
+        # before the stream starts, query-migrate still shows the migration this QEMU
+        # saw last (for a VM that arrived by migration: the incoming one, 'completed')
+        info = await running.monitor.execute("query-migrate") if job.streaming else {}
         ram = info.get("ram", {})
         ram_total = ram.get("total")
         if ram_total is None and running.live is not None:  # before the stream starts
@@ -487,8 +461,9 @@ class MigrationService:
             raise Conflict(f"the migration of '{row.name}' is in post-copy: the guest runs "
                            "on the destination and cannot come back",
                            fix="wait for it to complete")
-        job.aborted.set()  # stops the disk copy phase; migrate_cancel the stream
-        await running.monitor.execute("migrate_cancel")
+        job.stop("the migration was cancelled (domjobabort)")  # stops the disk copy
+        if job.streaming:
+            await running.monitor.execute("migrate_cancel")
         return {"domain": row.name, "aborted": True}
 
     async def job_postcopy(self, ref: str) -> dict[str, Any]:

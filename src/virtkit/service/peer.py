@@ -25,10 +25,12 @@ from virtkit.errors import (
     TimeoutExpired,
     VirtkitError,
 )
-from virtkit.runtime.migration import MigrationOutcomeUnknown
+from virtkit.runtime.migration import MigrationOutcomeUnknown, RequestNotDelivered
 
 #: long enough for a QEMU to start on a slow host; a migration stream does not pass here
 REQUEST_TIMEOUT = 120.0
+#: one keepalive ask (runtime/migration.py keepalive)
+STATUS_TIMEOUT = 3.0
 _BY_STATUS: dict[int, type[VirtkitError]] = {400: InvalidSpec, 404: NotFound, 409: Conflict,
                                              500: QemuError, 504: TimeoutExpired}
 
@@ -40,7 +42,6 @@ class Peer:
     def __init__(self, where: dict[str, Any], timeout: float = REQUEST_TIMEOUT) -> None:
         self._headers: dict[str, str] = {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        connector: aiohttp.BaseConnector
         if isinstance(where.get("socket"), str) and where["socket"].startswith("/"):
             self.label = f"virtkitd at {where['socket']}"
             self._base = "http://localhost"
@@ -60,10 +61,16 @@ class Peer:
                               "{\"url\": \"https://host:16515\", \"token\": ...}",
                               field="destination")
         self._ca = where.get("ca") if isinstance(where.get("ca"), str) else None
-        connector = (aiohttp.UnixConnector(path=self._socket) if self._socket
-                     else aiohttp.TCPConnector(ssl=self._ssl()))
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout,
-                                              headers=self._headers)
+        self._session = self._new_session()
+
+    def _new_session(self, *, fresh: bool = False) -> aiohttp.ClientSession:
+        """A client session; ``fresh``: every request on a new connection (so that a
+        failed connect proves the request was never delivered)."""
+        connector: aiohttp.BaseConnector = (
+            aiohttp.UnixConnector(path=self._socket, force_close=fresh) if self._socket
+            else aiohttp.TCPConnector(ssl=self._ssl(), force_close=fresh))
+        return aiohttp.ClientSession(connector=connector, timeout=self._timeout,
+                                     headers=self._headers)
 
     def _ssl(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cadata=self._ca) if self._ca \
@@ -73,13 +80,23 @@ class Peer:
     async def close(self) -> None:
         await self._session.close()
 
-    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None
-                    ) -> dict[str, Any]:
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+                    session: aiohttp.ClientSession | None = None,
+                    timeout: float | None = None) -> dict[str, Any]:
+        """One request; RequestNotDelivered when no connection could be made (the
+        destination cannot have seen it), DaemonUnreachable for any other failure."""
+        extra: dict[str, Any] = {} if timeout is None else {
+            "timeout": aiohttp.ClientTimeout(total=timeout)}
         try:
-            async with self._session.request(method, self._base + path, json=body) as reply:
+            async with (session or self._session).request(
+                    method, self._base + path, json=body, **extra) as reply:
                 data = await reply.json(content_type=None) if reply.content_length != 0 \
                     else {}
                 status = reply.status
+        except aiohttp.ClientConnectorError as exc:  # refused, no socket, TLS handshake
+            raise RequestNotDelivered(f"cannot reach the destination {self.label}: {exc}",
+                                      fix="check the destination daemon runs and the "
+                                          "address") from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise DaemonUnreachable(f"cannot reach the destination {self.label}: {exc}",
                                     fix="check the destination daemon runs and the address")\
@@ -100,14 +117,27 @@ class Peer:
     async def offline(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self._call("POST", "/v1/migrations/offline", body)
 
+    async def status(self, migration: str) -> dict[str, Any]:
+        return await self._call("GET", f"/v1/migrations/{migration}",
+                                timeout=STATUS_TIMEOUT)
+
     async def finish(self, migration: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Run the VM there.  On a connection of its own: a refused connect proves the
+        request never arrived (RequestNotDelivered: the VM goes on here); a failure
+        after that leaves the outcome unknown (MigrationOutcomeUnknown)."""
+        session = self._new_session(fresh=True)
         try:
-            return await self._call("POST", f"/v1/migrations/{migration}/finish", body)
+            return await self._call("POST", f"/v1/migrations/{migration}/finish", body,
+                                    session=session)
+        except RequestNotDelivered:
+            raise
         except DaemonUnreachable as exc:
             raise MigrationOutcomeUnknown(
                 f"the destination {self.label} was asked to run the VM and did not answer: "
                 "it may be running there", fix="check the destination ('virtkit -c DEST "
                 "list'); then destroy or resume the paused copy here") from exc
+        finally:
+            await session.close()
 
-    async def abort(self, migration: str) -> None:
-        await self._call("DELETE", f"/v1/migrations/{migration}")
+    async def abort(self, migration: str) -> dict[str, Any]:
+        return await self._call("DELETE", f"/v1/migrations/{migration}")
