@@ -259,7 +259,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     remote = parser.add_argument_group("remote connections (see docs/remote.md)")
     remote.add_argument("-c", "--connect", metavar="URI",
                         help="the daemon to use: virtkit:///system, "
-                        "virtkit+ssh://[user@]host[:port][/socket], virtkit+tls://host[:port] "
+                        "virtkit+ssh://[user@]host[:port][/socket], virtkit+tls://host[:port]; libvirt's qemu:///system, qemu+ssh://, qemu+tls:// too "
                         "(default: $VIRTKIT_DEFAULT_URI, else the local daemon)")
     remote.add_argument("--token", help="API token for virtkit+tls:// (better: "
                         "$VIRTKIT_TOKEN or --token-file, which ps does not show)")
