@@ -223,3 +223,44 @@ def test_vol_create_as_backing_vol_format(guest: DaemonHandle) -> None:
     assert bad.returncode == 1 and "volume 'vxbase.qcow2' is qcow2" in bad.stderr
     listed = guest.cli("vol-list", "default").stdout
     assert "vxover2.qcow2" not in listed
+
+
+def test_virt_manager_spice_vm_defines_with_a_vnc_display(guest: DaemonHandle,
+                                                          tmp_path: Path) -> None:
+    """virt-manager 4's default q35 VM (SPICE, qxl, spicevmc, SPICE audio) defines
+    without --force; `define` prints a warning per change; the VM starts with a VNC
+    display a screenshot can be taken of."""
+    source = Path(__file__).parent.parent / "data" / "xml" / "vm-virtmanager4-q35-debian.xml"
+    root = ET.fromstring(source.read_text())
+    disk, iso = tmp_path / "debian12.qcow2", tmp_path / "netinst.iso"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    iso.write_bytes(b"\0" * 2 * MIB)
+    for element, path in zip(root.findall("devices/disk/source"), (disk, iso), strict=True):
+        element.set("file", str(path))
+    devices = root.find("devices")
+    assert devices is not None
+    for nic in devices.findall("interface"):  # this test daemon has no 'default' network
+        devices.remove(nic)
+    for tag in ("memory", "currentMemory"):
+        element = root.find(tag)
+        assert element is not None
+        element.text = str(256 * 1024)
+    cpu = root.find("cpu")
+    assert cpu is not None
+    if guest.client.get("/v1/host")["accelerator"] != "kvm":
+        cpu.set("mode", "host-model")  # host-passthrough needs KVM (QEMU refuses -cpu host)
+    xml_file = tmp_path / "debian12.xml"
+    xml_file.write_text(ET.tostring(root, encoding="unicode"))
+    result = guest.cli("define", str(xml_file))
+    assert "warning: devices/graphics: the SPICE display became VNC" in result.stderr
+    assert result.stderr.count("warning: left out devices/") == 4
+    try:
+        dumped = ET.fromstring(guest.cli("dumpxml", "debian12").stdout)
+        assert [g.get("type") for g in dumped.findall("devices/graphics")] == ["vnc"]
+        guest.cli("start", "debian12")
+        assert re.fullmatch(r"127\.0\.0\.1:\d+\n", guest.cli("vncdisplay", "debian12").stdout)
+        out = guest.cli("screenshot", "debian12", str(tmp_path / "d.png")).stdout
+        assert out.endswith("with type of image/png\n")
+    finally:
+        guest.cli("destroy", "debian12", check=False)
+        guest.cli("undefine", "debian12")

@@ -360,8 +360,6 @@ def test_harmless_libvirt_defaults_are_accepted_silently() -> None:
       <controller type='scsi' model='virtio-scsi'/>
       <input type='tablet' bus='usb'/><input type='keyboard' bus='ps2'/>
       <video><model type='qxl'/></video>
-      <channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/></channel>
-      <redirdev bus='usb' type='spicevmc'/>
       <memballoon model='virtio'><stats period='5'/></memballoon>
       <panic model='isa'/>
       <audio id='1' type='none'/>"""

@@ -17,6 +17,7 @@ from virtkit.formats.libvirt_common import (
     size_mib,
     whole_number,
 )
+from virtkit.formats.libvirt_spice import spice_graphics, spice_plumbing
 from virtkit.formats.libvirt_tuning import (
     cputune_in,
     hostdev_in,
@@ -368,6 +369,8 @@ class DomainReader(XmlReader):
                     serials += self._serial(device)
                 elif tag == "console":
                     consoles += self._console(device)
+                elif tag == "audio" and device.get("type") == "spice":
+                    spice_plumbing(self, device)
                 elif tag not in ("emulator", "audio"):
                     self.refuse_element(device)
         ports = serials or [None] * min(consoles, 1)
@@ -571,7 +574,8 @@ class DomainReader(XmlReader):
     def _channel(self, channel: ET.Element) -> None:
         self.check(channel, attrs=("type",), children=("target",), silent=("source",))
         if channel.get("type") == "spicevmc":
-            return  # spice plumbing: meaningless without spice graphics
+            spice_plumbing(self, channel)
+            return
         target = channel.find("target")
         name = target.get("name") if target is not None else None
         if channel.get("type") in ("unix", "pty") and name == AGENT:
@@ -590,6 +594,9 @@ class DomainReader(XmlReader):
         kind = graphics.get("type")
         if kind == "none":
             return
+        if kind == "spice":  # virt-manager's default: the display becomes VNC
+            graphics = spice_graphics(self, graphics)
+            kind = "vnc"
         if kind != "vnc":
             self.refuse(self.where(graphics, "type"), "the only display is VNC: use "
                         "<graphics type='vnc'/>")
@@ -671,7 +678,9 @@ class DomainReader(XmlReader):
                         "keyboard")
 
     def _redirdev(self, device: ET.Element) -> None:
-        if device.get("type") != "spicevmc":  # spice plumbing is dropped silently
+        if device.get("type") == "spicevmc":
+            spice_plumbing(self, device)
+        else:
             self.refuse_element(device)
 
     def _video(self, video: ET.Element) -> None:
