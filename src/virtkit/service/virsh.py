@@ -10,10 +10,11 @@ import asyncio
 import os
 import platform
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
-from virtkit.errors import Conflict, InvalidSpec, StateError, VirtkitError
+from virtkit.errors import Conflict, InvalidSpec, StateError, TimeoutExpired, VirtkitError
 from virtkit.formats.libvirt_caps import (
     ARCHES,
     HostFacts,
@@ -111,9 +112,13 @@ class VirshService:
                                      "device": disk.device.value, "capacity": None,
                                      "allocation": None, "physical": None}
             if disk.path:
-                entry.update(await asyncio.wait_for(
-                    asyncio.to_thread(_image_sizes, disk.path, disk.format),
-                    QEMU_INFO_TIMEOUT))
+                try:
+                    entry.update(await asyncio.wait_for(
+                        asyncio.to_thread(_image_sizes, disk.path, disk.format),
+                        QEMU_INFO_TIMEOUT))
+                except TimeoutError:
+                    raise TimeoutExpired(f"reading the size of {disk.path} took over "
+                                         f"{QEMU_INFO_TIMEOUT:g}s") from None
             disks.append(entry)
         return {"name": row.name, "disks": disks}
 
@@ -228,7 +233,7 @@ def _image_sizes(path: str, fmt: str | None) -> dict[str, int | None]:
         physical = st.st_size
     try:
         info = image_info(path, fmt=fmt)
-    except VirtkitError:
+    except (VirtkitError, subprocess.TimeoutExpired):
         return {"capacity": physical, "allocation": st.st_blocks * 512, "physical": physical}
     return {"capacity": int(info.get("virtual-size", physical)),
             "allocation": int(info.get("actual-size", st.st_blocks * 512)),
