@@ -18,6 +18,8 @@ from virtkit.runtime.launcher import Running
 
 #: the largest screenshot read back (a 4K PPM is 24 MiB)
 MAX_SCREENSHOT = 64 * 2**20
+#: the display adapter's id on QEMU's command line (qemu/argv.py _display)
+VIDEO_DEVICE = "video0"
 
 
 async def _quietly(monitor: Monitor, command: str, arguments: dict[str, Any]) -> None:
@@ -32,7 +34,10 @@ def _unsupported_png(exc: QemuError) -> bool:
 
 
 async def screendump(running: Running, head: int | None = None) -> tuple[bytes, str]:
-    """The display of head ``head`` (default: the first) as (image bytes, MIME type)."""
+    """The display of head ``head`` (default: the first) as (image bytes, MIME type).
+
+    QMP takes ``head`` only with ``device``: head 0 is QEMU's default console, any
+    other is asked of the one display adapter."""
     monitor = running.monitor
     memfd = os.memfd_create("virtkit-screendump", os.MFD_CLOEXEC)
     try:
@@ -46,8 +51,8 @@ async def screendump(running: Running, head: int | None = None) -> tuple[bytes, 
         fdset = int(added["fdset-id"])
         try:
             arguments: dict[str, Any] = {"filename": f"/dev/fdset/{fdset}"}
-            if head is not None:
-                arguments["head"] = head
+            if head:
+                arguments.update(device=VIDEO_DEVICE, head=head)
             mime = "image/png"
             try:
                 await monitor.execute("screendump", {**arguments, "format": "png"})
