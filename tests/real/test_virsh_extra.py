@@ -266,3 +266,18 @@ def test_virt_manager_spice_vm_defines_with_a_vnc_display(guest: DaemonHandle,
     finally:
         guest.cli("destroy", "debian12", check=False)
         guest.cli("undefine", "debian12")
+
+
+def test_metadata_set_show_remove(guest: DaemonHandle) -> None:
+    uri = "http://app1.org/app1/"
+    bad = guest.cli("metadata", "vx", uri, "--set", "<foo/>", check=False)
+    assert bad.returncode == 1 and "namespace key is required" in bad.stderr
+    assert guest.cli("metadata", "vx", uri, "--key", "app1", "--set",
+                     '<foo a="1"><bar>x</bar></foo>').stdout == "Metadata modified\n\n"
+    assert guest.cli("metadata", "vx", uri).stdout == (
+        '<foo a="1">\n  <bar>x</bar>\n</foo>\n\n')  # as virsh shows it
+    dumped = guest.cli("dumpxml", "vx").stdout
+    assert '<app1:foo xmlns:app1="http://app1.org/app1/" a="1">' in dumped
+    assert guest.cli("metadata", "vx", uri, "--remove").stdout == "Metadata removed\n\n"
+    missing = guest.cli("metadata", "vx", uri, check=False)
+    assert missing.returncode == 1 and "metadata not found" in missing.stderr

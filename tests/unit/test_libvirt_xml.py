@@ -104,6 +104,9 @@ ROUND_TRIP_SPECS: list[dict[str, Any]] = [
     *(_argv_spec(case) for case in ARGV_CASES),
     {"name": 'odd <&> "names" \'too\'', "uuid": UUID, "title": "Title & more",
      "description": "line one\n  line two <b>", "memory": {"current": 1536, "max": 4096},
+     "metadata": {"http://app1.org/app1/":
+                  '<app1:foo xmlns:app1="http://app1.org/app1/" a="1 &amp; 2">'
+                  '<app1:bar>x &lt; y</app1:bar></app1:foo>'},
      "vcpus": {"current": 3, "max": 6, "sockets": 3, "threads": 2, "cpuset": "0-1,^1,3"},
      "cpu": {"model": "max"},
      "accelerator": "kvm", "autostart": True,

@@ -24,6 +24,13 @@ VIRSH_OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      "description or title (\"\" removes it)", {"type": "object", "required": ["text"],
                                                  "properties": {"text": {"type": "string"},
                                                                 "title": {"type": "boolean"}}}),
+    ("get", "/v1/domains/{ref}/metadata", "virsh metadata: the element of namespace ?uri= "
+     "(shown without its prefix)", None),
+    ("put", "/v1/domains/{ref}/metadata", "virsh metadata --set/--remove: store one element "
+     "under a namespace and prefix (xml null removes it)",
+     {"type": "object", "required": ["uri"], "properties": {
+         "uri": {"type": "string"}, "key": {"type": "string"},
+         "xml": {"type": ["string", "null"]}}}),
     ("get", "/v1/host/memstats", "virsh nodememstats: total, free, buffers, cached (KiB)",
      None),
     ("get", "/v1/host/cpustats", "virsh nodecpustats: user, system, idle, iowait ns since "

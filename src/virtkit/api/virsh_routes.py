@@ -90,6 +90,30 @@ async def get_description(request: web.Request) -> web.Response:
         _ref(request), None, title=request.query.get("title") in ("1", "true")))
 
 
+@routes.get("/v1/domains/{ref}/metadata")
+async def get_metadata(request: web.Request) -> web.Response:
+    """?uri=NAMESPACE: the element of that namespace, shown without its prefix."""
+    uri = _text(request, "uri")
+    if uri is None:
+        raise InvalidSpec("?uri= names the metadata's namespace", field="uri")
+    return json_response(request.app[VIRSH].metadata(_ref(request), uri))
+
+
+@routes.put("/v1/domains/{ref}/metadata")
+async def put_metadata(request: web.Request) -> web.Response:
+    """{"uri": NAMESPACE, "key": PREFIX, "xml": "<foo/>"}; "xml": null removes it."""
+    body = await json_body(request)
+    uri, key, xml = body.get("uri"), body.get("key"), body.get("xml")
+    if not isinstance(uri, str) or not uri:
+        raise InvalidSpec("uri names the metadata's namespace", field="uri")
+    if key is not None and not isinstance(key, str):
+        raise InvalidSpec("key must be a string (the namespace prefix)", field="key")
+    if xml is not None and not isinstance(xml, str):
+        raise InvalidSpec("xml must be one XML element as a string, or null", field="xml")
+    return json_response(request.app[VIRSH].metadata(_ref(request), uri, key=key, xml=xml,
+                                                     remove=xml is None))
+
+
 @routes.get("/v1/host/memstats")
 async def memstats(request: web.Request) -> web.Response:
     return json_response(request.app[VIRSH].memstats())

@@ -226,6 +226,24 @@ def cmd_desc(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metadata(client: Client, args: argparse.Namespace) -> int:
+    if args.edit:
+        raise InvalidSpec("metadata --edit is not supported", fix="give the element with "
+                          "--key KEY --set XML")
+    path = _path(client, args, "/metadata")
+    if args.set is None and not args.remove:
+        result = client.get(f"{path}?uri={quote(args.uri, safe='')}")
+        sys.stdout.write(safe(result["xml"]) + "\n")
+        return 0
+    if args.set is not None and args.remove:
+        raise InvalidSpec("--set and --remove exclude each other")
+    client.request("PUT", path, {"uri": args.uri, "key": args.key,
+                                 "xml": None if args.remove else args.set})
+    print("Metadata removed" if args.remove else "Metadata modified")
+    print()
+    return 0
+
+
 # -- virsh's per-device statistics (from domstats) -------------------------------------------
 
 def _stats(client: Client, domain: str, group: str) -> dict[str, Any]:
@@ -460,6 +478,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for flag in ("live", "config", "current"):
         p.add_argument(f"--{flag}", action="store_true",
                        help="accepted: the text is kept in the spec and shown live at once")
+    p.add_argument("--edit", action="store_true", help=argparse.SUPPRESS)
+    p = _add(sub, "metadata", cmd_metadata, "show, set or remove another program's XML "
+             "metadata of a domain")
+    p.add_argument("uri", help="the metadata's namespace URI")
+    p.add_argument("--key", help="the namespace prefix (needed with --set)")
+    p.add_argument("--set", help="the new element, e.g. '<foo>bar</foo>'")
+    p.add_argument("--remove", action="store_true", help="remove the element")
+    for flag in ("live", "config", "current"):
+        p.add_argument(f"--{flag}", action="store_true",
+                       help="accepted: metadata is kept in the spec and shown live at once")
     p.add_argument("--edit", action="store_true", help=argparse.SUPPRESS)
     p = _add(sub, "domblkstat", cmd_domblkstat, "block I/O counters of a running domain")
     p.add_argument("device", nargs="?", help="disk target (default: all disks summed)")

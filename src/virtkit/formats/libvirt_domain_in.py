@@ -17,6 +17,7 @@ from virtkit.formats.libvirt_common import (
     size_mib,
     whole_number,
 )
+from virtkit.formats.libvirt_metadata import metadata_in
 from virtkit.formats.libvirt_spice import spice_graphics, spice_plumbing
 from virtkit.formats.libvirt_tuning import (
     cputune_in,
@@ -69,8 +70,8 @@ FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhdx", "qed")
 LIFECYCLE = {"on_poweroff": ("destroy", "restart"), "on_reboot": ("restart", "destroy"),
              "on_crash": ("destroy", "restart", "preserve")}
 AGENT = "org.qemu.guest_agent.0"
-KEY_ORDER = ("name", "uuid", "title", "description", "memory", "vcpus", "cpu", "machine",
-             "firmware", "accelerator", "boot", "disks", "nics", "graphics", "serials",
+KEY_ORDER = ("name", "uuid", "title", "description", "metadata", "memory", "vcpus", "cpu",
+             "machine", "firmware", "accelerator", "boot", "disks", "nics", "graphics", "serials",
              "guest_agent", "channels", "parallels", "watchdog", "video", "sound",
              "filesystems", "rng", "balloon", "on_poweroff",
              "on_reboot", "on_crash",
@@ -98,6 +99,7 @@ class DomainReader(XmlReader):
         self.spec: dict[str, Any] = {}
         self.meta: dict[str, Any] = {}
         self.boot_orders: list[tuple[int, str, ET.Element, bool]] = []
+        self.prefixes: dict[str, str] = {}  # namespace URI -> the document's prefix
 
     def read(self) -> tuple[dict[str, Any], list[str]]:
         root, spec = self.root, self.spec
@@ -107,6 +109,8 @@ class DomainReader(XmlReader):
             if element is not None:
                 spec[tag] = element.text or ""
         self._metadata(root.find(f"metadata/{{{VIRTKIT_NS}}}domain"))
+        if foreign := metadata_in(root.find("metadata"), self.prefixes):
+            spec["metadata"] = foreign
         self._accelerator(root)
         self._memory(root)
         self._vcpus(root.find("vcpu"))

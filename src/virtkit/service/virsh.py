@@ -14,7 +14,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from virtkit.errors import Conflict, InvalidSpec, StateError, TimeoutExpired, VirtkitError
+from virtkit.errors import Conflict, InvalidSpec, NotFound, StateError, TimeoutExpired, VirtkitError
+from virtkit.formats import libvirt_metadata as metadata_xml
 from virtkit.formats.libvirt_caps import (
     ARCHES,
     HostFacts,
@@ -147,6 +148,32 @@ class VirshService:
             if running is not None and running.live is not None:
                 setattr(running.live, key, text or None)
         return {"name": row.name, key: row.spec.get(key)}
+
+    def metadata(self, ref: str, uri: str, *, key: str | None = None,
+                 xml: str | None = None, remove: bool = False) -> dict[str, Any]:
+        """virsh metadata: show, set (``xml`` with ``key``, the namespace prefix) or
+        remove the element of namespace ``uri`` in the spec's ``metadata``."""
+        row = self._store.get_domain(ref)
+        current: dict[str, str] = dict(row.spec.get("metadata") or {})
+        if xml is None and not remove:
+            if uri not in current:
+                raise NotFound(f"metadata not found: domain '{row.name}' has no element of "
+                               f"namespace {uri!r}", fix="set one with --key KEY --set XML")
+            return {"name": row.name, "uri": uri, "xml": metadata_xml.shown(current[uri])}
+        if remove:
+            current.pop(uri, None)
+        else:
+            if not key:
+                raise InvalidSpec("namespace key is required when modifying metadata",
+                                  field="key", fix="add --key PREFIX, e.g. --key app1")
+            current[uri] = metadata_xml.prefixed(metadata_xml.parse(xml or ""), uri, key)
+        spec = {**row.spec, "metadata": current}
+        load_domain(spec)  # still a valid spec (sizes, URIs)
+        row = self._store.update_domain(row.uuid, row.name, spec, None)
+        running = self._life.vm(row.uuid, row.name).running
+        if running is not None and running.live is not None:
+            running.live.metadata = dict(current)
+        return {"name": row.name, "uri": uri, "removed": remove}
 
     # -- host --------------------------------------------------------------------------
 
