@@ -104,6 +104,9 @@ ROUND_TRIP_SPECS: list[dict[str, Any]] = [
     *(_argv_spec(case) for case in ARGV_CASES),
     {"name": 'odd <&> "names" \'too\'', "uuid": UUID, "title": "Title & more",
      "description": "line one\n  line two <b>", "memory": {"current": 1536, "max": 4096},
+     "metadata": {"http://app1.org/app1/":
+                  '<app1:foo xmlns:app1="http://app1.org/app1/" a="1 &amp; 2">'
+                  '<app1:bar>x &lt; y</app1:bar></app1:foo>'},
      "vcpus": {"current": 3, "max": 6, "sockets": 3, "threads": 2, "cpuset": "0-1,^1,3"},
      "cpu": {"model": "max"},
      "accelerator": "kvm", "autostart": True,
@@ -360,8 +363,6 @@ def test_harmless_libvirt_defaults_are_accepted_silently() -> None:
       <controller type='scsi' model='virtio-scsi'/>
       <input type='tablet' bus='usb'/><input type='keyboard' bus='ps2'/>
       <video><model type='qxl'/></video>
-      <channel type='spicevmc'><target type='virtio' name='com.redhat.spice.0'/></channel>
-      <redirdev bus='usb' type='spicevmc'/>
       <memballoon model='virtio'><stats period='5'/></memballoon>
       <panic model='isa'/>
       <audio id='1' type='none'/>"""

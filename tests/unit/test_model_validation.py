@@ -42,6 +42,10 @@ FULL_Q35: dict[str, Any] = {
     "uuid": UUID.upper(),
     "title": "Web server",
     "description": "serves the intranet",
+    "metadata": {"http://libosinfo.org/xmlns/libvirt/domain/1.0":
+                 '<libosinfo:libosinfo xmlns:libosinfo="http://libosinfo.org/xmlns/libvirt/'
+                 'domain/1.0"><libosinfo:os id="http://debian.org/debian/12"/>'
+                 '</libosinfo:libosinfo>'},
     "memory": {"current": "1G", "max": "2G"},
     "vcpus": {"current": 2, "max": 4, "sockets": 1, "cores": 2, "threads": 2},
     "cpu": {"model": "max", "features": ["+avx2", "-svm"]},

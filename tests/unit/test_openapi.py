@@ -16,6 +16,7 @@ from virtkit.api.openapi import OPERATIONS, openapi_document
 from virtkit.api.snapshot_routes import routes as snapshot_routes
 from virtkit.api.stats_routes import routes as stats_routes
 from virtkit.api.storage_routes import routes as storage_routes
+from virtkit.api.virsh_routes import routes as virsh_routes
 from virtkit.api.webui import routes as web_routes
 
 #: the web console's static files: pages, not API operations
@@ -26,7 +27,7 @@ def _served() -> set[tuple[str, str]]:
     served = set()
     for route in [*routes, *storage_routes, *network_routes, *install_routes, *guest_routes,
                   *device_routes, *clone_routes, *migration_routes, *snapshot_routes, *stats_routes,
-                  *auth_routes, *web_routes]:
+                  *auth_routes, *web_routes, *virsh_routes]:
         path = getattr(route, "path", "")
         method = getattr(route, "method", "").lower()
         if "{action:" in path:

@@ -53,7 +53,7 @@ def test_tls_uris() -> None:
 
 
 @pytest.mark.parametrize(("text", "why"), [
-    ("qemu+ssh://host/system", "unknown scheme"),
+    ("xen+ssh://host/system", "unknown scheme"),
     ("host.example", "no scheme"),
     ("virtkit://host/system", "a local URI has no host"),
     ("virtkit:///elsewhere", "unknown local path"),

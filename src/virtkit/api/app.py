@@ -29,6 +29,7 @@ from virtkit.api import (
     snapshot_routes,
     stats_routes,
     storage_routes,
+    virsh_routes,
     webui,
 )
 from virtkit.api.audit import AuditLog, audit_middleware, read_records
@@ -76,6 +77,7 @@ from virtkit.service.storage import StorageService
 from virtkit.service.tls import TlsService
 from virtkit.service.tokens import TokenService
 from virtkit.service.tuning import TuningService
+from virtkit.service.virsh import VirshService
 from virtkit.service.weblogin import WebLogin
 from virtkit.unixsock import connect_unix
 
@@ -104,6 +106,7 @@ class Services:
     tls: TlsService | None = None
     provision: ProvisionService | None = None
     recovery: RecoveryService | None = None
+    virsh: VirshService | None = None
     consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
 
 
@@ -514,4 +517,7 @@ def create_app(services: Services, audit: AuditLog | None = None,
         app[stats_routes.STATS] = services.stats
         app[stats_routes.TUNING] = services.tuning
         app.add_routes(stats_routes.routes)
+    if services.virsh is not None:
+        app[virsh_routes.VIRSH] = services.virsh
+        app.add_routes(virsh_routes.routes)
     return app

@@ -55,6 +55,7 @@ from virtkit.service.storage import StorageService
 from virtkit.service.tls import TlsService
 from virtkit.service.tokens import TokenService
 from virtkit.service.tuning import TuningService
+from virtkit.service.virsh import VirshService
 from virtkit.store.db import IntentRow, Store
 from virtkit.unixsock import bind_unix
 
@@ -160,7 +161,8 @@ class Daemon:
             stats=StatsService(self.store, self.lifecycle),
             tuning=tuning, tokens=TokenService(self.store), tls=TlsService(paths.root / "tls"),
             provision=ProvisionService(self.store, self.domains, self.storage),
-            recovery=self.recovery)
+            recovery=self.recovery,
+            virsh=VirshService(self.store, self.lifecycle, paths.cache))
         self.default_network = default_network
         self.listen_tls = listen_tls
         self.web_listen = web_listen

@@ -11,6 +11,7 @@ import functools
 from typing import Any
 
 from virtkit import __version__
+from virtkit.api.openapi_virsh import VIRSH_OPERATIONS
 from virtkit.model.domain import Domain
 from virtkit.model.network import Network
 from virtkit.model.pool import Pool
@@ -323,6 +324,7 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      "the host's; time=SECONDS; neither: from its RTC)",
      {"type": "object", "properties": {"now": {"type": "boolean"}, "time": {"type": "number"}}}),
     *_STATS_OPERATIONS,
+    *VIRSH_OPERATIONS,
     ("get", "/v1/tokens", "API tokens (never their secrets); unix socket only", None),
     ("post", "/v1/tokens", "Create an API token; the answer holds the secret, shown once; "
      "unix socket only", {"type": "object", "properties": {

@@ -249,6 +249,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
         snapshots,
         stats,
         storage,
+        virshcompat,
     )
 
     parser = argparse.ArgumentParser(
@@ -262,7 +263,8 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     remote = parser.add_argument_group("remote connections (see docs/remote.md)")
     remote.add_argument("-c", "--connect", metavar="URI",
                         help="the daemon to use: virtkit:///system, "
-                        "virtkit+ssh://[user@]host[:port][/socket], virtkit+tls://host[:port] "
+                        "virtkit+ssh://[user@]host[:port][/socket], virtkit+tls://host[:port]; "
+                        "libvirt's qemu:///system, qemu+ssh://, qemu+tls:// too "
                         "(default: $VIRTKIT_DEFAULT_URI, else the local daemon)")
     remote.add_argument("--token", help="API token for virtkit+tls:// (better: "
                         "$VIRTKIT_TOKEN or --token-file, which ps does not show)")
@@ -285,6 +287,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     migrate.register(sub)
     snapshots.register(sub)
     stats.register(sub)
+    virshcompat.register(sub)
     _register_install(sub, options=install_options)
     host = sub.add_parser("host", help="host commands: check, ksm, capacity, numa")
     host_sub = host.add_subparsers(dest="host_command", metavar="HOSTCOMMAND")

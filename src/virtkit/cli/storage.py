@@ -164,9 +164,24 @@ def cmd_vol_create_as(client: Client, args: argparse.Namespace) -> int:
             "prealloc": args.prealloc_metadata or args.prealloc}
     if args.backing_vol:
         body["backing"] = args.backing_vol
+    if args.backing_vol_format:
+        check_backing_format(client, args.pool, args.backing_vol, args.backing_vol_format)
     result = client.post(_pool_path(args.pool, "/volumes"), body)
     print(f"Vol {result['name']} created")
     return 0
+
+
+def check_backing_format(client: Client, pool: str, backing: str | None, fmt: str) -> None:
+    """virsh's ``--backing-vol-format``: the overlay records the backing volume's known
+    format; a different one given here is refused rather than silently ignored."""
+    if not backing:
+        raise ApiError(400, {"message": "--backing-vol-format needs --backing-vol",
+                             "fix": "name the backing volume with --backing-vol NAME"})
+    known = client.get(_vol_path(pool, backing))["format"]
+    if fmt != known:
+        raise ApiError(400, {"message": f"--backing-vol-format {fmt}: volume '{backing}' "
+                             f"is {known}", "fix": f"use --backing-vol-format {known}, or "
+                             "leave it out (the known format is recorded)"})
 
 
 def cmd_vol_list(client: Client, args: argparse.Namespace) -> int:
@@ -381,6 +396,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add("vol-create-as", cmd_vol_create_as, "create a volume", "pool", "name", "capacity")
     p.add_argument("--format", default="qcow2", choices=["qcow2", "raw"])
     p.add_argument("--backing-vol", help="a qcow2 overlay on this volume of the pool")
+    p.add_argument("--backing-vol-format", help="the backing volume's format (virsh's "
+                   "flag; checked against the format the pool knows, which is recorded)")
     p.add_argument("--prealloc-metadata", action="store_true", help="preallocate")
     p.add_argument("--prealloc", action="store_true", help=argparse.SUPPRESS)
     p = add("vol-list", cmd_vol_list, "list a pool's volumes", "pool", json_flag=True)

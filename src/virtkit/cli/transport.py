@@ -10,6 +10,10 @@
   ``ssh -N -L`` for the duration of the command (virsh's qemu+ssh);
 - ``virtkit+tls://host[:port]`` -- the daemon's TLS listener, with an API token.
 
+libvirt's URIs are accepted as aliases (:data:`LIBVIRT_SCHEMES`): ``qemu:///system``
+and ``qemu:///session`` are the local daemons, ``qemu+ssh://[user@]host/system`` is
+``virtkit+ssh://``, ``qemu+tls://host/system`` is ``virtkit+tls://``.
+
 A transport opens connected sockets (:meth:`Transport.open`) and says which headers
 every request carries; the HTTP, streaming and WebSocket clients run over any of them.
 Every failure to connect is one :class:`DaemonUnreachable` naming the problem and the fix.
@@ -39,6 +43,9 @@ SYSTEM_ROOT = Path("/var/lib/virtkit")
 SYSTEM_SOCKET = SYSTEM_ROOT / "virtkitd.sock"
 SSH_SETUP_TIMEOUT = 30.0
 _SSH_QUERY = {"keyfile", "known_hosts", "no_verify"}
+#: libvirt's schemes (what virsh -c takes) -> virtkit's
+LIBVIRT_SCHEMES = {"qemu": "virtkit", "qemu+unix": "virtkit", "qemu+ssh": "virtkit+ssh",
+                   "qemu+tls": "virtkit+tls"}
 
 
 class Uri:
@@ -67,6 +74,18 @@ def _bad(text: str, why: str) -> InvalidSpec:
                            "or virtkit+tls://host[:port]")
 
 
+def _check_libvirt_path(text: str, scheme: str, path: str) -> None:
+    """A libvirt URI names the driver instance in its path: /system or /session
+    (locally), /system on another host (a remote session daemon's socket is in a
+    home this client does not know)."""
+    allowed = ("/system", "/session") if scheme in ("qemu", "qemu+unix") else ("/system",)
+    if path not in allowed:
+        raise _bad(text, f"{scheme}:// takes the path {' or '.join(allowed)}, not "
+                   f"'{path or '(none)'}'" + ("; for another socket use virtkit+ssh://host"
+                                              "/path/to/virtkitd.sock"
+                                              if scheme == "qemu+ssh" else ""))
+
+
 def parse_uri(text: str) -> Uri:
     """Parse a connection URI; anything unexpected is refused, naming the part."""
     try:
@@ -75,6 +94,9 @@ def parse_uri(text: str) -> Uri:
     except ValueError as exc:
         raise _bad(text, str(exc)) from None
     scheme = parts.scheme.lower()
+    if scheme in LIBVIRT_SCHEMES:
+        _check_libvirt_path(text, scheme, unquote(parts.path))
+        scheme = LIBVIRT_SCHEMES[scheme]
     if scheme not in ("virtkit", "virtkit+ssh", "virtkit+tls"):
         raise _bad(text, f"unknown scheme '{parts.scheme}'" if parts.scheme
                    else "no scheme")

@@ -17,6 +17,8 @@ from virtkit.formats.libvirt_common import (
     size_mib,
     whole_number,
 )
+from virtkit.formats.libvirt_metadata import metadata_in
+from virtkit.formats.libvirt_spice import spice_graphics, spice_plumbing
 from virtkit.formats.libvirt_tuning import (
     cputune_in,
     hostdev_in,
@@ -68,8 +70,8 @@ FORMATS = ("raw", "qcow2", "vmdk", "vdi", "vhdx", "qed")
 LIFECYCLE = {"on_poweroff": ("destroy", "restart"), "on_reboot": ("restart", "destroy"),
              "on_crash": ("destroy", "restart", "preserve")}
 AGENT = "org.qemu.guest_agent.0"
-KEY_ORDER = ("name", "uuid", "title", "description", "memory", "vcpus", "cpu", "machine",
-             "firmware", "accelerator", "boot", "disks", "nics", "graphics", "serials",
+KEY_ORDER = ("name", "uuid", "title", "description", "metadata", "memory", "vcpus", "cpu",
+             "machine", "firmware", "accelerator", "boot", "disks", "nics", "graphics", "serials",
              "guest_agent", "channels", "parallels", "watchdog", "video", "sound",
              "filesystems", "rng", "balloon", "on_poweroff",
              "on_reboot", "on_crash",
@@ -97,6 +99,7 @@ class DomainReader(XmlReader):
         self.spec: dict[str, Any] = {}
         self.meta: dict[str, Any] = {}
         self.boot_orders: list[tuple[int, str, ET.Element, bool]] = []
+        self.prefixes: dict[str, str] = {}  # namespace URI -> the document's prefix
 
     def read(self) -> tuple[dict[str, Any], list[str]]:
         root, spec = self.root, self.spec
@@ -106,6 +109,8 @@ class DomainReader(XmlReader):
             if element is not None:
                 spec[tag] = element.text or ""
         self._metadata(root.find(f"metadata/{{{VIRTKIT_NS}}}domain"))
+        if foreign := metadata_in(root.find("metadata"), self.prefixes):
+            spec["metadata"] = foreign
         self._accelerator(root)
         self._memory(root)
         self._vcpus(root.find("vcpu"))
@@ -368,6 +373,8 @@ class DomainReader(XmlReader):
                     serials += self._serial(device)
                 elif tag == "console":
                     consoles += self._console(device)
+                elif tag == "audio" and device.get("type") == "spice":
+                    spice_plumbing(self, device)
                 elif tag not in ("emulator", "audio"):
                     self.refuse_element(device)
         ports = serials or [None] * min(consoles, 1)
@@ -571,7 +578,8 @@ class DomainReader(XmlReader):
     def _channel(self, channel: ET.Element) -> None:
         self.check(channel, attrs=("type",), children=("target",), silent=("source",))
         if channel.get("type") == "spicevmc":
-            return  # spice plumbing: meaningless without spice graphics
+            spice_plumbing(self, channel)
+            return
         target = channel.find("target")
         name = target.get("name") if target is not None else None
         if channel.get("type") in ("unix", "pty") and name == AGENT:
@@ -590,6 +598,9 @@ class DomainReader(XmlReader):
         kind = graphics.get("type")
         if kind == "none":
             return
+        if kind == "spice":  # virt-manager's default: the display becomes VNC
+            graphics = spice_graphics(self, graphics)
+            kind = "vnc"
         if kind != "vnc":
             self.refuse(self.where(graphics, "type"), "the only display is VNC: use "
                         "<graphics type='vnc'/>")
@@ -671,7 +682,9 @@ class DomainReader(XmlReader):
                         "keyboard")
 
     def _redirdev(self, device: ET.Element) -> None:
-        if device.get("type") != "spicevmc":  # spice plumbing is dropped silently
+        if device.get("type") == "spicevmc":
+            spice_plumbing(self, device)
+        else:
             self.refuse_element(device)
 
     def _video(self, video: ET.Element) -> None:

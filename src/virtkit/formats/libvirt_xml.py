@@ -74,6 +74,7 @@ from typing import Any
 
 from virtkit.formats.libvirt_common import TARGET_PREFIX, VIRTKIT_NS, disk_name, parse_document
 from virtkit.formats.libvirt_domain_in import DomainReader
+from virtkit.formats.libvirt_metadata import element_out, namespace_prefixes
 from virtkit.formats.libvirt_tuning import (
     cputune_out,
     hostdevs_out,
@@ -167,11 +168,16 @@ def _metadata_out(root: ET.Element, domain: Domain) -> None:
     for port, serial in enumerate(domain.serials):
         if not serial.log:
             extra.append(("serial", {"port": str(port), "log": "no"}, None))
+    if not extra and not domain.metadata:
+        return
+    metadata = _sub(root, "metadata")
+    for uri, element in domain.metadata.items():  # other programs' (libosinfo, virsh's)
+        metadata.append(element_out(uri, element))
     if not extra:
         return
     # Prefixed names written as they are, so that the namespace is declared here, where
     # libvirt keeps it, and not on <domain>.
-    ours = _sub(_sub(root, "metadata"), "virtkit:domain", **{"xmlns:virtkit": VIRTKIT_NS})
+    ours = _sub(metadata, "virtkit:domain", **{"xmlns:virtkit": VIRTKIT_NS})
     for tag, attrs, text in extra:
         _sub(ours, f"virtkit:{tag}", text, **attrs)
 
@@ -329,4 +335,6 @@ def _graphics_out(devices: ET.Element, domain: Domain) -> None:
 def domain_from_xml(text: str, *, force: bool = False) -> tuple[dict[str, Any], list[str]]:
     """Read libvirt domain XML into a spec dict and warnings; see the module docstring."""
     root = parse_document(text, "domain", command="virtkit define")
-    return DomainReader(root, force=force).read()
+    reader = DomainReader(root, force=force)
+    reader.prefixes = namespace_prefixes(text)  # other programs' metadata keeps its prefix
+    return reader.read()

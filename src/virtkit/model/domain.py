@@ -615,6 +615,9 @@ class Domain(NamedSpec):
 
     title: str | None = None
     description: str | None = None
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="other programs' XML metadata (libosinfo's OS "
+        "id, virsh metadata): namespace URI -> one element, as dumpxml writes it")
     memory: Annotated[Memory, BeforeValidator(_short_memory)]
     vcpus: Annotated[Vcpus, BeforeValidator(_short_vcpus)] = Field(default_factory=Vcpus)
     cpu: Annotated[Cpu, BeforeValidator(_short_cpu)] = Field(default_factory=Cpu)
@@ -650,6 +653,19 @@ class Domain(NamedSpec):
     numatune: NumaTune | None = None
     memory_backing: MemoryBacking = Field(default_factory=MemoryBacking)
     hostdevs: list[HostDev] = Field(default_factory=list, description="PCI passthrough (VFIO)")
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 32:
+            raise ValueError("at most 32 metadata namespaces")
+        for uri, text in value.items():
+            if not uri or len(uri) > 1024 or uri.strip() != uri:
+                raise ValueError(f"metadata namespace {uri[:60]!r} is not a URI")
+            if len(text) > 64 * 1024 or not text.lstrip().startswith("<"):
+                raise ValueError(f"metadata of {uri[:60]!r} must be one XML element "
+                                 "of at most 64 KiB")
+        return value
 
     @field_validator("on_poweroff")
     @classmethod
