@@ -163,6 +163,7 @@ class DaemonHandle:
             ws.send(b"\n")
             seen = ""
             answered = 0  # output up to here has been answered
+            password_sent = False  # a shell prompt counts only after the password
             deadline = time.monotonic() + timeout
             quiet_since = time.monotonic()
             while True:
@@ -182,11 +183,12 @@ class DaemonHandle:
                 seen += payload.decode(errors="replace")
                 quiet_since = time.monotonic()
                 fresh = seen[answered:]
-                if shell_prompt in fresh:
+                if password_sent and shell_prompt in fresh:
                     return seen
                 prompt = re.search(r"(login:|Password:)\s*$", fresh)
                 if prompt:
-                    ws.send(f"{user if prompt.group(1) == 'login:' else password}\n".encode())
+                    password_sent = prompt.group(1) == "Password:"
+                    ws.send(f"{password if password_sent else user}\n".encode())
                     answered = len(seen)
         finally:
             ws.close()

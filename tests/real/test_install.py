@@ -306,7 +306,7 @@ def test_cloud_init_sets_the_root_password_of_a_debian_image(
                "--noautoconsole")
     wait_for(lambda: re.search(r"deb1 login:", daemon.console_log("deb1")), 900,
              "the Debian login prompt with the hostname cloud-init set")
-    daemon.console_login("deb1", "root", "Vk-cloud-7t!", "root@deb1")
+    daemon.console_login("deb1", "root", "Vk-cloud-7t!", "root@deb1:~#")
     out = daemon.console_run("deb1", "cloud-init status --wait; echo in-$((6*7))", "in-42",
                              timeout=120)
     assert "status: done" in out, out  # every module ran without error
