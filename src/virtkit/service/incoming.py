@@ -90,6 +90,16 @@ class IncomingMigrations:
         self._pending: dict[str, Incoming] = {}
         self._watchdogs: set[asyncio.Task[None]] = set()
 
+    def _check_image_paths(self, copies: list[dict[str, Any]]) -> None:
+        """Every image a migration would create here passes the path policy first
+        (host/pathpolicy.py): a source never makes this host write where a definition
+        could not name."""
+        for index, disk in enumerate(copies):
+            path = disk.get("path")
+            if isinstance(path, str):
+                self._domains.policy.check(path, field=f"copy_storage.disks[{index}].path",
+                                           kind="new")
+
     def validate(self, body: dict[str, Any]) -> tuple[Domain, Domain, bool]:
         """The running configuration and the definition of an incoming domain, checked
         against this host, and whether it comes into a shut-off definition of the same
@@ -160,8 +170,9 @@ class IncomingMigrations:
                 self._journal_write(uuid, pending)
         # the images first: the same checks as define then find them in place
         try:
-            storagecopy.create_images(copies, on_created=made)
-            # a worker thread: the checks stat user paths and run qemu-img
+            self._check_image_paths(copies)
+            # worker threads: qemu-img creates the images, the checks stat user paths
+            await asyncio.to_thread(storagecopy.create_images, copies, on_created=made)
             live, definition, adopted = await asyncio.to_thread(self.validate, body)
         except BaseException:
             storagecopy.remove_images(pending.created)

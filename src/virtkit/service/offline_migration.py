@@ -96,7 +96,11 @@ class OfflineMigrations:
                 p.spec.get("name") for p in self._pending.values()}:
             raise Conflict(f"an offline migration of {domain.name} is already under way "
                            "to the destination", fix="wait for it, or cancel it")
-        created = storagecopy.create_images(copies)
+        for index, disk in enumerate(copies):  # the path policy before anything is made
+            if isinstance(disk.get("path"), str):
+                self._domains.policy.check(disk["path"], kind="new",
+                                           field=f"copy_storage.disks[{index}].path")
+        created = await asyncio.to_thread(storagecopy.create_images, copies)
         servers = offlinecopy.Servers()
         try:
             prepared = await self._domains.prepare_async(domain)  # the images exist now
