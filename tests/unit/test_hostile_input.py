@@ -542,3 +542,15 @@ def test_double_dash_ends_the_options() -> None:
     parser = build_parser()
     args = parser.parse_args(["dumpxml", "--security-info", "--", "--name"])
     assert (args.domain, args.security_info) == ("--name", True)
+
+
+def test_host_passthrough_cpu_runs_as_max_under_tcg() -> None:
+    """virt-manager's default <cpu mode='host-passthrough'> must start on a TCG host
+    (QEMU refuses '-cpu host' without KVM); under KVM it stays 'host'."""
+    spec = {"name": "hp", "memory": 256, "cpu": {"model": "host", "features": ["-svm"]}}
+    argv = _argv(spec)
+    assert argv[argv.index("-cpu") + 1] == "max,svm=off"
+    domain = load_domain(spec)
+    kvm = HostCaps(accel="kvm", machine_aliases=CAPS.machine_aliases)
+    argv = build_argv(domain, kvm, _files(domain), "/usr/bin/qemu-system-x86_64")
+    assert argv[argv.index("-cpu") + 1] == "host,svm=off"

@@ -197,7 +197,8 @@ class Vcpus(Spec):
 
 
 class Cpu(Spec):
-    """CPU model: ``auto`` picks ``host`` under KVM and ``max`` under TCG."""
+    """CPU model: ``auto`` picks ``host`` under KVM and ``max`` under TCG; ``host``
+    (host-passthrough) also runs as ``max`` where the accelerator is TCG."""
 
     model: str = "auto"
     features: list[str] = Field(default_factory=list, description="'+feat' or '-feat'")

@@ -157,7 +157,10 @@ def _machine(domain: Domain, caps: HostCaps, files: LaunchFiles) -> list[str]:
 
 def _cpu_memory(domain: Domain, caps: HostCaps) -> list[str]:
     model = domain.cpu.model
-    if model == "auto":
+    if model == "auto" or (model == "host" and caps.accel != "kvm"):
+        # 'host' (libvirt's host-passthrough, virt-manager's default) exists only under
+        # KVM; under TCG 'max' is the same idea: every feature this QEMU can give.  The
+        # spec keeps 'host', so the VM passes the host CPU through again on a KVM host.
         model = "host" if caps.accel == "kvm" else "max"
     cpu = model + "".join(
         f",{feature[1:]}={'on' if feature[0] == '+' else 'off'}" for feature in domain.cpu.features
