@@ -5,15 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from virtkit.api.requests import body_schema
+from virtkit.api.virsh_routes import (
+    DescriptionBody,
+    MetadataBody,
+    ScreenshotBody,
+    SendKeyBody,
+)
+
 VIRSH_OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("post", "/v1/domains/{ref}/screenshot", "virsh screenshot: the display as image/png "
      "(image/x-portable-pixmap on a QEMU without PNG); the client writes the file",
-     {"type": "object", "properties": {"screen": {"type": "integer", "minimum": 0}}}),
+     body_schema(ScreenshotBody)),
     ("post", "/v1/domains/{ref}/send-key", "virsh send-key: press keys together, then "
-     "release them", {"type": "object", "required": ["keys"], "properties": {
-         "keys": {"type": "array", "items": {"type": "string"}, "maxItems": 16},
-         "codeset": {"enum": ["linux", "xt", "atset1", "qnum", "rfb", "usb"]},
-         "holdtime": {"type": "integer", "minimum": 0, "maximum": 60000}}}),
+     "release them", body_schema(SendKeyBody)),
     ("get", "/v1/domains/{ref}/vcpucount", "virsh vcpucount: maximum/current vCPUs of the "
      "config and of the running QEMU (live: null when shut off)", None),
     ("get", "/v1/domains/{ref}/blkinfo", "virsh domblkinfo: capacity, allocation and "
@@ -21,16 +26,12 @@ VIRSH_OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("get", "/v1/domains/{ref}/description", "virsh desc: the description (?title=1: the "
      "title)", None),
     ("put", "/v1/domains/{ref}/description", "virsh desc --new-desc: replace the "
-     "description or title (\"\" removes it)", {"type": "object", "required": ["text"],
-                                                 "properties": {"text": {"type": "string"},
-                                                                "title": {"type": "boolean"}}}),
+     "description or title (\"\" removes it)", body_schema(DescriptionBody)),
     ("get", "/v1/domains/{ref}/metadata", "virsh metadata: the element of namespace ?uri= "
      "(shown without its prefix)", None),
     ("put", "/v1/domains/{ref}/metadata", "virsh metadata --set/--remove: store one element "
      "under a namespace and prefix (xml null removes it)",
-     {"type": "object", "required": ["uri"], "properties": {
-         "uri": {"type": "string"}, "key": {"type": "string"},
-         "xml": {"type": ["string", "null"]}}}),
+     body_schema(MetadataBody)),
     ("get", "/v1/host/memstats", "virsh nodememstats: total, free, buffers, cached (KiB)",
      None),
     ("get", "/v1/host/cpustats", "virsh nodecpustats: user, system, idle, iowait ns since "

@@ -1,15 +1,16 @@
 """REST routes of virsh's smaller commands (service/virsh.py): screenshot, send-key,
-vcpucount, domblkinfo, desc, and the host documents and node statistics."""
+vcpucount, domblkinfo, desc, and the host documents and node statistics.  Every body and
+query string is parsed by one strict model (api/requests.py)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import web
+from pydantic import Field
 
-from virtkit.api.common import json_body, json_response
-from virtkit.errors import InvalidSpec
+from virtkit.api.common import json_response
+from virtkit.api.requests import Body, Count, Flag, Query, body_of, query_of
 from virtkit.service.virsh import VirshService
 
 routes = web.RouteTableDef()
@@ -20,45 +21,69 @@ def _ref(request: web.Request) -> str:
     return request.match_info["ref"]
 
 
-def _int(value: Any, key: str, *, default: int | None = None) -> int | None:
-    """A whole number from JSON or a query string, or InvalidSpec naming ``key``."""
-    if value is None:
-        return default
-    if isinstance(value, str) and value.isascii() and value.isdecimal() and len(value) < 10:
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise InvalidSpec(f"{key} must be a whole number", field=key)
+class ScreenshotBody(Body):
+    """Which display head to capture (virsh screenshot --screen)."""
+
+    screen: int | None = Field(default=None, ge=0, le=63)
 
 
-def _text(request: web.Request, key: str) -> str | None:
-    value = request.query.get(key)
-    return value if value else None
+class SendKeyBody(Body):
+    """virsh send-key: keys pressed together, then released after ``holdtime`` ms."""
+
+    keys: list[str] = Field(min_length=1, max_length=16)
+    codeset: str = "linux"
+    holdtime: int | None = Field(default=None, ge=0, le=60000)
+
+
+class DescriptionBody(Body):
+    """virsh desc --new-desc: the new description (or title); "" removes it."""
+
+    text: str
+    title: bool = False
+
+
+class DescriptionQuery(Query):
+    title: Flag = False
+
+
+class MetadataQuery(Query):
+    uri: str = Field(min_length=1)
+
+
+class MetadataBody(Body):
+    """virsh metadata --set/--remove: one element under a namespace; null removes it."""
+
+    uri: str = Field(min_length=1)
+    key: str | None = None
+    xml: str | None
+
+
+class CpuStatsQuery(Query):
+    cpu: Count | None = None
+
+
+class DomCapabilitiesQuery(Query):
+    machine: str | None = None
+    virttype: str | None = None
+    arch: str | None = None
+    emulatorbin: str | None = None
 
 
 # POST, not GET: a screenshot shows guest output, which the read-only socket never serves
 @routes.post("/v1/domains/{ref}/screenshot")
 async def screenshot(request: web.Request) -> web.Response:
     """The display as an image (image/png, or image/x-portable-pixmap on an old QEMU)."""
-    body = await json_body(request)
-    data, mime = await request.app[VIRSH].screenshot(_ref(request),
-                                                     _int(body.get("screen"), "screen"))
+    body = await body_of(request, ScreenshotBody)
+    data, mime = await request.app[VIRSH].screenshot(_ref(request), body.screen)
     return web.Response(body=data, content_type=mime)
 
 
 @routes.post("/v1/domains/{ref}/send-key")
 async def send_key(request: web.Request) -> web.Response:
     """{"keys": ["KEY_LEFTCTRL", "KEY_C"], "codeset": "linux", "holdtime": MS}"""
-    body = await json_body(request)
-    keys = body.get("keys")
-    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
-        raise InvalidSpec("keys must be a list of key names or numbers (strings)",
-                          field="keys")
-    codeset = body.get("codeset", "linux")
-    if not isinstance(codeset, str):
-        raise InvalidSpec("codeset must be a string", field="codeset")
-    result = await request.app[VIRSH].send_key(
-        _ref(request), keys, codeset=codeset, holdtime=_int(body.get("holdtime"), "holdtime"))
+    body = await body_of(request, SendKeyBody)
+    result = await request.app[VIRSH].send_key(_ref(request), body.keys, codeset=body.codeset,
+                                               holdtime=body.holdtime)
     return json_response(result)
 
 
@@ -75,43 +100,32 @@ async def blkinfo(request: web.Request) -> web.Response:
 @routes.put("/v1/domains/{ref}/description")
 async def put_description(request: web.Request) -> web.Response:
     """{"text": "...", "title": false}: replace the description (or title); "" removes."""
-    body = await json_body(request)
-    text = body.get("text")
-    if not isinstance(text, str):
-        raise InvalidSpec("text must be a string (\"\" removes it)", field="text")
-    return json_response(request.app[VIRSH].set_description(
-        _ref(request), text, title=body.get("title") is True))
+    body = await body_of(request, DescriptionBody)
+    return json_response(request.app[VIRSH].set_description(_ref(request), body.text,
+                                                            title=body.title))
 
 
 @routes.get("/v1/domains/{ref}/description")
 async def get_description(request: web.Request) -> web.Response:
     """?title=1 for the title."""
-    return json_response(request.app[VIRSH].set_description(
-        _ref(request), None, title=request.query.get("title") in ("1", "true")))
+    query = query_of(request, DescriptionQuery)
+    return json_response(request.app[VIRSH].set_description(_ref(request), None,
+                                                            title=query.title))
 
 
 @routes.get("/v1/domains/{ref}/metadata")
 async def get_metadata(request: web.Request) -> web.Response:
     """?uri=NAMESPACE: the element of that namespace, shown without its prefix."""
-    uri = _text(request, "uri")
-    if uri is None:
-        raise InvalidSpec("?uri= names the metadata's namespace", field="uri")
-    return json_response(request.app[VIRSH].metadata(_ref(request), uri))
+    query = query_of(request, MetadataQuery)
+    return json_response(request.app[VIRSH].metadata(_ref(request), query.uri))
 
 
 @routes.put("/v1/domains/{ref}/metadata")
 async def put_metadata(request: web.Request) -> web.Response:
     """{"uri": NAMESPACE, "key": PREFIX, "xml": "<foo/>"}; "xml": null removes it."""
-    body = await json_body(request)
-    uri, key, xml = body.get("uri"), body.get("key"), body.get("xml")
-    if not isinstance(uri, str) or not uri:
-        raise InvalidSpec("uri names the metadata's namespace", field="uri")
-    if key is not None and not isinstance(key, str):
-        raise InvalidSpec("key must be a string (the namespace prefix)", field="key")
-    if xml is not None and not isinstance(xml, str):
-        raise InvalidSpec("xml must be one XML element as a string, or null", field="xml")
-    return json_response(request.app[VIRSH].metadata(_ref(request), uri, key=key, xml=xml,
-                                                     remove=xml is None))
+    body = await body_of(request, MetadataBody)
+    return json_response(request.app[VIRSH].metadata(_ref(request), body.uri, key=body.key,
+                                                     xml=body.xml, remove=body.xml is None))
 
 
 @routes.get("/v1/host/memstats")
@@ -122,7 +136,7 @@ async def memstats(request: web.Request) -> web.Response:
 @routes.get("/v1/host/cpustats")
 async def cpustats(request: web.Request) -> web.Response:
     """?cpu=N for one host CPU."""
-    return json_response(request.app[VIRSH].cpustats(_int(request.query.get("cpu"), "cpu")))
+    return json_response(request.app[VIRSH].cpustats(query_of(request, CpuStatsQuery).cpu))
 
 
 def _xml(text: str) -> web.Response:
@@ -143,9 +157,10 @@ async def capabilities(request: web.Request) -> web.Response:
 async def domcapabilities(request: web.Request) -> web.Response:
     """?machine=, ?virttype=, ?arch=, ?emulatorbin= as virsh domcapabilities takes them."""
     virsh = request.app[VIRSH]
+    query = query_of(request, DomCapabilitiesQuery)
     text = await asyncio.to_thread(
-        lambda: virsh.domcapabilities(machine=_text(request, "machine"),
-                                      virttype=_text(request, "virttype"),
-                                      arch=_text(request, "arch"),
-                                      emulator=_text(request, "emulatorbin")))
+        lambda: virsh.domcapabilities(machine=query.machine or None,
+                                      virttype=query.virttype or None,
+                                      arch=query.arch or None,
+                                      emulator=query.emulatorbin or None))
     return _xml(text)
