@@ -131,3 +131,6 @@ def test_pending_detach_is_named_and_does_not_block(daemon: DaemonHandle,
     assert "destroy" in again.stderr or "wait" in again.stderr
     second = daemon.cli("detach-disk", "hp", "vdb", "--live", check=False)
     assert second.returncode != 0 and "already pending" in second.stderr, second.stderr
+    # found by the stateful checker: a snapshot then left QEMU writing the old image
+    snap = daemon.cli("snapshot-create-as", "hp", "s1", "--disk-only", check=False)
+    assert snap.returncode != 0 and "is pending" in snap.stderr, snap.stderr

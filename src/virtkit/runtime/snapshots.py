@@ -118,6 +118,12 @@ class SnapshotRuntime:
         vm = self._life.vm(uuid, name)
         async with vm.lock:
             running = _memory_state(vm)
+            if running is not None and getattr(running, "unplugging", None):
+                raise Conflict(f"cannot snapshot domain '{name}': the detach of "
+                               f"{', '.join(sorted(running.unplugging))} is pending (the "
+                               "guest has not released it), so QEMU still writes its image",
+                               fix=f"wait for the guest to let go, or restart the domain "
+                                   f"(virtkit destroy {name}; virtkit start {name})")
             if request.quiescer is not None and running is None:
                 raise InvalidSpec("--quiesce needs a running domain (there is no file "
                                   "system to freeze)", field="quiesce", fix="drop --quiesce")
