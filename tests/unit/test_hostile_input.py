@@ -554,3 +554,16 @@ def test_host_passthrough_cpu_runs_as_max_under_tcg() -> None:
     kvm = HostCaps(accel="kvm", machine_aliases=CAPS.machine_aliases)
     argv = build_argv(domain, kvm, _files(domain), "/usr/bin/qemu-system-x86_64")
     assert argv[argv.index("-cpu") + 1] == "host,svm=off"
+
+
+def test_deeply_nested_yaml_is_refused_before_parsing() -> None:
+    """A spec nested thousands deep would keep PyYAML (and the event loop) busy for
+    seconds: it is refused by a bound read without parsing, naming the limit."""
+    from virtkit.model.load import MAX_NESTING, nesting_bound, parse_text
+
+    for text in ("[" * 3000 + "]" * 3000, "".join(f"{' ' * i}a{i}:\n" for i in range(200))):
+        assert nesting_bound(text) > MAX_NESTING
+        with pytest.raises(InvalidSpec, match="nests more than"):
+            parse_text(text)
+    assert parse_text("name: vm\nmemory: 256\ndisks:\n  - path: /x\n    bus: virtio\n") == {
+        "name": "vm", "memory": 256, "disks": [{"path": "/x", "bus": "virtio"}]}

@@ -92,10 +92,12 @@ async def list_pools(request: web.Request) -> web.Response:
 async def define_pool(request: web.Request) -> web.Response:
     body, spec = await define_body(request)
     storage = _storage(request)
+    # worker threads: big specs take a while to parse, and the pool's folder is probed
     if body.xml is not None:  # libvirt pool XML; the answer has "warnings"
-        result = storage.define_pool_xml(body.xml, force=body.force)
+        result = await asyncio.to_thread(storage.define_pool_xml, body.xml, force=body.force)
     else:
-        result = storage.define_pool(spec if spec is not None else {})
+        result = await asyncio.to_thread(storage.define_pool,
+                                         spec if spec is not None else {})
     return json_response(result, status=201)
 
 

@@ -52,8 +52,32 @@ def invalid_spec_from(error: ValidationError, *, kind: str = "domain") -> Invali
     return InvalidSpec(text, field=path, problems=[f"{p}: {m}" for p, m in problems])
 
 
+#: how deep a spec's YAML/JSON may nest (a real spec nests fewer than 10 levels)
+MAX_NESTING = 64
+
+
+def nesting_bound(text: str) -> int:
+    """An upper bound of how deep YAML/JSON ``text`` nests, found without parsing it:
+    flow brackets, and block levels (each needs an indentation of its own).  Brackets
+    inside strings count too, which only makes the bound larger."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    indents = {len(line) - len(line.lstrip(" -")) for line in text.splitlines() if line.strip()}
+    return max(deepest, len(indents))
+
+
 def parse_text(text: str, *, source: str = "spec") -> dict[str, Any]:
-    """Read YAML or JSON (JSON is YAML) into a mapping, with a clear error if it is not one."""
+    """Read YAML or JSON (JSON is YAML) into a mapping, with a clear error if it is not one.
+    Text nesting deeper than :data:`MAX_NESTING` is refused before the parser sees it
+    (PyYAML would spend seconds and recursion on it)."""
+    if nesting_bound(text) > MAX_NESTING:
+        raise InvalidSpec(f"{source}: nests more than {MAX_NESTING} levels deep",
+                          fix="send the spec as a plain mapping of fields")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
