@@ -17,6 +17,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,21 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+#: the extended attribute that holds a file's POSIX ACL
+POSIX_ACL = "system.posix_acl_access"
+
+
+def file_access(path: Path | str) -> tuple[int, int, int, bytes | None]:
+    """Owner, group, mode and POSIX ACL of ``path``: what a grant to a confined QEMU
+    changes, and what must come back unchanged after it."""
+    st = os.stat(path)
+    try:
+        acl: bytes | None = os.getxattr(path, POSIX_ACL)
+    except OSError:
+        acl = None
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), acl
 
 
 @dataclass

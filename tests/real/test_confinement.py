@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.real.conftest import DaemonHandle, cleanup, start_daemon, wait_for
+from tests.real.conftest import DaemonHandle, cleanup, file_access, start_daemon, wait_for
 from virtkit.cli.client import Client
 from virtkit.images.tinyguest import TinyGuest
 from virtkit.paths import state_paths
@@ -76,14 +76,7 @@ def _disk(folder: Path, name: str) -> Path:
     return path
 
 
-def _snapshot(path: Path) -> tuple[int, int, int, bytes | None]:
-    """Owner, group, mode and ACL of ``path``: what must come back after the VM."""
-    st = os.stat(path)
-    try:
-        acl: bytes | None = os.getxattr(path, ACL)
-    except OSError:
-        acl = None
-    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), acl
+_snapshot = file_access
 
 
 def _tree(path: Path) -> dict[str, tuple[int, int, int, bytes | None]]:

@@ -7,7 +7,6 @@ holds.  The daemon fixture fails any test whose event loop stalled (> 0.5 s)."""
 from __future__ import annotations
 
 import os
-import stat
 import subprocess
 import threading
 from pathlib import Path
@@ -15,21 +14,14 @@ from typing import Any
 
 import pytest
 
-from tests.real.conftest import DaemonHandle
+from tests.real.conftest import DaemonHandle, file_access
 from virtkit.cli.client import ApiError, Client
 from virtkit.paths import state_paths
 
 ACL = "system.posix_acl_access"
 
 
-def _state(path: Path | str) -> tuple[int, int, int, bytes | None]:
-    """Owner, group, mode and POSIX ACL of ``path`` (what a grant would change)."""
-    st = os.stat(path)
-    try:
-        acl: bytes | None = os.getxattr(path, ACL)
-    except OSError:
-        acl = None
-    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), acl
+_state = file_access
 
 
 def _refused(call: Any, status: int, *phrases: str) -> ApiError:

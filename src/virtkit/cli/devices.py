@@ -10,6 +10,7 @@ from typing import Any
 
 from virtkit.cli import render
 from virtkit.cli.client import Client
+from virtkit.cli.commands import add_command
 from virtkit.errors import InvalidSpec
 
 
@@ -170,8 +171,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the device commands to the CLI's subparsers."""
     def add(name: str, func: Any, text: str, *, scope: bool = True,
             persistent: bool = False) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, help=text, description=text)
-        parser.add_argument("domain", help="domain name or UUID")
+        parser = add_command(sub, name, func, text, domain=True)
         if scope:
             parser.add_argument("--live", action="store_true", help="change the running VM")
             parser.add_argument("--config", action="store_true",
@@ -181,7 +181,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         if persistent:
             parser.add_argument("--persistent", action="store_true",
                                 help="the definition, and the running VM if it runs")
-        parser.set_defaults(func=func)
         return parser
 
     for name in ("attach-device", "detach-device"):

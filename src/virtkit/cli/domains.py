@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 from virtkit.cli import objects, render
 from virtkit.cli.client import Client
+from virtkit.cli.commands import add_command
 from virtkit.errors import InvalidSpec
 
 
@@ -246,15 +248,7 @@ def cmd_edit(client: Client, args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the domain commands to the CLI's subparsers."""
-    def add(name: str, func: Any, help_text: str, *, domain: bool = True,
-            json_flag: bool = False) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, help=help_text, description=help_text)
-        if domain:
-            parser.add_argument("domain", help="domain name or UUID")
-        if json_flag:
-            parser.add_argument("--json", action="store_true", help="machine-readable output")
-        parser.set_defaults(func=func)
-        return parser
+    add = functools.partial(add_command, sub, domain=True)
 
     p = add("list", cmd_list, "list domains (running ones unless --all)", domain=False,
             json_flag=True)

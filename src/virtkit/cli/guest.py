@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import sys
 from typing import Any
@@ -12,6 +13,7 @@ from urllib.parse import quote
 
 from virtkit.cli import render
 from virtkit.cli.client import Client
+from virtkit.cli.commands import add_command
 from virtkit.errors import InvalidSpec
 
 
@@ -183,14 +185,7 @@ def cmd_agent_command(client: Client, args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the guest agent commands to the CLI's subparsers."""
-    def add(name: str, func: Any, text: str, *, json_flag: bool = False,
-            parent: Any = sub) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = parent.add_parser(name, help=text, description=text)
-        parser.add_argument("domain", help="domain name or UUID")
-        if json_flag:
-            parser.add_argument("--json", action="store_true", help="machine-readable output")
-        parser.set_defaults(func=func)
-        return parser
+    add = functools.partial(add_command, sub, domain=True)
 
     guest = sub.add_parser("guest", help="talk to the guest agent (ping, exec, cat, write)",
                            description="commands run by qemu-guest-agent inside the guest")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any
 from urllib.parse import quote
 
 from virtkit.cli import objects, render
 from virtkit.cli.client import Client
+from virtkit.cli.commands import add_command
 from virtkit.cli.domains import _read_spec_file
 from virtkit.errors import InvalidSpec
 
@@ -175,15 +177,7 @@ def cmd_domif_setlink(client: Client, args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def add(name: str, func: Any, text: str, *positional: str,
-            json_flag: bool = False) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, help=text, description=text)
-        for argument in positional:
-            parser.add_argument(argument)
-        if json_flag:
-            parser.add_argument("--json", action="store_true", help="machine-readable output")
-        parser.set_defaults(func=func)
-        return parser
+    add = functools.partial(add_command, sub)
 
     p = add("net-define", cmd_net_define, "define a network from a YAML or JSON file, or from "
             "libvirt network XML", "file")

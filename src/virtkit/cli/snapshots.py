@@ -7,6 +7,7 @@ on a terminal from the daemon's NDJSON progress lines.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from typing import Any
@@ -14,6 +15,7 @@ from urllib.parse import quote
 
 from virtkit.cli import render
 from virtkit.cli.client import Client
+from virtkit.cli.commands import add_command
 from virtkit.errors import InvalidSpec
 
 
@@ -180,11 +182,7 @@ def cmd_delete(client: Client, args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the snapshot commands to the CLI's subparsers."""
-    def add(name: str, func: Any, text: str) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, help=text, description=text)
-        parser.add_argument("domain", help="domain name or UUID")
-        parser.set_defaults(func=func)
-        return parser
+    add = functools.partial(add_command, sub, domain=True)
 
     p = add("snapshot-create-as", cmd_create_as, "take a snapshot (internal when every disk "
             "is qcow2, else external disk-only)")

@@ -7,6 +7,7 @@ on stderr (rich, imported only for them) and print the result when done.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from urllib.parse import quote
 
 from virtkit.cli import objects, render
 from virtkit.cli.client import ApiError, Client
+from virtkit.cli.commands import add_command
 from virtkit.cli.domains import _read_spec_file
 
 CHUNK = 1024 * 1024
@@ -358,15 +360,7 @@ def cmd_vol_download(client: Client, args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the pool-* and vol-* commands."""
-    def add(name: str, func: Any, help_text: str, *positional: str,
-            json_flag: bool = False) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, help=help_text, description=help_text)
-        for argument in positional:
-            parser.add_argument(argument)
-        if json_flag:
-            parser.add_argument("--json", action="store_true", help="machine-readable output")
-        parser.set_defaults(func=func)
-        return parser
+    add = functools.partial(add_command, sub)
 
     p = add("pool-define", cmd_pool_define, "define a pool from a YAML or JSON file, or from "
             "libvirt pool XML ('-' = stdin)", "file")

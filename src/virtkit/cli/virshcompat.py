@@ -20,6 +20,7 @@ from urllib.parse import quote
 from virtkit import __version__
 from virtkit.cli import render
 from virtkit.cli.client import Client
+from virtkit.cli.commands import add_command
 from virtkit.errors import InvalidSpec, NotFound
 
 MIME_SUFFIX = {"image/png": ".png", "image/x-portable-pixmap": ".ppm"}
@@ -435,13 +436,7 @@ def cmd_domcapabilities(client: Client, args: argparse.Namespace) -> int:
 
 def _add(sub: Any, name: str, func: Any, text: str, *, domain: bool = True,
          json_flag: bool = False) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(name, help=text, description=text)
-    if domain:
-        parser.add_argument("domain", help="domain name or UUID")
-    if json_flag:
-        parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.set_defaults(func=func)
-    return parser
+    return add_command(sub, name, func, text, domain=domain, json_flag=json_flag)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
