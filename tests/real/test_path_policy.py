@@ -133,7 +133,9 @@ def test_a_refused_start_leaves_the_running_vms_image_alone(daemon: DaemonHandle
     image.chmod(0o644)
     original = _state(image)
     daemon.define("holder", disks=[{"path": str(image), "format": "raw"}])
-    daemon.define("intruder", disks=[{"path": str(image), "format": "raw"}])
+    # a second writable definition is refused at define (one writer per image); a
+    # read-only one may be defined, and its start while 'holder' writes is refused
+    daemon.define("intruder", disks=[{"path": str(image), "format": "raw", "readonly": True}])
     daemon.client.post(daemon.client.domain_path("holder", "/start"), {})
     daemon.wait_booted("holder")
     held = _state(image)
