@@ -196,7 +196,8 @@ def test_remove_all_storage_keeps_shared_and_readonly_disks(daemon: DaemonHandle
     client = daemon.client
     for name in ("own.qcow2", "shared.qcow2", "ro.qcow2"):
         client.post(f"/v1/pools/{POOL}/volumes", {"name": name, "capacity": DISK})
-    daemon.define("other", disks=[{"pool": POOL, "volume": "shared.qcow2"}])
+    # (read-only there: two definitions never both write one image)
+    daemon.define("other", disks=[{"pool": POOL, "volume": "shared.qcow2", "readonly": True}])
     daemon.define("victim", disks=[{"pool": POOL, "volume": "own.qcow2"},
                                    {"pool": POOL, "volume": "shared.qcow2"},
                                    {"pool": POOL, "volume": "ro.qcow2", "readonly": True}])
