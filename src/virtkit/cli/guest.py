@@ -96,7 +96,7 @@ def cmd_write(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_fsfreeze(client: Client, args: argparse.Namespace) -> int:
-    result = client.post(_path(client, args, "/fsfreeze"), {"mountpoints": args.mountpoint})
+    result = client.post(_path(client, args, "/fsfreeze"), {"mountpoints": args.mountpoint or []})
     return _show(args, result, f"Froze {result['frozen']} filesystem(s)")
 
 
