@@ -751,6 +751,7 @@ def test_offline_refusals_leave_nothing_on_the_destination(
     assert not copy.exists() and source.state("mig18") == "shutoff"
     # a network only the source has: refused after the image was made; it goes again
     source.cli("net-define-as", "lab2", "--mode", "isolated", "--subnet", "10.67.0.0/24")
+    source.cli("undefine", "mig18")  # one writable definition per image: mig19 takes it
     source.define("mig19", disks=[{"path": str(disk), "format": "qcow2"}],
                   nics=[{"type": "network", "network": "lab2"}])
     with pytest.raises(ApiError) as excinfo:
