@@ -112,7 +112,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if exc.http_status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="virtkit"'
         return response
-    with as_remote_caller():  # the path policy: pool volumes only (docs/remote.md)
+    # the path policy: pool volumes only (docs/remote.md); a web console session of a
+    # local administrator account may also define pools (their folders pass the policy)
+    with as_remote_caller(may_define_pools=not str(request[PRINCIPAL]).startswith("token:")):
         return await handler(request)
 
 

@@ -64,6 +64,8 @@ KINDS = ("file", "dir", "new", "socket")
 
 _remote: contextvars.ContextVar[bool] = contextvars.ContextVar("virtkit_remote_caller",
                                                                 default=False)
+_pool_admin: contextvars.ContextVar[bool] = contextvars.ContextVar("virtkit_remote_pool_admin",
+                                                                  default=False)
 
 
 def remote_caller() -> bool:
@@ -71,13 +73,23 @@ def remote_caller() -> bool:
     return _remote.get()
 
 
+def remote_may_define_pools() -> bool:
+    """True while serving a remote caller who may define pools: a web console session
+    of a local administrator account (root or the virtkit group, logged in through
+    PAM), as virt-manager's users can; never an API token."""
+    return _pool_admin.get()
+
+
 @contextlib.contextmanager
-def as_remote_caller(remote: bool = True) -> Iterator[None]:
-    """Mark the current request (its task, and the threads it starts) as remote."""
+def as_remote_caller(remote: bool = True, *, may_define_pools: bool = False) -> Iterator[None]:
+    """Mark the current request (its task, and the threads it starts) as remote;
+    ``may_define_pools`` for a web console administrator's session."""
     token = _remote.set(remote)
+    admin = _pool_admin.set(may_define_pools)
     try:
         yield
     finally:
+        _pool_admin.reset(admin)
         _remote.reset(token)
 
 
@@ -244,7 +256,7 @@ class PathPolicy:
         """A dir/iso pool's folder (``folder``; a logical pool's is a volume group): its
         files become volumes any caller may name, so it follows the rules of a shared
         folder; remote callers do not define pools."""
-        if remote_caller() if remote is None else remote:
+        if (remote_caller() if remote is None else remote) and not remote_may_define_pools():
             raise Forbidden("storage pools are defined only on the daemon's host (their "
                             "folders decide what remote callers may name)", field="target",
                             fix="define the pool there, or over virtkit+ssh://")
