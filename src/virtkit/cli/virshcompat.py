@@ -9,6 +9,7 @@ scripts written against virsh read virtkit's the same way.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
@@ -434,9 +435,8 @@ def cmd_domcapabilities(client: Client, args: argparse.Namespace) -> int:
 
 # -- argparse ------------------------------------------------------------------------------
 
-def _add(sub: Any, name: str, func: Any, text: str, *, domain: bool = True,
-         json_flag: bool = False) -> argparse.ArgumentParser:
-    return add_command(sub, name, func, text, domain=domain, json_flag=json_flag)
+#: add_command with a domain argument unless ``domain=False``
+_add = functools.partial(add_command, domain=True)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
