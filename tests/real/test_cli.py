@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.real.conftest import DaemonHandle, wait_for
+from virtkit.cli.edit import ERROR_START
 
 pytestmark = pytest.mark.qemu
 
@@ -91,9 +92,32 @@ seen.write_text(text)  # second round: leave the file unchanged = give up
     result = daemon.cli("edit", "ed2", env=env, check=False)
     assert result.returncode == 1
     assert "memory" in result.stderr and "nothing was changed" in result.stderr
-    assert seen.read_text().startswith("# ERROR: invalid domain spec: memory")
+    shown = seen.read_text().splitlines()
+    assert shown[0] == ERROR_START and shown[1].startswith("# invalid domain spec: memory")
     info = daemon.info("ed2")
     assert (info["memory_mib"], info["version"]) == (256, 1)
+
+
+def test_an_edit_with_a_yaml_syntax_error_can_be_fixed(daemon: DaemonHandle,
+                                                       tmp_path: Path) -> None:
+    """The parser's message spans lines; all of it is commented and taken out again, so
+    fixing the typo (and nothing else) is accepted on the second round."""
+    daemon.define("ed3")
+    rounds = tmp_path / "rounds"
+    env = _editor(tmp_path, f"""
+p = pathlib.Path(sys.argv[1]); rounds = pathlib.Path({str(rounds)!r})
+text = p.read_text()
+if not rounds.exists():
+    rounds.write_text("1")
+    p.write_text(text.replace('current: 256', 'current: [320'))
+else:
+    rounds.write_text(rounds.read_text() + "2")
+    p.write_text(text.replace('current: [320', 'current: 320'))
+""")
+    result = daemon.cli("edit", "ed3", env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert rounds.read_text() == "12" and "edited (version 2)" in result.stdout
+    assert daemon.info("ed3")["memory_mib"] == 320
 
 
 def test_console_typing_and_escape(daemon: DaemonHandle) -> None:
@@ -139,8 +163,13 @@ def test_autostart_flag_and_completion(daemon: DaemonHandle) -> None:
 
 def test_host_check_reports_the_accelerator_last(daemon: DaemonHandle) -> None:
     result = daemon.cli("host", "check", "--json", check=False)
-    checks = json.loads(result.stdout)
+    report = json.loads(result.stdout)
+    checks = report["checks"]
     assert checks[-1]["name"] == "accelerator"
+    # a machine-readable verdict: WARN is no failure (virt-host-validate's rule)
+    assert report["accelerator"] in ("kvm", "tcg") and report["accelerator_reason"]
+    assert report["verdict"] in ("PASS", "WARN", "FAIL")
+    assert result.returncode == (1 if report["verdict"] == "FAIL" else 0)
     assert {c["name"] for c in checks} >= {"/dev/kvm", "qemu-system-x86_64", "qemu-img",
                                             "daemon"}
     text = daemon.cli("host", "check", check=False).stdout

@@ -21,10 +21,28 @@ def _editor() -> list[str]:
     return shlex.split(editor)
 
 
-def _prepend_error(text: str, message: str) -> str:
-    lines = [line for line in text.splitlines() if not line.startswith("# ERROR:")]
-    return f"# ERROR: {message}\n# Fix the spec below and save, or leave it unchanged to abort.\n" \
-        + "\n".join(lines) + "\n"
+#: the note a refused edit is shown again with; everything from its first line to its
+#: last is taken out again before the next try, whatever the error said
+ERROR_START = "# ---- virtkit: the daemon refused this edit ----"
+ERROR_END = "# ---- fix the spec below and save, or save it unchanged to abort ----"
+
+
+def strip_error(text: str) -> str:
+    """``text`` without the error note :func:`with_error` put on top of it."""
+    lines = text.splitlines()
+    if ERROR_START in lines and ERROR_END in lines:
+        start, end = lines.index(ERROR_START), lines.index(ERROR_END)
+        if start < end:
+            del lines[start:end + 1]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def with_error(text: str, message: str) -> str:
+    """``text`` with ``message`` on top, every line of it commented (a YAML parser's
+    message spans several lines), replacing the note of an earlier round."""
+    note = [ERROR_START, *(f"# {line}".rstrip() for line in message.splitlines()),
+            "# (line numbers count from the first line after this note)", ERROR_END]
+    return "\n".join(note) + "\n" + strip_error(text)
 
 
 def edit(client: Client, domain: str) -> int:
@@ -51,7 +69,7 @@ def edit(client: Client, domain: str) -> int:
                 print("error: edit abandoned; nothing was changed", file=sys.stderr)
                 return 1
             first_round = False
-            body = "\n".join(line for line in edited.splitlines() if not line.startswith("# "))
+            body = strip_error(edited)
             try:
                 result = client.request("PUT", client.domain_path(domain),
                                         {"yaml": body, "version": current["version"]})
@@ -59,7 +77,7 @@ def edit(client: Client, domain: str) -> int:
                 if exc.code == "stale-version":
                     raise
                 print(f"error: {exc}", file=sys.stderr)
-                text = _prepend_error(edited, str(exc))
+                text = with_error(edited, str(exc))
                 continue
             print(f"Domain '{name}' spec edited (version {result['version']}).")
             return 0
