@@ -109,9 +109,11 @@ def test_import_boots_the_given_disk_and_kernel(daemon: DaemonHandle, tmp_path: 
     result = daemon.cli(
         "install", "--name", "imp1", "--memory=256", "--import", "--disk", f"{disk},bus=sata",
         "--boot", f"kernel={guest.kernel},initrd={guest.initrd},cmdline='{guest.cmdline}'",
-        "--graphics=none", "--nonetworks", "--noautoconsole")
+        "--graphics=vnc", "--nonetworks", "--noautoconsole")
     assert "Domain creation completed." in result.stdout
     info = daemon.info("imp1")
+    port = info["vnc"]["port"]  # the display number, as VNC viewers take it, not the port
+    assert f"VNC display {info['vnc']['host']}:{port - 5900} (TCP port {port};" in result.stdout
     assert info["state"] == "running" and info["installing"] is False
     assert info["spec"]["boot"]["kernel"] == str(guest.kernel)
     assert info["spec"]["disks"][0]["bus"] == "sata"
@@ -126,6 +128,11 @@ def test_dry_run_and_bad_input_leave_nothing_behind(daemon: DaemonHandle, tmp_pa
     assert "Dry run completed successfully" in dry.stdout
     assert "there is no network 'default'" in dry.stdout  # no --network, no 'default'
     assert domains(daemon) == [] and volumes(daemon) == []
+    # the dry run refuses what the real run refuses (memory above the host's)
+    huge = daemon.cli("install", "--name", "bad1", "--memory", "99999999", "--noautoconsole",
+                      "--graphics", "none", "--location", str(installer_iso), "--disk",
+                      "size=1", "--dry-run", check=False)
+    assert huge.returncode == 1 and "more than the host's" in huge.stderr, huge.stdout
     empty_iso = make_iso(tmp_path / "empty.iso", {"README": b"nothing to boot\n"})
     cases = [
         (["--location", str(empty_iso), "--disk", "size=1"], "found no installer kernel"),

@@ -63,8 +63,9 @@ def run_install(connect: Callable[[], Client], argv: list[str]) -> int:
     say(f"Domain '{name}' started ({_method_text(request)})")
     if result.get("vnc"):
         vnc = result["vnc"]
-        say(f"Graphical console: VNC at {vnc.get('host', '')}:{vnc.get('port', '')} "
-            f"(or 'virtkit vncdisplay {name}')")
+        display = vnc.get("display") or f"{vnc.get('host', '')}:{int(vnc['port']) - 5900}"
+        say(f"Graphical console: VNC display {display} (TCP port {vnc.get('port')}; "
+            f"again with 'virtkit vncdisplay {name}')")
     graphics_none = request.domain.get("graphics", {}).get("type") == "none"
     attach = request.autoconsole and graphics_none and sys.stdin.isatty() \
         and request.wait_minutes is None

@@ -250,19 +250,25 @@ class DomainService:
         Every path passes the path policy (host/pathpolicy.py); a remote caller may name
         only pool volumes, but may keep the paths ``stored`` already names."""
         self._resolve_volumes(domain)
-        self._check_networks(domain)
         preflight.check_files(domain, self._life.policy, trusted=_paths_of(stored))
         preflight.duplicate_paths(domain)
         self._check_images_defined(domain)
-        preflight.check_memory(domain, self._host_memory)
-        preflight.check_cpuset(domain)
-        tuning.check_host(domain, at_start=False)
+        self.check_fits_host(domain)
         preflight.resolve_filesystems(domain)
         for disk in domain.disks:
             if disk.path is not None and disk.format is None:
                 disk.format = detect_format(disk.path)  # type: ignore[assignment]
         self._assign_macs(domain)
         return domain
+
+    def check_fits_host(self, domain: Domain) -> None:
+        """The checks of define that need no disk files: networks, memory, CPUs, host
+        limits.  ``install --dry-run`` runs them too, so it refuses what the real run
+        would (and the real run refuses before it creates any disk)."""
+        self._check_networks(domain)
+        preflight.check_memory(domain, self._host_memory)
+        preflight.check_cpuset(domain)
+        tuning.check_host(domain, at_start=False)
 
     def _check_images_defined(self, domain: Domain) -> None:
         """A disk this definition adds (or makes writable) must not clash with another

@@ -73,6 +73,7 @@ class InstallService:
             raw["disks"] = [*raw.get("disks", []), _cdrom(request.install_media)]
             raw["boot"] = {**raw.get("boot", {}), "order": ["cdrom", "hd"]}
         final = self._validate(raw)
+        await asyncio.to_thread(self._domains.check_fits_host, final)
         if request.dry_run or request.print_xml:
             return self._preview(request, final, notes)
         async with contextlib.AsyncExitStack() as undo:
