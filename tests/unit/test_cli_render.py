@@ -201,3 +201,23 @@ def test_virsh_named_domain_argument_becomes_the_positional() -> None:
     assert convert(["guest", "exec", "--domain", "vm", "--", "/bin/x", "--domain", "y"]) == \
         ["guest", "exec", "vm", "--", "/bin/x", "--domain", "y"]
     assert convert(["list", "--all"]) == ["list", "--all"]
+
+
+@pytest.mark.parametrize(("event", "line"), [
+    ({"type": "started", "domain": "web", "uuid": "u", "state": "running", "reason": "booted"},
+     "event 'started' for domain 'web': running (booted)"),
+    ({"type": "volume-created", "pool": "default", "volume": "a.qcow2"},
+     "event 'volume-created' for volume 'default/a.qcow2'"),
+    ({"type": "pool-started", "pool": "default", "uuid": "u"},
+     "event 'pool-started' for pool 'default'"),
+    ({"type": "net-stopped", "network": "lan", "uuid": "u"},
+     "event 'net-stopped' for network 'lan'"),
+    ({"type": "snapshot-created", "domain": "web", "state": "shutoff",
+      "reason": "snapshot s1", "snapshot": "s1"},
+     "event 'snapshot-created' for domain 'web': shutoff (snapshot s1)"),
+    ({"type": "error", "network": "lan\x1b[2J", "reason": "dnsmasq died"},
+     "event 'error' for network 'lan\\x1b[2J' (dnsmasq died)"),
+])
+def test_every_event_kind_names_its_own_object(event: dict[str, str], line: str) -> None:
+    assert render.describe_event(event) == line
+    assert "None" not in render.describe_event(event)

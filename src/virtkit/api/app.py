@@ -446,7 +446,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     domains = _services(request).domains
     ws = web.WebSocketResponse(heartbeat=30)
     await ws.prepare(request)
-    with domains.subscribe_events() as queue:
+    # a client that goes away mid-send is an ordinary end of the stream, not an error
+    with domains.subscribe_events() as queue, contextlib.suppress(ConnectionResetError):
         if since is not None:
             for event in domains.events_since(int(since)):
                 await ws.send_json(event)

@@ -25,6 +25,8 @@ LOCAL_COMMANDS = {"completion"}
 
 def cmd_host_check(client: Client | None, args: argparse.Namespace) -> int:
     """Host check through the daemon; run locally (saying so) when it cannot be reached."""
+    from virtkit.host.checks import verdict_of
+
     if client is not None:
         checks = client.get("/v1/host/check")
     else:
@@ -34,7 +36,7 @@ def cmd_host_check(client: Client | None, args: argparse.Namespace) -> int:
         checks = [check.to_dict() for check in
                   run_host_checks(daemon_reachable=False, cache_dir=state_paths().cache)]
     if args.json:
-        render.as_json(checks)
+        render.as_json(verdict_of(checks))
     else:
         render.status_lines(checks)
     return 1 if any(check["status"] == "FAIL" for check in checks) else 0
@@ -72,9 +74,7 @@ def cmd_event(client: Client, args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(event), flush=True)
             else:
-                print(f"event '{event['type']}' for domain '{event.get('domain')}': "
-                      f"{event.get('state')}" + (f" ({event['reason']})" if event.get("reason")
-                                                 else ""), flush=True)
+                print(render.describe_event(event), flush=True)
             seen += 1
             if not args.loop and seen >= (args.count or 1):
                 return 0

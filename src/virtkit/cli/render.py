@@ -145,3 +145,26 @@ def error(message: str, fix: str | None = None, detail: str | None = None) -> No
     sys.stderr.write(line + "\n")
     if detail:
         sys.stderr.write("".join(f"  {safe(row)}\n" for row in detail.splitlines()))
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """One line for an event, naming its own object (virsh event's shape): a domain's
+    state change, a snapshot, a network, a pool or a volume, with the reason if any."""
+    kind = event.get("type", "?")
+    if event.get("volume") is not None:
+        subject = f"volume '{safe(event.get('pool'))}/{safe(event['volume'])}'"
+    elif event.get("domain") is not None:
+        subject = f"domain '{safe(event['domain'])}'"
+    elif event.get("network") is not None:
+        subject = f"network '{safe(event['network'])}'"
+    elif event.get("pool") is not None:
+        subject = f"pool '{safe(event['pool'])}'"
+    else:
+        subject = f"object '{safe(event.get('uuid', '?'))}'"
+    line = f"event '{safe(kind)}' for {subject}"
+    if event.get("state"):
+        line += f": {safe(event['state'])}"
+    if event.get("reason"):
+        line += f" ({safe(event['reason'])})"
+    return line
+
