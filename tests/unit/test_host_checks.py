@@ -434,3 +434,13 @@ def test_confinement_check_needs_root_and_a_writable_cgroup_tree(
     (tmp_path / "sys/fs/cgroup/memory").mkdir(parents=True)
     check = checks.check_confinement(HostPaths(tmp_path))
     assert check.status == "PASS" and "cgroup v1" in check.detail
+
+
+def test_the_json_verdict_names_the_accelerator_and_warn_is_no_failure() -> None:
+    lines = [Check("/dev/kvm", "WARN", "no kvm").to_dict(),
+              Check("accelerator", "WARN", "TCG: no usable KVM", "load kvm", value="tcg").to_dict()]
+    report = checks.verdict_of(lines)
+    assert (report["verdict"], report["ok"], report["accelerator"]) == ("WARN", True, "tcg")
+    assert report["accelerator_reason"] == "TCG: no usable KVM" and report["checks"] == lines
+    failed = checks.verdict_of([*lines, Check("qemu-img", "FAIL", "missing").to_dict()])
+    assert (failed["verdict"], failed["ok"]) == ("FAIL", False)

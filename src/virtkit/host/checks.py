@@ -40,6 +40,8 @@ class Check:
     status: Status
     detail: str
     fix: str | None = None
+    #: the value found, where a script wants it (the accelerator check: kvm or tcg)
+    value: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for the API."""
@@ -221,12 +223,24 @@ def check_accelerator(paths: HostPaths, cache_dir: Path | None, probe: ProbeFn |
     except HostError as err:
         return Check("accelerator", "FAIL", err.message, err.fix)
     if verdict.accel == "kvm":
-        return Check("accelerator", "PASS", verdict.reason)
+        return Check("accelerator", "PASS", verdict.reason, value=verdict.accel)
     if verdict.signals.get("kvm_usable"):
         fix = "run on a host with VT-x/AMD-V and kvm_intel/kvm_amd for native speed"
     else:
         fix = _modprobe_fix(paths)
-    return Check("accelerator", "WARN", verdict.reason, fix)
+    return Check("accelerator", "WARN", verdict.reason, fix, value=verdict.accel)
+
+
+def verdict_of(checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """``host check --json``: the overall verdict (the worst status; WARN is not a
+    failure, as in virt-host-validate), the accelerator guests get and why, and every
+    check."""
+    statuses = {check["status"] for check in checks}
+    worst = next((s for s in ("FAIL", "WARN") if s in statuses), "PASS")
+    accel = next((c for c in checks if c["name"] == "accelerator"), None)
+    return {"verdict": worst, "ok": worst != "FAIL",
+            "accelerator": accel.get("value") if accel else None,
+            "accelerator_reason": accel["detail"] if accel else None, "checks": checks}
 
 
 def _guarded(name: str, run: Callable[[], Check]) -> Check:
