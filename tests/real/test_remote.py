@@ -32,7 +32,7 @@ from virtkit.service.tls import TlsService
 from virtkit.service.tokens import split_token
 from virtkit.store.db import Store
 
-from .conftest import DaemonHandle, free_port, running_daemon, start_daemon
+from .conftest import DaemonHandle, free_port, running_daemon, start_daemon, wait_for
 
 
 class Remote:
@@ -302,13 +302,78 @@ def test_refusals(remote: Remote, tmp_path: Path) -> None:
     assert out.returncode == 1 and "nothing listens on" in out.stderr
 
 
-def test_daemon_refuses_tls_without_a_certificate(tmp_path: Path) -> None:
+def test_daemon_refuses_tls_with_a_missing_certificate(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "virtkit.api.daemon", "--root", str(tmp_path / "r"),
-         "--listen-tls", f"127.0.0.1:{free_port()}"], capture_output=True, text=True,
+         "--listen-tls", f"127.0.0.1:{free_port()}", "--tls-cert", str(tmp_path / "no.pem"),
+         "--tls-key", str(tmp_path / "no-key.pem")], capture_output=True, text=True,
         timeout=30, check=False)
     assert result.returncode != 0
     assert "needs a certificate" in result.stderr and "virtkit tls setup" in result.stderr
+
+
+def test_the_documented_tls_setup_order_works(tmp_path: Path) -> None:
+    """remote.md's server steps as written: the listener first (its first start makes
+    the CA and certificate), then a token, then a client.  And the other order a user
+    may try: 'tls setup' first (which starts a plain daemon), then the listener, which
+    refuses naming the PID to stop; doing what it says works."""
+    root = tmp_path / "root"
+    port = free_port()
+    daemon = start_daemon(root, extra=("--listen-tls", f"127.0.0.1:{port}",
+                                       "--tls-hostname", "kvm1.example"))
+    started = []
+    try:
+        assert "made a TLS server certificate" in (root / "daemon.stderr").read_text()
+        env = {**os.environ, "VIRTKIT_ROOT": str(root)}
+        token = tmp_path / "laptop.token"
+        subprocess.run([sys.executable, "-m", "virtkit.cli.main", "token", "create", "--name",
+                        "laptop", "-o", str(token)], env=env, check=True, timeout=60,
+                       capture_output=True)
+        client_env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTKIT_")}
+        listed = subprocess.run(
+            [sys.executable, "-m", "virtkit.cli.main", "-c", f"virtkit+tls://127.0.0.1:{port}",
+             "--ca", str(root / "tls" / "ca.pem"), "--token-file", str(token), "list", "--all"],
+            env={**client_env, "VIRTKIT_NO_AUTOSTART": "1"}, capture_output=True, text=True,
+            timeout=60, check=False)
+        assert listed.returncode == 0, listed.stderr
+        assert "kvm1.example" in subprocess.run(
+            ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in",
+             str(root / "tls" / "server.pem")], capture_output=True, text=True,
+            check=True).stdout
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(10)
+        # the other order: a CLI command starts a plain daemon; the listener is refused
+        other = tmp_path / "other"
+        env = {**os.environ, "VIRTKIT_ROOT": str(other)}
+        env.pop("VIRTKIT_NO_AUTOSTART", None)
+        subprocess.run([sys.executable, "-m", "virtkit.cli.main", "tls", "setup"], env=env,
+                       check=True, timeout=60, capture_output=True)
+        plain_pid = int((other / "virtkitd.pid").read_text())
+        started.append(plain_pid)
+        refused = subprocess.run(
+            [sys.executable, "-m", "virtkit.api.daemon", "--root", str(other),
+             "--listen-tls", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=30,
+            check=False)
+        assert refused.returncode != 0 and f"kill {plain_pid}" in refused.stderr
+        os.kill(plain_pid, signal.SIGTERM)
+        wait_gone(plain_pid)
+        daemon = start_daemon(other, extra=("--listen-tls", f"127.0.0.1:{port}"))
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(10)
+        for pid in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def wait_gone(pid: int) -> None:
+    """Wait until process ``pid`` (not our child: /proc tells) has exited."""
+    def gone() -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2][:1] == "Z"
+        except OSError:
+            return True
+    wait_for(gone, 30, f"pid {pid} to exit")
 
 
 def test_store_keeps_only_hashes(remote: Remote) -> None:

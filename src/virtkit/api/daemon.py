@@ -80,7 +80,9 @@ def take_instance_lock(paths: StatePaths) -> IO[str]:
         handle.seek(0)
         pid = handle.read().strip() or "?"
         raise SystemExit(
-            f"virtkitd: another daemon (pid {pid}) already serves {paths.root}") from None
+            f"virtkitd: another daemon (pid {pid}) already serves {paths.root} (fix: stop it "
+            f"first with 'kill {pid}': its VMs keep running and this daemon takes them over "
+            "when it starts; or give this one another --root)") from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
@@ -311,6 +313,23 @@ def _allowed(folders: list[str]) -> list[str]:
     return folders
 
 
+def _tls_listen(paths: StatePaths, args: argparse.Namespace) -> tlslisten.TlsListen:
+    """The TLS listener of ``--listen-tls``.  Without --tls-cert, a first start makes the
+    CA and server certificate ``virtkit tls setup`` would (for --tls-hostname and this
+    host's names), so the listener, then ``virtkit token create``, is all a host needs."""
+    host, port = tlslisten.parse_address(args.listen_tls)
+    tls = TlsService(paths.root / "tls")
+    if args.tls_cert is None and args.tls_key is None and not tls.cert.exists():
+        made = tls.setup(args.tls_hostname)
+        print(f"virtkitd: made a TLS server certificate for {', '.join(made['hostnames'])}; "
+              f"give clients {made['ca']} (server fingerprint SHA-256 "
+              f"{made['fingerprint']})", file=sys.stderr)
+    listen = tlslisten.TlsListen(host, port, args.tls_cert or tls.cert,
+                                 args.tls_key or tls.key)
+    tlslisten.check(listen)
+    return listen
+
+
 def _web_listen(paths: StatePaths, address: str, cert: Path | None,
                 key: Path | None) -> tlslisten.TlsListen:
     """Where and with which certificate to serve the web console (one is made if none)."""
@@ -338,6 +357,10 @@ def main(argv: list[str] | None = None) -> None:
                         default=os.environ.get("VIRTKITD_LISTEN_TLS") or None,
                         help="also serve the API over TCP with TLS; every request there needs "
                         "an API token (default: $VIRTKITD_LISTEN_TLS; off)")
+    parser.add_argument("--tls-hostname", action="append", default=[], metavar="NAME",
+                        help="with --listen-tls and no certificate yet: a name clients use "
+                        "for this host, for the certificate made at the first start "
+                        "(repeatable; this host's own names are always in it)")
     parser.add_argument("--tls-cert", type=Path, default=os.environ.get("VIRTKITD_TLS_CERT"),
                         help="server certificate (PEM; default <root>/tls/server.pem)")
     parser.add_argument("--tls-key", type=Path, default=os.environ.get("VIRTKITD_TLS_KEY"),
@@ -385,17 +408,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--version", action="version", version=f"virtkitd {__version__}")
     args = parser.parse_args(argv)
     paths = state_paths(args.root.absolute() if args.root else None)
+    paths.make()
     listen_tls = None
     if args.listen_tls:
         try:
-            host, port = tlslisten.parse_address(args.listen_tls)
-            listen_tls = tlslisten.TlsListen(
-                host, port, args.tls_cert or paths.root / "tls" / "server.pem",
-                args.tls_key or paths.root / "tls" / "server-key.pem")
-            tlslisten.check(listen_tls)
+            listen_tls = _tls_listen(paths, args)
         except VirtkitError as exc:
             raise SystemExit(f"virtkitd: {exc}") from None
-    paths.make()
     web = None
     if args.web:
         try:
