@@ -134,3 +134,31 @@ def test_pending_detach_is_named_and_does_not_block(daemon: DaemonHandle,
     # found by the stateful checker: a snapshot then left QEMU writing the old image
     snap = daemon.cli("snapshot-create-as", "hp", "s1", "--disk-only", check=False)
     assert snap.returncode != 0 and "is pending" in snap.stderr, snap.stderr
+
+
+def test_deleting_a_snapshot_never_writes_an_image_others_are_backed_by(
+        daemon: DaemonHandle) -> None:
+    """An external snapshot's delete merges the overlay into the image it froze; when
+    that image is also a linked clone's base, the merge would change the clone's data:
+    refused (409, naming the clone), the files untouched.  (The stateful checker found
+    it: QEMU's lock refused the live commit as a 500, and offline nothing stopped it.)"""
+    images = daemon.root / "images"
+    daemon.cli("vol-create-as", "default", "v.qcow2", "16M")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xaa 0 64k",
+                    str(images / "v.qcow2")], check=True, capture_output=True)
+    daemon.define("d", disks=[{"pool": "default", "volume": "v.qcow2"}])
+    daemon.client.post(daemon.client.domain_path("d", "/snapshots"),
+                       {"name": "s1", "disk_only": True, "kind": "external"})
+    top = daemon.info("d")["spec"]["disks"][0]["path"]
+    assert top != str(images / "v.qcow2")
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0xbb 0 64k", top], check=True,
+                   capture_output=True)  # the guest's writes since the snapshot
+    daemon.cli("vol-clone", "v.qcow2", "k.qcow2", "--pool", "default", "--linked")
+    base = digest(images / "v.qcow2")
+    err = status_of(lambda: daemon.client.request(
+        "DELETE", daemon.client.domain_path("d", "/snapshots/s1")))
+    assert err.http_status == 409 and "k.qcow2" in err.message, err
+    assert "--metadata" in (err.fix or "")
+    assert digest(images / "v.qcow2") == base and Path(top).exists()
+    assert [s["name"] for s in daemon.client.get(daemon.client.domain_path(
+        "d", "/snapshots"))] == ["s1"]

@@ -23,10 +23,11 @@ import os
 import secrets
 from typing import Any
 
-from virtkit.errors import QemuError
+from virtkit.errors import Conflict, QemuError
 from virtkit.model.load import load_domain
 from virtkit.model.snapshot import DeleteStep, SnapDisk, plan_delete
 from virtkit.runtime.blockjobs import Progress, active_chain, commit, node_by_file, top_nodes
+from virtkit.runtime.imageuse import ImageUse, lock_conflict
 from virtkit.runtime.launcher import Running
 from virtkit.runtime.lifecycle import Lifecycle, Vm
 from virtkit.runtime.snapdisks import device_ids, disk_on_target, move_disks, running_config
@@ -41,6 +42,7 @@ class SnapshotDeleter:
     def __init__(self, lifecycle: Lifecycle, store: Store) -> None:
         self._life = lifecycle
         self._store = store
+        self._images = ImageUse(store, lifecycle)
 
     async def delete(self, uuid: str, name: str, snap: SnapshotRow, *, metadata_only: bool,
                      progress: Progress | None = None) -> list[str]:
@@ -112,6 +114,7 @@ class SnapshotDeleter:
                 os.unlink(disk.file)
             return ""
         assert step.child is not None
+        self._refuse_shared(vm, snap, step, readers)
         chain: list[str] = []
         device_id = ""
         if running is not None:
@@ -124,12 +127,41 @@ class SnapshotDeleter:
                 # it) read-write: a confined QEMU must own them for that
                 for image in chain[:chain.index(step.frozen) + 1]:
                     running.confinement.grant_writable(image)
-            await self._merge_live(running, device_id, step, progress)
+            try:
+                await self._merge_live(running, device_id, step, progress)
+            except QemuError as exc:  # a lock another QEMU holds: a conflict, not a bug
+                conflict = lock_conflict(exc, lambda path: self._images.users(path))
+                if conflict is None:
+                    raise
+                raise conflict from exc
         else:
             self._merge_offline(step, disk.format, readers, progress)
         self._after_merge(vm, snap, disk, step, top)
         os.unlink(step.child)
         return ""
+
+    def _refuse_shared(self, vm: Vm, snap: SnapshotRow, step: DeleteStep,
+                       readers: dict[str, str | None]) -> None:
+        """The merge writes ``step.frozen`` and removes ``step.child``: refuse (409) when
+        anything outside this domain's own chain uses either (another domain's disk, a
+        linked clone or other pool volume on top of the frozen image): its data would
+        change, or its file vanish (invariant 1, docs/architecture.md)."""
+        assert step.child is not None
+        own = {os.path.realpath(image) for image in (*readers, step.child, step.frozen)}
+        for image, what in ((step.frozen, "written"), (step.child, "removed")):
+            others = [use for use in self._images.dependents(image, exclude=vm.uuid)
+                      if use.via is not None and os.path.realpath(use.via) not in own]
+            others += self._images.users(image, exclude=vm.uuid)
+            if others:
+                use = others[0]
+                raise Conflict(
+                    f"deleting snapshot '{snap.name}' of '{vm.name}' merges {step.child} "
+                    f"into {step.frozen}, so {image} would be {what}; but {use.who()} "
+                    "uses it" + ("" if use.via is None else " as a backing file"),
+                    fix=f"keep the snapshot, or forget it and keep its files "
+                        f"('virtkit snapshot-delete {vm.name} {snap.name} --metadata'), or "
+                        "first remove or flatten what uses the image", used_by=use.domain,
+                    path=image)
 
     async def _merge_live(self, running: Running, device_id: str, step: DeleteStep,
                           progress: Progress | None) -> None:
