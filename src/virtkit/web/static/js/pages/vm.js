@@ -7,6 +7,7 @@ import { onEvent } from "../feed.js";
 
 const TABS = [["overview", "Overview"], ["console", "Console"], ["serial", "Serial console"],
   ["hardware", "Hardware"], ["snapshots", "Snapshots"], ["clone", "Clone"]];
+const CONSOLE_TABS = ["console", "serial"];
 
 export async function render(root, [name, tab = "overview"]) {
   if (!name) { location.hash = "#/vms"; return null; }
@@ -17,8 +18,15 @@ export async function render(root, [name, tab = "overview"]) {
   const panel = h("section", { role: "tabpanel", "aria-labelledby": `tab-${tab}` });
   clear(root, header, tabs, panel);
 
-  const drawHeader = () => clear(header,
-    h("h1", {}, name), stateBadge(info.state), h("span", { class: "spacer" }), actions(name, info));
+  // the console tabs are there only while a QEMU runs (a shut-off VM has no console)
+  const showConsoleTabs = () => {
+    const live = info.state === "running" || info.state === "paused";
+    for (const key of CONSOLE_TABS) tabs.querySelector(`#tab-${key}`).hidden = !live && key !== tab;
+  };
+  const drawHeader = () => {
+    clear(header, h("h1", {}, name), stateBadge(info.state), h("span", { class: "spacer" }), actions(name, info));
+    showConsoleTabs();
+  };
   drawHeader();
   const stopEvents = onEvent(async (event) => {
     if (event.domain !== name && event.uuid !== info.uuid) return;
@@ -82,11 +90,12 @@ async function overview(panel, name, info) {
     last = { time: stats.cpu.time, at: now };
     if (stats.balloon && stats.balloon.rss) {
       memSeries.push(stats.balloon.rss / 1024);
-      memNow.textContent = `${(stats.balloon.rss / 1024).toFixed(0)} MiB of ${info.memory_mib} MiB`;
+      // QEMU's resident memory includes its own overhead, so it may exceed the guest's RAM
+      memNow.textContent = `${(stats.balloon.rss / 1024).toFixed(0)} MiB (guest RAM ${info.memory_mib} MiB)`;
     }
     for (const series of [cpuSeries, memSeries]) while (series.length > 90) series.shift();
     plot(cpuCanvas, cpuSeries, Math.max(100, info.vcpus * 100), "%");
-    plot(memCanvas, memSeries, info.memory_mib * 1.2, "MiB");
+    plot(memCanvas, memSeries, Math.max(info.memory_mib, ...memSeries) * 1.2, "MiB");
   };
   await sample().catch(() => {});
   return every(2000, sample);
@@ -250,7 +259,14 @@ async function fillVolumes(pool, select) {
   if (!pool) return;
   try {
     const volumes = await get(`/v1/pools/${enc(pool)}/volumes`);
-    for (const v of volumes) select.append(h("option", { value: v.name }, `${v.name} (${bytes(v.capacity)})`));
+    // a volume another VM uses is shown but cannot be chosen (the daemon refuses it too)
+    for (const v of volumes) {
+      const users = v.used_by || [];
+      const label = `${v.name} (${bytes(v.capacity)})${users.length ? ` - used by ${users.join(", ")}` : ""}`;
+      select.append(h("option", { value: v.name, disabled: users.length > 0 }, label));
+    }
+    const free = [...select.options].find((o) => !o.disabled);
+    if (free) select.value = free.value;
   } catch (err) { showError(err); }
 }
 
@@ -271,7 +287,7 @@ async function snapshots(panel, name) {
       await act(e.submitter, () => post(domainPath(name, "/snapshots"), body), (r) => `Snapshot ${r.name} taken`);
       draw();
     });
-    const rows = list.map((s) => [s.name, s.creation_time ? new Date(s.creation_time * 1000).toLocaleString() : "-",
+    const rows = list.map((s) => [s.name, s.created ? new Date(s.created * 1000).toLocaleString() : "-",
       s.state || "-", s.kind || "-", s.current ? "yes" : "", s.description || "",
       h("span", {}, h("button", { onclick: async (e) => {
         if (!await confirmDialog(`Revert ${name} to ${s.name}? Changes since then are lost.`, { confirm: "Revert", danger: true })) return;

@@ -66,9 +66,16 @@ export async function render(root) {
             clear(list, found.slice(0, 30).map((o) => h("option", { value: o.short_id }, o.name)));
           } catch { /* typing */ }
         } });
+      const help = h("p", { class: "muted", id: "os-help" }, "Type part of a name (for example debian), or generic.");
+      // the examples come from this host's osinfo database, so each one is accepted here
+      get("/v1/osinfo").then((all) => {
+        const known = new Set(all.map((o) => o.short_id));
+        const wanted = ["debian12", "ubuntu22.04", "fedora38", "win11", "win10", "centos-stream9", "debian11"];
+        const shown = wanted.filter((id) => known.has(id)).slice(0, 4);
+        if (shown.length) help.textContent = `For example ${shown.join(", ")}, or generic.`;
+      }).catch(() => { /* the database is optional */ });
       return h("fieldset", {}, h("legend", {}, "Operating system"),
-        h("label", {}, "OS variant (osinfo short id; its recommended defaults apply)", input, list),
-        h("p", { class: "muted", id: "os-help" }, "For example debian12, ubuntu24.04, fedora40, win11, or generic."));
+        h("label", {}, "OS variant (osinfo short id; its recommended defaults apply)", input, list), help);
     },
     () => h("fieldset", {}, h("legend", {}, "Memory and CPUs"), h("div", { class: "row" },
       h("label", {}, "Memory (MiB)", h("input", { name: "memory", type: "number", min: 64, step: 64, value: state.memory, required: true })),
@@ -85,7 +92,7 @@ export async function render(root) {
         networks.map((n) => h("option", { value: n.name, selected: n.name === state.network }, `${n.name} (${n.mode}${n.state === "active" ? "" : ", inactive"})`)),
         h("option", { value: "", selected: !state.network }, "No network")))),
     () => h("fieldset", {}, h("legend", {}, "Ready to begin"),
-      h("label", {}, "Name", h("input", { name: "name", value: state.name, required: true, pattern: "[A-Za-z0-9][A-Za-z0-9_.+-]*" })),
+      h("label", {}, "Name", h("input", { name: "name", value: state.name, required: true, pattern: "[A-Za-z0-9][A-Za-z0-9_.+\\-]*" })),
       h("label", {}, "Graphics", h("select", { name: "graphics" },
         h("option", { value: "vnc", selected: state.graphics === "vnc" }, "VNC (graphical console)"),
         h("option", { value: "none", selected: state.graphics === "none" }, "None (serial console only)"))),
