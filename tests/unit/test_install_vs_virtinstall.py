@@ -287,6 +287,9 @@ class _NoDomains:
     def spec(self, ref: str) -> Any:
         raise NotFound(f"domain '{ref}' not found")
 
+    def check_fits_host(self, domain: Any) -> None:
+        """The host checks of a dry run: this comparison's host fits everything."""
+
 
 class _EmptyPools:
     """StorageService stand-in: every pool is empty."""

@@ -104,6 +104,8 @@ def _shutdown(client: Client, args: argparse.Namespace, verb: str) -> int:
     result = client.post(_ref(client, args, f"/{verb}"), body)
     if verb == "reboot":
         print(f"Domain '{result['name']}' is being rebooted")
+        if result.get("note"):
+            print(f"Note: {render.safe(result['note'])}")
     elif args.wait:
         print(f"Domain '{result['name']}' is shut off")
     else:

@@ -63,6 +63,16 @@ TapProvider = Callable[[Domain], Mapping[int, OpenTap]]
 QMP_HANDSHAKE_TIMEOUT = 15.0
 
 
+def live_form(domain: Domain) -> Domain:
+    """``domain`` as a fresh QEMU runs it (libvirt's live XML): every disk with the
+    target its slot gives it.  A running configuration equal to this form of the
+    definition runs exactly what the definition says."""
+    targets = [slot.target for slot in disk_slots(domain)]
+    disks = [disk.model_copy(update={"target": target})
+             for disk, target in zip(domain.disks, targets, strict=True)]
+    return domain.model_copy(update={"disks": disks})
+
+
 @dataclass
 class Running:
     """A live QEMU process of one domain and its monitor."""
@@ -105,10 +115,7 @@ class Running:
             self.disk_ids = [int(n) for n in extra.get("disk_ids", [])]
             self.nic_ids = [int(n) for n in extra.get("nic_ids", [])]
         else:
-            targets = [slot.target for slot in disk_slots(domain)]
-            disks = [disk.model_copy(update={"target": target})
-                     for disk, target in zip(domain.disks, targets, strict=True)]
-            self.live = domain.model_copy(update={"disks": disks})
+            self.live = live_form(domain)
             self.disk_ids = list(range(len(domain.disks)))
             self.nic_ids = list(range(len(domain.nics)))
         if len(self.disk_ids) != len(self.live.disks) or \

@@ -21,10 +21,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from virtkit.errors import (
-    AgentUnavailable,
     Conflict,
     NotFound,
     QemuError,
@@ -39,10 +38,17 @@ from virtkit.model.state import Action, State, check_action, check_transition
 from virtkit.paths import StatePaths
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
-from virtkit.runtime import migration, orphans, savefile
+from virtkit.runtime import migration, orphans, poweroff, savefile
 from virtkit.runtime.confine import Confiner
 from virtkit.runtime.events import EventBus
-from virtkit.runtime.launcher import CapsProvider, OpenTap, Running, TapProvider, launch
+from virtkit.runtime.launcher import (
+    CapsProvider,
+    OpenTap,
+    Running,
+    TapProvider,
+    launch,
+    live_form,
+)
 from virtkit.store.db import Store
 from virtkit.unixsock import connect_unix
 
@@ -67,7 +73,11 @@ class Vm:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     expected_exit: str | None = None
     guest_shutdown: dict[str, Any] | None = None
-    reboot_pending: bool = False
+    #: a reboot asked for: "in-place" (the guest resets inside this QEMU, as libvirt's
+    #: reboot does) or "new-process" (the definition changed: a fresh QEMU boots it)
+    reboot_pending: Literal["in-place", "new-process"] | None = None
+    #: set when an in-place reboot ended (the guest runs again, or it timed out)
+    reboot_done: asyncio.Event = field(default_factory=asyncio.Event)
     shutdown_timer: asyncio.Task[None] | None = None
     started: float | None = None
     links: dict[int, str] = field(default_factory=dict)
@@ -262,7 +272,7 @@ class Lifecycle:
         vm.exited.clear()
         vm.expected_exit = None
         vm.guest_shutdown = None
-        vm.reboot_pending = False
+        vm.reboot_pending = None
         vm.started = time.time()
         vm.links = {}
         running.process.watch(lambda: self._on_exit(vm, running))
@@ -304,48 +314,81 @@ class Lifecycle:
 
     async def shutdown(self, uuid: str, name: str, *, timeout: float | None = None,
                        wait: bool = False, reboot: bool = False,
-                       modes: tuple[str, ...] = ("acpi",)) -> None:
+                       modes: tuple[str, ...] = ("acpi",)
+                       ) -> Literal["in-place", "new-process"] | None:
         """Power-off (or reboot) by ACPI or through the guest agent, tried in the order of
-        ``modes`` (virsh's ``--mode agent,acpi``); the guest gets ``timeout`` seconds."""
+        ``modes`` (virsh's ``--mode agent,acpi``); the guest gets ``timeout`` seconds.
+        A reboot's kind is returned: in place, or a new QEMU for a changed definition."""
         vm = self.vm(uuid, name)
         timeout = DEFAULT_SHUTDOWN_TIMEOUT if timeout is None else timeout
         async with vm.lock:
             check_action(Action.REBOOT if reboot else Action.SHUTDOWN, vm.state, vm.name)
             assert vm.running is not None
-            used = await self._request_shutdown(vm, vm.running, modes, reboot)
-            vm.reboot_pending = reboot
-            if vm.state is State.RUNNING:
+            pending = self._reboot_kind(vm) if reboot else None
+            if pending == "in-place":  # a guest power-off then pauses QEMU, to reset it
+                await poweroff.pause_on_power_off(vm.running)
+            vm.reboot_pending, vm.reboot_done = pending, asyncio.Event()
+            try:
+                used = await poweroff.request_shutdown(vm.name, vm.running, modes,
+                                                    pending == "in-place")
+            except BaseException:
+                vm.reboot_pending = None
+                if pending == "in-place":
+                    await poweroff.restore_power_off(vm.running)
+                raise
+            done = vm.reboot_done
+            if vm.state is State.RUNNING and not done.is_set():
                 self._set_state(vm, State.SHUTTING_DOWN, "reboot" if reboot else used)
             if vm.shutdown_timer is None:
                 vm.shutdown_timer = asyncio.create_task(self._shutdown_deadline(vm, timeout))
-        if wait and not await self._wait_exited(vm, timeout):
+        if not wait:
+            return pending
+        if pending == "in-place":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout)
+            finished = vm.state is State.RUNNING and vm.reason == "rebooted"
+        else:
+            finished = await self._wait_exited(vm, timeout)
+        if not finished:
             raise TimeoutExpired(
                 f"domain '{vm.name}' did not {'reboot' if reboot else 'shut down'} "
                 f"within {timeout:g}s; the guest ignored the ACPI request",
                 fix=f"use 'virtkit destroy {vm.name}' to stop it at once",
             )
+        return pending
 
-    @staticmethod
-    async def _request_shutdown(vm: Vm, running: Running, modes: tuple[str, ...],
-                                reboot: bool) -> str:
-        """Ask the guest to go down by the first of ``modes`` that works; its name."""
-        failure: VirtkitError | None = None
-        for mode in modes:
+    def _reboot_kind(self, vm: Vm) -> Literal["in-place", "new-process"]:
+        """In place when this QEMU runs what the definition says (no install phase, no
+        changed definition or device layout, on_reboot=restart); else a new QEMU."""
+        running = vm.running
+        assert running is not None and running.live is not None
+        stored = self._spec_for(vm.uuid)
+        same = vm.boot_spec is None and not running.layout_changed \
+            and stored.on_reboot is LifecycleAction.RESTART \
+            and live_form(stored) == running.live
+        return "in-place" if same else "new-process"
+
+    async def _reset_after_power_off(self, vm: Vm) -> None:
+        """The guest powered off for an in-place reboot and QEMU paused (set-action):
+        reset the machine and let it run again, as libvirt's "fake reboot" does."""
+        async with vm.lock:
+            running = vm.running
+            if running is None or vm.reboot_pending != "in-place":
+                return
             try:
-                if mode == "acpi":
-                    await running.monitor.execute("system_powerdown")
-                elif running.agent is None or running.agent_open is False:
-                    raise AgentUnavailable(
-                        f"domain '{vm.name}' has no connected guest agent to shut it down",
-                        fix="use --mode acpi, or start qemu-guest-agent in the guest")
-                else:  # the guest agent: the guest's own clean shutdown, no ACPI needed
-                    await running.agent.execute(
-                        "guest-shutdown", {"mode": "reboot" if reboot else "powerdown"})
-                return mode
+                await running.monitor.execute("system_reset")
+                await poweroff.restore_power_off(running)
+                await running.monitor.execute("cont")
             except VirtkitError as exc:
-                failure = exc
-        assert failure is not None
-        raise failure
+                log.error("in-place reboot of %s failed: %s", vm.name, exc)
+                return
+            vm.guest_shutdown = None
+            self._rebooted(vm)
+
+    def _rebooted(self, vm: Vm) -> None:
+        vm.reboot_pending = None
+        vm.reboot_done.set()
+        self._set_state(vm, State.RUNNING, "rebooted", event="rebooted")
 
     async def _wait_exited(self, vm: Vm, timeout: float) -> bool:
         try:
@@ -359,7 +402,10 @@ class Lifecycle:
         try:
             exited = await self._wait_exited(vm, timeout)
             if not exited and vm.state is State.SHUTTING_DOWN and vm.running is not None:
-                vm.reboot_pending = False
+                if vm.reboot_pending == "in-place":
+                    await poweroff.restore_power_off(vm.running)
+                vm.reboot_pending = None
+                vm.reboot_done.set()
                 self._set_state(vm, State.RUNNING, "shutdown timed out",
                                 event="shutdown-timeout", timeout=timeout)
         finally:
@@ -501,6 +547,10 @@ class Lifecycle:
         data = event.get("data", {})
         if kind == "SHUTDOWN":
             vm.guest_shutdown = data
+            if vm.reboot_pending == "in-place" and data.get("guest"):
+                self._spawn(self._reset_after_power_off(vm))
+        elif kind == "RESET" and vm.reboot_pending == "in-place" and data.get("guest"):
+            self._rebooted(vm)  # the guest agent's reboot: the guest reset itself
         elif kind == "GUEST_PANICKED":
             self._spawn(self._on_panic(vm, data))
         elif kind in ("STOP", "RESUME") and not vm.lock.locked() and vm.running is not None:

@@ -574,8 +574,11 @@ class DomainService:
             raise InvalidSpec(f"unknown shutdown mode {','.join(unknown) or mode!r}",
                               field="mode", fix="use acpi, agent, or agent,acpi")
         row = self._row(ref)
-        await self._life.shutdown(row.uuid, row.name, timeout=timeout, wait=wait, reboot=reboot,
-                                  modes=modes)
+        kind = await self._life.shutdown(row.uuid, row.name, timeout=timeout, wait=wait,
+                                         reboot=reboot, modes=modes)
+        if kind == "new-process":
+            return {**self._summary(row), "note": "the definition changed since this QEMU "
+                    "started, so the guest reboots into a new QEMU process that runs it"}
         return self._summary(row)
 
     async def simple(self, ref: str, action: str) -> dict[str, Any]:
