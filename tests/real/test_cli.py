@@ -214,3 +214,18 @@ def test_create_runs_a_transient_domain_that_is_gone_when_it_stops(daemon: Daemo
     bad = _write_spec(daemon, tmp_path, "temp2", disks=[{"path": "/nonexistent.qcow2"}])
     assert daemon.cli("create", str(bad), check=False).returncode == 1
     assert "temp2" not in daemon.cli("list", "--all", "--name").stdout
+
+
+def test_event_timeout_and_kind_filter_as_virsh(daemon: DaemonHandle) -> None:
+    """virsh event --loop --timeout N --event lifecycle: only lifecycle events, each
+    naming its own object, then 'event loop timed out' and exit 0."""
+    daemon.define("evx")
+    daemon.cli("vol-create-as", "default", "evx.qcow2", "16M")
+    result = daemon.cli("event", "--since", "0", "--loop", "--timeout", "3", "--event",
+                        "lifecycle", check=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "event 'defined' for domain 'evx': shutoff" in result.stdout
+    assert "volume" not in result.stdout and "None" not in result.stdout
+    assert "event loop timed out" in result.stderr
+    every = daemon.cli("event", "--since", "0", "--loop", "--timeout", "3", timeout=60)
+    assert "event 'volume-created' for volume 'default/evx.qcow2'" in every.stdout

@@ -56,20 +56,47 @@ def cmd_nodeinfo(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+#: virsh event's --event names -> the event types they stand for (any type virtkit
+#: publishes is accepted by its own name too)
+EVENT_GROUPS = {
+    "lifecycle": {"defined", "undefined", "started", "stopped", "shutdown", "paused",
+                  "resumed", "crashed", "restored", "saved", "migrated", "migrating-in",
+                  "rebooted", "restarted", "installed", "reverted", "shutdown-timeout"},
+    "reboot": {"rebooted", "reset"},
+    "agent-lifecycle": {"agent"},
+    "watchdog": {"watchdog"},
+    "device-removed": {"device-removed"},
+}
+
+
 def cmd_event(client: Client, args: argparse.Namespace) -> int:
-    """Print events as they happen (virsh event --loop); --since replays the journal."""
+    """Print events as they happen (virsh event [--loop] [--timeout N] [--event KIND]);
+    --since replays the journal."""
+    import time
+
     from virtkit.cli.wsclient import OP_CLOSE, WebSocket
 
+    wanted = EVENT_GROUPS.get(args.event, {args.event}) if args.event else None
     path = "/v1/events" + (f"?since={args.since}" if args.since is not None else "")
     ws: WebSocket = client.websocket(path)
+    deadline = time.monotonic() + args.timeout if args.timeout is not None else None
     seen = 0
     try:
         while True:
-            opcode, payload = ws.receive()
+            if deadline is not None:
+                ws.sock.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                opcode, payload = ws.receive()
+            except TimeoutError:
+                print("event loop timed out", file=sys.stderr)
+                return 0
             if opcode == OP_CLOSE:
                 return 0
             event = json.loads(payload)
-            if args.domain and event.get("domain") != args.domain:
+            domain = args.domain or args.domain_option
+            if domain and event.get("domain") != domain:
+                continue
+            if wanted is not None and event.get("type") not in wanted:
                 continue
             if args.json:
                 print(json.dumps(event), flush=True)
@@ -304,6 +331,15 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     event.add_argument("--loop", action="store_true", help="keep printing until interrupted")
     event.add_argument("--count", type=int, help="stop after this many events")
     event.add_argument("--since", type=int, help="replay the journal after this event id")
+    event.add_argument("--timeout", type=float, metavar="SECONDS",
+                       help="stop after this many seconds (virsh event --timeout)")
+    event.add_argument("--event", metavar="KIND",
+                       help="only this kind: lifecycle, reboot, agent-lifecycle, watchdog, "
+                       "device-removed, or any virtkit event type (started, volume-created...)")
+    event.add_argument("--all", action="store_true",
+                       help="every kind (the default; virsh's --all)")
+    event.add_argument("--domain", dest="domain_option", metavar="DOMAIN",
+                       help="only this domain (virsh's --domain)")
     event.add_argument("--json", action="store_true")
     event.set_defaults(func=cmd_event)
     audit = sub.add_parser("audit", help="show the audit log of changes made through the API")
