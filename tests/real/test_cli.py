@@ -229,3 +229,26 @@ def test_event_timeout_and_kind_filter_as_virsh(daemon: DaemonHandle) -> None:
     assert "event loop timed out" in result.stderr
     every = daemon.cli("event", "--since", "0", "--loop", "--timeout", "3", timeout=60)
     assert "event 'volume-created' for volume 'default/evx.qcow2'" in every.stdout
+
+
+def test_edit_xml_as_virsh_edit(daemon: DaemonHandle, tmp_path: Path) -> None:
+    """edit --xml: the libvirt XML in the editor; a broken XML is shown again with the
+    error in one XML comment, and fixing it defines the change."""
+    daemon.define("edx")
+    rounds = tmp_path / "rounds"
+    env = _editor(tmp_path, f"""
+p = pathlib.Path(sys.argv[1]); rounds = pathlib.Path({str(rounds)!r})
+text = p.read_text()
+if not rounds.exists():
+    rounds.write_text("1")
+    p.write_text(text.replace("</domain>", ""))
+else:
+    rounds.write_text(rounds.read_text() + "2")
+    assert text.startswith("<!-- virtkit"), text[:80]
+    p.write_text(text.rstrip() + "\\n</domain>\\n" if "</domain>" not in text else text)
+    p.write_text(p.read_text().replace("262144", "327680"))
+""")
+    result = daemon.cli("edit", "--xml", "edx", env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert rounds.read_text() == "12" and "XML edited" in result.stdout
+    assert daemon.info("edx")["memory_mib"] == 320

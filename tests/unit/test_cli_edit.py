@@ -38,3 +38,14 @@ def test_the_users_own_comments_stay() -> None:
     spec = "# my note\n" + SPEC
     assert strip_error(with_error(spec, "bad")) == spec
     assert strip_error(spec) == spec
+
+
+def test_the_xml_note_is_one_comment_without_double_dashes() -> None:
+    from xml.etree import ElementTree
+
+    from virtkit.cli.edit import XML_NOTES
+
+    xml = "<domain type='kvm'><name>a</name></domain>\n"
+    shown = with_error(xml, "line 1 -- column 2\nmismatched tag", XML_NOTES)
+    assert ElementTree.fromstring(shown).find("name").text == "a"  # type: ignore[union-attr]
+    assert strip_error(with_error(shown, "again", XML_NOTES), XML_NOTES) == xml

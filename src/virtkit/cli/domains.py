@@ -245,7 +245,7 @@ def cmd_console(client: Client, args: argparse.Namespace) -> int:
 def cmd_edit(client: Client, args: argparse.Namespace) -> int:
     from virtkit.cli.edit import edit
 
-    return edit(client, args.domain)
+    return edit(client, args.domain, xml=args.xml)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -314,4 +314,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--force", action="store_true", help="take over from another client")
     p.add_argument("--log", action="store_true", help="print the console log and exit")
     p.add_argument("--port", type=int, default=0, help="serial port number (default 0)")
-    add("edit", cmd_edit, "edit a domain's spec in $EDITOR")
+    p = add("edit", cmd_edit, "edit a domain's spec (or, with --xml, its libvirt XML) in "
+            "$EDITOR")
+    p.add_argument("--xml", action="store_true", default=None,
+                   help="edit the libvirt domain XML, as virsh edit does (also when "
+                   "$VIRTKIT_EDIT_FORMAT=xml)")

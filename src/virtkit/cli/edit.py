@@ -1,8 +1,12 @@
-"""``virtkit edit``: the spec in $EDITOR; a bad edit is shown again with its error.
+"""``virtkit edit``: the spec (YAML) or, with ``--xml``, the libvirt domain XML in
+$EDITOR; a bad edit is shown again with its error.
 
-The spec is fetched with its version and sent back with that version, so an
-edit based on a copy someone else changed meanwhile is refused, not applied.
-Nothing changes until the daemon accepts the edit.
+The YAML spec is fetched with its version and sent back with that version, so an
+edit based on a copy someone else changed meanwhile is refused, not applied.  The
+XML (``virsh edit``'s format, for scripts written against virsh; also when
+``$VIRTKIT_EDIT_FORMAT=xml``) is defined again as ``virsh edit`` does, after a check
+that the version did not move while the editor was open.  Nothing changes until the
+daemon accepts the edit.
 """
 
 from __future__ import annotations
@@ -12,8 +16,36 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 
 from virtkit.cli.client import ApiError, Client
+from virtkit.errors import Conflict
+
+#: the note a refused edit is shown again with; everything from its first line to its
+#: last is taken out again before the next try, whatever the error said
+ERROR_START = "# ---- virtkit: the daemon refused this edit ----"
+ERROR_END = "# ---- fix the spec below and save, or save it unchanged to abort ----"
+XML_START = "<!-- virtkit: the daemon refused this edit:"
+XML_END = "     fix the XML below and save, or save it unchanged to abort. -->"
+
+
+@dataclass(frozen=True)
+class NoteStyle:
+    """How a format comments the error note: its first and last lines, and a prefix for
+    the lines between (XML: inside one comment, where '--' may not appear)."""
+
+    start: str
+    end: str
+    prefix: str
+
+    def line(self, text: str) -> str:
+        if self.prefix.startswith("#"):
+            return f"{self.prefix}{text}".rstrip()
+        return f"{self.prefix}{text.replace('--', '- -')}".rstrip()
+
+
+YAML_NOTES = NoteStyle(ERROR_START, ERROR_END, "# ")
+XML_NOTES = NoteStyle(XML_START, XML_END, "  ")
 
 
 def _editor() -> list[str]:
@@ -21,39 +53,42 @@ def _editor() -> list[str]:
     return shlex.split(editor)
 
 
-#: the note a refused edit is shown again with; everything from its first line to its
-#: last is taken out again before the next try, whatever the error said
-ERROR_START = "# ---- virtkit: the daemon refused this edit ----"
-ERROR_END = "# ---- fix the spec below and save, or save it unchanged to abort ----"
-
-
-def strip_error(text: str) -> str:
+def strip_error(text: str, style: NoteStyle = YAML_NOTES) -> str:
     """``text`` without the error note :func:`with_error` put on top of it."""
     lines = text.splitlines()
-    if ERROR_START in lines and ERROR_END in lines:
-        start, end = lines.index(ERROR_START), lines.index(ERROR_END)
+    if style.start in lines and style.end in lines:
+        start, end = lines.index(style.start), lines.index(style.end)
         if start < end:
             del lines[start:end + 1]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def with_error(text: str, message: str) -> str:
+def with_error(text: str, message: str, style: NoteStyle = YAML_NOTES) -> str:
     """``text`` with ``message`` on top, every line of it commented (a YAML parser's
     message spans several lines), replacing the note of an earlier round."""
-    note = [ERROR_START, *(f"# {line}".rstrip() for line in message.splitlines()),
-            "# (line numbers count from the first line after this note)", ERROR_END]
-    return "\n".join(note) + "\n" + strip_error(text)
+    note = [style.start, *(style.line(line) for line in message.splitlines()),
+            style.line("(line numbers count from the first line after this note)"),
+            style.end]
+    return "\n".join(note) + "\n" + strip_error(text, style)
 
 
-def edit(client: Client, domain: str) -> int:
-    """Edit until the daemon accepts the spec, or the user saves it unchanged (abort)."""
+def edit(client: Client, domain: str, *, xml: bool | None = None) -> int:
+    """Edit until the daemon accepts the spec (or XML), or the user saves it unchanged
+    (abort)."""
+    if xml is None:
+        xml = os.environ.get("VIRTKIT_EDIT_FORMAT", "").lower() == "xml"
     # with its secrets: saving the edit must not drop the VNC password (virsh edit too)
     current = client.get(client.domain_path(domain, "/spec?security_info=1"))
     name = current["name"]
-    text = current["yaml"]
+    style = XML_NOTES if xml else YAML_NOTES
+    if xml:
+        data = client.get(client.domain_path(domain, "/xml?security_info=1"))
+        text = data.decode() if isinstance(data, bytes) else str(data)
+    else:
+        text = current["yaml"]
     first_round = True
     with tempfile.TemporaryDirectory(prefix="virtkit-edit-") as folder:
-        path = os.path.join(folder, f"{name.replace('/', '_')}.yaml")
+        path = os.path.join(folder, f"{name.replace('/', '_')}.{'xml' if xml else 'yaml'}")
         while True:
             with open(path, "w") as handle:
                 handle.write(text)
@@ -64,20 +99,34 @@ def edit(client: Client, domain: str) -> int:
                 edited = handle.read()
             if edited == text:
                 if first_round:
-                    print(f"Domain '{name}' spec not changed.")
+                    print(f"Domain '{name}' {'XML' if xml else 'spec'} not changed.")
                     return 0
                 print("error: edit abandoned; nothing was changed", file=sys.stderr)
                 return 1
             first_round = False
-            body = strip_error(edited)
+            body = strip_error(edited, style)
             try:
-                result = client.request("PUT", client.domain_path(domain),
-                                        {"yaml": body, "version": current["version"]})
+                version = _submit(client, domain, body, current["version"], xml=xml)
             except ApiError as exc:
                 if exc.code == "stale-version":
                     raise
                 print(f"error: {exc}", file=sys.stderr)
-                text = with_error(edited, str(exc))
+                text = with_error(edited, str(exc), style)
                 continue
-            print(f"Domain '{name}' spec edited (version {result['version']}).")
+            print(f"Domain '{name}' {'XML' if xml else 'spec'} edited (version {version}).")
             return 0
+
+
+def _submit(client: Client, domain: str, body: str, version: int, *, xml: bool) -> int:
+    """Send the edited text; the new version."""
+    if not xml:
+        result = client.request("PUT", client.domain_path(domain),
+                                {"yaml": body, "version": version})
+        return int(result["version"])
+    now = client.get(client.domain_path(domain))["version"]
+    if now != version:
+        raise Conflict(f"domain '{domain}' changed while it was being edited (version "
+                       f"{version} -> {now}); nothing was changed",
+                       fix=f"run 'virtkit edit --xml {domain}' again")
+    result = client.request("POST", "/v1/domains", {"xml": body})
+    return int(result.get("version", version + 1))
