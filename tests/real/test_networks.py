@@ -82,8 +82,9 @@ def test_nat_masquerade_port_forward_and_reservation(netns_daemon: DaemonHandle)
     d.cli("net-define-as", "natnet", "--mode", "nat", "--subnet", "10.67.0.0/24")
     d.cli("net-start", "natnet")
     mac = "52:54:00:42:42:42"
-    d.cli("net-update", "natnet", "add", "dhcp-host", "--mac", mac, "--ip", "10.67.0.50",
-          "--hostname", "web")
+    # virsh's form of the reservation
+    d.cli("net-update", "natnet", "add", "ip-dhcp-host",
+          f"<host mac='{mac}' name='web' ip='10.67.0.50'/>", "--live", "--config")
     ip = _boot_with_dhcp(d, "web", "natnet", nics=[{"network": "natnet", "mac": mac}])
     assert ip == "10.67.0.50"  # the reservation
     assert _ping(d, "web", OUTSIDE_HOST) == 0

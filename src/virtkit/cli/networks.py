@@ -106,16 +106,62 @@ def cmd_net_dhcp_leases(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_net_update(client: Client, args: argparse.Namespace) -> int:
+#: virsh net-update's section names -> virtkit's
+SECTIONS = {"ip-dhcp-host": "dhcp-host", "dhcp-host": "dhcp-host", "dns-host": "dns-host"}
+
+
+def entry_from_xml(section: str, text: str) -> dict[str, Any]:
+    """virsh net-update's XML argument (the XML, or a file holding it) as an entry:
+    ``<host mac='..' name='..' ip='..'/>`` (ip-dhcp-host) or ``<host ip='..'>
+    <hostname>a</hostname></host>`` (dns-host)."""
+    import os
+    from xml.etree import ElementTree
+
+    if not text.lstrip().startswith("<") and os.path.isfile(text):
+        with open(text) as handle:
+            text = handle.read()
+    try:
+        host = ElementTree.fromstring(text)
+    except ElementTree.ParseError as exc:
+        raise InvalidSpec(f"net-update: the XML is not well-formed: {exc}", field="xml",
+                          fix="give one element, e.g. \"<host mac='52:54:00:00:00:01' "
+                              "ip='192.168.122.50'/>\"") from None
+    if host.tag != "host":
+        raise InvalidSpec(f"net-update {section}: expected a <host> element, got "
+                          f"<{host.tag}>", field="xml")
     entry: dict[str, Any]
-    if args.section == "dhcp-host":
+    if SECTIONS[section] == "dhcp-host":
+        entry = {key: host.get(key) for key in ("mac", "ip", "name") if host.get(key)}
+    else:
+        entry = {"ip": host.get("ip"),
+                 "hostnames": [h.text.strip() for h in host.findall("hostname") if h.text]}
+    if not entry.get("ip") and not entry.get("mac"):
+        raise InvalidSpec(f"net-update {section}: the <host> has neither ip nor mac",
+                          field="xml")
+    return entry
+
+
+def cmd_net_update(client: Client, args: argparse.Namespace) -> int:
+    """virtkit's options (--mac/--ip/--hostname) or virsh's form: COMMAND SECTION XML."""
+    section = SECTIONS[args.section]
+    entry: dict[str, Any]
+    if args.xml is not None:
+        entry = entry_from_xml(args.section, args.xml)
+    elif args.ip is None:
+        raise InvalidSpec("net-update: give the entry as XML (virsh's form) or with --ip",
+                          field="ip", fix="e.g. virtkit net-update default add ip-dhcp-host "
+                                          "\"<host mac='52:54:00:00:00:01' ip='192.168.122.50'/>\"")
+    elif section == "dhcp-host":
         entry = {"mac": args.mac, "ip": args.ip}
         if args.hostname:
             entry["name"] = args.hostname
     else:
         entry = {"ip": args.ip, "hostnames": args.hostname.split(",") if args.hostname else []}
-    client.post(_net(args.network, "/update"),
-                {"action": args.action, "section": args.section, "entry": entry})
+    steps = ["delete", "add"] if args.action == "modify" else \
+        ["add" if args.action.startswith("add") else "delete"]
+    for action in steps:
+        client.post(_net(args.network, "/update"),
+                    {"action": action, "section": section, "entry": entry})
     print(f"Updated network {args.network} live and in its definition")
     return 0
 
@@ -210,11 +256,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add("net-dhcp-leases", cmd_net_dhcp_leases, "show DHCP leases", "network", json_flag=True)
     p = add("net-update", cmd_net_update, "add or delete a DHCP reservation or DNS host, live",
             "network")
-    p.add_argument("action", choices=["add", "delete"])
-    p.add_argument("section", choices=["dhcp-host", "dns-host"])
+    p.add_argument("action", choices=["add", "add-first", "add-last", "delete", "modify"],
+                   help="virsh's commands; add-first/add-last add, modify replaces the "
+                   "entry with the same mac (dhcp-host) or ip (dns-host)")
+    p.add_argument("section", choices=sorted(SECTIONS))
+    p.add_argument("xml", nargs="?", help="the entry as virsh takes it: XML text or a file "
+                   "holding it, e.g. \"<host mac='52:54:00:00:00:01' ip='192.168.122.50'/>\"")
     p.add_argument("--mac")
-    p.add_argument("--ip", required=True)
+    p.add_argument("--ip")
     p.add_argument("--hostname", help="name (dhcp-host) or comma-separated names (dns-host)")
+    for flag in ("--live", "--config", "--current"):
+        p.add_argument(flag, action="store_true",
+                       help="accepted for virsh; the change is always made live (when the "
+                       "network runs) and in its definition")
+    p.add_argument("--parent-index", type=int, help="accepted for virsh (one IP range)")
     p = add("net-port-forward", cmd_net_port_forward,
             "add, remove or list port forwards (host port -> guest ip:port)", "network")
     p.add_argument("action", choices=["add", "remove", "list"])
