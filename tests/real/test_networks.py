@@ -67,6 +67,7 @@ def test_isolated_network_dhcp_leases_and_guest_to_guest(netns_daemon: DaemonHan
     assert {lease["ip"] for lease in leases} >= {ip1, ip2}
     addr = json.loads(d.cli("domifaddr", "vm1", "--json").stdout)
     assert addr[0]["addresses"] == [ip1] and addr[0]["tap"].startswith("vktap")
+    assert f"{ip1}/24" in d.cli("domifaddr", "vm1").stdout  # the prefix, as virsh shows
     assert _ping(d, "vm1", ip2) == 0
     # the isolated network forwards nothing: the outside host is unreachable
     assert _ping(d, "vm1", OUTSIDE_HOST) != 0

@@ -210,7 +210,8 @@ def cmd_domifaddr(client: Client, args: argparse.Namespace) -> int:
         render.as_json(nics)
         return 0
     render.table(["Name", "MAC address", "Protocol", "Address"],
-                 [[n["tap"] or "-", n["mac"], "ipv4", address]
+                 [[n["tap"] or "-", n["mac"], "ipv4",
+                   f"{address}/{n['prefix']}" if n.get("prefix") else address]
                   for n in nics for address in n["addresses"]])
     return 0
 

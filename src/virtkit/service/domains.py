@@ -325,15 +325,19 @@ class DomainService:
         links = vm.links if vm.running else {}
         result = []
         for index, (number, nic) in enumerate(nics):
-            addresses = []
+            addresses: list[str] = []
+            prefix = None
             if nic.type == "network" and nic.network and self.networks is not None:
                 addresses = [lease["ip"] for lease in self.networks.leases(nic.network)
                              if lease["mac"].lower() == (nic.mac or "").lower()]
+                with contextlib.suppress(NotFound):
+                    subnet = self.networks.spec_of(nic.network).subnet
+                    prefix = int(subnet.partition("/")[2]) if subnet else None
             result.append({
                 "index": index, "type": nic.type, "model": nic.model, "mac": nic.mac,
                 "source": nic.network or nic.bridge or "user",
                 "tap": taps.get(number), "link": links.get(number, nic.link),
-                "addresses": addresses,
+                "addresses": addresses, "prefix": prefix,
             })
         return result
 
