@@ -97,6 +97,8 @@ def test_vcpuinfo_names_real_threads_of_qemu(daemon: DaemonHandle) -> None:
         assert item["affinity"] == "0-1"
     text = daemon.cli("vcpuinfo", "vc").stdout
     assert f"Thread:         {info['vcpus'][1]['thread_id']}" in text
+    host_cpus = daemon.client.get("/v1/host")["cpus"]
+    assert f"CPU Affinity:   {'yy' + '-' * (host_cpus - 2)}\n" in text + "\n"  # virsh's map
     dominfo = daemon.info("vc")
     assert dominfo["pid"] == pid and dominfo["cpu_time"] >= 0
     assert "CPU time:" in daemon.cli("dominfo", "vc").stdout

@@ -221,3 +221,11 @@ def test_virsh_named_domain_argument_becomes_the_positional() -> None:
 def test_every_event_kind_names_its_own_object(event: dict[str, str], line: str) -> None:
     assert render.describe_event(event) == line
     assert "None" not in render.describe_event(event)
+
+
+def test_vcpuinfo_affinity_is_virshs_map() -> None:
+    from virtkit.cli.stats import affinity_map
+
+    assert affinity_map("0-1", 4) == "yy--"
+    assert affinity_map("1,3", 4) == "-y-y"
+    assert affinity_map("0-3", 2) == "yy"

@@ -74,11 +74,23 @@ def cmd_domstats(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def affinity_map(cpulist: str, host_cpus: int) -> str:
+    """virsh vcpuinfo's affinity: one character per host CPU, ``y`` where the vCPU may
+    run, ``-`` where not (``0-1`` on a 4-CPU host: ``yy--``)."""
+    allowed: set[int] = set()
+    for part in cpulist.split(","):
+        first, _, last = part.strip().partition("-")
+        if first.isdigit():
+            allowed.update(range(int(first), int(last or first) + 1))
+    return "".join("y" if cpu in allowed else "-" for cpu in range(host_cpus))
+
+
 def cmd_vcpuinfo(client: Client, args: argparse.Namespace) -> int:
     info = client.get(client.domain_path(args.domain, "/vcpus"))
     if args.json:
         render.as_json(info)
         return 0
+    host_cpus = int(client.get("/v1/host")["cpus"])
     blocks = []
     for item in info["vcpus"]:
         blocks.append("\n".join([
@@ -86,7 +98,7 @@ def cmd_vcpuinfo(client: Client, args: argparse.Namespace) -> int:
             f"{'CPU:':<16}{item['host_cpu']}",
             f"{'State:':<16}{'running' if item['state'] in ('R', 'S', 'D') else item['state']}",
             f"{'CPU time:':<16}{item['time']:.1f}s",
-            f"{'CPU Affinity:':<16}{item['affinity']}"]))
+            f"{'CPU Affinity:':<16}{affinity_map(item['affinity'], host_cpus)}"]))
     sys.stdout.write("\n\n".join(blocks) + "\n")
     return 0
 
