@@ -318,6 +318,7 @@ def test_the_documented_tls_setup_order_works(tmp_path: Path) -> None:
     may try: 'tls setup' first (which starts a plain daemon), then the listener, which
     refuses naming the PID to stop; doing what it says works."""
     root = tmp_path / "root"
+    root.mkdir()
     port = free_port()
     daemon = start_daemon(root, extra=("--listen-tls", f"127.0.0.1:{port}",
                                        "--tls-hostname", "kvm1.example"))
