@@ -21,6 +21,7 @@ from virtkit import __version__
 from virtkit.api import (
     auth,
     clone_routes,
+    cluster_routes,
     device_routes,
     guest_routes,
     install_routes,
@@ -62,6 +63,7 @@ from virtkit.api.requests import (
 from virtkit.api.websession import SessionStore
 from virtkit.errors import Conflict, Forbidden, InvalidSpec, VirtkitError
 from virtkit.service.clones import CloneService
+from virtkit.service.cluster import ClusterService
 from virtkit.service.devices import DeviceService
 from virtkit.service.domains import DomainService
 from virtkit.service.guest import GuestService
@@ -107,6 +109,7 @@ class Services:
     provision: ProvisionService | None = None
     recovery: RecoveryService | None = None
     virsh: VirshService | None = None
+    cluster: ClusterService | None = None
     consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
 
 
@@ -520,4 +523,7 @@ def create_app(services: Services, audit: AuditLog | None = None,
     if services.virsh is not None:
         app[virsh_routes.VIRSH] = services.virsh
         app.add_routes(virsh_routes.routes)
+    if services.cluster is not None:
+        app[cluster_routes.CLUSTER] = services.cluster
+        app.add_routes(cluster_routes.routes)
     return app

@@ -139,5 +139,9 @@ class Peer:
         finally:
             await session.close()
 
+    async def cluster_admit(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Ask this member daemon to admit the calling host into its cluster."""
+        return await self._call("POST", "/v1/cluster/admit", body)
+
     async def abort(self, migration: str) -> dict[str, Any]:
         return await self._call("DELETE", f"/v1/migrations/{migration}")
