@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 MAX_VOTERS = 3
 #: how long a new member may take to answer
 MEMBER_START_TIMEOUT = 30.0
+#: how long an admission waits for etcd to accept one more voter
+MEMBER_ADD_PATIENCE = 20.0
+TRANSIENT_REFUSALS = ("unhealthy cluster", "not enough started members")
 #: how often the member process is checked (and restarted when it died)
 SUPERVISE_INTERVAL = 2.0
 _HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -314,22 +317,21 @@ class ClusterService:
             role = "voter" if len(voters) < MAX_VOTERS else "client"
             peer_port = config.get("peer_port", PEER_PORT)
             peer_url = f"https://{address}:{peer_port}"
+            # the record first: once a voter is added, the cluster cannot commit
+            # anything until that member has started (two voters, one running)
+            record = encode({"name": name, "address": address, "role": role,
+                             "etcd_id": None, "joined": time.time()})
+            if not await self.etcd.create(MEMBERS + name, record):
+                raise Conflict(f"a host named {name!r} joined meanwhile")
             member_id = None
             if role == "voter":
                 try:
-                    member_id = await self.etcd.member_add([peer_url])
+                    member_id = await self._member_add(peer_url)
                 except EtcdError as exc:
+                    await self.etcd.delete(MEMBERS + name)
                     raise StateError(f"etcd refused the new member: {exc.message}",
                                      fix="wait until every member has started, then "
                                          "join again") from exc
-            record = encode({"name": name, "address": address, "role": role,
-                             "etcd_id": member_id, "joined": time.time()})
-            done = await self.etcd.txn([Compare.version(MEMBERS + name, "=", 0)],
-                                       [Op.put(MEMBERS + name, record)])
-            if not done.succeeded:
-                if member_id is not None:
-                    await self.etcd.member_remove(member_id)
-                raise Conflict(f"a host named {name!r} joined meanwhile")
             initial = ",".join(
                 [f"{m['name']}={m['peerURLs'][0]}" for m in members if m["name"]]
                 + [f"{name}={peer_url}"]) if role == "voter" else None
@@ -341,6 +343,20 @@ class ClusterService:
                     "etcd_id": member_id, "client_port": config.get("client_port", CLIENT_PORT),
                     "peer_port": peer_port}
 
+    async def _member_add(self, peer_url: str) -> int:
+        """Add a voter; etcd refuses while a member joined less than 5 s ago or has not
+        started ("unhealthy cluster", "not enough started members"): retried a while."""
+        assert self.etcd is not None
+        deadline = time.monotonic() + MEMBER_ADD_PATIENCE
+        while True:
+            try:
+                return await self.etcd.member_add([peer_url])
+            except EtcdError as exc:
+                transient = any(text in exc.message for text in TRANSIENT_REFUSALS)
+                if not transient or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.5)
+
     # -- join (on the new host) ----------------------------------------------------------
 
     async def join(self, *, via: dict[str, Any], name: str | None,
@@ -351,7 +367,7 @@ class ClusterService:
                                fix="virtkit cluster leave first")
             host = check_host_name(name or default_host_name())
             csr = await asyncio.to_thread(self.pki.make_csr, host)
-            peer = Peer(via)
+            peer = Peer(via, what="member")
             try:
                 answer = await peer.cluster_admit({"name": host, "address": address,
                                                    "csr": csr})
