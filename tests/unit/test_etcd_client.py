@@ -251,3 +251,86 @@ async def test_tls_with_client_certificates(tmp_path: Path) -> None:
         async with Etcd([server.client_url], tls=Tls(pki.ca), deadline=1) as anonymous:
             with pytest.raises(EtcdUnavailable):
                 await anonymous.get("/secure")
+
+
+# -- the host agent (cluster/hosts.py) on a real etcd --------------------------------------
+
+async def test_host_agent_registers_renews_and_refuses_a_second_live_host(
+        etcd: Etcd, tmp_path: Path) -> None:
+    from virtkit.cluster.hosts import HOSTS, HostAgent, host_table
+    from virtkit.errors import Conflict
+
+    report = {"state": "up", "capacity": {"cpus": 2, "memory_mib": 1024},
+              "vms": {"defined": 1, "running": 0}}
+    agent = HostAgent(etcd, "h1", lambda: report, tmp_path / "lease", ttl=2, refresh=0)
+    await agent.register()
+    record = await etcd.get(HOSTS + "h1")
+    assert record is not None and record.lease == agent.lease
+    assert record.json()["vms"] == {"defined": 1, "running": 0}
+    # the same name on another lease (another daemon) is refused
+    other = HostAgent(etcd, "h1", lambda: report, tmp_path / "other-lease", ttl=2)
+    with pytest.raises(Conflict, match="already in the cluster"):
+        await other.register()
+    # a restarted daemon (same lease file) takes its record back
+    again = HostAgent(etcd, "h1", lambda: report, tmp_path / "lease", ttl=2, refresh=0)
+    await again.register()
+    assert again.lease == agent.lease
+    report["vms"] = {"defined": 1, "running": 1}
+    await again.beat()  # renews and rewrites (CAS on mod_revision)
+    assert (await etcd.get(HOSTS + "h1")).json()["vms"]["running"] == 1  # type: ignore[union-attr]
+    # renewals stop: the record goes with the lease; the table shows the member down
+    await etcd.put("/virtkit/members/h1", '{"name": "h1", "role": "voter"}')
+    deadline = time.monotonic() + 10
+    while await etcd.get(HOSTS + "h1") is not None:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    rows = await host_table(etcd, {"h1": 123.0})
+    assert [(r["name"], r["state"], r["down_since"]) for r in rows] == [("h1", "down", 123.0)]
+    # the next beat notices the expired lease and registers on a new one
+    await again.beat()
+    assert again.lease != agent.lease
+    assert (await host_table(etcd))[0]["state"] == "up"
+    await again.stop(revoke=True)
+    assert await etcd.get(HOSTS + "h1") is None
+
+
+async def test_a_cas_whose_answer_was_lost_recognises_its_own_write(
+        etcd: Etcd, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first attempt is applied but its answer lost (OutcomeUnknown): the retry
+    fails its compare, sees our value on the key, and reports success; a foreign value
+    is still a failure."""
+    from virtkit.cluster import etcd as module
+
+    real = module.Etcd.txn
+    calls = {"n": 0}
+
+    async def lose_first_answer(self: Etcd, *args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        result = await real(self, *args, **kwargs)  # type: ignore[arg-type]
+        if calls["n"] == 1:
+            raise module.OutcomeUnknown("answer lost")
+        return result
+
+    monkeypatch.setattr(module.Etcd, "txn", lose_first_answer)
+    assert await etcd.create("/ambiguous", "mine")
+    assert calls["n"] == 2
+    calls["n"] = 0
+    await etcd.put("/taken", "theirs")
+    assert not await etcd.create("/taken", "mine")  # no loss: a plain failure
+
+
+def test_member_argv_requires_client_certificates_on_both_ports(tmp_path: Path) -> None:
+    from virtkit.cluster.member import MemberConfig, etcd_argv
+
+    argv = etcd_argv(MemberConfig(
+        name="a", address="192.0.2.1", data_dir=tmp_path / "d",
+        initial_cluster="a=https://192.0.2.1:2380", state="new", ca=tmp_path / "ca.pem",
+        cert=tmp_path / "c.pem", key=tmp_path / "k.pem"))
+    assert argv[0] == "etcd"
+    assert "--client-cert-auth" in argv and "--peer-client-cert-auth" in argv
+    pairs = dict(zip(argv[1::2], argv[2::2], strict=False))
+    assert pairs["--listen-client-urls"] == "https://192.0.2.1:2379"
+    assert pairs["--initial-advertise-peer-urls"] == "https://192.0.2.1:2380"
+    v6 = MemberConfig(name="b", address="2001:db8::1", data_dir=tmp_path, initial_cluster="",
+                      state="existing", ca=tmp_path, cert=tmp_path, key=tmp_path)
+    assert v6.client_url == "https://[2001:db8::1]:2379"
