@@ -130,6 +130,30 @@ def test_init_join_join_then_list_and_status(hosts: dict[str, DaemonHandle]) -> 
     assert clash.value.http_status == 409 and "already a member" in str(clash.value)
 
 
+def test_list_all_shows_every_hosts_vms_and_dominfo_names_the_host(
+        hosts: dict[str, DaemonHandle]) -> None:
+    a, b = hosts["a"], hosts["b"]
+    for handle, name in ((a, "vm-on-a"), (b, "vm-on-b")):
+        handle.client.post("/v1/domains", {"spec": {"name": name, "memory": 64,
+                                                    "vcpus": 1}})
+    listing = wait_for(lambda: "vm-on-b" in (out := a.cli("list", "--all").stdout) and out,
+                       10, "b's VM in a's list --all")
+    lines = {line.split()[1]: line.split() for line in listing.splitlines()[2:] if line}
+    assert lines["vm-on-a"][-1] == "a"
+    assert lines["vm-on-b"][-1] == "b" and "Host" in listing.splitlines()[0]
+    rows = {r["name"]: r for r in a.client.get("/v1/domains?all=1&cluster=1")}
+    assert (rows["vm-on-b"]["host"], rows["vm-on-b"]["state"]) == ("b", "shutoff")
+    # without ?cluster the list is this host's alone, as before
+    assert [r["name"] for r in a.client.get("/v1/domains?all=1")] == ["vm-on-a"]
+    assert "Host" not in a.cli("list").stdout.splitlines()[0]
+    info = b.cli("dominfo", "vm-on-b").stdout
+    assert any(line.split() == ["Host:", "b"] for line in info.splitlines()), info
+    for handle, name in ((a, "vm-on-a"), (b, "vm-on-b")):
+        handle.client.request("DELETE", handle.client.domain_path(name))
+    wait_for(lambda: "vm-on-b" not in a.cli("list", "--all").stdout, 10,
+             "b's VM gone from a's list")
+
+
 def test_a_killed_daemon_is_seen_down_when_its_lease_expires(
         hosts: dict[str, DaemonHandle]) -> None:
     a, b = hosts["a"], hosts["b"]

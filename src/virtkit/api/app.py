@@ -54,8 +54,8 @@ from virtkit.api.openapi import openapi_document
 from virtkit.api.requests import (
     AutostartBody,
     DefineBody,
+    DomainListQuery,
     EmptyBody,
-    ListQuery,
     XmlQuery,
     body_of,
     query_of,
@@ -200,8 +200,12 @@ async def get_repairs(request: web.Request) -> web.Response:
 
 @routes.get("/v1/domains")
 async def list_domains(request: web.Request) -> web.Response:
-    inactive = query_of(request, ListQuery).all
-    return json_response(_services(request).domains.list_domains(include_inactive=inactive))
+    query = query_of(request, DomainListQuery)
+    rows = _services(request).domains.list_domains(include_inactive=query.all)
+    cluster = _services(request).cluster
+    if query.cluster and cluster is not None:
+        rows = await cluster.with_other_hosts(rows, include_inactive=query.all)
+    return json_response(rows)
 
 
 @routes.post("/v1/domains")
@@ -241,8 +245,12 @@ async def restore_domain(request: web.Request) -> web.Response:
 async def get_domain(request: web.Request) -> web.Response:
     secrets = security_info(request)
     # a worker thread: the disks' pools are found by resolving their paths (a hung mount)
-    return json_response(await asyncio.to_thread(_services(request).domains.info,
-                                                 request.match_info["ref"], secrets=secrets))
+    info = await asyncio.to_thread(_services(request).domains.info,
+                                   request.match_info["ref"], secrets=secrets)
+    cluster = _services(request).cluster
+    if cluster is not None and cluster.host_name is not None:
+        info["host"] = cluster.host_name  # in a cluster, dominfo names the host
+    return json_response(info)
 
 
 @routes.put("/v1/domains/{ref}")

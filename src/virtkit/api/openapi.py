@@ -450,7 +450,7 @@ def _request_models() -> tuple[dict[tuple[str, str], Any], dict[tuple[str, str],
         ("post", "/v1/cluster/admit"): cluster_routes.AdmitBody,
     }
     queries: dict[tuple[str, str], Any] = {
-        ("get", "/v1/audit"): d.AuditQuery, ("get", "/v1/domains"): r.ListQuery,
+        ("get", "/v1/audit"): d.AuditQuery, ("get", "/v1/domains"): r.DomainListQuery,
         ("get", "/v1/pools"): r.ListQuery, ("get", "/v1/networks"): r.ListQuery,
         ("get", dom): r.XmlQuery, ("get", dom + "/spec"): r.XmlQuery,
         ("get", dom + "/xml"): r.XmlQuery, ("delete", dom): d.UndefineQuery,

@@ -35,6 +35,8 @@ PREFIX = "/virtkit/"
 CLUSTER_KEY = PREFIX + "cluster"
 MEMBERS = PREFIX + "members/"
 HOSTS = PREFIX + "hosts/"
+#: ``/virtkit/vms/<host>``: the host's VMs (name, uuid, state) on its lease
+VMS = PREFIX + "vms/"
 #: the host lease: a host that has not renewed it for this long is gone
 LEASE_TTL = 5
 #: keepalive period (a fifth of the TTL: four missed renewals before expiry)
@@ -57,7 +59,8 @@ class HostAgent:
 
     def __init__(self, etcd: Etcd, name: str, report: Callable[[], dict[str, Any]],
                  lease_file: Path, *, ttl: int = LEASE_TTL, keepalive: float = KEEPALIVE,
-                 refresh: float = REFRESH) -> None:
+                 refresh: float = REFRESH,
+                 domains: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         self.etcd = etcd
         self.name = name
         self.key = HOSTS + name
@@ -70,6 +73,8 @@ class HostAgent:
         self.renewed = 0.0  # monotonic time of the last successful renewal
         self._revision = 0  # mod_revision of our record as we last wrote it
         self._written = 0.0
+        self.domains = domains
+        self._published: bytes | None = None  # the VM summary as last written
         self._task: asyncio.Task[None] | None = None
 
     def _record(self) -> bytes:
@@ -96,8 +101,10 @@ class HostAgent:
         done = await self.etcd.txn(
             [Compare.version(self.key, "=", 0)], [Op.put(self.key, record, self.lease)],
             [Op.get(self.key)])
+        self._published = None
         if done.succeeded:
             self._revision, self._written = done.revision, time.monotonic()
+            await self._publish()
             return
         current = done.ranges[0][0] if done.ranges and done.ranges[0] else None
         if current is not None and current.lease == self.lease:  # ours, from before
@@ -115,6 +122,7 @@ class HostAgent:
                                    [Op.put(self.key, record, self.lease)], [Op.get(self.key)])
         if done.succeeded:
             self._revision, self._written = done.revision, time.monotonic()
+            await self._publish()
             return
         now = done.ranges[0][0] if done.ranges and done.ranges[0] else None
         if now is None:  # gone (expired while we were cut off): make it again
@@ -124,6 +132,18 @@ class HostAgent:
             await self._rewrite(now)
         else:
             raise Conflict(f"host record {self.name!r} is held by another lease")
+
+    async def _publish(self) -> None:
+        """Write the VM summary when it changed, while our record is on our lease."""
+        if self.domains is None:
+            return
+        summary = encode({"host": self.name, "domains": self.domains()})
+        if summary == self._published:
+            return
+        done = await self.etcd.txn([Compare.lease(self.key, "=", self.lease)],
+                                   [Op.put(VMS + self.name, summary, self.lease)])
+        if done.succeeded:
+            self._published = summary
 
     async def beat(self) -> None:
         """One renewal; the record is rewritten every ``refresh`` seconds."""
@@ -136,6 +156,8 @@ class HostAgent:
         self.renewed = time.monotonic()
         if time.monotonic() - self._written >= self.refresh:
             await self._rewrite()
+        else:
+            await self._publish()
 
     async def _run(self) -> None:
         while True:
@@ -161,7 +183,7 @@ class HostAgent:
             self._task = None
         if revoke and self.lease:
             await self.etcd.txn([Compare.lease(self.key, "=", self.lease)],
-                                [Op.delete(self.key)])
+                                [Op.delete(self.key), Op.delete(VMS + self.name)])
             await self.etcd.lease_revoke(self.lease)
             self.lease_file.unlink(missing_ok=True)
 
@@ -185,3 +207,12 @@ async def host_table(etcd: Etcd, lost: dict[str, float] | None = None) -> list[d
                        version=record.get("version"))
         rows.append(row)
     return rows
+
+
+async def cluster_domains(etcd: Etcd) -> dict[str, list[dict[str, Any]]]:
+    """host -> the VM summary it published (hosts that are down have none)."""
+    found = {}
+    for kv in await etcd.range(VMS):
+        value = kv.json()
+        found[kv.key.removeprefix(VMS)] = list(value.get("domains") or [])
+    return found

@@ -34,6 +34,7 @@ from virtkit.cluster.hosts import (
     HOSTS,
     MEMBERS,
     HostAgent,
+    cluster_domains,
     encode,
     host_table,
 )
@@ -136,6 +137,43 @@ class ClusterService:
                         "running": sum(1 for r in runtime.values()
                                        if r.state in RUNNING_STATES)}}
 
+    def _domains(self) -> list[dict[str, Any]]:
+        """This host's VMs as every host's ``list --all`` shows them."""
+        runtime = self.store.all_runtime()
+        return [{"name": row.name, "uuid": row.uuid,
+                 "state": runtime[row.uuid].state if row.uuid in runtime else "shutoff"}
+                for row in self.store.list_domains()]
+
+    def _agent(self, config: dict[str, Any]) -> HostAgent:
+        assert self.etcd is not None
+        return HostAgent(self.etcd, config["host"], self._report, self.folder / "lease",
+                         domains=self._domains)
+
+    @property
+    def host_name(self) -> str | None:
+        """This host's name in its cluster (None outside one)."""
+        return self.agent.name if self.agent is not None else None
+
+    async def with_other_hosts(self, rows: list[dict[str, Any]], *,
+                               include_inactive: bool = True) -> list[dict[str, Any]]:
+        """``list --all`` for the whole cluster: this host's ``rows`` (fresh from the
+        store) with ``host`` added, then every other host's published VMs.  Outside a
+        cluster, ``rows`` unchanged; when etcd cannot be read, this host's alone."""
+        host = self.host_name
+        if host is None or self.etcd is None:
+            return rows
+        local = [{**row, "host": host} for row in rows]
+        try:
+            published = await cluster_domains(self.etcd)
+        except EtcdUnavailable as exc:
+            log.warning("cluster: list of other hosts' VMs unavailable: %s", exc)
+            return local
+        others = [{"name": vm["name"], "uuid": vm["uuid"], "state": vm["state"], "pid": None,
+                   "host": name}
+                  for name, vms in sorted(published.items()) if name != host for vm in vms
+                  if include_inactive or vm["state"] in RUNNING_STATES]
+        return local + others
+
     # -- daemon life ---------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -146,8 +184,7 @@ class ClusterService:
         if config.get("role") == "voter" and not config.get("external"):
             await asyncio.to_thread(self.member.start, self._member_config(config, "existing"))
         self.etcd = Etcd(config["endpoints"], tls=self._tls(config))
-        self.agent = HostAgent(self.etcd, config["host"], self._report,
-                               self.folder / "lease")
+        self.agent = self._agent(config)
         try:
             await self.agent.register()
         except (EtcdUnavailable, EtcdError) as exc:
@@ -273,8 +310,7 @@ class ClusterService:
                 raise Conflict(f"host {config['host']!r}: " + (
                     "the name is taken in this cluster" if creating
                     else "the admission was withdrawn meanwhile"))
-            self.agent = HostAgent(self.etcd, config["host"], self._report,
-                                   self.folder / "lease")
+            self.agent = self._agent(config)
             await self.agent.register()
         except BaseException:
             await self.etcd.close()
