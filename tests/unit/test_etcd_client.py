@@ -334,3 +334,20 @@ def test_member_argv_requires_client_certificates_on_both_ports(tmp_path: Path) 
     v6 = MemberConfig(name="b", address="2001:db8::1", data_dir=tmp_path, initial_cluster="",
                       state="existing", ca=tmp_path, cert=tmp_path, key=tmp_path)
     assert v6.client_url == "https://[2001:db8::1]:2379"
+
+
+async def test_an_agent_that_could_not_register_at_start_registers_on_its_next_beat(
+        etcd: Etcd, tmp_path: Path) -> None:
+    from virtkit.cluster.hosts import HOSTS, VMS, HostAgent
+
+    agent = HostAgent(etcd, "late", lambda: {"state": "up"}, tmp_path / "lease", ttl=5,
+                      domains=lambda: [{"name": "vm1", "uuid": "u1", "state": "shutoff"}])
+    assert agent.lease == 0  # as after a daemon start while etcd was away
+    await agent.beat()
+    record = await etcd.get(HOSTS + "late")
+    assert record is not None and record.lease == agent.lease
+    published = await etcd.get(VMS + "late")  # the VM summary, on the same lease
+    assert published is not None and published.lease == agent.lease
+    assert published.json()["domains"][0]["name"] == "vm1"
+    await agent.stop(revoke=True)
+    assert await etcd.get(VMS + "late") is None

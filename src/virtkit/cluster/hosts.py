@@ -147,6 +147,9 @@ class HostAgent:
 
     async def beat(self) -> None:
         """One renewal; the record is rewritten every ``refresh`` seconds."""
+        if not self.lease:  # registering failed at start (etcd away): again now
+            await self.register()
+            return
         ttl = await self.etcd.lease_keepalive(self.lease)
         if ttl <= 0:
             log.warning("cluster: host lease %x had expired; registering again", self.lease)

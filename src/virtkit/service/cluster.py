@@ -187,7 +187,7 @@ class ClusterService:
         self.agent = self._agent(config)
         try:
             await self.agent.register()
-        except (EtcdUnavailable, EtcdError) as exc:
+        except VirtkitError as exc:  # etcd away, or our name held by a live lease
             log.warning("cluster: cannot register yet (%s); the agent keeps trying", exc)
         self._run_background(config)
 
