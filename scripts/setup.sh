@@ -36,8 +36,13 @@ RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils ovmf lvm2 dnsmasq-base nftables ipr
 # not needed)
 # chromium: the web console's end-to-end tests drive Debian's Chromium through
 # Playwright (the Python package from PyPI; it downloads no browser of its own)
+# etcd-server: the cluster's etcd members (virtkit cluster init/join start one per
+# host; tests/unit/test_etcd_client.py and tests/real/test_cluster.py run real ones);
+# Debian starts no service of its own where policy-rc.d forbids it, and the tests
+# never use it
 TEST_PACKAGES=("${RUNTIME_PACKAGES[@]}" bash virtinst libvirt-clients libxml2-utils grub-pc-bin
-    grub-common xorriso mtools extlinux syslinux-common debootstrap openssh-server chromium)
+    grub-common xorriso mtools extlinux syslinux-common debootstrap openssh-server chromium
+    etcd-server)
 
 need_root() {
     if [ "$(id -u)" -ne 0 ]; then

@@ -172,10 +172,28 @@ def test_runtime_does_not_import_service_or_front_ends() -> None:
     assert bad == []
 
 
+#: the cluster package sits beside runtime, below service: etcd and host records only
+CLUSTER_ALLOWED = ("virtkit.cluster", "virtkit.model", "virtkit.host", "virtkit.store",
+                   "virtkit.errors", "virtkit.paths", "virtkit")
+
+
+def test_cluster_uses_only_the_lower_layers() -> None:
+    imports = _imports_of("virtkit.cluster")
+    assert imports, "no cluster imports found: is the walk broken?"
+    assert _violations(imports, CLUSTER_ALLOWED) == []
+
+
+def test_only_the_service_and_the_daemon_use_the_cluster() -> None:
+    bad = [str(i) for i in IMPORTS if _within(i.target, "virtkit.cluster")
+           and not _within(i.module, "virtkit.cluster", "virtkit.service")
+           and i.module != "virtkit.api.daemon"]
+    assert bad == []
+
+
 def test_lower_layers_do_not_import_upper_ones() -> None:
     lower = ("virtkit.model", "virtkit.formats", "virtkit.host", "virtkit.qemu",
              "virtkit.storage", "virtkit.network", "virtkit.store", "virtkit.errors",
-             "virtkit.paths", "virtkit.unixsock")
+             "virtkit.paths", "virtkit.unixsock", "virtkit.cluster")
     upper = ("virtkit.runtime", "virtkit.service", "virtkit.api", "virtkit.cli", "virtkit.web")
     bad = [str(i) for i in _imports_of(*lower) if _within(i.target, *upper)]
     assert bad == []

@@ -7,6 +7,7 @@ from typing import Any
 from virtkit.api.app import routes
 from virtkit.api.auth import routes as auth_routes
 from virtkit.api.clone_routes import routes as clone_routes
+from virtkit.api.cluster_routes import routes as cluster_routes
 from virtkit.api.device_routes import routes as device_routes
 from virtkit.api.guest_routes import routes as guest_routes
 from virtkit.api.install_routes import routes as install_routes
@@ -27,7 +28,7 @@ def _served() -> set[tuple[str, str]]:
     served = set()
     for route in [*routes, *storage_routes, *network_routes, *install_routes, *guest_routes,
                   *device_routes, *clone_routes, *migration_routes, *snapshot_routes, *stats_routes,
-                  *auth_routes, *web_routes, *virsh_routes]:
+                  *auth_routes, *web_routes, *virsh_routes, *cluster_routes]:
         path = getattr(route, "path", "")
         method = getattr(route, "method", "").lower()
         if "{action:" in path:

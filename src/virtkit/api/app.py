@@ -21,6 +21,7 @@ from virtkit import __version__
 from virtkit.api import (
     auth,
     clone_routes,
+    cluster_routes,
     device_routes,
     guest_routes,
     install_routes,
@@ -53,8 +54,8 @@ from virtkit.api.openapi import openapi_document
 from virtkit.api.requests import (
     AutostartBody,
     DefineBody,
+    DomainListQuery,
     EmptyBody,
-    ListQuery,
     XmlQuery,
     body_of,
     query_of,
@@ -62,6 +63,7 @@ from virtkit.api.requests import (
 from virtkit.api.websession import SessionStore
 from virtkit.errors import Conflict, Forbidden, InvalidSpec, VirtkitError
 from virtkit.service.clones import CloneService
+from virtkit.service.cluster import ClusterService
 from virtkit.service.devices import DeviceService
 from virtkit.service.domains import DomainService
 from virtkit.service.guest import GuestService
@@ -107,6 +109,7 @@ class Services:
     provision: ProvisionService | None = None
     recovery: RecoveryService | None = None
     virsh: VirshService | None = None
+    cluster: ClusterService | None = None
     consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
 
 
@@ -197,8 +200,12 @@ async def get_repairs(request: web.Request) -> web.Response:
 
 @routes.get("/v1/domains")
 async def list_domains(request: web.Request) -> web.Response:
-    inactive = query_of(request, ListQuery).all
-    return json_response(_services(request).domains.list_domains(include_inactive=inactive))
+    query = query_of(request, DomainListQuery)
+    rows = _services(request).domains.list_domains(include_inactive=query.all)
+    cluster = _services(request).cluster
+    if query.cluster and cluster is not None:
+        rows = await cluster.with_other_hosts(rows, include_inactive=query.all)
+    return json_response(rows)
 
 
 @routes.post("/v1/domains")
@@ -238,8 +245,12 @@ async def restore_domain(request: web.Request) -> web.Response:
 async def get_domain(request: web.Request) -> web.Response:
     secrets = security_info(request)
     # a worker thread: the disks' pools are found by resolving their paths (a hung mount)
-    return json_response(await asyncio.to_thread(_services(request).domains.info,
-                                                 request.match_info["ref"], secrets=secrets))
+    info = await asyncio.to_thread(_services(request).domains.info,
+                                   request.match_info["ref"], secrets=secrets)
+    cluster = _services(request).cluster
+    if cluster is not None and cluster.host_name is not None:
+        info["host"] = cluster.host_name  # in a cluster, dominfo names the host
+    return json_response(info)
 
 
 @routes.put("/v1/domains/{ref}")
@@ -521,4 +532,7 @@ def create_app(services: Services, audit: AuditLog | None = None,
     if services.virsh is not None:
         app[virsh_routes.VIRSH] = services.virsh
         app.add_routes(virsh_routes.routes)
+    if services.cluster is not None:
+        app[cluster_routes.CLUSTER] = services.cluster
+        app.add_routes(cluster_routes.routes)
     return app

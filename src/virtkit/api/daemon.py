@@ -40,6 +40,7 @@ from virtkit.runtime.hostcaps import HostCapsProvider
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.runtime.nics import TapMaker
 from virtkit.service.clones import CloneService
+from virtkit.service.cluster import ClusterService
 from virtkit.service.devices import DeviceService
 from virtkit.service.domains import DomainService
 from virtkit.service.guest import GuestService
@@ -154,6 +155,7 @@ class Daemon:
         self.snapshots = SnapshotService(self.store, self.lifecycle, self.bus,
                                          paths.root / "snapshots")
         tuning = TuningService(self.store, self.lifecycle)
+        self.cluster = ClusterService(self.store, paths.root / "cluster")
         self.services = Services(
             self.domains, self.host, self.storage, self.networks, self.install, guest=guest,
             devices=DeviceService(self.store, self.lifecycle, self.domains, tuning),
@@ -164,7 +166,8 @@ class Daemon:
             tuning=tuning, tokens=TokenService(self.store), tls=TlsService(paths.root / "tls"),
             provision=ProvisionService(self.store, self.domains, self.storage),
             recovery=self.recovery,
-            virsh=VirshService(self.store, self.lifecycle, paths.cache))
+            virsh=VirshService(self.store, self.lifecycle, paths.cache),
+            cluster=self.cluster)
         self.default_network = default_network
         self.listen_tls = listen_tls
         self.web_listen = web_listen
@@ -225,6 +228,8 @@ class Daemon:
             await tlslisten.start(self._runner, self.web_listen, "--web")
             log.info("web console on https://%s:%s/ (login required)", self.web_listen.host,
                      self.web_listen.port)
+        # the cluster after the API: a cut-off etcd delays only the host record
+        await self.cluster.start()
         started = await self.domains.autostart_all()
         if started:
             log.info("autostarted: %s", ", ".join(started))
@@ -258,6 +263,7 @@ class Daemon:
     async def stop(self) -> None:
         if self._supervisor is not None:
             self._supervisor.cancel()
+        await self.cluster.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         self.paths.socket.unlink(missing_ok=True)

@@ -325,6 +325,17 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      {"type": "object", "properties": {"now": {"type": "boolean"}, "time": {"type": "number"}}}),
     *_STATS_OPERATIONS,
     *VIRSH_OPERATIONS,
+    ("get", "/v1/cluster", "cluster status: etcd members, health, quorum, leader "
+     "({configured: false} outside a cluster)", None),
+    ("get", "/v1/cluster/hosts", "cluster list: every member host with state, role, "
+     "capacity, VMs and last heartbeat", None),
+    ("post", "/v1/cluster/init", "cluster init: a new cluster with this host's etcd member "
+     "(or on the administrator's etcd_endpoints)", None),
+    ("post", "/v1/cluster/join", "cluster join: join through a member's daemon (via)", None),
+    ("post", "/v1/cluster/admit", "Member: admit a joining host (sign its CSR, add its etcd "
+     "member); called by the joiner's daemon", None),
+    ("post", "/v1/cluster/leave", "cluster leave: this host leaves (its etcd member is "
+     "removed)", None),
     ("get", "/v1/tokens", "API tokens (never their secrets); unix socket only", None),
     ("post", "/v1/tokens", "Create an API token; the answer holds the secret, shown once; "
      "unix socket only", {"type": "object", "properties": {
@@ -372,6 +383,7 @@ def _request_models() -> tuple[dict[tuple[str, str], Any], dict[tuple[str, str],
     from virtkit.api import (
         auth,
         clone_routes,
+        cluster_routes,
         device_routes,
         guest_routes,
         install_routes,
@@ -433,9 +445,12 @@ def _request_models() -> tuple[dict[tuple[str, str], Any], dict[tuple[str, str],
         ("put", "/v1/host/ksm"): stats_routes.KsmBody,
         ("post", "/v1/tokens"): auth.TokenBody, ("post", "/v1/tls/setup"): auth.TlsSetupBody,
         ("post", "/web/login"): webui.LoginBody,
+        ("post", "/v1/cluster/init"): cluster_routes.InitBody,
+        ("post", "/v1/cluster/join"): cluster_routes.JoinBody,
+        ("post", "/v1/cluster/admit"): cluster_routes.AdmitBody,
     }
     queries: dict[tuple[str, str], Any] = {
-        ("get", "/v1/audit"): d.AuditQuery, ("get", "/v1/domains"): r.ListQuery,
+        ("get", "/v1/audit"): d.AuditQuery, ("get", "/v1/domains"): r.DomainListQuery,
         ("get", "/v1/pools"): r.ListQuery, ("get", "/v1/networks"): r.ListQuery,
         ("get", dom): r.XmlQuery, ("get", dom + "/spec"): r.XmlQuery,
         ("get", dom + "/xml"): r.XmlQuery, ("delete", dom): d.UndefineQuery,

@@ -167,6 +167,13 @@ class ListQuery(Query):
     all: Flag = True
 
 
+class DomainListQuery(ListQuery):
+    """``GET /v1/domains``: ``?cluster=1`` adds every cluster host's VMs, each row
+    naming its ``host`` (outside a cluster it changes nothing)."""
+
+    cluster: Flag = False
+
+
 class AutostartBody(Body):
     enabled: bool = True
 

@@ -21,7 +21,9 @@ def _ref(client: Client, args: argparse.Namespace, suffix: str = "") -> str:
 
 def cmd_list(client: Client, args: argparse.Namespace) -> int:
     inactive = args.all or args.inactive
-    rows = client.get("/v1/domains?all=" + ("1" if inactive else "0"))
+    # --all: in a cluster, every host's VMs with a Host column (docs/cluster.md)
+    rows = client.get("/v1/domains?all=" + ("1" if inactive else "0")
+                      + ("&cluster=1" if args.all else ""))
     if args.inactive:
         rows = [row for row in rows if row["state"] in ("shutoff", "crashed")]
     if args.json:
@@ -30,6 +32,10 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
         sys.stdout.write("".join(f"{render.safe(row['name'])}\n" for row in rows))
     elif args.uuid:
         sys.stdout.write("".join(f"{row['uuid']}\n" for row in rows))
+    elif any("host" in row for row in rows):
+        render.table(["Id", "Name", "State", "Host"],
+                     [[row["pid"] or "-", row["name"], row["state"], row["host"]]
+                      for row in rows], colour_column=2)
     else:
         render.table(["Id", "Name", "State"],
                      [[row["pid"] or "-", row["name"], row["state"]] for row in rows],
@@ -161,6 +167,7 @@ def cmd_dominfo(client: Client, args: argparse.Namespace) -> int:
         ("Name", info["name"]),
         ("UUID", info["uuid"]),
         ("Title", info.get("title")),
+        *([("Host", info["host"])] if info.get("host") else []),
         ("State", info["state"] + (f" ({info['reason']})" if info.get("reason") else "")),
         ("QEMU pid", info["pid"]),
         ("CPU time", f"{info['cpu_time']:.1f}s" if info.get("cpu_time") is not None else None),

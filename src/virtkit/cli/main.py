@@ -268,6 +268,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     from virtkit.cli import (
         admin,
         clone,
+        cluster,
         devices,
         domains,
         guest,
@@ -311,6 +312,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     guest.register(sub)
     devices.register(sub)
     clone.register(sub)
+    cluster.register(sub)
     migrate.register(sub)
     snapshots.register(sub)
     stats.register(sub)

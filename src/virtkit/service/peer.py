@@ -39,7 +39,9 @@ class Peer:
     """One destination daemon: ``{"socket": PATH}`` or ``{"url": "https://host:port",
     "token": T, "ca": PEM}`` (as the request to migrate names it)."""
 
-    def __init__(self, where: dict[str, Any], timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(self, where: dict[str, Any], timeout: float = REQUEST_TIMEOUT, *,
+                 what: str = "destination") -> None:
+        self.what = what  # what the errors call this daemon
         self._headers: dict[str, str] = {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         if isinstance(where.get("socket"), str) and where["socket"].startswith("/"):
@@ -94,17 +96,17 @@ class Peer:
                     else {}
                 status = reply.status
         except aiohttp.ClientConnectorError as exc:  # refused, no socket, TLS handshake
-            raise RequestNotDelivered(f"cannot reach the destination {self.label}: {exc}",
-                                      fix="check the destination daemon runs and the "
+            raise RequestNotDelivered(f"cannot reach the {self.what} {self.label}: {exc}",
+                                      fix=f"check the {self.what} daemon runs and the "
                                           "address") from exc
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise DaemonUnreachable(f"cannot reach the destination {self.label}: {exc}",
-                                    fix="check the destination daemon runs and the address")\
+            raise DaemonUnreachable(f"cannot reach the {self.what} {self.label}: {exc}",
+                                    fix=f"check the {self.what} daemon runs and the address")\
                 from exc
         if status >= 400:
             error = data if isinstance(data, dict) else {"message": str(data)}
             kind = _BY_STATUS.get(status, StateError if status == 409 else VirtkitError)
-            message = f"destination: {error.get('message', f'HTTP {status}')}"
+            message = f"{self.what}: {error.get('message', f'HTTP {status}')}"
             fix = error.get("fix")
             if kind is InvalidSpec:
                 raise InvalidSpec(message, fix=fix)
@@ -138,6 +140,10 @@ class Peer:
                 "list'); then destroy or resume the paused copy here") from exc
         finally:
             await session.close()
+
+    async def cluster_admit(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Ask this member daemon to admit the calling host into its cluster."""
+        return await self._call("POST", "/v1/cluster/admit", body)
 
     async def abort(self, migration: str) -> dict[str, Any]:
         return await self._call("DELETE", f"/v1/migrations/{migration}")

@@ -1,0 +1,93 @@
+"""REST routes of the cluster (docs/cluster.md): status, hosts, init, join, leave, and
+``admit``, which a joining host's daemon calls on a member's daemon."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from aiohttp import web
+from pydantic import Field
+
+from virtkit.api.common import json_response
+from virtkit.api.requests import Body, body_of
+from virtkit.service.cluster import ClusterService
+
+routes = web.RouteTableDef()
+CLUSTER = web.AppKey("cluster", ClusterService)
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class InitBody(Body):
+    """cluster init: a new cluster whose first etcd member this host runs, or (with
+    ``etcd_endpoints``) on an etcd the administrator runs."""
+
+    name: str | None = None
+    address: str | None = None
+    cluster: str | None = None
+    etcd_endpoints: list[str] | None = None
+    etcd_ca: str | None = None
+    etcd_cert: str | None = None
+    etcd_key: str | None = None
+    client_port: Port = 2379
+    peer_port: Port = 2380
+
+
+class JoinBody(Body):
+    """cluster join: ``via`` names a member's daemon as migrate's destination does:
+    ``{"socket": PATH}`` or ``{"url": "https://host:16515", "token": T, "ca": PEM}``."""
+
+    via: dict[str, Any]
+    address: str
+    name: str | None = None
+
+
+class AdmitBody(Body):
+    name: str
+    address: str
+    csr: str
+
+
+def _cluster(request: web.Request) -> ClusterService:
+    return request.app[CLUSTER]
+
+
+@routes.get("/v1/cluster")
+async def status(request: web.Request) -> web.Response:
+    return json_response(await _cluster(request).status())
+
+
+@routes.get("/v1/cluster/hosts")
+async def hosts(request: web.Request) -> web.Response:
+    return json_response(await _cluster(request).hosts())
+
+
+@routes.post("/v1/cluster/init")
+async def init(request: web.Request) -> web.Response:
+    body = await body_of(request, InitBody)
+    tls = None
+    if body.etcd_ca:
+        tls = {"ca": body.etcd_ca, "cert": body.etcd_cert or "", "key": body.etcd_key or ""}
+    result = await _cluster(request).init(
+        name=body.name, address=body.address, cluster=body.cluster,
+        endpoints=body.etcd_endpoints, tls=tls, client_port=body.client_port,
+        peer_port=body.peer_port)
+    return json_response(result, status=201)
+
+
+@routes.post("/v1/cluster/join")
+async def join(request: web.Request) -> web.Response:
+    body = await body_of(request, JoinBody)
+    result = await _cluster(request).join(via=body.via, name=body.name, address=body.address)
+    return json_response(result, status=201)
+
+
+@routes.post("/v1/cluster/admit")
+async def admit(request: web.Request) -> web.Response:
+    body = await body_of(request, AdmitBody)
+    return json_response(await _cluster(request).admit(name=body.name, address=body.address,
+                                                       csr=body.csr))
+
+
+@routes.post("/v1/cluster/leave")
+async def leave(request: web.Request) -> web.Response:
+    return json_response(await _cluster(request).leave())

@@ -1,0 +1,175 @@
+"""``virtkit cluster``: init, join, leave, list, status (docs/cluster.md)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from virtkit.cli import render
+from virtkit.cli.client import Client
+from virtkit.errors import InvalidSpec
+
+
+def _ago(when: float | None) -> str | None:
+    if not when:
+        return None
+    seconds = max(0.0, time.time() - when)
+    return f"{seconds:.1f}s ago" if seconds < 120 else time.strftime(
+        "%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+def cmd_init(client: Client, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"name": args.name, "address": args.address,
+                            "cluster": args.cluster, "client_port": args.client_port,
+                            "peer_port": args.peer_port}
+    if args.etcd_endpoints:
+        body["etcd_endpoints"] = [e.strip() for e in args.etcd_endpoints.split(",") if e]
+        body.update(etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key)
+    result = client.post("/v1/cluster/init", body)
+    if args.json:
+        render.as_json(result)
+        return 0
+    print(f"Cluster '{result['cluster']}' created; this host is '{result['host']}' "
+          f"({result['role']})")
+    print(f"etcd: {', '.join(result['endpoints'])}")
+    print("Other hosts join with: virtkit cluster join <this daemon's socket or "
+          "https://HOST:16515> --address THEIR-IP")
+    return 0
+
+
+def _via(uri: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Where the member daemon is: a socket path, or https:// (virtkit+tls://) with a
+    token and, optionally, the CA to trust."""
+    if uri.startswith("/"):
+        return {"socket": uri}
+    if uri.startswith("virtkit+tls://"):
+        uri = "https://" + uri.removeprefix("virtkit+tls://")
+    if not uri.startswith("https://"):
+        raise InvalidSpec(f"{uri!r}: give a member daemon's socket path or "
+                          "virtkit+tls://HOST:PORT")
+    token = args.token or os.environ.get("VIRTKIT_TOKEN")
+    if args.token_file:
+        token = Path(args.token_file).read_text().strip()
+    if not token:
+        raise InvalidSpec("joining over TLS needs an API token of the member",
+                          fix="create one there with 'virtkit token create', then "
+                              "--token-file FILE")
+    via: dict[str, Any] = {"url": "/".join(uri.split("/")[:3]), "token": token}
+    if args.ca:
+        via["ca"] = Path(args.ca).read_text()
+    return via
+
+
+def cmd_join(client: Client, args: argparse.Namespace) -> int:
+    body = {"via": _via(args.uri, args), "address": args.address, "name": args.name}
+    result = client.post("/v1/cluster/join", body)
+    if args.json:
+        render.as_json(result)
+        return 0
+    print(f"Joined cluster '{result['cluster']}' as '{result['host']}' ({result['role']})")
+    return 0
+
+
+def cmd_leave(client: Client, args: argparse.Namespace) -> int:
+    result = client.post("/v1/cluster/leave", {})
+    if args.json:
+        render.as_json(result)
+        return 0
+    what = "dissolved (it was the last member)" if result["dissolved"] else "left"
+    print(f"Host '{result['host']}' {what} cluster '{result['left']}'")
+    return 0
+
+
+def _capacity(row: dict[str, Any]) -> str | None:
+    capacity = row.get("capacity")
+    if not capacity:
+        return None
+    return f"{capacity['cpus']} CPU, {capacity['memory_mib'] // 1024} GiB"
+
+
+def _vms(row: dict[str, Any]) -> str | None:
+    vms = row.get("vms")
+    return f"{vms['running']}/{vms['defined']}" if vms else None
+
+
+def cmd_list(client: Client, args: argparse.Namespace) -> int:
+    rows = client.get("/v1/cluster/hosts")
+    if args.json:
+        render.as_json(rows)
+        return 0
+    render.table(["Host", "Address", "State", "Role", "Capacity", "VMs (run/def)",
+                  "Last heartbeat"],
+                 [[r["name"], r["address"], r["state"], r["role"], _capacity(r), _vms(r),
+                   _ago(r.get("heartbeat")) or (f"down {_ago(r['down_since'])}"
+                                                if r.get("down_since") else None)]
+                  for r in rows], colour_column=2)
+    return 0
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    status = client.get("/v1/cluster")
+    if args.json:
+        render.as_json(status)
+        return 0
+    if not status["configured"]:
+        print("This host is in no cluster (virtkit cluster init / join)")
+        return 0
+    quorum = "yes" if status["has_quorum"] else "NO"
+    render.keyvalues([("Cluster", status["cluster"]), ("This host", status["host"]),
+                      ("Role", status["role"]), ("Leader", status["leader"]),
+                      ("Voters", f"{status['healthy']}/{status['voters']} healthy, "
+                                 f"quorum {status['quorum']}"),
+                      ("Quorum", quorum)])
+    print()
+    render.table(["Member", "ID", "Healthy", "Leader", "Endpoint", "Raft index"],
+                 [[m["name"], m["id"], "yes" if m["healthy"] else "no",
+                   "yes" if m.get("leader") else "", ", ".join(m["endpoints"]),
+                   m.get("raft_index")] for m in status["members"]])
+    return 0 if status["has_quorum"] else 1
+
+
+def register(sub: Any) -> None:
+    cluster = sub.add_parser("cluster", help="many hosts as one, on etcd: init, join, leave, "
+                             "list, status")
+    commands = cluster.add_subparsers(dest="cluster_command", metavar="CLUSTERCOMMAND")
+    commands.required = True
+    init = commands.add_parser("init", help="make a new cluster with this host as its first "
+                               "member (it runs an etcd member)")
+    init.add_argument("--address", help="this host's IP address that the other hosts reach")
+    init.add_argument("--name", help="this host's name in the cluster (default: host name)")
+    init.add_argument("--cluster", help="the cluster's name (default: virtkit)")
+    init.add_argument("--client-port", type=int, default=2379)
+    init.add_argument("--peer-port", type=int, default=2380)
+    init.add_argument("--etcd-endpoints", metavar="URL,URL",
+                      help="use an etcd the administrator runs instead of starting one")
+    init.add_argument("--etcd-ca", help="CA of --etcd-endpoints (PEM file)")
+    init.add_argument("--etcd-cert", help="client certificate for --etcd-endpoints")
+    init.add_argument("--etcd-key", help="its key")
+    init.add_argument("--json", action="store_true")
+    init.set_defaults(func=cmd_init)
+    join = commands.add_parser("join", help="join the cluster of a member host (as an etcd "
+                               "voter while it has fewer than 3, else as a client)")
+    join.add_argument("uri", help="the member's daemon: its socket path, or "
+                      "virtkit+tls://HOST:PORT")
+    join.add_argument("--address", required=True,
+                      help="this host's IP address that the other hosts reach")
+    join.add_argument("--name", help="this host's name in the cluster (default: host name)")
+    join.add_argument("--token", help="API token of the member (virtkit+tls://)")
+    join.add_argument("--token-file", help="file holding that token")
+    join.add_argument("--ca", help="CA certificate of the member's TLS listener")
+    join.add_argument("--json", action="store_true")
+    join.set_defaults(func=cmd_join)
+    leave = commands.add_parser("leave", help="leave the cluster (this host's etcd member "
+                                "is removed; the last host dissolves it)")
+    leave.add_argument("--json", action="store_true")
+    leave.set_defaults(func=cmd_leave)
+    listing = commands.add_parser("list", help="the cluster's hosts: state, role, capacity, "
+                                  "VMs, last heartbeat")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_list)
+    status = commands.add_parser("status", help="etcd's members, health, quorum and leader")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)

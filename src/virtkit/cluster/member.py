@@ -1,0 +1,160 @@
+"""The etcd member a host runs for the cluster: its command line (pure) and its process.
+
+The member outlives the daemon (as QEMUs do): a daemon restart must not cost the
+cluster a voter.  Its PID and start time are kept in ``<cluster>/etcd.pid``; the next
+daemon adopts a running member after checking it is the same process (start time)
+and ours (its command line names our data folder), else starts it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from virtkit.errors import HostError
+
+ETCD = "etcd"
+CLIENT_PORT = 2379
+PEER_PORT = 2380
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    """One etcd member: ``name`` (the host's), its ``address`` (an IP the other hosts
+    reach), the ``initial_cluster`` (``name=https://ip:2380,...``) and whether the
+    cluster is ``new`` (init) or ``existing`` (join)."""
+
+    name: str
+    address: str
+    data_dir: Path
+    initial_cluster: str
+    state: str  # "new" | "existing"
+    ca: Path
+    cert: Path
+    key: Path
+    client_port: int = CLIENT_PORT
+    peer_port: int = PEER_PORT
+    token: str = "virtkit"
+
+    @property
+    def client_url(self) -> str:
+        return f"https://{_host(self.address)}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"https://{_host(self.address)}:{self.peer_port}"
+
+
+def _host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def etcd_argv(config: MemberConfig) -> list[str]:
+    """The member's command line: peer and client TLS with client certificates from the
+    cluster's CA required on both (no anonymous client, no foreign peer)."""
+    return [
+        ETCD, "--name", config.name, "--data-dir", str(config.data_dir),
+        "--listen-peer-urls", config.peer_url,
+        "--initial-advertise-peer-urls", config.peer_url,
+        "--listen-client-urls", config.client_url,
+        "--advertise-client-urls", config.client_url,
+        "--initial-cluster", config.initial_cluster,
+        "--initial-cluster-state", config.state,
+        "--initial-cluster-token", config.token,
+        "--cert-file", str(config.cert), "--key-file", str(config.key),
+        "--trusted-ca-file", str(config.ca), "--client-cert-auth",
+        "--peer-cert-file", str(config.cert), "--peer-key-file", str(config.key),
+        "--peer-trusted-ca-file", str(config.ca), "--peer-client-cert-auth",
+        "--logger", "zap", "--log-outputs", "stderr",
+    ]
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return int(fields[19])
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+class MemberProcess:
+    """The etcd process of this host (``folder`` = ``<root>/cluster``)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.pidfile = folder / "etcd.pid"
+        self.log = folder / "etcd.log"
+        self.data_dir = folder / "etcd"
+        self._child: subprocess.Popen[bytes] | None = None
+
+    def pid(self) -> int | None:
+        """The PID of our running member, or None (a stale pidfile is ignored)."""
+        try:
+            pid_text, start_text = self.pidfile.read_text().split()
+            pid, start = int(pid_text), int(start_text)
+        except (OSError, ValueError):
+            return None
+        if _start_time(pid) != start or str(self.data_dir) not in _cmdline(pid):
+            return None
+        return pid
+
+    def start(self, config: MemberConfig) -> int:
+        """Start the member unless ours runs already; its PID."""
+        self.reap()
+        running = self.pid()
+        if running is not None:
+            return running
+        if shutil.which(ETCD) is None:
+            raise HostError("the etcd command is missing", fix="apt-get install etcd-server")
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.log, "ab") as log:
+            process = subprocess.Popen(etcd_argv(config), stdin=subprocess.DEVNULL,
+                                       stdout=log, stderr=log, start_new_session=True)
+        self._child = process
+        start = _start_time(process.pid)
+        self.pidfile.write_text(f"{process.pid} {start}\n")
+        return process.pid
+
+    def reap(self) -> None:
+        """Collect our child if it exited (no zombie is left for ``pid()`` to see)."""
+        if self._child is not None and self._child.poll() is not None:
+            self._child = None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the member (by PID, identity-checked) and wait for it to end."""
+        pid = self.pid()
+        if pid is None:
+            self.pidfile.unlink(missing_ok=True)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.pid() is not None and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.05)
+        if self.pid() is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        self.pidfile.unlink(missing_ok=True)
+
+    def log_tail(self, lines: int = 8) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""

@@ -1,0 +1,210 @@
+"""The cluster on three "hosts" (docs/cluster.md): three daemons, each in its own network
+namespace with an etcd member, joined by a bridge in a fourth namespace.  No VM boots.
+
+init on a, join b through a, join c through b (any voter admits), list and status on
+each; a daemon SIGKILLed: its host record expires on its lease and the others see it
+down, its etcd member keeps the quorum; restarted, it is up again; c leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.real.conftest import DaemonHandle, cleanup, start_daemon, wait_for
+from virtkit.cli.client import ApiError, Client
+from virtkit.paths import state_paths
+
+ADDRESSES = {"a": "192.0.2.11", "b": "192.0.2.12", "c": "192.0.2.13"}
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def _kill_member(root: Path) -> None:
+    """The host's etcd member (it outlives its daemon on purpose): by PID, if the
+    pidfile's process is still the one that was started."""
+    try:
+        pid, start = (int(x) for x in (root / "cluster" / "etcd.pid").read_text().split())
+    except (OSError, ValueError):
+        return
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return
+    if int(fields[19]) == start:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[dict[str, DaemonHandle]]:
+    tag = secrets.token_hex(3)
+    lan = f"vkc-{tag}-lan"
+    spaces = {name: f"vkc-{tag}-{name}" for name in ADDRESSES}
+    handles: dict[str, DaemonHandle] = {}
+    try:
+        _ip("netns", "add", lan)
+        _ip("-n", lan, "link", "add", "br0", "type", "bridge")
+        _ip("-n", lan, "link", "set", "br0", "up")
+        for name, ns in spaces.items():
+            _ip("netns", "add", ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("link", "add", f"vkc{tag}{name}", "netns", ns, "type", "veth", "peer", "name",
+                f"vkc{tag}{name}p", "netns", lan)
+            _ip("-n", ns, "addr", "add", f"{ADDRESSES[name]}/24", "dev", f"vkc{tag}{name}")
+            _ip("-n", ns, "link", "set", f"vkc{tag}{name}", "up")
+            _ip("-n", lan, "link", "set", f"vkc{tag}{name}p", "master", "br0")
+            _ip("-n", lan, "link", "set", f"vkc{tag}{name}p", "up")
+        for name, ns in spaces.items():
+            root = Path(tempfile.mkdtemp(prefix=f"vkc{name}-", dir="/tmp"))
+            handles[name] = DaemonHandle(root, start_daemon(root, ns),
+                                         Client(state_paths(root), timeout=90),
+                                         None, netns=ns)  # type: ignore[arg-type]
+        yield handles
+    finally:
+        for handle in handles.values():
+            root = handle.root
+            with contextlib.suppress(ProcessLookupError):
+                handle.process.kill()
+            with contextlib.suppress(Exception):
+                handle.process.wait(10)
+            _kill_member(root)
+            cleanup(handle)
+        for ns in [*spaces.values(), lan]:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def _hosts(handle: DaemonHandle) -> dict[str, dict[str, Any]]:
+    return {row["name"]: row for row in handle.client.get("/v1/cluster/hosts")}
+
+
+def test_init_join_join_then_list_and_status(hosts: dict[str, DaemonHandle]) -> None:
+    a, b, c = hosts["a"], hosts["b"], hosts["c"]
+    assert a.client.get("/v1/cluster") == {"configured": False}
+    made = a.cli("cluster", "init", "--name", "a", "--address", ADDRESSES["a"],
+                 "--cluster", "lab")
+    assert "Cluster 'lab' created; this host is 'a' (voter)" in made.stdout
+    refused = a.cli("cluster", "init", "--name", "a", "--address", ADDRESSES["a"],
+                    check=False)
+    assert refused.returncode != 0 and "already in a cluster" in refused.stderr
+    joined = b.cli("cluster", "join", str(a.root / "virtkitd.sock"), "--name", "b",
+                   "--address", ADDRESSES["b"])
+    assert "Joined cluster 'lab' as 'b' (voter)" in joined.stdout
+    # c joins through b: any voter can admit (it holds the CA key)
+    joined = c.cli("cluster", "join", str(b.root / "virtkitd.sock"), "--name", "c",
+                   "--address", ADDRESSES["c"])
+    assert "Joined cluster 'lab' as 'c' (voter)" in joined.stdout
+    for handle in (a, b, c):
+        rows = wait_for(lambda h=handle: (r := _hosts(h)) and all(
+            row["state"] == "up" for row in r.values()) and len(r) == 3 and r, 15,
+            "three hosts up")
+        assert {n: (r["role"], r["address"]) for n, r in rows.items()} == {
+            n: ("voter", ADDRESSES[n]) for n in ADDRESSES}
+        assert all(r["capacity"]["cpus"] >= 1 and r["vms"] == {"defined": 0, "running": 0}
+                   for r in rows.values())
+        status = handle.client.get("/v1/cluster")
+        assert (status["voters"], status["healthy"], status["quorum"]) == (3, 3, 2)
+        assert status["has_quorum"] and status["leader"] in ADDRESSES
+    table = a.cli("cluster", "list").stdout
+    assert "Host" in table and "Last heartbeat" in table and "voter" in table
+    assert all(f" {name} " in table for name in ADDRESSES)
+    shown = c.cli("cluster", "status").stdout
+    assert "Quorum" in shown and "yes" in shown and "3/3 healthy, quorum 2" in shown
+    # a name already in the cluster is refused before anything is signed or added
+    with pytest.raises(ApiError) as clash:
+        a.client.post("/v1/cluster/admit", {"name": "b", "address": "192.0.2.99",
+                                            "csr": "not looked at"})
+    assert clash.value.http_status == 409 and "already a member" in str(clash.value)
+
+
+def test_list_all_shows_every_hosts_vms_and_dominfo_names_the_host(
+        hosts: dict[str, DaemonHandle]) -> None:
+    a, b = hosts["a"], hosts["b"]
+    for handle, name in ((a, "vm-on-a"), (b, "vm-on-b")):
+        handle.client.post("/v1/domains", {"spec": {"name": name, "memory": 64,
+                                                    "vcpus": 1}})
+    listing = wait_for(lambda: "vm-on-b" in (out := a.cli("list", "--all").stdout) and out,
+                       10, "b's VM in a's list --all")
+    lines = {line.split()[1]: line.split() for line in listing.splitlines()[2:] if line}
+    assert lines["vm-on-a"][-1] == "a"
+    assert lines["vm-on-b"][-1] == "b" and "Host" in listing.splitlines()[0]
+    rows = {r["name"]: r for r in a.client.get("/v1/domains?all=1&cluster=1")}
+    assert (rows["vm-on-b"]["host"], rows["vm-on-b"]["state"]) == ("b", "shutoff")
+    # without ?cluster the list is this host's alone, as before
+    assert [r["name"] for r in a.client.get("/v1/domains?all=1")] == ["vm-on-a"]
+    assert "Host" not in a.cli("list").stdout.splitlines()[0]
+    info = b.cli("dominfo", "vm-on-b").stdout
+    assert any(line.split() == ["Host:", "b"] for line in info.splitlines()), info
+    for handle, name in ((a, "vm-on-a"), (b, "vm-on-b")):
+        handle.client.request("DELETE", handle.client.domain_path(name))
+    wait_for(lambda: "vm-on-b" not in a.cli("list", "--all").stdout, 10,
+             "b's VM gone from a's list")
+
+
+def test_a_killed_daemon_is_seen_down_when_its_lease_expires(
+        hosts: dict[str, DaemonHandle]) -> None:
+    a, b = hosts["a"], hosts["b"]
+    assert _hosts(a)["b"]["state"] == "up"
+    killed = time.time()
+    os.kill(b.process.pid, signal.SIGKILL)
+    b.process.wait(10)
+    row = wait_for(lambda: (r := _hosts(a)["b"])["state"] == "down" and r, 20,
+                   "b's record to expire")
+    seen = time.time() - killed
+    print(f"\nb seen down {seen:.2f} s after its daemon's SIGKILL (lease TTL 5 s); "
+          f"a's watch saw the record go {row['down_since'] - killed:.2f} s after it")
+    assert row["down_since"] is not None and row["heartbeat"] is None
+    # b's etcd member outlives its daemon: the quorum never was at risk
+    status = a.client.get("/v1/cluster")
+    assert status["healthy"] == 3 and status["has_quorum"]
+    assert "down" in a.cli("cluster", "list").stdout
+    b.process = start_daemon(b.root, b.netns)
+    wait_for(lambda: _hosts(a)["b"]["state"] == "up", 20, "b to be up again")
+
+
+def test_a_daemon_restart_within_the_ttl_keeps_its_record(
+        hosts: dict[str, DaemonHandle]) -> None:
+    """A restarted daemon takes its own record back on its saved lease (no 'name taken',
+    no down state seen by the others)."""
+    a, b = hosts["a"], hosts["b"]
+    lease = (b.root / "cluster" / "lease").read_text().strip()
+    b.process.send_signal(signal.SIGTERM)
+    b.process.wait(10)
+    b.process = start_daemon(b.root, b.netns)
+    assert (b.root / "cluster" / "lease").read_text().strip() == lease
+    assert _hosts(a)["b"]["state"] == "up"
+    assert b.client.get("/v1/cluster")["host"] == "b"
+
+
+def test_leave(hosts: dict[str, DaemonHandle]) -> None:
+    a, c = hosts["a"], hosts["c"]
+    member_pid = int((c.root / "cluster" / "etcd.pid").read_text().split()[0])
+    left = c.cli("cluster", "leave")
+    assert "Host 'c' left cluster 'lab'" in left.stdout
+    assert c.client.get("/v1/cluster") == {"configured": False}
+    assert not (c.root / "cluster" / "config.json").exists()
+    assert not (c.root / "cluster" / "etcd").exists()
+    wait_for(lambda: not Path(f"/proc/{member_pid}").exists()
+             or "zombie" in Path(f"/proc/{member_pid}/status").read_text(), 10,
+             "c's etcd member to end")
+    rows = wait_for(lambda: (r := _hosts(a)) and "c" not in r and r, 10, "c to be gone")
+    assert set(rows) == {"a", "b"}
+    status = a.client.get("/v1/cluster")
+    assert (status["voters"], status["healthy"], status["quorum"]) == (2, 2, 2)
+    with pytest.raises(ApiError) as outside:
+        c.client.get("/v1/cluster/hosts")
+    assert "in no cluster" in str(outside.value)
+    shutil.rmtree(c.root / "cluster", ignore_errors=True)
