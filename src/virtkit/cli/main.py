@@ -240,6 +240,7 @@ def cmd_completion(_client: Client | None, args: argparse.Namespace) -> int:
 def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     from virtkit.cli import (
         admin,
+        blockjobs,
         clone,
         devices,
         domains,
@@ -288,6 +289,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     snapshots.register(sub)
     stats.register(sub)
     virshcompat.register(sub)
+    blockjobs.register(sub)
     _register_install(sub, options=install_options)
     host = sub.add_parser("host", help="host commands: check, ksm, capacity, numa")
     host_sub = host.add_subparsers(dest="host_command", metavar="HOSTCOMMAND")
