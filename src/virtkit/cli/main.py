@@ -272,6 +272,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
         stats,
         storage,
         virshcompat,
+        virtxml,
     )
 
     parser: argparse.ArgumentParser = VirshParser(
@@ -311,6 +312,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     stats.register(sub)
     virshcompat.register(sub)
     blockjobs.register(sub)
+    virtxml.register(sub)
     _register_install(sub, options=install_options)
     host = sub.add_parser("host", help="host commands: check, ksm, capacity, numa")
     host_sub = host.add_subparsers(dest="host_command", metavar="HOSTCOMMAND")

@@ -21,7 +21,14 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from virtkit.errors import Conflict, InvalidSpec, NotFound, QemuError, StateError
+from virtkit.errors import (
+    Conflict,
+    InvalidSpec,
+    NotFound,
+    QemuError,
+    StateError,
+    VirtkitError,
+)
 from virtkit.model.load import load_domain
 from virtkit.model.state import State
 from virtkit.qemu.monitor import Monitor
@@ -42,9 +49,11 @@ _PROTOCOL_DRIVERS = {"file", "host_device", "host_cdrom"}
 async def qmp_block_chain(monitor: Monitor, device_id: str) -> list[tuple[str, str, str]]:
     """(file, node name, format driver) of each image of a disk's chain, top first."""
     chain: list[str] = []
+    top: tuple[str, str] | None = None
     for block in await monitor.execute("query-block"):
         inserted = block.get("inserted")
         if inserted and _matches(str(block.get("qdev", "")), device_id):
+            top = (str(inserted["node-name"]), str(inserted["drv"]))
             image: dict[str, Any] | None = inserted["image"]
             while image:
                 chain.append(os.path.abspath(image["filename"]))
@@ -52,12 +61,28 @@ async def qmp_block_chain(monitor: Monitor, device_id: str) -> list[tuple[str, s
             break
     else:
         raise NotFound(f"QEMU has no disk device {device_id}")
+    # the top by the device's own node name; the images below by file name, skipping
+    # nodes the monitor still holds that are no longer in this chain
     nodes: dict[str, tuple[str, str]] = {}
     for node in await monitor.execute("query-named-block-nodes", {"flat": True}):
         if node.get("drv") in _PROTOCOL_DRIVERS or not node.get("file"):
             continue
         nodes.setdefault(os.path.abspath(node["file"]), (node["node-name"], node["drv"]))
+    if top is not None and chain:
+        nodes[chain[0]] = top
     return [(f, *nodes[f]) for f in chain if f in nodes]
+
+
+async def qmp_release_nodes(monitor: Monitor, nodes: list[str]) -> None:
+    """Close nodes a job took out of the chain that the monitor still holds (those
+    opened by -blockdev or blockdev-add, not QEMU's own ``#block...``), so QEMU lets go
+    of their files."""
+    for node in nodes:
+        if node.startswith("#"):
+            continue
+        for name in (node, f"file-{node}"):
+            with contextlib.suppress(VirtkitError):
+                await monitor.execute("blockdev-del", {"node-name": name})
 
 
 async def qmp_block_commit(monitor: Monitor, job: str, device_node: str, *,
@@ -106,6 +131,8 @@ class Pending:
     kind: str  # commit, active-commit, stream
     base_file: str | None = None
     base_format: str | None = None
+    #: the nodes the job takes out of the chain (closed once it has)
+    dropped: tuple[str, ...] = ()
 
 
 def job_id(target: str) -> str:
@@ -230,7 +257,8 @@ class BlockOps:
             await qmp_block_commit(monitor, job, chain[0][1],
                                    top=None if active else chain[top_at][1], base=base_node,
                                    speed=speed)
-            self._pending[(uuid, target)] = Pending(kind, base_file, base_drv)
+            self._pending[(uuid, target)] = Pending(
+                kind, base_file, base_drv, tuple(n for _f, n, _d in chain[top_at:base_at]))
             result: dict[str, Any] = {"name": name, "disk": target, "job": kind,
                                       "base": base_file, "top": chain[top_at][0],
                                       "status": "started"}
@@ -277,7 +305,9 @@ class BlockOps:
         try:
             await run_job(monitor, job_id(target), progress=progress)
         finally:
-            self._pending.pop((vm.uuid, target), None)
+            pending = self._pending.pop((vm.uuid, target), None)
+        if pending is not None and pending.dropped:
+            await qmp_release_nodes(monitor, list(pending.dropped))
 
     async def _pivot(self, vm: Vm, running: Running, target: str,
                      progress: Progress | None) -> None:
@@ -315,7 +345,9 @@ class BlockOps:
                 raise InvalidSpec("the base of a pull is below the top image", field="base")
             await qmp_block_stream(monitor, job_id(target), chain[0][1],
                                    base=chain[base_at][1] if base_at else None, speed=speed)
-            self._pending[(uuid, target)] = Pending("stream")
+            below = chain[1:base_at] if base_at else chain[1:]
+            self._pending[(uuid, target)] = Pending("stream",
+                                                    dropped=tuple(n for _f, n, _d in below))
             result: dict[str, Any] = {"name": name, "disk": target, "job": "stream",
                                       "top": chain[0][0], "status": "started"}
             if wait:
