@@ -64,6 +64,9 @@ def test_stats_move_when_the_guest_works(daemon: DaemonHandle, tmp_path: Path) -
     text = daemon.cli("domstats", "st1").stdout
     assert text.startswith("Domain: 'st1'\n  state.state=1\n")
     assert "  block.0.name=vda\n" in text and "  cpu.time=" in text
+    # virsh's form: numeric reason (1: booted), block sizes, never an empty value
+    assert "  state.reason=1\n" in text and "  block.0.capacity=" in text, text
+    assert not [line for line in text.splitlines() if line.endswith("=")], text
     only = json.loads(daemon.cli("domstats", "st1", "--cpu-total", "--json").stdout)[0]
     assert set(only) == {"name", "uuid", "pid", "started", "cpu"}
 
