@@ -272,7 +272,7 @@ def test_offline_external_and_bad_inputs(daemon: DaemonHandle, tmp_path: Path) -
     assert table[0].split() == ["Name", "Creation", "Time", "State", "Parent", "Kind",
                                 "Memory", "Current"]
     row = table[2].split()
-    assert row[0] == "o2" and row[4:] == ["shutoff", "o1", "external", "no", "*"], row
+    assert row[0] == "o2" and row[4:] == ["shutoff", "external", "no", "*"], row  # no parent
 
     raw = _bad_inputs(daemon, tmp_path)
     refused = daemon.cli("undefine", "off", check=False)
