@@ -114,7 +114,7 @@ def test_domain_lifecycle_over_tls(remote: Remote, tmp_path: Path) -> None:
     spec.write_text(json.dumps(data))
     remote.cli("define", str(spec))
     assert "rvm" in remote.cli("list", "--all").stdout
-    assert "shutoff" in remote.cli("dominfo", "rvm").stdout
+    assert "shut off" in remote.cli("dominfo", "rvm").stdout
     events = subprocess.Popen(
         [sys.executable, "-m", "virtkit.cli.main", "-c", remote.uri, "--ca", str(remote.ca),
          "--token-file", str(remote.token_file), "event", "rvm", "--count", "1"],

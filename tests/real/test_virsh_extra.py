@@ -96,9 +96,11 @@ def test_send_key_reaches_the_guest_kernel(guest: DaemonHandle) -> None:
 def test_ids_names_uuids(guest: DaemonHandle) -> None:
     info = guest.info("vx")
     listed = guest.cli("list").stdout
-    assert re.search(rf"^ {info['pid']}\s+vx\s+running", listed, re.M), listed
-    assert guest.cli("domid", "vx").stdout == f"{info['pid']}\n"
-    assert guest.cli("domname", str(info["pid"])).stdout == "vx\n"
+    assert re.search(rf"^ {info['id']}\s+vx\s+running", listed, re.M), listed
+    assert guest.cli("domid", "vx").stdout == f"{info['id']}\n"  # virsh's small Id
+    assert 0 < info["id"] < 1000
+    assert guest.cli("domname", str(info["id"])).stdout == "vx\n"
+    assert guest.cli("domname", str(info["pid"])).stdout == "vx\n"  # the pid still works
     assert guest.cli("domname", info["uuid"]).stdout == "vx\n"
     assert guest.cli("domuuid", "vx").stdout == f"{info['uuid']}\n"
     guest.define("vx-off")

@@ -140,7 +140,8 @@ def test_argv_builder_imports_only_the_model() -> None:
 #: formats.virtinstall is pure (no I/O): the CLI parses virt-install's words itself, so
 #: a typo is reported before the daemon is asked anything.
 CLI_ALLOWED = ("virtkit.cli", "virtkit.errors", "virtkit.paths", "virtkit.unixsock", "virtkit",
-               "virtkit.formats.virtinstall", "virtkit.formats.suboptions")
+               "virtkit.formats.virtinstall", "virtkit.formats.suboptions",
+               "virtkit.formats.virtxml")
 #: (module, function, target): the host check runs locally when the daemon is down.
 CLI_EXCEPTIONS = frozenset({("virtkit.cli.main", "cmd_host_check", "virtkit.host.checks")})
 

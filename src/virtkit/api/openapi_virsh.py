@@ -7,6 +7,10 @@ from typing import Any
 
 from virtkit.api.requests import body_schema
 from virtkit.api.virsh_routes import (
+    BlockCommitBody,
+    BlockJobBody,
+    BlockPullBody,
+    BlockResizeBody,
     DescriptionBody,
     MetadataBody,
     ScreenshotBody,
@@ -32,6 +36,17 @@ VIRSH_OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("put", "/v1/domains/{ref}/metadata", "virsh metadata --set/--remove: store one element "
      "under a namespace and prefix (xml null removes it)",
      body_schema(MetadataBody)),
+    ("post", "/v1/domains/{ref}/blockjobs/{disk}/commit", "virsh blockcommit: merge a "
+     "disk's images into a lower one (active: then pivot onto it); NDJSON progress",
+     body_schema(BlockCommitBody)),
+    ("post", "/v1/domains/{ref}/blockjobs/{disk}/pull", "virsh blockpull: copy the backing "
+     "images' data into the top; NDJSON progress", body_schema(BlockPullBody)),
+    ("get", "/v1/domains/{ref}/blockjobs/{disk}", "virsh blockjob --info: the disk's job "
+     "(job null when none)", None),
+    ("post", "/v1/domains/{ref}/blockjobs/{disk}", "virsh blockjob --abort/--pivot/"
+     "--bandwidth", body_schema(BlockJobBody)),
+    ("post", "/v1/domains/{ref}/blockjobs/{disk}/resize", "virsh blockresize: new size in "
+     "bytes, live", body_schema(BlockResizeBody)),
     ("get", "/v1/host/memstats", "virsh nodememstats: total, free, buffers, cached (KiB)",
      None),
     ("get", "/v1/host/cpustats", "virsh nodecpustats: user, system, idle, iowait ns since "

@@ -9,7 +9,7 @@ import asyncio
 from aiohttp import web
 from pydantic import Field
 
-from virtkit.api.common import json_response
+from virtkit.api.common import json_response, progress_response
 from virtkit.api.requests import Body, Count, Flag, Query, body_of, query_of
 from virtkit.service.virsh import VirshService
 
@@ -56,6 +56,42 @@ class MetadataBody(Body):
     uri: str = Field(min_length=1)
     key: str | None = None
     xml: str | None
+
+
+class BlockCommitBody(Body):
+    """virsh blockcommit's options; base/top are file names or ``vda[N]``."""
+
+    active: bool = False
+    pivot: bool = False
+    keep_overlay: bool = False
+    shallow: bool = False
+    base: str | None = Field(default=None, min_length=1, max_length=4096)
+    top: str | None = Field(default=None, min_length=1, max_length=4096)
+    wait: bool = False
+    delete: bool = False
+    speed: int = Field(default=0, ge=0)
+
+
+class BlockPullBody(Body):
+    """virsh blockpull's options."""
+
+    base: str | None = Field(default=None, min_length=1, max_length=4096)
+    wait: bool = False
+    speed: int = Field(default=0, ge=0)
+
+
+class BlockJobBody(Body):
+    """virsh blockjob --abort / --pivot / --bandwidth (bytes/s)."""
+
+    abort: bool = False
+    pivot: bool = False
+    speed: int | None = Field(default=None, ge=0)
+
+
+class BlockResizeBody(Body):
+    """virsh blockresize: the new size in bytes."""
+
+    size: int = Field(gt=0)
 
 
 class CpuStatsQuery(Query):
@@ -126,6 +162,51 @@ async def put_metadata(request: web.Request) -> web.Response:
     body = await body_of(request, MetadataBody)
     return json_response(request.app[VIRSH].metadata(_ref(request), body.uri, key=body.key,
                                                      xml=body.xml, remove=body.xml is None))
+
+
+def _disk(request: web.Request) -> str:
+    return request.match_info["disk"]
+
+
+@routes.post("/v1/domains/{ref}/blockjobs/{disk}/commit")
+async def block_commit(request: web.Request) -> web.StreamResponse:
+    """virsh blockcommit (NDJSON progress when asked, with wait/pivot)."""
+    body = await body_of(request, BlockCommitBody)
+    blocks = request.app[VIRSH].blocks
+    return await progress_response(request, lambda progress: blocks.commit(
+        _ref(request), _disk(request), progress, **body.model_dump()))
+
+
+@routes.post("/v1/domains/{ref}/blockjobs/{disk}/pull")
+async def block_pull(request: web.Request) -> web.StreamResponse:
+    """virsh blockpull (NDJSON progress when asked, with wait)."""
+    body = await body_of(request, BlockPullBody)
+    blocks = request.app[VIRSH].blocks
+    return await progress_response(request, lambda progress: blocks.pull(
+        _ref(request), _disk(request), progress, **body.model_dump()))
+
+
+@routes.get("/v1/domains/{ref}/blockjobs/{disk}")
+async def block_job(request: web.Request) -> web.Response:
+    """virsh blockjob --info: {"job": null} when the disk has none."""
+    return json_response(await request.app[VIRSH].blocks.job(_ref(request), _disk(request)))
+
+
+@routes.post("/v1/domains/{ref}/blockjobs/{disk}")
+async def block_job_act(request: web.Request) -> web.StreamResponse:
+    """virsh blockjob --abort / --pivot / --bandwidth."""
+    body = await body_of(request, BlockJobBody)
+    blocks = request.app[VIRSH].blocks
+    return await progress_response(request, lambda progress: blocks.job(
+        _ref(request), _disk(request), progress, **body.model_dump()))
+
+
+@routes.post("/v1/domains/{ref}/blockjobs/{disk}/resize")
+async def block_resize(request: web.Request) -> web.Response:
+    """virsh blockresize: {"size": BYTES}, live."""
+    body = await body_of(request, BlockResizeBody)
+    return json_response(await request.app[VIRSH].blocks.resize(_ref(request),
+                                                                _disk(request), body.size))
 
 
 @routes.get("/v1/host/memstats")

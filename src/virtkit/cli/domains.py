@@ -19,27 +19,59 @@ def _ref(client: Client, args: argparse.Namespace, suffix: str = "") -> str:
     return client.domain_path(args.domain, suffix)
 
 
-def cmd_list(client: Client, args: argparse.Namespace) -> int:
-    inactive = args.all or args.inactive
-    # --all: in a cluster, every host's VMs with a Host column (docs/cluster.md)
-    rows = client.get("/v1/domains?all=" + ("1" if inactive else "0")
-                      + ("&cluster=1" if args.all else ""))
+#: virsh's words for the states (virshDomainStateToString)
+STATE_WORDS = {"shutoff": "shut off"}
+
+
+def state_word(state: str) -> str:
+    return STATE_WORDS.get(state, state)
+
+
+def list_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """virsh list's selection: running ones, --all, --inactive, --state-* filters."""
+    wanted = {state for flag, state in (("state_running", "running"),
+                                        ("state_paused", "paused"),
+                                        ("state_shutoff", "shutoff"),
+                                        ("state_other", "in shutdown"),
+                                        ("state_other", "crashed"))
+              if getattr(args, flag, False)}
     if args.inactive:
-        rows = [row for row in rows if row["state"] in ("shutoff", "crashed")]
+        wanted |= {"shutoff", "crashed"}
+    if wanted:
+        return [row for row in rows if row["state"] in wanted]
+    if args.all:
+        return rows
+    return [row for row in rows if row["state"] not in ("shutoff", "crashed")]
+
+
+def cmd_list(client: Client, args: argparse.Namespace) -> int:
+    everything = args.all or args.inactive or args.state_shutoff or args.state_other
+    # --all: in a cluster, every host's VMs with a Host column (docs/cluster.md)
+    rows = list_rows(client.get("/v1/domains?all=" + ("1" if everything else "0")
+                                + ("&cluster=1" if args.all else "")), args)
     if args.json:
         render.as_json(rows)
-    elif args.name:
-        sys.stdout.write("".join(f"{render.safe(row['name'])}\n" for row in rows))
-    elif args.uuid:
-        sys.stdout.write("".join(f"{row['uuid']}\n" for row in rows))
-    elif any("host" in row for row in rows):
-        render.table(["Id", "Name", "State", "Host"],
-                     [[row["pid"] or "-", row["name"], row["state"], row["host"]]
-                      for row in rows], colour_column=2)
+    elif args.name or args.uuid or args.id:  # one line per domain, as virsh
+        lines = []
+        for row in rows:
+            if args.id and row.get("id") is None:
+                continue  # virsh --id lists running domains only
+            parts = [str(row["id"])] if args.id else []
+            if args.uuid:
+                parts.append(str(row["uuid"]))
+            if args.name:
+                parts.append(render.safe(row["name"]))
+            lines.append(" ".join(parts))
+        sys.stdout.write("".join(f"{line}\n" for line in lines) + "\n")
     else:
-        render.table(["Id", "Name", "State"],
-                     [[row["pid"] or "-", row["name"], row["state"]] for row in rows],
-                     colour_column=2)
+        hosts = any("host" in row for row in rows)
+        headers = ["Id", "Name", "State"] + (["Title"] if args.title else []) \
+            + (["Host"] if hosts else [])
+        render.table(headers, [[row.get("id") or "-", row["name"], state_word(row["state"])]
+                               + ([row.get("title") or ""] if args.title else [])
+                               + ([row.get("host") or "-"] if hosts else [])
+                               for row in rows], colour_column=2)
+        print()
     return 0
 
 
@@ -161,31 +193,41 @@ def cmd_dominfo(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         render.as_json(info)
         return 0
+    sys.stdout.write("".join(f"{key + ':':<15} {'-' if value is None else render.safe(value)}\n"
+                             for key, value in dominfo_pairs(info)) + "\n")
+    return 0
+
+
+def dominfo_pairs(info: dict[str, Any]) -> list[tuple[str, Any]]:
+    """virsh dominfo's fields in its order and wording (``%-15s %s``, yes/no, enable/
+    disable, ``shut off``), then virtkit's own (QEMU pid, machine, accelerator ...)."""
     started = info.get("started")
-    render.keyvalues([
-        ("Id", info["pid"] or "-"),
+    cpu_time = info.get("cpu_time")
+    return [
+        ("Id", info.get("id") or "-"),
         ("Name", info["name"]),
         ("UUID", info["uuid"]),
-        ("Title", info.get("title")),
-        *([("Host", info["host"])] if info.get("host") else []),
-        ("State", info["state"] + (f" ({info['reason']})" if info.get("reason") else "")),
-        ("QEMU pid", info["pid"]),
-        ("CPU time", f"{info['cpu_time']:.1f}s" if info.get("cpu_time") is not None else None),
+        ("OS Type", "hvm"),
+        ("State", state_word(info["state"])),
         ("CPU(s)", info["vcpus"]),
-        ("Max CPU(s)", info["max_vcpus"]),
+        *([("CPU time", f"{cpu_time:.1f}s")] if cpu_time is not None else []),
         ("Max memory", f"{info['max_memory_mib'] * 1024} KiB"),
         ("Used memory", f"{info['memory_mib'] * 1024} KiB"),
+        ("Persistent", "yes" if info.get("persistent", True) else "no"),
+        ("Autostart", "enable" if info["autostart"] else "disable"),
+        ("Managed save", "yes" if info.get("managed_save") else "no"),
+        *_security_lines(info.get("security")),
+        *([("Title", info["title"])] if info.get("title") else []),
+        *([("Host", info["host"])] if info.get("host") else []),  # in a cluster
+        ("QEMU pid", info["pid"]),
+        ("Max CPU(s)", info["max_vcpus"]),
         ("Machine", info["machine"]),
         ("Accelerator", info["accelerator"]),
-        ("Autostart", "enable" if info["autostart"] else "disable"),
-        ("Persistent", "yes" if info.get("persistent", True) else "no"),
         ("Up since", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
          if started else None),
         ("Spec version", info["version"]),
         ("Console log", info["console_log"]),
-        *_security_lines(info.get("security")),
-    ])
-    return 0
+    ]
 
 
 def _security_lines(security: dict[str, Any] | None) -> list[tuple[str, Any]]:
@@ -209,10 +251,11 @@ def _security_lines(security: dict[str, Any] | None) -> list[tuple[str, Any]]:
 
 def cmd_domstate(client: Client, args: argparse.Namespace) -> int:
     info = client.get(_ref(client, args))
-    if args.reason and info.get("reason"):
-        print(f"{info['state']} ({info['reason']})")
+    if args.reason:  # virsh: "running (booted)"
+        print(f"{state_word(info['state'])} ({info.get('reason') or 'unknown'})")
     else:
-        print(info["state"])
+        print(state_word(info["state"]))
+    print()
     return 0
 
 
@@ -265,6 +308,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--inactive", action="store_true", help="only inactive domains")
     p.add_argument("--name", action="store_true", help="print names only")
     p.add_argument("--uuid", action="store_true", help="print UUIDs only")
+    p.add_argument("--id", action="store_true", help="print Ids only (running domains)")
+    p.add_argument("--title", action="store_true", help="a Title column too")
+    p.add_argument("--table", action="store_true", help="the table (the default)")
+    for state in ("running", "paused", "shutoff", "other"):
+        p.add_argument(f"--state-{state}", action="store_true",
+                       help=f"only {state} domains" if state != "other" else
+                       "only domains shutting down or crashed")
     p = add("define", cmd_define, "define a domain from a YAML or JSON spec file, or from "
             "libvirt domain XML ('-' = stdin)", domain=False, json_flag=True)
     p.add_argument("file")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,11 @@ from virtkit import __version__
 from virtkit.cli import render
 from virtkit.cli.client import Client, connect
 from virtkit.cli.transport import URI_ENV, parse_uri
+from virtkit.cli.usage import VirshParser
 from virtkit.errors import InvalidSpec, VirtkitError
+
+#: the daemon's answer for an unknown domain (virsh: "failed to get domain 'x'")
+_MISSING_DOMAIN = re.compile(r"domain '(.*)' not found", re.DOTALL)
 
 #: commands that never need the daemon.
 LOCAL_COMMANDS = {"completion"}
@@ -42,17 +47,33 @@ def cmd_host_check(client: Client | None, args: argparse.Namespace) -> int:
     return 1 if any(check["status"] == "FAIL" for check in checks) else 0
 
 
+def nodeinfo_lines(info: dict[str, Any]) -> list[str]:
+    """virsh nodeinfo's eight lines (``%-20s %s``, tools/virsh-host.c); the CPU
+    frequency line only when it is known, as virsh."""
+    topo = info["topology"]
+    lines = [f"{'CPU model:':<20} {info['arch']}", f"{'CPU(s):':<20} {topo['cpus']}"]
+    if topo.get("mhz"):
+        lines.append(f"{'CPU frequency:':<20} {topo['mhz']} MHz")
+    lines += [f"{'CPU socket(s):':<20} {topo['sockets']}",
+              f"{'Core(s) per socket:':<20} {topo['cores']}",
+              f"{'Thread(s) per core:':<20} {topo['threads']}",
+              f"{'NUMA cell(s):':<20} {topo['nodes']}",
+              f"{'Memory size:':<20} {info['memory_kib']} KiB"]
+    return lines
+
+
 def cmd_nodeinfo(client: Client, args: argparse.Namespace) -> int:
     info = client.get("/v1/host")
     if args.json:
         render.as_json(info)
         return 0
-    render.keyvalues([
-        ("Host name", info["hostname"]), ("Kernel", info["kernel"]),
-        ("CPU(s)", info["cpus"]), ("Memory size", f"{info['memory_mib'] * 1024} KiB"),
-        ("Accelerator", info["accelerator"]), ("Why", info["accelerator_reason"]),
-        ("QEMU", f"{info['qemu']['version']} ({info['qemu']['path']})"),
-    ])
+    sys.stdout.write("".join(f"{line}\n" for line in nodeinfo_lines(info)) + "\n")
+    if args.all:  # virtkit's own facts, after virsh's block
+        render.keyvalues([
+            ("Host name", info["hostname"]), ("Kernel", info["kernel"]),
+            ("Accelerator", info["accelerator"]), ("Why", info["accelerator_reason"]),
+            ("QEMU", f"{info['qemu']['version']} ({info['qemu']['path']})"),
+        ])
     return 0
 
 
@@ -267,6 +288,7 @@ def cmd_completion(_client: Client | None, args: argparse.Namespace) -> int:
 def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     from virtkit.cli import (
         admin,
+        blockjobs,
         clone,
         cluster,
         devices,
@@ -278,9 +300,10 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
         stats,
         storage,
         virshcompat,
+        virtxml,
     )
 
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = VirshParser(
         prog="virtkit", description="Manage virtual machines (virsh-compatible commands).")
     parser.add_argument("--version", action="version", version=f"virtkit {__version__}")
     parser.add_argument("--root", type=Path, help="state root of the daemon to talk to "
@@ -317,6 +340,8 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     snapshots.register(sub)
     stats.register(sub)
     virshcompat.register(sub)
+    blockjobs.register(sub)
+    virtxml.register(sub)
     _register_install(sub, options=install_options)
     host = sub.add_parser("host", help="host commands: check, ksm, capacity, numa")
     host_sub = host.add_subparsers(dest="host_command", metavar="HOSTCOMMAND")
@@ -327,6 +352,8 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     stats.register_host(host_sub)
     node = sub.add_parser("nodeinfo", help="show host facts and the accelerator in use")
     node.add_argument("--json", action="store_true")
+    node.add_argument("--all", action="store_true", help="virtkit's facts too: host name, "
+                      "kernel, accelerator and why, QEMU")
     node.set_defaults(func=cmd_nodeinfo)
     event = sub.add_parser("event", help="print domain events as they happen")
     event.add_argument("domain", nargs="?", help="only this domain")
@@ -411,6 +438,11 @@ def run(argv: list[str] | None = None) -> int:
                 client.close()
         return result
     except VirtkitError as exc:
+        missing = _MISSING_DOMAIN.fullmatch(exc.message)
+        if missing is not None and getattr(exc, "http_status", 404) == 404:
+            # virsh's exact line, which scripts match on
+            render.error(f"failed to get domain '{missing.group(1)}'")
+            return 1
         details: dict[str, Any] = getattr(exc, "details", {}) or {}
         render.error(exc.message, exc.fix, details.get("stderr"))
         return 1

@@ -107,8 +107,44 @@ def _tree(snaps: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def snapshot_state(snap: dict[str, Any]) -> str:
+    """virsh's State column: the domain's state then, ``disk-snapshot`` for a disk-only
+    snapshot of a running domain (libvirt's virDomainSnapshotState names)."""
+    if snap["kind"] == "external" and not snap["memory"] and snap["state"] != "shutoff":
+        return "disk-snapshot"
+    return str(snap["state"])
+
+
+def snapshot_table(snaps: list[dict[str, Any]], parent: bool) -> tuple[list[str],
+                                                                       list[list[Any]]]:
+    """virsh's columns (Name, Creation Time, State [, Parent]) first, so scripts reading
+    them by position work; virtkit's Kind, Memory and the current mark (``*``) after."""
+    headers = ["Name", "Creation Time", "State"] + (["Parent"] if parent else []) + \
+        ["Kind", "Memory", "Current"]
+    rows = [[s["name"], _when(s["created"]), snapshot_state(s)]
+            + ([s["parent"] or ""] if parent else [])
+            + [s["kind"], "yes" if s["memory"] else "no", "*" if s["current"] else ""]
+            for s in snaps]
+    return headers, rows
+
+
+def select_snapshots(snaps: list[dict[str, Any]], args: argparse.Namespace
+                     ) -> list[dict[str, Any]]:
+    """virsh snapshot-list's filters: --current, --roots, --leaves, --no-leaves."""
+    parents = {s["parent"] for s in snaps}
+    if getattr(args, "current", False):
+        snaps = [s for s in snaps if s["current"]]
+    if getattr(args, "roots", False):
+        snaps = [s for s in snaps if not s["parent"]]
+    if getattr(args, "leaves", False):
+        snaps = [s for s in snaps if s["name"] not in parents]
+    if getattr(args, "no_leaves", False):
+        snaps = [s for s in snaps if s["name"] in parents]
+    return snaps
+
+
 def cmd_list(client: Client, args: argparse.Namespace) -> int:
-    snaps = client.get(_path(client, args.domain))
+    snaps = select_snapshots(client.get(_path(client, args.domain)), args)
     if args.json:
         render.as_json(snaps)
     elif args.tree:
@@ -116,13 +152,8 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
     elif args.name:
         sys.stdout.write("".join(f"{s['name']}\n" for s in snaps))
     else:
-        headers = ["Name", "Creation Time", "State", "Kind", "Memory"]
-        rows = [[s["name"] + (" *" if s["current"] else ""), _when(s["created"]), s["state"],
-                 s["kind"], "yes" if s["memory"] else "no"] for s in snaps]
-        if args.parent:
-            headers.append("Parent")
-            rows = [[*row, s["parent"] or ""] for row, s in zip(rows, snaps, strict=True)]
-        render.table(headers, rows)
+        render.table(*snapshot_table(snaps, args.parent))
+        print()
     return 0
 
 
@@ -206,6 +237,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = add("snapshot-list", cmd_list, "list a domain's snapshots (* marks the current one)")
     p.add_argument("--tree", action="store_true", help="as a tree of parents and children")
     p.add_argument("--parent", action="store_true", help="add a parent column")
+    p.add_argument("--current", action="store_true", help="only the current snapshot")
+    p.add_argument("--roots", action="store_true", help="only snapshots without a parent")
+    p.add_argument("--leaves", action="store_true", help="only snapshots without children")
+    p.add_argument("--no-leaves", action="store_true", help="only snapshots with children")
     p.add_argument("--name", action="store_true", help="names only")
     p.add_argument("--json", action="store_true")
     for name, func, text in (("snapshot-info", cmd_info, "show a snapshot"),

@@ -16,23 +16,72 @@ STATE_NUMBERS = {"running": 1, "paused": 3, "in shutdown": 4, "shutoff": 5, "cra
 GROUP_FLAGS = ("state", "cpu-total", "balloon", "vcpu", "interface", "block")
 
 
+#: libvirt's reason numbers per state (virDomainRunningReason, virDomainPausedReason,
+#: virDomainShutoffReason, virDomainCrashedReason, virDomainShutdownReason), matched by
+#: the first keyword found in virtkit's reason text; 0 (unknown) when none is
+REASON_NUMBERS: dict[str, tuple[tuple[str, int], ...]] = {
+    "running": (("migration failed", 6), ("migrat", 2), ("restored", 3), ("revert", 4),
+                ("snapshot", 4), ("user", 5), ("resumed", 5), ("unpaused", 5),
+                ("save", 7), ("wakeup", 8), ("crash", 9), ("postcopy failed", 11),
+                ("postcopy", 10), ("boot", 1), ("install", 1), ("restart", 1),
+                ("reboot", 1), ("start", 1)),
+    "paused": (("user", 1), ("postcopy failed", 13), ("postcopy", 12), ("migrat", 2),
+               ("save", 3), ("dump", 4), ("i/o error", 5), ("ioerror", 5),
+               ("watchdog", 6), ("revert", 7), ("snapshot", 9), ("shutting down", 8),
+               ("crash", 10), ("starting", 11), ("api error", 14)),
+    "shutoff": (("restart failed", 6), ("incoming migration failed", 6), ("failed", 6),
+                ("destroy", 2), ("crash", 3), ("exited unexpectedly", 3), ("migrat", 4),
+                ("saved", 5), ("revert", 7), ("snapshot", 7), ("daemon", 8),
+                ("shutdown", 1), ("install finished", 1), ("reboot", 1),
+                ("transient domain stopped", 1)),
+    "crashed": (("panic", 1),),
+    "in shutdown": (("user", 1),),
+}
+#: virtkit's balloon keys -> virsh domstats' (libvirt's balloon.* names), in its order
+BALLOON_KEYS = (("current", "current"), ("maximum", "maximum"), ("swap_in", "swap_in"),
+                ("swap_out", "swap_out"), ("major_fault", "major_fault"),
+                ("minor_fault", "minor_fault"), ("unused", "unused"),
+                ("usable_total", "available"), ("available", "usable"),
+                ("last_update", "last-update"), ("disk_caches", "disk_caches"),
+                ("rss", "rss"))
+BLOCK_KEYS = (("name", "name"), ("path", "path"), ("rd_reqs", "rd.reqs"),
+              ("rd_bytes", "rd.bytes"), ("rd_times", "rd.times"), ("wr_reqs", "wr.reqs"),
+              ("wr_bytes", "wr.bytes"), ("wr_times", "wr.times"), ("fl_reqs", "fl.reqs"),
+              ("fl_times", "fl.times"), ("allocation", "allocation"),
+              ("capacity", "capacity"), ("physical", "physical"))
+NET_KEYS = (("name", "name"), ("rx_bytes", "rx.bytes"), ("rx_packets", "rx.pkts"),
+            ("rx_errors", "rx.errs"), ("rx_dropped", "rx.drop"), ("tx_bytes", "tx.bytes"),
+            ("tx_packets", "tx.pkts"), ("tx_errors", "tx.errs"), ("tx_dropped", "tx.drop"))
+
+
+def reason_number(state: str, reason: str) -> int:
+    """virsh's number for virtkit's reason text in ``state`` (0: unknown)."""
+    text = reason.lower()
+    for keyword, number in REASON_NUMBERS.get(state, ()):
+        if keyword in text:
+            return number
+    return 0
+
+
 def _ns(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * 1e9)
 
 
 def flatten(stats: dict[str, Any]) -> list[tuple[str, Any]]:
-    """One domain's stats as virsh domstats' ``key=value`` pairs (times in ns, sizes KiB)."""
+    """One domain's stats as virsh domstats' ``key=value`` pairs, libvirt's names and
+    numbers (times in ns, memory in KiB, sizes in bytes); unknown values are left out,
+    never printed empty."""
     pairs: list[tuple[str, Any]] = []
     state = stats.get("state")
     if state:
         pairs += [("state.state", STATE_NUMBERS.get(state["state"], 0)),
-                  ("state.reason", state["reason"])]
+                  ("state.reason", reason_number(state["state"], state.get("reason") or ""))]
     cpu = stats.get("cpu")
     if cpu:
         pairs += [("cpu.time", _ns(cpu["time"])), ("cpu.user", _ns(cpu["user"])),
-                  ("cpu.system", _ns(cpu["system"])), ("cpu.percent", cpu["percent"])]
-    for key, value in (stats.get("balloon") or {}).items():
-        pairs.append((f"balloon.{key}", value))
+                  ("cpu.system", _ns(cpu["system"]))]
+    balloon = stats.get("balloon") or {}
+    pairs += [(f"balloon.{theirs}", balloon.get(ours)) for ours, theirs in BALLOON_KEYS]
     vcpu = stats.get("vcpu")
     if vcpu:
         pairs += [("vcpu.current", vcpu["current"]), ("vcpu.maximum", vcpu["maximum"])]
@@ -42,16 +91,13 @@ def flatten(stats: dict[str, Any]) -> list[tuple[str, Any]]:
     if "net" in stats:
         pairs.append(("net.count", len(stats["net"])))
         for index, nic in enumerate(stats["net"]):
-            for key, value in nic.items():
-                name = key.replace("_packets", ".pkts").replace("_bytes", ".bytes") \
-                    .replace("_errors", ".errs").replace("_dropped", ".drop")
-                pairs.append((f"net.{index}.{name}", value))
+            pairs += [(f"net.{index}.{theirs}", nic.get(ours)) for ours, theirs in NET_KEYS]
     if "block" in stats:
         pairs.append(("block.count", len(stats["block"])))
         for index, disk in enumerate(stats["block"]):
-            for key, value in disk.items():
-                pairs.append((f"block.{index}.{key.replace('_', '.', 1)}", value))
-    return pairs
+            pairs += [(f"block.{index}.{theirs}", disk.get(ours))
+                      for ours, theirs in BLOCK_KEYS]
+    return [(key, value) for key, value in pairs if value is not None and value != ""]
 
 
 def cmd_domstats(client: Client, args: argparse.Namespace) -> int:
@@ -68,7 +114,7 @@ def cmd_domstats(client: Client, args: argparse.Namespace) -> int:
     out = []
     for item in stats:
         out.append(f"Domain: '{item['name']}'")
-        out += [f"  {key}={'' if value is None else value}" for key, value in flatten(item)]
+        out += [f"  {key}={value}" for key, value in flatten(item)]
         out.append("")
     sys.stdout.write("\n".join(out) + ("\n" if out else ""))
     return 0

@@ -83,22 +83,23 @@ def cmd_send_key(client: Client, args: argparse.Namespace) -> int:
 # -- names, ids, uuids ---------------------------------------------------------------------
 
 def _find(client: Client, ref: str) -> dict[str, Any]:
-    """A domain by name, UUID or the Id `virtkit list` shows (its QEMU's pid)."""
+    """A domain by name, UUID or the Id `virtkit list` shows (or its QEMU's pid)."""
     rows = client.get("/v1/domains?all=1")
     for key in ("name", "uuid"):
         for row in rows:
             if str(row[key]) == ref:
                 return dict(row)
     if ref.isdecimal():
-        for row in rows:
-            if row["pid"] is not None and str(row["pid"]) == ref:
-                return dict(row)
+        for key in ("id", "pid"):
+            for row in rows:
+                if row.get(key) is not None and str(row[key]) == ref:
+                    return dict(row)
     raise NotFound(f"failed to get domain '{ref}'", fix="see 'virtkit list --all'")
 
 
 def cmd_domid(client: Client, args: argparse.Namespace) -> int:
     row = _find(client, args.domain)
-    print(row["pid"] if row["pid"] is not None else "-")
+    print(row["id"] if row.get("id") is not None else "-")
     return 0
 
 

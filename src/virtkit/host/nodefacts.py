@@ -74,3 +74,44 @@ def smbios(dmi: Path = DMI) -> dict[str, list[tuple[str, str]]]:
         if found:
             tables[block] = found
     return tables
+
+
+def cpu_topology(sysfs: Path = Path("/sys/devices/system"), cpuinfo: Path = PROC / "cpuinfo"
+                 ) -> dict[str, int]:
+    """virsh nodeinfo's CPU lines as libvirt's linux node driver counts them: online
+    CPUs, MHz, NUMA cells, sockets per cell, cores per socket, threads per core."""
+    cpus = packages = 0
+    cores: set[tuple[str, str]] = set()
+    package_ids: set[str] = set()
+    for folder in sorted((sysfs / "cpu").glob("cpu[0-9]*")):
+        online = folder / "online"
+        if online.exists() and online.read_text().strip() == "0":
+            continue
+        cpus += 1
+        package = _text(folder / "topology" / "physical_package_id") or "0"
+        package_ids.add(package)
+        cores.add((package, _text(folder / "topology" / "core_id") or folder.name))
+    cpus = cpus or os.cpu_count() or 1
+    packages = max(len(package_ids), 1)
+    nodes = max(len(list((sysfs / "node").glob("node[0-9]*"))), 1)
+    core_count = max(len(cores), 1)
+    mhz = 0
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "cpu MHz":
+                mhz = int(float(value))
+                break
+    except (OSError, ValueError):
+        mhz = 0
+    return {"cpus": cpus, "mhz": mhz, "nodes": nodes,
+            "sockets": max(packages // nodes, 1),
+            "cores": max(core_count // packages, 1),
+            "threads": max(cpus // core_count, 1)}
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None

@@ -88,9 +88,11 @@ async def active_chain(monitor: Monitor, device_id: str) -> list[str]:
 
 
 async def run_job(monitor: Monitor, job_id: str, *, progress: Progress | None = None,
-                  complete_when_ready: bool = False, timeout: float = 3600.0) -> None:
+                  complete_when_ready: bool = False, until_ready: bool = False,
+                  timeout: float = 3600.0) -> None:
     """Wait for job ``job_id`` to conclude (completing it when it is ready, for an active
-    commit), report its progress, dismiss it, and raise its error if it failed."""
+    commit), report its progress, dismiss it, and raise its error if it failed.
+    ``until_ready``: return once the job is ready (an active commit left to pivot)."""
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
@@ -102,6 +104,8 @@ async def run_job(monitor: Monitor, job_id: str, *, progress: Progress | None = 
         if progress is not None and total:
             progress(float(job.get("current-progress") or 0), total)
         status = job.get("status")
+        if status == "ready" and until_ready:
+            return
         if status == "ready" and complete_when_ready:
             await monitor.execute("job-complete", {"id": job_id})
             complete_when_ready = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -82,7 +83,7 @@ class StatsCollector:
             "balloon": self._balloon(domain, replies, process),
             "vcpu": self._vcpus(domain, vcpu_threads, threads, previous, sample),
             "block": block_stats(domain, replies.get("query-blockstats") or [],
-                                 running.disk_ids),
+                                 running.disk_ids, replies.get("query-block") or []),
             "net": net_stats(domain, running),
         }
 
@@ -92,6 +93,7 @@ class StatsCollector:
         commands: dict[str, tuple[str, dict[str, Any] | None]] = {
             "query-cpus-fast": ("query-cpus-fast", None),
             "query-blockstats": ("query-blockstats", None),
+            "query-block": ("query-block", None),
         }
         if domain.balloon:
             if key not in self._balloon_polling:
@@ -165,11 +167,32 @@ class StatsCollector:
                 "maximum": domain.vcpus.maximum, "vcpus": items}
 
 
+def _sizes(blocks: list[dict[str, Any]], device_id: str) -> dict[str, int]:
+    """virsh domstats' block.N.capacity/allocation/physical from query-block's image
+    (guest size, host bytes in use, file size); empty when QEMU does not say."""
+    for block in blocks:
+        qdev = str(block.get("qdev", ""))
+        image = (block.get("inserted") or {}).get("image") or {}
+        if image and (qdev == device_id or qdev.split("/")[-2:-1] == [device_id]
+                      or qdev.endswith("/" + device_id)):
+            sizes = {"capacity": image.get("virtual-size"),
+                     "allocation": image.get("actual-size")}
+            filename = image.get("filename")
+            if isinstance(filename, str) and filename.startswith("/"):
+                with contextlib.suppress(OSError):
+                    sizes["physical"] = os.stat(filename).st_size
+            return {key: int(value) for key, value in sizes.items()
+                    if isinstance(value, int)}
+    return {}
+
+
 def block_stats(domain: Domain, blockstats: list[dict[str, Any]],
-                ids: list[int] | None = None) -> list[dict[str, Any]]:
-    """query-blockstats per disk, with average latencies in microseconds.  ``ids`` are
-    the QEMU numbers of the disks (``disk{n}``/``drive-disk{n}``; hot-added disks take
-    fresh ones); by default their positions."""
+                ids: list[int] | None = None, blocks: list[dict[str, Any]] | None = None
+                ) -> list[dict[str, Any]]:
+    """query-blockstats per disk, with average latencies in microseconds, and sizes from
+    query-block (``blocks``).  ``ids`` are the QEMU numbers of the disks
+    (``disk{n}``/``drive-disk{n}``; hot-added disks take fresh ones); by default their
+    positions."""
     by_node = {entry.get("node-name"): entry for entry in blockstats}
     by_qdev = {str(entry.get("qdev", "")): entry for entry in blockstats}
     disks = []
@@ -195,6 +218,7 @@ def block_stats(domain: Domain, blockstats: list[dict[str, Any]],
             item[f"{short}_latency_us"] = round(total_ns / ops / 1000, 1) if ops else None
             if kind != "flush":
                 item[f"{short}_bytes"] = int(stats.get(f"{kind}_bytes", 0))
+        item.update(_sizes(blocks or [], device_id))
         disks.append(item)
     return disks
 

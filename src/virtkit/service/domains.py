@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +58,10 @@ class DomainService:
         self._life = lifecycle
         self._bus = bus
         self._host_memory = host_memory_mib or preflight.host_memory_mib()
+        #: virsh's small domain Ids: one per run (QEMU process), counted from 1
+        self._ids: dict[str, tuple[int, int]] = {}
+        self._last_id = 0
+        self._ids_lock = threading.Lock()
         #: who else uses an image (one writer per image, bases stay read-only)
         self.images = ImageUse(store, lifecycle,
                                storage.pool_files if storage is not None else None)
@@ -82,6 +87,18 @@ class DomainService:
     def spec(self, ref: str) -> Domain:
         return load_domain(self._row(ref).spec)
 
+    def _domain_id(self, uuid: str, pid: int | None) -> int | None:
+        """The run's Id as virsh shows it: a small number given at first sight of each
+        QEMU process, never reused while the daemon runs (None when shut off)."""
+        if pid is None:
+            return None
+        with self._ids_lock:
+            known = self._ids.get(uuid)
+            if known is None or known[0] != pid:
+                self._last_id += 1
+                known = self._ids[uuid] = (pid, self._last_id)
+            return known[1]
+
     def _summary(self, row: DomainRow) -> dict[str, Any]:
         vm = self._life.vm(row.uuid, row.name)
         spec = row.spec
@@ -96,6 +113,8 @@ class DomainService:
             "memory_mib": live.memory.current if live else spec["memory"]["current"],
             "autostart": spec.get("autostart", False),
             "pid": running.process.pid if running else None,
+            "id": self._domain_id(row.uuid, running.process.pid if running else None),
+            "title": spec.get("title"),
         }
 
     def list_domains(self, *, include_inactive: bool = True) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 from virtkit.host.accel import decide_accelerator
 from virtkit.host.checks import Check, run_host_checks
+from virtkit.host.nodefacts import cpu_topology, memory_stats
 from virtkit.host.qemubin import qemu_info
 from virtkit.runtime.preflight import host_memory_mib
 
@@ -53,4 +55,8 @@ class HostService:
             "accelerator": verdict.accel,
             "accelerator_reason": verdict.reason,
             "qemu": {"path": str(qemu.path), "version": ".".join(map(str, qemu.version))},
+            # virsh nodeinfo's facts (libvirt's virNodeInfo)
+            "arch": platform.machine(),
+            "memory_kib": memory_stats()["total"],
+            "topology": cpu_topology(),
         }

@@ -33,6 +33,7 @@ from virtkit.qemu.argv import disk_slots
 from virtkit.runtime import consoleio
 from virtkit.runtime.launcher import Running
 from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.service.blockjobs import BlockJobService
 from virtkit.storage.qemuimg import image_info
 from virtkit.store.db import Store
 
@@ -48,6 +49,8 @@ class VirshService:
         self._store = store
         self._life = lifecycle
         self._cache_dir = cache_dir
+        #: blockcommit, blockpull, blockjob, blockresize
+        self.blocks = BlockJobService(store, lifecycle)
 
     def _running(self, ref: str, what: str) -> tuple[str, Running]:
         row = self._store.get_domain(ref)
