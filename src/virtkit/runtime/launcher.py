@@ -307,14 +307,12 @@ async def _setup(domain: Domain, running: Running) -> None:
     """The QMP set-up between launch and ``cont`` that argv cannot express."""
     if domain.graphics.type == "vnc":
         if domain.graphics.password:
-            await running.monitor.execute(
-                "set_password", {"protocol": "vnc", "password": domain.graphics.password}
-            )
-        info = await running.monitor.execute("query-vnc")
+            await running.monitor.set_password("vnc", domain.graphics.password)
+        info = await running.monitor.query_vnc()
         running.vnc = {"host": info.get("host"), "port": int(info.get("service", 0) or 0)}
     for index, nic in enumerate(domain.nics):
         if nic.link == "down":
-            await running.monitor.execute("set_link", {"name": f"nic{index}", "up": False})
+            await running.monitor.set_link(f"nic{index}", False)
     if domain.cputune.vcpupin or domain.cputune.emulatorpin:
         apply_cputune(domain, running.process.pid, await vcpu_thread_ids(running.monitor))
 

@@ -248,7 +248,7 @@ class Lifecycle:
             if incoming_fd is not None:
                 await self._await_migration(running, "restoring the saved state")
             if not paused:
-                await running.monitor.execute("cont")
+                await running.monitor.cont()
         except BaseException:
             await self._kill(vm, "start failed")
             raise
@@ -272,7 +272,7 @@ class Lifecycle:
         """Poll ``query-migrate`` until the migration stream (save or restore) is done."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            info = await running.monitor.execute("query-migrate")
+            info = await running.monitor.query_migrate()
             status = info.get("status")
             if status == "completed":
                 return
@@ -297,7 +297,7 @@ class Lifecycle:
             return
         vm.expected_exit = reason
         with contextlib.suppress(Exception):
-            await running.monitor.execute("quit", timeout=DESTROY_GRACE)
+            await running.monitor.quit(timeout=DESTROY_GRACE)
         if not await running.process.wait(DESTROY_GRACE):
             await running.process.kill()
         await asyncio.wait_for(vm.exited.wait(), 10.0)
@@ -333,14 +333,13 @@ class Lifecycle:
         for mode in modes:
             try:
                 if mode == "acpi":
-                    await running.monitor.execute("system_powerdown")
+                    await running.monitor.system_powerdown()
                 elif running.agent is None or running.agent_open is False:
                     raise AgentUnavailable(
                         f"domain '{vm.name}' has no connected guest agent to shut it down",
                         fix="use --mode acpi, or start qemu-guest-agent in the guest")
                 else:  # the guest agent: the guest's own clean shutdown, no ACPI needed
-                    await running.agent.execute(
-                        "guest-shutdown", {"mode": "reboot" if reboot else "powerdown"})
+                    await running.agent.shutdown("reboot" if reboot else "powerdown")
                 return mode
             except VirtkitError as exc:
                 failure = exc
@@ -372,7 +371,7 @@ class Lifecycle:
         async with vm.lock:
             check_action(Action.SUSPEND, vm.state, vm.name)
             assert vm.running is not None
-            await vm.running.monitor.execute("stop")
+            await vm.running.monitor.stop()
             self._set_state(vm, State.PAUSED, "user", event="paused")
 
     async def resume(self, uuid: str, name: str) -> None:
@@ -380,7 +379,7 @@ class Lifecycle:
         async with vm.lock:
             check_action(Action.RESUME, vm.state, vm.name)
             assert vm.running is not None
-            await vm.running.monitor.execute("cont")
+            await vm.running.monitor.cont()
             self._set_state(vm, State.RUNNING, "user", event="resumed")
 
     async def reset(self, uuid: str, name: str) -> None:
@@ -388,7 +387,7 @@ class Lifecycle:
         async with vm.lock:
             check_action(Action.RESET, vm.state, vm.name)
             assert vm.running is not None
-            await vm.running.monitor.execute("system_reset")
+            await vm.running.monitor.system_reset()
             self._bus.publish("reset", vm.uuid, domain=vm.name, uuid=vm.uuid,
                               state=vm.state.value, reason="user")
 
@@ -408,7 +407,7 @@ class Lifecycle:
                 partial.unlink(missing_ok=True)
                 if was_running and vm.running is running:
                     with contextlib.suppress(Exception):
-                        await running.monitor.execute("cont")
+                        await running.monitor.cont()
                 raise
             await self._kill(vm, "saved")
             self._bus.publish("saved", vm.uuid, domain=vm.name, uuid=vm.uuid,
@@ -417,17 +416,17 @@ class Lifecycle:
     async def _save_to(self, vm: Vm, running: Running, partial: Path, was_running: bool) -> None:
         monitor = running.monitor
         await self.check_restorable(vm, running)
-        await monitor.execute("stop")
+        await monitor.stop()
         with open(partial, "xb") as stream:
             # the running configuration (hot-plugged devices included): restore must
             # build QEMU with exactly the devices whose state the stream carries
             live = running.live if running.live is not None else self._spec_for(vm.uuid)
             savefile.write_header(stream, dump_domain(live), running=was_running)
             monitor.send_fd(stream.fileno())
-            await monitor.execute("getfd", {"fdname": "virtkit-save"})
+            await monitor.getfd("virtkit-save")
             # QEMU's default migration limit (128 MiB/s) makes no sense for a local file
-            await monitor.execute("migrate-set-parameters", {"max-bandwidth": 2**40})
-            await monitor.execute("migrate", {"uri": "fd:virtkit-save"})
+            await monitor.migrate_set_parameters({"max-bandwidth": 2**40})
+            await monitor.migrate("fd:virtkit-save")
             await self._await_migration(running, "saving")
             stream.flush()
             os.fsync(stream.fileno())
@@ -443,10 +442,10 @@ class Lifecycle:
         why = None
         if running.layout_changed:
             why = "had a disk or NIC hot-plugged or unplugged while running"
-        elif await running.monitor.execute("query-memory-devices"):
+        elif await running.monitor.query_memory_devices():
             why = "has hot-added memory"
         else:
-            cpus = await running.monitor.execute("query-hotpluggable-cpus")
+            cpus = await running.monitor.query_hotpluggable_cpus()
             if any(str(c.get("qom-path", "")).startswith("/machine/peripheral/")
                    for c in cpus):
                 why = "has hot-added vCPUs"
@@ -686,7 +685,7 @@ class Lifecycle:
         monitor.subscribe(lambda e: self._on_qmp_event(vm, e))
         try:
             await monitor.connect(connect_unix(run_dir / "qmp.sock", timeout=5.0))
-            status = (await monitor.execute("query-status"))["status"]
+            status = (await monitor.query_status())["status"]
         except Exception as exc:
             status = "unknown"
             log.error("cannot reach the monitor of %s: %s", vm.name, exc)

@@ -113,7 +113,7 @@ def apply_cputune(domain: Domain, pid: int, vcpu_threads: dict[int, int]) -> Non
 
 async def vcpu_thread_ids(monitor: Monitor) -> dict[int, int]:
     """vCPU index -> host thread id (QMP query-cpus-fast)."""
-    reply = await monitor.execute("query-cpus-fast")
+    reply = await monitor.query_cpus_fast()
     return {int(cpu["cpu-index"]): int(cpu["thread-id"]) for cpu in reply}
 
 
