@@ -342,8 +342,7 @@ class DomainService:
                            fix="links of a stopped domain are set in its spec (nics[].link)")
         for index, (number, nic) in enumerate(nics):
             if nic_ref in (nic.mac, vm.running.taps.get(number), str(index)):
-                await vm.running.monitor.execute("set_link", {"name": f"nic{number}",
-                                                              "up": state == "up"})
+                await vm.running.monitor.set_link(f"nic{number}", state == "up")
                 vm.links[number] = state
                 return {"name": row.name, "index": index, "mac": nic.mac, "link": state}
         raise NotFound(f"domain '{row.name}' has no interface {nic_ref}",

@@ -357,7 +357,7 @@ class IncomingMigrations:
             if vm is not None and vm.running is not None:
                 status = "unknown"
                 with contextlib.suppress(VirtkitError):
-                    status = (await vm.running.monitor.execute("query-status"))["status"]
+                    status = (await vm.running.monitor.query_status())["status"]
                 if status == "running":  # finish had let it run: it is the VM now
                     async with vm.lock:
                         self._life.set_state(vm, State.RUNNING, "migrated")

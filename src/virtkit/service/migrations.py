@@ -308,7 +308,7 @@ class MigrationService:
             return
         status = "unknown"
         with contextlib.suppress(VirtkitError):
-            status = (await running.monitor.execute("query-status"))["status"]
+            status = (await running.monitor.query_status())["status"]
         if status == "running":
             self._life.set_state(vm, State.RUNNING, "migration failed", event="resumed")
         else:
@@ -334,7 +334,7 @@ class MigrationService:
             running = vm.running
             status = "unknown"
             with contextlib.suppress(VirtkitError):
-                status = (await running.monitor.execute("query-status"))["status"]
+                status = (await running.monitor.query_status())["status"]
             if status not in migration.STOPPED_BY:
                 # cancelled by the reattach (the guest runs on): the incoming one there
                 # goes too (else its keepalive silence removes it)
@@ -381,7 +381,7 @@ class MigrationService:
             self._life.set_state(vm, State.PAUSED, "migration failed")
             return
         with contextlib.suppress(VirtkitError):
-            await running.monitor.execute("cont")
+            await running.monitor.cont()
             self._life.set_state(vm, State.RUNNING, "migration failed", event="resumed")
 
     @staticmethod
@@ -417,7 +417,7 @@ class MigrationService:
             return {"domain": row.name, "type": "none"}
         # before the stream starts, query-migrate still shows the migration this QEMU
         # saw last (for a VM that arrived by migration: the incoming one, 'completed')
-        info = await running.monitor.execute("query-migrate") if job.streaming else {}
+        info = await running.monitor.query_migrate() if job.streaming else {}
         ram = info.get("ram", {})
         ram_total = ram.get("total")
         if ram_total is None and running.live is not None:  # before the stream starts
@@ -463,7 +463,7 @@ class MigrationService:
                            fix="wait for it to complete")
         job.stop("the migration was cancelled (domjobabort)")  # stops the disk copy
         if job.streaming:
-            await running.monitor.execute("migrate_cancel")
+            await running.monitor.migrate_cancel()
         return {"domain": row.name, "aborted": True}
 
     async def job_postcopy(self, ref: str) -> dict[str, Any]:

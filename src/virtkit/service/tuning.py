@@ -187,7 +187,7 @@ class TuningService:
         index = next((i for i, d in enumerate(current) if d.address == dev.address),
                      len(current))
         if detach:
-            await running.monitor.execute("device_del", {"id": f"hostdev{index}"})
+            await running.monitor.device_del(f"hostdev{index}")
             return
         bound = await asyncio.to_thread(tuning.bind_hostdevs, load_domain(
             {"name": "hotplug", "memory": 1, "hostdevs": [dev.model_dump()]}), self._sys)
@@ -200,7 +200,7 @@ class TuningService:
                 raise Conflict("no free PCIe slot for the host device: every hotplug port "
                                "is in use", fix="attach it with --config and restart")
             device["bus"] = port
-        await running.monitor.execute("device_add", device)
+        await running.monitor.device_add(device)
 
 
 def _parse_hostdev(xml: str) -> HostDev:
