@@ -20,15 +20,23 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from virtkit.errors import Conflict, InvalidSpec, NotFound, QemuError, TimeoutExpired
 from virtkit.model.domain import Disk, DiskBus, DiskDevice, Domain, Machine, Nic
+from virtkit.model.tuning import HostDev
 from virtkit.qemu.argv import blockdev_nodes, disk_slots, nic_device
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.qmp import HotpluggableCpu
 from virtkit.runtime.launcher import OpenTap, Running
-from virtkit.runtime.tuning import pin_new_vcpus, vcpu_thread_ids
+from virtkit.runtime.lifecycle import Vm
+from virtkit.runtime.tuning import (
+    bind_devices,
+    pin_new_vcpus,
+    release_hostdevs,
+    vcpu_thread_ids,
+)
 
 #: seconds the guest gets to release a device before the removal is reported pending
 #: (virsh waits 5 s too, then says "detach request sent"); the request does not block
@@ -60,6 +68,21 @@ async def free_pcie_port(monitor: Monitor) -> str | None:
                     and not bridge.get("devices"):
                 return str(device["qdev_id"])
     return None
+
+
+async def _pci_ids(monitor: Monitor) -> set[str]:
+    """The ids of every PCI device QEMU has now (one the guest has not released yet
+    included), behind bridges too."""
+    found: set[str] = set()
+
+    def walk(devices: list[dict[str, Any]]) -> None:
+        for device in devices:
+            if device.get("qdev_id"):
+                found.add(str(device["qdev_id"]))
+            walk((device.get("pci_bridge") or {}).get("devices") or [])
+    for bus in await monitor.query_pci():
+        walk(bus.get("devices", []))
+    return found
 
 
 async def _placement(running: Running, what: str) -> dict[str, Any]:
@@ -496,3 +519,58 @@ async def set_balloon(running: Running, mib: int) -> int:
                           fix="to give more than it has, hot-add memory (attach-memory)")
     await running.monitor.balloon(mib * 2**20)
     return mib
+
+
+async def attach_hostdev(running: Running, dev: HostDev, sys_root: Path) -> None:
+    """Hot-add PCI host device ``dev`` (vfio-pci) under a fresh id (the caller holds
+    the VM's lock: Lifecycle.live_change); a refusal gives the device back to its
+    driver."""
+    live = _live(running)
+    if any(d.address == dev.address for d in live.hostdevs):
+        raise Conflict(f"host device {dev.address} is already attached to '{live.name}'")
+    taken = await _pci_ids(running.monitor)  # a detached one may still be there
+    number = _next_number(running.hostdev_ids)
+    while f"hostdev{number}" in taken:
+        number += 1
+    device: dict[str, Any] = {"driver": "vfio-pci", "host": dev.address,
+                              "id": f"hostdev{number}"}
+    async with contextlib.AsyncExitStack() as undo:
+        bound = await asyncio.to_thread(bind_devices, [dev], sys_root)
+        undo.push_async_callback(asyncio.to_thread, release_hostdevs, bound, sys_root)
+        if live.machine is Machine.Q35:
+            port = await free_pcie_port(running.monitor)
+            if port is None:
+                raise Conflict("no free PCIe slot for the host device: every hotplug port "
+                               "is in use", fix="attach it with --config and restart")
+            device["bus"] = port
+        await running.monitor.device_add(device)
+        undo.pop_all()
+    running.hostdev_drivers.update(bound)
+    running.hostdev_ids.append(number)
+    running.live = live.model_copy(update={"hostdevs": [*live.hostdevs, dev]})
+
+
+async def detach_hostdev(running: Running, address: str) -> None:
+    """Ask the guest to release host device ``address`` (device_del); its driver is
+    given back when QEMU ends, as for a device it started with."""
+    live = _live(running)
+    index = next((i for i, d in enumerate(live.hostdevs) if d.address == address), None)
+    if index is None:
+        raise NotFound(f"the running '{live.name}' has no host device {address}",
+                       fix="detach it with --config only")
+    await running.monitor.device_del(f"hostdev{running.hostdev_ids[index]}")
+    del running.hostdev_ids[index]
+    running.live = live.model_copy(update={"hostdevs": [
+        d for i, d in enumerate(live.hostdevs) if i != index]})
+
+
+async def set_link(vm: Vm, number: int, up: bool) -> None:
+    """domif-setlink: NIC ``nic{number}`` of the running ``vm`` goes up or down.  Not
+    under the VM's lock (as before): a link flip is one QMP command and must not wait
+    for a long migration or snapshot holding it."""
+    running = vm.running
+    if running is None:
+        raise Conflict(f"domain '{vm.name}' is not running",
+                       fix="links of a stopped domain are set in its spec (nics[].link)")
+    await running.monitor.set_link(f"nic{number}", up)
+    vm.links[number] = "up" if up else "down"

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from virtkit.errors import (
     AgentUnavailable,
@@ -48,6 +49,8 @@ from virtkit.unixsock import connect_unix
 
 log = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+R = TypeVar("R")
 DESTROY_GRACE = 3.0
 #: seconds a cleanly exited QEMU's last QMP events get to be read (see _on_exit)
 EVENT_DRAIN_DELAY = 0.3
@@ -75,6 +78,22 @@ class Vm:
     boot_spec: Domain | None = None
     #: after an install phase ends by the guest's power-off or reboot: boot the spec
     boot_after_install: bool = True
+
+
+def require_lock(vm: Vm, what: str) -> None:
+    """A runtime step that must run under ``vm.lock`` checks it (as qemu.qmp's
+    ``@require`` checks the runstate): a caller that forgot the lock fails at once."""
+    assert vm.lock.locked(), f"{what} needs the lock of domain '{vm.name}'"
+
+
+def requires_lock(method: Callable[Concatenate[Any, Vm, P], R]
+                  ) -> Callable[Concatenate[Any, Vm, P], R]:
+    """:func:`require_lock` for a method whose first argument is the :class:`Vm`."""
+    @functools.wraps(method)
+    def checked(self: Any, vm: Vm, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        require_lock(vm, method.__name__)
+        return method(self, vm, *args, **kwargs)
+    return checked
 
 
 class Lifecycle:
@@ -181,6 +200,7 @@ class Lifecycle:
             self._bus.publish(event, vm.uuid, domain=vm.name, uuid=vm.uuid,
                               state=state.value, reason=reason, **detail)
 
+    @requires_lock
     def record(self, vm: Vm) -> None:
         """Write the runtime record after the caller (holding ``vm.lock``) changed the
         running configuration (a snapshot moved a disk onto an overlay)."""
@@ -466,16 +486,19 @@ class Lifecycle:
 
     # -- for operations that hold ``vm.lock`` themselves (snapshots) ------------
 
+    @requires_lock
     async def kill_locked(self, vm: Vm, reason: str) -> None:
         """Stop QEMU at once (the caller holds ``vm.lock``)."""
         await self._kill(vm, reason)
 
+    @requires_lock
     async def start_locked(self, vm: Vm, *, paused: bool, incoming_fd: int | None = None,
                            event: str = "started") -> None:
         """Start QEMU from the stored spec (the caller holds ``vm.lock``)."""
         self._refuse_preserved(vm, Action.START)
         await self._start_locked(vm, paused=paused, incoming_fd=incoming_fd, event=event)
 
+    @requires_lock
     async def start_incoming(self, vm: Vm, spec: Domain) -> Running:
         """Start QEMU paused with ``-incoming defer`` from ``spec`` (the running
         configuration a migration source sent); the caller holds ``vm.lock`` and
@@ -486,6 +509,7 @@ class Lifecycle:
         assert vm.running is not None
         return vm.running
 
+    @requires_lock
     def set_state(self, vm: Vm, state: State, reason: str, event: str | None = None) -> None:
         """Record a state change the caller made through QMP (it holds ``vm.lock``): a
         new state, or the same one for a new reason (an incoming migration kept paused
