@@ -20,8 +20,8 @@ from typing import Any
 
 from virtkit.errors import AgentUnavailable, Conflict, GuestAgentError, InvalidSpec, TimeoutExpired
 from virtkit.model.state import State
-from virtkit.qemu.agent import GuestAgent
 from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.runtime.qemunames import GuestAgent
 from virtkit.store.db import Store
 
 #: bytes per guest-file-read/-write call (the agent's base64 messages stay small)
