@@ -104,6 +104,23 @@ class QemuError(VirtkitError):
     http_status = 500
 
 
+class QmpCommandError(QemuError):
+    """QEMU answered a QMP command with an error (qemu.qmp's ExecuteError, typed).
+
+    ``sent`` is the message sent, ``received`` QEMU's reply, ``error_class`` QEMU's
+    class (``GenericError``, ``DeviceNotFound`` ...) and ``description`` its text."""
+
+    def __init__(self, message: str, *, command: str, arguments: dict[str, Any],
+                 error_class: str, description: str, received: dict[str, Any]) -> None:
+        super().__init__(message, command=command, arguments=arguments,
+                         error_class=error_class)
+        self.command = command
+        self.sent: dict[str, Any] = {"execute": command, "arguments": arguments}
+        self.received = received
+        self.error_class = error_class
+        self.description = description
+
+
 class GuestAgentError(VirtkitError):
     """The QEMU guest agent inside a VM answered a command with an error."""
 

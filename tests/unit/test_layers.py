@@ -165,6 +165,13 @@ def test_service_does_not_import_front_ends() -> None:
     assert bad == []
 
 
+def test_service_does_not_import_qemu() -> None:
+    """QEMU work (QMP, the agent, argv) is the runtime's; the service reaches what it
+    must know of qemu/ through virtkit.runtime.qemunames (issue 19)."""
+    bad = [str(i) for i in _imports_of("virtkit.service") if _within(i.target, "virtkit.qemu")]
+    assert bad == []
+
+
 def test_runtime_does_not_import_service_or_front_ends() -> None:
     imports = _imports_of("virtkit.runtime")
     assert imports

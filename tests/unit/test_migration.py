@@ -12,11 +12,12 @@ import pytest
 
 from virtkit.cli.migrate import destination
 from virtkit.errors import Conflict, InvalidSpec, QemuError, Unsupported, VirtkitError
+from virtkit.qemu.qmp import QmpCommands
 from virtkit.runtime import migration
 from virtkit.service.migrations import MAX_DEADLINE, _address, _deadline, _options
 
 
-class FakeMonitor:
+class FakeMonitor(QmpCommands):
     """Answers query-migrate from a script of statuses; records every command."""
 
     def __init__(self, statuses: list[str], *, run_status: str = "running") -> None:
@@ -271,7 +272,7 @@ def test_postcopy_after_precopy_switches_on_qemus_second_pass_event() -> None:
     assert result["postcopy"] is True and "migrate-start-postcopy" in monitor.commands()
 
 
-class IncomingMonitor:
+class IncomingMonitor(QmpCommands):
     """The destination QEMU as finish_incoming sees it: (migration status, run state)
     pairs in turn, the last one repeated."""
 

@@ -13,11 +13,12 @@ import pytest
 from virtkit.cli.migrate import disk_paths
 from virtkit.errors import Conflict, InvalidSpec, QemuError
 from virtkit.model.load import dump_domain, load_domain
+from virtkit.qemu.qmp import QmpCommands
 from virtkit.runtime import migration, storagecopy
 from virtkit.service.migrations import _options, copy_plan
 
 
-class CopyMonitor:
+class CopyMonitor(QmpCommands):
     """One virtio disk (device disk0, node disk0); mirrors get READY after a few
     polls; query-migrate follows a script of statuses."""
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from virtkit.errors import QemuError, TimeoutExpired
+from virtkit.errors import QmpCommandError as TypedQmpError
 from virtkit.qemu.monitor import Monitor
 from virtkit.unixsock import bind_unix, connect_unix
 
@@ -175,6 +176,26 @@ async def test_qmp_error_becomes_qemu_error(qmp: FakeQmp, monitor: Monitor) -> N
     assert exc.details["error_class"] == "DeviceNotFound"
     assert exc.details["command"] == "device_del"
     assert exc.details["arguments"] == {"id": "disk9"}
+
+
+async def test_the_typed_facade_keeps_qemus_error_as_fields(qmp: FakeQmp,
+                                                           monitor: Monitor) -> None:
+    """qemu/qmp.py's methods send the command; the refusal keeps sent/received/class
+    as typed fields (as qemu.qmp's ExecuteError), and is still a QemuError."""
+    def device_del(args: dict[str, Any]) -> Any:
+        raise QmpCommandError(f"Device '{args['id']}' not found", "DeviceNotFound")
+
+    qmp.handlers["device_del"] = device_del
+    qmp.handlers["query-migrate"] = lambda _a: {"status": "completed", "downtime": 12}
+    assert (await monitor.query_migrate())["downtime"] == 12
+    with pytest.raises(TypedQmpError) as info:
+        await monitor.device_del("disk9")
+    exc = info.value
+    assert isinstance(exc, QemuError)
+    assert exc.command == "device_del" and exc.error_class == "DeviceNotFound"
+    assert exc.sent == {"execute": "device_del", "arguments": {"id": "disk9"}}
+    assert exc.received["error"]["desc"] == "Device 'disk9' not found"
+    assert exc.description == "Device 'disk9' not found"
 
 
 async def test_handler_exception_is_a_generic_error(qmp: FakeQmp, monitor: Monitor) -> None:

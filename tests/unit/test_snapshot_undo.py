@@ -17,6 +17,7 @@ import pytest
 from virtkit.errors import QemuError
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.state import State
+from virtkit.qemu.qmp import QmpCommands
 from virtkit.runtime.lifecycle import Vm
 from virtkit.runtime.snapshots import CreateRequest, SnapshotRuntime
 from virtkit.store.db import Store
@@ -24,7 +25,7 @@ from virtkit.store.db import Store
 UUID = "6f1c0a52-3b8e-4a43-9c55-2d1f0e6f7a10"
 
 
-class ScriptedMonitor:
+class ScriptedMonitor(QmpCommands):
     """Answers the QMP commands of an external snapshot; refuses ``fail_on``."""
 
     def __init__(self, disk: str, fail_on: str) -> None:

@@ -34,7 +34,114 @@ NO_REPLY_GRACE = 3.0
 _MAX_LINE = 64 * 2**20
 
 
-class GuestAgent:
+class AgentCommands:
+    """The guest-agent commands virtkit uses, one typed method each (as qemu/qmp.py for
+    QMP; add a new one here the same way).  Subclasses supply :meth:`execute`."""
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None, *,
+                      timeout: float = DEFAULT_TIMEOUT) -> Any:
+        raise NotImplementedError
+
+    async def ping(self) -> None:
+        await self.execute("guest-ping")
+
+    async def info(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.execute("guest-info")
+        return result
+
+    async def osinfo(self) -> Any:
+        return await self.execute("guest-get-osinfo")
+
+    async def host_name(self) -> Any:
+        return await self.execute("guest-get-host-name")
+
+    async def users(self) -> Any:
+        return await self.execute("guest-get-users")
+
+    async def timezone(self) -> Any:
+        return await self.execute("guest-get-timezone")
+
+    async def fsinfo(self) -> Any:
+        return await self.execute("guest-get-fsinfo")
+
+    async def network_interfaces(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.execute("guest-network-get-interfaces")
+        return result
+
+    async def fsfreeze_freeze(self, mountpoints: list[str] | None = None, *,
+                              timeout: float = 60) -> int:
+        """Freeze all file systems (or ``mountpoints``); how many were frozen."""
+        if mountpoints:
+            count = await self.execute("guest-fsfreeze-freeze-list",
+                                       {"mountpoints": mountpoints}, timeout=timeout)
+        else:
+            count = await self.execute("guest-fsfreeze-freeze", timeout=timeout)
+        return int(count or 0)
+
+    async def fsfreeze_thaw(self, *, timeout: float = 60) -> int:
+        return int(await self.execute("guest-fsfreeze-thaw", timeout=timeout) or 0)
+
+    async def fsfreeze_status(self) -> str:
+        return str(await self.execute("guest-fsfreeze-status"))
+
+    async def fstrim(self, minimum: int | None = None, *, timeout: float = 300
+                     ) -> dict[str, Any] | None:
+        arguments = {"minimum": minimum} if minimum else None
+        result: dict[str, Any] | None = await self.execute("guest-fstrim", arguments,
+                                                            timeout=timeout)
+        return result
+
+    async def exec(self, arguments: dict[str, Any]) -> int:
+        """guest-exec (``path``, ``arg``, ``env``, ``input-data``, ``capture-output``);
+        the guest pid."""
+        return int((await self.execute("guest-exec", arguments))["pid"])
+
+    async def exec_status(self, pid: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self.execute("guest-exec-status", {"pid": pid})
+        return result
+
+    async def file_open(self, path: str, mode: str) -> int:
+        return int(await self.execute("guest-file-open", {"path": path, "mode": mode}))
+
+    async def file_read(self, handle: int, count: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self.execute("guest-file-read",
+                                                    {"handle": handle, "count": count})
+        return result
+
+    async def file_write(self, handle: int, buf_b64: str) -> None:
+        await self.execute("guest-file-write", {"handle": handle, "buf-b64": buf_b64})
+
+    async def file_flush(self, handle: int) -> None:
+        await self.execute("guest-file-flush", {"handle": handle})
+
+    async def file_close(self, handle: int) -> None:
+        await self.execute("guest-file-close", {"handle": handle})
+
+    async def set_user_password(self, username: str, password_b64: str,
+                                crypted: bool) -> None:
+        await self.execute("guest-set-user-password", {
+            "username": username, "crypted": crypted, "password": password_b64})
+
+    async def get_vcpus(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.execute("guest-get-vcpus")
+        return result
+
+    async def set_vcpus(self, vcpus: list[dict[str, Any]]) -> int:
+        return int(await self.execute("guest-set-vcpus", {"vcpus": vcpus}))
+
+    async def get_time(self) -> int:
+        return int(await self.execute("guest-get-time"))
+
+    async def set_time(self, nanoseconds: int | None) -> None:
+        arguments = {"time": nanoseconds} if nanoseconds is not None else None
+        await self.execute("guest-set-time", arguments)
+
+    async def shutdown(self, mode: str) -> None:
+        """guest-shutdown (``powerdown``, ``reboot``, ``halt``); no reply on success."""
+        await self.execute("guest-shutdown", {"mode": mode})
+
+
+class GuestAgent(AgentCommands):
     """One connection to a VM's guest agent socket; commands run one at a time."""
 
     def __init__(self, path: Path, name: str) -> None:

@@ -18,7 +18,8 @@ from typing import Any
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
-from virtkit.errors import QemuError, TimeoutExpired
+from virtkit.errors import QemuError, QmpCommandError, TimeoutExpired
+from virtkit.qemu.qmp import DEFAULT_TIMEOUT, QmpCommands
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,8 @@ Event = dict[str, Any]
 EventCallback = Callable[[Event], None]
 
 
-class Monitor:
-    """One QMP session with a QEMU process."""
+class Monitor(QmpCommands):
+    """One QMP session with a QEMU process; its typed commands are in qemu/qmp.py."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -58,18 +59,23 @@ class Monitor:
         return future
 
     async def execute(self, command: str, arguments: dict[str, Any] | None = None, *,
-                      timeout: float = 30.0) -> Any:
-        """Run one QMP command; QEMU's error becomes a QemuError naming the command."""
+                      timeout: float = DEFAULT_TIMEOUT) -> Any:
+        """Run one QMP command; QEMU's error becomes a QmpCommandError naming it.
+
+        Call the typed methods of :class:`QmpCommands` instead of this outside qemu/."""
         try:
             return await asyncio.wait_for(self._client.execute(command, arguments), timeout)
         except ExecuteError as exc:
-            error = dict(exc.received).get("error")
-            description = error.get("desc") if isinstance(error, dict) else str(exc)
-            raise QemuError(
+            received = dict(exc.received)
+            error = received.get("error")
+            description = str(error.get("desc") if isinstance(error, dict) else exc)
+            raise QmpCommandError(
                 f"QEMU refused {command}: {description}",
                 command=command,
                 arguments=arguments or {},
                 error_class=exc.error_class,
+                description=description,
+                received=received,
             ) from None
         except TimeoutError:
             raise TimeoutExpired(f"QEMU did not answer {command} within {timeout:g}s") from None

@@ -43,7 +43,7 @@ def _matches(qdev: str, device_id: str) -> bool:
 async def top_nodes(monitor: Monitor, device_ids: list[str]) -> dict[str, TopNode]:
     """The top format node of each device (by device id), from ``query-block``."""
     found: dict[str, TopNode] = {}
-    for block in await monitor.execute("query-block"):
+    for block in await monitor.query_block():
         inserted = block.get("inserted")
         if not inserted:
             continue
@@ -61,7 +61,7 @@ async def top_nodes(monitor: Monitor, device_ids: list[str]) -> dict[str, TopNod
 async def node_by_file(monitor: Monitor) -> dict[str, str]:
     """File name -> format node name for every open image (backing images included)."""
     nodes: dict[str, str] = {}
-    for node in await monitor.execute("query-named-block-nodes", {"flat": True}):
+    for node in await monitor.query_named_block_nodes():
         if node.get("drv") in _PROTOCOL_DRIVERS or not node.get("file"):
             continue
         nodes.setdefault(os.path.abspath(node["file"]), node["node-name"])
@@ -80,7 +80,7 @@ def chain_files(block_image: dict[str, Any]) -> list[str]:
 
 async def active_chain(monitor: Monitor, device_id: str) -> list[str]:
     """The files of a running disk's chain, top first."""
-    for block in await monitor.execute("query-block"):
+    for block in await monitor.query_block():
         inserted = block.get("inserted")
         if inserted and _matches(str(block.get("qdev", "")), device_id):
             return chain_files(inserted["image"])
@@ -96,7 +96,7 @@ async def run_job(monitor: Monitor, job_id: str, *, progress: Progress | None = 
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
-        jobs = await monitor.execute("query-jobs")
+        jobs = await monitor.query_jobs()
         job = next((j for j in jobs if j.get("id") == job_id), None)
         if job is None:
             raise QemuError(f"QEMU job {job_id} disappeared before it concluded")
@@ -107,15 +107,15 @@ async def run_job(monitor: Monitor, job_id: str, *, progress: Progress | None = 
         if status == "ready" and until_ready:
             return
         if status == "ready" and complete_when_ready:
-            await monitor.execute("job-complete", {"id": job_id})
+            await monitor.job_complete(job_id)
             complete_when_ready = False
         elif status == "concluded":
-            await monitor.execute("job-dismiss", {"id": job_id})
+            await monitor.job_dismiss(job_id)
             if job.get("error"):
                 raise QemuError(f"QEMU job {job_id} failed: {job['error']}", job=job_id)
             return
         if time.monotonic() > deadline:
-            await monitor.execute("job-cancel", {"id": job_id})
+            await monitor.job_cancel(job_id)
             raise TimeoutExpired(f"QEMU job {job_id} did not finish within {timeout:g}s")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.1)
@@ -128,7 +128,7 @@ async def commit(monitor: Monitor, job_id: str, top_device: str, *, top: str | N
                                  "auto-dismiss": False}
     if top is not None:
         arguments["top-node"] = top
-    await monitor.execute("block-commit", arguments)
+    await monitor.block_commit(arguments)
     await run_job(monitor, job_id, progress=progress, complete_when_ready=top is None)
 
 
@@ -138,7 +138,7 @@ async def await_migration(monitor: Monitor, what: str, progress: Progress | None
     RAM transferred against the total (the total grows while the guest dirties pages)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        info = await monitor.execute("query-migrate")
+        info = await monitor.query_migrate()
         status = info.get("status")
         ram = info.get("ram") or {}
         if progress is not None and ram.get("total"):

@@ -50,7 +50,7 @@ async def qmp_block_chain(monitor: Monitor, device_id: str) -> list[tuple[str, s
     """(file, node name, format driver) of each image of a disk's chain, top first."""
     chain: list[str] = []
     top: tuple[str, str] | None = None
-    for block in await monitor.execute("query-block"):
+    for block in await monitor.query_block():
         inserted = block.get("inserted")
         if inserted and _matches(str(block.get("qdev", "")), device_id):
             top = (str(inserted["node-name"]), str(inserted["drv"]))
@@ -64,7 +64,7 @@ async def qmp_block_chain(monitor: Monitor, device_id: str) -> list[tuple[str, s
     # the top by the device's own node name; the images below by file name, skipping
     # nodes the monitor still holds that are no longer in this chain
     nodes: dict[str, tuple[str, str]] = {}
-    for node in await monitor.execute("query-named-block-nodes", {"flat": True}):
+    for node in await monitor.query_named_block_nodes():
         if node.get("drv") in _PROTOCOL_DRIVERS or not node.get("file"):
             continue
         nodes.setdefault(os.path.abspath(node["file"]), (node["node-name"], node["drv"]))
@@ -82,7 +82,7 @@ async def qmp_release_nodes(monitor: Monitor, nodes: list[str]) -> None:
             continue
         for name in (node, f"file-{node}"):
             with contextlib.suppress(VirtkitError):
-                await monitor.execute("blockdev-del", {"node-name": name})
+                await monitor.blockdev_del(name)
 
 
 async def qmp_block_commit(monitor: Monitor, job: str, device_node: str, *,
@@ -93,7 +93,7 @@ async def qmp_block_commit(monitor: Monitor, job: str, device_node: str, *,
         arguments["top-node"] = top
     if speed:
         arguments["speed"] = speed
-    await monitor.execute("block-commit", arguments)
+    await monitor.block_commit(arguments)
 
 
 async def qmp_block_stream(monitor: Monitor, job: str, device_node: str, *,
@@ -103,23 +103,23 @@ async def qmp_block_stream(monitor: Monitor, job: str, device_node: str, *,
         arguments["base-node"] = base
     if speed:
         arguments["speed"] = speed
-    await monitor.execute("block-stream", arguments)
+    await monitor.block_stream(arguments)
 
 
 async def qmp_job(monitor: Monitor, job: str) -> dict[str, Any] | None:
     """The job as ``query-jobs`` shows it (None when QEMU has none by that id)."""
-    for entry in await monitor.execute("query-jobs"):
+    for entry in await monitor.query_jobs():
         if entry.get("id") == job:
             return dict(entry)
     return None
 
 
 async def qmp_job_speed(monitor: Monitor, job: str, speed: int) -> None:
-    await monitor.execute("block-job-set-speed", {"device": job, "speed": speed})
+    await monitor.block_job_set_speed(job, speed)
 
 
 async def qmp_block_resize(monitor: Monitor, node: str, size: int) -> None:
-    await monitor.execute("block_resize", {"node-name": node, "size": size})
+    await monitor.block_resize(node, size)
 
 
 # -- the jobs ----------------------------------------------------------------------------
@@ -201,7 +201,7 @@ class BlockOps:
                         job: dict[str, Any]) -> None:
         """Dismiss a job that ended on its own; raise its error."""
         self._pending.pop((vm.uuid, target), None)
-        await monitor.execute("job-dismiss", {"id": job_id(target)})
+        await monitor.job_dismiss(job_id(target))
         if job.get("error"):
             raise QemuError(f"the block job on disk {target} failed: {job['error']}")
 
@@ -313,14 +313,14 @@ class BlockOps:
                      progress: Progress | None) -> None:
         """Complete a ready active commit: QEMU switches to the base; so does the spec."""
         pending = self._pending.get((vm.uuid, target))
-        await running.monitor.execute("job-complete", {"id": job_id(target)})
+        await running.monitor.job_complete(job_id(target))
         await self._finish(vm, running.monitor, target, progress)
         if pending is not None and pending.base_file is not None:
             move_disks(self._store, self._life, vm,
                        {target: (pending.base_file, pending.base_format)})
 
     async def _cancel(self, vm: Vm, monitor: Monitor, target: str) -> None:
-        await monitor.execute("job-cancel", {"id": job_id(target)})
+        await monitor.job_cancel(job_id(target))
         try:
             await run_job(monitor, job_id(target))
         except QemuError as exc:  # a cancelled job reports "cancelled" as its error

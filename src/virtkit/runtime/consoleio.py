@@ -13,18 +13,12 @@ import os
 from typing import Any
 
 from virtkit.errors import QemuError
-from virtkit.qemu.monitor import Monitor
 from virtkit.runtime.launcher import Running
 
 #: the largest screenshot read back (a 4K PPM is 24 MiB)
 MAX_SCREENSHOT = 64 * 2**20
 #: the display adapter's id on QEMU's command line (qemu/argv.py _display)
 VIDEO_DEVICE = "video0"
-
-
-async def _quietly(monitor: Monitor, command: str, arguments: dict[str, Any]) -> None:
-    with contextlib.suppress(QemuError):
-        await monitor.execute(command, arguments)
 
 
 def _unsupported_png(exc: QemuError) -> bool:
@@ -45,7 +39,7 @@ async def screendump(running: Running, head: int | None = None) -> tuple[bytes, 
         writer = os.open(f"/proc/self/fd/{memfd}", os.O_WRONLY | os.O_CLOEXEC)
         try:
             monitor.send_fd(writer)
-            added = await monitor.execute("add-fd", {"opaque": "virtkit screendump"})
+            added = await monitor.add_fd("virtkit screendump")
         finally:
             os.close(writer)
         fdset = int(added["fdset-id"])
@@ -55,14 +49,15 @@ async def screendump(running: Running, head: int | None = None) -> tuple[bytes, 
                 arguments.update(device=VIDEO_DEVICE, head=head)
             mime = "image/png"
             try:
-                await monitor.execute("screendump", {**arguments, "format": "png"})
+                await monitor.screendump({**arguments, "format": "png"})
             except QemuError as exc:
                 if not _unsupported_png(exc):
                     raise
-                await monitor.execute("screendump", arguments)
+                await monitor.screendump(arguments)
                 mime = "image/x-portable-pixmap"
         finally:
-            await _quietly(monitor, "remove-fd", {"fdset-id": fdset})
+            with contextlib.suppress(QemuError):
+                await monitor.remove_fd(fdset)
         size = os.fstat(memfd).st_size
         if size > MAX_SCREENSHOT:
             raise QemuError(f"the screenshot is {size} bytes, over the limit of "
@@ -77,4 +72,4 @@ async def send_keys(running: Running, qnums: list[int], hold_ms: int | None = No
     arguments: dict[str, Any] = {"keys": [{"type": "number", "data": code} for code in qnums]}
     if hold_ms is not None:
         arguments["hold-time"] = hold_ms
-    await running.monitor.execute("send-key", arguments)
+    await running.monitor.send_key(arguments)

@@ -20,14 +20,23 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from virtkit.errors import Conflict, InvalidSpec, NotFound, QemuError, TimeoutExpired
 from virtkit.model.domain import Disk, DiskBus, DiskDevice, Domain, Machine, Nic
+from virtkit.model.tuning import HostDev
 from virtkit.qemu.argv import blockdev_nodes, disk_slots, nic_device
 from virtkit.qemu.monitor import Monitor
+from virtkit.qemu.qmp import HotpluggableCpu
 from virtkit.runtime.launcher import OpenTap, Running
-from virtkit.runtime.tuning import pin_new_vcpus, vcpu_thread_ids
+from virtkit.runtime.lifecycle import Vm
+from virtkit.runtime.tuning import (
+    bind_devices,
+    pin_new_vcpus,
+    release_hostdevs,
+    vcpu_thread_ids,
+)
 
 #: seconds the guest gets to release a device before the removal is reported pending
 #: (virsh waits 5 s too, then says "detach request sent"); the request does not block
@@ -52,13 +61,28 @@ def _next_number(numbers: list[int]) -> int:
 
 async def free_pcie_port(monitor: Monitor) -> str | None:
     """A PCIe root port with nothing plugged into it (q35), from ``query-pci``."""
-    for bus in await monitor.execute("query-pci"):
+    for bus in await monitor.query_pci():
         for device in bus.get("devices", []):
             bridge = device.get("pci_bridge")
             if bridge is not None and device.get("qdev_id", "").startswith("pci.") \
                     and not bridge.get("devices"):
                 return str(device["qdev_id"])
     return None
+
+
+async def _pci_ids(monitor: Monitor) -> set[str]:
+    """The ids of every PCI device QEMU has now (one the guest has not released yet
+    included), behind bridges too."""
+    found: set[str] = set()
+
+    def walk(devices: list[dict[str, Any]]) -> None:
+        for device in devices:
+            if device.get("qdev_id"):
+                found.add(str(device["qdev_id"]))
+            walk((device.get("pci_bridge") or {}).get("devices") or [])
+    for bus in await monitor.query_pci():
+        walk(bus.get("devices", []))
+    return found
 
 
 async def _placement(running: Running, what: str) -> dict[str, Any]:
@@ -91,7 +115,7 @@ async def _unplug(running: Running, device_id: str, timeout: float,
     deleted = running.monitor.expect(
         "DEVICE_DELETED", lambda event: event.get("data", {}).get("device") == device_id)
     try:
-        await running.monitor.execute("device_del", {"id": device_id})
+        await running.monitor.device_del(device_id)
         running.layout_changed = True
     except BaseException:
         deleted.cancel()
@@ -163,9 +187,8 @@ async def attach_disk(running: Running, disk: Disk) -> Disk:
     async with contextlib.AsyncExitStack() as undo:
         await _grant_medium(running, disk, undo)
         for blockdev in blockdev_nodes(disk, node):
-            await monitor.execute("blockdev-add", blockdev)
-            undo.push_async_callback(_quietly, monitor, "blockdev-del",
-                                     {"node-name": blockdev["node-name"]})
+            await monitor.blockdev_add(blockdev)
+            undo.push_async_callback(_quietly, monitor.blockdev_del, blockdev["node-name"])
         device: dict[str, Any] = {"id": device_id, "drive": node}
         if bus is DiskBus.VIRTIO:
             device["driver"] = "virtio-blk-pci"
@@ -176,7 +199,7 @@ async def attach_disk(running: Running, disk: Disk) -> Disk:
                           bus="scsi0.0")
         if disk.serial:
             device["serial"] = disk.serial
-        await monitor.execute("device_add", device)
+        await monitor.device_add(device)
         undo.pop_all()
     live = _live(running)
     running.live = live.model_copy(update={"disks": [*live.disks, disk]})
@@ -192,12 +215,12 @@ async def _ensure_scsi_controller(running: Running, undo: contextlib.AsyncExitSt
     controller = {"driver": "virtio-scsi-pci", "id": "scsi0",
                   **(await _placement(running, "SCSI controller"))}
     try:
-        await running.monitor.execute("device_add", controller)
+        await running.monitor.device_add(controller)
     except QemuError as exc:
         if "Duplicate" not in exc.message:  # one left from an earlier SCSI disk
             raise
         return
-    undo.push_async_callback(_quietly, running.monitor, "device_del", {"id": "scsi0"})
+    undo.push_async_callback(_quietly, running.monitor.device_del, "scsi0")
 
 
 def _find_disk(running: Running, target: str) -> int:
@@ -260,14 +283,15 @@ def _release_medium(running: Running, path: str | None) -> None:
 
 async def _delete_medium_nodes(monitor: Monitor, node: str) -> None:
     """Free a disk's format node and the protocol node below it."""
-    await _quietly(monitor, "blockdev-del", {"node-name": node})
-    await _quietly(monitor, "blockdev-del", {"node-name": f"file-{node}"})
+    await _quietly(monitor.blockdev_del, node)
+    await _quietly(monitor.blockdev_del, f"file-{node}")
 
 
-async def _quietly(monitor: Monitor, command: str, arguments: dict[str, Any]) -> None:
-    """An undo step: its failure (the thing is already gone) must not hide the real error."""
+async def _quietly(call: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """An undo step (``call(*args)``, a QMP method): its failure (the thing is already
+    gone) must not hide the real error."""
     with contextlib.suppress(QemuError, TimeoutExpired):
-        await monitor.execute(command, arguments)
+        await call(*args)
 
 
 async def change_media(running: Running, target: str, path: str | None, *,
@@ -287,19 +311,17 @@ async def change_media(running: Running, target: str, path: str | None, *,
             medium = disk.model_copy(update={"path": path, "format": disk.format or "raw"})
             await _grant_medium(running, medium, undo)
             for blockdev in blockdev_nodes(medium, new_node):
-                await monitor.execute("blockdev-add", blockdev)
-                undo.push_async_callback(_quietly, monitor, "blockdev-del",
-                                         {"node-name": blockdev["node-name"]})
+                await monitor.blockdev_add(blockdev)
+                undo.push_async_callback(_quietly, monitor.blockdev_del, blockdev["node-name"])
         try:
-            await monitor.execute("blockdev-open-tray", {"id": device_id, "force": force})
+            await monitor.blockdev_open_tray(device_id, force=force)
         except QemuError as exc:
             raise Conflict(f"the guest has locked the tray of {disk.target}: {exc.message}",
                            fix="unmount the CD in the guest, or use --force") from None
-        await monitor.execute("blockdev-remove-medium", {"id": device_id})
+        await monitor.blockdev_remove_medium(device_id)
         if path is not None:
-            await monitor.execute("blockdev-insert-medium", {"id": device_id,
-                                                             "node-name": new_node})
-        await monitor.execute("blockdev-close-tray", {"id": device_id})
+            await monitor.blockdev_insert_medium(device_id, new_node)
+        await monitor.blockdev_close_tray(device_id)
         undo.pop_all()
     if current is not None:
         await _delete_medium_nodes(monitor, current)
@@ -314,7 +336,7 @@ async def change_media(running: Running, target: str, path: str | None, *,
 
 async def _medium_node(monitor: Monitor, device_id: str) -> str | None:
     """The format node of the medium in drive ``device_id``, None when empty."""
-    for block in await monitor.execute("query-block"):
+    for block in await monitor.query_block():
         if block.get("qdev") in (device_id, f"/machine/peripheral/{device_id}/virtio-backend"):
             inserted = block.get("inserted")
             return str(inserted["node-name"]) if inserted else None
@@ -335,18 +357,18 @@ async def attach_nic(running: Running, nic: Nic, tap: OpenTap | None, *,
     async with contextlib.AsyncExitStack() as undo:
         if tap is not None:
             monitor.send_fd(tap.fd)
-            await monitor.execute("getfd", {"fdname": f"tap{number}"})
-            undo.push_async_callback(_quietly, monitor, "closefd", {"fdname": f"tap{number}"})
+            await monitor.getfd(f"tap{number}")
+            undo.push_async_callback(_quietly, monitor.closefd, f"tap{number}")
             netdev: dict[str, Any] = {"type": "tap", "id": f"net{number}",
                                       "fd": f"tap{number}", "vhost": vhost}
         else:
             netdev = {"type": "user", "id": f"net{number}", "restrict": nic.restrict}
-        await monitor.execute("netdev_add", netdev)
+        await monitor.netdev_add(netdev)
         undo.pop_all()  # the fd now belongs to the netdev
-        undo.push_async_callback(_quietly, monitor, "netdev_del", {"id": f"net{number}"})
+        undo.push_async_callback(_quietly, monitor.netdev_del, f"net{number}")
         device = nic_device(nic, number, pci=True, port=None)
         device.update(await _placement(running, "NIC"))
-        await monitor.execute("device_add", device)
+        await monitor.device_add(device)
         undo.pop_all()
     running.live = live.model_copy(update={"nics": [*live.nics, nic]})
     running.nic_ids.append(number)
@@ -367,7 +389,7 @@ async def detach_nic(running: Running, mac: str, background: Finisher, *,
     number = running.nic_ids[matches[0]]
 
     async def finish() -> None:
-        await _quietly(running.monitor, "netdev_del", {"id": f"net{number}"})
+        await _quietly(running.monitor.netdev_del, f"net{number}")
         if number in running.nic_ids:
             index = running.nic_ids.index(number)
             current = _live(running)
@@ -390,7 +412,7 @@ async def set_vcpus(running: Running, count: int, background: Finisher, *,
         raise InvalidSpec(f"vCPU count {count} is outside 1..{live.vcpus.maximum} (the "
                           f"maximum '{live.name}' was started with)", field="count",
                           fix="raise the maximum with 'setvcpus --maximum --config' and restart")
-    slots = await running.monitor.execute("query-hotpluggable-cpus")
+    slots = await running.monitor.query_hotpluggable_cpus()
     present = [slot for slot in slots if slot.get("qom-path")]
     if count > len(present):
         known = set((await vcpu_thread_ids(running.monitor)).values())
@@ -425,7 +447,7 @@ async def set_vcpus(running: Running, count: int, background: Finisher, *,
 def _count_vcpus(running: Running) -> Callable[[], Awaitable[None]]:
     """A step that sets the live vCPU count from what QEMU has."""
     async def count() -> None:
-        slots = await running.monitor.execute("query-hotpluggable-cpus")
+        slots = await running.monitor.query_hotpluggable_cpus()
         live = _live(running)
         present = sum(1 for slot in slots if slot.get("qom-path"))
         running.live = live.model_copy(update={
@@ -433,16 +455,15 @@ def _count_vcpus(running: Running) -> Callable[[], Awaitable[None]]:
     return count
 
 
-async def _plug_vcpus(running: Running, slots: list[dict[str, Any]], how_many: int) -> None:
+async def _plug_vcpus(running: Running, slots: list[HotpluggableCpu], how_many: int) -> None:
     absent = sorted((slot for slot in slots if not slot.get("qom-path")),
                     key=lambda slot: _cpu_key(slot["props"]))
     async with contextlib.AsyncExitStack() as undo:
         for slot in absent[:how_many]:
             device_id = "vcpu-" + "-".join(str(v) for v in _cpu_key(slot["props"]))
-            await running.monitor.execute("device_add", {"driver": slot["type"],
-                                                         "id": device_id, **slot["props"]})
-            undo.push_async_callback(_quietly, running.monitor, "device_del",
-                                     {"id": device_id})
+            await running.monitor.device_add({"driver": slot["type"], "id": device_id,
+                                              **slot["props"]})
+            undo.push_async_callback(_quietly, running.monitor.device_del, device_id)
         undo.pop_all()
 
 
@@ -463,12 +484,12 @@ async def add_memory(running: Running, mib: int) -> int:
         raise InvalidSpec(f"'{live.name}' would have {live.memory.current + mib} MiB, above its "
                           f"maximum of {ceiling} MiB", field="size",
                           fix="set memory.max (setmaxmem --config) and restart to allow more")
-    dimms = await running.monitor.execute("query-memory-devices")
+    dimms = await running.monitor.query_memory_devices()
     number = len(dimms)
     while True:  # a free id: an earlier failed attempt may have left a number taken
         backend = f"memdimm{number}"
         try:
-            await running.monitor.execute("object-add", {
+            await running.monitor.object_add({
                 "qom-type": "memory-backend-ram", "id": backend, "size": mib * 2**20})
             break
         except QemuError as exc:
@@ -476,10 +497,10 @@ async def add_memory(running: Running, mib: int) -> int:
                 raise
             number += 1
     try:
-        await running.monitor.execute("device_add", {"driver": "pc-dimm", "id": f"dimm{number}",
-                                                     "memdev": backend})
+        await running.monitor.device_add({"driver": "pc-dimm", "id": f"dimm{number}",
+                                          "memdev": backend})
     except BaseException:
-        await _quietly(running.monitor, "object-del", {"id": backend})
+        await _quietly(running.monitor.object_del, backend)
         raise
     memory = live.memory.model_copy(update={"current": live.memory.current + mib})
     running.live = live.model_copy(update={"memory": memory})
@@ -496,5 +517,60 @@ async def set_balloon(running: Running, mib: int) -> int:
         raise InvalidSpec(f"memory {mib} MiB is outside 64..{live.memory.current} MiB (the "
                           "memory the guest has)", field="size",
                           fix="to give more than it has, hot-add memory (attach-memory)")
-    await running.monitor.execute("balloon", {"value": mib * 2**20})
+    await running.monitor.balloon(mib * 2**20)
     return mib
+
+
+async def attach_hostdev(running: Running, dev: HostDev, sys_root: Path) -> None:
+    """Hot-add PCI host device ``dev`` (vfio-pci) under a fresh id (the caller holds
+    the VM's lock: Lifecycle.live_change); a refusal gives the device back to its
+    driver."""
+    live = _live(running)
+    if any(d.address == dev.address for d in live.hostdevs):
+        raise Conflict(f"host device {dev.address} is already attached to '{live.name}'")
+    taken = await _pci_ids(running.monitor)  # a detached one may still be there
+    number = _next_number(running.hostdev_ids)
+    while f"hostdev{number}" in taken:
+        number += 1
+    device: dict[str, Any] = {"driver": "vfio-pci", "host": dev.address,
+                              "id": f"hostdev{number}"}
+    async with contextlib.AsyncExitStack() as undo:
+        bound = await asyncio.to_thread(bind_devices, [dev], sys_root)
+        undo.push_async_callback(asyncio.to_thread, release_hostdevs, bound, sys_root)
+        if live.machine is Machine.Q35:
+            port = await free_pcie_port(running.monitor)
+            if port is None:
+                raise Conflict("no free PCIe slot for the host device: every hotplug port "
+                               "is in use", fix="attach it with --config and restart")
+            device["bus"] = port
+        await running.monitor.device_add(device)
+        undo.pop_all()
+    running.hostdev_drivers.update(bound)
+    running.hostdev_ids.append(number)
+    running.live = live.model_copy(update={"hostdevs": [*live.hostdevs, dev]})
+
+
+async def detach_hostdev(running: Running, address: str) -> None:
+    """Ask the guest to release host device ``address`` (device_del); its driver is
+    given back when QEMU ends, as for a device it started with."""
+    live = _live(running)
+    index = next((i for i, d in enumerate(live.hostdevs) if d.address == address), None)
+    if index is None:
+        raise NotFound(f"the running '{live.name}' has no host device {address}",
+                       fix="detach it with --config only")
+    await running.monitor.device_del(f"hostdev{running.hostdev_ids[index]}")
+    del running.hostdev_ids[index]
+    running.live = live.model_copy(update={"hostdevs": [
+        d for i, d in enumerate(live.hostdevs) if i != index]})
+
+
+async def set_link(vm: Vm, number: int, up: bool) -> None:
+    """domif-setlink: NIC ``nic{number}`` of the running ``vm`` goes up or down.  Not
+    under the VM's lock (as before): a link flip is one QMP command and must not wait
+    for a long migration or snapshot holding it."""
+    running = vm.running
+    if running is None:
+        raise Conflict(f"domain '{vm.name}' is not running",
+                       fix="links of a stopped domain are set in its spec (nics[].link)")
+    await running.monitor.set_link(f"nic{number}", up)
+    vm.links[number] = "up" if up else "down"

@@ -94,6 +94,8 @@ class Running:
     #: ``nic{n}``/``net{n}``, ``taps[n]``); a hot-added device takes a fresh number
     disk_ids: list[int] = field(default_factory=list)
     nic_ids: list[int] = field(default_factory=list)
+    #: QEMU id numbers of ``live.hostdevs`` (``hostdev{n}``), as for disks and NICs
+    hostdev_ids: list[int] = field(default_factory=list)
     #: the guest agent client (None without ``guest_agent``)
     agent: GuestAgent | None = None
     #: whether the guest has its agent port open (QEMU's VSERPORT_CHANGE); None: unknown
@@ -114,6 +116,7 @@ class Running:
             self.layout_changed = bool(extra.get("layout_changed"))
             self.disk_ids = [int(n) for n in extra.get("disk_ids", [])]
             self.nic_ids = [int(n) for n in extra.get("nic_ids", [])]
+            self.hostdev_ids = [int(n) for n in extra.get("hostdev_ids", [])]
         else:
             self.live = live_form(domain)
             self.disk_ids = list(range(len(domain.disks)))
@@ -122,6 +125,8 @@ class Running:
                 len(self.nic_ids) != len(self.live.nics):
             self.disk_ids = list(range(len(self.live.disks)))
             self.nic_ids = list(range(len(self.live.nics)))
+        if len(self.hostdev_ids) != len(self.live.hostdevs):  # as started (older records)
+            self.hostdev_ids = list(range(len(self.live.hostdevs)))
         if self.live.guest_agent:
             self.agent = GuestAgent(self.run_dir / "agent.sock", self.live.name)
 
@@ -130,6 +135,7 @@ class Running:
         return {"accel": self.accel, "vnc": self.vnc, "taps": self.taps,
                 "live": dump_domain(self.live) if self.live is not None else None,
                 "disk_ids": self.disk_ids, "nic_ids": self.nic_ids,
+                "hostdev_ids": self.hostdev_ids,
                 "layout_changed": self.layout_changed,
                 "security": self.confinement.describe() if self.confinement else None}
 
@@ -180,10 +186,35 @@ def prepare_nvram(domain: Domain, caps: HostCaps, paths: StatePaths) -> str | No
     if not caps.ovmf_code or not caps.ovmf_vars:
         raise QemuError("UEFI firmware (OVMF) is not installed",
                         fix="apt-get install ovmf, or use firmware: bios")
-    nvram = paths.nvram / f"{domain.uuid}_VARS.fd"
+    nvram = nvram_path(paths, domain.uuid)
     if not nvram.exists():
         shutil.copyfile(caps.ovmf_vars, nvram)
     return str(nvram)
+
+
+def nvram_path(paths: StatePaths, uuid: str) -> Path:
+    """The persistent UEFI variables of domain ``uuid``."""
+    return paths.nvram / f"{uuid}_VARS.fd"
+
+
+def remove_nvram(paths: StatePaths, uuid: str) -> None:
+    """undefine --nvram: the domain's UEFI variables go (absent: nothing to do)."""
+    nvram_path(paths, uuid).unlink(missing_ok=True)
+
+
+def copy_nvram(paths: StatePaths, old_uuid: str, new_uuid: str) -> Path | None:
+    """A clone takes the original's UEFI variables (boot entries); the copy, or None
+    when the original has none."""
+    nvram = nvram_path(paths, old_uuid)
+    if not nvram.exists():
+        return None
+    copy = nvram_path(paths, new_uuid)
+    try:
+        shutil.copyfile(nvram, copy)
+    except BaseException:
+        copy.unlink(missing_ok=True)
+        raise
+    return copy
 
 
 async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
@@ -314,14 +345,12 @@ async def _setup(domain: Domain, running: Running) -> None:
     """The QMP set-up between launch and ``cont`` that argv cannot express."""
     if domain.graphics.type == "vnc":
         if domain.graphics.password:
-            await running.monitor.execute(
-                "set_password", {"protocol": "vnc", "password": domain.graphics.password}
-            )
-        info = await running.monitor.execute("query-vnc")
+            await running.monitor.set_password("vnc", domain.graphics.password)
+        info = await running.monitor.query_vnc()
         running.vnc = {"host": info.get("host"), "port": int(info.get("service", 0) or 0)}
     for index, nic in enumerate(domain.nics):
         if nic.link == "down":
-            await running.monitor.execute("set_link", {"name": f"nic{index}", "up": False})
+            await running.monitor.set_link(f"nic{index}", False)
     if domain.cputune.vcpupin or domain.cputune.emulatorpin:
         apply_cputune(domain, running.process.pid, await vcpu_thread_ids(running.monitor))
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from virtkit.errors import (
     Conflict,
@@ -54,6 +55,8 @@ from virtkit.unixsock import connect_unix
 
 log = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+R = TypeVar("R")
 DESTROY_GRACE = 3.0
 #: seconds a cleanly exited QEMU's last QMP events get to be read (see _on_exit)
 EVENT_DRAIN_DELAY = 0.3
@@ -85,6 +88,22 @@ class Vm:
     boot_spec: Domain | None = None
     #: after an install phase ends by the guest's power-off or reboot: boot the spec
     boot_after_install: bool = True
+
+
+def require_lock(vm: Vm, what: str) -> None:
+    """A runtime step that must run under ``vm.lock`` checks it (as qemu.qmp's
+    ``@require`` checks the runstate): a caller that forgot the lock fails at once."""
+    assert vm.lock.locked(), f"{what} needs the lock of domain '{vm.name}'"
+
+
+def requires_lock(method: Callable[Concatenate[Any, Vm, P], R]
+                  ) -> Callable[Concatenate[Any, Vm, P], R]:
+    """:func:`require_lock` for a method whose first argument is the :class:`Vm`."""
+    @functools.wraps(method)
+    def checked(self: Any, vm: Vm, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        require_lock(vm, method.__name__)
+        return method(self, vm, *args, **kwargs)
+    return checked
 
 
 class Lifecycle:
@@ -191,6 +210,7 @@ class Lifecycle:
             self._bus.publish(event, vm.uuid, domain=vm.name, uuid=vm.uuid,
                               state=state.value, reason=reason, **detail)
 
+    @requires_lock
     def record(self, vm: Vm) -> None:
         """Write the runtime record after the caller (holding ``vm.lock``) changed the
         running configuration (a snapshot moved a disk onto an overlay)."""
@@ -258,7 +278,7 @@ class Lifecycle:
             if incoming_fd is not None:
                 await self._await_migration(running, "restoring the saved state")
             if not paused:
-                await running.monitor.execute("cont")
+                await running.monitor.cont()
         except BaseException:
             await self._kill(vm, "start failed")
             raise
@@ -282,7 +302,7 @@ class Lifecycle:
         """Poll ``query-migrate`` until the migration stream (save or restore) is done."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            info = await running.monitor.execute("query-migrate")
+            info = await running.monitor.query_migrate()
             status = info.get("status")
             if status == "completed":
                 return
@@ -307,7 +327,7 @@ class Lifecycle:
             return
         vm.expected_exit = reason
         with contextlib.suppress(Exception):
-            await running.monitor.execute("quit", timeout=DESTROY_GRACE)
+            await running.monitor.quit(timeout=DESTROY_GRACE)
         if not await running.process.wait(DESTROY_GRACE):
             await running.process.kill()
         await asyncio.wait_for(vm.exited.wait(), 10.0)
@@ -376,9 +396,9 @@ class Lifecycle:
             if running is None or vm.reboot_pending != "in-place":
                 return
             try:
-                await running.monitor.execute("system_reset")
+                await running.monitor.system_reset()
                 await poweroff.restore_power_off(running)
-                await running.monitor.execute("cont")
+                await running.monitor.cont()
             except VirtkitError as exc:
                 log.error("in-place reboot of %s failed: %s", vm.name, exc)
                 return
@@ -418,7 +438,7 @@ class Lifecycle:
         async with vm.lock:
             check_action(Action.SUSPEND, vm.state, vm.name)
             assert vm.running is not None
-            await vm.running.monitor.execute("stop")
+            await vm.running.monitor.stop()
             self._set_state(vm, State.PAUSED, "user", event="paused")
 
     async def resume(self, uuid: str, name: str) -> None:
@@ -426,7 +446,7 @@ class Lifecycle:
         async with vm.lock:
             check_action(Action.RESUME, vm.state, vm.name)
             assert vm.running is not None
-            await vm.running.monitor.execute("cont")
+            await vm.running.monitor.cont()
             self._set_state(vm, State.RUNNING, "user", event="resumed")
 
     async def reset(self, uuid: str, name: str) -> None:
@@ -434,7 +454,7 @@ class Lifecycle:
         async with vm.lock:
             check_action(Action.RESET, vm.state, vm.name)
             assert vm.running is not None
-            await vm.running.monitor.execute("system_reset")
+            await vm.running.monitor.system_reset()
             self._bus.publish("reset", vm.uuid, domain=vm.name, uuid=vm.uuid,
                               state=vm.state.value, reason="user")
 
@@ -454,7 +474,7 @@ class Lifecycle:
                 partial.unlink(missing_ok=True)
                 if was_running and vm.running is running:
                     with contextlib.suppress(Exception):
-                        await running.monitor.execute("cont")
+                        await running.monitor.cont()
                 raise
             await self._kill(vm, "saved")
             self._bus.publish("saved", vm.uuid, domain=vm.name, uuid=vm.uuid,
@@ -463,17 +483,17 @@ class Lifecycle:
     async def _save_to(self, vm: Vm, running: Running, partial: Path, was_running: bool) -> None:
         monitor = running.monitor
         await self.check_restorable(vm, running)
-        await monitor.execute("stop")
+        await monitor.stop()
         with open(partial, "xb") as stream:
             # the running configuration (hot-plugged devices included): restore must
             # build QEMU with exactly the devices whose state the stream carries
             live = running.live if running.live is not None else self._spec_for(vm.uuid)
             savefile.write_header(stream, dump_domain(live), running=was_running)
             monitor.send_fd(stream.fileno())
-            await monitor.execute("getfd", {"fdname": "virtkit-save"})
+            await monitor.getfd("virtkit-save")
             # QEMU's default migration limit (128 MiB/s) makes no sense for a local file
-            await monitor.execute("migrate-set-parameters", {"max-bandwidth": 2**40})
-            await monitor.execute("migrate", {"uri": "fd:virtkit-save"})
+            await monitor.migrate_set_parameters({"max-bandwidth": 2**40})
+            await monitor.migrate("fd:virtkit-save")
             await self._await_migration(running, "saving")
             stream.flush()
             os.fsync(stream.fileno())
@@ -489,10 +509,10 @@ class Lifecycle:
         why = None
         if running.layout_changed:
             why = "had a disk or NIC hot-plugged or unplugged while running"
-        elif await running.monitor.execute("query-memory-devices"):
+        elif await running.monitor.query_memory_devices():
             why = "has hot-added memory"
         else:
-            cpus = await running.monitor.execute("query-hotpluggable-cpus")
+            cpus = await running.monitor.query_hotpluggable_cpus()
             if any(str(c.get("qom-path", "")).startswith("/machine/peripheral/")
                    for c in cpus):
                 why = "has hot-added vCPUs"
@@ -513,16 +533,19 @@ class Lifecycle:
 
     # -- for operations that hold ``vm.lock`` themselves (snapshots) ------------
 
+    @requires_lock
     async def kill_locked(self, vm: Vm, reason: str) -> None:
         """Stop QEMU at once (the caller holds ``vm.lock``)."""
         await self._kill(vm, reason)
 
+    @requires_lock
     async def start_locked(self, vm: Vm, *, paused: bool, incoming_fd: int | None = None,
                            event: str = "started") -> None:
         """Start QEMU from the stored spec (the caller holds ``vm.lock``)."""
         self._refuse_preserved(vm, Action.START)
         await self._start_locked(vm, paused=paused, incoming_fd=incoming_fd, event=event)
 
+    @requires_lock
     async def start_incoming(self, vm: Vm, spec: Domain) -> Running:
         """Start QEMU paused with ``-incoming defer`` from ``spec`` (the running
         configuration a migration source sent); the caller holds ``vm.lock`` and
@@ -533,6 +556,7 @@ class Lifecycle:
         assert vm.running is not None
         return vm.running
 
+    @requires_lock
     def set_state(self, vm: Vm, state: State, reason: str, event: str | None = None) -> None:
         """Record a state change the caller made through QMP (it holds ``vm.lock``): a
         new state, or the same one for a new reason (an incoming migration kept paused
@@ -736,7 +760,7 @@ class Lifecycle:
         monitor.subscribe(lambda e: self._on_qmp_event(vm, e))
         try:
             await monitor.connect(connect_unix(run_dir / "qmp.sock", timeout=5.0))
-            status = (await monitor.execute("query-status"))["status"]
+            status = (await monitor.query_status())["status"]
         except Exception as exc:
             status = "unknown"
             log.error("cannot reach the monitor of %s: %s", vm.name, exc)

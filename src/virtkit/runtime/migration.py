@@ -30,6 +30,7 @@ from virtkit.errors import (
     VirtkitError,
 )
 from virtkit.qemu.monitor import Monitor
+from virtkit.qemu.qmp import MigrationStatus
 from virtkit.runtime import storagecopy
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,7 @@ def tcp_uri(host: str, port: int) -> str:
 
 
 async def set_capabilities(monitor: Monitor, names: tuple[str, ...]) -> None:
-    await monitor.execute("migrate-set-capabilities", {"capabilities": [
-        {"capability": name, "state": True} for name in names]})
+    await monitor.migrate_set_capabilities(dict.fromkeys(names, True))
 
 
 # -- the destination end ---------------------------------------------------------
@@ -176,8 +176,8 @@ async def listen_incoming(monitor: Monitor, address: str, *, postcopy: bool = Fa
     """Make the paused ``-incoming defer`` QEMU listen on ``address`` (a port QEMU
     picks); the ``tcp:`` URI the source must send to."""
     await set_capabilities(monitor, BOTH_ENDS + (("postcopy-ram",) if postcopy else ()))
-    await monitor.execute("migrate-incoming", {"uri": tcp_uri(address, 0)})
-    info = await monitor.execute("query-migrate")
+    await monitor.migrate_incoming(tcp_uri(address, 0))
+    info = await monitor.query_migrate()
     for where in info.get("socket-address", []):
         if where.get("type") == "inet" and where.get("port"):
             return tcp_uri(address, int(where["port"]))
@@ -198,9 +198,9 @@ async def finish_incoming(monitor: Monitor, *, run: bool = True,
     guest: after the switch the source cannot run it any more."""
     deadline = time.monotonic() + settle
     while True:
-        info = await monitor.execute("query-migrate")
+        info = await monitor.query_migrate()
         migrated = info.get("status")
-        status = (await monitor.execute("query-status"))["status"]
+        status = (await monitor.query_status())["status"]
         arrived = migrated in ("completed", "postcopy-active")
         if arrived and status == "paused":
             break
@@ -210,13 +210,13 @@ async def finish_incoming(monitor: Monitor, *, run: bool = True,
                            f"(status {migrated or 'unknown'}, the QEMU is '{status}')")
         await asyncio.sleep(POLL)
     if run:
-        await monitor.execute("cont")
+        await monitor.cont()
 
 
 # -- the source end --------------------------------------------------------------
 
 async def wait_status(monitor: Monitor, wanted: set[str], deadline: float,
-                      what: str, job: Job | None = None) -> dict[str, Any]:
+                      what: str, job: Job | None = None) -> MigrationStatus:
     """Wait until ``query-migrate``'s status is one of ``wanted``; failed/cancelled
     raise QemuError with QEMU's reason, and so does ``job`` being stopped
     (domjobabort, the destination lost).  Woken by QEMU's MIGRATION events (the
@@ -229,7 +229,7 @@ async def wait_status(monitor: Monitor, wanted: set[str], deadline: float,
                 job.check()
             if event.done():  # registered again before asking, so no change is missed
                 event = monitor.expect("MIGRATION")
-            info: dict[str, Any] = await monitor.execute("query-migrate")
+            info = await monitor.query_migrate()
             status = info.get("status")
             if status in wanted:
                 return info
@@ -256,27 +256,27 @@ async def configure_source(monitor: Monitor, options: Options) -> None:
         params["downtime-limit"] = options.downtime_ms
     if options.postcopy and options.postcopy_bandwidth_mib:
         params["max-postcopy-bandwidth"] = options.postcopy_bandwidth_mib * 2**20
-    await monitor.execute("migrate-set-parameters", params)
+    await monitor.migrate_set_parameters(params)
 
 
 async def cancel(monitor: Monitor, *, resume: bool = True) -> None:
     """Cancel an outgoing migration and make sure the guest runs here again (stays
     paused, when ``resume`` is false: it was paused before the migration)."""
     try:  # no status: the stream never started (a failed disk copy), nothing to cancel
-        started = (await monitor.execute("query-migrate")).get("status") is not None
+        started = (await monitor.query_migrate()).get("status") is not None
     except VirtkitError:
         started = True
     if started:
         with contextlib.suppress(VirtkitError):
-            await monitor.execute("migrate_cancel")
+            await monitor.migrate_cancel()
         with contextlib.suppress(VirtkitError):
             await wait_status(monitor, {"cancelled", "failed", "completed", "none"},
                               time.monotonic() + 30, "cancelling")
     if not resume:
         return
     with contextlib.suppress(VirtkitError):
-        if (await monitor.execute("query-status"))["status"] != "running":
-            await monitor.execute("cont")
+        if (await monitor.query_status())["status"] != "running":
+            await monitor.cont()
 
 
 async def abandon_outgoing(monitor: Monitor, status: str) -> str:
@@ -287,12 +287,12 @@ async def abandon_outgoing(monitor: Monitor, status: str) -> str:
     try:
         # disk mirrors of a migration still copying storage (no stream yet)
         await storagecopy.cancel_leftovers(monitor)
-        state = (await monitor.execute("query-migrate")).get("status")
+        state = (await monitor.query_migrate()).get("status")
         if state not in UNDER_WAY:
             return status
         log.warning("cancelling an outgoing migration left by an earlier daemon")
         await cancel(monitor)
-        return str((await monitor.execute("query-status"))["status"])
+        return str((await monitor.query_status())["status"])
     except VirtkitError as exc:
         log.error("cannot check for an abandoned migration: %s", exc)
         return status
@@ -427,7 +427,7 @@ async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict
             await destination.abort(migration)
         if not options.source_paused:
             with contextlib.suppress(VirtkitError):
-                await monitor.execute("cont")
+                await monitor.cont()
         raise
     ram = info.get("ram", {})
     return {"destination": finished, "total_ms": round((time.monotonic() - started) * 1000),
@@ -436,7 +436,7 @@ async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict
             "uri": uri, "copied_disks": devices, "postcopy": False}
 
 
-def _downtime(stopped_at: float, info: dict[str, Any]) -> int:
+def _downtime(stopped_at: float, info: MigrationStatus) -> int:
     """The guest-visible pause: from this QEMU's vCPU stop to the destination's answer
     to finish (its ``cont`` came before that answer), never less than QEMU's own
     figure (which ends when this end has sent the last state)."""
@@ -445,7 +445,7 @@ def _downtime(stopped_at: float, info: dict[str, Any]) -> int:
 
 async def _send(monitor: Monitor, mirrors: storagecopy.Mirrors, devices: list[str],
                 answer: dict[str, Any], uri: str, options: Options, job: Job,
-                deadline: float, hooks: Hooks) -> dict[str, Any]:
+                deadline: float, hooks: Hooks) -> MigrationStatus:
     """Copy the disks, send the memory, switch over: until the source's status is
     ``completed`` (or ``postcopy-active``)."""
     if devices:
@@ -455,7 +455,7 @@ async def _send(monitor: Monitor, mirrors: storagecopy.Mirrors, devices: list[st
     job.check()
     job.phase, job.postcopy = "sending memory", options.postcopy
     await configure_source(monitor, options)
-    await monitor.execute("migrate", {"uri": uri})
+    await monitor.migrate(uri)
     job.streaming = True
     trigger = asyncio.create_task(_postcopy_trigger(monitor, job, options)) \
         if options.postcopy else None
@@ -474,7 +474,7 @@ async def _send(monitor: Monitor, mirrors: storagecopy.Mirrors, devices: list[st
     job.check()  # the last point where a lost destination is simply cancelled
     if devices:
         await mirrors.complete()
-    await monitor.execute("migrate-continue", {"state": "pre-switchover"})
+    await monitor.migrate_continue("pre-switchover")
     return await wait_status(monitor, {"completed", "postcopy-active"}, deadline,
                              "switching over")
 
@@ -497,7 +497,7 @@ async def _postcopy_trigger(monitor: Monitor, job: Job, options: Options) -> Non
             if options.postcopy_after_precopy:
                 if second_pass.done():
                     break
-                ram = (await monitor.execute("query-migrate")).get("ram") or {}
+                ram = (await monitor.query_migrate()).get("ram") or {}
                 if int(ram.get("dirty-sync-count") or 0) >= 2:
                     break
             await asyncio.wait(waited, timeout=POLL * 2)
@@ -505,7 +505,7 @@ async def _postcopy_trigger(monitor: Monitor, job: Job, options: Options) -> Non
         second_pass.cancel()
         asked.cancel()
     job.phase, job.postcopy_started = "starting post-copy", True
-    await monitor.execute("migrate-start-postcopy")
+    await monitor.migrate_start_postcopy()
 
 
 async def _finish_postcopy(monitor: Monitor, destination: Destination, migration: str,

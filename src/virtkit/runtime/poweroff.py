@@ -18,14 +18,13 @@ async def request_shutdown(name: str, running: Running, modes: tuple[str, ...],
     for mode in modes:
         try:
             if mode == "acpi":
-                await running.monitor.execute("system_powerdown")
+                await running.monitor.system_powerdown()
             elif running.agent is None or running.agent_open is False:
                 raise AgentUnavailable(
                     f"domain '{name}' has no connected guest agent to shut it down",
                     fix="use --mode acpi, or start qemu-guest-agent in the guest")
             else:  # the guest agent: the guest's own clean shutdown, no ACPI needed
-                await running.agent.execute(
-                    "guest-shutdown", {"mode": "reboot" if reboot else "powerdown"})
+                await running.agent.shutdown("reboot" if reboot else "powerdown")
             return mode
         except VirtkitError as exc:
             failure = exc
@@ -35,10 +34,10 @@ async def request_shutdown(name: str, running: Running, modes: tuple[str, ...],
 
 async def pause_on_power_off(running: Running) -> None:
     """A guest power-off now pauses QEMU instead of ending it (to reset it in place)."""
-    await running.monitor.execute("set-action", {"shutdown": "pause"})
+    await running.monitor.set_action(shutdown="pause")
 
 
 async def restore_power_off(running: Running) -> None:
     """Back to QEMU's default: a guest power-off ends the process."""
     with contextlib.suppress(VirtkitError):
-        await running.monitor.execute("set-action", {"shutdown": "poweroff"})
+        await running.monitor.set_action(shutdown="poweroff")

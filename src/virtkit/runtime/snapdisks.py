@@ -82,10 +82,10 @@ class AgentQuiescer:
         self._agent = agent
 
     async def freeze(self) -> int:
-        return int(await self._agent.execute("guest-fsfreeze-freeze", timeout=60) or 0)
+        return await self._agent.fsfreeze_freeze()
 
     async def thaw(self) -> int:
-        return int(await self._agent.execute("guest-fsfreeze-thaw", timeout=60) or 0)
+        return await self._agent.fsfreeze_thaw()
 
 
 class BestEffortQuiescer:

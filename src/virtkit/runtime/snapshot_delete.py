@@ -181,7 +181,7 @@ class SnapshotDeleter:
             # the monitor and outlives the commit, still claiming its backing: free it
             for node in (child_node, f"file-{child_node}"):
                 with contextlib.suppress(Exception):
-                    await monitor.execute("blockdev-del", {"node-name": node})
+                    await monitor.blockdev_del(node)
 
     @staticmethod
     def _merge_offline(step: DeleteStep, fmt: str, readers: dict[str, str | None],

@@ -111,19 +111,18 @@ class SnapshotReverter:
             await self._life.start_locked(vm, paused=True, event="reverted")
         running = vm.running
         assert running is not None
-        await running.monitor.execute("stop")
+        await running.monitor.stop()
         by_target = device_ids(running, running_config(running, domain))
         ids = [by_target[d.target] for d in part]
         nodes = await top_nodes(running.monitor, ids)
         names = [nodes[i].node for i in ids]
         job = f"snapload-{secrets.token_hex(4)}"
-        await running.monitor.execute("snapshot-load", {"job-id": job, "tag": snap.name,
-                                                        "vmstate": names[0], "devices": names})
+        await running.monitor.snapshot_load(job, snap.name, names[0], names)
         await run_job(running.monitor, job, progress=progress)
         if target == "paused":
             self._life.set_state(vm, State.PAUSED, "reverted to a snapshot", event="paused")
         else:
-            await running.monitor.execute("cont")
+            await running.monitor.cont()
             self._life.set_state(vm, State.RUNNING, "reverted to a snapshot", event="resumed")
 
     def _refuse_shared_bases(self, vm: Vm, snap: SnapshotRow, part: list[SnapDisk]) -> None:

@@ -253,13 +253,12 @@ class SnapshotRuntime:
         names = [nodes[i].node for i in ids]
         if plan.memory:
             job = f"snapsave-{secrets.token_hex(4)}"
-            await monitor.execute("snapshot-save", {"job-id": job, "tag": snap,
-                                                    "vmstate": names[0], "devices": names})
+            await monitor.snapshot_save(job, snap, names[0], names)
             await run_job(monitor, job, progress=progress)
         else:
-            await monitor.execute("transaction", {"actions": [
+            await monitor.transaction([
                 {"type": "blockdev-snapshot-internal-sync", "data": {"device": n, "name": snap}}
-                for n in names]})
+                for n in names])
         undo.push_async_callback(delete_internal_live, monitor, snap, names)
 
     async def _external_live(self, vm: Vm, running: Running, domain: Domain, plan: CreatePlan,
@@ -269,13 +268,13 @@ class SnapshotRuntime:
         monitor = running.monitor
         was_running = vm.state is State.RUNNING
         if was_running:
-            await monitor.execute("stop")
+            await monitor.stop()
         migrated = False
         try:
             pairs = await self._add_overlays(running, domain, plan, nodes, ids, undo)
-            await monitor.execute("transaction", {"actions": [
+            await monitor.transaction([
                 {"type": "blockdev-snapshot", "data": {"node": top, "overlay": overlay}}
-                for top, overlay in pairs]})
+                for top, overlay in pairs])
             undo.push_async_callback(_unsnap, monitor, pairs)
             if memfile is not None:
                 migrated = True
@@ -284,9 +283,9 @@ class SnapshotRuntime:
         finally:
             if was_running or migrated:
                 # cont also re-activates the images a finished migration left inactive
-                await monitor.execute("cont")
+                await monitor.cont()
             if migrated and not was_running:
-                await monitor.execute("stop")
+                await monitor.stop()
 
     async def _add_overlays(self, running: Running, domain: Domain, plan: CreatePlan,
                             nodes: dict[str, TopNode], ids: list[str],
@@ -309,9 +308,9 @@ class SnapshotRuntime:
             spec_disk = domain.disks[disk.index].model_copy(
                 update={"path": disk.overlay, "format": "qcow2"})
             protocol, fmt = blockdev_nodes(spec_disk, node)
-            await monitor.execute("blockdev-add", protocol)
+            await monitor.blockdev_add(protocol)
             undo.push_async_callback(_blockdev_del, monitor, protocol["node-name"])
-            await monitor.execute("blockdev-add", {**fmt, "backing": None})
+            await monitor.blockdev_add({**fmt, "backing": None})
             undo.push_async_callback(_blockdev_del, monitor, node)
             pairs.append((top.node, node))
         return pairs
@@ -325,11 +324,10 @@ class SnapshotRuntime:
             with open(partial, "xb") as stream:
                 savefile.write_header(stream, dump_domain(domain), running=was_running)
                 running.monitor.send_fd(stream.fileno())
-                await running.monitor.execute("getfd", {"fdname": "virtkit-snapshot"})
+                await running.monitor.getfd("virtkit-snapshot")
                 # QEMU throttles migration to 128 MiB/s by default; a file is no network
-                await running.monitor.execute("migrate-set-parameters",
-                                              {"max-bandwidth": 1 << 42})
-                await running.monitor.execute("migrate", {"uri": "fd:virtkit-snapshot"})
+                await running.monitor.migrate_set_parameters({"max-bandwidth": 1 << 42})
+                await running.monitor.migrate("fd:virtkit-snapshot")
                 await await_migration(running.monitor, "saving the snapshot's memory",
                                       progress)
                 stream.flush()
@@ -368,7 +366,7 @@ def unlink_quietly(path: str) -> None:
 
 async def _blockdev_del(monitor: Monitor, node: str) -> None:
     with contextlib.suppress(Exception):
-        await monitor.execute("blockdev-del", {"node-name": node})
+        await monitor.blockdev_del(node)
 
 
 async def _unsnap(monitor: Monitor, pairs: list[tuple[str, str]]) -> None:
@@ -382,5 +380,5 @@ async def delete_internal_live(monitor: Monitor, snap: str, nodes: list[str],
                                progress: Callable[[float, float], None] | None = None) -> None:
     """Delete internal snapshot ``snap`` from the images a running QEMU holds."""
     job = f"snapdel-{secrets.token_hex(4)}"
-    await monitor.execute("snapshot-delete", {"job-id": job, "tag": snap, "devices": nodes})
+    await monitor.snapshot_delete(job, snap, nodes)
     await run_job(monitor, job, progress=progress)

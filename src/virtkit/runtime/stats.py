@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,8 @@ from virtkit.runtime.launcher import Running
 
 BALLOON_PATH = "/machine/peripheral/balloon0"
 BALLOON_POLL_SECONDS = 2
+#: seconds each statistics query may take
+QUERY_TIMEOUT = 5.0
 
 
 @dataclass
@@ -68,7 +71,7 @@ class StatsCollector:
         process = procstat.process_stat(pid)
         threads = procstat.thread_stats(pid)
         vcpu_threads = {int(cpu["cpu-index"]): int(cpu["thread-id"])
-                        for cpu in replies.get("query-cpus-fast") or []}
+                        for cpu in replies.get("cpus") or []}
         sample = Sample(now, process.cpu_s if process else 0.0,
                         {index: threads[tid].cpu_s for index, tid in vcpu_threads.items()
                          if tid in threads})
@@ -82,34 +85,32 @@ class StatsCollector:
                     "threads": process.threads if process else None},
             "balloon": self._balloon(domain, replies, process),
             "vcpu": self._vcpus(domain, vcpu_threads, threads, previous, sample),
-            "block": block_stats(domain, replies.get("query-blockstats") or [],
-                                 running.disk_ids, replies.get("query-block") or []),
+            "block": block_stats(domain, replies.get("blockstats") or [],
+                                 running.disk_ids, replies.get("block") or []),
             "net": net_stats(domain, running),
         }
 
     async def _qmp_round(self, domain: Domain, running: Running,
                          key: tuple[str, int]) -> dict[str, Any]:
         """Send every query at once and gather the answers (failed ones are None)."""
-        commands: dict[str, tuple[str, dict[str, Any] | None]] = {
-            "query-cpus-fast": ("query-cpus-fast", None),
-            "query-blockstats": ("query-blockstats", None),
-            "query-block": ("query-block", None),
+        monitor = running.monitor
+        queries: dict[str, Awaitable[Any]] = {
+            "cpus": monitor.query_cpus_fast(timeout=QUERY_TIMEOUT),
+            "blockstats": monitor.query_blockstats(timeout=QUERY_TIMEOUT),
+            "block": monitor.query_block(timeout=QUERY_TIMEOUT),
         }
         if domain.balloon:
             if key not in self._balloon_polling:
                 self._balloon_polling.add(key)
-                commands["qom-set"] = ("qom-set", {
-                    "path": BALLOON_PATH, "property": "guest-stats-polling-interval",
-                    "value": BALLOON_POLL_SECONDS})
-            commands["query-balloon"] = ("query-balloon", None)
-            commands["guest-stats"] = ("qom-get", {"path": BALLOON_PATH,
-                                                   "property": "guest-stats"})
-        monitor = running.monitor
-        results = await asyncio.gather(
-            *(monitor.execute(command, args, timeout=5.0) for command, args in commands.values()),
-            return_exceptions=True)
+                queries["polling"] = monitor.qom_set(
+                    BALLOON_PATH, "guest-stats-polling-interval", BALLOON_POLL_SECONDS,
+                    timeout=QUERY_TIMEOUT)
+            queries["balloon-info"] = monitor.query_balloon(timeout=QUERY_TIMEOUT)
+            queries["guest-stats"] = monitor.qom_get(BALLOON_PATH, "guest-stats",
+                                                     timeout=QUERY_TIMEOUT)
+        results = await asyncio.gather(*queries.values(), return_exceptions=True)
         replies: dict[str, Any] = {}
-        for name, result in zip(commands, results, strict=True):
+        for name, result in zip(queries, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, VirtkitError):
                     raise result
@@ -126,7 +127,7 @@ class StatsCollector:
         maximum = (domain.memory.max or domain.memory.current) * 1024
         result: dict[str, Any] = {"current": domain.memory.current * 1024, "maximum": maximum,
                                   "rss": process.rss_kib if process else None}
-        balloon = replies.get("query-balloon")
+        balloon = replies.get("balloon-info")
         if balloon:
             result["current"] = int(balloon["actual"]) // 1024
         stats = (replies.get("guest-stats") or {}).get("stats") or {}
@@ -242,6 +243,6 @@ def net_stats(domain: Domain, running: Running) -> list[dict[str, Any]]:
 async def vcpu_threads(running: Running) -> dict[int, int]:
     """vCPU index -> host thread id, from QMP query-cpus-fast."""
     with contextlib.suppress(VirtkitError):
-        reply = await running.monitor.execute("query-cpus-fast", timeout=5.0)
+        reply = await running.monitor.query_cpus_fast(timeout=5.0)
         return {int(cpu["cpu-index"]): int(cpu["thread-id"]) for cpu in reply}
     return {}

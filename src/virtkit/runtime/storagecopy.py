@@ -25,6 +25,7 @@ from typing import Any
 
 from virtkit.errors import Conflict, InvalidSpec, QemuError, TimeoutExpired, VirtkitError
 from virtkit.qemu.monitor import Monitor
+from virtkit.qemu.qmp import JobInfo
 from virtkit.runtime.blockjobs import top_nodes
 from virtkit.storage import qemuimg
 
@@ -128,15 +129,15 @@ async def export_disks(monitor: Monitor, address: str, device_ids: list[str]
     for attempt in range(5):  # the port is picked here, so another process may take it
         port = _free_port(address)
         try:
-            await monitor.execute("nbd-server-start", {"addr": {
-                "type": "inet", "data": {"host": address, "port": str(port)}}})
+            await monitor.nbd_server_start({
+                "type": "inet", "data": {"host": address, "port": str(port)}})
             break
         except QemuError:
             if attempt == 4:
                 raise
     nodes = await top_nodes(monitor, device_ids)
     for device_id in device_ids:
-        await monitor.execute("block-export-add", {
+        await monitor.block_export_add({
             "type": "nbd", "id": f"{JOB_PREFIX}{device_id}",
             "node-name": nodes[device_id].node, "name": device_id, "writable": True})
     return {"host": address, "port": port, "exports": device_ids}
@@ -146,9 +147,8 @@ async def stop_exports(monitor: Monitor, device_ids: list[str]) -> None:
     """Remove the exports and stop the NBD server (before the guest runs here)."""
     for device_id in device_ids:
         with contextlib.suppress(VirtkitError):
-            await monitor.execute("block-export-del", {"id": f"{JOB_PREFIX}{device_id}",
-                                                       "mode": "hard"})
-    await monitor.execute("nbd-server-stop")
+            await monitor.block_export_del(f"{JOB_PREFIX}{device_id}", mode="hard")
+    await monitor.nbd_server_stop()
 
 
 # -- the source end --------------------------------------------------------------
@@ -160,7 +160,7 @@ async def plan(monitor: Monitor, device_ids: list[str], paths: list[str], *,
     (--copy-storage-inc) the backing image the copy of the top image goes on."""
     nodes = await top_nodes(monitor, device_ids)
     images: dict[str, dict[str, Any]] = {}
-    for block in await monitor.execute("query-block"):
+    for block in await monitor.query_block():
         inserted = block.get("inserted") or {}
         image = inserted.get("image") or {}
         if inserted.get("node-name") and image.get("virtual-size"):
@@ -197,20 +197,20 @@ class Mirrors:
         tops = await top_nodes(self._monitor, self._devices)
         for device_id in self._devices:
             node = f"{NBD_PREFIX}{device_id}"
-            await self._monitor.execute("blockdev-add", {
+            await self._monitor.blockdev_add({
                 "driver": "nbd", "node-name": node, "export": device_id,
                 "server": {"type": "inet", "host": str(nbd["host"]),
                            "port": str(nbd["port"])}})
             self._nodes.append(node)
             job = f"{JOB_PREFIX}{device_id}"
-            await self._monitor.execute("blockdev-mirror", {
+            await self._monitor.blockdev_mirror({
                 "job-id": job, "device": tops[device_id].node, "target": node,
                 "sync": "top" if device_id in self._top_only else "full",
                 "auto-dismiss": False, "speed": self._speed})
             self._jobs.append(job)
 
-    async def _ours(self) -> dict[str, dict[str, Any]]:
-        return {str(j["id"]): j for j in await self._monitor.execute("query-jobs")
+    async def _ours(self) -> dict[str, JobInfo]:
+        return {str(j["id"]): j for j in await self._monitor.query_jobs()
                 if j.get("id") in self._jobs}
 
     async def wait_ready(self, deadline: float, check: Callable[[], None] | None) -> None:
@@ -221,7 +221,7 @@ class Mirrors:
             for job_id in self._jobs:
                 job = jobs.get(job_id)
                 if job is None or job.get("status") in ("concluded", "aborting", "null"):
-                    error = (job or {}).get("error", "it ended")
+                    error = job.get("error", "it ended") if job else "it ended"
                     raise QemuError(f"copying disk {job_id.removeprefix(JOB_PREFIX)} "
                                     f"failed: {error}")
             if all(jobs[j].get("status") == "ready" for j in self._jobs):
@@ -246,7 +246,7 @@ class Mirrors:
         identical to the source (QEMU's documented way to end a mirror without
         pivoting); an error here fails the migration."""
         for job in self._jobs:
-            await self._monitor.execute("block-job-cancel", {"device": job})
+            await self._monitor.block_job_cancel(job)
         await self._conclude(strict=True)
 
     async def _conclude(self, *, strict: bool, timeout: float = 60.0) -> None:
@@ -259,7 +259,7 @@ class Mirrors:
                 if job is None or job.get("status") == "concluded":
                     if job is not None:
                         with contextlib.suppress(VirtkitError):
-                            await self._monitor.execute("job-dismiss", {"id": job_id})
+                            await self._monitor.job_dismiss(job_id)
                         if job.get("error"):
                             failed.append(f"{job_id}: {job['error']}")
                     self._jobs.remove(job_id)
@@ -274,15 +274,14 @@ class Mirrors:
     async def _remove_nodes(self) -> None:
         for node in list(self._nodes):
             with contextlib.suppress(VirtkitError):
-                await self._monitor.execute("blockdev-del", {"node-name": node})
+                await self._monitor.blockdev_del(node)
             self._nodes.remove(node)
 
     async def cancel(self) -> None:
         """Abandon the copies (failure path): the source disks stay in use, untouched."""
         for job in self._jobs:
             with contextlib.suppress(VirtkitError):
-                await self._monitor.execute("block-job-cancel", {"device": job,
-                                                                 "force": True})
+                await self._monitor.block_job_cancel(job, force=True)
         with contextlib.suppress(VirtkitError, TimeoutError):
             await self._conclude(strict=False)
         await self._remove_nodes()
@@ -290,10 +289,10 @@ class Mirrors:
 
 async def cancel_leftovers(monitor: Monitor) -> None:
     """After a daemon restart: cancel mirrors and client nodes an earlier daemon left."""
-    jobs = [str(j["id"]) for j in await monitor.execute("query-jobs")
+    jobs = [str(j["id"]) for j in await monitor.query_jobs()
             if str(j.get("id", "")).startswith(JOB_PREFIX)]
     nodes = [str(n["node-name"]) for n in
-             await monitor.execute("query-named-block-nodes", {"flat": True})
+             await monitor.query_named_block_nodes()
              if str(n.get("node-name", "")).startswith(NBD_PREFIX)]
     mirrors = Mirrors(monitor, [])
     mirrors._jobs, mirrors._nodes = jobs, nodes

@@ -16,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from virtkit.errors import HostError, InvalidSpec
 from virtkit.host import numa, pci
 from virtkit.model.cpulist import format_cpulist, parse_cpulist
 from virtkit.model.domain import Domain
+from virtkit.model.tuning import HostDev
 from virtkit.qemu.monitor import Monitor
 
 log = logging.getLogger(__name__)
@@ -113,7 +115,7 @@ def apply_cputune(domain: Domain, pid: int, vcpu_threads: dict[int, int]) -> Non
 
 async def vcpu_thread_ids(monitor: Monitor) -> dict[int, int]:
     """vCPU index -> host thread id (QMP query-cpus-fast)."""
-    reply = await monitor.execute("query-cpus-fast")
+    reply = await monitor.query_cpus_fast()
     return {int(cpu["cpu-index"]): int(cpu["thread-id"]) for cpu in reply}
 
 
@@ -130,9 +132,15 @@ async def pin_new_vcpus(monitor: Monitor, domain: Domain, known: set[int]) -> No
 
 def bind_hostdevs(domain: Domain, sys_root: Path = numa.SYS) -> dict[str, str | None]:
     """Bind ``managed`` devices to vfio-pci; {address: original driver} to restore later."""
+    return bind_devices(domain.hostdevs, sys_root)
+
+
+def bind_devices(hostdevs: Iterable[HostDev], sys_root: Path = numa.SYS
+                 ) -> dict[str, str | None]:
+    """:func:`bind_hostdevs` of these devices (all of them given back on a failure)."""
     bound: dict[str, str | None] = {}
     try:
-        for dev in domain.hostdevs:
+        for dev in hostdevs:
             if dev.managed:
                 bound[dev.address] = pci.bind_vfio(dev.address, sys_root)
     except BaseException:

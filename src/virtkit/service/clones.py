@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import uuid as uuidlib
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from virtkit.errors import Conflict, InvalidSpec, StateError
 from virtkit.model.domain import Disk, DiskDevice, Domain
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.state import State
+from virtkit.runtime.launcher import copy_nvram
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.service.domains import DomainService
 from virtkit.service.guest import GuestService
@@ -211,11 +211,9 @@ class CloneService:
 
     def _copy_nvram(self, old_uuid: str, new_uuid: str, undo: contextlib.ExitStack) -> None:
         """A UEFI original's NVRAM (boot entries) goes with the clone."""
-        nvram = self._life.paths.nvram / f"{old_uuid}_VARS.fd"
-        if nvram.exists():
-            copy = self._life.paths.nvram / f"{new_uuid}_VARS.fd"
+        copy = copy_nvram(self._life.paths, old_uuid, new_uuid)
+        if copy is not None:
             undo.callback(_remove, str(copy))
-            shutil.copyfile(nvram, copy)
 
 
 def _copied(disk: Disk) -> bool:

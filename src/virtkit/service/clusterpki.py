@@ -16,7 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from virtkit.service.tls import TlsService, _openssl, fingerprint, san_entries
+from virtkit.host import tlsfiles
+from virtkit.host.tlsfiles import openssl
+from virtkit.service.tls import fingerprint, san_entries
 
 HOST_DAYS = 3650
 
@@ -47,7 +49,7 @@ class ClusterPki:
     def make_ca(self, cluster: str) -> str:
         """A new cluster CA; its fingerprint."""
         self._ensure()
-        TlsService._make_ca(self.ca, self.ca_key, f"cluster {cluster}")
+        tlsfiles.make_ca(self.ca, self.ca_key, f"cluster {cluster}")
         return fingerprint(self.ca.read_text())
 
     def install_ca(self, ca_pem: str, ca_key_pem: str | None) -> None:
@@ -59,11 +61,11 @@ class ClusterPki:
     def make_csr(self, name: str) -> str:
         """A fresh host key (kept here) and a CSR for it."""
         self._ensure()
-        _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+        openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
                  "-out", str(self.key))
         self.key.chmod(0o600)
         csr = self.folder / "host.csr"
-        _openssl("req", "-new", "-key", str(self.key), "-subj", f"/O=virtkit/CN={name}",
+        openssl("req", "-new", "-key", str(self.key), "-subj", f"/O=virtkit/CN={name}",
                  "-out", str(csr))
         text = csr.read_text()
         csr.unlink()
@@ -82,7 +84,7 @@ class ClusterPki:
                 "extendedKeyUsage=serverAuth,clientAuth\nsubjectKeyIdentifier=hash\n"
                 "authorityKeyIdentifier=keyid,issuer\n"
                 f"subjectAltName={','.join(entries)}\n")
-            _openssl("x509", "-req", "-in", str(work / "host.csr"), "-CA", str(self.ca),
+            openssl("x509", "-req", "-in", str(work / "host.csr"), "-CA", str(self.ca),
                      "-CAkey", str(self.ca_key), "-set_serial", "0x" + secrets.token_hex(16),
                      "-days", str(HOST_DAYS), "-sha256", "-extfile", str(work / "ext.cnf"),
                      "-extensions", "v3",

@@ -8,7 +8,7 @@ from typing import Any
 from virtkit.errors import InvalidSpec
 from virtkit.model.domain import DiskDevice, Domain
 from virtkit.model.load import load_domain
-from virtkit.qemu.argv import disk_slots
+from virtkit.runtime.qemunames import disk_slots
 
 
 def disk_paths(value: Any) -> dict[str, str]:

@@ -20,10 +20,10 @@ from virtkit.model.domain import Disk, DiskDevice, Domain, Nic
 from virtkit.model.load import load_domain
 from virtkit.model.state import State
 from virtkit.model.units import parse_mib
-from virtkit.qemu.argv import disk_slots
 from virtkit.runtime import hotplug
 from virtkit.runtime.imageuse import wanted_images
 from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.runtime.qemunames import disk_slots
 from virtkit.service.domains import DomainService
 from virtkit.service.tuning import TuningService
 from virtkit.store.db import DomainRow, Store

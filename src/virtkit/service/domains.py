@@ -31,11 +31,12 @@ from virtkit.model.load import (
     without_secrets,
 )
 from virtkit.model.state import Action, State, check_action
-from virtkit.qemu.argv import disk_slots
-from virtkit.runtime import preflight, savefile, tuning
+from virtkit.runtime import hotplug, preflight, savefile, tuning
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.imageuse import ImageUse, Wanted, lock_conflict, wanted_disks
+from virtkit.runtime.launcher import remove_nvram
 from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.runtime.qemunames import disk_slots
 from virtkit.service import capacity
 from virtkit.service.networks import NetworkService
 from virtkit.service.storage import StorageService
@@ -371,9 +372,7 @@ class DomainService:
                            fix="links of a stopped domain are set in its spec (nics[].link)")
         for index, (number, nic) in enumerate(nics):
             if nic_ref in (nic.mac, vm.running.taps.get(number), str(index)):
-                await vm.running.monitor.execute("set_link", {"name": f"nic{number}",
-                                                              "up": state == "up"})
-                vm.links[number] = state
+                await hotplug.set_link(vm, number, state == "up")
                 return {"name": row.name, "index": index, "mac": nic.mac, "link": state}
         raise NotFound(f"domain '{row.name}' has no interface {nic_ref}",
                        fix=f"see 'virtkit domiflist {row.name}'")
@@ -521,7 +520,7 @@ class DomainService:
                 if storage_of is not None else None)
             self._life.forget(row.uuid)
         if nvram:
-            (self._life.paths.nvram / f"{row.uuid}_VARS.fd").unlink(missing_ok=True)
+            remove_nvram(self._life.paths, row.uuid)
         self._bus.publish("undefined", row.uuid, domain=row.name, uuid=row.uuid,
                           state=State.SHUTOFF.value, reason="")
         if intent is not None:

@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from virtkit.errors import AgentUnavailable, Conflict, GuestAgentError, InvalidSpec, TimeoutExpired
 from virtkit.model.state import State
-from virtkit.qemu.agent import GuestAgent
 from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.runtime.qemunames import GuestAgent
 from virtkit.store.db import Store
 
 #: bytes per guest-file-read/-write call (the agent's base64 messages stay small)
@@ -68,13 +69,13 @@ class GuestService:
     async def ping(self, ref: str) -> dict[str, Any]:
         name, agent = self.agent(ref)
         began = time.monotonic()
-        await agent.execute("guest-ping")
+        await agent.ping()
         return {"name": name, "ok": True, "ms": round((time.monotonic() - began) * 1000, 1)}
 
-    async def _optional(self, agent: GuestAgent, command: str) -> Any:
+    async def _optional(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """A command older or restricted agents may lack: None instead of an error."""
         try:
-            return await agent.execute(command)
+            return await call()
         except GuestAgentError as exc:
             if isinstance(exc, AgentUnavailable):
                 raise
@@ -83,16 +84,16 @@ class GuestService:
     async def info(self, ref: str) -> dict[str, Any]:
         """guestinfo: the agent, OS, host name, users, time zone and file systems."""
         name, agent = self.agent(ref)
-        about = await agent.execute("guest-info")
+        about = await agent.info()
         result: dict[str, Any] = {
             "name": name, "agent_version": about.get("version"),
             "commands": sorted(c["name"] for c in about.get("supported_commands", [])
                                if c.get("enabled")),
         }
-        for key, command in (("os", "guest-get-osinfo"), ("hostname", "guest-get-host-name"),
-                             ("users", "guest-get-users"), ("timezone", "guest-get-timezone"),
-                             ("filesystems", "guest-get-fsinfo")):
-            value = await self._optional(agent, command)
+        for key, call in (("os", agent.osinfo), ("hostname", agent.host_name),
+                          ("users", agent.users), ("timezone", agent.timezone),
+                          ("filesystems", agent.fsinfo)):
+            value = await self._optional(call)
             if key == "hostname" and isinstance(value, dict):
                 value = value.get("host-name")
             result[key] = value
@@ -101,7 +102,7 @@ class GuestService:
     async def interfaces(self, ref: str) -> list[dict[str, Any]]:
         """domifaddr --source agent: the guest's own view of its interfaces."""
         _name, agent = self.agent(ref)
-        rows = await agent.execute("guest-network-get-interfaces")
+        rows = await agent.network_interfaces()
         return [{
             "name": row.get("name"), "mac": row.get("hardware-address"),
             "addresses": [{"type": a.get("ip-address-type"), "ip": a.get("ip-address"),
@@ -111,26 +112,21 @@ class GuestService:
     async def fsfreeze(self, ref: str, mountpoints: list[str] | None = None) -> dict[str, Any]:
         """domfsfreeze: flush and freeze the guest's file systems (all, or these)."""
         name, agent = self.agent(ref)
-        if mountpoints:
-            count = await agent.execute("guest-fsfreeze-freeze-list",
-                                        {"mountpoints": mountpoints}, timeout=60)
-        else:
-            count = await agent.execute("guest-fsfreeze-freeze", timeout=60)
+        count = await agent.fsfreeze_freeze(mountpoints)
         return {"name": name, "frozen": count}
 
     async def fsthaw(self, ref: str) -> dict[str, Any]:
         name, agent = self.agent(ref)
-        return {"name": name, "thawed": await agent.execute("guest-fsfreeze-thaw", timeout=60)}
+        return {"name": name, "thawed": await agent.fsfreeze_thaw()}
 
     async def fsfreeze_status(self, ref: str) -> dict[str, Any]:
         name, agent = self.agent(ref)
-        return {"name": name, "status": await agent.execute("guest-fsfreeze-status")}
+        return {"name": name, "status": await agent.fsfreeze_status()}
 
     async def fstrim(self, ref: str, minimum: int | None = None) -> dict[str, Any]:
         """domfstrim: discard unused blocks in the guest's file systems."""
         name, agent = self.agent(ref)
-        arguments = {"minimum": minimum} if minimum else None
-        result = await agent.execute("guest-fstrim", arguments, timeout=300)
+        result = await agent.fstrim(minimum)
         return {"name": name, "paths": (result or {}).get("paths", [])}
 
     async def exec(self, ref: str, path: str, args: list[str] | None = None, *,
@@ -146,10 +142,10 @@ class GuestService:
             arguments["env"] = env
         if stdin:
             arguments["input-data"] = base64.b64encode(stdin).decode()
-        pid = (await agent.execute("guest-exec", arguments))["pid"]
+        pid = await agent.exec(arguments)
         deadline = time.monotonic() + timeout
         while True:
-            status = await agent.execute("guest-exec-status", {"pid": pid})
+            status = await agent.exec_status(pid)
             if status.get("exited"):
                 break
             if time.monotonic() > deadline:
@@ -167,12 +163,11 @@ class GuestService:
     async def file_read(self, ref: str, path: str) -> bytes:
         """The content of a guest file (up to FILE_READ_LIMIT bytes)."""
         _name, agent = self.agent(ref)
-        handle = await agent.execute("guest-file-open", {"path": path, "mode": "rb"})
+        handle = await agent.file_open(path, "rb")
         data = bytearray()
         try:
             while True:
-                chunk = await agent.execute("guest-file-read", {"handle": handle,
-                                                                 "count": FILE_CHUNK})
+                chunk = await agent.file_read(handle, FILE_CHUNK)
                 data += base64.b64decode(chunk.get("buf-b64", ""))
                 if chunk.get("eof") or not chunk.get("count"):
                     return bytes(data)
@@ -181,22 +176,20 @@ class GuestService:
                                       f"{FILE_READ_LIMIT // 2**20} MiB",
                                       fix="copy large files through a shared folder or a disk")
         finally:
-            await agent.execute("guest-file-close", {"handle": handle})
+            await agent.file_close(handle)
 
     async def file_write(self, ref: str, path: str, data: bytes, *,
                          append: bool = False) -> dict[str, Any]:
         """Write ``data`` to a guest file (created or truncated, or appended to)."""
         name, agent = self.agent(ref)
-        handle = await agent.execute("guest-file-open",
-                                     {"path": path, "mode": "ab" if append else "wb"})
+        handle = await agent.file_open(path, "ab" if append else "wb")
         try:
             for offset in range(0, len(data), FILE_CHUNK):
                 piece = data[offset:offset + FILE_CHUNK]
-                await agent.execute("guest-file-write", {
-                    "handle": handle, "buf-b64": base64.b64encode(piece).decode()})
-            await agent.execute("guest-file-flush", {"handle": handle})
+                await agent.file_write(handle, base64.b64encode(piece).decode())
+            await agent.file_flush(handle)
         finally:
-            await agent.execute("guest-file-close", {"handle": handle})
+            await agent.file_close(handle)
         return {"name": name, "path": path, "bytes": len(data)}
 
     async def set_user_password(self, ref: str, user: str, password: str, *,
@@ -205,22 +198,21 @@ class GuestService:
         if not user:
             raise InvalidSpec("name the guest user", field="user")
         name, agent = self.agent(ref)
-        await agent.execute("guest-set-user-password", {
-            "username": user, "crypted": crypted,
-            "password": base64.b64encode(password.encode()).decode()})
+        await agent.set_user_password(user, base64.b64encode(password.encode()).decode(),
+                                      crypted)
         return {"name": name, "user": user}
 
     async def vcpus(self, ref: str) -> list[dict[str, Any]]:
         """guestvcpus: the guest's logical CPUs and whether each is online."""
         _name, agent = self.agent(ref)
-        rows = await agent.execute("guest-get-vcpus")
+        rows = await agent.get_vcpus()
         return [{"id": row["logical-id"], "online": row["online"],
                  "can_offline": row.get("can-offline", False)} for row in rows]
 
     async def set_vcpus(self, ref: str, count: int) -> dict[str, Any]:
         """setvcpus --guest: bring ``count`` of the guest's CPUs online, the rest offline."""
         name, agent = self.agent(ref)
-        rows = await agent.execute("guest-get-vcpus")
+        rows = await agent.get_vcpus()
         if not 1 <= count <= len(rows):
             raise InvalidSpec(f"the guest of '{name}' has {len(rows)} vCPUs; cannot have "
                               f"{count} online", field="count",
@@ -232,13 +224,13 @@ class GuestService:
                 if not online and not row.get("can-offline", False):
                     raise Conflict(f"the guest cannot take CPU {row['logical-id']} offline")
                 wanted.append({"logical-id": row["logical-id"], "online": online})
-        changed = await agent.execute("guest-set-vcpus", {"vcpus": wanted}) if wanted else 0
+        changed = await agent.set_vcpus(wanted) if wanted else 0
         return {"name": name, "online": count, "changed": changed}
 
     async def time(self, ref: str) -> dict[str, Any]:
         """domtime: the guest's clock, and how far it is from the host's."""
         name, agent = self.agent(ref)
-        nanoseconds = await agent.execute("guest-get-time")
+        nanoseconds = await agent.get_time()
         return {"name": name, "time": nanoseconds / 1e9,
                 "offset": round(nanoseconds / 1e9 - time.time(), 3)}
 
@@ -248,6 +240,5 @@ class GuestService:
         name, agent = self.agent(ref)
         if now:
             seconds = time.time()
-        arguments = {"time": int(seconds * 1e9)} if seconds is not None else None
-        await agent.execute("guest-set-time", arguments)
+        await agent.set_time(int(seconds * 1e9) if seconds is not None else None)
         return await self.time(name)

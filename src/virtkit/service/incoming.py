@@ -25,10 +25,10 @@ from virtkit.errors import Conflict, InvalidSpec, NotFound, Unsupported, Virtkit
 from virtkit.model.domain import Domain
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.state import State
-from virtkit.qemu.argv import disk_slots
-from virtkit.runtime import migration, storagecopy
+from virtkit.runtime import migration, outgoing, storagecopy
 from virtkit.runtime.launcher import CapsProvider, Running
 from virtkit.runtime.lifecycle import Lifecycle, Vm
+from virtkit.runtime.qemunames import disk_slots
 from virtkit.service.copyplan import align_disks, copied
 from virtkit.service.domains import DomainService
 from virtkit.service.migration_journal import Journal
@@ -354,16 +354,10 @@ class IncomingMigrations:
                        for p, d, i in record.get("created", [])]
             row = self._store.find_domain(uuid)
             vm = self._life.vm(row.uuid, row.name) if row is not None else None
-            if vm is not None and vm.running is not None:
-                status = "unknown"
-                with contextlib.suppress(VirtkitError):
-                    status = (await vm.running.monitor.execute("query-status"))["status"]
-                if status == "running":  # finish had let it run: it is the VM now
-                    async with vm.lock:
-                        self._life.set_state(vm, State.RUNNING, "migrated")
-                    self._journal.remove("in", uuid)
-                    notes.append(f"{vm.name}: incoming migration had finished; kept")
-                    continue
+            if vm is not None and await outgoing.kept_if_running(self._life, vm):
+                self._journal.remove("in", uuid)
+                notes.append(f"{vm.name}: incoming migration had finished; kept")
+                continue
             pending = Incoming(created=created)
             if vm is not None:
                 self._pending[uuid] = pending

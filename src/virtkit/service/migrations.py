@@ -25,8 +25,8 @@ from virtkit.errors import (
 )
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.state import State
-from virtkit.runtime import migration
-from virtkit.runtime.launcher import CapsProvider, Running
+from virtkit.runtime import migration, outgoing
+from virtkit.runtime.launcher import CapsProvider
 from virtkit.runtime.lifecycle import Lifecycle, Vm
 from virtkit.service.copyplan import copy_plan, disk_paths
 from virtkit.service.domains import DomainService
@@ -44,9 +44,6 @@ from virtkit.store.db import Store
 
 TCG_WARNING = ("the domain ran under TCG: QEMU 7.2's TCG can corrupt the memory of a guest "
                "that writes it during a live migration; migrate busy guests with KVM")
-#: the source's state from its vCPUs' stop for the switch-over until it hands over
-#: or resumes (libvirt's paused/migration): never 'running' while the destination may be
-MIGRATING = "migrating"
 #: seconds the source keeps asking a destination that did not answer finish
 RESOLVE_WINDOW = 60.0
 _deadline = deadline_of
@@ -266,7 +263,7 @@ class MigrationService:
         self._journal.write("out", vm.uuid, record)
 
         def stopped() -> None:  # invariant 2: paused before the destination may run it
-            self._life.set_state(vm, State.PAUSED, MIGRATING, event="paused")
+            outgoing.stopped_locked(self._life, vm)
 
         def finishing() -> None:
             self._journal.write("out", vm.uuid, {**record, "phase": "finishing"})
@@ -274,16 +271,16 @@ class MigrationService:
             result = await migration.migrate_out(running.monitor, peer, incoming, options,
                                                  job, migration.Hooks(stopped, finishing))
         except migration.PostcopyFailed:
-            self._life.set_state(vm, State.PAUSED, "postcopy failed", event="paused")
+            outgoing.held_locked(self._life, vm, "postcopy failed")
             raise
         except migration.MigrationOutcomeUnknown as exc:
-            self._life.set_state(vm, State.PAUSED, "migration outcome unknown",
-                                 event="paused")
+            outgoing.held_locked(self._life, vm, "migration outcome unknown")
             outcome = await _resolve(peer, vm.uuid, RESOLVE_WINDOW)
             if outcome is None:
                 raise
             if outcome == "here":
-                await self._resume_here(vm, running, options.source_paused)
+                await outgoing.resume_here_locked(self._life, vm, running,
+                                                  options.source_paused)
                 raise migration.DestinationLost(
                     f"{exc}; the destination then confirmed it does not run the VM (its "
                     "incoming migration was removed): the VM runs on here") from exc
@@ -293,27 +290,12 @@ class MigrationService:
                       "resolved": "finish got no answer; the destination then said it "
                                   "runs the VM"}
         except BaseException:
-            await self._after_failure(vm, running, before)
+            await outgoing.after_failure_locked(self._life, vm, running, before)
             raise
-        await self._life.kill_locked(vm, "migrated")
+        await outgoing.handed_over_locked(self._life, vm)
         if running.accel == "tcg":
             result["warnings"] = [TCG_WARNING]
         return result
-
-    async def _after_failure(self, vm: Vm, running: Running,
-                             before: tuple[State, str]) -> None:
-        """The migration failed and the guest goes on here: record what QEMU says
-        (running again, or paused as it was before the migration)."""
-        if vm.running is None or vm.running is not running or vm.reason != MIGRATING:
-            return
-        status = "unknown"
-        with contextlib.suppress(VirtkitError):
-            status = (await running.monitor.execute("query-status"))["status"]
-        if status == "running":
-            self._life.set_state(vm, State.RUNNING, "migration failed", event="resumed")
-        else:
-            self._life.set_state(vm, State.PAUSED, before[1] if before[0] is State.PAUSED
-                                 else "migration failed")
 
     async def _recover_outgoing(self) -> list[str]:
         """At daemon start: an outgoing migration an earlier daemon left.  The reattach
@@ -332,10 +314,7 @@ class MigrationService:
                     await self._withdraw(record.get("destination"), uuid)
                 continue
             running = vm.running
-            status = "unknown"
-            with contextlib.suppress(VirtkitError):
-                status = (await running.monitor.execute("query-status"))["status"]
-            if status not in migration.STOPPED_BY:
+            if await outgoing.runstate(running) not in migration.STOPPED_BY:
                 # cancelled by the reattach (the guest runs on): the incoming one there
                 # goes too (else its keepalive silence removes it)
                 if record.get("phase") != "finishing":
@@ -350,39 +329,26 @@ class MigrationService:
                     finally:
                         await peer.close()
                 if isinstance(outcome, dict):  # it runs there: the copy here goes
-                    async with vm.lock:
-                        await self._life.kill_locked(vm, "migrated")
+                    await outgoing.handed_over(self._life, vm)
                     notes.append(f"{vm.name}: its migration had finished (the destination "
                                  "runs it); the stopped copy here was removed")
                     continue
                 if outcome == "here":
-                    async with vm.lock:
-                        await self._resume_here(vm, running, bool(record.get("paused")))
+                    await outgoing.resume_here(self._life, vm, running,
+                                               bool(record.get("paused")))
                     notes.append(f"{vm.name}: the destination does not run it; the VM "
                                  "runs on here")
                     continue
-                async with vm.lock:
-                    self._life.set_state(vm, State.PAUSED, "migration outcome unknown")
+                await outgoing.hold(self._life, vm, "migration outcome unknown")
                 notes.append(f"{vm.name}: the daemon died while the destination was asked "
                              "to run the VM; it stays paused here (check the destination, "
                              "then destroy or resume it here)")
                 continue
             await self._withdraw(record.get("destination"), uuid)
-            async with vm.lock:
-                await self._resume_here(vm, running, bool(record.get("paused")))
+            await outgoing.resume_here(self._life, vm, running, bool(record.get("paused")))
             notes.append(f"{vm.name}: its migration had not been finished by the daemon "
                          "that died; the VM runs on here")
         return notes
-
-    async def _resume_here(self, vm: Vm, running: Running, paused: bool) -> None:
-        """The destination does not run the VM: it goes on here (paused, if it was
-        paused before the migration); the caller holds the VM's lock."""
-        if paused:
-            self._life.set_state(vm, State.PAUSED, "migration failed")
-            return
-        with contextlib.suppress(VirtkitError):
-            await running.monitor.execute("cont")
-            self._life.set_state(vm, State.RUNNING, "migration failed", event="resumed")
 
     @staticmethod
     async def _withdraw(destination: Any, uuid: str) -> None:
@@ -417,7 +383,7 @@ class MigrationService:
             return {"domain": row.name, "type": "none"}
         # before the stream starts, query-migrate still shows the migration this QEMU
         # saw last (for a VM that arrived by migration: the incoming one, 'completed')
-        info = await running.monitor.execute("query-migrate") if job.streaming else {}
+        info = await outgoing.stream_status(running) if job.streaming else {}
         ram = info.get("ram", {})
         ram_total = ram.get("total")
         if ram_total is None and running.live is not None:  # before the stream starts
@@ -463,7 +429,7 @@ class MigrationService:
                            fix="wait for it to complete")
         job.stop("the migration was cancelled (domjobabort)")  # stops the disk copy
         if job.streaming:
-            await running.monitor.execute("migrate_cancel")
+            await outgoing.cancel_stream(running)
         return {"domain": row.name, "aborted": True}
 
     async def job_postcopy(self, ref: str) -> dict[str, Any]:

@@ -25,9 +25,9 @@ from typing import Any
 from virtkit.errors import Conflict, InvalidSpec, StateError, VirtkitError
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.state import State
-from virtkit.qemu.argv import disk_slots
 from virtkit.runtime import offlinecopy, storagecopy
 from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.runtime.qemunames import disk_slots
 from virtkit.service.copyplan import copy_plan
 from virtkit.service.domains import DomainService
 from virtkit.service.peer import Peer

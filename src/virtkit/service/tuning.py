@@ -12,15 +12,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from virtkit.errors import Conflict, InvalidSpec, StateError
+from virtkit.errors import InvalidSpec, StateError
 from virtkit.formats.libvirt_common import XmlReader, parse_document
 from virtkit.formats.libvirt_tuning import hostdev_in
 from virtkit.host import ksm, numa, pci, procstat
 from virtkit.model.cpulist import format_cpulist
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.tuning import HostDev
-from virtkit.runtime import tuning
-from virtkit.runtime.hotplug import free_pcie_port
+from virtkit.runtime import hotplug, tuning
 from virtkit.runtime.launcher import Running
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.runtime.stats import vcpu_threads
@@ -175,32 +174,15 @@ class TuningService:
             await asyncio.to_thread(pci.check_passthrough, dev.address, managed=dev.managed,
                                     sys_root=self._sys)
         if live:
-            assert running is not None
-            await self._hotplug(running, domain.hostdevs, dev, detach)
+            async with self._life.live_change(row.uuid, row.name) as running:
+                if detach:
+                    await hotplug.detach_hostdev(running, dev.address)
+                else:
+                    await hotplug.attach_hostdev(running, dev, self._sys)
         if config:
             kept = [d.model_dump() for d in domain.hostdevs if d.address != dev.address]
             self._save_spec(row, {"hostdevs": kept if detach else [*kept, dev.model_dump()]})
         return {"name": row.name, "address": dev.address, "live": live, "config": config}
-
-    async def _hotplug(self, running: Running, current: list[HostDev], dev: HostDev,
-                       detach: bool) -> None:
-        index = next((i for i, d in enumerate(current) if d.address == dev.address),
-                     len(current))
-        if detach:
-            await running.monitor.execute("device_del", {"id": f"hostdev{index}"})
-            return
-        bound = await asyncio.to_thread(tuning.bind_hostdevs, load_domain(
-            {"name": "hotplug", "memory": 1, "hostdevs": [dev.model_dump()]}), self._sys)
-        running.hostdev_drivers.update(bound)
-        device: dict[str, Any] = {"driver": "vfio-pci", "host": dev.address,
-                                  "id": f"hostdev{index}"}
-        if running.live is not None and running.live.machine.value == "q35":
-            port = await free_pcie_port(running.monitor)
-            if port is None:
-                raise Conflict("no free PCIe slot for the host device: every hotplug port "
-                               "is in use", fix="attach it with --config and restart")
-            device["bus"] = port
-        await running.monitor.execute("device_add", device)
 
 
 def _parse_hostdev(xml: str) -> HostDev:

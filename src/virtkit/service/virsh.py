@@ -29,10 +29,10 @@ from virtkit.host.qemubin import qemu_info
 from virtkit.model import keycodes
 from virtkit.model.load import load_domain
 from virtkit.model.state import State
-from virtkit.qemu.argv import disk_slots
 from virtkit.runtime import consoleio
 from virtkit.runtime.launcher import Running
 from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.runtime.qemunames import disk_slots
 from virtkit.service.blockjobs import BlockJobService
 from virtkit.storage.qemuimg import image_info
 from virtkit.store.db import Store
