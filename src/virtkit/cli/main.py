@@ -244,6 +244,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
         devices,
         domains,
         guest,
+        managedsave,
         migrate,
         networks,
         snapshots,
@@ -288,6 +289,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     snapshots.register(sub)
     stats.register(sub)
     virshcompat.register(sub)
+    managedsave.register(sub)
     _register_install(sub, options=install_options)
     host = sub.add_parser("host", help="host commands: check, ksm, capacity, numa")
     host_sub = host.add_subparsers(dest="host_command", metavar="HOSTCOMMAND")
@@ -296,6 +298,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=cmd_host_check, daemon_optional=True)
     stats.register_host(host_sub)
+    managedsave.register_host(host_sub)
     node = sub.add_parser("nodeinfo", help="show host facts and the accelerator in use")
     node.add_argument("--json", action="store_true")
     node.set_defaults(func=cmd_nodeinfo)

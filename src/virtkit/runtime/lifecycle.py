@@ -39,7 +39,7 @@ from virtkit.model.state import Action, State, check_action, check_transition
 from virtkit.paths import StatePaths
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
-from virtkit.runtime import migration, orphans, savefile
+from virtkit.runtime import blockjobs, migration, orphans, savefile
 from virtkit.runtime.confine import Confiner
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.launcher import CapsProvider, OpenTap, Running, TapProvider, launch
@@ -392,8 +392,13 @@ class Lifecycle:
             self._bus.publish("reset", vm.uuid, domain=vm.name, uuid=vm.uuid,
                               state=vm.state.value, reason="user")
 
-    async def save(self, uuid: str, name: str, path: Path) -> None:
-        """Write the VM's memory and device state to ``path`` and stop it (virsh save)."""
+    async def save(self, uuid: str, name: str, path: Path, *, resume: bool | None = None,
+                   progress: blockjobs.Progress | None = None, drop_cache: bool = False,
+                   reason: str = "saved") -> None:
+        """Write the VM's memory and device state to ``path`` and stop it (virsh save,
+        managedsave).  ``resume`` overrides whether a restore resumes the vCPUs (virsh
+        --running/--paused; default: as they are now); ``drop_cache`` drops the file's
+        pages from the host's page cache once it is on disk (virsh --bypass-cache)."""
         vm = self.vm(uuid, name)
         async with vm.lock:
             check_action(Action.SAVE, vm.state, vm.name)
@@ -402,7 +407,9 @@ class Lifecycle:
             was_running = vm.state is State.RUNNING
             partial = path.with_name(f".{path.name}.partial")
             try:
-                await self._save_to(vm, running, partial, was_running)
+                await self._save_to(vm, running, partial, was_running,
+                                    was_running if resume is None else resume,
+                                    progress, drop_cache)
                 os.replace(partial, path)
             except BaseException:
                 partial.unlink(missing_ok=True)
@@ -410,11 +417,13 @@ class Lifecycle:
                     with contextlib.suppress(Exception):
                         await running.monitor.execute("cont")
                 raise
-            await self._kill(vm, "saved")
+            await self._kill(vm, reason)
             self._bus.publish("saved", vm.uuid, domain=vm.name, uuid=vm.uuid,
-                              state=vm.state.value, reason="saved", path=str(path))
+                              state=vm.state.value, reason=reason, path=str(path))
 
-    async def _save_to(self, vm: Vm, running: Running, partial: Path, was_running: bool) -> None:
+    async def _save_to(self, vm: Vm, running: Running, partial: Path, was_running: bool,
+                       resume: bool, progress: blockjobs.Progress | None,
+                       drop_cache: bool) -> None:
         monitor = running.monitor
         await self.check_restorable(vm, running)
         await monitor.execute("stop")
@@ -422,15 +431,17 @@ class Lifecycle:
             # the running configuration (hot-plugged devices included): restore must
             # build QEMU with exactly the devices whose state the stream carries
             live = running.live if running.live is not None else self._spec_for(vm.uuid)
-            savefile.write_header(stream, dump_domain(live), running=was_running)
+            savefile.write_header(stream, dump_domain(live), running=resume)
             monitor.send_fd(stream.fileno())
             await monitor.execute("getfd", {"fdname": "virtkit-save"})
             # QEMU's default migration limit (128 MiB/s) makes no sense for a local file
             await monitor.execute("migrate-set-parameters", {"max-bandwidth": 2**40})
             await monitor.execute("migrate", {"uri": "fd:virtkit-save"})
-            await self._await_migration(running, "saving")
+            await blockjobs.await_migration(monitor, "saving", progress)
             stream.flush()
             os.fsync(stream.fileno())
+            if drop_cache:
+                os.posix_fadvise(stream.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
     @staticmethod
     async def check_restorable(vm: Vm, running: Running, what: str = "save",
