@@ -24,6 +24,7 @@ from virtkit.api import (
     device_routes,
     guest_routes,
     install_routes,
+    limits_routes,
     managedsave_routes,
     migration_routes,
     network_routes,
@@ -69,6 +70,7 @@ from virtkit.service.guest import GuestService
 from virtkit.service.host import HostService
 from virtkit.service.hostguests import HostGuestsService
 from virtkit.service.install import InstallService
+from virtkit.service.limits import LimitsService
 from virtkit.service.managedsave import ManagedSaveService
 from virtkit.service.migrations import MigrationService
 from virtkit.service.networks import NetworkService
@@ -112,6 +114,7 @@ class Services:
     virsh: VirshService | None = None
     managedsave: ManagedSaveService | None = None
     guests: HostGuestsService | None = None
+    limits: LimitsService | None = None
     consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
 
 
@@ -532,4 +535,7 @@ def create_app(services: Services, audit: AuditLog | None = None,
         app[managedsave_routes.MANAGED] = services.managedsave
         app[managedsave_routes.GUESTS] = services.guests
         app.add_routes(managedsave_routes.routes)
+    if services.limits is not None:
+        app[limits_routes.LIMITS] = services.limits
+        app.add_routes(limits_routes.routes)
     return app

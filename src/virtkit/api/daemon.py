@@ -46,6 +46,7 @@ from virtkit.service.guest import GuestService
 from virtkit.service.host import HostService
 from virtkit.service.hostguests import HostGuestsService
 from virtkit.service.install import InstallService
+from virtkit.service.limits import LimitsService
 from virtkit.service.managedsave import ManagedSaveService
 from virtkit.service.migrations import MigrationService
 from virtkit.service.networks import NetworkService
@@ -167,7 +168,8 @@ class Daemon:
             provision=ProvisionService(self.store, self.domains, self.storage),
             recovery=self.recovery,
             virsh=VirshService(self.store, self.lifecycle, paths.cache),
-            managedsave=managed, guests=self.guests)
+            managedsave=managed, guests=self.guests,
+            limits=LimitsService(self.store, self.lifecycle))
         self.default_network = default_network
         self.listen_tls = listen_tls
         self.web_listen = web_listen

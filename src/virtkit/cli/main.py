@@ -244,6 +244,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
         devices,
         domains,
         guest,
+        limits,
         managedsave,
         migrate,
         networks,
@@ -290,6 +291,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     stats.register(sub)
     virshcompat.register(sub)
     managedsave.register(sub)
+    limits.register(sub)
     _register_install(sub, options=install_options)
     host = sub.add_parser("host", help="host commands: check, ksm, capacity, numa")
     host_sub = host.add_subparsers(dest="host_command", metavar="HOSTCOMMAND")
