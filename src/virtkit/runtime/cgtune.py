@@ -171,7 +171,7 @@ def read(group: Cgroup | None) -> dict[str, Any]:
     def kib(text: str | None) -> int | None:
         if text is None:
             return None
-        if text == "max" or int(text) >= UNLIMITED_KIB * 1024 or int(text) < 0:
+        if text == "max" or int(text) >= 2**62 or int(text) < 0:  # v1: PAGE_COUNTER_MAX
             return UNLIMITED_KIB
         return int(text) // 1024
 
