@@ -214,22 +214,37 @@ def disk_device(domain: Domain, target: str) -> tuple[int, str]:
     raise KeyError(target)
 
 
+async def _block(monitor: Monitor, device_id: str) -> dict[str, Any] | None:
+    """query-block's entry of the disk with QEMU device id ``device_id``; its ``qdev``
+    is the QOM path (for virtio: ``/machine/peripheral/disk0/virtio-backend``, the
+    device that owns the block backend, as libvirt passes it)."""
+    for block in await monitor.execute("query-block"):
+        qdev = str(block.get("qdev", ""))
+        if qdev == device_id or qdev.startswith(f"/machine/peripheral/{device_id}/") \
+                or qdev == f"/machine/peripheral/{device_id}":
+            return dict(block)
+    return None
+
+
 async def set_io_throttle(monitor: Monitor, device_id: str, iotune: IoTune | None) -> None:
     """block_set_io_throttle for one disk (every limit given; 0 = unlimited)."""
+    block = await _block(monitor, device_id)
+    if block is None or not block.get("inserted"):
+        raise HostError(f"disk {device_id} has no medium to throttle",
+                        fix="insert one first (change-media)")
     values = iotune.model_dump() if iotune is not None else {}
-    arguments: dict[str, Any] = {"id": device_id}
+    arguments: dict[str, Any] = {"id": block["qdev"]}
     arguments.update({QMP_THROTTLE[key]: int(values.get(key) or 0) for key in IOTUNE_KEYS})
     await monitor.execute("block_set_io_throttle", arguments)
 
 
 async def query_io_throttle(monitor: Monitor, device_id: str) -> dict[str, int] | None:
     """The throttle QEMU applies to ``device_id`` now, by the spec's names (query-block)."""
-    for block in await monitor.execute("query-block"):
-        qdev = str(block.get("qdev", ""))
-        if qdev == device_id or qdev.startswith(f"/machine/peripheral/{device_id}/"):
-            inserted = block.get("inserted") or {}
-            return {key: int(inserted.get(QMP_THROTTLE[key], 0)) for key in IOTUNE_KEYS}
-    return None
+    block = await _block(monitor, device_id)
+    if block is None:
+        return None
+    inserted = block.get("inserted") or {}
+    return {key: int(inserted.get(QMP_THROTTLE[key], 0)) for key in IOTUNE_KEYS}
 
 
 async def apply_at_start(domain: Domain, monitor: Monitor, group: Cgroup | None) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import ValidationError
+
 from virtkit.errors import InvalidSpec, NotFound
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.tuning import IOTUNE_KEYS, UNLIMITED_KIB, IoTune
@@ -140,18 +142,34 @@ class LimitsService:
                     and not config, **shown}
         live, config = _scope(live, config, running is not None, row.name,
                               "throttle disk I/O")
-        base = current.disks[index].iotune
-        merged = IoTune(**{**(base.model_dump() if base else {}), **values})
         if live:
             assert running is not None
-            await cgtune.set_io_throttle(running.monitor, device, merged)
+            now = await cgtune.query_io_throttle(running.monitor, device)
+            await cgtune.set_io_throttle(running.monitor, device, _merge(now, values))
         if config:
             try:
                 config_index, _ = cgtune.disk_device(stored, disk)
             except KeyError:
                 raise NotFound(f"disk '{disk}' is not in the stored definition of "
                                f"'{row.name}' (hot-plugged only)", fix="use --live") from None
+            base = stored.disks[config_index].iotune
             spec = dump_domain(stored)
-            spec["disks"][config_index]["iotune"] = merged.model_dump()
+            spec["disks"][config_index]["iotune"] = _merge(
+                base.model_dump() if base else None, values).model_dump()
             self._save(row, spec)
         return await self.blkdeviotune(row.uuid, disk, {}, config=not live)
+
+
+def _merge(old: dict[str, Any] | None, values: dict[str, int]) -> IoTune:
+    """As libvirt: setting any bytes (or IOPS) limit replaces that whole group (the others
+    of it become unlimited unless given); the group not named keeps its values."""
+    merged = dict(old or {})
+    for kind in ("bytes", "iops"):
+        group = [key for key in IOTUNE_KEYS if key.endswith(f"_{kind}_sec")]
+        if any(key in values for key in group):
+            merged.update({key: values.get(key, 0) for key in group})
+    try:
+        return IoTune(**merged)
+    except ValidationError as exc:
+        message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise InvalidSpec(f"blkdeviotune: {message}", field="iotune") from None
