@@ -101,3 +101,29 @@ def test_v2_read(tmp_path: Path) -> None:
     assert values == {"cpu_shares": cgtune.weight_to_shares(79), "vcpu_period": 50000,
                       "vcpu_quota": 25000, "hard_limit": UNLIMITED_KIB, "soft_limit": 2048,
                       "swap_hard_limit": None, "weight": 300}
+
+
+def test_blkdeviotune_groups_replace_as_libvirt() -> None:
+    from virtkit.errors import InvalidSpec
+    from virtkit.service.limits import _merge
+
+    old = {"total_bytes_sec": 10, "read_iops_sec": 5}
+    merged = _merge(old, {"read_bytes_sec": 7})
+    assert (merged.total_bytes_sec, merged.read_bytes_sec, merged.read_iops_sec) == \
+        (None, 7, 5)
+    with pytest.raises(InvalidSpec, match="cannot be combined"):
+        _merge(None, {"total_iops_sec": 1, "read_iops_sec": 1})
+
+
+def test_cli_sizes_and_flags() -> None:
+    from virtkit.cli.limits import kib
+    from virtkit.cli.main import build_parser
+
+    assert (kib("1048576"), kib("2G"), kib("512M"), kib("-1")) == \
+        (1048576, 2 * 1024**2, 512 * 1024, UNLIMITED_KIB)
+    args = build_parser().parse_args(["blkdeviotune", "vm", "vda", "--total-iops-sec", "5",
+                                      "--live"])
+    assert (args.device, args.total_iops_sec, args.live) == ("vda", 5, True)
+    args = build_parser().parse_args(["schedinfo", "vm", "--set", "cpu_shares=2",
+                                      "--set", "vcpu_quota=-1", "--config"])
+    assert args.set == ["cpu_shares=2", "vcpu_quota=-1"] and args.config
