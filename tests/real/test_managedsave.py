@@ -148,3 +148,17 @@ def test_host_policy_ignore_keeps_guests_and_on_boot_ignore(daemon: DaemonHandle
     bad = subprocess.run(daemon.cli_argv("host", "guests", "--shutdown-timeout", "0"),
                          env=daemon.env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "shutdown_timeout" in bad.stderr, bad.stderr
+
+
+def test_host_policy_shutdown_powers_guests_off_and_boot_starts_them(daemon: DaemonHandle
+                                                                      ) -> None:
+    daemon.cli("host", "guests", "--on-shutdown", "shutdown", "--shutdown-timeout", "120")
+    uuid = daemon.define("hs", memory=128)["uuid"]
+    daemon.cli("start", "hs")
+    daemon.wait_booted("hs")
+    _stop_daemon(daemon)  # ACPI power-off of every running guest, waited for
+    assert not daemon.qemu_pids()
+    assert not (daemon.root / "save" / f"{uuid}.save").exists()
+    daemon.restart()
+    daemon.wait_state("hs", "running", timeout=120)
+    daemon.wait_booted("hs", count=2)  # a fresh boot after the clean power-off
