@@ -91,12 +91,18 @@ class StatePaths:
     def logs(self) -> Path:
         return self.root / "log"
 
+    @property
+    def managed_save(self) -> Path:
+        """Managed save images (virsh managedsave), one ``<uuid>.save`` per domain."""
+        return self.root / "save"
+
     def run_dir(self, uuid: str) -> Path:
         return self.run / uuid
 
     def make(self) -> None:
         """Create the folders (private to the owner, as they hold sockets and disks' names)."""
-        for folder in (self.root, self.run, self.nvram, self.cache, self.logs):
+        for folder in (self.root, self.run, self.nvram, self.cache, self.logs,
+                       self.managed_save):
             folder.mkdir(parents=True, exist_ok=True, mode=0o750)
         # dnsmasq drops to 'nobody' before it reads its hosts files: let it through.
         self.root.chmod(0o711)

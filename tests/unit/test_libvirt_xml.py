@@ -134,6 +134,15 @@ ROUND_TRIP_SPECS: list[dict[str, Any]] = [
                                      {"name": "com.example.log", "path": "/run/ex, it.sock"}],
      "disks": [{"path": f"/images/d{i}.raw", "format": "raw"} for i in range(30)],
      "boot": {"kernel": "/k", "cmdline": ""}},
+    {"name": "limits", "uuid": UUID, "memory": 256,
+     "cputune": {"shares": 2048, "period": 50000, "quota": 25000},
+     "memtune": {"hard_limit": 1048576, "soft_limit": 524288, "swap_hard_limit": 2097152},
+     "blkiotune": {"weight": 300},
+     "disks": [{"path": "/images/a.raw", "format": "raw",
+                "iotune": {"total_bytes_sec": 10485760, "total_iops_sec": 500}},
+               {"path": "/images/b.raw", "format": "raw",
+                "iotune": {"read_bytes_sec": 1000000, "write_bytes_sec": 2000000,
+                           "read_iops_sec": 100, "write_iops_sec": 200}}]},
 ]
 
 

@@ -124,6 +124,18 @@ VALID: list[tuple[str, dict[str, Any] | str, Any]] = [
                 "memory_backing": {"hugepages": True, "page_size_kib": 2048},
                 "hostdevs": [{"address": "03:00.0", "managed": False}]},
      lambda d: d.hostdevs[0].address == "0000:03:00.0" and d.numa[0].memory == 512),
+    ("limits", {"cputune": {"shares": 2048, "period": 100000, "quota": -1},
+                "memtune": {"hard_limit": 1048576, "soft_limit": 524288,
+                            "swap_hard_limit": 9007199254740991},
+                "blkiotune": {"weight": 500},
+                "disks": [{"path": "/a.raw", "iotune": {"total_bytes_sec": 0,
+                                                        "total_iops_sec": 100}},
+                          {"path": "/b.raw", "iotune": {
+                              "read_bytes_sec": 1, "write_bytes_sec": 2,
+                              "read_iops_sec": 3, "write_iops_sec": 4}}]},
+     # -1 and virsh's "unlimited" KiB are no limit; 0 is an unlimited throttle
+     lambda d: d.cputune.quota is None and d.memtune.swap_hard_limit is None
+     and d.disks[0].iotune.total_bytes_sec is None and d.disks[1].iotune.write_iops_sec == 4),
     ("minimal", {}, _check_minimal),
     ("transient", {"transient": True}, lambda d: d.transient and not d.autostart),
     ("parallel", {"parallels": [{"path": "/var/log/lpt.log"}]},
@@ -216,6 +228,15 @@ def bad(case_id: str, overrides: dict[str, Any], field: str, fragment: str) -> A
 DELETE = object()
 
 BAD = [
+    bad("shares-range", {"cputune": {"shares": 1}}, "cputune.shares", "out of range"),
+    bad("period-range", {"cputune": {"period": 999}}, "cputune.period", "out of range"),
+    bad("quota-range", {"cputune": {"quota": 5}}, "cputune.quota", "out of range"),
+    bad("swap-below-hard", {"memtune": {"hard_limit": 2048, "swap_hard_limit": 1024}},
+        "memtune", "at least hard_limit"),
+    bad("blkio-weight", {"blkiotune": {"weight": 5000}}, "blkiotune.weight", "10-1000"),
+    bad("iotune-total-and-read", {"disks": [{"path": "/a", "iotune": {
+        "total_bytes_sec": 1, "read_bytes_sec": 1}}]}, "disks[0].iotune",
+        "cannot be combined"),
     bad("vcpupin-beyond-max", {"vcpus": 2, "cputune": {"vcpupin": {2: "0"}}},
         "cputune.vcpupin", "vCPU 2 does not exist"),
     bad("vcpupin-bad-list", {"cputune": {"vcpupin": {0: "0-"}}}, "cputune.vcpupin",

@@ -25,6 +25,8 @@ from virtkit.api import (
     device_routes,
     guest_routes,
     install_routes,
+    limits_routes,
+    managedsave_routes,
     migration_routes,
     network_routes,
     snapshot_routes,
@@ -68,7 +70,10 @@ from virtkit.service.devices import DeviceService
 from virtkit.service.domains import DomainService
 from virtkit.service.guest import GuestService
 from virtkit.service.host import HostService
+from virtkit.service.hostguests import HostGuestsService
 from virtkit.service.install import InstallService
+from virtkit.service.limits import LimitsService
+from virtkit.service.managedsave import ManagedSaveService
 from virtkit.service.migrations import MigrationService
 from virtkit.service.networks import NetworkService
 from virtkit.service.provision import ProvisionService
@@ -110,6 +115,9 @@ class Services:
     recovery: RecoveryService | None = None
     virsh: VirshService | None = None
     cluster: ClusterService | None = None
+    managedsave: ManagedSaveService | None = None
+    guests: HostGuestsService | None = None
+    limits: LimitsService | None = None
     consoles: dict[tuple[str, int], web.WebSocketResponse] = field(default_factory=dict)
 
 
@@ -269,9 +277,11 @@ async def undefine_domain(request: web.Request) -> web.Response:
     provision = _services(request).provision
     if query.remove_all_storage and provision is not None:
         return json_response(await provision.undefine_with_storage(
-            request.match_info["ref"], nvram=nvram, snapshots_metadata=metadata))
+            request.match_info["ref"], nvram=nvram, snapshots_metadata=metadata,
+            managed_save=query.managed_save))
     return json_response(await _services(request).domains.undefine(
-        request.match_info["ref"], nvram=nvram, snapshots_metadata=metadata))
+        request.match_info["ref"], nvram=nvram, snapshots_metadata=metadata,
+        managed_save=query.managed_save))
 
 
 @routes.get("/v1/domains/{ref}/spec")
@@ -300,7 +310,8 @@ async def put_autostart(request: web.Request) -> web.Response:
 async def start_domain(request: web.Request) -> web.Response:
     body = await body_of(request, StartBody)
     result = await _services(request).domains.start(request.match_info["ref"],
-                                                    paused=body.paused)
+                                                    paused=body.paused,
+                                                    force_boot=body.force_boot)
     return json_response(result)
 
 
@@ -535,4 +546,11 @@ def create_app(services: Services, audit: AuditLog | None = None,
     if services.cluster is not None:
         app[cluster_routes.CLUSTER] = services.cluster
         app.add_routes(cluster_routes.routes)
+    if services.managedsave is not None and services.guests is not None:
+        app[managedsave_routes.MANAGED] = services.managedsave
+        app[managedsave_routes.GUESTS] = services.guests
+        app.add_routes(managedsave_routes.routes)
+    if services.limits is not None:
+        app[limits_routes.LIMITS] = services.limits
+        app.add_routes(limits_routes.routes)
     return app

@@ -45,7 +45,10 @@ from virtkit.service.devices import DeviceService
 from virtkit.service.domains import DomainService
 from virtkit.service.guest import GuestService
 from virtkit.service.host import HostService
+from virtkit.service.hostguests import HostGuestsService
 from virtkit.service.install import InstallService
+from virtkit.service.limits import LimitsService
+from virtkit.service.managedsave import ManagedSaveService
 from virtkit.service.migrations import MigrationService
 from virtkit.service.networks import NetworkService
 from virtkit.service.provision import ProvisionService
@@ -156,6 +159,8 @@ class Daemon:
                                          paths.root / "snapshots")
         tuning = TuningService(self.store, self.lifecycle)
         self.cluster = ClusterService(self.store, paths.root / "cluster")
+        managed = ManagedSaveService(self.domains)
+        self.guests = HostGuestsService(self.domains, managed, paths.root)
         self.services = Services(
             self.domains, self.host, self.storage, self.networks, self.install, guest=guest,
             devices=DeviceService(self.store, self.lifecycle, self.domains, tuning),
@@ -167,7 +172,9 @@ class Daemon:
             provision=ProvisionService(self.store, self.domains, self.storage),
             recovery=self.recovery,
             virsh=VirshService(self.store, self.lifecycle, paths.cache),
-            cluster=self.cluster)
+            cluster=self.cluster,
+            managedsave=managed, guests=self.guests,
+            limits=LimitsService(self.store, self.lifecycle))
         self.default_network = default_network
         self.listen_tls = listen_tls
         self.web_listen = web_listen
@@ -230,6 +237,9 @@ class Daemon:
                      self.web_listen.port)
         # the cluster after the API: a cut-off etcd delays only the host record
         await self.cluster.start()
+        resumed = await self.guests.on_daemon_start()
+        if resumed:
+            log.info("guests started again (ON_BOOT=start): %s", ", ".join(resumed))
         started = await self.domains.autostart_all()
         if started:
             log.info("autostarted: %s", ", ".join(started))
@@ -259,6 +269,12 @@ class Daemon:
                     log.warning("networks: %s", note)
             except Exception:
                 log.exception("network supervision failed")
+
+    async def stop_guests(self) -> None:
+        """The host guests policy (ON_SHUTDOWN), when the daemon is told to stop."""
+        handled = await self.guests.on_daemon_stop()
+        if handled:
+            log.info("guests handled at stop: %s", ", ".join(handled))
 
     async def stop(self) -> None:
         if self._supervisor is not None:
@@ -300,7 +316,8 @@ async def serve(paths: StatePaths, ready_fd: int | None = None, *,
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("stopping; running VMs keep running")
+    await daemon.stop_guests()
+    log.info("stopping; guests still running keep running")
     await daemon.stop()
     if watch is not None:
         watch.stop()

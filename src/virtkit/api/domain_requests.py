@@ -37,6 +37,7 @@ class RestoreBody(Body):
 
 class StartBody(Body):
     paused: bool = False
+    force_boot: bool = False  # discard a managed save image and boot afresh
 
 
 class ShutdownBody(Body):
@@ -63,6 +64,7 @@ class UndefineQuery(Query):
     nvram: Flag = False
     snapshots_metadata: Flag = False
     remove_all_storage: Flag = False
+    managed_save: Flag = False
 
 
 class ConsoleLogQuery(Query):

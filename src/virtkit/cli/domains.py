@@ -49,6 +49,12 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
     # --all: in a cluster, every host's VMs with a Host column (docs/cluster.md)
     rows = list_rows(client.get("/v1/domains?all=" + ("1" if everything else "0")
                                 + ("&cluster=1" if args.all else "")), args)
+    with_image = getattr(args, "with_managed_save", False)
+    if with_image or getattr(args, "without_managed_save", False):
+        rows = [row for row in rows if row.get("managed_save") == with_image]
+    if getattr(args, "managed_save", False):  # virsh: an inactive domain with an image shows as 'saved'
+        rows = [dict(row, state="saved") if row.get("managed_save")
+                and row["state"] in ("shutoff", "crashed") else row for row in rows]
     if args.json:
         render.as_json(rows)
     elif args.name or args.uuid or args.id:  # one line per domain, as virsh
@@ -111,8 +117,8 @@ def cmd_create(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_undefine(client: Client, args: argparse.Namespace) -> int:
-    flags = [k + "=1" for k in ("nvram", "snapshots_metadata", "remove_all_storage")
-             if getattr(args, k)]
+    flags = [k + "=1" for k in ("nvram", "snapshots_metadata", "remove_all_storage",
+                                "managed_save") if getattr(args, k)]
     suffix = "?" + "&".join(flags) if flags else ""
     result = client.request("DELETE", _ref(client, args) + suffix)
     print(f"Domain '{result['name']}' has been undefined")
@@ -126,7 +132,8 @@ def cmd_undefine(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_start(client: Client, args: argparse.Namespace) -> int:
-    result = client.post(_ref(client, args, "/start"), {"paused": args.paused})
+    result = client.post(_ref(client, args, "/start"),
+                         {"paused": args.paused, "force_boot": args.force_boot})
     print(f"Domain '{result['name']}' started" + (" (paused)" if args.paused else ""))
     if args.console:
         from virtkit.cli.console import attach
@@ -315,6 +322,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument(f"--state-{state}", action="store_true",
                        help=f"only {state} domains" if state != "other" else
                        "only domains shutting down or crashed")
+    p.add_argument("--managed-save", action="store_true",
+                   help="show inactive domains with a managed save image as 'saved'")
+    saved = p.add_mutually_exclusive_group()
+    saved.add_argument("--with-managed-save", action="store_true",
+                       help="only domains with a managed save image")
+    saved.add_argument("--without-managed-save", action="store_true",
+                       help="only domains without one")
     p = add("define", cmd_define, "define a domain from a YAML or JSON spec file, or from "
             "libvirt domain XML ('-' = stdin)", domain=False, json_flag=True)
     p.add_argument("file")
@@ -333,10 +347,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--remove-all-storage", action="store_true",
                    help="also delete its writable disks that are pool volumes no other "
                    "domain uses")
+    p.add_argument("--managed-save", action="store_true",
+                   help="also remove its managed save image")
     p = add("start", cmd_start, "start a defined domain")
     p.add_argument("--console", action="store_true", help="attach to the serial console")
     p.add_argument("--paused", action="store_true", help="leave the vCPUs paused")
     p.add_argument("--force", action="store_true", help="take the console over")
+    p.add_argument("--force-boot", action="store_true",
+                   help="discard a managed save image and boot afresh")
     for name, func, text in (("shutdown", cmd_shutdown, "ask the guest to power off (ACPI)"),
                              ("reboot", cmd_reboot, "ask the guest to reboot (ACPI)")):
         p = add(name, func, text)

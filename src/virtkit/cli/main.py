@@ -294,6 +294,8 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
         devices,
         domains,
         guest,
+        limits,
+        managedsave,
         migrate,
         networks,
         snapshots,
@@ -342,6 +344,8 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     virshcompat.register(sub)
     blockjobs.register(sub)
     virtxml.register(sub)
+    managedsave.register(sub)
+    limits.register(sub)
     _register_install(sub, options=install_options)
     host = sub.add_parser("host", help="host commands: check, ksm, capacity, numa")
     host_sub = host.add_subparsers(dest="host_command", metavar="HOSTCOMMAND")
@@ -350,6 +354,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=cmd_host_check, daemon_optional=True)
     stats.register_host(host_sub)
+    managedsave.register_host(host_sub)
     node = sub.add_parser("nodeinfo", help="show host facts and the accelerator in use")
     node.add_argument("--json", action="store_true")
     node.add_argument("--all", action="store_true", help="virtkit's facts too: host name, "

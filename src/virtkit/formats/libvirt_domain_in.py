@@ -20,9 +20,12 @@ from virtkit.formats.libvirt_common import (
 from virtkit.formats.libvirt_metadata import metadata_in
 from virtkit.formats.libvirt_spice import spice_graphics, spice_plumbing
 from virtkit.formats.libvirt_tuning import (
+    blkiotune_in,
     cputune_in,
     hostdev_in,
+    iotune_in,
     memory_backing_in,
+    memtune_in,
     numa_cells_in,
     numatune_in,
 )
@@ -30,8 +33,6 @@ from virtkit.model.domain import AioMode, CacheMode, DiskBus
 
 REASONS = {
     # top level
-    "memtune": "memory tuning with cgroup limits is not supported",
-    "blkiotune": "block I/O tuning is not supported",
     "vcpus": "per-vCPU hotplug settings are not supported",
     "sysinfo": "custom SMBIOS data is not supported",
     "launchSecurity": "confidential guests such as AMD SEV are not supported",
@@ -54,7 +55,6 @@ REASONS = {
     "crypto": "crypto devices are not supported",
     "boot": "virtkit boots the first disk, cdrom or NIC of each kind; move this device first",
     "shareable": "shared disks are not supported: a writable image is attached once",
-    "iotune": "disk I/O throttling is not supported",
     "encryption": "encrypted images are not supported",
     "filterref": "network filters are not supported",
     "bandwidth": "NIC bandwidth limits are not supported",
@@ -62,7 +62,8 @@ REASONS = {
 
 TOP = ("name", "uuid", "title", "description", "metadata", "memory", "currentMemory",
        "maxMemory", "vcpu", "os", "cpu", "features", "clock", "on_poweroff", "on_reboot",
-       "on_crash", "devices", "memoryBacking", "cputune", "numatune")
+       "on_crash", "devices", "memoryBacking", "cputune", "numatune", "memtune",
+       "blkiotune")
 TOP_SILENT = ("pm", "seclabel", "resource", "iothreads")
 FEATURES_SILENT = ("acpi", "apic", "pae", "hap", "vmcoreinfo", "ioapic")
 TIMERS = ("rtc", "pit", "hpet", "kvmclock", "tsc")
@@ -75,7 +76,8 @@ KEY_ORDER = ("name", "uuid", "title", "description", "metadata", "memory", "vcpu
              "guest_agent", "channels", "parallels", "watchdog", "video", "sound",
              "filesystems", "rng", "balloon", "on_poweroff",
              "on_reboot", "on_crash",
-             "autostart", "transient", "acpi", "cputune", "numa", "numatune",
+             "autostart", "transient", "acpi", "cputune", "memtune", "blkiotune", "numa",
+             "numatune",
              "memory_backing", "hostdevs")
 WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "inject-nmi")
 RNG_SOURCES = ("/dev/urandom", "/dev/random", "/dev/hwrng")
@@ -121,6 +123,8 @@ class DomainReader(XmlReader):
         self._devices(root.find("devices"))
         memory_backing_in(self, root.find("memoryBacking"), spec)
         cputune_in(self, root.find("cputune"), spec)
+        memtune_in(self, root.find("memtune"), spec)
+        blkiotune_in(self, root.find("blkiotune"), spec)
         numatune_in(self, root.find("numatune"), spec)
         for tag, allowed in LIFECYCLE.items():
             element = root.find(tag)
@@ -389,7 +393,8 @@ class DomainReader(XmlReader):
 
     def _disk(self, disk: ET.Element) -> None:
         self.check(disk, attrs=("type", "device", "snapshot"),
-                   children=("driver", "source", "target", "readonly", "serial", "boot"),
+                   children=("driver", "source", "target", "readonly", "serial", "boot",
+                             "iotune"),
                    silent=("backingStore",))
         kind, device = disk.get("type", "file"), disk.get("device", "disk")
         source = disk.find("source")
@@ -418,6 +423,7 @@ class DomainReader(XmlReader):
         if serial is not None and serial.text:
             spec["serial"] = serial.text.strip()
         self._boot(disk, "cdrom" if device == "cdrom" else "hd", spec)
+        iotune_in(self, disk.find("iotune"), spec)
         self.spec["disks"].append(spec)
 
     def _disk_driver(self, driver: ET.Element | None, spec: dict[str, Any]) -> bool:

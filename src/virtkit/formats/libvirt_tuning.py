@@ -13,10 +13,14 @@ from typing import Any
 
 from virtkit.formats.libvirt_common import XmlReader, size_mib
 from virtkit.model.domain import Domain
+from virtkit.model.tuning import IOTUNE_KEYS
 
 
-def _sub(parent: ET.Element, tag: str, **attrs: str) -> ET.Element:
-    return ET.SubElement(parent, tag, attrs)
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    element = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        element.text = text
+    return element
 
 
 # -- out ----------------------------------------------------------------------------------
@@ -39,8 +43,20 @@ def memory_backing_out(root: ET.Element, domain: Domain) -> None:
 def cputune_out(root: ET.Element, domain: Domain) -> None:
     """<cputune> (vcpupin, emulatorpin) and <numatune>, after <vcpu> as libvirt orders them."""
     tune = domain.cputune
-    if tune.vcpupin or tune.emulatorpin:
+    limits = {"shares": tune.shares, "period": tune.period, "quota": tune.quota}
+    if domain.memtune.hard_limit or domain.memtune.soft_limit \
+            or domain.memtune.swap_hard_limit:
+        memtune = _sub(root, "memtune")
+        for key, value in domain.memtune.model_dump().items():
+            if value:
+                _sub(memtune, key, str(value), unit="KiB")
+    if domain.blkiotune.weight is not None:
+        _sub(_sub(root, "blkiotune"), "weight", str(domain.blkiotune.weight))
+    if tune.vcpupin or tune.emulatorpin or any(v is not None for v in limits.values()):
         cputune = _sub(root, "cputune")
+        for key, value in limits.items():
+            if value is not None:
+                _sub(cputune, key, str(value))
         for vcpu, cpus in tune.vcpupin.items():
             _sub(cputune, "vcpupin", vcpu=str(vcpu), cpuset=cpus)
         if tune.emulatorpin:
@@ -84,9 +100,11 @@ def cputune_in(reader: XmlReader, cputune: ET.Element | None, spec: dict[str, An
             result.setdefault("vcpupin", {})[int(child.get("vcpu", "0"))] = child.get("cpuset")
         elif child.tag == "emulatorpin" and child.get("cpuset"):
             result["emulatorpin"] = child.get("cpuset")
+        elif child.tag in ("shares", "period", "quota") and _whole(child.text):
+            result[child.tag] = int((child.text or "").strip())
         else:
-            reader.refuse(reader.where(child), "only vcpupin and emulatorpin are supported "
-                          "in cputune")
+            reader.refuse(reader.where(child), "only shares, period, quota, vcpupin and "
+                          "emulatorpin are supported in cputune")
     if result:
         spec["cputune"] = result
 
@@ -168,3 +186,67 @@ def hostdev_in(reader: XmlReader, hostdev: ET.Element, spec: dict[str, Any]) -> 
     if hostdev.get("managed", "no") != "yes":
         entry["managed"] = False
     spec.setdefault("hostdevs", []).append(entry)
+
+
+def _whole(text: str | None) -> bool:
+    return (text or "").strip().lstrip("-").isdecimal()
+
+
+_KIB_UNITS = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024,
+              "m": 1024, "mib": 1024, "g": 1024**2, "gib": 1024**2}
+
+
+def memtune_in(reader: XmlReader, memtune: ET.Element | None, spec: dict[str, Any]) -> None:
+    """<memtune> hard_limit, soft_limit, swap_hard_limit (KiB unless a unit says);
+    min_guarantee (ESX only) is refused."""
+    if memtune is None:
+        return
+    result: dict[str, int] = {}
+    for child in memtune:
+        unit = child.get("unit", "KiB").lower()
+        if child.tag in ("hard_limit", "soft_limit", "swap_hard_limit") \
+                and _whole(child.text) and unit in _KIB_UNITS:
+            result[child.tag] = int(int((child.text or "").strip()) * _KIB_UNITS[unit])
+        else:
+            reader.refuse(reader.where(child), "only hard_limit, soft_limit and "
+                          "swap_hard_limit are supported in memtune")
+    if result:
+        spec["memtune"] = result
+
+
+def blkiotune_in(reader: XmlReader, blkiotune: ET.Element | None,
+                 spec: dict[str, Any]) -> None:
+    """<blkiotune><weight>; per-device weights and throttles are refused (use a
+    disk's <iotune>)."""
+    if blkiotune is None:
+        return
+    for child in blkiotune:
+        if child.tag == "weight" and _whole(child.text):
+            spec["blkiotune"] = {"weight": int((child.text or "").strip())}
+        else:
+            reader.refuse(reader.where(child), "only <weight> is supported in blkiotune; "
+                          "throttle a disk with its <iotune>")
+
+
+def iotune_out(disk_element: ET.Element, iotune: Any) -> None:
+    """A disk's <iotune> (libvirt's element names are the spec's keys)."""
+    if iotune is None or iotune.empty():
+        return
+    element = _sub(disk_element, "iotune")
+    for key, value in iotune.model_dump().items():
+        if value:
+            _sub(element, key, str(value))
+
+
+def iotune_in(reader: XmlReader, iotune: ET.Element | None, disk: dict[str, Any]) -> None:
+    if iotune is None:
+        return
+    result: dict[str, int] = {}
+    for child in iotune:
+        if child.tag in IOTUNE_KEYS and _whole(child.text):
+            result[child.tag] = int((child.text or "").strip())
+        else:
+            reader.refuse(reader.where(child), f"only {', '.join(IOTUNE_KEYS)} are "
+                          "supported in iotune")
+    if result:
+        disk["iotune"] = result

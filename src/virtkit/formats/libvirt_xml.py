@@ -78,6 +78,7 @@ from virtkit.formats.libvirt_metadata import element_out, namespace_prefixes
 from virtkit.formats.libvirt_tuning import (
     cputune_out,
     hostdevs_out,
+    iotune_out,
     memory_backing_out,
     numa_cells_out,
 )
@@ -313,6 +314,7 @@ def _disk_out(devices: ET.Element, disk: Disk, target: str) -> None:
         _sub(element, "readonly")
     if disk.serial:
         _sub(element, "serial", disk.serial)
+    iotune_out(element, disk.iotune)
 
 
 def _graphics_out(devices: ET.Element, domain: Domain) -> None:

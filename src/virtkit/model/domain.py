@@ -31,7 +31,17 @@ from pydantic import (
 
 from virtkit.model.cpulist import parse_cpulist
 from virtkit.model.naming import find_bad_text, is_grandfathered, naming_problem
-from virtkit.model.tuning import CpuTune, HostDev, MemoryBacking, NumaCell, NumaTune, check_tuning
+from virtkit.model.tuning import (
+    BlkioTune,
+    CpuTune,
+    HostDev,
+    IoTune,
+    MemoryBacking,
+    MemTune,
+    NumaCell,
+    NumaTune,
+    check_tuning,
+)
 from virtkit.model.units import parse_mib
 
 MAX_VCPUS = 288
@@ -261,6 +271,7 @@ class Disk(Spec):
     readonly: bool = False
     serial: str | None = None
     target: str | None = Field(default=None, description="guest name hint: vda, sda, hda ...")
+    iotune: IoTune | None = Field(default=None, description="I/O throttle (blkdeviotune)")
 
     @field_validator("path")
     @classmethod
@@ -650,6 +661,8 @@ class Domain(NamedSpec):
     acpi: bool = Field(default=True, description="ACPI tables; without them the guest cannot "
                        "be shut down with the power button, only destroyed")
     cputune: CpuTune = Field(default_factory=CpuTune)
+    memtune: MemTune = Field(default_factory=MemTune)
+    blkiotune: BlkioTune = Field(default_factory=BlkioTune)
     numa: list[NumaCell] = Field(default_factory=list, description="guest NUMA cells")
     numatune: NumaTune | None = None
     memory_backing: MemoryBacking = Field(default_factory=MemoryBacking)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from virtkit.model.cpulist import parse_cpulist
 from virtkit.model.units import parse_mib
@@ -42,7 +42,44 @@ def normalize_pci(address: str) -> str:
     return f"{domain or '0000'}:{bus}:{slot}.{function}"
 
 
-class CpuTune(_Spec):
+# -- resource limits: libvirt's <cputune> shares/period/quota, <memtune>, <blkiotune> --------
+
+#: libvirt's ranges (virsh schedinfo, memtune, blkiotune)
+SHARES_RANGE = (2, 262144)
+PERIOD_RANGE = (1000, 1000000)
+QUOTA_RANGE = (1000, 17592186044415)
+BLKIO_WEIGHT_RANGE = (10, 1000)
+UNLIMITED_KIB = 9007199254740991  # what virsh prints for "no limit"
+
+
+class SchedTune(_Spec):
+    """CPU scheduler limits of QEMU's cgroup (virsh schedinfo; <cputune><shares> ...)."""
+
+    shares: int | None = Field(default=None, description="relative CPU weight (cpu_shares, "
+                               "libvirt's 2-262144; 1024 = the default weight)")
+    period: int | None = Field(default=None, description="CFS period in microseconds "
+                               "(vcpu_period, 1000-1000000)")
+    quota: int | None = Field(default=None, description="CPU time per period in "
+                              "microseconds, -1 unlimited (vcpu_quota)")
+
+    @field_validator("shares")
+    @classmethod
+    def _shares(cls, value: int | None) -> int | None:
+        return _in_range(value, SHARES_RANGE, "cpu_shares")
+
+    @field_validator("period")
+    @classmethod
+    def _period(cls, value: int | None) -> int | None:
+        return _in_range(value, PERIOD_RANGE, "vcpu_period")
+
+    @field_validator("quota")
+    @classmethod
+    def _quota(cls, value: int | None) -> int | None:
+        return None if value is None or value == -1 else _in_range(value, QUOTA_RANGE,
+                                                                   "vcpu_quota")
+
+
+class CpuTune(SchedTune):
     """Where vCPU threads and QEMU's other threads may run (virsh vcpupin/emulatorpin)."""
 
     vcpupin: dict[int, str] = Field(default_factory=dict,
@@ -163,3 +200,78 @@ def _check_cells(numa: list[NumaCell], vcpus_max: int, memory_mib: int
         problems.append(("numa", f"the cells hold {total} MiB but memory is {memory_mib} "
                          "MiB; make them add up"))
     return problems
+
+
+class MemTune(_Spec):
+    """Memory limits of QEMU's cgroup in KiB, as libvirt's <memtune> (virsh memtune)."""
+
+    hard_limit: int | None = Field(default=None, description="KiB QEMU may use at most")
+    soft_limit: int | None = Field(default=None, description="KiB it is pushed back to "
+                                   "under memory pressure")
+    swap_hard_limit: int | None = Field(default=None, description="KiB of memory plus swap")
+
+    @field_validator("hard_limit", "soft_limit", "swap_hard_limit")
+    @classmethod
+    def _kib(cls, value: int | None) -> int | None:
+        if value is not None and not 0 < value <= UNLIMITED_KIB:
+            raise ValueError(f"{value} KiB is out of range (1-{UNLIMITED_KIB})")
+        return None if value == UNLIMITED_KIB else value
+
+    @model_validator(mode="after")
+    def _order(self) -> MemTune:
+        if self.hard_limit and self.swap_hard_limit and self.swap_hard_limit < self.hard_limit:
+            raise ValueError("swap_hard_limit must be at least hard_limit (it counts memory "
+                             "plus swap)")
+        return self
+
+
+class BlkioTune(_Spec):
+    """Relative block I/O weight of QEMU's cgroup (virsh blkiotune --weight)."""
+
+    weight: int | None = Field(default=None, description="10-1000 (libvirt's range)")
+
+    @field_validator("weight")
+    @classmethod
+    def _weight(cls, value: int | None) -> int | None:
+        return _in_range(value, BLKIO_WEIGHT_RANGE, "weight")
+
+
+IOTUNE_KEYS = ("total_bytes_sec", "read_bytes_sec", "write_bytes_sec",
+               "total_iops_sec", "read_iops_sec", "write_iops_sec")
+
+
+class IoTune(_Spec):
+    """One disk's I/O throttle (libvirt's <iotune>, virsh blkdeviotune; QEMU's
+    block_set_io_throttle); 0 or None = unlimited."""
+
+    total_bytes_sec: int | None = None
+    read_bytes_sec: int | None = None
+    write_bytes_sec: int | None = None
+    total_iops_sec: int | None = None
+    read_iops_sec: int | None = None
+    write_iops_sec: int | None = None
+
+    @field_validator(*IOTUNE_KEYS)
+    @classmethod
+    def _value(cls, value: int | None) -> int | None:
+        if value is not None and value < 0:
+            raise ValueError("throttle values are whole numbers >= 0 (0 = unlimited)")
+        return value or None
+
+    @model_validator(mode="after")
+    def _exclusive(self) -> IoTune:
+        for kind in ("bytes", "iops"):
+            if getattr(self, f"total_{kind}_sec") and (getattr(self, f"read_{kind}_sec")
+                                                       or getattr(self, f"write_{kind}_sec")):
+                raise ValueError(f"total_{kind}_sec cannot be combined with read_{kind}_sec "
+                                 f"or write_{kind}_sec (QEMU refuses it)")
+        return self
+
+    def empty(self) -> bool:
+        return not any(getattr(self, key) for key in IOTUNE_KEYS)
+
+
+def _in_range(value: int | None, bounds: tuple[int, int], name: str) -> int | None:
+    if value is not None and not bounds[0] <= value <= bounds[1]:
+        raise ValueError(f"{name} {value} is out of range ({bounds[0]}-{bounds[1]})")
+    return value

@@ -32,6 +32,7 @@ from virtkit.qemu.agent import GuestAgent
 from virtkit.qemu.argv import build_argv, disk_slots
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
+from virtkit.runtime import cgtune
 from virtkit.runtime.confine import Confinement, Confiner
 from virtkit.runtime.preflight import virtiofsd_binary
 from virtkit.runtime.tuning import (
@@ -353,6 +354,8 @@ async def _setup(domain: Domain, running: Running) -> None:
             await running.monitor.set_link(f"nic{index}", False)
     if domain.cputune.vcpupin or domain.cputune.emulatorpin:
         apply_cputune(domain, running.process.pid, await vcpu_thread_ids(running.monitor))
+    conf = running.confinement
+    await cgtune.apply_at_start(domain, running.monitor, conf.cgroup if conf else None)
 
 
 def pin_threads(pid: int, cpus: set[int]) -> None:

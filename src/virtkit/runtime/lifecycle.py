@@ -27,7 +27,6 @@ from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 from virtkit.errors import (
     Conflict,
     NotFound,
-    QemuError,
     StateError,
     TimeoutExpired,
     VirtkitError,
@@ -39,7 +38,7 @@ from virtkit.model.state import Action, State, check_action, check_transition
 from virtkit.paths import StatePaths
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
-from virtkit.runtime import migration, orphans, poweroff, savefile
+from virtkit.runtime import blockjobs, migration, orphans, poweroff, savefile
 from virtkit.runtime.confine import Confiner
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.launcher import (
@@ -276,7 +275,7 @@ class Lifecycle:
         self._set_state(vm, State.PAUSED, "starting")
         try:
             if incoming_fd is not None:
-                await self._await_migration(running, "restoring the saved state")
+                await blockjobs.await_migration(running.monitor, "restoring the saved state")
             if not paused:
                 await running.monitor.cont()
         except BaseException:
@@ -296,20 +295,6 @@ class Lifecycle:
         vm.started = time.time()
         vm.links = {}
         running.process.watch(lambda: self._on_exit(vm, running))
-
-    async def _await_migration(self, running: Running, what: str,
-                               timeout: float = 3600.0) -> None:
-        """Poll ``query-migrate`` until the migration stream (save or restore) is done."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            info = await running.monitor.query_migrate()
-            status = info.get("status")
-            if status == "completed":
-                return
-            if status in ("failed", "cancelled"):
-                raise QemuError(f"{what} failed: {info.get('error-desc', status)}")
-            await asyncio.sleep(0.02)
-        raise TimeoutExpired(f"{what} took longer than {timeout:g}s")
 
     # -- stop ------------------------------------------------------------------
 
@@ -458,8 +443,13 @@ class Lifecycle:
             self._bus.publish("reset", vm.uuid, domain=vm.name, uuid=vm.uuid,
                               state=vm.state.value, reason="user")
 
-    async def save(self, uuid: str, name: str, path: Path) -> None:
-        """Write the VM's memory and device state to ``path`` and stop it (virsh save)."""
+    async def save(self, uuid: str, name: str, path: Path, *, resume: bool | None = None,
+                   progress: blockjobs.Progress | None = None, drop_cache: bool = False,
+                   reason: str = "saved") -> None:
+        """Write the VM's memory and device state to ``path`` and stop it (virsh save,
+        managedsave).  ``resume`` overrides whether a restore resumes the vCPUs (virsh
+        --running/--paused; default: as they are now); ``drop_cache`` drops the file's
+        pages from the host's page cache once it is on disk (virsh --bypass-cache)."""
         vm = self.vm(uuid, name)
         async with vm.lock:
             check_action(Action.SAVE, vm.state, vm.name)
@@ -468,7 +458,9 @@ class Lifecycle:
             was_running = vm.state is State.RUNNING
             partial = path.with_name(f".{path.name}.partial")
             try:
-                await self._save_to(vm, running, partial, was_running)
+                await self._save_to(vm, running, partial, was_running,
+                                    was_running if resume is None else resume,
+                                    progress, drop_cache)
                 os.replace(partial, path)
             except BaseException:
                 partial.unlink(missing_ok=True)
@@ -476,11 +468,13 @@ class Lifecycle:
                     with contextlib.suppress(Exception):
                         await running.monitor.cont()
                 raise
-            await self._kill(vm, "saved")
+            await self._kill(vm, reason)
             self._bus.publish("saved", vm.uuid, domain=vm.name, uuid=vm.uuid,
-                              state=vm.state.value, reason="saved", path=str(path))
+                              state=vm.state.value, reason=reason, path=str(path))
 
-    async def _save_to(self, vm: Vm, running: Running, partial: Path, was_running: bool) -> None:
+    async def _save_to(self, vm: Vm, running: Running, partial: Path, was_running: bool,
+                       resume: bool, progress: blockjobs.Progress | None,
+                       drop_cache: bool) -> None:
         monitor = running.monitor
         await self.check_restorable(vm, running)
         await monitor.stop()
@@ -488,15 +482,17 @@ class Lifecycle:
             # the running configuration (hot-plugged devices included): restore must
             # build QEMU with exactly the devices whose state the stream carries
             live = running.live if running.live is not None else self._spec_for(vm.uuid)
-            savefile.write_header(stream, dump_domain(live), running=was_running)
+            savefile.write_header(stream, dump_domain(live), running=resume)
             monitor.send_fd(stream.fileno())
             await monitor.getfd("virtkit-save")
             # QEMU's default migration limit (128 MiB/s) makes no sense for a local file
             await monitor.migrate_set_parameters({"max-bandwidth": 2**40})
             await monitor.migrate("fd:virtkit-save")
-            await self._await_migration(running, "saving")
+            await blockjobs.await_migration(monitor, "saving", progress)
             stream.flush()
             os.fsync(stream.fileno())
+            if drop_cache:
+                os.posix_fadvise(stream.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
     @staticmethod
     async def check_restorable(vm: Vm, running: Running, what: str = "save",

@@ -99,6 +99,13 @@ class DomainService:
                 self._last_id += 1
                 known = self._ids[uuid] = (pid, self._last_id)
             return known[1]
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return self._life
+
+    def summary(self, ref: str) -> dict[str, Any]:
+        """Name, uuid, state and the other list columns of one domain."""
+        return self._summary(self._row(ref))
 
     def _summary(self, row: DomainRow) -> dict[str, Any]:
         vm = self._life.vm(row.uuid, row.name)
@@ -116,7 +123,12 @@ class DomainService:
             "pid": running.process.pid if running else None,
             "id": self._domain_id(row.uuid, running.process.pid if running else None),
             "title": spec.get("title"),
+            "managed_save": self.managed_image(row.uuid).exists(),
         }
+
+    def managed_image(self, uuid: str) -> Path:
+        """Where ``virtkit managedsave`` keeps the domain's memory image."""
+        return self._life.paths.managed_save / f"{uuid}.save"
 
     def list_domains(self, *, include_inactive: bool = True) -> list[dict[str, Any]]:
         """All domains (virsh list --all), or only the active ones."""
@@ -490,7 +502,7 @@ class DomainService:
         return self.info(row.uuid)
 
     async def undefine(self, ref: str, *, nvram: bool = False,
-                       snapshots_metadata: bool = False,
+                       snapshots_metadata: bool = False, managed_save: bool = False,
                        storage_of: Callable[[str], list[list[str]]] | None = None
                        ) -> dict[str, Any]:
         """Remove a stopped domain; one with snapshots only with ``snapshots_metadata``
@@ -514,11 +526,17 @@ class DomainService:
             if vm.running is not None:
                 raise Conflict(f"domain '{row.name}' still has a preserved QEMU process",
                                fix=f"destroy it first: virtkit destroy {row.name}")
+            image = self.managed_image(row.uuid)
+            if image.exists() and not managed_save:
+                raise Conflict(f"domain '{row.name}' has a managed save image",
+                               fix=f"'virtkit undefine {row.name} --managed-save' to remove "
+                                   f"it too, or start it first (virtkit start {row.name})")
             volumes = storage_of(row.uuid) if storage_of is not None else []
             intent = self._store.delete_domain(
                 row.uuid, intent=(UNDEFINE_STORAGE, {"name": row.name, "volumes": volumes})
                 if storage_of is not None else None)
             self._life.forget(row.uuid)
+            image.unlink(missing_ok=True)
         if nvram:
             remove_nvram(self._life.paths, row.uuid)
         self._bus.publish("undefined", row.uuid, domain=row.name, uuid=row.uuid,
@@ -543,12 +561,21 @@ class DomainService:
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self, ref: str, *, paused: bool = False, boot_spec: Domain | None = None,
-                    boot_after_install: bool = True) -> dict[str, Any]:
+                    boot_after_install: bool = True, force_boot: bool = False
+                    ) -> dict[str, Any]:
         """Start ``ref``; with ``boot_spec``, run that configuration once (an install
         phase), after which the domain's own spec boots unless ``boot_after_install``
-        is False."""
+        is False.  A managed save image is restored (and then removed) instead of a
+        boot, unless ``force_boot`` discards it (virsh start --force-boot)."""
         row = self._row(ref)
         check_action(Action.START, self._life.vm(row.uuid, row.name).state, row.name)
+        image = self.managed_image(row.uuid)
+        if boot_spec is None and image.exists():
+            if not force_boot:
+                await self._restore_file(str(image), paused=paused, managed=True)
+                image.unlink(missing_ok=True)
+                return await asyncio.to_thread(self.info, row.uuid)
+            image.unlink()
         row = await asyncio.to_thread(self._check_start, row, boot_spec)
         try:
             await self._life.start(row.uuid, row.name, paused=paused, boot_spec=boot_spec,
@@ -628,7 +655,12 @@ class DomainService:
 
     async def restore(self, path: str, *, paused: bool = False) -> dict[str, Any]:
         """Restore a saved domain (defining it from the file if it is not defined)."""
-        fd = await asyncio.to_thread(self._open_save_file, path)
+        return self.info(await self._restore_file(path, paused=paused))
+
+    async def _restore_file(self, path: str, *, paused: bool, managed: bool = False) -> str:
+        """Restore from ``path``; ``managed``: the daemon's own managed save image (in
+        its state folder, which the path policy keeps from guests)."""
+        fd = await asyncio.to_thread(self._open_save_file, path, managed)
         try:
             header, row = await asyncio.to_thread(self._restore_checks, fd, path)
             domain = load_domain(header["spec"])
@@ -640,10 +672,11 @@ class DomainService:
                 raise self.lock_error(exc) or exc from None
         finally:
             os.close(fd)
-        return self.info(row.uuid)
+        return row.uuid
 
-    def _open_save_file(self, path: str) -> int:
-        self._life.policy.check(path, field="path", kind="file")
+    def _open_save_file(self, path: str, managed: bool = False) -> int:
+        if not managed:
+            self._life.policy.check(path, field="path", kind="file")
         if not os.path.isfile(path):
             raise InvalidSpec(f"save file {path} does not exist", field="path")
         return os.open(path, os.O_RDONLY)

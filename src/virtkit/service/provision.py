@@ -140,10 +140,12 @@ class ProvisionService:
         return found
 
     async def undefine_with_storage(self, ref: str, *, nvram: bool = False,
-                                    snapshots_metadata: bool = False) -> dict[str, Any]:
+                                    snapshots_metadata: bool = False,
+                                    managed_save: bool = False) -> dict[str, Any]:
         """``undefine --remove-all-storage``: the definition, then its volumes."""
         result = await self._domains.undefine(ref, nvram=nvram,
                                               snapshots_metadata=snapshots_metadata,
+                                              managed_save=managed_save,
                                               storage_of=self.storage_of)
         intent, volumes = result.pop("intent"), result.pop("volumes")
         reasons: dict[str, str] = {}

@@ -1,0 +1,70 @@
+"""REST routes of virsh managedsave (service/managedsave.py) and of the host's guest
+policy at daemon stop and start (service/hostguests.py, libvirt-guests' settings)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from aiohttp import web
+from pydantic import Field
+
+from virtkit.api.common import json_response, progress_response
+from virtkit.api.requests import Body, body_of
+from virtkit.service.hostguests import MAX_TIMEOUT, HostGuestsService
+from virtkit.service.managedsave import ManagedSaveService
+
+routes = web.RouteTableDef()
+MANAGED = web.AppKey("managedsave", ManagedSaveService)
+GUESTS = web.AppKey("guests", HostGuestsService)
+
+
+class ManagedSaveBody(Body):
+    """virsh managedsave: ``resume`` true (--running) / false (--paused) / null (as now);
+    ``bypass_cache`` drops the image from the page cache once written."""
+
+    resume: bool | None = None
+    bypass_cache: bool = False
+
+
+class GuestsPolicyBody(Body):
+    """The host guests policy; fields left out keep their value."""
+
+    on_shutdown: Literal["ignore", "shutdown", "managedsave", "suspend"] | None = None
+    shutdown_timeout: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT)
+    on_boot: Literal["start", "ignore"] | None = None
+
+
+def _ref(request: web.Request) -> str:
+    return request.match_info["ref"]
+
+
+@routes.post("/v1/domains/{ref}/managedsave")
+async def managedsave(request: web.Request) -> web.StreamResponse:
+    """Save the domain's memory to its managed image and stop it (NDJSON progress)."""
+    body = await body_of(request, ManagedSaveBody)
+    service, ref = request.app[MANAGED], _ref(request)
+    return await progress_response(request, lambda progress: service.save(
+        ref, resume=body.resume, bypass_cache=body.bypass_cache, progress=progress))
+
+
+@routes.delete("/v1/domains/{ref}/managedsave")
+async def managedsave_remove(request: web.Request) -> web.Response:
+    return json_response(request.app[MANAGED].remove(_ref(request)))
+
+
+@routes.get("/v1/domains/{ref}/managedsave/xml")
+async def managedsave_dumpxml(request: web.Request) -> web.Response:
+    """The definition stored in the managed save image, as libvirt XML."""
+    text = await request.app[MANAGED].dumpxml(_ref(request))
+    return web.Response(text=text, content_type="application/xml")
+
+
+@routes.get("/v1/host/guests")
+async def guests_policy(request: web.Request) -> web.Response:
+    return json_response(request.app[GUESTS].status())
+
+
+@routes.put("/v1/host/guests")
+async def set_guests_policy(request: web.Request) -> web.Response:
+    body = await body_of(request, GuestsPolicyBody)
+    return json_response(request.app[GUESTS].set_policy(body.model_dump()))

@@ -1,0 +1,98 @@
+"""virsh managedsave, managedsave-remove, managedsave-dumpxml, and ``host guests``
+(libvirt-guests' ON_SHUTDOWN / SHUTDOWN_TIMEOUT / ON_BOOT settings)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import Any
+
+from virtkit.cli import render
+from virtkit.cli.client import Client
+from virtkit.cli.commands import add_command
+
+
+def cmd_managedsave(client: Client, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"bypass_cache": args.bypass_cache}
+    if args.running or args.paused:
+        body["resume"] = bool(args.running)
+    path = client.domain_path(args.domain, "/managedsave")
+    if args.verbose:
+        from virtkit.cli.storage import post_with_progress
+
+        result = post_with_progress(client, path, body, "Managedsave")
+    else:
+        result = client.post(path, body)
+    if args.json:
+        render.as_json(result)
+    else:
+        print(f"\nDomain '{result['name']}' state saved by libvirt")
+    return 0
+
+
+def cmd_managedsave_remove(client: Client, args: argparse.Namespace) -> int:
+    result = client.request("DELETE", client.domain_path(args.domain, "/managedsave"))
+    print(f"Removed managedsave image for domain '{result['name']}'")
+    return 0
+
+
+def cmd_managedsave_dumpxml(client: Client, args: argparse.Namespace) -> int:
+    text = client.get(client.domain_path(args.domain, "/managedsave/xml"))
+    sys.stdout.write(text.decode() if isinstance(text, bytes) else str(text))
+    return 0
+
+
+def cmd_host_guests(client: Client, args: argparse.Namespace) -> int:
+    changes = {"on_shutdown": args.on_shutdown, "shutdown_timeout": args.shutdown_timeout,
+               "on_boot": args.on_boot}
+    if any(value is not None for value in changes.values()):
+        status = client.request("PUT", "/v1/host/guests",
+                                {k: v for k, v in changes.items() if v is not None})
+    else:
+        status = client.get("/v1/host/guests")
+    if args.json:
+        render.as_json(status)
+        return 0
+    render.keyvalues([
+        ("ON_SHUTDOWN", status["on_shutdown"]),
+        ("SHUTDOWN_TIMEOUT", f"{status['shutdown_timeout']}s"),
+        ("ON_BOOT", status["on_boot"]),
+        ("Settings file", status["file"]),
+        ("Waiting to start", ", ".join(status["pending"]) or "-"),
+    ])
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    add = functools.partial(add_command, sub, domain=True)
+    p = add("managedsave", cmd_managedsave, "save a running domain's state to a file the "
+            "daemon keeps, and stop it; the next start resumes it", json_flag=True)
+    p.add_argument("--bypass-cache", action="store_true",
+                   help="drop the image from the host's page cache once written")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--running", action="store_true",
+                       help="resume it running at the next start")
+    state.add_argument("--paused", action="store_true",
+                       help="leave it paused at the next start")
+    p.add_argument("--verbose", action="store_true", help="show progress")
+    add("managedsave-remove", cmd_managedsave_remove, "remove a domain's managed save "
+        "image (the next start boots afresh)")
+    add("managedsave-dumpxml", cmd_managedsave_dumpxml, "print the definition stored in a "
+        "domain's managed save image (libvirt XML)")
+
+
+def register_host(host_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``host guests``: what happens to guests when the daemon stops and starts."""
+    p = host_sub.add_parser("guests", help="show or set what happens to running guests "
+                            "when the daemon stops (host shutdown) and starts again "
+                            "(libvirt-guests)")
+    p.add_argument("--on-shutdown", choices=["ignore", "shutdown", "managedsave", "suspend"],
+                   help="ignore: keep running (default); shutdown: power them off; "
+                   "managedsave (suspend): save their memory state")
+    p.add_argument("--shutdown-timeout", type=int, metavar="SECONDS",
+                   help="seconds guests get to power off with --on-shutdown shutdown")
+    p.add_argument("--on-boot", choices=["start", "ignore"],
+                   help="start: start again the guests the last stop handled (default)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_host_guests)

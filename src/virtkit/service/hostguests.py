@@ -1,0 +1,200 @@
+"""What happens to guests when the daemon stops and starts: libvirt-guests' job.
+
+The policy lives in ``<root>/guests.conf`` in libvirt-guests' own syntax
+(``/etc/default/libvirt-guests``)::
+
+    ON_SHUTDOWN=managedsave     # ignore (default) | shutdown | managedsave (alias: suspend)
+    SHUTDOWN_TIMEOUT=300        # seconds the guests get to power off (shutdown)
+    ON_BOOT=start               # start (default) | ignore
+
+``ON_SHUTDOWN`` acts when virtkitd is told to stop (SIGTERM: ``systemctl stop``,
+host shutdown).  With ``ignore`` the guests keep running and the next daemon
+reattaches them (a daemon restart or upgrade); ``managedsave`` writes each
+running guest's memory to its managed save image (the next ``start`` resumes it);
+``shutdown`` asks them all to power off at once and waits up to
+``SHUTDOWN_TIMEOUT`` seconds, then stops the ones still running (logged).  The
+domains handled are recorded in ``<root>/guests-at-shutdown.json``; at the next
+daemon start, ``ON_BOOT=start`` starts them again (restoring their managed save
+images), ``ignore`` leaves them off (their images stay for a later ``start``).
+Autostart domains start in either case, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from virtkit.errors import InvalidSpec, VirtkitError
+from virtkit.model.state import State
+from virtkit.service.domains import DomainService
+from virtkit.service.managedsave import ManagedSaveService
+
+log = logging.getLogger(__name__)
+
+ON_SHUTDOWN = ("ignore", "shutdown", "managedsave")
+ON_BOOT = ("start", "ignore")
+DEFAULTS: dict[str, Any] = {"on_shutdown": "ignore", "shutdown_timeout": 300,
+                            "on_boot": "start"}
+_KEYS = {"ON_SHUTDOWN": "on_shutdown", "SHUTDOWN_TIMEOUT": "shutdown_timeout",
+         "ON_BOOT": "on_boot"}
+MAX_TIMEOUT = 24 * 3600
+
+
+def parse_policy(text: str, source: str = "guests.conf") -> dict[str, Any]:
+    """libvirt-guests' KEY=VALUE lines (comments, quotes and unknown keys allowed)."""
+    policy = dict(DEFAULTS)
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise InvalidSpec(f"{source} line {number}: {raw.strip()!r} is not KEY=VALUE")
+        if key.strip() in _KEYS:
+            policy[_KEYS[key.strip()]] = value.strip().strip("'\"")
+    return check_policy(policy, source)
+
+
+def check_policy(policy: dict[str, Any], source: str = "policy") -> dict[str, Any]:
+    """Validated copy: known values only; 'suspend' is libvirt-guests' managedsave."""
+    on_shutdown = str(policy["on_shutdown"]).lower()
+    on_shutdown = "managedsave" if on_shutdown == "suspend" else on_shutdown
+    if on_shutdown not in ON_SHUTDOWN:
+        raise InvalidSpec(f"{source}: ON_SHUTDOWN={policy['on_shutdown']!r} is unknown",
+                          field="on_shutdown", fix="use ignore, shutdown or managedsave")
+    on_boot = str(policy["on_boot"]).lower()
+    if on_boot not in ON_BOOT:
+        raise InvalidSpec(f"{source}: ON_BOOT={policy['on_boot']!r} is unknown",
+                          field="on_boot", fix="use start or ignore")
+    try:
+        timeout = int(policy["shutdown_timeout"])
+    except (TypeError, ValueError):
+        timeout = -1
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise InvalidSpec(f"{source}: SHUTDOWN_TIMEOUT={policy['shutdown_timeout']!r} must "
+                          f"be whole seconds from 1 to {MAX_TIMEOUT}",
+                          field="shutdown_timeout")
+    return {"on_shutdown": on_shutdown, "shutdown_timeout": timeout, "on_boot": on_boot}
+
+
+def format_policy(policy: dict[str, Any]) -> str:
+    return ("# virtkit host guests policy (libvirt-guests syntax); see docs/running-guests.md\n"
+            f"ON_SHUTDOWN={policy['on_shutdown']}\n"
+            f"SHUTDOWN_TIMEOUT={policy['shutdown_timeout']}\n"
+            f"ON_BOOT={policy['on_boot']}\n")
+
+
+class HostGuestsService:
+    """The host's guest policy: read, set, and acted on at daemon stop and start."""
+
+    def __init__(self, domains: DomainService, managed: ManagedSaveService, root: Path) -> None:
+        self._domains = domains
+        self._managed = managed
+        self._conf = root / "guests.conf"
+        self._record = root / "guests-at-shutdown.json"
+
+    def policy(self) -> dict[str, Any]:
+        try:
+            text = self._conf.read_text()
+        except FileNotFoundError:
+            return dict(DEFAULTS)
+        return parse_policy(text, str(self._conf))
+
+    def status(self) -> dict[str, Any]:
+        """The policy, where it is kept, and the guests waiting from the last stop."""
+        return {**self.policy(), "file": str(self._conf), "pending": self._pending()}
+
+    def set_policy(self, changes: dict[str, Any]) -> dict[str, Any]:
+        policy = check_policy({**self.policy(), **{k: v for k, v in changes.items()
+                                                   if v is not None}})
+        partial = self._conf.with_name(".guests.conf.partial")
+        partial.write_text(format_policy(policy))
+        os.replace(partial, self._conf)
+        return self.status()
+
+    def _pending(self) -> list[str]:
+        try:
+            names = json.loads(self._record.read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+        return [str(name) for name in names] if isinstance(names, list) else []
+
+    def _active(self) -> list[str]:
+        return [row["name"] for row in self._domains.list_domains(include_inactive=False)
+                if row["state"] in (State.RUNNING, State.PAUSED)]
+
+    async def on_daemon_stop(self) -> list[str]:
+        """Apply ON_SHUTDOWN to the running guests; the names handled, recorded."""
+        try:
+            policy = self.policy()
+        except VirtkitError as exc:
+            log.error("guests policy unreadable, guests keep running: %s", exc)
+            return []
+        if policy["on_shutdown"] == "ignore":
+            return []
+        names = self._active()
+        if policy["on_shutdown"] == "managedsave":
+            handled = await self._save_all(names)
+        else:
+            handled = await self._shutdown_all(names, policy["shutdown_timeout"])
+        self._record.write_text(json.dumps(sorted(set(self._pending()) | set(handled))))
+        return handled
+
+    async def _save_all(self, names: list[str]) -> list[str]:
+        done = []
+        for name in names:  # one at a time, as libvirt-guests: the disk is the limit
+            try:
+                await self._managed.save(name, reason="host shutdown")
+                done.append(name)
+                log.info("guests: %s saved (managedsave)", name)
+            except VirtkitError as exc:
+                log.error("guests: managedsave of %s failed: %s", name, exc)
+        return done
+
+    async def _shutdown_all(self, names: list[str], timeout: int) -> list[str]:
+        async def one(name: str) -> str | None:
+            try:
+                await self._domains.shutdown(name, timeout=timeout, wait=True)
+            except VirtkitError as exc:
+                log.error("guests: shutdown of %s failed: %s", name, exc)
+            info = self._domains.summary(name)
+            if info["state"] in (State.SHUTOFF, State.CRASHED):
+                log.info("guests: %s shut down", name)
+                return name
+            log.warning("guests: %s did not power off within %ss; destroying it",
+                        name, timeout)
+            with contextlib.suppress(VirtkitError):
+                await self._domains.simple(name, "destroy")
+            return None
+
+        results = await asyncio.gather(*(one(name) for name in names))
+        return [name for name in results if name is not None]
+
+    async def on_daemon_start(self) -> list[str]:
+        """ON_BOOT=start: start the guests the last stop handled (managed saves are
+        restored by start itself); the record goes either way."""
+        pending = self._pending()
+        if not pending:
+            return []
+        try:
+            policy = self.policy()
+        except VirtkitError as exc:
+            log.error("guests policy unreadable, guests stay off: %s", exc)
+            return []
+        started = []
+        if policy["on_boot"] == "start":
+            for name in pending:
+                try:
+                    if self._domains.summary(name)["state"] in (State.SHUTOFF,
+                                                                State.CRASHED):
+                        await self._domains.start(name)
+                        started.append(name)
+                except VirtkitError as exc:
+                    log.error("guests: starting %s failed: %s", name, exc)
+        self._record.unlink(missing_ok=True)
+        return started

@@ -1,0 +1,175 @@
+"""virsh schedinfo, memtune, blkiotune and blkdeviotune: resource limits of a domain.
+
+``--live`` changes the running QEMU (its cgroup files, QEMU's I/O throttle;
+runtime/cgtune.py); ``--config`` the stored spec (``cputune`` shares/period/quota,
+``memtune``, ``blkiotune``, a disk's ``iotune``; libvirt XML's <cputune>, <memtune>,
+<blkiotune>, <iotune>), applied at every start; neither: live when running, config
+when not (service/tuning.py's rule, as virsh).  Without values each shows them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from virtkit.errors import InvalidSpec, NotFound
+from virtkit.model.load import dump_domain, load_domain
+from virtkit.model.tuning import IOTUNE_KEYS, UNLIMITED_KIB, IoTune
+from virtkit.runtime import cgtune
+from virtkit.runtime.launcher import Running
+from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.service.tuning import _scope
+from virtkit.store.db import DomainRow, Store
+
+SCHED_KEYS = {"cpu_shares": "shares", "vcpu_period": "period", "vcpu_quota": "quota"}
+MEM_KEYS = ("hard_limit", "soft_limit", "swap_hard_limit")
+
+
+class LimitsService:
+    """Resource limits through the cgroup and QEMU's throttle."""
+
+    def __init__(self, store: Store, lifecycle: Lifecycle) -> None:
+        self._store = store
+        self._life = lifecycle
+
+    def _domain(self, ref: str) -> tuple[DomainRow, Running | None]:
+        row = self._store.get_domain(ref)
+        return row, self._life.vm(row.uuid, row.name).running
+
+    def _save(self, row: DomainRow, spec: dict[str, Any]) -> None:
+        domain = load_domain(spec)  # the model's validation (ranges, swap >= hard)
+        self._store.update_domain(row.uuid, row.name, dump_domain(domain), row.version)
+
+    @staticmethod
+    def _group(running: Running) -> Any:
+        return running.confinement.cgroup if running.confinement else None
+
+    def _live_values(self, running: Running, name: str, what: str) -> dict[str, Any]:
+        return cgtune.read(cgtune.require_cgroup(self._group(running), name, what))
+
+    # -- schedinfo, memtune, blkiotune ----------------------------------------------
+
+    def schedinfo(self, ref: str, values: dict[str, int], *, live: bool = False,
+                  config: bool = False) -> dict[str, Any]:
+        unknown = set(values) - set(SCHED_KEYS)
+        if unknown:
+            raise InvalidSpec(f"schedinfo: unknown parameter {sorted(unknown)[0]!r}",
+                              fix="use cpu_shares, vcpu_period or vcpu_quota")
+        changes = {SCHED_KEYS[key]: value for key, value in values.items()}
+        return self._tune(ref, "cputune", changes, live, config, "scheduler parameters")
+
+    def memtune(self, ref: str, values: dict[str, int], *, live: bool = False,
+                config: bool = False) -> dict[str, Any]:
+        return self._tune(ref, "memtune", values, live, config, "memory limits")
+
+    def blkiotune(self, ref: str, values: dict[str, int], *, live: bool = False,
+                  config: bool = False) -> dict[str, Any]:
+        return self._tune(ref, "blkiotune", values, live, config, "the block I/O weight")
+
+    def _tune(self, ref: str, part: str, changes: dict[str, Any], live: bool, config: bool,
+              what: str) -> dict[str, Any]:
+        row, running = self._domain(ref)
+        if not changes:
+            shown_live = running is not None and not config
+            return self._show(row, running if shown_live else None, part)
+        live, config = _scope(live, config, running is not None, row.name, f"set {what}")
+        spec = dict(row.spec)
+        merged = {**(spec.get(part) or {}), **changes}
+        load_domain({**spec, part: merged})  # validates the values before any write
+        if live:
+            assert running is not None
+            sched = mem = blkio = {}
+            if part == "cputune":
+                sched = dict(changes)
+                if "quota" in changes and "period" not in changes:
+                    sched["period"] = self._live_values(running, row.name, what)["vcpu_period"]
+            elif part == "memtune":
+                mem = dict(changes)
+                if "swap_hard_limit" in mem and "hard_limit" not in mem:  # v2 needs both
+                    mem["hard_limit"] = self._live_values(running, row.name, what)["hard_limit"]
+            else:
+                blkio = changes
+            cgtune.apply(self._group(running), row.name, sched, mem, blkio)
+        if config:
+            self._save(row, {**spec, part: merged})
+        return self._show(self._store.get_domain(row.uuid), running if live else None, part)
+
+    def _show(self, row: DomainRow, running: Running | None, part: str) -> dict[str, Any]:
+        domain = load_domain(row.spec)
+        if running is not None:
+            values = self._live_values(running, row.name, "the limits")
+            if part == "cputune":
+                shown = {k: values[k] for k in SCHED_KEYS}
+            elif part == "memtune":
+                shown = {k: values[k] for k in MEM_KEYS}
+            else:
+                shown = {"weight": values["weight"]}
+        elif part == "cputune":
+            tune = domain.cputune
+            shown = {"cpu_shares": tune.shares or 1024, "vcpu_period": tune.period or 100000,
+                     "vcpu_quota": tune.quota or -1}
+        elif part == "memtune":
+            shown = {k: getattr(domain.memtune, k) or UNLIMITED_KIB for k in MEM_KEYS}
+        else:
+            shown = {"weight": domain.blkiotune.weight}
+        return {"name": row.name, "live": running is not None, **shown}
+
+    # -- blkdeviotune -----------------------------------------------------------------
+
+    async def blkdeviotune(self, ref: str, disk: str, values: dict[str, int], *,
+                           live: bool = False, config: bool = False) -> dict[str, Any]:
+        """Show or set one disk's I/O throttle (QMP block_set_io_throttle, <iotune>)."""
+        row, running = self._domain(ref)
+        unknown = set(values) - set(IOTUNE_KEYS)
+        if unknown:
+            raise InvalidSpec(f"blkdeviotune: unknown parameter {sorted(unknown)[0]!r}",
+                              fix=f"use {', '.join(IOTUNE_KEYS)}")
+        stored = load_domain(row.spec)
+        current = running.live if running is not None and running.live is not None else stored
+        try:
+            index, device = cgtune.disk_device(current, disk)
+        except KeyError:
+            raise NotFound(f"domain '{row.name}' has no disk '{disk}'",
+                           fix=f"virtkit domblklist {row.name} names them") from None
+        if not values:
+            if running is not None and not config:
+                shown = await cgtune.query_io_throttle(running.monitor, device) or {}
+            else:
+                tune = stored.disks[index].iotune if index < len(stored.disks) else None
+                shown = {k: int(getattr(tune, k) or 0) for k in IOTUNE_KEYS}
+            return {"name": row.name, "disk": disk, "live": running is not None
+                    and not config, **shown}
+        live, config = _scope(live, config, running is not None, row.name,
+                              "throttle disk I/O")
+        if live:
+            assert running is not None
+            now = await cgtune.query_io_throttle(running.monitor, device)
+            await cgtune.set_io_throttle(running.monitor, device, _merge(now, values))
+        if config:
+            try:
+                config_index, _ = cgtune.disk_device(stored, disk)
+            except KeyError:
+                raise NotFound(f"disk '{disk}' is not in the stored definition of "
+                               f"'{row.name}' (hot-plugged only)", fix="use --live") from None
+            base = stored.disks[config_index].iotune
+            spec = dump_domain(stored)
+            spec["disks"][config_index]["iotune"] = _merge(
+                base.model_dump() if base else None, values).model_dump()
+            self._save(row, spec)
+        return await self.blkdeviotune(row.uuid, disk, {}, config=not live)
+
+
+def _merge(old: dict[str, Any] | None, values: dict[str, int]) -> IoTune:
+    """As libvirt: setting any bytes (or IOPS) limit replaces that whole group (the others
+    of it become unlimited unless given); the group not named keeps its values."""
+    merged = dict(old or {})
+    for kind in ("bytes", "iops"):
+        group = [key for key in IOTUNE_KEYS if key.endswith(f"_{kind}_sec")]
+        if any(key in values for key in group):
+            merged.update({key: values.get(key, 0) for key in group})
+    try:
+        return IoTune(**merged)
+    except ValidationError as exc:
+        message = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise InvalidSpec(f"blkdeviotune: {message}", field="iotune") from None

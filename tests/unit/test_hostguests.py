@@ -1,0 +1,139 @@
+"""The host guests policy (libvirt-guests' settings) and what it does at daemon stop and
+start, with the domain service replaced by a small fake."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from virtkit.cli.main import build_parser
+from virtkit.errors import InvalidSpec, StateError
+from virtkit.service import hostguests
+from virtkit.service.hostguests import HostGuestsService, check_policy, parse_policy
+
+
+def test_libvirt_guests_syntax_is_read() -> None:
+    text = "# comment\nON_SHUTDOWN=suspend\nSHUTDOWN_TIMEOUT='120'\nPARALLEL_SHUTDOWN=2\n"
+    assert parse_policy(text) == {"on_shutdown": "managedsave", "shutdown_timeout": 120,
+                                  "on_boot": "start"}
+    assert parse_policy("") == hostguests.DEFAULTS
+
+
+@pytest.mark.parametrize("policy", [
+    {"on_shutdown": "hibernate"}, {"on_boot": "sometimes"}, {"shutdown_timeout": 0},
+    {"shutdown_timeout": "soon"}, {"shutdown_timeout": 10**9}])
+def test_bad_values_are_refused_naming_the_setting(policy: dict[str, Any]) -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        check_policy({**hostguests.DEFAULTS, **policy})
+    assert caught.value.field == next(iter(policy))
+
+
+def test_a_line_without_equals_is_refused() -> None:
+    with pytest.raises(InvalidSpec, match="line 2"):
+        parse_policy("ON_BOOT=start\nnonsense\n")
+
+
+class FakeDomains:
+    def __init__(self, states: dict[str, str]) -> None:
+        self.states = states
+        self.calls: list[tuple[str, str]] = []
+
+    def list_domains(self, include_inactive: bool = True) -> list[dict[str, Any]]:
+        return [{"name": n, "state": s} for n, s in self.states.items()
+                if include_inactive or s not in ("shutoff", "crashed")]
+
+    def summary(self, name: str) -> dict[str, Any]:
+        return {"name": name, "state": self.states[name]}
+
+    async def shutdown(self, name: str, *, timeout: float, wait: bool) -> None:
+        self.calls.append(("shutdown", name))
+        if name != "stubborn":
+            self.states[name] = "shutoff"
+
+    async def simple(self, name: str, action: str) -> None:
+        self.calls.append((action, name))
+        self.states[name] = "shutoff"
+
+    async def start(self, name: str) -> None:
+        self.calls.append(("start", name))
+        self.states[name] = "running"
+
+
+class FakeManaged:
+    def __init__(self, domains: FakeDomains) -> None:
+        self.domains = domains
+
+    async def save(self, name: str, *, reason: str) -> None:
+        if name == "broken":
+            raise StateError("cannot save")
+        self.domains.calls.append(("managedsave", name))
+        self.domains.states[name] = "shutoff"
+
+
+def _service(tmp_path: Path, states: dict[str, str]) -> tuple[HostGuestsService, FakeDomains]:
+    domains = FakeDomains(states)
+    return HostGuestsService(domains, FakeManaged(domains), tmp_path), domains  # type: ignore[arg-type]
+
+
+def test_ignore_leaves_guests_running(tmp_path: Path) -> None:
+    service, domains = _service(tmp_path, {"a": "running"})
+    assert asyncio.run(service.on_daemon_stop()) == []
+    assert domains.calls == [] and not (tmp_path / "guests-at-shutdown.json").exists()
+
+
+def test_managedsave_saves_running_and_paused_and_start_brings_them_back(tmp_path: Path
+                                                                         ) -> None:
+    service, domains = _service(tmp_path, {"a": "running", "b": "paused", "c": "shutoff",
+                                           "broken": "running"})
+    status = service.set_policy({"on_shutdown": "suspend", "shutdown_timeout": None})
+    assert status["on_shutdown"] == "managedsave"
+    assert "ON_SHUTDOWN=managedsave" in (tmp_path / "guests.conf").read_text()
+    assert asyncio.run(service.on_daemon_stop()) == ["a", "b"]
+    assert json.loads((tmp_path / "guests-at-shutdown.json").read_text()) == ["a", "b"]
+    assert service.status()["pending"] == ["a", "b"]
+    domains.calls.clear()
+    assert asyncio.run(service.on_daemon_start()) == ["a", "b"]
+    assert domains.calls == [("start", "a"), ("start", "b")]
+    assert service.status()["pending"] == []
+
+
+def test_on_boot_ignore_leaves_them_off(tmp_path: Path) -> None:
+    service, domains = _service(tmp_path, {"a": "running"})
+    service.set_policy({"on_shutdown": "managedsave", "on_boot": "ignore"})
+    asyncio.run(service.on_daemon_stop())
+    assert asyncio.run(service.on_daemon_start()) == []
+    assert domains.states["a"] == "shutoff" and service.status()["pending"] == []
+
+
+def test_shutdown_waits_then_destroys_a_guest_that_does_not_power_off(tmp_path: Path
+                                                                      ) -> None:
+    service, domains = _service(tmp_path, {"a": "running", "stubborn": "running"})
+    service.set_policy({"on_shutdown": "shutdown", "shutdown_timeout": 5})
+    assert asyncio.run(service.on_daemon_stop()) == ["a"]
+    assert ("destroy", "stubborn") in domains.calls and ("destroy", "a") not in domains.calls
+
+
+def test_an_unreadable_policy_keeps_guests_running(tmp_path: Path) -> None:
+    service, domains = _service(tmp_path, {"a": "running"})
+    (tmp_path / "guests.conf").write_text("ON_SHUTDOWN=explode\n")
+    assert asyncio.run(service.on_daemon_stop()) == []
+    assert domains.calls == []
+
+
+def test_cli_flags_of_managedsave_start_list_undefine() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["managedsave", "vm", "--paused", "--bypass-cache", "--verbose"])
+    assert (args.paused, args.bypass_cache, args.verbose) == (True, True, True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["managedsave", "vm", "--paused", "--running"])
+    assert parser.parse_args(["start", "vm", "--force-boot"]).force_boot
+    assert parser.parse_args(["undefine", "vm", "--managed-save"]).managed_save
+    args = parser.parse_args(["list", "--all", "--managed-save", "--with-managed-save"])
+    assert args.managed_save and args.with_managed_save
+    args = parser.parse_args(["host", "guests", "--on-shutdown", "shutdown",
+                              "--shutdown-timeout", "30", "--on-boot", "ignore"])
+    assert (args.on_shutdown, args.shutdown_timeout, args.on_boot) == ("shutdown", 30, "ignore")
