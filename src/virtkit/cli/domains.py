@@ -52,7 +52,8 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
     with_image = getattr(args, "with_managed_save", False)
     if with_image or getattr(args, "without_managed_save", False):
         rows = [row for row in rows if row.get("managed_save") == with_image]
-    if getattr(args, "managed_save", False):  # virsh: an inactive domain with an image shows as 'saved'
+    # virsh: an inactive domain with a managed save image shows as 'saved'
+    if getattr(args, "managed_save", False):
         rows = [dict(row, state="saved") if row.get("managed_save")
                 and row["state"] in ("shutoff", "crashed") else row for row in rows]
     if args.json:
