@@ -280,9 +280,15 @@ def pinned(grant: Grant, *, check: bool = True) -> Iterator[str]:
         raise
     try:
         st = os.fstat(fd)
+        handle = f"/proc/self/fd/{fd}"
         if check:
             _verify(grant, st)
-        yield f"/proc/self/fd/{fd}"
+            # where the descriptor really is: the place the path policy judged (a folder
+            # on the way renamed after the walk would show here)
+            if os.readlink(handle) != target:
+                raise PathChanged(f"{grant.path} was moved while it was being changed; "
+                                  "nothing was changed", path=grant.path)
+        yield handle
     finally:
         os.close(fd)
 
