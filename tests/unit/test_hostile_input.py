@@ -640,3 +640,23 @@ def test_the_openapi_document_takes_migration_bodies_from_the_models() -> None:
         schema = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert schema.get("additionalProperties") is False, path
         assert {"spec", "address"} <= set(schema["required"]), path
+
+
+def test_descriptor_numbers_are_bounded_and_a_false_client_is_a_4xx() -> None:
+    """The fuzzer's finds: ``{"fd": 3548382726750393449037430784}`` was a 500
+    (OverflowError in ctypes), and a client that is not the socket's peer a 501."""
+    from virtkit.api import peerfd
+    from virtkit.api.requests import validate_body
+    from virtkit.api.storage_routes import FdBody
+    from virtkit.errors import Unsupported, UnsupportedForClient
+
+    for number in (2**31, 3548382726750393449037430784, -1):
+        with pytest.raises(InvalidSpec) as caught:
+            validate_body({"fd": number}, FdBody)
+        assert caught.value.field == "fd"
+        with pytest.raises(InvalidSpec):
+            peerfd.take_fd(None, number)  # type: ignore[arg-type]  # refused before use
+    assert validate_body({"fd": 2**31 - 1}, FdBody).fd == 2**31 - 1
+    assert issubclass(UnsupportedForClient, Unsupported)
+    assert UnsupportedForClient.code == "unsupported"  # the CLI still falls back
+    assert 400 <= UnsupportedForClient.http_status < 500
