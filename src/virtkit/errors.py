@@ -156,6 +156,14 @@ class Unsupported(VirtkitError):
     http_status = 501
 
 
+class UnsupportedForClient(Unsupported):
+    """What this request's client says of itself does not hold (a descriptor named by
+    a process that is not the socket's peer): a 400, still with code ``unsupported`` so
+    the client falls back (streams)."""
+
+    http_status = 400
+
+
 class Unauthorized(VirtkitError):
     """A request over the network carried no valid API token."""
 

@@ -2,10 +2,22 @@
 valid and invalid, from GET /v1/openapi.json) plus hand-made broken requests.
 
 Every answer must come within a timeout and must not be a 5xx: a request the daemon
-cannot serve gets a 4xx naming the problem.  Only operations that change nothing on
-the host beyond the daemon's own state root are sent (define, update, undefine,
-autostart, and reads): starting VMs, networks or pools, or switching KSM, is not
-fuzzed here.  Afterwards the daemon must still answer /v1/version.
+cannot serve gets a 4xx naming the problem.  **Every operation** of the document is
+sent:
+
+* reads, and changes to the daemon's own records (:data:`ALLOWED`), with generated
+  names and on objects that exist;
+* streams and WebSockets (:data:`STREAMS`) with a bounded read: only the status line
+  is awaited (a stream that never ends is a pass when its status is not a 5xx);
+* slow host probes (:data:`SLOW`) with fewer examples;
+* operations that could act on the host (:data:`HOSTILE`: start QEMU, install, restore,
+  migrations, TLS setup, KSM, imports, descriptor passing, web login) in schemathesis'
+  negative mode, where every answer must be a 4xx, and in positive mode with names
+  that name nothing; the daemon has its own state root (TLS setup writes there), the
+  KSM setting is restored afterwards, and no QEMU may be left running.
+
+The totals (inputs tried, 4xx refused, 2xx, 5xx) are printed per operation group.
+Afterwards the daemon must still answer /v1/version.
 
 CI (``CI`` set) sends the same requests every run, so a red CI can be replayed; a
 developer's run draws new ones.
@@ -16,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -30,7 +43,7 @@ from tests.real.conftest import DaemonHandle
 from virtkit.unixsock import connect_unix
 
 REQUEST_TIMEOUT = 10.0
-EXAMPLES = 35  # per operation and generation mode: 1,000+ requests in all
+EXAMPLES = 35  # per plain operation and generation mode: 6,000+ requests in all
 
 #: (method, path template) the fuzzer may send: reads, and changes to the daemon's own
 #: records only (a domain that a fuzzed define made is never started)
@@ -40,13 +53,20 @@ ALLOWED = {
     ("POST", "/v1/networks"), ("DELETE", "/v1/networks/{net}"),
     ("POST", "/v1/pools"), ("DELETE", "/v1/pools/{pool}"),
 }
-#: reads that are streams or WebSockets, or slow host probes, are left out
-SKIPPED_READS = {"/v1/events", "/v1/domains/{ref}/console", "/metrics", "/v1/host/check",
-                 "/v1/pools/{pool}/volumes/{volume}/download", "/v1/host",
-                 "/v1/domains/{ref}/vnc/websocket"}
-#: never sent: they change the host (KSM, a TLS certificate), run a generated spec or
-#: install (QEMU, disks), take the caller's own file descriptors, or end the session
-NEVER = {("PUT", "/v1/host/ksm"), ("POST", "/v1/tls/setup"), ("POST", "/v1/install"),
+#: streams and WebSockets: only the status line is read
+STREAMS = {"/v1/events", "/v1/domains/{ref}/console", "/metrics",
+           "/v1/pools/{pool}/volumes/{volume}/download", "/v1/domains/{ref}/vnc/websocket"}
+#: the WebSockets among them: sent with a handshake (101 when it is accepted)
+WEBSOCKETS = {"/v1/events", "/v1/domains/{ref}/console", "/v1/domains/{ref}/vnc/websocket"}
+UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+#: slow host probes: a few examples
+SLOW = {"/v1/host/check", "/v1/host"}
+STREAM_EXAMPLES, SLOW_EXAMPLES, HOSTILE_EXAMPLES = 8, 3, 15
+#: they could change the host (KSM, a TLS certificate), run a generated spec or install
+#: (QEMU, disks), take the caller's own file descriptors, or end the session: negative
+#: cases (all 4xx) and positive ones naming nothing
+HOSTILE = {("PUT", "/v1/host/ksm"), ("POST", "/v1/tls/setup"), ("POST", "/v1/install"),
          ("POST", "/v1/migrations/incoming"), ("POST", "/v1/migrations/offline"),
          ("POST", "/v1/domains/create"), ("POST", "/v1/domains/restore"),
          ("POST", "/v1/pools/{pool}/volumes/{volume}/upload-fd"),
@@ -55,9 +75,13 @@ NEVER = {("PUT", "/v1/host/ksm"), ("POST", "/v1/tls/setup"), ("POST", "/v1/insta
 
 
 def send(sock_path: Path, method: str, target: str, body: bytes | None,
-         headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    """One request on a fresh connection; (status, body).  Times out loudly."""
-    head = f"{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+         headers: dict[str, str] | None = None, *, stream: bool = False
+         ) -> tuple[int, bytes]:
+    """One request on a fresh connection; (status, body).  Times out loudly.  With
+    ``stream``: only until the status line is in (a stream or WebSocket may never end)."""
+    head = f"{method} {target} HTTP/1.1\r\nHost: localhost\r\n"
+    if "Connection" not in (headers or {}):
+        head += "Connection: close\r\n"
     for key, value in (headers or {}).items():
         head += f"{key}: {value}\r\n"
     if body is not None:
@@ -69,6 +93,8 @@ def send(sock_path: Path, method: str, target: str, body: bytes | None,
         deadline = time.monotonic() + REQUEST_TIMEOUT
         while chunk := sock.recv(65536):
             answer += chunk
+            if stream and b"\r\n" in answer:
+                break
             if time.monotonic() > deadline:
                 raise AssertionError(f"{method} {target}: answer took over {REQUEST_TIMEOUT}s")
     finally:
@@ -94,10 +120,21 @@ def _body(kwargs: dict[str, Any]) -> tuple[bytes | None, dict[str, str]]:
                                                                "application/octet-stream")}
 
 
+def group_of(method: str, path: str) -> str:
+    """How an operation is fuzzed: stream, slow, hostile or plain."""
+    if path in STREAMS:
+        return "stream"
+    if path in SLOW:
+        return "slow"
+    if (method.upper(), path) in HOSTILE:
+        return "hostile"
+    return "plain"
+
+
 def _operations() -> list[tuple[Any, bool]]:
-    """(operation, on existing objects too): every operation but :data:`NEVER` and the
-    skipped reads is sent with generated names (which name nothing: the body and query
-    are parsed, and refused or answered 404, before anything is looked up); reads and
+    """(operation, on existing objects too) for every operation of the document: each
+    is sent with generated names (which name nothing: the body and query are parsed,
+    and refused or answered 404, before anything is looked up); plain reads and
     :data:`ALLOWED` changes are also sent to objects that exist."""
     from virtkit.api.openapi import openapi_document
 
@@ -106,10 +143,67 @@ def _operations() -> list[tuple[Any, bool]]:
     for result in schema.get_all_operations():
         operation = result.ok()
         key = (operation.method.upper(), operation.path)
-        if key in NEVER or operation.path in SKIPPED_READS:
-            continue
-        chosen.append((operation, key in ALLOWED or key[0] == "GET"))
+        sent_there = group_of(*key) in ("plain", "stream")
+        chosen.append((operation, sent_there and (key in ALLOWED or key[0] == "GET")))
     return chosen
+
+
+@dataclass
+class Tally:
+    """Requests per operation group: tried, refused (4xx), 2xx, 5xx."""
+
+    tried: int = 0
+    refused: int = 0
+    ok: int = 0
+    failed: int = 0
+    #: hostile operations that acted (2xx) and were undone by the test
+    undone: int = 0
+
+    def add(self, status: int) -> None:
+        self.tried += 1
+        self.refused += 400 <= status < 500
+        self.ok += 200 <= status < 300 or status == 101  # 101: a WebSocket accepted
+        self.failed += status >= 500
+
+
+#: hostile operations that can succeed on a generated body, and how the test undoes it
+_UNDO_DOMAIN = {"/v1/domains/create", "/v1/install", "/v1/domains/restore"}
+_UNDO_MIGRATION = {"/v1/migrations/incoming", "/v1/migrations/offline"}
+
+
+def _undo(sock_path: Path, path: str, answer: bytes) -> int:
+    """Undo what a hostile operation's 2xx did (a started domain is destroyed and
+    undefined, an incoming migration removed); 1 when something was undone."""
+    try:
+        data = json.loads(answer)
+    except ValueError:
+        return 0
+    if not isinstance(data, dict):
+        return 0
+    if path in _UNDO_MIGRATION and isinstance(data.get("id"), str):
+        send(sock_path, "DELETE", f"/v1/migrations/{data['id']}", None)
+        return 1
+    domain = data.get("domain") if isinstance(data.get("domain"), dict) else data
+    uuid = domain.get("uuid")
+    if path in _UNDO_DOMAIN and isinstance(uuid, str):
+        send(sock_path, "POST", f"/v1/domains/{uuid}/destroy", b"{}",
+             {"Content-Type": "application/json"})
+        send(sock_path, "DELETE", f"/v1/domains/{uuid}", None)
+        return 1
+    return 0
+
+
+def _ksm_settings() -> dict[str, str]:
+    folder = Path("/sys/kernel/mm/ksm")
+    return {name: (folder / name).read_text() for name in ("run",)
+            if (folder / name).exists()}
+
+
+def _restore_ksm(saved: dict[str, str]) -> None:
+    for name, value in saved.items():
+        path = Path("/sys/kernel/mm/ksm") / name
+        if path.read_text() != value:
+            path.write_text(value)
 
 
 def test_fuzz_the_api_from_its_openapi_document(daemon: DaemonHandle) -> None:
@@ -119,9 +213,39 @@ def test_fuzz_the_api_from_its_openapi_document(daemon: DaemonHandle) -> None:
     daemon.define("fuzzed")  # a defined (never started) domain for the second pass
     failures: list[str] = []
     count = 0
+    tallies: dict[str, Tally] = {}
+    ksm = _ksm_settings()
+    try:
+        count = _fuzz_all(sock_path, failures, tallies)
+    finally:
+        _restore_ksm(ksm)
+    groups: dict[str, list[Tally]] = {}
+    for key, tally in sorted(tallies.items()):
+        print(f"fuzz {key}: {tally.tried} tried, {tally.refused} 4xx, {tally.ok} 2xx, "
+              f"{tally.failed} 5xx")
+        groups.setdefault(key.split(" ", 1)[0], []).append(tally)
+    groups["total"] = list(tallies.values())
+    for group, members in groups.items():
+        total = Tally(*(sum(getattr(t, f) for t in members)
+                        for f in ("tried", "refused", "ok", "failed", "undone")))
+        undone = f" ({total.undone} acted and were undone)" if group == "hostile" else ""
+        print(f"fuzz {group}: {len(members)} operations, {total.tried} inputs tried, "
+              f"{total.refused} refused (4xx), {total.ok} 2xx{undone}, {total.failed} 5xx")
+    assert len(tallies) == len(_operations()), "every operation is fuzzed"
+    assert count >= 1000, f"only {count} requests were generated"
+    assert not failures, "\n".join(failures[:20])
+    assert json.loads(send(sock_path, "GET", "/v1/version", None)[1])["version"]
+    assert daemon.qemu_pids() == [], "a fuzzed request left a QEMU running"
+
+
+def _fuzz_all(sock_path: Path, failures: list[str], tallies: dict[str, Tally]) -> int:
+    count = 0
 
     def run(operation: Any, mode: GenerationMode, path_parameters: dict[str, str],
             examples: int) -> None:
+        group = group_of(operation.method, operation.path)
+        tally = tallies.setdefault(f"{group} {operation.method.upper()} {operation.path}",
+                                   Tally())
         @settings(max_examples=examples, deadline=None, database=None,
                   derandomize=bool(os.environ.get("CI")), phases=[Phase.generate],
                   suppress_health_check=list(HealthCheck))
@@ -131,9 +255,17 @@ def test_fuzz_the_api_from_its_openapi_document(daemon: DaemonHandle) -> None:
             kwargs = case.as_transport_kwargs(base_url="http://localhost")
             target = _target(kwargs)
             body, headers = _body(kwargs)
-            status, answer = send(sock_path, kwargs["method"], target, body, headers)
+            if operation.path in WEBSOCKETS:
+                headers = {**headers, **UPGRADE}
+            status, answer = send(sock_path, kwargs["method"], target, body, headers,
+                                  stream=group == "stream")
             count += 1
-            if status >= 500:
+            tally.add(status)
+            if group == "hostile" and 200 <= status < 300:
+                tally.undone += _undo(sock_path, operation.path, answer)
+            wrong = status >= 500 or (group == "hostile" and mode is GenerationMode.NEGATIVE
+                                      and not 400 <= status < 500)
+            if wrong:
                 failures.append(f"{status} {kwargs['method']} {target} "
                                 f"{(body or b'')[:300]!r} -> {answer[:300]!r}")
 
@@ -143,20 +275,26 @@ def test_fuzz_the_api_from_its_openapi_document(daemon: DaemonHandle) -> None:
             assert mode is GenerationMode.NEGATIVE
 
     existing = {"ref": "fuzzed", "pool": "default"}
+    examples = {"stream": STREAM_EXAMPLES, "slow": SLOW_EXAMPLES,
+                "hostile": HOSTILE_EXAMPLES, "plain": EXAMPLES}
     for operation, on_existing in _operations():
         names = {p.name for p in operation.path_parameters}
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             # random names: mostly 404s and 400s (changes without path names are
-            # ALLOWED ones, or harmless: a token)
-            run(operation, mode, {}, EXAMPLES)
+            # ALLOWED ones, or harmless: a token, the daemon's own TLS files, KSM
+            # restored afterwards)
+            run(operation, mode, {}, examples[group_of(operation.method, operation.path)])
         if on_existing and names and names <= set(existing) \
                 and operation.method.upper() != "DELETE":
             # the same operation on objects that exist: reaches the service layer
             run(operation, GenerationMode.POSITIVE, {k: existing[k] for k in names}, 10)
-    print(f"{count} generated requests")
-    assert count >= 1000, f"only {count} requests were generated"
-    assert not failures, "\n".join(failures[:20])
-    assert json.loads(send(sock_path, "GET", "/v1/version", None)[1])["version"]
+    # the event stream itself: a WebSocket that never ends (only the status is read)
+    status, _ = send(sock_path, "GET", "/v1/events", None, UPGRADE, stream=True)
+    tallies.setdefault("stream GET /v1/events", Tally()).add(status)
+    count += 1
+    if status != 101:
+        failures.append(f"{status} GET /v1/events (the stream itself)")
+    return count
 
 
 BROKEN_BODIES = [

@@ -349,3 +349,113 @@ def test_reconcile_removes_a_group_the_journal_never_named(tmp_path: Path) -> No
     group.mkdir(parents=True)
     assert len(confiner.reconcile(set())) == 1
     assert not group.exists() and not confiner.journal("u1").exists()
+
+
+# -- the check-to-change window: every change acts through a checked descriptor ----------
+
+def _owner(path: Path) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+def _swap_in(link: Path, target: Path) -> None:
+    """What a local attacker racing the daemon does: the checked name becomes a link."""
+    link.rename(link.with_name(link.name + ".moved"))
+    link.symlink_to(target)
+
+
+@root_only
+@pytest.mark.parametrize("kind", ["own", "read"])
+def test_a_link_swapped_in_after_the_check_is_not_followed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    if kind == "read" and not _acl_supported(tmp_path):
+        pytest.skip("no POSIX ACLs on this file system")
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"x")
+    image.chmod(0o600)
+    victim = tmp_path / "victim"  # stands for /etc/shadow
+    victim.write_bytes(b"secret")
+    victim.chmod(0o640)
+    grant = ownership.plan(str(image), UID, UID, kind)  # planned right after the check
+    _swap_in(image, victim)  # the window between the check and the change
+    with pytest.raises(ownership.PathChanged):
+        ownership.apply(grant)
+    assert _owner(victim) == (0, 0, 0o640)
+    with pytest.raises(OSError):
+        os.getxattr(victim, ownership.ACL_XATTR)
+    # swapped back, and again while the change is under way: the descriptor opened
+    # and checked before stays on the checked file, the link is never used
+    image.unlink()
+    (tmp_path / "disk.img.moved").rename(image)
+    monkeypatch.setattr(ownership, "before_change", lambda _g: _swap_in(image, victim))
+    ownership.apply(grant)
+    assert _owner(victim) == (0, 0, 0o640)
+    moved = tmp_path / "disk.img.moved"
+    if kind == "own":
+        assert _owner(moved) == (UID, UID, 0o600)
+    else:
+        assert UID in [e.id for e in ownership.read_acl(str(moved)) if e.tag == USER]
+
+
+@root_only
+def test_a_folder_swapped_for_a_link_after_the_check_is_not_followed(
+        tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "disk.img").write_bytes(b"x")
+    elsewhere = tmp_path / "etc"
+    elsewhere.mkdir()
+    (elsewhere / "disk.img").write_bytes(b"secret")
+    (elsewhere / "disk.img").chmod(0o644)
+    grant = ownership.plan(str(images / "disk.img"), UID, UID, "own")
+    images.rename(tmp_path / "images.moved")  # a folder on the way becomes a link
+    images.symlink_to(elsewhere)
+    with pytest.raises(ownership.PathChanged):
+        ownership.apply(grant)
+    assert _owner(elsewhere / "disk.img") == (0, 0, 0o644)
+
+
+@root_only
+def test_another_file_or_a_fifo_in_its_place_is_refused(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"x")
+    grant = ownership.plan(str(image), UID, UID, "own")
+    image.rename(tmp_path / "moved.img")
+    image.write_bytes(b"other")  # same name, another inode
+    image.chmod(0o644)
+    with pytest.raises(ownership.PathChanged, match="replaced"):
+        ownership.apply(grant)
+    assert _owner(image) == (0, 0, 0o644)
+    image.unlink()
+    os.mkfifo(image)
+    with pytest.raises(ownership.PathChanged, match="not a regular file"):
+        ownership.apply(grant)
+    assert os.lstat(image).st_uid == 0
+
+
+@root_only
+def test_release_does_not_follow_a_link_swapped_in_while_the_vm_ran(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"x")
+    image.chmod(0o644)
+    grant = ownership.plan(str(image), UID, UID, "own")
+    ownership.apply(grant)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"secret")
+    os.chown(victim, UID, UID)  # a file the VM uid owns: release would chown it to root
+    victim.chmod(0o600)
+    _swap_in(image, victim)
+    ownership.release(grant)  # logged, not raised: nothing is restored through the link
+    assert _owner(victim) == (UID, UID, 0o600)
+    assert _owner(tmp_path / "disk.img.moved")[0] == UID  # left to the administrator
+
+
+def test_grants_journal_the_identity_they_act_on(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"x")
+    grant = ownership.plan(str(image), UID, UID, "read")
+    st = os.stat(image)
+    assert grant.identity == (st.st_dev, st.st_ino)
+    assert ownership.Grant.from_json(grant.to_json()) == grant
+    old = {k: v for k, v in grant.to_json().items() if k != "identity"}  # older journals
+    assert ownership.Grant.from_json(old).identity is None

@@ -9,7 +9,13 @@ from aiohttp import web
 from pydantic import Field
 
 from virtkit.api.common import json_body, json_response
-from virtkit.api.requests import Body, body_of, validate_body
+from virtkit.api.requests import (
+    Body,
+    IncomingBody,
+    OfflineIncomingBody,
+    body_of,
+    validate_body,
+)
 from virtkit.service.migrations import MigrationService
 
 routes = web.RouteTableDef()
@@ -54,14 +60,16 @@ async def migrate(request: web.Request) -> web.Response:
 
 @routes.post("/v1/migrations/incoming")
 async def incoming(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    return json_response(await request.app[MIGRATIONS].incoming(body), status=201)
+    body = await body_of(request, IncomingBody)
+    return json_response(await request.app[MIGRATIONS].incoming(
+        body.model_dump(exclude_none=True)), status=201)
 
 
 @routes.post("/v1/migrations/offline")
 async def incoming_offline(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    return json_response(await request.app[MIGRATIONS].incoming_offline(body), status=201)
+    body = await body_of(request, OfflineIncomingBody)
+    return json_response(await request.app[MIGRATIONS].incoming_offline(
+        body.model_dump(exclude_none=True)), status=201)
 
 
 @routes.get("/v1/migrations/{id}")

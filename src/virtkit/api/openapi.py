@@ -271,20 +271,7 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("post", "/v1/domains/{ref}/memory", "Memory hot-add: a DIMM of size_mib",
      {"$ref": "#/components/schemas/MemoryBody"}),
     ("post", "/v1/domains/{ref}/migrate", "Live-migrate to another daemon (this daemon "
-     "drives it; see docs/migration.md)",
-     {"type": "object", "required": ["destination"], "properties": {
-         "destination": {"type": "object", "properties": {
-             "socket": {"type": "string"}, "url": {"type": "string"},
-             "token": {"type": "string"}, "ca": {"type": "string"}}},
-         "address": {"type": "string"}, "live": {"type": "boolean"},
-         "persistent": {"type": "boolean"}, "undefine_source": {"type": "boolean"},
-         "auto_converge": {"type": "boolean"}, "copy_storage_all": {"type": "boolean"},
-         "copy_storage_inc": {"type": "boolean"}, "offline": {"type": "boolean"},
-         "postcopy": {"type": "boolean"}, "postcopy_after_precopy": {"type": "boolean"},
-         "suspend": {"type": "boolean"},
-         "disk_paths": {"type": "object", "additionalProperties": {"type": "string"}},
-         "bandwidth": {"type": "integer"}, "downtime_limit": {"type": "integer"},
-         "postcopy_bandwidth": {"type": "integer"}, "timeout": {"type": "integer"}}}),
+     "drives it; see docs/migration.md)", None),
     ("get", "/v1/domains/{ref}/job", "domjobinfo: the outgoing migration now running "
      "(type none when there is none)", None),
     ("delete", "/v1/domains/{ref}/job", "domjobabort: cancel the outgoing migration (the "
@@ -292,19 +279,10 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("post", "/v1/domains/{ref}/job/postcopy", "migrate-postcopy: switch the outgoing "
      "migration (started with postcopy) to post-copy", None),
     ("post", "/v1/migrations/incoming", "Destination: validate a migrating domain, start "
-     "its QEMU waiting for the stream; answers {id, uri}",
-     {"type": "object", "required": ["spec", "address"], "properties": {
-         "spec": {"type": "object"}, "persistent_spec": {"type": "object"},
-         "machine_type": {"type": "string"}, "accelerator": {"type": "string"},
-         "address": {"type": "string"}, "deadline": {"type": "number"},
-         "copy_storage": {"type": "object"}, "postcopy": {"type": "boolean"},
-         "keepalive": {"type": "number"}}}),
+     "its QEMU waiting for the stream; answers {id, uri}", None),
     ("post", "/v1/migrations/offline", "Destination: check a definition sent by migrate "
      "--offline; with copy_storage create its disks' images and serve them by NBD "
-     "(answers {id, nbd}); defined by finish",
-     {"type": "object", "required": ["spec", "address"], "properties": {
-         "spec": {"type": "object"}, "address": {"type": "string"},
-         "copy_storage": {"type": "object"}}}),
+     "(answers {id, nbd}); defined by finish", None),
     ("post", "/v1/migrations/{id}/finish", "Destination: run the fully received domain, "
      "or keep it paused (offline: define it)",
      {"type": "object", "properties": {"persistent": {"type": "boolean"},
@@ -414,6 +392,9 @@ def _request_models() -> tuple[dict[tuple[str, str], Any], dict[tuple[str, str],
         ("post", dom + "/snapshots/{name}/revert"): snap.RevertBody,
         ("post", dom + "/clone"): clone_routes.CloneBody,
         ("post", "/v1/migrations/{id}/finish"): migration_routes.FinishBody,
+        ("post", dom + "/migrate"): migration_routes.MigrateBody,
+        ("post", "/v1/migrations/incoming"): r.IncomingBody,
+        ("post", "/v1/migrations/offline"): r.OfflineIncomingBody,
         ("post", dom + "/disks"): dev.AttachDiskBody,
         ("post", dom + "/disks/detach"): dev.DetachDiskBody,
         ("post", dom + "/media"): dev.MediaBody,

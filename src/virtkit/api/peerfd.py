@@ -20,7 +20,7 @@ import struct
 
 from aiohttp import web
 
-from virtkit.errors import InvalidSpec, Unsupported
+from virtkit.errors import InvalidSpec, Unsupported, UnsupportedForClient
 
 _SYS_PIDFD_GETFD = 438  # x86_64 and aarch64 (the generic syscall table)
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -54,12 +54,13 @@ def take_fd(request: web.Request, number: object, client: dict[str, object] | No
     must be the socket's peer on this host.  Over a forwarded socket (virtkit+ssh) the
     peer is sshd, not the client: its descriptors are never taken.
     """
-    if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+    if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number < 2**31:
         raise InvalidSpec(f"fd must be a descriptor number, not {number!r}", field="fd")
     pid = peer_pid(request)
     if client and (client.get("pid") != pid or client.get("boot_id") != boot_id()):
-        raise Unsupported("the client is not the local process at the other end of the "
-                          "socket (a forwarded connection)", fix="stream the data instead")
+        raise UnsupportedForClient("the client is not the local process at the other end of "
+                                   "the socket (a forwarded connection)",
+                                   fix="stream the data instead")
     try:
         pidfd = os.pidfd_open(pid)
     except OSError as exc:

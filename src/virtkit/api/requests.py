@@ -213,3 +213,54 @@ async def define_body(request: web.Request) -> tuple[DefineBody, dict[str, Any] 
         return DefineBody(), data
     body = validate_body(data, DefineBody)
     return body, body.yaml if body.yaml is not None else body.spec
+
+
+# -- daemon-to-daemon migration bodies (the source daemon's peer client sends these) --------
+
+#: seconds: a positive, finite number (JSON's Infinity/NaN refused)
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class CopyBacking(Body):
+    """--copy-storage-inc: the backing image the copied top image is created on."""
+
+    path: str
+    format: str | None = None
+
+
+class CopyDisk(Body):
+    """One image the destination creates for a copied disk (runtime/storagecopy.py);
+    it must be a writable disk of the spec at that device id and path."""
+
+    device: str
+    path: str
+    format: str | None = None
+    size: Annotated[int, Field(gt=0)]
+    backing: CopyBacking | None = None
+
+
+class CopyStorage(Body):
+    disks: Annotated[list[CopyDisk], Field(min_length=1)]
+
+
+class IncomingBody(Body):
+    """``POST /v1/migrations/incoming`` (service/incoming.py): the running configuration,
+    the definition, and what the destination checks it against."""
+
+    spec: dict[str, Any]
+    persistent_spec: dict[str, Any] | None = None
+    address: str
+    postcopy: bool = False
+    deadline: Seconds | None = None
+    keepalive: Seconds | None = None
+    machine_type: str | None = None
+    accelerator: str | None = None
+    copy_storage: CopyStorage | None = None
+
+
+class OfflineIncomingBody(Body):
+    """``POST /v1/migrations/offline`` (service/offline_migration.py)."""
+
+    spec: dict[str, Any]
+    address: str
+    copy_storage: CopyStorage | None = None

@@ -14,9 +14,10 @@ import contextlib
 import errno
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
+from pydantic import Field
 
 from virtkit.api import peerfd
 from virtkit.api.common import json_response, progress_response
@@ -74,7 +75,8 @@ class ImportBody(Body):
 
 
 class FdBody(Body):
-    fd: int
+    #: a descriptor number of the client (an int in the kernel)
+    fd: Annotated[int, Field(ge=0, le=2**31 - 1)]
     client: dict[str, Any] | None = None
 
 

@@ -19,6 +19,15 @@ path must be reachable by that uid for the VM's life, and no longer:
   ``user:<uid>:--x``.
 - ``rwx``: a folder QEMU creates files in (a 9p share).
 
+Every change (chown, chmod, ACL, xattr, and their restore) acts through a descriptor,
+never through a path that could be re-resolved: :func:`pinned` opens the grant's real
+path one component at a time with ``O_PATH|O_NOFOLLOW`` (a symbolic link anywhere on
+the way is refused, not followed), then checks the descriptor with ``fstat``: the file
+type the grant allows (a regular file, block device or folder; never a FIFO, socket or
+character device), and the same ``st_dev``/``st_ino`` the grant was planned on (at
+start, right after the path policy passed).  A link or another file swapped in between
+the check and the change is refused and nothing is changed (docs/security.md §7).
+
 ACLs are written as the kernel's ``system.posix_acl_access`` xattr directly (the format
 is a small fixed binary layout), so no ``setfacl`` is needed.  When the last named entry
 goes, the xattr is removed and the mode's group bits are set back from the ACL's group
@@ -36,7 +45,7 @@ import os
 import stat
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,17 +186,111 @@ class Grant:
     gid: int
     #: ``own`` only: the owner uid, gid and mode before the grant
     original: tuple[int, int, int] | None = None
+    #: (st_dev, st_ino) of the file the grant was planned on; apply and release act
+    #: only on that file (None: a grant journalled before this was recorded)
+    identity: tuple[int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "kind": self.kind, "uid": self.uid, "gid": self.gid,
-                "original": list(self.original) if self.original else None}
+                "original": list(self.original) if self.original else None,
+                "identity": list(self.identity) if self.identity else None}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Grant:
         original = data.get("original")
+        identity = data.get("identity")
         return cls(str(data["path"]), str(data["kind"]), int(data["uid"]), int(data["gid"]),
                    (int(original[0]), int(original[1]), int(original[2]))
-                   if original else None)
+                   if original else None,
+                   (int(identity[0]), int(identity[1])) if identity else None)
+
+
+class PathChanged(HostError):
+    """The file a grant names is not the one that was checked (a link or another file
+    was put in its place): nothing was changed."""
+
+
+#: called with each grant after its file was checked and before it is changed (tests
+#: swap a link in here, as an attacker racing the daemon would)
+before_change: Callable[[Grant], None] | None = None
+
+#: folder kinds: only a folder may be changed for them
+_FOLDER_KINDS = ("exec", "rx", "rwx")
+
+
+def open_nofollow(path: str) -> int:
+    """An ``O_PATH`` descriptor of absolute ``path``, reached one component at a time
+    without following any symbolic link (OSError ``ENOTDIR``/``ELOOP`` on one)."""
+    parts = [part for part in path.split("/") if part and part != "."]
+    if not path.startswith("/") or ".." in parts:
+        raise OSError(errno.EINVAL, "not an absolute, normalised path", path)
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for index, part in enumerate(parts):
+            flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+            if index < len(parts) - 1:
+                flags |= os.O_DIRECTORY
+            following = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = following
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _target(grant: Grant) -> str:
+    # folder traversal grants may name a folder through a link (the name QEMU is given);
+    # the link is resolved here and the folder checked by type below
+    return os.path.realpath(grant.path) if grant.kind in _FOLDER_KINDS else grant.path
+
+
+def _verify(grant: Grant, st: os.stat_result) -> None:
+    mode = st.st_mode
+    shown = grant.path
+    if stat.S_ISLNK(mode):
+        raise PathChanged(f"{shown} is a symbolic link now; it was checked as a file, so "
+                          "nothing was changed", path=shown)
+    if grant.kind in _FOLDER_KINDS:
+        fits = stat.S_ISDIR(mode)
+    else:
+        fits = stat.S_ISREG(mode) or stat.S_ISBLK(mode) or stat.S_ISDIR(mode)
+    if not fits:
+        raise PathChanged(f"{shown} is not a regular file, block device or folder now "
+                          f"(mode {mode:o}); nothing was changed", path=shown)
+    if grant.identity is not None and (st.st_dev, st.st_ino) != grant.identity:
+        raise PathChanged(f"{shown} was replaced by another file after it was checked; "
+                          "nothing was changed", path=shown,
+                          fix="start the VM again once nobody renames files there")
+
+
+@contextlib.contextmanager
+def pinned(grant: Grant, *, check: bool = True) -> Iterator[str]:
+    """A path (``/proc/self/fd/N``) that reaches exactly the grant's file: opened with
+    ``O_PATH|O_NOFOLLOW`` at every component and checked with ``fstat`` (type, and the
+    identity it was planned on).  Every change goes through it."""
+    target = _target(grant)
+    try:
+        fd = open_nofollow(target)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP, errno.EINVAL):
+            raise PathChanged(f"{grant.path} is reached through a symbolic link now; it "
+                              "was checked without one, so nothing was changed",
+                              path=grant.path) from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        handle = f"/proc/self/fd/{fd}"
+        if check:
+            _verify(grant, st)
+            # where the descriptor really is: the place the path policy judged (a folder
+            # on the way renamed after the walk would show here)
+            if os.readlink(handle) != target:
+                raise PathChanged(f"{grant.path} was moved while it was being changed; "
+                                  "nothing was changed", path=grant.path)
+        yield handle
+    finally:
+        os.close(fd)
 
 
 PERMS = {"read": R, "exec": X, "rx": R | X, "rwx": R | W | X}
@@ -198,21 +301,33 @@ def plan(path: str, uid: int, gid: int, kind: str) -> Grant:
     if kind not in KINDS:
         raise ValueError(f"unknown grant kind {kind!r}")
     original = None
-    if kind == "own":
-        st = os.stat(path)
-        original = _remembered(path) or (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
-    return Grant(path, kind, uid, gid, original)
+    grant = Grant(path, kind, uid, gid)
+    with pinned(grant, check=False) as handle:
+        st = os.stat(handle)
+        grant.identity = (st.st_dev, st.st_ino)
+        _verify(grant, st)
+        if kind == "own":
+            original = _remembered(handle) or (st.st_uid, st.st_gid,
+                                               stat.S_IMODE(st.st_mode))
+    grant.original = original
+    return grant
 
 
 def apply(grant: Grant) -> None:
-    """Do what ``grant`` says (idempotent)."""
+    """Do what ``grant`` says (idempotent), through a checked descriptor; PathChanged
+    (nothing changed) when its file is no longer the one planned on."""
     try:
-        if grant.kind == "own":
-            _apply_own(grant)
-        else:
-            with _acl_lock():
-                entries = read_acl(grant.path)
-                write_acl(grant.path, with_user(entries, grant.uid, PERMS[grant.kind]))
+        with pinned(grant) as handle:
+            if before_change is not None:
+                before_change(grant)
+            if grant.kind == "own":
+                _apply_own(grant, handle)
+            else:
+                with _acl_lock():
+                    entries = read_acl(handle)
+                    write_acl(handle, with_user(entries, grant.uid, PERMS[grant.kind]))
+    except PathChanged:
+        raise
     except OSError as exc:
         raise HostError(f"cannot grant the VM's uid {grant.uid} access to {grant.path}: "
                         f"{exc.strerror}", path=grant.path,
@@ -220,13 +335,13 @@ def apply(grant: Grant) -> None:
                         "(ext4, xfs, tmpfs), or run virtkitd with --no-confine") from exc
 
 
-def _apply_own(grant: Grant) -> None:
+def _apply_own(grant: Grant, handle: str) -> None:
     assert grant.original is not None
-    if _remembered(grant.path) is None:
+    if _remembered(handle) is None:
         with contextlib.suppress(OSError):  # a file system without trusted xattrs
-            os.setxattr(grant.path, OWNER_XATTR, json.dumps(list(grant.original)).encode())
-    os.chown(grant.path, grant.uid, grant.gid)
-    os.chmod(grant.path, 0o700 if os.path.isdir(grant.path) else 0o600)
+            os.setxattr(handle, OWNER_XATTR, json.dumps(list(grant.original)).encode())
+    os.chown(handle, grant.uid, grant.gid)
+    os.chmod(handle, 0o700 if stat.S_ISDIR(os.stat(handle).st_mode) else 0o600)
 
 
 def _remembered(path: str) -> tuple[int, int, int] | None:
@@ -238,31 +353,37 @@ def _remembered(path: str) -> tuple[int, int, int] | None:
 
 
 def release(grant: Grant) -> None:
-    """Undo ``grant``; a file gone or taken over by another VM is left as it is."""
+    """Undo ``grant`` through a checked descriptor; a file gone, taken over by another
+    VM, or replaced (a link or another file in its place) is left as it is."""
     try:
-        if grant.kind == "own":
-            _release_own(grant)
-        else:
-            with _acl_lock():
-                entries = read_acl(grant.path)
-                if any(e.tag == USER and e.id == grant.uid for e in entries):
-                    write_acl(grant.path, without_user(entries, grant.uid))
+        with pinned(grant) as handle:
+            if before_change is not None:
+                before_change(grant)
+            if grant.kind == "own":
+                _release_own(grant, handle)
+            else:
+                with _acl_lock():
+                    entries = read_acl(handle)
+                    if any(e.tag == USER and e.id == grant.uid for e in entries):
+                        write_acl(handle, without_user(entries, grant.uid))
     except FileNotFoundError:
         return
+    except PathChanged as exc:
+        log.warning("not restoring %s after uid %d: %s", grant.path, grant.uid, exc)
     except OSError as exc:
         log.warning("cannot restore %s after uid %d: %s", grant.path, grant.uid, exc)
 
 
-def _release_own(grant: Grant) -> None:
-    st = os.stat(grant.path)
+def _release_own(grant: Grant, handle: str) -> None:
+    st = os.stat(handle)
     if st.st_uid != grant.uid:
         return  # restored already, or another VM (a migration's destination) holds it
-    original = _remembered(grant.path) or grant.original
+    original = _remembered(handle) or grant.original
     assert original is not None
-    os.chown(grant.path, original[0], original[1])
-    os.chmod(grant.path, original[2])
+    os.chown(handle, original[0], original[1])
+    os.chmod(handle, original[2])
     with contextlib.suppress(OSError):
-        os.removexattr(grant.path, OWNER_XATTR)
+        os.removexattr(handle, OWNER_XATTR)
 
 
 def traverse_grants(path: str, uid: int, gid: int) -> list[Grant]:
