@@ -436,13 +436,15 @@ class Confiner:
             if conf.cgroup is not None:
                 conf.notes += conf.cgroup.notes
             try:
-                conf.grant([(str(run_dir), "own")])  # journals the cgroup too
                 for _given, real, access in wanted:
                     if access == "new":
                         _touch(real)  # a log file QEMU appends to, made by root first
-                conf.grant([(given, "own" if access == "new" else access)
-                            for given, _real, access in wanted])
-                conf.grant(_launch_files(domain, caps, log_dir, nvram))
+                # one grant, so one journal write (an fsync each) for the whole start: the
+                # run folder (journals the cgroup too), the user's paths, QEMU's own files
+                conf.grant([(str(run_dir), "own"),
+                            *((given, "own" if access == "new" else access)
+                              for given, _real, access in wanted),
+                            *_launch_files(domain, caps, log_dir, nvram)])
             except BaseException:
                 self.release(conf)
                 raise
