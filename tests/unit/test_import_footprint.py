@@ -1,0 +1,25 @@
+"""What a CLI call and the daemon import at start-up (docs/benchmarks.md: start-up time
+and the daemon's resident memory are mostly imports).  Rarely used subsystems are
+imported when first used, not at start-up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+#: never imported to parse a command line (every ``virtkit`` call does that)
+CLI_NEVER = ["datetime", "threading", "shutil", "http.client", "ssl", "subprocess",
+             "tempfile", "asyncio", "pydantic", "virtkit.model"]
+
+
+def _imported_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", f"{code}\nimport sys, json\n"
+                          "print(json.dumps(sorted(sys.modules)))"],
+                         capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout.splitlines()[-1]))
+
+
+def test_building_the_cli_parser_imports_nothing_heavy() -> None:
+    modules = _imported_after("import virtkit.cli.main as m\nm.build_parser()")
+    assert not modules & set(CLI_NEVER), sorted(modules & set(CLI_NEVER))
