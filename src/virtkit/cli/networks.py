@@ -219,7 +219,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "add, remove or list port forwards (host port -> guest ip:port)", "network")
     p.add_argument("action", choices=["add", "remove", "list"])
     p.add_argument("--proto", default="tcp", choices=["tcp", "udp"])
-    p.add_argument("--host-address", default="0.0.0.0")
+    p.add_argument("--host-address", default="0.0.0.0")  # noqa: S104 - libvirt's default
     p.add_argument("--host-port", type=int)
     p.add_argument("--guest-ip")
     p.add_argument("--guest-port", type=int)

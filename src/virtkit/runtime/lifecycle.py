@@ -418,7 +418,7 @@ class Lifecycle:
         monitor = running.monitor
         await self.check_restorable(vm, running)
         await monitor.execute("stop")
-        with open(partial, "xb") as stream:
+        with open(partial, "xb") as stream:  # noqa: ASYNC230 - creating it is immediate; QEMU writes the stream
             # the running configuration (hot-plugged devices included): restore must
             # build QEMU with exactly the devices whose state the stream carries
             live = running.live if running.live is not None else self._spec_for(vm.uuid)
