@@ -23,3 +23,19 @@ def _imported_after(code: str) -> set[str]:
 def test_building_the_cli_parser_imports_nothing_heavy() -> None:
     modules = _imported_after("import virtkit.cli.main as m\nm.build_parser()")
     assert not modules & set(CLI_NEVER), sorted(modules & set(CLI_NEVER))
+
+
+#: imported by the daemon only when first used: installs (virt-install's parser, the
+#: osinfo database, ISO reading with pycdlib) and the OpenAPI document
+DAEMON_LATER = ["virtkit.formats.virtinstall", "virtkit.formats.osinfo",
+                "virtkit.storage.installmedia", "pycdlib", "virtkit.api.openapi",
+                "virtkit.api.openapi_virsh"]
+
+
+def test_the_daemon_imports_installs_and_the_openapi_document_when_first_used() -> None:
+    modules = _imported_after("import virtkit.api.daemon")
+    assert not modules & set(DAEMON_LATER), sorted(modules & set(DAEMON_LATER))
+    used = _imported_after("import virtkit.api.daemon\n"
+                           "from virtkit.api.openapi import openapi_document\n"
+                           "assert openapi_document()['paths']")
+    assert "virtkit.api.openapi_virsh" in used

@@ -50,7 +50,6 @@ from virtkit.api.domain_requests import (
     UndefineQuery,
     UpdateBody,
 )
-from virtkit.api.openapi import openapi_document
 from virtkit.api.requests import (
     AutostartBody,
     DefineBody,
@@ -157,6 +156,8 @@ routes = web.RouteTableDef()
 
 @routes.get("/v1/openapi.json")
 async def get_openapi(request: web.Request) -> web.Response:
+    from virtkit.api.openapi import openapi_document  # built on first request (daemon RSS)
+
     return json_response(openapi_document())
 
 
