@@ -74,16 +74,26 @@ def pick_uid(root: str, uuid: str, taken: Callable[[int], bool]) -> int:
 
 
 def uids_in_use(proc: Path = Path("/proc")) -> set[int]:
-    """Real uids of every process on the host."""
+    """Real uids of every process on the host (read at every confined start, so with
+    plain system calls: the ``Uid:`` line is in the first bytes of ``status``)."""
     found: set[int] = set()
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
+    for name in os.listdir(proc):
+        if not name.isdigit():
             continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            for line in (entry / "status").read_text().splitlines():
-                if line.startswith("Uid:"):
-                    found.add(int(line.split()[1]))
-                    break
+        try:
+            fd = os.open(f"{proc}/{name}/status", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # ended meanwhile
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        at = data.find(b"\nUid:")
+        with contextlib.suppress(ValueError, IndexError):
+            if at >= 0:
+                found.add(int(data[at + 5:].split(None, 1)[0]))
     return found
 
 
