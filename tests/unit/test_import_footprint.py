@@ -39,3 +39,18 @@ def test_the_daemon_imports_installs_and_the_openapi_document_when_first_used() 
                            "from virtkit.api.openapi import openapi_document\n"
                            "assert openapi_document()['paths']")
     assert "virtkit.api.openapi_virsh" in used
+
+
+def test_building_the_cli_parser_asks_gettext_once_per_text() -> None:
+    """argparse translates its own texts at every parser and option it makes; gettext
+    looks for catalogue files on disk at each call (a third of the parser's build)."""
+    out = subprocess.run([sys.executable, "-c",
+                          "import gettext\n"
+                          "calls = []\n"
+                          "find = gettext.find\n"
+                          "gettext.find = lambda *a, **k: calls.append(a) or find(*a, **k)\n"
+                          "import virtkit.cli.main as m\n"
+                          "m.build_parser()\n"
+                          "print(len(calls))"],
+                         capture_output=True, text=True, check=True)
+    assert int(out.stdout.split()[-1]) <= 20

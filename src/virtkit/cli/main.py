@@ -7,6 +7,7 @@ answer.  Errors are one clear line on stderr and a non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -248,6 +249,7 @@ class _HelpFormatter(argparse.HelpFormatter):
                          _terminal_columns() - 2 if width is None else width)
 
 
+@functools.cache
 def _terminal_columns() -> int:
     """What ``shutil.get_terminal_size().columns`` says: $COLUMNS, else the terminal, else 80."""
     try:
@@ -260,6 +262,13 @@ def _terminal_columns() -> int:
         except (AttributeError, ValueError, OSError):
             columns = 0
     return columns or 80
+
+
+# argparse translates each of its own texts with gettext as every parser and option is
+# made (~440 calls for the whole tree), and gettext looks for its catalogue files on disk
+# at every call (4 stats each): about a third of building the parser.  The answer cannot
+# change within one process, so ask once per text.
+argparse._ = functools.cache(argparse._)  # type: ignore[attr-defined]
 
 
 class _Parser(argparse.ArgumentParser):
