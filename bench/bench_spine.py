@@ -406,6 +406,17 @@ def _import_rss_breakdown() -> list[dict[str, Any]]:
     return rows
 
 
+def _virtkit_compiled() -> bool:
+    """Whether the virtkit the daemon runs has up-to-date .pyc files (compiling at every
+    start costs time and leaves the compiler's garbage in the heap)."""
+    import importlib.util
+
+    import virtkit.api.daemon as daemon
+
+    cached = importlib.util.cache_from_source(daemon.__file__)
+    return os.path.exists(cached) and os.stat(cached).st_mtime >= os.stat(daemon.__file__).st_mtime
+
+
 def bench_rss(args: argparse.Namespace) -> dict[str, Any]:
     guest = bl.tiny_guest()
     n, memory, settle = args.vms, args.memory, args.settle
@@ -428,10 +439,13 @@ def bench_rss(args: argparse.Namespace) -> dict[str, Any]:
             with lv:
                 pid = lv.libvirtd_pid
                 assert pid is not None
+                logd = lv.virtlogd_pid
                 idle = bl.proc_rss_kib(pid)
+                logd_idle = bl.proc_rss_kib(logd) if logd is not None else None
                 names = [f"vkbench-r{i}" for i in range(n)]
                 lv.define_many(names, memory)
                 defined = bl.proc_rss_kib(pid)
+                logd_defined = bl.proc_rss_kib(logd) if logd is not None else None
                 for name in names:
                     lv.virsh("start", name)
                 time.sleep(settle)
@@ -439,9 +453,9 @@ def bench_rss(args: argparse.Namespace) -> dict[str, Any]:
                 out["libvirtd"] = {"pid": pid, "idle": idle, "defined": defined,
                                    "running": bl.proc_rss_kib(pid),
                                    "running_vms": sum(1 for x in names if x in running_names)}
-                logd = lv.virtlogd_pid
                 if logd is not None:
-                    out["virtlogd"] = {"pid": logd, "running": bl.proc_rss_kib(logd)}
+                    out["virtlogd"] = {"pid": logd, "idle": logd_idle, "defined": logd_defined,
+                                       "running": bl.proc_rss_kib(logd)}
                 out.update(_libvirt_meta(lv, args))
         else:
             out.update(_libvirt_meta(None, args))
@@ -449,23 +463,37 @@ def bench_rss(args: argparse.Namespace) -> dict[str, Any]:
         if lv is not None:
             lv.close()
 
-    vk_rss = out["virtkitd"]["running"]["VmRSS"]
-    lv_rss = out.get("libvirtd", {}).get("running", {}).get("VmRSS")
-    logd_rss = out.get("virtlogd", {}).get("running", {}).get("VmRSS")
+    def rss_of(key: str, phase: str) -> int | None:
+        sample = out.get(key, {}).get(phase) or {}
+        return sample.get("VmRSS")
+
+    vk_rss, lv_rss = rss_of("virtkitd", "running"), rss_of("libvirtd", "running")
     out["virtkitd_import_breakdown"] = _import_rss_breakdown()
+    # libvirt's stack is libvirtd + virtlogd (QEMU's logs go through virtlogd; virtkit
+    # needs no such daemon): the target is virtkitd <= both, idle and with n VMs running
+    stack = {phase: (rss_of("libvirtd", phase) or 0) + (rss_of("virtlogd", phase) or 0)
+             if rss_of("libvirtd", phase) else None for phase in ("idle", "defined", "running")}
     derived = {"libvirtd_over_virtkitd": bl.ratio(lv_rss, vk_rss),
-               "libvirt_stack_kib": (lv_rss or 0) + (logd_rss or 0) if lv_rss else None}
+               "libvirt_stack_kib": stack["running"], "libvirt_stack_by_phase_kib": stack}
     targets = {"virtkitd_le_libvirtd": None if lv_rss is None else vk_rss <= lv_rss}
+    for phase in ("idle", "running"):
+        mine, theirs = rss_of("virtkitd", phase), stack[phase]
+        targets[f"virtkitd_{phase}_le_libvirtd_plus_virtlogd"] = (
+            None if theirs is None or mine is None else mine <= theirs)
     result = {"benchmark": "rss", "vms": n, "memory_mib": memory, "settle_s": settle,
               "context": context, "command": " ".join([sys.executable, *sys.argv]),
+              "virtkit_byte_compiled": _virtkit_compiled(),
               **out, "derived": derived, "targets": targets}
     rows = []
     for key in ("virtkitd", "libvirtd", "virtlogd"):
         if key not in out:
             continue
         d = out[key]
-        rows.append([key, d.get("idle", {}).get("VmRSS"), d.get("defined", {}).get("VmRSS"),
-                     d["running"]["VmRSS"], d["running"].get("VmHWM"), d.get("running_vms", "-")])
+        rows.append([key, rss_of(key, "idle"), rss_of(key, "defined"), rss_of(key, "running"),
+                     d["running"].get("VmHWM"), d.get("running_vms", "-")])
+    if stack["running"] is not None:
+        rows.append(["libvirtd + virtlogd", stack["idle"], stack["defined"], stack["running"],
+                     "-", "-"])
     bl.print_table(f"daemon RSS (KiB) with {n} running {memory} MiB VMs",
                    ["daemon", "idle", f"{n} defined", f"{n} running", "peak (HWM)", "running"],
                    rows)
@@ -543,9 +571,13 @@ def report(_args: argparse.Namespace) -> None:
         for key in ("virtkitd", "libvirtd", "virtlogd"):
             if key in rss:
                 d = rss[key]
-                print(f"| {key} | {d.get('idle', {}).get('VmRSS', '-')} | "
-                      f"{d.get('defined', {}).get('VmRSS', '-')} | {d['running']['VmRSS']} | "
+                print(f"| {key} | {(d.get('idle') or {}).get('VmRSS', '-')} | "
+                      f"{(d.get('defined') or {}).get('VmRSS', '-')} | {d['running']['VmRSS']} | "
                       f"{d['running'].get('VmHWM', '-')} | {d.get('running_vms', '-')} |")
+        stack = rss["derived"].get("libvirt_stack_by_phase_kib") or {}
+        if stack.get("running"):
+            print(f"| libvirtd + virtlogd | {stack.get('idle')} | {stack.get('defined')} | "
+                  f"{stack['running']} | - | - |")
         print(f"\nderived {rss['derived']}; targets {rss['targets']}")
         steps = rss.get("virtkitd_import_breakdown", [])
         print("\nvirtkitd RSS by import (KiB added): " + ", ".join(

@@ -64,6 +64,12 @@ install_python() {
     fi
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q -e "$REPO$extras"
+    # Byte-compile the package once: an editable install has no .pyc files, and where
+    # PYTHONDONTWRITEBYTECODE=1 is set Python never writes them, so every CLI call would
+    # compile every module it imports again (virtkit --version: 134 ms against 92 ms).
+    # Python reads these .pyc files whatever that variable says; a module edited since
+    # is compiled in memory until the next compileall (docs/testing.md).
+    "$VENV/bin/python" -m compileall -q -j 0 "$REPO/src"
     ln -sf "$VENV/bin/virtkit" /usr/local/bin/virtkit
     ln -sf "$VENV/bin/virtkitd" /usr/local/bin/virtkitd
 }

@@ -6,7 +6,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.real.conftest import DaemonHandle
+
+pytestmark = pytest.mark.qemu
 
 
 def qcow2_with(path: Path, text: bytes) -> Path:

@@ -28,7 +28,8 @@ from virtkit.paths import state_paths
 from virtkit.qemu.process import proc_start_time
 from virtkit.runtime import ownership
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="confinement needs a root daemon")
+pytestmark = [pytest.mark.qemu,
+              pytest.mark.skipif(os.geteuid() != 0, reason="confinement needs a root daemon")]
 
 ACL = "system.posix_acl_access"
 

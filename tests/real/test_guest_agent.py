@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,8 @@ import pytest
 from tests.real.conftest import DaemonHandle, wait_for
 from virtkit.cli.client import ApiError
 from virtkit.images.debiancloud import DebianCloud, build_debian_cloud
+
+pytestmark = pytest.mark.qemu
 
 AGENT_BOOT_TIMEOUT = 240.0
 
@@ -51,7 +52,7 @@ def debian_spec(name: str, image: DebianCloud, disk: Path, **overrides: object) 
 
 @pytest.fixture(scope="module")
 def agent_vm(module_daemon: DaemonHandle, debian: DebianCloud,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+             tmp_path_factory: pytest.TempPathFactory) -> str:
     """A running Debian guest whose agent answers; its name."""
     disk = tmp_path_factory.mktemp("agent") / "debian.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
@@ -60,7 +61,7 @@ def agent_vm(module_daemon: DaemonHandle, debian: DebianCloud,
     module_daemon.client.post(module_daemon.client.domain_path("deb", "/start"))
     wait_for(lambda: agent_answers(module_daemon, "deb"), AGENT_BOOT_TIMEOUT,
              "the Debian guest's agent")
-    yield "deb"
+    return "deb"
 
 
 def test_ping_and_guestinfo(module_daemon: DaemonHandle, agent_vm: str) -> None:

@@ -82,6 +82,7 @@ def test_native_host_verdict_is_kvm(tmp_path: Path) -> None:
     assert (results[-1].name, results[-1].status) == ("accelerator", "PASS")
 
 
+@pytest.mark.qemu
 @pytest.mark.skipif(not Path("/usr/bin/qemu-system-x86_64").exists(), reason="needs QEMU")
 def test_real_qemu_capabilities() -> None:
     info = qemubin.qemu_info()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pycdlib
@@ -18,9 +17,11 @@ from tests.real.conftest import DaemonHandle, wait_for
 from tests.real.test_guest_agent import AGENT_BOOT_TIMEOUT, agent_answers, debian_spec
 from virtkit.images.debiancloud import DebianCloud, build_debian_cloud
 
+pytestmark = pytest.mark.qemu
+
 
 @pytest.fixture(scope="module")
-def vm(module_daemon: DaemonHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def vm(module_daemon: DaemonHandle, tmp_path_factory: pytest.TempPathFactory) -> str:
     debian: DebianCloud = build_debian_cloud()
     disk = tmp_path_factory.mktemp("hotplug") / "debian.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
@@ -30,7 +31,7 @@ def vm(module_daemon: DaemonHandle, tmp_path_factory: pytest.TempPathFactory) ->
     module_daemon.client.post("/v1/domains", {"spec": spec})
     module_daemon.client.post(module_daemon.client.domain_path("hot", "/start"))
     wait_for(lambda: agent_answers(module_daemon, "hot"), AGENT_BOOT_TIMEOUT, "the agent")
-    yield "hot"
+    return "hot"
 
 
 def guest(handle: DaemonHandle, name: str, script: str) -> str:

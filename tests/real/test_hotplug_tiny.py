@@ -8,7 +8,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.real.conftest import DaemonHandle
+
+pytestmark = pytest.mark.qemu
 
 
 def _disk(tmp: Path, name: str) -> str:

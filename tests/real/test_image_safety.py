@@ -13,6 +13,8 @@ import pytest
 from tests.real.conftest import DaemonHandle
 from virtkit.errors import VirtkitError
 
+pytestmark = pytest.mark.qemu
+
 
 def qcow2(path: Path, fill: int | None = None, backing: Path | None = None) -> Path:
     argv = ["qemu-img", "create", "-q", "-f", "qcow2"]

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, Verbosity, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
@@ -44,6 +45,8 @@ from hypothesis.stateful import (
 from tests.real.conftest import DaemonHandle, running_daemon
 from virtkit.cli.client import ApiError
 from virtkit.images.tinyguest import TinyGuest
+
+pytestmark = pytest.mark.qemu
 
 EXAMPLES = int(os.environ.get("VIRTKIT_STATEFUL_EXAMPLES", "6"))
 STEPS = int(os.environ.get("VIRTKIT_STATEFUL_STEPS", "10"))

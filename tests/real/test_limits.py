@@ -5,7 +5,6 @@ and, for blkdeviotune, in QEMU's own throttle (query-block)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ def _cgroup_file(daemon: DaemonHandle, name: str, controller: str, file: str) ->
 
 @pytest.fixture(scope="module")
 def lim(module_daemon: DaemonHandle, tmp_path_factory: pytest.TempPathFactory
-        ) -> Iterator[DaemonHandle]:
+        ) -> DaemonHandle:
     """A running tiny guest 'lim' defined with limits and a throttled raw disk."""
     disk = tmp_path_factory.mktemp("lim") / "lim.raw"
     with open(disk, "wb") as image:
@@ -41,7 +40,7 @@ def lim(module_daemon: DaemonHandle, tmp_path_factory: pytest.TempPathFactory
     module_daemon.wait_booted("lim")
     if not daemon_has_cgroup(module_daemon, "lim"):
         pytest.skip("the test daemon's QEMU has no cgroup here")
-    yield module_daemon
+    return module_daemon
 
 
 def daemon_has_cgroup(daemon: DaemonHandle, name: str) -> bool:

@@ -70,6 +70,7 @@ def test_host_files_are_refused_at_define_and_left_untouched(daemon: DaemonHandl
     assert "thief" not in {d["name"] for d in daemon.client.get("/v1/domains")}
 
 
+@pytest.mark.qemu
 def test_a_file_changed_after_define_is_refused_at_start(daemon: DaemonHandle,
                                                          tmp_path: Path) -> None:
     image = tmp_path / "disk.raw"
@@ -126,6 +127,7 @@ def test_a_fifo_disk_or_backing_file_is_refused_unopened_and_stalls_no_one(
     assert {d["name"] for d in daemon.client.get("/v1/domains")}.isdisjoint(specs)
 
 
+@pytest.mark.qemu
 def test_a_refused_start_leaves_the_running_vms_image_alone(daemon: DaemonHandle,
                                                            tmp_path: Path) -> None:
     image = tmp_path / "shared.raw"

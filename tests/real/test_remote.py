@@ -96,6 +96,7 @@ def test_tls_setup_files(remote: Remote) -> None:
     assert json.loads(info.stdout)["fingerprint"].count(":") == 31
 
 
+@pytest.mark.qemu
 def test_domain_lifecycle_over_tls(remote: Remote, tmp_path: Path) -> None:
     spec = tmp_path / "rvm.json"
     data = remote.daemon.spec("rvm")

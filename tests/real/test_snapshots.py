@@ -23,6 +23,8 @@ from virtkit.cli.client import ApiError
 from virtkit.cli.streaming import open_stream
 from virtkit.images.debiancloud import build_debian_cloud
 
+pytestmark = pytest.mark.qemu
+
 BLOCKS = 4  # 64 KiB blocks of the data area written and checksummed
 
 

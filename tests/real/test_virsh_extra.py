@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def guest(module_daemon: DaemonHandle, tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[DaemonHandle]:
+          ) -> DaemonHandle:
     """One running tiny guest 'vx' with a 32 MiB raw disk (and a title)."""
     disk = tmp_path_factory.mktemp("vx") / "vx.raw"
     with open(disk, "wb") as image:
@@ -35,7 +34,7 @@ def guest(module_daemon: DaemonHandle, tmp_path_factory: pytest.TempPathFactory
                          disks=[{"path": str(disk), "format": "raw"}])
     module_daemon.client.post(module_daemon.client.domain_path("vx", "/start"))
     module_daemon.wait_booted("vx")
-    yield module_daemon
+    return module_daemon
 
 
 def test_screenshot_is_written_by_the_cli(guest: DaemonHandle, tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ def test_table_colours_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_table_refuses_ragged_rows() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="longer than"):
         render.table(["Id", "Name"], [[1, "web", "extra"]], stream=io.StringIO())
 
 

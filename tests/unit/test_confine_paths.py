@@ -263,3 +263,35 @@ def test_a_hot_plugged_link_is_given_back_at_unplug(
     conf.release_path(str(link))  # the spec names the link; the grant is on the file
     assert _snapshot(real)[:3] == (0, 0, 0o644)
     confiner.release(conf)
+
+
+@root_only
+def test_a_start_journals_its_grants_in_one_write_after_the_first(
+        setting: tuple[confine.Confiner, StatePaths, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each journal write is an fsync (milliseconds): a start writes the journal once
+    before the cgroup exists and once for all its grants, not once per kind of file."""
+    confiner, paths, images = setting
+    disk = images / "disk.raw"
+    disk.write_bytes(b"x")
+    disk.chmod(0o644)
+    domain = load_domain({"name": "vm", "memory": 64,
+                          "disks": [{"path": str(disk), "format": "raw"}],
+                          "serials": [{"log": True}]})
+    writes: list[int] = []
+    save = confine.Confinement.save
+
+    def counted(self: confine.Confinement) -> None:
+        writes.append(len(self.grants))
+        save(self)
+
+    monkeypatch.setattr(confine.Confinement, "save", counted)
+    conf = _prepare(confiner, paths, domain)
+    assert conf is not None
+    granted = {(g.path, g.kind) for g in conf.grants}
+    assert (str(disk), "own") in granted
+    assert (str(paths.run_dir(domain.uuid)), "own") in granted
+    assert any(p.endswith("serial0.log") and k == "own" for p, k in granted)
+    assert writes == [0, len(conf.grants)]
+    confiner.release(conf)
+    assert _snapshot(disk)[:3] == (0, 0, 0o644)

@@ -161,7 +161,7 @@ def test_hostile_paths_reach_qemu_as_literals(value: str, path_refused: bool) ->
         "id": "fsdev0", "path": f"{base}/share", "security_model": "passthrough"}
 
 
-@pytest.mark.parametrize("field,value", [
+@pytest.mark.parametrize(("field", "value"), [
     (("graphics", "keymap"), "en-us,id=x"),
     (("graphics", "keymap"), "de\n"),
     (("disks", 0, "target"), "vda,id=x"),
@@ -292,7 +292,7 @@ def test_the_naming_rule_holds_for_every_object_kind(name: str) -> None:
             load()
         assert caught.value.field == "name"
         assert name in caught.value.message
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"Value error, name "):
         Pool(name=name, target="/srv/pool")
     if not name.startswith(("-", "{", "urn")):  # those break the snapshot pattern anyway
         with pytest.raises(InvalidSpec, match="UUID"):

@@ -392,7 +392,7 @@ def test_unrestricted_nic_is_refused_on_assignment_too() -> None:
 
 def test_refused_assignment_leaves_the_spec_unchanged() -> None:
     domain = load_domain({**BASE, "nics": [{}]})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unrestricted user-mode NIC"):
         domain.nics[0].restrict = False
     assert domain.nics[0].restrict is True
 
@@ -491,7 +491,7 @@ def test_parse_mib_refuses(value: Any) -> None:
 
 @pytest.mark.parametrize("value", ["512B", "512b", "512iB"])
 def test_parse_mib_byte_suffix_is_not_mib(value: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^memory: cannot read size"):
         parse_mib(value, field="memory")
 
 

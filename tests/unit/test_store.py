@@ -213,7 +213,8 @@ def test_runtime_of_an_unknown_domain(store: Store) -> None:
 
 
 def test_failed_transaction_rolls_back(store: Store) -> None:
-    with pytest.raises(RuntimeError), store.transaction() as db:
+    with pytest.raises(RuntimeError), store.transaction() as db:  # noqa: PT012 - the
+        # statements inside are the transaction that must roll back when it raises
         db.execute("INSERT INTO domains (uuid, name, spec, version, created, updated) "
                    "VALUES (?, 'ghost', '{}', 1, 0, 0)", (UUID_B,))
         raise RuntimeError("boom")

@@ -162,3 +162,11 @@ def test_device_fields_reuse_the_install_translator() -> None:
     assert select([{"mac": "a"}, {"mac": "b"}], "mac=b", "--network") == [1]
     with pytest.raises(InvalidSpec, match="from 1 to 2"):
         select([{}, {}], "3", "--disk")
+
+
+def test_the_clis_device_options_are_the_translators() -> None:
+    """cli/virtxml.py names them itself (building the parser must not import the model)."""
+    from virtkit.cli.virtxml import DEVICE_OPTION_NAMES
+    from virtkit.formats.virtxml import DEVICE_OPTIONS
+
+    assert DEVICE_OPTION_NAMES == tuple(DEVICE_OPTIONS)

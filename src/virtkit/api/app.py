@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -52,7 +53,6 @@ from virtkit.api.domain_requests import (
     UndefineQuery,
     UpdateBody,
 )
-from virtkit.api.openapi import openapi_document
 from virtkit.api.requests import (
     AutostartBody,
     DefineBody,
@@ -167,6 +167,8 @@ routes = web.RouteTableDef()
 
 @routes.get("/v1/openapi.json")
 async def get_openapi(request: web.Request) -> web.Response:
+    from virtkit.api.openapi import openapi_document  # built on first request (daemon RSS)
+
     return json_response(openapi_document())
 
 
@@ -369,7 +371,7 @@ async def get_vnc(request: web.Request) -> web.Response:
 
 
 #: what QEMU's VNC server is reached at when it listens on every address
-_WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+_WILDCARD_TO_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104 - maps it away
 
 
 @routes.get("/v1/domains/{ref}/vnc/websocket")
@@ -425,13 +427,18 @@ async def get_console_log(request: web.Request) -> web.StreamResponse:
     info = services.domains.info(request.match_info["ref"])
     port, tail = query.port, query.tail
     path = services.domains.console_log_path(info["uuid"], port)
-    data = b""
-    if path.exists():
-        with open(path, "rb") as log_file:
-            if tail > 0:
-                log_file.seek(max(0, path.stat().st_size - tail))
-            data = log_file.read()
+    data = await asyncio.to_thread(_read_log, path, tail)
     return web.Response(body=data, content_type="application/octet-stream")
+
+
+def _read_log(path: Path, tail: int) -> bytes:
+    """A console log (its last ``tail`` bytes when ``tail`` > 0; b"" when there is none)."""
+    if not path.exists():
+        return b""
+    with open(path, "rb") as log_file:
+        if tail > 0:
+            log_file.seek(max(0, path.stat().st_size - tail))
+        return log_file.read()
 
 
 @routes.get("/v1/domains/{ref}/console")

@@ -360,7 +360,7 @@ def _web_listen(paths: StatePaths, address: str, cert: Path | None,
     if (cert is None) != (key is None):
         raise VirtkitError("give both --web-cert and --web-key, or neither")
     if cert is None or key is None:
-        names = [host] if host not in ("0.0.0.0", "::", "") else []
+        names = [host] if host not in ("0.0.0.0", "::", "") else []  # noqa: S104 - a comparison
         cert, key = TlsService(paths.root / "tls").web_certificate(names)
     listen = tlslisten.TlsListen(host, port, cert, key)
     tlslisten.check(listen)

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import sys
@@ -156,6 +155,8 @@ def cmd_domtime(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         render.as_json(result)
     elif args.pretty:
+        import datetime  # here, not at the top: every CLI call imports this module
+
         stamp = datetime.datetime.fromtimestamp(result["time"], datetime.UTC)
         print(f"Time: {stamp:%Y-%m-%d %H:%M:%S} UTC (offset from host {result['offset']:+g}s)")
     else:

@@ -7,6 +7,7 @@ answer.  Errors are one clear line on stderr and a non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -285,6 +286,48 @@ def cmd_completion(_client: Client | None, args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, with the terminal width read without ``shutil``: argparse
+    makes a formatter for every argument added, and its ``import shutil`` (which
+    imports bz2 and lzma) was a few milliseconds of every CLI call."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _terminal_columns() - 2 if width is None else width)
+
+
+@functools.cache
+def _terminal_columns() -> int:
+    """What ``shutil.get_terminal_size().columns`` says: $COLUMNS, else the terminal, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+# argparse translates each of its own texts with gettext as every parser and option is
+# made (~440 calls for the whole tree), and gettext looks for its catalogue files on disk
+# at every call (4 stats each): about a third of building the parser.  The answer cannot
+# change within one process, so ask once per text.
+argparse._ = functools.cache(argparse._)  # type: ignore[attr-defined]
+
+
+class _Parser(VirshParser):
+    """Every parser and sub-parser (add_subparsers makes them of this class) formats
+    with :class:`_HelpFormatter` and reports usage errors as virsh does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     from virtkit.cli import (
         admin,
@@ -305,7 +348,7 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
         virtxml,
     )
 
-    parser: argparse.ArgumentParser = VirshParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="virtkit", description="Manage virtual machines (virsh-compatible commands).")
     parser.add_argument("--version", action="version", version=f"virtkit {__version__}")
     parser.add_argument("--root", type=Path, help="state root of the daemon to talk to "

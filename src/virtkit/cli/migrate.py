@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import socket
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -117,6 +116,8 @@ def _with_progress(client: Client, domain: str, call: Callable[[], Any]) -> Any:
             outcome["result"] = call()
         except BaseException as exc:  # re-raised in the caller's thread
             outcome["error"] = exc
+
+    import threading  # here: every CLI call imports this module
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

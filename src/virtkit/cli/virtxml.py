@@ -26,11 +26,13 @@ from typing import Any
 from virtkit.cli.client import Client
 from virtkit.cli.commands import add_command
 from virtkit.errors import InvalidSpec
-from virtkit.formats.suboptions import SubOptions
-from virtkit.formats.virtxml import DEVICE_OPTIONS, device_fields, select
+
+#: the device options, as formats/virtxml.py's DEVICE_OPTIONS (a unit test keeps them
+#: equal): building every ``virtkit`` call's parser must not import the model
+DEVICE_OPTION_NAMES = ("--disk", "--network", "--graphics")
 
 _UNSET = "\0unset"
-OPTIONS = (*DEVICE_OPTIONS, "--metadata")
+OPTIONS = (*DEVICE_OPTION_NAMES, "--metadata")
 
 
 def _pair(args: argparse.Namespace) -> tuple[str, str, str | None]:
@@ -68,6 +70,9 @@ def _items(spec: dict[str, Any], option: str, targets: list[str]) -> list[dict[s
 def changed_spec(spec: dict[str, Any], action: str, option: str, text: str,
                  selector: str | None, targets: list[str]) -> dict[str, Any]:
     """The spec after the change (pure: what --print-diff shows and --define stores)."""
+    from virtkit.formats import virtxml
+    from virtkit.formats.suboptions import SubOptions
+
     new = copy.deepcopy(spec)
     if option == "--metadata":
         opts = SubOptions.parse("--metadata", text, {"title", "description"})
@@ -77,23 +82,23 @@ def changed_spec(spec: dict[str, Any], action: str, option: str, text: str,
         opts.refuse_words()
         return {k: v for k, v in new.items() if v is not None or k not in ("title",
                                                                             "description")}
-    key = DEVICE_OPTIONS[option]
+    key = virtxml.DEVICE_OPTIONS[option]
     if action == "add-device":
-        fields = device_fields(option, text)
+        fields = virtxml.device_fields(option, text)
         if option == "--graphics":
             new["graphics"] = fields
         else:
             new[key] = [*(new.get(key) or []), fields]
         return new
     if action == "remove-device":
-        chosen = select(_items(spec, option, targets), text or None, option)
+        chosen = virtxml.select(_items(spec, option, targets), text or None, option)
         if option == "--graphics":
             new["graphics"] = {"type": "none"}
         else:
             new[key] = [d for i, d in enumerate(new.get(key) or []) if i not in chosen]
         return new
-    fields = device_fields(option, text, edit=True)
-    chosen = select(_items(spec, option, targets), selector, option)
+    fields = virtxml.device_fields(option, text, edit=True)
+    chosen = virtxml.select(_items(spec, option, targets), selector, option)
     if option == "--graphics":
         new["graphics"] = {**(new.get("graphics") or {}), **fields}
         return new
@@ -114,10 +119,12 @@ def _hotplug(client: Client, args: argparse.Namespace, action: str, option: str,
              text: str, spec: dict[str, Any], targets: list[str], *, live: bool,
              config: bool) -> None:
     """Disks and NICs through the device API (live and/or config, as attach-disk)."""
+    from virtkit.formats import virtxml
+
     path = client.domain_path(args.domain)
     scope = {"live": live, "config": config}
     if action == "add-device":
-        fields = device_fields(option, text)
+        fields = virtxml.device_fields(option, text)
         if option == "--disk":
             client.post(path + "/disks", {"disk": fields, **scope})
         else:
@@ -125,7 +132,7 @@ def _hotplug(client: Client, args: argparse.Namespace, action: str, option: str,
             client.post(path + "/interfaces", {"interface": {"type": kind, **fields},
                                                 **scope})
         return
-    chosen = select(_items(spec, option, targets), text or None, option)
+    chosen = virtxml.select(_items(spec, option, targets), text or None, option)
     items = _items(spec, option, targets)
     for index in chosen:
         if option == "--disk":
@@ -135,10 +142,12 @@ def _hotplug(client: Client, args: argparse.Namespace, action: str, option: str,
 
 
 def cmd_xml(client: Client, args: argparse.Namespace) -> int:
+    from virtkit.formats import virtxml
+
     action, option, text = _pair(args)
     text = text or ""
     if action == "build-xml":
-        sys.stdout.writelines(_show(device_fields(option, text)))
+        sys.stdout.writelines(_show(virtxml.device_fields(option, text)))
         return 0
     if not args.domain:
         raise InvalidSpec("name the domain", fix="virtkit xml DOMAIN --edit ...")
@@ -198,3 +207,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--print-diff", action="store_true", help="show the change to the spec")
     p.add_argument("--print-xml", action="store_true", help="show the new spec")
     p.add_argument("--confirm", action="store_true", help=argparse.SUPPRESS)
+

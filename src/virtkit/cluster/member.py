@@ -40,7 +40,7 @@ class MemberConfig:
     key: Path
     client_port: int = CLIENT_PORT
     peer_port: int = PEER_PORT
-    token: str = "virtkit"
+    token: str = "virtkit"  # noqa: S105 - etcd's initial-cluster-token, a cluster label
 
     @property
     def client_url(self) -> str:

@@ -198,7 +198,7 @@ class PortForward(Spec):
     """
 
     proto: Literal["tcp", "udp"] = "tcp"
-    host_address: str = "0.0.0.0"
+    host_address: str = "0.0.0.0"  # noqa: S104 - a forward's default, as libvirt's
     host_port: int
     guest_ip: str
     guest_port: int | None = None
@@ -231,7 +231,7 @@ class PortForward(Spec):
 
     def clashes_with(self, other: PortForward) -> bool:
         """Whether both forwards would catch the same incoming packets."""
-        same_address = "0.0.0.0" in (self.host_address, other.host_address) or (
+        same_address = "0.0.0.0" in (self.host_address, other.host_address) or (  # noqa: S104 - a test
             self.host_address == other.host_address)
         return same_address and self.proto == other.proto and self.host_port == other.host_port
 

@@ -81,7 +81,7 @@ def _quoted(name: str) -> str:
 
 
 def _forward_match(forward: PortForward, *, local_output: bool) -> str:
-    where = ("fib daddr type local" if forward.host_address == "0.0.0.0"
+    where = ("fib daddr type local" if forward.host_address == "0.0.0.0"  # noqa: S104 - a test
              else f"ip daddr {forward.host_address}")
     if local_output:
         where += " ip daddr != 127.0.0.0/8"

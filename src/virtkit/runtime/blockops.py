@@ -56,7 +56,7 @@ async def qmp_block_chain(monitor: Monitor, device_id: str) -> list[tuple[str, s
             top = (str(inserted["node-name"]), str(inserted["drv"]))
             image: dict[str, Any] | None = inserted["image"]
             while image:
-                chain.append(os.path.abspath(image["filename"]))
+                chain.append(os.path.abspath(image["filename"]))  # noqa: ASYNC240 - no I/O
                 image = image.get("backing-image")
             break
     else:
@@ -67,7 +67,8 @@ async def qmp_block_chain(monitor: Monitor, device_id: str) -> list[tuple[str, s
     for node in await monitor.query_named_block_nodes():
         if node.get("drv") in _PROTOCOL_DRIVERS or not node.get("file"):
             continue
-        nodes.setdefault(os.path.abspath(node["file"]), (node["node-name"], node["drv"]))
+        nodes.setdefault(os.path.abspath(node["file"]),  # noqa: ASYNC240 - no I/O
+                         (node["node-name"], node["drv"]))
     if top is not None and chain:
         nodes[chain[0]] = top
     return [(f, *nodes[f]) for f in chain if f in nodes]

@@ -317,6 +317,8 @@ async def _handshake(domain: Domain, process: QemuProcess, run_dir: Path, qemu_l
     exited = asyncio.create_task(_wait_exit(process))
     done, _pending = await asyncio.wait({connect, exited}, return_when=asyncio.FIRST_COMPLETED)
     exited.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await exited  # its pidfd reader is gone before QemuProcess.watch adds its own
     if connect in done and connect.exception() is None:
         return monitor
     connect.cancel()
@@ -338,8 +340,17 @@ async def _handshake(domain: Domain, process: QemuProcess, run_dir: Path, qemu_l
 
 
 async def _wait_exit(process: QemuProcess) -> None:
-    while process.alive():
-        await asyncio.sleep(0.01)
+    """Return when QEMU has exited: its pidfd becomes readable (no polling)."""
+    pidfd = process.pidfd
+    assert pidfd is not None
+    loop = asyncio.get_running_loop()
+    ended = asyncio.Event()
+    loop.add_reader(pidfd, ended.set)
+    try:
+        if process.alive():
+            await ended.wait()
+    finally:
+        loop.remove_reader(pidfd)
 
 
 async def _setup(domain: Domain, running: Running) -> None:
@@ -386,8 +397,10 @@ async def start_virtiofsd(domain: Domain, run_dir: Path, log_dir: Path, *,
     started: list[subprocess.Popen[bytes]] = []
     try:
         for index, fs in shares:
-            with open(log_dir / f"virtiofsd{index}.log", "ab") as out:
-                started.append(subprocess.Popen(
+            # opening a log in the run's own folder and spawning return at once (the
+            # readiness is awaited below)
+            with open(log_dir / f"virtiofsd{index}.log", "ab") as out:  # noqa: ASYNC230
+                started.append(subprocess.Popen(  # noqa: ASYNC220
                     [binary, f"--socket-path={run_dir / f'fs{index}.sock'}",
                      "-o", f"source={_fuse_escape(fs.source)}", "-o", "cache=auto"],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=out,

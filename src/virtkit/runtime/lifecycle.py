@@ -366,7 +366,8 @@ class Lifecycle:
         """In place when this QEMU runs what the definition says (no install phase, no
         changed definition or device layout, on_reboot=restart); else a new QEMU."""
         running = vm.running
-        assert running is not None and running.live is not None
+        assert running is not None
+        assert running.live is not None
         stored = self._spec_for(vm.uuid)
         same = vm.boot_spec is None and not running.layout_changed \
             and stored.on_reboot is LifecycleAction.RESTART \
@@ -478,7 +479,7 @@ class Lifecycle:
         monitor = running.monitor
         await self.check_restorable(vm, running)
         await monitor.stop()
-        with open(partial, "xb") as stream:
+        with open(partial, "xb") as stream:  # noqa: ASYNC230 - creating it is immediate; QEMU writes the stream
             # the running configuration (hot-plugged devices included): restore must
             # build QEMU with exactly the devices whose state the stream carries
             live = running.live if running.live is not None else self._spec_for(vm.uuid)

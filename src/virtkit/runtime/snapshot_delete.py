@@ -104,13 +104,14 @@ class SnapshotDeleter:
 
     async def _delete_external(self, running: Running | None, vm: Vm, snap: SnapshotRow,
                                disk: SnapDisk, progress: Progress | None) -> str:
-        assert disk.file is not None and disk.format is not None
+        assert disk.file is not None
+        assert disk.format is not None
         readers, top = self._readers(vm, snap, disk.target)
         step = plan_delete(disk.file, readers, ours=disk.file != disk.origin)
         if step.action == "keep":
             return f"{disk.target}: kept {disk.file}: {step.why}"
         if step.action == "drop":
-            if os.path.exists(disk.file):
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(disk.file)
             return ""
         assert step.child is not None

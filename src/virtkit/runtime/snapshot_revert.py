@@ -153,7 +153,9 @@ class SnapshotReverter:
         fresh: dict[int, str] = {}
         with contextlib.ExitStack() as undo:
             for disk in part:
-                assert disk.file and disk.format and disk.origin
+                assert disk.file
+                assert disk.format
+                assert disk.origin
                 path = free_overlay(disk.origin, snap.name, self._overlay_dir / vm.uuid)
                 size = int(qemuimg.image_info(disk.file, fmt=disk.format)["virtual-size"])
                 qemuimg.create_overlay(path, disk.file, disk.format, size)

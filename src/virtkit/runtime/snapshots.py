@@ -211,7 +211,8 @@ class SnapshotRuntime:
     def _create_offline(self, plan: CreatePlan, snap: str,
                         undo: contextlib.AsyncExitStack) -> None:
         for disk in plan.taking_part:
-            assert disk.file is not None and disk.format is not None
+            assert disk.file is not None
+            assert disk.format is not None
             if plan.kind == "internal":
                 _refuse_duplicate_tag(disk.file, snap)
                 qemuimg.internal_snapshot("create", disk.file, snap)
@@ -296,7 +297,8 @@ class SnapshotRuntime:
         pairs = []
         token = secrets.token_hex(3)
         for disk, device_id in zip(plan.taking_part, ids, strict=True):
-            assert disk.overlay is not None and disk.file is not None
+            assert disk.overlay is not None
+            assert disk.file is not None
             top = nodes[device_id]
             size = int(qemuimg.image_info(top.file, fmt=top.driver)["virtual-size"])
             qemuimg.create_overlay(disk.overlay, top.file, top.driver, size)
@@ -321,7 +323,7 @@ class SnapshotRuntime:
         """Write the paused VM's RAM and device state to ``memfile`` (a save file)."""
         partial = memfile.with_name(f".{memfile.name}.partial")
         try:
-            with open(partial, "xb") as stream:
+            with open(partial, "xb") as stream:  # noqa: ASYNC230 - creating it is immediate; QEMU writes the stream
                 savefile.write_header(stream, dump_domain(domain), running=was_running)
                 running.monitor.send_fd(stream.fileno())
                 await running.monitor.getfd("virtkit-snapshot")

@@ -452,7 +452,8 @@ class ClusterService:
         async with self._lock:
             config = self._require()
             etcd, agent = self.etcd, self.agent
-            assert etcd is not None and agent is not None
+            assert etcd is not None
+            assert agent is not None
             host = config["host"]
             members = await etcd.members()
             own = next((m for m in members if m["name"] == host), None)

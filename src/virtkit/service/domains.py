@@ -640,16 +640,20 @@ class DomainService:
         await operations[action](row.uuid, row.name)
         return self._summary(row)
 
+    def _check_save_target(self, target: Path, path: str) -> None:
+        """The save file's checks, in a worker thread (they stat the user's path)."""
+        self._life.policy.check(path, field="path", kind="new")
+        if target.exists():
+            raise Conflict(f"{path} already exists", fix="choose a new file name")
+        if not target.parent.is_dir():
+            raise InvalidSpec(f"folder {target.parent} does not exist", field="path")
+
     async def save(self, ref: str, path: str) -> dict[str, Any]:
         row = self._row(ref)
         target = Path(path)
         if not target.is_absolute():
             raise InvalidSpec(f"save file {path} must be an absolute path", field="path")
-        await asyncio.to_thread(self._life.policy.check, path, field="path", kind="new")
-        if target.exists():
-            raise Conflict(f"{path} already exists", fix="choose a new file name")
-        if not target.parent.is_dir():
-            raise InvalidSpec(f"folder {target.parent} does not exist", field="path")
+        await asyncio.to_thread(self._check_save_target, target, path)
         await self._life.save(row.uuid, row.name, target)
         return {**self._summary(row), "path": str(target)}
 
@@ -722,7 +726,7 @@ def _paths_of(spec: dict[str, Any] | None) -> set[str]:
 
 def _new_mac(used: set[str]) -> str:
     """A fresh locally administered MAC under QEMU's 52:54:00 prefix."""
-    rng = random.Random(time.time_ns() ^ os.getpid())
+    rng = random.Random(time.time_ns() ^ os.getpid())  # noqa: S311 - MAC addresses, not secrets
     while True:
         mac = "52:54:00:" + ":".join(f"{rng.randrange(256):02x}" for _ in range(3))
         if mac not in used:

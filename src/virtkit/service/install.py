@@ -21,17 +21,19 @@ import secrets
 import string
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from virtkit.errors import Conflict, HostError, InvalidSpec, NotFound
-from virtkit.formats import osinfo
-from virtkit.formats.virtinstall import InstallRequest, NewDisk, parse_command_line
 from virtkit.model.domain import BootDevice, Disk, Domain, LifecycleAction
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.service import hostsupport
 from virtkit.service.domains import DomainService
 from virtkit.service.storage import StorageService
-from virtkit.storage import installmedia, qemuimg
+from virtkit.storage import qemuimg
+
+if TYPE_CHECKING:  # imported when an install runs: the daemon seldom installs (its RSS)
+    from virtkit.formats import osinfo
+    from virtkit.formats.virtinstall import InstallRequest, NewDisk
 
 DEFAULT_MEMORY_MIB = 1024
 
@@ -40,15 +42,17 @@ class InstallService:
     """Runs install requests (from ``virtkit install`` or the web wizard)."""
 
     def __init__(self, domains: DomainService, storage: StorageService, media_dir: Path,
-                 osinfo_db: Callable[[], osinfo.OsinfoDb] = osinfo.system_db) -> None:
+                 osinfo_db: Callable[[], osinfo.OsinfoDb] | None = None) -> None:
         self._domains = domains
         self._storage = storage
         self._media_dir = media_dir
-        self._osinfo_db = osinfo_db
+        self._osinfo_db = osinfo_db  # None: the host's database (osinfo.system_db)
 
     async def install(self, data: dict[str, Any]) -> dict[str, Any]:
         """Run an install request, or ``{"argv": [...]}``: virt-install's own options,
         parsed exactly as ``virtkit install`` parses them (the web wizard sends these)."""
+        from virtkit.formats.virtinstall import InstallRequest, parse_command_line
+
         if "argv" in data:
             argv = data["argv"]
             if set(data) != {"argv"} or not isinstance(argv, list) \
@@ -88,15 +92,25 @@ class InstallService:
         return {**info, "method": request.method, "install_phase": boot_spec is not None,
                 "notes": notes + extra}
 
+    def _osinfo(self) -> osinfo.OsinfoDb:
+        if self._osinfo_db is not None:
+            return self._osinfo_db()
+        from virtkit.formats import osinfo
+
+        return osinfo.system_db()
+
     def os_variants(self, text: str = "") -> list[dict[str, Any]]:
         """``osinfo-query os``: the OS variants whose names contain ``text``."""
-        return [entry.to_dict() for entry in self._osinfo_db().search(text)]
+        return [entry.to_dict() for entry in self._osinfo().search(text)]
 
     # -- checks before anything is created ----------------------------------------------
 
     def _apply_os_variant(self, request: InstallRequest, raw: dict[str, Any]
                           ) -> tuple[list[str], osinfo.OsDefaults]:
         """Fill what --os-variant recommends where the command line left it out."""
+        from virtkit.formats import osinfo
+        from virtkit.formats.virtinstall import NewDisk
+
         notes: list[str] = []
         variant = request.os_variant
         if variant in (None, "detect"):
@@ -104,7 +118,7 @@ class InstallService:
             notes += note
         defaults = osinfo.OsDefaults(memory_mib=DEFAULT_MEMORY_MIB)
         if variant and variant not in ("generic", "none"):
-            defaults = self._osinfo_db().defaults(variant)
+            defaults = self._osinfo().defaults(variant)
         if request.default_disk and defaults.storage_bytes:
             # virt-install adds a disk of the recommended size when none is given
             raw["disks"] = [*raw.get("disks", []), {"device": "disk", "format": "qcow2",
@@ -132,12 +146,14 @@ class InstallService:
                         ) -> tuple[str | None, list[str]]:
         """The OS variant whose install media the ISO is, by its identifiers (as
         virt-install's detect=on); None with a note when nothing matches."""
+        from virtkit.formats import osinfo
+
         media = request.install_media or request.location
         ids = osinfo.iso_ids(media) if media and os.path.isfile(media) else None
         entry = None
         if ids is not None:
             try:
-                entry = self._osinfo_db().detect(ids)
+                entry = self._osinfo().detect(ids)
             except HostError:
                 if explicit:
                     raise
@@ -273,6 +289,8 @@ class InstallService:
     def _install_phase(self, request: InstallRequest, final: Domain, uuid: str,
                        undo: contextlib.AsyncExitStack) -> tuple[Domain | None, list[str]]:
         """The configuration of the first boot, or None when the final one boots."""
+        from virtkit.storage import installmedia
+
         notes: list[str] = []
         phase = final.model_copy(deep=True)
         phase.on_reboot = LifecycleAction.DESTROY  # the installer's reboot ends the phase
@@ -311,6 +329,8 @@ class InstallService:
 
     def _cloud_init_seed(self, request: InstallRequest, final: Domain, uuid: str,
                          undo: contextlib.AsyncExitStack) -> tuple[Path, str | None]:
+        from virtkit.storage import installmedia
+
         config = request.cloud_init or {}
         password: str | None = None
         user_data = config.get("user-data")

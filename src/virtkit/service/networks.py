@@ -274,7 +274,7 @@ def _add_or_remove(items: list[dict[str, Any]], entry: dict[str, Any], action: s
 def _same_forward(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return (a.get("proto", "tcp") == b.get("proto", "tcp")
             and int(a.get("host_port", 0)) == int(b.get("host_port", 0))
-            and a.get("host_address", "0.0.0.0") == b.get("host_address", "0.0.0.0"))
+            and a.get("host_address", "0.0.0.0") == b.get("host_address", "0.0.0.0"))  # noqa: S104 - a test
 
 
 def _refuse_port_in_use(entry: dict[str, Any]) -> None:
@@ -283,7 +283,7 @@ def _refuse_port_in_use(entry: dict[str, Any]) -> None:
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     probe = socket.socket(socket.AF_INET, kind)
     try:
-        probe.bind((str(entry.get("host_address", "0.0.0.0")), int(entry.get("host_port", 0))))
+        probe.bind((str(entry.get("host_address", "0.0.0.0")), int(entry.get("host_port", 0))))  # noqa: S104 - a probe of the address the forward will listen on, closed at once
     except OSError:
         raise Conflict(f"{proto} port {entry.get('host_port')} is already in use on this host",
                        fix="choose another host port") from None

@@ -93,7 +93,7 @@ class _IsoTree(_Tree):
             out = io.BytesIO()
             try:
                 self.iso.get_file_from_iso_fp(out, **lookup)
-            except Exception:  # pycdlib raises PyCdlibInvalidInput for a missing file
+            except Exception:  # noqa: S112 - pycdlib raises PyCdlibInvalidInput for a missing file: try the next name
                 continue
             return out.getvalue()
         return None
@@ -102,7 +102,7 @@ class _IsoTree(_Tree):
         for lookup in self._lookups(path):
             try:
                 self.iso.get_record(**lookup)
-            except Exception:
+            except Exception:  # noqa: S112 - not under this name (as in read): try the next
                 continue
             return True
         return False
@@ -118,7 +118,7 @@ class _UrlTree(_Tree):
 
         self.base = url.rstrip("/") + "/"
         try:
-            with urllib.request.urlopen(self.base, timeout=_URL_TIMEOUT):
+            with urllib.request.urlopen(self.base, timeout=_URL_TIMEOUT):  # noqa: S310 - http(s)/ftp only (open_tree)
                 pass
         except urllib.error.HTTPError:
             pass  # the server answers; a tree need not list its root
@@ -131,7 +131,7 @@ class _UrlTree(_Tree):
         import urllib.request
 
         try:
-            with urllib.request.urlopen(self.base + path, timeout=_URL_TIMEOUT) as answer:
+            with urllib.request.urlopen(self.base + path, timeout=_URL_TIMEOUT) as answer:  # noqa: S310 - http(s)/ftp only (open_tree)
                 data: bytes = answer.read()
                 return data
         except OSError:  # urllib's URLError is an OSError
@@ -140,9 +140,9 @@ class _UrlTree(_Tree):
     def exists(self, path: str) -> bool:
         import urllib.request
 
-        request = urllib.request.Request(self.base + path, method="HEAD")
+        request = urllib.request.Request(self.base + path, method="HEAD")  # noqa: S310 - http(s)/ftp only (open_tree)
         try:
-            with urllib.request.urlopen(request, timeout=_URL_TIMEOUT):
+            with urllib.request.urlopen(request, timeout=_URL_TIMEOUT):  # noqa: S310 - http(s)/ftp only (open_tree)
                 return True
         except OSError:  # urllib's URLError is an OSError
             return False

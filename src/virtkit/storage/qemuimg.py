@@ -273,7 +273,8 @@ def run_with_progress(argv: list[str], progress: Progress | None) -> tuple[int, 
     """
     process = subprocess.Popen([qemu_img(), *argv], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout is not None
+    assert process.stderr is not None
     errors: list[bytes] = []
     drain = threading.Thread(target=_drain, args=(process.stderr, errors), daemon=True)
     drain.start()
