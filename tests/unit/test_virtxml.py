@@ -169,4 +169,4 @@ def test_the_clis_device_options_are_the_translators() -> None:
     from virtkit.cli.virtxml import DEVICE_OPTION_NAMES
     from virtkit.formats.virtxml import DEVICE_OPTIONS
 
-    assert DEVICE_OPTION_NAMES == tuple(DEVICE_OPTIONS)
+    assert tuple(DEVICE_OPTIONS) == DEVICE_OPTION_NAMES
