@@ -298,7 +298,7 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
          "machine_type": {"type": "string"}, "accelerator": {"type": "string"},
          "address": {"type": "string"}, "deadline": {"type": "number"},
          "copy_storage": {"type": "object"}, "postcopy": {"type": "boolean"},
-         "keepalive": {"type": "number"}}}),
+         "keepalive": {"type": "number"}, "layout": {"type": "object"}}}),
     ("post", "/v1/migrations/offline", "Destination: check a definition sent by migrate "
      "--offline; with copy_storage create its disks' images and serve them by NBD "
      "(answers {id, nbd}); defined by finish",

@@ -135,8 +135,9 @@ class SnapshotRuntime:
                                disk_only=request.disk_only, memspec=request.memspec,
                                existing_kinds={s.kind for s in existing})
             self._fill_external(uuid, plan, request.name, existing)
+            layout = None
             if plan.memory and running is not None:
-                await self._life.check_restorable(
+                layout = await self._life.check_restorable(
                     vm, running, "snapshot",
                     alternative=", or take a disk-only snapshot (--disk-only)")
             memfile = self._memory_file(uuid, request) if plan.memory else None
@@ -148,6 +149,8 @@ class SnapshotRuntime:
                 else:
                     self._create_offline(plan, request.name, undo)
                 snap = self._record(uuid, request, plan, domain, state, memfile, existing)
+                if layout is not None:  # where the revert's QEMU puts hot-added devices
+                    snap.record["layout"] = layout.to_dict()
                 if plan.kind == "external":
                     self._point_spec_at(vm, plan, undo)
                 self._store.insert_snapshot(snap)
