@@ -136,10 +136,6 @@ def test_pending_detach_is_named_and_does_not_block(daemon: DaemonHandle,
     assert snap.returncode != 0 and "is pending" in snap.stderr, snap.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="issue 15: QEMU keeps the frozen image O_RDWR after "
-                   "blockdev-snapshot; a blockdev-reopen read-only fixes this test but then "
-                   "the active commits (snapshot undo, snapshot-delete) need the base "
-                   "reopened writable first (not done yet)")
 @pytest.mark.parametrize("paused", [False, True], ids=["running", "paused"])
 def test_external_snapshot_leaves_only_the_overlay_writable(
         daemon: DaemonHandle, tmp_path: Path, paused: bool) -> None:
