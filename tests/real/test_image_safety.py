@@ -164,3 +164,30 @@ def test_deleting_a_snapshot_never_writes_an_image_others_are_backed_by(
     assert digest(images / "v.qcow2") == base and Path(top).exists()
     assert [s["name"] for s in daemon.client.get(daemon.client.domain_path(
         "d", "/snapshots"))] == ["s1"]
+@pytest.mark.parametrize("paused", [False, True], ids=["running", "paused"])
+def test_external_snapshot_leaves_only_the_overlay_writable(
+        daemon: DaemonHandle, tmp_path: Path, paused: bool) -> None:
+    """Invariant 1 from outside: after an external snapshot, the images below the new
+    overlays are open read-only in QEMU (file descriptor flags), whether the VM runs or
+    is paused (a paused snapshot once left the frozen image open O_RDWR)."""
+    from tests.real.test_invariants_stateful import writable_images
+
+    name = "xp" if paused else "xr"
+    base = qcow2(tmp_path / f"{name}.qcow2")
+    daemon.define(name, disks=[{"path": str(base)}])
+    daemon.client.post(daemon.client.domain_path(name, "/start"))
+    daemon.wait_booted(name)
+    if paused:
+        daemon.cli("suspend", name)
+    pid = int(daemon.info(name)["pid"])
+    assert writable_images(pid) == {str(base)}
+    for snap in ("e1", "e2"):
+        daemon.cli("snapshot-create-as", name, snap, "--disk-only", "--external")
+        top = str(tmp_path / f"{name}.{snap}.qcow2")
+        assert writable_images(pid) == {top}, snap
+    assert daemon.state(name) == ("paused" if paused else "running")
+    if paused:
+        daemon.cli("resume", name)
+    daemon.console_run(name, "dd if=/dev/zero of=/dev/vda bs=4k count=4 conv=fsync "
+                       "2>/dev/null; echo wr''ote", "wrote")  # the overlay takes writes
+    assert writable_images(pid) == {str(tmp_path / f"{name}.e2.qcow2")}

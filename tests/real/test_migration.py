@@ -760,3 +760,26 @@ def test_offline_refusals_leave_nothing_on_the_destination(
     assert "network 'lab2' is not defined" in excinfo.value.message
     assert not copy.exists() and "mig19" not in _names(destination)
     assert destination.qemu_pids() == []
+
+
+def test_hot_added_disk_and_nic_move_along(pair: tuple[DaemonHandle, DaemonHandle],
+                                           tmp_path: Path) -> None:
+    """A live disk and NIC hotplug, then a live migration without a restart: the
+    destination QEMU is built with them where the source had them (runtime/devlayout.py),
+    so the guest goes on with its RAM, its new disk and its new NIC."""
+    source, destination = pair
+    boot, hot = tmp_path / "hb.raw", tmp_path / "hh.raw"
+    for path in (boot, hot):
+        path.write_bytes(b"")
+        os.truncate(path, 8 * 2**20)
+    _booted(source, "mighot", disks=[{"path": str(boot), "format": "raw"}])
+    source.cli("attach-disk", "mighot", str(hot), "--live", "--subdriver", "raw")
+    source.cli("attach-interface", "mighot", "user", "--mac", "52:54:00:15:00:09", "--live")
+    source.console_run("mighot", "until [ -b /dev/vdb ] && [ -e /sys/class/net/eth0 ]; do "
+                       "sleep 0.2; done; echo moved > /tmp/mark; echo re''ady", "ready")
+    result = _migrate(source, destination, "mighot", persistent=True, undefine_source=True)
+    assert result["destination"]["state"] == "running"
+    out = destination.console_run(
+        "mighot", "echo STATE $(cat /tmp/mark) $(cat /sys/class/net/eth0/address) "
+        "$([ -b /dev/vdb ] && echo vdb) E''ND", "END")
+    assert "STATE moved 52:54:00:15:00:09 vdb" in out, out

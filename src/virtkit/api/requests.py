@@ -256,6 +256,9 @@ class IncomingBody(Body):
     machine_type: str | None = None
     accelerator: str | None = None
     copy_storage: CopyStorage | None = None
+    #: where the source's hot-added disks and NICs sit (runtime/devlayout.py, checked
+    #: strictly there): the destination QEMU rebuilds them at the same ids and ports
+    layout: dict[str, Any] | None = None
 
 
 class OfflineIncomingBody(Body):

@@ -14,8 +14,9 @@ their commas doubled, QEMU's own escape.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from virtkit.model.cpulist import cpulist_ranges, parse_cpulist
@@ -98,8 +99,116 @@ def root_port(port: str) -> dict[str, Any]:
             "port": number}
 
 
-def build_argv(domain: Domain, caps: HostCaps, files: LaunchFiles, binary: str) -> list[str]:
-    """The complete QEMU argv that starts ``domain`` paused, ready for QMP set-up."""
+#: what a recorded placement may say: a bus id (``pci.3``, ``pcie.0``) and a slot
+_PLACEMENT = {"bus": re.compile(r"^pcie?\.[0-9]{1,3}$"),
+              "addr": re.compile(r"^0x[0-9a-f]{1,2}(\.[0-7])?$")}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The device layout of a QEMU that had disks or NICs hot-added.
+
+    The first ``boot_disks``/``boot_nics`` entries of the running configuration's
+    lists were on its command line (QEMU ids = their positions); the others were
+    hot-added with ids ``disk{n}``/``nic{n}`` (``disk_ids``/``nic_ids``, position by
+    position) where QEMU put them, ``placement[id]`` (``{"bus": "pci.6"}`` on q35's
+    root ports, ``{"addr": "0x5"}`` on pc's root bus).  A QEMU that is to take that
+    run's RAM and device state (restore, a memory snapshot's revert, a migration's
+    destination) is started from the same boot part plus the same hot-added devices:
+    :func:`build_argv` with ``layout``."""
+
+    boot_disks: int
+    boot_nics: int
+    disk_ids: tuple[int, ...]
+    nic_ids: tuple[int, ...]
+    placement: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"boot_disks": self.boot_disks, "boot_nics": self.boot_nics,
+                "disk_ids": list(self.disk_ids), "nic_ids": list(self.nic_ids),
+                "placement": {k: dict(v) for k, v in self.placement.items()}}
+
+    @classmethod
+    def from_dict(cls, raw: Any, domain: Domain) -> Layout:
+        """Parse a recorded layout (a save file's header, a snapshot, a migration),
+        strictly: ValueError names what does not fit ``domain``."""
+        if not isinstance(raw, dict) or set(raw) != {"boot_disks", "boot_nics", "disk_ids",
+                                                     "nic_ids", "placement"}:
+            raise ValueError("a device layout has boot_disks, boot_nics, disk_ids, "
+                             "nic_ids and placement")
+        if not isinstance(raw["disk_ids"], list) or not isinstance(raw["nic_ids"], list):
+            raise ValueError("a device layout's disk_ids and nic_ids are lists")
+        ints = [raw["boot_disks"], raw["boot_nics"], *raw["disk_ids"], *raw["nic_ids"]]
+        if not all(type(n) is int and 0 <= n < 1000 for n in ints):
+            raise ValueError("device layout numbers are small non-negative integers")
+        layout = cls(raw["boot_disks"], raw["boot_nics"], tuple(raw["disk_ids"]),
+                     tuple(raw["nic_ids"]), {})
+        if len(layout.disk_ids) != len(domain.disks) or \
+                len(layout.nic_ids) != len(domain.nics) or \
+                layout.disk_ids[:layout.boot_disks] != tuple(range(layout.boot_disks)) or \
+                layout.nic_ids[:layout.boot_nics] != tuple(range(layout.boot_nics)) or \
+                len(set(layout.disk_ids)) != len(layout.disk_ids) or \
+                len(set(layout.nic_ids)) != len(layout.nic_ids):
+            raise ValueError("the device layout does not fit the domain's disks and NICs")
+        hot = {f"disk{n}" for n in layout.disk_ids[layout.boot_disks:]} | \
+            {f"nic{n}" for n in layout.nic_ids[layout.boot_nics:]}
+        placement = raw["placement"]
+        if not isinstance(placement, dict) or set(placement) != hot or not all(
+                isinstance(where, dict) and set(where) <= set(_PLACEMENT) and all(
+                    isinstance(v, str) and _PLACEMENT[k].match(v) for k, v in where.items())
+                for where in placement.values()):
+            raise ValueError("the device layout's placements do not fit its hot-added devices")
+        for index in range(layout.boot_disks, len(domain.disks)):
+            if domain.disks[index].effective_bus is not DiskBus.VIRTIO or \
+                    domain.disks[index].path is None:
+                raise ValueError("only virtio disks with an image are hot-added")
+        return cls(layout.boot_disks, layout.boot_nics, layout.disk_ids, layout.nic_ids,
+                   {k: dict(v) for k, v in placement.items()})
+
+
+def hot_disk_device(disk: Disk, number: int) -> dict[str, Any]:
+    """The ``device_add`` object of a hot-added virtio disk ``disk{number}`` (without
+    its placement); a QEMU rebuilt from a :class:`Layout` gets the same."""
+    device: dict[str, Any] = {"driver": "virtio-blk-pci", "id": f"disk{number}",
+                              "drive": f"drive-disk{number}"}
+    if disk.serial:
+        device["serial"] = disk.serial
+    return device
+
+
+def _boot_part(domain: Domain, layout: Layout) -> Domain:
+    """The domain as its QEMU was first started: the devices not hot-added."""
+    return domain.model_copy(update={"disks": domain.disks[:layout.boot_disks],
+                                     "nics": domain.nics[:layout.boot_nics]})
+
+
+def _hot_added(domain: Domain, layout: Layout, caps: HostCaps,
+               files: LaunchFiles) -> list[str]:
+    """The hot-added disks and NICs of ``layout``, with their ids and placements, in
+    the order they were added (after every other device, as QEMU saw them come)."""
+    argv: list[str] = []
+    for index in range(layout.boot_disks, len(domain.disks)):
+        disk, number = domain.disks[index], layout.disk_ids[index]
+        for node in blockdev_nodes(disk, f"drive-disk{number}"):
+            argv += ["-blockdev", _json(node)]
+        device = {**hot_disk_device(disk, number), **layout.placement[f"disk{number}"]}
+        argv += ["-device", _json(device)]
+    for index in range(layout.boot_nics, len(domain.nics)):
+        nic, number = domain.nics[index], layout.nic_ids[index]
+        argv += ["-netdev", netdev_option(index, nic, caps, files, number=number)]
+        device = {**nic_device(nic, number, pci=True, port=None),
+                  **layout.placement[f"nic{number}"]}
+        argv += ["-device", _json(device)]
+    return argv
+
+
+def build_argv(domain: Domain, caps: HostCaps, files: LaunchFiles, binary: str,
+               layout: Layout | None = None) -> list[str]:
+    """The complete QEMU argv that starts ``domain`` paused, ready for QMP set-up
+    (with the hot-added devices of ``layout`` where that run had them)."""
+    hot = _hot_added(domain, layout, caps, files) if layout is not None else []
+    if layout is not None:
+        domain = _boot_part(domain, layout)
     argv = [binary]
     argv += _base(domain, caps)
     argv += _machine(domain, caps, files)
@@ -119,6 +228,7 @@ def build_argv(domain: Domain, caps: HostCaps, files: LaunchFiles, binary: str) 
     argv += _sound(domain)
     argv += _filesystems(domain, files)
     argv += _parallels(domain)
+    argv += hot
     argv += _actions(domain)
     if caps.sandbox:
         argv += ["-sandbox", SANDBOX]
@@ -395,12 +505,15 @@ def _disks(domain: Domain) -> Iterator[str]:
         yield from ("-device", _json(device))
 
 
-def netdev_option(index: int, nic: Nic, caps: HostCaps, files: LaunchFiles) -> str:
-    """The ``-netdev`` value: a tap the daemon opened (by fd), or restricted user mode."""
+def netdev_option(index: int, nic: Nic, caps: HostCaps, files: LaunchFiles,
+                  number: int | None = None) -> str:
+    """The ``-netdev`` value: a tap the daemon opened (by fd, ``tap{index}``), or
+    restricted user mode; its id is ``net{number}`` (default: the index)."""
+    ident = index if number is None else number
     if nic.type == "user":
-        return f"user,id=net{index},restrict={'on' if nic.restrict else 'off'}"
+        return f"user,id=net{ident},restrict={'on' if nic.restrict else 'off'}"
     vhost = "on" if caps.vhost_net else "off"
-    return f"tap,id=net{index},fd={files.fds[f'tap{index}']},vhost={vhost}"
+    return f"tap,id=net{ident},fd={files.fds[f'tap{index}']},vhost={vhost}"
 
 
 def _nics(domain: Domain, caps: HostCaps, files: LaunchFiles) -> list[str]:

@@ -221,6 +221,10 @@ class QmpCommands:
     async def block_commit(self, arguments: dict[str, Any]) -> None:
         await self.execute("block-commit", arguments)
 
+    async def blockdev_reopen(self, options: list[dict[str, Any]]) -> None:
+        """Reopen nodes with new options (e.g. ``auto-read-only``)."""
+        await self.execute("blockdev-reopen", {"options": options})
+
     async def block_set_io_throttle(self, arguments: dict[str, Any]) -> None:
         """Throttle one disk (``id``: its QOM path; every limit given, 0 = none)."""
         await self.execute("block_set_io_throttle", arguments)

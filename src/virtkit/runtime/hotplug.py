@@ -26,7 +26,7 @@ from typing import Any
 from virtkit.errors import Conflict, InvalidSpec, NotFound, QemuError, TimeoutExpired
 from virtkit.model.domain import Disk, DiskBus, DiskDevice, Domain, Machine, Nic
 from virtkit.model.tuning import HostDev
-from virtkit.qemu.argv import blockdev_nodes, disk_slots, nic_device
+from virtkit.qemu.argv import blockdev_nodes, disk_slots, hot_disk_device, nic_device
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.qmp import HotpluggableCpu
 from virtkit.runtime.launcher import OpenTap, Running
@@ -189,16 +189,15 @@ async def attach_disk(running: Running, disk: Disk) -> Disk:
         for blockdev in blockdev_nodes(disk, node):
             await monitor.blockdev_add(blockdev)
             undo.push_async_callback(_quietly, monitor.blockdev_del, blockdev["node-name"])
-        device: dict[str, Any] = {"id": device_id, "drive": node}
-        if bus is DiskBus.VIRTIO:
-            device["driver"] = "virtio-blk-pci"
+        if bus is DiskBus.VIRTIO:  # the device a rebuilt QEMU gets too (devlayout)
+            device = hot_disk_device(disk, number)
             device.update(await _placement(running, "disk"))
         else:
             await _ensure_scsi_controller(running, undo)
-            device.update(driver="scsi-cd" if disk.device is DiskDevice.CDROM else "scsi-hd",
-                          bus="scsi0.0")
-        if disk.serial:
-            device["serial"] = disk.serial
+            device = {"id": device_id, "drive": node, "bus": "scsi0.0",
+                      "driver": "scsi-cd" if disk.device is DiskDevice.CDROM else "scsi-hd"}
+            if disk.serial:
+                device["serial"] = disk.serial
         await monitor.device_add(device)
         undo.pop_all()
     live = _live(running)

@@ -29,7 +29,7 @@ from virtkit.model.host import HostCaps, LaunchFiles
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.paths import StatePaths
 from virtkit.qemu.agent import GuestAgent
-from virtkit.qemu.argv import build_argv, disk_slots
+from virtkit.qemu.argv import Layout, build_argv, disk_slots
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
 from virtkit.runtime import cgtune
@@ -101,31 +101,46 @@ class Running:
     agent: GuestAgent | None = None
     #: whether the guest has its agent port open (QEMU's VSERPORT_CHANGE); None: unknown
     agent_open: bool | None = None
-    #: a disk or NIC was hot-added or removed: a fresh QEMU would lay the devices out
-    #: differently (PCIe ports, ids), so no save file of this run could be restored
+    #: a disk or NIC was hot-added or removed: a QEMU that takes this run's state must
+    #: be built with the hot-added devices where QEMU put them (runtime/devlayout.py)
     layout_changed: bool = False
+    #: how many of ``live.disks``/``live.nics`` were on QEMU's command line (the rest
+    #: were hot-added); None: not known (a record from before this was kept)
+    boot_disks: int | None = None
+    boot_nics: int | None = None
     #: QEMU ids of devices asked to go (device_del) that the guest has not released yet
     unplugging: set[str] = field(default_factory=set)
     #: the uid/gid, cgroup and files granted to this QEMU (None: not confined)
     confinement: Confinement | None = None
 
-    def attach_live(self, domain: Domain, extra: Mapping[str, Any] | None = None) -> None:
+    def attach_live(self, domain: Domain, extra: Mapping[str, Any] | None = None,
+                    layout: Layout | None = None) -> None:
         """Record the running configuration: from a runtime record's ``extra`` after a
-        daemon restart, else ``domain`` as started (device numbers = list positions)."""
+        daemon restart, else ``domain`` as started (device numbers = list positions,
+        or ``layout``'s for a QEMU rebuilt with hot-added devices)."""
         if extra and extra.get("live"):
             self.live = load_domain(extra["live"])
             self.layout_changed = bool(extra.get("layout_changed"))
             self.disk_ids = [int(n) for n in extra.get("disk_ids", [])]
             self.nic_ids = [int(n) for n in extra.get("nic_ids", [])]
             self.hostdev_ids = [int(n) for n in extra.get("hostdev_ids", [])]
+            boot = extra.get("boot_devices")
+            if isinstance(boot, list) and len(boot) == 2:
+                self.boot_disks, self.boot_nics = int(boot[0]), int(boot[1])
         else:
             self.live = live_form(domain)
             self.disk_ids = list(range(len(domain.disks)))
             self.nic_ids = list(range(len(domain.nics)))
+            self.boot_disks, self.boot_nics = len(domain.disks), len(domain.nics)
+            if layout is not None:
+                self.layout_changed = True
+                self.disk_ids, self.nic_ids = list(layout.disk_ids), list(layout.nic_ids)
+                self.boot_disks, self.boot_nics = layout.boot_disks, layout.boot_nics
         if len(self.disk_ids) != len(self.live.disks) or \
                 len(self.nic_ids) != len(self.live.nics):
             self.disk_ids = list(range(len(self.live.disks)))
             self.nic_ids = list(range(len(self.live.nics)))
+            self.boot_disks = self.boot_nics = None
         if len(self.hostdev_ids) != len(self.live.hostdevs):  # as started (older records)
             self.hostdev_ids = list(range(len(self.live.hostdevs)))
         if self.live.guest_agent:
@@ -138,6 +153,8 @@ class Running:
                 "disk_ids": self.disk_ids, "nic_ids": self.nic_ids,
                 "hostdev_ids": self.hostdev_ids,
                 "layout_changed": self.layout_changed,
+                "boot_devices": None if self.boot_disks is None or self.boot_nics is None
+                else [self.boot_disks, self.boot_nics],
                 "security": self.confinement.describe() if self.confinement else None}
 
     def release_hostdevs(self) -> None:
@@ -223,7 +240,8 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
                  on_event: Callable[[dict[str, Any]], None] | None = None,
                  on_spawn: Callable[[QemuProcess], None] | None = None,
                  taps_for: TapProvider | None = None,
-                 confiner: Confiner | None = None) -> Running:
+                 confiner: Confiner | None = None,
+                 layout: Layout | None = None) -> Running:
     """Spawn QEMU paused for ``domain`` and return it with a connected monitor.
 
     ``on_spawn`` is called right after the process exists, before anything can
@@ -233,6 +251,8 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
     migration, started later with ``migrate-incoming``) makes QEMU wait for state.
     ``confiner`` runs QEMU as the domain's own uid, in its cgroup, with its files
     granted (runtime/confine.py); everything is taken back if the start fails.
+    ``layout`` (a run with hot-added devices whose state QEMU is to take) puts those
+    devices where that run had them (runtime/devlayout.py).
     """
     caps, binary = caps_for(domain)
     run_dir = paths.run_dir(domain.uuid)
@@ -268,7 +288,7 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
         helpers += await start_virtiofsd(domain, run_dir, log_dir,
                                          owner=(conf.uid, conf.gid) if conf else None)
         hostdevs = await asyncio.to_thread(bind_hostdevs, domain) if domain.hostdevs else {}
-        argv = build_argv(domain, caps, files, binary)
+        argv = build_argv(domain, caps, files, binary, layout)
         log.info("starting %s: %s", domain.name, " ".join(argv))
         process = QemuProcess.spawn(argv, pass_fds=pass_fds, log_path=qemu_log,
                                     preexec=conf.preexec() if conf else None)
@@ -279,10 +299,11 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
         if domain.vcpus.cpuset is not None:
             pin_threads(process.pid, parse_cpuset(domain.vcpus.cpuset))
         monitor = await _handshake(domain, process, run_dir, qemu_log, on_event)
+        numbers = list(layout.nic_ids) if layout is not None else list(range(len(domain.nics)))
         running = Running(process, monitor, run_dir, caps.accel,
-                          taps={index: tap.name for index, tap in taps.items()},
+                          taps={numbers[index]: tap.name for index, tap in taps.items()},
                           helpers=helpers, hostdev_drivers=hostdevs, confinement=conf)
-        running.attach_live(domain)
+        running.attach_live(domain, layout=layout)
         await _setup(domain, running)
         return running
     except BaseException as exc:
@@ -360,9 +381,9 @@ async def _setup(domain: Domain, running: Running) -> None:
             await running.monitor.set_password("vnc", domain.graphics.password)
         info = await running.monitor.query_vnc()
         running.vnc = {"host": info.get("host"), "port": int(info.get("service", 0) or 0)}
-    for index, nic in enumerate(domain.nics):
+    for number, nic in zip(running.nic_ids, domain.nics, strict=True):
         if nic.link == "down":
-            await running.monitor.set_link(f"nic{index}", False)
+            await running.monitor.set_link(f"nic{number}", False)
     if domain.cputune.vcpupin or domain.cputune.emulatorpin:
         apply_cputune(domain, running.process.pid, await vcpu_thread_ids(running.monitor))
     conf = running.confinement

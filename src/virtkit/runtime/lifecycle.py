@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 from virtkit.errors import (
-    Conflict,
     NotFound,
     StateError,
     TimeoutExpired,
@@ -36,9 +35,10 @@ from virtkit.model.domain import Domain, LifecycleAction, Nic
 from virtkit.model.load import dump_domain
 from virtkit.model.state import Action, State, check_action, check_transition
 from virtkit.paths import StatePaths
+from virtkit.qemu.argv import Layout
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
-from virtkit.runtime import blockjobs, migration, orphans, poweroff, savefile
+from virtkit.runtime import blockjobs, devlayout, migration, orphans, poweroff, savefile
 from virtkit.runtime.confine import Confiner
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.launcher import (
@@ -253,7 +253,7 @@ class Lifecycle:
     async def _start_locked(self, vm: Vm, *, paused: bool, incoming_fd: int | None = None,
                             event: str = "started", boot_spec: Domain | None = None,
                             run_spec: Domain | None = None, incoming: str | None = None,
-                            reason: str | None = None) -> None:
+                            reason: str | None = None, layout: Layout | None = None) -> None:
         domain = boot_spec or run_spec or self._spec_for(vm.uuid)
         before = vm.state
 
@@ -266,7 +266,8 @@ class Lifecycle:
                                    incoming_fd=incoming_fd, incoming=incoming,
                                    on_spawn=record_spawn,
                                    taps_for=self._taps_for, confiner=self.confiner,
-                                   on_event=lambda e: self._on_qmp_event(vm, e))
+                                   on_event=lambda e: self._on_qmp_event(vm, e),
+                                   layout=layout)
         except BaseException:
             self._store.set_runtime(vm.uuid, state=before.value, reason=vm.reason)
             raise
@@ -477,13 +478,14 @@ class Lifecycle:
                        resume: bool, progress: blockjobs.Progress | None,
                        drop_cache: bool) -> None:
         monitor = running.monitor
-        await self.check_restorable(vm, running)
+        layout = await devlayout.check_restorable(vm.name, running)
         await monitor.stop()
         with open(partial, "xb") as stream:  # noqa: ASYNC230 - creating it is immediate; QEMU writes the stream
-            # the running configuration (hot-plugged devices included): restore must
-            # build QEMU with exactly the devices whose state the stream carries
+            # the running configuration (hot-plugged devices included, where QEMU put
+            # them): restore builds QEMU with exactly the devices the stream carries
             live = running.live if running.live is not None else self._spec_for(vm.uuid)
-            savefile.write_header(stream, dump_domain(live), running=resume)
+            savefile.write_header(stream, dump_domain(live), running=resume,
+                                  layout=layout.to_dict() if layout is not None else None)
             monitor.send_fd(stream.fileno())
             await monitor.getfd("virtkit-save")
             # QEMU's default migration limit (128 MiB/s) makes no sense for a local file
@@ -495,38 +497,19 @@ class Lifecycle:
             if drop_cache:
                 os.posix_fadvise(stream.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
-    @staticmethod
-    async def check_restorable(vm: Vm, running: Running, what: str = "save",
-                               alternative: str = "") -> None:
-        """A memory image (save file, memory snapshot) can only be loaded into the same
-        device set with the same QEMU ids; after some hotplug changes a fresh QEMU would
-        lay them out differently: refuse then, before anything is written or stopped."""
-        fix = (f"restart the domain (virtkit shutdown {vm.name}; virtkit start {vm.name}) "
-               f"first{alternative}")
-        why = None
-        if running.layout_changed:
-            why = "had a disk or NIC hot-plugged or unplugged while running"
-        elif await running.monitor.query_memory_devices():
-            why = "has hot-added memory"
-        else:
-            cpus = await running.monitor.query_hotpluggable_cpus()
-            if any(str(c.get("qom-path", "")).startswith("/machine/peripheral/")
-                   for c in cpus):
-                why = "has hot-added vCPUs"
-        if why is not None:
-            raise Conflict(f"cannot {what} domain '{vm.name}' with its memory: it {why}, and "
-                           "a freshly started QEMU could not take that state", fix=fix)
-
     async def restore(self, uuid: str, name: str, fd: int, *, running: bool,
-                      saved: Domain | None = None) -> None:
+                      saved: Domain | None = None, layout: Any = None) -> None:
         """Start QEMU from a save file opened at ``fd`` (positioned after the header),
-        with the device set ``saved`` the file was written from."""
+        with the device set ``saved`` the file was written from (and the recorded
+        ``layout`` of its hot-added devices, as the header has it)."""
         vm = self.vm(uuid, name)
+        placed = devlayout.parse(layout, saved, "the save file's device layout") \
+            if saved is not None else None
         async with vm.lock:
             check_action(Action.RESTORE, vm.state, vm.name)
             self._refuse_preserved(vm, Action.RESTORE)
             await self._start_locked(vm, paused=not running, incoming_fd=fd, event="restored",
-                                     run_spec=saved)
+                                     run_spec=saved, layout=placed)
 
     # -- for operations that hold ``vm.lock`` themselves (snapshots) ------------
 
@@ -537,19 +520,24 @@ class Lifecycle:
 
     @requires_lock
     async def start_locked(self, vm: Vm, *, paused: bool, incoming_fd: int | None = None,
-                           event: str = "started") -> None:
-        """Start QEMU from the stored spec (the caller holds ``vm.lock``)."""
+                           event: str = "started", layout: Any = None) -> None:
+        """Start QEMU from the stored spec (the caller holds ``vm.lock``); ``layout``:
+        the recorded device layout of the run whose memory image it loads."""
         self._refuse_preserved(vm, Action.START)
-        await self._start_locked(vm, paused=paused, incoming_fd=incoming_fd, event=event)
+        placed = devlayout.parse(layout, self._spec_for(vm.uuid), "the device layout")
+        await self._start_locked(vm, paused=paused, incoming_fd=incoming_fd, event=event,
+                                 layout=placed)
 
     @requires_lock
-    async def start_incoming(self, vm: Vm, spec: Domain) -> Running:
+    async def start_incoming(self, vm: Vm, spec: Domain, layout: Any = None) -> Running:
         """Start QEMU paused with ``-incoming defer`` from ``spec`` (the running
-        configuration a migration source sent); the caller holds ``vm.lock`` and
-        then sends ``migrate-incoming`` (runtime/migration.py)."""
+        configuration a migration source sent, its hot-added devices placed as
+        ``layout`` says); the caller holds ``vm.lock`` and then sends
+        ``migrate-incoming`` (runtime/migration.py)."""
         self._refuse_preserved(vm, Action.START)
+        placed = devlayout.parse(layout, spec, "the migration's device layout")
         await self._start_locked(vm, paused=True, run_spec=spec, incoming="defer",
-                                 event="migrating-in", reason="migrating in")
+                                 event="migrating-in", reason="migrating in", layout=placed)
         assert vm.running is not None
         return vm.running
 

@@ -1,7 +1,8 @@
 """The format of ``virtkit save`` files: a header with the spec, then QEMU's stream.
 
 Layout: the magic line, an 8-byte big-endian header length, the JSON header
-(``{"spec": {...}, "running": bool, "saved": time}``), zero padding to a
+(``{"spec": {...}, "running": bool, "saved": time, "layout": {...}}``, the
+layout only after hotplug), zero padding to a
 4 KiB boundary, then QEMU's migration stream.  QEMU reads and writes the
 stream through a file descriptor positioned after the header, as libvirt does.
 """
@@ -20,9 +21,14 @@ MAGIC = b"VIRTKIT-SAVE-1\n"
 ALIGN = 4096
 
 
-def write_header(stream: IO[bytes], spec: dict[str, Any], *, running: bool) -> None:
-    """Write the header and padding; the stream is left where QEMU's data starts."""
-    body = json.dumps({"spec": spec, "running": running, "saved": time.time()}).encode()
+def write_header(stream: IO[bytes], spec: dict[str, Any], *, running: bool,
+                 layout: dict[str, Any] | None = None) -> None:
+    """Write the header and padding; the stream is left where QEMU's data starts.
+    ``layout``: where the run's hot-added devices were (runtime/devlayout.py)."""
+    header: dict[str, Any] = {"spec": spec, "running": running, "saved": time.time()}
+    if layout is not None:
+        header["layout"] = layout
+    body = json.dumps(header).encode()
     head = MAGIC + struct.pack(">Q", len(body)) + body
     padding = (-len(head)) % ALIGN
     stream.write(head + b"\0" * padding)

@@ -33,6 +33,7 @@ from virtkit.model.state import State
 from virtkit.runtime import savefile
 from virtkit.runtime.blockjobs import Progress, run_job, top_nodes
 from virtkit.runtime.imageuse import ImageUse
+from virtkit.runtime.launcher import Running
 from virtkit.runtime.lifecycle import Lifecycle, Vm
 from virtkit.runtime.snapdisks import device_ids, running_config
 from virtkit.runtime.snapshots import StartAs, free_overlay, unlink_quietly
@@ -95,8 +96,10 @@ class SnapshotReverter:
         moved = any(d.path and d.device.value == "disk" and d.path not in wanted
                     for d in current.disks)
         if vm.running is not None and (not snap.memory or moved
-                                       or vm.state not in (State.RUNNING, State.PAUSED)):
-            # a QEMU on other images (an overlay made since) cannot load the snapshot
+                                       or vm.state not in (State.RUNNING, State.PAUSED)
+                                       or not _same_devices(vm.running, snap)):
+            # a QEMU on other images (an overlay made since) or with other devices (a
+            # hotplug since) cannot load the snapshot
             await self._life.kill_locked(vm, "reverting to a snapshot")
         domain = self._restore_spec(vm, snap, {})
         self._discard_tops(vm.uuid, old_tops, wanted)
@@ -107,8 +110,9 @@ class SnapshotReverter:
             if target is not None:
                 await self._life.start_locked(vm, paused=target == "paused", event="reverted")
             return
-        if vm.running is None:
-            await self._life.start_locked(vm, paused=True, event="reverted")
+        if vm.running is None:  # with the devices hot-added when it was taken
+            await self._life.start_locked(vm, paused=True, event="reverted",
+                                          layout=snap.record.get("layout"))
         running = vm.running
         assert running is not None
         await running.monitor.stop()
@@ -170,7 +174,8 @@ class SnapshotReverter:
         if memory is not None:
             try:
                 await self._life.start_locked(vm, paused=target == "paused",
-                                              incoming_fd=memory, event="reverted")
+                                              incoming_fd=memory, event="reverted",
+                                              layout=snap.record.get("layout"))
             finally:
                 os.close(memory)
         elif target is not None:
@@ -207,3 +212,15 @@ class SnapshotReverter:
             if os.path.isfile(path) and qemuimg.image_info(path, fmt="qcow2").get(
                     "backing-filename"):
                 unlink_quietly(path)
+
+
+def _same_devices(running: Running, snap: SnapshotRow) -> bool:
+    """Whether ``running`` has the disks and NICs (QEMU ids, which were hot-added)
+    of the run ``snap`` took its memory from, so ``snapshot-load`` fits it."""
+    spec = load_domain(snap.record["spec"])
+    layout = snap.record.get("layout") or {
+        "boot_disks": len(spec.disks), "boot_nics": len(spec.nics),
+        "disk_ids": list(range(len(spec.disks))), "nic_ids": list(range(len(spec.nics)))}
+    return (running.boot_disks, running.boot_nics, list(running.disk_ids),
+            list(running.nic_ids)) == (layout["boot_disks"], layout["boot_nics"],
+                                       list(layout["disk_ids"]), list(layout["nic_ids"]))

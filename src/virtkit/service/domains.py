@@ -671,7 +671,8 @@ class DomainService:
             try:
                 await self._life.restore(row.uuid, row.name, fd,
                                          running=bool(header.get("running")) and not paused,
-                                         saved=domain.model_copy(update={"name": row.name}))
+                                         saved=domain.model_copy(update={"name": row.name}),
+                                         layout=header.get("layout"))
             except QemuError as exc:
                 raise self.lock_error(exc) or exc from None
         finally:

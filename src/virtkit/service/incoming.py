@@ -192,7 +192,7 @@ class IncomingMigrations:
         answer: dict[str, Any] = {"id": row.uuid, "domain": row.name}
         try:
             async with vm.lock:
-                running = await self._life.start_incoming(vm, live)
+                running = await self._life.start_incoming(vm, live, body.get("layout"))
                 answer["uri"] = await migration.listen_incoming(
                     running.monitor, address, postcopy=bool(body.get("postcopy")))
                 if copies:

@@ -25,7 +25,7 @@ from virtkit.errors import (
 )
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.state import State
-from virtkit.runtime import migration, outgoing
+from virtkit.runtime import devlayout, migration, outgoing
 from virtkit.runtime.launcher import CapsProvider
 from virtkit.runtime.lifecycle import Lifecycle, Vm
 from virtkit.service.copyplan import copy_plan, disk_paths
@@ -240,7 +240,8 @@ class MigrationService:
                              fix="migrate without --postcopy (a paused guest's memory "
                                  "does not change, so precopy always converges), or "
                                  "resume it first")
-        await self._life.check_restorable(vm, running, "migrate")
+        # hot-added disks and NICs: the destination's QEMU gets them where they are here
+        layout = await devlayout.check_restorable(vm.name, running, "migrate")
         live = running.live if running.live is not None else load_domain(definition)
         caps, _binary = self._caps_for(live)
         if copy is not None:
@@ -254,6 +255,8 @@ class MigrationService:
                     "deadline": options.timeout + DEADLINE_MARGIN,
                     "machine_type": caps.machine_type(live.machine.value),
                     "accelerator": running.accel, "address": address}
+        if layout is not None:
+            incoming["layout"] = layout.to_dict()
         before = (vm.state, vm.reason)
         # for a restart of this daemon mid-way: whether finish may have been sent, and
         # (a local socket only: no secrets on disk) where to withdraw the incoming one
