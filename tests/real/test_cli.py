@@ -68,6 +68,23 @@ def _editor(tmp_path: Path, body: str) -> dict[str, str]:
     return {"EDITOR": f"{sys.executable} {script}"}
 
 
+def _two_round_editor(tmp_path: Path, first: str, second: str) -> tuple[dict[str, str], Path]:
+    """An $EDITOR that runs the code ``first`` on its first call and ``second`` after
+    (each sees ``p``, the file, and ``text``, its content); the file it keeps the
+    rounds in ("1", then "12")."""
+    rounds = tmp_path / "rounds"
+    indent = lambda code: "".join(f"    {line}\n" for line in code.splitlines())  # noqa: E731
+    env = _editor(tmp_path, f"""
+p = pathlib.Path(sys.argv[1]); rounds = pathlib.Path({str(rounds)!r})
+text = p.read_text()
+if not rounds.exists():
+    rounds.write_text("1")
+{indent(first)}else:
+    rounds.write_text(rounds.read_text() + "2")
+{indent(second)}""")
+    return env, rounds
+
+
 def test_edit_applies_a_valid_change(daemon: DaemonHandle, tmp_path: Path) -> None:
     daemon.define("ed1")
     env = _editor(tmp_path, "p = pathlib.Path(sys.argv[1])\n"
@@ -102,17 +119,9 @@ def test_an_edit_with_a_yaml_syntax_error_can_be_fixed(daemon: DaemonHandle,
     """The parser's message spans lines; all of it is commented and taken out again, so
     fixing the typo (and nothing else) is accepted on the second round."""
     daemon.define("ed3")
-    rounds = tmp_path / "rounds"
-    env = _editor(tmp_path, f"""
-p = pathlib.Path(sys.argv[1]); rounds = pathlib.Path({str(rounds)!r})
-text = p.read_text()
-if not rounds.exists():
-    rounds.write_text("1")
-    p.write_text(text.replace('current: 256', 'current: [320'))
-else:
-    rounds.write_text(rounds.read_text() + "2")
-    p.write_text(text.replace('current: [320', 'current: 320'))
-""")
+    env, rounds = _two_round_editor(
+        tmp_path, "p.write_text(text.replace('current: 256', 'current: [320'))",
+        "p.write_text(text.replace('current: [320', 'current: 320'))")
     result = daemon.cli("edit", "ed3", env=env, check=False)
     assert result.returncode == 0, result.stderr
     assert rounds.read_text() == "12" and "edited (version 2)" in result.stdout
@@ -234,19 +243,11 @@ def test_edit_xml_as_virsh_edit(daemon: DaemonHandle, tmp_path: Path) -> None:
     """edit --xml: the libvirt XML in the editor; a broken XML is shown again with the
     error in one XML comment, and fixing it defines the change."""
     daemon.define("edx")
-    rounds = tmp_path / "rounds"
-    env = _editor(tmp_path, f"""
-p = pathlib.Path(sys.argv[1]); rounds = pathlib.Path({str(rounds)!r})
-text = p.read_text()
-if not rounds.exists():
-    rounds.write_text("1")
-    p.write_text(text.replace("</domain>", ""))
-else:
-    rounds.write_text(rounds.read_text() + "2")
-    assert text.startswith("<!-- virtkit"), text[:80]
-    p.write_text(text.rstrip() + "\\n</domain>\\n" if "</domain>" not in text else text)
-    p.write_text(p.read_text().replace("262144", "327680"))
-""")
+    env, rounds = _two_round_editor(
+        tmp_path, 'p.write_text(text.replace("</domain>", ""))',
+        'assert text.startswith("<!-- virtkit"), text[:80]\n'
+        'p.write_text(text.rstrip() + "\\n</domain>\\n")\n'
+        'p.write_text(p.read_text().replace("262144", "327680"))')
     result = daemon.cli("edit", "--xml", "edx", env=env, check=False)
     assert result.returncode == 0, result.stderr
     assert rounds.read_text() == "12" and "XML edited" in result.stdout

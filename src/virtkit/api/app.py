@@ -524,40 +524,25 @@ def create_app(services: Services, audit: AuditLog | None = None,
         auth.install(app, services.tokens, services.tls)
         if web_sessions is not None:
             webui.install(app, web_sessions, WebLogin(services.tokens))
-    if services.snapshots is not None:
-        app[snapshot_routes.SNAPSHOTS] = services.snapshots
-        app.add_routes(snapshot_routes.routes)
-    if services.install is not None:
-        app[install_routes.INSTALL] = services.install
-        app.add_routes(install_routes.routes)
-    if services.guest is not None:
-        app[guest_routes.GUEST] = services.guest
-        app.add_routes(guest_routes.routes)
-    if services.devices is not None:
-        app[device_routes.DEVICES] = services.devices
-        app[device_routes.DOMAINS] = services.domains
-        app.add_routes(device_routes.routes)
-    if services.clones is not None:
-        app[clone_routes.CLONES] = services.clones
-        app.add_routes(clone_routes.routes)
-    if services.migrations is not None:
-        app[migration_routes.MIGRATIONS] = services.migrations
-        app.add_routes(migration_routes.routes)
-    if services.stats is not None and services.tuning is not None:
-        app[stats_routes.STATS] = services.stats
-        app[stats_routes.TUNING] = services.tuning
-        app.add_routes(stats_routes.routes)
-    if services.virsh is not None:
-        app[virsh_routes.VIRSH] = services.virsh
-        app.add_routes(virsh_routes.routes)
-    if services.cluster is not None:
-        app[cluster_routes.CLUSTER] = services.cluster
-        app.add_routes(cluster_routes.routes)
-    if services.managedsave is not None and services.guests is not None:
-        app[managedsave_routes.MANAGED] = services.managedsave
-        app[managedsave_routes.GUESTS] = services.guests
-        app.add_routes(managedsave_routes.routes)
-    if services.limits is not None:
-        app[limits_routes.LIMITS] = services.limits
-        app.add_routes(limits_routes.routes)
+    mounts: list[tuple[web.RouteTableDef, list[tuple[web.AppKey[Any], Any]]]] = [
+        (snapshot_routes.routes, [(snapshot_routes.SNAPSHOTS, services.snapshots)]),
+        (install_routes.routes, [(install_routes.INSTALL, services.install)]),
+        (guest_routes.routes, [(guest_routes.GUEST, services.guest)]),
+        (device_routes.routes, [(device_routes.DEVICES, services.devices),
+                                (device_routes.DOMAINS, services.domains)]),
+        (clone_routes.routes, [(clone_routes.CLONES, services.clones)]),
+        (migration_routes.routes, [(migration_routes.MIGRATIONS, services.migrations)]),
+        (stats_routes.routes, [(stats_routes.STATS, services.stats),
+                               (stats_routes.TUNING, services.tuning)]),
+        (virsh_routes.routes, [(virsh_routes.VIRSH, services.virsh)]),
+        (cluster_routes.routes, [(cluster_routes.CLUSTER, services.cluster)]),
+        (managedsave_routes.routes, [(managedsave_routes.MANAGED, services.managedsave),
+                                     (managedsave_routes.GUESTS, services.guests)]),
+        (limits_routes.routes, [(limits_routes.LIMITS, services.limits)]),
+    ]
+    for table, needs in mounts:  # a container without a service serves none of its routes
+        if all(service is not None for _key, service in needs):
+            for key, service in needs:
+                app[key] = service
+            app.add_routes(table)
     return app

@@ -168,22 +168,25 @@ def _disk(request: web.Request) -> str:
     return request.match_info["disk"]
 
 
+async def _block_operation(request: web.Request, body_type: type[Body],
+                           operation: str) -> web.StreamResponse:
+    """A block job request: its typed body, run with NDJSON progress when asked."""
+    body = await body_of(request, body_type)
+    run = getattr(request.app[VIRSH].blocks, operation)
+    return await progress_response(request, lambda progress: run(
+        _ref(request), _disk(request), progress, **body.model_dump()))
+
+
 @routes.post("/v1/domains/{ref}/blockjobs/{disk}/commit")
 async def block_commit(request: web.Request) -> web.StreamResponse:
     """virsh blockcommit (NDJSON progress when asked, with wait/pivot)."""
-    body = await body_of(request, BlockCommitBody)
-    blocks = request.app[VIRSH].blocks
-    return await progress_response(request, lambda progress: blocks.commit(
-        _ref(request), _disk(request), progress, **body.model_dump()))
+    return await _block_operation(request, BlockCommitBody, "commit")
 
 
 @routes.post("/v1/domains/{ref}/blockjobs/{disk}/pull")
 async def block_pull(request: web.Request) -> web.StreamResponse:
     """virsh blockpull (NDJSON progress when asked, with wait)."""
-    body = await body_of(request, BlockPullBody)
-    blocks = request.app[VIRSH].blocks
-    return await progress_response(request, lambda progress: blocks.pull(
-        _ref(request), _disk(request), progress, **body.model_dump()))
+    return await _block_operation(request, BlockPullBody, "pull")
 
 
 @routes.get("/v1/domains/{ref}/blockjobs/{disk}")
@@ -195,10 +198,7 @@ async def block_job(request: web.Request) -> web.Response:
 @routes.post("/v1/domains/{ref}/blockjobs/{disk}")
 async def block_job_act(request: web.Request) -> web.StreamResponse:
     """virsh blockjob --abort / --pivot / --bandwidth."""
-    body = await body_of(request, BlockJobBody)
-    blocks = request.app[VIRSH].blocks
-    return await progress_response(request, lambda progress: blocks.job(
-        _ref(request), _disk(request), progress, **body.model_dump()))
+    return await _block_operation(request, BlockJobBody, "job")
 
 
 @routes.post("/v1/domains/{ref}/blockjobs/{disk}/resize")

@@ -24,6 +24,31 @@ CA_DAYS = 3650
 SERVER_DAYS = 825
 
 
+class CertFolder:
+    """A folder with a CA and one certificate signed by it: ``ca.pem``, ``ca-key.pem``,
+    ``NAME.pem``, ``NAME-key.pem`` (the daemon's TLS folder: server; the cluster's: host)."""
+
+    def __init__(self, folder: Path, name: str) -> None:
+        self.folder = folder
+        self._name = name
+
+    @property
+    def ca(self) -> Path:
+        return self.folder / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.folder / "ca-key.pem"
+
+    @property
+    def cert(self) -> Path:
+        return self.folder / f"{self._name}.pem"
+
+    @property
+    def key(self) -> Path:
+        return self.folder / f"{self._name}-key.pem"
+
+
 def openssl(*args: str) -> None:
     if shutil.which("openssl") is None:
         raise HostError("the openssl command is missing", fix="apt-get install openssl")

@@ -23,25 +23,11 @@ from virtkit.service.tls import fingerprint, san_entries
 HOST_DAYS = 3650
 
 
-class ClusterPki:
+class ClusterPki(tlsfiles.CertFolder):
+    """The cluster's CA and this host's certificate (``<root>/cluster/pki``)."""
+
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    @property
-    def ca(self) -> Path:
-        return self.folder / "ca.pem"
-
-    @property
-    def ca_key(self) -> Path:
-        return self.folder / "ca-key.pem"
-
-    @property
-    def cert(self) -> Path:
-        return self.folder / "host.pem"
-
-    @property
-    def key(self) -> Path:
-        return self.folder / "host-key.pem"
+        super().__init__(folder, "host")
 
     def _ensure(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -51,27 +51,11 @@ def fingerprint(pem: str) -> str:
     return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
-class TlsService:
+class TlsService(tlsfiles.CertFolder):
     """The CA and server certificate of one daemon (``folder`` = ``<root>/tls``)."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    @property
-    def ca(self) -> Path:
-        return self.folder / "ca.pem"
-
-    @property
-    def ca_key(self) -> Path:
-        return self.folder / "ca-key.pem"
-
-    @property
-    def cert(self) -> Path:
-        return self.folder / "server.pem"
-
-    @property
-    def key(self) -> Path:
-        return self.folder / "server-key.pem"
+        super().__init__(folder, "server")
 
     def info(self) -> dict[str, Any]:
         if not self.cert.exists():
