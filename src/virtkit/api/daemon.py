@@ -85,8 +85,9 @@ def take_instance_lock(paths: StatePaths) -> IO[str]:
         pid = handle.read().strip() or "?"
         raise SystemExit(
             f"virtkitd: another daemon (pid {pid}) already serves {paths.root} (fix: stop it "
-            f"first with 'kill {pid}': its VMs keep running and this daemon takes them over "
-            "when it starts; or give this one another --root)") from None
+            f"first with 'kill {pid}': its VMs keep running (unless 'virtkit host guests' "
+            "set a shutdown policy) and this daemon takes them over when it starts; or give "
+            "this one another --root)") from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
