@@ -71,7 +71,9 @@ HOSTILE = {("PUT", "/v1/host/ksm"), ("POST", "/v1/tls/setup"), ("POST", "/v1/ins
          ("POST", "/v1/domains/create"), ("POST", "/v1/domains/restore"),
          ("POST", "/v1/pools/{pool}/volumes/{volume}/upload-fd"),
          ("POST", "/v1/pools/{pool}/volumes/{volume}/download-fd"),
-         ("POST", "/v1/pools/{pool}/import"), ("POST", "/web/logout"), ("POST", "/web/login")}
+         ("POST", "/v1/pools/{pool}/import"), ("POST", "/web/logout"), ("POST", "/web/login"),
+         ("POST", "/v1/cluster/init"), ("POST", "/v1/cluster/join"),
+         ("POST", "/v1/cluster/admit"), ("POST", "/v1/cluster/leave")}
 
 
 def send(sock_path: Path, method: str, target: str, body: bytes | None,
@@ -180,6 +182,10 @@ def _undo(sock_path: Path, path: str, answer: bytes) -> int:
         return 0
     if not isinstance(data, dict):
         return 0
+    if path in ("/v1/cluster/init", "/v1/cluster/join"):  # an etcd member may run now
+        send(sock_path, "POST", "/v1/cluster/leave", b"{}",
+             {"Content-Type": "application/json"})
+        return 1
     if path in _UNDO_MIGRATION and isinstance(data.get("id"), str):
         send(sock_path, "DELETE", f"/v1/migrations/{data['id']}", None)
         return 1

@@ -30,6 +30,7 @@ from virtkit.cluster.etcd import (
     WatchEvent,
     prefix_end,
 )
+from virtkit.errors import InvalidSpec
 from virtkit.service.clusterpki import ClusterPki
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None,
@@ -351,3 +352,15 @@ async def test_an_agent_that_could_not_register_at_start_registers_on_its_next_b
     assert published.json()["domains"][0]["name"] == "vm1"
     await agent.stop(revoke=True)
     assert await etcd.get(VMS + "late") is None
+
+
+@pytest.mark.parametrize("bad", ["tm\udb6e\udfc9p", "`", "", "ftp://h:1", "http://h",
+                                 "https://h:2379/path", "https://u@h:2379", "http://:80",
+                                 "https://h:99999"])
+def test_an_endpoint_that_is_no_url_is_a_400_naming_it(bad: str) -> None:
+    """The API fuzzer's find: such an endpoint reached aiohttp and came back a 500."""
+    from virtkit.cluster.etcd import endpoint_url
+
+    with pytest.raises(InvalidSpec, match="etcd endpoint"):
+        endpoint_url(bad)
+    assert endpoint_url("https://10.0.0.1:2379/") == "https://10.0.0.1:2379"

@@ -29,10 +29,11 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 
-from virtkit.errors import HostError, VirtkitError
+from virtkit.errors import HostError, InvalidSpec, VirtkitError
 
 #: one request to one endpoint: a follower drops a proposal made while it has no
 #: leader and never answers it, so a short wait here is what makes failover fast
@@ -190,6 +191,25 @@ class Tls:
         return context
 
 
+def endpoint_url(text: str) -> str:
+    """``text`` as an etcd client URL (``https://host:port``, ``http://`` without TLS),
+    or an InvalidSpec naming what is wrong with it."""
+    fix = "give URLs such as https://10.0.0.1:2379"
+    if not text.isascii() or not text.isprintable() or len(text) > 255:
+        raise InvalidSpec(f"etcd endpoint {text[:60]!r} is not a URL", field="etcd_endpoints",
+                          fix=fix)
+    try:
+        url = urlsplit(text.rstrip("/"))
+        port = url.port
+    except ValueError:
+        url, port = None, None
+    if url is None or url.scheme not in ("http", "https") or not url.hostname \
+            or port is None or url.path or url.query or url.fragment or url.username:
+        raise InvalidSpec(f"etcd endpoint {text!r} is not http(s)://HOST:PORT",
+                          field="etcd_endpoints", fix=fix)
+    return text.rstrip("/")
+
+
 class Etcd:
     """A client of one etcd cluster through any of its ``endpoints``
     (``https://10.0.0.1:2379``; ``http://`` without TLS)."""
@@ -198,7 +218,7 @@ class Etcd:
                  timeout: float = REQUEST_TIMEOUT, deadline: float = DEADLINE) -> None:
         if not endpoints:
             raise VirtkitError("no etcd endpoint given")
-        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.endpoints = [endpoint_url(e) for e in endpoints]
         self._current = 0
         self._tls = tls
         self._timeout = timeout

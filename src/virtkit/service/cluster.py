@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from virtkit import __version__
-from virtkit.cluster.etcd import Compare, Etcd, EtcdError, EtcdUnavailable, Op, Tls
+from virtkit.cluster.etcd import (
+    Compare,
+    Etcd,
+    EtcdError,
+    EtcdUnavailable,
+    Op,
+    Tls,
+    endpoint_url,
+)
 from virtkit.cluster.hosts import (
     CLUSTER_KEY,
     HOSTS,
@@ -264,8 +272,8 @@ class ClusterService:
             config: dict[str, Any] = {"cluster": cluster_name, "host": host,
                                       "client_port": client_port, "peer_port": peer_port}
             if endpoints:
-                config.update(role="client", external=True, endpoints=endpoints, tls=tls,
-                              address=address)
+                config.update(role="client", external=True, tls=tls, address=address,
+                              endpoints=[endpoint_url(e) for e in endpoints])
             else:
                 if not address:
                     raise InvalidSpec("give --address: the IP address other hosts reach "
