@@ -109,7 +109,8 @@ def test_bad_clone_requests_change_nothing(daemon: DaemonHandle, tmp_path: Path)
         (("clone", "-o", "app", "-n", "app2"), "--auto-clone"),
         (("clone", "-o", "app", "-n", "app2", "-f", str(taken)), "already exists"),
         (("clone", "-o", "app", "-n", "app2", "-f", "relative.qcow2"), "absolute path"),
-        (("clone", "-o", "nope", "-n", "app2", "--auto-clone"), "failed to get domain 'nope'"),  # virsh's line
+        (("clone", "-o", "nope", "-n", "app2", "--auto-clone"),  # virsh's line
+         "failed to get domain 'nope'"),
     ]
     for argv, message in cases:
         result = daemon.cli(*argv, check=False)
