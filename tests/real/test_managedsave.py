@@ -49,8 +49,9 @@ def test_managedsave_start_resumes_memory_and_the_image_is_shown(daemon: DaemonH
     listed = daemon.cli("list", "--all", "--managed-save").stdout
     assert any(line.split()[1:] == ["ms", "saved"] for line in listed.splitlines()
                if len(line.split()) == 3), listed
-    assert daemon.cli("list", "--all", "--with-managed-save", "--name").stdout == "ms\n"
-    assert daemon.cli("list", "--all", "--without-managed-save", "--name").stdout == ""
+    # virsh's --name output: one name a line, then an empty line
+    assert daemon.cli("list", "--all", "--with-managed-save", "--name").stdout == "ms\n\n"
+    assert daemon.cli("list", "--all", "--without-managed-save", "--name").stdout == "\n"
     xml = daemon.cli("managedsave-dumpxml", "ms").stdout
     assert "<name>ms</name>" in xml
 
