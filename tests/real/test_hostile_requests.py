@@ -221,13 +221,19 @@ def test_strings_are_never_booleans_and_unknown_fields_are_refused(hd: DaemonHan
 
 def test_one_query_flag_parser_for_the_whole_api(hd: DaemonHandle) -> None:
     hd.define("flags")
+    def names(target: str) -> list[tuple[str, str]]:
+        """Which objects a listing names (a pool's free bytes move with the host's disk
+        use, so the rows themselves are not compared)."""
+        return sorted((o["name"], o["state"]) for o in hd.client.get(target))
+
     for path in ("/v1/domains", "/v1/networks", "/v1/pools"):
-        everything = hd.client.get(path)
+        everything = names(path)
         for word in ("1", "true", "yes", "TRUE"):
-            assert hd.client.get(f"{path}?all={word}") == everything, (path, word)
+            assert names(f"{path}?all={word}") == everything, (path, word)
         active = hd.client.get(f"{path}?all=0")
         for word in ("false", "no", "NO"):
-            assert hd.client.get(f"{path}?all={word}") == active, (path, word)
+            assert names(f"{path}?all={word}") == sorted(
+                (o["name"], o["state"]) for o in active), (path, word)
         assert all(o["state"] in ("running", "paused", "active") for o in active)
         for word in ("maybe", "", "2", "on"):
             refused(hd, "GET", f"{path}?all={word}", field="all")
