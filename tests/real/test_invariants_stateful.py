@@ -35,6 +35,7 @@ import pytest
 from hypothesis import HealthCheck, Verbosity, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
+from hypothesis.errors import FlakyStrategyDefinition
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
@@ -408,6 +409,13 @@ def test_invariants_stateful(tiny_guest: TinyGuest) -> None:
             verbosity=Verbosity.verbose if os.environ.get("VIRTKIT_STATEFUL_VERBOSE")
             else Verbosity.normal,
             suppress_health_check=list(HealthCheck)))
+    except FlakyStrategyDefinition:
+        # past the time budget every step is a no-op that draws nothing, so hypothesis
+        # sees the sequence it was in draw less than before: the budget's end, not a
+        # finding.  Before the budget ends this is a real error of the checker.
+        if time.monotonic() <= DEADLINE[0]:
+            raise
+        print("\nstateful run: the time budget ended inside a sequence")
     finally:
         print(f"\nstateful run: {time.monotonic() - started:.0f} s, "
               f"{json.dumps(dict(sorted(STATS.items())))}")
