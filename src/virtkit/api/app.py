@@ -38,7 +38,7 @@ from virtkit.api import (
 )
 from virtkit.api.audit import AuditLog, audit_middleware, read_records
 from virtkit.api.auth import is_read_only
-from virtkit.api.common import json_response
+from virtkit.api.common import json_response, xml_response
 from virtkit.api.domain_requests import (
     AuditQuery,
     ConsoleLogQuery,
@@ -298,7 +298,7 @@ async def get_xml(request: web.Request) -> web.Response:
     """virsh dumpxml: the domain as libvirt domain XML."""
     secrets = security_info(request)
     text = _services(request).domains.dumpxml(request.match_info["ref"], secrets=secrets)
-    return web.Response(text=text, content_type="application/xml")
+    return xml_response(text)
 
 
 @routes.put("/v1/domains/{ref}/autostart")

@@ -26,6 +26,11 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
 
 
+def xml_response(text: str) -> web.Response:
+    """A libvirt XML document (dumpxml and the like)."""
+    return web.Response(text=text, content_type="application/xml")
+
+
 async def json_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body ({} when there is none), or InvalidSpec."""
     if not request.can_read_body:

@@ -8,7 +8,7 @@ from typing import Literal
 from aiohttp import web
 from pydantic import Field
 
-from virtkit.api.common import json_response, progress_response
+from virtkit.api.common import json_response, progress_response, xml_response
 from virtkit.api.requests import Body, body_of
 from virtkit.service.hostguests import MAX_TIMEOUT, HostGuestsService
 from virtkit.service.managedsave import ManagedSaveService
@@ -56,7 +56,7 @@ async def managedsave_remove(request: web.Request) -> web.Response:
 async def managedsave_dumpxml(request: web.Request) -> web.Response:
     """The definition stored in the managed save image, as libvirt XML."""
     text = await request.app[MANAGED].dumpxml(_ref(request))
-    return web.Response(text=text, content_type="application/xml")
+    return xml_response(text)
 
 
 @routes.get("/v1/host/guests")

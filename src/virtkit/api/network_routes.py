@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from virtkit.api.common import json_response
+from virtkit.api.common import json_response, xml_response
 from virtkit.api.requests import (
     AutostartBody,
     Body,
@@ -72,7 +72,7 @@ async def network_info(request: web.Request) -> web.Response:
 async def network_xml(request: web.Request) -> web.Response:
     """virsh net-dumpxml: the network as libvirt network XML."""
     text = await asyncio.to_thread(_service(request).dumpxml, request.match_info["net"])
-    return web.Response(text=text, content_type="application/xml")
+    return xml_response(text)
 
 
 @routes.delete("/v1/networks/{net}")

@@ -20,7 +20,7 @@ from aiohttp import web
 from pydantic import Field
 
 from virtkit.api import peerfd
-from virtkit.api.common import json_response, progress_response
+from virtkit.api.common import json_response, progress_response, xml_response
 from virtkit.api.requests import (
     AutostartBody,
     Body,
@@ -107,7 +107,7 @@ async def define_pool(request: web.Request) -> web.Response:
 async def pool_xml(request: web.Request) -> web.Response:
     """virsh pool-dumpxml: the pool as libvirt storage pool XML."""
     text = _storage(request).pool_dumpxml(request.match_info["pool"])
-    return web.Response(text=text, content_type="application/xml")
+    return xml_response(text)
 
 
 @routes.get("/v1/pools/{pool}")

@@ -9,7 +9,7 @@ import asyncio
 from aiohttp import web
 from pydantic import Field
 
-from virtkit.api.common import json_response, progress_response
+from virtkit.api.common import json_response, progress_response, xml_response
 from virtkit.api.requests import Body, Count, Flag, Query, body_of, query_of
 from virtkit.service.virsh import VirshService
 
@@ -220,18 +220,14 @@ async def cpustats(request: web.Request) -> web.Response:
     return json_response(request.app[VIRSH].cpustats(query_of(request, CpuStatsQuery).cpu))
 
 
-def _xml(text: str) -> web.Response:
-    return web.Response(text=text, content_type="application/xml")
-
-
 @routes.get("/v1/host/sysinfo")
 async def sysinfo(request: web.Request) -> web.Response:
-    return _xml(request.app[VIRSH].sysinfo())
+    return xml_response(request.app[VIRSH].sysinfo())
 
 
 @routes.get("/v1/host/capabilities")
 async def capabilities(request: web.Request) -> web.Response:
-    return _xml(await asyncio.to_thread(request.app[VIRSH].capabilities))
+    return xml_response(await asyncio.to_thread(request.app[VIRSH].capabilities))
 
 
 @routes.get("/v1/host/domcapabilities")
@@ -244,4 +240,4 @@ async def domcapabilities(request: web.Request) -> web.Response:
                                       virttype=query.virttype or None,
                                       arch=query.arch or None,
                                       emulator=query.emulatorbin or None))
-    return _xml(text)
+    return xml_response(text)
