@@ -163,6 +163,17 @@ def cmd_blockresize(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_options(p: argparse.ArgumentParser) -> None:
+    """What blockcommit and blockpull share: waiting, progress and the speed limit
+    (virsh's --async and --timeout are accepted)."""
+    p.add_argument("--wait", action="store_true", help="wait for the job to end")
+    p.add_argument("--verbose", action="store_true", help="show progress (with --wait)")
+    p.add_argument("--bandwidth", type=int, help="MiB/s (bytes/s with --bytes)")
+    p.add_argument("--bytes", action="store_true", help="--bandwidth is bytes/s")
+    p.add_argument("--async", dest="async_", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--timeout", type=int, help=argparse.SUPPRESS)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add blockcommit, blockpull, blockjob and blockresize."""
     p = add_command(sub, "blockcommit", cmd_blockcommit, "merge a running disk's images "
@@ -178,24 +189,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "bottom of the chain)")
     p.add_argument("--top", help="the highest image committed (default: the top, with "
                    "--active)")
-    p.add_argument("--wait", action="store_true", help="wait for the job to end")
-    p.add_argument("--verbose", action="store_true", help="show progress (with --wait)")
     p.add_argument("--delete", action="store_true", help="remove the committed images "
                    "afterwards (those no snapshot names)")
-    p.add_argument("--bandwidth", type=int, help="MiB/s (bytes/s with --bytes)")
-    p.add_argument("--bytes", action="store_true", help="--bandwidth is bytes/s")
-    p.add_argument("--async", dest="async_", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--timeout", type=int, help=argparse.SUPPRESS)
+    _job_options(p)
     p = add_command(sub, "blockpull", cmd_blockpull, "copy a running disk's backing "
                     "images into its top image (live)", domain=True)
     p.add_argument("path", help="disk target (vda) or its file")
     p.add_argument("--base", help="keep this image as the new backing (file or vda[N])")
-    p.add_argument("--wait", action="store_true", help="wait for the job to end")
-    p.add_argument("--verbose", action="store_true", help="show progress (with --wait)")
-    p.add_argument("--bandwidth", type=int, help="MiB/s (bytes/s with --bytes)")
-    p.add_argument("--bytes", action="store_true", help="--bandwidth is bytes/s")
-    p.add_argument("--async", dest="async_", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--timeout", type=int, help=argparse.SUPPRESS)
+    _job_options(p)
     p = add_command(sub, "blockjob", cmd_blockjob, "show, abort or pivot a disk's block "
                     "job", domain=True)
     p.add_argument("path", help="disk target (vda)")
