@@ -136,7 +136,7 @@ def cmd_vcpuinfo(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         render.as_json(info)
         return 0
-    host_cpus = int(client.get("/v1/host")["cpus"])
+    host_cpus = int(info["host_cpus"])
     blocks = []
     for item in info["vcpus"]:
         blocks.append("\n".join([

@@ -100,7 +100,7 @@ class StatsService:
         if "vcpu" not in stats:
             raise_not_running(stats["name"], "vcpuinfo")
         return {"name": stats["name"], "pid": stats["pid"], "state": stats["state"],
-                "vcpus": stats["vcpu"]["vcpus"]}
+                "vcpus": stats["vcpu"]["vcpus"], "host_cpus": os.cpu_count()}
 
     async def metrics(self) -> str:
         """The Prometheus text exposition (format 0.0.4) of every domain and the host."""
