@@ -37,15 +37,17 @@ class NoteStyle:
     start: str
     end: str
     prefix: str
+    #: inside an XML comment, where '--' may not appear
+    in_xml_comment: bool = False
 
     def line(self, text: str) -> str:
-        if self.prefix.startswith("#"):
-            return f"{self.prefix}{text}".rstrip()
-        return f"{self.prefix}{text.replace('--', '- -')}".rstrip()
+        if self.in_xml_comment:
+            text = text.replace("--", "- -")
+        return f"{self.prefix}{text}".rstrip()
 
 
 YAML_NOTES = NoteStyle(ERROR_START, ERROR_END, "# ")
-XML_NOTES = NoteStyle(XML_START, XML_END, "  ")
+XML_NOTES = NoteStyle(XML_START, XML_END, "  ", in_xml_comment=True)
 
 
 def _editor() -> list[str]:
