@@ -149,10 +149,15 @@ class SnapshotDeleter:
         change, or its file vanish (invariant 1, docs/architecture.md)."""
         assert step.child is not None
         own = {os.path.realpath(image) for image in (*readers, step.child, step.frozen)}
-        for image, what in ((step.frozen, "written"), (step.child, "removed")):
-            others = [use for use in self._images.dependents(image, exclude=vm.uuid)
-                      if use.via is not None and os.path.realpath(use.via) not in own]
-            others += self._images.users(image, exclude=vm.uuid)
+        touched = ((step.frozen, "written"), (step.child, "removed"))
+        # one look at every use (domains' disks and chains, the folder's images) serves
+        # both images: a disk of another domain, or a backing use outside our chain
+        uses = self._images.uses(exclude=vm.uuid, folders={
+            os.path.dirname(os.path.realpath(image)) for image, _what in touched})
+        for image, what in touched:
+            real = os.path.realpath(image)
+            others = [use for use in uses if use.image == real and (
+                use.via is None or os.path.realpath(use.via) not in own)]
             if others:
                 use = others[0]
                 raise Conflict(
