@@ -30,7 +30,7 @@ from virtkit.errors import (
     VirtkitError,
 )
 from virtkit.model.load import load_domain
-from virtkit.model.state import State
+from virtkit.model.state import Action, allows
 from virtkit.qemu.monitor import Monitor
 from virtkit.runtime.blockjobs import Progress, _matches, run_job
 from virtkit.runtime.launcher import Running
@@ -168,7 +168,7 @@ class BlockOps:
 
     def _running(self, uuid: str, name: str, what: str) -> tuple[Vm, Running]:
         vm = self._life.vm(uuid, name)
-        if vm.running is None or vm.state not in (State.RUNNING, State.PAUSED):
+        if vm.running is None or not allows(Action.BLOCK_JOB, vm.state):
             raise StateError(f"cannot {what}: domain '{name}' is not running",
                              current=vm.state.value, requested=what,
                              fix=f"start it (virtkit start {name}); an offline disk is "

@@ -29,7 +29,7 @@ from virtkit.errors import Conflict, StateError
 from virtkit.model.domain import Domain
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.snapshot import SnapDisk, on_image
-from virtkit.model.state import State
+from virtkit.model.state import Action, State, allows
 from virtkit.runtime import savefile
 from virtkit.runtime.blockjobs import Progress, run_job, top_nodes
 from virtkit.runtime.imageuse import ImageUse
@@ -60,7 +60,7 @@ class SnapshotReverter:
         """
         vm = self._life.vm(uuid, name)
         async with vm.lock:
-            if vm.state not in (State.RUNNING, State.PAUSED, State.SHUTOFF, State.CRASHED):
+            if not allows(Action.REVERT, vm.state):
                 raise StateError(f"cannot revert domain '{name}': it is {vm.state.value}",
                                  current=vm.state.value, requested="revert",
                                  fix=f"wait, or 'virtkit destroy {name}' first")
@@ -96,7 +96,7 @@ class SnapshotReverter:
         moved = any(d.path and d.device.value == "disk" and d.path not in wanted
                     for d in current.disks)
         if vm.running is not None and (not snap.memory or moved
-                                       or vm.state not in (State.RUNNING, State.PAUSED)
+                                       or not allows(Action.SAVE, vm.state)
                                        or not _same_devices(vm.running, snap)):
             # a QEMU on other images (an overlay made since) or with other devices (a
             # hotplug since) cannot load the snapshot

@@ -45,7 +45,7 @@ from virtkit.model.snapshot import (
     overlay_name,
     plan_create,
 )
-from virtkit.model.state import State
+from virtkit.model.state import ACTIVE_STATES, Action, State, allows
 from virtkit.qemu.argv import blockdev_nodes
 from virtkit.qemu.monitor import Monitor
 from virtkit.runtime import devlayout, savefile
@@ -96,13 +96,11 @@ class CreateRequest:
 
 def _memory_state(vm: Vm) -> Running | None:
     """The live QEMU if the VM runs or is paused; StateError in states with no snapshot."""
-    if vm.state in (State.RUNNING, State.PAUSED):
-        return vm.running
-    if vm.state is State.SHUTOFF:
-        return None
-    raise StateError(f"cannot snapshot domain '{vm.name}': it is {vm.state.value}",
-                     current=vm.state.value, requested="snapshot",
-                     fix=f"wait until it runs or is shut off, or 'virtkit destroy {vm.name}'")
+    if not allows(Action.SNAPSHOT, vm.state):
+        raise StateError(f"cannot snapshot domain '{vm.name}': it is {vm.state.value}",
+                         current=vm.state.value, requested="snapshot",
+                         fix=f"wait until it runs or is shut off, or 'virtkit destroy {vm.name}'")
+    return vm.running if vm.state in ACTIVE_STATES else None
 
 
 class SnapshotRuntime:

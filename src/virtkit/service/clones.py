@@ -34,7 +34,7 @@ from typing import Any
 from virtkit.errors import Conflict, InvalidSpec, StateError
 from virtkit.model.domain import Disk, DiskDevice, Domain
 from virtkit.model.load import dump_domain, load_domain
-from virtkit.model.state import State
+from virtkit.model.state import ACTIVE_STATES, GUEST_RUNS, Action, State, allows
 from virtkit.runtime.launcher import copy_nvram
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.service.domains import DomainService
@@ -66,7 +66,7 @@ class CloneService:
                            fix="choose another --name")
         source = load_domain(row.spec)
         state = self._life.vm(row.uuid, row.name).state
-        live = state not in (State.SHUTOFF, State.CRASHED)
+        live = state in ACTIVE_STATES
         self._check_state(row, state, linked=linked, force=force)
         writable = [i for i, disk in enumerate(source.disks) if _copied(disk)]
         targets = self._targets(source, name, writable, files or [], auto=auto, linked=linked)
@@ -90,12 +90,12 @@ class CloneService:
 
     @staticmethod
     def _check_state(row: DomainRow, state: State, *, linked: bool, force: bool) -> None:
-        if linked and state not in (State.SHUTOFF, State.CRASHED):
+        if linked and not allows(Action.LINKED_CLONE, state):
             raise StateError(f"a linked clone of '{row.name}' needs it shut off (it is "
                              f"{state.value}): its image becomes the shared base",
                              current=state.value, requested="clone",
                              fix=f"virtkit shutdown {row.name} --wait, or a full clone")
-        if state in (State.RUNNING, State.SHUTTING_DOWN) and not force:
+        if not allows(Action.CLONE, state) and not force:
             raise StateError(f"domain '{row.name}' is running; its disks change while they "
                              "are copied", current=state.value, requested="clone",
                              fix=f"virtkit suspend {row.name} first, shut it down, or pass "
@@ -104,7 +104,7 @@ class CloneService:
     @contextlib.asynccontextmanager
     async def _quiesced(self, name: str, state: State, force: bool) -> Any:
         """Freeze the guest's file systems (running + force) for the copy; thaw after."""
-        if not (force and state in (State.RUNNING, State.SHUTTING_DOWN)):
+        if not (force and state in GUEST_RUNS):
             yield
             return
         await self._guest.fsfreeze(name)

@@ -18,7 +18,7 @@ from virtkit.errors import Conflict, InvalidSpec, NotFound, QemuError, StateErro
 from virtkit.formats.libvirt_device import device_from_xml
 from virtkit.model.domain import Disk, DiskDevice, Domain, Nic
 from virtkit.model.load import load_domain
-from virtkit.model.state import State
+from virtkit.model.state import Action, allows
 from virtkit.model.units import parse_mib
 from virtkit.runtime import hotplug
 from virtkit.runtime.imageuse import wanted_images
@@ -76,8 +76,7 @@ class DeviceService:
         """(row, change live?, change config?) following virsh's --live/--config/--current."""
         row = self._store.get_domain(ref)
         vm = self._life.vm(row.uuid, row.name)
-        active = vm.running is not None and vm.state in (State.RUNNING, State.PAUSED,
-                                                         State.SHUTTING_DOWN)
+        active = vm.running is not None and allows(Action.LIVE_CHANGE, vm.state)
         if not live and not config:
             live, config = active, not active
         if live and not active:

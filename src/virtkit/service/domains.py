@@ -30,7 +30,7 @@ from virtkit.model.load import (
     parse_text,
     without_secrets,
 )
-from virtkit.model.state import Action, State, check_action
+from virtkit.model.state import ACTIVE_STATES, Action, State, check_action
 from virtkit.runtime import hotplug, preflight, savefile, tuning
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.imageuse import ImageUse, Wanted, lock_conflict, wanted_disks
@@ -135,7 +135,7 @@ class DomainService:
         rows = [self._summary(row) for row in self._store.list_domains()]
         if include_inactive:
             return rows
-        return [row for row in rows if row["state"] not in (State.SHUTOFF, State.CRASHED)]
+        return [row for row in rows if row["state"] in ACTIVE_STATES]
 
     def info(self, ref: str, *, secrets: bool = False) -> dict[str, Any]:
         """Everything about one domain: summary, spec, version, runtime facts; the
@@ -548,7 +548,7 @@ class DomainService:
     async def destroy_and_undefine(self, ref: str) -> None:
         """Stop ``ref`` if it runs and remove it: the undo of a failed install."""
         row = self._row(ref)
-        if self._life.vm(row.uuid, row.name).state not in (State.SHUTOFF, State.CRASHED):
+        if self._life.vm(row.uuid, row.name).state in ACTIVE_STATES:
             await self._life.destroy(row.uuid, row.name)
         await self.undefine(row.uuid)
 
@@ -707,7 +707,7 @@ class DomainService:
         for row in self._store.list_domains():
             if not row.spec.get("autostart"):
                 continue
-            if self._life.vm(row.uuid, row.name).state not in (State.SHUTOFF, State.CRASHED):
+            if self._life.vm(row.uuid, row.name).state in ACTIVE_STATES:
                 continue
             try:
                 await self.start(row.uuid)

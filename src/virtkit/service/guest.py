@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from virtkit.errors import AgentUnavailable, Conflict, GuestAgentError, InvalidSpec, TimeoutExpired
-from virtkit.model.state import State
+from virtkit.model.state import Action, allows
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.runtime.qemunames import GuestAgent
 from virtkit.store.db import Store
@@ -43,7 +43,7 @@ class GuestService:
         row = self._store.get_domain(ref)
         vm = self._life.vm(row.uuid, row.name)
         running = vm.running
-        if running is None or vm.state not in (State.RUNNING, State.SHUTTING_DOWN):
+        if running is None or not allows(Action.AGENT, vm.state):
             raise Conflict(f"domain '{row.name}' is not running (it is {vm.state.value}); "
                            "the guest agent answers only in a running guest",
                            fix=f"virtkit start {row.name}" if running is None

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from virtkit.errors import InvalidSpec, VirtkitError
-from virtkit.model.state import State
+from virtkit.model.state import INACTIVE_STATES, Action, allows
 from virtkit.service.domains import DomainService
 from virtkit.service.managedsave import ManagedSaveService
 
@@ -126,7 +126,7 @@ class HostGuestsService:
 
     def _active(self) -> list[str]:
         return [row["name"] for row in self._domains.list_domains(include_inactive=False)
-                if row["state"] in (State.RUNNING, State.PAUSED)]
+                if allows(Action.SAVE, row["state"])]  # what can be saved is handled
 
     async def on_daemon_stop(self) -> list[str]:
         """Apply ON_SHUTDOWN to the running guests; the names handled, recorded."""
@@ -163,7 +163,7 @@ class HostGuestsService:
             except VirtkitError as exc:
                 log.error("guests: shutdown of %s failed: %s", name, exc)
             info = self._domains.summary(name)
-            if info["state"] in (State.SHUTOFF, State.CRASHED):
+            if info["state"] in INACTIVE_STATES:
                 log.info("guests: %s shut down", name)
                 return name
             log.warning("guests: %s did not power off within %ss; destroying it",
@@ -190,8 +190,7 @@ class HostGuestsService:
         if policy["on_boot"] == "start":
             for name in pending:
                 try:
-                    if self._domains.summary(name)["state"] in (State.SHUTOFF,
-                                                                State.CRASHED):
+                    if self._domains.summary(name)["state"] in INACTIVE_STATES:
                         await self._domains.start(name)
                         started.append(name)
                 except VirtkitError as exc:

@@ -24,7 +24,7 @@ from virtkit.errors import (
     VirtkitError,
 )
 from virtkit.model.load import dump_domain, load_domain
-from virtkit.model.state import State
+from virtkit.model.state import Action, State, allows
 from virtkit.runtime import devlayout, migration, outgoing
 from virtkit.runtime.launcher import CapsProvider
 from virtkit.runtime.lifecycle import Lifecycle, Vm
@@ -226,7 +226,7 @@ class MigrationService:
                               copy: dict[str, str] | None,
                               destination: dict[str, Any]) -> dict[str, Any]:
         running = vm.running
-        if vm.state not in (State.RUNNING, State.PAUSED) or running is None:
+        if not allows(Action.MIGRATE, vm.state) or running is None:
             raise StateError(f"cannot migrate domain '{vm.name}': it is {vm.state.value}",
                              current=vm.state.value, requested="migrate",
                              fix="only a running or paused domain is live-migrated; "

@@ -28,7 +28,7 @@ from virtkit.host.accel import decide_accelerator
 from virtkit.host.qemubin import qemu_info
 from virtkit.model import keycodes
 from virtkit.model.load import load_domain
-from virtkit.model.state import State
+from virtkit.model.state import ACTIVE_STATES
 from virtkit.runtime import consoleio
 from virtkit.runtime.launcher import Running
 from virtkit.runtime.lifecycle import Lifecycle
@@ -55,7 +55,7 @@ class VirshService:
     def _running(self, ref: str, what: str) -> tuple[str, Running]:
         row = self._store.get_domain(ref)
         vm = self._life.vm(row.uuid, row.name)
-        if vm.running is None or vm.state in (State.SHUTOFF, State.CRASHED):
+        if vm.running is None or vm.state not in ACTIVE_STATES:
             raise StateError(f"cannot {what} domain '{row.name}': it is not running",
                              current=vm.state.value, requested=what,
                              fix=f"virtkit start {row.name}")
