@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from virtkit.errors import (
     NotFound,
@@ -33,12 +33,27 @@ from virtkit.errors import (
 from virtkit.host.pathpolicy import PathPolicy
 from virtkit.model.domain import Domain, LifecycleAction, Nic
 from virtkit.model.load import dump_domain
-from virtkit.model.state import Action, State, check_action, check_transition
+from virtkit.model.state import (
+    ACTIVE_STATES,
+    Action,
+    State,
+    allows,
+    check_action,
+    check_transition,
+)
 from virtkit.paths import StatePaths
 from virtkit.qemu.argv import Layout
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
-from virtkit.runtime import blockjobs, devlayout, migration, orphans, poweroff, savefile
+from virtkit.runtime import (
+    blockjobs,
+    devlayout,
+    migration,
+    orphans,
+    poweroff,
+    savefile,
+    teardown,
+)
 from virtkit.runtime.confine import Confiner
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.launcher import (
@@ -48,6 +63,15 @@ from virtkit.runtime.launcher import (
     TapProvider,
     launch,
     live_form,
+)
+from virtkit.runtime.operation import (
+    MIGRATING_IN,
+    InstallPhase,
+    Operation,
+    OpKind,
+    RebootKind,
+    ShutdownSeen,
+    exit_outcome,
 )
 from virtkit.store.db import Store
 from virtkit.unixsock import connect_unix
@@ -73,20 +97,25 @@ class Vm:
     running: Running | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
-    expected_exit: str | None = None
-    guest_shutdown: dict[str, Any] | None = None
-    #: a reboot asked for: "in-place" (the guest resets inside this QEMU, as libvirt's
-    #: reboot does) or "new-process" (the definition changed: a fresh QEMU boots it)
-    reboot_pending: Literal["in-place", "new-process"] | None = None
-    #: set when an in-place reboot ended (the guest runs again, or it timed out)
-    reboot_done: asyncio.Event = field(default_factory=asyncio.Event)
-    shutdown_timer: asyncio.Task[None] | None = None
+    #: the request in flight on its QEMU (runtime/operation.py); only
+    #: ``Lifecycle._operate`` changes it; ``reason`` is what is shown
+    op: Operation = field(default_factory=Operation)
+    #: the install phase this QEMU runs (None: the domain's own spec)
+    install: InstallPhase | None = None
+    #: QEMU's SHUTDOWN event, once seen (who asked: the guest or the host)
+    shutdown_seen: ShutdownSeen | None = None
     started: float | None = None
     links: dict[int, str] = field(default_factory=dict)
-    #: the one-run configuration QEMU runs now (an install phase), None for the spec
-    boot_spec: Domain | None = None
-    #: after an install phase ends by the guest's power-off or reboot: boot the spec
-    boot_after_install: bool = True
+
+    @property
+    def boot_spec(self) -> Domain | None:
+        """The one-run configuration QEMU runs now (an install phase), None: the spec."""
+        return self.install.spec if self.install is not None else None
+
+    @property
+    def migrating_in(self) -> bool:
+        """QEMU waits for (or receives) an incoming migration."""
+        return self.op.kind is OpKind.MIGRATING_IN
 
 
 def require_lock(vm: Vm, what: str) -> None:
@@ -161,8 +190,7 @@ class Lifecycle:
         vm = self.vm(uuid, name)
         async with vm.lock:
             running = vm.running
-            if running is None or vm.state not in (State.RUNNING, State.PAUSED,
-                                                    State.SHUTTING_DOWN):
+            if running is None or not allows(Action.LIVE_CHANGE, vm.state):
                 raise StateError(f"domain '{vm.name}' is not running (it is {vm.state.value})",
                                  current=vm.state.value, requested="live change",
                                  fix="change its definition with --config instead")
@@ -209,6 +237,15 @@ class Lifecycle:
             self._bus.publish(event, vm.uuid, domain=vm.name, uuid=vm.uuid,
                               state=state.value, reason=reason, **detail)
 
+    def _operate(self, vm: Vm, op: Operation | None = None) -> Operation:
+        """THE place a VM's operation changes (None: nothing in flight any more).  A
+        power-off or reboot asked again keeps the deadline the first one started."""
+        new = op if op is not None else Operation()
+        if new.kind in (OpKind.SHUTDOWN, OpKind.REBOOT) and new.timer is None:
+            new.timer = vm.op.timer
+        vm.op = new
+        return new
+
     @requires_lock
     def record(self, vm: Vm) -> None:
         """Write the runtime record after the caller (holding ``vm.lock``) changed the
@@ -237,8 +274,9 @@ class Lifecycle:
         async with vm.lock:
             check_action(Action.START, vm.state, vm.name)
             self._refuse_preserved(vm, Action.START)
-            await self._start_locked(vm, paused=paused, boot_spec=boot_spec)
-            vm.boot_after_install = boot_after_install
+            install = InstallPhase(boot_spec, boot_after_install) \
+                if boot_spec is not None else None
+            await self._start_locked(vm, paused=paused, install=install)
 
     @staticmethod
     def _refuse_preserved(vm: Vm, action: Action) -> None:
@@ -251,10 +289,10 @@ class Lifecycle:
                 fix=f"inspect it, then 'virtkit destroy {vm.name}'")
 
     async def _start_locked(self, vm: Vm, *, paused: bool, incoming_fd: int | None = None,
-                            event: str = "started", boot_spec: Domain | None = None,
+                            event: str = "started", install: InstallPhase | None = None,
                             run_spec: Domain | None = None, incoming: str | None = None,
                             reason: str | None = None, layout: Layout | None = None) -> None:
-        domain = boot_spec or run_spec or self._spec_for(vm.uuid)
+        domain = install.spec if install is not None else run_spec or self._spec_for(vm.uuid)
         before = vm.state
 
         def record_spawn(process: QemuProcess) -> None:
@@ -272,7 +310,7 @@ class Lifecycle:
             self._store.set_runtime(vm.uuid, state=before.value, reason=vm.reason)
             raise
         self._adopt(vm, running)
-        vm.boot_spec = boot_spec
+        vm.install = install
         self._set_state(vm, State.PAUSED, "starting")
         try:
             if incoming_fd is not None:
@@ -284,15 +322,14 @@ class Lifecycle:
             raise
         state = State.PAUSED if paused else State.RUNNING
         if reason is None:
-            reason = "user" if paused else "installing" if boot_spec is not None else "booted"
+            reason = "user" if paused else "installing" if install is not None else "booted"
         self._set_state(vm, state, reason, event=event)
 
     def _adopt(self, vm: Vm, running: Running) -> None:
         vm.running = running
         vm.exited.clear()
-        vm.expected_exit = None
-        vm.guest_shutdown = None
-        vm.reboot_pending = None
+        self._operate(vm)
+        vm.shutdown_seen = None
         vm.started = time.time()
         vm.links = {}
         running.process.watch(lambda: self._on_exit(vm, running))
@@ -306,12 +343,14 @@ class Lifecycle:
             check_action(Action.DESTROY, vm.state, vm.name)
             await self._kill(vm, "destroyed")
 
-    async def _kill(self, vm: Vm, reason: str) -> None:
+    async def _kill(self, vm: Vm, reason: str, kind: OpKind = OpKind.STOP) -> None:
+        """End QEMU on purpose (``kind`` STOP, or PANIC): its exit is recorded with
+        ``reason``."""
         running = vm.running
         if running is None:
             self._set_state(vm, State.SHUTOFF, reason, event="stopped")
             return
-        vm.expected_exit = reason
+        self._operate(vm, Operation(kind, reason=reason))
         with contextlib.suppress(Exception):
             await running.monitor.quit(timeout=DESTROY_GRACE)
         if not await running.process.wait(DESTROY_GRACE):
@@ -321,7 +360,7 @@ class Lifecycle:
     async def shutdown(self, uuid: str, name: str, *, timeout: float | None = None,
                        wait: bool = False, reboot: bool = False,
                        modes: tuple[str, ...] = ("acpi",)
-                       ) -> Literal["in-place", "new-process"] | None:
+                       ) -> RebootKind | None:
         """Power-off (or reboot) by ACPI or through the guest agent, tried in the order of
         ``modes`` (virsh's ``--mode agent,acpi``); the guest gets ``timeout`` seconds.
         A reboot's kind is returned: in place, or a new QEMU for a changed definition."""
@@ -333,26 +372,28 @@ class Lifecycle:
             pending = self._reboot_kind(vm) if reboot else None
             if pending == "in-place":  # a guest power-off then pauses QEMU, to reset it
                 await poweroff.pause_on_power_off(vm.running)
-            vm.reboot_pending, vm.reboot_done = pending, asyncio.Event()
+            before = vm.op
+            op = self._operate(vm, Operation(OpKind.REBOOT if reboot else OpKind.SHUTDOWN,
+                                             reboot=pending))
             try:
                 used = await poweroff.request_shutdown(vm.name, vm.running, modes,
                                                     pending == "in-place")
             except BaseException:
-                vm.reboot_pending = None
+                if vm.op is op:
+                    self._operate(vm, before)
                 if pending == "in-place":
                     await poweroff.restore_power_off(vm.running)
                 raise
-            done = vm.reboot_done
-            if vm.state is State.RUNNING and not done.is_set():
+            if vm.state is State.RUNNING and not op.done.is_set():
                 self._set_state(vm, State.SHUTTING_DOWN, "reboot" if reboot else used)
-            if vm.shutdown_timer is None:
-                vm.shutdown_timer = asyncio.create_task(self._shutdown_deadline(vm, timeout))
+            if op.timer is None and vm.op is op:
+                op.timer = self._deadline(vm, timeout)
         if not wait:
             return pending
         if pending == "in-place":
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), timeout)
-            finished = vm.state is State.RUNNING and vm.reason == "rebooted"
+                await asyncio.wait_for(op.done.wait(), timeout)
+            finished = op.rebooted
         else:
             finished = await self._wait_exited(vm, timeout)
         if not finished:
@@ -363,14 +404,14 @@ class Lifecycle:
             )
         return pending
 
-    def _reboot_kind(self, vm: Vm) -> Literal["in-place", "new-process"]:
+    def _reboot_kind(self, vm: Vm) -> RebootKind:
         """In place when this QEMU runs what the definition says (no install phase, no
         changed definition or device layout, on_reboot=restart); else a new QEMU."""
         running = vm.running
         assert running is not None
         assert running.live is not None
         stored = self._spec_for(vm.uuid)
-        same = vm.boot_spec is None and not running.layout_changed \
+        same = vm.install is None and not running.layout_changed \
             and stored.on_reboot is LifecycleAction.RESTART \
             and live_form(stored) == running.live
         return "in-place" if same else "new-process"
@@ -380,7 +421,7 @@ class Lifecycle:
         reset the machine and let it run again, as libvirt's "fake reboot" does."""
         async with vm.lock:
             running = vm.running
-            if running is None or vm.reboot_pending != "in-place":
+            if running is None or not vm.op.in_place_reboot:
                 return
             try:
                 await running.monitor.system_reset()
@@ -389,12 +430,14 @@ class Lifecycle:
             except VirtkitError as exc:
                 log.error("in-place reboot of %s failed: %s", vm.name, exc)
                 return
-            vm.guest_shutdown = None
+            vm.shutdown_seen = None
             self._rebooted(vm)
 
     def _rebooted(self, vm: Vm) -> None:
-        vm.reboot_pending = None
-        vm.reboot_done.set()
+        op = vm.op
+        op.rebooted = True
+        op.done.set()
+        self._operate(vm)
         self._set_state(vm, State.RUNNING, "rebooted", event="rebooted")
 
     async def _wait_exited(self, vm: Vm, timeout: float) -> bool:
@@ -404,19 +447,30 @@ class Lifecycle:
             return False
         return True
 
+    def _deadline(self, vm: Vm, timeout: float) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._shutdown_deadline(vm, timeout))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     async def _shutdown_deadline(self, vm: Vm, timeout: float) -> None:
-        """If the guest ignores ACPI, mark it running again and say so."""
+        """If the guest ignores the power-off (or reboot) it was asked for, mark it
+        running again and say so."""
+        me = asyncio.current_task()
         try:
             exited = await self._wait_exited(vm, timeout)
-            if not exited and vm.state is State.SHUTTING_DOWN and vm.running is not None:
-                if vm.reboot_pending == "in-place":
+            op = vm.op
+            if not exited and op.timer is me and vm.state is State.SHUTTING_DOWN \
+                    and vm.running is not None:
+                if op.in_place_reboot:
                     await poweroff.restore_power_off(vm.running)
-                vm.reboot_pending = None
-                vm.reboot_done.set()
+                op.done.set()
+                self._operate(vm)
                 self._set_state(vm, State.RUNNING, "shutdown timed out",
                                 event="shutdown-timeout", timeout=timeout)
         finally:
-            vm.shutdown_timer = None
+            if vm.op.timer is me:
+                vm.op.timer = None
 
     # -- pause, reset, save, restore ------------------------------------------
 
@@ -537,15 +591,19 @@ class Lifecycle:
         self._refuse_preserved(vm, Action.START)
         placed = devlayout.parse(layout, spec, "the migration's device layout")
         await self._start_locked(vm, paused=True, run_spec=spec, incoming="defer",
-                                 event="migrating-in", reason="migrating in", layout=placed)
+                                 event="migrating-in", reason=MIGRATING_IN, layout=placed)
+        self._operate(vm, Operation(OpKind.MIGRATING_IN))
         assert vm.running is not None
         return vm.running
 
     @requires_lock
-    def set_state(self, vm: Vm, state: State, reason: str, event: str | None = None) -> None:
+    def set_state(self, vm: Vm, state: State, reason: str, event: str | None = None, *,
+                  op: OpKind = OpKind.NONE) -> None:
         """Record a state change the caller made through QMP (it holds ``vm.lock``): a
         new state, or the same one for a new reason (an incoming migration kept paused
-        goes from 'migrating in' to 'migrated')."""
+        goes from 'migrating in' to 'migrated').  It ends the operation in flight, or
+        begins ``op`` (an outgoing migration's switch-over)."""
+        self._operate(vm, Operation(op))
         if state is not vm.state or reason != vm.reason:
             self._set_state(vm, state, reason, event=event)
 
@@ -555,10 +613,10 @@ class Lifecycle:
         kind = event.get("event")
         data = event.get("data", {})
         if kind == "SHUTDOWN":
-            vm.guest_shutdown = data
-            if vm.reboot_pending == "in-place" and data.get("guest"):
+            vm.shutdown_seen = ShutdownSeen.from_event(data)
+            if vm.op.in_place_reboot and vm.shutdown_seen.guest:
                 self._spawn(self._reset_after_power_off(vm))
-        elif kind == "RESET" and vm.reboot_pending == "in-place" and data.get("guest"):
+        elif kind == "RESET" and vm.op.in_place_reboot and data.get("guest"):
             self._rebooted(vm)  # the guest agent's reboot: the guest reset itself
         elif kind == "GUEST_PANICKED":
             self._spawn(self._on_panic(vm, data))
@@ -586,8 +644,7 @@ class Lifecycle:
                 self._set_state(vm, State.CRASHED, "guest panicked", event="crashed",
                                 panic=data.get("info"))
                 return
-            vm.expected_exit = "panic"
-            await self._kill(vm, "panic")
+            await self._kill(vm, "panic", OpKind.PANIC)
         self._bus.publish("crashed", vm.uuid, domain=vm.name, uuid=vm.uuid,
                           state=State.CRASHED.value, reason="guest panicked")
         await self._after_crash(vm, policy)
@@ -600,8 +657,8 @@ class Lifecycle:
         event) are read, and a guest power-off must not be taken for a crash."""
         if vm.running is not running:
             return
-        if running.process.exit_status() == 0 and vm.guest_shutdown is None \
-                and vm.expected_exit is None:
+        if running.process.exit_status() == 0 and vm.shutdown_seen is None \
+                and not vm.op.ends_qemu:
             asyncio.get_running_loop().call_later(EVENT_DRAIN_DELAY, self._conclude_exit,
                                                   vm, running)
             return
@@ -613,30 +670,18 @@ class Lifecycle:
             return
         vm.running = None
         status = running.process.exit_status()
-        running.process.close()
-        self._spawn(running.monitor.close())
-        if running.agent is not None:
-            self._spawn(running.agent.close())
-        for role_socket in running.run_dir.glob("*.sock"):
-            role_socket.unlink(missing_ok=True)
-        for channel in running.live.channels if running.live is not None else []:
-            if channel.path:  # bound by the daemon at start: gone with its QEMU
-                with contextlib.suppress(OSError):
-                    os.unlink(channel.path)
-        if running.helpers:
-            self._spawn(asyncio.to_thread(running.stop_helpers))
-        if running.hostdev_drivers:
-            self._spawn(asyncio.to_thread(running.release_hostdevs))
-        if self.confiner is not None and running.confinement is not None:
-            # at once, not in a thread: a restart that follows grants the same files anew
-            self.confiner.release(running.confinement)
-            running.confinement = None
-        state, reason, event, follow_up = self._exit_outcome(vm, status)
-        self._set_state(vm, state, reason, event=event, exit_status=status)
+        teardown.after_exit(running, self.confiner, self._spawn)
+        install, vm.install = vm.install, None
+        domain = install.spec if install is not None else self._spec_for(vm.uuid)
+        outcome = exit_outcome(vm.op, install, vm.shutdown_seen, status,
+                               on_poweroff=domain.on_poweroff, on_crash=domain.on_crash)
+        self._operate(vm)
+        self._set_state(vm, outcome.state, outcome.reason, event=outcome.event,
+                        exit_status=status)
         vm.exited.set()
-        if follow_up is not None:
-            self._spawn(follow_up)
-        elif vm.running is None:
+        if outcome.restart is not None:
+            self._spawn(self._restart(vm, outcome.restart))
+        elif outcome.ends_transient:
             self._forget_if_transient(vm)
 
     def _forget_if_transient(self, vm: Vm) -> None:
@@ -652,47 +697,13 @@ class Lifecycle:
         self._bus.publish("undefined", vm.uuid, domain=vm.name, uuid=vm.uuid,
                           state=vm.state.value, reason="transient domain stopped")
 
-    def _exit_outcome(self, vm: Vm, status: int | None) -> tuple[State, str, str, Any]:
-        """Why QEMU ended, the state that follows, its event, and any restart to run."""
-        phase, vm.boot_spec = vm.boot_spec, None
-        domain = phase if phase is not None else self._spec_for(vm.uuid)
-        shutdown = vm.guest_shutdown or {}
-        if phase is not None and vm.expected_exit is None and shutdown.get("guest"):
-            # The installer powered off or rebooted: the install phase is over.
-            follow = self._restart(vm, "installed") if vm.boot_after_install else None
-            return State.SHUTOFF, "install finished", "installed", follow
-        if vm.expected_exit == "panic":
-            return State.CRASHED, "guest panicked", "stopped", None
-        if vm.expected_exit is None and vm.reason == "migrating in":
-            # the stream broke or the source cancelled: QEMU exits by design, no crash
-            # policy applies, and a transient incoming definition goes with it
-            return State.SHUTOFF, "incoming migration failed", "stopped", None
-        if vm.expected_exit is not None:
-            return State.SHUTOFF, vm.expected_exit, "stopped", None
-        if shutdown.get("guest"):
-            if vm.reboot_pending:
-                return State.SHUTOFF, "rebooting", "shutdown", self._restart(vm, "rebooted")
-            if shutdown.get("reason") == "guest-reset":
-                return State.SHUTOFF, "guest rebooted (on_reboot=destroy)", "shutdown", None
-            if domain.on_poweroff is LifecycleAction.RESTART:
-                return State.SHUTOFF, "shutdown", "shutdown", self._restart(vm, "restarted")
-            return State.SHUTOFF, "shutdown", "shutdown", None
-        if shutdown:
-            return State.SHUTOFF, f"destroyed ({shutdown.get('reason', 'host')})", "stopped", None
-        why = "QEMU exited unexpectedly"
-        if status is not None and status < 0:
-            why += f" (killed by signal {-status})"
-        elif status is not None:
-            why += f" (exit status {status})"
-        return State.CRASHED, why, "crashed", self._after_crash(vm, domain.on_crash)
-
     async def _after_crash(self, vm: Vm, policy: LifecycleAction) -> None:
         if policy is LifecycleAction.RESTART:
             await self._restart(vm, "restarted")
 
     async def _restart(self, vm: Vm, event: str) -> None:
         async with vm.lock:
-            if vm.state not in (State.SHUTOFF, State.CRASHED):
+            if not allows(Action.START, vm.state):
                 return
             try:
                 await self._start_locked(vm, paused=False, event=event)
@@ -712,7 +723,7 @@ class Lifecycle:
                 continue
             vm = self.vm(uuid, name)
             if record.pid is None or record.pid_start is None:
-                if vm.state not in (State.SHUTOFF, State.CRASHED):
+                if vm.state in ACTIVE_STATES:
                     self._set_state(vm, State.SHUTOFF, "daemon restarted", event="stopped")
                 continue
             process = QemuProcess.adopt(record.pid, record.pid_start, uuid)
@@ -764,22 +775,22 @@ class Lifecycle:
         if status == "shutdown":
             await self._kill(vm, "shutdown")
             return f"{vm.name}: QEMU pid {process.pid} had shut down; cleaned up"
-        if status != "unknown" and reason != "migrating in":
+        if status != "unknown" and reason != MIGRATING_IN:  # the record's, not an operation
             status = await migration.abandon_outgoing(monitor, status)
         if vm.state is not State.CRASHED:
             paused = status in ("paused", "prelaunch", "suspended", *migration.STOPPED_BY)
             state = State.PAUSED if paused else State.RUNNING
             vm.state = state  # QEMU's own status is the truth here, whatever was recorded
-            # an incoming migration keeps its marker: the source may still finish or delete it
-            incoming = reason == "migrating in" and status == "inmigrate"
-            self._set_state(vm, state, "migrating in" if incoming else "reattached")
+            # an incoming migration goes on: the source may still finish or delete it
+            self._operate(vm, Operation.from_record(reason, status))
+            self._set_state(vm, state, MIGRATING_IN if vm.migrating_in else "reattached")
         return f"{vm.name}: reattached to QEMU pid {process.pid} ({status})"
 
     async def close(self) -> None:
         """Detach from every QEMU (they keep running) and finish background tasks."""
         for vm in self._vms.values():
-            if vm.shutdown_timer is not None:
-                vm.shutdown_timer.cancel()
+            if vm.op.timer is not None:
+                vm.op.timer.cancel()
             if vm.running is not None:
                 vm.running.process.close()
                 await vm.running.monitor.close()

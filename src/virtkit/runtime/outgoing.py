@@ -15,6 +15,7 @@ from virtkit.model.state import State
 from virtkit.qemu.qmp import MigrationStatus
 from virtkit.runtime.launcher import Running
 from virtkit.runtime.lifecycle import Lifecycle, Vm, require_lock
+from virtkit.runtime.operation import OpKind
 
 #: the source's state from its vCPUs' stop for the switch-over until it hands over
 #: or resumes (libvirt's paused/migration): never 'running' while the destination may be
@@ -42,7 +43,7 @@ async def cancel_stream(running: Running) -> None:
 
 def stopped_locked(life: Lifecycle, vm: Vm) -> None:
     """The vCPUs stopped for the switch-over: paused before the destination may run it."""
-    life.set_state(vm, State.PAUSED, MIGRATING, event="paused")
+    life.set_state(vm, State.PAUSED, MIGRATING, event="paused", op=OpKind.MIGRATING_OUT)
 
 
 def held_locked(life: Lifecycle, vm: Vm, reason: str) -> None:
@@ -60,7 +61,8 @@ async def after_failure_locked(life: Lifecycle, vm: Vm, running: Running,
     """The migration failed and the guest goes on here: record what QEMU says
     (running again, or paused as it was before the migration)."""
     require_lock(vm, "after_failure_locked")
-    if vm.running is None or vm.running is not running or vm.reason != MIGRATING:
+    if vm.running is None or vm.running is not running \
+            or vm.op.kind is not OpKind.MIGRATING_OUT:
         return
     if await runstate(running) == "running":
         life.set_state(vm, State.RUNNING, "migration failed", event="resumed")

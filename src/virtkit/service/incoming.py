@@ -37,7 +37,6 @@ from virtkit.store.db import Store
 
 log = logging.getLogger(__name__)
 
-MIGRATING_IN = "migrating in"
 #: seconds past the source's own timeout an unfinished incoming migration is kept: a
 #: source daemon that died mid-way must not leave a paused QEMU here for ever
 DEADLINE_MARGIN = 60.0
@@ -245,7 +244,7 @@ class IncomingMigrations:
             if pending is not None and self._pending.get(vm.uuid) is not pending:
                 return False  # finished, or removed by someone else
             if vm.running is not None:
-                if vm.reason != MIGRATING_IN and not force:  # it runs here now
+                if not vm.migrating_in and not force:  # it runs here now
                     return False
                 with contextlib.suppress(VirtkitError, TimeoutError):
                     await self._life.kill_locked(vm, reason)
@@ -267,7 +266,7 @@ class IncomingMigrations:
             raise NotFound(f"no incoming migration {migration_id}")
         vm = self._life.vm(row.uuid, row.name)
         incoming = pending is not None and vm.running is not None \
-            and vm.reason == MIGRATING_IN
+            and vm.migrating_in
         if pending is not None:
             pending.seen = time.monotonic()
         return {"id": row.uuid, "domain": row.name, "incoming": incoming,
@@ -284,7 +283,7 @@ class IncomingMigrations:
         async with vm.lock:
             running = vm.running
             pending = self._pending.get(vm.uuid)
-            if running is None or vm.reason != MIGRATING_IN or pending is None:
+            if running is None or not vm.migrating_in or pending is None:
                 raise Conflict(f"domain '{vm.name}' is not an incoming migration here "
                                f"(it is {vm.state.value}, {vm.reason or 'no reason'})")
             try:
@@ -328,12 +327,12 @@ class IncomingMigrations:
             return False
         vm = self._life.vm(row.uuid, row.name)
         if pending is None:
-            if vm.running is not None and vm.reason != MIGRATING_IN:
+            if vm.running is not None and not vm.migrating_in:
                 raise Conflict(f"domain '{vm.name}' already runs here; it is no longer an "
                                "incoming migration")
             return False
         removed = await self._remove(vm, "incoming migration cancelled", pending)
-        if not removed and vm.running is not None and vm.reason != MIGRATING_IN:
+        if not removed and vm.running is not None and not vm.migrating_in:
             raise Conflict(f"domain '{vm.name}' already runs here; it is no longer an "
                            "incoming migration")
         return removed
