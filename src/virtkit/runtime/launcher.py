@@ -32,7 +32,7 @@ from virtkit.qemu.agent import GuestAgent
 from virtkit.qemu.argv import Layout, build_argv, disk_slots
 from virtkit.qemu.monitor import Monitor
 from virtkit.qemu.process import QemuProcess
-from virtkit.runtime import cgtune
+from virtkit.runtime import cgtune, teardown
 from virtkit.runtime.confine import Confinement, Confiner
 from virtkit.runtime.preflight import virtiofsd_binary
 from virtkit.runtime.tuning import (
@@ -260,38 +260,74 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True, mode=0o750)
     log_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
-    qemu_log = log_dir / "qemu.log"
-    listeners: dict[str, socket.socket] = {}
-    taps: Mapping[int, OpenTap] = {}
-    process: QemuProcess | None = None
-    helpers: list[subprocess.Popen[bytes]] = []
-    hostdevs: dict[str, str | None] = {}
-    conf: Confinement | None = None
+    spawned: list[QemuProcess] = []
     try:
+        # the undo stack: every step that succeeds pushes its undo; a failure unwinds
+        # it, each undo running even when one before it fails (runtime/teardown.py)
+        async with contextlib.AsyncExitStack() as undo:
+            undo.callback(teardown.step("remove the run folder", shutil.rmtree, run_dir,
+                                        ignore_errors=True))
+            running = await _start(
+                domain, paths, caps, binary, run_dir, log_dir, undo, spawned.append,
+                incoming_fd=incoming_fd, incoming=incoming, on_event=on_event,
+                on_spawn=on_spawn, taps_for=taps_for, confiner=confiner, layout=layout)
+            undo.pop_all()  # QEMU runs: its end (Lifecycle._conclude_exit) takes it back
+        return running
+    except BaseException as exc:
+        if isinstance(exc, VirtkitError) and spawned and "stderr" not in exc.details:
+            exc.details["stderr"] = qemu_log_tail(log_dir / "qemu.log")
+        raise
+
+
+async def _start(domain: Domain, paths: StatePaths, caps: HostCaps, binary: str,
+                 run_dir: Path, log_dir: Path, undo: contextlib.AsyncExitStack,
+                 spawned: Callable[[QemuProcess], None], *, incoming_fd: int | None,
+                 incoming: str | None, on_event: Callable[[dict[str, Any]], None] | None,
+                 on_spawn: Callable[[QemuProcess], None] | None,
+                 taps_for: TapProvider | None, confiner: Confiner | None,
+                 layout: Layout | None) -> Running:
+    """The steps of :func:`launch`, each pushing its undo on ``undo``."""
+    qemu_log = log_dir / "qemu.log"
+    # closed when this returns, started or not: QEMU holds its own copies (on failure,
+    # closing a tap removes it)
+    with contextlib.ExitStack() as held:
+        listeners: dict[str, socket.socket] = {}
         for role in socket_roles(domain):
-            listeners[role] = bind_unix(run_dir / f"{role}.sock")
+            listeners[role] = held.enter_context(bind_unix(run_dir / f"{role}.sock"))
         for index, path in channel_sockets(domain, run_dir).items():
-            listeners[f"channel{index}"] = bind_unix(path)
+            listeners[f"channel{index}"] = held.enter_context(bind_unix(path))
+            undo.callback(teardown.step("remove a channel socket", teardown.unlink_sockets,
+                                        [path]))
         nvram = prepare_nvram(domain, caps, paths)
         fds = {role: sock.fileno() for role, sock in listeners.items()}
+        taps: Mapping[int, OpenTap] = {}
         if taps_for is not None and any(nic.type != "user" for nic in domain.nics):
             taps = await asyncio.to_thread(taps_for, domain)
+            for tap in taps.values():
+                held.callback(tap.close)
             fds.update({f"tap{index}": tap.fd for index, tap in taps.items()})
         pass_fds = list(fds.values())
         if incoming_fd is not None:
             incoming = f"fd:{incoming_fd}"
             pass_fds.append(incoming_fd)
         files = LaunchFiles(str(run_dir), str(log_dir), fds, nvram=nvram, incoming=incoming)
+        conf: Confinement | None = None
         if confiner is not None:
             conf = await asyncio.to_thread(confiner.prepare, domain, caps, run_dir=run_dir,
                                            log_dir=log_dir, nvram=nvram)
-        helpers += await start_virtiofsd(domain, run_dir, log_dir,
-                                         owner=(conf.uid, conf.gid) if conf else None)
+            undo.callback(teardown.step("release the confinement",
+                                        teardown.release_confinement, confiner, conf))
+        helpers = await start_virtiofsd(domain, run_dir, log_dir,
+                                        owner=(conf.uid, conf.gid) if conf else None)
+        undo.callback(teardown.step("stop virtiofsd", teardown.kill_helpers, helpers))
         hostdevs = await asyncio.to_thread(bind_hostdevs, domain) if domain.hostdevs else {}
+        undo.callback(teardown.step("give back the host devices", release_hostdevs, hostdevs))
         argv = build_argv(domain, caps, files, binary, layout)
         log.info("starting %s: %s", domain.name, " ".join(argv))
         process = QemuProcess.spawn(argv, pass_fds=pass_fds, log_path=qemu_log,
                                     preexec=conf.preexec() if conf else None)
+        spawned(process)
+        undo.push_async_callback(teardown.async_step("end QEMU", _end, process))
         if on_spawn is not None:
             on_spawn(process)
         if conf is not None:
@@ -306,25 +342,14 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
         running.attach_live(domain, layout=layout)
         await _setup(domain, running)
         return running
-    except BaseException as exc:
-        if process is not None:
-            await process.kill(grace=1.0)
-            process.close()
-        for helper in helpers:
-            helper.kill()
-            helper.wait(timeout=5)
-        release_hostdevs(hostdevs)
-        if confiner is not None:
-            confiner.release(conf)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if isinstance(exc, VirtkitError) and process is not None and "stderr" not in exc.details:
-            exc.details["stderr"] = qemu_log_tail(qemu_log)
-        raise
+
+
+async def _end(process: QemuProcess) -> None:
+    """Kill a QEMU whose start failed, and let go of its pidfd."""
+    try:
+        await process.kill(grace=1.0)
     finally:
-        for sock in listeners.values():
-            sock.close()
-        for tap in taps.values():
-            tap.close()  # QEMU holds its own copy; on failure this removes the tap
+        process.close()
 
 
 async def _handshake(domain: Domain, process: QemuProcess, run_dir: Path, qemu_log: Path,
