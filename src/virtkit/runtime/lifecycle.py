@@ -20,7 +20,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -73,6 +72,9 @@ from virtkit.runtime.operation import (
     ShutdownSeen,
     exit_outcome,
 )
+from virtkit.runtime.operation import (
+    Vm as Vm,  # re-exported: the runtime and service name it from here
+)
 from virtkit.store.db import Store
 from virtkit.unixsock import connect_unix
 
@@ -84,38 +86,6 @@ DESTROY_GRACE = 3.0
 #: seconds a cleanly exited QEMU's last QMP events get to be read (see _on_exit)
 EVENT_DRAIN_DELAY = 0.3
 DEFAULT_SHUTDOWN_TIMEOUT = 120.0
-
-
-@dataclass
-class Vm:
-    """What the daemon knows about one domain right now."""
-
-    uuid: str
-    name: str
-    state: State = State.SHUTOFF
-    reason: str = ""
-    running: Running | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
-    #: the request in flight on its QEMU (runtime/operation.py); only
-    #: ``Lifecycle._operate`` changes it; ``reason`` is what is shown
-    op: Operation = field(default_factory=Operation)
-    #: the install phase this QEMU runs (None: the domain's own spec)
-    install: InstallPhase | None = None
-    #: QEMU's SHUTDOWN event, once seen (who asked: the guest or the host)
-    shutdown_seen: ShutdownSeen | None = None
-    started: float | None = None
-    links: dict[int, str] = field(default_factory=dict)
-
-    @property
-    def boot_spec(self) -> Domain | None:
-        """The one-run configuration QEMU runs now (an install phase), None: the spec."""
-        return self.install.spec if self.install is not None else None
-
-    @property
-    def migrating_in(self) -> bool:
-        """QEMU waits for (or receives) an incoming migration."""
-        return self.op.kind is OpKind.MIGRATING_IN
 
 
 def require_lock(vm: Vm, what: str) -> None:
@@ -368,26 +338,8 @@ class Lifecycle:
         timeout = DEFAULT_SHUTDOWN_TIMEOUT if timeout is None else timeout
         async with vm.lock:
             check_action(Action.REBOOT if reboot else Action.SHUTDOWN, vm.state, vm.name)
-            assert vm.running is not None
-            pending = self._reboot_kind(vm) if reboot else None
-            if pending == "in-place":  # a guest power-off then pauses QEMU, to reset it
-                await poweroff.pause_on_power_off(vm.running)
-            before = vm.op
-            op = self._operate(vm, Operation(OpKind.REBOOT if reboot else OpKind.SHUTDOWN,
-                                             reboot=pending))
-            try:
-                used = await poweroff.request_shutdown(vm.name, vm.running, modes,
-                                                    pending == "in-place")
-            except BaseException:
-                if vm.op is op:
-                    self._operate(vm, before)
-                if pending == "in-place":
-                    await poweroff.restore_power_off(vm.running)
-                raise
-            if vm.state is State.RUNNING and not op.done.is_set():
-                self._set_state(vm, State.SHUTTING_DOWN, "reboot" if reboot else used)
-            if op.timer is None and vm.op is op:
-                op.timer = self._deadline(vm, timeout)
+            op = await self._ask_power_off(vm, reboot, modes, timeout)
+        pending = op.reboot
         if not wait:
             return pending
         if pending == "in-place":
@@ -403,6 +355,32 @@ class Lifecycle:
                 fix=f"use 'virtkit destroy {vm.name}' to stop it at once",
             )
         return pending
+
+    async def _ask_power_off(self, vm: Vm, reboot: bool, modes: tuple[str, ...],
+                             timeout: float) -> Operation:
+        """Begin the SHUTDOWN or REBOOT operation and ask the guest (under the lock)."""
+        require_lock(vm, "_ask_power_off")
+        assert vm.running is not None
+        pending = self._reboot_kind(vm) if reboot else None
+        if pending == "in-place":  # a guest power-off then pauses QEMU, to reset it
+            await poweroff.pause_on_power_off(vm.running)
+        before = vm.op
+        op = self._operate(vm, Operation(OpKind.REBOOT if reboot else OpKind.SHUTDOWN,
+                                         reboot=pending))
+        try:
+            used = await poweroff.request_shutdown(vm.name, vm.running, modes,
+                                                pending == "in-place")
+        except BaseException:
+            if vm.op is op:
+                self._operate(vm, before)
+            if pending == "in-place":
+                await poweroff.restore_power_off(vm.running)
+            raise
+        if vm.state is State.RUNNING and not op.done.is_set():
+            self._set_state(vm, State.SHUTTING_DOWN, "reboot" if reboot else used)
+        if op.timer is None and vm.op is op:
+            op.timer = self._deadline(vm, timeout)
+        return op
 
     def _reboot_kind(self, vm: Vm) -> RebootKind:
         """In place when this QEMU runs what the definition says (no install phase, no

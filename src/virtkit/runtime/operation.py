@@ -1,6 +1,7 @@
 """What a domain's QEMU is in the middle of, and why it ended: one typed value each.
 
-A :class:`~virtkit.runtime.lifecycle.Vm` carries one :class:`Operation` — the request
+A :class:`Vm` (what the daemon knows of one domain now; runtime/lifecycle.py owns the
+records) carries one :class:`Operation` — the request
 in flight on its QEMU (a power-off, a reboot, our own stop, a panic's stop, an
 incoming migration, an outgoing one's switch-over) — instead of a flag per request.
 ``Lifecycle._operate`` is the one place that sets and clears it; ``vm.reason`` is
@@ -25,6 +26,7 @@ from typing import Any, Literal
 
 from virtkit.model.domain import Domain, LifecycleAction
 from virtkit.model.state import State
+from virtkit.runtime.launcher import Running
 
 #: a reboot: the guest resets inside this QEMU (libvirt's reboot), or a fresh QEMU
 #: boots a changed definition
@@ -185,3 +187,35 @@ def exit_outcome(op: Operation, install: InstallPhase | None, seen: ShutdownSeen
         why += f" (exit status {status})"
     restart = "restarted" if on_crash is LifecycleAction.RESTART else None
     return ExitOutcome(ExitKind.CRASHED, State.CRASHED, why, "crashed", restart)
+
+
+@dataclass
+class Vm:
+    """What the daemon knows about one domain right now."""
+
+    uuid: str
+    name: str
+    state: State = State.SHUTOFF
+    reason: str = ""
+    running: Running | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the request in flight on its QEMU (runtime/operation.py); only
+    #: ``Lifecycle._operate`` changes it; ``reason`` is what is shown
+    op: Operation = field(default_factory=Operation)
+    #: the install phase this QEMU runs (None: the domain's own spec)
+    install: InstallPhase | None = None
+    #: QEMU's SHUTDOWN event, once seen (who asked: the guest or the host)
+    shutdown_seen: ShutdownSeen | None = None
+    started: float | None = None
+    links: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def boot_spec(self) -> Domain | None:
+        """The one-run configuration QEMU runs now (an install phase), None: the spec."""
+        return self.install.spec if self.install is not None else None
+
+    @property
+    def migrating_in(self) -> bool:
+        """QEMU waits for (or receives) an incoming migration."""
+        return self.op.kind is OpKind.MIGRATING_IN
