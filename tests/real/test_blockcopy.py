@@ -42,8 +42,8 @@ def _read(daemon: DaemonHandle, name: str, sector: int = 0) -> str:
     tag = secrets.token_hex(4)
     out = daemon.console_run(
         name, "echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda bs=512 count=1 "
-        f"skip={sector} 2>/dev/null | head -n 1 | head -c 40 | tr -cd 'A-Za-z0-9-' | sed 's/^/GOT=/'; "
-        f"echo; echo R-''{tag}", f"R-{tag}\r")
+        f"skip={sector} 2>/dev/null | head -n 1 | head -c 40 | tr -cd 'A-Za-z0-9-' "
+        f"| sed 's/^/GOT=/'; echo; echo R-''{tag}", f"R-{tag}\r")
     found = re.findall(r"GOT=([A-Za-z0-9-]*)", out)
     return found[-1] if found else ""
 
@@ -183,6 +183,16 @@ def test_abort_and_timeout_remove_the_half_written_copy(daemon: DaemonHandle,
     assert not dest.exists()
     assert daemon.state("ca") == "running" and _disk(daemon, "ca") == source
     assert _read(daemon, "ca") == marker
+
+    # the domain stops mid-copy: the half-written copy goes at the next block command
+    daemon.cli("blockcopy", "ca", "vda", str(dest), "--bandwidth", "1")
+    assert dest.exists()
+    daemon.cli("destroy", "ca")
+    daemon.cli("start", "ca")
+    daemon.wait_booted("ca", count=2)
+    assert daemon.cli("blockjob", "ca", "vda", "--info").stdout == \
+        "No current block job for vda\n"
+    assert not dest.exists()
     daemon.cli("destroy", "ca")
 
 

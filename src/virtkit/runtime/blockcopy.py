@@ -180,6 +180,8 @@ class CopyJob:
     #: the source's images and nodes a pivot leaves behind (closed then)
     old_files: tuple[str, ...]
     old_nodes: tuple[str, ...]
+    #: the QEMU the copy runs in (a copy whose QEMU ended is swept away)
+    qemu: Running | None = None
 
 
 async def qmp_disk_size(monitor: Monitor, device_id: str) -> int:
@@ -221,6 +223,7 @@ class BlockCopyOps(BlockOps):
             raise InvalidSpec("--pivot and --finish exclude each other", field="pivot")
         if timeout is not None and timeout <= 0:
             raise InvalidSpec("--timeout must be above 0 seconds", field="timeout")
+        self._sweep(self._life.vm(uuid, name))
         vm, running = self._running(uuid, name, "copy a disk")
         async with vm.lock:
             monitor = running.monitor
@@ -288,7 +291,7 @@ class BlockCopyOps(BlockOps):
             kept = 1 if plan.sync == "top" else len(chain)
             job = CopyJob(target, device, plan, node, created,
                           tuple(f for f, _n, _d in chain[:kept]),
-                          tuple(n for _f, n, _d in chain[:kept]))
+                          tuple(n for _f, n, _d in chain[:kept]), running)
             self._pending[(vm.uuid, target)] = Pending("mirror", plan.path, plan.format)
             self._copies[(vm.uuid, target)] = job
             undo.pop_all()
@@ -382,13 +385,31 @@ class BlockCopyOps(BlockOps):
             if job.created is not None:
                 await asyncio.to_thread(job.created.remove)
 
+    def _copy_of(self, uuid: str, target: str) -> CopyJob | None:
+        """The disk's copy job, if its job is still that copy (a copy whose QEMU ended
+        is forgotten once another job takes the disk)."""
+        pending = self._pending.get((uuid, target))
+        if pending is None or pending.kind != "mirror":
+            self._copies.pop((uuid, target), None)
+            return None
+        return self._copies.get((uuid, target))
+
+    def _sweep(self, vm: Vm) -> None:
+        """Copies whose QEMU has ended (the domain stopped or crashed mid-copy): their
+        half-written destination is removed if the daemon created it."""
+        for key, copy in list(self._copies.items()):
+            if key[0] == vm.uuid and copy.qemu is not vm.running:
+                self._forget(vm, key[1])
+                if copy.created is not None:
+                    copy.created.remove()
+
     def _forget(self, vm: Vm, target: str) -> None:
         self._pending.pop((vm.uuid, target), None)
         self._copies.pop((vm.uuid, target), None)
 
     async def _conclude(self, vm: Vm, monitor: Monitor, target: str,
                         job: dict[str, Any]) -> None:
-        copy = self._copies.get((vm.uuid, target))
+        copy = self._copy_of(vm.uuid, target)
         if copy is None or vm.running is None:
             await super()._conclude(vm, monitor, target, job)
             return
@@ -402,7 +423,8 @@ class BlockCopyOps(BlockOps):
                   progress: Progress | None = None) -> dict[str, Any]:
         """blockjob; a copy's --pivot moves the disk onto it, --abort keeps a copy that
         is ready (virsh's "finish") and discards one that is not."""
-        copy = self._copies.get((uuid, target))
+        self._sweep(self._life.vm(uuid, name))
+        copy = self._copy_of(uuid, target)
         if copy is None or not (abort or pivot):
             return await super().job(uuid, name, target, abort=abort, pivot=pivot,
                                      speed=speed, progress=progress)
