@@ -277,3 +277,32 @@ def test_vol_resize_of_a_running_disk_is_live(daemon: DaemonHandle) -> None:
     daemon.wait_booted("vr", count=2)
     assert wait_for(lambda: size() == str(32 * 2048), 30, "the guest to see 32 MiB")
     daemon.cli("destroy", "vr")
+
+
+def test_shallow_copy_shares_the_backing_image(daemon: DaemonHandle, tmp_path: Path) -> None:
+    base = _data_image(tmp_path / "base.qcow2", mib=4)
+    daemon.define("cs", disks=[{"path": base, "format": "qcow2"}])
+    daemon.cli("start", "cs")
+    daemon.wait_booted("cs")
+    old = f"OLD-{secrets.token_hex(6)}"
+    _write(daemon, "cs", old, 8)
+    daemon.cli("snapshot-create-as", "cs", "s1", "--disk-only", "--external")
+    top = _disk(daemon, "cs")
+    new = f"NEW-{secrets.token_hex(6)}"
+    _write(daemon, "cs", new)
+    dest = str(tmp_path / "shallow.qcow2")
+    bad = daemon.cli("blockcopy", "cs", "vda", dest, "--shallow", "--raw", check=False)
+    assert bad.returncode == 1 and "must be qcow2" in bad.stderr, bad.stderr
+    done = daemon.cli("blockcopy", "cs", "vda", dest, "--shallow", "--pivot")
+    assert done.stdout == "\nSuccessfully pivoted\n", done.stdout
+    assert _info(dest).get("backing-filename") == base  # the base is shared, not copied
+    assert os.path.getsize(dest) < 2 * 1024 * 1024  # only the top's data
+    assert _disk(daemon, "cs") == dest
+    opened = _open_files(daemon)
+    assert top not in opened and base in opened and dest in opened, opened
+    assert (_read(daemon, "cs"), _read(daemon, "cs", 8)) == (new, old)
+    daemon.cli("destroy", "cs")
+    daemon.cli("start", "cs")
+    daemon.wait_booted("cs", count=2)
+    assert (_read(daemon, "cs"), _read(daemon, "cs", 8)) == (new, old)
+    daemon.cli("destroy", "cs")
