@@ -8,6 +8,7 @@ from typing import Any
 from virtkit.api.requests import body_schema
 from virtkit.api.virsh_routes import (
     BlockCommitBody,
+    BlockCopyBody,
     BlockJobBody,
     BlockPullBody,
     BlockResizeBody,
@@ -41,6 +42,9 @@ VIRSH_OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      body_schema(BlockCommitBody)),
     ("post", "/v1/domains/{ref}/blockjobs/{disk}/pull", "virsh blockpull: copy the backing "
      "images' data into the top; NDJSON progress", body_schema(BlockPullBody)),
+    ("post", "/v1/domains/{ref}/blockjobs/{disk}/copy", "virsh blockcopy: copy a running "
+     "disk to a new file or pool volume (blockdev-mirror), then pivot onto it or keep it; "
+     "NDJSON progress", body_schema(BlockCopyBody)),
     ("get", "/v1/domains/{ref}/blockjobs/{disk}", "virsh blockjob --info: the disk's job "
      "(job null when none)", None),
     ("post", "/v1/domains/{ref}/blockjobs/{disk}", "virsh blockjob --abort/--pivot/"

@@ -174,9 +174,9 @@ async def delete_volume(request: web.Request) -> web.Response:
 @routes.post("/v1/pools/{pool}/volumes/{volume}/resize")
 async def resize_volume(request: web.Request) -> web.Response:
     body = await body_of(request, ResizeBody)
-    return json_response(await asyncio.to_thread(
-        _storage(request).resize_volume, request.match_info["pool"],
-        request.match_info["volume"], body.capacity, shrink=body.shrink))
+    return json_response(await _storage(request).resize_volume_live(
+        request.match_info["pool"], request.match_info["volume"], body.capacity,
+        shrink=body.shrink))
 
 
 @routes.post("/v1/pools/{pool}/volumes/{volume}/wipe")

@@ -5,6 +5,7 @@ query string is parsed by one strict model (api/requests.py)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 from aiohttp import web
 from pydantic import Field
@@ -86,6 +87,23 @@ class BlockJobBody(Body):
     abort: bool = False
     pivot: bool = False
     speed: int | None = Field(default=None, ge=0)
+
+
+class BlockCopyBody(Body):
+    """virsh blockcopy: ``dest`` a path, a volume name with ``pool``, or POOL/VOLUME;
+    ``timeout`` in seconds (implies waiting), ``speed`` in bytes/s."""
+
+    dest: str = Field(min_length=1, max_length=4096)
+    pool: str | None = Field(default=None, min_length=1, max_length=255)
+    format: Literal["qcow2", "raw"] | None = None
+    shallow: bool = False
+    reuse_external: bool = False
+    blockdev: bool = False
+    wait: bool = False
+    pivot: bool = False
+    finish: bool = False
+    speed: int = Field(default=0, ge=0)
+    timeout: float | None = Field(default=None, gt=0, le=7 * 86400)
 
 
 class BlockResizeBody(Body):
@@ -187,6 +205,12 @@ async def block_commit(request: web.Request) -> web.StreamResponse:
 async def block_pull(request: web.Request) -> web.StreamResponse:
     """virsh blockpull (NDJSON progress when asked, with wait)."""
     return await _block_operation(request, BlockPullBody, "pull")
+
+
+@routes.post("/v1/domains/{ref}/blockjobs/{disk}/copy")
+async def block_copy(request: web.Request) -> web.StreamResponse:
+    """virsh blockcopy (NDJSON progress when asked, with wait/pivot/finish)."""
+    return await _block_operation(request, BlockCopyBody, "copy")
 
 
 @routes.get("/v1/domains/{ref}/blockjobs/{disk}")

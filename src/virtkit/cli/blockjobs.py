@@ -1,4 +1,4 @@
-"""virsh's live block jobs: blockcommit, blockpull, blockjob, blockresize.
+"""virsh's live block jobs: blockcommit, blockpull, blockcopy, blockjob, blockresize.
 
 Messages are virsh 9's (tools/virsh-domain.c): "Block Commit started",
 "\\nSuccessfully pivoted", "No current block job for vda"; progress, with
@@ -119,6 +119,65 @@ def cmd_blockpull(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def copy_destination(args: argparse.Namespace) -> dict[str, Any]:
+    """blockcopy's destination and format from DEST, --dest or --xml (a libvirt
+    ``<disk>``: ``<source file=|dev=|pool= volume=>``, ``<driver type=>``)."""
+    given = [d for d in (args.dest, args.dest_option) if d]
+    if args.xml:
+        given.append("--xml")
+    if len(given) != 1:
+        raise InvalidSpec("blockcopy needs one destination: DEST, --dest or --xml",
+                          field="dest", fix="e.g. virtkit blockcopy vm vda /images/copy.qcow2")
+    found: dict[str, Any] = {"dest": args.dest or args.dest_option, "pool": args.pool,
+                             "format": "raw" if args.raw else args.format,
+                             "blockdev": args.blockdev}
+    if args.xml:
+        found.update(_disk_xml(args.xml))
+        if found.get("format") is None:
+            found["format"] = "raw" if args.raw else args.format
+    return found
+
+
+def _disk_xml(path: str) -> dict[str, Any]:
+    from xml.etree import ElementTree
+
+    try:
+        with open(path, encoding="utf-8") as stream:
+            text = stream.read(1 << 20)
+        disk = ElementTree.fromstring(text)  # noqa: S314 - the user's own file, read here
+    except (OSError, ElementTree.ParseError) as exc:
+        raise InvalidSpec(f"cannot read the disk XML {path}: {exc}", field="xml") from None
+    source = disk.find("source")
+    driver = disk.find("driver")
+    if disk.tag != "disk" or source is None:
+        raise InvalidSpec(f"{path}: expected <disk> with a <source>", field="xml",
+                          fix="<disk type='file'><source file='/path/copy.qcow2'/>"
+                              "<driver type='qcow2'/></disk>")
+    fmt = driver.get("type") if driver is not None else None
+    if source.get("pool") and source.get("volume"):
+        return {"dest": source.get("volume"), "pool": source.get("pool"), "format": fmt}
+    if source.get("dev"):
+        return {"dest": source.get("dev"), "blockdev": True, "format": fmt}
+    if source.get("file"):
+        return {"dest": source.get("file"), "format": fmt}
+    raise InvalidSpec(f"{path}: <source> names no file, dev or pool/volume", field="xml")
+
+
+def cmd_blockcopy(client: Client, args: argparse.Namespace) -> int:
+    wait = bool(args.wait or args.pivot or args.finish or args.timeout)
+    body: dict[str, Any] = {**copy_destination(args), "shallow": args.shallow,
+                            "reuse_external": args.reuse_external, "wait": wait,
+                            "pivot": args.pivot, "finish": args.finish, "speed": _speed(args)}
+    if args.timeout:
+        body["timeout"] = args.timeout
+    result = _run(client, _path(client, args, "/copy"), body, LABELS["mirror"],
+                  bool(wait and args.verbose))
+    print({"started": "Block Copy started", "ready": "\nNow in mirroring phase",
+           "pivoted": "\nSuccessfully pivoted",
+           "copied": "\nSuccessfully copied"}[result["status"]])
+    return 0
+
+
 def blockjob_lines(job: dict[str, Any], raw: bool) -> str:
     """virsh blockjob --info's text (to stderr: the progress part, as virsh)."""
     if job["job"] is None:
@@ -175,7 +234,7 @@ def _job_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add blockcommit, blockpull, blockjob and blockresize."""
+    """Add blockcommit, blockpull, blockcopy, blockjob and blockresize."""
     p = add_command(sub, "blockcommit", cmd_blockcommit, "merge a running disk's images "
                     "down into a lower one (live)", domain=True)
     p.add_argument("path", help="disk target (vda) or its file")
@@ -196,6 +255,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "images into its top image (live)", domain=True)
     p.add_argument("path", help="disk target (vda) or its file")
     p.add_argument("--base", help="keep this image as the new backing (file or vda[N])")
+    _job_options(p)
+    p = add_command(sub, "blockcopy", cmd_blockcopy, "copy a running disk to a new image "
+                    "(live), then pivot onto it (--pivot) or keep it (--finish)", domain=True)
+    p.add_argument("path", help="disk target (vda) or its file")
+    p.add_argument("dest", nargs="?", help="new file (absolute path), volume name with "
+                   "--pool, or POOL/VOLUME")
+    p.add_argument("--dest", dest="dest_option", help="the destination (as DEST)")
+    p.add_argument("--xml", help="a libvirt <disk> XML file naming the destination")
+    p.add_argument("--pool", help="DEST is a volume of this (directory) pool")
+    p.add_argument("--format", choices=("qcow2", "raw"), help="the copy's format (default: "
+                   "the disk's; an existing file's own)")
+    p.add_argument("--raw", action="store_true", help="same as --format raw")
+    p.add_argument("--shallow", action="store_true", help="copy only the top image; the "
+                   "copy is backed by the disk's backing image")
+    p.add_argument("--reuse-external", action="store_true", help="copy into an existing "
+                   "file (same size; with --shallow, backed as the disk's top)")
+    p.add_argument("--blockdev", action="store_true", help="DEST is an existing block "
+                   "device")
+    p.add_argument("--pivot", action="store_true", help="once in sync, move the disk onto "
+                   "the copy (implies --wait)")
+    p.add_argument("--finish", action="store_true", help="once in sync, end the job and "
+                   "keep the copy (implies --wait)")
+    p.add_argument("--transient-job", action="store_true", help=argparse.SUPPRESS)
     _job_options(p)
     p = add_command(sub, "blockjob", cmd_blockjob, "show, abort or pivot a disk's block "
                     "job", domain=True)

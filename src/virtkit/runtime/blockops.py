@@ -31,6 +31,7 @@ from virtkit.errors import (
 )
 from virtkit.model.load import load_domain
 from virtkit.model.state import Action, allows
+from virtkit.qemu.argv import disk_slots
 from virtkit.qemu.monitor import Monitor
 from virtkit.runtime.blockjobs import Progress, _matches, run_job
 from virtkit.runtime.launcher import Running
@@ -393,6 +394,21 @@ class BlockOps:
         return {"name": name, "disk": target, "job": pending.kind,
                 "status": job.get("status"), "cur": int(job.get("current-progress") or 0),
                 "end": int(job.get("total-progress") or 0), "bandwidth": speed or 0}
+
+    def live_users(self, path: str) -> list[tuple[Vm, str, bool]]:
+        """(VM, disk target, writable) of each running domain whose live configuration
+        has ``path`` as a disk (vol-resize of a volume in use)."""
+        real = os.path.realpath(path)
+        found = []
+        for row in self._store.list_domains():
+            vm = self._life.vm(row.uuid, row.name)
+            if vm.running is None or not allows(Action.BLOCK_JOB, vm.state):
+                continue
+            config = running_config(vm.running, load_domain(row.spec))
+            for slot, disk in zip(disk_slots(config), config.disks, strict=True):
+                if disk.path and os.path.realpath(disk.path) == real:
+                    found.append((vm, slot.target, not disk.readonly))
+        return found
 
     async def resize(self, uuid: str, name: str, target: str, size: int) -> dict[str, Any]:
         """virsh blockresize: grow (or shrink) the top image live; the guest sees it."""

@@ -10,6 +10,7 @@ volume a running domain holds is never opened for writing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -25,6 +26,7 @@ from virtkit.model.load import invalid_spec_from, parse_text
 from virtkit.model.pool import Pool, PoolState, PoolType, validate_volume_name
 from virtkit.model.state import ACTIVE_STATES, State
 from virtkit.model.units import parse_mib
+from virtkit.runtime.blockops import BlockOps
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.imageuse import ImageUse
 from virtkit.runtime.lifecycle import Lifecycle
@@ -75,6 +77,8 @@ class StorageService:
         self._default_dir = default_pool_dir
         #: who else uses an image (domains' disks, backing chains, pool volumes)
         self.images = ImageUse(store, lifecycle, self.pool_files)
+        #: live resizes of volumes in use (vol-resize)
+        self._ops = BlockOps(lifecycle, store)
 
     # -- pools ---------------------------------------------------------------
 
@@ -268,6 +272,33 @@ class StorageService:
             raise InvalidSpec(f"{size} bytes is smaller than volume '{name}' ({volume.capacity})",
                               field="capacity", fix="pass --shrink if you mean it: data is lost")
         return self._volume_dict(row, backend.resize_volume(name, size, shrink=shrink))
+
+    async def resize_volume_live(self, pool: str, name: str, capacity: int | str, *,
+                                 shrink: bool = False) -> dict[str, Any]:
+        """vol-resize: a volume a running domain has as its disk grows live (QMP
+        block_resize on that QEMU's node: the guest sees the new size); a shrink of it is
+        refused.  Any other volume is resized offline (qemu-img, lvresize)."""
+        row, backend = await asyncio.to_thread(self._active, pool)
+        volume = await asyncio.to_thread(backend.volume, name)
+        users = await asyncio.to_thread(self._ops.live_users, volume.path)
+        if not users:
+            return await asyncio.to_thread(self.resize_volume, pool, name, capacity,
+                                           shrink=shrink)
+        names = ", ".join(f"'{vm.name}' ({target})" for vm, target, _w in users)
+        size = -(-parse_bytes(capacity, field="capacity") // 512) * 512
+        if size < volume.capacity:
+            raise InvalidSpec(f"cannot shrink volume '{name}' to {size} bytes "
+                              f"({volume.capacity} now) while domain {names} runs on it: "
+                              "the guest would lose the end of its disk", field="capacity",
+                              fix="shrink the guest's file system, shut the domain down, "
+                                  "then vol-resize --shrink")
+        if len(users) > 1 or not users[0][2]:
+            raise Conflict(f"volume '{name}' is in use by running domain(s) {names} "
+                           "read-only or more than once; it is resized live only as one "
+                           "domain's writable disk", fix="shut them down first")
+        vm, target, _writable = users[0]
+        await self._ops.resize(vm.uuid, vm.name, target, size)
+        return await asyncio.to_thread(lambda: self._volume_dict(row, backend.volume(name)))
 
     def wipe_volume(self, pool: str, name: str) -> dict[str, Any]:
         row, backend = self._active(pool)
