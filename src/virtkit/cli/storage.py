@@ -367,10 +367,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--force", action="store_true",
                    help="libvirt XML: drop what virtkit cannot honour, with a warning each")
     add("pool-dumpxml", cmd_pool_dumpxml, "print a pool as libvirt storage pool XML", "pool")
-    p = add("pool-define-as", cmd_pool_define_as, "define a pool: dir, logical (LVM) or iso",
-            "name", "type")
+    p = add("pool-define-as", cmd_pool_define_as,
+            "define a pool: dir, logical (LVM), iso or shared-dir", "name", "type")
     p.add_argument("--target", required=True,
-                   help="dir/iso: the folder; logical: the volume group name")
+                   help="dir/iso/shared-dir: the folder; logical: the volume group name")
     p.add_argument("--source-dev", action="append", help="logical: a block device (repeat)")
     for name, text in (("pool-build", "create a pool's storage (mkdir; pvcreate+vgcreate)"),
                        ("pool-start", "activate a pool"),

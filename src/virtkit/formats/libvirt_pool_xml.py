@@ -9,8 +9,9 @@ Mapping
   when absent, as libvirt does) <-> ``target``, ``<source><device path=>`` <->
   ``source_devices``; ``<target><path>/dev/VG`` and ``<format type='lvm2'>`` are
   accepted silently.
-- virtkit's ``iso`` pools (install media) are written as ``type='dir'`` with
-  ``<metadata><virtkit:pool type='iso'/>``; autostart goes there too.
+- virtkit's ``iso`` pools (install media) and ``shared-dir`` pools (a folder every
+  host mounts) are written as ``type='dir'`` with ``<metadata><virtkit:pool
+  type='iso'/>`` (or ``'shared-dir'``); autostart goes there too.
 - Accepted silently: ``capacity``, ``allocation``, ``available`` (facts, not
   settings) and ``target/permissions`` (virtkit makes its folders itself).
 - Other pool types (fs, netfs, disk, iscsi, rbd, zfs ...) cannot be imported, even
@@ -40,10 +41,10 @@ def pool_to_xml(pool: Pool) -> str:
     root = ET.Element("pool", type="logical" if logical else "dir")
     _sub(root, "name", pool.name)
     _sub(root, "uuid", pool.uuid)
-    if pool.type is PoolType.ISO or pool.autostart:
+    if pool.type in (PoolType.ISO, PoolType.SHARED_DIR) or pool.autostart:
         ours = _sub(_sub(root, "metadata"), "virtkit:pool", **{"xmlns:virtkit": VIRTKIT_NS})
-        if pool.type is PoolType.ISO:
-            ours.set("type", "iso")
+        if pool.type in (PoolType.ISO, PoolType.SHARED_DIR):
+            ours.set("type", pool.type.value)
         if pool.autostart:
             _sub(ours, "virtkit:autostart", "yes")
     source = _sub(root, "source")
@@ -84,7 +85,8 @@ class _PoolReader(XmlReader):
             if element is not None:
                 spec[tag] = (element.text or "").strip()
         if kind == "dir":
-            spec["type"] = "iso" if ours is not None and ours.get("type") == "iso" else "dir"
+            ours_type = ours.get("type") if ours is not None else None
+            spec["type"] = ours_type if ours_type in ("iso", "shared-dir") else "dir"
         else:
             spec["type"] = "logical"
         source = root.find("source")

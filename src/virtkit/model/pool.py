@@ -1,7 +1,10 @@
 """Storage pool and volume specs: what the user asks for, validated, no I/O.
 
 A pool is a place volumes live: a directory (``dir``), an LVM volume group
-(``logical``), or a directory of install media (``iso``).  Volume names are
+(``logical``), a directory of install media (``iso``), or a directory the admin
+mounts on every host of a cluster (``shared-dir``: NFS, CephFS ...).  A *shared*
+pool's volumes are the same files on every host that defines it, so a live
+migration between two such hosts copies none of them (docs/storage.md).  Volume names are
 confined to their pool: no '/', no '..', no leading '.', no control characters.
 """
 
@@ -24,6 +27,11 @@ class PoolType(StrEnum):
     DIR = "dir"
     LOGICAL = "logical"
     ISO = "iso"
+    SHARED_DIR = "shared-dir"
+
+
+#: pool types whose volumes every host that defines the pool sees as the same images
+SHARED_TYPES = frozenset({PoolType.SHARED_DIR})
 
 
 class PoolState(StrEnum):
@@ -35,10 +43,16 @@ class Pool(NamedSpec):
     """A storage pool definition."""
 
     type: PoolType = PoolType.DIR
-    target: str = Field(description="dir/iso: the folder; logical: the volume group name")
+    target: str = Field(description="dir/iso/shared-dir: the folder; "
+                                    "logical: the volume group name")
     source_devices: list[str] = Field(default_factory=list,
                                       description="logical: block devices for pvcreate")
     autostart: bool = False
+
+    @property
+    def shared(self) -> bool:
+        """Whether other hosts see this pool's volumes as the same images."""
+        return self.type in SHARED_TYPES
 
     @model_validator(mode="after")
     def _check(self) -> Pool:

@@ -94,6 +94,7 @@ class StorageService:
                                 "type": row.spec["type"], "target": row.spec["target"],
                                 "autostart": row.spec.get("autostart", False),
                                 "source_devices": row.spec.get("source_devices", []),
+                                "shared": load_pool(row.spec).shared,
                                 "capacity": None, "allocation": None, "available": None}
         if row.state == PoolState.ACTIVE:
             backend = self._backend(row)
@@ -398,6 +399,17 @@ class StorageService:
             elif os.path.dirname(real) == os.path.realpath(target):
                 return row.name, os.path.basename(real)
         return None
+
+    def shared_volume(self, path: str) -> tuple[str, str, str] | None:
+        """(pool, volume, folder) when ``path`` is a volume of an active shared pool here
+        (shared-dir: every host that defines the pool at that folder sees the file)."""
+        located = self.locate(path)
+        if located is None:
+            return None
+        row = self._store.get_pool(located[0])
+        if row.state != PoolState.ACTIVE or not load_pool(row.spec).shared:
+            return None
+        return located[0], located[1], str(row.spec["target"])
 
     def _users(self, path: str) -> Iterator[tuple[str, State]]:
         real = os.path.realpath(path)

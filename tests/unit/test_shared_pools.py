@@ -1,0 +1,109 @@
+"""shared-dir pools (issue 18 item 3): the model, the backend, libvirt XML, and the
+migration's copy plan leaving shared disks out (service/sharedstore.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from virtkit.errors import Conflict, InvalidSpec, NotFound
+from virtkit.formats.libvirt_pool_xml import pool_from_xml, pool_to_xml
+from virtkit.model.load import dump_domain, load_domain
+from virtkit.model.pool import Pool, PoolType
+from virtkit.service import sharedstore
+from virtkit.service.copyplan import copy_plan
+from virtkit.storage.pools import backend_for
+from virtkit.storage.shareddir import SharedDirPool
+
+
+def test_shared_dir_is_a_shared_folder_pool(tmp_path: Path) -> None:
+    pool = Pool(name="sh", type=PoolType.SHARED_DIR, target=str(tmp_path / "sh"))
+    assert pool.shared and not Pool(name="d", target=str(tmp_path)).shared
+    backend = backend_for(pool)
+    assert isinstance(backend, SharedDirPool)
+    backend.build()
+    backend.create_volume("a.qcow2", 2**20, "qcow2")
+    assert [v.name for v in backend.list_volumes()] == ["a.qcow2"]
+    clone = backend.clone_volume("a.qcow2", "b.qcow2", linked=True)
+    assert clone.backing == str(tmp_path / "sh" / "a.qcow2")
+
+
+def test_shared_dir_build_needs_the_mounted_parent(tmp_path: Path) -> None:
+    pool = Pool(name="sh", type=PoolType.SHARED_DIR, target=str(tmp_path / "nfs" / "vms"))
+    with pytest.raises(NotFound, match="not mounted here"):
+        backend_for(pool).build()
+
+
+def test_shared_dir_round_trips_through_libvirt_xml(tmp_path: Path) -> None:
+    pool = Pool(name="sh", type=PoolType.SHARED_DIR, target=str(tmp_path))
+    text = pool_to_xml(pool)
+    assert "type=\"shared-dir\"" in text and "<pool type=\"dir\">" in text
+    spec, warnings = pool_from_xml(text)
+    assert (spec["type"], warnings) == ("shared-dir", [])
+
+
+def _spec() -> Any:
+    return load_domain({"name": "m", "memory": 64, "vcpus": 1, "disks": [
+        {"path": "/nfs/vms/a.qcow2", "format": "qcow2", "pool": "sh", "volume": "a.qcow2"},
+        {"path": "/d/b.qcow2", "format": "qcow2"}]})
+
+
+def test_copy_plan_leaves_shared_disks_out_and_keeps_their_volume() -> None:
+    live = _spec()
+    definition = dump_domain(live)
+    copies, moved, stored = copy_plan(live, definition, {},
+                                      frozenset({"/nfs/vms/a.qcow2"}))
+    assert copies == [("disk1", "/d/b.qcow2")]
+    assert (moved.disks[0].pool, moved.disks[0].volume) == ("sh", "a.qcow2")
+    assert stored["disks"][0]["pool"] == "sh"
+    with pytest.raises(InvalidSpec, match="shared pool"):
+        copy_plan(live, definition, {"/nfs/vms/a.qcow2": "/e/a.qcow2"},
+                  frozenset({"/nfs/vms/a.qcow2"}))
+
+
+class _Storage:
+    """What sharedstore asks of StorageService."""
+
+    def __init__(self, volumes: dict[str, tuple[str, str, str]]) -> None:
+        self.volumes = volumes
+
+    def shared_volume(self, path: str) -> tuple[str, str, str] | None:
+        return self.volumes.get(path)
+
+
+class _Peer:
+    def __init__(self, pools: dict[str, dict[str, Any]]) -> None:
+        self.pools = pools
+
+    async def pool(self, name: str) -> dict[str, Any]:
+        if name not in self.pools:
+            raise NotFound(f"pool {name!r} not found")
+        return self.pools[name]
+
+
+def test_a_disk_is_shared_only_when_the_destination_has_the_same_pool() -> None:
+    storage: Any = _Storage({"/nfs/vms/a.qcow2": ("sh", "a.qcow2", "/nfs/vms")})
+    live = _spec()
+    same = {"sh": {"shared": True, "state": "active", "target": "/nfs/vms"}}
+    for pools, expected in (
+            (same, [{"path": "/nfs/vms/a.qcow2", "pool": "sh", "volume": "a.qcow2"}]),
+            ({}, []),
+            ({"sh": {**same["sh"], "target": "/elsewhere"}}, []),
+            ({"sh": {**same["sh"], "shared": False}}, []),
+            ({"sh": {**same["sh"], "state": "inactive"}}, [])):
+        peer: Any = _Peer(pools)
+        assert asyncio.run(sharedstore.shared_on_both(storage, peer, live)) == expected
+
+
+def test_the_destination_checks_the_claim_against_its_own_pools() -> None:
+    storage: Any = _Storage({"/nfs/vms/a.qcow2": ("sh", "a.qcow2", "/nfs/vms")})
+    claim = [{"path": "/nfs/vms/a.qcow2", "pool": "sh", "volume": "a.qcow2"}]
+    sharedstore.check_here(storage, claim)
+    sharedstore.check_here(storage, None)
+    with pytest.raises(Conflict, match="same shared-dir pool"):
+        sharedstore.check_here(_Storage({}), claim)  # type: ignore[arg-type]
+    with pytest.raises(Conflict):
+        sharedstore.check_here(storage, [{**claim[0], "pool": "other"}])
