@@ -107,3 +107,71 @@ def test_the_destination_checks_the_claim_against_its_own_pools() -> None:
         sharedstore.check_here(_Storage({}), claim)  # type: ignore[arg-type]
     with pytest.raises(Conflict):
         sharedstore.check_here(storage, [{**claim[0], "pool": "other"}])
+
+
+# --- netfs pools and nfs:// disks ---------------------------------------------------
+
+
+def test_netfs_pool_from_host_and_path_or_url() -> None:
+    pool = Pool.model_validate({"name": "n", "type": "nfs", "source_host": "nas1",
+                                "source_path": "/srv/vms/"})
+    assert (pool.type, pool.target, pool.shared) == (PoolType.NETFS, "nfs://nas1/srv/vms", True)
+    assert pool.netfs_source() == ("nas1", "/srv/vms")
+    again = Pool.model_validate(pool.model_dump(mode="json"))
+    assert again.target == pool.target
+    by_url = Pool.model_validate({"name": "n", "type": "netfs", "target": "nfs://[fd00::1]/x"})
+    assert (by_url.source_host, by_url.source_path) == ("fd00::1", "/x")
+    for bad, why in (({"type": "netfs"}, "needs source_host"),
+                     ({"type": "netfs", "target": "nfs://h/a/../b"}, "not an nfs://"),
+                     ({"type": "netfs", "target": "nfs://h/a?uid=0"}, "not an nfs://"),
+                     ({"type": "netfs", "source_host": "-o x", "source_path": "/a"},
+                      "not a host name"),
+                     ({"type": "netfs", "target": "nfs://h/a", "source_host": "g"},
+                      "is not source_host"),
+                     ({"type": "dir", "target": "/a", "source_host": "h"}, "netfs pools only")):
+        with pytest.raises(ValueError, match=why):
+            Pool.model_validate({"name": "n", **bad})
+
+
+def test_a_disk_may_be_an_nfs_url_and_qemu_gets_an_nfs_blockdev() -> None:
+    from virtkit.qemu.argv import blockdev_nodes
+
+    domain = load_domain({"name": "m", "memory": 64, "vcpus": 1, "disks": [
+        {"path": "nfs://10.0.0.5/export/vms/a.qcow2", "format": "qcow2"}]})
+    protocol, fmt = blockdev_nodes(domain.disks[0], "disk0")
+    assert protocol == {"driver": "nfs", "server": {"type": "inet", "host": "10.0.0.5"},
+                        "path": "/export/vms/a.qcow2", "user": 0, "group": 0,
+                        "node-name": "file-disk0", "read-only": False,
+                        "cache": {"direct": False, "no-flush": False}}
+    assert (fmt["driver"], fmt["file"]) == ("qcow2", "file-disk0")
+    for bad in ("nfs://h/a b", "nfs:///a", "nfs://h/a/../etc/shadow", "nfs://h/a#x"):
+        with pytest.raises(InvalidSpec, match="nfs://SERVER/EXPORT/PATH"):
+            load_domain({"name": "m", "memory": 64, "vcpus": 1, "disks": [{"path": bad}]})
+
+
+def test_nfs_disks_are_no_host_paths_and_remote_callers_name_them_as_volumes() -> None:
+    from virtkit.errors import Forbidden
+    from virtkit.host.pathpolicy import PathPolicy
+    from virtkit.runtime import preflight
+
+    url = "nfs://10.0.0.5/export/a.qcow2"
+    domain = load_domain({"name": "m", "memory": 64, "vcpus": 1, "disks": [{"path": url}]})
+    assert preflight.guest_paths(domain) == []
+    policy = PathPolicy("/nonexistent-root", ())
+    assert preflight.check_paths(domain, policy, remote=False) == []
+    with pytest.raises(Forbidden, match="netfs pool"):
+        preflight.check_paths(domain, policy, remote=True)
+    preflight.check_paths(domain, policy, remote=True, trusted=[url])
+    as_volume = load_domain({"name": "m", "memory": 64, "vcpus": 1, "disks": [
+        {"path": url, "pool": "n", "volume": "a.qcow2"}]})
+    preflight.check_paths(as_volume, policy, remote=True)
+
+
+def test_qemu_img_gets_nfs_urls_as_they_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    from virtkit.storage import qemuimg
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(qemuimg, "_run", lambda argv, *a, **k: seen.append(argv))
+    qemuimg.create("nfs://h/e/a.raw", "raw", 2**20)
+    assert seen[-1][-2:] == ["nfs://h/e/a.raw", str(2**20)]
+    assert qemuimg.image_file("nfs://h/e/a.raw") == "nfs://h/e/a.raw"
