@@ -175,3 +175,15 @@ def test_qemu_img_gets_nfs_urls_as_they_are(monkeypatch: pytest.MonkeyPatch) -> 
     qemuimg.create("nfs://h/e/a.raw", "raw", 2**20)
     assert seen[-1][-2:] == ["nfs://h/e/a.raw", str(2**20)]
     assert qemuimg.image_file("nfs://h/e/a.raw") == "nfs://h/e/a.raw"
+
+
+def test_libvirt_netfs_pool_xml_becomes_a_netfs_pool() -> None:
+    text = ("<pool type='netfs'><name>nfs</name><source><host name='nas1'/>"
+            "<dir path='/export/vms'/><format type='nfs'/></source>"
+            "<target><path>/var/lib/libvirt/images/nfs</path></target></pool>")
+    spec, warnings = pool_from_xml(text)
+    assert warnings == []
+    pool = Pool.model_validate(spec)
+    assert (pool.type, pool.target) == (PoolType.NETFS, "nfs://nas1/export/vms")
+    with pytest.raises(InvalidSpec, match="netfs pools are NFS"):
+        pool_from_xml(text.replace("type='nfs'", "type='glusterfs'"))
