@@ -17,9 +17,10 @@ PYTHON=${PYTHON:-python3}
 
 # openssl: 'virtkit tls setup' makes the TLS listener's CA and certificate with it;
 # openssh-client: virtkit+ssh:// connections; zstd: the test guest's builder decompresses
-# .ko.zst kernel modules with it
+# .ko.zst kernel modules with it; qemu-block-extra: QEMU's and qemu-img's nfs:// driver
+# and libnfs13, which netfs pools use (storage/netfs.py, storage/libnfs.py)
 RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils ovmf lvm2 dnsmasq-base nftables iproute2 busybox-static
-    cpio kmod osinfo-db python3 python3-venv openssl openssh-client zstd)
+    cpio kmod osinfo-db python3 python3-venv openssl openssh-client zstd qemu-block-extra)
 
 # What the tests need besides the runtime packages:
 # virtinst: the real virt-install, which tests/unit/test_install_vs_virtinstall.py
@@ -40,9 +41,12 @@ RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils ovmf lvm2 dnsmasq-base nftables ipr
 # host; tests/unit/test_etcd_client.py and tests/real/test_cluster.py run real ones);
 # Debian starts no service of its own where policy-rc.d forbids it, and the tests
 # never use it
+# nfs-ganesha, nfs-ganesha-vfs, rpcbind: the NFS server of the netfs pool tests
+# (tests/real/nfsserver.py runs them in a network namespace of their own, stopped by
+# PID; the packages' services are not used)
 TEST_PACKAGES=("${RUNTIME_PACKAGES[@]}" bash virtinst libvirt-clients libxml2-utils grub-pc-bin
     grub-common xorriso mtools extlinux syslinux-common debootstrap openssh-server chromium
-    etcd-server)
+    etcd-server nfs-ganesha nfs-ganesha-vfs rpcbind)
 
 need_root() {
     if [ "$(id -u)" -ne 0 ]; then

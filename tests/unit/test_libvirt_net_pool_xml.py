@@ -88,6 +88,8 @@ POOLS: dict[str, dict[str, Any]] = {
     "logical": {"name": "fast", "uuid": UUID, "type": "logical", "target": "vg_fast",
                 "source_devices": ["/dev/sdb", "/dev/sdc"], "autostart": True},
     "iso": {"name": "isos", "uuid": UUID, "type": "iso", "target": "/srv/iso"},
+    "netfs": {"name": "nas", "uuid": UUID, "type": "netfs", "source_host": "nas1",
+              "source_path": "/export/vms"},
 }
 
 
@@ -164,7 +166,7 @@ def test_pool_details() -> None:
                             "path='/dev/sdx'/></source></pool>")
     assert spec == {"name": "vg9", "type": "logical", "target": "vg9",
                     "source_devices": ["/dev/sdx"]}
-    with pytest.raises(InvalidSpec, match="libvirt netfs pools cannot be imported"):
-        pool_from_xml("<pool type='netfs'><name>nfs</name></pool>", force=True)
+    with pytest.raises(InvalidSpec, match="libvirt rbd pools cannot be imported"):
+        pool_from_xml("<pool type='rbd'><name>ceph</name></pool>", force=True)
     with pytest.raises(InvalidSpec, match="not well-formed XML"):
         pool_from_xml("<pool type='dir'>", force=True)

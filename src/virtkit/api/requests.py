@@ -243,6 +243,15 @@ class CopyStorage(Body):
     disks: Annotated[list[CopyDisk], Field(min_length=1)]
 
 
+class SharedDisk(Body):
+    """A disk the source left out of the copy: a volume of a shared pool both hosts
+    have (service/sharedstore.py checks it against this host's pools)."""
+
+    path: str
+    pool: str
+    volume: str
+
+
 class IncomingBody(Body):
     """``POST /v1/migrations/incoming`` (service/incoming.py): the running configuration,
     the definition, and what the destination checks it against."""
@@ -256,6 +265,7 @@ class IncomingBody(Body):
     machine_type: str | None = None
     accelerator: str | None = None
     copy_storage: CopyStorage | None = None
+    shared_disks: list[SharedDisk] | None = None
     #: where the source's hot-added disks and NICs sit (runtime/devlayout.py, checked
     #: strictly there): the destination QEMU rebuilds them at the same ids and ports
     layout: dict[str, Any] | None = None

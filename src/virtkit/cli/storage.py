@@ -85,7 +85,10 @@ def _stderr_console() -> Any:
 
 
 def cmd_pool_define_as(client: Client, args: argparse.Namespace) -> int:
-    spec: dict[str, Any] = {"name": args.name, "type": args.type, "target": args.target}
+    spec: dict[str, Any] = {"name": args.name, "type": args.type}
+    for key in ("target", "source_host", "source_path"):
+        if getattr(args, key):
+            spec[key] = getattr(args, key)
     if args.source_dev:
         spec["source_devices"] = args.source_dev
     result = client.post("/v1/pools", {"spec": spec})
@@ -367,10 +370,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--force", action="store_true",
                    help="libvirt XML: drop what virtkit cannot honour, with a warning each")
     add("pool-dumpxml", cmd_pool_dumpxml, "print a pool as libvirt storage pool XML", "pool")
-    p = add("pool-define-as", cmd_pool_define_as, "define a pool: dir, logical (LVM) or iso",
-            "name", "type")
-    p.add_argument("--target", required=True,
-                   help="dir/iso: the folder; logical: the volume group name")
+    p = add("pool-define-as", cmd_pool_define_as,
+            "define a pool: dir, logical (LVM), iso, shared-dir or netfs (nfs)", "name",
+            "type")
+    p.add_argument("--target",
+                   help="dir/iso/shared-dir: the folder; logical: the volume group name; "
+                        "netfs: nfs://SERVER/PATH (or give --source-host/--source-path)")
+    p.add_argument("--source-host", help="netfs: the NFS server (name or IP address)")
+    p.add_argument("--source-path", help="netfs: the exported folder on the server")
     p.add_argument("--source-dev", action="append", help="logical: a block device (repeat)")
     for name, text in (("pool-build", "create a pool's storage (mkdir; pvcreate+vgcreate)"),
                        ("pool-start", "activate a pool"),

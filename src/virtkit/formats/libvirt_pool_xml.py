@@ -9,12 +9,18 @@ Mapping
   when absent, as libvirt does) <-> ``target``, ``<source><device path=>`` <->
   ``source_devices``; ``<target><path>/dev/VG`` and ``<format type='lvm2'>`` are
   accepted silently.
-- virtkit's ``iso`` pools (install media) are written as ``type='dir'`` with
-  ``<metadata><virtkit:pool type='iso'/>``; autostart goes there too.
+- virtkit's ``iso`` pools (install media) and ``shared-dir`` pools (a folder every
+  host mounts) are written as ``type='dir'`` with ``<metadata><virtkit:pool
+  type='iso'/>`` (or ``'shared-dir'``); autostart goes there too.
+- ``<pool type='netfs'>`` with ``<source><host name=><dir path=><format
+  type='nfs'>`` <-> ``type: netfs``, ``source_host``, ``source_path``.  virtkit
+  mounts nothing (QEMU reaches the export through libnfs), so ``<target><path>`` is
+  accepted silently and written as ``/var/lib/virtkit/netfs/NAME``: where libvirt,
+  given this XML, would mount the export.
 - Accepted silently: ``capacity``, ``allocation``, ``available`` (facts, not
   settings) and ``target/permissions`` (virtkit makes its folders itself).
-- Other pool types (fs, netfs, disk, iscsi, rbd, zfs ...) cannot be imported, even
-  with force; other source elements (host, dir, adapter, auth) are refused.
+- Other pool types (fs, disk, iscsi, rbd, zfs ...) cannot be imported, even
+  with force; other source elements (adapter, auth ...) are refused.
 """
 
 from __future__ import annotations
@@ -37,13 +43,15 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
 def pool_to_xml(pool: Pool) -> str:
     """The libvirt pool XML of ``pool``, pretty-printed like ``virsh pool-dumpxml``."""
     logical = pool.type is PoolType.LOGICAL
+    if pool.type is PoolType.NETFS:
+        return _netfs_xml(pool)
     root = ET.Element("pool", type="logical" if logical else "dir")
     _sub(root, "name", pool.name)
     _sub(root, "uuid", pool.uuid)
-    if pool.type is PoolType.ISO or pool.autostart:
+    if pool.type in (PoolType.ISO, PoolType.SHARED_DIR) or pool.autostart:
         ours = _sub(_sub(root, "metadata"), "virtkit:pool", **{"xmlns:virtkit": VIRTKIT_NS})
-        if pool.type is PoolType.ISO:
-            ours.set("type", "iso")
+        if pool.type in (PoolType.ISO, PoolType.SHARED_DIR):
+            ours.set("type", pool.type.value)
         if pool.autostart:
             _sub(ours, "virtkit:autostart", "yes")
     source = _sub(root, "source")
@@ -54,6 +62,23 @@ def pool_to_xml(pool: Pool) -> str:
         _sub(source, "format", type="lvm2")
     target = _sub(root, "target")
     _sub(target, "path", f"/dev/{pool.target}" if logical else pool.target)
+    ET.indent(root, space="  ")
+    return ET.tostring(root, encoding="unicode").replace(" />", "/>") + "\n"
+
+
+def _netfs_xml(pool: Pool) -> str:
+    root = ET.Element("pool", type="netfs")
+    _sub(root, "name", pool.name)
+    _sub(root, "uuid", pool.uuid)
+    if pool.autostart:
+        ours = _sub(_sub(root, "metadata"), "virtkit:pool", **{"xmlns:virtkit": VIRTKIT_NS})
+        _sub(ours, "virtkit:autostart", "yes")
+    server, path = pool.netfs_source()
+    source = _sub(root, "source")
+    _sub(source, "host", name=server)
+    _sub(source, "dir", path=path)
+    _sub(source, "format", type="nfs")
+    _sub(_sub(root, "target"), "path", f"/var/lib/virtkit/netfs/{pool.name}")
     ET.indent(root, space="  ")
     return ET.tostring(root, encoding="unicode").replace(" />", "/>") + "\n"
 
@@ -72,10 +97,12 @@ class _PoolReader(XmlReader):
         root = self.root
         ours = root.find(f"metadata/{{{VIRTKIT_NS}}}pool")
         kind = root.get("type", "")
-        if kind not in ("dir", "logical"):
+        if kind not in ("dir", "logical", "netfs"):
             raise InvalidSpec(f"libvirt {kind or 'untyped'} pools cannot be imported: virtkit "
-                              "has dir, logical (LVM) and iso pools", field="xml",
-                              fix="define a dir or logical pool (virtkit pool-define-as)")
+                              "has dir, logical (LVM), netfs (NFS) and iso pools",
+                              field="xml",
+                              fix="define a dir, logical or netfs pool (virtkit "
+                                  "pool-define-as)")
         self.check(root, attrs=("type",), children=("name", "uuid", "source", "target"),
                    silent=("metadata", "capacity", "allocation", "available"))
         spec: dict[str, Any] = {}
@@ -83,8 +110,11 @@ class _PoolReader(XmlReader):
             element = root.find(tag)
             if element is not None:
                 spec[tag] = (element.text or "").strip()
-        if kind == "dir":
-            spec["type"] = "iso" if ours is not None and ours.get("type") == "iso" else "dir"
+        if kind == "netfs":
+            spec["type"] = "netfs"
+        elif kind == "dir":
+            ours_type = ours.get("type") if ours is not None else None
+            spec["type"] = ours_type if ours_type in ("iso", "shared-dir") else "dir"
         else:
             spec["type"] = "logical"
         source = root.find("source")
@@ -100,10 +130,14 @@ class _PoolReader(XmlReader):
             spec["target"] = spec["name"]  # libvirt's default volume group name
         if ours is not None and (ours.findtext(f"{{{VIRTKIT_NS}}}autostart") or "") == "yes":
             spec["autostart"] = True
-        order = ("name", "uuid", "type", "target", "source_devices", "autostart")
+        order = ("name", "uuid", "type", "target", "source_devices", "source_host",
+                 "source_path", "autostart")
         return {key: spec[key] for key in order if key in spec}, self.finish("pool")
 
     def _source(self, source: ET.Element, spec: dict[str, Any]) -> None:
+        if spec["type"] == "netfs":
+            self._netfs_source(source, spec)
+            return
         logical = spec["type"] == "logical"
         self.check(source, children=("device", "name", "format") if logical else ())
         devices = []
@@ -118,3 +152,17 @@ class _PoolReader(XmlReader):
         fmt = source.find("format")
         if fmt is not None and logical and fmt.get("type", "lvm2") != "lvm2":
             self.refuse(self.where(fmt, "type"), "volume groups are lvm2")
+
+    def _netfs_source(self, source: ET.Element, spec: dict[str, Any]) -> None:
+        """One NFS server and folder; glusterfs/cifs formats are refused."""
+        self.check(source, children=("host", "dir", "format"))
+        host, folder = source.find("host"), source.find("dir")
+        if host is not None:
+            self.check(host, attrs=("name",))
+            spec["source_host"] = host.get("name", "")
+        if folder is not None:
+            self.check(folder, attrs=("path",))
+            spec["source_path"] = folder.get("path", "")
+        fmt = source.find("format")
+        if fmt is not None and fmt.get("type", "auto") not in ("auto", "nfs"):
+            self.refuse(self.where(fmt, "type"), "virtkit's netfs pools are NFS")

@@ -33,6 +33,7 @@ from virtkit.model.domain import (
     Nic,
 )
 from virtkit.model.host import HostCaps, LaunchFiles
+from virtkit.model.netdisk import is_network_path, parse_nfs_url
 
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
@@ -426,6 +427,8 @@ def blockdev_nodes(disk: Disk, node: str) -> list[dict[str, Any]]:
     """The protocol and format blockdev objects for one disk (also used by hotplug)."""
     assert disk.path is not None
     cache, _ = _CACHE[disk.cache]
+    if is_network_path(disk.path):
+        return [_nfs_node(disk, node, cache), _format_node(disk, node, cache)]
     if disk.path.startswith("/dev/"):
         driver = "host_cdrom" if disk.device is DiskDevice.CDROM else "host_device"
     else:
@@ -440,6 +443,10 @@ def blockdev_nodes(disk: Disk, node: str) -> list[dict[str, Any]]:
     }
     if not disk.readonly:
         protocol["discard"] = "unmap"
+    return [protocol, _format_node(disk, node, cache)]
+
+
+def _format_node(disk: Disk, node: str, cache: dict[str, bool]) -> dict[str, Any]:
     fmt: dict[str, Any] = {
         "node-name": node,
         "driver": disk.format or "raw",
@@ -449,7 +456,20 @@ def blockdev_nodes(disk: Disk, node: str) -> list[dict[str, Any]]:
     }
     if not disk.readonly:
         fmt["discard"] = "unmap"
-    return [protocol, fmt]
+    return fmt
+
+
+def _nfs_node(disk: Disk, node: str, cache: dict[str, bool]) -> dict[str, Any]:
+    """An image on an NFS server, opened by QEMU's libnfs driver (model/netdisk.py):
+    server and path as separate JSON members, so nothing in the URL becomes an option.
+    libnfs does no O_DIRECT: the host page cache is not involved either way."""
+    assert disk.path is not None
+    server, path = parse_nfs_url(disk.path)
+    # one NFS identity on every host (root, squashed as the server decides): the image
+    # qemu-img made is the one a confined QEMU opens, whatever uid it runs as here
+    return {"driver": "nfs", "server": {"type": "inet", "host": server}, "path": path,
+            "user": 0, "group": 0, "node-name": f"file-{node}", "cache": {**cache, "direct": False},
+            "read-only": disk.readonly}
 
 
 def _controllers(domain: Domain) -> Iterator[str]:

@@ -146,6 +146,8 @@ class Job:
     #: why ``aborted`` was set: domjobabort, or the keepalive lost the destination
     why: str = "the migration was cancelled (domjobabort)"
     lost: bool = False
+    #: bytes the disk mirrors copied (0 when no disk was copied: shared storage)
+    disk_bytes: int = 0
 
     def stop(self, why: str, *, lost: bool = False) -> None:
         """Stop the migration at its next check (the caller cancels the stream)."""
@@ -414,7 +416,8 @@ async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict
     if info.get("status") == "postcopy-active":
         return await _finish_postcopy(monitor, destination, migration, options, job,
                                       started, deadline, hooks, stopped_at) | {
-                                          "uri": uri, "copied_disks": devices}
+                                          "uri": uri, "copied_disks": devices,
+                                          "disk_bytes": job.disk_bytes}
     hooks.finishing()
     try:
         finished = await destination.finish(migration, finish_body(options))
@@ -433,7 +436,8 @@ async def migrate_out(monitor: Monitor, destination: Destination, incoming: dict
     return {"destination": finished, "total_ms": round((time.monotonic() - started) * 1000),
             "downtime_ms": _downtime(stopped_at, info), "qemu_downtime_ms": info.get("downtime"),
             "transferred": ram.get("transferred"),
-            "uri": uri, "copied_disks": devices, "postcopy": False}
+            "uri": uri, "copied_disks": devices, "disk_bytes": job.disk_bytes,
+            "postcopy": False}
 
 
 def _downtime(stopped_at: float, info: MigrationStatus) -> int:
@@ -473,6 +477,7 @@ async def _send(monitor: Monitor, mirrors: storagecopy.Mirrors, devices: list[st
     hooks.stopped()
     job.check()  # the last point where a lost destination is simply cancelled
     if devices:
+        job.disk_bytes = (await mirrors.progress())[0]
         await mirrors.complete()
     await monitor.migrate_continue("pre-switchover")
     return await wait_status(monitor, {"completed", "postcopy-active"}, deadline,

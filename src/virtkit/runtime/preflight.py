@@ -12,10 +12,11 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from virtkit.errors import InvalidSpec, VirtkitError
-from virtkit.host.pathpolicy import PathPolicy
+from virtkit.errors import Forbidden, InvalidSpec, VirtkitError
+from virtkit.host.pathpolicy import PathPolicy, remote_caller
 from virtkit.model.cpulist import format_cpulist
 from virtkit.model.domain import DiskDevice, Domain, parse_cpuset
+from virtkit.model.netdisk import is_network_path
 from virtkit.model.units import format_mib
 from virtkit.storage import qemuimg
 
@@ -64,7 +65,7 @@ def guest_paths(domain: Domain) -> list[GuestPath]:
     if domain.boot.initrd:
         found.append(GuestPath(domain.boot.initrd, "boot.initrd", "file", "read"))
     for index, disk in enumerate(domain.disks):
-        if disk.path is not None:
+        if disk.path is not None and not is_network_path(disk.path):
             found.append(GuestPath(disk.path, f"disks[{index}].path", "file",
                                    "read" if disk.readonly else "own",
                                    volume=disk.pool is not None and disk.volume is not None,
@@ -129,6 +130,7 @@ def check_paths(domain: Domain, policy: PathPolicy | None, *, remote: bool | Non
     checked: list[tuple[GuestPath, str]] = []
     if policy is None:
         return checked
+    _check_network_disks(domain, remote, trusted)
     for item in guest_paths(domain):
         who = False if item.volume or item.path in trusted else remote
         real = policy.check(item.path, field=item.field, kind=item.kind, remote=who)
@@ -146,6 +148,20 @@ def check_paths(domain: Domain, policy: PathPolicy | None, *, remote: bool | Non
     return checked
 
 
+def _check_network_disks(domain: Domain, remote: bool | None, trusted: Collection[str]
+                         ) -> None:
+    """``nfs://`` disks are no host files (guest_paths leaves them out): a remote caller
+    names them as volumes of a netfs pool only, as it does host files (security.md §7)."""
+    if not (remote_caller() if remote is None else remote):
+        return
+    for index, disk in enumerate(domain.disks):
+        if is_network_path(disk.path) and disk.volume is None and disk.path not in trusted:
+            raise Forbidden(f"disks[{index}].path: {disk.path} is not a pool volume; a "
+                            "remote caller names network disks as volumes of a netfs pool",
+                            fix="define a netfs pool on that export and give pool and "
+                                "volume instead of the URL")
+
+
 def check_files(domain: Domain, policy: PathPolicy | None = None, *,
                 remote: bool | None = None, trusted: Collection[str] = ()) -> None:
     """Every path the spec names passes the path policy (host/pathpolicy.py); every
@@ -157,7 +173,7 @@ def check_files(domain: Domain, policy: PathPolicy | None = None, *,
     if boot.initrd:
         _need_file(boot.initrd, "boot.initrd", "initrd", "fix the path to the initrd image")
     for index, disk in enumerate(domain.disks):
-        if disk.path is None:
+        if disk.path is None or is_network_path(disk.path):  # QEMU opens those itself
             continue
         if disk.device is DiskDevice.CDROM:
             fix = "fix the path to the ISO image, or leave the cdrom empty"

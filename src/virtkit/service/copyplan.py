@@ -29,11 +29,20 @@ def copied(disk: Any) -> bool:
     return bool(disk.path) and not disk.readonly and disk.device is DiskDevice.DISK
 
 
-def copy_plan(live: Domain, definition: dict[str, Any], mapping: dict[str, str]
+def copy_plan(live: Domain, definition: dict[str, Any], mapping: dict[str, str],
+              shared: frozenset[str] = frozenset()
               ) -> tuple[list[tuple[str, str]], Domain, dict[str, Any]]:
     """The (device id, destination path) of every copied disk, and both specs as the
     destination must see them: copied disks at their destination path, as plain path
-    disks (a pool volume reference could name a different file there)."""
+    disks (a pool volume reference could name a different file there).
+
+    ``shared``: paths of disks on a shared pool both hosts have (service/sharedstore.py):
+    never copied, and they keep their pool volume reference (the same image there)."""
+    on_shared = set(mapping) & shared
+    if on_shared:
+        raise InvalidSpec(f"--disk-path names {', '.join(sorted(on_shared))}, which is on "
+                          "a shared pool both hosts have: it is not copied",
+                          field="disk_paths", fix="drop that --disk-path")
     unknown = set(mapping) - {d.path for d in live.disks if copied(d)}
     if unknown:
         raise InvalidSpec(f"--disk-path names {', '.join(sorted(unknown))}, which is not a "
@@ -44,7 +53,7 @@ def copy_plan(live: Domain, definition: dict[str, Any], mapping: dict[str, str]
     by_volume: dict[tuple[str, str], str] = {}
     live = live.model_copy(deep=True)
     for slot, disk in zip(disk_slots(live), live.disks, strict=True):
-        if copied(disk):
+        if copied(disk) and disk.path not in shared:
             assert disk.path is not None
             target = mapping.get(disk.path, disk.path)
             copies.append((slot.device_id, target))

@@ -54,6 +54,8 @@ class DomainService:
                  host_memory_mib: int | None = None,
                  storage: StorageService | None = None) -> None:
         self._storage = storage
+        #: the pools' service (None in unit tests without storage)
+        self.storage = storage
         self.networks: NetworkService | None = None  # set by the daemon
         self._store = store
         self._life = lifecycle

@@ -29,6 +29,7 @@ from virtkit.runtime import migration, outgoing, storagecopy
 from virtkit.runtime.launcher import CapsProvider, Running
 from virtkit.runtime.lifecycle import Lifecycle, Vm
 from virtkit.runtime.qemunames import disk_slots
+from virtkit.service import sharedstore
 from virtkit.service.copyplan import align_disks, copied
 from virtkit.service.domains import DomainService
 from virtkit.service.migration_journal import Journal
@@ -118,6 +119,7 @@ class IncomingMigrations:
                            fix="stop it there first")
         adopted = slot is not None
         live = self._domains.prepare(live)
+        sharedstore.check_here(self._domains.storage, body.get("shared_disks"))
         confiner = self._life.confiner
         if body.get("postcopy") and confiner is not None and confiner.userfaultfd_refused():
             raise Unsupported(

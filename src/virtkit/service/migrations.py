@@ -40,6 +40,7 @@ from virtkit.service.incoming import (
 from virtkit.service.migration_journal import Journal
 from virtkit.service.offline_migration import OfflineMigrations
 from virtkit.service.peer import Peer
+from virtkit.service.sharedstore import shared_on_both
 from virtkit.store.db import Store
 
 TCG_WARNING = ("the domain ran under TCG: QEMU 7.2's TCG can corrupt the memory of a guest "
@@ -244,9 +245,13 @@ class MigrationService:
         layout = await devlayout.check_restorable(vm.name, running, "migrate")
         live = running.live if running.live is not None else load_domain(definition)
         caps, _binary = self._caps_for(live)
+        shared: list[dict[str, str]] = []
         if copy is not None:
-            options.copy_disks, live, definition = copy_plan(live, definition, copy)
-            if not options.copy_disks:
+            # disks on a shared pool both hosts have are the same image there: no copy
+            shared = await shared_on_both(self._domains.storage, peer, live)
+            options.copy_disks, live, definition = copy_plan(
+                live, definition, copy, frozenset(d["path"] for d in shared))
+            if not options.copy_disks and not shared:
                 raise InvalidSpec(f"domain '{vm.name}' has no writable disk to copy",
                                   field="copy_storage_all",
                                   fix="migrate without --copy-storage-all")
@@ -257,6 +262,8 @@ class MigrationService:
                     "accelerator": running.accel, "address": address}
         if layout is not None:
             incoming["layout"] = layout.to_dict()
+        if shared:
+            incoming["shared_disks"] = shared
         before = (vm.state, vm.reason)
         # for a restart of this daemon mid-way: whether finish may have been sent, and
         # (a local socket only: no secrets on disk) where to withdraw the incoming one
@@ -296,6 +303,8 @@ class MigrationService:
             await outgoing.after_failure_locked(self._life, vm, running, before)
             raise
         await outgoing.handed_over_locked(self._life, vm)
+        result["shared_disks"] = [d["path"] for d in shared]
+        result.setdefault("disk_bytes", job.disk_bytes)
         if running.accel == "tcg":
             result["warnings"] = [TCG_WARNING]
         return result

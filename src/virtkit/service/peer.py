@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -144,6 +145,10 @@ class Peer:
     async def cluster_admit(self, body: dict[str, Any]) -> dict[str, Any]:
         """Ask this member daemon to admit the calling host into its cluster."""
         return await self._call("POST", "/v1/cluster/admit", body)
+
+    async def pool(self, name: str) -> dict[str, Any]:
+        """A pool of that daemon (pool-info): is it there, shared, at which folder."""
+        return await self._call("GET", f"/v1/pools/{quote(name, safe='')}")
 
     async def abort(self, migration: str) -> dict[str, Any]:
         return await self._call("DELETE", f"/v1/migrations/{migration}")

@@ -98,6 +98,9 @@ class StorageService:
                                 "type": row.spec["type"], "target": row.spec["target"],
                                 "autostart": row.spec.get("autostart", False),
                                 "source_devices": row.spec.get("source_devices", []),
+                                "shared": load_pool(row.spec).shared,
+                                "source_host": row.spec.get("source_host"),
+                                "source_path": row.spec.get("source_path"),
                                 "capacity": None, "allocation": None, "available": None}
         if row.state == PoolState.ACTIVE:
             backend = self._backend(row)
@@ -114,11 +117,13 @@ class StorageService:
         pool = load_pool(parse_text(data, source="pool spec") if isinstance(data, str)
                          else data)
         # the path policy (host/pathpolicy.py): a pool's files are what callers may name
-        self._life.policy.check_pool_target(pool.target,
-                                            folder=pool.type is not PoolType.LOGICAL)
-        if pool.type is not PoolType.LOGICAL:
+        # (a netfs pool's are on its NFS server, not host files)
+        if pool.type is not PoolType.NETFS:
+            self._life.policy.check_pool_target(pool.target,
+                                                folder=pool.type is not PoolType.LOGICAL)
+        if pool.type not in (PoolType.LOGICAL, PoolType.NETFS):
             for other in self._store.list_pools():
-                if other.spec["type"] != PoolType.LOGICAL and \
+                if other.spec["type"] not in (PoolType.LOGICAL, PoolType.NETFS) and \
                         os.path.realpath(other.spec["target"]) == os.path.realpath(pool.target):
                     raise Conflict(f"pool '{other.name}' already uses {pool.target}",
                                    fix="use that pool, or another folder")
@@ -351,6 +356,11 @@ class StorageService:
         """
         row, backend = self._active(pool)
         _check_name(name)
+        if row.spec["type"] == PoolType.NETFS:
+            raise InvalidSpec(f"pool '{row.name}' is on an NFS server: volumes there are "
+                              "written by qemu-img, not uploaded", field="pool",
+                              fix=f"vol-upload into a dir pool, then vol-import the file "
+                                  f"into '{row.name}' (or virtkit vol-import directly)")
         try:
             self._refuse_running(backend.volume(name))
         except NotFound:
@@ -407,7 +417,12 @@ class StorageService:
         return {"pool": pool, "name": name, "downloaded": size}
 
     def download_source(self, pool: str, name: str) -> Path:
-        _row, backend = self._active(pool)
+        row, backend = self._active(pool)
+        if row.spec["type"] == PoolType.NETFS:
+            raise InvalidSpec(f"pool '{row.name}' is on an NFS server: its volumes are no "
+                              "host files to download", field="pool",
+                              fix="vol-clone it into a dir pool first, or read it with "
+                                  "qemu-img convert nfs://... from any host")
         return Path(backend.volume(name).path)
 
     # -- domains' disks ------------------------------------------------------------
@@ -422,13 +437,25 @@ class StorageService:
         real = os.path.realpath(path)
         for row in self._store.list_pools():
             target = row.spec["target"]
-            if row.spec["type"] == PoolType.LOGICAL:
-                prefix = f"/dev/{target}/"
-                if path.startswith(prefix):
+            if row.spec["type"] in (PoolType.LOGICAL, PoolType.NETFS):
+                prefix = f"/dev/{target}/" if row.spec["type"] == PoolType.LOGICAL \
+                    else f"{target.rstrip('/')}/"
+                if path.startswith(prefix) and "/" not in path[len(prefix):]:
                     return row.name, path[len(prefix):]
             elif os.path.dirname(real) == os.path.realpath(target):
                 return row.name, os.path.basename(real)
         return None
+
+    def shared_volume(self, path: str) -> tuple[str, str, str] | None:
+        """(pool, volume, folder) when ``path`` is a volume of an active shared pool here
+        (shared-dir: every host that defines the pool at that folder sees the file)."""
+        located = self.locate(path)
+        if located is None:
+            return None
+        row = self._store.get_pool(located[0])
+        if row.state != PoolState.ACTIVE or not load_pool(row.spec).shared:
+            return None
+        return located[0], located[1], str(row.spec["target"])
 
     def _users(self, path: str) -> Iterator[tuple[str, State]]:
         real = os.path.realpath(path)
@@ -448,7 +475,8 @@ class StorageService:
         """The files of every active directory pool (for backing-file lookups)."""
         files: list[str] = []
         for row in self._store.list_pools():
-            if row.state != PoolState.ACTIVE or row.spec.get("type") == PoolType.LOGICAL:
+            if row.state != PoolState.ACTIVE or row.spec.get("type") in (PoolType.LOGICAL,
+                                                                         PoolType.NETFS):
                 continue
             folder = row.spec["target"]
             with contextlib.suppress(OSError), os.scandir(folder) as entries:

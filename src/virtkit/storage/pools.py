@@ -8,10 +8,13 @@ from virtkit.storage.base import PoolBackend
 from virtkit.storage.dirpool import DirPool
 from virtkit.storage.isopool import IsoPool
 from virtkit.storage.lvm import LogicalPool
+from virtkit.storage.netfs import NetfsPool
+from virtkit.storage.shareddir import SharedDirPool
 
 
 def backend_for(pool: Pool, *, lvm_config: str | None = None) -> PoolBackend:
-    """The backend for ``pool``'s type: DirPool, IsoPool or LogicalPool.
+    """The backend for ``pool``'s type: DirPool, SharedDirPool, NetfsPool,
+    IsoPool or LogicalPool.
 
     ``lvm_config`` goes to logical pools as LVM's ``--config``; None (plain LVM) is
     the product default.  The service passes
@@ -19,6 +22,10 @@ def backend_for(pool: Pool, *, lvm_config: str | None = None) -> PoolBackend:
     """
     if pool.type is PoolType.DIR:
         return DirPool(pool)
+    if pool.type is PoolType.NETFS:
+        return NetfsPool(pool)
+    if pool.type is PoolType.SHARED_DIR:
+        return SharedDirPool(pool)
     if pool.type is PoolType.ISO:
         return IsoPool(pool)
     if pool.type is PoolType.LOGICAL:

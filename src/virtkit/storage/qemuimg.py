@@ -35,6 +35,7 @@ from virtkit.errors import (
     QemuError,
     VirtkitError,
 )
+from virtkit.model.netdisk import is_network_path
 from virtkit.storage.base import Progress
 
 #: formats virtkit creates volumes in (qemu-img reads many more on import).
@@ -133,10 +134,19 @@ def local_source(path: str) -> str:
     return source
 
 
+def _where(path: str) -> str:
+    """What qemu-img is given for ``path``: an ``nfs://`` URL as it is (qemu-block-extra's
+    libnfs driver opens it), a host path made absolute."""
+    return path if is_network_path(path) else os.path.abspath(path)
+
+
 def image_file(path: str) -> str:
     """The absolute path of an image qemu-img may open: a regular file or a block device
     (missing is left to qemu-img).  A FIFO would block qemu-img until the timeout, a
-    character device or socket is no image: InvalidSpec before anything runs."""
+    character device or socket is no image: InvalidSpec before anything runs.  An
+    ``nfs://`` URL is given as it is."""
+    if is_network_path(path):
+        return path
     source = os.path.abspath(path)
     try:
         mode = os.stat(source).st_mode
@@ -201,10 +211,10 @@ def create(path: str, fmt: str, capacity_bytes: int | None, *, backing: str | No
                               fix="create the overlay with format qcow2")
         if not backing_fmt:
             raise InvalidSpec("a backing volume needs its format", field="backing_fmt")
-        argv += ["-b", os.path.abspath(backing), "-F", backing_fmt]
+        argv += ["-b", _where(backing), "-F", backing_fmt]
     elif capacity_bytes is None:
         raise InvalidSpec("a new volume needs a capacity", field="capacity")
-    argv.append(os.path.abspath(path))
+    argv.append(_where(path))
     if capacity_bytes is not None:
         if capacity_bytes <= 0:
             raise InvalidSpec(f"capacity must be positive, not {capacity_bytes}",
@@ -226,7 +236,7 @@ def resize(path: str, fmt: str, capacity: int, shrink: bool = False) -> None:
     argv = ["resize", "-q", "-f", fmt]
     if capacity < current:
         argv.append("--shrink")
-    argv += [os.path.abspath(path), str(capacity)]
+    argv += [_where(path), str(capacity)]
     _run(argv, "resize", path)
 
 
@@ -254,12 +264,12 @@ def convert(src: str, src_fmt: str | None, dst: str, dst_fmt: str, *,
     else:
         if src_fmt:
             argv += ["-f", src_fmt]
-        argv.append(os.path.abspath(src))
+        argv.append(_where(src))
     if not create_target:
         argv.append("-n")
     if not sparse:
         argv += ["-S", "0"]
-    argv.append(os.path.abspath(dst))
+    argv.append(_where(dst))
     returncode, stderr = run_with_progress(argv, progress)
     if returncode != 0:
         raise error_from_stderr(f"convert to {dst_fmt}", dst if src_image_opts else src, stderr)
