@@ -80,3 +80,12 @@ def test_virtkit_start_imports_only_the_domain_commands() -> None:
                    "virtkit.cli.domains", "virtkit.cli.objects", "virtkit.cli.commands"}, cli
     assert not modules & {"pydantic", "yaml", "aiohttp", "asyncio", "http.client",
                           "virtkit.model", "datetime", "subprocess"}
+
+
+def test_version_is_argparses_answer_without_the_tree(capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    with pytest.raises(SystemExit):
+        main.build_parser().parse_args(["--version"])
+    full = capsys.readouterr().out
+    assert main.run(["--version"]) == 0
+    assert capsys.readouterr().out == full

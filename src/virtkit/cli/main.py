@@ -456,6 +456,9 @@ def run(argv: list[str] | None = None) -> int:
         head = words[:words.index("--")] if "--" in words else words
         guest_exec = any(head[i:i + 2] == ["guest", "exec"] for i in range(len(head)))
         program = words[len(head) + 1:] if guest_exec and head != words else None
+        if words == ["--version"]:  # argparse's answer, without the 145 commands
+            print(f"virtkit {__version__}")
+            return 0
         parser = build_parser(only=command_word(head, GLOBAL_OPTIONS))
         args = parser.parse_args(head if program is not None else words)
         if program is not None:
