@@ -13,7 +13,11 @@ tests/unit/test_cli_onecommand.py keeps it in step with the full tree.
 
 from __future__ import annotations
 
-from typing import Any
+# typing costs every CLI call ~3 ms to import, and these names are annotations only
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 #: the ``register()`` owner of each top-level command: a module of virtkit.cli, or
 #: ``main`` (main.build_parser's own) or ``install`` (main._register_install)
