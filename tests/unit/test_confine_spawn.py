@@ -61,3 +61,14 @@ def test_a_missing_qemu_is_named_before_the_wrapper_runs(tmp_path: Path) -> None
     with pytest.raises(Exception, match="cannot run /no/such/qemu"):
         QemuProcess.spawn(["/no/such/qemu"], pass_fds=[], log_path=tmp_path / "log",
                           wrapper=["/bin/sh", "-c", 'exec "$@"', "x"])
+
+
+def test_a_confinement_spawns_through_the_wrapper_else_through_preexec(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = confine.Confinement("u", 6_500_123, 6_500_123, [], tmp_path / "u.json")
+    if confine.setpriv() is not None:
+        options = conf.spawn_options()
+        assert list(options) == ["wrapper"] and options["wrapper"][0] == confine.setpriv()
+    monkeypatch.setattr(confine, "setpriv", lambda: None)
+    options = conf.spawn_options()
+    assert list(options) == ["preexec"] and callable(options["preexec"])
