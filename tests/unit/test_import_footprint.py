@@ -54,3 +54,23 @@ def test_building_the_cli_parser_asks_gettext_once_per_text() -> None:
                           "print(len(calls))"],
                          capture_output=True, text=True, check=True)
     assert int(out.stdout.split()[-1]) <= 20
+
+
+def test_the_daemon_builds_request_validators_when_a_route_first_uses_them() -> None:
+    """pydantic builds a model's validator and serializer at class creation unless told
+    to defer it: the 87 request models cost an idle daemon about 650 KiB for routes
+    it may never serve (docs/benchmarks.md)."""
+    out = subprocess.run([sys.executable, "-c",
+                          "import virtkit.api.daemon\n"
+                          "from virtkit.api.requests import Body, Query, EmptyBody\n"
+                          "def subs(c):\n"
+                          "    for s in c.__subclasses__():\n"
+                          "        yield s\n"
+                          "        yield from subs(s)\n"
+                          "models = [*subs(Body), *subs(Query)]\n"
+                          "built = [m.__name__ for m in models if m.__pydantic_complete__]\n"
+                          "EmptyBody.model_validate({})\n"
+                          "print(len(models), built, EmptyBody.__pydantic_complete__)"],
+                         capture_output=True, text=True, check=True)
+    assert int(out.stdout.split()[0]) > 50
+    assert out.stdout.strip().endswith("[] True"), out.stdout

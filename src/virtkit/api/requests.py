@@ -59,13 +59,13 @@ Count = Annotated[int, BeforeValidator(_count), Field(ge=0)]
 class Body(BaseModel):
     """Base of every request body: strict types, unknown fields refused."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid", defer_build=True)
 
 
 class Query(BaseModel):
     """Base of every query string: strict types, unknown parameters refused."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid", defer_build=True)
 
 
 class NoQuery(Query):

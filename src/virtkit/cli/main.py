@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
 from virtkit import __version__
 from virtkit.cli import render
 from virtkit.cli.client import Client, connect
+from virtkit.cli.onecommand import COMMANDS, OneCommand, command_word
 from virtkit.cli.transport import URI_ENV, parse_uri
 from virtkit.cli.usage import VirshParser
 from virtkit.errors import InvalidSpec, VirtkitError
+
+# typing costs every CLI call ~3 ms to import, and these names are annotations only
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: the daemon's answer for an unknown domain (virsh: "failed to get domain 'x'")
 _MISSING_DOMAIN = re.compile(r"domain '(.*)' not found", re.DOTALL)
@@ -328,26 +334,18 @@ class _Parser(VirshParser):
         super().__init__(*args, **kwargs)
 
 
-def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
-    from virtkit.cli import (
-        admin,
-        blockjobs,
-        clone,
-        cluster,
-        devices,
-        domains,
-        guest,
-        limits,
-        managedsave,
-        migrate,
-        networks,
-        snapshots,
-        stats,
-        storage,
-        virshcompat,
-        virtxml,
-    )
+#: the modules of virtkit.cli whose register() adds commands, in --help's order
+_COMMAND_MODULES = ("domains", "admin", "storage", "networks", "guest", "devices", "clone",
+                    "cluster", "migrate", "snapshots", "stats", "virshcompat", "blockjobs",
+                    "virtxml", "managedsave", "limits")
 
+
+def build_parser(*, install_options: bool = False,
+                 only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; with ``only`` (a command name), one with that command's
+    sub-parser alone, importing only the module that registers it (cli/onecommand.py);
+    the whole tree when ``only`` is not in the table."""
+    owner = COMMANDS.get(only) if only else None
     parser: argparse.ArgumentParser = _Parser(
         prog="virtkit", description="Manage virtual machines (virsh-compatible commands).")
     parser.add_argument("--version", action="version", version=f"virtkit {__version__}")
@@ -373,23 +371,23 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
                         "(printed by 'virtkit tls setup'; default: $VIRTKIT_TLS_FINGERPRINT)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    domains.register(sub)
-    admin.register(sub)
-    storage.register(sub)
-    networks.register(sub)
-    guest.register(sub)
-    devices.register(sub)
-    clone.register(sub)
-    cluster.register(sub)
-    migrate.register(sub)
-    snapshots.register(sub)
-    stats.register(sub)
-    virshcompat.register(sub)
-    blockjobs.register(sub)
-    virtxml.register(sub)
-    managedsave.register(sub)
-    limits.register(sub)
-    _register_install(sub, options=install_options)
+    target: Any = sub if owner is None else OneCommand(sub, only or "")
+    for module in _COMMAND_MODULES:
+        if owner is None or owner == module:
+            importlib.import_module(f"virtkit.cli.{module}").register(target)
+    if owner in (None, "install"):
+        _register_install(target, options=install_options)
+    if owner in (None, "main"):
+        _register_own(target)
+    if owner is not None and only not in sub.choices:  # the table is out of step
+        return build_parser(install_options=install_options)
+    return parser
+
+
+def _register_own(sub: Any) -> None:
+    """The commands main.py runs itself: host, nodeinfo, event, audit, repairs, completion."""
+    from virtkit.cli import managedsave, stats
+
     host = sub.add_parser("host", help="host commands: check, ksm, capacity, numa")
     host_sub = host.add_subparsers(dest="host_command", metavar="HOSTCOMMAND")
     host_sub.required = True
@@ -432,7 +430,6 @@ def build_parser(*, install_options: bool = False) -> argparse.ArgumentParser:
     completion = sub.add_parser("completion", help="print the bash completion script")
     completion.add_argument("shell", choices=["bash"], nargs="?", default="bash")
     completion.set_defaults(func=cmd_completion)
-    return parser
 
 
 def _domain_option_to_positional(words: list[str]) -> list[str]:
@@ -463,7 +460,11 @@ def run(argv: list[str] | None = None) -> int:
         head = words[:words.index("--")] if "--" in words else words
         guest_exec = any(head[i:i + 2] == ["guest", "exec"] for i in range(len(head)))
         program = words[len(head) + 1:] if guest_exec and head != words else None
-        args = build_parser().parse_args(head if program is not None else words)
+        if words == ["--version"]:  # argparse's answer, without the 145 commands
+            print(f"virtkit {__version__}")
+            return 0
+        parser = build_parser(only=command_word(head, GLOBAL_OPTIONS))
+        args = parser.parse_args(head if program is not None else words)
         if program is not None:
             args.argv = [*args.argv, *program]
         client: Client | None = None

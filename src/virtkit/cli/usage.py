@@ -7,7 +7,11 @@ import argparse
 import difflib
 import re
 import sys
-from typing import NoReturn
+
+# typing costs every CLI call ~3 ms to import, and these names are annotations only
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 _REQUIRED = re.compile(r"the following arguments are required: ([^,\s]+)")
 _CHOICE = re.compile(r"argument COMMAND: invalid choice: '([^']*)'")

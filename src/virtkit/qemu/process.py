@@ -13,9 +13,10 @@ import asyncio
 import contextlib
 import itertools
 import os
+import shutil
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,13 +64,21 @@ class QemuProcess:
 
     @classmethod
     def spawn(cls, argv: list[str], *, pass_fds: list[int], log_path: Path,
-              preexec: Callable[[], None] | None = None) -> QemuProcess:
+              preexec: Callable[[], None] | None = None,
+              wrapper: Sequence[str] = ()) -> QemuProcess:
         """Start QEMU in its own session with stdout/stderr appended to ``log_path``;
-        ``preexec`` runs in the child before exec (confinement: runtime/confine.py)."""
+        ``preexec`` runs in the child before exec, or ``wrapper`` is a command that
+        execs ``argv`` in the same process after it has set it up (confinement:
+        runtime/confine.py; a wrapper keeps Python's cheap vfork, a preexec forks the
+        whole daemon)."""
+        if wrapper and shutil.which(argv[0]) is None:  # the wrapper would fail later
+            raise QemuError(f"cannot run {argv[0]}: No such file or directory",
+                            fix="install QEMU: apt-get install qemu-system-x86")
         with open(log_path, "ab") as log_file:
             try:
                 popen = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                    [*wrapper, *argv], stdin=subprocess.DEVNULL, stdout=log_file,
+                    stderr=log_file,
                     pass_fds=pass_fds, start_new_session=True, close_fds=True,
                     preexec_fn=preexec,
                 )

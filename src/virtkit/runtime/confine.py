@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import json
 import logging
 import os
 import pwd
+import shutil
 import stat
 import threading
 from collections.abc import Callable, Iterable
@@ -142,6 +144,39 @@ def make_preexec(uid: int, gid: int, groups: list[int], procs: list[str]) -> Cal
             raise OSError(ctypes.get_errno(), "capset")
 
     return child
+
+
+#: run by /bin/sh as root in the new process: join each cgroup named before ``--``
+#: (writing 0 to ``cgroup.procs`` moves the writer; a failure is left to
+#: Confinement.joined, as in make_preexec), then exec the rest of the words
+_JOIN_CGROUPS = ('while [ "$1" != -- ]; do { echo 0 >"$1"; } 2>/dev/null; shift; done; '
+                 'shift; exec "$@"')
+
+
+@functools.cache
+def setpriv() -> str | None:
+    """util-linux's setpriv, which drops privileges and execs a command, or None."""
+    return shutil.which("setpriv")
+
+
+def confining_wrapper(uid: int, gid: int, groups: list[int],
+                      procs: list[str]) -> list[str] | None:
+    """What make_preexec does, as a command that execs QEMU's argv in the same process
+    (None without setpriv): /bin/sh joins the cgroup while still root, then setpriv
+    empties the bounding and inheritable sets, sets no-new-privs, the groups and the
+    uid/gid (the kernel clears the permitted and effective sets at that change, and
+    exec makes the saved ids the new ones).  A command keeps Python's vfork spawn: a
+    ``preexec_fn`` forks the whole daemon (3-6 ms on the event loop for a 60 MiB
+    daemon, and more under load; docs/benchmarks.md)."""
+    tool = setpriv()
+    if tool is None:
+        return None
+    privs = [tool, f"--reuid={uid}", f"--regid={gid}",
+             f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
+             "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+    if not procs:
+        return privs
+    return ["/bin/sh", "-c", _JOIN_CGROUPS, "virtkit-confine", *procs, "--", *privs]
 
 
 @dataclass
@@ -272,8 +307,16 @@ class Confinement:
         procs = self.cgroup.procs_files if self.cgroup is not None else []
         return make_preexec(self.uid, self.gid, self.groups, procs)
 
+    def spawn_options(self) -> dict[str, Any]:
+        """QemuProcess.spawn's way into this confinement: the setpriv wrapper, else the
+        preexec function."""
+        procs = self.cgroup.procs_files if self.cgroup is not None else []
+        wrapper = confining_wrapper(self.uid, self.gid, self.groups, procs)
+        return {"preexec": self.preexec()} if wrapper is None else {"wrapper": wrapper}
+
     def joined(self, pid: int) -> None:
-        """After spawn: make sure QEMU is in its cgroup (it is still paused, -S)."""
+        """After the QMP handshake: make sure QEMU is in its cgroup (it is still paused,
+        -S); its confining wrapper or preexec joined it before exec, unless that failed."""
         if self.cgroup is None or self.cgroup.contains(pid):
             return
         try:

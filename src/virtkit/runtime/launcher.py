@@ -325,16 +325,16 @@ async def _start(domain: Domain, paths: StatePaths, caps: HostCaps, binary: str,
         argv = build_argv(domain, caps, files, binary, layout)
         log.info("starting %s: %s", domain.name, " ".join(argv))
         process = QemuProcess.spawn(argv, pass_fds=pass_fds, log_path=qemu_log,
-                                    preexec=conf.preexec() if conf else None)
+                                    **(conf.spawn_options() if conf else {}))
         spawned(process)
         undo.push_async_callback(teardown.async_step("end QEMU", _end, process))
         if on_spawn is not None:
             on_spawn(process)
-        if conf is not None:
-            conf.joined(process.pid)
         if domain.vcpus.cpuset is not None:
             pin_threads(process.pid, parse_cpuset(domain.vcpus.cpuset))
         monitor = await _handshake(domain, process, run_dir, qemu_log, on_event)
+        if conf is not None:  # QEMU answers: its wrapper has joined the cgroup and exec'd it
+            conf.joined(process.pid)
         numbers = list(layout.nic_ids) if layout is not None else list(range(len(domain.nics)))
         running = Running(process, monitor, run_dir, caps.accel,
                           taps={numbers[index]: tap.name for index, tap in taps.items()},
