@@ -40,9 +40,14 @@ RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils ovmf lvm2 dnsmasq-base nftables ipr
 # host; tests/unit/test_etcd_client.py and tests/real/test_cluster.py run real ones);
 # Debian starts no service of its own where policy-rc.d forbids it, and the tests
 # never use it
+# libvirt-daemon: libvirtd and its QEMU driver, for scripts/record-virsh-output.sh only,
+# which re-records tests/data/virsh/ (real virsh's output, that the tests compare
+# virtkit's with) from a private libvirtd in its own namespaces; this package has no
+# service and no default network of its own (those are libvirt-daemon-system's), and
+# the tests never run libvirtd
 TEST_PACKAGES=("${RUNTIME_PACKAGES[@]}" bash virtinst libvirt-clients libxml2-utils grub-pc-bin
     grub-common xorriso mtools extlinux syslinux-common debootstrap openssh-server chromium
-    etcd-server)
+    etcd-server libvirt-daemon)
 
 need_root() {
     if [ "$(id -u)" -ne 0 ]; then
