@@ -140,11 +140,12 @@ def cmd_vcpuinfo(client: Client, args: argparse.Namespace) -> int:
     blocks = []
     for item in info["vcpus"]:
         blocks.append("\n".join([
-            f"{'VCPU:':<16}{item['id']}", f"{'Thread:':<16}{item['thread_id']}",
-            f"{'CPU:':<16}{item['host_cpu']}",
+            f"{'VCPU:':<16}{item['id']}", f"{'CPU:':<16}{item['host_cpu']}",
             f"{'State:':<16}{'running' if item['state'] in ('R', 'S', 'D') else item['state']}",
             f"{'CPU time:':<16}{item['time']:.1f}s",
-            f"{'CPU Affinity:':<16}{affinity_map(item['affinity'], host_cpus)}"]))
+            f"{'CPU Affinity:':<16}{affinity_map(item['affinity'], host_cpus)}",
+            # virtkit's own, after virsh's five fields
+            f"{'Thread:':<16}{item['thread_id']}"]))
     sys.stdout.write("\n\n".join(blocks) + "\n")
     return 0
 
