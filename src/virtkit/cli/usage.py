@@ -66,6 +66,7 @@ class VirshParser(argparse.ArgumentParser):
                    namespace: Any = None) -> argparse.Namespace:
         """As argparse's, but words no command takes are reported against that
         command (its usage, virsh's message), not the top-level parser."""
+        parsed: argparse.Namespace
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             inner = _innermost(self, parsed)
