@@ -202,6 +202,22 @@ def test_domstats_keys_are_virsh_s_and_in_its_order(rec: DaemonHandle) -> None:
     assert domstats(_run(rec, "domstats --state")) .keys() >= {"rec", "rec-off"}
 
 
+def test_domstats_of_a_shut_off_domain_has_virsh_s_keys(rec: DaemonHandle) -> None:
+    """The definition's memory, vCPU counts and disk sizes, as virsh shows them; not
+    libvirt's cpu.* of a shut-off domain (virtkit has no CPU time without a QEMU)."""
+    theirs = [(k, v) for k, v in domstats(recording("domstats-off").text)["rec-off"]
+              if not k.startswith("cpu.") and not k.startswith("block.1.")]
+    theirs = [(k, "1" if k == "block.count" else v) for k, v in theirs]  # one disk here
+    mine = domstats(_run(rec, "domstats rec-off"))["rec-off"]
+    assert [k for k, _ in mine] == [k for k, _ in theirs]
+    assert [shape(v) for _, v in mine] == [shape(v) for _, v in theirs]
+    values = dict(mine)
+    assert values["balloon.maximum"] == "131072" and values["vcpu.maximum"] == "2"
+    assert values["block.0.capacity"] == str(16 * 2**20)
+    assert domstats(_run(rec, "domstats --state rec-off"))["rec-off"] == \
+        [("state.state", "5"), ("state.reason", "0")]
+
+
 def test_dommemstat_names_are_virsh_s(rec: DaemonHandle) -> None:
     theirs = [line.split()[0] for line in recording("dommemstat").text.splitlines() if line]
     mine = [line.split() for line in _run(rec, "dommemstat rec").splitlines() if line]
