@@ -44,9 +44,14 @@ RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils ovmf lvm2 dnsmasq-base nftables ipr
 # nfs-ganesha, nfs-ganesha-vfs, rpcbind: the NFS server of the netfs pool tests
 # (tests/real/nfsserver.py runs them in a network namespace of their own, stopped by
 # PID; the packages' services are not used)
+# libvirt-daemon: libvirtd and its QEMU driver, for scripts/record-virsh-output.sh only,
+# which re-records tests/data/virsh/ (real virsh's output, that the tests compare
+# virtkit's with) from a private libvirtd in its own namespaces; this package has no
+# service and no default network of its own (those are libvirt-daemon-system's), and
+# the tests never run libvirtd
 TEST_PACKAGES=("${RUNTIME_PACKAGES[@]}" bash virtinst libvirt-clients libxml2-utils grub-pc-bin
     grub-common xorriso mtools extlinux syslinux-common debootstrap openssh-server chromium
-    etcd-server nfs-ganesha nfs-ganesha-vfs rpcbind)
+    etcd-server nfs-ganesha nfs-ganesha-vfs rpcbind libvirt-daemon)
 
 need_root() {
     if [ "$(id -u)" -ne 0 ]; then

@@ -40,7 +40,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_TREES = ("src", "tests", "scripts")
-SHELL_SCRIPTS = ("scripts/setup.sh", "scripts/build-test-guest", ".ci/run")
+SHELL_SCRIPTS = ("scripts/setup.sh", "scripts/build-test-guest", ".ci/run",
+                 "scripts/record-virsh-output.sh")
 
 # Programs the code may run but deliberately does not install, each with its reason.
 NOT_INSTALLED_ON_PURPOSE = {

@@ -8,8 +8,10 @@ from typing import Literal
 from aiohttp import web
 from pydantic import Field
 
+from virtkit.api.auth import is_read_only
 from virtkit.api.common import json_response, progress_response, xml_response
-from virtkit.api.requests import Body, body_of
+from virtkit.api.requests import Body, XmlQuery, body_of, query_of
+from virtkit.errors import Forbidden
 from virtkit.service.hostguests import MAX_TIMEOUT, HostGuestsService
 from virtkit.service.managedsave import ManagedSaveService
 
@@ -24,6 +26,14 @@ class ManagedSaveBody(Body):
 
     resume: bool | None = None
     bypass_cache: bool = False
+
+
+class ManagedSaveDefineBody(Body):
+    """virsh managedsave-define: the image's new definition (libvirt domain XML);
+    ``running`` true (--running) / false (--paused) / null (as saved)."""
+
+    xml: str = Field(max_length=4 * 1024 * 1024)
+    running: bool | None = None
 
 
 class GuestsPolicyBody(Body):
@@ -54,9 +64,22 @@ async def managedsave_remove(request: web.Request) -> web.Response:
 
 @routes.get("/v1/domains/{ref}/managedsave/xml")
 async def managedsave_dumpxml(request: web.Request) -> web.Response:
-    """The definition stored in the managed save image, as libvirt XML."""
-    text = await request.app[MANAGED].dumpxml(_ref(request))
+    """The definition stored in the managed save image, as libvirt XML
+    (``?security_info=1``: with the VNC password)."""
+    secrets = query_of(request, XmlQuery).security_info
+    if secrets and is_read_only(request):
+        raise Forbidden("the read-only socket never serves secrets (security_info)",
+                        fix="ask on the read-write socket (without --readonly)")
+    text = await request.app[MANAGED].dumpxml(_ref(request), secrets=secrets)
     return xml_response(text)
+
+
+@routes.put("/v1/domains/{ref}/managedsave/xml")
+async def managedsave_define(request: web.Request) -> web.Response:
+    """Replace the definition stored in the managed save image (host-side changes)."""
+    body = await body_of(request, ManagedSaveDefineBody)
+    return json_response(await request.app[MANAGED].define(_ref(request), body.xml,
+                                                            running=body.running))
 
 
 @routes.get("/v1/host/guests")

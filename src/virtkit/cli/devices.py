@@ -61,16 +61,23 @@ def cmd_attach_device(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def disk_type(disk: dict[str, Any]) -> str:
+    """virsh's disk Type: ``block`` for a device node, else ``file``."""
+    return "block" if str(disk.get("path") or "").startswith("/dev/") else "file"
+
+
 def cmd_domblklist(client: Client, args: argparse.Namespace) -> int:
     suffix = "/disks" + ("?inactive=1" if args.inactive else "")
     disks = client.get(client.domain_path(args.domain, suffix))
     if args.json:
         render.as_json(disks)
         return 0
-    headers = ["Target", "Source"] + (["Type", "Device", "Bus"] if args.details else [])
-    render.table(headers, [[d["target"], d["path"] or "-"] +
-                           (["file", d["device"], d["bus"]] if args.details else [])
-                           for d in disks])
+    if args.details:  # virsh's column order, then virtkit's Bus
+        render.table(["Type", "Device", "Target", "Source", "Bus"],
+                     [[disk_type(d), d["device"], d["target"], d["path"] or "-", d["bus"]]
+                      for d in disks])
+    else:
+        render.table(["Target", "Source"], [[d["target"], d["path"] or "-"] for d in disks])
     return 0
 
 

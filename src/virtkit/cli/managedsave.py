@@ -1,5 +1,6 @@
-"""virsh managedsave, managedsave-remove, managedsave-dumpxml, and ``host guests``
-(libvirt-guests' ON_SHUTDOWN / SHUTDOWN_TIMEOUT / ON_BOOT settings)."""
+"""virsh managedsave, managedsave-remove, managedsave-dumpxml, managedsave-define,
+managedsave-edit, and ``host guests`` (libvirt-guests' ON_SHUTDOWN / SHUTDOWN_TIMEOUT /
+ON_BOOT settings)."""
 
 from __future__ import annotations
 
@@ -37,10 +38,77 @@ def cmd_managedsave_remove(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_xml(client: Client, domain: str, secrets: bool) -> str:
+    text = client.get(client.domain_path(
+        domain, "/managedsave/xml" + ("?security_info=1" if secrets else "")))
+    return text.decode() if isinstance(text, bytes) else str(text)
+
+
 def cmd_managedsave_dumpxml(client: Client, args: argparse.Namespace) -> int:
-    text = client.get(client.domain_path(args.domain, "/managedsave/xml"))
-    sys.stdout.write(text.decode() if isinstance(text, bytes) else str(text))
+    sys.stdout.write(_image_xml(client, args.domain, args.security_info))
     return 0
+
+
+def _running(args: argparse.Namespace) -> bool | None:
+    return True if args.running else False if args.paused else None
+
+
+def _define(client: Client, domain: str, text: str, running: bool | None) -> str:
+    result = client.request("PUT", client.domain_path(domain, "/managedsave/xml"),
+                            {"xml": text, "running": running})
+    return str(result["name"])
+
+
+def cmd_managedsave_define(client: Client, args: argparse.Namespace) -> int:
+    if args.file == "-":
+        text = sys.stdin.read()
+    else:
+        with open(args.file) as handle:
+            text = handle.read()
+    name = _define(client, args.domain, text, _running(args))
+    print(f"Managed save state file of domain '{name}' updated.")
+    return 0
+
+
+def cmd_managedsave_edit(client: Client, args: argparse.Namespace) -> int:
+    """The image's XML in $EDITOR until the daemon takes it (or it is saved unchanged),
+    a refused edit shown again with the error on top, as ``virtkit edit --xml``."""
+    import os
+    import subprocess
+    import tempfile
+
+    from virtkit.cli.client import ApiError
+    from virtkit.cli.edit import XML_NOTES, _editor, strip_error, with_error
+
+    text = _image_xml(client, args.domain, True)  # with secrets: keep the VNC password
+    running = _running(args)
+    first_round = True
+    with tempfile.TemporaryDirectory(prefix="virtkit-edit-") as folder:
+        path = os.path.join(folder, "managedsave.xml")
+        while True:
+            with open(path, "w") as handle:
+                handle.write(text)
+            if subprocess.call([*_editor(), path]) != 0:
+                print("error: the editor failed; nothing was changed", file=sys.stderr)
+                return 1
+            with open(path) as handle:
+                edited = handle.read()
+            if edited == text and (running is None or not first_round):
+                if first_round:
+                    print(f"Managed save image of domain '{args.domain}' XML configuration "
+                          "not changed.")
+                    return 0
+                print("error: edit abandoned; nothing was changed", file=sys.stderr)
+                return 1
+            first_round = False
+            try:
+                name = _define(client, args.domain, strip_error(edited, XML_NOTES), running)
+            except ApiError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                text = with_error(edited, str(exc), XML_NOTES)
+                continue
+            print(f"Managed save image of domain '{name}' edited.")
+            return 0
 
 
 def cmd_host_guests(client: Client, args: argparse.Namespace) -> int:
@@ -78,8 +146,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--verbose", action="store_true", help="show progress")
     add("managedsave-remove", cmd_managedsave_remove, "remove a domain's managed save "
         "image (the next start boots afresh)")
-    add("managedsave-dumpxml", cmd_managedsave_dumpxml, "print the definition stored in a "
-        "domain's managed save image (libvirt XML)")
+    p = add("managedsave-dumpxml", cmd_managedsave_dumpxml, "print the definition stored "
+            "in a domain's managed save image (libvirt XML)")
+    p.add_argument("--security-info", action="store_true",
+                   help="include secrets (the VNC password)")
+    for name, func, what in (
+            ("managedsave-define", cmd_managedsave_define, "replace the definition stored "
+             "in a domain's managed save image with FILE (libvirt XML); only host-side "
+             "changes: file paths, network sources, limits, descriptions"),
+            ("managedsave-edit", cmd_managedsave_edit, "edit the definition stored in a "
+             "domain's managed save image in $EDITOR (host-side changes only)")):
+        p = add(name, func, what)
+        if name == "managedsave-define":
+            p.add_argument("file", metavar="FILE", help="libvirt domain XML ('-': stdin)")
+        state = p.add_mutually_exclusive_group()
+        state.add_argument("--running", action="store_true",
+                           help="resume it running at the next start")
+        state.add_argument("--paused", action="store_true",
+                           help="leave it paused at the next start")
 
 
 def register_host(host_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

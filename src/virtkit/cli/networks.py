@@ -70,8 +70,9 @@ def cmd_net_list(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         render.as_json(nets)
         return 0
-    render.table(["Name", "State", "Autostart", "Mode", "Bridge", "Subnet"],
-                 [[n["name"], n["state"], "yes" if n["autostart"] else "no", n["mode"],
+    # virsh's four columns first (every virtkit network is persistent), then virtkit's
+    render.table(["Name", "State", "Autostart", "Persistent", "Mode", "Bridge", "Subnet"],
+                 [[n["name"], n["state"], "yes" if n["autostart"] else "no", "yes", n["mode"],
                    n["bridge"], n["subnet"]] for n in nets])
     return 0
 
@@ -83,13 +84,15 @@ def cmd_net_info(client: Client, args: argparse.Namespace) -> int:
         return 0
     status = info.get("status") or {}
     problems = status.get("problems") or []
+    # virsh's fields in its order and width, then virtkit's own
     render.keyvalues([
-        ("Name", info["name"]), ("UUID", info["uuid"]), ("Active", info["state"] == "active"),
-        ("Autostart", "yes" if info["autostart"] else "no"), ("Mode", info["mode"]),
-        ("Bridge", info["bridge"]), ("Subnet", info["subnet"]), ("Gateway", info["gateway"]),
+        ("Name", info["name"]), ("UUID", info["uuid"]),
+        ("Active", "yes" if info["state"] == "active" else "no"), ("Persistent", "yes"),
+        ("Autostart", "yes" if info["autostart"] else "no"), ("Bridge", info["bridge"]),
+        ("Mode", info["mode"]), ("Subnet", info["subnet"]), ("Gateway", info["gateway"]),
         ("DHCP range", " - ".join(info["dhcp_range"]) if info.get("dhcp_range") else None),
         ("Health", ("ok" if not problems else "; ".join(problems)) if status else None),
-    ])
+    ], width=15)
     return 0
 
 
@@ -100,9 +103,15 @@ def cmd_net_dhcp_leases(client: Client, args: argparse.Namespace) -> int:
         return 0
     import time
 
-    render.table(["Expiry Time", "MAC address", "IP address", "Hostname"],
+    # virsh's columns; the address with the network's prefix length, as virsh shows it
+    subnet = client.get(_net(args.network)).get("subnet") or ""
+    prefix = subnet[subnet.index("/"):] if "/" in subnet else ""
+    render.table(["Expiry Time", "MAC address", "Protocol", "IP address", "Hostname",
+                  "Client ID or DUID"],
                  [[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(lease["expiry"]))),
-                   lease["mac"], lease["ip"], lease["hostname"] or "-"] for lease in leases])
+                   lease["mac"], "ipv6" if ":" in lease["ip"] else "ipv4",
+                   lease["ip"] + prefix, lease["hostname"] or "-",
+                   lease.get("client_id") or "-"] for lease in leases])
     return 0
 
 

@@ -116,10 +116,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
     out.write("\n".join(lines) + "\n")
 
 
-def keyvalues(pairs: Sequence[tuple[str, Any]], *, stream: TextIO | None = None) -> None:
-    """Print ``Key:   value`` lines as virsh dominfo does."""
+def keyvalues(pairs: Sequence[tuple[str, Any]], *, stream: TextIO | None = None,
+              width: int | None = None) -> None:
+    """Print ``Key:   value`` lines as virsh dominfo does; ``width=15`` is virsh's
+    ``%-15s %s`` (net-info, pool-info, vol-info), else the longest key decides."""
     out = stream or sys.stdout
-    width = max((len(key) for key, _ in pairs), default=0) + 2
+    width = width or max((len(key) for key, _ in pairs), default=0) + 2
     for key, value in pairs:
         out.write(f"{(key + ':').ljust(width)} {'-' if value is None else safe(value)}\n")
 

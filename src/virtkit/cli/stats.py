@@ -100,6 +100,30 @@ def flatten(stats: dict[str, Any]) -> list[tuple[str, Any]]:
     return [(key, value) for key, value in pairs if value is not None and value != ""]
 
 
+def inactive_stats(client: Client, item: dict[str, Any], groups: list[str]
+                   ) -> dict[str, Any]:
+    """What virsh's domstats shows of a shut-off domain: the defined memory (balloon),
+    vCPU counts and each disk's name, path and sizes (from the definition and the image
+    files, as domblkinfo reads them); the live counters need a running QEMU."""
+    wanted = set(groups) or set(GROUP_FLAGS)
+    found: dict[str, Any] = {}
+    path = client.domain_path(item["uuid"] if item.get("uuid") else item["name"])
+    if wanted & {"balloon", "vcpu"}:
+        info = client.get(path)
+        if "balloon" in wanted:
+            found["balloon"] = {"current": info["memory_mib"] * 1024,
+                                "maximum": info["max_memory_mib"] * 1024}
+        if "vcpu" in wanted:
+            found["vcpu"] = {"current": info["vcpus"], "maximum": info["max_vcpus"],
+                             "vcpus": []}
+    if "block" in wanted:
+        found["block"] = [{"name": disk["target"], "path": disk.get("path"),
+                           **{key: disk.get(key) for key in
+                              ("allocation", "capacity", "physical")}}
+                          for disk in client.get(path + "/blkinfo")["disks"]]
+    return found
+
+
 def cmd_domstats(client: Client, args: argparse.Namespace) -> int:
     groups = [group for group in GROUP_FLAGS if getattr(args, group.replace("-", "_"))]
     query = [f"domain={quote(name, safe='')}" for name in args.domains]
@@ -113,6 +137,8 @@ def cmd_domstats(client: Client, args: argparse.Namespace) -> int:
         return 0
     out = []
     for item in stats:
+        if (item.get("state") or {}).get("state") == "shutoff":
+            item = {**item, **inactive_stats(client, item, groups)}
         out.append(f"Domain: '{item['name']}'")
         out += [f"  {key}={value}" for key, value in flatten(item)]
         out.append("")
@@ -140,11 +166,12 @@ def cmd_vcpuinfo(client: Client, args: argparse.Namespace) -> int:
     blocks = []
     for item in info["vcpus"]:
         blocks.append("\n".join([
-            f"{'VCPU:':<16}{item['id']}", f"{'Thread:':<16}{item['thread_id']}",
-            f"{'CPU:':<16}{item['host_cpu']}",
+            f"{'VCPU:':<16}{item['id']}", f"{'CPU:':<16}{item['host_cpu']}",
             f"{'State:':<16}{'running' if item['state'] in ('R', 'S', 'D') else item['state']}",
             f"{'CPU time:':<16}{item['time']:.1f}s",
-            f"{'CPU Affinity:':<16}{affinity_map(item['affinity'], host_cpus)}"]))
+            f"{'CPU Affinity:':<16}{affinity_map(item['affinity'], host_cpus)}",
+            # virtkit's own, after virsh's five fields
+            f"{'Thread:':<16}{item['thread_id']}"]))
     sys.stdout.write("\n\n".join(blocks) + "\n")
     return 0
 

@@ -130,10 +130,12 @@ def cmd_pool_list(client: Client, args: argparse.Namespace) -> int:
         return 0
     headers = ["Name", "State", "Autostart"]
     rows = [[p["name"], p["state"], "yes" if p["autostart"] else "no"] for p in pools]
-    if args.details:
-        headers += ["Type", "Capacity", "Allocation", "Available"]
-        rows = [[*row, p["type"], _human(p["capacity"]), _human(p["allocation"]),
-                 _human(p["available"])] for row, p in zip(rows, pools, strict=True)]
+    if args.details:  # virsh's columns (its State is running/inactive here), then Type
+        headers = ["Name", "State", "Autostart", "Persistent", "Capacity", "Allocation",
+                   "Available", "Type"]
+        rows = [[p["name"], "running" if p["state"] == "active" else "inactive",
+                 "yes" if p["autostart"] else "no", "yes", _human(p["capacity"]),
+                 _human(p["allocation"]), _human(p["available"]), p["type"]] for p in pools]
     render.table(headers, rows)
     return 0
 
@@ -143,14 +145,15 @@ def cmd_pool_info(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         render.as_json(info)
         return 0
+    # virsh's fields in its order and width, then virtkit's own
     render.keyvalues([
-        ("Name", info["name"]), ("UUID", info["uuid"]), ("Type", info["type"]),
-        ("Target", info["target"]), ("State", "running" if info["state"] == "active"
-                                     else "inactive"),
-        ("Autostart", "yes" if info["autostart"] else "no"),
+        ("Name", info["name"]), ("UUID", info["uuid"]),
+        ("State", "running" if info["state"] == "active" else "inactive"),
+        ("Persistent", "yes"), ("Autostart", "yes" if info["autostart"] else "no"),
         ("Capacity", _human(info["capacity"])), ("Allocation", _human(info["allocation"])),
         ("Available", _human(info["available"])),
-    ])
+        ("Type", info["type"]), ("Target", info["target"]),
+    ], width=15)
     return 0
 
 
@@ -196,10 +199,10 @@ def cmd_vol_list(client: Client, args: argparse.Namespace) -> int:
         return 0
     headers = ["Name", "Path"]
     rows = [[v["name"], v["path"]] for v in volumes]
-    if args.details:
-        headers += ["Format", "Capacity", "Allocation", "Used by"]
-        rows = [[*row, v["format"], _human(v["capacity"]), _human(v["allocation"]),
-                 ", ".join(v["used_by"]) or "-"]
+    if args.details:  # virsh's Type, Capacity, Allocation, then virtkit's own
+        headers += ["Type", "Capacity", "Allocation", "Format", "Used by"]
+        rows = [[*row, vol_type(v), _human(v["capacity"]), _human(v["allocation"]),
+                 v["format"], ", ".join(v["used_by"]) or "-"]
                 for row, v in zip(rows, volumes, strict=True)]
         if any(v.get("label") for v in volumes):  # install media: show the ISO labels
             headers.append("Label")
@@ -208,17 +211,24 @@ def cmd_vol_list(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def vol_type(volume: dict[str, Any]) -> str:
+    """virsh's volume Type: ``block`` for a device (an LVM volume), else ``file``."""
+    return "block" if str(volume.get("path") or "").startswith("/dev/") else "file"
+
+
 def cmd_vol_info(client: Client, args: argparse.Namespace) -> int:
     info = client.get(_vol_path(_pool_of(args), args.vol))
     if args.json:
         render.as_json(info)
         return 0
+    # virsh's fields in its order and width, then virtkit's own
     render.keyvalues([
-        ("Name", info["name"]), ("Pool", info["pool"]), ("Path", info["path"]),
-        ("Format", info["format"]), ("Capacity", _human(info["capacity"])),
-        ("Allocation", _human(info["allocation"])), ("Backing", info.get("backing")),
-        ("Label", info.get("label")), ("Used by", ", ".join(info["used_by"]) or None),
-    ])
+        ("Name", info["name"]), ("Type", vol_type(info)),
+        ("Capacity", _human(info["capacity"])), ("Allocation", _human(info["allocation"])),
+        ("Pool", info["pool"]), ("Path", info["path"]), ("Format", info["format"]),
+        ("Backing", info.get("backing")), ("Label", info.get("label")),
+        ("Used by", ", ".join(info["used_by"]) or None),
+    ], width=15)
     return 0
 
 

@@ -11,7 +11,8 @@ import sys
 # typing costs every CLI call ~3 ms to import, and these names are annotations only
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from collections.abc import Sequence
+    from typing import Any, NoReturn
 
 _REQUIRED = re.compile(r"the following arguments are required: ([^,\s]+)")
 _CHOICE = re.compile(r"argument COMMAND: invalid choice: '([^']*)'")
@@ -41,9 +42,43 @@ def usage_message(parser: argparse.ArgumentParser, message: str) -> str:
     return message
 
 
+def _innermost(parser: argparse.ArgumentParser, args: argparse.Namespace
+               ) -> argparse.ArgumentParser:
+    """The (sub-)sub-command parser that ``args`` were parsed by."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = getattr(args, action.dest or "", None)
+            if isinstance(chosen, str) and chosen in action.choices:
+                return _innermost(action.choices[chosen], args)
+    return parser
+
+
+def unexpected_message(command: str, extras: Sequence[str]) -> str:
+    """virsh's words for what a command does not take: ``command 'dominfo' doesn't
+    support option --nosuch``, ``unexpected data 'x'``."""
+    word = extras[0]
+    if word.startswith("-") and word != "-":
+        return f"command '{command}' doesn't support option {word.split('=', 1)[0]}"
+    return f"unexpected data '{word}'"
+
+
 class VirshParser(argparse.ArgumentParser):
     """An ArgumentParser (and, by inheritance, each subcommand's) whose errors are
     virsh's: the subcommand's usage, then ``error: ...``; exit status 1."""
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: Any = None) -> argparse.Namespace:
+        """As argparse's, but words no command takes are reported against that
+        command (its usage, virsh's message), not the top-level parser."""
+        parsed: argparse.Namespace
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            inner = _innermost(self, parsed)
+            command = inner.prog.split(" ", 1)[1] if " " in inner.prog else inner.prog
+            inner.print_usage(sys.stderr)
+            sys.stderr.write(f"error: {unexpected_message(command, extras)}\n")
+            sys.exit(1)
+        return parsed
 
     def error(self, message: str) -> NoReturn:
         text = usage_message(self, message)

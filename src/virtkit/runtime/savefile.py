@@ -57,3 +57,41 @@ def read_header(fd: int, path: str) -> dict[str, Any]:
     if not isinstance(header, dict) or not isinstance(header.get("spec"), dict):
         raise InvalidSpec(f"{path} has a corrupt header (no domain spec)")
     return header
+
+
+def rewrite_header(path: str, header: dict[str, Any]) -> None:
+    """Replace the header of the save file at ``path`` (managedsave-define), keeping
+    QEMU's stream.  A header that fits the old one's 4 KiB-aligned room is written in
+    place; a longer one goes into a new file (header, then the stream copied) that
+    replaces the old one by rename, so a crash leaves the old file or the new one."""
+    body = json.dumps(header).encode()
+    head = MAGIC + struct.pack(">Q", len(body)) + body
+    fd = os.open(path, os.O_RDWR)
+    try:
+        read_header(fd, path)
+        data_start = os.lseek(fd, 0, os.SEEK_CUR)
+        if len(head) <= data_start:
+            os.pwrite(fd, head + b"\0" * (data_start - len(head)), 0)
+            os.fsync(fd)
+            return
+        info = os.fstat(fd)
+        temporary = f"{path}.new"
+        out = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, info.st_mode & 0o777)
+        try:
+            os.fchown(out, info.st_uid, info.st_gid)
+            os.write(out, head + b"\0" * ((-len(head)) % ALIGN))
+            remaining = info.st_size - data_start
+            while remaining > 0:
+                copied = os.copy_file_range(fd, out, min(remaining, 1 << 30))
+                if copied == 0:
+                    break
+                remaining -= copied
+            os.fsync(out)
+        except BaseException:
+            os.close(out)
+            os.unlink(temporary)
+            raise
+        os.close(out)
+        os.replace(temporary, path)
+    finally:
+        os.close(fd)
