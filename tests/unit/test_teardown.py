@@ -41,8 +41,8 @@ class Broken(Exception):
 class FakeConf:
     uid = gid = 4242
 
-    def preexec(self) -> None:
-        return None
+    def spawn_options(self) -> dict[str, object]:
+        return {}
 
     def joined(self, pid: int) -> None:
         pass
