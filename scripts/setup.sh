@@ -49,9 +49,12 @@ RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils ovmf lvm2 dnsmasq-base nftables ipr
 # virtkit's with) from a private libvirtd in its own namespaces; this package has no
 # service and no default network of its own (those are libvirt-daemon-system's), and
 # the tests never run libvirtd
+# systemd: its systemd-analyze verifies the units in contrib/ (tests/unit/test_units.py;
+# systemd need not be PID 1 for that)
 TEST_PACKAGES=("${RUNTIME_PACKAGES[@]}" bash virtinst libvirt-clients libxml2-utils grub-pc-bin
     grub-common xorriso mtools extlinux syslinux-common debootstrap openssh-server chromium
-    etcd-server nfs-ganesha nfs-ganesha-vfs rpcbind libvirt-daemon)
+    etcd-server nfs-ganesha nfs-ganesha-vfs rpcbind libvirt-daemon
+    systemd)
 
 need_root() {
     if [ "$(id -u)" -ne 0 ]; then
@@ -83,10 +86,30 @@ install_python() {
     ln -sf "$VENV/bin/virtkitd" /usr/local/bin/virtkitd
 }
 
+# The systemd units (contrib/): virtkitd.service, and virtkit-guests.service, which
+# saves or shuts down the guests at host shutdown before the network and storage go
+# (libvirt-guests' job; docs/running-guests.md).  Installed and enabled only where
+# systemd is PID 1 (sd_booted: /run/systemd/system); in a container or CI without it
+# they are skipped with a message, never a failure.  Not started here: the demo runs
+# its own daemon (the next boot, or 'systemctl start virtkitd', starts the unit's).
+install_units() {
+    if [ ! -d /run/systemd/system ]; then
+        echo "setup.sh: systemd is not running as PID 1 here: the units in contrib/ are" \
+            "not installed (start virtkitd by hand; docs/running-guests.md)"
+        return
+    fi
+    install -m 0644 contrib/virtkitd.service contrib/virtkit-guests.service \
+        /etc/systemd/system/
+    systemctl daemon-reload
+    systemctl enable virtkitd.service virtkit-guests.service
+    echo "setup.sh: installed and enabled virtkitd.service and virtkit-guests.service"
+}
+
 demo() {
     need_root demo
     install_packages "${RUNTIME_PACKAGES[@]}"
     install_python ""
+    install_units
     "$VENV/bin/python" -m virtkit.images.tinyguest >/dev/null
     exec "$VENV/bin/python" "$REPO/scripts/demo.py"
 }

@@ -118,3 +118,72 @@ def test_blkdeviotune_live_and_config(lim: DaemonHandle) -> None:
     both = lim.cli("blkdeviotune", "lim", "vda", "--total-iops-sec", "5",
                    "--read-iops-sec", "5", "--live", check=False)
     assert both.returncode == 1 and "cannot be combined" in both.stderr, both.stderr
+
+
+def _block_device() -> tuple[str, str]:
+    """(path, MAJ:MIN) of a disk of this host for the per-device limits (any will do:
+    the cgroup files take rules for every block device)."""
+    for entry in sorted(Path("/sys/block").iterdir()):
+        if entry.name.startswith(("loop", "ram", "zram", "dm-", "sr")):
+            continue
+        node = Path("/dev") / entry.name
+        if node.is_block_device():
+            return str(node), (entry / "dev").read_text().strip()
+    pytest.skip("no disk block device on this host")
+
+
+def _device_rules(daemon: DaemonHandle, name: str) -> str:
+    """Every per-device blkio/io rule of the QEMU's group, as the kernel lists them."""
+    files = ["io.max"] if _v2(daemon) else [
+        "blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device",
+        "blkio.throttle.read_iops_device", "blkio.throttle.write_iops_device"]
+    return "\n".join(f"{file}: {_cgroup_file(daemon, name, 'blkio', file)}"
+                     for file in files)
+
+
+def test_blkiotune_device_throttles_live_config_and_at_start(lim: DaemonHandle) -> None:
+    path, dev = _block_device()
+    lim.cli("blkiotune", "lim", "--device-read-bytes-sec", f"{path},1048576",
+            "--device-write-iops-sec", f"{path},50", "--live")
+    rules = _device_rules(lim, "lim")
+    if _v2(lim):
+        assert f"{dev} rbps=1048576 wbps=max riops=max wiops=50" in rules, rules
+    else:  # this host: cgroup v1 blkio, the VM's own group
+        assert f"read_bps_device: {dev} 1048576" in rules, rules
+        assert f"write_iops_device: {dev} 50" in rules, rules
+    shown = lim.cli("blkiotune", "lim").stdout
+    assert f"device_read_bytes_sec : {path},1048576" in shown, shown
+    assert f"device_write_iops_sec : {path},50" in shown, shown
+    lim.cli("blkiotune", "lim", "--device-write-iops-sec", f"{path},0", "--live")
+    assert f"{dev} 50" not in _device_rules(lim, "lim")  # 0 removes the rule
+    assert f"{dev} 1048576" in _device_rules(lim, "lim") or _v2(lim)  # the other stays
+
+    weight = lim.cli("blkiotune", "lim", "--device-weights", f"{path},500", "--live",
+                     check=False)
+    if weight.returncode:  # no BFQ/CFQ weight files (this host): said, nothing changed
+        assert "weight_device" in weight.stderr or "io.weight" in weight.stderr
+        assert "BFQ" in weight.stderr, weight.stderr
+
+    lim.cli("blkiotune", "lim", "--device-write-bytes-sec", f"{path},2097152", "--config")
+    xml = lim.cli("dumpxml", "lim").stdout.replace("'", '"')
+    assert f"<device><path>{path}</path><write_bytes_sec>2097152</write_bytes_sec>" \
+        in xml.replace("\n", "").replace(" ", ""), xml
+    stored = json.loads(lim.cli("blkiotune", "lim", "--config", "--json").stdout)
+    assert stored["device_write_bytes_sec"] == f"{path},2097152"
+
+    # stored in the spec, applied at start
+    lim.define("blk", memory=128, blkiotune={"devices": [
+        {"path": path, "read_iops_sec": 77, "write_bytes_sec": 3000000}]})
+    lim.cli("start", "blk")
+    try:
+        rules = _device_rules(lim, "blk")
+        if _v2(lim):
+            assert f"{dev} rbps=max wbps=3000000 riops=77 wiops=max" in rules, rules
+        else:
+            assert f"read_iops_device: {dev} 77" in rules, rules
+            assert f"write_bps_device: {dev} 3000000" in rules, rules
+        bad = lim.cli("blkiotune", "blk", "--device-read-iops-sec", "/dev/null,5",
+                      "--live", check=False)
+        assert bad.returncode == 1 and "not a block device" in bad.stderr, bad.stderr
+    finally:
+        lim.cli("destroy", "blk")

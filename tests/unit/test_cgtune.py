@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from virtkit.errors import HostError
+from virtkit.errors import HostError, InvalidSpec
 from virtkit.host.cgroups import Cgroup
 from virtkit.model.tuning import UNLIMITED_KIB
 from virtkit.runtime import cgtune
@@ -100,7 +100,7 @@ def test_v2_read(tmp_path: Path) -> None:
     values = cgtune.read(Cgroup("v2", {"": folder}))
     assert values == {"cpu_shares": cgtune.weight_to_shares(79), "vcpu_period": 50000,
                       "vcpu_quota": 25000, "hard_limit": UNLIMITED_KIB, "soft_limit": 2048,
-                      "swap_hard_limit": None, "weight": 300}
+                      "swap_hard_limit": None, "weight": 300, "devices": {}}
 
 
 def test_blkdeviotune_groups_replace_as_libvirt() -> None:
@@ -127,3 +127,76 @@ def test_cli_sizes_and_flags() -> None:
     args = build_parser().parse_args(["schedinfo", "vm", "--set", "cpu_shares=2",
                                       "--set", "vcpu_quota=-1", "--config"])
     assert args.set == ["cpu_shares=2", "vcpu_quota=-1"] and args.config
+
+
+# -- blkiotune per device: v1 blkio files, v2 io.max / io.weight ---------------------------
+
+def test_device_writes_on_v1_and_v2() -> None:
+    blkio = {"devices": [{"dev": "8:0", "weight": 500, "read_bytes_sec": 1000,
+                          "write_iops_sec": 0}]}
+    assert cgtune.cgroup_writes("v1", {}, {}, blkio, {"blkio/blkio.weight_device"}) == [
+        ("blkio", "blkio.weight_device", "8:0 500"),
+        ("blkio", "blkio.throttle.read_bps_device", "8:0 1000"),
+        ("blkio", "blkio.throttle.write_iops_device", "8:0 0")]  # 0: the rule goes
+    assert cgtune.cgroup_writes("v2", {}, {}, blkio, {"io.weight"}) == [
+        ("", "io.weight", "8:0 500"), ("", "io.max", "8:0 rbps=1000 wiops=max")]
+    removed = {"devices": [{"dev": "8:0", "weight": 0}]}
+    assert cgtune.cgroup_writes("v2", {}, {}, removed, {"io.bfq.weight"}) == [
+        ("", "io.bfq.weight", "8:0 default")]
+
+
+def _v1_blkio(tmp_path: Path) -> Cgroup:
+    group = _v1_group(tmp_path, {})
+    group.dirs["blkio"] = tmp_path / "blkio" / "virtkit" / "vm"
+    group.dirs["blkio"].mkdir(parents=True)
+    for name in cgtune.V1_THROTTLE.values():  # this host's v1: throttles, no weight files
+        (group.dirs["blkio"] / name).write_text("")
+    return group
+
+
+def test_v1_device_throttles_are_written_and_read_back(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    monkeypatch.setattr(cgtune, "block_device_number", lambda path: "254:0")
+    group = _v1_blkio(tmp_path)
+    written = cgtune.apply(group, "vm", {}, {}, {"devices": [
+        {"path": "/dev/vda", "read_bytes_sec": 1048576, "write_iops_sec": 50}]})
+    assert written == [str(group.dirs["blkio"] / "blkio.throttle.read_bps_device"),
+                       str(group.dirs["blkio"] / "blkio.throttle.write_iops_device")]
+    assert (group.dirs["blkio"] / "blkio.throttle.read_bps_device").read_text() == \
+        "254:0 1048576"
+    assert cgtune.read(group)["devices"] == {"254:0": {"read_bytes_sec": 1048576,
+                                                       "write_iops_sec": 50}}
+    # no blkio.weight_device here (no BFQ/CFQ): a device weight is refused, saying why
+    with pytest.raises(HostError) as caught:
+        cgtune.apply(group, "vm", {}, {}, {"devices": [{"path": "/dev/vda", "weight": 500}]})
+    assert "blkio/blkio.weight_device" in caught.value.message
+    assert "BFQ" in caught.value.message
+
+
+def test_a_missing_blkio_controller_is_named(tmp_path: Path) -> None:
+    group = _v1_group(tmp_path, {})  # cpu and memory only: blkio not mounted
+    with pytest.raises(HostError) as caught:
+        cgtune.apply(group, "vm", {}, {}, {"weight": 300})
+    assert "the blkio controller is not mounted" in caught.value.message
+
+
+def test_a_device_must_be_a_block_device(tmp_path: Path) -> None:
+    with pytest.raises(InvalidSpec, match="not a block device"):
+        cgtune.block_device_number("/dev/null")
+    with pytest.raises(InvalidSpec, match="No such file"):
+        cgtune.block_device_number(str(tmp_path / "nothing"))
+
+
+def test_v2_device_lines_are_read() -> None:
+    assert cgtune._v2_devices("default 100\n8:0 500\n", "8:0 rbps=100 wbps=max "
+                              "riops=max wiops=7\n") == {
+        "8:0": {"weight": 500, "read_bytes_sec": 100, "write_iops_sec": 7}}
+
+
+def test_cli_device_options_in_virsh_syntax() -> None:
+    from virtkit.cli.limits import device_values
+    assert device_values("/dev/sda,500,/dev/sdb,0", "device_weights") == [
+        ("/dev/sda", 500), ("/dev/sdb", 0)]
+    with pytest.raises(InvalidSpec, match="PATH,VALUE"):
+        device_values("/dev/sda", "device_weights")

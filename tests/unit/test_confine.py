@@ -286,7 +286,8 @@ def test_v2_group_sets_memory_max_and_enables_controllers(tmp_path: Path) -> Non
     (tmp_path / "cgroup.controllers").write_text("cpu memory pids io\n")
     group = cgroups.Cgroup.create("vm", cgroups.Limits(memory_bytes=5, pids_max=9), tmp_path)
     assert (tmp_path / "virtkit/vm/memory.max").read_text() == "5"
-    assert (tmp_path / "cgroup.subtree_control").read_text() == "+memory +pids +cpu"
+    # io: blkiotune (io.weight, io.max) in the VM's group
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+memory +pids +cpu +io"
     assert group.notes and "BPF" in group.notes[0]
 
 

@@ -157,3 +157,61 @@ def test_capture_refuses_a_device_qemu_still_holds() -> None:
 def test_nothing_hot_added_needs_no_layout() -> None:
     running = FakeRunning(PCI, layout_changed=False)
     assert asyncio.run(devlayout.capture(running)) is None  # type: ignore[arg-type]
+
+
+# -- vCPUs hot-added with device_add (setvcpus --live) --------------------------------
+
+HOT_VCPU = {"id": "vcpu-1-0-0-0", "driver": "max-x86_64-cpu",
+            "props": {"socket-id": 1, "core-id": 0, "thread-id": 0}}
+
+
+def test_hot_added_vcpus_are_rebuilt_as_devices_on_a_smaller_smp() -> None:
+    live = load_domain({**SPEC, "vcpus": {"current": 2, "max": 2}})
+    layout = Layout.from_dict({**Layout.unchanged(live).to_dict(), "vcpus": [HOT_VCPU]}, live)
+    argv = _argv(live, layout)
+    assert argv[argv.index("-smp") + 1].startswith("1,maxcpus=2,")
+    assert {"driver": "max-x86_64-cpu", "id": "vcpu-1-0-0-0", "socket-id": 1,
+            "core-id": 0, "thread-id": 0} in _devices(argv)
+    assert Layout.from_dict(layout.to_dict(), live) == layout  # as a save file keeps it
+    plain = _argv(live, None)  # without the layout: both vCPUs on -smp
+    assert plain[plain.index("-smp") + 1].startswith("2,maxcpus=2,")
+
+
+@pytest.mark.parametrize("vcpus", [
+    [HOT_VCPU, HOT_VCPU],                                          # the same one twice
+    [{**HOT_VCPU, "driver": "max,x=y-x86_64-cpu"}],               # not a CPU type name
+    [{**HOT_VCPU, "id": "cpu1"}],                                  # not hotplug's id
+    [{**HOT_VCPU, "props": {"socket-id": -1}}],
+    [{**HOT_VCPU, "props": {"romfile": 1}}],
+    {"vcpu-1-0-0-0": HOT_VCPU},
+])
+def test_recorded_hot_vcpus_are_parsed_strictly(vcpus: Any) -> None:
+    live = load_domain({**SPEC, "vcpus": {"current": 2, "max": 3}})
+    with pytest.raises(InvalidSpec):
+        devlayout.parse({**Layout.unchanged(live).to_dict(), "vcpus": vcpus}, live, "x")
+
+
+class CpuMonitor(QmpCommands):
+    def __init__(self, cpus: list[dict[str, Any]]) -> None:
+        self.cpus = cpus
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None, *,
+                      timeout: float = 30.0) -> Any:
+        return {"query-memory-devices": [], "query-hotpluggable-cpus": self.cpus}[command]
+
+
+def test_a_run_with_hot_added_vcpus_is_restorable_with_them() -> None:
+    cpus = [{"type": "max-x86_64-cpu", "vcpus-count": 1, "props": HOT_VCPU["props"],
+             "qom-path": "/machine/peripheral/vcpu-1-0-0-0"},
+            {"type": "max-x86_64-cpu", "vcpus-count": 1,
+             "props": {"socket-id": 0, "core-id": 0, "thread-id": 0},
+             "qom-path": "/machine/unattached/device[0]"}]
+    running = FakeRunning([], layout_changed=False,
+                          live=load_domain({**SPEC, "vcpus": {"current": 2, "max": 2}}))
+    running.monitor = CpuMonitor(cpus)  # type: ignore[assignment]
+    layout = asyncio.run(devlayout.check_restorable("hot", running))  # type: ignore[arg-type]
+    assert layout is not None and layout.vcpus == (HOT_VCPU,)
+    assert (layout.boot_disks, layout.disk_ids, layout.placement) == (1, (0,), {})
+    cpus[0]["qom-path"] = "/machine/peripheral/somebody-elses"
+    with pytest.raises(Exception, match="vCPU 'somebody-elses'"):
+        asyncio.run(devlayout.check_restorable("hot", running))  # type: ignore[arg-type]

@@ -124,6 +124,42 @@ def test_an_unreadable_policy_keeps_guests_running(tmp_path: Path) -> None:
     assert domains.calls == []
 
 
+def test_host_shutdown_reports_each_guest_and_records_them(tmp_path: Path) -> None:
+    service, _domains = _service(tmp_path, {"a": "running", "broken": "running",
+                                           "c": "shutoff"})
+    lines: list[tuple[str, str]] = []
+    result = asyncio.run(service.host_shutdown(lambda n, m: lines.append((n, m))))
+    assert result["handled"] == [] and lines == [
+        ("", "ON_SHUTDOWN=ignore: the guests keep running (nothing to do)")]
+    service.set_policy({"on_shutdown": "managedsave"})
+    lines.clear()
+    result = asyncio.run(service.host_shutdown(lambda n, m: lines.append((n, m))))
+    assert (result["handled"], result["failed"]) == (["a"], ["broken"])
+    assert lines[:2] == [("a", "saving its memory (managedsave)"),
+                         ("a", "saved (managedsave): the next start resumes it")]
+    assert lines[2][0] == "broken" and lines[3][1].startswith("managedsave failed")
+    assert service.status()["pending"] == ["a"]  # started again at the next daemon start
+    # the daemon's own stop afterwards finds only what failed, the record keeps 'a'
+    asyncio.run(service.on_daemon_stop())
+    assert service.status()["pending"] == ["a"]
+
+
+def test_host_shutdown_with_the_shutdown_policy(tmp_path: Path) -> None:
+    service, _domains = _service(tmp_path, {"a": "running", "stubborn": "running"})
+    service.set_policy({"on_shutdown": "shutdown", "shutdown_timeout": 7})
+    lines: list[tuple[str, str]] = []
+    result = asyncio.run(service.host_shutdown(lambda n, m: lines.append((n, m))))
+    assert result["handled"] == ["a"] and result["failed"] == ["stubborn"]
+    assert ("a", "shutting down (up to 7s)") in lines and ("a", "shut down") in lines
+    assert ("stubborn", "did not power off within 7s; destroying it") in lines
+
+
+def test_cli_host_shutdown_guests_needs_no_daemon() -> None:
+    args = build_parser().parse_args(["host", "shutdown-guests"])
+    assert args.daemon_optional is True  # never starts a daemon at host shutdown
+    assert args.func(None, args) == 0
+
+
 def test_cli_flags_of_managedsave_start_list_undefine() -> None:
     parser = build_parser()
     args = parser.parse_args(["managedsave", "vm", "--paused", "--bypass-cache", "--verbose"])

@@ -137,7 +137,10 @@ ROUND_TRIP_SPECS: list[dict[str, Any]] = [
     {"name": "limits", "uuid": UUID, "memory": 256,
      "cputune": {"shares": 2048, "period": 50000, "quota": 25000},
      "memtune": {"hard_limit": 1048576, "soft_limit": 524288, "swap_hard_limit": 2097152},
-     "blkiotune": {"weight": 300},
+     "blkiotune": {"weight": 300, "devices": [
+         {"path": "/dev/sda", "weight": 500, "read_bytes_sec": 1048576,
+          "write_bytes_sec": 2097152},
+         {"path": "/dev/vdb", "read_iops_sec": 100, "write_iops_sec": 50}]},
      "disks": [{"path": "/images/a.raw", "format": "raw",
                 "iotune": {"total_bytes_sec": 10485760, "total_iops_sec": 500}},
                {"path": "/images/b.raw", "format": "raw",

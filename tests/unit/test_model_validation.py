@@ -127,7 +127,10 @@ VALID: list[tuple[str, dict[str, Any] | str, Any]] = [
     ("limits", {"cputune": {"shares": 2048, "period": 100000, "quota": -1},
                 "memtune": {"hard_limit": 1048576, "soft_limit": 524288,
                             "swap_hard_limit": 9007199254740991},
-                "blkiotune": {"weight": 500},
+                "blkiotune": {"weight": 500, "devices": [
+                    {"path": "/dev/sda", "weight": 200, "read_bytes_sec": 1000,
+                     "write_bytes_sec": 2000, "read_iops_sec": 10, "write_iops_sec": 0},
+                    {"path": "/dev/sdb", "weight": 0}]},  # all unset: dropped
                 "disks": [{"path": "/a.raw", "iotune": {"total_bytes_sec": 0,
                                                         "total_iops_sec": 100}},
                           {"path": "/b.raw", "iotune": {
@@ -234,6 +237,14 @@ BAD = [
     bad("swap-below-hard", {"memtune": {"hard_limit": 2048, "swap_hard_limit": 1024}},
         "memtune", "at least hard_limit"),
     bad("blkio-weight", {"blkiotune": {"weight": 5000}}, "blkiotune.weight", "10-1000"),
+    bad("blkio-device-weight", {"blkiotune": {"devices": [{"path": "/dev/sda",
+                                                           "weight": 1}]}},
+        "blkiotune.devices[0].weight", "10-1000"),
+    bad("blkio-device-path", {"blkiotune": {"devices": [{"path": "/etc/passwd"}]}},
+        "blkiotune.devices[0].path", "under /dev"),
+    bad("blkio-device-twice", {"blkiotune": {"devices": [{"path": "/dev/sda"},
+                                                         {"path": "/dev/sda"}]}},
+        "blkiotune.devices", "twice"),
     bad("iotune-total-and-read", {"disks": [{"path": "/a", "iotune": {
         "total_bytes_sec": 1, "read_bytes_sec": 1}}]}, "disks[0].iotune",
         "cannot be combined"),

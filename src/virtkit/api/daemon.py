@@ -18,9 +18,10 @@ import grp
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 from aiohttp import web
 
@@ -290,6 +291,22 @@ class Daemon:
         self.audit.close()
 
 
+def sd_notify(state: str) -> bool:
+    """Tell systemd (Type=notify: contrib/virtkitd.service) that the API is served and
+    the guests of ON_BOOT and autostart are started; False where no $NOTIFY_SOCKET."""
+    address = os.environ.pop("NOTIFY_SOCKET", "")  # QEMUs and helpers must not inherit it
+    if not address.startswith(("/", "@")):
+        return False
+    target = "\0" + address[1:] if address.startswith("@") else address
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.sendto(state.encode(), target)
+        except OSError as exc:
+            log.warning("cannot notify systemd at %s: %s", address, exc)
+            return False
+    return True
+
+
 async def serve(paths: StatePaths, ready_fd: int | None = None, *,
                 default_network: bool = False,
                 listen_tls: tlslisten.TlsListen | None = None,
@@ -312,6 +329,7 @@ async def serve(paths: StatePaths, ready_fd: int | None = None, *,
     if ready_fd is not None:
         os.write(ready_fd, b"ready\n")
         os.close(ready_fd)
+    sd_notify("READY=1")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -366,6 +384,15 @@ def _web_listen(paths: StatePaths, address: str, cert: Path | None,
     listen = tlslisten.TlsListen(host, port, cert, key)
     tlslisten.check(listen)
     return listen
+
+
+def on_host_shutdown(root: Path | None) -> NoReturn:
+    """``virtkitd --on-host-shutdown``: the CLI's ``host shutdown-guests`` (a client of
+    the running daemon; the daemon module does not import the CLI), run in its place."""
+    argv = [sys.executable, "-m", "virtkit.cli.main"]
+    if root is not None:
+        argv += ["--root", str(root.absolute())]
+    os.execv(sys.executable, [*argv, "host", "shutdown-guests"])  # noqa: S606 - our own CLI, no shell
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -429,8 +456,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-websockets", type=int, default=limits.MAX_WEBSOCKETS,
                         help="open WebSockets (event streams, consoles) at once; one more "
                         f"is answered 503 (default {limits.MAX_WEBSOCKETS})")
+    parser.add_argument("--on-host-shutdown", action="store_true",
+                        help="do not serve: tell the running daemon to apply the host guests "
+                        "policy now (ON_SHUTDOWN: managedsave or shut down every running "
+                        "guest; 'virtkit host guests') and wait until it is done, one line "
+                        "per guest -- virtkit-guests.service's ExecStop at host shutdown; "
+                        "the same as 'virtkit host shutdown-guests'")
     parser.add_argument("--version", action="version", version=f"virtkitd {__version__}")
     args = parser.parse_args(argv)
+    if args.on_host_shutdown:
+        on_host_shutdown(args.root)
     paths = state_paths(args.root.absolute() if args.root else None)
     paths.make()
     listen_tls = None

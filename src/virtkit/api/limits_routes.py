@@ -10,6 +10,7 @@ from pydantic import Field
 
 from virtkit.api.common import json_response
 from virtkit.api.requests import Body, Flag, Query, body_of, query_of
+from virtkit.errors import InvalidSpec
 from virtkit.service.limits import LimitsService
 
 routes = web.RouteTableDef()
@@ -23,22 +24,44 @@ class ShowQuery(Query):
     config: Flag = False
 
 
+Throttle = Annotated[int, Field(ge=0, le=2**63 - 1)]
+
+
+class BlkioDeviceBody(Body):
+    """One host block device's values for blkiotune (left out: kept; 0: removed)."""
+
+    path: str = Field(max_length=255)
+    weight: Throttle | None = None
+    read_bytes_sec: Throttle | None = None
+    write_bytes_sec: Throttle | None = None
+    read_iops_sec: Throttle | None = None
+    write_iops_sec: Throttle | None = None
+
+
 class LimitsBody(Body):
-    """The values to set, by virsh's names; ``live``/``config`` as virsh's flags."""
+    """The values to set, by virsh's names; ``live``/``config`` as virsh's flags;
+    ``devices``: blkiotune's per device weights and throttles."""
 
     values: dict[str, Value] = Field(max_length=8)
+    devices: list[BlkioDeviceBody] | None = Field(default=None, max_length=64)
     live: bool = False
     config: bool = False
 
 
-def _call(request: web.Request, values: dict[str, int], live: bool, config: bool
-          ) -> dict[str, object]:
+def _call(request: web.Request, values: dict[str, int], live: bool, config: bool,
+          devices: list[BlkioDeviceBody] | None = None) -> dict[str, object]:
     kind = request.match_info["kind"]
     if kind not in KINDS:
         raise web.HTTPNotFound()
     method = getattr(request.app[LIMITS], kind)
+    extra = {}
+    if devices:
+        if kind != "blkiotune":
+            raise InvalidSpec(f"{kind} takes no devices", field="devices",
+                              fix="per device values are blkiotune's")
+        extra["devices"] = [d.model_dump(exclude_none=True) for d in devices]
     result: dict[str, object] = method(request.match_info["ref"], values, live=live,
-                                       config=config)
+                                       config=config, **extra)
     return result
 
 
@@ -51,7 +74,7 @@ async def show_limits(request: web.Request) -> web.Response:
 @routes.post("/v1/domains/{ref}/limits/{kind}")
 async def set_limits(request: web.Request) -> web.Response:
     body = await body_of(request, LimitsBody)
-    return json_response(_call(request, body.values, body.live, body.config))
+    return json_response(_call(request, body.values, body.live, body.config, body.devices))
 
 
 @routes.get("/v1/domains/{ref}/disks/{disk}/iotune")

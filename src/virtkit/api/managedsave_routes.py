@@ -3,7 +3,9 @@ policy at daemon stop and start (service/hostguests.py, libvirt-guests' settings
 
 from __future__ import annotations
 
-from typing import Literal
+import asyncio
+import json
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import Field
@@ -11,7 +13,7 @@ from pydantic import Field
 from virtkit.api.auth import is_read_only
 from virtkit.api.common import json_response, progress_response, xml_response
 from virtkit.api.requests import Body, XmlQuery, body_of, query_of
-from virtkit.errors import Forbidden
+from virtkit.errors import Forbidden, VirtkitError
 from virtkit.service.hostguests import MAX_TIMEOUT, HostGuestsService
 from virtkit.service.managedsave import ManagedSaveService
 
@@ -91,3 +93,34 @@ async def guests_policy(request: web.Request) -> web.Response:
 async def set_guests_policy(request: web.Request) -> web.Response:
     body = await body_of(request, GuestsPolicyBody)
     return json_response(request.app[GUESTS].set_policy(body.model_dump()))
+
+
+@routes.post("/v1/host/guests/shutdown")
+async def host_shutdown_guests(request: web.Request) -> web.StreamResponse:
+    """The ON_SHUTDOWN policy now (the host is going down): NDJSON, one
+    ``{"guest": NAME, "message": TEXT}`` line per step, then ``{"result": ...}`` (the
+    guests handled and failed) or ``{"error": ...}``."""
+    service = request.app[GUESTS]
+    queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    task = asyncio.ensure_future(service.host_shutdown(
+        lambda name, message: queue.put_nowait((name, message))))
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+
+    async def send(line: dict[str, Any]) -> None:
+        await response.write(json.dumps(line, default=str).encode() + b"\n")
+
+    while not task.done() or not queue.empty():
+        getter = asyncio.ensure_future(queue.get())
+        await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            name, message = getter.result()
+            await send({"guest": name, "message": message})
+        else:
+            getter.cancel()
+    try:
+        await send({"result": task.result()})
+    except VirtkitError as exc:
+        await send({"error": {**exc.to_dict(), "status": exc.http_status}})
+    await response.write_eof()
+    return response

@@ -82,9 +82,38 @@ def cmd_memtune(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+#: virsh blkiotune's per-device options: (argparse dest, the spec's key, shown name)
+DEVICE_OPTIONS = (("device_weights", "weight", "device_weight"),
+                  ("device_read_iops_sec", "read_iops_sec", "device_read_iops_sec"),
+                  ("device_write_iops_sec", "write_iops_sec", "device_write_iops_sec"),
+                  ("device_read_bytes_sec", "read_bytes_sec", "device_read_bytes_sec"),
+                  ("device_write_bytes_sec", "write_bytes_sec", "device_write_bytes_sec"))
+
+
+def device_values(text: str, option: str) -> list[tuple[str, int]]:
+    """virsh's ``/dev/sda,500[,/dev/sdb,300...]``: (path, value) pairs."""
+    parts = text.split(",")
+    if len(parts) % 2 or not all(p.startswith("/") and v.strip().isdecimal()
+                                 for p, v in zip(parts[::2], parts[1::2], strict=True)):
+        raise InvalidSpec(f"--{option.replace('_', '-')} {text!r}: write PATH,VALUE"
+                          "[,PATH,VALUE...], e.g. /dev/sda,500")
+    return [(path, int(value)) for path, value in zip(parts[::2], parts[1::2], strict=True)]
+
+
 def cmd_blkiotune(client: Client, args: argparse.Namespace) -> int:
     values = {"weight": args.weight} if args.weight is not None else {}
-    _print(_limits(client, args, "blkiotune", values), ["weight"], args)
+    devices: dict[str, dict[str, Any]] = {}
+    for dest, key, _shown in DEVICE_OPTIONS:
+        for path, value in device_values(getattr(args, dest) or "", dest) \
+                if getattr(args, dest) else []:
+            devices.setdefault(path, {"path": path})[key] = value
+    path = client.domain_path(args.domain, "/limits/blkiotune")
+    if devices:
+        result = client.post(path, {"values": values, "devices": list(devices.values()),
+                                    **_scope(args)})
+    else:
+        result = _limits(client, args, "blkiotune", values)
+    _print(result, ["weight", *(shown for _d, _k, shown in DEVICE_OPTIONS)], args)
     return 0
 
 
@@ -123,8 +152,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        "suffix (512M, 2G); -1 unlimited")
     _scope_flags(p)
     p = add("blkiotune", cmd_blkiotune, "show or set the block I/O weight of the QEMU's "
-            "cgroup")
+            "cgroup, and per host device weights and throttles (cgroup v1 blkio or v2 io)")
     p.add_argument("--weight", type=int, help="10-1000")
+    for dest, _key, _shown in DEVICE_OPTIONS:
+        what = "weight (10-1000)" if dest == "device_weights" else dest.removeprefix(
+            "device_").replace("_", " ").replace(" sec", "/s")
+        p.add_argument("--" + dest.replace("_", "-"), dest=dest, metavar="PATH,N[,PATH,N]",
+                       help=f"{what} per host block device, e.g. /dev/sda,500; 0 removes it")
     _scope_flags(p)
     p = add("blkdeviotune", cmd_blkdeviotune, "show or set one disk's I/O throttle "
             "(bytes/s and IOPS; 0 unlimited)")

@@ -132,6 +132,40 @@ def cmd_host_guests(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_host_shutdown_guests(client: Client | None, args: argparse.Namespace) -> int:
+    """The ON_SHUTDOWN policy now, through the running daemon, with one line per step;
+    returns when every guest is handled (exit 1 when one could not be)."""
+    import json
+
+    from virtkit.cli.client import ApiError
+    from virtkit.cli.streaming import open_stream
+
+    if client is None:
+        print("virtkit: virtkitd is not running: no guest to handle", file=sys.stderr)
+        return 0
+    result: dict[str, Any] | None = None
+    client.timeout = 24 * 3600 + 600  # a guest may take SHUTDOWN_TIMEOUT (<= a day) silent
+    with open_stream(client, "POST", "/v1/host/guests/shutdown", {},
+                     accept="application/x-ndjson") as response:
+        for raw in response:
+            line = json.loads(raw)
+            if "error" in line:
+                raise ApiError(int(line["error"].get("status", 500)), line["error"])
+            if "result" in line:
+                result = line["result"]
+            elif not args.json:
+                prefix = f"{line['guest']}: " if line["guest"] else ""
+                print(f"{prefix}{line['message']}", flush=True)
+    if result is None:
+        raise ApiError(500, {"message": "the daemon ended the host shutdown without a result"})
+    if args.json:
+        render.as_json(result)
+    elif result["on_shutdown"] != "ignore":
+        print(f"{len(result['handled'])} guest(s) handled ({result['on_shutdown']})"
+              + (f", failed: {', '.join(result['failed'])}" if result["failed"] else ""))
+    return 1 if result["failed"] else 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add = functools.partial(add_command, sub, domain=True)
     p = add("managedsave", cmd_managedsave, "save a running domain's state to a file the "
@@ -180,3 +214,9 @@ def register_host(host_sub: argparse._SubParsersAction[argparse.ArgumentParser])
                    help="start: start again the guests the last stop handled (default)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_host_guests)
+    p = host_sub.add_parser("shutdown-guests", help="apply the ON_SHUTDOWN policy now "
+                            "through the running daemon and wait until every guest is "
+                            "handled (the host is going down: virtkit-guests.service's "
+                            "ExecStop, also 'virtkitd --on-host-shutdown')")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_host_shutdown_guests, daemon_optional=True)

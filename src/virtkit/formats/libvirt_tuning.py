@@ -50,8 +50,15 @@ def cputune_out(root: ET.Element, domain: Domain) -> None:
         for key, value in domain.memtune.model_dump().items():
             if value:
                 _sub(memtune, key, str(value), unit="KiB")
-    if domain.blkiotune.weight is not None:
-        _sub(_sub(root, "blkiotune"), "weight", str(domain.blkiotune.weight))
+    if domain.blkiotune.weight is not None or domain.blkiotune.devices:
+        blkiotune = _sub(root, "blkiotune")
+        if domain.blkiotune.weight is not None:
+            _sub(blkiotune, "weight", str(domain.blkiotune.weight))
+        for device in domain.blkiotune.devices:
+            element = _sub(blkiotune, "device")
+            for key, value in device.model_dump().items():
+                if value is not None:
+                    _sub(element, key, str(value))
     if tune.vcpupin or tune.emulatorpin or any(v is not None for v in limits.values()):
         cputune = _sub(root, "cputune")
         for key, value in limits.items():
@@ -214,18 +221,38 @@ def memtune_in(reader: XmlReader, memtune: ET.Element | None, spec: dict[str, An
         spec["memtune"] = result
 
 
+BLKIO_DEVICE_KEYS = ("weight", "read_bytes_sec", "write_bytes_sec", "read_iops_sec",
+                     "write_iops_sec")
+
+
 def blkiotune_in(reader: XmlReader, blkiotune: ET.Element | None,
                  spec: dict[str, Any]) -> None:
-    """<blkiotune><weight>; per-device weights and throttles are refused (use a
-    disk's <iotune>)."""
+    """<blkiotune>: <weight>, and <device> (<path>, <weight>, <read_bytes_sec> ...)."""
     if blkiotune is None:
         return
+    result: dict[str, Any] = {}
     for child in blkiotune:
         if child.tag == "weight" and _whole(child.text):
-            spec["blkiotune"] = {"weight": int((child.text or "").strip())}
+            result["weight"] = int((child.text or "").strip())
+        elif child.tag == "device":
+            device: dict[str, Any] = {}
+            for item in child:
+                if item.tag == "path" and (item.text or "").strip():
+                    device["path"] = (item.text or "").strip()
+                elif item.tag in BLKIO_DEVICE_KEYS and _whole(item.text):
+                    device[item.tag] = int((item.text or "").strip())
+                else:
+                    reader.refuse(reader.where(item), "a blkiotune <device> has <path>, "
+                                  "<weight>, <read_bytes_sec>, <write_bytes_sec>, "
+                                  "<read_iops_sec> and <write_iops_sec>")
+            if "path" not in device:
+                reader.refuse(reader.where(child), "a blkiotune <device> needs its <path>")
+            else:
+                result.setdefault("devices", []).append(device)
         else:
-            reader.refuse(reader.where(child), "only <weight> is supported in blkiotune; "
-                          "throttle a disk with its <iotune>")
+            reader.refuse(reader.where(child), "blkiotune has <weight> and <device>")
+    if result:
+        spec["blkiotune"] = result
 
 
 def iotune_out(disk_element: ET.Element, iotune: Any) -> None:

@@ -7,8 +7,9 @@ Both layouts are handled:
   the controllers are enabled in the parents' ``cgroup.subtree_control``.  The device
   allow-list needs a BPF program under v2 and is not done (docs/security.md).
 - **v1** (legacy or hybrid): one folder per controller, ``<mnt>/<controller>/virtkit/<name>``
-  for ``memory`` (``memory.limit_in_bytes``), ``pids``, ``cpu`` (``cpu.shares``) and
-  ``devices`` (``devices.deny a`` then one ``devices.allow`` line per device).
+  for ``memory`` (``memory.limit_in_bytes``), ``pids``, ``cpu`` (``cpu.shares``),
+  ``devices`` (``devices.deny a`` then one ``devices.allow`` line per device) and ``blkio``
+  (blkiotune: weights and throttles, written by runtime/cgtune.py).
 
 Where ``/sys/fs/cgroup`` has no cgroup file system -- ``ip netns exec`` remounts
 ``/sys`` for the network namespace and the cgroup mounts under it are gone -- the daemon
@@ -37,8 +38,8 @@ from virtkit.errors import HostError
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-V1_CONTROLLERS = ("memory", "pids", "cpu", "devices")
-V2_CONTROLLERS = ("memory", "pids", "cpu")
+V1_CONTROLLERS = ("memory", "pids", "cpu", "devices", "blkio")
+V2_CONTROLLERS = ("memory", "pids", "cpu", "io")
 PARENT = "virtkit"
 
 #: character devices any QEMU may open: null, zero, full, random, urandom, tty, ptmx,

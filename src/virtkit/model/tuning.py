@@ -225,15 +225,67 @@ class MemTune(_Spec):
         return self
 
 
+#: a device's throttles in <blkiotune><device> (libvirt's names; 0 or None = none)
+BLKIO_DEVICE_THROTTLES = ("read_bytes_sec", "write_bytes_sec", "read_iops_sec",
+                          "write_iops_sec")
+
+
+class BlkioDevice(_Spec):
+    """One host block device's weight and throttles for the QEMU's cgroup (libvirt's
+    <blkiotune><device>; virsh blkiotune --device-weights, --device-read-bytes-sec ...)."""
+
+    path: str = Field(description="the host block device, e.g. /dev/sda")
+    weight: int | None = Field(default=None, description="10-1000 on this device")
+    read_bytes_sec: int | None = None
+    write_bytes_sec: int | None = None
+    read_iops_sec: int | None = None
+    write_iops_sec: int | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/dev/") or "\0" in value or "," in value or \
+                len(value) > 255:
+            raise ValueError(f"blkiotune device {value!r} must be a block device path "
+                             "under /dev (no commas)")
+        return value
+
+    @field_validator("weight")
+    @classmethod
+    def _weight(cls, value: int | None) -> int | None:
+        return None if not value else _in_range(value, BLKIO_WEIGHT_RANGE, "device weight")
+
+    @field_validator(*BLKIO_DEVICE_THROTTLES)
+    @classmethod
+    def _throttle(cls, value: int | None) -> int | None:
+        if value is not None and value < 0:
+            raise ValueError("device throttles are whole numbers >= 0 (0 = unlimited)")
+        return value or None
+
+    def empty(self) -> bool:
+        return self.weight is None and all(getattr(self, k) is None
+                                           for k in BLKIO_DEVICE_THROTTLES)
+
+
 class BlkioTune(_Spec):
-    """Relative block I/O weight of QEMU's cgroup (virsh blkiotune --weight)."""
+    """Block I/O of QEMU's cgroup: its relative weight (virsh blkiotune --weight) and
+    per host device weights and throttles."""
 
     weight: int | None = Field(default=None, description="10-1000 (libvirt's range)")
+    devices: list[BlkioDevice] = Field(default_factory=list, max_length=64)
 
     @field_validator("weight")
     @classmethod
     def _weight(cls, value: int | None) -> int | None:
         return _in_range(value, BLKIO_WEIGHT_RANGE, "weight")
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, value: list[BlkioDevice]) -> list[BlkioDevice]:
+        paths = [device.path for device in value]
+        if len(set(paths)) != len(paths):
+            raise ValueError("blkiotune names a device twice")
+        return [device for device in value if not device.empty()]
 
 
 IOTUNE_KEYS = ("total_bytes_sec", "read_bytes_sec", "write_bytes_sec",

@@ -105,6 +105,25 @@ _PLACEMENT = {"bus": re.compile(r"^pcie?\.[0-9]{1,3}$"),
               "addr": re.compile(r"^0x[0-9a-f]{1,2}(\.[0-7])?$")}
 
 
+#: a hot-added vCPU's recorded device: its id (hotplug's ``vcpu-S-D-C-T``), its CPU type
+#: and its topology properties (query-hotpluggable-cpus' ``props``)
+_VCPU_ID = re.compile(r"^vcpu(-[0-9]{1,4}){4}$")
+_VCPU_DRIVER = re.compile(r"^[A-Za-z0-9._-]{1,60}-x86_64-cpu$")
+_VCPU_PROPS = ("node-id", "socket-id", "die-id", "cluster-id", "core-id", "thread-id")
+
+
+def hot_vcpu_device(raw: Any) -> dict[str, Any]:
+    """One recorded hot-added vCPU, checked strictly (ValueError says what is wrong)."""
+    if not isinstance(raw, dict) or set(raw) != {"id", "driver", "props"} or \
+            not isinstance(raw["id"], str) or not _VCPU_ID.match(raw["id"]) or \
+            not isinstance(raw["driver"], str) or not _VCPU_DRIVER.match(raw["driver"]) or \
+            not isinstance(raw["props"], dict) or not set(raw["props"]) <= set(_VCPU_PROPS) \
+            or not all(type(v) is int and 0 <= v < 10000 for v in raw["props"].values()):
+        raise ValueError("a hot-added vCPU of a device layout has an id vcpu-S-D-C-T, an "
+                         "x86_64 CPU type and its topology numbers")
+    return {"id": raw["id"], "driver": raw["driver"], "props": dict(raw["props"])}
+
+
 @dataclass(frozen=True)
 class Layout:
     """The device layout of a QEMU that had disks or NICs hot-added.
@@ -123,20 +142,42 @@ class Layout:
     disk_ids: tuple[int, ...]
     nic_ids: tuple[int, ...]
     placement: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: vCPUs hot-added with device_add (setvcpus --live), in topology order: the
+    #: rebuilt QEMU starts with that many fewer on ``-smp`` and adds them as ``-device``
+    #: with the same id, type and topology, so it is the same machine
+    vcpus: tuple[Mapping[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"boot_disks": self.boot_disks, "boot_nics": self.boot_nics,
-                "disk_ids": list(self.disk_ids), "nic_ids": list(self.nic_ids),
-                "placement": {k: dict(v) for k, v in self.placement.items()}}
+        out = {"boot_disks": self.boot_disks, "boot_nics": self.boot_nics,
+               "disk_ids": list(self.disk_ids), "nic_ids": list(self.nic_ids),
+               "placement": {k: dict(v) for k, v in self.placement.items()}}
+        if self.vcpus:
+            out["vcpus"] = [{**v, "props": dict(v["props"])} for v in self.vcpus]
+        return out
+
+    @classmethod
+    def unchanged(cls, domain: Domain) -> Layout:
+        """The layout of a QEMU whose disks and NICs are all as started (for a run
+        that only had vCPUs hot-added)."""
+        return cls(len(domain.disks), len(domain.nics), tuple(range(len(domain.disks))),
+                   tuple(range(len(domain.nics))))
 
     @classmethod
     def from_dict(cls, raw: Any, domain: Domain) -> Layout:
         """Parse a recorded layout (a save file's header, a snapshot, a migration),
         strictly: ValueError names what does not fit ``domain``."""
-        if not isinstance(raw, dict) or set(raw) != {"boot_disks", "boot_nics", "disk_ids",
-                                                     "nic_ids", "placement"}:
+        if not isinstance(raw, dict) or set(raw) - {"vcpus"} != {
+                "boot_disks", "boot_nics", "disk_ids", "nic_ids", "placement"}:
             raise ValueError("a device layout has boot_disks, boot_nics, disk_ids, "
-                             "nic_ids and placement")
+                             "nic_ids and placement (and vcpus)")
+        vcpus = raw.get("vcpus", [])
+        if not isinstance(vcpus, list):
+            raise ValueError("a device layout's vcpus is a list")
+        hot_vcpus = tuple(hot_vcpu_device(v) for v in vcpus)
+        if len({v["id"] for v in hot_vcpus}) != len(hot_vcpus) or \
+                len(hot_vcpus) >= domain.vcpus.current:
+            raise ValueError("the device layout's hot-added vCPUs do not fit the domain's "
+                             f"{domain.vcpus.current} vCPUs")
         if not isinstance(raw["disk_ids"], list) or not isinstance(raw["nic_ids"], list):
             raise ValueError("a device layout's disk_ids and nic_ids are lists")
         ints = [raw["boot_disks"], raw["boot_nics"], *raw["disk_ids"], *raw["nic_ids"]]
@@ -164,7 +205,7 @@ class Layout:
                     domain.disks[index].path is None:
                 raise ValueError("only virtio disks with an image are hot-added")
         return cls(layout.boot_disks, layout.boot_nics, layout.disk_ids, layout.nic_ids,
-                   {k: dict(v) for k, v in placement.items()})
+                   {k: dict(v) for k, v in placement.items()}, hot_vcpus)
 
 
 def hot_disk_device(disk: Disk, number: int) -> dict[str, Any]:
@@ -178,16 +219,21 @@ def hot_disk_device(disk: Disk, number: int) -> dict[str, Any]:
 
 
 def _boot_part(domain: Domain, layout: Layout) -> Domain:
-    """The domain as its QEMU was first started: the devices not hot-added."""
+    """The domain as its QEMU was first started: the devices and vCPUs not hot-added."""
+    vcpus = domain.vcpus.model_copy(update={"current": domain.vcpus.current
+                                            - len(layout.vcpus)})
     return domain.model_copy(update={"disks": domain.disks[:layout.boot_disks],
-                                     "nics": domain.nics[:layout.boot_nics]})
+                                     "nics": domain.nics[:layout.boot_nics], "vcpus": vcpus})
 
 
 def _hot_added(domain: Domain, layout: Layout, caps: HostCaps,
                files: LaunchFiles) -> list[str]:
-    """The hot-added disks and NICs of ``layout``, with their ids and placements, in
-    the order they were added (after every other device, as QEMU saw them come)."""
+    """The hot-added vCPUs, disks and NICs of ``layout``, with their ids and placements,
+    in the order they were added (after every other device, as QEMU saw them come)."""
     argv: list[str] = []
+    for vcpu in layout.vcpus:
+        argv += ["-device", _json({"driver": vcpu["driver"], "id": vcpu["id"],
+                                   **vcpu["props"]})]
     for index in range(layout.boot_disks, len(domain.disks)):
         disk, number = domain.disks[index], layout.disk_ids[index]
         for node in blockdev_nodes(disk, f"drive-disk{number}"):

@@ -14,7 +14,13 @@ hard_limit         memory.max                          memory.limit_in_bytes
 soft_limit         memory.high                         memory.soft_limit_in_bytes
 swap_hard_limit    memory.swap.max (swap - hard)       memory.memsw.limit_in_bytes
 blkio weight       io.bfq.weight or io.weight          blkio.bfq.weight or blkio.weight
+device weight      io.bfq.weight / io.weight "M:m W"   blkio.(bfq.)weight_device "M:m W"
+device bytes/s     io.max "M:m rbps=N wbps=N"          blkio.throttle.read/write_bps_device
+device IOPS        io.max "M:m riops=N wiops=N"        blkio.throttle.read/write_iops_device
 =================  ==================================  =================================
+
+A device is named by its path in the spec (``/dev/sda``) and by ``MAJ:MIN`` in the
+cgroup files (:func:`block_device_number`, at every write); 0 removes a device's value.
 
 A value the host has no file for (no swap accounting, no blkio/io controller, a
 QEMU without a cgroup) is refused naming what is missing -- never silently skipped.
@@ -22,10 +28,13 @@ QEMU without a cgroup) is refused naming what is missing -- never silently skipp
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
-from virtkit.errors import HostError
+from virtkit.errors import HostError, InvalidSpec
 from virtkit.host.cgroups import Cgroup
 from virtkit.model.domain import Domain
 from virtkit.model.tuning import IOTUNE_KEYS, UNLIMITED_KIB, IoTune
@@ -92,7 +101,69 @@ def cgroup_writes(version: str, sched: dict[str, Any], mem: dict[str, Any],
         name = bfq if (bfq if v2 else f"blkio/{bfq}") in have else f"{prefix}.weight"
         writes.append((key, name, (f"default {blkio['weight']}" if name == "io.weight"
                                    else str(blkio["weight"]))))
+    for device in blkio.get("devices") or []:
+        writes += _device_writes(v2, device, have)
     return writes
+
+
+#: a device throttle's file under cgroup v1, and its io.max key under v2
+V1_THROTTLE = {"read_bytes_sec": "blkio.throttle.read_bps_device",
+               "write_bytes_sec": "blkio.throttle.write_bps_device",
+               "read_iops_sec": "blkio.throttle.read_iops_device",
+               "write_iops_sec": "blkio.throttle.write_iops_device"}
+V2_THROTTLE = {"read_bytes_sec": "rbps", "write_bytes_sec": "wbps",
+               "read_iops_sec": "riops", "write_iops_sec": "wiops"}
+
+
+def _device_writes(v2: bool, device: dict[str, Any], have: set[str]
+                   ) -> list[tuple[str, str, str]]:
+    """The writes of one device (``{"dev": "8:0", "weight": 500, "read_bytes_sec": 0,
+    ...}``; None: leave it, 0: remove it)."""
+    dev = device["dev"]
+    writes: list[tuple[str, str, str]] = []
+    weight = device.get("weight")
+    if weight is not None:
+        if v2:
+            name = "io.bfq.weight" if "io.bfq.weight" in have else "io.weight"
+            writes.append(("", name, f"{dev} {weight or 'default'}"))
+        else:
+            name = "blkio.bfq.weight_device" if "blkio/blkio.bfq.weight_device" in have \
+                else "blkio.weight_device"
+            writes.append(("blkio", name, f"{dev} {weight}"))
+    throttles = {k: device[k] for k in V1_THROTTLE if device.get(k) is not None}
+    if v2 and throttles:
+        limits = " ".join(f"{V2_THROTTLE[k]}={v or 'max'}" for k, v in throttles.items())
+        writes.append(("", "io.max", f"{dev} {limits}"))
+    elif throttles:
+        writes += [("blkio", V1_THROTTLE[k], f"{dev} {v}") for k, v in throttles.items()]
+    return writes
+
+
+def device_path(dev: str, sys_root: str = "/sys") -> str:
+    """The /dev path of block device ``MAJ:MIN`` (sysfs names it: /sys/dev/block/MAJ:MIN
+    links to .../block/vda), else /dev/block/MAJ:MIN as udev would link it."""
+    if dev.startswith("/"):
+        return dev
+    name = os.path.basename(os.path.realpath(f"{sys_root}/dev/block/{dev}"))
+    node = f"/dev/{name}"
+    with contextlib.suppress(OSError):
+        if name != dev and stat.S_ISBLK(os.stat(node).st_mode):
+            return node
+    return f"/dev/block/{dev}"
+
+
+def block_device_number(path: str) -> str:
+    """``MAJ:MIN`` of a host block device (what the cgroup files name)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise InvalidSpec(f"blkiotune device {path}: {exc.strerror}", field="devices",
+                          fix="name a block device of this host, e.g. /dev/sda") from None
+    if not stat.S_ISBLK(st.st_mode):
+        raise InvalidSpec(f"blkiotune device {path} is not a block device",
+                          field="devices", fix="name a block device of this host "
+                          "(lsblk lists them), not a file or partition image")
+    return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
 
 
 def _files(group: Cgroup) -> set[str]:
@@ -125,11 +196,15 @@ def apply(group: Cgroup | None, name: str, sched: dict[str, Any], mem: dict[str,
           blkio: dict[str, Any]) -> list[str]:
     """Write the values into the QEMU's cgroup; the files written.  A value whose file
     this host lacks raises HostError naming it (before anything is written)."""
-    wanted = {k: v for part in (sched, mem, blkio) for k, v in part.items() if v is not None}
+    wanted = {k: v for part in (sched, mem, blkio) for k, v in part.items()
+              if v is not None and v != []}
     if not wanted:
         return []
     group = require_cgroup(group, name, ", ".join(sorted(wanted)))
     have = _files(group)
+    if blkio.get("devices"):
+        blkio = {**blkio, "devices": [{**d, "dev": block_device_number(d["path"])}
+                                      for d in blkio["devices"]]}
     writes = cgroup_writes(group.version, sched, mem, blkio, have)
     missing = []
     for key, file, _value in writes:
@@ -139,10 +214,9 @@ def apply(group: Cgroup | None, name: str, sched: dict[str, Any], mem: dict[str,
             missing.append(shown)
     if missing:
         raise HostError(f"cannot set limits of domain '{name}': this host's cgroup "
-                        f"{group.version} has no {', '.join(missing)} (the controller is "
-                        "not mounted or not enabled for the QEMU's group, or the kernel "
-                        "lacks it: swap accounting, the BFQ/CFQ scheduler for weights)",
-                        fix="leave that value unset, or enable the controller on the host")
+                        f"{group.version} has no {', '.join(dict.fromkeys(missing))} "
+                        f"({_why_missing(group, missing)})",
+                        fix="leave that value unset, or enable it on the host")
     written = []
     for key, file, value in writes:
         folder = _folder(group, key)
@@ -154,6 +228,24 @@ def apply(group: Cgroup | None, name: str, sched: dict[str, Any], mem: dict[str,
                             fix="check the value against the host's limits") from exc
         written.append(str(folder / file))
     return written
+
+
+def _why_missing(group: Cgroup, missing: list[str]) -> str:
+    """What the host lacks for the files ``missing``, as exactly as it can tell."""
+    reasons = []
+    if group.version == "v1" and any(m.startswith("blkio/") for m in missing) \
+            and "blkio" not in group.dirs:
+        reasons.append("the blkio controller is not mounted (no /sys/fs/cgroup/blkio), so "
+                       "the QEMU's group has none")
+    elif any("weight" in m for m in missing):
+        reasons.append("I/O weights need the BFQ (or, before Linux 5.0, CFQ) I/O "
+                       "scheduler; the kernel has none loaded or the disks use another "
+                       "(cat /sys/block/*/queue/scheduler; modprobe bfq and select it)")
+    if any("memsw" in m or "swap" in m for m in missing):
+        reasons.append("the kernel has no swap accounting (swapaccount=1)")
+    if not reasons:
+        reasons.append("the controller is not mounted or not enabled for the QEMU's group")
+    return "; ".join(reasons)
 
 
 def read(group: Cgroup | None) -> dict[str, Any]:
@@ -179,7 +271,11 @@ def read(group: Cgroup | None) -> dict[str, Any]:
         weight, cpumax = get("", "cpu.weight"), get("", "cpu.max")
         quota, _, period = (cpumax or "max 100000").partition(" ")
         io = get("", "io.bfq.weight") or get("", "io.weight")
-        return {"cpu_shares": weight_to_shares(int(weight)) if weight else None,
+        io_devices = _v2_devices(io, get("", "io.max"))
+        io = next((line for line in (io or "").splitlines() if line.startswith("default")),
+                  io)
+        return {"devices": io_devices,
+                "cpu_shares": weight_to_shares(int(weight)) if weight else None,
                 "vcpu_period": int(period), "vcpu_quota": -1 if quota == "max" else int(quota),
                 "hard_limit": kib(get("", "memory.max")),
                 "soft_limit": kib(get("", "memory.high")),
@@ -188,13 +284,37 @@ def read(group: Cgroup | None) -> dict[str, Any]:
     shares, cfs_period, cfs_quota = (get("cpu", "cpu.shares"), get("cpu", "cpu.cfs_period_us"),
                                      get("cpu", "cpu.cfs_quota_us"))
     io = get("blkio", "blkio.bfq.weight") or get("blkio", "blkio.weight")
-    return {"cpu_shares": int(shares) if shares else None,
+    devices: dict[str, dict[str, int]] = {}
+    for key, file in (("weight", "blkio.bfq.weight_device"), ("weight", "blkio.weight_device"),
+                      *V1_THROTTLE.items()):
+        for line in (get("blkio", file) or "").splitlines():
+            dev, _, value = line.partition(" ")
+            if value.strip().isdecimal() and int(value) > 0:
+                devices.setdefault(dev, {})[key] = int(value)
+    return {"devices": devices, "cpu_shares": int(shares) if shares else None,
             "vcpu_period": int(cfs_period) if cfs_period else None,
             "vcpu_quota": int(cfs_quota) if cfs_quota else None,
             "hard_limit": kib(get("memory", "memory.limit_in_bytes")),
             "soft_limit": kib(get("memory", "memory.soft_limit_in_bytes")),
             "swap_hard_limit": kib(get("memory", "memory.memsw.limit_in_bytes")),
             "weight": int(io.split()[-1]) if io else None}
+
+
+def _v2_devices(weights: str | None, io_max: str | None) -> dict[str, dict[str, int]]:
+    """{MAJ:MIN: values} from io.weight's and io.max's device lines."""
+    devices: dict[str, dict[str, int]] = {}
+    for line in (weights or "").splitlines():
+        dev, _, value = line.partition(" ")
+        if ":" in dev and value.strip().isdecimal():
+            devices.setdefault(dev, {})["weight"] = int(value)
+    names = {v: k for k, v in V2_THROTTLE.items()}
+    for line in (io_max or "").splitlines():
+        dev, *pairs = line.split()
+        for pair in pairs:
+            key, _, value = pair.partition("=")
+            if key in names and value.isdecimal():
+                devices.setdefault(dev, {})[names[key]] = int(value)
+    return devices
 
 
 def spec_values(domain: Domain) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

@@ -10,19 +10,25 @@ or the migration request carries; :func:`parse` reads it back and the restoring
 QEMU is built by the same ``build_argv`` with it (hot-added devices with their ids
 and placements), so every path that loads a memory image shares this one code path.
 
+vCPUs hot-added with ``device_add`` (``setvcpus --live``) are recorded too
+(:func:`hot_vcpus`: id, CPU type, topology): the rebuilt QEMU starts with that many
+fewer on ``-smp`` and adds them with the same ids, as libvirt does for hotpluggable
+vCPUs, so a later unplug finds them where it expects.
+
 What cannot be rebuilt is refused before anything is written: a device the QEMU
 was started with that was unplugged (the boot part's addresses would shift), an
-unplug still pending, a hot-added SCSI disk or controller.
+unplug still pending, a hot-added SCSI disk or controller, hot-added memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
 from virtkit.errors import Conflict, InvalidSpec
 from virtkit.model.domain import DiskBus, Domain
-from virtkit.qemu.argv import Layout
+from virtkit.qemu.argv import Layout, hot_vcpu_device
 from virtkit.qemu.monitor import Monitor
 from virtkit.runtime.launcher import Running
 
@@ -114,20 +120,41 @@ async def check_restorable(name: str, running: Running, what: str = "save",
     layout = None
     try:
         layout = await capture(running)
-        why = await _hot_added_cpu_or_memory(running.monitor)
+        why = await _hot_added_memory(running.monitor)
+        vcpus = await hot_vcpus(running.monitor)
     except NotRebuildable as exc:
         why = str(exc)
     if why is not None:
         raise Conflict(f"cannot {what} domain '{name}' with its memory: it {why}, and "
                        "a freshly started QEMU could not take that state", fix=fix)
+    if vcpus:
+        assert running.live is not None  # a running QEMU always has its configuration
+        layout = dataclasses.replace(layout or Layout.unchanged(running.live), vcpus=vcpus)
     return layout
 
 
-async def _hot_added_cpu_or_memory(monitor: Monitor) -> str | None:
-    """Why a fresh QEMU could not take this one's state (hot-added memory or vCPUs)."""
+async def hot_vcpus(monitor: Monitor) -> tuple[dict[str, Any], ...]:
+    """The vCPUs hot-added with device_add (under /machine/peripheral/), as a
+    :class:`Layout` records them, in topology order; NotRebuildable for one that
+    virtkit did not add (an id it would not give)."""
+    found = []
+    for cpu in await monitor.query_hotpluggable_cpus():
+        path = str(cpu.get("qom-path", ""))
+        if not path.startswith("/machine/peripheral/"):
+            continue
+        qdev = path.rsplit("/", 1)[1]
+        try:
+            found.append(hot_vcpu_device({"id": qdev, "driver": cpu.get("type"),
+                                          "props": dict(cpu.get("props", {}))}))
+        except ValueError:
+            raise NotRebuildable(f"has a hot-added vCPU {qdev!r} that virtkit cannot "
+                                 "rebuild") from None
+    order = ("socket-id", "die-id", "cluster-id", "core-id", "thread-id")
+    return tuple(sorted(found, key=lambda v: tuple(v["props"].get(k, 0) for k in order)))
+
+
+async def _hot_added_memory(monitor: Monitor) -> str | None:
+    """Why a fresh QEMU could not take this one's state (hot-added memory)."""
     if await monitor.query_memory_devices():
         return "has hot-added memory"
-    cpus = await monitor.query_hotpluggable_cpus()
-    if any(str(c.get("qom-path", "")).startswith("/machine/peripheral/") for c in cpus):
-        return "has hot-added vCPUs"
     return None

@@ -17,6 +17,11 @@ domains handled are recorded in ``<root>/guests-at-shutdown.json``; at the next
 daemon start, ``ON_BOOT=start`` starts them again (restoring their managed save
 images), ``ignore`` leaves them off (their images stay for a later ``start``).
 Autostart domains start in either case, as before.
+
+At host shutdown under systemd, ``virtkit-guests.service`` (contrib/) runs the policy
+first, through the running daemon (:meth:`HostGuestsService.host_shutdown`, ``virtkit
+host shutdown-guests`` or ``virtkitd --on-host-shutdown``), while the network and
+storage are still up; the daemon's own stop then finds no guest left to handle.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +49,14 @@ DEFAULTS: dict[str, Any] = {"on_shutdown": "ignore", "shutdown_timeout": 300,
 _KEYS = {"ON_SHUTDOWN": "on_shutdown", "SHUTDOWN_TIMEOUT": "shutdown_timeout",
          "ON_BOOT": "on_boot"}
 MAX_TIMEOUT = 24 * 3600
+
+#: told each step of the policy: (guest name or "", what happens)
+Report = Callable[[str, str], None]
+
+
+def _log_report(name: str, message: str) -> None:
+    failed = "failed" in message or "did not" in message
+    log.log(logging.ERROR if failed else logging.INFO, "guests: %s: %s", name, message)
 
 
 def parse_policy(text: str, source: str = "guests.conf") -> dict[str, Any]:
@@ -135,39 +149,62 @@ class HostGuestsService:
         except VirtkitError as exc:
             log.error("guests policy unreadable, guests keep running: %s", exc)
             return []
+        return await self.stop_guests(policy)
+
+    async def host_shutdown(self, report: Report) -> dict[str, Any]:
+        """``virtkit host shutdown-guests`` (the unit's ExecStop at host shutdown): the
+        ON_SHUTDOWN policy applied now, while the daemon keeps serving; ``report(name,
+        message)`` is told each step.  The guests handled are recorded for the next
+        daemon start (ON_BOOT), as at a daemon stop."""
+        policy = self.policy()  # an unreadable policy is the caller's error here
+        if policy["on_shutdown"] == "ignore":
+            report("", "ON_SHUTDOWN=ignore: the guests keep running (nothing to do)")
+            return {**policy, "handled": [], "failed": []}
+        names = self._active()
+        if not names:
+            report("", "no guest is running")
+        handled = await self.stop_guests(policy, report)
+        return {**policy, "handled": handled,
+                "failed": [name for name in names if name not in handled]}
+
+    async def stop_guests(self, policy: dict[str, Any], report: Report | None = None
+                          ) -> list[str]:
+        """ON_SHUTDOWN on every running or paused guest; the names handled, recorded."""
         if policy["on_shutdown"] == "ignore":
             return []
+        tell = report or _log_report
         names = self._active()
         if policy["on_shutdown"] == "managedsave":
-            handled = await self._save_all(names)
+            handled = await self._save_all(names, tell)
         else:
-            handled = await self._shutdown_all(names, policy["shutdown_timeout"])
+            handled = await self._shutdown_all(names, policy["shutdown_timeout"], tell)
         self._record.write_text(json.dumps(sorted(set(self._pending()) | set(handled))))
         return handled
 
-    async def _save_all(self, names: list[str]) -> list[str]:
+    async def _save_all(self, names: list[str], tell: Report) -> list[str]:
         done = []
         for name in names:  # one at a time, as libvirt-guests: the disk is the limit
+            tell(name, "saving its memory (managedsave)")
             try:
                 await self._managed.save(name, reason="host shutdown")
                 done.append(name)
-                log.info("guests: %s saved (managedsave)", name)
+                tell(name, "saved (managedsave): the next start resumes it")
             except VirtkitError as exc:
-                log.error("guests: managedsave of %s failed: %s", name, exc)
+                tell(name, f"managedsave failed: {exc}")
         return done
 
-    async def _shutdown_all(self, names: list[str], timeout: int) -> list[str]:
+    async def _shutdown_all(self, names: list[str], timeout: int, tell: Report) -> list[str]:
         async def one(name: str) -> str | None:
+            tell(name, f"shutting down (up to {timeout}s)")
             try:
                 await self._domains.shutdown(name, timeout=timeout, wait=True)
             except VirtkitError as exc:
-                log.error("guests: shutdown of %s failed: %s", name, exc)
+                tell(name, f"shutdown failed: {exc}")
             info = self._domains.summary(name)
             if info["state"] in INACTIVE_STATES:
-                log.info("guests: %s shut down", name)
+                tell(name, "shut down")
                 return name
-            log.warning("guests: %s did not power off within %ss; destroying it",
-                        name, timeout)
+            tell(name, f"did not power off within {timeout}s; destroying it")
             with contextlib.suppress(VirtkitError):
                 await self._domains.simple(name, "destroy")
             return None

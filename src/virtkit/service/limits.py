@@ -9,11 +9,12 @@ when not (service/tuning.py's rule, as virsh).  Without values each shows them.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from pydantic import ValidationError
 
-from virtkit.errors import InvalidSpec, NotFound
+from virtkit.errors import InvalidSpec, NotFound, VirtkitError
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.tuning import IOTUNE_KEYS, UNLIMITED_KIB, IoTune
 from virtkit.runtime import cgtune
@@ -64,11 +65,28 @@ class LimitsService:
         return self._tune(ref, "memtune", values, live, config, "memory limits")
 
     def blkiotune(self, ref: str, values: dict[str, int], *, live: bool = False,
-                  config: bool = False) -> dict[str, Any]:
-        return self._tune(ref, "blkiotune", values, live, config, "the block I/O weight")
+                  config: bool = False, devices: list[dict[str, Any]] | None = None
+                  ) -> dict[str, Any]:
+        """The cgroup's block I/O weight, and per host device weights and throttles
+        (``devices``: ``{"path": "/dev/sda", "weight": 500, "read_bytes_sec": ...}``;
+        a value left out is kept, 0 removes it, as virsh's --device-* options)."""
+        unknown = set(values) - {"weight"}
+        if unknown:
+            raise InvalidSpec(f"blkiotune: unknown parameter {sorted(unknown)[0]!r}",
+                              fix="use weight, or the device options")
+        if not devices:
+            return self._tune(ref, "blkiotune", values, live, config, "block I/O limits")
+        row = self._store.get_domain(ref)
+        merged = {d["path"]: dict(d) for d in
+                  (row.spec.get("blkiotune") or {}).get("devices") or []}
+        for device in devices:
+            merged.setdefault(device["path"], {"path": device["path"]}).update(device)
+        changes = {**values, "devices": list(merged.values())}
+        return self._tune(ref, "blkiotune", changes, live, config, "block I/O limits",
+                          live_changes={**values, "devices": devices})
 
     def _tune(self, ref: str, part: str, changes: dict[str, Any], live: bool, config: bool,
-              what: str) -> dict[str, Any]:
+              what: str, live_changes: dict[str, Any] | None = None) -> dict[str, Any]:
         row, running = self._domain(ref)
         if not changes:
             shown_live = running is not None and not config
@@ -89,7 +107,7 @@ class LimitsService:
                 if "swap_hard_limit" in mem and "hard_limit" not in mem:  # v2 needs both
                     mem["hard_limit"] = self._live_values(running, row.name, what)["hard_limit"]
             else:
-                blkio = changes
+                blkio = live_changes if live_changes is not None else changes
             cgtune.apply(self._group(running), row.name, sched, mem, blkio)
         if config:
             self._save(row, {**spec, part: merged})
@@ -104,7 +122,8 @@ class LimitsService:
             elif part == "memtune":
                 shown = {k: values[k] for k in MEM_KEYS}
             else:
-                shown = {"weight": values["weight"]}
+                shown = {"weight": values["weight"],
+                         **_device_lists(values["devices"], domain.blkiotune.devices)}
         elif part == "cputune":
             tune = domain.cputune
             shown = {"cpu_shares": tune.shares or 1024, "vcpu_period": tune.period or 100000,
@@ -112,7 +131,9 @@ class LimitsService:
         elif part == "memtune":
             shown = {k: getattr(domain.memtune, k) or UNLIMITED_KIB for k in MEM_KEYS}
         else:
-            shown = {"weight": domain.blkiotune.weight}
+            shown = {"weight": domain.blkiotune.weight,
+                     **_device_lists({d.path: d.model_dump() for d in domain.blkiotune.devices},
+                                     [])}
         return {"name": row.name, "live": running is not None, **shown}
 
     # -- blkdeviotune -----------------------------------------------------------------
@@ -158,6 +179,29 @@ class LimitsService:
                 base.model_dump() if base else None, values).model_dump()
             self._save(row, spec)
         return await self.blkdeviotune(row.uuid, disk, {}, config=not live)
+
+
+#: virsh blkiotune's names of the per-device lists, by the spec's key
+DEVICE_FIELDS = {"weight": "device_weight", "read_iops_sec": "device_read_iops_sec",
+                 "write_iops_sec": "device_write_iops_sec",
+                 "read_bytes_sec": "device_read_bytes_sec",
+                 "write_bytes_sec": "device_write_bytes_sec"}
+
+
+def _device_lists(devices: dict[str, dict[str, Any]], known: list[Any]) -> dict[str, str]:
+    """virsh's ``device_weight: /dev/sda,500,/dev/sdb,300`` values; ``devices`` by path,
+    or by MAJ:MIN as the cgroup files name them (shown as the spec's path for that
+    device, else /dev/block/MAJ:MIN)."""
+    paths: dict[str, str] = {}
+    for device in known:
+        with contextlib.suppress(VirtkitError):
+            paths[cgtune.block_device_number(device.path)] = device.path
+    out = {}
+    for key, name in DEVICE_FIELDS.items():
+        items = [f"{paths.get(dev) or cgtune.device_path(dev)},{values[key]}"
+                 for dev, values in sorted(devices.items()) if values.get(key)]
+        out[name] = ",".join(items)
+    return out
 
 
 def _merge(old: dict[str, Any] | None, values: dict[str, int]) -> IoTune:
