@@ -39,13 +39,3 @@ class Request(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-
-def to_wire(value: Any) -> Any:
-    """``value`` as JSON data: results (also inside lists and dicts) by :meth:`Result.wire`."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(exclude_unset=True)
-    if isinstance(value, list | tuple):
-        return [to_wire(item) for item in value]
-    if isinstance(value, dict):
-        return {key: to_wire(item) for key, item in value.items()}
-    return value
