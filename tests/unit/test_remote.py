@@ -180,9 +180,10 @@ def test_token_service(tmp_path: Path) -> None:
     try:
         service = tokens.TokenService(store)
         created = service.create("ci", 1)
-        token = created["token"]
-        assert created["expires"] > created["created"]
-        assert token not in str(service.list()) and "hash" not in service.list()[0]
+        token = created.token
+        assert token is not None
+        assert created.expires is not None and created.expires > created.created
+        assert token not in str(service.list()) and "hash" not in service.list()[0].wire()
         row = service.authenticate(f"Bearer {token}")
         assert row.name == "ci" and store.find_token(row.id).last_used is not None  # type: ignore[union-attr]
         for header in (None, "Bearer nonsense", f"Bearer {token[:-1]}x"):
@@ -194,7 +195,7 @@ def test_token_service(tmp_path: Path) -> None:
             service.create("bad name!")
         with pytest.raises(InvalidSpec):
             service.create("x", 0)
-        assert service.revoke("ci")["status"] == "revoked"
+        assert service.revoke("ci").status == "revoked"
         with pytest.raises(Unauthorized, match="revoked"):
             service.authenticate(f"Bearer {token}")
         with pytest.raises(NotFound):

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from virtkit.errors import InvalidSpec, VirtkitError
 from virtkit.model.naming import find_bad_text
+from virtkit.service.models.base import Result
 
 #: called with (done, total) as a long operation advances
 Progress = Callable[[float, float], None]
@@ -21,9 +22,23 @@ PRINCIPAL: Any = web.RequestKey("principal", str) if hasattr(web, "RequestKey") 
     else "principal"
 
 
+def _encode(value: Any) -> Any:
+    """What json.dumps cannot encode itself: a service result is its wire form, any
+    other value (paths, times) its string."""
+    if isinstance(value, Result):
+        return value.wire()
+    return str(value)
+
+
+def dumps(data: Any) -> str:
+    """The API's one JSON encoder (service results included)."""
+    return json.dumps(data, default=_encode)
+
+
 def json_response(data: Any, status: int = 200) -> web.Response:
-    """A JSON answer; values JSON cannot encode (paths, times) become strings."""
-    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
+    """A JSON answer; a service result answers its wire form (:meth:`Result.wire`);
+    values JSON cannot encode (paths, times) become strings."""
+    return web.json_response(data, status=status, dumps=dumps)
 
 
 def xml_response(text: str) -> web.Response:
@@ -98,6 +113,6 @@ async def progress_response(request: web.Request,
         line: dict[str, Any] = {"result": task.result()}
     except VirtkitError as exc:
         line = {"error": {**exc.to_dict(), "status": exc.http_status}}
-    await response.write(json.dumps(line, default=str).encode() + b"\n")
+    await response.write(dumps(line).encode() + b"\n")
     await response.write_eof()
     return response

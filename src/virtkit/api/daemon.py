@@ -27,9 +27,10 @@ from aiohttp import web
 
 from virtkit import __version__
 from virtkit.api import limits, tlslisten
-from virtkit.api.app import Services, create_app
+from virtkit.api.app import create_app
 from virtkit.api.audit import AuditLog
 from virtkit.api.looplag import LoopLagWatch
+from virtkit.api.services import Services
 from virtkit.api.websession import IDLE_SECONDS, SessionStore
 from virtkit.errors import VirtkitError
 from virtkit.model.load import load_domain

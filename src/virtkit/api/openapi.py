@@ -473,14 +473,19 @@ def _query_parameters(model: Any) -> list[dict[str, Any]]:
 
 @functools.cache
 def openapi_document() -> dict[str, Any]:
+    from virtkit.api.openapi_results import result_schemas
+
     paths: dict[str, dict[str, Any]] = {}
     bodies, queries = _request_models()
-    defs: dict[str, Any] = {}
+    answers, defs = result_schemas()
     for method, path, summary, body in OPERATIONS:
         model = bodies.get((method, path))
         if model is not None:
             body = _model_body(method, path, model, defs)
         operation = _operation(method, path, summary, body)
+        answer = answers.get((method, path))
+        if answer is not None:
+            operation["responses"]["200"]["content"]["application/json"]["schema"] = answer
         query = queries.get((method, path))
         if query is not None:
             operation["parameters"] = [*operation.get("parameters", []),

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from virtkit.api.common import json_response, progress_response
 from virtkit.api.requests import Body, Flag, Query, body_of, query_of
+from virtkit.service.models.snapshots import SnapshotCreate
 from virtkit.service.snapshots import SnapshotService
 
 SNAPSHOTS = web.AppKey("snapshots", SnapshotService)
@@ -26,15 +27,8 @@ def _service(request: web.Request) -> SnapshotService:
     return request.app[SNAPSHOTS]
 
 
-class CreateBody(Body):
-    """snapshot-create-as (see SnapshotService.create)."""
-
-    name: str | None = None
-    description: str | None = None
-    kind: Literal["internal", "external"] | None = None
-    disk_only: bool = False
-    memspec: str | None = None
-    quiesce: bool = False
+#: snapshot-create-as: the service's own input model (service/models/snapshots.py)
+CreateBody = SnapshotCreate
 
 
 class RevertBody(Body):
@@ -59,7 +53,7 @@ async def list_snapshots(request: web.Request) -> web.Response:
 
 @routes.post("/v1/domains/{ref}/snapshots")
 async def create_snapshot(request: web.Request) -> web.StreamResponse:
-    body = (await body_of(request, CreateBody)).model_dump(exclude_none=True)
+    body = await body_of(request, CreateBody)
     ref = request.match_info["ref"]
     return await _with_progress(
         request, lambda progress: _service(request).create(ref, body, progress), status=201)

@@ -39,6 +39,7 @@ from virtkit.runtime.launcher import copy_nvram
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.service.domains import DomainService
 from virtkit.service.guest import GuestService
+from virtkit.service.models.clones import CloneRequest
 from virtkit.storage import qemuimg
 from virtkit.store.db import DomainRow, Store
 
@@ -55,11 +56,12 @@ class CloneService:
         self._domains = domains
         self._guest = guest
 
-    async def clone(self, original: str, name: str, *, files: list[str] | None = None,
-                    auto: bool = False, linked: bool = False, force: bool = False,
-                    macs: list[str] | None = None,
+    async def clone(self, original: str, request: CloneRequest,
                     progress: Progress | None = None) -> dict[str, Any]:
-        """Clone ``original`` as ``name``; returns the new domain's info."""
+        """Clone ``original`` as ``request.name``; returns the new domain's info
+        (DomainService.info's answer)."""
+        name, files, auto, linked = request.name, request.files, request.auto, request.linked
+        force, macs = request.force, request.macs
         row = self._store.get_domain(original)
         if self._store.find_domain(name) is not None:
             raise Conflict(f"a domain named '{name}' already exists",

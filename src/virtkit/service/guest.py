@@ -22,6 +22,22 @@ from virtkit.errors import AgentUnavailable, Conflict, GuestAgentError, InvalidS
 from virtkit.model.state import Action, allows
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.runtime.qemunames import GuestAgent
+from virtkit.service.models.guest import (
+    AgentPing,
+    ExecResult,
+    FileWritten,
+    FreezeStatus,
+    Frozen,
+    GuestAddress,
+    GuestInfo,
+    GuestInterface,
+    GuestTime,
+    GuestVcpu,
+    GuestVcpusSet,
+    PasswordSet,
+    Thawed,
+    Trimmed,
+)
 from virtkit.store.db import Store
 
 #: bytes per guest-file-read/-write call (the agent's base64 messages stay small)
@@ -66,11 +82,11 @@ class GuestService:
                               field="execute", fix="see the agent's 'guest-info' for the list")
         return await self.agent(ref)[1].execute(command, arguments, timeout=timeout)
 
-    async def ping(self, ref: str) -> dict[str, Any]:
+    async def ping(self, ref: str) -> AgentPing:
         name, agent = self.agent(ref)
         began = time.monotonic()
         await agent.ping()
-        return {"name": name, "ok": True, "ms": round((time.monotonic() - began) * 1000, 1)}
+        return AgentPing(name=name, ok=True, ms=round((time.monotonic() - began) * 1000, 1))
 
     async def _optional(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """A command older or restricted agents may lack: None instead of an error."""
@@ -81,57 +97,56 @@ class GuestService:
                 raise
             return None
 
-    async def info(self, ref: str) -> dict[str, Any]:
+    async def info(self, ref: str) -> GuestInfo:
         """guestinfo: the agent, OS, host name, users, time zone and file systems."""
         name, agent = self.agent(ref)
         about = await agent.info()
-        result: dict[str, Any] = {
-            "name": name, "agent_version": about.get("version"),
-            "commands": sorted(c["name"] for c in about.get("supported_commands", [])
-                               if c.get("enabled")),
-        }
-        for key, call in (("os", agent.osinfo), ("hostname", agent.host_name),
-                          ("users", agent.users), ("timezone", agent.timezone),
-                          ("filesystems", agent.fsinfo)):
-            value = await self._optional(call)
-            if key == "hostname" and isinstance(value, dict):
-                value = value.get("host-name")
-            result[key] = value
-        return result
+        osinfo = await self._optional(agent.osinfo)  # in this order, one at a time
+        hostname = await self._optional(agent.host_name)
+        return GuestInfo(
+            name=name, agent_version=about.get("version"),
+            commands=sorted(c["name"] for c in about.get("supported_commands", [])
+                            if c.get("enabled")),
+            os=osinfo,
+            hostname=hostname.get("host-name") if isinstance(hostname, dict) else hostname,
+            users=await self._optional(agent.users),
+            timezone=await self._optional(agent.timezone),
+            filesystems=await self._optional(agent.fsinfo))
 
-    async def interfaces(self, ref: str) -> list[dict[str, Any]]:
+    async def interfaces(self, ref: str) -> list[GuestInterface]:
         """domifaddr --source agent: the guest's own view of its interfaces."""
         _name, agent = self.agent(ref)
         rows = await agent.network_interfaces()
-        return [{
-            "name": row.get("name"), "mac": row.get("hardware-address"),
-            "addresses": [{"type": a.get("ip-address-type"), "ip": a.get("ip-address"),
-                           "prefix": a.get("prefix")} for a in row.get("ip-addresses", [])],
-        } for row in rows]
+        return [GuestInterface(
+            name=row.get("name"), mac=row.get("hardware-address"),
+            addresses=[GuestAddress(type=a.get("ip-address-type"), ip=a.get("ip-address"),
+                                    prefix=a.get("prefix"))
+                       for a in row.get("ip-addresses", [])],
+        ) for row in rows]
 
-    async def fsfreeze(self, ref: str, mountpoints: list[str] | None = None) -> dict[str, Any]:
+    async def fsfreeze(self, ref: str, mountpoints: list[str] | None = None) -> Frozen:
         """domfsfreeze: flush and freeze the guest's file systems (all, or these)."""
         name, agent = self.agent(ref)
         count = await agent.fsfreeze_freeze(mountpoints)
-        return {"name": name, "frozen": count}
+        return Frozen(name=name, frozen=count)
 
-    async def fsthaw(self, ref: str) -> dict[str, Any]:
+    async def fsthaw(self, ref: str) -> Thawed:
         name, agent = self.agent(ref)
-        return {"name": name, "thawed": await agent.fsfreeze_thaw()}
+        return Thawed(name=name, thawed=await agent.fsfreeze_thaw())
 
-    async def fsfreeze_status(self, ref: str) -> dict[str, Any]:
+    async def fsfreeze_status(self, ref: str) -> FreezeStatus:
         name, agent = self.agent(ref)
-        return {"name": name, "status": await agent.fsfreeze_status()}
+        return FreezeStatus(name=name, status=await agent.fsfreeze_status())
 
-    async def fstrim(self, ref: str, minimum: int | None = None) -> dict[str, Any]:
+    async def fstrim(self, ref: str, minimum: int | None = None) -> Trimmed:
         """domfstrim: discard unused blocks in the guest's file systems."""
         name, agent = self.agent(ref)
         result = await agent.fstrim(minimum)
-        return {"name": name, "paths": (result or {}).get("paths", [])}
+        return Trimmed(name=name, paths=(result or {}).get("paths", []))
 
     async def exec(self, ref: str, path: str, args: list[str] | None = None, *,
                    env: list[str] | None = None, stdin: bytes | None = None,
-                   timeout: float = 60.0) -> dict[str, Any]:
+                   timeout: float = 60.0) -> ExecResult:
         """Run ``path`` in the guest, wait, and return its exit code and output."""
         if not path:
             raise InvalidSpec("name the program to run in the guest", field="path",
@@ -153,12 +168,11 @@ class GuestService:
                                      fix="give a longer --timeout, or end it in the guest "
                                          f"(virtkit guest exec DOMAIN -- /bin/kill {pid})")
             await asyncio.sleep(EXEC_POLL)
-        return {
-            "pid": pid, "exitcode": status.get("exitcode"), "signal": status.get("signal"),
-            "stdout": base64.b64decode(status.get("out-data", "")).decode(errors="replace"),
-            "stderr": base64.b64decode(status.get("err-data", "")).decode(errors="replace"),
-            "truncated": bool(status.get("out-truncated") or status.get("err-truncated")),
-        }
+        return ExecResult(
+            pid=pid, exitcode=status.get("exitcode"), signal=status.get("signal"),
+            stdout=base64.b64decode(status.get("out-data", "")).decode(errors="replace"),
+            stderr=base64.b64decode(status.get("err-data", "")).decode(errors="replace"),
+            truncated=bool(status.get("out-truncated") or status.get("err-truncated")))
 
     async def file_read(self, ref: str, path: str) -> bytes:
         """The content of a guest file (up to FILE_READ_LIMIT bytes)."""
@@ -179,7 +193,7 @@ class GuestService:
             await agent.file_close(handle)
 
     async def file_write(self, ref: str, path: str, data: bytes, *,
-                         append: bool = False) -> dict[str, Any]:
+                         append: bool = False) -> FileWritten:
         """Write ``data`` to a guest file (created or truncated, or appended to)."""
         name, agent = self.agent(ref)
         handle = await agent.file_open(path, "ab" if append else "wb")
@@ -190,26 +204,26 @@ class GuestService:
             await agent.file_flush(handle)
         finally:
             await agent.file_close(handle)
-        return {"name": name, "path": path, "bytes": len(data)}
+        return FileWritten(name=name, path=path, bytes=len(data))
 
     async def set_user_password(self, ref: str, user: str, password: str, *,
-                                crypted: bool = False) -> dict[str, Any]:
+                                crypted: bool = False) -> PasswordSet:
         """set-user-password: the agent runs chpasswd in the guest."""
         if not user:
             raise InvalidSpec("name the guest user", field="user")
         name, agent = self.agent(ref)
         await agent.set_user_password(user, base64.b64encode(password.encode()).decode(),
                                       crypted)
-        return {"name": name, "user": user}
+        return PasswordSet(name=name, user=user)
 
-    async def vcpus(self, ref: str) -> list[dict[str, Any]]:
+    async def vcpus(self, ref: str) -> list[GuestVcpu]:
         """guestvcpus: the guest's logical CPUs and whether each is online."""
         _name, agent = self.agent(ref)
         rows = await agent.get_vcpus()
-        return [{"id": row["logical-id"], "online": row["online"],
-                 "can_offline": row.get("can-offline", False)} for row in rows]
+        return [GuestVcpu(id=row["logical-id"], online=row["online"],
+                          can_offline=row.get("can-offline", False)) for row in rows]
 
-    async def set_vcpus(self, ref: str, count: int) -> dict[str, Any]:
+    async def set_vcpus(self, ref: str, count: int) -> GuestVcpusSet:
         """setvcpus --guest: bring ``count`` of the guest's CPUs online, the rest offline."""
         name, agent = self.agent(ref)
         rows = await agent.get_vcpus()
@@ -225,17 +239,17 @@ class GuestService:
                     raise Conflict(f"the guest cannot take CPU {row['logical-id']} offline")
                 wanted.append({"logical-id": row["logical-id"], "online": online})
         changed = await agent.set_vcpus(wanted) if wanted else 0
-        return {"name": name, "online": count, "changed": changed}
+        return GuestVcpusSet(name=name, online=count, changed=changed)
 
-    async def time(self, ref: str) -> dict[str, Any]:
+    async def time(self, ref: str) -> GuestTime:
         """domtime: the guest's clock, and how far it is from the host's."""
         name, agent = self.agent(ref)
         nanoseconds = await agent.get_time()
-        return {"name": name, "time": nanoseconds / 1e9,
-                "offset": round(nanoseconds / 1e9 - time.time(), 3)}
+        return GuestTime(name=name, time=nanoseconds / 1e9,
+                         offset=round(nanoseconds / 1e9 - time.time(), 3))
 
     async def set_time(self, ref: str, *, now: bool = False,
-                       seconds: float | None = None) -> dict[str, Any]:
+                       seconds: float | None = None) -> GuestTime:
         """domtime --sync (from the guest's RTC), --now (the host's clock) or a time."""
         name, agent = self.agent(ref)
         if now:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from virtkit.host.accel import decide_accelerator
 from virtkit.host.checks import Check, run_host_checks
 from virtkit.host.nodefacts import cpu_topology, memory_stats
 from virtkit.host.qemubin import qemu_info
 from virtkit.runtime.preflight import host_memory_mib
+from virtkit.service.models.host import CpuTopology, HostCheck, HostInfo, QemuBinary
 
 
 class HostService:
@@ -25,7 +24,7 @@ class HostService:
         self._cgroups = cgroups
         self._cgroup_required = cgroup_required
 
-    def check(self, *, daemon_reachable: bool | None = True) -> list[dict[str, Any]]:
+    def check(self, *, daemon_reachable: bool | None = True) -> list[HostCheck]:
         """The host check lines (PASS/WARN/FAIL with a fix), accelerator verdict last."""
         checks = run_host_checks(daemon_reachable=daemon_reachable, cache_dir=self._cache_dir)
         if self._cgroups is not None:
@@ -42,21 +41,20 @@ class HostService:
                              "mount the cgroup file systems and restart virtkitd without "
                              "--no-cgroup")
             checks.insert(len(checks) - 1, line)
-        return [asdict(check) for check in checks]
+        return [HostCheck(**check.to_dict()) for check in checks]
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> HostInfo:
         verdict = decide_accelerator("auto", self._cache_dir)
         qemu = qemu_info()
-        return {
-            "hostname": os.uname().nodename,
-            "kernel": os.uname().release,
-            "cpus": os.cpu_count(),
-            "memory_mib": host_memory_mib(),
-            "accelerator": verdict.accel,
-            "accelerator_reason": verdict.reason,
-            "qemu": {"path": str(qemu.path), "version": ".".join(map(str, qemu.version))},
+        return HostInfo(
+            hostname=os.uname().nodename,
+            kernel=os.uname().release,
+            cpus=os.cpu_count(),
+            memory_mib=host_memory_mib(),
+            accelerator=verdict.accel,
+            accelerator_reason=verdict.reason,
+            qemu=QemuBinary(path=str(qemu.path), version=".".join(map(str, qemu.version))),
             # virsh nodeinfo's facts (libvirt's virNodeInfo)
-            "arch": platform.machine(),
-            "memory_kib": memory_stats()["total"],
-            "topology": cpu_topology(),
-        }
+            arch=platform.machine(),
+            memory_kib=memory_stats()["total"],
+            topology=CpuTopology(**cpu_topology()))

@@ -18,6 +18,7 @@ from virtkit.model.network import Network, NetworkMode, dump_network, load_netwo
 from virtkit.network import dnsmasq, nftables
 from virtkit.network.backend import NetworkBackend, NetworkStatus
 from virtkit.runtime.events import EventBus
+from virtkit.service.models.networks import Lease, NetworkHealth, NetworkInfo, NetworkRemoved
 from virtkit.store.db import ObjectRow, Store
 
 DEFAULT_NETWORK = "default"
@@ -48,36 +49,35 @@ class NetworkService:
     def is_active(self, ref: str) -> bool:
         return self._store.get_object("network", ref).state == ACTIVE
 
-    def info(self, ref: str) -> dict[str, Any]:
+    def info(self, ref: str) -> NetworkInfo:
         row = self._store.get_object("network", ref)
         net = self._net(row)
-        info: dict[str, Any] = {
-            "name": row.name, "uuid": row.uuid, "state": row.state, "mode": net.mode.value,
-            "bridge": net.bridge, "subnet": net.subnet,
-            "gateway": str(net.gateway_ip) if net.gateway_ip else None,
-            "autostart": net.autostart, "version": row.version, "spec": row.spec,
-        }
+        info = NetworkInfo(
+            name=row.name, uuid=row.uuid, state=row.state, mode=net.mode.value,
+            bridge=net.bridge, subnet=net.subnet,
+            gateway=str(net.gateway_ip) if net.gateway_ip else None,
+            autostart=net.autostart, version=row.version, spec=row.spec)
         dhcp_range = net.dhcp_range
         if dhcp_range is not None and net.mode is not NetworkMode.BRIDGE:
-            info["dhcp_range"] = [str(dhcp_range[0]), str(dhcp_range[1])]
+            info.dhcp_range = [str(dhcp_range[0]), str(dhcp_range[1])]
         if row.state == ACTIVE:
-            info["status"] = self._backend.status(net, self._dir(row)).to_dict()
+            info.status = NetworkHealth(**self._backend.status(net, self._dir(row)).to_dict())
         return info
 
-    def list_networks(self, *, include_inactive: bool = True) -> list[dict[str, Any]]:
+    def list_networks(self, *, include_inactive: bool = True) -> list[NetworkInfo]:
         rows = self._store.list_objects("network")
         return [self.info(r.uuid) for r in rows if include_inactive or r.state == ACTIVE]
 
-    def leases(self, ref: str) -> list[dict[str, Any]]:
+    def leases(self, ref: str) -> list[Lease]:
         row = self._store.get_object("network", ref)
         if row.state != ACTIVE:
             return []
-        return [lease._asdict() for lease in self._backend.leases(self._net(row),
-                                                                  self._dir(row))]
+        return [Lease(**lease._asdict()) for lease in self._backend.leases(self._net(row),
+                                                                           self._dir(row))]
 
     # -- life cycle ------------------------------------------------------------------
 
-    def define(self, data: dict[str, Any] | str) -> dict[str, Any]:
+    def define(self, data: dict[str, Any] | str) -> NetworkInfo:
         net = load_network(data)
         others = [self._net(r) for r in self._store.list_objects("network")]
         for other in others:
@@ -89,16 +89,18 @@ class NetworkService:
         self._publish("net-defined", row)
         return self.info(row.uuid)
 
-    def define_xml(self, text: str, *, force: bool = False) -> dict[str, Any]:
+    def define_xml(self, text: str, *, force: bool = False) -> NetworkInfo:
         """Define from libvirt network XML; ``warnings``: what force dropped, and notes."""
         spec, warnings = network_from_xml(text, force=force)
-        return {**self.define(spec), "warnings": warnings}
+        info = self.define(spec)
+        info.warnings = warnings
+        return info
 
     def dumpxml(self, ref: str) -> str:
         """The network as libvirt network XML (``virsh net-dumpxml``)."""
         return network_to_xml(self.spec_of(ref))
 
-    def start(self, ref: str) -> dict[str, Any]:
+    def start(self, ref: str) -> NetworkInfo:
         row = self._store.get_object("network", ref)
         if row.state == ACTIVE:
             raise Conflict(f"network '{row.name}' is already active")
@@ -107,7 +109,7 @@ class NetworkService:
         self._publish("net-started", row)
         return self.info(row.uuid)
 
-    def destroy(self, ref: str) -> dict[str, Any]:
+    def destroy(self, ref: str) -> NetworkInfo:
         row = self._store.get_object("network", ref)
         if row.state != ACTIVE:
             raise Conflict(f"network '{row.name}' is not active")
@@ -116,16 +118,16 @@ class NetworkService:
         self._publish("net-stopped", row)
         return self.info(row.uuid)
 
-    def undefine(self, ref: str) -> dict[str, Any]:
+    def undefine(self, ref: str) -> NetworkRemoved:
         row = self._store.get_object("network", ref)
         if row.state == ACTIVE:
             raise Conflict(f"network '{row.name}' is active",
                            fix=f"stop it first: virtkit net-destroy {row.name}")
         self._store.delete_object("network", row.uuid)
         self._publish("net-undefined", row)
-        return {"name": row.name, "uuid": row.uuid}
+        return NetworkRemoved(name=row.name, uuid=row.uuid)
 
-    def set_autostart(self, ref: str, enabled: bool) -> dict[str, Any]:
+    def set_autostart(self, ref: str, enabled: bool) -> NetworkInfo:
         row = self._store.get_object("network", ref)
         self._store.update_object("network", row.uuid, spec=dict(row.spec, autostart=enabled))
         return self.info(row.uuid)
@@ -145,7 +147,7 @@ class NetworkService:
         return row, net
 
     def update(self, ref: str, action: str, section: str, entry: dict[str, Any]
-               ) -> dict[str, Any]:
+               ) -> NetworkInfo:
         """net-update: add or delete a DHCP reservation or a DNS host, live."""
         if action not in ("add", "delete") or section not in ("dhcp-host", "dns-host"):
             raise InvalidSpec("net-update takes add|delete and dhcp-host|dns-host",
@@ -173,7 +175,7 @@ class NetworkService:
                 raise Conflict(f"{lease.ip} is leased to {lease.mac}",
                                fix="pick another address, or wait for that lease to end")
 
-    def port_forward(self, ref: str, action: str, entry: dict[str, Any]) -> dict[str, Any]:
+    def port_forward(self, ref: str, action: str, entry: dict[str, Any]) -> NetworkInfo:
         """net-port-forward add|remove: host address:port -> guest ip:port, live."""
         if action not in ("add", "remove"):
             raise InvalidSpec("net-port-forward takes add or remove", field="action")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from virtkit.errors import Conflict, InvalidSpec, NotFound
-from virtkit.model.snapshot import Kind, check_name, descendants
+from virtkit.model.snapshot import check_name, descendants
 from virtkit.runtime.blockjobs import Progress
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.lifecycle import Lifecycle
@@ -22,20 +22,28 @@ from virtkit.runtime.snapdisks import AgentQuiescer, BestEffortQuiescer, agent_o
 from virtkit.runtime.snapshot_delete import SnapshotDeleter
 from virtkit.runtime.snapshot_revert import SnapshotReverter
 from virtkit.runtime.snapshots import CreateRequest, Quiescer, SnapshotRuntime, StartAs
+from virtkit.service.models.snapshots import (
+    SnapshotCreate,
+    SnapshotDisk,
+    SnapshotInfo,
+    SnapshotsDeleted,
+)
 from virtkit.store.db import DomainRow, SnapshotRow, Store
 
 
-def summary(snap: SnapshotRow, children: int = 0) -> dict[str, Any]:
-    """The JSON form of one snapshot (snapshot-list --json, snapshot-info)."""
+def summary(snap: SnapshotRow, children: int = 0, **more: Any) -> SnapshotInfo:
+    """One snapshot (snapshot-list --json, snapshot-info); ``more``: the fields
+    snapshot-info, create and revert add (domain, quiesced, domain_state)."""
     record = snap.record
-    return {
-        "name": snap.name, "parent": snap.parent, "created": snap.created,
-        "kind": snap.kind, "memory": snap.memory, "state": snap.state,
-        "current": snap.current, "description": record.get("description", ""),
-        "memory_file": record.get("memory_file"), "children": children,
-        "disks": [{k: d.get(k) for k in ("target", "mode", "file", "format", "overlay")}
-                  for d in record.get("disks", [])],
-    }
+    return SnapshotInfo(
+        name=snap.name, parent=snap.parent, created=snap.created,
+        kind=snap.kind, memory=snap.memory, state=snap.state,
+        current=snap.current, description=record.get("description", ""),
+        memory_file=record.get("memory_file"), children=children,
+        disks=[SnapshotDisk(**{k: d.get(k) for k in ("target", "mode", "file", "format",
+                                                     "overlay")})
+               for d in record.get("disks", [])],
+        **more)
 
 
 class SnapshotService:
@@ -76,18 +84,18 @@ class SnapshotService:
 
     # -- reading -------------------------------------------------------------------
 
-    def list(self, ref: str) -> list[dict[str, Any]]:
+    def list(self, ref: str) -> list[SnapshotInfo]:
         """All snapshots of a domain, oldest first."""
         row = self._domain(ref)
         counts = self._children(row.uuid)
         return [summary(s, counts.get(s.name, 0)) for s in self._store.list_snapshots(row.uuid)]
 
-    def info(self, ref: str, name: str) -> dict[str, Any]:
+    def info(self, ref: str, name: str) -> SnapshotInfo:
         row = self._domain(ref)
         snap = self._snap(row, name)
-        return {**summary(snap, self._children(row.uuid).get(name, 0)), "domain": row.name}
+        return summary(snap, self._children(row.uuid).get(name, 0), domain=row.name)
 
-    def current(self, ref: str) -> dict[str, Any]:
+    def current(self, ref: str) -> SnapshotInfo:
         """The snapshot the domain was last snapshotted or reverted to."""
         row = self._domain(ref)
         snap = next((s for s in self._store.list_snapshots(row.uuid) if s.current), None)
@@ -101,29 +109,23 @@ class SnapshotService:
 
     # -- changing ------------------------------------------------------------------
 
-    async def create(self, ref: str, body: dict[str, Any],
-                     progress: Progress | None = None) -> dict[str, Any]:
-        """snapshot-create-as: ``body`` has name, description, kind (internal/external),
-        disk_only, memspec, quiesce."""
+    async def create(self, ref: str, body: SnapshotCreate,
+                     progress: Progress | None = None) -> SnapshotInfo:
+        """snapshot-create-as: name (default: the time), description, kind
+        (internal/external), disk_only, memspec, quiesce."""
         row = self._domain(ref)
-        name = check_name(str(body.get("name") or int(time.time())))
+        name = check_name(body.name or str(int(time.time())))
         if self._store.find_snapshot(row.uuid, name) is not None:
             raise Conflict(f"domain '{row.name}' already has a snapshot '{name}'",
                            fix="choose another name, or snapshot-delete it first")
-        kind = body.get("kind")
-        if kind not in (None, "internal", "external"):
-            raise InvalidSpec(f"snapshot kind must be internal or external, not {kind!r}",
-                              field="kind")
-        quiescer = self._quiescer(row) if body.get("quiesce") else \
-            self._automatic_quiescer(row, disk_only=bool(body.get("disk_only")))
-        memspec = body.get("memspec")
-        request = CreateRequest(name, str(body.get("description") or ""),
-                                _kind(kind), bool(body.get("disk_only")),
-                                str(memspec) if memspec else None, quiescer)
+        quiescer = self._quiescer(row) if body.quiesce else \
+            self._automatic_quiescer(row, disk_only=body.disk_only)
+        request = CreateRequest(name, body.description or "", body.kind, body.disk_only,
+                                body.memspec or None, quiescer)
         snap = await self._runtime.create(row.uuid, row.name, request, progress)
         self._publish("snapshot-created", row, name, snapshot_kind=snap.kind)
         quiesced = quiescer is not None and getattr(quiescer, "froze", True)
-        return {**summary(snap), "domain": row.name, "quiesced": quiesced}
+        return summary(snap, domain=row.name, quiesced=quiesced)
 
     def _automatic_quiescer(self, row: DomainRow, *, disk_only: bool) -> Quiescer | None:
         """A disk-only snapshot of a running guest whose agent is connected freezes its
@@ -159,7 +161,7 @@ class SnapshotService:
         return quiescer
 
     async def revert(self, ref: str, name: str, start: str | None = None,
-                     progress: Progress | None = None) -> dict[str, Any]:
+                     progress: Progress | None = None) -> SnapshotInfo:
         """snapshot-revert; ``start`` running/paused overrides the snapshot's state."""
         row = self._domain(ref)
         snap = self._snap(row, name)
@@ -168,12 +170,13 @@ class SnapshotService:
         target: StartAs = "running" if start == "running" else "paused" if start else None
         await self._reverter.revert(row.uuid, row.name, snap, target, progress)
         self._publish("snapshot-reverted", row, name)
-        return {**self.info(row.uuid, name),
-                "domain_state": self._life.vm(row.uuid, row.name).state.value}
+        info = self.info(row.uuid, name)
+        info.domain_state = self._life.vm(row.uuid, row.name).state.value
+        return info
 
     async def delete(self, ref: str, name: str, *, children: bool = False,
                      metadata: bool = False, progress: Progress | None = None
-                     ) -> dict[str, Any]:
+                     ) -> SnapshotsDeleted:
         """snapshot-delete; ``children`` also deletes every snapshot below it (deepest
         first); ``metadata`` forgets them and leaves images untouched."""
         row = self._domain(ref)
@@ -188,12 +191,5 @@ class SnapshotService:
             notes += await self._deleter.delete(row.uuid, row.name, current,
                                                 metadata_only=metadata, progress=progress)
             self._publish("snapshot-deleted", row, each)
-        return {"domain": row.name, "deleted": names, "notes": notes}
+        return SnapshotsDeleted(domain=row.name, deleted=names, notes=notes)
 
-
-def _kind(value: Any) -> Kind | None:
-    if value == "internal":
-        return "internal"
-    if value == "external":
-        return "external"
-    return None

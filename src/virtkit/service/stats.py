@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any
+from typing import NoReturn
 
 from virtkit.errors import InvalidSpec, StateError, VirtkitError
 from virtkit.model.domain import Domain
@@ -20,6 +20,7 @@ from virtkit.model.state import State
 from virtkit.runtime.lifecycle import Lifecycle, Vm
 from virtkit.runtime.stats import StatsCollector
 from virtkit.service import capacity, metrics
+from virtkit.service.models.stats import Capacity, DomainStats, StateReason, VcpuInfo
 from virtkit.store.db import DomainRow, Store
 
 GROUPS = ("state", "cpu-total", "balloon", "vcpu", "interface", "block")
@@ -53,7 +54,7 @@ class StatsService:
         return [self._store.get_domain(ref) for ref in refs]
 
     async def domstats(self, refs: list[str] | None = None, groups: set[str] | None = None,
-                       *, active_only: bool = False) -> list[dict[str, Any]]:
+                       *, active_only: bool = False) -> list[DomainStats]:
         """Stats of the named domains (all domains when none are named)."""
         groups = groups or set(GROUPS)
         rows = self._rows(refs)
@@ -74,40 +75,41 @@ class StatsService:
                 live.add((row.uuid, running.process.pid))
         return live
 
-    async def _one(self, row: DomainRow, vm: Vm, groups: set[str]) -> dict[str, Any]:
+    async def _one(self, row: DomainRow, vm: Vm, groups: set[str]) -> DomainStats:
         spec = vm.boot_spec if vm.boot_spec is not None else load_domain(row.spec)
-        result: dict[str, Any] = {"name": row.name, "uuid": row.uuid}
+        result = DomainStats(name=row.name, uuid=row.uuid)
         if "state" in groups:
-            result["state"] = {"state": vm.state.value, "reason": vm.reason}
+            result.state = StateReason(state=vm.state.value, reason=vm.reason)
         running = vm.running
         if running is None or vm.state is State.SHUTOFF:
             return result
-        result["pid"] = running.process.pid
-        result["started"] = vm.started
+        result.pid = running.process.pid
+        result.started = vm.started
         try:
             collected = await self._collector.collect(spec, running)
         except VirtkitError as exc:  # QEMU went away between the listing and the query
-            result["error"] = exc.message
+            result.error = exc.message
             return result
         for group, key in _GROUP_KEYS.items():
             if group in groups:
-                result[key] = collected[key]
+                setattr(result, key, collected[key])
         return result
 
-    async def vcpuinfo(self, ref: str) -> dict[str, Any]:
+    async def vcpuinfo(self, ref: str) -> VcpuInfo:
         """vCPU -> host thread, host CPU it last ran on, state, CPU time, affinity."""
         stats = (await self.domstats([ref], {"state", "vcpu", "cpu-total"}))[0]
-        if "vcpu" not in stats:
-            raise_not_running(stats["name"], "vcpuinfo")
-        return {"name": stats["name"], "pid": stats["pid"], "state": stats["state"],
-                "vcpus": stats["vcpu"]["vcpus"], "host_cpus": os.cpu_count()}
+        if stats.vcpu is None:
+            raise_not_running(stats.name, "vcpuinfo")
+        return VcpuInfo(name=stats.name, pid=stats.pid, state=stats.state,
+                        vcpus=stats.vcpu["vcpus"], host_cpus=os.cpu_count())
 
     async def metrics(self) -> str:
         """The Prometheus text exposition (format 0.0.4) of every domain and the host."""
         stats = await self.domstats()
-        return metrics.exposition(stats, self.capacity(), time.time())
+        return metrics.exposition([each.wire() for each in stats], self.capacity().wire(),
+                                  time.time())
 
-    def capacity(self) -> dict[str, Any]:
+    def capacity(self) -> Capacity:
         """Allocated vCPUs and memory of running and defined domains vs the host."""
         rows = self._store.list_domains()
         running: list[Domain] = []
@@ -118,9 +120,9 @@ class StatsService:
             live = self._life.vm(row.uuid, row.name).running
             if live is not None:
                 running.append(live.live if live.live is not None else spec)
-        return capacity.report(running, defined, os.environ)
+        return Capacity(**capacity.report(running, defined, os.environ))
 
 
-def raise_not_running(name: str, what: str) -> None:
+def raise_not_running(name: str, what: str) -> NoReturn:
     raise StateError(f"cannot show {what} of domain '{name}': it is not running",
                      current="shutoff", requested=what, fix=f"virtkit start {name}")

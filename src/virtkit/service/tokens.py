@@ -17,9 +17,10 @@ import hmac
 import re
 import secrets
 import time
-from typing import Any
+from typing import Literal
 
 from virtkit.errors import InvalidSpec, Unauthorized
+from virtkit.service.models.tokens import TokenInfo
 from virtkit.store.db import Store, TokenRow
 
 PREFIX = "vkt_"
@@ -59,7 +60,7 @@ def bearer_token(header: str | None) -> str | None:
     return value.strip()
 
 
-def status_of(row: TokenRow, now: float) -> str:
+def status_of(row: TokenRow, now: float) -> Literal["active", "expired", "revoked"]:
     if row.revoked is not None:
         return "revoked"
     if row.expires is not None and now >= row.expires:
@@ -88,11 +89,11 @@ def _date(when: float | None) -> str:
     return "never" if when is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(when))
 
 
-def describe(row: TokenRow, now: float) -> dict[str, Any]:
+def describe(row: TokenRow, now: float) -> TokenInfo:
     """A token as the API lists it: never its secret or hash."""
-    return {"name": row.name, "id": row.id, "created": row.created, "expires": row.expires,
-            "last_used": row.last_used, "revoked": row.revoked,
-            "status": status_of(row, now)}
+    return TokenInfo(name=row.name, id=row.id, created=row.created, expires=row.expires,
+                     last_used=row.last_used, revoked=row.revoked,
+                     status=status_of(row, now))
 
 
 class TokenService:
@@ -102,7 +103,7 @@ class TokenService:
         self.store = store
 
     def create(self, name: str | None = None, expires_days: float | None = None
-               ) -> dict[str, Any]:
+               ) -> TokenInfo:
         now = time.time()
         token_id, token, digest = new_token()
         name = name or f"token-{token_id[:6]}"
@@ -116,13 +117,15 @@ class TokenService:
         expires = now + float(expires_days) * DAY if expires_days is not None else None
         row = TokenRow(token_id, name, digest, now, expires, None, None)
         self.store.insert_token(row)
-        return {**describe(row, now), "token": token}
+        info = describe(row, now)
+        info.token = token
+        return info
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> list[TokenInfo]:
         now = time.time()
         return [describe(row, now) for row in self.store.list_tokens()]
 
-    def revoke(self, name: str) -> dict[str, Any]:
+    def revoke(self, name: str) -> TokenInfo:
         return describe(self.store.revoke_token(name), time.time())
 
     def authenticate(self, header: str | None) -> TokenRow:
