@@ -24,6 +24,7 @@ from virtkit.api import (
     clone_routes,
     cluster_routes,
     device_routes,
+    forward,
     guest_routes,
     install_routes,
     limits_routes,
@@ -545,4 +546,5 @@ def create_app(services: Services, audit: AuditLog | None = None,
             for key, service in needs:
                 app[key] = service
             app.add_routes(table)
+    forward.install(app, services)  # the cluster: forwarding, placement, VM records
     return app
