@@ -98,7 +98,7 @@ async def reserve(etcd: Etcd, name: str, host: str, spec: dict[str, Any],
             await etcd.txn([Compare.mod_revision(key, "=", current.mod_revision)],
                            [Op.delete(key)])
             return None
-        raise _clash(name, current, host)
+        raise _clash(name, current, "")  # said from the cluster's view: "on host H"
     return None
 
 
