@@ -210,6 +210,27 @@ def test_placement_forwarding_and_cluster_wide_names(hosts: dict[str, DaemonHand
     assert missing.value.http_status == 404
 
 
+def test_a_live_migration_moves_the_ownership(hosts: dict[str, DaemonHandle]) -> None:
+    """b's running VM live-migrated to c: c became its owner (in the step before it
+    resumed it), so every host now reaches it on c, and its name is held by c."""
+    a, b, c = hosts["a"], hosts["b"], hosts["c"]
+    _define(b, "mover", 64, host="b")
+    b.client.post(b.client.domain_path("mover", "/start"))
+    result = b.client.post(b.client.domain_path("mover", "/migrate"), {
+        "destination": {"socket": str(c.root / "virtkitd.sock")}, "address": ADDRESSES["c"],
+        "persistent": True, "undefine_source": True})
+    assert result["destination"]["state"] == "running"
+    assert "mover" not in _local_names(b) and "mover" in _local_names(c)
+    info = a.client.get(a.client.domain_path("mover"))  # forwarded to its owner
+    assert (info["host"], info["state"]) == ("c", "running")
+    with pytest.raises(ApiError) as clash:
+        _define(b, "mover", 64, host="b")
+    assert clash.value.http_status == 409 and "on host c" in str(clash.value)
+    a.cli("destroy", "mover")
+    a.cli("undefine", "mover")
+    assert "mover" not in _local_names(c)
+
+
 def test_a_killed_daemon_is_seen_down_when_its_lease_expires(
         hosts: dict[str, DaemonHandle]) -> None:
     a, b = hosts["a"], hosts["b"]
