@@ -164,6 +164,7 @@ def _local_names(handle: DaemonHandle) -> set[str]:
     return {row["name"] for row in handle.client.get("/v1/domains?all=1")}
 
 
+@pytest.mark.qemu
 def test_placement_forwarding_and_cluster_wide_names(hosts: dict[str, DaemonHandle]) -> None:
     """define without --host lands on the least loaded host; start of b's VM asked on a
     runs it on b; list --all on every host shows every VM with its host; a name another
@@ -210,6 +211,7 @@ def test_placement_forwarding_and_cluster_wide_names(hosts: dict[str, DaemonHand
     assert missing.value.http_status == 404
 
 
+@pytest.mark.qemu
 def test_a_live_migration_moves_the_ownership(hosts: dict[str, DaemonHandle]) -> None:
     """b's running VM live-migrated to c: c became its owner (in the step before it
     resumed it), so every host now reaches it on c, and its name is held by c."""
