@@ -191,7 +191,8 @@ def test_placement_forwarding_and_cluster_wide_names(hosts: dict[str, DaemonHand
     for handle in (a, b, c):
         rows = wait_for(lambda h=handle: (r := {x["name"]: x for x in h.client.get(
             "/v1/domains?all=1&cluster=1")}) and r.get("placed", {}).get("state")
-            == "running" and r, 10, "b's running VM in every host's list --all")
+            == "running" and {"load-a", "load-c"} <= set(r) and r, 10,
+            "b's running VM in every host's list --all")
         assert {n: rows[n]["host"] for n in ("load-a", "load-c", "placed")} == {
             "load-a": "a", "load-c": "c", "placed": "b"}
     listing = c.cli("list", "--all").stdout
@@ -233,6 +234,34 @@ def test_a_live_migration_moves_the_ownership(hosts: dict[str, DaemonHandle]) ->
     assert "mover" not in _local_names(c)
 
 
+@pytest.mark.qemu
+def test_evacuate_and_restore_a_host(hosts: dict[str, DaemonHandle]) -> None:
+    """evacuate b: its running VM live-migrates away, its shut-off one stays, and
+    placement skips b while it is in maintenance; restore b: the VM comes back."""
+    a, b, c = hosts["a"], hosts["b"], hosts["c"]
+    _define(b, "ev-run", 64, host="b")
+    _define(b, "ev-off", 64, host="b")
+    b.client.post(b.client.domain_path("ev-run", "/start"))
+    wait_for(lambda: any(r["name"] == "ev-run" and r["state"] == "running" for r in
+                         a.client.get("/v1/domains?all=1&cluster=1")), 10, "b's summary")
+    out = a.cli("cluster", "evacuate", "b").stdout
+    assert "Host 'b' is in maintenance" in out and "Domain 'ev-off' stays" in out, out
+    went = next(line.split()[-1] for line in out.splitlines() if "'ev-run' moved" in line)
+    assert went in ("a", "c")
+    assert "ev-run" not in _local_names(b) and "ev-run" in _local_names(hosts[went])
+    assert _define(a, "ev-new", 64)["host"] != "b"  # b is least loaded, but in maintenance
+    out = c.cli("cluster", "restore", "b").stdout
+    assert f"Domain 'ev-run' moved back from host {went}" in out, out
+    assert "Host 'b' is out of maintenance" in out
+    row = next(r for r in b.client.get("/v1/domains?all=1") if r["name"] == "ev-run")
+    assert row["state"] == "running"
+    for name in ("ev-run", "ev-off", "ev-new"):
+        if name == "ev-run":
+            a.cli("destroy", name)
+        a.cli("undefine", name)
+
+
+@pytest.mark.qemu  # its start is refused (b is away), but it names the route
 def test_a_killed_daemon_is_seen_down_when_its_lease_expires(
         hosts: dict[str, DaemonHandle]) -> None:
     a, b = hosts["a"], hosts["b"]

@@ -33,6 +33,8 @@ from virtkit.errors import Conflict
 NAMES = PREFIX + "names/"
 SPECS = PREFIX + "specs/"
 OWNERS = PREFIX + "owner/"
+#: ``/virtkit/maintenance/<host>``: the host is evacuated (placement skips it)
+MAINTENANCE = PREFIX + "maintenance/"
 #: a reservation older than this is a placement whose placer died: free again
 RESERVATION_TTL = 120.0
 

@@ -95,7 +95,6 @@ class ClusterService:
         self._lock = asyncio.Lock()
         #: this host's VMs in etcd (service/clustervms.py; set by api/forward.install)
         self.vms: ClusterVms | None = None
-        self.maintenance = False
 
     # -- configuration -------------------------------------------------------------------
 

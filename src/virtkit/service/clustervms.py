@@ -139,7 +139,7 @@ class ClusterVms:
         etcd = self._etcd()
         need = placement.Need.of(spec)
         for _ in range(PLACE_ATTEMPTS):
-            records = {kv.key.removeprefix(HOSTS): kv.json() for kv in await etcd.range(HOSTS)}
+            records = await self.host_records()
             ledger, revision = await vms.ledger(etcd)
             chosen = placement.choose(placement.candidates(records, ledger), need)
             reservation = await vms.reserve(etcd, spec["name"], chosen.name, spec, revision)
@@ -147,6 +147,16 @@ class ClusterVms:
                 log.info("cluster: VM %s placed on %s", spec["name"], chosen.name)
                 return chosen.name, reservation
         raise Conflict("placement kept racing other placements", fix="try again")
+
+    async def host_records(self) -> dict[str, dict[str, Any]]:
+        """The up hosts' live records, ``maintenance`` set on those being evacuated."""
+        etcd = self._etcd()
+        records = {kv.key.removeprefix(HOSTS): kv.json() for kv in await etcd.range(HOSTS)}
+        for kv in await etcd.range(vms.MAINTENANCE):
+            record = records.get(kv.key.removeprefix(vms.MAINTENANCE))
+            if record is not None:
+                record["maintenance"] = True
+        return records
 
     async def unreserve(self, name: str, reservation: bytes) -> None:
         with contextlib.suppress(VirtkitError):
@@ -236,7 +246,6 @@ def host_facts(cluster: ClusterService) -> dict[str, Any]:
             "pools": sorted(o.name for o in store.list_pools() if o.state == "active"),
             "accelerators": accelerators,
             "committed": _committed(store.list_domains()),
-            "maintenance": bool(cluster.maintenance),
             "api": {"socket": str(root / "virtkitd.sock"),
                     "socket_ro": str(root / "virtkitd-ro.sock")}}
 
