@@ -158,12 +158,14 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
                  [[m["name"], m["id"], "yes" if m["healthy"] else "no",
                    "yes" if m.get("leader") else "", ", ".join(m["endpoints"]),
                    m.get("raft_index")] for m in status["members"]])
+    for problem in status.get("vm_problems") or []:
+        print(f"warning: {render.safe(problem)}")
     return 0 if status["has_quorum"] else 1
 
 
 def register(sub: Any) -> None:
     cluster = sub.add_parser("cluster", help="many hosts as one, on etcd: init, join, leave, "
-                             "list, status")
+                             "list, status, evacuate, restore")
     commands = cluster.add_subparsers(dest="cluster_command", metavar="CLUSTERCOMMAND")
     commands.required = True
     init = commands.add_parser("init", help="make a new cluster with this host as its first "

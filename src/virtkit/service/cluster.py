@@ -536,4 +536,6 @@ class ClusterService:
                 "members": rows, "voters": len(voters), "healthy": healthy,
                 "quorum": quorum, "has_quorum": healthy >= quorum, "leader": leader,
                 "lease": {"id": f"{self.agent.lease:x}" if self.agent else None,
-                          "ttl": self.agent.ttl if self.agent else None}}
+                          "ttl": self.agent.ttl if self.agent else None},
+                # VMs here that etcd could not record (a name another host holds)
+                "vm_problems": list(self.vms.problems) if self.vms is not None else []}

@@ -76,9 +76,8 @@ class ClusterVms:
         row = self.cluster.store.find_domain(ref)
         if row is None:
             return None
-        runtime = self.cluster.store.all_runtime().get(row.uuid)
-        return vms.Local(row.name, row.uuid, row.spec,
-                         runtime is not None and runtime.state in RUNNING)
+        state = self.cluster.store.get_runtime(row.uuid).state
+        return vms.Local(row.name, row.uuid, row.spec, state in RUNNING)
 
     def _all_local(self) -> list[vms.Local]:
         runtime = self.cluster.store.all_runtime()
