@@ -210,6 +210,16 @@ def test_placement_forwarding_and_cluster_wide_names(hosts: dict[str, DaemonHand
     with pytest.raises(ApiError) as missing:
         a.client.post(a.client.domain_path("nowhere", "/start"))
     assert missing.value.http_status == 404
+    # an anti-affinity group spreads over the hosts, and a fourth member finds no room
+    spread = {a.client.post("/v1/domains", {"spec": {
+        "name": f"g{i}", "memory": 64, "anti_affinity": "grp"}})["host"] for i in range(3)}
+    assert spread == {"a", "b", "c"}
+    with pytest.raises(ApiError) as full:
+        a.client.post("/v1/domains", {"spec": {"name": "g3", "memory": 64,
+                                               "anti_affinity": "grp"}})
+    assert full.value.http_status == 409 and "anti-affinity group 'grp'" in str(full.value)
+    for i in range(3):
+        a.cli("undefine", f"g{i}")
 
 
 @pytest.mark.qemu
