@@ -149,3 +149,23 @@ async def test_mod_revision_all_sees_a_new_key_under_the_prefix(etcd: Etcd) -> N
     assert (await etcd.txn([guard], [Op.put("/q", "x")])).succeeded
     await etcd.put("/p/b", "2")
     assert not (await etcd.txn([guard], [Op.put("/q", "y")])).succeeded
+
+
+async def test_a_vm_starts_only_on_its_owner(etcd: Etcd) -> None:
+    lease_a, lease_b = await etcd.lease_grant(30), await etcd.lease_grant(30)
+    await vms.claim(etcd, "a", lease_a, _vm())
+    await vms.ensure_owner(etcd, "a", lease_a, _vm())
+    # the same VM defined on b too (an offline copy): b may not start it
+    with pytest.raises(Conflict) as refused:
+        await vms.ensure_owner(etcd, "b", lease_b, _vm())
+    assert "owned by host a" in str(refused.value)
+    # a's lease expired (cut off): its name key stays a's, so b still may not
+    await etcd.lease_revoke(lease_a)
+    with pytest.raises(Conflict, match="on host a"):
+        await vms.ensure_owner(etcd, "b", lease_b, _vm())
+    fresh = await etcd.lease_grant(30)
+    await vms.ensure_owner(etcd, "a", fresh, _vm())  # a, back, takes its key again
+    owner = await etcd.get(vms.OWNERS + "u-1")
+    assert owner is not None and owner.lease == fresh
+    await vms.ensure_owner(etcd, "c", lease_b, _vm("new", "u-new"))  # unknown: claimed
+    assert (await _json(etcd, vms.NAMES + "new"))["host"] == "c"

@@ -83,6 +83,8 @@ async def cluster_middleware(request: web.Request, handler: Any) -> web.StreamRe
         if pinned and pinned != vms.host and rest == "/start":
             raise Conflict(f"VM {local.name!r} is on host {vms.host}, not {pinned}",
                            fix=f"migrate it to {pinned} first, or start it without --host")
+        if method == "POST" and rest == "/start" and not local.running:
+            await vms.may_start(local)
         response = await handler(request)
         if response.status < 300:
             await _after(vms, local, method, rest)

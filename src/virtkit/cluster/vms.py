@@ -300,3 +300,31 @@ async def forget_gone(etcd: Etcd, host: str, local: Callable[[], set[str]]) -> l
         if done.succeeded:
             gone.append(value["name"])
     return gone
+
+
+async def ensure_owner(etcd: Etcd, host: str, lease: int, vm: Local) -> None:
+    """Before a start here: this host must own the VM (the key made on our lease when
+    it is absent and the name is ours).  Conflict naming the owner when another host
+    owns it: a VM never runs on two hosts."""
+    key = OWNERS + vm.uuid
+    done = await etcd.txn([Compare.version(key, "=", 0)], [],
+                          [Op.get(key), Op.get(NAMES + vm.name)])
+    if done.succeeded:  # no owner: ours if the name is (else adopt has a problem to say)
+        held = await etcd.get(NAMES + vm.name)
+        value = held.json() if held is not None else {}
+        if held is not None and (value.get("uuid") != vm.uuid or value.get("host") != host):
+            raise _clash(vm.name, held, host)
+        if held is None:
+            await claim(etcd, host, lease, vm)
+            return
+        made = await etcd.txn([Compare.version(key, "=", 0)],
+                              [Op.put(key, encode({"host": host, "name": vm.name}), lease)])
+        if made.succeeded:
+            return
+        done = await etcd.txn([], [Op.get(key)])
+    owner = done.ranges[0][0] if done.ranges and done.ranges[0] else None
+    holder = owner.json().get("host") if owner is not None else None
+    if holder != host:
+        raise Conflict(f"VM {vm.name!r} is owned by host {holder} in the cluster: it may "
+                       "run only there", fix=f"start it from any host (it runs on {holder}),"
+                       " or migrate it here first", host=holder)

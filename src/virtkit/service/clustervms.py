@@ -179,6 +179,16 @@ class ClusterVms:
             raise HostDown(f"the cluster cannot record VM {vm.name!r} (etcd): {exc}; it "
                            "was not defined", fix="check 'virtkit cluster status'") from exc
 
+    async def may_start(self, vm: vms.Local) -> None:
+        """A VM starts only on its owner: refused (naming the owner) when another host
+        owns it, or when etcd cannot say (a VM never runs on two hosts)."""
+        try:
+            await vms.ensure_owner(self._etcd(), self.host or "", self._lease(), vm)
+        except EtcdUnavailable as exc:
+            raise HostDown(f"cannot confirm in the cluster that VM {vm.name!r} is this "
+                           f"host's to run: {exc}", fix="check 'virtkit cluster status'; "
+                           "a VM starts only while etcd answers") from exc
+
     async def undefined(self, vm: vms.Local) -> None:
         try:
             await vms.release(self._etcd(), vm.name, vm.uuid)
