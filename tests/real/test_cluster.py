@@ -175,6 +175,11 @@ def test_placement_forwarding_and_cluster_wide_names(hosts: dict[str, DaemonHand
     assert "load-c" in _local_names(c) and "load-c" not in _local_names(a)
     placed = _define(a, "placed", 64)  # b has nothing committed: the least loaded
     assert placed["host"] == "b" and "placed" in _local_names(b)
+    # a redefinition (the spec names the VM's uuid) goes to the VM's host
+    uuid = a.client.get(a.client.domain_path("load-a"))["uuid"]
+    assert c.client.post("/v1/domains", {"spec": {
+        "name": "load-a", "uuid": uuid, "memory": 384, "vcpus": 1}})["host"] == "a"
+    assert a.client.get(a.client.domain_path("load-a"))["memory_mib"] == 384
     # the name is the cluster's: refused on c, pinned or placed, naming b
     for handle, host in ((c, "c"), (c, None), (a, "a")):
         with pytest.raises(ApiError) as clash:

@@ -117,7 +117,17 @@ async def _define(request: web.Request, handler: Any, vms: ClusterVms,
     reservation = None
     target = pinned
     if target is None and spec is not None:
-        target, reservation = await vms.place(spec)
+        # a redefinition (the spec names the VM's uuid) goes to the VM's host; a new
+        # VM is placed; a new VM with another host's VM's name is refused there
+        existing = None if vms.local(spec["name"]) is None else {"host": vms.host}
+        existing = existing or await vms.locate(spec["name"])
+        if existing is None:
+            target, reservation = await vms.place(spec)
+        elif existing["host"] == vms.host or (
+                spec["given_uuid"] and existing.get("uuid") == spec["uuid"]):
+            target = existing["host"]
+        else:
+            await vms.check_name(spec["name"])
     elif spec is not None:
         await vms.check_name(spec["name"])
     try:

@@ -21,7 +21,7 @@ from virtkit.cluster.etcd import Etcd, EtcdUnavailable, KeyValue
 from virtkit.cluster.hosts import HOSTS
 from virtkit.errors import Conflict, HostError, StateError, VirtkitError
 from virtkit.formats.libvirt_xml import domain_from_xml
-from virtkit.model.load import dump_domain, load_domain
+from virtkit.model.load import dump_domain, load_domain, parse_text
 from virtkit.service.domains import DomainService
 
 if TYPE_CHECKING:
@@ -121,10 +121,12 @@ class ClusterVms:
         try:
             if isinstance(body.get("xml"), str):
                 spec, _warnings = domain_from_xml(body["xml"], force=bool(body.get("force")))
-                return dump_domain(load_domain(spec))
+                return {**dump_domain(load_domain(spec)), "given_uuid": bool(spec.get("uuid"))}
             data = body.get("yaml") if isinstance(body.get("yaml"), str) else body.get("spec")
-            if isinstance(data, (dict, str)):
-                return dump_domain(load_domain(data))
+            if isinstance(data, str):
+                data = parse_text(data)
+            if isinstance(data, dict):
+                return {**dump_domain(load_domain(data)), "given_uuid": bool(data.get("uuid"))}
         except (VirtkitError, ValueError, TypeError):
             return None
         return None
