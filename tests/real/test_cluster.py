@@ -154,15 +154,146 @@ def test_list_all_shows_every_hosts_vms_and_dominfo_names_the_host(
              "b's VM gone from a's list")
 
 
+def _define(handle: DaemonHandle, name: str, memory: int, host: str | None = None) -> Any:
+    query = f"?host={host}" if host else ""
+    return handle.client.post("/v1/domains" + query,
+                              {"spec": {"name": name, "memory": memory, "vcpus": 1}})
+
+
+def _local_names(handle: DaemonHandle) -> set[str]:
+    return {row["name"] for row in handle.client.get("/v1/domains?all=1")}
+
+
+@pytest.mark.qemu
+def test_placement_forwarding_and_cluster_wide_names(hosts: dict[str, DaemonHandle]) -> None:
+    """define without --host lands on the least loaded host; start of b's VM asked on a
+    runs it on b; list --all on every host shows every VM with its host; a name another
+    host holds is refused with a 409 naming that host."""
+    a, b, c = hosts["a"], hosts["b"], hosts["c"]
+    assert _define(a, "load-a", 512, host="a")["host"] == "a"
+    assert _define(a, "load-c", 256, host="c")["host"] == "c"  # pinned elsewhere: forwarded
+    assert "load-c" in _local_names(c) and "load-c" not in _local_names(a)
+    placed = _define(a, "placed", 64)  # b has nothing committed: the least loaded
+    assert placed["host"] == "b" and "placed" in _local_names(b)
+    # a redefinition (the spec names the VM's uuid) goes to the VM's host
+    uuid = a.client.get(a.client.domain_path("load-a"))["uuid"]
+    assert c.client.post("/v1/domains", {"spec": {
+        "name": "load-a", "uuid": uuid, "memory": 384, "vcpus": 1}})["host"] == "a"
+    assert a.client.get(a.client.domain_path("load-a"))["memory_mib"] == 384
+    # the name is the cluster's: refused on c, pinned or placed, naming b
+    for handle, host in ((c, "c"), (c, None), (a, "a")):
+        with pytest.raises(ApiError) as clash:
+            _define(handle, "placed", 64, host=host)
+        assert clash.value.http_status == 409 and "on host b" in str(clash.value)
+    assert "placed" not in _local_names(c) and "placed" not in _local_names(a)
+    # start of b's VM issued on a: it runs on b (a forwarded once, b's QEMU runs)
+    started = a.cli("start", "placed")
+    assert "Domain 'placed' started" in started.stdout
+    row = next(r for r in b.client.get("/v1/domains?all=1") if r["name"] == "placed")
+    assert row["state"] == "running" and row["pid"]
+    info = a.cli("dominfo", "placed").stdout
+    assert any(line.split() == ["Host:", "b"] for line in info.splitlines()), info
+    for handle in (a, b, c):
+        rows = wait_for(lambda h=handle: (r := {x["name"]: x for x in h.client.get(
+            "/v1/domains?all=1&cluster=1")}) and r.get("placed", {}).get("state")
+            == "running" and {"load-a", "load-c"} <= set(r) and r, 10,
+            "b's running VM in every host's list --all")
+        assert {n: rows[n]["host"] for n in ("load-a", "load-c", "placed")} == {
+            "load-a": "a", "load-c": "c", "placed": "b"}
+    listing = c.cli("list", "--all").stdout
+    line = next(x.split() for x in listing.splitlines() if " placed " in f" {x} ")
+    assert line[-1] == "b" and "running" in line
+    # the rest of its life from other hosts too: destroy on c, undefine on a
+    c.cli("destroy", "placed")
+    assert next(r for r in b.client.get("/v1/domains?all=1")
+                if r["name"] == "placed")["state"] == "shutoff"
+    a.cli("undefine", "placed")
+    assert "placed" not in _local_names(b)
+    assert _define(c, "placed", 64, host="c")["host"] == "c"  # the name is free again
+    for handle, name in ((a, "load-a"), (c, "load-c"), (c, "placed")):
+        handle.client.request("DELETE", handle.client.domain_path(name))
+    with pytest.raises(ApiError) as missing:
+        a.client.post(a.client.domain_path("nowhere", "/start"))
+    assert missing.value.http_status == 404
+    # an anti-affinity group spreads over the hosts, and a fourth member finds no room
+    spread = {a.client.post("/v1/domains", {"spec": {
+        "name": f"g{i}", "memory": 64, "anti_affinity": "grp"}})["host"] for i in range(3)}
+    assert spread == {"a", "b", "c"}
+    with pytest.raises(ApiError) as full:
+        a.client.post("/v1/domains", {"spec": {"name": "g3", "memory": 64,
+                                               "anti_affinity": "grp"}})
+    assert full.value.http_status == 409 and "anti-affinity group 'grp'" in str(full.value)
+    for i in range(3):
+        a.cli("undefine", f"g{i}")
+
+
+@pytest.mark.qemu
+def test_a_live_migration_moves_the_ownership(hosts: dict[str, DaemonHandle]) -> None:
+    """b's running VM live-migrated to c: c became its owner (in the step before it
+    resumed it), so every host now reaches it on c, and its name is held by c."""
+    a, b, c = hosts["a"], hosts["b"], hosts["c"]
+    _define(b, "mover", 64, host="b")
+    b.client.post(b.client.domain_path("mover", "/start"))
+    result = b.client.post(b.client.domain_path("mover", "/migrate"), {
+        "destination": {"socket": str(c.root / "virtkitd.sock")}, "address": ADDRESSES["c"],
+        "persistent": True, "undefine_source": True})
+    assert result["destination"]["state"] == "running"
+    assert "mover" not in _local_names(b) and "mover" in _local_names(c)
+    info = a.client.get(a.client.domain_path("mover"))  # forwarded to its owner
+    assert (info["host"], info["state"]) == ("c", "running")
+    with pytest.raises(ApiError) as clash:
+        _define(b, "mover", 64, host="b")
+    assert clash.value.http_status == 409 and "on host c" in str(clash.value)
+    a.cli("destroy", "mover")
+    a.cli("undefine", "mover")
+    assert "mover" not in _local_names(c)
+
+
+@pytest.mark.qemu
+def test_evacuate_and_restore_a_host(hosts: dict[str, DaemonHandle]) -> None:
+    """evacuate b: its running VM live-migrates away, its shut-off one stays, and
+    placement skips b while it is in maintenance; restore b: the VM comes back."""
+    a, b, c = hosts["a"], hosts["b"], hosts["c"]
+    _define(b, "ev-run", 64, host="b")
+    _define(b, "ev-off", 64, host="b")
+    b.client.post(b.client.domain_path("ev-run", "/start"))
+    wait_for(lambda: any(r["name"] == "ev-run" and r["state"] == "running" for r in
+                         a.client.get("/v1/domains?all=1&cluster=1")), 10, "b's summary")
+    out = a.cli("cluster", "evacuate", "b").stdout
+    assert "Host 'b' is in maintenance" in out and "Domain 'ev-off' stays" in out, out
+    went = next(line.split()[-1] for line in out.splitlines() if "'ev-run' moved" in line)
+    assert went in ("a", "c")
+    assert "ev-run" not in _local_names(b) and "ev-run" in _local_names(hosts[went])
+    assert _define(a, "ev-new", 64)["host"] != "b"  # b is least loaded, but in maintenance
+    out = c.cli("cluster", "restore", "b").stdout
+    assert f"Domain 'ev-run' moved back from host {went}" in out, out
+    assert "Host 'b' is out of maintenance" in out
+    row = next(r for r in b.client.get("/v1/domains?all=1") if r["name"] == "ev-run")
+    assert row["state"] == "running"
+    for name in ("ev-run", "ev-off", "ev-new"):
+        if name == "ev-run":
+            a.cli("destroy", name)
+        a.cli("undefine", name)
+
+
+@pytest.mark.qemu  # its start is refused (b is away), but it names the route
 def test_a_killed_daemon_is_seen_down_when_its_lease_expires(
         hosts: dict[str, DaemonHandle]) -> None:
     a, b = hosts["a"], hosts["b"]
     assert _hosts(a)["b"]["state"] == "up"
+    _define(b, "on-b", 64, host="b")
     killed = time.time()
     os.kill(b.process.pid, signal.SIGKILL)
     b.process.wait(10)
+    # a request for b's VM while b's daemon is dead: a clear 503 naming b, nothing done
+    with pytest.raises(ApiError) as away:
+        a.client.post(a.client.domain_path("on-b", "/start"))
+    assert away.value.http_status == 503 and "host b" in str(away.value)
     row = wait_for(lambda: (r := _hosts(a)["b"])["state"] == "down" and r, 20,
                    "b's record to expire")
+    with pytest.raises(ApiError) as down:
+        a.client.post(a.client.domain_path("on-b", "/start"))
+    assert down.value.http_status == 503 and "host b is down" in str(down.value)
     seen = time.time() - killed
     print(f"\nb seen down {seen:.2f} s after its daemon's SIGKILL (lease TTL 5 s); "
           f"a's watch saw the record go {row['down_since'] - killed:.2f} s after it")
@@ -173,6 +304,11 @@ def test_a_killed_daemon_is_seen_down_when_its_lease_expires(
     assert "down" in a.cli("cluster", "list").stdout
     b.process = start_daemon(b.root, b.netns)
     wait_for(lambda: _hosts(a)["b"]["state"] == "up", 20, "b to be up again")
+    # b's owner key (gone with its old lease) is made again on its new lease
+    info = wait_for(lambda: (r := a.client.get(a.client.domain_path("on-b"))).get("host")
+                    == "b" and r, 20, "b's VM reachable from a again")
+    assert info["name"] == "on-b"
+    a.client.request("DELETE", a.client.domain_path("on-b"))
 
 
 def test_a_daemon_restart_within_the_ttl_keeps_its_record(

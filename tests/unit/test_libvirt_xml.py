@@ -130,7 +130,8 @@ ROUND_TRIP_SPECS: list[dict[str, Any]] = [
      "watchdog": {"model": "i6300esb", "action": "inject-nmi"},
      "rng": {"backend": "/dev/hwrng"}, "boot": {"order": ["cdrom"], "menu": True}},
     {"name": "many-disks", "uuid": UUID, "memory": 64, "cpu": {"model": "Skylake-Client"},
-     "transient": True, "channels": [{"name": "org.libguestfs.channel.0"},
+     "transient": True, "anti_affinity": "web", "channels": [
+         {"name": "org.libguestfs.channel.0"},
                                      {"name": "com.example.log", "path": "/run/ex, it.sock"}],
      "disks": [{"path": f"/images/d{i}.raw", "format": "raw"} for i in range(30)],
      "boot": {"kernel": "/k", "cmdline": ""}},

@@ -26,6 +26,7 @@ from virtkit.api import (
     device_routes,
     domain_routes,
     events_routes,
+    forward,
     guest_routes,
     install_routes,
     limits_routes,
@@ -99,4 +100,5 @@ def create_app(services: Services, audit: AuditLog | None = None,
         auth.install(app, services.tokens, services.tls)
         if web_sessions is not None:
             webui.install(app, web_sessions, WebLogin(services.tokens))
+    forward.install(app, services)  # the cluster: forwarding, placement, VM records
     return app

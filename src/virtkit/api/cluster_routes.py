@@ -9,8 +9,11 @@ from aiohttp import web
 from pydantic import Field
 
 from virtkit.api.common import json_response
-from virtkit.api.requests import Body, body_of
+from virtkit.api.requests import Body, EmptyBody, body_of
+from virtkit.errors import StateError
+from virtkit.service import evacuate
 from virtkit.service.cluster import ClusterService
+from virtkit.service.clustervms import ClusterVms
 
 routes = web.RouteTableDef()
 CLUSTER = web.AppKey("cluster", ClusterService)
@@ -91,3 +94,25 @@ async def admit(request: web.Request) -> web.Response:
 @routes.post("/v1/cluster/leave")
 async def leave(request: web.Request) -> web.Response:
     return json_response(await _cluster(request).leave())
+
+
+def _vms(request: web.Request) -> ClusterVms:
+    vms = _cluster(request).vms
+    if vms is None or not vms.active:
+        raise StateError("this host is in no cluster",
+                         fix="virtkit cluster init, or virtkit cluster join URI")
+    return vms
+
+
+@routes.post("/v1/cluster/hosts/{name}/evacuate")
+async def evacuate_host(request: web.Request) -> web.Response:
+    """cluster evacuate: maintenance on, the host's running VMs live-migrated away."""
+    await body_of(request, EmptyBody)
+    return json_response(await evacuate.evacuate(_vms(request), request.match_info["name"]))
+
+
+@routes.post("/v1/cluster/hosts/{name}/restore")
+async def restore_host(request: web.Request) -> web.Response:
+    """cluster restore: the evacuated VMs back, maintenance off."""
+    await body_of(request, EmptyBody)
+    return json_response(await evacuate.restore(_vms(request), request.match_info["name"]))

@@ -48,7 +48,7 @@ def xml_response(text: str) -> web.Response:
 
 async def json_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body ({} when there is none), or InvalidSpec."""
-    if not request.can_read_body:
+    if not request.body_exists:  # (not can_read_body: false once a middleware read it)
         return {}
     try:
         data = await request.json()

@@ -314,6 +314,10 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      "member); called by the joiner's daemon", None),
     ("post", "/v1/cluster/leave", "cluster leave: this host leaves (its etcd member is "
      "removed)", None),
+    ("post", "/v1/cluster/hosts/{name}/evacuate", "cluster evacuate: the host in "
+     "maintenance, its running VMs live-migrated to the hosts placement picks", None),
+    ("post", "/v1/cluster/hosts/{name}/restore", "cluster restore: the VMs an evacuation "
+     "moved back, maintenance off", None),
     ("get", "/v1/tokens", "API tokens (never their secrets); unix socket only", None),
     ("post", "/v1/tokens", "Create an API token; the answer holds the secret, shown once; "
      "unix socket only", {"type": "object", "properties": {

@@ -1,4 +1,5 @@
-"""``virtkit cluster``: init, join, leave, list, status (docs/cluster.md)."""
+"""``virtkit cluster``: init, join, leave, list, status, evacuate, restore
+(docs/cluster.md)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from virtkit.cli import render
 from virtkit.cli.client import Client
@@ -83,6 +85,34 @@ def cmd_leave(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evacuate(client: Client, args: argparse.Namespace) -> int:
+    result = client.post(f"/v1/cluster/hosts/{quote(args.host, safe='')}/evacuate", {})
+    if args.json:
+        render.as_json(result)
+        return 0
+    print(f"Host '{result['host']}' is in maintenance")
+    for vm in result["moved"]:
+        print(f"Domain '{vm['name']}' moved to host {vm['to']}")
+    for name in result["stayed"]:
+        print(f"Domain '{name}' stays (shut off)")
+    for vm in result["failed"]:
+        print(f"Domain '{vm['name']}' not moved: {render.safe(vm['error'])}")
+    return 1 if result["failed"] else 0
+
+
+def cmd_restore(client: Client, args: argparse.Namespace) -> int:
+    result = client.post(f"/v1/cluster/hosts/{quote(args.host, safe='')}/restore", {})
+    if args.json:
+        render.as_json(result)
+        return 0
+    for vm in result["returned"]:
+        print(f"Domain '{vm['name']}' moved back from host {vm['from']}")
+    for vm in result["failed"]:
+        print(f"Domain '{vm['name']}' not moved back: {render.safe(vm['error'])}")
+    print(f"Host '{result['host']}' is out of maintenance")
+    return 1 if result["failed"] else 0
+
+
 def _capacity(row: dict[str, Any]) -> str | None:
     capacity = row.get("capacity")
     if not capacity:
@@ -128,12 +158,14 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
                  [[m["name"], m["id"], "yes" if m["healthy"] else "no",
                    "yes" if m.get("leader") else "", ", ".join(m["endpoints"]),
                    m.get("raft_index")] for m in status["members"]])
+    for problem in status.get("vm_problems") or []:
+        print(f"warning: {render.safe(problem)}")
     return 0 if status["has_quorum"] else 1
 
 
 def register(sub: Any) -> None:
     cluster = sub.add_parser("cluster", help="many hosts as one, on etcd: init, join, leave, "
-                             "list, status")
+                             "list, status, evacuate, restore")
     commands = cluster.add_subparsers(dest="cluster_command", metavar="CLUSTERCOMMAND")
     commands.required = True
     init = commands.add_parser("init", help="make a new cluster with this host as its first "
@@ -173,3 +205,12 @@ def register(sub: Any) -> None:
     status = commands.add_parser("status", help="etcd's members, health, quorum and leader")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+    for name, func, text in (
+            ("evacuate", cmd_evacuate, "put HOST in maintenance (placement skips it) and "
+             "live-migrate its running VMs to other hosts"),
+            ("restore", cmd_restore, "move the VMs an evacuation took away back to HOST "
+             "and end its maintenance")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("host", metavar="HOST")
+        command.add_argument("--json", action="store_true")
+        command.set_defaults(func=func)

@@ -7,6 +7,7 @@ import functools
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 from virtkit.cli import objects, render
 from virtkit.cli.client import Client
@@ -102,12 +103,13 @@ def _from_file(client: Client, args: argparse.Namespace, path: str, done: str) -
     if args.json:
         render.as_json(result)
     else:
-        print(f"Domain '{result['name']}' {done} from {args.file}")
+        where = f" on host {result['host']}" if result.get("host") else ""
+        print(f"Domain '{result['name']}' {done} from {args.file}{where}")
     return result
 
 
 def cmd_define(client: Client, args: argparse.Namespace) -> int:
-    _from_file(client, args, "/v1/domains", "defined")
+    _from_file(client, args, "/v1/domains" + _on_host(args), "defined")
     return 0
 
 
@@ -136,8 +138,13 @@ def cmd_undefine(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _on_host(args: argparse.Namespace) -> str:
+    """``--host NAME`` (a cluster): the query that pins the host."""
+    return "?" + urlencode({"host": args.host}) if getattr(args, "host", None) else ""
+
+
 def cmd_start(client: Client, args: argparse.Namespace) -> int:
-    result = client.post(_ref(client, args, "/start"),
+    result = client.post(_ref(client, args, "/start") + _on_host(args),
                          {"paused": args.paused, "force_boot": args.force_boot})
     print(f"Domain '{result['name']}' started" + (" (paused)" if args.paused else ""))
     if args.console:
@@ -339,6 +346,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("file")
     p.add_argument("--force", action="store_true",
                    help="libvirt XML: drop what virtkit cannot honour, with a warning each")
+    p.add_argument("--host", help="a cluster: define it on this host (default: placement "
+                   "picks the least loaded host that fits)")
     p = add("create", cmd_create, "start a transient domain from a spec or libvirt XML file: "
             "it is undefined when it stops", domain=False, json_flag=True)
     p.add_argument("file")
@@ -360,6 +369,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--force", action="store_true", help="take the console over")
     p.add_argument("--force-boot", action="store_true",
                    help="discard a managed save image and boot afresh")
+    p.add_argument("--host", help="a cluster: the host it must run on (refused when it is "
+                   "defined on another one)")
     for name, func, text in (("shutdown", cmd_shutdown, "ask the guest to power off (ACPI)"),
                              ("reboot", cmd_reboot, "ask the guest to reboot (ACPI)")):
         p = add(name, func, text)

@@ -104,6 +104,8 @@ class Compare:
     target: Literal["VERSION", "CREATE", "MOD", "VALUE", "LEASE"]
     result: Literal["EQUAL", "GREATER", "LESS", "NOT_EQUAL"]
     operand: int | bytes
+    #: compare every key from ``key`` up to this one (a prefix's :func:`prefix_end`)
+    range_end: bytes | None = None
 
     _RESULTS = {"=": "EQUAL", ">": "GREATER", "<": "LESS", "!=": "NOT_EQUAL"}
     _FIELDS = {"VERSION": "version", "CREATE": "create_revision", "MOD": "mod_revision",
@@ -118,6 +120,13 @@ class Compare:
         return cls(key, "MOD", cls._RESULTS[op], value)  # type: ignore[arg-type]
 
     @classmethod
+    def mod_revision_all(cls, prefix: str, op: str, value: int) -> Compare:
+        """Every key under ``prefix`` (``"<", rev + 1``: none was made or changed after
+        revision ``rev``; deletes are not seen)."""
+        return cls(prefix, "MOD", cls._RESULTS[op], value,  # type: ignore[arg-type]
+                   prefix_end(prefix))
+
+    @classmethod
     def value(cls, key: str, op: str, value: bytes) -> Compare:
         return cls(key, "VALUE", cls._RESULTS[op], value)  # type: ignore[arg-type]
 
@@ -128,8 +137,11 @@ class Compare:
     def body(self) -> dict[str, Any]:
         name = self._FIELDS[self.target]
         operand = _b64(self.operand) if isinstance(self.operand, bytes) else str(self.operand)
-        return {"key": _b64(self.key), "target": self.target, "result": self.result,
+        body = {"key": _b64(self.key), "target": self.target, "result": self.result,
                 name: operand}
+        if self.range_end is not None:
+            body["range_end"] = _b64(self.range_end)
+        return body
 
 
 @dataclass(frozen=True)

@@ -76,8 +76,8 @@ KEY_ORDER = ("name", "uuid", "title", "description", "metadata", "memory", "vcpu
              "guest_agent", "channels", "parallels", "watchdog", "video", "sound",
              "filesystems", "rng", "balloon", "on_poweroff",
              "on_reboot", "on_crash",
-             "autostart", "transient", "acpi", "cputune", "memtune", "blkiotune", "numa",
-             "numatune",
+             "autostart", "transient", "anti_affinity", "acpi", "cputune", "memtune",
+             "blkiotune", "numa", "numatune",
              "memory_backing", "hostdevs")
 WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "inject-nmi")
 RNG_SOURCES = ("/dev/urandom", "/dev/random", "/dev/hwrng")
@@ -140,6 +140,8 @@ class DomainReader(XmlReader):
             spec["autostart"] = True
         if self.meta.get("transient"):
             spec["transient"] = True
+        if self.meta.get("anti_affinity"):
+            spec["anti_affinity"] = self.meta["anti_affinity"]
         if spec.get("acpi") is False and spec.get("machine", "q35") != "pc":
             del spec["acpi"]  # QEMU's q35 keeps its ACPI tables even with acpi=off
         warnings = self.finish("domain")
@@ -156,6 +158,8 @@ class DomainReader(XmlReader):
                 self.meta["accelerator"] = (element.text or "").strip()
             elif tag in ("autostart", "transient"):
                 self.meta[tag] = (element.text or "").strip() == "yes"
+            elif tag == "anti_affinity":
+                self.meta[tag] = (element.text or "").strip()
             elif tag == "serial" and element.get("log") == "no":
                 self.meta.setdefault("nolog", set()).add(element.get("port", ""))
 

@@ -166,6 +166,8 @@ def _metadata_out(root: ET.Element, domain: Domain) -> None:
         extra.append(("autostart", {}, "yes"))
     if domain.transient:
         extra.append(("transient", {}, "yes"))
+    if domain.anti_affinity:
+        extra.append(("anti_affinity", {}, domain.anti_affinity))
     for port, serial in enumerate(domain.serials):
         if not serial.log:
             extra.append(("serial", {"port": str(port), "log": "no"}, None))

@@ -662,6 +662,10 @@ class Domain(NamedSpec):
     autostart: bool = False
     transient: bool = Field(default=False, description="undefined when it stops (virsh "
                             "create, virt-install --transient)")
+    anti_affinity: str | None = Field(
+        default=None, min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="a cluster's anti-affinity group: placement puts no two VMs of one "
+        "group on the same host")
     acpi: bool = Field(default=True, description="ACPI tables; without them the guest cannot "
                        "be shut down with the power button, only destroyed")
     cputune: CpuTune = Field(default_factory=CpuTune)

@@ -50,6 +50,7 @@ from virtkit.cluster.member import CLIENT_PORT, PEER_PORT, MemberConfig, MemberP
 from virtkit.errors import Conflict, InvalidSpec, StateError, VirtkitError
 from virtkit.host.nodefacts import memory_stats
 from virtkit.service.clusterpki import ClusterPki
+from virtkit.service.clustervms import ClusterVms, host_facts
 from virtkit.service.peer import Peer
 from virtkit.store.db import Store
 
@@ -92,6 +93,8 @@ class ClusterService:
         self.lost: dict[str, float] = {}  # host -> when our watch saw its record go
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
+        #: this host's VMs in etcd (service/clustervms.py; set by api/forward.install)
+        self.vms: ClusterVms | None = None
 
     # -- configuration -------------------------------------------------------------------
 
@@ -143,7 +146,8 @@ class ClusterService:
                              "free_mib": memory["free"] // 1024},
                 "vms": {"defined": len(domains),
                         "running": sum(1 for r in runtime.values()
-                                       if r.state in RUNNING_STATES)}}
+                                       if r.state in RUNNING_STATES)},
+                **host_facts(self)}
 
     def _domains(self) -> list[dict[str, Any]]:
         """This host's VMs as every host's ``list --all`` shows them."""
@@ -203,6 +207,8 @@ class ClusterService:
         assert self.agent is not None
         self.agent.start()
         self._tasks.append(asyncio.create_task(self._watch_hosts()))
+        if self.vms is not None:
+            self._tasks.append(asyncio.create_task(self.vms.run()))
         if config.get("role") == "voter" and not config.get("external"):
             self._tasks.append(asyncio.create_task(self._supervise(config)))
 
@@ -530,4 +536,6 @@ class ClusterService:
                 "members": rows, "voters": len(voters), "healthy": healthy,
                 "quorum": quorum, "has_quorum": healthy >= quorum, "leader": leader,
                 "lease": {"id": f"{self.agent.lease:x}" if self.agent else None,
-                          "ttl": self.agent.ttl if self.agent else None}}
+                          "ttl": self.agent.ttl if self.agent else None},
+                # VMs here that etcd could not record (a name another host holds)
+                "vm_problems": list(self.vms.problems) if self.vms is not None else []}
