@@ -138,6 +138,7 @@ VALID: list[tuple[str, dict[str, Any] | str, Any]] = [
      and d.disks[0].iotune.total_bytes_sec is None and d.disks[1].iotune.write_iops_sec == 4),
     ("minimal", {}, _check_minimal),
     ("transient", {"transient": True}, lambda d: d.transient and not d.autostart),
+    ("ha", {"ha": True}, lambda d: d.ha and not d.autostart),
     ("parallel", {"parallels": [{"path": "/var/log/lpt.log"}]},
      lambda d: d.parallels[0].path == "/var/log/lpt.log"),
     ("channels", {"channels": [{"name": "org.libguestfs.channel.0"},

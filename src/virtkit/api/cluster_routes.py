@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import Field
 
 from virtkit.api.common import json_response
-from virtkit.api.requests import Body, body_of
+from virtkit.api.requests import AutostartBody, Body, body_of
 from virtkit.service.cluster import ClusterService
 
 routes = web.RouteTableDef()
@@ -91,3 +91,9 @@ async def admit(request: web.Request) -> web.Response:
 @routes.post("/v1/cluster/leave")
 async def leave(request: web.Request) -> web.Response:
     return json_response(await _cluster(request).leave())
+
+
+@routes.put("/v1/domains/{ref}/ha")
+async def set_ha(request: web.Request) -> web.Response:
+    body = await body_of(request, AutostartBody)
+    return json_response(_cluster(request).set_ha(request.match_info["ref"], body.enabled))

@@ -162,10 +162,9 @@ def _metadata_out(root: ET.Element, domain: Domain) -> None:
     extra: list[tuple[str, dict[str, str], str | None]] = []
     if domain.accelerator is Accelerator.KVM:
         extra.append(("accelerator", {}, "kvm"))
-    if domain.autostart:
-        extra.append(("autostart", {}, "yes"))
-    if domain.transient:
-        extra.append(("transient", {}, "yes"))
+    for flag in ("autostart", "ha", "transient"):
+        if getattr(domain, flag):
+            extra.append((flag, {}, "yes"))
     for port, serial in enumerate(domain.serials):
         if not serial.log:
             extra.append(("serial", {"port": str(port), "log": "no"}, None))

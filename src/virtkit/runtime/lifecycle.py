@@ -684,7 +684,10 @@ class Lifecycle:
             why += f" (killed by signal {-status})"
         elif status is not None:
             why += f" (exit status {status})"
-        return State.CRASHED, why, "crashed", self._after_crash(vm, domain.on_crash)
+        # an HA VM is restarted by the cluster (which claims it first), never here: it
+        # may have been fenced because this host lost its lease (cluster/fence.py)
+        policy = LifecycleAction.DESTROY if domain.ha else domain.on_crash
+        return State.CRASHED, why, "crashed", self._after_crash(vm, policy)
 
     async def _after_crash(self, vm: Vm, policy: LifecycleAction) -> None:
         if policy is LifecycleAction.RESTART:

@@ -37,6 +37,8 @@ from virtkit.cluster.etcd import (
     Tls,
     endpoint_url,
 )
+from virtkit.cluster.fence import Fencer
+from virtkit.cluster.guard import FenceTarget, GuardLink
 from virtkit.cluster.hosts import (
     CLUSTER_KEY,
     HOSTS,
@@ -90,6 +92,9 @@ class ClusterService:
         self.config_file = folder / "config.json"
         self.etcd: Etcd | None = None
         self.agent: HostAgent | None = None
+        #: fences this host's HA VMs when the lease is not renewed in time
+        self.fencer: Fencer | None = None
+        self.guard = GuardLink(folder / "guard")
         self.lost: dict[str, float] = {}  # host -> when our watch saw its record go
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
@@ -157,6 +162,15 @@ class ClusterService:
                  "state": runtime[row.uuid].state if row.uuid in runtime else "shutoff"}
                 for row in self.store.list_domains()]
 
+    def _fence_targets(self) -> list[FenceTarget]:
+        """The QEMUs of this host's HA VMs (spec ``ha: true``): whatever their state, a
+        QEMU that exists holds its disks."""
+        specs = {row.uuid: row.spec for row in self.store.list_domains()}
+        return [FenceTarget(uuid, row.pid, row.pid_start)
+                for uuid, row in self.store.all_runtime().items()
+                if row.pid is not None and row.pid_start is not None
+                and specs.get(uuid, {}).get("ha")]
+
     def _agent(self, config: dict[str, Any]) -> HostAgent:
         assert self.etcd is not None
         return HostAgent(self.etcd, config["host"], self._report, self.folder / "lease",
@@ -206,7 +220,12 @@ class ClusterService:
 
     def _run_background(self, config: dict[str, Any]) -> None:
         assert self.agent is not None
+        agent = self.agent
         self.agent.start()
+        if self.fencer is None:
+            self.fencer = Fencer(lambda: agent.renewed, self._fence_targets, self.guard,
+                                 ttl=agent.ttl)
+        self.fencer.start()
         self._tasks.append(asyncio.create_task(self._watch_hosts()))
         if self.vms is not None:
             self._tasks.append(asyncio.create_task(self.vms.run()))
@@ -222,6 +241,8 @@ class ClusterService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.fencer is not None:  # the guard stays armed: see cluster/fence.py
+            await self.fencer.stop()
         if self.agent is not None:
             await self.agent.stop()
         if self.etcd is not None:
@@ -480,6 +501,10 @@ class ClusterService:
             for task in self._tasks:
                 task.cancel()
             self._tasks.clear()
+            if self.fencer is not None:
+                await self.fencer.stop()
+                self.fencer = None
+            await asyncio.to_thread(self.guard.stop)  # no lease any more: nothing to guard
             await agent.stop(revoke=True)
             await etcd.txn([], [Op.delete(MEMBERS + host)])
             if own is not None and others:
@@ -493,6 +518,18 @@ class ClusterService:
             await asyncio.to_thread(self._wipe)
             return {"left": config["cluster"], "host": host,
                     "dissolved": own is not None and not others}
+
+    # -- HA ------------------------------------------------------------------------------
+
+    def set_ha(self, ref: str, enabled: bool) -> dict[str, Any]:
+        """Mark a VM highly available (``ha: true`` in its spec): from the next fencer
+        look (within a second) its QEMU is fenced when this host loses its lease."""
+        if enabled and self.agent is None:
+            raise StateError("HA needs a cluster: this host is in none",
+                             fix="virtkit cluster init, or virtkit cluster join URI")
+        row = self.store.get_domain(ref)
+        self.store.update_domain(row.uuid, row.name, dict(row.spec, ha=enabled), None)
+        return {"name": row.name, "ha": enabled}
 
     # -- views ---------------------------------------------------------------------------
 
