@@ -9,6 +9,7 @@ down, its etcd member keeps the quorum; restarted, it is up again; c leaves.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 import shutil
@@ -22,7 +23,13 @@ from typing import Any
 
 import pytest
 
-from tests.real.conftest import DaemonHandle, cleanup, start_daemon, wait_for
+from tests.real.conftest import (
+    DaemonHandle,
+    cleanup,
+    qemu_processes,
+    start_daemon,
+    wait_for,
+)
 from virtkit.cli.client import ApiError, Client
 from virtkit.paths import state_paths
 
@@ -242,6 +249,57 @@ def test_a_killed_daemon_is_seen_down_when_its_lease_expires(
                     == "b" and r, 20, "b's VM reachable from a again")
     assert info["name"] == "on-b"
     a.client.request("DELETE", a.client.domain_path("on-b"))
+
+
+def _qemus_of(uuid: str) -> list[int]:
+    return [pid for pid, argv in qemu_processes()
+            if any(a == b"-uuid" and v == uuid.encode() for a, v in itertools.pairwise(argv))]
+
+
+def test_an_ha_vm_of_a_dead_host_runs_again_elsewhere_and_never_twice(
+        hosts: dict[str, DaemonHandle]) -> None:
+    """b's daemon SIGKILLed with an HA VM running: its guard fences the QEMU, and after
+    b's lease expired another host claims and restarts the VM; a monitor polling every
+    QEMU on the machine never sees two copies.  b back: its stale copy goes."""
+    a, b = hosts["a"], hosts["b"]
+    uuid = _define(b, "ha-vm", 64, host="b")["uuid"]
+    b.cli("ha", "enable", "ha-vm")
+    b.cli("start", "ha-vm")
+    wait_for(lambda: (b.root / "cluster" / "guard" / "arm.json").exists() and uuid in (
+        b.root / "cluster" / "guard" / "arm.json").read_text(), 15, "b's guard armed")
+    assert len(_qemus_of(uuid)) == 1
+    killed = time.monotonic()
+    os.kill(b.process.pid, signal.SIGKILL)
+    b.process.wait(10)
+    copies, fenced_at, running = [], None, None
+    deadline = killed + 60
+    while time.monotonic() < deadline:
+        pids = _qemus_of(uuid)
+        copies.append(len(pids))
+        assert len(pids) <= 1, f"two QEMUs of the HA VM at once: {pids}"
+        if not pids and fenced_at is None:
+            fenced_at = time.monotonic()
+        rows = {r["name"]: r for r in a.client.get("/v1/domains?all=1&cluster=1")}
+        row = rows.get("ha-vm")
+        if row is not None and row.get("host") != "b" and row["state"] == "running" and pids:
+            running = time.monotonic()
+            new_host = row["host"]
+            break
+        time.sleep(0.05)
+    if running is None:
+        logs = {h: [line for line in state_paths(hosts[h].root).daemon_log.read_text(
+            errors="replace").splitlines() if "cluster" in line][-15:] for h in ("a", "c")}
+        raise AssertionError(f"the HA VM did not run again (fenced: {fenced_at}): {logs}")
+    print(f"\nHA VM fenced {fenced_at - killed:.2f} s after b's daemon was killed, running "
+          f"on {new_host} {running - killed:.2f} s after ({len(copies)} polls, never two)")
+    assert new_host in ("a", "c")
+    # b comes back: its fenced copy (crashed) is not restarted and its definition goes
+    b.process = start_daemon(b.root, b.netns)
+    wait_for(lambda: "ha-vm" not in _local_names(b), 30, "b's stale copy of ha-vm removed")
+    assert len(_qemus_of(uuid)) == 1
+    owner = hosts[new_host]
+    owner.cli("destroy", "ha-vm")
+    owner.client.request("DELETE", owner.client.domain_path("ha-vm"))
 
 
 def test_a_daemon_restart_within_the_ttl_keeps_its_record(

@@ -260,6 +260,15 @@ class ClusterService:
                 except VirtkitError as exc:
                     log.error("cluster: cannot restart etcd: %s", exc)
 
+    async def _recover(self) -> None:
+        assert self.vms is not None
+        try:
+            await self.vms.ha.once()
+        except VirtkitError as exc:
+            log.warning("cluster: HA restart not done yet: %s", exc)
+        except Exception:
+            log.exception("cluster: HA restart failed")
+
     async def _watch_hosts(self) -> None:
         assert self.etcd is not None
         async for event in self.etcd.watch(HOSTS):
@@ -267,6 +276,8 @@ class ClusterService:
             if event.type == "DELETE":
                 self.lost[name] = time.time()
                 log.warning("cluster: host %s is gone (its lease expired or it left)", name)
+                if self.vms is not None:  # its HA VMs: restart them now, not at the next look
+                    self._tasks.append(asyncio.create_task(self._recover()))
             elif self.lost.pop(name, None) is not None:
                 log.info("cluster: host %s is back", name)
 
