@@ -39,8 +39,9 @@ HOSTS = PREFIX + "hosts/"
 VMS = PREFIX + "vms/"
 #: the host lease: a host that has not renewed it for this long is gone
 LEASE_TTL = 5
-#: keepalive period (a fifth of the TTL: four missed renewals before expiry)
-KEEPALIVE = 1.0
+#: keepalive period: a tenth of the TTL, so that an etcd leader election (1 to 2 s
+#: without writes) ends well before the fence deadline (cluster/fence.py: TTL - 2 s)
+KEEPALIVE = 0.5
 #: how often the live record is rewritten (heartbeat, capacity, VMs)
 REFRESH = 2.0
 

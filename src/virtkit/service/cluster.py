@@ -67,6 +67,8 @@ MEMBER_ADD_PATIENCE = 20.0
 TRANSIENT_REFUSALS = ("unhealthy cluster", "not enough started members")
 #: how often the member process is checked (and restarted when it died)
 SUPERVISE_INTERVAL = 2.0
+#: how often the etcd client's endpoints are synced with the member list
+ENDPOINT_SYNC = 10.0
 _HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 RUNNING_STATES = ("running", "paused", "in shutdown")
 
@@ -227,6 +229,7 @@ class ClusterService:
                                  ttl=agent.ttl)
         self.fencer.start()
         self._tasks.append(asyncio.create_task(self._watch_hosts()))
+        self._tasks.append(asyncio.create_task(self._sync_endpoints()))
         if self.vms is not None:
             self._tasks.append(asyncio.create_task(self.vms.run()))
         if config.get("role") == "voter" and not config.get("external"):
@@ -259,6 +262,20 @@ class ClusterService:
                                             self._member_config(config, "existing"))
                 except VirtkitError as exc:
                     log.error("cluster: cannot restart etcd: %s", exc)
+
+    async def _sync_endpoints(self) -> None:
+        """Keep the etcd client (and config.json, for the next start) on every member's
+        address: the first host of a cluster was made knowing only its own."""
+        while self.etcd is not None:
+            try:
+                endpoints = await self.etcd.sync_endpoints()
+                config = self.config()
+                if config is not None and sorted(config.get("endpoints") or []) \
+                        != sorted(endpoints):
+                    self._save({**config, "endpoints": endpoints})
+            except VirtkitError as exc:
+                log.debug("cluster: endpoints not synced: %s", exc)
+            await asyncio.sleep(ENDPOINT_SYNC)
 
     async def _recover(self) -> None:
         assert self.vms is not None
