@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.real.clusterhosts import resume
 from tests.real.conftest import (
     OUTSIDE_PEER,
     DaemonHandle,
@@ -157,7 +158,7 @@ def test_a_hung_daemon_is_fenced_by_the_guard(cluster_host: DaemonHandle) -> Non
         assert records[-1]["late_s"] < 1.0
         assert start_ticks(guard_pid) is not None  # the guard lives on
     finally:
-        os.kill(handle.process.pid, signal.SIGCONT)
+        resume(handle)
     _wait_running_again(handle, "ha-2", pid)
     assert handle.state("plain-2") == "running"
     for name in ("ha-2", "plain-2"):
