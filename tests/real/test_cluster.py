@@ -8,13 +8,9 @@ down, its etcd member keeps the quorum; restarted, it is up again; c leaves.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import shutil
 import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,69 +18,16 @@ from typing import Any
 
 import pytest
 
-from tests.real.conftest import DaemonHandle, cleanup, start_daemon, wait_for
-from virtkit.cli.client import ApiError, Client
+from tests.real.clusterhosts import ADDRESSES, qemus_of, three_hosts
+from tests.real.conftest import DaemonHandle, start_daemon, wait_for
+from virtkit.cli.client import ApiError
 from virtkit.paths import state_paths
-
-ADDRESSES = {"a": "192.0.2.11", "b": "192.0.2.12", "c": "192.0.2.13"}
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
-def _kill_member(root: Path) -> None:
-    """The host's etcd member (it outlives its daemon on purpose): by PID, if the
-    pidfile's process is still the one that was started."""
-    try:
-        pid, start = (int(x) for x in (root / "cluster" / "etcd.pid").read_text().split())
-    except (OSError, ValueError):
-        return
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return
-    if int(fields[19]) == start:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
 def hosts() -> Iterator[dict[str, DaemonHandle]]:
-    tag = secrets.token_hex(3)
-    lan = f"vkc-{tag}-lan"
-    spaces = {name: f"vkc-{tag}-{name}" for name in ADDRESSES}
-    handles: dict[str, DaemonHandle] = {}
-    try:
-        _ip("netns", "add", lan)
-        _ip("-n", lan, "link", "add", "br0", "type", "bridge")
-        _ip("-n", lan, "link", "set", "br0", "up")
-        for name, ns in spaces.items():
-            _ip("netns", "add", ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
-            _ip("link", "add", f"vkc{tag}{name}", "netns", ns, "type", "veth", "peer", "name",
-                f"vkc{tag}{name}p", "netns", lan)
-            _ip("-n", ns, "addr", "add", f"{ADDRESSES[name]}/24", "dev", f"vkc{tag}{name}")
-            _ip("-n", ns, "link", "set", f"vkc{tag}{name}", "up")
-            _ip("-n", lan, "link", "set", f"vkc{tag}{name}p", "master", "br0")
-            _ip("-n", lan, "link", "set", f"vkc{tag}{name}p", "up")
-        for name, ns in spaces.items():
-            root = Path(tempfile.mkdtemp(prefix=f"vkc{name}-", dir="/tmp"))
-            handles[name] = DaemonHandle(root, start_daemon(root, ns),
-                                         Client(state_paths(root), timeout=90),
-                                         None, netns=ns)  # type: ignore[arg-type]
+    with three_hosts() as handles:
         yield handles
-    finally:
-        for handle in handles.values():
-            root = handle.root
-            with contextlib.suppress(ProcessLookupError):
-                handle.process.kill()
-            with contextlib.suppress(Exception):
-                handle.process.wait(10)
-            _kill_member(root)
-            cleanup(handle)
-        for ns in [*spaces.values(), lan]:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
 def _hosts(handle: DaemonHandle) -> dict[str, dict[str, Any]]:
@@ -309,6 +252,52 @@ def test_a_killed_daemon_is_seen_down_when_its_lease_expires(
                     == "b" and r, 20, "b's VM reachable from a again")
     assert info["name"] == "on-b"
     a.client.request("DELETE", a.client.domain_path("on-b"))
+
+
+def test_an_ha_vm_of_a_dead_host_runs_again_elsewhere_and_never_twice(
+        hosts: dict[str, DaemonHandle]) -> None:
+    """b's daemon SIGKILLed with an HA VM running: its guard fences the QEMU, and after
+    b's lease expired another host claims and restarts the VM; a monitor polling every
+    QEMU on the machine never sees two copies.  b back: its stale copy goes."""
+    a, b = hosts["a"], hosts["b"]
+    uuid = _define(b, "ha-vm", 64, host="b")["uuid"]
+    b.cli("ha", "enable", "ha-vm")
+    b.cli("start", "ha-vm")
+    wait_for(lambda: (b.root / "cluster" / "guard" / "arm.json").exists() and uuid in (
+        b.root / "cluster" / "guard" / "arm.json").read_text(), 15, "b's guard armed")
+    assert len(qemus_of(uuid)) == 1
+    killed = time.monotonic()
+    os.kill(b.process.pid, signal.SIGKILL)
+    b.process.wait(10)
+    copies, fenced_at, running = [], None, None
+    deadline = killed + 60
+    while time.monotonic() < deadline:
+        pids = qemus_of(uuid)
+        copies.append(len(pids))
+        assert len(pids) <= 1, f"two QEMUs of the HA VM at once: {pids}"
+        if not pids and fenced_at is None:
+            fenced_at = time.monotonic()
+        rows = {r["name"]: r for r in a.client.get("/v1/domains?all=1&cluster=1")}
+        row = rows.get("ha-vm")
+        if row is not None and row.get("host") != "b" and row["state"] == "running" and pids:
+            running = time.monotonic()
+            new_host = row["host"]
+            break
+        time.sleep(0.05)
+    if running is None:
+        logs = {h: [line for line in state_paths(hosts[h].root).daemon_log.read_text(
+            errors="replace").splitlines() if "cluster" in line][-15:] for h in ("a", "c")}
+        raise AssertionError(f"the HA VM did not run again (fenced: {fenced_at}): {logs}")
+    print(f"\nHA VM fenced {fenced_at - killed:.2f} s after b's daemon was killed, running "
+          f"on {new_host} {running - killed:.2f} s after ({len(copies)} polls, never two)")
+    assert new_host in ("a", "c")
+    # b comes back: its fenced copy (crashed) is not restarted and its definition goes
+    b.process = start_daemon(b.root, b.netns)
+    wait_for(lambda: "ha-vm" not in _local_names(b), 30, "b's stale copy of ha-vm removed")
+    assert len(qemus_of(uuid)) == 1
+    owner = hosts[new_host]
+    owner.cli("destroy", "ha-vm")
+    owner.client.request("DELETE", owner.client.domain_path("ha-vm"))
 
 
 def test_a_daemon_restart_within_the_ttl_keeps_its_record(

@@ -17,6 +17,7 @@ from virtkit.runtime.operation import (
     Operation,
     OpKind,
     ShutdownSeen,
+    crash_policy,
     exit_outcome,
 )
 
@@ -170,3 +171,11 @@ def test_operation_properties() -> None:
     assert Operation(OpKind.REBOOT, reboot="in-place").in_place_reboot
     assert not Operation(OpKind.REBOOT, reboot="new-process").in_place_reboot
     assert not Operation(OpKind.SHUTDOWN).in_place_reboot
+
+
+def test_an_ha_vm_is_never_restarted_by_its_local_crash_policy() -> None:
+    """The cluster restarts an HA VM after a claim; a local restart could run it beside
+    the copy another host started after this one was fenced."""
+    spec = {"name": "vm", "memory": 64, "on_crash": "restart"}
+    assert crash_policy(load_domain(spec)) is LifecycleAction.RESTART
+    assert crash_policy(load_domain({**spec, "ha": True})) is LifecycleAction.DESTROY

@@ -109,7 +109,7 @@ ROUND_TRIP_SPECS: list[dict[str, Any]] = [
                   '<app1:bar>x &lt; y</app1:bar></app1:foo>'},
      "vcpus": {"current": 3, "max": 6, "sockets": 3, "threads": 2, "cpuset": "0-1,^1,3"},
      "cpu": {"model": "max"},
-     "accelerator": "kvm", "autostart": True,
+     "accelerator": "kvm", "autostart": True, "ha": True,
      "serials": [{}, {"log": False}, {"log_path": "/var/log/vm, serial.log"}],
      "on_poweroff": "restart", "on_crash": "preserve", "guest_agent": False, "rng": None,
      "balloon": False, "graphics": {"type": "vnc", "port": "auto", "listen": "::"},

@@ -142,6 +142,7 @@ VALID: list[tuple[str, dict[str, Any] | str, Any]] = [
     ("minimal", {}, _check_minimal),
     ("transient", {"transient": True}, lambda d: d.transient and not d.autostart),
     ("anti-affinity", {"anti_affinity": "web-tier"}, lambda d: d.anti_affinity == "web-tier"),
+    ("ha", {"ha": True}, lambda d: d.ha and not d.autostart),
     ("parallel", {"parallels": [{"path": "/var/log/lpt.log"}]},
      lambda d: d.parallels[0].path == "/var/log/lpt.log"),
     ("channels", {"channels": [{"name": "org.libguestfs.channel.0"},

@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import Field
 
 from virtkit.api.common import json_response
-from virtkit.api.requests import Body, EmptyBody, body_of
+from virtkit.api.requests import AutostartBody, Body, EmptyBody, body_of
 from virtkit.errors import StateError
 from virtkit.service import evacuate
 from virtkit.service.cluster import ClusterService
@@ -116,3 +116,9 @@ async def restore_host(request: web.Request) -> web.Response:
     """cluster restore: the evacuated VMs back, maintenance off."""
     await body_of(request, EmptyBody)
     return json_response(await evacuate.restore(_vms(request), request.match_info["name"]))
+
+
+@routes.put("/v1/domains/{ref}/ha")
+async def set_ha(request: web.Request) -> web.Response:
+    body = await body_of(request, AutostartBody)
+    return json_response(_cluster(request).set_ha(request.match_info["ref"], body.enabled))

@@ -98,7 +98,7 @@ async def cluster_middleware(request: web.Request, handler: Any) -> web.StreamRe
 async def _after(vms: ClusterVms, vm: Any, method: str, rest: str) -> None:
     if method == "DELETE" and rest == "":
         await vms.undefined(vm)
-    elif method == "PUT" and rest == "":
+    elif method == "PUT" and rest in ("", "/ha", "/autostart"):  # the spec changed
         await vms.defined(vm.uuid)
     elif method == "POST" and rest in _DESIRED:
         await vms.desired(vm.uuid, _DESIRED[rest])

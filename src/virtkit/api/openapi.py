@@ -312,6 +312,8 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("post", "/v1/cluster/join", "cluster join: join through a member's daemon (via)", None),
     ("post", "/v1/cluster/admit", "Member: admit a joining host (sign its CSR, add its etcd "
      "member); called by the joiner's daemon", None),
+    ("put", "/v1/domains/{ref}/ha", "ha enable/disable: fence this VM with the host's "
+     "lease (cluster only)", None),
     ("post", "/v1/cluster/leave", "cluster leave: this host leaves (its etcd member is "
      "removed)", None),
     ("post", "/v1/cluster/hosts/{name}/evacuate", "cluster evacuate: the host in "
@@ -431,6 +433,7 @@ def _request_models() -> tuple[dict[tuple[str, str], Any], dict[tuple[str, str],
         ("post", "/v1/tokens"): auth.TokenBody, ("post", "/v1/tls/setup"): auth.TlsSetupBody,
         ("post", "/web/login"): webui.LoginBody,
         ("post", "/v1/cluster/init"): cluster_routes.InitBody,
+        ("put", "/v1/domains/{ref}/ha"): r.AutostartBody,
         ("post", "/v1/cluster/join"): cluster_routes.JoinBody,
         ("post", "/v1/cluster/admit"): cluster_routes.AdmitBody,
     }

@@ -1,4 +1,5 @@
-"""``virtkit cluster``: init, join, leave, list, status, evacuate, restore
+"""``virtkit cluster``: init, join, leave, list, status, evacuate, restore;
+``virtkit ha enable/disable``
 (docs/cluster.md)."""
 
 from __future__ import annotations
@@ -163,6 +164,17 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
     return 0 if status["has_quorum"] else 1
 
 
+def cmd_ha(client: Client, args: argparse.Namespace) -> int:
+    enabled = args.ha_command == "enable"
+    result = client.request("PUT", client.domain_path(args.domain, "/ha"), {"enabled": enabled})
+    if args.json:
+        render.as_json(result)
+    else:
+        print(f"Domain '{result['name']}' " + ("is highly available: fenced with this host's "
+              "lease" if enabled else "is no longer highly available"))
+    return 0
+
+
 def register(sub: Any) -> None:
     cluster = sub.add_parser("cluster", help="many hosts as one, on etcd: init, join, leave, "
                              "list, status, evacuate, restore")
@@ -214,3 +226,12 @@ def register(sub: Any) -> None:
         command.add_argument("host", metavar="HOST")
         command.add_argument("--json", action="store_true")
         command.set_defaults(func=func)
+    ha = sub.add_parser("ha", help="high availability of a VM in a cluster: enable, disable")
+    ha_commands = ha.add_subparsers(dest="ha_command", metavar="HACOMMAND")
+    ha_commands.required = True
+    for name, text in (("enable", "fence the VM when this host loses its cluster lease (and "
+                        "restart it elsewhere)"), ("disable", "stop treating the VM as HA")):
+        command = ha_commands.add_parser(name, help=text)
+        command.add_argument("domain")
+        command.add_argument("--json", action="store_true")
+        command.set_defaults(func=cmd_ha)

@@ -42,7 +42,7 @@ _OWNERS: dict[str, tuple[str, ...]] = {
                 "change-media", "attach-interface", "detach-interface", "setvcpus", "setmem",
                 "setmaxmem", "attach-memory"),
     "clone": ("clone",),
-    "cluster": ("cluster",),
+    "cluster": ("cluster", "ha"),
     "migrate": ("migrate", "domjobinfo", "migrate-postcopy", "domjobabort"),
     "snapshots": ("snapshot-create-as", "snapshot-list", "snapshot-info", "snapshot-revert",
                   "snapshot-delete", "snapshot-current"),

@@ -448,6 +448,20 @@ class Etcd:
                  "isLearner": bool(m.get("isLearner", False))}
                 for m in done.get("members") or []]
 
+    async def sync_endpoints(self) -> list[str]:
+        """Use every started member's client URLs from now on (the one that answered
+        last stays first): a client made with one member's address reaches the others
+        when that member is down, as etcd's own clients do with ``--endpoints``
+        auto-sync.  The endpoints now in use."""
+        urls = sorted({endpoint_url(u) for m in await self.members()
+                       if m["name"] and not m["isLearner"] for u in m["clientURLs"]})
+        if urls:
+            current = self.endpoints[self._current]
+            self.endpoints = [current, *(u for u in urls if u != current)] \
+                if current in urls else urls
+            self._current = 0
+        return list(self.endpoints)
+
     async def member_add(self, peer_urls: list[str]) -> int:
         done = await self.call("/v3/cluster/member/add", {"peerURLs": peer_urls},
                                idempotent=False)

@@ -39,8 +39,9 @@ HOSTS = PREFIX + "hosts/"
 VMS = PREFIX + "vms/"
 #: the host lease: a host that has not renewed it for this long is gone
 LEASE_TTL = 5
-#: keepalive period (a fifth of the TTL: four missed renewals before expiry)
-KEEPALIVE = 1.0
+#: keepalive period: a tenth of the TTL, so that an etcd leader election (1 to 2 s
+#: without writes) ends well before the fence deadline (cluster/fence.py: TTL - 2 s)
+KEEPALIVE = 0.5
 #: how often the live record is rewritten (heartbeat, capacity, VMs)
 REFRESH = 2.0
 
@@ -70,7 +71,9 @@ class HostAgent:
         self.keepalive = keepalive
         self.refresh = refresh
         self.lease = 0
-        self.renewed = 0.0  # monotonic time of the last successful renewal
+        #: CLOCK_MONOTONIC send time of the last successful renewal: the lease cannot
+        #: expire before ``renewed + ttl`` (cluster/fence.py counts from it)
+        self.renewed = 0.0
         self._revision = 0  # mod_revision of our record as we last wrote it
         self._written = 0.0
         self.domains = domains
@@ -91,12 +94,16 @@ class HostAgent:
         """Take a lease (our saved one if it still lives) and write the live record;
         Conflict when another live host holds the name."""
         saved = self._saved_lease()
-        if saved and await self.etcd.lease_ttl(saved) > 0:
+        asked = time.monotonic()
+        left = await self.etcd.lease_ttl(saved) if saved else 0
+        if left > 0:  # it expires ``left`` (rounded down) seconds after we asked
             self.lease = saved
+            self.renewed = max(self.renewed, asked + left - self.ttl)
         else:
+            asked = time.monotonic()
             self.lease = await self.etcd.lease_grant(self.ttl)
             self.lease_file.write_text(f"{self.lease}\n")
-        self.renewed = time.monotonic()
+            self.renewed = asked
         record = self._record()
         done = await self.etcd.txn(
             [Compare.version(self.key, "=", 0)], [Op.put(self.key, record, self.lease)],
@@ -150,13 +157,14 @@ class HostAgent:
         if not self.lease:  # registering failed at start (etcd away): again now
             await self.register()
             return
+        sent = time.monotonic()
         ttl = await self.etcd.lease_keepalive(self.lease)
         if ttl <= 0:
             log.warning("cluster: host lease %x had expired; registering again", self.lease)
             self.lease_file.unlink(missing_ok=True)
             await self.register()
             return
-        self.renewed = time.monotonic()
+        self.renewed = sent
         if time.monotonic() - self._written >= self.refresh:
             await self._rewrite()
         else:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virtkit.errors import HostError
+from virtkit.host.procstat import cmdline, start_ticks
 
 ETCD = "etcd"
 CLIENT_PORT = 2379
@@ -75,21 +76,6 @@ def etcd_argv(config: MemberConfig) -> list[str]:
     ]
 
 
-def _start_time(pid: int) -> int | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return int(fields[19])
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
 class MemberProcess:
     """The etcd process of this host (``folder`` = ``<root>/cluster``)."""
 
@@ -107,7 +93,7 @@ class MemberProcess:
             pid, start = int(pid_text), int(start_text)
         except (OSError, ValueError):
             return None
-        if _start_time(pid) != start or str(self.data_dir) not in _cmdline(pid):
+        if start_ticks(pid) != start or str(self.data_dir) not in cmdline(pid):
             return None
         return pid
 
@@ -124,7 +110,7 @@ class MemberProcess:
             process = subprocess.Popen(etcd_argv(config), stdin=subprocess.DEVNULL,
                                        stdout=log, stderr=log, start_new_session=True)
         self._child = process
-        start = _start_time(process.pid)
+        start = start_ticks(process.pid)
         self.pidfile.write_text(f"{process.pid} {start}\n")
         return process.pid
 

@@ -76,7 +76,7 @@ KEY_ORDER = ("name", "uuid", "title", "description", "metadata", "memory", "vcpu
              "guest_agent", "channels", "parallels", "watchdog", "video", "sound",
              "filesystems", "rng", "balloon", "on_poweroff",
              "on_reboot", "on_crash",
-             "autostart", "transient", "anti_affinity", "acpi", "cputune", "memtune",
+             "autostart", "ha", "transient", "anti_affinity", "acpi", "cputune", "memtune",
              "blkiotune", "numa", "numatune",
              "memory_backing", "hostdevs")
 WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "inject-nmi")
@@ -136,10 +136,9 @@ class DomainReader(XmlReader):
             else:
                 self.refuse(self.where(element), f"'{value}' is not supported; use "
                             + ", ".join(allowed[:-1]) + " or " + allowed[-1])
-        if self.meta.get("autostart"):
-            spec["autostart"] = True
-        if self.meta.get("transient"):
-            spec["transient"] = True
+        for flag in ("autostart", "ha", "transient"):
+            if self.meta.get(flag):
+                spec[flag] = True
         if self.meta.get("anti_affinity"):
             spec["anti_affinity"] = self.meta["anti_affinity"]
         if spec.get("acpi") is False and spec.get("machine", "q35") != "pc":
@@ -156,7 +155,7 @@ class DomainReader(XmlReader):
             tag = element.tag.rpartition("}")[2]
             if tag == "accelerator":
                 self.meta["accelerator"] = (element.text or "").strip()
-            elif tag in ("autostart", "transient"):
+            elif tag in ("autostart", "ha", "transient"):
                 self.meta[tag] = (element.text or "").strip() == "yes"
             elif tag == "anti_affinity":
                 self.meta[tag] = (element.text or "").strip()

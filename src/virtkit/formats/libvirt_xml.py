@@ -162,10 +162,9 @@ def _metadata_out(root: ET.Element, domain: Domain) -> None:
     extra: list[tuple[str, dict[str, str], str | None]] = []
     if domain.accelerator is Accelerator.KVM:
         extra.append(("accelerator", {}, "kvm"))
-    if domain.autostart:
-        extra.append(("autostart", {}, "yes"))
-    if domain.transient:
-        extra.append(("transient", {}, "yes"))
+    for flag in ("autostart", "ha", "transient"):
+        if getattr(domain, flag):
+            extra.append((flag, {}, "yes"))
     if domain.anti_affinity:
         extra.append(("anti_affinity", {}, domain.anti_affinity))
     for port, serial in enumerate(domain.serials):

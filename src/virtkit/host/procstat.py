@@ -55,6 +55,25 @@ def process_stat(pid: int, proc: Path = PROC) -> TaskStat | None:
         return None
 
 
+def start_ticks(pid: int, proc: Path = PROC) -> int | None:
+    """The process's start time in clock ticks since boot (stat field 22): with the PID
+    it names one process for good, as a PID alone does not once it is reused."""
+    try:
+        fields = (proc / str(pid) / "stat").read_text().rpartition(")")[2].split()
+        return int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cmdline(pid: int, proc: Path = PROC) -> list[str]:
+    """The process's argv ([] when it is gone)."""
+    try:
+        raw = (proc / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return []
+    return raw.decode(errors="replace").split("\0")[:-1] if raw else []
+
+
 def thread_stats(pid: int, proc: Path = PROC) -> dict[int, TaskStat]:
     """Every thread of ``pid``: {tid: TaskStat}."""
     result = {}

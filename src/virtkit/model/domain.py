@@ -660,6 +660,8 @@ class Domain(NamedSpec):
     on_reboot: LifecycleAction = LifecycleAction.RESTART
     on_crash: LifecycleAction = LifecycleAction.DESTROY
     autostart: bool = False
+    ha: bool = Field(default=False, description="in a cluster: fenced when this host loses "
+                     "its lease, restarted elsewhere (docs/cluster.md)")
     transient: bool = Field(default=False, description="undefined when it stops (virsh "
                             "create, virt-install --transient)")
     anti_affinity: str | None = Field(

@@ -70,6 +70,7 @@ from virtkit.runtime.operation import (
     OpKind,
     RebootKind,
     ShutdownSeen,
+    crash_policy,
     exit_outcome,
 )
 from virtkit.runtime.operation import (
@@ -652,7 +653,7 @@ class Lifecycle:
         install, vm.install = vm.install, None
         domain = install.spec if install is not None else self._spec_for(vm.uuid)
         outcome = exit_outcome(vm.op, install, vm.shutdown_seen, status,
-                               on_poweroff=domain.on_poweroff, on_crash=domain.on_crash)
+                               on_poweroff=domain.on_poweroff, on_crash=crash_policy(domain))
         self._operate(vm)
         self._set_state(vm, outcome.state, outcome.reason, event=outcome.event,
                         exit_status=status)

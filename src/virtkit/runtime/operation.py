@@ -148,6 +148,13 @@ class ExitOutcome:
         return self.restart is None and self.kind is not ExitKind.CRASHED
 
 
+def crash_policy(domain: Domain) -> LifecycleAction:
+    """What a crash of ``domain`` leads to here.  An HA VM is never restarted by its local
+    policy: the cluster restarts it after a claim (service/clusterha.py), and it may have
+    crashed because this host fenced it for a lost lease (cluster/fence.py)."""
+    return LifecycleAction.DESTROY if domain.ha else domain.on_crash
+
+
 def exit_outcome(op: Operation, install: InstallPhase | None, seen: ShutdownSeen | None,
                  status: int | None, *, on_poweroff: LifecycleAction,
                  on_crash: LifecycleAction) -> ExitOutcome:

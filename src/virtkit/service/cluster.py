@@ -37,6 +37,8 @@ from virtkit.cluster.etcd import (
     Tls,
     endpoint_url,
 )
+from virtkit.cluster.fence import Fencer
+from virtkit.cluster.guard import FenceTarget, GuardLink
 from virtkit.cluster.hosts import (
     CLUSTER_KEY,
     HOSTS,
@@ -65,6 +67,8 @@ MEMBER_ADD_PATIENCE = 20.0
 TRANSIENT_REFUSALS = ("unhealthy cluster", "not enough started members")
 #: how often the member process is checked (and restarted when it died)
 SUPERVISE_INTERVAL = 2.0
+#: how often the etcd client's endpoints are synced with the member list
+ENDPOINT_SYNC = 10.0
 _HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 RUNNING_STATES = ("running", "paused", "in shutdown")
 
@@ -90,6 +94,9 @@ class ClusterService:
         self.config_file = folder / "config.json"
         self.etcd: Etcd | None = None
         self.agent: HostAgent | None = None
+        #: fences this host's HA VMs when the lease is not renewed in time
+        self.fencer: Fencer | None = None
+        self.guard = GuardLink(folder / "guard")
         self.lost: dict[str, float] = {}  # host -> when our watch saw its record go
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
@@ -156,6 +163,15 @@ class ClusterService:
                  "state": runtime[row.uuid].state if row.uuid in runtime else "shutoff"}
                 for row in self.store.list_domains()]
 
+    def _fence_targets(self) -> list[FenceTarget]:
+        """The QEMUs of this host's HA VMs (spec ``ha: true``): whatever their state, a
+        QEMU that exists holds its disks."""
+        specs = {row.uuid: row.spec for row in self.store.list_domains()}
+        return [FenceTarget(uuid, row.pid, row.pid_start)
+                for uuid, row in self.store.all_runtime().items()
+                if row.pid is not None and row.pid_start is not None
+                and specs.get(uuid, {}).get("ha")]
+
     def _agent(self, config: dict[str, Any]) -> HostAgent:
         assert self.etcd is not None
         return HostAgent(self.etcd, config["host"], self._report, self.folder / "lease",
@@ -205,8 +221,14 @@ class ClusterService:
 
     def _run_background(self, config: dict[str, Any]) -> None:
         assert self.agent is not None
+        agent = self.agent
         self.agent.start()
+        if self.fencer is None:
+            self.fencer = Fencer(lambda: agent.renewed, self._fence_targets, self.guard,
+                                 ttl=agent.ttl)
+        self.fencer.start()
         self._tasks.append(asyncio.create_task(self._watch_hosts()))
+        self._tasks.append(asyncio.create_task(self._sync_endpoints()))
         if self.vms is not None:
             self._tasks.append(asyncio.create_task(self.vms.run()))
         if config.get("role") == "voter" and not config.get("external"):
@@ -221,6 +243,8 @@ class ClusterService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.fencer is not None:  # the guard stays armed: see cluster/fence.py
+            await self.fencer.stop()
         if self.agent is not None:
             await self.agent.stop()
         if self.etcd is not None:
@@ -238,6 +262,29 @@ class ClusterService:
                 except VirtkitError as exc:
                     log.error("cluster: cannot restart etcd: %s", exc)
 
+    async def _sync_endpoints(self) -> None:
+        """Keep the etcd client (and config.json, for the next start) on every member's
+        address: the first host of a cluster was made knowing only its own."""
+        while self.etcd is not None:
+            try:
+                endpoints = await self.etcd.sync_endpoints()
+                config = self.config()
+                if config is not None and sorted(config.get("endpoints") or []) \
+                        != sorted(endpoints):
+                    self._save({**config, "endpoints": endpoints})
+            except VirtkitError as exc:
+                log.debug("cluster: endpoints not synced: %s", exc)
+            await asyncio.sleep(ENDPOINT_SYNC)
+
+    async def _recover(self) -> None:
+        assert self.vms is not None
+        try:
+            await self.vms.ha.once()
+        except VirtkitError as exc:
+            log.warning("cluster: HA restart not done yet: %s", exc)
+        except Exception:
+            log.exception("cluster: HA restart failed")
+
     async def _watch_hosts(self) -> None:
         assert self.etcd is not None
         async for event in self.etcd.watch(HOSTS):
@@ -245,6 +292,8 @@ class ClusterService:
             if event.type == "DELETE":
                 self.lost[name] = time.time()
                 log.warning("cluster: host %s is gone (its lease expired or it left)", name)
+                if self.vms is not None:  # its HA VMs: restart them now, not at the next look
+                    self._tasks.append(asyncio.create_task(self._recover()))
             elif self.lost.pop(name, None) is not None:
                 log.info("cluster: host %s is back", name)
 
@@ -479,6 +528,10 @@ class ClusterService:
             for task in self._tasks:
                 task.cancel()
             self._tasks.clear()
+            if self.fencer is not None:
+                await self.fencer.stop()
+                self.fencer = None
+            await asyncio.to_thread(self.guard.stop)  # no lease any more: nothing to guard
             await agent.stop(revoke=True)
             await etcd.txn([], [Op.delete(MEMBERS + host)])
             if own is not None and others:
@@ -492,6 +545,18 @@ class ClusterService:
             await asyncio.to_thread(self._wipe)
             return {"left": config["cluster"], "host": host,
                     "dissolved": own is not None and not others}
+
+    # -- HA ------------------------------------------------------------------------------
+
+    def set_ha(self, ref: str, enabled: bool) -> dict[str, Any]:
+        """Mark a VM highly available (``ha: true`` in its spec): from the next fencer
+        look (within a second) its QEMU is fenced when this host loses its lease."""
+        if enabled and self.agent is None:
+            raise StateError("HA needs a cluster: this host is in none",
+                             fix="virtkit cluster init, or virtkit cluster join URI")
+        row = self.store.get_domain(ref)
+        self.store.update_domain(row.uuid, row.name, dict(row.spec, ha=enabled), None)
+        return {"name": row.name, "ha": enabled}
 
     # -- views ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from virtkit.cluster.hosts import HOSTS
 from virtkit.errors import Conflict, HostError, StateError, VirtkitError
 from virtkit.formats.libvirt_xml import domain_from_xml
 from virtkit.model.load import dump_domain, load_domain, parse_text
+from virtkit.service.clusterha import HaRecovery
 from virtkit.service.domains import DomainService
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class ClusterVms:
         self.cluster = cluster
         self.domains = domains
         self.problems: list[str] = []
+        self.ha = HaRecovery(self)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -84,6 +86,20 @@ class ClusterVms:
         return [vms.Local(row.name, row.uuid, row.spec,
                           row.uuid in runtime and runtime[row.uuid].state in RUNNING)
                 for row in self.cluster.store.list_domains()]
+
+    def _local_ha(self, states: tuple[str, ...]) -> list[vms.Local]:
+        runtime = self.cluster.store.all_runtime()
+        return [vms.Local(row.name, row.uuid, row.spec, False)
+                for row in self.cluster.store.list_domains()
+                if row.spec.get("ha") and (runtime[row.uuid].state if row.uuid in runtime
+                                           else "shutoff") in states]
+
+    def crashed_ha(self) -> list[vms.Local]:
+        """This host's HA VMs whose QEMU ended without being asked to (fenced, crashed)."""
+        return self._local_ha(("crashed",))
+
+    def stopped_ha(self) -> list[vms.Local]:
+        return self._local_ha(("crashed", "shutoff"))
 
     # -- where requests go ---------------------------------------------------------------
 
@@ -241,6 +257,7 @@ class ClusterVms:
         while True:
             try:
                 await self.adopt_once()
+                await self.ha.once()
             except EtcdUnavailable as exc:
                 log.warning("cluster: VM records not checked: %s", exc)
             except Exception:
