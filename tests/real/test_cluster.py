@@ -254,6 +254,7 @@ def test_a_killed_daemon_is_seen_down_when_its_lease_expires(
     a.client.request("DELETE", a.client.domain_path("on-b"))
 
 
+@pytest.mark.qemu
 def test_an_ha_vm_of_a_dead_host_runs_again_elsewhere_and_never_twice(
         hosts: dict[str, DaemonHandle]) -> None:
     """b's daemon SIGKILLed with an HA VM running: its guard fences the QEMU, and after
