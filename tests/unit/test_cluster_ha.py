@@ -5,27 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.unit.test_etcd_client import servers, wait_ready
 from virtkit.cluster import ha, vms
 from virtkit.cluster.etcd import Etcd
 from virtkit.cluster.hosts import HOSTS, encode
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="no etcd-server")
-
-
-@pytest.fixture
-async def etcd(tmp_path: Path) -> AsyncIterator[Etcd]:
-    with servers(tmp_path, 1) as (server,):
-        client = Etcd([server.client_url], deadline=5)
-        await wait_ready(client)
-        yield client
-        await client.close()
 
 
 def _vm(name: str, uuid: str, *, ha_flag: bool = True, running: bool = True) -> vms.Local:

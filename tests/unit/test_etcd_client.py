@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,15 +99,6 @@ def servers(folder: Path, count: int, scheme: str = "http",
     finally:
         for server in started:
             server.kill()
-
-
-@pytest.fixture
-async def etcd(tmp_path: Path) -> AsyncIterator[Etcd]:
-    with servers(tmp_path, 1) as (server,):
-        client = Etcd([server.client_url], deadline=5)
-        await wait_ready(client)
-        yield client
-        await client.close()
 
 
 def test_prefix_end() -> None:

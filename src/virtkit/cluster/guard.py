@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from virtkit.host.procstat import cmdline, start_ticks
+from virtkit.host.procstat import cmdline, start_ticks, terminate
 
 ARM_FILE = "arm.json"
 PID_FILE = "guard.pid"
@@ -199,13 +199,7 @@ class GuardLink:
         pid = self.pid()
         if pid is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.pid() is not None and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.05)
+        terminate(pid, lambda: self.pid() is not None, timeout)
         (self.folder / PID_FILE).unlink(missing_ok=True)
 
 

@@ -13,12 +13,11 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from virtkit.errors import HostError
-from virtkit.host.procstat import cmdline, start_ticks
+from virtkit.host.procstat import cmdline, start_ticks, terminate
 
 ETCD = "etcd"
 CLIENT_PORT = 2379
@@ -125,14 +124,7 @@ class MemberProcess:
         if pid is None:
             self.pidfile.unlink(missing_ok=True)
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.pid() is not None and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.05)
-        if self.pid() is not None:
+        if not terminate(pid, lambda: self.pid() is not None, timeout):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):

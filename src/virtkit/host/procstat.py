@@ -8,7 +8,11 @@ contain spaces and parentheses, so the line is split after its last ``)``.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +76,20 @@ def cmdline(pid: int, proc: Path = PROC) -> list[str]:
     except OSError:
         return []
     return raw.decode(errors="replace").split("\0")[:-1] if raw else []
+
+
+def terminate(pid: int, alive: Callable[[], bool], timeout: float) -> bool:
+    """SIGTERM ``pid`` (a child or not) and wait until ``alive()`` says it is gone, reaping
+    it if it is our child; True when it ended within ``timeout``.  ``alive`` is the
+    caller's identity check (PID + start time), so a reused PID is never waited on."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while alive() and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+    return not alive()
 
 
 def thread_stats(pid: int, proc: Path = PROC) -> dict[int, TaskStat]:
