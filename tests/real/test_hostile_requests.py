@@ -270,7 +270,7 @@ def test_secrets_never_on_the_read_only_socket_and_only_when_asked(hd: DaemonHan
         refused(hd, "GET", f"{path}?security_info=1", sock="virtkitd-ro.sock", status=403)
         status, answer = attempt(hd, "GET", f"{path}?security_info=true")
         assert status == 200 and "s3cret" in json.dumps(answer), path
-    assert 'passwd="s3cret"' in hd.cli("dumpxml", "--security-info", "secret").stdout
+    assert "passwd='s3cret'" in hd.cli("dumpxml", "--security-info", "secret").stdout
     assert "s3cret" not in hd.cli("dumpxml", "secret").stdout
     assert "s3cret" not in hd.cli("dominfo", "--json", "secret").stdout
     assert "s3cret" in hd.cli("dominfo", "--json", "--security-info", "secret").stdout
@@ -278,7 +278,7 @@ def test_secrets_never_on_the_read_only_socket_and_only_when_asked(hd: DaemonHan
     assert result.returncode == 1 and "read-only" in result.stderr
     # saving an edit keeps the password: edit reads the spec with its secrets
     result = hd.cli("edit", "secret", env={"EDITOR": "sed -i s/title:.*/title:\\ t/"})
-    assert 'passwd="s3cret"' in hd.cli("dumpxml", "--security-info", "secret").stdout
+    assert "passwd='s3cret'" in hd.cli("dumpxml", "--security-info", "secret").stdout
 
 
 # -- 6 and 7. the CLI: '--', and no control or bidi character printed raw ------------------

@@ -66,9 +66,9 @@ def test_define_from_xml_boot_and_define_the_dumpxml_again(daemon: DaemonHandle,
     daemon.wait_booted("fromxml")
 
     dumped = daemon.cli("dumpxml", "fromxml").stdout
-    assert dumped.startswith('<domain type="qemu">\n  <name>fromxml</name>\n')
+    assert dumped.startswith("<domain type='qemu'>\n  <name>fromxml</name>\n")
     assert f"<kernel>{escape(str(daemon.guest.kernel))}</kernel>" in dumped
-    assert '<channel type="unix">' in dumped and '<sound model="ich9"/>' in dumped
+    assert "<channel type='unix'>" in dumped and "<sound model='ich9'/>" in dumped
     assert "tpm" not in dumped
 
     # a copy under another name, as libvirt users make one: new name, no uuid
@@ -88,3 +88,15 @@ def test_define_from_xml_boot_and_define_the_dumpxml_again(daemon: DaemonHandle,
 
     missing = daemon.cli("dumpxml", "nosuch", check=False)
     assert missing.returncode == 1 and "failed to get domain 'nosuch'" in missing.stderr
+
+
+def test_dumpxml_says_what_the_domain_runs_under(daemon: DaemonHandle) -> None:
+    """libvirt's domain type is 'qemu' for a domain running under TCG: a definition that
+    lets virtkit choose (accelerator auto) says 'kvm' while shut off, and what it got
+    while it runs."""
+    daemon.define("auto")
+    assert daemon.cli("dumpxml", "auto").stdout.startswith("<domain type='kvm'>\n")
+    daemon.cli("start", "auto")
+    running = daemon.info("auto")["accelerator"]
+    expected = "qemu" if running == "tcg" else "kvm"
+    assert daemon.cli("dumpxml", "auto").stdout.startswith(f"<domain type='{expected}'>\n")

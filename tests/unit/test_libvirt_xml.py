@@ -408,12 +408,11 @@ def test_output_is_pretty_printed_like_virsh() -> None:
     text = domain_to_xml(load_domain({"name": "p", "uuid": UUID, "memory": 512,
                                       "graphics": "vnc"}))
     lines = text.splitlines()
-    assert lines[0] == "<domain type=\"kvm\">"
+    assert lines[0] == "<domain type='kvm'>"
     assert lines[1] == "  <name>p</name>"
     assert "    <acpi/>" in lines
-    assert "    <graphics type=\"vnc\" port=\"-1\" autoport=\"yes\" listen=\"127.0.0.1\">" \
-        in lines
-    assert "  <memory unit=\"KiB\">524288</memory>" in lines
+    assert "    <graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'>" in lines
+    assert "  <memory unit='KiB'>524288</memory>" in lines
     assert text.endswith("</domain>\n")
     assert "metadata" not in text  # nothing virtkit-only to keep
 
@@ -423,11 +422,11 @@ def test_accelerator_and_cpu_modes_out() -> None:
         lines = domain_to_xml(load_domain({"name": "a", "memory": 64, **spec})).splitlines()
         return lines[0], next(line.strip() for line in lines if "<cpu" in line)
 
-    assert root_and_cpu() == ('<domain type="kvm">', '<cpu mode="host-model"/>')
-    assert root_and_cpu(accelerator="tcg", cpu="max") == ('<domain type="qemu">',
-                                                         '<cpu mode="maximum"/>')
-    assert root_and_cpu(accelerator="kvm", cpu="host")[1] == '<cpu mode="host-passthrough"/>'
-    assert root_and_cpu(cpu="qemu64")[1] == '<cpu mode="custom" match="exact" check="none">'
+    assert root_and_cpu() == ("<domain type='kvm'>", "<cpu mode='host-model'/>")
+    assert root_and_cpu(accelerator="tcg", cpu="max") == ("<domain type='qemu'>",
+                                                         "<cpu mode='maximum'/>")
+    assert root_and_cpu(accelerator="kvm", cpu="host")[1] == "<cpu mode='host-passthrough'/>"
+    assert root_and_cpu(cpu="qemu64")[1] == "<cpu mode='custom' match='exact' check='none'>"
 
 
 def test_the_xml_modules_are_pure() -> None:

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from virtkit.formats.libvirt_common import libvirt_text
 from virtkit.model.domain import MAX_VCPUS, DiskBus, DiskDevice
 
 #: the display adapters virtkit builds (model/domain.py VideoModel)
@@ -45,7 +46,7 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
 
 def _text(root: ET.Element) -> str:
     ET.indent(root, space="  ")
-    return ET.tostring(root, encoding="unicode").replace(" />", "/>") + "\n"
+    return libvirt_text(root)
 
 
 def _enum(parent: ET.Element, name: str, values: Iterable[str]) -> None:

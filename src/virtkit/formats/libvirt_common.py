@@ -27,6 +27,30 @@ TARGET_PREFIX = {DiskBus.VIRTIO: "vd", DiskBus.SATA: "sd", DiskBus.SCSI: "sd", D
 PLACEMENT = ("address", "alias")
 
 
+_MARKUP = re.compile(r"<[^<>]*>")
+_DOUBLE_QUOTED = re.compile(r'="([^"]*)"')
+_METADATA = re.compile(r"(<metadata>.*?</metadata>)", re.DOTALL)
+
+
+def _single_quotes(markup: re.Match[str]) -> str:
+    return _DOUBLE_QUOTED.sub(lambda a: "='" + a.group(1).replace("'", "&apos;") + "'",
+                              markup.group(0))
+
+
+def libvirt_text(root: ET.Element) -> str:
+    """An element as libvirt writes its XML: attributes in single quotes
+    (``<disk type='file'>``), empty elements as ``<x/>``, a final newline.  The contents
+    of ``<metadata>`` keep double quotes, as libvirt dumps them through libxml2.
+
+    ElementTree escapes ``<``, ``>`` and ``"`` in attribute values and ``<``/``>`` in
+    text, so every raw ``<...>`` of its output is markup and every ``="..."`` in it an
+    attribute: rewriting those is exact."""
+    text = ET.tostring(root, encoding="unicode").replace(" />", "/>")
+    parts = _METADATA.split(text)
+    return "".join(part if index % 2 else _MARKUP.sub(_single_quotes, part)
+                   for index, part in enumerate(parts)) + "\n"
+
+
 def disk_name(prefix: str, index: int) -> str:
     """libvirt's disk names: vda .. vdz, vdaa, vdab ..."""
     letters = ""

@@ -34,7 +34,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from virtkit.errors import InvalidSpec
-from virtkit.formats.libvirt_common import VIRTKIT_NS, XmlReader, parse_document
+from virtkit.formats.libvirt_common import VIRTKIT_NS, XmlReader, libvirt_text, parse_document
 from virtkit.model.network import Network, NetworkMode, load_network
 
 REASONS = {
@@ -106,7 +106,7 @@ def network_to_xml(network: Network) -> str:
                     else {}
                 _sub(dhcp, "bootp", file=network.dhcp.boot_file, **server)
     ET.indent(root, space="  ")
-    return ET.tostring(root, encoding="unicode").replace(" />", "/>") + "\n"
+    return libvirt_text(root)
 
 
 def _metadata_out(root: ET.Element, network: Network) -> None:

@@ -29,7 +29,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from virtkit.errors import InvalidSpec
-from virtkit.formats.libvirt_common import VIRTKIT_NS, XmlReader, parse_document
+from virtkit.formats.libvirt_common import VIRTKIT_NS, XmlReader, libvirt_text, parse_document
 from virtkit.model.pool import Pool, PoolType
 
 
@@ -63,7 +63,7 @@ def pool_to_xml(pool: Pool) -> str:
     target = _sub(root, "target")
     _sub(target, "path", f"/dev/{pool.target}" if logical else pool.target)
     ET.indent(root, space="  ")
-    return ET.tostring(root, encoding="unicode").replace(" />", "/>") + "\n"
+    return libvirt_text(root)
 
 
 def _netfs_xml(pool: Pool) -> str:
@@ -80,7 +80,7 @@ def _netfs_xml(pool: Pool) -> str:
     _sub(source, "format", type="nfs")
     _sub(_sub(root, "target"), "path", f"/var/lib/virtkit/netfs/{pool.name}")
     ET.indent(root, space="  ")
-    return ET.tostring(root, encoding="unicode").replace(" />", "/>") + "\n"
+    return libvirt_text(root)
 
 
 def pool_from_xml(text: str, *, force: bool = False) -> tuple[dict[str, Any], list[str]]:

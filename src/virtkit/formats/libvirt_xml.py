@@ -72,7 +72,13 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from virtkit.formats.libvirt_common import TARGET_PREFIX, VIRTKIT_NS, disk_name, parse_document
+from virtkit.formats.libvirt_common import (
+    TARGET_PREFIX,
+    VIRTKIT_NS,
+    disk_name,
+    libvirt_text,
+    parse_document,
+)
 from virtkit.formats.libvirt_domain_in import DomainReader
 from virtkit.formats.libvirt_metadata import element_out, namespace_prefixes
 from virtkit.formats.libvirt_tuning import (
@@ -155,7 +161,7 @@ def domain_to_xml(domain: Domain) -> str:
     ET.indent(root, space="  ")
     # ElementTree writes empty elements as "<acpi />"; libvirt and virt-install as "<acpi/>".
     # Text and attribute values have their '>' escaped, so only tag ends match.
-    return ET.tostring(root, encoding="unicode").replace(" />", "/>") + "\n"
+    return libvirt_text(root)
 
 
 def _metadata_out(root: ET.Element, domain: Domain) -> None:

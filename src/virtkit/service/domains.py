@@ -21,7 +21,7 @@ from virtkit.errors import Conflict, InvalidSpec, NotFound, QemuError
 from virtkit.formats.libvirt_xml import domain_from_xml, domain_to_xml
 from virtkit.host import procstat
 from virtkit.host.pathpolicy import PathPolicy
-from virtkit.model.domain import Domain, Nic
+from virtkit.model.domain import Accelerator, Domain, Nic
 from virtkit.model.load import (
     domain_to_yaml,
     domain_without_secrets,
@@ -214,7 +214,13 @@ class DomainService:
     def dumpxml(self, ref: str, *, secrets: bool = False) -> str:
         """The domain as libvirt domain XML (``virsh dumpxml``; ``secrets``: with
         ``--security-info``, the graphics ``passwd``)."""
-        domain = load_domain(self._row(ref).spec)
+        row = self._row(ref)
+        domain = load_domain(row.spec)
+        running = self._life.vm(row.uuid, row.name).running
+        if running is not None and running.accel == "tcg" \
+                and domain.accelerator is Accelerator.AUTO:
+            # libvirt's domain type says what it runs under: 'qemu' for TCG
+            domain = domain.model_copy(update={"accelerator": Accelerator.TCG})
         return domain_to_xml(domain if secrets else domain_without_secrets(domain))
 
     def vncdisplay(self, ref: str) -> dict[str, Any]:
