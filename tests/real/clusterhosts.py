@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.real.conftest import (
-    LAG_LOG,
     DaemonHandle,
     cleanup,
     qemu_processes,
@@ -70,16 +69,23 @@ def three_hosts() -> Iterator[dict[str, DaemonHandle]]:
             handles[name].lan = (lan, ports[name])  # type: ignore[attr-defined]
         yield handles
     finally:
+        # every host is cleaned up even when one's cleanup fails (a stalled loop fails
+        # the test there): QEMUs, daemon, etcd member and guard of each
+        failures = []
         for handle in handles.values():
-            root = handle.root
             with contextlib.suppress(ProcessLookupError):
                 handle.process.kill()
             with contextlib.suppress(Exception):
                 handle.process.wait(10)
-            kill_member(root)
-            cleanup(handle)
+            kill_member(handle.root)
+            try:
+                cleanup(handle)
+            except BaseException as exc:  # re-raised once the others are cleaned up
+                failures.append(exc)
         for ns in [*spaces.values(), lan]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        if failures:
+            raise failures[0]
 
 
 def qemus_of(uuid: str) -> list[int]:
@@ -118,7 +124,6 @@ def up_hosts(handle: DaemonHandle) -> set[str]:
 
 
 def resume(handle: DaemonHandle) -> None:
-    """SIGCONT a daemon the test SIGSTOPped, and forget the event-loop stall its watchdog
-    saw over the stop (the test made it; the teardown fails on real stalls only)."""
+    """SIGCONT a daemon the test SIGSTOPped (its loop-lag watchdog knows a stopped
+    process from a stalled loop: api/looplag.py)."""
     os.kill(handle.process.pid, signal.SIGCONT)
-    (handle.root / LAG_LOG).write_text("")

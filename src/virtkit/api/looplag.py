@@ -55,8 +55,15 @@ class LoopLagWatch:
 
     def _watch(self) -> None:
         stalled_at: float | None = None
+        looked = resumed = time.monotonic()
         while not self._stop.wait(INTERVAL):
-            lag = time.monotonic() - self._beat
+            now = time.monotonic()
+            if now - looked > INTERVAL + self.limit and stalled_at is None:
+                # this thread did not run either: the whole process was stopped (SIGSTOP,
+                # a frozen machine), which is no stall of the loop; count from now
+                resumed = now
+            looked = now
+            lag = now - max(self._beat, resumed)
             if lag > self.limit and stalled_at is None:
                 stalled_at = self._beat
                 frame = sys._current_frames().get(self._loop_thread)
