@@ -36,6 +36,8 @@ from tests.real.clusterhosts import (
     up_hosts,
 )
 from tests.real.conftest import DaemonHandle, start_daemon, wait_for
+from virtkit.cluster.guard import read_arming
+from virtkit.paths import state_paths
 
 pytestmark = pytest.mark.qemu
 
@@ -111,6 +113,33 @@ def _running_once(handles: dict[str, DaemonHandle], uuids: dict[str, str],
     return all(rows.get(name, {}).get("state") == "running" for name in uuids.values())
 
 
+def _diagnose(handle: DaemonHandle) -> str:
+    """What the target host's guard and daemon said (for a failed wait)."""
+    guard = handle.root / "cluster" / "guard"
+    parts = []
+    for path in (guard / "arm.json", guard / "fenced.log", guard / "guard.log",
+                 guard / "guard.pid"):
+        parts.append(f"{path.name}: {path.read_text()[-1500:] if path.exists() else '-'}")
+    log = state_paths(handle.root).daemon_log
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    parts.append("daemon: " + "\n".join(line for line in lines if "cluster" in line)[-2500:])
+    return "\n".join(parts)
+
+
+def _armed(handles: dict[str, DaemonHandle], where: dict[str, str],
+           uuids: dict[str, str]) -> bool:
+    """Every HA VM's QEMU is in its host's guard arming (the daemon refreshes it each
+    second: a VM is not fenced in the first second after it starts, docs/cluster.md)."""
+    by_name = {name: uuid for uuid, name in uuids.items()}
+    for name, host in where.items():
+        arming = read_arming(handles[host].root / "cluster" / "guard")
+        pids = qemus_of(by_name[name])
+        if arming is None or not pids or not any(
+                t.uuid == by_name[name] and t.pid == pids[0] for t in arming.targets):
+            return False
+    return True
+
+
 def _recovered(handles: dict[str, DaemonHandle], uuids: dict[str, str],
                survivors: list[str], fenced: dict[str, list[int]]) -> bool:
     """The target's HA QEMUs are gone (fenced) and every HA VM runs once again."""
@@ -148,7 +177,8 @@ def test_faults_never_run_an_ha_vm_twice_and_every_ha_vm_runs_again(
         handle.cli("ha", "enable", name)
         handle.cli("start", name)
         uuids[uuid] = name
-    wait_for(lambda: _healthy(cluster, names), 60, "three HA VMs running")
+    where = wait_for(lambda: _healthy(cluster, names), 60, "three HA VMs running")
+    wait_for(lambda: _armed(cluster, where, uuids), 30, "every HA VM in its guard's arming")
     monitor = Monitor(uuids)
     thread = threading.Thread(target=monitor.run, daemon=True)
     thread.start()
@@ -167,45 +197,50 @@ def test_faults_never_run_an_ha_vm_twice_and_every_ha_vm_runs_again(
                 fenced = {uuid: before[uuid] for uuid, name in uuids.items()
                           if name in hosting.get(target, [])}
                 began = time.monotonic()
-                if fault == "host-dies":
-                    pids = handle.qemu_pids()
-                    handle.process.kill()
-                    handle.process.wait(10)
-                    kill_by_pidfile(handle.root / "cluster" / "etcd.pid")
-                    kill_by_pidfile(handle.root / "cluster" / "guard" / "guard.pid")
-                    for pid in pids:
-                        os.kill(pid, signal.SIGKILL)
-                    wait_for(lambda s=survivors, f=fenced: _recovered(cluster, uuids, s, f),
-                             RECOVERY_TIMEOUT, f"HA VMs running again after {target} died")
-                    recovered = time.monotonic() - began
-                    handle.process = start_daemon(handle.root, handle.netns)
-                elif fault == "daemon-hangs":
-                    os.kill(handle.process.pid, signal.SIGSTOP)
-                    try:
+                try:
+                    if fault == "host-dies":
+                        pids = handle.qemu_pids()
+                        handle.process.kill()
+                        handle.process.wait(10)
+                        kill_by_pidfile(handle.root / "cluster" / "etcd.pid")
+                        kill_by_pidfile(handle.root / "cluster" / "guard" / "guard.pid")
+                        for pid in pids:
+                            os.kill(pid, signal.SIGKILL)
                         wait_for(lambda s=survivors, f=fenced: _recovered(cluster, uuids, s, f),
-                                 RECOVERY_TIMEOUT, f"HA VMs running again after {target} hung")
+                                 RECOVERY_TIMEOUT, f"HA VMs running again after {target} died")
                         recovered = time.monotonic() - began
-                    finally:
-                        resume(handle)
-                elif fault == "partition":
-                    lan, port = handle.lan  # type: ignore[attr-defined]
-                    ip("-n", lan, "link", "set", port, "down")
-                    try:
-                        wait_for(lambda s=survivors, f=fenced: _recovered(cluster, uuids, s, f),
-                                 RECOVERY_TIMEOUT, f"HA VMs running again, {target} cut off")
+                        handle.process = start_daemon(handle.root, handle.netns)
+                    elif fault == "daemon-hangs":
+                        os.kill(handle.process.pid, signal.SIGSTOP)
+                        try:
+                            wait_for(lambda s=survivors, f=fenced: _recovered(cluster, uuids, s, f),
+                                     RECOVERY_TIMEOUT, f"HA VMs running again after {target} hung")
+                            recovered = time.monotonic() - began
+                        finally:
+                            resume(handle)
+                    elif fault == "partition":
+                        lan, port = handle.lan  # type: ignore[attr-defined]
+                        ip("-n", lan, "link", "set", port, "down")
+                        try:
+                            wait_for(lambda s=survivors, f=fenced: _recovered(cluster, uuids, s, f),
+                                     RECOVERY_TIMEOUT, f"HA VMs running again, {target} cut off")
+                            recovered = time.monotonic() - began
+                        finally:
+                            ip("-n", lan, "link", "set", port, "up")
+                    else:  # leader-dies: the daemon restarts its member; no VM is disturbed
+                        pidfile = handle.root / "cluster" / "etcd.pid"
+                        old_member = pidfile.read_text()
+                        kill_by_pidfile(pidfile)
+                        wait_for(lambda s=survivors, p=pidfile, o=old_member: p.read_text() != o
+                                 and _quorate(cluster[s[0]]), 60,
+                                 "the member restarted and three healthy voters with a leader")
                         recovered = time.monotonic() - began
-                    finally:
-                        ip("-n", lan, "link", "set", port, "up")
-                else:  # leader-dies: the daemon restarts its member; no VM is disturbed
-                    pidfile = handle.root / "cluster" / "etcd.pid"
-                    old_member = pidfile.read_text()
-                    kill_by_pidfile(pidfile)
-                    wait_for(lambda s=survivors, p=pidfile, o=old_member: p.read_text() != o
-                             and _quorate(cluster[s[0]]), 60,
-                             "the member restarted and three healthy voters with a leader")
-                    recovered = time.monotonic() - began
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}\n{target}'s side:\n{_diagnose(handle)}") from exc
                 where = wait_for(lambda: _healthy(cluster, names), RECOVERY_TIMEOUT,
                                  f"the cluster healed after {fault} of {target}")
+                wait_for(lambda w=where: _armed(cluster, w, uuids), 30,
+                         "every HA VM in its guard's arming again")
                 if fault == "leader-dies":
                     after = {uuid: qemus_of(uuid) for uuid in uuids}
                     assert after == before, f"the leader's death disturbed VMs: {before} {after}"
