@@ -38,6 +38,21 @@ if TYPE_CHECKING:  # imported when an install runs: the daemon seldom installs (
 DEFAULT_MEMORY_MIB = 1024
 
 
+def _check_shape(raw: dict[str, Any]) -> None:
+    """The parts of the domain that the install steps read before the model validates
+    it: a name, ``disks`` and ``nics`` as lists of objects, ``boot`` as an object.  A
+    request shaped otherwise is refused naming the field, never a crash on the way."""
+    if not isinstance(raw.get("name"), str):
+        raise InvalidSpec("install: domain.name must be a string", field="domain.name")
+    for name in ("disks", "nics"):
+        value = raw.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            raise InvalidSpec(f"install: domain.{name} must be a list of objects",
+                              field=f"domain.{name}")
+    if not isinstance(raw.get("boot", {}), dict):
+        raise InvalidSpec("install: domain.boot must be an object", field="domain.boot")
+
+
 class InstallService:
     """Runs install requests (from ``virtkit install`` or the web wizard)."""
 
@@ -62,6 +77,7 @@ class InstallService:
             data = parse_command_line(argv).to_dict()
         request = InstallRequest.from_dict(data)
         raw = dict(request.domain)
+        _check_shape(raw)
         notes = hostsupport.check(request.host_checks)
         more, defaults = await asyncio.to_thread(self._apply_os_variant, request, raw)
         notes += more
