@@ -136,11 +136,7 @@ class NetfsPool:
             export.unlink(f"/{name}")
 
     def resize_volume(self, name: str, capacity: int, *, shrink: bool = False) -> VolumeInfo:
-        info = self.volume(name)
-        if info.format not in qemuimg.CREATE_FORMATS:
-            raise InvalidSpec(f"volume {name!r} is {info.format}; only raw and qcow2 "
-                              "volumes can be resized", fix="convert it first (vol-clone)")
-        qemuimg.resize(info.path, info.format, capacity, shrink=shrink)
+        qemuimg.resize_volume(self.volume(name), capacity, shrink=shrink)
         return self.volume(name)
 
     def wipe_volume(self, name: str) -> None:

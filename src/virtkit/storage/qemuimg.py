@@ -36,7 +36,7 @@ from virtkit.errors import (
     VirtkitError,
 )
 from virtkit.model.netdisk import is_network_path
-from virtkit.storage.base import Progress
+from virtkit.storage.base import Progress, VolumeInfo
 
 #: formats virtkit creates volumes in (qemu-img reads many more on import).
 CREATE_FORMATS = ("raw", "qcow2")
@@ -221,6 +221,14 @@ def create(path: str, fmt: str, capacity_bytes: int | None, *, backing: str | No
                               field="capacity")
         argv.append(str(capacity_bytes))
     _run(argv, "create", path)
+
+
+def resize_volume(info: VolumeInfo, capacity: int, *, shrink: bool = False) -> None:
+    """Resize a pool's image volume (directory and NFS pools): raw and qcow2 only."""
+    if info.format not in CREATE_FORMATS:
+        raise InvalidSpec(f"volume {info.name!r} is {info.format}; only raw and qcow2 "
+                          "volumes can be resized", fix="convert it first (vol-clone)")
+    resize(info.path, info.format, capacity, shrink=shrink)
 
 
 def resize(path: str, fmt: str, capacity: int, shrink: bool = False) -> None:
