@@ -16,6 +16,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from virtkit.cli.client import ApiError, Client
@@ -88,9 +89,28 @@ def edit(client: Client, domain: str, *, xml: bool | None = None) -> int:
         text = data.decode() if isinstance(data, bytes) else str(data)
     else:
         text = current["yaml"]
+    filename = f"{name.replace('/', '_')}.{'xml' if xml else 'yaml'}"
+    kind = "XML" if xml else "spec"
+
+    def submit(body: str) -> str:
+        version = _submit(client, domain, body, current["version"], xml=xml)
+        return f"Domain '{name}' {kind} edited (version {version})."
+
+    return edit_rounds(text, filename, style, submit, f"Domain '{name}' {kind} not changed.",
+                       fatal=lambda exc: exc.code == "stale-version")
+
+
+def edit_rounds(text: str, filename: str, style: NoteStyle, submit: Callable[[str], str],
+                unchanged: str, *, submit_unchanged: bool = False,
+                fatal: Callable[[ApiError], bool] = lambda _exc: False) -> int:
+    """Show ``text`` in $EDITOR until ``submit`` takes the edited text (without our error
+    note; it answers the line to print); a refusal is shown again with the error on top.
+    Saved unchanged: ``unchanged`` is printed on the first round (or, with
+    ``submit_unchanged``, the text is submitted once as it is), an abandoned edit later.
+    An ApiError ``fatal`` says yes to is not shown again but raised."""
     first_round = True
     with tempfile.TemporaryDirectory(prefix="virtkit-edit-") as folder:
-        path = os.path.join(folder, f"{name.replace('/', '_')}.{'xml' if xml else 'yaml'}")
+        path = os.path.join(folder, filename)
         while True:
             with open(path, "w") as handle:
                 handle.write(text)
@@ -99,23 +119,22 @@ def edit(client: Client, domain: str, *, xml: bool | None = None) -> int:
                 return 1
             with open(path) as handle:
                 edited = handle.read()
-            if edited == text:
+            if edited == text and not (first_round and submit_unchanged):
                 if first_round:
-                    print(f"Domain '{name}' {'XML' if xml else 'spec'} not changed.")
+                    print(unchanged)
                     return 0
                 print("error: edit abandoned; nothing was changed", file=sys.stderr)
                 return 1
             first_round = False
-            body = strip_error(edited, style)
             try:
-                version = _submit(client, domain, body, current["version"], xml=xml)
+                done = submit(strip_error(edited, style))
             except ApiError as exc:
-                if exc.code == "stale-version":
+                if fatal(exc):
                     raise
                 print(f"error: {exc}", file=sys.stderr)
                 text = with_error(edited, str(exc), style)
                 continue
-            print(f"Domain '{name}' {'XML' if xml else 'spec'} edited (version {version}).")
+            print(done)
             return 0
 
 

@@ -73,42 +73,18 @@ def cmd_managedsave_define(client: Client, args: argparse.Namespace) -> int:
 def cmd_managedsave_edit(client: Client, args: argparse.Namespace) -> int:
     """The image's XML in $EDITOR until the daemon takes it (or it is saved unchanged),
     a refused edit shown again with the error on top, as ``virtkit edit --xml``."""
-    import os
-    import subprocess
-    import tempfile
-
-    from virtkit.cli.client import ApiError
-    from virtkit.cli.edit import XML_NOTES, _editor, strip_error, with_error
+    from virtkit.cli.edit import XML_NOTES, edit_rounds
 
     text = _image_xml(client, args.domain, True)  # with secrets: keep the VNC password
     running = _running(args)
-    first_round = True
-    with tempfile.TemporaryDirectory(prefix="virtkit-edit-") as folder:
-        path = os.path.join(folder, "managedsave.xml")
-        while True:
-            with open(path, "w") as handle:
-                handle.write(text)
-            if subprocess.call([*_editor(), path]) != 0:
-                print("error: the editor failed; nothing was changed", file=sys.stderr)
-                return 1
-            with open(path) as handle:
-                edited = handle.read()
-            if edited == text and (running is None or not first_round):
-                if first_round:
-                    print(f"Managed save image of domain '{args.domain}' XML configuration "
-                          "not changed.")
-                    return 0
-                print("error: edit abandoned; nothing was changed", file=sys.stderr)
-                return 1
-            first_round = False
-            try:
-                name = _define(client, args.domain, strip_error(edited, XML_NOTES), running)
-            except ApiError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                text = with_error(edited, str(exc), XML_NOTES)
-                continue
-            print(f"Managed save image of domain '{name}' edited.")
-            return 0
+
+    def submit(body: str) -> str:
+        name = _define(client, args.domain, body, running)
+        return f"Managed save image of domain '{name}' edited."
+
+    return edit_rounds(text, "managedsave.xml", XML_NOTES, submit,
+                       f"Managed save image of domain '{args.domain}' XML configuration not "
+                       "changed.", submit_unchanged=running is not None)
 
 
 def cmd_host_guests(client: Client, args: argparse.Namespace) -> int:
