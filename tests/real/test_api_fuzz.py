@@ -63,7 +63,8 @@ UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Versi
 #: slow host probes: a few examples
 SLOW = {"/v1/host/check", "/v1/host"}
 STREAM_EXAMPLES, SLOW_EXAMPLES, HOSTILE_EXAMPLES = 8, 3, 15
-#: they could change the host (KSM, a TLS certificate), run a generated spec or install
+#: they could change the host (KSM, a TLS certificate, the guests' ON_SHUTDOWN policy
+#: applied now), run a generated spec or install
 #: (QEMU, disks), take the caller's own file descriptors, or end the session: negative
 #: cases (all 4xx) and positive ones naming nothing
 HOSTILE = {("PUT", "/v1/host/ksm"), ("POST", "/v1/tls/setup"), ("POST", "/v1/install"),
@@ -73,7 +74,8 @@ HOSTILE = {("PUT", "/v1/host/ksm"), ("POST", "/v1/tls/setup"), ("POST", "/v1/ins
          ("POST", "/v1/pools/{pool}/volumes/{volume}/download-fd"),
          ("POST", "/v1/pools/{pool}/import"), ("POST", "/web/logout"), ("POST", "/web/login"),
          ("POST", "/v1/cluster/init"), ("POST", "/v1/cluster/join"),
-         ("POST", "/v1/cluster/admit"), ("POST", "/v1/cluster/leave")}
+         ("POST", "/v1/cluster/admit"), ("POST", "/v1/cluster/leave"),
+         ("POST", "/v1/host/guests/shutdown")}
 
 
 def send(sock_path: Path, method: str, target: str, body: bytes | None,

@@ -11,6 +11,7 @@ import functools
 from typing import Any
 
 from virtkit import __version__
+from virtkit.api.openapi_limits import LIMITS_BODIES, LIMITS_OPERATIONS, LIMITS_QUERIES
 from virtkit.api.openapi_virsh import VIRSH_OPERATIONS
 from virtkit.model.domain import Domain
 from virtkit.model.network import Network
@@ -303,6 +304,7 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
      {"type": "object", "properties": {"now": {"type": "boolean"}, "time": {"type": "number"}}}),
     *_STATS_OPERATIONS,
     *VIRSH_OPERATIONS,
+    *LIMITS_OPERATIONS,
     ("get", "/v1/cluster", "cluster status: etcd members, health, quorum, leader "
      "({configured: false} outside a cluster)", None),
     ("get", "/v1/cluster/hosts", "cluster list: every member host with state, role, "
@@ -334,6 +336,12 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
 ]
 
 
+#: path parameters that take one of a few words
+_PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "kind": {"enum": ["schedinfo", "memtune", "blkiotune"]},
+    "disk": {"type": "string", "description": "the disk's target (vda) or source path"}}
+
+
 def _operation(method: str, path: str, summary: str, body: dict[str, Any] | None
                ) -> dict[str, Any]:
     media = "application/xml" if path.endswith("/xml") else "application/json"
@@ -349,10 +357,10 @@ def _operation(method: str, path: str, summary: str, body: dict[str, Any] | None
         },
     }
     parameters = [_REF] if "{ref}" in path else []
-    for name in ("pool", "volume", "net", "nic", "name"):
+    for name in ("pool", "volume", "net", "nic", "name", "disk", "kind"):
         if "{" + name + "}" in path:
             parameters.append({"name": name, "in": "path", "required": True,
-                               "schema": {"type": "string"}})
+                               "schema": _PATH_SCHEMAS.get(name, {"type": "string"})})
     if parameters:
         operation["parameters"] = parameters
     if body is not None:
@@ -436,6 +444,7 @@ def _request_models() -> tuple[dict[tuple[str, str], Any], dict[tuple[str, str],
         ("put", "/v1/domains/{ref}/ha"): r.AutostartBody,
         ("post", "/v1/cluster/join"): cluster_routes.JoinBody,
         ("post", "/v1/cluster/admit"): cluster_routes.AdmitBody,
+        **LIMITS_BODIES,
     }
     queries: dict[tuple[str, str], Any] = {
         ("get", "/v1/audit"): d.AuditQuery, ("get", "/v1/domains"): r.DomainListQuery,
@@ -450,6 +459,7 @@ def _request_models() -> tuple[dict[tuple[str, str], Any], dict[tuple[str, str],
         ("get", "/v1/osinfo"): install_routes.OsinfoQuery,
         ("get", guest + "/file"): guest_routes.FileQuery,
         ("put", guest + "/file"): guest_routes.FileQuery,
+        **LIMITS_QUERIES,
     }
     return bodies, queries
 
