@@ -32,6 +32,8 @@ from virtkit.api.requests import (
     query_of,
 )
 from virtkit.errors import HostError
+from virtkit.service.models.base import Result
+from virtkit.service.models.storage import PoolInfo
 from virtkit.service.storage import StorageService
 
 routes = web.RouteTableDef()
@@ -126,7 +128,7 @@ async def pool_action(request: web.Request) -> web.Response:
     await body_of(request, EmptyBody)
     storage = _storage(request)
     action = request.match_info["action"]
-    operations: dict[str, Callable[[str], dict[str, Any]]] = {
+    operations: dict[str, Callable[[str], PoolInfo]] = {
         "build": storage.build_pool, "start": storage.start_pool,
         "destroy": storage.destroy_pool, "delete": storage.delete_pool,
         "refresh": storage.pool_info,
@@ -208,7 +210,7 @@ async def import_volume(request: web.Request) -> web.StreamResponse:
 
 
 async def _with_progress(request: web.Request,
-                         operation: Callable[[Callable[[float, float], None]], dict[str, Any]]
+                         operation: Callable[[Callable[[float, float], None]], Result]
                          ) -> web.StreamResponse:
     """Run a blocking operation in a thread, streaming its progress as NDJSON if asked."""
     return await progress_response(
@@ -246,8 +248,8 @@ async def upload_volume(request: web.Request) -> web.Response:
             raise HostError(f"upload to {pool}/{name} failed after {written} bytes: "
                             f"{exc.strerror}; nothing was changed", fix=fix) from None
         raise
-    return json_response({**await asyncio.to_thread(storage.volume_info, pool, name),
-                  "uploaded": written})
+    volume = await asyncio.to_thread(storage.volume_info, pool, name)
+    return json_response(volume.model_copy(update={"uploaded": written}))
 
 
 @routes.post("/v1/pools/{pool}/volumes/{volume}/{action:upload-fd|download-fd}")
@@ -262,7 +264,7 @@ async def copy_with_client_fd(request: web.Request) -> web.StreamResponse:
     copy = storage.upload_from_fd if request.match_info["action"] == "upload-fd" \
         else storage.download_to_fd
 
-    def operation(progress: Callable[[float, float], None]) -> dict[str, Any]:
+    def operation(progress: Callable[[float, float], None]) -> Result:
         try:
             return copy(pool, name, fd, progress)
         finally:

@@ -209,7 +209,7 @@ class InstallService:
             if new.pool is None:
                 continue
             if new.pool not in taken:
-                taken[new.pool] = {v["name"] for v in self._storage.list_volumes(new.pool)}
+                taken[new.pool] = {v.name for v in self._storage.list_volumes(new.pool)}
             suffix = "qcow2" if new.format == "qcow2" else "img"
             base, number = raw["name"], 0
             candidate = f"{base}.{suffix}"

@@ -113,7 +113,7 @@ class RecoveryService:
 
     def _path_of(self, pool: str, volume: str) -> str | None:
         try:
-            return str(self._storage.volume_info(pool, volume)["path"])
+            return self._storage.volume_info(pool, volume).path
         except VirtkitError:
             return None
 

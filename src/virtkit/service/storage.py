@@ -16,7 +16,6 @@ import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -30,6 +29,14 @@ from virtkit.runtime.blockops import BlockOps
 from virtkit.runtime.events import EventBus
 from virtkit.runtime.imageuse import ImageUse
 from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.service.models import storage as results
+from virtkit.service.models.storage import (
+    PoolDocument,
+    PoolInfo,
+    PoolRemoved,
+    VolumeDeleted,
+    VolumeDownloaded,
+)
 from virtkit.storage import fastcopy
 from virtkit.storage.base import PoolBackend, Progress, VolumeInfo
 from virtkit.storage.dirpool import DirPool
@@ -59,7 +66,7 @@ def parse_bytes(value: int | str, *, field: str) -> int:
     return mib * 1024 * 1024
 
 
-def load_pool(data: dict[str, Any]) -> Pool:
+def load_pool(data: PoolDocument) -> Pool:
     try:
         return Pool.model_validate(data)
     except ValidationError as exc:
@@ -92,28 +99,29 @@ class StorageService:
                            fix=f"start it: virtkit pool-start {row.name}")
         return row, self._backend(row)
 
-    def pool_info(self, ref: str) -> dict[str, Any]:
+    def pool_info(self, ref: str) -> PoolInfo:
         row = self._store.get_pool(ref)
-        info: dict[str, Any] = {"name": row.name, "uuid": row.uuid, "state": row.state,
-                                "type": row.spec["type"], "target": row.spec["target"],
-                                "autostart": row.spec.get("autostart", False),
-                                "source_devices": row.spec.get("source_devices", []),
-                                "shared": load_pool(row.spec).shared,
-                                "source_host": row.spec.get("source_host"),
-                                "source_path": row.spec.get("source_path"),
-                                "capacity": None, "allocation": None, "available": None}
+        info = PoolInfo(name=row.name, uuid=row.uuid, state=row.state,
+                        type=row.spec["type"], target=row.spec["target"],
+                        autostart=row.spec.get("autostart", False),
+                        source_devices=row.spec.get("source_devices", []),
+                        shared=load_pool(row.spec).shared,
+                        source_host=row.spec.get("source_host"),
+                        source_path=row.spec.get("source_path"),
+                        capacity=None, allocation=None, available=None)
         if row.state == PoolState.ACTIVE:
             backend = self._backend(row)
             capacity = backend.capacity()
-            info.update(capacity=capacity.capacity, allocation=capacity.allocation,
-                        available=capacity.available, volumes=len(backend.list_volumes()))
+            info = info.model_copy(update={
+                "capacity": capacity.capacity, "allocation": capacity.allocation,
+                "available": capacity.available, "volumes": len(backend.list_volumes())})
         return info
 
-    def list_pools(self, *, include_inactive: bool = True) -> list[dict[str, Any]]:
+    def list_pools(self, *, include_inactive: bool = True) -> list[PoolInfo]:
         pools = [self.pool_info(row.uuid) for row in self._store.list_pools()]
-        return [p for p in pools if include_inactive or p["state"] == PoolState.ACTIVE]
+        return [p for p in pools if include_inactive or p.state == PoolState.ACTIVE]
 
-    def define_pool(self, data: dict[str, Any] | str) -> dict[str, Any]:
+    def define_pool(self, data: PoolDocument | str) -> PoolInfo:
         pool = load_pool(parse_text(data, source="pool spec") if isinstance(data, str)
                          else data)
         # the path policy (host/pathpolicy.py): a pool's files are what callers may name
@@ -131,21 +139,21 @@ class StorageService:
         self._publish("pool-defined", row)
         return self.pool_info(row.uuid)
 
-    def define_pool_xml(self, text: str, *, force: bool = False) -> dict[str, Any]:
+    def define_pool_xml(self, text: str, *, force: bool = False) -> PoolInfo:
         """Define from libvirt pool XML; ``warnings``: what force dropped."""
         spec, warnings = pool_from_xml(text, force=force)
-        return {**self.define_pool(spec), "warnings": warnings}
+        return self.define_pool(spec).model_copy(update={"warnings": warnings})
 
     def pool_dumpxml(self, ref: str) -> str:
         """The pool as libvirt pool XML (``virsh pool-dumpxml``)."""
         return pool_to_xml(load_pool(self._store.get_pool(ref).spec))
 
-    def build_pool(self, ref: str) -> dict[str, Any]:
+    def build_pool(self, ref: str) -> PoolInfo:
         row = self._store.get_pool(ref)
         self._backend(row).build()
         return self.pool_info(row.uuid)
 
-    def start_pool(self, ref: str) -> dict[str, Any]:
+    def start_pool(self, ref: str) -> PoolInfo:
         row = self._store.get_pool(ref)
         backend = self._backend(row)
         if not backend.exists():
@@ -155,13 +163,13 @@ class StorageService:
         self._publish("pool-started", row)
         return self.pool_info(row.uuid)
 
-    def destroy_pool(self, ref: str) -> dict[str, Any]:
+    def destroy_pool(self, ref: str) -> PoolInfo:
         row = self._store.get_pool(ref)
         self._store.update_pool(row.uuid, state=PoolState.INACTIVE)
         self._publish("pool-stopped", row)
         return self.pool_info(row.uuid)
 
-    def delete_pool(self, ref: str) -> dict[str, Any]:
+    def delete_pool(self, ref: str) -> PoolInfo:
         """Remove the pool's storage (pool-delete); refused for a non-empty pool."""
         row = self._store.get_pool(ref)
         if row.state == PoolState.ACTIVE:
@@ -170,16 +178,16 @@ class StorageService:
         self._backend(row).delete()
         return self.pool_info(row.uuid)
 
-    def undefine_pool(self, ref: str) -> dict[str, Any]:
+    def undefine_pool(self, ref: str) -> PoolRemoved:
         row = self._store.get_pool(ref)
         if row.state == PoolState.ACTIVE:
             raise Conflict(f"pool '{row.name}' is active",
                            fix=f"stop it first: virtkit pool-destroy {row.name}")
         self._store.delete_pool(row.uuid)
         self._publish("pool-undefined", row)
-        return {"name": row.name, "uuid": row.uuid}
+        return PoolRemoved(name=row.name, uuid=row.uuid)
 
-    def set_pool_autostart(self, ref: str, enabled: bool) -> dict[str, Any]:
+    def set_pool_autostart(self, ref: str, enabled: bool) -> PoolInfo:
         row = self._store.get_pool(ref)
         self._store.update_pool(row.uuid, spec=dict(row.spec, autostart=enabled))
         return self.pool_info(row.uuid)
@@ -218,20 +226,21 @@ class StorageService:
 
     # -- volumes ---------------------------------------------------------------
 
-    def list_volumes(self, pool: str) -> list[dict[str, Any]]:
+    def list_volumes(self, pool: str) -> list[results.VolumeInfo]:
         row, backend = self._active(pool)
         return [self._volume_dict(row, v) for v in backend.list_volumes()]
 
-    def volume_info(self, pool: str, name: str) -> dict[str, Any]:
+    def volume_info(self, pool: str, name: str) -> results.VolumeInfo:
         row, backend = self._active(pool)
         return self._volume_dict(row, backend.volume(name))
 
-    def _volume_dict(self, row: PoolRow, volume: VolumeInfo) -> dict[str, Any]:
-        return {**volume.to_dict(), "pool": row.name,
-                "used_by": [name for name, _state in self._users(volume.path)]}
+    def _volume_dict(self, row: PoolRow, volume: VolumeInfo) -> results.VolumeInfo:
+        return results.VolumeInfo(**volume.to_dict(), pool=row.name,
+                                  used_by=[name for name, _state in self._users(volume.path)])
 
     def create_volume(self, pool: str, name: str, capacity: int | str, fmt: str = "qcow2", *,
-                      backing: str | None = None, prealloc: bool = False) -> dict[str, Any]:
+                      backing: str | None = None, prealloc: bool = False
+                      ) -> results.VolumeInfo:
         row, backend = self._active(pool)
         _check_name(name)
         if fmt not in ("qcow2", "raw"):
@@ -242,7 +251,7 @@ class StorageService:
         self._bus.publish("volume-created", row.uuid, pool=row.name, volume=name)
         return self._volume_dict(row, volume)
 
-    def delete_volume(self, pool: str, name: str, *, force: bool = False) -> dict[str, Any]:
+    def delete_volume(self, pool: str, name: str, *, force: bool = False) -> VolumeDeleted:
         """vol-delete.  A volume another image is backed by is never removed, --force
         or not (the images on top of it would lose their data); --force only skips
         the check for shut-off domains that name the volume as a disk."""
@@ -263,10 +272,10 @@ class StorageService:
                                fix="detach it from them, or pass --force")
         backend.delete_volume(name)
         self._bus.publish("volume-deleted", row.uuid, pool=row.name, volume=name)
-        return {"pool": row.name, "name": name}
+        return VolumeDeleted(pool=row.name, name=name)
 
     def resize_volume(self, pool: str, name: str, capacity: int | str, *,
-                      shrink: bool = False) -> dict[str, Any]:
+                      shrink: bool = False) -> results.VolumeInfo:
         row, backend = self._active(pool)
         volume = backend.volume(name)
         self._refuse_running(volume)
@@ -279,7 +288,7 @@ class StorageService:
         return self._volume_dict(row, backend.resize_volume(name, size, shrink=shrink))
 
     async def resize_volume_live(self, pool: str, name: str, capacity: int | str, *,
-                                 shrink: bool = False) -> dict[str, Any]:
+                                 shrink: bool = False) -> results.VolumeInfo:
         """vol-resize: a volume a running domain has as its disk grows live (QMP
         block_resize on that QEMU's node: the guest sees the new size); a shrink of it is
         refused.  Any other volume is resized offline (qemu-img, lvresize)."""
@@ -305,7 +314,7 @@ class StorageService:
         await self._ops.resize(vm.uuid, vm.name, target, size)
         return await asyncio.to_thread(lambda: self._volume_dict(row, backend.volume(name)))
 
-    def wipe_volume(self, pool: str, name: str) -> dict[str, Any]:
+    def wipe_volume(self, pool: str, name: str) -> results.VolumeInfo:
         row, backend = self._active(pool)
         self._refuse_running(backend.volume(name))
         backend.wipe_volume(name)
@@ -313,7 +322,7 @@ class StorageService:
 
     def clone_volume(self, pool: str, source: str, name: str, *, linked: bool = False,
                      fmt: str | None = None, progress: Progress | None = None
-                     ) -> dict[str, Any]:
+                     ) -> results.VolumeInfo:
         row, backend = self._active(pool)
         _check_name(name)
         original = backend.volume(source)
@@ -335,7 +344,7 @@ class StorageService:
         return self._volume_dict(row, volume)
 
     def import_volume(self, pool: str, name: str, source: str, fmt: str, *,
-                      progress: Progress | None = None) -> dict[str, Any]:
+                      progress: Progress | None = None) -> results.VolumeInfo:
         """Convert a host image (vmdk, vdi, vhdx, qcow2, raw) into a new volume."""
         row, backend = self._active(pool)
         _check_name(name)
@@ -372,7 +381,7 @@ class StorageService:
         return final.with_name(f".{final.name}.partial"), final
 
     def upload_from_fd(self, pool: str, name: str, fd: int,
-                       progress: Progress | None = None) -> dict[str, Any]:
+                       progress: Progress | None = None) -> results.VolumeInfo:
         """vol-upload from a local client's open file: an in-kernel copy into the volume,
         written under a temporary name, made durable, then renamed (atomic)."""
         size = fastcopy.check_mode(fd, write=False, what="the upload source")
@@ -397,10 +406,10 @@ class StorageService:
                 raise HostError(f"upload to {pool}/{name} failed: {exc.strerror}; nothing "
                                 "was changed", fix=fix) from None
             raise
-        return {**self.volume_info(pool, name), "uploaded": size}
+        return self.volume_info(pool, name).model_copy(update={"uploaded": size})
 
     def download_to_fd(self, pool: str, name: str, fd: int,
-                       progress: Progress | None = None) -> dict[str, Any]:
+                       progress: Progress | None = None) -> VolumeDownloaded:
         """vol-download into a local client's open file: an in-kernel copy."""
         fastcopy.check_mode(fd, write=True, what="the download target")
         source = os.open(self.download_source(pool, name), os.O_RDONLY)
@@ -414,7 +423,7 @@ class StorageService:
             raise HostError(f"download of {pool}/{name} failed: {exc.strerror}") from None
         finally:
             os.close(source)
-        return {"pool": pool, "name": name, "downloaded": size}
+        return VolumeDownloaded(pool=pool, name=name, downloaded=size)
 
     def download_source(self, pool: str, name: str) -> Path:
         row, backend = self._active(pool)

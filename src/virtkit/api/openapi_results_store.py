@@ -1,0 +1,30 @@
+"""The answer types of the storage and migration routes, for api/openapi_results.py
+(kept apart so each area's list stays beside its own models)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from virtkit.service.models import storage
+
+_POOL, _VOL = "/v1/pools/{pool}", "/v1/pools/{pool}/volumes/{volume}"
+
+
+def store_result_types() -> dict[tuple[str, str], Any]:
+    """(method, path) -> the type its ``200``/``201`` answer carries."""
+    pool_changes = {("post", "/v1/pools"), ("get", _POOL), ("put", _POOL + "/autostart"),
+                    *(("post", f"{_POOL}/{action}")
+                      for action in ("build", "start", "destroy", "delete", "refresh"))}
+    volume_changes = {("post", _POOL + "/volumes"), ("get", _VOL), ("post", _VOL + "/resize"),
+                      ("post", _VOL + "/wipe"), ("post", _VOL + "/clone"),
+                      ("post", _POOL + "/import"), ("put", _VOL + "/upload"),
+                      ("post", _VOL + "/upload-fd")}
+    return {
+        ("get", "/v1/pools"): list[storage.PoolInfo],
+        **{key: storage.PoolInfo for key in pool_changes},
+        ("delete", _POOL): storage.PoolRemoved,
+        ("get", _POOL + "/volumes"): list[storage.VolumeInfo],
+        **{key: storage.VolumeInfo for key in volume_changes},
+        ("delete", _VOL): storage.VolumeDeleted,
+        ("post", _VOL + "/download-fd"): storage.VolumeDownloaded,
+    }
