@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from virtkit.service.models import storage
+from virtkit.service.models import blockjobs, storage
 
 _POOL, _VOL = "/v1/pools/{pool}", "/v1/pools/{pool}/volumes/{volume}"
+_BLOCK = "/v1/domains/{ref}/blockjobs/{disk}"
 
 
 def store_result_types() -> dict[tuple[str, str], Any]:
@@ -27,4 +28,8 @@ def store_result_types() -> dict[tuple[str, str], Any]:
         **{key: storage.VolumeInfo for key in volume_changes},
         ("delete", _VOL): storage.VolumeDeleted,
         ("post", _VOL + "/download-fd"): storage.VolumeDownloaded,
+        **{(method, path): blockjobs.BlockJob for method, path in (
+            ("post", _BLOCK + "/commit"), ("post", _BLOCK + "/pull"),
+            ("post", _BLOCK + "/copy"), ("get", _BLOCK), ("post", _BLOCK))},
+        ("post", _BLOCK + "/resize"): blockjobs.BlockResized,
     }

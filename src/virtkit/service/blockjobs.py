@@ -19,6 +19,7 @@ from virtkit.model.pool import Pool, PoolState, PoolType
 from virtkit.runtime.blockcopy import BlockCopyOps, Destination
 from virtkit.runtime.blockjobs import Progress
 from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.service.models.blockjobs import BlockJob, BlockResized
 from virtkit.storage.lvm import lvm_config_from_env
 from virtkit.storage.pools import backend_for
 from virtkit.store.db import Store
@@ -37,29 +38,33 @@ class BlockJobService:
         return row.uuid, row.name
 
     async def commit(self, ref: str, disk: str, progress: Progress | None = None,
-                     **options: Any) -> dict[str, Any]:
-        return await self._ops.commit(*self._row(ref), disk, progress=progress, **options)
+                     **options: Any) -> BlockJob:
+        return BlockJob.model_validate(
+            await self._ops.commit(*self._row(ref), disk, progress=progress, **options))
 
     async def pull(self, ref: str, disk: str, progress: Progress | None = None,
-                   **options: Any) -> dict[str, Any]:
-        return await self._ops.pull(*self._row(ref), disk, progress=progress, **options)
+                   **options: Any) -> BlockJob:
+        return BlockJob.model_validate(
+            await self._ops.pull(*self._row(ref), disk, progress=progress, **options))
 
     async def job(self, ref: str, disk: str, progress: Progress | None = None,
-                  **options: Any) -> dict[str, Any]:
-        return await self._ops.job(*self._row(ref), disk, progress=progress, **options)
+                  **options: Any) -> BlockJob:
+        return BlockJob.model_validate(
+            await self._ops.job(*self._row(ref), disk, progress=progress, **options))
 
-    async def resize(self, ref: str, disk: str, size: int) -> dict[str, Any]:
-        return await self._ops.resize(*self._row(ref), disk, size)
+    async def resize(self, ref: str, disk: str, size: int) -> BlockResized:
+        return BlockResized.model_validate(await self._ops.resize(*self._row(ref), disk, size))
 
     async def copy(self, ref: str, disk: str, progress: Progress | None = None, *,
                    dest: str, pool: str | None = None, format: str | None = None,
                    reuse_external: bool = False, blockdev: bool = False,
-                   **options: Any) -> dict[str, Any]:
+                   **options: Any) -> BlockJob:
         """virsh blockcopy of ``disk`` to ``dest`` (a path, or a volume: see the module)."""
         uuid, name = self._row(ref)
         target = await asyncio.to_thread(self._destination, dest, pool, format,
                                          reuse_external or blockdev, blockdev)
-        return await self._ops.copy(uuid, name, disk, target, progress=progress, **options)
+        return BlockJob.model_validate(
+            await self._ops.copy(uuid, name, disk, target, progress=progress, **options))
 
     def _destination(self, dest: str, pool: str | None, fmt: str | None, reuse: bool,
                      blockdev: bool) -> Destination:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from virtkit.service.models.base import Result
+from virtkit.service.models.documents import QemuCounters
 
 
 class StateReason(Result):
@@ -25,11 +24,11 @@ class DomainStats(Result):
     pid: int | None = None
     started: float | None = None
     error: str | None = None
-    cpu: dict[str, Any] | None = None
-    balloon: dict[str, Any] | None = None
-    vcpu: dict[str, Any] | None = None
-    net: list[dict[str, Any]] | None = None
-    block: list[dict[str, Any]] | None = None
+    cpu: QemuCounters | None = None
+    balloon: QemuCounters | None = None
+    vcpu: QemuCounters | None = None
+    net: list[QemuCounters] | None = None
+    block: list[QemuCounters] | None = None
 
 
 class VcpuThread(Result):

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from virtkit.service.models.base import Result
+from virtkit.service.models.documents import PoolDocument
 
-#: a pool definition as JSON, before it is validated into model/pool.py's ``Pool``
-#: (``POST /v1/pools``' ``spec``, or a YAML document read into a dictionary);
-#: service/storage.load_pool validates it and names the field it refuses
-PoolDocument = dict[str, Any]
+__all__ = ["PoolDocument", "PoolInfo", "PoolRemoved", "VolumeDeleted", "VolumeDownloaded",
+           "VolumeInfo"]
 
 
 class PoolInfo(Result):
