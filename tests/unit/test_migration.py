@@ -10,12 +10,20 @@ from typing import Any
 
 import pytest
 
+from virtkit.api.migration_routes import MigrateBody
+from virtkit.api.requests import validate_body
 from virtkit.cli.migrate import destination
 from virtkit.errors import Conflict, InvalidSpec, QemuError, Unsupported, VirtkitError
 from virtkit.qemu.qmp import QmpCommands
 from virtkit.runtime import migration
-from virtkit.service.migrations import MAX_DEADLINE, _address, _deadline, _options
+from virtkit.service.migrations import MAX_DEADLINE, _address, _deadline
+from virtkit.service.migrations import _options as options_of
 
+
+def _options(fields: dict[str, Any]) -> migration.Options:
+    """The options of a migrate request body, parsed as the route parses it."""
+    body = validate_body({"destination": {"socket": "/run/x.sock"}, **fields}, MigrateBody)
+    return options_of(body)
 
 class FakeMonitor(QmpCommands):
     """Answers query-migrate from a script of statuses; records every command."""

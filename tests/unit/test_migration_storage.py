@@ -10,13 +10,21 @@ from typing import Any
 
 import pytest
 
+from virtkit.api.migration_routes import MigrateBody
+from virtkit.api.requests import IncomingBody, validate_body
 from virtkit.cli.migrate import disk_paths
 from virtkit.errors import Conflict, InvalidSpec, QemuError
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.qemu.qmp import QmpCommands
 from virtkit.runtime import migration, storagecopy
-from virtkit.service.migrations import _options, copy_plan
+from virtkit.service.migrations import _options as options_of
+from virtkit.service.migrations import copy_plan
 
+
+def _options(fields: dict[str, Any]) -> migration.Options:
+    """The options of a migrate request body, parsed as the route parses it."""
+    body = validate_body({"destination": {"socket": "/run/x.sock"}, **fields}, MigrateBody)
+    return options_of(body)
 
 class CopyMonitor(QmpCommands):
     """One virtio disk (device disk0, node disk0); mirrors get READY after a few
@@ -272,16 +280,19 @@ def test_cli_sends_the_new_flags() -> None:
 
 
 def test_the_destination_creates_only_files_the_spec_names() -> None:
-    from virtkit.service.incoming import copy_request
+    from virtkit.service.incoming import copy_request, image_list
 
     spec = dump_domain(_spec())
     good = {"device": "disk0", "path": "/d/a.qcow2", "format": "qcow2", "size": 2**20}
-    body = {"spec": spec, "copy_storage": {"disks": [good]}}
-    assert copy_request(body) == [good]
-    assert copy_request({"spec": spec}) == []
+
+    def request(**fields: Any) -> Any:  # parsed as the route parses it
+        return validate_body({"spec": spec, "address": "192.0.2.2", **fields}, IncomingBody)
+
+    assert image_list(copy_request(request(copy_storage={"disks": [good]}))) == [good]
+    assert copy_request(request()) == []
     for bad in ({**good, "path": "/etc/passwd"}, {**good, "device": "disk1"},
                 {**good, "format": "raw"}):
         with pytest.raises(InvalidSpec, match="not a writable disk of the spec"):
-            copy_request({"spec": spec, "copy_storage": {"disks": [bad]}})
+            copy_request(request(copy_storage={"disks": [bad]}))
     with pytest.raises(InvalidSpec):
-        copy_request({"spec": spec, "copy_storage": {"disks": []}})
+        copy_request(request(copy_storage={"disks": []}))

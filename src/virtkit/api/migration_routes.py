@@ -3,46 +3,19 @@ destination's incoming/finish/abort, which the source daemon calls."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
 from aiohttp import web
-from pydantic import Field
 
-from virtkit.api.common import json_body, json_response
-from virtkit.api.requests import (
-    Body,
-    IncomingBody,
-    OfflineIncomingBody,
-    body_of,
-    validate_body,
-)
+from virtkit.api.common import json_response
+from virtkit.api.requests import Body, IncomingBody, OfflineIncomingBody, body_of
 from virtkit.service.migrations import MigrationService
+from virtkit.service.models.migrations import MigrateRequest
 
 routes = web.RouteTableDef()
 MIGRATIONS = web.AppKey("migrations", MigrationService)
 
 
-class MigrateBody(Body):
-    """virsh migrate (the CLI's body; see docs/migration.md).  Typed and closed here;
-    the service reads the same fields from the dict."""
-
-    destination: dict[str, Any]
-    address: str | None = None
-    live: bool = True
-    offline: bool = False
-    persistent: bool = False
-    undefine_source: bool = False
-    auto_converge: bool = False
-    copy_storage_all: bool = False
-    copy_storage_inc: bool = False
-    postcopy: bool = False
-    postcopy_after_precopy: bool = False
-    suspend: bool = False
-    disk_paths: dict[str, str] | None = None
-    bandwidth: Annotated[int, Field(ge=0)] | None = None
-    downtime_limit: Annotated[int, Field(ge=0)] | None = None
-    postcopy_bandwidth: Annotated[int, Field(ge=0)] | None = None
-    timeout: Annotated[int, Field(ge=0)] | None = None
+#: virsh migrate (the CLI's body; see docs/migration.md): the service's own input model
+MigrateBody = MigrateRequest
 
 
 class FinishBody(Body):
@@ -52,8 +25,7 @@ class FinishBody(Body):
 
 @routes.post("/v1/domains/{ref}/migrate")
 async def migrate(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    validate_body(body, MigrateBody)
+    body = await body_of(request, MigrateBody)
     return json_response(await request.app[MIGRATIONS].migrate(request.match_info["ref"],
                                                                body))
 
@@ -61,15 +33,13 @@ async def migrate(request: web.Request) -> web.Response:
 @routes.post("/v1/migrations/incoming")
 async def incoming(request: web.Request) -> web.Response:
     body = await body_of(request, IncomingBody)
-    return json_response(await request.app[MIGRATIONS].incoming(
-        body.model_dump(exclude_none=True)), status=201)
+    return json_response(await request.app[MIGRATIONS].incoming(body), status=201)
 
 
 @routes.post("/v1/migrations/offline")
 async def incoming_offline(request: web.Request) -> web.Response:
     body = await body_of(request, OfflineIncomingBody)
-    return json_response(await request.app[MIGRATIONS].incoming_offline(
-        body.model_dump(exclude_none=True)), status=201)
+    return json_response(await request.app[MIGRATIONS].incoming_offline(body), status=201)
 
 
 @routes.get("/v1/migrations/{id}")

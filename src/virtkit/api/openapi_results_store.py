@@ -1,14 +1,15 @@
-"""The answer types of the storage and migration routes, for api/openapi_results.py
+"""The answer types of the storage, block job and migration routes, for api/openapi_results.py
 (kept apart so each area's list stays beside its own models)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from virtkit.service.models import blockjobs, storage
+from virtkit.service.models import blockjobs, migrations, storage
 
 _POOL, _VOL = "/v1/pools/{pool}", "/v1/pools/{pool}/volumes/{volume}"
 _BLOCK = "/v1/domains/{ref}/blockjobs/{disk}"
+_JOB, _MIGRATION = "/v1/domains/{ref}/job", "/v1/migrations/{id}"
 
 
 def store_result_types() -> dict[tuple[str, str], Any]:
@@ -32,4 +33,12 @@ def store_result_types() -> dict[tuple[str, str], Any]:
             ("post", _BLOCK + "/commit"), ("post", _BLOCK + "/pull"),
             ("post", _BLOCK + "/copy"), ("get", _BLOCK), ("post", _BLOCK))},
         ("post", _BLOCK + "/resize"): blockjobs.BlockResized,
+        ("post", "/v1/domains/{ref}/migrate"): migrations.MigrationResult,
+        ("post", "/v1/migrations/incoming"): migrations.IncomingStarted,
+        ("post", "/v1/migrations/offline"): migrations.IncomingStarted,
+        ("get", _MIGRATION): migrations.IncomingStatus,
+        ("delete", _MIGRATION): migrations.IncomingRemoved,
+        ("get", _JOB): migrations.JobInfo,
+        ("delete", _JOB): migrations.JobAborted,
+        ("post", _JOB + "/postcopy"): migrations.PostcopyRequested,
     }

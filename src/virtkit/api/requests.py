@@ -25,6 +25,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from virtkit.api.common import json_body
 from virtkit.errors import InvalidSpec
+from virtkit.service.models.migrations import IncomingRequest, OfflineIncomingRequest
 
 _TRUE = frozenset({"1", "true", "yes"})
 _FALSE = frozenset({"0", "false", "no"})
@@ -216,64 +217,8 @@ async def define_body(request: web.Request) -> tuple[DefineBody, dict[str, Any] 
 
 
 # -- daemon-to-daemon migration bodies (the source daemon's peer client sends these) --------
+# The service's own input models (service/models/migrations.py): the body the route
+# parses is what the service takes.
 
-#: seconds: a positive, finite number (JSON's Infinity/NaN refused)
-Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-
-
-class CopyBacking(Body):
-    """--copy-storage-inc: the backing image the copied top image is created on."""
-
-    path: str
-    format: str | None = None
-
-
-class CopyDisk(Body):
-    """One image the destination creates for a copied disk (runtime/storagecopy.py);
-    it must be a writable disk of the spec at that device id and path."""
-
-    device: str
-    path: str
-    format: str | None = None
-    size: Annotated[int, Field(gt=0)]
-    backing: CopyBacking | None = None
-
-
-class CopyStorage(Body):
-    disks: Annotated[list[CopyDisk], Field(min_length=1)]
-
-
-class SharedDisk(Body):
-    """A disk the source left out of the copy: a volume of a shared pool both hosts
-    have (service/sharedstore.py checks it against this host's pools)."""
-
-    path: str
-    pool: str
-    volume: str
-
-
-class IncomingBody(Body):
-    """``POST /v1/migrations/incoming`` (service/incoming.py): the running configuration,
-    the definition, and what the destination checks it against."""
-
-    spec: dict[str, Any]
-    persistent_spec: dict[str, Any] | None = None
-    address: str
-    postcopy: bool = False
-    deadline: Seconds | None = None
-    keepalive: Seconds | None = None
-    machine_type: str | None = None
-    accelerator: str | None = None
-    copy_storage: CopyStorage | None = None
-    shared_disks: list[SharedDisk] | None = None
-    #: where the source's hot-added disks and NICs sit (runtime/devlayout.py, checked
-    #: strictly there): the destination QEMU rebuilds them at the same ids and ports
-    layout: dict[str, Any] | None = None
-
-
-class OfflineIncomingBody(Body):
-    """``POST /v1/migrations/offline`` (service/offline_migration.py)."""
-
-    spec: dict[str, Any]
-    address: str
-    copy_storage: CopyStorage | None = None
+IncomingBody = IncomingRequest
+OfflineIncomingBody = OfflineIncomingRequest

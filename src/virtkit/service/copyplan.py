@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from virtkit.errors import InvalidSpec
-from virtkit.model.domain import DiskDevice, Domain
+from virtkit.model.domain import Disk, DiskDevice, Domain
 from virtkit.model.load import load_domain
 from virtkit.runtime.qemunames import disk_slots
+from virtkit.service.models.documents import DomainDocument
 
 
 def disk_paths(value: Any) -> dict[str, str]:
@@ -24,14 +25,14 @@ def disk_paths(value: Any) -> dict[str, str]:
     return dict(value)
 
 
-def copied(disk: Any) -> bool:
+def copied(disk: Disk) -> bool:
     """Disks --copy-storage-all copies: writable images (not CD-ROMs, read-only media)."""
     return bool(disk.path) and not disk.readonly and disk.device is DiskDevice.DISK
 
 
-def copy_plan(live: Domain, definition: dict[str, Any], mapping: dict[str, str],
+def copy_plan(live: Domain, definition: DomainDocument, mapping: dict[str, str],
               shared: frozenset[str] = frozenset()
-              ) -> tuple[list[tuple[str, str]], Domain, dict[str, Any]]:
+              ) -> tuple[list[tuple[str, str]], Domain, DomainDocument]:
     """The (device id, destination path) of every copied disk, and both specs as the
     destination must see them: copied disks at their destination path, as plain path
     disks (a pool volume reference could name a different file there).
@@ -71,8 +72,8 @@ def copy_plan(live: Domain, definition: dict[str, Any], mapping: dict[str, str],
     return copies, live, {**definition, "disks": disks}
 
 
-def align_disks(definition: dict[str, Any], live: Domain,
-                devices: set[str] | None = None) -> dict[str, Any]:
+def align_disks(definition: DomainDocument, live: Domain,
+                devices: set[str] | None = None) -> DomainDocument:
     """``definition`` with its writable disks naming the files the running VM uses for
     the same guest disk (matched by target: vda, sda ...): only those of ``devices``
     (device ids of the live VM, e.g. the copied disks), or every writable disk when

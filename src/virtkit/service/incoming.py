@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import JsonValue
+
 from virtkit.errors import Conflict, InvalidSpec, NotFound, Unsupported, VirtkitError
 from virtkit.model.domain import Domain
 from virtkit.model.load import dump_domain, load_domain
@@ -33,6 +35,15 @@ from virtkit.service import sharedstore
 from virtkit.service.copyplan import align_disks, copied
 from virtkit.service.domains import DomainService
 from virtkit.service.migration_journal import Journal
+from virtkit.service.models.documents import DomainDocument
+from virtkit.service.models.migrations import (
+    CopyDisk,
+    IncomingRequest,
+    IncomingStarted,
+    IncomingStatus,
+    NbdServer,
+    OfflineIncomingRequest,
+)
 from virtkit.service.offline_migration import defined_here
 from virtkit.store.db import Store
 
@@ -70,7 +81,7 @@ class Incoming:
     exports: list[str] = field(default_factory=list)
     #: it came into a shut-off definition that was here: the source's definition,
     #: which finish --persistent puts in its place
-    adopted: dict[str, Any] | None = None
+    adopted: DomainDocument | None = None
     #: the copied disks' device ids
     copied: set[str] = field(default_factory=set)
     silence: float | None = None
@@ -90,28 +101,22 @@ class IncomingMigrations:
         self._pending: dict[str, Incoming] = {}
         self._watchdogs: set[asyncio.Task[None]] = set()
 
-    def _check_image_paths(self, copies: list[dict[str, Any]]) -> None:
+    def _check_image_paths(self, copies: list[CopyDisk]) -> None:
         """Every image a migration would create here passes the path policy first
         (host/pathpolicy.py): a source never makes this host write where a definition
         could not name."""
         for index, disk in enumerate(copies):
-            path = disk.get("path")
-            if isinstance(path, str):
-                self._domains.policy.check(path, field=f"copy_storage.disks[{index}].path",
-                                           kind="new")
+            self._domains.policy.check(disk.path, field=f"copy_storage.disks[{index}].path",
+                                       kind="new")
 
-    def validate(self, body: dict[str, Any]) -> tuple[Domain, Domain, bool]:
+    def validate(self, body: IncomingRequest) -> tuple[Domain, Domain, bool]:
         """The running configuration and the definition of an incoming domain, checked
         against this host, and whether it comes into a shut-off definition of the same
         UUID and name that is already here (libvirt allows that: a domain migrated back
         and forth between hosts that both keep it defined); nothing is started or
         stored yet."""
-        spec = body.get("spec")
-        if not isinstance(spec, dict):
-            raise InvalidSpec("spec: the running configuration is missing", field="spec")
-        definition = body.get("persistent_spec") or spec
-        if not isinstance(definition, dict):
-            raise InvalidSpec("persistent_spec must be a spec object", field="persistent_spec")
+        spec = body.spec
+        definition = body.persistent_spec or spec
         live = load_domain(spec)
         slot = defined_here(self._store, live.uuid, live.name)
         if slot is not None and self._life.vm(slot.uuid, slot.name).running is not None:
@@ -119,9 +124,10 @@ class IncomingMigrations:
                            fix="stop it there first")
         adopted = slot is not None
         live = self._domains.prepare(live)
-        sharedstore.check_here(self._domains.storage, body.get("shared_disks"))
+        sharedstore.check_here(self._domains.storage,
+                               [disk.model_dump() for disk in body.shared_disks or []])
         confiner = self._life.confiner
-        if body.get("postcopy") and confiner is not None and confiner.userfaultfd_refused():
+        if body.postcopy and confiner is not None and confiner.userfaultfd_refused():
             raise Unsupported(
                 "post-copy needs userfaultfd on the destination, which a confined QEMU (its "
                 "own uid, no capabilities) may not use while vm.unprivileged_userfaultfd=0",
@@ -129,13 +135,13 @@ class IncomingMigrations:
                     "daemon with --no-confine; or migrate without --postcopy")
         caps, _binary = self._caps_for(live)
         here = caps.machine_type(live.machine.value)
-        there = body.get("machine_type")
+        there = body.machine_type
         if there is not None and there != here:
             raise InvalidSpec(f"machine type {there} is not available on the destination "
                               f"(its QEMU makes {live.machine.value} {here})",
                               field="machine_type",
                               fix="migrate between hosts with the same QEMU machine version")
-        accel = body.get("accelerator")
+        accel = body.accelerator
         if accel is not None and accel != caps.accel:
             raise InvalidSpec(f"the source runs the VM with {accel}, the destination would "
                               f"use {caps.accel}", field="accelerator",
@@ -153,12 +159,11 @@ class IncomingMigrations:
             "created": [[i.path, i.device, i.inode] for i in pending.created],
             "adopted": pending.adopted is not None})
 
-    async def incoming(self, body: dict[str, Any], address: str,
-                       copies: list[dict[str, Any]]) -> dict[str, Any]:
+    async def incoming(self, body: IncomingRequest, address: str,
+                       copies: list[CopyDisk]) -> IncomingStarted:
         """Validate, start QEMU paused waiting for the stream, listen on ``address``."""
-        uuid = str(load_domain(body["spec"]).uuid) if isinstance(body.get("spec"), dict) \
-            else None
-        pending = Incoming(silence=_silence(body.get("keepalive")))
+        uuid: str | None = str(load_domain(body.spec).uuid)
+        pending = Incoming(silence=_silence(body.keepalive))
         if uuid is not None:
             if uuid in self._pending:
                 raise Conflict(f"an incoming migration of {uuid} is already under way here")
@@ -173,14 +178,15 @@ class IncomingMigrations:
         try:
             self._check_image_paths(copies)
             # worker threads: qemu-img creates the images, the checks stat user paths
-            await asyncio.to_thread(storagecopy.create_images, copies, on_created=made)
+            await asyncio.to_thread(storagecopy.create_images, image_list(copies),
+                                    on_created=made)
             live, definition, adopted = await asyncio.to_thread(self.validate, body)
         except BaseException:
             storagecopy.remove_images(pending.created)
             if uuid is not None and uuid not in self._pending:
                 self._journal.remove("in", uuid)
             raise
-        pending.copied = {str(disk["device"]) for disk in copies}
+        pending.copied = {disk.device for disk in copies}
         if adopted:  # the definition here stays as it is unless finish says persistent
             row = self._store.get_domain(definition.uuid)
             pending.adopted = dump_domain(definition)
@@ -190,22 +196,24 @@ class IncomingMigrations:
         self._pending[row.uuid] = pending
         self._journal_write(row.uuid, pending)
         vm = self._life.vm(row.uuid, row.name)
-        answer: dict[str, Any] = {"id": row.uuid, "domain": row.name}
+        answer = IncomingStarted(id=row.uuid, domain=row.name)
         try:
             async with vm.lock:
-                running = await self._life.start_incoming(vm, live, body.get("layout"))
-                answer["uri"] = await migration.listen_incoming(
-                    running.monitor, address, postcopy=bool(body.get("postcopy")))
+                running = await self._life.start_incoming(vm, live, body.layout)
+                uri = await migration.listen_incoming(running.monitor, address,
+                                                      postcopy=body.postcopy)
+                answer = answer.model_copy(update={"uri": uri})
                 if copies:
                     pending.exports = sorted(pending.copied)
-                    answer["nbd"] = await storagecopy.export_disks(running.monitor, address,
-                                                                   pending.exports)
+                    nbd = await storagecopy.export_disks(running.monitor, address,
+                                                         pending.exports)
+                    answer = answer.model_copy(update={"nbd": NbdServer.model_validate(nbd)})
         except BaseException:
             await self._remove(vm, "incoming migration failed", pending)
             raise
         pending.seen = time.monotonic()
         task = asyncio.create_task(self._watch(vm, running, pending,
-                                               deadline_of(body.get("deadline"))))
+                                               deadline_of(body.deadline)))
         self._watchdogs.add(task)
         task.add_done_callback(self._watchdogs.discard)
         return answer
@@ -259,7 +267,7 @@ class IncomingMigrations:
                 storagecopy.remove_images(pending.created)
             return True
 
-    def status(self, migration_id: str) -> dict[str, Any]:
+    def status(self, migration_id: str) -> IncomingStatus:
         """The incoming migration ``migration_id`` (the source's keepalive asks this
         every second); asking counts as the source being alive."""
         pending = self._pending.get(migration_id)
@@ -271,8 +279,8 @@ class IncomingMigrations:
             and vm.migrating_in
         if pending is not None:
             pending.seen = time.monotonic()
-        return {"id": row.uuid, "domain": row.name, "incoming": incoming,
-                "state": vm.state.value, "reason": vm.reason}
+        return IncomingStatus(id=row.uuid, domain=row.name, incoming=incoming,
+                              state=vm.state.value, reason=vm.reason)
 
     async def finish(self, migration_id: str, *, persistent: bool = False,
                      paused: bool = False) -> dict[str, Any]:
@@ -373,25 +381,25 @@ class IncomingMigrations:
         return notes
 
 
-def copy_request(body: dict[str, Any]) -> list[dict[str, Any]]:
+def copy_request(body: IncomingRequest | OfflineIncomingRequest) -> list[CopyDisk]:
     """The disks to create for ``copy_storage``, each a writable disk of the spec at
     that path and device id (so no other file can be asked for)."""
-    copy = body.get("copy_storage")
-    if copy is None:
+    if body.copy_storage is None:
         return []
-    disks = copy.get("disks") if isinstance(copy, dict) else None
-    spec = body.get("spec")
-    if not isinstance(disks, list) or not disks or not isinstance(spec, dict):
-        raise InvalidSpec("copy_storage.disks: a list of disks to create",
-                          field="copy_storage")
-    live = load_domain(spec)
+    disks = body.copy_storage.disks
+    live = load_domain(body.spec)
     slots = {slot.device_id: disk for slot, disk in
              zip(disk_slots(live), live.disks, strict=True) if copied(disk)}
     for index, disk in enumerate(disks):
-        wanted = slots.get(str(disk.get("device"))) if isinstance(disk, dict) else None
-        if wanted is None or wanted.path != disk.get("path") \
-                or wanted.format not in (None, disk.get("format")):
+        wanted = slots.get(disk.device)
+        if wanted is None or wanted.path != disk.path \
+                or wanted.format not in (None, disk.format):
             raise InvalidSpec(f"copy_storage.disks[{index}] is not a writable disk of "
                               "the spec (device, path and format must match)",
                               field=f"copy_storage.disks[{index}]")
     return disks
+
+
+def image_list(copies: list[CopyDisk]) -> list[dict[str, JsonValue]]:
+    """The images to create, as runtime/storagecopy.py and offlinecopy.py take them."""
+    return [disk.model_dump(exclude_none=True) for disk in copies]

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import ipaddress
 import time
-from typing import Any
+from typing import Any, cast
 
 from virtkit.errors import (
     Conflict,
@@ -38,6 +38,19 @@ from virtkit.service.incoming import (
     deadline_of,
 )
 from virtkit.service.migration_journal import Journal
+from virtkit.service.models.documents import DomainDocument, PeerAddress, PeerAnswer
+from virtkit.service.models.migrations import (
+    IncomingRemoved,
+    IncomingRequest,
+    IncomingStarted,
+    IncomingStatus,
+    JobAborted,
+    JobInfo,
+    MigrateRequest,
+    MigrationResult,
+    OfflineIncomingRequest,
+    PostcopyRequested,
+)
 from virtkit.service.offline_migration import OfflineMigrations
 from virtkit.service.peer import Peer
 from virtkit.service.sharedstore import shared_on_both
@@ -60,41 +73,33 @@ def _address(value: Any, field: str = "address") -> str:
                               "e.g. 192.0.2.10") from None
 
 
-def _options(body: dict[str, Any]) -> migration.Options:
-    def number(key: str) -> int | None:
-        value = body.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise InvalidSpec(f"{key} must be a whole number >= 0", field=key)
-        return value
-    timeout = number("timeout")
-    copying = bool(body.get("copy_storage_all")) or bool(body.get("copy_storage_inc"))
-    if body.get("disk_paths") and not copying:
+def _options(body: MigrateRequest) -> migration.Options:
+    """The migration's options; what the request model cannot say alone is refused
+    here (flags that need or exclude each other)."""
+    copying = body.copy_storage_all or body.copy_storage_inc
+    if body.disk_paths and not copying:
         raise InvalidSpec("disk_paths only applies to disks copied by --copy-storage-all",
                           field="disk_paths", fix="add --copy-storage-all, or drop "
                                                   "--disk-path")
-    if body.get("copy_storage_all") and body.get("copy_storage_inc"):
+    if body.copy_storage_all and body.copy_storage_inc:
         raise InvalidSpec("--copy-storage-all and --copy-storage-inc exclude each other",
                           field="copy_storage_inc", fix="give one of them")
-    postcopy = bool(body.get("postcopy")) or bool(body.get("postcopy_after_precopy"))
-    postcopy_bandwidth = number("postcopy_bandwidth")
-    if postcopy_bandwidth is not None and not postcopy:
+    postcopy = body.postcopy or body.postcopy_after_precopy
+    if body.postcopy_bandwidth is not None and not postcopy:
         raise InvalidSpec("--postcopy-bandwidth only applies to a post-copy migration",
                           field="postcopy_bandwidth", fix="add --postcopy, or drop "
                                                           "--postcopy-bandwidth")
     return migration.Options(
-        persistent=bool(body.get("persistent")),
-        undefine_source=bool(body.get("undefine_source")),
-        auto_converge=bool(body.get("auto_converge")),
-        bandwidth_mib=number("bandwidth"), downtime_ms=number("downtime_limit"),
-        timeout=float(timeout) if timeout else migration.DEFAULT_TIMEOUT,
-        postcopy=postcopy, postcopy_after_precopy=bool(body.get("postcopy_after_precopy")),
-        postcopy_bandwidth_mib=postcopy_bandwidth, suspend=bool(body.get("suspend")),
-        copy_incremental=bool(body.get("copy_storage_inc")))
+        persistent=body.persistent, undefine_source=body.undefine_source,
+        auto_converge=body.auto_converge,
+        bandwidth_mib=body.bandwidth, downtime_ms=body.downtime_limit,
+        timeout=float(body.timeout) if body.timeout else migration.DEFAULT_TIMEOUT,
+        postcopy=postcopy, postcopy_after_precopy=body.postcopy_after_precopy,
+        postcopy_bandwidth_mib=body.postcopy_bandwidth, suspend=body.suspend,
+        copy_incremental=body.copy_storage_inc)
 
 
-async def _resolve(peer: Peer, uuid: str, window: float) -> dict[str, Any] | str | None:
+async def _resolve(peer: Peer, uuid: str, window: float) -> PeerAnswer | str | None:
     """After a finish that got no answer: ask the destination (for up to ``window``
     seconds, while its daemon may be restarting) whether it runs the VM.  Its domain
     info when it does (the finish went through: this end's copy must go); ``"here"``
@@ -139,21 +144,21 @@ class MigrationService:
 
     # -- the destination end (service/incoming.py) ---------------------------------
 
-    async def incoming(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def incoming(self, body: IncomingRequest) -> IncomingStarted:
         """Validate, start QEMU paused waiting for the stream, listen on ``address``."""
-        address = _address(body.get("address"))
+        address = _address(body.address)
         return await self.incoming_end.incoming(body, address, copy_request(body))
 
-    async def incoming_offline(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def incoming_offline(self, body: OfflineIncomingRequest) -> IncomingStarted:
         """Check a definition sent by ``migrate --offline``; create and serve the images
         of the disks it copies.  Defined here only by :meth:`finish`."""
-        address = _address(body.get("address"))
+        address = _address(body.address)
         return await self.offline.incoming(body, copy_request(body), address)
 
-    def status(self, migration_id: str) -> dict[str, Any]:
+    def status(self, migration_id: str) -> IncomingStatus:
         """An incoming migration here (the source's keepalive)."""
         if self.offline.has(migration_id):
-            return {"id": migration_id, "incoming": True, "offline": True}
+            return IncomingStatus(id=migration_id, incoming=True, offline=True)
         return self.incoming_end.status(migration_id)
 
     async def finish(self, migration_id: str, *, persistent: bool = False,
@@ -166,12 +171,13 @@ class MigrationService:
         return await self.incoming_end.finish(migration_id, persistent=persistent,
                                               paused=paused)
 
-    async def abort(self, migration_id: str) -> dict[str, Any]:
+    async def abort(self, migration_id: str) -> IncomingRemoved:
         """Remove an incoming migration that was not finished; an unknown one is fine
         (the source may ask twice, or after the QEMU ended by itself)."""
         if await self.offline.abort(migration_id):
-            return {"id": migration_id, "removed": True}
-        return {"id": migration_id, "removed": await self.incoming_end.abort(migration_id)}
+            return IncomingRemoved(id=migration_id, removed=True)
+        return IncomingRemoved(id=migration_id,
+                               removed=await self.incoming_end.abort(migration_id))
 
     async def recover(self) -> list[str]:
         """At daemon start, after QEMU reattach and before serving: settle the
@@ -180,33 +186,35 @@ class MigrationService:
 
     # -- the source end ----------------------------------------------------------------
 
-    async def migrate(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Live-migrate running domain ``ref`` to the daemon ``body["destination"]``
+    async def migrate(self, ref: str, body: MigrateRequest) -> MigrationResult:
+        """Live-migrate running domain ``ref`` to the daemon ``body.destination``
         (with ``offline``: send its definition, service/offline_migration.py)."""
-        offline = bool(body.get("offline"))
-        if not offline and not body.get("live", True):
+        offline = body.offline
+        if not offline and not body.live:
             raise InvalidSpec("a migration is live or offline", field="live",
                               fix="give --live (the domain runs on) or --offline "
                                   "(only its definition and disks move)")
         options = _options(body)
-        mapping = disk_paths(body.get("disk_paths"))
-        copy = mapping if body.get("copy_storage_all") or body.get("copy_storage_inc") \
-            else None
-        destination = body.get("destination")
-        if not isinstance(destination, dict):
-            raise InvalidSpec("destination: name the destination daemon", field="destination")
-        address = _address(body.get("address", "127.0.0.1"))
+        mapping = disk_paths(body.disk_paths)
+        copy = mapping if body.copy_storage_all or body.copy_storage_inc else None
+        destination = body.destination
+        # an address given as null is refused, as any other that is not an IP address
+        address = _address(body.address if "address" in body.model_fields_set
+                           else "127.0.0.1")
         row = self._store.get_domain(ref)
         vm = self._life.vm(row.uuid, row.name)
         peer = Peer(destination)
         if offline:
             try:
-                result = await self.offline.migrate(row, peer, address, body, copy)
+                finished, copied_disks = await self.offline.migrate(row, peer, address,
+                                                                    body, copy)
             finally:
                 await peer.close()
             if options.undefine_source and self._store.find_domain(row.uuid) is not None:
                 await self._domains.undefine(row.uuid)
-            return {**result, "domain": row.name, "source": self._source_state(row.uuid)}
+            return MigrationResult(destination=finished, offline=True,
+                                   copied_disks=copied_disks, domain=row.name,
+                                   source=self._source_state(row.uuid))
         try:
             async with vm.lock:
                 self._jobs[vm.uuid] = job = migration.Job()
@@ -220,12 +228,12 @@ class MigrationService:
             await peer.close()
         if options.undefine_source and self._store.find_domain(row.uuid) is not None:
             await self._domains.undefine(row.uuid)
-        return {**result, "domain": row.name, "source": self._source_state(row.uuid)}
+        return MigrationResult(**result, domain=row.name, source=self._source_state(row.uuid))
 
-    async def _migrate_locked(self, vm: Vm, definition: dict[str, Any], peer: Peer,
+    async def _migrate_locked(self, vm: Vm, definition: DomainDocument, peer: Peer,
                               address: str, options: migration.Options, job: migration.Job,
                               copy: dict[str, str] | None,
-                              destination: dict[str, Any]) -> dict[str, Any]:
+                              destination: PeerAddress) -> dict[str, Any]:
         running = vm.running
         if not allows(Action.MIGRATE, vm.state) or running is None:
             raise StateError(f"cannot migrate domain '{vm.name}': it is {vm.state.value}",
@@ -335,7 +343,7 @@ class MigrationService:
             if record.get("phase") == "finishing":
                 outcome = None
                 if isinstance(record.get("destination"), dict):
-                    peer = Peer(record["destination"], timeout=5.0)
+                    peer = Peer(cast(PeerAddress, record["destination"]), timeout=5.0)
                     try:
                         outcome = await _resolve(peer, uuid, 5.0)
                     finally:
@@ -376,23 +384,23 @@ class MigrationService:
 
     # -- domjobinfo / domjobabort ---------------------------------------------------------
 
-    async def job_info(self, ref: str) -> dict[str, Any]:
+    async def job_info(self, ref: str) -> JobInfo:
         """The outgoing migration of ``ref`` now running (virsh domjobinfo), read from
         QEMU's ``query-migrate`` without waiting for the VM's lock (the job holds it)."""
         row = self._store.get_domain(ref)
         offline = self.offline.jobs.get(row.uuid)
         if offline is not None:
             done = sum(offline.done.values())
-            return {"domain": row.name, "type": "unbounded",
-                    "operation": "offline migration", "status": "copying disks",
-                    "phase": "copying disks", "data_total": offline.total or None,
-                    "data_processed": done, "data_remaining": offline.total - done,
-                    "disk_total": offline.total, "disk_processed": done,
-                    "disk_remaining": offline.total - done}
+            return JobInfo(domain=row.name, type="unbounded",
+                           operation="offline migration", status="copying disks",
+                           phase="copying disks", data_total=offline.total or None,
+                           data_processed=done, data_remaining=offline.total - done,
+                           disk_total=offline.total, disk_processed=done,
+                           disk_remaining=offline.total - done)
         job = self._jobs.get(row.uuid)
         running = self._life.vm(row.uuid, row.name).running
         if job is None or running is None:
-            return {"domain": row.name, "type": "none"}
+            return JobInfo(domain=row.name, type="none")
         # before the stream starts, query-migrate still shows the migration this QEMU
         # saw last (for a VM that arrived by migration: the incoming one, 'completed')
         info = await outgoing.stream_status(running) if job.streaming else {}
@@ -407,29 +415,30 @@ class MigrationService:
         total = (ram_total or 0) + disk_total
         processed = (ram.get("transferred") or 0) + disk_done
         remaining = ram.get("remaining", ram_total or 0) + max(disk_total - disk_done, 0)
-        result = {"domain": row.name, "type": "unbounded", "operation": "outgoing migration",
-                  "status": info.get("status") or job.phase, "phase": job.phase,
-                  "elapsed_ms": round((time.monotonic() - job.started) * 1000),
-                  "data_total": total or None, "data_processed": processed,
-                  "data_remaining": remaining, "memory_total": ram_total,
-                  "memory_processed": ram.get("transferred"),
-                  "memory_remaining": ram.get("remaining"),
-                  "dirty_rate": ram.get("dirty-pages-rate"),
-                  "expected_downtime_ms": info.get("expected-downtime"),
-                  "downtime_ms": info.get("downtime")}
+        result = JobInfo(domain=row.name, type="unbounded", operation="outgoing migration",
+                         status=info.get("status") or job.phase, phase=job.phase,
+                         elapsed_ms=round((time.monotonic() - job.started) * 1000),
+                         data_total=total or None, data_processed=processed,
+                         data_remaining=remaining, memory_total=ram_total,
+                         memory_processed=ram.get("transferred"),
+                         memory_remaining=ram.get("remaining"),
+                         dirty_rate=ram.get("dirty-pages-rate"),
+                         expected_downtime_ms=info.get("expected-downtime"),
+                         downtime_ms=info.get("downtime"))
         if job.mirrors is not None:
-            result.update(disk_total=disk_total, disk_processed=disk_done,
-                          disk_remaining=max(disk_total - disk_done, 0))
+            result = result.model_copy(update={
+                "disk_total": disk_total, "disk_processed": disk_done,
+                "disk_remaining": max(disk_total - disk_done, 0)})
         return result
 
-    async def job_abort(self, ref: str) -> dict[str, Any]:
+    async def job_abort(self, ref: str) -> JobAborted:
         """Cancel the outgoing migration of ``ref`` (virsh domjobabort): the migration's
         own failure path then removes the destination's QEMU; the VM stays here."""
         row = self._store.get_domain(ref)
         offline = self.offline.jobs.get(row.uuid)
         if offline is not None:
             offline.aborted = True  # the copy's progress callback stops qemu-img
-            return {"domain": row.name, "aborted": True}
+            return JobAborted(domain=row.name, aborted=True)
         running = self._life.vm(row.uuid, row.name).running
         job = self._jobs.get(row.uuid)
         if job is None or running is None:
@@ -442,9 +451,9 @@ class MigrationService:
         job.stop("the migration was cancelled (domjobabort)")  # stops the disk copy
         if job.streaming:
             await outgoing.cancel_stream(running)
-        return {"domain": row.name, "aborted": True}
+        return JobAborted(domain=row.name, aborted=True)
 
-    async def job_postcopy(self, ref: str) -> dict[str, Any]:
+    async def job_postcopy(self, ref: str) -> PostcopyRequested:
         """virsh migrate-postcopy: switch the outgoing migration of ``ref`` to post-copy."""
         row = self._store.get_domain(ref)
         job = self._jobs.get(row.uuid)
@@ -455,7 +464,7 @@ class MigrationService:
             raise Conflict(f"the migration of '{row.name}' was not started with --postcopy",
                            fix="start it with 'virtkit migrate --postcopy'")
         job.start_postcopy.set()
-        return {"domain": row.name, "postcopy": "requested"}
+        return PostcopyRequested(domain=row.name, postcopy="requested")
 
     def _source_state(self, uuid: str) -> str:
         try:

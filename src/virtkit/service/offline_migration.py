@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from virtkit.errors import Conflict, InvalidSpec, StateError, VirtkitError
+from virtkit.model.domain import Disk, Domain
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.model.state import State
 from virtkit.runtime import offlinecopy, storagecopy
@@ -30,6 +31,14 @@ from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.runtime.qemunames import disk_slots
 from virtkit.service.copyplan import copy_plan
 from virtkit.service.domains import DomainService
+from virtkit.service.models.documents import DomainDocument, PeerAnswer
+from virtkit.service.models.migrations import (
+    CopyDisk,
+    IncomingStarted,
+    MigrateRequest,
+    NbdServer,
+    OfflineIncomingRequest,
+)
 from virtkit.service.peer import Peer
 from virtkit.store.db import DomainRow, Store
 
@@ -57,7 +66,7 @@ def defined_here(store: Store, uuid: str, name: str) -> DomainRow | None:
 class Pending:
     """An offline migration received but not finished."""
 
-    spec: dict[str, Any]
+    spec: DomainDocument
     created: list[storagecopy.CreatedImage]
     servers: offlinecopy.Servers
     expiry: asyncio.Task[None] | None = None
@@ -84,12 +93,9 @@ class OfflineMigrations:
 
     # -- the destination end ---------------------------------------------------------
 
-    async def incoming(self, body: dict[str, Any], copies: list[dict[str, Any]],
-                       address: str) -> dict[str, Any]:
-        spec = body.get("spec")
-        if not isinstance(spec, dict):
-            raise InvalidSpec("spec: the definition is missing", field="spec")
-        domain = load_domain({**spec, "transient": False})
+    async def incoming(self, body: OfflineIncomingRequest, copies: list[CopyDisk],
+                       address: str) -> IncomingStarted:
+        domain = load_domain({**body.spec, "transient": False})
         # finish's define() replaces a definition of this domain here (virsh define's)
         defined_here(self._store, domain.uuid, domain.name)
         if domain.uuid in self._pending or domain.name in {
@@ -97,14 +103,14 @@ class OfflineMigrations:
             raise Conflict(f"an offline migration of {domain.name} is already under way "
                            "to the destination", fix="wait for it, or cancel it")
         for index, disk in enumerate(copies):  # the path policy before anything is made
-            if isinstance(disk.get("path"), str):
-                self._domains.policy.check(disk["path"], kind="new",
-                                           field=f"copy_storage.disks[{index}].path")
-        created = await asyncio.to_thread(storagecopy.create_images, copies)
+            self._domains.policy.check(disk.path, kind="new",
+                                       field=f"copy_storage.disks[{index}].path")
+        images = [disk.model_dump(exclude_none=True) for disk in copies]
+        created = await asyncio.to_thread(storagecopy.create_images, images)
         servers = offlinecopy.Servers()
         try:
             prepared = await self._domains.prepare_async(domain)  # the images exist now
-            nbd = await servers.serve(address, copies) if copies else None
+            nbd = await servers.serve(address, images) if copies else None
         except BaseException:
             await servers.stop()
             storagecopy.remove_images(created)
@@ -112,7 +118,8 @@ class OfflineMigrations:
         pending = Pending(dump_domain(prepared), created, servers)
         self._pending[domain.uuid] = pending
         pending.expiry = asyncio.create_task(self._expire(domain.uuid, pending))
-        return {"id": domain.uuid, "domain": domain.name, "nbd": nbd}
+        return IncomingStarted(id=domain.uuid, domain=domain.name,
+                               nbd=NbdServer.model_validate(nbd) if nbd else None)
 
     async def _expire(self, uuid: str, pending: Pending) -> None:
         await asyncio.sleep(DEADLINE)
@@ -146,17 +153,18 @@ class OfflineMigrations:
 
     # -- the source end --------------------------------------------------------------
 
-    async def migrate(self, row: Any, peer: Peer, address: str, body: dict[str, Any],
-                      copy: dict[str, str] | None) -> dict[str, Any]:
-        """Send the definition of ``row`` (and its disks with ``copy``: the path map)."""
+    async def migrate(self, row: Any, peer: Peer, address: str, body: MigrateRequest,
+                      copy: dict[str, str] | None) -> tuple[PeerAnswer, list[str]]:
+        """Send the definition of ``row`` (and its disks with ``copy``: the path map);
+        the destination's answer to finish (the domain there) and the disks copied."""
         vm = self._life.vm(row.uuid, row.name)
-        if body.get("live"):
+        if "live" in body.model_fields_set and body.live:
             raise InvalidSpec("--offline and --live exclude each other", field="live",
                               fix="give one of them")
-        if body.get("postcopy") or body.get("postcopy_after_precopy"):
+        if body.postcopy or body.postcopy_after_precopy:
             raise InvalidSpec("--postcopy is for live migration", field="postcopy",
                               fix="leave out --offline")
-        if body.get("copy_storage_inc"):
+        if body.copy_storage_inc:
             raise InvalidSpec("--copy-storage-inc is not available offline",
                               field="copy_storage_inc", fix="use --copy-storage-all")
         async with vm.lock:
@@ -166,7 +174,7 @@ class OfflineMigrations:
                                  "change while they are copied", current=vm.state.value,
                                  requested="migrate --offline --copy-storage-all",
                                  fix="shut it down first, or use --live --copy-storage-all")
-            if running and body.get("undefine_source"):
+            if running and body.undefine_source:
                 raise StateError(f"domain '{row.name}' is {vm.state.value}: its definition "
                                  "cannot be removed here", current=vm.state.value,
                                  requested="migrate --offline --undefinesource",
@@ -200,11 +208,10 @@ class OfflineMigrations:
                 raise
             finally:
                 self.jobs.pop(row.uuid, None)
-        return {"destination": finished, "offline": True,
-                "copied_disks": [d["device"] for d in planned]}
+        return finished, [str(d["device"]) for d in planned]
 
 
-def _by_device(domain: Any) -> dict[str, Any]:
+def _by_device(domain: Domain) -> dict[str, Disk]:
     return {slot.device_id: disk for slot, disk in
             zip(disk_slots(domain), domain.disks, strict=True)}
 

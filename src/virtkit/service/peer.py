@@ -11,7 +11,7 @@ listener).  It implements runtime.migration.Destination.
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from collections.abc import Mapping
 from urllib.parse import quote
 
 import aiohttp
@@ -27,6 +27,7 @@ from virtkit.errors import (
     VirtkitError,
 )
 from virtkit.runtime.migration import MigrationOutcomeUnknown, RequestNotDelivered
+from virtkit.service.models.documents import PeerAnswer, PeerBody
 
 #: long enough for a QEMU to start on a slow host; a migration stream does not pass here
 REQUEST_TIMEOUT = 120.0
@@ -40,18 +41,19 @@ class Peer:
     """One destination daemon: ``{"socket": PATH}`` or ``{"url": "https://host:port",
     "token": T, "ca": PEM}`` (as the request to migrate names it)."""
 
-    def __init__(self, where: dict[str, Any], timeout: float = REQUEST_TIMEOUT, *,
+    def __init__(self, where: Mapping[str, object], timeout: float = REQUEST_TIMEOUT, *,
                  what: str = "destination") -> None:
         self.what = what  # what the errors call this daemon
         self._headers: dict[str, str] = {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        if isinstance(where.get("socket"), str) and where["socket"].startswith("/"):
-            self.label = f"virtkitd at {where['socket']}"
+        socket, url = where.get("socket"), where.get("url")
+        if isinstance(socket, str) and socket.startswith("/"):
+            self.label = f"virtkitd at {socket}"
             self._base = "http://localhost"
-            self._socket: str | None = where["socket"]
-        elif isinstance(where.get("url"), str) and where["url"].startswith("https://"):
-            self.label = where["url"]
-            self._base = where["url"].rstrip("/")
+            self._socket: str | None = socket
+        elif isinstance(url, str) and url.startswith("https://"):
+            self.label = url
+            self._base = url.rstrip("/")
             self._socket = None
             token = where.get("token")
             if not isinstance(token, str) or not token:
@@ -63,7 +65,8 @@ class Peer:
             raise InvalidSpec("destination: give {\"socket\": \"/path/virtkitd.sock\"} or "
                               "{\"url\": \"https://host:16515\", \"token\": ...}",
                               field="destination")
-        self._ca = where.get("ca") if isinstance(where.get("ca"), str) else None
+        ca = where.get("ca")
+        self._ca = ca if isinstance(ca, str) else None
         self._session = self._new_session()
 
     def _new_session(self, *, fresh: bool = False) -> aiohttp.ClientSession:
@@ -83,16 +86,15 @@ class Peer:
     async def close(self) -> None:
         await self._session.close()
 
-    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+    async def _call(self, method: str, path: str, body: PeerBody | None = None, *,
                     session: aiohttp.ClientSession | None = None,
-                    timeout: float | None = None) -> dict[str, Any]:
+                    timeout: float | None = None) -> PeerAnswer:
         """One request; RequestNotDelivered when no connection could be made (the
         destination cannot have seen it), DaemonUnreachable for any other failure."""
-        extra: dict[str, Any] = {} if timeout is None else {
-            "timeout": aiohttp.ClientTimeout(total=timeout)}
+        limit = self._timeout if timeout is None else aiohttp.ClientTimeout(total=timeout)
         try:
             async with (session or self._session).request(
-                    method, self._base + path, json=body, **extra) as reply:
+                    method, self._base + path, json=body, timeout=limit) as reply:
                 data = await reply.json(content_type=None) if reply.content_length != 0 \
                     else {}
                 status = reply.status
@@ -114,17 +116,17 @@ class Peer:
             raise kind(message, fix=fix)
         return data if isinstance(data, dict) else {"result": data}
 
-    async def incoming(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def incoming(self, body: PeerBody) -> PeerAnswer:
         return await self._call("POST", "/v1/migrations/incoming", body)
 
-    async def offline(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def offline(self, body: PeerBody) -> PeerAnswer:
         return await self._call("POST", "/v1/migrations/offline", body)
 
-    async def status(self, migration: str) -> dict[str, Any]:
+    async def status(self, migration: str) -> PeerAnswer:
         return await self._call("GET", f"/v1/migrations/{migration}",
                                 timeout=STATUS_TIMEOUT)
 
-    async def finish(self, migration: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def finish(self, migration: str, body: PeerBody) -> PeerAnswer:
         """Run the VM there.  On a connection of its own: a refused connect proves the
         request never arrived (RequestNotDelivered: the VM goes on here); a failure
         after that leaves the outcome unknown (MigrationOutcomeUnknown)."""
@@ -142,13 +144,13 @@ class Peer:
         finally:
             await session.close()
 
-    async def cluster_admit(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def cluster_admit(self, body: PeerBody) -> PeerAnswer:
         """Ask this member daemon to admit the calling host into its cluster."""
         return await self._call("POST", "/v1/cluster/admit", body)
 
-    async def pool(self, name: str) -> dict[str, Any]:
+    async def pool(self, name: str) -> PeerAnswer:
         """A pool of that daemon (pool-info): is it there, shared, at which folder."""
         return await self._call("GET", f"/v1/pools/{quote(name, safe='')}")
 
-    async def abort(self, migration: str) -> dict[str, Any]:
+    async def abort(self, migration: str) -> PeerAnswer:
         return await self._call("DELETE", f"/v1/migrations/{migration}")
