@@ -25,6 +25,7 @@ def _options(fields: dict[str, Any]) -> migration.Options:
     body = validate_body({"destination": {"socket": "/run/x.sock"}, **fields}, MigrateBody)
     return options_of(body)
 
+
 class FakeMonitor(QmpCommands):
     """Answers query-migrate from a script of statuses; records every command."""
 

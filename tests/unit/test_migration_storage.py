@@ -26,6 +26,7 @@ def _options(fields: dict[str, Any]) -> migration.Options:
     body = validate_body({"destination": {"socket": "/run/x.sock"}, **fields}, MigrateBody)
     return options_of(body)
 
+
 class CopyMonitor(QmpCommands):
     """One virtio disk (device disk0, node disk0); mirrors get READY after a few
     polls; query-migrate follows a script of statuses."""
