@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, JsonValue
+from pydantic import ConfigDict, Field, JsonValue
 
 from virtkit.service.models.base import Request, Result
 from virtkit.service.models.documents import DomainDocument, PeerAddress, PeerAnswer
@@ -19,7 +19,14 @@ Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0)]
 
 
-class MigrateRequest(Request):
+class _Body(Request):
+    """A request of these routes: built when first used, as api/requests.py's bodies
+    (the daemon's start-up does not pay for them)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
+class MigrateRequest(_Body):
     """virsh migrate: the body of ``POST /v1/domains/{ref}/migrate`` (the CLI's)."""
 
     destination: PeerAddress
@@ -41,14 +48,14 @@ class MigrateRequest(Request):
     timeout: Count | None = None
 
 
-class CopyBacking(Request):
+class CopyBacking(_Body):
     """--copy-storage-inc: the backing image the copied top image is created on."""
 
     path: str
     format: str | None = None
 
 
-class CopyDisk(Request):
+class CopyDisk(_Body):
     """One image the destination creates for a copied disk (runtime/storagecopy.py);
     it must be a writable disk of the spec at that device id and path."""
 
@@ -59,11 +66,11 @@ class CopyDisk(Request):
     backing: CopyBacking | None = None
 
 
-class CopyStorage(Request):
+class CopyStorage(_Body):
     disks: Annotated[list[CopyDisk], Field(min_length=1)]
 
 
-class SharedDisk(Request):
+class SharedDisk(_Body):
     """A disk the source left out of the copy: a volume of a shared pool both hosts
     have (service/sharedstore.py checks it against this host's pools)."""
 
@@ -72,7 +79,7 @@ class SharedDisk(Request):
     volume: str
 
 
-class IncomingRequest(Request):
+class IncomingRequest(_Body):
     """``POST /v1/migrations/incoming`` (service/incoming.py): the running configuration,
     the definition, and what the destination checks it against."""
 
@@ -91,7 +98,7 @@ class IncomingRequest(Request):
     layout: dict[str, JsonValue] | None = None
 
 
-class OfflineIncomingRequest(Request):
+class OfflineIncomingRequest(_Body):
     """``POST /v1/migrations/offline`` (service/offline_migration.py)."""
 
     spec: DomainDocument
