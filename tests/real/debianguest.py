@@ -29,7 +29,8 @@ Rules for a test that uses it:
   and runs at the very end;
 * a guest that is not running, or whose agent does not answer, when a test starts is
   replaced by a fresh one (new overlay, new daemon), and so is the guest after any test
-  that failed: one broken test does not make the next ones fail.
+  that failed: one broken test does not make the next ones fail (at most
+  ``MAX_BOOTS`` boots a run; a guest that did not boot fails the later tests at once).
 
 Use it by naming the fixture: ``def test_x(debian_vm: DebianVm) -> None`` (the module
 must carry the ``qemu`` marker).
@@ -45,6 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.real.conftest import DaemonHandle, running_daemon, wait_for
 from virtkit.cli.client import ApiError
 from virtkit.images.debiancloud import DebianCloud, build_debian_cloud
@@ -55,6 +58,9 @@ FIXTURE = "debian_vm"
 #: the marker of the tests that leave lasting changes (they run last)
 CHANGES_MARK = "changes_debian_guest"
 AGENT_BOOT_TIMEOUT = 240.0
+#: fresh guests a run may boot (the first one, and those that replace a broken one): a
+#: run where many tests fail must not spend a boot on each
+MAX_BOOTS = 4
 NAME = "deb"
 #: kernel arguments added for the shared guest (see the module docstring)
 EXTRA_CMDLINE = "cloud-init=disabled"
@@ -106,13 +112,27 @@ class SharedDebian:
         self._vm: DebianVm | None = None
         #: set when a test using the guest failed: the next one gets a fresh guest
         self.broken = False
+        #: why the guest did not boot: later tests fail at once instead of waiting again
+        self._boot_error: str | None = None
+        self._boots = 0
 
     def ready(self, tiny_guest: TinyGuest) -> DebianVm:
+        if self._boot_error is not None:
+            pytest.fail(f"the shared Debian guest did not boot: {self._boot_error}",
+                        pytrace=False)
         vm = self._vm
+        if vm is not None and self._boots >= MAX_BOOTS:
+            return vm  # many tests failed: no more fresh guests (each costs a boot)
         if vm is not None and not self.broken and self._healthy(vm):
             return vm
         self.close()
-        return self._boot(tiny_guest)
+        self._boots += 1
+        try:
+            return self._boot(tiny_guest)
+        except Exception as error:
+            self._boot_error = str(error)[:2000]
+            self.close()
+            raise
 
     @staticmethod
     def _healthy(vm: DebianVm) -> bool:

@@ -43,3 +43,45 @@ def test_a_run_without_them_keeps_its_order() -> None:
     items = [_item("a"), _item("b"), _item("c")]
     pytest_collection_modifyitems(items)  # type: ignore[arg-type]
     assert [i.name for i in items] == ["a", "b", "c"]
+
+
+def test_a_guest_that_did_not_boot_fails_the_next_tests_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.real import debianguest
+
+    shared = debianguest.SharedDebian()
+    boots: list[int] = []
+
+    def no_boot(self: object, tiny_guest: object) -> object:
+        boots.append(1)
+        raise AssertionError("timed out after 240.0s waiting for the agent")
+
+    monkeypatch.setattr(debianguest.SharedDebian, "_boot", no_boot)
+    with pytest.raises(AssertionError, match="timed out"):
+        shared.ready(None)  # type: ignore[arg-type]
+    with pytest.raises(pytest.fail.Exception, match="did not boot: timed out"):
+        shared.ready(None)  # type: ignore[arg-type]
+    assert len(boots) == 1
+
+
+def test_broken_guests_are_replaced_at_most_max_boots_times(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.real import debianguest
+
+    shared = debianguest.SharedDebian()
+    made: list[object] = []
+
+    def boot(self: debianguest.SharedDebian, tiny_guest: object) -> object:
+        self._vm = object()  # type: ignore[assignment]
+        made.append(self._vm)
+        self.broken = False
+        return self._vm
+
+    monkeypatch.setattr(debianguest.SharedDebian, "_boot", boot)
+    monkeypatch.setattr(debianguest.SharedDebian, "_healthy", staticmethod(lambda vm: True))
+    first = shared.ready(None)  # type: ignore[arg-type]
+    assert shared.ready(None) is first  # type: ignore[arg-type]  # healthy: kept
+    for _ in range(10):
+        shared.broken = True  # a test failed
+        shared.ready(None)  # type: ignore[arg-type]
+    assert len(made) == debianguest.MAX_BOOTS
