@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -37,6 +37,9 @@ from virtkit.qemu.process import is_our_qemu, proc_start_time
 from virtkit.runtime.confine import Confiner
 from virtkit.store.db import Store
 from virtkit.unixsock import connect_unix
+
+if TYPE_CHECKING:
+    from tests.real.debianguest import DebianVm
 
 BOOT_TIMEOUT = 90.0
 
@@ -315,11 +318,26 @@ def cleanup(handle: DaemonHandle) -> None:
         pytest.fail(f"the daemon's event loop stalled (> 0.5 s):\n{stalls}", pytrace=False)
 
 
+def exited(pid: int, start: int | None) -> bool:
+    """``pid`` (started at ``start``) has ended: gone, reused, or a zombie.  A zombie has
+    closed its files and left its cgroups; only its reaping is left, and the orphaned
+    QEMUs of a killed daemon are reaped by PID 1, which on the CI machine (a microVM's
+    init) does that only every couple of seconds: waiting for the reaping cost each
+    teardown with a QEMU about 2 s."""
+    if start is None or proc_start_time(pid) != start:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2:].startswith("Z")
+
+
 def release_confinement(root: Path, killed: list[tuple[int, int | None]]) -> None:
     """What the daemon's reconcile would do at its next start: the daemon was killed,
     so ACL entries on shared folders (/root, pytest's base folder) would pile up."""
     deadline = time.monotonic() + 10
-    while any(start is not None and proc_start_time(pid) == start for pid, start in killed):
+    while not all(exited(pid, start) for pid, start in killed):
         if time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -495,3 +513,66 @@ def raw_request(sock_path: Path, data: bytes, timeout: float = 10.0) -> tuple[in
         sock.close()
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
+
+
+# -- the shared Debian guest (tests/real/debianguest.py) -----------------------------------
+
+@pytest.fixture
+def debian_vm(tiny_guest: TinyGuest) -> DebianVm:
+    """The running Debian guest that every test naming this fixture shares (booted once:
+    tests/real/debianguest.py says how to use it and what to leave behind)."""
+    from tests.real.debianguest import SHARED
+
+    return SHARED.ready(tiny_guest)
+
+
+def _uses_debian_vm(item: pytest.Item | None) -> bool:
+    return item is not None and "debian_vm" in getattr(item, "fixturenames", ())
+
+
+def _debian_order(item: pytest.Item) -> int:
+    """0: leaves the shared guest as it was; 1: changes it for good; 2: powers it off."""
+    mark = item.get_closest_marker("changes_debian_guest")
+    if mark is None:
+        return 0
+    return 2 if mark.kwargs.get("powers_off") else 1
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that share the Debian guest run one after another (where the first of
+    them is), those marked ``changes_debian_guest`` last among them and those that power
+    it off at the very end: one boot serves them all."""
+    users = [item for item in items if _uses_debian_vm(item)]
+    if not users:
+        return
+    first = items.index(users[0])
+    rest = [item for item in items if not _uses_debian_vm(item)]
+    block = sorted(users, key=_debian_order)  # stable: each group in collection order
+    items[:] = rest[:first] + block + rest[first:]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Any:
+    report = yield
+    if report.failed and _uses_debian_vm(item):
+        from tests.real.debianguest import SHARED
+
+        SHARED.broken = True  # the next test gets a fresh guest
+    return report
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop the shared Debian guest after the last test of its group."""
+    if _uses_debian_vm(item) and not _uses_debian_vm(nextitem):
+        from tests.real.debianguest import SHARED
+
+        SHARED.close()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Also when the run stopped early (-x, an interrupt): no shared guest outlives it."""
+    shared = sys.modules.get("tests.real.debianguest")
+    if shared is not None:
+        shared.SHARED.close()

@@ -1,9 +1,9 @@
 """The guest agent against a real Debian guest running qemu-guest-agent.
 
-One Debian VM (debootstrap image with qemu-guest-agent, booted by direct kernel
-boot under TCG) serves every test of the module: booting it takes most of a
-minute here.  The tiny guest, which runs no agent, shows the clear error a
-guest without one gives.
+The shared Debian guest (tests/real/debianguest.py: debootstrap image with
+qemu-guest-agent, booted once by direct kernel boot under TCG) serves every test of
+the module but the last.  The tiny guest, which runs no agent, shows the clear error
+a guest without one gives.
 """
 
 from __future__ import annotations
@@ -15,53 +15,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.real.conftest import DaemonHandle, wait_for
-from virtkit.cli.client import ApiError
-from virtkit.images.debiancloud import DebianCloud, build_debian_cloud
+from tests.real.conftest import DaemonHandle
+from tests.real.debianguest import DebianVm
 
 pytestmark = pytest.mark.qemu
 
-AGENT_BOOT_TIMEOUT = 240.0
+
+# The tests share one running Debian guest (tests/real/debianguest.py): these names
+# keep the tests' own words for it.
+@pytest.fixture
+def module_daemon(debian_vm: DebianVm) -> DaemonHandle:
+    """The shared Debian guest's daemon."""
+    return debian_vm.daemon
 
 
-@pytest.fixture(scope="module")
-def debian() -> DebianCloud:
-    return build_debian_cloud()
-
-
-def agent_answers(handle: DaemonHandle, name: str) -> bool:
-    try:
-        handle.client.get(handle.client.domain_path(name, "/guest/ping"))
-    except ApiError:
-        return False
-    return True
-
-
-def debian_spec(name: str, image: DebianCloud, disk: Path, **overrides: object) -> dict:
-    spec: dict = {
-        "name": name, "memory": {"current": 512, "max": 1536},
-        "vcpus": {"current": 2, "max": 4},
-        "boot": {"kernel": str(image.kernel), "initrd": str(image.initrd),
-                 "cmdline": image.cmdline},
-        "disks": [{"path": str(disk), "format": "qcow2"}],
-        "serials": [{"log": True}],
-    }
-    spec.update(overrides)
-    return spec
-
-
-@pytest.fixture(scope="module")
-def agent_vm(module_daemon: DaemonHandle, debian: DebianCloud,
-             tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A running Debian guest whose agent answers; its name."""
-    disk = tmp_path_factory.mktemp("agent") / "debian.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                    str(debian.image), str(disk)], check=True)
-    module_daemon.client.post("/v1/domains", {"spec": debian_spec("deb", debian, disk)})
-    module_daemon.client.post(module_daemon.client.domain_path("deb", "/start"))
-    wait_for(lambda: agent_answers(module_daemon, "deb"), AGENT_BOOT_TIMEOUT,
-             "the Debian guest's agent")
-    return "deb"
+@pytest.fixture
+def agent_vm(debian_vm: DebianVm) -> str:
+    """The running shared Debian guest whose agent answers; its name."""
+    return debian_vm.name
 
 
 def test_ping_and_guestinfo(module_daemon: DaemonHandle, agent_vm: str) -> None:
@@ -176,8 +147,9 @@ def test_clone_of_a_running_guest_freezes_it_for_the_copy(
     module_daemon.cli("undefine", "deb-copy")
 
 
+@pytest.mark.changes_debian_guest(powers_off=True)
 def test_agent_shutdown_powers_the_guest_off(module_daemon: DaemonHandle, agent_vm: str) -> None:
-    """Last in the module: the agent's shutdown ends the shared VM."""
+    """Among the last users of the shared guest: the agent's shutdown ends it."""
     module_daemon.cli("shutdown", agent_vm, "--mode", "agent", "--wait", "--timeout", "120")
     assert module_daemon.state(agent_vm) == "shutoff"
     stopped = module_daemon.cli("guest", "ping", agent_vm, check=False)

@@ -4,7 +4,8 @@ The guest writes known data to its qcow2 data disk (/dev/vda) through the serial
 console and reads an md5sum back; memory is checked with a marker file in the
 guest's RAM-backed root file system (gone after a reboot, back after a revert with
 memory).  Offline changes are made and read with qemu-io on the host.  One test
-boots the Debian image with qemu-guest-agent for --quiesce (about 30 s here).
+uses the shared Debian guest with qemu-guest-agent (tests/real/debianguest.py) for
+--quiesce.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.real.conftest import DaemonHandle, wait_for
+from tests.real.conftest import DaemonHandle
+from tests.real.debianguest import DebianVm
 from virtkit.cli.client import ApiError
 from virtkit.cli.streaming import open_stream
-from virtkit.images.debiancloud import build_debian_cloud
 
 pytestmark = pytest.mark.qemu
 
@@ -324,36 +325,19 @@ def _bad_inputs(daemon: DaemonHandle, tmp_path: Path) -> str:
     return raw
 
 
-def test_quiesced_snapshot_through_the_guest_agent(daemon: DaemonHandle, tmp_path: Path) -> None:
+def test_quiesced_snapshot_through_the_guest_agent(debian_vm: DebianVm) -> None:
     """A Debian guest with qemu-guest-agent: --quiesce freezes its file systems, so data
     the guest wrote a moment before (not synced) is in the frozen image; thawed after."""
-    debian = build_debian_cloud()
-    disk = tmp_path / "deb.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                    str(debian.image), str(disk)], check=True)
-    daemon.client.post("/v1/domains", {"spec": {
-        "name": "deb", "memory": 512, "vcpus": 2,
-        "boot": {"kernel": str(debian.kernel), "initrd": str(debian.initrd),
-                 "cmdline": debian.cmdline},
-        "disks": [{"path": str(disk), "format": "qcow2"}]}})
-    daemon.client.post(daemon.client.domain_path("deb", "/start"))
-
-    def agent_answers() -> bool:
-        try:
-            daemon.client.get(daemon.client.domain_path("deb", "/guest/ping"))
-        except ApiError:
-            return False
-        return True
-
-    wait_for(agent_answers, 240.0, "the Debian guest's agent", interval=1.0)
+    daemon, disk = debian_vm.daemon, debian_vm.disk
+    assert _files(debian_vm.folder) == {disk.name}
     marker = f"quiesce-{secrets.token_hex(8)}"
-    daemon.client.post(daemon.client.domain_path("deb", "/guest/exec"), {
+    daemon.client.post(daemon.client.domain_path(debian_vm.name, "/guest/exec"), {
         "path": "/bin/sh", "args": ["-c", f"echo {marker} > /root/quiesce-marker"]})
-    made = daemon.cli("snapshot-create-as", "deb", "q1", "--external", "--disk-only",
+    made = daemon.cli("snapshot-create-as", debian_vm.name, "q1", "--external", "--disk-only",
                       "--quiesce")
     assert "Domain snapshot q1 created (external disk-only)" in made.stdout
     assert marker.encode() in disk.read_bytes()  # flushed into the frozen image
-    status = daemon.client.get(daemon.client.domain_path("deb", "/guest/fsfreeze"))
+    status = daemon.client.get(daemon.client.domain_path(debian_vm.name, "/guest/fsfreeze"))
     assert status["status"] == "thawed"
-    _delete(daemon, "deb", "q1")
-    assert _files(tmp_path) == {"deb.qcow2"}
+    _delete(daemon, debian_vm.name, "q1")
+    assert _files(debian_vm.folder) == {disk.name}

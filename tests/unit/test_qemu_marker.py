@@ -17,6 +17,7 @@ BOOTS = re.compile(
     r'|\bwait_booted\('                                       # waits for a boot
     r'|"(start|restore)",\s*"POST"'                           # the stateful test's calls
     r'|\bqemu_info\(|"qemu-system'                            # runs QEMU itself
+    r'|\bdebian_vm\b'                                          # the shared Debian guest
 )
 
 
@@ -84,6 +85,7 @@ def test_the_scan_finds_the_ways_a_module_boots() -> None:
     assert BOOTS.search('daemon.cli("start", name)')
     assert BOOTS.search('daemon.wait_booted("vm")')
     assert BOOTS.search('info = qemubin.qemu_info()')
+    assert BOOTS.search('def test_x(debian_vm: DebianVm) -> None:')
     assert not BOOTS.search('refused(hd, "POST", "/v1/domains/strict/start", {})')
     marked = ast.parse("import pytest\npytestmark = [pytest.mark.qemu, pytest.mark.x]\n")
     assert _has_qemu_mark(marked)
