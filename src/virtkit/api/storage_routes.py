@@ -52,7 +52,8 @@ Capacity = int | str
 class CreateVolumeBody(Body):
     name: str
     capacity: Capacity = ""
-    format: str = "qcow2"
+    #: None: raw in an rbd pool, qcow2 elsewhere
+    format: str | None = None
     backing: str | None = None
     prealloc: bool = False
 
@@ -71,7 +72,8 @@ class CloneVolumeBody(Body):
 class ImportBody(Body):
     name: str
     source: str
-    format: str = "qcow2"
+    #: None: raw in an rbd pool, qcow2 elsewhere
+    format: str | None = None
 
 
 class FdBody(Body):
