@@ -207,14 +207,14 @@ class _PoolReader(XmlReader):
         hosts = []
         for host in source.findall("host"):
             self.check(host, attrs=("name", "port"))
-            name, port = host.get("name", ""), host.get("port")
-            shown = f"[{name}]" if ":" in name else name
-            hosts.append(f"{shown}:{port}" if port else name)
+            host_name, port = host.get("name", ""), host.get("port")
+            shown = f"[{host_name}]" if ":" in host_name else host_name
+            hosts.append(f"{shown}:{port}" if port else host_name)
         if hosts:
             spec["source_hosts"] = hosts
-        name = source.findtext("name")
-        if name is not None:
-            spec["source_name"] = name.strip()
+        ceph_pool = source.findtext("name")
+        if ceph_pool is not None:
+            spec["source_name"] = ceph_pool.strip()
         auth = source.find("auth")
         if auth is None:
             return

@@ -31,7 +31,7 @@ from pydantic import (
 
 from virtkit.model.cpulist import parse_cpulist
 from virtkit.model.naming import find_bad_text, is_grandfathered, naming_problem
-from virtkit.model.netdisk import is_network_path, is_rbd_path, parse_nfs_url, parse_rbd_url
+from virtkit.model.netdisk import check_network_path, is_network_path
 from virtkit.model.tuning import (
     BlkioTune,
     CpuTune,
@@ -280,12 +280,7 @@ class Disk(Spec):
         if value is None:
             return None
         if is_network_path(value):  # an image QEMU opens on an NFS server or Ceph (netdisk.py)
-            if is_rbd_path(value):
-                if parse_rbd_url(value).image is None:
-                    raise ValueError(f"disk path {value!r} names a Ceph pool, not an image")
-            else:
-                parse_nfs_url(value)
-            return value
+            return check_network_path(value)
         if not value.startswith("/"):
             raise ValueError(f"disk path must be absolute, got {value!r}")
         if _CONTROL_CHARS.search(value):

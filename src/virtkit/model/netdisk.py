@@ -31,6 +31,16 @@ def is_network_path(value: str | None) -> bool:
     return value is not None and value.startswith(("nfs://", "rbd://"))
 
 
+def check_network_path(value: str) -> str:
+    """``value`` if it is a valid nfs:// or rbd:// image URL; ValueError otherwise."""
+    if is_rbd_path(value):
+        if parse_rbd_url(value).image is None:
+            raise ValueError(f"disk path {value!r} names a Ceph pool, not an image")
+    else:
+        parse_nfs_url(value)
+    return value
+
+
 def parse_nfs_url(value: str) -> tuple[str, str]:
     """(server, path) of an ``nfs://`` URL; ValueError naming the rule otherwise."""
     found = _NFS_URL.fullmatch(value)
