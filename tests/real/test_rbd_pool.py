@@ -30,6 +30,7 @@ from virtkit.model.netdisk import parse_rbd_url, rbd_blockdev
 from virtkit.paths import state_paths
 from virtkit.storage import rbdfence
 
+pytestmark = pytest.mark.qemu  # QEMU writers, guests (the fence's QEMUs boot no guest)
 
 @pytest.fixture(scope="module")
 def ceph() -> Iterator[CephServer]:
@@ -137,7 +138,6 @@ def hosts(ceph: CephServer, tiny_guest: TinyGuest) -> Iterator[list[DaemonHandle
             cleanup(handle)
 
 
-@pytest.mark.qemu
 def test_guest_on_an_rbd_volume_runs_and_migrates_without_copy(
         hosts: list[DaemonHandle], ceph: CephServer) -> None:
     source, destination = hosts
@@ -243,7 +243,6 @@ def writers(tmp_path: Path) -> Iterator[list[Writer]]:
             writer.stop()
 
 
-@pytest.mark.qemu
 def test_a_fenced_writer_can_never_write_again(ceph: CephServer, writers: list[Writer],
                                                tmp_path: Path) -> None:
     """The old host's QEMU is frozen (SIGSTOP: a hung host), the fence runs, the new
