@@ -112,6 +112,9 @@ def test_volumes_in_a_ceph_pool(host: DaemonHandle, ceph: CephServer, tmp_path: 
     assert upload.returncode != 0 and "vol-import" in upload.stderr
     base = host.cli("vol-delete", "a", "--pool", "ceph1", check=False)
     assert base.returncode != 0 and "linked" in base.stderr
+    host.cli("vol-wipe", "imp", "--pool", "ceph1")
+    ceph.rbd("export", "--no-progress", f"{ceph.pool}/imp", str(tmp_path / "wiped.raw"))
+    assert (tmp_path / "wiped.raw").read_bytes() == bytes(4 * 2**20)
     for name in ("linked", "full", "imp", "a"):
         host.cli("vol-delete", name, "--pool", "ceph1")
     assert _images(ceph) == []

@@ -390,3 +390,23 @@ def test_ha_restart_fences_rbd_disks_first(fence_ok: bool, monkeypatch: Any) -> 
         assert (events, started, done) == (["claim", "fence"], ["u1"], ["web"])
     else:
         assert (events, started, done) == (["claim", "fence", "unclaim"], [], [])
+
+
+# -- an rbd disk counts as shared storage (migration's copy plan, HA) --------------------
+
+
+def test_an_rbd_volume_is_found_as_a_shared_volume(tmp_path: Any) -> None:
+    from virtkit.service.storage import StorageService
+    from virtkit.store.db import Store
+    store = Store(tmp_path / "state.db")
+    pool = Pool.model_validate({"name": "ceph", "type": "rbd", "source_hosts": ["127.0.0.1"],
+                                "source_name": "rbd"})
+    row = store.insert_pool(pool.uuid, pool.name, pool.model_dump(mode="json"))
+    store.update_pool(row.uuid, state="active")
+    storage = StorageService.__new__(StorageService)
+    storage._store = store  # locate and shared_volume read the store only
+    path = "rbd://127.0.0.1:6789/rbd/web"
+    assert storage.locate(path) == ("ceph", "web")
+    assert storage.shared_volume(path) == ("ceph", "web", "rbd://127.0.0.1:6789/rbd")
+    assert storage.locate("rbd://127.0.0.1:6789/other/web") is None
+    assert storage.pool_files() == []  # no host files to scan for backing chains
