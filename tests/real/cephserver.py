@@ -70,16 +70,20 @@ class CephServer:
     conf: Path  # a ceph.conf for the ceph/rbd commands (tests only; virtkit needs none)
     ip: str
     pool: str = "rbd"
+    netns: str | None = None  # the namespace the daemons run in (None: this one)
 
     @property
     def monitor(self) -> str:
         return f"{self.ip}:6789"
 
+    def prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns] if self.netns else []
+
     def ceph(self, *args: str, check: bool = True) -> str:
-        return _run(["ceph", "-c", str(self.conf), *args], check=check)
+        return _run([*self.prefix(), "ceph", "-c", str(self.conf), *args], check=check)
 
     def rbd(self, *args: str, check: bool = True) -> str:
-        return _run(["rbd", "-c", str(self.conf), *args], check=check)
+        return _run([*self.prefix(), "rbd", "-c", str(self.conf), *args], check=check)
 
 
 def _run(argv: list[str], *, check: bool = True, timeout: float = 60) -> str:
@@ -101,15 +105,18 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def ceph_server() -> Iterator[CephServer]:
-    ip = f"127.{random.randint(1, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
+def ceph_server(netns: str | None = None, ip: str | None = None) -> Iterator[CephServer]:
+    """``netns``/``ip``: run the daemons in that namespace on that (existing) address;
+    by default here, on a loopback address of their own."""
+    ip = ip or f"127.{random.randint(1, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
     work = Path(tempfile.mkdtemp(prefix="vk-ceph-", dir="/var/tmp"))
     for sub in ("mon", "osd", "run", "log", "crash"):
         (work / sub).mkdir()
     conf = work / "ceph.conf"
     fsid = str(uuid.uuid4())
     conf.write_text(CONF.format(fsid=fsid, ip=ip, work=work))
-    server = CephServer(work, conf, ip)
+    server = CephServer(work, conf, ip, netns=netns)
+    inside = server.prefix()
     started: list[subprocess.Popen[bytes]] = []
     log = open(work / "log" / "daemons.out", "ab")  # noqa: SIM115
     try:
@@ -117,14 +124,15 @@ def ceph_server() -> Iterator[CephServer]:
               f"[v2:{ip}:3300,v1:{ip}:6789]", str(work / "monmap")])
         _run(["ceph-mon", "-c", str(conf), "--mkfs", "-i", "a", "--monmap",
               str(work / "monmap")])
-        started.append(subprocess.Popen(["ceph-mon", "-f", "-c", str(conf), "-i", "a"],
+        started.append(subprocess.Popen([*inside, "ceph-mon", "-f", "-c", str(conf), "-i", "a"],
                                         stdout=log, stderr=log))
         _wait(lambda: _answers(server, "ceph", "mon", "stat"), started, "the monitor")
         osd_uuid = str(uuid.uuid4())
         server.ceph("osd", "new", osd_uuid)
-        _run(["ceph-osd", "-c", str(conf), "-i", "0", "--mkfs", "--osd-uuid", osd_uuid],
+        _run([*inside, "ceph-osd", "-c", str(conf), "-i", "0", "--mkfs", "--osd-uuid",
+              osd_uuid],
              timeout=120)
-        started.append(subprocess.Popen(["ceph-osd", "-f", "-c", str(conf), "-i", "0"],
+        started.append(subprocess.Popen([*inside, "ceph-osd", "-f", "-c", str(conf), "-i", "0"],
                                         stdout=log, stderr=log))
         _wait(lambda: _osd_up(server), started, "the OSD")
         server.ceph("osd", "pool", "create", server.pool, "8", "8")
@@ -150,7 +158,8 @@ def _osd_up(server: CephServer) -> str:
 
 
 def _answers(server: CephServer, tool: str, *args: str) -> bool:
-    done = subprocess.run([tool, "-c", str(server.conf), *args], capture_output=True,
+    done = subprocess.run([*server.prefix(), tool, "-c", str(server.conf), *args],
+                          capture_output=True,
                           timeout=20, check=False)
     return done.returncode == 0
 
