@@ -18,9 +18,12 @@ PYTHON=${PYTHON:-python3}
 # openssl: 'virtkit tls setup' makes the TLS listener's CA and certificate with it;
 # openssh-client: virtkit+ssh:// connections; zstd: the test guest's builder decompresses
 # .ko.zst kernel modules with it; qemu-block-extra: QEMU's and qemu-img's nfs:// driver
-# and libnfs13, which netfs pools use (storage/netfs.py, storage/libnfs.py)
+# and libnfs13, which netfs pools use (storage/netfs.py, storage/libnfs.py), and QEMU's
+# rbd: driver (librbd1) for rbd pools; ceph-common: the rbd and ceph commands rbd pools
+# and their fencing run (storage/rbd.py, storage/rbdfence.py; no Ceph daemon)
 RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils ovmf lvm2 dnsmasq-base nftables iproute2 busybox-static
-    cpio kmod osinfo-db python3 python3-venv openssl openssh-client zstd qemu-block-extra)
+    cpio kmod osinfo-db python3 python3-venv openssl openssh-client zstd qemu-block-extra
+    ceph-common)
 
 # What the tests need besides the runtime packages:
 # virtinst: the real virt-install, which tests/unit/test_install_vs_virtinstall.py
@@ -44,6 +47,9 @@ RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils ovmf lvm2 dnsmasq-base nftables ipr
 # nfs-ganesha, nfs-ganesha-vfs, rpcbind: the NFS server of the netfs pool tests
 # (tests/real/nfsserver.py runs them in a network namespace of their own, stopped by
 # PID; the packages' services are not used)
+# ceph-mon, ceph-osd: the one-node Ceph of the rbd pool tests (tests/real/cephserver.py:
+# one monitor and one bluestore OSD on a file in a temporary folder, no cephx, stopped
+# by PID; the packages' services are not used)
 # libvirt-daemon: libvirtd and its QEMU driver, for scripts/record-virsh-output.sh only,
 # which re-records tests/data/virsh/ (real virsh's output, that the tests compare
 # virtkit's with) from a private libvirtd in its own namespaces; this package has no
@@ -53,7 +59,7 @@ RUNTIME_PACKAGES=(qemu-system-x86 qemu-utils ovmf lvm2 dnsmasq-base nftables ipr
 # systemd need not be PID 1 for that)
 TEST_PACKAGES=("${RUNTIME_PACKAGES[@]}" bash virtinst libvirt-clients libxml2-utils grub-pc-bin
     grub-common xorriso mtools extlinux syslinux-common debootstrap openssh-server chromium
-    etcd-server nfs-ganesha nfs-ganesha-vfs rpcbind libvirt-daemon
+    etcd-server nfs-ganesha nfs-ganesha-vfs rpcbind ceph-mon ceph-osd libvirt-daemon
     systemd)
 
 need_root() {

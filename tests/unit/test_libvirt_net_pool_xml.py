@@ -166,7 +166,7 @@ def test_pool_details() -> None:
                             "path='/dev/sdx'/></source></pool>")
     assert spec == {"name": "vg9", "type": "logical", "target": "vg9",
                     "source_devices": ["/dev/sdx"]}
-    with pytest.raises(InvalidSpec, match="libvirt rbd pools cannot be imported"):
-        pool_from_xml("<pool type='rbd'><name>ceph</name></pool>", force=True)
+    with pytest.raises(InvalidSpec, match="libvirt iscsi pools cannot be imported"):
+        pool_from_xml("<pool type='iscsi'><name>san</name></pool>", force=True)
     with pytest.raises(InvalidSpec, match="not well-formed XML"):
         pool_from_xml("<pool type='dir'>", force=True)

@@ -335,7 +335,7 @@ def test_uefi_from_loader_or_firmware_attribute() -> None:
 
 UNSUPPORTED = """
   <disk type='file'><source file='/a.img'/></disk>
-  <disk type='network' device='disk'><source protocol='rbd' name='p/i'/></disk>
+  <disk type='network' device='disk'><source protocol='iscsi' name='iqn.x/1'/></disk>
   <hostdev mode='subsystem' type='usb'/>
   <sound model='sb16'/>"""
 
@@ -346,7 +346,7 @@ def test_unsupported_elements_are_listed_by_location() -> None:
     error = info.value
     assert error.message.startswith("the libvirt domain XML uses 3 things virtkit cannot "
                                     "honour: ")
-    assert "devices/disk[2]/source@protocol='rbd' (network disks are not supported)" \
+    assert "devices/disk[2]/source@protocol='iscsi' (network disks are rbd (Ceph) or nfs)" \
         in error.message
     assert "devices/hostdev (only PCI host devices (VFIO) are supported)" in error.message
     assert ("devices/sound@model='sb16' (virtkit's sound cards are ich9, ich6, ac97 and "
@@ -360,7 +360,7 @@ def test_force_drops_them_with_warnings() -> None:
     spec, warnings = domain_from_xml(_domain(UNSUPPORTED), force=True)
     assert spec["disks"] == [{"path": "/a.img"}]
     assert warnings == [
-        "dropped devices/disk[2]/source@protocol='rbd': network disks are not supported",
+        "dropped devices/disk[2]/source@protocol='iscsi': network disks are rbd (Ceph) or nfs",
         "dropped devices/hostdev: only PCI host devices (VFIO) are supported",
         "dropped devices/sound@model='sb16': virtkit's sound cards are ich9, ich6, ac97 and "
         "es1370",

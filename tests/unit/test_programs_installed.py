@@ -308,7 +308,7 @@ def test_the_scan_finds_the_programs_we_know_about() -> None:
     found = all_programs()
     for known in ("qemu-img", "dnsmasq", "nft", "ip", "virt-xml-validate", "debootstrap",
                   "openssl", "apt-get", "xorriso", "losetup", "/usr/sbin/sshd", "xmllint",
-                  "ganesha.nfsd", "rpcbind"):
+                  "ganesha.nfsd", "rpcbind", "ceph-mon", "monmaptool"):
         assert known in found, f"the scan missed {known}"
 
 

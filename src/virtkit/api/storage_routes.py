@@ -54,7 +54,8 @@ Capacity = int | str
 class CreateVolumeBody(Body):
     name: str
     capacity: Capacity = ""
-    format: str = "qcow2"
+    #: None: raw in an rbd pool, qcow2 elsewhere
+    format: str | None = None
     backing: str | None = None
     prealloc: bool = False
 
@@ -73,7 +74,8 @@ class CloneVolumeBody(Body):
 class ImportBody(Body):
     name: str
     source: str
-    format: str = "qcow2"
+    #: None: raw in an rbd pool, qcow2 elsewhere
+    format: str | None = None
 
 
 class FdBody(Body):

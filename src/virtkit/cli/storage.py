@@ -86,9 +86,22 @@ def _stderr_console() -> Any:
 
 def cmd_pool_define_as(client: Client, args: argparse.Namespace) -> int:
     spec: dict[str, Any] = {"name": args.name, "type": args.type}
-    for key in ("target", "source_host", "source_path"):
+    for key in ("target", "source_path", "source_name", "auth_username", "auth_secret_uuid"):
         if getattr(args, key):
             spec[key] = getattr(args, key)
+    hosts = [h for given in args.source_host or [] for h in given.split(",") if h]
+    if args.type == "rbd":
+        if args.auth_type not in (None, "ceph"):
+            raise ApiError(400, {"message": f"--auth-type {args.auth_type}: rbd pools "
+                                 "authenticate with cephx", "fix": "use --auth-type ceph"})
+        if hosts:
+            port = f":{args.source_port}" if args.source_port else ""
+            spec["source_hosts"] = [h if ":" in h or not port else h + port for h in hosts]
+    elif hosts:
+        if len(hosts) > 1:
+            raise ApiError(400, {"message": "only rbd pools take several --source-host",
+                                 "fix": "give one NFS server"})
+        spec["source_host"] = hosts[0]
     if args.source_dev:
         spec["source_devices"] = args.source_dev
     result = client.post("/v1/pools", {"spec": spec})
@@ -168,8 +181,10 @@ def _pool_of(args: argparse.Namespace) -> str:
 
 
 def cmd_vol_create_as(client: Client, args: argparse.Namespace) -> int:
-    body = {"name": args.name, "capacity": args.capacity, "format": args.format,
+    body = {"name": args.name, "capacity": args.capacity,
             "prealloc": args.prealloc_metadata or args.prealloc}
+    if args.format:
+        body["format"] = args.format
     if args.backing_vol:
         body["backing"] = args.backing_vol
     if args.backing_vol_format:
@@ -291,7 +306,9 @@ def cmd_vol_clone(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_vol_import(client: Client, args: argparse.Namespace) -> int:
     source = str(Path(args.source).absolute())
-    body = {"name": args.name, "source": source, "format": args.format}
+    body = {"name": args.name, "source": source}
+    if args.format:
+        body["format"] = args.format
     result = post_with_progress(client, _pool_path(args.pool, "/import"), body,
                      f"converting {os.path.basename(source)}")
     print(f"Vol {result['name']} created in pool {args.pool} "
@@ -381,12 +398,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="libvirt XML: drop what virtkit cannot honour, with a warning each")
     add("pool-dumpxml", cmd_pool_dumpxml, "print a pool as libvirt storage pool XML", "pool")
     p = add("pool-define-as", cmd_pool_define_as,
-            "define a pool: dir, logical (LVM), iso, shared-dir or netfs (nfs)", "name",
-            "type")
+            "define a pool: dir, logical (LVM), iso, shared-dir, netfs (nfs) or rbd (Ceph)",
+            "name", "type")
     p.add_argument("--target",
                    help="dir/iso/shared-dir: the folder; logical: the volume group name; "
-                        "netfs: nfs://SERVER/PATH (or give --source-host/--source-path)")
-    p.add_argument("--source-host", help="netfs: the NFS server (name or IP address)")
+                        "netfs: nfs://SERVER/PATH (or give --source-host/--source-path); "
+                        "rbd: rbd://[USER@]MON[,MON...]/POOL (or give --source-host/"
+                        "--source-name)")
+    p.add_argument("--source-host", action="append",
+                   help="netfs: the NFS server (name or IP address); rbd: a Ceph monitor, "
+                        "HOST or HOST:PORT (repeat, or separate with commas)")
+    p.add_argument("--source-port", help="rbd: the monitors' port when --source-host has "
+                   "none (virsh's flag; default 6789)")
+    p.add_argument("--source-name", help="rbd: the Ceph pool")
+    p.add_argument("--auth-username", help="rbd: the cephx user (no user: no cephx); its "
+                   "key is read from the host's Ceph keyring")
+    p.add_argument("--secret-uuid", dest="auth_secret_uuid",
+                   help="rbd: libvirt's secret UUID, kept for pool-dumpxml")
+    p.add_argument("--auth-type", help="rbd: ceph (the only one)")
     p.add_argument("--source-path", help="netfs: the exported folder on the server")
     p.add_argument("--source-dev", action="append", help="logical: a block device (repeat)")
     for name, text in (("pool-build", "create a pool's storage (mkdir; pvcreate+vgcreate)"),
@@ -405,7 +434,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add("pool-info", cmd_pool_info, "show a pool's capacity and state", "pool", json_flag=True)
 
     p = add("vol-create-as", cmd_vol_create_as, "create a volume", "pool", "name", "capacity")
-    p.add_argument("--format", default="qcow2", choices=["qcow2", "raw"])
+    p.add_argument("--format", choices=["qcow2", "raw"],
+                   help="default: raw in an rbd pool, qcow2 elsewhere")
     p.add_argument("--backing-vol", help="a qcow2 overlay on this volume of the pool")
     p.add_argument("--backing-vol-format", help="the backing volume's format (virsh's "
                    "flag; checked against the format the pool knows, which is recorded)")
@@ -432,7 +462,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for name in ("vol-import", "vol-convert"):
         p = add(name, cmd_vol_import, "convert a host image (vmdk, vdi, vhdx, qcow2, raw) "
                 "into a new volume", "pool", "name", "source")
-        p.add_argument("--format", default="qcow2", choices=["qcow2", "raw"])
+        p.add_argument("--format", choices=["qcow2", "raw"],
+                       help="default: raw in an rbd pool, qcow2 elsewhere")
     for name, func, text in (("vol-upload", cmd_vol_upload, "upload a file into a volume"),
                              ("vol-download", cmd_vol_download, "download a volume to a file")):
         p = add(name, func, text, "vol", "file")

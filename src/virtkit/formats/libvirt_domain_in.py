@@ -18,6 +18,7 @@ from virtkit.formats.libvirt_common import (
     whole_number,
 )
 from virtkit.formats.libvirt_metadata import metadata_in
+from virtkit.formats.libvirt_netdisk import network_source_in
 from virtkit.formats.libvirt_spice import spice_graphics, spice_plumbing
 from virtkit.formats.libvirt_tuning import (
     blkiotune_in,
@@ -395,18 +396,15 @@ class DomainReader(XmlReader):
         hostdev_in(self, hostdev, self.spec)
 
     def _disk(self, disk: ET.Element) -> None:
+        kind, device = disk.get("type", "file"), disk.get("device", "disk")
         self.check(disk, attrs=("type", "device", "snapshot"),
                    children=("driver", "source", "target", "readonly", "serial", "boot",
-                             "iotune"),
+                             "iotune", *(("auth",) if kind == "network" else ())),
                    silent=("backingStore",))
-        kind, device = disk.get("type", "file"), disk.get("device", "disk")
         source = disk.find("source")
-        if kind not in ("file", "block", "volume"):
-            if kind == "network" and source is not None and source.get("protocol"):
-                self.refuse(self.where(source, "protocol"), "network disks are not supported")
-            else:
-                self.refuse(self.where(disk, "type"), "disks are files, block devices or "
-                            "pool volumes")
+        if kind not in ("file", "block", "volume", "network"):
+            self.refuse(self.where(disk, "type"), "disks are files, block devices, pool "
+                        "volumes or rbd/nfs network disks")
             return
         if device not in ("disk", "cdrom"):
             self.refuse(self.where(disk, "device"), "floppies and LUN passthrough are not "
@@ -415,7 +413,10 @@ class DomainReader(XmlReader):
         spec: dict[str, Any] = {"device": device} if device == "cdrom" else {}
         if not self._disk_driver(disk.find("driver"), spec):
             return
-        if source is not None:
+        if kind == "network":
+            if not network_source_in(self, disk, source, spec):
+                return
+        elif source is not None:
             self._disk_source(source, kind, spec)
         target = disk.find("target")
         if target is not None:

@@ -17,9 +17,16 @@ Mapping
   mounts nothing (QEMU reaches the export through libnfs), so ``<target><path>`` is
   accepted silently and written as ``/var/lib/virtkit/netfs/NAME``: where libvirt,
   given this XML, would mount the export.
+- ``<pool type='rbd'>`` with ``<source><host name= port=>`` (one per monitor),
+  ``<name>`` (the Ceph pool) and ``<auth type='ceph' username=><secret uuid=>`` <->
+  ``type: rbd``, ``source_hosts``, ``source_name``, ``auth_username``,
+  ``auth_secret_uuid``.  virtkit has no secret store: the secret's UUID is kept for
+  pool-dumpxml, the key is read from the user's Ceph keyring on each host; a secret
+  named by ``usage`` only is refused (there is no UUID to keep).  ``<config>``
+  options and a ``<target>`` are refused (rbd pools have none in libvirt either).
 - Accepted silently: ``capacity``, ``allocation``, ``available`` (facts, not
   settings) and ``target/permissions`` (virtkit makes its folders itself).
-- Other pool types (fs, disk, iscsi, rbd, zfs ...) cannot be imported, even
+- Other pool types (fs, disk, iscsi, zfs ...) cannot be imported, even
   with force; other source elements (adapter, auth ...) are refused.
 """
 
@@ -45,6 +52,8 @@ def pool_to_xml(pool: Pool) -> str:
     logical = pool.type is PoolType.LOGICAL
     if pool.type is PoolType.NETFS:
         return _netfs_xml(pool)
+    if pool.type is PoolType.RBD:
+        return _rbd_xml(pool)
     root = ET.Element("pool", type="logical" if logical else "dir")
     _sub(root, "name", pool.name)
     _sub(root, "uuid", pool.uuid)
@@ -83,6 +92,26 @@ def _netfs_xml(pool: Pool) -> str:
     return libvirt_text(root)
 
 
+def _rbd_xml(pool: Pool) -> str:
+    root = ET.Element("pool", type="rbd")
+    _sub(root, "name", pool.name)
+    _sub(root, "uuid", pool.uuid)
+    if pool.autostart:
+        ours = _sub(_sub(root, "metadata"), "virtkit:pool", **{"xmlns:virtkit": VIRTKIT_NS})
+        _sub(ours, "virtkit:autostart", "yes")
+    ref = pool.rbd_source()
+    source = _sub(root, "source")
+    for host, port in ref.monitors:
+        _sub(source, "host", name=host, port=str(port))
+    _sub(source, "name", ref.pool)
+    if ref.user:
+        auth = _sub(source, "auth", type="ceph", username=ref.user)
+        if pool.auth_secret_uuid:
+            _sub(auth, "secret", uuid=pool.auth_secret_uuid)
+    ET.indent(root, space="  ")
+    return libvirt_text(root)
+
+
 def pool_from_xml(text: str, *, force: bool = False) -> tuple[dict[str, Any], list[str]]:
     """Read libvirt pool XML into a pool spec dict and warnings (see the module docstring)."""
     root = parse_document(text, "pool", command="virtkit pool-define")
@@ -97,21 +126,22 @@ class _PoolReader(XmlReader):
         root = self.root
         ours = root.find(f"metadata/{{{VIRTKIT_NS}}}pool")
         kind = root.get("type", "")
-        if kind not in ("dir", "logical", "netfs"):
+        if kind not in ("dir", "logical", "netfs", "rbd"):
             raise InvalidSpec(f"libvirt {kind or 'untyped'} pools cannot be imported: virtkit "
-                              "has dir, logical (LVM), netfs (NFS) and iso pools",
+                              "has dir, logical (LVM), netfs (NFS), rbd (Ceph) and iso pools",
                               field="xml",
-                              fix="define a dir, logical or netfs pool (virtkit "
+                              fix="define a dir, logical, netfs or rbd pool (virtkit "
                                   "pool-define-as)")
-        self.check(root, attrs=("type",), children=("name", "uuid", "source", "target"),
+        self.check(root, attrs=("type",),
+                   children=("name", "uuid", "source") + (() if kind == "rbd" else ("target",)),
                    silent=("metadata", "capacity", "allocation", "available"))
         spec: dict[str, Any] = {}
         for tag in ("name", "uuid"):
             element = root.find(tag)
             if element is not None:
                 spec[tag] = (element.text or "").strip()
-        if kind == "netfs":
-            spec["type"] = "netfs"
+        if kind in ("netfs", "rbd"):
+            spec["type"] = kind
         elif kind == "dir":
             ours_type = ours.get("type") if ours is not None else None
             spec["type"] = ours_type if ours_type in ("iso", "shared-dir") else "dir"
@@ -131,12 +161,16 @@ class _PoolReader(XmlReader):
         if ours is not None and (ours.findtext(f"{{{VIRTKIT_NS}}}autostart") or "") == "yes":
             spec["autostart"] = True
         order = ("name", "uuid", "type", "target", "source_devices", "source_host",
-                 "source_path", "autostart")
+                 "source_path", "source_hosts", "source_name", "auth_username",
+                 "auth_secret_uuid", "autostart")
         return {key: spec[key] for key in order if key in spec}, self.finish("pool")
 
     def _source(self, source: ET.Element, spec: dict[str, Any]) -> None:
         if spec["type"] == "netfs":
             self._netfs_source(source, spec)
+            return
+        if spec["type"] == "rbd":
+            self._rbd_source(source, spec)
             return
         logical = spec["type"] == "logical"
         self.check(source, children=("device", "name", "format") if logical else ())
@@ -166,3 +200,37 @@ class _PoolReader(XmlReader):
         fmt = source.find("format")
         if fmt is not None and fmt.get("type", "auto") not in ("auto", "nfs"):
             self.refuse(self.where(fmt, "type"), "virtkit's netfs pools are NFS")
+
+    def _rbd_source(self, source: ET.Element, spec: dict[str, Any]) -> None:
+        """Monitors, the Ceph pool, and a cephx user with its secret's UUID."""
+        self.check(source, children=("host", "name", "auth"))
+        hosts = []
+        for host in source.findall("host"):
+            self.check(host, attrs=("name", "port"))
+            host_name, port = host.get("name", ""), host.get("port")
+            shown = f"[{host_name}]" if ":" in host_name else host_name
+            hosts.append(f"{shown}:{port}" if port else host_name)
+        if hosts:
+            spec["source_hosts"] = hosts
+        ceph_pool = source.findtext("name")
+        if ceph_pool is not None:
+            spec["source_name"] = ceph_pool.strip()
+        auth = source.find("auth")
+        if auth is None:
+            return
+        self.check(auth, attrs=("type", "username"), children=("secret",))
+        if auth.get("type", "ceph") != "ceph":
+            self.refuse(self.where(auth, "type"), "rbd pools authenticate with cephx "
+                        "(type='ceph')")
+            return
+        if auth.get("username"):
+            spec["auth_username"] = auth.get("username")
+        secret = auth.find("secret")
+        if secret is not None:
+            self.check(secret, attrs=("uuid", "usage", "type"))
+            if secret.get("uuid"):
+                spec["auth_secret_uuid"] = secret.get("uuid")
+            elif secret.get("usage"):
+                self.refuse(self.where(secret, "usage"), "virtkit has no secret store: give "
+                            "the secret's uuid (kept for pool-dumpxml; the key comes from "
+                            "the user's Ceph keyring)")

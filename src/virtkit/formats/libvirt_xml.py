@@ -58,11 +58,12 @@ machine keeps ACPI (QEMU builds its tables even with ``acpi=off``).
 
 Refused: anything else, e.g. host devices, shared folders, TPM,
 spice or more than one display, Hyper-V enlightenments, ``clock
-offset='localtime'``, CPU pinning and NUMA tuning, hugepages, network disks,
+offset='localtime'``, CPU pinning and NUMA tuning, hugepages, network disks other
+than rbd and nfs (formats/libvirt_netdisk.py),
 macvtap NICs, NIC models other than virtio/e1000/rtl8139, secure boot, a
 balloon target (``currentMemory``) below ``memory``.  Without ``force``
 :class:`InvalidSpec` lists every refused item by its location
-(``devices/hostdev``, ``devices/disk[2]/source@protocol='rbd'``); with ``force``
+(``devices/hostdev``, ``devices/disk[2]/source@protocol='iscsi'``); with ``force``
 they are dropped (a refused attribute alone, or the whole device that cannot work
 without it) and each drop is a warning.
 """
@@ -81,6 +82,7 @@ from virtkit.formats.libvirt_common import (
 )
 from virtkit.formats.libvirt_domain_in import DomainReader
 from virtkit.formats.libvirt_metadata import element_out, namespace_prefixes
+from virtkit.formats.libvirt_netdisk import is_network_disk, network_disk_out
 from virtkit.formats.libvirt_tuning import (
     cputune_out,
     hostdevs_out,
@@ -299,7 +301,9 @@ def _devices_out(devices: ET.Element, domain: Domain) -> None:
 
 
 def _disk_out(devices: ET.Element, disk: Disk, target: str) -> None:
-    if disk.volume is not None:
+    if is_network_disk(disk.path):
+        kind = "network"
+    elif disk.volume is not None:
         kind = "volume"
     elif disk.path is not None and disk.path.startswith("/dev/"):
         kind = "block"
@@ -312,7 +316,9 @@ def _disk_out(devices: ET.Element, disk: Disk, target: str) -> None:
     driver.attrib.update(cache=disk.cache.value, io=disk.aio.value)
     if not disk.readonly:
         driver.set("discard", "unmap")
-    if kind == "volume":
+    if kind == "network" and disk.path is not None:
+        network_disk_out(element, disk.path)
+    elif kind == "volume":
         _sub(element, "source", pool=disk.pool or "", volume=disk.volume or "")
     elif disk.path is not None:
         _sub(element, "source", **{"dev" if kind == "block" else "file": disk.path})

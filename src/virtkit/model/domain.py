@@ -31,7 +31,7 @@ from pydantic import (
 
 from virtkit.model.cpulist import parse_cpulist
 from virtkit.model.naming import find_bad_text, is_grandfathered, naming_problem
-from virtkit.model.netdisk import is_network_path, parse_nfs_url
+from virtkit.model.netdisk import check_network_path, is_network_path
 from virtkit.model.tuning import (
     BlkioTune,
     CpuTune,
@@ -279,9 +279,8 @@ class Disk(Spec):
     def _path(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if is_network_path(value):  # an image QEMU opens on an NFS server (netdisk.py)
-            parse_nfs_url(value)
-            return value
+        if is_network_path(value):  # an image QEMU opens on an NFS server or Ceph (netdisk.py)
+            return check_network_path(value)
         if not value.startswith("/"):
             raise ValueError(f"disk path must be absolute, got {value!r}")
         if _CONTROL_CHARS.search(value):

@@ -8,6 +8,10 @@ orphaned VM is placement's choice (the same on every host: the same view, the sa
 weighing); the chosen host claims it by CAS (cluster/ha.py) and starts it.  If the
 chosen host does not act within ``TAKEOVER_GRACE``, any host that can take it tries.
 
+Before an orphan starts here, its rbd disks are fenced at the storage (the old host's
+Ceph clients blocklisted, service/storagefence.py); a fence that fails gives the VM
+back unstarted.
+
 Nothing here starts an HA VM while this host's own lease is doubtful (the fencer's
 ``fresh()``): a host that may be fenced must not start what it would have to kill.
 """
@@ -23,6 +27,7 @@ from virtkit.cluster import ha, placement
 from virtkit.cluster.etcd import Etcd
 from virtkit.cluster.vms import NAMES, OWNERS, SPECS
 from virtkit.errors import Conflict, VirtkitError
+from virtkit.service.storagefence import fence_storage
 
 if TYPE_CHECKING:
     from virtkit.service.clustervms import ClusterVms
@@ -81,6 +86,7 @@ class HaRecovery:
             if not await ha.claim(etcd, orphan, me, lease):
                 continue  # another host claimed it, or its host came back
             try:
+                await fence_storage(self.vms.domains.storage, orphan.name, orphan.spec)
                 await self._start_here(orphan)
             except VirtkitError as exc:
                 log.error("cluster: HA VM %s claimed but not started here: %s; giving it "

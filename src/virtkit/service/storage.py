@@ -22,7 +22,13 @@ from pydantic import ValidationError
 from virtkit.errors import Conflict, HostError, InvalidSpec, NotFound
 from virtkit.formats.libvirt_pool_xml import pool_from_xml, pool_to_xml
 from virtkit.model.load import invalid_spec_from, parse_text
-from virtkit.model.pool import Pool, PoolState, PoolType, validate_volume_name
+from virtkit.model.pool import (
+    NETWORK_TYPES,
+    Pool,
+    PoolState,
+    PoolType,
+    validate_volume_name,
+)
 from virtkit.model.state import ACTIVE_STATES, State
 from virtkit.model.units import parse_mib
 from virtkit.runtime.blockops import BlockOps
@@ -64,6 +70,12 @@ def parse_bytes(value: int | str, *, field: str) -> int:
     if mib <= 0:
         raise InvalidSpec(f"{field}: size must be above 0", field=field)
     return mib * 1024 * 1024
+
+
+def _default_format(row: PoolRow) -> str:
+    """A new volume's format when none is asked: raw in an rbd pool (its images are
+    raw), qcow2 elsewhere."""
+    return "raw" if row.spec.get("type") == PoolType.RBD else "qcow2"
 
 
 def load_pool(data: PoolDocument) -> Pool:
@@ -108,6 +120,9 @@ class StorageService:
                         shared=load_pool(row.spec).shared,
                         source_host=row.spec.get("source_host"),
                         source_path=row.spec.get("source_path"),
+                        source_hosts=row.spec.get("source_hosts") or [],
+                        source_name=row.spec.get("source_name"),
+                        auth_username=row.spec.get("auth_username"),
                         capacity=None, allocation=None, available=None)
         if row.state == PoolState.ACTIVE:
             backend = self._backend(row)
@@ -125,13 +140,13 @@ class StorageService:
         pool = load_pool(parse_text(data, source="pool spec") if isinstance(data, str)
                          else data)
         # the path policy (host/pathpolicy.py): a pool's files are what callers may name
-        # (a netfs pool's are on its NFS server, not host files)
-        if pool.type is not PoolType.NETFS:
+        # (a netfs pool's are on its NFS server, an rbd pool's in Ceph: no host files)
+        if pool.type not in NETWORK_TYPES:
             self._life.policy.check_pool_target(pool.target,
                                                 folder=pool.type is not PoolType.LOGICAL)
-        if pool.type not in (PoolType.LOGICAL, PoolType.NETFS):
+        if pool.type not in (PoolType.LOGICAL, *NETWORK_TYPES):
             for other in self._store.list_pools():
-                if other.spec["type"] not in (PoolType.LOGICAL, PoolType.NETFS) and \
+                if other.spec["type"] not in (PoolType.LOGICAL, *NETWORK_TYPES) and \
                         os.path.realpath(other.spec["target"]) == os.path.realpath(pool.target):
                     raise Conflict(f"pool '{other.name}' already uses {pool.target}",
                                    fix="use that pool, or another folder")
@@ -238,11 +253,12 @@ class StorageService:
         return results.VolumeInfo(**volume.to_dict(), pool=row.name,
                                   used_by=[name for name, _state in self._users(volume.path)])
 
-    def create_volume(self, pool: str, name: str, capacity: int | str, fmt: str = "qcow2", *,
+    def create_volume(self, pool: str, name: str, capacity: int | str, fmt: str | None = None, *,
                       backing: str | None = None, prealloc: bool = False
                       ) -> results.VolumeInfo:
         row, backend = self._active(pool)
         _check_name(name)
+        fmt = fmt or _default_format(row)
         if fmt not in ("qcow2", "raw"):
             raise InvalidSpec(f"format {fmt!r} is not one of qcow2, raw", field="format")
         base = backend.volume(backing) if backing else None
@@ -343,10 +359,11 @@ class StorageService:
         self._bus.publish("volume-created", row.uuid, pool=row.name, volume=name)
         return self._volume_dict(row, volume)
 
-    def import_volume(self, pool: str, name: str, source: str, fmt: str, *,
+    def import_volume(self, pool: str, name: str, source: str, fmt: str | None = None, *,
                       progress: Progress | None = None) -> results.VolumeInfo:
         """Convert a host image (vmdk, vdi, vhdx, qcow2, raw) into a new volume."""
         row, backend = self._active(pool)
+        fmt = fmt or _default_format(row)
         _check_name(name)
         if not os.path.isabs(source) or not os.path.isfile(source):
             raise InvalidSpec(f"source {source} is not an existing file (absolute path)",
@@ -365,8 +382,9 @@ class StorageService:
         """
         row, backend = self._active(pool)
         _check_name(name)
-        if row.spec["type"] == PoolType.NETFS:
-            raise InvalidSpec(f"pool '{row.name}' is on an NFS server: volumes there are "
+        if row.spec["type"] in NETWORK_TYPES:
+            where = "in Ceph" if row.spec["type"] == PoolType.RBD else "on an NFS server"
+            raise InvalidSpec(f"pool '{row.name}' is {where}: volumes there are "
                               "written by qemu-img, not uploaded", field="pool",
                               fix=f"vol-upload into a dir pool, then vol-import the file "
                                   f"into '{row.name}' (or virtkit vol-import directly)")
@@ -427,11 +445,14 @@ class StorageService:
 
     def download_source(self, pool: str, name: str) -> Path:
         row, backend = self._active(pool)
-        if row.spec["type"] == PoolType.NETFS:
-            raise InvalidSpec(f"pool '{row.name}' is on an NFS server: its volumes are no "
-                              "host files to download", field="pool",
-                              fix="vol-clone it into a dir pool first, or read it with "
-                                  "qemu-img convert nfs://... from any host")
+        if row.spec["type"] in NETWORK_TYPES:
+            rbd = row.spec["type"] == PoolType.RBD
+            raise InvalidSpec(f"pool '{row.name}' is {'in Ceph' if rbd else 'on an NFS server'}"
+                              ": its volumes are no host files to download", field="pool",
+                              fix="read it with rbd export POOL/IMAGE FILE (ceph-common) from "
+                                  "any host" if rbd else "vol-clone it into a dir pool "
+                                  "first, or read it with qemu-img convert nfs://... from "
+                                  "any host")
         return Path(backend.volume(name).path)
 
     # -- domains' disks ------------------------------------------------------------
@@ -446,7 +467,7 @@ class StorageService:
         real = os.path.realpath(path)
         for row in self._store.list_pools():
             target = row.spec["target"]
-            if row.spec["type"] in (PoolType.LOGICAL, PoolType.NETFS):
+            if row.spec["type"] in (PoolType.LOGICAL, *NETWORK_TYPES):
                 prefix = f"/dev/{target}/" if row.spec["type"] == PoolType.LOGICAL \
                     else f"{target.rstrip('/')}/"
                 if path.startswith(prefix) and "/" not in path[len(prefix):]:
@@ -485,7 +506,7 @@ class StorageService:
         files: list[str] = []
         for row in self._store.list_pools():
             if row.state != PoolState.ACTIVE or row.spec.get("type") in (PoolType.LOGICAL,
-                                                                         PoolType.NETFS):
+                                                                         *NETWORK_TYPES):
                 continue
             folder = row.spec["target"]
             with contextlib.suppress(OSError), os.scandir(folder) as entries:

@@ -9,11 +9,13 @@ from virtkit.storage.dirpool import DirPool
 from virtkit.storage.isopool import IsoPool
 from virtkit.storage.lvm import LogicalPool
 from virtkit.storage.netfs import NetfsPool
+from virtkit.storage.rbd import RbdPool
 from virtkit.storage.shareddir import SharedDirPool
 
 
 def backend_for(pool: Pool, *, lvm_config: str | None = None) -> PoolBackend:
     """The backend for ``pool``'s type: DirPool, SharedDirPool, NetfsPool,
+    RbdPool,
     IsoPool or LogicalPool.
 
     ``lvm_config`` goes to logical pools as LVM's ``--config``; None (plain LVM) is
@@ -24,6 +26,8 @@ def backend_for(pool: Pool, *, lvm_config: str | None = None) -> PoolBackend:
         return DirPool(pool)
     if pool.type is PoolType.NETFS:
         return NetfsPool(pool)
+    if pool.type is PoolType.RBD:
+        return RbdPool(pool)
     if pool.type is PoolType.SHARED_DIR:
         return SharedDirPool(pool)
     if pool.type is PoolType.ISO:

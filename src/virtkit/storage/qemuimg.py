@@ -35,7 +35,7 @@ from virtkit.errors import (
     QemuError,
     VirtkitError,
 )
-from virtkit.model.netdisk import is_network_path
+from virtkit.model.netdisk import is_network_path, is_rbd_path, parse_rbd_url, rbd_blockdev
 from virtkit.storage.base import Progress, VolumeInfo
 
 #: formats virtkit creates volumes in (qemu-img reads many more on import).
@@ -136,8 +136,18 @@ def local_source(path: str) -> str:
 
 def _where(path: str) -> str:
     """What qemu-img is given for ``path``: an ``nfs://`` URL as it is (qemu-block-extra's
-    libnfs driver opens it), a host path made absolute."""
+    libnfs driver opens it), an ``rbd://`` URL as ``json:`` options of an rbd protocol
+    node (:func:`rbd_filename`), a host path made absolute."""
+    if is_rbd_path(path):
+        return rbd_filename(path)
     return path if is_network_path(path) else os.path.abspath(path)
+
+
+def rbd_filename(url: str) -> str:
+    """qemu-img's name for an rbd image: ``json:{"file": {rbd options}}`` (the format
+    stays the caller's ``-f``/``-O``); never the ``rbd:pool/image:opt=...`` string."""
+    return "json:" + json.dumps({"file": rbd_blockdev(parse_rbd_url(url))},
+                                separators=(",", ":"))
 
 
 def image_file(path: str) -> str:
@@ -146,7 +156,7 @@ def image_file(path: str) -> str:
     character device or socket is no image: InvalidSpec before anything runs.  An
     ``nfs://`` URL is given as it is."""
     if is_network_path(path):
-        return path
+        return _where(path)
     source = os.path.abspath(path)
     try:
         mode = os.stat(source).st_mode

@@ -21,10 +21,14 @@ class PoolInfo(Result):
     target: str
     autostart: bool
     source_devices: list[str]
-    #: the volumes are the same images on every host (shared-dir, netfs)
+    #: the volumes are the same images on every host (shared-dir, netfs, rbd)
     shared: bool
     source_host: str | None
     source_path: str | None
+    #: rbd: the Ceph monitors (host[:port]), the Ceph pool, the cephx user
+    source_hosts: list[str]
+    source_name: str | None
+    auth_username: str | None
     #: bytes; null while the pool is inactive
     capacity: int | None
     allocation: int | None
