@@ -27,7 +27,8 @@ def test_pool_info_answers_the_keys_of_its_state() -> None:
     fields: dict[str, Any] = {
         "name": "p", "uuid": "u", "state": "inactive", "type": "dir", "target": "/srv/p",
         "autostart": False, "source_devices": [], "shared": False, "source_host": None,
-        "source_path": None, "capacity": None, "allocation": None, "available": None}
+        "source_path": None, "source_hosts": [], "source_name": None, "auth_username": None,
+        "capacity": None, "allocation": None, "available": None}
     inactive = storage.PoolInfo(**fields)
     assert inactive.wire() == fields  # no "volumes" while inactive, nulls kept
     active = inactive.model_copy(update={"capacity": 10, "allocation": 2, "available": 8,
