@@ -80,6 +80,8 @@ class HaRecovery:
                 continue
             if not await ha.claim(etcd, orphan, me, lease):
                 continue  # another host claimed it, or its host came back
+            log.warning("cluster: HA VM %s (%s) claimed here: host %s is gone", orphan.name,
+                        orphan.uuid, orphan.was_on)
             try:
                 await self._start_here(orphan)
             except VirtkitError as exc:
