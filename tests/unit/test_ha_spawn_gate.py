@@ -232,3 +232,20 @@ async def test_an_ha_vm_waits_for_the_fencer_of_a_daemon_in_a_cluster(
     finally:
         await life.close()
         store.close()
+
+
+async def test_a_migration_in_of_an_ha_vm_is_refused_on_a_stale_lease(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The incoming QEMU goes through the same gate: a host whose lease is stale does not
+    take an HA VM in (the source keeps it)."""
+    life, cluster, store = _host(tmp_path, 2.8, ha=True)
+    seen = _fake_spawn(monkeypatch, cluster.guard.folder)
+    try:
+        vm = life.vm(HA, "vm")
+        async with vm.lock:
+            with pytest.raises(StateError, match=r"last renewed 2\.8 s ago"):
+                await life.start_incoming(vm, load_domain(store.get_domain(HA).spec))
+        assert seen == []
+    finally:
+        await life.close()
+        store.close()
