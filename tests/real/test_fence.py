@@ -36,7 +36,13 @@ from tests.real.conftest import (
     wait_for,
 )
 from virtkit.cluster.fence import GUARD_MARGIN
-from virtkit.cluster.guard import Arming, qemu_uuid, read_arming
+from virtkit.cluster.guard import (
+    Arming,
+    FenceTarget,
+    is_target_alive,
+    qemu_uuid,
+    read_arming,
+)
 from virtkit.host.procstat import start_ticks
 from virtkit.paths import state_paths
 from virtkit.qemu.process import is_our_qemu
@@ -224,8 +230,12 @@ def test_a_daemon_hung_right_after_an_ha_spawn_is_fenced_by_the_guard(
             assert armed is not None and uuid in armed.uuids, \
                 "the guard was not armed by UUID before the spawn"
             told = pid in {t.pid for t in armed.targets}
-            killed_at = _wait_dead(pid, start, uuid, "the guard killed the HA QEMU of the "
-                                   "hung daemon")
+            # the process found may still be QEMU's confining wrapper (it execs QEMU
+            # in the same PID): alive while it is either, by PID, start time and -uuid
+            target = FenceTarget(uuid, pid, start)
+            wait_for(lambda t=target: not is_target_alive(t), 20,
+                     "the guard killed the HA QEMU of the hung daemon")
+            killed_at = time.monotonic()
             # the lease was renewed at the latest when the arming was last written: it
             # cannot expire before that renewal + TTL
             assert killed_at < armed.deadline + GUARD_MARGIN, "fenced after the lease could expire"
