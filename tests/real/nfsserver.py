@@ -58,8 +58,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def nfs_server() -> Iterator[NfsServer]:
-    ns = f"vknfs-{secrets.token_hex(3)}"
+def nfs_server(netns: str | None = None, address: str | None = None) -> Iterator[NfsServer]:
+    """The server in a namespace of its own (reached at 127.0.0.1 from inside it), or in
+    ``netns`` (made and removed by the caller) where the hosts reach it at ``address``
+    (the cluster tests: the namespace of their LAN's bridge)."""
+    own = netns is None
+    ns = netns or f"vknfs-{secrets.token_hex(3)}"
     work = Path(tempfile.mkdtemp(prefix="vk-nfs-", dir="/tmp"))
     export, state = work / "export", work / "state"
     export.mkdir()
@@ -68,7 +72,8 @@ def nfs_server() -> Iterator[NfsServer]:
     (work / "ganesha.conf").write_text(CONFIG.format(export=export, state=state))
     started: list[subprocess.Popen[bytes]] = []
     try:
-        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+        if own:
+            subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True,
                        capture_output=True)
         log = open(work / "server.log", "ab")  # noqa: SIM115
@@ -80,11 +85,12 @@ def nfs_server() -> Iterator[NfsServer]:
              "-L", str(work / "ganesha.log"), "-p", str(work / "ganesha.pid"),
              "-N", "NIV_EVENT"], stdout=log, stderr=log))
         _wait_exported(ns, export, started)
-        yield NfsServer(ns, export)
+        yield NfsServer(ns, export, address or "127.0.0.1")
     finally:
         for process in reversed(started):
             _stop(process)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        if own:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -4,6 +4,9 @@ in a network namespace (its own etcd member), an HA VM and a plain VM running.
 - etcd hangs (SIGSTOP): the daemon cannot renew its host lease and kills the HA QEMU
   before the lease could expire; the plain VM keeps running.
 - the daemon hangs (SIGSTOP): the guard process kills the HA QEMU in its place.
+- the daemon hangs a few milliseconds after it spawned an HA VM's QEMU, before it ever
+  told the guard that QEMU's PID (the old one-second window): the guard, armed by UUID
+  before the spawn, finds the QEMU in /proc and kills it all the same.
 
 Each kill is checked against the lease: it happens before the lease's earliest expiry
 (the last renewal's send time + TTL), which is what keeps another host from starting
@@ -17,6 +20,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +36,13 @@ from tests.real.conftest import (
     wait_for,
 )
 from virtkit.cluster.fence import GUARD_MARGIN
-from virtkit.cluster.guard import Arming, read_arming
+from virtkit.cluster.guard import (
+    Arming,
+    FenceTarget,
+    is_target_alive,
+    qemu_uuid,
+    read_arming,
+)
 from virtkit.host.procstat import start_ticks
 from virtkit.paths import state_paths
 from virtkit.qemu.process import is_our_qemu
@@ -164,3 +174,79 @@ def test_a_hung_daemon_is_fenced_by_the_guard(cluster_host: DaemonHandle) -> Non
     for name in ("ha-2", "plain-2"):
         handle.cli("destroy", name, check=False)
         handle.cli("undefine", name)
+
+
+def _fenced_pids(folder: Path) -> set[int]:
+    try:
+        lines = (folder / "fenced.log").read_text().splitlines()
+        return {k["pid"] for line in lines for k in json.loads(line)["killed"]}
+    except (OSError, ValueError):
+        return set()
+
+
+def _spawned(uuid: str, timeout: float) -> tuple[int, int] | None:
+    """Poll /proc (about every millisecond) for the QEMU of ``uuid``: (pid, start)."""
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().decode(
+                    errors="replace").split("\0")
+            except OSError:
+                continue
+            start = start_ticks(int(entry))
+            if qemu_uuid(argv) == uuid and start is not None:
+                return int(entry), start
+        time.sleep(0.001)
+    return None
+
+
+def test_a_daemon_hung_right_after_an_ha_spawn_is_fenced_by_the_guard(
+        cluster_host: DaemonHandle) -> None:
+    """The daemon is SIGSTOPped the moment the HA VM's QEMU appears (its start still
+    under way), so the guard was never told that QEMU's PID: it must find it by UUID
+    and kill it before the lease can expire.  Tried again in the rare case the daemon's
+    once-a-second look had already recorded the PID (then the guard kills it too)."""
+    handle = cluster_host
+    handle.define("ha-3")
+    handle.cli("ha", "enable", "ha-3")
+    uuid = handle.info("ha-3")["uuid"]
+    folder = handle.root / "cluster" / "guard"
+    told = True
+    for _attempt in range(5):
+        # a fresh lease (the arming's deadline well ahead): the start is not refused
+        wait_for(lambda: (a := read_arming(folder)) and a.deadline - time.monotonic() > 2.5,
+                 30, "a freshly renewed lease")
+        starting = subprocess.Popen([*handle.cli_argv(), "start", "ha-3"], env=handle.env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            found = _spawned(uuid, 60)
+            assert found is not None, "the HA VM's QEMU never appeared"
+            os.kill(handle.process.pid, signal.SIGSTOP)
+            pid, start = found
+            armed = read_arming(folder)
+            assert armed is not None and uuid in armed.uuids, \
+                "the guard was not armed by UUID before the spawn"
+            told = pid in {t.pid for t in armed.targets}
+            # the process found may still be QEMU's confining wrapper (it execs QEMU
+            # in the same PID): alive while it is either, by PID, start time and -uuid
+            target = FenceTarget(uuid, pid, start)
+            wait_for(lambda t=target: not is_target_alive(t), 20,
+                     "the guard killed the HA QEMU of the hung daemon")
+            killed_at = time.monotonic()
+            # the lease was renewed at the latest when the arming was last written: it
+            # cannot expire before that renewal + TTL
+            assert killed_at < armed.deadline + GUARD_MARGIN, "fenced after the lease could expire"
+            wait_for(lambda p=pid: p in _fenced_pids(folder), 10, "the kill in fenced.log")
+        finally:
+            resume(handle)
+            starting.wait(120)
+        handle.cli("destroy", "ha-3", check=False)
+        wait_for(lambda: handle.state("ha-3") != "running", 60, "ha-3 down")
+        if not told:
+            break
+    assert not told, "the daemon recorded the QEMU's PID before it could be stopped, 5 times"
+    handle.cli("ha", "disable", "ha-3")
+    handle.cli("undefine", "ha-3")

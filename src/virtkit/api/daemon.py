@@ -162,6 +162,7 @@ class Daemon:
                                          paths.root / "snapshots")
         tuning = TuningService(self.store, self.lifecycle)
         self.cluster = ClusterService(self.store, paths.root / "cluster")
+        self.lifecycle.spawn_gate = self.cluster.spawn_gate  # HA VMs: armed before spawn
         managed = ManagedSaveService(self.domains)
         self.guests = HostGuestsService(self.domains, managed, paths.root)
         self.services = Services(

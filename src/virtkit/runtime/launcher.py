@@ -241,7 +241,8 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
                  on_spawn: Callable[[QemuProcess], None] | None = None,
                  taps_for: TapProvider | None = None,
                  confiner: Confiner | None = None,
-                 layout: Layout | None = None) -> Running:
+                 layout: Layout | None = None,
+                 before_spawn: Callable[[Domain], None] | None = None) -> Running:
     """Spawn QEMU paused for ``domain`` and return it with a connected monitor.
 
     ``on_spawn`` is called right after the process exists, before anything can
@@ -252,7 +253,10 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
     ``confiner`` runs QEMU as the domain's own uid, in its cgroup, with its files
     granted (runtime/confine.py); everything is taken back if the start fails.
     ``layout`` (a run with hot-added devices whose state QEMU is to take) puts those
-    devices where that run had them (runtime/devlayout.py).
+    devices where that run had them (runtime/devlayout.py).  ``before_spawn`` is
+    called right before the process is spawned, with nothing awaited in between: the
+    cluster's gate for HA VMs (it arms the fence guard by UUID first, or refuses when
+    the host's lease is stale: cluster/fence.py); what it raises fails the start.
     """
     caps, binary = caps_for(domain)
     run_dir = paths.run_dir(domain.uuid)
@@ -270,7 +274,8 @@ async def launch(domain: Domain, paths: StatePaths, caps_for: CapsProvider, *,
             running = await _start(
                 domain, paths, caps, binary, run_dir, log_dir, undo, spawned.append,
                 incoming_fd=incoming_fd, incoming=incoming, on_event=on_event,
-                on_spawn=on_spawn, taps_for=taps_for, confiner=confiner, layout=layout)
+                on_spawn=on_spawn, taps_for=taps_for, confiner=confiner, layout=layout,
+                before_spawn=before_spawn)
             undo.pop_all()  # QEMU runs: its end (Lifecycle._conclude_exit) takes it back
         return running
     except BaseException as exc:
@@ -285,7 +290,8 @@ async def _start(domain: Domain, paths: StatePaths, caps: HostCaps, binary: str,
                  incoming: str | None, on_event: Callable[[dict[str, Any]], None] | None,
                  on_spawn: Callable[[QemuProcess], None] | None,
                  taps_for: TapProvider | None, confiner: Confiner | None,
-                 layout: Layout | None) -> Running:
+                 layout: Layout | None,
+                 before_spawn: Callable[[Domain], None] | None = None) -> Running:
     """The steps of :func:`launch`, each pushing its undo on ``undo``."""
     qemu_log = log_dir / "qemu.log"
     # closed when this returns, started or not: QEMU holds its own copies (on failure,
@@ -324,6 +330,8 @@ async def _start(domain: Domain, paths: StatePaths, caps: HostCaps, binary: str,
         undo.callback(teardown.step("give back the host devices", release_hostdevs, hostdevs))
         argv = build_argv(domain, caps, files, binary, layout)
         log.info("starting %s: %s", domain.name, " ".join(argv))
+        if before_spawn is not None:
+            before_spawn(domain)  # synchronous: nothing runs between it and the spawn
         process = QemuProcess.spawn(argv, pass_fds=pass_fds, log_path=qemu_log,
                                     **(conf.spawn_options() if conf else {}))
         spawned(process)

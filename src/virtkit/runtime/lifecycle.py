@@ -125,6 +125,9 @@ class Lifecycle:
         self._spec_for = spec_for
         self._vms: dict[str, Vm] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: called right before every QEMU spawn with the domain it runs (the cluster's
+        #: gate for HA VMs: arm the fence guard first, or refuse; service/cluster.py)
+        self.spawn_gate: Callable[[Domain], None] | None = None
 
     def set_tap_provider(self, taps_for: TapProvider) -> None:
         """Open NIC taps with ``taps_for`` at every start (set once the networks exist)."""
@@ -276,7 +279,7 @@ class Lifecycle:
                                    on_spawn=record_spawn,
                                    taps_for=self._taps_for, confiner=self.confiner,
                                    on_event=lambda e: self._on_qmp_event(vm, e),
-                                   layout=layout)
+                                   layout=layout, before_spawn=self.spawn_gate)
         except BaseException:
             self._store.set_runtime(vm.uuid, state=before.value, reason=vm.reason)
             raise

@@ -37,7 +37,7 @@ from virtkit.cluster.etcd import (
     Tls,
     endpoint_url,
 )
-from virtkit.cluster.fence import Fencer
+from virtkit.cluster.fence import Fencer, HaVms
 from virtkit.cluster.guard import FenceTarget, GuardLink
 from virtkit.cluster.hosts import (
     CLUSTER_KEY,
@@ -51,6 +51,7 @@ from virtkit.cluster.hosts import (
 from virtkit.cluster.member import CLIENT_PORT, PEER_PORT, MemberConfig, MemberProcess
 from virtkit.errors import Conflict, InvalidSpec, StateError, VirtkitError
 from virtkit.host.nodefacts import memory_stats
+from virtkit.model.domain import Domain
 from virtkit.service.clusterpki import ClusterPki
 from virtkit.service.clustervms import ClusterVms, host_facts
 from virtkit.service.peer import Peer
@@ -163,14 +164,28 @@ class ClusterService:
                  "state": runtime[row.uuid].state if row.uuid in runtime else "shutoff"}
                 for row in self.store.list_domains()]
 
-    def _fence_targets(self) -> list[FenceTarget]:
-        """The QEMUs of this host's HA VMs (spec ``ha: true``): whatever their state, a
-        QEMU that exists holds its disks."""
-        specs = {row.uuid: row.spec for row in self.store.list_domains()}
-        return [FenceTarget(uuid, row.pid, row.pid_start)
-                for uuid, row in self.store.all_runtime().items()
-                if row.pid is not None and row.pid_start is not None
-                and specs.get(uuid, {}).get("ha")]
+    def _ha_vms(self) -> HaVms:
+        """This host's HA VMs (spec ``ha: true``), all armed whatever their state, and
+        the QEMUs of those that run (a QEMU that exists holds its disks)."""
+        ha = frozenset(row.uuid for row in self.store.list_domains() if row.spec.get("ha"))
+        runtime = self.store.all_runtime()
+        return HaVms(ha, tuple(FenceTarget(uuid, row.pid, row.pid_start)
+                               for uuid, row in runtime.items()
+                               if row.pid is not None and row.pid_start is not None
+                               and uuid in ha),
+                     frozenset(uuid for uuid, row in runtime.items() if row.pid is not None))
+
+    def spawn_gate(self, domain: Domain) -> None:
+        """Called by the launcher right before it spawns a QEMU (runtime/launcher.py):
+        for an HA VM in a cluster, refuse when this host's lease is stale, else arm the
+        guard for its UUID first (cluster/fence.py, ``Fencer.admit``)."""
+        if not domain.ha or self.config() is None:
+            return  # outside a cluster nobody else can start it: nothing to fence
+        if self.fencer is None:
+            raise StateError(f"cannot start HA VM '{domain.name}' yet: this daemon's "
+                             "cluster fencing has not started",
+                             requested="start", fix="start it again in a few seconds")
+        self.fencer.admit(domain.uuid, domain.name)
 
     def _agent(self, config: dict[str, Any]) -> HostAgent:
         assert self.etcd is not None
@@ -224,7 +239,7 @@ class ClusterService:
         agent = self.agent
         self.agent.start()
         if self.fencer is None:
-            self.fencer = Fencer(lambda: agent.renewed, self._fence_targets, self.guard,
+            self.fencer = Fencer(lambda: agent.renewed, self._ha_vms, self.guard,
                                  ttl=agent.ttl)
         self.fencer.start()
         self._tasks.append(asyncio.create_task(self._watch_hosts()))
@@ -549,12 +564,15 @@ class ClusterService:
     # -- HA ------------------------------------------------------------------------------
 
     def set_ha(self, ref: str, enabled: bool) -> dict[str, Any]:
-        """Mark a VM highly available (``ha: true`` in its spec): from the next fencer
-        look (within a second) its QEMU is fenced when this host loses its lease."""
+        """Mark a VM highly available (``ha: true`` in its spec): the guard is armed for
+        it before the spec says so (and before etcd hears of it), so its QEMU is fenced
+        when this host loses its lease; refused while the lease is stale."""
         if enabled and self.agent is None:
             raise StateError("HA needs a cluster: this host is in none",
                              fix="virtkit cluster init, or virtkit cluster join URI")
         row = self.store.get_domain(ref)
+        if enabled and self.fencer is not None:
+            self.fencer.admit(row.uuid, row.name, action="make highly available VM")
         self.store.update_domain(row.uuid, row.name, dict(row.spec, ha=enabled), None)
         return {"name": row.name, "ha": enabled}
 

@@ -85,6 +85,8 @@ class HaRecovery:
                 continue
             if not await ha.claim(etcd, orphan, me, lease):
                 continue  # another host claimed it, or its host came back
+            log.warning("cluster: HA VM %s (%s) claimed here: host %s is gone", orphan.name,
+                        orphan.uuid, orphan.was_on)
             try:
                 await fence_storage(self.vms.domains.storage, orphan.name, orphan.spec)
                 await self._start_here(orphan)
