@@ -202,6 +202,30 @@ def test_install_is_placed_and_a_pinned_host_must_fit(hosts: dict[str, DaemonHan
 
 
 @pytest.mark.qemu
+def test_start_place_moves_a_vm_its_host_cannot_take(hosts: dict[str, DaemonHandle]) -> None:
+    """b holds two VMs of one anti-affinity group (the second got its group by a
+    redefinition, which is not filtered): a plain start runs it on b anyway (start is
+    where it is defined); start --place moves its definition (offline migration) to the
+    host placement picks and starts it there."""
+    a, b = hosts["a"], hosts["b"]
+    _define(b, "grp-1", 64, host="b")
+    uuid = _define(b, "grp-2", 64, host="b")["uuid"]
+    for name, vm_uuid in (("grp-1", None), ("grp-2", uuid)):
+        spec = {"name": name, "memory": 64, "vcpus": 1, "anti_affinity": "g"}
+        b.client.post("/v1/domains", {"spec": {**spec, **({"uuid": vm_uuid} if vm_uuid
+                                                         else {})}})
+    out = a.cli("start", "--place", "grp-2").stdout
+    went = out.split("on host ")[1].split()[0]
+    assert went in ("a", "c") and "grp-2" not in _local_names(b), out
+    row = next(r for r in hosts[went].client.get("/v1/domains?all=1") if r["name"] == "grp-2")
+    assert row["state"] == "running" and row["uuid"] == uuid
+    assert a.client.get(a.client.domain_path("grp-2"))["host"] == went
+    a.cli("destroy", "grp-2")
+    for name in ("grp-1", "grp-2"):
+        a.cli("undefine", name)
+
+
+@pytest.mark.qemu
 def test_a_live_migration_moves_the_ownership(hosts: dict[str, DaemonHandle]) -> None:
     """b's running VM live-migrated to c: c became its owner (in the step before it
     resumed it), so every host now reaches it on c, and its name is held by c."""
