@@ -171,6 +171,21 @@ async def test_start_place_moves_a_vm_whose_host_is_full(etcd: Etcd) -> None:
     asker = _cluster_vms(etcd, "a", leases["a"])
     plan = await clusterplace.plan_start(asker, "web", here_only=False)
     assert (plan.how, plan.host, plan.home) == ("move", "b", "a")
+    # the keys move first (so b's define of it is b's own), and come back on a failure
+    await etcd.put(HOSTS + "b", _record(lease=leases["b"]), leases["b"])
+    owner, held = await clusterplace.hand_over(asker, plan)
+    moved = await etcd.get(vms.OWNERS + "u-web")
+    assert moved is not None and moved.lease == leases["b"]
+    assert (await vms.locate(etcd, "web") or {})["host"] == "b"
+    await clusterplace.take_back(asker, plan, owner, held)
+    back = await etcd.get(vms.OWNERS + "u-web")
+    assert back is not None and back.lease == leases["a"]
+    assert (await vms.locate(etcd, "web") or {})["host"] == "a"
+    # running there (its host's summary says so): never moved, the start answers
+    await etcd.put("/virtkit/vms/a", encode({"domains": [
+        {"name": "web", "uuid": "u-web", "state": "running"}]}), leases["a"])
+    assert (await clusterplace.plan_start(asker, "web", here_only=False)).how == "home"
+    await etcd.delete("/virtkit/vms/a")
     # a local disk: it can start nowhere else
     await _defined_on(etcd, "a", leases["a"], _spec("db", 2048, {"pool": "default",
                                                                  "volume": "db.qcow2"}))

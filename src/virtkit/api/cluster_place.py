@@ -72,7 +72,13 @@ async def start(request: web.Request, handler: Any, vms: ClusterVms, ref: str,
 
     plan = await clusterplace.plan_start(vms, ref, here_only=forwarded)
     if plan.how == "move":  # its host runs an offline migration to the chosen one
-        await migrate_via(vms, plan.home, plan.name, plan.host, offline=True, live=False)
+        owner, held = await clusterplace.hand_over(vms, plan)
+        try:
+            await migrate_via(vms, plan.home, plan.name, plan.host, offline=True,
+                              live=False)
+        except BaseException:
+            await clusterplace.take_back(vms, plan, owner, held)
+            raise
     elif plan.how == "claim" and plan.host == vms.host:
         await clusterplace.claim_here(vms, plan)
     if plan.host != vms.host:

@@ -9,10 +9,10 @@ host; the install request is then carried there.
 --place`` may start it elsewhere, and only when that is sound:
 
 - its host is up and can take it: it starts there (a plain start);
-- its host is up but cannot take it now (full, in maintenance, ...): its definition
-  moves to the host placement picks by an offline migration that the VM's host runs
-  (ownership moves at the destination's finish, as in any migration), then it starts
-  there;
+- its host is up but cannot take it now (full, in maintenance, ...): the owner and
+  name keys move to the host placement picks (one txn, :func:`hand_over`), then its
+  definition moves there by an offline migration the VM's host runs (undefining its
+  copy), and it starts there; a failed move gives the keys back;
 - its host is down: the host placement picks claims it in one txn (owner key still
   absent, name key unchanged, the old host's record still gone: cluster/ha.py's
   claim) and defines and starts it.  Only a VM the cluster knows to be stopped
@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from virtkit.cluster import ha, placement, vms
-from virtkit.cluster.etcd import EtcdUnavailable
-from virtkit.cluster.vms import NAMES, SPECS
+from virtkit.cluster.etcd import Compare, EtcdUnavailable, KeyValue, Op
+from virtkit.cluster.hosts import HOSTS, VMS, encode
+from virtkit.cluster.vms import NAMES, OWNERS, SPECS
 from virtkit.errors import Conflict, NotFound, VirtkitError
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_INSTALL_MEMORY = 1024
+RUNNING_STATES = ("running", "paused", "in shutdown", "pmsuspended")
 
 
 def install_spec(body: Any) -> dict[str, Any] | None:
@@ -119,8 +121,8 @@ async def plan_start(cluster_vms: ClusterVms, ref: str, *, here_only: bool) -> S
     me = cluster_vms.host or ""
     if home in records:
         reason = placement.refusal(next(c for c in hosts if c.name == home), need)
-        if reason is None:
-            return StartPlan("home", home, home, name, uuid)
+        if reason is None or await _runs_on(etcd, home, uuid):
+            return StartPlan("home", home, home, name, uuid)  # (a running one: its answer)
         how = "move"
     else:
         if not spec.get("ha") and desired != "shutoff":
@@ -147,6 +149,52 @@ async def plan_start(cluster_vms: ClusterVms, ref: str, *, here_only: bool) -> S
     log.info("cluster: start --place %s: host %s %s; %s chosen", name, home, reason,
              chosen.name)
     return StartPlan(how, chosen.name, home, name, uuid)
+
+
+async def _runs_on(etcd: Any, host: str, uuid: str) -> bool:
+    """Whether ``host``'s published VM summary shows ``uuid`` running."""
+    summary = await etcd.get(VMS + host)
+    return summary is not None and any(
+        vm.get("uuid") == uuid and vm.get("state") in RUNNING_STATES
+        for vm in summary.json().get("domains") or [])
+
+
+async def hand_over(cluster_vms: ClusterVms, plan: StartPlan) -> tuple[KeyValue | None,
+                                                                       KeyValue]:
+    """Before the offline migration of a ``move``: the owner key onto the chosen
+    host's lease and the name key's host with it, in one txn (both unchanged since
+    read), so the destination's define there is its own and the copy left on the old
+    host can no longer start.  Returns what :func:`take_back` restores."""
+    etcd = cluster_vms._etcd()
+    record = await etcd.get(HOSTS + plan.host)
+    lease = int(record.json().get("lease") or 0) if record is not None else 0
+    owner = await etcd.get(OWNERS + plan.uuid)
+    held = await etcd.get(NAMES + plan.name)
+    if not lease or held is None or held.json().get("uuid") != plan.uuid:
+        raise Conflict(f"VM {plan.name!r} or host {plan.host} changed in the cluster "
+                       "meanwhile", fix="try again")
+    done = await etcd.txn(
+        [Compare.mod_revision(NAMES + plan.name, "=", held.mod_revision),
+         Compare.mod_revision(OWNERS + plan.uuid, "=", owner.mod_revision)
+         if owner is not None else Compare.version(OWNERS + plan.uuid, "=", 0)],
+        [Op.put(OWNERS + plan.uuid, encode({"host": plan.host, "name": plan.name}), lease),
+         Op.put(NAMES + plan.name, encode({**held.json(), "host": plan.host}))])
+    if not done.succeeded:
+        raise Conflict(f"VM {plan.name!r} changed in the cluster meanwhile", fix="try again")
+    return owner, held
+
+
+async def take_back(cluster_vms: ClusterVms, plan: StartPlan, owner: KeyValue | None,
+                    held: KeyValue) -> None:
+    """The move failed: owner and name as they were (if still as :func:`hand_over`
+    left them)."""
+    etcd = cluster_vms._etcd()
+    restore = [Op.put(OWNERS + plan.uuid, owner.value, owner.lease)] if owner is not None \
+        else [Op.delete(OWNERS + plan.uuid)]
+    current = await etcd.get(NAMES + plan.name)
+    if current is not None and current.json().get("host") == plan.host:
+        await etcd.txn([Compare.mod_revision(NAMES + plan.name, "=", current.mod_revision)],
+                       [*restore, Op.put(NAMES + plan.name, held.value)])
 
 
 async def claim_here(cluster_vms: ClusterVms, plan: StartPlan) -> None:
