@@ -171,6 +171,61 @@ def test_placement_forwarding_and_cluster_wide_names(hosts: dict[str, DaemonHand
 
 
 @pytest.mark.qemu
+def test_install_is_placed_and_a_pinned_host_must_fit(hosts: dict[str, DaemonHandle],
+                                                      tmp_path: Path) -> None:
+    """install without --host lands where placement says (and is carried there);
+    --host NAME installs there, and is refused naming the reason when it cannot fit."""
+    a, b, c = hosts["a"], hosts["b"], hosts["c"]
+    images = []
+    for name in ("inst-c", "inst-any"):
+        images.append(tmp_path / f"{name}.img")
+        images[-1].write_bytes(b"\0" * 65536)
+    common = ("--memory", "64", "--import", "--graphics", "none", "--noautoconsole",
+              "--os-variant", "generic", "--network", "none")
+    out = a.cli("install", "--name", "inst-c", "--host", "c", "--disk",
+                f"{images[0]},format=raw", *common).stdout
+    assert "Domain 'inst-c' started on host c" in out, out
+    assert "inst-c" in _local_names(c) and "inst-c" not in _local_names(a)
+    refused = a.cli("install", "--name", "inst-big", "--host", "b", "--vcpus", "4096",
+                    "--disk", f"{images[1]},format=raw", *common, check=False)
+    assert refused.returncode != 0
+    assert "host b cannot take this VM" in refused.stderr, refused.stderr
+    assert "inst-big" not in _local_names(b)
+    out = a.cli("install", "--name", "inst-any", "--disk", f"{images[1]},format=raw",
+                *common).stdout
+    placed = next(line.split("on host ")[1].split()[0] for line in out.splitlines()
+                  if "'inst-any' started on host" in line)
+    assert placed in ("a", "b") and "inst-any" in _local_names(hosts[placed])
+    for name in ("inst-c", "inst-any"):
+        a.cli("destroy", name)
+        a.cli("undefine", name)
+
+
+@pytest.mark.qemu
+def test_start_place_moves_a_vm_its_host_cannot_take(hosts: dict[str, DaemonHandle]) -> None:
+    """b holds two VMs of one anti-affinity group (the second got its group by a
+    redefinition, which is not filtered): a plain start runs it on b anyway (start is
+    where it is defined); start --place moves its definition (offline migration) to the
+    host placement picks and starts it there."""
+    a, b = hosts["a"], hosts["b"]
+    _define(b, "grp-1", 64, host="b")
+    uuid = _define(b, "grp-2", 64, host="b")["uuid"]
+    for name, vm_uuid in (("grp-1", None), ("grp-2", uuid)):
+        spec = {"name": name, "memory": 64, "vcpus": 1, "anti_affinity": "g"}
+        b.client.post("/v1/domains", {"spec": {**spec, **({"uuid": vm_uuid} if vm_uuid
+                                                         else {})}})
+    out = a.cli("start", "--place", "grp-2").stdout
+    went = out.split("on host ")[1].split()[0]
+    assert went in ("a", "c") and "grp-2" not in _local_names(b), out
+    row = next(r for r in hosts[went].client.get("/v1/domains?all=1") if r["name"] == "grp-2")
+    assert row["state"] == "running" and row["uuid"] == uuid
+    assert a.client.get(a.client.domain_path("grp-2"))["host"] == went
+    a.cli("destroy", "grp-2")
+    for name in ("grp-1", "grp-2"):
+        a.cli("undefine", name)
+
+
+@pytest.mark.qemu
 def test_a_live_migration_moves_the_ownership(hosts: dict[str, DaemonHandle]) -> None:
     """b's running VM live-migrated to c: c became its owner (in the step before it
     resumed it), so every host now reaches it on c, and its name is held by c."""
@@ -193,28 +248,43 @@ def test_a_live_migration_moves_the_ownership(hosts: dict[str, DaemonHandle]) ->
 
 
 @pytest.mark.qemu
-def test_evacuate_and_restore_a_host(hosts: dict[str, DaemonHandle]) -> None:
+def test_evacuate_and_restore_a_host(hosts: dict[str, DaemonHandle], tmp_path: Path) -> None:
     """evacuate b: its running VM live-migrates away, its shut-off one stays, and
     placement skips b while it is in maintenance; restore b: the VM comes back."""
     a, b, c = hosts["a"], hosts["b"], hosts["c"]
     _define(b, "ev-run", 64, host="b")
     _define(b, "ev-off", 64, host="b")
-    b.client.post(b.client.domain_path("ev-run", "/start"))
+    image = tmp_path / "ev-local.img"  # outside every shared pool: b's alone
+    image.write_bytes(b"\0" * 65536)
+    b.client.post("/v1/domains?host=b", {"spec": {"name": "ev-local", "memory": 64, "vcpus": 1,
+                                                  "disks": [{"path": str(image),
+                                                             "format": "raw",
+                                                             "target": "vda"}]}})
+    for name in ("ev-run", "ev-local"):
+        b.client.post(b.client.domain_path(name, "/start"))
     wait_for(lambda: any(r["name"] == "ev-run" and r["state"] == "running" for r in
                          a.client.get("/v1/domains?all=1&cluster=1")), 10, "b's summary")
-    out = a.cli("cluster", "evacuate", "b").stdout
+    # the default policy refuses a VM with a local disk: nothing is done
+    refused = a.cli("cluster", "evacuate", "b", check=False)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "Domain 'ev-local' cannot be evacuated" in refused.stdout
+    assert "--policy copy-storage" in refused.stdout and "nothing was done" in refused.stderr
+    assert {"ev-run", "ev-local"} <= {r["name"] for r in b.client.get("/v1/domains")}
+    out = a.cli("cluster", "evacuate", "b", "--policy", "stop", "--stop-timeout", "0").stdout
     assert "Host 'b' is in maintenance" in out and "Domain 'ev-off' stays" in out, out
+    assert "Domain 'ev-local' destroyed" in out, out
     went = next(line.split()[-1] for line in out.splitlines() if "'ev-run' moved" in line)
     assert went in ("a", "c")
     assert "ev-run" not in _local_names(b) and "ev-run" in _local_names(hosts[went])
     assert _define(a, "ev-new", 64)["host"] != "b"  # b is least loaded, but in maintenance
     out = c.cli("cluster", "restore", "b").stdout
     assert f"Domain 'ev-run' moved back from host {went}" in out, out
+    assert "Domain 'ev-local' started again" in out, out
     assert "Host 'b' is out of maintenance" in out
-    row = next(r for r in b.client.get("/v1/domains?all=1") if r["name"] == "ev-run")
-    assert row["state"] == "running"
-    for name in ("ev-run", "ev-off", "ev-new"):
-        if name == "ev-run":
+    rows = {r["name"]: r for r in b.client.get("/v1/domains?all=1")}
+    assert rows["ev-run"]["state"] == rows["ev-local"]["state"] == "running"
+    for name in ("ev-run", "ev-local", "ev-off", "ev-new"):
+        if name in ("ev-run", "ev-local"):
             a.cli("destroy", name)
         a.cli("undefine", name)
 
@@ -225,6 +295,7 @@ def test_a_killed_daemon_is_seen_down_when_its_lease_expires(
     a, b = hosts["a"], hosts["b"]
     assert _hosts(a)["b"]["state"] == "up"
     _define(b, "on-b", 64, host="b")
+    _define(b, "off-b", 64, host="b")  # start --place takes it elsewhere once b is down
     killed = time.time()
     os.kill(b.process.pid, signal.SIGKILL)
     b.process.wait(10)
@@ -237,6 +308,10 @@ def test_a_killed_daemon_is_seen_down_when_its_lease_expires(
     with pytest.raises(ApiError) as down:
         a.client.post(a.client.domain_path("on-b", "/start"))
     assert down.value.http_status == 503 and "host b is down" in str(down.value)
+    # start --place: b is down and the cluster knows off-b stopped: another host claims it
+    out = a.cli("start", "--place", "off-b").stdout
+    moved_to = out.split("on host ")[1].split()[0]
+    assert moved_to in ("a", "c") and "off-b" in _local_names(hosts[moved_to]), out
     seen = time.time() - killed
     print(f"\nb seen down {seen:.2f} s after its daemon's SIGKILL (lease TTL 5 s); "
           f"a's watch saw the record go {row['down_since'] - killed:.2f} s after it")
@@ -252,6 +327,11 @@ def test_a_killed_daemon_is_seen_down_when_its_lease_expires(
                     == "b" and r, 20, "b's VM reachable from a again")
     assert info["name"] == "on-b"
     a.client.request("DELETE", a.client.domain_path("on-b"))
+    # b's copy of off-b (started elsewhere while b was down) is removed, disks kept
+    wait_for(lambda: "off-b" not in _local_names(b), 20, "b's stale copy of off-b gone")
+    assert a.client.get(a.client.domain_path("off-b"))["host"] == moved_to
+    a.cli("destroy", "off-b")
+    a.cli("undefine", "off-b")
 
 
 @pytest.mark.qemu

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import Field
@@ -104,11 +104,26 @@ def _vms(request: web.Request) -> ClusterVms:
     return vms
 
 
+class EvacuateBody(Body):
+    """cluster evacuate: ``policy`` for VMs with disks only the host sees (``migrate``:
+    refuse them; ``stop``; ``copy-storage``: copy their disks), ``stop_timeout`` (s)
+    before a stopped guest is destroyed, ``dry_run`` (the plan only), ``only`` (these
+    VMs alone)."""
+
+    policy: Literal["migrate", "stop", "copy-storage"] = "migrate"
+    stop_timeout: Annotated[float, Field(ge=0)] = evacuate.STOP_TIMEOUT
+    dry_run: bool = False
+    only: list[str] | None = None
+
+
 @routes.post("/v1/cluster/hosts/{name}/evacuate")
 async def evacuate_host(request: web.Request) -> web.Response:
-    """cluster evacuate: maintenance on, the host's running VMs live-migrated away."""
-    await body_of(request, EmptyBody)
-    return json_response(await evacuate.evacuate(_vms(request), request.match_info["name"]))
+    """cluster evacuate: maintenance on; the host's running VMs live-migrated away,
+    copied or stopped per policy."""
+    body = await body_of(request, EvacuateBody)
+    return json_response(await evacuate.evacuate(
+        _vms(request), request.match_info["name"], policy=body.policy,
+        stop_timeout=body.stop_timeout, dry_run=body.dry_run, only=body.only))
 
 
 @routes.post("/v1/cluster/hosts/{name}/restore")

@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from virtkit.api import cluster_place
 from virtkit.api.auth import is_read_only
 from virtkit.api.common import json_response
 from virtkit.errors import Conflict, VirtkitError
@@ -70,9 +71,13 @@ async def cluster_middleware(request: web.Request, handler: Any) -> web.StreamRe
     path, method = request.path, request.method
     if method == "POST" and path in ("/v1/domains", "/v1/domains/create"):
         return await _define(request, handler, vms, forwarded)
+    if method == "POST" and path == "/v1/install":
+        return await cluster_place.install(request, handler, vms, forwarded)
     match = _DOMAIN.match(path)
     if match and match["ref"] not in _COLLECTION:
         ref, rest = match["ref"], match["rest"] or ""
+        if method == "POST" and rest == "/start" and request.query.get("place"):
+            return await cluster_place.start(request, handler, vms, ref, forwarded)
         local = vms.local(ref)
         if local is None:
             where = None if forwarded else await vms.locate(ref)
@@ -128,6 +133,9 @@ async def _define(request: web.Request, handler: Any, vms: ClusterVms,
             target = existing["host"]
         else:
             await vms.check_name(spec["name"])
+    elif spec is not None and not forwarded and vms.local(spec["name"]) is None \
+            and await vms.locate(spec["name"]) is None:  # a new VM: the host must fit
+        target, reservation = await vms.place(spec, pinned)
     elif spec is not None:
         await vms.check_name(spec["name"])
     try:

@@ -319,7 +319,8 @@ OPERATIONS: list[tuple[str, str, str, dict[str, Any] | None]] = [
     ("post", "/v1/cluster/leave", "cluster leave: this host leaves (its etcd member is "
      "removed)", None),
     ("post", "/v1/cluster/hosts/{name}/evacuate", "cluster evacuate: the host in "
-     "maintenance, its running VMs live-migrated to the hosts placement picks", None),
+     "maintenance, its running VMs live-migrated to the hosts placement picks (policy "
+     "for local disks: migrate=refuse, stop, copy-storage; dry_run: the plan)", None),
     ("post", "/v1/cluster/hosts/{name}/restore", "cluster restore: the VMs an evacuation "
      "moved back, maintenance off", None),
     ("get", "/v1/tokens", "API tokens (never their secrets); unix socket only", None),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -86,31 +87,76 @@ def cmd_leave(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+_DONE = {"migrate": "moved to host {to}", "copy": "moved to host {to} with its disks "
+         "copied"}
+
+
+def _step_text(step: dict[str, Any]) -> str:
+    if step.get("refused"):
+        return f"cannot be evacuated: {render.safe(step['refused'])}"
+    if step["action"] == "stop":
+        return "will be stopped (disks on this host only)"
+    verb = "live-migrated" if step["action"] == "migrate" else "live-migrated with its disks"
+    return f"will be {verb} to host {step['to']}"
+
+
 def cmd_evacuate(client: Client, args: argparse.Namespace) -> int:
-    result = client.post(f"/v1/cluster/hosts/{quote(args.host, safe='')}/evacuate", {})
-    if args.json:
-        render.as_json(result)
+    """The plan first (a refusal changes nothing), then one VM at a time, so each
+    one's progress shows; --json: the plan and every result together."""
+    path = f"/v1/cluster/hosts/{quote(args.host, safe='')}/evacuate"
+    body: dict[str, Any] = {"policy": args.policy, "stop_timeout": args.stop_timeout}
+    planned = client.post(path, {**body, "dry_run": True})["plan"]
+    if args.dry_run or any(step.get("refused") for step in planned):
+        if args.json:
+            render.as_json({"host": args.host, "policy": args.policy, "plan": planned})
+        else:
+            for step in planned:
+                print(f"Domain '{step['name']}' {_step_text(step)}")
+        if any(step.get("refused") for step in planned):
+            print(f"error: host '{args.host}' is not evacuated (nothing was done)",
+                  file=sys.stderr)
+            return 1
         return 0
-    print(f"Host '{result['host']}' is in maintenance")
-    for vm in result["moved"]:
-        print(f"Domain '{vm['name']}' moved to host {vm['to']}")
-    for name in result["stayed"]:
-        print(f"Domain '{name}' stays (shut off)")
-    for vm in result["failed"]:
-        print(f"Domain '{vm['name']}' not moved: {render.safe(vm['error'])}")
-    return 1 if result["failed"] else 0
+    total: dict[str, Any] = {"host": args.host, "maintenance": True, "policy": args.policy,
+                             "moved": [], "stopped": [], "failed": [], "stayed": []}
+    for step in planned or [None]:
+        if step is not None and not args.json:
+            print(f"Domain '{step['name']}' {_step_text(step)} ...", flush=True)
+        result = client.post(path, {**body, "only": [step["name"]] if step else []})
+        for key in ("moved", "stopped", "failed"):
+            total[key] += result[key]
+        total["stayed"] = result["stayed"]
+        if not args.json:
+            for vm in result["moved"]:
+                print(f"Domain '{vm['name']}' " + _DONE[vm["how"]].format(to=vm["to"]))
+            for vm in result["stopped"]:
+                print(f"Domain '{vm['name']}' {vm['how']}")
+            for vm in result["failed"]:
+                print(f"Domain '{vm['name']}' not moved: {render.safe(vm['error'])}")
+    if args.json:
+        render.as_json(total)
+    else:
+        for name in total["stayed"]:
+            print(f"Domain '{name}' stays (shut off)")
+        print(f"Host '{args.host}' is in maintenance")
+    return 1 if total["failed"] else 0
 
 
 def cmd_restore(client: Client, args: argparse.Namespace) -> int:
     result = client.post(f"/v1/cluster/hosts/{quote(args.host, safe='')}/restore", {})
     if args.json:
         render.as_json(result)
-        return 0
+        return 1 if result["failed"] else 0
     for vm in result["returned"]:
-        print(f"Domain '{vm['name']}' moved back from host {vm['from']}")
+        copied = " with its disks copied" if vm.get("how") == "copy" else ""
+        print(f"Domain '{vm['name']}' moved back from host {vm['from']}{copied}")
+    for vm in result.get("started", []):
+        print(f"Domain '{vm['name']}' started again")
     for vm in result["failed"]:
-        print(f"Domain '{vm['name']}' not moved back: {render.safe(vm['error'])}")
-    print(f"Host '{result['host']}' is out of maintenance")
+        print(f"Domain '{vm['name']}' not brought back: {render.safe(vm['error'])}")
+    print(f"Host '{result['host']}' " + ("stays in maintenance (run 'virtkit cluster "
+                                         "restore' again)" if result["maintenance"]
+                                         else "is out of maintenance"))
     return 1 if result["failed"] else 0
 
 
@@ -220,12 +266,23 @@ def register(sub: Any) -> None:
     for name, func, text in (
             ("evacuate", cmd_evacuate, "put HOST in maintenance (placement skips it) and "
              "live-migrate its running VMs to other hosts"),
-            ("restore", cmd_restore, "move the VMs an evacuation took away back to HOST "
-             "and end its maintenance")):
+            ("restore", cmd_restore, "bring back what an evacuation did (moved VMs "
+             "migrate back, stopped ones start) and end HOST's maintenance")):
         command = commands.add_parser(name, help=text)
         command.add_argument("host", metavar="HOST")
         command.add_argument("--json", action="store_true")
         command.set_defaults(func=func)
+        if name == "evacuate":
+            command.add_argument(
+                "--policy", choices=("migrate", "stop", "copy-storage"), default="migrate",
+                help="VMs with disks only HOST sees: migrate = refuse the evacuation "
+                "(default), stop = shut them down, copy-storage = live-migrate them with "
+                "their disks copied")
+            command.add_argument("--stop-timeout", type=float, default=60.0,
+                                 metavar="SECONDS", help="--policy stop: seconds a guest "
+                                 "gets to shut down before it is destroyed (0: at once)")
+            command.add_argument("--dry-run", action="store_true",
+                                 help="show what would be done, do nothing")
     ha = sub.add_parser("ha", help="high availability of a VM in a cluster: enable, disable")
     ha_commands = ha.add_subparsers(dest="ha_command", metavar="HACOMMAND")
     ha_commands.required = True

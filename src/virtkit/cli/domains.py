@@ -144,9 +144,13 @@ def _on_host(args: argparse.Namespace) -> str:
 
 
 def cmd_start(client: Client, args: argparse.Namespace) -> int:
-    result = client.post(_ref(client, args, "/start") + _on_host(args),
+    query = _on_host(args)
+    if getattr(args, "place", False):  # a cluster: elsewhere when its host cannot
+        query = "?" + urlencode({"place": "1"})
+    result = client.post(_ref(client, args, "/start") + query,
                          {"paused": args.paused, "force_boot": args.force_boot})
-    print(f"Domain '{result['name']}' started" + (" (paused)" if args.paused else ""))
+    where = f" on host {result['host']}" if result.get("placed") else ""
+    print(f"Domain '{result['name']}' started{where}" + (" (paused)" if args.paused else ""))
     if args.console:
         from virtkit.cli.console import attach
 
@@ -369,8 +373,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--force", action="store_true", help="take the console over")
     p.add_argument("--force-boot", action="store_true",
                    help="discard a managed save image and boot afresh")
-    p.add_argument("--host", help="a cluster: the host it must run on (refused when it is "
-                   "defined on another one)")
+    start_where = p.add_mutually_exclusive_group()
+    start_where.add_argument("--host", help="a cluster: the host it must run on (refused "
+                             "when it is defined on another one)")
+    start_where.add_argument("--place", action="store_true",
+                             help="a cluster: when its host is down or cannot take it, "
+                             "start it on the host placement picks (its disks must be "
+                             "on shared storage)")
     for name, func, text in (("shutdown", cmd_shutdown, "ask the guest to power off (ACPI)"),
                              ("reboot", cmd_reboot, "ask the guest to reboot (ACPI)")):
         p = add(name, func, text)

@@ -13,10 +13,11 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from virtkit.cli import render
 from virtkit.cli.client import Client
-from virtkit.errors import TimeoutExpired
+from virtkit.errors import InvalidSpec, TimeoutExpired
 from virtkit.formats.virtinstall import (
     SUBOPTIONS,
     VALUE_OPTIONS,
@@ -51,16 +52,19 @@ command line without creating anything.
 
 def run_install(connect: Callable[[], Client], argv: list[str]) -> int:
     """Parse first (a typo is reported without asking, or starting, a daemon), then run."""
+    argv, host = _host_option(argv)
     request = parse_command_line(argv)
     client = connect()
-    result = client.post("/v1/install", request.to_dict())
+    query = "?" + urlencode({"host": host}) if host else ""
+    result = client.post("/v1/install" + query, request.to_dict())
     if request.dry_run or request.print_xml:
         return _preview(request, result)
     say = (lambda text: None) if request.quiet else print
     for note in result.get("notes", []):
         say(f"Note: {note}")
     name = result["name"]
-    say(f"Domain '{name}' started ({_method_text(request)})")
+    where = f" on host {result['host']}" if result.get("host") else ""
+    say(f"Domain '{name}' started{where} ({_method_text(request)})")
     if result.get("vnc"):
         vnc = result["vnc"]
         display = vnc.get("display") or f"{vnc.get('host', '')}:{int(vnc['port']) - 5900}"
@@ -87,6 +91,22 @@ def run_install(connect: Callable[[], Client], argv: list[str]) -> int:
                                             else "; the installed system is booting."))
     say("Domain creation completed.")
     return 0
+
+
+def _host_option(argv: list[str]) -> tuple[list[str], str | None]:
+    """``--host NAME`` (virtkit's, for a cluster: install on that host; default:
+    placement picks) taken out of virt-install's words."""
+    rest, host, words = [], None, iter(argv)
+    for word in words:
+        if word == "--host":
+            host = next(words, None)
+            if not host:
+                raise InvalidSpec("install: --host needs a host name", fix="--host NAME")
+        elif word.startswith("--host="):
+            host = word.split("=", 1)[1]
+        else:
+            rest.append(word)
+    return rest, host
 
 
 def _method_text(request: InstallRequest) -> str:

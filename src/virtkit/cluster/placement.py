@@ -29,6 +29,7 @@ class Need:
     pools: frozenset[str] = frozenset()
     accelerator: str = "auto"  # "kvm" needs /dev/kvm; "tcg" and "auto" run anywhere
     group: str | None = None  # anti-affinity: no two VMs of a group on one host
+    machine: str | None = None  # q35, pc, microvm: the host's QEMU must have it
 
     @classmethod
     def of(cls, spec: dict[str, Any]) -> Need:
@@ -41,7 +42,8 @@ class Need:
                    pools=frozenset(d["pool"] for d in spec.get("disks") or []
                                    if d.get("pool")),
                    accelerator=str(spec.get("accelerator") or "auto"),
-                   group=spec.get("anti_affinity"))
+                   group=spec.get("anti_affinity"),
+                   machine=str(spec["machine"]) if spec.get("machine") else None)
 
 
 @dataclass
@@ -54,6 +56,8 @@ class Candidate:
     networks: frozenset[str] = frozenset()
     pools: frozenset[str] = frozenset()
     accelerators: frozenset[str] = frozenset({"tcg"})
+    #: the machine types its QEMU has (None: an older host that does not say)
+    machines: frozenset[str] | None = None
     maintenance: bool = False
     committed_mib: int = 0
     committed_vcpus: int = 0
@@ -76,6 +80,8 @@ def candidates(records: dict[str, dict[str, Any]],
             networks=frozenset(record.get("networks") or ()),
             pools=frozenset(record.get("pools") or ()),
             accelerators=frozenset(record.get("accelerators") or ("tcg",)),
+            machines=frozenset(record["machines"]) if isinstance(
+                record.get("machines"), list) else None,
             maintenance=bool(record.get("maintenance")))
     for entry in ledger:
         host = found.get(str(entry.get("host")))
@@ -98,6 +104,9 @@ def refusal(host: Candidate, need: Need) -> str | None:
         return "no network " + ", ".join(sorted(need.networks - host.networks))
     if need.accelerator not in ("auto", "tcg") and need.accelerator not in host.accelerators:
         return f"no {need.accelerator}"
+    if need.machine is not None and host.machines is not None \
+            and need.machine not in host.machines:
+        return f"its QEMU has no machine type {need.machine}"
     if need.vcpus > host.cpus:
         return f"{host.cpus} CPUs, the VM has {need.vcpus} vCPUs"
     if need.memory_mib > host.free_mib:
@@ -105,6 +114,42 @@ def refusal(host: Candidate, need: Need) -> str | None:
     if need.group is not None and need.group in host.groups:
         return f"already runs a VM of anti-affinity group {need.group!r}"
     return None
+
+
+def check_pinned(host: str, hosts: list[Candidate], need: Need) -> Candidate:
+    """``--host NAME``: the pinned host must be up and pass the filter; else Conflict
+    saying why (and that placement may choose instead)."""
+    found = next((c for c in hosts if c.name == host), None)
+    if found is None:
+        raise Conflict(f"host {host} is not up in the cluster",
+                       fix="see 'virtkit cluster list', or leave --host out to let "
+                           "placement choose", host=host)
+    why = refusal(found, need)
+    if why is not None:
+        raise Conflict(f"host {host} cannot take this VM: {why}",
+                       fix="choose another host, or leave --host out to let placement "
+                           "choose", host=host)
+    return found
+
+
+def local_disks(spec: dict[str, Any], shared: dict[str, str]) -> list[str]:
+    """The writable disks of ``spec`` that are not on a shared pool (``shared``: pool
+    name -> folder, of the host that has them): what only that host sees.  Named as
+    ``vda (pool default)`` or by path."""
+    found = []
+    for index, disk in enumerate(spec.get("disks") or []):
+        if disk.get("device", "disk") != "disk" or disk.get("readonly"):
+            continue
+        pool, path = disk.get("pool"), disk.get("path")
+        if pool is not None and pool in shared:
+            continue
+        if pool is None and isinstance(path, str) and any(
+                folder and path.startswith(folder.rstrip("/") + "/")
+                for folder in shared.values()):
+            continue
+        target = disk.get("target") or f"disk {index}"
+        found.append(f"{target} (pool {pool})" if pool else f"{target} ({path})")
+    return found
 
 
 def weigh(hosts: Iterable[Candidate]) -> list[Candidate]:

@@ -199,6 +199,8 @@ class _Translator:
         self._refuse_unsupported()
         if a.autostart:
             self.domain["autostart"] = True
+        if a.anti_affinity:  # a cluster: placement puts no two of a group on one host
+            self.domain["anti_affinity"] = a.anti_affinity
         if a.transient:
             if a.autostart:
                 raise InvalidSpec("install: --transient and --autostart contradict each other",

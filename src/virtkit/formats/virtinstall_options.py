@@ -68,6 +68,7 @@ VALUE_OPTIONS: dict[str, tuple[tuple[str, ...], bool]] = {
     "--install": ((), False),
     "--reinstall": ((), False),
     "--autoconsole": ((), False),
+    "--anti-affinity": ((), False),  # virtkit: a cluster's anti-affinity group
 }
 #: options whose value may be left out (``--cloud-init`` alone takes the defaults).
 OPTIONAL_VALUE = {"--cloud-init", "--unattended", "--install", "--reinstall", "--autoconsole"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,10 @@ from virtkit.cluster.etcd import Etcd, EtcdUnavailable, KeyValue
 from virtkit.cluster.hosts import HOSTS
 from virtkit.errors import Conflict, HostError, StateError, VirtkitError
 from virtkit.formats.libvirt_xml import domain_from_xml
+from virtkit.host import qemubin
 from virtkit.model.load import dump_domain, load_domain, parse_text
+from virtkit.model.pool import SHARED_TYPES
+from virtkit.service import clusterplace
 from virtkit.service.clusterha import HaRecovery
 from virtkit.service.domains import DomainService
 
@@ -150,15 +154,19 @@ class ClusterVms:
     async def check_name(self, name: str) -> None:
         await vms.check_name(self._etcd(), name, None, self.host or "")
 
-    async def place(self, spec: dict[str, Any]) -> tuple[str, bytes]:
-        """Choose the host for a new VM and reserve its name there (by CAS: a
-        placement that raced another weighs again)."""
+    async def place(self, spec: dict[str, Any], pinned: str | None = None
+                    ) -> tuple[str, bytes]:
+        """Choose the host for a new VM (``pinned``: check that host passes the
+        filter) and reserve its name there (by CAS: a placement that raced another
+        weighs again, so two at once never both take the last room)."""
         etcd = self._etcd()
         need = placement.Need.of(spec)
         for _ in range(PLACE_ATTEMPTS):
             records = await self.host_records()
             ledger, revision = await vms.ledger(etcd)
-            chosen = placement.choose(placement.candidates(records, ledger), need)
+            hosts = placement.candidates(records, ledger)
+            chosen = placement.choose(hosts, need) if pinned is None \
+                else placement.check_pinned(pinned, hosts, need)
             reservation = await vms.reserve(etcd, spec["name"], chosen.name, spec, revision)
             if reservation is not None:
                 log.info("cluster: VM %s placed on %s", spec["name"], chosen.name)
@@ -202,6 +210,10 @@ class ClusterVms:
         owns it, or when etcd cannot say (a VM never runs on two hosts)."""
         try:
             await vms.ensure_owner(self._etcd(), self.host or "", self._lease(), vm)
+            # recorded before QEMU starts: a start whose answer is lost with etcd still
+            # leaves "running" behind, so no host takes the VM for a stopped one
+            # (start --place of a VM whose host is down: service/clusterplace.py)
+            await vms.set_desired(self._etcd(), vm.uuid, "running")
         except EtcdUnavailable as exc:
             raise HostDown(f"cannot confirm in the cluster that VM {vm.name!r} is this "
                            f"host's to run: {exc}", fix="check 'virtkit cluster status'; "
@@ -252,6 +264,7 @@ class ClusterVms:
                                      lambda: {vm.uuid for vm in self._all_local()})
         if gone:
             log.info("cluster: released the names of VMs no longer here: %s", gone)
+        await clusterplace.forget_placed_away(self)
 
     async def run(self) -> None:
         while True:
@@ -276,6 +289,20 @@ def host_facts(cluster: ClusterService) -> dict[str, Any]:
             "committed": _committed(store.list_domains()),
             "api": {"socket": str(root / "virtkitd.sock"),
                     "socket_ro": str(root / "virtkitd-ro.sock")}}
+
+
+_SHARED = frozenset(str(t) for t in SHARED_TYPES)
+_MACHINES = ("q35", "pc", "microvm")
+
+
+@functools.cache
+def _machines() -> tuple[str, ...]:
+    """The machine types of the spec that this host's QEMU has (asked once)."""
+    try:
+        names = qemubin.qemu_info().machine_names
+    except (VirtkitError, OSError):
+        return ()
+    return tuple(m for m in _MACHINES if m in names)
 
 
 def _committed(rows: list[Any]) -> dict[str, int]:
