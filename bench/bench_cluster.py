@@ -632,6 +632,8 @@ def main() -> None:
     parser.add_argument("--mode", choices=["watch", "write"])
     parser.add_argument("--key")
     args = parser.parse_args()
+    # a SIGTERM (timeout(1), a CI cancel) unwinds like ^C: every host is cleaned up
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.what == "_probe":
         asyncio.run(_probe(args.root, args.mode, args.key))
     elif args.what == "report":
