@@ -336,6 +336,24 @@ def bench_partition(args: argparse.Namespace) -> dict[str, Any]:
 # -- 3. etcd leader loss -----------------------------------------------------------------
 
 
+def _raft(handle: Any) -> tuple[int, int]:
+    """The highest raft index and etcd DB size (bytes) among the members."""
+    rows = [r for r in handle.client.get("/v1/cluster")["members"] if r.get("healthy")]
+    return max(int(r["raft_index"]) for r in rows), max(int(r["db_size"]) for r in rows)
+
+
+def idle_writes(handle: Any, seconds: float) -> dict[str, Any]:
+    """Raft entries per second (writes: heartbeats, summaries; lease keepalives are not
+    raft entries) and DB growth of the idle cluster over ``seconds``."""
+    index0, size0 = _raft(handle)
+    began = time.monotonic()
+    time.sleep(seconds)
+    index1, size1 = _raft(handle)
+    took = time.monotonic() - began
+    return {"seconds": round(took, 1), "raft_entries_per_s": round((index1 - index0) / took, 2),
+            "db_size_bytes": [size0, size1]}
+
+
 def bench_leader(args: argparse.Namespace) -> dict[str, Any]:
     from tests.real.clusterhosts import kill_by_pidfile, qemus_of
     reps: list[dict[str, Any]] = []
@@ -343,6 +361,8 @@ def bench_leader(args: argparse.Namespace) -> dict[str, Any]:
         uuids = {f"hl-{h}": ha_vm(handles, f"hl-{h}", h) for h in handles}
         for name, uuid in uuids.items():
             wait(lambda n=name, u=uuid: settled(handles, n, u), 60, f"{name} settled")
+        idle = idle_writes(handles["a"], args.idle)
+        print(json.dumps({"idle": idle}), flush=True)
         for _ in range(args.reps):
             leader = str(handles["a"].client.get("/v1/cluster")["leader"])
             writer_host = next(n for n in handles if n != leader)
@@ -387,7 +407,7 @@ def bench_leader(args: argparse.Namespace) -> dict[str, Any]:
             print(json.dumps(rep), flush=True)
             wait(lambda: healthy(handles), 60, "quorum again")
     gaps = [r["write_gap_s"] for r in reps if r["write_gap_s"] is not None]
-    return {"reps": reps, "write_gap_s": stats(gaps),
+    return {"reps": reps, "write_gap_s": stats(gaps), "idle": idle,
             "vms_disturbed": sum(r["vms_disturbed"] for r in reps),
             "goal_gap_s": 2, "met": bool(gaps) and max(gaps) <= 2
             and all(r["vms_disturbed"] == 0 for r in reps)}
@@ -626,6 +646,8 @@ def main() -> None:
     parser.add_argument("--domains", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--memory", type=int, default=256, help="MiB of the migrated VM")
+    parser.add_argument("--idle", type=float, default=30.0,
+                        help="seconds the leader measurement samples the idle write rate")
     parser.add_argument("--no-libvirt", action="store_true")
     parser.add_argument("--lock", default=LOCK)
     parser.add_argument("--root", type=Path)
