@@ -307,6 +307,7 @@ def bench_partition(args: argparse.Namespace) -> dict[str, Any]:
             fenced_log = target.root / "cluster" / "guard" / "fenced.log"
             guard_lines = len(fenced_log.read_text().splitlines()) if fenced_log.exists() else 0
             lan, port = target.lan
+            leader = handles[watcher_host].client.get("/v1/cluster")["leader"]
             began = time.time()
             ip("-n", lan, "link", "set", port, "down")
             try:
@@ -322,7 +323,8 @@ def bench_partition(args: argparse.Namespace) -> dict[str, Any]:
                             and (deleted is None or e["t"] >= deleted)), None)
             by_guard = fenced_log.exists() and len(
                 fenced_log.read_text().splitlines()) > guard_lines
-            rep = {"cut_off": host, "restarted_on": went, "fence_s": round(fenced - began, 3),
+            rep = {"cut_off": host, "etcd_leader": leader, "restarted_on": went,
+                   "fence_s": round(fenced - began, 3),
                    "fenced_by": "guard" if by_guard else "daemon",
                    "lease_expired_s": round(deleted - began, 3) if deleted else None,
                    "claim_s": round(claimed - began, 3) if claimed else None,
