@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import shutil
@@ -395,14 +396,20 @@ def bench_leader(args: argparse.Namespace) -> dict[str, Any]:
             lines = writer.stop()
             times = [line["t"] for line in lines if "t" in line and "error" not in line]
             errors = [line for line in lines if "error" in line]
-            before_kill = [t for t in times if t <= killed]
+            # the longest stretch without a successful write from the kill until the
+            # member is back (the kill itself comes a moment after ``killed``)
+            window = [t for t in times if t <= killed][-1:] + [
+                t for t in times if killed < t <= killed + back + 2.0]
+            gaps = [(t1 - t0, t0) for t0, t1 in itertools.pairwise(window)]
+            gap, gap_from = max(gaps) if gaps else (None, None)
             after_kill = [t for t in times if t > killed]
-            gap = (after_kill[0] - before_kill[-1]) if before_kill and after_kill else None
             after = {u: qemus_of(u) for u in uuids.values()}
             states = {n: cluster_rows(handles["a"]).get(n, {}).get("state")
                       for n in uuids}
             rep = {"leader": leader, "writer_on": writer_host,
                    "write_gap_s": round(gap, 3) if gap else None,
+                   "gap_began_s": round(gap_from - killed, 3) if gap_from else None,
+                   "gaps_over_100ms": [round(g, 3) for g, _ in gaps if g > 0.1],
                    "first_write_after_kill_s": round(after_kill[0] - killed, 3)
                    if after_kill else None,
                    "writes": len(times), "write_errors": len(errors),
