@@ -570,39 +570,40 @@ def bench_migrate(args: argparse.Namespace) -> dict[str, Any]:
     from tests.real.clusterhosts import ADDRESSES
     guest = bl.tiny_guest()
     runs: list[dict[str, Any]] = []
-    with shared_folder() as mount, cluster("benchmig") as handles:
-        _shared_pool(handles, mount / "vms")
-        b = handles["b"]
-        b.cli("vol-create-as", "shd", "m0.raw", "8M", "--format", "raw")
-        spec = {**bl.tiny_spec("mig0", guest, args.memory), "vcpus": 1,
-                "disks": [{"pool": "shd", "volume": "m0.raw"}]}
-        uuid = define(b, "b", spec)
-        pid = b.client.post(b.client.domain_path("mig0", "/start"))["pid"]
-        argv = bl.proc_argv(pid)
-        bm._wait_log(b.root / "log" / "domains" / uuid / "serial0.log")
-        source, destination = "b", "c"
-        for _ in range(args.reps):
-            src, dst = handles[source], handles[destination]
-            body = {"destination": {"socket": str(dst.root / "virtkitd.sock")},
-                    "address": ADDRESSES[destination], "persistent": True,
-                    "undefine_source": True, "copy_storage_all": True}
-            seconds, result = bl.timed(lambda s=src, d=body: s.client.post(
-                s.client.domain_path("mig0", "/migrate"), d))
-            runs.append({"from": source, "to": destination, "seconds": round(seconds, 4),
-                         "disk_bytes": result.get("disk_bytes"),
-                         "shared_disks": result.get("shared_disks"),
-                         "copied_disks": result.get("copied_disks"),
-                         "qemu_downtime_ms": result.get("qemu_downtime_ms"),
-                         "downtime_ms": result.get("downtime_ms")})
-            print(json.dumps(runs[-1]), flush=True)
-            source, destination = destination, source
-        handles[source].client.post(handles[source].client.domain_path("mig0", "/destroy"))
-    raw = []
-    for _ in range(args.reps):  # the same argv (the same shared image), by hand
-        seconds, down = bm.raw_once(argv)
-        raw.append({"seconds": round(seconds, 4),
-                    "downtime_ms": down * 1000 if down is not None else None})
-        print(json.dumps({"raw": raw[-1]}), flush=True)
+    with shared_folder() as mount:
+        with cluster("benchmig") as handles:
+            _shared_pool(handles, mount / "vms")
+            b = handles["b"]
+            b.cli("vol-create-as", "shd", "m0.raw", "8M", "--format", "raw")
+            spec = {**bl.tiny_spec("mig0", guest, args.memory), "vcpus": 1,
+                    "disks": [{"pool": "shd", "volume": "m0.raw"}]}
+            uuid = define(b, "b", spec)
+            pid = b.client.post(b.client.domain_path("mig0", "/start"))["pid"]
+            argv = bl.proc_argv(pid)
+            bm._wait_log(b.root / "log" / "domains" / uuid / "serial0.log")
+            source, destination = "b", "c"
+            for _ in range(args.reps):
+                src, dst = handles[source], handles[destination]
+                body = {"destination": {"socket": str(dst.root / "virtkitd.sock")},
+                        "address": ADDRESSES[destination], "persistent": True,
+                        "undefine_source": True, "copy_storage_all": True}
+                seconds, result = bl.timed(lambda s=src, d=body: s.client.post(
+                    s.client.domain_path("mig0", "/migrate"), d))
+                runs.append({"from": source, "to": destination, "seconds": round(seconds, 4),
+                             "disk_bytes": result.get("disk_bytes"),
+                             "shared_disks": result.get("shared_disks"),
+                             "copied_disks": result.get("copied_disks"),
+                             "qemu_downtime_ms": result.get("qemu_downtime_ms"),
+                             "downtime_ms": result.get("downtime_ms")})
+                print(json.dumps(runs[-1]), flush=True)
+                source, destination = destination, source
+            handles[source].client.post(handles[source].client.domain_path("mig0", "/destroy"))
+        raw = []
+        for _ in range(args.reps):  # the same argv (the same shared image), by hand
+            seconds, down = bm.raw_once(argv)
+            raw.append({"seconds": round(seconds, 4),
+                        "downtime_ms": down * 1000 if down is not None else None})
+            print(json.dumps({"raw": raw[-1]}), flush=True)
     vk_s = stats([r["seconds"] for r in runs])
     raw_s = stats([r["seconds"] for r in raw])
     return {"memory_mib": args.memory, "disk": "8 MiB raw on shared-dir", "virtkit": runs,
