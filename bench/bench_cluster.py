@@ -483,7 +483,7 @@ def bench_evacuate(args: argparse.Namespace) -> dict[str, Any]:
         moved = [line for line in out.stdout.splitlines() if "moved" in line]
         done = sorted(_log_times(a, "cluster: evacuate b:", began))
         per_vm = [t1 - t0 for t0, t1 in zip([began, *done], done, strict=False)]
-        where = {n: cluster_rows(a)[n]["host"] for n in names}
+        where = {line.split("'")[1]: line.split()[-1] for line in moved}  # "... to HOST"
         began = time.time()
         back = subprocess.run([*cli, "cluster", "restore", "b"], env=a.env,
                               capture_output=True, text=True, timeout=900)
