@@ -554,6 +554,41 @@ def bench_list(args: argparse.Namespace) -> dict[str, Any]:
             "first_call_s": {k: round(v, 3) for k, v in first.items()}}
 
 
+def bench_list_bare(args: argparse.Namespace) -> dict[str, Any]:
+    """One host (no cluster) with the cluster measurement's very VMs (128 MiB, no boot
+    section: bench_spine's have a kernel and initrd), timed the same way."""
+    cli = bl.virtkit_cli()
+    n = args.domains
+    with bl.VirtkitDaemon() as vk:
+        began = time.monotonic()
+        for i in range(n):
+            vk.client.post("/v1/domains", {"spec": {"name": f"vm{i:04d}", "memory": 128,
+                                                    "vcpus": 1}})
+        defines = time.monotonic() - began
+
+        def run_cli() -> float:
+            elapsed, out = bl.timed(lambda: subprocess.run(
+                [*cli, "list", "--all"], env=vk.env, capture_output=True, text=True))
+            rows = out.stdout.count("shut off") + out.stdout.count("shutoff")
+            if out.returncode != 0 or rows != n:
+                raise RuntimeError(f"list --all: {rows} rows, {out.stderr.strip()}")
+            return elapsed
+
+        def run_api() -> float:
+            elapsed, rows = bl.timed(lambda: vk.client.get("/v1/domains?all=1"))
+            assert len(rows) == n
+            return elapsed
+        first = {"cli": run_cli(), "api": run_api()}
+        samples: dict[str, list[float]] = {"cli": [], "api": []}
+        for _ in range(args.runs):
+            samples["cli"].append(run_cli())
+            samples["api"].append(run_api())
+    return {"domains": n, "state": "defined, shut off (128 MiB each, no boot section)",
+            "defines_s": round(defines, 2), "cli": stats(samples["cli"]),
+            "api": stats(samples["api"]),
+            "first_call_s": {k: round(v, 3) for k, v in first.items()}}
+
+
 def bench_list_single(args: argparse.Namespace) -> dict[str, Any]:
     """bench_spine's list (one host, and virsh with 1,000 libvirt domains), reused."""
     import bench_spine
@@ -623,6 +658,7 @@ def bench_migrate(args: argparse.Namespace) -> dict[str, Any]:
 BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "ha": bench_ha, "partition": bench_partition, "leader": bench_leader,
     "evacuate": bench_evacuate, "list": bench_list, "list-single": bench_list_single,
+    "list-bare": bench_list_bare,
     "migrate": bench_migrate}
 
 
