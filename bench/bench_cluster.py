@@ -285,10 +285,10 @@ def bench_ha(args: argparse.Namespace) -> dict[str, Any]:
                   f"+{qemu_up:.2f} s, running +{running:.2f} s", flush=True)
             target.process = start_daemon(target.root, target.netns)
             host = wait(lambda: settled(handles, "ha0", uuid), 90, "the cluster healed")
-    running = [r["running_s"] for r in reps]
-    return {"reps": reps, "kill_to_running_s": stats(running),
+    restarts = [float(r["running_s"]) for r in reps]
+    return {"reps": reps, "kill_to_running_s": stats(restarts),
             "kill_to_seen_down_s": stats([r["seen_down_s"] for r in reps]),
-            "goal_s": 10, "met": max(running) <= 10}
+            "goal_s": 10, "met": max(restarts) <= 10}
 
 
 # -- 2. partition: self-fence vs claim ------------------------------------------------
@@ -419,10 +419,10 @@ def bench_leader(args: argparse.Namespace) -> dict[str, Any]:
             reps.append(rep)
             print(json.dumps(rep), flush=True)
             wait(lambda: healthy(handles), 60, "quorum again")
-    gaps = [r["write_gap_s"] for r in reps if r["write_gap_s"] is not None]
-    return {"reps": reps, "write_gap_s": stats(gaps), "idle": idle,
+    longest = [float(r["write_gap_s"]) for r in reps if r["write_gap_s"] is not None]
+    return {"reps": reps, "write_gap_s": stats(longest), "idle": idle,
             "vms_disturbed": sum(r["vms_disturbed"] for r in reps),
-            "goal_gap_s": 2, "met": bool(gaps) and max(gaps) <= 2
+            "goal_gap_s": 2, "met": bool(longest) and max(longest) <= 2
             and all(r["vms_disturbed"] == 0 for r in reps)}
 
 
@@ -647,7 +647,7 @@ def bench_migrate(args: argparse.Namespace) -> dict[str, Any]:
                                                if r["qemu_downtime_ms"] is not None]),
             "virtkit_downtime_ms": stats([float(r["downtime_ms"]) for r in runs
                                           if r["downtime_ms"] is not None]),
-            "raw_downtime_ms": stats([r["downtime_ms"] for r in raw
+            "raw_downtime_ms": stats([float(r["downtime_ms"]) for r in raw
                                       if r["downtime_ms"] is not None]),
             "disk_bytes": [r["disk_bytes"] for r in runs],
             "ratio": round(vk_s["median"] / raw_s["median"], 2)}
