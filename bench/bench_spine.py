@@ -201,7 +201,7 @@ def bench_list(args: argparse.Namespace) -> dict[str, Any]:
             def run_virtkit() -> float:
                 elapsed, out = bl.timed(lambda: subprocess.run(
                     [*cli, "list", "--all"], env=vk.env, capture_output=True, text=True))
-                rows = out.stdout.count("shutoff")
+                rows = out.stdout.count("shut off") + out.stdout.count("shutoff")
                 if out.returncode != 0 or rows != n:
                     raise RuntimeError(f"virtkit list --all: {rows} rows, {out.stderr.strip()}")
                 return elapsed
