@@ -191,6 +191,20 @@ async def test_watch_from_a_revision_replays_history(etcd: Etcd) -> None:
     assert [e.kv.value for e in events] == [b"1", b"2"]
 
 
+async def test_a_watch_from_compacted_history_goes_on_from_now(etcd: Etcd) -> None:
+    """Members compact hourly: a watch that resumes from a revision older than that
+    is cancelled by etcd (compact_revision); it must go on with new events, not loop
+    on the cancel or end."""
+    first = await etcd.put("/c/x", "old")
+    latest = await etcd.put("/c/x", "older")
+    await etcd.call("/v3/kv/compaction", {"revision": str(latest), "physical": True})
+    watcher = asyncio.create_task(_collect(etcd, "/c/", 1, start=first))
+    await asyncio.sleep(1.0)  # the cancel came and the watch is set up again from now
+    await etcd.put("/c/x", "new")
+    events = await asyncio.wait_for(watcher, 10)
+    assert [e.kv.value for e in events] == [b"new"]
+
+
 async def test_failover_skips_a_dead_endpoint_and_all_dead_is_an_error(
         tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
@@ -323,6 +337,8 @@ def test_member_argv_requires_client_certificates_on_both_ports(tmp_path: Path) 
     pairs = dict(zip(argv[1::2], argv[2::2], strict=False))
     assert pairs["--listen-client-urls"] == "https://192.0.2.1:2379"
     assert pairs["--initial-advertise-peer-urls"] == "https://192.0.2.1:2380"
+    assert pairs["--auto-compaction-mode"] == "periodic"  # history does not fill the quota
+    assert pairs["--quota-backend-bytes"] == str(8 * 1024**3)
     v6 = MemberConfig(name="b", address="2001:db8::1", data_dir=tmp_path, initial_cluster="",
                       state="existing", ca=tmp_path, cert=tmp_path, key=tmp_path)
     assert v6.client_url == "https://[2001:db8::1]:2379"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -34,6 +35,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from virtkit.errors import HostError, InvalidSpec, VirtkitError
+
+log = logging.getLogger(__name__)
 
 #: one request to one endpoint: a follower drops a proposal made while it has no
 #: leader and never answers it, so a short wait here is what makes failover fast
@@ -423,6 +426,9 @@ class Etcd:
                         if not line.strip():
                             continue
                         result = json.loads(line).get("result", {})
+                        if result.get("canceled"):
+                            after = _resume_after_cancel(prefix, after, result)
+                            break
                         revision = int(result.get("header", {}).get("revision", 0))
                         if not after and revision:
                             after = revision  # "from now" is pinned at the first answer
@@ -477,3 +483,18 @@ class Etcd:
                 "leader": int(done.get("leader", 0)), "version": done.get("version", ""),
                 "raft_index": int(done.get("raftIndex", 0)),
                 "db_size": int(done.get("dbSize", 0))}
+
+
+def _resume_after_cancel(prefix: str, after: int, result: dict[str, Any]) -> int:
+    """Where a watch etcd cancelled resumes.  A watch that asked for history older than
+    the members keep (``compact_revision``: auto-compaction ran while the stream was
+    away) cannot replay it: it goes on from now (0), and the caller's periodic full look
+    covers the gap.  Any other cancel resumes where it was."""
+    compacted = int(result.get("compact_revision", 0) or 0)
+    if compacted:
+        log.warning("etcd: the watch of %s missed revisions up to %d (compacted); "
+                    "it goes on from now", prefix, compacted)
+        return 0
+    log.warning("etcd: the watch of %s was cancelled: %s", prefix,
+                result.get("cancel_reason", "no reason given"))
+    return after

@@ -55,9 +55,20 @@ def _host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
+#: how much history members keep (a watch resumes within it; older, it restarts from now)
+COMPACTION_RETENTION = "1h"
+#: etcd's suggested maximum backend size (its default is 2 GiB)
+BACKEND_QUOTA = 8 * 1024**3
+
+
 def etcd_argv(config: MemberConfig) -> list[str]:
     """The member's command line: peer and client TLS with client certificates from the
-    cluster's CA required on both (no anonymous client, no foreign peer)."""
+    cluster's CA required on both (no anonymous client, no foreign peer).
+
+    History is compacted hourly and the backend capped at etcd's suggested 8 GiB: every
+    heartbeat is a new revision, and without compaction the default 2 GiB quota fills in
+    weeks, after which etcd refuses every write (the NOSPACE alarm) and the cluster can
+    neither claim nor fence-free restart anything."""
     return [
         ETCD, "--name", config.name, "--data-dir", str(config.data_dir),
         "--listen-peer-urls", config.peer_url,
@@ -71,6 +82,8 @@ def etcd_argv(config: MemberConfig) -> list[str]:
         "--trusted-ca-file", str(config.ca), "--client-cert-auth",
         "--peer-cert-file", str(config.cert), "--peer-key-file", str(config.key),
         "--peer-trusted-ca-file", str(config.ca), "--peer-client-cert-auth",
+        "--auto-compaction-mode", "periodic", "--auto-compaction-retention", COMPACTION_RETENTION,
+        "--quota-backend-bytes", str(BACKEND_QUOTA),
         "--logger", "zap", "--log-outputs", "stderr",
     ]
 
