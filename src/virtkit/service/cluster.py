@@ -51,8 +51,10 @@ from virtkit.cluster.hosts import (
 from virtkit.cluster.member import CLIENT_PORT, PEER_PORT, MemberConfig, MemberProcess
 from virtkit.errors import Conflict, InvalidSpec, StateError, VirtkitError
 from virtkit.host.nodefacts import memory_stats
+from virtkit.service.clusterapi import ClusterApi
 from virtkit.service.clusterpki import ClusterPki
 from virtkit.service.clustervms import ClusterVms, host_facts
+from virtkit.service.forward import CLUSTER_API_PORT
 from virtkit.service.peer import Peer
 from virtkit.store.db import Store
 
@@ -102,6 +104,8 @@ class ClusterService:
         self._lock = asyncio.Lock()
         #: this host's VMs in etcd (service/clustervms.py; set by api/forward.install)
         self.vms: ClusterVms | None = None
+        #: the cluster API other hosts forward to (service/clusterapi.py)
+        self.api = ClusterApi(self)
 
     # -- configuration -------------------------------------------------------------------
 
@@ -218,6 +222,7 @@ class ClusterService:
         except VirtkitError as exc:  # etcd away, or our name held by a live lease
             log.warning("cluster: cannot register yet (%s); the agent keeps trying", exc)
         self._run_background(config)
+        await self.api.changed()
 
     def _run_background(self, config: dict[str, Any]) -> None:
         assert self.agent is not None
@@ -317,7 +322,8 @@ class ClusterService:
 
     async def init(self, *, name: str | None, address: str | None, cluster: str | None,
                    endpoints: list[str] | None = None, tls: dict[str, str] | None = None,
-                   client_port: int = CLIENT_PORT, peer_port: int = PEER_PORT) -> dict[str, Any]:
+                   client_port: int = CLIENT_PORT, peer_port: int = PEER_PORT,
+                   api_port: int = CLUSTER_API_PORT) -> dict[str, Any]:
         async with self._lock:
             if self.config() is not None:
                 raise Conflict("this host is already in a cluster",
@@ -325,7 +331,8 @@ class ClusterService:
             host = check_host_name(name or default_host_name())
             cluster_name = check_host_name(cluster or "virtkit")
             config: dict[str, Any] = {"cluster": cluster_name, "host": host,
-                                      "client_port": client_port, "peer_port": peer_port}
+                                      "client_port": client_port, "peer_port": peer_port,
+                                      "api_port": api_port}
             if endpoints:
                 config.update(role="client", external=True, tls=tls, address=address,
                               endpoints=[endpoint_url(e) for e in endpoints])
@@ -383,6 +390,7 @@ class ClusterService:
             raise
         self._save(config)
         self._run_background(config)
+        await self.api.changed()
         return {"cluster": config["cluster"], "host": config["host"], "role": config["role"],
                 "endpoints": config["endpoints"]}
 
@@ -458,8 +466,8 @@ class ClusterService:
 
     # -- join (on the new host) ----------------------------------------------------------
 
-    async def join(self, *, via: dict[str, Any], name: str | None,
-                   address: str) -> dict[str, Any]:
+    async def join(self, *, via: dict[str, Any], name: str | None, address: str,
+                   api_port: int = CLUSTER_API_PORT) -> dict[str, Any]:
         async with self._lock:
             if self.config() is not None:
                 raise Conflict("this host is already in a cluster",
@@ -481,6 +489,7 @@ class ClusterService:
                 "cluster": answer["cluster"], "host": host, "address": address,
                 "role": answer["role"], "external": False,
                 "client_port": answer["client_port"], "peer_port": answer["peer_port"],
+                "api_port": api_port,
                 "tls": {"ca": str(self.pki.ca), "cert": str(self.pki.cert),
                         "key": str(self.pki.key)}, "endpoints": answer["endpoints"]}
             if answer["role"] == "voter":
@@ -543,6 +552,7 @@ class ClusterService:
             await etcd.close()
             self.etcd = self.agent = None
             await asyncio.to_thread(self._wipe)
+            await self.api.changed()
             return {"left": config["cluster"], "host": host,
                     "dissolved": own is not None and not others}
 
