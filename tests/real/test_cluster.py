@@ -8,6 +8,7 @@ down, its etcd member keeps the quorum; restarted, it is up again; c leaves.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -58,6 +59,8 @@ def test_init_join_join_then_list_and_status(hosts: dict[str, DaemonHandle]) -> 
             n: ("voter", ADDRESSES[n]) for n in ADDRESSES}
         assert all(r["capacity"]["cpus"] >= 1 and r["vms"] == {"defined": 0, "running": 0}
                    for r in rows.values())
+        assert {n: r["api"] for n, r in rows.items()} == {
+            n: f"https://{ADDRESSES[n]}:16516" for n in ADDRESSES}
         status = handle.client.get("/v1/cluster")
         assert (status["voters"], status["healthy"], status["quorum"]) == (3, 3, 2)
         assert status["has_quorum"] and status["leader"] in ADDRESSES
@@ -86,6 +89,10 @@ def test_list_all_shows_every_hosts_vms_and_dominfo_names_the_host(
     assert lines["vm-on-b"][-1] == "b" and "Host" in listing.splitlines()[0]
     rows = {r["name"]: r for r in a.client.get("/v1/domains?all=1&cluster=1")}
     assert (rows["vm-on-b"]["host"], rows["vm-on-b"]["state"]) == ("b", "shutoff")
+    assert (rows["vm-on-b"]["vcpus"], rows["vm-on-b"]["memory_mib"]) == (1, 64)
+    json_rows = json.loads(a.cli("list", "--all", "--json").stdout)
+    assert {r["name"]: r["host"] for r in json_rows} == {"vm-on-a": "a", "vm-on-b": "b"}
+    assert json.loads(a.cli("dominfo", "vm-on-b", "--json").stdout)["host"] == "b"
     # without ?cluster the list is this host's alone, as before
     assert [r["name"] for r in a.client.get("/v1/domains?all=1")] == ["vm-on-a"]
     assert "Host" not in a.cli("list").stdout.splitlines()[0]
@@ -101,6 +108,12 @@ def _define(handle: DaemonHandle, name: str, memory: int, host: str | None = Non
     query = f"?host={host}" if host else ""
     return handle.client.post("/v1/domains" + query,
                               {"spec": {"name": name, "memory": memory, "vcpus": 1}})
+
+
+def _audited(handle: DaemonHandle, path: str) -> list[tuple[str | None, int]]:
+    """Who asked ``handle``'s daemon to change ``path`` (its audit log), and the answer."""
+    lines = (handle.root / "log" / "audit.log").read_text().splitlines()
+    return [(r["user"], r["status"]) for r in map(json.loads, lines) if r["path"] == path]
 
 
 def _local_names(handle: DaemonHandle) -> set[str]:
@@ -129,9 +142,11 @@ def test_placement_forwarding_and_cluster_wide_names(hosts: dict[str, DaemonHand
             _define(handle, "placed", 64, host=host)
         assert clash.value.http_status == 409 and "on host b" in str(clash.value)
     assert "placed" not in _local_names(c) and "placed" not in _local_names(a)
-    # start of b's VM issued on a: it runs on b (a forwarded once, b's QEMU runs)
+    # start of b's VM issued on a: it runs on b (a forwarded once, b's QEMU runs), over
+    # the network: b's cluster API at its own address, a's host certificate the caller
     started = a.cli("start", "placed")
     assert "Domain 'placed' started" in started.stdout
+    assert _audited(b, "/v1/domains/placed/start") == [("host:a", 200)]
     row = next(r for r in b.client.get("/v1/domains?all=1") if r["name"] == "placed")
     assert row["state"] == "running" and row["pid"]
     info = a.cli("dominfo", "placed").stdout

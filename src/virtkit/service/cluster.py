@@ -49,6 +49,7 @@ from virtkit.cluster.hosts import (
     host_table,
 )
 from virtkit.cluster.member import CLIENT_PORT, PEER_PORT, MemberConfig, MemberProcess
+from virtkit.cluster.vms import need_of
 from virtkit.errors import Conflict, InvalidSpec, StateError, VirtkitError
 from virtkit.host.nodefacts import memory_stats
 from virtkit.service.clusterapi import ClusterApi
@@ -164,7 +165,8 @@ class ClusterService:
         """This host's VMs as every host's ``list --all`` shows them."""
         runtime = self.store.all_runtime()
         return [{"name": row.name, "uuid": row.uuid,
-                 "state": runtime[row.uuid].state if row.uuid in runtime else "shutoff"}
+                 "state": runtime[row.uuid].state if row.uuid in runtime else "shutoff",
+                 **{k: v for k, v in need_of(row.spec).items() if k != "group"}}
                 for row in self.store.list_domains()]
 
     def _fence_targets(self) -> list[FenceTarget]:
@@ -201,7 +203,7 @@ class ClusterService:
             log.warning("cluster: list of other hosts' VMs unavailable: %s", exc)
             return local
         others = [{"name": vm["name"], "uuid": vm["uuid"], "state": vm["state"], "pid": None,
-                   "host": name}
+                   "host": name, **{k: vm[k] for k in ("vcpus", "memory_mib") if k in vm}}
                   for name, vms in sorted(published.items()) if name != host for vm in vms
                   if include_inactive or vm["state"] in RUNNING_STATES]
         return local + others
