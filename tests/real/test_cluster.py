@@ -22,6 +22,7 @@ import pytest
 from tests.real.clusterhosts import ADDRESSES, qemus_of, three_hosts
 from tests.real.conftest import DaemonHandle, start_daemon, wait_for
 from virtkit.cli.client import ApiError
+from virtkit.cli.wsclient import WebSocket
 from virtkit.paths import state_paths
 
 
@@ -151,6 +152,10 @@ def test_placement_forwarding_and_cluster_wide_names(hosts: dict[str, DaemonHand
     assert row["state"] == "running" and row["pid"]
     info = a.cli("dominfo", "placed").stdout
     assert any(line.split() == ["Host:", "b"] for line in info.splitlines()), info
+    # its serial console asked of a: the WebSocket is carried to b's cluster API (wss)
+    console = WebSocket.open(a.root / "virtkitd.sock",
+                             a.client.domain_path("placed", "/console"))
+    console.close()
     for handle in (a, b, c):
         rows = wait_for(lambda h=handle: (r := {x["name"]: x for x in h.client.get(
             "/v1/domains?all=1&cluster=1")}) and r.get("placed", {}).get("state")

@@ -33,6 +33,8 @@ from virtkit.service.forward import (
     forward_headers,
     owner_of,
     relay,
+    send,
+    socket_of,
 )
 
 
@@ -60,6 +62,12 @@ def test_the_owner_is_reached_at_its_cluster_api_else_its_socket_here(tmp_path: 
     assert url_of("fd00::2", 16516) == "https://[fd00::2]:16516"
 
 
+def test_a_socket_not_on_this_machine_is_refused_naming_the_host(tmp_path: Path) -> None:
+    with pytest.raises(OwnerUnreachable) as away:
+        socket_of("b", {"socket": str(tmp_path / "nope.sock")}, read_only=False)
+    assert away.value.http_status == 503 and "host b" in str(away.value)
+
+
 def test_hop_headers_are_dropped_and_the_hop_and_caller_are_marked() -> None:
     kept = forward_headers({"Host": "x", "Authorization": "Bearer t", "Accept": "a/b",
                             FORWARDED_BY: "z", CALLER: "local", "Origin": "https://x"},
@@ -83,7 +91,7 @@ async def test_the_answer_is_passed_on_as_is(tmp_path: Path) -> None:
     path = str(tmp_path / "d.sock")
     await web.UnixSite(runner, path).start()
     try:
-        reply = await relay(Owner("b", socket=path), "POST", "/v1/domains/x/start?y=1",
+        reply = await relay("b", path, "POST", "/v1/domains/x/start?y=1",
                             b'{"paused": false}',
                             {"Content-Type": "application/json", FORWARDED_BY: "a"})
     finally:
@@ -98,7 +106,7 @@ async def test_nobody_listening_is_503_nothing_done(tmp_path: Path) -> None:
     dead.bind(str(path))  # bound, never listening: connections are refused
     try:
         with pytest.raises(OwnerUnreachable) as away:
-            await relay(Owner("b", socket=str(path)), "POST", "/v1/domains/x/start", b"{}",
+            await relay("b", str(path), "POST", "/v1/domains/x/start", b"{}",
                         {})
     finally:
         dead.close()
@@ -116,7 +124,7 @@ async def test_a_lost_answer_is_502_and_never_sent_again(tmp_path: Path) -> None
     server = await asyncio.start_unix_server(swallow, path)
     try:
         with pytest.raises(OwnerNoAnswer) as lost:
-            await relay(Owner("b", socket=path), "POST", "/v1/domains/x/destroy", b"{}", {})
+            await relay("b", path, "POST", "/v1/domains/x/destroy", b"{}", {})
     finally:
         server.close()
         await server.wait_closed()
@@ -201,12 +209,12 @@ def _owner(pki: ClusterPki, port: int) -> Owner:
 async def test_a_member_host_is_served_with_its_callers_standing(
         pkis: Pkis, owner_b: FakeApi) -> None:
     owner = _owner(pkis.a, owner_b.listen().port)
-    reply = await relay(owner, "POST", "/v1/domains/x/start", b"{}",
+    reply = await send(owner, "POST", "/v1/domains/x/start", b"{}",
                         forward_headers({}, "a", "remote", "token:laptop"))
     assert reply.status == 200, reply.body
     assert json.loads(reply.body) == {"peer": "a", "remote": True, "pools": False,
                                       "principal": "host:a for token:laptop"}
-    local = json.loads((await relay(owner, "GET", "/v1/domains/x", b"",
+    local = json.loads((await send(owner, "GET", "/v1/domains/x", b"",
                                     forward_headers({}, "a"))).body)
     assert (local["remote"], local["principal"]) == (False, "host:a")
 
@@ -215,13 +223,13 @@ async def test_the_owner_refuses_what_its_caller_could_not_do(
         pkis: Pkis, owner_b: FakeApi) -> None:
     owner = _owner(pkis.a, owner_b.listen().port)
     # a read-only caller's change: refused by the owner as by the read-only socket
-    refused = await relay(owner, "POST", "/v1/domains/x/start", b"{}",
+    refused = await send(owner, "POST", "/v1/domains/x/start", b"{}",
                           forward_headers({}, "a", "read-only"))
     assert refused.status == 403 and b"read-only" in refused.body
-    tokens = await relay(owner, "GET", "/v1/tokens", b"", forward_headers({}, "a"))
+    tokens = await send(owner, "GET", "/v1/tokens", b"", forward_headers({}, "a"))
     assert tokens.status == 403  # token administration stays on the host itself
     owner_b.members.clear()  # a host that left keeps a valid certificate
-    gone = await relay(owner, "GET", "/v1/domains/x", b"", forward_headers({}, "a"))
+    gone = await send(owner, "GET", "/v1/domains/x", b"", forward_headers({}, "a"))
     assert gone.status == 403 and b"not a member" in gone.body
 
 
@@ -229,7 +237,7 @@ async def test_a_certificate_of_another_ca_never_reaches_the_owner(
         pkis: Pkis, owner_b: FakeApi) -> None:
     owner = _owner(pkis.stranger, owner_b.listen().port)
     with pytest.raises(OwnerUnreachable) as refused:
-        await relay(owner, "GET", "/v1/domains/x", b"", forward_headers({}, "a"))
+        await send(owner, "GET", "/v1/domains/x", b"", forward_headers({}, "a"))
     assert "host b" in str(refused.value) and "127.0.0.1" in str(refused.value)
 
 
@@ -246,7 +254,7 @@ async def test_an_owner_that_never_answers_the_handshake_is_unreachable_not_a_ha
     port = server.sockets[0].getsockname()[1]
     try:
         with pytest.raises(OwnerUnreachable) as away:
-            await asyncio.wait_for(relay(_owner(pkis.a, port), "POST", "/v1/domains/x/start",
+            await asyncio.wait_for(send(_owner(pkis.a, port), "POST", "/v1/domains/x/start",
                                          b"{}", {}), 10)
     finally:
         for writer in held:

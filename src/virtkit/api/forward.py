@@ -36,7 +36,7 @@ from virtkit.service.forward import (
     OwnerNoAnswer,
     Reply,
     forward_headers,
-    relay,
+    send,
 )
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ async def _forward(request: web.Request, vms: ClusterVms, host: str, *,
                               str(principal) if principal else None)
     if request.headers.get("Upgrade", "").lower() == "websocket":
         return await _forward_websocket(request, owner, target, headers)
-    reply: Reply = await relay(owner, request.method, target, await request.read(), headers)
+    reply: Reply = await send(owner, request.method, target, await request.read(), headers)
     log.info("cluster: %s %s forwarded to host %s (%s): %s", request.method, request.path,
              host, owner.where, reply.status)
     response = web.Response(status=reply.status, body=reply.body)

@@ -25,7 +25,7 @@ from virtkit.cluster.hosts import HOSTS, MEMBERS, encode
 from virtkit.cluster.vms import MAINTENANCE
 from virtkit.errors import Conflict, NotFound, VirtkitError
 from virtkit.service.clustervms import RUNNING, ClusterVms
-from virtkit.service.forward import CALLER, FORWARDED_BY, relay
+from virtkit.service.forward import relay, socket_of
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +36,14 @@ async def _migrate(cluster_vms: ClusterVms, source: str, name: str,
     etcd = cluster_vms._etcd()
     member = await etcd.get(MEMBERS + destination)
     address = member.json().get("address") if member is not None else None
-    # the migration's destination: its daemon socket (a shared file system) until
-    # migrations take the cluster API as a destination
-    target = (await cluster_vms.api_of(destination)).get("socket")
-    if not isinstance(target, str) or not target.startswith("/"):
-        raise VirtkitError(f"{name}: host {destination} publishes no daemon socket, and "
-                           "evacuate migrates only through one (a shared file system) today",
-                           fix=f"migrate it with 'virtkit migrate' to {destination}")
+    target = socket_of(destination, await cluster_vms.api_of(destination), read_only=False)
+    path = socket_of(source, await cluster_vms.api_of(source), read_only=False)
     body = {"destination": {"socket": target}, "address": address or "127.0.0.1",
             "persistent": True, "undefine_source": True}
-    reply = await relay(await cluster_vms.owner(source), "POST",
-                        f"/v1/domains/{quote(name, safe='')}/migrate",
+    reply = await relay(source, path, "POST", f"/v1/domains/{quote(name, safe='')}/migrate",
                         json.dumps(body).encode(), {"Content-Type": "application/json",
-                                                    FORWARDED_BY: cluster_vms.host or "",
-                                                    CALLER: "local"})
+                                                    "X-Virtkit-Forwarded-By":
+                                                    cluster_vms.host or ""})
     answer = json.loads(reply.body or b"{}")
     if reply.status >= 400:
         raise VirtkitError(f"{name}: {answer.get('message', f'HTTP {reply.status}')}")
@@ -59,9 +53,9 @@ async def _migrate(cluster_vms: ClusterVms, source: str, name: str,
 async def _domains_on(cluster_vms: ClusterVms, host: str) -> list[dict[str, Any]]:
     """``host``'s VMs as its daemon sees them now (not its published summary, which
     may be a second old)."""
-    reply = await relay(await cluster_vms.owner(host, read_only=True), "GET",
-                        "/v1/domains?all=1", b"", {FORWARDED_BY: cluster_vms.host or "",
-                                                    CALLER: "read-only"})
+    path = socket_of(host, await cluster_vms.api_of(host), read_only=True)
+    reply = await relay(host, path, "GET", "/v1/domains?all=1", b"",
+                        {"X-Virtkit-Forwarded-By": cluster_vms.host or ""})
     if reply.status >= 400:
         raise VirtkitError(f"host {host} did not list its VMs (HTTP {reply.status})")
     return list(json.loads(reply.body))
