@@ -61,6 +61,11 @@ def test_a_member_publishes_its_address_and_port(tmp_path: Path) -> None:
                                                       "api_port": 17000}))
     listen = api.listen()
     assert listen is not None and (listen.host, listen.port) == ("127.0.0.1", 17000)
+    # a join under way: its first host record already names the API (not 2 s later)
+    (tmp_path / "config.json").unlink()
+    assert api.url() is None
+    api.pending = {"address": "192.0.2.13"}
+    assert api.url() == "https://192.0.2.13:16516"
 
 
 async def test_membership_is_asked_of_etcd_and_kept_a_while(tmp_path: Path) -> None:

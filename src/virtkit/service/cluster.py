@@ -383,8 +383,10 @@ class ClusterService:
                     "the name is taken in this cluster" if creating
                     else "the admission was withdrawn meanwhile"))
             self.agent = self._agent(config)
+            self.api.pending = config  # the first record already names the cluster API
             await self.agent.register()
         except BaseException:
+            self.api.pending = None
             await self.etcd.close()
             self.etcd = None
             if not config.get("external"):

@@ -19,7 +19,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from virtkit.cluster.etcd import EtcdUnavailable
 from virtkit.cluster.hosts import MEMBERS
@@ -57,10 +57,12 @@ class ClusterApi:
         self.on_change: Callable[[], Awaitable[None]] | None = None
         self._client: tuple[float, ssl.SSLContext] | None = None
         self._members: dict[str, float] = {}
+        #: the configuration of a join or init under way (saved once it succeeded)
+        self.pending: dict[str, Any] | None = None
 
     def _settings(self) -> tuple[str, int] | None:
         """(address, port) when this host has a cluster certificate to serve with."""
-        config = self.cluster.config()
+        config = self.cluster.config() or self.pending
         pki = self.cluster.pki
         if config is None or not config.get("address") or not (
                 pki.cert.is_file() and pki.key.is_file() and pki.ca.is_file()):
@@ -114,6 +116,7 @@ class ClusterApi:
         """Tell the listener (init, join, leave, daemon start)."""
         self._members.clear()
         self._client = None
+        self.pending = None
         if self.on_change is not None:
             try:
                 await self.on_change()
