@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.real.clusterhosts import ADDRESSES, qemus_of, three_hosts
+from tests.real.clusterhosts import ADDRESSES, ip, qemus_of, three_hosts
 from tests.real.conftest import DaemonHandle, start_daemon, wait_for
 from virtkit.cli.client import ApiError
 from virtkit.cli.wsclient import WebSocket
@@ -333,6 +333,36 @@ def test_a_daemon_restart_within_the_ttl_keeps_its_record(
     assert (b.root / "cluster" / "lease").read_text().strip() == lease
     assert _hosts(a)["b"]["state"] == "up"
     assert b.client.get("/v1/cluster")["host"] == "b"
+
+
+def test_a_cut_off_owner_is_a_clear_503_naming_its_address_not_a_hang(
+        hosts: dict[str, DaemonHandle]) -> None:
+    """b's cable pulled: its record is still there (its lease runs 5 s), so a dials
+    b's cluster API, gets no handshake, and answers within the connect timeout."""
+    a, b = hosts["a"], hosts["b"]
+    _define(b, "cut-b", 64, host="b")
+    lan, port = b.lan  # type: ignore[attr-defined]
+    ip("-n", lan, "link", "set", port, "down")
+    try:
+        asked = time.monotonic()
+        with pytest.raises(ApiError) as away:
+            a.client.get(a.client.domain_path("cut-b"))
+        waited = time.monotonic() - asked
+    finally:
+        ip("-n", lan, "link", "set", port, "up")
+    print(f"\na request for a cut-off host's VM answered after {waited:.1f} s: {away.value}")
+    assert away.value.http_status == 503 and "host b" in str(away.value)
+    assert f"{ADDRESSES['b']}:16516" in str(away.value) or "host b is down" in str(away.value)
+    info = wait_for(lambda: (r := _try_get(a, "cut-b")) and r, 30, "b reachable again")
+    assert info["host"] == "b"
+    b.client.request("DELETE", b.client.domain_path("cut-b"))
+
+
+def _try_get(handle: DaemonHandle, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(handle.client.get(handle.client.domain_path(name)))
+    except ApiError:
+        return None
 
 
 def test_leave(hosts: dict[str, DaemonHandle]) -> None:
