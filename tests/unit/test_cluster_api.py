@@ -96,3 +96,36 @@ async def test_the_listener_starts_at_join_and_stops_at_leave(tmp_path: Path,
         assert listener.context is None and not runner.sites
     finally:
         await runner.cleanup()
+
+
+async def test_a_member_change_refused_while_a_member_came_back_is_retried(
+        monkeypatch: Any) -> None:
+    """cluster leave right after a partition healed: etcd says 'unhealthy cluster' for
+    5 s; the removal is tried again instead of failing half-way through the leave."""
+    from virtkit.cluster.etcd import EtcdError
+    from virtkit.service import cluster
+
+    monkeypatch.setattr(cluster.asyncio, "sleep", _no_sleep)
+    answers = [EtcdError("etcdserver: unhealthy cluster"), None]
+
+    async def remove() -> str:
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+        return "removed"
+
+    assert await cluster._patiently(remove) == "removed" and not answers
+
+    async def refused() -> str:
+        raise EtcdError("etcdserver: member not found")
+
+    try:
+        await cluster._patiently(refused)
+    except EtcdError as exc:
+        assert "not found" in exc.message
+    else:
+        raise AssertionError("a lasting refusal must not be retried")
+
+
+async def _no_sleep(_seconds: float) -> None:
+    return None

@@ -24,8 +24,9 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from virtkit import __version__
 from virtkit.cluster.etcd import (
@@ -60,6 +61,7 @@ from virtkit.service.peer import Peer
 from virtkit.store.db import Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: etcd voters at most; later hosts are client-only (3 tolerate one failure; 5, two)
 MAX_VOTERS = 3
@@ -74,6 +76,21 @@ SUPERVISE_INTERVAL = 2.0
 ENDPOINT_SYNC = 10.0
 _HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 RUNNING_STATES = ("running", "paused", "in shutdown")
+
+
+async def _patiently(change: Callable[[], Awaitable[T]]) -> T:
+    """A change of etcd's members; etcd refuses one while a member joined or came back
+    less than 5 s ago or has not started ("unhealthy cluster", "not enough started
+    members"): retried a while."""
+    deadline = time.monotonic() + MEMBER_ADD_PATIENCE
+    while True:
+        try:
+            return await change()
+        except EtcdError as exc:
+            transient = any(text in exc.message for text in TRANSIENT_REFUSALS)
+            if not transient or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.5)
 
 
 def check_host_name(name: str) -> str:
@@ -455,18 +472,9 @@ class ClusterService:
                     "peer_port": peer_port}
 
     async def _member_add(self, peer_url: str) -> int:
-        """Add a voter; etcd refuses while a member joined less than 5 s ago or has not
-        started ("unhealthy cluster", "not enough started members"): retried a while."""
-        assert self.etcd is not None
-        deadline = time.monotonic() + MEMBER_ADD_PATIENCE
-        while True:
-            try:
-                return await self.etcd.member_add([peer_url])
-            except EtcdError as exc:
-                transient = any(text in exc.message for text in TRANSIENT_REFUSALS)
-                if not transient or time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.5)
+        etcd = self.etcd
+        assert etcd is not None
+        return await _patiently(lambda: etcd.member_add([peer_url]))
 
     # -- join (on the new host) ----------------------------------------------------------
 
@@ -552,7 +560,7 @@ class ClusterService:
                 # would end it before the answer is back
                 endpoints = [u for m in others for u in m["clientURLs"]]
                 async with Etcd(endpoints, tls=self._tls(config)) as rest:
-                    await rest.member_remove(own["ID"])
+                    await _patiently(lambda: rest.member_remove(own["ID"]))
             await etcd.close()
             self.etcd = self.agent = None
             await asyncio.to_thread(self._wipe)
