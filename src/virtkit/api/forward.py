@@ -1,7 +1,8 @@
 """The cluster around the domain routes (docs/cluster.md): a middleware that
 
 - forwards a request for a VM another host owns to that host's daemon (HTTP and
-  WebSocket: ``start``, ``shutdown``, ``dominfo``, ``dumpxml``, ``console``, ...);
+  WebSocket: ``start``, ``shutdown``, ``dominfo``, ``dumpxml``, ``console``, ...), at
+  its cluster API over mutual TLS (service/forward.py), with the caller's standing;
 - places a new VM (``POST /v1/domains`` without ``?host``) and forwards its define to
   the chosen host, or defines it here; ``?host=NAME`` pins it;
 - keeps etcd in step after local defines, undefines, starts and stops, and moves a
