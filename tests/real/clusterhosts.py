@@ -41,7 +41,9 @@ def kill_member(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def three_hosts() -> Iterator[dict[str, DaemonHandle]]:
+def three_hosts(extra: dict[str, tuple[str, ...]] | None = None
+                ) -> Iterator[dict[str, DaemonHandle]]:
+    """``extra``: more daemon arguments for some hosts (``{"a": ("--web", ...)}``)."""
     tag = secrets.token_hex(3)
     lan = f"vkc-{tag}-lan"
     spaces = {name: f"vkc-{tag}-{name}" for name in ADDRESSES}
@@ -63,7 +65,8 @@ def three_hosts() -> Iterator[dict[str, DaemonHandle]]:
         ports = {name: f"vkc{tag}{name}p" for name in ADDRESSES}
         for name, ns in spaces.items():
             root = Path(tempfile.mkdtemp(prefix=f"vkc{name}-", dir="/tmp"))
-            handles[name] = DaemonHandle(root, start_daemon(root, ns),
+            process = start_daemon(root, ns, (extra or {}).get(name, ()))
+            handles[name] = DaemonHandle(root, process,
                                          Client(state_paths(root), timeout=90),
                                          None, netns=ns)  # type: ignore[arg-type]
             handles[name].lan = (lan, ports[name])  # type: ignore[attr-defined]

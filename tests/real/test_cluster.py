@@ -8,6 +8,7 @@ down, its etcd member keeps the quorum; restarted, it is up again; c leaves.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.real.clusterhosts import ADDRESSES, qemus_of, three_hosts
+from tests.real.clusterhosts import ADDRESSES, ip, qemus_of, three_hosts
 from tests.real.conftest import DaemonHandle, start_daemon, wait_for
 from virtkit.cli.client import ApiError
+from virtkit.cli.wsclient import WebSocket
 from virtkit.paths import state_paths
 
 
@@ -58,6 +60,8 @@ def test_init_join_join_then_list_and_status(hosts: dict[str, DaemonHandle]) -> 
             n: ("voter", ADDRESSES[n]) for n in ADDRESSES}
         assert all(r["capacity"]["cpus"] >= 1 and r["vms"] == {"defined": 0, "running": 0}
                    for r in rows.values())
+        assert {n: r["api"] for n, r in rows.items()} == {
+            n: f"https://{ADDRESSES[n]}:16516" for n in ADDRESSES}
         status = handle.client.get("/v1/cluster")
         assert (status["voters"], status["healthy"], status["quorum"]) == (3, 3, 2)
         assert status["has_quorum"] and status["leader"] in ADDRESSES
@@ -86,6 +90,10 @@ def test_list_all_shows_every_hosts_vms_and_dominfo_names_the_host(
     assert lines["vm-on-b"][-1] == "b" and "Host" in listing.splitlines()[0]
     rows = {r["name"]: r for r in a.client.get("/v1/domains?all=1&cluster=1")}
     assert (rows["vm-on-b"]["host"], rows["vm-on-b"]["state"]) == ("b", "shutoff")
+    assert (rows["vm-on-b"]["vcpus"], rows["vm-on-b"]["memory_mib"]) == (1, 64)
+    json_rows = json.loads(a.cli("list", "--all", "--json").stdout)
+    assert {r["name"]: r["host"] for r in json_rows} == {"vm-on-a": "a", "vm-on-b": "b"}
+    assert json.loads(a.cli("dominfo", "vm-on-b", "--json").stdout)["host"] == "b"
     # without ?cluster the list is this host's alone, as before
     assert [r["name"] for r in a.client.get("/v1/domains?all=1")] == ["vm-on-a"]
     assert "Host" not in a.cli("list").stdout.splitlines()[0]
@@ -101,6 +109,12 @@ def _define(handle: DaemonHandle, name: str, memory: int, host: str | None = Non
     query = f"?host={host}" if host else ""
     return handle.client.post("/v1/domains" + query,
                               {"spec": {"name": name, "memory": memory, "vcpus": 1}})
+
+
+def _audited(handle: DaemonHandle, path: str) -> list[tuple[str | None, int]]:
+    """Who asked ``handle``'s daemon to change ``path`` (its audit log), and the answer."""
+    lines = (handle.root / "log" / "audit.log").read_text().splitlines()
+    return [(r["user"], r["status"]) for r in map(json.loads, lines) if r["path"] == path]
 
 
 def _local_names(handle: DaemonHandle) -> set[str]:
@@ -129,13 +143,19 @@ def test_placement_forwarding_and_cluster_wide_names(hosts: dict[str, DaemonHand
             _define(handle, "placed", 64, host=host)
         assert clash.value.http_status == 409 and "on host b" in str(clash.value)
     assert "placed" not in _local_names(c) and "placed" not in _local_names(a)
-    # start of b's VM issued on a: it runs on b (a forwarded once, b's QEMU runs)
+    # start of b's VM issued on a: it runs on b (a forwarded once, b's QEMU runs), over
+    # the network: b's cluster API at its own address, a's host certificate the caller
     started = a.cli("start", "placed")
     assert "Domain 'placed' started" in started.stdout
+    assert _audited(b, "/v1/domains/placed/start") == [("host:a", 200)]
     row = next(r for r in b.client.get("/v1/domains?all=1") if r["name"] == "placed")
     assert row["state"] == "running" and row["pid"]
     info = a.cli("dominfo", "placed").stdout
     assert any(line.split() == ["Host:", "b"] for line in info.splitlines()), info
+    # its serial console asked of a: the WebSocket is carried to b's cluster API (wss)
+    console = WebSocket.open(a.root / "virtkitd.sock",
+                             a.client.domain_path("placed", "/console"))
+    console.close()
     for handle in (a, b, c):
         rows = wait_for(lambda h=handle: (r := {x["name"]: x for x in h.client.get(
             "/v1/domains?all=1&cluster=1")}) and r.get("placed", {}).get("state")
@@ -393,6 +413,36 @@ def test_a_daemon_restart_within_the_ttl_keeps_its_record(
     assert (b.root / "cluster" / "lease").read_text().strip() == lease
     assert _hosts(a)["b"]["state"] == "up"
     assert b.client.get("/v1/cluster")["host"] == "b"
+
+
+def test_a_cut_off_owner_is_a_clear_503_naming_its_address_not_a_hang(
+        hosts: dict[str, DaemonHandle]) -> None:
+    """b's cable pulled: its record is still there (its lease runs 5 s), so a dials
+    b's cluster API, gets no handshake, and answers within the connect timeout."""
+    a, b = hosts["a"], hosts["b"]
+    _define(b, "cut-b", 64, host="b")
+    lan, port = b.lan  # type: ignore[attr-defined]
+    ip("-n", lan, "link", "set", port, "down")
+    try:
+        asked = time.monotonic()
+        with pytest.raises(ApiError) as away:
+            a.client.get(a.client.domain_path("cut-b"))
+        waited = time.monotonic() - asked
+    finally:
+        ip("-n", lan, "link", "set", port, "up")
+    print(f"\na request for a cut-off host's VM answered after {waited:.1f} s: {away.value}")
+    assert away.value.http_status == 503 and "host b" in str(away.value)
+    assert f"{ADDRESSES['b']}:16516" in str(away.value) or "host b is down" in str(away.value)
+    info = wait_for(lambda: (r := _try_get(a, "cut-b")) and r, 30, "b reachable again")
+    assert info["host"] == "b"
+    b.client.request("DELETE", b.client.domain_path("cut-b"))
+
+
+def _try_get(handle: DaemonHandle, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(handle.client.get(handle.client.domain_path(name)))
+    except ApiError:
+        return None
 
 
 def test_leave(hosts: dict[str, DaemonHandle]) -> None:

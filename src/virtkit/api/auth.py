@@ -30,12 +30,13 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from virtkit.api import webui
+from virtkit.api import clusterlisten, webui
 from virtkit.api.common import PRINCIPAL, json_response
 from virtkit.api.requests import Body, body_of
 from virtkit.api.websession import COOKIE, CSRF_HEADER
 from virtkit.errors import Forbidden, Unauthorized, VirtkitError
 from virtkit.service.callers import as_remote_caller
+from virtkit.service.forward import CALLER, CALLER_PRINCIPAL, CALLERS
 from virtkit.service.tls import TlsService
 from virtkit.service.tokens import TokenService
 
@@ -100,6 +101,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             except VirtkitError as exc:
                 return json_response(exc.to_dict(), status=exc.http_status)
         return await handler(request)
+    host = clusterlisten.peer_host(request)
+    if host is not None:
+        return await _from_cluster_host(request, handler, host)
     try:
         if request.app.get(webui.SESSIONS) is not None and webui.is_public(request.path):
             return await handler(request)
@@ -116,6 +120,33 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     # local administrator account may also define pools (their folders pass the policy)
     with as_remote_caller(may_define_pools=not str(request[PRINCIPAL]).startswith("token:")):
         return await handler(request)
+
+
+async def _from_cluster_host(request: web.Request, handler: Handler,
+                             host: str) -> web.StreamResponse:
+    """A request another cluster host's daemon carried here (api/clusterlisten.py):
+    served with the standing of its original caller as that host declared it."""
+    caller = request.headers.get(CALLER, "local")
+    original = request.headers.get(CALLER_PRINCIPAL)
+    request[PRINCIPAL] = f"host:{host}" + (f" for {original}" if original else "")
+    try:
+        listener = request.app[clusterlisten.LISTENER]
+        if not await listener.api.is_member(host):
+            raise Forbidden(f"host {host} is not a member of this cluster",
+                            fix="join it to the cluster first (virtkit cluster join)")
+        if caller not in CALLERS:
+            raise Forbidden(f"{CALLER}: {caller!r} is none of {', '.join(CALLERS)}")
+        if any(request.path == p or request.path.startswith(p + "/") for p in LOCAL_ONLY):
+            raise Forbidden("tokens and TLS certificates are managed only on the daemon's "
+                            "host", fix="run this command there")
+        if caller == "read-only":
+            _check_read_only(request)
+    except VirtkitError as exc:
+        return json_response(exc.to_dict(), status=exc.http_status)
+    if caller.startswith("remote"):
+        with as_remote_caller(may_define_pools=caller == "remote-pools"):
+            return await handler(request)
+    return await handler(request)
 
 
 def _network_principal(request: web.Request) -> str:

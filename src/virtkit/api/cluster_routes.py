@@ -33,6 +33,8 @@ class InitBody(Body):
     etcd_key: str | None = None
     client_port: Port = 2379
     peer_port: Port = 2380
+    #: the cluster API other hosts forward requests to (mutual TLS)
+    api_port: Port = 16516
 
 
 class JoinBody(Body):
@@ -42,6 +44,7 @@ class JoinBody(Body):
     via: dict[str, Any]
     address: str
     name: str | None = None
+    api_port: Port = 16516
 
 
 class AdmitBody(Body):
@@ -73,14 +76,15 @@ async def init(request: web.Request) -> web.Response:
     result = await _cluster(request).init(
         name=body.name, address=body.address, cluster=body.cluster,
         endpoints=body.etcd_endpoints, tls=tls, client_port=body.client_port,
-        peer_port=body.peer_port)
+        peer_port=body.peer_port, api_port=body.api_port)
     return json_response(result, status=201)
 
 
 @routes.post("/v1/cluster/join")
 async def join(request: web.Request) -> web.Response:
     body = await body_of(request, JoinBody)
-    result = await _cluster(request).join(via=body.via, name=body.name, address=body.address)
+    result = await _cluster(request).join(via=body.via, name=body.name, address=body.address,
+                                          api_port=body.api_port)
     return json_response(result, status=201)
 
 

@@ -29,6 +29,7 @@ from virtkit import __version__
 from virtkit.api import limits, tlslisten
 from virtkit.api.app import create_app
 from virtkit.api.audit import AuditLog
+from virtkit.api.clusterlisten import LISTENER, ClusterListener
 from virtkit.api.looplag import LoopLagWatch
 from virtkit.api.services import Services
 from virtkit.api.websession import IDLE_SECONDS, SessionStore
@@ -185,6 +186,8 @@ class Daemon:
         self.web_sessions = SessionStore(idle_seconds=web_session_idle) if web_listen else None
         self._runner: web.AppRunner | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        #: the cluster API other hosts forward to (follows init/join/leave)
+        self.cluster_listener = ClusterListener(self.cluster.api)
 
     def _pool_dirs(self) -> list[str]:
         """The folders of the dir and iso pools (the path policy's pool volumes)."""
@@ -213,11 +216,13 @@ class Daemon:
         await self._reconcile(pending)
         app = create_app(self.services, self.audit, self.web_sessions)
         app.middlewares.append(limits.websocket_limit(self.max_websockets))
+        app[LISTENER] = self.cluster_listener
         self._runner = web.AppRunner(app, access_log=None,
                                      keepalive_timeout=self.idle_timeout,
                                      max_line_size=MAX_LINE, max_field_size=MAX_LINE,
                                      max_headers=MAX_HEADERS)
         await self._runner.setup()
+        self.cluster_listener.runner = self._runner
         sock = bind_unix(self.paths.socket, mode=0o660, backlog=128)
         gid = _socket_group()
         if gid is not None and os.geteuid() == 0:
@@ -284,6 +289,7 @@ class Daemon:
         if self._supervisor is not None:
             self._supervisor.cancel()
         await self.cluster.stop()
+        await self.cluster_listener.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         self.paths.socket.unlink(missing_ok=True)

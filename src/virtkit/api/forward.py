@@ -1,7 +1,8 @@
 """The cluster around the domain routes (docs/cluster.md): a middleware that
 
 - forwards a request for a VM another host owns to that host's daemon (HTTP and
-  WebSocket: ``start``, ``shutdown``, ``dominfo``, ``dumpxml``, ``console``, ...);
+  WebSocket: ``start``, ``shutdown``, ``dominfo``, ``dumpxml``, ``console``, ...), at
+  its cluster API over mutual TLS (service/forward.py), with the caller's standing;
 - places a new VM (``POST /v1/domains`` without ``?host``) and forwards its define to
   the chosen host, or defines it here; ``?host=NAME`` pins it;
 - keeps etcd in step after local defines, undefines, starts and stops, and moves a
@@ -27,18 +28,17 @@ from aiohttp import WSMsgType, web
 
 from virtkit.api import cluster_place
 from virtkit.api.auth import is_read_only
-from virtkit.api.common import json_response
+from virtkit.api.common import PRINCIPAL, json_response
 from virtkit.errors import Conflict, VirtkitError
+from virtkit.service.callers import remote_caller, remote_may_define_pools
 from virtkit.service.clustervms import ClusterVms
 from virtkit.service.forward import (
     FORWARDED_BY,
+    Owner,
     OwnerNoAnswer,
-    OwnerUnreachable,
     Reply,
     forward_headers,
-    relay,
-    session_for,
-    socket_of,
+    send,
 )
 
 log = logging.getLogger(__name__)
@@ -178,43 +178,53 @@ async def _finish(request: web.Request, handler: Any, vms: ClusterVms,
     return response  # type: ignore[no-any-return]
 
 
+def _caller(request: web.Request) -> str:
+    """The standing of this request's caller, for the owner to apply (service/forward.py
+    CALLER): as the auth middleware (and a cluster peer's declaration) set it here."""
+    if is_read_only(request):
+        return "read-only"
+    if remote_caller():
+        return "remote-pools" if remote_may_define_pools() else "remote"
+    return "local"
+
+
 async def _forward(request: web.Request, vms: ClusterVms, host: str, *,
                    drop_query: tuple[str, ...] = ()) -> web.StreamResponse:
-    api = await vms.api_of(host)
-    path = socket_of(host, api, read_only=is_read_only(request))
+    owner = await vms.owner(host, read_only=is_read_only(request))
     query = [(k, v) for k, v in request.query.items() if k not in drop_query]
     target = request.path + ("?" + urlencode(query) if query else "")
-    headers = forward_headers(request.headers, vms.host or "")
+    principal = request.get(PRINCIPAL)
+    headers = forward_headers(request.headers, vms.host or "", _caller(request),
+                              str(principal) if principal else None)
     if request.headers.get("Upgrade", "").lower() == "websocket":
-        return await _forward_websocket(request, host, path, target, headers)
-    reply: Reply = await relay(host, path, request.method, target, await request.read(),
-                               headers)
-    log.info("cluster: %s %s forwarded to host %s: %s", request.method, request.path, host,
-             reply.status)
+        return await _forward_websocket(request, owner, target, headers)
+    reply: Reply = await send(owner, request.method, target, await request.read(), headers)
+    log.info("cluster: %s %s forwarded to host %s (%s): %s", request.method, request.path,
+             host, owner.where, reply.status)
     response = web.Response(status=reply.status, body=reply.body)
     response.headers["Content-Type"] = reply.content_type
     return response
 
 
-async def _forward_websocket(request: web.Request, host: str, path: str, target: str,
+async def _forward_websocket(request: web.Request, owner: Owner, target: str,
                              headers: dict[str, str]) -> web.StreamResponse:
     """A console (or VNC) WebSocket carried to the owner's daemon, frames both ways."""
-    session = session_for(path, timeout=None)
+    host = owner.host
+    session = owner.session(timeout=None)
     protocols = tuple(p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "")
                       .split(",") if p.strip())
+    base = owner.base.replace("https://", "wss://", 1).replace("http://", "ws://", 1)
     try:
         upstream = await session.ws_connect(
-            "http://localhost" + target, protocols=protocols,
+            base + target, protocols=protocols,
             headers={k: v for k, v in headers.items() if not k.lower().startswith("sec-")})
     except aiohttp.WSServerHandshakeError as exc:
         await session.close()
         raise Conflict(f"host {host} refused the connection: {exc.message}",
                        host=host) from exc
-    except (aiohttp.ClientError, OSError) as exc:
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         await session.close()
-        raise OwnerUnreachable(f"host {host}'s daemon cannot be reached: {exc}",
-                               fix=f"check that virtkitd runs on host {host}",
-                               host=host) from exc
+        raise owner.unreachable(exc) from exc
     ws = web.WebSocketResponse(heartbeat=30, protocols=protocols)
     await ws.prepare(request)
 

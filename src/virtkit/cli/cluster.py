@@ -28,7 +28,7 @@ def _ago(when: float | None) -> str | None:
 def cmd_init(client: Client, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"name": args.name, "address": args.address,
                             "cluster": args.cluster, "client_port": args.client_port,
-                            "peer_port": args.peer_port}
+                            "peer_port": args.peer_port, "api_port": args.api_port}
     if args.etcd_endpoints:
         body["etcd_endpoints"] = [e.strip() for e in args.etcd_endpoints.split(",") if e]
         body.update(etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key)
@@ -68,7 +68,8 @@ def _via(uri: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_join(client: Client, args: argparse.Namespace) -> int:
-    body = {"via": _via(args.uri, args), "address": args.address, "name": args.name}
+    body = {"via": _via(args.uri, args), "address": args.address, "name": args.name,
+            "api_port": args.api_port}
     result = client.post("/v1/cluster/join", body)
     if args.json:
         render.as_json(result)
@@ -233,6 +234,8 @@ def register(sub: Any) -> None:
     init.add_argument("--cluster", help="the cluster's name (default: virtkit)")
     init.add_argument("--client-port", type=int, default=2379)
     init.add_argument("--peer-port", type=int, default=2380)
+    init.add_argument("--api-port", type=int, default=16516,
+                      help="the cluster API the other hosts forward requests to (mutual TLS)")
     init.add_argument("--etcd-endpoints", metavar="URL,URL",
                       help="use an etcd the administrator runs instead of starting one")
     init.add_argument("--etcd-ca", help="CA of --etcd-endpoints (PEM file)")
@@ -250,6 +253,8 @@ def register(sub: Any) -> None:
     join.add_argument("--token", help="API token of the member (virtkit+tls://)")
     join.add_argument("--token-file", help="file holding that token")
     join.add_argument("--ca", help="CA certificate of the member's TLS listener")
+    join.add_argument("--api-port", type=int, default=16516,
+                      help="the cluster API the other hosts forward requests to (mutual TLS)")
     join.add_argument("--json", action="store_true")
     join.set_defaults(func=cmd_join)
     leave = commands.add_parser("leave", help="leave the cluster (this host's etcd member "

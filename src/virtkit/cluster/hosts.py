@@ -210,12 +210,14 @@ async def host_table(etcd: Etcd, lost: dict[str, float] | None = None) -> list[d
         row = {"name": name, "address": member.get("address"), "role": member.get("role"),
                "etcd_member": member.get("etcd_id"), "joined": member.get("joined")}
         if record is None:
-            row.update(state="down", capacity=None, vms=None, heartbeat=None,
+            row.update(state="down", capacity=None, vms=None, heartbeat=None, api=None,
                        down_since=(lost or {}).get(name))
         else:
+            api = record.get("api")
             row.update(state=record.get("state", "up"), capacity=record.get("capacity"),
                        vms=record.get("vms"), heartbeat=record.get("heartbeat"),
-                       version=record.get("version"))
+                       version=record.get("version"),
+                       api=api.get("url") if isinstance(api, dict) else None)
         rows.append(row)
     return rows
 

@@ -5,6 +5,6 @@ starts (``asyncio.to_thread`` copies the context) and never leaks into another o
 
 from __future__ import annotations
 
-from virtkit.host.pathpolicy import as_remote_caller, remote_caller
+from virtkit.host.pathpolicy import as_remote_caller, remote_caller, remote_may_define_pools
 
-__all__ = ["as_remote_caller", "remote_caller"]
+__all__ = ["as_remote_caller", "remote_caller", "remote_may_define_pools"]

@@ -24,8 +24,9 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from virtkit import __version__
 from virtkit.cluster.etcd import (
@@ -49,15 +50,19 @@ from virtkit.cluster.hosts import (
     host_table,
 )
 from virtkit.cluster.member import CLIENT_PORT, PEER_PORT, MemberConfig, MemberProcess
+from virtkit.cluster.vms import need_of
 from virtkit.errors import Conflict, InvalidSpec, StateError, VirtkitError
 from virtkit.host.nodefacts import memory_stats
 from virtkit.model.domain import Domain
+from virtkit.service.clusterapi import ClusterApi
 from virtkit.service.clusterpki import ClusterPki
 from virtkit.service.clustervms import ClusterVms, host_facts
+from virtkit.service.forward import CLUSTER_API_PORT
 from virtkit.service.peer import Peer
 from virtkit.store.db import Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: etcd voters at most; later hosts are client-only (3 tolerate one failure; 5, two)
 MAX_VOTERS = 3
@@ -72,6 +77,21 @@ SUPERVISE_INTERVAL = 2.0
 ENDPOINT_SYNC = 10.0
 _HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 RUNNING_STATES = ("running", "paused", "in shutdown")
+
+
+async def _patiently(change: Callable[[], Awaitable[T]]) -> T:
+    """A change of etcd's members; etcd refuses one while a member joined or came back
+    less than 5 s ago or has not started ("unhealthy cluster", "not enough started
+    members"): retried a while."""
+    deadline = time.monotonic() + MEMBER_ADD_PATIENCE
+    while True:
+        try:
+            return await change()
+        except EtcdError as exc:
+            transient = any(text in exc.message for text in TRANSIENT_REFUSALS)
+            if not transient or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.5)
 
 
 def check_host_name(name: str) -> str:
@@ -103,6 +123,8 @@ class ClusterService:
         self._lock = asyncio.Lock()
         #: this host's VMs in etcd (service/clustervms.py; set by api/forward.install)
         self.vms: ClusterVms | None = None
+        #: the cluster API other hosts forward to (service/clusterapi.py)
+        self.api = ClusterApi(self)
 
     # -- configuration -------------------------------------------------------------------
 
@@ -161,7 +183,8 @@ class ClusterService:
         """This host's VMs as every host's ``list --all`` shows them."""
         runtime = self.store.all_runtime()
         return [{"name": row.name, "uuid": row.uuid,
-                 "state": runtime[row.uuid].state if row.uuid in runtime else "shutoff"}
+                 "state": runtime[row.uuid].state if row.uuid in runtime else "shutoff",
+                 **{k: v for k, v in need_of(row.spec).items() if k != "group"}}
                 for row in self.store.list_domains()]
 
     def _ha_vms(self) -> HaVms:
@@ -212,7 +235,7 @@ class ClusterService:
             log.warning("cluster: list of other hosts' VMs unavailable: %s", exc)
             return local
         others = [{"name": vm["name"], "uuid": vm["uuid"], "state": vm["state"], "pid": None,
-                   "host": name}
+                   "host": name, **{k: vm[k] for k in ("vcpus", "memory_mib") if k in vm}}
                   for name, vms in sorted(published.items()) if name != host for vm in vms
                   if include_inactive or vm["state"] in RUNNING_STATES]
         return local + others
@@ -233,6 +256,7 @@ class ClusterService:
         except VirtkitError as exc:  # etcd away, or our name held by a live lease
             log.warning("cluster: cannot register yet (%s); the agent keeps trying", exc)
         self._run_background(config)
+        await self.api.changed()
 
     def _run_background(self, config: dict[str, Any]) -> None:
         assert self.agent is not None
@@ -332,7 +356,8 @@ class ClusterService:
 
     async def init(self, *, name: str | None, address: str | None, cluster: str | None,
                    endpoints: list[str] | None = None, tls: dict[str, str] | None = None,
-                   client_port: int = CLIENT_PORT, peer_port: int = PEER_PORT) -> dict[str, Any]:
+                   client_port: int = CLIENT_PORT, peer_port: int = PEER_PORT,
+                   api_port: int = CLUSTER_API_PORT) -> dict[str, Any]:
         async with self._lock:
             if self.config() is not None:
                 raise Conflict("this host is already in a cluster",
@@ -340,7 +365,8 @@ class ClusterService:
             host = check_host_name(name or default_host_name())
             cluster_name = check_host_name(cluster or "virtkit")
             config: dict[str, Any] = {"cluster": cluster_name, "host": host,
-                                      "client_port": client_port, "peer_port": peer_port}
+                                      "client_port": client_port, "peer_port": peer_port,
+                                      "api_port": api_port}
             if endpoints:
                 config.update(role="client", external=True, tls=tls, address=address,
                               endpoints=[endpoint_url(e) for e in endpoints])
@@ -389,8 +415,10 @@ class ClusterService:
                     "the name is taken in this cluster" if creating
                     else "the admission was withdrawn meanwhile"))
             self.agent = self._agent(config)
+            self.api.pending = config  # the first record already names the cluster API
             await self.agent.register()
         except BaseException:
+            self.api.pending = None
             await self.etcd.close()
             self.etcd = None
             if not config.get("external"):
@@ -398,6 +426,7 @@ class ClusterService:
             raise
         self._save(config)
         self._run_background(config)
+        await self.api.changed()
         return {"cluster": config["cluster"], "host": config["host"], "role": config["role"],
                 "endpoints": config["endpoints"]}
 
@@ -458,23 +487,14 @@ class ClusterService:
                     "peer_port": peer_port}
 
     async def _member_add(self, peer_url: str) -> int:
-        """Add a voter; etcd refuses while a member joined less than 5 s ago or has not
-        started ("unhealthy cluster", "not enough started members"): retried a while."""
-        assert self.etcd is not None
-        deadline = time.monotonic() + MEMBER_ADD_PATIENCE
-        while True:
-            try:
-                return await self.etcd.member_add([peer_url])
-            except EtcdError as exc:
-                transient = any(text in exc.message for text in TRANSIENT_REFUSALS)
-                if not transient or time.monotonic() > deadline:
-                    raise
-            await asyncio.sleep(0.5)
+        etcd = self.etcd
+        assert etcd is not None
+        return await _patiently(lambda: etcd.member_add([peer_url]))
 
     # -- join (on the new host) ----------------------------------------------------------
 
-    async def join(self, *, via: dict[str, Any], name: str | None,
-                   address: str) -> dict[str, Any]:
+    async def join(self, *, via: dict[str, Any], name: str | None, address: str,
+                   api_port: int = CLUSTER_API_PORT) -> dict[str, Any]:
         async with self._lock:
             if self.config() is not None:
                 raise Conflict("this host is already in a cluster",
@@ -496,6 +516,7 @@ class ClusterService:
                 "cluster": answer["cluster"], "host": host, "address": address,
                 "role": answer["role"], "external": False,
                 "client_port": answer["client_port"], "peer_port": answer["peer_port"],
+                "api_port": api_port,
                 "tls": {"ca": str(self.pki.ca), "cert": str(self.pki.cert),
                         "key": str(self.pki.key)}, "endpoints": answer["endpoints"]}
             if answer["role"] == "voter":
@@ -554,10 +575,11 @@ class ClusterService:
                 # would end it before the answer is back
                 endpoints = [u for m in others for u in m["clientURLs"]]
                 async with Etcd(endpoints, tls=self._tls(config)) as rest:
-                    await rest.member_remove(own["ID"])
+                    await _patiently(lambda: rest.member_remove(own["ID"]))
             await etcd.close()
             self.etcd = self.agent = None
             await asyncio.to_thread(self._wipe)
+            await self.api.changed()
             return {"left": config["cluster"], "host": host,
                     "dissolved": own is not None and not others}
 

@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import ssl
 import tempfile
 from pathlib import Path
 
@@ -94,3 +95,22 @@ def _write(path: Path, text: str, mode: int) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.replace(temporary, path)
+
+
+def server_context(pki: ClusterPki) -> ssl.SSLContext:
+    """The cluster API listener's TLS (mutual): this host's certificate, and only
+    clients whose certificate the cluster CA signed (another host's daemon)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_cert_chain(pki.cert, pki.key)
+    return context
+
+
+def client_context(pki: ClusterPki) -> ssl.SSLContext:
+    """How this host's daemon calls another's cluster API: it trusts only the cluster
+    CA (the owner's certificate names its address) and shows its own certificate."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(pki.cert, pki.key)
+    return context

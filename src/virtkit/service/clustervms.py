@@ -28,6 +28,7 @@ from virtkit.model.pool import SHARED_TYPES
 from virtkit.service import clusterplace
 from virtkit.service.clusterha import HaRecovery
 from virtkit.service.domains import DomainService
+from virtkit.service.forward import Owner, owner_of
 
 if TYPE_CHECKING:
     from virtkit.service.cluster import ClusterService
@@ -117,6 +118,12 @@ class ClusterVms:
             raise HostDown(f"VM {ref!r} is not on this host, and the cluster cannot be "
                            f"asked where it is: {exc}", fix="check 'virtkit cluster status'"
                            ) from exc
+
+    async def owner(self, host: str, *, read_only: bool = False) -> Owner:
+        """How to reach ``host``'s daemon (service/forward.py); HostDown when the host
+        is down."""
+        return owner_of(host, await self.api_of(host), self.cluster.api.client_tls(),
+                        read_only=read_only)
 
     async def api_of(self, host: str) -> dict[str, Any]:
         """How to reach ``host``'s daemon (from its live record); HostDown when the
@@ -287,7 +294,8 @@ def host_facts(cluster: ClusterService) -> dict[str, Any]:
             "pools": sorted(o.name for o in store.list_pools() if o.state == "active"),
             "accelerators": accelerators,
             "committed": _committed(store.list_domains()),
-            "api": {"socket": str(root / "virtkitd.sock"),
+            "api": {**({"url": url} if (url := cluster.api.url()) else {}),
+                    "socket": str(root / "virtkitd.sock"),
                     "socket_ro": str(root / "virtkitd-ro.sock")}}
 
 

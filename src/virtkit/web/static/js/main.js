@@ -11,8 +11,9 @@ import * as wizard from "./pages/wizard.js";
 import * as storage from "./pages/storage.js";
 import * as networks from "./pages/networks.js";
 import * as events from "./pages/events.js";
+import * as hosts from "./pages/hosts.js";
 
-const routes = { overview, vms, vm, new: wizard, storage, networks, events };
+const routes = { overview, vms, vm, new: wizard, storage, networks, events, hosts };
 const main = document.getElementById("main");
 let cleanup = null;
 

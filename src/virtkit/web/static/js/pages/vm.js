@@ -66,6 +66,7 @@ async function overview(panel, name, info) {
   clear(panel, h("div", { class: "grid" },
     h("div", { class: "card" }, h("h2", {}, "Details"), h("dl", { class: "kv" },
       h("dt", {}, "UUID"), h("dd", { class: "mono" }, info.uuid),
+      info.host ? [h("dt", {}, "Host"), h("dd", { id: "vm-host" }, info.host)] : null,
       h("dt", {}, "vCPUs"), h("dd", {}, info.vcpus),
       h("dt", {}, "Memory"), h("dd", {}, mib(info.memory_mib)),
       h("dt", {}, "Machine"), h("dd", {}, `${spec.machine}, ${spec.firmware}`),

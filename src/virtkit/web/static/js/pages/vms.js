@@ -1,6 +1,8 @@
 // The VM list: state, live CPU and memory, search, and bulk actions on the
 // selected VMs (start, shut down, force off, delete).  Rows are rebuilt from one
 // HTML string per refresh so a list of hundreds of VMs renders in one layout.
+// In a cluster the list is every host's, with a Host column; an action on a VM of
+// another host goes to this daemon, which carries it to that host (docs/cluster.md).
 
 import { DELETE_QUERY, del, domainPath, get, post } from "../api.js";
 import { clear, confirmDialog, every, flash, h, showError } from "../ui.js";
@@ -25,8 +27,9 @@ export async function render(root) {
   const bulkButtons = BULK.map((b) => h("button", { class: b.danger ? "danger" : null, disabled: true, onclick: (e) => runBulk(b, e.target) }, b.label));
   const selectAll = h("input", { type: "checkbox", "aria-label": "Select all shown" });
   const tbody = h("tbody", { id: "vm-rows" });
+  const hostHead = h("th", { hidden: true }, "Host");
   const tableEl = h("div", { class: "table-wrap" }, h("table", { "aria-label": "Virtual machines" },
-    h("thead", {}, h("tr", {}, h("th", {}, selectAll), h("th", {}, "Name"), h("th", {}, "State"),
+    h("thead", {}, h("tr", {}, h("th", {}, selectAll), h("th", {}, "Name"), h("th", {}, "State"), hostHead,
       h("th", { class: "num" }, "vCPUs"), h("th", { class: "num" }, "CPU"), h("th", { class: "num" }, "Memory"),
       h("th", { class: "num", title: "memory the QEMU process uses on the host" }, "Host RSS"))), tbody));
   clear(root, h("div", { class: "toolbar" }, h("h1", {}, "Virtual machines"), h("span", { class: "spacer" }),
@@ -36,23 +39,26 @@ export async function render(root) {
 
   const shown = () => {
     const text = search.value.trim().toLowerCase();
-    return text ? domains.filter((d) => d.name.toLowerCase().includes(text) || d.state.includes(text)) : domains;
+    return text ? domains.filter((d) => d.name.toLowerCase().includes(text) || d.state.includes(text) || (d.host || "").includes(text)) : domains;
   };
 
   const draw = () => {
     const rows = shown();
     for (const name of [...selected]) if (!domains.some((d) => d.name === name)) selected.delete(name);
+    const clustered = domains.some((d) => d.host);
+    hostHead.hidden = !clustered;
     tbody.innerHTML = rows.map((d) => {
       const c = cpu.get(d.name);
       const rss = memory.get(d.name);
       return `<tr data-name="${esc(d.name)}"><td><input type="checkbox" aria-label="Select ${esc(d.name)}"${selected.has(d.name) ? " checked" : ""}></td>` +
         `<td><a href="#/vm/${encodeURIComponent(d.name)}">${esc(d.name)}</a></td>` +
         `<td><span class="state ${esc(d.state)}">${esc(d.state)}</span></td>` +
-        `<td class="num">${d.vcpus}</td>` +
+        (clustered ? `<td class="host">${esc(d.host || "-")}</td>` : "") +
+        `<td class="num">${d.vcpus ?? "-"}</td>` +
         `<td class="num">${d.state === "running" && c && c.percent !== undefined ? c.percent.toFixed(1) + " %" : "-"}</td>` +
-        `<td class="num">${d.memory_mib} MiB</td>` +
+        `<td class="num">${d.memory_mib === undefined ? "-" : d.memory_mib + " MiB"}</td>` +
         `<td class="num">${d.state === "running" && rss ? (rss / 1024).toFixed(0) + " MiB" : "-"}</td></tr>`;
-    }).join("") || `<tr><td colspan="7" class="muted">No virtual machines${search.value ? " match" : " yet: create one with New VM"}.</td></tr>`;
+    }).join("") || `<tr><td colspan="${clustered ? 8 : 7}" class="muted">No virtual machines${search.value ? " match" : " yet: create one with New VM"}.</td></tr>`;
     count.textContent = `${rows.length} of ${domains.length}`;
     selectAll.checked = rows.length > 0 && rows.every((d) => selected.has(d.name));
     updateBulk();
@@ -90,7 +96,7 @@ export async function render(root) {
   }
 
   const refresh = async () => {
-    domains = await get("/v1/domains?all=1");
+    domains = await get("/v1/domains?all=1&cluster=1");
     domains.sort((a, b) => a.name.localeCompare(b.name));
     draw();
   };
