@@ -37,7 +37,7 @@ from virtkit.cluster.hosts import HOSTS, MEMBERS, encode
 from virtkit.cluster.vms import MAINTENANCE, SPECS
 from virtkit.errors import Conflict, InvalidSpec, NotFound, VirtkitError
 from virtkit.service.clustervms import RUNNING, ClusterVms
-from virtkit.service.forward import relay, socket_of
+from virtkit.service.forward import CALLER, FORWARDED_BY, send, socket_of
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,16 @@ STOP_TIMEOUT = 60.0
 
 async def _call(cluster_vms: ClusterVms, host: str, method: str, path: str,
                 body: dict[str, Any] | None = None, *, read_only: bool = False) -> Any:
-    """One request to ``host``'s daemon; its answer, or VirtkitError with its message."""
-    socket = socket_of(host, await cluster_vms.api_of(host), read_only=read_only)
+    """One request to ``host``'s daemon (its cluster API over mutual TLS, or its socket
+    on the same machine: service/forward.py); its answer, or VirtkitError with its
+    message."""
+    owner = await cluster_vms.owner(host, read_only=read_only)
     data = json.dumps(body).encode() if body is not None else b""
-    reply = await relay(host, socket, method, path, data,
-                        {"Content-Type": "application/json",
-                         "X-Virtkit-Forwarded-By": cluster_vms.host or ""})
+    # evacuate and restore are an administrator's (their route is not read-only), so
+    # the calls they make carry the local caller's standing
+    reply = await send(owner, method, path, data,
+                       {"Content-Type": "application/json", FORWARDED_BY: cluster_vms.host or "",
+                        CALLER: "read-only" if read_only else "local"})
     answer = json.loads(reply.body or b"{}")
     if reply.status >= 400:
         message = answer.get("message") if isinstance(answer, dict) else None
