@@ -303,7 +303,7 @@ async def virtkit_result(argv: list[str], media_dir: Path) -> tuple[InstallReque
     """What ``virtkit install ... --print-xml`` gets from the daemon."""
     request = parse_command_line([*argv, "--print-xml"])
     service = InstallService(cast(Any, _NoDomains()), cast(Any, _EmptyPools()), media_dir)
-    return request, await service.install(request.to_dict())
+    return request, (await service.install(request.to_dict())).wire()  # the JSON answer
 
 
 # -- meaning ---------------------------------------------------------------------------

@@ -201,9 +201,9 @@ def test_token_service(tmp_path: Path) -> None:
         with pytest.raises(NotFound):
             service.revoke("ci")
         again = service.create("ci")  # a revoked token's name is free again
-        assert service.authenticate(f"Bearer {again['token']}").name == "ci"
+        assert service.authenticate(f"Bearer {again.token}").name == "ci"
         unnamed = service.create()
-        assert unnamed["name"].startswith("token-")
+        assert unnamed.name.startswith("token-")
     finally:
         store.close()
 

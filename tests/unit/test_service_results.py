@@ -75,7 +75,7 @@ def test_network_info_answers_the_keys_it_did_as_a_dict(networks: NetworkService
     assert _wire(networks.leases("lab")) == [
         {"expiry": 1700000000, "mac": "52:54:00:00:00:01", "ip": "10.9.0.5",
          "hostname": "guest", "client_id": None}]
-    assert networks.leases("lab")[0]["ip"] == "10.9.0.5"  # service/domains.py reads it so
+    assert networks.leases("lab")[0].ip == "10.9.0.5"  # service/domains.py reads it so
 
 
 def test_token_results_never_carry_the_secret_but_at_create(tmp_path: Path) -> None:

@@ -34,13 +34,13 @@ async def vnc_websocket(request: web.Request) -> web.StreamResponse:
     wherever the spec put it) and this proxy carries the RFB bytes both ways.
     """
     vnc = services_of(request).domains.vncdisplay(request.match_info["ref"])
-    host = str(vnc.get("host") or "")
+    host = vnc.host or ""
     host = _WILDCARD_TO_LOOPBACK.get(host, host)
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, int(vnc["port"])), timeout=5.0)
+            asyncio.open_connection(host, vnc.port), timeout=5.0)
     except (OSError, TimeoutError) as exc:
-        raise Conflict(f"cannot reach the VNC display at {host}:{vnc['port']}: {exc}",
+        raise Conflict(f"cannot reach the VNC display at {host}:{vnc.port}: {exc}",
                        fix="check that the domain is still running") from None
     ws = web.WebSocketResponse(heartbeat=30, protocols=("binary",))
     await ws.prepare(request)
@@ -78,7 +78,7 @@ async def get_console_log(request: web.Request) -> web.StreamResponse:
     services = services_of(request)
     info = services.domains.info(request.match_info["ref"])
     port, tail = query.port, query.tail
-    path = services.domains.console_log_path(info["uuid"], port)
+    path = services.domains.console_log_path(info.uuid, port)
     data = await asyncio.to_thread(_read_log, path, tail)
     return web.Response(body=data, content_type="application/octet-stream")
 

@@ -34,9 +34,9 @@ from virtkit.api.requests import (
     body_of,
     query_of,
 )
-from virtkit.api.services import Services, services_of
-from virtkit.errors import Forbidden, InvalidSpec, Unsupported
-from virtkit.service.provision import ProvisionService
+from virtkit.api.services import services_of
+from virtkit.errors import Forbidden, InvalidSpec
+from virtkit.service import domainpolicy
 
 routes = web.RouteTableDef()
 
@@ -48,15 +48,6 @@ def _spec_from(body: DefineBody | UpdateBody) -> dict[str, Any] | str:
         return body.spec
     raise InvalidSpec("send the domain as {\"spec\": {...}} or {\"yaml\": \"...\"}",
                       field="spec")
-
-
-def _provision(services: Services, asked: str) -> ProvisionService:
-    """The provisioning service, or a refusal naming what was asked of it (a
-    container without one never silently ignores ``new_disks`` or storage removal)."""
-    if services.provision is None:
-        raise Unsupported(f"this daemon does not provision storage ({asked})",
-                          fix=f"leave out {asked}")
-    return services.provision
 
 
 def security_info(request: web.Request) -> bool:
@@ -72,25 +63,19 @@ def security_info(request: web.Request) -> bool:
 @routes.get("/v1/domains")
 async def list_domains(request: web.Request) -> web.Response:
     query = query_of(request, DomainListQuery)
-    rows = services_of(request).domains.list_domains(include_inactive=query.all)
-    cluster = services_of(request).cluster
-    if query.cluster and cluster is not None:
-        rows = await cluster.with_other_hosts(rows, include_inactive=query.all)
-    return json_response(rows)
+    services = services_of(request)
+    return json_response(await domainpolicy.list_domains(
+        services.domains, services.cluster, include_inactive=query.all,
+        cluster_wide=query.cluster))
 
 
 @routes.post("/v1/domains")
 async def define_domain(request: web.Request) -> web.Response:
     body = await body_of(request, DomainDefineBody)
     services = services_of(request)
-    if body.xml is not None:  # libvirt domain XML; the answer has "warnings"
-        result = await asyncio.to_thread(services.domains.define_xml, body.xml,
-                                         force=body.force)
-    elif body.new_disks is not None:
-        result = await _provision(services, "new_disks").define_with_new_disks(
-            _spec_from(body), body.new_disks)
-    else:
-        result = await asyncio.to_thread(services.domains.define, _spec_from(body))
+    result = await domainpolicy.define(
+        services.domains, services.provision, xml=body.xml, force=body.force,
+        spec=None if body.xml is not None else _spec_from(body), new_disks=body.new_disks)
     return json_response(result, status=201)
 
 
@@ -116,13 +101,11 @@ async def restore_domain(request: web.Request) -> web.Response:
 @routes.get("/v1/domains/{ref}")
 async def get_domain(request: web.Request) -> web.Response:
     secrets = security_info(request)
+    services = services_of(request)
     # a worker thread: the disks' pools are found by resolving their paths (a hung mount)
-    info = await asyncio.to_thread(services_of(request).domains.info,
-                                   request.match_info["ref"], secrets=secrets)
-    cluster = services_of(request).cluster
-    if cluster is not None and cluster.host_name is not None:
-        info["host"] = cluster.host_name  # in a cluster, dominfo names the host
-    return json_response(info)
+    return json_response(await asyncio.to_thread(
+        domainpolicy.info, services.domains, services.cluster, request.match_info["ref"],
+        secrets=secrets))
 
 
 @routes.put("/v1/domains/{ref}")
@@ -138,14 +121,10 @@ async def update_domain(request: web.Request) -> web.Response:
 async def undefine_domain(request: web.Request) -> web.Response:
     query = query_of(request, UndefineQuery)
     services = services_of(request)
-    ref, nvram, metadata = request.match_info["ref"], query.nvram, query.snapshots_metadata
-    if query.remove_all_storage:
-        return json_response(await _provision(services, "remove_all_storage")
-                             .undefine_with_storage(ref, nvram=nvram,
-                                                    snapshots_metadata=metadata,
-                                                    managed_save=query.managed_save))
-    return json_response(await services.domains.undefine(
-        ref, nvram=nvram, snapshots_metadata=metadata, managed_save=query.managed_save))
+    return json_response(await domainpolicy.undefine(
+        services.domains, services.provision, request.match_info["ref"], nvram=query.nvram,
+        snapshots_metadata=query.snapshots_metadata, managed_save=query.managed_save,
+        remove_all_storage=query.remove_all_storage))
 
 
 @routes.get("/v1/domains/{ref}/spec")

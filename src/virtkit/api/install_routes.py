@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from virtkit.api.common import json_body, json_response
 from virtkit.api.requests import Body, Query, query_of, validate_body
 from virtkit.service.install import InstallService
+from virtkit.service.models.install import InstallPreview
 
 routes = web.RouteTableDef()
 INSTALL = web.AppKey("install", InstallService)
@@ -27,7 +28,7 @@ async def install(request: web.Request) -> web.Response:
     body = await json_body(request)
     validate_body(body, InstallBody)  # types and fields; the service reads the dict
     result = await request.app[INSTALL].install(body)
-    return json_response(result, status=200 if result.get("dry_run") else 201)
+    return json_response(result, status=200 if isinstance(result, InstallPreview) else 201)
 
 
 class NewDiskBody(Body):

@@ -10,8 +10,8 @@ from pydantic import Field
 
 from virtkit.api.common import json_response
 from virtkit.api.requests import Body, Flag, Query, body_of, query_of
-from virtkit.errors import InvalidSpec
-from virtkit.service.limits import LimitsService
+from virtkit.service.limits import Limits, LimitsService
+from virtkit.service.models.tuning import BlkioDeviceChange
 
 routes = web.RouteTableDef()
 LIMITS = web.AppKey("limits", LimitsService)
@@ -24,18 +24,8 @@ class ShowQuery(Query):
     config: Flag = False
 
 
-Throttle = Annotated[int, Field(ge=0, le=2**63 - 1)]
-
-
-class BlkioDeviceBody(Body):
-    """One host block device's values for blkiotune (left out: kept; 0: removed)."""
-
-    path: str = Field(max_length=255)
-    weight: Throttle | None = None
-    read_bytes_sec: Throttle | None = None
-    write_bytes_sec: Throttle | None = None
-    read_iops_sec: Throttle | None = None
-    write_iops_sec: Throttle | None = None
+#: one host block device's values for blkiotune: the service's input model
+BlkioDeviceBody = BlkioDeviceChange
 
 
 class LimitsBody(Body):
@@ -49,20 +39,12 @@ class LimitsBody(Body):
 
 
 def _call(request: web.Request, values: dict[str, int], live: bool, config: bool,
-          devices: list[BlkioDeviceBody] | None = None) -> dict[str, object]:
+          devices: list[BlkioDeviceChange] | None = None) -> Limits:
     kind = request.match_info["kind"]
     if kind not in KINDS:
         raise web.HTTPNotFound()
-    method = getattr(request.app[LIMITS], kind)
-    extra = {}
-    if devices:
-        if kind != "blkiotune":
-            raise InvalidSpec(f"{kind} takes no devices", field="devices",
-                              fix="per device values are blkiotune's")
-        extra["devices"] = [d.model_dump(exclude_none=True) for d in devices]
-    result: dict[str, object] = method(request.match_info["ref"], values, live=live,
-                                       config=config, **extra)
-    return result
+    return request.app[LIMITS].set_limits(kind, request.match_info["ref"], values,
+                                          live=live, config=config, devices=devices)
 
 
 @routes.get("/v1/domains/{ref}/limits/{kind}")

@@ -4,18 +4,18 @@ policy at daemon stop and start (service/hostguests.py, libvirt-guests' settings
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 from pydantic import Field
 
 from virtkit.api.auth import is_read_only
-from virtkit.api.common import json_response, progress_response, xml_response
+from virtkit.api.common import dumps, json_response, progress_response, xml_response
 from virtkit.api.requests import Body, XmlQuery, body_of, query_of
 from virtkit.errors import Forbidden, VirtkitError
-from virtkit.service.hostguests import MAX_TIMEOUT, HostGuestsService
+from virtkit.service.hostguests import HostGuestsService
 from virtkit.service.managedsave import ManagedSaveService
+from virtkit.service.models.hostguests import GuestsPolicyChange
 
 routes = web.RouteTableDef()
 MANAGED = web.AppKey("managedsave", ManagedSaveService)
@@ -38,12 +38,9 @@ class ManagedSaveDefineBody(Body):
     running: bool | None = None
 
 
-class GuestsPolicyBody(Body):
-    """The host guests policy; fields left out keep their value."""
-
-    on_shutdown: Literal["ignore", "shutdown", "managedsave", "suspend"] | None = None
-    shutdown_timeout: int | None = Field(default=None, ge=1, le=MAX_TIMEOUT)
-    on_boot: Literal["start", "ignore"] | None = None
+#: the host guests policy's change: the service's input model (fields left out keep
+#: their value)
+GuestsPolicyBody = GuestsPolicyChange
 
 
 def _ref(request: web.Request) -> str:
@@ -92,7 +89,7 @@ async def guests_policy(request: web.Request) -> web.Response:
 @routes.put("/v1/host/guests")
 async def set_guests_policy(request: web.Request) -> web.Response:
     body = await body_of(request, GuestsPolicyBody)
-    return json_response(request.app[GUESTS].set_policy(body.model_dump()))
+    return json_response(request.app[GUESTS].set_policy(body))
 
 
 @routes.post("/v1/host/guests/shutdown")
@@ -108,7 +105,7 @@ async def host_shutdown_guests(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
 
     async def send(line: dict[str, Any]) -> None:
-        await response.write(json.dumps(line, default=str).encode() + b"\n")
+        await response.write(dumps(line).encode() + b"\n")
 
     while not task.done() or not queue.empty():
         getter = asyncio.ensure_future(queue.get())

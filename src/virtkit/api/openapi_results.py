@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from virtkit.api.openapi_results_store import store_result_types
+from virtkit.api.openapi_domain_results import domain_result_types
 from virtkit.service.models import guest, host, networks, snapshots, stats, tokens
 
 _DOM, _NET, _GUEST = "/v1/domains/{ref}", "/v1/networks/{net}", "/v1/domains/{ref}/guest"
@@ -55,6 +56,7 @@ def result_types() -> dict[tuple[str, str], Any]:
         ("get", _GUEST + "/time"): guest.GuestTime,
         ("put", _GUEST + "/time"): guest.GuestTime,
         **store_result_types(),
+        **domain_result_types(),
     }
 
 

@@ -32,7 +32,7 @@ import contextlib
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from virtkit.errors import HostError, InvalidSpec
 from virtkit.host.cgroups import Cgroup
@@ -248,7 +248,12 @@ def _why_missing(group: Cgroup, missing: list[str]) -> str:
     return "; ".join(reasons)
 
 
-def read(group: Cgroup | None) -> dict[str, Any]:
+#: a cgroup's current values by virsh's names (cpu_shares, hard_limit, weight ...;
+#: ``devices``: per block device, by MAJ:MIN); None where a file is absent
+Values: TypeAlias = dict[str, Any]
+
+
+def read(group: Cgroup | None) -> Values:
     """The current values, by virsh's names (None where the file is absent)."""
     if group is None:
         return {}

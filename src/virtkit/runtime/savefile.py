@@ -13,12 +13,17 @@ import json
 import os
 import struct
 import time
-from typing import IO, Any
+from typing import IO, Any, TypeAlias
 
 from virtkit.errors import InvalidSpec
 
 MAGIC = b"VIRTKIT-SAVE-1\n"
 ALIGN = 4096
+
+#: the save file's JSON header: ``spec`` (the definition), ``running`` (whether the
+#: vCPUs run after a restore), ``layout`` (devlayout's hot-added devices), ``saved``;
+#: written and read by this module only, so it stays a plain JSON object
+Header: TypeAlias = dict[str, Any]
 
 
 def write_header(stream: IO[bytes], spec: dict[str, Any], *, running: bool,
@@ -35,7 +40,7 @@ def write_header(stream: IO[bytes], spec: dict[str, Any], *, running: bool,
     stream.flush()
 
 
-def read_header(fd: int, path: str) -> dict[str, Any]:
+def read_header(fd: int, path: str) -> Header:
     """Read the header from ``fd`` and leave its offset at QEMU's data."""
     magic = os.read(fd, len(MAGIC))
     if magic != MAGIC:
@@ -59,7 +64,7 @@ def read_header(fd: int, path: str) -> dict[str, Any]:
     return header
 
 
-def rewrite_header(path: str, header: dict[str, Any]) -> None:
+def rewrite_header(path: str, header: Header) -> None:
     """Replace the header of the save file at ``path`` (managedsave-define), keeping
     QEMU's stream.  A header that fits the old one's 4 KiB-aligned room is written in
     place; a longer one goes into a new file (header, then the stream copied) that

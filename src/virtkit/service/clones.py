@@ -40,6 +40,7 @@ from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.service.domains import DomainService
 from virtkit.service.guest import GuestService
 from virtkit.service.models.clones import CloneRequest
+from virtkit.service.models.domains import DomainInfo
 from virtkit.storage import qemuimg
 from virtkit.store.db import DomainRow, Store
 
@@ -57,7 +58,7 @@ class CloneService:
         self._guest = guest
 
     async def clone(self, original: str, request: CloneRequest,
-                    progress: Progress | None = None) -> dict[str, Any]:
+                    progress: Progress | None = None) -> DomainInfo:
         """Clone ``original`` as ``request.name``; returns the new domain's info
         (DomainService.info's answer)."""
         name, files, auto, linked = request.name, request.files, request.auto, request.linked
@@ -83,10 +84,10 @@ class CloneService:
                                         writable, undo)
             clone = self._clone_spec(source, name, writable, targets, macs or [])
             result = await asyncio.to_thread(self._domains.define, dump_domain(clone))
-            undo.callback(self._store.delete_domain, result["uuid"])
-            self._copy_nvram(row.uuid, result["uuid"], undo)
+            undo.callback(self._store.delete_domain, result.uuid)
+            self._copy_nvram(row.uuid, result.uuid, undo)
             undo.pop_all()
-        return self._domains.info(result["uuid"])
+        return self._domains.info(result.uuid)
 
     # -- checks ----------------------------------------------------------------------
 

@@ -25,6 +25,18 @@ from virtkit.runtime.imageuse import wanted_images
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.runtime.qemunames import disk_slots
 from virtkit.service.domains import DomainService
+from virtkit.service.models.base import SpecDocument
+from virtkit.service.models.devices import (
+    DeviceChanged,
+    DiskAttached,
+    DiskDetached,
+    InterfaceAttached,
+    InterfaceDetached,
+    MediaChanged,
+    MemoryAttached,
+    MemorySet,
+    VcpusSet,
+)
 from virtkit.service.tuning import TuningService
 from virtkit.store.db import DomainRow, Store
 
@@ -40,7 +52,7 @@ class DeviceService:
         self._tuning = tuning
 
     async def device_xml(self, ref: str, xml: str, *, live: bool = False,
-                         config: bool = False, detach: bool = False) -> dict[str, Any]:
+                         config: bool = False, detach: bool = False) -> DeviceChanged:
         """virsh attach-device / detach-device: one libvirt device element."""
         device = device_from_xml(xml)
         if device.kind == "hostdev":
@@ -91,7 +103,7 @@ class DeviceService:
     def _store_config(self, row: DomainRow, domain: Domain) -> None:
         self._domains.replace_spec(row, domain)
 
-    async def _prepared(self, row: DomainRow, change: dict[str, Any]) -> Domain:
+    async def _prepared(self, row: DomainRow, change: SpecDocument) -> Domain:
         """The stored definition with ``change`` applied, validated against the host (in a
         worker thread: it stats paths and runs qemu-img; new paths pass the path policy)."""
         raw = {**row.spec, **change}
@@ -99,9 +111,10 @@ class DeviceService:
 
     # -- disks -----------------------------------------------------------------------
 
-    async def attach_disk(self, ref: str, disk_spec: dict[str, Any], *, live: bool = False,
-                          config: bool = False) -> dict[str, Any]:
-        """attach-disk: a new disk (path, or pool+volume) on the running VM and/or its spec."""
+    async def attach_disk(self, ref: str, disk_spec: SpecDocument, *, live: bool = False,
+                          config: bool = False) -> DiskAttached:
+        """attach-disk: a new disk (path, or pool+volume) on the running VM and/or its spec;
+        ``disk_spec`` is a disk of the spec (model/domain.py's Disk), validated here."""
         row, live, config = self._scope(ref, live, config)
         try:
             disk = Disk.model_validate(disk_spec)
@@ -125,8 +138,8 @@ class DeviceService:
             self._store_config(row, stored)
             if attached.target is None:  # the name the next start gives it
                 attached = attached.model_copy(update={"target": self._targets(stored)[-1]})
-        return {"name": row.name, "target": attached.target, "path": disk.path,
-                "live": live, "config": config}
+        return DiskAttached(name=row.name, target=attached.target, path=disk.path,
+                            live=live, config=config)
 
     async def _attach_live(self, row: DomainRow, disk: Disk) -> Disk:
         async with self._life.live_change(row.uuid, row.name) as running:
@@ -161,7 +174,7 @@ class DeviceService:
                                f"{present.target}), or attach another image")
 
     async def detach_disk(self, ref: str, target: str, *, live: bool = False,
-                          config: bool = False) -> dict[str, Any]:
+                          config: bool = False) -> DiskDetached:
         """detach-disk by target (vdb) or source path."""
         row, live, config = self._scope(ref, live, config)
         spec = load_domain(row.spec)
@@ -180,8 +193,8 @@ class DeviceService:
         if keep is not None:
             self._store_config(row, await self._prepared(row, {"disks": [
                 d.model_dump(mode="json", exclude_none=True) for d in keep]}))
-        return {"name": row.name, "target": target, "live": live, "config": config,
-                "pending": not done}
+        return DiskDetached(name=row.name, target=target, live=live, config=config,
+                            pending=not done)
 
     @staticmethod
     def _targets(domain: Domain) -> list[str]:
@@ -189,7 +202,7 @@ class DeviceService:
 
     async def change_media(self, ref: str, target: str, path: str | None, *,
                            live: bool = False, config: bool = False,
-                           force: bool = False) -> dict[str, Any]:
+                           force: bool = False) -> MediaChanged:
         """change-media: eject (path None) or insert/update a CD-ROM's medium."""
         row, live, config = self._scope(ref, live, config)
         if path is not None:
@@ -213,14 +226,15 @@ class DeviceService:
         if config:
             self._store_config(row, await self._prepared(row, {"disks": [
                 d.model_dump(mode="json", exclude_none=True) for d in disks]}))
-        return {"name": row.name, "target": target, "path": path, "live": live,
-                "config": config}
+        return MediaChanged(name=row.name, target=target, path=path, live=live,
+                            config=config)
 
     # -- NICs ------------------------------------------------------------------------
 
-    async def attach_interface(self, ref: str, nic_spec: dict[str, Any], *,
-                               live: bool = False, config: bool = False) -> dict[str, Any]:
-        """attach-interface: a NIC on a virtual network or host bridge."""
+    async def attach_interface(self, ref: str, nic_spec: SpecDocument, *,
+                               live: bool = False, config: bool = False) -> InterfaceAttached:
+        """attach-interface: a NIC on a virtual network or host bridge; ``nic_spec`` is
+        a NIC of the spec (model/domain.py's Nic), validated here."""
         row, live, config = self._scope(ref, live, config)
         try:
             nic = Nic.model_validate(nic_spec)
@@ -241,10 +255,10 @@ class DeviceService:
         if config:
             self._store_config(row, await self._prepared(row, {"nics": [
                 *row.spec.get("nics", []), nic.model_dump(mode="json", exclude_none=True)]}))
-        return {"name": row.name, "mac": nic.mac, "live": live, "config": config}
+        return InterfaceAttached(name=row.name, mac=nic.mac, live=live, config=config)
 
     async def detach_interface(self, ref: str, mac: str, *, live: bool = False,
-                               config: bool = False) -> dict[str, Any]:
+                               config: bool = False) -> InterfaceDetached:
         """detach-interface --mac MAC."""
         row, live, config = self._scope(ref, live, config)
         keep = None
@@ -261,13 +275,13 @@ class DeviceService:
                                                 self._life.finisher(row.uuid, row.name))
         if keep is not None:
             self._store_config(row, await self._prepared(row, {"nics": keep}))
-        return {"name": row.name, "mac": mac, "live": live, "config": config,
-                "pending": not done}
+        return InterfaceDetached(name=row.name, mac=mac, live=live, config=config,
+                                 pending=not done)
 
     # -- vCPUs and memory ------------------------------------------------------------
 
     async def set_vcpus(self, ref: str, count: int, *, live: bool = False,
-                        config: bool = False, maximum: bool = False) -> dict[str, Any]:
+                        config: bool = False, maximum: bool = False) -> VcpusSet:
         """setvcpus COUNT (--maximum: the hot-plug ceiling, config only)."""
         if maximum and live:
             raise InvalidSpec("the maximum vCPU count cannot change while QEMU runs",
@@ -288,11 +302,11 @@ class DeviceService:
                                                self._life.finisher(row.uuid, row.name))
         if new is not None:
             self._store_config(row, new)
-        return {"name": row.name, "vcpus": count, "maximum": maximum, "live": live,
-                "config": config, "pending": not done}
+        return VcpusSet(name=row.name, vcpus=count, maximum=maximum, live=live,
+                        config=config, pending=not done)
 
     async def set_memory(self, ref: str, size: int | str, *, live: bool = False,
-                         config: bool = False, maximum: bool = False) -> dict[str, Any]:
+                         config: bool = False, maximum: bool = False) -> MemorySet:
         """setmem (the balloon target live; the boot memory in config) or setmaxmem."""
         mib = _mib(size)
         if maximum and live:
@@ -315,11 +329,11 @@ class DeviceService:
                 await hotplug.set_balloon(running, mib)
         if new is not None:
             self._store_config(row, new)
-        return {"name": row.name, "memory_mib": mib, "maximum": maximum, "live": live,
-                "config": config}
+        return MemorySet(name=row.name, memory_mib=mib, maximum=maximum, live=live,
+                         config=config)
 
     async def attach_memory(self, ref: str, size: int | str, *, live: bool = False,
-                            config: bool = False) -> dict[str, Any]:
+                            config: bool = False) -> MemoryAttached:
         """Memory hot-add: a DIMM live; more boot memory in the definition."""
         mib = _mib(size)
         row, live, config = self._scope(ref, live, config)
@@ -336,7 +350,7 @@ class DeviceService:
                 total = await hotplug.add_memory(running, mib)
         if new is not None:
             self._store_config(row, new)
-        return {"name": row.name, "memory_mib": total, "live": live, "config": config}
+        return MemoryAttached(name=row.name, memory_mib=total, live=live, config=config)
 
 
 def _mib(size: int | str) -> int:

@@ -1,8 +1,9 @@
 """The domain command API: every front end (REST, CLI, web) calls only this.
 
-Each method takes plain values (names, dicts, YAML text), validates them
-through the model and the host checks, drives the runtime, and returns plain
-JSON-able dicts.  Business rules live here and below, never in front ends.
+Each method takes names, a definition (a JSON document or YAML text) or typed
+values, validates them through the model and the host checks, drives the runtime,
+and returns a typed result of service/models/domains.py.  Business rules live here
+and below, never in front ends.
 """
 
 from __future__ import annotations
@@ -32,12 +33,25 @@ from virtkit.model.load import (
 )
 from virtkit.model.state import ACTIVE_STATES, Action, State, check_action
 from virtkit.runtime import hotplug, preflight, savefile, tuning
-from virtkit.runtime.events import EventBus
+from virtkit.runtime.events import EventBus, EventDict
 from virtkit.runtime.imageuse import ImageUse, Wanted, lock_conflict, wanted_disks
 from virtkit.runtime.launcher import remove_nvram
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.runtime.qemunames import disk_slots
 from virtkit.service import capacity
+from virtkit.service.models.base import SpecDocument
+from virtkit.service.models.domains import (
+    Autostart,
+    DiskInfo,
+    DomainInfo,
+    DomainSpecText,
+    DomainSummary,
+    Interface,
+    LinkSet,
+    SecurityContext,
+    Undefined,
+    VncDisplay,
+)
 from virtkit.service.networks import NetworkService
 from virtkit.service.storage import StorageService
 from virtkit.storage.qemuimg import detect_format
@@ -45,6 +59,7 @@ from virtkit.store.db import DomainRow, Store
 
 #: the intent kind of ``undefine --remove-all-storage`` (see service/provision.py)
 UNDEFINE_STORAGE = "undefine-storage"
+
 
 
 class DomainService:
@@ -74,11 +89,11 @@ class DomainService:
         """The path policy of every host file a guest is given (host/pathpolicy.py)."""
         return self._life.policy
 
-    def subscribe_events(self) -> contextlib.AbstractContextManager[asyncio.Queue[dict[str, Any]]]:
+    def subscribe_events(self) -> contextlib.AbstractContextManager[asyncio.Queue[EventDict]]:
         """A queue of every event published while the context is open (the API's stream)."""
         return self._bus.subscribe()
 
-    def events_since(self, event_id: int) -> list[dict[str, Any]]:
+    def events_since(self, event_id: int) -> list[EventDict]:
         """The journaled events after ``event_id`` (a client catching up)."""
         return self._bus.since(event_id)
 
@@ -105,46 +120,48 @@ class DomainService:
     def lifecycle(self) -> Lifecycle:
         return self._life
 
-    def summary(self, ref: str) -> dict[str, Any]:
+    def summary(self, ref: str) -> DomainSummary:
         """Name, uuid, state and the other list columns of one domain."""
         return self._summary(self._row(ref))
 
-    def _summary(self, row: DomainRow) -> dict[str, Any]:
+    def _summary(self, row: DomainRow, **more: Any) -> DomainSummary:
+        """The list columns of ``row``, and the ``more`` fields of this answer."""
         vm = self._life.vm(row.uuid, row.name)
         spec = row.spec
         running = vm.running
         live = running.live if running is not None else None  # hotplug changes these
-        return {
-            "name": row.name,
-            "uuid": row.uuid,
-            "state": vm.state.value,
-            "reason": vm.reason,
-            "vcpus": live.vcpus.current if live else spec["vcpus"]["current"],
-            "memory_mib": live.memory.current if live else spec["memory"]["current"],
-            "autostart": spec.get("autostart", False),
-            "pid": running.process.pid if running else None,
-            "id": self._domain_id(row.uuid, running.process.pid if running else None),
-            "title": spec.get("title"),
-            "managed_save": self.managed_image(row.uuid).exists(),
-        }
+        return DomainSummary(
+            name=row.name,
+            uuid=row.uuid,
+            state=vm.state.value,
+            reason=vm.reason,
+            vcpus=live.vcpus.current if live else spec["vcpus"]["current"],
+            memory_mib=live.memory.current if live else spec["memory"]["current"],
+            autostart=spec.get("autostart", False),
+            pid=running.process.pid if running else None,
+            id=self._domain_id(row.uuid, running.process.pid if running else None),
+            title=spec.get("title"),
+            managed_save=self.managed_image(row.uuid).exists(),
+            **more,
+        )
 
     def managed_image(self, uuid: str) -> Path:
         """Where ``virtkit managedsave`` keeps the domain's memory image."""
         return self._life.paths.managed_save / f"{uuid}.save"
 
-    def list_domains(self, *, include_inactive: bool = True) -> list[dict[str, Any]]:
+    def list_domains(self, *, include_inactive: bool = True) -> list[DomainSummary]:
         """All domains (virsh list --all), or only the active ones."""
         rows = [self._summary(row) for row in self._store.list_domains()]
         if include_inactive:
             return rows
-        return [row for row in rows if row["state"] in ACTIVE_STATES]
+        return [row for row in rows if row.state in ACTIVE_STATES]
 
-    def info(self, ref: str, *, secrets: bool = False) -> dict[str, Any]:
+    def info(self, ref: str, *, secrets: bool = False) -> DomainInfo:
         """Everything about one domain: summary, spec, version, runtime facts; the
         spec's secrets (VNC password) only with ``secrets``."""
         row = self._row(ref)
         vm = self._life.vm(row.uuid, row.name)
-        info = self._summary(row)
+        info = self._summary(row).wire()
         domain = load_domain(row.spec)
         info.update(
             title=domain.title,
@@ -167,20 +184,19 @@ class DomainService:
         )
         stat = procstat.process_stat(vm.running.process.pid) if vm.running else None
         info["cpu_time"] = round(stat.cpu_s, 3) if stat else None
-        return info
+        return DomainInfo(**info)
 
     @staticmethod
-    def _security(running: Any) -> dict[str, Any] | None:
+    def _security(running: Any) -> SecurityContext | None:
         """The running QEMU's security context (virsh dominfo's Security lines): its
         uid/gid label, cgroup and sandbox when confined, model ``none`` when not."""
         if running is None:
             return None
         if running.confinement is None:
-            return {"model": "none", "doi": "0", "label": None}
-        security: dict[str, Any] = running.confinement.describe()
-        return security
+            return SecurityContext(model="none", doi="0", label=None)
+        return SecurityContext(**running.confinement.describe())
 
-    def disks(self, ref: str, *, inactive: bool = False) -> list[dict[str, Any]]:
+    def disks(self, ref: str, *, inactive: bool = False) -> list[DiskInfo]:
         """domblklist: the disks QEMU has now (hot-plugged ones included) when the
         domain runs, else (or with ``inactive``) the spec's."""
         row = self._row(ref)
@@ -190,26 +206,27 @@ class DomainService:
         return [self._disk_info(slot.target, slot.bus.value, disk)
                 for slot, disk in zip(disk_slots(domain), domain.disks, strict=True)]
 
-    def _disk_info(self, target: str, bus: str, disk: Any) -> dict[str, Any]:
+    def _disk_info(self, target: str, bus: str, disk: Any) -> DiskInfo:
         pool, volume = disk.pool, disk.volume
         if pool is None and disk.path and self._storage is not None:
             pool, volume = self._storage.locate(disk.path) or (None, None)
-        return {"target": target, "bus": bus, "path": disk.path, "device": disk.device.value,
-                "format": disk.format, "pool": pool, "volume": volume}
+        return DiskInfo(target=target, bus=bus, path=disk.path, device=disk.device.value,
+                        format=disk.format, pool=pool, volume=volume)
 
     @staticmethod
-    def _vnc(vnc: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _vnc(vnc: dict[str, Any] | None) -> VncDisplay | None:
+        """The running QEMU's VNC server (runtime/launcher.py's ``Running.vnc``)."""
         if not vnc or not vnc.get("port"):
             return None
         port = int(vnc["port"])
-        return {**vnc, "display": f"{vnc.get('host')}:{port - 5900}"}
+        return VncDisplay(**{**vnc, "display": f"{vnc.get('host')}:{port - 5900}"})
 
-    def spec_yaml(self, ref: str, *, secrets: bool = False) -> dict[str, Any]:
+    def spec_yaml(self, ref: str, *, secrets: bool = False) -> DomainSpecText:
         """The spec as YAML text plus its version (for ``virtkit edit``, which asks
         for ``secrets`` so that saving the edit keeps the password)."""
         row = self._row(ref)
-        return {"name": row.name, "version": row.version,
-                "yaml": domain_to_yaml(load_domain(row.spec), secrets=secrets)}
+        return DomainSpecText(name=row.name, version=row.version,
+                              yaml=domain_to_yaml(load_domain(row.spec), secrets=secrets))
 
     def dumpxml(self, ref: str, *, secrets: bool = False) -> str:
         """The domain as libvirt domain XML (``virsh dumpxml``; ``secrets``: with
@@ -223,7 +240,7 @@ class DomainService:
             domain = domain.model_copy(update={"accelerator": Accelerator.TCG})
         return domain_to_xml(domain if secrets else domain_without_secrets(domain))
 
-    def vncdisplay(self, ref: str) -> dict[str, Any]:
+    def vncdisplay(self, ref: str) -> VncDisplay:
         row = self._row(ref)
         vm = self._life.vm(row.uuid, row.name)
         vnc = self._vnc(vm.running.vnc if vm.running else None)
@@ -267,13 +284,13 @@ class DomainService:
             disk.path = self._storage.resolve(disk.pool, disk.volume)
         return domain
 
-    def prepare(self, domain: Domain, *, stored: dict[str, Any] | None = None) -> Domain:
+    def prepare(self, domain: Domain, *, stored: SpecDocument | None = None) -> Domain:
         """Validate ``domain`` against the host and fill in host-given defaults;
         ``stored``: the definition it replaces (its paths were checked when named)."""
         return self._prepare(domain, stored)
 
     async def prepare_async(self, domain: Domain, *,
-                            stored: dict[str, Any] | None = None) -> Domain:
+                            stored: SpecDocument | None = None) -> Domain:
         """:meth:`prepare` in a worker thread: it stats user paths and runs qemu-img."""
         return await asyncio.to_thread(self._prepare, domain, stored)
 
@@ -285,7 +302,7 @@ class DomainService:
                           state=self._life.vm(row.uuid, updated.name).state.value,
                           reason="devices changed", version=updated.version)
 
-    def _prepare(self, domain: Domain, stored: dict[str, Any] | None = None) -> Domain:
+    def _prepare(self, domain: Domain, stored: SpecDocument | None = None) -> Domain:
         """Host checks and defaults that need the host: files, memory, formats, MACs.
         Every path passes the path policy (host/pathpolicy.py); a remote caller may name
         only pool volumes, but may keep the paths ``stored`` already names."""
@@ -357,7 +374,7 @@ class DomainService:
             return vm, list(zip(running.nic_ids, running.live.nics, strict=True))
         return vm, list(enumerate(load_domain(row.spec).nics))
 
-    def interfaces(self, ref: str) -> list[dict[str, Any]]:
+    def interfaces(self, ref: str) -> list[Interface]:
         """domiflist/domifaddr: each NIC with its source, tap, link and leased addresses."""
         row = self._row(ref)
         vm, nics = self._live_nics(row)
@@ -368,20 +385,19 @@ class DomainService:
             addresses: list[str] = []
             prefix = None
             if nic.type == "network" and nic.network and self.networks is not None:
-                addresses = [lease["ip"] for lease in self.networks.leases(nic.network)
-                             if lease["mac"].lower() == (nic.mac or "").lower()]
+                addresses = [lease.ip for lease in self.networks.leases(nic.network)
+                             if lease.mac.lower() == (nic.mac or "").lower()]
                 with contextlib.suppress(NotFound):
                     subnet = self.networks.spec_of(nic.network).subnet
                     prefix = int(subnet.partition("/")[2]) if subnet else None
-            result.append({
-                "index": index, "type": nic.type, "model": nic.model, "mac": nic.mac,
-                "source": nic.network or nic.bridge or "user",
-                "tap": taps.get(number), "link": links.get(number, nic.link),
-                "addresses": addresses, "prefix": prefix,
-            })
+            result.append(Interface(
+                index=index, type=nic.type, model=nic.model, mac=nic.mac,
+                source=nic.network or nic.bridge or "user",
+                tap=taps.get(number), link=links.get(number, nic.link),
+                addresses=addresses, prefix=prefix))
         return result
 
-    async def set_link(self, ref: str, nic_ref: str, state: str) -> dict[str, Any]:
+    async def set_link(self, ref: str, nic_ref: str, state: str) -> LinkSet:
         """domif-setlink: the NIC named by MAC, tap name or index goes up or down, live."""
         if state not in ("up", "down"):
             raise InvalidSpec("link state must be up or down", field="state")
@@ -393,7 +409,7 @@ class DomainService:
         for index, (number, nic) in enumerate(nics):
             if nic_ref in (nic.mac, vm.running.taps.get(number), str(index)):
                 await hotplug.set_link(vm, number, state == "up")
-                return {"name": row.name, "index": index, "mac": nic.mac, "link": state}
+                return LinkSet(name=row.name, index=index, mac=nic.mac, link=state)
         raise NotFound(f"domain '{row.name}' has no interface {nic_ref}",
                        fix=f"see 'virtkit domiflist {row.name}'")
 
@@ -410,8 +426,8 @@ class DomainService:
                                fix="leave mac out to get a fresh one")
             used.add(nic.mac)
 
-    def define(self, data: dict[str, Any] | str, *, version: int | None = None,
-               finish_intent: int | None = None) -> dict[str, Any]:
+    def define(self, data: SpecDocument | str, *, version: int | None = None,
+               finish_intent: int | None = None) -> DomainInfo:
         """Create a domain, or replace the spec of the one with the same name or uuid.
 
         ``version``, when given, must match the stored version (optimistic
@@ -443,13 +459,15 @@ class DomainService:
                               version=row.version)
         return self.info(row.uuid)
 
-    def define_xml(self, text: str, *, force: bool = False) -> dict[str, Any]:
+    def define_xml(self, text: str, *, force: bool = False) -> DomainInfo:
         """Define from libvirt domain XML; ``warnings``: what force dropped, and notes."""
         spec, warnings = domain_from_xml(text, force=force)
-        return {**self.define(spec), "warnings": warnings}
+        info = self.define(spec)
+        info.warnings = warnings
+        return info
 
-    async def create(self, data: dict[str, Any] | str | None = None, *, xml: str | None = None,
-                     force: bool = False) -> dict[str, Any]:
+    async def create(self, data: SpecDocument | str | None = None, *, xml: str | None = None,
+                     force: bool = False) -> DomainInfo:
         """virsh create: define a transient domain and start it; it is undefined when it
         stops.  If it does not start, it is not left defined."""
         warnings: list[str] = []
@@ -464,14 +482,15 @@ class DomainService:
                                "another name")
         info = await asyncio.to_thread(self.define, {**raw, "transient": True})
         try:
-            info = await self.start(info["uuid"])
+            info = await self.start(info.uuid)
         except BaseException:
             with contextlib.suppress(Exception):
-                await self.undefine(info["uuid"])
+                await self.undefine(info.uuid)
             raise
-        return {**info, "warnings": warnings}
+        info.warnings = warnings
+        return info
 
-    def _existing_for(self, raw: dict[str, Any]) -> DomainRow | None:
+    def _existing_for(self, raw: SpecDocument) -> DomainRow | None:
         """The stored domain a define would replace; Conflict if name and uuid disagree."""
         # by exact name and by exact uuid only: a name is never taken for a uuid (nor
         # the reverse), so a define can only ever replace the object it names
@@ -495,7 +514,7 @@ class DomainService:
                            fix="choose another name, or undefine the existing domain")
         return by_name
 
-    def update(self, ref: str, data: dict[str, Any] | str, version: int) -> dict[str, Any]:
+    def update(self, ref: str, data: SpecDocument | str, version: int) -> DomainInfo:
         """Replace the spec of ``ref`` if nobody changed it since ``version``."""
         row = self._row(ref)
         raw = parse_text(data) if isinstance(data, str) else dict(data)
@@ -512,7 +531,7 @@ class DomainService:
     async def undefine(self, ref: str, *, nvram: bool = False,
                        snapshots_metadata: bool = False, managed_save: bool = False,
                        storage_of: Callable[[str], list[list[str]]] | None = None
-                       ) -> dict[str, Any]:
+                       ) -> Undefined:
         """Remove a stopped domain; one with snapshots only with ``snapshots_metadata``
         (their rows go, their images and memory files stay).
 
@@ -550,8 +569,8 @@ class DomainService:
         self._bus.publish("undefined", row.uuid, domain=row.name, uuid=row.uuid,
                           state=State.SHUTOFF.value, reason="")
         if intent is not None:
-            return {"name": row.name, "uuid": row.uuid, "intent": intent, "volumes": volumes}
-        return {"name": row.name, "uuid": row.uuid}
+            return Undefined(name=row.name, uuid=row.uuid, intent=intent, volumes=volumes)
+        return Undefined(name=row.name, uuid=row.uuid)
 
     async def destroy_and_undefine(self, ref: str) -> None:
         """Stop ``ref`` if it runs and remove it: the undo of a failed install."""
@@ -560,17 +579,17 @@ class DomainService:
             await self._life.destroy(row.uuid, row.name)
         await self.undefine(row.uuid)
 
-    def set_autostart(self, ref: str, enabled: bool) -> dict[str, Any]:
+    def set_autostart(self, ref: str, enabled: bool) -> Autostart:
         row = self._row(ref)
         spec = dict(row.spec, autostart=enabled)
         self._store.update_domain(row.uuid, row.name, spec, None)
-        return {"name": row.name, "autostart": enabled}
+        return Autostart(name=row.name, autostart=enabled)
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self, ref: str, *, paused: bool = False, boot_spec: Domain | None = None,
                     boot_after_install: bool = True, force_boot: bool = False
-                    ) -> dict[str, Any]:
+                    ) -> DomainInfo:
         """Start ``ref``; with ``boot_spec``, run that configuration once (an install
         phase), after which the domain's own spec boots unless ``boot_after_install``
         is False.  A managed save image is restored (and then removed) instead of a
@@ -623,7 +642,7 @@ class DomainService:
         return specs
 
     async def shutdown(self, ref: str, *, timeout: float | None = None, wait: bool = False,
-                       reboot: bool = False, mode: str = "acpi") -> dict[str, Any]:
+                       reboot: bool = False, mode: str = "acpi") -> DomainSummary:
         """shutdown/reboot; ``mode`` is virsh's ``--mode``: acpi, agent, or both in order."""
         modes = tuple(part.strip() for part in (mode or "acpi").split(",") if part.strip())
         unknown = [part for part in modes if part not in ("acpi", "agent")]
@@ -634,11 +653,12 @@ class DomainService:
         kind = await self._life.shutdown(row.uuid, row.name, timeout=timeout, wait=wait,
                                          reboot=reboot, modes=modes)
         if kind == "new-process":
-            return {**self._summary(row), "note": "the definition changed since this QEMU "
-                    "started, so the guest reboots into a new QEMU process that runs it"}
+            return self._summary(row, note="the definition changed since this QEMU "
+                                 "started, so the guest reboots into a new QEMU process "
+                                 "that runs it")
         return self._summary(row)
 
-    async def simple(self, ref: str, action: str) -> dict[str, Any]:
+    async def simple(self, ref: str, action: str) -> DomainSummary:
         """destroy, suspend, resume, reset: one call, no arguments."""
         row = self._row(ref)
         operations = {"destroy": self._life.destroy, "suspend": self._life.suspend,
@@ -656,16 +676,16 @@ class DomainService:
         if not target.parent.is_dir():
             raise InvalidSpec(f"folder {target.parent} does not exist", field="path")
 
-    async def save(self, ref: str, path: str) -> dict[str, Any]:
+    async def save(self, ref: str, path: str) -> DomainSummary:
         row = self._row(ref)
         target = Path(path)
         if not target.is_absolute():
             raise InvalidSpec(f"save file {path} must be an absolute path", field="path")
         await asyncio.to_thread(self._check_save_target, target, path)
         await self._life.save(row.uuid, row.name, target)
-        return {**self._summary(row), "path": str(target)}
+        return self._summary(row, path=str(target))
 
-    async def restore(self, path: str, *, paused: bool = False) -> dict[str, Any]:
+    async def restore(self, path: str, *, paused: bool = False) -> DomainInfo:
         """Restore a saved domain (defining it from the file if it is not defined)."""
         return self.info(await self._restore_file(path, paused=paused))
 
@@ -694,7 +714,7 @@ class DomainService:
             raise InvalidSpec(f"save file {path} does not exist", field="path")
         return os.open(path, os.O_RDONLY)
 
-    def _restore_checks(self, fd: int, path: str) -> tuple[dict[str, Any], DomainRow]:
+    def _restore_checks(self, fd: int, path: str) -> tuple[savefile.Header, DomainRow]:
         """Read the save file's header, define its domain if it is not defined, check its
         paths (a worker thread: it reads the file and stats user paths)."""
         header = savefile.read_header(fd, path)
@@ -726,7 +746,7 @@ class DomainService:
         return started
 
 
-def _paths_of(spec: dict[str, Any] | None) -> set[str]:
+def _paths_of(spec: SpecDocument | None) -> set[str]:
     """The host paths a stored definition names (a remote caller may keep them)."""
     if not spec:
         return set()

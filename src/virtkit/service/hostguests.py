@@ -31,24 +31,29 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from virtkit.errors import InvalidSpec, VirtkitError
-from virtkit.model.state import INACTIVE_STATES, Action, allows
+from virtkit.model.state import INACTIVE_STATES, Action, State, allows
 from virtkit.service.domains import DomainService
 from virtkit.service.managedsave import ManagedSaveService
+from virtkit.service.models.hostguests import (
+    MAX_TIMEOUT,
+    GuestsHandled,
+    GuestsPolicy,
+    GuestsPolicyChange,
+    GuestsStatus,
+)
 
 log = logging.getLogger(__name__)
 
 ON_SHUTDOWN = ("ignore", "shutdown", "managedsave")
 ON_BOOT = ("start", "ignore")
-DEFAULTS: dict[str, Any] = {"on_shutdown": "ignore", "shutdown_timeout": 300,
-                            "on_boot": "start"}
+DEFAULTS = GuestsPolicy(on_shutdown="ignore", shutdown_timeout=300, on_boot="start")
 _KEYS = {"ON_SHUTDOWN": "on_shutdown", "SHUTDOWN_TIMEOUT": "shutdown_timeout",
          "ON_BOOT": "on_boot"}
-MAX_TIMEOUT = 24 * 3600
+__all__ = ["MAX_TIMEOUT", "HostGuestsService", "check_policy", "parse_policy"]
 
 #: told each step of the policy: (guest name or "", what happens)
 Report = Callable[[str, str], None]
@@ -59,9 +64,9 @@ def _log_report(name: str, message: str) -> None:
     log.log(logging.ERROR if failed else logging.INFO, "guests: %s: %s", name, message)
 
 
-def parse_policy(text: str, source: str = "guests.conf") -> dict[str, Any]:
+def parse_policy(text: str, source: str = "guests.conf") -> GuestsPolicy:
     """libvirt-guests' KEY=VALUE lines (comments, quotes and unknown keys allowed)."""
-    policy = dict(DEFAULTS)
+    policy: dict[str, object] = dict(DEFAULTS.wire())
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -74,8 +79,9 @@ def parse_policy(text: str, source: str = "guests.conf") -> dict[str, Any]:
     return check_policy(policy, source)
 
 
-def check_policy(policy: dict[str, Any], source: str = "policy") -> dict[str, Any]:
-    """Validated copy: known values only; 'suspend' is libvirt-guests' managedsave."""
+def check_policy(policy: Mapping[str, object], source: str = "policy") -> GuestsPolicy:
+    """The policy of ``policy``'s values as written (text from guests.conf, or a
+    request's values): known values only; 'suspend' is libvirt-guests' managedsave."""
     on_shutdown = str(policy["on_shutdown"]).lower()
     on_shutdown = "managedsave" if on_shutdown == "suspend" else on_shutdown
     if on_shutdown not in ON_SHUTDOWN:
@@ -86,21 +92,22 @@ def check_policy(policy: dict[str, Any], source: str = "policy") -> dict[str, An
         raise InvalidSpec(f"{source}: ON_BOOT={policy['on_boot']!r} is unknown",
                           field="on_boot", fix="use start or ignore")
     try:
-        timeout = int(policy["shutdown_timeout"])
+        timeout = int(str(policy["shutdown_timeout"]))
     except (TypeError, ValueError):
         timeout = -1
     if not 0 < timeout <= MAX_TIMEOUT:
         raise InvalidSpec(f"{source}: SHUTDOWN_TIMEOUT={policy['shutdown_timeout']!r} must "
                           f"be whole seconds from 1 to {MAX_TIMEOUT}",
                           field="shutdown_timeout")
-    return {"on_shutdown": on_shutdown, "shutdown_timeout": timeout, "on_boot": on_boot}
+    return GuestsPolicy.model_validate({"on_shutdown": on_shutdown,
+                                        "shutdown_timeout": timeout, "on_boot": on_boot})
 
 
-def format_policy(policy: dict[str, Any]) -> str:
+def format_policy(policy: GuestsPolicy) -> str:
     return ("# virtkit host guests policy (libvirt-guests syntax); see docs/running-guests.md\n"
-            f"ON_SHUTDOWN={policy['on_shutdown']}\n"
-            f"SHUTDOWN_TIMEOUT={policy['shutdown_timeout']}\n"
-            f"ON_BOOT={policy['on_boot']}\n")
+            f"ON_SHUTDOWN={policy.on_shutdown}\n"
+            f"SHUTDOWN_TIMEOUT={policy.shutdown_timeout}\n"
+            f"ON_BOOT={policy.on_boot}\n")
 
 
 class HostGuestsService:
@@ -112,20 +119,22 @@ class HostGuestsService:
         self._conf = root / "guests.conf"
         self._record = root / "guests-at-shutdown.json"
 
-    def policy(self) -> dict[str, Any]:
+    def policy(self) -> GuestsPolicy:
         try:
             text = self._conf.read_text()
         except FileNotFoundError:
-            return dict(DEFAULTS)
+            return DEFAULTS.model_copy()
         return parse_policy(text, str(self._conf))
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> GuestsStatus:
         """The policy, where it is kept, and the guests waiting from the last stop."""
-        return {**self.policy(), "file": str(self._conf), "pending": self._pending()}
+        return GuestsStatus(**self.policy().wire(), file=str(self._conf),
+                            pending=self._pending())
 
-    def set_policy(self, changes: dict[str, Any]) -> dict[str, Any]:
-        policy = check_policy({**self.policy(), **{k: v for k, v in changes.items()
-                                                   if v is not None}})
+    def set_policy(self, changes: GuestsPolicyChange) -> GuestsStatus:
+        """Change the fields ``changes`` gives; the others keep their value."""
+        policy = check_policy({**self.policy().wire(),
+                               **changes.model_dump(exclude_none=True)})
         partial = self._conf.with_name(".guests.conf.partial")
         partial.write_text(format_policy(policy))
         os.replace(partial, self._conf)
@@ -139,8 +148,8 @@ class HostGuestsService:
         return [str(name) for name in names] if isinstance(names, list) else []
 
     def _active(self) -> list[str]:
-        return [row["name"] for row in self._domains.list_domains(include_inactive=False)
-                if allows(Action.SAVE, row["state"])]  # what can be saved is handled
+        return [row.name for row in self._domains.list_domains(include_inactive=False)
+                if allows(Action.SAVE, State(row.state))]  # what can be saved is handled
 
     async def on_daemon_stop(self) -> list[str]:
         """Apply ON_SHUTDOWN to the running guests; the names handled, recorded."""
@@ -151,33 +160,33 @@ class HostGuestsService:
             return []
         return await self.stop_guests(policy)
 
-    async def host_shutdown(self, report: Report) -> dict[str, Any]:
+    async def host_shutdown(self, report: Report) -> GuestsHandled:
         """``virtkit host shutdown-guests`` (the unit's ExecStop at host shutdown): the
         ON_SHUTDOWN policy applied now, while the daemon keeps serving; ``report(name,
         message)`` is told each step.  The guests handled are recorded for the next
         daemon start (ON_BOOT), as at a daemon stop."""
         policy = self.policy()  # an unreadable policy is the caller's error here
-        if policy["on_shutdown"] == "ignore":
+        if policy.on_shutdown == "ignore":
             report("", "ON_SHUTDOWN=ignore: the guests keep running (nothing to do)")
-            return {**policy, "handled": [], "failed": []}
+            return GuestsHandled(**policy.wire(), handled=[], failed=[])
         names = self._active()
         if not names:
             report("", "no guest is running")
         handled = await self.stop_guests(policy, report)
-        return {**policy, "handled": handled,
-                "failed": [name for name in names if name not in handled]}
+        return GuestsHandled(**policy.wire(), handled=handled,
+                             failed=[name for name in names if name not in handled])
 
-    async def stop_guests(self, policy: dict[str, Any], report: Report | None = None
+    async def stop_guests(self, policy: GuestsPolicy, report: Report | None = None
                           ) -> list[str]:
         """ON_SHUTDOWN on every running or paused guest; the names handled, recorded."""
-        if policy["on_shutdown"] == "ignore":
+        if policy.on_shutdown == "ignore":
             return []
         tell = report or _log_report
         names = self._active()
-        if policy["on_shutdown"] == "managedsave":
+        if policy.on_shutdown == "managedsave":
             handled = await self._save_all(names, tell)
         else:
-            handled = await self._shutdown_all(names, policy["shutdown_timeout"], tell)
+            handled = await self._shutdown_all(names, policy.shutdown_timeout, tell)
         self._record.write_text(json.dumps(sorted(set(self._pending()) | set(handled))))
         return handled
 
@@ -201,7 +210,7 @@ class HostGuestsService:
             except VirtkitError as exc:
                 tell(name, f"shutdown failed: {exc}")
             info = self._domains.summary(name)
-            if info["state"] in INACTIVE_STATES:
+            if info.state in INACTIVE_STATES:
                 tell(name, "shut down")
                 return name
             tell(name, f"did not power off within {timeout}s; destroying it")
@@ -224,10 +233,10 @@ class HostGuestsService:
             log.error("guests policy unreadable, guests stay off: %s", exc)
             return []
         started = []
-        if policy["on_boot"] == "start":
+        if policy.on_boot == "start":
             for name in pending:
                 try:
-                    if self._domains.summary(name)["state"] in INACTIVE_STATES:
+                    if self._domains.summary(name).state in INACTIVE_STATES:
                         await self._domains.start(name)
                         started.append(name)
                 except VirtkitError as exc:

@@ -308,7 +308,7 @@ class IncomingMigrations:
                                  event="migrated")
             self._forget(vm.uuid, pending)  # the copies are the VM's disks now
             self._keep_definition(vm, running, pending, persistent)
-        return self._domains.info(vm.uuid)
+        return self._domains.info(vm.uuid).wire()
 
     def _keep_definition(self, vm: Vm, running: Running, pending: Incoming,
                          persistent: bool) -> None:

@@ -21,13 +21,15 @@ import secrets
 import string
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from virtkit.errors import Conflict, HostError, InvalidSpec, NotFound
 from virtkit.model.domain import BootDevice, Disk, Domain, LifecycleAction
 from virtkit.model.load import dump_domain, load_domain
 from virtkit.service import hostsupport
 from virtkit.service.domains import DomainService
+from virtkit.service.models.base import SpecDocument
+from virtkit.service.models.install import InstallPreview, InstallResult, OsVariant
 from virtkit.service.storage import StorageService
 from virtkit.storage import qemuimg
 
@@ -37,8 +39,13 @@ if TYPE_CHECKING:  # imported when an install runs: the daemon seldom installs (
 
 DEFAULT_MEMORY_MIB = 1024
 
+#: an install request as JSON: formats/virtinstall.py's InstallRequest (its
+#: ``to_dict`` form; the API checks its types with install_routes.InstallBody), or
+#: ``{"argv": [...]}``, virt-install's words; InstallRequest.from_dict reads it
+InstallDocument: TypeAlias = dict[str, Any]
 
-def _check_shape(raw: dict[str, Any]) -> None:
+
+def _check_shape(raw: SpecDocument) -> None:
     """The parts of the domain that the install steps read before the model validates
     it: a name, ``disks`` and ``nics`` as lists of objects, ``boot`` as an object.  A
     request shaped otherwise is refused naming the field, never a crash on the way."""
@@ -63,7 +70,7 @@ class InstallService:
         self._media_dir = media_dir
         self._osinfo_db = osinfo_db  # None: the host's database (osinfo.system_db)
 
-    async def install(self, data: dict[str, Any]) -> dict[str, Any]:
+    async def install(self, data: InstallDocument) -> InstallResult | InstallPreview:
         """Run an install request, or ``{"argv": [...]}``: virt-install's own options,
         parsed exactly as ``virtkit install`` parses them (the web wizard sends these)."""
         from virtkit.formats.virtinstall import InstallRequest, parse_command_line
@@ -99,14 +106,14 @@ class InstallService:
         async with contextlib.AsyncExitStack() as undo:
             await asyncio.to_thread(self._create_disks, request, undo)
             defined = await asyncio.to_thread(self._domains.define, raw)
-            undo.push_async_callback(self._undefine_quietly, defined["uuid"])
+            undo.push_async_callback(self._undefine_quietly, defined.uuid)
             boot_spec, extra = await asyncio.to_thread(
-                self._install_phase, request, load_domain(defined["spec"]), defined["uuid"], undo)
-            info = await self._domains.start(defined["uuid"], boot_spec=boot_spec,
+                self._install_phase, request, load_domain(defined.spec), defined.uuid, undo)
+            info = await self._domains.start(defined.uuid, boot_spec=boot_spec,
                                              boot_after_install=not request.noreboot)
             undo.pop_all()
-        return {**info, "method": request.method, "install_phase": boot_spec is not None,
-                "notes": notes + extra}
+        return InstallResult(**info.wire(), method=request.method,
+                             install_phase=boot_spec is not None, notes=notes + extra)
 
     def _osinfo(self) -> osinfo.OsinfoDb:
         if self._osinfo_db is not None:
@@ -115,13 +122,13 @@ class InstallService:
 
         return osinfo.system_db()
 
-    def os_variants(self, text: str = "") -> list[dict[str, Any]]:
+    def os_variants(self, text: str = "") -> list[OsVariant]:
         """``osinfo-query os``: the OS variants whose names contain ``text``."""
-        return [entry.to_dict() for entry in self._osinfo().search(text)]
+        return [OsVariant.model_validate(entry.to_dict()) for entry in self._osinfo().search(text)]
 
     # -- checks before anything is created ----------------------------------------------
 
-    def _apply_os_variant(self, request: InstallRequest, raw: dict[str, Any]
+    def _apply_os_variant(self, request: InstallRequest, raw: SpecDocument
                           ) -> tuple[list[str], osinfo.OsDefaults]:
         """Fill what --os-variant recommends where the command line left it out."""
         from virtkit.formats import osinfo
@@ -181,7 +188,7 @@ class InstallService:
         what = f"volume id {ids.volume!r}" if ids else "no ISO install media"
         return None, [f"--os-variant detect: no OS recognised ({what}); generic defaults"]
 
-    def _default_network(self, request: InstallRequest, raw: dict[str, Any]) -> list[str]:
+    def _default_network(self, request: InstallRequest, raw: SpecDocument) -> list[str]:
         """Without --network the NIC goes on 'default', as virt-install's does; if that
         network does not exist the VM gets no NIC (virt-install would fall back to an
         unrestricted user-mode NIC, which virtkit never gives a guest)."""
@@ -202,7 +209,7 @@ class InstallService:
             raise Conflict(f"install: domain '{name}' already exists",
                            fix=f"choose another --name, or remove it: virtkit undefine {name}")
 
-    def _name_new_volumes(self, request: InstallRequest, raw: dict[str, Any]) -> None:
+    def _name_new_volumes(self, request: InstallRequest, raw: SpecDocument) -> None:
         """New volumes are named after the VM, as virt-install does: NAME.qcow2, NAME-1..."""
         taken: dict[str, set[str]] = {}
         for new in request.new_disks:
@@ -253,7 +260,7 @@ class InstallService:
                         fix="drop size= to use the file as it is, or give another path")
                 new.size_bytes = 0  # use it as it is: nothing to create
 
-    def _validate(self, raw: dict[str, Any]) -> Domain:
+    def _validate(self, raw: SpecDocument) -> Domain:
         """Load the final spec with the new disks pretended present (no files yet)."""
         probe = json.loads(json.dumps(raw))
         for disk in probe.get("disks", []):
@@ -266,16 +273,11 @@ class InstallService:
             raise InvalidSpec(f"install: {exc.message}", fix=exc.fix) from None
 
     def _preview(self, request: InstallRequest, final: Domain,
-                 notes: list[str]) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": final.name, "method": request.method,
-                               "dry_run": True, "notes": notes,
-                               "spec": dump_domain(final)}
-        try:
-            from virtkit.formats.libvirt_xml import domain_to_xml
-        except ImportError:  # pragma: no cover - the XML writer lands separately
-            return out
-        out["xml"] = domain_to_xml(final)
-        return out
+                 notes: list[str]) -> InstallPreview:
+        from virtkit.formats.libvirt_xml import domain_to_xml
+
+        return InstallPreview(name=final.name, method=request.method, dry_run=True,
+                              notes=notes, spec=dump_domain(final), xml=domain_to_xml(final))
 
     # -- creating -------------------------------------------------------------------
 
@@ -391,7 +393,7 @@ class InstallService:
             await self._domains.destroy_and_undefine(uuid)
 
 
-def _cdrom(path: str | None) -> dict[str, Any]:
+def _cdrom(path: str | None) -> SpecDocument:
     """A CD-ROM drive holding the ISO at ``path`` (which must exist)."""
     if path is None or not os.path.isfile(path):
         raise InvalidSpec(f"install: install media {path} does not exist",

@@ -10,7 +10,8 @@ when not (service/tuning.py's rule, as virsh).  Without values each shows them.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeAlias
 
 from pydantic import ValidationError
 
@@ -20,11 +21,27 @@ from virtkit.model.tuning import IOTUNE_KEYS, UNLIMITED_KIB, IoTune
 from virtkit.runtime import cgtune
 from virtkit.runtime.launcher import Running
 from virtkit.runtime.lifecycle import Lifecycle
+from virtkit.service.models.base import SpecDocument
+from virtkit.service.models.tuning import (
+    BlkDevIoTune,
+    BlkioDeviceChange,
+    BlkioTuneValues,
+    MemTuneValues,
+    SchedInfo,
+)
 from virtkit.service.tuning import _scope
 from virtkit.store.db import DomainRow, Store
 
 SCHED_KEYS = {"cpu_shares": "shares", "vcpu_period": "period", "vcpu_quota": "quota"}
 MEM_KEYS = ("hard_limit", "soft_limit", "swap_hard_limit")
+
+#: what one of these commands shows, by the spec part it changes
+Limits = SchedInfo | MemTuneValues | BlkioTuneValues
+_SHOWN: dict[str, type[SchedInfo] | type[MemTuneValues] | type[BlkioTuneValues]] = {
+    "cputune": SchedInfo, "memtune": MemTuneValues, "blkiotune": BlkioTuneValues}
+#: one host block device's blkiotune values, by the spec's names
+#: (model/tuning.py's BlkioDevice as JSON: path, weight, read_bytes_sec ...)
+DeviceValues: TypeAlias = dict[str, Any]
 
 
 class LimitsService:
@@ -38,7 +55,7 @@ class LimitsService:
         row = self._store.get_domain(ref)
         return row, self._life.vm(row.uuid, row.name).running
 
-    def _save(self, row: DomainRow, spec: dict[str, Any]) -> None:
+    def _save(self, row: DomainRow, spec: SpecDocument) -> None:
         domain = load_domain(spec)  # the model's validation (ranges, swap >= hard)
         self._store.update_domain(row.uuid, row.name, dump_domain(domain), row.version)
 
@@ -46,47 +63,72 @@ class LimitsService:
     def _group(running: Running) -> Any:
         return running.confinement.cgroup if running.confinement else None
 
-    def _live_values(self, running: Running, name: str, what: str) -> dict[str, Any]:
+    def _live_values(self, running: Running, name: str, what: str) -> cgtune.Values:
         return cgtune.read(cgtune.require_cgroup(self._group(running), name, what))
 
     # -- schedinfo, memtune, blkiotune ----------------------------------------------
 
     def schedinfo(self, ref: str, values: dict[str, int], *, live: bool = False,
-                  config: bool = False) -> dict[str, Any]:
+                  config: bool = False) -> SchedInfo:
         unknown = set(values) - set(SCHED_KEYS)
         if unknown:
             raise InvalidSpec(f"schedinfo: unknown parameter {sorted(unknown)[0]!r}",
                               fix="use cpu_shares, vcpu_period or vcpu_quota")
         changes = {SCHED_KEYS[key]: value for key, value in values.items()}
-        return self._tune(ref, "cputune", changes, live, config, "scheduler parameters")
+        shown = self._tune(ref, "cputune", changes, live, config, "scheduler parameters")
+        assert isinstance(shown, SchedInfo)
+        return shown
 
     def memtune(self, ref: str, values: dict[str, int], *, live: bool = False,
-                config: bool = False) -> dict[str, Any]:
-        return self._tune(ref, "memtune", values, live, config, "memory limits")
+                config: bool = False) -> MemTuneValues:
+        shown = self._tune(ref, "memtune", values, live, config, "memory limits")
+        assert isinstance(shown, MemTuneValues)
+        return shown
 
     def blkiotune(self, ref: str, values: dict[str, int], *, live: bool = False,
-                  config: bool = False, devices: list[dict[str, Any]] | None = None
-                  ) -> dict[str, Any]:
+                  config: bool = False, devices: list[BlkioDeviceChange] | None = None
+                  ) -> BlkioTuneValues:
         """The cgroup's block I/O weight, and per host device weights and throttles
-        (``devices``: ``{"path": "/dev/sda", "weight": 500, "read_bytes_sec": ...}``;
-        a value left out is kept, 0 removes it, as virsh's --device-* options)."""
+        (``devices``: a value left out is kept, 0 removes it, as virsh's --device-*
+        options)."""
         unknown = set(values) - {"weight"}
         if unknown:
             raise InvalidSpec(f"blkiotune: unknown parameter {sorted(unknown)[0]!r}",
                               fix="use weight, or the device options")
         if not devices:
-            return self._tune(ref, "blkiotune", values, live, config, "block I/O limits")
+            shown = self._tune(ref, "blkiotune", values, live, config, "block I/O limits")
+            assert isinstance(shown, BlkioTuneValues)
+            return shown
         row = self._store.get_domain(ref)
+        given = [device.model_dump(exclude_none=True) for device in devices]
         merged = {d["path"]: dict(d) for d in
                   (row.spec.get("blkiotune") or {}).get("devices") or []}
-        for device in devices:
+        for device in given:
             merged.setdefault(device["path"], {"path": device["path"]}).update(device)
         changes = {**values, "devices": list(merged.values())}
-        return self._tune(ref, "blkiotune", changes, live, config, "block I/O limits",
-                          live_changes={**values, "devices": devices})
+        shown = self._tune(ref, "blkiotune", changes, live, config, "block I/O limits",
+                           live_changes={**values, "devices": given})
+        assert isinstance(shown, BlkioTuneValues)
+        return shown
 
-    def _tune(self, ref: str, part: str, changes: dict[str, Any], live: bool, config: bool,
-              what: str, live_changes: dict[str, Any] | None = None) -> dict[str, Any]:
+    def set_limits(self, kind: str, ref: str, values: dict[str, int], *,
+                   live: bool = False, config: bool = False,
+                   devices: list[BlkioDeviceChange] | None = None) -> Limits:
+        """schedinfo, memtune or blkiotune by name (``values`` empty: show them);
+        per device values are blkiotune's alone."""
+        if kind == "blkiotune":
+            return self.blkiotune(ref, values, live=live, config=config, devices=devices)
+        if devices:
+            raise InvalidSpec(f"{kind} takes no devices", field="devices",
+                              fix="per device values are blkiotune's")
+        if kind == "schedinfo":
+            return self.schedinfo(ref, values, live=live, config=config)
+        if kind == "memtune":
+            return self.memtune(ref, values, live=live, config=config)
+        raise NotFound(f"unknown limits '{kind}'", fix="use schedinfo, memtune or blkiotune")
+
+    def _tune(self, ref: str, part: str, changes: SpecDocument, live: bool, config: bool,
+              what: str, live_changes: SpecDocument | None = None) -> Limits:
         row, running = self._domain(ref)
         if not changes:
             shown_live = running is not None and not config
@@ -113,7 +155,7 @@ class LimitsService:
             self._save(row, {**spec, part: merged})
         return self._show(self._store.get_domain(row.uuid), running if live else None, part)
 
-    def _show(self, row: DomainRow, running: Running | None, part: str) -> dict[str, Any]:
+    def _show(self, row: DomainRow, running: Running | None, part: str) -> Limits:
         domain = load_domain(row.spec)
         if running is not None:
             values = self._live_values(running, row.name, "the limits")
@@ -134,12 +176,12 @@ class LimitsService:
             shown = {"weight": domain.blkiotune.weight,
                      **_device_lists({d.path: d.model_dump() for d in domain.blkiotune.devices},
                                      [])}
-        return {"name": row.name, "live": running is not None, **shown}
+        return _SHOWN[part](name=row.name, live=running is not None, **shown)
 
     # -- blkdeviotune -----------------------------------------------------------------
 
     async def blkdeviotune(self, ref: str, disk: str, values: dict[str, int], *,
-                           live: bool = False, config: bool = False) -> dict[str, Any]:
+                           live: bool = False, config: bool = False) -> BlkDevIoTune:
         """Show or set one disk's I/O throttle (QMP block_set_io_throttle, <iotune>)."""
         row, running = self._domain(ref)
         unknown = set(values) - set(IOTUNE_KEYS)
@@ -159,8 +201,8 @@ class LimitsService:
             else:
                 tune = stored.disks[index].iotune if index < len(stored.disks) else None
                 shown = {k: int(getattr(tune, k) or 0) for k in IOTUNE_KEYS}
-            return {"name": row.name, "disk": disk, "live": running is not None
-                    and not config, **shown}
+            return BlkDevIoTune(name=row.name, disk=disk, live=running is not None
+                                and not config, **shown)
         live, config = _scope(live, config, running is not None, row.name,
                               "throttle disk I/O")
         if live:
@@ -188,7 +230,7 @@ DEVICE_FIELDS = {"weight": "device_weight", "read_iops_sec": "device_read_iops_s
                  "write_bytes_sec": "device_write_bytes_sec"}
 
 
-def _device_lists(devices: dict[str, dict[str, Any]], known: list[Any]) -> dict[str, str]:
+def _device_lists(devices: dict[str, DeviceValues], known: list[Any]) -> dict[str, str]:
     """virsh's ``device_weight: /dev/sda,500,/dev/sdb,300`` values; ``devices`` by path,
     or by MAJ:MIN as the cgroup files name them (shown as the spec's path for that
     device, else /dev/block/MAJ:MIN)."""
@@ -204,7 +246,7 @@ def _device_lists(devices: dict[str, dict[str, Any]], known: list[Any]) -> dict[
     return out
 
 
-def _merge(old: dict[str, Any] | None, values: dict[str, int]) -> IoTune:
+def _merge(old: Mapping[str, int | None] | None, values: dict[str, int]) -> IoTune:
     """As libvirt: setting any bytes (or IOPS) limit replaces that whole group (the others
     of it become unlimited unless given); the group not named keeps its values."""
     merged = dict(old or {})

@@ -24,7 +24,13 @@ from virtkit.errors import InvalidSpec, NotFound
 from virtkit.formats.libvirt_xml import domain_from_xml, domain_to_xml
 from virtkit.model.load import domain_without_secrets, dump_domain, load_domain
 from virtkit.runtime import blockjobs, preflight, savefile
+from virtkit.runtime.savefile import Header
 from virtkit.service.domains import DomainService
+from virtkit.service.models.domains import (
+    DomainSummary,
+    ManagedSaveDefined,
+    ManagedSaveRemoved,
+)
 
 #: the spec fields (list items without their index) a save image's definition may
 #: change: the host side of the same guest hardware
@@ -68,38 +74,40 @@ class ManagedSaveService:
     def __init__(self, domains: DomainService) -> None:
         self._domains = domains
 
-    def _image(self, ref: str) -> tuple[dict[str, Any], Path]:
+    def _image(self, ref: str) -> tuple[DomainSummary, Path]:
         info = self._domains.summary(ref)
-        return info, self._domains.managed_image(info["uuid"])
+        return info, self._domains.managed_image(info.uuid)
 
     async def save(self, ref: str, *, resume: bool | None = None, bypass_cache: bool = False,
                    progress: blockjobs.Progress | None = None,
-                   reason: str = "saved") -> dict[str, Any]:
+                   reason: str = "saved") -> DomainSummary:
         """Save the running domain's state to its managed image and stop it."""
         info, image = self._image(ref)
         image.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        await self._domains.lifecycle.save(info["uuid"], info["name"], image, resume=resume,
-                                      progress=progress, drop_cache=bypass_cache,
-                                      reason=reason)
-        return {**self._domains.summary(info["uuid"]), "path": str(image)}
+        await self._domains.lifecycle.save(info.uuid, info.name, image, resume=resume,
+                                           progress=progress, drop_cache=bypass_cache,
+                                           reason=reason)
+        saved = self._domains.summary(info.uuid)
+        saved.path = str(image)
+        return saved
 
-    def remove(self, ref: str) -> dict[str, Any]:
+    def remove(self, ref: str) -> ManagedSaveRemoved:
         """Delete the managed save image (the next start boots afresh)."""
         info, image = self._image(ref)
         try:
             image.unlink()
         except FileNotFoundError:
-            raise NotFound(f"domain '{info['name']}' has no managed save image") from None
-        return {"name": info["name"], "uuid": info["uuid"], "removed": True}
+            raise NotFound(f"domain '{info.name}' has no managed save image") from None
+        return ManagedSaveRemoved(name=info.name, uuid=info.uuid, removed=True)
 
     async def define(self, ref: str, text: str, *, running: bool | None = None
-                     ) -> dict[str, Any]:
+                     ) -> ManagedSaveDefined:
         """virsh managedsave-define: the image's definition becomes ``text`` (libvirt
         XML) where only the host side changes; ``running``: the vCPUs' state after the
         restore (None: as saved)."""
         return await asyncio.to_thread(self._define, ref, text, running)
 
-    def _define(self, ref: str, text: str, running: bool | None) -> dict[str, Any]:
+    def _define(self, ref: str, text: str, running: bool | None) -> ManagedSaveDefined:
         info, image = self._image(ref)
         header = self._read(info, image)
         saved = load_domain(header["spec"])
@@ -109,7 +117,7 @@ class ManagedSaveService:
         _, changed = merge_host_side(before, after)
         if changed:
             raise InvalidSpec(
-                f"the managed save image of domain '{info['name']}' can take only host-side "
+                f"the managed save image of domain '{info.name}' can take only host-side "
                 f"changes; the guest would see: {', '.join(changed)}",
                 fix="change only file paths, network sources, limits or descriptions; "
                     "other changes need 'virtkit managedsave-remove' and a fresh boot")
@@ -120,16 +128,16 @@ class ManagedSaveService:
         if running is not None:
             header["running"] = running
         savefile.rewrite_header(str(image), header)
-        return {"name": info["name"], "uuid": info["uuid"],
-                "running": bool(header.get("running"))}
+        return ManagedSaveDefined(name=info.name, uuid=info.uuid,
+                                  running=bool(header.get("running")))
 
     @staticmethod
-    def _read(info: dict[str, Any], image: Path) -> dict[str, Any]:
+    def _read(info: DomainSummary, image: Path) -> Header:
         try:
             fd = os.open(image, os.O_RDONLY)
         except FileNotFoundError:
-            raise NotFound(f"domain '{info['name']}' has no managed save image",
-                           fix=f"virtkit managedsave {info['name']}") from None
+            raise NotFound(f"domain '{info.name}' has no managed save image",
+                           fix=f"virtkit managedsave {info.name}") from None
         try:
             return savefile.read_header(fd, str(image))
         finally:

@@ -468,6 +468,6 @@ class MigrationService:
 
     def _source_state(self, uuid: str) -> str:
         try:
-            return str(self._domains.info(uuid)["state"])
+            return self._domains.info(uuid).state
         except NotFound:
             return "undefined"

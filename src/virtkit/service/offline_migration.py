@@ -136,7 +136,7 @@ class OfflineMigrations:
         await pending.servers.stop()
         try:
             await asyncio.to_thread(offlinecopy.sync, [i.path for i in pending.created])
-            return await asyncio.to_thread(self._domains.define, pending.spec)
+            return (await asyncio.to_thread(self._domains.define, pending.spec)).wire()
         except BaseException:
             storagecopy.remove_images(pending.created)
             raise

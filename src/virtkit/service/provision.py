@@ -26,6 +26,8 @@ from typing import Any
 from virtkit.errors import Conflict, InvalidSpec, NotFound, VirtkitError
 from virtkit.model.load import parse_text
 from virtkit.service.domains import UNDEFINE_STORAGE, DomainService
+from virtkit.service.models.base import SpecDocument
+from virtkit.service.models.domains import DomainInfo, UndefinedWithStorage
 from virtkit.service.storage import StorageService, parse_bytes
 from virtkit.store.db import Store
 
@@ -72,8 +74,8 @@ class ProvisionService:
         self._domains = domains
         self._storage = storage
 
-    async def define_with_new_disks(self, data: dict[str, Any] | str,
-                                    new_disks: list[Any]) -> dict[str, Any]:
+    async def define_with_new_disks(self, data: SpecDocument | str,
+                                    new_disks: list[Any]) -> DomainInfo:
         """Create ``new_disks`` as volumes, then define the domain with a disk on each
         (appended unless the spec already names that pool/volume).  A failure removes
         the volumes made so far; so does the next start-up after a crash."""
@@ -141,19 +143,21 @@ class ProvisionService:
 
     async def undefine_with_storage(self, ref: str, *, nvram: bool = False,
                                     snapshots_metadata: bool = False,
-                                    managed_save: bool = False) -> dict[str, Any]:
+                                    managed_save: bool = False) -> UndefinedWithStorage:
         """``undefine --remove-all-storage``: the definition, then its volumes."""
         result = await self._domains.undefine(ref, nvram=nvram,
                                               snapshots_metadata=snapshots_metadata,
                                               managed_save=managed_save,
                                               storage_of=self.storage_of)
-        intent, volumes = result.pop("intent"), result.pop("volumes")
+        intent, volumes = result.intent, result.volumes or []
         reasons: dict[str, str] = {}
         removed, kept = await asyncio.to_thread(remove_volumes, self._storage, volumes,
                                                 reasons)
-        self._store.finish_intent(intent)
-        return {**result, "removed_volumes": removed, "kept_volumes": kept,
-                "kept_reasons": reasons}
+        if intent is not None:
+            self._store.finish_intent(intent)
+        return UndefinedWithStorage(name=result.name, uuid=result.uuid,
+                                    removed_volumes=removed, kept_volumes=kept,
+                                    kept_reasons=reasons)
 
 
 def remove_volumes(storage: StorageService, volumes: list[list[str]],

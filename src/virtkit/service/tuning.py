@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 from virtkit.errors import InvalidSpec, StateError
 from virtkit.formats.libvirt_common import XmlReader, parse_document
@@ -23,6 +22,18 @@ from virtkit.runtime import hotplug, tuning
 from virtkit.runtime.launcher import Running
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.runtime.stats import vcpu_threads
+from virtkit.service.models.base import SpecDocument
+from virtkit.service.models.devices import HostdevChanged
+from virtkit.service.models.tuning import (
+    EmulatorPin,
+    HugePageSize,
+    KsmStatus,
+    NumaInfo,
+    NumaNode,
+    PciDevice,
+    PinTable,
+    VcpuPin,
+)
 from virtkit.store.db import DomainRow, Store
 
 
@@ -48,14 +59,14 @@ class TuningService:
     def _running(self, row: DomainRow) -> Running | None:
         return self._life.vm(row.uuid, row.name).running
 
-    def _save_spec(self, row: DomainRow, changes: dict[str, Any]) -> None:
+    def _save_spec(self, row: DomainRow, changes: SpecDocument) -> None:
         spec = {**row.spec, **changes}
         domain = load_domain(spec)  # validation: vCPU numbers, CPU list syntax
         self._store.update_domain(row.uuid, row.name, dump_domain(domain), row.version)
 
     # -- pinning ---------------------------------------------------------------------------
 
-    async def pin_table(self, ref: str) -> dict[str, Any]:
+    async def pin_table(self, ref: str) -> PinTable:
         """The affinity of every vCPU and of the emulator threads (live, or from the spec)."""
         row = self._store.get_domain(ref)
         domain = load_domain(row.spec)
@@ -63,28 +74,28 @@ class TuningService:
         every = format_cpulist(tuning.host_cpus())
         default = domain.vcpus.cpuset or every
         if running is None:
-            vcpus = [{"vcpu": index, "affinity": domain.cputune.vcpupin.get(index, default)}
+            vcpus = [VcpuPin(vcpu=index, affinity=domain.cputune.vcpupin.get(index, default))
                      for index in range(domain.vcpus.maximum)]
-            return {"name": row.name, "live": False, "vcpus": vcpus,
-                    "emulator": domain.cputune.emulatorpin or default}
+            return PinTable(name=row.name, live=False, vcpus=vcpus,
+                            emulator=domain.cputune.emulatorpin or default)
         threads = await vcpu_threads(running)
-        vcpus = [{"vcpu": index, "thread_id": tid, "affinity": procstat.affinity(tid)}
+        vcpus = [VcpuPin(vcpu=index, thread_id=tid, affinity=procstat.affinity(tid))
                  for index, tid in sorted(threads.items())]
         others = [tid for tid in tuning.thread_ids(running.process.pid)
                   if tid not in threads.values()]
         emulator = {procstat.affinity(tid) for tid in others} - {None}
-        return {"name": row.name, "live": True, "vcpus": vcpus,
-                "emulator": ", ".join(sorted(str(text) for text in emulator)) or None}
+        return PinTable(name=row.name, live=True, vcpus=vcpus,
+                        emulator=", ".join(sorted(str(text) for text in emulator)) or None)
 
     async def vcpupin(self, ref: str, vcpu: int | None, cpulist: str | None, *,
-                      live: bool = False, config: bool = False) -> dict[str, Any]:
+                      live: bool = False, config: bool = False) -> PinTable:
         """virsh vcpupin: pin one vCPU (or show the table without a CPU list)."""
         row = self._store.get_domain(ref)
         domain = load_domain(row.spec)
         if cpulist is None:
             table = await self.pin_table(ref)
             if vcpu is not None:
-                table["vcpus"] = [item for item in table["vcpus"] if item["vcpu"] == vcpu]
+                table.vcpus = [item for item in table.vcpus if item.vcpu == vcpu]
             return table
         if vcpu is None:
             raise InvalidSpec("vcpupin: name the vCPU to pin", fix="virtkit vcpupin DOMAIN "
@@ -109,7 +120,7 @@ class TuningService:
         return await self.vcpupin(ref, vcpu, None)
 
     async def emulatorpin(self, ref: str, cpulist: str | None, *, live: bool = False,
-                          config: bool = False) -> dict[str, Any]:
+                          config: bool = False) -> EmulatorPin:
         """virsh emulatorpin: pin QEMU's non-vCPU threads (or show their affinity)."""
         row = self._store.get_domain(ref)
         domain = load_domain(row.spec)
@@ -128,34 +139,34 @@ class TuningService:
                 self._save_spec(row, {"cputune": {**domain.cputune.model_dump(),
                                                   "emulatorpin": format_cpulist(cpus)}})
         table = await self.pin_table(ref)
-        return {"name": table["name"], "live": table["live"], "emulator": table["emulator"]}
+        return EmulatorPin(name=table.name, live=table.live, emulator=table.emulator)
 
     # -- host ------------------------------------------------------------------------------
 
-    def ksm(self, action: str | None = None) -> dict[str, Any]:
+    def ksm(self, action: str | None = None) -> KsmStatus:
         """KSM status, or switch it on/off."""
         if action is None or action == "status":
-            return ksm.status(self._sys)
+            return KsmStatus(**ksm.status(self._sys))
         if action not in ("on", "off"):
             raise InvalidSpec(f"ksm: unknown action '{action}'", fix="use on, off or status")
-        return ksm.set_run(1 if action == "on" else 0, self._sys)
+        return KsmStatus(**ksm.set_run(1 if action == "on" else 0, self._sys))
 
-    def nodedev_list(self, cap: str | None = None) -> list[dict[str, Any]]:
+    def nodedev_list(self, cap: str | None = None) -> list[PciDevice]:
         """Host devices: PCI functions (with IOMMU group, driver, SR-IOV VFs)."""
         if cap not in (None, "pci"):
             raise InvalidSpec(f"nodedev-list: capability '{cap}' is not listed", fix="use "
                               "--cap pci (the devices virtkit can pass through)")
-        return [device.to_dict() for device in pci.list_devices(self._sys)]
+        return [PciDevice(**device.to_dict()) for device in pci.list_devices(self._sys)]
 
-    def numa_nodes(self) -> dict[str, Any]:
-        return {"nodes": [node.__dict__ for node in numa.host_nodes(self._sys)],
-                "hugepages": [{"size_kib": h.size_kib, "total": h.total, "free": h.free}
-                              for h in numa.hugepages(self._sys).values()]}
+    def numa_nodes(self) -> NumaInfo:
+        return NumaInfo(nodes=[NumaNode(**node.__dict__) for node in numa.host_nodes(self._sys)],
+                        hugepages=[HugePageSize(size_kib=h.size_kib, total=h.total, free=h.free)
+                                   for h in numa.hugepages(self._sys).values()])
 
     # -- PCI host devices ------------------------------------------------------------------
 
     async def attach_hostdev(self, ref: str, xml: str, *, live: bool = False,
-                             config: bool = False, detach: bool = False) -> dict[str, Any]:
+                             config: bool = False, detach: bool = False) -> HostdevChanged:
         """attach-device / detach-device of a libvirt ``<hostdev type='pci'>`` snippet."""
         row = self._store.get_domain(ref)
         domain = load_domain(row.spec)
@@ -182,13 +193,13 @@ class TuningService:
         if config:
             kept = [d.model_dump() for d in domain.hostdevs if d.address != dev.address]
             self._save_spec(row, {"hostdevs": kept if detach else [*kept, dev.model_dump()]})
-        return {"name": row.name, "address": dev.address, "live": live, "config": config}
+        return HostdevChanged(name=row.name, address=dev.address, live=live, config=config)
 
 
 def _parse_hostdev(xml: str) -> HostDev:
     element = parse_document(xml, "hostdev", command="attach-device (a <hostdev>)")
     reader = XmlReader(element, force=False, reasons={})
-    spec: dict[str, Any] = {}
+    spec: SpecDocument = {}
     hostdev_in(reader, element, spec)
     reader.finish("hostdev")
     try:

@@ -12,7 +12,6 @@ import platform
 import stat
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from virtkit.errors import Conflict, InvalidSpec, NotFound, StateError, TimeoutExpired, VirtkitError
 from virtkit.formats import libvirt_metadata as metadata_xml
@@ -34,6 +33,18 @@ from virtkit.runtime.launcher import Running
 from virtkit.runtime.lifecycle import Lifecycle
 from virtkit.runtime.qemunames import disk_slots
 from virtkit.service.blockjobs import BlockJobService
+from virtkit.service.models.virsh import (
+    BlockInfo,
+    CpuStats,
+    Description,
+    DiskSizes,
+    KeysSent,
+    MetadataChanged,
+    MetadataShown,
+    Title,
+    VcpuCount,
+    VcpuCounts,
+)
 from virtkit.storage.qemuimg import image_info
 from virtkit.store.db import Store
 
@@ -78,31 +89,31 @@ class VirshService:
         return await consoleio.screendump(running, screen)
 
     async def send_key(self, ref: str, keys: list[str], *, codeset: str = "linux",
-                       holdtime: int | None = None) -> dict[str, Any]:
+                       holdtime: int | None = None) -> KeysSent:
         """virsh send-key: press ``keys`` (in ``codeset``) together, then release them."""
         if holdtime is not None and not 0 <= holdtime <= 60_000:
             raise InvalidSpec("holdtime is in milliseconds, 0 to 60000", field="holdtime")
         codes = keycodes.translate(codeset, keys)
         name, running = self._running(ref, "send keys to")
         await consoleio.send_keys(running, codes, holdtime)
-        return {"name": name, "qnums": codes}
+        return KeysSent(name=name, qnums=codes)
 
     # -- domain facts ------------------------------------------------------------------
 
-    def vcpucount(self, ref: str) -> dict[str, Any]:
+    def vcpucount(self, ref: str) -> VcpuCount:
         """virsh vcpucount: maximum and current vCPUs of the config, and of the running
         QEMU (``live`` is None when it does not run)."""
         row = self._store.get_domain(ref)
         spec = load_domain(row.spec)
-        config = {"maximum": spec.vcpus.maximum, "current": spec.vcpus.current}
+        config = VcpuCounts(maximum=spec.vcpus.maximum, current=spec.vcpus.current)
         running = self._life.vm(row.uuid, row.name).running
         live = None
         if running is not None:
             now = running.live if running.live is not None else spec
-            live = {"maximum": now.vcpus.maximum, "current": now.vcpus.current}
-        return {"name": row.name, "config": config, "live": live}
+            live = VcpuCounts(maximum=now.vcpus.maximum, current=now.vcpus.current)
+        return VcpuCount(name=row.name, config=config, live=live)
 
-    async def blkinfo(self, ref: str) -> dict[str, Any]:
+    async def blkinfo(self, ref: str) -> BlockInfo:
         """virsh domblkinfo: capacity (guest size), allocation (host bytes in use) and
         physical (file or device size) of each disk, from qemu-img (-U: a running
         VM's images too)."""
@@ -112,22 +123,23 @@ class VirshService:
             else load_domain(row.spec)
         disks = []
         for slot, disk in zip(disk_slots(domain), domain.disks, strict=True):
-            entry: dict[str, Any] = {"target": slot.target, "path": disk.path,
-                                     "device": disk.device.value, "capacity": None,
-                                     "allocation": None, "physical": None}
+            entry = DiskSizes(target=slot.target, path=disk.path,
+                              device=disk.device.value, capacity=None, allocation=None,
+                              physical=None)
             if disk.path:
                 try:
-                    entry.update(await asyncio.wait_for(
+                    sizes = await asyncio.wait_for(
                         asyncio.to_thread(_image_sizes, disk.path, disk.format),
-                        QEMU_INFO_TIMEOUT))
+                        QEMU_INFO_TIMEOUT)
+                    entry = entry.model_copy(update=sizes)
                 except TimeoutError:
                     raise TimeoutExpired(f"reading the size of {disk.path} took over "
                                          f"{QEMU_INFO_TIMEOUT:g}s") from None
             disks.append(entry)
-        return {"name": row.name, "disks": disks}
+        return BlockInfo(name=row.name, disks=disks)
 
     def set_description(self, ref: str, text: str | None, *, title: bool = False
-                        ) -> dict[str, Any]:
+                        ) -> Description | Title:
         """virsh desc: show (``text`` None) or replace the description or title, kept in
         the spec (``""`` removes it).  Neither reaches QEMU, so a running domain's
         --live and --config are the same change."""
@@ -150,10 +162,13 @@ class VirshService:
             running = self._life.vm(row.uuid, row.name).running
             if running is not None and running.live is not None:
                 setattr(running.live, key, text or None)
-        return {"name": row.name, key: row.spec.get(key)}
+        if title:
+            return Title(name=row.name, title=row.spec.get(key))
+        return Description(name=row.name, description=row.spec.get(key))
 
     def metadata(self, ref: str, uri: str, *, key: str | None = None,
-                 xml: str | None = None, remove: bool = False) -> dict[str, Any]:
+                 xml: str | None = None, remove: bool = False
+                 ) -> MetadataShown | MetadataChanged:
         """virsh metadata: show, set (``xml`` with ``key``, the namespace prefix) or
         remove the element of namespace ``uri`` in the spec's ``metadata``."""
         row = self._store.get_domain(ref)
@@ -162,7 +177,7 @@ class VirshService:
             if uri not in current:
                 raise NotFound(f"metadata not found: domain '{row.name}' has no element of "
                                f"namespace {uri!r}", fix="set one with --key KEY --set XML")
-            return {"name": row.name, "uri": uri, "xml": metadata_xml.shown(current[uri])}
+            return MetadataShown(name=row.name, uri=uri, xml=metadata_xml.shown(current[uri]))
         if remove:
             current.pop(uri, None)
         else:
@@ -176,19 +191,19 @@ class VirshService:
         running = self._life.vm(row.uuid, row.name).running
         if running is not None and running.live is not None:
             running.live.metadata = dict(current)
-        return {"name": row.name, "uri": uri, "removed": remove}
+        return MetadataChanged(name=row.name, uri=uri, removed=remove)
 
     # -- host --------------------------------------------------------------------------
 
     def memstats(self) -> dict[str, int]:
         return nodefacts.memory_stats()
 
-    def cpustats(self, cpu: int | None = None) -> dict[str, Any]:
+    def cpustats(self, cpu: int | None = None) -> CpuStats:
         count = os.cpu_count() or 1
         if cpu is not None and not 0 <= cpu < count:
             raise InvalidSpec(f"the host has no CPU {cpu}", field="cpu",
                               fix=f"give a number from 0 to {count - 1}")
-        return {"cpu": cpu, **nodefacts.cpu_stats(cpu)}
+        return CpuStats(cpu=cpu, **nodefacts.cpu_stats(cpu))
 
     def sysinfo(self) -> str:
         return sysinfo_xml(nodefacts.smbios())

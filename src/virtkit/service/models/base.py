@@ -12,9 +12,14 @@ straight into it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 from pydantic import BaseModel, ConfigDict
+
+#: A definition, or a part of one, as JSON: what model/load.py dumps and loads.  It
+#: is free-form here on purpose: the model (model/domain.py's Domain and its parts)
+#: validates it where it is used, and an answer passes the stored one on as it is.
+SpecDocument: TypeAlias = dict[str, Any]
 
 
 class Result(BaseModel):
@@ -25,13 +30,6 @@ class Result(BaseModel):
     def wire(self) -> dict[str, Any]:
         """The JSON object the API answers: every field that was set, nothing else."""
         return self.model_dump(exclude_unset=True)
-
-    def __getitem__(self, key: str) -> Any:
-        """Read a field by its JSON name, for callers that still index the dictionaries
-        these results replaced (service/domains.py reads ``lease["ip"]``)."""
-        if key not in self.model_fields_set:
-            raise KeyError(key)
-        return getattr(self, key)
 
 
 class Request(BaseModel):
