@@ -37,7 +37,7 @@ def test_pool_info_answers_the_keys_of_its_state() -> None:
                              "volumes": 3}
     defined = active.model_copy(update={"warnings": ["dropped <permissions>"]})
     assert defined.wire()["warnings"] == ["dropped <permissions>"]
-    assert active["state"] == "inactive"  # callers that still index keep working
+    assert active.state == "inactive"  # callers read attributes (a result is no dict)
 
 
 def test_volume_info_is_the_backend_volume_plus_pool_and_users() -> None:

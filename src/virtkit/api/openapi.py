@@ -345,7 +345,9 @@ _PATH_SCHEMAS: dict[str, dict[str, Any]] = {
 
 def _operation(method: str, path: str, summary: str, body: dict[str, Any] | None
                ) -> dict[str, Any]:
-    media = "application/xml" if path.endswith("/xml") else "application/json"
+    # the XML reads answer XML; a PUT of XML (managedsave-define) answers JSON
+    media = "application/xml" if path.endswith("/xml") and method == "get" \
+        else "application/json"
     operation: dict[str, Any] = {
         "summary": summary,
         "operationId": method + "_" + "_".join(

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from virtkit.api.openapi_results_store import store_result_types
 from virtkit.api.openapi_domain_results import domain_result_types
+from virtkit.api.openapi_results_store import store_result_types
 from virtkit.service.models import guest, host, networks, snapshots, stats, tokens
 
 _DOM, _NET, _GUEST = "/v1/domains/{ref}", "/v1/networks/{net}", "/v1/domains/{ref}/guest"
