@@ -174,3 +174,21 @@ async def test_ownership_that_changed_meanwhile_refuses_the_finish(etcd: Etcd) -
         etcd.get = real_get  # type: ignore[method-assign]
     assert defined == [] and UUID in b.cluster.store.rows
     assert await _where(etcd) == ("d", "d")
+
+
+async def test_a_refused_finish_gives_the_name_back_when_the_owner_key_was_absent(
+        etcd: Etcd) -> None:
+    """The source's owner key was gone (its lease lapsed and not made again yet): the
+    take-over makes ours and moves the name key; a refusal deletes ours and gives the
+    name key back to the source, whose loop makes its owner key again (before: the
+    name stayed on c, whose loop then released the VM's keys altogether)."""
+    b, c = await _b_and_c(etcd)
+    await etcd.delete(vms.OWNERS + UUID)
+
+    async def refuse() -> web.Response:
+        raise Conflict("the destination refuses")
+
+    await _offline_migrate(b, c, refuse)
+    assert UUID in b.cluster.store.rows and await _where(etcd) == ("b", "b")
+    spec = await etcd.get(vms.SPECS + UUID)
+    assert spec is not None
