@@ -12,7 +12,8 @@ Keys (JSON values; docs/architecture.md, "The cluster"):
   no lease.
 - ``/virtkit/owner/<uuid>``: ``{"host": H}`` on host H's lease: the one host that may
   run the VM.  Made with the name; moved by a migration's destination in one txn
-  (:func:`take_over`) before it resumes the guest; gone with the host's lease when the
+  (:func:`take_over`) before it resumes the guest (live) or defines it (offline);
+  gone with the host's lease when the
   host dies, and made again by the host's daemon when it comes back (:func:`adopt`).
 
 Every write is a txn whose compares make it a compare-and-swap.
