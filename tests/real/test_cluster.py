@@ -267,6 +267,46 @@ def test_a_live_migration_moves_the_ownership(hosts: dict[str, DaemonHandle]) ->
     assert "mover" not in _local_names(c)
 
 
+def _listed(handle: DaemonHandle, name: str) -> list[str]:
+    """The hosts ``list --all`` on ``handle`` shows VM ``name`` on (once per line)."""
+    return [line.split()[-1] for line in handle.cli("list", "--all").stdout.splitlines()[2:]
+            if line.split()[1:2] == [name]]
+
+
+@pytest.mark.qemu
+def test_offline_migrate_undefinesource_moves_a_stopped_vm(
+        hosts: dict[str, DaemonHandle], tmp_path: Path) -> None:
+    """b's stopped VM migrated offline with --undefinesource (its disk copied) to c: c
+    owns it (the keys moved at c's finish, before its define; the VM was once lost
+    here, its define on c undone by the clash with b's name key), every host lists it
+    once, on c, and it starts there with its data; a refusal leaves it on b."""
+    a, b, c = hosts["a"], hosts["b"], hosts["c"]
+    disk, taken, copy = (tmp_path / n for n in ("om-b.img", "om-taken.img", "om-c.img"))
+    disk.write_bytes(b"offline-data" + b"\0" * (1 << 20))
+    taken.write_bytes(b"")
+    b.client.post("/v1/domains?host=b", {"spec": {
+        "name": "om", "memory": 64, "vcpus": 1,
+        "disks": [{"path": str(disk), "format": "raw", "target": "vda"}]}})
+    move = ("migrate", "--offline", "--undefinesource", "--copy-storage-all", "om",
+            str(c.root / "virtkitd.sock"), "--listen-address", ADDRESSES["c"])
+    refused = b.cli(*move, "--disk-path", f"{disk}={taken}", check=False)
+    assert refused.returncode != 0 and "already exists" in refused.stderr, refused.stderr
+    for handle in (a, b, c):
+        wait_for(lambda h=handle: _listed(h, "om") == ["b"], 15, "om once, on b")
+    b.cli(*move, "--disk-path", f"{disk}={copy}")
+    assert "om" not in _local_names(b) and "om" in _local_names(c)
+    for handle in (a, b, c):
+        wait_for(lambda h=handle: _listed(h, "om") == ["c"], 15, "om once, on c")
+    assert a.client.get(a.client.domain_path("om"))["host"] == "c"
+    a.cli("start", "om")  # forwarded to its owner
+    row = next(r for r in c.client.get("/v1/domains?all=1") if r["name"] == "om")
+    assert row["state"] == "running" and row["pid"]
+    assert copy.read_bytes()[:12] == b"offline-data"
+    a.cli("destroy", "om")
+    a.cli("undefine", "om")
+    wait_for(lambda: _listed(a, "om") == [], 15, "om gone")
+
+
 @pytest.mark.qemu
 def test_evacuate_and_restore_a_host(hosts: dict[str, DaemonHandle], tmp_path: Path) -> None:
     """evacuate b: its running VM live-migrates away, its shut-off one stays, and

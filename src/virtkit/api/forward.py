@@ -58,6 +58,8 @@ def install(app: web.Application, services: Any) -> None:
         return
     vms = ClusterVms(services.cluster, services.domains)
     services.cluster.vms = vms
+    if getattr(services, "migrations", None) is not None:
+        vms.offline_incoming = services.migrations.offline.has
     app[VMS] = vms
     app.middlewares.append(cluster_middleware)
 
@@ -161,20 +163,35 @@ async def _define(request: web.Request, handler: Any, vms: ClusterVms,
 
 async def _finish(request: web.Request, handler: Any, vms: ClusterVms,
                   uuid: str) -> web.StreamResponse:
-    """A migration's destination: ownership first (one txn moves the owner key from the
-    source's lease to ours), then the guest resumes; a finish that fails gives it back."""
-    previous = await vms.take_over(uuid)
+    """A migration's destination: ownership first (one txn moves the owner and name
+    keys from the source to us, conditioned on both being as read), then the guest
+    resumes here, or (offline) it is defined here; a finish that fails gives them
+    back.  The source undefines its copy only on this answer's success, so the VM is
+    never defined nowhere, and only its owner may start it."""
+    arriving = vms.offline_incoming(uuid)
+    if arriving:
+        vms.arriving.add(uuid)
     try:
-        response = await handler(request)
-    except BaseException:
-        if previous is not None:
+        previous = await vms.take_over(uuid, arriving=arriving)
+        try:
+            response = await handler(request)
+        except BaseException:
+            if previous is not None:
+                await vms.give_back(uuid, previous)
+            raise
+        if response.status >= 300 and previous is not None:
             await vms.give_back(uuid, previous)
-        raise
-    if response.status >= 300 and previous is not None:
-        await vms.give_back(uuid, previous)
-    elif previous is None:
-        with contextlib.suppress(VirtkitError):
-            await vms.defined(uuid)  # from a host outside the cluster: ours now
+        elif response.status < 300 and previous is None:
+            try:
+                await vms.defined(uuid)  # from a host outside the cluster: ours now
+            except VirtkitError:
+                if vms.local(uuid) is None:  # its define was undone: the source keeps it
+                    raise
+                log.exception("cluster: VM %s migrated here is not recorded", uuid)
+        elif response.status < 300 and arriving:
+            await vms.record(uuid)
+    finally:
+        vms.arriving.discard(uuid)
     return response  # type: ignore[no-any-return]
 
 

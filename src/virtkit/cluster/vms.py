@@ -12,7 +12,8 @@ Keys (JSON values; docs/architecture.md, "The cluster"):
   no lease.
 - ``/virtkit/owner/<uuid>``: ``{"host": H}`` on host H's lease: the one host that may
   run the VM.  Made with the name; moved by a migration's destination in one txn
-  (:func:`take_over`) before it resumes the guest; gone with the host's lease when the
+  (:func:`take_over`) before it resumes the guest (live) or defines it (offline);
+  gone with the host's lease when the
   host dies, and made again by the host's daemon when it comes back (:func:`adopt`).
 
 Every write is a txn whose compares make it a compare-and-swap.
@@ -230,22 +231,26 @@ async def take_over(etcd: Etcd, uuid: str, host: str, lease: int) -> KeyValue | 
     if not done.succeeded:
         raise Conflict(f"the ownership of VM {name!r} changed during its migration",
                        fix="see 'virtkit list --all'; the source keeps running it")
-    return owner or KeyValue(OWNERS + uuid, b"")
+    if owner is not None:
+        return owner
+    # no owner key (the source's lease lapsed): what give_back needs is where the name was
+    return KeyValue(OWNERS + uuid, encode({"absent": True, "host": (
+        held.json().get("host") if held is not None else None)}))
 
 
 async def give_back(etcd: Etcd, uuid: str, previous: KeyValue, lease: int) -> None:
-    """Undo :func:`take_over` when the guest could not be resumed here: the source
-    goes on running it, so it owns it again (only while the key is still ours)."""
-    if not previous.value:
-        await etcd.txn([Compare.lease(OWNERS + uuid, "=", lease)], [Op.delete(OWNERS + uuid)])
-        return
-    source = json.loads(previous.value).get("host")
-    ops = [Op.put(OWNERS + uuid, previous.value, previous.lease)]
+    """Undo :func:`take_over` when the guest could not be resumed (or, offline, the VM
+    not defined) here: the source keeps it, so it owns it again, and its name key names
+    it again (only while the owner key is still ours)."""
+    before = json.loads(previous.value) if previous.value else {"absent": True}
+    source = before.get("host")
+    ops = [Op.delete(OWNERS + uuid)] if before.get("absent") \
+        else [Op.put(OWNERS + uuid, previous.value, previous.lease)]
     spec = await etcd.get(SPECS + uuid)
     if spec is not None:
         name = spec.json()["name"]
         held = await etcd.get(NAMES + name)
-        if held is not None and held.json().get("uuid") == uuid:
+        if held is not None and held.json().get("uuid") == uuid and source:
             ops.append(Op.put(NAMES + name, encode({**held.json(), "host": source})))
     await etcd.txn([Compare.lease(OWNERS + uuid, "=", lease)], ops)
 

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import logging
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from virtkit.cluster import placement, vms
@@ -55,6 +56,12 @@ class ClusterVms:
         self.domains = domains
         self.problems: list[str] = []
         self.ha = HaRecovery(self)
+        #: VMs whose offline migration here is being finished: owned here already,
+        #: defined in a moment (the adopt loop must not take them for gone)
+        self.arriving: set[str] = set()
+        #: whether an id is an offline migration received here, not finished yet
+        #: (service/offline_migration.py; set by the API's assembly)
+        self.offline_incoming: Callable[[str], bool] = lambda _id: False
 
     # -- state ---------------------------------------------------------------------------
 
@@ -240,11 +247,12 @@ class ClusterVms:
 
     # -- migration -----------------------------------------------------------------------
 
-    async def take_over(self, uuid: str) -> KeyValue | None:
-        """On a migration's destination, before the guest resumes here (see
+    async def take_over(self, uuid: str, *, arriving: bool = False) -> KeyValue | None:
+        """On a migration's destination, before the guest resumes here or (offline,
+        ``arriving``: not defined here yet) before it is defined here (see
         cluster/vms.py :func:`take_over`); refuses (the source keeps the VM) when etcd
-        cannot be written."""
-        if self.local(uuid) is None:
+        cannot be written or the ownership changed meanwhile."""
+        if self.local(uuid) is None and not arriving:
             return None
         try:
             return await vms.take_over(self._etcd(), uuid, self.host or "", self._lease())
@@ -252,6 +260,18 @@ class ClusterVms:
             raise HostDown(f"cannot take ownership of VM {uuid} in the cluster: {exc}",
                            fix="the source keeps running it; check 'virtkit cluster "
                                "status' and migrate again") from exc
+
+    async def record(self, uuid: str) -> None:
+        """After an offline migration's define here (the keys are ours already): the
+        cluster's spec of it as defined here (its disks may have new paths)."""
+        vm = self.local(uuid)
+        if vm is None:
+            return
+        try:
+            await vms.claim(self._etcd(), self.host or "", self._lease(), vm)
+        except VirtkitError as exc:  # the keys are ours: only the spec is stale
+            log.warning("cluster: the spec of VM %s migrated here is not recorded: %s",
+                        vm.name, exc)
 
     async def give_back(self, uuid: str, previous: KeyValue) -> None:
         try:
@@ -267,8 +287,8 @@ class ClusterVms:
             return
         etcd = self._etcd()
         self.problems = await vms.adopt(etcd, self.host, agent.lease, self._all_local())
-        gone = await vms.forget_gone(etcd, self.host,
-                                     lambda: {vm.uuid for vm in self._all_local()})
+        gone = await vms.forget_gone(
+            etcd, self.host, lambda: {vm.uuid for vm in self._all_local()} | self.arriving)
         if gone:
             log.info("cluster: released the names of VMs no longer here: %s", gone)
         await clusterplace.forget_placed_away(self)
