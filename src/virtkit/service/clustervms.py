@@ -191,6 +191,8 @@ class ClusterVms:
         """The up hosts' live records, ``maintenance`` set on those being evacuated."""
         etcd = self._etcd()
         records = {kv.key.removeprefix(HOSTS): kv.json() for kv in await etcd.range(HOSTS)}
+        if self.host in records:  # our own facts as they are now, not as last published:
+            records[self.host].update(host_facts(self.cluster))  # a pool just started counts
         for kv in await etcd.range(vms.MAINTENANCE):
             record = records.get(kv.key.removeprefix(vms.MAINTENANCE))
             if record is not None:
@@ -294,6 +296,7 @@ class ClusterVms:
         await clusterplace.forget_placed_away(self)
 
     async def run(self) -> None:
+        await learn_machines()
         while True:
             try:
                 await self.adopt_once()
@@ -306,13 +309,18 @@ class ClusterVms:
 
 
 def host_facts(cluster: ClusterService) -> dict[str, Any]:
-    """What placement and forwarding need in this host's live record."""
+    """What placement and forwarding need in this host's live record: its active
+    networks and pools, the shared pools by folder (which disks another host sees too:
+    evacuate and start --place), machine types, what its VMs commit, and its API."""
     store, root = cluster.store, cluster.folder.parent
     accelerators = ["tcg"] + (["kvm"] if os.path.exists("/dev/kvm") else [])
     return {"networks": sorted(o.name for o in store.list_objects("network")
                                if o.state == "active"),
             "pools": sorted(o.name for o in store.list_pools() if o.state == "active"),
             "accelerators": accelerators,
+            "shared_pools": {o.name: str(o.spec.get("target", "")) for o in store.list_pools()
+                             if o.state == "active" and str(o.spec.get("type")) in _SHARED},
+            **({"machines": list(_found_machines)} if _found_machines is not None else {}),
             "committed": _committed(store.list_domains()),
             "api": {**({"url": url} if (url := cluster.api.url()) else {}),
                     "socket": str(root / "virtkitd.sock"),
@@ -321,6 +329,17 @@ def host_facts(cluster: ClusterService) -> dict[str, Any]:
 
 _SHARED = frozenset(str(t) for t in SHARED_TYPES)
 _MACHINES = ("q35", "pc", "microvm")
+
+
+#: the machine types found by :func:`learn_machines` (None: not asked yet, so the
+#: record leaves them out and placement's machine filter lets the host pass)
+_found_machines: tuple[str, ...] | None = None
+
+
+async def learn_machines() -> None:
+    """Ask QEMU once, off the event loop, which machine types this host has."""
+    global _found_machines
+    _found_machines = await asyncio.to_thread(_machines)
 
 
 @functools.cache
