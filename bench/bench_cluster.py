@@ -529,29 +529,38 @@ def bench_list(args: argparse.Namespace) -> dict[str, Any]:
             raise RuntimeError(f"{len(failures)} defines failed: {failures[:3]}")
         wait(lambda: len(cluster_rows(a)) == n, 60, f"{n} VMs in a's cluster view")
 
-        def run_cli() -> float:
-            elapsed, out = bl.timed(lambda: subprocess.run(
-                [*cli, "list", "--all"], env=a.env, capture_output=True, text=True))
-            rows = out.stdout.count("shut off") + out.stdout.count("shutoff")
-            if out.returncode != 0 or rows != n:
-                raise RuntimeError(f"list --all: {rows} rows, {out.stderr.strip()}")
-            return elapsed
-
-        def run_api() -> float:
-            elapsed, rows = bl.timed(lambda: a.client.get("/v1/domains?all=1&cluster=1"))
-            assert len(rows) == n
-            return elapsed
-        first = {"cli": run_cli(), "api": run_api()}
-        samples: dict[str, list[float]] = {"cli": [], "api": []}
-        for _ in range(args.runs):
-            samples["cli"].append(run_cli())
-            samples["api"].append(run_api())
+        first, samples = _time_lists(cli, a.env, a.client, "/v1/domains?all=1&cluster=1",
+                                     n, args.runs)
         per_host = {h: sum(1 for r in cluster_rows(a).values() if r.get("host") == h)
                     for h in hosts}
     return {"domains": n, "state": "defined, shut off (128 MiB each, never started)",
             "per_host": per_host, "defines_s": round(defines, 2),
             "cli": stats(samples["cli"]), "api": stats(samples["api"]),
             "first_call_s": {k: round(v, 3) for k, v in first.items()}}
+
+
+def _time_lists(cli: list[str], env: dict[str, str], client: Any, path: str, n: int,
+                runs: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """``list --all`` through the CLI and ``path`` through the API, each checked to
+    show ``n`` VMs: the first call of each, then ``runs`` more of each."""
+    def run_cli() -> float:
+        elapsed, out = bl.timed(lambda: subprocess.run(
+            [*cli, "list", "--all"], env=env, capture_output=True, text=True))
+        rows = out.stdout.count("shut off") + out.stdout.count("shutoff")
+        if out.returncode != 0 or rows != n:
+            raise RuntimeError(f"list --all: {rows} rows, {out.stderr.strip()}")
+        return elapsed
+
+    def run_api() -> float:
+        elapsed, rows = bl.timed(lambda: client.get(path))
+        assert len(rows) == n
+        return elapsed
+    first = {"cli": run_cli(), "api": run_api()}
+    samples: dict[str, list[float]] = {"cli": [], "api": []}
+    for _ in range(runs):
+        samples["cli"].append(run_cli())
+        samples["api"].append(run_api())
+    return first, samples
 
 
 def bench_list_bare(args: argparse.Namespace) -> dict[str, Any]:
@@ -566,23 +575,8 @@ def bench_list_bare(args: argparse.Namespace) -> dict[str, Any]:
                                                     "vcpus": 1}})
         defines = time.monotonic() - began
 
-        def run_cli() -> float:
-            elapsed, out = bl.timed(lambda: subprocess.run(
-                [*cli, "list", "--all"], env=vk.env, capture_output=True, text=True))
-            rows = out.stdout.count("shut off") + out.stdout.count("shutoff")
-            if out.returncode != 0 or rows != n:
-                raise RuntimeError(f"list --all: {rows} rows, {out.stderr.strip()}")
-            return elapsed
-
-        def run_api() -> float:
-            elapsed, rows = bl.timed(lambda: vk.client.get("/v1/domains?all=1"))
-            assert len(rows) == n
-            return elapsed
-        first = {"cli": run_cli(), "api": run_api()}
-        samples: dict[str, list[float]] = {"cli": [], "api": []}
-        for _ in range(args.runs):
-            samples["cli"].append(run_cli())
-            samples["api"].append(run_api())
+        first, samples = _time_lists(cli, vk.env, vk.client, "/v1/domains?all=1", n,
+                                     args.runs)
     return {"domains": n, "state": "defined, shut off (128 MiB each, no boot section)",
             "defines_s": round(defines, 2), "cli": stats(samples["cli"]),
             "api": stats(samples["api"]),

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from virtkit.errors import InvalidSpec
+from virtkit.errors import Conflict, InvalidSpec
 from virtkit.model.pool import validate_volume_name
 
 #: progress callback: (bytes or percent done, total) -- called from worker threads.
@@ -92,3 +92,13 @@ def checked_volume_name(name: str) -> str:
     except ValueError as exc:
         raise InvalidSpec(str(exc), field="name",
                           fix="rename it, e.g. 'disk1.qcow2' or 'web-root'") from exc
+
+
+def refuse_while_holding(pool_name: str, volumes: list[VolumeInfo]) -> None:
+    """A pool is deleted only empty: Conflict naming (up to five of) the volumes it
+    still holds, and the fix."""
+    if volumes:
+        names = ", ".join(v.name for v in volumes[:5]) + (" ..." if len(volumes) > 5 else "")
+        raise Conflict(f"pool {pool_name!r} still holds {len(volumes)} "
+                       f"volume{'s' if len(volumes) != 1 else ''} ({names})",
+                       fix="delete the volumes first (vol-delete)")

@@ -23,7 +23,13 @@ from collections.abc import Iterator
 from virtkit.errors import Conflict, InvalidSpec, NotFound, VirtkitError
 from virtkit.model.pool import Pool
 from virtkit.storage import qemuimg
-from virtkit.storage.base import PoolCapacity, Progress, VolumeInfo, checked_volume_name
+from virtkit.storage.base import (
+    PoolCapacity,
+    Progress,
+    VolumeInfo,
+    checked_volume_name,
+    refuse_while_holding,
+)
 
 PARTIAL_SUFFIX = ".partial"
 #: the format a volume was created in, kept with the file (see declared_format).
@@ -78,12 +84,7 @@ class DirPool:
     def delete(self) -> None:
         """Remove the folder; refuses while it holds volumes (or any other file)."""
         self._require()
-        volumes = self.list_volumes()
-        if volumes:
-            names = ", ".join(v.name for v in volumes[:5]) + (" ..." if len(volumes) > 5 else "")
-            raise Conflict(f"pool {self.pool.name!r} still holds {len(volumes)} "
-                           f"volume{'s' if len(volumes) != 1 else ''} ({names})",
-                           fix="delete the volumes first (vol-delete)")
+        refuse_while_holding(self.pool.name, self.list_volumes())
         self._remove_stale_partials()
         try:
             os.rmdir(self.root)

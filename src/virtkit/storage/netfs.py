@@ -25,7 +25,13 @@ from virtkit.errors import Conflict, InvalidSpec, NotFound, VirtkitError
 from virtkit.model.netdisk import nfs_url
 from virtkit.model.pool import Pool
 from virtkit.storage import qemuimg
-from virtkit.storage.base import PoolCapacity, Progress, VolumeInfo, checked_volume_name
+from virtkit.storage.base import (
+    PoolCapacity,
+    Progress,
+    VolumeInfo,
+    checked_volume_name,
+    refuse_while_holding,
+)
 from virtkit.storage.libnfs import Export
 
 PARTIAL_SUFFIX = ".partial"
@@ -60,12 +66,7 @@ class NetfsPool:
 
     def delete(self) -> None:
         """Refuses while volumes remain; the export itself stays (it is the server's)."""
-        volumes = self.list_volumes()
-        if volumes:
-            names = ", ".join(v.name for v in volumes[:5]) + (" ..." if len(volumes) > 5 else "")
-            raise Conflict(f"pool {self.pool.name!r} still holds {len(volumes)} "
-                           f"volume{'s' if len(volumes) != 1 else ''} ({names})",
-                           fix="delete the volumes first (vol-delete)")
+        refuse_while_holding(self.pool.name, self.list_volumes())
 
     def capacity(self) -> PoolCapacity:
         with self._export() as export:

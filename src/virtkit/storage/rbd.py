@@ -39,7 +39,13 @@ from virtkit.errors import Conflict, HostError, InvalidSpec, NotFound, VirtkitEr
 from virtkit.model.netdisk import RbdRef
 from virtkit.model.pool import Pool
 from virtkit.storage import qemuimg
-from virtkit.storage.base import PoolCapacity, Progress, VolumeInfo, checked_volume_name
+from virtkit.storage.base import (
+    PoolCapacity,
+    Progress,
+    VolumeInfo,
+    checked_volume_name,
+    refuse_while_holding,
+)
 
 PARTIAL_SUFFIX = ".partial"
 CLONE_SNAPSHOT = "vk-clone-"
@@ -153,12 +159,7 @@ class RbdPool:
 
     def delete(self) -> None:
         """Refuses while images remain; the Ceph pool itself stays (it is Ceph's)."""
-        volumes = self.list_volumes()
-        if volumes:
-            names = ", ".join(v.name for v in volumes[:5]) + (" ..." if len(volumes) > 5 else "")
-            raise Conflict(f"pool {self.pool.name!r} still holds {len(volumes)} "
-                           f"volume{'s' if len(volumes) != 1 else ''} ({names})",
-                           fix="delete the volumes first (vol-delete)")
+        refuse_while_holding(self.pool.name, self.list_volumes())
 
     def capacity(self) -> PoolCapacity:
         """The Ceph pool's space as ``rados df`` reports it (a cluster without a
