@@ -107,6 +107,12 @@ class _Store:
     def list_domains(self) -> list[Any]:
         return []
 
+    def list_pools(self) -> list[Any]:
+        return []
+
+    def list_objects(self, kind: str) -> list[Any]:
+        return []
+
     def all_runtime(self) -> dict[str, Any]:
         return {}
 

@@ -33,6 +33,7 @@ from virtkit.service.forward import Owner, owner_of
 
 if TYPE_CHECKING:
     from virtkit.service.cluster import ClusterService
+    from virtkit.store.db import Store
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +192,11 @@ class ClusterVms:
         """The up hosts' live records, ``maintenance`` set on those being evacuated."""
         etcd = self._etcd()
         records = {kv.key.removeprefix(HOSTS): kv.json() for kv in await etcd.range(HOSTS)}
-        if self.host in records:  # our own facts as they are now, not as last published:
-            records[self.host].update(host_facts(self.cluster))  # a pool just started counts
+        own = records.get(self.host or "")
+        if own is not None:  # a pool or network started here since the last heartbeat
+            for key, now in local_facts(self.cluster.store).items():  # counts at once
+                own[key] = sorted({*own.get(key, []), *now}) if isinstance(now, list) \
+                    else {**own.get(key, {}), **now}
         for kv in await etcd.range(vms.MAINTENANCE):
             record = records.get(kv.key.removeprefix(vms.MAINTENANCE))
             if record is not None:
@@ -314,17 +318,22 @@ def host_facts(cluster: ClusterService) -> dict[str, Any]:
     evacuate and start --place), machine types, what its VMs commit, and its API."""
     store, root = cluster.store, cluster.folder.parent
     accelerators = ["tcg"] + (["kvm"] if os.path.exists("/dev/kvm") else [])
-    return {"networks": sorted(o.name for o in store.list_objects("network")
-                               if o.state == "active"),
-            "pools": sorted(o.name for o in store.list_pools() if o.state == "active"),
-            "accelerators": accelerators,
-            "shared_pools": {o.name: str(o.spec.get("target", "")) for o in store.list_pools()
-                             if o.state == "active" and str(o.spec.get("type")) in _SHARED},
+    return {**local_facts(store), "accelerators": accelerators,
             **({"machines": list(_found_machines)} if _found_machines is not None else {}),
             "committed": _committed(store.list_domains()),
             "api": {**({"url": url} if (url := cluster.api.url()) else {}),
                     "socket": str(root / "virtkitd.sock"),
                     "socket_ro": str(root / "virtkitd-ro.sock")}}
+
+
+def local_facts(store: Store) -> dict[str, Any]:
+    """This host's active networks and pools, and its shared pools by folder."""
+    pools = [o for o in store.list_pools() if o.state == "active"]
+    return {"networks": sorted(o.name for o in store.list_objects("network")
+                               if o.state == "active"),
+            "pools": sorted(o.name for o in pools),
+            "shared_pools": {o.name: str(o.spec.get("target", "")) for o in pools
+                             if str(o.spec.get("type")) in _SHARED}}
 
 
 _SHARED = frozenset(str(t) for t in SHARED_TYPES)
