@@ -15,9 +15,10 @@ import pytest
 from virtkit.cluster import placement, vms
 from virtkit.cluster.etcd import Etcd
 from virtkit.cluster.hosts import HOSTS, MEMBERS, encode
-from virtkit.errors import Conflict
+from virtkit.errors import Conflict, InvalidSpec
 from virtkit.service import clusterplace
 from virtkit.service.clustervms import ClusterVms
+from virtkit.service.forward import owner_of
 
 needs_etcd = pytest.mark.skipif(shutil.which("etcd") is None, reason="no etcd-server")
 
@@ -125,7 +126,8 @@ def _cluster_vms(etcd: Etcd, host: str, lease: int) -> ClusterVms:
         return spec
 
     cluster = SimpleNamespace(etcd=etcd, host_name=host,
-                              agent=SimpleNamespace(lease=lease, name=host), store=store)
+                              agent=SimpleNamespace(lease=lease, name=host), store=store,
+                              api=SimpleNamespace(client_tls=lambda: None))
     return ClusterVms(cluster, SimpleNamespace(define=define))  # type: ignore[arg-type]
 
 
@@ -288,7 +290,9 @@ async def _evacuation(etcd: Etcd, monkeypatch: pytest.MonkeyPatch,
             await vms.claim(etcd, host, lease, vms.Local(name, f"u-{name}",
                                                          _spec(name, 256, disk), True))
     monkeypatch.setattr(evacuate, "_call", daemons.call)
-    monkeypatch.setattr(evacuate, "socket_of", lambda host, api, read_only: api["socket"])
+    async def destination(cluster_vms: ClusterVms, host: str) -> dict[str, Any]:
+        return {"socket": f"/{host}.sock"}
+    monkeypatch.setattr(evacuate, "_destination", destination)
     return _cluster_vms(etcd, "a", await etcd.lease_grant(30))
 
 
@@ -361,3 +365,40 @@ async def test_evacuate_stop_policy_destroys_after_the_timeout_and_restore_start
     back = await evacuate.restore(cvms, "b")
     assert sorted(s["name"] for s in back["started"]) == ["local1", "local2"]
     assert daemons.vms["b"] == {"local1": "running", "local2": "running"}
+
+
+async def test_evacuate_reaches_a_destination_by_its_cluster_api_when_it_has_one(
+        tmp_path: Path) -> None:
+    """Hosts on separate machines: the migration's destination is the other host's
+    cluster API (mutual TLS with this host's certificate), not a socket this machine
+    does not have; the socket is the fallback without a cluster certificate."""
+    import ssl
+
+    from virtkit.service import evacuate, peer
+
+    context = ssl.create_default_context()
+    socket = tmp_path / "c.sock"
+    socket.touch()
+    api = {"url": "https://192.0.2.13:16516", "socket": str(socket)}
+
+    def cvms(tls: ssl.SSLContext | None) -> Any:
+        async def api_of(host: str) -> dict[str, Any]:
+            return api
+
+        async def owner(host: str, *, read_only: bool = False) -> Any:
+            return owner_of(host, api, tls, read_only=read_only)
+        return SimpleNamespace(owner=owner, api_of=api_of)
+
+    assert await evacuate._destination(cvms(context), "c") == {
+        "url": "https://192.0.2.13:16516", "cluster": True}
+    assert await evacuate._destination(cvms(None), "c") == {"socket": str(socket)}
+    # the source's daemon calls it with the cluster TLS, no API token needed
+    peer.use_cluster_tls(lambda: context)
+    try:
+        destination = peer.Peer({"url": "https://192.0.2.13:16516", "cluster": True})
+        assert destination._ssl() is context
+        await destination.close()
+    finally:
+        peer.use_cluster_tls(peer._no_cluster_tls)
+    with pytest.raises(InvalidSpec, match="this host has none"):
+        peer.Peer({"url": "https://192.0.2.13:16516", "cluster": True})

@@ -58,7 +58,7 @@ from virtkit.service.clusterapi import ClusterApi
 from virtkit.service.clusterpki import ClusterPki
 from virtkit.service.clustervms import ClusterVms, host_facts
 from virtkit.service.forward import CLUSTER_API_PORT
-from virtkit.service.peer import Peer
+from virtkit.service.peer import Peer, use_cluster_tls
 from virtkit.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ class ClusterService:
         self.vms: ClusterVms | None = None
         #: the cluster API other hosts forward to (service/clusterapi.py)
         self.api = ClusterApi(self)
+        use_cluster_tls(self.api.client_tls)  # migrations to cluster hosts (evacuate)
 
     # -- configuration -------------------------------------------------------------------
 

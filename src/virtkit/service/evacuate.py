@@ -75,14 +75,25 @@ async def migrate_via(cluster_vms: ClusterVms, source: str, name: str,
     ``extra`` says otherwise: ``offline``, ``copy_storage_all`` ...)."""
     member = await cluster_vms._etcd().get(MEMBERS + destination)
     address = member.json().get("address") if member is not None else None
-    target = socket_of(destination, await cluster_vms.api_of(destination), read_only=False)
-    body = {"destination": {"socket": target}, "address": address or "127.0.0.1",
+    body = {"destination": await _destination(cluster_vms, destination),
+            "address": address or "127.0.0.1",
             "persistent": True, "undefine_source": True, **extra}
     try:
         return dict(await _call(cluster_vms, source, "POST", _vm_path(name, "/migrate"),
                                 body))
     except VirtkitError as exc:
         raise VirtkitError(f"{name}: {exc.message}") from exc
+
+
+async def _destination(cluster_vms: ClusterVms, host: str) -> dict[str, Any]:
+    """How the source daemon reaches ``host``'s for the migration: its cluster API
+    (mutual TLS with the source's cluster certificate) when it publishes one and this
+    host has a cluster certificate (the source is a member too), else its socket on
+    this machine."""
+    owner = await cluster_vms.owner(host)
+    if owner.url is not None:
+        return {"url": owner.url, "cluster": True}
+    return {"socket": socket_of(host, await cluster_vms.api_of(host), read_only=False)}
 
 
 async def _domains_on(cluster_vms: ClusterVms, host: str) -> list[dict[str, Any]]:

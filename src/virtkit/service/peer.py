@@ -11,7 +11,7 @@ listener).  It implements runtime.migration.Destination.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import quote
 
 import aiohttp
@@ -37,13 +37,32 @@ _BY_STATUS: dict[int, type[VirtkitError]] = {400: InvalidSpec, 404: NotFound, 40
                                              500: QemuError, 504: TimeoutExpired}
 
 
+#: the TLS this host calls the other cluster hosts' cluster API with (set by the cluster
+#: service: service/clusterapi.py; None outside a cluster)
+def _no_cluster_tls() -> ssl.SSLContext | None:
+    return None
+
+
+_cluster_tls: Callable[[], ssl.SSLContext | None] = _no_cluster_tls
+
+
+def use_cluster_tls(provider: Callable[[], ssl.SSLContext | None]) -> None:
+    """Let ``{"url": ..., "cluster": true}`` destinations use ``provider``'s TLS."""
+    global _cluster_tls
+    _cluster_tls = provider
+
+
 class Peer:
-    """One destination daemon: ``{"socket": PATH}`` or ``{"url": "https://host:port",
-    "token": T, "ca": PEM}`` (as the request to migrate names it)."""
+    """One destination daemon: ``{"socket": PATH}``, ``{"url": "https://host:port",
+    "token": T, "ca": PEM}`` (as the request to migrate names it), or another cluster
+    host's cluster API, ``{"url": "https://host:16516", "cluster": true}``: called
+    with this host's cluster certificate (mutual TLS, verified against the cluster's
+    CA, so only a cluster member answers), as evacuate and restore do."""
 
     def __init__(self, where: Mapping[str, object], timeout: float = REQUEST_TIMEOUT, *,
                  what: str = "destination") -> None:
         self.what = what  # what the errors call this daemon
+        self._cluster: ssl.SSLContext | None = None
         self._headers: dict[str, str] = {}
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         socket, url = where.get("socket"), where.get("url")
@@ -51,6 +70,17 @@ class Peer:
             self.label = f"virtkitd at {socket}"
             self._base = "http://localhost"
             self._socket: str | None = socket
+        elif isinstance(url, str) and url.startswith("https://") and where.get("cluster"):
+            self.label = f"cluster host at {url}"
+            self._base = url.rstrip("/")
+            self._socket = None
+            self._cluster = _cluster_tls()
+            if self._cluster is None:
+                raise InvalidSpec("destination: a cluster host is reached with this host's "
+                                  "cluster certificate, and this host has none",
+                                  field="destination.cluster",
+                                  fix="join this host to the cluster, or give the "
+                                      "destination's URL with an API token")
         elif isinstance(url, str) and url.startswith("https://"):
             self.label = url
             self._base = url.rstrip("/")
@@ -79,6 +109,8 @@ class Peer:
                                      headers=self._headers)
 
     def _ssl(self) -> ssl.SSLContext:
+        if self._cluster is not None:
+            return self._cluster
         context = ssl.create_default_context(cadata=self._ca) if self._ca \
             else ssl.create_default_context()
         return context
