@@ -142,7 +142,15 @@ class DaemonHandle:
                         f"{name} to be {state}")
 
     def console_run(self, name: str, command: str, expect: str, timeout: float = 30.0) -> str:
-        """Type ``command`` on the serial console and return output once ``expect`` shows."""
+        """Type ``command`` on the serial console and return output once ``expect`` shows.
+
+        ``expect`` must not be in ``command`` itself: the guest's tty echoes the typed
+        line at once, so such an ``expect`` matched before the command ran (a clone
+        test destroyed its guest before its write).  Build it in the guest instead:
+        ``echo done-$((6*7))`` expecting ``done-42``, or ``echo do''ne``."""
+        assert expect not in command, (
+            f"console_run: {expect!r} is in the command itself, so its echo would match "
+            "before the command ran: make the guest compute it (echo done-$((6*7)))")
         ws = WebSocket.open(self.root / "virtkitd.sock",
                             self.client.domain_path(name, "/console"))
         try:

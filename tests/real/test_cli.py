@@ -154,7 +154,7 @@ def test_console_typing_and_escape(daemon: DaemonHandle) -> None:
             process.kill()
             process.wait()
     # the console is free again after the client left
-    daemon.console_run("con", "echo again", "again")
+    daemon.console_run("con", "echo again-$((6*7))", "again-42")
 
 
 def test_autostart_flag_and_completion(daemon: DaemonHandle) -> None:

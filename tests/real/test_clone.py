@@ -54,7 +54,7 @@ def test_full_clone_boots_and_diverges(daemon: DaemonHandle, tmp_path: Path) -> 
     daemon.client.post(daemon.client.domain_path("web2", "/start"))
     daemon.wait_booted("web2")
     daemon.console_run("web2", "printf 'diverged' | dd of=/dev/vda conv=fsync 2>/dev/null;"
-                               " echo wrote-it", "wrote-it")
+                               " echo wrote-$((6*7))", "wrote-42")
     daemon.cli("destroy", "web2")
     assert head(copy, tmp_path).startswith(b"diverged")
     assert head(str(disk), tmp_path) == b"A" * 512  # the original is untouched

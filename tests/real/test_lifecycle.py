@@ -60,7 +60,7 @@ def test_save_and_restore_keep_guest_memory(daemon: DaemonHandle, tmp_path) -> N
     daemon.define("vm3")
     daemon.client.post(daemon.client.domain_path("vm3", "/start"))
     daemon.wait_booted("vm3")
-    daemon.console_run("vm3", "echo kept-$((6*7)) > /tmp/mark; echo written", "written")
+    daemon.console_run("vm3", "echo kept-$((6*7)) > /tmp/mark; echo wr''itten", "written")
     save_file = tmp_path / "vm3.save"
     result = daemon.client.post(daemon.client.domain_path("vm3", "/save"),
                                 {"path": str(save_file)})
