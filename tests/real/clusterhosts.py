@@ -108,15 +108,37 @@ def kill_by_pidfile(path: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+@contextlib.contextmanager
+def _member_log_on_failure(handle: DaemonHandle) -> Iterator[None]:
+    """A failed init or join names what the host's etcd member and daemon logged (the
+    teardown removes both files)."""
+    try:
+        yield
+    except AssertionError as exc:
+        tails = []
+        for path in (handle.root / "cluster" / "etcd.log",
+                     state_paths(handle.root).daemon_log):
+            try:
+                tails.append(f"--- {path}:\n" + "\n".join(
+                    path.read_text(errors="replace").splitlines()[-25:]))
+            except OSError:
+                tails.append(f"--- {path}: (none)")
+        raise AssertionError(f"{exc}\n" + "\n".join(tails)) from exc
+
+
 def form_cluster(handles: dict[str, DaemonHandle], name: str = "lab") -> None:
     """a makes the cluster, b joins through a, c through b; returns when all three see
     three hosts up."""
     a, b, c = handles["a"], handles["b"], handles["c"]
-    a.cli("cluster", "init", "--name", "a", "--address", ADDRESSES["a"], "--cluster", name)
-    b.cli("cluster", "join", str(a.root / "virtkitd.sock"), "--name", "b",
-          "--address", ADDRESSES["b"])
-    c.cli("cluster", "join", str(b.root / "virtkitd.sock"), "--name", "c",
-          "--address", ADDRESSES["c"])
+    with _member_log_on_failure(a):
+        a.cli("cluster", "init", "--name", "a", "--address", ADDRESSES["a"],
+              "--cluster", name)
+    with _member_log_on_failure(b):
+        b.cli("cluster", "join", str(a.root / "virtkitd.sock"), "--name", "b",
+              "--address", ADDRESSES["b"])
+    with _member_log_on_failure(c):
+        c.cli("cluster", "join", str(b.root / "virtkitd.sock"), "--name", "c",
+              "--address", ADDRESSES["c"])
     for handle in handles.values():
         wait_for(lambda h=handle: len(up_hosts(h)) == 3, 30, "three hosts up")
 

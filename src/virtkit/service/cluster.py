@@ -68,6 +68,8 @@ T = TypeVar("T")
 MAX_VOTERS = 3
 #: how long a new member may take to answer
 MEMBER_START_TIMEOUT = 30.0
+#: starts of a member that exits while it starts, before the join or init fails
+MEMBER_START_ATTEMPTS = 3
 #: how long an admission waits for etcd to accept one more voter
 MEMBER_ADD_PATIENCE = 20.0
 TRANSIENT_REFUSALS = ("unhealthy cluster", "not enough started members")
@@ -337,9 +339,16 @@ class ClusterService:
             elif self.lost.pop(name, None) is not None:
                 log.info("cluster: host %s is back", name)
 
-    async def _wait_member(self, endpoint: str, tls: Tls | None) -> None:
-        """Until our own member answers (or its start failed: the error names its log)."""
+    async def _wait_member(self, endpoint: str, tls: Tls | None,
+                           config: MemberConfig) -> None:
+        """Until our own member answers (or its start failed: the error names its log).
+
+        A member that exits while it starts is started again, up to
+        ``MEMBER_START_ATTEMPTS`` times within the timeout: a joining member exits when
+        it cannot fetch the cluster from its peers at once (a busy peer, an election),
+        and its next start, with the same data folder, goes on from there."""
         deadline = time.monotonic() + MEMBER_START_TIMEOUT
+        attempts = 1
         async with Etcd([endpoint], tls=tls, deadline=1.0) as own:
             while True:
                 try:
@@ -347,7 +356,15 @@ class ClusterService:
                     await own.get(CLUSTER_KEY)  # a quorum read: the member has caught up
                     return
                 except (VirtkitError, OSError, TimeoutError) as exc:
-                    if self.member.pid() is None or time.monotonic() > deadline:
+                    exited = self.member.pid() is None
+                    if exited and attempts < MEMBER_START_ATTEMPTS \
+                            and time.monotonic() < deadline:
+                        attempts += 1
+                        log.warning("cluster: the etcd member exited while starting "
+                                    "(%s); starting it again (attempt %d): %s", exc,
+                                    attempts, self.member.log_tail()[-500:])
+                        await asyncio.to_thread(self.member.start, config)
+                    elif exited or time.monotonic() > deadline:
                         raise VirtkitError(f"the etcd member did not come up: {exc}",
                                            fix=f"see {self.member.log}",
                                            log=self.member.log_tail()) from exc
@@ -386,7 +403,7 @@ class ClusterService:
                                    "key": str(self.pki.key)})
                 await asyncio.to_thread(self.member.start, member)
                 try:
-                    await self._wait_member(member.client_url, self._tls(config))
+                    await self._wait_member(member.client_url, self._tls(config), member)
                 except BaseException:
                     await asyncio.to_thread(self._wipe)
                     raise
@@ -525,7 +542,7 @@ class ClusterService:
                 config["endpoints"] = [member.client_url, *answer["endpoints"]]
                 await asyncio.to_thread(self.member.start, member)
                 try:
-                    await self._wait_member(member.client_url, self._tls(config))
+                    await self._wait_member(member.client_url, self._tls(config), member)
                 except BaseException:
                     await self._undo_member(config, answer["etcd_id"])
                     raise
