@@ -32,9 +32,7 @@ from virtkit.service.forward import (
     OwnerUnreachable,
     forward_headers,
     owner_of,
-    relay,
     send,
-    socket_of,
 )
 
 
@@ -64,7 +62,7 @@ def test_the_owner_is_reached_at_its_cluster_api_else_its_socket_here(tmp_path: 
 
 def test_a_socket_not_on_this_machine_is_refused_naming_the_host(tmp_path: Path) -> None:
     with pytest.raises(OwnerUnreachable) as away:
-        socket_of("b", {"socket": str(tmp_path / "nope.sock")}, read_only=False)
+        owner_of("b", {"socket": str(tmp_path / "nope.sock")}, None, read_only=False)
     assert away.value.http_status == 503 and "host b" in str(away.value)
 
 
@@ -91,7 +89,7 @@ async def test_the_answer_is_passed_on_as_is(tmp_path: Path) -> None:
     path = str(tmp_path / "d.sock")
     await web.UnixSite(runner, path).start()
     try:
-        reply = await relay("b", path, "POST", "/v1/domains/x/start?y=1",
+        reply = await send(Owner("b", socket=path), "POST", "/v1/domains/x/start?y=1",
                             b'{"paused": false}',
                             {"Content-Type": "application/json", FORWARDED_BY: "a"})
     finally:
@@ -106,7 +104,7 @@ async def test_nobody_listening_is_503_nothing_done(tmp_path: Path) -> None:
     dead.bind(str(path))  # bound, never listening: connections are refused
     try:
         with pytest.raises(OwnerUnreachable) as away:
-            await relay("b", str(path), "POST", "/v1/domains/x/start", b"{}",
+            await send(Owner("b", socket=str(path)), "POST", "/v1/domains/x/start", b"{}",
                         {})
     finally:
         dead.close()
@@ -124,7 +122,7 @@ async def test_a_lost_answer_is_502_and_never_sent_again(tmp_path: Path) -> None
     server = await asyncio.start_unix_server(swallow, path)
     try:
         with pytest.raises(OwnerNoAnswer) as lost:
-            await relay("b", path, "POST", "/v1/domains/x/destroy", b"{}", {})
+            await send(Owner("b", socket=path), "POST", "/v1/domains/x/destroy", b"{}", {})
     finally:
         server.close()
         await server.wait_closed()

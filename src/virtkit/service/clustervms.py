@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 from collections.abc import Callable
@@ -348,12 +347,12 @@ _found_machines: tuple[str, ...] | None = None
 async def learn_machines() -> None:
     """Ask QEMU once, off the event loop, which machine types this host has."""
     global _found_machines
-    _found_machines = await asyncio.to_thread(_machines)
+    if _found_machines is None:
+        _found_machines = await asyncio.to_thread(_machines)
 
 
-@functools.cache
 def _machines() -> tuple[str, ...]:
-    """The machine types of the spec that this host's QEMU has (asked once)."""
+    """The machine types of the spec that this host's QEMU has."""
     try:
         names = qemubin.qemu_info().machine_names
     except (VirtkitError, OSError):

@@ -37,7 +37,7 @@ from virtkit.cluster.hosts import HOSTS, MEMBERS, encode
 from virtkit.cluster.vms import MAINTENANCE, SPECS
 from virtkit.errors import Conflict, InvalidSpec, NotFound, VirtkitError
 from virtkit.service.clustervms import RUNNING, ClusterVms
-from virtkit.service.forward import CALLER, FORWARDED_BY, send, socket_of
+from virtkit.service.forward import CALLER, FORWARDED_BY, send
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,10 @@ async def _destination(cluster_vms: ClusterVms, host: str) -> dict[str, Any]:
     """How the source daemon reaches ``host``'s for the migration: its cluster API
     (mutual TLS with the source's cluster certificate) when it publishes one and this
     host has a cluster certificate (the source is a member too), else its socket on
-    this machine."""
+    this machine (forward.owner_of refuses, naming the host, when neither is there)."""
     owner = await cluster_vms.owner(host)
-    if owner.url is not None:
-        return {"url": owner.url, "cluster": True}
-    return {"socket": socket_of(host, await cluster_vms.api_of(host), read_only=False)}
+    return {"url": owner.url, "cluster": True} if owner.url is not None \
+        else {"socket": owner.socket}
 
 
 async def _domains_on(cluster_vms: ClusterVms, host: str) -> list[dict[str, Any]]:

@@ -140,23 +140,6 @@ def forward_headers(headers: Any, by: str, caller: str = "local",
     return kept
 
 
-def socket_of(host: str, api: dict[str, Any], *, read_only: bool) -> str:
-    """``host``'s daemon socket from its record's ``api``, when it is on this machine
-    (evacuate's calls and migration destinations: hosts on one file system)."""
-    path = api.get("socket_ro" if read_only else "socket")
-    if not isinstance(path, str) or not os.path.exists(path):
-        raise OwnerUnreachable(
-            f"host {host}'s daemon socket {path or '?'} is not on this machine",
-            fix=f"run the command on host {host} (virtkit -c URI)", host=host)
-    return path
-
-
-async def relay(host: str, path: str, method: str, target: str, body: bytes,
-                headers: dict[str, str]) -> Reply:
-    """Send one request to ``host``'s daemon at socket ``path``; its answer as is."""
-    return await send(Owner(host, socket=path), method, target, body, headers)
-
-
 async def send(owner: Owner, method: str, target: str, body: bytes,
                headers: dict[str, str], timeout: float | None = None) -> Reply:
     """Send one request to ``owner``'s daemon; its answer as is."""
