@@ -47,14 +47,10 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
     return element
 
 
-def pool_to_xml(pool: Pool) -> str:
-    """The libvirt pool XML of ``pool``, pretty-printed like ``virsh pool-dumpxml``."""
-    logical = pool.type is PoolType.LOGICAL
-    if pool.type is PoolType.NETFS:
-        return _netfs_xml(pool)
-    if pool.type is PoolType.RBD:
-        return _rbd_xml(pool)
-    root = ET.Element("pool", type="logical" if logical else "dir")
+def _pool_root(pool: Pool, kind: str) -> ET.Element:
+    """``<pool type=kind>`` with its name, uuid and, where libvirt has no word for it,
+    virtkit's metadata: the pool type libvirt lacks (iso, shared-dir) and autostart."""
+    root = ET.Element("pool", type=kind)
     _sub(root, "name", pool.name)
     _sub(root, "uuid", pool.uuid)
     if pool.type in (PoolType.ISO, PoolType.SHARED_DIR) or pool.autostart:
@@ -63,6 +59,17 @@ def pool_to_xml(pool: Pool) -> str:
             ours.set("type", pool.type.value)
         if pool.autostart:
             _sub(ours, "virtkit:autostart", "yes")
+    return root
+
+
+def pool_to_xml(pool: Pool) -> str:
+    """The libvirt pool XML of ``pool``, pretty-printed like ``virsh pool-dumpxml``."""
+    logical = pool.type is PoolType.LOGICAL
+    if pool.type is PoolType.NETFS:
+        return _netfs_xml(pool)
+    if pool.type is PoolType.RBD:
+        return _rbd_xml(pool)
+    root = _pool_root(pool, "logical" if logical else "dir")
     source = _sub(root, "source")
     if logical:
         for device in pool.source_devices:
@@ -76,12 +83,7 @@ def pool_to_xml(pool: Pool) -> str:
 
 
 def _netfs_xml(pool: Pool) -> str:
-    root = ET.Element("pool", type="netfs")
-    _sub(root, "name", pool.name)
-    _sub(root, "uuid", pool.uuid)
-    if pool.autostart:
-        ours = _sub(_sub(root, "metadata"), "virtkit:pool", **{"xmlns:virtkit": VIRTKIT_NS})
-        _sub(ours, "virtkit:autostart", "yes")
+    root = _pool_root(pool, "netfs")
     server, path = pool.netfs_source()
     source = _sub(root, "source")
     _sub(source, "host", name=server)
@@ -93,12 +95,7 @@ def _netfs_xml(pool: Pool) -> str:
 
 
 def _rbd_xml(pool: Pool) -> str:
-    root = ET.Element("pool", type="rbd")
-    _sub(root, "name", pool.name)
-    _sub(root, "uuid", pool.uuid)
-    if pool.autostart:
-        ours = _sub(_sub(root, "metadata"), "virtkit:pool", **{"xmlns:virtkit": VIRTKIT_NS})
-        _sub(ours, "virtkit:autostart", "yes")
+    root = _pool_root(pool, "rbd")
     ref = pool.rbd_source()
     source = _sub(root, "source")
     for host, port in ref.monitors:
